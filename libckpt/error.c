@@ -1,0 +1,158 @@
+/*
+ * error.c — status names, the thread-local error message, small allocation helpers,
+ * and dtype names/sizes.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define DS_ERRBUF 2048
+static _Thread_local char ds_errbuf[DS_ERRBUF];
+
+const char *dsckpt_status_name(dsckpt_status st) {
+    switch (st) {
+    case DSCKPT_OK: return "OK";
+    case DSCKPT_EINVAL: return "EINVAL";
+    case DSCKPT_EMISUSE: return "EMISUSE";
+    case DSCKPT_EEXIST: return "EEXIST";
+    case DSCKPT_EIO: return "EIO";
+    case DSCKPT_ENOSPC: return "ENOSPC";
+    case DSCKPT_ENOMEM: return "ENOMEM";
+    case DSCKPT_ENOENT: return "ENOENT";
+    case DSCKPT_ECUDA: return "ECUDA";
+    case DSCKPT_ENCCL: return "ENCCL";
+    case DSCKPT_EMPI: return "EMPI";
+    case DSCKPT_ECORRUPT: return "ECORRUPT";
+    case DSCKPT_ECHECKSUM: return "ECHECKSUM";
+    case DSCKPT_EVERSION: return "EVERSION";
+    case DSCKPT_EUNSUPPORTED: return "EUNSUPPORTED";
+    case DSCKPT_EINTERNAL: return "EINTERNAL";
+    }
+    return "EUNKNOWN";
+}
+
+const char *dsckpt_last_error(void) { return ds_errbuf; }
+
+void ds_err_clear(void) { ds_errbuf[0] = '\0'; }
+
+dsckpt_status ds_err(dsckpt_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ds_errbuf, sizeof ds_errbuf, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static dsckpt_status status_from_errno(int e) {
+    switch (e) {
+    case ENOSPC:
+#ifdef EDQUOT
+    case EDQUOT:
+#endif
+        return DSCKPT_ENOSPC;
+    case ENOMEM: return DSCKPT_ENOMEM;
+    case ENOENT: return DSCKPT_ENOENT;
+    case EEXIST: return DSCKPT_EEXIST;
+    default: return DSCKPT_EIO;
+    }
+}
+
+dsckpt_status ds_err_errno(int errnum, const char *fmt, ...) {
+    char msg[DS_ERRBUF];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(ds_errbuf, sizeof ds_errbuf, "%s: %s", msg, strerror(errnum));
+    return status_from_errno(errnum);
+}
+
+dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) {
+    char prefix[DS_ERRBUF], old[DS_ERRBUF];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, ds_errbuf, sizeof old);
+    snprintf(ds_errbuf, sizeof ds_errbuf, "%s: %s", prefix, old);
+    return st;
+}
+
+dsckpt_status ds_malloc(size_t n, void *out_ptr) {
+    void *p = malloc(n ? n : 1);
+    if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory allocating %zu bytes", n);
+    *(void **)out_ptr = p;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory allocating %zu x %zu bytes", n, size);
+    *(void **)out_ptr = p;
+    return DSCKPT_OK;
+}
+
+char *ds_strdup(const char *s) {
+    char *p = strdup(s ? s : "");
+    if (!p) ds_err(DSCKPT_ENOMEM, "out of memory copying a string");
+    return p;
+}
+
+int ds_thread_count(int requested) {
+    if (requested > 0) return requested > 256 ? 256 : requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    if (n > 256) n = 256;
+    return (int)n;
+}
+
+/* ---- dtypes ---- */
+
+static const struct {
+    const char *name;
+    size_t size;
+} dtype_table[DSCKPT_DTYPE_COUNT] = {
+    [DSCKPT_BF16] = {"BF16", 2}, [DSCKPT_F16] = {"F16", 2},   [DSCKPT_F32] = {"F32", 4},
+    [DSCKPT_F64] = {"F64", 8},   [DSCKPT_I64] = {"I64", 8},   [DSCKPT_I32] = {"I32", 4},
+    [DSCKPT_I16] = {"I16", 2},   [DSCKPT_I8] = {"I8", 1},     [DSCKPT_U8] = {"U8", 1},
+    [DSCKPT_BOOL] = {"BOOL", 1}, [DSCKPT_U16] = {"U16", 2},   [DSCKPT_U32] = {"U32", 4},
+    [DSCKPT_U64] = {"U64", 8},
+};
+
+const char *dsckpt_dtype_name(dsckpt_dtype t) {
+    if ((unsigned)t >= DSCKPT_DTYPE_COUNT) return "?";
+    return dtype_table[t].name;
+}
+
+size_t dsckpt_dtype_size(dsckpt_dtype t) {
+    if ((unsigned)t >= DSCKPT_DTYPE_COUNT) return 0;
+    return dtype_table[t].size;
+}
+
+dsckpt_status dsckpt_dtype_parse(const char *s, dsckpt_dtype *out) {
+    if (!s) return ds_err(DSCKPT_EINVAL, "no dtype given");
+    for (int i = 0; i < DSCKPT_DTYPE_COUNT; i++) {
+        if (strcmp(s, dtype_table[i].name) == 0) {
+            *out = (dsckpt_dtype)i;
+            return DSCKPT_OK;
+        }
+    }
+    static const struct { const char *alias; dsckpt_dtype t; } aliases[] = {
+        {"bf16", DSCKPT_BF16}, {"bfloat16", DSCKPT_BF16}, {"fp16", DSCKPT_F16},
+        {"f16", DSCKPT_F16},   {"float16", DSCKPT_F16},   {"half", DSCKPT_F16},
+        {"fp32", DSCKPT_F32},  {"f32", DSCKPT_F32},       {"float32", DSCKPT_F32},
+        {"float", DSCKPT_F32},
+    };
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++) {
+        if (strcasecmp(s, aliases[i].alias) == 0) {
+            *out = aliases[i].t;
+            return DSCKPT_OK;
+        }
+    }
+    return ds_err(DSCKPT_EINVAL, "unknown dtype '%s' (expected bf16, fp16 or fp32)", s);
+}

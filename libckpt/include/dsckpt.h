@@ -1,0 +1,239 @@
+/*
+ * dsckpt.h — the one public header of libckpt.
+ *
+ * libckpt reads and writes the checkpoints of sharded (ZeRO) data-parallel training.
+ * A checkpoint is a *fragment map*: logical tensors, each with states (fp32 master,
+ * Adam moments, or a 16-bit weight), each state stored as fragments (element ranges)
+ * in per-rank files. Every operation is a streaming copy from one fragment map into
+ * a planned output layout, so memory stays flat as models grow.
+ *
+ * Conventions
+ * - Every fallible call returns dsckpt_status (0 = DSCKPT_OK); results go through
+ *   out-parameters. On failure, dsckpt_last_error() gives a message for the calling
+ *   thread naming the file, offset or tensor and, where known, the fix.
+ * - Handles come in open/free pairs; every *_free accepts NULL.
+ * - Untrusted input: every file is treated as hostile. Sizes are bounded and checked
+ *   before anything is allocated; a bad file yields DSCKPT_ECORRUPT (or ECHECKSUM,
+ *   EVERSION, EUNSUPPORTED), never a crash.
+ * - Outputs are written under a temporary name in the destination directory and
+ *   renamed into place only when complete; an existing output is never replaced
+ *   unless the caller asks (force).
+ * - Thread-safety: distinct handles may be used from distinct threads. One handle
+ *   must not be used from two threads at once.
+ */
+#ifndef DSCKPT_H
+#define DSCKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(DSCKPT_BUILDING) && defined(__GNUC__)
+#define DSCKPT_API __attribute__((visibility("default")))
+#else
+#define DSCKPT_API
+#endif
+
+#define DSCKPT_VERSION_MAJOR 0
+#define DSCKPT_VERSION_MINOR 1
+#define DSCKPT_VERSION_PATCH 0
+
+/* Status codes. The groups say whose fault a failure is. */
+typedef enum dsckpt_status {
+    DSCKPT_OK = 0,
+    /* the caller */
+    DSCKPT_EINVAL = 1,       /* a bad argument or option */
+    DSCKPT_EMISUSE = 2,      /* a call out of order */
+    DSCKPT_EEXIST = 3,       /* the output exists and force was not given */
+    /* the environment */
+    DSCKPT_EIO = 10,
+    DSCKPT_ENOSPC = 11,
+    DSCKPT_ENOMEM = 12,
+    DSCKPT_ENOENT = 13,      /* a file or directory the operation needs is missing */
+    DSCKPT_ECUDA = 14,
+    DSCKPT_ENCCL = 15,
+    DSCKPT_EMPI = 16,
+    /* the data */
+    DSCKPT_ECORRUPT = 20,    /* structure is wrong: bad header, bad offsets, bad coverage */
+    DSCKPT_ECHECKSUM = 21,   /* a digest does not match */
+    DSCKPT_EVERSION = 22,    /* a format version we do not read */
+    DSCKPT_EUNSUPPORTED = 23,/* valid, but a feature we do not handle */
+    /* us */
+    DSCKPT_EINTERNAL = 30
+} dsckpt_status;
+
+/* Static name of a status ("ECORRUPT", ...). Never NULL. */
+DSCKPT_API const char *dsckpt_status_name(dsckpt_status st);
+
+/* Message describing the last failure on the calling thread (empty if none).
+ * Valid until the next libckpt call on this thread. */
+DSCKPT_API const char *dsckpt_last_error(void);
+
+/* Element types, with the safetensors spelling from dsckpt_dtype_name(). */
+typedef enum dsckpt_dtype {
+    DSCKPT_BF16 = 0,
+    DSCKPT_F16,
+    DSCKPT_F32,
+    DSCKPT_F64,
+    DSCKPT_I64,
+    DSCKPT_I32,
+    DSCKPT_I16,
+    DSCKPT_I8,
+    DSCKPT_U8,
+    DSCKPT_BOOL,
+    DSCKPT_U16,
+    DSCKPT_U32,
+    DSCKPT_U64,
+    DSCKPT_DTYPE_COUNT
+} dsckpt_dtype;
+
+DSCKPT_API const char *dsckpt_dtype_name(dsckpt_dtype t);     /* "BF16", "F32", ... */
+DSCKPT_API size_t dsckpt_dtype_size(dsckpt_dtype t);          /* bytes per element */
+/* Parses a safetensors dtype name ("BF16") or a short name ("bf16", "fp16", "fp32"). */
+DSCKPT_API dsckpt_status dsckpt_dtype_parse(const char *s, dsckpt_dtype *out);
+
+/* Progress callback: done and total are in bytes of the operation's main output
+ * (or input, for verify). Called from the thread that runs the operation. */
+typedef void (*dsckpt_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+/* ---------------------------------------------------------------------------
+ * Opening a checkpoint
+ * ------------------------------------------------------------------------- */
+
+typedef struct dsckpt_ckpt dsckpt_ckpt;
+
+/* Opens the checkpoint at `path`: a save root (with a `latest` file and tag
+ * directories) or one tag directory. `tag` (may be NULL) picks a tag under a save
+ * root; NULL means the tag named by `latest`. The manifest and file list are read
+ * and validated; tensor data is read lazily by the operations below.
+ * Free with dsckpt_ckpt_free(). */
+DSCKPT_API dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **out);
+DSCKPT_API void dsckpt_ckpt_free(dsckpt_ckpt *c);
+
+/* Summary of an open checkpoint. Strings are owned by the handle. */
+typedef struct dsckpt_info {
+    const char *format;      /* "dsckpt" (native) */
+    const char *dir;         /* the tag directory */
+    const char *tag;
+    int64_t step;
+    int world_size;
+    int zero_stage;
+    const char *train_dtype; /* "bf16", "fp16" or "fp32" */
+    size_t tensor_count;
+    size_t file_count;
+    uint64_t param_count;    /* elements over all logical tensors (tied counted once) */
+} dsckpt_info;
+DSCKPT_API void dsckpt_ckpt_info(const dsckpt_ckpt *c, dsckpt_info *out);
+
+/* Writes a JSON description (what `dsckpt inspect --json` prints) into a malloc'd
+ * string the caller frees with free(). */
+DSCKPT_API dsckpt_status dsckpt_ckpt_describe_json(const dsckpt_ckpt *c, char **out_json);
+
+/* ---------------------------------------------------------------------------
+ * Operations
+ * ------------------------------------------------------------------------- */
+
+typedef struct dsckpt_consolidate_opts {
+    dsckpt_dtype dtype;        /* output dtype for trainable weights: BF16, F16 or F32 */
+    uint64_t max_shard_size;   /* bytes per output file in the HF layout; 0 = 5e9 */
+    int exclude_frozen;        /* leave out frozen (non-trainable) tensors */
+    int force;                 /* replace an existing output */
+    int threads;               /* 0 = number of online CPUs */
+    dsckpt_progress_fn progress;
+    void *progress_user;
+} dsckpt_consolidate_opts;
+DSCKPT_API void dsckpt_consolidate_opts_init(dsckpt_consolidate_opts *o);
+
+/* Writes full (unsharded) weights as safetensors. `out` ending in ".safetensors"
+ * gives one file; anything else is a directory in the Hugging Face layout
+ * (model.safetensors, or model-0000k-of-0000n.safetensors + index). Reads only
+ * the fp32 master fragments (and w16 for frozen tensors). Tied weights are written
+ * once, under the owning name; aliases are listed in __metadata__. */
+DSCKPT_API dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out,
+                                            const dsckpt_consolidate_opts *opts);
+
+typedef struct dsckpt_reshard_opts {
+    int world_size;            /* M, the new world size (>= 1) */
+    int zero_stage;            /* -1 = keep the source stage */
+    int force;
+    int threads;               /* 0 = number of online CPUs */
+    dsckpt_progress_fn progress;
+    void *progress_user;
+} dsckpt_reshard_opts;
+DSCKPT_API void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o);
+
+/* Writes a native checkpoint for opts->world_size ranks under the save root `out`
+ * (out/<tag>/..., out/latest). Every state and all non-tensor state is carried
+ * over; values are bit-identical. */
+DSCKPT_API dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out,
+                                        const dsckpt_reshard_opts *opts);
+
+/* ---------------------------------------------------------------------------
+ * Verification
+ * ------------------------------------------------------------------------- */
+
+typedef enum dsckpt_verify_result {
+    DSCKPT_VERIFY_OK = 0,          /* every check passed */
+    DSCKPT_VERIFY_CORRUPT = 1,     /* readable, but something is wrong */
+    DSCKPT_VERIFY_UNREADABLE = 2   /* could not be read enough to check */
+} dsckpt_verify_result;
+
+typedef struct dsckpt_verify_report dsckpt_verify_report;
+
+typedef struct dsckpt_verify_opts {
+    int threads;               /* 0 = number of online CPUs */
+    dsckpt_progress_fn progress;
+    void *progress_user;
+} dsckpt_verify_opts;
+DSCKPT_API void dsckpt_verify_opts_init(dsckpt_verify_opts *o);
+
+/* Verifies a checkpoint (save root or tag directory; `tag` as in dsckpt_ckpt_open)
+ * or a single .safetensors file. Returns DSCKPT_OK when the verification ran (the
+ * verdict is in the report, which lists every problem found); an error status only
+ * for misuse or out-of-memory. Free the report with dsckpt_verify_report_free(). */
+DSCKPT_API dsckpt_status dsckpt_verify(const char *path, const char *tag,
+                                       const dsckpt_verify_opts *opts,
+                                       dsckpt_verify_report **out);
+DSCKPT_API dsckpt_verify_result dsckpt_verify_report_result(const dsckpt_verify_report *r);
+DSCKPT_API size_t dsckpt_verify_report_count(const dsckpt_verify_report *r);
+/* Problem i as one line of text; valid until the report is freed. */
+DSCKPT_API const char *dsckpt_verify_report_problem(const dsckpt_verify_report *r, size_t i);
+/* Bytes hashed and files checked. */
+DSCKPT_API uint64_t dsckpt_verify_report_bytes(const dsckpt_verify_report *r);
+DSCKPT_API size_t dsckpt_verify_report_files(const dsckpt_verify_report *r);
+DSCKPT_API void dsckpt_verify_report_free(dsckpt_verify_report *r);
+
+/* ---------------------------------------------------------------------------
+ * Synthetic checkpoints (tests and benchmarks)
+ * ------------------------------------------------------------------------- */
+
+typedef struct dsckpt_synth_opts {
+    uint64_t params;           /* approximate parameter count (>= 1000) */
+    int world_size;
+    int zero_stage;            /* 0..3 */
+    dsckpt_dtype dtype;        /* training dtype: BF16, F16 or F32 */
+    uint64_t seed;
+    int64_t step;              /* tag is global_step<step>; default 100 */
+    int force;
+    int threads;
+} dsckpt_synth_opts;
+DSCKPT_API void dsckpt_synth_opts_init(dsckpt_synth_opts *o);
+
+/* Writes a native checkpoint with a GPT-like tensor list and deterministic values
+ * under the save root `out`. The value rule is documented in docs/synth.md and is
+ * exposed by dsckpt_synth_value() so tests can check any element. */
+DSCKPT_API dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *opts);
+
+/* The fp32 value of element `index` of state `state` ("fp32", "exp_avg",
+ * "exp_avg_sq", "w16") of the tensor with ordinal `tensor_index` in a synth
+ * checkpoint made with `seed`. */
+DSCKPT_API float dsckpt_synth_value(uint64_t seed, uint32_t tensor_index, const char *state,
+                                    uint64_t index);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSCKPT_H */

@@ -1,0 +1,73 @@
+/*
+ * internal.h — declarations shared inside libckpt, formats and kernels; not installed.
+ *
+ * Error handling: a failing function records a message with ds_err() (which also
+ * returns the status, so `return ds_err(DSCKPT_ECORRUPT, "...")` is the idiom) and
+ * its callers propagate the status with DS_TRY / DS_TRYGOTO. The message lives in a
+ * thread-local buffer read by dsckpt_last_error().
+ */
+#ifndef DSCKPT_INTERNAL_H
+#define DSCKPT_INTERNAL_H
+
+#include "dsckpt.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DS_UNUSED(x) ((void)(x))
+#define DS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define DS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Records a formatted message for the calling thread and returns `st`. */
+dsckpt_status ds_err(dsckpt_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Like ds_err, with ": <strerror(errnum)>" appended; maps errnum to a status
+ * (ENOSPC/EDQUOT -> ENOSPC, ENOMEM -> ENOMEM, ENOENT -> ENOENT, EEXIST -> EEXIST,
+ * anything else -> EIO). */
+dsckpt_status ds_err_errno(int errnum, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepends "<prefix>: " to the current message, keeping the status. */
+dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ds_err_clear(void);
+
+#define DS_TRY(expr)                                 \
+    do {                                             \
+        dsckpt_status ds_try_st_ = (expr);           \
+        if (ds_try_st_ != DSCKPT_OK) return ds_try_st_; \
+    } while (0)
+
+/* Requires a `dsckpt_status st` and a label in scope. */
+#define DS_TRYGOTO(expr, label)                      \
+    do {                                             \
+        st = (expr);                                 \
+        if (st != DSCKPT_OK) goto label;             \
+    } while (0)
+
+/* Overflow-checked arithmetic: return true on overflow. */
+static inline bool ds_mul_overflow(uint64_t a, uint64_t b, uint64_t *out) {
+    return __builtin_mul_overflow(a, b, out);
+}
+static inline bool ds_add_overflow(uint64_t a, uint64_t b, uint64_t *out) {
+    return __builtin_add_overflow(a, b, out);
+}
+static inline uint64_t ds_ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+/* Allocation that records ENOMEM with a message. */
+dsckpt_status ds_malloc(size_t n, void *out_ptr);
+dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr);
+char *ds_strdup(const char *s); /* NULL on failure (and records ENOMEM) */
+
+/* Number of worker threads to use when the caller asked for `requested` (0 = auto). */
+int ds_thread_count(int requested);
+
+/* Little-endian helpers. */
+static inline void ds_put_le64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint64_t ds_get_le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+#endif /* DSCKPT_INTERNAL_H */
