@@ -1,0 +1,329 @@
+/*
+ * ckpt.c — the fragment map handle: opening native checkpoints, indexing and
+ * checking fragments, and reading element ranges of a state (see ckpt.h).
+ */
+#include "ckpt.h"
+
+#include "fsutil.h"
+#include "manifest.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *const ds_state_names[DS_NSTATES] = {"fp32", "exp_avg", "exp_avg_sq", "w16"};
+
+int ds_state_parse(const char *s) {
+    for (int i = 0; i < DS_NSTATES; i++)
+        if (s && strcmp(s, ds_state_names[i]) == 0) return i;
+    return -1;
+}
+
+void ds_tensor_clear(ds_tensor *t) {
+    if (!t) return;
+    free(t->name);
+    for (size_t a = 0; a < t->naliases; a++) free(t->aliases[a]);
+    free(t->aliases);
+    memset(t, 0, sizeof *t);
+}
+
+dsckpt_status ds_tensor_copy(ds_tensor *dst, const ds_tensor *src) {
+    *dst = *src;
+    dst->name = NULL;
+    dst->aliases = NULL;
+    dst->naliases = 0;
+    dst->name = ds_strdup(src->name);
+    if (!dst->name) return DSCKPT_ENOMEM;
+    if (src->naliases) {
+        DS_TRY(ds_calloc(src->naliases, sizeof *dst->aliases, &dst->aliases));
+        for (size_t a = 0; a < src->naliases; a++) {
+            dst->aliases[a] = ds_strdup(src->aliases[a]);
+            if (!dst->aliases[a]) return DSCKPT_ENOMEM;
+            dst->naliases = a + 1;
+        }
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_ckpt_new(dsckpt_ckpt **out) {
+    dsckpt_ckpt *c = calloc(1, sizeof *c);
+    if (!c) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    *out = c;
+    return DSCKPT_OK;
+}
+
+void dsckpt_ckpt_free(dsckpt_ckpt *c) {
+    if (!c) return;
+    free(c->format);
+    free(c->root);
+    free(c->dir);
+    free(c->tag);
+    free(c->train_dtype);
+    for (size_t i = 0; i < c->ntensors; i++) ds_tensor_clear(&c->tensors[i]);
+    free(c->tensors);
+    for (int s = 0; s < DS_NSTATES; s++) {
+        free(c->frags[s]);
+        free(c->tindex[s]);
+    }
+    for (size_t i = 0; i < c->nfiles; i++) {
+        free(c->files[i].name);
+        free(c->files[i].path);
+        ds_digests_clear(&c->files[i].dg);
+    }
+    free(c->files);
+    cJSON_Delete(c->manifest);
+    free(c);
+}
+
+static int cmp_frag(const void *a, const void *b) {
+    const ds_frag *x = a, *y = b;
+    if (x->tensor != y->tensor) return x->tensor < y->tensor ? -1 : 1;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return 0;
+}
+
+dsckpt_status ds_ckpt_index(dsckpt_ckpt *c, ds_problem_fn problem, void *user) {
+    dsckpt_status st = DSCKPT_OK;
+    for (int s = 0; s < DS_NSTATES; s++) {
+        free(c->tindex[s]);
+        c->tindex[s] = NULL;
+        DS_TRY(ds_calloc(c->ntensors + 1, sizeof *c->tindex[s], &c->tindex[s]));
+        if (c->nfrags[s]) qsort(c->frags[s], c->nfrags[s], sizeof *c->frags[s], cmp_frag);
+        /* Fragments must lie inside their tensor and inside their file. These are
+         * structural: a violation makes reading unsafe, so it always fails. */
+        for (size_t k = 0; k < c->nfrags[s]; k++) {
+            const ds_frag *f = &c->frags[s][k];
+            const ds_tensor *t = &c->tensors[f->tensor];
+            uint64_t end, bytes, fend;
+            if (ds_add_overflow(f->start, f->numel, &end) || end > t->numel)
+                return ds_err(DSCKPT_ECORRUPT, "%s: %s fragment [%llu, +%llu) of tensor '%s' lies outside its %llu elements",
+                              c->dir, ds_state_names[s], (unsigned long long)f->start, (unsigned long long)f->numel,
+                              t->name, (unsigned long long)t->numel);
+            if (ds_mul_overflow(f->numel, dsckpt_dtype_size(f->dtype), &bytes) ||
+                ds_add_overflow(f->offset, bytes, &fend) || fend > c->files[f->file].size)
+                return ds_err(DSCKPT_ECORRUPT, "%s: %s fragment of tensor '%s' at byte %llu (+%llu) lies outside %s (%llu bytes)",
+                              c->dir, ds_state_names[s], t->name, (unsigned long long)f->offset,
+                              (unsigned long long)bytes, c->files[f->file].name,
+                              (unsigned long long)c->files[f->file].size);
+            c->tindex[s][f->tensor + 1]++;
+        }
+        for (size_t t = 0; t < c->ntensors; t++) c->tindex[s][t + 1] += c->tindex[s][t];
+        /* Coverage: each applicable state covers its tensor exactly once. */
+        for (size_t t = 0; t < c->ntensors; t++) {
+            const ds_tensor *tt = &c->tensors[t];
+            size_t n;
+            const ds_frag *fr = ds_ckpt_frags(c, (ds_state)s, (uint32_t)t, &n);
+            char msg[512] = "";
+            if (!ds_state_applies(tt, (ds_state)s)) {
+                if (n) snprintf(msg, sizeof msg, "tensor '%s' is %s but has %s fragments", tt->name,
+                                tt->trainable ? "trainable" : "frozen", ds_state_names[s]);
+            } else {
+                uint64_t pos = 0;
+                for (size_t k = 0; k < n && !msg[0]; k++) {
+                    if (fr[k].start > pos)
+                        snprintf(msg, sizeof msg, "tensor '%s' state %s: elements [%llu, %llu) are in no fragment",
+                                 tt->name, ds_state_names[s], (unsigned long long)pos,
+                                 (unsigned long long)fr[k].start);
+                    else if (fr[k].start < pos)
+                        snprintf(msg, sizeof msg, "tensor '%s' state %s: elements [%llu, %llu) are in two fragments",
+                                 tt->name, ds_state_names[s], (unsigned long long)fr[k].start,
+                                 (unsigned long long)DS_MIN(pos, fr[k].start + fr[k].numel));
+                    pos = DS_MAX(pos, fr[k].start + fr[k].numel);
+                }
+                if (!msg[0] && pos < tt->numel)
+                    snprintf(msg, sizeof msg, "tensor '%s' state %s: elements [%llu, %llu) are in no fragment",
+                             tt->name, ds_state_names[s], (unsigned long long)pos, (unsigned long long)tt->numel);
+                if (!msg[0]) {
+                    /* A state's fragments of one tensor share one dtype. */
+                    for (size_t k = 1; k < n; k++)
+                        if (fr[k].dtype != fr[0].dtype)
+                            snprintf(msg, sizeof msg, "tensor '%s' state %s: fragments of different dtypes",
+                                     tt->name, ds_state_names[s]);
+                }
+            }
+            if (msg[0]) {
+                if (problem) {
+                    problem(user, "%s", msg);
+                } else {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s", c->dir, msg);
+                    return st;
+                }
+            }
+        }
+    }
+    return st;
+}
+
+dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t) {
+    size_t n;
+    const ds_frag *fr = ds_ckpt_frags(c, s, t, &n);
+    if (n) return fr[0].dtype;
+    return s == DS_ST_W16 ? c->tensors[t].dtype : DSCKPT_F32;
+}
+
+dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
+    fs->n = c->nfiles;
+    DS_TRY(ds_calloc(c->nfiles, sizeof *fs->fd, &fs->fd));
+    for (size_t i = 0; i < c->nfiles; i++) fs->fd[i] = -1;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        uint64_t size;
+        dsckpt_status st = ds_open_read(c->files[i].path, &fs->fd[i], &size);
+        if (st == DSCKPT_OK && size != c->files[i].size)
+            st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
+                        c->files[i].path, (unsigned long long)size, (unsigned long long)c->files[i].size);
+        if (st) {
+            ds_fdset_close(fs);
+            return st;
+        }
+    }
+    return DSCKPT_OK;
+}
+
+void ds_fdset_close(ds_fdset *fs) {
+    if (!fs || !fs->fd) return;
+    for (size_t i = 0; i < fs->n; i++)
+        if (fs->fd[i] >= 0) close(fs->fd[i]);
+    free(fs->fd);
+    fs->fd = NULL;
+    fs->n = 0;
+}
+
+dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
+                           uint64_t numel, void *dst) {
+    size_t n;
+    const ds_frag *fr = ds_ckpt_frags(c, s, t, &n);
+    uint8_t *out = dst;
+    uint64_t end = start + numel;
+    /* Binary search for the first fragment ending after `start`. */
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (fr[mid].start + fr[mid].numel <= start) lo = mid + 1;
+        else hi = mid;
+    }
+    uint64_t pos = start;
+    for (size_t k = lo; k < n && pos < end; k++) {
+        const ds_frag *f = &fr[k];
+        if (f->start > pos) break;
+        size_t es = dsckpt_dtype_size(f->dtype);
+        uint64_t take = DS_MIN(end, f->start + f->numel) - pos;
+        DS_TRY(ds_pread_full(fs->fd[f->file], out + (pos - start) * es, (size_t)(take * es),
+                             f->offset + (pos - f->start) * es, c->files[f->file].path));
+        pos += take;
+    }
+    if (pos != end)
+        return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s' state %s: elements from %llu are in no fragment", c->dir,
+                      c->tensors[t].name, ds_state_names[s], (unsigned long long)pos);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_out, char **root_out) {
+    *dir_out = NULL;
+    *root_out = NULL;
+    if (!ds_exists(path)) return ds_err(DSCKPT_ENOENT, "%s: no such file or directory", path);
+    if (!ds_is_dir(path)) return ds_err(DSCKPT_EINVAL, "%s: not a checkpoint directory", path);
+    char *mf = ds_join(path, DS_MANIFEST_NAME);
+    if (!mf) return DSCKPT_ENOMEM;
+    bool is_tag_dir = ds_exists(mf);
+    free(mf);
+    if (is_tag_dir && !tag) {
+        *dir_out = ds_strdup(path);
+        return *dir_out ? DSCKPT_OK : DSCKPT_ENOMEM;
+    }
+    char *latest_buf = NULL;
+    if (!tag) {
+        char *lp = ds_join(path, "latest");
+        if (!lp) return DSCKPT_ENOMEM;
+        if (!ds_exists(lp)) {
+            free(lp);
+            return ds_err(DSCKPT_ENOENT, "%s: neither a tag directory (no %s) nor a save root (no 'latest'); pass -t TAG",
+                          path, DS_MANIFEST_NAME);
+        }
+        dsckpt_status st = ds_read_small_file(lp, 4096, &latest_buf, NULL);
+        free(lp);
+        DS_TRY(st);
+        /* Readers strip surrounding white space, as DeepSpeed's do. */
+        char *s = latest_buf;
+        while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
+        size_t n = strlen(s);
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == '\t')) s[--n] = '\0';
+        memmove(latest_buf, s, n + 1);
+        tag = latest_buf;
+    }
+    if (!ds_safe_name(tag)) {
+        dsckpt_status st = ds_err(DSCKPT_ECORRUPT, "%s: tag '%s' is not a plain directory name", path, tag);
+        free(latest_buf);
+        return st;
+    }
+    char *dir = ds_join(path, tag);
+    free(latest_buf);
+    if (!dir) return DSCKPT_ENOMEM;
+    if (!ds_is_dir(dir)) {
+        dsckpt_status st = ds_err(DSCKPT_ENOENT, "%s: tag directory does not exist", dir);
+        free(dir);
+        return st;
+    }
+    *dir_out = dir;
+    *root_out = ds_strdup(path);
+    if (!*root_out) {
+        free(dir);
+        *dir_out = NULL;
+        return DSCKPT_ENOMEM;
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c) {
+    char *mp = ds_join(dir, DS_MANIFEST_NAME);
+    if (!mp) return DSCKPT_ENOMEM;
+    if (!ds_exists(mp)) {
+        dsckpt_status st = ds_err(DSCKPT_ENOENT,
+                                  "%s: no manifest: the checkpoint is incomplete (a save that did not finish) or not a dsckpt checkpoint",
+                                  dir);
+        free(mp);
+        return st;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    dsckpt_status st = ds_read_small_file(mp, DS_MANIFEST_MAX, &text, &len);
+    if (st == DSCKPT_OK) {
+        if (!c->dir) c->dir = ds_strdup(dir);
+        st = c->dir ? ds_manifest_parse(text, len, mp, c) : DSCKPT_ENOMEM;
+    }
+    free(text);
+    free(mp);
+    return st;
+}
+
+dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **out) {
+    ds_err_clear();
+    if (!path || !out) return ds_err(DSCKPT_EINVAL, "dsckpt_ckpt_open: NULL argument");
+    *out = NULL;
+    dsckpt_ckpt *c;
+    DS_TRY(ds_ckpt_new(&c));
+    dsckpt_status st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
+    if (st == DSCKPT_OK) st = ds_native_open(c->dir, c);
+    if (st == DSCKPT_OK) st = ds_ckpt_index(c, NULL, NULL);
+    if (st) {
+        dsckpt_ckpt_free(c);
+        return st;
+    }
+    *out = c;
+    return DSCKPT_OK;
+}
+
+void dsckpt_ckpt_info(const dsckpt_ckpt *c, dsckpt_info *o) {
+    memset(o, 0, sizeof *o);
+    o->format = c->format;
+    o->dir = c->dir;
+    o->tag = c->tag;
+    o->step = c->step;
+    o->world_size = c->world_size;
+    o->zero_stage = c->stage;
+    o->train_dtype = c->train_dtype;
+    o->tensor_count = c->ntensors;
+    o->file_count = c->nfiles;
+    for (size_t i = 0; i < c->ntensors; i++) o->param_count += c->tensors[i].numel;
+}

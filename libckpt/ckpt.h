@@ -1,0 +1,130 @@
+/*
+ * ckpt.h — the in-memory fragment map of a checkpoint (DESIGN.md §1), shared by
+ * every source reader (native manifest; DeepSpeed files later) and every operation.
+ *
+ * A checkpoint is a list of logical tensors; each tensor has states (fp32 master,
+ * exp_avg, exp_avg_sq for trainable tensors; w16 for frozen ones); each state is
+ * stored as fragments: element ranges [start, start+numel) of the flattened tensor
+ * found at a byte offset of one file, in a stored dtype. After ds_ckpt_index()
+ * the fragments of each state are sorted by (tensor, start) and tindex[s][t] ..
+ * tindex[s][t+1] delimits tensor t's fragments.
+ */
+#ifndef DSCKPT_CKPT_H
+#define DSCKPT_CKPT_H
+
+#include <cjson/cJSON.h>
+
+#include "internal.h"
+#include "safetensors.h"
+#include "stream.h"
+
+typedef enum ds_state {
+    DS_ST_FP32 = 0,
+    DS_ST_EXP_AVG,
+    DS_ST_EXP_AVG_SQ,
+    DS_ST_W16,
+    DS_NSTATES
+} ds_state;
+
+extern const char *const ds_state_names[DS_NSTATES]; /* "fp32", "exp_avg", "exp_avg_sq", "w16" */
+int ds_state_parse(const char *s);                   /* -1 if unknown */
+
+typedef struct ds_tensor {
+    char *name;
+    dsckpt_dtype dtype; /* the model's dtype for this tensor (w16 state is stored in it) */
+    int ndim;
+    uint64_t shape[ST_MAX_DIMS];
+    uint64_t numel;
+    bool trainable;
+    int group;          /* parameter group of a trainable tensor; -1 if frozen */
+    char **aliases;     /* tied names that share this tensor's storage */
+    size_t naliases;
+} ds_tensor;
+
+typedef struct ds_frag {
+    uint32_t tensor;
+    uint32_t file;
+    uint64_t start, numel; /* elements of the flattened tensor */
+    uint64_t offset;       /* absolute byte offset in the file */
+    dsckpt_dtype dtype;    /* stored dtype */
+} ds_frag;
+
+typedef struct ds_file {
+    char *name;   /* relative to the tag directory */
+    char *path;   /* full path */
+    int rank;
+    uint64_t size;
+    bool has_digests;
+    ds_digests dg;
+} ds_file;
+
+struct dsckpt_ckpt {
+    char *format;      /* "dsckpt" */
+    char *root;        /* save root, or NULL when opened as a tag directory */
+    char *dir;         /* tag directory */
+    char *tag;
+    int64_t step;
+    int world_size;
+    int stage;
+    char *train_dtype; /* "bf16", "fp16", "fp32" */
+    ds_tensor *tensors;
+    size_t ntensors;
+    int ngroups;
+    ds_frag *frags[DS_NSTATES];
+    size_t nfrags[DS_NSTATES];
+    size_t *tindex[DS_NSTATES]; /* ntensors + 1 entries, built by ds_ckpt_index */
+    ds_file *files;
+    size_t nfiles;
+    cJSON *manifest;   /* the parsed manifest; "state", "ds_config", "metrics" are carried over */
+};
+
+void ds_tensor_clear(ds_tensor *t);
+dsckpt_status ds_tensor_copy(ds_tensor *dst, const ds_tensor *src);
+
+/* Sorts fragments by (tensor, start) and builds tindex. Checks that every fragment
+ * lies inside its tensor and its file, and (when `coverage_problem` is NULL) that
+ * each state covers each tensor that should have it exactly once: trainable
+ * tensors need fp32/exp_avg/exp_avg_sq, frozen ones w16. With a callback, every
+ * coverage problem is reported to it instead of failing on the first. */
+typedef void (*ds_problem_fn)(void *user, const char *fmt, ...);
+dsckpt_status ds_ckpt_index(dsckpt_ckpt *c, ds_problem_fn coverage_problem, void *user);
+
+/* The fragments of state s of tensor t (after ds_ckpt_index). */
+static inline const ds_frag *ds_ckpt_frags(const dsckpt_ckpt *c, ds_state s, uint32_t t, size_t *n) {
+    *n = c->tindex[s][t + 1] - c->tindex[s][t];
+    return c->frags[s] + c->tindex[s][t];
+}
+
+/* Whether state s applies to tensor t. */
+static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
+    return t->trainable ? s != DS_ST_W16 : s == DS_ST_W16;
+}
+
+/* Open read descriptors for every file of a checkpoint, shared by worker threads
+ * (pread is thread-safe). */
+typedef struct ds_fdset {
+    int *fd;
+    size_t n;
+} ds_fdset;
+dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
+void ds_fdset_close(ds_fdset *fs);
+
+/* Reads elements [start, start+numel) of state s of tensor t, in the stored dtype
+ * (all fragments of a state share one dtype), into dst. */
+dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
+                           uint64_t numel, void *dst);
+/* The stored dtype of state s of tensor t. */
+dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
+
+/* Allocates an empty checkpoint handle. */
+dsckpt_status ds_ckpt_new(dsckpt_ckpt **out);
+
+/* Opens a native checkpoint's tag directory `dir` (manifest.json). */
+dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c);
+
+/* Resolves a save root or tag directory plus optional tag to the tag directory:
+ * root/<tag>, root/<contents of latest>, or `path` itself when it holds a
+ * manifest. Tags are checked with ds_safe_name. */
+dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_out, char **root_out);
+
+#endif /* DSCKPT_CKPT_H */

@@ -1,0 +1,322 @@
+/*
+ * consolidate.c — full weights from a fragment map into safetensors: one file, or
+ * the Hugging Face sharded layout (model-0000k-of-0000n.safetensors + index).
+ *
+ * The whole output layout (every file's header and every tensor's offset) is
+ * planned before a byte is written; then worker threads copy disjoint blocks of
+ * elements: pread the fp32 (or w16) fragments, convert, pwrite at the planned
+ * offset. Memory is a few MiB per worker whatever the model size. Outputs are built
+ * under temporary names and renamed into place only when complete.
+ */
+#include "cast.h"
+#include "ckpt.h"
+#include "fsutil.h"
+#include "parallel.h"
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BLOCK_ELEMS (1u << 20)
+#define DEFAULT_MAX_SHARD 5000000000ull
+
+void dsckpt_consolidate_opts_init(dsckpt_consolidate_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->dtype = DSCKPT_BF16;
+}
+
+typedef struct out_tensor {
+    uint32_t t;          /* source tensor */
+    ds_state state;      /* FP32 or W16 */
+    dsckpt_dtype src_dt, out_dt;
+    size_t file;         /* output file index */
+    uint64_t offset;     /* absolute byte offset in the output file */
+} out_tensor;
+
+typedef struct out_file {
+    char *final;         /* final path */
+    char *tmp;           /* where it is written */
+    int fd;
+    st_plan *plan;
+} out_file;
+
+typedef struct unit {
+    size_t ot;           /* out_tensor index */
+    uint64_t start, numel;
+} unit;
+
+typedef struct cons {
+    const dsckpt_ckpt *c;
+    ds_fdset fs;
+    out_tensor *ots;
+    size_t nots;
+    out_file *files;
+    size_t nfiles;
+    unit *units;
+    size_t nunits;
+    float **inbuf;       /* per worker */
+    uint16_t **outbuf;
+    ds_progress prog;
+} cons;
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static dsckpt_status copy_unit(void *u, size_t j, int worker) {
+    cons *k = u;
+    const unit *un = &k->units[j];
+    const out_tensor *ot = &k->ots[un->ot];
+    out_file *of = &k->files[ot->file];
+    size_t ies = dsckpt_dtype_size(ot->src_dt), oes = dsckpt_dtype_size(ot->out_dt);
+    void *in = k->inbuf[worker];
+    DS_TRY(ds_ckpt_read(k->c, &k->fs, ot->state, ot->t, un->start, un->numel, in));
+    const void *outp = in;
+    if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_BF16) {
+        ds_cast_f32_to_bf16(in, k->outbuf[worker], (size_t)un->numel);
+        outp = k->outbuf[worker];
+    } else if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_F16) {
+        ds_cast_f32_to_f16(in, k->outbuf[worker], (size_t)un->numel);
+        outp = k->outbuf[worker];
+    } else if (ies != oes) {
+        return ds_err(DSCKPT_EINTERNAL, "no conversion from %s to %s", dsckpt_dtype_name(ot->src_dt),
+                      dsckpt_dtype_name(ot->out_dt));
+    }
+    DS_TRY(ds_pwrite_full(of->fd, outp, (size_t)(un->numel * oes), ot->offset + un->start * oes, of->final));
+    ds_progress_add(&k->prog, un->numel * oes);
+    return DSCKPT_OK;
+}
+
+static void cons_free(cons *k, int threads) {
+    for (size_t i = 0; i < k->nfiles; i++) {
+        out_file *f = &k->files[i];
+        if (f->fd >= 0) close(f->fd);
+        if (f->tmp) unlink(f->tmp); /* a no-op once renamed */
+        free(f->tmp);
+        free(f->final);
+        st_plan_free(f->plan);
+    }
+    free(k->files);
+    free(k->ots);
+    free(k->units);
+    if (k->inbuf)
+        for (int i = 0; i < threads; i++) free(k->inbuf[i]);
+    if (k->outbuf)
+        for (int i = 0; i < threads; i++) free(k->outbuf[i]);
+    free(k->inbuf);
+    free(k->outbuf);
+    ds_fdset_close(&k->fs);
+}
+
+/* Plans output file `fi` holding out-tensors [a, b). */
+static dsckpt_status plan_file(cons *k, size_t fi, size_t a, size_t b) {
+    const dsckpt_ckpt *c = k->c;
+    size_t n = b - a, nal = 0;
+    for (size_t i = a; i < b; i++) nal += c->tensors[k->ots[i].t].naliases;
+    st_entry *ent = calloc(n ? n : 1, sizeof *ent);
+    st_meta *meta = calloc(nal + 2, sizeof *meta);
+    char **keys = calloc(nal + 1, sizeof *keys);
+    dsckpt_status st = DSCKPT_OK;
+    if (!ent || !meta || !keys) {
+        st = ds_err(DSCKPT_ENOMEM, "out of memory planning the output");
+        goto done;
+    }
+    size_t m = 0;
+    meta[m++] = (st_meta){"dsckpt.source_tag", c->tag};
+    for (size_t i = a; i < b; i++) {
+        const ds_tensor *t = &c->tensors[k->ots[i].t];
+        ent[i - a] = (st_entry){.name = t->name, .dtype = k->ots[i].out_dt, .ndim = t->ndim};
+        memcpy(ent[i - a].shape, t->shape, sizeof t->shape);
+        for (size_t al = 0; al < t->naliases; al++) {
+            /* Tied weights: written once under the owning name; "alias.<name>" -> owner. */
+            if (asprintf(&keys[m - 1], "alias.%s", t->aliases[al]) < 0) {
+                keys[m - 1] = NULL;
+                st = ds_err(DSCKPT_ENOMEM, "out of memory");
+                goto done;
+            }
+            meta[m] = (st_meta){keys[m - 1], t->name};
+            m++;
+        }
+    }
+    st = st_plan_make(ent, n, meta, m, &k->files[fi].plan);
+    if (st == DSCKPT_OK)
+        for (size_t i = a; i < b; i++) {
+            k->ots[i].file = fi;
+            k->ots[i].offset = k->files[fi].plan->header_bytes + k->files[fi].plan->offset[i - a];
+        }
+done:
+    if (keys)
+        for (size_t i = 0; i < nal; i++) free(keys[i]);
+    free(keys);
+    free(meta);
+    free(ent);
+    return st;
+}
+
+static dsckpt_status write_index(cons *k, const char *dir, uint64_t total) {
+    cJSON *root = cJSON_CreateObject(), *md = cJSON_AddObjectToObject(root, "metadata"),
+          *wm = cJSON_AddObjectToObject(root, "weight_map");
+    bool ok = root && md && wm && cJSON_AddNumberToObject(md, "total_size", (double)total);
+    for (size_t i = 0; ok && i < k->nots; i++) {
+        char *base = ds_basename(k->files[k->ots[i].file].final);
+        ok = base && cJSON_AddStringToObject(wm, k->c->tensors[k->ots[i].t].name, base);
+        free(base);
+    }
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return ds_err(DSCKPT_ENOMEM, "out of memory writing the index");
+    char *p = ds_join(dir, "model.safetensors.index.json");
+    dsckpt_status st = p ? ds_write_file_atomic(p, text, strlen(text)) : DSCKPT_ENOMEM;
+    free(p);
+    free(text);
+    return st;
+}
+
+dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const dsckpt_consolidate_opts *opts) {
+    ds_err_clear();
+    if (!c || !out || !*out) return ds_err(DSCKPT_EINVAL, "dsckpt_consolidate: no checkpoint or output path");
+    dsckpt_consolidate_opts defaults;
+    if (!opts) {
+        dsckpt_consolidate_opts_init(&defaults);
+        opts = &defaults;
+    }
+    if (opts->dtype != DSCKPT_BF16 && opts->dtype != DSCKPT_F16 && opts->dtype != DSCKPT_F32)
+        return ds_err(DSCKPT_EINVAL, "output dtype must be bf16, fp16 or fp32 (got %s)", dsckpt_dtype_name(opts->dtype));
+    uint64_t max_shard = opts->max_shard_size ? opts->max_shard_size : DEFAULT_MAX_SHARD;
+    bool single = ends_with(out, ".safetensors");
+    int threads = ds_thread_count(opts->threads);
+    cons k = {.c = c};
+    ds_outdir od = {0};
+    dsckpt_status st = DSCKPT_OK;
+    uint64_t total = 0;
+
+    if (single && ds_exists(out) && !opts->force) {
+        return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", out);
+    }
+    /* Which tensors, from which state, in which dtype. */
+    DS_TRYGOTO(ds_calloc(c->ntensors, sizeof *k.ots, &k.ots), done);
+    for (size_t i = 0; i < c->ntensors; i++) {
+        const ds_tensor *t = &c->tensors[i];
+        if (!t->trainable && opts->exclude_frozen) continue;
+        out_tensor *ot = &k.ots[k.nots++];
+        ot->t = (uint32_t)i;
+        ot->state = t->trainable ? DS_ST_FP32 : DS_ST_W16;
+        ot->src_dt = ds_ckpt_state_dtype(c, ot->state, (uint32_t)i);
+        /* Frozen tensors keep their stored dtype, as DeepSpeed's converter does. */
+        ot->out_dt = t->trainable ? opts->dtype : ot->src_dt;
+        total += t->numel * dsckpt_dtype_size(ot->out_dt);
+    }
+    /* Shards: greedy in tensor order, a tensor larger than the limit alone. */
+    size_t *bounds = NULL; /* file f holds ots [bounds[f], bounds[f+1]) */
+    DS_TRYGOTO(ds_calloc(k.nots + 2, sizeof *bounds, &bounds), done);
+    size_t nf = 1;
+    if (!single) {
+        uint64_t cur = 0;
+        for (size_t i = 0; i < k.nots; i++) {
+            uint64_t b = c->tensors[k.ots[i].t].numel * dsckpt_dtype_size(k.ots[i].out_dt);
+            if (cur > 0 && cur + b > max_shard) {
+                bounds[nf++] = i;
+                cur = 0;
+            }
+            cur += b;
+        }
+    }
+    bounds[nf] = k.nots;
+    st = ds_calloc(nf, sizeof *k.files, &k.files);
+    if (st) {
+        free(bounds);
+        goto done;
+    }
+    k.nfiles = nf;
+    for (size_t f = 0; f < nf; f++) k.files[f].fd = -1;
+    for (size_t f = 0; f < nf && st == DSCKPT_OK; f++) st = plan_file(&k, f, bounds[f], bounds[f + 1]);
+    free(bounds);
+    if (st) goto done;
+
+    /* Open the inputs, then create the outputs under temporary names. */
+    DS_TRYGOTO(ds_fdset_open(c, &k.fs), done);
+    if (single) {
+        k.files[0].final = ds_strdup(out);
+        k.files[0].tmp = ds_tmp_sibling(out);
+        if (!k.files[0].final || !k.files[0].tmp) {
+            st = DSCKPT_ENOMEM;
+            goto done;
+        }
+    } else {
+        DS_TRYGOTO(ds_outdir_begin(&od, out, opts->force != 0), done);
+        for (size_t f = 0; f < nf; f++) {
+            char name[96];
+            if (nf == 1) snprintf(name, sizeof name, "model.safetensors");
+            else snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", f + 1, nf);
+            k.files[f].final = ds_join(out, name);
+            k.files[f].tmp = ds_join(od.tmp, name);
+            if (!k.files[f].final || !k.files[f].tmp) {
+                st = DSCKPT_ENOMEM;
+                goto done;
+            }
+        }
+    }
+    for (size_t f = 0; f < nf; f++) {
+        out_file *of = &k.files[f];
+        of->fd = open(of->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (of->fd < 0) {
+            st = ds_err_errno(errno, "%s: cannot create", of->tmp);
+            goto done;
+        }
+        DS_TRYGOTO(ds_pwrite_full(of->fd, of->plan->header, of->plan->header_bytes, 0, of->final), done);
+    }
+
+    /* Work units: blocks of at most BLOCK_ELEMS elements of one tensor. */
+    size_t nu = 0;
+    for (size_t i = 0; i < k.nots; i++) nu += (size_t)ds_ceil_div(c->tensors[k.ots[i].t].numel, BLOCK_ELEMS);
+    DS_TRYGOTO(ds_calloc(nu, sizeof *k.units, &k.units), done);
+    for (size_t i = 0; i < k.nots; i++)
+        for (uint64_t s = 0; s < c->tensors[k.ots[i].t].numel; s += BLOCK_ELEMS)
+            k.units[k.nunits++] = (unit){i, s, DS_MIN(BLOCK_ELEMS, c->tensors[k.ots[i].t].numel - s)};
+    DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *k.inbuf, &k.inbuf), done);
+    DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *k.outbuf, &k.outbuf), done);
+    for (int i = 0; i < threads; i++) {
+        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(double), &k.inbuf[i]), done);
+        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(uint16_t), &k.outbuf[i]), done);
+    }
+    k.prog.total = total;
+    k.prog.fn = opts->progress;
+    k.prog.user = opts->progress_user;
+    DS_TRYGOTO(ds_parallel_run(k.nunits, threads, copy_unit, &k, &k.prog), done);
+
+    /* Durable, then into place. */
+    for (size_t f = 0; f < nf; f++) {
+        out_file *of = &k.files[f];
+        if (fsync(of->fd) != 0) {
+            st = ds_err_errno(errno, "%s: fsync failed", of->final);
+            goto done;
+        }
+        int fd = of->fd;
+        of->fd = -1;
+        if (close(fd) != 0) {
+            st = ds_err_errno(errno, "%s: close failed", of->final);
+            goto done;
+        }
+    }
+    if (single) {
+        DS_TRYGOTO(ds_rename_durable(k.files[0].tmp, out, opts->force == 0), done);
+        free(k.files[0].tmp);
+        k.files[0].tmp = NULL;
+    } else {
+        if (nf > 1) DS_TRYGOTO(write_index(&k, od.tmp, total), done);
+        DS_TRYGOTO(ds_outdir_commit(&od), done);
+        for (size_t f = 0; f < nf; f++) { /* now inside `out`; nothing to unlink */
+            free(k.files[f].tmp);
+            k.files[f].tmp = NULL;
+        }
+    }
+done:
+    ds_outdir_abort(&od);
+    cons_free(&k, threads);
+    return st;
+}

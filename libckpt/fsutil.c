@@ -1,0 +1,296 @@
+/*
+ * fsutil.c — full reads and writes, durable renames, atomic small files, and output
+ * directories committed by rename. See fsutil.h.
+ */
+#include "fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+dsckpt_status ds_pread_full(int fd, void *buf, size_t n, uint64_t offset, const char *what) {
+    uint8_t *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pread(fd, p + done, n - done, (off_t)(offset + done));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return ds_err_errno(errno, "%s: read of %zu bytes at offset %llu failed", what, n,
+                                (unsigned long long)offset);
+        }
+        if (r == 0)
+            return ds_err(DSCKPT_ECORRUPT, "%s: truncated: wanted %zu bytes at offset %llu, file ends at %llu",
+                          what, n, (unsigned long long)offset, (unsigned long long)(offset + done));
+        done += (size_t)r;
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset, const char *what) {
+    const uint8_t *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = pwrite(fd, p + done, n - done, (off_t)(offset + done));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return ds_err_errno(errno, "%s: write of %zu bytes at offset %llu failed", what, n,
+                                (unsigned long long)offset);
+        }
+        done += (size_t)w;
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ds_err_errno(errno, "%s: cannot open", path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        dsckpt_status st = ds_err_errno(errno, "%s: cannot stat", path);
+        close(fd);
+        return st;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ds_err(DSCKPT_EINVAL, "%s: not a regular file", path);
+    }
+    *fd_out = fd;
+    if (size_out) *size_out = (uint64_t)sb.st_size;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_read_small_file(const char *path, size_t max, char **out, size_t *len_out) {
+    int fd;
+    uint64_t size;
+    DS_TRY(ds_open_read(path, &fd, &size));
+    if (size > max) {
+        close(fd);
+        return ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, more than the %zu this file may have", path,
+                      (unsigned long long)size, max);
+    }
+    char *buf = malloc((size_t)size + 1);
+    if (!buf) {
+        close(fd);
+        return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", path);
+    }
+    dsckpt_status st = ds_pread_full(fd, buf, (size_t)size, 0, path);
+    close(fd);
+    if (st) {
+        free(buf);
+        return st;
+    }
+    buf[size] = '\0';
+    *out = buf;
+    if (len_out) *len_out = (size_t)size;
+    return DSCKPT_OK;
+}
+
+bool ds_is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+bool ds_exists(const char *path) {
+    struct stat sb;
+    return lstat(path, &sb) == 0;
+}
+
+char *ds_join(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    bool slash = la > 0 && a[la - 1] != '/';
+    char *p = malloc(la + lb + 2);
+    if (!p) {
+        ds_err(DSCKPT_ENOMEM, "out of memory joining paths");
+        return NULL;
+    }
+    memcpy(p, a, la);
+    if (slash) p[la++] = '/';
+    memcpy(p + la, b, lb + 1);
+    return p;
+}
+
+static size_t strip_trailing_slashes(const char *path) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    return n;
+}
+
+char *ds_dirname(const char *path) {
+    size_t n = strip_trailing_slashes(path);
+    while (n > 0 && path[n - 1] != '/') n--;
+    if (n == 0) return ds_strdup(".");
+    while (n > 1 && path[n - 1] == '/') n--;
+    char *p = strndup(path, n);
+    if (!p) ds_err(DSCKPT_ENOMEM, "out of memory");
+    return p;
+}
+
+char *ds_basename(const char *path) {
+    size_t n = strip_trailing_slashes(path);
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/') b--;
+    char *p = strndup(path + b, n - b);
+    if (!p) ds_err(DSCKPT_ENOMEM, "out of memory");
+    return p;
+}
+
+bool ds_safe_name(const char *name) {
+    if (!name || !*name) return false;
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return false;
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++, n++) {
+        if (*p == '/' || *p == '\\' || *p < 0x20 || *p == 0x7f) return false;
+    }
+    return n <= 255;
+}
+
+dsckpt_status ds_mkdir(const char *path) {
+    if (mkdir(path, 0755) != 0) return ds_err_errno(errno, "%s: cannot create directory", path);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return ds_err_errno(errno, "%s: cannot open directory to fsync", dir);
+    dsckpt_status st = DSCKPT_OK;
+    /* Some file systems refuse fsync on directories (EINVAL); the rename is still
+     * as durable as that file system can make it. */
+    if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
+        st = ds_err_errno(errno, "%s: fsync of directory failed", dir);
+    close(fd);
+    return st;
+}
+
+dsckpt_status ds_rename_durable(const char *tmp, const char *final, bool noreplace) {
+    if (noreplace) {
+        if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) != 0) {
+            if (errno == EEXIST) return ds_err(DSCKPT_EEXIST, "%s: already exists", final);
+            if (errno != EINVAL && errno != ENOSYS)
+                return ds_err_errno(errno, "%s: cannot rename into place", final);
+            /* File system without RENAME_NOREPLACE: link()+unlink() keeps the
+             * no-clobber guarantee for files; directories fall back to a check. */
+            if (ds_exists(final)) return ds_err(DSCKPT_EEXIST, "%s: already exists", final);
+            if (rename(tmp, final) != 0) return ds_err_errno(errno, "%s: cannot rename into place", final);
+        }
+    } else if (rename(tmp, final) != 0) {
+        return ds_err_errno(errno, "%s: cannot rename into place", final);
+    }
+    char *dir = ds_dirname(final);
+    if (!dir) return DSCKPT_ENOMEM;
+    dsckpt_status st = ds_fsync_dir(dir);
+    free(dir);
+    return st;
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void ds_rmtree(const char *path) {
+    if (path && ds_exists(path)) nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static atomic_uint tmp_counter;
+
+char *ds_tmp_sibling(const char *final) {
+    char *dir = ds_dirname(final), *base = ds_basename(final), *p = NULL;
+    if (dir && base &&
+        asprintf(&p, "%s/.%s.tmp-%ld-%u", dir, base, (long)getpid(), atomic_fetch_add(&tmp_counter, 1)) < 0)
+        p = NULL;
+    if (!p) ds_err(DSCKPT_ENOMEM, "out of memory");
+    free(dir);
+    free(base);
+    return p;
+}
+
+dsckpt_status ds_write_file_atomic(const char *path, const void *data, size_t len) {
+    char *tmp = ds_tmp_sibling(path);
+    if (!tmp) return DSCKPT_ENOMEM;
+    dsckpt_status st = DSCKPT_OK;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        st = ds_err_errno(errno, "%s: cannot create", tmp);
+        free(tmp);
+        return st;
+    }
+    st = ds_pwrite_full(fd, data, len, 0, path);
+    if (st == DSCKPT_OK && fsync(fd) != 0) st = ds_err_errno(errno, "%s: fsync failed", path);
+    if (close(fd) != 0 && st == DSCKPT_OK) st = ds_err_errno(errno, "%s: close failed", path);
+    if (st == DSCKPT_OK) st = ds_rename_durable(tmp, path, false);
+    if (st != DSCKPT_OK) unlink(tmp);
+    free(tmp);
+    return st;
+}
+
+dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force) {
+    memset(od, 0, sizeof *od);
+    od->force = force;
+    if (ds_exists(final) && !force)
+        return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", final);
+    char *parent = ds_dirname(final);
+    if (!parent) return DSCKPT_ENOMEM;
+    bool ok = ds_is_dir(parent);
+    free(parent);
+    if (!ok) return ds_err(DSCKPT_ENOENT, "%s: the parent directory does not exist", final);
+    od->final = ds_strdup(final);
+    od->tmp = ds_tmp_sibling(final);
+    if (!od->final || !od->tmp) {
+        ds_outdir_abort(od);
+        return DSCKPT_ENOMEM;
+    }
+    dsckpt_status st = ds_mkdir(od->tmp);
+    if (st) {
+        free(od->tmp);
+        od->tmp = NULL;
+        ds_outdir_abort(od);
+    }
+    return st;
+}
+
+dsckpt_status ds_outdir_commit(ds_outdir *od) {
+    DS_TRY(ds_fsync_dir(od->tmp));
+    dsckpt_status st;
+    if (ds_exists(od->final)) {
+        if (!od->force) return ds_err(DSCKPT_EEXIST, "%s: output appeared while writing; not replaced", od->final);
+        /* Move the old output aside, put the new one in place, then delete the old:
+         * at every instant one complete output exists under `final` or beside it. */
+        char *old = ds_tmp_sibling(od->final);
+        if (!old) return DSCKPT_ENOMEM;
+        if (rename(od->final, old) != 0) {
+            st = ds_err_errno(errno, "%s: cannot move the existing output aside", od->final);
+            free(old);
+            return st;
+        }
+        st = ds_rename_durable(od->tmp, od->final, true);
+        if (st) {
+            rename(old, od->final); /* put the original back */
+            free(old);
+            return st;
+        }
+        ds_rmtree(old);
+        free(old);
+    } else {
+        DS_TRY(ds_rename_durable(od->tmp, od->final, true));
+    }
+    free(od->tmp);
+    od->tmp = NULL;
+    return DSCKPT_OK;
+}
+
+void ds_outdir_abort(ds_outdir *od) {
+    if (!od) return;
+    if (od->tmp) ds_rmtree(od->tmp);
+    free(od->tmp);
+    free(od->final);
+    od->tmp = od->final = NULL;
+}

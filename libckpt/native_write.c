@@ -1,0 +1,211 @@
+/*
+ * native_write.c — rank files, manifest and `latest` of a native checkpoint
+ * (see native_write.h).
+ */
+#include "native_write.h"
+
+#include "fsutil.h"
+#include "manifest.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FILL_BLOCK_BYTES (4u << 20)
+
+void ds_native_out_free(ds_native_out *o) {
+    if (!o) return;
+    if (o->plans && o->layout)
+        for (int r = 0; r < o->layout->nfiles; r++) ds_rank_plan_clear(&o->plans[r]);
+    free(o->plans);
+    ds_layout_free(o->layout);
+    dsckpt_ckpt_free(o->c);
+    free(o);
+}
+
+static dsckpt_status add_carried(cJSON *root, const char *key, const cJSON *v) {
+    cJSON *d = v ? cJSON_Duplicate(v, 1) : cJSON_CreateObject();
+    if (!d || !cJSON_AddItemToObject(root, key, d)) {
+        cJSON_Delete(d);
+        return ds_err(DSCKPT_ENOMEM, "out of memory");
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_native_out **out) {
+    ds_native_out *o = calloc(1, sizeof *o);
+    if (!o) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    dsckpt_status st = ds_ckpt_new(&o->c);
+    dsckpt_ckpt *c = o->c;
+    o->chunk_size = sp->chunk_size ? sp->chunk_size : DS_DEFAULT_CHUNK;
+    if (st == DSCKPT_OK && !ds_safe_name(sp->tag)) st = ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", sp->tag);
+    if (st == DSCKPT_OK) st = ds_layout_make(sp->tensors, sp->ntensors, sp->ngroups, sp->stage, sp->world_size, &o->layout);
+    if (st) goto fail;
+    c->format = ds_strdup("dsckpt");
+    c->dir = ds_strdup(dir);
+    c->tag = ds_strdup(sp->tag);
+    c->train_dtype = ds_strdup(sp->train_dtype);
+    if (!c->format || !c->dir || !c->tag || !c->train_dtype) goto nomem;
+    c->step = sp->step;
+    c->world_size = sp->world_size;
+    c->stage = sp->stage;
+    c->ngroups = sp->ngroups;
+    DS_TRYGOTO(ds_calloc(sp->ntensors, sizeof *c->tensors, &c->tensors), fail);
+    for (size_t i = 0; i < sp->ntensors; i++) {
+        c->ntensors = i + 1;
+        DS_TRYGOTO(ds_tensor_copy(&c->tensors[i], &sp->tensors[i]), fail);
+    }
+    c->ntensors = sp->ntensors;
+    c->manifest = cJSON_CreateObject();
+    if (!c->manifest) goto nomem;
+    DS_TRYGOTO(add_carried(c->manifest, "state", sp->state), fail);
+    DS_TRYGOTO(add_carried(c->manifest, "ds_config", sp->ds_config), fail);
+    DS_TRYGOTO(add_carried(c->manifest, "metrics", sp->metrics), fail);
+
+    int nf = o->layout->nfiles;
+    DS_TRYGOTO(ds_calloc((size_t)nf, sizeof *o->plans, &o->plans), fail);
+    DS_TRYGOTO(ds_calloc((size_t)nf, sizeof *c->files, &c->files), fail);
+    c->nfiles = (size_t)nf;
+    /* Count fragments per state, then fill them from the plans. */
+    size_t cnt[DS_NSTATES] = {0};
+    for (int r = 0; r < nf; r++) {
+        DS_TRYGOTO(ds_rank_plan_make(o->layout, c->tensors, r, sp->tag, &o->plans[r]), fail);
+        char name[64];
+        snprintf(name, sizeof name, DS_RANK_FILE_FMT, r);
+        c->files[r].name = ds_strdup(name);
+        c->files[r].path = ds_join(dir, name);
+        if (!c->files[r].name || !c->files[r].path) goto nomem;
+        c->files[r].rank = r;
+        c->files[r].size = o->plans[r].plan->file_size;
+        for (size_t e = 0; e < o->plans[r].n; e++)
+            cnt[o->plans[r].entries[e].state] += o->layout->ranks[r].bufs[o->plans[r].entries[e].buf].npieces;
+    }
+    for (int s = 0; s < DS_NSTATES; s++) DS_TRYGOTO(ds_calloc(cnt[s], sizeof *c->frags[s], &c->frags[s]), fail);
+    for (int r = 0; r < nf; r++) {
+        const ds_rank_plan *rp = &o->plans[r];
+        for (size_t e = 0; e < rp->n; e++) {
+            const ds_buf *b = &o->layout->ranks[r].bufs[rp->entries[e].buf];
+            ds_state s = rp->entries[e].state;
+            uint64_t base = rp->plan->header_bytes + rp->plan->offset[e];
+            size_t es = dsckpt_dtype_size(b->dtype);
+            for (size_t k = 0; k < b->npieces; k++) {
+                const ds_piece *p = &b->pieces[k];
+                c->frags[s][c->nfrags[s]++] = (ds_frag){.tensor = p->tensor, .file = (uint32_t)r, .start = p->start,
+                                                        .numel = p->numel, .offset = base + p->buf_off * es,
+                                                        .dtype = b->dtype};
+            }
+        }
+    }
+    DS_TRYGOTO(ds_ckpt_index(c, NULL, NULL), fail);
+    *out = o;
+    return DSCKPT_OK;
+nomem:
+    st = ds_err(DSCKPT_ENOMEM, "out of memory planning a checkpoint");
+fail:
+    ds_native_out_free(o);
+    return st;
+}
+
+uint64_t ds_native_total_bytes(const ds_native_out *o) {
+    uint64_t t = 0;
+    for (size_t i = 0; i < o->c->nfiles; i++) t += o->c->files[i].size;
+    return t;
+}
+
+dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+                                   ds_progress *prog) {
+    ds_file *f = &o->c->files[rank];
+    const ds_rank_plan *rp = &o->plans[rank];
+    const ds_rank_layout *rl = &o->layout->ranks[rank];
+    char *tmp = ds_tmp_sibling(f->path);
+    if (!tmp) return DSCKPT_ENOMEM;
+    uint8_t *blk = NULL;
+    ds_stream *s = NULL;
+    dsckpt_status st = ds_malloc(FILL_BLOCK_BYTES, &blk);
+    if (st == DSCKPT_OK) st = ds_stream_create(tmp, o->chunk_size, &s);
+    if (st) goto done;
+    DS_TRYGOTO(ds_stream_write(s, rp->plan->header, rp->plan->header_bytes), done);
+    for (size_t k = 0; k < rp->plan->n; k++) {
+        size_t e = rp->plan->order[k];
+        const ds_buf *b = &rl->bufs[rp->entries[e].buf];
+        ds_state state = rp->entries[e].state;
+        size_t es = dsckpt_dtype_size(b->dtype);
+        uint64_t pos = 0; /* element position in the buffer */
+        for (size_t p = 0; p <= b->npieces; p++) {
+            uint64_t next = p < b->npieces ? b->pieces[p].buf_off : b->len;
+            if (next > pos) DS_TRYGOTO(ds_stream_write_zeros(s, (next - pos) * es), done); /* padding */
+            pos = next;
+            if (p == b->npieces) break;
+            const ds_piece *pc = &b->pieces[p];
+            uint64_t per = FILL_BLOCK_BYTES / es;
+            for (uint64_t i = 0; i < pc->numel; i += per) {
+                if (ds_parallel_stopping(NULL)) {
+                    st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
+                    goto done;
+                }
+                uint64_t n = DS_MIN(per, pc->numel - i);
+                DS_TRYGOTO(fill(user, state, pc->tensor, pc->start + i, n, blk, worker), done);
+                DS_TRYGOTO(ds_stream_write(s, blk, (size_t)(n * es)), done);
+                ds_progress_add(prog, n * es);
+            }
+            pos += pc->numel;
+        }
+    }
+    if (ds_stream_pos(s) != f->size) {
+        st = ds_err(DSCKPT_EINTERNAL, "%s: wrote %llu bytes, planned %llu", f->path,
+                    (unsigned long long)ds_stream_pos(s), (unsigned long long)f->size);
+        goto done;
+    }
+    ds_digests_clear(&f->dg);
+    st = ds_stream_finish(s, &f->dg);
+    s = NULL;
+    if (st == DSCKPT_OK) {
+        f->has_digests = true;
+        st = ds_rename_durable(tmp, f->path, true);
+    }
+done:
+    ds_stream_abort(s);
+    if (st) unlink(tmp);
+    free(tmp);
+    free(blk);
+    return st;
+}
+
+typedef struct write_job {
+    ds_native_out *o;
+    ds_fill_fn fill;
+    void *user;
+    ds_progress *prog;
+} write_job;
+
+static dsckpt_status write_job_fn(void *u, size_t job, int worker) {
+    write_job *j = u;
+    return ds_native_write_rank(j->o, (int)job, j->fill, j->user, worker, j->prog);
+}
+
+dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user, int threads, ds_progress *prog) {
+    write_job j = {o, fill, user, prog};
+    if (prog) prog->total = ds_native_total_bytes(o);
+    DS_TRY(ds_parallel_run(o->c->nfiles, threads, write_job_fn, &j, prog));
+    return ds_native_write_manifest(o);
+}
+
+dsckpt_status ds_native_write_manifest(ds_native_out *o) {
+    char *text = NULL;
+    DS_TRY(ds_manifest_build(o->c, &text));
+    char *path = ds_join(o->c->dir, DS_MANIFEST_NAME);
+    dsckpt_status st = path ? ds_write_file_atomic(path, text, strlen(text)) : DSCKPT_ENOMEM;
+    free(path);
+    free(text);
+    return st;
+}
+
+dsckpt_status ds_set_latest(const char *root, const char *tag) {
+    if (!ds_safe_name(tag)) return ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", tag);
+    char *p = ds_join(root, "latest");
+    if (!p) return DSCKPT_ENOMEM;
+    dsckpt_status st = ds_write_file_atomic(p, tag, strlen(tag));
+    free(p);
+    return st;
+}

@@ -1,0 +1,93 @@
+/*
+ * reshard.c — a native checkpoint for M ranks (and optionally another ZeRO stage)
+ * from any fragment map: the new layout is computed with the shared partition
+ * arithmetic and each new rank file is streamed from the intersecting source
+ * fragments. Every state and all non-tensor state are carried over bit for bit.
+ */
+#include "ckpt.h"
+#include "fsutil.h"
+#include "native_write.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->world_size = 1;
+    o->zero_stage = -1;
+}
+
+typedef struct reshard_fill {
+    const dsckpt_ckpt *c;
+    ds_fdset fs;
+} reshard_fill;
+
+static dsckpt_status reshard_fill_fn(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst,
+                                     int worker) {
+    (void)worker;
+    reshard_fill *rf = u;
+    dsckpt_dtype want = s == DS_ST_W16 ? rf->c->tensors[t].dtype : DSCKPT_F32;
+    if (ds_ckpt_state_dtype(rf->c, s, t) != want)
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: tensor '%s' state %s is stored as %s; a native checkpoint keeps it as %s",
+                      rf->c->dir, rf->c->tensors[t].name, ds_state_names[s],
+                      dsckpt_dtype_name(ds_ckpt_state_dtype(rf->c, s, t)), dsckpt_dtype_name(want));
+    return ds_ckpt_read(rf->c, &rf->fs, s, t, start, numel, dst);
+}
+
+static const cJSON *carried(const dsckpt_ckpt *c, const char *key) {
+    return c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, key) : NULL;
+}
+
+dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
+    ds_err_clear();
+    if (!c || !out || !*out || !opts) return ds_err(DSCKPT_EINVAL, "dsckpt_reshard: NULL argument");
+    if (opts->world_size < 1 || opts->world_size > 1000000)
+        return ds_err(DSCKPT_EINVAL, "--to must be between 1 and 1000000 (got %d)", opts->world_size);
+    int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
+    if (stage > 3) return ds_err(DSCKPT_EINVAL, "--stage must be 0, 1, 2 or 3 (got %d)", stage);
+    reshard_fill rf = {.c = c};
+    ds_outdir od = {0};
+    ds_native_out *no = NULL;
+    char *tagdir = NULL, *src_ts = NULL, *dst_ts = NULL, *ts_text = NULL;
+    size_t ts_len = 0;
+    dsckpt_status st = ds_fdset_open(c, &rf.fs);
+    if (st) return st;
+    DS_TRYGOTO(ds_outdir_begin(&od, out, opts->force != 0), done);
+    tagdir = ds_join(od.tmp, c->tag);
+    if (!tagdir) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    DS_TRYGOTO(ds_mkdir(tagdir), done);
+    ds_native_spec spec = {.tensors = c->tensors, .ntensors = c->ntensors, .ngroups = c->ngroups, .stage = stage,
+                           .world_size = opts->world_size, .tag = c->tag, .step = c->step,
+                           .train_dtype = c->train_dtype, .state = carried(c, "state"),
+                           .ds_config = carried(c, "ds_config"), .metrics = carried(c, "metrics")};
+    DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
+    ds_progress prog = {.fn = opts->progress, .user = opts->progress_user};
+    DS_TRYGOTO(ds_native_write_all(no, reshard_fill_fn, &rf, ds_thread_count(opts->threads), &prog), done);
+    DS_TRYGOTO(ds_set_latest(od.tmp, c->tag), done);
+    /* The save root's trainer state (best checkpoint, history) travels along. */
+    if (c->root) {
+        src_ts = ds_join(c->root, "trainer_state.json");
+        dst_ts = ds_join(od.tmp, "trainer_state.json");
+        if (!src_ts || !dst_ts) {
+            st = DSCKPT_ENOMEM;
+            goto done;
+        }
+        if (ds_exists(src_ts)) {
+            DS_TRYGOTO(ds_read_small_file(src_ts, 256u << 20, &ts_text, &ts_len), done);
+            DS_TRYGOTO(ds_write_file_atomic(dst_ts, ts_text, ts_len), done);
+        }
+    }
+    st = ds_outdir_commit(&od);
+done:
+    ds_outdir_abort(&od);
+    ds_native_out_free(no);
+    ds_fdset_close(&rf.fs);
+    free(tagdir);
+    free(src_ts);
+    free(dst_ts);
+    free(ts_text);
+    return st;
+}

@@ -1,0 +1,343 @@
+/*
+ * verify.c — integrity checks of a native checkpoint or a safetensors file.
+ *
+ * For a checkpoint: the manifest is parsed strictly; every listed file must exist
+ * with the listed size, be valid safetensors naming this checkpoint's tag, rank and
+ * world size; every chunk's SHA-256 is recomputed on all cores (jobs are chunks, so
+ * one large file still uses every core) and compared; the fragments of every state
+ * must cover each tensor exactly once and lie inside their files' data; files in
+ * the tag directory that the manifest does not list are reported. Every problem is
+ * collected (file, chunk, tensor, offset), not just the first.
+ */
+#include "ckpt.h"
+#include "fsutil.h"
+#include "manifest.h"
+#include "parallel.h"
+#include "safetensors.h"
+#include "stream.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define READ_PIECE (1u << 20)
+
+struct dsckpt_verify_report {
+    dsckpt_verify_result result;
+    char **problems;
+    size_t n, cap;
+    uint64_t bytes;
+    size_t files;
+    pthread_mutex_t mu;
+};
+
+void dsckpt_verify_opts_init(dsckpt_verify_opts *o) { memset(o, 0, sizeof *o); }
+
+static void add_problem(dsckpt_verify_report *r, dsckpt_verify_result sev, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void add_problem(dsckpt_verify_report *r, dsckpt_verify_result sev, const char *fmt, ...) {
+    char *msg = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&msg, fmt, ap) < 0) msg = NULL;
+    va_end(ap);
+    pthread_mutex_lock(&r->mu);
+    if (sev > r->result) r->result = sev;
+    if (msg && r->n == r->cap) {
+        size_t ncap = r->cap ? r->cap * 2 : 16;
+        char **p = realloc(r->problems, ncap * sizeof *p);
+        if (p) {
+            r->problems = p;
+            r->cap = ncap;
+        }
+    }
+    if (msg && r->n < r->cap) r->problems[r->n++] = msg;
+    else free(msg);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void coverage_cb(void *user, const char *fmt, ...) {
+    dsckpt_verify_report *r = user;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    add_problem(r, DSCKPT_VERIFY_CORRUPT, "coverage: %s", msg);
+}
+
+/* Severity of a failed status: data problems are corruption, the rest unreadable. */
+static dsckpt_verify_result sev_of(dsckpt_status st) {
+    return (st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION || st == DSCKPT_EUNSUPPORTED)
+               ? DSCKPT_VERIFY_CORRUPT
+               : DSCKPT_VERIFY_UNREADABLE;
+}
+
+typedef struct hash_job {
+    size_t file;
+    size_t chunk;
+} hash_job;
+
+typedef struct vctx {
+    const dsckpt_ckpt *c;
+    dsckpt_verify_report *r;
+    int *fds;           /* per file, -1 if not hashable */
+    hash_job *jobs;
+    size_t njobs;
+    uint8_t **bufs;     /* per worker */
+    EVP_MD_CTX **mds;   /* per worker */
+    ds_progress prog;
+} vctx;
+
+static dsckpt_status hash_one(void *u, size_t j, int worker) {
+    vctx *v = u;
+    const hash_job *hj = &v->jobs[j];
+    const ds_file *f = &v->c->files[hj->file];
+    uint64_t off = (uint64_t)hj->chunk * f->dg.chunk_size;
+    uint64_t len = DS_MIN(f->dg.chunk_size, f->size - off);
+    EVP_MD_CTX *md = v->mds[worker];
+    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    for (uint64_t done = 0; done < len;) {
+        size_t n = (size_t)DS_MIN(READ_PIECE, len - done);
+        dsckpt_status st = ds_pread_full(v->fds[hj->file], v->bufs[worker], n, off + done, f->path);
+        if (st) {
+            add_problem(v->r, sev_of(st), "%s: chunk %zu: %s", f->name, hj->chunk, dsckpt_last_error());
+            return DSCKPT_OK; /* recorded; keep checking the others */
+        }
+        if (EVP_DigestUpdate(md, v->bufs[worker], n) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+        done += n;
+        ds_progress_add(&v->prog, n);
+    }
+    uint8_t dg[DS_SHA256_LEN];
+    unsigned int dl = 0;
+    if (EVP_DigestFinal_ex(md, dg, &dl) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    if (memcmp(dg, f->dg.chunks[hj->chunk], DS_SHA256_LEN) != 0)
+        add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu): SHA-256 mismatch", f->name,
+                    hj->chunk, (unsigned long long)off, (unsigned long long)(off + len));
+    return DSCKPT_OK;
+}
+
+/* Structure of one rank file: valid safetensors, names this checkpoint, and holds
+ * the fragments that point into it. Returns false if it cannot be hashed. */
+static bool check_file_structure(const dsckpt_ckpt *c, size_t i, int fd, dsckpt_verify_report *r) {
+    const ds_file *f = &c->files[i];
+    st_header *h = NULL;
+    dsckpt_status st = st_read_fd(fd, f->name, &h);
+    if (st) {
+        add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+        return true; /* still hash: the chunk digests locate the damage */
+    }
+    char want[32];
+    const char *v;
+    snprintf(want, sizeof want, "%d", f->rank);
+    if (!(v = st_meta_get(h, "dsckpt.rank")) || strcmp(v, want) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says rank %s, the manifest says %d (a stray file?)",
+                    f->name, v ? v : "(none)", f->rank);
+    snprintf(want, sizeof want, "%d", c->world_size);
+    if (!(v = st_meta_get(h, "dsckpt.world_size")) || strcmp(v, want) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says world size %s, the manifest says %d", f->name,
+                    v ? v : "(none)", c->world_size);
+    if (!(v = st_meta_get(h, "dsckpt.tag")) || strcmp(v, c->tag) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says tag %s, the manifest says %s (from another checkpoint?)",
+                    f->name, v ? v : "(none)", c->tag);
+    /* Fragments must point into the data buffer, not the header. */
+    for (int s = 0; s < DS_NSTATES; s++)
+        for (size_t k = 0; k < c->nfrags[s]; k++) {
+            const ds_frag *fr = &c->frags[s][k];
+            if (fr->file == i && fr->numel && fr->offset < h->data_start)
+                add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %s fragment of '%s' at byte %llu points into the header",
+                            f->name, ds_state_names[s], c->tensors[fr->tensor].name, (unsigned long long)fr->offset);
+        }
+    st_header_free(h);
+    return true;
+}
+
+static void check_stray_files(const dsckpt_ckpt *c, dsckpt_verify_report *r) {
+    DIR *d = opendir(c->dir);
+    if (!d) {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: cannot list directory: %s", c->dir, strerror(errno));
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, DS_MANIFEST_NAME)) continue;
+        bool listed = false;
+        for (size_t i = 0; i < c->nfiles && !listed; i++) listed = strcmp(c->files[i].name, e->d_name) == 0;
+        if (!listed)
+            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: stray file not in the manifest%s", e->d_name,
+                        strstr(e->d_name, ".tmp-") ? " (left by an interrupted write; safe to delete)" : "");
+    }
+    closedir(d);
+}
+
+static void verify_checkpoint(const char *path, const char *tag, const dsckpt_verify_opts *o,
+                              dsckpt_verify_report *r) {
+    dsckpt_ckpt *c = NULL;
+    vctx v = {0};
+    uint64_t *asize = NULL; /* actual size of each file */
+    int threads = ds_thread_count(o->threads);
+    dsckpt_status st = ds_ckpt_new(&c);
+    if (st == DSCKPT_OK) st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
+    if (st) {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
+        goto done;
+    }
+    st = ds_native_open(c->dir, c);
+    if (st) {
+        add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_UNREADABLE : sev_of(st), "%s", dsckpt_last_error());
+        goto done;
+    }
+    st = ds_ckpt_index(c, coverage_cb, r);
+    if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+    check_stray_files(c, r);
+    r->files = c->nfiles;
+
+    v.c = c;
+    v.r = r;
+    if (ds_calloc(c->nfiles, sizeof *v.fds, &v.fds) || ds_calloc(c->nfiles, sizeof *asize, &asize)) goto oom;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        const ds_file *f = &c->files[i];
+        uint64_t size;
+        v.fds[i] = -1;
+        uint8_t dg[DS_SHA256_LEN];
+        if (ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks, f->dg.nchunks, dg) == DSCKPT_OK &&
+            memcmp(dg, f->dg.file, DS_SHA256_LEN) != 0)
+            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: the manifest's file digest does not match its chunk digests",
+                        f->name);
+        st = ds_open_read(f->path, &v.fds[i], &size);
+        if (st) {
+            add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s", f->name,
+                        st == DSCKPT_ENOENT ? "missing (listed in the manifest, not on disk)" : dsckpt_last_error());
+            v.fds[i] = -1;
+            continue;
+        }
+        if (size != f->size) {
+            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %llu bytes, the manifest says %llu (%s)", f->name,
+                        (unsigned long long)size, (unsigned long long)f->size, size < f->size ? "truncated" : "extended");
+        }
+        check_file_structure(c, i, v.fds[i], r);
+        v.njobs += f->dg.nchunks;
+        asize[i] = size;
+    }
+    if (ds_calloc(v.njobs, sizeof *v.jobs, &v.jobs)) goto oom;
+    v.njobs = 0;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        if (v.fds[i] < 0) continue;
+        const ds_file *f = &c->files[i];
+        for (size_t k = 0; k < f->dg.nchunks; k++) {
+            uint64_t beg = (uint64_t)k * f->dg.chunk_size, end = DS_MIN(beg + f->dg.chunk_size, f->size);
+            if (end > asize[i]) {
+                /* Past the end of a truncated file: already reported by size. */
+                add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu) missing from the file",
+                            f->name, k, (unsigned long long)beg, (unsigned long long)end);
+                continue;
+            }
+            v.jobs[v.njobs++] = (hash_job){i, k};
+            v.prog.total += end - beg;
+        }
+    }
+    if (ds_calloc((size_t)threads, sizeof *v.bufs, &v.bufs) || ds_calloc((size_t)threads, sizeof *v.mds, &v.mds))
+        goto oom;
+    for (int i = 0; i < threads; i++) {
+        if (ds_malloc(READ_PIECE, &v.bufs[i])) goto oom;
+        if (!(v.mds[i] = EVP_MD_CTX_new())) goto oom;
+    }
+    v.prog.fn = o->progress;
+    v.prog.user = o->progress_user;
+    st = ds_parallel_run(v.njobs, threads, hash_one, &v, &v.prog);
+    if (st) add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
+    r->bytes = atomic_load(&v.prog.done);
+    goto done;
+oom:
+    add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory while verifying");
+done:
+    if (v.fds)
+        for (size_t i = 0; i < c->nfiles; i++)
+            if (v.fds[i] >= 0) close(v.fds[i]);
+    free(v.fds);
+    free(asize);
+    free(v.jobs);
+    if (v.bufs)
+        for (int i = 0; i < threads; i++) free(v.bufs[i]);
+    if (v.mds)
+        for (int i = 0; i < threads; i++) EVP_MD_CTX_free(v.mds[i]);
+    free(v.bufs);
+    free(v.mds);
+    dsckpt_ckpt_free(c);
+}
+
+/* A lone safetensors file: strict structure, and every byte readable. */
+static void verify_safetensors(const char *path, dsckpt_verify_report *r) {
+    int fd;
+    uint64_t size;
+    dsckpt_status st = ds_open_read(path, &fd, &size);
+    if (st) {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
+        return;
+    }
+    r->files = 1;
+    st_header *h = NULL;
+    st = st_read_fd(fd, path, &h);
+    if (st) {
+        add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+    } else {
+        uint8_t *buf = malloc(READ_PIECE);
+        if (!buf) {
+            add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory");
+        } else {
+            for (uint64_t off = 0; off < size;) {
+                size_t n = (size_t)DS_MIN(READ_PIECE, size - off);
+                st = ds_pread_full(fd, buf, n, off, path);
+                if (st) {
+                    add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+                    break;
+                }
+                off += n;
+                r->bytes += n;
+            }
+            free(buf);
+        }
+        st_header_free(h);
+    }
+    close(fd);
+}
+
+dsckpt_status dsckpt_verify(const char *path, const char *tag, const dsckpt_verify_opts *opts,
+                            dsckpt_verify_report **out) {
+    ds_err_clear();
+    if (!path || !out) return ds_err(DSCKPT_EINVAL, "dsckpt_verify: NULL argument");
+    dsckpt_verify_opts defaults;
+    if (!opts) {
+        dsckpt_verify_opts_init(&defaults);
+        opts = &defaults;
+    }
+    dsckpt_verify_report *r = calloc(1, sizeof *r);
+    if (!r) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    pthread_mutex_init(&r->mu, NULL);
+    if (!ds_exists(path)) add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: no such file or directory", path);
+    else if (ds_is_dir(path)) verify_checkpoint(path, tag, opts, r);
+    else verify_safetensors(path, r);
+    *out = r;
+    return DSCKPT_OK;
+}
+
+dsckpt_verify_result dsckpt_verify_report_result(const dsckpt_verify_report *r) { return r->result; }
+size_t dsckpt_verify_report_count(const dsckpt_verify_report *r) { return r->n; }
+const char *dsckpt_verify_report_problem(const dsckpt_verify_report *r, size_t i) {
+    return i < r->n ? r->problems[i] : NULL;
+}
+uint64_t dsckpt_verify_report_bytes(const dsckpt_verify_report *r) { return r->bytes; }
+size_t dsckpt_verify_report_files(const dsckpt_verify_report *r) { return r->files; }
+
+void dsckpt_verify_report_free(dsckpt_verify_report *r) {
+    if (!r) return;
+    for (size_t i = 0; i < r->n; i++) free(r->problems[i]);
+    free(r->problems);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
