@@ -13,6 +13,8 @@
 #include "dsckpt.h"
 #include "progress.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -373,12 +375,61 @@ static const char inspect_help[] =
     "      --tensors   list every tensor in the text output\n"
     "  -h, --help      this help\n";
 
-static double jnum(const char *json, const char *key) {
-    /* Only used on our own describe output, which has these keys at top level. */
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(json, pat);
-    return p ? strtod(p + strlen(pat), NULL) : 0;
+/* Compact one-line JSON of `v` (malloc'd) for the text view. */
+static char *compact(const cJSON *v) { return v ? cJSON_PrintUnformatted(v) : NULL; }
+
+static double jget(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static const char *jstr(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Text view of the description dsckpt_ckpt_describe_json() produced. */
+static void print_inspect_text(const cJSON *d, bool tensors) {
+    printf("checkpoint   %s\n", jstr(d, "dir"));
+    printf("format       %s\n", jstr(d, "format"));
+    printf("tag          %s (step %.0f)\n", jstr(d, "tag"), jget(d, "step"));
+    if (jstr(d, "latest")) printf("latest       %s\n", jstr(d, "latest"));
+    const cJSON *tags = cJSON_GetObjectItemCaseSensitive(d, "tags");
+    if (cJSON_GetArraySize(tags) > 0) {
+        char *t = compact(tags);
+        printf("tags         %s\n", t ? t : "");
+        free(t);
+    }
+    printf("zero stage   %.0f\n", jget(d, "zero_stage"));
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(d, "files");
+    printf("world size   %.0f (%d rank file%s)\n", jget(d, "world_size"), cJSON_GetArraySize(files),
+           cJSON_GetArraySize(files) == 1 ? "" : "s");
+    printf("train dtype  %s\n", jstr(d, "train_dtype"));
+    printf("tensors      %.0f in %.0f parameter group%s\n", jget(d, "tensor_count"), jget(d, "param_groups"),
+           jget(d, "param_groups") == 1 ? "" : "s");
+    printf("parameters   %.0f (%.0f trainable, %.0f frozen)\n", jget(d, "param_count"), jget(d, "trainable_params"),
+           jget(d, "frozen_params"));
+    printf("state bytes ");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(d, "bytes_per_state");
+    for (const cJSON *e = bs ? bs->child : NULL; e; e = e->next) printf(" %s=%.2f MB", e->string, e->valuedouble / 1e6);
+    printf("\n");
+    for (const cJSON *f = files ? files->child : NULL; f; f = f->next)
+        printf("  %-28s rank %-5.0f %12.0f bytes\n", jstr(f, "name"), jget(f, "rank"), jget(f, "size"));
+    char *m = compact(cJSON_GetObjectItemCaseSensitive(d, "metrics"));
+    printf("metrics      %s\n", m ? m : "{}");
+    free(m);
+    const cJSON *best = cJSON_GetObjectItemCaseSensitive(d, "best");
+    if (best && jstr(best, "best_model_checkpoint"))
+        printf("best         %s (best_metric %g)\n", jstr(best, "best_model_checkpoint"), jget(best, "best_metric"));
+    if (tensors) {
+        const cJSON *tl = cJSON_GetObjectItemCaseSensitive(d, "tensors");
+        for (const cJSON *t = tl ? tl->child : NULL; t; t = t->next) {
+            char *sh = compact(cJSON_GetObjectItemCaseSensitive(t, "shape"));
+            printf("  %-40s %-5s %-14s %s\n", jstr(t, "name"), jstr(t, "dtype"), sh ? sh : "",
+                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "trainable")) ? "trainable" : "frozen");
+            free(sh);
+        }
+    }
 }
 
 static int cmd_inspect(int argc, char **argv) {
@@ -411,50 +462,15 @@ static int cmd_inspect(int argc, char **argv) {
         fputs(text, stdout);
         fputc('\n', stdout);
     } else {
-        dsckpt_info in;
-        dsckpt_ckpt_info(ck, &in);
-        /* Text view: re-read the JSON with the library's own parser would pull cJSON
-         * into the CLI; the few numbers we need are simple keys. */
-        printf("checkpoint   %s\n", in.dir);
-        printf("format       %s\n", in.format);
-        printf("tag          %s (step %" PRId64 ")\n", in.tag, in.step);
-        printf("zero stage   %d\n", in.zero_stage);
-        printf("world size   %d (%zu file%s)\n", in.world_size, in.file_count, in.file_count == 1 ? "" : "s");
-        printf("train dtype  %s\n", in.train_dtype);
-        printf("tensors      %zu\n", in.tensor_count);
-        printf("parameters   %" PRIu64 " (%.0f trainable, %.0f frozen)\n", in.param_count,
-               jnum(text, "trainable_params"), jnum(text, "frozen_params"));
-        const char *keys[] = {"fp32", "exp_avg", "exp_avg_sq", "w16"};
-        const char *bs = strstr(text, "\"bytes_per_state\"");
-        printf("state bytes ");
-        for (int i = 0; bs && i < 4; i++) {
-            char pat[32];
-            snprintf(pat, sizeof pat, "\"%s\":", keys[i]);
-            const char *q = strstr(bs, pat);
-            const char *endobj = strchr(bs, '}');
-            if (q && endobj && q < endobj) printf(" %s=%.1fMB", keys[i], strtod(q + strlen(pat), NULL) / 1e6);
+        cJSON *d = cJSON_Parse(text);
+        if (!d) {
+            free(text);
+            dsckpt_ckpt_free(ck);
+            fprintf(stderr, "%s inspect: out of memory\n", prog);
+            return EXIT_UNREADABLE;
         }
-        printf("\n");
-        const char *m = strstr(text, "\"metrics\":");
-        if (m) {
-            const char *e = strchr(m, '}');
-            printf("metrics      %.*s\n", e ? (int)(e - m - 10 + 1) : 0, m + 10);
-        }
-        const char *lt = strstr(text, "\"latest\":");
-        if (lt) {
-            const char *q1 = strchr(lt + 9, '"'), *q2 = q1 ? strchr(q1 + 1, '"') : NULL;
-            if (q1 && q2) printf("latest       %.*s\n", (int)(q2 - q1 - 1), q1 + 1);
-        }
-        const char *b = strstr(text, "\"best_model_checkpoint\":");
-        if (b) {
-            const char *q1 = strchr(b + 24, '"'), *q2 = q1 ? strchr(q1 + 1, '"') : NULL;
-            if (q1 && q2) printf("best         %.*s (best_metric %g)\n", (int)(q2 - q1 - 1), q1 + 1, jnum(text, "best_metric"));
-        }
-        if (tensors) {
-            /* The tensor list comes last in the JSON; print it line by line. */
-            const char *t = strstr(text, "\"tensors\":");
-            if (t) printf("%s\n", t);
-        }
+        print_inspect_text(d, tensors);
+        cJSON_Delete(d);
     }
     free(text);
     dsckpt_ckpt_free(ck);

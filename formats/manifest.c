@@ -72,7 +72,7 @@ static dsckpt_status check_unique(char **names, size_t n, const char *what, cons
 static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_tensor *t, const char *what) {
     char ctx[64];
     snprintf(ctx, sizeof ctx, "tensors[%zu]", i);
-    const char *name, *dt;
+    const char *name = NULL, *dt = NULL;
     DS_TRY(field_str(jt, "name", &name, what, ctx));
     if (!*name) return bad(what, "%s: empty name", ctx);
     t->name = ds_strdup(name);
@@ -123,7 +123,7 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
 static dsckpt_status parse_file(const cJSON *jf, size_t i, dsckpt_ckpt *c, ds_file *f, const char *what) {
     char ctx[64];
     snprintf(ctx, sizeof ctx, "files[%zu]", i);
-    const char *name, *sha;
+    const char *name = NULL, *sha = NULL;
     DS_TRY(field_str(jf, "name", &name, what, ctx));
     if (!ds_safe_name(name))
         return bad(what, "%s: file name '%s' is not a plain file name (no '/', '..' or control characters)", ctx,
@@ -197,7 +197,7 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     if (!root) return bad(what, "not valid JSON (near byte %td)", cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0);
     c->manifest = root;
     if (!cJSON_IsObject(root)) return bad(what, "the manifest must be a JSON object");
-    const char *fmt, *tag, *tdt;
+    const char *fmt = NULL, *tag = NULL, *tdt = NULL;
     DS_TRY(field_str(root, "format", &fmt, what, "manifest"));
     if (strcmp(fmt, "dsckpt") != 0) return bad(what, "format is '%s', expected 'dsckpt'", fmt);
     uint64_t ver, step, ws, stage, ngroups;

@@ -301,7 +301,7 @@ dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **
     ds_err_clear();
     if (!path || !out) return ds_err(DSCKPT_EINVAL, "dsckpt_ckpt_open: NULL argument");
     *out = NULL;
-    dsckpt_ckpt *c;
+    dsckpt_ckpt *c = NULL;
     DS_TRY(ds_ckpt_new(&c));
     dsckpt_status st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
     if (st == DSCKPT_OK) st = ds_native_open(c->dir, c);

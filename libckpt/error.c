@@ -68,7 +68,7 @@ dsckpt_status ds_err_errno(int errnum, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(ds_errbuf, sizeof ds_errbuf, "%s: %s", msg, strerror(errnum));
+    snprintf(ds_errbuf, sizeof ds_errbuf, "%.1900s: %.100s", msg, strerror(errnum));
     return status_from_errno(errnum);
 }
 
@@ -79,7 +79,7 @@ dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, ds_errbuf, sizeof old);
-    snprintf(ds_errbuf, sizeof ds_errbuf, "%s: %s", prefix, old);
+    snprintf(ds_errbuf, sizeof ds_errbuf, "%.600s: %.1400s", prefix, old);
     return st;
 }
 
