@@ -1,2 +1,134 @@
-/* placeholder replaced below */
-int main(void) { return 0; }
+/*
+ * floor.c — the floors dsckpt's benchmarks are measured against, taken in the same
+ * run as the command they judge (the machines are noisy, so only ratios count):
+ *
+ *   ds_floor io READ_BYTES WRITE_BYTES OUT_FILE IN_FILE...
+ *       Plain read of READ_BYTES spread over the input files (each read from its
+ *       start, in 8 MiB read() calls, in proportion to its size), then a plain write
+ *       of WRITE_BYTES to OUT_FILE (8 MiB write() calls, fsync, unlink). Prints
+ *       "read_s write_s total_s".
+ *   ds_floor sha MIB
+ *       Single-core SHA-256 (OpenSSL EVP) over MIB MiB held in memory; prints GB/s.
+ *   ds_floor rss CMD ARGS...
+ *       Runs CMD and prints "wall_s max_rss_kib exit_code" (wait4 rusage).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IO_BUF (8u << 20)
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int floor_io(int argc, char **argv) {
+    if (argc < 5) return 2;
+    uint64_t rbytes = strtoull(argv[1], NULL, 10), wbytes = strtoull(argv[2], NULL, 10);
+    const char *out = argv[3];
+    int nin = argc - 4;
+    uint64_t total_in = 0;
+    uint64_t *sizes = calloc((size_t)nin, sizeof *sizes);
+    for (int i = 0; i < nin; i++) {
+        struct stat sb;
+        if (stat(argv[4 + i], &sb) != 0) {
+            perror(argv[4 + i]);
+            return 1;
+        }
+        sizes[i] = (uint64_t)sb.st_size;
+        total_in += sizes[i];
+    }
+    char *buf = malloc(IO_BUF);
+    memset(buf, 0x5a, IO_BUF);
+    double t0 = now();
+    uint64_t left = rbytes;
+    for (int i = 0; i < nin && left > 0; i++) {
+        uint64_t want = i == nin - 1 ? left : (uint64_t)((double)rbytes * (double)sizes[i] / (double)total_in);
+        if (want > sizes[i]) want = sizes[i];
+        if (want > left) want = left;
+        int fd = open(argv[4 + i], O_RDONLY);
+        if (fd < 0) return 1;
+        uint64_t got = 0;
+        while (got < want) {
+            size_t n = want - got < IO_BUF ? (size_t)(want - got) : IO_BUF;
+            ssize_t r = read(fd, buf, n);
+            if (r <= 0) break;
+            got += (uint64_t)r;
+        }
+        close(fd);
+        left -= got;
+    }
+    double t1 = now();
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        perror(out);
+        return 1;
+    }
+    for (uint64_t w = 0; w < wbytes;) {
+        size_t n = wbytes - w < IO_BUF ? (size_t)(wbytes - w) : IO_BUF;
+        ssize_t r = write(fd, buf, n);
+        if (r <= 0) {
+            perror("write");
+            return 1;
+        }
+        w += (uint64_t)r;
+    }
+    fsync(fd);
+    close(fd);
+    double t2 = now();
+    unlink(out);
+    printf("%.4f %.4f %.4f\n", t1 - t0, t2 - t1, t2 - t0);
+    free(buf);
+    free(sizes);
+    return 0;
+}
+
+static int floor_sha(int argc, char **argv) {
+    size_t mib = argc > 1 ? (size_t)strtoul(argv[1], NULL, 10) : 256;
+    size_t n = mib << 20;
+    unsigned char *buf = malloc(n), md[32];
+    for (size_t i = 0; i < n; i++) buf[i] = (unsigned char)(i * 131);
+    unsigned int len;
+    EVP_Digest(buf, 1u << 20, md, &len, EVP_sha256(), NULL); /* warm up */
+    double t0 = now();
+    EVP_Digest(buf, n, md, &len, EVP_sha256(), NULL);
+    double t1 = now();
+    printf("%.4f\n", (double)n / (t1 - t0) / 1e9);
+    free(buf);
+    return 0;
+}
+
+static int floor_rss(int argc, char **argv) {
+    if (argc < 2) return 2;
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        execvp(argv[1], argv + 1);
+        _exit(127);
+    }
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) < 0) return 1;
+    double t1 = now();
+    printf("%.4f %ld %d\n", t1 - t0, ru.ru_maxrss, WIFEXITED(status) ? WEXITSTATUS(status) : 128);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "io")) return floor_io(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "sha")) return floor_sha(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "rss")) return floor_rss(argc - 1, argv + 1);
+    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | rss CMD...\n");
+    return 2;
+}

@@ -4,6 +4,8 @@
  */
 #include "fsutil.h"
 
+#include "stream.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -35,8 +37,13 @@ dsckpt_status ds_pread_full(int fd, void *buf, size_t n, uint64_t offset, const 
 dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset, const char *what) {
     const uint8_t *p = buf;
     size_t done = 0;
+    bool fault;
+    size_t allow = ds_fault_allow(n, &fault); /* test hook; allow == n normally */
     while (done < n) {
-        ssize_t w = pwrite(fd, p + done, n - done, (off_t)(offset + done));
+        if (done == allow && fault)
+            return ds_err_errno(ds_fault_errno(), "%s: write of %zu bytes at offset %llu failed", what, n,
+                                (unsigned long long)offset);
+        ssize_t w = pwrite(fd, p + done, allow - done, (off_t)(offset + done));
         if (w < 0) {
             if (errno == EINTR) continue;
             return ds_err_errno(errno, "%s: write of %zu bytes at offset %llu failed", what, n,

@@ -142,6 +142,8 @@ static atomic_llong fault_budget = -1;
 static atomic_int fault_errno = ENOSPC;
 static pthread_once_t fault_env_once = PTHREAD_ONCE_INIT;
 
+int ds_fault_errno(void) { return atomic_load(&fault_errno); }
+
 void ds_fault_inject_write(int64_t budget, int err) {
     atomic_store(&fault_errno, err ? err : ENOSPC);
     atomic_store(&fault_budget, budget < 0 ? -1 : (long long)budget);
@@ -152,8 +154,8 @@ static void fault_env_init(void) {
     if (v && *v) ds_fault_inject_write(strtoll(v, NULL, 10), ENOSPC);
 }
 
-/* How many of `n` bytes may be written before the injected fault; sets *fail. */
-static size_t fault_allow(size_t n, bool *fail) {
+size_t ds_fault_allow(size_t n, bool *fail) {
+    pthread_once(&fault_env_once, fault_env_init);
     *fail = false;
     long long b = atomic_load(&fault_budget);
     while (b >= 0) {
@@ -230,7 +232,7 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
 static dsckpt_status raw_write(ds_stream *s, const uint8_t *p, size_t n) {
     while (n > 0) {
         bool fail;
-        size_t allow = fault_allow(n, &fail);
+        size_t allow = ds_fault_allow(n, &fail);
         size_t done = 0;
         while (done < allow) {
             ssize_t w = write(s->fd, p + done, allow - done);
@@ -245,7 +247,7 @@ static dsckpt_status raw_write(ds_stream *s, const uint8_t *p, size_t n) {
         p += done;
         n -= done;
         if (fail)
-            return stream_fail(s, ds_err_errno(atomic_load(&fault_errno), "%s: write failed at offset %llu",
+            return stream_fail(s, ds_err_errno(ds_fault_errno(), "%s: write failed at offset %llu",
                                                s->path, (unsigned long long)s->pos));
     }
     return DSCKPT_OK;

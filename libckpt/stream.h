@@ -65,5 +65,10 @@ void ds_stream_abort(ds_stream *s);
  * Also armed at the first stream created when the environment variable
  * DSCKPT_TEST_FAIL_WRITE_AFTER=<bytes> is set (for CLI tests). */
 void ds_fault_inject_write(int64_t budget, int err);
+/* For every writer outside ds_stream (positional writes): how many of `n` bytes may
+ * be written before the injected fault; sets *fail when the rest must fail with
+ * ds_fault_errno(). */
+size_t ds_fault_allow(size_t n, bool *fail);
+int ds_fault_errno(void);
 
 #endif /* DSCKPT_STREAM_H */

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, a -Werror build with every test, then the same suite
+# built with AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh build -DDSCKPT_WERROR=ON
+ctest --test-dir build --output-on-failure -j2
+bash scripts/build.sh build-asan -DDSCKPT_ASAN=ON -DDSCKPT_UBSAN=ON -DDSCKPT_WERROR=ON
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j2
+echo "test.sh: all suites passed (plain and ASan+UBSan builds)"
