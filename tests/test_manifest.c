@@ -1,0 +1,200 @@
+/*
+ * test_manifest.c — manifest.json round trip and a catalogue of hostile manifests,
+ * each refused with its own status and message and never crashing.
+ */
+#include "ckpt.h"
+#include "manifest.h"
+#include "tutil.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *g_dir, *g_text;
+static size_t g_len;
+
+static int setup(void) {
+    g_dir = tu_mkdtemp();
+    char *ck = tu_path(g_dir, "ck");
+    dsckpt_synth_opts so;
+    dsckpt_synth_opts_init(&so);
+    so.params = 5000;
+    so.world_size = 3;
+    so.zero_stage = 3;
+    if (dsckpt_synth(ck, &so) != DSCKPT_OK) return 1;
+    char *mf = tu_path(ck, "global_step100/manifest.json");
+    g_text = (char *)tu_read(mf, &g_len);
+    free(mf);
+    free(ck);
+    return g_text ? 0 : 1;
+}
+
+static dsckpt_status parse(const char *text, dsckpt_ckpt **out) {
+    dsckpt_ckpt *c = NULL;
+    dsckpt_status st = ds_ckpt_new(&c);
+    if (st) return st;
+    c->dir = strdup("tagdir");
+    st = ds_manifest_parse(text, strlen(text), "manifest.json", c);
+    if (st == DSCKPT_OK) st = ds_ckpt_index(c, NULL, NULL);
+    if (out && st == DSCKPT_OK) *out = c;
+    else dsckpt_ckpt_free(c);
+    return st;
+}
+
+static void test_round_trip(void) {
+    char *text = strndup(g_text, g_len);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(parse(text, &c));
+    CU_ASSERT_EQUAL(c->world_size, 3);
+    CU_ASSERT_EQUAL(c->stage, 3);
+    CU_ASSERT_EQUAL(c->nfiles, 3);
+    CU_ASSERT_STRING_EQUAL(c->tensors[0].name, "wte.weight");
+    CU_ASSERT_EQUAL(c->tensors[0].naliases, 1);
+    CU_ASSERT_FALSE(c->tensors[1].trainable);
+    char *again = NULL;
+    TU_ASSERT_OK(ds_manifest_build(c, &again));
+    /* Building from the parsed form gives the same JSON value back. */
+    cJSON *a = cJSON_Parse(text), *b = cJSON_Parse(again);
+    CU_ASSERT(cJSON_Compare(a, b, 1));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    free(again);
+    dsckpt_ckpt_free(c);
+    free(text);
+}
+
+typedef struct mutation {
+    const char *what;
+    void (*edit)(cJSON *root);
+    dsckpt_status want;
+    const char *msg;
+} mutation;
+
+static cJSON *tensor0(cJSON *r) { return cJSON_GetArrayItem(cJSON_GetObjectItem(r, "tensors"), 0); }
+static cJSON *file0(cJSON *r) { return cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 0); }
+static cJSON *frag0(cJSON *r, const char *s) {
+    return cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "fragments"), s), 0);
+}
+static void set_num(cJSON *o, const char *k, double v) { cJSON_ReplaceItemInObject(o, k, cJSON_CreateNumber(v)); }
+static void set_str(cJSON *o, const char *k, const char *v) { cJSON_ReplaceItemInObject(o, k, cJSON_CreateString(v)); }
+
+static void m_format(cJSON *r) { set_str(r, "format", "pytorch"); }
+static void m_version(cJSON *r) { set_num(r, "version", 2); }
+static void m_step_neg(cJSON *r) { set_num(r, "step", -1); }
+static void m_step_frac(cJSON *r) { set_num(r, "step", 1.5); }
+static void m_world0(cJSON *r) { set_num(r, "world_size", 0); }
+static void m_stage5(cJSON *r) { set_num(r, "zero_stage", 5); }
+static void m_dtype(cJSON *r) { set_str(r, "train_dtype", "int4"); }
+static void m_no_tensors(cJSON *r) { cJSON_DeleteItemFromObject(r, "tensors"); }
+static void m_dup_name(cJSON *r) { set_str(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "tensors"), 2), "name", "wte.weight"); }
+static void m_alias_clash(cJSON *r) {
+    cJSON *al = cJSON_GetObjectItem(tensor0(r), "aliases");
+    cJSON_ReplaceItemInArray(al, 0, cJSON_CreateString("wpe.weight"));
+}
+static void m_bad_tensor_dtype(cJSON *r) { set_str(tensor0(r), "dtype", "F8_E4M3"); }
+static void m_huge_dim(cJSON *r) {
+    cJSON *sh = cJSON_GetObjectItem(tensor0(r), "shape");
+    cJSON_ReplaceItemInArray(sh, 0, cJSON_CreateNumber(140737488355328.0)); /* 2^47 x d > 2^48 */
+}
+static void m_group_oob(cJSON *r) { set_num(tensor0(r), "group", 7); }
+static void m_path_file(cJSON *r) { set_str(file0(r), "name", "../../etc/passwd"); }
+static void m_abs_file(cJSON *r) { set_str(file0(r), "name", "/etc/passwd"); }
+static void m_dup_file(cJSON *r) {
+    set_str(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 1), "name", "rank_00000.safetensors");
+}
+static void m_chunks(cJSON *r) { cJSON_DeleteItemFromArray(cJSON_GetObjectItem(file0(r), "chunks"), 0); }
+static void m_hex(cJSON *r) { set_str(file0(r), "sha256", "xyz"); }
+static void m_chunk0(cJSON *r) { set_num(file0(r), "chunk_size", 0); }
+static void m_frag_tensor(cJSON *r) { cJSON_ReplaceItemInArray(frag0(r, "fp32"), 0, cJSON_CreateNumber(99999)); }
+static void m_frag_file(cJSON *r) { cJSON_ReplaceItemInArray(frag0(r, "fp32"), 3, cJSON_CreateNumber(42)); }
+static void m_frag_shape(cJSON *r) { cJSON_DeleteItemFromArray(frag0(r, "fp32"), 4); }
+static void m_frag_past_file(cJSON *r) { cJSON_ReplaceItemInArray(frag0(r, "fp32"), 4, cJSON_CreateNumber(1e12)); }
+static void m_frag_past_tensor(cJSON *r) { cJSON_ReplaceItemInArray(frag0(r, "fp32"), 1, cJSON_CreateNumber(1e9)); }
+static void m_frag_gap(cJSON *r) { cJSON_DeleteItemFromArray(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "fragments"), "exp_avg"), 0); }
+static void m_frag_dup(cJSON *r) {
+    cJSON *arr = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "fragments"), "exp_avg_sq");
+    cJSON_AddItemToArray(arr, cJSON_Duplicate(cJSON_GetArrayItem(arr, 0), 1));
+}
+static void m_state_name(cJSON *r) {
+    cJSON *fr = cJSON_GetObjectItem(r, "fragments");
+    cJSON_AddItemToObject(fr, "momentum", cJSON_CreateArray());
+}
+static void m_frozen_fp32(cJSON *r) {
+    /* A frozen tensor (ordinal 1) given fp32 fragments. */
+    cJSON *arr = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "fragments"), "fp32");
+    cJSON *f = cJSON_Duplicate(cJSON_GetArrayItem(arr, 0), 1);
+    cJSON_ReplaceItemInArray(f, 0, cJSON_CreateNumber(1));
+    cJSON_ReplaceItemInArray(f, 2, cJSON_CreateNumber(1));
+    cJSON_AddItemToArray(arr, f);
+}
+
+static const mutation mutations[] = {
+    {"wrong format", m_format, DSCKPT_ECORRUPT, "expected 'dsckpt'"},
+    {"newer version", m_version, DSCKPT_EVERSION, "version 2"},
+    {"negative step", m_step_neg, DSCKPT_ECORRUPT, "\"step\""},
+    {"fractional step", m_step_frac, DSCKPT_ECORRUPT, "\"step\""},
+    {"world size 0", m_world0, DSCKPT_ECORRUPT, "world_size"},
+    {"stage 5", m_stage5, DSCKPT_ECORRUPT, "zero_stage"},
+    {"training dtype", m_dtype, DSCKPT_ECORRUPT, "train_dtype"},
+    {"no tensors", m_no_tensors, DSCKPT_ECORRUPT, "\"tensors\""},
+    {"duplicate tensor name", m_dup_name, DSCKPT_ECORRUPT, "duplicate tensor name"},
+    {"alias equal to a tensor name", m_alias_clash, DSCKPT_ECORRUPT, "duplicate tensor name or alias 'wpe.weight'"},
+    {"unknown dtype", m_bad_tensor_dtype, DSCKPT_ECORRUPT, "unknown dtype"},
+    {"element count past 2^48", m_huge_dim, DSCKPT_ECORRUPT, "overflows"},
+    {"group out of range", m_group_oob, DSCKPT_ECORRUPT, "\"group\""},
+    {"file name with ..", m_path_file, DSCKPT_ECORRUPT, "not a plain file name"},
+    {"absolute file name", m_abs_file, DSCKPT_ECORRUPT, "not a plain file name"},
+    {"duplicate file", m_dup_file, DSCKPT_ECORRUPT, "duplicate file"},
+    {"chunk count", m_chunks, DSCKPT_ECORRUPT, "chunk digests listed"},
+    {"bad hex digest", m_hex, DSCKPT_ECORRUPT, "64 hex digits"},
+    {"chunk size 0", m_chunk0, DSCKPT_ECORRUPT, "chunk_size"},
+    {"fragment tensor index", m_frag_tensor, DSCKPT_ECORRUPT, "tensor index 99999 out of range"},
+    {"fragment file index", m_frag_file, DSCKPT_ECORRUPT, "file index 42 out of range"},
+    {"fragment arity", m_frag_shape, DSCKPT_ECORRUPT, "[tensor, start, numel, file, offset]"},
+    {"fragment past the file", m_frag_past_file, DSCKPT_ECORRUPT, "lies outside rank_00000"},
+    {"fragment past the tensor", m_frag_past_tensor, DSCKPT_ECORRUPT, "lies outside its"},
+    {"coverage gap", m_frag_gap, DSCKPT_ECORRUPT, "are in no fragment"},
+    {"coverage overlap", m_frag_dup, DSCKPT_ECORRUPT, "are in two fragments"},
+    {"unknown state", m_state_name, DSCKPT_ECORRUPT, "unknown state 'momentum'"},
+    {"frozen tensor with fp32 state", m_frozen_fp32, DSCKPT_ECORRUPT, "is frozen but has fp32 fragments"},
+};
+
+static void test_catalogue(void) {
+    for (size_t i = 0; i < sizeof mutations / sizeof mutations[0]; i++) {
+        cJSON *root = cJSON_ParseWithLength(g_text, g_len);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(root);
+        mutations[i].edit(root);
+        char *text = cJSON_PrintUnformatted(root);
+        dsckpt_status st = parse(text, NULL);
+        if (st != mutations[i].want || !strstr(dsckpt_last_error(), mutations[i].msg))
+            fprintf(stderr, "\n  %s: got %s: %s\n", mutations[i].what, dsckpt_status_name(st), dsckpt_last_error());
+        CU_ASSERT_EQUAL(st, mutations[i].want);
+        CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), mutations[i].msg));
+        free(text);
+        cJSON_Delete(root);
+    }
+}
+
+static void test_not_json(void) {
+    static const char *bad[] = {"", "{", "[1,2]", "null", "{\"format\": \"dsckpt\"", "\xff\xfe"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) CU_ASSERT_EQUAL(parse(bad[i], NULL), DSCKPT_ECORRUPT);
+    /* Every truncation of a real manifest is refused without a crash. */
+    for (size_t n = 0; n < g_len; n += 1 + n / 8) {
+        char *t = strndup(g_text, n);
+        CU_ASSERT_NOT_EQUAL(parse(t, NULL), DSCKPT_OK);
+        free(t);
+    }
+}
+
+int main(void) {
+    if (setup()) return 2;
+    static const tu_test tests[] = {{"build -> parse -> build round trip", test_round_trip},
+                                    {"hostile manifest catalogue, one error each", test_catalogue},
+                                    {"not JSON, truncations", test_not_json},
+                                    {NULL, NULL}};
+    int rc = tu_main("manifest", tests);
+    free(g_text);
+    tu_rmtree(g_dir);
+    free(g_dir);
+    return rc;
+}

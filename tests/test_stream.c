@@ -1,0 +1,180 @@
+/*
+ * test_stream.c — the output stream: chunked SHA-256 equals one-shot SHA-256 of each
+ * chunk however the writes are cut, the file digest is the hash of the chunk
+ * digests, an injected write failure is sticky and removes the file, and
+ * ds_pwrite_full obeys the same fault hook.
+ */
+#include "fsutil.h"
+#include "stream.h"
+#include "tutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void fill(uint8_t *p, size_t n, uint32_t seed) {
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        p[i] = (uint8_t)(seed >> 24);
+    }
+}
+
+static void test_chunk_digests(void) {
+    char *dir = tu_mkdtemp();
+    static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 3 * 4096, 100000, (2u << 20) + 17};
+    static const size_t cuts[] = {1, 7, 4096, 65536, 1u << 21};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si];
+        uint8_t *data = malloc(n + 1);
+        fill(data, n, (uint32_t)si);
+        for (size_t ci = 0; ci < sizeof cuts / sizeof cuts[0]; ci++) {
+            char *p = tu_path(dir, "f");
+            ds_stream *s = NULL;
+            TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+            for (size_t off = 0; off < n; off += cuts[ci])
+                TU_ASSERT_OK(ds_stream_write(s, data + off, DS_MIN(cuts[ci], n - off)));
+            CU_ASSERT_EQUAL(ds_stream_pos(s), n);
+            ds_digests dg = {0};
+            TU_ASSERT_OK(ds_stream_finish(s, &dg));
+            CU_ASSERT_EQUAL(dg.size, n);
+            CU_ASSERT_EQUAL(dg.nchunks, (n + 4095) / 4096);
+            for (size_t k = 0; k < dg.nchunks; k++) {
+                uint8_t want[DS_SHA256_LEN];
+                TU_ASSERT_OK(ds_sha256(data + k * 4096, DS_MIN(4096, n - k * 4096), want));
+                CU_ASSERT_EQUAL(memcmp(want, dg.chunks[k], DS_SHA256_LEN), 0);
+            }
+            uint8_t want_file[DS_SHA256_LEN];
+            TU_ASSERT_OK(ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])dg.chunks, dg.nchunks, want_file));
+            CU_ASSERT_EQUAL(memcmp(want_file, dg.file, DS_SHA256_LEN), 0);
+            size_t len;
+            uint8_t *back = tu_read(p, &len);
+            CU_ASSERT_EQUAL(len, n);
+            CU_ASSERT(n == 0 || memcmp(back, data, n) == 0);
+            free(back);
+            ds_digests_clear(&dg);
+            unlink(p);
+            free(p);
+        }
+        free(data);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_hex(void) {
+    uint8_t d[DS_SHA256_LEN], back[DS_SHA256_LEN];
+    char hex[2 * DS_SHA256_LEN + 1];
+    TU_ASSERT_OK(ds_sha256("abc", 3, d));
+    ds_hex(d, DS_SHA256_LEN, hex);
+    CU_ASSERT_STRING_EQUAL(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CU_ASSERT(ds_unhex32(hex, back));
+    CU_ASSERT_EQUAL(memcmp(d, back, DS_SHA256_LEN), 0);
+    hex[5] = 'g';
+    CU_ASSERT(!ds_unhex32(hex, back));
+    CU_ASSERT(!ds_unhex32("abcd", back));
+}
+
+static void test_existing_path_refused(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "x");
+    CU_ASSERT_EQUAL(tu_write(p, "old", 3), 0);
+    ds_stream *s = NULL;
+    CU_ASSERT_EQUAL(ds_stream_create(p, 0, &s), DSCKPT_EEXIST);
+    size_t len;
+    uint8_t *b = tu_read(p, &len);
+    CU_ASSERT(len == 3 && memcmp(b, "old", 3) == 0);
+    free(b);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+static void test_fault_sticky(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "f");
+    uint8_t buf[10000];
+    fill(buf, sizeof buf, 3);
+    ds_stream *s = NULL;
+    TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+    ds_fault_inject_write(5000, ENOSPC);
+    /* Buffered writes reach the disk in 1 MiB pieces or at finish. */
+    TU_ASSERT_OK(ds_stream_write(s, buf, sizeof buf));
+    dsckpt_status st = ds_stream_finish(s, NULL);
+    CU_ASSERT_EQUAL(st, DSCKPT_ENOSPC);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), p));
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "No space"));
+    CU_ASSERT(!tu_exists(p)); /* a failed stream removes its file */
+    /* Sticky: once failed, every later write reports the same failure. */
+    ds_fault_inject_write(0, EIO);
+    TU_ASSERT_OK(ds_stream_create(p, 0, &s));
+    static uint8_t big[2u << 20];
+    CU_ASSERT_EQUAL(ds_stream_write(s, big, sizeof big), DSCKPT_EIO);
+    ds_fault_inject_write(-1, 0);
+    CU_ASSERT_EQUAL(ds_stream_write(s, buf, 10), DSCKPT_EIO);
+    CU_ASSERT_EQUAL(ds_stream_write_zeros(s, 10), DSCKPT_EIO);
+    CU_ASSERT_EQUAL(ds_stream_finish(s, NULL), DSCKPT_EIO);
+    CU_ASSERT(!tu_exists(p));
+    /* Positional writes obey the same hook. */
+    int fd = open(p, O_RDWR | O_CREAT, 0644);
+    ds_fault_inject_write(100, ENOSPC);
+    CU_ASSERT_EQUAL(ds_pwrite_full(fd, buf, 50, 0, p), DSCKPT_OK);
+    CU_ASSERT_EQUAL(ds_pwrite_full(fd, buf, 100, 50, p), DSCKPT_ENOSPC);
+    ds_fault_inject_write(-1, 0);
+    CU_ASSERT_EQUAL(ds_pwrite_full(fd, buf, 100, 50, p), DSCKPT_OK);
+    close(fd);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+static void test_atomic_file(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "latest");
+    TU_ASSERT_OK(ds_write_file_atomic(p, "a", 1));
+    TU_ASSERT_OK(ds_write_file_atomic(p, "global_step2", 12));
+    size_t len;
+    uint8_t *b = tu_read(p, &len);
+    CU_ASSERT(len == 12 && memcmp(b, "global_step2", 12) == 0);
+    free(b);
+    /* A failing replace keeps the old contents and leaves no temporary. */
+    ds_fault_inject_write(3, ENOSPC);
+    CU_ASSERT_EQUAL(ds_write_file_atomic(p, "global_step3", 12), DSCKPT_ENOSPC);
+    ds_fault_inject_write(-1, 0);
+    b = tu_read(p, &len);
+    CU_ASSERT(len == 12 && memcmp(b, "global_step2", 12) == 0);
+    free(b);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "test $(ls -A '%s' | wc -l) -eq 1", dir);
+    CU_ASSERT_EQUAL(system(cmd), 0);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+static void test_path_helpers(void) {
+    CU_ASSERT(ds_safe_name("rank_00000.safetensors"));
+    CU_ASSERT(!ds_safe_name(".."));
+    CU_ASSERT(!ds_safe_name("."));
+    CU_ASSERT(!ds_safe_name("a/b"));
+    CU_ASSERT(!ds_safe_name("../etc"));
+    CU_ASSERT(!ds_safe_name(""));
+    CU_ASSERT(!ds_safe_name("a\nb"));
+    char *d = ds_dirname("a/b/c"), *b = ds_basename("a/b/c/");
+    CU_ASSERT_STRING_EQUAL(d, "a/b");
+    CU_ASSERT_STRING_EQUAL(b, "c");
+    free(d);
+    free(b);
+    d = ds_dirname("c");
+    CU_ASSERT_STRING_EQUAL(d, ".");
+    free(d);
+}
+
+int main(void) {
+    static const tu_test tests[] = {{"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
+                                    {"hex encode/decode, known SHA-256 vector", test_hex},
+                                    {"stream refuses an existing path", test_existing_path_refused},
+                                    {"injected write failure: sticky, file removed; pwrite hook", test_fault_sticky},
+                                    {"atomic small-file replace keeps the old file on failure", test_atomic_file},
+                                    {"safe names and path helpers", test_path_helpers},
+                                    {NULL, NULL}};
+    return tu_main("stream", tests);
+}
