@@ -102,6 +102,39 @@ static bool parse_int(const char *s, long lo, long hi, long *out) {
     return true;
 }
 
+/* Options every command shares. */
+typedef struct common {
+    const char *tag, *out;
+    int force, threads;
+    bool quiet, json;
+} common;
+
+/* Handles a shared option. Returns true when the command must exit with *rc
+ * (--help printed, or a usage error); false when the option was consumed. */
+static bool common_opt(int c, const char *cmd, const char *help, common *co, int *rc) {
+    long v;
+    switch (c) {
+    case 't': co->tag = optarg; return false;
+    case 'o': co->out = optarg; return false;
+    case 'f': co->force = 1; return false;
+    case 'q': co->quiet = true; return false;
+    case 'J': co->json = true; return false;
+    case 'j':
+        if (!parse_int(optarg, 1, 256, &v)) {
+            *rc = usage_error(cmd, "--threads must be 1..256 (got '%s')", optarg);
+            return true;
+        }
+        co->threads = (int)v;
+        return false;
+    case 'h':
+        fputs(help, stdout);
+        fputs(exit_codes_help, stdout);
+        *rc = EXIT_OKAY;
+        return true;
+    default: *rc = usage_error(cmd, "%s", "invalid option"); return true;
+    }
+}
+
 /* ---------------- consolidate ---------------- */
 
 static const char consolidate_help[] =
@@ -140,14 +173,10 @@ static int cmd_consolidate(int argc, char **argv) {
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     dsckpt_consolidate_opts o;
     dsckpt_consolidate_opts_init(&o);
-    const char *tag = NULL, *out = NULL;
-    bool quiet = false;
-    long v;
-    int c;
+    common co = {0};
+    int c, rc;
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
-        case 't': tag = optarg; break;
-        case 'o': out = optarg; break;
         case 'd':
             if (dsckpt_dtype_parse(optarg, &o.dtype) != DSCKPT_OK ||
                 (o.dtype != DSCKPT_BF16 && o.dtype != DSCKPT_F16 && o.dtype != DSCKPT_F32))
@@ -158,16 +187,14 @@ static int cmd_consolidate(int argc, char **argv) {
                 return usage_error("consolidate", "--max-shard-size: cannot parse '%s' (e.g. 5GB, 500MB, 2GiB)", optarg);
             break;
         case 'x': o.exclude_frozen = 1; break;
-        case 'f': o.force = 1; break;
-        case 'j':
-            if (!parse_int(optarg, 1, 256, &v)) return usage_error("consolidate", "--threads must be 1..256 (got '%s')", optarg);
-            o.threads = (int)v;
-            break;
-        case 'q': quiet = true; break;
-        case 'h': fputs(consolidate_help, stdout); fputs(exit_codes_help, stdout); return EXIT_OKAY;
-        default: return usage_error("consolidate", "%s", "invalid option");
+        default:
+            if (common_opt(c, "consolidate", consolidate_help, &co, &rc)) return rc;
         }
     }
+    const char *tag = co.tag, *out = co.out;
+    bool quiet = co.quiet;
+    o.force = co.force;
+    o.threads = co.threads;
     if (optind != argc - 1) return usage_error("consolidate", "%s", "expected exactly one checkpoint path");
     if (!out) return usage_error("consolidate", "%s", "-o OUT is required");
     dsckpt_ckpt *ck;
@@ -185,7 +212,7 @@ static int cmd_consolidate(int argc, char **argv) {
     if (st == DSCKPT_OK && !quiet)
         fprintf(stderr, "consolidated %s (%zu tensors, %" PRIu64 " parameters) -> %s as %s in %.2f s\n", info.tag,
                 info.tensor_count, info.param_count, out, dsckpt_dtype_name(o.dtype), el);
-    int rc = st ? fail(st, "consolidate") : EXIT_OKAY;
+    rc = st ? fail(st, "consolidate") : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
 }
@@ -221,14 +248,11 @@ static int cmd_reshard(int argc, char **argv) {
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
     o.world_size = 0;
-    const char *tag = NULL, *out = NULL;
-    bool quiet = false;
+    common co = {0};
     long v;
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
-        case 't': tag = optarg; break;
-        case 'o': out = optarg; break;
         case 'M':
             if (!parse_int(optarg, 1, 1000000, &v)) return usage_error("reshard", "--to must be 1..1000000 (got '%s')", optarg);
             o.world_size = (int)v;
@@ -237,16 +261,14 @@ static int cmd_reshard(int argc, char **argv) {
             if (!parse_int(optarg, 0, 3, &v)) return usage_error("reshard", "--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
             o.zero_stage = (int)v;
             break;
-        case 'f': o.force = 1; break;
-        case 'j':
-            if (!parse_int(optarg, 1, 256, &v)) return usage_error("reshard", "--threads must be 1..256 (got '%s')", optarg);
-            o.threads = (int)v;
-            break;
-        case 'q': quiet = true; break;
-        case 'h': fputs(reshard_help, stdout); fputs(exit_codes_help, stdout); return EXIT_OKAY;
-        default: return usage_error("reshard", "%s", "invalid option");
+        default:
+            if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
         }
     }
+    const char *tag = co.tag, *out = co.out;
+    bool quiet = co.quiet;
+    o.force = co.force;
+    o.threads = co.threads;
     if (optind != argc - 1) return usage_error("reshard", "%s", "expected exactly one checkpoint path");
     if (!out) return usage_error("reshard", "%s", "-o OUT is required");
     if (!o.world_size) return usage_error("reshard", "%s", "--to M is required");
@@ -265,7 +287,7 @@ static int cmd_reshard(int argc, char **argv) {
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> %d ranks (stage %d) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, o.world_size, o.zero_stage < 0 ? info.zero_stage : o.zero_stage, out,
                 cli_now() - p.t0);
-    int rc = st ? fail(st, "reshard") : EXIT_OKAY;
+    rc = st ? fail(st, "reshard") : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
 }
@@ -290,7 +312,7 @@ static const char verify_help[] =
     "  -q, --quiet       no progress bar, no report text when intact\n"
     "  -h, --help        this help\n"
     "\n"
-    "Exit codes: 0 intact, 1 corrupt, 2 unreadable, 3 usage error.\n";
+    "";
 
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
@@ -309,23 +331,13 @@ static int cmd_verify(int argc, char **argv) {
                                        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     dsckpt_verify_opts o;
     dsckpt_verify_opts_init(&o);
-    const char *tag = NULL;
-    bool json = false, quiet = false;
-    long v;
-    int c;
-    while ((c = getopt_long(argc, argv, "t:j:qh", lo, NULL)) != -1) {
-        switch (c) {
-        case 't': tag = optarg; break;
-        case 'J': json = true; break;
-        case 'j':
-            if (!parse_int(optarg, 1, 256, &v)) return usage_error("verify", "--threads must be 1..256 (got '%s')", optarg);
-            o.threads = (int)v;
-            break;
-        case 'q': quiet = true; break;
-        case 'h': fputs(verify_help, stdout); return EXIT_OKAY;
-        default: return usage_error("verify", "%s", "invalid option");
-        }
-    }
+    common co = {0};
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "t:j:qh", lo, NULL)) != -1)
+        if (common_opt(c, "verify", verify_help, &co, &rc)) return rc;
+    const char *tag = co.tag;
+    bool json = co.json, quiet = co.quiet;
+    o.threads = co.threads;
     if (optind != argc - 1) return usage_error("verify", "%s", "expected exactly one path");
     const char *path = argv[optind];
     cli_progress p;
@@ -436,18 +448,15 @@ static int cmd_inspect(int argc, char **argv) {
     static const struct option lo[] = {{"tag", required_argument, 0, 't'}, {"json", no_argument, 0, 'J'},
                                        {"tensors", no_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-    const char *tag = NULL;
-    bool json = false, tensors = false;
-    int c;
+    common co = {0};
+    bool tensors = false;
+    int c, rc;
     while ((c = getopt_long(argc, argv, "t:h", lo, NULL)) != -1) {
-        switch (c) {
-        case 't': tag = optarg; break;
-        case 'J': json = true; break;
-        case 'T': tensors = true; break;
-        case 'h': fputs(inspect_help, stdout); return EXIT_OKAY;
-        default: return usage_error("inspect", "%s", "invalid option");
-        }
+        if (c == 'T') tensors = true;
+        else if (common_opt(c, "inspect", inspect_help, &co, &rc)) return rc;
     }
+    const char *tag = co.tag;
+    bool json = co.json;
     if (optind != argc - 1) return usage_error("inspect", "%s", "expected exactly one checkpoint path");
     dsckpt_ckpt *ck;
     dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
@@ -496,6 +505,7 @@ static const char synth_help[] =
     "      --step N          step; the tag is global_step<N> (default 100)\n"
     "      --force           replace an existing output\n"
     "  -j, --threads N       worker threads (default: all CPUs)\n"
+    "  -q, --quiet           no summary line on stderr\n"
     "  -h, --help            this help\n";
 
 static int cmd_synth(int argc, char **argv) {
@@ -508,14 +518,12 @@ static int cmd_synth(int argc, char **argv) {
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     dsckpt_synth_opts o;
     dsckpt_synth_opts_init(&o);
-    const char *out = NULL;
-    bool quiet = false;
+    common co = {0};
     long v;
     uint64_t u;
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, "o:j:qh", lo, NULL)) != -1) {
         switch (c) {
-        case 'o': out = optarg; break;
         case 'P':
             if (!parse_size(optarg, &u)) return usage_error("synth", "--params: cannot parse '%s'", optarg);
             o.params = u;
@@ -544,16 +552,14 @@ static int cmd_synth(int argc, char **argv) {
             if (!parse_int(optarg, 0, 1L << 53, &v)) return usage_error("synth", "--step must be a non-negative integer (got '%s')", optarg);
             o.step = v;
             break;
-        case 'f': o.force = 1; break;
-        case 'j':
-            if (!parse_int(optarg, 1, 256, &v)) return usage_error("synth", "--threads must be 1..256 (got '%s')", optarg);
-            o.threads = (int)v;
-            break;
-        case 'q': quiet = true; break;
-        case 'h': fputs(synth_help, stdout); fputs(exit_codes_help, stdout); return EXIT_OKAY;
-        default: return usage_error("synth", "%s", "invalid option");
+        default:
+            if (common_opt(c, "synth", synth_help, &co, &rc)) return rc;
         }
     }
+    const char *out = co.out;
+    bool quiet = co.quiet;
+    o.force = co.force;
+    o.threads = co.threads;
     if (optind != argc) return usage_error("synth", "unexpected argument '%s'", argv[optind]);
     if (!out) return usage_error("synth", "%s", "-o DIR is required");
     double t0 = cli_now();
