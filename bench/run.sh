@@ -5,7 +5,9 @@
 #                                       fp32 + exp_avg + exp_avg_sq, 12 B/param)
 # Environment: BENCH_DIR (scratch, default build/bench-data), BENCH_STAGE (2),
 # BENCH_WORLD (4), BENCH_REPS (3: each figure is the median of REPS runs, floors
-# and commands interleaved so noise hits both).
+# and commands interleaved so noise hits both). Every timed step starts after a
+# `sync`, so no step pays for the previous one's dirty pages; floors and commands
+# both fsync what they write, so the figures are durable-write throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES=("${@:-1 8}")
@@ -37,13 +39,15 @@ for G in "${SIZES[@]}"; do
   FP32=$(jq_ "$DIR/inspect.json" "int(d['bytes_per_state']['fp32'] + d['bytes_per_state'].get('w16', 0))")
   ALL=$(jq_ "$DIR/inspect.json" "int(sum(d['bytes_per_state'].values()))")
   FILES=("$TAGDIR"/rank_*.safetensors)
-  TOTAL_FILES=$(stat -c %s "${FILES[@]}" | awk '{s+=$1} END {print s}')
+  TOTAL_FILES=$(stat -c %s "${FILES[@]}" | awk '{s+=$1} END {printf "%d", s}')
 
   # consolidate: reads fp32 (+ frozen w16), writes bf16.
   cons_t=(); cons_f=(); cons_rss=0
   for r in $(seq "$REPS"); do
     rm -f "$DIR/out.safetensors"
+    sync
     read -r _ _ ft < <($FL io "$FP32" $(( FP32 / 2 )) "$DIR/floor.out" "${FILES[@]}")
+    sync
     read -r t rss rc < <($FL rss $DS consolidate "$CK" -o "$DIR/out.safetensors" --dtype bf16 --force -q)
     [ "$rc" = 0 ] || { echo "consolidate failed"; exit 1; }
     cons_t+=("$t"); cons_f+=("$ft"); [ "$rss" -gt "$cons_rss" ] && cons_rss=$rss
@@ -57,7 +61,9 @@ for G in "${SIZES[@]}"; do
   rs_t=(); rs_f=(); rs_rss=0
   for r in $(seq "$REPS"); do
     rm -rf "$DIR/resharded"
+    sync
     read -r _ _ ft < <($FL io "$ALL" "$TOTAL_FILES" "$DIR/floor.out" "${FILES[@]}")
+    sync
     read -r t rss rc < <($FL rss $DS reshard "$CK" --to "$M" -o "$DIR/resharded" --force -q)
     [ "$rc" = 0 ] || { echo "reshard failed"; exit 1; }
     rs_t+=("$t"); rs_f+=("$ft"); [ "$rss" -gt "$rs_rss" ] && rs_rss=$rss
