@@ -365,8 +365,9 @@ static int cmd_verify(int argc, char **argv) {
     } else {
         for (size_t i = 0; i < n; i++) printf("problem: %s\n", dsckpt_verify_report_problem(r, i));
         if (res != DSCKPT_VERIFY_OK || !quiet)
-            printf("%s: %s (%zu files, %.2f GB hashed in %.2f s, %zu problem%s)\n", path, names[res],
-                   dsckpt_verify_report_files(r), (double)dsckpt_verify_report_bytes(r) / 1e9, el, n, n == 1 ? "" : "s");
+            printf("%s: %s (%zu file%s, %.2f GB hashed in %.2f s, %zu problem%s)\n", path, names[res],
+                   dsckpt_verify_report_files(r), dsckpt_verify_report_files(r) == 1 ? "" : "s",
+                   (double)dsckpt_verify_report_bytes(r) / 1e9, el, n, n == 1 ? "" : "s");
     }
     dsckpt_verify_report_free(r);
     return res == DSCKPT_VERIFY_OK ? EXIT_OKAY : res == DSCKPT_VERIFY_CORRUPT ? EXIT_CORRUPT : EXIT_UNREADABLE;
@@ -607,6 +608,10 @@ int main(int argc, char **argv) {
     }
     argc--;
     argv++;
+    /* getopt names argv[0] in its messages: make that "dsckpt COMMAND". */
+    static char self[64];
+    snprintf(self, sizeof self, "%s %s", prog, cmd);
+    argv[0] = self;
     optind = 1;
     if (!strcmp(cmd, "consolidate")) return cmd_consolidate(argc, argv);
     if (!strcmp(cmd, "reshard")) return cmd_reshard(argc, argv);

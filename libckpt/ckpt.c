@@ -170,6 +170,9 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
     for (size_t i = 0; i < c->nfiles; i++) {
         uint64_t size;
         dsckpt_status st = ds_open_read(c->files[i].path, &fs->fd[i], &size);
+        if (st == DSCKPT_ENOENT)
+            st = ds_err(DSCKPT_ECORRUPT, "%s: missing (listed in the manifest, not on disk; run dsckpt verify)",
+                        c->files[i].path);
         if (st == DSCKPT_OK && size != c->files[i].size)
             st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
                         c->files[i].path, (unsigned long long)size, (unsigned long long)c->files[i].size);
@@ -233,6 +236,7 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
         return *dir_out ? DSCKPT_OK : DSCKPT_ENOMEM;
     }
     char *latest_buf = NULL;
+    bool from_latest = false;
     if (!tag) {
         char *lp = ds_join(path, "latest");
         if (!lp) return DSCKPT_ENOMEM;
@@ -251,9 +255,13 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
         while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == '\t')) s[--n] = '\0';
         memmove(latest_buf, s, n + 1);
         tag = latest_buf;
+        from_latest = true;
     }
     if (!ds_safe_name(tag)) {
-        dsckpt_status st = ds_err(DSCKPT_ECORRUPT, "%s: tag '%s' is not a plain directory name", path, tag);
+        /* A bad tag from the user is a usage error; one read from `latest` is damage. */
+        dsckpt_status st =
+            from_latest ? ds_err(DSCKPT_ECORRUPT, "%s: 'latest' names '%s', which is not a plain directory name", path, tag)
+                        : ds_err(DSCKPT_EINVAL, "%s: tag '%s' is not a plain directory name", path, tag);
         free(latest_buf);
         return st;
     }

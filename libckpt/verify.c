@@ -206,7 +206,8 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
     dsckpt_status st = ds_ckpt_new(&c);
     if (st == DSCKPT_OK) st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
     if (st) {
-        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
+        add_problem(r, st == DSCKPT_ECORRUPT ? DSCKPT_VERIFY_CORRUPT : DSCKPT_VERIFY_UNREADABLE, "%s",
+                    dsckpt_last_error());
         goto done;
     }
     st = ds_native_open(c->dir, c);
@@ -338,6 +339,7 @@ dsckpt_status dsckpt_verify(const char *path, const char *tag, const dsckpt_veri
         dsckpt_verify_opts_init(&defaults);
         opts = &defaults;
     }
+    if (tag && !ds_safe_name(tag)) return ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", tag);
     dsckpt_verify_report *r = calloc(1, sizeof *r);
     if (!r) return ds_err(DSCKPT_ENOMEM, "out of memory");
     pthread_mutex_init(&r->mu, NULL);
