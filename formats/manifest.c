@@ -78,7 +78,14 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
     t->name = ds_strdup(name);
     if (!t->name) return DSCKPT_ENOMEM;
     DS_TRY(field_str(jt, "dtype", &dt, what, ctx));
-    if (dsckpt_dtype_parse(dt, &t->dtype) != DSCKPT_OK) return bad(what, "tensor '%s': unknown dtype '%s'", name, dt);
+    /* Only the safetensors spellings ("BF16"), which are what we write. */
+    bool known = false;
+    for (int k = 0; k < DSCKPT_DTYPE_COUNT && !known; k++)
+        if (!strcmp(dt, dsckpt_dtype_name((dsckpt_dtype)k))) {
+            t->dtype = (dsckpt_dtype)k;
+            known = true;
+        }
+    if (!known) return bad(what, "tensor '%s': unknown dtype '%s'", name, dt);
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(jt, "shape");
     if (!cJSON_IsArray(shape)) return bad(what, "tensor '%s': \"shape\" must be an array", name);
     int nd = cJSON_GetArraySize(shape);
@@ -192,7 +199,52 @@ static dsckpt_status parse_frags(const cJSON *jfr, dsckpt_ckpt *c, const char *w
     return DSCKPT_OK;
 }
 
+/* The manifest ends with its own digest: the text is `BODY` with its closing brace
+ * replaced by `,"manifest_sha256":"<hex>"}` where <hex> is the SHA-256 of BODY
+ * (the compact JSON without that key). Any change to the manifest, even to a value
+ * that nothing else cross-checks, fails this. */
+#define DIGEST_KEY ",\"manifest_sha256\":\""
+#define DIGEST_TAIL (sizeof DIGEST_KEY - 1 + 2 * DS_SHA256_LEN + 2) /* key, hex, '"', '}' */
+
+static dsckpt_status check_self_digest(const char *text, size_t len, const char *what) {
+    if (len < DIGEST_TAIL + 2 || memcmp(text + len - DIGEST_TAIL, DIGEST_KEY, sizeof DIGEST_KEY - 1) != 0 ||
+        text[len - 2] != '"' || text[len - 1] != '}')
+        return bad(what, "the manifest does not end with its \"manifest_sha256\" digest (truncated or edited)");
+    uint8_t want[DS_SHA256_LEN], got[DS_SHA256_LEN];
+    char hex[2 * DS_SHA256_LEN + 1];
+    memcpy(hex, text + len - 2 - 2 * DS_SHA256_LEN, 2 * DS_SHA256_LEN);
+    hex[2 * DS_SHA256_LEN] = '\0';
+    if (!ds_unhex32(hex, want)) return bad(what, "\"manifest_sha256\" is not 64 hex digits");
+    size_t body = len - DIGEST_TAIL; /* the body without its closing brace */
+    char *tmp = malloc(body + 1);
+    if (!tmp) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    memcpy(tmp, text, body);
+    tmp[body] = '}';
+    dsckpt_status st = ds_sha256(tmp, body + 1, got);
+    free(tmp);
+    DS_TRY(st);
+    if (memcmp(want, got, DS_SHA256_LEN) != 0)
+        return ds_err(DSCKPT_ECHECKSUM, "%s: SHA-256 mismatch: the manifest was changed after it was written", what);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_manifest_seal(const char *json, char **out) {
+    size_t n = strlen(json);
+    if (n < 2 || json[n - 1] != '}') return ds_err(DSCKPT_EINVAL, "ds_manifest_seal: not a JSON object");
+    uint8_t dg[DS_SHA256_LEN];
+    DS_TRY(ds_sha256(json, n, dg));
+    char *o = malloc(n + DIGEST_TAIL);
+    if (!o) return ds_err(DSCKPT_ENOMEM, "out of memory sealing a manifest");
+    memcpy(o, json, n - 1); /* drop the closing brace */
+    memcpy(o + n - 1, DIGEST_KEY, sizeof DIGEST_KEY - 1);
+    ds_hex(dg, DS_SHA256_LEN, o + n - 1 + sizeof DIGEST_KEY - 1);
+    memcpy(o + n - 1 + sizeof DIGEST_KEY - 1 + 2 * DS_SHA256_LEN, "\"}", 3);
+    *out = o;
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, dsckpt_ckpt *c) {
+    DS_TRY(check_self_digest(text, len, what));
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root) return bad(what, "not valid JSON (near byte %td)", cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0);
     c->manifest = root;
@@ -366,6 +418,8 @@ dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     if (!text) return ds_err(DSCKPT_ENOMEM, "out of memory building a manifest");
-    *json_out = text;
-    return DSCKPT_OK;
+    dsckpt_status st = ds_manifest_seal(text, json_out);
+    free(text);
+    return st;
+
 }

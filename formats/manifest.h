@@ -9,6 +9,8 @@
  *   files     [{name, rank, size, chunk_size, sha256, chunks: [hex, ...]}]
  *   state, ds_config, metrics: objects carried verbatim (optimizer, scheduler, loss
  *             scaler, data position, RNG; the config used; eval metrics).
+ *   manifest_sha256: last key, the SHA-256 of the manifest without it (see
+ *             ds_manifest_seal), so any edit or bit flip is detected.
  *
  * The parser treats the manifest as hostile: every number is range-checked, every
  * name validated, every fragment checked against its tensor and its file.
@@ -26,6 +28,11 @@
  * c->dir, which must be set) from the manifest text. `what` names it in errors.
  * Takes ownership of nothing; c->manifest receives the parsed tree. */
 dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, dsckpt_ckpt *c);
+
+/* Appends the manifest's self-digest to compact JSON text `json` (an object):
+ * `...,"manifest_sha256":"<SHA-256 of json>"}`. The parser refuses a manifest
+ * whose digest is missing or does not match (DSCKPT_ECHECKSUM). */
+dsckpt_status ds_manifest_seal(const char *json, char **out);
 
 /* Serialises c (header, tensors, fragments, files with digests, and the state,
  * ds_config and metrics objects of c->manifest if present) into a malloc'd string. */

@@ -7,6 +7,7 @@
 #include "fsutil.h"
 #include "manifest.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +177,19 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
         if (st == DSCKPT_OK && size != c->files[i].size)
             st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
                         c->files[i].path, (unsigned long long)size, (unsigned long long)c->files[i].size);
+        /* Fragments must point into the data, never into the header: a reader would
+         * otherwise return header bytes as weights. */
+        st_header *h = NULL;
+        if (st == DSCKPT_OK) st = st_read_fd(fs->fd[i], c->files[i].path, &h);
+        for (int s = 0; st == DSCKPT_OK && s < DS_NSTATES; s++)
+            for (size_t k = 0; st == DSCKPT_OK && k < c->nfrags[s]; k++) {
+                const ds_frag *fr = &c->frags[s][k];
+                if (fr->file == i && fr->numel && fr->offset < h->data_start)
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s fragment of '%s' at byte %llu points into the header",
+                                c->files[i].path, ds_state_names[s], c->tensors[fr->tensor].name,
+                                (unsigned long long)fr->offset);
+            }
+        st_header_free(h);
         if (st) {
             ds_fdset_close(fs);
             return st;
@@ -222,6 +236,20 @@ dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s,
     return DSCKPT_OK;
 }
 
+/* A tag directory whose save did not finish: rank files (or their temporaries)
+ * but no manifest. */
+static bool looks_like_partial_save(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d)))
+        found = !strncmp(e->d_name, "rank_", 5) || !strncmp(e->d_name, ".rank_", 6) ||
+                !strncmp(e->d_name, "." DS_MANIFEST_NAME ".tmp-", strlen("." DS_MANIFEST_NAME ".tmp-"));
+    closedir(d);
+    return found;
+}
+
 dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_out, char **root_out) {
     *dir_out = NULL;
     *root_out = NULL;
@@ -242,6 +270,10 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
         if (!lp) return DSCKPT_ENOMEM;
         if (!ds_exists(lp)) {
             free(lp);
+            if (looks_like_partial_save(path))
+                return ds_err(DSCKPT_ENOENT,
+                              "%s: no manifest: the checkpoint is incomplete (a save that did not finish) or not a dsckpt checkpoint",
+                              path);
             return ds_err(DSCKPT_ENOENT, "%s: neither a tag directory (no %s) nor a save root (no 'latest'); pass -t TAG",
                           path, DS_MANIFEST_NAME);
         }

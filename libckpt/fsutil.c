@@ -280,7 +280,14 @@ dsckpt_status ds_outdir_commit(ds_outdir *od) {
         }
         st = ds_rename_durable(od->tmp, od->final, true);
         if (st) {
-            rename(old, od->final); /* put the original back */
+            if (ds_exists(od->tmp)) {
+                rename(old, od->final); /* the new one is not in place: put the original back */
+            } else {
+                /* Renamed, but the directory fsync failed: the new output is in place. */
+                ds_rmtree(old);
+                free(od->tmp);
+                od->tmp = NULL;
+            }
             free(old);
             return st;
         }

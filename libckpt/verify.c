@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define READ_PIECE (1u << 20)
@@ -105,6 +106,15 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
     /* Map the chunk rather than pread it: hashing is the floor here, and copying
      * every byte out of the page cache first costs about as much again. */
+    /* A file that shrinks while it is mapped raises SIGBUS; check right before
+     * mapping (a shrink in the microseconds after remains possible: verify is not
+     * meant to run beside a writer of the same checkpoint). */
+    struct stat sb;
+    if (fstat(v->fds[hj->file], &sb) != 0 || (uint64_t)sb.st_size < off + len) {
+        add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu: the file shrank while being verified", f->name,
+                    hj->chunk);
+        return DSCKPT_OK;
+    }
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), moff = off - off % page;
     size_t mlen = (size_t)(len + (off - moff));
     void *map = len ? mmap(NULL, mlen, PROT_READ, MAP_PRIVATE | MAP_POPULATE, v->fds[hj->file], (off_t)moff)
@@ -167,6 +177,14 @@ static bool check_file_structure(const dsckpt_ckpt *c, size_t i, int fd, dsckpt_
     if (!(v = st_meta_get(h, "dsckpt.tag")) || strcmp(v, c->tag) != 0)
         add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says tag %s, the manifest says %s (from another checkpoint?)",
                     f->name, v ? v : "(none)", c->tag);
+    snprintf(want, sizeof want, "%d", c->stage);
+    if (!(v = st_meta_get(h, "dsckpt.zero_stage")) || strcmp(v, want) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says ZeRO stage %s, the manifest says %d", f->name,
+                    v ? v : "(none)", c->stage);
+    snprintf(want, sizeof want, "%zu", c->nfiles);
+    if (!(v = st_meta_get(h, "dsckpt.files")) || strcmp(v, want) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: metadata says %s rank files, the manifest lists %zu", f->name,
+                    v ? v : "(none)", c->nfiles);
     /* Fragments must point into the data buffer, not the header. */
     for (int s = 0; s < DS_NSTATES; s++)
         for (size_t k = 0; k < c->nfrags[s]; k++) {
@@ -234,7 +252,9 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
                         f->name);
         st = ds_open_read(f->path, &v.fds[i], &size);
         if (st) {
-            add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s", f->name,
+            /* Missing, or something else (a directory) where the file should be: damage. */
+            add_problem(r, st == DSCKPT_ENOENT || st == DSCKPT_EINVAL ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s",
+                        f->name,
                         st == DSCKPT_ENOENT ? "missing (listed in the manifest, not on disk)" : dsckpt_last_error());
             v.fds[i] = -1;
             continue;

@@ -164,7 +164,10 @@ static void test_catalogue(void) {
         cJSON *root = cJSON_ParseWithLength(g_text, g_len);
         CU_ASSERT_PTR_NOT_NULL_FATAL(root);
         mutations[i].edit(root);
-        char *text = cJSON_PrintUnformatted(root);
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "manifest_sha256");
+        char *body = cJSON_PrintUnformatted(root), *text = NULL;
+        TU_ASSERT_OK(ds_manifest_seal(body, &text));
+        free(body);
         dsckpt_status st = parse(text, NULL);
         if (st != mutations[i].want || !strstr(dsckpt_last_error(), mutations[i].msg))
             fprintf(stderr, "\n  %s: got %s: %s\n", mutations[i].what, dsckpt_status_name(st), dsckpt_last_error());
@@ -173,6 +176,24 @@ static void test_catalogue(void) {
         free(text);
         cJSON_Delete(root);
     }
+}
+
+static void test_self_digest(void) {
+    /* Any byte changed without re-sealing: a checksum failure naming the manifest. */
+    char *text = strndup(g_text, g_len);
+    char *p = strstr(text, "\"step\":100");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    p[8] = '2'; /* step 100 -> 200: still valid JSON, still a valid manifest */
+    CU_ASSERT_EQUAL(parse(text, NULL), DSCKPT_ECHECKSUM);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "manifest.json: SHA-256 mismatch"));
+    free(text);
+    /* No digest at all (e.g. pretty-printed by an editor): refused. */
+    cJSON *root = cJSON_ParseWithLength(g_text, g_len);
+    char *pretty = cJSON_Print(root);
+    CU_ASSERT_EQUAL(parse(pretty, NULL), DSCKPT_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "manifest_sha256"));
+    free(pretty);
+    cJSON_Delete(root);
 }
 
 static void test_not_json(void) {
@@ -190,6 +211,7 @@ int main(void) {
     if (setup()) return 2;
     static const tu_test tests[] = {{"build -> parse -> build round trip", test_round_trip},
                                     {"hostile manifest catalogue, one error each", test_catalogue},
+                                    {"self-digest: edits and a missing digest refused", test_self_digest},
                                     {"not JSON, truncations", test_not_json},
                                     {NULL, NULL}};
     int rc = tu_main("manifest", tests);
