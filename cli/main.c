@@ -365,7 +365,7 @@ static int cmd_verify(int argc, char **argv) {
     } else {
         for (size_t i = 0; i < n; i++) printf("problem: %s\n", dsckpt_verify_report_problem(r, i));
         if (res != DSCKPT_VERIFY_OK || !quiet)
-            printf("%s: %s (%zu file%s, %.2f GB hashed in %.2f s, %zu problem%s)\n", path, names[res],
+            printf("%s: %s (%zu file%s, %.2f GB checked in %.2f s, %zu problem%s)\n", path, names[res],
                    dsckpt_verify_report_files(r), dsckpt_verify_report_files(r) == 1 ? "" : "s",
                    (double)dsckpt_verify_report_bytes(r) / 1e9, el, n, n == 1 ? "" : "s");
     }
