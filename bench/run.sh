@@ -39,7 +39,7 @@ for G in "${SIZES[@]}"; do
   FP32=$(jq_ "$DIR/inspect.json" "int(d['bytes_per_state']['fp32'] + d['bytes_per_state'].get('w16', 0))")
   ALL=$(jq_ "$DIR/inspect.json" "int(sum(d['bytes_per_state'].values()))")
   FILES=("$TAGDIR"/rank_*.safetensors)
-  TOTAL_FILES=$(stat -c %s "${FILES[@]}" | awk '{s+=$1} END {printf "%d", s}')
+  TOTAL_FILES=$(stat -c %s "${FILES[@]}" | awk '{s+=$1} END {printf "%.0f", s}')
 
   # consolidate: reads fp32 (+ frozen w16), writes bf16.
   cons_t=(); cons_f=(); cons_rss=0
