@@ -1,0 +1,70 @@
+/*
+ * zip.h — the zip container of torch.save files (DeepSpeed checkpoints): a strict
+ * central-directory reader and a writer that lays members out as torch does.
+ *
+ * Reader: finds the end of central directory (classic and ZIP64), reads every
+ * central entry, and checks each member against its local header. Only STORED
+ * members are accepted (torch never compresses; anything else is
+ * DSCKPT_EUNSUPPORTED naming the member). Hostile input is refused with
+ * DSCKPT_ECORRUPT naming the file and member: counts and sizes bounded by the file,
+ * no member outside the file, no two members' data overlapping, no "..", absolute
+ * or backslash names, no duplicate names, local header name equal to the central
+ * one. CRC-32 (zlib) is checked on demand (zip_check_crc), since reading every
+ * byte is verify's job, not open's.
+ *
+ * Writer: members are STORED with general-purpose flags 0x0808 (data descriptor,
+ * UTF-8), local-header CRC and sizes zero, data aligned to 64 bytes with an "FB"
+ * (0x4246) extra field, and a ZIP64 end record + locator + classic end record, as
+ * torch's writer (miniz) produces. All bytes go through a ds_stream.
+ */
+#ifndef DSCKPT_ZIP_H
+#define DSCKPT_ZIP_H
+
+#include "internal.h"
+#include "stream.h"
+
+typedef struct zip_member {
+    char *name;           /* full name, e.g. "mp_rank_00_model_states/data/0" */
+    uint64_t data_offset; /* absolute offset of the member's bytes */
+    uint64_t size;        /* bytes (STORED: compressed == uncompressed) */
+    uint32_t crc32;       /* from the central directory */
+    uint64_t local_offset;/* offset of the local header */
+} zip_member;
+
+typedef struct zip_archive {
+    zip_member *members;  /* in central-directory order */
+    size_t n;
+    uint64_t file_size;
+    char *prefix;         /* the top folder of the first member ("archive", ...) */
+} zip_archive;
+
+/* Reads the central directory of the open file `fd` (size from fstat). `what`
+ * names the file in messages. */
+dsckpt_status zip_open_fd(int fd, const char *what, zip_archive **out);
+void zip_free(zip_archive *z);
+/* Member by full name, or by name relative to the prefix ("data.pkl",
+ * "data/0"); NULL if absent. */
+const zip_member *zip_find(const zip_archive *z, const char *name);
+const zip_member *zip_find_rel(const zip_archive *z, const char *rel);
+/* Reads member i and compares its CRC-32 with the central directory's
+ * (DSCKPT_ECHECKSUM naming file and member on mismatch). */
+dsckpt_status zip_check_crc(int fd, const zip_archive *z, size_t i, const char *what);
+/* Reads a whole (small) member into a malloc'd buffer; refuses members over `max`. */
+dsckpt_status zip_read_member(int fd, const zip_archive *z, const zip_member *m, size_t max, const char *what,
+                              uint8_t **out);
+
+/* ---- writer ---- */
+typedef struct zip_writer zip_writer;
+/* Starts an archive whose members live under `prefix/`, written to `s`. */
+dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out);
+/* Starts member prefix/rel of exactly `size` bytes; returns the absolute offset
+ * its data will start at (aligned to 64). */
+dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, uint64_t *data_offset);
+dsckpt_status zip_writer_write(zip_writer *w, const void *data, size_t n);
+/* Ends the current member (checks that exactly `size` bytes came). */
+dsckpt_status zip_writer_end(zip_writer *w);
+/* Writes the central directory and end records. Does not finish the stream. */
+dsckpt_status zip_writer_finish(zip_writer *w);
+void zip_writer_free(zip_writer *w);
+
+#endif /* DSCKPT_ZIP_H */
