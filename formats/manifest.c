@@ -101,6 +101,10 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
     const cJSON *tr = cJSON_GetObjectItemCaseSensitive(jt, "trainable");
     if (!cJSON_IsBool(tr)) return bad(what, "tensor '%s': \"trainable\" must be true or false", name);
     t->trainable = cJSON_IsTrue(tr);
+    const cJSON *bf = cJSON_GetObjectItemCaseSensitive(jt, "buffer");
+    if (bf && !cJSON_IsBool(bf)) return bad(what, "tensor '%s': \"buffer\" must be true or false", name);
+    t->buffer = cJSON_IsTrue(bf);
+    if (t->buffer && t->trainable) return bad(what, "tensor '%s': a buffer cannot be trainable", name);
     t->group = -1;
     if (t->trainable) {
         uint64_t g;
@@ -356,6 +360,7 @@ dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
         ok &= cJSON_AddItemToObject(o, "shape", sh);
         ok &= cJSON_AddStringToObject(o, "dtype", dsckpt_dtype_name(t->dtype)) != NULL;
         ok &= cJSON_AddBoolToObject(o, "trainable", t->trainable) != NULL;
+        if (t->buffer) ok &= cJSON_AddBoolToObject(o, "buffer", true) != NULL;
         if (t->trainable) ok &= cJSON_AddItemToObject(o, "group", num((uint64_t)t->group));
         if (t->naliases) {
             cJSON *al = cJSON_AddArrayToObject(o, "aliases");

@@ -11,6 +11,12 @@
  * string and integer length, object count) by the limits and by the bytes left;
  * violations are DSCKPT_ECORRUPT naming the file, the byte offset and the opcode.
  *
+ * The result is a graph, not always a tree: memo references (BINGET) make several
+ * parents share one object, exactly as in the Python object the pickle describes
+ * (tied tensors, repeated key strings). It is always acyclic: a container may not
+ * be modified once it is inside another object, and nesting is bounded by
+ * max_depth. Walkers that do not memoise should still bound their own work.
+ *
  * Allow-list (everything else is opaque): torch._utils._rebuild_tensor_v2,
  * torch.<X>Storage (dtype), collections.OrderedDict, torch.Size, __builtin__.set /
  * builtins.set, __builtin__.getattr / builtins.getattr (enum members by name),
@@ -41,7 +47,9 @@ typedef enum pk_kind {
     PK_DTYPE,   /* torch.float16 etc.: .dtype */
     PK_SIZE,    /* torch.Size: .items (ints) */
     PK_ENUM,    /* enum member: .module, .name (class), .member (name, or NULL) and/or .i (value) */
-    PK_OBJECT   /* anything else built from a global: .module, .name, .args (tuple or NULL), .state (or NULL) */
+    PK_OBJECT,  /* anything else built from a global: .module, .name, .args (tuple or NULL), .state (or NULL) */
+    PK_STORAGE  /* a persistent-id storage reference: .tensor.storage_key / .dtype / .storage_numel
+                   (ndim 0), .s = location ("cpu"), .args = the persistent-id tuple */
 } pk_kind;
 
 typedef struct pk_tensor {
@@ -71,6 +79,16 @@ struct pk_obj {
     pk_obj *args, *state;
     pk_tensor tensor;
     dsckpt_dtype dtype;
+    /* Bookkeeping (reader and writer). Objects built by REDUCE keep the callable in
+     * .module/.name and the argument tuple in .args, so that the writer re-emits
+     * them exactly: PK_TENSOR (.name "_rebuild_tensor_v2" or "_rebuild_parameter"),
+     * PK_SIZE, PK_SET ("set" / "frozenset"), PK_BYTES (_codecs.encode), PK_ENUM
+     * (.args = (class, member) for getattr, (value,) by value). PK_DICT .state holds
+     * an OrderedDict's BUILD state (torch state_dict()._metadata). */
+    bool newobj;           /* PK_OBJECT: built by NEWOBJ (cls.__new__(cls, *args)), not REDUCE */
+    bool sealed;           /* reader: stored inside another object, so no longer modifiable */
+    uint32_t depth;        /* reader: 1 + depth of the deepest child */
+    size_t cap;            /* allocated slots of .items (and .keys); 0 = not owned */
 };
 
 typedef struct pk_limits {
@@ -79,7 +97,11 @@ typedef struct pk_limits {
     size_t max_str;        /* bytes in one string (default 64 MiB) */
     size_t max_long;       /* bytes of one LONG (default 64) */
     size_t max_objects;    /* objects in total (default 1 << 24) */
+    size_t max_bytes;      /* memory of one parse: objects, strings, arrays (default 2 GiB);
+                              an object is ~450 bytes, so this, not max_objects, bounds
+                              what a small hostile file can make us allocate */
 } pk_limits;
+/* Fills the defaults. In limits passed to pk_parse, a field of 0 means its default. */
 void pk_limits_default(pk_limits *l);
 
 typedef struct pk_doc pk_doc; /* owns every object of one parse */
@@ -87,9 +109,20 @@ typedef struct pk_doc pk_doc; /* owns every object of one parse */
  * root stays valid until pk_doc_free. */
 dsckpt_status pk_parse(const uint8_t *data, size_t len, const char *what, const pk_limits *limits, pk_doc **out,
                        pk_obj **root);
-void pk_doc_free(pk_doc *d);
+/* As pk_parse, and sets *consumed to the bytes read up to and including STOP.
+ * Bytes after STOP are left alone (the legacy torch format is several pickles
+ * back to back, followed by raw storage data). */
+dsckpt_status pk_parse_ex(const uint8_t *data, size_t len, const char *what, const pk_limits *limits,
+                          pk_doc **out, pk_obj **root, size_t *consumed);
+void pk_doc_free(pk_doc *d);  /* frees every object of the doc; NULL is fine */
 
-/* Lookup helpers (NULL / false when absent or of another kind). */
+/* Name of a kind ("dict", "tensor", ...), for messages. */
+const char *pk_kind_name(pk_kind k);
+
+/* Lookup helpers (NULL / false when absent or of another kind; linear scans).
+ * Dicts never hold two equal keys: as in Python, a repeated str / bytes / int /
+ * bool / float key replaces the value in place (keys of other kinds are never
+ * considered equal). */
 pk_obj *pk_get(const pk_obj *dict, const char *key);       /* string key */
 pk_obj *pk_get_int_key(const pk_obj *dict, int64_t key);    /* integer key */
 bool pk_as_int(const pk_obj *o, int64_t *out);              /* PK_INT or PK_BOOL */
@@ -100,13 +133,33 @@ const char *pk_as_str(const pk_obj *o);
  * a ('storage', <dtype>Storage, key, 'cpu', numel) persistent id) as protocol 2,
  * the way CPython's pickler and torch.save emit it (memoised globals, MARK/SETITEMS
  * batches of 1000, BINPUT after containers). The caller builds trees with the
- * constructors below; `d` owns them. */
+ * constructors below; `d` owns them.
+ *
+ * Exactness: the output is what CPython 3's C pickler (protocol 2) and
+ * torch.save would write for the Python object the tree describes, so a parsed
+ * CPython pickle re-serialises byte for byte (checked on every fixture, and on
+ * CPython 3.11 output of the other constructs). Memoisation follows object identity
+ * as in CPython: an object reached twice (the same pk_obj pointer) is written once
+ * and then fetched with BINGET; two equal strings that are distinct pk_objs are
+ * written twice. Globals are memoised by name (CPython has one object per name);
+ * for trees built here, tensors share the 'storage' / 'cpu' strings and one key
+ * string per storage key, as torch.save does. Enums with .member are written by
+ * name, getattr(cls, 'member') (Python >= 3.12, as in the fixtures), without it by
+ * value, cls(value) (Python <= 3.11).
+ * Bytes use _codecs.encode(latin1 str, 'latin1') (b'' as bytes()), as protocol 2
+ * requires. The module 'builtins' is written as '__builtin__'. Nesting deeper than
+ * PK_WRITE_MAX_DEPTH is refused (EINVAL). *out is malloc'd; free() it. */
+#define PK_WRITE_MAX_DEPTH 4000
 pk_doc *pk_doc_new(void);
 pk_obj *pk_new(pk_doc *d, pk_kind kind);
 pk_obj *pk_new_int(pk_doc *d, int64_t v);
 pk_obj *pk_new_float(pk_doc *d, double v);
 pk_obj *pk_new_str(pk_doc *d, const char *s);
 pk_obj *pk_new_bool(pk_doc *d, bool v);
+pk_obj *pk_new_bytes(pk_doc *d, const void *data, size_t len);
+/* A copy of `s` owned by `d` (for .module, .name, .member, .tensor.storage_key). */
+char *pk_strdup(pk_doc *d, const char *s);
+/* The constructors return NULL (with an ENOMEM message) when memory runs out. */
 bool pk_list_append(pk_doc *d, pk_obj *list_or_tuple, pk_obj *item);
 bool pk_dict_set(pk_doc *d, pk_obj *dict, pk_obj *key, pk_obj *value);
 dsckpt_status pk_serialize(const pk_obj *root, uint8_t **out, size_t *len);

@@ -4,6 +4,7 @@
  */
 #include "ckpt.h"
 
+#include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
 
@@ -177,11 +178,13 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
         if (st == DSCKPT_OK && size != c->files[i].size)
             st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
                         c->files[i].path, (unsigned long long)size, (unsigned long long)c->files[i].size);
-        /* Fragments must point into the data, never into the header: a reader would
-         * otherwise return header bytes as weights. */
+        /* Native rank files: fragments must point into the data, never into the
+         * safetensors header (a reader would otherwise return header bytes as
+         * weights). DeepSpeed files are checked against their zip members at open. */
         st_header *h = NULL;
-        if (st == DSCKPT_OK) st = st_read_fd(fs->fd[i], c->files[i].path, &h);
-        for (int s = 0; st == DSCKPT_OK && s < DS_NSTATES; s++)
+        bool native = c->format && !strcmp(c->format, "dsckpt");
+        if (st == DSCKPT_OK && native) st = st_read_fd(fs->fd[i], c->files[i].path, &h);
+        for (int s = 0; native && st == DSCKPT_OK && s < DS_NSTATES; s++)
             for (size_t k = 0; st == DSCKPT_OK && k < c->nfrags[s]; k++) {
                 const ds_frag *fr = &c->frags[s][k];
                 if (fr->file == i && fr->numel && fr->offset < h->data_start)
@@ -257,7 +260,7 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
     if (!ds_is_dir(path)) return ds_err(DSCKPT_EINVAL, "%s: not a checkpoint directory", path);
     char *mf = ds_join(path, DS_MANIFEST_NAME);
     if (!mf) return DSCKPT_ENOMEM;
-    bool is_tag_dir = ds_exists(mf);
+    bool is_tag_dir = ds_exists(mf) || ds_is_deepspeed_dir(path);
     free(mf);
     if (is_tag_dir && !tag) {
         *dir_out = ds_strdup(path);
@@ -337,6 +340,15 @@ dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c) {
     return st;
 }
 
+dsckpt_status ds_ckpt_load(dsckpt_ckpt *c) {
+    char *mp = ds_join(c->dir, DS_MANIFEST_NAME);
+    if (!mp) return DSCKPT_ENOMEM;
+    bool native = ds_exists(mp);
+    free(mp);
+    if (!native && ds_is_deepspeed_dir(c->dir)) return ds_deepspeed_open(c);
+    return ds_native_open(c->dir, c);
+}
+
 dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **out) {
     ds_err_clear();
     if (!path || !out) return ds_err(DSCKPT_EINVAL, "dsckpt_ckpt_open: NULL argument");
@@ -344,7 +356,7 @@ dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **
     dsckpt_ckpt *c = NULL;
     DS_TRY(ds_ckpt_new(&c));
     dsckpt_status st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
-    if (st == DSCKPT_OK) st = ds_native_open(c->dir, c);
+    if (st == DSCKPT_OK) st = ds_ckpt_load(c);
     if (st == DSCKPT_OK) st = ds_ckpt_index(c, NULL, NULL);
     if (st) {
         dsckpt_ckpt_free(c);

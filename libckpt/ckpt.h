@@ -36,6 +36,7 @@ typedef struct ds_tensor {
     uint64_t shape[ST_MAX_DIMS];
     uint64_t numel;
     bool trainable;
+    bool buffer;        /* a module buffer (not a parameter): frozen, kept by --exclude-frozen */
     int group;          /* parameter group of a trainable tensor; -1 if frozen */
     char **aliases;     /* tied names that share this tensor's storage */
     size_t naliases;
@@ -59,7 +60,7 @@ typedef struct ds_file {
 } ds_file;
 
 struct dsckpt_ckpt {
-    char *format;      /* "dsckpt" */
+    char *format;      /* "dsckpt" (native) or "deepspeed" */
     char *root;        /* save root, or NULL when opened as a tag directory */
     char *dir;         /* tag directory */
     char *tag;
@@ -118,6 +119,10 @@ dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
 
 /* Allocates an empty checkpoint handle. */
 dsckpt_status ds_ckpt_new(dsckpt_ckpt **out);
+
+/* Fills c (dir set) from whatever c->dir holds: a native manifest, or DeepSpeed
+ * files. */
+dsckpt_status ds_ckpt_load(dsckpt_ckpt *c);
 
 /* Opens a native checkpoint's tag directory `dir` (manifest.json). */
 dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c);

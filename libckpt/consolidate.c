@@ -202,7 +202,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     DS_TRYGOTO(ds_calloc(c->ntensors, sizeof *k.ots, &k.ots), done);
     for (size_t i = 0; i < c->ntensors; i++) {
         const ds_tensor *t = &c->tensors[i];
-        if (!t->trainable && opts->exclude_frozen) continue;
+        if (!t->trainable && !t->buffer && opts->exclude_frozen) continue; /* buffers stay, as in DeepSpeed */
         out_tensor *ot = &k.ots[k.nots++];
         ot->t = (uint32_t)i;
         ot->state = t->trainable ? DS_ST_FP32 : DS_ST_W16;

@@ -15,6 +15,7 @@
 #include "parallel.h"
 #include "safetensors.h"
 #include "stream.h"
+#include "zip.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -82,7 +83,7 @@ static dsckpt_verify_result sev_of(dsckpt_status st) {
 
 typedef struct hash_job {
     size_t file;
-    size_t chunk;
+    size_t chunk;   /* native: chunk index; DeepSpeed: zip member index */
 } hash_job;
 
 typedef struct vctx {
@@ -93,12 +94,25 @@ typedef struct vctx {
     size_t njobs;
     uint8_t **bufs;     /* per worker */
     EVP_MD_CTX **mds;   /* per worker */
+    zip_archive **zips; /* DeepSpeed files: per file, NULL for native files */
     ds_progress prog;
 } vctx;
+
+/* DeepSpeed files carry no digests of ours: check each zip member's CRC-32. */
+static dsckpt_status crc_one(vctx *v, const hash_job *hj) {
+    const ds_file *f = &v->c->files[hj->file];
+    const zip_archive *z = v->zips[hj->file];
+    dsckpt_status st = zip_check_crc(v->fds[hj->file], z, hj->chunk, f->name);
+    if (st == DSCKPT_ENOMEM || st == DSCKPT_EINTERNAL) return st;
+    if (st) add_problem(v->r, sev_of(st), "%s", dsckpt_last_error());
+    ds_progress_add(&v->prog, z->members[hj->chunk].size);
+    return DSCKPT_OK;
+}
 
 static dsckpt_status hash_one(void *u, size_t j, int worker) {
     vctx *v = u;
     const hash_job *hj = &v->jobs[j];
+    if (v->zips && v->zips[hj->file]) return crc_one(v, hj);
     const ds_file *f = &v->c->files[hj->file];
     uint64_t off = (uint64_t)hj->chunk * f->dg.chunk_size;
     uint64_t len = DS_MIN(f->dg.chunk_size, f->size - off);
@@ -228,7 +242,7 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
                     dsckpt_last_error());
         goto done;
     }
-    st = ds_native_open(c->dir, c);
+    st = ds_ckpt_load(c);
     if (st) {
         add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_UNREADABLE : sev_of(st), "%s", dsckpt_last_error());
         goto done;
@@ -240,13 +254,16 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
 
     v.c = c;
     v.r = r;
-    if (ds_calloc(c->nfiles, sizeof *v.fds, &v.fds) || ds_calloc(c->nfiles, sizeof *asize, &asize)) goto oom;
+    if (ds_calloc(c->nfiles, sizeof *v.fds, &v.fds) || ds_calloc(c->nfiles, sizeof *asize, &asize) ||
+        ds_calloc(c->nfiles, sizeof *v.zips, &v.zips))
+        goto oom;
     for (size_t i = 0; i < c->nfiles; i++) {
         const ds_file *f = &c->files[i];
         uint64_t size;
         v.fds[i] = -1;
         uint8_t dg[DS_SHA256_LEN];
-        if (ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks, f->dg.nchunks, dg) == DSCKPT_OK &&
+        if (f->has_digests &&
+            ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks, f->dg.nchunks, dg) == DSCKPT_OK &&
             memcmp(dg, f->dg.file, DS_SHA256_LEN) != 0)
             add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: the manifest's file digest does not match its chunk digests",
                         f->name);
@@ -263,15 +280,32 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
             add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %llu bytes, the manifest says %llu (%s)", f->name,
                         (unsigned long long)size, (unsigned long long)f->size, size < f->size ? "truncated" : "extended");
         }
+        asize[i] = size;
+        if (!f->has_digests) { /* a DeepSpeed .pt file: its zip members' CRC-32 */
+            if (zip_open_fd(v.fds[i], f->path, &v.zips[i]) != DSCKPT_OK) {
+                add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s", dsckpt_last_error());
+                close(v.fds[i]);
+                v.fds[i] = -1;
+                continue;
+            }
+            v.njobs += v.zips[i]->n;
+            continue;
+        }
         check_file_structure(c, i, v.fds[i], r);
         v.njobs += f->dg.nchunks;
-        asize[i] = size;
     }
     if (ds_calloc(v.njobs, sizeof *v.jobs, &v.jobs)) goto oom;
     v.njobs = 0;
     for (size_t i = 0; i < c->nfiles; i++) {
         if (v.fds[i] < 0) continue;
         const ds_file *f = &c->files[i];
+        if (v.zips[i]) {
+            for (size_t k = 0; k < v.zips[i]->n; k++) {
+                v.jobs[v.njobs++] = (hash_job){i, k};
+                v.prog.total += v.zips[i]->members[k].size;
+            }
+            continue;
+        }
         for (size_t k = 0; k < f->dg.nchunks; k++) {
             uint64_t beg = (uint64_t)k * f->dg.chunk_size, end = DS_MIN(beg + f->dg.chunk_size, f->size);
             if (end > asize[i]) {
@@ -303,6 +337,9 @@ done:
         for (size_t i = 0; i < c->nfiles; i++)
             if (v.fds[i] >= 0) close(v.fds[i]);
     free(v.fds);
+    if (v.zips)
+        for (size_t i = 0; i < c->nfiles; i++) zip_free(v.zips[i]);
+    free(v.zips);
     free(asize);
     free(v.jobs);
     if (v.bufs)

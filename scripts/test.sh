@@ -13,8 +13,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_FUZZ=ON -DDSCKPT_ASAN=ON \
   -DDSCKPT_UBSAN=ON >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_manifest fuzz_zip
-for f in safetensors manifest zip; do
+cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_manifest fuzz_zip fuzz_pickle
+for f in safetensors manifest zip pickle; do
   work=$(mktemp -d)
   cp -r "tests/fuzz/corpus/$f/." "$work/"
   if ! build-fuzz/fuzz_$f -max_total_time="$FUZZ_SECONDS" -max_len=65536 "$work" >"$work.log" 2>&1; then

@@ -1,0 +1,739 @@
+/*
+ * deepspeed.c — read a DeepSpeed ZeRO checkpoint directory into the fragment map
+ * (see deepspeed.h and docs/formats/deepspeed.md).
+ *
+ * Nothing is copied at open: each fragment records where a run of elements lives
+ * inside a zip member of a .pt file. Rules, per stage:
+ * - stages 1/2 (DeepSpeedZeroOptimizer, BF16_Optimizer): group g of W ranks; rank
+ *   r's `single_partition_of_fp32_groups[g]` holds real elements followed (for
+ *   BF16_Optimizer) by group_paddings[r] of padding; the real parts of ranks 0..W-1
+ *   concatenated are the group's flat buffer, cut by param_shapes[g]. exp_avg and
+ *   exp_avg_sq (base_optimizer_state.state[g]) share that layout.
+ * - stage 3: sub-group s; each tensor of n elements is split in q = ceil(n/W)
+ *   pieces; rank r's fp32_flat_groups[s] is its pieces in param_shapes[s] order.
+ * - frozen parameters: stage 1 from `module`; stage 2 whole in
+ *   frozen_param_fragments; stage 3 one piece per rank's model file.
+ * - buffers (buffer_names) from `module`; tied weights from shared_params.
+ */
+#include "deepspeed.h"
+
+#include "fsutil.h"
+#include "partition.h"
+#include "pickle.h"
+#include "zip.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PKL_MAX (256u << 20)
+
+typedef struct ds_pt {
+    char *name;
+    char *path;
+    int fd;
+    uint64_t size;
+    zip_archive *zip;
+    pk_doc *doc;
+    pk_obj *root;
+    int rank;       /* D, or 0 for mp_rank_00_model_states.pt */
+    size_t file_index; /* index in c->files once registered */
+} ds_pt;
+
+typedef struct ds_open_ctx {
+    dsckpt_ckpt *c;
+    ds_pt *optim;   /* W entries, by rank */
+    size_t noptim;
+    ds_pt *model;   /* 1 entry (stage 0-2) or W entries (stage 3), by rank */
+    size_t nmodel;
+    size_t cap_frags[DS_NSTATES];
+} ds_open_ctx;
+
+/* ---- directory scan ---- */
+
+/* Parses "<prefix><digits><suffix>" exactly; returns the number or -1. */
+static long match_num(const char *s, const char *prefix, const char *suffix) {
+    size_t lp = strlen(prefix), ls = strlen(suffix), n = strlen(s);
+    if (n <= lp + ls || strncmp(s, prefix, lp) || strcmp(s + n - ls, suffix)) return -1;
+    long v = 0;
+    for (size_t i = lp; i < n - ls; i++) {
+        if (!isdigit((unsigned char)s[i]) || v > 10000000) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+bool ds_is_deepspeed_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d))) {
+        static const char *suffix[] = {"_optim_states.pt", "_model_states.pt"};
+        size_t n = strlen(e->d_name);
+        for (int k = 0; k < 2 && !found; k++) {
+            size_t m = strlen(suffix[k]);
+            found = n > m && !strcmp(e->d_name + n - m, suffix[k]);
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static void pt_close(ds_pt *p) {
+    if (!p) return;
+    if (p->fd >= 0) close(p->fd);
+    zip_free(p->zip);
+    pk_doc_free(p->doc);
+    free(p->name);
+    free(p->path);
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+}
+
+static dsckpt_status pt_load(const char *dir, const char *name, int rank, ds_pt *p) {
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+    p->rank = rank;
+    p->name = ds_strdup(name);
+    p->path = ds_join(dir, name);
+    if (!p->name || !p->path) return DSCKPT_ENOMEM;
+    DS_TRY(ds_open_read(p->path, &p->fd, &p->size));
+    uint8_t magic[4] = {0};
+    if (p->size >= 4) DS_TRY(ds_pread_full(p->fd, magic, 4, 0, p->path));
+    if (memcmp(magic, "PK\x03\x04", 4) != 0)
+        return ds_err(DSCKPT_EUNSUPPORTED,
+                      "%s: not a zip file: the legacy (pre-1.6) torch.save format is not supported; re-save with a current torch",
+                      p->path);
+    DS_TRY(zip_open_fd(p->fd, p->path, &p->zip));
+    const zip_member *m = zip_find_rel(p->zip, "data.pkl");
+    if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: no data.pkl member: not a torch.save file", p->path);
+    uint8_t *pkl = NULL;
+    DS_TRY(zip_read_member(p->fd, p->zip, m, PKL_MAX, p->path, &pkl));
+    dsckpt_status st = pk_parse(pkl, (size_t)m->size, p->path, NULL, &p->doc, &p->root);
+    free(pkl);
+    if (st == DSCKPT_OK && (!p->root || p->root->kind != PK_DICT))
+        st = ds_err(DSCKPT_ECORRUPT, "%s: the pickled object is not a dict", p->path);
+    return st;
+}
+
+typedef struct scan {
+    char **optim;    /* by rank */
+    size_t nopt;
+    bool opt_bf16, opt_plain;
+    char **model3;   /* zero_pp_rank_D model files, by rank */
+    size_t nmod3;
+    bool model_mp;   /* mp_rank_00_model_states.pt present */
+} scan;
+
+static dsckpt_status put_rank(char ***arr, size_t *n, long r, const char *name, const char *dir) {
+    if (r >= 100000) return ds_err(DSCKPT_ECORRUPT, "%s: rank %ld in %s is implausibly large", dir, r, name);
+    if ((size_t)r >= *n) {
+        char **p = realloc(*arr, ((size_t)r + 1) * sizeof *p);
+        if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        for (size_t i = *n; i <= (size_t)r; i++) p[i] = NULL;
+        *arr = p;
+        *n = (size_t)r + 1;
+    }
+    if ((*arr)[r])
+        return ds_err(DSCKPT_ECORRUPT, "%s: two files for rank %ld (%s and %s): remove the stale one", dir, r,
+                      (*arr)[r], name);
+    (*arr)[r] = ds_strdup(name);
+    return (*arr)[r] ? DSCKPT_OK : DSCKPT_ENOMEM;
+}
+
+static void scan_free(scan *s) {
+    for (size_t i = 0; i < s->nopt; i++) free(s->optim[i]);
+    for (size_t i = 0; i < s->nmod3; i++) free(s->model3[i]);
+    free(s->optim);
+    free(s->model3);
+}
+
+static dsckpt_status scan_dir(const char *dir, scan *s) {
+    memset(s, 0, sizeof *s);
+    DIR *d = opendir(dir);
+    if (!d) return ds_err_errno(errno, "%s: cannot list directory", dir);
+    dsckpt_status st = DSCKPT_OK;
+    struct dirent *e;
+    while (st == DSCKPT_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        long r;
+        if (!strncmp(n, "layer_", 6) && strstr(n, "model_states.pt"))
+            st = ds_err(DSCKPT_EUNSUPPORTED, "%s: pipeline-parallel checkpoint (found %s); only data-parallel ZeRO checkpoints are supported",
+                        dir, n);
+        else if ((!strncmp(n, "expert_", 7) || !strncmp(n, "expp_rank_", 10)) && strstr(n, ".pt"))
+            st = ds_err(DSCKPT_EUNSUPPORTED, "%s: mixture-of-experts checkpoint (found %s); not supported", dir, n);
+        else if (strstr(n, "_states.pt") && ((strstr(n, "_mp_rank_") && !strstr(n, "_mp_rank_00")) ||
+                                             (!strncmp(n, "mp_rank_", 8) && strncmp(n, "mp_rank_00", 10))))
+            st = ds_err(DSCKPT_EUNSUPPORTED, "%s: tensor/model-parallel checkpoint (found %s); only mp_rank_00 (no model parallelism) is supported",
+                        dir, n);
+        else if ((r = match_num(n, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt")) >= 0) {
+            s->opt_bf16 = true;
+            st = put_rank(&s->optim, &s->nopt, r, n, dir);
+        } else if ((r = match_num(n, "zero_pp_rank_", "_mp_rank_00_optim_states.pt")) >= 0) {
+            s->opt_plain = true;
+            st = put_rank(&s->optim, &s->nopt, r, n, dir);
+        } else if ((r = match_num(n, "zero_pp_rank_", "_mp_rank_00_model_states.pt")) >= 0) {
+            st = put_rank(&s->model3, &s->nmod3, r, n, dir);
+        } else if (!strcmp(n, "mp_rank_00_model_states.pt")) {
+            s->model_mp = true;
+        }
+    }
+    closedir(d);
+    if (st == DSCKPT_OK && s->opt_bf16 && s->opt_plain)
+        st = ds_err(DSCKPT_ECORRUPT, "%s: both bf16_ and plain optimizer files: two runs wrote here; remove the stale ones", dir);
+    if (st == DSCKPT_OK && s->nopt == 0)
+        st = ds_err(DSCKPT_EUNSUPPORTED,
+                    "%s: no *_optim_states.pt files: a ZeRO-0 or non-ZeRO checkpoint (weights only in the model file) is not supported yet",
+                    dir);
+    for (size_t i = 0; st == DSCKPT_OK && i < s->nopt; i++)
+        if (!s->optim[i])
+            st = ds_err(DSCKPT_ECORRUPT, "%s: optimizer file for rank %zu is missing (found ranks up to %zu)", dir, i,
+                        s->nopt - 1);
+    return st;
+}
+
+/* ---- helpers over the object trees ---- */
+
+static pk_obj *need(const pk_obj *dict, const char *key, pk_kind kind, const char *what, dsckpt_status *st) {
+    pk_obj *o = pk_get(dict, key);
+    if (!o || o->kind != kind) {
+        *st = ds_err(DSCKPT_ECORRUPT, "%s: '%s' missing or of the wrong type", what, key);
+        return NULL;
+    }
+    return o;
+}
+
+static int stage_of(const pk_obj *zs) {
+    if (!zs || zs->kind != PK_ENUM) return -1;
+    if (zs->member) {
+        if (!strcmp(zs->member, "optimizer_states")) return 1;
+        if (!strcmp(zs->member, "gradients")) return 2;
+        if (!strcmp(zs->member, "weights")) return 3;
+        if (!strcmp(zs->member, "disabled")) return 0;
+        return -1;
+    }
+    return zs->i >= 0 && zs->i <= 3 ? (int)zs->i : -1;
+}
+
+/* Byte offset of a tensor's first element inside `p`, after checking that it is a
+ * contiguous tensor of `dt` whose elements lie inside its zip member. */
+static dsckpt_status tensor_loc(const ds_pt *p, const pk_obj *t, dsckpt_dtype dt, uint64_t *off, uint64_t *numel,
+                                const char *ctx) {
+    if (!t || t->kind != PK_TENSOR) return ds_err(DSCKPT_ECORRUPT, "%s: %s is not a tensor", p->path, ctx);
+    const pk_tensor *x = &t->tensor;
+    if (dt != DSCKPT_DTYPE_COUNT && x->dtype != dt)
+        return ds_err(DSCKPT_ECORRUPT, "%s: %s is %s, expected %s", p->path, ctx, dsckpt_dtype_name(x->dtype),
+                      dsckpt_dtype_name(dt));
+    uint64_t n = 1, expect = 1;
+    for (int d = x->ndim - 1; d >= 0; d--) {
+        if (x->shape[d] != 1 && x->stride[d] != (int64_t)expect)
+            return ds_err(DSCKPT_EUNSUPPORTED, "%s: %s is not contiguous", p->path, ctx);
+        expect *= x->shape[d];
+        n *= x->shape[d];
+    }
+    char rel[64];
+    snprintf(rel, sizeof rel, "data/%s", x->storage_key);
+    const zip_member *m = zip_find_rel(p->zip, rel);
+    if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: %s: storage member %s is missing", p->path, ctx, rel);
+    size_t es = dsckpt_dtype_size(x->dtype);
+    uint64_t end;
+    if (ds_add_overflow(x->offset, n, &end) || end * es > m->size || end > x->storage_numel)
+        return ds_err(DSCKPT_ECORRUPT, "%s: %s: storage %s holds %llu bytes, shorter than the tensor needs", p->path, ctx,
+                      rel, (unsigned long long)m->size);
+    *off = m->data_offset + x->offset * es;
+    *numel = n;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status add_frag(ds_open_ctx *x, ds_state s, uint32_t t, uint64_t start, uint64_t numel, size_t file,
+                              uint64_t offset, dsckpt_dtype dt) {
+    dsckpt_ckpt *c = x->c;
+    if (numel == 0) return DSCKPT_OK;
+    if (c->nfrags[s] == x->cap_frags[s]) {
+        size_t nc = x->cap_frags[s] ? 2 * x->cap_frags[s] : 64;
+        ds_frag *p = realloc(c->frags[s], nc * sizeof *p);
+        if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        c->frags[s] = p;
+        x->cap_frags[s] = nc;
+    }
+    c->frags[s][c->nfrags[s]++] =
+        (ds_frag){.tensor = t, .file = (uint32_t)file, .start = start, .numel = numel, .offset = offset, .dtype = dt};
+    return DSCKPT_OK;
+}
+
+static dsckpt_status add_tensor(dsckpt_ckpt *c, size_t *cap, const char *name, const pk_obj *shape, dsckpt_dtype dt,
+                                bool trainable, bool buffer, int group, uint32_t *index) {
+    for (size_t i = 0; i < c->ntensors; i++)
+        if (!strcmp(c->tensors[i].name, name))
+            return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s' listed twice", c->dir, name);
+    if (c->ntensors == *cap) {
+        size_t nc = *cap ? 2 * *cap : 64;
+        ds_tensor *p = realloc(c->tensors, nc * sizeof *p);
+        if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        c->tensors = p;
+        *cap = nc;
+    }
+    ds_tensor *t = &c->tensors[c->ntensors];
+    memset(t, 0, sizeof *t);
+    t->name = ds_strdup(name);
+    if (!t->name) return DSCKPT_ENOMEM;
+    c->ntensors++;
+    t->dtype = dt;
+    t->trainable = trainable;
+    t->buffer = buffer;
+    t->group = trainable ? group : -1;
+    t->numel = 1;
+    if (shape->kind == PK_SIZE || shape->kind == PK_TUPLE) {
+        if (shape->n > ST_MAX_DIMS) return ds_err(DSCKPT_EUNSUPPORTED, "%s: tensor '%s' has %zu dimensions", c->dir, name, shape->n);
+        t->ndim = (int)shape->n;
+        for (size_t d = 0; d < shape->n; d++) {
+            int64_t v;
+            if (!pk_as_int(shape->items[d], &v) || v < 0 || (uint64_t)v > ST_MAX_OFFSET)
+                return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s': bad dimension", c->dir, name);
+            t->shape[d] = (uint64_t)v;
+            if (ds_mul_overflow(t->numel, t->shape[d], &t->numel) || t->numel > ST_MAX_OFFSET)
+                return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s': element count overflows", c->dir, name);
+        }
+    } else if (shape->kind == PK_TENSOR) {
+        t->ndim = shape->tensor.ndim;
+        for (int d = 0; d < t->ndim; d++) {
+            t->shape[d] = shape->tensor.shape[d];
+            t->numel *= t->shape[d];
+        }
+    } else {
+        return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s': shape is not a torch.Size", c->dir, name);
+    }
+    *index = (uint32_t)(c->ntensors - 1);
+    return DSCKPT_OK;
+}
+
+static int find_tensor(const dsckpt_ckpt *c, const char *name) {
+    for (size_t i = 0; i < c->ntensors; i++)
+        if (!strcmp(c->tensors[i].name, name)) return (int)i;
+    return -1;
+}
+
+/* JSON view of plain pickled data (dicts, lists, numbers, strings); other objects
+ * become a descriptive string. Used for ds_config and hyper-parameters. */
+static cJSON *to_json(const pk_obj *o, int depth) {
+    if (!o || depth > 64) return cJSON_CreateNull();
+    switch (o->kind) {
+    case PK_NONE: return cJSON_CreateNull();
+    case PK_BOOL: return cJSON_CreateBool(o->b);
+    case PK_INT: return cJSON_CreateNumber((double)o->i);
+    case PK_FLOAT: return cJSON_CreateNumber(o->f);
+    case PK_STR: return cJSON_CreateString(o->s);
+    case PK_TUPLE:
+    case PK_LIST:
+    case PK_SET:
+    case PK_SIZE: {
+        cJSON *a = cJSON_CreateArray();
+        for (size_t i = 0; a && i < o->n; i++) cJSON_AddItemToArray(a, to_json(o->items[i], depth + 1));
+        return a;
+    }
+    case PK_DICT: {
+        cJSON *d = cJSON_CreateObject();
+        for (size_t i = 0; d && i < o->n; i++) {
+            char kbuf[32];
+            const char *k = o->keys[i]->kind == PK_STR ? o->keys[i]->s : NULL;
+            if (!k && o->keys[i]->kind == PK_INT) {
+                snprintf(kbuf, sizeof kbuf, "%lld", (long long)o->keys[i]->i);
+                k = kbuf;
+            }
+            if (k) cJSON_AddItemToObject(d, k, to_json(o->items[i], depth + 1));
+        }
+        return d;
+    }
+    case PK_ENUM: {
+        char buf[512];
+        if (o->member) snprintf(buf, sizeof buf, "%s.%s", o->name ? o->name : "?", o->member);
+        else snprintf(buf, sizeof buf, "%s(%lld)", o->name ? o->name : "?", (long long)o->i);
+        return cJSON_CreateString(buf);
+    }
+    case PK_OBJECT: {
+        cJSON *d = cJSON_CreateObject();
+        char cls[600];
+        snprintf(cls, sizeof cls, "%s.%s", o->module ? o->module : "?", o->name ? o->name : "?");
+        cJSON_AddStringToObject(d, "__class__", cls);
+        if (o->state && o->state->kind == PK_DICT)
+            for (size_t i = 0; i < o->state->n; i++)
+                if (o->state->keys[i]->kind == PK_STR)
+                    cJSON_AddItemToObject(d, o->state->keys[i]->s, to_json(o->state->items[i], depth + 1));
+        return d;
+    }
+    case PK_DTYPE: return cJSON_CreateString(dsckpt_dtype_name(o->dtype));
+    case PK_TENSOR: return cJSON_CreateString("<tensor>");
+    default: return cJSON_CreateString("<object>");
+    }
+}
+
+/* Registers a .pt file in c->files. */
+static dsckpt_status register_file(dsckpt_ckpt *c, ds_pt *p) {
+    ds_file *nf = realloc(c->files, (c->nfiles + 1) * sizeof *nf);
+    if (!nf) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    c->files = nf;
+    ds_file *f = &c->files[c->nfiles];
+    memset(f, 0, sizeof *f);
+    f->name = ds_strdup(p->name);
+    f->path = ds_strdup(p->path);
+    if (!f->name || !f->path) {
+        free(f->name);
+        free(f->path);
+        return DSCKPT_ENOMEM;
+    }
+    f->rank = p->rank;
+    f->size = p->size;
+    p->file_index = c->nfiles++;
+    return DSCKPT_OK;
+}
+
+/* Reads a 0-dim or 1-element `step` tensor, or an int. */
+static double read_step(const ds_pt *p, const pk_obj *o) {
+    int64_t v;
+    if (pk_as_int(o, &v)) return (double)v;
+    if (o && o->kind == PK_FLOAT) return o->f;
+    uint64_t off, n;
+    if (o && o->kind == PK_TENSOR && tensor_loc(p, o, DSCKPT_DTYPE_COUNT, &off, &n, "step") == DSCKPT_OK && n == 1) {
+        if (o->tensor.dtype == DSCKPT_F32) {
+            float f;
+            if (ds_pread_full(p->fd, &f, 4, off, p->path) == DSCKPT_OK) return f;
+        } else if (o->tensor.dtype == DSCKPT_I64) {
+            int64_t i;
+            if (ds_pread_full(p->fd, &i, 8, off, p->path) == DSCKPT_OK) return (double)i;
+        }
+    }
+    return -1;
+}
+
+dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
+    scan sc;
+    ds_open_ctx x = {.c = c};
+    size_t tcap = 0;
+    dsckpt_status st = scan_dir(c->dir, &sc);
+    if (st) goto done;
+    size_t W = sc.nopt;
+    DS_TRYGOTO(ds_calloc(W, sizeof *x.optim, &x.optim), done);
+    for (size_t r = 0; r < W; r++) x.optim[r].fd = -1;
+    x.noptim = W;
+    for (size_t r = 0; r < W; r++) DS_TRYGOTO(pt_load(c->dir, sc.optim[r], (int)r, &x.optim[r]), done);
+
+    /* Stage, world size, optimizer kind. */
+    const char *what = x.optim[0].path;
+    pk_obj *osd = need(x.optim[0].root, "optimizer_state_dict", PK_DICT, what, &st);
+    if (!osd) goto done;
+    pk_obj *zs = pk_get(osd, "zero_stage");
+    int stage = zs ? stage_of(zs) : 1; /* BF16_Optimizer has no zero_stage: stage 1 */
+    bool bf16_optimizer = zs == NULL;
+    if (stage < 1) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: unknown zero_stage", what);
+        goto done;
+    }
+    if (bf16_optimizer && !pk_get(osd, "single_partition_of_fp32_groups")) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: neither zero_stage nor single_partition_of_fp32_groups: not a ZeRO optimizer file", what);
+        goto done;
+    }
+    int64_t pc = 0;
+    pk_obj *pco = pk_get(osd, "partition_count");
+    if (pco && pco->kind == PK_LIST) {
+        for (size_t i = 0; i < pco->n; i++) {
+            int64_t v;
+            if (pk_as_int(pco->items[i], &v) && v > pc) pc = v;
+        }
+    } else if (!pk_as_int(pco, &pc)) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count missing", what);
+        goto done;
+    }
+    if (pc != (int64_t)W) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count says %lld ranks but %zu optimizer files were found", c->dir,
+                    (long long)pc, W);
+        goto done;
+    }
+    c->stage = stage;
+    c->world_size = (int)W;
+
+    /* Model-states files. */
+    if (stage == 3) {
+        if (sc.nmod3 != W) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 needs %zu zero_pp_rank_*_model_states.pt files, found %zu", c->dir, W,
+                        sc.nmod3);
+            goto done;
+        }
+        x.nmodel = W;
+    } else {
+        if (!sc.model_mp) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
+            goto done;
+        }
+        x.nmodel = 1;
+    }
+    DS_TRYGOTO(ds_calloc(x.nmodel, sizeof *x.model, &x.model), done);
+    for (size_t r = 0; r < x.nmodel; r++) x.model[r].fd = -1;
+    for (size_t r = 0; r < x.nmodel; r++) {
+        if (stage == 3 && !sc.model3[r]) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
+            goto done;
+        }
+        DS_TRYGOTO(pt_load(c->dir, stage == 3 ? sc.model3[r] : "mp_rank_00_model_states.pt", (int)r, &x.model[r]), done);
+    }
+    for (size_t r = 0; r < W; r++) DS_TRYGOTO(register_file(c, &x.optim[r]), done);
+    for (size_t r = 0; r < x.nmodel; r++) DS_TRYGOTO(register_file(c, &x.model[r]), done);
+
+    const ds_pt *m0 = &x.model[0];
+    pk_obj *module = pk_get(m0->root, "module");
+    pk_obj *shapes = need(m0->root, "param_shapes", PK_LIST, m0->path, &st);
+    if (!shapes) goto done;
+    pk_obj *bufnames = pk_get(m0->root, "buffer_names");
+    pk_obj *shared = pk_get(m0->root, "shared_params");
+    int64_t gs = 0;
+    pk_as_int(pk_get(m0->root, "global_steps"), &gs);
+    c->step = gs;
+    c->ngroups = (int)shapes->n;
+
+    /* Model dtype: from the 16-bit (or fp32) weights in `module`. */
+    dsckpt_dtype model_dt = DSCKPT_F32;
+    for (size_t i = 0; module && module->kind == PK_DICT && i < module->n; i++)
+        if (module->items[i]->kind == PK_TENSOR) {
+            model_dt = module->items[i]->tensor.dtype;
+            break;
+        }
+    c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
+
+    /* Trainable tensors, group by group (sub-group at stage 3). */
+    for (size_t g = 0; g < shapes->n; g++) {
+        pk_obj *sg = shapes->items[g];
+        if (sg->kind != PK_DICT) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", m0->path, g);
+            goto done;
+        }
+        for (size_t k = 0; k < sg->n; k++) {
+            uint32_t ti;
+            if (sg->keys[k]->kind != PK_STR) {
+                st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", m0->path, g);
+                goto done;
+            }
+            DS_TRYGOTO(add_tensor(c, &tcap, sg->keys[k]->s, sg->items[k], model_dt, true, false, (int)g, &ti), done);
+        }
+    }
+
+    /* fp32 master weights and Adam moments. */
+    for (size_t r = 0; r < W; r++) {
+        ds_pt *p = &x.optim[r];
+        pk_obj *od = pk_get(p->root, "optimizer_state_dict");
+        pk_obj *fp32 = stage == 3 ? pk_get(od, "fp32_flat_groups") : pk_get(od, "single_partition_of_fp32_groups");
+        pk_obj *inner = stage == 3 ? pk_get(od, "optimizer_state_dict") : pk_get(od, "base_optimizer_state");
+        pk_obj *state = inner ? pk_get(inner, "state") : NULL;
+        pk_obj *pads = pk_get(od, "group_paddings");
+        if (!fp32 || fp32->kind != PK_LIST || fp32->n != shapes->n) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: %zu fp32 partitions for %zu parameter groups", p->path,
+                        fp32 && fp32->kind == PK_LIST ? fp32->n : 0, shapes->n);
+            goto done;
+        }
+        if (!state || state->kind != PK_DICT) {
+            st = ds_err(DSCKPT_EUNSUPPORTED, "%s: optimizer state is not the rigid per-group form (elastic checkpoints are not supported)",
+                        p->path);
+            goto done;
+        }
+        for (size_t g = 0; g < shapes->n; g++) {
+            char ctx[64];
+            snprintf(ctx, sizeof ctx, "fp32 partition of group %zu", g);
+            uint64_t off32, n32, offm[2] = {0, 0}, nm[2] = {0, 0};
+            DS_TRYGOTO(tensor_loc(p, fp32->items[g], DSCKPT_F32, &off32, &n32, ctx), done);
+            pk_obj *gst = pk_get_int_key(state, (int64_t)g);
+            static const char *mk[2] = {"exp_avg", "exp_avg_sq"};
+            for (int k = 0; k < 2; k++) {
+                snprintf(ctx, sizeof ctx, "%s of group %zu", mk[k], g);
+                pk_obj *t = gst ? pk_get(gst, mk[k]) : NULL;
+                if (!t) {
+                    st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no %s for group %zu (an optimizer other than Adam?)", p->path, mk[k], g);
+                    goto done;
+                }
+                DS_TRYGOTO(tensor_loc(p, t, DSCKPT_F32, &offm[k], &nm[k], ctx), done);
+            }
+            pk_obj *sg = shapes->items[g];
+            if (stage == 3) {
+                uint64_t pos = 0;
+                for (size_t k = 0; k < sg->n; k++) {
+                    int ti = find_tensor(c, sg->keys[k]->s);
+                    uint64_t n = c->tensors[ti].numel, q = ds_part_piece(n, (int)W), s0, cnt;
+                    ds_part_real(q, (int)r, n, &s0, &cnt);
+                    if (pos + q > n32 || pos + q > nm[0] || pos + q > nm[1]) {
+                        st = ds_err(DSCKPT_ECORRUPT, "%s: group %zu partition holds %llu elements, fewer than its tensors need",
+                                    p->path, g, (unsigned long long)n32);
+                        goto done;
+                    }
+                    DS_TRYGOTO(add_frag(&x, DS_ST_FP32, (uint32_t)ti, s0, cnt, p->file_index, off32 + pos * 4, DSCKPT_F32), done);
+                    DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG, (uint32_t)ti, s0, cnt, p->file_index, offm[0] + pos * 4, DSCKPT_F32), done);
+                    DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG_SQ, (uint32_t)ti, s0, cnt, p->file_index, offm[1] + pos * 4, DSCKPT_F32), done);
+                    pos += q;
+                }
+            } else {
+                /* Real elements of this rank: all of a stripped partition, or the
+                 * partition less its recorded padding (BF16_Optimizer). */
+                uint64_t real = n32;
+                int64_t pad = 0;
+                if (bf16_optimizer && pads && pads->kind == PK_LIST && g < pads->n && pk_as_int(pads->items[g], &pad)) {
+                    if (pad < 0 || (uint64_t)pad > n32) {
+                        st = ds_err(DSCKPT_ECORRUPT, "%s: group_paddings[%zu] = %lld is out of range", p->path, g, (long long)pad);
+                        goto done;
+                    }
+                    real = n32 - (uint64_t)pad;
+                }
+                if (nm[0] < real || nm[1] < real) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: Adam moments of group %zu are shorter than its fp32 partition", p->path, g);
+                    goto done;
+                }
+                /* Rank r's real elements follow those of ranks 0..r-1 in the flat group. */
+                uint64_t start = 0;
+                for (size_t k = 0; k < c->nfrags[DS_ST_FP32]; k++) {
+                    const ds_frag *f = &c->frags[DS_ST_FP32][k];
+                    if (c->tensors[f->tensor].group == (int)g) start += f->numel;
+                }
+                uint64_t tpos = 0; /* flat position of each tensor */
+                for (size_t k = 0; k < sg->n; k++) {
+                    int ti = find_tensor(c, sg->keys[k]->s);
+                    uint64_t n = c->tensors[ti].numel;
+                    uint64_t a = DS_MAX(tpos, start), b = DS_MIN(tpos + n, start + real);
+                    if (a < b) {
+                        uint64_t in = a - start;
+                        DS_TRYGOTO(add_frag(&x, DS_ST_FP32, (uint32_t)ti, a - tpos, b - a, p->file_index, off32 + in * 4, DSCKPT_F32), done);
+                        DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[0] + in * 4, DSCKPT_F32), done);
+                        DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG_SQ, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[1] + in * 4, DSCKPT_F32), done);
+                    }
+                    tpos += n;
+                }
+                if (start + real > tpos) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: group %zu: ranks hold %llu real elements but param_shapes has only %llu",
+                                p->path, g, (unsigned long long)(start + real), (unsigned long long)tpos);
+                    goto done;
+                }
+            }
+        }
+    }
+
+    /* Frozen parameters. */
+    pk_obj *fshapes = pk_get(m0->root, "frozen_param_shapes");
+    if (stage >= 2 && fshapes && fshapes->kind == PK_DICT) {
+        for (size_t k = 0; k < fshapes->n; k++) {
+            const char *name = pk_as_str(fshapes->keys[k]);
+            if (!name) continue;
+            for (size_t r = 0; r < x.nmodel; r++) {
+                pk_obj *frs = pk_get(x.model[r].root, "frozen_param_fragments");
+                pk_obj *fr = frs ? pk_get(frs, name) : NULL;
+                if (!fr || fr->kind != PK_TENSOR) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: frozen parameter '%s' has no fragment", x.model[r].path, name);
+                    goto done;
+                }
+                int ti = find_tensor(c, name);
+                if (ti < 0) {
+                    uint32_t nt;
+                    DS_TRYGOTO(add_tensor(c, &tcap, name, fshapes->items[k], fr->tensor.dtype, false, false, -1, &nt), done);
+                    ti = (int)nt;
+                }
+                char ctx[300];
+                snprintf(ctx, sizeof ctx, "frozen parameter '%s'", name);
+                uint64_t off, n, s0, cnt, tn = c->tensors[ti].numel;
+                DS_TRYGOTO(tensor_loc(&x.model[r], fr, c->tensors[ti].dtype, &off, &n, ctx), done);
+                if (stage == 3) ds_part_real(ds_part_piece(tn, (int)W), (int)r, tn, &s0, &cnt);
+                else s0 = 0, cnt = tn;
+                if (n < cnt) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, needs %llu", x.model[r].path, ctx,
+                                (unsigned long long)n, (unsigned long long)cnt);
+                    goto done;
+                }
+                DS_TRYGOTO(add_frag(&x, DS_ST_W16, (uint32_t)ti, s0, cnt, x.model[r].file_index, off, c->tensors[ti].dtype), done);
+            }
+        }
+    }
+
+    /* From `module`: buffers, and at stage 1 the frozen parameters (stage 1 saves
+     * no frozen metadata; they exist only there). */
+    for (size_t k = 0; module && module->kind == PK_DICT && k < module->n; k++) {
+        const char *name = pk_as_str(module->keys[k]);
+        pk_obj *t = module->items[k];
+        if (!name || t->kind != PK_TENSOR || find_tensor(c, name) >= 0) continue;
+        bool is_buffer = false;
+        for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
+            if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), name)) is_buffer = true;
+        bool is_alias = shared && shared->kind == PK_DICT && pk_get(shared, name);
+        if (is_alias) continue;
+        if (!is_buffer && stage != 1) continue; /* stage 2/3 frozen come from fragments */
+        uint32_t ti;
+        DS_TRYGOTO(add_tensor(c, &tcap, name, t, t->tensor.dtype, false, is_buffer, -1, &ti), done);
+        char ctx[300];
+        snprintf(ctx, sizeof ctx, "module entry '%s'", name);
+        uint64_t off, n;
+        DS_TRYGOTO(tensor_loc(m0, t, t->tensor.dtype, &off, &n, ctx), done);
+        DS_TRYGOTO(add_frag(&x, DS_ST_W16, ti, 0, n, m0->file_index, off, t->tensor.dtype), done);
+    }
+
+    /* Tied weights: written once under the owner, aliases recorded. */
+    for (size_t k = 0; shared && shared->kind == PK_DICT && k < shared->n; k++) {
+        const char *alias = pk_as_str(shared->keys[k]), *src = pk_as_str(shared->items[k]);
+        int ti = src ? find_tensor(c, src) : -1;
+        if (!alias || ti < 0 || find_tensor(c, alias) >= 0) continue;
+        ds_tensor *t = &c->tensors[ti];
+        char **al = realloc(t->aliases, (t->naliases + 1) * sizeof *al);
+        if (!al) {
+            st = ds_err(DSCKPT_ENOMEM, "out of memory");
+            goto done;
+        }
+        t->aliases = al;
+        if (!(t->aliases[t->naliases] = ds_strdup(alias))) {
+            st = DSCKPT_ENOMEM;
+            goto done;
+        }
+        t->naliases++;
+    }
+
+    /* Non-tensor state, in the shape of the native manifest's carried objects. */
+    {
+        cJSON *root = cJSON_CreateObject(), *state = cJSON_CreateObject();
+        cJSON_AddItemToObject(root, "state", state);
+        cJSON *opt = cJSON_AddObjectToObject(state, "optimizer");
+        cJSON_AddStringToObject(opt, "type", stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
+                                             : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer");
+        pk_obj *inner = stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
+        pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
+        cJSON *jpg = cJSON_AddArrayToObject(opt, "param_groups");
+        for (size_t g = 0; pgs && pgs->kind == PK_LIST && g < pgs->n; g++) {
+            cJSON *j = to_json(pgs->items[g], 0);
+            pk_obj *gst = pk_get_int_key(pk_get(inner, "state"), (int64_t)g);
+            cJSON_DeleteItemFromObject(j, "params");
+            cJSON_AddNumberToObject(j, "step", read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL));
+            cJSON_AddItemToArray(jpg, j);
+        }
+        pk_obj *ls = pk_get(osd, "loss_scaler");
+        if (ls) cJSON_AddItemToObject(state, "loss_scaler", to_json(ls, 0));
+        pk_obj *sched = pk_get(m0->root, "lr_scheduler");
+        if (sched) cJSON_AddItemToObject(state, "scheduler", to_json(sched, 0));
+        pk_obj *ver = pk_get(m0->root, "ds_version");
+        if (pk_as_str(ver)) cJSON_AddStringToObject(state, "ds_version", pk_as_str(ver));
+        cJSON_AddNumberToObject(state, "global_samples", (double)({
+                                    int64_t v = 0;
+                                    pk_as_int(pk_get(m0->root, "global_samples"), &v);
+                                    v;
+                                }));
+        pk_obj *cfg = pk_get(m0->root, "ds_config");
+        cJSON_AddItemToObject(root, "ds_config", cfg && cfg->kind == PK_DICT ? to_json(cfg, 0) : cJSON_CreateObject());
+        cJSON_AddItemToObject(root, "metrics", cJSON_CreateObject());
+        c->manifest = root;
+    }
+    c->format = ds_strdup("deepspeed");
+    if (!c->tag) {
+        c->tag = ds_basename(c->dir);
+        if (!c->tag) st = DSCKPT_ENOMEM;
+    }
+    if (!c->format || !c->train_dtype) st = ds_err(DSCKPT_ENOMEM, "out of memory");
+done:
+    for (size_t r = 0; r < x.noptim; r++) pt_close(&x.optim[r]);
+    for (size_t r = 0; r < x.nmodel; r++) pt_close(&x.model[r]);
+    free(x.optim);
+    free(x.model);
+    scan_free(&sc);
+    return st;
+}

@@ -1,0 +1,28 @@
+/*
+ * deepspeed.h — DeepSpeed checkpoints (torch zip + pickle files) as a fragment map.
+ *
+ * A DeepSpeed tag directory holds one optimizer file per data-parallel rank
+ * ([bf16_]zero_pp_rank_<D>_mp_rank_00_optim_states.pt) and model-states files
+ * (mp_rank_00_model_states.pt at stages 0-2; zero_pp_rank_<D>_mp_rank_00_model_states.pt
+ * at stage 3). ds_deepspeed_open reads their pickles with the restricted
+ * interpreter (no code runs), finds every storage inside the zip members, and
+ * describes the fp32 master weights, Adam moments, frozen parameters and buffers
+ * as fragments at absolute byte offsets of the .pt files, so every dsckpt command
+ * reads them like a native checkpoint. Layout rules: docs/formats/deepspeed.md.
+ */
+#ifndef DSCKPT_DEEPSPEED_H
+#define DSCKPT_DEEPSPEED_H
+
+#include "ckpt.h"
+
+/* True when `dir` looks like a DeepSpeed tag directory (has *_optim_states.pt or
+ * *_model_states.pt). */
+bool ds_is_deepspeed_dir(const char *dir);
+
+/* Fills c (whose dir is set) from the DeepSpeed files in c->dir. Tensor/pipeline-
+ * parallel and MoE checkpoints are refused with DSCKPT_EUNSUPPORTED saying what
+ * was found; a missing or extra rank file is DSCKPT_ECORRUPT. */
+dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c);
+
+
+#endif /* DSCKPT_DEEPSPEED_H */

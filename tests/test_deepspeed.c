@@ -1,0 +1,350 @@
+/*
+ * test_deepspeed.c — checkpoints written by real DeepSpeed (fixtures/deepspeed/,
+ * DeepSpeed 0.14.5) read without Python: for every fixture, consolidate --dtype
+ * fp32 equals the engine's true values (expected/truth.safetensors: the fp32,
+ * frozen and buffer entries, the latter two in their own dtypes) bit for bit,
+ * tied aliases included; bf16/fp16 outputs are the round-to-nearest-even cast of
+ * the truth; the Adam moments reached through reshard equal the truth's exp_avg
+ * and exp_avg_sq entries; verify passes and catches damage.
+ */
+#include "cast.h"
+#include "ckpt.h"
+#include "safetensors.h"
+#include "tutil.h"
+
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *fixtures[] = {"z1_ws2_bf16",  "z1_ws2_bf16opt", "z2_ws4_bf16_edge",
+                                 "z2_ws4_fp32",  "z3_ws2_bf16",    "z3_ws4_fp32_1g"};
+#define NFIX (sizeof fixtures / sizeof fixtures[0])
+
+typedef struct stfile {
+    st_header *h;
+    int fd;
+} stfile;
+
+static void st_open(const char *path, stfile *f) {
+    TU_ASSERT_OK(st_read_file(path, &f->h));
+    f->fd = open(path, O_RDONLY);
+    CU_ASSERT_FATAL(f->fd >= 0);
+}
+
+static void st_close(stfile *f) {
+    st_header_free(f->h);
+    close(f->fd);
+}
+
+/* Bytes of tensor `name` (malloc'd), or NULL if absent. */
+static uint8_t *st_bytes(const stfile *f, const char *name, const st_tensor **out) {
+    const st_tensor *t = st_find(f->h, name);
+    if (!t) return NULL;
+    uint8_t *b = malloc(t->end - t->begin + 1);
+    CU_ASSERT_FATAL(pread(f->fd, b, t->end - t->begin, (off_t)(f->h->data_start + t->begin)) ==
+                    (ssize_t)(t->end - t->begin));
+    if (out) *out = t;
+    return b;
+}
+
+static char *fixture_path(const char *fx, const char *rel) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "fixtures/deepspeed/%s/%s", fx, rel);
+    return tu_src_path(buf);
+}
+
+/* Checks a consolidated file against truth.safetensors. `out` is the output
+ * dtype of trainable tensors. */
+static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtype out, bool frozen_expected) {
+    char *tp = fixture_path(fx, "expected/truth.safetensors");
+    stfile truth, got;
+    st_open(tp, &truth);
+    st_open(outpath, &got);
+    size_t expected = 0;
+    for (size_t i = 0; i < truth.h->n; i++) {
+        const char *tn = truth.h->tensors[i].name;
+        const char *slash = strchr(tn, '/');
+        CU_ASSERT_FATAL(slash != NULL);
+        size_t plen = (size_t)(slash - tn);
+        const char *name = slash + 1;
+        bool is_fp32 = !strncmp(tn, "fp32", plen) && plen == 4;
+        bool is_frozen = !strncmp(tn, "frozen", plen) && plen == 6;
+        bool is_buffer = !strncmp(tn, "buffer", plen) && plen == 6;
+        if (!is_fp32 && !is_frozen && !is_buffer) continue;
+        if (is_frozen && !frozen_expected) {
+            CU_ASSERT_PTR_NULL(st_find(got.h, name));
+            continue;
+        }
+        expected++;
+        const st_tensor *tt, *gt;
+        uint8_t *want = st_bytes(&truth, tn, &tt), *have = st_bytes(&got, name, &gt);
+        if (!have) {
+            fprintf(stderr, "\n  %s: '%s' missing from the output\n", fx, name);
+            CU_FAIL("tensor missing");
+            free(want);
+            continue;
+        }
+        CU_ASSERT_EQUAL(gt->ndim, tt->ndim);
+        for (int d = 0; d < tt->ndim && d < gt->ndim; d++) CU_ASSERT_EQUAL(gt->shape[d], tt->shape[d]);
+        if (is_fp32 && out != DSCKPT_F32) {
+            CU_ASSERT_EQUAL(gt->dtype, out);
+            size_t bad = 0;
+            for (uint64_t e = 0; e < tt->numel; e++) {
+                float v;
+                memcpy(&v, want + 4 * e, 4);
+                uint16_t w = out == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v), h;
+                memcpy(&h, have + 2 * e, 2);
+                bad += w != h;
+            }
+            CU_ASSERT_EQUAL(bad, 0);
+        } else {
+            CU_ASSERT_EQUAL(gt->dtype, tt->dtype);
+            bool same = gt->end - gt->begin == tt->end - tt->begin &&
+                        memcmp(want, have, tt->end - tt->begin) == 0;
+            if (!same) fprintf(stderr, "\n  %s: '%s' differs from the truth\n", fx, tn);
+            CU_ASSERT(same);
+        }
+        free(want);
+        free(have);
+    }
+    /* Nothing extra, and tied aliases recorded as in the truth's metadata. */
+    CU_ASSERT_EQUAL(got.h->n, expected);
+    cJSON *al = cJSON_Parse(st_meta_get(truth.h, "aliases"));
+    for (cJSON *e = al ? al->child : NULL; e; e = e->next) {
+        char key[300];
+        snprintf(key, sizeof key, "alias.%s", e->string);
+        const char *v = st_meta_get(got.h, key);
+        CU_ASSERT_PTR_NOT_NULL(v);
+        if (v) CU_ASSERT_STRING_EQUAL(v, e->valuestring);
+        CU_ASSERT_PTR_NULL(st_find(got.h, e->string));
+    }
+    cJSON_Delete(al);
+    st_close(&truth);
+    st_close(&got);
+    free(tp);
+}
+
+static void test_consolidate_equals_truth(void) {
+    char *dir = tu_mkdtemp();
+    for (size_t i = 0; i < NFIX; i++) {
+        char *ck = fixture_path(fixtures[i], "ckpt");
+        dsckpt_ckpt *c = NULL;
+        dsckpt_status st = dsckpt_ckpt_open(ck, NULL, &c);
+        if (st) fprintf(stderr, "\n  %s: %s\n", fixtures[i], dsckpt_last_error());
+        CU_ASSERT_EQUAL_FATAL(st, DSCKPT_OK);
+        CU_ASSERT_STRING_EQUAL(c->format, "deepspeed");
+        static const dsckpt_dtype outs[] = {DSCKPT_F32, DSCKPT_BF16, DSCKPT_F16};
+        for (int o = 0; o < 3; o++) {
+            char *out = tu_path(dir, "out.safetensors");
+            dsckpt_consolidate_opts co;
+            dsckpt_consolidate_opts_init(&co);
+            co.dtype = outs[o];
+            co.force = 1;
+            TU_ASSERT_OK(dsckpt_consolidate(c, out, &co));
+            check_against_truth(fixtures[i], out, outs[o], true);
+            co.exclude_frozen = 1;
+            TU_ASSERT_OK(dsckpt_consolidate(c, out, &co));
+            check_against_truth(fixtures[i], out, outs[o], false);
+            free(out);
+        }
+        dsckpt_ckpt_free(c);
+        free(ck);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Adam moments through reshard into the native format, for several M. */
+static void test_moments_through_reshard(void) {
+    char *dir = tu_mkdtemp();
+    for (size_t i = 0; i < NFIX; i++) {
+        char *ck = fixture_path(fixtures[i], "ckpt"), *tp = fixture_path(fixtures[i], "expected/truth.safetensors");
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+        stfile truth;
+        st_open(tp, &truth);
+        static const int Ms[] = {1, 3, 4};
+        for (int mi = 0; mi < 3; mi++) {
+            char *out = tu_path(dir, "native");
+            dsckpt_reshard_opts ro;
+            dsckpt_reshard_opts_init(&ro);
+            ro.world_size = Ms[mi];
+            ro.force = 1;
+            TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
+            dsckpt_ckpt *n = NULL;
+            TU_ASSERT_OK(dsckpt_ckpt_open(out, NULL, &n));
+            CU_ASSERT_EQUAL(n->world_size, Ms[mi]);
+            CU_ASSERT_EQUAL(n->stage, c->stage);
+            ds_fdset fs;
+            TU_ASSERT_OK(ds_fdset_open(n, &fs));
+            size_t checked = 0;
+            for (uint32_t t = 0; t < n->ntensors; t++) {
+                if (!n->tensors[t].trainable) continue;
+                static const ds_state sts[] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+                static const char *pre[] = {"fp32/", "exp_avg/", "exp_avg_sq/"};
+                for (int s = 0; s < 3; s++) {
+                    char key[300];
+                    snprintf(key, sizeof key, "%s%s", pre[s], n->tensors[t].name);
+                    const st_tensor *tt;
+                    uint8_t *want = st_bytes(&truth, key, &tt);
+                    CU_ASSERT_PTR_NOT_NULL_FATAL(want);
+                    uint8_t *have = malloc(n->tensors[t].numel * 4 + 1);
+                    TU_ASSERT_OK(ds_ckpt_read(n, &fs, sts[s], t, 0, n->tensors[t].numel, have));
+                    bool same = tt->end - tt->begin == n->tensors[t].numel * 4 &&
+                                memcmp(want, have, n->tensors[t].numel * 4) == 0;
+                    if (!same) fprintf(stderr, "\n  %s M=%d: %s differs\n", fixtures[i], Ms[mi], key);
+                    CU_ASSERT(same);
+                    checked++;
+                    free(want);
+                    free(have);
+                }
+            }
+            CU_ASSERT(checked > 0);
+            ds_fdset_close(&fs);
+            dsckpt_ckpt_free(n);
+            free(out);
+        }
+        st_close(&truth);
+        dsckpt_ckpt_free(c);
+        free(ck);
+        free(tp);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_inspect_and_verify(void) {
+    for (size_t i = 0; i < NFIX; i++) {
+        char *ck = fixture_path(fixtures[i], "ckpt"), *info = fixture_path(fixtures[i], "expected/info.json");
+        size_t len;
+        char *text = (char *)tu_read(info, &len);
+        cJSON *j = cJSON_ParseWithLength(text, len);
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+        CU_ASSERT_EQUAL(c->stage, cJSON_GetObjectItem(j, "zero_stage")->valueint);
+        CU_ASSERT_EQUAL(c->world_size, cJSON_GetObjectItem(j, "world_size")->valueint);
+        CU_ASSERT_STRING_EQUAL(c->tag, cJSON_GetObjectItem(j, "tag")->valuestring);
+        char *desc = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_describe_json(c, &desc));
+        free(desc);
+        dsckpt_verify_report *r = NULL;
+        TU_ASSERT_OK(dsckpt_verify(ck, NULL, NULL, &r));
+        if (dsckpt_verify_report_result(r) != DSCKPT_VERIFY_OK)
+            for (size_t k = 0; k < dsckpt_verify_report_count(r); k++)
+                fprintf(stderr, "\n  %s: %s", fixtures[i], dsckpt_verify_report_problem(r, k));
+        CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+        dsckpt_verify_report_free(r);
+        dsckpt_ckpt_free(c);
+        cJSON_Delete(j);
+        free(text);
+        free(ck);
+        free(info);
+    }
+}
+
+/* Damage to a copy of a fixture: verify names it. */
+static void test_verify_catches_damage(void) {
+    char *dir = tu_mkdtemp();
+    char *src = fixture_path("z2_ws4_fp32", "ckpt"), cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/ck'", src, dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    char *tagdir = tu_path(dir, "ck/global_step3"), *ck = tu_path(dir, "ck");
+    char *opt1 = tu_path(tagdir, "zero_pp_rank_1_mp_rank_00_optim_states.pt");
+    /* A flipped bit in a storage: the member's CRC-32 fails. */
+    size_t len;
+    uint8_t *orig = tu_read(opt1, &len);
+    CU_ASSERT_FATAL(orig && len > 100000);
+    CU_ASSERT_EQUAL(tu_flip_bit(opt1, len / 2, 3), 0);
+    dsckpt_verify_report *r = NULL;
+    TU_ASSERT_OK(dsckpt_verify(ck, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_CORRUPT);
+    bool named = false;
+    for (size_t k = 0; k < dsckpt_verify_report_count(r); k++)
+        named |= strstr(dsckpt_verify_report_problem(r, k), "zero_pp_rank_1_mp_rank_00_optim_states.pt") &&
+                 strstr(dsckpt_verify_report_problem(r, k), "CRC");
+    CU_ASSERT(named);
+    dsckpt_verify_report_free(r);
+    CU_ASSERT_EQUAL(tu_write(opt1, orig, len), 0);
+    /* A missing rank file. */
+    char *moved = tu_path(dir, "moved.pt");
+    CU_ASSERT_EQUAL(rename(opt1, moved), 0);
+    TU_ASSERT_OK(dsckpt_verify(ck, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_CORRUPT);
+    CU_ASSERT(dsckpt_verify_report_count(r) > 0 && strstr(dsckpt_verify_report_problem(r, 0), "rank 1"));
+    dsckpt_verify_report_free(r);
+    dsckpt_ckpt *c = NULL;
+    CU_ASSERT_EQUAL(dsckpt_ckpt_open(ck, NULL, &c), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(rename(moved, opt1), 0);
+    /* A stale extra rank file (a rank 4 from a bigger run). */
+    char *extra = tu_path(tagdir, "zero_pp_rank_4_mp_rank_00_optim_states.pt");
+    CU_ASSERT_EQUAL(tu_write(extra, orig, len), 0);
+    CU_ASSERT_EQUAL(dsckpt_ckpt_open(ck, NULL, &c), DSCKPT_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "partition_count"));
+    unlink(extra);
+    /* A truncated file. */
+    CU_ASSERT_EQUAL(tu_truncate(opt1, len - 100), 0);
+    TU_ASSERT_OK(dsckpt_verify(ck, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_CORRUPT);
+    dsckpt_verify_report_free(r);
+    CU_ASSERT_EQUAL(tu_write(opt1, orig, len), 0);
+    TU_ASSERT_OK(dsckpt_verify(ck, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+    dsckpt_verify_report_free(r);
+    free(orig);
+    free(extra);
+    free(moved);
+    free(opt1);
+    free(tagdir);
+    free(ck);
+    free(src);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_refusals(void) {
+    char *dir = tu_mkdtemp();
+    char *src = fixture_path("z1_ws2_bf16", "ckpt/global_step3"), cmd[2048];
+    /* Tensor-parallel, pipeline and MoE layouts are refused with what was found. */
+    static const struct { const char *extra; const char *msg; } cases[] = {
+        {"mp_rank_01_model_states.pt", "tensor/model-parallel"},
+        {"layer_01-model_00-model_states.pt", "pipeline-parallel"},
+        {"expert_0_mp_rank_00_model_states.pt", "mixture-of-experts"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s/t' && cp -r '%s' '%s/t' && : > '%s/t/%s'", dir, src, dir, dir,
+                 cases[i].extra);
+        CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+        char *t = tu_path(dir, "t");
+        dsckpt_ckpt *c = NULL;
+        CU_ASSERT_EQUAL(dsckpt_ckpt_open(t, NULL, &c), DSCKPT_EUNSUPPORTED);
+        CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), cases[i].msg));
+        CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), cases[i].extra));
+        free(t);
+    }
+    /* A legacy (non-zip) torch file. */
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/t' && cp -r '%s' '%s/t' && printf '\\x80\\x02legacy' > '%s/t/mp_rank_00_model_states.pt'",
+             dir, src, dir, dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    char *t = tu_path(dir, "t");
+    dsckpt_ckpt *c = NULL;
+    CU_ASSERT_EQUAL(dsckpt_ckpt_open(t, NULL, &c), DSCKPT_EUNSUPPORTED);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "legacy"));
+    free(t);
+    free(src);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    static const tu_test tests[] = {
+        {"consolidate of every fixture = the engine's true values (fp32/bf16/fp16, frozen, buffers, ties)",
+         test_consolidate_equals_truth},
+        {"exp_avg / exp_avg_sq through reshard to native M = 1, 3, 4", test_moments_through_reshard},
+        {"inspect matches info.json; verify passes on every fixture", test_inspect_and_verify},
+        {"verify catches a flipped bit, a missing rank, a stale rank, truncation", test_verify_catches_damage},
+        {"TP / PP / MoE / legacy files refused with what was found", test_refusals},
+        {NULL, NULL}};
+    return tu_main("deepspeed", tests);
+}
