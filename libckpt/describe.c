@@ -4,6 +4,7 @@
  * rank, metrics, and the best checkpoint recorded in trainer_state.json.
  */
 #include "ckpt.h"
+#include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
 
@@ -27,7 +28,7 @@ static void add_tags(cJSON *o, const char *root) {
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || !ds_safe_name(e->d_name)) continue;
         char *dir = ds_join(root, e->d_name), *mf = dir ? ds_join(dir, DS_MANIFEST_NAME) : NULL;
-        bool ok = mf && ds_exists(mf);
+        bool ok = (mf && ds_exists(mf)) || (dir && ds_is_deepspeed_dir(dir));
         free(dir);
         free(mf);
         if (!ok) continue;

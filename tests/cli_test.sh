@@ -517,5 +517,27 @@ run inspect ws_latest
 expect_rc 0 "inspect of a root whose 'latest' has white space"
 
 # --------------------------------------------------------------------------------
+echo "== DeepSpeed checkpoints (fixtures written by DeepSpeed 0.14.5)"
+FIX="$(cd "$(dirname "$0")/.." && pwd)/fixtures/deepspeed"
+for fx in z1_ws2_bf16 z2_ws4_fp32 z3_ws2_bf16; do
+    run inspect "$FIX/$fx/ckpt"
+    expect_rc 0 "inspect of DeepSpeed fixture $fx"
+    expect_in out "format       deepspeed" "inspect says the format of $fx"
+    run verify "$FIX/$fx/ckpt"
+    expect_rc 0 "verify of DeepSpeed fixture $fx"
+    run consolidate "$FIX/$fx/ckpt" -o "ds_$fx.safetensors" -q
+    expect_rc 0 "consolidate of DeepSpeed fixture $fx"
+    run reshard "$FIX/$fx/ckpt" --to 3 -o "ds_$fx.native" -q
+    expect_rc 0 "reshard of DeepSpeed fixture $fx to a native checkpoint"
+    run verify "ds_$fx.native"
+    expect_rc 0 "verify of the native checkpoint resharded from $fx"
+done
+cp -r "$FIX/z2_ws4_fp32/ckpt" ds_damaged
+rm ds_damaged/global_step3/zero_pp_rank_2_mp_rank_00_optim_states.pt
+run consolidate ds_damaged -o ds_damaged.safetensors -q
+expect_rc 1 "consolidate of a DeepSpeed checkpoint missing a rank file"
+expect_in err "rank 2 is missing" "the missing DeepSpeed rank is named"
+
+# --------------------------------------------------------------------------------
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
