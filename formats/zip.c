@@ -86,35 +86,6 @@ static uint32_t crc_update(uint32_t crc, const uint8_t *p, size_t n) {
 
 /* ---- member names ---- */
 
-static bool utf8_valid(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2, cp = c & 0x1Fu, min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, cp = c & 0x0Fu, min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, cp = c & 0x07u, min = 0x10000;
-        } else {
-            return false;
-        }
-        if (n - i < len) return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + k] & 0x3Fu);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-        i += len;
-    }
-    return true;
-}
 
 /* NULL if the n bytes at `name` are an acceptable member name, else the reason.
  * Names are later joined under directories and printed in messages, so anything
@@ -126,7 +97,7 @@ static const char *name_problem(const char *name, size_t n) {
     if (memchr(name, '\\', n)) return "contains a backslash";
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f) return "contains a control character";
-    if (!utf8_valid((const uint8_t *)name, n)) return "is not valid UTF-8";
+    if (ds_utf8_valid_prefix((const uint8_t *)name, n) != n) return "is not valid UTF-8";
     size_t start = 0;
     for (size_t i = 0; i <= n; i++) {
         if (i < n && name[i] != '/') continue;

@@ -60,6 +60,10 @@ char *ds_strdup(const char *s); /* NULL on failure (and records ENOMEM) */
 /* Number of worker threads to use when the caller asked for `requested` (0 = auto). */
 int ds_thread_count(int requested);
 
+/* Length of the valid UTF-8 prefix of s[0..n) (n when all valid): overlongs,
+ * surrogates, code points past U+10FFFF and truncated sequences are invalid. */
+size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n);
+
 /* Little-endian helpers. */
 static inline void ds_put_le64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
