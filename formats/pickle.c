@@ -693,37 +693,6 @@ static dsckpt_status mk_long(parser *p, const uint8_t *b, size_t n, pk_obj **out
     return DSCKPT_OK;
 }
 
-/* UTF-8 as Python's decoder with 'surrogatepass' accepts it (CPython writes lone
- * surrogates that way). */
-static bool utf8_ok(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint8_t lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) len = 2;
-        else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            if (c == 0xe0) lo = 0xa0;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            if (c == 0xf0) lo = 0x90;
-            if (c == 0xf4) hi = 0x8f;
-        } else
-            return false;
-        if (n - i < len) return false;
-        if (s[i + 1] < lo || s[i + 1] > hi) return false;
-        for (size_t k = 2; k < len; k++)
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-        i += len;
-    }
-    return true;
-}
-
 /* A str (validated UTF-8) or bytes object of the next n input bytes. */
 static dsckpt_status mk_text(parser *p, uint64_t n, pk_kind kind, pk_obj **out) {
     DS_TRY(need(p, n));
@@ -731,7 +700,10 @@ static dsckpt_status mk_text(parser *p, uint64_t n, pk_kind kind, pk_obj **out) 
         return perr(p, DSCKPT_ECORRUPT, "string of %llu bytes exceeds max_str (%zu)", (unsigned long long)n,
                     p->lim.max_str);
     const uint8_t *s = p->data + p->pos;
-    if (kind == PK_STR && !utf8_ok(s, (size_t)n)) return perr(p, DSCKPT_ECORRUPT, "string is not valid UTF-8");
+    /* As Python's decoder with 'surrogatepass' accepts it (CPython writes lone
+     * surrogates that way). */
+    if (kind == PK_STR && ds_utf8_valid_prefix(s, (size_t)n, true) != (size_t)n)
+        return perr(p, DSCKPT_ECORRUPT, "string is not valid UTF-8");
     MAKE(*out, kind);
     (*out)->s = arena_strndup(p->doc, s, (size_t)n);
     if (!(*out)->s) return doc_fail(p);

@@ -79,7 +79,7 @@ static bool dtype_from_name(const char *s, dsckpt_dtype *out) {
 
 static bool utf8_valid(const char *s) {
     size_t n = strlen(s);
-    return ds_utf8_valid_prefix((const uint8_t *)s, n) == n;
+    return ds_utf8_valid_prefix((const uint8_t *)s, n, false) == n;
 }
 
 /* JSON's whitespace set (RFC 8259): what serde_json skips. cJSON skips every byte
@@ -466,7 +466,7 @@ dsckpt_status st_parse_header(const uint8_t *json, uint64_t n, uint64_t file_siz
                       "%s: header length %llu runs past the end of the file (%llu bytes)", what,
                       (ull)n, (ull)file_size);
 
-    size_t good = ds_utf8_valid_prefix(json, (size_t)n);
+    size_t good = ds_utf8_valid_prefix(json, (size_t)n, false);
     if (good != n)
         return ds_err(DSCKPT_ECORRUPT,
                       "%s: header is not valid UTF-8 (byte 0x%02x at file offset %llu)", what,

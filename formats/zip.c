@@ -97,7 +97,7 @@ static const char *name_problem(const char *name, size_t n) {
     if (memchr(name, '\\', n)) return "contains a backslash";
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f) return "contains a control character";
-    if (ds_utf8_valid_prefix((const uint8_t *)name, n) != n) return "is not valid UTF-8";
+    if (ds_utf8_valid_prefix((const uint8_t *)name, n, false) != n) return "is not valid UTF-8";
     size_t start = 0;
     for (size_t i = 0; i <= n; i++) {
         if (i < n && name[i] != '/') continue;

@@ -116,7 +116,7 @@ int ds_thread_count(int requested) {
 /* Returns the length of the valid UTF-8 prefix of s[0..n): n when all of it is
  * valid. Rejects overlong forms, UTF-16 surrogates (U+D800..DFFF), code points
  * above U+10FFFF and truncated sequences, as Rust's str::from_utf8 does. */
-size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n) {
+size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n, bool allow_surrogates) {
     size_t i = 0;
     while (i < n) {
         uint8_t c = s[i];
@@ -131,7 +131,7 @@ size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n) {
         } else if (c >= 0xE0 && c <= 0xEF) {
             len = 3;
             if (c == 0xE0) lo = 0xA0; /* overlong */
-            if (c == 0xED) hi = 0x9F; /* surrogates */
+            if (c == 0xED && !allow_surrogates) hi = 0x9F; /* surrogates */
         } else if (c >= 0xF0 && c <= 0xF4) {
             len = 4;
             if (c == 0xF0) lo = 0x90; /* overlong */

@@ -61,8 +61,10 @@ char *ds_strdup(const char *s); /* NULL on failure (and records ENOMEM) */
 int ds_thread_count(int requested);
 
 /* Length of the valid UTF-8 prefix of s[0..n) (n when all valid): overlongs,
- * surrogates, code points past U+10FFFF and truncated sequences are invalid. */
-size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n);
+ * code points past U+10FFFF and truncated sequences are invalid, and so are
+ * UTF-16 surrogates unless allow_surrogates (Python's 'surrogatepass', which
+ * pickles of lone surrogates need). */
+size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n, bool allow_surrogates);
 
 /* Little-endian helpers. */
 static inline void ds_put_le64(uint8_t *p, uint64_t v) {
