@@ -414,6 +414,7 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     scan sc;
     ds_open_ctx x = {.c = c};
     size_t tcap = 0;
+    uint64_t *group_start = NULL;
     dsckpt_status st = scan_dir(c->dir, &sc);
     if (st) goto done;
     size_t W = sc.nopt;
@@ -520,7 +521,9 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
         }
     }
 
-    /* fp32 master weights and Adam moments. */
+    /* fp32 master weights and Adam moments. Stages 1/2: group_start[g] is where
+     * the next rank's real elements begin in group g's flat buffer. */
+    DS_TRYGOTO(ds_calloc(shapes->n, sizeof *group_start, &group_start), done);
     for (size_t r = 0; r < W; r++) {
         ds_pt *p = &x.optim[r];
         pk_obj *od = pk_get(p->root, "optimizer_state_dict");
@@ -588,11 +591,8 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
                     goto done;
                 }
                 /* Rank r's real elements follow those of ranks 0..r-1 in the flat group. */
-                uint64_t start = 0;
-                for (size_t k = 0; k < c->nfrags[DS_ST_FP32]; k++) {
-                    const ds_frag *f = &c->frags[DS_ST_FP32][k];
-                    if (c->tensors[f->tensor].group == (int)g) start += f->numel;
-                }
+                uint64_t start = group_start[g];
+                group_start[g] += real;
                 uint64_t tpos = 0; /* flat position of each tensor */
                 for (size_t k = 0; k < sg->n; k++) {
                     int ti = find_tensor(c, sg->keys[k]->s);
@@ -734,6 +734,7 @@ done:
     for (size_t r = 0; r < x.nmodel; r++) pt_close(&x.model[r]);
     free(x.optim);
     free(x.model);
+    free(group_start);
     scan_free(&sc);
     return st;
 }
