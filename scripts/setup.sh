@@ -10,6 +10,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(build-essential cmake pkg-config libzstd-dev libcjson-dev libssl-dev libcunit1-dev zlib1g-dev
+      openmpi-bin libopenmpi-dev
       clang python3 python3-venv python3-pip)
 missing=()
 for p in "${PKGS[@]}"; do
