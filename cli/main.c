@@ -222,21 +222,36 @@ static int cmd_consolidate(int argc, char **argv) {
 static const char reshard_help[] =
     "Usage: dsckpt reshard CKPT --to M -o OUT [options]\n"
     "\n"
-    "Write a native checkpoint for M ranks under the save root OUT (OUT/<tag>/,\n"
+    "Write a checkpoint for M ranks under the save root OUT (OUT/<tag>/,\n"
     "OUT/latest, and trainer_state.json when the source has one). Every state (fp32\n"
     "master, exp_avg, exp_avg_sq, 16-bit weights of frozen tensors) and all\n"
     "non-tensor state (optimizer step and hyper-parameters, scheduler, loss scaler,\n"
     "data position, RNG, ds_config, metrics) is carried over bit for bit.\n"
+    "\n"
+    "--format deepspeed writes DeepSpeed's own files (torch zip + pickle), which\n"
+    "DeepSpeed's load_checkpoint accepts at world size M. From a DeepSpeed source the\n"
+    "stage is kept and everything but the partitions (module weights, buffers,\n"
+    "scheduler, loss scaler, hyper-parameters, client state) is carried from its\n"
+    "files; from a native source (stage 1-3) the files are built from the tensors.\n"
     "\n"
     "Options:\n"
     "  -t, --tag TAG       checkpoint tag (default: the one named by 'latest')\n"
     "      --to M          new data-parallel world size (required, >= 1)\n"
     "  -o, --output OUT    output save root (required)\n"
     "      --stage S       ZeRO stage of the output (0-3; default: the source's)\n"
+    "      --format F      native (default) or deepspeed\n"
     "      --force         replace an existing output\n"
     "  -j, --threads N     worker threads (default: all CPUs)\n"
     "  -q, --quiet         no progress bar\n"
     "  -h, --help          this help\n";
+
+/* "native" or "deepspeed"; false for anything else. */
+static bool parse_format(const char *s, dsckpt_format *f) {
+    if (!strcmp(s, "native") || !strcmp(s, "dsckpt")) *f = DSCKPT_FORMAT_NATIVE;
+    else if (!strcmp(s, "deepspeed")) *f = DSCKPT_FORMAT_DEEPSPEED;
+    else return false;
+    return true;
+}
 
 static int cmd_reshard(int argc, char **argv) {
     static const struct option lo[] = {
@@ -244,7 +259,7 @@ static int cmd_reshard(int argc, char **argv) {
         {"output", required_argument, 0, 'o'}, {"stage", required_argument, 0, 's'},
         {"force", no_argument, 0, 'f'},        {"threads", required_argument, 0, 'j'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"format", required_argument, 0, 'F'}, {0, 0, 0, 0}};
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
     o.world_size = 0;
@@ -260,6 +275,10 @@ static int cmd_reshard(int argc, char **argv) {
         case 's':
             if (!parse_int(optarg, 0, 3, &v)) return usage_error("reshard", "--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
             o.zero_stage = (int)v;
+            break;
+        case 'F':
+            if (!parse_format(optarg, &o.format))
+                return usage_error("reshard", "--format must be native or deepspeed (got '%s')", optarg);
             break;
         default:
             if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
@@ -492,9 +511,10 @@ static int cmd_inspect(int argc, char **argv) {
 static const char synth_help[] =
     "Usage: dsckpt synth -o DIR --params N --world-size W --stage S [options]\n"
     "\n"
-    "Write a native checkpoint with a GPT-like tensor list (token embedding tied to\n"
-    "the LM head, a frozen position embedding, per-layer matrices, odd-length biases)\n"
-    "and deterministic values (rule in docs/synth.md), under the save root DIR.\n"
+    "Write a checkpoint with a GPT-like tensor list (token embedding tied to the LM\n"
+    "head, a frozen position embedding, per-layer matrices, odd-length biases) and\n"
+    "deterministic values (rule in docs/synth.md), under the save root DIR: native\n"
+    "(default) or, with --format deepspeed, DeepSpeed's files (stages 1-3).\n"
     "\n"
     "Options:\n"
     "  -o, --output DIR      output save root (required)\n"
@@ -504,6 +524,7 @@ static const char synth_help[] =
     "      --dtype D         training dtype bf16 (default), fp16 or fp32\n"
     "      --seed N          value seed (default 1)\n"
     "      --step N          step; the tag is global_step<N> (default 100)\n"
+    "      --format F        native (default) or deepspeed\n"
     "      --force           replace an existing output\n"
     "  -j, --threads N       worker threads (default: all CPUs)\n"
     "  -q, --quiet           no summary line on stderr\n"
@@ -516,7 +537,7 @@ static int cmd_synth(int argc, char **argv) {
         {"dtype", required_argument, 0, 'd'}, {"seed", required_argument, 0, 'S'},
         {"step", required_argument, 0, 'n'}, {"force", no_argument, 0, 'f'},
         {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'}, {"format", required_argument, 0, 'F'}, {0, 0, 0, 0}};
     dsckpt_synth_opts o;
     dsckpt_synth_opts_init(&o);
     common co = {0};
@@ -552,6 +573,10 @@ static int cmd_synth(int argc, char **argv) {
         case 'n':
             if (!parse_int(optarg, 0, 1L << 53, &v)) return usage_error("synth", "--step must be a non-negative integer (got '%s')", optarg);
             o.step = v;
+            break;
+        case 'F':
+            if (!parse_format(optarg, &o.format))
+                return usage_error("synth", "--format must be native or deepspeed (got '%s')", optarg);
             break;
         default:
             if (common_opt(c, "synth", synth_help, &co, &rc)) return rc;

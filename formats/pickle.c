@@ -1528,6 +1528,8 @@ typedef struct writer {
     size_t tcap, tcount;
     uint64_t next; /* next memo index */
     int depth;
+    pk_key_fn rename; /* pk_serialize_ex: storage keys renamed at first use */
+    void *rename_user;
 } writer;
 
 #define BATCHSIZE 1000
@@ -1869,7 +1871,10 @@ static dsckpt_status w_storage_synth(writer *w, const pk_tensor *t, const char *
     w_op(w, OP_MARK);
     DS_TRY(w_shared_str(w, "storage"));
     DS_TRY(w_global(w, "torch", cls, NULL));
-    DS_TRY(w_shared_str(w, t->storage_key));
+    const char *key = t->storage_key;
+    if (w->rename && !(key = w->rename(w->rename_user, t->storage_key)))
+        return ds_err(DSCKPT_ENOMEM, "pk_serialize: could not rename storage '%s'", t->storage_key);
+    DS_TRY(w_shared_str(w, key));
     DS_TRY(w_shared_str(w, location && *location ? location : "cpu"));
     w_int(w, (int64_t)t->storage_numel);
     w_op(w, OP_TUPLE);
@@ -2047,9 +2052,9 @@ static dsckpt_status w_save(writer *w, const pk_obj *o) {
         break;
     case PK_FLOAT: w_float(w, o->f); break;
     case PK_STORAGE:
-        if (o->args) st = w_save(w, o->args);
+        if (o->args && !w->rename) st = w_save(w, o->args);
         else st = w_storage_synth(w, &o->tensor, o->s);
-        if (st == DSCKPT_OK && o->args) w_op(w, OP_BINPERSID);
+        if (st == DSCKPT_OK && o->args && !w->rename) w_op(w, OP_BINPERSID);
         break;
     default:
         if (w_lookup(w, W_PTR, o, NULL, NULL, &idx)) w_get(w, idx);
@@ -2062,10 +2067,14 @@ static dsckpt_status w_save(writer *w, const pk_obj *o) {
 }
 
 dsckpt_status pk_serialize(const pk_obj *root, uint8_t **out, size_t *len) {
+    return pk_serialize_ex(root, NULL, NULL, out, len);
+}
+
+dsckpt_status pk_serialize_ex(const pk_obj *root, pk_key_fn rename, void *user, uint8_t **out, size_t *len) {
     if (!out || !len) return ds_err(DSCKPT_EINVAL, "pk_serialize: bad arguments");
     *out = NULL;
     *len = 0;
-    writer w = {0};
+    writer w = {.rename = rename, .rename_user = user};
     w_op(&w, OP_PROTO);
     w_op(&w, 2);
     dsckpt_status st = w_save(&w, root);

@@ -163,5 +163,13 @@ char *pk_strdup(pk_doc *d, const char *s);
 bool pk_list_append(pk_doc *d, pk_obj *list_or_tuple, pk_obj *item);
 bool pk_dict_set(pk_doc *d, pk_obj *dict, pk_obj *key, pk_obj *value);
 dsckpt_status pk_serialize(const pk_obj *root, uint8_t **out, size_t *len);
+/* As pk_serialize, with every storage's key passed through `rename` where its
+ * persistent id is written (parsed storages are then re-emitted from their
+ * fields). Called in stream order, so a caller that hands out "0", "1", ... at
+ * first use numbers storages exactly as torch.save does. `rename` returns the
+ * key to write (owned by the caller, valid until pk_serialize_ex returns), or
+ * NULL to fail. */
+typedef const char *(*pk_key_fn)(void *user, const char *key);
+dsckpt_status pk_serialize_ex(const pk_obj *root, pk_key_fn rename, void *user, uint8_t **out, size_t *len);
 
 #endif /* DSCKPT_PICKLE_H */

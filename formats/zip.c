@@ -758,6 +758,16 @@ dsckpt_status zip_writer_write(zip_writer *w, const void *data, size_t n) {
     return DSCKPT_OK;
 }
 
+dsckpt_status zip_writer_write_zeros(zip_writer *w, uint64_t n) {
+    static const uint8_t zeros[65536];
+    while (n) {
+        size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
+        DS_TRY(zip_writer_write(w, zeros, k));
+        n -= k;
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status zip_writer_end(zip_writer *w) {
     DS_TRY(writer_usable(w));
     if (!w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: no member is open");

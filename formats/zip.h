@@ -61,6 +61,7 @@ dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out)
  * its data will start at (aligned to 64). */
 dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, uint64_t *data_offset);
 dsckpt_status zip_writer_write(zip_writer *w, const void *data, size_t n);
+dsckpt_status zip_writer_write_zeros(zip_writer *w, uint64_t n);
 /* Ends the current member (checks that exactly `size` bytes came). */
 dsckpt_status zip_writer_end(zip_writer *w);
 /* Writes the central directory and end records. Does not finish the stream. */

@@ -5,6 +5,7 @@
  * fragments. Every state and all non-tensor state are carried over bit for bit.
  */
 #include "ckpt.h"
+#include "deepspeed_write.h"
 #include "fsutil.h"
 #include "native_write.h"
 
@@ -59,13 +60,40 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
         goto done;
     }
     DS_TRYGOTO(ds_mkdir(tagdir), done);
+    ds_progress prog = {.fn = opts->progress, .user = opts->progress_user};
+    if (opts->format == DSCKPT_FORMAT_DEEPSPEED) {
+        bool from_ds = c->format && !strcmp(c->format, "deepspeed");
+        if (from_ds && stage != c->stage) {
+            st = ds_err(DSCKPT_EUNSUPPORTED,
+                        "--format deepspeed keeps the ZeRO stage of a DeepSpeed checkpoint (%d): DeepSpeed loads "
+                        "a checkpoint only at the stage it was saved with; drop --stage, or write the native format",
+                        c->stage);
+            goto done;
+        }
+        if (stage < 1) {
+            st = ds_err(DSCKPT_EUNSUPPORTED, "--format deepspeed writes ZeRO stages 1-3; this checkpoint is stage 0 "
+                                             "(pass --stage 1, 2 or 3)");
+            goto done;
+        }
+        const cJSON *cfg = carried(c, "ds_config");
+        ds_dsw_spec ds = {.tensors = c->tensors, .ntensors = c->ntensors, .stage = stage,
+                          .world_size = opts->world_size, .step = c->step,
+                          .model_dtype = !c->train_dtype ? DSCKPT_F32
+                                         : !strcmp(c->train_dtype, "bf16") ? DSCKPT_BF16
+                                         : !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_F32,
+                          .template_dir = from_ds ? c->dir : NULL, .ds_config = cfg, .state = carried(c, "state"),
+                          .fill = reshard_fill_fn, .fill_user = &rf, .threads = opts->threads};
+        for (size_t t = 0; t < c->ntensors; t++)
+            if (c->tensors[t].trainable) prog.total += 12 * c->tensors[t].numel;
+        DS_TRYGOTO(ds_deepspeed_write(&ds, tagdir, &prog), done);
+    } else {
     ds_native_spec spec = {.tensors = c->tensors, .ntensors = c->ntensors, .ngroups = c->ngroups, .stage = stage,
                            .world_size = opts->world_size, .tag = c->tag, .step = c->step,
                            .train_dtype = c->train_dtype, .state = carried(c, "state"),
                            .ds_config = carried(c, "ds_config"), .metrics = carried(c, "metrics")};
     DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
-    ds_progress prog = {.fn = opts->progress, .user = opts->progress_user};
     DS_TRYGOTO(ds_native_write_all(no, reshard_fill_fn, &rf, ds_thread_count(opts->threads), &prog), done);
+    }
     DS_TRYGOTO(ds_set_latest(od.tmp, c->tag), done);
     /* The save root's trainer state (best checkpoint, history) travels along. */
     if (c->root) {

@@ -4,6 +4,8 @@
  */
 #include "synth.h"
 
+#include "deepspeed_write.h"
+
 #include "cast.h"
 #include "fsutil.h"
 #include "native_write.h"
@@ -206,15 +208,22 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
         goto done;
     }
     DS_TRYGOTO(ds_mkdir(tagdir), done);
-    ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = o->zero_stage,
-                           .world_size = o->world_size, .tag = tag, .step = o->step,
-                           .train_dtype = dtype_short(o->dtype), .state = state, .ds_config = cfg,
-                           .metrics = metrics};
-    DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
     DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *scratch, &scratch), done);
     for (int i = 0; i < threads; i++) DS_TRYGOTO(ds_malloc(8u << 20, &scratch[i]), done); /* 2M elements as fp32 */
     synth_fill sf = {.seed = o->seed, .ts = ts, .scratch = scratch};
-    DS_TRYGOTO(ds_native_write_all(no, synth_fill_fn, &sf, threads, NULL), done);
+    if (o->format == DSCKPT_FORMAT_DEEPSPEED) {
+        ds_dsw_spec ds = {.tensors = ts, .ntensors = nt, .stage = o->zero_stage, .world_size = o->world_size,
+                          .step = o->step, .model_dtype = o->dtype, .ds_config = cfg, .state = state,
+                          .fill = synth_fill_fn, .fill_user = &sf, .threads = threads};
+        DS_TRYGOTO(ds_deepspeed_write(&ds, tagdir, NULL), done);
+    } else {
+        ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = o->zero_stage,
+                               .world_size = o->world_size, .tag = tag, .step = o->step,
+                               .train_dtype = dtype_short(o->dtype), .state = state, .ds_config = cfg,
+                               .metrics = metrics};
+        DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
+        DS_TRYGOTO(ds_native_write_all(no, synth_fill_fn, &sf, threads, NULL), done);
+    }
     DS_TRYGOTO(ds_set_latest(od.tmp, tag), done);
     {
         char buf[1024];

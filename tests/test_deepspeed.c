@@ -13,6 +13,7 @@
 #include "tutil.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,36 @@ static void test_consolidate_equals_truth(void) {
     free(dir);
 }
 
+/* fp32 master weights and both Adam moments of every trainable tensor of `n`
+ * equal the truth's fp32/, exp_avg/ and exp_avg_sq/ entries bit for bit. */
+static void check_states_equal_truth(const char *fx, int M, const dsckpt_ckpt *n, const stfile *truth) {
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open(n, &fs));
+    size_t checked = 0;
+    for (uint32_t t = 0; t < n->ntensors; t++) {
+        if (!n->tensors[t].trainable) continue;
+        static const ds_state sts[] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+        static const char *pre[] = {"fp32/", "exp_avg/", "exp_avg_sq/"};
+        for (int s = 0; s < 3; s++) {
+            char key[300];
+            snprintf(key, sizeof key, "%s%s", pre[s], n->tensors[t].name);
+            const st_tensor *tt;
+            uint8_t *want = st_bytes(truth, key, &tt);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(want);
+            uint8_t *have = malloc(n->tensors[t].numel * 4 + 1);
+            TU_ASSERT_OK(ds_ckpt_read(n, &fs, sts[s], t, 0, n->tensors[t].numel, have));
+            bool same = tt->end - tt->begin == n->tensors[t].numel * 4 && memcmp(want, have, n->tensors[t].numel * 4) == 0;
+            if (!same) fprintf(stderr, "\n  %s M=%d: %s differs\n", fx, M, key);
+            CU_ASSERT(same);
+            checked++;
+            free(want);
+            free(have);
+        }
+    }
+    CU_ASSERT(checked > 0);
+    ds_fdset_close(&fs);
+}
+
 /* Adam moments through reshard into the native format, for several M. */
 static void test_moments_through_reshard(void) {
     char *dir = tu_mkdtemp();
@@ -177,32 +208,7 @@ static void test_moments_through_reshard(void) {
             TU_ASSERT_OK(dsckpt_ckpt_open(out, NULL, &n));
             CU_ASSERT_EQUAL(n->world_size, Ms[mi]);
             CU_ASSERT_EQUAL(n->stage, c->stage);
-            ds_fdset fs;
-            TU_ASSERT_OK(ds_fdset_open(n, &fs));
-            size_t checked = 0;
-            for (uint32_t t = 0; t < n->ntensors; t++) {
-                if (!n->tensors[t].trainable) continue;
-                static const ds_state sts[] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
-                static const char *pre[] = {"fp32/", "exp_avg/", "exp_avg_sq/"};
-                for (int s = 0; s < 3; s++) {
-                    char key[300];
-                    snprintf(key, sizeof key, "%s%s", pre[s], n->tensors[t].name);
-                    const st_tensor *tt;
-                    uint8_t *want = st_bytes(&truth, key, &tt);
-                    CU_ASSERT_PTR_NOT_NULL_FATAL(want);
-                    uint8_t *have = malloc(n->tensors[t].numel * 4 + 1);
-                    TU_ASSERT_OK(ds_ckpt_read(n, &fs, sts[s], t, 0, n->tensors[t].numel, have));
-                    bool same = tt->end - tt->begin == n->tensors[t].numel * 4 &&
-                                memcmp(want, have, n->tensors[t].numel * 4) == 0;
-                    if (!same) fprintf(stderr, "\n  %s M=%d: %s differs\n", fixtures[i], Ms[mi], key);
-                    CU_ASSERT(same);
-                    checked++;
-                    free(want);
-                    free(have);
-                }
-            }
-            CU_ASSERT(checked > 0);
-            ds_fdset_close(&fs);
+            check_states_equal_truth(fixtures[i], Ms[mi], n, &truth);
             dsckpt_ckpt_free(n);
             free(out);
         }
@@ -211,6 +217,168 @@ static void test_moments_through_reshard(void) {
         free(ck);
         free(tp);
     }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* DeepSpeed fixture -> reshard --to M --format deepspeed -> our reader: the same
+ * bits (consolidated weights, frozen, buffers, ties; fp32 master and moments),
+ * a clean verify, and the files DeepSpeed's loader looks for at world size M. */
+static void test_deepspeed_round_trip(void) {
+    char *dir = tu_mkdtemp();
+    for (size_t i = 0; i < NFIX; i++) {
+        char *ck = fixture_path(fixtures[i], "ckpt"), *tp = fixture_path(fixtures[i], "expected/truth.safetensors");
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+        stfile truth;
+        st_open(tp, &truth);
+        static const int Ms[] = {1, 2, 3, 4, 8};
+        for (int mi = 0; mi < 5; mi++) {
+            int M = Ms[mi];
+            char *out = tu_path(dir, "ds");
+            dsckpt_reshard_opts ro;
+            dsckpt_reshard_opts_init(&ro);
+            ro.world_size = M;
+            ro.format = DSCKPT_FORMAT_DEEPSPEED;
+            ro.force = 1;
+            TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
+            /* DeepSpeed's file names for M ranks, nothing else. */
+            char *tagdir = tu_path(out, c->tag);
+            bool bf16 = !strcmp(c->train_dtype, "bf16");
+            size_t want_files = (size_t)M + (c->stage == 3 ? (size_t)M : 1), nfiles = 0;
+            for (int r = 0; r < M; r++) {
+                char name[128];
+                snprintf(name, sizeof name, "%s/%szero_pp_rank_%d_mp_rank_00_optim_states.pt", tagdir, bf16 ? "bf16_" : "", r);
+                CU_ASSERT(tu_exists(name));
+                if (c->stage == 3) {
+                    snprintf(name, sizeof name, "%s/zero_pp_rank_%d_mp_rank_00_model_states.pt", tagdir, r);
+                    CU_ASSERT(tu_exists(name));
+                }
+            }
+            DIR *dd = opendir(tagdir);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(dd);
+            for (struct dirent *e; (e = readdir(dd));) nfiles += e->d_name[0] != '.';
+            closedir(dd);
+            CU_ASSERT_EQUAL(nfiles, want_files);
+
+            dsckpt_ckpt *n = NULL;
+            TU_ASSERT_OK(dsckpt_ckpt_open(out, NULL, &n));
+            CU_ASSERT_STRING_EQUAL(n->format, "deepspeed");
+            CU_ASSERT_EQUAL(n->world_size, M);
+            CU_ASSERT_EQUAL(n->stage, c->stage);
+            CU_ASSERT_EQUAL(n->step, c->step);
+            CU_ASSERT_STRING_EQUAL(n->train_dtype, c->train_dtype);
+            check_states_equal_truth(fixtures[i], M, n, &truth);
+            char *cons = tu_path(dir, "cons.safetensors");
+            dsckpt_consolidate_opts co;
+            dsckpt_consolidate_opts_init(&co);
+            co.dtype = DSCKPT_F32;
+            co.force = 1;
+            TU_ASSERT_OK(dsckpt_consolidate(n, cons, &co));
+            check_against_truth(fixtures[i], cons, DSCKPT_F32, true);
+            dsckpt_verify_report *rep = NULL;
+            TU_ASSERT_OK(dsckpt_verify(out, NULL, NULL, &rep));
+            CU_ASSERT_EQUAL(dsckpt_verify_report_result(rep), DSCKPT_VERIFY_OK);
+            dsckpt_verify_report_free(rep);
+            dsckpt_ckpt_free(n);
+            free(cons);
+            free(tagdir);
+            free(out);
+        }
+        st_close(&truth);
+        dsckpt_ckpt_free(c);
+        free(ck);
+        free(tp);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* synth --format deepspeed holds exactly what the native synth holds: for stages
+ * 1-3 and each dtype, both consolidate to the same bytes and every state reads
+ * back equal. A DeepSpeed stage cannot change through reshard. */
+static void test_synth_deepspeed(void) {
+    char *dir = tu_mkdtemp();
+    static const int stages[] = {1, 2, 3};
+    static const dsckpt_dtype dts[] = {DSCKPT_BF16, DSCKPT_F16, DSCKPT_F32};
+    static const int Ws[] = {1, 3, 4};
+    for (int si = 0; si < 3; si++)
+        for (int di = 0; di < 3; di++) {
+            int W = Ws[(si + di) % 3];
+            char *nat = tu_path(dir, "nat"), *dsd = tu_path(dir, "dsd");
+            dsckpt_synth_opts so;
+            dsckpt_synth_opts_init(&so);
+            so.params = 150000;
+            so.world_size = W;
+            so.zero_stage = stages[si];
+            so.dtype = dts[di];
+            so.force = 1;
+            TU_ASSERT_OK(dsckpt_synth(nat, &so));
+            so.format = DSCKPT_FORMAT_DEEPSPEED;
+            TU_ASSERT_OK(dsckpt_synth(dsd, &so));
+            dsckpt_ckpt *a = NULL, *b = NULL;
+            TU_ASSERT_OK(dsckpt_ckpt_open(nat, NULL, &a));
+            TU_ASSERT_OK(dsckpt_ckpt_open(dsd, NULL, &b));
+            CU_ASSERT_STRING_EQUAL(b->format, "deepspeed");
+            CU_ASSERT_EQUAL(b->stage, stages[si]);
+            CU_ASSERT_EQUAL(b->world_size, W);
+            CU_ASSERT_STRING_EQUAL(b->train_dtype, a->train_dtype);
+            for (int o = 0; o < 2; o++) {
+                char *pa = tu_path(dir, "a.safetensors"), *pb = tu_path(dir, "b.safetensors");
+                dsckpt_consolidate_opts co;
+                dsckpt_consolidate_opts_init(&co);
+                co.dtype = o ? DSCKPT_F32 : DSCKPT_BF16;
+                co.force = 1;
+                TU_ASSERT_OK(dsckpt_consolidate(a, pa, &co));
+                TU_ASSERT_OK(dsckpt_consolidate(b, pb, &co));
+                size_t la, lb;
+                uint8_t *ba = tu_read(pa, &la), *bb = tu_read(pb, &lb);
+                CU_ASSERT_FATAL(ba && bb);
+                CU_ASSERT(la == lb && memcmp(ba, bb, la) == 0);
+                free(ba);
+                free(bb);
+                free(pa);
+                free(pb);
+            }
+            /* Every state element equal through the fragment maps. */
+            ds_fdset fa, fb;
+            TU_ASSERT_OK(ds_fdset_open(a, &fa));
+            TU_ASSERT_OK(ds_fdset_open(b, &fb));
+            CU_ASSERT_EQUAL_FATAL(a->ntensors, b->ntensors);
+            for (uint32_t t = 0; t < a->ntensors; t++) {
+                int tb = -1;
+                for (uint32_t u = 0; u < b->ntensors; u++)
+                    if (!strcmp(a->tensors[t].name, b->tensors[u].name)) tb = (int)u;
+                CU_ASSERT_FATAL(tb >= 0);
+                for (int s = 0; s < DS_NSTATES; s++) {
+                    if (!ds_state_applies(&a->tensors[t], (ds_state)s) || a->tensors[t].buffer) continue;
+                    size_t bytes = a->tensors[t].numel * dsckpt_dtype_size(ds_ckpt_state_dtype(a, (ds_state)s, t));
+                    uint8_t *x = malloc(bytes + 1), *y = malloc(bytes + 1);
+                    TU_ASSERT_OK(ds_ckpt_read(a, &fa, (ds_state)s, t, 0, a->tensors[t].numel, x));
+                    TU_ASSERT_OK(ds_ckpt_read(b, &fb, (ds_state)s, (uint32_t)tb, 0, a->tensors[t].numel, y));
+                    CU_ASSERT(memcmp(x, y, bytes) == 0);
+                    free(x);
+                    free(y);
+                }
+            }
+            ds_fdset_close(&fa);
+            ds_fdset_close(&fb);
+            /* DeepSpeed loads a checkpoint only at its own stage. */
+            dsckpt_reshard_opts ro;
+            dsckpt_reshard_opts_init(&ro);
+            ro.world_size = 2;
+            ro.format = DSCKPT_FORMAT_DEEPSPEED;
+            ro.zero_stage = stages[si] == 3 ? 2 : 3;
+            char *bad = tu_path(dir, "bad");
+            CU_ASSERT_EQUAL(dsckpt_reshard(b, bad, &ro), DSCKPT_EUNSUPPORTED);
+            CU_ASSERT(strstr(dsckpt_last_error(), "stage") != NULL);
+            CU_ASSERT(!tu_exists(bad));
+            free(bad);
+            dsckpt_ckpt_free(a);
+            dsckpt_ckpt_free(b);
+            free(nat);
+            free(dsd);
+        }
     tu_rmtree(dir);
     free(dir);
 }
@@ -342,6 +510,8 @@ int main(void) {
         {"consolidate of every fixture = the engine's true values (fp32/bf16/fp16, frozen, buffers, ties)",
          test_consolidate_equals_truth},
         {"exp_avg / exp_avg_sq through reshard to native M = 1, 3, 4", test_moments_through_reshard},
+        {"reshard --format deepspeed M = 1, 2, 3, 4, 8: same bits through our reader, verify OK", test_deepspeed_round_trip},
+        {"synth --format deepspeed = native synth (stages 1-3, bf16/fp16/fp32); stage kept", test_synth_deepspeed},
         {"inspect matches info.json; verify passes on every fixture", test_inspect_and_verify},
         {"verify catches a flipped bit, a missing rank, a stale rank, truncation", test_verify_catches_damage},
         {"TP / PP / MoE / legacy files refused with what was found", test_refusals},

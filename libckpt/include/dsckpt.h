@@ -155,9 +155,16 @@ DSCKPT_API void dsckpt_consolidate_opts_init(dsckpt_consolidate_opts *o);
 DSCKPT_API dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out,
                                             const dsckpt_consolidate_opts *opts);
 
+/* On-disk format of a checkpoint written by reshard and synth. */
+typedef enum dsckpt_format {
+    DSCKPT_FORMAT_NATIVE = 0,   /* per-rank safetensors + manifest (docs/native-format.md) */
+    DSCKPT_FORMAT_DEEPSPEED = 1 /* DeepSpeed's torch zip + pickle files (docs/formats/deepspeed.md) */
+} dsckpt_format;
+
 typedef struct dsckpt_reshard_opts {
     int world_size;            /* M, the new world size (>= 1) */
     int zero_stage;            /* -1 = keep the source stage */
+    dsckpt_format format;      /* DEEPSPEED: stages 1-3; from a DeepSpeed source the stage is kept */
     int force;
     int threads;               /* 0 = number of online CPUs */
     dsckpt_progress_fn progress;
@@ -165,9 +172,12 @@ typedef struct dsckpt_reshard_opts {
 } dsckpt_reshard_opts;
 DSCKPT_API void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o);
 
-/* Writes a native checkpoint for opts->world_size ranks under the save root `out`
+/* Writes a checkpoint for opts->world_size ranks under the save root `out`
  * (out/<tag>/..., out/latest). Every state and all non-tensor state is carried
- * over; values are bit-identical. */
+ * over; values are bit-identical. With DSCKPT_FORMAT_DEEPSPEED the output is a
+ * DeepSpeed checkpoint that DeepSpeed's load_checkpoint accepts at world size M:
+ * from a DeepSpeed source everything but the partitions is carried from its
+ * files; from a native source the files are built from the tensor list. */
 DSCKPT_API dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out,
                                         const dsckpt_reshard_opts *opts);
 
@@ -217,13 +227,14 @@ typedef struct dsckpt_synth_opts {
     dsckpt_dtype dtype;        /* training dtype: BF16, F16 or F32 */
     uint64_t seed;
     int64_t step;              /* tag is global_step<step>; default 100 */
+    dsckpt_format format;      /* DEEPSPEED: DeepSpeed's layout (stages 1-3) */
     int force;
     int threads;
 } dsckpt_synth_opts;
 DSCKPT_API void dsckpt_synth_opts_init(dsckpt_synth_opts *o);
 
-/* Writes a native checkpoint with a GPT-like tensor list and deterministic values
- * under the save root `out`. The value rule is documented in docs/synth.md and is
+/* Writes a checkpoint (native, or DeepSpeed's layout) with a GPT-like tensor list
+ * and deterministic values under the save root `out`. The value rule is documented in docs/synth.md and is
  * exposed by dsckpt_synth_value() so tests can check any element. */
 DSCKPT_API dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *opts);
 

@@ -1,0 +1,1073 @@
+/*
+ * deepspeed_write.c — a fragment map written as DeepSpeed ZeRO checkpoint files
+ * for M ranks (see deepspeed_write.h and docs/formats/deepspeed.md).
+ *
+ * Each output .pt file is a pickle tree plus the storages it names. The tree is
+ * either a re-parsed template file edited in place or built here; new tensors get
+ * generated storages ("g<n>") described by pieces of fragment-map states, template
+ * storages are copied byte for byte. At serialisation every storage is renamed
+ * "0", "1", ... in first-use order (as torch.save numbers them) and the zip holds
+ * data.pkl, data/<key> in name order and version, exactly torch 1.x's layout.
+ * Partition arithmetic comes from partition.h, the same as the reader's.
+ */
+#include "deepspeed_write.h"
+
+#include "cast.h"
+#include "fsutil.h"
+#include "partition.h"
+#include "pickle.h"
+#include "stream.h"
+#include "zip.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DSW_CHUNK (1u << 20) /* elements per fill call */
+#define DSW_PKL_MAX (256u << 20)
+#define DSW_VERSION "0.14.5"  /* ds_version written into synthesized files */
+
+/* ---- templates ---- */
+
+typedef struct dsw_tpl {
+    char *path;
+    int fd;
+    zip_archive *zip;
+    uint8_t *pkl;
+    size_t pkl_len;
+} dsw_tpl;
+
+static void tpl_close(dsw_tpl *t) {
+    if (t->fd >= 0) close(t->fd);
+    zip_free(t->zip);
+    free(t->pkl);
+    free(t->path);
+    memset(t, 0, sizeof *t);
+    t->fd = -1;
+}
+
+static dsckpt_status tpl_open(const char *dir, const char *name, dsw_tpl *t) {
+    memset(t, 0, sizeof *t);
+    t->fd = -1;
+    if (!(t->path = ds_join(dir, name))) return DSCKPT_ENOMEM;
+    t->fd = open(t->path, O_RDONLY | O_CLOEXEC);
+    if (t->fd < 0) return ds_err_errno(errno, "%s: cannot open", t->path);
+    DS_TRY(zip_open_fd(t->fd, t->path, &t->zip));
+    const zip_member *m = zip_find_rel(t->zip, "data.pkl");
+    if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: no data.pkl member", t->path);
+    DS_TRY(zip_read_member(t->fd, t->zip, m, DSW_PKL_MAX, t->path, &t->pkl));
+    t->pkl_len = (size_t)m->size;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status tpl_parse(const dsw_tpl *t, pk_doc **doc, pk_obj **root) {
+    DS_TRY(pk_parse(t->pkl, t->pkl_len, t->path, NULL, doc, root));
+    if ((*root)->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: top level is not a dict", t->path);
+    return DSCKPT_OK;
+}
+
+/* ---- groups ---- */
+
+typedef struct dsw_group {
+    uint32_t *t;      /* tensors in flat order */
+    size_t n;
+    uint64_t numel;   /* N (stages 1/2), or the per-rank length sum(q) (stage 3) */
+    int pgroup;       /* the optimizer param group (stage 3 sub-groups) */
+    ds_flat_part part;/* stages 1/2 */
+} dsw_group;
+
+typedef struct dsw_ctx {
+    const ds_dsw_spec *sp;
+    int M, stage;
+    dsw_group *g;      /* stages 1/2: param groups; stage 3: sub-groups for M ranks */
+    size_t ng;
+    size_t npg;        /* param groups */
+    uint32_t *frozen;  /* frozen parameters (not buffers), in tensor order */
+    size_t nfrozen;
+    bool have_tpl;
+    dsw_tpl tmodel;    /* mp_rank_00 / zero_pp_rank_0 model states */
+    dsw_tpl toptim;    /* rank 0's optimizer file */
+    char optim_prefix[8]; /* "bf16_" or "" */
+    bool bf16_opt;
+} dsw_ctx;
+
+static bool is_param(const ds_tensor *t) { return !t->buffer; }
+
+static dsckpt_status group_add(dsw_group *g, uint32_t t) {
+    uint32_t *nt = realloc(g->t, (g->n + 1) * sizeof *nt);
+    if (!nt) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    g->t = nt;
+    g->t[g->n++] = t;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status new_group(dsw_ctx *x, int pg) {
+    dsw_group *ng = realloc(x->g, (x->ng + 1) * sizeof *ng);
+    if (!ng) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    x->g = ng;
+    memset(&x->g[x->ng], 0, sizeof x->g[x->ng]);
+    x->g[x->ng].pgroup = pg;
+    x->ng++;
+    return DSCKPT_OK;
+}
+
+/* param group of every trainable tensor: its .group, or at stage 3 with a
+ * template the param group whose 'params' list names its source sub-group. */
+static dsckpt_status param_groups_of(dsw_ctx *x, int **pg_out) {
+    const ds_dsw_spec *sp = x->sp;
+    int *pg = NULL;
+    DS_TRY(ds_calloc(sp->ntensors ? sp->ntensors : 1, sizeof *pg, &pg));
+    int maxsg = -1;
+    for (size_t t = 0; t < sp->ntensors; t++) {
+        pg[t] = sp->tensors[t].group;
+        if (sp->tensors[t].trainable && sp->tensors[t].group > maxsg) maxsg = sp->tensors[t].group;
+    }
+    if (x->stage == 3 && x->have_tpl) {
+        pk_doc *d = NULL;
+        pk_obj *root = NULL;
+        dsckpt_status st = tpl_parse(&x->toptim, &d, &root);
+        pk_obj *pgs = pk_get(pk_get(pk_get(root, "optimizer_state_dict"), "optimizer_state_dict"), "param_groups");
+        if (!st && (!pgs || pgs->kind != PK_LIST))
+            st = ds_err(DSCKPT_ECORRUPT, "%s: no optimizer_state_dict.param_groups", x->toptim.path);
+        int *map = NULL;
+        if (!st) st = ds_calloc((size_t)maxsg + 2, sizeof *map, &map);
+        for (int s = 0; !st && s <= maxsg; s++) map[s] = -1;
+        for (size_t g = 0; !st && g < pgs->n; g++) {
+            pk_obj *ps = pk_get(pgs->items[g], "params");
+            for (size_t i = 0; ps && ps->kind == PK_LIST && i < ps->n; i++) {
+                int64_t v;
+                if (pk_as_int(ps->items[i], &v) && v >= 0 && v <= maxsg) map[v] = (int)g;
+            }
+        }
+        for (size_t t = 0; !st && t < sp->ntensors; t++) {
+            if (!sp->tensors[t].trainable) continue;
+            int s = sp->tensors[t].group;
+            if (s < 0 || s > maxsg || map[s] < 0)
+                st = ds_err(DSCKPT_ECORRUPT, "%s: sub-group %d of '%s' is in no param group", x->toptim.path, s,
+                            sp->tensors[t].name);
+            else pg[t] = map[s];
+        }
+        free(map);
+        pk_doc_free(d);
+        if (st) {
+            free(pg);
+            return st;
+        }
+    }
+    *pg_out = pg;
+    return DSCKPT_OK;
+}
+
+static uint64_t cfg_sub_group_size(const ds_dsw_spec *sp) {
+    if (sp->sub_group_size) return sp->sub_group_size;
+    const cJSON *z = sp->ds_config ? cJSON_GetObjectItemCaseSensitive(sp->ds_config, "zero_optimization") : NULL;
+    const cJSON *s = z ? cJSON_GetObjectItemCaseSensitive(z, "sub_group_size") : NULL;
+    if (cJSON_IsNumber(s) && s->valuedouble >= 1) return (uint64_t)s->valuedouble;
+    return 1000000000ull; /* DeepSpeed's default */
+}
+
+static dsckpt_status make_groups(dsw_ctx *x) {
+    const ds_dsw_spec *sp = x->sp;
+    int *pg = NULL;
+    DS_TRY(param_groups_of(x, &pg));
+    dsckpt_status st = DSCKPT_OK;
+    int npg = 0;
+    for (size_t t = 0; t < sp->ntensors; t++) {
+        const ds_tensor *T = &sp->tensors[t];
+        if (T->trainable && pg[t] + 1 > npg) npg = pg[t] + 1;
+        if (!T->trainable && is_param(T)) {
+            uint32_t *nf = realloc(x->frozen, (x->nfrozen + 1) * sizeof *nf);
+            if (!nf) {
+                st = ds_err(DSCKPT_ENOMEM, "out of memory");
+                goto done;
+            }
+            x->frozen = nf;
+            x->frozen[x->nfrozen++] = (uint32_t)t;
+        }
+    }
+    x->npg = (size_t)npg;
+    if (x->stage != 3) {
+        for (int g = 0; g < npg; g++) DS_TRYGOTO(new_group(x, g), done);
+        for (size_t t = 0; t < sp->ntensors; t++) {
+            if (!sp->tensors[t].trainable) continue;
+            dsw_group *G = &x->g[pg[t]];
+            DS_TRYGOTO(group_add(G, (uint32_t)t), done);
+            G->numel += sp->tensors[t].numel;
+        }
+        for (size_t g = 0; g < x->ng; g++) x->g[g].part = ds_part_flat(x->g[g].numel, x->M);
+    } else {
+        /* DeepSpeed's _create_fp16_sub_groups with partition_numel() = ceil(n/M). */
+        uint64_t sgs = cfg_sub_group_size(sp);
+        for (int g = 0; g < npg; g++) {
+            uint64_t total = 0;
+            size_t last = SIZE_MAX;
+            for (size_t t = 0; t < sp->ntensors; t++)
+                if (sp->tensors[t].trainable && pg[t] == g) {
+                    total += ds_part_piece(sp->tensors[t].numel, x->M);
+                    last = t;
+                }
+            if (last == SIZE_MAX) continue;
+            DS_TRYGOTO(new_group(x, g), done);
+            uint64_t local = 0;
+            for (size_t t = 0; t < sp->ntensors; t++) {
+                if (!sp->tensors[t].trainable || pg[t] != g) continue;
+                dsw_group *G = &x->g[x->ng - 1];
+                uint64_t q = ds_part_piece(sp->tensors[t].numel, x->M);
+                DS_TRYGOTO(group_add(G, (uint32_t)t), done);
+                G->numel += q;
+                local += q;
+                if (sgs < total && local >= sgs && t != last) {
+                    DS_TRYGOTO(new_group(x, g), done);
+                    local = 0;
+                }
+            }
+        }
+    }
+done:
+    free(pg);
+    return st;
+}
+
+/* ---- output files: stores and the pickle tree ---- */
+
+typedef struct dsw_piece {
+    ds_state s;
+    uint32_t t;
+    uint64_t start, numel, at; /* elements of the tensor's state -> element `at` of the storage */
+} dsw_piece;
+
+typedef struct dsw_store {
+    char key[32];        /* the key in the tree */
+    char newkey[24];     /* the key written */
+    bool used;
+    dsckpt_dtype dtype;
+    uint64_t numel;
+    bool from_tpl;       /* bytes copied from the template file */
+    uint64_t toff, tbytes;
+    uint8_t inl[8];      /* small inline value (0-dim step) when ninl > 0 */
+    size_t ninl;
+    dsw_piece *pieces;
+    size_t npieces;
+} dsw_store;
+
+typedef struct dsw_file {
+    const dsw_ctx *x;
+    const dsw_tpl *tpl;
+    pk_doc *doc;
+    pk_obj *root;
+    dsw_store *st;
+    size_t n, cap;
+    size_t next_new;
+    uint64_t next_gen;
+    dsckpt_status err;
+} dsw_file;
+
+static void file_clear(dsw_file *f) {
+    for (size_t i = 0; i < f->n; i++) free(f->st[i].pieces);
+    free(f->st);
+    pk_doc_free(f->doc);
+    memset(f, 0, sizeof *f);
+}
+
+static dsw_store *store_add(dsw_file *f, const char *key) {
+    if (f->n == f->cap) {
+        size_t nc = f->cap ? f->cap * 2 : 64;
+        dsw_store *ns = realloc(f->st, nc * sizeof *ns);
+        if (!ns) return NULL;
+        f->st = ns;
+        f->cap = nc;
+    }
+    dsw_store *s = &f->st[f->n++];
+    memset(s, 0, sizeof *s);
+    snprintf(s->key, sizeof s->key, "%s", key);
+    return s;
+}
+
+static const char *rename_key(void *u, const char *key) {
+    dsw_file *f = u;
+    dsw_store *s = NULL;
+    for (size_t i = 0; i < f->n && !s; i++)
+        if (!strcmp(f->st[i].key, key)) s = &f->st[i];
+    if (!s) { /* a storage of the template, copied as is */
+        char rel[64];
+        const zip_member *m = NULL;
+        if (f->tpl && strlen(key) < 40) {
+            snprintf(rel, sizeof rel, "data/%s", key);
+            m = zip_find_rel(f->tpl->zip, rel);
+        }
+        if (!m) {
+            f->err = ds_err(DSCKPT_ECORRUPT, "%s: storage '%s' has no data/%s member", f->tpl ? f->tpl->path : "output",
+                            key, key);
+            return NULL;
+        }
+        if (!(s = store_add(f, key))) {
+            f->err = ds_err(DSCKPT_ENOMEM, "out of memory");
+            return NULL;
+        }
+        s->from_tpl = true;
+        s->toff = m->data_offset;
+        s->tbytes = m->size;
+    }
+    if (!s->used) {
+        s->used = true;
+        snprintf(s->newkey, sizeof s->newkey, "%zu", f->next_new++);
+    }
+    return s->newkey;
+}
+
+#define OOM_IF(cond)                                   \
+    do {                                               \
+        if (cond) return ds_err(DSCKPT_ENOMEM, "out of memory"); \
+    } while (0)
+
+/* A new 1-D (or shaped) tensor over a fresh generated storage of `numel` elements. */
+static dsckpt_status new_tensor(dsw_file *f, dsckpt_dtype dt, uint64_t numel, int ndim, const uint64_t *shape,
+                                bool requires_grad, pk_obj **out, size_t *store) {
+    char key[32];
+    snprintf(key, sizeof key, "g%llu", (unsigned long long)f->next_gen++);
+    dsw_store *s = store_add(f, key);
+    OOM_IF(!s);
+    s->dtype = dt;
+    s->numel = numel;
+    pk_obj *o = pk_new(f->doc, PK_TENSOR);
+    OOM_IF(!o || !(o->tensor.storage_key = pk_strdup(f->doc, key)));
+    o->dtype = dt;
+    o->tensor.dtype = dt;
+    o->tensor.storage_numel = numel;
+    o->tensor.ndim = ndim;
+    int64_t stride = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        o->tensor.shape[d] = shape[d];
+        o->tensor.stride[d] = stride;
+        stride *= (int64_t)(shape[d] ? shape[d] : 1);
+    }
+    o->tensor.requires_grad = requires_grad;
+    *out = o;
+    *store = (size_t)(s - f->st);
+    return DSCKPT_OK;
+}
+
+static dsckpt_status new_vec(dsw_file *f, dsckpt_dtype dt, uint64_t numel, uint64_t len, bool rg, pk_obj **out,
+                             size_t *store) {
+    DS_TRY(new_tensor(f, dt, numel, 1, &len, rg, out, store));
+    return DSCKPT_OK;
+}
+
+static dsckpt_status add_piece(dsw_file *f, size_t store, ds_state s, uint32_t t, uint64_t start, uint64_t numel,
+                               uint64_t at) {
+    if (!numel) return DSCKPT_OK;
+    dsw_store *S = &f->st[store];
+    dsw_piece *np = realloc(S->pieces, (S->npieces + 1) * sizeof *np);
+    OOM_IF(!np);
+    S->pieces = np;
+    S->pieces[S->npieces++] = (dsw_piece){s, t, start, numel, at};
+    return DSCKPT_OK;
+}
+
+/* A copy of a template tensor (e.g. a 0-dim 'step') over a storage of its own. */
+static dsckpt_status clone_tensor(dsw_file *f, const pk_obj *src, pk_obj **out) {
+    if (!src || src->kind != PK_TENSOR) {
+        *out = (pk_obj *)src;
+        return DSCKPT_OK;
+    }
+    size_t si;
+    pk_obj *o;
+    DS_TRY(new_tensor(f, src->tensor.dtype, src->tensor.storage_numel, src->tensor.ndim, src->tensor.shape,
+                      src->tensor.requires_grad, &o, &si));
+    o->tensor.offset = src->tensor.offset;
+    memcpy(o->tensor.stride, src->tensor.stride, sizeof o->tensor.stride);
+    char rel[64];
+    snprintf(rel, sizeof rel, "data/%s", src->tensor.storage_key);
+    const zip_member *m = f->tpl ? zip_find_rel(f->tpl->zip, rel) : NULL;
+    if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: storage '%s' is missing", f->tpl ? f->tpl->path : "template", rel);
+    f->st[si].from_tpl = true;
+    f->st[si].toff = m->data_offset;
+    f->st[si].tbytes = m->size;
+    *out = o;
+    return DSCKPT_OK;
+}
+
+/* ---- small tree constructors ---- */
+
+static pk_obj *S(dsw_file *f, const char *s) { return pk_new_str(f->doc, s); }
+static pk_obj *I(dsw_file *f, int64_t v) { return pk_new_int(f->doc, v); }
+
+static dsckpt_status dset(dsw_file *f, pk_obj *d, const char *k, pk_obj *v) {
+    OOM_IF(!v || !pk_dict_set(f->doc, d, S(f, k), v));
+    return DSCKPT_OK;
+}
+
+static pk_obj *odict(dsw_file *f) {
+    pk_obj *o = pk_new(f->doc, PK_DICT);
+    if (o) {
+        o->ordered = true;
+        o->module = pk_strdup(f->doc, "collections");
+        o->name = pk_strdup(f->doc, "OrderedDict");
+    }
+    return o;
+}
+
+static pk_obj *size_obj(dsw_file *f, const ds_tensor *t) {
+    pk_obj *o = pk_new(f->doc, PK_SIZE);
+    for (int d = 0; o && d < t->ndim; d++)
+        if (!pk_list_append(f->doc, o, I(f, (int64_t)t->shape[d]))) return NULL;
+    return o;
+}
+
+static pk_obj *frag_addr(dsw_file *f, uint64_t numel, uint64_t start) {
+    pk_obj *o = pk_new(f->doc, PK_OBJECT), *st = pk_new(f->doc, PK_DICT);
+    if (!o || !st) return NULL;
+    o->module = pk_strdup(f->doc, "deepspeed.utils.tensor_fragment");
+    o->name = pk_strdup(f->doc, "fragment_address");
+    o->newobj = true;
+    o->args = pk_new(f->doc, PK_TUPLE);
+    if (!o->args || !pk_dict_set(f->doc, st, S(f, "numel"), I(f, (int64_t)numel)) ||
+        !pk_dict_set(f->doc, st, S(f, "start"), I(f, (int64_t)start)))
+        return NULL;
+    o->state = st;
+    return o;
+}
+
+static pk_obj *from_json(dsw_file *f, const cJSON *j, int depth) {
+    if (!j || depth > 64) return pk_new(f->doc, PK_NONE);
+    if (cJSON_IsBool(j)) return pk_new_bool(f->doc, cJSON_IsTrue(j));
+    if (cJSON_IsNumber(j)) {
+        double v = j->valuedouble;
+        if (v == (double)(int64_t)v && v > -9.0e15 && v < 9.0e15) return I(f, (int64_t)v);
+        return pk_new_float(f->doc, v);
+    }
+    if (cJSON_IsString(j)) return S(f, j->valuestring);
+    if (cJSON_IsArray(j) || cJSON_IsObject(j)) {
+        pk_obj *o = pk_new(f->doc, cJSON_IsArray(j) ? PK_LIST : PK_DICT);
+        if (!o) return NULL;
+        for (const cJSON *c = j->child; c; c = c->next) {
+            pk_obj *v = from_json(f, c, depth + 1);
+            if (!v) return NULL;
+            if (cJSON_IsArray(j) ? !pk_list_append(f->doc, o, v) : !pk_dict_set(f->doc, o, S(f, c->string), v))
+                return NULL;
+        }
+        return o;
+    }
+    return pk_new(f->doc, PK_NONE);
+}
+
+/* ---- synthesized files (no template) ---- */
+
+static double hp(const ds_dsw_spec *sp, size_t g, const char *key, int idx, double dflt) {
+    const cJSON *o = sp->state ? cJSON_GetObjectItemCaseSensitive(sp->state, "optimizer") : NULL;
+    const cJSON *pgs = o ? cJSON_GetObjectItemCaseSensitive(o, "param_groups") : NULL;
+    const cJSON *pg = cJSON_GetArrayItem(pgs, (int)g);
+    const cJSON *v = pg ? cJSON_GetObjectItemCaseSensitive(pg, key) : NULL;
+    if (idx >= 0) v = cJSON_GetArrayItem(v, idx);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+static dsckpt_status synth_model_root(dsw_file *f, int rank) {
+    const dsw_ctx *x = f->x;
+    const ds_dsw_spec *sp = x->sp;
+    pk_obj *root = pk_new(f->doc, PK_DICT), *module = odict(f), *bufs = pk_new(f->doc, PK_LIST);
+    OOM_IF(!root || !module || !bufs);
+    /* module: 16-bit weights (stages 1/2) or zero-element placeholders (stage 3);
+     * buffers real everywhere; tied aliases share their owner's storage. */
+    for (size_t t = 0; t < sp->ntensors; t++) {
+        const ds_tensor *T = &sp->tensors[t];
+        pk_obj *o;
+        size_t si;
+        bool placeholder = x->stage == 3 && is_param(T);
+        dsckpt_dtype dt = T->trainable ? sp->model_dtype : T->dtype;
+        uint64_t zero = 0;
+        if (placeholder) DS_TRY(new_tensor(f, dt, 0, 1, &zero, false, &o, &si));
+        else {
+            DS_TRY(new_tensor(f, dt, T->numel, T->ndim, T->shape, false, &o, &si));
+            DS_TRY(add_piece(f, si, T->trainable ? DS_ST_FP32 : DS_ST_W16, (uint32_t)t, 0, T->numel, 0));
+        }
+        DS_TRY(dset(f, module, T->name, o));
+        if (T->buffer) OOM_IF(!pk_list_append(f->doc, bufs, S(f, T->name)));
+        for (size_t a = 0; a < T->naliases; a++) {
+            pk_obj *al = pk_new(f->doc, PK_TENSOR);
+            OOM_IF(!al);
+            al->tensor = o->tensor;
+            al->dtype = o->dtype;
+            DS_TRY(dset(f, module, T->aliases[a], al));
+        }
+    }
+    DS_TRY(dset(f, root, "module", module));
+    DS_TRY(dset(f, root, "buffer_names", bufs));
+    DS_TRY(dset(f, root, "optimizer", pk_new(f->doc, PK_NONE)));
+    DS_TRY(dset(f, root, "param_shapes", pk_new(f->doc, PK_LIST))); /* filled by edit_model */
+    if (x->stage >= 2) {
+        pk_obj *fs = odict(f), *ff = odict(f);
+        OOM_IF(!fs || !ff);
+        for (size_t i = 0; i < x->nfrozen; i++) {
+            const ds_tensor *T = &sp->tensors[x->frozen[i]];
+            DS_TRY(dset(f, fs, T->name, size_obj(f, T)));
+            DS_TRY(dset(f, ff, T->name, pk_new(f->doc, PK_NONE))); /* filled by edit_model */
+        }
+        DS_TRY(dset(f, root, "frozen_param_shapes", fs));
+        pk_obj *sh = pk_new(f->doc, PK_DICT);
+        OOM_IF(!sh);
+        for (size_t t = 0; t < sp->ntensors && (x->stage != 3 || rank == 0); t++)
+            for (size_t a = 0; a < sp->tensors[t].naliases; a++)
+                DS_TRY(dset(f, sh, sp->tensors[t].aliases[a], S(f, sp->tensors[t].name)));
+        DS_TRY(dset(f, root, "shared_params", sh));
+        DS_TRY(dset(f, root, "frozen_param_fragments", ff));
+    } else {
+        DS_TRY(dset(f, root, "frozen_param_shapes", pk_new(f->doc, PK_NONE)));
+        pk_obj *sh = pk_new(f->doc, PK_DICT);
+        OOM_IF(!sh);
+        for (size_t t = 0; t < sp->ntensors; t++)
+            for (size_t a = 0; a < sp->tensors[t].naliases; a++)
+                DS_TRY(dset(f, sh, sp->tensors[t].aliases[a], S(f, sp->tensors[t].name)));
+        DS_TRY(dset(f, root, "shared_params", sh));
+        DS_TRY(dset(f, root, "frozen_param_fragments", pk_new(f->doc, PK_NONE)));
+    }
+    DS_TRY(dset(f, root, "lr_scheduler", pk_new(f->doc, PK_NONE)));
+    DS_TRY(dset(f, root, "data_sampler", pk_new(f->doc, PK_NONE)));
+    DS_TRY(dset(f, root, "random_ltd", pk_new(f->doc, PK_NONE)));
+    pk_obj *set = pk_new(f->doc, PK_SET);
+    OOM_IF(!set);
+    DS_TRY(dset(f, root, "sparse_tensor_module_names", set));
+    DS_TRY(dset(f, root, "skipped_steps", I(f, 0)));
+    DS_TRY(dset(f, root, "global_steps", I(f, sp->step)));
+    const cJSON *tbs = sp->ds_config ? cJSON_GetObjectItemCaseSensitive(sp->ds_config, "train_batch_size") : NULL;
+    DS_TRY(dset(f, root, "global_samples", I(f, sp->step * (cJSON_IsNumber(tbs) ? (int64_t)tbs->valuedouble : 1))));
+    DS_TRY(dset(f, root, "dp_world_size", I(f, x->M)));
+    DS_TRY(dset(f, root, "mp_world_size", I(f, 1)));
+    DS_TRY(dset(f, root, "ds_config", sp->ds_config ? from_json(f, sp->ds_config, 0) : pk_new(f->doc, PK_DICT)));
+    DS_TRY(dset(f, root, "ds_version", S(f, DSW_VERSION)));
+    f->root = root;
+    return DSCKPT_OK;
+}
+
+static pk_obj *loss_scaler(dsw_file *f) {
+    pk_obj *o = pk_new(f->doc, PK_OBJECT), *st = pk_new(f->doc, PK_DICT);
+    if (!o || !st) return NULL;
+    bool dyn = f->x->sp->model_dtype == DSCKPT_F16;
+    o->module = pk_strdup(f->doc, "deepspeed.runtime.fp16.loss_scaler");
+    o->name = pk_strdup(f->doc, dyn ? "DynamicLossScaler" : "LossScaler");
+    o->newobj = true;
+    o->args = pk_new(f->doc, PK_TUPLE);
+    if (!o->args) return NULL;
+    bool ok = pk_dict_set(f->doc, st, S(f, "cur_scale"), pk_new_float(f->doc, dyn ? 65536.0 : 1.0));
+    if (dyn) {
+        ok = ok && pk_dict_set(f->doc, st, S(f, "cur_iter"), I(f, f->x->sp->step)) &&
+             pk_dict_set(f->doc, st, S(f, "last_overflow_iter"), I(f, -1)) &&
+             pk_dict_set(f->doc, st, S(f, "scale_factor"), pk_new_float(f->doc, 2.0)) &&
+             pk_dict_set(f->doc, st, S(f, "scale_window"), I(f, 1000)) &&
+             pk_dict_set(f->doc, st, S(f, "min_scale"), pk_new_float(f->doc, 1.0)) &&
+             pk_dict_set(f->doc, st, S(f, "delayed_shift"), I(f, 2)) &&
+             pk_dict_set(f->doc, st, S(f, "cur_hysteresis"), I(f, 2)) &&
+             pk_dict_set(f->doc, st, S(f, "consecutive_hysteresis"), pk_new_bool(f->doc, false)) &&
+             pk_dict_set(f->doc, st, S(f, "raise_error_at_min_scale"), pk_new_bool(f->doc, true));
+    }
+    ok = ok && pk_dict_set(f->doc, st, S(f, "dynamic"), pk_new_bool(f->doc, dyn));
+    if (dyn && ok) {
+        pk_obj *dt = pk_new(f->doc, PK_DTYPE);
+        if (!dt) return NULL;
+        dt->dtype = DSCKPT_F16;
+        ok = pk_dict_set(f->doc, st, S(f, "dtype"), dt);
+    }
+    if (!ok) return NULL;
+    o->state = st;
+    return o;
+}
+
+/* A 0-dim float32 'step' tensor, as torch.optim.AdamW keeps it. */
+static dsckpt_status step_tensor(dsw_file *f, pk_obj **out) {
+    size_t si;
+    DS_TRY(new_tensor(f, DSCKPT_F32, 1, 0, NULL, false, out, &si));
+    float v = (float)f->x->sp->step;
+    memcpy(f->st[si].inl, &v, 4);
+    f->st[si].ninl = 4;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status synth_optim_root(dsw_file *f) {
+    const dsw_ctx *x = f->x;
+    const ds_dsw_spec *sp = x->sp;
+    pk_obj *root = pk_new(f->doc, PK_DICT), *osd = pk_new(f->doc, PK_DICT);
+    pk_obj *inner = pk_new(f->doc, PK_DICT), *state = pk_new(f->doc, PK_DICT), *pgs = pk_new(f->doc, PK_LIST);
+    OOM_IF(!root || !osd || !inner || !state || !pgs);
+    pk_obj *enm = NULL;
+    if (!x->bf16_opt) {
+        static const char *const names[] = {"disabled", "optimizer_states", "gradients", "weights"};
+        OOM_IF(!(enm = pk_new(f->doc, PK_ENUM)));
+        enm->module = pk_strdup(f->doc, "deepspeed.runtime.zero.config");
+        enm->name = pk_strdup(f->doc, "ZeroStageEnum");
+        enm->member = pk_strdup(f->doc, names[x->stage]);
+        enm->i = x->stage;
+        OOM_IF(!enm->module || !enm->name || !enm->member);
+    }
+    if (x->stage == 3) DS_TRY(dset(f, osd, "zero_stage", enm));
+    DS_TRY(dset(f, osd, "loss_scaler", loss_scaler(f)));
+    DS_TRY(dset(f, osd, "dynamic_loss_scale", pk_new_bool(f->doc, sp->model_dtype == DSCKPT_F16)));
+    DS_TRY(dset(f, osd, "overflow", pk_new_bool(f->doc, false)));
+    const cJSON *clip = sp->ds_config ? cJSON_GetObjectItemCaseSensitive(sp->ds_config, "gradient_clipping") : NULL;
+    if (x->stage != 3) DS_TRY(dset(f, osd, "clip_grad", pk_new_float(f->doc, cJSON_IsNumber(clip) ? clip->valuedouble : 0.0)));
+    /* torch AdamW state_dict: one state per flat group (sub-group at stage 3). */
+    for (size_t g = 0; g < x->ng; g++) {
+        pk_obj *e = pk_new(f->doc, PK_DICT), *stp;
+        OOM_IF(!e);
+        DS_TRY(step_tensor(f, &stp));
+        DS_TRY(dset(f, e, "step", stp));
+        DS_TRY(dset(f, e, "exp_avg", pk_new(f->doc, PK_NONE)));
+        DS_TRY(dset(f, e, "exp_avg_sq", pk_new(f->doc, PK_NONE)));
+        OOM_IF(!pk_dict_set(f->doc, state, I(f, (int64_t)g), e));
+    }
+    for (size_t g = 0; g < x->npg; g++) {
+        pk_obj *p = pk_new(f->doc, PK_DICT), *betas = pk_new(f->doc, PK_TUPLE);
+        OOM_IF(!p || !betas);
+        OOM_IF(!pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 0, 0.9))) ||
+               !pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 1, 0.999))));
+        DS_TRY(dset(f, p, "weight_decay", pk_new_float(f->doc, hp(sp, g, "weight_decay", -1, 0.01))));
+        DS_TRY(dset(f, p, "lr", pk_new_float(f->doc, hp(sp, g, "lr", -1, 1e-3))));
+        DS_TRY(dset(f, p, "betas", betas));
+        DS_TRY(dset(f, p, "eps", pk_new_float(f->doc, hp(sp, g, "eps", -1, 1e-8))));
+        DS_TRY(dset(f, p, "amsgrad", pk_new_bool(f->doc, false)));
+        DS_TRY(dset(f, p, "foreach", pk_new(f->doc, PK_NONE)));
+        DS_TRY(dset(f, p, "maximize", pk_new_bool(f->doc, false)));
+        DS_TRY(dset(f, p, "capturable", pk_new_bool(f->doc, false)));
+        DS_TRY(dset(f, p, "params", pk_new(f->doc, PK_LIST))); /* filled by edit_optim */
+        OOM_IF(!pk_list_append(f->doc, pgs, p));
+    }
+    DS_TRY(dset(f, inner, "state", state));
+    DS_TRY(dset(f, inner, "param_groups", pgs));
+    if (x->stage == 3) {
+        DS_TRY(dset(f, osd, "partition_count", I(f, x->M)));
+        DS_TRY(dset(f, osd, "optimizer_state_dict", inner));
+        DS_TRY(dset(f, osd, "fp32_flat_groups", pk_new(f->doc, PK_LIST)));
+    } else {
+        DS_TRY(dset(f, osd, "base_optimizer_state", inner));
+        DS_TRY(dset(f, osd, "single_partition_of_fp32_groups", pk_new(f->doc, PK_LIST)));
+        if (enm) DS_TRY(dset(f, osd, "zero_stage", enm));
+        DS_TRY(dset(f, osd, "group_paddings", pk_new(f->doc, PK_LIST)));
+        DS_TRY(dset(f, osd, "partition_count", pk_new(f->doc, PK_LIST)));
+        DS_TRY(dset(f, osd, "ds_version", S(f, DSW_VERSION)));
+        DS_TRY(dset(f, osd, "param_slice_mappings", pk_new(f->doc, PK_LIST)));
+    }
+    DS_TRY(dset(f, root, "optimizer_state_dict", osd));
+    DS_TRY(dset(f, root, "ds_config", sp->ds_config ? from_json(f, sp->ds_config, 0) : pk_new(f->doc, PK_DICT)));
+    DS_TRY(dset(f, root, "ds_version", S(f, DSW_VERSION)));
+    f->root = root;
+    return DSCKPT_OK;
+}
+
+/* ---- per-rank edits (template or synthesized tree alike) ---- */
+
+static pk_obj *need(const dsw_file *f, const pk_obj *d, const char *key, pk_kind kind, dsckpt_status *st) {
+    pk_obj *o = pk_get(d, key);
+    if (!o || o->kind != kind) {
+        *st = ds_err(DSCKPT_ECORRUPT, "%s: '%s' is missing or not a %s", f->tpl ? f->tpl->path : "template", key,
+                     pk_kind_name(kind));
+        return NULL;
+    }
+    return o;
+}
+
+/* Resets a list to n slots (values set by the caller). */
+static dsckpt_status list_reset(dsw_file *f, pk_obj *l, size_t n) {
+    l->n = 0;
+    for (size_t i = 0; i < n; i++) OOM_IF(!pk_list_append(f->doc, l, pk_new(f->doc, PK_NONE)));
+    return DSCKPT_OK;
+}
+
+static pk_obj *find_size(const pk_obj *shapes_list, const char *name) {
+    for (size_t g = 0; shapes_list && g < shapes_list->n; g++) {
+        pk_obj *v = pk_get(shapes_list->items[g], name);
+        if (v) return v;
+    }
+    return NULL;
+}
+
+static dsckpt_status edit_model(dsw_file *f, int rank) {
+    const dsw_ctx *x = f->x;
+    const ds_dsw_spec *sp = x->sp;
+    dsckpt_status st = DSCKPT_OK;
+    DS_TRY(dset(f, f->root, "dp_world_size", I(f, x->M)));
+    pk_obj *shapes = need(f, f->root, "param_shapes", PK_LIST, &st);
+    if (!shapes) return st;
+    if (x->stage == 3 || !x->have_tpl) {
+        /* One OrderedDict of torch.Size per flat group (sub-group at stage 3). */
+        pk_obj *old = pk_new(f->doc, PK_LIST);
+        OOM_IF(!old);
+        for (size_t i = 0; i < shapes->n; i++) OOM_IF(!pk_list_append(f->doc, old, shapes->items[i]));
+        shapes->n = 0;
+        for (size_t g = 0; g < x->ng; g++) {
+            pk_obj *d = odict(f);
+            OOM_IF(!d);
+            for (size_t k = 0; k < x->g[g].n; k++) {
+                const ds_tensor *T = &sp->tensors[x->g[g].t[k]];
+                pk_obj *sz = find_size(old, T->name);
+                DS_TRY(dset(f, d, T->name, sz ? sz : size_obj(f, T)));
+            }
+            OOM_IF(!pk_list_append(f->doc, shapes, d));
+        }
+    }
+    if (x->stage == 3) {
+        if (rank > 0) {
+            pk_obj *sh = pk_new(f->doc, PK_DICT);
+            OOM_IF(!sh);
+            DS_TRY(dset(f, f->root, "shared_params", sh));
+        }
+        pk_obj *ff = pk_get(f->root, "frozen_param_fragments");
+        for (size_t i = 0; i < x->nfrozen; i++) {
+            uint32_t t = x->frozen[i];
+            const ds_tensor *T = &sp->tensors[t];
+            if (!ff || ff->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: frozen_param_fragments is missing",
+                                                          f->tpl ? f->tpl->path : "template");
+            uint64_t q = ds_part_piece(T->numel, x->M), s0, cnt;
+            ds_part_real(q, rank, T->numel, &s0, &cnt);
+            pk_obj *o;
+            size_t si;
+            DS_TRY(new_vec(f, T->dtype, q, q, false, &o, &si));
+            DS_TRY(add_piece(f, si, DS_ST_W16, t, s0, cnt, 0));
+            DS_TRY(dset(f, ff, T->name, o));
+        }
+    } else if (x->stage == 2 && !x->have_tpl) {
+        pk_obj *ff = pk_get(f->root, "frozen_param_fragments");
+        for (size_t i = 0; i < x->nfrozen; i++) {
+            uint32_t t = x->frozen[i];
+            const ds_tensor *T = &sp->tensors[t];
+            pk_obj *o;
+            size_t si;
+            DS_TRY(new_tensor(f, T->dtype, T->numel, T->ndim, T->shape, false, &o, &si));
+            DS_TRY(add_piece(f, si, DS_ST_W16, t, 0, T->numel, 0));
+            DS_TRY(dset(f, ff, T->name, o));
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* Stage 1/2 rank r of group g: the tensors intersecting [r*P, (r+1)*P). */
+static dsckpt_status flat_pieces(dsw_file *f, const dsw_group *G, int r, size_t store, ds_state s) {
+    uint64_t lo = (uint64_t)r * G->part.part, hi = lo + G->part.part, pos = 0;
+    for (size_t k = 0; k < G->n; k++) {
+        uint64_t n = f->x->sp->tensors[G->t[k]].numel;
+        uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + n, hi);
+        if (a < b) DS_TRY(add_piece(f, store, s, G->t[k], a - pos, b - a, a - lo));
+        pos += n;
+    }
+    return DSCKPT_OK;
+}
+
+static dsckpt_status stage3_pieces(dsw_file *f, const dsw_group *G, int r, size_t store, ds_state s) {
+    uint64_t pos = 0;
+    for (size_t k = 0; k < G->n; k++) {
+        uint64_t n = f->x->sp->tensors[G->t[k]].numel, q = ds_part_piece(n, f->x->M), s0, cnt;
+        ds_part_real(q, r, n, &s0, &cnt);
+        DS_TRY(add_piece(f, store, s, G->t[k], s0, cnt, pos));
+        pos += q;
+    }
+    return DSCKPT_OK;
+}
+
+static dsckpt_status edit_optim(dsw_file *f, int r) {
+    const dsw_ctx *x = f->x;
+    const ds_dsw_spec *sp = x->sp;
+    dsckpt_status st = DSCKPT_OK;
+    pk_obj *osd = need(f, f->root, "optimizer_state_dict", PK_DICT, &st);
+    if (!osd) return st;
+    bool s3 = x->stage == 3;
+    pk_obj *inner = need(f, osd, s3 ? "optimizer_state_dict" : "base_optimizer_state", PK_DICT, &st);
+    pk_obj *state = inner ? need(f, inner, "state", PK_DICT, &st) : NULL;
+    pk_obj *pgs = inner ? need(f, inner, "param_groups", PK_LIST, &st) : NULL;
+    pk_obj *fp32 = need(f, osd, s3 ? "fp32_flat_groups" : "single_partition_of_fp32_groups", PK_LIST, &st);
+    if (!state || !pgs || !fp32) return st;
+    pk_obj *st0 = pk_get_int_key(state, 0);
+    if (!st0 || st0->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: optimizer state 0 is missing",
+                                                    f->tpl ? f->tpl->path : "template");
+    /* Template requires_grad flag of the fp32 partitions (True in DeepSpeed's files). */
+    bool rg = fp32->n && fp32->items[0]->kind == PK_TENSOR ? fp32->items[0]->tensor.requires_grad : true;
+    DS_TRY(list_reset(f, fp32, x->ng));
+    pk_obj *nstate = pk_new(f->doc, PK_DICT);
+    OOM_IF(!nstate);
+    for (size_t g = 0; g < x->ng; g++) {
+        const dsw_group *G = &x->g[g];
+        uint64_t len = s3 ? G->numel : G->part.part;
+        uint64_t shown = len; /* stripped of this rank's padding for DeepSpeedZeroOptimizer */
+        if (!s3 && !x->bf16_opt) shown = len - ds_part_flat_padding(G->part, r);
+        size_t si;
+        DS_TRY(new_vec(f, DSCKPT_F32, len, shown, rg, &fp32->items[g], &si));
+        DS_TRY(s3 ? stage3_pieces(f, G, r, si, DS_ST_FP32) : flat_pieces(f, G, r, si, DS_ST_FP32));
+        /* This group's Adam state: the template's entry (same group at stages 1/2,
+         * entry 0 for new stage-3 sub-groups), moments rebuilt, step cloned. */
+        pk_obj *tmpl = pk_get_int_key(state, s3 && x->have_tpl ? 0 : (int64_t)g);
+        if (!tmpl || tmpl->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: no optimizer state for group %zu",
+                                                          f->tpl ? f->tpl->path : "template", g);
+        pk_obj *e = pk_new(f->doc, PK_DICT);
+        OOM_IF(!e);
+        for (size_t k = 0; k < tmpl->n; k++) {
+            const char *key = pk_as_str(tmpl->keys[k]);
+            pk_obj *v = tmpl->items[k];
+            if (key && (!strcmp(key, "exp_avg") || !strcmp(key, "exp_avg_sq"))) {
+                ds_state s = !strcmp(key, "exp_avg") ? DS_ST_EXP_AVG : DS_ST_EXP_AVG_SQ;
+                DS_TRY(new_vec(f, DSCKPT_F32, len, len, false, &v, &si));
+                DS_TRY(s3 ? stage3_pieces(f, G, r, si, s) : flat_pieces(f, G, r, si, s));
+            } else if (v->kind == PK_TENSOR && s3 && x->have_tpl) {
+                DS_TRY(clone_tensor(f, v, &v)); /* each sub-group its own step tensor */
+            }
+            OOM_IF(!pk_dict_set(f->doc, e, tmpl->keys[k], v));
+        }
+        OOM_IF(!pk_dict_set(f->doc, nstate, I(f, (int64_t)g), e));
+    }
+    DS_TRY(dset(f, inner, "state", nstate));
+    /* param_groups[pg]['params']: the flat groups (sub-groups) of each param group. */
+    if (pgs->n != x->npg && (s3 || !x->have_tpl))
+        return ds_err(DSCKPT_ECORRUPT, "%s: %zu optimizer param groups, the tensors name %zu",
+                      f->tpl ? f->tpl->path : "template", pgs->n, x->npg);
+    for (size_t p = 0; p < pgs->n && (s3 || !x->have_tpl); p++) {
+        pk_obj *l = pk_new(f->doc, PK_LIST);
+        OOM_IF(!l);
+        for (size_t g = 0; g < x->ng; g++)
+            if ((size_t)x->g[g].pgroup == p) OOM_IF(!pk_list_append(f->doc, l, I(f, (int64_t)g)));
+        OOM_IF(!pgs->items[p] || pgs->items[p]->kind != PK_DICT);
+        DS_TRY(dset(f, pgs->items[p], "params", l));
+    }
+    if (s3) return dset(f, osd, "partition_count", I(f, x->M));
+
+    pk_obj *pads = pk_get(osd, "group_paddings"), *pc = pk_get(osd, "partition_count");
+    pk_obj *psm = pk_get(osd, "param_slice_mappings");
+    if (pads && pads->kind == PK_LIST) {
+        DS_TRY(list_reset(f, pads, x->ng));
+        for (size_t g = 0; g < x->ng; g++) {
+            const dsw_group *G = &x->g[g];
+            uint64_t pad = x->bf16_opt ? (r == x->M - 1 ? G->part.padded - G->part.numel : 0)
+                                       : ds_part_flat_padding(G->part, r);
+            OOM_IF(!(pads->items[g] = I(f, (int64_t)pad)));
+        }
+    }
+    if (pc && pc->kind == PK_LIST) {
+        DS_TRY(list_reset(f, pc, x->ng));
+        for (size_t g = 0; g < x->ng; g++) OOM_IF(!(pc->items[g] = I(f, x->M)));
+    } else DS_TRY(dset(f, osd, "partition_count", I(f, x->M)));
+    if (psm && psm->kind == PK_LIST) {
+        DS_TRY(list_reset(f, psm, x->ng));
+        for (size_t g = 0; g < x->ng; g++) {
+            const dsw_group *G = &x->g[g];
+            pk_obj *d = odict(f);
+            OOM_IF(!d);
+            uint64_t lo = (uint64_t)r * G->part.part, hi = lo + G->part.part, pos = 0;
+            for (size_t k = 0; k < G->n; k++) {
+                const ds_tensor *T = &sp->tensors[G->t[k]];
+                uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + T->numel, hi);
+                if (a < b) DS_TRY(dset(f, d, T->name, frag_addr(f, b - a, a - lo)));
+                pos += T->numel;
+            }
+            psm->items[g] = d;
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* ---- writing one .pt file ---- */
+
+typedef struct dsw_bufs {
+    float *f32;
+    uint8_t *out;
+} dsw_bufs;
+
+static dsckpt_status write_store(dsw_file *f, const dsw_store *s, zip_writer *zw, dsw_bufs *b, int worker,
+                                 ds_progress *prog) {
+    const ds_dsw_spec *sp = f->x->sp;
+    if (s->from_tpl) {
+        uint64_t done = 0;
+        while (done < s->tbytes) {
+            size_t n = (size_t)DS_MIN(s->tbytes - done, (uint64_t)DSW_CHUNK * 4);
+            DS_TRY(ds_pread_full(f->tpl->fd, b->out, n, s->toff + done, f->tpl->path));
+            DS_TRY(zip_writer_write(zw, b->out, n));
+            done += n;
+        }
+        return DSCKPT_OK;
+    }
+    if (s->ninl) return zip_writer_write(zw, s->inl, s->ninl);
+    size_t es = dsckpt_dtype_size(s->dtype);
+    uint64_t pos = 0;
+    for (size_t i = 0; i < s->npieces; i++) {
+        const dsw_piece *p = &s->pieces[i];
+        if (p->at < pos || p->at + p->numel > s->numel) return ds_err(DSCKPT_EINTERNAL, "overlapping storage pieces");
+        DS_TRY(zip_writer_write_zeros(zw, (p->at - pos) * es));
+        const ds_tensor *T = &sp->tensors[p->t];
+        dsckpt_dtype have = p->s == DS_ST_W16 ? T->dtype : DSCKPT_F32;
+        for (uint64_t off = 0; off < p->numel; off += DSW_CHUNK) {
+            size_t n = (size_t)DS_MIN(p->numel - off, (uint64_t)DSW_CHUNK);
+            if (have == s->dtype) {
+                DS_TRY(sp->fill(sp->fill_user, p->s, p->t, p->start + off, n, b->out, worker));
+            } else if (have == DSCKPT_F32 && (s->dtype == DSCKPT_BF16 || s->dtype == DSCKPT_F16)) {
+                DS_TRY(sp->fill(sp->fill_user, p->s, p->t, p->start + off, n, b->f32, worker));
+                if (s->dtype == DSCKPT_BF16) ds_cast_f32_to_bf16(b->f32, (uint16_t *)b->out, n);
+                else ds_cast_f32_to_f16(b->f32, (uint16_t *)b->out, n);
+            } else {
+                return ds_err(DSCKPT_EUNSUPPORTED, "tensor '%s' is stored as %s, cannot write it as %s", T->name,
+                              dsckpt_dtype_name(have), dsckpt_dtype_name(s->dtype));
+            }
+            DS_TRY(zip_writer_write(zw, b->out, n * es));
+            ds_progress_add(prog, n * es);
+        }
+        pos = p->at + p->numel;
+    }
+    return zip_writer_write_zeros(zw, (s->numel - pos) * es);
+}
+
+static int cmp_newkey(const void *a, const void *b) {
+    const dsw_store *x = *(const dsw_store *const *)a, *y = *(const dsw_store *const *)b;
+    return strcmp(x->newkey, y->newkey);
+}
+
+static int cmp_piece(const void *a, const void *b) {
+    const dsw_piece *x = a, *y = b;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+static dsckpt_status write_pt(dsw_file *f, const char *dir, const char *name, dsw_bufs *b, int worker,
+                              ds_progress *prog) {
+    uint8_t *pkl = NULL;
+    size_t pkl_len = 0;
+    char *path = NULL, *prefix = NULL;
+    const dsw_store **order = NULL;
+    ds_stream *s = NULL;
+    zip_writer *zw = NULL;
+    dsckpt_status st = pk_serialize_ex(f->root, rename_key, f, &pkl, &pkl_len);
+    if (f->err) st = f->err;
+    if (st) goto done;
+    if (!(path = ds_join(dir, name)) || !(prefix = ds_strdup(name))) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    char *dot = strrchr(prefix, '.');
+    if (dot) *dot = '\0';
+    DS_TRYGOTO(ds_calloc(f->n ? f->n : 1, sizeof *order, &order), done);
+    size_t nu = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        if (!f->st[i].used) continue;
+        qsort(f->st[i].pieces, f->st[i].npieces, sizeof *f->st[i].pieces, cmp_piece);
+        order[nu++] = &f->st[i];
+    }
+    qsort(order, nu, sizeof *order, cmp_newkey); /* torch 1.x: members in name order */
+    DS_TRYGOTO(ds_stream_create(path, 0, &s), done);
+    DS_TRYGOTO(zip_writer_new(s, prefix, &zw), done);
+    uint64_t off;
+    DS_TRYGOTO(zip_writer_begin(zw, "data.pkl", pkl_len, &off), done);
+    DS_TRYGOTO(zip_writer_write(zw, pkl, pkl_len), done);
+    DS_TRYGOTO(zip_writer_end(zw), done);
+    for (size_t i = 0; i < nu; i++) {
+        const dsw_store *d = order[i];
+        uint64_t bytes = d->from_tpl ? d->tbytes : d->ninl ? d->ninl : d->numel * dsckpt_dtype_size(d->dtype);
+        char rel[40];
+        snprintf(rel, sizeof rel, "data/%s", d->newkey);
+        DS_TRYGOTO(zip_writer_begin(zw, rel, bytes, &off), done);
+        DS_TRYGOTO(write_store(f, d, zw, b, worker, prog), done);
+        DS_TRYGOTO(zip_writer_end(zw), done);
+    }
+    DS_TRYGOTO(zip_writer_begin(zw, "version", 2, &off), done);
+    DS_TRYGOTO(zip_writer_write(zw, "3\n", 2), done);
+    DS_TRYGOTO(zip_writer_end(zw), done);
+    DS_TRYGOTO(zip_writer_finish(zw), done);
+    st = ds_stream_finish(s, NULL);
+    s = NULL;
+done:
+    zip_writer_free(zw);
+    ds_stream_abort(s);
+    free(pkl);
+    free(path);
+    free(prefix);
+    free(order);
+    return st;
+}
+
+/* ---- jobs: one per output file ---- */
+
+typedef struct dsw_run {
+    dsw_ctx *x;
+    const char *dir;
+    ds_progress *prog;
+    size_t nmodel; /* jobs [0, nmodel) are model-states files, then one optimizer file per rank */
+} dsw_run;
+
+static dsckpt_status job(void *u, size_t j, int worker) {
+    dsw_run *R = u;
+    dsw_ctx *x = R->x;
+    dsw_file f = {.x = x};
+    dsw_bufs b = {0};
+    char name[128];
+    bool model = j < R->nmodel;
+    int rank = (int)(model ? j : j - R->nmodel);
+    dsckpt_status st;
+    if (x->have_tpl) {
+        f.tpl = model ? &x->tmodel : &x->toptim;
+        st = tpl_parse(f.tpl, &f.doc, &f.root);
+    } else {
+        f.doc = pk_doc_new();
+        st = f.doc ? (model ? synth_model_root(&f, rank) : synth_optim_root(&f)) : ds_err(DSCKPT_ENOMEM, "out of memory");
+    }
+    if (!st) st = model ? edit_model(&f, rank) : edit_optim(&f, rank);
+    if (model) {
+        if (x->stage == 3) snprintf(name, sizeof name, "zero_pp_rank_%d_mp_rank_00_model_states.pt", rank);
+        else snprintf(name, sizeof name, "mp_rank_00_model_states.pt");
+    } else {
+        snprintf(name, sizeof name, "%szero_pp_rank_%d_mp_rank_00_optim_states.pt", x->optim_prefix, rank);
+    }
+    if (!st && (!(b.f32 = malloc((size_t)DSW_CHUNK * 4)) || !(b.out = malloc((size_t)DSW_CHUNK * 4))))
+        st = ds_err(DSCKPT_ENOMEM, "out of memory");
+    if (!st) st = write_pt(&f, R->dir, name, &b, worker, R->prog);
+    if (st) ds_err_prefix(st, "writing %s", name);
+    free(b.f32);
+    free(b.out);
+    file_clear(&f);
+    return st;
+}
+
+static dsckpt_status find_templates(dsw_ctx *x) {
+    const char *dir = x->sp->template_dir;
+    const char *model = x->stage == 3 ? "zero_pp_rank_0_mp_rank_00_model_states.pt" : "mp_rank_00_model_states.pt";
+    DS_TRY(tpl_open(dir, model, &x->tmodel));
+    char *p = ds_join(dir, "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt");
+    if (!p) return DSCKPT_ENOMEM;
+    bool bf16 = ds_exists(p);
+    free(p);
+    snprintf(x->optim_prefix, sizeof x->optim_prefix, "%s", bf16 ? "bf16_" : "");
+    char name[96];
+    snprintf(name, sizeof name, "%szero_pp_rank_0_mp_rank_00_optim_states.pt", x->optim_prefix);
+    DS_TRY(tpl_open(dir, name, &x->toptim));
+    /* BF16_Optimizer files have no zero_stage. */
+    pk_doc *d = NULL;
+    pk_obj *root = NULL;
+    DS_TRY(tpl_parse(&x->toptim, &d, &root));
+    pk_obj *osd = pk_get(root, "optimizer_state_dict");
+    x->bf16_opt = x->stage != 3 && osd && !pk_get(osd, "zero_stage");
+    pk_doc_free(d);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_progress *prog) {
+    if (!sp || !tagdir || !sp->fill) return ds_err(DSCKPT_EINVAL, "ds_deepspeed_write: NULL argument");
+    if (sp->stage < 1 || sp->stage > 3)
+        return ds_err(DSCKPT_EUNSUPPORTED, "DeepSpeed files are written for ZeRO stages 1-3 (asked for stage %d)",
+                      sp->stage);
+    if (sp->world_size < 1) return ds_err(DSCKPT_EINVAL, "world size must be at least 1");
+    dsw_ctx x = {.sp = sp, .M = sp->world_size, .stage = sp->stage, .have_tpl = sp->template_dir != NULL};
+    x.tmodel.fd = x.toptim.fd = -1;
+    dsckpt_status st = DSCKPT_OK;
+    if (x.have_tpl) DS_TRYGOTO(find_templates(&x), done);
+    else {
+        snprintf(x.optim_prefix, sizeof x.optim_prefix, "%s", sp->model_dtype == DSCKPT_BF16 ? "bf16_" : "");
+        x.bf16_opt = sp->bf16_optimizer && sp->stage == 1;
+    }
+    DS_TRYGOTO(make_groups(&x), done);
+    if (x.ng == 0) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "no trainable parameters: DeepSpeed writes no optimizer partitions");
+        goto done;
+    }
+    dsw_run R = {.x = &x, .dir = tagdir, .prog = prog, .nmodel = sp->stage == 3 ? (size_t)x.M : 1};
+    st = ds_parallel_run(R.nmodel + (size_t)x.M, ds_thread_count(sp->threads), job, &R, prog);
+done:
+    for (size_t g = 0; g < x.ng; g++) free(x.g[g].t);
+    free(x.g);
+    free(x.frozen);
+    tpl_close(&x.tmodel);
+    tpl_close(&x.toptim);
+    return st;
+}
