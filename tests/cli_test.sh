@@ -129,10 +129,10 @@ expect_in out '^dsckpt [0-9]+\.[0-9]+\.[0-9]+$' "dsckpt version prints a version
 # "long/short" (short empty when there is none).
 declare -A OPTS
 OPTS[consolidate]="tag/t output/o dtype/ max-shard-size/ exclude-frozen/ force/ threads/j quiet/q help/h"
-OPTS[reshard]="tag/t to/ output/o stage/ force/ threads/j quiet/q help/h"
+OPTS[reshard]="tag/t to/ output/o stage/ format/ force/ threads/j quiet/q help/h"
 OPTS[verify]="tag/t json/ threads/j quiet/q help/h"
 OPTS[inspect]="tag/t json/ tensors/ help/h"
-OPTS[synth]="output/o params/ world-size/ stage/ dtype/ seed/ step/ force/ threads/j quiet/q help/h"
+OPTS[synth]="output/o params/ world-size/ stage/ dtype/ seed/ step/ format/ force/ threads/j quiet/q help/h"
 # Keep the lists in step with the source: every long option in cli/main.c's tables
 # must be listed above for some command.
 MAIN_C="$SRC_DIR/cli/main.c"
@@ -537,6 +537,44 @@ rm ds_damaged/global_step3/zero_pp_rank_2_mp_rank_00_optim_states.pt
 run consolidate ds_damaged -o ds_damaged.safetensors -q
 expect_rc 1 "consolidate of a DeepSpeed checkpoint missing a rank file"
 expect_in err "rank 2 is missing" "the missing DeepSpeed rank is named"
+
+
+echo "== writing DeepSpeed's format"
+run reshard --help
+expect_in out "--format F" "reshard --help documents --format"
+run synth --help
+expect_in out "--format F" "synth --help documents --format"
+run reshard "$FIX/z2_ws4_fp32/ckpt" --to 3 --format torch -o ds_badfmt -q
+expect_rc 3 "reshard --format with an unknown format is a usage error"
+expect_in err "native or deepspeed" "the usage error names the formats"
+[ ! -e ds_badfmt ] && ok "nothing written for a bad --format" || bad "ds_badfmt was created"
+run reshard "$FIX/z3_ws2_bf16/ckpt" --to 3 --format deepspeed -o ds_z3_to3 -q
+expect_rc 0 "reshard of a stage-3 DeepSpeed checkpoint to 3 ranks in DeepSpeed's format"
+for r in 0 1 2; do
+    [ -f ds_z3_to3/global_step3/bf16_zero_pp_rank_${r}_mp_rank_00_optim_states.pt ] &&
+    [ -f ds_z3_to3/global_step3/zero_pp_rank_${r}_mp_rank_00_model_states.pt ] &&
+        ok "rank $r's DeepSpeed files are there" || bad "rank $r's DeepSpeed files are missing"
+done
+[ "$(cat ds_z3_to3/latest)" = global_step3 ] && ok "latest names the tag" || bad "latest is '$(cat ds_z3_to3/latest)'"
+run verify ds_z3_to3
+expect_rc 0 "verify of the DeepSpeed files we wrote"
+run consolidate ds_z3_to3 -o ds_z3_to3.safetensors -q
+expect_rc 0 "consolidate of the DeepSpeed files we wrote"
+cmp -s ds_z3_to3.safetensors ds_z3_ws2_bf16.safetensors && ok "same consolidated bytes as from the original" ||
+    bad "consolidating the 3-rank DeepSpeed files gives other bytes"
+run reshard "$FIX/z3_ws2_bf16/ckpt" --to 3 --format deepspeed --stage 2 -o ds_z3_stage2 -q
+expect_rc 5 "reshard --format deepspeed refuses to change a DeepSpeed checkpoint's stage"
+expect_in err "keeps the ZeRO stage" "the refusal says why"
+[ ! -e ds_z3_stage2 ] && ok "nothing written for the refused stage change" || bad "ds_z3_stage2 was created"
+run reshard "$FIX/z3_ws2_bf16/ckpt" --to 2 --format deepspeed -o ds_z3_to3 -q
+expect_rc 4 "reshard --format deepspeed refuses to overwrite an existing output"
+run synth --format deepspeed -o ds_synth --params 200k --world-size 2 --stage 2 -q
+expect_rc 0 "synth --format deepspeed"
+run inspect ds_synth
+expect_in out "format       deepspeed" "inspect sees DeepSpeed files from synth"
+run synth --format deepspeed -o ds_synth0 --params 200k --world-size 2 --stage 0 -q
+expect_rc 5 "synth --format deepspeed at stage 0 is refused as unsupported"
+[ ! -e ds_synth0 ] && ok "nothing written for stage 0" || bad "ds_synth0 was created"
 
 # --------------------------------------------------------------------------------
 echo "$PASS passed, $FAIL failed"
