@@ -1,0 +1,654 @@
+/*
+ * engine.c — ZeRO stages 0-3 on the CPU over the collectives seam (see engine.h).
+ */
+#include "engine.h"
+
+#include "adam.h"
+#include "cast.h"
+#include "partition.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct et {
+    uint64_t moff, numel;
+    int module, group;
+    uint64_t goff;    /* offset in the group's flat buffer (stages 0-2) */
+    uint64_t qoff, q; /* stage 3: offset of this tensor's piece in the partition, piece length */
+} et;
+
+#define NG 2
+#define EXP_BUCKETS 2048
+
+struct rt_engine {
+    const rt_config *cfg;
+    rt_comm *comm;
+    rt_model *model;
+    int W, rank, stage;
+    dsckpt_dtype wdt;  /* working weights: BF16, F16 or F32 */
+    size_t ws;         /* its element size */
+    uint64_t N;        /* model elements */
+    et *t;
+    size_t nt;
+    int nmod;
+    size_t *mod_t0, *mod_t1;    /* tensors [t0, t1) of each module */
+    uint64_t *mstart, *mlen;
+    uint64_t maxmod;
+    ds_flat_part fp[NG];
+    uint64_t gnumel[NG], plen[NG];
+    float *master[NG], *m1[NG], *m2[NG], *gpart[NG];
+    void *w;           /* stages 0-2: working weights, model layout */
+    void *w3[NG];      /* stage 3: this rank's pieces, partition layout */
+    float *gfull;      /* stages 0/1: gradients, model layout */
+    float *scr[2];     /* fp32 parameters of acquired modules */
+    int scr_mod[2];
+    float *gscr0, *gscr; /* stages 2/3: module gradients (module 0 kept for the whole backward) */
+    int gscr_mod;
+    bool gscr0_live;
+    float *send, *recv;
+    size_t send_cap, recv_cap;
+    uint8_t *gbuf, *gbuf2; /* gather buffers (working dtype) */
+    size_t gbuf_cap, gbuf2_cap;
+    size_t *counts;
+    int32_t *tokens;
+    rt_sched sched;
+    rt_scaler scaler;
+    rt_adam_hparams hp[NG];
+    uint64_t applied, nsteps;
+    dsckpt_status hook_err;
+    uint64_t bucket;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static dsckpt_status grow(void *pp, size_t *cap, size_t bytes) {
+    if (*cap >= bytes) return DSCKPT_OK;
+    void *n = realloc(*(void **)pp, bytes);
+    if (!n) return ds_err(DSCKPT_ENOMEM, "engine: out of memory (%zu bytes)", bytes);
+    *(void **)pp = n;
+    *cap = bytes;
+    return DSCKPT_OK;
+}
+
+static void to_f32(dsckpt_dtype dt, const void *src, float *dst, uint64_t n) {
+    if (dt == DSCKPT_BF16) ds_cast_bf16_to_f32(src, dst, (size_t)n);
+    else if (dt == DSCKPT_F16) ds_cast_f16_to_f32(src, dst, (size_t)n);
+    else memcpy(dst, src, (size_t)n * 4);
+}
+
+static void from_f32(dsckpt_dtype dt, const float *src, void *dst, uint64_t n) {
+    if (dt == DSCKPT_BF16) ds_cast_f32_to_bf16(src, dst, (size_t)n);
+    else if (dt == DSCKPT_F16) ds_cast_f32_to_f16(src, dst, (size_t)n);
+    else memcpy(dst, src, (size_t)n * 4);
+}
+
+/* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
+ * the group partition. */
+static void own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
+    if (e->stage == 3) {
+        ds_part_real(T->q, r, T->numel, s, n);
+        *poff = T->qoff;
+        return;
+    }
+    if (e->stage == 0) {
+        *s = 0;
+        *n = T->numel;
+        *poff = T->goff;
+        return;
+    }
+    uint64_t P = e->fp[T->group].part, lo = (uint64_t)r * P, hi = lo + P;
+    uint64_t a = DS_MAX(T->goff, lo), b = DS_MIN(T->goff + T->numel, hi);
+    if (a < b) {
+        *s = a - T->goff;
+        *n = b - a;
+        *poff = a - lo;
+    } else {
+        *s = *n = *poff = 0;
+    }
+}
+
+/* Sums tensors ts[0..n) of every rank's gradients (src[i] = tensor ts[i]'s full
+ * gradient on this rank) into the owners' partition accumulators. */
+static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, const float *const *src) {
+    size_t total = 0;
+    for (int r = 0; r < e->W; r++) {
+        e->counts[r] = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t s, c, p;
+            own(e, &e->t[ts[i]], r, &s, &c, &p);
+            e->counts[r] += (size_t)c;
+        }
+        total += e->counts[r];
+    }
+    DS_TRY(grow(&e->send, &e->send_cap, (total ? total : 1) * 4));
+    DS_TRY(grow(&e->recv, &e->recv_cap, (e->counts[e->rank] ? e->counts[e->rank] : 1) * 4));
+    size_t pos = 0;
+    for (int r = 0; r < e->W; r++)
+        for (size_t i = 0; i < n; i++) {
+            uint64_t s, c, p;
+            own(e, &e->t[ts[i]], r, &s, &c, &p);
+            memcpy(e->send + pos, src[i] + s, (size_t)c * 4);
+            pos += (size_t)c;
+        }
+    DS_TRY(rt_comm_reduce_scatterv_f32(e->comm, e->send, e->counts, e->recv));
+    pos = 0;
+    for (size_t i = 0; i < n; i++) {
+        const et *T = &e->t[ts[i]];
+        uint64_t s, c, p;
+        own(e, T, e->rank, &s, &c, &p);
+        float *dst = e->gpart[T->group] + p;
+        for (uint64_t k = 0; k < c; k++) dst[k] += e->recv[pos + k];
+        pos += (size_t)c;
+    }
+    return DSCKPT_OK;
+}
+
+/* ---- module hooks ---- */
+
+static const float *h_acquire(void *ctx, int m) {
+    rt_engine *e = ctx;
+    int slot = e->scr_mod[0] < 0 ? 0 : e->scr_mod[1] < 0 ? 1 : -1;
+    if (slot < 0 || e->hook_err) {
+        if (!e->hook_err) e->hook_err = ds_err(DSCKPT_EINTERNAL, "engine: more than two modules acquired");
+        return e->scr[0];
+    }
+    e->scr_mod[slot] = m;
+    float *dst = e->scr[slot];
+    if (e->stage != 3) {
+        const uint8_t *src = (const uint8_t *)e->w + e->mstart[m] * e->ws;
+        if (e->wdt == DSCKPT_F32) return (const float *)src;
+        to_f32(e->wdt, src, dst, e->mlen[m]);
+        return dst;
+    }
+    /* ZeRO-3: all-gather this module's pieces from every rank. */
+    uint64_t per = 0;
+    for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) per += e->t[i].q;
+    dsckpt_status st = grow(&e->gbuf, &e->gbuf_cap, (size_t)(per ? per : 1) * e->ws);
+    if (!st) st = grow(&e->gbuf2, &e->gbuf2_cap, (size_t)(per ? per : 1) * e->ws * (size_t)e->W);
+    if (st) {
+        e->hook_err = st;
+        return dst;
+    }
+    uint64_t pos = 0;
+    for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) {
+        const et *T = &e->t[i];
+        memcpy(e->gbuf + pos * e->ws, (uint8_t *)e->w3[T->group] + T->qoff * e->ws, (size_t)T->q * e->ws);
+        pos += T->q;
+    }
+    st = rt_comm_allgather(e->comm, e->gbuf, (size_t)per * e->ws, e->gbuf2);
+    if (st) {
+        e->hook_err = st;
+        return dst;
+    }
+    for (int r = 0; r < e->W; r++) {
+        uint64_t off = 0;
+        for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) {
+            const et *T = &e->t[i];
+            uint64_t s, c;
+            ds_part_real(T->q, r, T->numel, &s, &c);
+            to_f32(e->wdt, e->gbuf2 + ((uint64_t)r * per + off) * e->ws, dst + (T->moff - e->mstart[m]) + s, c);
+            off += T->q;
+        }
+    }
+    return dst;
+}
+
+static void h_release(void *ctx, int m) {
+    rt_engine *e = ctx;
+    if (e->scr_mod[0] == m) e->scr_mod[0] = -1;
+    else if (e->scr_mod[1] == m) e->scr_mod[1] = -1;
+}
+
+static float *h_grad_buf(void *ctx, int m) {
+    rt_engine *e = ctx;
+    if (e->stage < 2) return e->gfull + e->mstart[m];
+    if (m == 0) {
+        if (!e->gscr0_live) {
+            memset(e->gscr0, 0, (size_t)e->mlen[0] * 4);
+            e->gscr0_live = true;
+        }
+        return e->gscr0;
+    }
+    if (e->gscr_mod != m) {
+        memset(e->gscr, 0, (size_t)e->mlen[m] * 4);
+        e->gscr_mod = m;
+    }
+    return e->gscr;
+}
+
+static void h_grad_ready(void *ctx, int m) {
+    rt_engine *e = ctx;
+    if (e->stage < 2 || e->hook_err) return;
+    const float *g = m == 0 ? e->gscr0 : e->gscr;
+    /* Buckets of whole tensors, at most reduce_bucket_size elements (a larger tensor alone). */
+    size_t ts[64];
+    const float *src[64];
+    size_t n = 0;
+    uint64_t in = 0;
+    for (size_t i = e->mod_t0[m]; i <= e->mod_t1[m]; i++) {
+        bool last = i == e->mod_t1[m];
+        if (n && (last || n == 64 || in + e->t[i].numel > e->bucket)) {
+            dsckpt_status st = reduce_owned(e, ts, n, src);
+            if (st) {
+                e->hook_err = st;
+                return;
+            }
+            n = 0;
+            in = 0;
+        }
+        if (last) break;
+        ts[n] = i;
+        src[n] = g + (e->t[i].moff - e->mstart[m]);
+        in += e->t[i].numel;
+        n++;
+    }
+    if (m == 0) e->gscr0_live = false;
+    else e->gscr_mod = -1;
+}
+
+static rt_param_hooks hooks(rt_engine *e) {
+    return (rt_param_hooks){.ctx = e, .acquire = h_acquire, .release = h_release, .grad_buf = h_grad_buf,
+                            .grad_ready = h_grad_ready};
+}
+
+/* ---- creation ---- */
+
+static dsckpt_status alloc_f(float **p, uint64_t n) { return ds_calloc((size_t)(n ? n : 1), sizeof(float), p); }
+
+static void refresh_working(rt_engine *e, int g, uint8_t *tmp);
+
+dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
+    rt_engine *e = NULL;
+    float *init = NULL;
+    DS_TRY(ds_calloc(1, sizeof *e, &e));
+    dsckpt_status st = DSCKPT_OK;
+    e->cfg = cfg;
+    e->comm = comm;
+    e->model = model;
+    e->W = rt_comm_size(comm);
+    e->rank = rt_comm_rank(comm);
+    e->stage = cfg->zero.stage;
+    e->wdt = cfg->bf16.enabled ? DSCKPT_BF16 : cfg->fp16.enabled ? DSCKPT_F16 : DSCKPT_F32;
+    e->ws = dsckpt_dtype_size(e->wdt);
+    e->N = rt_model_numel(model);
+    e->scr_mod[0] = e->scr_mod[1] = -1;
+    e->gscr_mod = -1;
+    e->bucket = cfg->zero.reduce_bucket_size ? cfg->zero.reduce_bucket_size : 500000000ull;
+    if (cfg->world_size != e->W) {
+        st = ds_err(DSCKPT_EINVAL, "the config was resolved for %d ranks but %d are running", cfg->world_size, e->W);
+        goto fail;
+    }
+    size_t np;
+    const rt_param *ps = rt_model_params(model, &np);
+    e->nt = np;
+    e->nmod = rt_model_nmodules(model);
+    DS_TRYGOTO(ds_calloc(np, sizeof *e->t, &e->t), fail);
+    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t0), fail);
+    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t1), fail);
+    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mstart), fail);
+    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mlen), fail);
+    DS_TRYGOTO(ds_calloc((size_t)e->W, sizeof(size_t), &e->counts), fail);
+    for (int m = 0; m < e->nmod; m++) {
+        rt_model_module_range(model, m, &e->mstart[m], &e->mlen[m]);
+        if (e->mlen[m] > e->maxmod) e->maxmod = e->mlen[m];
+        e->mod_t0[m] = SIZE_MAX;
+    }
+    for (size_t i = 0; i < np; i++) {
+        et *T = &e->t[i];
+        T->moff = ps[i].offset;
+        T->numel = ps[i].numel;
+        T->module = ps[i].module;
+        T->group = ps[i].ndim >= 2 ? 0 : 1;
+        T->goff = e->gnumel[T->group];
+        e->gnumel[T->group] += T->numel;
+        T->q = ds_part_piece(T->numel, e->W);
+        if (e->mod_t0[T->module] == SIZE_MAX) e->mod_t0[T->module] = i;
+        e->mod_t1[T->module] = i + 1;
+    }
+    for (size_t i = 0; i < np; i++) { /* stage 3 piece offsets, per group in model order */
+        et *T = &e->t[i];
+        T->qoff = e->plen[T->group];
+        e->plen[T->group] += T->q;
+    }
+    for (int g = 0; g < NG; g++) {
+        e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
+        if (e->stage != 3) e->plen[g] = e->fp[g].part;
+        DS_TRYGOTO(alloc_f(&e->master[g], e->plen[g]), fail);
+        DS_TRYGOTO(alloc_f(&e->m1[g], e->plen[g]), fail);
+        DS_TRYGOTO(alloc_f(&e->m2[g], e->plen[g]), fail);
+        DS_TRYGOTO(alloc_f(&e->gpart[g], e->plen[g]), fail);
+        if (e->stage == 3) DS_TRYGOTO(ds_calloc((size_t)(e->plen[g] ? e->plen[g] : 1), e->ws, &e->w3[g]), fail);
+    }
+    if (e->stage != 3) DS_TRYGOTO(ds_calloc((size_t)e->N, e->ws, &e->w), fail);
+    if (e->stage < 2) DS_TRYGOTO(alloc_f(&e->gfull, e->N), fail);
+    else {
+        DS_TRYGOTO(alloc_f(&e->gscr0, e->mlen[0]), fail);
+        DS_TRYGOTO(alloc_f(&e->gscr, e->maxmod), fail);
+    }
+    DS_TRYGOTO(alloc_f(&e->scr[0], e->maxmod), fail);
+    DS_TRYGOTO(alloc_f(&e->scr[1], e->maxmod), fail);
+    const rt_model_cfg *mc = rt_model_config(model);
+    DS_TRYGOTO(ds_calloc((size_t)cfg->micro_batch * (size_t)(mc->n_ctx + 1), sizeof(int32_t), &e->tokens), fail);
+
+    /* Weights: the model is initialised in fp32, cast to the working dtype, and the
+     * fp32 master is the working weights read back (as DeepSpeed builds it). */
+    DS_TRYGOTO(alloc_f(&init, e->N), fail);
+    DS_TRYGOTO(rt_model_init(mc, init, seed), fail);
+    for (size_t i = 0; i < np; i++) {
+        const et *T = &e->t[i];
+        uint64_t s, c, p;
+        own(e, T, e->rank, &s, &c, &p);
+        float *dst = e->master[T->group] + p;
+        memcpy(dst, init + T->moff + s, (size_t)c * 4);
+    }
+    for (int g = 0; g < NG; g++) {
+        uint8_t *tmp = NULL;
+        DS_TRYGOTO(ds_malloc((size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws, &tmp), fail);
+        from_f32(e->wdt, e->master[g], tmp, e->plen[g]);
+        to_f32(e->wdt, tmp, e->master[g], e->plen[g]);
+        free(tmp);
+    }
+    if (e->stage != 3) from_f32(e->wdt, init, e->w, e->N);
+    else
+        for (int g = 0; g < NG; g++) from_f32(e->wdt, e->master[g], e->w3[g], e->plen[g]);
+
+    rt_sched_init(&e->sched, cfg);
+    rt_scaler_init_config(&e->scaler, cfg);
+    for (int g = 0; g < NG; g++) {
+        rt_adam_hparams *h = &e->hp[g];
+        *h = rt_adam_defaults();
+        h->beta1 = (float)cfg->optimizer.beta1;
+        h->beta2 = (float)cfg->optimizer.beta2;
+        h->eps = (float)cfg->optimizer.eps;
+        h->weight_decay = g == 0 ? (float)cfg->optimizer.weight_decay : 0.0f;
+        h->adam_w_mode = cfg->optimizer.decoupled;
+        h->bias_correction = cfg->optimizer.bias_correction;
+    }
+    free(init);
+    *out = e;
+    return DSCKPT_OK;
+fail:
+    free(init);
+    rt_engine_free(e);
+    return st;
+}
+
+void rt_engine_free(rt_engine *e) {
+    if (!e) return;
+    for (int g = 0; g < NG; g++) {
+        free(e->master[g]);
+        free(e->m1[g]);
+        free(e->m2[g]);
+        free(e->gpart[g]);
+        free(e->w3[g]);
+    }
+    free(e->w);
+    free(e->gfull);
+    free(e->scr[0]);
+    free(e->scr[1]);
+    free(e->gscr0);
+    free(e->gscr);
+    free(e->send);
+    free(e->recv);
+    free(e->gbuf);
+    free(e->gbuf2);
+    free(e->counts);
+    free(e->tokens);
+    free(e->t);
+    free(e->mod_t0);
+    free(e->mod_t1);
+    free(e->mstart);
+    free(e->mlen);
+    free(e);
+}
+
+/* ---- the optimizer step ---- */
+
+/* Exact sum of squares: each float's square is exact in a double; its 53-bit
+ * significand is added to the integer bucket of its exponent. Buckets from all
+ * ranks add exactly, so the norm does not depend on how elements are partitioned. */
+typedef unsigned __int128 u128;
+
+static void sumsq_exact(const float *g, uint64_t n, u128 *acc) {
+    for (uint64_t i = 0; i < n; i++) {
+        double d = (double)g[i] * (double)g[i];
+        uint64_t b;
+        memcpy(&b, &d, 8);
+        unsigned ex = (unsigned)(b >> 52) & 0x7ff;
+        uint64_t mant = (b & ((1ull << 52) - 1)) | (ex ? 1ull << 52 : 0);
+        acc[ex] += mant;
+    }
+}
+
+static double acc_value(const u128 *acc) {
+    double s = 0;
+    for (int ex = 0; ex < EXP_BUCKETS; ex++) {
+        if (!acc[ex]) continue;
+        int sh = (ex ? ex : 1) - 1075;
+        s += ldexp((double)acc[ex], sh);
+    }
+    return s;
+}
+
+static void refresh_working(rt_engine *e, int g, uint8_t *tmp) {
+    (void)tmp;
+    if (e->stage == 3) {
+        from_f32(e->wdt, e->master[g], e->w3[g], e->plen[g]);
+        return;
+    }
+    for (size_t i = 0; i < e->nt; i++) {
+        const et *T = &e->t[i];
+        if (T->group != g || e->stage != 0) continue;
+        from_f32(e->wdt, e->master[g] + T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel);
+    }
+}
+
+/* Stages 1/2: every rank's updated partition, cast, all-gathered into the working weights. */
+static dsckpt_status gather_working(rt_engine *e, int g) {
+    uint64_t P = e->plen[g];
+    DS_TRY(grow(&e->gbuf, &e->gbuf_cap, (size_t)(P ? P : 1) * e->ws));
+    DS_TRY(grow(&e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
+    from_f32(e->wdt, e->master[g], e->gbuf, P);
+    DS_TRY(rt_comm_allgather(e->comm, e->gbuf, (size_t)P * e->ws, e->gbuf2));
+    for (size_t i = 0; i < e->nt; i++) {
+        const et *T = &e->t[i];
+        if (T->group != g) continue;
+        for (int r = 0; r < e->W; r++) {
+            uint64_t s, c, p;
+            own(e, T, r, &s, &c, &p);
+            memcpy((uint8_t *)e->w + (T->moff + s) * e->ws, e->gbuf2 + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
+        }
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_seed, uint64_t k, rt_step_stats *out) {
+    double t0 = now_s(), c0, c1;
+    uint64_t b0, b1;
+    rt_comm_stats(e->comm, &c0, &b0);
+    const rt_config *cfg = e->cfg;
+    const rt_model_cfg *mc = rt_model_config(e->model);
+    int T = (int)rt_data_seq_len(data);
+    int mb = (int)cfg->micro_batch;
+    uint64_t gas = cfg->grad_accum;
+    if (e->stage < 2) memset(e->gfull, 0, (size_t)e->N * 4);
+    for (int g = 0; g < NG; g++) memset(e->gpart[g], 0, (size_t)e->plen[g] * 4);
+    (void)mc;
+    double scale = rt_scaler_scale(&e->scaler);
+    float grad_scale = (float)(scale / ((double)gas * e->W));
+    double loss_sum = 0;
+    rt_param_hooks h = hooks(e);
+    for (uint64_t a = 0; a < gas; a++) {
+        DS_TRY(rt_data_fill_micro(data, data_seed, k, e->W, e->rank, a, (uint64_t)mb, e->tokens));
+        float loss = 0;
+        e->hook_err = DSCKPT_OK;
+        DS_TRY(rt_model_forward_backward(e->model, &h, e->tokens, mb, T, grad_scale, &loss));
+        if (e->hook_err) return e->hook_err;
+        loss_sum += loss;
+    }
+    /* Reduction of the accumulated gradients (stages 2/3 reduced them during backward). */
+    if (e->stage == 0) {
+        DS_TRY(rt_comm_allreduce_f32(e->comm, e->gfull, (size_t)e->N));
+        for (size_t i = 0; i < e->nt; i++)
+            memcpy(e->gpart[e->t[i].group] + e->t[i].goff, e->gfull + e->t[i].moff, (size_t)e->t[i].numel * 4);
+    } else if (e->stage == 1) {
+        size_t *ts = NULL;
+        const float **src = NULL;
+        dsckpt_status st = ds_calloc(e->nt, sizeof *ts, &ts);
+        if (!st) st = ds_calloc(e->nt, sizeof *src, &src);
+        for (size_t i = 0; !st && i < e->nt; i++) {
+            ts[i] = i;
+            src[i] = e->gfull + e->t[i].moff;
+        }
+        if (!st) st = reduce_owned(e, ts, e->nt, src);
+        free(ts);
+        free((void *)src);
+        DS_TRY(st);
+    }
+    /* Overflow and the global norm (of the scaled gradients). */
+    bool overflow = false;
+    for (int g = 0; g < NG; g++) overflow |= rt_has_inf_nan(e->gpart[g], (size_t)e->plen[g]);
+    if (e->scaler.check_overflow) DS_TRY(rt_comm_allreduce_or(e->comm, &overflow));
+    double total_norm = NAN;
+    if (!overflow) {
+        u128 *acc = NULL, *all = NULL;
+        DS_TRY(ds_calloc(EXP_BUCKETS, sizeof *acc, &acc));
+        for (int g = 0; g < NG; g++) sumsq_exact(e->gpart[g], e->plen[g], acc);
+        if (e->stage != 0 && e->W > 1) {
+            dsckpt_status st = ds_calloc((size_t)EXP_BUCKETS * (size_t)e->W, sizeof *all, &all);
+            if (!st) st = rt_comm_allgather(e->comm, acc, EXP_BUCKETS * sizeof *acc, all);
+            if (st) {
+                free(acc);
+                free(all);
+                return st;
+            }
+            memset(acc, 0, EXP_BUCKETS * sizeof *acc);
+            for (int r = 0; r < e->W; r++)
+                for (int x = 0; x < EXP_BUCKETS; x++) acc[x] += all[(size_t)r * EXP_BUCKETS + x];
+            free(all);
+        }
+        total_norm = sqrt(acc_value(acc));
+        free(acc);
+    }
+    double lr = rt_sched_lr(&e->sched, e->applied);
+    if (overflow) {
+        DS_TRY(rt_scaler_update(&e->scaler, true));
+    } else {
+        double combined = scale;
+        if (cfg->gradient_clipping > 0) {
+            double clip = ((total_norm / scale) + 1e-6) / cfg->gradient_clipping;
+            if (clip > 1) combined = clip * scale;
+        }
+        float inv = (float)(1.0 / combined);
+        e->applied++;
+        for (int g = 0; g < NG; g++) {
+            float *gr = e->gpart[g];
+            for (uint64_t i = 0; i < e->plen[g]; i++) gr[i] *= inv;
+            e->hp[g].lr = (float)lr;
+            DS_TRY(rt_adam_step(e->master[g], gr, e->m1[g], e->m2[g], (size_t)e->plen[g], &e->hp[g], e->applied));
+            if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
+            else refresh_working(e, g, NULL);
+        }
+        DS_TRY(rt_scaler_update(&e->scaler, false));
+    }
+    e->nsteps++;
+    double lsum = loss_sum / (double)gas;
+    DS_TRY(rt_comm_allreduce_f64(e->comm, &lsum, 1));
+    rt_comm_stats(e->comm, &c1, &b1);
+    double dt = now_s() - t0;
+    if (out) {
+        out->step = e->nsteps;
+        out->loss = lsum / e->W;
+        out->lr = lr;
+        out->grad_norm = overflow ? NAN : total_norm / scale;
+        out->loss_scale = scale;
+        out->skipped = overflow;
+        out->seconds = dt;
+        out->comm_seconds = c1 - c0;
+        out->tokens_per_s = (double)cfg->train_batch_size * T / dt;
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_engine_eval(rt_engine *e, const rt_data *data, uint64_t cap, double *loss) {
+    int T = (int)rt_data_seq_len(data);
+    uint64_t nb = rt_data_eval_batches(data, cap, e->W, 1);
+    rt_eval_sum sum = {0};
+    rt_param_hooks h = hooks(e);
+    for (uint64_t b = 0; b < nb; b++) {
+        uint64_t rows = 0;
+        DS_TRY(rt_data_fill_eval(data, cap, e->W, e->rank, b, 1, e->tokens, NULL, &rows));
+        if (!rows) memset(e->tokens, 0, (size_t)(T + 1) * sizeof *e->tokens); /* keep collectives matched */
+        float l = 0;
+        e->hook_err = DSCKPT_OK;
+        DS_TRY(rt_model_forward(e->model, &h, e->tokens, 1, T, &l));
+        if (e->hook_err) return e->hook_err;
+        if (rows) rt_eval_sum_add(&sum, l);
+    }
+    rt_eval_sum *all = NULL;
+    DS_TRY(ds_calloc((size_t)e->W, sizeof *all, &all));
+    dsckpt_status st = rt_comm_allgather(e->comm, &sum, sizeof sum, all);
+    if (!st) {
+        rt_eval_sum tot = {0};
+        for (int r = 0; r < e->W; r++) rt_eval_sum_merge(&tot, &all[r]);
+        *loss = rt_eval_sum_mean(&tot);
+    }
+    free(all);
+    return st;
+}
+
+void rt_engine_memory(const rt_engine *e, rt_mem_report *r) {
+    memset(r, 0, sizeof *r);
+    r->numel = e->N;
+    for (int g = 0; g < NG; g++) r->part_numel += e->plen[g];
+    r->params_bytes = e->stage == 3 ? r->part_numel * e->ws : e->N * e->ws;
+    r->grads_bytes = e->stage < 2 ? e->N * 4 : r->part_numel * 4;
+    r->optim_bytes = r->part_numel * 12;
+}
+
+void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r) {
+    memset(r, 0, sizeof *r);
+    uint64_t psi = e->N, W = (uint64_t)e->W;
+    r->numel = psi;
+    r->part_numel = e->stage == 0 ? psi : ds_ceil_div(psi, W);
+    r->params_bytes = (e->stage == 3 ? ds_ceil_div(psi, W) : psi) * e->ws;
+    r->grads_bytes = (e->stage >= 2 ? ds_ceil_div(psi, W) : psi) * 4;
+    r->optim_bytes = (e->stage >= 1 ? ds_ceil_div(psi, W) : psi) * 12;
+}
+
+uint64_t rt_engine_steps(const rt_engine *e) { return e->nsteps; }
+
+dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
+    for (int g = 0; g < NG; g++) {
+        uint64_t P = e->plen[g];
+        float *all = NULL;
+        if (e->stage == 0) {
+            for (size_t i = 0; i < e->nt; i++)
+                if (e->t[i].group == g) memcpy(out + e->t[i].moff, e->master[g] + e->t[i].goff, (size_t)e->t[i].numel * 4);
+            continue;
+        }
+        DS_TRY(ds_calloc((size_t)(P ? P : 1) * (size_t)e->W, sizeof *all, &all));
+        dsckpt_status st = rt_comm_allgather(e->comm, e->master[g], (size_t)P * 4, all);
+        if (st) {
+            free(all);
+            return st;
+        }
+        for (size_t i = 0; i < e->nt; i++) {
+            const et *T = &e->t[i];
+            if (T->group != g) continue;
+            for (int r = 0; r < e->W; r++) {
+                uint64_t s, c, p;
+                own(e, T, r, &s, &c, &p);
+                memcpy(out + T->moff + s, all + (uint64_t)r * P + p, (size_t)c * 4);
+            }
+        }
+        free(all);
+    }
+    return DSCKPT_OK;
+}

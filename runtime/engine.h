@@ -1,0 +1,86 @@
+/*
+ * engine.h — the ZeRO training engine: one rank's share of the parameters, the
+ * gradients and the AdamW state for ZeRO stages 0-3, driven through the model's
+ * module hooks and the collectives seam (comm.h).
+ *
+ * Layout (the same arithmetic as libckpt/partition.h, so a checkpoint is a plain
+ * dump of the engine's buffers in the native format):
+ * - two parameter groups, as Hugging Face does: 0 = matrices and embeddings (decayed),
+ *   1 = biases and LayerNorm weights (weight_decay 0);
+ * - stages 1/2: each group's tensors flattened in model order, padded to 2W, rank r
+ *   owns [r*P, (r+1)*P); stage 3: each tensor split in ceil(n/W) pieces; stage 0:
+ *   every rank owns everything (the "partition" is the whole group).
+ * Per rank the engine holds: the fp32 master weights and Adam moments of its
+ * partition; the 16-bit (or fp32) working weights — whole at stages 0-2, this
+ * rank's pieces at stage 3 (gathered per module just before use in forward and again
+ * in backward, released after); fp32 gradients — whole at stages 0/1 (reduced once
+ * per optimizer step), only the partition at stages 2/3 (each module's gradient is
+ * reduce-scattered to its owners as soon as its backward is done, in buckets of at
+ * most reduce_bucket_size elements).
+ *
+ * Determinism: every reduction sums in rank order (comm.h), and the global gradient
+ * norm is accumulated exactly (a per-exponent integer accumulator), so for the same
+ * world size and one micro-batch per step, stages 0-3 produce bit-identical weights.
+ *
+ * Device seam: all buffers here are host memory and the kernels are the CPU ones
+ * (adam.h, kernels/cast.h). `offload_optimizer` / `offload_param` with device cpu
+ * therefore change nothing on this path (the state already lives in host memory);
+ * they are accepted and reported. A CUDA build swaps the buffers, kernels and
+ * comm backend behind the same calls.
+ */
+#ifndef DSRT_ENGINE_H
+#define DSRT_ENGINE_H
+
+#include "comm.h"
+#include "config.h"
+#include "data.h"
+#include "model.h"
+#include "sched.h"
+
+typedef struct rt_engine rt_engine;
+
+typedef struct rt_step_stats {
+    uint64_t step;          /* optimizer steps taken (applied or skipped) after this one */
+    double loss;            /* mean training loss of the global batch */
+    double lr;              /* learning rate this step used */
+    double grad_norm;       /* global gradient norm before clipping (unscaled) */
+    double loss_scale;      /* scale used for this step (1 unless fp16) */
+    bool skipped;           /* fp16 overflow: no update */
+    double seconds;         /* wall time of the step */
+    double comm_seconds;    /* of which inside collectives */
+    double tokens_per_s;    /* global tokens / second */
+} rt_step_stats;
+
+typedef struct rt_mem_report {
+    uint64_t numel;         /* Ψ: trainable elements of the model */
+    uint64_t params_bytes;  /* working (16-bit or fp32) weights held by this rank */
+    uint64_t grads_bytes;   /* gradient buffers held between steps (fp32) */
+    uint64_t optim_bytes;   /* fp32 master + exp_avg + exp_avg_sq */
+    uint64_t part_numel;    /* elements of this rank's optimizer partition, padding included */
+} rt_mem_report;
+
+/* Creates the engine for `cfg` over `comm`; initialises the weights from `seed`
+ * (identical on every rank: rt_model_init). `model` must outlive the engine. */
+dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed,
+                               rt_engine **out);
+void rt_engine_free(rt_engine *e);
+
+/* One optimizer step on global batch `k` of `data` (gradient accumulation, reduction,
+ * clipping, loss scaling, AdamW, schedule). Collective: every rank calls it. */
+dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_seed, uint64_t k, rt_step_stats *st);
+
+/* Mean eval loss over up to `cap` eval windows (0 = all), identical bits on every
+ * world size and stage. Collective. */
+dsckpt_status rt_engine_eval(rt_engine *e, const rt_data *data, uint64_t cap, double *loss);
+
+void rt_engine_memory(const rt_engine *e, rt_mem_report *r);
+/* What the ZeRO formulas predict for this stage, world size and dtype (same units). */
+void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r);
+
+uint64_t rt_engine_steps(const rt_engine *e);  /* optimizer steps taken */
+
+/* The full fp32 master weights in model layout (gathered; collective). `out` holds
+ * rt_model_numel() floats on every rank. For tests. */
+dsckpt_status rt_engine_gather_master(rt_engine *e, float *out);
+
+#endif /* DSRT_ENGINE_H */

@@ -1,0 +1,946 @@
+/*
+ * model.c — GPT-2 forward and backward on the CPU with OpenMP (see model.h for the
+ * parameter layout, the module hooks and the numerics).
+ *
+ * Determinism: every parallel loop runs over independent outputs — rows of an
+ * activation, tiles of a matrix product, columns of a weight or bias gradient,
+ * (batch, head) pairs of attention — and each output element is accumulated by one
+ * thread in an order fixed by the indices alone. There are no float reductions across
+ * threads and no atomics, so the results do not depend on the thread count or the
+ * schedule.
+ *
+ * Matrix products go through one kernel, gemm(): C (+)= A·B with B row-major and A
+ * read through arbitrary row/column strides (so Aᵀ·B needs no copy). Products with Bᵀ
+ * first transpose B panel by panel into a scratch buffer. The kernel works on
+ * MR x NR register tiles over KC-deep slices of K; element (i, j) is always summed
+ * over p in increasing order within a slice and slice by slice, whatever the tiling of
+ * M and N, so edge tiles give the same bits as interior ones.
+ *
+ * Activations live in one slab allocated by rt_model_create for max_batch x seq_len
+ * positions; a step allocates nothing.
+ */
+#include "model.h"
+
+#include "internal.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- layout ---- */
+
+/* Tensors of a block module, in flat order. */
+enum {
+    P_LN1_W, P_LN1_B, P_ATTN_W, P_ATTN_B, P_APROJ_W, P_APROJ_B,
+    P_LN2_W, P_LN2_B, P_FC_W, P_FC_B, P_FCPROJ_W, P_FCPROJ_B, P_BLOCK_N
+};
+
+/* One layer's saved activations (positions are rows b*T + t). */
+typedef struct layer_acts {
+    float *ln1, *ln1_mean, *ln1_rstd; /* [BT, C], [BT], [BT] */
+    float *qkv;                       /* [BT, 3C] */
+    float *att;                       /* [B, NH, T, T] softmax rows (t2 <= t used) */
+    float *atty;                      /* [BT, C] attention output before c_proj */
+    float *res2;                      /* [BT, C] residual after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fch, *fchg;                /* [BT, 4C] before and after GELU */
+    float *res3;                      /* [BT, C] block output */
+} layer_acts;
+
+struct rt_model {
+    rt_model_cfg cfg;
+    int max_batch, seq_len;
+    rt_param *params;
+    size_t nparams;
+    uint64_t numel;
+    uint64_t *mod_start, *mod_numel; /* n_layer + 2 each */
+    uint64_t blk_off[P_BLOCK_N];     /* module-local offsets inside a block */
+
+    float *slab;
+    float *enc;                       /* [BT, C] embedding output */
+    layer_acts *layers;               /* n_layer */
+    float *lnf, *lnf_mean, *lnf_rstd; /* [BT, C], [BT], [BT] */
+    float *probs;                     /* [BT, V] logits -> probabilities -> dlogits */
+    float *row_loss;                  /* [BT] */
+    float *dres, *dc;                 /* [BT, C] residual gradient, scratch */
+    float *d4c;                       /* [BT, 4C] scratch (also dqkv) */
+    float *datt;                      /* [B * NH, T] attention backward scratch */
+    float *tpanel;                    /* transpose panel, [4C or C] x (NP + pad) */
+};
+
+/* Validates the model-shape fields; caps keep every derived size in range. */
+static dsckpt_status check_cfg(const rt_model_cfg *cfg) {
+    if (!cfg) return ds_err(DSCKPT_EINVAL, "model config is NULL");
+    if (cfg->vocab_size < 1) return ds_err(DSCKPT_EINVAL, "vocab_size = %d must be >= 1", cfg->vocab_size);
+    if (cfg->n_ctx < 1) return ds_err(DSCKPT_EINVAL, "n_ctx = %d must be >= 1", cfg->n_ctx);
+    if (cfg->n_layer < 1) return ds_err(DSCKPT_EINVAL, "n_layer = %d must be >= 1", cfg->n_layer);
+    if (cfg->n_head < 1) return ds_err(DSCKPT_EINVAL, "n_head = %d must be >= 1", cfg->n_head);
+    if (cfg->n_embd < 1) return ds_err(DSCKPT_EINVAL, "n_embd = %d must be >= 1", cfg->n_embd);
+    if (cfg->n_embd % cfg->n_head != 0)
+        return ds_err(DSCKPT_EINVAL, "n_embd = %d is not a multiple of n_head = %d", cfg->n_embd, cfg->n_head);
+    /* 4C is a row length and L + 2 a module count: both must be ints; ten million
+     * layers leaves room in the 80-byte names. */
+    if (cfg->n_embd > INT_MAX / 4)
+        return ds_err(DSCKPT_EINVAL, "n_embd = %d is too large (max %d)", cfg->n_embd, INT_MAX / 4);
+    if (cfg->n_layer > 10000000)
+        return ds_err(DSCKPT_EINVAL, "n_layer = %d is too large (max 10000000)", cfg->n_layer);
+    return DSCKPT_OK;
+}
+
+static void set_param(rt_param *p, const char *name, int ndim, uint64_t d0, uint64_t d1, uint64_t offset,
+                      int module) {
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = (int64_t)d0;
+    p->shape[1] = ndim == 2 ? (int64_t)d1 : 0;
+    p->numel = ndim == 2 ? d0 * d1 : d0;
+    p->offset = offset;
+    p->module = module;
+}
+
+/* Builds the parameter table of a checked cfg; *numel = total size. Overflow of the
+ * 64-bit flat space is EINVAL. */
+static dsckpt_status build_table(const rt_model_cfg *cfg, rt_param **out, size_t *nout, uint64_t *numel) {
+    uint64_t V = (uint64_t)cfg->vocab_size, C = (uint64_t)cfg->n_embd, P = (uint64_t)cfg->n_ctx;
+    int L = cfg->n_layer;
+    size_t n = 2 + (size_t)P_BLOCK_N * (size_t)L + 2;
+    /* Per-block size 12C^2 + 13C and the embedding sizes, overflow-checked. */
+    uint64_t c2, blk, wte, wpe, total, t;
+    if (ds_mul_overflow(C, C, &c2) || ds_mul_overflow(c2, 12, &blk) || ds_add_overflow(blk, 13 * C, &blk) ||
+        ds_mul_overflow(V, C, &wte) || ds_mul_overflow(P, C, &wpe) || ds_add_overflow(wte, wpe, &total) ||
+        ds_mul_overflow(blk, (uint64_t)L, &t) || ds_add_overflow(total, t, &total) ||
+        ds_add_overflow(total, 2 * C, &total))
+        return ds_err(DSCKPT_EINVAL, "model too large: the parameter count overflows 64 bits");
+    rt_param *ps;
+    DS_TRY(ds_calloc(n, sizeof *ps, &ps));
+    size_t k = 0;
+    uint64_t off = 0;
+    char name[80];
+    set_param(&ps[k++], "transformer.wte.weight", 2, V, C, off, 0);
+    off += wte;
+    set_param(&ps[k++], "transformer.wpe.weight", 2, P, C, off, 0);
+    off += wpe;
+    static const struct {
+        const char *suffix;
+        int ndim;
+        int in_mul, out_mul; /* shape = [in_mul*C, out_mul*C] (2-D) or [out_mul*C] (1-D) */
+    } blk_tensors[P_BLOCK_N] = {
+        {"ln_1.weight", 1, 0, 1},        {"ln_1.bias", 1, 0, 1},
+        {"attn.c_attn.weight", 2, 1, 3}, {"attn.c_attn.bias", 1, 0, 3},
+        {"attn.c_proj.weight", 2, 1, 1}, {"attn.c_proj.bias", 1, 0, 1},
+        {"ln_2.weight", 1, 0, 1},        {"ln_2.bias", 1, 0, 1},
+        {"mlp.c_fc.weight", 2, 1, 4},    {"mlp.c_fc.bias", 1, 0, 4},
+        {"mlp.c_proj.weight", 2, 4, 1},  {"mlp.c_proj.bias", 1, 0, 1},
+    };
+    for (int i = 0; i < L; i++) {
+        for (int j = 0; j < P_BLOCK_N; j++) {
+            snprintf(name, sizeof name, "transformer.h.%d.%s", i, blk_tensors[j].suffix);
+            if (blk_tensors[j].ndim == 2)
+                set_param(&ps[k], name, 2, blk_tensors[j].in_mul * C, blk_tensors[j].out_mul * C, off, 1 + i);
+            else
+                set_param(&ps[k], name, 1, blk_tensors[j].out_mul * C, 0, off, 1 + i);
+            off += ps[k++].numel;
+        }
+    }
+    set_param(&ps[k++], "transformer.ln_f.weight", 1, C, 0, off, L + 1);
+    off += C;
+    set_param(&ps[k++], "transformer.ln_f.bias", 1, C, 0, off, L + 1);
+    off += C;
+    if (off != total) { /* the two computations must agree */
+        free(ps);
+        return ds_err(DSCKPT_EINTERNAL, "parameter table size %llu != %llu", (unsigned long long)off,
+                      (unsigned long long)total);
+    }
+    *out = ps;
+    *nout = n;
+    *numel = total;
+    return DSCKPT_OK;
+}
+
+/* ---- workspace slab ---- */
+
+typedef struct slab {
+    float *base; /* NULL while sizing */
+    uint64_t used;
+    bool overflow;
+} slab;
+
+/* Takes a*b floats, rounded up to 16 floats (64 bytes) so rows start aligned. */
+static float *slab_take(slab *s, uint64_t a, uint64_t b) {
+    uint64_t n;
+    if (ds_mul_overflow(a, b, &n) || ds_add_overflow(n, 15, &n)) {
+        s->overflow = true;
+        return NULL;
+    }
+    n &= ~(uint64_t)15;
+    float *p = s->base ? s->base + s->used : NULL;
+    if (ds_add_overflow(s->used, n, &s->used)) s->overflow = true;
+    return p;
+}
+
+enum { MR = 6, NR = 8, MC = 48, NC = 64, KC = 256, NP = 256, NP_LD = NP + 16 };
+
+static void plan_slab(rt_model *m, slab *s) {
+    uint64_t C = (uint64_t)m->cfg.n_embd, V = (uint64_t)m->cfg.vocab_size, NH = (uint64_t)m->cfg.n_head;
+    uint64_t B = (uint64_t)m->max_batch, T = (uint64_t)m->seq_len, BT = B * T;
+    m->enc = slab_take(s, BT, C);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        layer_acts *a = &m->layers[l];
+        a->ln1 = slab_take(s, BT, C);
+        a->ln1_mean = slab_take(s, BT, 1);
+        a->ln1_rstd = slab_take(s, BT, 1);
+        a->qkv = slab_take(s, BT, 3 * C);
+        a->att = slab_take(s, B * NH, T * T);
+        a->atty = slab_take(s, BT, C);
+        a->res2 = slab_take(s, BT, C);
+        a->ln2 = slab_take(s, BT, C);
+        a->ln2_mean = slab_take(s, BT, 1);
+        a->ln2_rstd = slab_take(s, BT, 1);
+        a->fch = slab_take(s, BT, 4 * C);
+        a->fchg = slab_take(s, BT, 4 * C);
+        a->res3 = slab_take(s, BT, C);
+    }
+    m->lnf = slab_take(s, BT, C);
+    m->lnf_mean = slab_take(s, BT, 1);
+    m->lnf_rstd = slab_take(s, BT, 1);
+    m->probs = slab_take(s, BT, V);
+    m->row_loss = slab_take(s, BT, 1);
+    m->dres = slab_take(s, BT, C);
+    m->dc = slab_take(s, BT, C);
+    m->d4c = slab_take(s, BT, 4 * C);
+    m->datt = slab_take(s, B * NH, T);
+    m->tpanel = slab_take(s, 4 * C, NP_LD); /* K of a transposed product is C, 3C or 4C */
+}
+
+dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_len, rt_model **out) {
+    if (!out) return ds_err(DSCKPT_EINVAL, "rt_model_create: out is NULL");
+    *out = NULL;
+    DS_TRY(check_cfg(cfg));
+    if (max_batch < 1) return ds_err(DSCKPT_EINVAL, "max_batch = %d must be >= 1", max_batch);
+    if (seq_len < 1 || seq_len > cfg->n_ctx)
+        return ds_err(DSCKPT_EINVAL, "seq_len = %d must be in [1, n_ctx = %d]", seq_len, cfg->n_ctx);
+    /* Rows (positions) and (batch, head) pairs are loop indices of type int. */
+    if ((int64_t)max_batch * seq_len > INT_MAX || (int64_t)max_batch * cfg->n_head > INT_MAX)
+        return ds_err(DSCKPT_EINVAL, "max_batch = %d x seq_len = %d is too large", max_batch, seq_len);
+
+    dsckpt_status st;
+    rt_model *m;
+    DS_TRY(ds_calloc(1, sizeof *m, &m));
+    m->cfg = *cfg;
+    m->max_batch = max_batch;
+    m->seq_len = seq_len;
+    int nmod = cfg->n_layer + 2;
+    DS_TRYGOTO(build_table(cfg, &m->params, &m->nparams, &m->numel), fail);
+    DS_TRYGOTO(ds_calloc((size_t)nmod, sizeof *m->mod_start, &m->mod_start), fail);
+    DS_TRYGOTO(ds_calloc((size_t)nmod, sizeof *m->mod_numel, &m->mod_numel), fail);
+    for (int i = 0; i < nmod; i++) m->mod_start[i] = UINT64_MAX;
+    for (size_t i = 0; i < m->nparams; i++) {
+        const rt_param *p = &m->params[i];
+        if (m->mod_start[p->module] == UINT64_MAX) m->mod_start[p->module] = p->offset;
+        m->mod_numel[p->module] += p->numel;
+    }
+    for (int j = 0; j < P_BLOCK_N; j++) m->blk_off[j] = m->params[2 + j].offset - m->mod_start[1];
+    DS_TRYGOTO(ds_calloc((size_t)cfg->n_layer, sizeof *m->layers, &m->layers), fail);
+
+    slab s = {0};
+    plan_slab(m, &s);
+    if (s.overflow || s.used > SIZE_MAX / sizeof(float)) {
+        st = ds_err(DSCKPT_EINVAL, "activation workspace for max_batch = %d, seq_len = %d overflows", max_batch,
+                    seq_len);
+        goto fail;
+    }
+    st = ds_malloc((size_t)s.used * sizeof(float), &m->slab);
+    if (st != DSCKPT_OK) {
+        ds_err_prefix(st, "activation workspace (%.1f MiB for max_batch = %d, seq_len = %d)",
+                      (double)s.used * 4 / 1048576.0, max_batch, seq_len);
+        goto fail;
+    }
+    s = (slab){.base = m->slab};
+    plan_slab(m, &s);
+    *out = m;
+    return DSCKPT_OK;
+fail:
+    rt_model_free(m);
+    return st;
+}
+
+void rt_model_free(rt_model *m) {
+    if (!m) return;
+    free(m->slab);
+    free(m->layers);
+    free(m->mod_start);
+    free(m->mod_numel);
+    free(m->params);
+    free(m);
+}
+
+const rt_model_cfg *rt_model_config(const rt_model *m) { return &m->cfg; }
+
+const rt_param *rt_model_params(const rt_model *m, size_t *n) {
+    if (n) *n = m->nparams;
+    return m->params;
+}
+
+uint64_t rt_model_numel(const rt_model *m) { return m->numel; }
+
+int rt_model_nmodules(const rt_model *m) { return m->cfg.n_layer + 2; }
+
+void rt_model_module_range(const rt_model *m, int module, uint64_t *start, uint64_t *numel) {
+    bool ok = module >= 0 && module < m->cfg.n_layer + 2;
+    if (start) *start = ok ? m->mod_start[module] : 0;
+    if (numel) *numel = ok ? m->mod_numel[module] : 0;
+}
+
+/* ---- initialisation ---- */
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Standard normal sample number i of stream `key` (Box-Muller, cosine branch). */
+static double normal_at(uint64_t key, uint64_t i) {
+    uint64_t r1 = splitmix64(key ^ splitmix64(2 * i));
+    uint64_t r2 = splitmix64(key ^ splitmix64(2 * i + 1));
+    double u1 = (double)((r1 >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
+    double u2 = (double)(r2 >> 11) * 0x1.0p-53;       /* [0, 1) */
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed) {
+    DS_TRY(check_cfg(cfg));
+    if (!flat) return ds_err(DSCKPT_EINVAL, "rt_model_init: flat is NULL");
+    rt_param *ps;
+    size_t n;
+    uint64_t numel;
+    DS_TRY(build_table(cfg, &ps, &n, &numel));
+    uint64_t key = splitmix64(seed ^ 0x6770742d32696e69ull); /* "gpt-2ini" */
+    double proj_std = 0.02 / sqrt(2.0 * cfg->n_layer);
+    for (size_t k = 0; k < n; k++) {
+        const rt_param *p = &ps[k];
+        size_t len = strlen(p->name);
+        bool is_weight = len > 7 && strcmp(p->name + len - 7, ".weight") == 0;
+        bool is_ln = strstr(p->name, ".ln_") != NULL;
+        float *dst = flat + p->offset;
+        int64_t cnt = (int64_t)p->numel;
+        if (!is_weight) {
+            memset(dst, 0, (size_t)cnt * sizeof(float));
+        } else if (is_ln) {
+            for (int64_t i = 0; i < cnt; i++) dst[i] = 1.0f;
+        } else {
+            double sd = strstr(p->name, ".c_proj.") ? proj_std : 0.02;
+            uint64_t base = p->offset;
+#pragma omp parallel for schedule(static) if (cnt > 65536)
+            for (int64_t i = 0; i < cnt; i++) dst[i] = (float)(sd * normal_at(key, base + (uint64_t)i));
+        }
+    }
+    free(ps);
+    return DSCKPT_OK;
+}
+
+/* ---- matrix products ---- */
+
+/* c[0..MR, 0..NR) (+)= a-strip · b-strip over kc; add = 0 overwrites c. */
+static inline void ukernel_full(int kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
+                                const float *restrict b, ptrdiff_t ldb, float *restrict c, ptrdiff_t ldc, int add) {
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < kc; p++) {
+        const float *bp = b + p * ldb;
+        const float *ap = a + p * acs;
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            float av = ap[i * ars];
+#pragma omp simd
+            for (int j = 0; j < NR; j++) acc[i][j] += av * bp[j];
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        if (add) {
+#pragma omp simd
+            for (int j = 0; j < NR; j++) c[i * ldc + j] += acc[i][j];
+        } else {
+#pragma omp simd
+            for (int j = 0; j < NR; j++) c[i * ldc + j] = acc[i][j];
+        }
+    }
+}
+
+/* The same on a partial tile (mr <= MR, nr <= NR), with the same summation order. */
+static void ukernel_edge(int mr, int nr, int kc, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                         ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < kc; p++)
+        for (int i = 0; i < mr; i++) {
+            float av = a[i * ars + p * acs];
+            for (int j = 0; j < nr; j++) acc[i][j] += av * b[p * ldb + j];
+        }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+/*
+ * C[M, N] = (add ? C : 0) + A·B, where A(i, p) = a[i*ars + p*acs], B(p, j) = b[p*ldb + j]
+ * and C(i, j) = c[i*ldc + j]. Parallel over MC x NC tiles of C; each tile is computed
+ * by one thread.
+ */
+static void gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b, ptrdiff_t ldb,
+                 float *c, ptrdiff_t ldc, int add) {
+    int nmt = (M + MC - 1) / MC, nnt = (N + NC - 1) / NC;
+    int64_t ntiles = (int64_t)nmt * nnt;
+    if (K == 0) { /* nothing to sum: C = add ? C : 0 */
+        if (!add)
+            for (int i = 0; i < M; i++) memset(c + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static) if (ntiles > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        /* Consecutive tiles share a column panel of B, which then stays in cache. */
+        int m0 = (int)(t % nmt) * MC, n0 = (int)(t / nmt) * NC;
+        int m1 = DS_MIN(m0 + MC, M), n1 = DS_MIN(n0 + NC, N);
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int kc = DS_MIN(KC, K - k0);
+            int add_here = add || k0 > 0;
+            for (int j = n0; j < n1; j += NR) {
+                for (int i = m0; i < m1; i += MR) {
+                    const float *ap = a + (ptrdiff_t)i * ars + (ptrdiff_t)k0 * acs;
+                    const float *bp = b + (ptrdiff_t)k0 * ldb + j;
+                    float *cp = c + (ptrdiff_t)i * ldc + j;
+                    if (i + MR <= m1 && j + NR <= n1)
+                        ukernel_full(kc, ap, ars, acs, bp, ldb, cp, ldc, add_here);
+                    else
+                        ukernel_edge(DS_MIN(MR, m1 - i), DS_MIN(NR, n1 - j), kc, ap, ars, acs, bp, ldb, cp, ldc,
+                                     add_here);
+                }
+            }
+        }
+    }
+}
+
+/* C[M, N] = (add ? C : 0) + A·Bᵀ with A row-major [M, K] (row stride lda) and Bt
+ * row-major [N, K] (row stride ldbt). Bt is transposed NP rows at a time into
+ * `panel` ([K, NP_LD], K <= 4C). */
+static void gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt,
+                    float *c, ptrdiff_t ldc, int add, float *panel) {
+    for (int n0 = 0; n0 < N; n0 += NP) {
+        int np = DS_MIN(NP, N - n0);
+        int nkb = (K + 31) / 32;
+#pragma omp parallel for schedule(static) if (nkb > 1)
+        for (int kb = 0; kb < nkb; kb++) {
+            int k0 = kb * 32, k1 = DS_MIN(k0 + 32, K);
+            for (int j = 0; j < np; j++) {
+                const float *src = bt + (ptrdiff_t)(n0 + j) * ldbt;
+                for (int k = k0; k < k1; k++) panel[(ptrdiff_t)k * NP_LD + j] = src[k];
+            }
+        }
+        gemm(M, np, K, a, lda, 1, panel, NP_LD, c + n0, ldc, add);
+    }
+}
+
+/* Sets each of N rows of out [N, C] to bias (+ res when res is not NULL). */
+static void rows_init(int N, int C, float *out, const float *bias, const float *res) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        float *o = out + (ptrdiff_t)r * C;
+        if (res) {
+            const float *x = res + (ptrdiff_t)r * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) o[c] = x[c] + bias[c];
+        } else {
+            memcpy(o, bias, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+/* db[j] += sum over rows of d[r, j], parallel over column chunks. */
+static void bias_grad(int N, int C, const float *d, float *db) {
+    enum { CB = 64 };
+    int nch = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if (nch > 1)
+    for (int ch = 0; ch < nch; ch++) {
+        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
+        float acc[CB] = {0};
+        for (int r = 0; r < N; r++) {
+            const float *dr = d + (ptrdiff_t)r * C + c0;
+#pragma omp simd
+            for (int j = 0; j < cn; j++) acc[j] += dr[j];
+        }
+        for (int j = 0; j < cn; j++) db[c0 + j] += acc[j];
+    }
+}
+
+/* ---- layers ---- */
+
+#define LN_EPS 1e-5f
+
+static void layernorm_fwd(int N, int C, const float *x, const float *w, const float *b, float *out, float *mean,
+                          float *rstd) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        const float *xr = x + (ptrdiff_t)r * C;
+        float *o = out + (ptrdiff_t)r * C;
+        float s = 0.0f;
+        for (int c = 0; c < C; c++) s += xr[c];
+        float mu = s / (float)C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float d = xr[c] - mu;
+            v += d * d;
+        }
+        float rs = 1.0f / sqrtf(v / (float)C + LN_EPS);
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = (xr[c] - mu) * rs * w[c] + b[c];
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+}
+
+/* dx += LayerNorm backward of dout (rows in parallel); dw, db += the parameter
+ * gradients (columns in parallel). x, mean, rstd are the forward's input and stats. */
+static void layernorm_bwd(int N, int C, const float *dout, const float *x, const float *mean, const float *rstd,
+                          const float *w, float *dx, float *dw, float *db) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        const float *d = dout + (ptrdiff_t)r * C, *xr = x + (ptrdiff_t)r * C;
+        float *o = dx + (ptrdiff_t)r * C;
+        float mu = mean[r], rs = rstd[r];
+        float m1 = 0.0f, m2 = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float dn = d[c] * w[c];
+            m1 += dn;
+            m2 += dn * ((xr[c] - mu) * rs);
+        }
+        m1 /= (float)C;
+        m2 /= (float)C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) {
+            float xh = (xr[c] - mu) * rs;
+            o[c] += rs * (d[c] * w[c] - m1 - xh * m2);
+        }
+    }
+    enum { CB = 32 };
+    int nch = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if (nch > 1)
+    for (int ch = 0; ch < nch; ch++) {
+        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
+        float aw[CB] = {0}, ab[CB] = {0};
+        for (int r = 0; r < N; r++) {
+            const float *d = dout + (ptrdiff_t)r * C + c0, *xr = x + (ptrdiff_t)r * C + c0;
+            float mu = mean[r], rs = rstd[r];
+#pragma omp simd
+            for (int j = 0; j < cn; j++) {
+                aw[j] += d[j] * ((xr[j] - mu) * rs);
+                ab[j] += d[j];
+            }
+        }
+        for (int j = 0; j < cn; j++) {
+            dw[c0 + j] += aw[j];
+            db[c0 + j] += ab[j];
+        }
+    }
+}
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+static void gelu_fwd(int64_t n, const float *x, float *y) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(GELU_K * (v + GELU_A * v * v * v)));
+    }
+}
+
+/* d[i] *= gelu'(x[i]) */
+static void gelu_bwd(int64_t n, const float *x, float *d) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float th = tanhf(GELU_K * (v + GELU_A * v * v * v));
+        float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
+        d[i] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
+    }
+}
+
+/* Causal self-attention: qkv [BT, 3C] -> att [B, NH, T, T], y [BT, C]. */
+static void attention_fwd(int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float *base = qkv + (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
+        for (int t = 0; t < T; t++) {
+            const float *q = base + t * C3;
+            float *arow = att + ((ptrdiff_t)bh * T + t) * T;
+            float mx = -INFINITY;
+            for (int t2 = 0; t2 <= t; t2++) {
+                const float *k = base + t2 * C3 + C;
+                float s = 0.0f;
+                for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                s *= scale;
+                arow[t2] = s;
+                if (s > mx) mx = s;
+            }
+            float sum = 0.0f;
+            for (int t2 = 0; t2 <= t; t2++) {
+                float e = expf(arow[t2] - mx);
+                arow[t2] = e;
+                sum += e;
+            }
+            float inv = 1.0f / sum;
+            float *yr = y + ((ptrdiff_t)b * T + t) * C + (ptrdiff_t)h * hs;
+            memset(yr, 0, (size_t)hs * sizeof(float));
+            for (int t2 = 0; t2 <= t; t2++) {
+                float p = arow[t2] * inv;
+                arow[t2] = p;
+                const float *v = base + t2 * C3 + 2 * C;
+#pragma omp simd
+                for (int i = 0; i < hs; i++) yr[i] += p * v[i];
+            }
+        }
+    }
+}
+
+/* dqkv = attention backward of dy (dqkv is overwritten). scratch: [B*NH, T]. */
+static void attention_bwd(int B, int T, int C, int NH, const float *qkv, const float *att, const float *dy,
+                          float *dqkv, float *scratch) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        ptrdiff_t off = (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
+        const float *base = qkv + off;
+        float *dbase = dqkv + off;
+        float *da = scratch + (ptrdiff_t)bh * T;
+        for (int t = 0; t < T; t++) {
+            float *dq = dbase + t * C3;
+            memset(dq, 0, (size_t)hs * sizeof(float));
+            memset(dq + C, 0, (size_t)hs * sizeof(float));
+            memset(dq + 2 * C, 0, (size_t)hs * sizeof(float));
+        }
+        for (int t = 0; t < T; t++) {
+            const float *arow = att + ((ptrdiff_t)bh * T + t) * T;
+            const float *dyr = dy + ((ptrdiff_t)b * T + t) * C + (ptrdiff_t)h * hs;
+            const float *q = base + t * C3;
+            float *dq = dbase + t * C3;
+            float dot = 0.0f; /* sum over t2 of p * dp */
+            for (int t2 = 0; t2 <= t; t2++) {
+                const float *v = base + t2 * C3 + 2 * C;
+                float *dv = dbase + t2 * C3 + 2 * C;
+                float s = 0.0f;
+                for (int i = 0; i < hs; i++) s += dyr[i] * v[i];
+                da[t2] = s;
+                dot += arow[t2] * s;
+                float p = arow[t2];
+#pragma omp simd
+                for (int i = 0; i < hs; i++) dv[i] += p * dyr[i];
+            }
+            for (int t2 = 0; t2 <= t; t2++) {
+                float ds = arow[t2] * (da[t2] - dot) * scale;
+                const float *k = base + t2 * C3 + C;
+                float *dk = dbase + t2 * C3 + C;
+#pragma omp simd
+                for (int i = 0; i < hs; i++) {
+                    dq[i] += ds * k[i];
+                    dk[i] += ds * q[i];
+                }
+            }
+        }
+    }
+}
+
+/* ---- the pass ---- */
+
+typedef struct blk_params {
+    const float *p[P_BLOCK_N];
+} blk_params;
+
+static blk_params block_view(const rt_model *m, const float *base) {
+    blk_params v;
+    for (int j = 0; j < P_BLOCK_N; j++) v.p[j] = base + m->blk_off[j];
+    return v;
+}
+
+typedef struct blk_grads {
+    float *g[P_BLOCK_N];
+} blk_grads;
+
+static void block_forward(rt_model *m, int l, const float *x, const blk_params *w, int B, int T) {
+    int C = m->cfg.n_embd, NH = m->cfg.n_head, BT = B * T;
+    layer_acts *a = &m->layers[l];
+    layernorm_fwd(BT, C, x, w->p[P_LN1_W], w->p[P_LN1_B], a->ln1, a->ln1_mean, a->ln1_rstd);
+    rows_init(BT, 3 * C, a->qkv, w->p[P_ATTN_B], NULL);
+    gemm(BT, 3 * C, C, a->ln1, C, 1, w->p[P_ATTN_W], 3 * C, a->qkv, 3 * C, 1);
+    attention_fwd(B, T, C, NH, a->qkv, a->att, a->atty);
+    rows_init(BT, C, a->res2, w->p[P_APROJ_B], x);
+    gemm(BT, C, C, a->atty, C, 1, w->p[P_APROJ_W], C, a->res2, C, 1);
+    layernorm_fwd(BT, C, a->res2, w->p[P_LN2_W], w->p[P_LN2_B], a->ln2, a->ln2_mean, a->ln2_rstd);
+    rows_init(BT, 4 * C, a->fch, w->p[P_FC_B], NULL);
+    gemm(BT, 4 * C, C, a->ln2, C, 1, w->p[P_FC_W], 4 * C, a->fch, 4 * C, 1);
+    gelu_fwd((int64_t)BT * 4 * C, a->fch, a->fchg);
+    rows_init(BT, C, a->res3, w->p[P_FCPROJ_B], a->res2);
+    gemm(BT, C, 4 * C, a->fchg, 4 * C, 1, w->p[P_FCPROJ_W], C, a->res3, C, 1);
+}
+
+/* On entry m->dres holds the gradient of the block's output; on exit, of its input x. */
+static void block_backward(rt_model *m, int l, const float *x, const blk_params *w, const blk_grads *g, int B,
+                           int T) {
+    int C = m->cfg.n_embd, NH = m->cfg.n_head, BT = B * T;
+    layer_acts *a = &m->layers[l];
+    float *dres = m->dres, *dc = m->dc, *d4c = m->d4c;
+    /* MLP: res3 = res2 + gelu(ln2·Wfc + bfc)·Wproj + bproj */
+    gemm_bt(BT, 4 * C, C, dres, C, w->p[P_FCPROJ_W], C, d4c, 4 * C, 0, m->tpanel);
+    gemm(4 * C, C, BT, a->fchg, 1, 4 * C, dres, C, g->g[P_FCPROJ_W], C, 1);
+    bias_grad(BT, C, dres, g->g[P_FCPROJ_B]);
+    gelu_bwd((int64_t)BT * 4 * C, a->fch, d4c);
+    gemm_bt(BT, C, 4 * C, d4c, 4 * C, w->p[P_FC_W], 4 * C, dc, C, 0, m->tpanel);
+    gemm(C, 4 * C, BT, a->ln2, 1, C, d4c, 4 * C, g->g[P_FC_W], 4 * C, 1);
+    bias_grad(BT, 4 * C, d4c, g->g[P_FC_B]);
+    layernorm_bwd(BT, C, dc, a->res2, a->ln2_mean, a->ln2_rstd, w->p[P_LN2_W], dres, g->g[P_LN2_W],
+                  g->g[P_LN2_B]);
+    /* Attention: res2 = x + attn(ln1(x))·Wproj + bproj */
+    gemm_bt(BT, C, C, dres, C, w->p[P_APROJ_W], C, dc, C, 0, m->tpanel);
+    gemm(C, C, BT, a->atty, 1, C, dres, C, g->g[P_APROJ_W], C, 1);
+    bias_grad(BT, C, dres, g->g[P_APROJ_B]);
+    float *dqkv = d4c; /* [BT, 3C] fits in [BT, 4C] */
+    attention_bwd(B, T, C, NH, a->qkv, a->att, dc, dqkv, m->datt);
+    gemm_bt(BT, C, 3 * C, dqkv, 3 * C, w->p[P_ATTN_W], 3 * C, dc, C, 0, m->tpanel);
+    gemm(C, 3 * C, BT, a->ln1, 1, C, dqkv, 3 * C, g->g[P_ATTN_W], 3 * C, 1);
+    bias_grad(BT, 3 * C, dqkv, g->g[P_ATTN_B]);
+    layernorm_bwd(BT, C, dc, x, a->ln1_mean, a->ln1_rstd, w->p[P_LN1_W], dres, g->g[P_LN1_W], g->g[P_LN1_B]);
+}
+
+static void encoder_fwd(rt_model *m, const float *wte, const float *wpe, const int32_t *tokens, int B, int T) {
+    int C = m->cfg.n_embd;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < B * T; r++) {
+        int b = r / T, t = r % T;
+        const float *e = wte + (ptrdiff_t)tokens[(ptrdiff_t)b * (T + 1) + t] * C, *pe = wpe + (ptrdiff_t)t * C;
+        float *o = m->enc + (ptrdiff_t)r * C;
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
+    }
+}
+
+/* dwte[token] += dres, dwpe[t] += dres for every position; parallel over column
+ * chunks, positions in order (positions sharing a token or t add to the same row). */
+static void encoder_bwd(rt_model *m, float *dwte, float *dwpe, const int32_t *tokens, int B, int T) {
+    enum { CB = 64 };
+    int C = m->cfg.n_embd, nch = (C + CB - 1) / CB;
+#pragma omp parallel for schedule(static) if (nch > 1)
+    for (int ch = 0; ch < nch; ch++) {
+        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
+        for (int r = 0; r < B * T; r++) {
+            int b = r / T, t = r % T;
+            const float *d = m->dres + (ptrdiff_t)r * C + c0;
+            float *ge = dwte + (ptrdiff_t)tokens[(ptrdiff_t)b * (T + 1) + t] * C + c0;
+            float *gp = dwpe + (ptrdiff_t)t * C + c0;
+            for (int j = 0; j < cn; j++) {
+                ge[j] += d[j];
+                gp[j] += d[j];
+            }
+        }
+    }
+}
+
+/* Softmax cross-entropy over probs [BT, V] (holding logits on entry). With dscale
+ * != 0, probs becomes dlogits = (softmax - onehot) * dscale. Returns the mean loss. */
+static double cross_entropy(rt_model *m, const int32_t *tokens, int B, int T, float dscale) {
+    int V = m->cfg.vocab_size;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < B * T; r++) {
+        int b = r / T, t = r % T;
+        int target = tokens[(ptrdiff_t)b * (T + 1) + t + 1];
+        float *row = m->probs + (ptrdiff_t)r * V;
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+        float zt = row[target] - mx;
+        float sum = 0.0f;
+        for (int v = 0; v < V; v++) {
+            float e = expf(row[v] - mx);
+            row[v] = e;
+            sum += e;
+        }
+        m->row_loss[r] = logf(sum) - zt;
+        if (dscale != 0.0f) {
+            float inv = 1.0f / sum;
+#pragma omp simd
+            for (int v = 0; v < V; v++) row[v] = row[v] * inv * dscale;
+            row[target] -= dscale;
+        }
+    }
+    double total = 0.0; /* fixed order, one thread */
+    for (int r = 0; r < B * T; r++) total += m->row_loss[r];
+    return total / (double)(B * T);
+}
+
+static dsckpt_status check_args(const rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
+                                bool backward) {
+    if (!m) return ds_err(DSCKPT_EINVAL, "model is NULL");
+    if (!h || !h->acquire || !h->release)
+        return ds_err(DSCKPT_EINVAL, "parameter hooks missing (acquire and release are required)");
+    if (backward && (!h->grad_buf || !h->grad_ready))
+        return ds_err(DSCKPT_EINVAL, "forward_backward needs the grad_buf and grad_ready hooks");
+    if (!tokens) return ds_err(DSCKPT_EINVAL, "tokens is NULL");
+    if (B < 1 || B > m->max_batch)
+        return ds_err(DSCKPT_EINVAL, "batch size B = %d is outside [1, max_batch = %d]", B, m->max_batch);
+    if (T < 1 || T > m->seq_len)
+        return ds_err(DSCKPT_EINVAL, "sequence length T = %d is outside [1, seq_len = %d]", T, m->seq_len);
+    int V = m->cfg.vocab_size;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= T; t++) {
+            int32_t tok = tokens[(ptrdiff_t)b * (T + 1) + t];
+            if (tok < 0 || tok >= V)
+                return ds_err(DSCKPT_EINVAL, "token %d at position (row %d, column %d) of the batch is outside [0, "
+                                             "vocab_size = %d)", (int)tok, b, t, V);
+        }
+    return DSCKPT_OK;
+}
+
+/* Calls a pointer-returning hook; NULL becomes EIO with the hook's message, if any. */
+static dsckpt_status hook_acquire(const rt_param_hooks *h, int module, const float **out) {
+    ds_err_clear();
+    *out = h->acquire(h->ctx, module);
+    if (*out) return DSCKPT_OK;
+    if (dsckpt_last_error()[0]) return ds_err_prefix(DSCKPT_EIO, "acquire(module %d) failed", module);
+    return ds_err(DSCKPT_EIO, "acquire(module %d) returned NULL", module);
+}
+
+static dsckpt_status hook_grad(const rt_param_hooks *h, int module, float **out) {
+    ds_err_clear();
+    *out = h->grad_buf(h->ctx, module);
+    if (*out) return DSCKPT_OK;
+    if (dsckpt_last_error()[0]) return ds_err_prefix(DSCKPT_EIO, "grad_buf(module %d) failed", module);
+    return ds_err(DSCKPT_EIO, "grad_buf(module %d) returned NULL", module);
+}
+
+/* The forward up to ln_f's output (m->lnf); module L+1 is left acquired in *lnf_w
+ * (the caller releases it). */
+static dsckpt_status forward_trunk(rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
+                                   const float **lnf_w) {
+    int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size;
+    const float *p;
+    DS_TRY(hook_acquire(h, 0, &p));
+    encoder_fwd(m, p, p + (ptrdiff_t)V * C, tokens, B, T);
+    h->release(h->ctx, 0);
+    const float *x = m->enc;
+    for (int l = 0; l < L; l++) {
+        DS_TRY(hook_acquire(h, 1 + l, &p));
+        blk_params w = block_view(m, p);
+        block_forward(m, l, x, &w, B, T);
+        h->release(h->ctx, 1 + l);
+        x = m->layers[l].res3;
+    }
+    DS_TRY(hook_acquire(h, L + 1, &p));
+    layernorm_fwd(B * T, C, x, p, p + C, m->lnf, m->lnf_mean, m->lnf_rstd);
+    *lnf_w = p;
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_model_forward(rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
+                               float *loss) {
+    DS_TRY(check_args(m, h, tokens, B, T, false));
+    int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size;
+    const float *lnf_w, *wte;
+    DS_TRY(forward_trunk(m, h, tokens, B, T, &lnf_w));
+    h->release(h->ctx, L + 1);
+    DS_TRY(hook_acquire(h, 0, &wte));
+    gemm_bt(B * T, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
+    h->release(h->ctx, 0);
+    double l = cross_entropy(m, tokens, B, T, 0.0f);
+    if (loss) *loss = (float)l;
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_model_forward_backward(rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
+                                        float grad_scale, float *loss) {
+    DS_TRY(check_args(m, h, tokens, B, T, true));
+    if (!isfinite(grad_scale)) return ds_err(DSCKPT_EINVAL, "grad_scale = %g is not finite", (double)grad_scale);
+    int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size, BT = B * T;
+    dsckpt_status st;
+    const float *lnf_w, *wte, *p;
+    float *g0, *g;
+    DS_TRY(forward_trunk(m, h, tokens, B, T, &lnf_w));
+    DS_TRYGOTO(hook_acquire(h, 0, &wte), fail_lnf);
+    DS_TRYGOTO(hook_grad(h, 0, &g0), fail_both);
+    gemm_bt(BT, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
+    double l = cross_entropy(m, tokens, B, T, grad_scale / (float)BT);
+    /* Tied LM head: dwte += dlogitsᵀ·lnf; d(lnf) = dlogits·wte. */
+    gemm(V, C, BT, m->probs, 1, V, m->lnf, C, g0, C, 1);
+    gemm(BT, C, V, m->probs, V, 1, wte, C, m->dc, C, 0);
+    h->release(h->ctx, 0);
+    DS_TRYGOTO(hook_grad(h, L + 1, &g), fail_lnf);
+    memset(m->dres, 0, (size_t)BT * (size_t)C * sizeof(float));
+    const float *xL = m->layers[L - 1].res3;
+    layernorm_bwd(BT, C, m->dc, xL, m->lnf_mean, m->lnf_rstd, lnf_w, m->dres, g, g + C);
+    h->release(h->ctx, L + 1);
+    h->grad_ready(h->ctx, L + 1);
+    for (int i = L - 1; i >= 0; i--) {
+        DS_TRY(hook_acquire(h, 1 + i, &p));
+        st = hook_grad(h, 1 + i, &g);
+        if (st != DSCKPT_OK) {
+            h->release(h->ctx, 1 + i);
+            return st;
+        }
+        blk_params w = block_view(m, p);
+        blk_grads gv;
+        for (int j = 0; j < P_BLOCK_N; j++) gv.g[j] = g + m->blk_off[j];
+        block_backward(m, i, i > 0 ? m->layers[i - 1].res3 : m->enc, &w, &gv, B, T);
+        h->release(h->ctx, 1 + i);
+        h->grad_ready(h->ctx, 1 + i);
+    }
+    encoder_bwd(m, g0, g0 + (ptrdiff_t)V * C, tokens, B, T);
+    h->grad_ready(h->ctx, 0);
+    if (loss) *loss = (float)l;
+    return DSCKPT_OK;
+fail_both:
+    h->release(h->ctx, 0);
+fail_lnf:
+    h->release(h->ctx, L + 1);
+    return st;
+}
+
+/* ---- dense hooks ---- */
+
+static const float *dense_acquire(void *ctx, int module) {
+    rt_dense_ctx *d = ctx;
+    uint64_t start;
+    rt_model_module_range(d->model, module, &start, NULL);
+    return d->params + start;
+}
+
+static void dense_release(void *ctx, int module) { DS_UNUSED(ctx), DS_UNUSED(module); }
+
+static float *dense_grad_buf(void *ctx, int module) {
+    rt_dense_ctx *d = ctx;
+    if (!d->grads) {
+        ds_err(DSCKPT_EMISUSE, "dense hooks were set up without a gradient array");
+        return NULL;
+    }
+    uint64_t start;
+    rt_model_module_range(d->model, module, &start, NULL);
+    return d->grads + start;
+}
+
+static void dense_grad_ready(void *ctx, int module) { DS_UNUSED(ctx), DS_UNUSED(module); }
+
+void rt_dense_hooks(rt_param_hooks *h, rt_dense_ctx *ctx, const rt_model *m, const float *params, float *grads) {
+    ctx->model = m;
+    ctx->params = params;
+    ctx->grads = grads;
+    h->ctx = ctx;
+    h->acquire = dense_acquire;
+    h->release = dense_release;
+    h->grad_buf = dense_grad_buf;
+    h->grad_ready = dense_grad_ready;
+}
