@@ -222,10 +222,24 @@ static float *h_grad_buf(void *ctx, int m) {
     return e->gscr;
 }
 
+/* fp16 training keeps gradients in fp16, as DeepSpeed does: a value past the fp16
+ * range becomes inf, which is how an overflowing step is detected. */
+static void fp16_round(float *g, uint64_t n, uint16_t *tmp) {
+    for (uint64_t i = 0; i < n; i += 4096) {
+        size_t k = (size_t)DS_MIN(n - i, 4096);
+        ds_cast_f32_to_f16(g + i, tmp, k);
+        ds_cast_f16_to_f32(tmp, g + i, k);
+    }
+}
+
 static void h_grad_ready(void *ctx, int m) {
     rt_engine *e = ctx;
     if (e->stage < 2 || e->hook_err) return;
-    const float *g = m == 0 ? e->gscr0 : e->gscr;
+    float *g = m == 0 ? e->gscr0 : e->gscr;
+    if (e->wdt == DSCKPT_F16) {
+        uint16_t tmp[4096];
+        fp16_round(g, e->mlen[m], tmp);
+    }
     /* Buckets of whole tensors, at most reduce_bucket_size elements (a larger tensor alone). */
     size_t ts[64];
     const float *src[64];
@@ -490,6 +504,10 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         e->hook_err = DSCKPT_OK;
         DS_TRY(rt_model_forward_backward(e->model, &h, e->tokens, mb, T, grad_scale, &loss));
         if (e->hook_err) return e->hook_err;
+        if (e->stage < 2 && e->wdt == DSCKPT_F16) {
+            uint16_t tmp[4096];
+            fp16_round(e->gfull, e->N, tmp);
+        }
         loss_sum += loss;
     }
     /* Reduction of the accumulated gradients (stages 2/3 reduced them during backward). */

@@ -9,6 +9,7 @@
 #include "data.h"
 #include "engine.h"
 #include "model.h"
+#include "stream.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -32,7 +33,9 @@ static const char help[] =
     "  --eval_steps N         evaluate every N steps (default 0 = only at the end)\n"
     "  --eval_windows N       eval windows used (default 64; 0 = all)\n"
     "  --log_file F           JSON lines from rank 0: step, loss, lr, grad_norm,\n"
-    "                         loss_scale, skipped, tokens_per_s (and eval_loss)\n"
+    "                         loss_scale, skipped, tokens_per_s, step_s, comm_s (and\n"
+    "                         eval_loss; the last line also master_sha256, the SHA-256\n"
+    "                         of the full fp32 master weights)\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
     "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
@@ -175,11 +178,15 @@ int main(int argc, char **argv) {
         rc = (code);                                                               \
         goto done;                                                                 \
     } while (0)
+    /* Bad input found before training: every rank reads the same files and reaches
+     * the same verdict, so they all exit cleanly (no MPI_Abort noise). */
+    bool clean_exit = true;
     if ((st = rt_config_load(cfg_path, &a, W, &cfg))) FAIL(2);
     if ((st = rt_data_open(data_path, seq, RT_DATA_EVAL_FRACTION_DEFAULT, &data))) FAIL(2);
     rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)seq, .n_layer = (int)nl, .n_head = (int)nh, .n_embd = (int)ne};
     if ((st = rt_model_create(&mc, (int)cfg.micro_batch, (int)seq, &model))) FAIL(2);
     if ((st = rt_engine_create(&cfg, comm, model, seed, &eng))) FAIL(st == DSCKPT_EINVAL ? 2 : 70);
+    clean_exit = false;
     if (print_mem) {
         rt_mem_report have, want;
         rt_engine_memory(eng, &have);
@@ -214,6 +221,21 @@ int main(int argc, char **argv) {
         double el = NAN;
         bool do_eval = (eval_steps && (k + 1) % eval_steps == 0) || k + 1 == steps;
         if (do_eval && (st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
+        char digest[2 * DS_SHA256_LEN + 1] = "";
+        if (k + 1 == steps && log_path) { /* the final fp32 master weights, for bit-identity checks */
+            uint64_t n = rt_model_numel(model);
+            float *all = malloc((size_t)n * sizeof *all);
+            uint8_t h[DS_SHA256_LEN];
+            if (!all) {
+                ds_err(DSCKPT_ENOMEM, "out of memory");
+                FAIL(70);
+            }
+            st = rt_engine_gather_master(eng, all);
+            if (!st) st = ds_sha256(all, (size_t)n * sizeof *all, h);
+            free(all);
+            if (st) FAIL(70);
+            ds_hex(h, DS_SHA256_LEN, digest);
+        }
         if (rank == 0 && log) {
             fprintf(log,
                     "{\"step\": %llu, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"loss_scale\": %.9g, "
@@ -221,6 +243,7 @@ int main(int argc, char **argv) {
                     (unsigned long long)s.step, s.loss, s.lr, isnan(s.grad_norm) ? -1.0 : s.grad_norm, s.loss_scale,
                     s.skipped ? "true" : "false", s.tokens_per_s, s.seconds, s.comm_seconds);
             if (do_eval) fprintf(log, ", \"eval_loss\": %.9g", el);
+            if (digest[0]) fprintf(log, ", \"master_sha256\": \"%s\"", digest);
             fprintf(log, "}\n");
             fflush(log);
         }
@@ -241,7 +264,7 @@ done:
     rt_model_free(model);
     rt_data_free(data);
     rt_config_free(&cfg);
-    if (rc) rt_comm_abort(comm, rc);
+    if (rc && !clean_exit) rt_comm_abort(comm, rc);
     rt_comm_close(comm);
     return rc;
 }
