@@ -42,7 +42,22 @@ static void join(char *out, const char *prefix, const char *key) {
     out[n] = '\0';
 }
 
-static bool is_auto(const cJSON *it) { return cJSON_IsString(it) && it->valuestring && !strcmp(it->valuestring, "auto"); }
+/* Shortest "%g" form that reads back as the same double; a few rotating buffers so a
+ * message can hold several. */
+static const char *num(double d) {
+    static __thread char bufs[4][32];
+    static __thread unsigned next;
+    char *b = bufs[next++ % 4];
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(b, 32, "%.*g", prec, d);
+        if (strtod(b, NULL) == d) break;
+    }
+    return b;
+}
+
+static bool is_auto(const cJSON *it) {
+    return cJSON_IsString(it) && it->valuestring && !strcmp(it->valuestring, "auto");
+}
 
 static const char *kind(const cJSON *it) {
     if (cJSON_IsBool(it)) return cJSON_IsTrue(it) ? "true" : "false";
@@ -58,6 +73,14 @@ static const char *kind(const cJSON *it) {
 static dsckpt_status bad_type(const pctx *p, const char *path, const cJSON *it, const char *want) {
     if (is_auto(it))
         return bad(p, path, "\"auto\" cannot be filled here: no command-line flag sets this key; write %s", want);
+    if (cJSON_IsString(it) && it->valuestring) {
+        char *end;
+        (void)strtod(it->valuestring, &end);
+        bool numeric = *it->valuestring && !*end;
+        bool boolean = !strcmp(it->valuestring, "true") || !strcmp(it->valuestring, "false");
+        if (numeric || boolean) return bad(p, path, "must be %s, not the string \"%s\"; remove the quotes", want,
+                                           it->valuestring);
+    }
     return bad(p, path, "must be %s, not %s; write %s", want, kind(it), want);
 }
 
@@ -175,11 +198,11 @@ static dsckpt_status get_u64(const pctx *p, const cJSON *obj, const char *key, c
     }
     if (!cJSON_IsNumber(it)) return bad_type(p, path, it, lo ? "a positive integer" : "a non-negative integer");
     double d = it->valuedouble;
-    if (!isfinite(d) || d != floor(d)) return bad(p, path, "must be an integer, not %.17g; write a whole number", d);
+    if (!isfinite(d) || d != floor(d)) return bad(p, path, "must be an integer, not %s; write a whole number", num(d));
     if (d < (double)lo || d > (double)hi || d > MAX_EXACT_INT) {
-        if (lo > 0 && d <= 0) return bad(p, path, "must be at least %llu, not %.17g; use a positive value",
-                                         (unsigned long long)lo, d);
-        return bad(p, path, "%.17g is out of range; use a value from %llu to %llu", d, (unsigned long long)lo,
+        if (lo > 0 && d <= 0) return bad(p, path, "must be at least %llu, not %s; use a positive value",
+                                         (unsigned long long)lo, num(d));
+        return bad(p, path, "%s is out of range; use a value from %llu to %llu", num(d), (unsigned long long)lo,
                    (unsigned long long)hi);
     }
     *out = (uint64_t)d;
@@ -199,8 +222,9 @@ static dsckpt_status get_f64(const pctx *p, const cJSON *obj, const char *key, c
     if (!cJSON_IsNumber(it)) return bad_type(p, path, it, "a number");
     double d = it->valuedouble;
     if (!isfinite(d) || d < lo || (lo_open && d == lo) || d > hi) {
-        if (isinf(hi)) return bad(p, path, "%.17g is out of range; use a value %s %g", d, lo_open ? ">" : ">=", lo);
-        return bad(p, path, "%.17g is out of range; use a value from %g%s to %g", d, lo, lo_open ? " (exclusive)" : "",
+        if (isinf(hi)) return bad(p, path, "%s is out of range; use a value %s %g", num(d), lo_open ? ">" : ">=", lo);
+        return bad(p, path, "%s is out of range; use a value from %g%s to %g", num(d), lo,
+                   lo_open ? " (exclusive)" : "",
                    hi);
     }
     *out = d;
@@ -272,8 +296,8 @@ static dsckpt_status fill_num(const pctx *p, cJSON *obj, const char *key, const 
         return replace(obj, key, cJSON_CreateNumber(v));
     }
     if (must_match && has && cJSON_IsNumber(it) && it->valuedouble != v)
-        return bad(p, path, "%.17g in the config but --%s=%.17g; make them equal or set the key to \"auto\"",
-                   it->valuedouble, flag, v);
+        return bad(p, path, "%s in the config but --%s=%s; make them equal or set the key to \"auto\"",
+                   num(it->valuedouble), flag, num(v));
     return DSCKPT_OK;
 }
 
@@ -329,7 +353,6 @@ static dsckpt_status parse_fp16(const pctx *p, cJSON *root, rt_config *c) {
     c->fp16.dynamic_args_given = false;
     for (size_t i = 0; s && i < sizeof dyn / sizeof dyn[0]; i++)
         if (cJSON_GetObjectItemCaseSensitive(s, dyn[i])) c->fp16.dynamic_args_given = true;
-
 
     /* bf16, or its old name bfloat16 (DeepSpeed reads either). */
     cJSON *b = NULL, *b_old = NULL;
@@ -417,7 +440,7 @@ static dsckpt_status parse_zero(const pctx *p, cJSON *root, rt_config *c) {
     const cJSON *st = z ? cJSON_GetObjectItemCaseSensitive(z, "stage") : NULL;
     if (st && !cJSON_IsNumber(st)) return bad_type(p, "zero_optimization.stage", st, "an integer 0, 1, 2 or 3");
     if (st && (st->valuedouble != floor(st->valuedouble) || st->valuedouble < 0 || st->valuedouble > 3))
-        return bad(p, "zero_optimization.stage", "%.17g is not a ZeRO stage; use 0, 1, 2 or 3", st->valuedouble);
+        return bad(p, "zero_optimization.stage", "%s is not a ZeRO stage; use 0, 1, 2 or 3", num(st->valuedouble));
     c->zero.stage = st ? (int)st->valuedouble : 0;
 
     /* The Trainer's hidden-size "auto"s; below stage 3 the stage3_* ones are dropped
@@ -555,18 +578,20 @@ static dsckpt_status parse_betas(const pctx *p, cJSON *prm, rt_config *c) {
     if (it) {
         if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(it->child) ||
             !cJSON_IsNumber(it->child->next))
-            return bad_type(p, path, it, "an array of two numbers [beta1, beta2]");
+            return cJSON_IsArray(it) ? bad(p, path, "must hold exactly two numbers; write [beta1, beta2]")
+                                     : bad_type(p, path, it, "an array [beta1, beta2]");
         double w[2] = {it->child->valuedouble, it->child->next->valuedouble};
         bool has[2] = {a->has_adam_beta1, a->has_adam_beta2};
         for (int i = 0; i < 2; i++) {
             if (has[i] && w[i] != b[i])
-                return bad(p, path, "beta%d = %.17g in the config but --adam_beta%d=%.17g; make them equal or set "
-                           "the key to \"auto\"", i + 1, w[i], i + 1, b[i]);
+                return bad(p, path, "beta%d = %s in the config but --adam_beta%d=%s; make them equal or set "
+                           "the key to \"auto\"", i + 1, num(w[i]), i + 1, num(b[i]));
             b[i] = w[i];
         }
     }
     for (int i = 0; i < 2; i++)
-        if (!(b[i] >= 0 && b[i] < 1)) return bad(p, path, "beta%d = %.17g is out of range; use 0 <= beta < 1", i + 1, b[i]);
+        if (!(b[i] >= 0 && b[i] < 1))
+            return bad(p, path, "beta%d = %s is out of range; use 0 <= beta < 1", i + 1, num(b[i]));
     c->optimizer.beta1 = b[0];
     c->optimizer.beta2 = b[1];
     return DSCKPT_OK;
@@ -599,7 +624,8 @@ static dsckpt_status parse_optimizer(const pctx *p, cJSON *root, rt_config *c) {
             DS_TRY(check_keys(p, prm, "optimizer.params", ADAM_KEYS));
             DS_TRY(fill_num(p, prm, "lr", "optimizer.params", a->has_learning_rate, a->learning_rate,
                             "learning_rate", true));
-            DS_TRY(fill_num(p, prm, "eps", "optimizer.params", a->has_adam_epsilon, a->adam_epsilon, "adam_epsilon", true));
+            DS_TRY(fill_num(p, prm, "eps", "optimizer.params", a->has_adam_epsilon, a->adam_epsilon, "adam_epsilon",
+                            true));
             DS_TRY(fill_num(p, prm, "weight_decay", "optimizer.params", a->has_weight_decay, a->weight_decay,
                             "weight_decay", true));
         }
@@ -643,7 +669,8 @@ static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "type");
     if (!t) return bad(p, "scheduler.type", "missing; write \"type\": \"WarmupLR\", \"WarmupDecayLR\" or "
                        "\"WarmupCosineLR\", or drop the scheduler section for a constant lr");
-    if (!cJSON_IsString(t)) return bad_type(p, "scheduler.type", t, "\"WarmupLR\", \"WarmupDecayLR\" or \"WarmupCosineLR\"");
+    if (!cJSON_IsString(t))
+        return bad_type(p, "scheduler.type", t, "\"WarmupLR\", \"WarmupDecayLR\" or \"WarmupCosineLR\"");
     static const char *const names[] = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR"};
     const char *const *keys = NULL;
     for (int i = 0; i < 3; i++) {

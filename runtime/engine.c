@@ -530,9 +530,12 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         DS_TRY(st);
     }
     /* Overflow and the global norm (of the scaled gradients). */
+    /* Only fp16 skips overflowing steps (DeepSpeed never checks bf16 / fp32). */
     bool overflow = false;
-    for (int g = 0; g < NG; g++) overflow |= rt_has_inf_nan(e->gpart[g], (size_t)e->plen[g]);
-    if (e->scaler.check_overflow) DS_TRY(rt_comm_allreduce_or(e->comm, &overflow));
+    if (e->scaler.check_overflow) {
+        for (int g = 0; g < NG; g++) overflow |= rt_has_inf_nan(e->gpart[g], (size_t)e->plen[g]);
+        DS_TRY(rt_comm_allreduce_or(e->comm, &overflow));
+    }
     double total_norm = NAN;
     if (!overflow) {
         u128 *acc = NULL, *all = NULL;

@@ -549,11 +549,15 @@ static void layernorm_bwd(int N, int C, const float *dout, const float *x, const
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
+/* tanh through one expf: about four times cheaper than tanhf, exact at 0 and +-inf,
+ * absolute error ~2e-7 — the error GELU sees, since it uses 1 + tanh. */
+static inline float tanh_via_exp(float u) { return 1.0f - 2.0f / (1.0f + expf(2.0f * u)); }
+
 static void gelu_fwd(int64_t n, const float *x, float *y) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanhf(GELU_K * (v + GELU_A * v * v * v)));
+        y[i] = 0.5f * v * (1.0f + tanh_via_exp(GELU_K * (v + GELU_A * v * v * v)));
     }
 }
 
@@ -562,10 +566,24 @@ static void gelu_bwd(int64_t n, const float *x, float *d) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
-        float th = tanhf(GELU_K * (v + GELU_A * v * v * v));
+        float th = tanh_via_exp(GELU_K * (v + GELU_A * v * v * v));
         float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
         d[i] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
     }
+}
+
+/* Dot product with eight running sums combined in a fixed order, so it vectorises
+ * and still gives the same bits everywhere. */
+static inline float dot8(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+#pragma omp simd
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    }
+    float tail = 0.0f;
+    for (; i < n; i++) tail += a[i] * b[i];
+    return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;
 }
 
 /* Causal self-attention: qkv [BT, 3C] -> att [B, NH, T, T], y [BT, C]. */
@@ -582,10 +600,7 @@ static void attention_fwd(int B, int T, int C, int NH, const float *qkv, float *
             float *arow = att + ((ptrdiff_t)bh * T + t) * T;
             float mx = -INFINITY;
             for (int t2 = 0; t2 <= t; t2++) {
-                const float *k = base + t2 * C3 + C;
-                float s = 0.0f;
-                for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                s *= scale;
+                float s = dot8(q, base + t2 * C3 + C, hs) * scale;
                 arow[t2] = s;
                 if (s > mx) mx = s;
             }
@@ -637,8 +652,7 @@ static void attention_bwd(int B, int T, int C, int NH, const float *qkv, const f
             for (int t2 = 0; t2 <= t; t2++) {
                 const float *v = base + t2 * C3 + 2 * C;
                 float *dv = dbase + t2 * C3 + 2 * C;
-                float s = 0.0f;
-                for (int i = 0; i < hs; i++) s += dyr[i] * v[i];
+                float s = dot8(dyr, v, hs);
                 da[t2] = s;
                 dot += arow[t2] * s;
                 float p = arow[t2];

@@ -196,7 +196,8 @@ dsckpt_status rt_scaler_state_from_json(rt_scaler *s, const cJSON *j) {
         for (size_t i = 0; i < 4; i++) known |= c->string && !strcmp(c->string, keys[i]);
         if (!known) return ds_err(DSCKPT_ECORRUPT, "%s: unexpected key \"%s\"", what, c->string ? c->string : "");
         for (const cJSON *d = j->child; d != c; d = d->next)
-            if (!strcmp(d->string, c->string)) return ds_err(DSCKPT_ECORRUPT, "%s: duplicate key \"%s\"", what, c->string);
+            if (!strcmp(d->string, c->string))
+                return ds_err(DSCKPT_ECORRUPT, "%s: duplicate key \"%s\"", what, c->string);
     }
     for (size_t i = 0; i < 4; i++)
         if (!cJSON_GetObjectItemCaseSensitive(j, keys[i]))

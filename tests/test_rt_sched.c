@@ -354,7 +354,7 @@ int main(void) {
                                     {"DynamicLossScaler script: hysteresis 2, window 4, min 2", test_dynamic_scaler},
                                     {"DynamicLossScaler with consecutive_hysteresis", test_consecutive_hysteresis},
                                     {"stage-0 FP16_Optimizer scaler script", test_fp16_optimizer_scaler},
-                                    {"static scaler; the scaler DeepSpeed builds per config", test_static_and_from_config},
+                                    {"static scaler; the scaler built per config", test_static_and_from_config},
                                     {"scaler state JSON round trip and strict reader", test_state_json},
                                     {NULL, NULL}};
     return tu_main("rt_sched", tests);
