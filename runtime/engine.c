@@ -2,6 +2,7 @@
  * engine.c — ZeRO stages 0-3 on the CPU over the collectives seam (see engine.h).
  */
 #include "engine.h"
+#include "engine_internal.h"
 
 #include "adam.h"
 #include "cast.h"
@@ -11,55 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-typedef struct et {
-    uint64_t moff, numel;
-    int module, group;
-    uint64_t goff;    /* offset in the group's flat buffer (stages 0-2) */
-    uint64_t qoff, q; /* stage 3: offset of this tensor's piece in the partition, piece length */
-} et;
-
-#define NG 2
-#define EXP_BUCKETS 2048
-
-struct rt_engine {
-    const rt_config *cfg;
-    rt_comm *comm;
-    rt_model *model;
-    int W, rank, stage;
-    dsckpt_dtype wdt;  /* working weights: BF16, F16 or F32 */
-    size_t ws;         /* its element size */
-    uint64_t N;        /* model elements */
-    et *t;
-    size_t nt;
-    int nmod;
-    size_t *mod_t0, *mod_t1;    /* tensors [t0, t1) of each module */
-    uint64_t *mstart, *mlen;
-    uint64_t maxmod;
-    ds_flat_part fp[NG];
-    uint64_t gnumel[NG], plen[NG];
-    float *master[NG], *m1[NG], *m2[NG], *gpart[NG];
-    void *w;           /* stages 0-2: working weights, model layout */
-    void *w3[NG];      /* stage 3: this rank's pieces, partition layout */
-    float *gfull;      /* stages 0/1: gradients, model layout */
-    float *scr[2];     /* fp32 parameters of acquired modules */
-    int scr_mod[2];
-    float *gscr0, *gscr; /* stages 2/3: module gradients (module 0 kept for the whole backward) */
-    int gscr_mod;
-    bool gscr0_live;
-    float *send, *recv;
-    size_t send_cap, recv_cap;
-    uint8_t *gbuf, *gbuf2; /* gather buffers (working dtype) */
-    size_t gbuf_cap, gbuf2_cap;
-    size_t *counts;
-    int32_t *tokens;
-    rt_sched sched;
-    rt_scaler scaler;
-    rt_adam_hparams hp[NG];
-    uint64_t applied, nsteps;
-    dsckpt_status hook_err;
-    uint64_t bucket;
-};
 
 static double now_s(void) {
     struct timespec ts;
@@ -90,7 +42,7 @@ static void from_f32(dsckpt_dtype dt, const float *src, void *dst, uint64_t n) {
 
 /* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
  * the group partition. */
-static void own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
+void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
     if (e->stage == 3) {
         ds_part_real(T->q, r, T->numel, s, n);
         *poff = T->qoff;
@@ -121,7 +73,7 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
         e->counts[r] = 0;
         for (size_t i = 0; i < n; i++) {
             uint64_t s, c, p;
-            own(e, &e->t[ts[i]], r, &s, &c, &p);
+            rt_engine_own(e, &e->t[ts[i]], r, &s, &c, &p);
             e->counts[r] += (size_t)c;
         }
         total += e->counts[r];
@@ -132,7 +84,7 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
     for (int r = 0; r < e->W; r++)
         for (size_t i = 0; i < n; i++) {
             uint64_t s, c, p;
-            own(e, &e->t[ts[i]], r, &s, &c, &p);
+            rt_engine_own(e, &e->t[ts[i]], r, &s, &c, &p);
             memcpy(e->send + pos, src[i] + s, (size_t)c * 4);
             pos += (size_t)c;
         }
@@ -141,7 +93,7 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
     for (size_t i = 0; i < n; i++) {
         const et *T = &e->t[ts[i]];
         uint64_t s, c, p;
-        own(e, T, e->rank, &s, &c, &p);
+        rt_engine_own(e, T, e->rank, &s, &c, &p);
         float *dst = e->gpart[T->group] + p;
         for (uint64_t k = 0; k < c; k++) dst[k] += e->recv[pos + k];
         pos += (size_t)c;
@@ -275,7 +227,6 @@ static rt_param_hooks hooks(rt_engine *e) {
 
 static dsckpt_status alloc_f(float **p, uint64_t n) { return ds_calloc((size_t)(n ? n : 1), sizeof(float), p); }
 
-static void refresh_working(rt_engine *e, int g, uint8_t *tmp);
 
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
     rt_engine *e = NULL;
@@ -357,7 +308,7 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
     for (size_t i = 0; i < np; i++) {
         const et *T = &e->t[i];
         uint64_t s, c, p;
-        own(e, T, e->rank, &s, &c, &p);
+        rt_engine_own(e, T, e->rank, &s, &c, &p);
         float *dst = e->master[T->group] + p;
         memcpy(dst, init + T->moff + s, (size_t)c * 4);
     }
@@ -475,7 +426,7 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
         if (T->group != g) continue;
         for (int r = 0; r < e->W; r++) {
             uint64_t s, c, p;
-            own(e, T, r, &s, &c, &p);
+            rt_engine_own(e, T, r, &s, &c, &p);
             memcpy((uint8_t *)e->w + (T->moff + s) * e->ws, e->gbuf2 + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
         }
     }
@@ -665,7 +616,7 @@ dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
             if (T->group != g) continue;
             for (int r = 0; r < e->W; r++) {
                 uint64_t s, c, p;
-                own(e, T, r, &s, &c, &p);
+                rt_engine_own(e, T, r, &s, &c, &p);
                 memcpy(out + T->moff + s, all + (uint64_t)r * P + p, (size_t)c * 4);
             }
         }
@@ -673,3 +624,42 @@ dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
     }
     return DSCKPT_OK;
 }
+
+dsckpt_status rt_engine_refresh_working(rt_engine *e) {
+    for (int g = 0; g < NG; g++) {
+        if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
+        else refresh_working(e, g, NULL);
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_engine_gather_working(rt_engine *e, void *out) {
+    uint8_t *o = out;
+    if (e->stage != 3) {
+        memcpy(o, e->w, (size_t)e->N * e->ws);
+        return DSCKPT_OK;
+    }
+    for (int g = 0; g < NG; g++) {
+        uint64_t P = e->plen[g];
+        uint8_t *all = NULL;
+        DS_TRY(ds_calloc((size_t)(P ? P : 1) * (size_t)e->W, e->ws, &all));
+        dsckpt_status st = rt_comm_allgather(e->comm, e->w3[g], (size_t)P * e->ws, all);
+        if (st) {
+            free(all);
+            return st;
+        }
+        for (size_t i = 0; i < e->nt; i++) {
+            const et *T = &e->t[i];
+            if (T->group != g) continue;
+            for (int r = 0; r < e->W; r++) {
+                uint64_t s, c, p;
+                rt_engine_own(e, T, r, &s, &c, &p);
+                memcpy(o + (T->moff + s) * e->ws, all + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
+            }
+        }
+        free(all);
+    }
+    return DSCKPT_OK;
+}
+
+size_t rt_engine_working_size(const rt_engine *e) { return e->ws; }

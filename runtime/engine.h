@@ -35,7 +35,7 @@
 #include "config.h"
 #include "data.h"
 #include "model.h"
-#include "sched.h"
+#include "lr_sched.h"
 
 typedef struct rt_engine rt_engine;
 
@@ -82,5 +82,11 @@ uint64_t rt_engine_steps(const rt_engine *e);  /* optimizer steps taken */
 /* The full fp32 master weights in model layout (gathered; collective). `out` holds
  * rt_model_numel() floats on every rank. For tests. */
 dsckpt_status rt_engine_gather_master(rt_engine *e, float *out);
+
+/* The working (16-bit or fp32) weights in model layout, as the forward pass sees
+ * them (gathered at stage 3; collective). `out` holds rt_model_numel() elements of
+ * rt_engine_working_size() bytes. */
+dsckpt_status rt_engine_gather_working(rt_engine *e, void *out);
+size_t rt_engine_working_size(const rt_engine *e);
 
 #endif /* DSRT_ENGINE_H */

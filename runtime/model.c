@@ -59,6 +59,7 @@ struct rt_model {
     uint64_t blk_off[P_BLOCK_N];     /* module-local offsets inside a block */
 
     float *slab;
+    size_t slab_bytes;
     float *enc;                       /* [BT, C] embedding output */
     layer_acts *layers;               /* n_layer */
     float *lnf, *lnf_mean, *lnf_rstd; /* [BT, C], [BT], [BT] */
@@ -257,6 +258,7 @@ dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_le
                       (double)s.used * 4 / 1048576.0, max_batch, seq_len);
         goto fail;
     }
+    m->slab_bytes = (size_t)s.used * sizeof(float);
     s = (slab){.base = m->slab};
     plan_slab(m, &s);
     *out = m;
@@ -277,6 +279,8 @@ void rt_model_free(rt_model *m) {
 }
 
 const rt_model_cfg *rt_model_config(const rt_model *m) { return &m->cfg; }
+
+size_t rt_model_workspace_bytes(const rt_model *m) { return m->slab_bytes; }
 
 const rt_param *rt_model_params(const rt_model *m, size_t *n) {
     if (n) *n = m->nparams;

@@ -100,6 +100,10 @@ typedef struct rt_param {
  *
  * rt_model_forward (evaluation) makes no gradient calls and holds one module at a time:
  *   A0 R0, A1 R1, ..., AL RL, A(L+1) R(L+1), A0 R0.
+ *
+ * If a hook fails, the model releases what it holds and returns at once: buffers
+ * already obtained through grad_buf may hold partial sums, and grad_ready is not
+ * called for the remaining modules, so the engine must discard the step.
  */
 typedef struct rt_param_hooks {
     void *ctx;
@@ -114,9 +118,14 @@ typedef struct rt_model rt_model;
 /* Validates cfg (positive sizes, n_embd % n_head == 0, sizes that fit) and allocates
  * the activation workspace for up to max_batch sequences of up to seq_len tokens
  * (seq_len <= n_ctx). Nothing is allocated per step afterwards. EINVAL names the bad
- * field; ENOMEM if the workspace does not fit. */
+ * field; ENOMEM if the workspace does not fit.
+ *
+ * The workspace holds every activation the backward needs, about
+ *   4 bytes x (N x (16 C x L + V + 8 C) + max_batch x n_head x seq_len^2 x L)
+ * for N = max_batch x seq_len positions (the attention matrices are the T^2 term). */
 dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_len, rt_model **out);
 void rt_model_free(rt_model *m); /* NULL is a no-op */
+size_t rt_model_workspace_bytes(const rt_model *m);
 
 const rt_model_cfg *rt_model_config(const rt_model *m);
 /* The parameter table in flat order; valid until rt_model_free. */

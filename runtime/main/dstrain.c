@@ -8,8 +8,12 @@
 #include "config.h"
 #include "data.h"
 #include "engine.h"
+#include "engine_ckpt.h"
+#include "trainer.h"
 #include "model.h"
 #include "stream.h"
+#include "ckpt.h"
+#include "fsutil.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -17,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char help[] =
     "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
@@ -38,6 +43,19 @@ static const char help[] =
     "                         of the full fp32 master weights)\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
+    "Checkpoints (native format, readable by dsckpt):\n"
+    "  --save_dir D           save root: D/global_step<N>/, D/latest, D/trainer_state.json\n"
+    "  --save_steps N         save every N steps (and after the last step)\n"
+    "  --save_total_limit K   keep the newest K checkpoints and the best (default: all)\n"
+    "  --no_async_save        write checkpoints synchronously (default: a background\n"
+    "                         thread writes a snapshot while training goes on)\n"
+    "  --metric_for_best_model M  (default eval_loss; \"eval_\" is added when missing)\n"
+    "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
+    "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
+    "                         write D/final/model.safetensors (16-bit) and its .sha256\n"
+    "  --resume auto|TAG      continue from D/latest (auto: the newest checkpoint that\n"
+    "                         verifies) or D/TAG, at any world size and ZeRO stage\n"
+    "  --save_model OUT       after training, the final weights as 16-bit safetensors\n"
     "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
     "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
     "  --learning_rate X  --weight_decay X  --adam_beta1 X  --adam_beta2 X\n"
@@ -48,7 +66,8 @@ static const char help[] =
 
 enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
-    O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16
+    O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
+    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -76,6 +95,67 @@ static bool num_d(const char *s, double *v) {
     return true;
 }
 
+static double fake_metric(const char *spec, uint64_t step, double dflt) {
+    for (const char *p = spec; p && *p;) {
+        char *end;
+        unsigned long long st = strtoull(p, &end, 10);
+        if (*end != ':') break;
+        double v = strtod(end + 1, &end);
+        if (st == step) return v;
+        p = *end == ',' ? end + 1 : NULL;
+    }
+    return dflt;
+}
+
+/* Rank 0, once a checkpoint is committed: best tracking, trainer_state.json, rotation. */
+static dsckpt_status on_commit(rt_tstate *ts, const char *save_dir, const char *tag, uint64_t step, double metric,
+                               bool greater, uint64_t limit, uint64_t max_steps, uint64_t eval_steps,
+                               uint64_t save_steps, uint64_t tbs) {
+    rt_tstate_checkpoint(ts, tag, step, metric, greater);
+    DS_TRY(rt_tstate_save(ts, save_dir, step, max_steps, eval_steps, save_steps, tbs));
+    int deleted = 0;
+    return rt_rotate(save_dir, limit, rt_tstate_best(ts), tag, &deleted);
+}
+
+/* The 16-bit weights of checkpoint save_dir/tag as one safetensors file: OUT (a
+ * file), or OUT/NAME when name is given, plus NAME.sha256 beside it. */
+static dsckpt_status write_final(const char *save_dir, const char *tag, const char *out, const char *name) {
+    dsckpt_ckpt *c = NULL;
+    DS_TRY(dsckpt_ckpt_open(save_dir, tag, &c));
+    dsckpt_consolidate_opts co;
+    dsckpt_consolidate_opts_init(&co);
+    co.force = 1;
+    char *path = NULL;
+    dsckpt_status st = DSCKPT_OK;
+    if (name) {
+        if (mkdir(out, 0755) && errno != EEXIST) st = ds_err_errno(errno, "cannot create %s", out);
+        path = st ? NULL : ds_join(out, name);
+        if (!st && !path) st = DSCKPT_ENOMEM;
+    }
+    const char *target = name ? path : out;
+    co.dtype = !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
+    if (!st) st = dsckpt_consolidate(c, target, &co);
+    if (!st && name) { /* sha256sum-style digest file */
+        char *text = NULL;
+        size_t len = 0;
+        st = ds_read_small_file(target, (size_t)1 << 40, &text, &len);
+        uint8_t h[DS_SHA256_LEN];
+        char hex[2 * DS_SHA256_LEN + 1], line[512];
+        if (!st) st = ds_sha256(text, len, h);
+        free(text);
+        if (!st) {
+            ds_hex(h, DS_SHA256_LEN, hex);
+            snprintf(line, sizeof line, "%s  %s\n", hex, name);
+            char *sp = ds_join(out, "model.safetensors.sha256");
+            st = sp ? ds_write_file_atomic(sp, line, strlen(line)) : DSCKPT_ENOMEM;
+            free(sp);
+        }
+    }
+    free(path);
+    dsckpt_ckpt_free(c);
+    return st;
+}
+
 int main(int argc, char **argv) {
     static const struct option lo[] = {
         {"deepspeed", required_argument, 0, O_DS}, {"data", required_argument, 0, O_DATA},
@@ -90,7 +170,15 @@ int main(int argc, char **argv) {
         {"adam_beta1", required_argument, 0, O_B1}, {"adam_beta2", required_argument, 0, O_B2},
         {"adam_epsilon", required_argument, 0, O_EPS}, {"max_grad_norm", required_argument, 0, O_MGN},
         {"warmup_steps", required_argument, 0, O_WARM}, {"bf16", no_argument, 0, O_BF16},
-        {"fp16", no_argument, 0, O_FP16}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"fp16", no_argument, 0, O_FP16}, {"help", no_argument, 0, 'h'},
+        {"save_dir", required_argument, 0, O_SAVEDIR}, {"save_steps", required_argument, 0, O_SAVESTEPS},
+        {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
+        {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
+        {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
+        {"save_model", required_argument, 0, O_SAVEMODEL}, {0, 0, 0, 0}};
+    const char *save_dir = NULL, *resume = NULL, *save_model = NULL, *metric_arg = NULL;
+    uint64_t save_steps = 0, save_limit = 0;
+    bool async_save = true, greater_given = false, load_best = false;
     const char *cfg_path = NULL, *data_path = NULL, *log_path = NULL;
     uint64_t nl = 2, nh = 2, ne = 64, seq = 64, steps = 100, seed = 1234, eval_steps = 0, eval_w = 64;
     bool print_mem = false;
@@ -150,12 +238,30 @@ int main(int argc, char **argv) {
             break;
         case O_BF16: a.has_bf16 = true, a.bf16 = true; break;
         case O_FP16: a.has_fp16 = true, a.fp16 = true; break;
+        case O_SAVEDIR: save_dir = optarg; break;
+        case O_SAVESTEPS: if (!num_u(optarg, 0, 1ull << 40, &save_steps)) return usage("--save_steps must be >= 0 (got '%s')", optarg); break;
+        case O_LIMIT: if (!num_u(optarg, 0, 1ull << 40, &save_limit)) return usage("--save_total_limit must be >= 0 (got '%s')", optarg); break;
+        case O_NOASYNC: async_save = false; break;
+        case O_METRIC: metric_arg = optarg; break;
+        case O_GREATER: greater_given = true; break;
+        case O_LOADBEST: load_best = true; break;
+        case O_RESUME: resume = optarg; break;
+        case O_SAVEMODEL: save_model = optarg; break;
         default: return usage("%s", "unknown option");
         }
     }
     if (optind != argc) return usage("unexpected argument '%s'", argv[optind]);
     if (!cfg_path) return usage("%s", "--deepspeed ds_config.json is required");
     if (!data_path) return usage("%s", "--data FILE is required");
+    if ((resume || load_best || save_model || save_steps || save_limit) && !save_dir)
+        return usage("%s", "--resume, --save_steps, --save_total_limit, --load_best_model_at_end and --save_model need --save_dir");
+    if (resume && strcmp(resume, "auto") && !ds_safe_name(resume))
+        return usage("--resume takes 'auto' or a tag directory name (got '%s')", resume);
+    char metric[128];
+    rt_metric_name(metric_arg, metric, sizeof metric);
+    if (strcmp(metric, "eval_loss"))
+        return usage("--metric_for_best_model: dstrain computes eval_loss only (got '%s')", metric);
+    bool greater = greater_given || rt_metric_greater_default(metric);
     a.has_hidden_size = true;
     a.hidden_size = ne;
 
@@ -164,6 +270,8 @@ int main(int argc, char **argv) {
     rt_data *data = NULL;
     rt_model *model = NULL;
     rt_engine *eng = NULL;
+    rt_saver *saver = NULL;
+    rt_tstate ts = {0};
     FILE *log = NULL;
     int rc = 0;
     dsckpt_status st = rt_comm_open_mpi(&argc, &argv, &comm);
@@ -215,14 +323,123 @@ int main(int argc, char **argv) {
                 (unsigned long long)rt_model_numel(model), cfg.zero.stage, W,
                 cfg.bf16.enabled ? "bf16" : cfg.fp16.enabled ? "fp16" : "fp32", (unsigned long long)cfg.train_batch_size,
                 (unsigned long long)cfg.micro_batch, (unsigned long long)cfg.grad_accum, W);
-    for (uint64_t k = 0; k < steps; k++) {
+    /* Checkpoints: the saver, rank 0's trainer state, and --resume. */
+    if (save_dir) {
+        if ((st = rt_saver_create(eng, async_save, &saver))) FAIL(70);
+        if (rank == 0 && (st = rt_tstate_load(save_dir, &ts))) FAIL(70);
+    }
+    uint64_t k0 = 0;
+    if (resume) {
+        char chosen[256] = "";
+        if (rank == 0) {
+            char **tags = NULL;
+            size_t nt = 0;
+            if (!strcmp(resume, "auto")) {
+                if (rt_list_checkpoints(save_dir, &tags, &nt)) nt = 0;
+                for (size_t i = 0; i < nt && !chosen[0]; i++) {
+                    dsckpt_verify_report *rep = NULL;
+                    if (dsckpt_verify(save_dir, tags[i], NULL, &rep) == DSCKPT_OK &&
+                        dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_OK)
+                        snprintf(chosen, sizeof chosen, "%s", tags[i]);
+                    else
+                        fprintf(stderr, "dstrain: --resume auto: skipping %s/%s: %s\n", save_dir, tags[i],
+                                rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
+                                                                       : dsckpt_last_error());
+                    dsckpt_verify_report_free(rep);
+                }
+                if (!chosen[0] && nt) snprintf(chosen, sizeof chosen, "%s", "!");
+                else if (chosen[0] && strcmp(chosen, tags[0]))
+                    fprintf(stderr, "dstrain: --resume auto: %s is the newest checkpoint that verifies\n", chosen);
+            } else {
+                dsckpt_verify_report *rep = NULL;
+                if (dsckpt_verify(save_dir, resume, NULL, &rep) == DSCKPT_OK &&
+                    dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_OK)
+                    snprintf(chosen, sizeof chosen, "%s", resume);
+                else {
+                    fprintf(stderr, "dstrain: --resume %s: %s/%s does not verify: %s\n", resume, save_dir, resume,
+                            rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
+                                                                   : dsckpt_last_error());
+                    snprintf(chosen, sizeof chosen, "%s", "!");
+                }
+                dsckpt_verify_report_free(rep);
+            }
+            rt_free_list(tags, nt);
+        }
+        if ((st = rt_comm_bcast(comm, chosen, sizeof chosen, 0))) FAIL(70);
+        if (!strcmp(chosen, "!")) {
+            ds_err(DSCKPT_ECORRUPT, "--resume %s: no checkpoint in %s verifies", resume, save_dir);
+            FAIL(2);
+        }
+        if (chosen[0]) {
+            cJSON *state = NULL;
+            if ((st = rt_engine_load(eng, save_dir, chosen, &state))) FAIL(2);
+            const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
+            const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
+            k0 = cJSON_IsNumber(nb) ? (uint64_t)nb->valuedouble : rt_engine_steps(eng);
+            cJSON_Delete(state);
+            if (rank == 0)
+                fprintf(stderr, "dstrain: resumed from %s/%s at step %llu\n", save_dir, chosen, (unsigned long long)k0);
+        } else if (rank == 0) {
+            fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", save_dir);
+        }
+    }
+    /* Test hook: DSTRAIN_TEST_EVAL="step:value,..." replaces the eval metric at those
+     * steps (to plant a best checkpoint in tests); it is reported on stderr. */
+    const char *fake_eval = getenv("DSTRAIN_TEST_EVAL");
+    if (fake_eval && rank == 0) fprintf(stderr, "dstrain: DSTRAIN_TEST_EVAL is set: eval metrics overridden (%s)\n", fake_eval);
+    double last_eval = NAN, pending_metric = NAN;
+    uint64_t pending_step = 0;
+    for (uint64_t k = k0; k < steps; k++) {
         rt_step_stats s;
+        const char *committed = NULL;
+        if (saver && (st = rt_saver_poll(saver, false, &committed))) FAIL(70);
+        if (committed && rank == 0 && (st = on_commit(&ts, save_dir, committed, pending_step, pending_metric, greater,
+                                                      save_limit, steps, eval_steps, save_steps, cfg.train_batch_size)))
+            FAIL(70);
         if ((st = rt_engine_step(eng, data, seed, k, &s))) FAIL(70);
         double el = NAN;
         bool do_eval = (eval_steps && (k + 1) % eval_steps == 0) || k + 1 == steps;
         if (do_eval && (st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
-        char digest[2 * DS_SHA256_LEN + 1] = "";
-        if (k + 1 == steps && log_path) { /* the final fp32 master weights, for bit-identity checks */
+        if (do_eval && fake_eval) el = fake_metric(fake_eval, s.step, el);
+        if (do_eval) last_eval = el;
+        if (rank == 0 && ts.root) {
+            rt_tstate_log_train(&ts, s.step, s.loss, s.lr, s.grad_norm);
+            if (do_eval) rt_tstate_log_eval(&ts, s.step, metric, el);
+        }
+        double stall = -1;
+        if (saver && ((save_steps && s.step % save_steps == 0) || k + 1 == steps)) {
+            char tag[64];
+            snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)s.step);
+            cJSON *tstate = cJSON_CreateObject(), *mets = cJSON_CreateObject();
+            cJSON *dj = cJSON_AddObjectToObject(tstate, "data");
+            cJSON_AddNumberToObject(dj, "next_batch", (double)(k + 1));
+            cJSON_AddNumberToObject(dj, "seed", (double)seed);
+            cJSON_AddNumberToObject(cJSON_AddObjectToObject(tstate, "rng"), "seed", (double)seed);
+            if (isfinite(last_eval)) cJSON_AddNumberToObject(mets, metric, last_eval);
+            /* A save still in flight is committed first (inside rt_saver_start). */
+            bool had = rt_saver_busy(saver);
+            uint64_t prev_step = pending_step;
+            double prev_metric = pending_metric;
+            char prev_tag[64];
+            snprintf(prev_tag, sizeof prev_tag, "global_step%llu", (unsigned long long)prev_step);
+            st = rt_saver_start(saver, save_dir, tag, tstate, mets, &stall);
+            cJSON_Delete(tstate);
+            cJSON_Delete(mets);
+            if (st) FAIL(70);
+            if (had && rank == 0 && (st = on_commit(&ts, save_dir, prev_tag, prev_step, prev_metric, greater, save_limit,
+                                                    steps, eval_steps, save_steps, cfg.train_batch_size)))
+                FAIL(70);
+            pending_step = s.step;
+            pending_metric = last_eval;
+            if (!async_save && rank == 0 && (st = on_commit(&ts, save_dir, tag, pending_step, pending_metric, greater,
+                                                            save_limit, steps, eval_steps, save_steps,
+                                                            cfg.train_batch_size)))
+                FAIL(70);
+        }
+        char digest[2 * DS_SHA256_LEN + 1] = "", wdigest[2 * DS_SHA256_LEN + 1] = "";
+        if (k + 1 == steps && log_path) {
+            /* Digests of the final fp32 master weights and of the working (16-bit)
+             * weights in model order, for bit-identity checks. */
             uint64_t n = rt_model_numel(model);
             float *all = malloc((size_t)n * sizeof *all);
             uint8_t h[DS_SHA256_LEN];
@@ -232,9 +449,12 @@ int main(int argc, char **argv) {
             }
             st = rt_engine_gather_master(eng, all);
             if (!st) st = ds_sha256(all, (size_t)n * sizeof *all, h);
+            if (!st) ds_hex(h, DS_SHA256_LEN, digest);
+            if (!st) st = rt_engine_gather_working(eng, all);
+            if (!st) st = ds_sha256(all, (size_t)n * rt_engine_working_size(eng), h);
+            if (!st) ds_hex(h, DS_SHA256_LEN, wdigest);
             free(all);
             if (st) FAIL(70);
-            ds_hex(h, DS_SHA256_LEN, digest);
         }
         if (rank == 0 && log) {
             fprintf(log,
@@ -243,7 +463,8 @@ int main(int argc, char **argv) {
                     (unsigned long long)s.step, s.loss, s.lr, isnan(s.grad_norm) ? -1.0 : s.grad_norm, s.loss_scale,
                     s.skipped ? "true" : "false", s.tokens_per_s, s.seconds, s.comm_seconds);
             if (do_eval) fprintf(log, ", \"eval_loss\": %.9g", el);
-            if (digest[0]) fprintf(log, ", \"master_sha256\": \"%s\"", digest);
+            if (digest[0]) fprintf(log, ", \"master_sha256\": \"%s\", \"working_sha256\": \"%s\"", digest, wdigest);
+            if (stall >= 0) fprintf(log, ", \"save_stall_s\": %.6g", stall);
             fprintf(log, "}\n");
             fflush(log);
         }
@@ -258,8 +479,45 @@ int main(int argc, char **argv) {
                             : "",
                     s.tokens_per_s);
     }
+    /* The last save, committed before anything reads it. */
+    if (saver) {
+        bool had = async_save && rt_saver_busy(saver);
+        const char *committed = NULL;
+        if ((st = rt_saver_poll(saver, true, &committed))) FAIL(70);
+        if (had && committed && rank == 0 &&
+            (st = on_commit(&ts, save_dir, committed, pending_step, pending_metric, greater, save_limit, steps,
+                            eval_steps, save_steps, cfg.train_batch_size)))
+            FAIL(70);
+    }
+    if (load_best) {
+        char best[256] = "";
+        if (rank == 0 && rt_tstate_best(&ts)) snprintf(best, sizeof best, "%s", rt_tstate_best(&ts));
+        if ((st = rt_comm_bcast(comm, best, sizeof best, 0))) FAIL(70);
+        if (!best[0]) {
+            ds_err(DSCKPT_ENOENT, "--load_best_model_at_end: no checkpoint with a metric was saved (use --eval_steps and --save_steps)");
+            FAIL(2);
+        }
+        if ((st = rt_engine_load_weights(eng, save_dir, best))) FAIL(70);
+        double el = NAN;
+        if ((st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
+        if (rank == 0) {
+            fprintf(stderr, "dstrain: loaded the best checkpoint %s/%s (%s %.6f) at %d rank(s)\n", save_dir, best,
+                    metric, el, W);
+            char *fin = ds_join(save_dir, "final");
+            st = fin ? write_final(save_dir, best, fin, "model.safetensors") : DSCKPT_ENOMEM;
+            free(fin);
+            if (st) FAIL(70);
+        }
+    }
+    if (save_model && rank == 0) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)rt_engine_steps(eng));
+        if ((st = write_final(save_dir, tag, save_model, NULL))) FAIL(70);
+    }
 done:
     if (log) fclose(log);
+    rt_saver_free(saver);
+    rt_tstate_free(&ts);
     rt_engine_free(eng);
     rt_model_free(model);
     rt_data_free(data);

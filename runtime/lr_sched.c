@@ -1,9 +1,9 @@
 /*
- * sched.c — DeepSpeed's lr schedules and fp16 loss scalers (see sched.h for the
+ * lr_sched.c — DeepSpeed's lr schedules and fp16 loss scalers (see sched.h for the
  * formulas and the off-by-one). Arithmetic is done in the order lr_schedules.py does
  * it so the doubles match Python's.
  */
-#include "sched.h"
+#include "lr_sched.h"
 
 #include <math.h>
 #include <stdio.h>

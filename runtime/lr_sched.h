@@ -1,5 +1,5 @@
 /*
- * sched.h — DeepSpeed's learning-rate schedules (WarmupLR, WarmupDecayLR,
+ * lr_sched.h — DeepSpeed's learning-rate schedules (WarmupLR, WarmupDecayLR,
  * WarmupCosineLR, or a constant lr) and its fp16 loss scalers, with the scaler
  * state saved and restored as JSON.
  *

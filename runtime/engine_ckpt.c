@@ -1,0 +1,405 @@
+/*
+ * engine_ckpt.c — saving and loading the engine's checkpoints (see engine_ckpt.h).
+ */
+#include "engine_ckpt.h"
+
+#include "ckpt.h"
+#include "engine_internal.h"
+#include "fsutil.h"
+#include "native_write.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The model's tensors as the checkpoint describes them. */
+static dsckpt_status model_tensors(const rt_engine *e, ds_tensor **out) {
+    size_t np;
+    const rt_param *ps = rt_model_params(e->model, &np);
+    ds_tensor *ts = NULL;
+    DS_TRY(ds_calloc(np, sizeof *ts, &ts));
+    for (size_t i = 0; i < np; i++) {
+        ds_tensor *t = &ts[i];
+        if (!(t->name = ds_strdup(ps[i].name))) goto nomem;
+        t->dtype = e->wdt;
+        t->ndim = ps[i].ndim;
+        for (int d = 0; d < ps[i].ndim; d++) t->shape[d] = (uint64_t)ps[i].shape[d];
+        t->numel = ps[i].numel;
+        t->trainable = true;
+        t->group = e->t[i].group;
+        if (!strcmp(ps[i].name, RT_MODEL_LM_HEAD_TARGET)) {
+            if (!(t->aliases = calloc(1, sizeof *t->aliases)) || !(t->aliases[0] = ds_strdup(RT_MODEL_LM_HEAD_ALIAS)))
+                goto nomem;
+            t->naliases = 1;
+        }
+    }
+    *out = ts;
+    return DSCKPT_OK;
+nomem:
+    for (size_t i = 0; i < np; i++) ds_tensor_clear(&ts[i]);
+    free(ts);
+    return ds_err(DSCKPT_ENOMEM, "out of memory");
+}
+
+/* The engine's half of the manifest's "state". */
+static cJSON *engine_state(const rt_engine *e) {
+    cJSON *st = cJSON_CreateObject(), *opt = cJSON_AddObjectToObject(st, "optimizer");
+    cJSON_AddStringToObject(opt, "type", rt_opt_type_name(e->cfg->optimizer.type));
+    cJSON *pgs = cJSON_AddArrayToObject(opt, "param_groups");
+    for (int g = 0; g < NG; g++) {
+        cJSON *pg = cJSON_CreateObject();
+        cJSON_AddNumberToObject(pg, "lr", rt_sched_lr(&e->sched, e->applied ? e->applied - 1 : 0));
+        cJSON *b = cJSON_AddArrayToObject(pg, "betas");
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(e->hp[g].beta1));
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(e->hp[g].beta2));
+        cJSON_AddNumberToObject(pg, "eps", e->hp[g].eps);
+        cJSON_AddNumberToObject(pg, "weight_decay", e->hp[g].weight_decay);
+        cJSON_AddNumberToObject(pg, "step", (double)e->applied);
+        cJSON_AddItemToArray(pgs, pg);
+    }
+    cJSON *sch = cJSON_AddObjectToObject(st, "scheduler");
+    cJSON_AddStringToObject(sch, "type", rt_sched_type_name(e->cfg->scheduler.type));
+    cJSON_AddNumberToObject(sch, "last_batch_iteration", (double)e->applied - 1);
+    cJSON *ls = NULL;
+    if (rt_scaler_state_to_json(&e->scaler, &ls) == DSCKPT_OK) cJSON_AddItemToObject(st, "loss_scaler", ls);
+    cJSON *eng = cJSON_AddObjectToObject(st, "engine");
+    cJSON_AddNumberToObject(eng, "applied_steps", (double)e->applied);
+    cJSON_AddNumberToObject(eng, "global_steps", (double)e->nsteps);
+    return st;
+}
+
+/* ---- saving ---- */
+
+typedef struct snap {
+    const rt_engine *e;
+    float *buf[3][NG]; /* fp32, exp_avg, exp_avg_sq partitions (a copy, or the live ones) */
+} snap;
+
+static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst, int worker) {
+    (void)worker;
+    const snap *sn = u;
+    const rt_engine *e = sn->e;
+    if (s > DS_ST_EXP_AVG_SQ || t >= e->nt) return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: unexpected state");
+    const et *T = &e->t[t];
+    uint64_t s0, n, poff;
+    rt_engine_own(e, T, e->rank, &s0, &n, &poff);
+    if (start < s0 || start + numel > s0 + n)
+        return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: rank %d asked for elements it does not own", e->rank);
+    memcpy(dst, sn->buf[s][T->group] + poff + (start - s0), (size_t)numel * 4);
+    return DSCKPT_OK;
+}
+
+struct rt_saver {
+    rt_engine *e;
+    bool async;
+    bool busy;            /* a save started and not committed */
+    pthread_t th;
+    bool th_live;
+    atomic_int done;      /* the writer thread finished */
+    dsckpt_status wst;    /* its status */
+    char wmsg[512];
+    ds_native_out *no;
+    ds_tensor *ts;
+    snap sn;
+    float *copy;          /* async snapshot storage */
+    size_t copy_len;
+    char *save_dir, *tag;
+    char committed[256];
+};
+
+dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
+    rt_saver *s = NULL;
+    DS_TRY(ds_calloc(1, sizeof *s, &s));
+    s->e = e;
+    s->async = async;
+    *out = s;
+    return DSCKPT_OK;
+}
+
+static void save_clear(rt_saver *s) {
+    ds_native_out_free(s->no);
+    s->no = NULL;
+    if (s->ts)
+        for (size_t i = 0; i < s->e->nt; i++) ds_tensor_clear(&s->ts[i]);
+    free(s->ts);
+    s->ts = NULL;
+    free(s->save_dir);
+    free(s->tag);
+    s->save_dir = s->tag = NULL;
+    s->busy = false;
+}
+
+static void join(rt_saver *s) {
+    if (s->th_live) {
+        pthread_join(s->th, NULL);
+        s->th_live = false;
+    }
+}
+
+void rt_saver_free(rt_saver *s) {
+    if (!s) return;
+    join(s);
+    save_clear(s);
+    free(s->copy);
+    free(s);
+}
+
+bool rt_saver_busy(const rt_saver *s) { return s && s->busy; }
+
+static dsckpt_status write_own(rt_saver *s) {
+    const rt_engine *e = s->e;
+    if (e->stage == 0 && e->rank != 0) return DSCKPT_OK; /* stage 0: one copy, from rank 0 */
+    return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, NULL);
+}
+
+static void *writer(void *p) {
+    rt_saver *s = p;
+    s->wst = write_own(s);
+    if (s->wst) snprintf(s->wmsg, sizeof s->wmsg, "%s", dsckpt_last_error());
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+/* Rank 0 gets every rank's digests, writes the manifest, then `latest`. */
+static dsckpt_status commit(rt_saver *s) {
+    rt_engine *e = s->e;
+    rt_comm *c = e->comm;
+    dsckpt_status st = DSCKPT_OK;
+    int nfiles = e->stage == 0 ? 1 : e->W;
+    /* Everyone learns whether every writer succeeded. */
+    bool failed = s->wst != DSCKPT_OK;
+    DS_TRY(rt_comm_allreduce_or(c, &failed));
+    if (failed) {
+        if (s->wst) return ds_err(s->wst, "%s", s->wmsg);
+        return ds_err(DSCKPT_EIO, "saving %s: another rank failed to write its file", s->tag);
+    }
+    for (int r = 0; r < nfiles; r++) {
+        ds_file *f = &s->no->c->files[r];
+        uint64_t hdr[3] = {f->dg.size, f->dg.chunk_size, f->dg.nchunks};
+        DS_TRY(rt_comm_bcast(c, hdr, sizeof hdr, r));
+        if (e->rank != r) {
+            ds_digests_clear(&f->dg);
+            f->dg.size = hdr[0];
+            f->dg.chunk_size = hdr[1];
+            f->dg.nchunks = (size_t)hdr[2];
+            DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, DS_SHA256_LEN, &f->dg.chunks));
+        }
+        if (f->dg.nchunks) DS_TRY(rt_comm_bcast(c, f->dg.chunks, f->dg.nchunks * DS_SHA256_LEN, r));
+        DS_TRY(rt_comm_bcast(c, f->dg.file, DS_SHA256_LEN, r));
+        f->has_digests = true;
+    }
+    if (e->rank == 0) {
+        st = ds_native_write_manifest(s->no);
+        if (!st) st = ds_set_latest(s->save_dir, s->tag);
+    }
+    bool bad = st != DSCKPT_OK;
+    dsckpt_status st2 = rt_comm_allreduce_or(c, &bad);
+    if (st) return st;
+    if (st2) return st2;
+    if (bad) return ds_err(DSCKPT_EIO, "saving %s: rank 0 could not write the manifest", s->tag);
+    snprintf(s->committed, sizeof s->committed, "%s", s->tag);
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed) {
+    if (committed) *committed = NULL;
+    if (!s->busy) return DSCKPT_OK;
+    if (s->th_live) {
+        bool pending = !atomic_load(&s->done);
+        if (!wait) {
+            DS_TRY(rt_comm_allreduce_or(s->e->comm, &pending));
+            if (pending) return DSCKPT_OK;
+        }
+        join(s);
+    }
+    dsckpt_status st = commit(s);
+    save_clear(s);
+    if (!st && committed) *committed = s->committed;
+    return st;
+}
+
+dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,
+                             const cJSON *metrics, double *stall_s) {
+    double t0 = now_s();
+    rt_engine *e = s->e;
+    DS_TRY(rt_saver_poll(s, true, NULL));
+    dsckpt_status st = DSCKPT_OK;
+    cJSON *full = engine_state(e);
+    for (const cJSON *it = state ? state->child : NULL; it; it = it->next)
+        cJSON_AddItemToObject(full, it->string, cJSON_Duplicate(it, true));
+    char *tagdir = ds_join(save_dir, tag);
+    s->save_dir = ds_strdup(save_dir);
+    s->tag = ds_strdup(tag);
+    if (!tagdir || !s->save_dir || !s->tag) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    /* Rank 0 makes the tag directory; an incomplete one (no manifest: an earlier
+     * crashed save of this step) is cleared first. */
+    bool bad = false;
+    if (e->rank == 0) {
+        if (mkdir(save_dir, 0755) && errno != EEXIST) st = ds_err_errno(errno, "cannot create %s", save_dir);
+        char *man = st ? NULL : ds_join(tagdir, "manifest.json");
+        if (!st && man && ds_exists(man)) st = ds_err(DSCKPT_EEXIST, "%s already holds a complete checkpoint", tagdir);
+        else if (!st && ds_exists(tagdir)) ds_rmtree(tagdir);
+        if (!st) st = ds_mkdir(tagdir);
+        if (!st) st = ds_fsync_dir(save_dir);
+        free(man);
+        bad = st != DSCKPT_OK;
+    }
+    dsckpt_status cst = rt_comm_allreduce_or(e->comm, &bad);
+    if (st || cst) {
+        st = st ? st : cst;
+        goto done;
+    }
+    if (bad) {
+        st = ds_err(DSCKPT_EIO, "rank 0 could not create %s", tagdir);
+        goto done;
+    }
+    DS_TRYGOTO(model_tensors(e, &s->ts), done);
+    uint64_t step = 0;
+    const char *p = strstr(tag, "global_step");
+    if (p) step = strtoull(p + 11, NULL, 10);
+    const char *dt = e->wdt == DSCKPT_BF16 ? "bf16" : e->wdt == DSCKPT_F16 ? "fp16" : "fp32";
+    ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,
+                           .world_size = e->W, .tag = tag, .step = (int64_t)step, .train_dtype = dt,
+                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics};
+    DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &s->no), done);
+    s->sn.e = e;
+    s->busy = true;
+    s->wst = DSCKPT_OK;
+    atomic_store(&s->done, 0);
+    if (s->async) {
+        /* Snapshot the partitions; training may change them from the next step on. */
+        size_t need = 0;
+        for (int g = 0; g < NG; g++) need += 3 * (size_t)e->plen[g];
+        if (s->copy_len < need) {
+            float *nc = realloc(s->copy, (need ? need : 1) * sizeof *nc);
+            if (!nc) {
+                st = ds_err(DSCKPT_ENOMEM, "out of memory for the async save snapshot");
+                goto done;
+            }
+            s->copy = nc;
+            s->copy_len = need;
+        }
+        float *q = s->copy;
+        for (int g = 0; g < NG; g++) {
+            const float *src[3] = {e->master[g], e->m1[g], e->m2[g]};
+            for (int k = 0; k < 3; k++) {
+                memcpy(q, src[k], (size_t)e->plen[g] * 4);
+                s->sn.buf[k][g] = q;
+                q += e->plen[g];
+            }
+        }
+        if (pthread_create(&s->th, NULL, writer, s)) {
+            st = ds_err(DSCKPT_EINTERNAL, "cannot start the checkpoint writer thread");
+            goto done;
+        }
+        s->th_live = true;
+    } else {
+        for (int g = 0; g < NG; g++) {
+            s->sn.buf[0][g] = e->master[g];
+            s->sn.buf[1][g] = e->m1[g];
+            s->sn.buf[2][g] = e->m2[g];
+        }
+        writer(s);
+        st = rt_saver_poll(s, true, NULL);
+    }
+done:
+    if (st && !s->th_live) save_clear(s);
+    cJSON_Delete(full);
+    free(tagdir);
+    if (stall_s) *stall_s = now_s() - t0;
+    return st;
+}
+
+/* ---- loading ---- */
+
+static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
+    ds_fdset fs;
+    DS_TRY(ds_fdset_open(c, &fs));
+    dsckpt_status st = DSCKPT_OK;
+    size_t np;
+    const rt_param *ps = rt_model_params(e->model, &np);
+    for (size_t i = 0; i < e->nt && !st; i++) {
+        const et *T = &e->t[i];
+        int ti = -1;
+        for (size_t k = 0; k < c->ntensors; k++)
+            if (!strcmp(c->tensors[k].name, ps[i].name)) ti = (int)k;
+        if (ti < 0 || !c->tensors[ti].trainable || c->tensors[ti].numel != T->numel) {
+            st = ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", c->dir,
+                        ti < 0 ? "no tensor" : !c->tensors[ti].trainable ? "no trainable tensor" : "tensor",
+                        ps[i].name, ti < 0 ? 0ull : (unsigned long long)c->tensors[ti].numel,
+                        (unsigned long long)T->numel);
+            break;
+        }
+        uint64_t s0, n, poff;
+        rt_engine_own(e, T, e->rank, &s0, &n, &poff);
+        if (!n) continue;
+        float *dst[3] = {e->master[T->group], e->m1[T->group], e->m2[T->group]};
+        for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
+            if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
+                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", c->dir, ps[i].name, ds_state_names[s]);
+            else st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, dst[s] + poff);
+        }
+    }
+    ds_fdset_close(&fs);
+    return st;
+}
+
+/* Every rank must succeed, or all fail together (no rank left waiting). */
+static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
+    bool bad = st != DSCKPT_OK;
+    dsckpt_status cst = rt_comm_allreduce_or(e->comm, &bad);
+    if (st) return st;
+    if (cst) return cst;
+    if (bad) return ds_err(DSCKPT_EIO, "another rank failed to load the checkpoint");
+    return DSCKPT_OK;
+}
+
+static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag, bool moments, cJSON **state_out) {
+    dsckpt_ckpt *c = NULL;
+    dsckpt_status st = dsckpt_ckpt_open(path, tag, &c);
+    if (!st) st = load_parts(e, c, moments);
+    if (!st && moments) {
+        const cJSON *state = c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
+        const cJSON *eng = state ? cJSON_GetObjectItemCaseSensitive(state, "engine") : NULL;
+        const cJSON *ap = eng ? cJSON_GetObjectItemCaseSensitive(eng, "applied_steps") : NULL;
+        const cJSON *gs = eng ? cJSON_GetObjectItemCaseSensitive(eng, "global_steps") : NULL;
+        if (cJSON_IsNumber(ap) && cJSON_IsNumber(gs)) {
+            e->applied = (uint64_t)ap->valuedouble;
+            e->nsteps = (uint64_t)gs->valuedouble;
+        } else { /* a checkpoint from elsewhere: the optimizer step of group 0 */
+            const cJSON *pg = cJSON_GetArrayItem(
+                cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "optimizer"), "param_groups"), 0);
+            const cJSON *sp = pg ? cJSON_GetObjectItemCaseSensitive(pg, "step") : NULL;
+            e->applied = e->nsteps = cJSON_IsNumber(sp) && sp->valuedouble > 0 ? (uint64_t)sp->valuedouble : (uint64_t)c->step;
+        }
+        const cJSON *ls = state ? cJSON_GetObjectItemCaseSensitive(state, "loss_scaler") : NULL;
+        if (ls && !cJSON_IsNull(ls) && e->scaler.kind != RT_SCALER_STATIC) st = rt_scaler_state_from_json(&e->scaler, ls);
+        if (!st && state_out) *state_out = state ? cJSON_Duplicate(state, true) : cJSON_CreateObject();
+    }
+    dsckpt_ckpt_free(c);
+    st = agree(e, st);
+    if (st) return st;
+    return rt_engine_refresh_working(e);
+}
+
+dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out) {
+    return load_common(e, path, tag, true, state_out);
+}
+
+dsckpt_status rt_engine_load_weights(rt_engine *e, const char *path, const char *tag) {
+    return load_common(e, path, tag, false, NULL);
+}

@@ -1,0 +1,56 @@
+/*
+ * engine_ckpt.h — the running engine's checkpoints, in the native format
+ * (docs/native-format.md), written and read through libckpt.
+ *
+ * Saving (collective): every rank writes its own rank file (temporary name, fsync,
+ * rename) with the chunk digests computed on the way; the digests are sent to rank
+ * 0, which writes manifest.json last and then replaces `latest` atomically. With
+ * async saving a rank first snapshots its partitions (fp32 master, exp_avg,
+ * exp_avg_sq) into host buffers and a background thread writes the file while
+ * training goes on; the commit (digests, manifest, latest) happens at the first
+ * step boundary where every rank's writer has finished (rt_saver_poll), or when the
+ * next save or the end of training waits for it. The background thread never calls
+ * MPI; only the training thread does.
+ *
+ * Loading (collective): any checkpoint the fragment map can describe (native at any
+ * world size and stage, or DeepSpeed's files with matching tensor names) is read
+ * straight into this rank's partition: each rank reads only the byte ranges of
+ * the elements it owns under the current stage and world size.
+ */
+#ifndef DSRT_ENGINE_CKPT_H
+#define DSRT_ENGINE_CKPT_H
+
+#include "engine.h"
+
+#include <cjson/cJSON.h>
+
+typedef struct rt_saver rt_saver;
+
+dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out);
+/* Waits for a save in flight (without committing it) and frees. NULL is fine. */
+void rt_saver_free(rt_saver *s);
+
+/* Starts saving the engine's current state as save_dir/tag. `state` (the trainer's
+ * part: data position, RNG) is merged into the manifest's "state"; `metrics` is
+ * stored as is (both may be NULL). A save still in flight is finished and committed
+ * first. *stall_s gets the time this call kept training from going on. */
+dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,
+                             const cJSON *metrics, double *stall_s);
+
+/* Commits the save in flight once every rank has written its file; with `wait`,
+ * waits for that. *committed (may be NULL) is set to the tag committed by this call
+ * or NULL. Collective. */
+dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed);
+bool rt_saver_busy(const rt_saver *s);
+
+/* Loads the checkpoint at `path` (save root or tag directory; tag as in
+ * dsckpt_ckpt_open) into the engine: weights, moments, optimizer step, loss scaler.
+ * *state_out (may be NULL) gets a copy of the manifest's "state" (free with
+ * cJSON_Delete). Collective. */
+dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out);
+
+/* Loads only the fp32 master weights (and the working weights from them) of a
+ * checkpoint: load-best-at-end. Collective. */
+dsckpt_status rt_engine_load_weights(rt_engine *e, const char *path, const char *tag);
+
+#endif /* DSRT_ENGINE_CKPT_H */

@@ -1,0 +1,69 @@
+/*
+ * engine_internal.h — the engine's state, shared by engine.c (training) and
+ * engine_ckpt.c (saving and loading checkpoints); not a public interface.
+ */
+#ifndef DSRT_ENGINE_INTERNAL_H
+#define DSRT_ENGINE_INTERNAL_H
+
+#include "adam.h"
+#include "engine.h"
+#include "partition.h"
+
+typedef struct et {
+    uint64_t moff, numel;
+    int module, group;
+    uint64_t goff;    /* offset in the group's flat buffer (stages 0-2) */
+    uint64_t qoff, q; /* stage 3: offset of this tensor's piece in the partition, piece length */
+} et;
+
+#define NG 2
+#define EXP_BUCKETS 2048
+
+struct rt_engine {
+    const rt_config *cfg;
+    rt_comm *comm;
+    rt_model *model;
+    int W, rank, stage;
+    dsckpt_dtype wdt;  /* working weights: BF16, F16 or F32 */
+    size_t ws;         /* its element size */
+    uint64_t N;        /* model elements */
+    et *t;
+    size_t nt;
+    int nmod;
+    size_t *mod_t0, *mod_t1;    /* tensors [t0, t1) of each module */
+    uint64_t *mstart, *mlen;
+    uint64_t maxmod;
+    ds_flat_part fp[NG];
+    uint64_t gnumel[NG], plen[NG];
+    float *master[NG], *m1[NG], *m2[NG], *gpart[NG];
+    void *w;           /* stages 0-2: working weights, model layout */
+    void *w3[NG];      /* stage 3: this rank's pieces, partition layout */
+    float *gfull;      /* stages 0/1: gradients, model layout */
+    float *scr[2];     /* fp32 parameters of acquired modules */
+    int scr_mod[2];
+    float *gscr0, *gscr; /* stages 2/3: module gradients (module 0 kept for the whole backward) */
+    int gscr_mod;
+    bool gscr0_live;
+    float *send, *recv;
+    size_t send_cap, recv_cap;
+    uint8_t *gbuf, *gbuf2; /* gather buffers (working dtype) */
+    size_t gbuf_cap, gbuf2_cap;
+    size_t *counts;
+    int32_t *tokens;
+    rt_sched sched;
+    rt_scaler scaler;
+    rt_adam_hparams hp[NG];
+    uint64_t applied, nsteps;
+    dsckpt_status hook_err;
+    uint64_t bucket;
+};
+
+
+/* Rank r's share of tensor T: elements [*s, *s + *n) at offset *poff of the group
+ * partition (stage 0: the whole tensor). */
+void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff);
+/* Recomputes the working weights from the fp32 master partitions (collective at
+ * stages 1/2). */
+dsckpt_status rt_engine_refresh_working(rt_engine *e);
+
+#endif
