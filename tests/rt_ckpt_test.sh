@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# rt_ckpt_test.sh — dstrain checkpoints end to end over MPI: resume at the same
+# world size and stage continues bit-identically; a ZeRO-3 checkpoint of 4 ranks
+# resumes at 2 ranks / stage 2 and 3 ranks / stage 1 within tolerance; consolidated
+# weights equal the running job's 16-bit weights; best tracking and rotation keep
+# the right checkpoints and load-best-at-end restores the best one; a rank killed
+# during async saves never leaves `latest` pointing at an incomplete checkpoint;
+# a full disk during a save is reported and the previous checkpoint stays intact.
+# Usage: rt_ckpt_test.sh BUILD_DIR SOURCE_DIR
+set -uo pipefail
+BUILD=$1
+SRC=$2
+DSTRAIN="$BUILD/dstrain"
+DSRUN="$BUILD/dsrun"
+DSCKPT="$BUILD/dsckpt"
+DATA="$SRC/fixtures/corpus/licenses.txt"
+PY=${PYTHON3:-python3}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+PASS=0
+FAIL=0
+ok() { PASS=$((PASS + 1)); }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+MODEL=(--n_layer 2 --n_head 2 --n_embd 32 --seq_len 32 --eval_windows 4)
+
+cfg() { # NAME STAGE MICRO (global batch 12 = micro x world)
+    cat >"$1" <<EOF
+{"train_batch_size": 12, "train_micro_batch_size_per_gpu": $3, "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "weight_decay": 0.01}},
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": $2}}
+EOF
+}
+train() { # W CONFIG LOG [args...]
+    local w=$1 c=$2 l=$3
+    shift 3
+    "$DSRUN" --num_procs "$w" "$DSTRAIN" --deepspeed "$c" --data "$DATA" "${MODEL[@]}" --log_file "$l" "$@" >"$l.out" 2>&1
+}
+json() { $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(eval(sys.argv[2]))" "$@"; }
+
+cfg z3w4.json 3 3
+cfg z2w2.json 2 6
+cfg z1w3.json 1 4
+
+echo "== uninterrupted reference: 8 steps, W=4, ZeRO-3"
+train 4 z3w4.json full.log --max_steps 8 || bad "reference run failed: $(tail -3 full.log.out)"
+
+echo "== save at step 4, resume at the same world size and stage: bit-identical"
+train 4 z3w4.json a.log --max_steps 4 --save_dir run --save_steps 2 || bad "first half failed: $(tail -3 a.log.out)"
+[ "$(cat run/latest 2>/dev/null)" = global_step4 ] && ok || bad "latest is '$(cat run/latest 2>/dev/null)', expected global_step4"
+"$DSCKPT" verify run >/dev/null && ok || bad "dsckpt verify of the training checkpoint failed"
+cp -r run run_w2 && cp -r run run_w3
+train 4 z3w4.json b.log --max_steps 8 --save_dir run --save_steps 2 --resume auto || bad "resume failed: $(tail -3 b.log.out)"
+grep -q "resumed from run/global_step4 at step 4" b.log.out && ok || bad "resume did not say where it started: $(tail -2 b.log.out)"
+[ "$(json full.log "[x['loss'] for x in r[4:]]")" = "$(json b.log "[x['loss'] for x in r]")" ] && ok ||
+    bad "resumed losses differ from the uninterrupted run"
+[ "$(json full.log "r[-1]['master_sha256']")" = "$(json b.log "r[-1]['master_sha256']")" ] && ok ||
+    bad "resumed final master weights differ from the uninterrupted run"
+
+echo "== resume the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2 and 3 ranks / stage 1"
+train 2 z2w2.json c2.log --max_steps 8 --save_dir run_w2 --resume global_step4 || bad "W=2 resume failed: $(tail -3 c2.log.out)"
+train 3 z1w3.json c3.log --max_steps 8 --save_dir run_w3 --resume auto || bad "W=3 resume failed: $(tail -3 c3.log.out)"
+for l in c2.log c3.log; do
+    $PY - full.log $l <<'EOF' && ok || bad "$l: losses after resuming at another world size are off"
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])][4:]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 4, (len(a), len(b))
+for x, y in zip(a, b):
+    assert abs(x["loss"] - y["loss"]) <= 2e-3 * abs(x["loss"]), (x["loss"], y["loss"])
+EOF
+done
+
+echo "== consolidated bf16 weights = the running job's 16-bit weights"
+"$DSCKPT" consolidate run -o final.safetensors --dtype bf16 -q || bad "consolidate of the training checkpoint failed"
+$PY - final.safetensors b.log <<'EOF' && ok || bad "consolidated weights differ from the running job's"
+import hashlib, json, sys
+raw = open(sys.argv[1], "rb").read()
+n = int.from_bytes(raw[:8], "little")
+hdr = json.loads(raw[8:8 + n])
+names = [k for k in hdr if k != "__metadata__"]
+# model order: embeddings, blocks in order (HF GPT-2 parameter order), final LN
+order = ["transformer.wte.weight", "transformer.wpe.weight"]
+blocks = sorted({int(k.split(".")[2]) for k in names if k.startswith("transformer.h.")})
+per = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+       "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+       "mlp.c_proj.weight", "mlp.c_proj.bias"]
+for b in blocks:
+    order += [f"transformer.h.{b}.{p}" for p in per]
+order += ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+assert sorted(order) == sorted(names), set(order) ^ set(names)
+assert hdr["__metadata__"].get("alias.lm_head.weight") == "transformer.wte.weight"
+h = hashlib.sha256()
+for k in order:
+    assert hdr[k]["dtype"] == "BF16"
+    b, e = hdr[k]["data_offsets"]
+    h.update(raw[8 + n + b:8 + n + e])
+want = [json.loads(l) for l in open(sys.argv[2])][-1]["working_sha256"]
+assert h.hexdigest() == want, (h.hexdigest(), want)
+EOF
+
+echo "== best tracking and rotation (planted best at step 4, save_total_limit 2), load best at end"
+cfg z2w2b.json 2 6
+DSTRAIN_TEST_EVAL="2:5.0,4:3.0,6:4.0,8:4.5" train 2 z2w2b.json best.log --max_steps 8 --save_dir rot --save_steps 2 \
+    --eval_steps 2 --save_total_limit 2 --load_best_model_at_end || bad "best run failed: $(tail -3 best.log.out)"
+kept=$(cd rot && ls -d global_step* 2>/dev/null | sort | tr '\n' ' ')
+[ "$kept" = "global_step4 global_step6 global_step8 " ] && ok || bad "kept checkpoints: '$kept'"
+$PY - rot/trainer_state.json <<'EOF' && ok || bad "trainer_state.json: $(head -c 400 rot/trainer_state.json)"
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert t["best_model_checkpoint"] == "global_step4" and t["best_metric"] == 3.0 and t["best_global_step"] == 4, t
+assert t["global_step"] == 8
+assert any(e.get("eval_loss") == 4.5 and e["step"] == 8 for e in t["log_history"])
+EOF
+grep -q "loaded the best checkpoint rot/global_step4" best.log.out && ok || bad "load-best-at-end did not load global_step4"
+"$DSCKPT" consolidate rot -t global_step4 -o best4.safetensors --dtype bf16 -q &&
+    cmp -s best4.safetensors rot/final/model.safetensors && ok || bad "final/model.safetensors is not the best checkpoint's weights"
+(cd rot/final && sha256sum -c model.safetensors.sha256 >/dev/null 2>&1) && ok || bad "final/model.safetensors.sha256 does not match"
+"$DSCKPT" inspect rot | grep -q "global_step4" && ok || bad "dsckpt inspect does not show the best checkpoint"
+
+echo "== a rank killed during async saves: latest always names a complete checkpoint"
+cfg z1w2.json 1 6
+for trial in 1 2 3 4 5; do
+    rm -rf kill
+    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
+        --seq_len 32 --eval_windows 2 --max_steps 1000000 --save_dir kill --save_steps 1 >kill.out 2>&1 &
+    runner=$!
+    sleep "$(awk -v t="$trial" 'BEGIN{srand(t * 7919); printf "%.2f", 1.5 + 2.5 * rand()}')"
+    victim=$(pgrep -f "dstrain --deepspeed z1w2.json" | tail -1)
+    if [ -z "$victim" ]; then bad "trial $trial: no dstrain process to kill"; kill "$runner" 2>/dev/null; continue; fi
+    kill -KILL "$victim"
+    wait "$runner" 2>/dev/null
+    grep -q "step 1000000" kill.out && bad "trial $trial: the run finished before the kill"
+    if [ ! -f kill/latest ]; then bad "trial $trial: no checkpoint committed before the kill"; continue; fi
+    tag=$(cat kill/latest)
+    "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "trial $trial: latest ($tag) does not verify"
+    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
+        --seq_len 32 --eval_windows 2 --max_steps $(( ${tag#global_step} + 1 )) --save_dir kill --resume auto >resume.out 2>&1 &&
+        ok || bad "trial $trial: --resume auto after the kill failed: $(tail -3 resume.out)"
+done
+
+echo "== disk full during a save: reported, previous checkpoint intact"
+cfg z2w2d.json 2 6
+train 2 z2w2d.json d1.log --max_steps 2 --save_dir df --save_steps 2 --no_async_save || bad "disk-full setup failed"
+size=$(stat -c %s df/global_step2/rank_00000.safetensors)
+rm -rf df
+train 2 z2w2d.json d2.log --max_steps 2 --save_dir df --save_steps 2 || bad "disk-full setup (2) failed"
+DSCKPT_TEST_FAIL_WRITE_AFTER=$(( size / 2 )) train 2 z2w2d.json d3.log --max_steps 4 --save_dir df --save_steps 2 \
+    --resume auto --no_async_save
+rc=$?
+[ "$rc" -ne 0 ] && ok || bad "a save that hit a full disk did not fail the run"
+grep -qi "no space" d3.log.out && ok || bad "the disk-full error is not reported: $(tail -3 d3.log.out)"
+[ "$(cat df/latest)" = global_step2 ] && ok || bad "latest moved to '$(cat df/latest)'"
+"$DSCKPT" verify df >/dev/null && ok || bad "the previous checkpoint no longer verifies"
+[ ! -f df/global_step4/manifest.json ] && ok || bad "a manifest was written for the failed save"
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
