@@ -5,7 +5,7 @@
  * scaler-state JSON round trip and its strict reader.
  */
 #include "config.h"
-#include "sched.h"
+#include "lr_sched.h"
 #include "tutil.h"
 
 #include <math.h>
