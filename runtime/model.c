@@ -183,6 +183,11 @@ static float *slab_take(slab *s, uint64_t a, uint64_t b) {
 
 enum { MR = 6, NR = 8, MC = 48, NC = 64, KC = 256, NP = 256, NP_LD = NP + 16 };
 
+/* Work (multiply-adds or element updates) below which a loop runs on the calling
+ * thread: a parallel region costs microseconds, and far more when the cores are
+ * oversubscribed. Only speed depends on it, never the results. */
+#define PAR_MIN_WORK ((int64_t)1 << 15)
+
 static void plan_slab(rt_model *m, slab *s) {
     uint64_t C = (uint64_t)m->cfg.n_embd, V = (uint64_t)m->cfg.vocab_size, NH = (uint64_t)m->cfg.n_head;
     uint64_t B = (uint64_t)m->max_batch, T = (uint64_t)m->seq_len, BT = B * T;
@@ -403,7 +408,7 @@ static void gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t a
             for (int i = 0; i < M; i++) memset(c + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-#pragma omp parallel for schedule(static) if (ntiles > 1)
+#pragma omp parallel for schedule(static) if (ntiles > 1 && (int64_t)M * N * K >= 32 * PAR_MIN_WORK)
     for (int64_t t = 0; t < ntiles; t++) {
         /* Consecutive tiles share a column panel of B, which then stays in cache. */
         int m0 = (int)(t % nmt) * MC, n0 = (int)(t / nmt) * NC;
@@ -435,7 +440,7 @@ static void gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const fl
     for (int n0 = 0; n0 < N; n0 += NP) {
         int np = DS_MIN(NP, N - n0);
         int nkb = (K + 31) / 32;
-#pragma omp parallel for schedule(static) if (nkb > 1)
+#pragma omp parallel for schedule(static) if (nkb > 1 && (int64_t)np * K >= PAR_MIN_WORK)
         for (int kb = 0; kb < nkb; kb++) {
             int k0 = kb * 32, k1 = DS_MIN(k0 + 32, K);
             for (int j = 0; j < np; j++) {
@@ -449,7 +454,7 @@ static void gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const fl
 
 /* Sets each of N rows of out [N, C] to bias (+ res when res is not NULL). */
 static void rows_init(int N, int C, float *out, const float *bias, const float *res) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
     for (int r = 0; r < N; r++) {
         float *o = out + (ptrdiff_t)r * C;
         if (res) {
@@ -466,7 +471,7 @@ static void rows_init(int N, int C, float *out, const float *bias, const float *
 static void bias_grad(int N, int C, const float *d, float *db) {
     enum { CB = 64 };
     int nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1)
+#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)N * C >= PAR_MIN_WORK)
     for (int ch = 0; ch < nch; ch++) {
         int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
         float acc[CB] = {0};
@@ -485,7 +490,7 @@ static void bias_grad(int N, int C, const float *d, float *db) {
 
 static void layernorm_fwd(int N, int C, const float *x, const float *w, const float *b, float *out, float *mean,
                           float *rstd) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
     for (int r = 0; r < N; r++) {
         const float *xr = x + (ptrdiff_t)r * C;
         float *o = out + (ptrdiff_t)r * C;
@@ -509,7 +514,7 @@ static void layernorm_fwd(int N, int C, const float *x, const float *w, const fl
  * gradients (columns in parallel). x, mean, rstd are the forward's input and stats. */
 static void layernorm_bwd(int N, int C, const float *dout, const float *x, const float *mean, const float *rstd,
                           const float *w, float *dx, float *dw, float *db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
     for (int r = 0; r < N; r++) {
         const float *d = dout + (ptrdiff_t)r * C, *xr = x + (ptrdiff_t)r * C;
         float *o = dx + (ptrdiff_t)r * C;
@@ -530,7 +535,7 @@ static void layernorm_bwd(int N, int C, const float *dout, const float *x, const
     }
     enum { CB = 32 };
     int nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1)
+#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)N * C >= PAR_MIN_WORK)
     for (int ch = 0; ch < nch; ch++) {
         int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
         float aw[CB] = {0}, ab[CB] = {0};
@@ -558,7 +563,7 @@ static void layernorm_bwd(int N, int C, const float *dout, const float *x, const
 static inline float tanh_via_exp(float u) { return 1.0f - 2.0f / (1.0f + expf(2.0f * u)); }
 
 static void gelu_fwd(int64_t n, const float *x, float *y) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = 0.5f * v * (1.0f + tanh_via_exp(GELU_K * (v + GELU_A * v * v * v)));
@@ -567,7 +572,7 @@ static void gelu_fwd(int64_t n, const float *x, float *y) {
 
 /* d[i] *= gelu'(x[i]) */
 static void gelu_bwd(int64_t n, const float *x, float *d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float th = tanh_via_exp(GELU_K * (v + GELU_A * v * v * v));
@@ -595,7 +600,7 @@ static void attention_fwd(int B, int T, int C, int NH, const float *qkv, float *
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
     ptrdiff_t C3 = 3 * (ptrdiff_t)C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
         const float *base = qkv + (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
@@ -634,7 +639,7 @@ static void attention_bwd(int B, int T, int C, int NH, const float *qkv, const f
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
     ptrdiff_t C3 = 3 * (ptrdiff_t)C;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
         ptrdiff_t off = (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
@@ -740,7 +745,7 @@ static void block_backward(rt_model *m, int l, const float *x, const blk_params 
 
 static void encoder_fwd(rt_model *m, const float *wte, const float *wpe, const int32_t *tokens, int B, int T) {
     int C = m->cfg.n_embd;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * C >= PAR_MIN_WORK)
     for (int r = 0; r < B * T; r++) {
         int b = r / T, t = r % T;
         const float *e = wte + (ptrdiff_t)tokens[(ptrdiff_t)b * (T + 1) + t] * C, *pe = wpe + (ptrdiff_t)t * C;
@@ -755,7 +760,7 @@ static void encoder_fwd(rt_model *m, const float *wte, const float *wpe, const i
 static void encoder_bwd(rt_model *m, float *dwte, float *dwpe, const int32_t *tokens, int B, int T) {
     enum { CB = 64 };
     int C = m->cfg.n_embd, nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1)
+#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)B * T * C >= PAR_MIN_WORK)
     for (int ch = 0; ch < nch; ch++) {
         int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
         for (int r = 0; r < B * T; r++) {
@@ -775,7 +780,7 @@ static void encoder_bwd(rt_model *m, float *dwte, float *dwpe, const int32_t *to
  * != 0, probs becomes dlogits = (softmax - onehot) * dscale. Returns the mean loss. */
 static double cross_entropy(rt_model *m, const int32_t *tokens, int B, int T, float dscale) {
     int V = m->cfg.vocab_size;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)B * T * V >= PAR_MIN_WORK / 4)
     for (int r = 0; r < B * T; r++) {
         int b = r / T, t = r % T;
         int target = tokens[(ptrdiff_t)b * (T + 1) + t + 1];

@@ -76,8 +76,10 @@ typedef struct rt_param {
  * release(m): the model no longer reads module m's parameters.
  * grad_buf(m): fp32 gradient buffer of module m. Called exactly once per module per
  *   backward, before the model writes to it; the pointer must stay valid until
- *   grad_ready(m). The model ADDS into it and never zeroes it (so gradients accumulate
- *   over micro-batches). NULL is a failure, as for acquire.
+ *   grad_ready(m). The model ADDS into it and never zeroes it, so gradients accumulate
+ *   over micro-batches (to fp32 rounding: a module's contribution may arrive as several
+ *   partial sums, e.g. wte's from the LM head and then from each embedding row). NULL
+ *   is a failure, as for acquire.
  * grad_ready(m): module m's contribution for this backward is complete; the model
  *   does not touch the buffer again. Called exactly once per module per backward, in
  *   the order L+1, L, ..., 1, 0.
@@ -158,8 +160,9 @@ dsckpt_status rt_model_forward(rt_model *m, const rt_param_hooks *h, const int32
                                float *loss);
 
 /* Ready-made hooks over one dense flat parameter array and one dense flat gradient
- * array (NULL for forward-only use), for tests and single-process training. ctx must
- * outlive the hooks; the arrays must hold rt_model_numel(m) elements. */
+ * array, for tests and single-process training. grads may be NULL for evaluation only
+ * (forward_backward then fails cleanly at the first grad_buf). ctx must outlive the
+ * hooks; the arrays must hold rt_model_numel(m) elements. */
 typedef struct rt_dense_ctx {
     const rt_model *model;
     const float *params;
