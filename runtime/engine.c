@@ -227,6 +227,17 @@ static rt_param_hooks hooks(rt_engine *e) {
 
 static dsckpt_status alloc_f(float **p, uint64_t n) { return ds_calloc((size_t)(n ? n : 1), sizeof(float), p); }
 
+/* A zeroed buffer whose pages are all touched now: the engine's long-lived buffers
+ * are used at every step, so their first-touch page faults belong to start-up, not
+ * to the first step or to a resume. */
+static dsckpt_status alloc_touched(void *pp, size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) return ds_err(DSCKPT_ENOMEM, "engine: out of memory (%zu bytes)", bytes);
+    memset(p, 0, bytes ? bytes : 1);
+    *(void **)pp = p;
+    return DSCKPT_OK;
+}
+
 
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
     rt_engine *e = NULL;
@@ -284,10 +295,20 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
     for (int g = 0; g < NG; g++) {
         e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
         if (e->stage != 3) e->plen[g] = e->fp[g].part;
-        DS_TRYGOTO(alloc_f(&e->master[g], e->plen[g]), fail);
-        DS_TRYGOTO(alloc_f(&e->m1[g], e->plen[g]), fail);
-        DS_TRYGOTO(alloc_f(&e->m2[g], e->plen[g]), fail);
-        DS_TRYGOTO(alloc_f(&e->gpart[g], e->plen[g]), fail);
+        size_t pb = (size_t)e->plen[g] * sizeof(float);
+        DS_TRYGOTO(alloc_touched(&e->master[g], pb), fail);
+        DS_TRYGOTO(alloc_touched(&e->m1[g], pb), fail);
+        DS_TRYGOTO(alloc_touched(&e->m2[g], pb), fail);
+        DS_TRYGOTO(alloc_touched(&e->gpart[g], pb), fail);
+        if (e->stage == 1 || e->stage == 2) { /* gather_working's buffer, for the largest group */
+            size_t gb = (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W;
+            if (gb > e->gbuf2_cap) {
+                free(e->gbuf2);
+                e->gbuf2 = NULL;
+                DS_TRYGOTO(alloc_touched(&e->gbuf2, gb), fail);
+                e->gbuf2_cap = gb;
+            }
+        }
         if (e->stage == 3) DS_TRYGOTO(ds_calloc((size_t)(e->plen[g] ? e->plen[g] : 1), e->ws, &e->w3[g]), fail);
     }
     if (e->stage != 3) DS_TRYGOTO(ds_calloc((size_t)e->N, e->ws, &e->w), fail);
@@ -417,10 +438,10 @@ static void refresh_working(rt_engine *e, int g, uint8_t *tmp) {
 /* Stages 1/2: every rank's updated partition, cast, all-gathered into the working weights. */
 static dsckpt_status gather_working(rt_engine *e, int g) {
     uint64_t P = e->plen[g];
-    DS_TRY(grow(&e->gbuf, &e->gbuf_cap, (size_t)(P ? P : 1) * e->ws));
     DS_TRY(grow(&e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
-    from_f32(e->wdt, e->master[g], e->gbuf, P);
-    DS_TRY(rt_comm_allgather(e->comm, e->gbuf, (size_t)P * e->ws, e->gbuf2));
+    uint8_t *mine = e->gbuf2 + (size_t)e->rank * P * e->ws; /* cast in place, gather in place */
+    from_f32(e->wdt, e->master[g], mine, P);
+    DS_TRY(rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, e->gbuf2));
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         if (T->group != g) continue;
@@ -518,6 +539,7 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
             if (clip > 1) combined = clip * scale;
         }
         float inv = (float)(1.0 / combined);
+        rt_engine_before_change(e);
         e->applied++;
         for (int g = 0; g < NG; g++) {
             float *gr = e->gpart[g];
@@ -543,6 +565,7 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         out->skipped = overflow;
         out->seconds = dt;
         out->comm_seconds = c1 - c0;
+        out->comm_bytes = b1 - b0;
         out->tokens_per_s = (double)cfg->train_batch_size * T / dt;
     }
     return DSCKPT_OK;
@@ -623,6 +646,11 @@ dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
         free(all);
     }
     return DSCKPT_OK;
+}
+
+void rt_engine_set_pre_update(rt_engine *e, void (*fn)(void *), void *ctx) {
+    e->pre_update = fn;
+    e->pre_update_ctx = ctx;
 }
 
 dsckpt_status rt_engine_refresh_working(rt_engine *e) {

@@ -48,6 +48,7 @@ typedef struct rt_step_stats {
     bool skipped;           /* fp16 overflow: no update */
     double seconds;         /* wall time of the step */
     double comm_seconds;    /* of which inside collectives */
+    uint64_t comm_bytes;    /* bytes this rank sent in collectives during the step */
     double tokens_per_s;    /* global tokens / second */
 } rt_step_stats;
 
@@ -64,6 +65,10 @@ typedef struct rt_mem_report {
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed,
                                rt_engine **out);
 void rt_engine_free(rt_engine *e);
+/* fn(ctx) is called on the training thread right before the engine changes its fp32
+ * master partitions or Adam moments (the optimizer update, a checkpoint load); NULL
+ * removes it. The async checkpoint writer uses it (engine_ckpt.h). */
+void rt_engine_set_pre_update(rt_engine *e, void (*fn)(void *), void *ctx);
 
 /* One optimizer step on global batch `k` of `data` (gradient accumulation, reduction,
  * clipping, loss scaling, AdamW, schedule). Collective: every rank calls it. */

@@ -81,14 +81,25 @@ static cJSON *engine_state(const rt_engine *e) {
 
 /* ---- saving ---- */
 
+/* What the writer reads. An async save does not copy anything when it starts: the
+ * writer reads the live partitions, which only the optimizer update (or a load)
+ * changes. Right before the engine changes them (rt_engine_set_pre_update), the
+ * training thread copies every partition the writer has not finished reading into
+ * `copy` and points the writer there. A save that is written within one step
+ * therefore costs training no copy at all; a slower one costs one memcpy of what
+ * is left, at the next update. `lock` orders the writer's reads against that
+ * switch (read side: the writer; write side: the switch). */
 typedef struct snap {
     const rt_engine *e;
-    float *buf[3][NG]; /* fp32, exp_avg, exp_avg_sq partitions (a copy, or the live ones) */
+    float *buf[3][NG];     /* fp32, exp_avg, exp_avg_sq partitions (live, or the copy) */
+    uint64_t left[3][NG];  /* elements of each the writer has yet to read */
+    bool copied[3][NG];
+    pthread_rwlock_t lock;
 } snap;
 
 static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst, int worker) {
     (void)worker;
-    const snap *sn = u;
+    snap *sn = u;
     const rt_engine *e = sn->e;
     if (s > DS_ST_EXP_AVG_SQ || t >= e->nt) return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: unexpected state");
     const et *T = &e->t[t];
@@ -96,7 +107,10 @@ static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, 
     rt_engine_own(e, T, e->rank, &s0, &n, &poff);
     if (start < s0 || start + numel > s0 + n)
         return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: rank %d asked for elements it does not own", e->rank);
+    pthread_rwlock_rdlock(&sn->lock);
     memcpy(dst, sn->buf[s][T->group] + poff + (start - s0), (size_t)numel * 4);
+    __atomic_fetch_sub(&sn->left[s][T->group], numel, __ATOMIC_RELAXED);
+    pthread_rwlock_unlock(&sn->lock);
     return DSCKPT_OK;
 }
 
@@ -112,19 +126,68 @@ struct rt_saver {
     ds_native_out *no;
     ds_tensor *ts;
     snap sn;
-    float *copy;          /* async snapshot storage */
+    float *copy;          /* async snapshot storage: 3 x this rank's partitions */
     size_t copy_len;
+    double copy_s;        /* seconds the training thread spent copying (pre-update) */
     char *save_dir, *tag;
     char committed[256];
 };
+
+/* The engine is about to change its partitions: whatever the writer of a save in
+ * flight has not read yet is copied first (training thread). */
+static void pre_update(void *u) {
+    rt_saver *s = u;
+    if (!s->th_live || atomic_load(&s->done)) return;
+    snap *sn = &s->sn;
+    const rt_engine *e = s->e;
+    double t0 = now_s();
+    pthread_rwlock_wrlock(&sn->lock);
+    float *q = s->copy;
+    for (int g = 0; g < NG; g++)
+        for (int k = 0; k < 3; k++) {
+            if (!sn->copied[k][g] && __atomic_load_n(&sn->left[k][g], __ATOMIC_RELAXED)) {
+                memcpy(q, sn->buf[k][g], (size_t)e->plen[g] * 4);
+                sn->buf[k][g] = q;
+                sn->copied[k][g] = true;
+            }
+            q += e->plen[g];
+        }
+    pthread_rwlock_unlock(&sn->lock);
+    s->copy_s += now_s() - t0;
+}
 
 dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
     rt_saver *s = NULL;
     DS_TRY(ds_calloc(1, sizeof *s, &s));
     s->e = e;
     s->async = async;
+    if (pthread_rwlock_init(&s->sn.lock, NULL)) {
+        free(s);
+        return ds_err(DSCKPT_EINTERNAL, "cannot create the checkpoint writer's lock");
+    }
+    if (async) {
+        /* The copy is allocated and touched now, so the update that needs it pays
+         * no page faults. */
+        size_t need = 0;
+        for (int g = 0; g < NG; g++) need += 3 * (size_t)e->plen[g];
+        s->copy = malloc((need ? need : 1) * sizeof *s->copy);
+        if (!s->copy) {
+            pthread_rwlock_destroy(&s->sn.lock);
+            free(s);
+            return ds_err(DSCKPT_ENOMEM, "out of memory for the async save buffer (%zu bytes)", need * sizeof(float));
+        }
+        memset(s->copy, 0, (need ? need : 1) * sizeof *s->copy);
+        s->copy_len = need;
+        rt_engine_set_pre_update(e, pre_update, s);
+    }
     *out = s;
     return DSCKPT_OK;
+}
+
+double rt_saver_take_copy_seconds(rt_saver *s) {
+    double v = s ? s->copy_s : 0;
+    if (s) s->copy_s = 0;
+    return v;
 }
 
 static void save_clear(rt_saver *s) {
@@ -151,6 +214,8 @@ void rt_saver_free(rt_saver *s) {
     if (!s) return;
     join(s);
     save_clear(s);
+    if (s->async) rt_engine_set_pre_update(s->e, NULL, NULL);
+    pthread_rwlock_destroy(&s->sn.lock);
     free(s->copy);
     free(s);
 }
@@ -165,6 +230,13 @@ static dsckpt_status write_own(rt_saver *s) {
 
 static void *writer(void *p) {
     rt_saver *s = p;
+    /* Test hook: DSTRAIN_TEST_WRITER_DELAY_MS holds the async writer back, so that
+     * the next update has to copy what it has not read (tests/rt_ckpt_test.sh). */
+    const char *d = s->async ? getenv("DSTRAIN_TEST_WRITER_DELAY_MS") : NULL;
+    if (d && atoi(d) > 0) {
+        struct timespec ts = {.tv_sec = atoi(d) / 1000, .tv_nsec = (long)(atoi(d) % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     s->wst = write_own(s);
     if (s->wst) snprintf(s->wmsg, sizeof s->wmsg, "%s", dsckpt_last_error());
     atomic_store(&s->done, 1);
@@ -200,7 +272,8 @@ static dsckpt_status commit(rt_saver *s) {
         f->has_digests = true;
     }
     if (e->rank == 0) {
-        st = ds_native_write_manifest(s->no);
+        st = ds_fsync_dir(s->save_dir); /* the tag directory's entry, before the manifest */
+        if (!st) st = ds_native_write_manifest(s->no);
         if (!st) st = ds_set_latest(s->save_dir, s->tag);
     }
     bool bad = st != DSCKPT_OK;
@@ -253,8 +326,7 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
         char *man = st ? NULL : ds_join(tagdir, "manifest.json");
         if (!st && man && ds_exists(man)) st = ds_err(DSCKPT_EEXIST, "%s already holds a complete checkpoint", tagdir);
         else if (!st && ds_exists(tagdir)) ds_rmtree(tagdir);
-        if (!st) st = ds_mkdir(tagdir);
-        if (!st) st = ds_fsync_dir(save_dir);
+        if (!st) st = ds_mkdir(tagdir); /* made durable by the commit (fsync of save_dir) */
         free(man);
         bad = st != DSCKPT_OK;
     }
@@ -280,39 +352,30 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
     s->busy = true;
     s->wst = DSCKPT_OK;
     atomic_store(&s->done, 0);
+    /* The writer reads the live partitions (async: until pre_update copies them). */
+    for (int g = 0; g < NG; g++) {
+        float *live[3] = {e->master[g], e->m1[g], e->m2[g]};
+        uint64_t owned = 0;
+        for (size_t i = 0; i < e->nt; i++) {
+            if (e->t[i].group != g) continue;
+            uint64_t s0, n, poff;
+            rt_engine_own(e, &e->t[i], e->rank, &s0, &n, &poff);
+            owned += n;
+        }
+        if (e->stage == 0 && e->rank != 0) owned = 0; /* stage 0: rank 0 writes the one file */
+        for (int k = 0; k < 3; k++) {
+            s->sn.buf[k][g] = live[k];
+            s->sn.left[k][g] = owned;
+            s->sn.copied[k][g] = false;
+        }
+    }
     if (s->async) {
-        /* Snapshot the partitions; training may change them from the next step on. */
-        size_t need = 0;
-        for (int g = 0; g < NG; g++) need += 3 * (size_t)e->plen[g];
-        if (s->copy_len < need) {
-            float *nc = realloc(s->copy, (need ? need : 1) * sizeof *nc);
-            if (!nc) {
-                st = ds_err(DSCKPT_ENOMEM, "out of memory for the async save snapshot");
-                goto done;
-            }
-            s->copy = nc;
-            s->copy_len = need;
-        }
-        float *q = s->copy;
-        for (int g = 0; g < NG; g++) {
-            const float *src[3] = {e->master[g], e->m1[g], e->m2[g]};
-            for (int k = 0; k < 3; k++) {
-                memcpy(q, src[k], (size_t)e->plen[g] * 4);
-                s->sn.buf[k][g] = q;
-                q += e->plen[g];
-            }
-        }
         if (pthread_create(&s->th, NULL, writer, s)) {
             st = ds_err(DSCKPT_EINTERNAL, "cannot start the checkpoint writer thread");
             goto done;
         }
         s->th_live = true;
     } else {
-        for (int g = 0; g < NG; g++) {
-            s->sn.buf[0][g] = e->master[g];
-            s->sn.buf[1][g] = e->m1[g];
-            s->sn.buf[2][g] = e->m2[g];
-        }
         writer(s);
         st = rt_saver_poll(s, true, NULL);
     }
@@ -368,9 +431,12 @@ static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
     return DSCKPT_OK;
 }
 
-static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag, bool moments, cJSON **state_out) {
+static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag, bool moments, cJSON **state_out,
+                                 double *read_s) {
+    double t0 = now_s();
     dsckpt_ckpt *c = NULL;
     dsckpt_status st = dsckpt_ckpt_open(path, tag, &c);
+    rt_engine_before_change(e);
     if (!st) st = load_parts(e, c, moments);
     if (!st && moments) {
         const cJSON *state = c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
@@ -392,14 +458,15 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
     }
     dsckpt_ckpt_free(c);
     st = agree(e, st);
+    if (read_s) *read_s = now_s() - t0;
     if (st) return st;
     return rt_engine_refresh_working(e);
 }
 
-dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out) {
-    return load_common(e, path, tag, true, state_out);
+dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out, double *read_s) {
+    return load_common(e, path, tag, true, state_out, read_s);
 }
 
 dsckpt_status rt_engine_load_weights(rt_engine *e, const char *path, const char *tag) {
-    return load_common(e, path, tag, false, NULL);
+    return load_common(e, path, tag, false, NULL, NULL);
 }

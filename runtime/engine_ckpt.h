@@ -5,9 +5,10 @@
  * Saving (collective): every rank writes its own rank file (temporary name, fsync,
  * rename) with the chunk digests computed on the way; the digests are sent to rank
  * 0, which writes manifest.json last and then replaces `latest` atomically. With
- * async saving a rank first snapshots its partitions (fp32 master, exp_avg,
- * exp_avg_sq) into host buffers and a background thread writes the file while
- * training goes on; the commit (digests, manifest, latest) happens at the first
+ * async saving a background thread writes the rank's file from its live partitions
+ * (fp32 master, exp_avg, exp_avg_sq) while training goes on; right before the next
+ * optimizer update changes them, whatever the writer has not read yet is copied into
+ * a host buffer (so a save written within one step costs no copy at all); the commit (digests, manifest, latest) happens at the first
  * step boundary where every rank's writer has finished (rt_saver_poll), or when the
  * next save or the end of training waits for it. The background thread never calls
  * MPI; only the training thread does.
@@ -42,12 +43,18 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
  * or NULL. Collective. */
 dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed);
 bool rt_saver_busy(const rt_saver *s);
+/* Seconds training spent, since the last call, copying partitions that an async
+ * writer had not read yet when the optimizer was about to change them (the part of
+ * a save's stall that falls after rt_saver_start). */
+double rt_saver_take_copy_seconds(rt_saver *s);
 
 /* Loads the checkpoint at `path` (save root or tag directory; tag as in
  * dsckpt_ckpt_open) into the engine: weights, moments, optimizer step, loss scaler.
  * *state_out (may be NULL) gets a copy of the manifest's "state" (free with
- * cJSON_Delete). Collective. */
-dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out);
+ * cJSON_Delete). *read_s (may be NULL) gets the seconds this rank spent opening the
+ * checkpoint and reading its partition, until every rank had read its own (the
+ * rest is rebuilding the working weights from the new partitions). Collective. */
+dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out, double *read_s);
 
 /* Loads only the fp32 master weights (and the working weights from them) of a
  * checkpoint: load-best-at-end. Collective. */

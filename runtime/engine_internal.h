@@ -56,6 +56,8 @@ struct rt_engine {
     uint64_t applied, nsteps;
     dsckpt_status hook_err;
     uint64_t bucket;
+    void (*pre_update)(void *); /* called right before master/m1/m2 change */
+    void *pre_update_ctx;
 };
 
 
@@ -65,5 +67,9 @@ void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t
 /* Recomputes the working weights from the fp32 master partitions (collective at
  * stages 1/2). */
 dsckpt_status rt_engine_refresh_working(rt_engine *e);
+/* The fp32 master partitions or Adam moments are about to change. */
+static inline void rt_engine_before_change(rt_engine *e) {
+    if (e->pre_update) e->pre_update(e->pre_update_ctx);
+}
 
 #endif

@@ -57,6 +57,19 @@ grep -q "resumed from run/global_step4 at step 4" b.log.out && ok || bad "resume
 [ "$(json full.log "r[-1]['master_sha256']")" = "$(json b.log "r[-1]['master_sha256']")" ] && ok ||
     bad "resumed final master weights differ from the uninterrupted run"
 
+echo "== async writer slower than a step: the update copies what it has not read; the checkpoint is still exact"
+DSTRAIN_TEST_WRITER_DELAY_MS=400 train 4 z3w4.json slow.log --max_steps 4 --save_dir run_slow --save_steps 1 ||
+    bad "run with a slow writer failed: $(tail -3 slow.log.out)"
+[ "$(json slow.log "len([x for x in r if x.get('save_copy_s', 0) > 0]) > 0")" = True ] && ok ||
+    bad "no step reported save_copy_s: the copy-before-update path was not taken"
+[ "$(json full.log "[x['loss'] for x in r[:4]]")" = "$(json slow.log "[x['loss'] for x in r]")" ] && ok ||
+    bad "a slow async writer changed the training losses"
+"$DSCKPT" verify run_slow -t global_step3 >/dev/null && ok || bad "checkpoint written through the copy path does not verify"
+train 4 z3w4.json slow_b.log --max_steps 8 --save_dir run_slow --resume global_step3 ||
+    bad "resume from the copy-path checkpoint failed: $(tail -3 slow_b.log.out)"
+[ "$(json full.log "r[-1]['master_sha256']")" = "$(json slow_b.log "r[-1]['master_sha256']")" ] && ok ||
+    bad "resuming the checkpoint written while the update copied does not continue bit-identically"
+
 echo "== resume the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2 and 3 ranks / stage 1"
 train 2 z2w2.json c2.log --max_steps 8 --save_dir run_w2 --resume global_step4 || bad "W=2 resume failed: $(tail -3 c2.log.out)"
 train 3 z1w3.json c3.log --max_steps 8 --save_dir run_w3 --resume auto || bad "W=3 resume failed: $(tail -3 c3.log.out)"

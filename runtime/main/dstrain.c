@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static const char help[] =
     "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
@@ -37,10 +38,15 @@ static const char help[] =
     "  --seed S               initialisation and data seed (default 1234)\n"
     "  --eval_steps N         evaluate every N steps (default 0 = only at the end)\n"
     "  --eval_windows N       eval windows used (default 64; 0 = all)\n"
-    "  --log_file F           JSON lines from rank 0: step, loss, lr, grad_norm,\n"
-    "                         loss_scale, skipped, tokens_per_s, step_s, comm_s (and\n"
-    "                         eval_loss; the last line also master_sha256, the SHA-256\n"
-    "                         of the full fp32 master weights)\n"
+    "  --log_file F           JSON lines from rank 0, one per optimizer step: step,\n"
+    "                         loss, lr, grad_norm, loss_scale, skipped, tokens_per_s,\n"
+    "                         step_s, comm_s (seconds in collectives), comm_bytes\n"
+    "                         (bytes rank 0 sent); eval_loss on eval steps,\n"
+    "                         save_stall_s on save steps, save_copy_s on steps whose\n"
+    "                         update waited to copy what an async save had not yet\n"
+    "                         read; the last line also\n"
+    "                         master_sha256 / working_sha256, SHA-256 of the full\n"
+    "                         fp32 master and 16-bit working weights\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
     "Checkpoints (native format, readable by dsckpt):\n"
@@ -48,7 +54,10 @@ static const char help[] =
     "  --save_steps N         save every N steps (and after the last step)\n"
     "  --save_total_limit K   keep the newest K checkpoints and the best (default: all)\n"
     "  --no_async_save        write checkpoints synchronously (default: a background\n"
-    "                         thread writes a snapshot while training goes on)\n"
+    "                         thread writes the checkpoint while training goes on;\n"
+    "                         the next optimizer update first copies whatever it has\n"
+    "                         not written yet, into a host buffer of 12 bytes per\n"
+    "                         parameter of the rank's partition, kept for the run)\n"
     "  --metric_for_best_model M  (default eval_loss; \"eval_\" is added when missing)\n"
     "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
     "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
@@ -93,6 +102,12 @@ static bool num_d(const char *s, double *v) {
     if (errno || end == s || *end || !isfinite(x)) return false;
     *v = x;
     return true;
+}
+
+static double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static double fake_metric(const char *spec, uint64_t step, double dflt) {
@@ -331,6 +346,7 @@ int main(int argc, char **argv) {
     uint64_t k0 = 0;
     if (resume) {
         char chosen[256] = "";
+        double verify_s = wall_s();
         if (rank == 0) {
             char **tags = NULL;
             size_t nt = 0;
@@ -365,6 +381,7 @@ int main(int argc, char **argv) {
             }
             rt_free_list(tags, nt);
         }
+        verify_s = wall_s() - verify_s;
         if ((st = rt_comm_bcast(comm, chosen, sizeof chosen, 0))) FAIL(70);
         if (!strcmp(chosen, "!")) {
             ds_err(DSCKPT_ECORRUPT, "--resume %s: no checkpoint in %s verifies", resume, save_dir);
@@ -372,13 +389,19 @@ int main(int argc, char **argv) {
         }
         if (chosen[0]) {
             cJSON *state = NULL;
-            if ((st = rt_engine_load(eng, save_dir, chosen, &state))) FAIL(2);
+            double tl0 = wall_s();
+            double read_s = 0;
+            if ((st = rt_engine_load(eng, save_dir, chosen, &state, &read_s))) FAIL(2);
+            if ((st = rt_comm_barrier(comm))) FAIL(70);
+            double load_s = wall_s() - tl0;
             const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
             const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
             k0 = cJSON_IsNumber(nb) ? (uint64_t)nb->valuedouble : rt_engine_steps(eng);
             cJSON_Delete(state);
             if (rank == 0)
-                fprintf(stderr, "dstrain: resumed from %s/%s at step %llu\n", save_dir, chosen, (unsigned long long)k0);
+                fprintf(stderr, "dstrain: resumed from %s/%s at step %llu (verified in %.3f s, loaded in %.3f s: "
+                        "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
+                        save_dir, chosen, (unsigned long long)k0, verify_s, load_s, read_s, load_s - read_s);
         } else if (rank == 0) {
             fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", save_dir);
         }
@@ -397,6 +420,7 @@ int main(int argc, char **argv) {
                                                       save_limit, steps, eval_steps, save_steps, cfg.train_batch_size)))
             FAIL(70);
         if ((st = rt_engine_step(eng, data, seed, k, &s))) FAIL(70);
+        double copy_s = rt_saver_take_copy_seconds(saver); /* this step's share of an async save's stall */
         double el = NAN;
         bool do_eval = (eval_steps && (k + 1) % eval_steps == 0) || k + 1 == steps;
         if (do_eval && (st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
@@ -459,12 +483,14 @@ int main(int argc, char **argv) {
         if (rank == 0 && log) {
             fprintf(log,
                     "{\"step\": %llu, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"loss_scale\": %.9g, "
-                    "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g",
+                    "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g, \"comm_bytes\": %llu",
                     (unsigned long long)s.step, s.loss, s.lr, isnan(s.grad_norm) ? -1.0 : s.grad_norm, s.loss_scale,
-                    s.skipped ? "true" : "false", s.tokens_per_s, s.seconds, s.comm_seconds);
+                    s.skipped ? "true" : "false", s.tokens_per_s, s.seconds, s.comm_seconds,
+                    (unsigned long long)s.comm_bytes);
             if (do_eval) fprintf(log, ", \"eval_loss\": %.9g", el);
             if (digest[0]) fprintf(log, ", \"master_sha256\": \"%s\", \"working_sha256\": \"%s\"", digest, wdigest);
             if (stall >= 0) fprintf(log, ", \"save_stall_s\": %.6g", stall);
+            if (copy_s > 0) fprintf(log, ", \"save_copy_s\": %.6g", copy_s);
             fprintf(log, "}\n");
             fflush(log);
         }

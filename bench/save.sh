@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# dstrain checkpoints against floors measured in the same run:
+#   - async-save stall (the time a save keeps training from going on: the snapshot)
+#     ÷ the synchronous save time of the same checkpoint;
+#   - save throughput ÷ the plain write floor: a synchronous save (4 ranks write,
+#     hash and fsync their files, then the manifest and `latest` are committed) of
+#     B bytes against one plain write() + fsync of B bytes;
+#   - load-time reshard: resuming the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2
+#     and 3 ranks / stage 1 (each rank reads only its new partition's byte ranges
+#     from the old files) ÷ a plain read() of the same state bytes from those files.
+# Usage:
+#   bash bench/save.sh
+# Environment: BENCH_MODEL (dstrain model flags; default ~101M parameters, so about
+# 1.2 GB of fp32 master + Adam moments), BENCH_REPS (3: medians; floors interleaved
+# with the commands), BENCH_DIR (scratch, build/bench-save).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+read -r -a MODEL <<<"${BENCH_MODEL:---n_layer 8 --n_head 8 --n_embd 1024 --seq_len 16}"
+REPS=${BENCH_REPS:-3}
+DIR=${BENCH_DIR:-build/bench-save}
+[ -x build/dstrain ] && [ -x build/dsrun ] && [ -x build/ds_floor ] || bash scripts/build.sh build
+FL=build/ds_floor
+PY=python3
+DATA=fixtures/corpus/licenses.txt
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rm -rf "$DIR"
+mkdir -p "$DIR"
+cfg() { # FILE STAGE WORLD (global batch 12)
+  cat >"$1" <<EOF
+{"train_batch_size": 12, "train_micro_batch_size_per_gpu": $((12 / $3)), "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.001, "weight_decay": 0.01}},
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": $2}}
+EOF
+}
+cfg "$DIR/z3w4.json" 3 4
+cfg "$DIR/z2w2.json" 2 2
+cfg "$DIR/z1w3.json" 1 3
+field() { $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(r[int(sys.argv[2])-1][sys.argv[3]])" "$@"; }
+
+# One save run: 3 steps, a save after step 2 (timed) and after step 3.
+save_run() { # OUT_DIR LOG [--no_async_save]
+  local out=$1 log=$2
+  shift 2
+  rm -rf "$out"
+  sync
+  build/dsrun --num_procs 4 build/dstrain --deepspeed "$DIR/z3w4.json" --data "$DATA" "${MODEL[@]}" \
+    --eval_windows 1 --max_steps 3 --save_steps 2 --save_dir "$out" --log_file "$log" "$@" >"$log.out" 2>&1 ||
+    { cat "$log.out"; exit 1; }
+}
+: >"$DIR/sync.t"; : >"$DIR/async.t"; : >"$DIR/copy.t"; : >"$DIR/wfloor.t"
+for i in $(seq "$REPS"); do
+  save_run "$DIR/sync" "$DIR/sync.log" --no_async_save
+  field "$DIR/sync.log" 2 save_stall_s >>"$DIR/sync.t"
+  BYTES=$(du -cb "$DIR/sync/global_step2"/* | tail -1 | cut -f1)
+  sync
+  read -r _ wt _ < <($FL io 0 "$BYTES" "$DIR/floor.out" "$DIR/sync/global_step2/manifest.json")
+  echo "$wt" >>"$DIR/wfloor.t"
+  save_run "$DIR/async" "$DIR/async.log"
+  # The stall of an async save: the save call, plus any copy the next update made
+  # of what the writer had not read yet (save_copy_s on step 3).
+  $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(r[1]['save_stall_s'] + r[2].get('save_copy_s', 0))" \
+    "$DIR/async.log" >>"$DIR/async.t"
+  $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(r[2].get('save_copy_s', 0))" \
+    "$DIR/async.log" >>"$DIR/copy.t"
+done
+NUMEL=$(build/dsckpt inspect --json "$DIR/sync" | $PY -c 'import json,sys; print(json.load(sys.stdin)["param_count"])' 2>/dev/null ||
+        echo "?")
+SYNC=$(median <"$DIR/sync.t"); ASYNC=$(median <"$DIR/async.t"); WF=$(median <"$DIR/wfloor.t")
+echo "model: ${MODEL[*]} ($NUMEL parameters), 4 ranks, ZeRO-3, bf16; checkpoint $((BYTES / 1048576)) MiB; medians of $REPS"
+echo
+echo "| measure | command s | floor s | ratio | target |"
+echo "|---|---|---|---|---|"
+$PY -c "print(f'| async-save stall ÷ synchronous save time | {$ASYNC:.4f} | {$SYNC:.4f} | {$ASYNC / $SYNC:.3f} | ≤ 0.05 |')"
+$PY -c "print(f'| save throughput ÷ plain write floor ($((BYTES / 1048576)) MiB, write + fsync) | {$SYNC:.4f} | {$WF:.4f} | {$WF / $SYNC:.2f} | ≥ 0.8 |')"
+
+# Load-time reshard from the last synchronous save (global_step3 is `latest`).
+SRC="$DIR/sync"
+STATE=$(du -cb "$SRC/global_step3"/rank_*.safetensors | tail -1 | cut -f1)
+for target in "2 z2w2" "3 z1w3"; do
+  read -r W C <<<"$target"
+  : >"$DIR/load.t"; : >"$DIR/rfloor.t"
+  for i in $(seq "$REPS"); do
+    sync
+    read -r rt _ _ < <($FL io "$STATE" 0 "$DIR/floor.out" "$SRC/global_step3"/rank_*.safetensors)
+    echo "$rt" >>"$DIR/rfloor.t"
+    # --max_steps 3 with a checkpoint at step 3: load and stop (no step, no save).
+    build/dsrun --num_procs "$W" build/dstrain --deepspeed "$DIR/$C.json" --data "$DATA" "${MODEL[@]}" \
+      --eval_windows 1 --max_steps 3 --save_dir "$SRC" --resume global_step3 >"$DIR/load.out" 2>&1 ||
+      { cat "$DIR/load.out"; exit 1; }
+    sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$DIR/load.out" >>"$DIR/load.t"
+  done
+  L=$(median <"$DIR/load.t"); R=$(median <"$DIR/rfloor.t")
+  $PY -c "print(f'| load-time reshard 4 → $W ranks (stage 3 → ${C:1:1}), $((STATE / 1048576)) MiB of state ÷ plain read | {$L:.4f} | {$R:.4f} | {$L / $R:.2f} | ≤ 1.3 |')"
+done
