@@ -943,7 +943,7 @@ static dsckpt_status write_pt(dsw_file *f, const char *dir, const char *name, ds
     size_t nu = 0;
     for (size_t i = 0; i < f->n; i++) {
         if (!f->st[i].used) continue;
-        qsort(f->st[i].pieces, f->st[i].npieces, sizeof *f->st[i].pieces, cmp_piece);
+        if (f->st[i].npieces > 1) qsort(f->st[i].pieces, f->st[i].npieces, sizeof *f->st[i].pieces, cmp_piece);
         order[nu++] = &f->st[i];
     }
     qsort(order, nu, sizeof *order, cmp_newkey); /* torch 1.x: members in name order */
