@@ -13,11 +13,11 @@
  */
 #include "comm.h"
 #include "internal.h"
+#include "rt_time.h"
 
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define DEFAULT_MAX_MESSAGE ((size_t)1 << 30)
 #define MIN_MAX_MESSAGE ((size_t)64)
@@ -48,12 +48,6 @@ struct rt_comm {
     void **recvs;
     const float **srcs;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static dsckpt_status need_scratch(rt_comm *c, size_t bytes) {
     if (bytes <= c->scratch_bytes) return DSCKPT_OK;
@@ -266,9 +260,9 @@ static dsckpt_status reduce_scatterv(rt_comm *c, const float *send, const size_t
 
 dsckpt_status rt_comm_barrier(rt_comm *c) {
     CHECK_HANDLE(c, "rt_comm_barrier");
-    double t0 = now_s();
+    double t0 = rt_now_s();
     dsckpt_status st = c->ops->barrier(c->impl);
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -278,12 +272,12 @@ dsckpt_status rt_comm_bcast(rt_comm *c, void *buf, size_t bytes, int root) {
         return ds_err(DSCKPT_EINVAL, "rt_comm_bcast: root %d outside [0, %d)", root, c->size);
     if (bytes && !buf) return ds_err(DSCKPT_EINVAL, "rt_comm_bcast: NULL buffer");
     if (c->size == 1 || bytes == 0) return DSCKPT_OK;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     dsckpt_status st = DSCKPT_OK;
     for (size_t off = 0; off < bytes && st == DSCKPT_OK; off += c->max_msg)
         st = c->ops->bcast(c->impl, (uint8_t *)buf + off, DS_MIN(bytes - off, c->max_msg), root);
     if (st == DSCKPT_OK && c->rank == root) c->bytes_sent += (uint64_t)bytes * (uint64_t)(c->size - 1);
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -300,13 +294,13 @@ dsckpt_status rt_comm_allgather(rt_comm *c, const void *send, size_t bytes_per_r
     bool in_place = (const uint8_t *)send == mine;
     if (!in_place && overlap(send, bytes_per_rank, recv, (size_t)total))
         return ds_err(DSCKPT_EINVAL, "rt_comm_allgather: send overlaps recv without being in place");
-    double t0 = now_s();
+    double t0 = rt_now_s();
     for (size_t r = 0; r < W; r++) {
         c->cnt[r] = bytes_per_rank;
         c->disp[r] = r * bytes_per_rank;
     }
     dsckpt_status st = gatherv_bytes(c, in_place ? NULL : send, c->cnt, c->disp, recv);
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -316,9 +310,9 @@ dsckpt_status rt_comm_reduce_scatterv_f32(rt_comm *c, const float *send, const s
     if (!counts) return ds_err(DSCKPT_EINVAL, "rt_comm_reduce_scatterv_f32: NULL counts");
     size_t total = 0;
     DS_TRY(check_segments(c, send, counts, recv, &total));
-    double t0 = now_s();
+    double t0 = rt_now_s();
     dsckpt_status st = reduce_scatterv(c, send, counts, recv, total);
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -329,7 +323,7 @@ dsckpt_status rt_comm_allreduce_f32(rt_comm *c, float *buf, size_t n) {
         return ds_err(DSCKPT_EINVAL, "rt_comm_allreduce_f32: %zu floats overflow", n);
     size_t W = (size_t)c->size;
     if (W == 1 || n == 0) return DSCKPT_OK;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     /* c->cnt is the split (elements), then the gather's byte counts; c->off the offsets. */
     size_t acc = 0;
     for (size_t r = 0; r < W; r++) {
@@ -346,7 +340,7 @@ dsckpt_status rt_comm_allreduce_f32(rt_comm *c, float *buf, size_t n) {
         }
         st = gatherv_bytes(c, NULL, c->cnt, c->disp, buf);
     }
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -374,7 +368,7 @@ dsckpt_status rt_comm_allreduce_f64(rt_comm *c, double *vals, size_t n) {
     CHECK_HANDLE(c, "rt_comm_allreduce_f64");
     if (n && !vals) return ds_err(DSCKPT_EINVAL, "rt_comm_allreduce_f64: NULL buffer");
     if (c->size == 1 || n == 0) return DSCKPT_OK;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     const uint8_t *all = NULL;
     dsckpt_status st = gather_small(c, vals, n, sizeof(double), &all);
     if (st == DSCKPT_OK) {
@@ -385,7 +379,7 @@ dsckpt_status rt_comm_allreduce_f64(rt_comm *c, double *vals, size_t n) {
             vals[i] = s;
         }
     }
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -393,7 +387,7 @@ dsckpt_status rt_comm_allreduce_max_f64(rt_comm *c, double *vals, size_t n) {
     CHECK_HANDLE(c, "rt_comm_allreduce_max_f64");
     if (n && !vals) return ds_err(DSCKPT_EINVAL, "rt_comm_allreduce_max_f64: NULL buffer");
     if (c->size == 1 || n == 0) return DSCKPT_OK;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     const uint8_t *all = NULL;
     dsckpt_status st = gather_small(c, vals, n, sizeof(double), &all);
     if (st == DSCKPT_OK) {
@@ -408,7 +402,7 @@ dsckpt_status rt_comm_allreduce_max_f64(rt_comm *c, double *vals, size_t n) {
             vals[i] = m;
         }
     }
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 
@@ -416,7 +410,7 @@ dsckpt_status rt_comm_allreduce_or(rt_comm *c, bool *flag) {
     CHECK_HANDLE(c, "rt_comm_allreduce_or");
     if (!flag) return ds_err(DSCKPT_EINVAL, "rt_comm_allreduce_or: NULL flag");
     if (c->size == 1) return DSCKPT_OK;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     uint8_t v = *flag ? 1 : 0;
     const uint8_t *all = NULL;
     dsckpt_status st = gather_small(c, &v, 1, 1, &all);
@@ -425,7 +419,7 @@ dsckpt_status rt_comm_allreduce_or(rt_comm *c, bool *flag) {
         for (int r = 0; r < c->size; r++) any = any || all[r];
         *flag = any;
     }
-    c->seconds += now_s() - t0;
+    c->seconds += rt_now_s() - t0;
     return st;
 }
 

@@ -7,17 +7,11 @@
 #include "adam.h"
 #include "cast.h"
 #include "partition.h"
+#include "rt_time.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static dsckpt_status grow(void *pp, size_t *cap, size_t bytes) {
     if (*cap >= bytes) return DSCKPT_OK;
@@ -227,12 +221,9 @@ static rt_param_hooks hooks(rt_engine *e) {
 
 static dsckpt_status alloc_f(float **p, uint64_t n) { return ds_calloc((size_t)(n ? n : 1), sizeof(float), p); }
 
-/* A zeroed buffer whose pages are all touched now: the engine's long-lived buffers
- * are used at every step, so their first-touch page faults belong to start-up, not
- * to the first step or to a resume. */
-static dsckpt_status alloc_touched(void *pp, size_t bytes) {
+dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
     void *p = malloc(bytes ? bytes : 1);
-    if (!p) return ds_err(DSCKPT_ENOMEM, "engine: out of memory (%zu bytes)", bytes);
+    if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory for %s (%zu bytes)", what, bytes);
     memset(p, 0, bytes ? bytes : 1);
     *(void **)pp = p;
     return DSCKPT_OK;
@@ -296,16 +287,16 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
         if (e->stage != 3) e->plen[g] = e->fp[g].part;
         size_t pb = (size_t)e->plen[g] * sizeof(float);
-        DS_TRYGOTO(alloc_touched(&e->master[g], pb), fail);
-        DS_TRYGOTO(alloc_touched(&e->m1[g], pb), fail);
-        DS_TRYGOTO(alloc_touched(&e->m2[g], pb), fail);
-        DS_TRYGOTO(alloc_touched(&e->gpart[g], pb), fail);
+        DS_TRYGOTO(rt_alloc_touched(&e->master[g], pb, "the engine's partitions"), fail);
+        DS_TRYGOTO(rt_alloc_touched(&e->m1[g], pb, "the engine's partitions"), fail);
+        DS_TRYGOTO(rt_alloc_touched(&e->m2[g], pb, "the engine's partitions"), fail);
+        DS_TRYGOTO(rt_alloc_touched(&e->gpart[g], pb, "the engine's partitions"), fail);
         if (e->stage == 1 || e->stage == 2) { /* gather_working's buffer, for the largest group */
             size_t gb = (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W;
             if (gb > e->gbuf2_cap) {
                 free(e->gbuf2);
                 e->gbuf2 = NULL;
-                DS_TRYGOTO(alloc_touched(&e->gbuf2, gb), fail);
+                DS_TRYGOTO(rt_alloc_touched(&e->gbuf2, gb, "the engine's gather buffer"), fail);
                 e->gbuf2_cap = gb;
             }
         }
@@ -455,7 +446,7 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
 }
 
 dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_seed, uint64_t k, rt_step_stats *out) {
-    double t0 = now_s(), c0, c1;
+    double t0 = rt_now_s(), c0, c1;
     uint64_t b0, b1;
     rt_comm_stats(e->comm, &c0, &b0);
     const rt_config *cfg = e->cfg;
@@ -555,7 +546,7 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
     double lsum = loss_sum / (double)gas;
     DS_TRY(rt_comm_allreduce_f64(e->comm, &lsum, 1));
     rt_comm_stats(e->comm, &c1, &b1);
-    double dt = now_s() - t0;
+    double dt = rt_now_s() - t0;
     if (out) {
         out->step = e->nsteps;
         out->loss = lsum / e->W;

@@ -7,6 +7,7 @@
 #include "engine_internal.h"
 #include "fsutil.h"
 #include "native_write.h"
+#include "rt_time.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -16,12 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The model's tensors as the checkpoint describes them. */
 static dsckpt_status model_tensors(const rt_engine *e, ds_tensor **out) {
@@ -140,7 +135,7 @@ static void pre_update(void *u) {
     if (!s->th_live || atomic_load(&s->done)) return;
     snap *sn = &s->sn;
     const rt_engine *e = s->e;
-    double t0 = now_s();
+    double t0 = rt_now_s();
     pthread_rwlock_wrlock(&sn->lock);
     float *q = s->copy;
     for (int g = 0; g < NG; g++)
@@ -153,7 +148,7 @@ static void pre_update(void *u) {
             q += e->plen[g];
         }
     pthread_rwlock_unlock(&sn->lock);
-    s->copy_s += now_s() - t0;
+    s->copy_s += rt_now_s() - t0;
 }
 
 dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
@@ -170,13 +165,12 @@ dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
          * no page faults. */
         size_t need = 0;
         for (int g = 0; g < NG; g++) need += 3 * (size_t)e->plen[g];
-        s->copy = malloc((need ? need : 1) * sizeof *s->copy);
-        if (!s->copy) {
+        dsckpt_status st = rt_alloc_touched(&s->copy, need * sizeof *s->copy, "the async save buffer");
+        if (st) {
             pthread_rwlock_destroy(&s->sn.lock);
             free(s);
-            return ds_err(DSCKPT_ENOMEM, "out of memory for the async save buffer (%zu bytes)", need * sizeof(float));
+            return st;
         }
-        memset(s->copy, 0, (need ? need : 1) * sizeof *s->copy);
         s->copy_len = need;
         rt_engine_set_pre_update(e, pre_update, s);
     }
@@ -222,9 +216,12 @@ void rt_saver_free(rt_saver *s) {
 
 bool rt_saver_busy(const rt_saver *s) { return s && s->busy; }
 
+/* Stage 0 has one copy of everything: rank 0 writes the one file. */
+static bool writes_file(const rt_engine *e) { return e->stage != 0 || e->rank == 0; }
+
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
-    if (e->stage == 0 && e->rank != 0) return DSCKPT_OK; /* stage 0: one copy, from rank 0 */
+    if (!writes_file(e)) return DSCKPT_OK;
     return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, NULL);
 }
 
@@ -304,7 +301,7 @@ dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed) {
 
 dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,
                              const cJSON *metrics, double *stall_s) {
-    double t0 = now_s();
+    double t0 = rt_now_s();
     rt_engine *e = s->e;
     DS_TRY(rt_saver_poll(s, true, NULL));
     dsckpt_status st = DSCKPT_OK;
@@ -362,7 +359,7 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
             rt_engine_own(e, &e->t[i], e->rank, &s0, &n, &poff);
             owned += n;
         }
-        if (e->stage == 0 && e->rank != 0) owned = 0; /* stage 0: rank 0 writes the one file */
+        if (!writes_file(e)) owned = 0;
         for (int k = 0; k < 3; k++) {
             s->sn.buf[k][g] = live[k];
             s->sn.left[k][g] = owned;
@@ -383,7 +380,7 @@ done:
     if (st && !s->th_live) save_clear(s);
     cJSON_Delete(full);
     free(tagdir);
-    if (stall_s) *stall_s = now_s() - t0;
+    if (stall_s) *stall_s = rt_now_s() - t0;
     return st;
 }
 
@@ -433,7 +430,7 @@ static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
 
 static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag, bool moments, cJSON **state_out,
                                  double *read_s) {
-    double t0 = now_s();
+    double t0 = rt_now_s();
     dsckpt_ckpt *c = NULL;
     dsckpt_status st = dsckpt_ckpt_open(path, tag, &c);
     rt_engine_before_change(e);
@@ -458,7 +455,7 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
     }
     dsckpt_ckpt_free(c);
     st = agree(e, st);
-    if (read_s) *read_s = now_s() - t0;
+    if (read_s) *read_s = rt_now_s() - t0;
     if (st) return st;
     return rt_engine_refresh_working(e);
 }

@@ -8,10 +8,11 @@
  * async saving a background thread writes the rank's file from its live partitions
  * (fp32 master, exp_avg, exp_avg_sq) while training goes on; right before the next
  * optimizer update changes them, whatever the writer has not read yet is copied into
- * a host buffer (so a save written within one step costs no copy at all); the commit (digests, manifest, latest) happens at the first
- * step boundary where every rank's writer has finished (rt_saver_poll), or when the
- * next save or the end of training waits for it. The background thread never calls
- * MPI; only the training thread does.
+ * a host buffer (so a save written within one step costs no copy at all); the
+ * commit (digests, manifest, latest) happens at the first step boundary where every
+ * rank's writer has finished (rt_saver_poll), or when the next save or the end of
+ * training waits for it. The background thread never calls MPI; only the training
+ * thread does.
  *
  * Loading (collective): any checkpoint the fragment map can describe (native at any
  * world size and stage, or DeepSpeed's files with matching tensor names) is read

@@ -67,6 +67,11 @@ void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t
 /* Recomputes the working weights from the fp32 master partitions (collective at
  * stages 1/2). */
 dsckpt_status rt_engine_refresh_working(rt_engine *e);
+/* *pp = a zeroed buffer of `bytes` whose pages are all touched now: long-lived
+ * buffers used at every step (or by every async save) take their first-touch page
+ * faults at start-up, not in a step, a save or a resume. `what` names it in the
+ * out-of-memory error. */
+dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what);
 /* The fp32 master partitions or Adam moments are about to change. */
 static inline void rt_engine_before_change(rt_engine *e) {
     if (e->pre_update) e->pre_update(e->pre_update_ctx);

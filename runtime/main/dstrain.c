@@ -11,6 +11,7 @@
 #include "engine_ckpt.h"
 #include "trainer.h"
 #include "model.h"
+#include "rt_time.h"
 #include "stream.h"
 #include "ckpt.h"
 #include "fsutil.h"
@@ -22,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 static const char help[] =
     "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
@@ -102,12 +102,6 @@ static bool num_d(const char *s, double *v) {
     if (errno || end == s || *end || !isfinite(x)) return false;
     *v = x;
     return true;
-}
-
-static double wall_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static double fake_metric(const char *spec, uint64_t step, double dflt) {
@@ -346,7 +340,7 @@ int main(int argc, char **argv) {
     uint64_t k0 = 0;
     if (resume) {
         char chosen[256] = "";
-        double verify_s = wall_s();
+        double verify_s = rt_now_s();
         if (rank == 0) {
             char **tags = NULL;
             size_t nt = 0;
@@ -381,7 +375,7 @@ int main(int argc, char **argv) {
             }
             rt_free_list(tags, nt);
         }
-        verify_s = wall_s() - verify_s;
+        verify_s = rt_now_s() - verify_s;
         if ((st = rt_comm_bcast(comm, chosen, sizeof chosen, 0))) FAIL(70);
         if (!strcmp(chosen, "!")) {
             ds_err(DSCKPT_ECORRUPT, "--resume %s: no checkpoint in %s verifies", resume, save_dir);
@@ -389,11 +383,11 @@ int main(int argc, char **argv) {
         }
         if (chosen[0]) {
             cJSON *state = NULL;
-            double tl0 = wall_s();
+            double tl0 = rt_now_s();
             double read_s = 0;
             if ((st = rt_engine_load(eng, save_dir, chosen, &state, &read_s))) FAIL(2);
             if ((st = rt_comm_barrier(comm))) FAIL(70);
-            double load_s = wall_s() - tl0;
+            double load_s = rt_now_s() - tl0;
             const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
             const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
             k0 = cJSON_IsNumber(nb) ? (uint64_t)nb->valuedouble : rt_engine_steps(eng);

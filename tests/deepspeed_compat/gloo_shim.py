@@ -56,11 +56,8 @@ def _map(obj, fn):
     return obj
 
 
-def _bitwise(orig):
-    import torch
-
-    def conv(t):
-        return t.view(torch.float16) if t.dtype == torch.bfloat16 else t
+def _converting(orig, conv):
+    """orig with conv applied to every tensor among its arguments."""
 
     @functools.wraps(orig)
     def wrapper(*args, **kwargs):
@@ -69,6 +66,12 @@ def _bitwise(orig):
         return orig(*args, **kwargs)
 
     return wrapper
+
+
+def _bitwise(orig):
+    import torch
+
+    return _converting(orig, lambda t: t.view(torch.float16) if t.dtype == torch.bfloat16 else t)
 
 
 def _reducing(orig):
@@ -130,18 +133,7 @@ _detached = False
 
 
 def _detaching(orig):
-    import torch
-
-    def conv(t):
-        return t.detach() if t.requires_grad else t
-
-    @functools.wraps(orig)
-    def wrapper(*args, **kwargs):
-        args = _map(args, conv)
-        kwargs = {k: _map(v, conv) for k, v in kwargs.items()}
-        return orig(*args, **kwargs)
-
-    return wrapper
+    return _converting(orig, lambda t: t.detach() if t.requires_grad else t)
 
 
 def install_detach():
