@@ -61,6 +61,29 @@ for W in 1 2 4; do
     done
 done
 
+echo "== comm_bytes: what each stage's collectives must send per rank and step (ZeRO formulas)"
+"$DSTRAIN" --deepspeed c0.json --data "$DATA" "${MODEL[@]}" --print_memory >numel.txt 2>&1 || bad "--print_memory failed"
+NUMEL=$($PY -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())['numel'])" numel.txt)
+for W in 2 4; do
+    for S in 0 1 2 3; do
+        $PY - "w${W}s$S.log" "$NUMEL" "$W" "$S" <<'EOF' && ok || bad "W=$W stage $S: comm_bytes is not what the stage's collectives send"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+n, W, S = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# fp32 gradients: all-reduce 8N(W-1)/W (stage 0) or reduce-scatter 4N(W-1)/W; 16-bit
+# weights all-gathered after the update (stages 1-2: 2N(W-1)/W) or before each use in
+# forward and backward (stage 3: 2 x 2N(W-1)/W). At stages 1-3 the exact global norm
+# all-gathers every rank's 2048 128-bit exponent-bucket partial sums (32 KiB per peer).
+# Uneven partitions move rank 0's share by a little; the loss reduction adds 8 bytes.
+want = {0: 8, 1: 6, 2: 6, 3: 8}[S] * n * (W - 1) / W
+norm = (W - 1) * 2048 * 16 if S else 0
+assert rows
+for r in rows:
+    assert 0.98 * want <= r["comm_bytes"] - norm <= 1.02 * want + 1024, (r["comm_bytes"], want, norm)
+EOF
+    done
+done
+
 echo "== gradient accumulation: stages agree within tolerance, and with one big micro-batch"
 for S in 0 2 3; do
     cfg "g$S.json" "$S" fp32 1 2
