@@ -203,6 +203,45 @@ static dsckpt_status parse_frags(const cJSON *jfr, dsckpt_ckpt *c, const char *w
     return DSCKPT_OK;
 }
 
+dsckpt_status ds_manifest_parse_model(const cJSON *obj, const char *what, ds_model_info *out) {
+    static const char *const keys[] = {"architecture", "n_layer",     "n_head",     "n_embd",
+                                       "vocab_size",   "n_positions", "tie_word_embeddings"};
+    enum { NKEYS = sizeof keys / sizeof keys[0] };
+    if (!cJSON_IsObject(obj)) return bad(what, "\"model\" must be an object");
+    ds_model_info m;
+    memset(&m, 0, sizeof m);
+    uint64_t *ints[] = {NULL, &m.n_layer, &m.n_head, &m.n_embd, &m.vocab_size, &m.n_positions, NULL};
+    bool seen[NKEYS] = {false};
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        int k = -1;
+        for (int i = 0; i < NKEYS && k < 0; i++)
+            if (it->string && !strcmp(it->string, keys[i])) k = i;
+        if (k < 0) return bad(what, "model: unknown key \"%s\"", it->string ? it->string : "");
+        if (seen[k]) return bad(what, "model: key \"%s\" appears twice", keys[k]);
+        seen[k] = true;
+        if (ints[k]) {
+            if (!get_u64(it, DS_MODEL_MAX_DIM, ints[k]) || *ints[k] == 0)
+                return bad(what, "model: \"%s\" must be an integer in [1, %llu]", keys[k], DS_MODEL_MAX_DIM);
+        } else if (k == 0) {
+            if (!cJSON_IsString(it) || !it->valuestring) return bad(what, "model: \"architecture\" must be a string");
+            if (strcmp(it->valuestring, "gpt2") != 0)
+                return ds_err(DSCKPT_EUNSUPPORTED, "%s: model architecture '%.64s' (this dsckpt knows gpt2)", what,
+                              it->valuestring);
+            snprintf(m.architecture, sizeof m.architecture, "%s", it->valuestring);
+        } else {
+            if (!cJSON_IsBool(it)) return bad(what, "model: \"tie_word_embeddings\" must be true or false");
+            m.tie_word_embeddings = cJSON_IsTrue(it);
+        }
+    }
+    for (int i = 0; i < NKEYS; i++)
+        if (!seen[i]) return bad(what, "model: missing \"%s\"", keys[i]);
+    if (m.n_embd % m.n_head != 0)
+        return bad(what, "model: n_embd = %llu is not a multiple of n_head = %llu", (unsigned long long)m.n_embd,
+                   (unsigned long long)m.n_head);
+    *out = m;
+    return DSCKPT_OK;
+}
+
 /* The manifest ends with its own digest: the text is `BODY` with its closing brace
  * replaced by `,"manifest_sha256":"<hex>"}` where <hex> is the SHA-256 of BODY
  * (the compact JSON without that key). Any change to the manifest, even to a value
@@ -325,12 +364,35 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     DS_TRY(st);
     if (nf && strcmp(c->files[0].name, DS_MANIFEST_NAME) == 0) return bad(what, "the manifest lists itself");
 
+    const cJSON *jm = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (jm) {
+        DS_TRY(ds_manifest_parse_model(jm, what, &c->model));
+        c->has_model = true;
+    }
+
     return parse_frags(cJSON_GetObjectItemCaseSensitive(root, "fragments"), c, what);
 }
 
 /* ---- build ---- */
 
 static cJSON *num(uint64_t v) { return cJSON_CreateNumber((double)v); }
+
+cJSON *ds_manifest_model_json(const ds_model_info *m) {
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o != NULL;
+    ok = ok && cJSON_AddStringToObject(o, "architecture", m->architecture) != NULL;
+    ok = ok && cJSON_AddItemToObject(o, "n_layer", num(m->n_layer));
+    ok = ok && cJSON_AddItemToObject(o, "n_head", num(m->n_head));
+    ok = ok && cJSON_AddItemToObject(o, "n_embd", num(m->n_embd));
+    ok = ok && cJSON_AddItemToObject(o, "vocab_size", num(m->vocab_size));
+    ok = ok && cJSON_AddItemToObject(o, "n_positions", num(m->n_positions));
+    ok = ok && cJSON_AddBoolToObject(o, "tie_word_embeddings", m->tie_word_embeddings) != NULL;
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
 
 dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
     cJSON *root = cJSON_CreateObject();
@@ -413,6 +475,11 @@ dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
             ds_hex(f->dg.chunks[k], DS_SHA256_LEN, hex);
             ok &= cJSON_AddItemToArray(ch, cJSON_CreateString(hex));
         }
+    }
+    if (ok && c->has_model) {
+        cJSON *m = ds_manifest_model_json(&c->model);
+        ok &= m && cJSON_AddItemToObject(root, "model", m);
+        if (!ok) cJSON_Delete(m);
     }
     static const char *carried[] = {"state", "ds_config", "metrics"};
     for (size_t i = 0; ok && i < sizeof carried / sizeof carried[0]; i++) {

@@ -59,6 +59,17 @@ typedef struct ds_file {
     ds_digests dg;
 } ds_file;
 
+/* The model a checkpoint was trained as: the manifest's optional "model" object
+ * (docs/native-format.md), written by dstrain, carried unchanged by reshard and
+ * every native writer. Every integer is in [1, DS_MODEL_MAX_DIM] and n_embd is a
+ * multiple of n_head; architecture is "gpt2" (the only one any writer records). */
+#define DS_MODEL_MAX_DIM 2147483647ull
+typedef struct ds_model_info {
+    char architecture[16];
+    uint64_t n_layer, n_head, n_embd, vocab_size, n_positions;
+    bool tie_word_embeddings;
+} ds_model_info;
+
 struct dsckpt_ckpt {
     char *format;      /* "dsckpt" (native) or "deepspeed" */
     char *root;        /* save root, or NULL when opened as a tag directory */
@@ -77,7 +88,15 @@ struct dsckpt_ckpt {
     ds_file *files;
     size_t nfiles;
     cJSON *manifest;   /* the parsed manifest; "state", "ds_config", "metrics" are carried over */
+    bool has_model;    /* the manifest has a (validated) "model" object */
+    ds_model_info model;
 };
+
+/* The checkpoint's model settings, or NULL when it records none (a checkpoint
+ * written by an older version, by synth, by DeepSpeed, or resharded from one). */
+static inline const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c) {
+    return c && c->has_model ? &c->model : NULL;
+}
 
 void ds_tensor_clear(ds_tensor *t);
 dsckpt_status ds_tensor_copy(ds_tensor *dst, const ds_tensor *src);

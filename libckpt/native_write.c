@@ -62,6 +62,10 @@ dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_na
     DS_TRYGOTO(add_carried(c->manifest, "state", sp->state), fail);
     DS_TRYGOTO(add_carried(c->manifest, "ds_config", sp->ds_config), fail);
     DS_TRYGOTO(add_carried(c->manifest, "metrics", sp->metrics), fail);
+    if (sp->model) {
+        c->model = *sp->model;
+        c->has_model = true;
+    }
 
     int nf = o->layout->nfiles;
     DS_TRYGOTO(ds_calloc((size_t)nf, sizeof *o->plans, &o->plans), fail);

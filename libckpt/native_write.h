@@ -43,6 +43,7 @@ typedef struct ds_native_spec {
     const cJSON *state;       /* optimizer, scheduler, loss scaler, data, RNG (may be NULL) */
     const cJSON *ds_config;   /* may be NULL */
     const cJSON *metrics;     /* may be NULL */
+    const ds_model_info *model; /* the manifest's "model"; NULL = none */
     uint64_t chunk_size;      /* 0 = DS_DEFAULT_CHUNK */
 } ds_native_spec;
 

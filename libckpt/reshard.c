@@ -90,7 +90,8 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
     ds_native_spec spec = {.tensors = c->tensors, .ntensors = c->ntensors, .ngroups = c->ngroups, .stage = stage,
                            .world_size = opts->world_size, .tag = c->tag, .step = c->step,
                            .train_dtype = c->train_dtype, .state = carried(c, "state"),
-                           .ds_config = carried(c, "ds_config"), .metrics = carried(c, "metrics")};
+                           .ds_config = carried(c, "ds_config"), .metrics = carried(c, "metrics"),
+                           .model = ds_ckpt_model(c)};
     DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
     DS_TRYGOTO(ds_native_write_all(no, reshard_fill_fn, &rf, ds_thread_count(opts->threads), &prog), done);
     }

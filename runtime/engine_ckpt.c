@@ -47,6 +47,17 @@ nomem:
     return ds_err(DSCKPT_ENOMEM, "out of memory");
 }
 
+/* The manifest's "model": what this engine trains. The LM head is always tied
+ * to wte (model.h). */
+static ds_model_info model_info(const rt_engine *e) {
+    const rt_model_cfg *mc = rt_model_config(e->model);
+    ds_model_info m = {.n_layer = (uint64_t)mc->n_layer, .n_head = (uint64_t)mc->n_head,
+                       .n_embd = (uint64_t)mc->n_embd, .vocab_size = (uint64_t)mc->vocab_size,
+                       .n_positions = (uint64_t)mc->n_ctx, .tie_word_embeddings = true};
+    snprintf(m.architecture, sizeof m.architecture, "gpt2");
+    return m;
+}
+
 /* The engine's half of the manifest's "state". */
 static cJSON *engine_state(const rt_engine *e) {
     cJSON *st = cJSON_CreateObject(), *opt = cJSON_AddObjectToObject(st, "optimizer");
@@ -341,9 +352,10 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
     const char *p = strstr(tag, "global_step");
     if (p) step = strtoull(p + 11, NULL, 10);
     const char *dt = e->wdt == DSCKPT_BF16 ? "bf16" : e->wdt == DSCKPT_F16 ? "fp16" : "fp32";
+    ds_model_info mi = model_info(e);
     ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,
                            .world_size = e->W, .tag = tag, .step = (int64_t)step, .train_dtype = dt,
-                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics};
+                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics, .model = &mi};
     DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &s->no), done);
     s->sn.e = e;
     s->busy = true;

@@ -128,7 +128,51 @@ static void m_frozen_fp32(cJSON *r) {
     cJSON_AddItemToArray(arr, f);
 }
 
+/* The "model" object (docs/native-format.md): optional, strict. */
+static cJSON *good_model(void) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "architecture", "gpt2");
+    cJSON_AddNumberToObject(m, "n_layer", 4);
+    cJSON_AddNumberToObject(m, "n_head", 4);
+    cJSON_AddNumberToObject(m, "n_embd", 128);
+    cJSON_AddNumberToObject(m, "vocab_size", 256);
+    cJSON_AddNumberToObject(m, "n_positions", 64);
+    cJSON_AddBoolToObject(m, "tie_word_embeddings", true);
+    return m;
+}
+static cJSON *add_model(cJSON *r) {
+    cJSON *m = good_model();
+    cJSON_AddItemToObject(r, "model", m);
+    return m;
+}
+static void m_model_not_obj(cJSON *r) { cJSON_AddItemToObject(r, "model", cJSON_CreateArray()); }
+static void m_model_unknown(cJSON *r) { cJSON_AddNumberToObject(add_model(r), "n_inner", 512); }
+static void m_model_dup(cJSON *r) { cJSON_AddNumberToObject(add_model(r), "n_layer", 2); }
+static void m_model_missing(cJSON *r) { cJSON_DeleteItemFromObject(add_model(r), "vocab_size"); }
+static void m_model_zero(cJSON *r) { set_num(add_model(r), "n_layer", 0); }
+static void m_model_neg(cJSON *r) { set_num(add_model(r), "n_head", -4); }
+static void m_model_frac(cJSON *r) { set_num(add_model(r), "n_embd", 128.5); }
+static void m_model_huge(cJSON *r) { set_num(add_model(r), "vocab_size", 4294967296.0); }
+static void m_model_str(cJSON *r) { set_str(add_model(r), "n_positions", "64"); }
+static void m_model_tie(cJSON *r) { set_num(add_model(r), "tie_word_embeddings", 1); }
+static void m_model_heads(cJSON *r) { set_num(add_model(r), "n_head", 3); }
+static void m_model_arch(cJSON *r) { set_str(add_model(r), "architecture", "llama"); }
+static void m_model_arch_num(cJSON *r) { set_num(add_model(r), "architecture", 2); }
+
 static const mutation mutations[] = {
+    {"model not an object", m_model_not_obj, DSCKPT_ECORRUPT, "\"model\" must be an object"},
+    {"model: unknown key", m_model_unknown, DSCKPT_ECORRUPT, "model: unknown key \"n_inner\""},
+    {"model: duplicate key", m_model_dup, DSCKPT_ECORRUPT, "model: key \"n_layer\" appears twice"},
+    {"model: missing key", m_model_missing, DSCKPT_ECORRUPT, "model: missing \"vocab_size\""},
+    {"model: n_layer 0", m_model_zero, DSCKPT_ECORRUPT, "\"n_layer\" must be an integer in [1, 2147483647]"},
+    {"model: negative", m_model_neg, DSCKPT_ECORRUPT, "\"n_head\" must be an integer"},
+    {"model: fractional", m_model_frac, DSCKPT_ECORRUPT, "\"n_embd\" must be an integer"},
+    {"model: 2^32", m_model_huge, DSCKPT_ECORRUPT, "\"vocab_size\" must be an integer"},
+    {"model: string number", m_model_str, DSCKPT_ECORRUPT, "\"n_positions\" must be an integer"},
+    {"model: tie not a bool", m_model_tie, DSCKPT_ECORRUPT, "\"tie_word_embeddings\" must be true or false"},
+    {"model: heads do not divide", m_model_heads, DSCKPT_ECORRUPT, "not a multiple of n_head = 3"},
+    {"model: unknown architecture", m_model_arch, DSCKPT_EUNSUPPORTED, "architecture 'llama'"},
+    {"model: architecture not a string", m_model_arch_num, DSCKPT_ECORRUPT, "\"architecture\" must be a string"},
     {"wrong format", m_format, DSCKPT_ECORRUPT, "expected 'dsckpt'"},
     {"newer version", m_version, DSCKPT_EVERSION, "version 2"},
     {"negative step", m_step_neg, DSCKPT_ECORRUPT, "\"step\""},
@@ -178,6 +222,92 @@ static void test_catalogue(void) {
     }
 }
 
+static char *reseal(cJSON *root) {
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "manifest_sha256");
+    char *body = cJSON_PrintUnformatted(root), *text = NULL;
+    TU_ASSERT_OK(ds_manifest_seal(body, &text));
+    free(body);
+    return text;
+}
+
+static void test_model(void) {
+    /* Absent (synth writes none): no model, and the rebuilt manifest has none either. */
+    dsckpt_ckpt *c = NULL;
+    char *text = strndup(g_text, g_len);
+    TU_ASSERT_OK(parse(text, &c));
+    CU_ASSERT_PTR_NULL(ds_ckpt_model(c));
+    dsckpt_ckpt_free(c);
+    c = NULL;
+    free(text);
+    /* Present: parsed into the accessor, and built back unchanged. */
+    cJSON *root = cJSON_ParseWithLength(g_text, g_len);
+    add_model(root);
+    text = reseal(root);
+    TU_ASSERT_OK(parse(text, &c));
+    const ds_model_info *m = ds_ckpt_model(c);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_STRING_EQUAL(m->architecture, "gpt2");
+    CU_ASSERT_EQUAL(m->n_layer, 4);
+    CU_ASSERT_EQUAL(m->n_head, 4);
+    CU_ASSERT_EQUAL(m->n_embd, 128);
+    CU_ASSERT_EQUAL(m->vocab_size, 256);
+    CU_ASSERT_EQUAL(m->n_positions, 64);
+    CU_ASSERT_TRUE(m->tie_word_embeddings);
+    char *again = NULL;
+    TU_ASSERT_OK(ds_manifest_build(c, &again));
+    /* The same value (key order, hence the self-digest, may differ). */
+    cJSON *a = cJSON_Parse(text), *b = cJSON_Parse(again);
+    cJSON_DeleteItemFromObject(a, "manifest_sha256");
+    cJSON_DeleteItemFromObject(b, "manifest_sha256");
+    CU_ASSERT(cJSON_Compare(a, b, 1));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    free(again);
+    dsckpt_ckpt_free(c);
+    cJSON_Delete(root);
+    free(text);
+}
+
+/* reshard carries "model" through unchanged; a source without one gives none. */
+static void test_model_reshard(void) {
+    char *ck = tu_path(g_dir, "ck"), *mf = tu_path(ck, "global_step100/manifest.json");
+    char *out1 = tu_path(g_dir, "rs-none"), *out2 = tu_path(g_dir, "rs-model");
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 2;
+    dsckpt_ckpt *c = NULL, *r = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+    TU_ASSERT_OK(dsckpt_reshard(c, out1, &ro));
+    dsckpt_ckpt_free(c);
+    TU_ASSERT_OK(dsckpt_ckpt_open(out1, NULL, &r));
+    CU_ASSERT_PTR_NULL(ds_ckpt_model(r));
+    dsckpt_ckpt_free(r);
+
+    cJSON *root = cJSON_ParseWithLength(g_text, g_len);
+    set_num(add_model(root), "n_layer", 7);
+    char *text = reseal(root);
+    CU_ASSERT_EQUAL_FATAL(tu_write(mf, text, strlen(text)), 0);
+    TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+    TU_ASSERT_OK(dsckpt_reshard(c, out2, &ro));
+    dsckpt_ckpt_free(c);
+    TU_ASSERT_OK(dsckpt_ckpt_open(out2, NULL, &r));
+    const ds_model_info *m = ds_ckpt_model(r);
+    CU_ASSERT_PTR_NOT_NULL(m);
+    if (m) {
+        CU_ASSERT_EQUAL(m->n_layer, 7);
+        CU_ASSERT_EQUAL(m->n_embd, 128);
+    }
+    CU_ASSERT_EQUAL(r->world_size, 2);
+    dsckpt_ckpt_free(r);
+    CU_ASSERT_EQUAL(tu_write(mf, g_text, g_len), 0); /* leave the shared fixture as it was */
+    cJSON_Delete(root);
+    free(text);
+    free(ck);
+    free(mf);
+    free(out1);
+    free(out2);
+}
+
 static void test_self_digest(void) {
     /* Any byte changed without re-sealing: a checksum failure naming the manifest. */
     char *text = strndup(g_text, g_len);
@@ -212,6 +342,8 @@ int main(void) {
     static const tu_test tests[] = {{"build -> parse -> build round trip", test_round_trip},
                                     {"hostile manifest catalogue, one error each", test_catalogue},
                                     {"self-digest: edits and a missing digest refused", test_self_digest},
+                                    {"model object: absent, present, round trip", test_model},
+                                    {"model object: carried by reshard", test_model_reshard},
                                     {"not JSON, truncations", test_not_json},
                                     {NULL, NULL}};
     int rc = tu_main("manifest", tests);
