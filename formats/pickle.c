@@ -926,6 +926,43 @@ static dsckpt_status rebuild_parameter(parser *p, pk_obj *args, size_t nargs, pk
     return DSCKPT_OK;
 }
 
+/* A value that carries no behaviour: None, bool, int, float, str, bytes. */
+static bool plain_value(const pk_obj *o) {
+    switch (o->kind) {
+    case PK_NONE:
+    case PK_BOOL:
+    case PK_INT:
+    case PK_BIGINT:
+    case PK_FLOAT:
+    case PK_STR:
+    case PK_BYTES: return true;
+    default: return false;
+    }
+}
+
+/* torch._tensor._rebuild_from_type_v2(func, type, args, state): how torch pickles
+ * a tensor that carries Python attributes (DeepSpeed's ZeRO-3 flat groups carry
+ * `ds_id`): func(*args), converted to `type`, then its __dict__ set from `state`.
+ * Accepted, as the tensor func(*args) describes, only when func is
+ * torch._utils._rebuild_tensor_v2, type is torch.Tensor (no conversion) and state
+ * is a dict of plain values keyed by strings (attributes with no behaviour).
+ * Anything else leaves *done false, and the call stays an inert PK_OBJECT. */
+static dsckpt_status rebuild_from_type(parser *p, pk_obj *args, pk_obj *o, bool *done) {
+    *done = false;
+    if (args->n != 4) return DSCKPT_OK;
+    pk_obj **a = args->items;
+    if (!is_global(a[0], "torch._utils", "_rebuild_tensor_v2") || a[0]->kind != PK_GLOBAL) return DSCKPT_OK;
+    if (a[1]->kind != PK_GLOBAL || !is_global(a[1], "torch", "Tensor")) return DSCKPT_OK;
+    if (a[2]->kind != PK_TUPLE) return DSCKPT_OK;
+    if (a[3]->kind != PK_DICT || a[3]->ordered || a[3]->state) return DSCKPT_OK;
+    for (size_t i = 0; i < a[3]->n; i++)
+        if (a[3]->keys[i]->kind != PK_STR || !plain_value(a[3]->items[i])) return DSCKPT_OK;
+    o->kind = PK_TENSOR;
+    DS_TRY(rebuild_tensor(p, a[2], o));
+    *done = true;
+    return DSCKPT_OK;
+}
+
 /* _codecs.encode(str, 'latin1'): the str's code points as bytes. Returns false
  * (leave it opaque) for any other encoding. */
 static dsckpt_status codecs_encode(parser *p, const pk_obj *args, pk_obj *o, bool *done) {
@@ -977,6 +1014,9 @@ static dsckpt_status reduce(parser *p, pk_obj *fn, pk_obj *args, pk_obj **out) {
     } else if (is_global(fn, "torch._utils", "_rebuild_parameter_with_state")) {
         o->kind = PK_TENSOR;
         DS_TRY(rebuild_parameter(p, args, 4, o));
+    } else if (is_global(fn, "torch._tensor", "_rebuild_from_type_v2")) {
+        bool done;
+        DS_TRY(rebuild_from_type(p, args, o, &done));
     } else if (is_global(fn, "collections", "OrderedDict")) {
         if (args->n != 0) return perr(p, DSCKPT_EUNSUPPORTED, "OrderedDict with constructor arguments");
         o->kind = PK_DICT;

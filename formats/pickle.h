@@ -23,7 +23,10 @@
  * deepspeed.runtime.zero.config.ZeroStageEnum,
  * deepspeed.runtime.fp16.loss_scaler.LossScaler / DynamicLossScaler,
  * deepspeed.utils.tensor_fragment.fragment_address, torch.<dtype> (float16, ...),
- * _codecs.encode (bytes), torch._utils._rebuild_parameter.
+ * _codecs.encode (bytes), torch._utils._rebuild_parameter, and
+ * torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor, args, state)
+ * with a state dict of plain values (a tensor with Python attributes, e.g.
+ * DeepSpeed's `ds_id`): a PK_TENSOR whose .args keep the four arguments.
  */
 #ifndef DSCKPT_PICKLE_H
 #define DSCKPT_PICKLE_H

@@ -531,6 +531,12 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
         pk_obj *inner = stage == 3 ? pk_get(od, "optimizer_state_dict") : pk_get(od, "base_optimizer_state");
         pk_obj *state = inner ? pk_get(inner, "state") : NULL;
         pk_obj *pads = pk_get(od, "group_paddings");
+        pk_obj *palign = stage == 3 ? NULL : pk_get(od, "param_alignment_paddings");
+        if (palign && palign->kind == PK_NONE) palign = NULL;
+        if (palign && (palign->kind != PK_LIST || palign->n != shapes->n)) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings is not a list of %zu groups", p->path, shapes->n);
+            goto done;
+        }
         if (!fp32 || fp32->kind != PK_LIST || fp32->n != shapes->n) {
             st = ds_err(DSCKPT_ECORRUPT, "%s: %zu fp32 partitions for %zu parameter groups", p->path,
                         fp32 && fp32->kind == PK_LIST ? fp32->n : 0, shapes->n);
@@ -593,10 +599,27 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
                 /* Rank r's real elements follow those of ranks 0..r-1 in the flat group. */
                 uint64_t start = group_start[g];
                 group_start[g] += real;
+                /* parameter_alignment: param_alignment_paddings[g][k] elements of
+                 * padding follow tensor k in the flat group (DeepSpeed >= 0.16). */
+                pk_obj *gpad = NULL;
+                if (palign) {
+                    gpad = palign->items[g];
+                    if (gpad->kind != PK_LIST || gpad->n != sg->n) {
+                        st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu] has %zu entries for %zu parameters",
+                                    p->path, g, gpad->kind == PK_LIST ? gpad->n : 0, sg->n);
+                        goto done;
+                    }
+                }
                 uint64_t tpos = 0; /* flat position of each tensor */
                 for (size_t k = 0; k < sg->n; k++) {
                     int ti = find_tensor(c, sg->keys[k]->s);
                     uint64_t n = c->tensors[ti].numel;
+                    int64_t tpad = 0;
+                    if (gpad && (!pk_as_int(gpad->items[k], &tpad) || tpad < 0 || tpad > (1 << 20))) {
+                        st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu][%zu] is not a plausible padding",
+                                    p->path, g, k);
+                        goto done;
+                    }
                     uint64_t a = DS_MAX(tpos, start), b = DS_MIN(tpos + n, start + real);
                     if (a < b) {
                         uint64_t in = a - start;
@@ -604,7 +627,7 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
                         DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[0] + in * 4, DSCKPT_F32), done);
                         DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG_SQ, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[1] + in * 4, DSCKPT_F32), done);
                     }
-                    tpos += n;
+                    tpos += n + (uint64_t)tpad;
                 }
                 if (start + real > tpos) {
                     st = ds_err(DSCKPT_ECORRUPT, "%s: group %zu: ranks hold %llu real elements but param_shapes has only %llu",

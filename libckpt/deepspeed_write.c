@@ -78,6 +78,7 @@ typedef struct dsw_group {
     uint64_t numel;   /* N (stages 1/2), or the per-rank length sum(q) (stage 3) */
     int pgroup;       /* the optimizer param group (stage 3 sub-groups) */
     ds_flat_part part;/* stages 1/2 */
+    uint64_t *pad;    /* stages 1/2 with parameter_alignment: padding after each tensor, or NULL */
 } dsw_group;
 
 typedef struct dsw_ctx {
@@ -229,6 +230,54 @@ static dsckpt_status make_groups(dsw_ctx *x) {
     }
 done:
     free(pg);
+    return st;
+}
+
+/* Stages 1/2 from a template written with zero_optimization.parameter_alignment:
+ * the template's param_alignment_paddings[g][k] (padding after tensor k of group
+ * g, a function of the tensor alone, the same at every world size) are kept, so
+ * that the flat groups are laid out as DeepSpeed lays them out for that config.
+ * Matched by name through the template model file's param_shapes. */
+static dsckpt_status load_alignment(dsw_ctx *x) {
+    pk_doc *dm = NULL, *dopt = NULL;
+    pk_obj *rm = NULL, *ro = NULL;
+    dsckpt_status st = tpl_parse(&x->toptim, &dopt, &ro);
+    pk_obj *pa = st ? NULL : pk_get(pk_get(ro, "optimizer_state_dict"), "param_alignment_paddings");
+    if (!pa || pa->kind == PK_NONE) goto done;
+    DS_TRYGOTO(tpl_parse(&x->tmodel, &dm, &rm), done);
+    pk_obj *shapes = pk_get(rm, "param_shapes");
+    if (pa->kind != PK_LIST || pa->n != x->ng || !shapes || shapes->kind != PK_LIST || shapes->n != x->ng) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings does not have one list per parameter group",
+                    x->toptim.path);
+        goto done;
+    }
+    for (size_t g = 0; g < x->ng; g++) {
+        dsw_group *G = &x->g[g];
+        pk_obj *pl = pa->items[g], *sg = shapes->items[g];
+        if (pl->kind != PK_LIST || sg->kind != PK_DICT || pl->n != sg->n || sg->n != G->n) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu] does not match the group's %zu parameters",
+                        x->toptim.path, g, G->n);
+            goto done;
+        }
+        DS_TRYGOTO(ds_calloc(G->n, sizeof *G->pad, &G->pad), done);
+        G->numel = 0;
+        for (size_t k = 0; k < G->n; k++) {
+            const ds_tensor *T = &x->sp->tensors[G->t[k]];
+            size_t i = 0;
+            while (i < sg->n && !(pk_as_str(sg->keys[i]) && !strcmp(pk_as_str(sg->keys[i]), T->name))) i++;
+            int64_t v;
+            if (i == sg->n || !pk_as_int(pl->items[i], &v) || v < 0 || v > (1 << 20)) {
+                st = ds_err(DSCKPT_ECORRUPT, "%s: no plausible alignment padding for '%s'", x->toptim.path, T->name);
+                goto done;
+            }
+            G->pad[k] = (uint64_t)v;
+            G->numel += T->numel + G->pad[k];
+        }
+        G->part = ds_part_flat(G->numel, x->M);
+    }
+done:
+    pk_doc_free(dm);
+    pk_doc_free(dopt);
     return st;
 }
 
@@ -749,7 +798,7 @@ static dsckpt_status flat_pieces(dsw_file *f, const dsw_group *G, int r, size_t 
         uint64_t n = f->x->sp->tensors[G->t[k]].numel;
         uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + n, hi);
         if (a < b) DS_TRY(add_piece(f, store, s, G->t[k], a - pos, b - a, a - lo));
-        pos += n;
+        pos += n + (G->pad ? G->pad[k] : 0);
     }
     return DSCKPT_OK;
 }
@@ -855,7 +904,7 @@ static dsckpt_status edit_optim(dsw_file *f, int r) {
                 const ds_tensor *T = &sp->tensors[G->t[k]];
                 uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + T->numel, hi);
                 if (a < b) DS_TRY(dset(f, d, T->name, frag_addr(f, b - a, a - lo)));
-                pos += T->numel;
+                pos += T->numel + (G->pad ? G->pad[k] : 0);
             }
             psm->items[g] = d;
         }
@@ -1057,6 +1106,7 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
         x.bf16_opt = sp->bf16_optimizer && sp->stage == 1;
     }
     DS_TRYGOTO(make_groups(&x), done);
+    if (x.have_tpl && x.stage != 3) DS_TRYGOTO(load_alignment(&x), done);
     if (x.ng == 0) {
         st = ds_err(DSCKPT_EUNSUPPORTED, "no trainable parameters: DeepSpeed writes no optimizer partitions");
         goto done;
@@ -1064,7 +1114,10 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
     dsw_run R = {.x = &x, .dir = tagdir, .prog = prog, .nmodel = sp->stage == 3 ? (size_t)x.M : 1};
     st = ds_parallel_run(R.nmodel + (size_t)x.M, ds_thread_count(sp->threads), job, &R, prog);
 done:
-    for (size_t g = 0; g < x.ng; g++) free(x.g[g].t);
+    for (size_t g = 0; g < x.ng; g++) {
+        free(x.g[g].t);
+        free(x.g[g].pad);
+    }
     free(x.g);
     free(x.frozen);
     tpl_close(&x.tmodel);

@@ -935,6 +935,125 @@ static void test_hostile_tensors(void) {
                 "argument 1 is a None, not a storage");
 }
 
+/* torch._tensor._rebuild_from_type_v2(func, type, (storage, 0, (4,), (1,), False,
+ * OrderedDict()), state): `func`, `type` are "module\nname\n" pairs, `args` raw
+ * bytes pushing the inner argument tuple (NULL: the valid one), `state` raw bytes
+ * pushing the state (NULL: {'ds_id': '1_18'}). */
+static void pb_wrapped(pb *p, const char *func, const char *type, const char *args, const char *state) {
+    PB(p, "\x80\x02" "ctorch._tensor\n_rebuild_from_type_v2\n(");
+    pb_byte(p, 'c');
+    pb_raw(p, func, strlen(func));
+    pb_byte(p, 'c');
+    pb_raw(p, type, strlen(type));
+    if (args) pb_raw(p, args, strlen(args));
+    else {
+        PB(p, "((");
+        pb_str(p, "storage");
+        pb_global(p, "torch", "FloatStorage");
+        pb_str(p, "0");
+        pb_str(p, "cpu");
+        pb_int(p, 4);
+        PB(p, "tQK\x00K\x04\x85K\x01\x85\x89" "ccollections\nOrderedDict\n)Rt");
+    }
+    if (state) pb_raw(p, state, strlen(state));
+    else {
+        pb_byte(p, '}');
+        pb_str(p, "ds_id");
+        pb_str(p, "1_18");
+        pb_byte(p, 's');
+    }
+    PB(p, "tR.");
+}
+
+/* Parses `p` and expects an inert PK_OBJECT naming _rebuild_from_type_v2. */
+static void expect_opaque_wrapper(const char *name, const pb *p) {
+    pk_doc *d = NULL;
+    pk_obj *root = NULL;
+    dsckpt_status st = parse_copy(p->b, p->n, NULL, &d, &root);
+    if (st) fprintf(stderr, "\n  %s: %s\n", name, dsckpt_last_error());
+    CU_ASSERT_EQUAL_FATAL(st, DSCKPT_OK);
+    bool ok = root->kind == PK_OBJECT && !strcmp(root->name, "_rebuild_from_type_v2");
+    if (!ok) fprintf(stderr, "\n  %s: became a %s\n", name, pk_kind_name(root->kind));
+    CU_ASSERT(ok);
+    pk_doc_free(d);
+}
+
+static void test_hostile_wrapped_tensors(void) {
+    static const char f_ok[] = "torch._utils\n_rebuild_tensor_v2\n", t_ok[] = "torch\nTensor\n";
+    /* The shape torch writes for a tensor with Python attributes: a tensor. */
+    pb p = {0};
+    pb_wrapped(&p, f_ok, t_ok, NULL, NULL);
+    pk_doc *d = NULL;
+    pk_obj *root = NULL;
+    TU_ASSERT_OK(parse_copy(p.b, p.n, NULL, &d, &root));
+    check_tensor(root, DSCKPT_F32, "0", 4, 0, 1, 4, false);
+    CU_ASSERT_EQUAL(root->args->n, 4);
+    /* ... and the writer re-emits the wrapper, not a bare _rebuild_tensor_v2. */
+    uint8_t *out = NULL;
+    size_t olen = 0;
+    TU_ASSERT_OK(pk_serialize(root, &out, &olen));
+    pk_doc *d2 = NULL;
+    pk_obj *r2 = NULL;
+    TU_ASSERT_OK(pk_parse(out, olen, "re", NULL, &d2, &r2));
+    CU_ASSERT(r2->kind == PK_TENSOR && !strcmp(r2->name, "_rebuild_from_type_v2"));
+    pk_doc_free(d2);
+    free(out);
+    pk_doc_free(d);
+    free(p.b);
+    /* An empty state dict and plain values of every kind are fine too. */
+    static const char *plain[] = {"}", "}(\x8c\x01" "aN\x8c\x01" "bK\x07\x8c\x01" "c\x88\x8c\x01" "dG\x3f\xf0\x01\x01\x01\x01\x01\x01\x8c\x01" "e\x8c\x03" "stru"};
+    for (size_t i = 0; i < 2; i++) {
+        p = (pb){0};
+        pb_wrapped(&p, f_ok, t_ok, NULL, plain[i]);
+        TU_ASSERT_OK(parse_copy(p.b, p.n, NULL, &d, &root));
+        CU_ASSERT_EQUAL(root->kind, PK_TENSOR);
+        pk_doc_free(d);
+        free(p.b);
+    }
+    /* Anything else stays an inert object (never a tensor, nothing run). */
+    static const struct {
+        const char *name, *func, *type, *state;
+    } opaque[] = {
+        {"type is a Parameter", f_ok, "torch.nn.parameter\nParameter\n", NULL},
+        {"type is another class", f_ok, "os\nsystem\n", NULL},
+        {"func is os.system", "os\nsystem\n", t_ok, NULL},
+        {"func is _rebuild_parameter", "torch._utils\n_rebuild_parameter\n", t_ok, NULL},
+        {"nested wrapper", "torch._tensor\n_rebuild_from_type_v2\n", t_ok, NULL},
+        {"state holds code", f_ok, t_ok, "}\x8c\x01" "acos\nsystem\n\x8c\x02" "ls\x85Rs"},
+        {"state holds a global", f_ok, t_ok, "}\x8c\x01" "acos\nsystem\ns"},
+        {"state holds a dict", f_ok, t_ok, "}\x8c\x01" "a}s"},
+        {"state holds a tuple", f_ok, t_ok, "}\x8c\x01" "aK\x01\x85s"},
+        {"state key is an int", f_ok, t_ok, "}K\x01K\x02s"},
+        {"state is a list", f_ok, t_ok, "]"},
+        {"state is (dict, slots)", f_ok, t_ok, "}}\x86"},
+        {"state is an OrderedDict", f_ok, t_ok, "ccollections\nOrderedDict\n)R"},
+    };
+    for (size_t i = 0; i < sizeof opaque / sizeof opaque[0]; i++) {
+        p = (pb){0};
+        pb_wrapped(&p, opaque[i].func, opaque[i].type, NULL, opaque[i].state);
+        expect_opaque_wrapper(opaque[i].name, &p);
+        free(p.b);
+    }
+    /* Three arguments, or arguments that are not a tuple: inert as well. */
+    p = (pb){0};
+    PB(&p, "\x80\x02" "ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._utils\n_rebuild_tensor_v2\nctorch\nTensor\n}tR.");
+    expect_opaque_wrapper("3 arguments", &p);
+    free(p.b);
+    p = (pb){0};
+    pb_wrapped(&p, f_ok, t_ok, "N", NULL);
+    expect_opaque_wrapper("args None", &p);
+    free(p.b);
+    /* The right wrapper around broken tensor arguments is corrupt, as bare. */
+    p = (pb){0};
+    pb_wrapped(&p, f_ok, t_ok, "(NK\x01))\x89Nt", NULL);
+    expect_fail("wrapped tensor of None", p.b, p.n, NULL, DSCKPT_ECORRUPT, "argument 1 is a None, not a storage");
+    free(p.b);
+    p = (pb){0};
+    pb_wrapped(&p, f_ok, t_ok, "(K\x01t", NULL);
+    expect_fail("wrapped, 1 argument", p.b, p.n, NULL, DSCKPT_ECORRUPT, "_rebuild_tensor_v2 expects 6 or 7 arguments, got 1");
+    free(p.b);
+}
+
 /* ---- sweeps (for the sanitizers) ---- */
 
 static void test_truncation_sweep(void) {
@@ -1009,6 +1128,7 @@ int main(void) {
         {"hostile: catalogue", test_hostile_catalogue},
         {"hostile: nesting", test_hostile_nesting},
         {"hostile: tensors", test_hostile_tensors},
+        {"hostile: _rebuild_from_type_v2 wrappers (only Tensor + plain state is a tensor)", test_hostile_wrapped_tensors},
         {"sweep: truncation at every byte", test_truncation_sweep},
         {"sweep: byte mutations", test_mutation_sweep},
         {NULL, NULL},
