@@ -595,6 +595,75 @@ dsckpt_status zip_read_member(int fd, const zip_archive *z, const zip_member *m,
     return DSCKPT_OK;
 }
 
+/* ---- torch metadata members ---- */
+
+/* A small text member (at most 32 bytes), NUL-terminated in buf; *present false if absent. */
+static dsckpt_status small_member(int fd, const zip_archive *z, const char *rel, const char *what, char buf[40],
+                                  bool *present) {
+    *present = false;
+    const zip_member *m = zip_find_rel(z, rel);
+    if (!m) return DSCKPT_OK;
+    if (m->size > 32)
+        return ds_err(DSCKPT_ECORRUPT, "%s: member '%s' is %llu bytes, not a short text", what, rel,
+                      (unsigned long long)m->size);
+    uint8_t *b = NULL;
+    DS_TRY(zip_read_member(fd, z, m, 32, what, &b));
+    memcpy(buf, b, (size_t)m->size);
+    buf[m->size] = '\0';
+    free(b);
+    if (strlen(buf) != m->size) return ds_err(DSCKPT_ECORRUPT, "%s: member '%s' holds a NUL byte", what, rel);
+    *present = true;
+    return DSCKPT_OK;
+}
+
+/* A decimal number (optionally followed by one newline) in [lo, hi]. */
+static bool small_number(const char *s, uint64_t lo, uint64_t hi, uint64_t *v) {
+    uint64_t x = 0;
+    size_t i = 0;
+    for (; s[i] >= '0' && s[i] <= '9'; i++) {
+        if (x > hi) return false;
+        x = x * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (i == 0 || (s[i] && !(s[i] == '\n' && !s[i + 1]))) return false;
+    if (x < lo || x > hi) return false;
+    *v = x;
+    return true;
+}
+
+dsckpt_status zip_torch_meta_read(int fd, const zip_archive *z, const char *what, zip_torch_meta *out) {
+    *out = (zip_torch_meta){.storage_alignment = ALIGN};
+    char buf[40];
+    bool present;
+    uint64_t v;
+    DS_TRY(small_member(fd, z, "byteorder", what, buf, &present));
+    if (present) {
+        out->has_byteorder = true;
+        if (!strcmp(buf, "big"))
+            return ds_err(DSCKPT_EUNSUPPORTED,
+                          "%s: big-endian torch file (byteorder 'big'); only little-endian files are supported", what);
+        if (strcmp(buf, "little"))
+            return ds_err(DSCKPT_ECORRUPT, "%s: byteorder member is neither 'little' nor 'big'", what);
+    }
+    DS_TRY(small_member(fd, z, ".format_version", what, buf, &present));
+    if (present) {
+        if (!small_number(buf, 0, UINT32_MAX, &v))
+            return ds_err(DSCKPT_ECORRUPT, "%s: .format_version is not a number", what);
+        if (v != 1)
+            return ds_err(DSCKPT_EUNSUPPORTED, "%s: torch serialization format version %llu (only 1 is known)", what,
+                          (unsigned long long)v);
+        out->format_version = (int)v;
+    }
+    DS_TRY(small_member(fd, z, ".storage_alignment", what, buf, &present));
+    if (present) {
+        if (!small_number(buf, 1, ZIP_MAX_ALIGN, &v) || (v & (v - 1)))
+            return ds_err(DSCKPT_ECORRUPT, "%s: .storage_alignment '%s' is not a power of two up to %u", what, buf,
+                          ZIP_MAX_ALIGN);
+        out->storage_alignment = v;
+        out->has_storage_alignment = true;
+    }
+    return DSCKPT_OK;
+}
+
 /* ---- writer ----
  *
  * The bytes torch 1.13 (miniz 2.x with MZ_ZIP_FLAG_WRITE_ZIP64, no timestamps)
@@ -626,6 +695,7 @@ typedef struct zw_entry {
 
 struct zip_writer {
     ds_stream *s;
+    uint32_t align;  /* member data alignment (torch's .storage_alignment), ALIGN by default */
     char *prefix;
     zw_entry *e;
     size_t n, cap;
@@ -664,12 +734,21 @@ dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out)
     zip_writer *w;
     DS_TRY(ds_calloc(1, sizeof *w, &w));
     w->s = s;
+    w->align = ALIGN;
     w->prefix = strdup(prefix);
     if (!w->prefix) {
         free(w);
         return ds_err(DSCKPT_ENOMEM, "out of memory starting a zip writer");
     }
     *out = w;
+    return DSCKPT_OK;
+}
+
+dsckpt_status zip_writer_set_alignment(zip_writer *w, uint32_t align) {
+    DS_TRY(writer_usable(w));
+    if (align == 0 || align > ZIP_MAX_ALIGN || (align & (align - 1)))
+        return ds_err(DSCKPT_EINVAL, "zip writer: alignment %u is not a power of two up to %u", align, ZIP_MAX_ALIGN);
+    w->align = align;
     return DSCKPT_OK;
 }
 
@@ -708,8 +787,8 @@ dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, ui
     w->open = true;
     w->written = 0;
 
-    /* extra = [ZIP64 field] + FB field; 4 + 16 + 8 + 4 + 63 bytes at most */
-    uint8_t extra[4 + 16 + 8 + 4 + ALIGN];
+    /* extra = [ZIP64 field] + FB field; 4 + 16 + 8 + 4 + (align - 1) bytes at most */
+    uint8_t extra[4 + 16 + 8 + 4 + ZIP_MAX_ALIGN];
     size_t xl = 0;
     if (e->z64_local) {
         put16(extra, EXTRA_ZIP64);
@@ -726,7 +805,7 @@ dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, ui
         put16(extra + 2, (uint32_t)(xl - 4));
     }
     uint64_t start = cursor + LOCAL_SIZE + nlen + xl + 4;
-    size_t pad = (size_t)((ALIGN - start % ALIGN) % ALIGN);
+    size_t pad = (size_t)((w->align - start % w->align) % w->align);
     put16(extra + xl, EXTRA_FB);
     put16(extra + xl + 2, (uint32_t)pad);
     memset(extra + xl + 4, FB_PAD_BYTE, pad);

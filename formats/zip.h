@@ -13,7 +13,7 @@
  * byte is verify's job, not open's.
  *
  * Writer: members are STORED with general-purpose flags 0x0808 (data descriptor,
- * UTF-8), local-header CRC and sizes zero, data aligned to 64 bytes with an "FB"
+ * UTF-8), local-header CRC and sizes zero, data aligned to 64 bytes (or as set) with an "FB"
  * (0x4246) extra field, and a ZIP64 end record + locator + classic end record, as
  * torch's writer (miniz) produces. All bytes go through a ds_stream.
  */
@@ -53,12 +53,29 @@ dsckpt_status zip_check_crc(int fd, const zip_archive *z, size_t i, const char *
 dsckpt_status zip_read_member(int fd, const zip_archive *z, const zip_member *m, size_t max, const char *what,
                               uint8_t **out);
 
+/* torch >= 2.1 metadata members, all optional: `byteorder` ("little"; "big" is
+ * DSCKPT_EUNSUPPORTED, anything else DSCKPT_ECORRUPT), `.format_version` (1;
+ * another number is DSCKPT_EUNSUPPORTED) and `.storage_alignment` (a power of two
+ * up to ZIP_MAX_ALIGN: the alignment of the storages' data; 64 when absent).
+ * `.data/serialization_id` carries no meaning for reading and is not checked. */
+#define ZIP_MAX_ALIGN 4096u
+typedef struct zip_torch_meta {
+    uint64_t storage_alignment;
+    bool has_storage_alignment;
+    int format_version;   /* 0 when absent */
+    bool has_byteorder;
+} zip_torch_meta;
+dsckpt_status zip_torch_meta_read(int fd, const zip_archive *z, const char *what, zip_torch_meta *out);
+
 /* ---- writer ---- */
 typedef struct zip_writer zip_writer;
 /* Starts an archive whose members live under `prefix/`, written to `s`. */
 dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out);
+/* Data alignment of the members begun from now on: a power of two up to
+ * ZIP_MAX_ALIGN (64 by default, torch's). */
+dsckpt_status zip_writer_set_alignment(zip_writer *w, uint32_t align);
 /* Starts member prefix/rel of exactly `size` bytes; returns the absolute offset
- * its data will start at (aligned to 64). */
+ * its data will start at (aligned to 64, or the alignment set). */
 dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, uint64_t *data_offset);
 dsckpt_status zip_writer_write(zip_writer *w, const void *data, size_t n);
 dsckpt_status zip_writer_write_zeros(zip_writer *w, uint64_t n);

@@ -23,6 +23,7 @@
 #include "zip.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -110,6 +111,8 @@ static dsckpt_status pt_load(const char *dir, const char *name, int rank, ds_pt 
                       "%s: not a zip file: the legacy (pre-1.6) torch.save format is not supported; re-save with a current torch",
                       p->path);
     DS_TRY(zip_open_fd(p->fd, p->path, &p->zip));
+    zip_torch_meta meta;
+    DS_TRY(zip_torch_meta_read(p->fd, p->zip, p->path, &meta)); /* big-endian: unsupported */
     const zip_member *m = zip_find_rel(p->zip, "data.pkl");
     if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: no data.pkl member: not a torch.save file", p->path);
     uint8_t *pkl = NULL;
@@ -326,7 +329,13 @@ static cJSON *to_json(const pk_obj *o, int depth) {
     case PK_NONE: return cJSON_CreateNull();
     case PK_BOOL: return cJSON_CreateBool(o->b);
     case PK_INT: return cJSON_CreateNumber((double)o->i);
-    case PK_FLOAT: return cJSON_CreateNumber(o->f);
+    case PK_FLOAT:
+        if (isfinite(o->f)) return cJSON_CreateNumber(o->f);
+        { /* JSON has no infinity or NaN (e.g. steps_per_print: inf): a tagged object */
+            cJSON *t = cJSON_CreateObject();
+            cJSON_AddStringToObject(t, DS_JSON_FLOAT_TAG, isnan(o->f) ? "nan" : o->f > 0 ? "inf" : "-inf");
+            return t;
+        }
     case PK_STR: return cJSON_CreateString(o->s);
     case PK_TUPLE:
     case PK_LIST:
@@ -410,6 +419,45 @@ static double read_step(const ds_pt *p, const pk_obj *o) {
     return -1;
 }
 
+/* ds_config.zero_optimization.mics_shard_size of a model-states file (0 if unset). */
+static dsckpt_status mics_shard_size(const char *dir, const char *model_file, int64_t *out) {
+    ds_pt m;
+    *out = 0;
+    dsckpt_status st = pt_load(dir, model_file, 0, &m);
+    if (st == DSCKPT_OK) {
+        int64_t v;
+        pk_obj *z = pk_get(pk_get(m.root, "ds_config"), "zero_optimization");
+        if (z && z->kind == PK_DICT && pk_as_int(pk_get(z, "mics_shard_size"), &v) && v > 0) *out = v;
+    }
+    pt_close(&m);
+    return st;
+}
+
+/* Layouts written by DeepSpeed features this reader does not fold back into one
+ * data-parallel checkpoint: refused as unsupported, naming what was found. */
+static dsckpt_status check_layout_markers(const ds_pt *m) {
+    int64_t v;
+    if (pk_as_int(pk_get(m->root, "mp_world_size"), &v) && v > 1)
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: mp_world_size %lld: tensor/model-parallel checkpoints are not supported",
+                      m->path, (long long)v);
+    pk_obj *dims = pk_get(m->root, "checkpoint_parallel_dimensions");
+    for (size_t i = 0; dims && dims->kind == PK_DICT && i < dims->n; i++)
+        if (pk_as_str(dims->keys[i]) && pk_as_int(dims->items[i], &v) && v > 1)
+            return ds_err(DSCKPT_EUNSUPPORTED,
+                          "%s: checkpoint_parallel_dimensions %s = %lld: only data-parallel checkpoints are supported",
+                          m->path, pk_as_str(dims->keys[i]), (long long)v);
+    static const char *const autoep[] = {"ds_autoep_layers", "autoep_layers"};
+    for (int k = 0; k < 2; k++) {
+        pk_obj *l = pk_get(m->root, autoep[k]);
+        if (!l || l->kind == PK_NONE || ((l->kind == PK_LIST || l->kind == PK_DICT) && l->n == 0)) continue;
+        const char *fmt = NULL;
+        for (size_t i = 0; l->kind == PK_LIST && i < l->n && !fmt; i++) fmt = pk_as_str(pk_get(l->items[i], "checkpoint_format"));
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: AutoEP expert layers ('%s'%s%s%s): expert-parallel checkpoints are not supported",
+                      m->path, autoep[k], fmt ? ", checkpoint_format '" : "", fmt ? fmt : "", fmt ? "'" : "");
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     scan sc;
     ds_open_ctx x = {.c = c};
@@ -449,19 +497,28 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
         st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count missing", what);
         goto done;
     }
+    size_t nfiles = W; /* rank files present; W becomes the partition count under MiCS */
     if (pc != (int64_t)W) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count says %lld ranks but %zu optimizer files were found", c->dir,
-                    (long long)pc, W);
-        goto done;
+        int64_t mics = 0;
+        if (stage == 3 && sc.nmod3 == W && sc.model3[0]) DS_TRYGOTO(mics_shard_size(c->dir, sc.model3[0], &mics), done);
+        if (mics > 0 && pc == mics && W % (size_t)mics == 0) {
+            /* MiCS: ranks [0, S) hold one complete ZeRO-3 partitioning over S
+             * ranks; the other shard groups hold replicas of it. */
+            W = (size_t)mics;
+        } else {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count says %lld ranks but %zu optimizer files were found", c->dir,
+                        (long long)pc, W);
+            goto done;
+        }
     }
     c->stage = stage;
     c->world_size = (int)W;
 
     /* Model-states files. */
     if (stage == 3) {
-        if (sc.nmod3 != W) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 needs %zu zero_pp_rank_*_model_states.pt files, found %zu", c->dir, W,
-                        sc.nmod3);
+        if (sc.nmod3 != nfiles) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 needs %zu zero_pp_rank_*_model_states.pt files, found %zu", c->dir,
+                        nfiles, sc.nmod3);
             goto done;
         }
         x.nmodel = W;
@@ -485,6 +542,7 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     for (size_t r = 0; r < x.nmodel; r++) DS_TRYGOTO(register_file(c, &x.model[r]), done);
 
     const ds_pt *m0 = &x.model[0];
+    DS_TRYGOTO(check_layout_markers(m0), done);
     pk_obj *module = pk_get(m0->root, "module");
     pk_obj *shapes = need(m0->root, "param_shapes", PK_LIST, m0->path, &st);
     if (!shapes) goto done;

@@ -24,5 +24,10 @@ bool ds_is_deepspeed_dir(const char *dir);
  * was found; a missing or extra rank file is DSCKPT_ECORRUPT. */
 dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c);
 
+/* Pickled floats that JSON cannot hold (inf, -inf, nan; e.g. ds_config's
+ * `steps_per_print: inf`) are carried in the manifest's JSON as the object
+ * {"__float__": "inf" | "-inf" | "nan"}, and written back as floats. */
+#define DS_JSON_FLOAT_TAG "__float__"
+
 
 #endif /* DSCKPT_DEEPSPEED_H */

@@ -7,12 +7,15 @@
  * generated storages ("g<n>") described by pieces of fragment-map states, template
  * storages are copied byte for byte. At serialisation every storage is renamed
  * "0", "1", ... in first-use order (as torch.save numbers them) and the zip holds
- * data.pkl, data/<key> in name order and version, exactly torch 1.x's layout.
+ * what torch 2.x writes, in its order: data.pkl, .format_version, .storage_alignment
+ * (the template's, or 64; members aligned to it), byteorder, data/<key> in numeric
+ * order, version, .data/serialization_id.
  * Partition arithmetic comes from partition.h, the same as the reader's.
  */
 #include "deepspeed_write.h"
 
 #include "cast.h"
+#include "deepspeed.h"
 #include "fsutil.h"
 #include "partition.h"
 #include "pickle.h"
@@ -22,6 +25,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +97,7 @@ typedef struct dsw_ctx {
     dsw_tpl tmodel;    /* mp_rank_00 / zero_pp_rank_0 model states */
     dsw_tpl toptim;    /* rank 0's optimizer file */
     char optim_prefix[8]; /* "bf16_" or "" */
+    uint32_t align;    /* storage alignment: the template's .storage_alignment, or 64 */
     bool bf16_opt;
 } dsw_ctx;
 
@@ -490,6 +495,13 @@ static pk_obj *from_json(dsw_file *f, const cJSON *j, int depth) {
         return pk_new_float(f->doc, v);
     }
     if (cJSON_IsString(j)) return S(f, j->valuestring);
+    const cJSON *tag = cJSON_IsObject(j) && j->child && !j->child->next ? cJSON_GetObjectItemCaseSensitive(j, DS_JSON_FLOAT_TAG) : NULL;
+    if (cJSON_IsString(tag)) { /* a float JSON cannot hold (see deepspeed.h) */
+        const char *v = tag->valuestring;
+        if (!strcmp(v, "inf")) return pk_new_float(f->doc, INFINITY);
+        if (!strcmp(v, "-inf")) return pk_new_float(f->doc, -INFINITY);
+        if (!strcmp(v, "nan")) return pk_new_float(f->doc, NAN);
+    }
     if (cJSON_IsArray(j) || cJSON_IsObject(j)) {
         pk_obj *o = pk_new(f->doc, cJSON_IsArray(j) ? PK_LIST : PK_DICT);
         if (!o) return NULL;
@@ -961,9 +973,30 @@ static dsckpt_status write_store(dsw_file *f, const dsw_store *s, zip_writer *zw
     return zip_writer_write_zeros(zw, (s->numel - pos) * es);
 }
 
+/* Numeric order of the decimal keys "0", "1", ..., "10" (torch 2.x's write order). */
 static int cmp_newkey(const void *a, const void *b) {
     const dsw_store *x = *(const dsw_store *const *)a, *y = *(const dsw_store *const *)b;
-    return strcmp(x->newkey, y->newkey);
+    size_t lx = strlen(x->newkey), ly = strlen(y->newkey);
+    return lx != ly ? (lx < ly ? -1 : 1) : strcmp(x->newkey, y->newkey);
+}
+
+static dsckpt_status small_member(zip_writer *zw, const char *rel, const void *data, size_t n) {
+    uint64_t off;
+    DS_TRY(zip_writer_begin(zw, rel, n, &off));
+    DS_TRY(zip_writer_write(zw, data, n));
+    return zip_writer_end(zw);
+}
+
+static dsckpt_status serialization_id(const uint8_t *pkl, size_t n, char out[48]) {
+    uint8_t md[DS_SHA256_LEN];
+    DS_TRY(ds_sha256(pkl, n, md));
+    uint64_t a = 0, b = 0;
+    for (int i = 0; i < 8; i++) {
+        a = a << 8 | md[i];
+        b = b << 8 | md[8 + i];
+    }
+    snprintf(out, 48, "%020llu%020llu", (unsigned long long)a, (unsigned long long)b);
+    return DSCKPT_OK;
 }
 
 static int cmp_piece(const void *a, const void *b) {
@@ -995,13 +1028,18 @@ static dsckpt_status write_pt(dsw_file *f, const char *dir, const char *name, ds
         if (f->st[i].npieces > 1) qsort(f->st[i].pieces, f->st[i].npieces, sizeof *f->st[i].pieces, cmp_piece);
         order[nu++] = &f->st[i];
     }
-    qsort(order, nu, sizeof *order, cmp_newkey); /* torch 1.x: members in name order */
+    qsort(order, nu, sizeof *order, cmp_newkey); /* storages in the order torch 2.x writes them */
     DS_TRYGOTO(ds_stream_create(path, 0, &s), done);
     DS_TRYGOTO(zip_writer_new(s, prefix, &zw), done);
+    DS_TRYGOTO(zip_writer_set_alignment(zw, f->x->align), done);
+    DS_TRYGOTO(small_member(zw, "data.pkl", pkl, pkl_len), done);
+    /* torch 2.x's metadata members, in its order. */
+    char alignbuf[16];
+    snprintf(alignbuf, sizeof alignbuf, "%u", (unsigned)f->x->align);
+    DS_TRYGOTO(small_member(zw, ".format_version", "1", 1), done);
+    DS_TRYGOTO(small_member(zw, ".storage_alignment", alignbuf, strlen(alignbuf)), done);
+    DS_TRYGOTO(small_member(zw, "byteorder", "little", 6), done);
     uint64_t off;
-    DS_TRYGOTO(zip_writer_begin(zw, "data.pkl", pkl_len, &off), done);
-    DS_TRYGOTO(zip_writer_write(zw, pkl, pkl_len), done);
-    DS_TRYGOTO(zip_writer_end(zw), done);
     for (size_t i = 0; i < nu; i++) {
         const dsw_store *d = order[i];
         uint64_t bytes = d->from_tpl ? d->tbytes : d->ninl ? d->ninl : d->numel * dsckpt_dtype_size(d->dtype);
@@ -1011,9 +1049,12 @@ static dsckpt_status write_pt(dsw_file *f, const char *dir, const char *name, ds
         DS_TRYGOTO(write_store(f, d, zw, b, worker, prog), done);
         DS_TRYGOTO(zip_writer_end(zw), done);
     }
-    DS_TRYGOTO(zip_writer_begin(zw, "version", 2, &off), done);
-    DS_TRYGOTO(zip_writer_write(zw, "3\n", 2), done);
-    DS_TRYGOTO(zip_writer_end(zw), done);
+    DS_TRYGOTO(small_member(zw, "version", "3\n", 2), done);
+    /* torch writes two zero-padded 64-bit numbers; here they come from the
+     * SHA-256 of data.pkl, so equal inputs give equal files. */
+    char sid[48];
+    DS_TRYGOTO(serialization_id(pkl, pkl_len, sid), done);
+    DS_TRYGOTO(small_member(zw, ".data/serialization_id", sid, 40), done);
     DS_TRYGOTO(zip_writer_finish(zw), done);
     st = ds_stream_finish(s, NULL);
     s = NULL;
@@ -1081,6 +1122,9 @@ static dsckpt_status find_templates(dsw_ctx *x) {
     char name[96];
     snprintf(name, sizeof name, "%szero_pp_rank_0_mp_rank_00_optim_states.pt", x->optim_prefix);
     DS_TRY(tpl_open(dir, name, &x->toptim));
+    zip_torch_meta meta;
+    DS_TRY(zip_torch_meta_read(x->toptim.fd, x->toptim.zip, x->toptim.path, &meta));
+    x->align = (uint32_t)meta.storage_alignment;
     /* BF16_Optimizer files have no zero_stage. */
     pk_doc *d = NULL;
     pk_obj *root = NULL;
@@ -1097,7 +1141,7 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
         return ds_err(DSCKPT_EUNSUPPORTED, "DeepSpeed files are written for ZeRO stages 1-3 (asked for stage %d)",
                       sp->stage);
     if (sp->world_size < 1) return ds_err(DSCKPT_EINVAL, "world size must be at least 1");
-    dsw_ctx x = {.sp = sp, .M = sp->world_size, .stage = sp->stage, .have_tpl = sp->template_dir != NULL};
+    dsw_ctx x = {.sp = sp, .M = sp->world_size, .stage = sp->stage, .have_tpl = sp->template_dir != NULL, .align = 64};
     x.tmodel.fd = x.toptim.fd = -1;
     dsckpt_status st = DSCKPT_OK;
     if (x.have_tpl) DS_TRYGOTO(find_templates(&x), done);

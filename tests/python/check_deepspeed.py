@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -110,10 +111,23 @@ def load_pt(p):
     names = zf.namelist()
     prefix = names[0].split("/")[0]
     check(names[0] == f"{prefix}/data.pkl", f"{p}: first member is {names[0]}")
-    check(names[-1] == f"{prefix}/version" and zf.read(names[-1]) == b"3\n", f"{p}: no version member last")
+    # torch 2.x's members, in its order.
+    meta = [f"{prefix}/{m}" for m in (".format_version", ".storage_alignment", "byteorder")]
+    check(names[1:4] == meta, f"{p}: metadata members are {names[1:4]}")
+    check([zf.read(m) for m in meta] == [b"1", b"64", b"little"], f"{p}: metadata member contents")
+    check(names[-2] == f"{prefix}/version" and zf.read(names[-2]) == b"3\n", f"{p}: no version member")
+    sid = zf.read(names[-1]) if names[-1] == f"{prefix}/.data/serialization_id" else b""
+    check(len(sid) == 40 and sid.isdigit(), f"{p}: no .data/serialization_id member last")
     check(zf.testzip() is None, f"{p}: a member's CRC-32 is wrong")
-    data = sorted(n for n in names if "/data/" in n)
-    check([n for n in names if "/data/" in n] == data, f"{p}: storages not in name order")
+    data = sorted((n for n in names if "/data/" in n and not n.endswith("serialization_id")),
+                  key=lambda n: int(n.rsplit("/", 1)[1]))
+    check([n for n in names if "/data/" in n and not n.endswith("serialization_id")] == data,
+          f"{p}: storages not in numeric order")
+    with open(p, "rb") as fh:
+        for i in zf.infolist():  # every member's data at a multiple of .storage_alignment
+            fh.seek(i.header_offset + 26)
+            nl, xl = struct.unpack("<HH", fh.read(4))
+            check((i.header_offset + 30 + nl + xl) % 64 == 0, f"{p}: {i.filename} not aligned to 64")
 
     class U(pickle.Unpickler):
         def find_class(self, mod, name):

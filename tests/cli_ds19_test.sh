@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# cli_ds19_test.sh — the `dsckpt` command line on checkpoints written by DeepSpeed
+# 0.19.8 / torch 2.15 (fixtures/deepspeed-0.19): inspect, verify, consolidate and
+# reshard --format deepspeed succeed on every tag directory (plain ZeRO-1/2/3 and
+# the HF Trainer's ZeRO-3 checkpoints); a flipped byte is caught (exit 1); what is
+# not supported exits 5 naming what was found (big-endian torch file, TP layout).
+#
+# Usage: tests/cli_ds19_test.sh PATH/TO/dsckpt
+# Exits non-zero if any check fails; the last line is "N passed, M failed".
+set -u
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 PATH/TO/dsckpt" >&2
+    exit 2
+fi
+case "$1" in
+/*) DS="$1" ;;
+*) DS="$PWD/$1" ;;
+esac
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "FAIL: python3 is needed (zip editing)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+FX="$SRC_DIR/fixtures/deepspeed-0.19"
+T="$(mktemp -d -t dsckpt-ds19-test.XXXXXX)" || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+
+PASS=0
+FAIL=0
+ok() { PASS=$((PASS + 1)); }
+bad() {
+    FAIL=$((FAIL + 1))
+    echo "FAIL: $*"
+}
+RC=0
+run() {
+    "$DS" "$@" >"$T/out" 2>"$T/err"
+    RC=$?
+}
+expect_rc() {
+    if [ "$RC" -eq "$1" ]; then ok; else bad "$2: exit $RC, expected $1 (stderr: $(head -c 400 "$T/err" | tr '\n' ' '))"; fi
+}
+expect_in() {
+    if grep -qE -e "$2" "$T/$1"; then ok; else bad "$3: /$2/ not in std$1 ($(head -c 400 "$T/$1" | tr '\n' ' '))"; fi
+}
+
+TAGS="z1_ws2_bf16/ckpt/global_step3 z2_ws2_bf16_palign/ckpt/global_step3 z3_ws2_bf16/ckpt/global_step3
+hf_trainer_z3/output/checkpoint-4/global_step4 hf_trainer_z3/output/checkpoint-12/global_step12"
+for tag in $TAGS; do
+    run inspect "$FX/$tag"
+    expect_rc 0 "inspect $tag"
+    run inspect --json "$FX/$tag"
+    expect_rc 0 "inspect --json $tag"
+    python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$T/out" && ok || bad "inspect --json $tag: invalid JSON"
+    run verify "$FX/$tag"
+    expect_rc 0 "verify $tag"
+    rm -rf "$T/c"
+    run consolidate "$FX/$tag" -o "$T/c" --dtype bf16
+    expect_rc 0 "consolidate $tag"
+    rm -rf "$T/r"
+    run reshard "$FX/$tag" --to 3 --format deepspeed -o "$T/r"
+    expect_rc 0 "reshard --format deepspeed $tag"
+    run verify "$T/r"
+    expect_rc 0 "verify of the resharded $tag"
+done
+# Save roots resolve through `latest`.
+run inspect "$FX/z3_ws2_bf16/ckpt"
+expect_rc 0 "inspect a 0.19 save root"
+expect_in out "zero stage +3" "inspect shows ZeRO-3"
+
+# A flipped byte in a ZeRO-3 optimizer file: corrupt.
+cp -r "$FX/z3_ws2_bf16/ckpt/global_step3" "$T/flip"
+chmod -R u+w "$T/flip"
+F="$T/flip/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+python3 - "$F" <<'EOF'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[len(b) // 2] ^= 0x10
+open(p, "wb").write(b)
+EOF
+run verify "$T/flip"
+expect_rc 1 "verify catches a flipped byte"
+expect_in out "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt" "verify names the damaged file"
+
+# A big-endian torch file: unsupported (5), naming it.
+cp -r "$FX/z3_ws2_bf16/ckpt/global_step3" "$T/big"
+chmod -R u+w "$T/big"
+F="$T/big/zero_pp_rank_0_mp_rank_00_model_states.pt"
+python3 - "$F" <<'EOF'
+import sys, zipfile
+p = sys.argv[1]
+src = zipfile.ZipFile(p)
+items = [(i.filename, src.read(i.filename)) for i in src.infolist()]
+src.close()
+with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as z:
+    for n, d in items:
+        z.writestr(n, b"big" if n.endswith("/byteorder") else d)
+EOF
+for cmd in inspect verify consolidate; do
+    rm -rf "$T/o"
+    if [ "$cmd" = consolidate ]; then run consolidate "$T/big" -o "$T/o"; else run "$cmd" "$T/big"; fi
+    if [ "$cmd" = verify ]; then
+        [ "$RC" -ne 0 ] && ok || bad "verify passes a big-endian file"
+    else
+        expect_rc 5 "$cmd of a big-endian file"
+        expect_in err "big-endian.*zero_pp_rank_0_mp_rank_00_model_states.pt|zero_pp_rank_0_mp_rank_00_model_states.pt.*big-endian" "$cmd names the big-endian file"
+    fi
+done
+
+# A tensor-parallel rank file next to the data-parallel ones: unsupported, named.
+cp -r "$FX/z3_ws2_bf16/ckpt/global_step3" "$T/tp"
+chmod -R u+w "$T/tp"
+: >"$T/tp/zero_pp_rank_0_mp_rank_01_model_states.pt"
+run inspect "$T/tp"
+expect_rc 5 "inspect of a TP checkpoint"
+expect_in err "mp_rank_01" "the TP file is named"
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
