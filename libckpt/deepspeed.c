@@ -227,6 +227,13 @@ static int stage_of(const pk_obj *zs) {
  * contiguous tensor of `dt` whose elements lie inside its zip member. */
 static dsckpt_status tensor_loc(const ds_pt *p, const pk_obj *t, dsckpt_dtype dt, uint64_t *off, uint64_t *numel,
                                 const char *ctx) {
+    if (t && t->kind == PK_OBJECT) { /* built by a callable the interpreter does not evaluate: valid, unknown */
+        const pk_obj *ty = t->args && t->args->kind == PK_TUPLE && t->args->n == 4 ? t->args->items[1] : NULL;
+        bool typed = ty && ty->kind == PK_GLOBAL && t->name && !strcmp(t->name, "_rebuild_from_type_v2");
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: %s is built by %s.%s%s%s%s%s, not a plain tensor (not supported)", p->path,
+                      ctx, t->module ? t->module : "?", t->name ? t->name : "?", typed ? " as a " : "",
+                      typed ? ty->module : "", typed ? "." : "", typed ? ty->name : "");
+    }
     if (!t || t->kind != PK_TENSOR) return ds_err(DSCKPT_ECORRUPT, "%s: %s is not a tensor", p->path, ctx);
     const pk_tensor *x = &t->tensor;
     if (dt != DSCKPT_DTYPE_COUNT && x->dtype != dt)

@@ -66,10 +66,16 @@ for tag in $TAGS; do
     run verify "$T/r"
     expect_rc 0 "verify of the resharded $tag"
 done
-# Save roots resolve through `latest`.
+# Save roots resolve through `latest` (an HF checkpoint-N folder is one), or -t.
 run inspect "$FX/z3_ws2_bf16/ckpt"
 expect_rc 0 "inspect a 0.19 save root"
 expect_in out "zero stage +3" "inspect shows ZeRO-3"
+run inspect "$FX/hf_trainer_z3/output/checkpoint-12"
+expect_rc 0 "inspect an HF checkpoint-N folder"
+expect_in out "global_step12" "checkpoint-12 resolves to global_step12"
+run inspect "$FX/hf_trainer_z3/output/checkpoint-4" -t global_step4
+expect_rc 0 "inspect checkpoint-4 -t global_step4"
+expect_in out "global_step4" "-t global_step4"
 
 # A flipped byte in a ZeRO-3 optimizer file: corrupt.
 cp -r "$FX/z3_ws2_bf16/ckpt/global_step3" "$T/flip"

@@ -454,6 +454,72 @@ static void test_hf_tags_round_trip(void) {
     free(dir);
 }
 
+/* reshard --format deepspeed of the parameter_alignment checkpoint at its own
+ * world size lays the flat groups out as DeepSpeed did: the same
+ * param_alignment_paddings, and every fp32 partition and Adam moment byte for
+ * byte equal to the source's (padding included). */
+static void test_palign_layout_kept(void) {
+    char *dir = tu_mkdtemp();
+    char *ck = fixture_path("z2_ws2_bf16_palign", "ckpt");
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+    char *out = tu_path(dir, "ds");
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 2;
+    ro.format = DSCKPT_FORMAT_DEEPSPEED;
+    TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
+    char *tagdir = tu_path(out, "global_step3");
+    size_t nonzero_pads = 0;
+    for (int r = 0; r < 2; r++) {
+        char name[96];
+        snprintf(name, sizeof name, "bf16_zero_pp_rank_%d_mp_rank_00_optim_states.pt", r);
+        char *rel = tu_path("z2_ws2_bf16_palign/ckpt/global_step3", name), *sp = fx_path(rel), *op = tu_path(tagdir, name);
+        tfile a, b;
+        tfile_open(sp, &a);
+        tfile_open(op, &b);
+        pk_obj *oa = pk_get(a.root, "optimizer_state_dict"), *ob = pk_get(b.root, "optimizer_state_dict");
+        pk_obj *pa = pk_get(oa, "param_alignment_paddings"), *pb = pk_get(ob, "param_alignment_paddings");
+        CU_ASSERT_FATAL(pa && pb && pa->kind == PK_LIST && pb->kind == PK_LIST && pa->n == pb->n);
+        for (size_t g = 0; g < pa->n; g++) {
+            CU_ASSERT_EQUAL_FATAL(pa->items[g]->n, pb->items[g]->n);
+            for (size_t k = 0; k < pa->items[g]->n; k++) {
+                CU_ASSERT_EQUAL(pa->items[g]->items[k]->i, pb->items[g]->items[k]->i);
+                nonzero_pads += pa->items[g]->items[k]->i != 0;
+            }
+        }
+        pk_obj *fa = pk_get(oa, "single_partition_of_fp32_groups"), *fb = pk_get(ob, "single_partition_of_fp32_groups");
+        pk_obj *sa = pk_get(pk_get(oa, "base_optimizer_state"), "state"), *sb = pk_get(pk_get(ob, "base_optimizer_state"), "state");
+        CU_ASSERT_FATAL(fa && fb && fa->n == fb->n && sa && sb);
+        for (size_t g = 0; g < fa->n; g++) {
+            const pk_obj *ta[3] = {fa->items[g], pk_get(pk_get_int_key(sa, (int64_t)g), "exp_avg"),
+                                   pk_get(pk_get_int_key(sa, (int64_t)g), "exp_avg_sq")};
+            const pk_obj *tb[3] = {fb->items[g], pk_get(pk_get_int_key(sb, (int64_t)g), "exp_avg"),
+                                   pk_get(pk_get_int_key(sb, (int64_t)g), "exp_avg_sq")};
+            for (int k = 0; k < 3; k++) {
+                CU_ASSERT_FATAL(ta[k] && tb[k]);
+                uint64_t na, nb;
+                uint8_t *ba = tensor_bytes(&a, ta[k], &na), *bb = tensor_bytes(&b, tb[k], &nb);
+                CU_ASSERT(na == nb && memcmp(ba, bb, na * 4) == 0);
+                free(ba);
+                free(bb);
+            }
+        }
+        tfile_close(&a);
+        tfile_close(&b);
+        free(rel);
+        free(sp);
+        free(op);
+    }
+    CU_ASSERT(nonzero_pads > 0);
+    dsckpt_ckpt_free(c);
+    free(tagdir);
+    free(out);
+    free(ck);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* ---- pickles ---- */
 
 /* Every torch.save file of the fixtures: data.pkl parses and re-serialises byte
@@ -680,7 +746,16 @@ static void set_mp2(pk_doc *d, pk_obj *root) {
     CU_ASSERT_FATAL(pk_dict_set(d, root, pk_new_str(d, "mp_world_size"), pk_new_int(d, 2)));
 }
 
-/* Big-endian files, unknown torch formats, TP/PP, AutoEP: exit 5 naming them. */
+static void set_param_type(pk_doc *d, pk_obj *root) {
+    pk_obj *g = pk_get(pk_get(root, "optimizer_state_dict"), "fp32_flat_groups");
+    CU_ASSERT_FATAL(g && g->kind == PK_LIST && g->n > 0 && g->items[0]->args && g->items[0]->args->n == 4);
+    pk_obj *ty = g->items[0]->args->items[1];
+    ty->module = pk_strdup(d, "torch.nn.parameter");
+    ty->name = pk_strdup(d, "Parameter");
+}
+
+/* Big-endian files, unknown torch formats, TP/PP, AutoEP, a tensor subclass
+ * where a tensor belongs: exit 5 naming them. */
 static void test_refusals(void) {
     char *dir = tu_mkdtemp();
     static const char *tag = "z3_ws2_bf16/ckpt/global_step3";
@@ -733,6 +808,13 @@ static void test_refusals(void) {
         expect_unsupported(ck, marks[i].n1, marks[i].n2);
         CU_ASSERT_EQUAL(tu_write(m0, orig, len), 0);
     }
+    free(orig);
+    /* The ZeRO-3 groups pickled as another type than torch.Tensor: inert objects,
+     * so the file is valid but not supported. */
+    orig = tu_read(o0, &len);
+    edit_pickle(o0, set_param_type);
+    expect_unsupported(ck, "fp32 partition of group 0", "_rebuild_from_type_v2 as a torch.nn.parameter.Parameter");
+    CU_ASSERT_EQUAL(tu_write(o0, orig, len), 0);
     free(orig);
     free(m0);
     free(m1);
@@ -948,6 +1030,7 @@ int main(void) {
          test_hf_trainer_equals_zero_to_fp32},
         {"HF Trainer checkpoint-4 / -12: verify OK, reshard --format deepspeed M = 1..4 same bits",
          test_hf_tags_round_trip},
+        {"parameter_alignment kept by reshard --format deepspeed (partitions byte-equal at W = 2)", test_palign_layout_kept},
         {"every torch.save file of the 0.19 fixtures re-serialises byte for byte", test_pickle_round_trip},
         {"ZeRO-3 fp32 groups: _rebuild_from_type_v2 tensors with ds_id", test_zero3_wrapped_groups},
         {"inspect matches info.json (valid JSON); verify passes", test_inspect_and_verify},
