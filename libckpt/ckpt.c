@@ -7,6 +7,7 @@
 #include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
+#include "resolve.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -355,7 +356,7 @@ dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **
     *out = NULL;
     dsckpt_ckpt *c = NULL;
     DS_TRY(ds_ckpt_new(&c));
-    dsckpt_status st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
+    dsckpt_status st = ds_resolve_ckpt(path, tag, &c->dir, &c->root);
     if (st == DSCKPT_OK) st = ds_ckpt_load(c);
     if (st == DSCKPT_OK) st = ds_ckpt_index(c, NULL, NULL);
     if (st) {

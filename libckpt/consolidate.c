@@ -11,6 +11,7 @@
 #include "cast.h"
 #include "ckpt.h"
 #include "fsutil.h"
+#include "hf_export.h"
 #include "parallel.h"
 #include "safetensors.h"
 
@@ -309,6 +310,8 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
         k.files[0].tmp = NULL;
     } else {
         if (nf > 1) DS_TRYGOTO(write_index(&k, od.tmp, total), done);
+        /* config.json, generation_config.json, tokenizer files: from_pretrained(out). */
+        DS_TRYGOTO(ds_hf_export_files(c, od.tmp, opts->dtype), done);
         DS_TRYGOTO(ds_outdir_commit(&od), done);
         for (size_t f = 0; f < nf; f++) { /* now inside `out`; nothing to unlink */
             free(k.files[f].tmp);

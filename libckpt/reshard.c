@@ -7,6 +7,7 @@
 #include "ckpt.h"
 #include "deepspeed_write.h"
 #include "fsutil.h"
+#include "hf_export.h"
 #include "native_write.h"
 
 #include <stdlib.h>
@@ -49,8 +50,7 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
     reshard_fill rf = {.c = c};
     ds_outdir od = {0};
     ds_native_out *no = NULL;
-    char *tagdir = NULL, *src_ts = NULL, *dst_ts = NULL, *ts_text = NULL;
-    size_t ts_len = 0;
+    char *tagdir = NULL;
     dsckpt_status st = ds_fdset_open(c, &rf.fs);
     if (st) return st;
     DS_TRYGOTO(ds_outdir_begin(&od, out, opts->force != 0), done);
@@ -96,27 +96,14 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
     DS_TRYGOTO(ds_native_write_all(no, reshard_fill_fn, &rf, ds_thread_count(opts->threads), &prog), done);
     }
     DS_TRYGOTO(ds_set_latest(od.tmp, c->tag), done);
-    /* The save root's trainer state (best checkpoint, history) travels along. */
-    if (c->root) {
-        src_ts = ds_join(c->root, "trainer_state.json");
-        dst_ts = ds_join(od.tmp, "trainer_state.json");
-        if (!src_ts || !dst_ts) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-        if (ds_exists(src_ts)) {
-            DS_TRYGOTO(ds_read_small_file(src_ts, 256u << 20, &ts_text, &ts_len), done);
-            DS_TRYGOTO(ds_write_file_atomic(dst_ts, ts_text, ts_len), done);
-        }
-    }
+    /* The save root's trainer state (best checkpoint, history) travels along; from a
+     * Hugging Face checkpoint-N, its model files and Trainer files too. */
+    DS_TRYGOTO(ds_hf_reshard_carry(c, od.tmp, out), done);
     st = ds_outdir_commit(&od);
 done:
     ds_outdir_abort(&od);
     ds_native_out_free(no);
     ds_fdset_close(&rf.fs);
     free(tagdir);
-    free(src_ts);
-    free(dst_ts);
-    free(ts_text);
     return st;
 }

@@ -13,6 +13,7 @@
 #include "fsutil.h"
 #include "manifest.h"
 #include "parallel.h"
+#include "resolve.h"
 #include "safetensors.h"
 #include "stream.h"
 #include "zip.h"
@@ -236,7 +237,7 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
     uint64_t *asize = NULL; /* actual size of each file */
     int threads = ds_thread_count(o->threads);
     dsckpt_status st = ds_ckpt_new(&c);
-    if (st == DSCKPT_OK) st = ds_resolve_tag_dir(path, tag, &c->dir, &c->root);
+    if (st == DSCKPT_OK) st = ds_resolve_ckpt(path, tag, &c->dir, &c->root);
     if (st) {
         add_problem(r, st == DSCKPT_ECORRUPT ? DSCKPT_VERIFY_CORRUPT : DSCKPT_VERIFY_UNREADABLE, "%s",
                     dsckpt_last_error());

@@ -1,0 +1,167 @@
+/*
+ * hfjson.c — strict reading and exact re-emission of the JSON files beside a
+ * checkpoint (see hfjson.h).
+ */
+#include "hfjson.h"
+
+#include "fsutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+dsckpt_status ds_text_check(const char *text, size_t len, const char *what) {
+    const char *nul = memchr(text, '\0', len);
+    if (nul) return ds_err(DSCKPT_ECORRUPT, "%s: a NUL byte at offset %zu (not a text file)", what, (size_t)(nul - text));
+    size_t ok = ds_utf8_valid_prefix((const uint8_t *)text, len, false);
+    if (ok != len) return ds_err(DSCKPT_ECORRUPT, "%s: not valid UTF-8 at byte %zu", what, ok);
+    return DSCKPT_OK;
+}
+
+/* The number tokens of a JSON text that cJSON accepted, in document order. Outside
+ * strings, a number is the only token that starts with '-' or a digit. A "\u0000"
+ * escape is refused: cJSON would end the string there, so two distinct keys could
+ * read as one. */
+typedef struct num_tokens {
+    const char **start;
+    size_t *len;
+    size_t n, cap;
+} num_tokens;
+
+static dsckpt_status scan_numbers(const char *t, size_t len, const char *what, num_tokens *nt) {
+    size_t i = 0;
+    while (i < len) {
+        char ch = t[i];
+        if (ch == '"') {
+            for (i++; i < len && t[i] != '"'; i++) {
+                if (t[i] != '\\') continue;
+                if (i + 5 < len && t[i + 1] == 'u' && !memcmp(t + i + 2, "0000", 4))
+                    return ds_err(DSCKPT_ECORRUPT, "%s: a \\u0000 escape at byte %zu (refused: it would cut a string)",
+                                  what, i);
+                i++; /* skip the escaped character */
+            }
+            i++;
+        } else if (ch == '-' || (ch >= '0' && ch <= '9')) {
+            size_t s = i;
+            while (i < len && (t[i] == '-' || t[i] == '+' || t[i] == '.' || t[i] == 'e' || t[i] == 'E' ||
+                               (t[i] >= '0' && t[i] <= '9')))
+                i++;
+            if (nt->n == nt->cap) {
+                size_t nc = nt->cap ? 2 * nt->cap : 64;
+                const char **a = realloc(nt->start, nc * sizeof *a);
+                if (!a) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
+                nt->start = a;
+                size_t *b = realloc(nt->len, nc * sizeof *b);
+                if (!b) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
+                nt->len = b;
+                nt->cap = nc;
+            }
+            nt->start[nt->n] = t + s;
+            nt->len[nt->n++] = i - s;
+        } else {
+            i++;
+        }
+    }
+    return DSCKPT_OK;
+}
+
+static int cmp_key(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Walks the tree in document order: numbers become raw nodes holding their token;
+ * objects must not repeat a key. Depth is bounded by cJSON's nesting limit. */
+static dsckpt_status walk(cJSON *node, const char *what, const num_tokens *nt, size_t *next) {
+    if (cJSON_IsNumber(node)) {
+        if (*next >= nt->n)
+            return ds_err(DSCKPT_EINTERNAL, "%s: more numbers in the parse than number tokens in the text", what);
+        char *s = strndup(nt->start[*next], nt->len[*next]);
+        if (!s) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
+        (*next)++;
+        node->type = cJSON_Raw;
+        node->valuestring = s;
+        return DSCKPT_OK;
+    }
+    if (cJSON_IsObject(node)) {
+        size_t n = 0;
+        for (cJSON *c = node->child; c; c = c->next) n++;
+        if (n > 1) {
+            const char **keys = malloc(n * sizeof *keys);
+            if (!keys) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
+            size_t k = 0;
+            for (cJSON *c = node->child; c; c = c->next) keys[k++] = c->string;
+            qsort(keys, n, sizeof *keys, cmp_key);
+            for (k = 1; k < n; k++)
+                if (!strcmp(keys[k - 1], keys[k])) {
+                    dsckpt_status st = ds_err(DSCKPT_ECORRUPT, "%s: duplicate key \"%.200s\" in one object", what, keys[k]);
+                    free(keys);
+                    return st;
+                }
+            free(keys);
+        }
+    }
+    if (cJSON_IsObject(node) || cJSON_IsArray(node))
+        for (cJSON *c = node->child; c; c = c->next) DS_TRY(walk(c, what, nt, next));
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_json_parse_strict(const char *text, size_t len, const char *what, cJSON **out) {
+    *out = NULL;
+    DS_TRY(ds_text_check(text, len, what));
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (!j) {
+        const char *at = cJSON_GetErrorPtr();
+        size_t off = at && at >= text && at <= text + len ? (size_t)(at - text) : 0;
+        return ds_err(DSCKPT_ECORRUPT, "%s: not valid JSON (at byte %zu)", what, off);
+    }
+    size_t rest = end ? (size_t)(end - text) : len;
+    while (rest < len && (text[rest] == ' ' || text[rest] == '\n' || text[rest] == '\r' || text[rest] == '\t')) rest++;
+    dsckpt_status st = DSCKPT_OK;
+    if (rest != len) st = ds_err(DSCKPT_ECORRUPT, "%s: more data after the JSON value (at byte %zu)", what, rest);
+    num_tokens nt = {0};
+    size_t used = 0;
+    if (st == DSCKPT_OK) st = scan_numbers(text, len, what, &nt);
+    if (st == DSCKPT_OK) st = walk(j, what, &nt, &used);
+    if (st == DSCKPT_OK && used != nt.n)
+        st = ds_err(DSCKPT_EINTERNAL, "%s: %zu number tokens but %zu numbers in the parse", what, nt.n, used);
+    free(nt.start);
+    free(nt.len);
+    if (st) {
+        cJSON_Delete(j);
+        return st;
+    }
+    *out = j;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_json_read_strict(const char *path, size_t max, cJSON **out) {
+    *out = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    DS_TRY(ds_read_small_file(path, max, &text, &len));
+    dsckpt_status st = ds_json_parse_strict(text, len, path, out);
+    free(text);
+    return st;
+}
+
+bool ds_json_number(const cJSON *v, double *out) {
+    if (!v || !(cJSON_IsNumber(v) || (cJSON_IsRaw(v) && v->valuestring))) return false;
+    *out = v->valuedouble;
+    return true;
+}
+
+dsckpt_status ds_json_write(const char *path, const cJSON *j) {
+    char *text = cJSON_Print(j);
+    if (!text) return ds_err(DSCKPT_ENOMEM, "out of memory writing %s", path);
+    size_t n = strlen(text);
+    char *buf = realloc(text, n + 2);
+    if (!buf) {
+        free(text);
+        return ds_err(DSCKPT_ENOMEM, "out of memory writing %s", path);
+    }
+    buf[n] = '\n';
+    buf[n + 1] = '\0';
+    dsckpt_status st = ds_write_file_atomic(path, buf, n + 1);
+    free(buf);
+    return st;
+}
