@@ -316,7 +316,7 @@ static dsckpt_status resolve_save_root(const char *path, const char *tag, char *
     char *td = st == DSCKPT_OK ? ds_join(path, want) : NULL;
     if (st == DSCKPT_OK && !td) st = DSCKPT_ENOMEM;
     if (st == DSCKPT_OK) {
-        if (ds_is_dir(td) && !(from_best && hf)) {
+        if (ds_is_dir(td) && (!from_best || is_tag_dir(td))) {
             st = ds_resolve_tag_dir(path, want, dir_out, root_out);
         } else if (hf && ds_hf_checkpoint_name(want, NULL)) {
             /* This checkpoint-N itself, or a sibling in the same output_dir. */

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# hf_cli_test.sh — the dsckpt command line on Hugging Face Trainer folders, on the
+# real Trainer output (fixtures/deepspeed-0.19/hf_trainer_z3, copied to a scratch
+# directory) and on damaged copies of it: CKPT as output_dir or checkpoint-N,
+# -t best / latest / checkpoint-N, exit codes of missing tags (2), hostile or
+# damaged trainer_state.json (1), bad tags from the user (3), the exported folder,
+# and reshard writing a checkpoint-N the Trainer can resume from.
+#
+# Usage: tests/hf_cli_test.sh PATH/TO/dsckpt
+# Exits non-zero if any check fails; the last line is "N passed, M failed".
+set -u
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 PATH/TO/dsckpt" >&2
+    exit 2
+fi
+case "$1" in
+/*) DS="$1" ;;
+*) DS="$PWD/$1" ;;
+esac
+SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+T="$(mktemp -d -t dsckpt-hf-test.XXXXXX)" || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+
+PASS=0
+FAIL=0
+ok() { PASS=$((PASS + 1)); }
+bad() {
+    FAIL=$((FAIL + 1))
+    echo "FAIL: $*"
+}
+RC=0
+run() {
+    "$DS" "$@" >"$T/stdout" 2>"$T/stderr"
+    RC=$?
+}
+# expect RC DESCRIPTION: the last run exited with RC.
+expect() {
+    if [ "$RC" -eq "$1" ]; then ok; else bad "$2: exit $RC, expected $1 ($(head -c 300 "$T/stderr"))"; fi
+}
+# has FILE TEXT DESCRIPTION
+has() {
+    if grep -qF -- "$2" "$1"; then ok; else bad "$3: '$2' not in $(head -c 300 "$1")"; fi
+}
+
+cp -r "$SRC_DIR/fixtures/deepspeed-0.19/hf_trainer_z3/output" out
+# The Trainer stored best_model_checkpoint as "output/checkpoint-4": relative to the
+# directory it ran in, which is not this one (the copy is named "out").
+
+run inspect out
+expect 0 "inspect output_dir"
+has "$T/stdout" "checkpoint-12/global_step12" "output_dir defaults to the newest checkpoint"
+run inspect out -t best
+expect 0 "inspect -t best"
+has "$T/stdout" "checkpoint-4/global_step4" "-t best is checkpoint-4"
+run inspect out -t latest
+has "$T/stdout" "checkpoint-12/global_step12" "-t latest is the newest checkpoint"
+run inspect out -t checkpoint-4
+has "$T/stdout" "checkpoint-4/global_step4" "-t checkpoint-4"
+run inspect out/checkpoint-12 -t best
+has "$T/stdout" "checkpoint-4/global_step4" "-t best from a checkpoint-N names its sibling"
+run verify out -t best -q
+expect 0 "verify -t best"
+
+run inspect out -t checkpoint-8
+expect 2 "missing checkpoint"
+has "$T/stderr" "checkpoints here: checkpoint-4, checkpoint-12" "missing checkpoint lists the existing ones"
+run inspect out/checkpoint-4 -t global_step9
+expect 2 "missing tag"
+has "$T/stderr" "tags here: global_step4" "missing tag lists the existing ones"
+run inspect out -t ../out
+expect 3 "a tag that is not a plain name"
+
+# Export: weights + config.json + generation_config.json, loadable by from_pretrained.
+run consolidate out -t best -o export --dtype fp32 -q
+expect 0 "consolidate -t best to a folder"
+for f in model.safetensors config.json generation_config.json; do
+    if [ -f "export/$f" ]; then ok; else bad "export/$f missing"; fi
+done
+for f in zero_to_fp32.py training_args.bin rng_state_0.pth trainer_state.json; do
+    if [ -e "export/$f" ]; then bad "export/$f should not be there"; else ok; fi
+done
+has export/config.json '"float32"' "config.json names the weights' dtype"
+
+# Reshard for 3 ranks into a new output_dir: a checkpoint-N the Trainer resumes from.
+mkdir w3
+run reshard out --to 3 --format deepspeed -o w3/checkpoint-12 -q
+expect 0 "reshard checkpoint-12 to 3 ranks"
+has w3/checkpoint-12/trainer_state.json '"w3/checkpoint-4"' "best_model_checkpoint points at the new output_dir"
+for f in latest scheduler.pt config.json generation_config.json global_step12; do
+    if [ -e "w3/checkpoint-12/$f" ]; then ok; else bad "w3/checkpoint-12/$f missing"; fi
+done
+run reshard out -t best --to 3 --format deepspeed -o w3/checkpoint-4 -q
+expect 0 "reshard the best checkpoint to 3 ranks"
+run inspect w3 -t best --json
+if python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(not (d["world_size"] == 3 and d["tag"] == "global_step4"))' "$T/stdout"; then
+    ok
+else
+    bad "the new output_dir's best checkpoint is global_step4 at 3 ranks"
+fi
+
+# Hostile and damaged trainer_state.json: exit 1, nothing outside the output_dir read.
+python3 - out/checkpoint-12/trainer_state.json <<'EOF'
+import sys
+p = sys.argv[1]
+t = open(p).read().replace('"output/checkpoint-4"', '"../../etc"')
+open(p, "w").write(t)
+EOF
+run inspect out -t best
+expect 1 "best_model_checkpoint ../../etc"
+has "$T/stderr" "not a checkpoint-N folder" "hostile best_model_checkpoint named"
+run consolidate out -t best -o export2 -q
+expect 1 "consolidate -t best with a hostile trainer_state.json"
+if [ -e export2 ]; then bad "export2 left behind"; else ok; fi
+printf '{"best_model_checkpoint": "output/checkpoint-4", "best_model_checkpoint": "output/checkpoint-12"}' \
+    >out/checkpoint-12/trainer_state.json
+run inspect out -t best
+expect 1 "duplicate keys in trainer_state.json"
+has "$T/stderr" "duplicate key" "duplicate key named"
+run inspect out
+expect 0 "the default does not read trainer_state.json"
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
