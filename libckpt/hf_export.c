@@ -54,32 +54,43 @@ static dsckpt_status copy_validated(const char *src, const char *tmpdir, const c
     return st;
 }
 
-/* src/name -> tmpdir/name through cJSON; `edit` (may be NULL) changes the tree. */
-static dsckpt_status reemit_json(const char *src, const char *tmpdir, const char *name,
-                                 dsckpt_status (*edit)(cJSON *, const char *, void *), void *user) {
-    char *sp = ds_join(src, name), *dp = ds_join(tmpdir, name);
+/* src/name -> tmpdir/name, a JSON object read strictly. `edit` (may be NULL)
+ * changes the tree and says whether it did: a changed tree is re-emitted through
+ * cJSON (numbers as written), an unchanged file is copied byte for byte, so a
+ * reshard round trip keeps the file identical. */
+typedef dsckpt_status (*json_edit_fn)(cJSON *j, const char *what, void *user, bool *changed);
+
+static dsckpt_status carry_json(const char *src, const char *tmpdir, const char *name, size_t max, json_edit_fn edit,
+                                void *user) {
+    char *sp = ds_join(src, name), *dp = ds_join(tmpdir, name), *text = NULL;
     dsckpt_status st = sp && dp ? DSCKPT_OK : DSCKPT_ENOMEM;
+    size_t len = 0;
     if (st == DSCKPT_OK && ds_exists(sp)) {
         cJSON *j = NULL;
-        st = ds_json_read_strict(sp, MODEL_JSON_MAX, &j);
+        bool changed = false;
+        st = ds_read_small_file(sp, max, &text, &len);
+        if (st == DSCKPT_OK) st = ds_json_parse_strict(text, len, sp, &j);
         if (st == DSCKPT_OK && !cJSON_IsObject(j)) st = ds_err(DSCKPT_ECORRUPT, "%s: not a JSON object", sp);
-        if (st == DSCKPT_OK && edit) st = edit(j, sp, user);
-        if (st == DSCKPT_OK) st = ds_json_write(dp, j);
+        if (st == DSCKPT_OK && edit) st = edit(j, sp, user, &changed);
+        if (st == DSCKPT_OK) st = changed ? ds_json_write(dp, j) : ds_write_file_atomic(dp, text, len);
         cJSON_Delete(j);
     }
+    free(text);
     free(sp);
     free(dp);
     return st;
 }
 
 /* config.json of consolidated weights: the dtype keys name the weights' dtype. */
-static dsckpt_status set_dtype(cJSON *j, const char *what, void *user) {
+static dsckpt_status set_dtype(cJSON *j, const char *what, void *user, bool *changed) {
     const char *name = torch_dtype_name(*(const dsckpt_dtype *)user);
     static const char *keys[] = {"dtype", "torch_dtype"};
     for (size_t k = 0; k < 2; k++) {
         cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[k]);
         if (!v || cJSON_IsNull(v)) continue;
         if (!cJSON_IsString(v)) return ds_err(DSCKPT_ECORRUPT, "%s: \"%s\" is not a string", what, keys[k]);
+        if (!strcmp(v->valuestring, name)) continue;
+        *changed = true;
         cJSON *s = cJSON_CreateString(name);
         if (!s || !cJSON_ReplaceItemInObjectCaseSensitive(j, keys[k], s)) {
             cJSON_Delete(s);
@@ -178,8 +189,8 @@ dsckpt_status ds_hf_export_files(const dsckpt_ckpt *c, const char *tmpdir, dsckp
     if (m && !strcmp(m->architecture, "gpt2")) st = write_gpt2_config(c, m, tmpdir, dtype);
     else if (m) st = ds_err(DSCKPT_EUNSUPPORTED, "%s: model architecture '%s': no config.json is written for it", c->dir,
                             m->architecture);
-    else st = reemit_json(src, tmpdir, "config.json", set_dtype, &dtype);
-    if (st == DSCKPT_OK) st = reemit_json(src, tmpdir, "generation_config.json", NULL, NULL);
+    else st = carry_json(src, tmpdir, "config.json", MODEL_JSON_MAX, set_dtype, &dtype);
+    if (st == DSCKPT_OK) st = carry_json(src, tmpdir, "generation_config.json", MODEL_JSON_MAX, NULL, NULL);
     for (size_t i = 0; st == DSCKPT_OK && i < sizeof tokenizer_files / sizeof tokenizer_files[0]; i++)
         st = copy_validated(src, tmpdir, tokenizer_files[i].name, tokenizer_files[i].json, TOKENIZER_MAX);
     free(src);
@@ -265,7 +276,7 @@ typedef struct best_edit {
 } best_edit;
 
 /* best_model_checkpoint -> the corresponding path at the new location. */
-static dsckpt_status rewrite_best(cJSON *j, const char *what, void *user) {
+static dsckpt_status rewrite_best(cJSON *j, const char *what, void *user, bool *changed) {
     const best_edit *e = user;
     cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "best_model_checkpoint");
     if (!b || cJSON_IsNull(b)) return DSCKPT_OK;
@@ -294,6 +305,11 @@ static dsckpt_status rewrite_best(cJSON *j, const char *what, void *user) {
         else if (asprintf(&nv, "%.*s%s", (int)s, e->out, comp) < 0) nv = NULL;
     }
     free(comp);
+    if (nv && !strcmp(nv, b->valuestring)) { /* already there */
+        free(nv);
+        return DSCKPT_OK;
+    }
+    *changed = true;
     cJSON *v = nv ? cJSON_CreateString(nv) : NULL;
     free(nv);
     if (!v || !cJSON_ReplaceItemInObjectCaseSensitive(j, "best_model_checkpoint", v)) {
@@ -336,10 +352,10 @@ dsckpt_status ds_hf_reshard_carry(const dsckpt_ckpt *c, const char *tmpdir, cons
     char *base = ds_basename(c->root);
     if (!base) return DSCKPT_ENOMEM;
     best_edit e = {.src_base = base, .out = out, .hf = ds_hf_checkpoint_name(base, NULL)};
-    dsckpt_status st = reemit_json(c->root, tmpdir, "trainer_state.json", rewrite_best, &e);
+    dsckpt_status st = carry_json(c->root, tmpdir, "trainer_state.json", DS_TRAINER_STATE_MAX, rewrite_best, &e);
     if (st == DSCKPT_OK && e.hf) {
-        st = reemit_json(c->root, tmpdir, "config.json", NULL, NULL);
-        if (st == DSCKPT_OK) st = reemit_json(c->root, tmpdir, "generation_config.json", NULL, NULL);
+        st = carry_json(c->root, tmpdir, "config.json", MODEL_JSON_MAX, NULL, NULL);
+        if (st == DSCKPT_OK) st = carry_json(c->root, tmpdir, "generation_config.json", MODEL_JSON_MAX, NULL, NULL);
         for (size_t i = 0; st == DSCKPT_OK && i < sizeof tokenizer_files / sizeof tokenizer_files[0]; i++)
             st = copy_validated(c->root, tmpdir, tokenizer_files[i].name, tokenizer_files[i].json, TOKENIZER_MAX);
         if (st == DSCKPT_OK) st = carry_pickle(c->root, tmpdir, "scheduler.pt", true);

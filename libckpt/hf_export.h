@@ -5,7 +5,10 @@
  *
  * Nothing opaque from a source is copied into an output:
  *   - config.json, generation_config.json, trainer_state.json: read strictly
- *     (hfjson.h: duplicate keys refused, numbers kept as written) and re-emitted;
+ *     (hfjson.h: one JSON object, duplicate keys refused); re-emitted through cJSON
+ *     (numbers kept as written) when a value is changed (config.json's dtype,
+ *     best_model_checkpoint), else copied byte for byte (a reshard round trip keeps
+ *     them identical);
  *   - tokenizer text files (tokenizer.json, tokenizer_config.json,
  *     special_tokens_map.json, added_tokens.json, vocab.json: strict JSON;
  *     merges.txt, chat_template.jinja: UTF-8 text without NUL): validated, then
