@@ -15,6 +15,10 @@ A manual check, not part of CI (it needs torch + transformers; the product never
 4. Compares every parameter (bitwise) and the logits on fixed token ids: max abs diff
    must be 0 for fp32. The bf16 export is loaded too and compared with the RNE cast of
    the fp32 weights.
+5. With --gpt2-export DIR (a dstrain checkpoint consolidated to a folder, e.g.
+   `dsckpt consolidate run -o DIR --dtype fp32`): from_pretrained(DIR) loads it as
+   GPT2LMHeadModel with no missing, unexpected or mismatched keys, lm_head tied, and
+   every weight equal to DIR/model.safetensors (read with the safetensors package).
 Prints one line per check and exits non-zero on any failure.
 """
 import argparse
@@ -38,6 +42,7 @@ def main():
     ap.add_argument("dsckpt", help="path to the dsckpt binary")
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--fixture", default=os.path.join(here, "..", "..", "fixtures", "deepspeed-0.19", "hf_trainer_z3"))
+    ap.add_argument("--gpt2-export", help="a dsckpt consolidate folder of a dstrain checkpoint to load too")
     args = ap.parse_args()
     fx = os.path.abspath(args.fixture)
     failures = 0
@@ -83,6 +88,18 @@ def main():
         sd16 = m16.state_dict()
         diff16 = [k for k in sd_ref if not torch.equal(sd16[k], sd_ref[k].to(torch.bfloat16))]
         check(not diff16, f"bf16 export = RNE of zero_to_fp32 ({len(diff16)} differ: {diff16[:5]})")
+    if args.gpt2_export:
+        from safetensors.torch import load_file
+
+        m, info = load(args.gpt2_export, torch.float32)
+        check(type(m).__name__ == "GPT2LMHeadModel", f"dstrain export loads as {type(m).__name__}")
+        for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+            check(not info.get(k), f"from_pretrained(dstrain export): {k} = {info.get(k)}")
+        check(m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr(), "dstrain export: lm_head tied")
+        st = load_file(os.path.join(args.gpt2_export, "model.safetensors"))
+        sd = m.state_dict()
+        diff = [k for k in st if not torch.equal(sd[k], st[k])]
+        check(not diff, f"dstrain export: every weight as stored ({len(diff)} differ: {diff[:5]})")
     print("all OK" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 
