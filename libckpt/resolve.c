@@ -97,48 +97,40 @@ static bool has_latest(const char *dir) {
 
 /* ---- listings (for choosing and for messages) ---- */
 
+typedef struct name_ent {
+    char *name;
+    uint64_t num; /* checkpoint number, for checkpoint lists */
+} name_ent;
+
 typedef struct name_list {
-    char **v;
-    uint64_t *num; /* checkpoint number, for checkpoint lists */
+    name_ent *v;
     size_t n, cap;
 } name_list;
 
 static void name_list_free(name_list *l) {
-    for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+    for (size_t i = 0; i < l->n; i++) free(l->v[i].name);
     free(l->v);
-    free(l->num);
     memset(l, 0, sizeof *l);
 }
 
 static dsckpt_status name_list_add(name_list *l, const char *s, uint64_t num) {
     if (l->n == l->cap) {
         size_t nc = l->cap ? 2 * l->cap : 16;
-        char **v = realloc(l->v, nc * sizeof *v);
+        name_ent *v = realloc(l->v, nc * sizeof *v);
         if (!v) return ds_err(DSCKPT_ENOMEM, "out of memory");
         l->v = v;
-        uint64_t *nn = realloc(l->num, nc * sizeof *nn);
-        if (!nn) return ds_err(DSCKPT_ENOMEM, "out of memory");
-        l->num = nn;
         l->cap = nc;
     }
-    if (!(l->v[l->n] = ds_strdup(s))) return DSCKPT_ENOMEM;
-    l->num[l->n++] = num;
+    if (!(l->v[l->n].name = ds_strdup(s))) return DSCKPT_ENOMEM;
+    l->v[l->n++].num = num;
     return DSCKPT_OK;
 }
 
-/* Sorts by number, then name. */
-static void name_list_sort(name_list *l) {
-    for (size_t i = 1; i < l->n; i++)
-        for (size_t j = i; j > 0; j--) {
-            bool swap = l->num[j] < l->num[j - 1] || (l->num[j] == l->num[j - 1] && strcmp(l->v[j], l->v[j - 1]) < 0);
-            if (!swap) break;
-            char *t = l->v[j];
-            l->v[j] = l->v[j - 1];
-            l->v[j - 1] = t;
-            uint64_t u = l->num[j];
-            l->num[j] = l->num[j - 1];
-            l->num[j - 1] = u;
-        }
+/* By number, then name. */
+static int cmp_ent(const void *a, const void *b) {
+    const name_ent *x = a, *y = b;
+    if (x->num != y->num) return x->num < y->num ? -1 : 1;
+    return strcmp(x->name, y->name);
 }
 
 /* Subdirectories of `dir` that are tag directories (want_ckpt false) or named
@@ -164,12 +156,11 @@ static dsckpt_status list_dir(const char *dir, bool want_ckpt, name_list *out) {
     }
     closedir(d);
     if (st) name_list_free(out);
-    else name_list_sort(out);
+    else if (out->n) qsort(out->v, out->n, sizeof *out->v, cmp_ent);
     return st;
 }
 
-/* "a, b, c" (at most 20 names, then "..."), or "none". Static buffer per call site
- * is avoided: the text goes straight into the message via this helper. */
+/* "a, b, c" (at most 20 names, then "...") or "none", into buf (size n). */
 static void join_names(const name_list *l, char *buf, size_t n) {
     size_t o = 0;
     buf[0] = '\0';
@@ -178,7 +169,8 @@ static void join_names(const name_list *l, char *buf, size_t n) {
         return;
     }
     for (size_t i = 0; i < l->n && o + 1 < n; i++) {
-        int k = i >= 20 ? snprintf(buf + o, n - o, ", ...") : snprintf(buf + o, n - o, "%s%s", i ? ", " : "", l->v[i]);
+        int k = i >= 20 ? snprintf(buf + o, n - o, ", ...")
+                        : snprintf(buf + o, n - o, "%s%s", i ? ", " : "", l->v[i].name);
         if (k < 0) break;
         o += (size_t)k;
         if (i >= 20) break;
@@ -232,9 +224,9 @@ static dsckpt_status resolve_output_dir(const char *path, const char *tag, const
     /* The newest complete checkpoint: the default, `latest`, and where `best` is read. */
     const char *newest = NULL;
     for (size_t i = cks->n; i-- > 0 && !newest;) {
-        char *p = ds_join(path, cks->v[i]);
+        char *p = ds_join(path, cks->v[i].name);
         if (!p) return DSCKPT_ENOMEM;
-        if (complete_checkpoint(p)) newest = cks->v[i];
+        if (complete_checkpoint(p)) newest = cks->v[i].name;
         free(p);
     }
     if (!tag || !strcmp(tag, "latest")) {
@@ -264,13 +256,13 @@ static dsckpt_status resolve_output_dir(const char *path, const char *tag, const
     const char *found = NULL;
     size_t nfound = 0;
     for (size_t i = 0; i < cks->n; i++) {
-        char *ck = ds_join(path, cks->v[i]), *td = ck ? ds_join(ck, tag) : NULL;
+        char *ck = ds_join(path, cks->v[i].name), *td = ck ? ds_join(ck, tag) : NULL;
         if (!ck || !td) {
             free(ck);
             return DSCKPT_ENOMEM;
         }
         if (ds_is_dir(td) && is_tag_dir(td)) {
-            found = cks->v[i];
+            found = cks->v[i].name;
             nfound++;
         }
         free(td);
