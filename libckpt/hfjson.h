@@ -6,7 +6,9 @@
  * Strict reading: a regular file of bounded size, valid UTF-8 with no NUL byte,
  * one JSON value (cJSON) and nothing but white space after it, no object with two
  * equal keys anywhere (cJSON would keep both; Python keeps the last: readers
- * would disagree). Non-standard tokens (NaN, Infinity) are refused by cJSON.
+ * would disagree). NaN, Infinity and -Infinity are read as numbers where a value
+ * may stand, as Python's json module (the Trainer's writer) reads and writes them;
+ * anywhere else they are refused.
  *
  * Numbers keep their source text: after the parse every number node becomes a
  * cJSON_Raw node holding the token exactly as written (valuedouble still set),

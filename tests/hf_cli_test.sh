@@ -100,6 +100,22 @@ else
     bad "the new output_dir's best checkpoint is global_step4 at 3 ranks"
 fi
 
+# Python's json writes NaN for a non-finite grad_norm (an fp16 overflow step): read
+# and written back as such.
+sed -i 's/"grad_norm": 1.4482343179435648/"grad_norm": NaN/' out/checkpoint-12/trainer_state.json
+run inspect out -t best
+expect 0 "-t best with a NaN in log_history"
+run reshard out --to 2 --format deepspeed -o w3/nan -q
+expect 0 "reshard with a NaN in log_history"
+has w3/nan/trainer_state.json '"grad_norm":	NaN' "NaN written back as Python writes it"
+
+# Sharded export: shards, index, config.json.
+run consolidate out -o shards --dtype fp32 --max-shard-size 100KB -q
+expect 0 "consolidate to HF shards"
+for f in model.safetensors.index.json config.json generation_config.json model-00001-of-00007.safetensors; do
+    if [ -f "shards/$f" ]; then ok; else bad "shards/$f missing ($(ls shards | tr '\n' ' '))"; fi
+done
+
 # Hostile and damaged trainer_state.json: exit 1, nothing outside the output_dir read.
 python3 - out/checkpoint-12/trainer_state.json <<'EOF'
 import sys

@@ -23,6 +23,7 @@
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,10 +111,23 @@ static void test_json_strict(void) {
     CU_ASSERT_EQUAL(v, 1e-05);
     free(s);
     cJSON_Delete(j);
+    /* Python's non-finite floats (the Trainer logs a NaN grad_norm) as values. */
+    const char *py = "{\"grad_norm\": NaN, \"x\": [Infinity, -Infinity, -1.5]}";
+    TU_ASSERT_OK(ds_json_parse_strict(py, strlen(py), "t", &j));
+    s = cJSON_PrintUnformatted(j);
+    CU_ASSERT_STRING_EQUAL(s, "{\"grad_norm\":NaN,\"x\":[Infinity,-Infinity,-1.5]}");
+    CU_ASSERT_TRUE(ds_json_number(cJSON_GetObjectItemCaseSensitive(j, "grad_norm"), &v) && isnan(v));
+    CU_ASSERT_TRUE(ds_json_number(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "x"), 1), &v) &&
+                   v == -INFINITY);
+    free(s);
+    cJSON_Delete(j);
     static const char *bad[] = {
+        "{NaN: 1}",                           /* not a key */
+        "[1Infinity]",                        /* glued to a number */
+        "[NaNNaN]",
+        "{\"a\": nan}",
         "{\"a\": 1, \"a\": 2}",                 /* duplicate key */
         "{\"x\": {\"k\": 1, \"j\": 2, \"k\": 3}}", /* nested duplicate */
-        "{\"a\": NaN}",                       /* not JSON */
         "{\"a\": 1} {}",                      /* trailing data */
         "{\"a\": \"\xff\"}",                  /* not UTF-8 */
         "{\"a\\u0000b\": 1, \"a\": 2}",       /* NUL escape */
