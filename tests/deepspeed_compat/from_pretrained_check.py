@@ -128,4 +128,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        rc = main(sys.argv[1:])
+    except Exception as e:  # noqa: BLE001 - one verdict line whatever failed
+        import traceback
+        traceback.print_exc()
+        print(f"RESULT FAIL ({type(e).__name__}: {e})")
+        rc = 1
+    sys.exit(rc)

@@ -18,8 +18,9 @@
 #                    "checkpoint": {"load_universal": true} (load_check.py --universal)
 #   hf_resume        hf_resume_check.py: a Trainer resumes from a resharded checkpoint-N at
 #                    M = HF_SIZES and finishes with load_best_model_at_end
-#   from_pretrained  from_pretrained_check.py: from_pretrained on `dsckpt consolidate` output vs
-#                    DeepSpeed's own zero_to_fp32 path, logits max abs diff 0
+#   from_pretrained  from_pretrained_check.py (and hf_from_pretrained.py when present):
+#                    from_pretrained on `dsckpt consolidate` output vs DeepSpeed's own
+#                    zero_to_fp32 path, logits max abs diff 0
 # Environment: FIXTURES (default "z1_ws2_bf16 z2_ws2_bf16_palign z3_ws2_bf16"), SIZES
 # (default "1 2 3 4"), TRAIN_STEP_SIZES ("3"), UNIVERSAL_SIZES ("1 3"), HF_SIZES ("1 3"),
 # TIMEOUT (s per check, 1800). DeepSpeed's shared-memory op is not built (load_check.py
@@ -47,6 +48,7 @@ HF_SIZES=${HF_SIZES:-"1 3"}
 TIMEOUT=${TIMEOUT:-1800}
 export DS_BUILD_OPS=${DS_BUILD_OPS:-0} DS_ACCELERATOR=cpu
 mkdir -p "$WORK/logs"
+WORK=$(cd "$WORK" && pwd)  # absolute: reshard writes best_model_checkpoint as -o gives it
 [ -x "$DSCKPT" ] || { echo "no $DSCKPT" >&2; exit 3; }
 [ -x "$PY" ] || { echo "no $PY" >&2; exit 3; }
 "$PY" -c 'import torch, deepspeed; print("torch", torch.__version__, "deepspeed", deepspeed.__version__)' \
@@ -117,24 +119,38 @@ for check in $CHECKS; do
         for m in $HF_SIZES; do
             out=$WORK/hf_M$m
             rm -rf "$out"
-            convert "hf_trainer_z3_M$m" "$out" reshard "$FX/hf_trainer_z3/output" --to "$m" \
-                --format deepspeed || continue
+            # each checkpoint-N of the output_dir into a checkpoint-N of a new output_dir
+            ok=1
+            for c in checkpoint-4 checkpoint-12; do
+                convert "hf_trainer_z3_${c}_M$m" "$out/$c" reshard "$FX/hf_trainer_z3/output" -t "$c" \
+                    --to "$m" --format deepspeed || ok=0
+            done
+            [ $ok = 1 ] || continue
             log=$WORK/logs/hf_resume_M$m t0=$SECONDS
             mkdir -p "$log"
-            "$PY" "$HERE/hf_resume_check.py" "$out" "$m" --work "$log" --timeout "$TIMEOUT" \
-                >"$log/launcher.out" 2>&1
+            "$PY" "$HERE/hf_resume_check.py" "$out" "$m" --resume checkpoint-4 --work "$log" \
+                --timeout "$TIMEOUT" >"$log/launcher.out" 2>&1
             rc=$?
             tally "hf_resume M=$m" $rc $((SECONDS - t0)) "$log"
             [ $rc -eq 0 ] || tail -5 "$log/launcher.out"
         done
         ;;
     from_pretrained)
+        # ours: zero_to_fp32 run live on checkpoint-4; hf_from_pretrained.py: output_dir -t best
+        # against the fixture's stored zero_to_fp32 output
         log=$WORK/logs/from_pretrained t0=$SECONDS
         mkdir -p "$log"
         "$PY" "$HERE/from_pretrained_check.py" --dsckpt "$DSCKPT" --work "$log" >"$log/out" 2>&1
         rc=$?
-        tally "from_pretrained" $rc $((SECONDS - t0)) "$log"
+        tally "from_pretrained checkpoint-4 vs live zero_to_fp32" $rc $((SECONDS - t0)) "$log"
         [ $rc -eq 0 ] || tail -5 "$log/out"
+        if [ -f "$HERE/hf_from_pretrained.py" ]; then
+            t0=$SECONDS
+            "$PY" "$HERE/hf_from_pretrained.py" "$DSCKPT" >"$log/hf_from_pretrained.out" 2>&1
+            rc=$?
+            tally "hf_from_pretrained.py (output_dir -t best)" $rc $((SECONDS - t0)) "$log"
+            [ $rc -eq 0 ] || tail -5 "$log/hf_from_pretrained.out"
+        fi
         ;;
     *)
         echo "unknown check $check" >&2
