@@ -119,6 +119,7 @@ for check in $CHECKS; do
         for m in $HF_SIZES; do
             out=$WORK/hf_M$m
             rm -rf "$out"
+            mkdir -p "$out"  # dsckpt creates the output, not its parents
             # each checkpoint-N of the output_dir into a checkpoint-N of a new output_dir
             ok=1
             for c in checkpoint-4 checkpoint-12; do
