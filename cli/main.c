@@ -9,6 +9,7 @@
  *   4  the output exists (pass --force to replace it)
  *   5  valid input that dsckpt does not support
  *  70  internal error (a bug: please report it)
+ * 130 / 143  stopped by SIGINT / SIGTERM (temporaries removed, nothing written)
  */
 #include "dsckpt.h"
 #include "progress.h"
@@ -17,6 +18,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -51,8 +53,32 @@ static int exit_for(dsckpt_status st) {
     }
 }
 
+/* SIGINT / SIGTERM while writing: the handler only asks the library to stop
+ * (dsckpt_interrupt is one atomic store); the operation removes its temporaries
+ * and returns, and the command exits 128 + the signal. A second signal kills at
+ * once (default action restored). */
+static void on_stop_signal(int sig) {
+    dsckpt_interrupt(sig);
+    signal(sig, SIG_DFL);
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: blocking calls return EINTR and the loops look at the flag */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 static int fail(dsckpt_status st, const char *what) {
     const char *msg = dsckpt_last_error();
+    if (dsckpt_interrupted()) {
+        fprintf(stderr, "%s %s: interrupted by signal %d; temporaries removed, nothing written\n", prog, what,
+                dsckpt_interrupted());
+        return 128 + dsckpt_interrupted();
+    }
     fprintf(stderr, "%s %s: error [%s]: %s\n", prog, what, dsckpt_status_name(st), *msg ? msg : "failed");
     return exit_for(st);
 }
@@ -69,7 +95,7 @@ static const char exit_codes_help[] =
     "  0  success (verify: intact)        3  usage error\n"
     "  1  checkpoint corrupt              4  output exists (use --force)\n"
     "  2  unreadable / I/O / disk full    5  unsupported input\n"
-    " 70  internal error\n";
+    " 70  internal error                130 / 143  stopped by SIGINT / SIGTERM\n";
 
 /* Parses "5GB", "500MB", "2GiB", "1e9", "123" (decimal units as Hugging Face uses). */
 static bool parse_size(const char *s, uint64_t *out) {
@@ -106,7 +132,7 @@ static bool parse_int(const char *s, long lo, long hi, long *out) {
 typedef struct common {
     const char *tag, *out;
     int force, threads;
-    bool quiet, json;
+    bool quiet, json, no_verify;
 } common;
 
 /* Handles a shared option. Returns true when the command must exit with *rc
@@ -168,13 +194,19 @@ static const char consolidate_help[] =
     "      --max-shard-size S   per-file limit for directory output (default 5GB;\n"
     "                           decimal units: 500MB, 5GB; binary: 2GiB)\n"
     "      --exclude-frozen     leave out frozen (non-trainable) tensors\n"
-    "      --force              replace an existing output\n"
+    "      --force              replace an existing output (only one dsckpt wrote:\n"
+    "                           a directory holding other files is refused)\n"
+    "      --no-verify          do not check the SHA-256 of each chunk read (native)\n"
+    "                           or the CRC-32 of each zip member read (DeepSpeed)\n"
     "  -j, --threads N          worker threads (default: all CPUs)\n"
     "  -q, --quiet              no progress bar\n"
     "  -h, --help               this help\n"
     "\n"
-    "The output is written under a temporary name and renamed into place when\n"
-    "complete; a failed run leaves nothing behind.\n";
+    "Every chunk (or zip member) the weights are read from is checked against its\n"
+    "digest as it is read; a mismatch stops with exit 1 naming the file and chunk,\n"
+    "and nothing is written. The output is written under a temporary name and\n"
+    "renamed into place when complete; a failed or interrupted run (SIGINT, SIGTERM)\n"
+    "leaves nothing behind, and temporaries of runs that died are removed.\n";
 
 static int cmd_consolidate(int argc, char **argv) {
     static const struct option lo[] = {
@@ -182,7 +214,8 @@ static int cmd_consolidate(int argc, char **argv) {
         {"dtype", required_argument, 0, 'd'},    {"max-shard-size", required_argument, 0, 'S'},
         {"exclude-frozen", no_argument, 0, 'x'}, {"force", no_argument, 0, 'f'},
         {"threads", required_argument, 0, 'j'},  {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},           {"no-verify", no_argument, 0, 'V'},
+        {0, 0, 0, 0}};
     dsckpt_consolidate_opts o;
     dsckpt_consolidate_opts_init(&o);
     common co = {0};
@@ -199,6 +232,7 @@ static int cmd_consolidate(int argc, char **argv) {
                 return usage_error("consolidate", "--max-shard-size: cannot parse '%s' (e.g. 5GB, 500MB, 2GiB)", optarg);
             break;
         case 'x': o.exclude_frozen = 1; break;
+        case 'V': co.no_verify = true; break;
         default:
             if (common_opt(c, "consolidate", consolidate_help, &co, &rc)) return rc;
         }
@@ -212,6 +246,8 @@ static int cmd_consolidate(int argc, char **argv) {
     dsckpt_ckpt *ck;
     dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
     if (st) return fail(st, "consolidate");
+    dsckpt_ckpt_set_read_check(ck, !co.no_verify);
+    catch_stop_signals();
     cli_progress p;
     cli_progress_init(&p, "consolidate", quiet);
     o.progress = cli_progress_cb;
@@ -224,7 +260,7 @@ static int cmd_consolidate(int argc, char **argv) {
     if (st == DSCKPT_OK && !quiet)
         fprintf(stderr, "consolidated %s (%zu tensors, %" PRIu64 " parameters) -> %s as %s in %.2f s\n", info.tag,
                 info.tensor_count, info.param_count, out, dsckpt_dtype_name(o.dtype), el);
-    rc = st ? fail(st, "consolidate") : EXIT_OKAY;
+    rc = st ? fail(st, "consolidate") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
 }
@@ -259,10 +295,18 @@ static const char reshard_help[] =
     "  -o, --output OUT    output save root (required)\n"
     "      --stage S       ZeRO stage of the output (0-3; default: the source's)\n"
     "      --format F      native (default) or deepspeed\n"
-    "      --force         replace an existing output\n"
+    "      --force         replace an existing output (only a save root dsckpt\n"
+    "                      wrote: a directory holding other files is refused)\n"
+    "      --no-verify     do not check the SHA-256 of each chunk read (native)\n"
+    "                      or the CRC-32 of each zip member read (DeepSpeed)\n"
     "  -j, --threads N     worker threads (default: all CPUs)\n"
     "  -q, --quiet         no progress bar\n"
-    "  -h, --help          this help\n";
+    "  -h, --help          this help\n"
+    "\n"
+    "Every chunk (or zip member) read is checked against its digest; a mismatch\n"
+    "stops with exit 1 naming the file and chunk, and nothing is written (the new\n"
+    "checkpoint's fresh digests never cover damaged data). A failed or interrupted\n"
+    "run (SIGINT, SIGTERM) leaves nothing behind.\n";
 
 /* "native" or "deepspeed"; false for anything else. */
 static bool parse_format(const char *s, dsckpt_format *f) {
@@ -278,7 +322,8 @@ static int cmd_reshard(int argc, char **argv) {
         {"output", required_argument, 0, 'o'}, {"stage", required_argument, 0, 's'},
         {"force", no_argument, 0, 'f'},        {"threads", required_argument, 0, 'j'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
-        {"format", required_argument, 0, 'F'}, {0, 0, 0, 0}};
+        {"format", required_argument, 0, 'F'}, {"no-verify", no_argument, 0, 'V'},
+        {0, 0, 0, 0}};
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
     o.world_size = 0;
@@ -299,6 +344,7 @@ static int cmd_reshard(int argc, char **argv) {
             if (!parse_format(optarg, &o.format))
                 return usage_error("reshard", "--format must be native or deepspeed (got '%s')", optarg);
             break;
+        case 'V': co.no_verify = true; break;
         default:
             if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
         }
@@ -313,6 +359,8 @@ static int cmd_reshard(int argc, char **argv) {
     dsckpt_ckpt *ck;
     dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
     if (st) return fail(st, "reshard");
+    dsckpt_ckpt_set_read_check(ck, !co.no_verify);
+    catch_stop_signals();
     cli_progress p;
     cli_progress_init(&p, "reshard", quiet);
     o.progress = cli_progress_cb;
@@ -325,7 +373,7 @@ static int cmd_reshard(int argc, char **argv) {
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> %d ranks (stage %d) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, o.world_size, o.zero_stage < 0 ? info.zero_stage : o.zero_stage, out,
                 cli_now() - p.t0);
-    rc = st ? fail(st, "reshard") : EXIT_OKAY;
+    rc = st ? fail(st, "reshard") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
 }
@@ -336,7 +384,11 @@ static const char verify_help[] =
     "Usage: dsckpt verify PATH [-t TAG] [--json]\n"
     "\n"
     "Check the integrity of a checkpoint (save root or tag directory) or of a single\n"
-    ".safetensors file. For a checkpoint: every file listed in the manifest must\n"
+    ".safetensors file. A save root has every tag checked (or only --tag TAG), each\n"
+    "named with its verdict, and 'latest' must name one of them; the exit code is\n"
+    "the worst verdict. Each tag is snapshotted (its files, manifest and 'latest')\n"
+    "before and after: if a writer changed it meanwhile the verdict is \"changed\n"
+    "while verifying\" (exit 2), not \"corrupt\". For a checkpoint: every file listed in the manifest must\n"
     "exist with its size and be valid safetensors naming this checkpoint; the SHA-256\n"
     "of every chunk is recomputed on all cores; fragments must cover every tensor\n"
     "exactly once and fit their files; files the manifest does not list are reported.\n"
@@ -344,8 +396,9 @@ static const char verify_help[] =
     "parser and every byte is read. All problems are reported, not only the first.\n"
     "\n"
     "Options:\n"
-    "  -t, --tag TAG     a tag, 'latest', 'best' or a checkpoint-N (as consolidate)\n"
-    "      --json        print the report as JSON on stdout\n"
+    "  -t, --tag TAG     check only this tag: a tag, 'latest', 'best' or a checkpoint-N\n"
+    "                    (default: every tag of a save root)\n"
+    "      --json        print the report as JSON on stdout (\"tags\": each verdict)\n"
     "  -j, --threads N   hashing threads (default: all CPUs)\n"
     "  -q, --quiet       no progress bar, no report text when intact\n"
     "  -h, --help        this help\n"
@@ -389,12 +442,21 @@ static int cmd_verify(int argc, char **argv) {
     double el = cli_now() - p.t0;
     dsckpt_verify_result res = dsckpt_verify_report_result(r);
     static const char *names[] = {"ok", "corrupt", "unreadable"};
-    size_t n = dsckpt_verify_report_count(r);
+    size_t n = dsckpt_verify_report_count(r), nt = dsckpt_verify_report_tag_count(r);
+    bool changed = dsckpt_verify_report_changed(r) != 0;
+    const char *verdict = changed && res == DSCKPT_VERIFY_UNREADABLE ? "changed while verifying" : names[res];
     if (json) {
         printf("{\"path\":");
         json_str(stdout, path);
-        printf(",\"result\":\"%s\",\"files\":%zu,\"bytes_hashed\":%" PRIu64 ",\"seconds\":%.3f,\"problems\":[",
-               names[res], dsckpt_verify_report_files(r), dsckpt_verify_report_bytes(r), el);
+        printf(",\"result\":\"%s\",\"changed\":%s,\"files\":%zu,\"bytes_hashed\":%" PRIu64 ",\"seconds\":%.3f,\"tags\":[",
+               names[res], changed ? "true" : "false", dsckpt_verify_report_files(r), dsckpt_verify_report_bytes(r), el);
+        for (size_t i = 0; i < nt; i++) {
+            printf("%s{\"tag\":", i ? "," : "");
+            json_str(stdout, dsckpt_verify_report_tag_name(r, i));
+            printf(",\"result\":\"%s\",\"changed\":%s}", names[dsckpt_verify_report_tag_result(r, i)],
+                   dsckpt_verify_report_tag_changed(r, i) ? "true" : "false");
+        }
+        printf("],\"problems\":[");
         for (size_t i = 0; i < n; i++) {
             if (i) putchar(',');
             json_str(stdout, dsckpt_verify_report_problem(r, i));
@@ -402,8 +464,12 @@ static int cmd_verify(int argc, char **argv) {
         printf("]}\n");
     } else {
         for (size_t i = 0; i < n; i++) printf("problem: %s\n", dsckpt_verify_report_problem(r, i));
+        for (size_t i = 0; i < nt && (res != DSCKPT_VERIFY_OK || !quiet); i++)
+            printf("tag %s: %s\n", dsckpt_verify_report_tag_name(r, i),
+                   dsckpt_verify_report_tag_changed(r, i) ? "changed while verifying"
+                                                          : names[dsckpt_verify_report_tag_result(r, i)]);
         if (res != DSCKPT_VERIFY_OK || !quiet)
-            printf("%s: %s (%zu file%s, %.2f GB checked in %.2f s, %zu problem%s)\n", path, names[res],
+            printf("%s: %s (%zu file%s, %.2f GB checked in %.2f s, %zu problem%s)\n", path, verdict,
                    dsckpt_verify_report_files(r), dsckpt_verify_report_files(r) == 1 ? "" : "s",
                    (double)dsckpt_verify_report_bytes(r) / 1e9, el, n, n == 1 ? "" : "s");
     }
@@ -608,8 +674,10 @@ static int cmd_synth(int argc, char **argv) {
     if (optind != argc) return usage_error("synth", "unexpected argument '%s'", argv[optind]);
     if (!out) return usage_error("synth", "%s", "-o DIR is required");
     double t0 = cli_now();
+    catch_stop_signals();
     dsckpt_status st = dsckpt_synth(out, &o);
     if (st) return fail(st, "synth");
+    if (dsckpt_interrupted()) return 128 + dsckpt_interrupted();
     if (!quiet)
         fprintf(stderr, "synthesized %s: ~%" PRIu64 " params, world size %d, stage %d, %s, in %.2f s\n", out, o.params,
                 o.world_size, o.zero_stage, dsckpt_dtype_name(o.dtype), cli_now() - t0);

@@ -586,6 +586,12 @@ dsckpt_status zip_read_member(int fd, const zip_archive *z, const zip_member *m,
     uint8_t *buf;
     DS_TRY(ds_malloc((size_t)m->size + 1, &buf));
     dsckpt_status st = ds_pread_full(fd, buf, (size_t)m->size, m->data_offset, what);
+    /* Small members (pickles, text) are always checked: a flipped bit in a pickle
+     * would otherwise be parsed, and copied into outputs under a fresh CRC. */
+    uint32_t crc = st ? 0 : crc_update((uint32_t)crc32(0L, Z_NULL, 0), buf, (size_t)m->size);
+    if (st == DSCKPT_OK && crc != m->crc32)
+        st = ds_err(DSCKPT_ECHECKSUM, "%s: member '" NAMEF "': CRC-32 mismatch (central directory 0x%08x, data 0x%08x)",
+                    what, m->name, m->crc32, crc);
     if (st) {
         free(buf);
         return st;

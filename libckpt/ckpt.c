@@ -168,6 +168,7 @@ dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t) {
 
 dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->n = c->nfiles;
+    fs->vf = NULL;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->fd, &fs->fd));
     for (size_t i = 0; i < c->nfiles; i++) fs->fd[i] = -1;
     for (size_t i = 0; i < c->nfiles; i++) {
@@ -199,11 +200,15 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
             return st;
         }
     }
-    return DSCKPT_OK;
+    dsckpt_status st = ds_fdset_check_init(c, fs);
+    if (st) ds_fdset_close(fs);
+    return st;
 }
 
 void ds_fdset_close(ds_fdset *fs) {
-    if (!fs || !fs->fd) return;
+    if (!fs) return;
+    ds_fdset_check_free(fs);
+    if (!fs->fd) return;
     for (size_t i = 0; i < fs->n; i++)
         if (fs->fd[i] >= 0) close(fs->fd[i]);
     free(fs->fd);
@@ -230,8 +235,8 @@ dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s,
         if (f->start > pos) break;
         size_t es = dsckpt_dtype_size(f->dtype);
         uint64_t take = DS_MIN(end, f->start + f->numel) - pos;
-        DS_TRY(ds_pread_full(fs->fd[f->file], out + (pos - start) * es, (size_t)(take * es),
-                             f->offset + (pos - f->start) * es, c->files[f->file].path));
+        DS_TRY(ds_fdset_pread(c, fs, f->file, out + (pos - start) * es, (size_t)(take * es),
+                              f->offset + (pos - f->start) * es));
         pos += take;
     }
     if (pos != end)
@@ -365,6 +370,10 @@ dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **
     }
     *out = c;
     return DSCKPT_OK;
+}
+
+void dsckpt_ckpt_set_read_check(dsckpt_ckpt *c, int on) {
+    if (c) c->no_read_check = !on;
 }
 
 void dsckpt_ckpt_info(const dsckpt_ckpt *c, dsckpt_info *o) {

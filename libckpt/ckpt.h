@@ -90,6 +90,7 @@ struct dsckpt_ckpt {
     cJSON *manifest;   /* the parsed manifest; "state", "ds_config", "metrics" are carried over */
     bool has_model;    /* the manifest has a (validated) "model" object */
     ds_model_info model;
+    bool no_read_check; /* dsckpt_ckpt_set_read_check(c, 0): reads skip the digest / CRC-32 checks */
 };
 
 /* The checkpoint's model settings, or NULL when it records none (a checkpoint
@@ -122,12 +123,29 @@ static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
 
 /* Open read descriptors for every file of a checkpoint, shared by worker threads
  * (pread is thread-safe). */
+typedef struct ds_vfile ds_vfile; /* readcheck.c */
 typedef struct ds_fdset {
     int *fd;
     size_t n;
+    ds_vfile *vf; /* per file, when reads are checked (NULL with dsckpt_ckpt_set_read_check(c, 0)) */
 } ds_fdset;
 dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
 void ds_fdset_close(ds_fdset *fs);
+
+/* Checked reads (readcheck.c). Every byte a command reads from a checkpoint is
+ * covered by a check unit: a native file's manifest chunk (SHA-256) or a DeepSpeed
+ * file's zip member (CRC-32). The first read that touches a unit claims it and
+ * reads the WHOLE unit once, hashing it and copying the requested part straight
+ * into the caller's buffer (so the requested bytes are read only once); later reads
+ * of a claimed unit are plain preads. A mismatch is DSCKPT_ECHECKSUM naming the
+ * file and the chunk (or member), and every later read of that unit fails too.
+ * Readers write only temporaries until the end, so a unit still being checked by
+ * another thread is harmless: the run fails before anything is renamed into place. */
+dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs);
+void ds_fdset_check_free(ds_fdset *fs);
+/* Reads n bytes at `offset` of file `file` through the checks (plain pread when off). */
+dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
+                             uint64_t offset);
 
 /* Reads elements [start, start+numel) of state s of tensor t, in the stored dtype
  * (all fragments of a state share one dtype), into dst. */

@@ -12,6 +12,7 @@
 #include "ckpt.h"
 #include "fsutil.h"
 #include "hf_export.h"
+#include "outsafe.h"
 #include "parallel.h"
 #include "safetensors.h"
 
@@ -242,6 +243,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     /* Open the inputs, then create the outputs under temporary names. */
     DS_TRYGOTO(ds_fdset_open(c, &k.fs), done);
     if (single) {
+        ds_clean_stale_temps(out);
         k.files[0].final = ds_strdup(out);
         k.files[0].tmp = ds_tmp_sibling(out);
         if (!k.files[0].final || !k.files[0].tmp) {
@@ -249,7 +251,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
             goto done;
         }
     } else {
-        DS_TRYGOTO(ds_outdir_begin(&od, out, opts->force != 0), done);
+        DS_TRYGOTO(ds_outdir_begin_kind(&od, out, opts->force != 0, DS_OUT_HF_DIR), done);
         for (size_t f = 0; f < nf; f++) {
             char name[96];
             if (nf == 1) snprintf(name, sizeof name, "model.safetensors");
@@ -305,6 +307,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
         }
     }
     if (single) {
+        if (ds_interrupted()) DS_TRYGOTO(ds_err_interrupted(), done);
         DS_TRYGOTO(ds_rename_durable(k.files[0].tmp, out, opts->force == 0), done);
         free(k.files[0].tmp);
         k.files[0].tmp = NULL;

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define DSW_CHUNK (1u << 20) /* elements per fill call */
 #define DSW_PKL_MAX (256u << 20)
@@ -302,6 +303,8 @@ typedef struct dsw_store {
     uint64_t numel;
     bool from_tpl;       /* bytes copied from the template file */
     uint64_t toff, tbytes;
+    uint32_t tcrc;       /* the template member's CRC-32 (central directory) */
+    const char *tname;   /* the template member's name */
     uint8_t inl[8];      /* small inline value (0-dim step) when ninl > 0 */
     size_t ninl;
     dsw_piece *pieces;
@@ -365,6 +368,8 @@ static const char *rename_key(void *u, const char *key) {
         s->from_tpl = true;
         s->toff = m->data_offset;
         s->tbytes = m->size;
+        s->tcrc = m->crc32;
+        s->tname = m->name;
     }
     if (!s->used) {
         s->used = true;
@@ -441,6 +446,8 @@ static dsckpt_status clone_tensor(dsw_file *f, const pk_obj *src, pk_obj **out) 
     f->st[si].from_tpl = true;
     f->st[si].toff = m->data_offset;
     f->st[si].tbytes = m->size;
+    f->st[si].tcrc = m->crc32;
+    f->st[si].tname = m->name;
     *out = o;
     return DSCKPT_OK;
 }
@@ -935,13 +942,21 @@ static dsckpt_status write_store(dsw_file *f, const dsw_store *s, zip_writer *zw
                                  ds_progress *prog) {
     const ds_dsw_spec *sp = f->x->sp;
     if (s->from_tpl) {
+        /* Copied through: checked against the source's CRC-32 on the way, so a
+         * damaged member is never written out under a fresh, valid CRC. */
         uint64_t done = 0;
+        uLong crc = crc32(0L, Z_NULL, 0);
         while (done < s->tbytes) {
             size_t n = (size_t)DS_MIN(s->tbytes - done, (uint64_t)DSW_CHUNK * 4);
             DS_TRY(ds_pread_full(f->tpl->fd, b->out, n, s->toff + done, f->tpl->path));
+            if (sp->check_reads) crc = crc32(crc, b->out, (uInt)n);
             DS_TRY(zip_writer_write(zw, b->out, n));
             done += n;
         }
+        if (sp->check_reads && (uint32_t)crc != s->tcrc)
+            return ds_err(DSCKPT_ECHECKSUM,
+                          "%s: member '%.200s': CRC-32 mismatch: the file is damaged (--no-verify reads it anyway)",
+                          f->tpl->path, s->tname);
         return DSCKPT_OK;
     }
     if (s->ninl) return zip_writer_write(zw, s->inl, s->ninl);

@@ -39,6 +39,7 @@ typedef struct ds_dsw_spec {
     ds_fill_fn fill;         /* values of fp32 / exp_avg / exp_avg_sq (F32) and w16 (tensor dtype) */
     void *fill_user;
     int threads;
+    bool check_reads;        /* CRC-32 of every template member copied through */
 } ds_dsw_spec;
 
 dsckpt_status ds_deepspeed_write(const ds_dsw_spec *spec, const char *tagdir, ds_progress *prog);

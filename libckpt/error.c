@@ -27,6 +27,7 @@ const char *dsckpt_status_name(dsckpt_status st) {
     case DSCKPT_ECUDA: return "ECUDA";
     case DSCKPT_ENCCL: return "ENCCL";
     case DSCKPT_EMPI: return "EMPI";
+    case DSCKPT_EINTR: return "EINTR";
     case DSCKPT_ECORRUPT: return "ECORRUPT";
     case DSCKPT_ECHECKSUM: return "ECHECKSUM";
     case DSCKPT_EVERSION: return "EVERSION";

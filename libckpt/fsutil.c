@@ -4,6 +4,7 @@
  */
 #include "fsutil.h"
 
+#include "outsafe.h"
 #include "stream.h"
 
 #include <errno.h>
@@ -38,6 +39,7 @@ dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset,
     const uint8_t *p = buf;
     size_t done = 0;
     bool fault;
+    if (ds_interrupted()) return ds_err_interrupted();
     size_t allow = ds_fault_allow(n, &fault); /* test hook; allow == n normally */
     while (done < n) {
         if (done == allow && fault)
@@ -240,10 +242,16 @@ dsckpt_status ds_write_file_atomic(const char *path, const void *data, size_t le
 }
 
 dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force) {
+    return ds_outdir_begin_kind(od, final, force, DS_OUT_SAVE_ROOT);
+}
+
+dsckpt_status ds_outdir_begin_kind(ds_outdir *od, const char *final, bool force, int kind) {
     memset(od, 0, sizeof *od);
     od->force = force;
+    ds_clean_stale_temps(final);
     if (ds_exists(final) && !force)
         return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", final);
+    if (force) DS_TRY(ds_check_replaceable(final, (ds_out_kind)kind));
     char *parent = ds_dirname(final);
     if (!parent) return DSCKPT_ENOMEM;
     bool ok = ds_is_dir(parent);
@@ -265,13 +273,14 @@ dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force) {
 }
 
 dsckpt_status ds_outdir_commit(ds_outdir *od) {
+    if (ds_interrupted()) return ds_err_interrupted();
     DS_TRY(ds_fsync_dir(od->tmp));
     dsckpt_status st;
     if (ds_exists(od->final)) {
         if (!od->force) return ds_err(DSCKPT_EEXIST, "%s: output appeared while writing; not replaced", od->final);
         /* Move the old output aside, put the new one in place, then delete the old:
          * at every instant one complete output exists under `final` or beside it. */
-        char *old = ds_tmp_sibling(od->final);
+        char *old = ds_old_sibling(od->final);
         if (!old) return DSCKPT_ENOMEM;
         if (rename(od->final, old) != 0) {
             st = ds_err_errno(errno, "%s: cannot move the existing output aside", od->final);

@@ -52,6 +52,12 @@ static inline bool ds_add_overflow(uint64_t a, uint64_t b, uint64_t *out) {
 }
 static inline uint64_t ds_ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
+/* True once dsckpt_interrupt() was called; long loops check it and return
+ * ds_err_interrupted() (DSCKPT_EINTR), so the usual failure paths remove the
+ * temporaries. */
+bool ds_interrupted(void);
+dsckpt_status ds_err_interrupted(void);
+
 /* Allocation that records ENOMEM with a message. */
 dsckpt_status ds_malloc(size_t n, void *out_ptr);
 dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr);

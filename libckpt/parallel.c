@@ -43,7 +43,7 @@ static void *worker(void *p) {
         if (atomic_load(&r->failed)) break;
         size_t j = atomic_fetch_add(&r->next, 1);
         if (j >= r->njobs) break;
-        dsckpt_status st = r->fn(r->user, j, a->id);
+        dsckpt_status st = ds_interrupted() ? ds_err_interrupted() : r->fn(r->user, j, a->id);
         if (st != DSCKPT_OK) {
             pthread_mutex_lock(&r->mu);
             if (!atomic_load(&r->failed)) {

@@ -273,6 +273,7 @@ static dsckpt_status flush_buf(ds_stream *s) {
 
 dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n) {
     DS_TRY(sticky(s));
+    if (ds_interrupted()) return stream_fail(s, ds_err_interrupted());
     if (n == 0) return DSCKPT_OK;
     if (s->hasher) {
         dsckpt_status st = ds_hasher_update(s->hasher, data, n);

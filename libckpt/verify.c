@@ -10,6 +10,7 @@
  * collected (file, chunk, tensor, offset), not just the first.
  */
 #include "ckpt.h"
+#include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
 #include "parallel.h"
@@ -31,6 +32,12 @@
 
 #define READ_PIECE (1u << 20)
 
+typedef struct vtag {
+    char *name;
+    dsckpt_verify_result result;
+    bool changed;
+} vtag;
+
 struct dsckpt_verify_report {
     dsckpt_verify_result result;
     char **problems;
@@ -38,7 +45,15 @@ struct dsckpt_verify_report {
     uint64_t bytes;
     size_t files;
     pthread_mutex_t mu;
+    vtag *tags;
+    size_t ntags;
+    bool changed;
 };
+
+/* Test hook (tests link the static library and set it; nothing else can reach
+ * it: no environment variable, not exported from the shared library): called
+ * after a tag's data was checked, before its closing snapshot. */
+void (*ds_test_verify_hook)(const char *tag_dir);
 
 void dsckpt_verify_opts_init(dsckpt_verify_opts *o) { memset(o, 0, sizeof *o); }
 
@@ -388,6 +403,241 @@ static void verify_safetensors(const char *path, dsckpt_verify_report *r) {
     close(fd);
 }
 
+/* ---- snapshots and tags ---- */
+
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(sbuf *b, const char *fmt, ...) {
+    char *s = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (k < 0) {
+        b->oom = true;
+        return;
+    }
+    if (b->n + (size_t)k + 1 > b->cap) {
+        size_t nc = (b->cap + (size_t)k + 1) * 2;
+        char *np = realloc(b->p, nc);
+        if (!np) {
+            free(s);
+            b->oom = true;
+            return;
+        }
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->n, s, (size_t)k + 1);
+    b->n += (size_t)k;
+    free(s);
+}
+
+static void sb_stat(sbuf *b, const char *label, const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) {
+        sb_add(b, "%s -\n", label);
+        return;
+    }
+    sb_add(b, "%s %llu %llu %llu %ld.%09ld %ld.%09ld\n", label, (unsigned long long)sb.st_dev,
+           (unsigned long long)sb.st_ino, (unsigned long long)sb.st_size, (long)sb.st_mtim.tv_sec,
+           (long)sb.st_mtim.tv_nsec, (long)sb.st_ctim.tv_sec, (long)sb.st_ctim.tv_nsec);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* What a tag's verdict depends on, as text: `latest` (identity and contents) when
+ * the tag is reached through a save root, the tag directory's identity, and
+ * every entry of it (identity, size, times). Replacing any file, the manifest, the
+ * directory or `latest` changes it. NULL when out of memory. */
+static char *snapshot_of(const char *path, const char *tag) {
+    sbuf b = {0};
+    char *dir = NULL, *root = NULL;
+    dsckpt_status st = ds_resolve_tag_dir(path, tag, &dir, &root);
+    sb_add(&b, "resolve %d %s\n", (int)st, dir ? dir : "");
+    if (root) {
+        char *lp = ds_join(root, "latest");
+        if (lp) {
+            sb_stat(&b, "latest", lp);
+            char *text = NULL;
+            if (ds_read_small_file(lp, 4096, &text, NULL) == DSCKPT_OK) sb_add(&b, "latest=%s\n", text);
+            free(text);
+        }
+        free(lp);
+    }
+    if (dir) {
+        sb_stat(&b, ".", dir);
+        DIR *d = opendir(dir);
+        char **names = NULL;
+        size_t n = 0, cap = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 32;
+                char **nn = realloc(names, cap * sizeof *nn);
+                if (!nn) {
+                    b.oom = true;
+                    break;
+                }
+                names = nn;
+            }
+            if (!(names[n] = strdup(e->d_name))) {
+                b.oom = true;
+                break;
+            }
+            n++;
+        }
+        if (d) closedir(d);
+        if (n) qsort(names, n, sizeof *names, cmp_str);
+        for (size_t i = 0; i < n; i++) {
+            char *fp = ds_join(dir, names[i]);
+            if (fp) sb_stat(&b, names[i], fp);
+            free(fp);
+            free(names[i]);
+        }
+        free(names);
+    }
+    free(dir);
+    free(root);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p ? b.p : strdup("");
+}
+
+static dsckpt_verify_report *report_new(void) {
+    dsckpt_verify_report *r = calloc(1, sizeof *r);
+    if (r) pthread_mutex_init(&r->mu, NULL);
+    return r;
+}
+
+/* Checks one tag (`tag` under the save root `path`, or the tag directory `path`
+ * when tag is NULL) against a snapshot taken before and after, and adds its
+ * verdict as `label` to r; problems are prefixed with the label when `prefix`. */
+static void verify_tag(const char *path, const char *tag, const char *label, bool prefix,
+                       const dsckpt_verify_opts *o, dsckpt_verify_report *r) {
+    dsckpt_verify_report *sr = report_new();
+    char *before = snapshot_of(path, tag);
+    if (!sr || !before) {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory while verifying");
+        free(before);
+        dsckpt_verify_report_free(sr);
+        return;
+    }
+    verify_checkpoint(path, tag, o, sr);
+    char *dir = NULL, *root = NULL;
+    if (ds_test_verify_hook && ds_resolve_tag_dir(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir);
+    free(dir);
+    free(root);
+    char *after = snapshot_of(path, tag);
+    bool changed = !after || strcmp(before, after) != 0;
+    free(before);
+    free(after);
+    const char *pre = prefix ? label : NULL;
+    if (changed) {
+        /* What was read may mix two versions: the problems found say nothing. */
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE,
+                    "%s%s%s: changed while verifying (a writer replaced files, the manifest or 'latest'); "
+                    "the result is not meaningful: run verify again when nothing writes to it",
+                    pre ? pre : "", pre ? ": " : "", tag ? tag : path);
+        r->changed = true;
+    } else {
+        for (size_t i = 0; i < sr->n; i++)
+            add_problem(r, DSCKPT_VERIFY_OK, "%s%s%s", /* severity merged below */
+                        pre ? pre : "", pre ? ": " : "", sr->problems[i]);
+        pthread_mutex_lock(&r->mu);
+        if (sr->result > r->result) r->result = sr->result;
+        pthread_mutex_unlock(&r->mu);
+    }
+    r->files += sr->files;
+    r->bytes += sr->bytes;
+    vtag *nt = realloc(r->tags, (r->ntags + 1) * sizeof *nt);
+    if (nt) {
+        r->tags = nt;
+        nt[r->ntags] = (vtag){.name = strdup(label), .result = changed ? DSCKPT_VERIFY_UNREADABLE : sr->result,
+                              .changed = changed};
+        if (nt[r->ntags].name) r->ntags++;
+    }
+    dsckpt_verify_report_free(sr);
+}
+
+/* Tag directories of a save root: subdirectories (not hidden) holding a manifest,
+ * DeepSpeed files or rank files (an unfinished save), sorted by name. */
+static size_t list_tags(const char *root, char ***out, dsckpt_verify_report *r) {
+    *out = NULL;
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !ds_safe_name(e->d_name)) continue;
+        char *dir = ds_join(root, e->d_name);
+        if (!dir) break;
+        bool is_tag = false, partial = false;
+        if (ds_is_dir(dir)) {
+            char *mp = ds_join(dir, DS_MANIFEST_NAME);
+            is_tag = (mp && ds_exists(mp)) || ds_is_deepspeed_dir(dir);
+            free(mp);
+            DIR *td = is_tag ? NULL : opendir(dir);
+            struct dirent *te;
+            while (td && !partial && (te = readdir(td)))
+                partial = !strncmp(te->d_name, "rank_", 5) || !strncmp(te->d_name, ".rank_", 6);
+            if (td) closedir(td);
+        }
+        if (partial) /* listed, not a verdict: a save that did not finish is no checkpoint */
+            add_problem(r, DSCKPT_VERIFY_OK, "%s: not checked: rank files without a manifest (a save that did not finish)",
+                        dir);
+        free(dir);
+        if (!is_tag) continue;
+        char **nn = realloc(names, (n + 1) * sizeof *nn);
+        if (!nn) break;
+        names = nn;
+        if (!(names[n] = strdup(e->d_name))) break;
+        n++;
+    }
+    closedir(d);
+    if (n) qsort(names, n, sizeof *names, cmp_str);
+    *out = names;
+    return n;
+}
+
+/* A save root without a tag: every tag, and `latest` must name one of them. */
+static void verify_root(const char *path, const dsckpt_verify_opts *o, dsckpt_verify_report *r) {
+    char **tags = NULL;
+    size_t n = list_tags(path, &tags, r);
+    if (n == 0) { /* nothing that looks like a tag: the single-tag messages say why */
+        verify_tag(path, NULL, path, false, o, r);
+        return;
+    }
+    char *lp = ds_join(path, "latest"), *latest = NULL;
+    if (lp && ds_exists(lp) && ds_read_small_file(lp, 4096, &latest, NULL) == DSCKPT_OK) {
+        char *s = latest;
+        while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
+        size_t k = strlen(s);
+        while (k && (s[k - 1] == ' ' || s[k - 1] == '\n' || s[k - 1] == '\r' || s[k - 1] == '\t')) s[--k] = '\0';
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++) found = !strcmp(tags[i], s);
+        if (!found)
+            add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: 'latest' names '%.200s': tag directory does not exist", path, s);
+    } else {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: no 'latest' file (every tag below was checked)", path);
+    }
+    free(lp);
+    free(latest);
+    for (size_t i = 0; i < n; i++) {
+        verify_tag(path, tags[i], tags[i], true, o, r);
+        free(tags[i]);
+    }
+    free(tags);
+}
+
 dsckpt_status dsckpt_verify(const char *path, const char *tag, const dsckpt_verify_opts *opts,
                             dsckpt_verify_report **out) {
     ds_err_clear();
@@ -398,15 +648,41 @@ dsckpt_status dsckpt_verify(const char *path, const char *tag, const dsckpt_veri
         opts = &defaults;
     }
     if (tag && !ds_safe_name(tag)) return ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", tag);
-    dsckpt_verify_report *r = calloc(1, sizeof *r);
+    dsckpt_verify_report *r = report_new();
     if (!r) return ds_err(DSCKPT_ENOMEM, "out of memory");
-    pthread_mutex_init(&r->mu, NULL);
-    if (!ds_exists(path)) add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: no such file or directory", path);
-    else if (ds_is_dir(path)) verify_checkpoint(path, tag, opts, r);
-    else verify_safetensors(path, r);
+    if (!ds_exists(path)) {
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: no such file or directory", path);
+    } else if (ds_is_dir(path)) {
+        char *mp = ds_join(path, DS_MANIFEST_NAME);
+        bool tag_dir = (mp && ds_exists(mp)) || ds_is_deepspeed_dir(path);
+        free(mp);
+        if (tag) {
+            verify_tag(path, tag, tag, false, opts, r);
+        } else if (tag_dir) {
+            char *base = ds_basename(path);
+            verify_tag(path, NULL, base ? base : path, false, opts, r);
+            free(base);
+        } else {
+            verify_root(path, opts, r);
+        }
+    } else {
+        verify_safetensors(path, r);
+    }
     *out = r;
     return DSCKPT_OK;
 }
+
+size_t dsckpt_verify_report_tag_count(const dsckpt_verify_report *r) { return r->ntags; }
+const char *dsckpt_verify_report_tag_name(const dsckpt_verify_report *r, size_t i) {
+    return i < r->ntags ? r->tags[i].name : NULL;
+}
+dsckpt_verify_result dsckpt_verify_report_tag_result(const dsckpt_verify_report *r, size_t i) {
+    return i < r->ntags ? r->tags[i].result : DSCKPT_VERIFY_UNREADABLE;
+}
+int dsckpt_verify_report_tag_changed(const dsckpt_verify_report *r, size_t i) {
+    return i < r->ntags && r->tags[i].changed;
+}
+int dsckpt_verify_report_changed(const dsckpt_verify_report *r) { return r->changed; }
 
 dsckpt_verify_result dsckpt_verify_report_result(const dsckpt_verify_report *r) { return r->result; }
 size_t dsckpt_verify_report_count(const dsckpt_verify_report *r) { return r->n; }
@@ -420,6 +696,8 @@ void dsckpt_verify_report_free(dsckpt_verify_report *r) {
     if (!r) return;
     for (size_t i = 0; i < r->n; i++) free(r->problems[i]);
     free(r->problems);
+    for (size_t i = 0; i < r->ntags; i++) free(r->tags[i].name);
+    free(r->tags);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }

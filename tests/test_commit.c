@@ -989,12 +989,12 @@ static void test_outdir(void) {
     TU_ASSERT_OK(ds_outdir_begin(&od, out, false));
     CU_ASSERT(!tu_exists(out));
     CU_ASSERT(od.tmp && tu_exists(od.tmp));
-    char *f = tu_path(od.tmp, "a");
+    char *f = tu_path(od.tmp, "latest");
     CU_ASSERT_FATAL(tu_write(f, "A", 1) == 0);
     free(f);
     TU_ASSERT_OK(ds_outdir_commit(&od));
     ds_outdir_abort(&od); /* safe after commit */
-    f = tu_path(out, "a");
+    f = tu_path(out, "latest");
     CU_ASSERT(tu_exists(f));
     free(f);
     /* Aborted replacement: the old one stays, the temporary goes. */
@@ -1003,20 +1003,20 @@ static void test_outdir(void) {
     ds_outdir_abort(&od);
     CU_ASSERT(!tu_exists(tmp));
     free(tmp);
-    f = tu_path(out, "a");
+    f = tu_path(out, "latest");
     CU_ASSERT(tu_exists(f));
     free(f);
     /* Committed replacement: only the new contents. */
     TU_ASSERT_OK(ds_outdir_begin(&od, out, true));
-    f = tu_path(od.tmp, "b");
+    f = tu_path(od.tmp, "trainer_state.json");
     CU_ASSERT_FATAL(tu_write(f, "B", 1) == 0);
     free(f);
     TU_ASSERT_OK(ds_outdir_commit(&od));
     ds_outdir_abort(&od);
-    f = tu_path(out, "a");
+    f = tu_path(out, "latest");
     CU_ASSERT(!tu_exists(f));
     free(f);
-    f = tu_path(out, "b");
+    f = tu_path(out, "trainer_state.json");
     CU_ASSERT(tu_exists(f));
     free(f);
     CU_ASSERT_EQUAL(count_tmp(dir), 0);
@@ -1036,7 +1036,7 @@ static void test_outdir(void) {
     size_t blen = 0;
     char *before = snapshot(dir, &blen);
     CU_ASSERT(same_snapshot(dir, before, blen));
-    f = tu_path(out, "b");
+    f = tu_path(out, "trainer_state.json");
     CU_ASSERT_FATAL(tu_flip_bit(f, 0, 0) == 0);
     CU_ASSERT(!same_snapshot(dir, before, blen));
     free(f);

@@ -56,6 +56,7 @@ typedef enum dsckpt_status {
     DSCKPT_ECUDA = 14,
     DSCKPT_ENCCL = 15,
     DSCKPT_EMPI = 16,
+    DSCKPT_EINTR = 17,       /* stopped by dsckpt_interrupt() (SIGINT/SIGTERM); temporaries removed */
     /* the data */
     DSCKPT_ECORRUPT = 20,    /* structure is wrong: bad header, bad offsets, bad coverage */
     DSCKPT_ECHECKSUM = 21,   /* a digest does not match */
@@ -64,6 +65,13 @@ typedef enum dsckpt_status {
     /* us */
     DSCKPT_EINTERNAL = 30
 } dsckpt_status;
+
+/* Asks every running operation to stop at its next read or write, remove its
+ * temporaries and return DSCKPT_EINTR. Async-signal-safe: call it from a SIGINT /
+ * SIGTERM handler with the signal number. dsckpt_interrupted() returns that number
+ * (0 if none). The request is process-wide and stays set. */
+DSCKPT_API void dsckpt_interrupt(int signo);
+DSCKPT_API int dsckpt_interrupted(void);
 
 /* Static name of a status ("ECORRUPT", ...). Never NULL. */
 DSCKPT_API const char *dsckpt_status_name(dsckpt_status st);
@@ -112,6 +120,13 @@ typedef struct dsckpt_ckpt dsckpt_ckpt;
  * Free with dsckpt_ckpt_free(). */
 DSCKPT_API dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **out);
 DSCKPT_API void dsckpt_ckpt_free(dsckpt_ckpt *c);
+
+/* Whether operations reading tensor data from `c` check what they read (default
+ * on): the SHA-256 of every native chunk and the CRC-32 of every DeepSpeed zip
+ * member a read touches; a mismatch fails the operation with DSCKPT_ECHECKSUM
+ * naming the file and chunk or member, and nothing is written. `on` = 0 turns the
+ * checks off (the CLI's --no-verify). */
+DSCKPT_API void dsckpt_ckpt_set_read_check(dsckpt_ckpt *c, int on);
 
 /* Summary of an open checkpoint. Strings are owned by the handle. */
 typedef struct dsckpt_info {
@@ -203,7 +218,14 @@ DSCKPT_API void dsckpt_verify_opts_init(dsckpt_verify_opts *o);
 /* Verifies a checkpoint (save root or tag directory; `tag` as in dsckpt_ckpt_open)
  * or a single .safetensors file. Returns DSCKPT_OK when the verification ran (the
  * verdict is in the report, which lists every problem found); an error status only
- * for misuse or out-of-memory. Free the report with dsckpt_verify_report_free(). */
+ * for misuse or out-of-memory. Free the report with dsckpt_verify_report_free().
+ * A save root without `tag` has EVERY tag directory checked (each with its own
+ * verdict, dsckpt_verify_report_tag_*), and `latest` must name one of them; with
+ * `tag` (or a tag directory) one tag is checked. Each tag is checked against a
+ * snapshot: its directory listing (names, inodes, sizes, times) and `latest` are
+ * recorded before and compared after; when they differ the tag's verdict is
+ * DSCKPT_VERIFY_UNREADABLE with dsckpt_verify_report_tag_changed() true ("changed
+ * while verifying": a writer replaced it; run verify again), not "corrupt". */
 DSCKPT_API dsckpt_status dsckpt_verify(const char *path, const char *tag,
                                        const dsckpt_verify_opts *opts,
                                        dsckpt_verify_report **out);
@@ -215,6 +237,13 @@ DSCKPT_API const char *dsckpt_verify_report_problem(const dsckpt_verify_report *
 DSCKPT_API uint64_t dsckpt_verify_report_bytes(const dsckpt_verify_report *r);
 DSCKPT_API size_t dsckpt_verify_report_files(const dsckpt_verify_report *r);
 DSCKPT_API void dsckpt_verify_report_free(dsckpt_verify_report *r);
+/* The tags checked, in name order (one for a tag directory or with `tag`). */
+DSCKPT_API size_t dsckpt_verify_report_tag_count(const dsckpt_verify_report *r);
+DSCKPT_API const char *dsckpt_verify_report_tag_name(const dsckpt_verify_report *r, size_t i);
+DSCKPT_API dsckpt_verify_result dsckpt_verify_report_tag_result(const dsckpt_verify_report *r, size_t i);
+DSCKPT_API int dsckpt_verify_report_tag_changed(const dsckpt_verify_report *r, size_t i);
+/* True when some tag changed while being verified. */
+DSCKPT_API int dsckpt_verify_report_changed(const dsckpt_verify_report *r);
 
 /* ---------------------------------------------------------------------------
  * Synthetic checkpoints (tests and benchmarks)

@@ -1,0 +1,215 @@
+/*
+ * outsafe.c — ownership checks before --force replaces an output, and removal of
+ * temporaries left by dead processes (see outsafe.h).
+ */
+#include "outsafe.h"
+
+#include "fsutil.h"
+#include "manifest.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Digits only, 1..19 of them; false otherwise. */
+static bool parse_digits(const char *s, size_t n, long *out) {
+    if (n == 0 || n > 18) return false;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+bool ds_parse_temp_name(const char *name, const char *base, long *pid, bool *old) {
+    if (!name || name[0] != '.') return false;
+    const char *s = name + 1;
+    size_t n = strlen(s);
+    /* From the end: "-<n>", then "-<pid>", then ".tmp" or ".old". */
+    size_t e = n;
+    while (e > 0 && s[e - 1] >= '0' && s[e - 1] <= '9') e--;
+    long cnt, p;
+    if (!parse_digits(s + e, n - e, &cnt) || e == 0 || s[e - 1] != '-') return false;
+    size_t pe = e - 1, pb = pe;
+    while (pb > 0 && s[pb - 1] >= '0' && s[pb - 1] <= '9') pb--;
+    if (!parse_digits(s + pb, pe - pb, &p) || p <= 0 || p > INT_MAX || pb < 5 || s[pb - 1] != '-') return false;
+    size_t kb = pb - 5; /* ".tmp" / ".old" before the '-' */
+    bool is_old;
+    if (!strncmp(s + kb, ".tmp-", 5)) is_old = false;
+    else if (!strncmp(s + kb, ".old-", 5)) is_old = true;
+    else return false;
+    if (kb == 0) return false; /* empty base */
+    if (base && (strlen(base) != kb || strncmp(s, base, kb) != 0)) return false;
+    if (pid) *pid = p;
+    if (old) *old = is_old;
+    return true;
+}
+
+static bool pid_dead(long pid) {
+    if (pid == (long)getpid()) return false;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+void ds_clean_stale_temps(const char *final) {
+    char *dir = ds_dirname(final), *base = ds_basename(final);
+    DIR *d = dir && base ? opendir(dir) : NULL;
+    if (d) {
+        bool final_exists = ds_exists(final);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            long pid;
+            bool old;
+            if (!ds_parse_temp_name(e->d_name, base, &pid, &old) || !pid_dead(pid)) continue;
+            if (old && !final_exists) continue; /* maybe the only copy of the previous output */
+            char *p = ds_join(dir, e->d_name);
+            struct stat sb;
+            if (p && lstat(p, &sb) == 0) {
+                if (S_ISDIR(sb.st_mode)) ds_rmtree(p);
+                else if (S_ISREG(sb.st_mode)) unlink(p);
+            }
+            free(p);
+        }
+        closedir(d);
+    }
+    free(dir);
+    free(base);
+}
+
+static atomic_uint old_counter;
+
+char *ds_old_sibling(const char *final) {
+    char *dir = ds_dirname(final), *base = ds_basename(final), *p = NULL;
+    if (dir && base &&
+        asprintf(&p, "%s/.%s.old-%ld-%u", dir, base, (long)getpid(), atomic_fetch_add(&old_counter, 1)) < 0)
+        p = NULL;
+    if (!p) ds_err(DSCKPT_ENOMEM, "out of memory");
+    free(dir);
+    free(base);
+    return p;
+}
+
+/* ---- ownership ---- */
+
+static bool is_temp(const char *name) { return ds_parse_temp_name(name, NULL, NULL, NULL); }
+
+static bool ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n > m && !strcmp(s + n - m, suf);
+}
+
+/* "model-NNNNN-of-NNNNN.safetensors" */
+static bool is_hf_shard(const char *s) {
+    if (strlen(s) != strlen("model-00001-of-00001.safetensors") || strncmp(s, "model-", 6) != 0) return false;
+    for (int i = 0; i < 5; i++)
+        if (s[6 + i] < '0' || s[6 + i] > '9' || s[15 + i] < '0' || s[15 + i] > '9') return false;
+    return !strncmp(s + 11, "-of-", 4) && !strcmp(s + 20, ".safetensors");
+}
+
+static dsckpt_status foreign(const char *dir, const char *name, const char *why) {
+    return ds_err(DSCKPT_EEXIST,
+                  "%s: --force refused: '%s' %s; dsckpt replaces only an output it wrote (remove that entry or "
+                  "choose another output)",
+                  dir, name, why);
+}
+
+/* Is the regular file `name` in the native tag directory one its manifest lists? */
+static bool listed(const cJSON *files, const char *name) {
+    const cJSON *f;
+    cJSON_ArrayForEach(f, files) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(f, "name");
+        if (cJSON_IsString(n) && !strcmp(n->valuestring, name)) return true;
+    }
+    return false;
+}
+
+static bool is_deepspeed_file(const char *name) {
+    return ends_with(name, "_model_states.pt") || ends_with(name, "_optim_states.pt") || !strcmp(name, "zero_to_fp32.py");
+}
+
+/* A tag directory of a save root we wrote: native (manifest + listed files) or
+ * DeepSpeed files only. */
+static dsckpt_status check_tag_dir(const char *root, const char *tag) {
+    char *dir = ds_join(root, tag), *mp = dir ? ds_join(dir, DS_MANIFEST_NAME) : NULL;
+    if (!mp) {
+        free(dir);
+        return DSCKPT_ENOMEM;
+    }
+    dsckpt_status st = DSCKPT_OK;
+    cJSON *m = NULL;
+    const cJSON *files = NULL;
+    struct stat sb;
+    if (lstat(mp, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        char *text = NULL;
+        size_t len = 0;
+        if (ds_read_small_file(mp, DS_MANIFEST_MAX, &text, &len) == DSCKPT_OK) m = cJSON_ParseWithLength(text, len);
+        free(text);
+        files = m ? cJSON_GetObjectItemCaseSensitive(m, "files") : NULL;
+        if (!cJSON_IsArray(files)) st = foreign(dir, DS_MANIFEST_NAME, "is not a dsckpt manifest");
+    }
+    DIR *d = st == DSCKPT_OK ? opendir(dir) : NULL;
+    if (st == DSCKPT_OK && !d) st = ds_err_errno(errno, "%s: cannot list directory", dir);
+    struct dirent *e;
+    while (st == DSCKPT_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || is_temp(n)) continue;
+        char *p = ds_join(dir, n);
+        bool reg = p && lstat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+        free(p);
+        bool ok = reg && (files ? (!strcmp(n, DS_MANIFEST_NAME) || listed(files, n)) : is_deepspeed_file(n));
+        if (!ok)
+            st = foreign(dir, n,
+                         files ? "is not listed in the checkpoint's manifest" : "is not a file dsckpt writes in a tag directory");
+    }
+    if (d) closedir(d);
+    cJSON_Delete(m);
+    free(mp);
+    free(dir);
+    return st;
+}
+
+dsckpt_status ds_check_replaceable(const char *final, ds_out_kind kind) {
+    struct stat sb;
+    if (lstat(final, &sb) != 0) return DSCKPT_OK;
+    if (!S_ISDIR(sb.st_mode))
+        return ds_err(DSCKPT_EEXIST, "%s: --force refused: it exists and is not a directory dsckpt wrote", final);
+    DIR *d = opendir(final);
+    if (!d) return ds_err_errno(errno, "%s: cannot list directory", final);
+    dsckpt_status st = DSCKPT_OK;
+    struct dirent *e;
+    while (st == DSCKPT_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || is_temp(n)) continue;
+        char *p = ds_join(final, n);
+        if (!p) {
+            st = DSCKPT_ENOMEM;
+            break;
+        }
+        bool reg = lstat(p, &sb) == 0 && S_ISREG(sb.st_mode), dir = !reg && S_ISDIR(sb.st_mode);
+        free(p);
+        if (kind == DS_OUT_HF_DIR) {
+            bool ok = reg && (!strcmp(n, "model.safetensors") || is_hf_shard(n) ||
+                              !strcmp(n, "model.safetensors.index.json") || !strcmp(n, "config.json") ||
+                              !strcmp(n, "generation_config.json"));
+            if (!ok) st = foreign(final, n, "is not a file consolidate writes");
+        } else if (reg) {
+            if (strcmp(n, "latest") != 0 && strcmp(n, "trainer_state.json") != 0)
+                st = foreign(final, n, "is not a file dsckpt writes in a save root");
+        } else if (dir) {
+            st = check_tag_dir(final, n);
+        } else {
+            st = foreign(final, n, "is neither a regular file nor a directory");
+        }
+    }
+    closedir(d);
+    return st;
+}

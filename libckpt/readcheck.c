@@ -1,0 +1,241 @@
+/*
+ * readcheck.c — every read of tensor data is checked (see ckpt.h, "Checked reads").
+ *
+ * Check units: a native rank file's manifest chunks (SHA-256 each), a DeepSpeed
+ * .pt file's zip members (CRC-32 each, from the central directory). Each unit has
+ * an atomic state; the first reader to touch it claims it and reads the whole
+ * unit exactly once, in pieces: the part the caller asked for goes straight into
+ * the caller's buffer, the rest through a small scratch buffer, and every piece is
+ * hashed as it arrives. So a chunk read only partially is still hashed whole
+ * (reading the remainder once), and no requested byte is read twice by the thread
+ * that checks it. Readers run on the existing worker threads (parallel.c), so the
+ * hashing is spread over every core the operation uses.
+ */
+#include "ckpt.h"
+#include "fsutil.h"
+#include "zip.h"
+
+#include <openssl/evp.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#define PIECE ((size_t)1 << 20)
+
+enum { U_FRESH = 0, U_CHECKING, U_OK, U_BAD };
+
+struct ds_vfile {
+    bool on;            /* this file's reads are checked */
+    bool sha;           /* native chunks (else zip members) */
+    size_t n;           /* units */
+    atomic_uchar *state;
+    zip_archive *zip;   /* DeepSpeed: members */
+    size_t *order;      /* DeepSpeed: member indices sorted by data offset */
+};
+
+void ds_fdset_check_free(ds_fdset *fs) {
+    if (!fs || !fs->vf) return;
+    for (size_t i = 0; i < fs->n; i++) {
+        free(fs->vf[i].state);
+        zip_free(fs->vf[i].zip);
+        free(fs->vf[i].order);
+    }
+    free(fs->vf);
+    fs->vf = NULL;
+}
+
+/* Member indices sorted by data offset (a merge sort: qsort has no user pointer). */
+static void sort_members(const zip_archive *z, size_t *ix, size_t *tmp, size_t n) {
+    if (n < 2) return;
+    size_t h = n / 2;
+    sort_members(z, ix, tmp, h);
+    sort_members(z, ix + h, tmp, n - h);
+    size_t a = 0, b = h, k = 0;
+    while (a < h && b < n)
+        tmp[k++] = z->members[ix[a]].data_offset <= z->members[ix[b]].data_offset ? ix[a++] : ix[b++];
+    while (a < h) tmp[k++] = ix[a++];
+    while (b < n) tmp[k++] = ix[b++];
+    memcpy(ix, tmp, n * sizeof *ix);
+}
+
+dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
+    fs->vf = NULL;
+    if (c->no_read_check || c->nfiles == 0) return DSCKPT_OK;
+    DS_TRY(ds_calloc(c->nfiles, sizeof *fs->vf, &fs->vf));
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) {
+        const ds_file *f = &c->files[i];
+        ds_vfile *v = &fs->vf[i];
+        if (f->has_digests) {
+            v->sha = true;
+            v->n = f->dg.nchunks;
+        } else {
+            /* A DeepSpeed .pt file: its zip members and their CRC-32. */
+            st = zip_open_fd(fs->fd[i], f->path, &v->zip);
+            if (st) break;
+            v->n = v->zip->n;
+            size_t *tmp = NULL;
+            st = ds_calloc(v->n ? v->n : 1, sizeof *v->order, &v->order);
+            if (st == DSCKPT_OK) st = ds_calloc(v->n ? v->n : 1, sizeof *tmp, &tmp);
+            if (st == DSCKPT_OK) {
+                for (size_t k = 0; k < v->n; k++) v->order[k] = k;
+                sort_members(v->zip, v->order, tmp, v->n);
+            }
+            free(tmp);
+            if (st) break;
+        }
+        if (v->n) {
+            v->state = calloc(v->n, sizeof *v->state);
+            if (!v->state) {
+                st = ds_err(DSCKPT_ENOMEM, "out of memory");
+                break;
+            }
+            for (size_t k = 0; k < v->n; k++) atomic_init(&v->state[k], U_FRESH);
+        }
+        v->on = true;
+    }
+    if (st) ds_fdset_check_free(fs);
+    return st;
+}
+
+/* Bounds of unit k: [*beg, *end). */
+static void unit_bounds(const ds_file *f, const ds_vfile *v, size_t k, uint64_t *beg, uint64_t *end) {
+    if (v->sha) {
+        *beg = (uint64_t)k * f->dg.chunk_size;
+        *end = DS_MIN(*beg + f->dg.chunk_size, f->size);
+    } else {
+        const zip_member *m = &v->zip->members[v->order[k]];
+        *beg = m->data_offset;
+        *end = m->data_offset + m->size;
+    }
+}
+
+/* The unit holding byte `off`, or v->n when none does. */
+static size_t unit_of(const ds_file *f, const ds_vfile *v, uint64_t off) {
+    if (v->sha) {
+        size_t k = (size_t)(off / f->dg.chunk_size);
+        return k < v->n ? k : v->n;
+    }
+    size_t lo = 0, hi = v->n; /* first member starting after off */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v->zip->members[v->order[mid]].data_offset <= off) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo == 0) return v->n;
+    uint64_t b, e;
+    unit_bounds(f, v, lo - 1, &b, &e);
+    return off < e ? lo - 1 : v->n;
+}
+
+static dsckpt_status unit_failed(const ds_file *f, const ds_vfile *v, size_t k) {
+    uint64_t b, e;
+    unit_bounds(f, v, k, &b, &e);
+    if (v->sha)
+        return ds_err(DSCKPT_ECHECKSUM,
+                      "%s: chunk %zu (bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt verify lists "
+                      "every bad chunk; --no-verify reads it anyway)",
+                      f->path, k, (unsigned long long)b, (unsigned long long)e);
+    return ds_err(DSCKPT_ECHECKSUM,
+                  "%s: member '%.200s': CRC-32 mismatch: the file is damaged (--no-verify reads it anyway)", f->path,
+                  v->zip->members[v->order[k]].name);
+}
+
+/* Reads all of unit k once, checking it; the bytes [a, b) of it go to dst. */
+static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, size_t k, uint64_t a, uint64_t b,
+                                uint8_t *dst) {
+    uint64_t beg, end;
+    unit_bounds(f, v, k, &beg, &end);
+    EVP_MD_CTX *md = NULL;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    uint8_t *scratch = NULL;
+    dsckpt_status st = DSCKPT_OK;
+    if (v->sha) {
+        md = EVP_MD_CTX_new();
+        if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+            EVP_MD_CTX_free(md);
+            return ds_err(DSCKPT_EINTERNAL, "OpenSSL: cannot initialise SHA-256");
+        }
+    }
+    if (end - beg > b - a) {
+        scratch = malloc(PIECE);
+        if (!scratch) {
+            EVP_MD_CTX_free(md);
+            return ds_err(DSCKPT_ENOMEM, "out of memory checking %s", f->path);
+        }
+    }
+    for (uint64_t pos = beg; pos < end && st == DSCKPT_OK;) {
+        const uint8_t *p;
+        size_t n;
+        if (pos == a && b > a) { /* the caller's part: read straight into its buffer */
+            n = (size_t)(b - a);
+            st = ds_pread_full(fd, dst, n, pos, f->path);
+            p = dst;
+        } else {
+            uint64_t lim = pos < a ? a : end;
+            n = (size_t)DS_MIN((uint64_t)PIECE, lim - pos);
+            st = ds_pread_full(fd, scratch, n, pos, f->path);
+            p = scratch;
+        }
+        if (st) break;
+        if (v->sha) {
+            if (EVP_DigestUpdate(md, p, n) != 1) st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+        } else {
+            for (size_t done = 0; done < n;) {
+                uInt m = (uInt)DS_MIN(n - done, (size_t)1 << 30);
+                crc = crc32(crc, p + done, m);
+                done += m;
+            }
+        }
+        pos += n;
+    }
+    bool good = false;
+    if (st == DSCKPT_OK && v->sha) {
+        uint8_t dg[DS_SHA256_LEN];
+        unsigned int len = 0;
+        if (EVP_DigestFinal_ex(md, dg, &len) != 1 || len != DS_SHA256_LEN)
+            st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+        else good = memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) == 0;
+    } else if (st == DSCKPT_OK) {
+        good = (uint32_t)crc == v->zip->members[v->order[k]].crc32;
+    }
+    EVP_MD_CTX_free(md);
+    free(scratch);
+    if (st == DSCKPT_OK && !good) st = unit_failed(f, v, k);
+    return st;
+}
+
+dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
+                             uint64_t offset) {
+    const ds_file *f = &c->files[file];
+    int fd = fs->fd[file];
+    if (ds_interrupted()) return ds_err_interrupted();
+    if (!fs->vf || !fs->vf[file].on || n == 0) return ds_pread_full(fd, dst, n, offset, f->path);
+    ds_vfile *v = &fs->vf[file];
+    uint8_t *out = dst;
+    uint64_t end = offset + n;
+    for (uint64_t pos = offset; pos < end;) {
+        size_t k = unit_of(f, v, pos);
+        if (k >= v->n)
+            return ds_err(DSCKPT_ECORRUPT, "%s: bytes at offset %llu are in no %s", f->path, (unsigned long long)pos,
+                          v->sha ? "chunk listed in the manifest" : "zip member");
+        uint64_t ub, ue;
+        unit_bounds(f, v, k, &ub, &ue);
+        uint64_t b = DS_MIN(end, ue);
+        unsigned char expect = U_FRESH;
+        if (atomic_compare_exchange_strong(&v->state[k], &expect, U_CHECKING)) {
+            dsckpt_status st = check_unit(f, fd, v, k, pos, b, out + (pos - offset));
+            /* A mismatch is final; an I/O failure leaves the unit for another try. */
+            atomic_store(&v->state[k], st == DSCKPT_OK ? U_OK : st == DSCKPT_ECHECKSUM ? U_BAD : U_FRESH);
+            if (st) return st;
+        } else if (expect == U_BAD) {
+            return unit_failed(f, v, k);
+        } else {
+            DS_TRY(ds_pread_full(fd, out + (pos - offset), (size_t)(b - pos), pos, f->path));
+        }
+        pos = b;
+    }
+    return DSCKPT_OK;
+}
