@@ -52,8 +52,9 @@ struct dsckpt_verify_report {
 
 /* Test hook (tests link the static library and set it; nothing else can reach
  * it: no environment variable, not exported from the shared library): called
- * after a tag's data was checked, before its closing snapshot. */
-void (*ds_test_verify_hook)(const char *tag_dir);
+ * with phase 0 once a tag's manifest is loaded, before its files are opened, and
+ * with phase 1 after its data was checked, before the closing snapshot. */
+void (*ds_test_verify_hook)(const char *tag_dir, int phase);
 
 void dsckpt_verify_opts_init(dsckpt_verify_opts *o) { memset(o, 0, sizeof *o); }
 
@@ -263,6 +264,7 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
         add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_UNREADABLE : sev_of(st), "%s", dsckpt_last_error());
         goto done;
     }
+    if (ds_test_verify_hook) ds_test_verify_hook(c->dir, 0);
     st = ds_ckpt_index(c, coverage_cb, r);
     if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
     check_stray_files(c, r);
@@ -532,7 +534,7 @@ static void verify_tag(const char *path, const char *tag, const char *label, boo
     }
     verify_checkpoint(path, tag, o, sr);
     char *dir = NULL, *root = NULL;
-    if (ds_test_verify_hook && ds_resolve_tag_dir(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir);
+    if (ds_test_verify_hook && ds_resolve_tag_dir(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir, 1);
     free(dir);
     free(root);
     char *after = snapshot_of(path, tag);

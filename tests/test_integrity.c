@@ -1,0 +1,131 @@
+/*
+ * test_integrity.c — reads are checked (a partly read chunk is hashed whole; the
+ * check can be turned off), and verify reports "changed while verifying" instead
+ * of "corrupt" when a writer replaces the checkpoint it is reading (made
+ * deterministic with verify's test hook, which runs a forced reshard of the same
+ * save root at a chosen point).
+ */
+#include "ckpt.h"
+#include "fsutil.h"
+#include "tutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TAG "global_step100"
+
+static char *synth_root(const char *dir, const char *name, int ws, uint64_t params) {
+    char *root = tu_path(dir, name);
+    CU_ASSERT_FATAL(root != NULL);
+    dsckpt_synth_opts o;
+    dsckpt_synth_opts_init(&o);
+    o.params = params;
+    o.world_size = ws;
+    o.zero_stage = 2;
+    o.threads = 2;
+    TU_ASSERT_OK(dsckpt_synth(root, &o));
+    return root;
+}
+
+/* A byte of exp_avg (which consolidate never needs) in the chunk that also holds
+ * fp32 data: the chunk is hashed whole, so consolidate still refuses. */
+static void test_partly_read_chunk(void) {
+    char *dir = tu_mkdtemp();
+    char *root = synth_root(dir, "ck", 1, 20000);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    CU_ASSERT_FATAL(c->nfiles == 1 && c->files[0].dg.nchunks == 1);
+    CU_ASSERT_FATAL(c->nfrags[DS_ST_EXP_AVG] > 0);
+    uint64_t off = c->frags[DS_ST_EXP_AVG][0].offset;
+    char *rank = ds_strdup(c->files[0].path);
+    dsckpt_ckpt_free(c);
+    CU_ASSERT_FATAL(tu_flip_bit(rank, off, 3) == 0);
+    char *out = tu_path(dir, "out.safetensors");
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    dsckpt_consolidate_opts co;
+    dsckpt_consolidate_opts_init(&co);
+    dsckpt_status st = dsckpt_consolidate(c, out, &co);
+    CU_ASSERT_EQUAL(st, DSCKPT_ECHECKSUM);
+    CU_ASSERT(strstr(dsckpt_last_error(), "rank_00000.safetensors: chunk 0") != NULL);
+    CU_ASSERT(!tu_exists(out));
+    /* Checks off: the fp32 bytes are intact, so the output is written. */
+    dsckpt_ckpt_set_read_check(c, 0);
+    TU_ASSERT_OK(dsckpt_consolidate(c, out, &co));
+    CU_ASSERT(tu_exists(out));
+    dsckpt_ckpt_free(c);
+    free(out);
+    free(rank);
+    free(root);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* The hook: at `hook_phase`, replace the save root with a checkpoint resharded to
+ * another world size (what a concurrent `reshard --force` does). */
+static const char *hook_root, *hook_src;
+static int hook_phase = -1, hook_calls;
+static void replace_root(const char *tag_dir, int phase) {
+    (void)tag_dir;
+    if (phase != hook_phase || hook_calls++) return;
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(hook_src, NULL, &c));
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 3;
+    ro.force = 1;
+    TU_ASSERT_OK(dsckpt_reshard(c, hook_root, &ro));
+    dsckpt_ckpt_free(c);
+}
+
+static void test_changed_while_verifying(void) {
+    char *dir = tu_mkdtemp();
+    char *root = synth_root(dir, "ck", 2, 20000);
+    char *src = synth_root(dir, "src", 4, 20000);
+    hook_root = root;
+    hook_src = src;
+    ds_test_verify_hook = replace_root;
+    for (int phase = 0; phase < 2; phase++) {
+        /* phase 0: the files of the manifest read first are gone or different by the
+         * time they are hashed (this said "corrupt" before); phase 1: everything
+         * read was consistent, but the checkpoint is no longer what was read. */
+        hook_phase = phase;
+        hook_calls = 0;
+        for (int by_tag = 0; by_tag < 2; by_tag++) {
+            hook_calls = 0;
+            dsckpt_verify_report *r = NULL;
+            TU_ASSERT_OK(dsckpt_verify(root, by_tag ? TAG : NULL, NULL, &r));
+            CU_ASSERT_EQUAL(hook_calls, 1);
+            CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_UNREADABLE);
+            CU_ASSERT(dsckpt_verify_report_changed(r));
+            CU_ASSERT_EQUAL_FATAL(dsckpt_verify_report_tag_count(r), 1);
+            CU_ASSERT_STRING_EQUAL(dsckpt_verify_report_tag_name(r, 0), TAG);
+            CU_ASSERT(dsckpt_verify_report_tag_changed(r, 0));
+            bool said = false;
+            for (size_t i = 0; i < dsckpt_verify_report_count(r); i++)
+                said |= strstr(dsckpt_verify_report_problem(r, i), "changed while verifying") != NULL;
+            CU_ASSERT(said);
+            dsckpt_verify_report_free(r);
+        }
+    }
+    /* Without a writer the replaced root verifies clean. */
+    ds_test_verify_hook = NULL;
+    dsckpt_verify_report *r = NULL;
+    TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+    CU_ASSERT(!dsckpt_verify_report_changed(r));
+    dsckpt_verify_report_free(r);
+    free(src);
+    free(root);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    static const tu_test tests[] = {
+        {"a partly read chunk is hashed whole; checks can be turned off", test_partly_read_chunk},
+        {"verify under a concurrent forced reshard says 'changed', not 'corrupt'", test_changed_while_verifying},
+        {NULL, NULL},
+    };
+    return tu_main("integrity", tests);
+}
