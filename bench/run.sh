@@ -5,7 +5,8 @@
 #                                       fp32 + exp_avg + exp_avg_sq, 12 B/param)
 # Environment: BENCH_DIR (scratch, default build/bench-data), BENCH_STAGE (2),
 # BENCH_WORLD (4), BENCH_REPS (3: each figure is the median of REPS runs, floors
-# and commands interleaved so noise hits both). Every timed step starts after a
+# and commands interleaved so noise hits both), BENCH_DSCKPT (the dsckpt binary to
+# time, default build/dsckpt; e.g. another build for a before/after). Every timed step starts after a
 # `sync`, so no step pays for the previous one's dirty pages; floors and commands
 # both fsync what they write, so the figures are durable-write throughput.
 set -euo pipefail
@@ -16,7 +17,7 @@ STAGE=${BENCH_STAGE:-2}
 WORLD=${BENCH_WORLD:-4}
 REPS=${BENCH_REPS:-3}
 DIR=${BENCH_DIR:-build/bench-data}
-DS=build/dsckpt
+DS=${BENCH_DSCKPT:-build/dsckpt}
 FL=build/ds_floor
 [ -x "$DS" ] && [ -x "$FL" ] || bash scripts/build.sh build
 CORES=$(nproc)
