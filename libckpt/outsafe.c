@@ -115,6 +115,24 @@ static bool is_hf_shard(const char *s) {
     return !strncmp(s + 11, "-of-", 4) && !strcmp(s + 20, ".safetensors");
 }
 
+/* The Hugging Face files consolidate writes beside the weights and reshard carries
+ * from a Trainer checkpoint (hf_export.h). */
+static bool is_hf_side_file(const char *n) {
+    static const char *const names[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                        "vocab.json", "merges.txt", "chat_template.jinja"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(n, names[i])) return true;
+    return false;
+}
+
+/* The Trainer's files reshard carries into a save root (hf_export.h). */
+static bool is_trainer_file(const char *n) {
+    size_t k = strlen(n);
+    return !strcmp(n, "trainer_state.json") || !strcmp(n, "scheduler.pt") || !strcmp(n, "training_args.bin") ||
+           (!strncmp(n, "rng_state", 9) && k >= 13 && !strcmp(n + k - 4, ".pth"));
+}
+
 static dsckpt_status foreign(const char *dir, const char *name, const char *why) {
     return ds_err(DSCKPT_EEXIST,
                   "%s: --force refused: '%s' %s; dsckpt replaces only an output it wrote (remove that entry or "
@@ -198,11 +216,10 @@ dsckpt_status ds_check_replaceable(const char *final, ds_out_kind kind) {
         free(p);
         if (kind == DS_OUT_HF_DIR) {
             bool ok = reg && (!strcmp(n, "model.safetensors") || is_hf_shard(n) ||
-                              !strcmp(n, "model.safetensors.index.json") || !strcmp(n, "config.json") ||
-                              !strcmp(n, "generation_config.json"));
+                              !strcmp(n, "model.safetensors.index.json") || is_hf_side_file(n));
             if (!ok) st = foreign(final, n, "is not a file consolidate writes");
         } else if (reg) {
-            if (strcmp(n, "latest") != 0 && strcmp(n, "trainer_state.json") != 0)
+            if (strcmp(n, "latest") != 0 && !is_trainer_file(n) && !is_hf_side_file(n))
                 st = foreign(final, n, "is not a file dsckpt writes in a save root");
         } else if (dir) {
             st = check_tag_dir(final, n);

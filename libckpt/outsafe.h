@@ -10,13 +10,16 @@
  * the only copy of the previous output otherwise).
  *
  * Ownership (--force): only an output the tool itself wrote is replaced. "Ours":
- *  - a save root (reshard, synth): entries are `latest`, `trainer_state.json`, our
- *    temporaries, and tag directories that hold only a manifest.json plus the files
+ *  - a save root (reshard, synth): entries are `latest`, the Trainer files and
+ *    Hugging Face model files reshard carries (trainer_state.json, scheduler.pt,
+ *    training_args.bin, rng_state*.pth, config.json, generation_config.json,
+ *    tokenizer text files; hf_export.h), our temporaries, and tag directories that hold only a manifest.json plus the files
  *    it lists (native), or only DeepSpeed checkpoint files (*_model_states.pt,
  *    *_optim_states.pt, the `zero_to_fp32.py` script) — plus our temporaries;
  *  - a Hugging Face directory (consolidate): model.safetensors,
  *    model-NNNNN-of-NNNNN.safetensors, model.safetensors.index.json, config.json,
- *    generation_config.json and our temporaries.
+ *    generation_config.json, the tokenizer text files (hf_export.h) and our
+ *    temporaries.
  * Anything else in it is foreign and the replacement is refused (DSCKPT_EEXIST,
  * naming the first foreign entry), so --force never deletes a file it did not write.
  */

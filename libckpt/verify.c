@@ -460,7 +460,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 static char *snapshot_of(const char *path, const char *tag) {
     sbuf b = {0};
     char *dir = NULL, *root = NULL;
-    dsckpt_status st = ds_resolve_tag_dir(path, tag, &dir, &root);
+    dsckpt_status st = ds_resolve_ckpt(path, tag, &dir, &root);
     sb_add(&b, "resolve %d %s\n", (int)st, dir ? dir : "");
     if (root) {
         char *lp = ds_join(root, "latest");
@@ -534,7 +534,7 @@ static void verify_tag(const char *path, const char *tag, const char *label, boo
     }
     verify_checkpoint(path, tag, o, sr);
     char *dir = NULL, *root = NULL;
-    if (ds_test_verify_hook && ds_resolve_tag_dir(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir, 1);
+    if (ds_test_verify_hook && ds_resolve_ckpt(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir, 1);
     free(dir);
     free(root);
     char *after = snapshot_of(path, tag);
