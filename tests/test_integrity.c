@@ -7,6 +7,7 @@
  */
 #include "ckpt.h"
 #include "fsutil.h"
+#include "outsafe.h"
 #include "tutil.h"
 
 #include <stdio.h>
@@ -121,10 +122,40 @@ static void test_changed_while_verifying(void) {
     free(dir);
 }
 
+/* Only names of exactly our pattern are ever treated as our temporaries. */
+static void test_temp_names(void) {
+    long pid = 0;
+    bool old = true;
+    CU_ASSERT(ds_parse_temp_name(".model.safetensors.tmp-1234-0", "model.safetensors", &pid, &old));
+    CU_ASSERT_EQUAL(pid, 1234);
+    CU_ASSERT(!old);
+    CU_ASSERT(ds_parse_temp_name(".out.old-77-12", "out", &pid, &old));
+    CU_ASSERT(old && pid == 77);
+    CU_ASSERT(ds_parse_temp_name(".a.tmp-5-6", NULL, NULL, NULL));
+    static const char *const no[] = {
+        "model.safetensors.tmp-1234-0",   /* no leading dot */
+        ".model.safetensors.tmp-1234-",   /* no counter */
+        ".model.safetensors.tmp--0",      /* no pid */
+        ".model.safetensors.tmp-12x4-0",  /* not digits */
+        ".model.safetensors.tmp-0-0",     /* pid 0 */
+        ".model.safetensors.tmp-99999999999-0", /* pid out of range */
+        ".model.safetensors.temp-1234-0", /* another word */
+        ".tmp-1234-0",                    /* empty base */
+        ".model.safetensors.tmp-1234-0-", /* trailing garbage */
+        "..tmp-1-2",
+        "",
+    };
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) CU_ASSERT(!ds_parse_temp_name(no[i], NULL, NULL, NULL));
+    /* The base must match exactly. */
+    CU_ASSERT(!ds_parse_temp_name(".model.safetensors.tmp-1234-0", "model", NULL, NULL));
+    CU_ASSERT(!ds_parse_temp_name(".xmodel.tmp-1234-0", "model", NULL, NULL));
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"a partly read chunk is hashed whole; checks can be turned off", test_partly_read_chunk},
         {"verify under a concurrent forced reshard says 'changed', not 'corrupt'", test_changed_while_verifying},
+        {"temporary names: our pattern exactly", test_temp_names},
         {NULL, NULL},
     };
     return tu_main("integrity", tests);
