@@ -4,7 +4,8 @@
 #  - a flipped byte in a rank file: consolidate and reshard exit 1 naming the file
 #    and chunk, and write nothing; --no-verify reads it anyway;
 #  - a DeepSpeed .pt whose tensor member fails its CRC-32: consolidate exits 1;
-#  - SIGINT / SIGTERM in the middle of consolidate: exit 130 / 143, no temporaries;
+#  - SIGINT / SIGTERM in the middle of consolidate (and SIGTERM mid-reshard): exit
+#    130 / 143, no temporaries;
 #  - temporaries of a dead pid are removed by the next run writing there, those of
 #    a live pid are kept;
 #  - --force into a directory holding a foreign file: exit 4, the file kept;
@@ -187,6 +188,34 @@ sig_trial() { # SIGNAL EXPECTED_RC
 }
 sig_trial INT 130
 sig_trial TERM 143
+# reshard: its workers each stream a whole rank file; they stop at the next write.
+rs_sig_trial() {
+    local tries pid rc i
+    for tries in 1 2 3; do
+        rm -rf rsig
+        "$DS" reshard big --to 3 -o rsig -j 1 -q 2>"$T/err" &
+        pid=$!
+        for ((i = 0; i < 20000; i++)); do
+            compgen -G ".rsig.tmp-$pid-*/global_step100/.rank_*" >/dev/null && break
+            kill -0 "$pid" 2>/dev/null || break
+        done
+        kill -STOP "$pid" 2>/dev/null
+        if compgen -G ".rsig.tmp-$pid-*" >/dev/null; then
+            kill -TERM "$pid"
+            kill -CONT "$pid"
+            wait "$pid"
+            rc=$?
+            if [ "$rc" -eq 143 ]; then ok; else bad "reshard stopped by SIGTERM: exit $rc, expected 143"; fi
+            absent rsig "reshard stopped by SIGTERM"
+            no_temps . "reshard stopped by SIGTERM"
+            return
+        fi
+        kill -CONT "$pid" 2>/dev/null
+        wait "$pid"
+    done
+    bad "reshard finished before it could be signalled (3 tries)"
+}
+rs_sig_trial
 
 # ---- stale temporaries ----
 true &
