@@ -454,7 +454,7 @@ static void sb_stat(sbuf *b, const char *label, const char *path) {
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* What a tag's verdict depends on, as text: `latest` (identity and contents) when
- * the tag is reached through a save root, the tag directory's identity, and
+ * the tag is reached through it, the tag directory's identity, and
  * every entry of it (identity, size, times). Replacing any file, the manifest, the
  * directory or `latest` changes it. NULL when out of memory. */
 static char *snapshot_of(const char *path, const char *tag) {
@@ -462,7 +462,7 @@ static char *snapshot_of(const char *path, const char *tag) {
     char *dir = NULL, *root = NULL;
     dsckpt_status st = ds_resolve_ckpt(path, tag, &dir, &root);
     sb_add(&b, "resolve %d %s\n", (int)st, dir ? dir : "");
-    if (root) {
+    if (root && (!tag || !strcmp(tag, "latest"))) { /* reached through `latest` */
         char *lp = ds_join(root, "latest");
         if (lp) {
             sb_stat(&b, "latest", lp);
@@ -479,6 +479,7 @@ static char *snapshot_of(const char *path, const char *tag) {
         size_t n = 0, cap = 0;
         struct dirent *e;
         while (d && (e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue; /* the parent may change freely */
             if (n == cap) {
                 cap = cap ? cap * 2 : 32;
                 char **nn = realloc(names, cap * sizeof *nn);

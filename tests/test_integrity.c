@@ -79,6 +79,15 @@ static void replace_root(const char *tag_dir, int phase) {
     dsckpt_ckpt_free(c);
 }
 
+static void rewrite_latest(const char *tag_dir, int phase) {
+    (void)tag_dir;
+    if (phase != 1) return;
+    hook_calls++;
+    char *lp = tu_path(hook_root, "latest");
+    TU_ASSERT_OK(ds_write_file_atomic(lp, TAG, strlen(TAG))); /* a new inode, same tag */
+    free(lp);
+}
+
 static void test_changed_while_verifying(void) {
     char *dir = tu_mkdtemp();
     char *root = synth_root(dir, "ck", 2, 20000);
@@ -108,6 +117,18 @@ static void test_changed_while_verifying(void) {
             CU_ASSERT(said);
             dsckpt_verify_report_free(r);
         }
+    }
+    /* A writer that only moves `latest` (a training run committing a new step)
+     * changes nothing verify of a save root read: every tag keeps its verdict. */
+    ds_test_verify_hook = rewrite_latest;
+    hook_calls = 0;
+    {
+        dsckpt_verify_report *r = NULL;
+        TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
+        CU_ASSERT(hook_calls >= 1);
+        CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+        CU_ASSERT(!dsckpt_verify_report_changed(r));
+        dsckpt_verify_report_free(r);
     }
     /* Without a writer the replaced root verifies clean. */
     ds_test_verify_hook = NULL;
