@@ -113,7 +113,9 @@ dsckpt_status ds_ckpt_index(dsckpt_ckpt *c, ds_problem_fn coverage_problem, void
 /* The fragments of state s of tensor t (after ds_ckpt_index). */
 static inline const ds_frag *ds_ckpt_frags(const dsckpt_ckpt *c, ds_state s, uint32_t t, size_t *n) {
     *n = c->tindex[s][t + 1] - c->tindex[s][t];
-    return c->frags[s] + c->tindex[s][t];
+    /* A state with no fragments at all (no frozen tensors: no w16) has frags NULL,
+     * and NULL + 0 is undefined behaviour. */
+    return c->frags[s] ? c->frags[s] + c->tindex[s][t] : NULL;
 }
 
 /* Whether state s applies to tensor t. */

@@ -430,6 +430,16 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     return st;
 }
 
+/* A step count stored as a JSON number (a double): a whole number from 0 to 2^53.
+ * Anything else (negative, fractional, huge, NaN) would be undefined behaviour to
+ * convert and is not a step count. */
+static bool step_count(const cJSON *j, uint64_t *out) {
+    double v = j->valuedouble;
+    if (!(v >= 0 && v <= 9007199254740992.0) || v != (double)(uint64_t)v) return false;
+    *out = (uint64_t)v;
+    return true;
+}
+
 /* Every rank must succeed, or all fail together (no rank left waiting). */
 static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
     bool bad = st != DSCKPT_OK;
@@ -453,16 +463,21 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
         const cJSON *ap = eng ? cJSON_GetObjectItemCaseSensitive(eng, "applied_steps") : NULL;
         const cJSON *gs = eng ? cJSON_GetObjectItemCaseSensitive(eng, "global_steps") : NULL;
         if (cJSON_IsNumber(ap) && cJSON_IsNumber(gs)) {
-            e->applied = (uint64_t)ap->valuedouble;
-            e->nsteps = (uint64_t)gs->valuedouble;
+            if (!step_count(ap, &e->applied) || !step_count(gs, &e->nsteps))
+                st = ds_err(DSCKPT_ECORRUPT, "%s: state.engine.applied_steps / global_steps must be whole numbers "
+                            "from 0 to 2^53 (%g, %g)", c->dir, ap->valuedouble, gs->valuedouble);
         } else { /* a checkpoint from elsewhere: the optimizer step of group 0 */
             const cJSON *pg = cJSON_GetArrayItem(
                 cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "optimizer"), "param_groups"), 0);
             const cJSON *sp = pg ? cJSON_GetObjectItemCaseSensitive(pg, "step") : NULL;
-            e->applied = e->nsteps = cJSON_IsNumber(sp) && sp->valuedouble > 0 ? (uint64_t)sp->valuedouble : (uint64_t)c->step;
+            uint64_t n = 0;
+            if (cJSON_IsNumber(sp) && sp->valuedouble > 0 && !step_count(sp, &n))
+                st = ds_err(DSCKPT_ECORRUPT, "%s: the optimizer's param_groups[0].step must be a whole number "
+                            "from 0 to 2^53 (%g)", c->dir, sp->valuedouble);
+            e->applied = e->nsteps = n ? n : (uint64_t)c->step;
         }
         const cJSON *ls = state ? cJSON_GetObjectItemCaseSensitive(state, "loss_scaler") : NULL;
-        if (ls && !cJSON_IsNull(ls) && e->scaler.kind != RT_SCALER_STATIC) st = rt_scaler_state_from_json(&e->scaler, ls);
+        if (!st && ls && !cJSON_IsNull(ls) && e->scaler.kind != RT_SCALER_STATIC) st = rt_scaler_state_from_json(&e->scaler, ls);
         if (!st && state_out) *state_out = state ? cJSON_Duplicate(state, true) : cJSON_CreateObject();
     }
     dsckpt_ckpt_free(c);

@@ -172,7 +172,7 @@ dsckpt_status rt_list_checkpoints(const char *save_dir, char ***tags, size_t *n)
         cnt++;
     }
     closedir(d);
-    qsort(v, cnt, sizeof *v, cmp_newest);
+    if (cnt) qsort(v, cnt, sizeof *v, cmp_newest); /* qsort(NULL, 0) is undefined */
     *tags = v;
     *n = cnt;
     return DSCKPT_OK;
