@@ -80,6 +80,19 @@ pack $C/tag/seed_explicit_tag "$W/tags" .tag latest global_step1/manifest.json
 printf ' global_step2 \r\n' >"$W/tags/latest"
 pack $C/tag/seed_latest_spaces "$W/tags" latest trainer_state.json global_step2/manifest.json
 
+# A Hugging Face Trainer output_dir (the DeepSpeed 0.19 fixture's, model files left
+# out, the tag directories holding empty *_states.pt), with -t best.
+H=fixtures/deepspeed-0.19/hf_trainer_z3/output
+for n in 4 12; do
+  mkdir -p "$W/hf/checkpoint-$n/global_step$n"
+  cp "$H/checkpoint-$n/latest" "$H/checkpoint-$n/trainer_state.json" "$W/hf/checkpoint-$n/"
+  : >"$W/hf/checkpoint-$n/global_step$n/zero_pp_rank_0_mp_rank_00_model_states.pt"
+done
+printf 'best' >"$W/hf/.tag"
+pack $C/tag/seed_hf_output_dir_best "$W/hf" .tag checkpoint-4/latest checkpoint-4/trainer_state.json \
+  checkpoint-4/global_step4/zero_pp_rank_0_mp_rank_00_model_states.pt checkpoint-12/latest \
+  checkpoint-12/trainer_state.json checkpoint-12/global_step12/zero_pp_rank_0_mp_rank_00_model_states.pt
+
 # ds_config: the selector byte (tests/fuzz/fuzz_config.c), then the config.
 cfg() { { printf "\\x$1"; cat; } >"$C/config/seed_$2"; }
 cfg 00 ds_stage1 <"$W/ds.json"
