@@ -268,7 +268,12 @@ static int cmd_consolidate(int argc, char **argv) {
 /* ---------------- reshard ---------------- */
 
 static const char reshard_help[] =
-    "Usage: dsckpt reshard CKPT --to M -o OUT [options]\n"
+    "Usage: dsckpt reshard [CKPT] --to M [-o OUT] [options]\n"
+    "       dsckpt reshard [CKPT] --format universal [-o OUT] [options]\n"
+    "\n"
+    "CKPT defaults to the current directory. OUT defaults to a sibling of CKPT:\n"
+    "<CKPT>_w<M> (e.g. run -> run_w16), or <CKPT>_universal with --format\n"
+    "universal; an existing OUT is never replaced without --force (exit 4).\n"
     "\n"
     "Write a checkpoint for M ranks under the save root OUT (OUT/<tag>/,\n"
     "OUT/latest, and trainer_state.json when the source has one). Every state (fp32\n"
@@ -282,6 +287,12 @@ static const char reshard_help[] =
     "scheduler, loss scaler, hyper-parameters, client state) is carried from its\n"
     "files; from a native source (stage 1-3) the files are built from the tensors.\n"
     "\n"
+    "--format universal writes DeepSpeed's universal layout, as ds_to_universal.py\n"
+    "does: OUT/<tag>_universal/zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt,\n"
+    "zero/optimizer_state.pt, the model-states files, and OUT/latest_universal.\n"
+    "DeepSpeed loads it at any world size with \"checkpoint\": {\"load_universal\": true}\n"
+    "(stages 1-3; --to is not needed). Universal checkpoints are read as sources too.\n"
+    "\n"
     "From a Hugging Face Trainer checkpoint-N, OUT is the new checkpoint-N: the\n"
     "Trainer's trainer_state.json (best_model_checkpoint rewritten to OUT, or to\n"
     "OUT's sibling checkpoint-M), config.json, generation_config.json, tokenizer\n"
@@ -291,10 +302,10 @@ static const char reshard_help[] =
     "\n"
     "Options:\n"
     "  -t, --tag TAG       a tag, 'latest', 'best' or a checkpoint-N (as consolidate)\n"
-    "      --to M          new data-parallel world size (required, >= 1)\n"
-    "  -o, --output OUT    output save root (required)\n"
+    "      --to M          new data-parallel world size (>= 1; required unless universal)\n"
+    "  -o, --output OUT    output save root (default: see above)\n"
     "      --stage S       ZeRO stage of the output (0-3; default: the source's)\n"
-    "      --format F      native (default) or deepspeed\n"
+    "      --format F      native (default), deepspeed or universal\n"
     "      --force         replace an existing output (only a save root dsckpt\n"
     "                      wrote: a directory holding other files is refused)\n"
     "      --no-verify     do not check the SHA-256 of each chunk read (native)\n"
@@ -312,6 +323,7 @@ static const char reshard_help[] =
 static bool parse_format(const char *s, dsckpt_format *f) {
     if (!strcmp(s, "native") || !strcmp(s, "dsckpt")) *f = DSCKPT_FORMAT_NATIVE;
     else if (!strcmp(s, "deepspeed")) *f = DSCKPT_FORMAT_DEEPSPEED;
+    else if (!strcmp(s, "universal")) *f = DSCKPT_FORMAT_UNIVERSAL;
     else return false;
     return true;
 }
@@ -330,19 +342,33 @@ static int cmd_reshard(int argc, char **argv) {
     common co = {0};
     long v;
     int c, rc;
+    /* Every problem with the arguments is reported, not only the first. */
+    char errs[8][256];
+    int nerr = 0;
+#define RESHARD_ERR(...)                                                    \
+    do {                                                                    \
+        if (nerr < 8) snprintf(errs[nerr++], sizeof errs[0], __VA_ARGS__); \
+    } while (0)
+    bool format_bad = false;
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'M':
-            if (!parse_int(optarg, 1, 1000000, &v)) return usage_error("reshard", "--to must be 1..1000000 (got '%s')", optarg);
-            o.world_size = (int)v;
+            if (!parse_int(optarg, 1, 1000000, &v)) {
+                RESHARD_ERR("--to must be 1..1000000 (got '%s')", optarg);
+                o.world_size = -1;
+            } else {
+                o.world_size = (int)v;
+            }
             break;
         case 's':
-            if (!parse_int(optarg, 0, 3, &v)) return usage_error("reshard", "--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
-            o.zero_stage = (int)v;
+            if (!parse_int(optarg, 0, 3, &v)) RESHARD_ERR("--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
+            else o.zero_stage = (int)v;
             break;
         case 'F':
-            if (!parse_format(optarg, &o.format))
-                return usage_error("reshard", "--format must be native or deepspeed (got '%s')", optarg);
+            if (!parse_format(optarg, &o.format)) {
+                RESHARD_ERR("--format must be native, deepspeed or universal (got '%s')", optarg);
+                format_bad = true;
+            }
             break;
         case 'V': co.no_verify = true; break;
         default:
@@ -353,12 +379,46 @@ static int cmd_reshard(int argc, char **argv) {
     bool quiet = co.quiet;
     o.force = co.force;
     o.threads = co.threads;
-    if (optind != argc - 1) return usage_error("reshard", "%s", "expected exactly one checkpoint path");
-    if (!out) return usage_error("reshard", "%s", "-o OUT is required");
-    if (!o.world_size) return usage_error("reshard", "%s", "--to M is required");
+    if (optind < argc - 1) RESHARD_ERR("expected at most one checkpoint path (got %d)", argc - optind);
+    bool universal = o.format == DSCKPT_FORMAT_UNIVERSAL;
+    if (!o.world_size && !universal && !format_bad) RESHARD_ERR("%s", "--to M is required");
+    const char *path = optind < argc ? argv[optind] : ".";
+    char *defout = NULL;
+    if (!out && nerr == 0) {
+        /* The sibling <CKPT>_w<M> / <CKPT>_universal of CKPT's absolute path. */
+        char *abs = realpath(path, NULL);
+        if (!abs) {
+            fprintf(stderr, "%s reshard: %s: %s\n", prog, path, strerror(errno));
+            return EXIT_UNREADABLE;
+        }
+        size_t n = strlen(abs) + 32;
+        if (!strcmp(abs, "/")) {
+            RESHARD_ERR("%s", "-o OUT is required when CKPT is the root directory");
+        } else if ((defout = malloc(n)) != NULL) {
+            if (universal) snprintf(defout, n, "%s_universal", abs);
+            else snprintf(defout, n, "%s_w%d", abs, o.world_size);
+        }
+        free(abs);
+        if (!defout && !nerr) {
+            fprintf(stderr, "%s reshard: out of memory\n", prog);
+            return EXIT_INTERNAL;
+        }
+        out = defout;
+    }
+#undef RESHARD_ERR
+    if (nerr) {
+        for (int i = 0; i < nerr; i++) fprintf(stderr, "%s reshard: %s\n", prog, errs[i]);
+        fprintf(stderr, "Try '%s reshard --help'.\n", prog);
+        free(defout);
+        return EXIT_USAGE;
+    }
+    if (universal && o.world_size <= 0) o.world_size = 1;
     dsckpt_ckpt *ck;
-    dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
-    if (st) return fail(st, "reshard");
+    dsckpt_status st = dsckpt_ckpt_open(path, tag, &ck);
+    if (st) {
+        free(defout);
+        return fail(st, "reshard");
+    }
     dsckpt_ckpt_set_read_check(ck, !co.no_verify);
     catch_stop_signals();
     cli_progress p;
@@ -369,12 +429,16 @@ static int cmd_reshard(int argc, char **argv) {
     cli_progress_end(&p);
     dsckpt_info info;
     dsckpt_ckpt_info(ck, &info);
-    if (st == DSCKPT_OK && !quiet)
+    if (st == DSCKPT_OK && !quiet && o.format == DSCKPT_FORMAT_UNIVERSAL)
+        fprintf(stderr, "resharded %s: %d ranks (stage %d) -> universal (any world size) in %s, %.2f s\n", info.tag,
+                info.world_size, info.zero_stage, out, cli_now() - p.t0);
+    else if (st == DSCKPT_OK && !quiet)
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> %d ranks (stage %d) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, o.world_size, o.zero_stage < 0 ? info.zero_stage : o.zero_stage, out,
                 cli_now() - p.t0);
     rc = st ? fail(st, "reshard") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
+    free(defout);
     return rc;
 }
 

@@ -277,6 +277,10 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
     if (!tag) {
         char *lp = ds_join(path, "latest");
         if (!lp) return DSCKPT_ENOMEM;
+        if (!ds_exists(lp)) { /* a save root holding only universal checkpoints */
+            free(lp);
+            if (!(lp = ds_join(path, "latest_universal"))) return DSCKPT_ENOMEM;
+        }
         if (!ds_exists(lp)) {
             free(lp);
             if (looks_like_partial_save(path))
@@ -351,6 +355,7 @@ dsckpt_status ds_ckpt_load(dsckpt_ckpt *c) {
     if (!mp) return DSCKPT_ENOMEM;
     bool native = ds_exists(mp);
     free(mp);
+    if (!native && ds_is_universal_dir(c->dir)) return ds_universal_open(c);
     if (!native && ds_is_deepspeed_dir(c->dir)) return ds_deepspeed_open(c);
     return ds_native_open(c->dir, c);
 }

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PKL_MAX (256u << 20)
@@ -96,7 +97,12 @@ static void pt_close(ds_pt *p) {
     p->fd = -1;
 }
 
+static dsckpt_status pt_load_ex(const char *dir, const char *name, int rank, ds_pt *p, bool want_dict);
 static dsckpt_status pt_load(const char *dir, const char *name, int rank, ds_pt *p) {
+    return pt_load_ex(dir, name, rank, p, true);
+}
+
+static dsckpt_status pt_load_ex(const char *dir, const char *name, int rank, ds_pt *p, bool want_dict) {
     memset(p, 0, sizeof *p);
     p->fd = -1;
     p->rank = rank;
@@ -119,7 +125,7 @@ static dsckpt_status pt_load(const char *dir, const char *name, int rank, ds_pt 
     DS_TRY(zip_read_member(p->fd, p->zip, m, PKL_MAX, p->path, &pkl));
     dsckpt_status st = pk_parse(pkl, (size_t)m->size, p->path, NULL, &p->doc, &p->root);
     free(pkl);
-    if (st == DSCKPT_OK && (!p->root || p->root->kind != PK_DICT))
+    if (st == DSCKPT_OK && want_dict && (!p->root || p->root->kind != PK_DICT))
         st = ds_err(DSCKPT_ECORRUPT, "%s: the pickled object is not a dict", p->path);
     return st;
 }
@@ -156,7 +162,7 @@ static void scan_free(scan *s) {
     free(s->model3);
 }
 
-static dsckpt_status scan_dir(const char *dir, scan *s) {
+static dsckpt_status scan_dir(const char *dir, scan *s, bool need_optim) {
     memset(s, 0, sizeof *s);
     DIR *d = opendir(dir);
     if (!d) return ds_err_errno(errno, "%s: cannot list directory", dir);
@@ -189,7 +195,7 @@ static dsckpt_status scan_dir(const char *dir, scan *s) {
     closedir(d);
     if (st == DSCKPT_OK && s->opt_bf16 && s->opt_plain)
         st = ds_err(DSCKPT_ECORRUPT, "%s: both bf16_ and plain optimizer files: two runs wrote here; remove the stale ones", dir);
-    if (st == DSCKPT_OK && s->nopt == 0)
+    if (st == DSCKPT_OK && need_optim && s->nopt == 0)
         st = ds_err(DSCKPT_EUNSUPPORTED,
                     "%s: no *_optim_states.pt files: a ZeRO-0 or non-ZeRO checkpoint (weights only in the model file) is not supported yet",
                     dir);
@@ -465,12 +471,126 @@ static dsckpt_status check_layout_markers(const ds_pt *m) {
     return DSCKPT_OK;
 }
 
+/* Everything after the trainable tensors: frozen parameters, buffers, tied
+ * weights, and the carried non-tensor state. x->model (x->nmodel files, by rank)
+ * are registered; osd holds loss_scaler; pgs the param groups and steps[g] each
+ * group's step. Shared by the DeepSpeed and universal readers. */
+static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_t W, const pk_obj *osd, const pk_obj *pgs,
+                                const double *steps, const char *opt_type) {
+    dsckpt_status st = DSCKPT_OK;
+    dsckpt_ckpt *c = x->c;
+    const ds_pt *m0 = &x->model[0];
+    pk_obj *module = pk_get(m0->root, "module");
+    pk_obj *bufnames = pk_get(m0->root, "buffer_names");
+    pk_obj *shared = pk_get(m0->root, "shared_params");
+    /* Frozen parameters. */
+    pk_obj *fshapes = pk_get(m0->root, "frozen_param_shapes");
+    if (stage >= 2 && fshapes && fshapes->kind == PK_DICT) {
+        for (size_t k = 0; k < fshapes->n; k++) {
+            const char *name = pk_as_str(fshapes->keys[k]);
+            if (!name) continue;
+            for (size_t r = 0; r < x->nmodel; r++) {
+                pk_obj *frs = pk_get(x->model[r].root, "frozen_param_fragments");
+                pk_obj *fr = frs ? pk_get(frs, name) : NULL;
+                if (!fr || fr->kind != PK_TENSOR) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: frozen parameter '%s' has no fragment", x->model[r].path, name);
+                    return st;
+                }
+                int ti = find_tensor(c, name);
+                if (ti < 0) {
+                    uint32_t nt;
+                    DS_TRY(add_tensor(c, tcap_p, name, fshapes->items[k], fr->tensor.dtype, false, false, -1, &nt));
+                    ti = (int)nt;
+                }
+                char ctx[300];
+                snprintf(ctx, sizeof ctx, "frozen parameter '%s'", name);
+                uint64_t off, n, s0, cnt, tn = c->tensors[ti].numel;
+                DS_TRY(tensor_loc(&x->model[r], fr, c->tensors[ti].dtype, &off, &n, ctx));
+                if (stage == 3) ds_part_real(ds_part_piece(tn, (int)W), (int)r, tn, &s0, &cnt);
+                else s0 = 0, cnt = tn;
+                if (n < cnt) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, needs %llu", x->model[r].path, ctx,
+                                (unsigned long long)n, (unsigned long long)cnt);
+                    return st;
+                }
+                DS_TRY(add_frag(x, DS_ST_W16, (uint32_t)ti, s0, cnt, x->model[r].file_index, off, c->tensors[ti].dtype));
+            }
+        }
+    }
+
+    /* From `module`: buffers, and at stage 1 the frozen parameters (stage 1 saves
+     * no frozen metadata; they exist only there). */
+    for (size_t k = 0; module && module->kind == PK_DICT && k < module->n; k++) {
+        const char *name = pk_as_str(module->keys[k]);
+        pk_obj *t = module->items[k];
+        if (!name || t->kind != PK_TENSOR || find_tensor(c, name) >= 0) continue;
+        bool is_buffer = false;
+        for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
+            if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), name)) is_buffer = true;
+        bool is_alias = shared && shared->kind == PK_DICT && pk_get(shared, name);
+        if (is_alias) continue;
+        if (!is_buffer && stage != 1) continue; /* stage 2/3 frozen come from fragments */
+        uint32_t ti;
+        DS_TRY(add_tensor(c, tcap_p, name, t, t->tensor.dtype, false, is_buffer, -1, &ti));
+        char ctx[300];
+        snprintf(ctx, sizeof ctx, "module entry '%s'", name);
+        uint64_t off, n;
+        DS_TRY(tensor_loc(m0, t, t->tensor.dtype, &off, &n, ctx));
+        DS_TRY(add_frag(x, DS_ST_W16, ti, 0, n, m0->file_index, off, t->tensor.dtype));
+    }
+
+    /* Tied weights: written once under the owner, aliases recorded. */
+    for (size_t k = 0; shared && shared->kind == PK_DICT && k < shared->n; k++) {
+        const char *alias = pk_as_str(shared->keys[k]), *src = pk_as_str(shared->items[k]);
+        int ti = src ? find_tensor(c, src) : -1;
+        if (!alias || ti < 0 || find_tensor(c, alias) >= 0) continue;
+        ds_tensor *t = &c->tensors[ti];
+        char **al = realloc(t->aliases, (t->naliases + 1) * sizeof *al);
+        if (!al) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        t->aliases = al;
+        if (!(t->aliases[t->naliases] = ds_strdup(alias))) return DSCKPT_ENOMEM;
+        t->naliases++;
+    }
+
+    /* Non-tensor state, in the shape of the native manifest's carried objects. */
+    {
+        cJSON *root = cJSON_CreateObject(), *state = cJSON_CreateObject();
+        cJSON_AddItemToObject(root, "state", state);
+        cJSON *opt = cJSON_AddObjectToObject(state, "optimizer");
+        cJSON_AddStringToObject(opt, "type", opt_type);
+        cJSON *jpg = cJSON_AddArrayToObject(opt, "param_groups");
+        for (size_t g = 0; pgs && pgs->kind == PK_LIST && g < pgs->n; g++) {
+            cJSON *j = to_json(pgs->items[g], 0);
+            cJSON_DeleteItemFromObject(j, "params");
+            cJSON_AddNumberToObject(j, "step", steps[g]);
+            cJSON_AddItemToArray(jpg, j);
+        }
+        pk_obj *ls = pk_get(osd, "loss_scaler");
+        if (ls) cJSON_AddItemToObject(state, "loss_scaler", to_json(ls, 0));
+        pk_obj *sched = pk_get(m0->root, "lr_scheduler");
+        if (sched) cJSON_AddItemToObject(state, "scheduler", to_json(sched, 0));
+        pk_obj *ver = pk_get(m0->root, "ds_version");
+        if (pk_as_str(ver)) cJSON_AddStringToObject(state, "ds_version", pk_as_str(ver));
+        cJSON_AddNumberToObject(state, "global_samples", (double)({
+                                    int64_t v = 0;
+                                    pk_as_int(pk_get(m0->root, "global_samples"), &v);
+                                    v;
+                                }));
+        pk_obj *cfg = pk_get(m0->root, "ds_config");
+        cJSON_AddItemToObject(root, "ds_config", cfg && cfg->kind == PK_DICT ? to_json(cfg, 0) : cJSON_CreateObject());
+        cJSON_AddItemToObject(root, "metrics", cJSON_CreateObject());
+        c->manifest = root;
+    }
+    return st;
+}
+
 dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     scan sc;
     ds_open_ctx x = {.c = c};
     size_t tcap = 0;
     uint64_t *group_start = NULL;
-    dsckpt_status st = scan_dir(c->dir, &sc);
+    double *steps = NULL;
+    dsckpt_status st = scan_dir(c->dir, &sc, true);
     if (st) goto done;
     size_t W = sc.nopt;
     DS_TRYGOTO(ds_calloc(W, sizeof *x.optim, &x.optim), done);
@@ -553,8 +673,6 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     pk_obj *module = pk_get(m0->root, "module");
     pk_obj *shapes = need(m0->root, "param_shapes", PK_LIST, m0->path, &st);
     if (!shapes) goto done;
-    pk_obj *bufnames = pk_get(m0->root, "buffer_names");
-    pk_obj *shared = pk_get(m0->root, "shared_params");
     int64_t gs = 0;
     pk_as_int(pk_get(m0->root, "global_steps"), &gs);
     c->step = gs;
@@ -703,113 +821,19 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
         }
     }
 
-    /* Frozen parameters. */
-    pk_obj *fshapes = pk_get(m0->root, "frozen_param_shapes");
-    if (stage >= 2 && fshapes && fshapes->kind == PK_DICT) {
-        for (size_t k = 0; k < fshapes->n; k++) {
-            const char *name = pk_as_str(fshapes->keys[k]);
-            if (!name) continue;
-            for (size_t r = 0; r < x.nmodel; r++) {
-                pk_obj *frs = pk_get(x.model[r].root, "frozen_param_fragments");
-                pk_obj *fr = frs ? pk_get(frs, name) : NULL;
-                if (!fr || fr->kind != PK_TENSOR) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: frozen parameter '%s' has no fragment", x.model[r].path, name);
-                    goto done;
-                }
-                int ti = find_tensor(c, name);
-                if (ti < 0) {
-                    uint32_t nt;
-                    DS_TRYGOTO(add_tensor(c, &tcap, name, fshapes->items[k], fr->tensor.dtype, false, false, -1, &nt), done);
-                    ti = (int)nt;
-                }
-                char ctx[300];
-                snprintf(ctx, sizeof ctx, "frozen parameter '%s'", name);
-                uint64_t off, n, s0, cnt, tn = c->tensors[ti].numel;
-                DS_TRYGOTO(tensor_loc(&x.model[r], fr, c->tensors[ti].dtype, &off, &n, ctx), done);
-                if (stage == 3) ds_part_real(ds_part_piece(tn, (int)W), (int)r, tn, &s0, &cnt);
-                else s0 = 0, cnt = tn;
-                if (n < cnt) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, needs %llu", x.model[r].path, ctx,
-                                (unsigned long long)n, (unsigned long long)cnt);
-                    goto done;
-                }
-                DS_TRYGOTO(add_frag(&x, DS_ST_W16, (uint32_t)ti, s0, cnt, x.model[r].file_index, off, c->tensors[ti].dtype), done);
-            }
-        }
-    }
-
-    /* From `module`: buffers, and at stage 1 the frozen parameters (stage 1 saves
-     * no frozen metadata; they exist only there). */
-    for (size_t k = 0; module && module->kind == PK_DICT && k < module->n; k++) {
-        const char *name = pk_as_str(module->keys[k]);
-        pk_obj *t = module->items[k];
-        if (!name || t->kind != PK_TENSOR || find_tensor(c, name) >= 0) continue;
-        bool is_buffer = false;
-        for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
-            if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), name)) is_buffer = true;
-        bool is_alias = shared && shared->kind == PK_DICT && pk_get(shared, name);
-        if (is_alias) continue;
-        if (!is_buffer && stage != 1) continue; /* stage 2/3 frozen come from fragments */
-        uint32_t ti;
-        DS_TRYGOTO(add_tensor(c, &tcap, name, t, t->tensor.dtype, false, is_buffer, -1, &ti), done);
-        char ctx[300];
-        snprintf(ctx, sizeof ctx, "module entry '%s'", name);
-        uint64_t off, n;
-        DS_TRYGOTO(tensor_loc(m0, t, t->tensor.dtype, &off, &n, ctx), done);
-        DS_TRYGOTO(add_frag(&x, DS_ST_W16, ti, 0, n, m0->file_index, off, t->tensor.dtype), done);
-    }
-
-    /* Tied weights: written once under the owner, aliases recorded. */
-    for (size_t k = 0; shared && shared->kind == PK_DICT && k < shared->n; k++) {
-        const char *alias = pk_as_str(shared->keys[k]), *src = pk_as_str(shared->items[k]);
-        int ti = src ? find_tensor(c, src) : -1;
-        if (!alias || ti < 0 || find_tensor(c, alias) >= 0) continue;
-        ds_tensor *t = &c->tensors[ti];
-        char **al = realloc(t->aliases, (t->naliases + 1) * sizeof *al);
-        if (!al) {
-            st = ds_err(DSCKPT_ENOMEM, "out of memory");
-            goto done;
-        }
-        t->aliases = al;
-        if (!(t->aliases[t->naliases] = ds_strdup(alias))) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-        t->naliases++;
-    }
-
-    /* Non-tensor state, in the shape of the native manifest's carried objects. */
     {
-        cJSON *root = cJSON_CreateObject(), *state = cJSON_CreateObject();
-        cJSON_AddItemToObject(root, "state", state);
-        cJSON *opt = cJSON_AddObjectToObject(state, "optimizer");
-        cJSON_AddStringToObject(opt, "type", stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
-                                             : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer");
         pk_obj *inner = stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
         pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
-        cJSON *jpg = cJSON_AddArrayToObject(opt, "param_groups");
-        for (size_t g = 0; pgs && pgs->kind == PK_LIST && g < pgs->n; g++) {
-            cJSON *j = to_json(pgs->items[g], 0);
+        size_t ng = pgs && pgs->kind == PK_LIST ? pgs->n : 0;
+        DS_TRYGOTO(ds_calloc(ng ? ng : 1, sizeof *steps, &steps), done);
+        for (size_t g = 0; g < ng; g++) {
             pk_obj *gst = pk_get_int_key(pk_get(inner, "state"), (int64_t)g);
-            cJSON_DeleteItemFromObject(j, "params");
-            cJSON_AddNumberToObject(j, "step", read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL));
-            cJSON_AddItemToArray(jpg, j);
+            steps[g] = read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL);
         }
-        pk_obj *ls = pk_get(osd, "loss_scaler");
-        if (ls) cJSON_AddItemToObject(state, "loss_scaler", to_json(ls, 0));
-        pk_obj *sched = pk_get(m0->root, "lr_scheduler");
-        if (sched) cJSON_AddItemToObject(state, "scheduler", to_json(sched, 0));
-        pk_obj *ver = pk_get(m0->root, "ds_version");
-        if (pk_as_str(ver)) cJSON_AddStringToObject(state, "ds_version", pk_as_str(ver));
-        cJSON_AddNumberToObject(state, "global_samples", (double)({
-                                    int64_t v = 0;
-                                    pk_as_int(pk_get(m0->root, "global_samples"), &v);
-                                    v;
-                                }));
-        pk_obj *cfg = pk_get(m0->root, "ds_config");
-        cJSON_AddItemToObject(root, "ds_config", cfg && cfg->kind == PK_DICT ? to_json(cfg, 0) : cJSON_CreateObject());
-        cJSON_AddItemToObject(root, "metrics", cJSON_CreateObject());
-        c->manifest = root;
+        DS_TRYGOTO(model_tail(&x, &tcap, stage, W, osd, pgs, steps,
+                              stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
+                              : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer"),
+                   done);
     }
     c->format = ds_strdup("deepspeed");
     if (!c->tag) {
@@ -823,6 +847,228 @@ done:
     free(x.optim);
     free(x.model);
     free(group_start);
+    free(steps);
+    scan_free(&sc);
+    return st;
+}
+
+/* ---- DeepSpeed universal checkpoints (ds_to_universal's layout) ---- */
+
+bool ds_is_universal_dir(const char *dir) {
+    char *z = ds_join(dir, "zero");
+    char *o = z ? ds_join(z, "optimizer_state.pt") : NULL;
+    bool ok = o && ds_is_dir(z) && ds_exists(o);
+    free(z);
+    free(o);
+    return ok;
+}
+
+/* Every zip member of p against its CRC-32. */
+static dsckpt_status pt_check_crcs(const ds_pt *p) {
+    for (size_t i = 0; i < p->zip->n; i++) DS_TRY(zip_check_crc(p->fd, p->zip, i, p->path));
+    return DSCKPT_OK;
+}
+
+/* zero/<name>/<file>: loaded (members CRC-checked); a missing file is damage. */
+static dsckpt_status uni_load(const char *dir, const char *name, const char *file, ds_pt *p) {
+    if (!ds_safe_name(name))
+        return ds_err(DSCKPT_ECORRUPT, "%s: parameter name '%s' is not a plain directory name", dir, name);
+    char rel[600];
+    if ((size_t)snprintf(rel, sizeof rel, "zero/%s/%s", name, file) >= sizeof rel)
+        return ds_err(DSCKPT_ECORRUPT, "%s: parameter name '%s' is too long", dir, name);
+    dsckpt_status st = pt_load_ex(dir, rel, 0, p, false);
+    if (st == DSCKPT_ENOENT) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: missing (every trainable parameter needs it)", dir, rel);
+    if (st == DSCKPT_EINVAL) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: not a regular file", dir, rel);
+    if (st == DSCKPT_OK) st = pt_check_crcs(p);
+    return st;
+}
+
+/* Entries of zero/: optimizer_state.pt and one directory per parameter, each a
+ * plain name; anything else (a FIFO, a link, a file) is refused. */
+static dsckpt_status uni_check_listing(const char *dir) {
+    char *z = ds_join(dir, "zero");
+    if (!z) return DSCKPT_ENOMEM;
+    DIR *d = opendir(z);
+    if (!d) {
+        dsckpt_status st = ds_err_errno(errno, "%s: cannot list directory", z);
+        free(z);
+        return st;
+    }
+    dsckpt_status st = DSCKPT_OK;
+    struct dirent *e;
+    while (st == DSCKPT_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, "optimizer_state.pt")) continue;
+        if (!ds_safe_name(n)) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: entry '%s' is not a plain name", z, n);
+            break;
+        }
+        char *ep = ds_join(z, n);
+        struct stat sb;
+        if (!ep) st = DSCKPT_ENOMEM;
+        else if (lstat(ep, &sb) != 0) st = ds_err_errno(errno, "%s: cannot stat", ep);
+        else if (!S_ISDIR(sb.st_mode))
+            st = ds_err(DSCKPT_ECORRUPT, "%s: not a parameter directory (a universal checkpoint has one directory per parameter)",
+                        ep);
+        free(ep);
+    }
+    closedir(d);
+    free(z);
+    return st;
+}
+
+dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
+    scan sc;
+    memset(&sc, 0, sizeof sc);
+    ds_open_ctx x = {.c = c};
+    ds_pt os, tp;
+    memset(&os, 0, sizeof os);
+    memset(&tp, 0, sizeof tp);
+    os.fd = tp.fd = -1;
+    size_t tcap = 0;
+    double *steps = NULL;
+    dsckpt_status st = uni_check_listing(c->dir);
+    if (st) goto done;
+    DS_TRYGOTO(pt_load(c->dir, "zero/optimizer_state.pt", 0, &os), done);
+    DS_TRYGOTO(pt_check_crcs(&os), done);
+    DS_TRYGOTO(register_file(c, &os), done);
+    pk_obj *zs = pk_get(os.root, "zero_stage");
+    int stage = zs ? stage_of(zs) : 1;
+    if (stage < 1) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: zero_stage %s is not one of 1, 2, 3", os.path, zs->member ? zs->member : "?");
+        goto done;
+    }
+    pk_obj *pgs = pk_get(os.root, "param_groups");
+    if (!pgs || pgs->kind != PK_LIST) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: 'param_groups' missing or not a list", os.path);
+        goto done;
+    }
+    DS_TRYGOTO(scan_dir(c->dir, &sc, false), done);
+    size_t W = 1;
+    if (stage == 3) {
+        W = sc.nmod3;
+        for (size_t r = 0; r < W; r++)
+            if (!sc.model3[r]) {
+                st = ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
+                goto done;
+            }
+        if (!W) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 universal checkpoint without zero_pp_rank_*_model_states.pt", c->dir);
+            goto done;
+        }
+    } else if (!sc.model_mp) {
+        st = ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
+        goto done;
+    }
+    x.nmodel = W;
+    DS_TRYGOTO(ds_calloc(W, sizeof *x.model, &x.model), done);
+    for (size_t r = 0; r < W; r++) x.model[r].fd = -1;
+    for (size_t r = 0; r < W; r++) {
+        DS_TRYGOTO(pt_load(c->dir, stage == 3 ? sc.model3[r] : "mp_rank_00_model_states.pt", (int)r, &x.model[r]), done);
+        DS_TRYGOTO(register_file(c, &x.model[r]), done);
+    }
+    const ds_pt *m0 = &x.model[0];
+    DS_TRYGOTO(check_layout_markers(m0), done);
+    int64_t v = 0;
+    if (stage < 3 && pk_as_int(pk_get(m0->root, "dp_world_size"), &v) && v >= 1 && v <= 1000000) W = (size_t)v;
+    c->stage = stage;
+    c->world_size = (int)W;
+    pk_obj *module = pk_get(m0->root, "module");
+    pk_obj *shapes = need(m0->root, "param_shapes", PK_LIST, m0->path, &st);
+    if (!shapes) goto done;
+    v = 0;
+    pk_as_int(pk_get(m0->root, "global_steps"), &v);
+    c->step = v;
+    c->ngroups = (int)shapes->n;
+    dsckpt_dtype model_dt = DSCKPT_F32;
+    for (size_t i = 0; module && module->kind == PK_DICT && i < module->n; i++)
+        if (module->items[i]->kind == PK_TENSOR) {
+            model_dt = module->items[i]->tensor.dtype;
+            break;
+        }
+    c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
+    DS_TRYGOTO(ds_calloc(pgs->n ? pgs->n : 1, sizeof *steps, &steps), done);
+    for (size_t g = 0; g < pgs->n; g++) steps[g] = -1;
+
+    static const char *const files[3] = {"fp32.pt", "exp_avg.pt", "exp_avg_sq.pt"};
+    for (size_t g = 0; g < shapes->n; g++) {
+        pk_obj *sg = shapes->items[g];
+        if (sg->kind != PK_DICT) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", m0->path, g);
+            goto done;
+        }
+        for (size_t k = 0; k < sg->n; k++) {
+            const char *name = pk_as_str(sg->keys[k]);
+            uint32_t ti;
+            if (!name) {
+                st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", m0->path, g);
+                goto done;
+            }
+            DS_TRYGOTO(add_tensor(c, &tcap, name, sg->items[k], model_dt, true, false, (int)g, &ti), done);
+            const ds_tensor *T = &c->tensors[ti];
+            for (int s = 0; s < 3; s++) {
+                DS_TRYGOTO(uni_load(c->dir, name, files[s], &tp), done);
+                pk_obj *t = tp.root;
+                bool dict_form = t && t->kind == PK_DICT;
+                if (dict_form) t = pk_get(t, "param");
+                char ctx[64];
+                snprintf(ctx, sizeof ctx, "%s 'param'", ds_state_names[s]);
+                uint64_t off, n;
+                DS_TRYGOTO(tensor_loc(&tp, t, DSCKPT_F32, &off, &n, ctx), done);
+                bool same = n == T->numel;
+                /* The dict form (stages 1/2) keeps the parameter's shape; stage 3's
+                 * raw tensors are flat. */
+                if (same && dict_form && t->tensor.ndim != T->ndim) same = !(T->ndim == 0 && t->tensor.ndim == 1);
+                for (int d2 = 0; same && dict_form && d2 < T->ndim && d2 < t->tensor.ndim; d2++)
+                    same = t->tensor.shape[d2] == T->shape[d2];
+                if (!same) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: holds %llu elements%s, but param_shapes gives '%s' %llu elements",
+                                tp.path, (unsigned long long)n, dict_form ? " (or another shape)" : "", name,
+                                (unsigned long long)T->numel);
+                    goto done;
+                }
+                DS_TRYGOTO(register_file(c, &tp), done);
+                DS_TRYGOTO(add_frag(&x, (ds_state)s, ti, 0, n, tp.file_index, off, DSCKPT_F32), done);
+                pt_close(&tp);
+            }
+            if (g < pgs->n && steps[g] < 0) {
+                char *sp = NULL;
+                char rel[600];
+                snprintf(rel, sizeof rel, "zero/%s/step.pt", name);
+                if (!(sp = ds_join(c->dir, rel))) {
+                    st = DSCKPT_ENOMEM;
+                    goto done;
+                }
+                bool have = ds_exists(sp);
+                free(sp);
+                if (have) {
+                    DS_TRYGOTO(uni_load(c->dir, name, "step.pt", &tp), done);
+                    steps[g] = read_step(&tp, tp.root);
+                    pt_close(&tp);
+                }
+            }
+        }
+    }
+    DS_TRYGOTO(model_tail(&x, &tcap, stage, W, os.root, pgs, steps,
+                          stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
+                          : !zs      ? "BF16_Optimizer" /* the only ZeRO dict without zero_stage */
+                                     : "DeepSpeedZeroOptimizer"),
+               done);
+    c->format = ds_strdup("universal");
+    /* The tag is the directory name less ds_to_universal's "_universal" suffix, so
+     * a reshard from it writes the original tag again. */
+    if (!c->tag && (c->tag = ds_basename(c->dir)) != NULL) {
+        size_t tl = strlen(c->tag), sl = strlen("_universal");
+        if (tl > sl && !strcmp(c->tag + tl - sl, "_universal")) c->tag[tl - sl] = '\0';
+    }
+    if (!c->tag) st = DSCKPT_ENOMEM;
+    if (!c->format || !c->train_dtype) st = ds_err(DSCKPT_ENOMEM, "out of memory");
+done:
+    pt_close(&os);
+    pt_close(&tp);
+    for (size_t r = 0; r < x.nmodel; r++) pt_close(&x.model[r]);
+    free(x.model);
+    free(steps);
     scan_free(&sc);
     return st;
 }

@@ -29,5 +29,14 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c);
  * {"__float__": "inf" | "-inf" | "nan"}, and written back as floats. */
 #define DS_JSON_FLOAT_TAG "__float__"
 
+/* DeepSpeed's universal layout (ds_to_universal.py): a tag directory holding
+ * zero/optimizer_state.pt, zero/<param>/{fp32,exp_avg,exp_avg_sq[,step]}.pt and
+ * the model-states file(s). */
+bool ds_is_universal_dir(const char *dir);
+/* Fills c (dir set) from a universal directory. Parameter names from param_shapes
+ * must be plain path components; every file is a regular file whose zip members
+ * match their CRC-32; each state holds exactly its parameter's elements (F32).
+ * Missing or malformed files are DSCKPT_ECORRUPT. */
+dsckpt_status ds_universal_open(dsckpt_ckpt *c);
 
 #endif /* DSCKPT_DEEPSPEED_H */

@@ -57,7 +57,8 @@ dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset,
 }
 
 dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return ds_err_errno(errno, "%s: cannot open", path);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {

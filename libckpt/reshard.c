@@ -6,6 +6,7 @@
  */
 #include "ckpt.h"
 #include "deepspeed_write.h"
+#include "universal.h"
 #include "fsutil.h"
 #include "hf_export.h"
 #include "native_write.h"
@@ -45,6 +46,7 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
     if (!c || !out || !*out || !opts) return ds_err(DSCKPT_EINVAL, "dsckpt_reshard: NULL argument");
     if (opts->world_size < 1 || opts->world_size > 1000000)
         return ds_err(DSCKPT_EINVAL, "--to must be between 1 and 1000000 (got %d)", opts->world_size);
+    if (opts->format == DSCKPT_FORMAT_UNIVERSAL) return ds_universal_reshard(c, out, opts);
     int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
     if (stage > 3) return ds_err(DSCKPT_EINVAL, "--stage must be 0, 1, 2 or 3 (got %d)", stage);
     reshard_fill rf = {.c = c};

@@ -89,9 +89,10 @@ static bool is_tag_dir(const char *dir) {
 }
 
 static bool has_latest(const char *dir) {
-    char *lp = ds_join(dir, "latest");
-    bool ok = lp && ds_exists(lp);
+    char *lp = ds_join(dir, "latest"), *lu = ds_join(dir, "latest_universal");
+    bool ok = (lp && ds_exists(lp)) || (lu && ds_exists(lu));
     free(lp);
+    free(lu);
     return ok;
 }
 

@@ -173,7 +173,9 @@ DSCKPT_API dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *ou
 /* On-disk format of a checkpoint written by reshard and synth. */
 typedef enum dsckpt_format {
     DSCKPT_FORMAT_NATIVE = 0,   /* per-rank safetensors + manifest (docs/native-format.md) */
-    DSCKPT_FORMAT_DEEPSPEED = 1 /* DeepSpeed's torch zip + pickle files (docs/formats/deepspeed.md) */
+    DSCKPT_FORMAT_DEEPSPEED = 1, /* DeepSpeed's torch zip + pickle files (docs/formats/deepspeed.md) */
+    DSCKPT_FORMAT_UNIVERSAL = 2  /* DeepSpeed's universal layout (ds_to_universal): out/<tag>_universal/,
+                                    out/latest_universal; any world size loads it with load_universal */
 } dsckpt_format;
 
 typedef struct dsckpt_reshard_opts {
