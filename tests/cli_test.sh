@@ -178,8 +178,8 @@ run consolidate somewhere
 expect_rc 3 "consolidate without -o"
 expect_in err "-o" "consolidate without -o says -o is required"
 run reshard somewhere --to 2
-expect_rc 3 "reshard without -o"
-expect_in err "-o" "reshard without -o says -o is required"
+expect_rc 2 "reshard without -o: OUT defaults to a sibling, CKPT must exist"
+expect_in err "somewhere" "reshard of a missing CKPT names it"
 run reshard somewhere -o out
 expect_rc 3 "reshard without --to"
 expect_in err "--to" "reshard without --to says --to is required"
@@ -546,7 +546,7 @@ run synth --help
 expect_in out "--format F" "synth --help documents --format"
 run reshard "$FIX/z2_ws4_fp32/ckpt" --to 3 --format torch -o ds_badfmt -q
 expect_rc 3 "reshard --format with an unknown format is a usage error"
-expect_in err "native or deepspeed" "the usage error names the formats"
+expect_in err "native, deepspeed or universal" "the usage error names the formats"
 [ ! -e ds_badfmt ] && ok "nothing written for a bad --format" || bad "ds_badfmt was created"
 run reshard "$FIX/z3_ws2_bf16/ckpt" --to 3 --format deepspeed -o ds_z3_to3 -q
 expect_rc 0 "reshard of a stage-3 DeepSpeed checkpoint to 3 ranks in DeepSpeed's format"
