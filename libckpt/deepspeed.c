@@ -863,13 +863,21 @@ bool ds_is_universal_dir(const char *dir) {
     return ok;
 }
 
-/* Every zip member of p against its CRC-32. */
-static dsckpt_status pt_check_crcs(const ds_pt *p) {
-    for (size_t i = 0; i < p->zip->n; i++) DS_TRY(zip_check_crc(p->fd, p->zip, i, p->path));
+/* The zip members of p against their CRC-32: all of them, or (storages_too
+ * false) all but the tensor storages (data/...), which every command's reads
+ * check anyway (readcheck.c), so large states are not read twice. */
+static dsckpt_status pt_check_crcs(const ds_pt *p, bool storages_too) {
+    size_t pl = p->zip->prefix ? strlen(p->zip->prefix) : 0;
+    for (size_t i = 0; i < p->zip->n; i++) {
+        const char *rel = p->zip->members[i].name + (pl && !strncmp(p->zip->members[i].name, p->zip->prefix, pl) ? pl + 1 : 0);
+        if (!storages_too && !strncmp(rel, "data/", 5)) continue;
+        DS_TRY(zip_check_crc(p->fd, p->zip, i, p->path));
+    }
     return DSCKPT_OK;
 }
 
-/* zero/<name>/<file>: loaded (members CRC-checked); a missing file is damage. */
+/* zero/<name>/<file>: loaded, its members CRC-checked (storages of the large
+ * states are left to the checked reads); a missing file is damage. */
 static dsckpt_status uni_load(const char *dir, const char *name, const char *file, ds_pt *p) {
     if (!ds_safe_name(name))
         return ds_err(DSCKPT_ECORRUPT, "%s: parameter name '%s' is not a plain directory name", dir, name);
@@ -879,7 +887,7 @@ static dsckpt_status uni_load(const char *dir, const char *name, const char *fil
     dsckpt_status st = pt_load_ex(dir, rel, 0, p, false);
     if (st == DSCKPT_ENOENT) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: missing (every trainable parameter needs it)", dir, rel);
     if (st == DSCKPT_EINVAL) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: not a regular file", dir, rel);
-    if (st == DSCKPT_OK) st = pt_check_crcs(p);
+    if (st == DSCKPT_OK) st = pt_check_crcs(p, !strcmp(file, "step.pt"));
     return st;
 }
 
@@ -930,7 +938,7 @@ dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
     dsckpt_status st = uni_check_listing(c->dir);
     if (st) goto done;
     DS_TRYGOTO(pt_load(c->dir, "zero/optimizer_state.pt", 0, &os), done);
-    DS_TRYGOTO(pt_check_crcs(&os), done);
+    DS_TRYGOTO(pt_check_crcs(&os, true), done);
     DS_TRYGOTO(register_file(c, &os), done);
     pk_obj *zs = pk_get(os.root, "zero_stage");
     int stage = zs ? stage_of(zs) : 1;

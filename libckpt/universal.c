@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define UNI_CHUNK (1u << 20) /* elements per read */
 #define UNI_PKL_MAX (256u << 20)
@@ -80,6 +81,7 @@ typedef struct uni_store {
     bool used;
     bool from_src;
     uint64_t off, bytes;   /* from_src */
+    uint32_t crc;          /* from_src: the member's CRC-32 */
     ds_state s;            /* generated */
     uint32_t t;
 } uni_store;
@@ -135,6 +137,7 @@ static const char *rename_key(void *u, const char *key) {
         s->from_src = true;
         s->off = m->data_offset;
         s->bytes = m->size;
+        s->crc = m->crc32;
     }
     if (!s->used) {
         s->used = true;
@@ -157,14 +160,19 @@ static dsckpt_status small_member(zip_writer *zw, const char *rel, const void *d
 }
 
 static dsckpt_status write_store(uni_out *o, const uni_store *s, zip_writer *zw, ds_progress *prog) {
-    if (s->from_src) {
+    if (s->from_src) { /* copied through, its CRC-32 checked as every read is */
         uint8_t *b = (uint8_t *)o->buf;
+        uLong crc = crc32(0L, Z_NULL, 0);
         for (uint64_t done = 0; done < s->bytes;) {
             size_t n = (size_t)DS_MIN(s->bytes - done, (uint64_t)UNI_CHUNK * 4);
             DS_TRY(ds_pread_full(o->src->fd, b, n, s->off + done, o->src->path));
+            crc = crc32(crc, b, (uInt)n);
             DS_TRY(zip_writer_write(zw, b, n));
             done += n;
         }
+        if (!o->d->no_read_check && (uint32_t)crc != s->crc)
+            return ds_err(DSCKPT_ECHECKSUM, "%s: storage '%s': CRC-32 mismatch (central directory 0x%08x, data 0x%08x)",
+                          o->src->path, s->key, s->crc, (unsigned)crc);
         return DSCKPT_OK;
     }
     const ds_tensor *T = &o->d->tensors[s->t];
@@ -285,13 +293,25 @@ static bool name_ends(const char *s, const char *suffix) {
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
-static dsckpt_status copy_file(const char *from, const char *to) {
+/* Copies a .pt file; with `check`, each of its zip members is first checked
+ * against its CRC-32. */
+static dsckpt_status copy_file(const char *from, const char *to, bool check) {
     int fd = -1;
     uint64_t size = 0;
     ds_stream *s = NULL;
     uint8_t *buf = NULL;
     dsckpt_status st = ds_open_read(from, &fd, &size);
     if (st) return st;
+    if (check) {
+        zip_archive *z = NULL;
+        st = zip_open_fd(fd, from, &z);
+        for (size_t i = 0; st == DSCKPT_OK && i < z->n; i++) st = zip_check_crc(fd, z, i, from);
+        zip_free(z);
+        if (st) {
+            close(fd);
+            return st;
+        }
+    }
     DS_TRYGOTO(ds_malloc(UNI_CHUNK, &buf), done);
     DS_TRYGOTO(ds_stream_create(to, 0, &s), done);
     for (uint64_t off = 0; off < size;) {
@@ -358,7 +378,7 @@ static dsckpt_status write_params(const dsckpt_ckpt *d, uni_out *o, const uni_sr
             char rel[600];
             snprintf(rel, sizeof rel, "zero/%s/step.pt", T->name);
             char *from = ds_join(d->dir, rel), *to = ds_join(pdir, "step.pt");
-            st = !from || !to ? DSCKPT_ENOMEM : ds_exists(from) ? copy_file(from, to) : DSCKPT_OK;
+            st = !from || !to ? DSCKPT_ENOMEM : ds_exists(from) ? copy_file(from, to, !d->no_read_check) : DSCKPT_OK;
             free(from);
             free(to);
             if (st) goto done;
@@ -399,7 +419,7 @@ static dsckpt_status write_universal(const dsckpt_ckpt *d, bool from_universal, 
                 st = DSCKPT_ENOMEM;
                 goto done;
             }
-            st = copy_file(f->path, to);
+            st = copy_file(f->path, to, !d->no_read_check);
             free(to);
             if (st) goto done;
         } else if (name_ends(f->name, "_optim_states.pt") && f->rank == 0) {
@@ -418,7 +438,7 @@ static dsckpt_status write_universal(const dsckpt_ckpt *d, bool from_universal, 
     DS_TRYGOTO(ds_mkdir(zdir), done);
     if (from_universal) {
         char *from = ds_join(d->dir, opt_name), *to = ds_join(zdir, "optimizer_state.pt");
-        st = from && to ? copy_file(from, to) : DSCKPT_ENOMEM;
+        st = from && to ? copy_file(from, to, !d->no_read_check) : DSCKPT_ENOMEM;
         free(from);
         free(to);
         if (st) goto done;
@@ -550,6 +570,7 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
             st = DSCKPT_ENOMEM;
             goto done;
         }
+        scratch->no_read_check = true; /* files we have just written from checked reads */
         DS_TRYGOTO(ds_deepspeed_open(scratch), done);
         DS_TRYGOTO(ds_ckpt_index(scratch, NULL, NULL), done);
         d = scratch;

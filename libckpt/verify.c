@@ -622,6 +622,10 @@ static void verify_root(const char *path, const dsckpt_verify_opts *o, dsckpt_ve
         return;
     }
     char *lp = ds_join(path, "latest"), *latest = NULL;
+    if (lp && !ds_exists(lp)) { /* a save root of universal checkpoints */
+        free(lp);
+        lp = ds_join(path, "latest_universal");
+    }
     if (lp && ds_exists(lp) && ds_read_small_file(lp, 4096, &latest, NULL) == DSCKPT_OK) {
         char *s = latest;
         while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;

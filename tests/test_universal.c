@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* Every tensor of a is in b with the same shape, kind, group and aliases, and
  * every applicable state holds the same bytes. */
@@ -366,6 +367,31 @@ static void test_hostile_crc(void) {
     zip_free(z);
     close(fd);
     CU_ASSERT_FATAL(tu_flip_bit(buf, off, 3) == 0);
+    /* Storages are checked as they are read (not twice at open). */
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(tag, NULL, &c));
+    char *out = tu_path(tmp, "out");
+    dsckpt_reshard_opts o;
+    dsckpt_reshard_opts_init(&o);
+    o.world_size = 2;
+    CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &o), DSCKPT_ECHECKSUM);
+    CU_ASSERT(!tu_exists(out));
+    o.format = DSCKPT_FORMAT_UNIVERSAL;
+    CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &o), DSCKPT_ECHECKSUM);
+    CU_ASSERT(!tu_exists(out));
+    dsckpt_ckpt_free(c);
+    free(out);
+    /* The pickle of a state file is checked at open. */
+    snprintf(buf, sizeof buf, "%s/zero/tiny/fp32.pt", tag);
+    fd = open(buf, O_RDONLY);
+    CU_ASSERT_FATAL(fd >= 0);
+    TU_ASSERT_OK(zip_open_fd(fd, buf, &z));
+    m = zip_find_rel(z, "data.pkl");
+    CU_ASSERT_FATAL(m != NULL);
+    off = m->data_offset + m->size - 1; /* the STOP opcode's byte */
+    zip_free(z);
+    close(fd);
+    CU_ASSERT_FATAL(tu_flip_bit(buf, off, 0) == 0);
     CU_ASSERT_EQUAL(open_status(tag), DSCKPT_ECHECKSUM);
     tu_rmtree(tmp);
     free(tag);
@@ -390,6 +416,23 @@ static void test_hostile_name(void) {
             hits++;
         }
     CU_ASSERT_FATAL(hits > 0);
+    /* The pickle's CRC-32 (central directory and data descriptor) follows the edit. */
+    int fd = open(buf, O_RDONLY);
+    CU_ASSERT_FATAL(fd >= 0);
+    zip_archive *z = NULL;
+    TU_ASSERT_OK(zip_open_fd(fd, buf, &z));
+    const zip_member *m = zip_find_rel(z, "data.pkl");
+    CU_ASSERT_FATAL(m != NULL);
+    uint8_t oldc[4], newc[4];
+    uint32_t nc = (uint32_t)crc32(0L, b + m->data_offset, (uInt)m->size);
+    for (int k = 0; k < 4; k++) {
+        oldc[k] = (uint8_t)(m->crc32 >> (8 * k));
+        newc[k] = (uint8_t)(nc >> (8 * k));
+    }
+    zip_free(z);
+    close(fd);
+    for (size_t i = 0; i + 4 <= n; i++)
+        if (!memcmp(b + i, oldc, 4)) memcpy(b + i, newc, 4);
     CU_ASSERT_FATAL(tu_write(buf, b, n) == 0);
     free(b);
     CU_ASSERT_EQUAL(open_status(tag), DSCKPT_ECORRUPT);
