@@ -132,19 +132,33 @@ grep -q "loaded the best checkpoint rot/global_step4" best.log.out && ok || bad 
 "$DSCKPT" inspect rot | grep -q "global_step4" && ok || bad "dsckpt inspect does not show the best checkpoint"
 
 echo "== a rank killed during async saves: latest always names a complete checkpoint"
+# The victim comes from this test's own process tree (dsrun execs mpirun, which
+# forks the ranks), after the first commit (a bounded poll), then a random delay.
+ranks_of() { # the child processes of $1
+    local parent=$1 f line rest
+    for f in /proc/[0-9]*/stat; do
+        line=$(cat "$f" 2>/dev/null) || continue
+        rest=${line##*) }
+        set -- $rest
+        [ "${2:-}" = "$parent" ] && echo "${line%% *}"
+    done
+}
+committed() { [ -s kill/latest ]; }
 cfg z1w2.json 1 6
 for trial in 1 2 3 4 5; do
     rm -rf kill
     "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps 1000000 --save_dir kill --save_steps 1 >kill.out 2>&1 &
     runner=$!
-    sleep "$(awk -v t="$trial" 'BEGIN{srand(t * 7919); printf "%.2f", 1.5 + 2.5 * rand()}')"
-    victim=$(pgrep -f "dstrain --deepspeed z1w2.json" | tail -1)
-    if [ -z "$victim" ]; then bad "trial $trial: no dstrain process to kill"; kill "$runner" 2>/dev/null; continue; fi
-    kill -KILL "$victim"
+    n=1800
+    while [ "$n" -gt 0 ] && ! committed; do n=$((n - 1)); sleep 0.1; done
+    if ! committed; then bad "trial $trial: no checkpoint committed within 180 s"; kill -KILL "$runner"; wait "$runner"; continue; fi
+    sleep "$(awk -v t="$trial" 'BEGIN{srand(t * 7919); printf "%.2f", 1.5 * rand()}')"
+    victims=($(ranks_of "$runner"))
+    if [ "${#victims[@]}" -lt 1 ]; then bad "trial $trial: no rank of this job to kill"; kill -KILL "$runner"; wait "$runner"; continue; fi
+    kill -KILL "${victims[$((trial % ${#victims[@]}))]}"
     wait "$runner" 2>/dev/null
     grep -q "step 1000000" kill.out && bad "trial $trial: the run finished before the kill"
-    if [ ! -f kill/latest ]; then bad "trial $trial: no checkpoint committed before the kill"; continue; fi
     tag=$(cat kill/latest)
     "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "trial $trial: latest ($tag) does not verify"
     "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
