@@ -542,6 +542,20 @@ static dsckpt_status parse_batch(const pctx *p, cJSON *root, rt_config *c) {
                    "neither train_batch_size nor train_micro_batch_size_per_gpu is given; set one of them (or "
                    "\"auto\" with --per_device_train_batch_size)");
     }
+    /* The engine and the model take the micro batch as an int (and allocate
+     * micro batch x sequence tokens): bound it, and the accumulation steps, as the
+     * command-line flags are, naming the key that gave or derived it. */
+    if (mb > RT_MAX_MICRO_BATCH)
+        return bad(p, has_mb ? "train_micro_batch_size_per_gpu" : "train_batch_size",
+                   "%s%llu is out of range; the micro batch per rank can be at most %llu%s",
+                   has_mb ? "" : "gives a micro batch per rank of ", (unsigned long long)mb,
+                   (unsigned long long)RT_MAX_MICRO_BATCH,
+                   has_mb ? "" : " (use gradient_accumulation_steps or more ranks)");
+    if (ga > RT_MAX_GRAD_ACCUM)
+        return bad(p, has_ga ? "gradient_accumulation_steps" : "train_batch_size",
+                   "%s%llu is out of range; gradient accumulation can be at most %llu steps",
+                   has_ga ? "" : "gives gradient accumulation steps of ", (unsigned long long)ga,
+                   (unsigned long long)RT_MAX_GRAD_ACCUM);
     uint64_t prod;
     if (ds_mul_overflow(mb, ga, &prod) || ds_mul_overflow(prod, W, &prod) || prod != tb)
         return bad(p, "train_batch_size",

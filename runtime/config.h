@@ -103,6 +103,10 @@ typedef struct rt_offload_cfg {
     double ratio;             /* optimizer only: 1.0; < 1 needs stage 3 */
 } rt_offload_cfg;
 
+/* Bounds of the batch arithmetic (the same as dstrain's flags allow). */
+#define RT_MAX_MICRO_BATCH (1ull << 20)
+#define RT_MAX_GRAD_ACCUM (1ull << 20)
+
 typedef struct rt_config {
     int world_size;
     /* Batch: all three resolved and consistent. */

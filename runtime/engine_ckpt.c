@@ -8,8 +8,10 @@
 #include "fsutil.h"
 #include "native_write.h"
 #include "rt_time.h"
+#include "savedir.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -333,7 +335,11 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
         if (mkdir(save_dir, 0755) && errno != EEXIST) st = ds_err_errno(errno, "cannot create %s", save_dir);
         char *man = st ? NULL : ds_join(tagdir, "manifest.json");
         if (!st && man && ds_exists(man)) st = ds_err(DSCKPT_EEXIST, "%s already holds a complete checkpoint", tagdir);
-        else if (!st && ds_exists(tagdir)) ds_rmtree(tagdir);
+        else if (!st && ds_exists(tagdir)) {
+            if (rt_only_save_files(tagdir)) ds_rmtree(tagdir);
+            else st = ds_err(DSCKPT_EEXIST, "%s holds files dstrain did not write (a DeepSpeed checkpoint?); "
+                             "not replacing it", tagdir);
+        }
         if (!st) st = ds_mkdir(tagdir); /* made durable by the commit (fsync of save_dir) */
         free(man);
         bad = st != DSCKPT_OK;
@@ -398,6 +404,93 @@ done:
 
 /* ---- loading ---- */
 
+/* The tensor of c called `name` (its name or one of its aliases), or -1. */
+static long find_tensor(const dsckpt_ckpt *c, const char *name) {
+    for (size_t k = 0; k < c->ntensors; k++) {
+        if (!strcmp(c->tensors[k].name, name)) return (long)k;
+        for (size_t a = 0; a < c->tensors[k].naliases; a++)
+            if (!strcmp(c->tensors[k].aliases[a], name)) return (long)k;
+    }
+    return -1;
+}
+
+static void shape_str(int nd, const uint64_t *sh, char *out, size_t n) {
+    size_t o = (size_t)snprintf(out, n, "[");
+    for (int d = 0; d < nd && o < n; d++) o += (size_t)snprintf(out + o, n - o, "%s%llu", d ? ", " : "", (unsigned long long)sh[d]);
+    if (o < n) snprintf(out + o, n - o, "]");
+}
+
+dsckpt_status rt_engine_check_model(const rt_engine *e, const dsckpt_ckpt *c, const char *what) {
+    const rt_model_cfg *mc = rt_model_config(e->model);
+    const ds_model_info *m = ds_ckpt_model(c);
+    if (m) {
+        const struct {
+            const char *key, *flag;
+            uint64_t ck, run;
+        } f[] = {{"n_layer", "--n_layer", m->n_layer, (uint64_t)mc->n_layer},
+                 {"n_head", "--n_head", m->n_head, (uint64_t)mc->n_head},
+                 {"n_embd", "--n_embd", m->n_embd, (uint64_t)mc->n_embd},
+                 {"n_positions", "--seq_len", m->n_positions, (uint64_t)mc->n_ctx},
+                 {"vocab_size", "byte-level", m->vocab_size, (uint64_t)mc->vocab_size}};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+            if (f[i].ck != f[i].run)
+                return ds_err(DSCKPT_EINVAL, "%s: checkpoint has %s=%llu, this run %s=%llu (%s); resume it with the "
+                              "model it was trained as, or use another --save_dir", what, f[i].key,
+                              (unsigned long long)f[i].ck, f[i].key, (unsigned long long)f[i].run, f[i].flag);
+        if (strcmp(m->architecture, "gpt2") || !m->tie_word_embeddings)
+            return ds_err(DSCKPT_EINVAL, "%s: checkpoint has architecture=%s tie_word_embeddings=%s, this run "
+                          "architecture=gpt2 tie_word_embeddings=true", what, m->architecture,
+                          m->tie_word_embeddings ? "true" : "false");
+    }
+    /* Every parameter with its exact shape, and nothing the model lacks (module
+     * buffers, which hold no trained state, aside). This is the whole check for a
+     * checkpoint without "model" (older dstrain, DeepSpeed). */
+    size_t np;
+    const rt_param *ps = rt_model_params(e->model, &np);
+    char a[96], b[96];
+    for (size_t i = 0; i < np; i++) {
+        long k = find_tensor(c, ps[i].name);
+        uint64_t want[2] = {(uint64_t)ps[i].shape[0], (uint64_t)ps[i].shape[1]};
+        shape_str(ps[i].ndim, want, b, sizeof b);
+        if (k < 0)
+            return ds_err(DSCKPT_EINVAL, "%s: checkpoint has no tensor '%s', this run's model (n_layer=%d, n_embd=%d) "
+                          "has it with shape %s", what, ps[i].name, mc->n_layer, mc->n_embd, b);
+        const ds_tensor *t = &c->tensors[k];
+        shape_str(t->ndim, t->shape, a, sizeof a);
+        bool same = t->ndim == ps[i].ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == want[d];
+        if (!same)
+            return ds_err(DSCKPT_EINVAL, "%s: checkpoint has '%s' with shape %s, this run %s", what, ps[i].name, a, b);
+        if (!t->trainable)
+            return ds_err(DSCKPT_EINVAL, "%s: checkpoint has '%s' frozen (no optimizer state), this run trains it",
+                          what, ps[i].name);
+    }
+    for (size_t k = 0; k < c->ntensors; k++) {
+        const ds_tensor *t = &c->tensors[k];
+        if (t->buffer) continue;
+        bool known = false;
+        for (size_t i = 0; i < np && !known; i++) {
+            known = !strcmp(t->name, ps[i].name);
+            for (size_t al = 0; al < t->naliases && !known; al++) known = !strcmp(t->aliases[al], ps[i].name);
+        }
+        if (!known) {
+            shape_str(t->ndim, t->shape, a, sizeof a);
+            return ds_err(DSCKPT_EINVAL, "%s: checkpoint has tensor '%s' %s, which this run's model (n_layer=%d, "
+                          "n_embd=%d) does not have", what, t->name, a, mc->n_layer, mc->n_embd);
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* A step count stored in a checkpoint's state: an integer in [0, 2^53 - 1]. */
+static bool state_count(const cJSON *it, uint64_t *out) {
+    if (!cJSON_IsNumber(it)) return false;
+    double d = it->valuedouble;
+    if (!(d >= 0) || d > 9007199254740991.0 || d != floor(d)) return false;
+    *out = (uint64_t)d;
+    return true;
+}
+
 static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
     ds_fdset fs;
     DS_TRY(ds_fdset_open(c, &fs));
@@ -406,9 +499,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     const rt_param *ps = rt_model_params(e->model, &np);
     for (size_t i = 0; i < e->nt && !st; i++) {
         const et *T = &e->t[i];
-        int ti = -1;
-        for (size_t k = 0; k < c->ntensors; k++)
-            if (!strcmp(c->tensors[k].name, ps[i].name)) ti = (int)k;
+        long ti = find_tensor(c, ps[i].name);
         if (ti < 0 || !c->tensors[ti].trainable || c->tensors[ti].numel != T->numel) {
             st = ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", c->dir,
                         ti < 0 ? "no tensor" : !c->tensors[ti].trainable ? "no trainable tensor" : "tensor",
@@ -430,16 +521,6 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     return st;
 }
 
-/* A step count stored as a JSON number (a double): a whole number from 0 to 2^53.
- * Anything else (negative, fractional, huge, NaN) would be undefined behaviour to
- * convert and is not a step count. */
-static bool step_count(const cJSON *j, uint64_t *out) {
-    double v = j->valuedouble;
-    if (!(v >= 0 && v <= 9007199254740992.0) || v != (double)(uint64_t)v) return false;
-    *out = (uint64_t)v;
-    return true;
-}
-
 /* Every rank must succeed, or all fail together (no rank left waiting). */
 static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
     bool bad = st != DSCKPT_OK;
@@ -455,27 +536,34 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
     double t0 = rt_now_s();
     dsckpt_ckpt *c = NULL;
     dsckpt_status st = dsckpt_ckpt_open(path, tag, &c);
-    rt_engine_before_change(e);
-    if (!st) st = load_parts(e, c, moments);
+    if (!st) st = rt_engine_check_model(e, c, c->dir);
+    /* The step counters, checked before anything changes. */
+    const cJSON *state = !st && c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
+    uint64_t applied = 0, nsteps = 0;
     if (!st && moments) {
-        const cJSON *state = c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
         const cJSON *eng = state ? cJSON_GetObjectItemCaseSensitive(state, "engine") : NULL;
         const cJSON *ap = eng ? cJSON_GetObjectItemCaseSensitive(eng, "applied_steps") : NULL;
         const cJSON *gs = eng ? cJSON_GetObjectItemCaseSensitive(eng, "global_steps") : NULL;
-        if (cJSON_IsNumber(ap) && cJSON_IsNumber(gs)) {
-            if (!step_count(ap, &e->applied) || !step_count(gs, &e->nsteps))
-                st = ds_err(DSCKPT_ECORRUPT, "%s: state.engine.applied_steps / global_steps must be whole numbers "
-                            "from 0 to 2^53 (%g, %g)", c->dir, ap->valuedouble, gs->valuedouble);
+        if (ap || gs) {
+            if (!state_count(ap, &applied) || !state_count(gs, &nsteps))
+                st = ds_err(DSCKPT_ECORRUPT, "%s: state.engine: applied_steps and global_steps must be integers in "
+                            "[0, 2^53 - 1]", c->dir);
         } else { /* a checkpoint from elsewhere: the optimizer step of group 0 */
             const cJSON *pg = cJSON_GetArrayItem(
                 cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "optimizer"), "param_groups"), 0);
             const cJSON *sp = pg ? cJSON_GetObjectItemCaseSensitive(pg, "step") : NULL;
-            uint64_t n = 0;
-            if (cJSON_IsNumber(sp) && sp->valuedouble > 0 && !step_count(sp, &n))
-                st = ds_err(DSCKPT_ECORRUPT, "%s: the optimizer's param_groups[0].step must be a whole number "
-                            "from 0 to 2^53 (%g)", c->dir, sp->valuedouble);
-            e->applied = e->nsteps = n ? n : (uint64_t)c->step;
+            if (sp && !state_count(sp, &applied))
+                st = ds_err(DSCKPT_ECORRUPT, "%s: state.optimizer.param_groups[0].step must be an integer in "
+                            "[0, 2^53 - 1]", c->dir);
+            if (!sp || !applied) applied = c->step > 0 ? (uint64_t)c->step : 0;
+            nsteps = applied;
         }
+    }
+    rt_engine_before_change(e);
+    if (!st) st = load_parts(e, c, moments);
+    if (!st && moments) {
+        e->applied = applied;
+        e->nsteps = nsteps;
         const cJSON *ls = state ? cJSON_GetObjectItemCaseSensitive(state, "loss_scaler") : NULL;
         if (!st && ls && !cJSON_IsNull(ls) && e->scaler.kind != RT_SCALER_STATIC) st = rt_scaler_state_from_json(&e->scaler, ls);
         if (!st && state_out) *state_out = state ? cJSON_Duplicate(state, true) : cJSON_CreateObject();

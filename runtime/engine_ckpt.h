@@ -57,6 +57,14 @@ double rt_saver_take_copy_seconds(rt_saver *s);
  * rest is rebuilding the working weights from the new partitions). Collective. */
 dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out, double *read_s);
 
+/* Whether checkpoint c holds this engine's model: its "model" object (when it has
+ * one) equals the run's settings, and its tensors are exactly the model's
+ * parameters with their shapes (module buffers aside). A mismatch is
+ * DSCKPT_EINVAL naming both sides ("checkpoint has n_layer=4, this run
+ * n_layer=2"); `what` names the checkpoint. rt_engine_load and
+ * rt_engine_load_weights check this first. Not collective. */
+dsckpt_status rt_engine_check_model(const rt_engine *e, const dsckpt_ckpt *c, const char *what);
+
 /* Loads only the fp32 master weights (and the working weights from them) of a
  * checkpoint: load-best-at-end. Collective. */
 dsckpt_status rt_engine_load_weights(rt_engine *e, const char *path, const char *tag);

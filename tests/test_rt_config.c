@@ -288,6 +288,15 @@ typedef struct bad_case {
 } bad_case;
 
 static const bad_case BAD[] = {
+    /* Integers past what the engine takes (it was truncated to 32 bits: a micro
+     * batch of 0). */
+    {"{\"train_batch_size\":4294967296}", "train_batch_size", "at most 1048576", 1, 0},
+    {"{\"train_batch_size\":4294967296,\"gradient_accumulation_steps\":1}", "train_batch_size", "at most 1048576", 1, 0},
+    {"{\"train_micro_batch_size_per_gpu\":4294967297}", "train_micro_batch_size_per_gpu", "4294967297 is out of range", 1, 0},
+    {"{\"train_micro_batch_size_per_gpu\":1,\"gradient_accumulation_steps\":4294967296}",
+     "gradient_accumulation_steps", "at most 1048576", 1, 0},
+    {"{\"train_batch_size\":4294967296,\"train_micro_batch_size_per_gpu\":1}", "train_batch_size",
+     "gradient accumulation steps of 4294967296", 1, 0},
     {"{\"train_batch_size\":2,\"fp16\":{\"enabled\":true},\"bf16\":{\"enabled\":true}}", "fp16.enabled", "bf16", 1, 0},
     {"{\"train_batch_size\":8,\"train_micro_batch_size_per_gpu\":3,\"gradient_accumulation_steps\":1}",
      "train_batch_size", "8 != ", 2, 0},

@@ -12,6 +12,7 @@
 #include "trainer.h"
 #include "model.h"
 #include "rt_time.h"
+#include "savedir.h"
 #include "stream.h"
 #include "ckpt.h"
 #include "fsutil.h"
@@ -62,8 +63,12 @@ static const char help[] =
     "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
     "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
     "                         write D/final/model.safetensors (16-bit) and its .sha256\n"
-    "  --resume auto|TAG      continue from D/latest (auto: the newest checkpoint that\n"
-    "                         verifies) or D/TAG, at any world size and ZeRO stage\n"
+    "  --resume auto|TAG      continue from D/TAG, or (auto) the newest checkpoint in D\n"
+    "                         that verifies (native or DeepSpeed's format), at any\n"
+    "                         world size and ZeRO stage; the checkpoint must be of the\n"
+    "                         model the flags describe. auto starts from scratch only\n"
+    "                         when D holds no checkpoint; it stops with an error when\n"
+    "                         D holds checkpoints it cannot use\n"
     "  --save_model OUT       after training, the final weights as 16-bit safetensors\n"
     "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
     "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
@@ -71,13 +76,33 @@ static const char help[] =
     "  --adam_epsilon X  --max_grad_norm X  --warmup_steps N  --bf16  --fp16\n"
     "  -h, --help             this help\n"
     "\n"
-    "Exit codes: 0 done, 2 bad input (config, data), 3 usage, 70 internal or MPI failure.\n";
+    "Exit codes: 0 done, 1 the checkpoint to resume is corrupt (or --resume auto finds\n"
+    "checkpoints but none that verifies), 2 bad input (config, data) or unreadable,\n"
+    "3 usage (also: the checkpoint to resume is of another model than the flags say),\n"
+    "5 a checkpoint dstrain cannot resume, 70 internal or MPI failure.\n";
 
 enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
     O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL
 };
+
+/* The exit code of a failure (the table of dsckpt's --help). */
+static int exit_code(dsckpt_status st) {
+    switch (st) {
+    case DSCKPT_EINVAL:
+    case DSCKPT_EMISUSE: return 3;
+    case DSCKPT_EEXIST: return 4;
+    case DSCKPT_ECORRUPT:
+    case DSCKPT_ECHECKSUM:
+    case DSCKPT_EVERSION: return 1;
+    case DSCKPT_EUNSUPPORTED: return 5;
+    case DSCKPT_EIO:
+    case DSCKPT_ENOSPC:
+    case DSCKPT_ENOENT: return 2;
+    default: return 70;
+    }
+}
 
 static int usage(const char *fmt, const char *arg) {
     fprintf(stderr, "dstrain: ");
@@ -338,64 +363,52 @@ int main(int argc, char **argv) {
         if (rank == 0 && (st = rt_tstate_load(save_dir, &ts))) FAIL(70);
     }
     uint64_t k0 = 0;
+    if (save_dir && rank == 0) {
+        int removed = rt_clean_debris(save_dir);
+        if (removed)
+            fprintf(stderr, "dstrain: removed %d temporary file(s) of killed saves from %s\n", removed, save_dir);
+    }
     if (resume) {
-        char chosen[256] = "";
+        /* Rank 0 decides (verify, model check); every rank gets the verdict and a
+         * refusal ends them all with the same exit code. */
+        rt_resume_pick pick;
         double verify_s = rt_now_s();
-        if (rank == 0) {
-            char **tags = NULL;
-            size_t nt = 0;
-            if (!strcmp(resume, "auto")) {
-                if (rt_list_checkpoints(save_dir, &tags, &nt)) nt = 0;
-                for (size_t i = 0; i < nt && !chosen[0]; i++) {
-                    dsckpt_verify_report *rep = NULL;
-                    if (dsckpt_verify(save_dir, tags[i], NULL, &rep) == DSCKPT_OK &&
-                        dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_OK)
-                        snprintf(chosen, sizeof chosen, "%s", tags[i]);
-                    else
-                        fprintf(stderr, "dstrain: --resume auto: skipping %s/%s: %s\n", save_dir, tags[i],
-                                rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
-                                                                       : dsckpt_last_error());
-                    dsckpt_verify_report_free(rep);
-                }
-                if (!chosen[0] && nt) snprintf(chosen, sizeof chosen, "%s", "!");
-                else if (chosen[0] && strcmp(chosen, tags[0]))
-                    fprintf(stderr, "dstrain: --resume auto: %s is the newest checkpoint that verifies\n", chosen);
-            } else {
-                dsckpt_verify_report *rep = NULL;
-                if (dsckpt_verify(save_dir, resume, NULL, &rep) == DSCKPT_OK &&
-                    dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_OK)
-                    snprintf(chosen, sizeof chosen, "%s", resume);
-                else {
-                    fprintf(stderr, "dstrain: --resume %s: %s/%s does not verify: %s\n", resume, save_dir, resume,
-                            rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
-                                                                   : dsckpt_last_error());
-                    snprintf(chosen, sizeof chosen, "%s", "!");
-                }
-                dsckpt_verify_report_free(rep);
-            }
-            rt_free_list(tags, nt);
-        }
+        if (rank == 0) rt_resume_pick_tag(eng, save_dir, resume, &pick);
         verify_s = rt_now_s() - verify_s;
-        if ((st = rt_comm_bcast(comm, chosen, sizeof chosen, 0))) FAIL(70);
-        if (!strcmp(chosen, "!")) {
-            ds_err(DSCKPT_ECORRUPT, "--resume %s: no checkpoint in %s verifies", resume, save_dir);
-            FAIL(2);
+        if ((st = rt_comm_bcast(comm, &pick, sizeof pick, 0))) FAIL(70);
+        pick.tag[sizeof pick.tag - 1] = pick.msg[sizeof pick.msg - 1] = '\0';
+        if (pick.exit_code) {
+            if (rank == 0) fprintf(stderr, "dstrain: --resume %s: %s\n", resume, pick.msg);
+            rc = pick.exit_code;
+            clean_exit = true;
+            goto done;
         }
-        if (chosen[0]) {
+        if (pick.tag[0]) {
             cJSON *state = NULL;
             double tl0 = rt_now_s();
             double read_s = 0;
-            if ((st = rt_engine_load(eng, save_dir, chosen, &state, &read_s))) FAIL(2);
+            if ((st = rt_engine_load(eng, save_dir, pick.tag, &state, &read_s))) FAIL(exit_code(st));
             if ((st = rt_comm_barrier(comm))) FAIL(70);
             double load_s = rt_now_s() - tl0;
             const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
             const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
-            k0 = cJSON_IsNumber(nb) ? (uint64_t)nb->valuedouble : rt_engine_steps(eng);
+            k0 = rt_engine_steps(eng);
+            if (nb) {
+                double v = cJSON_IsNumber(nb) ? nb->valuedouble : -1;
+                if (!(v >= 0) || v > 9007199254740991.0 || v != floor(v)) {
+                    cJSON_Delete(state);
+                    ds_err(DSCKPT_ECORRUPT, "%s/%s: state.data.next_batch must be an integer in [0, 2^53 - 1]",
+                           save_dir, pick.tag);
+                    FAIL(1);
+                }
+                k0 = (uint64_t)v;
+            }
             cJSON_Delete(state);
             if (rank == 0)
-                fprintf(stderr, "dstrain: resumed from %s/%s at step %llu (verified in %.3f s, loaded in %.3f s: "
+                fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (verified in %.3f s, loaded in %.3f s: "
                         "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
-                        save_dir, chosen, (unsigned long long)k0, verify_s, load_s, read_s, load_s - read_s);
+                        save_dir, pick.tag, pick.deepspeed ? " (DeepSpeed format)" : "", (unsigned long long)k0,
+                        verify_s, load_s, read_s, load_s - read_s);
         } else if (rank == 0) {
             fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", save_dir);
         }

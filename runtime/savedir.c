@@ -1,0 +1,278 @@
+/*
+ * savedir.c — choosing the checkpoint --resume continues from, and removing the
+ * debris of killed saves (see savedir.h).
+ */
+#include "savedir.h"
+
+#include "ckpt.h"
+#include "engine_ckpt.h"
+#include "fsutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_CANDIDATES 100000
+
+/* "global_step<N>" with N decimal (no sign, no overflow): N, else -1. */
+static long long step_of(const char *name) {
+    if (strncmp(name, "global_step", 11) || !name[11] || strlen(name + 11) > 15) return -1;
+    long long v = 0;
+    for (const char *p = name + 11; *p; p++) {
+        if (*p < '0' || *p > '9') return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+typedef enum { K_NONE, K_NATIVE, K_DEEPSPEED, K_INCOMPLETE } kind;
+
+static bool ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+/* What the tag directory save_dir/tag holds. */
+static kind classify(const char *save_dir, const char *tag) {
+    char *d = ds_join(save_dir, tag);
+    if (!d) return K_NONE;
+    struct stat sb;
+    kind k = K_NONE;
+    if (lstat(d, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        char *m = ds_join(d, "manifest.json");
+        k = m && lstat(m, &sb) == 0 ? K_NATIVE : K_INCOMPLETE;
+        free(m);
+        DIR *dh = k == K_INCOMPLETE ? opendir(d) : NULL;
+        for (struct dirent *e; dh && (e = readdir(dh));)
+            if (ends_with(e->d_name, "_model_states.pt") || ends_with(e->d_name, "_optim_states.pt")) k = K_DEEPSPEED;
+        if (dh) closedir(dh);
+    }
+    free(d);
+    return k;
+}
+
+typedef struct cand {
+    char *tag;
+    long long step;
+} cand;
+
+static int cmp_cand(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    return x->step < y->step ? 1 : x->step > y->step ? -1 : strcmp(x->tag, y->tag);
+}
+
+static void notef(rt_resume_pick *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void notef(rt_resume_pick *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->msg, sizeof out->msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Verifies save_dir/tag and checks its model. Returns 0 when it can be resumed;
+ * else the exit code, with out->msg saying why. */
+static int usable(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out) {
+    dsckpt_verify_report *rep = NULL;
+    dsckpt_status st = dsckpt_verify(save_dir, tag, NULL, &rep);
+    int code = 0;
+    if (st != DSCKPT_OK || dsckpt_verify_report_result(rep) != DSCKPT_VERIFY_OK) {
+        bool corrupt = st == DSCKPT_OK ? dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_CORRUPT
+                                       : st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION;
+        code = st == DSCKPT_EUNSUPPORTED ? 5 : corrupt ? 1 : 2;
+        notef(out, "%s/%s does not verify: %s", save_dir, tag,
+              st == DSCKPT_OK && rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
+                                                                       : dsckpt_last_error());
+        dsckpt_verify_report_free(rep);
+        return code;
+    }
+    dsckpt_verify_report_free(rep);
+    dsckpt_ckpt *c = NULL;
+    char what[600];
+    snprintf(what, sizeof what, "%s/%s", save_dir, tag);
+    st = dsckpt_ckpt_open(save_dir, tag, &c);
+    if (!st) st = rt_engine_check_model(e, c, what);
+    dsckpt_ckpt_free(c);
+    if (st) {
+        notef(out, "%s", dsckpt_last_error());
+        return st == DSCKPT_EINVAL ? 3 : st == DSCKPT_EUNSUPPORTED ? 5
+               : st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION ? 1 : 2;
+    }
+    return 0;
+}
+
+void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out) {
+    memset(out, 0, sizeof *out);
+    if (strcmp(resume, "auto")) { /* an explicit tag */
+        int code = usable(e, save_dir, resume, out);
+        if (code) {
+            out->exit_code = code;
+            return;
+        }
+        snprintf(out->tag, sizeof out->tag, "%s", resume);
+        out->deepspeed = classify(save_dir, resume) == K_DEEPSPEED;
+        return;
+    }
+    /* Candidates: every global_step<N> directory, and the tag `latest` names. */
+    cand *cs = NULL;
+    size_t n = 0;
+    char *latest_tag = NULL;
+    bool latest_bad = false;
+    char *lp = ds_join(save_dir, "latest");
+    struct stat sb;
+    if (lp && lstat(lp, &sb) == 0) {
+        char *text = NULL;
+        size_t len = 0;
+        if (!S_ISREG(sb.st_mode) || ds_read_small_file(lp, 4096, &text, &len) != DSCKPT_OK) latest_bad = true;
+        else {
+            while (len && (text[len - 1] == '\n' || text[len - 1] == '\r')) text[--len] = '\0';
+            if (strlen(text) != len || !ds_safe_name(text)) latest_bad = true;
+            else latest_tag = text, text = NULL;
+        }
+        free(text);
+    }
+    free(lp);
+    DIR *d = opendir(save_dir);
+    for (struct dirent *de; d && (de = readdir(d)) && n < MAX_CANDIDATES;) {
+        long long s = step_of(de->d_name);
+        bool is_latest = latest_tag && !strcmp(de->d_name, latest_tag);
+        if (s < 0 && !is_latest) continue;
+        cand *nc = realloc(cs, (n + 1) * sizeof *cs);
+        if (!nc) break;
+        cs = nc;
+        cs[n].tag = strdup(de->d_name);
+        if (!cs[n].tag) break;
+        cs[n].step = s < 0 ? (1ll << 62) : s; /* a tag only `latest` names goes first */
+        n++;
+    }
+    if (d) closedir(d);
+    if (n) qsort(cs, n, sizeof *cs, cmp_cand);
+    int worst = 0;
+    bool latest_seen = false;
+    char first_problem[sizeof out->msg] = "";
+    for (size_t i = 0; i < n && !out->tag[0] && !out->exit_code; i++) {
+        if (latest_tag && !strcmp(cs[i].tag, latest_tag)) latest_seen = true;
+        kind k = classify(save_dir, cs[i].tag);
+        if (k == K_NONE) continue; /* not a directory */
+        if (k == K_INCOMPLETE) {
+            fprintf(stderr, "dstrain: --resume auto: skipping %s/%s: an incomplete save (no manifest.json)\n",
+                    save_dir, cs[i].tag);
+            if (latest_tag && !strcmp(cs[i].tag, latest_tag)) worst = worst ? worst : 1;
+            continue;
+        }
+        int code = usable(e, save_dir, cs[i].tag, out);
+        if (code == 3 || code == 5) { /* another model, or one dstrain cannot take: stop */
+            out->exit_code = code;
+            break;
+        }
+        if (code) {
+            fprintf(stderr, "dstrain: --resume auto: skipping %s\n", out->msg);
+            if (!first_problem[0]) snprintf(first_problem, sizeof first_problem, "%s", out->msg);
+            if (!worst || code == 1) worst = code;
+            out->msg[0] = '\0';
+            continue;
+        }
+        snprintf(out->tag, sizeof out->tag, "%s", cs[i].tag);
+        out->deepspeed = k == K_DEEPSPEED;
+        if (i > 0) fprintf(stderr, "dstrain: --resume auto: %s is the newest checkpoint that verifies\n", cs[i].tag);
+    }
+    if (!out->tag[0] && !out->exit_code) {
+        if (latest_bad || (latest_tag && !latest_seen)) {
+            out->exit_code = 1;
+            notef(out, "--resume auto: %s/latest %s; not starting from scratch over it", save_dir,
+                  latest_bad ? "is not a plain tag name in a regular file" : "names a checkpoint that is not there");
+        } else if (worst) {
+            out->exit_code = worst;
+            notef(out, "--resume auto: %s holds checkpoints but none can be resumed (%s); not starting from "
+                  "scratch over them", save_dir, first_problem[0] ? first_problem : "the one `latest` names is incomplete");
+        }
+    }
+    for (size_t i = 0; i < n; i++) free(cs[i].tag);
+    free(cs);
+    free(latest_tag);
+}
+
+bool rt_stale_temp(const char *name, long *pid) {
+    /* .BASE.tmp-PID-N */
+    if (name[0] != '.') return false;
+    const char *t = strstr(name + 1, ".tmp-");
+    if (!t || t == name + 1) return false;
+    for (const char *p = strstr(t + 5, ".tmp-"); p; p = strstr(p + 5, ".tmp-")) t = p; /* the last one */
+    const char *p = t + 5;
+    long v = 0;
+    int nd = 0;
+    for (; *p >= '0' && *p <= '9' && nd < 10; p++, nd++) v = v * 10 + (*p - '0');
+    if (!nd || *p != '-' || v <= 0) return false;
+    p++;
+    int nc = 0;
+    for (; *p >= '0' && *p <= '9' && nc < 10; p++) nc++;
+    if (!nc || *p) return false;
+    char base[256];
+    size_t bl = (size_t)(t - (name + 1));
+    if (bl >= sizeof base) return false;
+    memcpy(base, name + 1, bl);
+    base[bl] = '\0';
+    if (!ds_safe_name(base)) return false;
+    *pid = v;
+    return kill((pid_t)v, 0) == -1 && errno == ESRCH;
+}
+
+/* Removes dead writers' temporaries of the names `allowed` accepts in dir. */
+static int clean_dir(const char *dir, bool root) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        long pid;
+        if (!rt_stale_temp(de->d_name, &pid)) continue;
+        if (root) { /* only the files dstrain's rank 0 writes there */
+            const char *n = de->d_name + 1;
+            if (strncmp(n, "latest.tmp-", 11) && strncmp(n, "trainer_state.json.tmp-", 23)) continue;
+        } else { /* rank files and the manifest */
+            const char *n = de->d_name + 1;
+            if (strncmp(n, "manifest.json.tmp-", 18) &&
+                !(strncmp(n, "rank_", 5) == 0 && strstr(n, ".safetensors.tmp-") == n + 10))
+                continue;
+        }
+        struct stat sb;
+        if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) || !S_ISREG(sb.st_mode)) continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0) removed++;
+    }
+    closedir(d);
+    return removed;
+}
+
+int rt_clean_debris(const char *save_dir) {
+    int removed = clean_dir(save_dir, true);
+    DIR *d = opendir(save_dir);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        kind k = step_of(de->d_name) < 0 ? K_NONE : classify(save_dir, de->d_name);
+        if (k != K_INCOMPLETE && k != K_NATIVE) continue;
+        char *td = ds_join(save_dir, de->d_name);
+        if (td) removed += clean_dir(td, false);
+        free(td);
+    }
+    if (d) closedir(d);
+    if (removed) ds_fsync_dir(save_dir);
+    return removed;
+}
+
+bool rt_only_save_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return false;
+    bool ok = true;
+    for (struct dirent *de; ok && (de = readdir(d));) {
+        const char *n = de->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..")) continue;
+        bool rank_file = !strncmp(n, "rank_", 5) && ends_with(n, ".safetensors") && strlen(n) <= 24;
+        bool temp = n[0] == '.' && strstr(n, ".tmp-") != NULL;
+        ok = rank_file || temp;
+    }
+    closedir(d);
+    return ok;
+}

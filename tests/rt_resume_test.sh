@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# rt_resume_test.sh — dstrain never resumes wrongly: a checkpoint of another model
+# is refused naming both sides (with the manifest's "model" object, and for older
+# checkpoints without one by their tensors); `--resume auto` in a save dir it
+# cannot use stops instead of training from scratch (and `latest` stays where it
+# was); a DeepSpeed-format checkpoint of the same model is resumed; hostile step
+# counters in a checkpoint's state are refused; debris of killed saves (temporaries
+# of dead processes) is removed by the next run, and nothing else is.
+# Usage: rt_resume_test.sh BUILD_DIR SOURCE_DIR
+set -uo pipefail
+BUILD=$1
+SRC=$2
+DSTRAIN="$BUILD/dstrain"
+DSRUN="$BUILD/dsrun"
+DSCKPT="$BUILD/dsckpt"
+DATA="$SRC/fixtures/corpus/licenses.txt"
+PY=${PYTHON3:-python3}
+WORK=$(mktemp -d)
+trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+cd "$WORK"
+PASS=0
+FAIL=0
+ok() { PASS=$((PASS + 1)); }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+cat >z2.json <<'JSON'
+{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "zero_optimization": {"stage": 2}}
+JSON
+# train LOG N_LAYER [args...]: 2 ranks, ZeRO-2, a tiny model.
+train() {
+    local l=$1 nl=$2
+    shift 2
+    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z2.json --data "$DATA" --n_layer "$nl" --n_head 2 --n_embd 32 \
+        --seq_len 32 --eval_windows 2 "$@" >"$l" 2>&1
+}
+# reseal MANIFEST PYTHON-EXPR-ON-m: edits a manifest and writes it back with a valid self-digest.
+reseal() {
+    $PY - "$1" "$2" <<'PYEOF'
+import hashlib, json, sys
+p, expr = sys.argv[1], sys.argv[2]
+m = json.loads(open(p).read())
+del m["manifest_sha256"]
+exec(expr)
+body = json.dumps(m, separators=(",", ":"))
+open(p, "w").write(body[:-1] + ',"manifest_sha256":"' + hashlib.sha256(body.encode()).hexdigest() + '"}')
+PYEOF
+}
+
+echo "== a 4-layer checkpoint; resuming it with --n_layer 2 is refused naming both"
+train a.out 4 --max_steps 2 --save_dir run4 --save_steps 2 || bad "4-layer run failed: $(tail -3 a.out)"
+$PY -c "import json,sys; m=json.load(open('run4/global_step2/manifest.json'))['model']; assert m=={'architecture':'gpt2','n_layer':4,'n_head':2,'n_embd':32,'vocab_size':256,'n_positions':32,'tie_word_embeddings':True}, m" &&
+    ok || bad "the manifest's model object is not what the run trained"
+cp -r run4 run4_auto && cp -r run4 run4_old
+train b.out 2 --max_steps 4 --save_dir run4 --save_steps 2 --resume global_step2
+rc=$?
+[ "$rc" = 3 ] && ok || bad "--resume TAG with another model: exit $rc, expected 3: $(tail -3 b.out)"
+grep -q "checkpoint has n_layer=4, this run n_layer=2" b.out && ok || bad "the refusal does not name both: $(tail -3 b.out)"
+train c.out 2 --max_steps 4 --save_dir run4_auto --save_steps 2 --resume auto
+rc=$?
+[ "$rc" = 3 ] && ok || bad "--resume auto with another model: exit $rc, expected 3: $(tail -3 c.out)"
+grep -q "starting from scratch" c.out && bad "--resume auto started from scratch over another model's checkpoint"
+[ "$(cat run4_auto/latest)" = global_step2 ] && [ ! -e run4_auto/global_step4 ] && ok ||
+    bad "latest moved or a checkpoint was written after the refusal"
+train c2.out 4 --max_steps 2 --n_embd 64 --save_dir run4 --resume auto
+grep -q "checkpoint has n_embd=32, this run n_embd=64" c2.out && ok || bad "n_embd mismatch not named: $(tail -3 c2.out)"
+
+echo "== an older checkpoint (no \"model\" object): the tensors decide"
+reseal run4_old/global_step2/manifest.json 'del m["model"]'
+"$DSCKPT" verify run4_old >/dev/null && ok || bad "the resealed old-style checkpoint does not verify"
+train d.out 2 --max_steps 4 --save_dir run4_old --resume auto
+rc=$?
+[ "$rc" = 3 ] && ok || bad "old checkpoint with more layers: exit $rc, expected 3: $(tail -3 d.out)"
+grep -q "checkpoint has tensor 'transformer.h.2" d.out && ok || bad "the extra layer is not named: $(tail -3 d.out)"
+train d2.out 4 --max_steps 3 --seq_len 16 --save_dir run4_old --resume auto
+grep -q "checkpoint has 'transformer.wpe.weight' with shape \[32, 32\], this run \[16, 32\]" d2.out && ok ||
+    bad "a shape mismatch is not named: $(tail -3 d2.out)"
+train d3.out 4 --max_steps 3 --save_dir run4_old --resume auto && ok || bad "the old checkpoint of the same model does not resume: $(tail -3 d3.out)"
+grep -q "resumed from run4_old/global_step2 at step 2" d3.out && ok || bad "not resumed: $(tail -3 d3.out)"
+
+echo "== --resume auto over a DeepSpeed-format checkpoint: resumed when the model matches, refused otherwise"
+train e.out 2 --max_steps 2 --save_dir src2 --save_steps 2 || bad "2-layer run failed: $(tail -3 e.out)"
+"$DSCKPT" reshard src2 --to 2 --format deepspeed -o dsrun -q || bad "reshard --format deepspeed failed"
+[ ! -f dsrun/global_step2/manifest.json ] && ls dsrun/global_step2/*_model_states.pt >/dev/null 2>&1 && ok ||
+    bad "the DeepSpeed-format save dir is not what this test needs"
+cp -r dsrun dsrun_other
+train f.out 2 --max_steps 4 --save_dir dsrun --save_steps 2 --resume auto && ok || bad "resume from DeepSpeed format failed: $(tail -3 f.out)"
+grep -q "resumed from dsrun/global_step2 (DeepSpeed format) at step 2" f.out && ok || bad "did not resume the DeepSpeed checkpoint: $(tail -3 f.out)"
+grep -q "starting from scratch" f.out && bad "started from scratch over a DeepSpeed checkpoint"
+[ "$(cat dsrun/latest)" = global_step4 ] && "$DSCKPT" verify dsrun -t global_step4 >/dev/null && ok || bad "no good checkpoint after the resumed run"
+train g.out 3 --max_steps 4 --save_dir dsrun_other --save_steps 2 --resume auto
+rc=$?
+[ "$rc" = 3 ] && ok || bad "DeepSpeed checkpoint of another model: exit $rc, expected 3: $(tail -3 g.out)"
+[ "$(cat dsrun_other/latest)" = global_step2 ] && [ ! -e dsrun_other/global_step4 ] && ok || bad "latest moved over the DeepSpeed checkpoint"
+# Without --resume, a save must never replace the DeepSpeed checkpoint's directory.
+train g2.out 2 --max_steps 2 --save_dir dsrun_other --save_steps 2
+rc=$?
+[ "$rc" != 0 ] && ls dsrun_other/global_step2/*_model_states.pt >/dev/null 2>&1 && ok ||
+    bad "a fresh run replaced the DeepSpeed checkpoint (exit $rc)"
+
+echo "== --resume auto over a corrupt checkpoint: stops (exit 1), latest unchanged"
+cp -r src2 corrupt
+f=corrupt/global_step2/rank_00001.safetensors
+printf 'X' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 9 )) conv=notrunc status=none
+train h.out 2 --max_steps 4 --save_dir corrupt --save_steps 2 --resume auto
+rc=$?
+[ "$rc" = 1 ] && ok || bad "--resume auto over a corrupt checkpoint: exit $rc, expected 1: $(tail -3 h.out)"
+[ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint"
+mkdir empty
+train i.out 2 --max_steps 2 --save_dir empty --save_steps 2 --resume auto && grep -q "starting from scratch" i.out && ok ||
+    bad "an empty save dir does not start from scratch: $(tail -3 i.out)"
+
+echo "== hostile step counters in the state are refused, not cast"
+for expr in 'm["state"]["engine"]["applied_steps"]=1e300' 'm["state"]["engine"]["global_steps"]=-1' \
+    'm["state"]["engine"]["applied_steps"]=2.5' 'm["state"]["data"]["next_batch"]=1e19' 'm["state"]["data"]["next_batch"]="3"'; do
+    rm -rf hs && cp -r src2 hs
+    reseal hs/global_step2/manifest.json "$expr"
+    train j.out 2 --max_steps 4 --save_dir hs --resume global_step2
+    rc=$?
+    [ "$rc" = 1 ] && grep -qE "must be (an integer|integers)" j.out && ok || bad "state edit $expr: exit $rc: $(tail -2 j.out)"
+done
+
+echo "== debris of killed saves: temporaries of dead processes go, everything else stays"
+rm -rf deb && cp -r src2 deb
+sh -c 'exit 0' &
+dead=$!
+wait "$dead"
+live=$$
+: >"deb/.latest.tmp-$dead-0"
+: >"deb/.trainer_state.json.tmp-$dead-3"
+: >"deb/.latest.tmp-$live-0"            # a live writer's: kept
+: >"deb/.latest.tmp-$dead-0x"           # not the exact name: kept
+: >"deb/.notes.tmp-$dead-0"             # not a file dstrain writes at the root: kept
+mkdir deb/global_step1 && : >"deb/global_step1/.rank_00000.safetensors.tmp-$dead-1" && : >deb/global_step1/rank_00001.safetensors
+: >"deb/global_step2/.rank_00000.safetensors.tmp-$dead-1" # verify calls it a stray file
+train k.out 2 --max_steps 3 --save_dir deb --save_steps 3 --resume auto || bad "run in a dir with debris failed: $(tail -3 k.out)"
+for f in ".latest.tmp-$dead-0" ".trainer_state.json.tmp-$dead-3" "global_step1/.rank_00000.safetensors.tmp-$dead-1" \
+    "global_step2/.rank_00000.safetensors.tmp-$dead-1"; do
+    [ ! -e "deb/$f" ] && ok || bad "stale $f was not removed"
+done
+for f in ".latest.tmp-$live-0" ".latest.tmp-$dead-0x" ".notes.tmp-$dead-0" global_step1/rank_00001.safetensors; do
+    [ -e "deb/$f" ] && ok || bad "$f was removed"
+done
+grep -q "removed 4 temporary file(s)" k.out && ok || bad "the cleanup is not reported: $(grep -i tempor k.out)"
+[ "$(cat deb/latest)" = global_step3 ] && ok || bad "the run after the cleanup did not save"
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
