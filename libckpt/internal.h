@@ -72,6 +72,13 @@ int ds_thread_count(int requested);
  * pickles of lone surrogates need). */
 size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n, bool allow_surrogates);
 
+/* A test hook's value (an environment variable such as DSCKPT_TEST_FAIL_WRITE_AFTER),
+ * or NULL when it is unset or empty, or when this build was configured without
+ * -DDSCKPT_TEST_HOOKS=ON: release builds ignore every hook. Read hooks only
+ * through this. */
+const char *ds_test_hook(const char *name);
+bool ds_test_hooks_built(void);
+
 /* Little-endian helpers. */
 static inline void ds_put_le64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));

@@ -150,8 +150,8 @@ void ds_fault_inject_write(int64_t budget, int err) {
 }
 
 static void fault_env_init(void) {
-    const char *v = getenv("DSCKPT_TEST_FAIL_WRITE_AFTER");
-    if (v && *v) ds_fault_inject_write(strtoll(v, NULL, 10), ENOSPC);
+    const char *v = ds_test_hook("DSCKPT_TEST_FAIL_WRITE_AFTER");
+    if (v) ds_fault_inject_write(strtoll(v, NULL, 10), ENOSPC);
 }
 
 size_t ds_fault_allow(size_t n, bool *fail) {

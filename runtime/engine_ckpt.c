@@ -139,7 +139,22 @@ struct rt_saver {
     double copy_s;        /* seconds the training thread spent copying (pre-update) */
     char *save_dir, *tag;
     char committed[256];
+    /* Test hook DSTRAIN_TEST_WRITER_WAIT_UPDATE: the writer starts only once the
+     * next optimizer update has copied what it had not read (or the save is being
+     * waited for), so the copy path is taken deterministically. */
+    bool hook_wait;
+    pthread_mutex_t hook_mu;
+    pthread_cond_t hook_cv;
+    bool hook_go;
 };
+
+static void hook_release(rt_saver *s) {
+    if (!s->hook_wait) return;
+    pthread_mutex_lock(&s->hook_mu);
+    s->hook_go = true;
+    pthread_cond_broadcast(&s->hook_cv);
+    pthread_mutex_unlock(&s->hook_mu);
+}
 
 /* The engine is about to change its partitions: whatever the writer of a save in
  * flight has not read yet is copied first (training thread). */
@@ -162,6 +177,7 @@ static void pre_update(void *u) {
         }
     pthread_rwlock_unlock(&sn->lock);
     s->copy_s += rt_now_s() - t0;
+    hook_release(s);
 }
 
 dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
@@ -172,6 +188,11 @@ dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
     if (pthread_rwlock_init(&s->sn.lock, NULL)) {
         free(s);
         return ds_err(DSCKPT_EINTERNAL, "cannot create the checkpoint writer's lock");
+    }
+    s->hook_wait = async && ds_test_hook("DSTRAIN_TEST_WRITER_WAIT_UPDATE") != NULL;
+    if (s->hook_wait) {
+        pthread_mutex_init(&s->hook_mu, NULL);
+        pthread_cond_init(&s->hook_cv, NULL);
     }
     if (async) {
         /* The copy is allocated and touched now, so the update that needs it pays
@@ -212,6 +233,7 @@ static void save_clear(rt_saver *s) {
 
 static void join(rt_saver *s) {
     if (s->th_live) {
+        hook_release(s);
         pthread_join(s->th, NULL);
         s->th_live = false;
     }
@@ -223,6 +245,10 @@ void rt_saver_free(rt_saver *s) {
     save_clear(s);
     if (s->async) rt_engine_set_pre_update(s->e, NULL, NULL);
     pthread_rwlock_destroy(&s->sn.lock);
+    if (s->hook_wait) {
+        pthread_mutex_destroy(&s->hook_mu);
+        pthread_cond_destroy(&s->hook_cv);
+    }
     free(s->copy);
     free(s);
 }
@@ -240,12 +266,10 @@ static dsckpt_status write_own(rt_saver *s) {
 
 static void *writer(void *p) {
     rt_saver *s = p;
-    /* Test hook: DSTRAIN_TEST_WRITER_DELAY_MS holds the async writer back, so that
-     * the next update has to copy what it has not read (tests/rt_ckpt_test.sh). */
-    const char *d = s->async ? getenv("DSTRAIN_TEST_WRITER_DELAY_MS") : NULL;
-    if (d && atoi(d) > 0) {
-        struct timespec ts = {.tv_sec = atoi(d) / 1000, .tv_nsec = (long)(atoi(d) % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
+    if (s->hook_wait) { /* see rt_saver.hook_wait (tests/rt_ckpt_test.sh) */
+        pthread_mutex_lock(&s->hook_mu);
+        while (!s->hook_go) pthread_cond_wait(&s->hook_cv, &s->hook_mu);
+        pthread_mutex_unlock(&s->hook_mu);
     }
     s->wst = write_own(s);
     if (s->wst) snprintf(s->wmsg, sizeof s->wmsg, "%s", dsckpt_last_error());
@@ -384,6 +408,7 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
             s->sn.copied[k][g] = false;
         }
     }
+    s->hook_go = false;
     if (s->async) {
         if (pthread_create(&s->th, NULL, writer, s)) {
             st = ds_err(DSCKPT_EINTERNAL, "cannot start the checkpoint writer thread");

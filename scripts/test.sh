@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: setup, a -Werror build with every test, then the same suite
-# built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# The whole test suite: setup, a -Werror build with every test (test hooks compiled
+# in), a release build checked to ignore the test hooks, then the same suite built
+# with AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh build -DDSCKPT_WERROR=ON
 ctest --test-dir build --output-on-failure -j2
+# A release build (test hooks left out, as a plain cmake configure does) ignores them.
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_BUILD_TESTS=OFF -DDSCKPT_WERROR=ON >/dev/null
+cmake --build build-release -j"$(nproc)"
+bash tests/release_hooks_test.sh "$PWD/build-release" "$PWD"
 bash scripts/build.sh build-asan -DDSCKPT_ASAN=ON -DDSCKPT_UBSAN=ON -DDSCKPT_WERROR=ON
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j2

@@ -58,10 +58,13 @@ grep -q "resumed from run/global_step4 at step 4" b.log.out && ok || bad "resume
     bad "resumed final master weights differ from the uninterrupted run"
 
 echo "== async writer slower than a step: the update copies what it has not read; the checkpoint is still exact"
-DSTRAIN_TEST_WRITER_DELAY_MS=400 train 4 z3w4.json slow.log --max_steps 4 --save_dir run_slow --save_steps 1 ||
+# Test hook: each save's writer starts only after the next optimizer update has
+# copied what it had not read (signalled by the engine), so every save but the last
+# (which the end of training waits for) takes the copy path, whatever the load.
+DSTRAIN_TEST_WRITER_WAIT_UPDATE=1 train 4 z3w4.json slow.log --max_steps 4 --save_dir run_slow --save_steps 1 ||
     bad "run with a slow writer failed: $(tail -3 slow.log.out)"
-[ "$(json slow.log "len([x for x in r if x.get('save_copy_s', 0) > 0]) > 0")" = True ] && ok ||
-    bad "no step reported save_copy_s: the copy-before-update path was not taken"
+[ "$(json slow.log "[x['step'] for x in r if x.get('save_copy_s', 0) > 0]")" = "[2, 3, 4]" ] && ok ||
+    bad "steps that copied for the writer: $(json slow.log "[x['step'] for x in r if x.get('save_copy_s', 0) > 0]"), expected [2, 3, 4]"
 [ "$(json full.log "[x['loss'] for x in r[:4]]")" = "$(json slow.log "[x['loss'] for x in r]")" ] && ok ||
     bad "a slow async writer changed the training losses"
 "$DSCKPT" verify run_slow -t global_step3 >/dev/null && ok || bad "checkpoint written through the copy path does not verify"
@@ -132,38 +135,75 @@ grep -q "loaded the best checkpoint rot/global_step4" best.log.out && ok || bad 
 "$DSCKPT" inspect rot | grep -q "global_step4" && ok || bad "dsckpt inspect does not show the best checkpoint"
 
 echo "== a rank killed during async saves: latest always names a complete checkpoint"
-# The victim comes from this test's own process tree (dsrun execs mpirun, which
-# forks the ranks), after the first commit (a bounded poll), then a random delay.
-ranks_of() { # the child processes of $1
-    local parent=$1 f line rest
+# The victims come from this test's own process tree: dsrun execs mpirun, which
+# forks each rank itself, so the ranks are the children of the launcher's pid.
+ranks_of() { # the child processes of $PARENT
+    local f line rest
     for f in /proc/[0-9]*/stat; do
         line=$(cat "$f" 2>/dev/null) || continue
         rest=${line##*) }
         set -- $rest
-        [ "${2:-}" = "$parent" ] && echo "${line%% *}"
+        [ "${2:-}" = "$PARENT" ] && echo "${line%% *}"
     done
 }
+alive() { # PID: running (not gone, not a zombie)
+    local line st
+    line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    st=${line##*) }
+    st=${st%% *}
+    [ "$st" != Z ] && [ "$st" != X ]
+}
+wait_for() { # TENTHS COMMAND...: polls COMMAND every 0.1 s, at most TENTHS times
+    local n=$1
+    shift
+    while [ "$n" -gt 0 ]; do
+        "$@" && return 0
+        n=$((n - 1))
+        sleep 0.1
+    done
+    return 1
+}
 committed() { [ -s kill/latest ]; }
-cfg z1w2.json 1 6
-for trial in 1 2 3 4 5; do
+launch_kill_job() {
     rm -rf kill
     "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps 1000000 --save_dir kill --save_steps 1 >kill.out 2>&1 &
     runner=$!
-    n=1800
-    while [ "$n" -gt 0 ] && ! committed; do n=$((n - 1)); sleep 0.1; done
-    if ! committed; then bad "trial $trial: no checkpoint committed within 180 s"; kill -KILL "$runner"; wait "$runner"; continue; fi
+}
+cfg z1w2.json 1 6
+for trial in 1 2 3 4 5; do
+    launch_kill_job
+    # The first commit, then a random delay: the kill lands anywhere in a save.
+    if ! wait_for 1800 committed; then bad "trial $trial: no checkpoint committed within 180 s"; kill -KILL "$runner"; wait "$runner"; continue; fi
     sleep "$(awk -v t="$trial" 'BEGIN{srand(t * 7919); printf "%.2f", 1.5 * rand()}')"
-    victims=($(ranks_of "$runner"))
-    if [ "${#victims[@]}" -lt 1 ]; then bad "trial $trial: no rank of this job to kill"; kill -KILL "$runner"; wait "$runner"; continue; fi
-    kill -KILL "${victims[$((trial % ${#victims[@]}))]}"
+    PARENT=$runner
+    victims=($(ranks_of))
+    if [ "${#victims[@]}" -ne 2 ]; then bad "trial $trial: the launcher has ${#victims[@]} ranks, expected 2"; kill -KILL "$runner"; wait "$runner"; continue; fi
+    kill -KILL "${victims[$((trial % 2))]}"
+    wait_for 600 eval '! alive "$runner"' || { bad "trial $trial: the job did not end within 60 s of a rank's death"; kill -KILL "$runner"; }
     wait "$runner" 2>/dev/null
-    grep -q "step 1000000" kill.out && bad "trial $trial: the run finished before the kill"
     tag=$(cat kill/latest)
     "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "trial $trial: latest ($tag) does not verify"
     "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps $(( ${tag#global_step} + 1 )) --save_dir kill --resume auto >resume.out 2>&1 &&
         ok || bad "trial $trial: --resume auto after the kill failed: $(tail -3 resume.out)"
+done
+
+echo "== the launcher killed: its ranks end at once and commit nothing after"
+for trial in 1 2; do
+    launch_kill_job
+    if ! wait_for 1800 committed; then bad "launcher trial $trial: no checkpoint committed within 180 s"; kill -KILL "$runner"; wait "$runner"; continue; fi
+    PARENT=$runner
+    ranks=($(ranks_of))
+    [ "${#ranks[@]}" -eq 2 ] || bad "launcher trial $trial: the launcher has ${#ranks[@]} ranks, expected 2"
+    kill -KILL "$runner"
+    wait "$runner" 2>/dev/null
+    # Open MPI alone lets them run on for a second or two (and commit); the kernel
+    # kills a rank whose launcher died at once (PR_SET_PDEATHSIG).
+    gone() { for r in "${ranks[@]}"; do alive "$r" && return 1; done; return 0; }
+    wait_for 5 gone && ok || { bad "launcher trial $trial: ranks still running 0.5 s after the launcher was killed"; for r in "${ranks[@]}"; do kill -KILL "$r" 2>/dev/null; done; }
+    tag=$(cat kill/latest)
+    "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "launcher trial $trial: latest ($tag) does not verify"
 done
 
 echo "== disk full during a save: reported, previous checkpoint intact"

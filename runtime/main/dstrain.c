@@ -23,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char help[] =
     "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
@@ -190,6 +193,18 @@ static dsckpt_status write_final(const char *save_dir, const char *tag, const ch
     return st;
 }
 
+/* Under a launcher (Open MPI's mpirun, or its orted on other nodes: each rank is
+ * a direct child of one), a rank dies with it: when the launcher is killed the
+ * kernel sends this rank SIGKILL at once, so no rank trains on, or commits a
+ * checkpoint, after its launcher is gone (Open MPI alone notices only a second or
+ * two later). Run without a launcher, nothing changes. */
+static void die_with_launcher(void) {
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK")) return;
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return;
+    if (getppid() != parent || parent == 1) raise(SIGKILL); /* it died before the line above */
+}
+
 int main(int argc, char **argv) {
     static const struct option lo[] = {
         {"deepspeed", required_argument, 0, O_DS}, {"data", required_argument, 0, O_DATA},
@@ -308,6 +323,7 @@ int main(int argc, char **argv) {
     rt_tstate ts = {0};
     FILE *log = NULL;
     int rc = 0;
+    die_with_launcher();
     dsckpt_status st = rt_comm_open_mpi(&argc, &argv, &comm);
     if (st) {
         fprintf(stderr, "dstrain: %s\n", dsckpt_last_error());
@@ -415,7 +431,7 @@ int main(int argc, char **argv) {
     }
     /* Test hook: DSTRAIN_TEST_EVAL="step:value,..." replaces the eval metric at those
      * steps (to plant a best checkpoint in tests); it is reported on stderr. */
-    const char *fake_eval = getenv("DSTRAIN_TEST_EVAL");
+    const char *fake_eval = ds_test_hook("DSTRAIN_TEST_EVAL");
     if (fake_eval && rank == 0) fprintf(stderr, "dstrain: DSTRAIN_TEST_EVAL is set: eval metrics overridden (%s)\n", fake_eval);
     double last_eval = NAN, pending_metric = NAN;
     uint64_t pending_step = 0;
