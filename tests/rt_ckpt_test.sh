@@ -166,11 +166,11 @@ wait_for() { # TENTHS COMMAND...: polls COMMAND every 0.1 s, at most TENTHS time
 committed() { [ -s kill/latest ]; }
 launch_kill_job() {
     rm -rf kill
-    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
+    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed zkill.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps 1000000 --save_dir kill --save_steps 1 >kill.out 2>&1 &
     runner=$!
 }
-cfg z1w2.json 1 6
+cfg zkill.json 1 6
 for trial in 1 2 3 4 5; do
     launch_kill_job
     # The first commit, then a random delay: the kill lands anywhere in a save.
@@ -184,9 +184,9 @@ for trial in 1 2 3 4 5; do
     wait "$runner" 2>/dev/null
     tag=$(cat kill/latest)
     "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "trial $trial: latest ($tag) does not verify"
-    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed z1w2.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
+    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed zkill.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps $(( ${tag#global_step} + 1 )) --save_dir kill --resume auto >resume.out 2>&1 &&
-        ok || bad "trial $trial: --resume auto after the kill failed: $(tail -3 resume.out)"
+        ok || bad "trial $trial: --resume auto after the kill failed: $(grep -v '^\[' resume.out | head -20)"
 done
 
 echo "== the launcher killed: its ranks end at once and commit nothing after"
