@@ -219,7 +219,18 @@ bool rt_stale_temp(const char *name, long *pid) {
     base[bl] = '\0';
     if (!ds_safe_name(base)) return false;
     *pid = v;
-    return kill((pid_t)v, 0) == -1 && errno == ESRCH;
+    if (kill((pid_t)v, 0) == -1) return errno == ESRCH;
+    /* A zombie is dead too: a rank whose launcher was killed is reparented, and
+     * not every init reaps at once. */
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", v);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
 }
 
 /* Removes dead writers' temporaries of the names `allowed` accepts in dir. */

@@ -29,7 +29,7 @@ void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *re
  * `.trainer_state.json.tmp-PID-N`, and the rank-file and manifest temporaries
  * (`.rank_RRRRR.safetensors.tmp-PID-N`, `.manifest.json.tmp-PID-N`) inside
  * global_step<N> directories of the native format, when the name matches exactly and
- * process PID is gone (kill(PID, 0) fails with ESRCH). Never anything else.
+ * process PID is gone (kill(PID, 0) fails with ESRCH, or PID is a zombie). Never anything else.
  * Returns the number of files removed. */
 int rt_clean_debris(const char *save_dir);
 
