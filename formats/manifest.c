@@ -4,6 +4,7 @@
 #include "manifest.h"
 
 #include "fsutil.h"
+#include "safetensors.h" /* ST_MAX_OFFSET: the bound on dimensions and element counts */
 
 #include <math.h>
 #include <stdio.h>
@@ -131,7 +132,7 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
     return DSCKPT_OK;
 }
 
-static dsckpt_status parse_file(const cJSON *jf, size_t i, dsckpt_ckpt *c, ds_file *f, const char *what) {
+static dsckpt_status parse_file(const cJSON *jf, size_t i, ds_manifest *c, ds_file *f, const char *what) {
     char ctx[64];
     snprintf(ctx, sizeof ctx, "files[%zu]", i);
     const char *name = NULL, *sha = NULL;
@@ -171,7 +172,7 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, dsckpt_ckpt *c, ds_fi
     return DSCKPT_OK;
 }
 
-static dsckpt_status parse_frags(const cJSON *jfr, dsckpt_ckpt *c, const char *what) {
+static dsckpt_status parse_frags(const cJSON *jfr, ds_manifest *c, const char *what) {
     if (!cJSON_IsObject(jfr)) return bad(what, "\"fragments\" must be an object");
     for (const cJSON *js = jfr->child; js; js = js->next) {
         int s = ds_state_parse(js->string);
@@ -286,11 +287,26 @@ dsckpt_status ds_manifest_seal(const char *json, char **out) {
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, dsckpt_ckpt *c) {
+void ds_manifest_clear(ds_manifest *m) {
+    if (!m) return;
+    free(m->format);
+    free(m->tag);
+    free(m->train_dtype);
+    for (size_t i = 0; i < m->ntensors; i++) ds_tensor_clear(&m->tensors[i]);
+    free(m->tensors);
+    for (int s = 0; s < DS_NSTATES; s++) free(m->frags[s]);
+    ds_files_free(m->files, m->nfiles);
+    cJSON_Delete(m->json);
+    const char *dir = m->dir;
+    memset(m, 0, sizeof *m);
+    m->dir = dir;
+}
+
+dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, ds_manifest *c) {
     DS_TRY(check_self_digest(text, len, what));
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root) return bad(what, "not valid JSON (near byte %td)", cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0);
-    c->manifest = root;
+    c->json = root;
     if (!cJSON_IsObject(root)) return bad(what, "the manifest must be a JSON object");
     const char *fmt = NULL, *tag = NULL, *tdt = NULL;
     DS_TRY(field_str(root, "format", &fmt, what, "manifest"));
@@ -394,7 +410,7 @@ cJSON *ds_manifest_model_json(const ds_model_info *m) {
     return o;
 }
 
-dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
+dsckpt_status ds_manifest_build(const ds_manifest *c, char **json_out) {
     cJSON *root = cJSON_CreateObject();
     if (!root) return ds_err(DSCKPT_ENOMEM, "out of memory building a manifest");
     bool ok = true;
@@ -483,7 +499,7 @@ dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out) {
     }
     static const char *carried[] = {"state", "ds_config", "metrics"};
     for (size_t i = 0; ok && i < sizeof carried / sizeof carried[0]; i++) {
-        const cJSON *src = c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, carried[i]) : NULL;
+        const cJSON *src = c->json ? cJSON_GetObjectItemCaseSensitive(c->json, carried[i]) : NULL;
         cJSON *dup = src ? cJSON_Duplicate(src, 1) : cJSON_CreateObject();
         ok &= dup && cJSON_AddItemToObject(root, carried[i], dup);
     }

@@ -20,16 +20,42 @@
 #ifndef DSCKPT_MANIFEST_H
 #define DSCKPT_MANIFEST_H
 
-#include "ckpt.h"
+#include "fragmap.h"
+
+#include <cjson/cJSON.h>
 
 #define DS_MANIFEST_NAME "manifest.json"
 #define DS_MANIFEST_MAX (512u << 20)
 #define DS_MANIFEST_VERSION 1
 
-/* Fills c's header fields, tensors, fragments and files (file `path`s joined onto
- * c->dir, which must be set) from the manifest text. `what` names it in errors.
- * Takes ownership of nothing; c->manifest receives the parsed tree. */
-dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, dsckpt_ckpt *c);
+/* A parsed manifest: the header fields, tensors, fragments and files it lists, its
+ * "model" object, and the parsed tree (whose "state", "ds_config" and "metrics"
+ * objects are carried over). libckpt moves it into its handle (ckpt.c). */
+typedef struct ds_manifest {
+    const char *dir;   /* in: the tag directory file paths are joined onto */
+    char *format;      /* "dsckpt" */
+    char *tag;
+    int64_t step;
+    int world_size;
+    int stage;
+    char *train_dtype;
+    int ngroups;
+    ds_tensor *tensors;
+    size_t ntensors;
+    ds_frag *frags[DS_NSTATES];
+    size_t nfrags[DS_NSTATES];
+    ds_file *files;
+    size_t nfiles;
+    bool has_model;
+    ds_model_info model;
+    cJSON *json;       /* the parsed tree */
+} ds_manifest;
+
+/* Fills m (m->dir set, everything else zero) from the manifest text. `what` names
+ * it in errors. On failure m holds what was parsed; ds_manifest_clear frees it. */
+dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, ds_manifest *m);
+/* Frees what m owns (not m->dir) and zeroes it. */
+void ds_manifest_clear(ds_manifest *m);
 
 /* Validates a manifest's "model" object into *out: exactly the seven keys, each
  * once, integers in [1, DS_MODEL_MAX_DIM], n_embd a multiple of n_head. An unknown
@@ -43,9 +69,9 @@ cJSON *ds_manifest_model_json(const ds_model_info *m);
  * whose digest is missing or does not match (DSCKPT_ECHECKSUM). */
 dsckpt_status ds_manifest_seal(const char *json, char **out);
 
-/* Serialises c (header, tensors, fragments, files with digests, and the state,
- * ds_config and metrics objects of c->manifest if present, and "model" when
- * c->has_model) into a malloc'd string. */
-dsckpt_status ds_manifest_build(const dsckpt_ckpt *c, char **json_out);
+/* Serialises m (header, tensors, fragments, files with digests, and the state,
+ * ds_config and metrics objects of m->json if present, and "model" when
+ * m->has_model) into a malloc'd string. */
+dsckpt_status ds_manifest_build(const ds_manifest *m, char **json_out);
 
 #endif /* DSCKPT_MANIFEST_H */

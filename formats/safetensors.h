@@ -20,7 +20,7 @@
 #include "internal.h"
 
 #define ST_MAX_HEADER 100000000ull /* the reference parser's MAX_HEADER_SIZE */
-#define ST_MAX_DIMS 16
+#define ST_MAX_DIMS DS_MAX_DIMS
 #define ST_MAX_OFFSET ((1ull << 48) - 1) /* schema: offsets and dims fit in 48 bits */
 
 typedef struct st_tensor {

@@ -8,6 +8,7 @@
 #include "fsutil.h"
 #include "manifest.h"
 #include "resolve.h"
+#include "safetensors.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -15,40 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-const char *const ds_state_names[DS_NSTATES] = {"fp32", "exp_avg", "exp_avg_sq", "w16"};
-
-int ds_state_parse(const char *s) {
-    for (int i = 0; i < DS_NSTATES; i++)
-        if (s && strcmp(s, ds_state_names[i]) == 0) return i;
-    return -1;
-}
-
-void ds_tensor_clear(ds_tensor *t) {
-    if (!t) return;
-    free(t->name);
-    for (size_t a = 0; a < t->naliases; a++) free(t->aliases[a]);
-    free(t->aliases);
-    memset(t, 0, sizeof *t);
-}
-
-dsckpt_status ds_tensor_copy(ds_tensor *dst, const ds_tensor *src) {
-    *dst = *src;
-    dst->name = NULL;
-    dst->aliases = NULL;
-    dst->naliases = 0;
-    dst->name = ds_strdup(src->name);
-    if (!dst->name) return DSCKPT_ENOMEM;
-    if (src->naliases) {
-        DS_TRY(ds_calloc(src->naliases, sizeof *dst->aliases, &dst->aliases));
-        for (size_t a = 0; a < src->naliases; a++) {
-            dst->aliases[a] = ds_strdup(src->aliases[a]);
-            if (!dst->aliases[a]) return DSCKPT_ENOMEM;
-            dst->naliases = a + 1;
-        }
-    }
-    return DSCKPT_OK;
-}
 
 dsckpt_status ds_ckpt_new(dsckpt_ckpt **out) {
     dsckpt_ckpt *c = calloc(1, sizeof *c);
@@ -70,12 +37,7 @@ void dsckpt_ckpt_free(dsckpt_ckpt *c) {
         free(c->frags[s]);
         free(c->tindex[s]);
     }
-    for (size_t i = 0; i < c->nfiles; i++) {
-        free(c->files[i].name);
-        free(c->files[i].path);
-        ds_digests_clear(&c->files[i].dg);
-    }
-    free(c->files);
+    ds_files_free(c->files, c->nfiles);
     cJSON_Delete(c->manifest);
     free(c);
 }
@@ -328,6 +290,49 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
     return DSCKPT_OK;
 }
 
+dsckpt_status ds_ckpt_parse_manifest(dsckpt_ckpt *c, const char *text, size_t len, const char *what) {
+    ds_manifest m = {.dir = c->dir};
+    dsckpt_status st = ds_manifest_parse(text, len, what, &m);
+    if (st) {
+        ds_manifest_clear(&m);
+        return st;
+    }
+    c->format = m.format;
+    c->tag = m.tag;
+    c->step = m.step;
+    c->world_size = m.world_size;
+    c->stage = m.stage;
+    c->train_dtype = m.train_dtype;
+    c->ngroups = m.ngroups;
+    c->tensors = m.tensors;
+    c->ntensors = m.ntensors;
+    for (int s = 0; s < DS_NSTATES; s++) {
+        c->frags[s] = m.frags[s];
+        c->nfrags[s] = m.nfrags[s];
+    }
+    c->files = m.files;
+    c->nfiles = m.nfiles;
+    c->has_model = m.has_model;
+    c->model = m.model;
+    c->manifest = m.json;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_ckpt_build_manifest(const dsckpt_ckpt *c, char **json_out) {
+    ds_manifest m = {
+        .dir = c->dir, .format = c->format, .tag = c->tag, .step = c->step,
+        .world_size = c->world_size, .stage = c->stage, .train_dtype = c->train_dtype,
+        .ngroups = c->ngroups, .tensors = c->tensors, .ntensors = c->ntensors,
+        .files = c->files, .nfiles = c->nfiles, .has_model = c->has_model,
+        .model = c->model, .json = c->manifest,
+    };
+    for (int s = 0; s < DS_NSTATES; s++) {
+        m.frags[s] = c->frags[s];
+        m.nfrags[s] = c->nfrags[s];
+    }
+    return ds_manifest_build(&m, json_out); /* m only borrows c's fields */
+}
+
 dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c) {
     char *mp = ds_join(dir, DS_MANIFEST_NAME);
     if (!mp) return DSCKPT_ENOMEM;
@@ -343,7 +348,7 @@ dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c) {
     dsckpt_status st = ds_read_small_file(mp, DS_MANIFEST_MAX, &text, &len);
     if (st == DSCKPT_OK) {
         if (!c->dir) c->dir = ds_strdup(dir);
-        st = c->dir ? ds_manifest_parse(text, len, mp, c) : DSCKPT_ENOMEM;
+        st = c->dir ? ds_ckpt_parse_manifest(c, text, len, mp) : DSCKPT_ENOMEM;
     }
     free(text);
     free(mp);

@@ -14,61 +14,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "fragmap.h"
 #include "internal.h"
-#include "safetensors.h"
 #include "stream.h"
-
-typedef enum ds_state {
-    DS_ST_FP32 = 0,
-    DS_ST_EXP_AVG,
-    DS_ST_EXP_AVG_SQ,
-    DS_ST_W16,
-    DS_NSTATES
-} ds_state;
-
-extern const char *const ds_state_names[DS_NSTATES]; /* "fp32", "exp_avg", "exp_avg_sq", "w16" */
-int ds_state_parse(const char *s);                   /* -1 if unknown */
-
-typedef struct ds_tensor {
-    char *name;
-    dsckpt_dtype dtype; /* the model's dtype for this tensor (w16 state is stored in it) */
-    int ndim;
-    uint64_t shape[ST_MAX_DIMS];
-    uint64_t numel;
-    bool trainable;
-    bool buffer;        /* a module buffer (not a parameter): frozen, kept by --exclude-frozen */
-    int group;          /* parameter group of a trainable tensor; -1 if frozen */
-    char **aliases;     /* tied names that share this tensor's storage */
-    size_t naliases;
-} ds_tensor;
-
-typedef struct ds_frag {
-    uint32_t tensor;
-    uint32_t file;
-    uint64_t start, numel; /* elements of the flattened tensor */
-    uint64_t offset;       /* absolute byte offset in the file */
-    dsckpt_dtype dtype;    /* stored dtype */
-} ds_frag;
-
-typedef struct ds_file {
-    char *name;   /* relative to the tag directory */
-    char *path;   /* full path */
-    int rank;
-    uint64_t size;
-    bool has_digests;
-    ds_digests dg;
-} ds_file;
-
-/* The model a checkpoint was trained as: the manifest's optional "model" object
- * (docs/native-format.md), written by dstrain, carried unchanged by reshard and
- * every native writer. Every integer is in [1, DS_MODEL_MAX_DIM] and n_embd is a
- * multiple of n_head; architecture is "gpt2" (the only one any writer records). */
-#define DS_MODEL_MAX_DIM 2147483647ull
-typedef struct ds_model_info {
-    char architecture[16];
-    uint64_t n_layer, n_head, n_embd, vocab_size, n_positions;
-    bool tie_word_embeddings;
-} ds_model_info;
 
 struct dsckpt_ckpt {
     char *format;      /* "dsckpt" (native) or "deepspeed" */
@@ -98,9 +46,6 @@ struct dsckpt_ckpt {
 static inline const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c) {
     return c && c->has_model ? &c->model : NULL;
 }
-
-void ds_tensor_clear(ds_tensor *t);
-dsckpt_status ds_tensor_copy(ds_tensor *dst, const ds_tensor *src);
 
 /* Sorts fragments by (tensor, start) and builds tindex. Checks that every fragment
  * lies inside its tensor and its file, and (when `coverage_problem` is NULL) that
@@ -162,6 +107,12 @@ dsckpt_status ds_ckpt_new(dsckpt_ckpt **out);
 /* Fills c (dir set) from whatever c->dir holds: a native manifest, or DeepSpeed
  * files. */
 dsckpt_status ds_ckpt_load(dsckpt_ckpt *c);
+
+/* Fills c (c->dir set) from a native manifest's text (formats/manifest.h);
+ * `what` names it in errors. */
+dsckpt_status ds_ckpt_parse_manifest(dsckpt_ckpt *c, const char *text, size_t len, const char *what);
+/* c's manifest.json text (ds_manifest_build over c's fields). */
+dsckpt_status ds_ckpt_build_manifest(const dsckpt_ckpt *c, char **json_out);
 
 /* Opens a native checkpoint's tag directory `dir` (manifest.json). */
 dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c);

@@ -20,6 +20,7 @@
 #include "fsutil.h"
 #include "partition.h"
 #include "pickle.h"
+#include "safetensors.h"
 #include "zip.h"
 
 #include <ctype.h>

@@ -197,7 +197,7 @@ dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user,
 
 dsckpt_status ds_native_write_manifest(ds_native_out *o) {
     char *text = NULL;
-    DS_TRY(ds_manifest_build(o->c, &text));
+    DS_TRY(ds_ckpt_build_manifest(o->c, &text));
     char *path = ds_join(o->c->dir, DS_MANIFEST_NAME);
     dsckpt_status st = path ? ds_write_file_atomic(path, text, strlen(text)) : DSCKPT_ENOMEM;
     free(path);

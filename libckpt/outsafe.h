@@ -1,5 +1,6 @@
 /*
- * outsafe.h — what an output may replace, and cleaning what dead runs left.
+ * outsafe.h — output directories committed by rename (ds_outdir), what an output
+ * may replace, and cleaning what dead runs left.
  *
  * Temporaries: every output is built under "<dir>/.<base>.tmp-<pid>-<n>" and an
  * output replaced with --force is moved aside to "<dir>/.<base>.old-<pid>-<n>"
@@ -44,5 +45,26 @@ bool ds_parse_temp_name(const char *name, const char *base, long *pid, bool *old
 
 /* malloc'd "<dir>/.<base>.old-<pid>-<n>" for an output moved aside. */
 char *ds_old_sibling(const char *final);
+
+/* An output directory built under a temporary sibling and renamed into place. */
+typedef struct ds_outdir {
+    char *final;
+    char *tmp;
+    bool force;
+} ds_outdir;
+/* Refuses an existing `final` unless force (DSCKPT_EEXIST, with a hint about
+ * --force); creates the temporary directory. */
+dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force);
+/* The same for an output of `kind` (a ds_out_kind; ds_outdir_begin is
+ * DS_OUT_SAVE_ROOT): stale temporaries of dead runs beside `final` are removed first, and with force an existing `final` is replaced only if everything in it
+ * is what dsckpt writes there (DSCKPT_EEXIST naming the first foreign entry). */
+dsckpt_status ds_outdir_begin_kind(ds_outdir *od, const char *final, bool force, int kind);
+/* fsyncs the temporary directory, renames it over `final` (moving an existing
+ * one aside to ".<base>.old-<pid>-<n>" first and deleting it only after the new
+ * one is in place). Fails with DSCKPT_EINTR, changing nothing, once
+ * dsckpt_interrupt() was called. */
+dsckpt_status ds_outdir_commit(ds_outdir *od);
+/* Removes the temporary directory. Safe after a failed begin or after commit. */
+void ds_outdir_abort(ds_outdir *od);
 
 #endif /* DSCKPT_OUTSAFE_H */

@@ -10,6 +10,7 @@
 #include "fsutil.h"
 #include "hf_export.h"
 #include "native_write.h"
+#include "outsafe.h"
 
 #include <stdlib.h>
 #include <string.h>

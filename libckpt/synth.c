@@ -9,6 +9,7 @@
 #include "cast.h"
 #include "fsutil.h"
 #include "native_write.h"
+#include "outsafe.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -25,6 +25,7 @@
 #include "deepspeed_write.h"
 #include "fsutil.h"
 #include "native_write.h"
+#include "outsafe.h"
 #include "pickle.h"
 #include "universal.h"
 #include "zip.h"

@@ -28,9 +28,9 @@ if [ -x "$BUILD/dstrain" ]; then
     grep -q "eval_loss 123" train.out && bad "dstrain used the planted eval metric"
     [ "$(cat run/latest 2>/dev/null)" = global_step2 ] || bad "dstrain's saves failed with DSCKPT_TEST_FAIL_WRITE_AFTER set"
 fi
-# Every hook is read through ds_test_hook (libckpt/testhook.c), which the build
+# Every hook is read through ds_test_hook (common/testhook.c), which the build
 # option switches; a direct getenv of a test variable would escape it.
-direct=$(cd "$SRC" && grep -rnE 'getenv\("(DSCKPT|DSTRAIN)_TEST' libckpt formats kernels cli runtime | grep -v '^libckpt/testhook.c:')
+direct=$(cd "$SRC" && grep -rnE 'getenv\("(DSCKPT|DSTRAIN)_TEST' common libckpt formats kernels cli runtime | grep -v '^common/testhook.c:')
 [ -z "$direct" ] || bad "test hooks read without ds_test_hook: $direct"
 [ "$FAIL" -eq 0 ] && echo "release build: every test hook ignored"
 [ "$FAIL" -eq 0 ]

@@ -20,6 +20,7 @@
  */
 #include "fsutil.h"
 #include "manifest.h"
+#include "outsafe.h"
 #include "stream.h"
 #include "tutil.h"
 

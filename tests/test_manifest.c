@@ -34,7 +34,7 @@ static dsckpt_status parse(const char *text, dsckpt_ckpt **out) {
     dsckpt_status st = ds_ckpt_new(&c);
     if (st) return st;
     c->dir = strdup("tagdir");
-    st = ds_manifest_parse(text, strlen(text), "manifest.json", c);
+    st = ds_ckpt_parse_manifest(c, text, strlen(text), "manifest.json");
     if (st == DSCKPT_OK) st = ds_ckpt_index(c, NULL, NULL);
     if (out && st == DSCKPT_OK) *out = c;
     else dsckpt_ckpt_free(c);
@@ -52,7 +52,7 @@ static void test_round_trip(void) {
     CU_ASSERT_EQUAL(c->tensors[0].naliases, 1);
     CU_ASSERT_FALSE(c->tensors[1].trainable);
     char *again = NULL;
-    TU_ASSERT_OK(ds_manifest_build(c, &again));
+    TU_ASSERT_OK(ds_ckpt_build_manifest(c, &again));
     /* Building from the parsed form gives the same JSON value back. */
     cJSON *a = cJSON_Parse(text), *b = cJSON_Parse(again);
     CU_ASSERT(cJSON_Compare(a, b, 1));
@@ -254,7 +254,7 @@ static void test_model(void) {
     CU_ASSERT_EQUAL(m->n_positions, 64);
     CU_ASSERT_TRUE(m->tie_word_embeddings);
     char *again = NULL;
-    TU_ASSERT_OK(ds_manifest_build(c, &again));
+    TU_ASSERT_OK(ds_ckpt_build_manifest(c, &again));
     /* The same value (key order, hence the self-digest, may differ). */
     cJSON *a = cJSON_Parse(text), *b = cJSON_Parse(again);
     cJSON_DeleteItemFromObject(a, "manifest_sha256");

@@ -15,7 +15,7 @@ set(DS_FUZZ_RT_TARGETS trainer_state config data engine_load)
 
 function(ds_fuzz_common tgt)
   target_compile_definitions(${tgt} PRIVATE _GNU_SOURCE)
-  target_include_directories(${tgt} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/tests/fuzz)
+  target_include_directories(${tgt} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/tests/fuzz ${DS_INC_ALL})
 endfunction()
 
 foreach(fz ${DS_FUZZ_LIB_TARGETS} ${DS_FUZZ_RT_TARGETS})
@@ -38,14 +38,10 @@ if(DSCKPT_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "DSCKPT_FUZZ=ON needs clang (CC=clang)")
   endif()
-  add_library(dsckpt_fuzzlib STATIC ${DS_LIB_SOURCES} ${DS_FORMAT_SOURCES} ${DS_KERNEL_SOURCES})
+  add_library(dsckpt_fuzzlib STATIC ${DS_COMMON_SOURCES} ${DS_FORMAT_SOURCES} ${DS_KERNEL_SOURCES} ${DS_LIB_SOURCES})
   target_compile_options(dsckpt_fuzzlib PRIVATE -fsanitize=fuzzer-no-link)
   target_compile_definitions(dsckpt_fuzzlib PRIVATE DSCKPT_BUILDING _GNU_SOURCE)
-  target_include_directories(dsckpt_fuzzlib PUBLIC
-    ${CMAKE_CURRENT_SOURCE_DIR}/libckpt/include
-    ${CMAKE_CURRENT_SOURCE_DIR}/libckpt
-    ${CMAKE_CURRENT_SOURCE_DIR}/formats
-    ${CMAKE_CURRENT_SOURCE_DIR}/kernels)
+  target_include_directories(dsckpt_fuzzlib PUBLIC ${DS_INC_ALL})
   target_link_libraries(dsckpt_fuzzlib PUBLIC PkgConfig::CJSON PkgConfig::ZSTD OpenSSL::Crypto ZLIB::ZLIB
     Threads::Threads m)
   # The runtime without MPI (comm_mpi.c) and without OpenMP: one rank, one thread.

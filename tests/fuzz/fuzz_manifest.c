@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     dsckpt_ckpt *c = NULL;
     if (ds_ckpt_new(&c) == DSCKPT_OK) {
         c->dir = strdup("fuzz");
-        if (c->dir && ds_manifest_parse(text, size, "fuzz", c) == DSCKPT_OK) (void)ds_ckpt_index(c, NULL, NULL);
+        if (c->dir && ds_ckpt_parse_manifest(c, text, size, "fuzz") == DSCKPT_OK) (void)ds_ckpt_index(c, NULL, NULL);
         dsckpt_ckpt_free(c);
     }
     free(text);

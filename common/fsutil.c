@@ -1,10 +1,9 @@
 /*
- * fsutil.c — full reads and writes, durable renames, atomic small files, and output
- * directories committed by rename. See fsutil.h.
+ * fsutil.c — full reads and writes, durable renames, atomic small files. See
+ * fsutil.h (output directories committed by rename are in libckpt/outsafe.c).
  */
 #include "fsutil.h"
 
-#include "outsafe.h"
 #include "stream.h"
 
 #include <errno.h>
@@ -240,81 +239,4 @@ dsckpt_status ds_write_file_atomic(const char *path, const void *data, size_t le
     if (st != DSCKPT_OK) unlink(tmp);
     free(tmp);
     return st;
-}
-
-dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force) {
-    return ds_outdir_begin_kind(od, final, force, DS_OUT_SAVE_ROOT);
-}
-
-dsckpt_status ds_outdir_begin_kind(ds_outdir *od, const char *final, bool force, int kind) {
-    memset(od, 0, sizeof *od);
-    od->force = force;
-    ds_clean_stale_temps(final);
-    if (ds_exists(final) && !force)
-        return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", final);
-    if (force) DS_TRY(ds_check_replaceable(final, (ds_out_kind)kind));
-    char *parent = ds_dirname(final);
-    if (!parent) return DSCKPT_ENOMEM;
-    bool ok = ds_is_dir(parent);
-    free(parent);
-    if (!ok) return ds_err(DSCKPT_ENOENT, "%s: the parent directory does not exist", final);
-    od->final = ds_strdup(final);
-    od->tmp = ds_tmp_sibling(final);
-    if (!od->final || !od->tmp) {
-        ds_outdir_abort(od);
-        return DSCKPT_ENOMEM;
-    }
-    dsckpt_status st = ds_mkdir(od->tmp);
-    if (st) {
-        free(od->tmp);
-        od->tmp = NULL;
-        ds_outdir_abort(od);
-    }
-    return st;
-}
-
-dsckpt_status ds_outdir_commit(ds_outdir *od) {
-    if (ds_interrupted()) return ds_err_interrupted();
-    DS_TRY(ds_fsync_dir(od->tmp));
-    dsckpt_status st;
-    if (ds_exists(od->final)) {
-        if (!od->force) return ds_err(DSCKPT_EEXIST, "%s: output appeared while writing; not replaced", od->final);
-        /* Move the old output aside, put the new one in place, then delete the old:
-         * at every instant one complete output exists under `final` or beside it. */
-        char *old = ds_old_sibling(od->final);
-        if (!old) return DSCKPT_ENOMEM;
-        if (rename(od->final, old) != 0) {
-            st = ds_err_errno(errno, "%s: cannot move the existing output aside", od->final);
-            free(old);
-            return st;
-        }
-        st = ds_rename_durable(od->tmp, od->final, true);
-        if (st) {
-            if (ds_exists(od->tmp)) {
-                rename(old, od->final); /* the new one is not in place: put the original back */
-            } else {
-                /* Renamed, but the directory fsync failed: the new output is in place. */
-                ds_rmtree(old);
-                free(od->tmp);
-                od->tmp = NULL;
-            }
-            free(old);
-            return st;
-        }
-        ds_rmtree(old);
-        free(old);
-    } else {
-        DS_TRY(ds_rename_durable(od->tmp, od->final, true));
-    }
-    free(od->tmp);
-    od->tmp = NULL;
-    return DSCKPT_OK;
-}
-
-void ds_outdir_abort(ds_outdir *od) {
-    if (!od) return;
-    if (od->tmp) ds_rmtree(od->tmp);
-    free(od->tmp);
-    free(od->final);
-    od->tmp = od->final = NULL;
 }

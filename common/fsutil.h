@@ -1,6 +1,7 @@
 /*
  * fsutil.h — file-system helpers: full preads, small-file reads, durable renames,
- * atomic small-file writes, output directories committed by rename, path checks.
+ * atomic small-file writes, path checks. (Output directories committed by rename,
+ * ds_outdir, are libckpt's: outsafe.h.)
  *
  * The durable-write rule everywhere: write to a temporary name in the destination
  * directory, fsync, rename, fsync the directory. On failure the temporary is
@@ -43,27 +44,5 @@ void ds_rmtree(const char *path);
 dsckpt_status ds_write_file_atomic(const char *path, const void *data, size_t len);
 /* malloc'd unique temporary sibling name of `final`: "<dir>/.<base>.tmp-<pid>-<n>". */
 char *ds_tmp_sibling(const char *final);
-
-/* An output directory built under a temporary sibling and renamed into place. */
-typedef struct ds_outdir {
-    char *final;
-    char *tmp;
-    bool force;
-} ds_outdir;
-/* Refuses an existing `final` unless force (DSCKPT_EEXIST, with a hint about
- * --force); creates the temporary directory. */
-dsckpt_status ds_outdir_begin(ds_outdir *od, const char *final, bool force);
-/* The same for an output of `kind` (an outsafe.h ds_out_kind; ds_outdir_begin is
- * DS_OUT_SAVE_ROOT): stale temporaries of dead runs beside `final` are removed
- * first, and with force an existing `final` is replaced only if everything in it
- * is what dsckpt writes there (DSCKPT_EEXIST naming the first foreign entry). */
-dsckpt_status ds_outdir_begin_kind(ds_outdir *od, const char *final, bool force, int kind);
-/* fsyncs the temporary directory, renames it over `final` (moving an existing
- * one aside to ".<base>.old-<pid>-<n>" first and deleting it only after the new
- * one is in place). Fails with DSCKPT_EINTR, changing nothing, once
- * dsckpt_interrupt() was called. */
-dsckpt_status ds_outdir_commit(ds_outdir *od);
-/* Removes the temporary directory. Safe after a failed begin or after commit. */
-void ds_outdir_abort(ds_outdir *od);
 
 #endif /* DSCKPT_FSUTIL_H */

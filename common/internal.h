@@ -1,5 +1,8 @@
 /*
- * internal.h — declarations shared inside libckpt, formats and kernels; not installed.
+ * internal.h — the bottom layer (common/) every other layer may use: errors,
+ * allocation, overflow-checked arithmetic, interruption, UTF-8 validation, test
+ * hooks, little-endian helpers; not installed. (dsckpt.h, the public API, gives
+ * the status and dtype enums.)
  *
  * Error handling: a failing function records a message with ds_err() (which also
  * returns the status, so `return ds_err(DSCKPT_ECORRUPT, "...")` is the idiom) and
@@ -19,6 +22,9 @@
 #define DS_UNUSED(x) ((void)(x))
 #define DS_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define DS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Most dimensions a tensor may have (safetensors headers, checkpoint tensors). */
+#define DS_MAX_DIMS 16
 
 /* Records a formatted message for the calling thread and returns `st`. */
 dsckpt_status ds_err(dsckpt_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
