@@ -138,7 +138,11 @@ struct rt_saver {
     size_t copy_len;
     double copy_s;        /* seconds the training thread spent copying (pre-update) */
     char *save_dir, *tag;
+    uint64_t step;        /* of the save in flight */
+    cJSON *metrics;       /* its metrics (a copy), for on_commit */
     char committed[256];
+    rt_commit_fn on_commit;
+    void *commit_user;
     /* Test hook DSTRAIN_TEST_WRITER_WAIT_UPDATE: the writer starts only once the
      * next optimizer update has copied what it had not read (or the save is being
      * waited for), so the copy path is taken deterministically. */
@@ -228,6 +232,8 @@ static void save_clear(rt_saver *s) {
     free(s->save_dir);
     free(s->tag);
     s->save_dir = s->tag = NULL;
+    cJSON_Delete(s->metrics);
+    s->metrics = NULL;
     s->busy = false;
 }
 
@@ -254,6 +260,11 @@ void rt_saver_free(rt_saver *s) {
 }
 
 bool rt_saver_busy(const rt_saver *s) { return s && s->busy; }
+
+void rt_saver_on_commit(rt_saver *s, rt_commit_fn fn, void *user) {
+    s->on_commit = fn;
+    s->commit_user = user;
+}
 
 /* Stage 0 has one copy of everything: rank 0 writes the one file. */
 static bool writes_file(const rt_engine *e) { return e->stage != 0 || e->rank == 0; }
@@ -331,6 +342,7 @@ dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed) {
         join(s);
     }
     dsckpt_status st = commit(s);
+    if (!st && s->on_commit) st = s->on_commit(s->commit_user, s->committed, s->step, s->metrics);
     save_clear(s);
     if (!st && committed) *committed = s->committed;
     return st;
@@ -381,6 +393,11 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
     uint64_t step = 0;
     const char *p = strstr(tag, "global_step");
     if (p) step = strtoull(p + 11, NULL, 10);
+    s->step = step;
+    if (metrics && !(s->metrics = cJSON_Duplicate(metrics, true))) {
+        st = ds_err(DSCKPT_ENOMEM, "out of memory copying a save's metrics");
+        goto done;
+    }
     const char *dt = e->wdt == DSCKPT_BF16 ? "bf16" : e->wdt == DSCKPT_F16 ? "fp16" : "fp32";
     ds_model_info mi = model_info(e);
     ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,

@@ -44,6 +44,14 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
  * or NULL. Collective. */
 dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed);
 bool rt_saver_busy(const rt_saver *s);
+
+/* Called on every rank once a save is committed, wherever that happens (in
+ * rt_saver_poll; in rt_saver_start for the save in flight it finishes first, and
+ * for its own save when not async), with the save's tag, its step (from a
+ * "global_step<N>" tag, else 0) and the metrics given to rt_saver_start (may be
+ * NULL). Its failure is returned by the call that committed. */
+typedef dsckpt_status (*rt_commit_fn)(void *user, const char *tag, uint64_t step, const cJSON *metrics);
+void rt_saver_on_commit(rt_saver *s, rt_commit_fn fn, void *user);
 /* Seconds training spent, since the last call, copying partitions that an async
  * writer had not read yet when the optimizer was about to change them (the part of
  * a save's stall that falls after rt_saver_start). */

@@ -3,22 +3,27 @@
  * ZeRO stages 0-3 over MPI (one process per rank; `dsrun` starts them), driven by
  * a DeepSpeed-style ds_config.json. Rank 0 writes one JSON line per optimizer step
  * to --log_file (and a summary to stderr every steps_per_print steps).
+ *
+ * main: arguments (args.c), the job's setup, the resume choice (resume), the
+ * training loop (train, one step at a time: train_step), and the end (finish).
+ * Checkpoint bookkeeping (best model, trainer_state.json, rotation) happens in one
+ * place, on_commit, which the saver calls whenever a save is committed.
  */
+#include "args.h"
+#include "ckpt.h"
 #include "comm.h"
 #include "config.h"
 #include "data.h"
 #include "engine.h"
 #include "engine_ckpt.h"
-#include "trainer.h"
+#include "fsutil.h"
 #include "model.h"
 #include "rt_time.h"
 #include "savedir.h"
 #include "stream.h"
-#include "ckpt.h"
-#include "fsutil.h"
+#include "trainer.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,68 +32,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static const char help[] =
-    "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
-    "       dsrun --num_procs N dstrain --deepspeed ds_config.json --data FILE [options]\n"
-    "\n"
-    "Train a GPT-2-style model on the bytes of FILE with ZeRO stage 0-3 (the stage,\n"
-    "precision, optimizer, schedule, batch sizes and clipping come from the DeepSpeed\n"
-    "config; \"auto\" values are filled from the flags below, as with Hugging Face).\n"
-    "\n"
-    "Model and run:\n"
-    "  --n_layer N --n_head N --n_embd N --seq_len N   model size (default 2, 2, 64, 64)\n"
-    "  --max_steps N          optimizer steps to run (default 100)\n"
-    "  --seed S               initialisation and data seed (default 1234)\n"
-    "  --eval_steps N         evaluate every N steps (default 0 = only at the end)\n"
-    "  --eval_windows N       eval windows used (default 64; 0 = all)\n"
-    "  --log_file F           JSON lines from rank 0, one per optimizer step: step,\n"
-    "                         loss, lr, grad_norm, loss_scale, skipped, tokens_per_s,\n"
-    "                         step_s, comm_s (seconds in collectives), comm_bytes\n"
-    "                         (bytes rank 0 sent); eval_loss on eval steps,\n"
-    "                         save_stall_s on save steps, save_copy_s on steps whose\n"
-    "                         update waited to copy what an async save had not yet\n"
-    "                         read; the last line also\n"
-    "                         master_sha256 / working_sha256, SHA-256 of the full\n"
-    "                         fp32 master and 16-bit working weights\n"
-    "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
-    "                         next to the ZeRO formulas, then exit\n"
-    "Checkpoints (native format, readable by dsckpt):\n"
-    "  --save_dir D           save root: D/global_step<N>/, D/latest, D/trainer_state.json\n"
-    "  --save_steps N         save every N steps (and after the last step)\n"
-    "  --save_total_limit K   keep the newest K checkpoints and the best (default: all)\n"
-    "  --no_async_save        write checkpoints synchronously (default: a background\n"
-    "                         thread writes the checkpoint while training goes on;\n"
-    "                         the next optimizer update first copies whatever it has\n"
-    "                         not written yet, into a host buffer of 12 bytes per\n"
-    "                         parameter of the rank's partition, kept for the run)\n"
-    "  --metric_for_best_model M  (default eval_loss; \"eval_\" is added when missing)\n"
-    "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
-    "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
-    "                         write D/final/model.safetensors (16-bit) and its .sha256\n"
-    "  --resume auto|TAG      continue from D/TAG, or (auto) the newest checkpoint in D\n"
-    "                         that verifies (native or DeepSpeed's format), at any\n"
-    "                         world size and ZeRO stage; the checkpoint must be of the\n"
-    "                         model the flags describe. auto starts from scratch only\n"
-    "                         when D holds no checkpoint; it stops with an error when\n"
-    "                         D holds checkpoints it cannot use\n"
-    "  --save_model OUT       after training, the final weights as 16-bit safetensors\n"
-    "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
-    "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
-    "  --learning_rate X  --weight_decay X  --adam_beta1 X  --adam_beta2 X\n"
-    "  --adam_epsilon X  --max_grad_norm X  --warmup_steps N  --bf16  --fp16\n"
-    "  -h, --help             this help\n"
-    "\n"
-    "Exit codes: 0 done, 1 the checkpoint to resume is corrupt (or --resume auto finds\n"
-    "checkpoints but none that verifies), 2 bad input (config, data) or unreadable,\n"
-    "3 usage (also: the checkpoint to resume is of another model than the flags say),\n"
-    "5 a checkpoint dstrain cannot resume, 70 internal or MPI failure.\n";
-
-enum {
-    O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
-    O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
-    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL
-};
 
 /* The exit code of a failure (the table of dsckpt's --help). */
 static int exit_code(dsckpt_status st) {
@@ -107,31 +50,6 @@ static int exit_code(dsckpt_status st) {
     }
 }
 
-static int usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "dstrain: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n(dstrain --help for usage)\n");
-    return 3;
-}
-
-static bool num_u(const char *s, uint64_t lo, uint64_t hi, uint64_t *v) {
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || x < lo || x > hi) return false;
-    *v = x;
-    return true;
-}
-
-static bool num_d(const char *s, double *v) {
-    char *end;
-    errno = 0;
-    double x = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(x)) return false;
-    *v = x;
-    return true;
-}
-
 static double fake_metric(const char *spec, uint64_t step, double dflt) {
     for (const char *p = spec; p && *p;) {
         char *end;
@@ -142,16 +60,6 @@ static double fake_metric(const char *spec, uint64_t step, double dflt) {
         p = *end == ',' ? end + 1 : NULL;
     }
     return dflt;
-}
-
-/* Rank 0, once a checkpoint is committed: best tracking, trainer_state.json, rotation. */
-static dsckpt_status on_commit(rt_tstate *ts, const char *save_dir, const char *tag, uint64_t step, double metric,
-                               bool greater, uint64_t limit, uint64_t max_steps, uint64_t eval_steps,
-                               uint64_t save_steps, uint64_t tbs) {
-    rt_tstate_checkpoint(ts, tag, step, metric, greater);
-    DS_TRY(rt_tstate_save(ts, save_dir, step, max_steps, eval_steps, save_steps, tbs));
-    int deleted = 0;
-    return rt_rotate(save_dir, limit, rt_tstate_best(ts), tag, &deleted);
 }
 
 /* The 16-bit weights of checkpoint save_dir/tag as one safetensors file: OUT (a
@@ -205,373 +113,342 @@ static void die_with_launcher(void) {
     if (getppid() != parent || parent == 1) raise(SIGKILL); /* it died before the line above */
 }
 
-int main(int argc, char **argv) {
-    static const struct option lo[] = {
-        {"deepspeed", required_argument, 0, O_DS}, {"data", required_argument, 0, O_DATA},
-        {"n_layer", required_argument, 0, O_NL}, {"n_head", required_argument, 0, O_NH},
-        {"n_embd", required_argument, 0, O_NE}, {"seq_len", required_argument, 0, O_SEQ},
-        {"max_steps", required_argument, 0, O_STEPS}, {"seed", required_argument, 0, O_SEED},
-        {"eval_steps", required_argument, 0, O_EVAL}, {"eval_windows", required_argument, 0, O_EVALW},
-        {"log_file", required_argument, 0, O_LOG}, {"print_memory", no_argument, 0, O_MEM},
-        {"per_device_train_batch_size", required_argument, 0, O_PDBS},
-        {"gradient_accumulation_steps", required_argument, 0, O_GAS},
-        {"learning_rate", required_argument, 0, O_LR}, {"weight_decay", required_argument, 0, O_WD},
-        {"adam_beta1", required_argument, 0, O_B1}, {"adam_beta2", required_argument, 0, O_B2},
-        {"adam_epsilon", required_argument, 0, O_EPS}, {"max_grad_norm", required_argument, 0, O_MGN},
-        {"warmup_steps", required_argument, 0, O_WARM}, {"bf16", no_argument, 0, O_BF16},
-        {"fp16", no_argument, 0, O_FP16}, {"help", no_argument, 0, 'h'},
-        {"save_dir", required_argument, 0, O_SAVEDIR}, {"save_steps", required_argument, 0, O_SAVESTEPS},
-        {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
-        {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
-        {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
-        {"save_model", required_argument, 0, O_SAVEMODEL}, {0, 0, 0, 0}};
-    const char *save_dir = NULL, *resume = NULL, *save_model = NULL, *metric_arg = NULL;
-    uint64_t save_steps = 0, save_limit = 0;
-    bool async_save = true, greater_given = false, load_best = false;
-    const char *cfg_path = NULL, *data_path = NULL, *log_path = NULL;
-    uint64_t nl = 2, nh = 2, ne = 64, seq = 64, steps = 100, seed = 1234, eval_steps = 0, eval_w = 64;
-    bool print_mem = false;
-    rt_args a;
-    rt_args_init(&a);
-    int c;
-    uint64_t u;
-    double d;
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(help, stdout);
-            return 0;
-        }
-    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-        switch (c) {
-        case O_DS: cfg_path = optarg; break;
-        case O_DATA: data_path = optarg; break;
-        case O_LOG: log_path = optarg; break;
-        case O_MEM: print_mem = true; break;
-        case O_NL: if (!num_u(optarg, 1, 1000, &nl)) return usage("--n_layer must be 1..1000 (got '%s')", optarg); break;
-        case O_NH: if (!num_u(optarg, 1, 1024, &nh)) return usage("--n_head must be 1..1024 (got '%s')", optarg); break;
-        case O_NE: if (!num_u(optarg, 1, 65536, &ne)) return usage("--n_embd must be 1..65536 (got '%s')", optarg); break;
-        case O_SEQ: if (!num_u(optarg, 1, 1 << 20, &seq)) return usage("--seq_len must be 1..1048576 (got '%s')", optarg); break;
-        case O_STEPS: if (!num_u(optarg, 0, 1ull << 40, &steps)) return usage("--max_steps must be >= 0 (got '%s')", optarg);
-            a.has_max_steps = true;
-            a.max_steps = steps;
-            break;
-        case O_SEED: if (!num_u(optarg, 0, UINT64_MAX, &seed)) return usage("--seed must be an integer >= 0 (got '%s')", optarg); break;
-        case O_EVAL: if (!num_u(optarg, 0, 1ull << 40, &eval_steps)) return usage("--eval_steps must be >= 0 (got '%s')", optarg); break;
-        case O_EVALW: if (!num_u(optarg, 0, 1ull << 40, &eval_w)) return usage("--eval_windows must be >= 0 (got '%s')", optarg); break;
-        case O_PDBS: if (!num_u(optarg, 1, 1 << 20, &u)) return usage("--per_device_train_batch_size must be >= 1 (got '%s')", optarg);
-            a.has_per_device_train_batch_size = true, a.per_device_train_batch_size = u;
-            break;
-        case O_GAS: if (!num_u(optarg, 1, 1 << 20, &u)) return usage("--gradient_accumulation_steps must be >= 1 (got '%s')", optarg);
-            a.has_gradient_accumulation_steps = true, a.gradient_accumulation_steps = u;
-            break;
-        case O_WARM: if (!num_u(optarg, 0, 1ull << 40, &u)) return usage("--warmup_steps must be >= 0 (got '%s')", optarg);
-            a.has_warmup_steps = true, a.warmup_steps = u;
-            break;
-        case O_LR: if (!num_d(optarg, &d)) return usage("--learning_rate: not a number ('%s')", optarg);
-            a.has_learning_rate = true, a.learning_rate = d;
-            break;
-        case O_WD: if (!num_d(optarg, &d)) return usage("--weight_decay: not a number ('%s')", optarg);
-            a.has_weight_decay = true, a.weight_decay = d;
-            break;
-        case O_B1: if (!num_d(optarg, &d)) return usage("--adam_beta1: not a number ('%s')", optarg);
-            a.has_adam_beta1 = true, a.adam_beta1 = d;
-            break;
-        case O_B2: if (!num_d(optarg, &d)) return usage("--adam_beta2: not a number ('%s')", optarg);
-            a.has_adam_beta2 = true, a.adam_beta2 = d;
-            break;
-        case O_EPS: if (!num_d(optarg, &d)) return usage("--adam_epsilon: not a number ('%s')", optarg);
-            a.has_adam_epsilon = true, a.adam_epsilon = d;
-            break;
-        case O_MGN: if (!num_d(optarg, &d)) return usage("--max_grad_norm: not a number ('%s')", optarg);
-            a.has_max_grad_norm = true, a.max_grad_norm = d;
-            break;
-        case O_BF16: a.has_bf16 = true, a.bf16 = true; break;
-        case O_FP16: a.has_fp16 = true, a.fp16 = true; break;
-        case O_SAVEDIR: save_dir = optarg; break;
-        case O_SAVESTEPS: if (!num_u(optarg, 0, 1ull << 40, &save_steps)) return usage("--save_steps must be >= 0 (got '%s')", optarg); break;
-        case O_LIMIT: if (!num_u(optarg, 0, 1ull << 40, &save_limit)) return usage("--save_total_limit must be >= 0 (got '%s')", optarg); break;
-        case O_NOASYNC: async_save = false; break;
-        case O_METRIC: metric_arg = optarg; break;
-        case O_GREATER: greater_given = true; break;
-        case O_LOADBEST: load_best = true; break;
-        case O_RESUME: resume = optarg; break;
-        case O_SAVEMODEL: save_model = optarg; break;
-        default: return usage("%s", "unknown option");
-        }
-    }
-    if (optind != argc) return usage("unexpected argument '%s'", argv[optind]);
-    if (!cfg_path) return usage("%s", "--deepspeed ds_config.json is required");
-    if (!data_path) return usage("%s", "--data FILE is required");
-    if ((resume || load_best || save_model || save_steps || save_limit) && !save_dir)
-        return usage("%s", "--resume, --save_steps, --save_total_limit, --load_best_model_at_end and --save_model need --save_dir");
-    if (resume && strcmp(resume, "auto") && !ds_safe_name(resume))
-        return usage("--resume takes 'auto' or a tag directory name (got '%s')", resume);
-    char metric[128];
-    rt_metric_name(metric_arg, metric, sizeof metric);
-    if (strcmp(metric, "eval_loss"))
-        return usage("--metric_for_best_model: dstrain computes eval_loss only (got '%s')", metric);
-    bool greater = greater_given || rt_metric_greater_default(metric);
-    a.has_hidden_size = true;
-    a.hidden_size = ne;
-
-    rt_comm *comm = NULL;
-    rt_config cfg = {0};
-    rt_data *data = NULL;
-    rt_model *model = NULL;
-    rt_engine *eng = NULL;
-    rt_saver *saver = NULL;
-    rt_tstate ts = {0};
-    FILE *log = NULL;
-    int rc = 0;
-    die_with_launcher();
-    dsckpt_status st = rt_comm_open_mpi(&argc, &argv, &comm);
-    if (st) {
-        fprintf(stderr, "dstrain: %s\n", dsckpt_last_error());
-        return 70;
-    }
-    int rank = rt_comm_rank(comm), W = rt_comm_size(comm);
-#define FAIL(code)                                                                 \
-    do {                                                                           \
-        fprintf(stderr, "dstrain (rank %d): %s\n", rank, dsckpt_last_error());     \
-        rc = (code);                                                               \
-        goto done;                                                                 \
-    } while (0)
+/* One training job: the options, the pieces, and what rank 0 keeps of its saves. */
+typedef struct run {
+    const rt_opts *o;
+    rt_comm *comm;
+    int rank, W;
+    rt_config cfg;
+    rt_data *data;
+    rt_model *model;
+    rt_engine *eng;
+    rt_saver *saver; /* NULL without --save_dir */
+    rt_tstate ts;    /* rank 0's trainer_state.json */
+    FILE *log;       /* rank 0's --log_file */
     /* Bad input found before training: every rank reads the same files and reaches
      * the same verdict, so they all exit cleanly (no MPI_Abort noise). */
-    bool clean_exit = true;
-    if ((st = rt_config_load(cfg_path, &a, W, &cfg))) FAIL(2);
-    if ((st = rt_data_open(data_path, seq, RT_DATA_EVAL_FRACTION_DEFAULT, &data))) FAIL(2);
-    rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)seq, .n_layer = (int)nl, .n_head = (int)nh, .n_embd = (int)ne};
-    if ((st = rt_model_create(&mc, (int)cfg.micro_batch, (int)seq, &model))) FAIL(2);
-    if ((st = rt_engine_create(&cfg, comm, model, seed, &eng))) FAIL(st == DSCKPT_EINVAL ? 2 : 70);
-    clean_exit = false;
-    if (print_mem) {
-        rt_mem_report have, want;
-        rt_engine_memory(eng, &have);
-        rt_engine_memory_formula(eng, &want);
-        for (int r = 0; r < W; r++) {
-            if (r == rank)
-                printf("{\"rank\": %d, \"stage\": %d, \"world_size\": %d, \"numel\": %llu, \"params_bytes\": %llu, "
-                       "\"grads_bytes\": %llu, \"optim_bytes\": %llu, \"formula_params_bytes\": %llu, "
-                       "\"formula_grads_bytes\": %llu, \"formula_optim_bytes\": %llu}\n",
-                       rank, cfg.zero.stage, W, (unsigned long long)have.numel,
-                       (unsigned long long)have.params_bytes, (unsigned long long)have.grads_bytes,
-                       (unsigned long long)have.optim_bytes, (unsigned long long)want.params_bytes,
-                       (unsigned long long)want.grads_bytes, (unsigned long long)want.optim_bytes);
-            fflush(stdout);
-            rt_comm_barrier(comm);
-        }
-        goto done;
+    bool clean_exit;
+} run;
+
+/* Reports the current error and returns `code` (dstrain's exit code). */
+static int fail(const run *r, int code) {
+    fprintf(stderr, "dstrain (rank %d): %s\n", r->rank, dsckpt_last_error());
+    return code;
+}
+
+/* The saver's commit callback (rt_saver_on_commit): rank 0 tracks the best
+ * checkpoint, writes trainer_state.json and rotates old checkpoints. */
+static dsckpt_status on_commit(void *user, const char *tag, uint64_t step, const cJSON *metrics) {
+    run *r = user;
+    const rt_opts *o = r->o;
+    if (r->rank != 0) return DSCKPT_OK;
+    const cJSON *m = metrics ? cJSON_GetObjectItemCaseSensitive(metrics, o->metric) : NULL;
+    rt_tstate_checkpoint(&r->ts, tag, step, cJSON_IsNumber(m) ? m->valuedouble : NAN, o->greater);
+    DS_TRY(rt_tstate_save(&r->ts, o->save_dir, step, o->max_steps, o->eval_steps, o->save_steps,
+                          r->cfg.train_batch_size));
+    int deleted = 0;
+    return rt_rotate(o->save_dir, o->save_limit, rt_tstate_best(&r->ts), tag, &deleted);
+}
+
+/* --print_memory: each rank's bytes held next to the ZeRO formulas, in rank order. */
+static void print_memory(const run *r) {
+    rt_mem_report have, want;
+    rt_engine_memory(r->eng, &have);
+    rt_engine_memory_formula(r->eng, &want);
+    for (int q = 0; q < r->W; q++) {
+        if (q == r->rank)
+            printf("{\"rank\": %d, \"stage\": %d, \"world_size\": %d, \"numel\": %llu, \"params_bytes\": %llu, "
+                   "\"grads_bytes\": %llu, \"optim_bytes\": %llu, \"formula_params_bytes\": %llu, "
+                   "\"formula_grads_bytes\": %llu, \"formula_optim_bytes\": %llu}\n",
+                   r->rank, r->cfg.zero.stage, r->W, (unsigned long long)have.numel,
+                   (unsigned long long)have.params_bytes, (unsigned long long)have.grads_bytes,
+                   (unsigned long long)have.optim_bytes, (unsigned long long)want.params_bytes,
+                   (unsigned long long)want.grads_bytes, (unsigned long long)want.optim_bytes);
+        fflush(stdout);
+        rt_comm_barrier(r->comm);
     }
-    if (rank == 0 && log_path && !(log = fopen(log_path, "w"))) {
-        fprintf(stderr, "dstrain: cannot open --log_file %s: %s\n", log_path, strerror(errno));
-        rc = 2;
-        rt_comm_abort(comm, 2);
+}
+
+/* The step to start from after loading save_dir/tag: the state's data.next_batch
+ * when present (an integer in [0, 2^53 - 1]), else the optimizer steps taken. */
+static dsckpt_status next_batch(const run *r, const cJSON *state, const char *tag, uint64_t *k0) {
+    const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
+    const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
+    *k0 = rt_engine_steps(r->eng);
+    if (!nb) return DSCKPT_OK;
+    double v = cJSON_IsNumber(nb) ? nb->valuedouble : -1;
+    if (!(v >= 0) || v > 9007199254740991.0 || v != floor(v))
+        return ds_err(DSCKPT_ECORRUPT, "%s/%s: state.data.next_batch must be an integer in [0, 2^53 - 1]",
+                      r->o->save_dir, tag);
+    *k0 = (uint64_t)v;
+    return DSCKPT_OK;
+}
+
+/* --resume: rank 0 picks the checkpoint (verify, model check); every rank gets the
+ * verdict, and a refusal ends them all with the same exit code. Returns -1 to go on
+ * (from *k0), else the exit code. */
+static int resume(run *r, uint64_t *k0) {
+    const rt_opts *o = r->o;
+    dsckpt_status st;
+    rt_resume_pick pick;
+    double verify_s = rt_now_s();
+    if (r->rank == 0) rt_resume_pick_tag(r->eng, o->save_dir, o->resume, &pick);
+    verify_s = rt_now_s() - verify_s;
+    if ((st = rt_comm_bcast(r->comm, &pick, sizeof pick, 0))) return fail(r, 70);
+    pick.tag[sizeof pick.tag - 1] = pick.msg[sizeof pick.msg - 1] = '\0';
+    if (pick.exit_code) {
+        if (r->rank == 0) fprintf(stderr, "dstrain: --resume %s: %s\n", o->resume, pick.msg);
+        r->clean_exit = true;
+        return pick.exit_code;
     }
-    if (rank == 0)
-        fprintf(stderr, "dstrain: %llu parameters, ZeRO stage %d, %d rank(s), %s, batch %llu = %llu x %llu x %d\n",
-                (unsigned long long)rt_model_numel(model), cfg.zero.stage, W,
-                cfg.bf16.enabled ? "bf16" : cfg.fp16.enabled ? "fp16" : "fp32", (unsigned long long)cfg.train_batch_size,
-                (unsigned long long)cfg.micro_batch, (unsigned long long)cfg.grad_accum, W);
-    /* Checkpoints: the saver, rank 0's trainer state, and --resume. */
-    if (save_dir) {
-        if ((st = rt_saver_create(eng, async_save, &saver))) FAIL(70);
-        if (rank == 0 && (st = rt_tstate_load(save_dir, &ts))) FAIL(70);
+    if (!pick.tag[0]) {
+        if (r->rank == 0)
+            fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", o->save_dir);
+        return -1;
     }
-    uint64_t k0 = 0;
-    if (save_dir && rank == 0) {
-        int removed = rt_clean_debris(save_dir);
-        if (removed)
-            fprintf(stderr, "dstrain: removed %d temporary file(s) of killed saves from %s\n", removed, save_dir);
+    cJSON *state = NULL;
+    double tl0 = rt_now_s();
+    double read_s = 0;
+    if ((st = rt_engine_load(r->eng, o->save_dir, pick.tag, &state, &read_s))) return fail(r, exit_code(st));
+    if ((st = rt_comm_barrier(r->comm))) {
+        cJSON_Delete(state);
+        return fail(r, 70);
     }
-    if (resume) {
-        /* Rank 0 decides (verify, model check); every rank gets the verdict and a
-         * refusal ends them all with the same exit code. */
-        rt_resume_pick pick;
-        double verify_s = rt_now_s();
-        if (rank == 0) rt_resume_pick_tag(eng, save_dir, resume, &pick);
-        verify_s = rt_now_s() - verify_s;
-        if ((st = rt_comm_bcast(comm, &pick, sizeof pick, 0))) FAIL(70);
-        pick.tag[sizeof pick.tag - 1] = pick.msg[sizeof pick.msg - 1] = '\0';
-        if (pick.exit_code) {
-            if (rank == 0) fprintf(stderr, "dstrain: --resume %s: %s\n", resume, pick.msg);
-            rc = pick.exit_code;
-            clean_exit = true;
-            goto done;
-        }
-        if (pick.tag[0]) {
-            cJSON *state = NULL;
-            double tl0 = rt_now_s();
-            double read_s = 0;
-            if ((st = rt_engine_load(eng, save_dir, pick.tag, &state, &read_s))) FAIL(exit_code(st));
-            if ((st = rt_comm_barrier(comm))) FAIL(70);
-            double load_s = rt_now_s() - tl0;
-            const cJSON *dj = cJSON_GetObjectItemCaseSensitive(state, "data");
-            const cJSON *nb = dj ? cJSON_GetObjectItemCaseSensitive(dj, "next_batch") : NULL;
-            k0 = rt_engine_steps(eng);
-            if (nb) {
-                double v = cJSON_IsNumber(nb) ? nb->valuedouble : -1;
-                if (!(v >= 0) || v > 9007199254740991.0 || v != floor(v)) {
-                    cJSON_Delete(state);
-                    ds_err(DSCKPT_ECORRUPT, "%s/%s: state.data.next_batch must be an integer in [0, 2^53 - 1]",
-                           save_dir, pick.tag);
-                    FAIL(1);
-                }
-                k0 = (uint64_t)v;
-            }
-            cJSON_Delete(state);
-            if (rank == 0)
-                fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (verified in %.3f s, loaded in %.3f s: "
-                        "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
-                        save_dir, pick.tag, pick.deepspeed ? " (DeepSpeed format)" : "", (unsigned long long)k0,
-                        verify_s, load_s, read_s, load_s - read_s);
-        } else if (rank == 0) {
-            fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", save_dir);
-        }
+    double load_s = rt_now_s() - tl0;
+    st = next_batch(r, state, pick.tag, k0);
+    cJSON_Delete(state);
+    if (st) return fail(r, 1);
+    if (r->rank == 0)
+        fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (verified in %.3f s, loaded in %.3f s: "
+                "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
+                o->save_dir, pick.tag, pick.deepspeed ? " (DeepSpeed format)" : "", (unsigned long long)*k0,
+                verify_s, load_s, read_s, load_s - read_s);
+    return -1;
+}
+
+/* Starts saving after step s (batch k done): the trainer's state (data position,
+ * RNG) and the last eval metric go with it. *stall gets the time it held training. */
+static dsckpt_status save(run *r, uint64_t k, const rt_step_stats *s, double last_eval, double *stall) {
+    const rt_opts *o = r->o;
+    char tag[64];
+    snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)s->step);
+    cJSON *tstate = cJSON_CreateObject(), *mets = cJSON_CreateObject();
+    cJSON *dj = cJSON_AddObjectToObject(tstate, "data");
+    cJSON_AddNumberToObject(dj, "next_batch", (double)(k + 1));
+    cJSON_AddNumberToObject(dj, "seed", (double)o->seed);
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(tstate, "rng"), "seed", (double)o->seed);
+    if (isfinite(last_eval)) cJSON_AddNumberToObject(mets, o->metric, last_eval);
+    /* A save still in flight is committed first (inside rt_saver_start). */
+    dsckpt_status st = rt_saver_start(r->saver, o->save_dir, tag, tstate, mets, stall);
+    cJSON_Delete(tstate);
+    cJSON_Delete(mets);
+    return st;
+}
+
+/* SHA-256 (hex) of the final fp32 master weights and of the working (16-bit)
+ * weights in model order, for bit-identity checks. */
+static dsckpt_status final_digests(const run *r, char *digest, char *wdigest) {
+    uint64_t n = rt_model_numel(r->model);
+    float *all = malloc((size_t)n * sizeof *all);
+    uint8_t h[DS_SHA256_LEN];
+    if (!all) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    dsckpt_status st = rt_engine_gather_master(r->eng, all);
+    if (!st) st = ds_sha256(all, (size_t)n * sizeof *all, h);
+    if (!st) ds_hex(h, DS_SHA256_LEN, digest);
+    if (!st) st = rt_engine_gather_working(r->eng, all);
+    if (!st) st = ds_sha256(all, (size_t)n * rt_engine_working_size(r->eng), h);
+    if (!st) ds_hex(h, DS_SHA256_LEN, wdigest);
+    free(all);
+    return st;
+}
+
+/* What one step reports: the --log_file line and the periodic stderr summary. */
+typedef struct step_report {
+    const rt_step_stats *s;
+    bool do_eval;
+    double eval_loss, stall, copy_s;
+    const char *digest, *wdigest; /* "" except after the last step */
+} step_report;
+
+static void report_step(const run *r, const step_report *p) {
+    const rt_step_stats *s = p->s;
+    if (r->rank != 0) return;
+    if (r->log) {
+        fprintf(r->log,
+                "{\"step\": %llu, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"loss_scale\": %.9g, "
+                "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g, \"comm_bytes\": %llu",
+                (unsigned long long)s->step, s->loss, s->lr, isnan(s->grad_norm) ? -1.0 : s->grad_norm, s->loss_scale,
+                s->skipped ? "true" : "false", s->tokens_per_s, s->seconds, s->comm_seconds,
+                (unsigned long long)s->comm_bytes);
+        if (p->do_eval) fprintf(r->log, ", \"eval_loss\": %.9g", p->eval_loss);
+        if (p->digest[0]) fprintf(r->log, ", \"master_sha256\": \"%s\", \"working_sha256\": \"%s\"", p->digest, p->wdigest);
+        if (p->stall >= 0) fprintf(r->log, ", \"save_stall_s\": %.6g", p->stall);
+        if (p->copy_s > 0) fprintf(r->log, ", \"save_copy_s\": %.6g", p->copy_s);
+        fprintf(r->log, "}\n");
+        fflush(r->log);
     }
+    if ((r->cfg.steps_per_print && s->step % r->cfg.steps_per_print == 0) || p->do_eval) {
+        char ev[64] = "";
+        if (p->do_eval) snprintf(ev, sizeof ev, " eval_loss %.4f", p->eval_loss);
+        fprintf(stderr, "step %llu: loss %.4f lr %.3g grad_norm %.3g%s%s %.0f tok/s\n", (unsigned long long)s->step,
+                s->loss, s->lr, s->grad_norm, s->skipped ? " (skipped: overflow)" : "", ev, s->tokens_per_s);
+    }
+}
+
+/* Batch k: commit a finished save, the optimizer step, eval, save, report.
+ * *last_eval carries the latest eval metric across steps. Returns -1 to go on,
+ * else the exit code. */
+static int train_step(run *r, uint64_t k, const char *fake_eval, double *last_eval) {
+    const rt_opts *o = r->o;
+    rt_step_stats s;
+    if (r->saver && rt_saver_poll(r->saver, false, NULL)) return fail(r, 70);
+    if (rt_engine_step(r->eng, r->data, o->seed, k, &s)) return fail(r, 70);
+    step_report p = {.s = &s, .eval_loss = NAN, .stall = -1, .digest = "", .wdigest = ""};
+    p.copy_s = rt_saver_take_copy_seconds(r->saver); /* this step's share of an async save's stall */
+    p.do_eval = (o->eval_steps && (k + 1) % o->eval_steps == 0) || k + 1 == o->max_steps;
+    if (p.do_eval && rt_engine_eval(r->eng, r->data, o->eval_windows, &p.eval_loss)) return fail(r, 70);
+    if (p.do_eval && fake_eval) p.eval_loss = fake_metric(fake_eval, s.step, p.eval_loss);
+    if (p.do_eval) *last_eval = p.eval_loss;
+    if (r->rank == 0 && r->ts.root) {
+        rt_tstate_log_train(&r->ts, s.step, s.loss, s.lr, s.grad_norm);
+        if (p.do_eval) rt_tstate_log_eval(&r->ts, s.step, o->metric, p.eval_loss);
+    }
+    if (r->saver && ((o->save_steps && s.step % o->save_steps == 0) || k + 1 == o->max_steps) &&
+        save(r, k, &s, *last_eval, &p.stall))
+        return fail(r, 70);
+    char digest[2 * DS_SHA256_LEN + 1] = "", wdigest[2 * DS_SHA256_LEN + 1] = "";
+    if (k + 1 == o->max_steps && o->log_path) {
+        if (final_digests(r, digest, wdigest)) return fail(r, 70);
+        p.digest = digest;
+        p.wdigest = wdigest;
+    }
+    report_step(r, &p);
+    return -1;
+}
+
+/* Steps k0 .. max_steps-1. Returns -1 when done, else the exit code. */
+static int train(run *r, uint64_t k0) {
     /* Test hook: DSTRAIN_TEST_EVAL="step:value,..." replaces the eval metric at those
      * steps (to plant a best checkpoint in tests); it is reported on stderr. */
     const char *fake_eval = ds_test_hook("DSTRAIN_TEST_EVAL");
-    if (fake_eval && rank == 0) fprintf(stderr, "dstrain: DSTRAIN_TEST_EVAL is set: eval metrics overridden (%s)\n", fake_eval);
-    double last_eval = NAN, pending_metric = NAN;
-    uint64_t pending_step = 0;
-    for (uint64_t k = k0; k < steps; k++) {
-        rt_step_stats s;
-        const char *committed = NULL;
-        if (saver && (st = rt_saver_poll(saver, false, &committed))) FAIL(70);
-        if (committed && rank == 0 && (st = on_commit(&ts, save_dir, committed, pending_step, pending_metric, greater,
-                                                      save_limit, steps, eval_steps, save_steps, cfg.train_batch_size)))
-            FAIL(70);
-        if ((st = rt_engine_step(eng, data, seed, k, &s))) FAIL(70);
-        double copy_s = rt_saver_take_copy_seconds(saver); /* this step's share of an async save's stall */
-        double el = NAN;
-        bool do_eval = (eval_steps && (k + 1) % eval_steps == 0) || k + 1 == steps;
-        if (do_eval && (st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
-        if (do_eval && fake_eval) el = fake_metric(fake_eval, s.step, el);
-        if (do_eval) last_eval = el;
-        if (rank == 0 && ts.root) {
-            rt_tstate_log_train(&ts, s.step, s.loss, s.lr, s.grad_norm);
-            if (do_eval) rt_tstate_log_eval(&ts, s.step, metric, el);
-        }
-        double stall = -1;
-        if (saver && ((save_steps && s.step % save_steps == 0) || k + 1 == steps)) {
-            char tag[64];
-            snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)s.step);
-            cJSON *tstate = cJSON_CreateObject(), *mets = cJSON_CreateObject();
-            cJSON *dj = cJSON_AddObjectToObject(tstate, "data");
-            cJSON_AddNumberToObject(dj, "next_batch", (double)(k + 1));
-            cJSON_AddNumberToObject(dj, "seed", (double)seed);
-            cJSON_AddNumberToObject(cJSON_AddObjectToObject(tstate, "rng"), "seed", (double)seed);
-            if (isfinite(last_eval)) cJSON_AddNumberToObject(mets, metric, last_eval);
-            /* A save still in flight is committed first (inside rt_saver_start). */
-            bool had = rt_saver_busy(saver);
-            uint64_t prev_step = pending_step;
-            double prev_metric = pending_metric;
-            char prev_tag[64];
-            snprintf(prev_tag, sizeof prev_tag, "global_step%llu", (unsigned long long)prev_step);
-            st = rt_saver_start(saver, save_dir, tag, tstate, mets, &stall);
-            cJSON_Delete(tstate);
-            cJSON_Delete(mets);
-            if (st) FAIL(70);
-            if (had && rank == 0 && (st = on_commit(&ts, save_dir, prev_tag, prev_step, prev_metric, greater, save_limit,
-                                                    steps, eval_steps, save_steps, cfg.train_batch_size)))
-                FAIL(70);
-            pending_step = s.step;
-            pending_metric = last_eval;
-            if (!async_save && rank == 0 && (st = on_commit(&ts, save_dir, tag, pending_step, pending_metric, greater,
-                                                            save_limit, steps, eval_steps, save_steps,
-                                                            cfg.train_batch_size)))
-                FAIL(70);
-        }
-        char digest[2 * DS_SHA256_LEN + 1] = "", wdigest[2 * DS_SHA256_LEN + 1] = "";
-        if (k + 1 == steps && log_path) {
-            /* Digests of the final fp32 master weights and of the working (16-bit)
-             * weights in model order, for bit-identity checks. */
-            uint64_t n = rt_model_numel(model);
-            float *all = malloc((size_t)n * sizeof *all);
-            uint8_t h[DS_SHA256_LEN];
-            if (!all) {
-                ds_err(DSCKPT_ENOMEM, "out of memory");
-                FAIL(70);
-            }
-            st = rt_engine_gather_master(eng, all);
-            if (!st) st = ds_sha256(all, (size_t)n * sizeof *all, h);
-            if (!st) ds_hex(h, DS_SHA256_LEN, digest);
-            if (!st) st = rt_engine_gather_working(eng, all);
-            if (!st) st = ds_sha256(all, (size_t)n * rt_engine_working_size(eng), h);
-            if (!st) ds_hex(h, DS_SHA256_LEN, wdigest);
-            free(all);
-            if (st) FAIL(70);
-        }
-        if (rank == 0 && log) {
-            fprintf(log,
-                    "{\"step\": %llu, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"loss_scale\": %.9g, "
-                    "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g, \"comm_bytes\": %llu",
-                    (unsigned long long)s.step, s.loss, s.lr, isnan(s.grad_norm) ? -1.0 : s.grad_norm, s.loss_scale,
-                    s.skipped ? "true" : "false", s.tokens_per_s, s.seconds, s.comm_seconds,
-                    (unsigned long long)s.comm_bytes);
-            if (do_eval) fprintf(log, ", \"eval_loss\": %.9g", el);
-            if (digest[0]) fprintf(log, ", \"master_sha256\": \"%s\", \"working_sha256\": \"%s\"", digest, wdigest);
-            if (stall >= 0) fprintf(log, ", \"save_stall_s\": %.6g", stall);
-            if (copy_s > 0) fprintf(log, ", \"save_copy_s\": %.6g", copy_s);
-            fprintf(log, "}\n");
-            fflush(log);
-        }
-        if (rank == 0 && ((cfg.steps_per_print && s.step % cfg.steps_per_print == 0) || do_eval))
-            fprintf(stderr, "step %llu: loss %.4f lr %.3g grad_norm %.3g%s%s %.0f tok/s\n", (unsigned long long)s.step,
-                    s.loss, s.lr, s.grad_norm, s.skipped ? " (skipped: overflow)" : "",
-                    do_eval ? ({
-                        static char b[64];
-                        snprintf(b, sizeof b, " eval_loss %.4f", el);
-                        b;
-                    })
-                            : "",
-                    s.tokens_per_s);
+    if (fake_eval && r->rank == 0)
+        fprintf(stderr, "dstrain: DSTRAIN_TEST_EVAL is set: eval metrics overridden (%s)\n", fake_eval);
+    double last_eval = NAN;
+    for (uint64_t k = k0; k < r->o->max_steps; k++) {
+        int rc = train_step(r, k, fake_eval, &last_eval);
+        if (rc >= 0) return rc;
     }
-    /* The last save, committed before anything reads it. */
-    if (saver) {
-        bool had = async_save && rt_saver_busy(saver);
-        const char *committed = NULL;
-        if ((st = rt_saver_poll(saver, true, &committed))) FAIL(70);
-        if (had && committed && rank == 0 &&
-            (st = on_commit(&ts, save_dir, committed, pending_step, pending_metric, greater, save_limit, steps,
-                            eval_steps, save_steps, cfg.train_batch_size)))
-            FAIL(70);
-    }
-    if (load_best) {
+    return -1;
+}
+
+/* After training: the last save committed, then --load_best_model_at_end and
+ * --save_model. Returns 0 or the exit code. */
+static int finish(run *r) {
+    const rt_opts *o = r->o;
+    dsckpt_status st;
+    if (r->saver && rt_saver_poll(r->saver, true, NULL)) return fail(r, 70);
+    if (o->load_best) {
         char best[256] = "";
-        if (rank == 0 && rt_tstate_best(&ts)) snprintf(best, sizeof best, "%s", rt_tstate_best(&ts));
-        if ((st = rt_comm_bcast(comm, best, sizeof best, 0))) FAIL(70);
+        if (r->rank == 0 && rt_tstate_best(&r->ts)) snprintf(best, sizeof best, "%s", rt_tstate_best(&r->ts));
+        if (rt_comm_bcast(r->comm, best, sizeof best, 0)) return fail(r, 70);
         if (!best[0]) {
             ds_err(DSCKPT_ENOENT, "--load_best_model_at_end: no checkpoint with a metric was saved (use --eval_steps and --save_steps)");
-            FAIL(2);
+            return fail(r, 2);
         }
-        if ((st = rt_engine_load_weights(eng, save_dir, best))) FAIL(70);
+        if (rt_engine_load_weights(r->eng, o->save_dir, best)) return fail(r, 70);
         double el = NAN;
-        if ((st = rt_engine_eval(eng, data, eval_w, &el))) FAIL(70);
-        if (rank == 0) {
-            fprintf(stderr, "dstrain: loaded the best checkpoint %s/%s (%s %.6f) at %d rank(s)\n", save_dir, best,
-                    metric, el, W);
-            char *fin = ds_join(save_dir, "final");
-            st = fin ? write_final(save_dir, best, fin, "model.safetensors") : DSCKPT_ENOMEM;
+        if (rt_engine_eval(r->eng, r->data, o->eval_windows, &el)) return fail(r, 70);
+        if (r->rank == 0) {
+            fprintf(stderr, "dstrain: loaded the best checkpoint %s/%s (%s %.6f) at %d rank(s)\n", o->save_dir, best,
+                    o->metric, el, r->W);
+            char *fin = ds_join(o->save_dir, "final");
+            st = fin ? write_final(o->save_dir, best, fin, "model.safetensors") : DSCKPT_ENOMEM;
             free(fin);
-            if (st) FAIL(70);
+            if (st) return fail(r, 70);
         }
     }
-    if (save_model && rank == 0) {
+    if (o->save_model && r->rank == 0) {
         char tag[64];
-        snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)rt_engine_steps(eng));
-        if ((st = write_final(save_dir, tag, save_model, NULL))) FAIL(70);
+        snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)rt_engine_steps(r->eng));
+        if (write_final(o->save_dir, tag, o->save_model, NULL)) return fail(r, 70);
     }
-done:
-    if (log) fclose(log);
-    rt_saver_free(saver);
-    rt_tstate_free(&ts);
-    rt_engine_free(eng);
-    rt_model_free(model);
-    rt_data_free(data);
-    rt_config_free(&cfg);
-    if (rc && !clean_exit) rt_comm_abort(comm, rc);
-    rt_comm_close(comm);
+    return 0;
+}
+
+/* Config, data, model and engine. Returns -1 to go on, else the exit code. */
+static int setup(run *r) {
+    const rt_opts *o = r->o;
+    dsckpt_status st;
+    r->clean_exit = true;
+    rt_args hf = o->hf;
+    if (rt_config_load(o->cfg_path, &hf, r->W, &r->cfg)) return fail(r, 2);
+    if (rt_data_open(o->data_path, o->seq_len, RT_DATA_EVAL_FRACTION_DEFAULT, &r->data)) return fail(r, 2);
+    rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)o->seq_len, .n_layer = (int)o->n_layer,
+                       .n_head = (int)o->n_head, .n_embd = (int)o->n_embd};
+    if (rt_model_create(&mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
+    if ((st = rt_engine_create(&r->cfg, r->comm, r->model, o->seed, &r->eng)))
+        return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
+    r->clean_exit = false;
+    return -1;
+}
+
+/* The checkpoint side: the log file, the saver (with on_commit), rank 0's trainer
+ * state, and debris of killed saves removed. Returns -1 to go on, else the exit code. */
+static int setup_saving(run *r) {
+    const rt_opts *o = r->o;
+    if (r->rank == 0 && o->log_path && !(r->log = fopen(o->log_path, "w"))) {
+        fprintf(stderr, "dstrain: cannot open --log_file %s: %s\n", o->log_path, strerror(errno));
+        rt_comm_abort(r->comm, 2);
+        return 2;
+    }
+    if (r->rank == 0)
+        fprintf(stderr, "dstrain: %llu parameters, ZeRO stage %d, %d rank(s), %s, batch %llu = %llu x %llu x %d\n",
+                (unsigned long long)rt_model_numel(r->model), r->cfg.zero.stage, r->W,
+                r->cfg.bf16.enabled ? "bf16" : r->cfg.fp16.enabled ? "fp16" : "fp32",
+                (unsigned long long)r->cfg.train_batch_size, (unsigned long long)r->cfg.micro_batch,
+                (unsigned long long)r->cfg.grad_accum, r->W);
+    if (!o->save_dir) return -1;
+    if (rt_saver_create(r->eng, o->async_save, &r->saver)) return fail(r, 70);
+    rt_saver_on_commit(r->saver, on_commit, r);
+    if (r->rank == 0 && rt_tstate_load(o->save_dir, &r->ts)) return fail(r, 70);
+    if (r->rank == 0) {
+        int removed = rt_clean_debris(o->save_dir);
+        if (removed)
+            fprintf(stderr, "dstrain: removed %d temporary file(s) of killed saves from %s\n", removed, o->save_dir);
+    }
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    rt_opts o;
+    int rc = rt_opts_parse(argc, argv, &o);
+    if (rc >= 0) return rc;
+    run r = {.o = &o};
+    die_with_launcher();
+    if (rt_comm_open_mpi(&argc, &argv, &r.comm)) {
+        fprintf(stderr, "dstrain: %s\n", dsckpt_last_error());
+        return 70;
+    }
+    r.rank = rt_comm_rank(r.comm);
+    r.W = rt_comm_size(r.comm);
+    uint64_t k0 = 0;
+    rc = setup(&r);
+    if (rc < 0 && o.print_memory) {
+        print_memory(&r);
+        rc = 0;
+    }
+    if (rc < 0) rc = setup_saving(&r);
+    if (rc < 0 && o.resume) rc = resume(&r, &k0);
+    if (rc < 0) rc = train(&r, k0);
+    if (rc < 0) rc = finish(&r);
+    if (r.log) fclose(r.log);
+    rt_saver_free(r.saver);
+    rt_tstate_free(&r.ts);
+    rt_engine_free(r.eng);
+    rt_model_free(r.model);
+    rt_data_free(r.data);
+    rt_config_free(&r.cfg);
+    if (rc && !r.clean_exit) rt_comm_abort(r.comm, rc);
+    rt_comm_close(r.comm);
     return rc;
 }

@@ -1,0 +1,213 @@
+/*
+ * args.c — dstrain's command line: the help text, the option table, and parsing
+ * into rt_opts (args.h). Hugging Face TrainingArguments flags fill rt_args, which
+ * rt_config_load uses for the config's "auto" values.
+ */
+#include "args.h"
+
+#include "fsutil.h"
+#include "trainer.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char help[] =
+    "Usage: dstrain --deepspeed ds_config.json --data FILE [options]\n"
+    "       dsrun --num_procs N dstrain --deepspeed ds_config.json --data FILE [options]\n"
+    "\n"
+    "Train a GPT-2-style model on the bytes of FILE with ZeRO stage 0-3 (the stage,\n"
+    "precision, optimizer, schedule, batch sizes and clipping come from the DeepSpeed\n"
+    "config; \"auto\" values are filled from the flags below, as with Hugging Face).\n"
+    "\n"
+    "Model and run:\n"
+    "  --n_layer N --n_head N --n_embd N --seq_len N   model size (default 2, 2, 64, 64)\n"
+    "  --max_steps N          optimizer steps to run (default 100)\n"
+    "  --seed S               initialisation and data seed (default 1234)\n"
+    "  --eval_steps N         evaluate every N steps (default 0 = only at the end)\n"
+    "  --eval_windows N       eval windows used (default 64; 0 = all)\n"
+    "  --log_file F           JSON lines from rank 0, one per optimizer step: step,\n"
+    "                         loss, lr, grad_norm, loss_scale, skipped, tokens_per_s,\n"
+    "                         step_s, comm_s (seconds in collectives), comm_bytes\n"
+    "                         (bytes rank 0 sent); eval_loss on eval steps,\n"
+    "                         save_stall_s on save steps, save_copy_s on steps whose\n"
+    "                         update waited to copy what an async save had not yet\n"
+    "                         read; the last line also\n"
+    "                         master_sha256 / working_sha256, SHA-256 of the full\n"
+    "                         fp32 master and 16-bit working weights\n"
+    "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
+    "                         next to the ZeRO formulas, then exit\n"
+    "Checkpoints (native format, readable by dsckpt):\n"
+    "  --save_dir D           save root: D/global_step<N>/, D/latest, D/trainer_state.json\n"
+    "  --save_steps N         save every N steps (and after the last step)\n"
+    "  --save_total_limit K   keep the newest K checkpoints and the best (default: all)\n"
+    "  --no_async_save        write checkpoints synchronously (default: a background\n"
+    "                         thread writes the checkpoint while training goes on;\n"
+    "                         the next optimizer update first copies whatever it has\n"
+    "                         not written yet, into a host buffer of 12 bytes per\n"
+    "                         parameter of the rank's partition, kept for the run)\n"
+    "  --metric_for_best_model M  (default eval_loss; \"eval_\" is added when missing)\n"
+    "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
+    "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
+    "                         write D/final/model.safetensors (16-bit) and its .sha256\n"
+    "  --resume auto|TAG      continue from D/TAG, or (auto) the newest checkpoint in D\n"
+    "                         that verifies (native or DeepSpeed's format), at any\n"
+    "                         world size and ZeRO stage; the checkpoint must be of the\n"
+    "                         model the flags describe. auto starts from scratch only\n"
+    "                         when D holds no checkpoint; it stops with an error when\n"
+    "                         D holds checkpoints it cannot use\n"
+    "  --save_model OUT       after training, the final weights as 16-bit safetensors\n"
+    "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
+    "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
+    "  --learning_rate X  --weight_decay X  --adam_beta1 X  --adam_beta2 X\n"
+    "  --adam_epsilon X  --max_grad_norm X  --warmup_steps N  --bf16  --fp16\n"
+    "  -h, --help             this help\n"
+    "\n"
+    "Exit codes: 0 done, 1 the checkpoint to resume is corrupt (or --resume auto finds\n"
+    "checkpoints but none that verifies), 2 bad input (config, data) or unreadable,\n"
+    "3 usage (also: the checkpoint to resume is of another model than the flags say),\n"
+    "5 a checkpoint dstrain cannot resume, 70 internal or MPI failure.\n";
+
+enum {
+    O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
+    O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
+    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL
+};
+
+static int usage(const char *fmt, const char *arg) {
+    fprintf(stderr, "dstrain: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(dstrain --help for usage)\n");
+    return 3;
+}
+
+static bool num_u(const char *s, uint64_t lo, uint64_t hi, uint64_t *v) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || x < lo || x > hi) return false;
+    *v = x;
+    return true;
+}
+
+static bool num_d(const char *s, double *v) {
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(x)) return false;
+    *v = x;
+    return true;
+}
+
+/* One piece: one case per option, then the checks that span options. */
+int rt_opts_parse(int argc, char **argv, rt_opts *o) {
+    static const struct option lo[] = {
+        {"deepspeed", required_argument, 0, O_DS}, {"data", required_argument, 0, O_DATA},
+        {"n_layer", required_argument, 0, O_NL}, {"n_head", required_argument, 0, O_NH},
+        {"n_embd", required_argument, 0, O_NE}, {"seq_len", required_argument, 0, O_SEQ},
+        {"max_steps", required_argument, 0, O_STEPS}, {"seed", required_argument, 0, O_SEED},
+        {"eval_steps", required_argument, 0, O_EVAL}, {"eval_windows", required_argument, 0, O_EVALW},
+        {"log_file", required_argument, 0, O_LOG}, {"print_memory", no_argument, 0, O_MEM},
+        {"per_device_train_batch_size", required_argument, 0, O_PDBS},
+        {"gradient_accumulation_steps", required_argument, 0, O_GAS},
+        {"learning_rate", required_argument, 0, O_LR}, {"weight_decay", required_argument, 0, O_WD},
+        {"adam_beta1", required_argument, 0, O_B1}, {"adam_beta2", required_argument, 0, O_B2},
+        {"adam_epsilon", required_argument, 0, O_EPS}, {"max_grad_norm", required_argument, 0, O_MGN},
+        {"warmup_steps", required_argument, 0, O_WARM}, {"bf16", no_argument, 0, O_BF16},
+        {"fp16", no_argument, 0, O_FP16}, {"help", no_argument, 0, 'h'},
+        {"save_dir", required_argument, 0, O_SAVEDIR}, {"save_steps", required_argument, 0, O_SAVESTEPS},
+        {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
+        {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
+        {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
+        {"save_model", required_argument, 0, O_SAVEMODEL}, {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->n_layer = 2, o->n_head = 2, o->n_embd = 64, o->seq_len = 64, o->max_steps = 100, o->seed = 1234;
+    o->eval_windows = 64;
+    o->async_save = true;
+    rt_args_init(&o->hf);
+    const char *metric_arg = NULL;
+    bool greater_given = false;
+    int c;
+    uint64_t u;
+    double d;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(help, stdout);
+            return 0;
+        }
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case O_DS: o->cfg_path = optarg; break;
+        case O_DATA: o->data_path = optarg; break;
+        case O_LOG: o->log_path = optarg; break;
+        case O_MEM: o->print_memory = true; break;
+        case O_NL: if (!num_u(optarg, 1, 1000, &o->n_layer)) return usage("--n_layer must be 1..1000 (got '%s')", optarg); break;
+        case O_NH: if (!num_u(optarg, 1, 1024, &o->n_head)) return usage("--n_head must be 1..1024 (got '%s')", optarg); break;
+        case O_NE: if (!num_u(optarg, 1, 65536, &o->n_embd)) return usage("--n_embd must be 1..65536 (got '%s')", optarg); break;
+        case O_SEQ: if (!num_u(optarg, 1, 1 << 20, &o->seq_len)) return usage("--seq_len must be 1..1048576 (got '%s')", optarg); break;
+        case O_STEPS: if (!num_u(optarg, 0, 1ull << 40, &o->max_steps)) return usage("--max_steps must be >= 0 (got '%s')", optarg);
+            o->hf.has_max_steps = true;
+            o->hf.max_steps = o->max_steps;
+            break;
+        case O_SEED: if (!num_u(optarg, 0, UINT64_MAX, &o->seed)) return usage("--seed must be an integer >= 0 (got '%s')", optarg); break;
+        case O_EVAL: if (!num_u(optarg, 0, 1ull << 40, &o->eval_steps)) return usage("--eval_steps must be >= 0 (got '%s')", optarg); break;
+        case O_EVALW: if (!num_u(optarg, 0, 1ull << 40, &o->eval_windows)) return usage("--eval_windows must be >= 0 (got '%s')", optarg); break;
+        case O_PDBS: if (!num_u(optarg, 1, 1 << 20, &u)) return usage("--per_device_train_batch_size must be >= 1 (got '%s')", optarg);
+            o->hf.has_per_device_train_batch_size = true, o->hf.per_device_train_batch_size = u;
+            break;
+        case O_GAS: if (!num_u(optarg, 1, 1 << 20, &u)) return usage("--gradient_accumulation_steps must be >= 1 (got '%s')", optarg);
+            o->hf.has_gradient_accumulation_steps = true, o->hf.gradient_accumulation_steps = u;
+            break;
+        case O_WARM: if (!num_u(optarg, 0, 1ull << 40, &u)) return usage("--warmup_steps must be >= 0 (got '%s')", optarg);
+            o->hf.has_warmup_steps = true, o->hf.warmup_steps = u;
+            break;
+        case O_LR: if (!num_d(optarg, &d)) return usage("--learning_rate: not a number ('%s')", optarg);
+            o->hf.has_learning_rate = true, o->hf.learning_rate = d;
+            break;
+        case O_WD: if (!num_d(optarg, &d)) return usage("--weight_decay: not a number ('%s')", optarg);
+            o->hf.has_weight_decay = true, o->hf.weight_decay = d;
+            break;
+        case O_B1: if (!num_d(optarg, &d)) return usage("--adam_beta1: not a number ('%s')", optarg);
+            o->hf.has_adam_beta1 = true, o->hf.adam_beta1 = d;
+            break;
+        case O_B2: if (!num_d(optarg, &d)) return usage("--adam_beta2: not a number ('%s')", optarg);
+            o->hf.has_adam_beta2 = true, o->hf.adam_beta2 = d;
+            break;
+        case O_EPS: if (!num_d(optarg, &d)) return usage("--adam_epsilon: not a number ('%s')", optarg);
+            o->hf.has_adam_epsilon = true, o->hf.adam_epsilon = d;
+            break;
+        case O_MGN: if (!num_d(optarg, &d)) return usage("--max_grad_norm: not a number ('%s')", optarg);
+            o->hf.has_max_grad_norm = true, o->hf.max_grad_norm = d;
+            break;
+        case O_BF16: o->hf.has_bf16 = true, o->hf.bf16 = true; break;
+        case O_FP16: o->hf.has_fp16 = true, o->hf.fp16 = true; break;
+        case O_SAVEDIR: o->save_dir = optarg; break;
+        case O_SAVESTEPS: if (!num_u(optarg, 0, 1ull << 40, &o->save_steps)) return usage("--save_steps must be >= 0 (got '%s')", optarg); break;
+        case O_LIMIT: if (!num_u(optarg, 0, 1ull << 40, &o->save_limit)) return usage("--save_total_limit must be >= 0 (got '%s')", optarg); break;
+        case O_NOASYNC: o->async_save = false; break;
+        case O_METRIC: metric_arg = optarg; break;
+        case O_GREATER: greater_given = true; break;
+        case O_LOADBEST: o->load_best = true; break;
+        case O_RESUME: o->resume = optarg; break;
+        case O_SAVEMODEL: o->save_model = optarg; break;
+        default: return usage("%s", "unknown option");
+        }
+    }
+    if (optind != argc) return usage("unexpected argument '%s'", argv[optind]);
+    if (!o->cfg_path) return usage("%s", "--deepspeed ds_config.json is required");
+    if (!o->data_path) return usage("%s", "--data FILE is required");
+    if ((o->resume || o->load_best || o->save_model || o->save_steps || o->save_limit) && !o->save_dir)
+        return usage("%s", "--resume, --save_steps, --save_total_limit, --load_best_model_at_end and --save_model need --save_dir");
+    if (o->resume && strcmp(o->resume, "auto") && !ds_safe_name(o->resume))
+        return usage("--resume takes 'auto' or a tag directory name (got '%s')", o->resume);
+    rt_metric_name(metric_arg, o->metric, sizeof o->metric);
+    if (strcmp(o->metric, "eval_loss"))
+        return usage("--metric_for_best_model: dstrain computes eval_loss only (got '%s')", o->metric);
+    o->greater = greater_given || rt_metric_greater_default(o->metric);
+    o->hf.has_hidden_size = true;
+    o->hf.hidden_size = o->n_embd;
+    return -1;
+}

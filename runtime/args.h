@@ -1,0 +1,32 @@
+/*
+ * args.h — dstrain's command line (args.c): what to train, on what, for how long,
+ * where checkpoints go, and the Hugging Face TrainingArguments flags that fill
+ * "auto" values of the DeepSpeed config (rt_args, config.h).
+ */
+#ifndef DSRT_ARGS_H
+#define DSRT_ARGS_H
+
+#include "config.h"
+
+typedef struct rt_opts {
+    const char *cfg_path;  /* --deepspeed */
+    const char *data_path; /* --data */
+    const char *log_path;  /* --log_file, or NULL */
+    uint64_t n_layer, n_head, n_embd, seq_len;
+    uint64_t max_steps, seed, eval_steps, eval_windows;
+    bool print_memory;
+    /* Checkpoints. */
+    const char *save_dir, *resume, *save_model; /* NULL when not given */
+    uint64_t save_steps, save_limit;
+    bool async_save, load_best;
+    char metric[128]; /* the metric for the best model ("eval_" prefixed) */
+    bool greater;     /* whether a greater metric is better */
+    rt_args hf;       /* Hugging Face TrainingArguments given (hidden_size is n_embd) */
+} rt_opts;
+
+/* Parses dstrain's arguments into *o (which points into argv). Returns -1 when
+ * dstrain should go on, otherwise its exit code: 0 after printing --help to stdout,
+ * 3 after printing a usage error to stderr. */
+int rt_opts_parse(int argc, char **argv, rt_opts *o);
+
+#endif /* DSRT_ARGS_H */
