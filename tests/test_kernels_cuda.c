@@ -4,7 +4,8 @@
  *   casts                bitwise against kernels/cast.c's references, on random bit
  *                        patterns, every 16-bit pattern, and the special values
  *   Adam/AdamW, scale    bitwise against runtime/adam.c's reference step
- *   sum of squares       bitwise against rt_grad_sumsq_ref; inf/NaN propagate
+ *   sum of squares       the exact integer buckets (kernels/optim.h), inf/NaN too
+ *   add, round_f16, the collectives' rank-order sum: bitwise
  *   inf/NaN check        against rt_has_inf_nan_ref
  *   embedding fwd/bwd    bitwise against the CPU's order of sums
  *   layernorm, GELU, softmax + cross-entropy, causal attention, fp32 GEMM
@@ -45,8 +46,6 @@ int main(void) { return skip_or_fail("built without CUDA (no nvcc, or -DDSCKPT_C
 #include "adam.h"
 #include "cast.h"
 #include "ds_cuda.h"
-
-_Static_assert(DSC_SUMSQ_BLOCK == RT_SUMSQ_BLOCK, "the GPU sum of squares must use the CPU's block size");
 
 static dsc_ctx *g_ctx;
 
@@ -229,19 +228,35 @@ static void test_adam(void) {
     }
 }
 
+/* The exact sum of squares' buckets (kernels/optim.h's definition). */
+static void sumsq_buckets_ref(const float *g, size_t n, unsigned __int128 *acc) {
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)g[i] * (double)g[i];
+        uint64_t b;
+        memcpy(&b, &d, 8);
+        unsigned ex = (unsigned)(b >> 52) & 0x7ff;
+        acc[ex] += (b & ((1ull << 52) - 1)) | (ex ? 1ull << 52 : 0);
+    }
+}
+
 static void test_scale_sumsq_infnan(void) {
-    static const size_t sizes[] = {1, 4095, 4096, 4097, 131072 + 5, 3000017};
+    static const size_t sizes[] = {1, 4095, 4097, 131072 + 5, 3000017};
+    unsigned __int128 *got = calloc(2048, sizeof *got), *want = calloc(2048, sizeof *want);
+    CU_ASSERT_FATAL(got && want);
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
         size_t n = sizes[si];
-        float *x = frand(n, 2.0f), *out = malloc(n * sizeof(float));
-        CU_ASSERT_FATAL(x && out);
-        float *dx = dup_to_dev(x, n * 4);
-        CU_ASSERT_FATAL(dx != NULL);
-        double got = -1;
-        TU_ASSERT_OK(dsc_grad_sumsq(g_ctx, dx, n, &got));
-        double want = rt_grad_sumsq_ref(x, n);
-        CU_ASSERT(memcmp(&got, &want, sizeof got) == 0);
-        if (memcmp(&got, &want, sizeof got) != 0) fprintf(stderr, "\n  sumsq n=%zu: %.17g vs %.17g", n, got, want);
+        float *x = frand(n, 2.0f), *y = frand(n, 1e-3f), *out = malloc(n * sizeof(float));
+        CU_ASSERT_FATAL(x && y && out);
+        x[0] = 0.0f; /* a zero square lands nowhere */
+        if (n > 2) x[1] = 1e-30f, x[2] = 3e30f; /* far exponents */
+        float *dx = dup_to_dev(x, n * 4), *dy = dup_to_dev(y, n * 4);
+        CU_ASSERT_FATAL(dx && dy);
+        memset(got, 0, 2048 * sizeof *got);
+        memset(want, 0, 2048 * sizeof *want);
+        got[1000] = want[1000] = 12345; /* the accumulator is added to */
+        TU_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
+        sumsq_buckets_ref(x, n, want);
+        CU_ASSERT(memcmp(got, want, 2048 * sizeof *got) == 0);
         bool f = true;
         TU_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
         CU_ASSERT(!f);
@@ -250,22 +265,73 @@ static void test_scale_sumsq_infnan(void) {
         CU_ASSERT_FATAL(to_host(out, dx, n * 4) == 0);
         for (size_t i = 0; i < n; i++) x[i] = x[i] * 0.7f;
         CU_ASSERT_EQUAL(count_bit_mismatch(out, x, n, 4, "scale"), 0);
+        TU_ASSERT_OK(dsc_add(g_ctx, dx, dy, n));
+        CU_ASSERT_FATAL(to_host(out, dx, n * 4) == 0);
+        for (size_t i = 0; i < n; i++) x[i] = x[i] + y[i];
+        CU_ASSERT_EQUAL(count_bit_mismatch(out, x, n, 4, "add"), 0);
+        /* fp16 rounding: the CPU casts there and back */
+        float *big = frand(n, 80000.0f);
+        CU_ASSERT_FATAL(big != NULL);
+        uint16_t *h16 = malloc(n * 2);
+        CU_ASSERT_FATAL(h16 != NULL);
+        TU_ASSERT_OK(dsc_memcpy(g_ctx, dy, big, n * 4, DSC_H2D));
+        TU_ASSERT_OK(dsc_round_f16(g_ctx, dy, n));
+        CU_ASSERT_FATAL(to_host(out, dy, n * 4) == 0);
+        ds_cast_f32_to_f16_ref(big, h16, n);
+        ds_cast_f16_to_f32_ref(h16, big, n);
+        CU_ASSERT_EQUAL(count_bit_mismatch(out, big, n, 4, "round_f16"), 0);
+        free(big), free(h16);
         /* one inf, then one NaN, at a random place */
         size_t at = rnd32() % n;
-        float keep = x[at];
         const float bad[2] = {INFINITY, NAN};
         for (int k = 0; k < 2; k++) {
             x[at] = k ? -bad[k] : bad[k];
             TU_ASSERT_OK(dsc_memcpy(g_ctx, dx + at, &x[at], 4, DSC_H2D));
             TU_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
             CU_ASSERT(f == rt_has_inf_nan_ref(x, n) && f);
-            TU_ASSERT_OK(dsc_grad_sumsq(g_ctx, dx, n, &got));
-            want = rt_grad_sumsq_ref(x, n);
-            CU_ASSERT(k ? isnan(got) && isnan(want) : isinf(got) && got == want);
+            memset(got, 0, 2048 * sizeof *got);
+            memset(want, 0, 2048 * sizeof *want);
+            TU_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
+            sumsq_buckets_ref(x, n, want);
+            CU_ASSERT(memcmp(got, want, 2048 * sizeof *got) == 0);
         }
-        x[at] = keep;
-        dsc_free(dx);
-        free(x), free(out);
+        dsc_free(dx), dsc_free(dy);
+        free(x), free(y), free(out);
+    }
+    free(got), free(want);
+}
+
+/* The collectives' rank-order sum, W = 1, 3 and 40 (two groups of sources). */
+static void test_sum_rank_order(void) {
+    const size_t m = 100003;
+    static const int Ws[] = {1, 3, 40};
+    for (size_t wi = 0; wi < sizeof Ws / sizeof Ws[0]; wi++) {
+        int W = Ws[wi];
+        float **h = calloc((size_t)W, sizeof *h);
+        const float **d = calloc((size_t)W, sizeof *d);
+        float *want = malloc(m * 4), *out = malloc(m * 4), *dout = dev_poison(m);
+        CU_ASSERT_FATAL(h && d && want && out && dout);
+        for (int r = 0; r < W; r++) {
+            h[r] = frand(m, 1.0f);
+            CU_ASSERT_FATAL(h[r] != NULL);
+            d[r] = dup_to_dev(h[r], m * 4);
+            CU_ASSERT_FATAL(d[r] != NULL);
+        }
+        for (size_t i = 0; i < m; i++) {
+            float a = h[0][i];
+            for (int r = 1; r < W; r++) a += h[r][i];
+            want[i] = a;
+        }
+        TU_ASSERT_OK(dsc_sum_rank_order(g_ctx, dout, d, W, m));
+        CU_ASSERT_FATAL(to_host(out, dout, m * 4) == 0);
+        CU_ASSERT_EQUAL(count_bit_mismatch(out, want, m, 4, "sum_rank_order"), 0);
+        /* in place on the first source */
+        TU_ASSERT_OK(dsc_sum_rank_order(g_ctx, (float *)d[0], d, W, m));
+        CU_ASSERT_FATAL(to_host(out, d[0], m * 4) == 0);
+        CU_ASSERT_EQUAL(count_bit_mismatch(out, want, m, 4, "sum_rank_order in place"), 0);
+        for (int r = 0; r < W; r++) dsc_free((void *)d[r]), free(h[r]);
+        dsc_free(dout);
+        free(h), free(d), free(want), free(out);
     }
 }
 
@@ -579,7 +645,8 @@ static void test_gemm(void) {
 static void test_args(void) {
     double d;
     bool f;
-    CU_ASSERT_EQUAL(dsc_grad_sumsq(NULL, NULL, 1, &d), DSCKPT_EINVAL);
+    unsigned __int128 acc[1];
+    CU_ASSERT_EQUAL(dsc_sumsq_exact(NULL, NULL, 1, acc), DSCKPT_EINVAL);
     CU_ASSERT_EQUAL(dsc_has_inf_nan(g_ctx, NULL, 1, &f), DSCKPT_EINVAL);
     CU_ASSERT_EQUAL(dsc_gemm(g_ctx, false, false, 2, 2, 2, 1, NULL, 1, NULL, 2, 0, NULL, 2, DSC_F32, DSC_F32),
                     DSCKPT_EINVAL);
@@ -607,7 +674,8 @@ int main(void) {
     static const tu_test tests[] = {
         {"casts bitwise", test_casts},
         {"adam bitwise", test_adam},
-        {"scale, sumsq, inf/nan", test_scale_sumsq_infnan},
+        {"scale, add, round_f16, sumsq, inf/nan", test_scale_sumsq_infnan},
+        {"rank-order sum", test_sum_rank_order},
         {"layernorm, rows, bias grad", test_layernorm},
         {"gelu", test_gelu},
         {"embedding", test_embedding},

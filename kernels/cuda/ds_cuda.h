@@ -2,14 +2,12 @@
  * ds_cuda.h — the CUDA twins of the training-step kernels, behind a C API (the .cu
  * files are compiled by nvcc for sm_90; everything here is callable from C).
  *
- * Every kernel has a CPU reference (kernels/ and runtime/adam.c) and
+ * Every kernel has a CPU reference (kernels/) and
  * tests/test_kernels_cuda.c compares the two on random data. Exactness, per kernel:
  *   casts                      bitwise equal to kernels/cast.c (RNE, the same NaN rules)
- *   AdamW, scale, inf/NaN      bitwise equal to runtime/adam.c (no FMA contraction:
+ *   AdamW, scale, add, inf/NaN bitwise equal to kernels/optim.h (no FMA contraction:
  *                              every operation is an explicitly rounded intrinsic)
- *   sum of squares             bitwise equal to rt_grad_sumsq (the same definition:
- *                              4096-element blocks summed in index order in double,
- *                              block sums in block order)
+ *   sum of squares             exact, the same integer buckets as ds_sumsq_exact
  *   embedding fwd/bwd          bitwise (each output element is summed in the CPU's order)
  *   layernorm, GELU, softmax + cross-entropy, attention, fp32 GEMM
  *                              fp32 relative error < 1e-5 (parallel reduction order)
@@ -44,7 +42,6 @@ extern "C" {
 
 typedef struct dsc_ctx dsc_ctx;
 
-#define DSC_SUMSQ_BLOCK 4096
 
 /* Element types of GEMM operands. */
 typedef enum dsc_dtype { DSC_F32 = 0, DSC_BF16 = 1, DSC_F16 = 2 } dsc_dtype;
@@ -101,11 +98,20 @@ dsckpt_status dsc_adam_step(dsc_ctx *c, float *param, const float *grad, float *
                             size_t n, const dsc_adam_args *a);
 /* x[i] *= s. */
 dsckpt_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s);
-/* *out_host = rt_grad_sumsq(g, n) exactly: blocks of DSC_SUMSQ_BLOCK elements (equal
- * to runtime/adam.h's RT_SUMSQ_BLOCK; the test checks it) (same definition, same bits); synchronises. */
-dsckpt_status dsc_grad_sumsq(dsc_ctx *c, const float *g, size_t n, double *out_host);
+/* dst[i] += src[i]. */
+dsckpt_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n);
+/* g[i] = (float)(fp16)g[i], round to nearest even (kernels/optim.h ds_round_f16). */
+dsckpt_status dsc_round_f16(dsc_ctx *c, float *g, size_t n);
+/* Adds g's exact squares into the HOST accumulator acc[2048] (kernels/optim.h
+ * ds_sumsq_exact: the significand of each exact double square into the unsigned
+ * 128-bit bucket of its biased exponent); synchronises. Same buckets as the CPU. */
+dsckpt_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc);
 /* *out_host = some g[i] is +-inf or NaN; synchronises. */
 dsckpt_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, bool *out_host);
+/* out[i] = ((srcs[0][i] + srcs[1][i]) + ...) + srcs[W-1][i] for i < m: the
+ * collectives' rank-order sum (runtime/comm.c), bitwise. srcs is a host array of W
+ * device pointers; out may be srcs[0] (in place), never a shifted source. */
+dsckpt_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m);
 
 /* ---- layers (twins of the model's CPU kernels; shapes as there) ---- */
 

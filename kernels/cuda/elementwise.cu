@@ -1,13 +1,13 @@
 /*
- * elementwise.cu — the CUDA twins of kernels/cast.c and runtime/adam.c: the four
- * casts, the fused Adam/AdamW step, scale, the exact sum of squares and the inf/NaN
- * check. Each is bitwise equal to its CPU reference:
+ * elementwise.cu — the CUDA twins of kernels/cast.c and kernels/optim.h: the four
+ * casts, the fused Adam/AdamW step, scale, add, fp16 rounding, the exact sum of
+ * squares, the inf/NaN check, and the rank-order sum of the collectives. Each is
+ * bitwise equal to its CPU reference:
  *   - the casts run the references' integer arithmetic on the bit patterns;
  *   - Adam and scale use explicitly rounded intrinsics (__fmul_rn, __fadd_rn, ...),
  *     which the compiler never fuses into FMAs, in the reference's order;
- *   - the sum of squares follows rt_grad_sumsq's definition (DSC_SUMSQ_BLOCK = RT_SUMSQ_BLOCK): each 4096-element block
- *     summed in index order in double on the device, the block sums added in block
- *     order on the host.
+ *   - the sum of squares is exact (kernels/optim.h: integer buckets per exponent), so
+ *     any order of additions gives the same buckets.
  */
 #include "common.cuh"
 
@@ -152,64 +152,124 @@ extern "C" dsckpt_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s) {
     return DSCKPT_OK;
 }
 
-/* ---- sum of squares ----
- * One CUDA block of 32 x 8 threads handles 32 consecutive sum-blocks. The 32 rows
- * are read 32 columns at a time into a shared tile (coalesced: a warp reads 32
- * consecutive floats of one row); then thread x of warp 0 adds row x's 32 values to
- * its double accumulator in index order. */
-#define SQ_ROWS 32
-__global__ void __launch_bounds__(256) k_sumsq_blocks(const float *__restrict__ g, size_t n, size_t nblk,
-                                                      double *__restrict__ part) {
-    __shared__ float tile[SQ_ROWS][33];
-    size_t row0 = (size_t)blockIdx.x * SQ_ROWS;
-    int tx = threadIdx.x, ty = threadIdx.y;
-    double acc = 0.0;
-    size_t myrow = row0 + tx;
-    size_t mylen = 0;
-    if (myrow < nblk) {
-        size_t s0 = myrow * DSC_SUMSQ_BLOCK;
-        mylen = n - s0 < DSC_SUMSQ_BLOCK ? n - s0 : DSC_SUMSQ_BLOCK;
-    }
-    for (int k0 = 0; k0 < DSC_SUMSQ_BLOCK; k0 += 32) {
-        for (int r = ty; r < SQ_ROWS; r += 8) {
-            size_t idx = (row0 + r) * DSC_SUMSQ_BLOCK + k0 + tx;
-            tile[r][tx] = (row0 + r < nblk && idx < n) ? g[idx] : 0.0f;
-        }
-        __syncthreads();
-        if (ty == 0 && myrow < nblk) {
-            for (int j = 0; j < 32 && (size_t)(k0 + j) < mylen; j++) {
-                double v = (double)tile[tx][j];
-                acc = __dadd_rn(acc, __dmul_rn(v, v));
-            }
-        }
-        __syncthreads();
-    }
-    if (ty == 0 && myrow < nblk) part[myrow] = acc;
+/* ---- exact sum of squares (kernels/optim.h's definition) ----
+ * Each (double)g * (double)g is exact; its 53-bit significand is added to the
+ * unsigned 128-bit bucket of its biased exponent. A block accumulates in shared
+ * memory, then adds its non-zero buckets to the global ones; all additions are
+ * integer (two 64-bit halves with an explicit carry), so their order cannot change
+ * the result. */
+#define SQ_BUCKETS 2048
+#define SQ_THREADS 512
+
+__device__ __forceinline__ void u128_atomic_add(unsigned long long *lo, unsigned long long *hi,
+                                                unsigned long long v) {
+    unsigned long long old = atomicAdd(lo, v);
+    if (old + v < old) atomicAdd(hi, 1ull);
 }
 
-extern "C" dsckpt_status dsc_grad_sumsq(dsc_ctx *c, const float *g, size_t n, double *out_host) {
+/* buckets: SQ_BUCKETS x {lo, hi}. */
+__global__ void __launch_bounds__(SQ_THREADS) k_sumsq_exact(const float *__restrict__ g, size_t n,
+                                                            unsigned long long *__restrict__ buckets) {
+    __shared__ unsigned long long lo[SQ_BUCKETS], hi[SQ_BUCKETS];
+    for (int i = threadIdx.x; i < SQ_BUCKETS; i += blockDim.x) lo[i] = hi[i] = 0;
+    __syncthreads();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        double x = (double)g[i];
+        unsigned long long b = (unsigned long long)__double_as_longlong(__dmul_rn(x, x));
+        unsigned ex = (unsigned)(b >> 52) & 0x7ffu;
+        unsigned long long mant = (b & ((1ull << 52) - 1)) | (ex ? 1ull << 52 : 0ull);
+        if (mant) u128_atomic_add(&lo[ex], &hi[ex], mant);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < SQ_BUCKETS; i += blockDim.x) {
+        if (lo[i]) u128_atomic_add(&buckets[2 * i], &buckets[2 * i + 1], lo[i]);
+        if (hi[i]) atomicAdd(&buckets[2 * i + 1], hi[i]);
+    }
+}
+
+extern "C" dsckpt_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc) {
     DSC_CHECK_CTX(c);
-    if (!out_host) return ds_err(DSCKPT_EINVAL, "dsc_grad_sumsq: NULL result");
-    *out_host = 0.0;
+    if (!acc) return ds_err(DSCKPT_EINVAL, "dsc_sumsq_exact: NULL accumulator");
     if (n == 0) return DSCKPT_OK;
-    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_grad_sumsq: NULL array");
-    size_t nblk = (n + DSC_SUMSQ_BLOCK - 1) / DSC_SUMSQ_BLOCK;
+    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_sumsq_exact: NULL array");
+    size_t bytes = (size_t)SQ_BUCKETS * 2 * sizeof(unsigned long long);
     void *scr = NULL, *hp = NULL;
-    dsckpt_status st = dsc_scratch(c, nblk * sizeof(double), &scr);
+    dsckpt_status st = dsc_scratch(c, bytes, &scr);
     if (st) return st;
-    st = dsc_pinned(c, nblk * sizeof(double), &hp);
+    st = dsc_pinned(c, bytes, &hp);
     if (st) return st;
-    size_t grid = (nblk + SQ_ROWS - 1) / SQ_ROWS;
-    if (grid > 0x7FFFFFFFu) return ds_err(DSCKPT_EINVAL, "dsc_grad_sumsq: %zu elements is too many", n);
-    k_sumsq_blocks<<<(unsigned)grid, dim3(32, 8), 0, c->stream>>>(g, n, nblk, (double *)scr);
-    DSC_LAUNCHED("dsc_grad_sumsq");
-    DSC_CUDA(cudaMemcpyAsync(hp, scr, nblk * sizeof(double), cudaMemcpyDeviceToHost, c->stream),
-             "cudaMemcpyAsync (sumsq)");
+    int dev = 0, sms = 0;
+    DSC_CUDA(cudaGetDevice(&dev), "cudaGetDevice");
+    DSC_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+    unsigned grid = dsc_grid(n, SQ_THREADS);
+    if (grid > (unsigned)(2 * sms)) grid = (unsigned)(2 * sms);
+    DSC_CUDA(cudaMemsetAsync(scr, 0, bytes, c->stream), "cudaMemsetAsync (sumsq)");
+    k_sumsq_exact<<<grid, SQ_THREADS, 0, c->stream>>>(g, n, (unsigned long long *)scr);
+    DSC_LAUNCHED("dsc_sumsq_exact");
+    DSC_CUDA(cudaMemcpyAsync(hp, scr, bytes, cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync (sumsq)");
     DSC_CUDA(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (sumsq)");
-    const double *part = (const double *)hp;
-    double total = 0.0;
-    for (size_t b = 0; b < nblk; b++) total += part[b]; /* block order, as rt_grad_sumsq */
-    *out_host = total;
+    const unsigned long long *h = (const unsigned long long *)hp;
+    for (int i = 0; i < SQ_BUCKETS; i++)
+        if (h[2 * i] | h[2 * i + 1]) acc[i] += ((unsigned __int128)h[2 * i + 1] << 64) | h[2 * i];
+    return DSCKPT_OK;
+}
+
+/* ---- add, fp16 rounding, rank-order sums ---- */
+
+__global__ void k_add(float *__restrict__ d, const float *__restrict__ s, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        d[i] = __fadd_rn(d[i], s[i]);
+}
+
+extern "C" dsckpt_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n) {
+    DSC_CHECK_CTX(c);
+    if (n == 0) return DSCKPT_OK;
+    if (!dst || !src) return ds_err(DSCKPT_EINVAL, "dsc_add: NULL array");
+    k_add<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(dst, src, n);
+    DSC_LAUNCHED("dsc_add");
+    return DSCKPT_OK;
+}
+
+__global__ void k_round_f16(float *__restrict__ g, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        g[i] = f16_to_f32(f32_to_f16(g[i]));
+}
+
+extern "C" dsckpt_status dsc_round_f16(dsc_ctx *c, float *g, size_t n) {
+    DSC_CHECK_CTX(c);
+    if (n == 0) return DSCKPT_OK;
+    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_round_f16: NULL array");
+    k_round_f16<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(g, n);
+    DSC_LAUNCHED("dsc_round_f16");
+    return DSCKPT_OK;
+}
+
+#define RO_MAX 32
+struct ro_srcs {
+    const float *p[RO_MAX];
+};
+
+/* out[i] = (first ? s[0][i] : out[i]) + s[1][i] + ... in order. */
+__global__ void k_sum_rank_order(float *__restrict__ out, ro_srcs s, int ns, int first, size_t m) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < m; i += (size_t)gridDim.x * blockDim.x) {
+        float a = first ? s.p[0][i] : out[i];
+        for (int k = first ? 1 : 0; k < ns; k++) a = __fadd_rn(a, s.p[k][i]);
+        out[i] = a;
+    }
+}
+
+extern "C" dsckpt_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m) {
+    DSC_CHECK_CTX(c);
+    if (W < 1 || !srcs) return ds_err(DSCKPT_EINVAL, "dsc_sum_rank_order: W=%d", W);
+    if (m == 0) return DSCKPT_OK;
+    /* Sources in groups of RO_MAX: later groups add onto out, which keeps the order. */
+    for (int k0 = 0; k0 < W; k0 += RO_MAX) {
+        ro_srcs s;
+        int ns = W - k0 < RO_MAX ? W - k0 : RO_MAX;
+        for (int k = 0; k < ns; k++) s.p[k] = srcs[k0 + k];
+        k_sum_rank_order<<<dsc_grid(m, EW_THREADS), EW_THREADS, 0, c->stream>>>(out, s, ns, k0 == 0, m);
+        DSC_LAUNCHED("dsc_sum_rank_order");
+    }
     return DSCKPT_OK;
 }
 
