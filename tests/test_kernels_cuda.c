@@ -642,6 +642,58 @@ static void test_gemm(void) {
     gemm_case(DSC_F16, DSC_F16, true, false);
 }
 
+/* Snapshot: three parts copied into one pinned buffer after the work already
+ * enqueued (a scale that changes them), double-buffered, misuse refused. */
+static void test_snapshot(void) {
+    const size_t n[3] = {1000, 0, 123457};
+    float *h[3], *d[3];
+    for (int i = 0; i < 3; i++) {
+        h[i] = frand(n[i] + 1, 1.0f);
+        d[i] = dup_to_dev(h[i], (n[i] + 1) * 4);
+        CU_ASSERT_FATAL(h[i] && d[i]);
+    }
+    dsc_snapshot *s = NULL;
+    TU_ASSERT_OK(dsc_snapshot_create(0, (n[0] + n[1] + n[2]) * 4, &s));
+    for (int round = 0; round < 3; round++) {
+        const void *parts[3];
+        size_t bytes[3];
+        for (int i = 0; i < 3; i++) {
+            TU_ASSERT_OK(dsc_scale(g_ctx, d[i], n[i], 2.0f)); /* enqueued before begin: must be seen */
+            for (size_t j = 0; j < n[i]; j++) h[i][j] *= 2.0f;
+            parts[i] = d[i];
+            bytes[i] = n[i] * 4;
+        }
+        int slot = -1;
+        TU_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &slot));
+        TU_ASSERT_OK(dsc_snapshot_fence(s, g_ctx));
+        TU_ASSERT_OK(dsc_scale(g_ctx, d[2], n[2], 3.0f)); /* after the fence: must not be seen */
+        for (size_t j = 0; j < n[2]; j++) h[2][j] *= 3.0f;
+        const void *host = NULL;
+        TU_ASSERT_OK(dsc_snapshot_wait(s, slot, &host));
+        const float *f = host;
+        for (size_t j = 0; j < n[2]; j++) h[2][j] /= 3.0f; /* compare with the values at begin */
+        CU_ASSERT(memcmp(f, h[0], n[0] * 4) == 0);
+        CU_ASSERT(memcmp(f + n[0], h[2], n[2] * 4) == 0);
+        for (size_t j = 0; j < n[2]; j++) h[2][j] *= 3.0f;
+        if (round == 1) {
+            /* both buffers held: a third snapshot is refused until one is released */
+            int other = -1;
+            TU_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other));
+            CU_ASSERT(other != slot);
+            CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other), DSCKPT_EMISUSE);
+            TU_ASSERT_OK(dsc_snapshot_wait(s, 1 - slot, NULL));
+            dsc_snapshot_release(s, 1 - slot);
+        }
+        dsc_snapshot_release(s, slot);
+    }
+    const void *one[1] = {d[0]};
+    size_t too_big[1] = {(n[0] + n[1] + n[2]) * 4 + 4};
+    int slot;
+    CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, one, too_big, 1, &slot), DSCKPT_EINVAL);
+    dsc_snapshot_free(s);
+    for (int i = 0; i < 3; i++) dsc_free(d[i]), free(h[i]);
+}
+
 static void test_args(void) {
     double d;
     bool f;
@@ -682,6 +734,7 @@ int main(void) {
         {"crossentropy", test_crossentropy},
         {"attention", test_attention},
         {"gemm (cuBLASLt)", test_gemm},
+        {"snapshot (side stream, double buffer)", test_snapshot},
         {"argument checks", test_args},
         {NULL, NULL},
     };

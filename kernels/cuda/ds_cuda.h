@@ -165,6 +165,22 @@ dsckpt_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const f
 dsckpt_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A, int lda,
                        const void *B, int ldb, float beta, void *C, int ldc, dsc_dtype ab, dsc_dtype ct);
 
+/* ---- asynchronous snapshot (kernels/cuda/snapshot.cu) ----
+ * Device partitions copied into one of two page-locked host buffers on a side
+ * stream: begin returns at once (the copy starts after everything already enqueued
+ * on ctx's stream); fence makes ctx's stream wait until the last copy has read the
+ * device memory (before an update changes it); wait blocks until a slot's bytes are
+ * on the host; release hands the slot back (the writer is done). wait and release
+ * may be called from another thread than begin and fence. */
+typedef struct dsc_snapshot dsc_snapshot;
+dsckpt_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snapshot **out);
+void dsc_snapshot_free(dsc_snapshot *s); /* NULL is a no-op; waits for copies in flight */
+dsckpt_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts, const size_t *bytes,
+                                 int nparts, int *slot);
+dsckpt_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c);
+dsckpt_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host);
+void dsc_snapshot_release(dsc_snapshot *s, int slot);
+
 #ifdef __cplusplus
 }
 #endif
