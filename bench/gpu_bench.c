@@ -42,9 +42,9 @@ static double median(double *v, int n) {
 
 #define CK(call)                                                                   \
     do {                                                                           \
-        dsckpt_status st_ = (call);                                                \
-        if (st_ != DSCKPT_OK) {                                                    \
-            fprintf(stderr, "gpu_bench: %s failed: %s\n", #call, dsckpt_last_error()); \
+        dsc_status st_ = (call);                                                \
+        if (st_ != DSC_OK) {                                                    \
+            fprintf(stderr, "gpu_bench: %s failed: %s\n", #call, dsc_last_error()); \
             return 1;                                                              \
         }                                                                          \
     } while (0)
@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
     }
     int n = 0;
     const char *why = NULL;
-    if (dsc_device_count(&n, &why) != DSCKPT_OK || n < 1) {
+    if (dsc_device_count(&n, &why) != DSC_OK || n < 1) {
         printf("SKIPPED: no CUDA device (%s)\n", why ? why : "none found");
         return 77;
     }
@@ -144,6 +144,6 @@ int main(int argc, char **argv) {
         return 3;
     }
     char desc[256];
-    if (dsc_device_describe(0, desc, sizeof desc) == DSCKPT_OK) printf("device=%s\n", desc);
+    if (dsc_device_describe(0, desc, sizeof desc) == DSC_OK) printf("device=%s\n", desc);
     return bench_snapshot((size_t)mib);
 }

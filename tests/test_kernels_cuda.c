@@ -49,6 +49,13 @@ int main(void) { return skip_or_fail("built without CUDA (no nvcc, or -DDSCKPT_C
 
 static dsc_ctx *g_ctx;
 
+#define DSC_ASSERT_OK(expr)                                                             \
+    do {                                                                                \
+        dsc_status dsc_st_ = (expr);                                                    \
+        if (dsc_st_ != DSC_OK) fprintf(stderr, "\n  %s -> %d: %s\n", #expr, dsc_st_, dsc_last_error()); \
+        CU_ASSERT_EQUAL_FATAL(dsc_st_, DSC_OK);                                         \
+    } while (0)
+
 /* ---- helpers ---- */
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
@@ -68,8 +75,8 @@ static float bitsf(uint32_t u) {
 
 static void *dup_to_dev(const void *h, size_t bytes) {
     void *d = NULL;
-    if (dsc_malloc(&d, bytes) != DSCKPT_OK) return NULL;
-    if (dsc_memcpy(g_ctx, d, h, bytes, DSC_H2D) != DSCKPT_OK || dsc_sync(g_ctx) != DSCKPT_OK) {
+    if (dsc_malloc(&d, bytes) != DSC_OK) return NULL;
+    if (dsc_memcpy(g_ctx, d, h, bytes, DSC_H2D) != DSC_OK || dsc_sync(g_ctx) != DSC_OK) {
         dsc_free(d);
         return NULL;
     }
@@ -79,8 +86,8 @@ static void *dup_to_dev(const void *h, size_t bytes) {
 /* A device buffer of n floats filled with NaN (the poison). */
 static float *dev_poison(size_t n) {
     void *d = NULL;
-    if (dsc_malloc(&d, n * sizeof(float) + 4) != DSCKPT_OK) return NULL;
-    if (dsc_memset(g_ctx, d, 0xFF, n * sizeof(float) + 4) != DSCKPT_OK) {
+    if (dsc_malloc(&d, n * sizeof(float) + 4) != DSC_OK) return NULL;
+    if (dsc_memset(g_ctx, d, 0xFF, n * sizeof(float) + 4) != DSC_OK) {
         dsc_free(d);
         return NULL;
     }
@@ -88,8 +95,8 @@ static float *dev_poison(size_t n) {
 }
 
 static int to_host(void *h, const void *d, size_t bytes) {
-    if (dsc_memcpy(g_ctx, h, d, bytes, DSC_D2H) != DSCKPT_OK) return -1;
-    return dsc_sync(g_ctx) == DSCKPT_OK ? 0 : -1;
+    if (dsc_memcpy(g_ctx, h, d, bytes, DSC_D2H) != DSC_OK) return -1;
+    return dsc_sync(g_ctx) == DSC_OK ? 0 : -1;
 }
 
 static float *frand(size_t n, float a) {
@@ -155,13 +162,13 @@ static void test_casts(void) {
     uint16_t *dout = (uint16_t *)dev_poison(N / 2 + 1);
     CU_ASSERT_FATAL(dsrc && dout);
 
-    TU_ASSERT_OK(dsc_cast_f32_to_bf16(g_ctx, dsrc, dout, N));
+    DSC_ASSERT_OK(dsc_cast_f32_to_bf16(g_ctx, dsrc, dout, N));
     CU_ASSERT_FATAL(to_host(got, dout, N * sizeof(uint16_t)) == 0);
     ds_cast_f32_to_bf16_ref(src, want, N);
     CU_ASSERT_EQUAL(count_bit_mismatch(got, want, N, 2, "f32->bf16"), 0);
 
-    TU_ASSERT_OK(dsc_memset(g_ctx, dout, 0xFF, N * sizeof(uint16_t)));
-    TU_ASSERT_OK(dsc_cast_f32_to_f16(g_ctx, dsrc, dout, N));
+    DSC_ASSERT_OK(dsc_memset(g_ctx, dout, 0xFF, N * sizeof(uint16_t)));
+    DSC_ASSERT_OK(dsc_cast_f32_to_f16(g_ctx, dsrc, dout, N));
     CU_ASSERT_FATAL(to_host(got, dout, N * sizeof(uint16_t)) == 0);
     ds_cast_f32_to_f16_ref(src, want, N);
     CU_ASSERT_EQUAL(count_bit_mismatch(got, want, N, 2, "f32->f16"), 0);
@@ -170,12 +177,12 @@ static void test_casts(void) {
     uint16_t *d16 = dup_to_dev(all16, 65536 * sizeof(uint16_t));
     float *d32 = dev_poison(65536);
     CU_ASSERT_FATAL(d16 && d32);
-    TU_ASSERT_OK(dsc_cast_bf16_to_f32(g_ctx, d16, d32, 65536));
+    DSC_ASSERT_OK(dsc_cast_bf16_to_f32(g_ctx, d16, d32, 65536));
     CU_ASSERT_FATAL(to_host(fgot, d32, 65536 * sizeof(float)) == 0);
     ds_cast_bf16_to_f32_ref(all16, fwant, 65536);
     CU_ASSERT_EQUAL(count_bit_mismatch(fgot, fwant, 65536, 4, "bf16->f32"), 0);
-    TU_ASSERT_OK(dsc_memset(g_ctx, d32, 0xFF, 65536 * sizeof(float)));
-    TU_ASSERT_OK(dsc_cast_f16_to_f32(g_ctx, d16, d32, 65536));
+    DSC_ASSERT_OK(dsc_memset(g_ctx, d32, 0xFF, 65536 * sizeof(float)));
+    DSC_ASSERT_OK(dsc_cast_f16_to_f32(g_ctx, d16, d32, 65536));
     CU_ASSERT_FATAL(to_host(fgot, d32, 65536 * sizeof(float)) == 0);
     ds_cast_f16_to_f32_ref(all16, fwant, 65536);
     CU_ASSERT_EQUAL(count_bit_mismatch(fgot, fwant, 65536, 4, "f16->f32"), 0);
@@ -209,13 +216,13 @@ static void test_adam(void) {
               *dv = dup_to_dev(v, N * 4);
         CU_ASSERT_FATAL(dp && dg && dm && dv);
         for (uint64_t step = 1; step <= 3; step++) {
-            TU_ASSERT_OK(rt_adam_step_ref(p, g, m, v, N, &h, step));
+            DSC_ASSERT_OK(rt_adam_step_ref(p, g, m, v, N, &h, step));
             dsc_adam_args a = {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, 1.0f, 1.0f, h.adam_w_mode};
             if (h.bias_correction) {
                 a.bc1 = (float)(1.0 - pow((double)h.beta1, (double)step));
                 a.bc2 = (float)(1.0 - pow((double)h.beta2, (double)step));
             }
-            TU_ASSERT_OK(dsc_adam_step(g_ctx, dp, dg, dm, dv, N, &a));
+            DSC_ASSERT_OK(dsc_adam_step(g_ctx, dp, dg, dm, dv, N, &a));
         }
         CU_ASSERT_FATAL(to_host(out, dp, N * 4) == 0);
         CU_ASSERT_EQUAL(count_bit_mismatch(out, p, N, 4, "adam param"), 0);
@@ -254,18 +261,18 @@ static void test_scale_sumsq_infnan(void) {
         memset(got, 0, 2048 * sizeof *got);
         memset(want, 0, 2048 * sizeof *want);
         got[1000] = want[1000] = 12345; /* the accumulator is added to */
-        TU_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
+        DSC_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
         sumsq_buckets_ref(x, n, want);
         CU_ASSERT(memcmp(got, want, 2048 * sizeof *got) == 0);
         bool f = true;
-        TU_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
+        DSC_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
         CU_ASSERT(!f);
         /* scale by a non-power of two: every element rounds */
-        TU_ASSERT_OK(dsc_scale(g_ctx, dx, n, 0.7f));
+        DSC_ASSERT_OK(dsc_scale(g_ctx, dx, n, 0.7f));
         CU_ASSERT_FATAL(to_host(out, dx, n * 4) == 0);
         for (size_t i = 0; i < n; i++) x[i] = x[i] * 0.7f;
         CU_ASSERT_EQUAL(count_bit_mismatch(out, x, n, 4, "scale"), 0);
-        TU_ASSERT_OK(dsc_add(g_ctx, dx, dy, n));
+        DSC_ASSERT_OK(dsc_add(g_ctx, dx, dy, n));
         CU_ASSERT_FATAL(to_host(out, dx, n * 4) == 0);
         for (size_t i = 0; i < n; i++) x[i] = x[i] + y[i];
         CU_ASSERT_EQUAL(count_bit_mismatch(out, x, n, 4, "add"), 0);
@@ -274,8 +281,8 @@ static void test_scale_sumsq_infnan(void) {
         CU_ASSERT_FATAL(big != NULL);
         uint16_t *h16 = malloc(n * 2);
         CU_ASSERT_FATAL(h16 != NULL);
-        TU_ASSERT_OK(dsc_memcpy(g_ctx, dy, big, n * 4, DSC_H2D));
-        TU_ASSERT_OK(dsc_round_f16(g_ctx, dy, n));
+        DSC_ASSERT_OK(dsc_memcpy(g_ctx, dy, big, n * 4, DSC_H2D));
+        DSC_ASSERT_OK(dsc_round_f16(g_ctx, dy, n));
         CU_ASSERT_FATAL(to_host(out, dy, n * 4) == 0);
         ds_cast_f32_to_f16_ref(big, h16, n);
         ds_cast_f16_to_f32_ref(h16, big, n);
@@ -286,12 +293,12 @@ static void test_scale_sumsq_infnan(void) {
         const float bad[2] = {INFINITY, NAN};
         for (int k = 0; k < 2; k++) {
             x[at] = k ? -bad[k] : bad[k];
-            TU_ASSERT_OK(dsc_memcpy(g_ctx, dx + at, &x[at], 4, DSC_H2D));
-            TU_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
+            DSC_ASSERT_OK(dsc_memcpy(g_ctx, dx + at, &x[at], 4, DSC_H2D));
+            DSC_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
             CU_ASSERT(f == rt_has_inf_nan_ref(x, n) && f);
             memset(got, 0, 2048 * sizeof *got);
             memset(want, 0, 2048 * sizeof *want);
-            TU_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
+            DSC_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
             sumsq_buckets_ref(x, n, want);
             CU_ASSERT(memcmp(got, want, 2048 * sizeof *got) == 0);
         }
@@ -322,11 +329,11 @@ static void test_sum_rank_order(void) {
             for (int r = 1; r < W; r++) a += h[r][i];
             want[i] = a;
         }
-        TU_ASSERT_OK(dsc_sum_rank_order(g_ctx, dout, d, W, m));
+        DSC_ASSERT_OK(dsc_sum_rank_order(g_ctx, dout, d, W, m));
         CU_ASSERT_FATAL(to_host(out, dout, m * 4) == 0);
         CU_ASSERT_EQUAL(count_bit_mismatch(out, want, m, 4, "sum_rank_order"), 0);
         /* in place on the first source */
-        TU_ASSERT_OK(dsc_sum_rank_order(g_ctx, (float *)d[0], d, W, m));
+        DSC_ASSERT_OK(dsc_sum_rank_order(g_ctx, (float *)d[0], d, W, m));
         CU_ASSERT_FATAL(to_host(out, d[0], m * 4) == 0);
         CU_ASSERT_EQUAL(count_bit_mismatch(out, want, m, 4, "sum_rank_order in place"), 0);
         for (int r = 0; r < W; r++) dsc_free((void *)d[r]), free(h[r]);
@@ -379,13 +386,13 @@ static void test_layernorm(void) {
     float *ddw = dup_to_dev(dw0, C * 4), *ddb = dup_to_dev(db0, C * 4);
     float *dO = dev_poison((size_t)N * C), *dM = dev_poison(N), *dR = dev_poison(N);
     CU_ASSERT_FATAL(dxx && dw && dbb && dout_d && ddx && ddw && ddb && dO && dM && dR);
-    TU_ASSERT_OK(dsc_layernorm_fwd(g_ctx, N, C, dxx, dw, dbb, dO, dM, dR));
+    DSC_ASSERT_OK(dsc_layernorm_fwd(g_ctx, N, C, dxx, dw, dbb, dO, dM, dR));
     CU_ASSERT_FATAL(to_host(out, dO, (size_t)N * C * 4) == 0 && to_host(mean, dM, N * 4) == 0 &&
                     to_host(rstd, dR, N * 4) == 0);
     CU_ASSERT(rel_err(out, ro, (size_t)N * C, "layernorm fwd out") < TOL32);
     CU_ASSERT(rel_err(mean, rm, N, "layernorm fwd mean") < TOL32);
     CU_ASSERT(rel_err(rstd, rr, N, "layernorm fwd rstd") < TOL32);
-    TU_ASSERT_OK(dsc_layernorm_bwd(g_ctx, N, C, dout_d, dxx, dM, dR, dw, ddx, ddw, ddb));
+    DSC_ASSERT_OK(dsc_layernorm_bwd(g_ctx, N, C, dout_d, dxx, dM, dR, dw, ddx, ddw, ddb));
     CU_ASSERT_FATAL(to_host(out, ddx, (size_t)N * C * 4) == 0);
     CU_ASSERT(rel_err(out, rdx, (size_t)N * C, "layernorm bwd dx") < TOL32);
     CU_ASSERT_FATAL(to_host(out, ddw, C * 4) == 0);
@@ -393,13 +400,13 @@ static void test_layernorm(void) {
     CU_ASSERT_FATAL(to_host(out, ddb, C * 4) == 0);
     CU_ASSERT(rel_err(out, rdb, C, "layernorm bwd db") < TOL32);
     /* bias rows and bias gradient (the column sums) */
-    TU_ASSERT_OK(dsc_memset(g_ctx, dO, 0xFF, (size_t)N * C * 4));
-    TU_ASSERT_OK(dsc_rows_init(g_ctx, N, C, dO, dbb, dxx));
+    DSC_ASSERT_OK(dsc_memset(g_ctx, dO, 0xFF, (size_t)N * C * 4));
+    DSC_ASSERT_OK(dsc_rows_init(g_ctx, N, C, dO, dbb, dxx));
     CU_ASSERT_FATAL(to_host(out, dO, (size_t)N * C * 4) == 0);
     for (int i = 0; i < N * C; i++) ro[i] = (double)(x[i] + b[i % C]);
     CU_ASSERT(rel_err(out, ro, (size_t)N * C, "rows_init") == 0.0);
-    TU_ASSERT_OK(dsc_memcpy(g_ctx, ddb, db0, C * 4, DSC_H2D));
-    TU_ASSERT_OK(dsc_bias_grad(g_ctx, N, C, dout_d, ddb));
+    DSC_ASSERT_OK(dsc_memcpy(g_ctx, ddb, db0, C * 4, DSC_H2D));
+    DSC_ASSERT_OK(dsc_bias_grad(g_ctx, N, C, dout_d, ddb));
     for (int c = 0; c < C; c++) {
         rdb[c] = db0[c];
         for (int r = 0; r < N; r++) rdb[c] += dout[(size_t)r * C + c];
@@ -425,10 +432,10 @@ static void test_gelu(void) {
     }
     float *dx = dup_to_dev(x, n * 4), *dd = dup_to_dev(d, n * 4), *dy = dev_poison(n);
     CU_ASSERT_FATAL(dx && dd && dy);
-    TU_ASSERT_OK(dsc_gelu_fwd(g_ctx, (int64_t)n, dx, dy));
+    DSC_ASSERT_OK(dsc_gelu_fwd(g_ctx, (int64_t)n, dx, dy));
     CU_ASSERT_FATAL(to_host(out, dy, n * 4) == 0);
     CU_ASSERT(rel_err(out, ry, n, "gelu fwd") < TOL32);
-    TU_ASSERT_OK(dsc_gelu_bwd(g_ctx, (int64_t)n, dx, dd));
+    DSC_ASSERT_OK(dsc_gelu_bwd(g_ctx, (int64_t)n, dx, dd));
     CU_ASSERT_FATAL(to_host(out, dd, n * 4) == 0);
     CU_ASSERT(rel_err(out, rd, n, "gelu bwd") < TOL32);
     dsc_free(dx), dsc_free(dd), dsc_free(dy);
@@ -454,13 +461,13 @@ static void test_embedding(void) {
     float *ddout = dup_to_dev(dout, (size_t)B * T * C * 4), *dgwte = dup_to_dev(gwte, (size_t)V * C * 4);
     float *dgwpe = dup_to_dev(gwpe, (size_t)T * C * 4), *dO = dev_poison((size_t)B * T * C);
     CU_ASSERT_FATAL(dtok && dwte && dwpe && ddout && dgwte && dgwpe && dO);
-    TU_ASSERT_OK(dsc_embed_fwd(g_ctx, B, T, C, dtok, dwte, dwpe, dO));
+    DSC_ASSERT_OK(dsc_embed_fwd(g_ctx, B, T, C, dtok, dwte, dwpe, dO));
     for (int r = 0; r < B * T; r++)
         for (int c = 0; c < C; c++)
             want[(size_t)r * C + c] = wte[(size_t)tok[(r / T) * (T + 1) + r % T] * C + c] + wpe[(size_t)(r % T) * C + c];
     CU_ASSERT_FATAL(to_host(out, dO, (size_t)B * T * C * 4) == 0);
     CU_ASSERT_EQUAL(count_bit_mismatch(out, want, (size_t)B * T * C, 4, "embed fwd"), 0);
-    TU_ASSERT_OK(dsc_embed_bwd(g_ctx, B, T, C, V, tok, ddout, dgwte, dgwpe));
+    DSC_ASSERT_OK(dsc_embed_bwd(g_ctx, B, T, C, V, tok, ddout, dgwte, dgwpe));
     /* the CPU's order: positions in order, adding into the existing gradient */
     for (int r = 0; r < B * T; r++)
         for (int c = 0; c < C; c++) {
@@ -498,7 +505,7 @@ static void test_crossentropy(void) {
     float *dl = dup_to_dev(logits, (size_t)B * T * V * 4), *drl = dev_poison(B * T);
     CU_ASSERT_FATAL(dtok && dl && drl);
     double loss = -1;
-    TU_ASSERT_OK(dsc_crossentropy(g_ctx, B, T, V, dtok, dl, drl, dscale, &loss));
+    DSC_ASSERT_OK(dsc_crossentropy(g_ctx, B, T, V, dtok, dl, drl, dscale, &loss));
     CU_ASSERT(fabs(loss - mean) / mean < TOL32);
     printf("  %-28s rel err %.3g\n", "crossentropy mean loss", fabs(loss - mean) / mean);
     CU_ASSERT_FATAL(to_host(rl, drl, B * T * 4) == 0 && to_host(out, dl, (size_t)B * T * V * 4) == 0);
@@ -559,14 +566,14 @@ static void attention_case(int B, int T, int C, int NH) {
     float *dq = dup_to_dev(qkv, nq * 4), *ddy = dup_to_dev(dy, ny * 4), *da = dev_poison(na), *dY = dev_poison(ny);
     float *ddq = dev_poison(nq);
     CU_ASSERT_FATAL(dq && ddy && da && dY && ddq);
-    TU_ASSERT_OK(dsc_attention_fwd(g_ctx, B, T, C, NH, dq, da, dY));
+    DSC_ASSERT_OK(dsc_attention_fwd(g_ctx, B, T, C, NH, dq, da, dY));
     CU_ASSERT_FATAL(to_host(att, da, na * 4) == 0 && to_host(out, dY, ny * 4) == 0);
     char what[64];
     snprintf(what, sizeof what, "attention fwd att T=%d", T);
     CU_ASSERT(rel_err(att, ratt, na, what) < TOL32);
     snprintf(what, sizeof what, "attention fwd y T=%d", T);
     CU_ASSERT(rel_err(out, ry, ny, what) < TOL32);
-    TU_ASSERT_OK(dsc_attention_bwd(g_ctx, B, T, C, NH, dq, da, ddy, ddq));
+    DSC_ASSERT_OK(dsc_attention_bwd(g_ctx, B, T, C, NH, dq, da, ddy, ddq));
     CU_ASSERT_FATAL(to_host(out, ddq, nq * 4) == 0);
     snprintf(what, sizeof what, "attention bwd dqkv T=%d", T);
     CU_ASSERT(rel_err(out, rdq, nq, what) < TOL32);
@@ -612,7 +619,7 @@ static void gemm_case(dsc_dtype ab, dsc_dtype ct, bool ta, bool tb) {
     void *dB = dup_to_dev(ab == DSC_F32 ? (void *)B : (void *)B16, nb * ew);
     void *dC = dup_to_dev(ct == DSC_F32 ? (void *)C : (void *)C16, nc * cw);
     CU_ASSERT_FATAL(dA && dB && dC);
-    TU_ASSERT_OK(dsc_gemm(g_ctx, ta, tb, M, N, K, alpha, dA, lda, dB, ldb, beta, dC, ldc, ab, ct));
+    DSC_ASSERT_OK(dsc_gemm(g_ctx, ta, tb, M, N, K, alpha, dA, lda, dB, ldb, beta, dC, ldc, ab, ct));
     if (ct == DSC_F32) {
         CU_ASSERT_FATAL(to_host(got, dC, nc * 4) == 0);
     } else {
@@ -653,23 +660,23 @@ static void test_snapshot(void) {
         CU_ASSERT_FATAL(h[i] && d[i]);
     }
     dsc_snapshot *s = NULL;
-    TU_ASSERT_OK(dsc_snapshot_create(0, (n[0] + n[1] + n[2]) * 4, &s));
+    DSC_ASSERT_OK(dsc_snapshot_create(0, (n[0] + n[1] + n[2]) * 4, &s));
     for (int round = 0; round < 3; round++) {
         const void *parts[3];
         size_t bytes[3];
         for (int i = 0; i < 3; i++) {
-            TU_ASSERT_OK(dsc_scale(g_ctx, d[i], n[i], 2.0f)); /* enqueued before begin: must be seen */
+            DSC_ASSERT_OK(dsc_scale(g_ctx, d[i], n[i], 2.0f)); /* enqueued before begin: must be seen */
             for (size_t j = 0; j < n[i]; j++) h[i][j] *= 2.0f;
             parts[i] = d[i];
             bytes[i] = n[i] * 4;
         }
         int slot = -1;
-        TU_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &slot));
-        TU_ASSERT_OK(dsc_snapshot_fence(s, g_ctx));
-        TU_ASSERT_OK(dsc_scale(g_ctx, d[2], n[2], 3.0f)); /* after the fence: must not be seen */
+        DSC_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &slot));
+        DSC_ASSERT_OK(dsc_snapshot_fence(s, g_ctx));
+        DSC_ASSERT_OK(dsc_scale(g_ctx, d[2], n[2], 3.0f)); /* after the fence: must not be seen */
         for (size_t j = 0; j < n[2]; j++) h[2][j] *= 3.0f;
         const void *host = NULL;
-        TU_ASSERT_OK(dsc_snapshot_wait(s, slot, &host));
+        DSC_ASSERT_OK(dsc_snapshot_wait(s, slot, &host));
         const float *f = host;
         for (size_t j = 0; j < n[2]; j++) h[2][j] /= 3.0f; /* compare with the values at begin */
         CU_ASSERT(memcmp(f, h[0], n[0] * 4) == 0);
@@ -678,10 +685,10 @@ static void test_snapshot(void) {
         if (round == 1) {
             /* both buffers held: a third snapshot is refused until one is released */
             int other = -1;
-            TU_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other));
+            DSC_ASSERT_OK(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other));
             CU_ASSERT(other != slot);
-            CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other), DSCKPT_EMISUSE);
-            TU_ASSERT_OK(dsc_snapshot_wait(s, 1 - slot, NULL));
+            CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, parts, bytes, 3, &other), DSC_EMISUSE);
+            DSC_ASSERT_OK(dsc_snapshot_wait(s, 1 - slot, NULL));
             dsc_snapshot_release(s, 1 - slot);
         }
         dsc_snapshot_release(s, slot);
@@ -689,7 +696,7 @@ static void test_snapshot(void) {
     const void *one[1] = {d[0]};
     size_t too_big[1] = {(n[0] + n[1] + n[2]) * 4 + 4};
     int slot;
-    CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, one, too_big, 1, &slot), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(dsc_snapshot_begin(s, g_ctx, one, too_big, 1, &slot), DSC_EINVAL);
     dsc_snapshot_free(s);
     for (int i = 0; i < 3; i++) dsc_free(d[i]), free(h[i]);
 }
@@ -698,29 +705,29 @@ static void test_args(void) {
     double d;
     bool f;
     unsigned __int128 acc[1];
-    CU_ASSERT_EQUAL(dsc_sumsq_exact(NULL, NULL, 1, acc), DSCKPT_EINVAL);
-    CU_ASSERT_EQUAL(dsc_has_inf_nan(g_ctx, NULL, 1, &f), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(dsc_sumsq_exact(NULL, NULL, 1, acc), DSC_EINVAL);
+    CU_ASSERT_EQUAL(dsc_has_inf_nan(g_ctx, NULL, 1, &f), DSC_EINVAL);
     CU_ASSERT_EQUAL(dsc_gemm(g_ctx, false, false, 2, 2, 2, 1, NULL, 1, NULL, 2, 0, NULL, 2, DSC_F32, DSC_F32),
-                    DSCKPT_EINVAL);
+                    DSC_EINVAL);
     CU_ASSERT_EQUAL(dsc_gemm(g_ctx, false, false, 2, 2, 2, 1, &d, 2, &d, 2, 0, &d, 2, DSC_BF16, DSC_F16),
-                    DSCKPT_EINVAL);
-    CU_ASSERT_EQUAL(dsc_attention_fwd(g_ctx, 1, 4, 10, 3, NULL, NULL, NULL), DSCKPT_EINVAL);
+                    DSC_EINVAL);
+    CU_ASSERT_EQUAL(dsc_attention_fwd(g_ctx, 1, 4, 10, 3, NULL, NULL, NULL), DSC_EINVAL);
     int32_t tok[3] = {0, 5, 1};
-    CU_ASSERT_EQUAL(dsc_embed_bwd(g_ctx, 1, 2, 4, 5, tok, NULL, NULL, NULL), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(dsc_embed_bwd(g_ctx, 1, 2, 4, 5, tok, NULL, NULL, NULL), DSC_EINVAL);
 }
 
 int main(void) {
     int n = 0;
     const char *why = NULL;
-    if (dsc_device_count(&n, &why) != DSCKPT_OK || n < 1) {
+    if (dsc_device_count(&n, &why) != DSC_OK || n < 1) {
         char msg[256];
         snprintf(msg, sizeof msg, "no CUDA device (%s)", why ? why : "none found");
         return skip_or_fail(msg);
     }
     char desc[256];
-    if (dsc_device_describe(0, desc, sizeof desc) == DSCKPT_OK) printf("device 0: %s\n", desc);
-    if (dsc_ctx_create(0, &g_ctx) != DSCKPT_OK) {
-        fprintf(stderr, "FAILED: cannot create a CUDA context: %s\n", dsckpt_last_error());
+    if (dsc_device_describe(0, desc, sizeof desc) == DSC_OK) printf("device 0: %s\n", desc);
+    if (dsc_ctx_create(0, &g_ctx) != DSC_OK) {
+        fprintf(stderr, "FAILED: cannot create a CUDA context: %s\n", dsc_last_error());
         return 1;
     }
     static const tu_test tests[] = {

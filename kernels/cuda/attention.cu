@@ -60,22 +60,22 @@ __global__ void k_causal_softmax_bwd(int T, const float *__restrict__ att, float
         d[j] = j <= t ? __fmul_rn(__fmul_rn(p[j], __fsub_rn(d[j], s)), scale) : 0.0f;
 }
 
-static dsckpt_status check_shape(const char *what, int B, int T, int C, int NH) {
+static dsc_status check_shape(const char *what, int B, int T, int C, int NH) {
     if (B < 0 || T < 0 || C < 1 || NH < 1 || C % NH)
-        return ds_err(DSCKPT_EINVAL, "%s: bad shape B=%d T=%d C=%d NH=%d", what, B, T, C, NH);
+        return dsc_err(DSC_EINVAL, "%s: bad shape B=%d T=%d C=%d NH=%d", what, B, T, C, NH);
     if ((long long)NH * T * T > 0x7FFFFFFFll || (long long)B * T * 3 * C > 0x7FFFFFFFll)
-        return ds_err(DSCKPT_EINVAL, "%s: B=%d T=%d C=%d NH=%d is too large", what, B, T, C, NH);
-    return DSCKPT_OK;
+        return dsc_err(DSC_EINVAL, "%s: B=%d T=%d C=%d NH=%d is too large", what, B, T, C, NH);
+    return DSC_OK;
 }
 
 static unsigned softmax_threads(int T) { return T >= 512 ? 512u : T >= 128 ? 128u : 32u; }
 
-extern "C" dsckpt_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att,
+extern "C" dsc_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att,
                                            float *y) {
     DSC_CHECK_CTX(c);
-    dsckpt_status st = check_shape("dsc_attention_fwd", B, T, C, NH);
+    dsc_status st = check_shape("dsc_attention_fwd", B, T, C, NH);
     if (st) return st;
-    if (B == 0 || T == 0) return DSCKPT_OK;
+    if (B == 0 || T == 0) return DSC_OK;
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
     long long sTT = (long long)T * T;
@@ -93,15 +93,15 @@ extern "C" dsckpt_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int 
                                            &zero, y + (size_t)b * T * C, C, hs, NH),
                  "cublasSgemmStridedBatched (PV)");
     }
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv,
+extern "C" dsc_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv,
                                            const float *att, const float *dy, float *dqkv) {
     DSC_CHECK_CTX(c);
-    dsckpt_status st = check_shape("dsc_attention_bwd", B, T, C, NH);
+    dsc_status st = check_shape("dsc_attention_bwd", B, T, C, NH);
     if (st) return st;
-    if (B == 0 || T == 0) return DSCKPT_OK;
+    if (B == 0 || T == 0) return DSC_OK;
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
     long long sTT = (long long)T * T;
@@ -133,5 +133,5 @@ extern "C" dsckpt_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int 
                                            &zero, dk, C3, hs, NH),
                  "cublasSgemmStridedBatched (dS^T Q)");
     }
-    return DSCKPT_OK;
+    return DSC_OK;
 }

@@ -1,6 +1,6 @@
 /*
  * common.cuh — what the CUDA kernel files share: the context layout, the error
- * translation (CUDA / cuBLAS status -> DSCKPT_ECUDA with the library's text, once,
+ * translation (CUDA / cuBLAS status -> DSC_ECUDA with the library's text, once,
  * at this boundary), launch sizing and the growable scratch area.
  */
 #ifndef DS_CUDA_COMMON_CUH
@@ -13,7 +13,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-extern "C" dsckpt_status ds_err(dsckpt_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Records a message for the calling thread (dsc_last_error) and returns st. */
+dsc_status dsc_err(dsc_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 struct dsc_ctx {
     int device;
@@ -34,12 +35,12 @@ struct dsc_ctx {
 #define DSC_LT_WORKSPACE (32u << 20)
 #define DSC_PINNED_BYTES 4096
 
-static inline dsckpt_status dsc_cuda_fail(cudaError_t e, const char *what) {
-    return ds_err(DSCKPT_ECUDA, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+static inline dsc_status dsc_cuda_fail(cudaError_t e, const char *what) {
+    return dsc_err(DSC_ECUDA, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
-static inline dsckpt_status dsc_blas_fail(int st, const char *what) {
-    return ds_err(DSCKPT_ECUDA, "%s: cuBLAS status %d", what, st);
+static inline dsc_status dsc_blas_fail(int st, const char *what) {
+    return dsc_err(DSC_ECUDA, "%s: cuBLAS status %d", what, st);
 }
 
 #define DSC_CUDA(call, what)                                       \
@@ -59,7 +60,7 @@ static inline dsckpt_status dsc_blas_fail(int st, const char *what) {
 
 #define DSC_CHECK_CTX(c)                                           \
     do {                                                           \
-        if (!(c)) return ds_err(DSCKPT_EINVAL, "CUDA context is NULL"); \
+        if (!(c)) return dsc_err(DSC_EINVAL, "CUDA context is NULL"); \
     } while (0)
 
 /* Grid size for n elements, threads per block t, capped (grid-stride loops). */
@@ -73,7 +74,7 @@ static inline unsigned dsc_grid(size_t n, unsigned t) {
 /* At least `bytes` of device scratch, valid until the next call that asks for more.
  * Growing frees the old area (after the stream drains), so callers must not keep a
  * scratch pointer across kernels of another call. */
-static inline dsckpt_status dsc_scratch(dsc_ctx *c, size_t bytes, void **out) {
+static inline dsc_status dsc_scratch(dsc_ctx *c, size_t bytes, void **out) {
     if (bytes > c->scratch_bytes) {
         if (c->scratch) {
             DSC_CUDA(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (scratch)");
@@ -86,12 +87,12 @@ static inline dsckpt_status dsc_scratch(dsc_ctx *c, size_t bytes, void **out) {
         c->scratch_bytes = want;
     }
     *out = c->scratch;
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* At least `bytes` of pinned host memory for results read back (the stream must be
  * idle before it is reused: every user synchronises before reading it). */
-static inline dsckpt_status dsc_pinned(dsc_ctx *c, size_t bytes, void **out) {
+static inline dsc_status dsc_pinned(dsc_ctx *c, size_t bytes, void **out) {
     if (bytes > c->pinned_bytes) {
         DSC_CUDA(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (pinned)");
         cudaFreeHost(c->pinned);
@@ -101,7 +102,7 @@ static inline dsckpt_status dsc_pinned(dsc_ctx *c, size_t bytes, void **out) {
         c->pinned_bytes = bytes;
     }
     *out = c->pinned;
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 #endif /* DS_CUDA_COMMON_CUH */

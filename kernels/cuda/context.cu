@@ -4,11 +4,24 @@
  */
 #include "common.cuh"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-extern "C" dsckpt_status dsc_device_count(int *count, const char **why) {
-    if (!count) return ds_err(DSCKPT_EINVAL, "dsc_device_count: NULL count");
+static thread_local char g_msg[512];
+
+dsc_status dsc_err(dsc_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+extern "C" const char *dsc_last_error(void) { return g_msg; }
+
+extern "C" dsc_status dsc_device_count(int *count, const char **why) {
+    if (!count) return dsc_err(DSC_EINVAL, "dsc_device_count: NULL count");
     *count = 0;
     if (why) *why = NULL;
     int n = 0;
@@ -18,15 +31,15 @@ extern "C" dsckpt_status dsc_device_count(int *count, const char **why) {
          * the caller, who skips. The sticky error is cleared by the query itself. */
         if (why) *why = cudaGetErrorString(e);
         (void)cudaGetLastError();
-        return DSCKPT_OK;
+        return DSC_OK;
     }
     if (n == 0 && why) *why = "no CUDA device";
     *count = n;
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_device_describe(int device, char *buf, size_t cap) {
-    if (!buf || cap == 0) return ds_err(DSCKPT_EINVAL, "dsc_device_describe: no buffer");
+extern "C" dsc_status dsc_device_describe(int device, char *buf, size_t cap) {
+    if (!buf || cap == 0) return dsc_err(DSC_EINVAL, "dsc_device_describe: no buffer");
     cudaDeviceProp p;
     DSC_CUDA(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
     int drv = 0, rtv = 0;
@@ -34,7 +47,7 @@ extern "C" dsckpt_status dsc_device_describe(int device, char *buf, size_t cap) 
     DSC_CUDA(cudaRuntimeGetVersion(&rtv), "cudaRuntimeGetVersion");
     snprintf(buf, cap, "%s, cc %d.%d, %d SMs, %.1f GiB, driver %d, runtime %d", p.name, p.major, p.minor,
              p.multiProcessorCount, (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), drv, rtv);
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 extern "C" void dsc_ctx_free(dsc_ctx *c) {
@@ -52,13 +65,13 @@ extern "C" void dsc_ctx_free(dsc_ctx *c) {
     free(c);
 }
 
-extern "C" dsckpt_status dsc_ctx_create(int device, dsc_ctx **out) {
-    if (!out) return ds_err(DSCKPT_EINVAL, "dsc_ctx_create: NULL out");
+extern "C" dsc_status dsc_ctx_create(int device, dsc_ctx **out) {
+    if (!out) return dsc_err(DSC_EINVAL, "dsc_ctx_create: NULL out");
     *out = NULL;
     dsc_ctx *c = (dsc_ctx *)calloc(1, sizeof *c);
-    if (!c) return ds_err(DSCKPT_ENOMEM, "out of memory (CUDA context)");
+    if (!c) return dsc_err(DSC_ENOMEM, "out of memory (CUDA context)");
     c->device = device;
-    dsckpt_status st = DSCKPT_OK;
+    dsc_status st = DSC_OK;
     cudaError_t e;
     int bs;
 #define CTX_CUDA(call, what)                       \
@@ -92,7 +105,7 @@ extern "C" dsckpt_status dsc_ctx_create(int device, dsc_ctx **out) {
 #undef CTX_CUDA
 #undef CTX_BLAS
     *out = c;
-    return DSCKPT_OK;
+    return DSC_OK;
 fail:
     dsc_ctx_free(c);
     return st;
@@ -100,67 +113,67 @@ fail:
 
 extern "C" void *dsc_ctx_stream(dsc_ctx *c) { return c ? (void *)c->stream : NULL; }
 
-extern "C" dsckpt_status dsc_sync(dsc_ctx *c) {
+extern "C" dsc_status dsc_sync(dsc_ctx *c) {
     DSC_CHECK_CTX(c);
     DSC_CUDA(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     DSC_CUDA(cudaGetLastError(), "kernel");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_malloc(void **p, size_t bytes) {
-    if (!p) return ds_err(DSCKPT_EINVAL, "dsc_malloc: NULL out");
+extern "C" dsc_status dsc_malloc(void **p, size_t bytes) {
+    if (!p) return dsc_err(DSC_EINVAL, "dsc_malloc: NULL out");
     *p = NULL;
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
         *p = NULL;
         (void)cudaGetLastError();
-        return ds_err(e == cudaErrorMemoryAllocation ? DSCKPT_ENOMEM : DSCKPT_ECUDA,
+        return dsc_err(e == cudaErrorMemoryAllocation ? DSC_ENOMEM : DSC_ECUDA,
                       "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(e));
     }
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 extern "C" void dsc_free(void *p) {
     if (p) cudaFree(p);
 }
 
-extern "C" dsckpt_status dsc_host_alloc(void **p, size_t bytes) {
-    if (!p) return ds_err(DSCKPT_EINVAL, "dsc_host_alloc: NULL out");
+extern "C" dsc_status dsc_host_alloc(void **p, size_t bytes) {
+    if (!p) return dsc_err(DSC_EINVAL, "dsc_host_alloc: NULL out");
     *p = NULL;
     cudaError_t e = cudaMallocHost(p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
         *p = NULL;
         (void)cudaGetLastError();
-        return ds_err(DSCKPT_ENOMEM, "cudaMallocHost of %zu bytes: %s", bytes, cudaGetErrorString(e));
+        return dsc_err(DSC_ENOMEM, "cudaMallocHost of %zu bytes: %s", bytes, cudaGetErrorString(e));
     }
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 extern "C" void dsc_host_free(void *p) {
     if (p) cudaFreeHost(p);
 }
 
-extern "C" dsckpt_status dsc_memcpy(dsc_ctx *c, void *dst, const void *src, size_t bytes, int kind) {
+extern "C" dsc_status dsc_memcpy(dsc_ctx *c, void *dst, const void *src, size_t bytes, int kind) {
     DSC_CHECK_CTX(c);
-    if (bytes == 0) return DSCKPT_OK;
-    if (!dst || !src) return ds_err(DSCKPT_EINVAL, "dsc_memcpy: NULL pointer");
+    if (bytes == 0) return DSC_OK;
+    if (!dst || !src) return dsc_err(DSC_EINVAL, "dsc_memcpy: NULL pointer");
     cudaMemcpyKind k;
     switch (kind) {
     case DSC_H2D: k = cudaMemcpyHostToDevice; break;
     case DSC_D2H: k = cudaMemcpyDeviceToHost; break;
     case DSC_D2D: k = cudaMemcpyDeviceToDevice; break;
-    default: return ds_err(DSCKPT_EINVAL, "dsc_memcpy: bad kind %d", kind);
+    default: return dsc_err(DSC_EINVAL, "dsc_memcpy: bad kind %d", kind);
     }
     DSC_CUDA(cudaMemcpyAsync(dst, src, bytes, k, c->stream), "cudaMemcpyAsync");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_memset(dsc_ctx *c, void *dst, int byte, size_t bytes) {
+extern "C" dsc_status dsc_memset(dsc_ctx *c, void *dst, int byte, size_t bytes) {
     DSC_CHECK_CTX(c);
-    if (bytes == 0) return DSCKPT_OK;
-    if (!dst) return ds_err(DSCKPT_EINVAL, "dsc_memset: NULL pointer");
+    if (bytes == 0) return DSC_OK;
+    if (!dst) return dsc_err(DSC_EINVAL, "dsc_memset: NULL pointer");
     DSC_CUDA(cudaMemsetAsync(dst, byte, bytes, c->stream), "cudaMemsetAsync");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 extern "C" bool dsc_is_device_ptr(const void *p) {

@@ -22,15 +22,16 @@
  * enqueued on the context's stream and returns without waiting; pointers are device
  * pointers unless the name says host. One context per thread.
  *
- * Errors. Every fallible call returns dsckpt_status: DSCKPT_ECUDA with the CUDA or
- * cuBLAS error text (readable through dsckpt_last_error()), DSCKPT_EINVAL for bad
- * arguments (checked before anything is enqueued). A launch failure may surface at
- * the next call that synchronises (dsc_sync), as CUDA reports it.
+ * Errors. kernels/ depends on nothing, so this library has its own small status
+ * type: every fallible call returns a dsc_status (DSC_OK = 0) whose values are those
+ * of dsckpt_status (the runtime's CUDA table translates them once, at its boundary,
+ * with dsc_last_error()'s text): DSC_ECUDA with the CUDA or cuBLAS error text,
+ * DSC_EINVAL for bad arguments (checked before anything is enqueued). A launch
+ * failure may surface at the next call that synchronises (dsc_sync), as CUDA
+ * reports it.
  */
 #ifndef DS_CUDA_H
 #define DS_CUDA_H
-
-#include "dsckpt.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,6 +41,12 @@
 extern "C" {
 #endif
 
+/* The values of the same-named dsckpt_status codes. */
+typedef int dsc_status;
+enum { DSC_OK = 0, DSC_EINVAL = 1, DSC_EMISUSE = 2, DSC_ENOMEM = 12, DSC_ECUDA = 14 };
+/* The calling thread's message for the last failure. */
+const char *dsc_last_error(void);
+
 typedef struct dsc_ctx dsc_ctx;
 
 
@@ -48,41 +55,41 @@ typedef enum dsc_dtype { DSC_F32 = 0, DSC_BF16 = 1, DSC_F16 = 2 } dsc_dtype;
 
 /* ---- devices, contexts, memory ---- */
 
-/* The number of CUDA devices usable here; 0 (and DSCKPT_OK) when there is no device
+/* The number of CUDA devices usable here; 0 (and DSC_OK) when there is no device
  * or no driver, so callers can skip rather than fail. *why (may be NULL) is set to a
  * static string naming the reason when the count is 0. */
-dsckpt_status dsc_device_count(int *count, const char **why);
+dsc_status dsc_device_count(int *count, const char **why);
 /* "NVIDIA H100 80GB HBM3, cc 9.0, 132 SMs, driver 13000, runtime 13000" into buf. */
-dsckpt_status dsc_device_describe(int device, char *buf, size_t cap);
+dsc_status dsc_device_describe(int device, char *buf, size_t cap);
 
 /* Selects `device` for the calling thread and creates a context on it. */
-dsckpt_status dsc_ctx_create(int device, dsc_ctx **out);
+dsc_status dsc_ctx_create(int device, dsc_ctx **out);
 void dsc_ctx_free(dsc_ctx *c); /* NULL is a no-op; waits for the stream first */
 /* The context's stream, as a cudaStream_t (void * here so C callers need no CUDA
  * header). */
 void *dsc_ctx_stream(dsc_ctx *c);
 /* Waits for everything enqueued on the context's stream; reports deferred errors. */
-dsckpt_status dsc_sync(dsc_ctx *c);
+dsc_status dsc_sync(dsc_ctx *c);
 
-dsckpt_status dsc_malloc(void **p, size_t bytes);
+dsc_status dsc_malloc(void **p, size_t bytes);
 void dsc_free(void *p); /* NULL is a no-op */
 /* Page-locked host memory (for staging and snapshots). */
-dsckpt_status dsc_host_alloc(void **p, size_t bytes);
+dsc_status dsc_host_alloc(void **p, size_t bytes);
 void dsc_host_free(void *p);
 /* Copies on the context's stream (asynchronous with respect to the host where the
  * host side is pinned). kind: 0 host->device, 1 device->host, 2 device->device. */
 enum { DSC_H2D = 0, DSC_D2H = 1, DSC_D2D = 2 };
-dsckpt_status dsc_memcpy(dsc_ctx *c, void *dst, const void *src, size_t bytes, int kind);
-dsckpt_status dsc_memset(dsc_ctx *c, void *dst, int byte, size_t bytes);
+dsc_status dsc_memcpy(dsc_ctx *c, void *dst, const void *src, size_t bytes, int kind);
+dsc_status dsc_memset(dsc_ctx *c, void *dst, int byte, size_t bytes);
 /* True when p is device memory (cudaPointerGetAttributes); false for host memory,
  * pinned or not. */
 bool dsc_is_device_ptr(const void *p);
 
 /* ---- casts (bitwise twins of kernels/cast.c) ---- */
-dsckpt_status dsc_cast_f32_to_bf16(dsc_ctx *c, const float *src, uint16_t *dst, size_t n);
-dsckpt_status dsc_cast_f32_to_f16(dsc_ctx *c, const float *src, uint16_t *dst, size_t n);
-dsckpt_status dsc_cast_bf16_to_f32(dsc_ctx *c, const uint16_t *src, float *dst, size_t n);
-dsckpt_status dsc_cast_f16_to_f32(dsc_ctx *c, const uint16_t *src, float *dst, size_t n);
+dsc_status dsc_cast_f32_to_bf16(dsc_ctx *c, const float *src, uint16_t *dst, size_t n);
+dsc_status dsc_cast_f32_to_f16(dsc_ctx *c, const float *src, uint16_t *dst, size_t n);
+dsc_status dsc_cast_bf16_to_f32(dsc_ctx *c, const uint16_t *src, float *dst, size_t n);
+dsc_status dsc_cast_f16_to_f32(dsc_ctx *c, const uint16_t *src, float *dst, size_t n);
 
 /* ---- optimizer and gradient checks (twins of runtime/adam.c) ---- */
 
@@ -94,66 +101,66 @@ typedef struct dsc_adam_args {
     float bc1, bc2;
     bool adam_w_mode;
 } dsc_adam_args;
-dsckpt_status dsc_adam_step(dsc_ctx *c, float *param, const float *grad, float *exp_avg, float *exp_avg_sq,
+dsc_status dsc_adam_step(dsc_ctx *c, float *param, const float *grad, float *exp_avg, float *exp_avg_sq,
                             size_t n, const dsc_adam_args *a);
 /* x[i] *= s. */
-dsckpt_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s);
+dsc_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s);
 /* dst[i] += src[i]. */
-dsckpt_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n);
+dsc_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n);
 /* g[i] = (float)(fp16)g[i], round to nearest even (kernels/optim.h ds_round_f16). */
-dsckpt_status dsc_round_f16(dsc_ctx *c, float *g, size_t n);
+dsc_status dsc_round_f16(dsc_ctx *c, float *g, size_t n);
 /* Adds g's exact squares into the HOST accumulator acc[2048] (kernels/optim.h
  * ds_sumsq_exact: the significand of each exact double square into the unsigned
  * 128-bit bucket of its biased exponent); synchronises. Same buckets as the CPU. */
-dsckpt_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc);
+dsc_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc);
 /* *out_host = some g[i] is +-inf or NaN; synchronises. */
-dsckpt_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, bool *out_host);
+dsc_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, bool *out_host);
 /* out[i] = ((srcs[0][i] + srcs[1][i]) + ...) + srcs[W-1][i] for i < m: the
  * collectives' rank-order sum (runtime/comm.c), bitwise. srcs is a host array of W
  * device pointers; out may be srcs[0] (in place), never a shifted source. */
-dsckpt_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m);
+dsc_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m);
 
 /* ---- layers (twins of the model's CPU kernels; shapes as there) ---- */
 
 /* out[N, C] = LayerNorm(x) * w + b (eps 1e-5); mean, rstd [N] are kept for the
  * backward. */
-dsckpt_status dsc_layernorm_fwd(dsc_ctx *c, int N, int C, const float *x, const float *w, const float *b,
+dsc_status dsc_layernorm_fwd(dsc_ctx *c, int N, int C, const float *x, const float *w, const float *b,
                                 float *out, float *mean, float *rstd);
 /* dx += LayerNorm backward of dout; dw, db += the parameter gradients (column sums
  * in a fixed order). */
-dsckpt_status dsc_layernorm_bwd(dsc_ctx *c, int N, int C, const float *dout, const float *x, const float *mean,
+dsc_status dsc_layernorm_bwd(dsc_ctx *c, int N, int C, const float *dout, const float *x, const float *mean,
                                 const float *rstd, const float *w, float *dx, float *dw, float *db);
 /* y = GELU(x) (tanh approximation, "gelu_new"); d *= GELU'(x). */
-dsckpt_status dsc_gelu_fwd(dsc_ctx *c, int64_t n, const float *x, float *y);
-dsckpt_status dsc_gelu_bwd(dsc_ctx *c, int64_t n, const float *x, float *d);
+dsc_status dsc_gelu_fwd(dsc_ctx *c, int64_t n, const float *x, float *y);
+dsc_status dsc_gelu_bwd(dsc_ctx *c, int64_t n, const float *x, float *d);
 /* Each of N rows of out [N, C] = bias (+ res when res is not NULL). */
-dsckpt_status dsc_rows_init(dsc_ctx *c, int N, int C, float *out, const float *bias, const float *res);
+dsc_status dsc_rows_init(dsc_ctx *c, int N, int C, float *out, const float *bias, const float *res);
 /* db[j] += sum over rows of d[r, j] (fixed order). */
-dsckpt_status dsc_bias_grad(dsc_ctx *c, int N, int C, const float *d, float *db);
+dsc_status dsc_bias_grad(dsc_ctx *c, int N, int C, const float *d, float *db);
 
 /* tokens: device int32, B rows of T+1 (inputs row[0..T), targets row[1..T]).
  * out[B*T, C] = wte[token] + wpe[t]. */
-dsckpt_status dsc_embed_fwd(dsc_ctx *c, int B, int T, int C, const int32_t *tokens, const float *wte,
+dsc_status dsc_embed_fwd(dsc_ctx *c, int B, int T, int C, const int32_t *tokens, const float *wte,
                             const float *wpe, float *out);
 /* dwte[token] += dout, dwpe[t] += dout over every position, each output element
  * summed over positions in position order (bitwise the CPU's sums). tokens_host is
  * the same batch on the host: the positions are grouped by token there. */
-dsckpt_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
+dsc_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
                             const float *dout, float *dwte, float *dwpe);
 
 /* Softmax cross-entropy over logits [B*T, V] (overwritten): row_loss [B*T] gets
  * log(sum exp) - z_target; with dscale != 0 the logits become
  * (softmax - onehot(target)) * dscale. *loss_host (may be NULL; synchronises) = the
  * mean of row_loss summed in row order in double. tokens: device, as for embed. */
-dsckpt_status dsc_crossentropy(dsc_ctx *c, int B, int T, int V, const int32_t *tokens, float *logits,
+dsc_status dsc_crossentropy(dsc_ctx *c, int B, int T, int V, const int32_t *tokens, float *logits,
                                float *row_loss, float dscale, double *loss_host);
 
 /* Causal self-attention, qkv [B*T, 3C] -> att [B, NH, T, T] (row t holds the
  * probabilities of keys 0..t, zeros past t), y [B*T, C]. Batched GEMMs through
  * cuBLAS (fp32, no TF32) and a softmax kernel. */
-dsckpt_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att, float *y);
+dsc_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att, float *y);
 /* dqkv [B*T, 3C] = attention backward of dy (overwritten). */
-dsckpt_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, const float *att,
+dsc_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, const float *att,
                                 const float *dy, float *dqkv);
 
 /* ---- GEMM through cuBLASLt ----
@@ -162,7 +169,7 @@ dsckpt_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const f
  * [N, K]). lda, ldb, ldc are row strides of the stored matrices. A and B have type
  * ab, C has type ct (DSC_F32, or ab's 16-bit type); accumulation is fp32 (pure
  * fp32 for DSC_F32 operands: no TF32). */
-dsckpt_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A, int lda,
+dsc_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A, int lda,
                        const void *B, int ldb, float beta, void *C, int ldc, dsc_dtype ab, dsc_dtype ct);
 
 /* ---- asynchronous snapshot (kernels/cuda/snapshot.cu) ----
@@ -173,12 +180,12 @@ dsckpt_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float 
  * on the host; release hands the slot back (the writer is done). wait and release
  * may be called from another thread than begin and fence. */
 typedef struct dsc_snapshot dsc_snapshot;
-dsckpt_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snapshot **out);
+dsc_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snapshot **out);
 void dsc_snapshot_free(dsc_snapshot *s); /* NULL is a no-op; waits for copies in flight */
-dsckpt_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts, const size_t *bytes,
+dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts, const size_t *bytes,
                                  int nparts, int *slot);
-dsckpt_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c);
-dsckpt_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host);
+dsc_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c);
+dsc_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host);
 void dsc_snapshot_release(dsc_snapshot *s, int slot);
 
 #ifdef __cplusplus

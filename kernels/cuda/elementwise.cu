@@ -80,13 +80,13 @@ __global__ void k_f16_to_f32(const uint16_t *__restrict__ s, float *__restrict__
 }
 
 #define CAST_ENTRY(name, kern, ST, DT)                                                     \
-    extern "C" dsckpt_status name(dsc_ctx *c, const ST *src, DT *dst, size_t n) {         \
+    extern "C" dsc_status name(dsc_ctx *c, const ST *src, DT *dst, size_t n) {         \
         DSC_CHECK_CTX(c);                                                                  \
-        if (n == 0) return DSCKPT_OK;                                                      \
-        if (!src || !dst) return ds_err(DSCKPT_EINVAL, #name ": NULL array");              \
+        if (n == 0) return DSC_OK;                                                      \
+        if (!src || !dst) return dsc_err(DSC_EINVAL, #name ": NULL array");              \
         kern<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(src, dst, n);          \
         DSC_LAUNCHED(#name);                                                               \
-        return DSCKPT_OK;                                                                  \
+        return DSC_OK;                                                                  \
     }
 CAST_ENTRY(dsc_cast_f32_to_bf16, k_f32_to_bf16, float, uint16_t)
 CAST_ENTRY(dsc_cast_f32_to_f16, k_f32_to_f16, float, uint16_t)
@@ -116,12 +116,12 @@ __global__ void k_adam(float *__restrict__ param, const float *__restrict__ grad
     }
 }
 
-extern "C" dsckpt_status dsc_adam_step(dsc_ctx *c, float *param, const float *grad, float *exp_avg,
+extern "C" dsc_status dsc_adam_step(dsc_ctx *c, float *param, const float *grad, float *exp_avg,
                                        float *exp_avg_sq, size_t n, const dsc_adam_args *a) {
     DSC_CHECK_CTX(c);
-    if (!a) return ds_err(DSCKPT_EINVAL, "dsc_adam_step: NULL arguments");
-    if (n == 0) return DSCKPT_OK;
-    if (!param || !grad || !exp_avg || !exp_avg_sq) return ds_err(DSCKPT_EINVAL, "dsc_adam_step: NULL array");
+    if (!a) return dsc_err(DSC_EINVAL, "dsc_adam_step: NULL arguments");
+    if (n == 0) return DSC_OK;
+    if (!param || !grad || !exp_avg || !exp_avg_sq) return dsc_err(DSC_EINVAL, "dsc_adam_step: NULL array");
     adam_k k;
     k.lr = a->lr;
     k.b1 = a->beta1;
@@ -135,7 +135,7 @@ extern "C" dsckpt_status dsc_adam_step(dsc_ctx *c, float *param, const float *gr
     k.adamw = a->adam_w_mode;
     k_adam<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(param, grad, exp_avg, exp_avg_sq, n, k);
     DSC_LAUNCHED("dsc_adam_step");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 __global__ void k_scale(float *__restrict__ x, size_t n, float s) {
@@ -143,13 +143,13 @@ __global__ void k_scale(float *__restrict__ x, size_t n, float s) {
         x[i] = __fmul_rn(x[i], s);
 }
 
-extern "C" dsckpt_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s) {
+extern "C" dsc_status dsc_scale(dsc_ctx *c, float *x, size_t n, float s) {
     DSC_CHECK_CTX(c);
-    if (n == 0) return DSCKPT_OK;
-    if (!x) return ds_err(DSCKPT_EINVAL, "dsc_scale: NULL array");
+    if (n == 0) return DSC_OK;
+    if (!x) return dsc_err(DSC_EINVAL, "dsc_scale: NULL array");
     k_scale<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(x, n, s);
     DSC_LAUNCHED("dsc_scale");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- exact sum of squares (kernels/optim.h's definition) ----
@@ -187,14 +187,14 @@ __global__ void __launch_bounds__(SQ_THREADS) k_sumsq_exact(const float *__restr
     }
 }
 
-extern "C" dsckpt_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc) {
+extern "C" dsc_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, unsigned __int128 *acc) {
     DSC_CHECK_CTX(c);
-    if (!acc) return ds_err(DSCKPT_EINVAL, "dsc_sumsq_exact: NULL accumulator");
-    if (n == 0) return DSCKPT_OK;
-    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_sumsq_exact: NULL array");
+    if (!acc) return dsc_err(DSC_EINVAL, "dsc_sumsq_exact: NULL accumulator");
+    if (n == 0) return DSC_OK;
+    if (!g) return dsc_err(DSC_EINVAL, "dsc_sumsq_exact: NULL array");
     size_t bytes = (size_t)SQ_BUCKETS * 2 * sizeof(unsigned long long);
     void *scr = NULL, *hp = NULL;
-    dsckpt_status st = dsc_scratch(c, bytes, &scr);
+    dsc_status st = dsc_scratch(c, bytes, &scr);
     if (st) return st;
     st = dsc_pinned(c, bytes, &hp);
     if (st) return st;
@@ -211,7 +211,7 @@ extern "C" dsckpt_status dsc_sumsq_exact(dsc_ctx *c, const float *g, size_t n, u
     const unsigned long long *h = (const unsigned long long *)hp;
     for (int i = 0; i < SQ_BUCKETS; i++)
         if (h[2 * i] | h[2 * i + 1]) acc[i] += ((unsigned __int128)h[2 * i + 1] << 64) | h[2 * i];
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- add, fp16 rounding, rank-order sums ---- */
@@ -221,13 +221,13 @@ __global__ void k_add(float *__restrict__ d, const float *__restrict__ s, size_t
         d[i] = __fadd_rn(d[i], s[i]);
 }
 
-extern "C" dsckpt_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n) {
+extern "C" dsc_status dsc_add(dsc_ctx *c, float *dst, const float *src, size_t n) {
     DSC_CHECK_CTX(c);
-    if (n == 0) return DSCKPT_OK;
-    if (!dst || !src) return ds_err(DSCKPT_EINVAL, "dsc_add: NULL array");
+    if (n == 0) return DSC_OK;
+    if (!dst || !src) return dsc_err(DSC_EINVAL, "dsc_add: NULL array");
     k_add<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(dst, src, n);
     DSC_LAUNCHED("dsc_add");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 __global__ void k_round_f16(float *__restrict__ g, size_t n) {
@@ -235,13 +235,13 @@ __global__ void k_round_f16(float *__restrict__ g, size_t n) {
         g[i] = f16_to_f32(f32_to_f16(g[i]));
 }
 
-extern "C" dsckpt_status dsc_round_f16(dsc_ctx *c, float *g, size_t n) {
+extern "C" dsc_status dsc_round_f16(dsc_ctx *c, float *g, size_t n) {
     DSC_CHECK_CTX(c);
-    if (n == 0) return DSCKPT_OK;
-    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_round_f16: NULL array");
+    if (n == 0) return DSC_OK;
+    if (!g) return dsc_err(DSC_EINVAL, "dsc_round_f16: NULL array");
     k_round_f16<<<dsc_grid(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(g, n);
     DSC_LAUNCHED("dsc_round_f16");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 #define RO_MAX 32
@@ -258,10 +258,10 @@ __global__ void k_sum_rank_order(float *__restrict__ out, ro_srcs s, int ns, int
     }
 }
 
-extern "C" dsckpt_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m) {
+extern "C" dsc_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float *const *srcs, int W, size_t m) {
     DSC_CHECK_CTX(c);
-    if (W < 1 || !srcs) return ds_err(DSCKPT_EINVAL, "dsc_sum_rank_order: W=%d", W);
-    if (m == 0) return DSCKPT_OK;
+    if (W < 1 || !srcs) return dsc_err(DSC_EINVAL, "dsc_sum_rank_order: W=%d", W);
+    if (m == 0) return DSC_OK;
     /* Sources in groups of RO_MAX: later groups add onto out, which keeps the order. */
     for (int k0 = 0; k0 < W; k0 += RO_MAX) {
         ro_srcs s;
@@ -270,7 +270,7 @@ extern "C" dsckpt_status dsc_sum_rank_order(dsc_ctx *c, float *out, const float 
         k_sum_rank_order<<<dsc_grid(m, EW_THREADS), EW_THREADS, 0, c->stream>>>(out, s, ns, k0 == 0, m);
         DSC_LAUNCHED("dsc_sum_rank_order");
     }
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- inf / NaN ---- */
@@ -281,14 +281,14 @@ __global__ void k_inf_nan(const float *__restrict__ g, size_t n, int *flag) {
     if (__syncthreads_or(any) && threadIdx.x == 0) atomicOr(flag, 1);
 }
 
-extern "C" dsckpt_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, bool *out_host) {
+extern "C" dsc_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, bool *out_host) {
     DSC_CHECK_CTX(c);
-    if (!out_host) return ds_err(DSCKPT_EINVAL, "dsc_has_inf_nan: NULL result");
+    if (!out_host) return dsc_err(DSC_EINVAL, "dsc_has_inf_nan: NULL result");
     *out_host = false;
-    if (n == 0) return DSCKPT_OK;
-    if (!g) return ds_err(DSCKPT_EINVAL, "dsc_has_inf_nan: NULL array");
+    if (n == 0) return DSC_OK;
+    if (!g) return dsc_err(DSC_EINVAL, "dsc_has_inf_nan: NULL array");
     void *scr = NULL, *hp = NULL;
-    dsckpt_status st = dsc_scratch(c, sizeof(int), &scr);
+    dsc_status st = dsc_scratch(c, sizeof(int), &scr);
     if (st) return st;
     st = dsc_pinned(c, sizeof(int), &hp);
     if (st) return st;
@@ -298,5 +298,5 @@ extern "C" dsckpt_status dsc_has_inf_nan(dsc_ctx *c, const float *g, size_t n, b
     DSC_CUDA(cudaMemcpyAsync(hp, scr, sizeof(int), cudaMemcpyDeviceToHost, c->stream), "cudaMemcpyAsync (inf/nan)");
     DSC_CUDA(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (inf/nan)");
     *out_host = *(const int *)hp != 0;
-    return DSCKPT_OK;
+    return DSC_OK;
 }

@@ -19,25 +19,25 @@ static cudaDataType_t lt_type(dsc_dtype t) {
     }
 }
 
-extern "C" dsckpt_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A,
+extern "C" dsc_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A,
                                   int lda, const void *B, int ldb, float beta, void *C, int ldc, dsc_dtype ab,
                                   dsc_dtype ct) {
     DSC_CHECK_CTX(c);
-    if (M < 0 || N < 0 || K < 0) return ds_err(DSCKPT_EINVAL, "dsc_gemm: bad shape M=%d N=%d K=%d", M, N, K);
-    if (ab != DSC_F32 && ab != DSC_BF16 && ab != DSC_F16) return ds_err(DSCKPT_EINVAL, "dsc_gemm: bad operand type");
-    if (ct != DSC_F32 && ct != ab) return ds_err(DSCKPT_EINVAL, "dsc_gemm: output type must be fp32 or the operands'");
+    if (M < 0 || N < 0 || K < 0) return dsc_err(DSC_EINVAL, "dsc_gemm: bad shape M=%d N=%d K=%d", M, N, K);
+    if (ab != DSC_F32 && ab != DSC_BF16 && ab != DSC_F16) return dsc_err(DSC_EINVAL, "dsc_gemm: bad operand type");
+    if (ct != DSC_F32 && ct != ab) return dsc_err(DSC_EINVAL, "dsc_gemm: output type must be fp32 or the operands'");
     /* Row strides of the stored matrices: A is [M, K] or [K, M], B [K, N] or [N, K]. */
     if (ldc < (N > 0 ? N : 1) || lda < ((ta ? M : K) > 0 ? (ta ? M : K) : 1) ||
         ldb < ((tb ? K : N) > 0 ? (tb ? K : N) : 1))
-        return ds_err(DSCKPT_EINVAL, "dsc_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d)", lda, ldb, ldc);
-    if (M == 0 || N == 0) return DSCKPT_OK;
-    if (K == 0) return ds_err(DSCKPT_EINVAL, "dsc_gemm: K = 0 (nothing to sum) is not supported");
-    if (!A || !B || !C) return ds_err(DSCKPT_EINVAL, "dsc_gemm: NULL matrix");
+        return dsc_err(DSC_EINVAL, "dsc_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d)", lda, ldb, ldc);
+    if (M == 0 || N == 0) return DSC_OK;
+    if (K == 0) return dsc_err(DSC_EINVAL, "dsc_gemm: K = 0 (nothing to sum) is not supported");
+    if (!A || !B || !C) return dsc_err(DSC_EINVAL, "dsc_gemm: NULL matrix");
 
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    dsckpt_status st = DSCKPT_OK;
+    dsc_status st = DSC_OK;
     int s;
     cublasComputeType_t ctype = CUBLAS_COMPUTE_32F;
     cudaDataType_t at = lt_type(ab), cty = lt_type(ct);
@@ -68,7 +68,7 @@ extern "C" dsckpt_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, in
     LT(cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &heur, &nres),
        "cublasLtMatmulAlgoGetHeuristic");
     if (nres < 1) {
-        st = ds_err(DSCKPT_ECUDA, "cuBLASLt has no algorithm for M=%d N=%d K=%d", M, N, K);
+        st = dsc_err(DSC_ECUDA, "cuBLASLt has no algorithm for M=%d N=%d K=%d", M, N, K);
         goto done;
     }
     LT(cublasLtMatmul(c->lt, op, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &heur.algo, c->lt_ws, ws, c->stream),

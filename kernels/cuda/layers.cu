@@ -82,14 +82,14 @@ __global__ void k_ln_fwd(int N, int C, const float *__restrict__ x, const float 
     }
 }
 
-extern "C" dsckpt_status dsc_layernorm_fwd(dsc_ctx *c, int N, int C, const float *x, const float *w,
+extern "C" dsc_status dsc_layernorm_fwd(dsc_ctx *c, int N, int C, const float *x, const float *w,
                                            const float *b, float *out, float *mean, float *rstd) {
     DSC_CHECK_CTX(c);
-    if (N < 0 || C < 1) return ds_err(DSCKPT_EINVAL, "dsc_layernorm_fwd: bad shape N=%d C=%d", N, C);
-    if (N == 0) return DSCKPT_OK;
+    if (N < 0 || C < 1) return dsc_err(DSC_EINVAL, "dsc_layernorm_fwd: bad shape N=%d C=%d", N, C);
+    if (N == 0) return DSC_OK;
     k_ln_fwd<<<(N + 7) / 8, 256, 0, c->stream>>>(N, C, x, w, b, out, mean, rstd);
     DSC_LAUNCHED("dsc_layernorm_fwd");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* dx: one warp per row. */
@@ -153,16 +153,16 @@ __global__ void k_colsum_partial(int N, int C, const float *__restrict__ d, floa
     part[(size_t)chunk * C + col] = a;
 }
 
-extern "C" dsckpt_status dsc_layernorm_bwd(dsc_ctx *c, int N, int C, const float *dout, const float *x,
+extern "C" dsc_status dsc_layernorm_bwd(dsc_ctx *c, int N, int C, const float *dout, const float *x,
                                            const float *mean, const float *rstd, const float *w, float *dx,
                                            float *dw, float *db) {
     DSC_CHECK_CTX(c);
-    if (N < 0 || C < 1) return ds_err(DSCKPT_EINVAL, "dsc_layernorm_bwd: bad shape N=%d C=%d", N, C);
-    if (N == 0) return DSCKPT_OK;
+    if (N < 0 || C < 1) return dsc_err(DSC_EINVAL, "dsc_layernorm_bwd: bad shape N=%d C=%d", N, C);
+    if (N == 0) return DSC_OK;
     int nchunk = (N + COL_CHUNK - 1) / COL_CHUNK;
-    if (nchunk > 65535) return ds_err(DSCKPT_EINVAL, "dsc_layernorm_bwd: N=%d rows is too many", N);
+    if (nchunk > 65535) return dsc_err(DSC_EINVAL, "dsc_layernorm_bwd: N=%d rows is too many", N);
     void *scr = NULL;
-    dsckpt_status st = dsc_scratch(c, (size_t)2 * nchunk * C * sizeof(float), &scr);
+    dsc_status st = dsc_scratch(c, (size_t)2 * nchunk * C * sizeof(float), &scr);
     if (st) return st;
     float *pw = (float *)scr, *pb = pw + (size_t)nchunk * C;
     k_ln_bwd_dx<<<(N + 7) / 8, 256, 0, c->stream>>>(N, C, dout, x, mean, rstd, w, dx);
@@ -173,23 +173,23 @@ extern "C" dsckpt_status dsc_layernorm_bwd(dsc_ctx *c, int N, int C, const float
     DSC_LAUNCHED("dsc_layernorm_bwd (dw)");
     k_col_finish<<<(C + 127) / 128, 128, 0, c->stream>>>(nchunk, C, pb, db);
     DSC_LAUNCHED("dsc_layernorm_bwd (db)");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_bias_grad(dsc_ctx *c, int N, int C, const float *d, float *db) {
+extern "C" dsc_status dsc_bias_grad(dsc_ctx *c, int N, int C, const float *d, float *db) {
     DSC_CHECK_CTX(c);
-    if (N < 0 || C < 1) return ds_err(DSCKPT_EINVAL, "dsc_bias_grad: bad shape N=%d C=%d", N, C);
-    if (N == 0) return DSCKPT_OK;
+    if (N < 0 || C < 1) return dsc_err(DSC_EINVAL, "dsc_bias_grad: bad shape N=%d C=%d", N, C);
+    if (N == 0) return DSC_OK;
     int nchunk = (N + COL_CHUNK - 1) / COL_CHUNK;
-    if (nchunk > 65535) return ds_err(DSCKPT_EINVAL, "dsc_bias_grad: N=%d rows is too many", N);
+    if (nchunk > 65535) return dsc_err(DSC_EINVAL, "dsc_bias_grad: N=%d rows is too many", N);
     void *scr = NULL;
-    dsckpt_status st = dsc_scratch(c, (size_t)nchunk * C * sizeof(float), &scr);
+    dsc_status st = dsc_scratch(c, (size_t)nchunk * C * sizeof(float), &scr);
     if (st) return st;
     k_colsum_partial<<<dim3((C + 127) / 128, nchunk), 128, 0, c->stream>>>(N, C, d, (float *)scr);
     DSC_LAUNCHED("dsc_bias_grad (partial)");
     k_col_finish<<<(C + 127) / 128, 128, 0, c->stream>>>(nchunk, C, (const float *)scr, db);
     DSC_LAUNCHED("dsc_bias_grad");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 __global__ void k_rows_init(int N, int C, float *__restrict__ out, const float *__restrict__ bias,
@@ -201,13 +201,13 @@ __global__ void k_rows_init(int N, int C, float *__restrict__ out, const float *
     }
 }
 
-extern "C" dsckpt_status dsc_rows_init(dsc_ctx *c, int N, int C, float *out, const float *bias, const float *res) {
+extern "C" dsc_status dsc_rows_init(dsc_ctx *c, int N, int C, float *out, const float *bias, const float *res) {
     DSC_CHECK_CTX(c);
-    if (N < 0 || C < 1) return ds_err(DSCKPT_EINVAL, "dsc_rows_init: bad shape N=%d C=%d", N, C);
-    if (N == 0) return DSCKPT_OK;
+    if (N < 0 || C < 1) return dsc_err(DSC_EINVAL, "dsc_rows_init: bad shape N=%d C=%d", N, C);
+    if (N == 0) return DSC_OK;
     k_rows_init<<<dsc_grid((size_t)N * C, 256), 256, 0, c->stream>>>(N, C, out, bias, res);
     DSC_LAUNCHED("dsc_rows_init");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- GELU ("gelu_new"), tanh through one expf as on the CPU ---- */
@@ -237,22 +237,22 @@ __global__ void k_gelu_bwd(int64_t n, const float *__restrict__ x, float *__rest
     }
 }
 
-extern "C" dsckpt_status dsc_gelu_fwd(dsc_ctx *c, int64_t n, const float *x, float *y) {
+extern "C" dsc_status dsc_gelu_fwd(dsc_ctx *c, int64_t n, const float *x, float *y) {
     DSC_CHECK_CTX(c);
-    if (n < 0) return ds_err(DSCKPT_EINVAL, "dsc_gelu_fwd: n=%lld", (long long)n);
-    if (n == 0) return DSCKPT_OK;
+    if (n < 0) return dsc_err(DSC_EINVAL, "dsc_gelu_fwd: n=%lld", (long long)n);
+    if (n == 0) return DSC_OK;
     k_gelu_fwd<<<dsc_grid((size_t)n, 256), 256, 0, c->stream>>>(n, x, y);
     DSC_LAUNCHED("dsc_gelu_fwd");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_gelu_bwd(dsc_ctx *c, int64_t n, const float *x, float *d) {
+extern "C" dsc_status dsc_gelu_bwd(dsc_ctx *c, int64_t n, const float *x, float *d) {
     DSC_CHECK_CTX(c);
-    if (n < 0) return ds_err(DSCKPT_EINVAL, "dsc_gelu_bwd: n=%lld", (long long)n);
-    if (n == 0) return DSCKPT_OK;
+    if (n < 0) return dsc_err(DSC_EINVAL, "dsc_gelu_bwd: n=%lld", (long long)n);
+    if (n == 0) return DSC_OK;
     k_gelu_bwd<<<dsc_grid((size_t)n, 256), 256, 0, c->stream>>>(n, x, d);
     DSC_LAUNCHED("dsc_gelu_bwd");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- embedding ---- */
@@ -268,14 +268,14 @@ __global__ void k_embed_fwd(int B, int T, int C, const int32_t *__restrict__ tok
     }
 }
 
-extern "C" dsckpt_status dsc_embed_fwd(dsc_ctx *c, int B, int T, int C, const int32_t *tokens, const float *wte,
+extern "C" dsc_status dsc_embed_fwd(dsc_ctx *c, int B, int T, int C, const int32_t *tokens, const float *wte,
                                        const float *wpe, float *out) {
     DSC_CHECK_CTX(c);
-    if (B < 0 || T < 0 || C < 1) return ds_err(DSCKPT_EINVAL, "dsc_embed_fwd: bad shape B=%d T=%d C=%d", B, T, C);
-    if (B == 0 || T == 0) return DSCKPT_OK;
+    if (B < 0 || T < 0 || C < 1) return dsc_err(DSC_EINVAL, "dsc_embed_fwd: bad shape B=%d T=%d C=%d", B, T, C);
+    if (B == 0 || T == 0) return DSC_OK;
     k_embed_fwd<<<dsc_grid((size_t)B * T * C, 256), 256, 0, c->stream>>>(B, T, C, tokens, wte, wpe, out);
     DSC_LAUNCHED("dsc_embed_fwd");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* dwte rows: thread (u, col) adds the positions of unique token u in order. */
@@ -300,31 +300,31 @@ __global__ void k_embed_bwd_wpe(int B, int T, int C, const float *__restrict__ d
     *dst = a;
 }
 
-extern "C" dsckpt_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
+extern "C" dsc_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
                                        const float *dout, float *dwte, float *dwpe) {
     DSC_CHECK_CTX(c);
     if (B < 0 || T < 0 || C < 1 || V < 1 || T > 65535)
-        return ds_err(DSCKPT_EINVAL, "dsc_embed_bwd: bad shape B=%d T=%d C=%d V=%d", B, T, C, V);
-    if (B == 0 || T == 0) return DSCKPT_OK;
-    if (!tokens_host) return ds_err(DSCKPT_EINVAL, "dsc_embed_bwd: NULL tokens");
+        return dsc_err(DSC_EINVAL, "dsc_embed_bwd: bad shape B=%d T=%d C=%d V=%d", B, T, C, V);
+    if (B == 0 || T == 0) return DSC_OK;
+    if (!tokens_host) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: NULL tokens");
     size_t BT = (size_t)B * T;
-    if (BT > INT32_MAX / 2) return ds_err(DSCKPT_EINVAL, "dsc_embed_bwd: %zu positions is too many", BT);
+    if (BT > INT32_MAX / 2) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: %zu positions is too many", BT);
     /* Group the positions by token on the host (a counting sort keeps each token's
      * positions in increasing order): uniq[nu], off[nu + 1], pos[BT]. */
     int32_t *count = (int32_t *)calloc((size_t)V + 1, sizeof(int32_t));
-    if (!count) return ds_err(DSCKPT_ENOMEM, "out of memory (embedding backward)");
+    if (!count) return dsc_err(DSC_ENOMEM, "out of memory (embedding backward)");
     for (size_t r = 0; r < BT; r++) {
         int32_t tok = tokens_host[(r / T) * (T + 1) + r % T];
         if (tok < 0 || tok >= V) {
             free(count);
-            return ds_err(DSCKPT_EINVAL, "dsc_embed_bwd: token %d outside [0, %d)", (int)tok, V);
+            return dsc_err(DSC_EINVAL, "dsc_embed_bwd: token %d outside [0, %d)", (int)tok, V);
         }
         count[tok]++;
     }
     int nu = 0;
     for (int v = 0; v < V; v++) nu += count[v] != 0;
     size_t words = (size_t)nu + (size_t)nu + 1 + BT;
-    dsckpt_status st = DSCKPT_OK;
+    dsc_status st = DSC_OK;
     cudaError_t e;
     void *dev = NULL;
     int32_t *h;
@@ -381,7 +381,7 @@ extern "C" dsckpt_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, c
     }
     k_embed_bwd_wpe<<<dim3((C + 127) / 128, T), 128, 0, c->stream>>>(B, T, C, dout, dwpe);
     DSC_LAUNCHED("dsc_embed_bwd (wpe)");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 /* ---- softmax + cross-entropy: one block per row ---- */
@@ -415,18 +415,18 @@ __global__ void __launch_bounds__(CE_THREADS) k_crossentropy(int T, int V, const
     }
 }
 
-extern "C" dsckpt_status dsc_crossentropy(dsc_ctx *c, int B, int T, int V, const int32_t *tokens, float *logits,
+extern "C" dsc_status dsc_crossentropy(dsc_ctx *c, int B, int T, int V, const int32_t *tokens, float *logits,
                                           float *row_loss, float dscale, double *loss_host) {
     DSC_CHECK_CTX(c);
-    if (B < 0 || T < 0 || V < 1) return ds_err(DSCKPT_EINVAL, "dsc_crossentropy: bad shape B=%d T=%d V=%d", B, T, V);
+    if (B < 0 || T < 0 || V < 1) return dsc_err(DSC_EINVAL, "dsc_crossentropy: bad shape B=%d T=%d V=%d", B, T, V);
     if (loss_host) *loss_host = 0.0;
     int BT = B * T;
-    if (BT == 0) return DSCKPT_OK;
+    if (BT == 0) return DSC_OK;
     k_crossentropy<<<BT, CE_THREADS, 0, c->stream>>>(T, V, tokens, logits, row_loss, dscale);
     DSC_LAUNCHED("dsc_crossentropy");
-    if (!loss_host) return DSCKPT_OK;
+    if (!loss_host) return DSC_OK;
     void *hp = NULL;
-    dsckpt_status st = dsc_pinned(c, (size_t)BT * sizeof(float), &hp);
+    dsc_status st = dsc_pinned(c, (size_t)BT * sizeof(float), &hp);
     if (st) return st;
     DSC_CUDA(cudaMemcpyAsync(hp, row_loss, (size_t)BT * sizeof(float), cudaMemcpyDeviceToHost, c->stream),
              "cudaMemcpyAsync (row losses)");
@@ -435,5 +435,5 @@ extern "C" dsckpt_status dsc_crossentropy(dsc_ctx *c, int B, int T, int V, const
     double total = 0.0; /* row order, in double, as the CPU */
     for (int r = 0; r < BT; r++) total += rl[r];
     *loss_host = total / (double)BT;
-    return DSCKPT_OK;
+    return DSC_OK;
 }

@@ -12,7 +12,7 @@
  *                                 device memory (call before an update changes it)
  *   wait(s, slot, &host)          blocks until the slot's copy is complete
  *   release(s, slot)              the writer is done with the slot's bytes
- * begin on a slot that is not released fails with DSCKPT_EMISUSE (two snapshots may
+ * begin on a slot that is not released fails with DSC_EMISUSE (two snapshots may
  * be in flight, one per buffer). wait and release may be called from the writer
  * thread; everything else from the training thread.
  */
@@ -44,15 +44,15 @@ extern "C" void dsc_snapshot_free(dsc_snapshot *s) {
     free(s);
 }
 
-extern "C" dsckpt_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snapshot **out) {
-    if (!out) return ds_err(DSCKPT_EINVAL, "dsc_snapshot_create: NULL out");
+extern "C" dsc_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snapshot **out) {
+    if (!out) return dsc_err(DSC_EINVAL, "dsc_snapshot_create: NULL out");
     *out = NULL;
     dsc_snapshot *s = (dsc_snapshot *)calloc(1, sizeof *s);
-    if (!s) return ds_err(DSCKPT_ENOMEM, "out of memory (snapshot)");
+    if (!s) return dsc_err(DSC_ENOMEM, "out of memory (snapshot)");
     s->device = device;
     s->cap = cap_bytes;
     s->last = -1;
-    dsckpt_status st = DSCKPT_OK;
+    dsc_status st = DSC_OK;
     cudaError_t e;
 #define SN_CUDA(call, what)                        \
     do {                                           \
@@ -71,24 +71,24 @@ extern "C" dsckpt_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_s
     }
 #undef SN_CUDA
     *out = s;
-    return DSCKPT_OK;
+    return DSC_OK;
 fail:
     dsc_snapshot_free(s);
     return st;
 }
 
-extern "C" dsckpt_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts,
+extern "C" dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts,
                                             const size_t *bytes, int nparts, int *slot) {
     DSC_CHECK_CTX(c);
     if (!s || !slot || nparts < 0 || (nparts && (!parts || !bytes)))
-        return ds_err(DSCKPT_EINVAL, "dsc_snapshot_begin: bad arguments");
+        return dsc_err(DSC_EINVAL, "dsc_snapshot_begin: bad arguments");
     int k = s->next;
     if (__atomic_load_n(&s->busy[k], __ATOMIC_ACQUIRE))
-        return ds_err(DSCKPT_EMISUSE, "dsc_snapshot_begin: both snapshot buffers are still held by the writer");
+        return dsc_err(DSC_EMISUSE, "dsc_snapshot_begin: both snapshot buffers are still held by the writer");
     size_t total = 0;
     for (int i = 0; i < nparts; i++) {
         if (bytes[i] > s->cap - total)
-            return ds_err(DSCKPT_EINVAL, "dsc_snapshot_begin: parts exceed the buffer of %zu bytes", s->cap);
+            return dsc_err(DSC_EINVAL, "dsc_snapshot_begin: parts exceed the buffer of %zu bytes", s->cap);
         total += bytes[i];
     }
     DSC_CUDA(cudaEventRecord(s->ready[k], c->stream), "cudaEventRecord (snapshot)");
@@ -105,22 +105,22 @@ extern "C" dsckpt_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const v
     s->last = k;
     s->next = 1 - k;
     *slot = k;
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c) {
+extern "C" dsc_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c) {
     DSC_CHECK_CTX(c);
-    if (!s) return ds_err(DSCKPT_EINVAL, "dsc_snapshot_fence: NULL snapshot");
-    if (s->last < 0) return DSCKPT_OK;
+    if (!s) return dsc_err(DSC_EINVAL, "dsc_snapshot_fence: NULL snapshot");
+    if (s->last < 0) return DSC_OK;
     DSC_CUDA(cudaStreamWaitEvent(c->stream, s->done[s->last], 0), "cudaStreamWaitEvent (snapshot fence)");
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
-extern "C" dsckpt_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host) {
-    if (!s || slot < 0 || slot > 1 || !__atomic_load_n(&s->busy[slot], __ATOMIC_ACQUIRE)) return ds_err(DSCKPT_EINVAL, "dsc_snapshot_wait: bad slot");
+extern "C" dsc_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host) {
+    if (!s || slot < 0 || slot > 1 || !__atomic_load_n(&s->busy[slot], __ATOMIC_ACQUIRE)) return dsc_err(DSC_EINVAL, "dsc_snapshot_wait: bad slot");
     DSC_CUDA(cudaEventSynchronize(s->done[slot]), "cudaEventSynchronize (snapshot)");
     if (host) *host = s->buf[slot];
-    return DSCKPT_OK;
+    return DSC_OK;
 }
 
 extern "C" void dsc_snapshot_release(dsc_snapshot *s, int slot) {
