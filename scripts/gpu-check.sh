@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# gpu-check.sh — the one device check of issue 14: everything the GPU path claims,
+# run on a machine with an NVIDIA GPU from a build made elsewhere, in under 8 minutes,
+# into one report file.
+#
+#   scripts/gpu-check.sh --prepare   (here, on the build machine) builds build-gpu/
+#                                    (Release, CUDA on) and fills .gpu-carry/ with the
+#                                    stripped programs, the shared libraries the GPU
+#                                    machine may lack (found with ldd; never CUDA's own
+#                                    libraries, which it has) and a relocatable copy of
+#                                    Open MPI, plus a MANIFEST of SHA-256 digests; then
+#                                    runs --dry-run
+#   scripts/gpu-check.sh --dry-run   checks the carried artefacts (digests, ELF class,
+#                                    libraries resolvable) and prints what it would run
+#   scripts/gpu-check.sh             on the GPU machine: runs the steps below and writes
+#                                    $OUT/gpu-check-report.txt (./gpu-check-out/ when
+#                                    OUT is unset) and $OUT/gpu-check-logs.tar.gz. With
+#                                    no GPU visible it does the dry run instead.
+#
+# Steps (each under its own timeout; a step that cannot run is reported SKIP with the
+# reason, never PASS):
+#   env        GPU, driver, CUDA/torch versions; carried programs' libraries resolve
+#   kernels    tests/test_kernels_cuda.c with DSCKPT_REQUIRE_CUDA=1 (no device = fail)
+#   snapshot   bench/gpu_bench.c: snapshot D2H throughput / pinned-copy bandwidth
+#              (target >= 0.8) and async stall / synchronous save (target <= 0.05)
+#   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
+#              eager, bf16 autocast and fp32, with model FLOP utilisation
+#   dstrain    only when dstrain has --device: tiny config, CPU vs GPU loss curves at
+#              W=1 and W=2 (MPI, device buffers staged), GPT-2-124M-shaped step time
+#              against the torch figure
+#
+# Device machine call (see docs/gpu.md): carry [".gpu-carry"], command
+#   bash scripts/gpu-check.sh
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CARRY=$ROOT/.gpu-carry
+BUILD=$ROOT/build-gpu
+MAX_CARRY_MIB=${GPU_CHECK_MAX_CARRY_MIB:-64}
+
+usage() {
+    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+    exit "${1:-0}"
+}
+
+mode=run
+case "${1:-}" in
+--prepare) mode=prepare ;;
+--dry-run) mode=dry ;;
+-h | --help) usage 0 ;;
+"") ;;
+*) echo "gpu-check: unknown option $1" >&2; usage 3 ;;
+esac
+
+die() {
+    echo "gpu-check: $*" >&2
+    exit 1
+}
+
+# Libraries the GPU machine provides itself: the C runtime, the compiler runtime
+# (its own, newer), the driver and CUDA's libraries (far too large to carry).
+is_system_lib() {
+    case "$1" in
+    linux-vdso* | ld-linux* | libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | libutil.so*) return 0 ;;
+    libgcc_s.so* | libstdc++.so*) return 0 ;;
+    libcuda.so* | libcudart.so* | libcublas.so* | libcublasLt.so* | libnccl.so* | libnvidia-*) return 0 ;;
+    esac
+    return 1
+}
+
+# Open MPI components that need fabrics a one-node run never uses (and whose
+# libraries would not fit the carry).
+skip_component() {
+    case "$1" in
+    *oshmem* | *java* | *ofi* | *psm* | *ucx* | *uct* | *openib* | *usnic* | *verbs* | *portals* | *_cuda* | *fortran*) return 0 ;;
+    esac
+    return 1
+}
+
+copy_libs_of() { # copy_libs_of FILE...: the non-system libraries each needs, into lib/
+    local f line name path
+    for f in "$@"; do
+        while read -r line; do
+            name=${line%% *}
+            path=$(awk '{for (i = 1; i <= NF; i++) if ($i == "=>") print $(i + 1)}' <<<"$line")
+            [ -n "$path" ] && [ "$path" != "not" ] || continue
+            is_system_lib "$name" && continue
+            [ -e "$CARRY/lib/$name" ] || cp -L "$path" "$CARRY/lib/$name"
+        done < <(ldd "$f" 2>/dev/null | sed 's/^[[:space:]]*//')
+    done
+}
+
+prepare() {
+    command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || die "--prepare needs nvcc (CUDA) on this machine"
+    echo "gpu-check: building $BUILD (Release, CUDA on)"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDSCKPT_CUDA=ON -DDSCKPT_TEST_HOOKS=ON \
+        -DDSCKPT_WERROR=ON >"$ROOT/build-gpu.configure.log" 2>&1 || die "configure failed (build-gpu.configure.log)"
+    local targets="test_kernels_cuda gpu_bench dstrain dsckpt_cli"
+    grep -q '^test_comm_nccl:' "$BUILD/Makefile" 2>/dev/null && targets="$targets test_comm_nccl"
+    # shellcheck disable=SC2086
+    cmake --build "$BUILD" -j"$(nproc)" --target $targets >"$ROOT/build-gpu.build.log" 2>&1 ||
+        die "build failed (build-gpu.build.log)"
+    rm -rf "$CARRY"
+    mkdir -p "$CARRY/bin" "$CARRY/lib" "$CARRY/ompi/bin" "$CARRY/ompi/lib" "$CARRY/ompi/etc" "$CARRY/ompi/share"
+    local b
+    for b in test_kernels_cuda gpu_bench dstrain dsckpt test_comm_nccl; do
+        [ -x "$BUILD/$b" ] || continue
+        strip --strip-unneeded -o "$CARRY/bin/$b" "$BUILD/$b"
+    done
+    cp "$BUILD/dsrun" "$CARRY/bin/dsrun"
+    copy_libs_of "$CARRY"/bin/*
+    # Open MPI, relocatable through the OPAL_* variables (set by the run below).
+    local ompi_pkglib ompi_share
+    ompi_pkglib=$(ompi_info --path pkglibdir --parsable 2>/dev/null | sed -n 's/^path:pkglibdir://p')
+    ompi_share=$(ompi_info --path pkgdatadir --parsable 2>/dev/null | sed -n 's/^path:pkgdatadir://p')
+    if [ -d "$ompi_pkglib" ] && command -v orterun >/dev/null; then
+        cp -L "$(command -v orterun)" "$CARRY/ompi/bin/mpirun"
+        cp -L "$(command -v orted)" "$CARRY/ompi/bin/orted"
+        mkdir -p "$CARRY/ompi/lib/openmpi3"
+        local c
+        for c in "$ompi_pkglib"/*.so; do
+            skip_component "${c##*/}" && continue
+            if ldd "$c" 2>/dev/null | grep -qE 'libfabric|libpsm|libuc[pmst]|libibverbs|librdmacm|not found'; then
+                continue
+            fi
+            cp -L "$c" "$CARRY/ompi/lib/openmpi3/"
+        done
+        cp -rL "$ompi_share" "$CARRY/ompi/share/openmpi"
+        [ -f /etc/openmpi/openmpi-mca-params.conf ] && cp /etc/openmpi/openmpi-mca-params.conf "$CARRY/ompi/etc/"
+        copy_libs_of "$CARRY"/ompi/bin/* "$CARRY"/ompi/lib/openmpi3/*.so
+        # pmix loads its own plugins
+        local pmixdir
+        pmixdir=$(dirname "$(ldd "$CARRY/lib/libopen-pal.so.40" 2>/dev/null | awk '/libpmix/{print $3}')" 2>/dev/null)
+        if [ -n "$pmixdir" ] && [ -d "$pmixdir/pmix" ]; then
+            mkdir -p "$CARRY/ompi/lib/pmix"
+            cp -L "$pmixdir"/pmix/*.so "$CARRY/ompi/lib/pmix/" 2>/dev/null || true
+        fi
+    else
+        echo "gpu-check: Open MPI not found here; the W=2 step will need the GPU machine's own" >&2
+    fi
+    strip --strip-unneeded "$CARRY"/lib/*.so* "$CARRY"/ompi/lib/openmpi3/*.so "$CARRY"/ompi/bin/* 2>/dev/null || true
+    {
+        echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+        echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
+        (cd "$CARRY" && find . -type f ! -name MANIFEST | LC_ALL=C sort | xargs sha256sum)
+    } >"$CARRY/MANIFEST"
+    local carry_kib tree_kib
+    carry_kib=$(du -sk "$CARRY" | cut -f1)
+    tree_kib=$(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
+    echo "gpu-check: carry $((carry_kib / 1024)) MiB + working tree $((tree_kib / 1024)) MiB (limit $MAX_CARRY_MIB MiB)"
+    [ $((carry_kib + tree_kib)) -lt $((MAX_CARRY_MIB * 1024)) ] || die "carry + tree exceed $MAX_CARRY_MIB MiB"
+    dry_run
+}
+
+# Library directories of the GPU machine: CUDA's and the Python wheels' (torch's
+# nvidia-* packages carry cuBLAS, cuBLASLt, NCCL and the runtime).
+cuda_lib_dirs() {
+    local d dirs=""
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib \
+        /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
+        [ -d "$d" ] && dirs="$dirs:$d"
+    done
+    local py
+    py=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0] + "/x"))' 2>/dev/null)
+    if [ -n "$py" ]; then
+        for d in "$py"/*/lib; do [ -d "$d" ] && dirs="$dirs:$d"; done
+    fi
+    echo "${dirs#:}"
+}
+
+setup_env() {
+    export LD_LIBRARY_PATH="$CARRY/lib:$CARRY/ompi/lib:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # Open MPI: the machine's own if it has one, else the carried copy.
+    if command -v mpirun >/dev/null 2>&1 && mpirun --version 2>&1 | grep -q "Open MPI"; then
+        MPI_FROM="system ($(command -v mpirun))"
+    elif [ -x "$CARRY/ompi/bin/mpirun" ]; then
+        export OPAL_PREFIX="$CARRY/ompi" OPAL_EXEC_PREFIX="$CARRY/ompi" OPAL_BINDIR="$CARRY/ompi/bin"
+        export OPAL_LIBDIR="$CARRY/ompi/lib" OPAL_PKGLIBDIR="$CARRY/ompi/lib/openmpi3"
+        export OPAL_DATADIR="$CARRY/ompi/share" OPAL_PKGDATADIR="$CARRY/ompi/share/openmpi"
+        export OPAL_SYSCONFDIR="$CARRY/ompi/etc" OPAL_DATAROOTDIR="$CARRY/ompi/share"
+        export OMPI_MCA_mca_base_component_path="$CARRY/ompi/lib/openmpi3"
+        export OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1
+        [ -d "$CARRY/ompi/lib/pmix" ] && export PMIX_MCA_mca_base_component_path="$CARRY/ompi/lib/pmix"
+        export PATH="$CARRY/ompi/bin:$PATH"
+        MPI_FROM="carried ($CARRY/ompi)"
+    else
+        MPI_FROM="none"
+    fi
+    export PATH="$CARRY/bin:$PATH"
+}
+
+dry_run() {
+    local ok=1 f
+    echo "gpu-check: dry run (no GPU here, or --dry-run)"
+    [ -f "$CARRY/MANIFEST" ] || { echo "  MISSING $CARRY/MANIFEST: run scripts/gpu-check.sh --prepare first"; exit 1; }
+    if (cd "$CARRY" && sed -n '3,$p' MANIFEST | sha256sum --quiet -c -); then
+        echo "  ok      MANIFEST digests ($(($(wc -l <"$CARRY/MANIFEST") - 2)) files, $(sed -n 1p "$CARRY/MANIFEST"))"
+    else
+        echo "  FAIL    MANIFEST digests"; ok=0
+    fi
+    for f in test_kernels_cuda gpu_bench dstrain dsckpt dsrun; do
+        if [ -e "$CARRY/bin/$f" ]; then echo "  ok      bin/$f"; else echo "  FAIL    bin/$f missing"; ok=0; fi
+    done
+    for f in "$CARRY"/bin/*; do
+        head -c 4 "$f" | grep -q ELF || continue
+        file -b "$f" 2>/dev/null | grep -q 'x86-64' || { echo "  FAIL    $f is not an x86-64 program"; ok=0; }
+    done
+    setup_env
+    local missing
+    missing=$(for f in "$CARRY"/bin/* "$CARRY"/ompi/bin/*; do ldd "$f" 2>/dev/null | grep 'not found'; done | sort -u)
+    if [ -n "$missing" ]; then echo "  FAIL    unresolved libraries here:"; echo "$missing" | sed 's/^/          /'; ok=0
+    else echo "  ok      every carried program's libraries resolve (with the CUDA libraries of this machine)"; fi
+    python3 -m py_compile "$ROOT/bench/gpu/torch_gpt2_step.py" && echo "  ok      bench/gpu/torch_gpt2_step.py compiles" ||
+        { echo "  FAIL    bench/gpu/torch_gpt2_step.py"; ok=0; }
+    echo "  mpi     $MPI_FROM"
+    if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
+        echo "  ok      dstrain has --device (the dstrain steps will run)"
+    else
+        echo "  note    dstrain has no --device: the dstrain steps will be reported SKIP"
+    fi
+    echo "gpu-check: on the GPU machine it would run:"
+    plan | sed 's/^/  /'
+    [ "$ok" = 1 ] || exit 1
+    echo "gpu-check: dry run ok (nothing was run on a GPU)"
+}
+
+plan() {
+    cat <<EOF
+env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried programs
+kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                     (timeout 120 s)
+snapshot  bin/gpu_bench snapshot 2048                                     (timeout 60 s)
+torch     python3 bench/gpu/torch_gpt2_step.py --dtype bf16 and fp32      (timeout 150 s)
+dstrain   CPU vs --device cuda loss curves, W=1 and W=2 (dsrun), 124M step (timeout 150 s)
+EOF
+}
+
+# ---- the run on the GPU machine ----
+OUTDIR=${OUT:-$ROOT/gpu-check-out}
+REPORT=$OUTDIR/gpu-check-report.txt
+LOGS=""
+T_START=$(date +%s)
+
+say() { echo "$*" | tee -a "$REPORT"; }
+
+# step NAME TIMEOUT CMD...: PASS on exit 0, SKIP on 77, FAIL otherwise.
+step() {
+    local name=$1 tmo=$2
+    shift 2
+    local t0 rc log=$LOGS/$name.log
+    t0=$(date +%s.%N)
+    timeout --kill-after=5 "$tmo" "$@" >"$log" 2>&1
+    rc=$?
+    local dt
+    dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')
+    local verdict=FAIL
+    [ $rc -eq 0 ] && verdict=PASS
+    [ $rc -eq 77 ] && verdict=SKIP
+    [ $rc -eq 124 ] && verdict="FAIL (timeout ${tmo}s)"
+    say "[$verdict] $name (${dt}s, exit $rc)"
+    grep -E '^(SKIPPED|FAILED|device|[a-z_]+=)|rel err|Run Summary|asserts|tests ' "$log" | head -60 | sed 's/^/    /' | tee -a "$REPORT"
+    return $rc
+}
+
+dstrain_steps() {
+    local w=$LOGS/dstrain-work
+    mkdir -p "$w"
+    local data=$ROOT/fixtures/corpus/licenses.txt
+    cat >"$w/ds.json" <<'EOF'
+{"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}},
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}
+EOF
+    local model=(--n_layer 2 --n_head 2 --n_embd 64 --seq_len 64 --eval_windows 4 --max_steps 20)
+    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu1.log" || return 1
+    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cuda --log_file "$w/gpu1.log" || return 1
+    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu2.log" || return 1
+    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cuda \
+        --log_file "$w/gpu2.log" || return 1
+    python3 - "$w" <<'EOF'
+import json, sys
+w = sys.argv[1]
+def losses(n): return [json.loads(l)["loss"] for l in open(f"{w}/{n}.log")]
+bad = 0
+for W in (1, 2):
+    c, g = losses(f"cpu{W}"), losses(f"gpu{W}")
+    d = max(abs(a - b) / abs(a) for a, b in zip(c, g))
+    print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(c)} first={c[0]:.4f} last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f}")
+    bad += not (len(c) == len(g) and d < 1e-2)
+sys.exit(1 if bad else 0)
+EOF
+}
+
+dstrain_124m() {
+    local w=$LOGS/dstrain-work
+    mkdir -p "$w"
+    cat >"$w/gpt2.json" <<'EOF'
+{"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.0006, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": 1}}
+EOF
+    # A corpus of at least one 1025-token window per sample (bytes are tokens).
+    python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 512)" >"$w/corpus.bin"
+    dstrain --deepspeed "$w/gpt2.json" --data "$w/corpus.bin" --n_layer 12 --n_head 12 --n_embd 768 --seq_len 1024 \
+        --eval_windows 1 --max_steps 6 --device cuda --log_file "$w/gpt2.log" || return 1
+    python3 - "$w/gpt2.log" "$LOGS/torch.log" <<'EOF'
+import json, re, sys
+steps = [json.loads(l)["step_s"] for l in open(sys.argv[1])][2:]
+steps.sort()
+med = steps[len(steps) // 2]
+print(f"dstrain_gpt2_step_s={med:.4f}")
+m = re.search(r"bf16_step_s=([0-9.]+)", open(sys.argv[2]).read())
+if m:
+    print(f"dstrain_over_torch_bf16={med / float(m.group(1)):.3f} (target <= 1.0)")
+EOF
+}
+
+run_all() {
+    mkdir -p "$OUTDIR"
+    : >"$REPORT"
+    LOGS=$(mktemp -d)
+    setup_env
+    say "gpu-check report $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    say "carry: $(sed -n 1,2p "$CARRY/MANIFEST" | tr '\n' ' ')"
+    say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2 | tr '\n' ' ')"
+    say "nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+    say "torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
+    say "mpi: $MPI_FROM"
+    local missing
+    missing=$(for f in "$CARRY"/bin/*; do ldd "$f" 2>/dev/null | grep 'not found'; done | sort -u)
+    if [ -n "$missing" ]; then say "[FAIL] env: unresolved libraries:"; say "$missing"; else say "[PASS] env: libraries resolve"; fi
+    step kernels 120 env DSCKPT_REQUIRE_CUDA=1 "$CARRY/bin/test_kernels_cuda"
+    step snapshot 60 "$CARRY/bin/gpu_bench" snapshot 2048
+    step torch 150 python3 "$ROOT/bench/gpu/torch_gpt2_step.py" --batch 8 --steps 8
+    if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
+        export -f dstrain_steps dstrain_124m
+        export LOGS ROOT
+        step dstrain_loss 150 bash -c dstrain_steps
+        step dstrain_gpt2 150 bash -c dstrain_124m
+    else
+        say "[SKIP] dstrain: this build's dstrain has no --device (the GPU training path is not built)"
+    fi
+    say "total $(($(date +%s) - T_START)) s"
+    tar -czf "$OUTDIR/gpu-check-logs.tar.gz" -C "$LOGS" . 2>/dev/null
+    rm -rf "$LOGS"
+    echo "gpu-check: report in $REPORT"
+}
+
+case $mode in
+prepare) prepare ;;
+dry) dry_run ;;
+run)
+    if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+        echo "gpu-check: no GPU visible (nvidia-smi -L lists none): dry run only"
+        dry_run
+        exit $?
+    fi
+    [ -f "$CARRY/MANIFEST" ] || die "no $CARRY: run scripts/gpu-check.sh --prepare on the build machine and carry .gpu-carry"
+    run_all
+    ;;
+esac
