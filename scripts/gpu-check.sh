@@ -4,7 +4,7 @@
 # into one report file.
 #
 #   scripts/gpu-check.sh --prepare   (here, on the build machine) builds build-gpu/
-#                                    (Release, CUDA on) and fills .gpu-carry/ with the
+#                                    (RelWithDebInfo, CUDA on) and fills .gpu-carry/ with the
 #                                    stripped programs, the shared libraries the GPU
 #                                    machine may lack (found with ldd; never CUDA's own
 #                                    libraries, which it has) and a relocatable copy of
@@ -91,8 +91,8 @@ copy_libs_of() { # copy_libs_of FILE...: the non-system libraries each needs, in
 
 prepare() {
     command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || die "--prepare needs nvcc (CUDA) on this machine"
-    echo "gpu-check: building $BUILD (Release, CUDA on)"
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDSCKPT_CUDA=ON -DDSCKPT_TEST_HOOKS=ON \
+    echo "gpu-check: building $BUILD (RelWithDebInfo, stripped; CUDA on)"
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_CUDA=ON -DDSCKPT_TEST_HOOKS=ON \
         -DDSCKPT_WERROR=ON >"$ROOT/build-gpu.configure.log" 2>&1 || die "configure failed (build-gpu.configure.log)"
     local targets="test_kernels_cuda gpu_bench dstrain dsckpt_cli"
     grep -q '^test_comm_nccl:' "$BUILD/Makefile" 2>/dev/null && targets="$targets test_comm_nccl"
@@ -170,7 +170,9 @@ cuda_lib_dirs() {
 setup_env() {
     export LD_LIBRARY_PATH="$CARRY/lib:$CARRY/ompi/lib:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # Open MPI: the machine's own if it has one, else the carried copy.
-    if command -v mpirun >/dev/null 2>&1 && mpirun --version 2>&1 | grep -q "Open MPI"; then
+    # GPU_CHECK_MPI=carried forces the carried copy (to test it where a system one exists).
+    if [ "${GPU_CHECK_MPI:-}" != carried ] && command -v mpirun >/dev/null 2>&1 &&
+        mpirun --version 2>&1 | grep -q "Open MPI"; then
         MPI_FROM="system ($(command -v mpirun))"
     elif [ -x "$CARRY/ompi/bin/mpirun" ]; then
         export OPAL_PREFIX="$CARRY/ompi" OPAL_EXEC_PREFIX="$CARRY/ompi" OPAL_BINDIR="$CARRY/ompi/bin"
