@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:?usage: scripts/fuzz.sh SECONDS}
-ALL="safetensors manifest zip pickle deepspeed verify tag trainer_state config data engine_load"
+ALL="safetensors manifest zip pickle deepspeed verify tag zchunk trainer_state config data engine_load"
 TARGETS=${FUZZ_TARGETS:-$ALL}
 JOBS=${FUZZ_JOBS:-$(nproc)}
 B=${FUZZ_BUILD:-build-fuzz}

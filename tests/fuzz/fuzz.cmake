@@ -10,7 +10,7 @@
 # compiled with -fsanitize=fuzzer-no-link so libFuzzer sees the edges of the code
 # under test, not just the harness. The sanitizers of the build (DSCKPT_ASAN /
 # DSCKPT_UBSAN) apply to them as to everything else.
-set(DS_FUZZ_LIB_TARGETS safetensors manifest zip pickle deepspeed verify tag)
+set(DS_FUZZ_LIB_TARGETS safetensors manifest zip pickle deepspeed verify tag zchunk)
 set(DS_FUZZ_RT_TARGETS trainer_state config data engine_load)
 
 function(ds_fuzz_common tgt)
@@ -65,6 +65,6 @@ if(DSCKPT_FUZZ)
     endif()
   endforeach()
   add_custom_target(fuzz_all DEPENDS
-    fuzz_safetensors fuzz_manifest fuzz_zip fuzz_pickle fuzz_deepspeed fuzz_verify fuzz_tag
+    fuzz_safetensors fuzz_manifest fuzz_zip fuzz_pickle fuzz_deepspeed fuzz_verify fuzz_tag fuzz_zchunk
     fuzz_trainer_state fuzz_config fuzz_data fuzz_engine_load)
 endif()

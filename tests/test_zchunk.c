@@ -1,0 +1,322 @@
+/*
+ * test_zchunk.c — the chunk codec (formats/zchunk.h) of compressed checkpoints: shuffle layout and
+ * inverse, bit-exact round trips for every dtype (weight-like values and random
+ * bytes, sizes that are not multiples of the width), incompressible chunks stored
+ * raw, and the decoder refusing damaged, truncated, padded and size-lying chunks
+ * and decompression bombs before allocating.
+ */
+#include "cast.h"
+#include "tutil.h"
+#include "zchunk.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+static uint32_t rng_next(uint32_t *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return *s;
+}
+
+/* Approximately normal (sum of uniforms), scaled like trained weights. */
+static float gauss(uint32_t *s) {
+    float a = 0;
+    for (int i = 0; i < 4; i++) a += (float)(rng_next(s) >> 8) / 16777216.0f;
+    return (a - 2.0f) * 0.02f;
+}
+
+static void random_bytes(uint8_t *p, size_t n, uint32_t seed) {
+    for (size_t i = 0; i < n; i++) p[i] = (uint8_t)(rng_next(&seed) >> 24);
+}
+
+/* n bytes of values of dtype `dt` that look like a model's: weights for the float
+ * types, small counts for the integer ones. */
+static void weight_like(uint8_t *p, size_t n, dsckpt_dtype dt, uint32_t seed) {
+    size_t es = dsckpt_dtype_size(dt);
+    memset(p, 0, n);
+    for (size_t i = 0; i + es <= n; i += es) {
+        float f = gauss(&seed);
+        switch (dt) {
+        case DSCKPT_F32: memcpy(p + i, &f, 4); break;
+        case DSCKPT_F64: {
+            double d = f;
+            memcpy(p + i, &d, 8);
+            break;
+        }
+        case DSCKPT_BF16: {
+            uint16_t h = ds_f32_to_bf16_ref(f);
+            memcpy(p + i, &h, 2);
+            break;
+        }
+        case DSCKPT_F16: {
+            uint16_t h = ds_f32_to_f16_ref(f);
+            memcpy(p + i, &h, 2);
+            break;
+        }
+        default: {
+            uint64_t v = rng_next(&seed) % 50;
+            memcpy(p + i, &v, es); /* little-endian: the low bytes */
+            break;
+        }
+        }
+    }
+    for (size_t i = n - n % es; i < n; i++) p[i] = (uint8_t)(rng_next(&seed) >> 24);
+}
+
+static void test_shuffle_layout(void) {
+    const uint8_t src[11] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+    uint8_t dst[11], back[11];
+    ds_zchunk_shuffle(dst, src, 11, 4); /* two elements, three tail bytes */
+    const uint8_t want4[11] = {0, 4, 1, 5, 2, 6, 3, 7, 8, 9, 10};
+    CU_ASSERT_EQUAL(memcmp(dst, want4, 11), 0);
+    ds_zchunk_unshuffle(back, dst, 11, 4);
+    CU_ASSERT_EQUAL(memcmp(back, src, 11), 0);
+    ds_zchunk_shuffle(dst, src, 11, 2);
+    const uint8_t want2[11] = {0, 2, 4, 6, 8, 1, 3, 5, 7, 9, 10};
+    CU_ASSERT_EQUAL(memcmp(dst, want2, 11), 0);
+    ds_zchunk_unshuffle(back, dst, 11, 2);
+    CU_ASSERT_EQUAL(memcmp(back, src, 11), 0);
+    ds_zchunk_shuffle(dst, src, 11, 8);
+    const uint8_t want8[11] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}; /* one element: planes of one byte */
+    CU_ASSERT_EQUAL(memcmp(dst, want8, 11), 0);
+    ds_zchunk_shuffle(dst, src, 11, 1);
+    CU_ASSERT_EQUAL(memcmp(dst, src, 11), 0);
+}
+
+/* Encodes and decodes raw[0..n) with width w; returns the stored size and kind. */
+static size_t round_trip(ds_zchunk_enc *e, ds_zchunk_dec *d, const uint8_t *raw, size_t n, int w,
+                         ds_zchunk_kind *kind_out) {
+    const uint8_t *stored = NULL;
+    size_t sn = 0;
+    ds_zchunk_kind kind;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, w, &stored, &sn, &kind));
+    CU_ASSERT(sn <= n);
+    if (kind == DS_ZCHUNK_RAW) {
+        CU_ASSERT_PTR_EQUAL(stored, raw);
+        CU_ASSERT_EQUAL(sn, n);
+    } else {
+        CU_ASSERT(sn < n);
+    }
+    uint8_t *copy = malloc(sn ? sn : 1), *back = malloc(n ? n : 1);
+    memcpy(copy, stored, sn);
+    memset(back, 0xA5, n);
+    TU_ASSERT_OK(ds_zchunk_decode(d, kind, kind == DS_ZCHUNK_RAW ? 1 : w, copy, sn, back, n, "test chunk"));
+    CU_ASSERT(n == 0 || memcmp(back, raw, n) == 0);
+    free(copy);
+    free(back);
+    *kind_out = kind;
+    return sn;
+}
+
+static void test_round_trip_every_dtype(void) {
+    ds_zchunk_enc *e = NULL;
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(DS_ZCHUNK_DEFAULT_LEVEL, &e));
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    static const size_t sizes[] = {0, 1, 2, 3, 7, 100, 4097, 65536 + 3, (1u << 20) + 5};
+    for (int dt = 0; dt < DSCKPT_DTYPE_COUNT; dt++) {
+        int w = (int)dsckpt_dtype_size((dsckpt_dtype)dt);
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            size_t n = sizes[si];
+            uint8_t *raw = malloc(n ? n : 1);
+            ds_zchunk_kind kind;
+            weight_like(raw, n, (dsckpt_dtype)dt, (uint32_t)(dt * 100 + si));
+            size_t sn = round_trip(e, d, raw, n, w, &kind);
+            /* Weight-like data of a megabyte always shrinks (the exponent planes). */
+            if (n >= (1u << 20)) {
+                CU_ASSERT_EQUAL(kind, DS_ZCHUNK_ZSTD);
+                CU_ASSERT(sn < n);
+            }
+            /* Any width decodes what it encoded, whatever the data. */
+            for (int ow = 1; ow <= 8; ow *= 2) (void)round_trip(e, d, raw, n, ow, &kind);
+            free(raw);
+        }
+    }
+    ds_zchunk_enc_free(e);
+    ds_zchunk_dec_free(d);
+}
+
+static void test_bf16_exponents_compress(void) {
+    /* The point of the shuffle: bf16 weights shrink more shuffled than not. */
+    ds_zchunk_enc *e = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(DS_ZCHUNK_DEFAULT_LEVEL, &e));
+    size_t n = 4u << 20;
+    uint8_t *raw = malloc(n);
+    weight_like(raw, n, DSCKPT_BF16, 7);
+    const uint8_t *st;
+    size_t plain, shuf;
+    ds_zchunk_kind k;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 1, &st, &plain, &k));
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &st, &shuf, &k));
+    CU_ASSERT_EQUAL(k, DS_ZCHUNK_ZSTD);
+    CU_ASSERT(shuf < plain);
+    free(raw);
+    ds_zchunk_enc_free(e);
+}
+
+static void test_incompressible_stored_raw(void) {
+    ds_zchunk_enc *e = NULL;
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(19, &e));
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    static const size_t sizes[] = {1, 2, 64, 4096, 1u << 20};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        uint8_t *raw = malloc(sizes[si]);
+        random_bytes(raw, sizes[si], (uint32_t)si + 1);
+        for (int w = 1; w <= 8; w *= 2) {
+            ds_zchunk_kind kind;
+            size_t sn = round_trip(e, d, raw, sizes[si], w, &kind);
+            CU_ASSERT_EQUAL(kind, DS_ZCHUNK_RAW);
+            CU_ASSERT_EQUAL(sn, sizes[si]);
+        }
+        free(raw);
+    }
+    ds_zchunk_enc_free(e);
+    ds_zchunk_dec_free(d);
+}
+
+/* A compressed chunk of weight-like F32 values (malloc'd copy of the frame). */
+static uint8_t *make_frame(size_t n, uint8_t **raw_out, size_t *sn_out) {
+    ds_zchunk_enc *e = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(3, &e));
+    uint8_t *raw = malloc(n);
+    weight_like(raw, n, DSCKPT_F32, 42);
+    const uint8_t *st;
+    size_t sn;
+    ds_zchunk_kind k;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 4, &st, &sn, &k));
+    CU_ASSERT_EQUAL_FATAL(k, DS_ZCHUNK_ZSTD);
+    uint8_t *f = malloc(sn + 16);
+    memcpy(f, st, sn);
+    ds_zchunk_enc_free(e);
+    *raw_out = raw;
+    *sn_out = sn;
+    return f;
+}
+
+static void test_damaged_refused(void) {
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    size_t n = 256u << 10, sn;
+    uint8_t *raw, *f = make_frame(n, &raw, &sn), *back = malloc(n);
+    TU_ASSERT_OK(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c"));
+    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+    /* A flipped bit in the blocks or the checksum: the frame structure or zstd's
+     * checksum catches it. */
+    size_t where[] = {0, sn / 3, sn / 2, sn - 5, sn - 1};
+    for (size_t i = 0; i < sizeof where / sizeof where[0]; i++) {
+        f[where[i]] ^= 0x10;
+        CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c"), DSCKPT_ECORRUPT);
+        f[where[i]] ^= 0x10;
+    }
+    /* Some header bits are ignored by zstd (the frame descriptor's unused bit):
+     * wherever a flip lands, the chunk is refused or decodes to the right bytes,
+     * never to wrong ones. (The manifest's SHA-256 of the stored bytes catches
+     * every flip; this is the last line behind it.) */
+    for (size_t i = 0; i < sn; i += 1 + sn / 97) {
+        for (int bit = 0; bit < 8; bit += 3) {
+            f[i] ^= (uint8_t)(1u << bit);
+            memset(back, 0, n);
+            dsckpt_status st = ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c");
+            CU_ASSERT(st == DSCKPT_ECORRUPT || (st == DSCKPT_OK && memcmp(back, raw, n) == 0));
+            f[i] ^= (uint8_t)(1u << bit);
+        }
+    }
+    /* Truncated; followed by other bytes; the wrong width decodes but differs. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn - 1, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, 10, back, n, "c"), DSCKPT_ECORRUPT);
+    f[sn] = 0;
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn + 1, back, n, "c"), DSCKPT_ECORRUPT);
+    /* The manifest's raw size disagreeing with the frame's, either way. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n - 4, "c"), DSCKPT_ECORRUPT);
+    uint8_t *big = malloc(n + 4);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, big, n + 4, "c"), DSCKPT_ECORRUPT);
+    free(big);
+    /* Flag and sizes that cannot be: raw with another size or a width, zstd not smaller, bad width. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_RAW, 1, f, sn, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_RAW, 4, raw, n, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 3, f, sn, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, raw, n, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, (ds_zchunk_kind)7, 1, raw, n, back, n, "c"), DSCKPT_ECORRUPT);
+    /* Not a frame at all. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, raw, 100, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "c: ") == dsckpt_last_error());
+    free(f);
+    free(raw);
+    free(back);
+    ds_zchunk_dec_free(d);
+}
+
+static void test_bomb_refused(void) {
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    /* A claimed raw size past the limit is refused from the sizes alone: the
+     * output buffer is never touched (NULL here), nothing is allocated. */
+    uint8_t small[16] = {0};
+    CU_ASSERT_EQUAL(ds_zchunk_check(DS_ZCHUNK_ZSTD, 4, 16, DS_ZCHUNK_MAX_RAW + 1, "bomb"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, small, 16, NULL, (size_t)1 << 40, "bomb"),
+                    DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "claims") != NULL);
+    TU_ASSERT_OK(ds_zchunk_check(DS_ZCHUNK_ZSTD, 4, 16, DS_ZCHUNK_MAX_RAW, "ok"));
+    /* A tiny frame of 64 MiB of zeros, offered as a 1 MiB chunk: refused from its
+     * header, before a byte is decoded (the 1 MiB buffer is never overrun). */
+    size_t zn = 64u << 20, cap = ZSTD_compressBound(zn);
+    uint8_t *zeros = calloc(zn, 1), *fr = malloc(cap);
+    size_t fsn = ZSTD_compress(fr, cap, zeros, zn, 1);
+    CU_ASSERT_FATAL(!ZSTD_isError(fsn));
+    CU_ASSERT(fsn < 4096);
+    size_t rn = 1u << 20;
+    uint8_t *out = malloc(rn);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 1, fr, fsn, out, rn, "bomb"), DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "states 67108864 raw bytes") != NULL);
+    /* A frame that states no size at all (streamed) is refused too. */
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_outBuffer ob = {fr, cap, 0};
+    ZSTD_inBuffer ib = {zeros, rn, 0};
+    size_t rem = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
+    CU_ASSERT_EQUAL(rem, 0);
+    ZSTD_freeCCtx(cc);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 1, fr, ob.pos, out, rn, "bomb"), DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "does not state its size") != NULL);
+    free(zeros);
+    free(fr);
+    free(out);
+    ds_zchunk_dec_free(d);
+}
+
+static void test_levels_and_names(void) {
+    ds_zchunk_enc *e = NULL;
+    CU_ASSERT_EQUAL(ds_zchunk_enc_new(0, &e), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(ds_zchunk_enc_new(ZSTD_maxCLevel() + 1, &e), DSCKPT_EINVAL);
+    CU_ASSERT_PTR_NULL(e);
+    TU_ASSERT_OK(ds_zchunk_enc_new(ZSTD_maxCLevel(), &e));
+    uint8_t b[8] = {0};
+    const uint8_t *st;
+    size_t sn;
+    ds_zchunk_kind k;
+    CU_ASSERT_EQUAL(ds_zchunk_encode(e, b, 8, 3, &st, &sn, &k), DSCKPT_EINVAL);
+    ds_zchunk_enc_free(e);
+    ds_zchunk_enc_free(NULL);
+    ds_zchunk_dec_free(NULL);
+    CU_ASSERT_EQUAL(ds_zchunk_kind_parse("zstd"), DS_ZCHUNK_ZSTD);
+    CU_ASSERT_EQUAL(ds_zchunk_kind_parse("raw"), DS_ZCHUNK_RAW);
+    CU_ASSERT_EQUAL(ds_zchunk_kind_parse("lz4"), -1);
+    CU_ASSERT_EQUAL(ds_zchunk_kind_parse(NULL), -1);
+    CU_ASSERT_STRING_EQUAL(ds_zchunk_kind_name(DS_ZCHUNK_ZSTD), "zstd");
+}
+
+int main(void) {
+    static const tu_test tests[] = {
+        {"shuffle layout and inverse", test_shuffle_layout},
+        {"round trip, every dtype and width", test_round_trip_every_dtype},
+        {"bf16 exponent planes compress", test_bf16_exponents_compress},
+        {"incompressible chunks stored raw", test_incompressible_stored_raw},
+        {"damaged, truncated, padded chunks refused", test_damaged_refused},
+        {"decompression bombs refused before allocating", test_bomb_refused},
+        {"levels, widths, kind names", test_levels_and_names},
+        {NULL, NULL},
+    };
+    return tu_main("zchunk", tests);
+}
