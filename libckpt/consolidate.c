@@ -61,7 +61,7 @@ typedef struct cons {
     unit *units;
     size_t nunits;
     float **inbuf;       /* per worker */
-    uint16_t **outbuf;
+    void **outbuf;       /* per worker: BLOCK_ELEMS of the widest output (f32) */
     ds_progress prog;
 } cons;
 
@@ -84,6 +84,12 @@ static dsckpt_status copy_unit(void *u, size_t j, int worker) {
         outp = k->outbuf[worker];
     } else if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_F16) {
         ds_cast_f32_to_f16(in, k->outbuf[worker], (size_t)un->numel);
+        outp = k->outbuf[worker];
+    } else if (ot->src_dt == DSCKPT_BF16 && ot->out_dt == DSCKPT_F32) {
+        ds_cast_bf16_to_f32(in, k->outbuf[worker], (size_t)un->numel); /* exact */
+        outp = k->outbuf[worker];
+    } else if (ot->src_dt == DSCKPT_F16 && ot->out_dt == DSCKPT_F32) {
+        ds_cast_f16_to_f32(in, k->outbuf[worker], (size_t)un->numel); /* exact */
         outp = k->outbuf[worker];
     } else if (ies != oes) {
         return ds_err(DSCKPT_EINTERNAL, "no conversion from %s to %s", dsckpt_dtype_name(ot->src_dt),
@@ -209,8 +215,12 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
         ot->t = (uint32_t)i;
         ot->state = t->trainable ? DS_ST_FP32 : DS_ST_W16;
         ot->src_dt = ds_ckpt_state_dtype(c, ot->state, (uint32_t)i);
-        /* Frozen tensors keep their stored dtype, as DeepSpeed's converter does. */
+        /* Frozen tensors and buffers keep their stored dtype, except that --dtype
+         * fp32 upcasts 16-bit ones too (exact), as DeepSpeed's zero_to_fp32 writes
+         * every floating tensor in fp32; integer tensors are never converted. */
         ot->out_dt = t->trainable ? opts->dtype : ot->src_dt;
+        if (!t->trainable && opts->dtype == DSCKPT_F32 && (ot->src_dt == DSCKPT_BF16 || ot->src_dt == DSCKPT_F16))
+            ot->out_dt = DSCKPT_F32;
         total += t->numel * dsckpt_dtype_size(ot->out_dt);
     }
     /* Shards: greedy in tensor order, a tensor larger than the limit alone. */
@@ -285,7 +295,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *k.outbuf, &k.outbuf), done);
     for (int i = 0; i < threads; i++) {
         DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(double), &k.inbuf[i]), done);
-        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(uint16_t), &k.outbuf[i]), done);
+        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(float), &k.outbuf[i]), done);
     }
     k.prog.total = total;
     k.prog.fn = opts->progress;

@@ -39,7 +39,9 @@ static size_t check_file(const char *path, const ds_tensor *ts, size_t nt, dsckp
         CU_ASSERT_EQUAL(st->numel, ts[t].numel);
         CU_ASSERT_EQUAL(st->ndim, ts[t].ndim);
         for (int d = 0; d < st->ndim; d++) CU_ASSERT_EQUAL(st->shape[d], ts[t].shape[d]);
-        dsckpt_dtype want_dt = ts[t].trainable ? out : train; /* frozen keep their dtype */
+        /* frozen keep their dtype, except that fp32 output upcasts 16-bit ones */
+        bool upcast = !ts[t].trainable && out == DSCKPT_F32 && train != DSCKPT_F32;
+        dsckpt_dtype want_dt = ts[t].trainable ? out : upcast ? DSCKPT_F32 : train;
         CU_ASSERT_EQUAL(st->dtype, want_dt);
         size_t es = dsckpt_dtype_size(st->dtype);
         uint8_t *buf = malloc(st->numel * es + 1);
@@ -48,6 +50,11 @@ static size_t check_file(const char *path, const ds_tensor *ts, size_t nt, dsckp
         size_t bad = 0;
         for (uint64_t e = 0; e < st->numel; e++) {
             float v = ds_synth_value(seed, (uint32_t)t, s, e);
+            if (upcast) { /* the stored 16-bit value, widened exactly */
+                uint16_t hv = train == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v);
+                if (train == DSCKPT_BF16) ds_cast_bf16_to_f32_ref(&hv, &v, 1);
+                else ds_cast_f16_to_f32_ref(&hv, &v, 1);
+            }
             uint32_t want32;
             memcpy(&want32, &v, 4);
             if (st->dtype == DSCKPT_F32) {

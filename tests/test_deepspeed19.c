@@ -76,7 +76,7 @@ static uint8_t *st_bytes(const stfile *f, const char *name, const st_tensor **ou
 
 /* A consolidated file against truth.safetensors: fp32/ entries bitwise (or their
  * RNE cast when `out` is 16-bit), frozen/ and buffer/ entries in their own
- * dtypes, tied aliases as metadata, nothing else. */
+ * dtypes (16-bit ones upcast exactly when `out` is fp32), tied aliases as metadata, nothing else. */
 static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtype out) {
     char *tp = fixture_path(fx, "expected/truth.safetensors");
     stfile truth, got;
@@ -112,6 +112,17 @@ static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtyp
                 memcpy(&v, want + 4 * e, 4);
                 memcpy(&h, have + 2 * e, 2);
                 bad += (out == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v)) != h;
+            }
+            CU_ASSERT_EQUAL(bad, 0);
+        } else if (out == DSCKPT_F32 && tt->dtype == DSCKPT_BF16) { /* frozen: upcast exactly */
+            CU_ASSERT_EQUAL(gt->dtype, DSCKPT_F32);
+            size_t bad = 0;
+            for (uint64_t e = 0; e < tt->numel; e++) {
+                uint16_t h;
+                uint32_t w;
+                memcpy(&h, want + 2 * e, 2);
+                memcpy(&w, have + 4 * e, 4);
+                bad += w != (uint32_t)h << 16;
             }
             CU_ASSERT_EQUAL(bad, 0);
         } else {

@@ -189,6 +189,13 @@ def encode(f32, dtype):
     raise ValueError(dtype)
 
 
+def upcast_to_f32(data, dtype):
+    """16-bit bytes ("BF16" or "F16") widened to fp32 bytes (exact)."""
+    if dtype == "BF16":
+        return (np.frombuffer(data, "<u2").astype("<u4") << 16).tobytes()
+    return np.frombuffer(data, "<f2").astype("<f4").tobytes()
+
+
 def first_diff(got, want, esize):
     n = min(len(got), len(want))
     for i in range(0, n, esize):
@@ -301,8 +308,10 @@ def expected_consolidated(sy, out_dtype, exclude_frozen):
             continue
         if t["trainable"]:
             data, dt = encode(sy.state_values(i, ST_FP32), out_dtype), out_dtype
-        else:  # frozen: the stored 16-bit (training dtype) weights, unchanged
+        else:  # frozen: the stored 16-bit (training dtype) weights, unchanged,
             data, dt = sy.state_bytes(i, ST_W16)
+            if out_dtype == "F32" and dt in ("BF16", "F16"):  # but upcast (exactly) by --dtype fp32
+                data, dt = upcast_to_f32(data, dt), "F32"
         exp.append((t["name"], dt, t["shape"], data))
     return exp
 
@@ -586,7 +595,7 @@ def main():
             for sy in ckpts:
                 check_native(sy, sy.name, sy.stage, sy.world)
 
-        with Group("consolidate to one file: fp32 bitwise, bf16 RNE, fp16 numpy; frozen in training dtype"):
+        with Group("consolidate to one file: fp32 bitwise, bf16 RNE, fp16 numpy; frozen in training dtype (fp32: upcast)"):
             for sy in ckpts:
                 for dt, flag in (("F32", "fp32"), ("BF16", "bf16"), ("F16", "fp16")):
                     out = f"{sy.name}.{flag}.safetensors"
