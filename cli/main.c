@@ -293,9 +293,11 @@ static const char reshard_help[] =
     "does: OUT/<tag>_universal/zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt,\n"
     "zero/optimizer_state.pt, the model-states files, and OUT/latest_universal.\n"
     "DeepSpeed loads it at any world size with \"checkpoint\": {\"load_universal\": true}\n"
-    "(stages 1-3; --to is not needed). Universal checkpoints are read as sources too.\n"
+    "(stages 1-3; a ZeRO-0 source is refused; --to is not needed). Universal checkpoints are read as sources too.\n"
     "\n"
-    "From a Hugging Face Trainer checkpoint-N, OUT is the new checkpoint-N: the\n"
+    "From a Hugging Face Trainer checkpoint-N the default format is deepspeed (what\n"
+    "the Trainer resumes from; a note on stderr says so; --format native for the\n"
+    "native format), and OUT is the new checkpoint-N: the\n"
     "Trainer's trainer_state.json (best_model_checkpoint rewritten to OUT, or to\n"
     "OUT's sibling checkpoint-M), config.json, generation_config.json, tokenizer\n"
     "files and scheduler.pt (a restricted-pickle check: plain values only, else\n"
@@ -307,7 +309,8 @@ static const char reshard_help[] =
     "      --to M          new data-parallel world size (>= 1; required unless universal)\n"
     "  -o, --output OUT    output save root (default: see above)\n"
     "      --stage S       ZeRO stage of the output (0-3; default: the source's)\n"
-    "      --format F      native (default), deepspeed or universal\n"
+    "      --format F      native (default; deepspeed from a Trainer checkpoint-N),\n"
+    "                      deepspeed or universal\n"
     "      --force         replace an existing output (only a save root dsckpt\n"
     "                      wrote: a directory holding other files is refused)\n"
     "      --no-verify     do not check the SHA-256 of each chunk read (native)\n"
@@ -327,6 +330,27 @@ static bool parse_format(const char *s, dsckpt_format *f) {
     else if (!strcmp(s, "deepspeed")) *f = DSCKPT_FORMAT_DEEPSPEED;
     else if (!strcmp(s, "universal")) *f = DSCKPT_FORMAT_UNIVERSAL;
     else return false;
+    return true;
+}
+
+
+/* Whether c is a DeepSpeed checkpoint inside a Hugging Face Trainer checkpoint-N
+ * folder (its tag directory's parent is named checkpoint-<digits>). */
+static bool in_hf_checkpoint(const dsckpt_ckpt *c) {
+    dsckpt_info info;
+    dsckpt_ckpt_info(c, &info);
+    if (!info.format || strcmp(info.format, "deepspeed") || !info.dir) return false;
+    size_t n = strlen(info.dir);
+    while (n > 1 && info.dir[n - 1] == '/') n--;
+    while (n > 0 && info.dir[n - 1] != '/') n--; /* drop the tag */
+    while (n > 1 && info.dir[n - 1] == '/') n--;
+    size_t e = n;
+    while (n > 0 && info.dir[n - 1] != '/') n--;
+    const char *b = info.dir + n, *pre = "checkpoint-";
+    size_t len = e - n, lp = strlen(pre);
+    if (len <= lp || strncmp(b, pre, lp)) return false;
+    for (size_t i = lp; i < len; i++)
+        if (b[i] < '0' || b[i] > '9') return false;
     return true;
 }
 
@@ -351,7 +375,7 @@ static int cmd_reshard(int argc, char **argv) {
     do {                                                                    \
         if (nerr < 8) snprintf(errs[nerr++], sizeof errs[0], __VA_ARGS__); \
     } while (0)
-    bool format_bad = false;
+    bool format_bad = false, format_given = false;
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'M':
@@ -371,6 +395,7 @@ static int cmd_reshard(int argc, char **argv) {
                 RESHARD_ERR("--format must be native, deepspeed or universal (got '%s')", optarg);
                 format_bad = true;
             }
+            format_given = true;
             break;
         case 'V': co.no_verify = true; break;
         default:
@@ -422,6 +447,12 @@ static int cmd_reshard(int argc, char **argv) {
         return fail(st, "reshard");
     }
     dsckpt_ckpt_set_read_check(ck, !co.no_verify);
+    if (!format_given && in_hf_checkpoint(ck)) {
+        /* The Trainer resumes only from DeepSpeed's own files. */
+        o.format = DSCKPT_FORMAT_DEEPSPEED;
+        fprintf(stderr, "%s reshard: note: a Hugging Face Trainer checkpoint: writing DeepSpeed format (what the "
+                        "Trainer resumes from); pass --format native for the native format\n", prog);
+    }
     catch_stop_signals();
     cli_progress p;
     cli_progress_init(&p, "reshard", quiet);

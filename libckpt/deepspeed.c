@@ -17,6 +17,7 @@
  */
 #include "deepspeed.h"
 
+#include "cast.h"
 #include "fsutil.h"
 #include "partition.h"
 #include "pickle.h"
@@ -472,6 +473,28 @@ static dsckpt_status check_layout_markers(const ds_pt *m) {
     return DSCKPT_OK;
 }
 
+/* Index of the earlier `module` entry that entry k is a second name of (the same
+ * storage, offset, shape and strides: a tied weight pickled twice), or -1. */
+static int module_alias_of(const pk_obj *module, size_t k) {
+    const pk_obj *t = module->items[k];
+    if (t->kind != PK_TENSOR || !pk_as_str(module->keys[k])) return -1;
+    const pk_tensor *a = &t->tensor;
+    uint64_t n = 1;
+    for (int d = 0; d < a->ndim; d++) n *= a->shape[d];
+    if (n == 0) return -1;
+    for (size_t j = 0; j < k; j++) {
+        const pk_obj *u = module->items[j];
+        if (u->kind != PK_TENSOR || !pk_as_str(module->keys[j])) continue;
+        const pk_tensor *b = &u->tensor;
+        if (strcmp(a->storage_key, b->storage_key) || a->offset != b->offset || a->ndim != b->ndim || a->dtype != b->dtype)
+            continue;
+        bool same = true;
+        for (int d = 0; d < a->ndim && same; d++) same = a->shape[d] == b->shape[d] && a->stride[d] == b->stride[d];
+        if (same) return module_alias_of(module, j) >= 0 ? module_alias_of(module, j) : (int)j;
+    }
+    return -1;
+}
+
 /* Everything after the trainable tensors: frozen parameters, buffers, tied
  * weights, and the carried non-tensor state. x->model (x->nmodel files, by rank)
  * are registered; osd holds loss_scaler; pgs the param groups and steps[g] each
@@ -528,9 +551,10 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
         bool is_buffer = false;
         for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
             if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), name)) is_buffer = true;
-        bool is_alias = shared && shared->kind == PK_DICT && pk_get(shared, name);
+        bool is_alias = (shared && shared->kind == PK_DICT && pk_get(shared, name)) ||
+                        (stage == 0 && module_alias_of(module, k) >= 0);
         if (is_alias) continue;
-        if (!is_buffer && stage != 1) continue; /* stage 2/3 frozen come from fragments */
+        if (!is_buffer && stage > 1) continue; /* stage 2/3 frozen come from fragments */
         uint32_t ti;
         DS_TRY(add_tensor(c, tcap_p, name, t, t->tensor.dtype, false, is_buffer, -1, &ti));
         char ctx[300];
@@ -540,9 +564,21 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
         DS_TRY(add_frag(x, DS_ST_W16, ti, 0, n, m0->file_index, off, t->tensor.dtype));
     }
 
-    /* Tied weights: written once under the owner, aliases recorded. */
-    for (size_t k = 0; shared && shared->kind == PK_DICT && k < shared->n; k++) {
-        const char *alias = pk_as_str(shared->keys[k]), *src = pk_as_str(shared->items[k]);
+    /* Tied weights: written once under the owner, aliases recorded (from
+     * shared_params, or at stage 0, which saves none, from storage sharing). */
+    size_t nshared = shared && shared->kind == PK_DICT ? shared->n : 0;
+    size_t nmod = stage == 0 && module && module->kind == PK_DICT ? module->n : 0;
+    for (size_t k = 0; k < nshared + nmod; k++) {
+        const char *alias, *src;
+        if (k < nshared) {
+            alias = pk_as_str(shared->keys[k]);
+            src = pk_as_str(shared->items[k]);
+        } else {
+            int a = module_alias_of(module, k - nshared);
+            if (a < 0) continue;
+            alias = pk_as_str(module->keys[k - nshared]);
+            src = pk_as_str(module->keys[a]);
+        }
         int ti = src ? find_tensor(c, src) : -1;
         if (!alias || ti < 0 || find_tensor(c, alias) >= 0) continue;
         ds_tensor *t = &c->tensors[ti];
@@ -585,14 +621,192 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
     return st;
 }
 
+/* ---- ZeRO-0 (no partitioning) ---- */
+
+/* Whether the 16-bit module tensor `lp` holds the round-to-nearest-even cast of
+ * the fp32 master `hp` on their first elements (a cheap tie-break between
+ * module entries of one shape; the full data is read, checked, later). */
+static bool z0_prefix_matches(const ds_pt *m, const pk_obj *lp, const pk_obj *hp) {
+    enum { NPRE = 64 };
+    uint64_t loff, ln, hoff, hn;
+    if (lp->tensor.dtype != DSCKPT_BF16 && lp->tensor.dtype != DSCKPT_F16) return false;
+    if (tensor_loc(m, lp, DSCKPT_DTYPE_COUNT, &loff, &ln, "module entry") != DSCKPT_OK ||
+        tensor_loc(m, hp, DSCKPT_F32, &hoff, &hn, "fp32 master") != DSCKPT_OK) {
+        ds_err_clear();
+        return false;
+    }
+    size_t n = (size_t)DS_MIN(DS_MIN(ln, hn), (uint64_t)NPRE);
+    float f[NPRE];
+    uint16_t h[NPRE], want[NPRE];
+    if (ds_pread_full(m->fd, f, n * 4, hoff, m->path) != DSCKPT_OK ||
+        ds_pread_full(m->fd, h, n * 2, loff, m->path) != DSCKPT_OK) {
+        ds_err_clear();
+        return false;
+    }
+    if (lp->tensor.dtype == DSCKPT_BF16) ds_cast_f32_to_bf16(f, want, n);
+    else ds_cast_f32_to_f16(f, want, n);
+    return memcmp(h, want, n * 2) == 0;
+}
+
+static bool z0_same_shape(const pk_obj *t, const pk_obj *u) {
+    if (t->kind != PK_TENSOR || u->kind != PK_TENSOR || t->tensor.ndim != u->tensor.ndim) return false;
+    for (int d = 0; d < t->tensor.ndim; d++)
+        if (t->tensor.shape[d] != u->tensor.shape[d]) return false;
+    return true;
+}
+
+/* A ZeRO-0 checkpoint: everything is in mp_rank_00_model_states.pt. `module`
+ * holds the working weights, `optimizer` the optimizer's state_dict():
+ * - bf16/fp16: FP16_UnfusedOptimizer's (fp32_groups[g][k], the fp32 master of
+ *   the k-th parameter of group g; optimizer_state_dict: torch's, keyed by the
+ *   running parameter index);
+ * - fp32: torch's own (the module weights are the masters).
+ * The file names no optimizer entry (param_shapes and shared_params are None), so
+ * each is matched to the module entry of its shape, in module order within a
+ * group; with fp32 masters the candidate whose 16-bit weights are their cast is
+ * preferred. Module entries matched by no optimizer entry are frozen (or
+ * buffers); a second name of one storage is a tied alias. */
+static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
+    dsckpt_status st = DSCKPT_OK;
+    ds_pt *m = &x->model[0];
+    const char *what = m->path;
+    int *owner = NULL; /* module entry -> 1 + trainable index, 0 unmatched */
+    double *steps = NULL;
+    pk_obj *module = need(m->root, "module", PK_DICT, what, &st);
+    if (!module) return st;
+    pk_obj *opt = pk_get(m->root, "optimizer");
+    if (!opt || opt->kind == PK_NONE)
+        return ds_err(DSCKPT_EUNSUPPORTED,
+                      "%s: a ZeRO-0 checkpoint without optimizer state (saved with bf16 by DeepSpeed before 0.18.5, "
+                      "which dropped it, or by an engine without optimizer): nothing to consolidate from fp32 masters",
+                      what);
+    if (opt->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: 'optimizer' is not a dict", what);
+    if (pk_get(opt, "fp32_groups_flat"))
+        return ds_err(DSCKPT_EUNSUPPORTED,
+                      "%s: ZeRO-0 state of FP16_Optimizer (fused Adam, fp32_groups_flat) is not supported", what);
+    pk_obj *hp = pk_get(opt, "fp32_groups");
+    pk_obj *inner = hp ? pk_get(opt, "optimizer_state_dict") : opt;
+    pk_obj *state = inner ? pk_get(inner, "state") : NULL;
+    pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
+    if (!state || state->kind != PK_DICT || !pgs || pgs->kind != PK_LIST)
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: ZeRO-0 optimizer state of an unknown form (neither FP16_UnfusedOptimizer's "
+                                           "nor a torch optimizer's state_dict)", what);
+    if (hp && (hp->kind != PK_LIST || hp->n != pgs->n))
+        return ds_err(DSCKPT_ECORRUPT, "%s: fp32_groups has %zu groups, param_groups %zu", what,
+                      hp->kind == PK_LIST ? hp->n : 0, pgs->n);
+    int64_t W = 1;
+    if (!pk_as_int(pk_get(m->root, "dp_world_size"), &W) || W < 1 || W > 1000000) W = 1;
+    c->stage = 0;
+    c->world_size = (int)W;
+    int64_t gs = 0;
+    pk_as_int(pk_get(m->root, "global_steps"), &gs);
+    c->step = gs;
+    c->ngroups = (int)pgs->n;
+    pk_obj *bufnames = pk_get(m->root, "buffer_names");
+    DS_TRY(ds_calloc(module->n ? module->n : 1, sizeof *owner, &owner));
+    DS_TRYGOTO(ds_calloc(pgs->n ? pgs->n : 1, sizeof *steps, &steps), done);
+    dsckpt_dtype model_dt = DSCKPT_DTYPE_COUNT;
+    for (size_t g = 0; g < pgs->n; g++) {
+        pk_obj *ids = pk_get(pgs->items[g], "params");
+        pk_obj *hpg = hp ? hp->items[g] : NULL;
+        if (!ids || ids->kind != PK_LIST || (hpg && (hpg->kind != PK_LIST || hpg->n != ids->n))) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: param group %zu: 'params' missing or not matching fp32_groups[%zu]", what, g, g);
+            goto done;
+        }
+        steps[g] = -1;
+        size_t prev = 0; /* module position after the group's previous match */
+        for (size_t k = 0; k < ids->n; k++) {
+            int64_t id;
+            pk_obj *pst = pk_as_int(ids->items[k], &id) ? pk_get_int_key(state, id) : NULL;
+            pk_obj *ea = pst ? pk_get(pst, "exp_avg") : NULL, *eas = pst ? pk_get(pst, "exp_avg_sq") : NULL;
+            if (!pst || !ea || !eas) {
+                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: param group %zu entry %zu has no exp_avg/exp_avg_sq (an optimizer "
+                                                 "other than Adam, or a step never taken?)", what, g, k);
+                goto done;
+            }
+            if (steps[g] < 0) steps[g] = read_step(m, pk_get(pst, "step"));
+            const pk_obj *master = hpg ? hpg->items[k] : NULL;
+            const pk_obj *shape_of = master ? master : ea;
+            /* Candidates: unmatched, non-buffer, non-alias module tensors of this shape;
+             * the first at or after `prev` (wrapping), preferring a value match. */
+            long pick = -1, first = -1;
+            for (size_t s = 0; s < module->n && pick < 0; s++) {
+                size_t j = (prev + s) % module->n;
+                const char *nm = pk_as_str(module->keys[j]);
+                if (!nm || owner[j] || !z0_same_shape(module->items[j], shape_of) || module_alias_of(module, j) >= 0) continue;
+                bool is_buffer = false;
+                for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
+                    if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), nm)) is_buffer = true;
+                if (is_buffer) continue;
+                if (first < 0) first = (long)j;
+                if (!master || z0_prefix_matches(m, module->items[j], master)) pick = (long)j;
+            }
+            if (pick < 0) pick = first;
+            if (pick < 0) {
+                st = ds_err(DSCKPT_ECORRUPT, "%s: param group %zu entry %zu matches no parameter of its shape in 'module'",
+                            what, g, k);
+                goto done;
+            }
+            const pk_obj *lp = module->items[pick];
+            if (!master) master = lp; /* fp32: the module weights are the masters */
+            if (model_dt == DSCKPT_DTYPE_COUNT) model_dt = lp->tensor.dtype;
+            uint32_t ti;
+            DS_TRYGOTO(add_tensor(c, tcap, pk_as_str(module->keys[pick]), lp, lp->tensor.dtype, true, false, (int)g, &ti),
+                       done);
+            owner[pick] = (int)ti + 1;
+            prev = (size_t)pick + 1;
+            uint64_t n = c->tensors[ti].numel, off[3], cnt[3];
+            const pk_obj *src[3] = {master, ea, eas};
+            static const char *const kind[3] = {"fp32 master", "exp_avg", "exp_avg_sq"};
+            static const ds_state sts[3] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+            for (int q = 0; q < 3; q++) {
+                char ctx[400];
+                snprintf(ctx, sizeof ctx, "%s of '%s'", kind[q], c->tensors[ti].name);
+                DS_TRYGOTO(tensor_loc(m, src[q], DSCKPT_F32, &off[q], &cnt[q], ctx), done);
+                if (cnt[q] != n) {
+                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, the parameter %llu", what, ctx,
+                                (unsigned long long)cnt[q], (unsigned long long)n);
+                    goto done;
+                }
+                DS_TRYGOTO(add_frag(x, sts[q], ti, 0, n, m->file_index, off[q], DSCKPT_F32), done);
+            }
+        }
+    }
+    if (model_dt == DSCKPT_DTYPE_COUNT) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: ZeRO-0 checkpoint with no trainable parameters", what);
+        goto done;
+    }
+    c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
+    DS_TRYGOTO(model_tail(x, tcap, 0, (size_t)W, opt, pgs, steps, hp ? "FP16_UnfusedOptimizer" : "torch.optim"), done);
+done:
+    free(owner);
+    free(steps);
+    return st;
+}
+
 dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     scan sc;
     ds_open_ctx x = {.c = c};
     size_t tcap = 0;
     uint64_t *group_start = NULL;
     double *steps = NULL;
-    dsckpt_status st = scan_dir(c->dir, &sc, true);
+    dsckpt_status st = scan_dir(c->dir, &sc, false);
     if (st) goto done;
+    if (sc.nopt == 0 && sc.model_mp && sc.nmod3 == 0) { /* ZeRO-0: one model-states file */
+        DS_TRYGOTO(ds_calloc(1, sizeof *x.model, &x.model), done);
+        x.model[0].fd = -1;
+        x.nmodel = 1;
+        DS_TRYGOTO(pt_load(c->dir, "mp_rank_00_model_states.pt", 0, &x.model[0]), done);
+        DS_TRYGOTO(register_file(c, &x.model[0]), done);
+        DS_TRYGOTO(check_layout_markers(&x.model[0]), done);
+        DS_TRYGOTO(zero0_open(c, &x, &tcap), done);
+        goto finish;
+    }
+    if (sc.nopt == 0) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no *_optim_states.pt files%s: not a ZeRO checkpoint this tool reads", c->dir,
+                    sc.model_mp ? "" : " and no mp_rank_00_model_states.pt");
+        goto done;
+    }
     size_t W = sc.nopt;
     DS_TRYGOTO(ds_calloc(W, sizeof *x.optim, &x.optim), done);
     for (size_t r = 0; r < W; r++) x.optim[r].fd = -1;
@@ -836,6 +1050,7 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
                               : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer"),
                    done);
     }
+finish:
     c->format = ds_strdup("deepspeed");
     if (!c->tag) {
         c->tag = ds_basename(c->dir);

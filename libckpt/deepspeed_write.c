@@ -724,6 +724,151 @@ static dsckpt_status synth_optim_root(dsw_file *f) {
     return DSCKPT_OK;
 }
 
+/* ---- ZeRO-0: one model-states file holding everything ---- */
+
+/* The param group dict `src` (a template's, reused) or a synthesized AdamW one,
+ * with an empty 'params' list. */
+static dsckpt_status z0_param_group(dsw_file *f, size_t g, pk_obj *src, pk_obj **out) {
+    const ds_dsw_spec *sp = f->x->sp;
+    pk_obj *p = src;
+    if (!p || p->kind != PK_DICT) {
+        pk_obj *betas = pk_new(f->doc, PK_TUPLE);
+        OOM_IF(!(p = pk_new(f->doc, PK_DICT)) || !betas);
+        OOM_IF(!pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 0, 0.9))) ||
+               !pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 1, 0.999))));
+        DS_TRY(dset(f, p, "weight_decay", pk_new_float(f->doc, hp(sp, g, "weight_decay", -1, 0.01))));
+        DS_TRY(dset(f, p, "lr", pk_new_float(f->doc, hp(sp, g, "lr", -1, 1e-3))));
+        DS_TRY(dset(f, p, "betas", betas));
+        DS_TRY(dset(f, p, "eps", pk_new_float(f->doc, hp(sp, g, "eps", -1, 1e-8))));
+        DS_TRY(dset(f, p, "amsgrad", pk_new_bool(f->doc, false)));
+        DS_TRY(dset(f, p, "foreach", pk_new(f->doc, PK_NONE)));
+        DS_TRY(dset(f, p, "maximize", pk_new_bool(f->doc, false)));
+        DS_TRY(dset(f, p, "capturable", pk_new_bool(f->doc, false)));
+    }
+    pk_obj *ids = pk_new(f->doc, PK_LIST);
+    OOM_IF(!ids);
+    DS_TRY(dset(f, p, "params", ids));
+    *out = p;
+    return DSCKPT_OK;
+}
+
+/* mp_rank_00_model_states.pt at ZeRO-0, as DeepSpeed 0.19 writes it: `module`
+ * holds every weight (trainable ones cast from the fp32 masters), `optimizer`
+ * the optimizer's state_dict() — FP16_UnfusedOptimizer's (fp32_groups: the
+ * masters, one tensor per parameter) for bf16/fp16, torch's own for fp32 — with
+ * one Adam state per parameter, numbered through the groups in order. With a
+ * ZeRO-0 template everything else (scheduler, loss scale, hyper-parameters,
+ * client state) is carried from it. */
+static dsckpt_status zero0_root(dsw_file *f) {
+    const dsw_ctx *x = f->x;
+    const ds_dsw_spec *sp = x->sp;
+    pk_obj *root = NULL, *topt = NULL, *tinner = NULL;
+    if (x->have_tpl) {
+        f->tpl = &x->tmodel;
+        DS_TRY(tpl_parse(f->tpl, &f->doc, &root));
+        topt = pk_get(root, "optimizer");
+        if (!topt || topt->kind != PK_DICT) topt = NULL;
+        tinner = topt && pk_get(topt, "fp32_groups") ? pk_get(topt, "optimizer_state_dict") : topt;
+    } else {
+        OOM_IF(!(f->doc = pk_doc_new()));
+        DS_TRY(synth_model_root(f, 0)); /* module rebuilt below; shapes / shared_params as DeepSpeed saves them at stage 0 */
+        root = f->root;
+        DS_TRY(dset(f, root, "param_shapes", pk_new(f->doc, PK_NONE)));
+        DS_TRY(dset(f, root, "shared_params", pk_new(f->doc, PK_NONE)));
+    }
+    /* module: every tensor in full; tied aliases share their owner's storage. */
+    pk_obj *module = odict(f);
+    OOM_IF(!module);
+    for (size_t t = 0; t < sp->ntensors; t++) {
+        const ds_tensor *T = &sp->tensors[t];
+        pk_obj *o;
+        size_t si;
+        DS_TRY(new_tensor(f, T->trainable ? sp->model_dtype : T->dtype, T->numel, T->ndim, T->shape, false, &o, &si));
+        DS_TRY(add_piece(f, si, T->trainable ? DS_ST_FP32 : DS_ST_W16, (uint32_t)t, 0, T->numel, 0));
+        DS_TRY(dset(f, module, T->name, o));
+        for (size_t a = 0; a < T->naliases; a++) {
+            pk_obj *al = pk_new(f->doc, PK_TENSOR);
+            OOM_IF(!al);
+            al->tensor = o->tensor;
+            al->dtype = o->dtype;
+            DS_TRY(dset(f, module, T->aliases[a], al));
+        }
+    }
+    DS_TRY(dset(f, root, "module", module));
+    /* optimizer */
+    bool wrapped = sp->model_dtype != DSCKPT_F32;
+    pk_obj *inner = pk_new(f->doc, PK_DICT), *state = pk_new(f->doc, PK_DICT), *pgs = pk_new(f->doc, PK_LIST);
+    pk_obj *hpg = pk_new(f->doc, PK_LIST);
+    OOM_IF(!inner || !state || !pgs || !hpg);
+    pk_obj *tstate = tinner ? pk_get(tinner, "state") : NULL, *tpgs = tinner ? pk_get(tinner, "param_groups") : NULL;
+    int64_t idx = 0;
+    for (size_t g = 0; g < x->ng; g++) {
+        const dsw_group *G = &x->g[g];
+        pk_obj *pg, *hl = pk_new(f->doc, PK_LIST);
+        OOM_IF(!hl);
+        DS_TRY(z0_param_group(f, g, tpgs && tpgs->kind == PK_LIST && g < tpgs->n ? tpgs->items[g] : NULL, &pg));
+        pk_obj *ids = pk_get(pg, "params");
+        for (size_t k = 0; k < G->n; k++, idx++) {
+            const ds_tensor *T = &sp->tensors[G->t[k]];
+            pk_obj *e = pk_new(f->doc, PK_DICT), *stp = NULL, *o;
+            size_t si;
+            OOM_IF(!e || !pk_list_append(f->doc, ids, I(f, idx)));
+            pk_obj *te = tstate ? pk_get_int_key(tstate, idx) : NULL;
+            if (te && pk_get(te, "step")) DS_TRY(clone_tensor(f, pk_get(te, "step"), &stp));
+            else { /* the group's carried Adam step (FP16_UnfusedOptimizer's is one ahead), else the global step */
+                DS_TRY(step_tensor(f, &stp));
+                float v = (float)hp(sp, g, "step", -1, (double)sp->step);
+                memcpy(f->st[f->n - 1].inl, &v, 4);
+            }
+            DS_TRY(dset(f, e, "step", stp));
+            static const ds_state ms[2] = {DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+            static const char *const mk[2] = {"exp_avg", "exp_avg_sq"};
+            for (int q = 0; q < 2; q++) {
+                DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, false, &o, &si));
+                DS_TRY(add_piece(f, si, ms[q], G->t[k], 0, T->numel, 0));
+                DS_TRY(dset(f, e, mk[q], o));
+            }
+            OOM_IF(!pk_dict_set(f->doc, state, I(f, idx), e));
+            if (wrapped) {
+                DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, true, &o, &si));
+                DS_TRY(add_piece(f, si, DS_ST_FP32, G->t[k], 0, T->numel, 0));
+                OOM_IF(!pk_list_append(f->doc, hl, o));
+            }
+        }
+        OOM_IF(!pk_list_append(f->doc, pgs, pg) || !pk_list_append(f->doc, hpg, hl));
+    }
+    DS_TRY(dset(f, inner, "state", state));
+    DS_TRY(dset(f, inner, "param_groups", pgs));
+    pk_obj *opt = inner;
+    if (wrapped) {
+        bool dyn = sp->model_dtype == DSCKPT_F16;
+        opt = pk_new(f->doc, PK_DICT);
+        OOM_IF(!opt);
+        if (topt && pk_get(topt, "fp32_groups")) { /* the template's loss-scale entries, in its order */
+            for (size_t i = 0; i < topt->n; i++) {
+                const char *k = pk_as_str(topt->keys[i]);
+                if (k && strcmp(k, "optimizer_state_dict") && strcmp(k, "fp32_groups"))
+                    OOM_IF(!pk_dict_set(f->doc, opt, topt->keys[i], topt->items[i]));
+            }
+        } else {
+            DS_TRY(dset(f, opt, "dynamic_loss_scale", pk_new_bool(f->doc, dyn)));
+            DS_TRY(dset(f, opt, "cur_scale", pk_new_float(f->doc, dyn ? 65536.0 : 1.0)));
+            DS_TRY(dset(f, opt, "cur_iter", I(f, sp->step)));
+            if (dyn) {
+                DS_TRY(dset(f, opt, "last_overflow_iter", I(f, -1)));
+                DS_TRY(dset(f, opt, "scale_factor", pk_new_float(f->doc, 2.0)));
+                DS_TRY(dset(f, opt, "scale_window", I(f, 1000)));
+            }
+        }
+        DS_TRY(dset(f, opt, "optimizer_state_dict", inner));
+        DS_TRY(dset(f, opt, "fp32_groups", hpg));
+    }
+    DS_TRY(dset(f, root, "optimizer", opt));
+    DS_TRY(dset(f, root, "dp_world_size", I(f, x->M)));
+    f->root = root;
+    return DSCKPT_OK;
+}
+
 /* ---- per-rank edits (template or synthesized tree alike) ---- */
 
 static pk_obj *need(const dsw_file *f, const pk_obj *d, const char *key, pk_kind kind, dsckpt_status *st) {
@@ -1101,14 +1246,16 @@ static dsckpt_status job(void *u, size_t j, int worker) {
     bool model = j < R->nmodel;
     int rank = (int)(model ? j : j - R->nmodel);
     dsckpt_status st;
-    if (x->have_tpl) {
+    if (x->stage == 0) {
+        st = zero0_root(&f);
+    } else if (x->have_tpl) {
         f.tpl = model ? &x->tmodel : &x->toptim;
         st = tpl_parse(f.tpl, &f.doc, &f.root);
     } else {
         f.doc = pk_doc_new();
         st = f.doc ? (model ? synth_model_root(&f, rank) : synth_optim_root(&f)) : ds_err(DSCKPT_ENOMEM, "out of memory");
     }
-    if (!st) st = model ? edit_model(&f, rank) : edit_optim(&f, rank);
+    if (!st && x->stage != 0) st = model ? edit_model(&f, rank) : edit_optim(&f, rank);
     if (model) {
         if (x->stage == 3) snprintf(name, sizeof name, "zero_pp_rank_%d_mp_rank_00_model_states.pt", rank);
         else snprintf(name, sizeof name, "mp_rank_00_model_states.pt");
@@ -1152,26 +1299,32 @@ static dsckpt_status find_templates(dsw_ctx *x) {
 
 dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_progress *prog) {
     if (!sp || !tagdir || !sp->fill) return ds_err(DSCKPT_EINVAL, "ds_deepspeed_write: NULL argument");
-    if (sp->stage < 1 || sp->stage > 3)
-        return ds_err(DSCKPT_EUNSUPPORTED, "DeepSpeed files are written for ZeRO stages 1-3 (asked for stage %d)",
+    if (sp->stage < 0 || sp->stage > 3)
+        return ds_err(DSCKPT_EUNSUPPORTED, "DeepSpeed files are written for ZeRO stages 0-3 (asked for stage %d)",
                       sp->stage);
     if (sp->world_size < 1) return ds_err(DSCKPT_EINVAL, "world size must be at least 1");
     dsw_ctx x = {.sp = sp, .M = sp->world_size, .stage = sp->stage, .have_tpl = sp->template_dir != NULL, .align = 64};
     x.tmodel.fd = x.toptim.fd = -1;
     dsckpt_status st = DSCKPT_OK;
-    if (x.have_tpl) DS_TRYGOTO(find_templates(&x), done);
+    if (x.have_tpl && x.stage == 0) {
+        DS_TRYGOTO(tpl_open(sp->template_dir, "mp_rank_00_model_states.pt", &x.tmodel), done);
+        zip_torch_meta meta;
+        DS_TRYGOTO(zip_torch_meta_read(x.tmodel.fd, x.tmodel.zip, x.tmodel.path, &meta), done);
+        x.align = (uint32_t)meta.storage_alignment;
+    } else if (x.have_tpl) DS_TRYGOTO(find_templates(&x), done);
     else {
         snprintf(x.optim_prefix, sizeof x.optim_prefix, "%s", sp->model_dtype == DSCKPT_BF16 ? "bf16_" : "");
         x.bf16_opt = sp->bf16_optimizer && sp->stage == 1;
     }
     DS_TRYGOTO(make_groups(&x), done);
-    if (x.have_tpl && x.stage != 3) DS_TRYGOTO(load_alignment(&x), done);
+    if (x.have_tpl && x.stage != 3 && x.stage != 0) DS_TRYGOTO(load_alignment(&x), done);
     if (x.ng == 0) {
         st = ds_err(DSCKPT_EUNSUPPORTED, "no trainable parameters: DeepSpeed writes no optimizer partitions");
         goto done;
     }
     dsw_run R = {.x = &x, .dir = tagdir, .prog = prog, .nmodel = sp->stage == 3 ? (size_t)x.M : 1};
-    st = ds_parallel_run(R.nmodel + (size_t)x.M, ds_thread_count(sp->threads), job, &R, prog);
+    /* ZeRO-0 writes no optimizer files: its one model-states file holds the optimizer. */
+    st = ds_parallel_run(R.nmodel + (sp->stage == 0 ? 0 : (size_t)x.M), ds_thread_count(sp->threads), job, &R, prog);
 done:
     for (size_t g = 0; g < x.ng; g++) {
         free(x.g[g].t);

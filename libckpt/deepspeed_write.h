@@ -27,7 +27,7 @@
 typedef struct ds_dsw_spec {
     const ds_tensor *tensors;
     size_t ntensors;
-    int stage;               /* 1, 2 or 3 */
+    int stage;               /* 0, 1, 2 or 3 (0: one model-states file, no optimizer files) */
     int world_size;          /* M */
     int64_t step;
     dsckpt_dtype model_dtype;/* BF16, F16 or F32: the 16-bit (or fp32) working weights */

@@ -73,11 +73,6 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
                         c->stage);
             goto done;
         }
-        if (stage < 1) {
-            st = ds_err(DSCKPT_EUNSUPPORTED, "--format deepspeed writes ZeRO stages 1-3; this checkpoint is stage 0 "
-                                             "(pass --stage 1, 2 or 3)");
-            goto done;
-        }
         const cJSON *cfg = carried(c, "ds_config");
         ds_dsw_spec ds = {.tensors = c->tensors, .ntensors = c->ntensors, .stage = stage,
                           .world_size = opts->world_size, .step = c->step,

@@ -518,6 +518,11 @@ static const cJSON *carried(const dsckpt_ckpt *c, const char *key) {
 dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
     int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
     bool from_ds = c->format && !strcmp(c->format, "deepspeed");
+    if (from_ds && c->stage == 0)
+        return ds_err(DSCKPT_EUNSUPPORTED,
+                      "--format universal: this is a ZeRO-0 checkpoint, and DeepSpeed loads universal checkpoints only "
+                      "under ZeRO stages 1-3; ZeRO-0 state is not partitioned, so `--format deepspeed --to M` already "
+                      "resumes at any world size M");
     if (from_ds && stage != c->stage)
         return ds_err(DSCKPT_EUNSUPPORTED, "--format universal keeps the ZeRO stage of a DeepSpeed checkpoint (%d); drop --stage",
                       c->stage);

@@ -48,6 +48,7 @@ expect_in() {
 }
 
 TAGS="z1_ws2_bf16/ckpt/global_step3 z2_ws2_bf16_palign/ckpt/global_step3 z3_ws2_bf16/ckpt/global_step3
+z0_ws2_bf16/ckpt/global_step3 z0_ws2_fp32/ckpt/global_step3
 hf_trainer_z3/output/checkpoint-4/global_step4 hf_trainer_z3/output/checkpoint-12/global_step12"
 for tag in $TAGS; do
     run inspect "$FX/$tag"
@@ -124,6 +125,56 @@ chmod -R u+w "$T/tp"
 run inspect "$T/tp"
 expect_rc 5 "inspect of a TP checkpoint"
 expect_in err "mp_rank_01" "the TP file is named"
+
+# ZeRO-0 (everything in mp_rank_00_model_states.pt): read as stage 0 at its world
+# size; DeepSpeed format out at any M is one file again and consolidates to the same
+# bytes; universal output is refused (DeepSpeed loads universal only at stages 1-3).
+for fx in z0_ws2_bf16 z0_ws2_fp32; do
+    run inspect "$FX/$fx/ckpt"
+    expect_in out "zero stage   0" "$fx is ZeRO-0"
+    expect_in out "world size   2" "$fx world size from dp_world_size"
+    run consolidate "$FX/$fx/ckpt" -o "$T/$fx.a.safetensors" --dtype fp32 -q
+    expect_rc 0 "consolidate $fx"
+    for m in 1 3; do
+        rm -rf "$T/$fx.w$m"
+        run reshard "$FX/$fx/ckpt" --to $m --format deepspeed -o "$T/$fx.w$m" -q
+        expect_rc 0 "reshard --format deepspeed $fx --to $m"
+        [ "$(ls "$T/$fx.w$m/global_step3")" = "mp_rank_00_model_states.pt" ] && ok || bad "$fx --to $m: not one model-states file"
+        run inspect "$T/$fx.w$m"
+        expect_in out "world size   $m" "$fx --to $m reads back at $m"
+        rm -f "$T/$fx.b.safetensors"
+        run consolidate "$T/$fx.w$m" -o "$T/$fx.b.safetensors" --dtype fp32 -q
+        cmp -s "$T/$fx.a.safetensors" "$T/$fx.b.safetensors" && ok || bad "$fx --to $m consolidates differently"
+    done
+    run reshard "$FX/$fx/ckpt" --format universal -o "$T/$fx.uni" -q
+    expect_rc 5 "universal from $fx"
+    expect_in err "ZeRO-0" "universal refusal names ZeRO-0"
+done
+# A ZeRO-0 file without optimizer state (DeepSpeed before the bf16 fix) is refused as unsupported.
+mkdir -p "$T/noopt/global_step3"
+python3 - "$FX/z0_ws2_fp32/ckpt/global_step3/mp_rank_00_model_states.pt" "$T/noopt/global_step3/mp_rank_00_model_states.pt" <<'PYEOF'
+import sys, zipfile
+# The pickle's 'optimizer' value is torch's state_dict: replace the file's pickle by one
+# whose root dict has optimizer None (tensors kept, so the file stays a torch.save zip).
+src, dst = sys.argv[1], sys.argv[2]
+zin = zipfile.ZipFile(src)
+names = zin.namelist()
+pkl_name = [n for n in names if n.endswith("/data.pkl")][0]
+data = zin.read(pkl_name)
+key = b"X\t\x00\x00\x00optimizer"
+i = data.find(key)
+assert i > 0, "no optimizer key"
+# the value that follows is a dict opened with '}' (EMPTY_DICT); point the key at None
+# instead by renaming it, so 'optimizer' is absent
+data = data[:i] + b"X\t\x00\x00\x00optimizeX" + data[i + len(key):]
+with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+    for n in names:
+        zout.writestr(zin.getinfo(n), data if n == pkl_name else zin.read(n))
+PYEOF
+echo global_step3 > "$T/noopt/latest"
+run inspect "$T/noopt"
+expect_rc 5 "a ZeRO-0 checkpoint without optimizer state"
+expect_in err "without optimizer state" "the refusal says what is missing"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -573,8 +573,22 @@ expect_rc 0 "synth --format deepspeed"
 run inspect ds_synth
 expect_in out "format       deepspeed" "inspect sees DeepSpeed files from synth"
 run synth --format deepspeed -o ds_synth0 --params 200k --world-size 2 --stage 0 -q
-expect_rc 5 "synth --format deepspeed at stage 0 is refused as unsupported"
-[ ! -e ds_synth0 ] && ok "nothing written for stage 0" || bad "ds_synth0 was created"
+expect_rc 0 "synth --format deepspeed at stage 0 (ZeRO-0: one model-states file holding the optimizer)"
+[ "$(ls ds_synth0/global_step100)" = "mp_rank_00_model_states.pt" ] && ok "ZeRO-0 writes one file" ||
+    bad "ZeRO-0 files: $(ls ds_synth0/global_step100 | tr '\n' ' ')"
+run inspect ds_synth0
+expect_in out "zero stage   0" "inspect reads the ZeRO-0 files back as stage 0"
+run verify ds_synth0
+expect_rc 0 "verify the ZeRO-0 files"
+run synth -o nat_synth0 --params 200k --world-size 2 --stage 0 -q
+run consolidate ds_synth0 -o ds_synth0.safetensors --dtype fp32 -q
+run consolidate nat_synth0 -o nat_synth0.safetensors --dtype fp32 -q
+cmp -s ds_synth0.safetensors nat_synth0.safetensors && ok "ZeRO-0 DeepSpeed files consolidate to the same bytes as native" ||
+    bad "ZeRO-0 DeepSpeed consolidate differs from the native one"
+run reshard ds_synth0 --format universal -o ds_synth0_uni -q
+expect_rc 5 "universal output from a ZeRO-0 DeepSpeed checkpoint is refused as unsupported"
+expect_in err "ZeRO-0" "the refusal names ZeRO-0"
+[ ! -e ds_synth0_uni ] && ok "nothing written for the refused universal output" || bad "ds_synth0_uni was created"
 
 # --------------------------------------------------------------------------------
 echo "$PASS passed, $FAIL failed"

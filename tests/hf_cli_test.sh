@@ -100,6 +100,30 @@ else
     bad "the new output_dir's best checkpoint is global_step4 at 3 ranks"
 fi
 
+# Without --format, a Trainer checkpoint-N is written in DeepSpeed format (what the
+# Trainer resumes from), with a one-line note; --format native only when asked.
+run reshard out -t checkpoint-4 --to 2 -o w3/default
+expect 0 "reshard of a checkpoint-N with no --format"
+has "$T/stderr" "note: a Hugging Face Trainer checkpoint: writing DeepSpeed format" "the default is announced"
+if [ "$(grep -c 'note:' "$T/stderr")" -eq 1 ]; then ok; else bad "one note line, got: $(cat "$T/stderr")"; fi
+if [ -f w3/default/global_step4/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt ] &&
+    [ ! -e w3/default/global_step4/manifest.json ]; then ok; else bad "default output is not DeepSpeed's files: $(ls w3/default/global_step4 | tr '\n' ' ')"; fi
+run inspect w3/default --json
+if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["format"] != "deepspeed")' "$T/stdout"; then
+    ok
+else
+    bad "default output reads back as deepspeed"
+fi
+run reshard out/checkpoint-4 --to 2 -o w3/native --format native -q
+expect 0 "reshard of a checkpoint-N with --format native"
+if [ ! -s "$T/stderr" ]; then ok; else bad "no note with an explicit --format: $(cat "$T/stderr")"; fi
+run inspect w3/native --json
+if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["format"] != "dsckpt")' "$T/stdout"; then
+    ok
+else
+    bad "--format native writes the native format"
+fi
+
 # Python's json writes NaN for a non-finite grad_norm (an fp16 overflow step): read
 # and written back as such.
 sed -i 's/"grad_norm": 1.4482343179435648/"grad_norm": NaN/' out/checkpoint-12/trainer_state.json

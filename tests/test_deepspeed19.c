@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 /* Fixtures with an expected/truth.safetensors (save root = ckpt/). */
-static const char *fixtures[] = {"z1_ws2_bf16", "z2_ws2_bf16_palign", "z3_ws2_bf16"};
+static const char *fixtures[] = {"z1_ws2_bf16", "z2_ws2_bf16_palign", "z3_ws2_bf16", "z0_ws2_bf16", "z0_ws2_fp32"};
 #define NFIX (sizeof fixtures / sizeof fixtures[0])
 /* The HF Trainer's DeepSpeed tag directories. */
 static const char *hf_tags[] = {"hf_trainer_z3/output/checkpoint-4/global_step4",
@@ -572,10 +572,10 @@ static int roundtrip_tree(const char *path) {
 static void test_pickle_round_trip(void) {
     char *root = fx_path("");
     int n = roundtrip_tree(root);
-    /* 3 + 3 + 4 DeepSpeed files; per HF checkpoint 4 DeepSpeed files, 2 rng
-     * states, scheduler, training_args; final's training_args; zero_to_fp32's
-     * pytorch_model.bin. */
-    CU_ASSERT_EQUAL(n, 10 + 2 * 8 + 1 + 1);
+    /* 3 + 3 + 4 + 1 + 1 DeepSpeed files; per HF checkpoint 4 DeepSpeed files, 2
+     * rng states, scheduler, training_args; final's training_args;
+     * zero_to_fp32's pytorch_model.bin. */
+    CU_ASSERT_EQUAL(n, 12 + 2 * 8 + 1 + 1);
     free(root);
 }
 

@@ -149,6 +149,61 @@ def model_states_path(save_dir, tag):
     raise FileNotFoundError(f"no mp_rank_00_model_states.pt / zero_pp_rank_0_mp_rank_00_model_states.pt in {d}")
 
 
+def zero0_groups(torch, sd, buffer_names):
+    """ZeRO-0 saves no param_shapes / shared_params: tied names are second names of one storage
+    in `module`; each optimizer entry (FP16_UnfusedOptimizer's fp32_groups[g][k], or torch's
+    state of the k-th parameter of group g) is the module entry of its shape, in module order
+    within the group, preferring the one whose working weights are the fp32 master's cast."""
+    module_sd = sd["module"]
+    shared, seen = {}, {}
+    for name, t in module_sd.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            shared[name] = seen[key]
+        else:
+            seen.setdefault(key, name)
+    opt = sd.get("optimizer") or {}
+    hp = opt.get("fp32_groups")
+    inner = opt["optimizer_state_dict"] if hp is not None else opt
+    names = [n for n in module_sd if n not in buffer_names and n not in shared]
+    taken, groups = set(), []
+    for g, pg in enumerate(inner["param_groups"]):
+        out, prev = [], 0
+        for k, idx in enumerate(pg["params"]):
+            master = hp[g][k] if hp is not None else None
+            shape = tuple((master if master is not None else inner["state"][idx]["exp_avg"]).shape)
+            order = names[prev:] + names[:prev]
+            cands = [n for n in order if n not in taken and tuple(module_sd[n].shape) == shape]
+            pick = None
+            for n in cands:
+                if master is None or torch.equal(master.to(module_sd[n].dtype), module_sd[n]):
+                    pick = n
+                    break
+            pick = pick or (cands[0] if cands else None)
+            if pick is None:
+                raise ValueError(f"ZeRO-0: optimizer entry {g}/{k} of shape {shape} matches no module entry")
+            taken.add(pick)
+            prev = names.index(pick) + 1
+            out.append((pick, shape))
+        groups.append(out)
+    return shared, groups
+
+
+def zero0_full(engine, p, kind):
+    """ZeRO-0 (safe_get_full_* return None there): fp32 master / Adam moment of parameter p."""
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)
+    hp = p
+    if hasattr(opt, "fp32_groups") and hasattr(opt, "fp16_groups"):
+        for lg, hg in zip(opt.fp16_groups, opt.fp32_groups):
+            for lp, h in zip(lg, hg):
+                if lp is p:
+                    hp = h
+    if kind == "fp32":
+        return hp.detach().float()
+    return inner.state[hp][kind]
+
+
 def build_model(torch, sd, stage):
     """A module tree whose state_dict keys, parameter identities and shapes match the checkpoint."""
     nn = torch.nn
@@ -156,6 +211,8 @@ def build_model(torch, sd, stage):
     buffer_names = list(sd.get("buffer_names") or [])
     shared = dict(sd.get("shared_params") or {})
     groups = [list(g.items()) for g in (sd.get("param_shapes") or [])]
+    if stage == 0 and not groups:
+        shared, groups = zero0_groups(torch, sd, buffer_names)
     trainable = collections.OrderedDict()
     for g in groups:
         for name, shape in g:
@@ -397,6 +454,9 @@ def worker(args):
         verdict["local_partition_numel"] = local_numel
         verdict["adam_step"] = sorted(steps)
         expected_step = float(sd.get("global_steps", 0) - sd.get("skipped_steps", 0))
+        if verdict["optimizer_class"] == "FP16_UnfusedOptimizer":
+            # its initialize_optimizer_states() takes one Adam step on zero gradients at start-up
+            expected_step += 1
         if steps and steps != {expected_step} and not args.no_step_check:
             bad("state", "step", f"{sorted(steps)} != global_steps-skipped_steps={expected_step}")
 
@@ -416,9 +476,12 @@ def worker(args):
             # every rank must issue the same collectives in the same order: iterate in a fixed order
             for name in trainable:
                 p = params[name]
-                got = {"fp32": safe_get_full_fp32_param(p),
-                       "exp_avg": safe_get_full_optimizer_state(p, "exp_avg"),
-                       "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq")}
+                if stage == 0:
+                    got = {k: zero0_full(engine, p, k) for k in ("fp32", "exp_avg", "exp_avg_sq")}
+                else:
+                    got = {"fp32": safe_get_full_fp32_param(p),
+                           "exp_avg": safe_get_full_optimizer_state(p, "exp_avg"),
+                           "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq")}
                 for kind, val in got.items():
                     key = f"{kind}/{name}"
                     if key not in truth:
@@ -494,11 +557,13 @@ def worker(args):
         # ---- optional training step ----
         if args.train_step:
             x = torch.ones(2, 3)
-            before = safe_get_full_fp32_param(params[next(iter(trainable))]).clone()
+            first = params[next(iter(trainable))]
+            full = (lambda q: zero0_full(engine, q, "fp32")) if stage == 0 else safe_get_full_fp32_param
+            before = full(first).clone()
             loss = engine(x)
             engine.backward(loss)
             engine.step()
-            after = safe_get_full_fp32_param(params[next(iter(trainable))])
+            after = full(first)
             verdict["train_step"] = {"loss": float(loss.item()), "global_steps": engine.global_steps,
                                      "first_param_changed": bool(not torch.equal(before, after))}
             if not torch.isfinite(loss).item():
