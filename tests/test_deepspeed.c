@@ -100,6 +100,20 @@ static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtyp
                 bad += w != h;
             }
             CU_ASSERT_EQUAL(bad, 0);
+        } else if (out == DSCKPT_F32 && (tt->dtype == DSCKPT_BF16 || tt->dtype == DSCKPT_F16)) {
+            /* frozen / buffer: --dtype fp32 upcasts 16-bit tensors exactly (as zero_to_fp32) */
+            CU_ASSERT_EQUAL(gt->dtype, DSCKPT_F32);
+            size_t bad = 0;
+            for (uint64_t e = 0; e < tt->numel; e++) {
+                uint16_t h;
+                float w, g;
+                memcpy(&h, want + 2 * e, 2);
+                if (tt->dtype == DSCKPT_BF16) ds_cast_bf16_to_f32_ref(&h, &w, 1);
+                else ds_cast_f16_to_f32_ref(&h, &w, 1);
+                memcpy(&g, have + 4 * e, 4);
+                bad += memcmp(&w, &g, 4) != 0;
+            }
+            CU_ASSERT_EQUAL(bad, 0);
         } else {
             CU_ASSERT_EQUAL(gt->dtype, tt->dtype);
             bool same = gt->end - gt->begin == tt->end - tt->begin &&
