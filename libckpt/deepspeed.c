@@ -55,6 +55,7 @@ typedef struct ds_open_ctx {
     ds_pt *model;   /* 1 entry (stage 0-2) or W entries (stage 3), by rank */
     size_t nmodel;
     size_t cap_frags[DS_NSTATES];
+    int *z0_alias;  /* stage 0: module entry -> the entry it is a second name of, or -1 */
 } ds_open_ctx;
 
 /* ---- directory scan ---- */
@@ -473,26 +474,58 @@ static dsckpt_status check_layout_markers(const ds_pt *m) {
     return DSCKPT_OK;
 }
 
-/* Index of the earlier `module` entry that entry k is a second name of (the same
- * storage, offset, shape and strides: a tied weight pickled twice), or -1. */
-static int module_alias_of(const pk_obj *module, size_t k) {
-    const pk_obj *t = module->items[k];
-    if (t->kind != PK_TENSOR || !pk_as_str(module->keys[k])) return -1;
-    const pk_tensor *a = &t->tensor;
-    uint64_t n = 1;
-    for (int d = 0; d < a->ndim; d++) n *= a->shape[d];
-    if (n == 0) return -1;
-    for (size_t j = 0; j < k; j++) {
-        const pk_obj *u = module->items[j];
-        if (u->kind != PK_TENSOR || !pk_as_str(module->keys[j])) continue;
-        const pk_tensor *b = &u->tensor;
-        if (strcmp(a->storage_key, b->storage_key) || a->offset != b->offset || a->ndim != b->ndim || a->dtype != b->dtype)
-            continue;
-        bool same = true;
-        for (int d = 0; d < a->ndim && same; d++) same = a->shape[d] == b->shape[d] && a->stride[d] == b->stride[d];
-        if (same) return module_alias_of(module, j) >= 0 ? module_alias_of(module, j) : (int)j;
+/* For every `module` entry, the index of the earliest entry it is a second name
+ * of (the same storage, offset, dtype, shape and strides: a tied weight pickled
+ * twice), or -1. Sorted, so O(n log n) for any number of entries. */
+typedef struct alias_key {
+    const pk_tensor *t;
+    size_t k;
+} alias_key;
+
+static int alias_cmp(const void *pa, const void *pb) {
+    const alias_key *a = pa, *b = pb;
+    int c = strcmp(a->t->storage_key, b->t->storage_key);
+    if (c) return c;
+    if (a->t->offset != b->t->offset) return a->t->offset < b->t->offset ? -1 : 1;
+    if (a->t->dtype != b->t->dtype) return a->t->dtype < b->t->dtype ? -1 : 1;
+    if (a->t->ndim != b->t->ndim) return a->t->ndim < b->t->ndim ? -1 : 1;
+    for (int d = 0; d < a->t->ndim; d++) {
+        if (a->t->shape[d] != b->t->shape[d]) return a->t->shape[d] < b->t->shape[d] ? -1 : 1;
+        if (a->t->stride[d] != b->t->stride[d]) return a->t->stride[d] < b->t->stride[d] ? -1 : 1;
     }
-    return -1;
+    return a->k < b->k ? -1 : a->k > b->k;
+}
+
+static dsckpt_status module_aliases(const pk_obj *module, int **out) {
+    size_t n = module && module->kind == PK_DICT ? module->n : 0, m = 0;
+    int *al = NULL;
+    alias_key *keys = NULL;
+    DS_TRY(ds_calloc(n ? n : 1, sizeof *al, &al));
+    dsckpt_status st = ds_calloc(n ? n : 1, sizeof *keys, &keys);
+    if (st) {
+        free(al);
+        return st;
+    }
+    for (size_t k = 0; k < n; k++) {
+        al[k] = -1;
+        const pk_obj *t = module->items[k];
+        if (t->kind != PK_TENSOR || !pk_as_str(module->keys[k]) || !t->tensor.storage_key) continue;
+        uint64_t numel = 1;
+        for (int d = 0; d < t->tensor.ndim; d++) numel *= t->tensor.shape[d];
+        if (numel) keys[m++] = (alias_key){&t->tensor, k};
+    }
+    qsort(keys, m, sizeof *keys, alias_cmp);
+    for (size_t i = 1; i < m; i++) {
+        alias_key a = keys[i - 1], b = keys[i];
+        b.k = a.k; /* equal up to the index: a second name of the run's first entry */
+        if (alias_cmp(&a, &b) == 0) {
+            size_t first = al[keys[i - 1].k] >= 0 ? (size_t)al[keys[i - 1].k] : keys[i - 1].k;
+            al[keys[i].k] = (int)first;
+        }
+    }
+    free(keys);
+    *out = al;
+    return DSCKPT_OK;
 }
 
 /* Everything after the trainable tensors: frozen parameters, buffers, tied
@@ -505,6 +538,7 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
     dsckpt_ckpt *c = x->c;
     const ds_pt *m0 = &x->model[0];
     pk_obj *module = pk_get(m0->root, "module");
+    const int *z0_alias = stage == 0 ? x->z0_alias : NULL; /* stage 0 saves no shared_params */
     pk_obj *bufnames = pk_get(m0->root, "buffer_names");
     pk_obj *shared = pk_get(m0->root, "shared_params");
     /* Frozen parameters. */
@@ -552,7 +586,7 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
         for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
             if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), name)) is_buffer = true;
         bool is_alias = (shared && shared->kind == PK_DICT && pk_get(shared, name)) ||
-                        (stage == 0 && module_alias_of(module, k) >= 0);
+                        (z0_alias && z0_alias[k] >= 0);
         if (is_alias) continue;
         if (!is_buffer && stage > 1) continue; /* stage 2/3 frozen come from fragments */
         uint32_t ti;
@@ -567,14 +601,14 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
     /* Tied weights: written once under the owner, aliases recorded (from
      * shared_params, or at stage 0, which saves none, from storage sharing). */
     size_t nshared = shared && shared->kind == PK_DICT ? shared->n : 0;
-    size_t nmod = stage == 0 && module && module->kind == PK_DICT ? module->n : 0;
+    size_t nmod = z0_alias && module && module->kind == PK_DICT ? module->n : 0;
     for (size_t k = 0; k < nshared + nmod; k++) {
         const char *alias, *src;
         if (k < nshared) {
             alias = pk_as_str(shared->keys[k]);
             src = pk_as_str(shared->items[k]);
         } else {
-            int a = module_alias_of(module, k - nshared);
+            int a = z0_alias[k - nshared];
             if (a < 0) continue;
             alias = pk_as_str(module->keys[k - nshared]);
             src = pk_as_str(module->keys[a]);
@@ -670,7 +704,7 @@ static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
     dsckpt_status st = DSCKPT_OK;
     ds_pt *m = &x->model[0];
     const char *what = m->path;
-    int *owner = NULL; /* module entry -> 1 + trainable index, 0 unmatched */
+    int *owner = NULL; /* module entry -> 1 + trainable index, 0 unmatched, -1 never a parameter */
     double *steps = NULL;
     pk_obj *module = need(m->root, "module", PK_DICT, what, &st);
     if (!module) return st;
@@ -703,7 +737,19 @@ static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
     c->step = gs;
     c->ngroups = (int)pgs->n;
     pk_obj *bufnames = pk_get(m->root, "buffer_names");
+    DS_TRY(module_aliases(module, &x->z0_alias));
     DS_TRY(ds_calloc(module->n ? module->n : 1, sizeof *owner, &owner));
+    /* Entries that cannot be a trainable parameter: no name, not a tensor, a tied
+     * second name, a buffer (marked as owned, -1). */
+    for (size_t j = 0; j < module->n; j++) {
+        const char *nm = pk_as_str(module->keys[j]);
+        if (!nm || module->items[j]->kind != PK_TENSOR || x->z0_alias[j] >= 0) owner[j] = -1;
+    }
+    for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++) {
+        pk_obj *bi = pk_as_str(bufnames->items[b]) ? pk_get(module, pk_as_str(bufnames->items[b])) : NULL;
+        for (size_t j = 0; bi && j < module->n; j++)
+            if (module->items[j] == bi) owner[j] = -1;
+    }
     DS_TRYGOTO(ds_calloc(pgs->n ? pgs->n : 1, sizeof *steps, &steps), done);
     dsckpt_dtype model_dt = DSCKPT_DTYPE_COUNT;
     for (size_t g = 0; g < pgs->n; g++) {
@@ -732,12 +778,7 @@ static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
             long pick = -1, first = -1;
             for (size_t s = 0; s < module->n && pick < 0; s++) {
                 size_t j = (prev + s) % module->n;
-                const char *nm = pk_as_str(module->keys[j]);
-                if (!nm || owner[j] || !z0_same_shape(module->items[j], shape_of) || module_alias_of(module, j) >= 0) continue;
-                bool is_buffer = false;
-                for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++)
-                    if (pk_as_str(bufnames->items[b]) && !strcmp(pk_as_str(bufnames->items[b]), nm)) is_buffer = true;
-                if (is_buffer) continue;
+                if (owner[j] || !z0_same_shape(module->items[j], shape_of)) continue;
                 if (first < 0) first = (long)j;
                 if (!master || z0_prefix_matches(m, module->items[j], master)) pick = (long)j;
             }
@@ -1062,6 +1103,7 @@ done:
     for (size_t r = 0; r < x.nmodel; r++) pt_close(&x.model[r]);
     free(x.optim);
     free(x.model);
+    free(x.z0_alias);
     free(group_start);
     free(steps);
     scan_free(&sc);

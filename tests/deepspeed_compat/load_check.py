@@ -417,7 +417,7 @@ def worker(args):
             bad("meta", "global_steps", f"{engine.global_steps} != {sd.get('global_steps')}")
 
         # ---- structural checks on this rank's optimizer state ----
-        inner = engine.optimizer.optimizer  # the torch AdamW
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch AdamW (ZeRO-0 fp32: itself)
         steps = set()
         n_groups = len(inner.param_groups)
         verdict["optimizer_groups"] = n_groups

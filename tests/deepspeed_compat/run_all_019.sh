@@ -21,6 +21,9 @@
 #   from_pretrained  from_pretrained_check.py (and hf_from_pretrained.py when present):
 #                    from_pretrained on `dsckpt consolidate` output vs DeepSpeed's own
 #                    zero_to_fp32 path, logits max abs diff 0
+# ZeRO-0 fixtures (Z0_FIXTURES, default "z0_ws2_bf16 z0_ws2_fp32") join the deepspeed check at
+# Z0_SIZES (default "1 2"), each load with a training step; they have no universal check
+# (refused: DeepSpeed loads universal checkpoints only at stages 1-3).
 # Environment: FIXTURES (default "z1_ws2_bf16 z2_ws2_bf16_palign z3_ws2_bf16"), SIZES
 # (default "1 2 3 4"), TRAIN_STEP_SIZES ("3"), UNIVERSAL_SIZES ("1 3"), HF_SIZES ("1 3"),
 # TIMEOUT (s per check, 1800). DeepSpeed's shared-memory op is not built (load_check.py
@@ -42,6 +45,8 @@ FX=$ROOT/fixtures/deepspeed-0.19
 CHECKS=${CHECKS:-"deepspeed universal hf_resume from_pretrained"}
 FIXTURES=${FIXTURES:-"z1_ws2_bf16 z2_ws2_bf16_palign z3_ws2_bf16"}
 SIZES=${SIZES:-"1 2 3 4"}
+Z0_FIXTURES=${Z0_FIXTURES-"z0_ws2_bf16 z0_ws2_fp32"}
+Z0_SIZES=${Z0_SIZES:-"1 2"}
 TRAIN_STEP_SIZES=${TRAIN_STEP_SIZES:-"3"}
 UNIVERSAL_SIZES=${UNIVERSAL_SIZES:-"1 3"}
 HF_SIZES=${HF_SIZES:-"1 3"}
@@ -101,6 +106,18 @@ for check in $CHECKS; do
                 extra=()
                 for t in $TRAIN_STEP_SIZES; do [ "$t" = "$m" ] && extra=(--train-step); done
                 load "${name}_M$m" "$out" "$m" "$truth" "${extra[@]}"
+            done
+        done
+        # ZeRO-0: nothing is partitioned; our one-file output loaded at each of Z0_SIZES
+        for name in $Z0_FIXTURES; do
+            truth=$FX/$name/expected/truth.safetensors
+            ws=$(echo "$name" | sed -n 's/.*_ws\([0-9]*\)_.*/\1/p')
+            load "${name}_orig" "$FX/$name/ckpt" "$ws" "$truth" --train-step
+            for m in $Z0_SIZES; do
+                out=$WORK/${name}_M$m
+                rm -rf "$out"
+                convert "${name}_M$m" "$out" reshard "$FX/$name/ckpt" --to "$m" --format deepspeed || continue
+                load "${name}_M$m" "$out" "$m" "$truth" --train-step
             done
         done
         ;;
