@@ -603,6 +603,83 @@ static void test_zero3_wrapped_groups(void) {
     free(p);
 }
 
+/* ---- ZeRO-0 ---- */
+
+/* The ZeRO-0 file names no optimizer entry: each is matched to a module entry of
+ * its shape. Here the two blocks' fc1.weight (same shape) are swapped in the
+ * module's order, so module order alone would pair them with the wrong fp32
+ * masters and moments; the fp32-master cast check must still pair them right. */
+static void test_zero0_match_by_value(void) {
+    char *dir = tu_mkdtemp();
+    char *src = fixture_path("z0_ws2_bf16", "ckpt/global_step3/mp_rank_00_model_states.pt");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s/ck/global_step3' && echo global_step3 > '%s/ck/latest'", dir, dir);
+    CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+    char *ck = tu_path(dir, "ck"), *dst = tu_path(dir, "ck/global_step3/mp_rank_00_model_states.pt");
+    tfile f;
+    tfile_open(src, &f);
+    pk_obj *module = pk_get(f.root, "module");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(module);
+    long a = -1, b = -1;
+    for (size_t k = 0; k < module->n; k++) {
+        const char *nm = pk_as_str(module->keys[k]);
+        if (nm && !strcmp(nm, "blocks.0.fc1.weight")) a = (long)k;
+        if (nm && !strcmp(nm, "blocks.1.fc1.weight")) b = (long)k;
+    }
+    CU_ASSERT_FATAL(a >= 0 && b > a);
+    pk_obj *tk = module->keys[a], *ti = module->items[a];
+    module->keys[a] = module->keys[b];
+    module->items[a] = module->items[b];
+    module->keys[b] = tk;
+    module->items[b] = ti;
+    uint8_t *pkl = NULL;
+    size_t plen = 0;
+    TU_ASSERT_OK(pk_serialize(f.root, &pkl, &plen));
+    /* the same members, data.pkl replaced */
+    ds_stream *s = NULL;
+    zip_writer *zw = NULL;
+    TU_ASSERT_OK(ds_stream_create(dst, 0, &s));
+    TU_ASSERT_OK(zip_writer_new(s, f.z->prefix, &zw));
+    size_t pl = strlen(f.z->prefix);
+    for (size_t i = 0; i < f.z->n; i++) {
+        const zip_member *m = &f.z->members[i];
+        const char *rel = m->name + pl + 1;
+        bool is_pkl = !strcmp(rel, "data.pkl");
+        uint64_t size = is_pkl ? plen : m->size, off;
+        uint8_t *buf = is_pkl ? pkl : malloc(m->size + 1);
+        if (!is_pkl) CU_ASSERT_FATAL(pread(f.fd, buf, m->size, (off_t)m->data_offset) == (ssize_t)m->size);
+        TU_ASSERT_OK(zip_writer_begin(zw, rel, size, &off));
+        TU_ASSERT_OK(zip_writer_write(zw, buf, (size_t)size));
+        TU_ASSERT_OK(zip_writer_end(zw));
+        if (!is_pkl) free(buf);
+    }
+    TU_ASSERT_OK(zip_writer_finish(zw));
+    zip_writer_free(zw);
+    TU_ASSERT_OK(ds_stream_finish(s, NULL));
+    free(pkl);
+    tfile_close(&f);
+
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+    CU_ASSERT_EQUAL(c->stage, 0);
+    char *tp = fixture_path("z0_ws2_bf16", "expected/truth.safetensors");
+    stfile truth;
+    st_open(tp, &truth);
+    check_states_equal_truth("z0_ws2_bf16 (swapped module order)", 0, c, &truth);
+    char *out = tu_path(dir, "out.safetensors");
+    consolidate_to(c, out, DSCKPT_F32);
+    check_against_truth("z0_ws2_bf16", out, DSCKPT_F32);
+    st_close(&truth);
+    dsckpt_ckpt_free(c);
+    free(out);
+    free(tp);
+    free(ck);
+    free(dst);
+    free(src);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* ---- inspect, verify ---- */
 
 static void test_inspect_and_verify(void) {
@@ -1051,6 +1128,8 @@ int main(void) {
         {"reshard / synth --format deepspeed write torch 2.x's members; .storage_alignment honoured", test_writer_members},
         {"ds_config steps_per_print: inf -> valid JSON, a float infinity again through native", test_float_infinity_in_config},
         {"MiCS (mics_shard_size 2 over 4 ranks) reads as ZeRO-3 over 2", test_mics},
+        {"ZeRO-0: same-shape parameters told apart by the fp32 masters' cast, not module order",
+         test_zero0_match_by_value},
         {NULL, NULL}};
     return tu_main("deepspeed19", tests);
 }
