@@ -11,6 +11,7 @@
  *  70  internal error (a bug: please report it)
  * 130 / 143  stopped by SIGINT / SIGTERM (temporaries removed, nothing written)
  */
+#include "cli.h"
 #include "dsckpt.h"
 #include "progress.h"
 
@@ -26,19 +27,9 @@
 #include <string.h>
 #include <strings.h>
 
-enum {
-    EXIT_OKAY = 0,
-    EXIT_CORRUPT = 1,
-    EXIT_UNREADABLE = 2,
-    EXIT_USAGE = 3,
-    EXIT_EXISTS = 4,
-    EXIT_UNSUPPORTED = 5,
-    EXIT_INTERNAL = 70
-};
+const char *prog = "dsckpt";
 
-static const char *prog = "dsckpt";
-
-static int exit_for(dsckpt_status st) {
+int exit_for(dsckpt_status st) {
     switch (st) {
     case DSCKPT_OK: return EXIT_OKAY;
     case DSCKPT_EINVAL:
@@ -62,7 +53,7 @@ static void on_stop_signal(int sig) {
     signal(sig, SIG_DFL);
 }
 
-static void catch_stop_signals(void) {
+void catch_stop_signals(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
@@ -72,7 +63,7 @@ static void catch_stop_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-static int fail(dsckpt_status st, const char *what) {
+int fail(dsckpt_status st, const char *what) {
     const char *msg = dsckpt_last_error();
     if (dsckpt_interrupted()) {
         fprintf(stderr, "%s %s: interrupted by signal %d; temporaries removed, nothing written\n", prog, what,
@@ -83,14 +74,14 @@ static int fail(dsckpt_status st, const char *what) {
     return exit_for(st);
 }
 
-static int usage_error(const char *cmd, const char *fmt, const char *arg) {
+int usage_error(const char *cmd, const char *fmt, const char *arg) {
     fprintf(stderr, "%s %s: ", prog, cmd);
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry '%s %s --help'.\n", prog, cmd);
     return EXIT_USAGE;
 }
 
-static const char exit_codes_help[] =
+const char exit_codes_help[] =
     "Exit codes:\n"
     "  0  success (verify: intact)        3  usage error\n"
     "  1  checkpoint corrupt              4  output exists (use --force)\n"
@@ -98,7 +89,7 @@ static const char exit_codes_help[] =
     " 70  internal error                130 / 143  stopped by SIGINT / SIGTERM\n";
 
 /* Parses "5GB", "500MB", "2GiB", "1e9", "123" (decimal units as Hugging Face uses). */
-static bool parse_size(const char *s, uint64_t *out) {
+bool parse_size(const char *s, uint64_t *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -119,7 +110,7 @@ static bool parse_size(const char *s, uint64_t *out) {
     return false;
 }
 
-static bool parse_int(const char *s, long lo, long hi, long *out) {
+bool parse_int(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -796,6 +787,9 @@ static const char main_help[] =
     "  verify        check hashes, structure and fragment coverage\n"
     "  inspect       describe a checkpoint (--json for data)\n"
     "  synth         write a synthetic checkpoint of any size\n"
+    "  list          every tag: step, metric, best, world size, size, complete\n"
+    "  diff          compare two checkpoints (or a checkpoint and a .safetensors)\n"
+    "  estimate      model-state memory per GPU / node and checkpoint size\n"
     "  version       print the version\n"
     "\n"
     "Run 'dsckpt COMMAND --help' for a command's options.\n"
@@ -829,6 +823,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "verify")) return cmd_verify(argc, argv);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc, argv);
     if (!strcmp(cmd, "synth")) return cmd_synth(argc, argv);
+    if (!strcmp(cmd, "list")) return cmd_list(argc, argv);
+    if (!strcmp(cmd, "estimate")) return cmd_estimate(argc, argv);
+    if (!strcmp(cmd, "diff")) return cmd_diff(argc, argv);
     fprintf(stderr, "%s: unknown command '%s'\nRun '%s --help' for the list.\n", prog, cmd, prog);
     return EXIT_USAGE;
 }

@@ -188,6 +188,8 @@ static dsckpt_status write_index(cons *k, const char *dir, uint64_t total) {
 dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const dsckpt_consolidate_opts *opts) {
     ds_err_clear();
     if (!c || !out || !*out) return ds_err(DSCKPT_EINVAL, "dsckpt_consolidate: no checkpoint or output path");
+    if (c->format && !strcmp(c->format, "safetensors"))
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: a .safetensors file holds weights only; it cannot be consolidated", c->dir);
     dsckpt_consolidate_opts defaults;
     if (!opts) {
         dsckpt_consolidate_opts_init(&defaults);

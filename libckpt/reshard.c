@@ -45,6 +45,8 @@ static const cJSON *carried(const dsckpt_ckpt *c, const char *key) {
 dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
     ds_err_clear();
     if (!c || !out || !*out || !opts) return ds_err(DSCKPT_EINVAL, "dsckpt_reshard: NULL argument");
+    if (c->format && !strcmp(c->format, "safetensors"))
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: a .safetensors file holds weights only; it cannot be resharded", c->dir);
     if (opts->world_size < 1 || opts->world_size > 1000000)
         return ds_err(DSCKPT_EINVAL, "--to must be between 1 and 1000000 (got %d)", opts->world_size);
     if (opts->format == DSCKPT_FORMAT_UNIVERSAL) return ds_universal_reshard(c, out, opts);

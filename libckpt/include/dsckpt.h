@@ -248,6 +248,140 @@ DSCKPT_API int dsckpt_verify_report_tag_changed(const dsckpt_verify_report *r, s
 DSCKPT_API int dsckpt_verify_report_changed(const dsckpt_verify_report *r);
 
 /* ---------------------------------------------------------------------------
+ * Listing the tags of a save root
+ * ------------------------------------------------------------------------- */
+
+/* One checkpoint (tag) found under a save root or a Hugging Face output_dir.
+ * Strings are owned by the list and valid until dsckpt_tag_list_free(); they are
+ * NULL where the field is unknown. */
+typedef struct dsckpt_tag {
+    const char *name;        /* the tag directory's name ("global_step40"); in an
+                                output_dir the folder's ("checkpoint-40") */
+    const char *dir;         /* the directory holding the checkpoint's files */
+    const char *format;      /* "dsckpt", "deepspeed", "universal"; NULL when incomplete */
+    int complete;            /* 1: the manifest (or DeepSpeed's files) opens and covers
+                                every tensor; data is not hashed (see dsckpt_verify) */
+    const char *problem;     /* why it is incomplete (the library's message), else NULL */
+    int64_t step;            /* -1 when unknown */
+    int world_size;          /* 0 when unknown */
+    int zero_stage;          /* -1 when unknown */
+    const char *train_dtype; /* "bf16", "fp16", "fp32" */
+    uint64_t param_count;    /* elements over all tensors (0 when incomplete) */
+    uint64_t bytes_on_disk;  /* regular files under dir (an output_dir's checkpoint-N:
+                                the whole folder) */
+    int has_metric;
+    const char *metric_name; /* e.g. "eval_loss": from the manifest's metrics, else from
+                                trainer_state.json's log_history at this step */
+    double metric;
+    int is_latest;           /* named by `latest` (output_dir: the newest complete one) */
+    int is_best;             /* named by trainer_state.json's best_model_checkpoint */
+} dsckpt_tag;
+
+typedef struct dsckpt_tag_list dsckpt_tag_list;
+
+/* Lists every tag under `path`: a save root (tag directories, complete or not:
+ * a directory holding rank files or temporaries but no manifest is listed as
+ * incomplete), a Hugging Face output_dir (its checkpoint-N folders) or a single
+ * tag directory (one entry). Each tag is opened to read its step, world size,
+ * stage and dtype; a tag that fails to open is listed with complete = 0 and the
+ * reason, it does not fail the call. Order: by step, then name (unknown steps
+ * first). Errors: DSCKPT_ENOENT when `path` does not exist or holds no
+ * checkpoint at all. Free with dsckpt_tag_list_free(). */
+DSCKPT_API dsckpt_status dsckpt_tag_list_open(const char *path, dsckpt_tag_list **out);
+DSCKPT_API size_t dsckpt_tag_list_count(const dsckpt_tag_list *l);
+/* Entry i (< count), or NULL; owned by the list. */
+DSCKPT_API const dsckpt_tag *dsckpt_tag_list_get(const dsckpt_tag_list *l, size_t i);
+/* Index of the best tag (trainer_state.json's best_model_checkpoint) or of the
+ * latest one; -1 when none is recorded. */
+DSCKPT_API long dsckpt_tag_list_best(const dsckpt_tag_list *l);
+DSCKPT_API long dsckpt_tag_list_latest(const dsckpt_tag_list *l);
+DSCKPT_API void dsckpt_tag_list_free(dsckpt_tag_list *l);
+
+/* ---------------------------------------------------------------------------
+ * Tensors: listing and reading
+ * ------------------------------------------------------------------------- */
+
+/* The states a tensor's data is kept in. A trainable tensor has FP32 (the master
+ * weights), EXP_AVG and EXP_AVG_SQ (Adam's moments); a frozen tensor (and every
+ * tensor of a .safetensors file) has W16, its weights in their own dtype. */
+typedef enum dsckpt_state {
+    DSCKPT_STATE_FP32 = 0,
+    DSCKPT_STATE_EXP_AVG,
+    DSCKPT_STATE_EXP_AVG_SQ,
+    DSCKPT_STATE_W16,
+    DSCKPT_STATE_COUNT
+} dsckpt_state;
+DSCKPT_API const char *dsckpt_state_name(dsckpt_state s); /* "fp32", "exp_avg", ...; "?" if out of range */
+DSCKPT_API dsckpt_status dsckpt_state_parse(const char *s, dsckpt_state *out);
+
+/* Opens a checkpoint as dsckpt_ckpt_open does, or, when `path` is a regular file
+ * ending in ".safetensors", that file as a weights-only source: every tensor is
+ * frozen with state W16 in its stored dtype, format "safetensors", world size 1.
+ * Such a handle lists and reads tensors (and describes itself); consolidate and
+ * reshard refuse it with DSCKPT_EUNSUPPORTED. A safetensors file has no digests:
+ * its header is validated strictly, its data is read unchecked. */
+DSCKPT_API dsckpt_status dsckpt_source_open(const char *path, const char *tag, dsckpt_ckpt **out);
+
+/* One tensor of an open checkpoint. Strings and `shape` are owned by the handle
+ * and valid until dsckpt_ckpt_free(). */
+typedef struct dsckpt_tensor_info {
+    const char *name;
+    dsckpt_dtype dtype;      /* the model's dtype (W16 is stored in it) */
+    int ndim;
+    const uint64_t *shape;   /* ndim entries */
+    uint64_t numel;
+    int trainable;
+    unsigned states;         /* bit (1u << s) set for each dsckpt_state stored */
+    dsckpt_state weight_state; /* where the weights are: FP32 if trainable, else W16 */
+} dsckpt_tensor_info;
+
+/* Tensors are numbered 0 .. count-1 in the checkpoint's order. */
+DSCKPT_API size_t dsckpt_tensor_count(const dsckpt_ckpt *c);
+/* DSCKPT_EINVAL when i >= count. */
+DSCKPT_API dsckpt_status dsckpt_tensor_get(const dsckpt_ckpt *c, size_t i, dsckpt_tensor_info *out);
+/* The index of the tensor named `name` (aliases of tied tensors included);
+ * DSCKPT_ENOENT when there is none. */
+DSCKPT_API dsckpt_status dsckpt_tensor_find(const dsckpt_ckpt *c, const char *name, size_t *index);
+/* The dtype state s of tensor i is stored in (DSCKPT_EINVAL for a state the
+ * tensor does not have). */
+DSCKPT_API dsckpt_status dsckpt_tensor_state_dtype(const dsckpt_ckpt *c, size_t i, dsckpt_state s,
+                                                   dsckpt_dtype *out);
+
+/* The non-tensor state of a checkpoint as a JSON object in a malloc'd string the
+ * caller frees with free(): {"format", "tag", "step", "world_size", "zero_stage",
+ * "train_dtype", "state": {optimizer hyper-parameters, loss scaler, scheduler,
+ * ...}, "ds_config": {...}, "metrics": {...}} (objects empty when the source has
+ * none). */
+DSCKPT_API dsckpt_status dsckpt_ckpt_state_json(const dsckpt_ckpt *c, char **out_json);
+
+/* Cancel callback: return non-zero to stop the operation, which then fails with
+ * DSCKPT_EINTR ("cancelled"). Called from the thread running the operation. */
+typedef int (*dsckpt_cancel_fn)(void *user);
+
+/* A reader: open files of one checkpoint, for reading tensor data. Reads are
+ * checked as the operations' are (dsckpt_ckpt_set_read_check; set it before
+ * opening the reader). The checkpoint handle must outlive the reader. A reader
+ * may be used by one thread at a time; distinct readers of one checkpoint may be
+ * used from distinct threads. Free with dsckpt_reader_free(). */
+typedef struct dsckpt_reader dsckpt_reader;
+DSCKPT_API dsckpt_status dsckpt_reader_open(const dsckpt_ckpt *c, dsckpt_reader **out);
+DSCKPT_API void dsckpt_reader_free(dsckpt_reader *r);
+/* Progress (done and total in elements of the current read) and cancel callbacks
+ * for the reads that follow; either may be NULL. */
+DSCKPT_API void dsckpt_reader_set_callbacks(dsckpt_reader *r, dsckpt_progress_fn progress,
+                                            dsckpt_cancel_fn cancel, void *user);
+
+/* Reads elements [start, start + count) of the flattened state s of tensor i
+ * into `buf` (buf_size bytes, at least count * dsckpt_dtype_size(dtype)),
+ * converted to `dtype`. Conversions: the same dtype (any); between BF16, F16,
+ * F32 and F64 (rounding to nearest even; F64 -> F32 and wider -> 16-bit may
+ * overflow to infinity); integer and BOOL states to F32 or F64. Anything else is
+ * DSCKPT_EUNSUPPORTED. Memory: a bounded staging buffer (1 MiB), whatever the
+ * count; the data is read in slices. A range past the tensor is DSCKPT_EINVAL. */
+DSCKPT_API dsckpt_status dsckpt_read_tensor(dsckpt_reader *r, size_t i, dsckpt_state s, uint64_t start,
+                                            uint64_t count, dsckpt_dtype dtype, void *buf, size_t buf_size);
+
+/* ---------------------------------------------------------------------------
  * Synthetic checkpoints (tests and benchmarks)
  * ------------------------------------------------------------------------- */
 
