@@ -383,7 +383,8 @@ dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **
 }
 
 void dsckpt_ckpt_set_read_check(dsckpt_ckpt *c, int on) {
-    if (c) c->no_read_check = !on;
+    /* A .safetensors source (dsckpt_source_open) has no digests: reads stay unchecked. */
+    if (c) c->no_read_check = !on || (c->format && !strcmp(c->format, "safetensors"));
 }
 
 void dsckpt_ckpt_info(const dsckpt_ckpt *c, dsckpt_info *o) {

@@ -126,7 +126,7 @@ DSCKPT_API void dsckpt_ckpt_free(dsckpt_ckpt *c);
  * member a read touches; a mismatch fails the operation with DSCKPT_ECHECKSUM
  * naming the file and chunk or member, and nothing is written. `on` = 0 turns the
  * checks off (the CLI's --no-verify). */
-DSCKPT_API void dsckpt_ckpt_set_read_check(dsckpt_ckpt *c, int on);
+DSCKPT_API void dsckpt_ckpt_set_read_check(dsckpt_ckpt *c, int on); /* no effect on a .safetensors source */
 
 /* Summary of an open checkpoint. Strings are owned by the handle. */
 typedef struct dsckpt_info {
