@@ -9,6 +9,8 @@
 
 #include "dsckpt.h"
 
+#include <cjson/cJSON.h>
+
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -46,6 +48,23 @@ const char *nearest_option(const char *given, const char *const *names, int n);
 int bad_option(const char *cmd, const struct option *lo, char **argv);
 /* Human-readable bytes ("1.23 GB", decimal) into buf. */
 const char *fmt_bytes(uint64_t b, char *buf, int n);
+
+/* (summary.c) Bytes of the regular files under path (symlinks not followed). */
+uint64_t cli_du(const char *path, int depth);
+/* What consolidate wrote at `out` (a .safetensors file or an HF directory),
+ * counted from the files' headers. file_names (may be NULL) gets each name. */
+typedef struct cli_written {
+    size_t tensors, files;
+    uint64_t params, bytes;
+    struct cJSON *file_names;
+} cli_written;
+dsckpt_status cli_written_safetensors(const char *out, cli_written *w);
+
+#define DS_CLI_RET(expr)                          \
+    do {                                          \
+        dsckpt_status ret_st_ = (expr);           \
+        if (ret_st_ != DSCKPT_OK) return ret_st_; \
+    } while (0)
 
 int cmd_list(int argc, char **argv);
 int cmd_estimate(int argc, char **argv);

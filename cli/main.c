@@ -126,6 +126,11 @@ typedef struct common {
     bool quiet, json, no_verify;
 } common;
 
+/* The running command's long options and argv, for the nearest-option hint. */
+static const struct option *cur_lo;
+static char **cur_argv;
+#define OPTS_BEGIN(lo, argv) (opterr = 0, cur_lo = (lo), cur_argv = (argv))
+
 /* Handles a shared option. Returns true when the command must exit with *rc
  * (--help printed, or a usage error); false when the option was consumed. */
 static bool common_opt(int c, const char *cmd, const char *help, common *co, int *rc) {
@@ -148,7 +153,7 @@ static bool common_opt(int c, const char *cmd, const char *help, common *co, int
         fputs(exit_codes_help, stdout);
         *rc = EXIT_OKAY;
         return true;
-    default: *rc = usage_error(cmd, "%s", "invalid option"); return true;
+    default: *rc = bad_option(cmd, cur_lo, cur_argv); return true;
     }
 }
 
@@ -183,18 +188,26 @@ static const char consolidate_help[] =
     "                           best_model_checkpoint) or a checkpoint-N (default:\n"
     "                           'latest'; in an output_dir the newest checkpoint-N)\n"
     "  -o, --output OUT         output file or directory (required)\n"
-    "      --dtype D            bf16 (default), fp16 or fp32\n"
+    "      --dtype D            bf16, fp16 or fp32 (default: the training dtype:\n"
+    "                           an fp16 run gives fp16, fp32 gives fp32, else bf16)\n"
     "      --max-shard-size S   per-file limit for directory output (default 5GB;\n"
     "                           decimal units: 500MB, 5GB; binary: 2GiB)\n"
     "      --exclude-frozen     leave out frozen (non-trainable) tensors\n"
+    "      --json               a summary of what was written as JSON on stdout\n"
+    "  DeepSpeed / transformers spellings are accepted: --exclude_frozen_parameters,\n"
+    "  --max_shard_size, --safe_serialization (always safetensors: no effect).\n"
+    "  OUT names ending in .bin, .pt or .pth (PyTorch pickles) are refused: dsckpt\n"
+    "  writes safetensors only.\n"
     "      --force              replace an existing output (only one dsckpt wrote:\n"
     "                           a directory holding other files is refused)\n"
     "      --no-verify          do not check the SHA-256 of each chunk read (native)\n"
     "                           or the CRC-32 of each zip member read (DeepSpeed)\n"
     "  -j, --threads N          worker threads (default: all CPUs)\n"
-    "  -q, --quiet              no progress bar\n"
+    "  -q, --quiet              no progress bar (the summary line stays)\n"
     "  -h, --help               this help\n"
     "\n"
+    "Progress goes to stderr: a bar with elapsed time and ETA on a terminal,\n"
+    "otherwise a line every 5 s (DSCKPT_PROGRESS_INTERVAL=seconds to change).\n"
     "Every chunk (or zip member) the weights are read from is checked against its\n"
     "digest as it is read; a mismatch stops with exit 1 naming the file and chunk,\n"
     "and nothing is written. The output is written under a temporary name and\n"
@@ -208,18 +221,24 @@ static int cmd_consolidate(int argc, char **argv) {
         {"exclude-frozen", no_argument, 0, 'x'}, {"force", no_argument, 0, 'f'},
         {"threads", required_argument, 0, 'j'},  {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},           {"no-verify", no_argument, 0, 'V'},
+        {"json", no_argument, 0, 'J'},           {"exclude_frozen_parameters", no_argument, 0, 'x'},
+        {"max_shard_size", required_argument, 0, 'S'}, {"safe_serialization", no_argument, 0, 'N'},
         {0, 0, 0, 0}};
     dsckpt_consolidate_opts o;
     dsckpt_consolidate_opts_init(&o);
     common co = {0};
     int c, rc;
+    bool dtype_given = false;
+    OPTS_BEGIN(lo, argv);
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'd':
             if (dsckpt_dtype_parse(optarg, &o.dtype) != DSCKPT_OK ||
                 (o.dtype != DSCKPT_BF16 && o.dtype != DSCKPT_F16 && o.dtype != DSCKPT_F32))
                 return usage_error("consolidate", "--dtype must be bf16, fp16 or fp32 (got '%s')", optarg);
+            dtype_given = true;
             break;
+        case 'N': break; /* --safe_serialization: the output is always safetensors */
         case 'S':
             if (!parse_size(optarg, &o.max_shard_size))
                 return usage_error("consolidate", "--max-shard-size: cannot parse '%s' (e.g. 5GB, 500MB, 2GiB)", optarg);
@@ -236,23 +255,74 @@ static int cmd_consolidate(int argc, char **argv) {
     o.threads = co.threads;
     if (optind != argc - 1) return usage_error("consolidate", "%s", "expected exactly one checkpoint path");
     if (!out) return usage_error("consolidate", "%s", "-o OUT is required");
+    {
+        size_t n = strlen(out);
+        static const char *const pickles[] = {".bin", ".pt", ".pth"};
+        for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
+            size_t k = strlen(pickles[i]);
+            if (n > k && !strcmp(out + n - k, pickles[i])) {
+                fprintf(stderr,
+                        "%s consolidate: '%s' is a PyTorch pickle name; dsckpt writes safetensors only:\n"
+                        "  -o model.safetensors   one file\n"
+                        "  -o DIR                 a Hugging Face folder (model.safetensors or shards + index,\n"
+                        "                         config.json): what from_pretrained(DIR) loads\n",
+                        prog, out);
+                return EXIT_USAGE;
+            }
+        }
+    }
     dsckpt_ckpt *ck;
     dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
     if (st) return fail(st, "consolidate");
     dsckpt_ckpt_set_read_check(ck, !co.no_verify);
+    dsckpt_info info;
+    dsckpt_ckpt_info(ck, &info);
+    if (!dtype_given) /* the training dtype: an fp16 run gives fp16, not a bf16/fp16 mix */
+        o.dtype = info.train_dtype && !strcmp(info.train_dtype, "fp16")   ? DSCKPT_F16
+                  : info.train_dtype && !strcmp(info.train_dtype, "fp32") ? DSCKPT_F32
+                                                                          : DSCKPT_BF16;
     catch_stop_signals();
     cli_progress p;
-    cli_progress_init(&p, "consolidate", quiet);
+    cli_progress_init(&p, "consolidate", quiet || co.json);
     o.progress = cli_progress_cb;
     o.progress_user = &p;
     st = dsckpt_consolidate(ck, out, &o);
     cli_progress_end(&p);
     double el = cli_now() - p.t0;
-    dsckpt_info info;
-    dsckpt_ckpt_info(ck, &info);
-    if (st == DSCKPT_OK && !quiet)
-        fprintf(stderr, "consolidated %s (%zu tensors, %" PRIu64 " parameters) -> %s as %s in %.2f s\n", info.tag,
-                info.tensor_count, info.param_count, out, dsckpt_dtype_name(o.dtype), el);
+    if (st == DSCKPT_OK && !dsckpt_interrupted()) {
+        cJSON *files = cJSON_CreateArray();
+        cli_written w = {.file_names = files};
+        dsckpt_status ws = cli_written_safetensors(out, &w);
+        double gbs = el > 0 ? (double)w.bytes / el / 1e9 : 0;
+        if (ws) {
+            fprintf(stderr, "consolidated %s -> %s (could not read the output back: %s)\n", info.tag, out,
+                    dsckpt_last_error());
+        } else if (co.json) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "command", "consolidate");
+            cJSON_AddStringToObject(j, "source", info.dir);
+            cJSON_AddStringToObject(j, "tag", info.tag);
+            cJSON_AddStringToObject(j, "output", out);
+            cJSON_AddStringToObject(j, "dtype", dsckpt_dtype_name(o.dtype));
+            cJSON_AddItemToObject(j, "files", files);
+            files = NULL;
+            cJSON_AddNumberToObject(j, "tensors", (double)w.tensors);
+            cJSON_AddNumberToObject(j, "parameters", (double)w.params);
+            cJSON_AddNumberToObject(j, "bytes", (double)w.bytes);
+            cJSON_AddNumberToObject(j, "seconds", el);
+            cJSON_AddNumberToObject(j, "gb_per_s", gbs);
+            char *t = cJSON_Print(j);
+            if (t) puts(t);
+            free(t);
+            cJSON_Delete(j);
+        } else {
+            char b[32];
+            fprintf(stderr, "consolidated %s -> %s: %zu tensors, %" PRIu64 " parameters as %s, %zu file%s, %s in %.2f s (%.2f GB/s)\n",
+                    info.tag, out, w.tensors, w.params, dsckpt_dtype_name(o.dtype), w.files, w.files == 1 ? "" : "s",
+                    fmt_bytes(w.bytes, b, sizeof b), el, gbs);
+        }
+        cJSON_Delete(files);
+    }
     rc = st ? fail(st, "consolidate") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
@@ -309,7 +379,8 @@ static const char reshard_help[] =
     "      --no-verify     do not check the SHA-256 of each chunk read (native)\n"
     "                      or the CRC-32 of each zip member read (DeepSpeed)\n"
     "  -j, --threads N     worker threads (default: all CPUs)\n"
-    "  -q, --quiet         no progress bar\n"
+    "      --json          a summary of what was written as JSON on stdout\n"
+    "  -q, --quiet         no progress bar (the summary line stays)\n"
     "  -h, --help          this help\n"
     "\n"
     "Every chunk (or zip member) read is checked against its digest; a mismatch\n"
@@ -354,7 +425,7 @@ static int cmd_reshard(int argc, char **argv) {
         {"force", no_argument, 0, 'f'},        {"threads", required_argument, 0, 'j'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'F'}, {"no-verify", no_argument, 0, 'V'},
-        {0, 0, 0, 0}};
+        {"json", no_argument, 0, 'J'},         {0, 0, 0, 0}};
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
     o.world_size = 0;
@@ -369,6 +440,7 @@ static int cmd_reshard(int argc, char **argv) {
         if (nerr < 8) snprintf(errs[nerr++], sizeof errs[0], __VA_ARGS__); \
     } while (0)
     bool format_bad = false, format_given = false;
+    OPTS_BEGIN(lo, argv);
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'M':
@@ -448,17 +520,46 @@ static int cmd_reshard(int argc, char **argv) {
     }
     catch_stop_signals();
     cli_progress p;
-    cli_progress_init(&p, "reshard", quiet);
+    cli_progress_init(&p, "reshard", quiet || co.json);
     o.progress = cli_progress_cb;
     o.progress_user = &p;
     st = dsckpt_reshard(ck, out, &o);
     cli_progress_end(&p);
     dsckpt_info info;
     dsckpt_ckpt_info(ck, &info);
-    if (st == DSCKPT_OK && !quiet && o.format == DSCKPT_FORMAT_UNIVERSAL)
+    if (st == DSCKPT_OK && co.json && !dsckpt_interrupted()) {
+        /* What was written, read back from OUT. */
+        double el = cli_now() - p.t0;
+        dsckpt_ckpt *w = NULL;
+        dsckpt_status ws = dsckpt_ckpt_open(out, NULL, &w);
+        dsckpt_info wi;
+        if (ws == DSCKPT_OK) dsckpt_ckpt_info(w, &wi);
+        uint64_t bytes = cli_du(out, 0);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "command", "reshard");
+        cJSON_AddStringToObject(j, "source", info.dir);
+        cJSON_AddStringToObject(j, "tag", info.tag);
+        cJSON_AddStringToObject(j, "output", out);
+        cJSON_AddStringToObject(j, "format", ws ? "?" : wi.format);
+        cJSON_AddNumberToObject(j, "from_world_size", info.world_size);
+        cJSON_AddNumberToObject(j, "from_zero_stage", info.zero_stage);
+        cJSON_AddNumberToObject(j, "world_size", ws ? o.world_size : wi.world_size);
+        cJSON_AddNumberToObject(j, "zero_stage", ws ? (o.zero_stage < 0 ? info.zero_stage : o.zero_stage) : wi.zero_stage);
+        cJSON_AddNumberToObject(j, "files", ws ? 0 : (double)wi.file_count);
+        cJSON_AddNumberToObject(j, "tensors", ws ? 0 : (double)wi.tensor_count);
+        cJSON_AddNumberToObject(j, "parameters", ws ? 0 : (double)wi.param_count);
+        cJSON_AddNumberToObject(j, "bytes", (double)bytes);
+        cJSON_AddNumberToObject(j, "seconds", el);
+        cJSON_AddNumberToObject(j, "gb_per_s", el > 0 ? (double)bytes / el / 1e9 : 0);
+        char *t = cJSON_Print(j);
+        if (t) puts(t);
+        free(t);
+        cJSON_Delete(j);
+        dsckpt_ckpt_free(w);
+    } else if (st == DSCKPT_OK && o.format == DSCKPT_FORMAT_UNIVERSAL)
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> universal (any world size) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, out, cli_now() - p.t0);
-    else if (st == DSCKPT_OK && !quiet)
+    else if (st == DSCKPT_OK)
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> %d ranks (stage %d) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, o.world_size, o.zero_stage < 0 ? info.zero_stage : o.zero_stage, out,
                 cli_now() - p.t0);
@@ -514,6 +615,7 @@ static int cmd_verify(int argc, char **argv) {
     dsckpt_verify_opts_init(&o);
     common co = {0};
     int c, rc;
+    OPTS_BEGIN(lo, argv);
     while ((c = getopt_long(argc, argv, "t:j:qh", lo, NULL)) != -1)
         if (common_opt(c, "verify", verify_help, &co, &rc)) return rc;
     const char *tag = co.tag;
@@ -546,10 +648,17 @@ static int cmd_verify(int argc, char **argv) {
             printf(",\"result\":\"%s\",\"changed\":%s}", names[dsckpt_verify_report_tag_result(r, i)],
                    dsckpt_verify_report_tag_changed(r, i) ? "true" : "false");
         }
-        printf("],\"problems\":[");
+        printf("],\"gb_per_s\":%.3f,\"problems\":[", el > 0 ? (double)dsckpt_verify_report_bytes(r) / el / 1e9 : 0.0);
         for (size_t i = 0; i < n; i++) {
-            if (i) putchar(',');
-            json_str(stdout, dsckpt_verify_report_problem(r, i));
+            dsckpt_verify_problem pi;
+            if (dsckpt_verify_report_problem_info(r, i, &pi)) continue;
+            printf("%s{\"file\":", i ? "," : "");
+            json_str(stdout, pi.file);
+            if (pi.chunk >= 0) printf(",\"chunk\":%" PRId64, pi.chunk);
+            else printf(",\"chunk\":null");
+            printf(",\"kind\":\"%s\",\"message\":", pi.kind);
+            json_str(stdout, pi.message);
+            putchar('}');
         }
         printf("]}\n");
     } else {
@@ -571,6 +680,7 @@ static int cmd_verify(int argc, char **argv) {
 
 static const char inspect_help[] =
     "Usage: dsckpt inspect CKPT [-t TAG] [--json]\n"
+    "       dsckpt inspect FILE.safetensors [--json]\n"
     "\n"
     "Describe a checkpoint: tags and latest, step, ZeRO stage, world size, training\n"
     "dtype, tensor count and shapes, bytes per state and per rank file, eval metrics,\n"
@@ -580,6 +690,7 @@ static const char inspect_help[] =
     "  -t, --tag TAG   a tag, 'latest', 'best' or a checkpoint-N (as consolidate)\n"
     "      --json      the full description as JSON on stdout\n"
     "      --tensors   list every tensor in the text output\n"
+    "  -q, --quiet     one summary line\n"
     "  -h, --help      this help\n";
 
 /* Compact one-line JSON of `v` (malloc'd) for the text view. */
@@ -642,11 +753,12 @@ static void print_inspect_text(const cJSON *d, bool tensors) {
 static int cmd_inspect(int argc, char **argv) {
     static const struct option lo[] = {{"tag", required_argument, 0, 't'}, {"json", no_argument, 0, 'J'},
                                        {"tensors", no_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
-                                       {0, 0, 0, 0}};
+                                       {"quiet", no_argument, 0, 'q'},   {0, 0, 0, 0}};
     common co = {0};
     bool tensors = false;
     int c, rc;
-    while ((c = getopt_long(argc, argv, "t:h", lo, NULL)) != -1) {
+    OPTS_BEGIN(lo, argv);
+    while ((c = getopt_long(argc, argv, "t:qh", lo, NULL)) != -1) {
         if (c == 'T') tensors = true;
         else if (common_opt(c, "inspect", inspect_help, &co, &rc)) return rc;
     }
@@ -654,8 +766,17 @@ static int cmd_inspect(int argc, char **argv) {
     bool json = co.json;
     if (optind != argc - 1) return usage_error("inspect", "%s", "expected exactly one checkpoint path");
     dsckpt_ckpt *ck;
-    dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
+    dsckpt_status st = dsckpt_source_open(argv[optind], tag, &ck);
     if (st) return fail(st, "inspect");
+    if (co.quiet && !json) {
+        dsckpt_info in;
+        dsckpt_ckpt_info(ck, &in);
+        printf("%s: %s %s, step %" PRId64 ", world size %d, stage %d, %s, %zu tensors, %" PRIu64 " parameters\n",
+               argv[optind], in.format, in.tag, in.step, in.world_size, in.zero_stage, in.train_dtype, in.tensor_count,
+               in.param_count);
+        dsckpt_ckpt_free(ck);
+        return EXIT_OKAY;
+    }
     char *text = NULL;
     st = dsckpt_ckpt_describe_json(ck, &text);
     if (st) {
@@ -693,7 +814,8 @@ static const char synth_help[] =
     "\n"
     "Options:\n"
     "  -o, --output DIR      output save root (required)\n"
-    "      --params N        approximate parameter count (default 1M; 1e9, 500M ok)\n"
+    "      --params N        approximate parameter count (default 1M; 7B, 500M, 125K,\n"
+    "                        1e9: K = 1e3, M = 1e6, B = 1e9)\n"
     "      --world-size W    data-parallel world size (default 2)\n"
     "      --stage S         ZeRO stage 0-3 (default 2)\n"
     "      --dtype D         training dtype bf16 (default), fp16 or fp32\n"
@@ -702,7 +824,7 @@ static const char synth_help[] =
     "      --format F        native (default) or deepspeed\n"
     "      --force           replace an existing output\n"
     "  -j, --threads N       worker threads (default: all CPUs)\n"
-    "  -q, --quiet           no summary line on stderr\n"
+    "  -q, --quiet           no progress bar (the summary line stays)\n"
     "  -h, --help            this help\n";
 
 static int cmd_synth(int argc, char **argv) {
@@ -719,10 +841,11 @@ static int cmd_synth(int argc, char **argv) {
     long v;
     uint64_t u;
     int c, rc;
+    OPTS_BEGIN(lo, argv);
     while ((c = getopt_long(argc, argv, "o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'P':
-            if (!parse_size(optarg, &u)) return usage_error("synth", "--params: cannot parse '%s'", optarg);
+            if (!parse_count(optarg, &u)) return usage_error("synth", "--params: cannot parse '%s' (e.g. 7B, 350M, 125K, 1e9)", optarg);
             o.params = u;
             break;
         case 'W':
@@ -765,11 +888,15 @@ static int cmd_synth(int argc, char **argv) {
     if (!out) return usage_error("synth", "%s", "-o DIR is required");
     double t0 = cli_now();
     catch_stop_signals();
+    cli_progress p;
+    cli_progress_init(&p, "synth", quiet);
+    o.progress = cli_progress_cb;
+    o.progress_user = &p;
     dsckpt_status st = dsckpt_synth(out, &o);
+    cli_progress_end(&p);
     if (st) return fail(st, "synth");
     if (dsckpt_interrupted()) return 128 + dsckpt_interrupted();
-    if (!quiet)
-        fprintf(stderr, "synthesized %s: ~%" PRIu64 " params, world size %d, stage %d, %s, in %.2f s\n", out, o.params,
+    fprintf(stderr, "synthesized %s: ~%" PRIu64 " params, world size %d, stage %d, %s, in %.2f s\n", out, o.params,
                 o.world_size, o.zero_stage, dsckpt_dtype_name(o.dtype), cli_now() - t0);
     return EXIT_OKAY;
 }

@@ -208,6 +208,13 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     if (single && ds_exists(out) && !opts->force) {
         return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", out);
     }
+    if (single) {
+        /* Named as the caller named it, not by the temporary written beside it. */
+        char *parent = ds_dirname(out);
+        bool ok = parent && ds_is_dir(parent);
+        free(parent);
+        if (!ok) return ds_err(DSCKPT_ENOENT, "%s: the parent directory does not exist", out);
+    }
     /* Which tensors, from which state, in which dtype. */
     DS_TRYGOTO(ds_calloc(c->ntensors, sizeof *k.ots, &k.ots), done);
     for (size_t i = 0; i < c->ntensors; i++) {

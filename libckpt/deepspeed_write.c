@@ -1322,6 +1322,12 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
         st = ds_err(DSCKPT_EUNSUPPORTED, "no trainable parameters: DeepSpeed writes no optimizer partitions");
         goto done;
     }
+    if (prog && !prog->total) {
+        /* For the progress bar: fp32 master + two moments per trainable element,
+         * and the module weights in their dtype (an estimate: padding excluded). */
+        for (size_t i = 0; i < sp->ntensors; i++)
+            prog->total += sp->tensors[i].numel * ((sp->tensors[i].trainable ? 12 : 0) + dsckpt_dtype_size(sp->tensors[i].dtype));
+    }
     dsw_run R = {.x = &x, .dir = tagdir, .prog = prog, .nmodel = sp->stage == 3 ? (size_t)x.M : 1};
     /* ZeRO-0 writes no optimizer files: its one model-states file holds the optimizer. */
     st = ds_parallel_run(R.nmodel + (sp->stage == 0 ? 0 : (size_t)x.M), ds_thread_count(sp->threads), job, &R, prog);

@@ -3,6 +3,7 @@
  * and deterministic values, for tests and benchmarks (docs/synth.md).
  */
 #include "synth.h"
+#include "parallel.h"
 
 #include "deepspeed_write.h"
 
@@ -212,19 +213,22 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
     DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *scratch, &scratch), done);
     for (int i = 0; i < threads; i++) DS_TRYGOTO(ds_malloc(8u << 20, &scratch[i]), done); /* 2M elements as fp32 */
     synth_fill sf = {.seed = o->seed, .ts = ts, .scratch = scratch};
+    ds_progress prog = {.fn = o->progress, .user = o->progress_user};
     if (o->format == DSCKPT_FORMAT_DEEPSPEED) {
         ds_dsw_spec ds = {.tensors = ts, .ntensors = nt, .stage = o->zero_stage, .world_size = o->world_size,
                           .step = o->step, .model_dtype = o->dtype, .ds_config = cfg, .state = state,
                           .fill = synth_fill_fn, .fill_user = &sf, .threads = threads};
-        DS_TRYGOTO(ds_deepspeed_write(&ds, tagdir, NULL), done);
+        DS_TRYGOTO(ds_deepspeed_write(&ds, tagdir, &prog), done);
     } else {
         ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = o->zero_stage,
                                .world_size = o->world_size, .tag = tag, .step = o->step,
                                .train_dtype = dtype_short(o->dtype), .state = state, .ds_config = cfg,
                                .metrics = metrics};
         DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
-        DS_TRYGOTO(ds_native_write_all(no, synth_fill_fn, &sf, threads, NULL), done);
+        DS_TRYGOTO(ds_native_write_all(no, synth_fill_fn, &sf, threads, &prog), done);
     }
+    /* Every byte is written; what follows (fsync, rename) shows as "syncing". */
+    if (prog.fn && prog.total) prog.fn(prog.user, prog.total, prog.total);
     DS_TRYGOTO(ds_set_latest(od.tmp, tag), done);
     {
         char buf[1024];

@@ -698,6 +698,55 @@ size_t dsckpt_verify_report_count(const dsckpt_verify_report *r) { return r->n; 
 const char *dsckpt_verify_report_problem(const dsckpt_verify_report *r, size_t i) {
     return i < r->n ? r->problems[i] : NULL;
 }
+/* The kind of a problem, from the wording verify.c gives each (kept in step
+ * with the messages above; tests/cli_ux_test.sh checks the common ones). */
+static const char *problem_kind(const char *m) {
+    static const struct { const char *needle, *kind; } rules[] = {
+        {"SHA-256 mismatch", "checksum"}, {"CRC-32", "checksum"},       {"digest does not match", "checksum"},
+        {"stray file", "stray_file"},     {"changed while", "changed"}, {"shrank", "size"},
+        {"the manifest says", "size"},    {"truncated", "size"},         {"missing", "missing"},
+        {"no such file", "missing"},      {"coverage: ", "coverage"},    {"metadata says", "metadata"},
+        {"'latest'", "latest"},           {"not checked", "incomplete"}, {"out of memory", "unreadable"},
+        {"cannot ", "unreadable"},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        if (strstr(m, rules[i].needle)) return rules[i].kind;
+    return "structure";
+}
+
+dsckpt_status dsckpt_verify_report_problem_info(const dsckpt_verify_report *r, size_t i, dsckpt_verify_problem *out) {
+    if (!r || !out || i >= r->n) return ds_err(DSCKPT_EINVAL, "verify problem index %zu out of range", i);
+    const char *m = r->problems[i];
+    memset(out, 0, sizeof *out);
+    out->message = m;
+    out->chunk = -1;
+    out->kind = problem_kind(m);
+    /* "chunk N" anywhere. */
+    const char *ck = strstr(m, "chunk ");
+    if (ck && ck[6] >= '0' && ck[6] <= '9') {
+        int64_t v = 0;
+        for (const char *d = ck + 6; *d >= '0' && *d <= '9' && v < ((int64_t)1 << 50); d++) v = v * 10 + (*d - '0');
+        out->chunk = v;
+    }
+    /* The file: the last "<name>: " segment before the description that looks
+     * like a file or directory name (no blank; not "chunk N", not "coverage"). */
+    const char *p = m;
+    while (1) {
+        const char *sep = strstr(p, ": ");
+        if (!sep) break;
+        size_t len = (size_t)(sep - p);
+        bool name = len > 0 && len < sizeof out->file && memchr(p, ' ', len) == NULL && strncmp(p, "coverage", len);
+        if (name) {
+            memcpy(out->file, p, len);
+            out->file[len] = '\0';
+        } else if (strncmp(p, "chunk ", 6)) {
+            break; /* the description has started */
+        }
+        p = sep + 2;
+    }
+    return DSCKPT_OK;
+}
+
 uint64_t dsckpt_verify_report_bytes(const dsckpt_verify_report *r) { return r->bytes; }
 size_t dsckpt_verify_report_files(const dsckpt_verify_report *r) { return r->files; }
 

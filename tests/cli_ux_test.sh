@@ -191,5 +191,87 @@ run diff a later -q
 expect_rc 1 "diff -q: exit code only"
 if [ -s "$T/out" ]; then bad "diff -q printed: $(head -c 200 "$T/out")"; else ok; fi
 
+section "progress and --json summaries"
+# stderr is a file here, not a terminal: plain lines, every update with interval 0.
+DSCKPT_PROGRESS_INTERVAL=0 "$DS" consolidate a -o p.safetensors >"$T/out" 2>"$T/err"
+RC=$?
+expect_rc 0 "consolidate with plain progress lines"
+expect_in err '^consolidate: 100% .*syncing$' "100% then syncing, not a silent wait"
+expect_not_in err $'\r' "no carriage returns when stderr is not a terminal"
+expect_in err '^consolidated global_step100 -> p.safetensors: [0-9]+ tensors, [0-9]+ parameters as BF16, 1 file, .* GB/s\)$' "summary line"
+# diff reports progress after every slice it compares (no timer involved).
+DSCKPT_PROGRESS_INTERVAL=0 "$DS" diff a a3 >"$T/out" 2>"$T/err"
+expect_in err '^diff: [0-9]+% \([0-9.]+ of [0-9.]+ GB\), [0-9]+ MB/s, [0-9:]+ elapsed, ETA [0-9:-]+$' "a plain progress line with elapsed and ETA"
+"$DS" consolidate a -o p2.safetensors >"$T/out" 2>"$T/err"
+expect_not_in err '^consolidate: ' "no progress lines for a run shorter than the interval"
+DSCKPT_PROGRESS_INTERVAL=0 "$DS" synth -o psynth --params 200K >"$T/out" 2>"$T/err"
+expect_in err '^synth: ' "synth shows progress"
+expect_in err '^synth: 100% .*syncing$' "synth reaches 100% and says syncing"
+DSCKPT_PROGRESS_INTERVAL=0 "$DS" consolidate a -o q.safetensors -q >"$T/out" 2>"$T/err"
+expect_not_in err '^consolidate: ' "-q hides the progress"
+expect_in err '^consolidated ' "-q keeps the summary line"
+run consolidate a -o cj --json --exclude-frozen
+expect_rc 0 "consolidate --json"
+jcheck "consolidate --json: what was written" 'd["command"] == "consolidate" and d["files"] == ["model.safetensors"] and d["tensors"] > 0 and d["bytes"] > 0 and d["seconds"] >= 0 and "gb_per_s" in d and d["dtype"] == "BF16"'
+NT="$("$DS" inspect a --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for t in d["tensors"] if t["trainable"]))')"
+jcheck "the summary counts the tensors written (frozen excluded)" "d['tensors'] == $NT"
+run reshard a --to 4 -o rj --json
+expect_rc 0 "reshard --json"
+jcheck "reshard --json" 'd["command"] == "reshard" and d["world_size"] == 4 and d["from_world_size"] == 2 and d["files"] == 4 and d["bytes"] > 0 and d["format"] == "dsckpt" and "gb_per_s" in d'
+cp -r a/global_step100 vc && python3 -c "
+import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[-3]^=1; open(p,'wb').write(b)" vc/rank_00001.safetensors
+touch vc/stray.bin
+run verify vc --json
+expect_rc 1 "verify --json on a damaged checkpoint"
+jcheck "verify --json problems are objects (file, chunk, kind)" 'all(set(p) == {"file","chunk","kind","message"} for p in d["problems"]) and {"file": "rank_00001.safetensors", "chunk": 0, "kind": "checksum"}.items() <= [p for p in d["problems"] if p["kind"] == "checksum"][0].items() and any(p["kind"] == "stray_file" and p["file"] == "stray.bin" and p["chunk"] is None for p in d["problems"]) and "gb_per_s" in d'
+run verify a3 --json
+jcheck "verify --json intact" 'd["result"] == "ok" and d["problems"] == [] and d["bytes_hashed"] > 0'
+
+section "aliases and smaller items"
+run consolidate a -o al --exclude_frozen_parameters --max_shard_size 100KB --safe_serialization --json
+expect_rc 0 "DeepSpeed / transformers spellings accepted"
+jcheck "--max_shard_size and --exclude_frozen_parameters took effect" 'len(d["files"]) > 1 and d["tensors"] == '"$NT"
+run consolidate a -o al2 --exclude-frozn
+expect_rc 3 "misspelt consolidate option"
+expect_in err "unknown option '--exclude-frozn'; did you mean '--exclude-frozen'" "consolidate suggests the nearest"
+run reshard a --too 3
+expect_rc 3 "misspelt reshard option"
+expect_in err "did you mean '--to'" "reshard suggests the nearest"
+run verify a --jsn
+expect_in err "did you mean '--json'" "verify suggests the nearest"
+run consolidate a -o pytorch_model.bin
+expect_rc 3 "a pickle output name is refused"
+expect_in err 'safetensors only' "and what is supported is said"
+if [ -e pytorch_model.bin ]; then bad "pytorch_model.bin was created"; else ok; fi
+run synth -o h16 --params 200K --dtype fp16 -q
+run consolidate h16 -o h16.safetensors --json
+jcheck "the default dtype follows the training dtype (fp16)" 'd["dtype"] == "F16"'
+if python3 -c '
+import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+sys.exit(0 if {v["dtype"] for k, v in h.items() if k != "__metadata__"} == {"F16"} else 1)' "$T/h16.safetensors"; then ok; else bad "an fp16 run consolidates to fp16 only"; fi
+run synth -o nodir/x --params 7B
+expect_rc 2 "synth --params 7B is accepted (fails later: no such directory)"
+expect_in err 'nodir/x' "the missing directory is named as given"
+run synth -o y --params 7Q
+expect_rc 3 "a bad parameter unit"
+run consolidate a -o nodir/x.safetensors
+expect_rc 2 "a missing output directory"
+expect_in err 'nodir/x.safetensors: the parent directory does not exist' "reported by the user's name"
+expect_not_in err '\.tmp-' "not by the temporary name"
+run inspect a -q
+expect_rc 0 "inspect -q"
+expect_in out '^a: dsckpt global_step100, step 100, world size 2, stage 2, bf16, [0-9]+ tensors, [0-9]+ parameters$' "inspect -q: one line"
+run inspect w32.safetensors --json
+expect_rc 0 "inspect a .safetensors file"
+jcheck "inspect of a file: format safetensors, tensors listed" 'd["format"] == "safetensors" and d["tensor_count"] > 0 and len(d["tensors"]) == d["tensor_count"]'
+run consolidate w32.safetensors -o again.safetensors
+expect_rc 3 "consolidate of a .safetensors file is not a checkpoint"
+if grep -nE '^(dsckpt|dstrain|dsrun|\./)[^#]*\[--' "$SRC_DIR/README.md" >"$T/readme"; then
+    bad "README copyable lines hold a literal [--option]: $(head -3 "$T/readme")"
+else
+    ok
+fi
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -53,6 +53,14 @@ CM
 check cmake -S "$tmp/proj" -B "$tmp/proj/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_RPATH="$(dirname "$libdir")"
 check cmake --build "$tmp/proj/build"
 check "$tmp/proj/build/consumer" "$tmp/ck2"
+# The installed CLI finds libdsckpt.so through its RPATH ($ORIGIN/../lib), with
+# no LD_LIBRARY_PATH, and its new commands run against it.
+check sh -c "readelf -d '$tmp/prefix/bin/dsckpt' | grep -E 'R(UN)?PATH' | grep -qF '\$ORIGIN/../'"
+check sh -c "ldd '$tmp/prefix/bin/dsckpt' | grep 'libdsckpt.so' | grep -qF '$tmp/prefix/'"
+check env -u LD_LIBRARY_PATH "$tmp/prefix/bin/dsckpt" version
+check env -u LD_LIBRARY_PATH "$tmp/prefix/bin/dsckpt" list "$tmp/ck1"
+check env -u LD_LIBRARY_PATH "$tmp/prefix/bin/dsckpt" estimate --params 7B --world-size 8 --stage 3
+check env -u LD_LIBRARY_PATH "$tmp/prefix/bin/dsckpt" diff "$tmp/ck1" "$tmp/ck1" -q
 # Only the public API is exported from the shared library.
 check sh -c "! nm -D --defined-only '$(dirname "$libdir")'/libdsckpt.so | awk '{print \$3}' | grep -v '^dsckpt_' | grep -q ."
 echo "$pass passed, $fail failed"

@@ -235,6 +235,20 @@ DSCKPT_API dsckpt_verify_result dsckpt_verify_report_result(const dsckpt_verify_
 DSCKPT_API size_t dsckpt_verify_report_count(const dsckpt_verify_report *r);
 /* Problem i as one line of text; valid until the report is freed. */
 DSCKPT_API const char *dsckpt_verify_report_problem(const dsckpt_verify_report *r, size_t i);
+/* Problem i as data: the file (or tag directory) it is in, the chunk (-1 when
+ * it is not about one chunk) and its kind, one of "checksum", "size",
+ * "missing", "stray_file", "coverage", "metadata", "latest", "incomplete",
+ * "changed", "unreadable", "structure". `message` is the line
+ * dsckpt_verify_report_problem() gives; it and `kind` are valid until the
+ * report is freed. DSCKPT_EINVAL for i >= count. */
+typedef struct dsckpt_verify_problem {
+    const char *message;
+    const char *kind;
+    char file[256];          /* "" when no file is named */
+    int64_t chunk;
+} dsckpt_verify_problem;
+DSCKPT_API dsckpt_status dsckpt_verify_report_problem_info(const dsckpt_verify_report *r, size_t i,
+                                                           dsckpt_verify_problem *out);
 /* Bytes hashed and files checked. */
 DSCKPT_API uint64_t dsckpt_verify_report_bytes(const dsckpt_verify_report *r);
 DSCKPT_API size_t dsckpt_verify_report_files(const dsckpt_verify_report *r);
@@ -395,6 +409,8 @@ typedef struct dsckpt_synth_opts {
     dsckpt_format format;      /* DEEPSPEED: DeepSpeed's layout (stages 1-3) */
     int force;
     int threads;
+    dsckpt_progress_fn progress; /* bytes of rank files written (may be NULL) */
+    void *progress_user;
 } dsckpt_synth_opts;
 DSCKPT_API void dsckpt_synth_opts_init(dsckpt_synth_opts *o);
 

@@ -602,8 +602,8 @@ def main():
                     if run("consolidate", sy.name, "-o", out, "--dtype", flag, "-q"):
                         check_consolidated_file(sy, out, dt, False)
                 out = f"{sy.name}.default.safetensors"
-                if run("consolidate", sy.name, "-o", out, "-q"):  # default dtype: bf16
-                    check_consolidated_file(sy, out, "BF16", False)
+                if run("consolidate", sy.name, "-o", out, "-q"):  # default dtype: the training dtype
+                    check_consolidated_file(sy, out, TRAIN_DT[sy.dtype], False)
 
         with Group("consolidate --exclude-frozen"):
             for sy in ckpts[:4]:
