@@ -8,6 +8,7 @@
 #include "cast.h"
 #include "ckpt.h"
 #include "fsutil.h"
+#include "safetensors.h"
 
 #include <math.h>
 #include <stdlib.h>
