@@ -70,7 +70,11 @@ int fail(dsckpt_status st, const char *what) {
                 dsckpt_interrupted());
         return 128 + dsckpt_interrupted();
     }
-    fprintf(stderr, "%s %s: error [%s]: %s\n", prog, what, dsckpt_status_name(st), *msg ? msg : "failed");
+    /* The library speaks of its calls; the command line's own spellings are added here. */
+    const char *hint = st == DSCKPT_EEXIST && strstr(msg, "unless forced") ? "; pass --force to replace it"
+                       : st == DSCKPT_ECHECKSUM && strstr(msg, "checks off")  ? " (--no-verify turns the checks off)"
+                                                                             : "";
+    fprintf(stderr, "%s %s: error [%s]: %s%s\n", prog, what, dsckpt_status_name(st), *msg ? msg : "failed", hint);
     return exit_for(st);
 }
 
@@ -846,6 +850,7 @@ static int cmd_synth(int argc, char **argv) {
         switch (c) {
         case 'P':
             if (!parse_count(optarg, &u)) return usage_error("synth", "--params: cannot parse '%s' (e.g. 7B, 350M, 125K, 1e9)", optarg);
+            if (u < 1000 || u > (1ull << 40)) return usage_error("synth", "--params must be 1000 .. 2^40 (got '%s')", optarg);
             o.params = u;
             break;
         case 'W':

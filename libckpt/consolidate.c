@@ -206,7 +206,7 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     uint64_t total = 0;
 
     if (single && ds_exists(out) && !opts->force) {
-        return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", out);
+        return ds_err(DSCKPT_EEXIST, "%s: output already exists (not replaced unless forced)", out);
     }
     if (single) {
         /* Named as the caller named it, not by the temporary written beside it. */

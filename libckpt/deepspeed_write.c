@@ -1100,7 +1100,7 @@ static dsckpt_status write_store(dsw_file *f, const dsw_store *s, zip_writer *zw
         }
         if (sp->check_reads && (uint32_t)crc != s->tcrc)
             return ds_err(DSCKPT_ECHECKSUM,
-                          "%s: member '%.200s': CRC-32 mismatch: the file is damaged (--no-verify reads it anyway)",
+                          "%s: member '%.200s': CRC-32 mismatch: the file is damaged (reading with checks off reads it anyway)",
                           f->tpl->path, s->tname);
         return DSCKPT_OK;
     }

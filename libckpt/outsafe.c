@@ -135,7 +135,7 @@ static bool is_trainer_file(const char *n) {
 
 static dsckpt_status foreign(const char *dir, const char *name, const char *why) {
     return ds_err(DSCKPT_EEXIST,
-                  "%s: --force refused: '%s' %s; dsckpt replaces only an output it wrote (remove that entry or "
+                  "%s: not replaced (even forced): '%s' %s; dsckpt replaces only an output it wrote (remove that entry or "
                   "choose another output)",
                   dir, name, why);
 }
@@ -199,7 +199,7 @@ dsckpt_status ds_check_replaceable(const char *final, ds_out_kind kind) {
     struct stat sb;
     if (lstat(final, &sb) != 0) return DSCKPT_OK;
     if (!S_ISDIR(sb.st_mode))
-        return ds_err(DSCKPT_EEXIST, "%s: --force refused: it exists and is not a directory dsckpt wrote", final);
+        return ds_err(DSCKPT_EEXIST, "%s: not replaced (even forced): it exists and is not a directory dsckpt wrote", final);
     DIR *d = opendir(final);
     if (!d) return ds_err_errno(errno, "%s: cannot list directory", final);
     dsckpt_status st = DSCKPT_OK;
@@ -242,7 +242,7 @@ dsckpt_status ds_outdir_begin_kind(ds_outdir *od, const char *final, bool force,
     od->force = force;
     ds_clean_stale_temps(final);
     if (ds_exists(final) && !force)
-        return ds_err(DSCKPT_EEXIST, "%s: output already exists (use --force to replace it)", final);
+        return ds_err(DSCKPT_EEXIST, "%s: output already exists (not replaced unless forced)", final);
     if (force) DS_TRY(ds_check_replaceable(final, (ds_out_kind)kind));
     char *parent = ds_dirname(final);
     if (!parent) return DSCKPT_ENOMEM;

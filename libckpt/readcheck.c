@@ -136,10 +136,10 @@ static dsckpt_status unit_failed(const ds_file *f, const ds_vfile *v, size_t k) 
     if (v->sha)
         return ds_err(DSCKPT_ECHECKSUM,
                       "%s: chunk %zu (bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt verify lists "
-                      "every bad chunk; --no-verify reads it anyway)",
+                      "every bad chunk; reading with checks off reads it anyway)",
                       f->path, k, (unsigned long long)b, (unsigned long long)e);
     return ds_err(DSCKPT_ECHECKSUM,
-                  "%s: member '%.200s': CRC-32 mismatch: the file is damaged (--no-verify reads it anyway)", f->path,
+                  "%s: member '%.200s': CRC-32 mismatch: the file is damaged (reading with checks off reads it anyway)", f->path,
                   v->zip->members[v->order[k]].name);
 }
 

@@ -48,10 +48,10 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
     if (c->format && !strcmp(c->format, "safetensors"))
         return ds_err(DSCKPT_EUNSUPPORTED, "%s: a .safetensors file holds weights only; it cannot be resharded", c->dir);
     if (opts->world_size < 1 || opts->world_size > 1000000)
-        return ds_err(DSCKPT_EINVAL, "--to must be between 1 and 1000000 (got %d)", opts->world_size);
+        return ds_err(DSCKPT_EINVAL, "the world size must be between 1 and 1000000 (got %d)", opts->world_size);
     if (opts->format == DSCKPT_FORMAT_UNIVERSAL) return ds_universal_reshard(c, out, opts);
     int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
-    if (stage > 3) return ds_err(DSCKPT_EINVAL, "--stage must be 0, 1, 2 or 3 (got %d)", stage);
+    if (stage > 3) return ds_err(DSCKPT_EINVAL, "the ZeRO stage must be 0, 1, 2 or 3 (got %d)", stage);
     reshard_fill rf = {.c = c};
     ds_outdir od = {0};
     ds_native_out *no = NULL;
@@ -70,8 +70,8 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
         bool from_ds = c->format && !strcmp(c->format, "deepspeed");
         if (from_ds && stage != c->stage) {
             st = ds_err(DSCKPT_EUNSUPPORTED,
-                        "--format deepspeed keeps the ZeRO stage of a DeepSpeed checkpoint (%d): DeepSpeed loads "
-                        "a checkpoint only at the stage it was saved with; drop --stage, or write the native format",
+                        "DeepSpeed's format keeps the ZeRO stage of a DeepSpeed checkpoint (%d): DeepSpeed loads "
+                        "a checkpoint only at the stage it was saved with; keep the stage, or write the native format",
                         c->stage);
             goto done;
         }

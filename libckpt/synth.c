@@ -75,8 +75,8 @@ static dsckpt_status add_tensor(ds_tensor *ts, size_t *n, const char *name, dsck
 }
 
 dsckpt_status ds_synth_tensors(uint64_t params, dsckpt_dtype dt, ds_tensor **out, size_t *nout) {
-    if (params < 1000) return ds_err(DSCKPT_EINVAL, "--params must be at least 1000");
-    if (params > (1ull << 40)) return ds_err(DSCKPT_EINVAL, "--params must be at most 2^40");
+    if (params < 1000) return ds_err(DSCKPT_EINVAL, "the parameter count must be at least 1000");
+    if (params > (1ull << 40)) return ds_err(DSCKPT_EINVAL, "the parameter count must be at most 2^40");
     int L = params < 1000000 ? 2 : params < 100000000 ? 4 : 8;
     /* Solve 12 L d^2 + (13 L + V + S + 2) d = params for d, then make d odd so the
      * biases and LayerNorm vectors have odd lengths. */

@@ -524,11 +524,11 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
                       "under ZeRO stages 1-3; ZeRO-0 state is not partitioned, so `--format deepspeed --to M` already "
                       "resumes at any world size M");
     if (from_ds && stage != c->stage)
-        return ds_err(DSCKPT_EUNSUPPORTED, "--format universal keeps the ZeRO stage of a DeepSpeed checkpoint (%d); drop --stage",
+        return ds_err(DSCKPT_EUNSUPPORTED, "the universal format keeps the ZeRO stage of a DeepSpeed checkpoint (%d); keep the stage",
                       c->stage);
     if (stage < 1 || stage > 3)
-        return ds_err(DSCKPT_EUNSUPPORTED, "--format universal writes ZeRO stages 1-3; this checkpoint is stage %d "
-                                           "(pass --stage 1, 2 or 3)", stage);
+        return ds_err(DSCKPT_EUNSUPPORTED, "the universal format holds ZeRO stages 1-3; this checkpoint is stage %d "
+                                           "(ask for stage 1, 2 or 3)", stage);
     ds_outdir od = {0};
     uni_fill uf = {.c = c};
     dsckpt_ckpt *scratch = NULL;

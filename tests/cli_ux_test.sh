@@ -273,5 +273,9 @@ else
     ok
 fi
 
+run reshard a --to 3 -o a3
+expect_rc 4 "reshard onto an existing output"
+expect_in err 'already exists .*; pass --force to replace it$' "the CLI adds its --force hint to the library's message"
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -342,12 +342,44 @@ static void test_tag_list(void) {
     free(d);
 }
 
+/* The library's messages speak of its calls and options, never of the command
+ * line's spellings ("--force", "--to"): the CLI adds those. */
+static void test_messages_without_cli_wording(void) {
+    char *d = tu_mkdtemp(), *root = make_synth(d, "run", 100, DSCKPT_BF16), *out = tu_path(d, "o");
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 0;
+    CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &ro), DSCKPT_EINVAL);
+    CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
+    ro.world_size = 2;
+    ro.zero_stage = 0;
+    ro.format = DSCKPT_FORMAT_DEEPSPEED;
+    CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &ro), DSCKPT_EUNSUPPORTED);
+    CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
+    ro.format = DSCKPT_FORMAT_NATIVE;
+    CU_ASSERT_EQUAL(dsckpt_reshard(c, root, &ro), DSCKPT_EEXIST); /* exists, not forced */
+    CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
+    dsckpt_synth_opts so;
+    dsckpt_synth_opts_init(&so);
+    so.params = 10;
+    CU_ASSERT_EQUAL(dsckpt_synth(out, &so), DSCKPT_EINVAL);
+    CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
+    dsckpt_ckpt_free(c);
+    tu_rmtree(d);
+    free(out);
+    free(root);
+    free(d);
+}
+
 int main(void) {
     static const tu_test tests[] = {{"tensor_iteration", test_tensor_iteration},
                                     {"read_tensor", test_read_tensor},
                                     {"read_detects_damage", test_read_detects_damage},
                                     {"safetensors_source", test_safetensors_source},
                                     {"tag_list", test_tag_list},
+                                    {"messages_without_cli_wording", test_messages_without_cli_wording},
                                     {NULL, NULL}};
     return tu_main("access", tests);
 }
