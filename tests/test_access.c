@@ -355,7 +355,7 @@ static void test_messages_without_cli_wording(void) {
     CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
     ro.world_size = 2;
     ro.zero_stage = 0;
-    ro.format = DSCKPT_FORMAT_DEEPSPEED;
+    ro.format = DSCKPT_FORMAT_UNIVERSAL;
     CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &ro), DSCKPT_EUNSUPPORTED);
     CU_ASSERT(strstr(dsckpt_last_error(), "--") == NULL);
     ro.format = DSCKPT_FORMAT_NATIVE;
