@@ -175,7 +175,10 @@ expect_in out 'weights only' "weights mode is said"
 run consolidate a -o w16.safetensors -q
 run diff a w16.safetensors --json
 expect_rc 1 "bf16 weights differ from the fp32 master"
-jcheck "dtype changes are listed" 'd["mode"] == "weights" and len(d["dtype_changed"]) > 0'
+jcheck "dtype changes are listed" 'd["mode"] == "weights" and len(d["dtype_changed"]) > 0 and len(d["tensors"]) > 0'
+run diff a w16.safetensors --rtol 0.004 --json
+expect_rc 0 "within bf16 rounding (relative 2^-8) the weights are equal"
+jcheck "--rtol: no differing tensors, dtype changes still listed" 'd["equal"] and d["tensors"] == [] and len(d["dtype_changed"]) > 0'
 run consolidate a -o nofrozen.safetensors --dtype fp32 --exclude-frozen -q
 run diff a nofrozen.safetensors --json
 expect_rc 1 "a frozen tensor left out"
