@@ -21,6 +21,8 @@
 # reason, never PASS):
 #   env        GPU, driver, CUDA/torch versions; carried programs' libraries resolve
 #   kernels    tests/test_kernels_cuda.c with DSCKPT_REQUIRE_CUDA=1 (no device = fail)
+#   comm       tests/mpi/test_comm_cuda.c on 1 and 2 ranks sharing the GPU (device
+#              buffers through the staged MPI backend; NCCL at W = 1), when built
 #   snapshot   bench/gpu_bench.c: snapshot D2H throughput / pinned-copy bandwidth
 #              (target >= 0.8) and async stall / synchronous save (target <= 0.05)
 #   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
@@ -95,14 +97,14 @@ prepare() {
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_CUDA=ON -DDSCKPT_TEST_HOOKS=ON \
         -DDSCKPT_WERROR=ON >"$ROOT/build-gpu.configure.log" 2>&1 || die "configure failed (build-gpu.configure.log)"
     local targets="test_kernels_cuda gpu_bench dstrain dsckpt_cli"
-    grep -q '^test_comm_nccl:' "$BUILD/Makefile" 2>/dev/null && targets="$targets test_comm_nccl"
+    grep -q '^test_comm_cuda:' "$BUILD/Makefile" 2>/dev/null && targets="$targets test_comm_cuda"
     # shellcheck disable=SC2086
     cmake --build "$BUILD" -j"$(nproc)" --target $targets >"$ROOT/build-gpu.build.log" 2>&1 ||
         die "build failed (build-gpu.build.log)"
     rm -rf "$CARRY"
     mkdir -p "$CARRY/bin" "$CARRY/lib" "$CARRY/ompi/bin" "$CARRY/ompi/lib" "$CARRY/ompi/etc" "$CARRY/ompi/share"
     local b
-    for b in test_kernels_cuda gpu_bench dstrain dsckpt test_comm_nccl; do
+    for b in test_kernels_cuda gpu_bench dstrain dsckpt test_comm_cuda; do
         [ -x "$BUILD/$b" ] || continue
         strip --strip-unneeded -o "$CARRY/bin/$b" "$BUILD/$b"
     done
@@ -229,6 +231,7 @@ plan() {
     cat <<EOF
 env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried programs
 kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                     (timeout 120 s)
+comm      dsrun -n 1 and -n 2 bin/test_comm_cuda (staged MPI, NCCL at W=1) (timeout 60 s each; if built)
 snapshot  bin/gpu_bench snapshot 2048                                     (timeout 60 s)
 torch     python3 bench/gpu/torch_gpt2_step.py --dtype bf16 and fp32      (timeout 150 s)
 dstrain   CPU vs --device cuda loss curves, W=1 and W=2 (dsrun), 124M step (timeout 150 s)
@@ -244,9 +247,16 @@ T_START=$(date +%s)
 say() { echo "$*" | tee -a "$REPORT"; }
 
 # step NAME TIMEOUT CMD...: PASS on exit 0, SKIP on 77, FAIL otherwise.
+BUDGET_S=${GPU_CHECK_BUDGET_S:-470} # the whole run stays under 8 minutes
 step() {
     local name=$1 tmo=$2
     shift 2
+    local left=$((BUDGET_S - ($(date +%s) - T_START)))
+    if [ "$left" -lt 15 ]; then
+        say "[SKIP] $name: out of the ${BUDGET_S}s budget"
+        return 77
+    fi
+    [ "$tmo" -gt "$left" ] && tmo=$left
     local t0 rc log=$LOGS/$name.log
     t0=$(date +%s.%N)
     timeout --kill-after=5 "$tmo" "$@" >"$log" 2>&1
@@ -330,6 +340,12 @@ run_all() {
     missing=$(for f in "$CARRY"/bin/*; do ldd "$f" 2>/dev/null | grep 'not found'; done | sort -u)
     if [ -n "$missing" ]; then say "[FAIL] env: unresolved libraries:"; say "$missing"; else say "[PASS] env: libraries resolve"; fi
     step kernels 120 env DSCKPT_REQUIRE_CUDA=1 "$CARRY/bin/test_kernels_cuda"
+    if [ -x "$CARRY/bin/test_comm_cuda" ]; then
+        step comm_w1 60 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 1 "$CARRY/bin/test_comm_cuda"
+        step comm_w2 60 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 2 "$CARRY/bin/test_comm_cuda"
+    else
+        say "[SKIP] comm: this build has no test_comm_cuda (runtime/cuda not built)"
+    fi
     step snapshot 60 "$CARRY/bin/gpu_bench" snapshot 2048
     step torch 150 python3 "$ROOT/bench/gpu/torch_gpt2_step.py" --batch 8 --steps 8
     if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
