@@ -394,10 +394,12 @@ __global__ void __launch_bounds__(CE_THREADS) k_crossentropy(int T, int V, const
     int r = blockIdx.x, b = r / T, t = r % T;
     int target = tokens[(size_t)b * (T + 1) + t + 1];
     float *row = logits + (size_t)r * V;
+    /* Read before the barrier in block_max: after it, other threads overwrite the row. */
+    float z_target = row[target];
     float mx = -INFINITY;
     for (int v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, row[v]);
     mx = block_max(mx, sh);
-    float zt = __fsub_rn(row[target], mx);
+    float zt = __fsub_rn(z_target, mx);
     float s = 0.0f;
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
         float e = expf(__fsub_rn(row[v], mx));
