@@ -589,7 +589,12 @@ static void test_attention(void) {
 /* C[M, N] = alpha op(A) op(B) + beta C against float64, every transpose combination,
  * fp32 operands (1e-5) and 16-bit operands (1e-2, inputs rounded first). */
 static void gemm_case(dsc_dtype ab, dsc_dtype ct, bool ta, bool tb) {
-    const int M = 67, N = 45, K = 83, lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+    /* fp32: odd row strides; 16-bit: strides of 16 bytes (cuBLASLt's tensor-core
+     * kernels want aligned rows; the runtime's 16-bit operands have them). */
+    const int M = 67, N = 45, K = 83;
+    const int al = ab == DSC_F32 ? 1 : 8;
+    const int lda = ((ta ? M : K) + 3 + al - 1) / al * al, ldb = ((tb ? K : N) + 1 + al - 1) / al * al,
+              ldc = (N + 2 + al - 1) / al * al;
     const float alpha = 0.75f, beta = 0.5f;
     size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
     float *A = frand(na, 1.0f), *B = frand(nb, 1.0f), *C = frand(nc, 1.0f), *got = malloc(nc * 4);
