@@ -25,6 +25,8 @@
 #              buffers through the staged MPI backend; NCCL at W = 1), when built
 #   snapshot   bench/gpu_bench.c: snapshot D2H throughput / pinned-copy bandwidth
 #              (target >= 0.8) and async stall / synchronous save (target <= 0.05)
+#   offload    bench/gpu_bench.c: the optimizer phase of 124M parameters on the device
+#              vs offloaded to the CPU (pipelined copies), and device bytes per parameter
 #   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
 #              eager, bf16 autocast and fp32, with model FLOP utilisation
 #   dstrain    only when dstrain has --device: tiny config, CPU vs GPU loss curves at
@@ -233,6 +235,7 @@ env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried prog
 kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                     (timeout 120 s)
 comm      dsrun -n 1 and -n 2 bin/test_comm_cuda (staged MPI, NCCL at W=1) (timeout 60 s each; if built)
 snapshot  bin/gpu_bench snapshot 2048                                     (timeout 60 s)
+offload   bin/gpu_bench offload 124: optimizer phase on the device vs offloaded (timeout 60 s)
 torch     python3 bench/gpu/torch_gpt2_step.py --dtype bf16 and fp32      (timeout 150 s)
 dstrain   CPU vs --device cuda loss curves, W=1 and W=2 (dsrun), 124M step (timeout 150 s)
 EOF
@@ -347,6 +350,7 @@ run_all() {
         say "[SKIP] comm: this build has no test_comm_cuda (runtime/cuda not built)"
     fi
     step snapshot 60 "$CARRY/bin/gpu_bench" snapshot 2048
+    step offload 60 "$CARRY/bin/gpu_bench" offload 124
     step torch 150 python3 "$ROOT/bench/gpu/torch_gpt2_step.py" --batch 8 --steps 8
     if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
         export -f dstrain_steps dstrain_124m
