@@ -101,23 +101,39 @@ void rt_comm_stats_reset(rt_comm *c);
  * value. Tests lower it to exercise the piecewise paths without gigabyte buffers. */
 dsckpt_status rt_comm_set_max_message(rt_comm *c, size_t bytes);
 
+/* The stream (or other per-call context) that the backend ops receive from now on:
+ * a CUDA stream for a NCCL backend, ignored by the MPI and self backends (NULL by
+ * default). Buffers passed to the collectives must be memory that backend can reach:
+ * host memory for MPI/self, device memory for a NCCL backend. */
+void rt_comm_set_stream(rt_comm *c, void *stream);
+void *rt_comm_stream(const rt_comm *c);
+
 /* ---- Backend interface (comm.c, comm_mpi.c, a future NCCL backend) ----------------
  * A backend moves bytes; comm.c builds the public collectives on top (argument
- * checks, timing, piecewise splitting, the rank-order sums). Each op receives
- * pieces of at most the message cap and returns dsckpt_status with ds_err set. */
+ * checks, timing, piecewise splitting, the rank-order sums). Each op receives the
+ * handle's stream (rt_comm_set_stream) and pieces of at most the message cap, and
+ * returns dsckpt_status with ds_err set. */
 typedef struct rt_comm_ops {
     const char *name;
-    dsckpt_status (*barrier)(void *impl);
-    dsckpt_status (*bcast)(void *impl, void *buf, size_t bytes, int root);
+    dsckpt_status (*barrier)(void *impl, void *stream);
+    dsckpt_status (*bcast)(void *impl, void *stream, void *buf, size_t bytes, int root);
     /* Gather rank r's counts[r] bytes to recv + displs[r] on every rank; send is NULL
      * when rank's block is already in place. */
-    dsckpt_status (*allgatherv)(void *impl, const void *send, const size_t *counts,
+    dsckpt_status (*allgatherv)(void *impl, void *stream, const void *send, const size_t *counts,
                                 const size_t *displs, void *recv);
     /* Point-to-point exchange: this rank sends send_bytes[r] bytes from sends[r] to
      * rank r and receives recv_bytes[r] bytes from rank r into recvs[r] (entries of 0
      * bytes are skipped; the self entry is a local copy). */
-    dsckpt_status (*exchange)(void *impl, const void *const *sends, const size_t *send_bytes,
+    dsckpt_status (*exchange)(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                               void *const *recvs, const size_t *recv_bytes);
+    /* Optional (NULL: comm.c exchanges segments and sums them on the host in rank
+     * order). The reduce-scatter sum in one op: send holds W segments of counts[r]
+     * floats; rank r gets their sum over ranks in recv[0..counts[r]) (recv may be the
+     * rank's own segment of send). Counts are passed whole (not cut at the message
+     * cap). A backend that fills it must say whether it keeps comm.c's rank-order
+     * bits; a NCCL reduce-scatter does not promise them. */
+    dsckpt_status (*reduce_scatter_sum)(void *impl, void *stream, const float *send, const size_t *counts,
+                                        float *recv);
     void (*abort)(void *impl, int code) __attribute__((noreturn));
     /* Frees impl (and finalizes whatever the backend initialised). */
     void (*close)(void *impl);

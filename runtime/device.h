@@ -1,0 +1,89 @@
+/*
+ * device.h — the device seam of the training runtime: one table of operations
+ * (memory, copies, the kernels of the training step) through which model.c and
+ * engine.c touch their buffers. The CPU table (device_cpu.c) is host memory and the
+ * kernels of kernels/ (gemm.h, nn.h, optim.h, cast.h); a CUDA table supplies device
+ * memory, a stream and CUDA twins of the same kernels.
+ *
+ * Pointers. "Device" pointers are those returned by alloc; every kernel and d2d/memset
+ * take device pointers only. h2d/d2h copy between host and device memory. On the CPU
+ * table device memory is host memory, so the two coincide.
+ *
+ * Ordering and errors. Operations are issued in order on the table's context (`ctx`:
+ * the CUDA stream and library handles; NULL on the CPU) and may run asynchronously;
+ * d2h, has_inf_nan and sumsq_exact return when their host result is ready. Kernels
+ * return nothing: a backend keeps a sticky error that sync (and every op returning a
+ * status) reports. Memory ops return dsckpt_status with the error idiom's message.
+ *
+ * Semantics of each kernel: the CPU kernel of the same name in kernels/ (shapes,
+ * summation order). A CPU table gives exactly those bits; a CUDA table is held to
+ * the kernels' tests within stated tolerances (its sums may associate differently).
+ */
+#ifndef DSRT_DEVICE_H
+#define DSRT_DEVICE_H
+
+#include "dsckpt.h"
+#include "optim.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct rt_device {
+    const char *name; /* "cpu", "cuda" */
+    void *ctx;        /* backend state, passed to every op */
+
+    /* ---- memory ---- */
+    /* *out = `bytes` (0 allowed: a valid unique pointer) of zeroed device memory. */
+    dsckpt_status (*alloc)(void *ctx, size_t bytes, void **out);
+    void (*free)(void *ctx, void *p); /* NULL is a no-op */
+    dsckpt_status (*h2d)(void *ctx, void *dst, const void *src, size_t bytes);
+    dsckpt_status (*d2h)(void *ctx, void *dst, const void *src, size_t bytes);
+    dsckpt_status (*d2d)(void *ctx, void *dst, const void *src, size_t bytes); /* no overlap */
+    dsckpt_status (*memzero)(void *ctx, void *dst, size_t bytes);
+    /* Waits for everything issued; returns the sticky error, if any. */
+    dsckpt_status (*sync)(void *ctx);
+
+    /* ---- element types: dst[i] = src[i] converted (kernels/cast.h); F32, BF16, F16;
+     * same type is a copy ---- */
+    void (*cast)(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_dt, const void *src, size_t n);
+
+    /* ---- model kernels (kernels/gemm.h, kernels/nn.h) ---- */
+    void (*gemm)(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                 ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add);
+    /* panel: device scratch of ds_gemm_bt_panel_floats(K) floats (a backend may ignore it). */
+    void (*gemm_bt)(void *ctx, int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt,
+                    ptrdiff_t ldbt, float *c, ptrdiff_t ldc, int add, float *panel);
+    void (*bias_rows)(void *ctx, int N, int C, float *out, const float *bias, const float *res);
+    void (*bias_grad)(void *ctx, int N, int C, const float *d, float *db);
+    void (*layernorm_fwd)(void *ctx, int N, int C, const float *x, const float *w, const float *b, float *out,
+                          float *mean, float *rstd);
+    void (*layernorm_bwd)(void *ctx, int N, int C, const float *dout, const float *x, const float *mean,
+                          const float *rstd, const float *w, float *dx, float *dw, float *db);
+    void (*gelu_fwd)(void *ctx, int64_t n, const float *x, float *y);
+    void (*gelu_bwd)(void *ctx, int64_t n, const float *x, float *d);
+    void (*attention_fwd)(void *ctx, int B, int T, int C, int NH, const float *qkv, float *att, float *y);
+    void (*attention_bwd)(void *ctx, int B, int T, int C, int NH, const float *qkv, const float *att,
+                          const float *dy, float *dqkv, float *scratch);
+    /* tokens: a device copy of the B x (T+1) token rows. */
+    void (*embed_fwd)(void *ctx, int B, int T, int C, const int32_t *tokens, const float *wte, const float *wpe,
+                      float *out);
+    void (*embed_bwd)(void *ctx, int B, int T, int C, const int32_t *tokens, const float *dout, float *dwte,
+                      float *dwpe);
+    void (*crossent)(void *ctx, int B, int T, int V, const int32_t *tokens, float *probs, float dscale,
+                     float *row_loss);
+
+    /* ---- optimizer kernels (kernels/optim.h) ---- */
+    void (*adam)(void *ctx, const ds_adam_k *k, float *param, const float *grad, float *m, float *v, size_t n);
+    void (*scale)(void *ctx, float *x, size_t n, float s);
+    void (*add)(void *ctx, float *dst, const float *src, size_t n);
+    void (*round_f16)(void *ctx, float *g, size_t n);
+    /* Adds g's exact squares into the HOST accumulator acc[DS_SUMSQ_BUCKETS]. */
+    void (*sumsq_exact)(void *ctx, const float *g, size_t n, ds_u128 *acc);
+    bool (*has_inf_nan)(void *ctx, const float *g, size_t n);
+} rt_device;
+
+/* The CPU table: host memory (pages touched at allocation), the OpenMP kernels. */
+const rt_device *rt_device_cpu(void);
+
+#endif /* DSRT_DEVICE_H */
