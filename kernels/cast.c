@@ -13,11 +13,19 @@
  *   bf16 -> f32: bits << 16                        exact, signalling NaNs stay so
  *   f16 -> f32:  sign | 0x7FC00000 | (mant << 13)  payload kept, quiet bit set
  *
- * The fast paths assume x86-64 (the CMake build compiles them with -mavx2 etc.).
+ * The fast paths exist on x86-64 only: the build defines DSCKPT_X86_SIMD and compiles
+ * cast_avx2.c / cast_avx512.c (with -mavx2 etc.) there. Elsewhere (aarch64, or an x86
+ * build with -DDSCKPT_FORCE_GENERIC=ON) the dispatcher has the reference alone.
  */
 #include "cast.h"
 
+#if defined(DSCKPT_X86_SIMD) && !defined(__x86_64__)
+#error "DSCKPT_X86_SIMD is set but the target is not x86-64"
+#endif
+
+#ifdef DSCKPT_X86_SIMD
 #include <cpuid.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -126,6 +134,7 @@ void ds_cast_f16_to_f32_ref(const uint16_t *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = ds_f16_to_f32_ref(src[i]);
 }
 
+#ifdef DSCKPT_X86_SIMD
 /* ---- fast paths (defined in cast_avx2.c / cast_avx512.c) ----
  * Declared through __typeof__ of the reference so the prototypes cannot drift: the
  * ISA files declare their definitions the same way, so a signature change in cast.h
@@ -134,6 +143,7 @@ __typeof__(ds_cast_f32_to_bf16_ref) ds_cast_f32_to_bf16_avx2, ds_cast_f32_to_bf1
 __typeof__(ds_cast_f32_to_f16_ref) ds_cast_f32_to_f16_avx2, ds_cast_f32_to_f16_avx512;
 __typeof__(ds_cast_bf16_to_f32_ref) ds_cast_bf16_to_f32_avx2, ds_cast_bf16_to_f32_avx512;
 __typeof__(ds_cast_f16_to_f32_ref) ds_cast_f16_to_f32_avx2, ds_cast_f16_to_f32_avx512;
+#endif
 
 /* ---- dispatcher ---- */
 
@@ -146,6 +156,7 @@ typedef struct cast_impl {
     void (*f16_to_f32)(const uint16_t *, float *, size_t);
 } cast_impl;
 
+#ifdef DSCKPT_X86_SIMD
 /* __builtin_cpu_supports also checks that the OS saves the wider register state
  * (XCR0), so a "yes" means the instructions are actually usable. DQ is required
  * because cast_avx512.c is compiled with -mavx512dq and FMA because cast_avx2.c
@@ -169,15 +180,18 @@ static int cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 }
+#endif
 
 static int cpu_always(void) { return 1; }
 
 /* Fastest first: detection picks the first supported entry. */
 static const cast_impl g_impls[] = {
+#ifdef DSCKPT_X86_SIMD
     {"avx512", cpu_has_avx512, ds_cast_f32_to_bf16_avx512, ds_cast_f32_to_f16_avx512,
      ds_cast_bf16_to_f32_avx512, ds_cast_f16_to_f32_avx512},
     {"avx2", cpu_has_avx2, ds_cast_f32_to_bf16_avx2, ds_cast_f32_to_f16_avx2,
      ds_cast_bf16_to_f32_avx2, ds_cast_f16_to_f32_avx2},
+#endif
     {"ref", cpu_always, ds_cast_f32_to_bf16_ref, ds_cast_f32_to_f16_ref,
      ds_cast_bf16_to_f32_ref, ds_cast_f16_to_f32_ref},
 };

@@ -1,8 +1,8 @@
 /*
- * adam.h — the optimizer step on an fp32 partition (Adam / AdamW with DeepSpeed
- * FusedAdam semantics), the squared gradient norm for global-norm clipping, and the
- * inf/NaN check for overflow detection. Each has a plain reference (`*_ref`) beside
- * the OpenMP version; the two give the same bits, at any thread count.
+ * adam.h — the optimizer's hyper-parameters (Adam / AdamW with DeepSpeed FusedAdam
+ * semantics), their checks, the per-step constants handed to the element kernel
+ * (kernels/optim.h: ds_adam, OpenMP, and ds_adam_ref, the plain loop; the two give
+ * the same bits at any thread count), and a host step over one partition.
  *
  * The step, all in float (IEEE single, round to nearest, no fused multiply-add),
  * in this order — the order of DeepSpeed's FusedAdam kernel (csrc/adam/
@@ -29,6 +29,7 @@
 #define DS_RT_ADAM_H
 
 #include "dsckpt.h"
+#include "optim.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,6 +52,10 @@ rt_adam_hparams rt_adam_defaults(void);
  * 0 <= weight_decay, all finite): EINVAL with a message otherwise. */
 dsckpt_status rt_adam_check(const rt_adam_hparams *h);
 
+/* The constants of step `step` (1-based) for the element kernel: EINVAL for bad
+ * hyper-parameters or step 0. */
+dsckpt_status rt_adam_constants(const rt_adam_hparams *h, uint64_t step, ds_adam_k *k);
+
 /* One step on n elements, in place on param, exp_avg and exp_avg_sq (grad is read
  * only). The four arrays must not overlap. EINVAL for bad hyper-parameters, step 0
  * or NULL arrays with n > 0. rt_adam_step splits the elements over OpenMP threads
@@ -59,17 +64,5 @@ dsckpt_status rt_adam_step(float *param, const float *grad, float *exp_avg, floa
                            size_t n, const rt_adam_hparams *h, uint64_t step);
 dsckpt_status rt_adam_step_ref(float *param, const float *grad, float *exp_avg, float *exp_avg_sq,
                                size_t n, const rt_adam_hparams *h, uint64_t step);
-
-/* The sum of squares, defined as: split g into blocks of RT_SUMSQ_BLOCK elements;
- * each block's sum of (double)g[i]*(double)g[i] in index order; the block sums added
- * in block order, in double. The definition fixes every rounding, so the result does
- * not depend on the thread count. inf/NaN in g give inf/NaN. */
-#define RT_SUMSQ_BLOCK 4096
-double rt_grad_sumsq(const float *g, size_t n);
-double rt_grad_sumsq_ref(const float *g, size_t n);
-
-/* True when some g[i] is +-inf or NaN. */
-bool rt_has_inf_nan(const float *g, size_t n);
-bool rt_has_inf_nan_ref(const float *g, size_t n);
 
 #endif /* DS_RT_ADAM_H */

@@ -32,6 +32,7 @@
 struct rt_comm {
     const rt_comm_ops *ops;
     void *impl;
+    void *stream; /* handed to every backend op (rt_comm_set_stream) */
     int rank, size;
     size_t max_msg;
     double seconds;
@@ -127,6 +128,12 @@ int rt_comm_rank(const rt_comm *c) { return c ? c->rank : 0; }
 int rt_comm_size(const rt_comm *c) { return c ? c->size : 1; }
 const char *rt_comm_backend(const rt_comm *c) { return c ? c->ops->name : "none"; }
 
+void rt_comm_set_stream(rt_comm *c, void *stream) {
+    if (c) c->stream = stream;
+}
+
+void *rt_comm_stream(const rt_comm *c) { return c ? c->stream : NULL; }
+
 void rt_comm_stats(const rt_comm *c, double *seconds, uint64_t *bytes_sent) {
     if (seconds) *seconds = c ? c->seconds : 0.0;
     if (bytes_sent) *bytes_sent = c ? c->bytes_sent : 0;
@@ -164,7 +171,7 @@ static dsckpt_status gatherv_bytes(rt_comm *c, const void *send, const size_t *c
             pd[r] = displs[r] + (pc[r] ? base : 0);
         }
         const void *s = send ? (const uint8_t *)send + DS_MIN(base, counts[c->rank]) : NULL;
-        DS_TRY(c->ops->allgatherv(c->impl, s, pc, pd, recv));
+        DS_TRY(c->ops->allgatherv(c->impl, c->stream, s, pc, pd, recv));
     }
     c->bytes_sent += (uint64_t)counts[c->rank] * (W - 1);
     return DSCKPT_OK;
@@ -219,6 +226,11 @@ static dsckpt_status reduce_scatterv(rt_comm *c, const float *send, const size_t
         if (mine && recv != own) memcpy(recv, own, mine * sizeof(float));
         return DSCKPT_OK;
     }
+    if (c->ops->reduce_scatter_sum) {
+        DS_TRY(c->ops->reduce_scatter_sum(c->impl, c->stream, send, counts, recv));
+        c->bytes_sent += (uint64_t)(total - mine) * sizeof(float);
+        return DSCKPT_OK;
+    }
     size_t maxc = 0;
     for (int r = 0; r < W; r++) maxc = DS_MAX(maxc, counts[r]);
     if (maxc == 0) return DSCKPT_OK;
@@ -246,7 +258,7 @@ static dsckpt_status reduce_scatterv(rt_comm *c, const float *send, const size_t
                 c->srcs[r] = scr + (size_t)slot * slot_len;
             }
         }
-        DS_TRY(c->ops->exchange(c->impl, c->sends, c->sbytes, (void *const *)c->recvs, c->rbytes));
+        DS_TRY(c->ops->exchange(c->impl, c->stream, c->sends, c->sbytes, (void *const *)c->recvs, c->rbytes));
         if (m) sum_rank_order(recv + base, c->srcs, W, m);
     }
     c->bytes_sent += (uint64_t)(total - mine) * sizeof(float);
@@ -261,7 +273,7 @@ static dsckpt_status reduce_scatterv(rt_comm *c, const float *send, const size_t
 dsckpt_status rt_comm_barrier(rt_comm *c) {
     CHECK_HANDLE(c, "rt_comm_barrier");
     double t0 = rt_now_s();
-    dsckpt_status st = c->ops->barrier(c->impl);
+    dsckpt_status st = c->ops->barrier(c->impl, c->stream);
     c->seconds += rt_now_s() - t0;
     return st;
 }
@@ -275,7 +287,7 @@ dsckpt_status rt_comm_bcast(rt_comm *c, void *buf, size_t bytes, int root) {
     double t0 = rt_now_s();
     dsckpt_status st = DSCKPT_OK;
     for (size_t off = 0; off < bytes && st == DSCKPT_OK; off += c->max_msg)
-        st = c->ops->bcast(c->impl, (uint8_t *)buf + off, DS_MIN(bytes - off, c->max_msg), root);
+        st = c->ops->bcast(c->impl, c->stream, (uint8_t *)buf + off, DS_MIN(bytes - off, c->max_msg), root);
     if (st == DSCKPT_OK && c->rank == root) c->bytes_sent += (uint64_t)bytes * (uint64_t)(c->size - 1);
     c->seconds += rt_now_s() - t0;
     return st;
@@ -425,26 +437,26 @@ dsckpt_status rt_comm_allreduce_or(rt_comm *c, bool *flag) {
 
 /* ---- the self backend: a world of one -------------------------------------------- */
 
-static dsckpt_status self_barrier(void *impl) {
-    DS_UNUSED(impl);
+static dsckpt_status self_barrier(void *impl, void *stream) {
+    DS_UNUSED(impl), DS_UNUSED(stream);
     return DSCKPT_OK;
 }
 
-static dsckpt_status self_bcast(void *impl, void *buf, size_t bytes, int root) {
-    DS_UNUSED(impl), DS_UNUSED(buf), DS_UNUSED(bytes), DS_UNUSED(root);
+static dsckpt_status self_bcast(void *impl, void *stream, void *buf, size_t bytes, int root) {
+    DS_UNUSED(impl), DS_UNUSED(stream), DS_UNUSED(buf), DS_UNUSED(bytes), DS_UNUSED(root);
     return DSCKPT_OK;
 }
 
-static dsckpt_status self_allgatherv(void *impl, const void *send, const size_t *counts,
+static dsckpt_status self_allgatherv(void *impl, void *stream, const void *send, const size_t *counts,
                                      const size_t *displs, void *recv) {
-    DS_UNUSED(impl);
+    DS_UNUSED(impl), DS_UNUSED(stream);
     if (send && counts[0]) memmove((uint8_t *)recv + displs[0], send, counts[0]);
     return DSCKPT_OK;
 }
 
-static dsckpt_status self_exchange(void *impl, const void *const *sends, const size_t *send_bytes,
+static dsckpt_status self_exchange(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                                    void *const *recvs, const size_t *recv_bytes) {
-    DS_UNUSED(impl);
+    DS_UNUSED(impl), DS_UNUSED(stream);
     if (send_bytes[0] != recv_bytes[0])
         return ds_err(DSCKPT_EINTERNAL, "self exchange: sending %zu bytes but receiving %zu",
                       send_bytes[0], recv_bytes[0]);

@@ -43,14 +43,16 @@ static dsckpt_status mpi_fail(int rc, const char *what) {
         if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, what); \
     } while (0)
 
-static dsckpt_status mpi_barrier(void *impl) {
+static dsckpt_status mpi_barrier(void *impl, void *stream) {
     mpi_impl *m = impl;
+    DS_UNUSED(stream);
     MPI_TRY(MPI_Barrier(m->comm), "MPI_Barrier");
     return DSCKPT_OK;
 }
 
-static dsckpt_status mpi_bcast(void *impl, void *buf, size_t bytes, int root) {
+static dsckpt_status mpi_bcast(void *impl, void *stream, void *buf, size_t bytes, int root) {
     mpi_impl *m = impl;
+    DS_UNUSED(stream);
     if (bytes > INT_MAX) return ds_err(DSCKPT_EINTERNAL, "MPI broadcast piece of %zu bytes", bytes);
     MPI_TRY(MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, m->comm), "MPI_Bcast");
     return DSCKPT_OK;
@@ -62,9 +64,10 @@ static dsckpt_status wait_all(mpi_impl *m, int nreq, const char *what) {
     return DSCKPT_OK;
 }
 
-static dsckpt_status mpi_allgatherv(void *impl, const void *send, const size_t *counts,
+static dsckpt_status mpi_allgatherv(void *impl, void *stream, const void *send, const size_t *counts,
                                     const size_t *displs, void *recv) {
     mpi_impl *m = impl;
+    DS_UNUSED(stream);
     bool fits = true;
     for (int r = 0; r < m->size; r++) {
         if (counts[r] > INT_MAX) return ds_err(DSCKPT_EINTERNAL, "MPI gather piece of %zu bytes", counts[r]);
@@ -99,9 +102,10 @@ static dsckpt_status mpi_allgatherv(void *impl, const void *send, const size_t *
     return wait_all(m, nreq, "MPI_Waitall (gather)");
 }
 
-static dsckpt_status mpi_exchange(void *impl, const void *const *sends, const size_t *send_bytes,
+static dsckpt_status mpi_exchange(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                                   void *const *recvs, const size_t *recv_bytes) {
     mpi_impl *m = impl;
+    DS_UNUSED(stream);
     int nreq = 0;
     /* Receives first, so that every send finds its receive posted. */
     for (int r = 0; r < m->size; r++) {

@@ -1,37 +1,45 @@
 /*
- * engine.c — ZeRO stages 0-3 on the CPU over the collectives seam (see engine.h).
+ * engine.c — ZeRO stages 0-3 over the collectives seam (see engine.h). Every buffer
+ * of the step is device memory of the engine's device table (device.h) and is touched
+ * only through it; the host keeps the tokens, the norm accumulator and the
+ * bookkeeping.
  */
 #include "engine.h"
 #include "engine_internal.h"
 
 #include "adam.h"
-#include "cast.h"
+#include "device.h"
 #include "partition.h"
 #include "rt_time.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static dsckpt_status grow(void *pp, size_t *cap, size_t bytes) {
+/* A device scratch of at least `bytes` (contents not kept when it grows). */
+static dsckpt_status grow(rt_engine *e, void *pp, size_t *cap, size_t bytes) {
     if (*cap >= bytes) return DSCKPT_OK;
-    void *n = realloc(*(void **)pp, bytes);
-    if (!n) return ds_err(DSCKPT_ENOMEM, "engine: out of memory (%zu bytes)", bytes);
-    *(void **)pp = n;
+    e->dev->free(e->dev->ctx, *(void **)pp);
+    *(void **)pp = NULL;
+    *cap = 0;
+    DS_TRY(e->dev->alloc(e->dev->ctx, bytes, pp));
     *cap = bytes;
     return DSCKPT_OK;
 }
 
-static void to_f32(dsckpt_dtype dt, const void *src, float *dst, uint64_t n) {
-    if (dt == DSCKPT_BF16) ds_cast_bf16_to_f32(src, dst, (size_t)n);
-    else if (dt == DSCKPT_F16) ds_cast_f16_to_f32(src, dst, (size_t)n);
-    else memcpy(dst, src, (size_t)n * 4);
+static void to_f32(const rt_engine *e, const void *src, float *dst, uint64_t n) {
+    e->dev->cast(e->dev->ctx, DSCKPT_F32, dst, e->wdt, src, (size_t)n);
 }
 
-static void from_f32(dsckpt_dtype dt, const float *src, void *dst, uint64_t n) {
-    if (dt == DSCKPT_BF16) ds_cast_f32_to_bf16(src, dst, (size_t)n);
-    else if (dt == DSCKPT_F16) ds_cast_f32_to_f16(src, dst, (size_t)n);
-    else memcpy(dst, src, (size_t)n * 4);
+static void from_f32(const rt_engine *e, const float *src, void *dst, uint64_t n) {
+    e->dev->cast(e->dev->ctx, e->wdt, dst, DSCKPT_F32, src, (size_t)n);
+}
+
+static dsckpt_status dev_alloc(rt_engine *e, void *pp, uint64_t bytes, const char *what) {
+    dsckpt_status st = e->dev->alloc(e->dev->ctx, (size_t)bytes, pp);
+    if (st) ds_err_prefix(st, "engine: %s", what);
+    return st;
 }
 
 /* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
@@ -72,14 +80,14 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
         }
         total += e->counts[r];
     }
-    DS_TRY(grow(&e->send, &e->send_cap, (total ? total : 1) * 4));
-    DS_TRY(grow(&e->recv, &e->recv_cap, (e->counts[e->rank] ? e->counts[e->rank] : 1) * 4));
+    DS_TRY(grow(e, &e->send, &e->send_cap, (total ? total : 1) * 4));
+    DS_TRY(grow(e, &e->recv, &e->recv_cap, (e->counts[e->rank] ? e->counts[e->rank] : 1) * 4));
     size_t pos = 0;
     for (int r = 0; r < e->W; r++)
         for (size_t i = 0; i < n; i++) {
             uint64_t s, c, p;
             rt_engine_own(e, &e->t[ts[i]], r, &s, &c, &p);
-            memcpy(e->send + pos, src[i] + s, (size_t)c * 4);
+            DS_TRY(e->dev->d2d(e->dev->ctx, e->send + pos, src[i] + s, (size_t)c * 4));
             pos += (size_t)c;
         }
     DS_TRY(rt_comm_reduce_scatterv_f32(e->comm, e->send, e->counts, e->recv));
@@ -88,8 +96,7 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
         const et *T = &e->t[ts[i]];
         uint64_t s, c, p;
         rt_engine_own(e, T, e->rank, &s, &c, &p);
-        float *dst = e->gpart[T->group] + p;
-        for (uint64_t k = 0; k < c; k++) dst[k] += e->recv[pos + k];
+        e->dev->add(e->dev->ctx, e->gpart[T->group] + p, e->recv + pos, (size_t)c);
         pos += (size_t)c;
     }
     return DSCKPT_OK;
@@ -97,51 +104,61 @@ static dsckpt_status reduce_owned(rt_engine *e, const size_t *ts, size_t n, cons
 
 /* ---- module hooks ---- */
 
+/* Records a hook's failure (sticky for the rest of the pass, with its message, which
+ * the model's own error would otherwise replace) and returns NULL, so the model
+ * stops at once. */
+static void *hook_fail(rt_engine *e, dsckpt_status st) {
+    if (!e->hook_err) {
+        e->hook_err = st;
+        snprintf(e->hook_msg, sizeof e->hook_msg, "%s", dsckpt_last_error());
+    }
+    return NULL;
+}
+
+/* The step's status after the model returned `st`: the hooks' sticky error first. */
+static dsckpt_status pass_status(rt_engine *e, dsckpt_status st) {
+    if (e->hook_err) return ds_err(e->hook_err, "%s", e->hook_msg);
+    return st;
+}
+
 static const float *h_acquire(void *ctx, int m) {
     rt_engine *e = ctx;
+    if (e->hook_err) return hook_fail(e, e->hook_err);
     int slot = e->scr_mod[0] < 0 ? 0 : e->scr_mod[1] < 0 ? 1 : -1;
-    if (slot < 0 || e->hook_err) {
-        if (!e->hook_err) e->hook_err = ds_err(DSCKPT_EINTERNAL, "engine: more than two modules acquired");
-        return e->scr[0];
-    }
-    e->scr_mod[slot] = m;
+    if (slot < 0) return hook_fail(e, ds_err(DSCKPT_EINTERNAL, "engine: more than two modules acquired"));
     float *dst = e->scr[slot];
     if (e->stage != 3) {
         const uint8_t *src = (const uint8_t *)e->w + e->mstart[m] * e->ws;
+        e->scr_mod[slot] = m;
         if (e->wdt == DSCKPT_F32) return (const float *)src;
-        to_f32(e->wdt, src, dst, e->mlen[m]);
+        to_f32(e, src, dst, e->mlen[m]);
         return dst;
     }
     /* ZeRO-3: all-gather this module's pieces from every rank. */
     uint64_t per = 0;
     for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) per += e->t[i].q;
-    dsckpt_status st = grow(&e->gbuf, &e->gbuf_cap, (size_t)(per ? per : 1) * e->ws);
-    if (!st) st = grow(&e->gbuf2, &e->gbuf2_cap, (size_t)(per ? per : 1) * e->ws * (size_t)e->W);
-    if (st) {
-        e->hook_err = st;
-        return dst;
-    }
+    dsckpt_status st = grow(e, &e->gbuf, &e->gbuf_cap, (size_t)(per ? per : 1) * e->ws);
+    if (!st) st = grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(per ? per : 1) * e->ws * (size_t)e->W);
     uint64_t pos = 0;
-    for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) {
+    for (size_t i = e->mod_t0[m]; !st && i < e->mod_t1[m]; i++) {
         const et *T = &e->t[i];
-        memcpy(e->gbuf + pos * e->ws, (uint8_t *)e->w3[T->group] + T->qoff * e->ws, (size_t)T->q * e->ws);
+        st = e->dev->d2d(e->dev->ctx, e->gbuf + pos * e->ws, (uint8_t *)e->w3[T->group] + T->qoff * e->ws,
+                         (size_t)T->q * e->ws);
         pos += T->q;
     }
-    st = rt_comm_allgather(e->comm, e->gbuf, (size_t)per * e->ws, e->gbuf2);
-    if (st) {
-        e->hook_err = st;
-        return dst;
-    }
+    if (!st) st = rt_comm_allgather(e->comm, e->gbuf, (size_t)per * e->ws, e->gbuf2);
+    if (st) return hook_fail(e, st);
     for (int r = 0; r < e->W; r++) {
         uint64_t off = 0;
         for (size_t i = e->mod_t0[m]; i < e->mod_t1[m]; i++) {
             const et *T = &e->t[i];
             uint64_t s, c;
             ds_part_real(T->q, r, T->numel, &s, &c);
-            to_f32(e->wdt, e->gbuf2 + ((uint64_t)r * per + off) * e->ws, dst + (T->moff - e->mstart[m]) + s, c);
+            to_f32(e, e->gbuf2 + ((uint64_t)r * per + off) * e->ws, dst + (T->moff - e->mstart[m]) + s, c);
             off += T->q;
         }
     }
+    e->scr_mod[slot] = m;
     return dst;
 }
 
@@ -153,16 +170,18 @@ static void h_release(void *ctx, int m) {
 
 static float *h_grad_buf(void *ctx, int m) {
     rt_engine *e = ctx;
+    if (e->hook_err) return hook_fail(e, e->hook_err);
     if (e->stage < 2) return e->gfull + e->mstart[m];
+    dsckpt_status st;
     if (m == 0) {
         if (!e->gscr0_live) {
-            memset(e->gscr0, 0, (size_t)e->mlen[0] * 4);
+            if ((st = e->dev->memzero(e->dev->ctx, e->gscr0, (size_t)e->mlen[0] * 4))) return hook_fail(e, st);
             e->gscr0_live = true;
         }
         return e->gscr0;
     }
     if (e->gscr_mod != m) {
-        memset(e->gscr, 0, (size_t)e->mlen[m] * 4);
+        if ((st = e->dev->memzero(e->dev->ctx, e->gscr, (size_t)e->mlen[m] * 4))) return hook_fail(e, st);
         e->gscr_mod = m;
     }
     return e->gscr;
@@ -170,22 +189,11 @@ static float *h_grad_buf(void *ctx, int m) {
 
 /* fp16 training keeps gradients in fp16, as DeepSpeed does: a value past the fp16
  * range becomes inf, which is how an overflowing step is detected. */
-static void fp16_round(float *g, uint64_t n, uint16_t *tmp) {
-    for (uint64_t i = 0; i < n; i += 4096) {
-        size_t k = (size_t)DS_MIN(n - i, 4096);
-        ds_cast_f32_to_f16(g + i, tmp, k);
-        ds_cast_f16_to_f32(tmp, g + i, k);
-    }
-}
-
 static void h_grad_ready(void *ctx, int m) {
     rt_engine *e = ctx;
     if (e->stage < 2 || e->hook_err) return;
     float *g = m == 0 ? e->gscr0 : e->gscr;
-    if (e->wdt == DSCKPT_F16) {
-        uint16_t tmp[4096];
-        fp16_round(g, e->mlen[m], tmp);
-    }
+    if (e->wdt == DSCKPT_F16) e->dev->round_f16(e->dev->ctx, g, (size_t)e->mlen[m]);
     /* Buckets of whole tensors, at most reduce_bucket_size elements (a larger tensor alone). */
     size_t ts[64];
     const float *src[64];
@@ -196,7 +204,7 @@ static void h_grad_ready(void *ctx, int m) {
         if (n && (last || n == 64 || in + e->t[i].numel > e->bucket)) {
             dsckpt_status st = reduce_owned(e, ts, n, src);
             if (st) {
-                e->hook_err = st;
+                hook_fail(e, st);
                 return;
             }
             n = 0;
@@ -219,7 +227,9 @@ static rt_param_hooks hooks(rt_engine *e) {
 
 /* ---- creation ---- */
 
-static dsckpt_status alloc_f(float **p, uint64_t n) { return ds_calloc((size_t)(n ? n : 1), sizeof(float), p); }
+static dsckpt_status alloc_f(rt_engine *e, float **p, uint64_t n, const char *what) {
+    return dev_alloc(e, p, (n ? n : 1) * sizeof(float), what);
+}
 
 dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
     void *p = malloc(bytes ? bytes : 1);
@@ -232,10 +242,11 @@ dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
 
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
     rt_engine *e = NULL;
-    float *init = NULL;
+    float *init = NULL, *dinit = NULL;
     DS_TRY(ds_calloc(1, sizeof *e, &e));
     dsckpt_status st = DSCKPT_OK;
     e->cfg = cfg;
+    e->dev = rt_device_cpu();
     e->comm = comm;
     e->model = model;
     e->W = rt_comm_size(comm);
@@ -287,53 +298,49 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
         if (e->stage != 3) e->plen[g] = e->fp[g].part;
         size_t pb = (size_t)e->plen[g] * sizeof(float);
-        DS_TRYGOTO(rt_alloc_touched(&e->master[g], pb, "the engine's partitions"), fail);
-        DS_TRYGOTO(rt_alloc_touched(&e->m1[g], pb, "the engine's partitions"), fail);
-        DS_TRYGOTO(rt_alloc_touched(&e->m2[g], pb, "the engine's partitions"), fail);
-        DS_TRYGOTO(rt_alloc_touched(&e->gpart[g], pb, "the engine's partitions"), fail);
-        if (e->stage == 1 || e->stage == 2) { /* gather_working's buffer, for the largest group */
-            size_t gb = (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W;
-            if (gb > e->gbuf2_cap) {
-                free(e->gbuf2);
-                e->gbuf2 = NULL;
-                DS_TRYGOTO(rt_alloc_touched(&e->gbuf2, gb, "the engine's gather buffer"), fail);
-                e->gbuf2_cap = gb;
-            }
-        }
-        if (e->stage == 3) DS_TRYGOTO(ds_calloc((size_t)(e->plen[g] ? e->plen[g] : 1), e->ws, &e->w3[g]), fail);
+        DS_TRYGOTO(dev_alloc(e, &e->master[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(dev_alloc(e, &e->m1[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(dev_alloc(e, &e->m2[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(dev_alloc(e, &e->gpart[g], pb, "the partitions"), fail);
+        if (e->stage == 1 || e->stage == 2) /* gather_working's buffer, for the largest group */
+            DS_TRYGOTO(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W),
+                       fail);
+        if (e->stage == 3) DS_TRYGOTO(dev_alloc(e, &e->w3[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "weights"), fail);
     }
-    if (e->stage != 3) DS_TRYGOTO(ds_calloc((size_t)e->N, e->ws, &e->w), fail);
-    if (e->stage < 2) DS_TRYGOTO(alloc_f(&e->gfull, e->N), fail);
+    if (e->stage != 3) DS_TRYGOTO(dev_alloc(e, &e->w, (e->N ? e->N : 1) * e->ws, "the working weights"), fail);
+    if (e->stage < 2) DS_TRYGOTO(alloc_f(e, &e->gfull, e->N, "the gradients"), fail);
     else {
-        DS_TRYGOTO(alloc_f(&e->gscr0, e->mlen[0]), fail);
-        DS_TRYGOTO(alloc_f(&e->gscr, e->maxmod), fail);
+        DS_TRYGOTO(alloc_f(e, &e->gscr0, e->mlen[0], "the gradient buffers"), fail);
+        DS_TRYGOTO(alloc_f(e, &e->gscr, e->maxmod, "the gradient buffers"), fail);
     }
-    DS_TRYGOTO(alloc_f(&e->scr[0], e->maxmod), fail);
-    DS_TRYGOTO(alloc_f(&e->scr[1], e->maxmod), fail);
+    DS_TRYGOTO(alloc_f(e, &e->scr[0], e->maxmod, "the parameter buffers"), fail);
+    DS_TRYGOTO(alloc_f(e, &e->scr[1], e->maxmod, "the parameter buffers"), fail);
     const rt_model_cfg *mc = rt_model_config(model);
     DS_TRYGOTO(ds_calloc((size_t)cfg->micro_batch * (size_t)(mc->n_ctx + 1), sizeof(int32_t), &e->tokens), fail);
 
     /* Weights: the model is initialised in fp32, cast to the working dtype, and the
      * fp32 master is the working weights read back (as DeepSpeed builds it). */
-    DS_TRYGOTO(alloc_f(&init, e->N), fail);
+    DS_TRYGOTO(ds_malloc((size_t)(e->N ? e->N : 1) * sizeof(float), &init), fail);
     DS_TRYGOTO(rt_model_init(mc, init, seed), fail);
+    DS_TRYGOTO(alloc_f(e, &dinit, e->N, "the initial weights"), fail);
+    DS_TRYGOTO(e->dev->h2d(e->dev->ctx, dinit, init, (size_t)e->N * sizeof(float)), fail);
     for (size_t i = 0; i < np; i++) {
         const et *T = &e->t[i];
         uint64_t s, c, p;
         rt_engine_own(e, T, e->rank, &s, &c, &p);
-        float *dst = e->master[T->group] + p;
-        memcpy(dst, init + T->moff + s, (size_t)c * 4);
+        DS_TRYGOTO(e->dev->d2d(e->dev->ctx, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), fail);
     }
     for (int g = 0; g < NG; g++) {
-        uint8_t *tmp = NULL;
-        DS_TRYGOTO(ds_malloc((size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws, &tmp), fail);
-        from_f32(e->wdt, e->master[g], tmp, e->plen[g]);
-        to_f32(e->wdt, tmp, e->master[g], e->plen[g]);
-        free(tmp);
+        void *tmp = NULL;
+        DS_TRYGOTO(dev_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), fail);
+        from_f32(e, e->master[g], tmp, e->plen[g]);
+        to_f32(e, tmp, e->master[g], e->plen[g]);
+        e->dev->free(e->dev->ctx, tmp);
     }
-    if (e->stage != 3) from_f32(e->wdt, init, e->w, e->N);
+    if (e->stage != 3) from_f32(e, dinit, e->w, e->N);
     else
-        for (int g = 0; g < NG; g++) from_f32(e->wdt, e->master[g], e->w3[g], e->plen[g]);
+        for (int g = 0; g < NG; g++) from_f32(e, e->master[g], e->w3[g], e->plen[g]);
+    DS_TRYGOTO(e->dev->sync(e->dev->ctx), fail);
 
     rt_sched_init(&e->sched, cfg);
     rt_scaler_init_config(&e->scaler, cfg);
@@ -348,33 +355,38 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         h->bias_correction = cfg->optimizer.bias_correction;
     }
     free(init);
+    e->dev->free(e->dev->ctx, dinit);
     *out = e;
     return DSCKPT_OK;
 fail:
     free(init);
+    if (e->dev) e->dev->free(e->dev->ctx, dinit);
     rt_engine_free(e);
     return st;
 }
 
 void rt_engine_free(rt_engine *e) {
     if (!e) return;
-    for (int g = 0; g < NG; g++) {
-        free(e->master[g]);
-        free(e->m1[g]);
-        free(e->m2[g]);
-        free(e->gpart[g]);
-        free(e->w3[g]);
+    if (e->dev) {
+        const rt_device *d = e->dev;
+        for (int g = 0; g < NG; g++) {
+            d->free(d->ctx, e->master[g]);
+            d->free(d->ctx, e->m1[g]);
+            d->free(d->ctx, e->m2[g]);
+            d->free(d->ctx, e->gpart[g]);
+            d->free(d->ctx, e->w3[g]);
+        }
+        d->free(d->ctx, e->w);
+        d->free(d->ctx, e->gfull);
+        d->free(d->ctx, e->scr[0]);
+        d->free(d->ctx, e->scr[1]);
+        d->free(d->ctx, e->gscr0);
+        d->free(d->ctx, e->gscr);
+        d->free(d->ctx, e->send);
+        d->free(d->ctx, e->recv);
+        d->free(d->ctx, e->gbuf);
+        d->free(d->ctx, e->gbuf2);
     }
-    free(e->w);
-    free(e->gfull);
-    free(e->scr[0]);
-    free(e->scr[1]);
-    free(e->gscr0);
-    free(e->gscr);
-    free(e->send);
-    free(e->recv);
-    free(e->gbuf);
-    free(e->gbuf2);
     free(e->counts);
     free(e->tokens);
     free(e->t);
@@ -387,51 +399,25 @@ void rt_engine_free(rt_engine *e) {
 
 /* ---- the optimizer step ---- */
 
-/* Exact sum of squares: each float's square is exact in a double; its 53-bit
- * significand is added to the integer bucket of its exponent. Buckets from all
- * ranks add exactly, so the norm does not depend on how elements are partitioned. */
-typedef unsigned __int128 u128;
-
-static void sumsq_exact(const float *g, uint64_t n, u128 *acc) {
-    for (uint64_t i = 0; i < n; i++) {
-        double d = (double)g[i] * (double)g[i];
-        uint64_t b;
-        memcpy(&b, &d, 8);
-        unsigned ex = (unsigned)(b >> 52) & 0x7ff;
-        uint64_t mant = (b & ((1ull << 52) - 1)) | (ex ? 1ull << 52 : 0);
-        acc[ex] += mant;
-    }
-}
-
-static double acc_value(const u128 *acc) {
-    double s = 0;
-    for (int ex = 0; ex < EXP_BUCKETS; ex++) {
-        if (!acc[ex]) continue;
-        int sh = (ex ? ex : 1) - 1075;
-        s += ldexp((double)acc[ex], sh);
-    }
-    return s;
-}
-
-static void refresh_working(rt_engine *e, int g, uint8_t *tmp) {
-    (void)tmp;
+/* Stages 0/3: the working weights from this rank's master partition. */
+static void refresh_working(rt_engine *e, int g) {
     if (e->stage == 3) {
-        from_f32(e->wdt, e->master[g], e->w3[g], e->plen[g]);
+        from_f32(e, e->master[g], e->w3[g], e->plen[g]);
         return;
     }
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         if (T->group != g || e->stage != 0) continue;
-        from_f32(e->wdt, e->master[g] + T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel);
+        from_f32(e, e->master[g] + T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel);
     }
 }
 
 /* Stages 1/2: every rank's updated partition, cast, all-gathered into the working weights. */
 static dsckpt_status gather_working(rt_engine *e, int g) {
     uint64_t P = e->plen[g];
-    DS_TRY(grow(&e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
+    DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
     uint8_t *mine = e->gbuf2 + (size_t)e->rank * P * e->ws; /* cast in place, gather in place */
-    from_f32(e->wdt, e->master[g], mine, P);
+    from_f32(e, e->master[g], mine, P);
     DS_TRY(rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, e->gbuf2));
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
@@ -439,7 +425,8 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
         for (int r = 0; r < e->W; r++) {
             uint64_t s, c, p;
             rt_engine_own(e, T, r, &s, &c, &p);
-            memcpy((uint8_t *)e->w + (T->moff + s) * e->ws, e->gbuf2 + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
+            DS_TRY(e->dev->d2d(e->dev->ctx, (uint8_t *)e->w + (T->moff + s) * e->ws,
+                               e->gbuf2 + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws));
         }
     }
     return DSCKPT_OK;
@@ -450,13 +437,12 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
     uint64_t b0, b1;
     rt_comm_stats(e->comm, &c0, &b0);
     const rt_config *cfg = e->cfg;
-    const rt_model_cfg *mc = rt_model_config(e->model);
+    const rt_device *d = e->dev;
     int T = (int)rt_data_seq_len(data);
     int mb = (int)cfg->micro_batch;
     uint64_t gas = cfg->grad_accum;
-    if (e->stage < 2) memset(e->gfull, 0, (size_t)e->N * 4);
-    for (int g = 0; g < NG; g++) memset(e->gpart[g], 0, (size_t)e->plen[g] * 4);
-    (void)mc;
+    if (e->stage < 2) DS_TRY(d->memzero(d->ctx, e->gfull, (size_t)e->N * 4));
+    for (int g = 0; g < NG; g++) DS_TRY(d->memzero(d->ctx, e->gpart[g], (size_t)e->plen[g] * 4));
     double scale = rt_scaler_scale(&e->scaler);
     float grad_scale = (float)(scale / ((double)gas * e->W));
     double loss_sum = 0;
@@ -465,19 +451,16 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         DS_TRY(rt_data_fill_micro(data, data_seed, k, e->W, e->rank, a, (uint64_t)mb, e->tokens));
         float loss = 0;
         e->hook_err = DSCKPT_OK;
-        DS_TRY(rt_model_forward_backward(e->model, &h, e->tokens, mb, T, grad_scale, &loss));
-        if (e->hook_err) return e->hook_err;
-        if (e->stage < 2 && e->wdt == DSCKPT_F16) {
-            uint16_t tmp[4096];
-            fp16_round(e->gfull, e->N, tmp);
-        }
+        DS_TRY(pass_status(e, rt_model_forward_backward(e->model, &h, e->tokens, mb, T, grad_scale, &loss)));
+        if (e->stage < 2 && e->wdt == DSCKPT_F16) d->round_f16(d->ctx, e->gfull, (size_t)e->N);
         loss_sum += loss;
     }
     /* Reduction of the accumulated gradients (stages 2/3 reduced them during backward). */
     if (e->stage == 0) {
         DS_TRY(rt_comm_allreduce_f32(e->comm, e->gfull, (size_t)e->N));
         for (size_t i = 0; i < e->nt; i++)
-            memcpy(e->gpart[e->t[i].group] + e->t[i].goff, e->gfull + e->t[i].moff, (size_t)e->t[i].numel * 4);
+            DS_TRY(d->d2d(d->ctx, e->gpart[e->t[i].group] + e->t[i].goff, e->gfull + e->t[i].moff,
+                          (size_t)e->t[i].numel * 4));
     } else if (e->stage == 1) {
         size_t *ts = NULL;
         const float **src = NULL;
@@ -496,28 +479,29 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
     /* Only fp16 skips overflowing steps (DeepSpeed never checks bf16 / fp32). */
     bool overflow = false;
     if (e->scaler.check_overflow) {
-        for (int g = 0; g < NG; g++) overflow |= rt_has_inf_nan(e->gpart[g], (size_t)e->plen[g]);
+        for (int g = 0; g < NG; g++) overflow |= d->has_inf_nan(d->ctx, e->gpart[g], (size_t)e->plen[g]);
         DS_TRY(rt_comm_allreduce_or(e->comm, &overflow));
     }
     double total_norm = NAN;
     if (!overflow) {
-        u128 *acc = NULL, *all = NULL;
-        DS_TRY(ds_calloc(EXP_BUCKETS, sizeof *acc, &acc));
-        for (int g = 0; g < NG; g++) sumsq_exact(e->gpart[g], e->plen[g], acc);
+        /* Host buckets: the exact sums of all ranks add without rounding. */
+        ds_u128 *acc = NULL, *all = NULL;
+        DS_TRY(ds_calloc(DS_SUMSQ_BUCKETS, sizeof *acc, &acc));
+        for (int g = 0; g < NG; g++) d->sumsq_exact(d->ctx, e->gpart[g], (size_t)e->plen[g], acc);
         if (e->stage != 0 && e->W > 1) {
-            dsckpt_status st = ds_calloc((size_t)EXP_BUCKETS * (size_t)e->W, sizeof *all, &all);
-            if (!st) st = rt_comm_allgather(e->comm, acc, EXP_BUCKETS * sizeof *acc, all);
+            dsckpt_status st = ds_calloc((size_t)DS_SUMSQ_BUCKETS * (size_t)e->W, sizeof *all, &all);
+            if (!st) st = rt_comm_allgather(e->comm, acc, DS_SUMSQ_BUCKETS * sizeof *acc, all);
             if (st) {
                 free(acc);
                 free(all);
                 return st;
             }
-            memset(acc, 0, EXP_BUCKETS * sizeof *acc);
+            memset(acc, 0, DS_SUMSQ_BUCKETS * sizeof *acc);
             for (int r = 0; r < e->W; r++)
-                for (int x = 0; x < EXP_BUCKETS; x++) acc[x] += all[(size_t)r * EXP_BUCKETS + x];
+                for (int x = 0; x < DS_SUMSQ_BUCKETS; x++) acc[x] += all[(size_t)r * DS_SUMSQ_BUCKETS + x];
             free(all);
         }
-        total_norm = sqrt(acc_value(acc));
+        total_norm = sqrt(ds_sumsq_value(acc));
         free(acc);
     }
     double lr = rt_sched_lr(&e->sched, e->applied);
@@ -533,13 +517,15 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         rt_engine_before_change(e);
         e->applied++;
         for (int g = 0; g < NG; g++) {
-            float *gr = e->gpart[g];
-            for (uint64_t i = 0; i < e->plen[g]; i++) gr[i] *= inv;
+            ds_adam_k ak;
             e->hp[g].lr = (float)lr;
-            DS_TRY(rt_adam_step(e->master[g], gr, e->m1[g], e->m2[g], (size_t)e->plen[g], &e->hp[g], e->applied));
+            DS_TRY(rt_adam_constants(&e->hp[g], e->applied, &ak));
+            d->scale(d->ctx, e->gpart[g], (size_t)e->plen[g], inv);
+            d->adam(d->ctx, &ak, e->master[g], e->gpart[g], e->m1[g], e->m2[g], (size_t)e->plen[g]);
             if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
-            else refresh_working(e, g, NULL);
+            else refresh_working(e, g);
         }
+        DS_TRY(d->sync(d->ctx));
         DS_TRY(rt_scaler_update(&e->scaler, false));
     }
     e->nsteps++;
@@ -573,8 +559,7 @@ dsckpt_status rt_engine_eval(rt_engine *e, const rt_data *data, uint64_t cap, do
         if (!rows) memset(e->tokens, 0, (size_t)(T + 1) * sizeof *e->tokens); /* keep collectives matched */
         float l = 0;
         e->hook_err = DSCKPT_OK;
-        DS_TRY(rt_model_forward(e->model, &h, e->tokens, 1, T, &l));
-        if (e->hook_err) return e->hook_err;
+        DS_TRY(pass_status(e, rt_model_forward(e->model, &h, e->tokens, 1, T, &l)));
         if (rows) rt_eval_sum_add(&sum, l);
     }
     rt_eval_sum *all = NULL;
@@ -611,30 +596,29 @@ void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r) {
 uint64_t rt_engine_steps(const rt_engine *e) { return e->nsteps; }
 
 dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
+    const rt_device *d = e->dev;
     for (int g = 0; g < NG; g++) {
         uint64_t P = e->plen[g];
         float *all = NULL;
         if (e->stage == 0) {
             for (size_t i = 0; i < e->nt; i++)
-                if (e->t[i].group == g) memcpy(out + e->t[i].moff, e->master[g] + e->t[i].goff, (size_t)e->t[i].numel * 4);
+                if (e->t[i].group == g)
+                    DS_TRY(d->d2h(d->ctx, out + e->t[i].moff, e->master[g] + e->t[i].goff, (size_t)e->t[i].numel * 4));
             continue;
         }
-        DS_TRY(ds_calloc((size_t)(P ? P : 1) * (size_t)e->W, sizeof *all, &all));
+        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * sizeof *all, "a gather buffer"));
         dsckpt_status st = rt_comm_allgather(e->comm, e->master[g], (size_t)P * 4, all);
-        if (st) {
-            free(all);
-            return st;
-        }
-        for (size_t i = 0; i < e->nt; i++) {
+        for (size_t i = 0; !st && i < e->nt; i++) {
             const et *T = &e->t[i];
             if (T->group != g) continue;
-            for (int r = 0; r < e->W; r++) {
+            for (int r = 0; !st && r < e->W; r++) {
                 uint64_t s, c, p;
                 rt_engine_own(e, T, r, &s, &c, &p);
-                memcpy(out + T->moff + s, all + (uint64_t)r * P + p, (size_t)c * 4);
+                st = d->d2h(d->ctx, out + T->moff + s, all + (uint64_t)r * P + p, (size_t)c * 4);
             }
         }
-        free(all);
+        d->free(d->ctx, all);
+        DS_TRY(st);
     }
     return DSCKPT_OK;
 }
@@ -647,36 +631,31 @@ void rt_engine_set_pre_update(rt_engine *e, void (*fn)(void *), void *ctx) {
 dsckpt_status rt_engine_refresh_working(rt_engine *e) {
     for (int g = 0; g < NG; g++) {
         if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
-        else refresh_working(e, g, NULL);
+        else refresh_working(e, g);
     }
-    return DSCKPT_OK;
+    return e->dev->sync(e->dev->ctx);
 }
 
 dsckpt_status rt_engine_gather_working(rt_engine *e, void *out) {
+    const rt_device *d = e->dev;
     uint8_t *o = out;
-    if (e->stage != 3) {
-        memcpy(o, e->w, (size_t)e->N * e->ws);
-        return DSCKPT_OK;
-    }
+    if (e->stage != 3) return d->d2h(d->ctx, o, e->w, (size_t)e->N * e->ws);
     for (int g = 0; g < NG; g++) {
         uint64_t P = e->plen[g];
         uint8_t *all = NULL;
-        DS_TRY(ds_calloc((size_t)(P ? P : 1) * (size_t)e->W, e->ws, &all));
+        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * e->ws, "a gather buffer"));
         dsckpt_status st = rt_comm_allgather(e->comm, e->w3[g], (size_t)P * e->ws, all);
-        if (st) {
-            free(all);
-            return st;
-        }
-        for (size_t i = 0; i < e->nt; i++) {
+        for (size_t i = 0; !st && i < e->nt; i++) {
             const et *T = &e->t[i];
             if (T->group != g) continue;
-            for (int r = 0; r < e->W; r++) {
+            for (int r = 0; !st && r < e->W; r++) {
                 uint64_t s, c, p;
                 rt_engine_own(e, T, r, &s, &c, &p);
-                memcpy(o + (T->moff + s) * e->ws, all + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
+                st = d->d2h(d->ctx, o + (T->moff + s) * e->ws, all + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
             }
         }
-        free(all);
+        d->free(d->ctx, all);
+        DS_TRY(st);
     }
     return DSCKPT_OK;
 }

@@ -17,7 +17,6 @@ typedef struct et {
 } et;
 
 #define NG 2
-#define EXP_BUCKETS 2048
 
 struct rt_engine {
     const rt_config *cfg;
@@ -54,7 +53,9 @@ struct rt_engine {
     rt_scaler scaler;
     rt_adam_hparams hp[NG];
     uint64_t applied, nsteps;
-    dsckpt_status hook_err;
+    dsckpt_status hook_err; /* a hook's failure during the current pass (sticky) */
+    char hook_msg[1024];    /* its message */
+    const struct rt_device *dev; /* where every buffer of the step lives (device.h) */
     uint64_t bucket;
     void (*pre_update)(void *); /* called right before master/m1/m2 change */
     void *pre_update_ctx;

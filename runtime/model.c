@@ -1,26 +1,18 @@
 /*
- * model.c — GPT-2 forward and backward on the CPU with OpenMP (see model.h for the
- * parameter layout, the module hooks and the numerics).
+ * model.c — GPT-2 forward and backward (see model.h for the parameter layout, the
+ * module hooks and the numerics): the parameter table, the initialisation, and the
+ * pass as a sequence of device-table kernels (device.h; on the CPU the OpenMP kernels
+ * of kernels/, whose results do not depend on the thread count).
  *
- * Determinism: every parallel loop runs over independent outputs — rows of an
- * activation, tiles of a matrix product, columns of a weight or bias gradient,
- * (batch, head) pairs of attention — and each output element is accumulated by one
- * thread in an order fixed by the indices alone. There are no float reductions across
- * threads and no atomics, so the results do not depend on the thread count or the
- * schedule.
- *
- * Matrix products go through one kernel, gemm(): C (+)= A·B with B row-major and A
- * read through arbitrary row/column strides (so Aᵀ·B needs no copy). Products with Bᵀ
- * first transpose B panel by panel into a scratch buffer. The kernel works on
- * MR x NR register tiles over KC-deep slices of K; element (i, j) is always summed
- * over p in increasing order within a slice and slice by slice, whatever the tiling of
- * M and N, so edge tiles give the same bits as interior ones.
- *
- * Activations live in one slab allocated by rt_model_create for max_batch x seq_len
- * positions; a step allocates nothing.
+ * Activations live in one device slab allocated by rt_model_create for max_batch x
+ * seq_len positions; a step allocates nothing. The tokens are copied to the device
+ * per call; the per-position losses come back to the host and are summed there in
+ * double, in position order.
  */
 #include "model.h"
 
+#include "device.h"
+#include "gemm.h"
 #include "internal.h"
 
 #include <limits.h>
@@ -50,6 +42,7 @@ typedef struct layer_acts {
 } layer_acts;
 
 struct rt_model {
+    const rt_device *dev;
     rt_model_cfg cfg;
     int max_batch, seq_len;
     rt_param *params;
@@ -68,7 +61,9 @@ struct rt_model {
     float *dres, *dc;                 /* [BT, C] residual gradient, scratch */
     float *d4c;                       /* [BT, 4C] scratch (also dqkv) */
     float *datt;                      /* [B * NH, T] attention backward scratch */
-    float *tpanel;                    /* transpose panel, [4C or C] x (NP + pad) */
+    float *tpanel;                    /* ds_gemm_bt's transpose panel for K <= 4C */
+    int32_t *tokens;                  /* [B, T + 1] device copy of the batch */
+    float *host_row_loss;             /* [BT] row_loss copied back (host) */
 };
 
 /* Validates the model-shape fields; caps keep every derived size in range. */
@@ -181,13 +176,6 @@ static float *slab_take(slab *s, uint64_t a, uint64_t b) {
     return p;
 }
 
-enum { MR = 6, NR = 8, MC = 48, NC = 64, KC = 256, NP = 256, NP_LD = NP + 16 };
-
-/* Work (multiply-adds or element updates) below which a loop runs on the calling
- * thread: a parallel region costs microseconds, and far more when the cores are
- * oversubscribed. Only speed depends on it, never the results. */
-#define PAR_MIN_WORK ((int64_t)1 << 15)
-
 static void plan_slab(rt_model *m, slab *s) {
     uint64_t C = (uint64_t)m->cfg.n_embd, V = (uint64_t)m->cfg.vocab_size, NH = (uint64_t)m->cfg.n_head;
     uint64_t B = (uint64_t)m->max_batch, T = (uint64_t)m->seq_len, BT = B * T;
@@ -217,11 +205,18 @@ static void plan_slab(rt_model *m, slab *s) {
     m->dc = slab_take(s, BT, C);
     m->d4c = slab_take(s, BT, 4 * C);
     m->datt = slab_take(s, B * NH, T);
-    m->tpanel = slab_take(s, 4 * C, NP_LD); /* K of a transposed product is C, 3C or 4C */
+    m->tpanel = slab_take(s, ds_gemm_bt_panel_floats(4 * (int)C), 1); /* K is C, 3C or 4C */
+    m->tokens = (int32_t *)slab_take(s, B, T + 1);                       /* int32: float-sized */
 }
 
 dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_len, rt_model **out) {
+    return rt_model_create_on(rt_device_cpu(), cfg, max_batch, seq_len, out);
+}
+
+dsckpt_status rt_model_create_on(const rt_device *dev, const rt_model_cfg *cfg, int max_batch, int seq_len,
+                                 rt_model **out) {
     if (!out) return ds_err(DSCKPT_EINVAL, "rt_model_create: out is NULL");
+    if (!dev) return ds_err(DSCKPT_EINVAL, "rt_model_create: device table is NULL");
     *out = NULL;
     DS_TRY(check_cfg(cfg));
     if (max_batch < 1) return ds_err(DSCKPT_EINVAL, "max_batch = %d must be >= 1", max_batch);
@@ -234,6 +229,7 @@ dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_le
     dsckpt_status st;
     rt_model *m;
     DS_TRY(ds_calloc(1, sizeof *m, &m));
+    m->dev = dev;
     m->cfg = *cfg;
     m->max_batch = max_batch;
     m->seq_len = seq_len;
@@ -257,7 +253,7 @@ dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_le
                     seq_len);
         goto fail;
     }
-    st = ds_malloc((size_t)s.used * sizeof(float), &m->slab);
+    st = dev->alloc(dev->ctx, (size_t)s.used * sizeof(float), (void **)&m->slab);
     if (st != DSCKPT_OK) {
         ds_err_prefix(st, "activation workspace (%.1f MiB for max_batch = %d, seq_len = %d)",
                       (double)s.used * 4 / 1048576.0, max_batch, seq_len);
@@ -266,6 +262,7 @@ dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_le
     m->slab_bytes = (size_t)s.used * sizeof(float);
     s = (slab){.base = m->slab};
     plan_slab(m, &s);
+    DS_TRYGOTO(ds_malloc((size_t)max_batch * (size_t)seq_len * sizeof(float), &m->host_row_loss), fail);
     *out = m;
     return DSCKPT_OK;
 fail:
@@ -275,7 +272,8 @@ fail:
 
 void rt_model_free(rt_model *m) {
     if (!m) return;
-    free(m->slab);
+    if (m->slab) m->dev->free(m->dev->ctx, m->slab);
+    free(m->host_row_loss);
     free(m->layers);
     free(m->mod_start);
     free(m->mod_numel);
@@ -351,337 +349,6 @@ dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed)
     return DSCKPT_OK;
 }
 
-/* ---- matrix products ---- */
-
-/* c[0..MR, 0..NR) (+)= a-strip · b-strip over kc; add = 0 overwrites c. */
-static inline void ukernel_full(int kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
-                                const float *restrict b, ptrdiff_t ldb, float *restrict c, ptrdiff_t ldc, int add) {
-    float acc[MR][NR];
-    memset(acc, 0, sizeof acc);
-    for (int p = 0; p < kc; p++) {
-        const float *bp = b + p * ldb;
-        const float *ap = a + p * acs;
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; i++) {
-            float av = ap[i * ars];
-#pragma omp simd
-            for (int j = 0; j < NR; j++) acc[i][j] += av * bp[j];
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++) {
-        if (add) {
-#pragma omp simd
-            for (int j = 0; j < NR; j++) c[i * ldc + j] += acc[i][j];
-        } else {
-#pragma omp simd
-            for (int j = 0; j < NR; j++) c[i * ldc + j] = acc[i][j];
-        }
-    }
-}
-
-/* The same on a partial tile (mr <= MR, nr <= NR), with the same summation order. */
-static void ukernel_edge(int mr, int nr, int kc, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
-                         ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
-    float acc[MR][NR];
-    memset(acc, 0, sizeof acc);
-    for (int p = 0; p < kc; p++)
-        for (int i = 0; i < mr; i++) {
-            float av = a[i * ars + p * acs];
-            for (int j = 0; j < nr; j++) acc[i][j] += av * b[p * ldb + j];
-        }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
-}
-
-/*
- * C[M, N] = (add ? C : 0) + A·B, where A(i, p) = a[i*ars + p*acs], B(p, j) = b[p*ldb + j]
- * and C(i, j) = c[i*ldc + j]. Parallel over MC x NC tiles of C; each tile is computed
- * by one thread.
- */
-static void gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b, ptrdiff_t ldb,
-                 float *c, ptrdiff_t ldc, int add) {
-    int nmt = (M + MC - 1) / MC, nnt = (N + NC - 1) / NC;
-    int64_t ntiles = (int64_t)nmt * nnt;
-    if (K == 0) { /* nothing to sum: C = add ? C : 0 */
-        if (!add)
-            for (int i = 0; i < M; i++) memset(c + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(float));
-        return;
-    }
-#pragma omp parallel for schedule(static) if (ntiles > 1 && (int64_t)M * N * K >= 32 * PAR_MIN_WORK)
-    for (int64_t t = 0; t < ntiles; t++) {
-        /* Consecutive tiles share a column panel of B, which then stays in cache. */
-        int m0 = (int)(t % nmt) * MC, n0 = (int)(t / nmt) * NC;
-        int m1 = DS_MIN(m0 + MC, M), n1 = DS_MIN(n0 + NC, N);
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            int kc = DS_MIN(KC, K - k0);
-            int add_here = add || k0 > 0;
-            for (int j = n0; j < n1; j += NR) {
-                for (int i = m0; i < m1; i += MR) {
-                    const float *ap = a + (ptrdiff_t)i * ars + (ptrdiff_t)k0 * acs;
-                    const float *bp = b + (ptrdiff_t)k0 * ldb + j;
-                    float *cp = c + (ptrdiff_t)i * ldc + j;
-                    if (i + MR <= m1 && j + NR <= n1)
-                        ukernel_full(kc, ap, ars, acs, bp, ldb, cp, ldc, add_here);
-                    else
-                        ukernel_edge(DS_MIN(MR, m1 - i), DS_MIN(NR, n1 - j), kc, ap, ars, acs, bp, ldb, cp, ldc,
-                                     add_here);
-                }
-            }
-        }
-    }
-}
-
-/* C[M, N] = (add ? C : 0) + A·Bᵀ with A row-major [M, K] (row stride lda) and Bt
- * row-major [N, K] (row stride ldbt). Bt is transposed NP rows at a time into
- * `panel` ([K, NP_LD], K <= 4C). */
-static void gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt,
-                    float *c, ptrdiff_t ldc, int add, float *panel) {
-    for (int n0 = 0; n0 < N; n0 += NP) {
-        int np = DS_MIN(NP, N - n0);
-        int nkb = (K + 31) / 32;
-#pragma omp parallel for schedule(static) if (nkb > 1 && (int64_t)np * K >= PAR_MIN_WORK)
-        for (int kb = 0; kb < nkb; kb++) {
-            int k0 = kb * 32, k1 = DS_MIN(k0 + 32, K);
-            for (int j = 0; j < np; j++) {
-                const float *src = bt + (ptrdiff_t)(n0 + j) * ldbt;
-                for (int k = k0; k < k1; k++) panel[(ptrdiff_t)k * NP_LD + j] = src[k];
-            }
-        }
-        gemm(M, np, K, a, lda, 1, panel, NP_LD, c + n0, ldc, add);
-    }
-}
-
-/* Sets each of N rows of out [N, C] to bias (+ res when res is not NULL). */
-static void rows_init(int N, int C, float *out, const float *bias, const float *res) {
-#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
-    for (int r = 0; r < N; r++) {
-        float *o = out + (ptrdiff_t)r * C;
-        if (res) {
-            const float *x = res + (ptrdiff_t)r * C;
-#pragma omp simd
-            for (int c = 0; c < C; c++) o[c] = x[c] + bias[c];
-        } else {
-            memcpy(o, bias, (size_t)C * sizeof(float));
-        }
-    }
-}
-
-/* db[j] += sum over rows of d[r, j], parallel over column chunks. */
-static void bias_grad(int N, int C, const float *d, float *db) {
-    enum { CB = 64 };
-    int nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)N * C >= PAR_MIN_WORK)
-    for (int ch = 0; ch < nch; ch++) {
-        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
-        float acc[CB] = {0};
-        for (int r = 0; r < N; r++) {
-            const float *dr = d + (ptrdiff_t)r * C + c0;
-#pragma omp simd
-            for (int j = 0; j < cn; j++) acc[j] += dr[j];
-        }
-        for (int j = 0; j < cn; j++) db[c0 + j] += acc[j];
-    }
-}
-
-/* ---- layers ---- */
-
-#define LN_EPS 1e-5f
-
-static void layernorm_fwd(int N, int C, const float *x, const float *w, const float *b, float *out, float *mean,
-                          float *rstd) {
-#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
-    for (int r = 0; r < N; r++) {
-        const float *xr = x + (ptrdiff_t)r * C;
-        float *o = out + (ptrdiff_t)r * C;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) s += xr[c];
-        float mu = s / (float)C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float d = xr[c] - mu;
-            v += d * d;
-        }
-        float rs = 1.0f / sqrtf(v / (float)C + LN_EPS);
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = (xr[c] - mu) * rs * w[c] + b[c];
-        mean[r] = mu;
-        rstd[r] = rs;
-    }
-}
-
-/* dx += LayerNorm backward of dout (rows in parallel); dw, db += the parameter
- * gradients (columns in parallel). x, mean, rstd are the forward's input and stats. */
-static void layernorm_bwd(int N, int C, const float *dout, const float *x, const float *mean, const float *rstd,
-                          const float *w, float *dx, float *dw, float *db) {
-#pragma omp parallel for schedule(static) if ((int64_t)N * C >= PAR_MIN_WORK)
-    for (int r = 0; r < N; r++) {
-        const float *d = dout + (ptrdiff_t)r * C, *xr = x + (ptrdiff_t)r * C;
-        float *o = dx + (ptrdiff_t)r * C;
-        float mu = mean[r], rs = rstd[r];
-        float m1 = 0.0f, m2 = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float dn = d[c] * w[c];
-            m1 += dn;
-            m2 += dn * ((xr[c] - mu) * rs);
-        }
-        m1 /= (float)C;
-        m2 /= (float)C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) {
-            float xh = (xr[c] - mu) * rs;
-            o[c] += rs * (d[c] * w[c] - m1 - xh * m2);
-        }
-    }
-    enum { CB = 32 };
-    int nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)N * C >= PAR_MIN_WORK)
-    for (int ch = 0; ch < nch; ch++) {
-        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
-        float aw[CB] = {0}, ab[CB] = {0};
-        for (int r = 0; r < N; r++) {
-            const float *d = dout + (ptrdiff_t)r * C + c0, *xr = x + (ptrdiff_t)r * C + c0;
-            float mu = mean[r], rs = rstd[r];
-#pragma omp simd
-            for (int j = 0; j < cn; j++) {
-                aw[j] += d[j] * ((xr[j] - mu) * rs);
-                ab[j] += d[j];
-            }
-        }
-        for (int j = 0; j < cn; j++) {
-            dw[c0 + j] += aw[j];
-            db[c0 + j] += ab[j];
-        }
-    }
-}
-
-#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
-#define GELU_A 0.044715f
-
-/* tanh through one expf: about four times cheaper than tanhf, exact at 0 and +-inf,
- * absolute error ~2e-7 — the error GELU sees, since it uses 1 + tanh. */
-static inline float tanh_via_exp(float u) { return 1.0f - 2.0f / (1.0f + expf(2.0f * u)); }
-
-static void gelu_fwd(int64_t n, const float *x, float *y) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanh_via_exp(GELU_K * (v + GELU_A * v * v * v)));
-    }
-}
-
-/* d[i] *= gelu'(x[i]) */
-static void gelu_bwd(int64_t n, const float *x, float *d) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float th = tanh_via_exp(GELU_K * (v + GELU_A * v * v * v));
-        float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
-        d[i] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
-    }
-}
-
-/* Dot product with eight running sums combined in a fixed order, so it vectorises
- * and still gives the same bits everywhere. */
-static inline float dot8(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-#pragma omp simd
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
-    }
-    float tail = 0.0f;
-    for (; i < n; i++) tail += a[i] * b[i];
-    return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;
-}
-
-/* Causal self-attention: qkv [BT, 3C] -> att [B, NH, T, T], y [BT, C]. */
-static void attention_fwd(int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
-#pragma omp parallel for schedule(static) if ((int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        const float *base = qkv + (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
-        for (int t = 0; t < T; t++) {
-            const float *q = base + t * C3;
-            float *arow = att + ((ptrdiff_t)bh * T + t) * T;
-            float mx = -INFINITY;
-            for (int t2 = 0; t2 <= t; t2++) {
-                float s = dot8(q, base + t2 * C3 + C, hs) * scale;
-                arow[t2] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) {
-                float e = expf(arow[t2] - mx);
-                arow[t2] = e;
-                sum += e;
-            }
-            float inv = 1.0f / sum;
-            float *yr = y + ((ptrdiff_t)b * T + t) * C + (ptrdiff_t)h * hs;
-            memset(yr, 0, (size_t)hs * sizeof(float));
-            for (int t2 = 0; t2 <= t; t2++) {
-                float p = arow[t2] * inv;
-                arow[t2] = p;
-                const float *v = base + t2 * C3 + 2 * C;
-#pragma omp simd
-                for (int i = 0; i < hs; i++) yr[i] += p * v[i];
-            }
-        }
-    }
-}
-
-/* dqkv = attention backward of dy (dqkv is overwritten). scratch: [B*NH, T]. */
-static void attention_bwd(int B, int T, int C, int NH, const float *qkv, const float *att, const float *dy,
-                          float *dqkv, float *scratch) {
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
-#pragma omp parallel for schedule(static) if ((int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        ptrdiff_t off = (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
-        const float *base = qkv + off;
-        float *dbase = dqkv + off;
-        float *da = scratch + (ptrdiff_t)bh * T;
-        for (int t = 0; t < T; t++) {
-            float *dq = dbase + t * C3;
-            memset(dq, 0, (size_t)hs * sizeof(float));
-            memset(dq + C, 0, (size_t)hs * sizeof(float));
-            memset(dq + 2 * C, 0, (size_t)hs * sizeof(float));
-        }
-        for (int t = 0; t < T; t++) {
-            const float *arow = att + ((ptrdiff_t)bh * T + t) * T;
-            const float *dyr = dy + ((ptrdiff_t)b * T + t) * C + (ptrdiff_t)h * hs;
-            const float *q = base + t * C3;
-            float *dq = dbase + t * C3;
-            float dot = 0.0f; /* sum over t2 of p * dp */
-            for (int t2 = 0; t2 <= t; t2++) {
-                const float *v = base + t2 * C3 + 2 * C;
-                float *dv = dbase + t2 * C3 + 2 * C;
-                float s = dot8(dyr, v, hs);
-                da[t2] = s;
-                dot += arow[t2] * s;
-                float p = arow[t2];
-#pragma omp simd
-                for (int i = 0; i < hs; i++) dv[i] += p * dyr[i];
-            }
-            for (int t2 = 0; t2 <= t; t2++) {
-                float ds = arow[t2] * (da[t2] - dot) * scale;
-                const float *k = base + t2 * C3 + C;
-                float *dk = dbase + t2 * C3 + C;
-#pragma omp simd
-                for (int i = 0; i < hs; i++) {
-                    dq[i] += ds * k[i];
-                    dk[i] += ds * q[i];
-                }
-            }
-        }
-    }
-}
-
 /* ---- the pass ---- */
 
 typedef struct blk_params {
@@ -699,112 +366,59 @@ typedef struct blk_grads {
 } blk_grads;
 
 static void block_forward(rt_model *m, int l, const float *x, const blk_params *w, int B, int T) {
+    const rt_device *d = m->dev;
     int C = m->cfg.n_embd, NH = m->cfg.n_head, BT = B * T;
     layer_acts *a = &m->layers[l];
-    layernorm_fwd(BT, C, x, w->p[P_LN1_W], w->p[P_LN1_B], a->ln1, a->ln1_mean, a->ln1_rstd);
-    rows_init(BT, 3 * C, a->qkv, w->p[P_ATTN_B], NULL);
-    gemm(BT, 3 * C, C, a->ln1, C, 1, w->p[P_ATTN_W], 3 * C, a->qkv, 3 * C, 1);
-    attention_fwd(B, T, C, NH, a->qkv, a->att, a->atty);
-    rows_init(BT, C, a->res2, w->p[P_APROJ_B], x);
-    gemm(BT, C, C, a->atty, C, 1, w->p[P_APROJ_W], C, a->res2, C, 1);
-    layernorm_fwd(BT, C, a->res2, w->p[P_LN2_W], w->p[P_LN2_B], a->ln2, a->ln2_mean, a->ln2_rstd);
-    rows_init(BT, 4 * C, a->fch, w->p[P_FC_B], NULL);
-    gemm(BT, 4 * C, C, a->ln2, C, 1, w->p[P_FC_W], 4 * C, a->fch, 4 * C, 1);
-    gelu_fwd((int64_t)BT * 4 * C, a->fch, a->fchg);
-    rows_init(BT, C, a->res3, w->p[P_FCPROJ_B], a->res2);
-    gemm(BT, C, 4 * C, a->fchg, 4 * C, 1, w->p[P_FCPROJ_W], C, a->res3, C, 1);
+    d->layernorm_fwd(d->ctx, BT, C, x, w->p[P_LN1_W], w->p[P_LN1_B], a->ln1, a->ln1_mean, a->ln1_rstd);
+    d->bias_rows(d->ctx, BT, 3 * C, a->qkv, w->p[P_ATTN_B], NULL);
+    d->gemm(d->ctx, BT, 3 * C, C, a->ln1, C, 1, w->p[P_ATTN_W], 3 * C, a->qkv, 3 * C, 1);
+    d->attention_fwd(d->ctx, B, T, C, NH, a->qkv, a->att, a->atty);
+    d->bias_rows(d->ctx, BT, C, a->res2, w->p[P_APROJ_B], x);
+    d->gemm(d->ctx, BT, C, C, a->atty, C, 1, w->p[P_APROJ_W], C, a->res2, C, 1);
+    d->layernorm_fwd(d->ctx, BT, C, a->res2, w->p[P_LN2_W], w->p[P_LN2_B], a->ln2, a->ln2_mean, a->ln2_rstd);
+    d->bias_rows(d->ctx, BT, 4 * C, a->fch, w->p[P_FC_B], NULL);
+    d->gemm(d->ctx, BT, 4 * C, C, a->ln2, C, 1, w->p[P_FC_W], 4 * C, a->fch, 4 * C, 1);
+    d->gelu_fwd(d->ctx, (int64_t)BT * 4 * C, a->fch, a->fchg);
+    d->bias_rows(d->ctx, BT, C, a->res3, w->p[P_FCPROJ_B], a->res2);
+    d->gemm(d->ctx, BT, C, 4 * C, a->fchg, 4 * C, 1, w->p[P_FCPROJ_W], C, a->res3, C, 1);
 }
 
 /* On entry m->dres holds the gradient of the block's output; on exit, of its input x. */
 static void block_backward(rt_model *m, int l, const float *x, const blk_params *w, const blk_grads *g, int B,
                            int T) {
+    const rt_device *d = m->dev;
     int C = m->cfg.n_embd, NH = m->cfg.n_head, BT = B * T;
     layer_acts *a = &m->layers[l];
     float *dres = m->dres, *dc = m->dc, *d4c = m->d4c;
     /* MLP: res3 = res2 + gelu(ln2·Wfc + bfc)·Wproj + bproj */
-    gemm_bt(BT, 4 * C, C, dres, C, w->p[P_FCPROJ_W], C, d4c, 4 * C, 0, m->tpanel);
-    gemm(4 * C, C, BT, a->fchg, 1, 4 * C, dres, C, g->g[P_FCPROJ_W], C, 1);
-    bias_grad(BT, C, dres, g->g[P_FCPROJ_B]);
-    gelu_bwd((int64_t)BT * 4 * C, a->fch, d4c);
-    gemm_bt(BT, C, 4 * C, d4c, 4 * C, w->p[P_FC_W], 4 * C, dc, C, 0, m->tpanel);
-    gemm(C, 4 * C, BT, a->ln2, 1, C, d4c, 4 * C, g->g[P_FC_W], 4 * C, 1);
-    bias_grad(BT, 4 * C, d4c, g->g[P_FC_B]);
-    layernorm_bwd(BT, C, dc, a->res2, a->ln2_mean, a->ln2_rstd, w->p[P_LN2_W], dres, g->g[P_LN2_W],
+    d->gemm_bt(d->ctx, BT, 4 * C, C, dres, C, w->p[P_FCPROJ_W], C, d4c, 4 * C, 0, m->tpanel);
+    d->gemm(d->ctx, 4 * C, C, BT, a->fchg, 1, 4 * C, dres, C, g->g[P_FCPROJ_W], C, 1);
+    d->bias_grad(d->ctx, BT, C, dres, g->g[P_FCPROJ_B]);
+    d->gelu_bwd(d->ctx, (int64_t)BT * 4 * C, a->fch, d4c);
+    d->gemm_bt(d->ctx, BT, C, 4 * C, d4c, 4 * C, w->p[P_FC_W], 4 * C, dc, C, 0, m->tpanel);
+    d->gemm(d->ctx, C, 4 * C, BT, a->ln2, 1, C, d4c, 4 * C, g->g[P_FC_W], 4 * C, 1);
+    d->bias_grad(d->ctx, BT, 4 * C, d4c, g->g[P_FC_B]);
+    d->layernorm_bwd(d->ctx, BT, C, dc, a->res2, a->ln2_mean, a->ln2_rstd, w->p[P_LN2_W], dres, g->g[P_LN2_W],
                   g->g[P_LN2_B]);
     /* Attention: res2 = x + attn(ln1(x))·Wproj + bproj */
-    gemm_bt(BT, C, C, dres, C, w->p[P_APROJ_W], C, dc, C, 0, m->tpanel);
-    gemm(C, C, BT, a->atty, 1, C, dres, C, g->g[P_APROJ_W], C, 1);
-    bias_grad(BT, C, dres, g->g[P_APROJ_B]);
+    d->gemm_bt(d->ctx, BT, C, C, dres, C, w->p[P_APROJ_W], C, dc, C, 0, m->tpanel);
+    d->gemm(d->ctx, C, C, BT, a->atty, 1, C, dres, C, g->g[P_APROJ_W], C, 1);
+    d->bias_grad(d->ctx, BT, C, dres, g->g[P_APROJ_B]);
     float *dqkv = d4c; /* [BT, 3C] fits in [BT, 4C] */
-    attention_bwd(B, T, C, NH, a->qkv, a->att, dc, dqkv, m->datt);
-    gemm_bt(BT, C, 3 * C, dqkv, 3 * C, w->p[P_ATTN_W], 3 * C, dc, C, 0, m->tpanel);
-    gemm(C, 3 * C, BT, a->ln1, 1, C, dqkv, 3 * C, g->g[P_ATTN_W], 3 * C, 1);
-    bias_grad(BT, 3 * C, dqkv, g->g[P_ATTN_B]);
-    layernorm_bwd(BT, C, dc, x, a->ln1_mean, a->ln1_rstd, w->p[P_LN1_W], dres, g->g[P_LN1_W], g->g[P_LN1_B]);
+    d->attention_bwd(d->ctx, B, T, C, NH, a->qkv, a->att, dc, dqkv, m->datt);
+    d->gemm_bt(d->ctx, BT, C, 3 * C, dqkv, 3 * C, w->p[P_ATTN_W], 3 * C, dc, C, 0, m->tpanel);
+    d->gemm(d->ctx, C, 3 * C, BT, a->ln1, 1, C, dqkv, 3 * C, g->g[P_ATTN_W], 3 * C, 1);
+    d->bias_grad(d->ctx, BT, 3 * C, dqkv, g->g[P_ATTN_B]);
+    d->layernorm_bwd(d->ctx, BT, C, dc, x, a->ln1_mean, a->ln1_rstd, w->p[P_LN1_W], dres, g->g[P_LN1_W], g->g[P_LN1_B]);
 }
 
-static void encoder_fwd(rt_model *m, const float *wte, const float *wpe, const int32_t *tokens, int B, int T) {
-    int C = m->cfg.n_embd;
-#pragma omp parallel for schedule(static) if ((int64_t)B * T * C >= PAR_MIN_WORK)
-    for (int r = 0; r < B * T; r++) {
-        int b = r / T, t = r % T;
-        const float *e = wte + (ptrdiff_t)tokens[(ptrdiff_t)b * (T + 1) + t] * C, *pe = wpe + (ptrdiff_t)t * C;
-        float *o = m->enc + (ptrdiff_t)r * C;
-#pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = e[c] + pe[c];
-    }
-}
-
-/* dwte[token] += dres, dwpe[t] += dres for every position; parallel over column
- * chunks, positions in order (positions sharing a token or t add to the same row). */
-static void encoder_bwd(rt_model *m, float *dwte, float *dwpe, const int32_t *tokens, int B, int T) {
-    enum { CB = 64 };
-    int C = m->cfg.n_embd, nch = (C + CB - 1) / CB;
-#pragma omp parallel for schedule(static) if (nch > 1 && (int64_t)B * T * C >= PAR_MIN_WORK)
-    for (int ch = 0; ch < nch; ch++) {
-        int c0 = ch * CB, cn = DS_MIN(CB, C - c0);
-        for (int r = 0; r < B * T; r++) {
-            int b = r / T, t = r % T;
-            const float *d = m->dres + (ptrdiff_t)r * C + c0;
-            float *ge = dwte + (ptrdiff_t)tokens[(ptrdiff_t)b * (T + 1) + t] * C + c0;
-            float *gp = dwpe + (ptrdiff_t)t * C + c0;
-            for (int j = 0; j < cn; j++) {
-                ge[j] += d[j];
-                gp[j] += d[j];
-            }
-        }
-    }
-}
-
-/* Softmax cross-entropy over probs [BT, V] (holding logits on entry). With dscale
- * != 0, probs becomes dlogits = (softmax - onehot) * dscale. Returns the mean loss. */
-static double cross_entropy(rt_model *m, const int32_t *tokens, int B, int T, float dscale) {
-    int V = m->cfg.vocab_size;
-#pragma omp parallel for schedule(static) if ((int64_t)B * T * V >= PAR_MIN_WORK / 4)
-    for (int r = 0; r < B * T; r++) {
-        int b = r / T, t = r % T;
-        int target = tokens[(ptrdiff_t)b * (T + 1) + t + 1];
-        float *row = m->probs + (ptrdiff_t)r * V;
-        float mx = -INFINITY;
-        for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-        float zt = row[target] - mx;
-        float sum = 0.0f;
-        for (int v = 0; v < V; v++) {
-            float e = expf(row[v] - mx);
-            row[v] = e;
-            sum += e;
-        }
-        m->row_loss[r] = logf(sum) - zt;
-        if (dscale != 0.0f) {
-            float inv = 1.0f / sum;
-#pragma omp simd
-            for (int v = 0; v < V; v++) row[v] = row[v] * inv * dscale;
-            row[target] -= dscale;
-        }
-    }
-    double total = 0.0; /* fixed order, one thread */
-    for (int r = 0; r < B * T; r++) total += m->row_loss[r];
-    return total / (double)(B * T);
+/* The mean of the per-position losses, summed on the host in double, in position order. */
+static dsckpt_status mean_loss(rt_model *m, int BT, double *out) {
+    DS_TRY(m->dev->d2h(m->dev->ctx, m->host_row_loss, m->row_loss, (size_t)BT * sizeof(float)));
+    double total = 0.0;
+    for (int r = 0; r < BT; r++) total += m->host_row_loss[r];
+    *out = total / (double)BT;
+    return DSCKPT_OK;
 }
 
 static dsckpt_status check_args(const rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
@@ -851,10 +465,12 @@ static dsckpt_status hook_grad(const rt_param_hooks *h, int module, float **out)
  * (the caller releases it). */
 static dsckpt_status forward_trunk(rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
                                    const float **lnf_w) {
+    const rt_device *d = m->dev;
     int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size;
     const float *p;
+    DS_TRY(d->h2d(d->ctx, m->tokens, tokens, (size_t)B * (size_t)(T + 1) * sizeof *tokens));
     DS_TRY(hook_acquire(h, 0, &p));
-    encoder_fwd(m, p, p + (ptrdiff_t)V * C, tokens, B, T);
+    d->embed_fwd(d->ctx, B, T, C, m->tokens, p, p + (ptrdiff_t)V * C, m->enc);
     h->release(h->ctx, 0);
     const float *x = m->enc;
     for (int l = 0; l < L; l++) {
@@ -865,7 +481,7 @@ static dsckpt_status forward_trunk(rt_model *m, const rt_param_hooks *h, const i
         x = m->layers[l].res3;
     }
     DS_TRY(hook_acquire(h, L + 1, &p));
-    layernorm_fwd(B * T, C, x, p, p + C, m->lnf, m->lnf_mean, m->lnf_rstd);
+    d->layernorm_fwd(d->ctx, B * T, C, x, p, p + C, m->lnf, m->lnf_mean, m->lnf_rstd);
     *lnf_w = p;
     return DSCKPT_OK;
 }
@@ -873,14 +489,17 @@ static dsckpt_status forward_trunk(rt_model *m, const rt_param_hooks *h, const i
 dsckpt_status rt_model_forward(rt_model *m, const rt_param_hooks *h, const int32_t *tokens, int B, int T,
                                float *loss) {
     DS_TRY(check_args(m, h, tokens, B, T, false));
+    const rt_device *d = m->dev;
     int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size;
     const float *lnf_w, *wte;
     DS_TRY(forward_trunk(m, h, tokens, B, T, &lnf_w));
     h->release(h->ctx, L + 1);
     DS_TRY(hook_acquire(h, 0, &wte));
-    gemm_bt(B * T, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
+    d->gemm_bt(d->ctx, B * T, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
     h->release(h->ctx, 0);
-    double l = cross_entropy(m, tokens, B, T, 0.0f);
+    d->crossent(d->ctx, B, T, V, m->tokens, m->probs, 0.0f, m->row_loss);
+    double l;
+    DS_TRY(mean_loss(m, B * T, &l));
     if (loss) *loss = (float)l;
     return DSCKPT_OK;
 }
@@ -889,23 +508,30 @@ dsckpt_status rt_model_forward_backward(rt_model *m, const rt_param_hooks *h, co
                                         float grad_scale, float *loss) {
     DS_TRY(check_args(m, h, tokens, B, T, true));
     if (!isfinite(grad_scale)) return ds_err(DSCKPT_EINVAL, "grad_scale = %g is not finite", (double)grad_scale);
+    const rt_device *d = m->dev;
     int C = m->cfg.n_embd, L = m->cfg.n_layer, V = m->cfg.vocab_size, BT = B * T;
     dsckpt_status st;
+    double l;
     const float *lnf_w, *wte, *p;
     float *g0, *g;
     DS_TRY(forward_trunk(m, h, tokens, B, T, &lnf_w));
     DS_TRYGOTO(hook_acquire(h, 0, &wte), fail_lnf);
     DS_TRYGOTO(hook_grad(h, 0, &g0), fail_both);
-    gemm_bt(BT, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
-    double l = cross_entropy(m, tokens, B, T, grad_scale / (float)BT);
+    d->gemm_bt(d->ctx, BT, V, C, m->lnf, C, wte, C, m->probs, V, 0, m->tpanel);
+    d->crossent(d->ctx, B, T, V, m->tokens, m->probs, grad_scale / (float)BT, m->row_loss);
+    DS_TRYGOTO(mean_loss(m, BT, &l), fail_both);
     /* Tied LM head: dwte += dlogitsᵀ·lnf; d(lnf) = dlogits·wte. */
-    gemm(V, C, BT, m->probs, 1, V, m->lnf, C, g0, C, 1);
-    gemm(BT, C, V, m->probs, V, 1, wte, C, m->dc, C, 0);
+    d->gemm(d->ctx, V, C, BT, m->probs, 1, V, m->lnf, C, g0, C, 1);
+    d->gemm(d->ctx, BT, C, V, m->probs, V, 1, wte, C, m->dc, C, 0);
     h->release(h->ctx, 0);
     DS_TRYGOTO(hook_grad(h, L + 1, &g), fail_lnf);
-    memset(m->dres, 0, (size_t)BT * (size_t)C * sizeof(float));
+    st = d->memzero(d->ctx, m->dres, (size_t)BT * (size_t)C * sizeof(float));
+    if (st != DSCKPT_OK) {
+        h->release(h->ctx, L + 1);
+        return st;
+    }
     const float *xL = m->layers[L - 1].res3;
-    layernorm_bwd(BT, C, m->dc, xL, m->lnf_mean, m->lnf_rstd, lnf_w, m->dres, g, g + C);
+    d->layernorm_bwd(d->ctx, BT, C, m->dc, xL, m->lnf_mean, m->lnf_rstd, lnf_w, m->dres, g, g + C);
     h->release(h->ctx, L + 1);
     h->grad_ready(h->ctx, L + 1);
     for (int i = L - 1; i >= 0; i--) {
@@ -922,8 +548,9 @@ dsckpt_status rt_model_forward_backward(rt_model *m, const rt_param_hooks *h, co
         h->release(h->ctx, 1 + i);
         h->grad_ready(h->ctx, 1 + i);
     }
-    encoder_bwd(m, g0, g0 + (ptrdiff_t)V * C, tokens, B, T);
+    d->embed_bwd(d->ctx, B, T, C, m->tokens, m->dres, g0, g0 + (ptrdiff_t)V * C);
     h->grad_ready(h->ctx, 0);
+    DS_TRY(d->sync(d->ctx));
     if (loss) *loss = (float)l;
     return DSCKPT_OK;
 fail_both:

@@ -1,7 +1,8 @@
 /*
  * model.h — the GPT-2 decoder of the training runtime: its parameter table (Hugging
  * Face names and shapes in one flat fp32 space, grouped into ZeRO modules), its
- * initialisation, and the forward/backward pass on the CPU (OpenMP).
+ * initialisation, and the forward/backward pass, run through a device table
+ * (device.h: the CPU's OpenMP kernels unless another table is given).
  *
  * Flat parameter space. Parameters are concatenated, in this order, into one fp32
  * array (C = n_embd, V = vocab_size, L = n_layer; Conv1D convention y = x·W + b with
@@ -126,6 +127,12 @@ typedef struct rt_model rt_model;
  *   4 bytes x (N x (16 C x L + V + 8 C) + max_batch x n_head x seq_len^2 x L)
  * for N = max_batch x seq_len positions (the attention matrices are the T^2 term). */
 dsckpt_status rt_model_create(const rt_model_cfg *cfg, int max_batch, int seq_len, rt_model **out);
+/* The same on a given device table (rt_model_create uses rt_device_cpu()): the
+ * workspace is device memory, and every pointer the hooks hand over must be device
+ * memory of that table. `dev` must outlive the model. */
+struct rt_device;
+dsckpt_status rt_model_create_on(const struct rt_device *dev, const rt_model_cfg *cfg, int max_batch, int seq_len,
+                                 rt_model **out);
 void rt_model_free(rt_model *m); /* NULL is a no-op */
 size_t rt_model_workspace_bytes(const rt_model *m);
 

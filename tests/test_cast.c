@@ -13,7 +13,9 @@
 #include "cast.h"
 #include "tutil.h"
 
+#ifdef DSCKPT_X86_SIMD
 #include <cpuid.h>
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -81,6 +83,9 @@ static void skip_impl(const char *name) {
 
 /* Expected dispatcher choice, worked out here independently of cast.c. */
 static const char *expected_auto_impl(void) {
+#ifndef DSCKPT_X86_SIMD
+    return "ref"; /* a generic build (non-x86, or -DDSCKPT_FORCE_GENERIC=ON) has only the reference */
+#else
     unsigned a, b, c, d;
     int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
     __builtin_cpu_init();
@@ -89,6 +94,7 @@ static const char *expected_auto_impl(void) {
         return "avx512";
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return "avx2";
     return "ref";
+#endif
 }
 
 /* Must run first: the dispatcher resolves on first use. */

@@ -1,0 +1,140 @@
+/*
+ * gemm.c — the fp32 matrix product (gemm.h): an OpenMP fast path on MR x NR register
+ * tiles over DS_GEMM_KC-deep slices of K, and the plain reference.
+ *
+ * Element (i, j) is always summed over p in increasing order within a slice and slice
+ * by slice, whatever the tiling of M and N, so edge tiles give the same bits as
+ * interior ones and the result does not depend on the thread count. Products with Bᵀ
+ * first transpose B panel by panel into a scratch buffer.
+ */
+#include "gemm.h"
+
+#include "kernels_internal.h"
+
+#include <stdint.h>
+#include <string.h>
+
+enum { MR = 6, NR = 8, MC = 48, NC = 64, KC = DS_GEMM_KC, NP = 256, NP_LD = NP + 16 };
+
+/* c[0..MR, 0..NR) (+)= a-strip · b-strip over kc; add = 0 overwrites c. */
+static inline void ukernel_full(int kc, const float *restrict a, ptrdiff_t ars, ptrdiff_t acs,
+                                const float *restrict b, ptrdiff_t ldb, float *restrict c, ptrdiff_t ldc, int add) {
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < kc; p++) {
+        const float *bp = b + p * ldb;
+        const float *ap = a + p * acs;
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            float av = ap[i * ars];
+#pragma omp simd
+            for (int j = 0; j < NR; j++) acc[i][j] += av * bp[j];
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        if (add) {
+#pragma omp simd
+            for (int j = 0; j < NR; j++) c[i * ldc + j] += acc[i][j];
+        } else {
+#pragma omp simd
+            for (int j = 0; j < NR; j++) c[i * ldc + j] = acc[i][j];
+        }
+    }
+}
+
+/* The same on a partial tile (mr <= MR, nr <= NR), with the same summation order. */
+static void ukernel_edge(int mr, int nr, int kc, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                         ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int p = 0; p < kc; p++)
+        for (int i = 0; i < mr; i++) {
+            float av = a[i * ars + p * acs];
+            for (int j = 0; j < nr; j++) acc[i][j] += av * b[p * ldb + j];
+        }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+/* Parallel over MC x NC tiles of C; each tile is computed by one thread. */
+void ds_gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b, ptrdiff_t ldb,
+             float *c, ptrdiff_t ldc, int add) {
+    int nmt = (M + MC - 1) / MC, nnt = (N + NC - 1) / NC;
+    int64_t ntiles = (int64_t)nmt * nnt;
+    if (K == 0) { /* nothing to sum: C = add ? C : 0 */
+        if (!add)
+            for (int i = 0; i < M; i++) memset(c + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static) if (ntiles > 1 && (int64_t)M * N * K >= 32 * PAR_MIN_WORK)
+    for (int64_t t = 0; t < ntiles; t++) {
+        /* Consecutive tiles share a column panel of B, which then stays in cache. */
+        int i0 = (int)(t % nmt) * MC, j0 = (int)(t / nmt) * NC;
+        int i1 = K_MIN(i0 + MC, M), j1 = K_MIN(j0 + NC, N);
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int kc = K_MIN(KC, K - k0);
+            int add_here = add || k0 > 0;
+            for (int j = j0; j < j1; j += NR) {
+                for (int i = i0; i < i1; i += MR) {
+                    const float *ap = a + (ptrdiff_t)i * ars + (ptrdiff_t)k0 * acs;
+                    const float *bp = b + (ptrdiff_t)k0 * ldb + j;
+                    float *cp = c + (ptrdiff_t)i * ldc + j;
+                    if (i + MR <= i1 && j + NR <= j1)
+                        ukernel_full(kc, ap, ars, acs, bp, ldb, cp, ldc, add_here);
+                    else
+                        ukernel_edge(K_MIN(MR, i1 - i), K_MIN(NR, j1 - j), kc, ap, ars, acs, bp, ldb, cp, ldc,
+                                     add_here);
+                }
+            }
+        }
+    }
+}
+
+size_t ds_gemm_bt_panel_floats(int K) { return (size_t)(K > 0 ? K : 1) * NP_LD; }
+
+void ds_gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt, float *c,
+                ptrdiff_t ldc, int add, float *panel) {
+    for (int n0 = 0; n0 < N; n0 += NP) {
+        int np = K_MIN(NP, N - n0);
+        int nkb = (K + 31) / 32;
+#pragma omp parallel for schedule(static) if (nkb > 1 && (int64_t)np * K >= PAR_MIN_WORK)
+        for (int kb = 0; kb < nkb; kb++) {
+            int k0 = kb * 32, k1 = K_MIN(k0 + 32, K);
+            for (int j = 0; j < np; j++) {
+                const float *src = bt + (ptrdiff_t)(n0 + j) * ldbt;
+                for (int k = k0; k < k1; k++) panel[(ptrdiff_t)k * NP_LD + j] = src[k];
+            }
+        }
+        ds_gemm(M, np, K, a, lda, 1, panel, NP_LD, c + n0, ldc, add);
+    }
+}
+
+/* ---- references ---- */
+
+/* B(p, j) = b[p*brs + j*bcs]; the summation order of gemm.h, one element at a time. */
+static void gemm_ref(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                     ptrdiff_t brs, ptrdiff_t bcs, float *c, ptrdiff_t ldc, int add) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float *cij = c + (ptrdiff_t)i * ldc + j;
+            if (K == 0 && !add) *cij = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                int k1 = K_MIN(k0 + KC, K);
+                float s = 0.0f;
+                for (int p = k0; p < k1; p++) s += a[(ptrdiff_t)i * ars + (ptrdiff_t)p * acs] * b[p * brs + j * bcs];
+                *cij = (add || k0 > 0) ? *cij + s : s;
+            }
+        }
+}
+
+void ds_gemm_ref(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                 ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+    gemm_ref(M, N, K, a, ars, acs, b, ldb, 1, c, ldc, add);
+}
+
+void ds_gemm_bt_ref(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt, float *c,
+                    ptrdiff_t ldc, int add, float *panel) {
+    (void)panel;
+    gemm_ref(M, N, K, a, lda, 1, bt, 1, ldbt, c, ldc, add);
+}
