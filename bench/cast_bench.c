@@ -14,7 +14,7 @@
  *   gcc -std=gnu11 -O2 -D_GNU_SOURCE -Ikernels -c kernels/cast_avx2.c -mavx2 -mf16c -mfma -o cast_avx2.o
  *   gcc -std=gnu11 -O2 -D_GNU_SOURCE -Ikernels -c kernels/cast_avx512.c \
  *       -mavx512f -mavx512bw -mavx512vl -mavx512dq -mf16c -o cast_avx512.o
- *   gcc -std=gnu11 -O2 -D_GNU_SOURCE -Ikernels bench/cast_bench.c kernels/cast.c \
+ *   gcc -std=gnu11 -O2 -D_GNU_SOURCE -DDSCKPT_X86_SIMD -Ikernels bench/cast_bench.c kernels/cast.c \
  *       cast_avx2.o cast_avx512.o -lpthread -o cast_bench
  *   ./cast_bench [large_elements]     (default 16M elements)
  */

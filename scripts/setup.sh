@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(build-essential cmake pkg-config libzstd-dev libcjson-dev libssl-dev libcunit1-dev zlib1g-dev
       openmpi-bin libopenmpi-dev
-      clang python3 python3-venv python3-pip)
+      clang python3 python3-venv python3-pip
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross) # cross-compile check of the portable kernels (scripts/check_portable.sh)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

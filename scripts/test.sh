@@ -13,6 +13,8 @@ ctest --test-dir build --output-on-failure -j2
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_BUILD_TESTS=OFF -DDSCKPT_WERROR=ON >/dev/null
 cmake --build build-release -j"$(nproc)"
 bash tests/release_hooks_test.sh "$PWD/build-release" "$PWD"
+# The portable kernel path (what aarch64 builds), and an aarch64 cross-compile of kernels/.
+bash scripts/check_portable.sh build-generic
 bash scripts/build.sh build-asan -DDSCKPT_ASAN=ON -DDSCKPT_UBSAN=ON -DDSCKPT_WERROR=ON
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j2
