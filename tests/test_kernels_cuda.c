@@ -6,7 +6,7 @@
  *   Adam/AdamW, scale    bitwise against runtime/adam.c's reference step
  *   sum of squares       the exact integer buckets (kernels/optim.h), inf/NaN too
  *   add, round_f16, the collectives' rank-order sum: bitwise
- *   inf/NaN check        against rt_has_inf_nan_ref
+ *   inf/NaN check        against ds_has_inf_nan_ref
  *   embedding fwd/bwd    bitwise against the CPU's order of sums
  *   layernorm, GELU, softmax + cross-entropy, causal attention, fp32 GEMM
  *                        ||gpu - ref|| / ||ref|| < 1e-5 against float64 references
@@ -295,7 +295,7 @@ static void test_scale_sumsq_infnan(void) {
             x[at] = k ? -bad[k] : bad[k];
             DSC_ASSERT_OK(dsc_memcpy(g_ctx, dx + at, &x[at], 4, DSC_H2D));
             DSC_ASSERT_OK(dsc_has_inf_nan(g_ctx, dx, n, &f));
-            CU_ASSERT(f == rt_has_inf_nan_ref(x, n) && f);
+            CU_ASSERT(f == ds_has_inf_nan_ref(x, n) && f);
             memset(got, 0, 2048 * sizeof *got);
             memset(want, 0, 2048 * sizeof *want);
             DSC_ASSERT_OK(dsc_sumsq_exact(g_ctx, dx, n, got));
