@@ -73,6 +73,8 @@ int fail(dsckpt_status st, const char *what) {
     /* The library speaks of its calls; the command line's own spellings are added here. */
     const char *hint = st == DSCKPT_EEXIST && strstr(msg, "unless forced") ? "; pass --force to replace it"
                        : st == DSCKPT_ECHECKSUM && strstr(msg, "checks off")  ? " (--no-verify turns the checks off)"
+                       : st == DSCKPT_EUNSUPPORTED && strstr(msg, "drop_unknown_objects")
+                           ? "; reshard --format deepspeed --drop-unknown-objects leaves them out"
                                                                              : "";
     fprintf(stderr, "%s %s: error [%s]: %s%s\n", prog, what, dsckpt_status_name(st), *msg ? msg : "failed", hint);
     return exit_for(st);
@@ -382,10 +384,19 @@ static const char reshard_help[] =
     "                      wrote: a directory holding other files is refused)\n"
     "      --no-verify     do not check the SHA-256 of each chunk read (native)\n"
     "                      or the CRC-32 of each zip member read (DeepSpeed)\n"
+    "      --drop-unknown-objects\n"
+    "                      --format deepspeed from a DeepSpeed source: leave out\n"
+    "                      the entries whose pickles refer to anything outside the\n"
+    "                      allow-list (a warning lists them) instead of refusing\n"
     "  -j, --threads N     worker threads (default: all CPUs)\n"
     "      --json          a summary of what was written as JSON on stdout\n"
     "  -q, --quiet         no progress bar (the summary line stays)\n"
     "  -h, --help          this help\n"
+    "\n"
+    "Pickled objects outside the allow-list of what DeepSpeed and torch write\n"
+    "(tensors, storages, OrderedDict, DeepSpeed's enums and loss scalers) are\n"
+    "never copied: torch.load, which DeepSpeed uses, would call them. Such a\n"
+    "source is refused (exit 5, naming each object and the key holding it).\n"
     "\n"
     "Every chunk (or zip member) read is checked against its digest; a mismatch\n"
     "stops with exit 1 naming the file and chunk, and nothing is written (the new\n"
@@ -429,7 +440,8 @@ static int cmd_reshard(int argc, char **argv) {
         {"force", no_argument, 0, 'f'},        {"threads", required_argument, 0, 'j'},
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'F'}, {"no-verify", no_argument, 0, 'V'},
-        {"json", no_argument, 0, 'J'},         {0, 0, 0, 0}};
+        {"json", no_argument, 0, 'J'},         {"drop-unknown-objects", no_argument, 0, 'U'},
+        {0, 0, 0, 0}};
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
     o.world_size = 0;
@@ -467,6 +479,7 @@ static int cmd_reshard(int argc, char **argv) {
             format_given = true;
             break;
         case 'V': co.no_verify = true; break;
+        case 'U': o.drop_unknown_objects = 1; break;
         default:
             if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
         }
@@ -521,6 +534,20 @@ static int cmd_reshard(int argc, char **argv) {
         o.format = DSCKPT_FORMAT_DEEPSPEED;
         fprintf(stderr, "%s reshard: note: a Hugging Face Trainer checkpoint: writing DeepSpeed format (what the "
                         "Trainer resumes from); pass --format native for the native format\n", prog);
+    }
+    if (o.drop_unknown_objects && o.format == DSCKPT_FORMAT_DEEPSPEED) {
+        char *what = NULL;
+        size_t n = 0;
+        if ((st = dsckpt_ckpt_unknown_objects(ck, &what, &n))) {
+            dsckpt_ckpt_free(ck);
+            free(defout);
+            return fail(st, "reshard");
+        }
+        if (n)
+            fprintf(stderr, "%s reshard: warning: leaving out the entries holding %zu pickled object%s outside the "
+                            "allow-list (--drop-unknown-objects): %s\n",
+                    prog, n, n == 1 ? "" : "s", what ? what : "");
+        free(what);
     }
     catch_stop_signals();
     cli_progress p;
@@ -637,7 +664,7 @@ static int cmd_verify(int argc, char **argv) {
     if (st) return fail(st, "verify");
     double el = cli_now() - p.t0;
     dsckpt_verify_result res = dsckpt_verify_report_result(r);
-    static const char *names[] = {"ok", "corrupt", "unreadable"};
+    static const char *names[] = {"ok", "corrupt", "unreadable", "unsupported (unsafe to pass on)"};
     size_t n = dsckpt_verify_report_count(r), nt = dsckpt_verify_report_tag_count(r);
     bool changed = dsckpt_verify_report_changed(r) != 0;
     const char *verdict = changed && res == DSCKPT_VERIFY_UNREADABLE ? "changed while verifying" : names[res];
@@ -677,7 +704,10 @@ static int cmd_verify(int argc, char **argv) {
                    (double)dsckpt_verify_report_bytes(r) / 1e9, el, n, n == 1 ? "" : "s");
     }
     dsckpt_verify_report_free(r);
-    return res == DSCKPT_VERIFY_OK ? EXIT_OKAY : res == DSCKPT_VERIFY_CORRUPT ? EXIT_CORRUPT : EXIT_UNREADABLE;
+    return res == DSCKPT_VERIFY_OK            ? EXIT_OKAY
+           : res == DSCKPT_VERIFY_CORRUPT     ? EXIT_CORRUPT
+           : res == DSCKPT_VERIFY_UNSUPPORTED ? EXIT_UNSUPPORTED
+                                              : EXIT_UNREADABLE;
 }
 
 /* ---------------- inspect ---------------- */

@@ -67,8 +67,19 @@ dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out) {
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
-        return ds_err(DSCKPT_EINVAL, "%s: not a regular file", path);
+        /* Unreadable as a file (exit 2), whatever it is: a FIFO would block a
+         * reader, a device would stream forever, a directory has no bytes. */
+        const char *kind = S_ISFIFO(sb.st_mode)  ? "a FIFO"
+                           : S_ISDIR(sb.st_mode)  ? "a directory"
+                           : S_ISSOCK(sb.st_mode) ? "a socket"
+                           : S_ISCHR(sb.st_mode)  ? "a character device"
+                           : S_ISBLK(sb.st_mode)  ? "a block device"
+                                                  : "not a file";
+        return ds_err(DSCKPT_EIO, "%s: not a regular file (%s)", path, kind);
     }
+    /* Back to blocking reads: O_NONBLOCK was only for the open itself. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     *fd_out = fd;
     if (size_out) *size_out = (uint64_t)sb.st_size;
     return DSCKPT_OK;
@@ -147,16 +158,6 @@ char *ds_basename(const char *path) {
     char *p = strndup(path + b, n - b);
     if (!p) ds_err(DSCKPT_ENOMEM, "out of memory");
     return p;
-}
-
-bool ds_safe_name(const char *name) {
-    if (!name || !*name) return false;
-    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return false;
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++, n++) {
-        if (*p == '/' || *p == '\\' || *p < 0x20 || *p == 0x7f) return false;
-    }
-    return n <= 255;
 }
 
 dsckpt_status ds_mkdir(const char *path) {

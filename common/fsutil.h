@@ -11,6 +11,7 @@
 #define DSCKPT_FSUTIL_H
 
 #include "internal.h"
+#include "names.h" /* ds_safe_name */
 
 #include <sys/types.h>
 
@@ -18,6 +19,11 @@
  * hits EOF early is DSCKPT_ECORRUPT ("truncated"), naming `what` and the offset. */
 dsckpt_status ds_pread_full(int fd, void *buf, size_t n, uint64_t offset, const char *what);
 dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset, const char *what);
+/* Opens `path` for reading only if it is a regular file: opened with O_NONBLOCK
+ * (a FIFO never blocks the open), checked with fstat, then switched back to
+ * blocking reads. Anything else (FIFO, directory, device, socket) is DSCKPT_EIO
+ * "not a regular file (a FIFO)" naming the path. A symlink is followed: what it
+ * points to is judged like any other file, by its type and then its content. */
 dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out);
 /* Reads a whole file of at most `max` bytes into a NUL-terminated malloc'd buffer. */
 dsckpt_status ds_read_small_file(const char *path, size_t max, char **out, size_t *len_out);
@@ -29,9 +35,6 @@ char *ds_join(const char *a, const char *b);
 /* malloc'd copy of the directory part ("." if none) / of the last component. */
 char *ds_dirname(const char *path);
 char *ds_basename(const char *path);
-/* A file name that is safe to join under a directory: non-empty, no '/', not "." or
- * "..", no NUL or control characters, at most 255 bytes. */
-bool ds_safe_name(const char *name);
 
 dsckpt_status ds_mkdir(const char *path);  /* mkdir 0755; EEXIST is an error */
 dsckpt_status ds_fsync_dir(const char *dir);

@@ -84,6 +84,13 @@ size_t ds_utf8_valid_prefix(const uint8_t *s, size_t n, bool allow_surrogates);
  * through this. */
 const char *ds_test_hook(const char *name);
 bool ds_test_hooks_built(void);
+/* verify.c's in-process test hook: phase 0 after a tag's manifest is loaded,
+ * phase 1 after its data is checked. Only -DDSCKPT_TEST_HOOKS=ON builds keep it:
+ * elsewhere ds_test_set_verify_hook returns false and ds_test_verify_point does
+ * nothing. Tests only (no environment variable reaches it). */
+typedef void (*ds_verify_hook_fn)(const char *tag_dir, int phase);
+bool ds_test_set_verify_hook(ds_verify_hook_fn fn);
+void ds_test_verify_point(const char *tag_dir, int phase);
 
 /* Little-endian helpers. */
 static inline void ds_put_le64(uint8_t *p, uint64_t v) {

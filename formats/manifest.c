@@ -4,6 +4,7 @@
 #include "manifest.h"
 
 #include "fsutil.h"
+#include "names.h"
 #include "safetensors.h" /* ST_MAX_OFFSET: the bound on dimensions and element counts */
 
 #include <math.h>
@@ -137,9 +138,7 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, ds_manifest *c, ds_fi
     snprintf(ctx, sizeof ctx, "files[%zu]", i);
     const char *name = NULL, *sha = NULL;
     DS_TRY(field_str(jf, "name", &name, what, ctx));
-    if (!ds_safe_name(name))
-        return bad(what, "%s: file name '%s' is not a plain file name (no '/', '..' or control characters)", ctx,
-                   name);
+    DS_TRY(ds_name_check(name, strlen(name), DSCKPT_ECORRUPT, what, "file name"));
     f->name = ds_strdup(name);
     f->path = ds_join(c->dir, name);
     if (!f->name || !f->path) return DSCKPT_ENOMEM;
@@ -308,6 +307,7 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     if (!root) return bad(what, "not valid JSON (near byte %td)", cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : 0);
     c->json = root;
     if (!cJSON_IsObject(root)) return bad(what, "the manifest must be a JSON object");
+    DS_TRY(ds_json_unique_keys(root, DSCKPT_ECORRUPT, what));
     const char *fmt = NULL, *tag = NULL, *tdt = NULL;
     DS_TRY(field_str(root, "format", &fmt, what, "manifest"));
     if (strcmp(fmt, "dsckpt") != 0) return bad(what, "format is '%s', expected 'dsckpt'", fmt);
@@ -317,6 +317,8 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
         return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads version %d (upgrade dsckpt)",
                       what, (unsigned long long)ver, DS_MANIFEST_VERSION);
     DS_TRY(field_str(root, "tag", &tag, what, "manifest"));
+    /* The tag names the output directory of reshard and universal: data, not a path. */
+    DS_TRY(ds_name_check(tag, strlen(tag), DSCKPT_ECORRUPT, what, "tag"));
     DS_TRY(field_u64(root, "step", MAX_SAFE_INT, &step, what, "manifest"));
     DS_TRY(field_u64(root, "world_size", 1000000, &ws, what, "manifest"));
     DS_TRY(field_u64(root, "zero_stage", 3, &stage, what, "manifest"));

@@ -175,4 +175,32 @@ dsckpt_status pk_serialize(const pk_obj *root, uint8_t **out, size_t *len);
 typedef const char *(*pk_key_fn)(void *user, const char *key);
 dsckpt_status pk_serialize_ex(const pk_obj *root, pk_key_fn rename, void *user, uint8_t **out, size_t *len);
 
+/* ---- screening (pkscreen.c) ----
+ * What the DeepSpeed writer may emit: a pickle it writes refers only to these
+ * globals, which are what DeepSpeed and torch.save themselves write (checked on
+ * every fixture): torch._utils._rebuild_tensor_v2 / _rebuild_parameter /
+ * _rebuild_parameter_with_state, torch._tensor._rebuild_from_type_v2, torch.Tensor,
+ * torch.Size, torch.device, torch.<dtype>, torch.<X>Storage,
+ * torch.storage.UntypedStorage, torch.nn.parameter.Parameter,
+ * collections.OrderedDict, builtins / __builtin__ set, frozenset, getattr, bytes,
+ * _codecs.encode, deepspeed.runtime.zero.config.ZeroStageEnum,
+ * deepspeed.runtime.fp16.loss_scaler.LossScaler / DynamicLossScaler,
+ * deepspeed.utils.tensor_fragment.fragment_address, and argparse.Namespace (the
+ * `args` Megatron-DeepSpeed keeps in its client state; it only sets attributes).
+ * Anything else (posix.system, builtins.eval, a user's class) is an unknown
+ * object: torch.load(weights_only=False), which DeepSpeed uses, would call it. */
+bool pk_global_allowed(const char *module, const char *name);
+
+/* Reports every reference to a global outside the allow-list in the graph under
+ * `root` (PK_GLOBAL, and the class of PK_OBJECT / PK_ENUM), with where it was
+ * found as a key path ("['client']['hook'].args[0]"). `report` (may be NULL) gets
+ * each one once; *count the number found.
+ * With drop, each dict entry whose key or value holds one is removed (the nearest
+ * enclosing entry), so the tree no longer refers to any; an unknown object not
+ * inside any dict cannot be dropped (DSCKPT_EUNSUPPORTED). After a drop the
+ * dicts' lookup index is stale: only read or serialise the tree afterwards.
+ * Shared objects are visited once; work is linear in the graph's size. */
+typedef void (*pk_report_fn)(void *user, const char *module, const char *name, const char *path);
+dsckpt_status pk_screen(pk_obj *root, bool drop, pk_report_fn report, void *user, size_t *count);
+
 #endif /* DSCKPT_PICKLE_H */

@@ -20,6 +20,8 @@
  */
 #include "safetensors.h"
 
+#include "fsutil.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -582,8 +584,8 @@ dsckpt_status st_read_fd(int fd, const char *what, st_header **out) {
 
 dsckpt_status st_read_file(const char *path, st_header **out) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ds_err_errno(errno, "%s: cannot open", path);
+    int fd = -1;
+    DS_TRY(ds_open_read(path, &fd, NULL)); /* regular files only */
     dsckpt_status st = st_read_fd(fd, path, out);
     close(fd);
     return st;

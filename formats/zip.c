@@ -7,6 +7,7 @@
 #include "zip.h"
 
 #include "fsutil.h"
+#include "names.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -87,30 +88,7 @@ static uint32_t crc_update(uint32_t crc, const uint8_t *p, size_t n) {
 /* ---- member names ---- */
 
 
-/* NULL if the n bytes at `name` are an acceptable member name, else the reason.
- * Names are later joined under directories and printed in messages, so anything
- * that could escape a directory or garble a terminal is refused. */
-static const char *name_problem(const char *name, size_t n) {
-    if (n == 0) return "is empty";
-    if (memchr(name, '\0', n)) return "contains a NUL byte";
-    if (name[0] == '/') return "is an absolute path";
-    if (memchr(name, '\\', n)) return "contains a backslash";
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f) return "contains a control character";
-    if (ds_utf8_valid_prefix((const uint8_t *)name, n, false) != n) return "is not valid UTF-8";
-    size_t start = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && name[i] != '/') continue;
-        size_t len = i - start;
-        if (len == 2 && name[start] == '.' && name[start + 1] == '.') return "has a '..' component";
-        if (len == 1 && name[start] == '.') return "has a '.' component";
-        if (len == 0) return "has an empty path component";
-        start = i + 1;
-    }
-    return NULL;
-}
-
-/* A printable rendering of a name that failed name_problem: bytes outside
+/* A printable rendering of a name (one names.h refused): bytes outside
  * printable ASCII as \xNN, cut after 100 input bytes. */
 #define ESC_BUF 420
 static const char *esc(const char *s, size_t n, char buf[ESC_BUF]) {
@@ -278,10 +256,11 @@ static dsckpt_status parse_central(const uint8_t *cd, const cd_loc *loc, uint64_
                       "%s: central directory entry %zu at offset %llu runs past the end of the central directory",
                       what, idx, at);
     const char *raw = (const char *)h + CENTRAL_SIZE;
-    const char *why = name_problem(raw, nlen);
+    /* Names are joined under directories and printed: the one validator (names.h). */
+    const char *why = ds_relname_problem(raw, nlen);
     if (why) {
         char eb[ESC_BUF];
-        return ds_err(DSCKPT_ECORRUPT, "%s: member name '%s' (central directory entry %zu) %s", what,
+        return ds_err(DSCKPT_ECORRUPT, "%s: member name '%s' (central directory entry %zu) is not a safe name: %s", what,
                       esc(raw, nlen, eb), idx, why);
     }
     char *name = *pool;
@@ -727,11 +706,10 @@ static dsckpt_status wr(zip_writer *w, const void *p, size_t n) {
 dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out) {
     *out = NULL;
     if (!s || !prefix) return ds_err(DSCKPT_EINVAL, "zip writer: NULL stream or prefix");
-    const char *why = name_problem(prefix, strlen(prefix));
-    if (!why && strchr(prefix, '/')) why = "contains '/'";
+    const char *why = ds_name_problem(prefix, strlen(prefix));
     if (why) {
         char eb[ESC_BUF];
-        return ds_err(DSCKPT_EINVAL, "zip writer: top folder '%s' %s", esc(prefix, strlen(prefix), eb), why);
+        return ds_err(DSCKPT_EINVAL, "zip writer: top folder '%s' is not a safe name: %s", esc(prefix, strlen(prefix), eb), why);
     }
     /* Offsets in the archive are stream positions: it must start the file. */
     if (ds_stream_pos(s) != 0)
@@ -768,10 +746,10 @@ dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, ui
     memcpy(name, w->prefix, plen);
     name[plen] = '/';
     memcpy(name + plen + 1, rel, rlen + 1);
-    const char *why = nlen > MAX_NAME ? "is longer than 65535 bytes" : name_problem(name, nlen);
+    const char *why = nlen > MAX_NAME ? "it is longer than 65535 bytes" : ds_relname_problem(name, nlen);
     if (why) {
         char eb[ESC_BUF];
-        dsckpt_status st = ds_err(DSCKPT_EINVAL, "zip writer: member name '%s' %s", esc(name, nlen, eb), why);
+        dsckpt_status st = ds_err(DSCKPT_EINVAL, "zip writer: member name '%s' is not a safe name: %s", esc(name, nlen, eb), why);
         free(name);
         return st;
     }

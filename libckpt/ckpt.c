@@ -7,6 +7,7 @@
 #include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
+#include "names.h"
 #include "resolve.h"
 #include "safetensors.h"
 
@@ -252,26 +253,13 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
             return ds_err(DSCKPT_ENOENT, "%s: neither a tag directory (no %s) nor a save root (no 'latest'); pass -t TAG",
                           path, DS_MANIFEST_NAME);
         }
-        dsckpt_status st = ds_read_small_file(lp, 4096, &latest_buf, NULL);
+        dsckpt_status st = ds_read_latest(lp, &latest_buf);
         free(lp);
         DS_TRY(st);
-        /* Readers strip surrounding white space, as DeepSpeed's do. */
-        char *s = latest_buf;
-        while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
-        size_t n = strlen(s);
-        while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == '\t')) s[--n] = '\0';
-        memmove(latest_buf, s, n + 1);
         tag = latest_buf;
         from_latest = true;
     }
-    if (!ds_safe_name(tag)) {
-        /* A bad tag from the user is a usage error; one read from `latest` is damage. */
-        dsckpt_status st =
-            from_latest ? ds_err(DSCKPT_ECORRUPT, "%s: 'latest' names '%s', which is not a plain directory name", path, tag)
-                        : ds_err(DSCKPT_EINVAL, "%s: tag '%s' is not a plain directory name", path, tag);
-        free(latest_buf);
-        return st;
-    }
+    if (!from_latest) DS_TRY(ds_name_check(tag, strlen(tag), DSCKPT_EINVAL, path, "tag"));
     char *dir = ds_join(path, tag);
     free(latest_buf);
     if (!dir) return DSCKPT_ENOMEM;
@@ -360,9 +348,16 @@ dsckpt_status ds_ckpt_load(dsckpt_ckpt *c) {
     if (!mp) return DSCKPT_ENOMEM;
     bool native = ds_exists(mp);
     free(mp);
-    if (!native && ds_is_universal_dir(c->dir)) return ds_universal_open(c);
-    if (!native && ds_is_deepspeed_dir(c->dir)) return ds_deepspeed_open(c);
-    return ds_native_open(c->dir, c);
+    dsckpt_status st = !native && ds_is_universal_dir(c->dir)   ? ds_universal_open(c)
+                       : !native && ds_is_deepspeed_dir(c->dir) ? ds_deepspeed_open(c)
+                                                                : ds_native_open(c->dir, c);
+    /* The tag names output directories (reshard, universal): whether it came from
+     * a manifest (checked there) or from the directory's name ("." when the
+     * checkpoint was named as the working directory), it must be one safe name. */
+    if (st == DSCKPT_OK && c->tag && !ds_safe_name(c->tag))
+        st = ds_err(DSCKPT_EINVAL, "%s: the tag '%.200s' taken from this directory's name is not a safe name; name the tag directory by its own name",
+                    c->dir, c->tag);
+    return st;
 }
 
 dsckpt_status dsckpt_ckpt_open(const char *path, const char *tag, dsckpt_ckpt **out) {

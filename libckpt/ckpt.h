@@ -122,8 +122,5 @@ dsckpt_status ds_native_open(const char *dir, dsckpt_ckpt *c);
  * manifest. Tags are checked with ds_safe_name. */
 dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_out, char **root_out);
 
-/* verify.c's test hook: phase 0 after a tag's manifest is loaded, phase 1 after
- * its data is checked (tests only; see verify.c). */
-extern void (*ds_test_verify_hook)(const char *tag_dir, int phase);
 
 #endif /* DSCKPT_CKPT_H */

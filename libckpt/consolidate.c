@@ -152,6 +152,9 @@ static dsckpt_status plan_file(cons *k, size_t fi, size_t a, size_t b) {
         }
     }
     st = st_plan_make(ent, n, meta, m, &k->files[fi].plan);
+    /* Names and shapes come from the checkpoint: one the output format cannot hold
+     * (an empty name, bad UTF-8) is the input's fault, not a usage error. */
+    if (st == DSCKPT_EINVAL) st = ds_err_prefix(DSCKPT_ECORRUPT, "%s", k->c->dir);
     if (st == DSCKPT_OK)
         for (size_t i = a; i < b; i++) {
             k->ots[i].file = fi;

@@ -115,10 +115,16 @@ static dsckpt_status pt_load_ex(const char *dir, const char *name, int rank, ds_
     DS_TRY(ds_open_read(p->path, &p->fd, &p->size));
     uint8_t magic[4] = {0};
     if (p->size >= 4) DS_TRY(ds_pread_full(p->fd, magic, 4, 0, p->path));
-    if (memcmp(magic, "PK\x03\x04", 4) != 0)
+    /* Judged by content: a zip (torch >= 1.6), a pickle stream (the legacy format:
+     * PROTO 2..5 first), or neither (an empty file, a link to some text file). */
+    if (p->size == 0) return ds_err(DSCKPT_ECORRUPT, "%s: empty file (0 bytes): not a torch checkpoint", p->path);
+    if (p->size >= 2 && magic[0] == 0x80 && magic[1] >= 2 && magic[1] <= 5 && memcmp(magic, "PK\x03\x04", 4) != 0)
         return ds_err(DSCKPT_EUNSUPPORTED,
                       "%s: not a zip file: the legacy (pre-1.6) torch.save format is not supported; re-save with a current torch",
                       p->path);
+    if (p->size < 4 || memcmp(magic, "PK\x03\x04", 4) != 0)
+        return ds_err(DSCKPT_ECORRUPT, "%s: not a torch zip archive (%llu bytes starting %02x %02x %02x %02x; no zip signature)",
+                      p->path, (unsigned long long)p->size, magic[0], magic[1], magic[2], magic[3]);
     DS_TRY(zip_open_fd(p->fd, p->path, &p->zip));
     zip_torch_meta meta;
     DS_TRY(zip_torch_meta_read(p->fd, p->zip, p->path, &meta)); /* big-endian: unsupported */
@@ -1144,7 +1150,6 @@ static dsckpt_status uni_load(const char *dir, const char *name, const char *fil
         return ds_err(DSCKPT_ECORRUPT, "%s: parameter name '%s' is too long", dir, name);
     dsckpt_status st = pt_load_ex(dir, rel, 0, p, false);
     if (st == DSCKPT_ENOENT) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: missing (every trainable parameter needs it)", dir, rel);
-    if (st == DSCKPT_EINVAL) st = ds_err(DSCKPT_ECORRUPT, "%s/%s: not a regular file", dir, rel);
     if (st == DSCKPT_OK) st = pt_check_crcs(p, !strcmp(file, "step.pt"));
     return st;
 }

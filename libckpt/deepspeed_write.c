@@ -20,6 +20,7 @@
 #include "partition.h"
 #include "pickle.h"
 #include "stream.h"
+#include "unknown.h"
 #include "zip.h"
 
 #include <dirent.h>
@@ -59,8 +60,7 @@ static dsckpt_status tpl_open(const char *dir, const char *name, dsw_tpl *t) {
     memset(t, 0, sizeof *t);
     t->fd = -1;
     if (!(t->path = ds_join(dir, name))) return DSCKPT_ENOMEM;
-    t->fd = open(t->path, O_RDONLY | O_CLOEXEC);
-    if (t->fd < 0) return ds_err_errno(errno, "%s: cannot open", t->path);
+    DS_TRY(ds_open_read(t->path, &t->fd, NULL));
     DS_TRY(zip_open_fd(t->fd, t->path, &t->zip));
     const zip_member *m = zip_find_rel(t->zip, "data.pkl");
     if (!m) return ds_err(DSCKPT_ECORRUPT, "%s: no data.pkl member", t->path);
@@ -73,6 +73,22 @@ static dsckpt_status tpl_parse(const dsw_tpl *t, pk_doc **doc, pk_obj **root) {
     DS_TRY(pk_parse(t->pkl, t->pkl_len, t->path, NULL, doc, root));
     if ((*root)->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: top level is not a dict", t->path);
     return DSCKPT_OK;
+}
+
+/* The last path component of `path` (a pointer into it). */
+static const char *ds_basename_ref(const char *path) {
+    const char *b = strrchr(path, '/');
+    return b ? b + 1 : path;
+}
+
+/* Adds the template's pickled objects outside the allow-list to `l`. */
+static dsckpt_status tpl_screen(const dsw_tpl *t, const char *label, ds_unknown_list *l) {
+    pk_doc *d = NULL;
+    pk_obj *root = NULL;
+    dsckpt_status st = tpl_parse(t, &d, &root);
+    if (!st) st = ds_unknown_in_tree(root, label, false, l);
+    pk_doc_free(d);
+    return st;
 }
 
 /* ---- groups ---- */
@@ -1256,6 +1272,11 @@ static dsckpt_status job(void *u, size_t j, int worker) {
         st = f.doc ? (model ? synth_model_root(&f, rank) : synth_optim_root(&f)) : ds_err(DSCKPT_ENOMEM, "out of memory");
     }
     if (!st && x->stage != 0) st = model ? edit_model(&f, rank) : edit_optim(&f, rank);
+    if (!st && x->have_tpl && x->sp->drop_unknown) { /* find_templates listed them */
+        ds_unknown_list ul = {0};
+        st = ds_unknown_in_tree(f.root, f.tpl->path, true, &ul);
+        ds_unknown_list_free(&ul);
+    }
     if (model) {
         if (x->stage == 3) snprintf(name, sizeof name, "zero_pp_rank_%d_mp_rank_00_model_states.pt", rank);
         else snprintf(name, sizeof name, "mp_rank_00_model_states.pt");
@@ -1269,6 +1290,24 @@ static dsckpt_status job(void *u, size_t j, int worker) {
     free(b.f32);
     free(b.out);
     file_clear(&f);
+    return st;
+}
+
+/* Nothing opaque is copied through: a pickled object outside the allow-list in
+ * what is carried (client state, ...) is refused before anything is written,
+ * unless drop_unknown (then each file's entries holding one are left out when it
+ * is written). */
+static dsckpt_status screen_templates(const dsw_ctx *x) {
+    ds_unknown_list ul = {0};
+    dsckpt_status st = tpl_screen(&x->tmodel, ds_basename_ref(x->tmodel.path), &ul);
+    if (!st && x->toptim.zip) st = tpl_screen(&x->toptim, ds_basename_ref(x->toptim.path), &ul);
+    if (!st && ul.count && !x->sp->drop_unknown)
+        st = ds_err(DSCKPT_EUNSUPPORTED,
+                    "%s: %zu pickled object%s outside the allow-list (DeepSpeed's torch.load would call %s) would be "
+                    "carried into the output: %s (drop_unknown_objects leaves out the entries holding %s)",
+                    x->sp->template_dir, ul.count, ul.count == 1 ? "" : "s", ul.count == 1 ? "it" : "them",
+                    ul.text ? ul.text : "", ul.count == 1 ? "it" : "them");
+    ds_unknown_list_free(&ul);
     return st;
 }
 
@@ -1294,7 +1333,7 @@ static dsckpt_status find_templates(dsw_ctx *x) {
     pk_obj *osd = pk_get(root, "optimizer_state_dict");
     x->bf16_opt = x->stage != 3 && osd && !pk_get(osd, "zero_stage");
     pk_doc_free(d);
-    return DSCKPT_OK;
+    return screen_templates(x);
 }
 
 dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_progress *prog) {
@@ -1311,6 +1350,7 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
         zip_torch_meta meta;
         DS_TRYGOTO(zip_torch_meta_read(x.tmodel.fd, x.tmodel.zip, x.tmodel.path, &meta), done);
         x.align = (uint32_t)meta.storage_alignment;
+        DS_TRYGOTO(screen_templates(&x), done);
     } else if (x.have_tpl) DS_TRYGOTO(find_templates(&x), done);
     else {
         snprintf(x.optim_prefix, sizeof x.optim_prefix, "%s", sp->model_dtype == DSCKPT_BF16 ? "bf16_" : "");

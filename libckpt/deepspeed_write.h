@@ -40,6 +40,8 @@ typedef struct ds_dsw_spec {
     void *fill_user;
     int threads;
     bool check_reads;        /* CRC-32 of every template member copied through */
+    bool drop_unknown;       /* with a template: leave out the entries holding pickled objects
+                                outside the allow-list (else such a template is refused) */
 } ds_dsw_spec;
 
 dsckpt_status ds_deepspeed_write(const ds_dsw_spec *spec, const char *tagdir, ds_progress *prog);

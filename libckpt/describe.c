@@ -6,7 +6,9 @@
 #include "ckpt.h"
 #include "deepspeed.h"
 #include "fsutil.h"
+#include "hfjson.h"
 #include "manifest.h"
+#include "resolve.h"
 
 #include <dirent.h>
 #include <stdlib.h>
@@ -54,17 +56,13 @@ static void add_tags(cJSON *o, const char *root) {
 static void add_root_info(cJSON *o, const char *root) {
     if (!root) return;
     char *lp = ds_join(root, "latest"), *text = NULL;
-    if (lp && ds_read_small_file(lp, 4096, &text, NULL) == DSCKPT_OK) {
-        size_t n = strlen(text);
-        while (n && (text[n - 1] == '\n' || text[n - 1] == ' ' || text[n - 1] == '\r')) text[--n] = '\0';
-        cJSON_AddStringToObject(o, "latest", text);
-    }
+    if (lp && ds_exists(lp) && ds_read_latest(lp, &text) == DSCKPT_OK) cJSON_AddStringToObject(o, "latest", text);
     free(text);
     free(lp);
     text = NULL;
     char *tp = ds_join(root, "trainer_state.json");
-    if (tp && ds_exists(tp) && ds_read_small_file(tp, 256u << 20, &text, NULL) == DSCKPT_OK) {
-        cJSON *ts = cJSON_Parse(text);
+    cJSON *ts = NULL;
+    if (tp && ds_exists(tp) && ds_json_read_strict(tp, DS_TRAINER_STATE_MAX, &ts) == DSCKPT_OK) {
         cJSON *best = cJSON_AddObjectToObject(o, "best");
         static const char *keys[] = {"best_metric", "best_model_checkpoint", "best_global_step", "global_step"};
         for (size_t i = 0; ts && best && i < sizeof keys / sizeof keys[0]; i++) {

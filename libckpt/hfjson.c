@@ -5,6 +5,7 @@
 #include "hfjson.h"
 
 #include "fsutil.h"
+#include "names.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -88,10 +89,6 @@ static dsckpt_status scan_numbers(char *t, size_t len, const char *what, num_tok
     return DSCKPT_OK;
 }
 
-static int cmp_key(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 /* Walks the tree in document order: numbers become raw nodes holding their token;
  * objects must not repeat a key. Depth is bounded by cJSON's nesting limit. */
 static dsckpt_status walk(cJSON *node, const char *text, const char *what, const num_tokens *nt, size_t *next) {
@@ -106,24 +103,7 @@ static dsckpt_status walk(cJSON *node, const char *text, const char *what, const
         if (tok->is_nonfinite) node->valuedouble = tok->nonfinite;
         return DSCKPT_OK;
     }
-    if (cJSON_IsObject(node)) {
-        size_t n = 0;
-        for (cJSON *c = node->child; c; c = c->next) n++;
-        if (n > 1) {
-            const char **keys = malloc(n * sizeof *keys);
-            if (!keys) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
-            size_t k = 0;
-            for (cJSON *c = node->child; c; c = c->next) keys[k++] = c->string;
-            qsort(keys, n, sizeof *keys, cmp_key);
-            for (k = 1; k < n; k++)
-                if (!strcmp(keys[k - 1], keys[k])) {
-                    dsckpt_status st = ds_err(DSCKPT_ECORRUPT, "%s: duplicate key \"%.200s\" in one object", what, keys[k]);
-                    free(keys);
-                    return st;
-                }
-            free(keys);
-        }
-    }
+    DS_TRY(ds_json_object_unique(node, DSCKPT_ECORRUPT, what));
     if (cJSON_IsObject(node) || cJSON_IsArray(node))
         for (cJSON *c = node->child; c; c = c->next) DS_TRY(walk(c, text, what, nt, next));
     return DSCKPT_OK;

@@ -83,7 +83,7 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
                                          : !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_F32,
                           .template_dir = from_ds ? c->dir : NULL, .ds_config = cfg, .state = carried(c, "state"),
                           .fill = reshard_fill_fn, .fill_user = &rf, .threads = opts->threads,
-                          .check_reads = !c->no_read_check};
+                          .check_reads = !c->no_read_check, .drop_unknown = opts->drop_unknown_objects != 0};
         for (size_t t = 0; t < c->ntensors; t++)
             if (c->tensors[t].trainable) prog.total += 12 * c->tensors[t].numel;
         DS_TRYGOTO(ds_deepspeed_write(&ds, tagdir, &prog), done);

@@ -10,17 +10,17 @@
 #include "fsutil.h"
 #include "hfjson.h"
 #include "manifest.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The one check for names read from files and listings: one plain path component.
- * (Kept to this one function so the shared validator can replace it.) */
+/* Names read from files and listings, and names the user gives, through the one
+ * validator (names.h). */
 static dsckpt_status name_check(const char *name, dsckpt_status code, const char *where, const char *kind) {
-    if (ds_safe_name(name)) return DSCKPT_OK;
-    return ds_err(code, "%s: %s '%.200s' is not a plain directory name", where, kind, name ? name : "");
+    return ds_name_check(name, name ? strlen(name) : 0, code, where, kind);
 }
 
 bool ds_hf_checkpoint_name(const char *name, uint64_t *n) {
@@ -44,14 +44,10 @@ dsckpt_status ds_best_component(const char *value, const char *where, char **out
     while (e > 0 && (value[e - 1] == '/' || value[e - 1] == '\\')) e--;
     size_t b = e;
     while (b > 0 && value[b - 1] != '/' && value[b - 1] != '\\') b--;
+    dsckpt_status st = ds_name_check(value + b, e - b, DSCKPT_ECORRUPT, where, "the last component of best_model_checkpoint");
+    if (st) return st;
     char *c = strndup(value + b, e - b);
     if (!c) return ds_err(DSCKPT_ENOMEM, "out of memory");
-    if (!ds_safe_name(c)) {
-        dsckpt_status st = ds_err(DSCKPT_ECORRUPT,
-                                  "%s: best_model_checkpoint '%.200s' does not end in a plain directory name", where, value);
-        free(c);
-        return st;
-    }
     *out = c;
     return DSCKPT_OK;
 }

@@ -28,6 +28,7 @@
 #include "outsafe.h"
 #include "pickle.h"
 #include "universal.h"
+#include "unknown.h"
 #include "zip.h"
 
 #include <stdio.h>
@@ -529,6 +530,19 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
     if (stage < 1 || stage > 3)
         return ds_err(DSCKPT_EUNSUPPORTED, "the universal format holds ZeRO stages 1-3; this checkpoint is stage %d "
                                            "(ask for stage 1, 2 or 3)", stage);
+    if (from_ds || (c->format && !strcmp(c->format, "universal"))) {
+        /* Model-states files are copied as they are: nothing opaque may ride along. */
+        ds_unknown_list ul = {0};
+        dsckpt_status ust = ds_unknown_in_dir(c->dir, &ul);
+        if (!ust && ul.count)
+            ust = ds_err(DSCKPT_EUNSUPPORTED,
+                         "%s: %zu pickled object%s outside the allow-list (DeepSpeed's torch.load would call %s) would "
+                         "be copied into the output: %s; write the DeepSpeed format with drop_unknown_objects first",
+                         c->dir, ul.count, ul.count == 1 ? "" : "s", ul.count == 1 ? "it" : "them",
+                         ul.text ? ul.text : "");
+        ds_unknown_list_free(&ul);
+        if (ust) return ust;
+    }
     ds_outdir od = {0};
     uni_fill uf = {.c = c};
     dsckpt_ckpt *scratch = NULL;
@@ -538,7 +552,7 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
     DS_TRYGOTO(ds_malloc(tl, &tagname), done);
     snprintf(tagname, tl, "%s_universal", c->tag);
     if (!ds_safe_name(tagname)) {
-        st = ds_err(DSCKPT_EINVAL, "tag '%s' is too long for the universal directory name", c->tag);
+        st = ds_err(DSCKPT_EUNSUPPORTED, "tag '%s' is too long for the universal directory name", c->tag);
         goto done;
     }
     DS_TRYGOTO(ds_outdir_begin(&od, out, opts->force != 0), done);

@@ -13,10 +13,12 @@
 #include "deepspeed.h"
 #include "fsutil.h"
 #include "manifest.h"
+#include "names.h"
 #include "parallel.h"
 #include "resolve.h"
 #include "safetensors.h"
 #include "stream.h"
+#include "unknown.h"
 #include "zip.h"
 
 #include <dirent.h>
@@ -50,13 +52,19 @@ struct dsckpt_verify_report {
     bool changed;
 };
 
-/* Test hook (tests link the static library and set it; nothing else can reach
- * it: no environment variable, not exported from the shared library): called
- * with phase 0 once a tag's manifest is loaded, before its files are opened, and
- * with phase 1 after its data was checked, before the closing snapshot. */
-void (*ds_test_verify_hook)(const char *tag_dir, int phase);
 
 void dsckpt_verify_opts_init(dsckpt_verify_opts *o) { memset(o, 0, sizeof *o); }
+
+/* Which verdict wins when a report has several: unreadable, then corrupt, then
+ * unsupported (intact but unsafe to pass on), then ok. */
+static int sev_rank(dsckpt_verify_result v) {
+    switch (v) {
+    case DSCKPT_VERIFY_OK: return 0;
+    case DSCKPT_VERIFY_UNSUPPORTED: return 1;
+    case DSCKPT_VERIFY_CORRUPT: return 2;
+    default: return 3;
+    }
+}
 
 static void add_problem(dsckpt_verify_report *r, dsckpt_verify_result sev, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -67,7 +75,7 @@ static void add_problem(dsckpt_verify_report *r, dsckpt_verify_result sev, const
     if (vasprintf(&msg, fmt, ap) < 0) msg = NULL;
     va_end(ap);
     pthread_mutex_lock(&r->mu);
-    if (sev > r->result) r->result = sev;
+    if (sev_rank(sev) > sev_rank(r->result)) r->result = sev;
     if (msg && r->n == r->cap) {
         size_t ncap = r->cap ? r->cap * 2 : 16;
         char **p = realloc(r->problems, ncap * sizeof *p);
@@ -266,9 +274,22 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
         add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_UNREADABLE : sev_of(st), "%s", dsckpt_last_error());
         goto done;
     }
-    if (ds_test_verify_hook) ds_test_verify_hook(c->dir, 0);
+    ds_test_verify_point(c->dir, 0); /* test builds only (testhook.c) */
     st = ds_ckpt_index(c, coverage_cb, r);
     if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+    if (c->format && (!strcmp(c->format, "deepspeed") || !strcmp(c->format, "universal"))) {
+        /* Pickled callables outside the allow-list: DeepSpeed's torch.load would run them. */
+        ds_unknown_list ul = {0};
+        st = ds_unknown_in_dir(c->dir, &ul);
+        if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+        else if (ul.count)
+            add_problem(r, DSCKPT_VERIFY_UNSUPPORTED,
+                        "%zu pickled object%s outside the allow-list (torch.load would call %s; dsckpt does not "
+                        "pass %s on): %s",
+                        ul.count, ul.count == 1 ? "" : "s", ul.count == 1 ? "it" : "them",
+                        ul.count == 1 ? "it" : "them", ul.text ? ul.text : "");
+        ds_unknown_list_free(&ul);
+    }
     check_stray_files(c, r);
     r->files = c->nfiles;
 
@@ -289,8 +310,9 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
                         f->name);
         st = ds_open_read(f->path, &v.fds[i], &size);
         if (st) {
-            /* Missing, or something else (a directory) where the file should be: damage. */
-            add_problem(r, st == DSCKPT_ENOENT || st == DSCKPT_EINVAL ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s",
+            /* Missing: damage. Something else where the file should be (a FIFO, a
+             * directory): unreadable, as every command reports it. */
+            add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s",
                         f->name,
                         st == DSCKPT_ENOENT ? "missing (listed in the manifest, not on disk)" : dsckpt_last_error());
             v.fds[i] = -1;
@@ -537,7 +559,7 @@ static void verify_tag(const char *path, const char *tag, const char *label, boo
     }
     verify_checkpoint(path, tag, o, sr);
     char *dir = NULL, *root = NULL;
-    if (ds_test_verify_hook && ds_resolve_ckpt(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_hook(dir, 1);
+    if (ds_test_hooks_built() && ds_resolve_ckpt(path, tag, &dir, &root) == DSCKPT_OK) ds_test_verify_point(dir, 1);
     free(dir);
     free(root);
     char *after = snapshot_of(path, tag);
@@ -557,7 +579,7 @@ static void verify_tag(const char *path, const char *tag, const char *label, boo
             add_problem(r, DSCKPT_VERIFY_OK, "%s%s%s", /* severity merged below */
                         pre ? pre : "", pre ? ": " : "", sr->problems[i]);
         pthread_mutex_lock(&r->mu);
-        if (sr->result > r->result) r->result = sr->result;
+        if (sev_rank(sr->result) > sev_rank(r->result)) r->result = sr->result;
         pthread_mutex_unlock(&r->mu);
     }
     r->files += sr->files;
@@ -626,17 +648,18 @@ static void verify_root(const char *path, const dsckpt_verify_opts *o, dsckpt_ve
         free(lp);
         lp = ds_join(path, "latest_universal");
     }
-    if (lp && ds_exists(lp) && ds_read_small_file(lp, 4096, &latest, NULL) == DSCKPT_OK) {
-        char *s = latest;
-        while (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t') s++;
-        size_t k = strlen(s);
-        while (k && (s[k - 1] == ' ' || s[k - 1] == '\n' || s[k - 1] == '\r' || s[k - 1] == '\t')) s[--k] = '\0';
+    dsckpt_status lst = lp && ds_exists(lp) ? ds_read_latest(lp, &latest) : DSCKPT_ENOENT;
+    if (lst == DSCKPT_OK) {
         bool found = false;
-        for (size_t i = 0; i < n && !found; i++) found = !strcmp(tags[i], s);
+        for (size_t i = 0; i < n && !found; i++) found = !strcmp(tags[i], latest);
         if (!found)
-            add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: 'latest' names '%.200s': tag directory does not exist", path, s);
-    } else {
+            add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: 'latest' names '%.200s': tag directory does not exist", path,
+                        latest);
+    } else if (lst == DSCKPT_ENOENT) {
         add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s: no 'latest' file (every tag below was checked)", path);
+    } else {
+        add_problem(r, lst == DSCKPT_ECORRUPT ? DSCKPT_VERIFY_CORRUPT : DSCKPT_VERIFY_UNREADABLE, "%s",
+                    dsckpt_last_error());
     }
     free(lp);
     free(latest);
@@ -656,7 +679,7 @@ dsckpt_status dsckpt_verify(const char *path, const char *tag, const dsckpt_veri
         dsckpt_verify_opts_init(&defaults);
         opts = &defaults;
     }
-    if (tag && !ds_safe_name(tag)) return ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", tag);
+    if (tag) DS_TRY(ds_name_check(tag, strlen(tag), DSCKPT_EINVAL, path, "tag"));
     dsckpt_verify_report *r = report_new();
     if (!r) return ds_err(DSCKPT_ENOMEM, "out of memory");
     if (!ds_exists(path)) {

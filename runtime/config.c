@@ -829,6 +829,9 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
         st = ds_err(DSCKPT_EINVAL, "%s: the config must be a JSON object ({...}), not %s", p.file, kind(root));
         goto fail;
     }
+    /* DeepSpeed (Python's json) keeps the last of two equal keys, cJSON the first:
+     * a repeated key would train with a setting other than DeepSpeed's. */
+    if ((st = ds_json_unique_keys(root, DSCKPT_EINVAL, p.file))) goto fail;
     out->world_size = world_size;
     DS_TRYGOTO(check_keys(&p, root, "", TOP_KEYS), fail);
     DS_TRYGOTO(parse_fp16(&p, root, out), fail);

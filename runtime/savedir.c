@@ -7,6 +7,7 @@
 #include "ckpt.h"
 #include "engine_ckpt.h"
 #include "fsutil.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -126,15 +127,9 @@ void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *re
     char *lp = ds_join(save_dir, "latest");
     struct stat sb;
     if (lp && lstat(lp, &sb) == 0) {
-        char *text = NULL;
-        size_t len = 0;
-        if (!S_ISREG(sb.st_mode) || ds_read_small_file(lp, 4096, &text, &len) != DSCKPT_OK) latest_bad = true;
-        else {
-            while (len && (text[len - 1] == '\n' || text[len - 1] == '\r')) text[--len] = '\0';
-            if (strlen(text) != len || !ds_safe_name(text)) latest_bad = true;
-            else latest_tag = text, text = NULL;
-        }
-        free(text);
+        /* A regular file (lstat: a symlink is not what dstrain writes) holding one
+         * safe tag name; a NUL inside is damage, not the end of the name. */
+        if (!S_ISREG(sb.st_mode) || ds_read_latest(lp, &latest_tag) != DSCKPT_OK) latest_bad = true;
     }
     free(lp);
     DIR *d = opendir(save_dir);

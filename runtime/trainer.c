@@ -22,10 +22,18 @@ dsckpt_status rt_tstate_load(const char *save_dir, rt_tstate *ts) {
         st = ds_read_small_file(p, 256u << 20, &text, &len);
         if (!st) {
             ts->root = cJSON_ParseWithLength(text, len);
-            if (!cJSON_IsObject(ts->root)) {
+            if (!cJSON_IsObject(ts->root)) st = ds_err(DSCKPT_ECORRUPT, "%s is not a JSON object", p);
+            else st = ds_json_unique_keys(ts->root, DSCKPT_ECORRUPT, p);
+            /* dstrain records its best checkpoint as a tag; it is later opened and
+             * kept from rotation by that name: a name, never a path. */
+            const cJSON *b = st ? NULL : cJSON_GetObjectItemCaseSensitive(ts->root, "best_model_checkpoint");
+            if (cJSON_IsString(b))
+                st = ds_name_check(b->valuestring, strlen(b->valuestring), DSCKPT_ECORRUPT, p, "best_model_checkpoint");
+            else if (b && !cJSON_IsNull(b))
+                st = ds_err(DSCKPT_ECORRUPT, "%s: best_model_checkpoint is not a string", p);
+            if (st) {
                 cJSON_Delete(ts->root);
                 ts->root = NULL;
-                st = ds_err(DSCKPT_ECORRUPT, "%s is not a JSON object", p);
             }
         }
         free(text);

@@ -499,7 +499,7 @@ for c in inspect consolidate reshard verify; do
     3) ok ;;
     *) bad "$c -t ../IN/global_step250: exit $RC, expected 3 (usage error)" ;;
     esac
-    expect_in err "not a plain directory name" "$c -t ../IN/global_step250 says the tag is not a plain name"
+    expect_in err "is not a safe name" "$c -t ../IN/global_step250 says the tag is not a plain name"
 done
 expect_absent esc.safetensors "a refused tag creates no output"
 expect_absent esc "a refused tag creates no output"
@@ -508,7 +508,7 @@ cp -r ck evil_latest
 printf '../IN/global_step250\n' >evil_latest/latest
 run consolidate evil_latest -o evil.safetensors -q
 expect_rc 1 "consolidate of a root whose 'latest' is a path"
-expect_in err "not a plain directory name" "a path in 'latest' is refused"
+expect_in err "is not a safe name" "a path in 'latest' is refused"
 # 'latest' with surrounding white space still works (DeepSpeed writers add none, but
 # hand-edited files do).
 cp -r ck ws_latest

@@ -32,5 +32,14 @@ fi
 # option switches; a direct getenv of a test variable would escape it.
 direct=$(cd "$SRC" && grep -rnE 'getenv\("(DSCKPT|DSTRAIN)_TEST' common libckpt formats kernels cli runtime | grep -v '^common/testhook.c:')
 [ -z "$direct" ] || bad "test hooks read without ds_test_hook: $direct"
+# verify's in-process hook (a function pointer tests set) is compiled out too: no
+# verify_hook object in the release binary, and no code outside testhook.c that
+# holds one.
+if command -v nm >/dev/null 2>&1; then
+    nm "$BUILD/dsckpt" 2>/dev/null | grep -qw verify_hook && bad "the release dsckpt holds verify's test hook (verify_hook)"
+    nm "$BUILD/dsckpt" 2>/dev/null | grep -qw ds_test_verify_point || bad "no ds_test_verify_point symbol to check (stripped binary?)"
+fi
+stray=$(cd "$SRC" && grep -rn 'ds_test_verify_hook' common libckpt formats kernels cli runtime tests)
+[ -z "$stray" ] || bad "a verify hook outside testhook.c: $stray"
 [ "$FAIL" -eq 0 ] && echo "release build: every test hook ignored"
 [ "$FAIL" -eq 0 ]

@@ -94,7 +94,7 @@ static void test_changed_while_verifying(void) {
     char *src = synth_root(dir, "src", 4, 20000);
     hook_root = root;
     hook_src = src;
-    ds_test_verify_hook = replace_root;
+    CU_ASSERT_FATAL(ds_test_set_verify_hook(replace_root)); /* a -DDSCKPT_TEST_HOOKS=ON build */
     for (int phase = 0; phase < 2; phase++) {
         /* phase 0: the files of the manifest read first are gone or different by the
          * time they are hashed (this said "corrupt" before); phase 1: everything
@@ -120,7 +120,7 @@ static void test_changed_while_verifying(void) {
     }
     /* A writer that only moves `latest` (a training run committing a new step)
      * changes nothing verify of a save root read: every tag keeps its verdict. */
-    ds_test_verify_hook = rewrite_latest;
+    ds_test_set_verify_hook(rewrite_latest);
     hook_calls = 0;
     {
         dsckpt_verify_report *r = NULL;
@@ -131,7 +131,7 @@ static void test_changed_while_verifying(void) {
         dsckpt_verify_report_free(r);
     }
     /* Without a writer the replaced root verifies clean. */
-    ds_test_verify_hook = NULL;
+    ds_test_set_verify_hook(NULL);
     dsckpt_verify_report *r = NULL;
     TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
     CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);

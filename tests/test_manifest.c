@@ -99,6 +99,11 @@ static void m_huge_dim(cJSON *r) {
 static void m_group_oob(cJSON *r) { set_num(tensor0(r), "group", 7); }
 static void m_path_file(cJSON *r) { set_str(file0(r), "name", "../../etc/passwd"); }
 static void m_abs_file(cJSON *r) { set_str(file0(r), "name", "/etc/passwd"); }
+static void m_tag_escape(cJSON *r) { set_str(r, "tag", "../../../../tmp/x"); }
+static void m_tag_dot(cJSON *r) { set_str(r, "tag", ".."); }
+static void m_tag_ctl(cJSON *r) { set_str(r, "tag", "global\nstep"); }
+static void m_dup_top(cJSON *r) { cJSON_AddStringToObject(r, "tag", "global_step9"); }
+static void m_dup_file_key(cJSON *r) { cJSON_AddNumberToObject(file0(r), "rank", 1); }
 static void m_dup_file(cJSON *r) {
     set_str(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "files"), 1), "name", "rank_00000.safetensors");
 }
@@ -162,7 +167,12 @@ static void m_model_arch_num(cJSON *r) { set_num(add_model(r), "architecture", 2
 static const mutation mutations[] = {
     {"model not an object", m_model_not_obj, DSCKPT_ECORRUPT, "\"model\" must be an object"},
     {"model: unknown key", m_model_unknown, DSCKPT_ECORRUPT, "model: unknown key \"n_inner\""},
-    {"model: duplicate key", m_model_dup, DSCKPT_ECORRUPT, "model: key \"n_layer\" appears twice"},
+    {"model: duplicate key", m_model_dup, DSCKPT_ECORRUPT, "duplicate key \"n_layer\" in one object"},
+    {"tag that escapes", m_tag_escape, DSCKPT_ECORRUPT, "tag '../../../../tmp/x' is not a safe name: it contains '/'"},
+    {"tag ..", m_tag_dot, DSCKPT_ECORRUPT, "tag '..' is not a safe name: it is '..'"},
+    {"tag with a newline", m_tag_ctl, DSCKPT_ECORRUPT, "tag 'global\\x0astep' is not a safe name: it contains a control"},
+    {"duplicate top-level key", m_dup_top, DSCKPT_ECORRUPT, "duplicate key \"tag\" in one object"},
+    {"duplicate key in a file entry", m_dup_file_key, DSCKPT_ECORRUPT, "duplicate key \"rank\" in one object"},
     {"model: missing key", m_model_missing, DSCKPT_ECORRUPT, "model: missing \"vocab_size\""},
     {"model: n_layer 0", m_model_zero, DSCKPT_ECORRUPT, "\"n_layer\" must be an integer in [1, 2147483647]"},
     {"model: negative", m_model_neg, DSCKPT_ECORRUPT, "\"n_head\" must be an integer"},
@@ -186,8 +196,8 @@ static const mutation mutations[] = {
     {"unknown dtype", m_bad_tensor_dtype, DSCKPT_ECORRUPT, "unknown dtype"},
     {"element count past 2^48", m_huge_dim, DSCKPT_ECORRUPT, "overflows"},
     {"group out of range", m_group_oob, DSCKPT_ECORRUPT, "\"group\""},
-    {"file name with ..", m_path_file, DSCKPT_ECORRUPT, "not a plain file name"},
-    {"absolute file name", m_abs_file, DSCKPT_ECORRUPT, "not a plain file name"},
+    {"file name with ..", m_path_file, DSCKPT_ECORRUPT, "is not a safe name"},
+    {"absolute file name", m_abs_file, DSCKPT_ECORRUPT, "is not a safe name"},
     {"duplicate file", m_dup_file, DSCKPT_ECORRUPT, "duplicate file"},
     {"chunk count", m_chunks, DSCKPT_ECORRUPT, "chunk digests listed"},
     {"bad hex digest", m_hex, DSCKPT_ECORRUPT, "64 hex digits"},

@@ -257,7 +257,7 @@ static void test_errors(void) {
     expect(rt_data_open(g_corpus, SEQ, 0.0, &d), DSCKPT_EINVAL, "eval fraction", NULL);
     expect(rt_data_open(g_corpus, SEQ, 1.0, &d), DSCKPT_EINVAL, "eval fraction", NULL);
     expect(rt_data_open(g_corpus, SEQ, NAN, &d), DSCKPT_EINVAL, "eval fraction", NULL);
-    expect(rt_data_open(g_dir, SEQ, 0.1, &d), DSCKPT_EINVAL, "not a regular file", NULL);
+    expect(rt_data_open(g_dir, SEQ, 0.1, &d), DSCKPT_EIO, "not a regular file (a directory)", NULL);
     CU_ASSERT_PTR_NULL(d);
     int32_t tok[ROW];
     uint64_t rows;

@@ -882,7 +882,7 @@ static void test_manifest_edits(void) {
         {"file digest replaced", ed_file_digest, "rank_00001.safetensors", "file digest does not match", false},
         {"chunk digest replaced", ed_chunk_digest, "rank_00001.safetensors", "chunk 0", false},
         {"file size changed", ed_file_size, "rank_00000.safetensors", "the manifest says", false},
-        {"file name with ..", ed_file_name, "not a plain file name", NULL, false},
+        {"file name with ..", ed_file_name, "is not a safe name", NULL, false},
         {"tensor shape changed", ed_shape, "lies outside its", NULL, true},
         {"unknown version", ed_version, "manifest version 2", NULL, false},
     };

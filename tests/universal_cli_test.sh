@@ -95,7 +95,7 @@ cp -r u2 bad2
 rm bad2/global_step3_universal/zero/tiny/fp32.pt
 mkfifo bad2/global_step3_universal/zero/tiny/fp32.pt
 run inspect bad2
-expect 1 "a FIFO in place of a state file"
+expect 2 "a FIFO in place of a state file"
 has "$T/stderr" "not a regular file" "the FIFO is named"
 
 # ---- reshard --to M typed in a checkpoint directory ----

@@ -186,6 +186,9 @@ typedef struct dsckpt_reshard_opts {
     int threads;               /* 0 = number of online CPUs */
     dsckpt_progress_fn progress;
     void *progress_user;
+    int drop_unknown_objects;  /* DEEPSPEED from a DeepSpeed source: leave out the client-state
+                                  entries holding pickled objects outside the allow-list
+                                  (dsckpt_ckpt_unknown_objects) instead of refusing */
 } dsckpt_reshard_opts;
 DSCKPT_API void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o);
 
@@ -198,6 +201,17 @@ DSCKPT_API void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o);
 DSCKPT_API dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out,
                                         const dsckpt_reshard_opts *opts);
 
+/* Pickled objects in a DeepSpeed or universal checkpoint's files that refer to a
+ * global outside the allow-list of what DeepSpeed and torch write (tensors,
+ * storages, OrderedDict, DeepSpeed's own enums and loss scalers, ...): anything
+ * torch.load(weights_only=False) would call, such as posix.system. *text_out is
+ * "FILE: module.name at ['key']...; ..." (malloc'd, NULL when none; free() it),
+ * *count_out their number. 0 for native checkpoints. Nothing is executed.
+ * dsckpt_reshard to DEEPSPEED or UNIVERSAL refuses such a source with
+ * DSCKPT_EUNSUPPORTED (DEEPSPEED: unless opts->drop_unknown_objects); dsckpt_verify
+ * reports it as DSCKPT_VERIFY_UNSUPPORTED. */
+DSCKPT_API dsckpt_status dsckpt_ckpt_unknown_objects(const dsckpt_ckpt *c, char **text_out, size_t *count_out);
+
 /* ---------------------------------------------------------------------------
  * Verification
  * ------------------------------------------------------------------------- */
@@ -205,7 +219,10 @@ DSCKPT_API dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out,
 typedef enum dsckpt_verify_result {
     DSCKPT_VERIFY_OK = 0,          /* every check passed */
     DSCKPT_VERIFY_CORRUPT = 1,     /* readable, but something is wrong */
-    DSCKPT_VERIFY_UNREADABLE = 2   /* could not be read enough to check */
+    DSCKPT_VERIFY_UNREADABLE = 2,  /* could not be read enough to check */
+    DSCKPT_VERIFY_UNSUPPORTED = 3  /* intact, but holds what dsckpt does not pass on (a pickled
+                                      object outside the allow-list); ranks below CORRUPT and
+                                      UNREADABLE when a report has several verdicts */
 } dsckpt_verify_result;
 
 typedef struct dsckpt_verify_report dsckpt_verify_report;

@@ -410,7 +410,9 @@ static int setup_saving(run *r) {
     if (!o->save_dir) return -1;
     if (rt_saver_create(r->eng, o->async_save, &r->saver)) return fail(r, 70);
     rt_saver_on_commit(r->saver, on_commit, r);
-    if (r->rank == 0 && rt_tstate_load(o->save_dir, &r->ts)) return fail(r, 70);
+    dsckpt_status st;
+    if (r->rank == 0 && (st = rt_tstate_load(o->save_dir, &r->ts)))
+        return fail(r, exit_code(st)); /* a damaged trainer_state.json: 1, unreadable: 2 */
     if (r->rank == 0) {
         int removed = rt_clean_debris(o->save_dir);
         if (removed)
