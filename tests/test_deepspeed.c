@@ -506,7 +506,7 @@ static void test_refusals(void) {
         free(t);
     }
     /* A legacy (non-zip) torch file: a pickle stream (PROTO 2 first; octal escapes,
-     * as /bin/sh's printf has no \\x). */
+     * as /bin/sh's printf has no \x). */
     snprintf(cmd, sizeof cmd, "rm -rf '%s/t' && cp -r '%s' '%s/t' && printf '\\200\\002legacy' > '%s/t/mp_rank_00_model_states.pt'",
              dir, src, dir, dir);
     CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
