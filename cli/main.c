@@ -665,6 +665,7 @@ static int cmd_verify(int argc, char **argv) {
     double el = cli_now() - p.t0;
     dsckpt_verify_result res = dsckpt_verify_report_result(r);
     static const char *names[] = {"ok", "corrupt", "unreadable", "unsupported (unsafe to pass on)"};
+    static const char *jnames[] = {"ok", "corrupt", "unreadable", "unsupported"};
     size_t n = dsckpt_verify_report_count(r), nt = dsckpt_verify_report_tag_count(r);
     bool changed = dsckpt_verify_report_changed(r) != 0;
     const char *verdict = changed && res == DSCKPT_VERIFY_UNREADABLE ? "changed while verifying" : names[res];
@@ -672,11 +673,11 @@ static int cmd_verify(int argc, char **argv) {
         printf("{\"path\":");
         json_str(stdout, path);
         printf(",\"result\":\"%s\",\"changed\":%s,\"files\":%zu,\"bytes_hashed\":%" PRIu64 ",\"seconds\":%.3f,\"tags\":[",
-               names[res], changed ? "true" : "false", dsckpt_verify_report_files(r), dsckpt_verify_report_bytes(r), el);
+               jnames[res], changed ? "true" : "false", dsckpt_verify_report_files(r), dsckpt_verify_report_bytes(r), el);
         for (size_t i = 0; i < nt; i++) {
             printf("%s{\"tag\":", i ? "," : "");
             json_str(stdout, dsckpt_verify_report_tag_name(r, i));
-            printf(",\"result\":\"%s\",\"changed\":%s}", names[dsckpt_verify_report_tag_result(r, i)],
+            printf(",\"result\":\"%s\",\"changed\":%s}", jnames[dsckpt_verify_report_tag_result(r, i)],
                    dsckpt_verify_report_tag_changed(r, i) ? "true" : "false");
         }
         printf("],\"gb_per_s\":%.3f,\"problems\":[", el > 0 ? (double)dsckpt_verify_report_bytes(r) / el / 1e9 : 0.0);

@@ -284,6 +284,9 @@ run verify dsck
 expect_rc 5 "verify of a DeepSpeed checkpoint with posix.system in its client state"
 expect_in out "mp_rank_00_model_states.pt: posix.system at \['evil'\]" "verify names the callable and the key"
 expect_in out "dsck: unsupported" "verify's verdict"
+run verify dsck --json
+expect_rc 5 "verify --json of a source with posix.system"
+expect_in out '"result":"unsupported"' "verify --json's verdict"
 run reshard dsck --to 1 --format deepspeed -o pk1 -q
 expect_rc 5 "reshard --format deepspeed of a source with posix.system"
 expect_in err "posix.system at \['evil'\].*--drop-unknown-objects" "reshard names the object and the way out"
