@@ -22,11 +22,13 @@
  * norm is accumulated exactly (a per-exponent integer accumulator), so for the same
  * world size and one micro-batch per step, stages 0-3 produce bit-identical weights.
  *
- * Device seam: all buffers here are host memory and the kernels are the CPU ones
- * (adam.h, kernels/cast.h). `offload_optimizer` / `offload_param` with device cpu
- * therefore change nothing on this path (the state already lives in host memory);
- * they are accepted and reported. A CUDA build swaps the buffers, kernels and
- * comm backend behind the same calls.
+ * Device seam: every buffer of the step is allocated, copied and computed on
+ * through one device table (device.h); today that is the CPU table (host memory,
+ * the OpenMP kernels of kernels/), so `offload_optimizer` / `offload_param` with
+ * device cpu change nothing (the state already lives in host memory); they are
+ * accepted and reported. Not yet behind the table: the checkpoint code
+ * (engine_ckpt.c) reads and writes the master weights and moments as host memory,
+ * and the small collectives (loss, overflow flag, norm buckets) pass host buffers.
  */
 #ifndef DSRT_ENGINE_H
 #define DSRT_ENGINE_H
