@@ -6,6 +6,13 @@
  * by slice, whatever the tiling of M and N, so edge tiles give the same bits as
  * interior ones and the result does not depend on the thread count. Products with Bᵀ
  * first transpose B panel by panel into a scratch buffer.
+ *
+ * A build with -DDSCKPT_BLAS=ON hands every product whose A is row- or column-major
+ * to the system BLAS (cblas_sgemm, OpenBLAS on Debian) with its thread count fixed
+ * at the first call to OpenMP's. That product does NOT follow the summation order of
+ * gemm.h (BLAS blocks K its own way): results agree with the reference to rounding,
+ * and training is reproducible for one build, thread count and world size, but not
+ * bit-identical to the native build. The references never use BLAS.
  */
 #include "gemm.h"
 
@@ -13,6 +20,13 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#ifdef DSCKPT_BLAS
+#include <cblas.h>
+#include <limits.h>
+#include <omp.h>
+#include <pthread.h>
+#endif
 
 enum { MR = 6, NR = 8, MC = 48, NC = 64, KC = DS_GEMM_KC, NP = 256, NP_LD = NP + 16 };
 
@@ -57,9 +71,41 @@ static void ukernel_edge(int mr, int nr, int kc, const float *a, ptrdiff_t ars, 
         for (int j = 0; j < nr; j++) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+#ifdef DSCKPT_BLAS
+static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_threads(void) { openblas_set_num_threads(omp_get_max_threads()); }
+
+/* C = (add ? C : 0) + op(A)·op(B) through cblas_sgemm when the strides fit its
+ * layouts; 0 when they do not (the native path then runs). */
+static int blas_gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
+                     ptrdiff_t brs, int b_trans, float *c, ptrdiff_t ldc, int add) {
+    if (M <= 0 || N <= 0 || K <= 0 || brs > INT_MAX || ldc > INT_MAX || ldc < N) return 0;
+    CBLAS_TRANSPOSE ta;
+    ptrdiff_t lda;
+    if (acs == 1 && ars >= K && ars <= INT_MAX) {
+        ta = CblasNoTrans;
+        lda = ars;
+    } else if (ars == 1 && acs >= M && acs <= INT_MAX) {
+        ta = CblasTrans;
+        lda = acs;
+    } else {
+        return 0;
+    }
+    if (brs < (b_trans ? K : N)) return 0;
+    pthread_once(&g_blas_once, blas_threads);
+    cblas_sgemm(CblasRowMajor, ta, b_trans ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a, (int)lda, b, (int)brs,
+                add ? 1.0f : 0.0f, c, (int)ldc);
+    return 1;
+}
+#endif
+
 /* Parallel over MC x NC tiles of C; each tile is computed by one thread. */
 void ds_gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b, ptrdiff_t ldb,
              float *c, ptrdiff_t ldc, int add) {
+#ifdef DSCKPT_BLAS
+    if (blas_gemm(M, N, K, a, ars, acs, b, ldb, 0, c, ldc, add)) return;
+#endif
     int nmt = (M + MC - 1) / MC, nnt = (N + NC - 1) / NC;
     int64_t ntiles = (int64_t)nmt * nnt;
     if (K == 0) { /* nothing to sum: C = add ? C : 0 */
@@ -95,6 +141,9 @@ size_t ds_gemm_bt_panel_floats(int K) { return (size_t)(K > 0 ? K : 1) * NP_LD; 
 
 void ds_gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt, float *c,
                 ptrdiff_t ldc, int add, float *panel) {
+#ifdef DSCKPT_BLAS
+    if (blas_gemm(M, N, K, a, lda, 1, bt, ldbt, 1, c, ldc, add)) return;
+#endif
     for (int n0 = 0; n0 < N; n0 += NP) {
         int np = K_MIN(NP, N - n0);
         int nkb = (K + 31) / 32;
