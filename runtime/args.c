@@ -64,6 +64,18 @@ static const char help[] =
     "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
     "  --learning_rate X  --weight_decay X  --adam_beta1 X  --adam_beta2 X\n"
     "  --adam_epsilon X  --max_grad_norm X  --warmup_steps N  --bf16  --fp16\n"
+    "  (an \"auto\" whose flag is not given takes the Trainer's default: lr 5e-5,\n"
+    "  betas 0.9/0.999, eps 1e-8, weight decay 0, warmup 0, max_grad_norm 1,\n"
+    "  batch 8 per device, accumulation 1, fp16/bf16 off; all config problems are\n"
+    "  reported in one run)\n"
+    "  --output_dir D         the same as --save_dir\n"
+    "  --logging_steps N      the stderr summary line every N steps (default: the\n"
+    "                         config's steps_per_print)\n"
+    "  --save_strategy steps|no  --eval_strategy steps|no  (dstrain counts steps)\n"
+    "  --lr_scheduler_type linear|cosine|constant|constant_with_warmup\n"
+    "                         the schedule when the config has no \"scheduler\"\n"
+    "                         section (linear warmup over --warmup_steps, then\n"
+    "                         linear or cosine decay to 0 at --max_steps)\n"
     "  -h, --help             this help\n"
     "\n"
     "Exit codes: 0 done, 1 the checkpoint to resume is corrupt (or --resume auto finds\n"
@@ -74,7 +86,8 @@ static const char help[] =
 enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
-    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL
+    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
+    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -122,13 +135,18 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
         {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
         {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
-        {"save_model", required_argument, 0, O_SAVEMODEL}, {0, 0, 0, 0}};
+        {"save_model", required_argument, 0, O_SAVEMODEL},
+        /* Hugging Face TrainingArguments spellings. */
+        {"output_dir", required_argument, 0, O_SAVEDIR}, {"logging_steps", required_argument, 0, O_LOGSTEPS},
+        {"save_strategy", required_argument, 0, O_SAVESTRAT}, {"eval_strategy", required_argument, 0, O_EVALSTRAT},
+        {"evaluation_strategy", required_argument, 0, O_EVALSTRAT},
+        {"lr_scheduler_type", required_argument, 0, O_SCHED}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->n_layer = 2, o->n_head = 2, o->n_embd = 64, o->seq_len = 64, o->max_steps = 100, o->seed = 1234;
     o->eval_windows = 64;
     o->async_save = true;
     rt_args_init(&o->hf);
-    const char *metric_arg = NULL;
+    const char *metric_arg = NULL, *save_strategy = NULL, *eval_strategy = NULL;
     bool greater_given = false;
     int c;
     uint64_t u;
@@ -193,10 +211,41 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         case O_LOADBEST: o->load_best = true; break;
         case O_RESUME: o->resume = optarg; break;
         case O_SAVEMODEL: o->save_model = optarg; break;
+        case O_LOGSTEPS: if (!num_u(optarg, 1, 1ull << 40, &o->logging_steps)) return usage("--logging_steps must be >= 1 (got '%s')", optarg); break;
+        case O_SAVESTRAT:
+        case O_EVALSTRAT:
+            /* dstrain counts steps: "steps" (what --save_steps / --eval_steps use) or "no". */
+            if (strcmp(optarg, "steps") && strcmp(optarg, "no"))
+                return usage(c == O_SAVESTRAT ? "--save_strategy takes steps or no (dstrain counts steps, not epochs; got '%s')"
+                                              : "--eval_strategy takes steps or no (dstrain counts steps, not epochs; got '%s')", optarg);
+            if (c == O_SAVESTRAT) save_strategy = optarg;
+            else eval_strategy = optarg;
+            break;
+        case O_SCHED:
+            if (strcmp(optarg, "linear") && strcmp(optarg, "cosine") && strcmp(optarg, "constant") &&
+                strcmp(optarg, "constant_with_warmup"))
+                return usage("--lr_scheduler_type takes linear, cosine, constant or constant_with_warmup (got '%s')", optarg);
+            o->hf.lr_scheduler_type = optarg;
+            break;
         default: return usage("%s", "unknown option");
         }
     }
     if (optind != argc) return usage("unexpected argument '%s'", argv[optind]);
+    if (save_strategy && !strcmp(save_strategy, "no")) {
+        if (o->save_steps) return usage("%s", "--save_strategy no with --save_steps: pick one");
+        if (o->load_best) return usage("%s", "--load_best_model_at_end needs saves: not with --save_strategy no");
+    }
+    if (eval_strategy && !strcmp(eval_strategy, "no")) {
+        if (o->eval_steps) return usage("%s", "--eval_strategy no with --eval_steps: pick one");
+        if (o->load_best) return usage("%s", "--load_best_model_at_end needs evaluations: not with --eval_strategy no");
+    }
+    /* As the Trainer: the best model can only be one that was saved when evaluated. */
+    if (o->load_best && o->eval_steps && o->save_steps && o->save_steps % o->eval_steps) {
+        char m[160];
+        snprintf(m, sizeof m, "--load_best_model_at_end needs --save_steps (%llu) to be a round multiple of --eval_steps (%llu)",
+                 (unsigned long long)o->save_steps, (unsigned long long)o->eval_steps);
+        return usage("%s", m);
+    }
     if (!o->cfg_path) return usage("%s", "--deepspeed ds_config.json is required");
     if (!o->data_path) return usage("%s", "--data FILE is required");
     if ((o->resume || o->load_best || o->save_model || o->save_steps || o->save_limit) && !o->save_dir)

@@ -21,6 +21,7 @@ typedef struct rt_opts {
     bool async_save, load_best;
     char metric[128]; /* the metric for the best model ("eval_" prefixed) */
     bool greater;     /* whether a greater metric is better */
+    uint64_t logging_steps; /* --logging_steps: the stderr summary every N steps (0 = the config's steps_per_print) */
     rt_args hf;       /* Hugging Face TrainingArguments given (hidden_size is n_embd) */
 } rt_opts;
 

@@ -17,11 +17,53 @@
 #define MAX_EXACT_INT 9007199254740992.0 /* 2^53: JSON numbers are doubles */
 #define PATH_MAX_LEN 192
 
+/* Problems that do not stop the parse (a flag that disagrees with an explicit
+ * value): collected so that one run reports them all. */
+typedef struct soft_errs {
+    char text[1536];
+    size_t len;
+    int n;
+} soft_errs;
+
 typedef struct pctx {
     const char *file;
     const rt_args *a;
     int world;
+    soft_errs *soft;
 } pctx;
+
+static void soft(const pctx *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void soft(const pctx *p, const char *path, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    soft_errs *se = p->soft;
+    if (!se) return;
+    se->n++;
+    if (se->len < sizeof se->text - 1) {
+        int k = snprintf(se->text + se->len, sizeof se->text - se->len, "%s%s%s%s", se->len ? "\n  " : "", path,
+                         *path ? ": " : "", msg);
+        if (k > 0) se->len = DS_MIN(se->len + (size_t)k, sizeof se->text - 1);
+    }
+}
+
+/* The Hugging Face Trainer's TrainingArguments defaults: what an "auto" becomes
+ * when its flag is not given (transformers fills "auto" from TrainingArguments,
+ * whose fields all have these defaults). */
+static bool hf_default(const char *flag, double *v) {
+    static const struct { const char *flag; double v; } d[] = {
+        {"learning_rate", 5e-5}, {"adam_epsilon", 1e-8}, {"weight_decay", 0.0}, {"warmup_steps", 0},
+        {"max_grad_norm", 1.0},  {"per_device_train_batch_size", 8}, {"gradient_accumulation_steps", 1},
+    };
+    for (size_t i = 0; i < sizeof d / sizeof d[0]; i++)
+        if (!strcmp(d[i].flag, flag)) {
+            *v = d[i].v;
+            return true;
+        }
+    return false;
+}
 
 static dsckpt_status bad(const pctx *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static dsckpt_status bad(const pctx *p, const char *path, const char *fmt, ...) {
@@ -292,12 +334,14 @@ static dsckpt_status fill_num(const pctx *p, cJSON *obj, const char *key, const 
     cJSON *it = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
     if (!it) return DSCKPT_OK;
     if (is_auto(it)) {
+        double dv;
+        if (!has && hf_default(flag, &dv)) return replace(obj, key, cJSON_CreateNumber(dv)); /* the Trainer's default */
         if (!has) return bad(p, path, "is \"auto\" but --%s was not given; pass --%s or write a value", flag, flag);
         return replace(obj, key, cJSON_CreateNumber(v));
     }
     if (must_match && has && cJSON_IsNumber(it) && it->valuedouble != v)
-        return bad(p, path, "%s in the config but --%s=%s; make them equal or set the key to \"auto\"",
-                   num(it->valuedouble), flag, num(v));
+        soft(p, path, "%s in the config but --%s=%s; make them equal or set the key to \"auto\"",
+             num(it->valuedouble), flag, num(v));
     return DSCKPT_OK;
 }
 
@@ -307,13 +351,11 @@ static dsckpt_status fill_bool(const pctx *p, cJSON *obj, const char *key, const
     join(path, prefix, key);
     cJSON *it = obj ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
     if (!it) return DSCKPT_OK;
-    if (is_auto(it)) {
-        if (!has) return bad(p, path, "is \"auto\" but --%s was not given; pass --%s or write true/false", flag, flag);
-        return replace(obj, key, cJSON_CreateBool(v));
-    }
+    if (is_auto(it)) /* the Trainer's default: off unless the flag is given (--bf16 leaves fp16 off) */
+        return replace(obj, key, cJSON_CreateBool(has && v));
     if (has && cJSON_IsBool(it) && (bool)cJSON_IsTrue(it) != v)
-        return bad(p, path, "%s in the config but --%s is %s; make them agree or set the key to \"auto\"",
-                   cJSON_IsTrue(it) ? "true" : "false", flag, v ? "given" : "not given");
+        soft(p, path, "%s in the config but --%s is %s; make them agree or set the key to \"auto\"",
+             cJSON_IsTrue(it) ? "true" : "false", flag, v ? "given" : "not given");
     return DSCKPT_OK;
 }
 
@@ -580,11 +622,8 @@ static dsckpt_status parse_betas(const pctx *p, cJSON *prm, rt_config *c) {
     const char *path = "optimizer.params.betas";
     const rt_args *a = p->a;
     cJSON *it = prm ? cJSON_GetObjectItemCaseSensitive(prm, "betas") : NULL;
-    if (is_auto(it)) {
-        if (!a->has_adam_beta1 || !a->has_adam_beta2)
-            return bad(p, path, "is \"auto\" but --adam_beta1 and --adam_beta2 were not both given; pass both or "
-                       "write [beta1, beta2]");
-        double v[2] = {a->adam_beta1, a->adam_beta2};
+    if (is_auto(it)) { /* each beta not given: the Trainer's default (0.9, 0.999) */
+        double v[2] = {a->has_adam_beta1 ? a->adam_beta1 : 0.9, a->has_adam_beta2 ? a->adam_beta2 : 0.999};
         DS_TRY(replace(prm, "betas", cJSON_CreateDoubleArray(v, 2)));
         it = cJSON_GetObjectItemCaseSensitive(prm, "betas");
     }
@@ -678,6 +717,33 @@ static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
     cJSON *s, *prm = NULL;
     DS_TRY(get_section(p, root, "scheduler", "", &s));
     c->scheduler.type = RT_SCHED_NONE;
+    if (!s && a->lr_scheduler_type && strcmp(a->lr_scheduler_type, "constant")) {
+        /* No section: the Trainer's own schedule from --lr_scheduler_type, written
+         * as the DeepSpeed scheduler that matches it (linear warmup, then linear or
+         * cosine decay to 0, or constant after warmup); it lands in the resolved
+         * config like any other section. */
+        const char *lt = a->lr_scheduler_type;
+        const char *type = !strcmp(lt, "linear") ? "WarmupDecayLR" : !strcmp(lt, "cosine") ? "WarmupCosineLR"
+                                                                                                : "WarmupLR";
+        cJSON *ns = cJSON_CreateObject(), *np = ns ? cJSON_AddObjectToObject(ns, "params") : NULL;
+        if (!np) {
+            cJSON_Delete(ns);
+            return ds_err(DSCKPT_ENOMEM, "out of memory");
+        }
+        cJSON_AddStringToObject(ns, "type", type);
+        cJSON_AddNumberToObject(np, "warmup_num_steps", a->has_warmup_steps ? (double)a->warmup_steps : 0);
+        cJSON_AddStringToObject(np, "warmup_type", "linear");
+        if (!strcmp(type, "WarmupCosineLR")) {
+            cJSON_AddNumberToObject(np, "warmup_min_ratio", 0);
+            cJSON_AddNumberToObject(np, "cos_min_ratio", 0);
+        } else {
+            cJSON_AddNumberToObject(np, "warmup_min_lr", 0);
+            cJSON_AddNumberToObject(np, "warmup_max_lr", a->has_learning_rate ? a->learning_rate : 5e-5);
+        }
+        if (strcmp(type, "WarmupLR")) cJSON_AddNumberToObject(np, "total_num_steps", a->has_max_steps ? (double)a->max_steps : 0);
+        cJSON_AddItemToObject(root, "scheduler", ns);
+        s = ns;
+    }
     if (!s) return DSCKPT_OK;
     DS_TRY(check_keys(p, s, "scheduler", SCHED_KEYS));
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "type");
@@ -802,7 +868,7 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
     memset(out, 0, sizeof *out);
     rt_args none;
     rt_args_init(&none);
-    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size};
+    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size, NULL};
     if (world_size < 1) return ds_err(DSCKPT_EINVAL, "%s: world size %d must be at least 1", p.file, world_size);
     if (!text) return ds_err(DSCKPT_EINVAL, "%s: no text", p.file);
 
@@ -834,12 +900,35 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
     if ((st = ds_json_unique_keys(root, DSCKPT_EINVAL, p.file))) goto fail;
     out->world_size = world_size;
     DS_TRYGOTO(check_keys(&p, root, "", TOP_KEYS), fail);
-    DS_TRYGOTO(parse_fp16(&p, root, out), fail);
-    DS_TRYGOTO(parse_zero(&p, root, out), fail);
-    DS_TRYGOTO(parse_batch(&p, root, out), fail);
-    DS_TRYGOTO(parse_optimizer(&p, root, out), fail);
-    DS_TRYGOTO(parse_scheduler(&p, root, out), fail);
-    DS_TRYGOTO(parse_misc(&p, root, out), fail);
+    {
+        /* Every section is parsed even after another failed, so one run reports
+         * every problem (each section's first, and every flag that disagrees). */
+        static dsckpt_status (*const sections[])(const pctx *, cJSON *, rt_config *) = {
+            parse_fp16, parse_zero, parse_batch, parse_optimizer, parse_scheduler, parse_misc};
+        soft_errs se = {.len = 0};
+        p.soft = &se;
+        st = DSCKPT_OK;
+        for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+            dsckpt_status s1 = sections[i](&p, root, out);
+            if (s1 == DSCKPT_EINVAL) {
+                /* "<file>: <path>: <message>": keep the part after the file name. */
+                const char *m = dsckpt_last_error(), *pfx = strstr(m, ": ");
+                soft(&p, "", "%s", pfx && !strncmp(m, p.file, (size_t)(pfx - m)) ? pfx + 2 : m);
+            } else if (s1) {
+                st = s1;
+                goto fail;
+            }
+        }
+        if (se.n == 1) {
+            /* One problem: the message as before ("<file>: <path>: <message>"). */
+            st = ds_err(DSCKPT_EINVAL, "%s: %s", p.file, se.text);
+            goto fail;
+        }
+        if (se.n > 1) {
+            st = ds_err(DSCKPT_EINVAL, "%s: %d problems:\n  %s", p.file, se.n, se.text);
+            goto fail;
+        }
+    }
     out->resolved = root;
     return DSCKPT_OK;
 fail:

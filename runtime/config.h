@@ -10,10 +10,16 @@
  *    gradient_accumulation_steps x world_size. Missing ones are derived with
  *    DeepSpeed's rules (integer division, as DeepSpeed does) and the product is then
  *    checked; any of the three may be absent but not both batch sizes.
- *  - "auto": filled from the matching rt_args field when it is given, otherwise an
- *    error naming the key and the flag. When a flag is given and the config has an
- *    explicit, different value, that is an error too (the Trainer's "mismatch"
- *    check). Keys and flags:
+ *  - "auto": filled from the matching rt_args field when it is given, otherwise
+ *    with the Trainer's default for that flag (TrainingArguments: learning_rate
+ *    5e-5, adam_beta1/2 0.9/0.999, adam_epsilon 1e-8, weight_decay 0,
+ *    warmup_steps 0, max_grad_norm 1, per_device_train_batch_size 8,
+ *    gradient_accumulation_steps 1, fp16/bf16 off: --bf16 alone leaves
+ *    fp16.enabled false); keys with no flag and no default (hidden_size) are an
+ *    error naming the key and the flag. When a flag is given and the config has
+ *    an explicit, different value, that is an error too (the Trainer's
+ *    "mismatch" check); all of these, and the first problem of each section,
+ *    are reported together in one message ("N problems:"). Keys and flags:
  *      train_micro_batch_size_per_gpu   per_device_train_batch_size
  *      gradient_accumulation_steps      gradient_accumulation_steps
  *      train_batch_size                 derived (micro x accum x world), as above
@@ -76,6 +82,9 @@ typedef struct rt_args {
     bool bf16;
     bool has_fp16;
     bool fp16;
+    const char *lr_scheduler_type; /* --lr_scheduler_type: linear, cosine, constant,
+                                    * constant_with_warmup; used when the config has no
+                                    * "scheduler" section (as the Trainer builds its own) */
     bool has_hidden_size; /* the model's hidden size, for the ZeRO bucket "auto"s */
     uint64_t hidden_size;
 } rt_args;

@@ -186,8 +186,32 @@ bad_cfg '{"train_batch_size": 7, "train_micro_batch_size_per_gpu": 2, "gradient_
 bad_cfg '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 4}}' "zero_optimization.stage" "stage 4"
 bad_cfg '{"train_micro_batch_size_per_gpu": 2, "zero_optimisation": {"stage": 1}}' "zero_optimisation" "misspelt key"
 bad_cfg '{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}}' "nvme" "nvme offload"
-bad_cfg '{"train_micro_batch_size_per_gpu": "auto"}' "train_micro_batch_size_per_gpu" "auto without a flag"
+bad_cfg '{"train_micro_batch_size_per_gpu": 2, "steps_per_print": "auto"}' "steps_per_print" "auto that no flag fills"
 bad_cfg '{"train_micro_batch_size_per_gpu": 2,' "bad.json" "malformed JSON"
+# Every config problem in one run, said once (rank 0) even on several ranks.
+printf '%s' '{"train_micro_batch_size_per_gpu": 2, "gradient_clipping": 1.0, "zero_optimization": {"stage": 4}, "fp16": {"enabled": false}}' >bad.json
+"$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed bad.json --data "$DATA" "${MODEL[@]}" --max_steps 1 --max_grad_norm 0.5 --fp16 >bad.out 2>&1
+rc=$?
+if [ "$rc" -ne 0 ] && grep -q "3 problems" bad.out && grep -q "gradient_clipping" bad.out && grep -q "zero_optimization.stage" bad.out &&
+    grep -q "fp16.enabled" bad.out && [ "$(grep -c '3 problems' bad.out)" -eq 1 ]; then ok
+else bad "all config problems in one run, said once: exit $rc: $(head -c 600 bad.out)"; fi
+# "auto" without its flag: the Trainer's defaults (lr 5e-5, micro batch 8, ...).
+printf '%s' '{"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}' >auto.json
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 1 --bf16 --log_file auto.jsonl >auto.out 2>&1
+if [ $? -eq 0 ] && grep -q "batch 8 = 8 x 1 x 1" auto.out && grep -q '"lr": 5e-05' auto.jsonl; then ok
+else bad "\"auto\" takes the Trainer's defaults: $(tail -3 auto.out) $(head -c 300 auto.jsonl)"; fi
+# Hugging Face flags.
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --output_dir hfo --save_steps 30 --eval_steps 20 --load_best_model_at_end >bad.out 2>&1
+[ $? -eq 3 ] && grep -q "round multiple" bad.out && ok || bad "--load_best_model_at_end with save/eval steps that do not line up: $(tail -2 bad.out)"
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --save_strategy epoch >bad.out 2>&1
+[ $? -eq 3 ] && grep -q "counts steps" bad.out && ok || bad "--save_strategy epoch refused: $(tail -2 bad.out)"
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --lr_scheduler_type polynomial >bad.out 2>&1
+[ $? -eq 3 ] && ok || bad "--lr_scheduler_type polynomial refused: $(tail -2 bad.out)"
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 8 --bf16 --lr_scheduler_type linear \
+    --learning_rate 1e-3 --logging_steps 2 --output_dir hfo --save_steps 8 --log_file sched.jsonl >bad.out 2>&1
+if [ $? -eq 0 ] && [ -f hfo/global_step8/manifest.json ] && [ "$(grep -c '^step ' bad.out)" -ge 2 ] &&
+    python3 -c 'import json,sys; l=[json.loads(x)["lr"] for x in open(sys.argv[1])]; sys.exit(0 if max(l) > 2 * l[-1] else 1)' sched.jsonl; then ok
+else bad "--output_dir, --logging_steps and --lr_scheduler_type linear: $(tail -3 bad.out)"; fi
 "$DSTRAIN" --deepspeed bad.json --data "$WORK/nonexistent.txt" "${MODEL[@]}" >bad.out 2>&1
 [ $? -ne 0 ] && ok || bad "a missing data file is not an error"
 "$DSTRAIN" --bogus >bad.out 2>&1

@@ -318,11 +318,7 @@ static const bad_case BAD[] = {
     {"{\"train_batch_size\":2,\"train_batch_size\":2}", "train_batch_size", "duplicate", 1, 0},
     {"{\"train_batch_size\":2,\"gradient_clipping\":\"1.0\"}", "gradient_clipping", "remove the quotes", 1, 0},
     {"{\"train_batch_size\":2,\"wall_clock_breakdown\":1}", "wall_clock_breakdown", "true or false", 1, 0},
-    {"{\"train_batch_size\":2,\"optimizer\":{\"type\":\"AdamW\",\"params\":{\"lr\":\"auto\"}}}",
-     "optimizer.params.lr", "--learning_rate", 1, 0},
     {"{\"train_batch_size\":2,\"steps_per_print\":\"auto\"}", "steps_per_print", "no command-line flag", 1, 0},
-    {"{\"train_micro_batch_size_per_gpu\":\"auto\"}", "train_micro_batch_size_per_gpu",
-     "--per_device_train_batch_size", 1, 0},
     {"{\"train_batch_size\":2,\"zero_optimization\":{\"stage\":2,\"reduce_bucket_size\":\"auto\"}}",
      "zero_optimization.reduce_bucket_size", "--hidden_size", 1, 0},
     {"{\"train_batch_size\":2,\"zero_optimization\":{\"stage\":2,\"offload_optimizer\":{\"device\":\"nvme\"}}}",
@@ -411,8 +407,62 @@ static void test_bad_catalogue(void) {
     }
 }
 
+/* "auto" without its flag takes the Hugging Face Trainer's default
+ * (TrainingArguments): lr 5e-5, betas (0.9, 0.999), eps 1e-8, weight decay 0,
+ * warmup 0, max_grad_norm 1, micro batch 8, accumulation 1, fp16/bf16 off. */
+static void test_hf_defaults(void) {
+    rt_config c;
+    rt_args a;
+    rt_args_init(&a);
+    a.has_bf16 = true, a.bf16 = true; /* --bf16 only: fp16 "auto" is false */
+    TU_ASSERT_OK(parse("{\"train_batch_size\": \"auto\", \"train_micro_batch_size_per_gpu\": \"auto\", "
+                       "\"gradient_accumulation_steps\": \"auto\", \"gradient_clipping\": \"auto\", "
+                       "\"fp16\": {\"enabled\": \"auto\"}, \"bf16\": {\"enabled\": \"auto\"}, "
+                       "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": \"auto\", \"betas\": \"auto\", "
+                       "\"eps\": \"auto\", \"weight_decay\": \"auto\"}}, \"scheduler\": {\"type\": \"WarmupLR\", "
+                       "\"params\": {\"warmup_min_lr\": \"auto\", \"warmup_max_lr\": \"auto\", "
+                       "\"warmup_num_steps\": \"auto\"}}}", &a, 2, &c));
+    CU_ASSERT(!c.fp16.enabled && c.bf16.enabled);
+    CU_ASSERT_EQUAL(c.train_batch_size, 16); /* 8 per GPU x 1 x 2 ranks */
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.lr, 5e-5, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.beta1, 0.9, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.beta2, 0.999, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.eps, 1e-8, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.optimizer.weight_decay, 0, 0);
+    CU_ASSERT_DOUBLE_EQUAL(c.gradient_clipping, 1.0, 0);
+    CU_ASSERT_EQUAL(c.scheduler.warmup_num_steps, 0);
+    char *txt = cJSON_PrintUnformatted(c.resolved);
+    CU_ASSERT_PTR_NULL(strstr(txt, "auto"));
+    free(txt);
+    rt_config_free(&c);
+}
+
+/* Every problem in one run: flags that disagree with explicit values, and one
+ * problem per section, all in one message with their count. */
+static void test_all_problems_at_once(void) {
+    rt_config c;
+    rt_args a;
+    rt_args_init(&a);
+    a.has_learning_rate = true, a.learning_rate = 1e-3;
+    a.has_max_grad_norm = true, a.max_grad_norm = 0.5;
+    a.has_fp16 = true, a.fp16 = true;
+    CU_ASSERT_EQUAL(parse("{\"train_batch_size\": 2, \"gradient_clipping\": 1.0, \"fp16\": {\"enabled\": false}, "
+                          "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-4}}, "
+                          "\"zero_optimization\": {\"stage\": 4}}", &a, 1, &c),
+                    DSCKPT_EINVAL);
+    const char *m = dsckpt_last_error();
+    CU_ASSERT_PTR_NOT_NULL(strstr(m, "4 problems"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(m, "optimizer.params.lr"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(m, "gradient_clipping"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(m, "fp16.enabled"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(m, "zero_optimization.stage"));
+    CU_ASSERT_PTR_NULL(c.resolved);
+}
+
 int main(void) {
     static const tu_test tests[] = {{"defaults as DeepSpeed's", test_defaults},
+                                    {"\"auto\" without a flag: the Trainer's defaults", test_hf_defaults},
+                                    {"every problem reported in one run", test_all_problems_at_once},
                                     {"Hugging Face ZeRO-3 config: every \"auto\" filled from the args", test_hf_auto},
                                     {"resolved JSON round trip (memory and file)", test_resolved_round_trip},
                                     {"batch-size derivation and its errors", test_batch_derivation},

@@ -132,7 +132,11 @@ typedef struct run {
 
 /* Reports the current error and returns `code` (dstrain's exit code). */
 static int fail(const run *r, int code) {
-    fprintf(stderr, "dstrain (rank %d): %s\n", r->rank, dsckpt_last_error());
+    /* Bad input (exit 2) before training is the same verdict on every rank (they
+     * read the same files): said once, by rank 0, not N times. */
+    if (code == 2 && r->clean_exit && r->rank != 0) return code;
+    if (code == 2 && r->clean_exit) fprintf(stderr, "dstrain: %s\n", dsckpt_last_error());
+    else fprintf(stderr, "dstrain (rank %d): %s\n", r->rank, dsckpt_last_error());
     return code;
 }
 
@@ -382,6 +386,7 @@ static int setup(run *r) {
     r->clean_exit = true;
     rt_args hf = o->hf;
     if (rt_config_load(o->cfg_path, &hf, r->W, &r->cfg)) return fail(r, 2);
+    if (o->logging_steps) r->cfg.steps_per_print = o->logging_steps; /* --logging_steps */
     if (rt_data_open(o->data_path, o->seq_len, RT_DATA_EVAL_FRACTION_DEFAULT, &r->data)) return fail(r, 2);
     rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)o->seq_len, .n_layer = (int)o->n_layer,
                        .n_head = (int)o->n_head, .n_embd = (int)o->n_embd};
