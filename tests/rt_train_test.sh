@@ -216,7 +216,8 @@ else bad "--output_dir, --logging_steps and --lr_scheduler_type linear: $(tail -
 [ $? -ne 0 ] && ok || bad "a missing data file is not an error"
 "$DSTRAIN" --bogus >bad.out 2>&1
 [ $? -eq 3 ] && ok || bad "an unknown option is not a usage error"
-"$DSTRAIN" --help | grep -q -- "--deepspeed" && ok || bad "dstrain --help does not document --deepspeed"
+# (Into a file: under pipefail, grep -q closing the pipe early would SIGPIPE a long help.)
+"$DSTRAIN" --help >help.out 2>&1 && grep -q -- "--deepspeed" help.out && ok || bad "dstrain --help does not document --deepspeed"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
