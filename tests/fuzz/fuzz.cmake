@@ -47,11 +47,17 @@ if(DSCKPT_FUZZ)
   # The runtime without MPI (comm_mpi.c) and without OpenMP: one rank, one thread.
   set(DS_RT_FUZZ_SOURCES ${DS_RT_SOURCES})
   list(FILTER DS_RT_FUZZ_SOURCES EXCLUDE REGEX "/comm_mpi\\.c$")
+  # The training-step kernels likewise instrumented, single-threaded (no OpenMP).
+  add_library(dskern_fuzz STATIC kernels/gemm.c kernels/nn.c kernels/optim.c)
+  target_compile_options(dskern_fuzz PRIVATE -fsanitize=fuzzer-no-link -Wno-unknown-pragmas
+    -ffp-contract=off)
+  target_include_directories(dskern_fuzz PUBLIC ${DS_INC_KERNELS})
+  target_link_libraries(dskern_fuzz PUBLIC dsckpt_fuzzlib m)
   add_library(dsrt_fuzz STATIC ${DS_RT_FUZZ_SOURCES})
   target_compile_options(dsrt_fuzz PRIVATE -fsanitize=fuzzer-no-link -Wno-unknown-pragmas)
   target_compile_definitions(dsrt_fuzz PRIVATE _GNU_SOURCE)
   target_include_directories(dsrt_fuzz PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/runtime)
-  target_link_libraries(dsrt_fuzz PUBLIC dsckpt_fuzzlib m)
+  target_link_libraries(dsrt_fuzz PUBLIC dskern_fuzz dsckpt_fuzzlib m)
   foreach(fz ${DS_FUZZ_LIB_TARGETS} ${DS_FUZZ_RT_TARGETS})
     add_executable(fuzz_${fz} tests/fuzz/fuzz_${fz}.c)
     ds_fuzz_common(fuzz_${fz})
