@@ -6,6 +6,7 @@
 
 #include "fsutil.h"
 #include "manifest.h"
+#include "names.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -171,8 +172,13 @@ static dsckpt_status check_tag_dir(const char *root, const char *tag) {
         size_t len = 0;
         if (ds_read_small_file(mp, DS_MANIFEST_MAX, &text, &len) == DSCKPT_OK) m = cJSON_ParseWithLength(text, len);
         free(text);
-        files = m ? cJSON_GetObjectItemCaseSensitive(m, "files") : NULL;
-        if (!cJSON_IsArray(files)) st = foreign(dir, DS_MANIFEST_NAME, "is not a dsckpt manifest");
+        /* Duplicate keys: which "files" list counts would depend on the reader. */
+        bool unique = m && ds_json_unique_keys(m, DSCKPT_ECORRUPT, mp) == DSCKPT_OK;
+        files = unique ? cJSON_GetObjectItemCaseSensitive(m, "files") : NULL;
+        if (m && !unique)
+            st = foreign(dir, DS_MANIFEST_NAME, "holds duplicate keys");
+        else if (!cJSON_IsArray(files))
+            st = foreign(dir, DS_MANIFEST_NAME, "is not a dsckpt manifest");
     }
     DIR *d = st == DSCKPT_OK ? opendir(dir) : NULL;
     if (st == DSCKPT_OK && !d) st = ds_err_errno(errno, "%s: cannot list directory", dir);

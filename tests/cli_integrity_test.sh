@@ -259,6 +259,16 @@ present fr/global_step100/notes.txt "a foreign file in a tag directory"
 rm -f fr/global_step100/notes.txt
 run reshard ck-good --to 2 -o fr --force -q
 expect_rc 0 "reshard --force over its own output"
+# A manifest with two "files" keys: the first (which cJSON would read) lists a foreign
+# file, the last (which Python's json keeps) does not. Which files are ours would depend
+# on the reader, so --force refuses.
+printf 'mine' >fr/global_step100/notes.txt
+sed -i '0,/"files"[[:space:]]*:/s//"files": [{"name": "notes.txt"}], "files":/' fr/global_step100/manifest.json
+run reshard ck-good --to 1 -o fr --force -q
+expect_rc 4 "reshard --force into a tag whose manifest holds duplicate keys"
+expect_in err "duplicate keys" "the duplicate keys are named"
+present fr/global_step100/notes.txt "a file listed only by a duplicate manifest key"
+rm -rf fr/global_step100/notes.txt
 run consolidate ck-good -o hf -q
 expect_rc 0 "consolidate into hf"
 printf 'mine' >hf/README.md
