@@ -9,43 +9,9 @@
 # Exits non-zero if any check fails; the last line is "N passed, M failed".
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "FAIL: python3 is needed (zip editing)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+. "$(dirname "$0")/cli_lib.sh"
+cli_init ds19-test "$@"
 FX="$SRC_DIR/fixtures/deepspeed-0.19"
-T="$(mktemp -d -t dsckpt-ds19-test.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-run() {
-    "$DS" "$@" >"$T/out" 2>"$T/err"
-    RC=$?
-}
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then ok; else bad "$2: exit $RC, expected $1 (stderr: $(head -c 400 "$T/err" | tr '\n' ' '))"; fi
-}
-expect_in() {
-    if grep -qE -e "$2" "$T/$1"; then ok; else bad "$3: /$2/ not in std$1 ($(head -c 400 "$T/$1" | tr '\n' ' '))"; fi
-}
 
 TAGS="z1_ws2_bf16/ckpt/global_step3 z2_ws2_bf16_palign/ckpt/global_step3 z3_ws2_bf16/ckpt/global_step3
 z0_ws2_bf16/ckpt/global_step3 z0_ws2_fp32/ckpt/global_step3
@@ -176,5 +142,4 @@ run inspect "$T/noopt"
 expect_rc 5 "a ZeRO-0 checkpoint without optimizer state"
 expect_in err "without optimizer state" "the refusal says what is missing"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish

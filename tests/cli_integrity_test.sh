@@ -14,45 +14,9 @@
 # Usage: tests/cli_integrity_test.sh PATH/TO/dsckpt
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
-T="$(mktemp -d -t dsckpt-integrity.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
+. "$(dirname "$0")/cli_lib.sh"
+cli_init integrity "$@"
 
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-run() {
-    "$DS" "$@" >"$T/out" 2>"$T/err"
-    RC=$?
-}
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then ok; else
-        bad "$2: exit $RC, expected $1"
-        sed 's/^/    /' "$T/err" | head -5
-    fi
-}
-expect_in() { # out|err PATTERN DESC
-    if grep -qE -e "$2" "$T/$1"; then ok; else
-        bad "$3: no /$2/ in std$1"
-        sed 's/^/    /' "$T/$1" | head -5
-    fi
-}
-absent() { if [ ! -e "$1" ]; then ok; else bad "$2: $1 exists"; fi; }
-present() { if [ -e "$1" ]; then ok; else bad "$2: $1 is missing"; fi; }
 # Temporaries (".X.tmp-PID-N" / ".X.old-PID-N") anywhere under $1.
 no_temps() {
     local n
@@ -310,5 +274,4 @@ then ok; else bad "verify --json tags: $(cat "$T/out")"; fi
 run verify multi --tag global_step200
 expect_rc 0 "verify --tag of the intact tag"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish

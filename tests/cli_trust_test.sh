@@ -18,61 +18,20 @@
 # Usage: tests/cli_trust_test.sh PATH/TO/dsckpt
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-BIN_DIR="$(dirname "$DS")"
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
-PY=python3
-[ -x "$SRC_DIR/.venv/bin/python3" ] && PY="$SRC_DIR/.venv/bin/python3"
-T="$(mktemp -d -t dsckpt-trust.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/cli_lib.sh"
+cli_init trust "$@"
 # Every command runs inside $T/w/a/b/c/d, so an escaping name ('../../../../x')
 # has room to land inside $T (and is seen there) rather than somewhere else on
-# the machine. The test's own files are in $T/io, left out of the listings.
+# the machine. The test's own files (run's output among them) are in $T/io, left
+# out of the listings. Every run has a 10 s guard (124 = it hung).
+IO="$T/io"
+RUN_TIMEOUT=10
 mkdir -p "$T/w/a/b/c/d" "$T/io" && cd "$T/w/a/b/c/d" || exit 1
 
 # dstrain (a singleton MPI job) with a guard; Open MPI's own allocations are live
 # at exit, so LeakSanitizer is off for it (as for the rt_* tests).
 DSTRAIN() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" timeout 60 "$BIN_DIR/dstrain" "$@"; }
 
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-# run ARGS...: dsckpt with a 10 s guard (124 = it hung), stdout/stderr to $T.
-run() {
-    timeout 10 "$DS" "$@" >"$T/io/out" 2>"$T/io/err" </dev/null
-    RC=$?
-}
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then ok; else
-        bad "$2: exit $RC, expected $1"
-        sed 's/^/    /' "$T/io/err" | head -5
-    fi
-}
-expect_in() { # out|err|all PATTERN DESC
-    cat "$T/io/out" "$T/io/err" >"$T/io/all"
-    if grep -qE -e "$2" "$T/io/$1"; then ok; else
-        bad "$3: no /$2/ in std$1"
-        sed 's/^/    /' "$T/io/$1" | head -5
-    fi
-}
-expect_not_in() { # out|err PATTERN DESC
-    if grep -qE -e "$2" "$T/io/$1"; then
-        bad "$3: /$2/ in std$1"
-        sed 's/^/    /' "$T/io/$1" | head -5
-    else ok; fi
-}
 # snapshot: the listing of the whole scratch tree (names, types, sizes).
 snapshot() { (cd "$T" && find . -path ./io -prune -o -printf '%p %y %s\n' | LC_ALL=C sort); }
 # same_tree DESC: nothing was created, removed or changed in size since `mark`.
@@ -432,5 +391,4 @@ expect_rc 0 "inspect, a symlinked model-states file"
 rm -rf dsck
 
 # summary
-echo "cli_trust: $PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish

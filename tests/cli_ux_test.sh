@@ -10,45 +10,9 @@
 # The last line is "N passed, M failed"; exits non-zero if any check failed.
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-if [ ! -x "$DS" ] || ! command -v python3 >/dev/null 2>&1; then
-    echo "FAIL: need an executable dsckpt and python3" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
-T="$(mktemp -d -t dsckpt-ux-test.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
+. "$(dirname "$0")/cli_lib.sh"
+cli_init ux-test "$@"
 
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-run() {
-    "$DS" "$@" >"$T/out" 2>"$T/err"
-    RC=$?
-}
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then ok; else bad "$2: exit $RC, expected $1 (stderr: $(head -c 400 "$T/err" | tr '\n' ' '))"; fi
-}
-expect_in() {
-    if grep -qE -e "$2" "$T/$1"; then ok; else bad "$3: /$2/ not in std$1 ($(head -c 600 "$T/$1" | tr '\n' ' '))"; fi
-}
-expect_not_in() {
-    if grep -qE -e "$2" "$T/$1"; then bad "$3: /$2/ found in std$1"; else ok; fi
-}
 # jcheck DESCRIPTION PYTHON-EXPR: stdout parses as JSON (d) and EXPR is true.
 jcheck() {
     if python3 - "$T/out" "$2" <<'EOF'; then ok; else bad "$1 (stdout: $(head -c 600 "$T/out" | tr '\n' ' '))"; fi
@@ -280,5 +244,4 @@ run reshard a --to 3 -o a3
 expect_rc 4 "reshard onto an existing output"
 expect_in err 'already exists .*; pass --force to replace it$' "the CLI adds its --force hint to the library's message"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish

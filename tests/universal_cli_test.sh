@@ -10,44 +10,15 @@
 # Exits non-zero if any check fails; the last line is "N passed, M failed".
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
-T="$(mktemp -d -t dsckpt-uni-test.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-run() {
-    "$DS" "$@" >"$T/stdout" 2>"$T/stderr"
-    RC=$?
-}
-expect() {
-    if [ "$RC" -eq "$1" ]; then ok; else bad "$2: exit $RC, expected $1 ($(head -c 400 "$T/stderr"))"; fi
-}
-has() { # has FILE TEXT DESCRIPTION
-    if grep -qF -- "$2" "$1"; then ok; else bad "$3: '$2' not in $(head -c 400 "$1")"; fi
-}
+. "$(dirname "$0")/cli_lib.sh"
+cli_init uni-test "$@"
 
 cp -r "$SRC_DIR/fixtures/deepspeed/z3_ws2_bf16/ckpt" z3
 cp -r "$SRC_DIR/fixtures/deepspeed/z2_ws4_bf16_edge/ckpt" z2
 
 # ---- writing the universal layout ----
 run reshard z3 --format universal -o u3 -q
-expect 0 "reshard --format universal (stage 3)"
+expect_rc 0 "reshard --format universal (stage 3)"
 [ "$(cat u3/latest_universal)" = "global_step3_universal" ] && ok || bad "latest_universal names the tag"
 [ -f u3/global_step3_universal/zero/optimizer_state.pt ] && ok || bad "zero/optimizer_state.pt"
 for f in fp32 exp_avg exp_avg_sq step; do
@@ -57,28 +28,28 @@ done
 [ ! -e u3/latest ] && ok || bad "no 'latest' beside latest_universal"
 ls -a . | grep -q '\.tmp-' && bad "temporary left behind" || ok
 run reshard z3 --format universal -o u3 -q
-expect 4 "existing output is refused"
+expect_rc 4 "existing output is refused"
 run reshard z2 --format universal -o u2 -q
-expect 0 "reshard --format universal (stage 2)"
+expect_rc 0 "reshard --format universal (stage 2)"
 
 # ---- universal as a source ----
 run inspect u3
-expect 0 "inspect a universal checkpoint"
-has "$T/stdout" "universal" "inspect names the format"
+expect_rc 0 "inspect a universal checkpoint"
+has "$T/out" "universal" "inspect names the format"
 run verify u3 -q
-expect 0 "verify a universal checkpoint"
+expect_rc 0 "verify a universal checkpoint"
 run consolidate z3 -o a.safetensors --dtype fp32 -q
 run consolidate u3 -o b.safetensors --dtype fp32 -q
-expect 0 "consolidate a universal checkpoint"
+expect_rc 0 "consolidate a universal checkpoint"
 cmp -s a.safetensors b.safetensors && ok || bad "consolidate: universal equals its source byte for byte"
 run reshard u3 --to 3 -o n3 -q
-expect 0 "universal -> native"
+expect_rc 0 "universal -> native"
 run reshard z3 --to 3 -o m3 -q
 diff -r n3 m3 >/dev/null && ok || bad "universal -> native equals source -> native"
 run reshard u2 --to 3 --format deepspeed -o d3 -q
-expect 0 "universal -> deepspeed"
+expect_rc 0 "universal -> deepspeed"
 run reshard u2 --format universal -o uu -q
-expect 0 "universal -> universal"
+expect_rc 0 "universal -> universal"
 diff -r u2 uu >/dev/null && ok || bad "universal -> universal reproduces the files"
 
 # damage: a flipped byte in a state file is a checksum failure (1); a FIFO is refused (1)
@@ -87,44 +58,43 @@ f=bad1/global_step3_universal/zero/embed.weight/exp_avg.pt
 size=$(stat -c %s "$f")
 printf '\x55' | dd of="$f" bs=1 seek=$((size / 2)) conv=notrunc status=none
 run verify bad1 -q
-expect 1 "verify: a damaged state file"
+expect_rc 1 "verify: a damaged state file"
 run reshard bad1 --to 2 -o x -q
-expect 1 "reshard: a damaged state file (its reads are checked)"
+expect_rc 1 "reshard: a damaged state file (its reads are checked)"
 [ ! -e x ] && ok || bad "a failed reshard leaves nothing"
 cp -r u2 bad2
 rm bad2/global_step3_universal/zero/tiny/fp32.pt
 mkfifo bad2/global_step3_universal/zero/tiny/fp32.pt
 run inspect bad2
-expect 2 "a FIFO in place of a state file"
-has "$T/stderr" "not a regular file" "the FIFO is named"
+expect_rc 2 "a FIFO in place of a state file"
+has "$T/err" "not a regular file" "the FIFO is named"
 
 # ---- reshard --to M typed in a checkpoint directory ----
-(cd z2 && "$DS" reshard --to 16 -q >"$T/stdout" 2>"$T/stderr")
+(cd z2 && "$DS" reshard --to 16 -q >"$T/out" 2>"$T/err")
 RC=$?
-expect 0 "reshard --to 16 in the checkpoint directory"
+expect_rc 0 "reshard --to 16 in the checkpoint directory"
 [ -f z2_w16/global_step3/manifest.json ] && ok || bad "default output <CKPT>_w16 beside the checkpoint"
-(cd z2 && "$DS" reshard --to 16 -q >"$T/stdout" 2>"$T/stderr")
+(cd z2 && "$DS" reshard --to 16 -q >"$T/out" 2>"$T/err")
 RC=$?
-expect 4 "default output exists: never overwritten"
-(cd z2 && "$DS" reshard --format universal -q >"$T/stdout" 2>"$T/stderr")
+expect_rc 4 "default output exists: never overwritten"
+(cd z2 && "$DS" reshard --format universal -q >"$T/out" 2>"$T/err")
 RC=$?
-expect 0 "reshard --format universal in the checkpoint directory"
+expect_rc 0 "reshard --format universal in the checkpoint directory"
 [ -f z2_universal/latest_universal ] && ok || bad "default output <CKPT>_universal"
 
 # every argument problem at once
 run reshard z2 --to x --stage 9 --format bogus
-expect 3 "bad arguments"
-has "$T/stderr" "--to must be" "bad --to reported"
-has "$T/stderr" "--stage must be" "bad --stage reported"
-has "$T/stderr" "--format must be" "bad --format reported"
+expect_rc 3 "bad arguments"
+has "$T/err" "--to must be" "bad --to reported"
+has "$T/err" "--stage must be" "bad --stage reported"
+has "$T/err" "--format must be" "bad --format reported"
 run reshard z2 z3
-expect 3 "missing --to and two paths"
-has "$T/stderr" "--to M is required" "missing --to reported"
-has "$T/stderr" "at most one checkpoint path" "extra path reported"
+expect_rc 3 "missing --to and two paths"
+has "$T/err" "--to M is required" "missing --to reported"
+has "$T/err" "at most one checkpoint path" "extra path reported"
 run reshard --help
-expect 0 "reshard --help"
-has "$T/stdout" "--format universal" "help documents universal"
-has "$T/stdout" "<CKPT>_w<M>" "help documents the default output"
+expect_rc 0 "reshard --help"
+has "$T/out" "--format universal" "help documents universal"
+has "$T/out" "<CKPT>_w<M>" "help documents the default output"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish
