@@ -94,9 +94,9 @@ static dsckpt_status st_bcast(void *impl, void *stream, void *buf, size_t bytes,
     staged_impl *s = impl;
     if (!bytes || !is_dev(buf)) return s->inner->bcast(s->in, stream, buf, bytes, root);
     DS_TRY(stage_need(&s->st, bytes));
-    if (s->rank == root) CU_TRY(cudaMemcpy(s->st.p, buf, bytes, cudaMemcpyDeviceToHost), "staging copy");
+    if (s->rank == root) CU_TRY(cudaMemcpy(s->st.p, buf, bytes, cudaMemcpyDefault), "staging copy");
     DS_TRY(s->inner->bcast(s->in, stream, s->st.p, bytes, root));
-    if (s->rank != root) CU_TRY(cudaMemcpy(buf, s->st.p, bytes, cudaMemcpyHostToDevice), "staging copy");
+    if (s->rank != root) CU_TRY(cudaMemcpy(buf, s->st.p, bytes, cudaMemcpyDefault), "staging copy");
     return DSCKPT_OK;
 }
 
@@ -112,12 +112,12 @@ static dsckpt_status st_allgatherv(void *impl, void *stream, const void *send, c
     DS_TRY(stage_need(&s->st, end));
     uint8_t *h = s->st.p;
     const uint8_t *mine = send ? send : (const uint8_t *)recv + displs[me];
-    if (counts[me]) CU_TRY(cudaMemcpy(h + displs[me], mine, counts[me], cudaMemcpyDeviceToHost), "staging copy");
+    if (counts[me]) CU_TRY(cudaMemcpy(h + displs[me], mine, counts[me], cudaMemcpyDefault), "staging copy");
     DS_TRY(s->inner->allgatherv(s->in, stream, NULL, counts, displs, h));
     /* Every block goes back, this rank's too when it came from a separate send. */
     for (int r = 0; r < W; r++) {
         if (!counts[r] || (r == me && !send)) continue;
-        CU_TRY(cudaMemcpy((uint8_t *)recv + displs[r], h + displs[r], counts[r], cudaMemcpyHostToDevice),
+        CU_TRY(cudaMemcpy((uint8_t *)recv + displs[r], h + displs[r], counts[r], cudaMemcpyDefault),
                "staging copy");
     }
     return DSCKPT_OK;
@@ -199,7 +199,7 @@ static dsckpt_status st_reduce_scatter_sum(void *impl, void *stream, const float
             slices[i] = a;
         }
         if (m) {
-            if (dev) CU_TRY(cudaMemcpy(recv + base, slices, m * sizeof(float), cudaMemcpyHostToDevice), "staging copy");
+            if (dev) CU_TRY(cudaMemcpy(recv + base, slices, m * sizeof(float), cudaMemcpyDefault), "staging copy");
             else memcpy(recv + base, slices, m * sizeof(float));
         }
     }
