@@ -377,8 +377,8 @@ static dsckpt_status nc_exchange(void *impl, void *stream, const void *const *se
     return nc_sync(stream);
 }
 
-/* The W-1 incoming slices land in device scratch, then one kernel adds them in rank
- * order (the own segment in its place): comm.c's bits, on the device. */
+/* The W slices (W-1 received, the own one copied) land in device scratch, then one
+ * kernel adds them in rank order into recv: comm.c's bits, on the device. */
 static dsckpt_status nc_reduce_scatter_sum(void *impl, void *stream, const float *send, const size_t *counts,
                                            float *recv) {
     nccl_impl *n = impl;
@@ -387,20 +387,22 @@ static dsckpt_status nc_reduce_scatter_sum(void *impl, void *stream, const float
     for (int r = 0; r < me; r++) off_me += counts[r];
     if (!is_dev(send) || (mine && !is_dev(recv)))
         return ds_err(DSCKPT_EINVAL, "NCCL reduce-scatter: buffers must be device memory");
-    DS_TRY(dscr_need(n, DS_MAX((size_t)(W - 1) * mine * sizeof(float), (size_t)1)));
+    /* W slices in scratch, this rank's own copied in too: recv may be the own
+     * segment of send (in place), and the sum must not read what it overwrote. */
+    DS_TRY(dscr_need(n, DS_MAX((size_t)W * mine * sizeof(float), (size_t)1)));
     float *scr = n->dscr;
+    if (mine)
+        CU_TRY(cudaMemcpyAsync(scr + (size_t)me * mine, send + off_me, mine * sizeof(float), cudaMemcpyDeviceToDevice,
+                               (cudaStream_t)stream), "own slice copy");
     NC_TRY(ncclGroupStart(), "ncclGroupStart");
     for (int r = 0; r < W; r++) {
         ncclResult_t rc = ncclSuccess;
         if (r != me) {
-            int slot = r < me ? r : r - 1;
             if (counts[r]) rc = ncclSend(send + seg, counts[r], ncclFloat32, r, n->comm, (cudaStream_t)stream);
             if (rc == ncclSuccess && mine)
-                rc = ncclRecv(scr + (size_t)slot * mine, mine, ncclFloat32, r, n->comm, (cudaStream_t)stream);
-            n->srcs[r] = scr + (size_t)slot * mine;
-        } else {
-            n->srcs[r] = (float *)(send + off_me);
+                rc = ncclRecv(scr + (size_t)r * mine, mine, ncclFloat32, r, n->comm, (cudaStream_t)stream);
         }
+        n->srcs[r] = scr + (size_t)r * mine;
         if (rc != ncclSuccess) {
             ncclGroupEnd();
             return nccl_fail(rc, "ncclSend/ncclRecv (reduce-scatter)");
