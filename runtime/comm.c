@@ -222,13 +222,15 @@ static dsckpt_status reduce_scatterv(rt_comm *c, const float *send, const size_t
     int W = c->size, me = c->rank;
     size_t mine = counts[me];
     const float *own = send + c->off[me];
-    if (W == 1) {
-        if (mine && recv != own) memcpy(recv, own, mine * sizeof(float));
-        return DSCKPT_OK;
-    }
+    /* A backend's own sum first, at W = 1 too: its buffers may be device memory,
+     * which the host copy below cannot touch. */
     if (c->ops->reduce_scatter_sum) {
         DS_TRY(c->ops->reduce_scatter_sum(c->impl, c->stream, send, counts, recv));
         c->bytes_sent += (uint64_t)(total - mine) * sizeof(float);
+        return DSCKPT_OK;
+    }
+    if (W == 1) {
+        if (mine && recv != own) memcpy(recv, own, mine * sizeof(float));
         return DSCKPT_OK;
     }
     size_t maxc = 0;

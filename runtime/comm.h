@@ -143,4 +143,10 @@ typedef struct rt_comm_ops {
 dsckpt_status rt_comm_create(const rt_comm_ops *ops, void *impl, int rank, int size,
                              rt_comm **out);
 
+/* The MPI backend's ops and state without a handle, for wrappers (the staged
+ * device-buffer backend of runtime/cuda/comm_cuda.c): initialises MPI as
+ * rt_comm_open_mpi does; the caller owns impl (ops->close frees it). */
+dsckpt_status rt_comm_mpi_backend(int *argc, char ***argv, const rt_comm_ops **ops, void **impl, int *rank,
+                                  int *size);
+
 #endif /* DS_RT_COMM_H */

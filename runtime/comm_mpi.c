@@ -161,14 +161,14 @@ static const rt_comm_ops mpi_ops = {
     .close = mpi_close,
 };
 
-dsckpt_status rt_comm_open_mpi(int *argc, char ***argv, rt_comm **out) {
+/* Initialises MPI (unless done) and the backend state on a duplicate of
+ * MPI_COMM_WORLD. */
+static dsckpt_status mpi_open_impl(int *argc, char ***argv, mpi_impl **out) {
     dsckpt_status st;
     mpi_impl *m = NULL;
-    if (!out) return ds_err(DSCKPT_EINVAL, "rt_comm_open_mpi: NULL out");
-    *out = NULL;
     int inited = 0, finalized = 0, provided = MPI_THREAD_SINGLE, rc;
     MPI_Finalized(&finalized);
-    if (finalized) return ds_err(DSCKPT_EMISUSE, "rt_comm_open_mpi: MPI was already finalized");
+    if (finalized) return ds_err(DSCKPT_EMISUSE, "MPI was already finalized");
     DS_TRY(ds_calloc(1, sizeof *m, &m));
     m->comm = MPI_COMM_NULL;
     MPI_Initialized(&inited);
@@ -202,9 +202,30 @@ dsckpt_status rt_comm_open_mpi(int *argc, char ***argv, rt_comm **out) {
     DS_TRYGOTO(ds_calloc(W, sizeof *m->icounts, &m->icounts), fail);
     DS_TRYGOTO(ds_calloc(W, sizeof *m->idispls, &m->idispls), fail);
     DS_TRYGOTO(ds_calloc(2 * W, sizeof *m->reqs, &m->reqs), fail);
-    /* rt_comm_create closes m on failure. */
-    return rt_comm_create(&mpi_ops, m, m->rank, m->size, out);
+    *out = m;
+    return DSCKPT_OK;
 fail:
     mpi_close(m);
     return st;
+}
+
+dsckpt_status rt_comm_open_mpi(int *argc, char ***argv, rt_comm **out) {
+    if (!out) return ds_err(DSCKPT_EINVAL, "rt_comm_open_mpi: NULL out");
+    *out = NULL;
+    mpi_impl *m = NULL;
+    DS_TRY(mpi_open_impl(argc, argv, &m));
+    /* rt_comm_create closes m on failure. */
+    return rt_comm_create(&mpi_ops, m, m->rank, m->size, out);
+}
+
+dsckpt_status rt_comm_mpi_backend(int *argc, char ***argv, const rt_comm_ops **ops, void **impl, int *rank,
+                                  int *size) {
+    if (!ops || !impl || !rank || !size) return ds_err(DSCKPT_EINVAL, "rt_comm_mpi_backend: NULL argument");
+    mpi_impl *m = NULL;
+    DS_TRY(mpi_open_impl(argc, argv, &m));
+    *ops = &mpi_ops;
+    *impl = m;
+    *rank = m->rank;
+    *size = m->size;
+    return DSCKPT_OK;
 }

@@ -4,12 +4,13 @@
  *   casts                bitwise against kernels/cast.c's references, on random bit
  *                        patterns, every 16-bit pattern, and the special values
  *   Adam/AdamW, scale    bitwise against runtime/adam.c's reference step
- *   sum of squares       the exact integer buckets (kernels/optim.h), inf/NaN too
+ *   sum of squares       ds_sumsq_exact_ref's integer buckets, bitwise; inf/NaN too
  *   add, round_f16, the collectives' rank-order sum: bitwise
  *   inf/NaN check        against ds_has_inf_nan_ref
  *   embedding fwd/bwd    bitwise against the CPU's order of sums
  *   layernorm, GELU, softmax + cross-entropy, causal attention, fp32 GEMM
- *                        ||gpu - ref|| / ||ref|| < 1e-5 against float64 references
+ *                        ||gpu - ref|| / ||ref|| < 1e-5 against float64 references,
+ *                        and against the CPU kernels of kernels/nn.h (their _ref)
  *   bf16/fp16 GEMM       < 1e-2 against float64 on the same 16-bit operands
  * Every output is poisoned (NaN) before the kernel runs, and a NaN left anywhere
  * fails the check, so an element the kernel did not write cannot pass.
@@ -46,6 +47,8 @@ int main(void) { return skip_or_fail("built without CUDA (no nvcc, or -DDSCKPT_C
 #include "adam.h"
 #include "cast.h"
 #include "ds_cuda.h"
+#include "nn.h"
+#include "optim.h"
 
 static dsc_ctx *g_ctx;
 
@@ -235,16 +238,8 @@ static void test_adam(void) {
     }
 }
 
-/* The exact sum of squares' buckets (kernels/optim.h's definition). */
-static void sumsq_buckets_ref(const float *g, size_t n, unsigned __int128 *acc) {
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)g[i] * (double)g[i];
-        uint64_t b;
-        memcpy(&b, &d, 8);
-        unsigned ex = (unsigned)(b >> 52) & 0x7ff;
-        acc[ex] += (b & ((1ull << 52) - 1)) | (ex ? 1ull << 52 : 0);
-    }
-}
+_Static_assert(DS_SUMSQ_BUCKETS == 2048, "the GPU sum of squares has 2048 buckets");
+#define sumsq_buckets_ref ds_sumsq_exact_ref
 
 static void test_scale_sumsq_infnan(void) {
     static const size_t sizes[] = {1, 4095, 4097, 131072 + 5, 3000017};
@@ -706,6 +701,101 @@ static void test_snapshot(void) {
     for (int i = 0; i < 3; i++) dsc_free(d[i]), free(h[i]);
 }
 
+/* The same random inputs through the CPU kernels of kernels/nn.h (their plain
+ * references) and the CUDA twins: rel < 1e-5, the embedding bitwise. */
+static double vs(const float *gpu_on_host, const float *cpu, size_t n, const char *what) {
+    double *r = malloc(n * sizeof *r);
+    if (!r) return INFINITY;
+    for (size_t i = 0; i < n; i++) r[i] = cpu[i];
+    double e = rel_err(gpu_on_host, r, n, what);
+    free(r);
+    return e;
+}
+
+static void test_vs_cpu_kernels(void) {
+    const int B = 2, T = 33, C = 64, NH = 4, V = 301, N = B * T;
+    size_t nq = (size_t)N * 3 * C, na = (size_t)B * NH * T * T, nl = (size_t)N * V;
+    int32_t *tok = rand_tokens(B, T, V);
+    float *x = frand((size_t)N * C, 2.0f), *w = frand(C, 1.0f), *b = frand(C, 1.0f), *dout = frand((size_t)N * C, 1.0f);
+    float *qkv = frand(nq, 1.0f), *logits = frand(nl, 5.0f), *wte = frand((size_t)V * C, 1.0f);
+    float *wpe = frand((size_t)T * C, 1.0f);
+    float *c1 = malloc(nq * 4), *c2 = malloc(nq * 4), *c3 = malloc(na * 4), *g1 = malloc((nq > nl ? nq : nl) * 4);
+    float *mean = malloc(N * 4), *rstd = malloc(N * 4), *scratch = malloc((size_t)B * NH * T * 4);
+    float *dw = calloc(C, 4), *db = calloc(C, 4), *dx = calloc((size_t)N * C, 4), *rl = malloc(N * 4);
+    CU_ASSERT_FATAL(tok && x && w && b && dout && qkv && logits && wte && wpe && c1 && c2 && c3 && g1 && mean &&
+                    rstd && scratch && dw && db && dx && rl);
+    int32_t *dtok = dup_to_dev(tok, (size_t)B * (T + 1) * 4);
+    float *dX = dup_to_dev(x, (size_t)N * C * 4), *dW = dup_to_dev(w, C * 4), *dB = dup_to_dev(b, C * 4);
+    float *dO = dev_poison(nq), *dM = dev_poison(N), *dR = dev_poison(N), *dD = dup_to_dev(dout, (size_t)N * C * 4);
+    float *dQ = dup_to_dev(qkv, nq * 4), *dA = dev_poison(na), *dY = dev_poison((size_t)N * C);
+    float *dL = dup_to_dev(logits, nl * 4), *dRL = dev_poison(N);
+    float *dwte = dup_to_dev(wte, (size_t)V * C * 4), *dwpe = dup_to_dev(wpe, (size_t)T * C * 4);
+    float *dgw = dup_to_dev(dw, C * 4), *dgb = dup_to_dev(db, C * 4), *ddx = dup_to_dev(dx, (size_t)N * C * 4);
+    CU_ASSERT_FATAL(dtok && dX && dW && dB && dO && dM && dR && dD && dQ && dA && dY && dL && dRL && dwte && dwpe &&
+                    dgw && dgb && ddx);
+    /* layernorm */
+    ds_layernorm_fwd_ref(N, C, x, w, b, c1, mean, rstd);
+    DSC_ASSERT_OK(dsc_layernorm_fwd(g_ctx, N, C, dX, dW, dB, dO, dM, dR));
+    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel layernorm fwd") < TOL32);
+    ds_layernorm_bwd_ref(N, C, dout, x, mean, rstd, w, dx, dw, db);
+    DSC_ASSERT_OK(dsc_layernorm_bwd(g_ctx, N, C, dD, dX, dM, dR, dW, ddx, dgw, dgb));
+    CU_ASSERT_FATAL(to_host(g1, ddx, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, dx, (size_t)N * C, "cpu-kernel layernorm bwd dx") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, dgw, C * 4) == 0);
+    CU_ASSERT(vs(g1, dw, C, "cpu-kernel layernorm bwd dw") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, dgb, C * 4) == 0);
+    CU_ASSERT(vs(g1, db, C, "cpu-kernel layernorm bwd db") < TOL32);
+    /* GELU */
+    ds_gelu_fwd_ref((int64_t)N * C, x, c1);
+    DSC_ASSERT_OK(dsc_gelu_fwd(g_ctx, (int64_t)N * C, dX, dO));
+    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel gelu fwd") < TOL32);
+    memcpy(c1, dout, (size_t)N * C * 4);
+    ds_gelu_bwd_ref((int64_t)N * C, x, c1);
+    DSC_ASSERT_OK(dsc_gelu_bwd(g_ctx, (int64_t)N * C, dX, dD));
+    CU_ASSERT_FATAL(to_host(g1, dD, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel gelu bwd") < TOL32);
+    /* attention (the CPU writes only t2 <= t: compare y and dqkv) */
+    ds_attention_fwd_ref(B, T, C, NH, qkv, c3, c2);
+    DSC_ASSERT_OK(dsc_attention_fwd(g_ctx, B, T, C, NH, dQ, dA, dY));
+    CU_ASSERT_FATAL(to_host(g1, dY, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, c2, (size_t)N * C, "cpu-kernel attention fwd y") < TOL32);
+    ds_attention_bwd_ref(B, T, C, NH, qkv, c3, dout, c1, scratch);
+    DSC_ASSERT_OK(dsc_memcpy(g_ctx, dD, dout, (size_t)N * C * 4, DSC_H2D));
+    DSC_ASSERT_OK(dsc_attention_bwd(g_ctx, B, T, C, NH, dQ, dA, dD, dO));
+    CU_ASSERT_FATAL(to_host(g1, dO, nq * 4) == 0);
+    CU_ASSERT(vs(g1, c1, nq, "cpu-kernel attention bwd dqkv") < TOL32);
+    /* cross-entropy */
+    memcpy(c1, logits, nl * 4 < nq * 4 ? nl * 4 : nq * 4);
+    float *cl = malloc(nl * 4);
+    CU_ASSERT_FATAL(cl != NULL);
+    memcpy(cl, logits, nl * 4);
+    ds_crossent_ref(B, T, V, tok, cl, 0.25f, rl);
+    DSC_ASSERT_OK(dsc_crossentropy(g_ctx, B, T, V, dtok, dL, dRL, 0.25f, NULL));
+    CU_ASSERT_FATAL(to_host(g1, dL, nl * 4) == 0);
+    CU_ASSERT(vs(g1, cl, nl, "cpu-kernel crossent dlogits") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, dRL, N * 4) == 0);
+    CU_ASSERT(vs(g1, rl, N, "cpu-kernel crossent row loss") < TOL32);
+    free(cl);
+    /* embedding: bitwise */
+    ds_embed_fwd_ref(B, T, C, tok, wte, wpe, c1);
+    DSC_ASSERT_OK(dsc_embed_fwd(g_ctx, B, T, C, dtok, dwte, dwpe, dO));
+    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, c1, (size_t)N * C, 4, "cpu-kernel embed fwd"), 0);
+    DSC_ASSERT_OK(dsc_memcpy(g_ctx, dD, dout, (size_t)N * C * 4, DSC_H2D));
+    ds_embed_bwd_ref(B, T, C, tok, dout, wte, wpe);
+    DSC_ASSERT_OK(dsc_embed_bwd(g_ctx, B, T, C, V, tok, dD, dwte, dwpe));
+    CU_ASSERT_FATAL(to_host(g1, dwte, (size_t)V * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, wte, (size_t)V * C, 4, "cpu-kernel embed bwd wte"), 0);
+    CU_ASSERT_FATAL(to_host(g1, dwpe, (size_t)T * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, wpe, (size_t)T * C, 4, "cpu-kernel embed bwd wpe"), 0);
+    void *devs[] = {dtok, dX, dW, dB, dO, dM, dR, dD, dQ, dA, dY, dL, dRL, dwte, dwpe, dgw, dgb, ddx};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) dsc_free(devs[i]);
+    void *hs[] = {tok, x, w, b, dout, qkv, logits, wte, wpe, c1, c2, c3, g1, mean, rstd, scratch, dw, db, dx, rl};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) free(hs[i]);
+}
+
 static void test_args(void) {
     double d;
     bool f;
@@ -746,6 +836,7 @@ int main(void) {
         {"crossentropy", test_crossentropy},
         {"attention", test_attention},
         {"gemm (cuBLASLt)", test_gemm},
+        {"against the CPU kernels (kernels/nn.h)", test_vs_cpu_kernels},
         {"snapshot (side stream, double buffer)", test_snapshot},
         {"argument checks", test_args},
         {NULL, NULL},
