@@ -660,11 +660,12 @@ static pk_obj *loss_scaler(dsw_file *f) {
     return o;
 }
 
-/* A 0-dim float32 'step' tensor, as torch.optim.AdamW keeps it. */
-static dsckpt_status step_tensor(dsw_file *f, pk_obj **out) {
+/* A 0-dim float32 'step' tensor, as torch.optim.AdamW keeps it: param group
+ * pg's carried Adam step (native "state"), else the global step. */
+static dsckpt_status step_tensor(dsw_file *f, size_t pg, pk_obj **out) {
     size_t si;
     DS_TRY(new_tensor(f, DSCKPT_F32, 1, 0, NULL, false, out, &si));
-    float v = (float)f->x->sp->step;
+    float v = (float)hp(f->x->sp, pg, "step", -1, (double)f->x->sp->step);
     memcpy(f->st[si].inl, &v, 4);
     f->st[si].ninl = 4;
     return DSCKPT_OK;
@@ -696,7 +697,7 @@ static dsckpt_status synth_optim_root(dsw_file *f) {
     for (size_t g = 0; g < x->ng; g++) {
         pk_obj *e = pk_new(f->doc, PK_DICT), *stp;
         OOM_IF(!e);
-        DS_TRY(step_tensor(f, &stp));
+        DS_TRY(step_tensor(f, (size_t)x->g[g].pgroup, &stp));
         DS_TRY(dset(f, e, "step", stp));
         DS_TRY(dset(f, e, "exp_avg", pk_new(f->doc, PK_NONE)));
         DS_TRY(dset(f, e, "exp_avg_sq", pk_new(f->doc, PK_NONE)));
@@ -831,11 +832,7 @@ static dsckpt_status zero0_root(dsw_file *f) {
             OOM_IF(!e || !pk_list_append(f->doc, ids, I(f, idx)));
             pk_obj *te = tstate ? pk_get_int_key(tstate, idx) : NULL;
             if (te && pk_get(te, "step")) DS_TRY(clone_tensor(f, pk_get(te, "step"), &stp));
-            else { /* the group's carried Adam step (FP16_UnfusedOptimizer's is one ahead), else the global step */
-                DS_TRY(step_tensor(f, &stp));
-                float v = (float)hp(sp, g, "step", -1, (double)sp->step);
-                memcpy(f->st[f->n - 1].inl, &v, 4);
-            }
+            else DS_TRY(step_tensor(f, g, &stp)); /* FP16_UnfusedOptimizer's is one ahead of the global step */
             DS_TRY(dset(f, e, "step", stp));
             static const ds_state ms[2] = {DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
             static const char *const mk[2] = {"exp_avg", "exp_avg_sq"};

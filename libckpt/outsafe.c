@@ -155,8 +155,47 @@ static bool is_deepspeed_file(const char *name) {
     return ends_with(name, "_model_states.pt") || ends_with(name, "_optim_states.pt") || !strcmp(name, "zero_to_fp32.py");
 }
 
-/* A tag directory of a save root we wrote: native (manifest + listed files) or
- * DeepSpeed files only. */
+/* The zero/ folder of a universal tag directory we wrote: optimizer_state.pt and
+ * one folder per parameter holding only {fp32,exp_avg,exp_avg_sq,step}.pt. */
+static dsckpt_status check_universal_zero(const char *zdir) {
+    static const char *const per_param[] = {"fp32.pt", "exp_avg.pt", "exp_avg_sq.pt", "step.pt"};
+    DIR *d = opendir(zdir);
+    if (!d) return ds_err_errno(errno, "%s: cannot list directory", zdir);
+    dsckpt_status st = DSCKPT_OK;
+    struct dirent *e;
+    while (st == DSCKPT_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || is_temp(n)) continue;
+        char *p = ds_join(zdir, n);
+        struct stat sb;
+        bool reg = p && lstat(p, &sb) == 0 && S_ISREG(sb.st_mode), dir = p && !reg && S_ISDIR(sb.st_mode);
+        if (!p) st = DSCKPT_ENOMEM;
+        else if (reg && !strcmp(n, "optimizer_state.pt")) {
+        } else if (!dir) {
+            st = foreign(zdir, n, "is not a file dsckpt writes in a universal checkpoint");
+        } else {
+            DIR *pd = opendir(p);
+            if (!pd) st = ds_err_errno(errno, "%s: cannot list directory", p);
+            struct dirent *f;
+            while (st == DSCKPT_OK && pd && (f = readdir(pd))) {
+                if (!strcmp(f->d_name, ".") || !strcmp(f->d_name, "..") || is_temp(f->d_name)) continue;
+                char *q = ds_join(p, f->d_name);
+                bool ok = false;
+                for (size_t k = 0; q && k < sizeof per_param / sizeof per_param[0]; k++)
+                    ok |= !strcmp(f->d_name, per_param[k]) && lstat(q, &sb) == 0 && S_ISREG(sb.st_mode);
+                free(q);
+                if (!ok) st = foreign(p, f->d_name, "is not a file dsckpt writes for a universal parameter");
+            }
+            if (pd) closedir(pd);
+        }
+        free(p);
+    }
+    closedir(d);
+    return st;
+}
+
+/* A tag directory of a save root we wrote: native (manifest + listed files),
+ * DeepSpeed files only, or those plus a universal zero/ folder. */
 static dsckpt_status check_tag_dir(const char *root, const char *tag) {
     char *dir = ds_join(root, tag), *mp = dir ? ds_join(dir, DS_MANIFEST_NAME) : NULL;
     if (!mp) {
@@ -188,6 +227,11 @@ static dsckpt_status check_tag_dir(const char *root, const char *tag) {
         if (!strcmp(n, ".") || !strcmp(n, "..") || is_temp(n)) continue;
         char *p = ds_join(dir, n);
         bool reg = p && lstat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+        if (p && !files && !reg && !strcmp(n, "zero") && S_ISDIR(sb.st_mode)) {
+            st = check_universal_zero(p);
+            free(p);
+            continue;
+        }
         free(p);
         bool ok = reg && (files ? (!strcmp(n, DS_MANIFEST_NAME) || listed(files, n)) : is_deepspeed_file(n));
         if (!ok)
@@ -225,7 +269,8 @@ dsckpt_status ds_check_replaceable(const char *final, ds_out_kind kind) {
                               !strcmp(n, "model.safetensors.index.json") || is_hf_side_file(n));
             if (!ok) st = foreign(final, n, "is not a file consolidate writes");
         } else if (reg) {
-            if (strcmp(n, "latest") != 0 && !is_trainer_file(n) && !is_hf_side_file(n))
+            if (strcmp(n, "latest") != 0 && strcmp(n, "latest_universal") != 0 && !is_trainer_file(n) &&
+                !is_hf_side_file(n))
                 st = foreign(final, n, "is not a file dsckpt writes in a save root");
         } else if (dir) {
             st = check_tag_dir(final, n);

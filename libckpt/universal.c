@@ -519,11 +519,17 @@ static const cJSON *carried(const dsckpt_ckpt *c, const char *key) {
 dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
     int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
     bool from_ds = c->format && !strcmp(c->format, "deepspeed");
-    if (from_ds && c->stage == 0)
-        return ds_err(DSCKPT_EUNSUPPORTED,
-                      "--format universal: this is a ZeRO-0 checkpoint, and DeepSpeed loads universal checkpoints only "
-                      "under ZeRO stages 1-3; ZeRO-0 state is not partitioned, so `--format deepspeed --to M` already "
-                      "resumes at any world size M");
+    if (from_ds && c->stage == 0) {
+        /* DeepSpeed has no universal load at stage 0; for a run going on under
+         * ZeRO 1-3 the universal files are built from the tensors, as from a
+         * native source (the ZeRO-0 file is no template for stages 1-3). */
+        if (stage == 0)
+            return ds_err(DSCKPT_EUNSUPPORTED,
+                          "--format universal: this is a ZeRO-0 checkpoint, and DeepSpeed loads universal checkpoints "
+                          "only under ZeRO stages 1-3: pass --stage 1, 2 or 3 for a run going on under that stage, or "
+                          "write --format deepspeed --to M (ZeRO-0 state is not partitioned: it resumes at any M)");
+        from_ds = false;
+    }
     if (from_ds && stage != c->stage)
         return ds_err(DSCKPT_EUNSUPPORTED, "the universal format keeps the ZeRO stage of a DeepSpeed checkpoint (%d); keep the stage",
                       c->stage);

@@ -94,7 +94,7 @@ expect_in err "mp_rank_01" "the TP file is named"
 
 # ZeRO-0 (everything in mp_rank_00_model_states.pt): read as stage 0 at its world
 # size; DeepSpeed format out at any M is one file again and consolidates to the same
-# bytes; universal output is refused (DeepSpeed loads universal only at stages 1-3).
+# bytes; universal output only with --stage 1-3 (DeepSpeed loads universal only there).
 for fx in z0_ws2_bf16 z0_ws2_fp32; do
     run inspect "$FX/$fx/ckpt"
     expect_in out "zero stage   0" "$fx is ZeRO-0"
@@ -115,6 +115,25 @@ for fx in z0_ws2_bf16 z0_ws2_fp32; do
     run reshard "$FX/$fx/ckpt" --format universal -o "$T/$fx.uni" -q
     expect_rc 5 "universal from $fx"
     expect_in err "ZeRO-0" "universal refusal names ZeRO-0"
+    [ ! -e "$T/$fx.uni" ] && ok || bad "$fx: refused universal output was created"
+    # for a run going on under ZeRO 1-3: built from the tensors at that stage
+    for s in 1 3; do
+        run reshard "$FX/$fx/ckpt" --format universal --stage $s -o "$T/$fx.uni$s" -q
+        expect_rc 0 "universal --stage $s from $fx"
+        run inspect "$T/$fx.uni$s"
+        expect_in out "format       universal" "$fx universal --stage $s reads back as universal"
+        expect_in out "zero stage   $s" "$fx universal --stage $s is stage $s"
+        rm -f "$T/$fx.b.safetensors"
+        run consolidate "$T/$fx.uni$s" -o "$T/$fx.b.safetensors" --dtype fp32 -q
+        cmp -s "$T/$fx.a.safetensors" "$T/$fx.b.safetensors" && ok || bad "$fx universal --stage $s consolidates differently"
+    done
+    # --force replaces a universal output dsckpt wrote, never one holding other files
+    run reshard "$FX/$fx/ckpt" --format universal --stage 2 -o "$T/$fx.uni1" --force -q
+    expect_rc 0 "universal --force over a universal output"
+    : >"$T/$fx.uni1/global_step3_universal/zero/embed.weight/notes.txt"
+    run reshard "$FX/$fx/ckpt" --format universal --stage 2 -o "$T/$fx.uni1" --force -q
+    expect_rc 4 "universal --force over a folder holding a foreign file"
+    expect_in err "notes.txt" "the foreign file is named"
 done
 # A ZeRO-0 file without optimizer state (DeepSpeed before the bf16 fix) is refused as unsupported.
 mkdir -p "$T/noopt/global_step3"

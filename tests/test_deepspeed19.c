@@ -12,6 +12,7 @@
  */
 #include "cast.h"
 #include "ckpt.h"
+#include "fsutil.h"
 #include "pickle.h"
 #include "safetensors.h"
 #include "stream.h"
@@ -680,6 +681,49 @@ static void test_zero0_match_by_value(void) {
     free(dir);
 }
 
+/* ZeRO-0 to universal for a run going on under ZeRO 1-3: all three states of
+ * every trainable tensor read back from the universal files equal the truth
+ * (each stage written over the last with force: a universal output is one
+ * dsckpt replaces); without --stage it is refused, and nothing is written. */
+static void test_zero0_universal(void) {
+    char *dir = tu_mkdtemp();
+    static const char *const fxs[] = {"z0_ws2_bf16", "z0_ws2_fp32"};
+    for (size_t i = 0; i < 2; i++) {
+        char *ck = fixture_path(fxs[i], "ckpt"), *tp = fixture_path(fxs[i], "expected/truth.safetensors");
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+        stfile truth;
+        st_open(tp, &truth);
+        char *out = tu_path(dir, "uni");
+        dsckpt_reshard_opts ro;
+        dsckpt_reshard_opts_init(&ro);
+        ro.format = DSCKPT_FORMAT_UNIVERSAL;
+        ro.force = 1;
+        char *refused = tu_path(dir, "refused");
+        CU_ASSERT_EQUAL(dsckpt_reshard(c, refused, &ro), DSCKPT_EUNSUPPORTED);
+        CU_ASSERT_FALSE(ds_exists(refused));
+        free(refused);
+        for (int s = 1; s <= 3; s++) {
+            ro.zero_stage = s;
+            TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
+            dsckpt_ckpt *n = NULL;
+            TU_ASSERT_OK(dsckpt_ckpt_open(out, NULL, &n));
+            CU_ASSERT_STRING_EQUAL(n->format, "universal");
+            CU_ASSERT_EQUAL(n->stage, s);
+            CU_ASSERT_EQUAL(n->step, c->step);
+            check_states_equal_truth(fxs[i], s, n, &truth);
+            dsckpt_ckpt_free(n);
+        }
+        st_close(&truth);
+        dsckpt_ckpt_free(c);
+        free(out);
+        free(ck);
+        free(tp);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* ---- inspect, verify ---- */
 
 static void test_inspect_and_verify(void) {
@@ -1130,6 +1174,8 @@ int main(void) {
         {"MiCS (mics_shard_size 2 over 4 ranks) reads as ZeRO-3 over 2", test_mics},
         {"ZeRO-0: same-shape parameters told apart by the fp32 masters' cast, not module order",
          test_zero0_match_by_value},
+        {"ZeRO-0 to universal: refused without --stage, all states equal the truth at --stage 1-3",
+         test_zero0_universal},
         {NULL, NULL}};
     return tu_main("deepspeed19", tests);
 }
