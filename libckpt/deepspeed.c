@@ -205,9 +205,7 @@ static dsckpt_status scan_dir(const char *dir, scan *s, bool need_optim) {
     if (st == DSCKPT_OK && s->opt_bf16 && s->opt_plain)
         st = ds_err(DSCKPT_ECORRUPT, "%s: both bf16_ and plain optimizer files: two runs wrote here; remove the stale ones", dir);
     if (st == DSCKPT_OK && need_optim && s->nopt == 0)
-        st = ds_err(DSCKPT_EUNSUPPORTED,
-                    "%s: no *_optim_states.pt files: a ZeRO-0 or non-ZeRO checkpoint (weights only in the model file) is not supported yet",
-                    dir);
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no *_optim_states.pt files", dir);
     for (size_t i = 0; st == DSCKPT_OK && i < s->nopt; i++)
         if (!s->optim[i])
             st = ds_err(DSCKPT_ECORRUPT, "%s: optimizer file for rank %zu is missing (found ranks up to %zu)", dir, i,

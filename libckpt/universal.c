@@ -525,9 +525,10 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
          * native source (the ZeRO-0 file is no template for stages 1-3). */
         if (stage == 0)
             return ds_err(DSCKPT_EUNSUPPORTED,
-                          "--format universal: this is a ZeRO-0 checkpoint, and DeepSpeed loads universal checkpoints "
-                          "only under ZeRO stages 1-3: pass --stage 1, 2 or 3 for a run going on under that stage, or "
-                          "write --format deepspeed --to M (ZeRO-0 state is not partitioned: it resumes at any M)");
+                          "the universal format from a ZeRO-0 checkpoint: DeepSpeed loads universal checkpoints only "
+                          "under ZeRO stages 1-3, so choose the stage (1, 2 or 3) the run goes on with, or write "
+                          "DeepSpeed's format for the new world size (ZeRO-0 state is not partitioned: it resumes at "
+                          "any world size)");
         from_ds = false;
     }
     if (from_ds && stage != c->stage)
