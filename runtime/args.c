@@ -25,7 +25,13 @@ static const char help[] =
     "\n"
     "Model and run:\n"
     "  --n_layer N --n_head N --n_embd N --seq_len N   model size (default 2, 2, 64, 64)\n"
-    "  --max_steps N          optimizer steps to run (default 100)\n"
+    "  --max_steps N          optimizer steps to run (default 100, or from\n"
+    "                         --num_train_epochs; given with it, --max_steps wins)\n"
+    "  --num_train_epochs X   train X epochs (X > 0, may be fractional): max_steps =\n"
+    "                         ceil(X x steps per epoch), an epoch being as many\n"
+    "                         samples as windows of seq_len + 1 bytes fit in the\n"
+    "                         train part of --data, over train_batch_size\n"
+    "                         (samples are drawn at random offsets; see data.h)\n"
     "  --seed S               initialisation and data seed (default 1234)\n"
     "  --eval_steps N         evaluate every N steps (default 0 = only at the end)\n"
     "  --eval_windows N       eval windows used (default 64; 0 = all)\n"
@@ -40,6 +46,15 @@ static const char help[] =
     "                         fp32 master and 16-bit working weights\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
+    "Progress on stderr (rank 0): every --logging_steps steps (or the config's\n"
+    "steps_per_print) and on eval steps, one line: step/max_steps, the loss averaged\n"
+    "over the steps since the previous line (the logging window), this step's lr\n"
+    "and grad_norm, eval_loss, epoch, samples/s and tokens/s over the window,\n"
+    "elapsed and ETA; a line per committed save (\"saved global_step40 in 0.80 s,\n"
+    "async\"); at the end a summary (steps, time, best checkpoint, where the\n"
+    "checkpoints and models are). Config keys dstrain accepts but does not act on\n"
+    "(monitoring sections, offload on a CPU run, unknown top-level keys) and flags\n"
+    "without effect are each named in a warning line.\n"
     "Checkpoints (native format, readable by dsckpt):\n"
     "  --save_dir D           save root: D/global_step<N>/, D/latest, D/trainer_state.json\n"
     "  --save_steps N         save every N steps (and after the last step)\n"
@@ -60,6 +75,11 @@ static const char help[] =
     "                         when D holds no checkpoint; it stops with an error when\n"
     "                         D holds checkpoints it cannot use\n"
     "  --save_model OUT       after training, the final weights as 16-bit safetensors\n"
+    "  (zero_optimization.stage3_gather_16bit_weights_on_model_save true in the\n"
+    "  config: at every committed save, D/model.safetensors and its .sha256, the\n"
+    "  16-bit weights of that checkpoint, as DeepSpeed's save_16bit_model)\n"
+    "  (--resume with --max_steps not above the checkpoint's step trains nothing,\n"
+    "  says so and exits 0, as the Trainer)\n"
     "Hugging Face TrainingArguments (fill \"auto\" in the config):\n"
     "  --per_device_train_batch_size N  --gradient_accumulation_steps N\n"
     "  --learning_rate X  --weight_decay X  --adam_beta1 X  --adam_beta2 X\n"
@@ -87,7 +107,7 @@ enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
     O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
-    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED
+    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -140,7 +160,8 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"output_dir", required_argument, 0, O_SAVEDIR}, {"logging_steps", required_argument, 0, O_LOGSTEPS},
         {"save_strategy", required_argument, 0, O_SAVESTRAT}, {"eval_strategy", required_argument, 0, O_EVALSTRAT},
         {"evaluation_strategy", required_argument, 0, O_EVALSTRAT},
-        {"lr_scheduler_type", required_argument, 0, O_SCHED}, {0, 0, 0, 0}};
+        {"lr_scheduler_type", required_argument, 0, O_SCHED}, {"num_train_epochs", required_argument, 0, O_EPOCHS},
+        {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->n_layer = 2, o->n_head = 2, o->n_embd = 64, o->seq_len = 64, o->max_steps = 100, o->seed = 1234;
     o->eval_windows = 64;
@@ -220,6 +241,11 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
                                               : "--eval_strategy takes steps or no (dstrain counts steps, not epochs; got '%s')", optarg);
             if (c == O_SAVESTRAT) save_strategy = optarg;
             else eval_strategy = optarg;
+            break;
+        case O_EPOCHS:
+            if (!num_d(optarg, &d) || !(d > 0) || d > 1e9)
+                return usage("--num_train_epochs must be a number > 0 (got '%s')", optarg);
+            o->hf.has_num_train_epochs = true, o->hf.num_train_epochs = d;
             break;
         case O_SCHED:
             if (strcmp(optarg, "linear") && strcmp(optarg, "cosine") && strcmp(optarg, "constant") &&

@@ -30,7 +30,21 @@ typedef struct pctx {
     const rt_args *a;
     int world;
     soft_errs *soft;
+    cJSON *warnings; /* rt_config.warnings being built (NULL: not collected) */
 } pctx;
+
+/* A key accepted but not acted on, or a flag without effect: one line for the
+ * caller to print ("<path>: <message>"). Dropped when out of memory. */
+static void warn(const pctx *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void warn(const pctx *p, const char *path, const char *fmt, ...) {
+    char msg[512], line[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(line, sizeof line, "%s%s%s", path, *path ? ": " : "", msg);
+    if (p->warnings) cJSON_AddItemToArray(p->warnings, cJSON_CreateString(line));
+}
 
 static void soft(const pctx *p, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void soft(const pctx *p, const char *path, const char *fmt, ...) {
@@ -174,10 +188,9 @@ static const char *const ALIASES[][2] = {
 /* Options DeepSpeed has that this runtime does not implement (refused by name, so the
  * message does not call them typos). */
 static const char *const DS_UNSUPPORTED[] = {
-    "amp", "activation_checkpointing", "flops_profiler", "tensorboard", "wandb", "csv_monitor", "comet",
-    "comms_logger", "communication_data_type", "seq_parallel_communication_data_type", "sparse_attention",
+    "amp", "activation_checkpointing", "communication_data_type", "seq_parallel_communication_data_type", "sparse_attention",
     "pipeline", "data_efficiency", "compression_training", "elasticity", "autotuning", "aio",
-    "zero_force_ds_cpu_optimizer", "memory_breakdown", "dump_state", "data_types", "sparse_gradients",
+    "zero_force_ds_cpu_optimizer", "memory_breakdown", "dump_state", "sparse_gradients",
     "disable_allgather", "nebula", "dataloader_drop_last", "eigenvalue", "progressive_layer_drop",
     "curriculum_learning", "quantize_training", "hybrid_engine", "weight_quantization", "timers",
     "tensor_parallel", "vocabulary_size", "graph_harvesting", "use_data_before_expert_parallel_",
@@ -191,6 +204,12 @@ static const char *const DS_UNSUPPORTED[] = {
     "override_module_apply", "log_trace_cache_warnings",
     /* fp16 / bf16 / optimizer / checkpoint */
     "fp16_master_weights_and_grads", "immediate_grad_update", "legacy_fusion", "parallel_write", NULL};
+
+/* Monitoring and profiling sections: accepted (a config written for DeepSpeed keeps
+ * working) and reported as not used; dstrain's record is --log_file. data_types
+ * (grad_accum_dtype) is here too: gradients are always accumulated in fp32. */
+static const char *const DS_NOT_USED[] = {"tensorboard", "wandb", "csv_monitor", "comet", "comms_logger",
+                                          "flops_profiler", "data_types", NULL};
 
 static dsckpt_status unknown_key(const pctx *p, const char *path, const char *key, const char *const *known) {
     for (size_t i = 0; ALIASES[i][0]; i++)
@@ -223,6 +242,30 @@ static dsckpt_status check_keys(const pctx *p, const cJSON *obj, const char *pre
         for (const cJSON *d = obj->child; d != c; d = d->next)
             if (d->string && !strcmp(d->string, key)) return bad(p, path, "duplicate key; keep one of them");
         if (!in_list(known, key)) return unknown_key(p, path, key, known);
+    }
+    return DSCKPT_OK;
+}
+
+/* The top level: duplicates refused; monitoring sections accepted with a note;
+ * a key DeepSpeed does not have either, close to a known key, is taken for a typo
+ * (an error with the suggestion); any other unknown key is ignored, as DeepSpeed
+ * ignores unknown top-level keys, with a warning naming it. (Inside sections,
+ * unknown keys stay errors: DeepSpeed's section models forbid extra keys.) */
+static dsckpt_status check_top_keys(const pctx *p, const cJSON *root, const char *const *known) {
+    for (const cJSON *c = root->child; c; c = c->next) {
+        const char *key = c->string ? c->string : "";
+        for (const cJSON *d = root->child; d != c; d = d->next)
+            if (d->string && !strcmp(d->string, key)) return bad(p, key, "duplicate key; keep one of them");
+        if (in_list(known, key)) continue;
+        if (in_list(DS_NOT_USED, key)) {
+            warn(p, key, "not used by dstrain (accepted for DeepSpeed compatibility; dstrain's record is --log_file)");
+            continue;
+        }
+        bool near = false;
+        for (const char *const *k = known; *k && !near; k++) near = edit_distance(key, *k) < 3;
+        for (size_t i = 0; ALIASES[i][0] && !near; i++) near = !strcmp(key, ALIASES[i][0]);
+        if (near || in_list(DS_UNSUPPORTED, key)) return unknown_key(p, key, key, known);
+        warn(p, key, "unknown key, ignored (DeepSpeed ignores unknown top-level keys too); check its spelling");
     }
     return DSCKPT_OK;
 }
@@ -411,6 +454,24 @@ static dsckpt_status parse_fp16(const pctx *p, cJSON *root, rt_config *c) {
     if (c->fp16.enabled && c->bf16.enabled)
         return bad(p, "fp16.enabled", "fp16 and %s are both enabled (DeepSpeed: \"bfloat16 and fp16 modes cannot "
                    "be simultaneously enabled\"); disable one of them", bname);
+    /* A precision flag whose section is absent: DeepSpeed takes the precision from
+     * the config alone, so the flag would change nothing. */
+    if (!s && p->a->has_fp16 && p->a->fp16) {
+        if (c->bf16.enabled)
+            soft(p, "bf16.enabled", "true in the config but --fp16 is given (the config has no fp16 section): the "
+                 "run would train in bf16; drop --fp16, or write \"fp16\": {\"enabled\": \"auto\"} instead of bf16");
+        else
+            warn(p, "fp16", "--fp16 is given but the config has no \"fp16\" section: training in fp32; add "
+                 "\"fp16\": {\"enabled\": \"auto\"} to train in fp16");
+    }
+    if (!b && p->a->has_bf16 && p->a->bf16) {
+        if (c->fp16.enabled)
+            soft(p, "fp16.enabled", "true in the config but --bf16 is given (the config has no bf16 section): the "
+                 "run would train in fp16; drop --bf16, or write \"bf16\": {\"enabled\": \"auto\"} instead of fp16");
+        else
+            warn(p, "bf16", "--bf16 is given but the config has no \"bf16\" section: training in fp32; add "
+                 "\"bf16\": {\"enabled\": \"auto\"} to train in bf16");
+    }
     return DSCKPT_OK;
 }
 
@@ -717,6 +778,12 @@ static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
     cJSON *s, *prm = NULL;
     DS_TRY(get_section(p, root, "scheduler", "", &s));
     c->scheduler.type = RT_SCHED_NONE;
+    if (!s && a->has_warmup_steps && a->warmup_steps &&
+        (!a->lr_scheduler_type || !strcmp(a->lr_scheduler_type, "constant")))
+        warn(p, "scheduler", "--warmup_steps %llu has no effect: the config has no \"scheduler\" section and "
+             "--lr_scheduler_type is %s (a constant learning rate); pass --lr_scheduler_type linear, cosine or "
+             "constant_with_warmup, or add a scheduler section", (unsigned long long)a->warmup_steps,
+             a->lr_scheduler_type ? "constant" : "not given");
     if (!s && a->lr_scheduler_type && strcmp(a->lr_scheduler_type, "constant")) {
         /* No section: the Trainer's own schedule from --lr_scheduler_type, written
          * as the DeepSpeed scheduler that matches it (linear warmup, then linear or
@@ -780,6 +847,11 @@ static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
         DS_TRY(fill_num(p, prm, "warmup_max_lr", P, a->has_learning_rate, a->learning_rate, "learning_rate", true));
         DS_TRY(fill_num(p, prm, "warmup_num_steps", P, a->has_warmup_steps, (double)a->warmup_steps,
                         "warmup_steps", true));
+    }
+    if (a->has_warmup_steps && !(prm && cJSON_GetObjectItemCaseSensitive(prm, "warmup_num_steps")))
+        warn(p, "scheduler.params.warmup_num_steps", "absent, so DeepSpeed's default (1000) is used and "
+             "--warmup_steps %llu has no effect; set the key to \"auto\"", (unsigned long long)a->warmup_steps);
+    if (prm) {
         DS_TRY(fill_num(p, prm, "total_num_steps", P, a->has_max_steps, (double)a->max_steps, "max_steps", true));
     }
     const uint64_t big = (uint64_t)MAX_EXACT_INT;
@@ -863,12 +935,25 @@ static void line_col(const char *text, size_t off, unsigned long *line, unsigned
 
 void rt_args_init(rt_args *a) { memset(a, 0, sizeof *a); }
 
+/* Steps per epoch from the batch, and max_steps from --num_train_epochs when
+ * --max_steps is not given (then *a carries it to the scheduler's "auto"). */
+static void epochs(rt_args *a, rt_config *c) {
+    c->steps_per_epoch = 1;
+    if (a->samples_per_epoch && c->train_batch_size && a->samples_per_epoch / c->train_batch_size > 1)
+        c->steps_per_epoch = a->samples_per_epoch / c->train_batch_size;
+    if (!a->has_num_train_epochs || a->has_max_steps) return;
+    double n = ceil(a->num_train_epochs * (double)c->steps_per_epoch);
+    c->max_steps_from_epochs = n < 1 ? 1 : n > 1099511627776.0 ? 1099511627776u : (uint64_t)n;
+    a->has_max_steps = true;
+    a->max_steps = c->max_steps_from_epochs;
+}
+
 dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for_errors, const rt_args *args,
                               int world_size, rt_config *out) {
     memset(out, 0, sizeof *out);
     rt_args none;
     rt_args_init(&none);
-    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size, NULL};
+    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size, NULL, NULL};
     if (world_size < 1) return ds_err(DSCKPT_EINVAL, "%s: world size %d must be at least 1", p.file, world_size);
     if (!text) return ds_err(DSCKPT_EINVAL, "%s: no text", p.file);
 
@@ -899,7 +984,11 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
      * a repeated key would train with a setting other than DeepSpeed's. */
     if ((st = ds_json_unique_keys(root, DSCKPT_EINVAL, p.file))) goto fail;
     out->world_size = world_size;
-    DS_TRYGOTO(check_keys(&p, root, "", TOP_KEYS), fail);
+    if (!(out->warnings = p.warnings = cJSON_CreateArray())) {
+        st = ds_err(DSCKPT_ENOMEM, "out of memory");
+        goto fail;
+    }
+    DS_TRYGOTO(check_top_keys(&p, root, TOP_KEYS), fail);
     {
         /* Every section is parsed even after another failed, so one run reports
          * every problem (each section's first, and every flag that disagrees). */
@@ -908,8 +997,11 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
         soft_errs se = {.len = 0};
         p.soft = &se;
         st = DSCKPT_OK;
+        rt_args a = *p.a; /* max_steps may come from the epochs */
+        p.a = &a;
         for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
             dsckpt_status s1 = sections[i](&p, root, out);
+            if (sections[i] == parse_batch && s1 == DSCKPT_OK) epochs(&a, out);
             if (s1 == DSCKPT_EINVAL) {
                 /* "<file>: <path>: <message>": keep the part after the file name. */
                 const char *m = dsckpt_last_error(), *pfx = strstr(m, ": ");
@@ -933,6 +1025,7 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
     return DSCKPT_OK;
 fail:
     cJSON_Delete(root);
+    cJSON_Delete(out->warnings);
     memset(out, 0, sizeof *out);
     return st;
 }
@@ -952,7 +1045,8 @@ dsckpt_status rt_config_load(const char *path, const rt_args *args, int world_si
 void rt_config_free(rt_config *c) {
     if (!c) return;
     cJSON_Delete(c->resolved);
-    c->resolved = NULL;
+    cJSON_Delete(c->warnings);
+    c->resolved = c->warnings = NULL;
 }
 
 const char *rt_opt_type_name(rt_opt_type t) { return t == RT_OPT_ADAM ? "Adam" : "AdamW"; }

@@ -38,8 +38,13 @@
  *      zero_optimization.stage3_param_persistence_threshold  10 hidden_size  (stage 3)
  *    Below stage 3 the two stage3_* keys take DeepSpeed's defaults when "auto"
  *    (DeepSpeed's config models drop "auto" values).
- *  - Unknown keys are errors (DeepSpeed's pydantic sections forbid extras; we also
- *    refuse them at the top level), with the closest known key suggested. Duplicate
+ *  - Unknown keys inside a section are errors (DeepSpeed's pydantic sections
+ *    forbid extras), with the closest known key suggested. At the top level, where
+ *    DeepSpeed ignores unknown keys: one within 2 edits of a known key is taken for
+ *    a typo (an error with the suggestion), a DeepSpeed feature dstrain lacks is an
+ *    error naming it, the monitoring sections (tensorboard, wandb, csv_monitor,
+ *    comet, comms_logger, flops_profiler, data_types) are accepted as "not used",
+ *    and any other key is ignored with a warning (rt_config.warnings). Duplicate
  *    keys are errors (DeepSpeed loads with dict_raise_error_on_duplicate_keys).
  *
  * Every error is DSCKPT_EINVAL (ENOENT/EIO for an unreadable file) and its message
@@ -87,6 +92,9 @@ typedef struct rt_args {
                                     * "scheduler" section (as the Trainer builds its own) */
     bool has_hidden_size; /* the model's hidden size, for the ZeRO bucket "auto"s */
     uint64_t hidden_size;
+    bool has_num_train_epochs; /* --num_train_epochs: with max_steps not given, */
+    double num_train_epochs;   /* max_steps = ceil(epochs x steps_per_epoch) (the Trainer's rule) */
+    uint64_t samples_per_epoch; /* training samples in one epoch (0: unknown) */
 } rt_args;
 
 void rt_args_init(rt_args *a);
@@ -186,6 +194,15 @@ typedef struct rt_config {
         bool round_robin_gradients;      /* false */
     } zero;
 
+    /* Epochs, when args.samples_per_epoch is given: steps_per_epoch =
+     * max(1, floor(samples_per_epoch / train_batch_size)), as the Trainer's
+     * len(dataloader) // gradient_accumulation_steps; otherwise 1. With
+     * num_train_epochs given and max_steps not, max_steps_from_epochs =
+     * ceil(num_train_epochs x steps_per_epoch) (at least 1), which also fills
+     * scheduler.params.total_num_steps "auto"; otherwise 0. */
+    uint64_t steps_per_epoch;
+    uint64_t max_steps_from_epochs;
+
     double gradient_clipping;        /* 0 = off */
     uint64_t steps_per_print;        /* 0 = never (DeepSpeed's current default, None) */
     bool wall_clock_breakdown;
@@ -201,6 +218,11 @@ typedef struct rt_config {
     /* The config as written with every "auto" replaced by its value: what a
      * checkpoint stores. Owned by the struct; freed by rt_config_free. */
     cJSON *resolved;
+    /* Lines for the user, each "<key path>: <message>" (a JSON array of strings,
+     * owned, freed by rt_config_free): keys accepted but not used (monitoring),
+     * unknown top-level keys ignored, flags without effect (a precision flag
+     * whose section is absent, --warmup_steps without a warmup to set). */
+    cJSON *warnings;
 } rt_config;
 
 /* Reads and resolves `path` (at most 16 MiB). `args` may be NULL (no flags given).

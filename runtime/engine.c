@@ -594,6 +594,7 @@ void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r) {
 }
 
 uint64_t rt_engine_steps(const rt_engine *e) { return e->nsteps; }
+const char *rt_engine_device_name(const rt_engine *e) { return e->dev->name; }
 
 dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
     const rt_device *d = e->dev;

@@ -26,7 +26,7 @@
  * through one device table (device.h); today that is the CPU table (host memory,
  * the OpenMP kernels of kernels/), so `offload_optimizer` / `offload_param` with
  * device cpu change nothing (the state already lives in host memory); they are
- * accepted and reported. Not yet behind the table: the checkpoint code
+ * accepted, and dstrain warns that they have no effect. Not yet behind the table: the checkpoint code
  * (engine_ckpt.c) reads and writes the master weights and moments as host memory,
  * and the small collectives (loss, overflow flag, norm buckets) pass host buffers.
  */
@@ -85,6 +85,7 @@ void rt_engine_memory(const rt_engine *e, rt_mem_report *r);
 void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r);
 
 uint64_t rt_engine_steps(const rt_engine *e);  /* optimizer steps taken */
+const char *rt_engine_device_name(const rt_engine *e); /* where the step runs: "cpu", "cuda" */
 
 /* The full fp32 master weights in model layout (gathered; collective). `out` holds
  * rt_model_numel() floats on every rank. For tests. */

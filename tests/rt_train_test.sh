@@ -212,6 +212,107 @@ else bad "\"auto\" takes the Trainer's defaults: $(tail -3 auto.out) $(head -c 3
 if [ $? -eq 0 ] && [ -f hfo/global_step8/manifest.json ] && [ "$(grep -c '^step ' bad.out)" -ge 2 ] &&
     python3 -c 'import json,sys; l=[json.loads(x)["lr"] for x in open(sys.argv[1])]; sys.exit(0 if max(l) > 2 * l[-1] else 1)' sched.jsonl; then ok
 else bad "--output_dir, --logging_steps and --lr_scheduler_type linear: $(tail -3 bad.out)"; fi
+
+echo "== accepted-but-ignored keys and flags without effect are named (warning or error)"
+warn_case() { # CONFIG EXPECTED-RC EXPECTED-LINE DESCRIPTION [flags...]
+    printf '%s' "$1" >w.json
+    local want=$2 line=$3 what=$4
+    shift 4
+    "$DSTRAIN" --deepspeed w.json --data "$DATA" "${MODEL[@]}" --max_steps 1 "$@" >w.out 2>&1
+    rc=$?
+    if [ "$rc" -ne "$want" ]; then bad "$what: exit $rc, expected $want ($(tail -2 w.out))"
+    elif ! grep -q -- "$line" w.out; then bad "$what: no line '$line': $(head -c 600 w.out)"
+    else ok; fi
+}
+B='"train_micro_batch_size_per_gpu": 2'
+for k in tensorboard wandb csv_monitor comms_logger flops_profiler data_types; do
+    warn_case "{$B, \"$k\": {\"enabled\": true}}" 0 "warning: w.json: $k: not used by dstrain" "monitoring key $k"
+    [ "$(grep -c "$k" w.out)" -eq 1 ] && ok || bad "monitoring key $k: not exactly one line: $(cat w.out)"
+done
+warn_case "{$B, \"my_custom_key\": 1}" 0 "warning: w.json: my_custom_key: unknown key, ignored" "unknown top-level key"
+warn_case "{$B, \"gradient_clippin\": 1}" 2 'gradient_clippin: unknown key; did you mean "gradient_clipping"' "top-level typo"
+warn_case "{$B, \"zero_optimization\": {\"stage\": 1, \"my_key\": 1}}" 2 "zero_optimization.my_key: unknown key" "unknown key in a section"
+warn_case "{$B, \"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\"}}}" 0 \
+    "warning: w.json: zero_optimization.offload_optimizer: no effect: this run trains on the CPU" "offload_optimizer on a CPU run"
+warn_case "{$B, \"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"device\": \"cpu\"}}}" 0 \
+    "warning: w.json: zero_optimization.offload_param: no effect: this run trains on the CPU" "offload_param on a CPU run"
+warn_case "{$B, \"zero_optimization\": {\"stage\": 2, \"offload_param\": {\"device\": \"cpu\"}}}" 0 \
+    "zero_optimization.offload_param: no effect below ZeRO stage 3" "offload_param below stage 3"
+warn_case "{$B}" 0 "scheduler: --warmup_steps 5 has no effect" "--warmup_steps without a scheduler" --warmup_steps 5
+warn_case "{$B, \"scheduler\": {\"type\": \"WarmupLR\", \"params\": {\"warmup_max_lr\": 0.001}}}" 0 \
+    "scheduler.params.warmup_num_steps: absent, so DeepSpeed's default (1000) is used and --warmup_steps 5 has no effect" \
+    "--warmup_steps with a scheduler that does not read it" --warmup_steps 5
+warn_case "{$B, \"bf16\": {\"enabled\": true}}" 2 "bf16.enabled: true in the config but --fp16 is given" "--fp16 with a bf16 config" --fp16
+warn_case "{$B, \"fp16\": {\"enabled\": true}}" 2 "fp16.enabled: true in the config but --bf16 is given" "--bf16 with an fp16 config" --bf16
+warn_case "{$B}" 0 'warning: w.json: bf16: --bf16 is given but the config has no "bf16" section: training in fp32' "--bf16 without a bf16 section" --bf16
+warn_case "{$B, \"zero_optimization\": {\"stage\": 3, \"stage3_gather_16bit_weights_on_model_save\": true}}" 0 \
+    "stage3_gather_16bit_weights_on_model_save: no effect without --save_dir" "gather 16-bit without a save dir"
+grep -q "warning" auto.out && bad "a clean config gave a warning: $(grep warning auto.out)" || ok
+
+echo "== stage3_gather_16bit_weights_on_model_save: D/model.safetensors at every save, the 16-bit weights of the newest checkpoint"
+printf '%s' "{$B, \"bf16\": {\"enabled\": true}, \"zero_optimization\": {\"stage\": 3, \"stage3_gather_16bit_weights_on_model_save\": true}}" >g16.json
+"$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed g16.json --data "$DATA" "${MODEL[@]}" --max_steps 4 --save_dir g16 --save_steps 2 \
+    --save_model g16_final.safetensors >g16.out 2>&1
+rc=$?
+if [ $rc -eq 0 ] && [ "$(grep -c 'wrote g16/model.safetensors (16-bit, from global_step' g16.out)" -eq 2 ] &&
+    cmp -s g16/model.safetensors g16_final.safetensors && (cd g16 && sha256sum -c --status model.safetensors.sha256) &&
+    "$BUILD/dsckpt" verify g16 >/dev/null 2>&1; then ok
+else bad "16-bit model at save: exit $rc: $(tail -4 g16.out)"; fi
+# The file beside the checkpoints does not disturb --resume auto.
+"$DSTRAIN" --deepspeed g16.json --data "$DATA" "${MODEL[@]}" --max_steps 6 --save_dir g16 --save_steps 2 --resume auto >g16r.out 2>&1
+[ $? -eq 0 ] && grep -q "resumed from g16/global_step4" g16r.out && grep -q "from global_step6" g16r.out && ok ||
+    bad "resume with model.safetensors in the save dir: $(tail -3 g16r.out)"
+
+echo "== --num_train_epochs: max_steps = ceil(epochs x steps per epoch); --max_steps wins"
+head -c 3000 "$DATA" >small.txt
+# train part 3000 - 300 = 2700 bytes: 81 windows of 33; batch 4 -> 20 steps per epoch.
+"$DSTRAIN" --deepspeed auto.json --data small.txt "${MODEL[@]}" --per_device_train_batch_size 4 --num_train_epochs 0.26 \
+    --logging_steps 1 --log_file ep.jsonl >ep.out 2>&1
+[ $? -eq 0 ] && [ "$(wc -l <ep.jsonl)" -eq 6 ] && grep -q "^step 6/6: .*| epoch 0.30 |" ep.out && ok ||
+    bad "--num_train_epochs 0.26 (20 steps/epoch) is not 6 steps: $(wc -l <ep.jsonl) $(tail -2 ep.out)"
+"$DSTRAIN" --deepspeed auto.json --data small.txt "${MODEL[@]}" --per_device_train_batch_size 4 --num_train_epochs 2 \
+    --max_steps 3 --log_file ep2.jsonl >ep2.out 2>&1
+[ $? -eq 0 ] && [ "$(wc -l <ep2.jsonl)" -eq 3 ] && ok || bad "--max_steps does not win over --num_train_epochs: $(tail -2 ep2.out)"
+printf '%s' '{"train_micro_batch_size_per_gpu": 4, "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto", "warmup_num_steps": 0, "warmup_max_lr": 0.001}}}' >ep.json
+"$DSTRAIN" --deepspeed ep.json --data small.txt "${MODEL[@]}" --num_train_epochs 0.1 --log_file ep3.jsonl >ep3.out 2>&1
+[ $? -eq 0 ] && [ "$(wc -l <ep3.jsonl)" -eq 2 ] && tail -1 ep3.jsonl | grep -q '"lr": 0,' && ok ||
+    bad "--num_train_epochs does not fill total_num_steps \"auto\": $(tail -2 ep3.out) $(head -c 400 ep3.jsonl)"
+for v in 0 -1 x; do
+    "$DSTRAIN" --deepspeed auto.json --data small.txt --num_train_epochs "$v" >bad.out 2>&1
+    [ $? -eq 3 ] && grep -q "num_train_epochs must be" bad.out && ok || bad "--num_train_epochs $v not refused: $(tail -2 bad.out)"
+done
+
+echo "== logging: window mean loss, samples/s, tokens/s, epoch, ETA, save lines, summary; --max_steps below the resumed step"
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 6 --logging_steps 3 --output_dir lg --save_steps 3 \
+    --eval_steps 3 --load_best_model_at_end --log_file lg.jsonl >lg.out 2>&1
+rc=$?
+$PY - lg.jsonl lg.out <<'EOF' && [ $rc -eq 0 ] && ok || bad "logging lines (exit $rc): $(cat lg.out)"
+import json, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+err = open(sys.argv[2]).read()
+lines = [l for l in err.splitlines() if l.startswith("step ")]
+assert len(lines) == 2, lines
+pat = re.compile(r"^step (\d+)/6: loss ([0-9.]+) \(mean of 3\) lr \S+ grad_norm \S+ eval_loss \S+ \| epoch [0-9.]+ \| "
+                 r"[0-9.]+ samples/s [0-9]+ tok/s \| \S+ elapsed, ETA \S+$")
+for l, first in zip(lines, (0, 3)):
+    m = pat.match(l)
+    assert m, l
+    want = sum(r["loss"] for r in rows[first:first + 3]) / 3
+    assert int(m.group(1)) == first + 3 and abs(float(m.group(2)) - want) < 1e-4, (l, want)
+assert re.search(r"^dstrain: saved global_step3 in [0-9.]+ s, async$", err, re.M), err
+assert re.search(r"^dstrain: saved global_step6 in [0-9.]+ s, async$", err, re.M), err
+assert re.search(r"^dstrain: done: 6 step\(s\) \(6 in this run, [0-9.]+ epoch\(s\)\) in ", err, re.M), err
+assert re.search(r"^dstrain: best checkpoint: lg/global_step[36] \(eval_loss\)$", err, re.M), err
+assert "dstrain: model (16-bit safetensors): lg/final/model.safetensors" in err, err
+EOF
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 6 --no_async_save --output_dir lgs --save_steps 6 >lgs.out 2>&1
+[ $? -eq 0 ] && grep -q "^dstrain: saved global_step6 in [0-9.]* s, sync$" lgs.out && ok || bad "sync save line: $(tail -3 lgs.out)"
+"$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 4 --output_dir lg --resume auto --log_file lgr.jsonl >lgr.out 2>&1
+[ $? -eq 0 ] && grep -q "^dstrain: --max_steps 4 is not above the resumed step 6: nothing to train$" lgr.out &&
+    [ ! -s lgr.jsonl ] && [ ! -d lg/global_step4 ] && ok || bad "--max_steps below the resumed step: $(tail -3 lgr.out)"
+"$DSTRAIN" --help >help.out 2>&1 && grep -q -- "--num_train_epochs" help.out && grep -q "averaged" help.out &&
+    grep -q "stage3_gather_16bit_weights_on_model_save" help.out && ok || bad "dstrain --help lacks the new flags/behaviour"
+
 "$DSTRAIN" --deepspeed bad.json --data "$WORK/nonexistent.txt" "${MODEL[@]}" >bad.out 2>&1
 [ $? -ne 0 ] && ok || bad "a missing data file is not an error"
 "$DSTRAIN" --bogus >bad.out 2>&1

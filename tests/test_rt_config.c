@@ -149,6 +149,10 @@ static void test_resolved_round_trip(void) {
     TU_ASSERT_OK(parse(txt, NULL, 4, &d));
     cJSON *rc = c.resolved, *rd = d.resolved;
     c.resolved = d.resolved = NULL;
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(c.warnings), 0);
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(d.warnings), 0);
+    rt_config_free(&c);
+    rt_config_free(&d);
     CU_ASSERT_EQUAL(memcmp(&c, &d, sizeof c), 0);
     CU_ASSERT(cJSON_Compare(rc, rd, 1));
     /* And with the same arguments again: every given flag matches, no mismatch. */
@@ -310,7 +314,10 @@ static const bad_case BAD[] = {
      "did you mean \"overlap_comm\"", 1, 0},
     {"{\"train_batch_size\":2,\"fp16\":{\"loss_scale_windw\":10}}", "fp16.loss_scale_windw", "\"loss_scale_window\"",
      1, 0},
-    {"{\"train_batch_size\":2,\"frobnicate\":1}", "frobnicate", "keys allowed here", 1, 0},
+    {"{\"train_batch_size\":2,\"checkpoint\":{\"frobnicate\":1}}", "checkpoint.frobnicate", "keys allowed here", 1, 0},
+    {"{\"train_batch_size\":2,\"gradient_clippin\":1}", "gradient_clippin", "did you mean \"gradient_clipping\"", 1, 0},
+    /* A precision flag against the config's other precision (the section of the flag absent). */
+    {"{\"train_batch_size\":32,\"fp16\":{\"enabled\":true}}", "fp16.enabled", "--bf16 is given", 4, 1},
     {"{\"train_batch_size\":2,\"activation_checkpointing\":{}}", "activation_checkpointing", "does not implement", 1,
      0},
     {"{\"train_batch_size\":2,\"zero_optimization\":{\"stage\":3,\"prefetch_bucket_size\":10}}",
@@ -459,6 +466,89 @@ static void test_all_problems_at_once(void) {
     CU_ASSERT_PTR_NULL(c.resolved);
 }
 
+/* Keys accepted but not acted on, and flags without effect: a warning each, the
+ * parse succeeds (and the key stays in the resolved config). */
+static void test_warnings(void) {
+    static const struct {
+        const char *json;
+        const char *line; /* expected warning */
+        bool bf16, warmup;
+    } W[] = {
+        {"{\"train_batch_size\":2,\"tensorboard\":{\"enabled\":true}}", "tensorboard: not used by dstrain", 0, 0},
+        {"{\"train_batch_size\":2,\"wandb\":{}}", "wandb: not used by dstrain", 0, 0},
+        {"{\"train_batch_size\":2,\"csv_monitor\":{}}", "csv_monitor: not used by dstrain", 0, 0},
+        {"{\"train_batch_size\":2,\"comms_logger\":{}}", "comms_logger: not used by dstrain", 0, 0},
+        {"{\"train_batch_size\":2,\"flops_profiler\":{}}", "flops_profiler: not used by dstrain", 0, 0},
+        {"{\"train_batch_size\":2,\"data_types\":{\"grad_accum_dtype\":\"fp32\"}}", "data_types: not used", 0, 0},
+        {"{\"train_batch_size\":2,\"frobnicate\":1}", "frobnicate: unknown key, ignored", 0, 0},
+        {"{\"train_batch_size\":2}", "bf16: --bf16 is given but the config has no \"bf16\" section", 1, 0},
+        {"{\"train_batch_size\":2}", "scheduler: --warmup_steps 7 has no effect", 0, 1},
+        {"{\"train_batch_size\":2,\"scheduler\":{\"type\":\"WarmupLR\"}}",
+         "scheduler.params.warmup_num_steps: absent, so DeepSpeed's default (1000) is used", 0, 1},
+    };
+    for (size_t i = 0; i < sizeof W / sizeof W[0]; i++) {
+        rt_args a;
+        rt_args_init(&a);
+        a.has_bf16 = a.bf16 = W[i].bf16;
+        a.has_warmup_steps = W[i].warmup;
+        a.warmup_steps = 7;
+        rt_config c;
+        TU_ASSERT_OK(parse(W[i].json, &a, 1, &c));
+        bool found = false;
+        const cJSON *w;
+        cJSON_ArrayForEach(w, c.warnings) found |= cJSON_IsString(w) && strstr(w->valuestring, W[i].line) != NULL;
+        if (!found) fprintf(stderr, "\n  config %zu: no warning '%s'\n", i, W[i].line);
+        CU_ASSERT(found);
+        CU_ASSERT_EQUAL(cJSON_GetArraySize(c.warnings), 1);
+        rt_config_free(&c);
+    }
+    /* A clean config: none. */
+    rt_config c;
+    TU_ASSERT_OK(parse("{\"train_batch_size\":2,\"bf16\":{\"enabled\":true}}", NULL, 1, &c));
+    CU_ASSERT_EQUAL(cJSON_GetArraySize(c.warnings), 0);
+    rt_config_free(&c);
+}
+
+/* --num_train_epochs: max_steps = ceil(epochs x max(1, samples / train_batch_size))
+ * when max_steps is not given; it fills total_num_steps "auto". */
+static void test_epochs(void) {
+    const char *js = "{\"train_batch_size\":4,\"scheduler\":{\"type\":\"WarmupDecayLR\",\"params\":"
+                     "{\"total_num_steps\":\"auto\",\"warmup_num_steps\":0}}}";
+    rt_args a;
+    rt_args_init(&a);
+    a.samples_per_epoch = 81; /* 20 steps of 4 */
+    a.has_num_train_epochs = true;
+    a.num_train_epochs = 0.26;
+    rt_config c;
+    TU_ASSERT_OK(parse(js, &a, 1, &c));
+    CU_ASSERT_EQUAL(c.steps_per_epoch, 20);
+    CU_ASSERT_EQUAL(c.max_steps_from_epochs, 6);
+    CU_ASSERT_EQUAL(c.scheduler.total_num_steps, 6);
+    rt_config_free(&c);
+    a.num_train_epochs = 3;
+    TU_ASSERT_OK(parse(js, &a, 1, &c));
+    CU_ASSERT_EQUAL(c.max_steps_from_epochs, 60);
+    rt_config_free(&c);
+    /* --max_steps given: it wins. */
+    a.has_max_steps = true;
+    a.max_steps = 9;
+    TU_ASSERT_OK(parse(js, &a, 1, &c));
+    CU_ASSERT_EQUAL(c.max_steps_from_epochs, 0);
+    CU_ASSERT_EQUAL(c.scheduler.total_num_steps, 9);
+    rt_config_free(&c);
+    /* Fewer samples than one batch: one step per epoch. */
+    a.has_max_steps = false;
+    a.samples_per_epoch = 3;
+    a.num_train_epochs = 2.5;
+    TU_ASSERT_OK(parse(js, &a, 1, &c));
+    CU_ASSERT_EQUAL(c.steps_per_epoch, 1);
+    CU_ASSERT_EQUAL(c.max_steps_from_epochs, 3);
+    rt_config_free(&c);
+    /* Without epochs, total_num_steps "auto" still needs --max_steps. */
+    a.has_num_train_epochs = false;
+    CU_ASSERT_EQUAL(parse(js, &a, 1, &c), DSCKPT_EINVAL);
+}
+
 int main(void) {
     static const tu_test tests[] = {{"defaults as DeepSpeed's", test_defaults},
                                     {"\"auto\" without a flag: the Trainer's defaults", test_hf_defaults},
@@ -468,6 +558,8 @@ int main(void) {
                                     {"batch-size derivation and its errors", test_batch_derivation},
                                     {"good variants: Adam modes, 5e8, aliases, fp16, cosine", test_good_variants},
                                     {"catalogue of bad configs: EINVAL naming file and key path", test_bad_catalogue},
+                                    {"accepted-but-ignored keys and flags without effect: warnings", test_warnings},
+                                    {"--num_train_epochs: max_steps from epochs", test_epochs},
                                     {NULL, NULL}};
     return tu_main("rt_config", tests);
 }

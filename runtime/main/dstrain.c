@@ -115,7 +115,7 @@ static void die_with_launcher(void) {
 
 /* One training job: the options, the pieces, and what rank 0 keeps of its saves. */
 typedef struct run {
-    const rt_opts *o;
+    rt_opts *o; /* max_steps is set from --num_train_epochs in setup */
     rt_comm *comm;
     int rank, W;
     rt_config cfg;
@@ -128,7 +128,32 @@ typedef struct run {
     /* Bad input found before training: every rank reads the same files and reaches
      * the same verdict, so they all exit cleanly (no MPI_Abort noise). */
     bool clean_exit;
+    /* Rank 0's stderr report. */
+    uint64_t steps_per_epoch; /* optimizer steps in one pass over the train part */
+    uint64_t k0;              /* the first batch of this run (after --resume) */
+    double t_train;           /* when this run's first step began */
+    double win_t, win_loss;   /* the logging window: start, loss sum ... */
+    uint64_t win_n;           /* ... and steps in it */
+    struct { uint64_t step; double t0; } saving[2]; /* the last two saves started, for the "saved" line */
+    unsigned nsaves;
+    char model_out[4][512];   /* 16-bit models written, for the summary */
+    int n_model_out;
 } run;
+
+/* Seconds as "42s", "3m05s" or "2h03m". */
+static void fmt_dur(char *b, size_t n, double s) {
+    if (!(s >= 0) || s > 1e9) snprintf(b, n, "?");
+    else if (s < 60) snprintf(b, n, "%.0fs", s);
+    else if (s < 3600) snprintf(b, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(b, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+/* Notes the 16-bit model at `path` for the final summary (once per path). */
+static void note_model(run *r, const char *path) {
+    for (int i = 0; i < r->n_model_out; i++)
+        if (!strcmp(r->model_out[i], path)) return;
+    if (r->n_model_out < 4) snprintf(r->model_out[r->n_model_out++], sizeof r->model_out[0], "%s", path);
+}
 
 /* Reports the current error and returns `code` (dstrain's exit code). */
 static int fail(const run *r, int code) {
@@ -151,7 +176,25 @@ static dsckpt_status on_commit(void *user, const char *tag, uint64_t step, const
     DS_TRY(rt_tstate_save(&r->ts, o->save_dir, step, o->max_steps, o->eval_steps, o->save_steps,
                           r->cfg.train_batch_size));
     int deleted = 0;
-    return rt_rotate(o->save_dir, o->save_limit, rt_tstate_best(&r->ts), tag, &deleted);
+    DS_TRY(rt_rotate(o->save_dir, o->save_limit, rt_tstate_best(&r->ts), tag, &deleted));
+    double t0 = NAN;
+    for (int i = 0; i < 2; i++)
+        if (r->saving[i].step == step) t0 = r->saving[i].t0;
+    fprintf(stderr, "dstrain: saved %s in %.2f s, %s\n", tag, rt_now_s() - t0, o->async_save ? "async" : "sync");
+    if (r->cfg.zero.stage3_gather_16bit_weights_on_model_save) {
+        /* As DeepSpeed's save_16bit_model under the Trainer: the consolidated 16-bit
+         * weights next to the checkpoints, here save_dir/model.safetensors (of the
+         * newest committed checkpoint) and its .sha256. */
+        double t1 = rt_now_s();
+        DS_TRY(write_final(o->save_dir, tag, o->save_dir, "model.safetensors"));
+        char *path = ds_join(o->save_dir, "model.safetensors");
+        if (!path) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        fprintf(stderr, "dstrain: wrote %s (16-bit, from %s; stage3_gather_16bit_weights_on_model_save) in %.2f s\n",
+                path, tag, rt_now_s() - t1);
+        note_model(r, path);
+        free(path);
+    }
+    return DSCKPT_OK;
 }
 
 /* --print_memory: each rank's bytes held next to the ZeRO formulas, in rank order. */
@@ -242,6 +285,9 @@ static dsckpt_status save(run *r, uint64_t k, const rt_step_stats *s, double las
     cJSON_AddNumberToObject(dj, "seed", (double)o->seed);
     cJSON_AddNumberToObject(cJSON_AddObjectToObject(tstate, "rng"), "seed", (double)o->seed);
     if (isfinite(last_eval)) cJSON_AddNumberToObject(mets, o->metric, last_eval);
+    /* Two slots: the save in flight (committed inside rt_saver_start) and this one. */
+    r->saving[r->nsaves & 1].step = s->step;
+    r->saving[r->nsaves++ & 1].t0 = rt_now_s();
     /* A save still in flight is committed first (inside rt_saver_start). */
     dsckpt_status st = rt_saver_start(r->saver, o->save_dir, tag, tstate, mets, stall);
     cJSON_Delete(tstate);
@@ -274,7 +320,7 @@ typedef struct step_report {
     const char *digest, *wdigest; /* "" except after the last step */
 } step_report;
 
-static void report_step(const run *r, const step_report *p) {
+static void report_step(run *r, const step_report *p) {
     const rt_step_stats *s = p->s;
     if (r->rank != 0) return;
     if (r->log) {
@@ -291,11 +337,26 @@ static void report_step(const run *r, const step_report *p) {
         fprintf(r->log, "}\n");
         fflush(r->log);
     }
+    r->win_loss += s->loss;
+    r->win_n++;
     if ((r->cfg.steps_per_print && s->step % r->cfg.steps_per_print == 0) || p->do_eval) {
-        char ev[64] = "";
+        /* The loss is the mean over the steps since the last line (the logging
+         * window, as the Trainer logs it); lr and grad_norm are this step's. */
+        double now = rt_now_s(), win = now - r->win_t, done = (double)(s->step - r->k0);
+        double samples = (double)r->win_n * (double)r->cfg.train_batch_size;
+        char ev[64] = "", el[16], eta[16];
         if (p->do_eval) snprintf(ev, sizeof ev, " eval_loss %.4f", p->eval_loss);
-        fprintf(stderr, "step %llu: loss %.4f lr %.3g grad_norm %.3g%s%s %.0f tok/s\n", (unsigned long long)s->step,
-                s->loss, s->lr, s->grad_norm, s->skipped ? " (skipped: overflow)" : "", ev, s->tokens_per_s);
+        fmt_dur(el, sizeof el, now - r->t_train);
+        fmt_dur(eta, sizeof eta, done > 0 ? (now - r->t_train) / done * (double)(r->o->max_steps - s->step) : NAN);
+        fprintf(stderr, "step %llu/%llu: loss %.4f (mean of %llu) lr %.3g grad_norm %.3g%s%s | epoch %.2f | "
+                "%.1f samples/s %.0f tok/s | %s elapsed, ETA %s\n",
+                (unsigned long long)s->step, (unsigned long long)r->o->max_steps, r->win_loss / (double)r->win_n,
+                (unsigned long long)r->win_n, s->lr, s->grad_norm, s->skipped ? " (skipped: overflow)" : "", ev,
+                (double)s->step / (double)r->steps_per_epoch, win > 0 ? samples / win : 0.0,
+                win > 0 ? samples * (double)r->o->seq_len / win : 0.0, el, eta);
+        r->win_t = now;
+        r->win_loss = 0;
+        r->win_n = 0;
     }
 }
 
@@ -338,11 +399,40 @@ static int train(run *r, uint64_t k0) {
     if (fake_eval && r->rank == 0)
         fprintf(stderr, "dstrain: DSTRAIN_TEST_EVAL is set: eval metrics overridden (%s)\n", fake_eval);
     double last_eval = NAN;
+    r->k0 = k0;
+    r->t_train = r->win_t = rt_now_s();
+    if (k0 >= r->o->max_steps) {
+        /* As the Trainer: a run already past --max_steps trains no step. */
+        if (r->rank == 0)
+            fprintf(stderr, "dstrain: --max_steps %llu is not above the resumed step %llu: nothing to train\n",
+                    (unsigned long long)r->o->max_steps, (unsigned long long)k0);
+        return -1;
+    }
     for (uint64_t k = k0; k < r->o->max_steps; k++) {
         int rc = train_step(r, k, fake_eval, &last_eval);
         if (rc >= 0) return rc;
     }
     return -1;
+}
+
+/* Rank 0's last lines: steps, time, the best checkpoint and where the model is. */
+static void summary(const run *r) {
+    const rt_opts *o = r->o;
+    uint64_t steps = rt_engine_steps(r->eng);
+    double t = rt_now_s() - r->t_train;
+    char el[16];
+    fmt_dur(el, sizeof el, t);
+    fprintf(stderr, "dstrain: done: %llu step(s) (%llu in this run, %.2f epoch(s)) in %s (%.1f s)\n",
+            (unsigned long long)steps, (unsigned long long)(steps > r->k0 ? steps - r->k0 : 0),
+            (double)steps / (double)r->steps_per_epoch, el, t);
+    if (o->save_dir) {
+        const char *best = rt_tstate_best(&r->ts);
+        if (best) fprintf(stderr, "dstrain: best checkpoint: %s/%s (%s)\n", o->save_dir, best, o->metric);
+        fprintf(stderr, "dstrain: checkpoints in %s (dsckpt list %s)\n", o->save_dir, o->save_dir);
+    }
+    for (int i = 0; i < r->n_model_out; i++) fprintf(stderr, "dstrain: model (16-bit safetensors): %s\n", r->model_out[i]);
+    if (!o->save_dir && !r->n_model_out)
+        fprintf(stderr, "dstrain: nothing saved (no --save_dir / --output_dir, no --save_model)\n");
 }
 
 /* After training: the last save committed, then --load_best_model_at_end and
@@ -369,31 +459,64 @@ static int finish(run *r) {
             st = fin ? write_final(o->save_dir, best, fin, "model.safetensors") : DSCKPT_ENOMEM;
             free(fin);
             if (st) return fail(r, 70);
+            char *fm = ds_join(o->save_dir, "final/model.safetensors");
+            if (fm) note_model(r, fm);
+            free(fm);
         }
     }
     if (o->save_model && r->rank == 0) {
         char tag[64];
         snprintf(tag, sizeof tag, "global_step%llu", (unsigned long long)rt_engine_steps(r->eng));
         if (write_final(o->save_dir, tag, o->save_model, NULL)) return fail(r, 70);
+        note_model(r, o->save_model);
     }
+    if (r->rank == 0) summary(r);
     return 0;
+}
+
+/* Rank 0: what the config asks for that this run does not do, one line each. */
+static void config_warnings(const run *r) {
+    const rt_opts *o = r->o;
+    const cJSON *w;
+    cJSON_ArrayForEach(w, r->cfg.warnings) if (cJSON_IsString(w))
+        fprintf(stderr, "dstrain: warning: %s: %s\n", o->cfg_path, w->valuestring);
+    const char *dev = rt_engine_device_name(r->eng);
+    if (r->cfg.zero.offload_optimizer.device == RT_OFFLOAD_CPU && !strcmp(dev, "cpu"))
+        fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_optimizer: no effect: this run trains on "
+                "the CPU, where the optimizer state already lives in host memory\n", o->cfg_path);
+    if (r->cfg.zero.offload_param.device == RT_OFFLOAD_CPU) {
+        if (r->cfg.zero.stage != 3)
+            fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: no effect below ZeRO stage 3 "
+                    "(DeepSpeed uses it at stage 3 only)\n", o->cfg_path);
+        else if (!strcmp(dev, "cpu"))
+            fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: no effect: this run trains on the "
+                    "CPU, where the parameters already live in host memory\n", o->cfg_path);
+    }
+    if (r->cfg.zero.stage3_gather_16bit_weights_on_model_save && !o->save_dir)
+        fprintf(stderr, "dstrain: warning: %s: zero_optimization.stage3_gather_16bit_weights_on_model_save: no "
+                "effect without --save_dir / --output_dir (nothing is saved)\n", o->cfg_path);
 }
 
 /* Config, data, model and engine. Returns -1 to go on, else the exit code. */
 static int setup(run *r) {
-    const rt_opts *o = r->o;
+    rt_opts *o = r->o;
     dsckpt_status st;
     r->clean_exit = true;
     rt_args hf = o->hf;
-    if (rt_config_load(o->cfg_path, &hf, r->W, &r->cfg)) return fail(r, 2);
-    if (o->logging_steps) r->cfg.steps_per_print = o->logging_steps; /* --logging_steps */
     if (rt_data_open(o->data_path, o->seq_len, RT_DATA_EVAL_FRACTION_DEFAULT, &r->data)) return fail(r, 2);
+    /* An epoch: as many samples as windows of seq_len + 1 tokens fit in the train part. */
+    hf.samples_per_epoch = rt_data_train_bytes(r->data) / (o->seq_len + 1);
+    if (rt_config_load(o->cfg_path, &hf, r->W, &r->cfg)) return fail(r, 2);
+    r->steps_per_epoch = r->cfg.steps_per_epoch;
+    if (r->cfg.max_steps_from_epochs) o->max_steps = r->cfg.max_steps_from_epochs; /* --num_train_epochs */
+    if (o->logging_steps) r->cfg.steps_per_print = o->logging_steps; /* --logging_steps */
     rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)o->seq_len, .n_layer = (int)o->n_layer,
                        .n_head = (int)o->n_head, .n_embd = (int)o->n_embd};
     if (rt_model_create(&mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
     if ((st = rt_engine_create(&r->cfg, r->comm, r->model, o->seed, &r->eng)))
         return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
     r->clean_exit = false;
+    if (r->rank == 0) config_warnings(r);
     return -1;
 }
 
