@@ -37,7 +37,7 @@ int exit_for(dsckpt_status st) {
     case DSCKPT_EEXIST: return EXIT_EXISTS;
     case DSCKPT_ECORRUPT:
     case DSCKPT_ECHECKSUM:
-    case DSCKPT_EVERSION: return EXIT_CORRUPT;
+    case DSCKPT_EVERSION: /* a newer format version: valid, but not ours to read */
     case DSCKPT_EUNSUPPORTED: return EXIT_UNSUPPORTED;
     case DSCKPT_EINTERNAL: return EXIT_INTERNAL;
     default: return EXIT_UNREADABLE;
@@ -115,6 +115,9 @@ bool parse_size(const char *s, uint64_t *out) {
     }
     return false;
 }
+
+#define DS_STR_(x) #x
+#define DS_STR(x) DS_STR_(x)
 
 bool parse_int(const char *s, long lo, long hi, long *out) {
     char *end;
@@ -388,6 +391,9 @@ static const char reshard_help[] =
     "                      --format deepspeed from a DeepSpeed source: leave out\n"
     "                      the entries whose pickles refer to anything outside the\n"
     "                      allow-list (a warning lists them) instead of refusing\n"
+    "      --compress[=L]  native format: zstd-compressed rank files (byte-plane\n"
+    "                      shuffled, level L 1-22, default " DS_STR(DSCKPT_COMPRESS_DEFAULT_LEVEL) "); readers\n"
+    "                      decompress transparently (docs/native-format.md)\n"
     "  -j, --threads N     worker threads (default: all CPUs)\n"
     "      --json          a summary of what was written as JSON on stdout\n"
     "  -q, --quiet         no progress bar (the summary line stays)\n"
@@ -402,6 +408,18 @@ static const char reshard_help[] =
     "stops with exit 1 naming the file and chunk, and nothing is written (the new\n"
     "checkpoint's fresh digests never cover damaged data). A failed or interrupted\n"
     "run (SIGINT, SIGTERM) leaves nothing behind.\n";
+
+/* --compress[=LEVEL]: no value is the default level. */
+static bool parse_compress(const char *arg, int *level) {
+    long v;
+    if (!arg) {
+        *level = DSCKPT_COMPRESS_DEFAULT_LEVEL;
+        return true;
+    }
+    if (!parse_int(arg, 1, 22, &v)) return false;
+    *level = (int)v;
+    return true;
+}
 
 /* "native" or "deepspeed"; false for anything else. */
 static bool parse_format(const char *s, dsckpt_format *f) {
@@ -441,6 +459,7 @@ static int cmd_reshard(int argc, char **argv) {
         {"quiet", no_argument, 0, 'q'},        {"help", no_argument, 0, 'h'},
         {"format", required_argument, 0, 'F'}, {"no-verify", no_argument, 0, 'V'},
         {"json", no_argument, 0, 'J'},         {"drop-unknown-objects", no_argument, 0, 'U'},
+        {"compress", optional_argument, 0, 'Z'},
         {0, 0, 0, 0}};
     dsckpt_reshard_opts o;
     dsckpt_reshard_opts_init(&o);
@@ -480,6 +499,10 @@ static int cmd_reshard(int argc, char **argv) {
             break;
         case 'V': co.no_verify = true; break;
         case 'U': o.drop_unknown_objects = 1; break;
+        case 'Z':
+            if (!parse_compress(optarg, &o.compress_level))
+                RESHARD_ERR("--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            break;
         default:
             if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
         }
@@ -857,6 +880,8 @@ static const char synth_help[] =
     "      --seed N          value seed (default 1)\n"
     "      --step N          step; the tag is global_step<N> (default 100)\n"
     "      --format F        native (default) or deepspeed\n"
+    "      --compress[=L]    zstd-compressed rank files (native; level 1-22,\n"
+    "                        default " DS_STR(DSCKPT_COMPRESS_DEFAULT_LEVEL) ")\n"
     "      --force           replace an existing output\n"
     "  -j, --threads N       worker threads (default: all CPUs)\n"
     "  -q, --quiet           no progress bar (the summary line stays)\n"
@@ -869,7 +894,8 @@ static int cmd_synth(int argc, char **argv) {
         {"dtype", required_argument, 0, 'd'}, {"seed", required_argument, 0, 'S'},
         {"step", required_argument, 0, 'n'}, {"force", no_argument, 0, 'f'},
         {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'}, {"format", required_argument, 0, 'F'}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'}, {"format", required_argument, 0, 'F'},
+        {"compress", optional_argument, 0, 'Z'}, {0, 0, 0, 0}};
     dsckpt_synth_opts o;
     dsckpt_synth_opts_init(&o);
     common co = {0};
@@ -911,6 +937,10 @@ static int cmd_synth(int argc, char **argv) {
         case 'F':
             if (!parse_format(optarg, &o.format))
                 return usage_error("synth", "--format must be native or deepspeed (got '%s')", optarg);
+            break;
+        case 'Z':
+            if (!parse_compress(optarg, &o.compress_level))
+                return usage_error("synth", "--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
             break;
         default:
             if (common_opt(c, "synth", synth_help, &co, &rc)) return rc;

@@ -45,6 +45,7 @@ void ds_files_free(ds_file *files, size_t n) {
         free(files[i].name);
         free(files[i].path);
         ds_digests_clear(&files[i].dg);
+        free(files[i].zc);
     }
     free(files);
 }

@@ -42,14 +42,25 @@ typedef struct ds_frag {
     dsckpt_dtype dtype;    /* stored dtype */
 } ds_frag;
 
+typedef struct ds_zrec ds_zrec; /* zchunk.h */
+
 typedef struct ds_file {
     char *name;   /* relative to the tag directory */
     char *path;   /* full path */
     int rank;
-    uint64_t size;
+    uint64_t size;        /* raw bytes: what fragments point into */
     bool has_digests;
-    ds_digests dg;
+    ds_digests dg;        /* of the stored bytes, chunk by chunk */
+    /* A compressed rank file (manifest version 2, libckpt/zfile.h): raw chunk k is
+     * stored at zc[k] (dg.nchunks entries); the file on disk has stored_size bytes.
+     * For an uncompressed file `compressed` is false and zc NULL. */
+    bool compressed;
+    uint64_t stored_size;
+    ds_zrec *zc;
 } ds_file;
+
+/* The file's size on disk: stored_size for a compressed file, else size. */
+static inline uint64_t ds_file_disk_size(const ds_file *f) { return f->compressed ? f->stored_size : f->size; }
 
 /* The model a checkpoint was trained as: the manifest's optional "model" object
  * (docs/native-format.md), written by dstrain, carried unchanged by reshard and

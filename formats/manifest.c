@@ -6,6 +6,7 @@
 #include "fsutil.h"
 #include "names.h"
 #include "safetensors.h" /* ST_MAX_OFFSET: the bound on dimensions and element counts */
+#include "zchunk.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -133,7 +134,52 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
     return DSCKPT_OK;
 }
 
-static dsckpt_status parse_file(const cJSON *jf, size_t i, ds_manifest *c, ds_file *f, const char *what) {
+/* The chunk list of a compressed file (version 2): for raw chunk k,
+ * [raw_offset, raw_size, stored_offset, stored_size, "zstd"|"raw", width, "<sha256 of the stored bytes>"],
+ * raw chunks in order, stored chunks back to back from offset 0 up to stored_size. */
+static dsckpt_status parse_zchunks(const cJSON *ch, const char *name, ds_file *f, uint64_t stored_size,
+                                   const char *what) {
+    DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, sizeof *f->zc, &f->zc));
+    uint64_t spos = 0;
+    size_t k = 0;
+    for (const cJSON *e = ch->child; e; e = e->next, k++) {
+        uint64_t v[4], w;
+        const cJSON *x = e->child;
+        if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 7)
+            return bad(what, "%s: chunks[%zu] must be [raw_offset, raw_size, stored_offset, stored_size, kind, width, sha256]",
+                       name, k);
+        for (int j = 0; j < 4; j++, x = x->next)
+            if (!get_u64(x, MAX_SAFE_INT, &v[j]))
+                return bad(what, "%s: chunks[%zu][%d] must be a non-negative integer", name, k, j);
+        int kind = cJSON_IsString(x) ? ds_zchunk_kind_parse(x->valuestring) : -1;
+        if (kind < 0) return bad(what, "%s: chunks[%zu]: kind must be \"zstd\" or \"raw\"", name, k);
+        x = x->next;
+        if (!get_u64(x, 8, &w)) return bad(what, "%s: chunks[%zu]: bad shuffle width", name, k);
+        x = x->next;
+        if (!cJSON_IsString(x) || !ds_unhex32(x->valuestring, f->dg.chunks[k]))
+            return bad(what, "%s: chunks[%zu]: digest is not 64 hex digits", name, k);
+        uint64_t rb = (uint64_t)k * f->dg.chunk_size, rn = DS_MIN(f->dg.chunk_size, f->size - rb);
+        if (v[0] != rb || v[1] != rn)
+            return bad(what, "%s: chunks[%zu] covers raw bytes [%llu, +%llu); chunk %zu of %llu-byte chunks is [%llu, +%llu)",
+                       name, k, (unsigned long long)v[0], (unsigned long long)v[1], k,
+                       (unsigned long long)f->dg.chunk_size, (unsigned long long)rb, (unsigned long long)rn);
+        if (v[2] != spos)
+            return bad(what, "%s: chunks[%zu] is stored at byte %llu, right after the previous chunk is %llu", name, k,
+                       (unsigned long long)v[2], (unsigned long long)spos);
+        char cw[300];
+        snprintf(cw, sizeof cw, "%s: %s: chunks[%zu]", what, name, k);
+        DS_TRY(ds_zchunk_check((ds_zchunk_kind)kind, (int)w, v[3], rn, cw));
+        f->zc[k] = (ds_zrec){.off = v[2], .size = v[3], .kind = (uint8_t)kind, .width = (uint8_t)w};
+        spos += v[3]; /* each at most its raw size: no overflow */
+    }
+    if (spos != stored_size)
+        return bad(what, "%s: the stored chunks end at byte %llu, but stored_size is %llu", name,
+                   (unsigned long long)spos, (unsigned long long)stored_size);
+    return DSCKPT_OK;
+}
+
+static dsckpt_status parse_file(const cJSON *jf, size_t i, uint64_t ver, ds_manifest *c, ds_file *f,
+                                const char *what) {
     char ctx[64];
     snprintf(ctx, sizeof ctx, "files[%zu]", i);
     const char *name = NULL, *sha = NULL;
@@ -149,6 +195,21 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, ds_manifest *c, ds_fi
     if (chunk == 0) return bad(what, "%s: chunk_size must be positive", name);
     f->rank = (int)rank;
     f->size = size;
+    f->stored_size = size;
+    const cJSON *jc = cJSON_GetObjectItemCaseSensitive(jf, "compression");
+    if (jc) {
+        if (ver < DS_MANIFEST_VERSION_COMPRESSED)
+            return bad(what, "%s: \"compression\" in a version %llu manifest (compressed files need version %d)", name,
+                       (unsigned long long)ver, DS_MANIFEST_VERSION_COMPRESSED);
+        if (!cJSON_IsString(jc) || strcmp(jc->valuestring, "zstd") != 0)
+            return ds_err(DSCKPT_EUNSUPPORTED, "%s: %s: compression '%.64s' (this dsckpt reads zstd)", what, name,
+                          cJSON_IsString(jc) ? jc->valuestring : "?");
+        if (chunk > DS_ZCHUNK_MAX_RAW)
+            return bad(what, "%s: chunk_size %llu of a compressed file (at most %llu)", name, (unsigned long long)chunk,
+                       (unsigned long long)DS_ZCHUNK_MAX_RAW);
+        DS_TRY(field_u64(jf, "stored_size", MAX_SAFE_INT, &f->stored_size, what, name));
+        f->compressed = true;
+    }
     DS_TRY(field_str(jf, "sha256", &sha, what, name));
     if (!ds_unhex32(sha, f->dg.file)) return bad(what, "%s: \"sha256\" is not 64 hex digits", name);
     const cJSON *ch = cJSON_GetObjectItemCaseSensitive(jf, "chunks");
@@ -162,6 +223,11 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, ds_manifest *c, ds_fi
     f->dg.chunk_size = chunk;
     f->dg.nchunks = (size_t)want;
     if (want) DS_TRY(ds_calloc((size_t)want, sizeof *f->dg.chunks, &f->dg.chunks));
+    if (f->compressed) {
+        DS_TRY(parse_zchunks(ch, name, f, f->stored_size, what));
+        f->has_digests = true;
+        return DSCKPT_OK;
+    }
     size_t k = 0;
     for (const cJSON *e = ch->child; e; e = e->next, k++) {
         if (!cJSON_IsString(e) || !ds_unhex32(e->valuestring, f->dg.chunks[k]))
@@ -313,9 +379,9 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     if (strcmp(fmt, "dsckpt") != 0) return bad(what, "format is '%s', expected 'dsckpt'", fmt);
     uint64_t ver, step, ws, stage, ngroups;
     DS_TRY(field_u64(root, "version", 1000, &ver, what, "manifest"));
-    if (ver != DS_MANIFEST_VERSION)
-        return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads version %d (upgrade dsckpt)",
-                      what, (unsigned long long)ver, DS_MANIFEST_VERSION);
+    if (ver != DS_MANIFEST_VERSION && ver != DS_MANIFEST_VERSION_COMPRESSED)
+        return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads versions %d and %d (upgrade dsckpt)",
+                      what, (unsigned long long)ver, DS_MANIFEST_VERSION, DS_MANIFEST_VERSION_COMPRESSED);
     DS_TRY(field_str(root, "tag", &tag, what, "manifest"));
     /* The tag names the output directory of reshard and universal: data, not a path. */
     DS_TRY(ds_name_check(tag, strlen(tag), DSCKPT_ECORRUPT, what, "tag"));
@@ -371,7 +437,7 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     for (const cJSON *e = jf->child; e; e = e->next, i++) {
         c->nfiles = i + 1;
         if (!cJSON_IsObject(e)) return bad(what, "files[%zu] must be an object", i);
-        DS_TRY(parse_file(e, i, c, &c->files[i], what));
+        DS_TRY(parse_file(e, i, ver, c, &c->files[i], what));
     }
     c->nfiles = nf;
     char **fnames = malloc((nf ? nf : 1) * sizeof *fnames);
@@ -417,7 +483,12 @@ dsckpt_status ds_manifest_build(const ds_manifest *c, char **json_out) {
     if (!root) return ds_err(DSCKPT_ENOMEM, "out of memory building a manifest");
     bool ok = true;
     ok &= cJSON_AddStringToObject(root, "format", "dsckpt") != NULL;
-    ok &= cJSON_AddItemToObject(root, "version", num(DS_MANIFEST_VERSION));
+    bool compressed = false;
+    for (size_t i = 0; i < c->nfiles; i++) compressed |= c->files[i].compressed;
+    /* Version 2 only when a file is compressed: an uncompressed checkpoint stays
+     * byte for byte what version 1 writers wrote, and readable by them. */
+    ok &= cJSON_AddItemToObject(root, "version",
+                                num(compressed ? DS_MANIFEST_VERSION_COMPRESSED : DS_MANIFEST_VERSION));
     ok &= cJSON_AddStringToObject(root, "tag", c->tag) != NULL;
     ok &= cJSON_AddItemToObject(root, "step", num((uint64_t)c->step));
     ok &= cJSON_AddItemToObject(root, "world_size", num((uint64_t)c->world_size));
@@ -485,13 +556,35 @@ dsckpt_status ds_manifest_build(const ds_manifest *c, char **json_out) {
         ok &= cJSON_AddItemToObject(o, "rank", num((uint64_t)f->rank));
         ok &= cJSON_AddItemToObject(o, "size", num(f->size));
         ok &= cJSON_AddItemToObject(o, "chunk_size", num(f->dg.chunk_size));
+        if (f->compressed) {
+            ok &= cJSON_AddStringToObject(o, "compression", "zstd") != NULL;
+            ok &= cJSON_AddItemToObject(o, "stored_size", num(f->stored_size));
+        }
         ds_hex(f->dg.file, DS_SHA256_LEN, hex);
         ok &= cJSON_AddStringToObject(o, "sha256", hex) != NULL;
         cJSON *ch = cJSON_AddArrayToObject(o, "chunks");
         ok &= ch != NULL;
         for (size_t k = 0; ok && k < f->dg.nchunks; k++) {
             ds_hex(f->dg.chunks[k], DS_SHA256_LEN, hex);
-            ok &= cJSON_AddItemToArray(ch, cJSON_CreateString(hex));
+            if (!f->compressed) {
+                ok &= cJSON_AddItemToArray(ch, cJSON_CreateString(hex));
+                continue;
+            }
+            const ds_zrec *z = &f->zc[k];
+            uint64_t rb = (uint64_t)k * f->dg.chunk_size;
+            cJSON *e = cJSON_CreateArray();
+            ok &= e && cJSON_AddItemToArray(ch, e);
+            if (!ok) {
+                cJSON_Delete(e);
+                break;
+            }
+            ok &= cJSON_AddItemToArray(e, num(rb));
+            ok &= cJSON_AddItemToArray(e, num(DS_MIN(f->dg.chunk_size, f->size - rb)));
+            ok &= cJSON_AddItemToArray(e, num(z->off));
+            ok &= cJSON_AddItemToArray(e, num(z->size));
+            ok &= cJSON_AddItemToArray(e, cJSON_CreateString(ds_zchunk_kind_name((ds_zchunk_kind)z->kind)));
+            ok &= cJSON_AddItemToArray(e, num(z->width));
+            ok &= cJSON_AddItemToArray(e, cJSON_CreateString(hex));
         }
     }
     if (ok && c->has_model) {

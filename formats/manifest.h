@@ -27,6 +27,9 @@
 #define DS_MANIFEST_NAME "manifest.json"
 #define DS_MANIFEST_MAX (512u << 20)
 #define DS_MANIFEST_VERSION 1
+/* Written only when some rank file is compressed (docs/native-format.md); version
+ * 1 readers refuse it. */
+#define DS_MANIFEST_VERSION_COMPRESSED 2
 
 /* A parsed manifest: the header fields, tensors, fragments and files it lists, its
  * "model" object, and the parsed tree (whose "state", "ds_config" and "metrics"

@@ -26,7 +26,7 @@
 /* The largest raw chunk a compressed checkpoint may have (the chunk size limit). */
 #define DS_ZCHUNK_MAX_RAW ((uint64_t)1 << 28)
 /* The compression level used when none is given (bench/compress.sh measured it). */
-#define DS_ZCHUNK_DEFAULT_LEVEL 1
+#define DS_ZCHUNK_DEFAULT_LEVEL DSCKPT_COMPRESS_DEFAULT_LEVEL
 
 typedef enum ds_zchunk_kind {
     DS_ZCHUNK_RAW = 0,  /* stored bytes are the raw bytes */

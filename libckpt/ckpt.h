@@ -18,6 +18,11 @@
 #include "internal.h"
 #include "stream.h"
 
+typedef struct st_header st_header; /* safetensors.h */
+/* The safetensors header of a native rank file's raw bytes (decoded from its
+ * first chunks when compressed), opened as fd. */
+dsckpt_status ds_file_read_header(const ds_file *f, int fd, st_header **out);
+
 struct dsckpt_ckpt {
     char *format;      /* "dsckpt" (native) or "deepspeed" */
     char *root;        /* save root, or NULL when opened as a tag directory */
@@ -71,10 +76,12 @@ static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
 /* Open read descriptors for every file of a checkpoint, shared by worker threads
  * (pread is thread-safe). */
 typedef struct ds_vfile ds_vfile; /* readcheck.c */
+typedef struct ds_zcache ds_zcache; /* zfile.h */
 typedef struct ds_fdset {
     int *fd;
     size_t n;
-    ds_vfile *vf; /* per file, when reads are checked (NULL with dsckpt_ckpt_set_read_check(c, 0)) */
+    ds_vfile *vf; /* per file, when reads are checked or a file is compressed (else NULL) */
+    ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
 } ds_fdset;
 dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
 void ds_fdset_close(ds_fdset *fs);

@@ -6,6 +6,7 @@
 
 #include "fsutil.h"
 #include "manifest.h"
+#include "zfile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,13 @@ dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_na
     dsckpt_status st = ds_ckpt_new(&o->c);
     dsckpt_ckpt *c = o->c;
     o->chunk_size = sp->chunk_size ? sp->chunk_size : DS_DEFAULT_CHUNK;
+    o->compress_level = sp->compress_level;
     if (st == DSCKPT_OK && !ds_safe_name(sp->tag)) st = ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", sp->tag);
+    if (st == DSCKPT_OK && o->compress_level && !ds_zchunk_level_ok(o->compress_level))
+        st = ds_err(DSCKPT_EINVAL, "compression level %d (zstd levels are 1 to 22)", o->compress_level);
+    if (st == DSCKPT_OK && o->compress_level && o->chunk_size > DS_ZCHUNK_MAX_RAW)
+        st = ds_err(DSCKPT_EINVAL, "chunk size %llu: compressed chunks are at most %llu bytes",
+                    (unsigned long long)o->chunk_size, (unsigned long long)DS_ZCHUNK_MAX_RAW);
     if (st == DSCKPT_OK) st = ds_layout_make(sp->tensors, sp->ntensors, sp->ngroups, sp->stage, sp->world_size, &o->layout);
     if (st) goto fail;
     c->format = ds_strdup("dsckpt");
@@ -117,6 +124,21 @@ uint64_t ds_native_total_bytes(const ds_native_out *o) {
     return t;
 }
 
+/* The rank file's output: a plain stream (hashed by fixed chunks) or the
+ * compressing writer (hashing the stored chunks). */
+typedef struct rank_out {
+    ds_stream *s;
+    ds_zwriter *z;
+} rank_out;
+
+static dsckpt_status out_write(rank_out *w, const void *p, size_t n) {
+    return w->z ? ds_zwriter_write(w->z, p, n) : ds_stream_write(w->s, p, n);
+}
+static dsckpt_status out_zeros(rank_out *w, uint64_t n) {
+    return w->z ? ds_zwriter_write_zeros(w->z, n) : ds_stream_write_zeros(w->s, n);
+}
+static uint64_t out_pos(const rank_out *w) { return w->z ? ds_zwriter_pos(w->z) : ds_stream_pos(w->s); }
+
 dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
                                    ds_progress *prog) {
     ds_file *f = &o->c->files[rank];
@@ -125,20 +147,24 @@ dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, 
     char *tmp = ds_tmp_sibling(f->path);
     if (!tmp) return DSCKPT_ENOMEM;
     uint8_t *blk = NULL;
-    ds_stream *s = NULL;
+    rank_out w = {NULL, NULL};
     dsckpt_status st = ds_malloc(FILL_BLOCK_BYTES, &blk);
-    if (st == DSCKPT_OK) st = ds_stream_create(tmp, o->chunk_size, &s);
+    if (st == DSCKPT_OK)
+        st = o->compress_level ? ds_zwriter_create(tmp, o->chunk_size, o->compress_level, &w.z)
+                               : ds_stream_create(tmp, o->chunk_size, &w.s);
     if (st) goto done;
-    DS_TRYGOTO(ds_stream_write(s, rp->plan->header, rp->plan->header_bytes), done);
+    if (w.z) ds_zwriter_set_width(w.z, 1);
+    DS_TRYGOTO(out_write(&w, rp->plan->header, rp->plan->header_bytes), done);
     for (size_t k = 0; k < rp->plan->n; k++) {
         size_t e = rp->plan->order[k];
         const ds_buf *b = &rl->bufs[rp->entries[e].buf];
         ds_state state = rp->entries[e].state;
         size_t es = dsckpt_dtype_size(b->dtype);
+        if (w.z) ds_zwriter_set_width(w.z, (int)es);
         uint64_t pos = 0; /* element position in the buffer */
         for (size_t p = 0; p <= b->npieces; p++) {
             uint64_t next = p < b->npieces ? b->pieces[p].buf_off : b->len;
-            if (next > pos) DS_TRYGOTO(ds_stream_write_zeros(s, (next - pos) * es), done); /* padding */
+            if (next > pos) DS_TRYGOTO(out_zeros(&w, (next - pos) * es), done); /* padding */
             pos = next;
             if (p == b->npieces) break;
             const ds_piece *pc = &b->pieces[p];
@@ -150,26 +176,36 @@ dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, 
                 }
                 uint64_t n = DS_MIN(per, pc->numel - i);
                 DS_TRYGOTO(fill(user, state, pc->tensor, pc->start + i, n, blk, worker), done);
-                DS_TRYGOTO(ds_stream_write(s, blk, (size_t)(n * es)), done);
+                DS_TRYGOTO(out_write(&w, blk, (size_t)(n * es)), done);
                 ds_progress_add(prog, n * es);
             }
             pos += pc->numel;
         }
     }
-    if (ds_stream_pos(s) != f->size) {
+    if (out_pos(&w) != f->size) {
         st = ds_err(DSCKPT_EINTERNAL, "%s: wrote %llu bytes, planned %llu", f->path,
-                    (unsigned long long)ds_stream_pos(s), (unsigned long long)f->size);
+                    (unsigned long long)out_pos(&w), (unsigned long long)f->size);
         goto done;
     }
     ds_digests_clear(&f->dg);
-    st = ds_stream_finish(s, &f->dg);
-    s = NULL;
+    free(f->zc);
+    f->zc = NULL;
+    if (w.z) {
+        st = ds_zwriter_finish(w.z, &f->dg, &f->zc, &f->stored_size);
+        w.z = NULL;
+        f->compressed = st == DSCKPT_OK;
+    } else {
+        st = ds_stream_finish(w.s, &f->dg);
+        w.s = NULL;
+        f->stored_size = f->size;
+    }
     if (st == DSCKPT_OK) {
         f->has_digests = true;
         st = ds_rename_durable(tmp, f->path, true);
     }
 done:
-    ds_stream_abort(s);
+    ds_stream_abort(w.s);
+    ds_zwriter_abort(w.z);
     if (st) unlink(tmp);
     free(tmp);
     free(blk);

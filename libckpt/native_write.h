@@ -29,6 +29,7 @@ typedef struct ds_native_out {
     ds_layout *layout;
     ds_rank_plan *plans;   /* one per file */
     uint64_t chunk_size;
+    int compress_level;    /* 0: plain rank files; else zstd level (zfile.h) */
 } ds_native_out;
 
 typedef struct ds_native_spec {
@@ -45,6 +46,8 @@ typedef struct ds_native_spec {
     const cJSON *metrics;     /* may be NULL */
     const ds_model_info *model; /* the manifest's "model"; NULL = none */
     uint64_t chunk_size;      /* 0 = DS_DEFAULT_CHUNK */
+    int compress_level;       /* 0 = uncompressed (manifest version 1); 1..22: compressed
+                                 rank files at this zstd level (version 2, zfile.h) */
 } ds_native_spec;
 
 /* Plans a checkpoint to be written into the (existing) tag directory `dir`. */

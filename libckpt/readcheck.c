@@ -10,9 +10,16 @@
  * (reading the remainder once), and no requested byte is read twice by the thread
  * that checks it. Readers run on the existing worker threads (parallel.c), so the
  * hashing is spread over every core the operation uses.
+ *
+ * Compressed rank files (zfile.h) are read through a bounded cache of decoded
+ * chunks shared by the threads: the first reader of a chunk preads its stored
+ * bytes, hashes them (once per run, when checks are on), decodes them into a
+ * cache slot; readers copy their part out of the slot. Only the chunks a command
+ * touches are read and decoded, each normally once.
  */
 #include "ckpt.h"
 #include "fsutil.h"
+#include "zfile.h"
 #include "zip.h"
 
 #include <openssl/evp.h>
@@ -29,6 +36,7 @@ enum { U_FRESH = 0, U_CHECKING, U_OK, U_BAD };
 struct ds_vfile {
     bool on;            /* this file's reads are checked */
     bool sha;           /* native chunks (else zip members) */
+    bool z;             /* a compressed file: reads go through fs->zcache */
     size_t n;           /* units */
     atomic_uchar *state;
     zip_archive *zip;   /* DeepSpeed: members */
@@ -36,7 +44,10 @@ struct ds_vfile {
 };
 
 void ds_fdset_check_free(ds_fdset *fs) {
-    if (!fs || !fs->vf) return;
+    if (!fs) return;
+    ds_zcache_free(fs->zcache);
+    fs->zcache = NULL;
+    if (!fs->vf) return;
     for (size_t i = 0; i < fs->n; i++) {
         free(fs->vf[i].state);
         zip_free(fs->vf[i].zip);
@@ -62,13 +73,26 @@ static void sort_members(const zip_archive *z, size_t *ix, size_t *tmp, size_t n
 
 dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->vf = NULL;
-    if (c->no_read_check || c->nfiles == 0) return DSCKPT_OK;
+    fs->zcache = NULL;
+    bool anyz = false;
+    for (size_t i = 0; i < c->nfiles; i++) anyz |= c->files[i].compressed;
+    /* Compressed files are read through the cache even with the checks off. */
+    if ((c->no_read_check && !anyz) || c->nfiles == 0) return DSCKPT_OK;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->vf, &fs->vf));
     dsckpt_status st = DSCKPT_OK;
+    /* A slot per worker thread and two spare: at most that many chunks decoded
+     * at once (slots x (raw + stored chunk size) of memory). */
+    if (anyz) st = ds_zcache_new((size_t)ds_thread_count(0) + 2, &fs->zcache);
     for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) {
         const ds_file *f = &c->files[i];
         ds_vfile *v = &fs->vf[i];
-        if (f->has_digests) {
+        if (f->compressed) {
+            v->z = true;
+            v->sha = true;
+            v->n = f->dg.nchunks;
+        } else if (c->no_read_check) {
+            continue; /* v->on false: plain preads */
+        } else if (f->has_digests) {
             v->sha = true;
             v->n = f->dg.nchunks;
         } else {
@@ -94,15 +118,18 @@ dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
             }
             for (size_t k = 0; k < v->n; k++) atomic_init(&v->state[k], U_FRESH);
         }
-        v->on = true;
+        v->on = !c->no_read_check;
     }
     if (st) ds_fdset_check_free(fs);
     return st;
 }
 
-/* Bounds of unit k: [*beg, *end). */
+/* Bounds of unit k: [*beg, *end) (of the stored bytes of a compressed file). */
 static void unit_bounds(const ds_file *f, const ds_vfile *v, size_t k, uint64_t *beg, uint64_t *end) {
-    if (v->sha) {
+    if (v->z) {
+        *beg = f->zc[k].off;
+        *end = f->zc[k].off + f->zc[k].size;
+    } else if (v->sha) {
         *beg = (uint64_t)k * f->dg.chunk_size;
         *end = DS_MIN(*beg + f->dg.chunk_size, f->size);
     } else {
@@ -133,6 +160,13 @@ static size_t unit_of(const ds_file *f, const ds_vfile *v, uint64_t off) {
 static dsckpt_status unit_failed(const ds_file *f, const ds_vfile *v, size_t k) {
     uint64_t b, e;
     unit_bounds(f, v, k, &b, &e);
+    if (v->z)
+        return ds_err(DSCKPT_ECHECKSUM,
+                      "%s: chunk %zu (stored bytes %llu..%llu, raw bytes %llu..%llu): SHA-256 mismatch: the file is "
+                      "damaged (dsckpt verify lists every bad chunk)",
+                      f->path, k, (unsigned long long)b, (unsigned long long)e,
+                      (unsigned long long)((uint64_t)k * f->dg.chunk_size),
+                      (unsigned long long)DS_MIN((uint64_t)(k + 1) * f->dg.chunk_size, f->size));
     if (v->sha)
         return ds_err(DSCKPT_ECHECKSUM,
                       "%s: chunk %zu (bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt verify lists "
@@ -207,11 +241,64 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
     return st;
 }
 
+/* Fills a cache slot with raw chunk k (rn bytes) of compressed file f: reads the
+ * stored bytes, checks their SHA-256 unless this run already did (or checks are
+ * off), decodes. */
+static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t rn, ds_zslot *slot) {
+    const ds_zrec *z = &f->zc[k];
+    DS_TRY(ds_zslot_reserve(slot, (size_t)(rn ? rn : 1), (size_t)(z->size ? z->size : 1)));
+    DS_TRY(ds_pread_full(fd, slot->stored, (size_t)z->size, z->off, f->path));
+    if (v->on && atomic_load(&v->state[k]) != U_OK) {
+        uint8_t dg[DS_SHA256_LEN];
+        DS_TRY(ds_sha256(slot->stored, (size_t)z->size, dg));
+        if (memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) != 0) {
+            atomic_store(&v->state[k], U_BAD);
+            return unit_failed(f, v, k);
+        }
+        atomic_store(&v->state[k], U_OK);
+    }
+    char what[600];
+    snprintf(what, sizeof what, "%s: chunk %zu", f->path, k);
+    return ds_zchunk_decode(slot->dec, (ds_zchunk_kind)z->kind, z->width, slot->stored, (size_t)z->size, slot->raw,
+                            (size_t)rn, what);
+}
+
+/* Raw bytes [offset, offset+n) of a compressed file, through the chunk cache. */
+static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, uint8_t *dst, size_t n,
+                           uint64_t offset) {
+    ds_vfile *v = &fs->vf[file];
+    uint64_t end = offset + n;
+    for (uint64_t pos = offset; pos < end;) {
+        size_t k = (size_t)(pos / f->dg.chunk_size);
+        if (k >= v->n)
+            return ds_err(DSCKPT_ECORRUPT, "%s: raw byte %llu is in no chunk listed in the manifest", f->path,
+                          (unsigned long long)pos);
+        if (v->on && atomic_load(&v->state[k]) == U_BAD) return unit_failed(f, v, k);
+        uint64_t rb = (uint64_t)k * f->dg.chunk_size, rn = DS_MIN(f->dg.chunk_size, f->size - rb);
+        uint64_t take = DS_MIN(end, rb + rn) - pos;
+        bool must = false;
+        ds_zslot *slot = ds_zcache_acquire(fs->zcache, file, k, &must);
+        if (must) {
+            dsckpt_status st = load_zchunk(f, fs->fd[file], v, k, rn, slot);
+            ds_zcache_loaded(fs->zcache, slot, st == DSCKPT_OK);
+            if (st) {
+                ds_zcache_release(fs->zcache, slot);
+                return st;
+            }
+        }
+        memcpy(dst + (pos - offset), slot->raw + (pos - rb), (size_t)take);
+        ds_zcache_release(fs->zcache, slot);
+        pos += take;
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset) {
     const ds_file *f = &c->files[file];
     int fd = fs->fd[file];
     if (ds_interrupted()) return ds_err_interrupted();
+    if (fs->vf && fs->vf[file].z && n) return zread(f, fs, file, dst, n, offset);
     if (!fs->vf || !fs->vf[file].on || n == 0) return ds_pread_full(fd, dst, n, offset, f->path);
     ds_vfile *v = &fs->vf[file];
     uint8_t *out = dst;

@@ -11,6 +11,7 @@
 #include "hf_export.h"
 #include "native_write.h"
 #include "outsafe.h"
+#include "zchunk.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,10 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
         return ds_err(DSCKPT_EUNSUPPORTED, "%s: a .safetensors file holds weights only; it cannot be resharded", c->dir);
     if (opts->world_size < 1 || opts->world_size > 1000000)
         return ds_err(DSCKPT_EINVAL, "the world size must be between 1 and 1000000 (got %d)", opts->world_size);
+    if (opts->compress_level && opts->format != DSCKPT_FORMAT_NATIVE)
+        return ds_err(DSCKPT_EINVAL, "--compress writes the native format only");
+    if (opts->compress_level < 0 || (opts->compress_level && !ds_zchunk_level_ok(opts->compress_level)))
+        return ds_err(DSCKPT_EINVAL, "compression level %d (zstd levels are 1 to 22)", opts->compress_level);
     if (opts->format == DSCKPT_FORMAT_UNIVERSAL) return ds_universal_reshard(c, out, opts);
     int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
     if (stage > 3) return ds_err(DSCKPT_EINVAL, "the ZeRO stage must be 0, 1, 2 or 3 (got %d)", stage);
@@ -92,7 +97,7 @@ dsckpt_status dsckpt_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt
                            .world_size = opts->world_size, .tag = c->tag, .step = c->step,
                            .train_dtype = c->train_dtype, .state = carried(c, "state"),
                            .ds_config = carried(c, "ds_config"), .metrics = carried(c, "metrics"),
-                           .model = ds_ckpt_model(c)};
+                           .model = ds_ckpt_model(c), .compress_level = opts->compress_level};
     DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
     DS_TRYGOTO(ds_native_write_all(no, reshard_fill_fn, &rf, ds_thread_count(opts->threads), &prog), done);
     }

@@ -214,6 +214,10 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
     for (int i = 0; i < threads; i++) DS_TRYGOTO(ds_malloc(8u << 20, &scratch[i]), done); /* 2M elements as fp32 */
     synth_fill sf = {.seed = o->seed, .ts = ts, .scratch = scratch};
     ds_progress prog = {.fn = o->progress, .user = o->progress_user};
+    if (o->format == DSCKPT_FORMAT_DEEPSPEED && o->compress_level) {
+        st = ds_err(DSCKPT_EINVAL, "--compress writes the native format only");
+        goto done;
+    }
     if (o->format == DSCKPT_FORMAT_DEEPSPEED) {
         ds_dsw_spec ds = {.tensors = ts, .ntensors = nt, .stage = o->zero_stage, .world_size = o->world_size,
                           .step = o->step, .model_dtype = o->dtype, .ds_config = cfg, .state = state,
@@ -223,7 +227,7 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
         ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = o->zero_stage,
                                .world_size = o->world_size, .tag = tag, .step = o->step,
                                .train_dtype = dtype_short(o->dtype), .state = state, .ds_config = cfg,
-                               .metrics = metrics};
+                               .metrics = metrics, .compress_level = o->compress_level};
         DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &no), done);
         DS_TRYGOTO(ds_native_write_all(no, synth_fill_fn, &sf, threads, &prog), done);
     }

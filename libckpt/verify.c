@@ -19,6 +19,7 @@
 #include "safetensors.h"
 #include "stream.h"
 #include "unknown.h"
+#include "zchunk.h"
 #include "zip.h"
 
 #include <dirent.h>
@@ -134,13 +135,26 @@ static dsckpt_status crc_one(vctx *v, const hash_job *hj) {
     return DSCKPT_OK;
 }
 
+/* Bytes [*beg, *end) of the file on disk that chunk k's digest covers: the
+ * stored chunk of a compressed file (verify never decodes), else the chunk. */
+static void chunk_bounds(const ds_file *f, size_t k, uint64_t *beg, uint64_t *end) {
+    if (f->compressed) {
+        *beg = f->zc[k].off;
+        *end = f->zc[k].off + f->zc[k].size;
+    } else {
+        *beg = (uint64_t)k * f->dg.chunk_size;
+        *end = DS_MIN(*beg + f->dg.chunk_size, f->size);
+    }
+}
+
 static dsckpt_status hash_one(void *u, size_t j, int worker) {
     vctx *v = u;
     const hash_job *hj = &v->jobs[j];
     if (v->zips && v->zips[hj->file]) return crc_one(v, hj);
     const ds_file *f = &v->c->files[hj->file];
-    uint64_t off = (uint64_t)hj->chunk * f->dg.chunk_size;
-    uint64_t len = DS_MIN(f->dg.chunk_size, f->size - off);
+    uint64_t off, cend;
+    chunk_bounds(f, hj->chunk, &off, &cend);
+    uint64_t len = cend - off;
     EVP_MD_CTX *md = v->mds[worker];
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
     /* Map the chunk rather than pread it: hashing is the floor here, and copying
@@ -188,8 +202,8 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
     unsigned int dl = 0;
     if (EVP_DigestFinal_ex(md, dg, &dl) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
     if (memcmp(dg, f->dg.chunks[hj->chunk], DS_SHA256_LEN) != 0)
-        add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu): SHA-256 mismatch", f->name,
-                    hj->chunk, (unsigned long long)off, (unsigned long long)(off + len));
+        add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (%sbytes %llu..%llu): SHA-256 mismatch", f->name,
+                    hj->chunk, f->compressed ? "stored " : "", (unsigned long long)off, (unsigned long long)(off + len));
     return DSCKPT_OK;
 }
 
@@ -198,7 +212,7 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
 static bool check_file_structure(const dsckpt_ckpt *c, size_t i, int fd, dsckpt_verify_report *r) {
     const ds_file *f = &c->files[i];
     st_header *h = NULL;
-    dsckpt_status st = st_read_fd(fd, f->name, &h);
+    dsckpt_status st = f->compressed ? ds_file_read_header(f, fd, &h) : st_read_fd(fd, f->name, &h);
     if (st) {
         add_problem(r, sev_of(st), "%s", dsckpt_last_error());
         return true; /* still hash: the chunk digests locate the damage */
@@ -318,9 +332,10 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
             v.fds[i] = -1;
             continue;
         }
-        if (size != f->size) {
+        uint64_t want = ds_file_disk_size(f);
+        if (size != want) {
             add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %llu bytes, the manifest says %llu (%s)", f->name,
-                        (unsigned long long)size, (unsigned long long)f->size, size < f->size ? "truncated" : "extended");
+                        (unsigned long long)size, (unsigned long long)want, size < want ? "truncated" : "extended");
         }
         asize[i] = size;
         if (!f->has_digests) { /* a DeepSpeed .pt file: its zip members' CRC-32 */
@@ -349,7 +364,8 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
             continue;
         }
         for (size_t k = 0; k < f->dg.nchunks; k++) {
-            uint64_t beg = (uint64_t)k * f->dg.chunk_size, end = DS_MIN(beg + f->dg.chunk_size, f->size);
+            uint64_t beg, end;
+            chunk_bounds(f, k, &beg, &end);
             if (end > asize[i]) {
                 /* Past the end of a truncated file: already reported by size. */
                 add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu) missing from the file",

@@ -170,6 +170,10 @@ DSCKPT_API void dsckpt_consolidate_opts_init(dsckpt_consolidate_opts *o);
 DSCKPT_API dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out,
                                             const dsckpt_consolidate_opts *opts);
 
+/* The zstd level `--compress` uses when none is given (compress_level below;
+ * chosen by bench/compress.sh, figures in bench/RESULTS.md). */
+#define DSCKPT_COMPRESS_DEFAULT_LEVEL 1
+
 /* On-disk format of a checkpoint written by reshard and synth. */
 typedef enum dsckpt_format {
     DSCKPT_FORMAT_NATIVE = 0,   /* per-rank safetensors + manifest (docs/native-format.md) */
@@ -189,6 +193,8 @@ typedef struct dsckpt_reshard_opts {
     int drop_unknown_objects;  /* DEEPSPEED from a DeepSpeed source: leave out the client-state
                                   entries holding pickled objects outside the allow-list
                                   (dsckpt_ckpt_unknown_objects) instead of refusing */
+    int compress_level;        /* native format: 0 = plain rank files; 1..22 = zstd-compressed rank
+                                  files at this level (manifest version 2, docs/native-format.md) */
 } dsckpt_reshard_opts;
 DSCKPT_API void dsckpt_reshard_opts_init(dsckpt_reshard_opts *o);
 
@@ -428,6 +434,7 @@ typedef struct dsckpt_synth_opts {
     int threads;
     dsckpt_progress_fn progress; /* bytes of rank files written (may be NULL) */
     void *progress_user;
+    int compress_level;        /* native format: 0 = plain; 1..22 = zstd-compressed rank files */
 } dsckpt_synth_opts;
 DSCKPT_API void dsckpt_synth_opts_init(dsckpt_synth_opts *o);
 

@@ -1,0 +1,323 @@
+/*
+ * zfile.c — compressed rank files: the chunking writer and the shared cache of
+ * decoded chunks (see zfile.h).
+ */
+#include "zfile.h"
+
+#include "fsutil.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- writer ---- */
+
+struct ds_zwriter {
+    ds_stream *s;          /* the stored bytes (no hashing of its own) */
+    char *path;
+    uint64_t chunk_size;
+    ds_zchunk_enc *enc;
+    uint8_t *buf;          /* the raw chunk being filled */
+    size_t fill;
+    uint64_t wbytes[4];    /* bytes of this chunk written at width 1, 2, 4, 8 */
+    int wlog;              /* log2 of the current width */
+    uint64_t raw_pos, stored_pos;
+    ds_zrec *zc;
+    uint8_t (*dg)[DS_SHA256_LEN];
+    size_t n, cap;
+};
+
+void ds_zwriter_abort(ds_zwriter *w) {
+    if (!w) return;
+    ds_stream_abort(w->s);
+    ds_zchunk_enc_free(w->enc);
+    free(w->path);
+    free(w->buf);
+    free(w->zc);
+    free(w->dg);
+    free(w);
+}
+
+dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level, ds_zwriter **out) {
+    *out = NULL;
+    if (chunk_size == 0 || chunk_size > DS_ZCHUNK_MAX_RAW)
+        return ds_err(DSCKPT_EINVAL, "chunk size %llu for a compressed file (1 to %llu)",
+                      (unsigned long long)chunk_size, (unsigned long long)DS_ZCHUNK_MAX_RAW);
+    ds_zwriter *w = calloc(1, sizeof *w);
+    if (!w) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    w->chunk_size = chunk_size;
+    w->path = ds_strdup(path);
+    dsckpt_status st = w->path ? DSCKPT_OK : DSCKPT_ENOMEM;
+    if (st == DSCKPT_OK) st = ds_zchunk_enc_new(level, &w->enc);
+    if (st == DSCKPT_OK) st = ds_malloc((size_t)chunk_size, &w->buf);
+    if (st == DSCKPT_OK) st = ds_stream_create(path, 0, &w->s);
+    if (st) {
+        ds_zwriter_abort(w);
+        return st;
+    }
+    *out = w;
+    return DSCKPT_OK;
+}
+
+void ds_zwriter_set_width(ds_zwriter *w, int width) {
+    w->wlog = width >= 8 ? 3 : width >= 4 ? 2 : width >= 2 ? 1 : 0;
+}
+
+uint64_t ds_zwriter_pos(const ds_zwriter *w) { return w->raw_pos; }
+
+/* Stores the raw chunk in w->buf. */
+static dsckpt_status store_chunk(ds_zwriter *w) {
+    if (w->fill == 0) return DSCKPT_OK;
+    if (w->n == w->cap) {
+        size_t nc = w->cap ? 2 * w->cap : 64;
+        ds_zrec *zc = realloc(w->zc, nc * sizeof *zc);
+        if (!zc) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        w->zc = zc;
+        uint8_t(*dg)[DS_SHA256_LEN] = realloc(w->dg, nc * sizeof *dg);
+        if (!dg) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        w->dg = dg;
+        w->cap = nc;
+    }
+    int best = 0;
+    for (int i = 1; i < 4; i++)
+        if (w->wbytes[i] > w->wbytes[best]) best = i;
+    int width = 1 << best;
+    const uint8_t *stored;
+    size_t sn;
+    ds_zchunk_kind kind;
+    DS_TRY(ds_zchunk_encode(w->enc, w->buf, w->fill, width, &stored, &sn, &kind));
+    DS_TRY(ds_sha256(stored, sn, w->dg[w->n]));
+    DS_TRY(ds_stream_write(w->s, stored, sn));
+    w->zc[w->n] = (ds_zrec){.off = w->stored_pos, .size = sn, .kind = (uint8_t)kind,
+                            .width = (uint8_t)(kind == DS_ZCHUNK_ZSTD ? width : 1)};
+    w->n++;
+    w->stored_pos += sn;
+    w->fill = 0;
+    memset(w->wbytes, 0, sizeof w->wbytes);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n) {
+    const uint8_t *p = data;
+    while (n > 0) {
+        size_t k = (size_t)DS_MIN((uint64_t)n, w->chunk_size - w->fill);
+        memcpy(w->buf + w->fill, p, k);
+        w->fill += k;
+        w->wbytes[w->wlog] += k;
+        w->raw_pos += k;
+        p += k;
+        n -= k;
+        if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n) {
+    while (n > 0) {
+        size_t k = (size_t)DS_MIN(n, w->chunk_size - w->fill);
+        memset(w->buf + w->fill, 0, k);
+        w->fill += k;
+        w->wbytes[w->wlog] += k;
+        w->raw_pos += k;
+        n -= k;
+        if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
+    }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uint64_t *stored_size) {
+    dsckpt_status st = store_chunk(w);
+    ds_stream *s = w->s;
+    w->s = NULL;
+    if (st == DSCKPT_OK) st = ds_stream_finish(s, NULL);
+    else ds_stream_abort(s);
+    if (st == DSCKPT_OK) {
+        memset(dg, 0, sizeof *dg);
+        st = ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])w->dg, w->n, dg->file);
+        if (st) unlink(w->path);
+    }
+    if (st == DSCKPT_OK) {
+        dg->size = w->raw_pos;
+        dg->chunk_size = w->chunk_size;
+        dg->nchunks = w->n;
+        dg->chunks = w->dg;
+        *zc = w->zc;
+        *stored_size = w->stored_pos;
+        w->dg = NULL;
+        w->zc = NULL;
+    }
+    ds_zwriter_abort(w); /* the stream is gone: frees the rest */
+    return st;
+}
+
+/* ---- uncached reads ---- */
+
+dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
+                             void *dst, size_t n, uint64_t off, const char *what) {
+    uint64_t end;
+    if (ds_add_overflow(off, n, &end) || end > size)
+        return ds_err(DSCKPT_ECORRUPT, "%s: bytes [%llu, +%zu) lie outside its %llu raw bytes", what,
+                      (unsigned long long)off, n, (unsigned long long)size);
+    ds_zchunk_dec *dec = NULL;
+    uint8_t *stored = NULL, *raw = NULL;
+    dsckpt_status st = ds_zchunk_dec_new(&dec);
+    uint8_t *out = dst;
+    char cw[512];
+    for (uint64_t pos = off; st == DSCKPT_OK && pos < end;) {
+        size_t k = (size_t)(pos / chunk_size);
+        if (k >= nchunks) {
+            st = ds_err(DSCKPT_ECORRUPT, "%s: raw byte %llu is in no chunk", what, (unsigned long long)pos);
+            break;
+        }
+        uint64_t rb = (uint64_t)k * chunk_size, rn = DS_MIN(chunk_size, size - rb);
+        snprintf(cw, sizeof cw, "%s: chunk %zu", what, k);
+        st = ds_zchunk_check((ds_zchunk_kind)zc[k].kind, zc[k].width, zc[k].size, rn, cw);
+        free(stored);
+        free(raw);
+        stored = raw = NULL;
+        if (st == DSCKPT_OK) st = ds_malloc(zc[k].size ? (size_t)zc[k].size : 1, &stored);
+        if (st == DSCKPT_OK) st = ds_malloc(rn ? (size_t)rn : 1, &raw);
+        if (st == DSCKPT_OK) st = ds_pread_full(fd, stored, (size_t)zc[k].size, zc[k].off, what);
+        if (st == DSCKPT_OK)
+            st = ds_zchunk_decode(dec, (ds_zchunk_kind)zc[k].kind, zc[k].width, stored, (size_t)zc[k].size, raw,
+                                  (size_t)rn, cw);
+        if (st) break;
+        uint64_t take = DS_MIN(end, rb + rn) - pos;
+        memcpy(out + (pos - off), raw + (pos - rb), (size_t)take);
+        pos += take;
+    }
+    free(stored);
+    free(raw);
+    ds_zchunk_dec_free(dec);
+    return st;
+}
+
+/* ---- the cache of decoded chunks ---- */
+
+enum { Z_EMPTY = 0, Z_LOADING, Z_READY };
+
+typedef struct zent {
+    ds_zslot s; /* first: a ds_zslot * is a zent * */
+    uint32_t file;
+    size_t k;
+    int state;
+    int refs;
+    uint64_t used;
+} zent;
+
+struct ds_zcache {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    zent *e;
+    size_t n;
+    uint64_t tick;
+};
+
+dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out) {
+    *out = NULL;
+    if (slots == 0) slots = 1;
+    ds_zcache *z = calloc(1, sizeof *z);
+    if (!z) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    z->e = calloc(slots, sizeof *z->e);
+    if (!z->e) {
+        free(z);
+        return ds_err(DSCKPT_ENOMEM, "out of memory");
+    }
+    z->n = slots;
+    for (size_t i = 0; i < slots; i++) {
+        dsckpt_status st = ds_zchunk_dec_new(&z->e[i].s.dec);
+        if (st) {
+            z->n = i;
+            ds_zcache_free(z);
+            return st;
+        }
+    }
+    pthread_mutex_init(&z->mu, NULL);
+    pthread_cond_init(&z->cv, NULL);
+    *out = z;
+    return DSCKPT_OK;
+}
+
+void ds_zcache_free(ds_zcache *z) {
+    if (!z) return;
+    for (size_t i = 0; i < z->n; i++) {
+        free(z->e[i].s.raw);
+        free(z->e[i].s.stored);
+        ds_zchunk_dec_free(z->e[i].s.dec);
+    }
+    if (z->n) {
+        pthread_mutex_destroy(&z->mu);
+        pthread_cond_destroy(&z->cv);
+    }
+    free(z->e);
+    free(z);
+}
+
+ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load) {
+    pthread_mutex_lock(&z->mu);
+    for (;;) {
+        zent *hit = NULL, *victim = NULL;
+        for (size_t i = 0; i < z->n && !hit; i++) {
+            zent *e = &z->e[i];
+            if (e->state != Z_EMPTY && e->file == file && e->k == k) hit = e;
+            else if (e->state != Z_LOADING && e->refs == 0 &&
+                     (!victim || (victim->state != Z_EMPTY && (e->state == Z_EMPTY || e->used < victim->used))))
+                victim = e;
+        }
+        if (hit && hit->state == Z_READY) {
+            hit->refs++;
+            hit->used = ++z->tick;
+            pthread_mutex_unlock(&z->mu);
+            *must_load = false;
+            return &hit->s;
+        }
+        if (!hit && victim) {
+            victim->file = file;
+            victim->k = k;
+            victim->state = Z_LOADING;
+            victim->refs = 1;
+            victim->used = ++z->tick;
+            pthread_mutex_unlock(&z->mu);
+            *must_load = true;
+            return &victim->s;
+        }
+        /* Being loaded by another thread, or every slot in use: wait. */
+        pthread_cond_wait(&z->cv, &z->mu);
+    }
+}
+
+void ds_zcache_loaded(ds_zcache *z, ds_zslot *s, bool ok) {
+    zent *e = (zent *)s;
+    pthread_mutex_lock(&z->mu);
+    e->state = ok ? Z_READY : Z_EMPTY;
+    pthread_cond_broadcast(&z->cv);
+    pthread_mutex_unlock(&z->mu);
+}
+
+void ds_zcache_release(ds_zcache *z, ds_zslot *s) {
+    zent *e = (zent *)s;
+    pthread_mutex_lock(&z->mu);
+    e->refs--;
+    if (e->refs == 0) pthread_cond_broadcast(&z->cv);
+    pthread_mutex_unlock(&z->mu);
+}
+
+dsckpt_status ds_zslot_reserve(ds_zslot *s, size_t raw_n, size_t stored_n) {
+    if (raw_n > s->raw_cap) {
+        free(s->raw);
+        s->raw = NULL;
+        s->raw_cap = 0;
+        DS_TRY(ds_malloc(raw_n, &s->raw));
+        s->raw_cap = raw_n;
+    }
+    if (stored_n > s->stored_cap) {
+        free(s->stored);
+        s->stored = NULL;
+        s->stored_cap = 0;
+        DS_TRY(ds_malloc(stored_n, &s->stored));
+        s->stored_cap = stored_n;
+    }
+    return DSCKPT_OK;
+}

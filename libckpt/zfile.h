@@ -1,0 +1,72 @@
+/*
+ * zfile.h — compressed rank files (manifest version 2, docs/native-format.md):
+ * the writer that cuts the raw bytes of a rank file into chunks and stores each
+ * through the chunk codec (zchunk.h), and the bounded cache of decoded chunks the
+ * checked reads (readcheck.c) share across worker threads.
+ *
+ * A compressed file's raw bytes are exactly the uncompressed rank file (safetensors
+ * header and data); fragments keep pointing at raw offsets. Raw chunk k is bytes
+ * [k·chunk_size, min((k+1)·chunk_size, size)); it is stored at ds_zrec[k] and the
+ * stored chunks follow each other without gaps from offset 0. The manifest's chunk
+ * digests are the SHA-256 of the STORED bytes, so verify hashes without decoding.
+ */
+#ifndef DSCKPT_ZFILE_H
+#define DSCKPT_ZFILE_H
+
+#include "stream.h"
+#include "zchunk.h"
+
+#include <stdbool.h>
+
+/* ---- writer ---- */
+
+typedef struct ds_zwriter ds_zwriter;
+/* Creates `path` (which must not exist); chunk_size in [1, DS_ZCHUNK_MAX_RAW],
+ * level a valid zstd level. */
+dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level, ds_zwriter **out);
+/* The element width of the bytes written next (1, 2, 4 or 8): each chunk is
+ * shuffled by the width that most of its bytes were written with. */
+void ds_zwriter_set_width(ds_zwriter *w, int width);
+dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n);
+dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n);
+uint64_t ds_zwriter_pos(const ds_zwriter *w); /* raw bytes written so far */
+/* Stores the last chunk, fsyncs and closes. On success moves the stored-chunk
+ * digests into *dg (dg->size = the raw size, dg->chunk_size the raw chunk size,
+ * dg->file the SHA-256 of the chunk digests), the chunk records into *zc (malloc'd,
+ * dg->nchunks entries) and the file's size on disk into *stored_size. The writer
+ * is freed either way; on failure the file is unlinked. */
+dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uint64_t *stored_size);
+void ds_zwriter_abort(ds_zwriter *w); /* unlinks the file; accepts NULL */
+
+/* ---- reading ---- */
+
+/* Reads raw bytes [off, off+n) of a compressed file (records zc, nchunks chunks of
+ * chunk_size raw bytes, raw size `size`) from fd, decoding every chunk it touches,
+ * without digest checks and without a cache: for small reads such as the
+ * safetensors header. `what` names the file in errors. */
+dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
+                             void *dst, size_t n, uint64_t off, const char *what);
+
+/* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
+ * (file, k); readers acquire it, copy what they need and release it. Memory is at
+ * most slots × (raw + stored chunk size). */
+typedef struct ds_zslot {
+    uint8_t *raw, *stored;  /* buffers of raw_cap / stored_cap bytes */
+    size_t raw_cap, stored_cap;
+    ds_zchunk_dec *dec;
+} ds_zslot;
+typedef struct ds_zcache ds_zcache;
+dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out);
+void ds_zcache_free(ds_zcache *z); /* accepts NULL */
+/* Returns a slot for chunk k of file `file`, held until ds_zcache_release. When
+ * *must_load is true the slot is this caller's to fill (the others asking for the
+ * same chunk wait): it calls ds_zcache_loaded with the outcome; on failure the
+ * slot is emptied and waiters try again themselves. Waits while every slot is in
+ * use. */
+ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load);
+void ds_zcache_loaded(ds_zcache *z, ds_zslot *s, bool ok);
+void ds_zcache_release(ds_zcache *z, ds_zslot *s);
+/* Makes sure a slot's buffers hold raw_n / stored_n bytes. */
+dsckpt_status ds_zslot_reserve(ds_zslot *s, size_t raw_n, size_t stored_n);
+
+#endif /* DSCKPT_ZFILE_H */
