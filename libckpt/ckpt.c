@@ -130,23 +130,24 @@ dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t) {
     return s == DS_ST_W16 ? c->tensors[t].dtype : DSCKPT_F32;
 }
 
-dsckpt_status ds_file_read_header(const ds_file *f, int fd, st_header **out) {
+dsckpt_status ds_file_read_header(const ds_file *f, int fd, bool check, st_header **out) {
     *out = NULL;
     if (!f->compressed) return st_read_fd(fd, f->path, out);
-    /* The header of the raw bytes, decoded from the chunks it lies in (without the
-     * digest checks: the parser treats it as hostile; data reads are checked). */
+    /* The header of the raw bytes, decoded from the chunks it lies in (their
+     * stored bytes checked first when `check`). */
     uint8_t lenbuf[8];
     if (f->size < 8)
         return ds_err(DSCKPT_ECORRUPT, "%s: %llu raw bytes cannot hold a safetensors header", f->path,
                       (unsigned long long)f->size);
-    DS_TRY(ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, lenbuf, 8, 0, f->path));
+    const uint8_t(*dg)[DS_SHA256_LEN] = check ? (const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks : NULL;
+    DS_TRY(ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, lenbuf, 8, 0, f->path));
     uint64_t n = ds_get_le64(lenbuf);
     if (n > ST_MAX_HEADER || n > f->size - 8)
         return ds_err(DSCKPT_ECORRUPT, "%s: header length %llu does not fit its %llu raw bytes", f->path,
                       (unsigned long long)n, (unsigned long long)f->size);
     uint8_t *buf = NULL;
     DS_TRY(ds_malloc(n ? (size_t)n : 1, &buf));
-    dsckpt_status st = ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, buf, (size_t)n, 8, f->path);
+    dsckpt_status st = ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, buf, (size_t)n, 8, f->path);
     if (st == DSCKPT_OK) st = st_parse_header(buf, n, f->size, f->path, out);
     free(buf);
     return st;
@@ -173,7 +174,7 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
          * weights). DeepSpeed files are checked against their zip members at open. */
         st_header *h = NULL;
         bool native = c->format && !strcmp(c->format, "dsckpt");
-        if (st == DSCKPT_OK && native) st = ds_file_read_header(&c->files[i], fs->fd[i], &h);
+        if (st == DSCKPT_OK && native) st = ds_file_read_header(&c->files[i], fs->fd[i], !c->no_read_check, &h);
         for (int s = 0; native && st == DSCKPT_OK && s < DS_NSTATES; s++)
             for (size_t k = 0; st == DSCKPT_OK && k < c->nfrags[s]; k++) {
                 const ds_frag *fr = &c->frags[s][k];

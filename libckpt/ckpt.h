@@ -20,8 +20,9 @@
 
 typedef struct st_header st_header; /* safetensors.h */
 /* The safetensors header of a native rank file's raw bytes (decoded from its
- * first chunks when compressed), opened as fd. */
-dsckpt_status ds_file_read_header(const ds_file *f, int fd, st_header **out);
+ * first chunks when compressed, their digests checked first when `check`),
+ * opened as fd. */
+dsckpt_status ds_file_read_header(const ds_file *f, int fd, bool check, st_header **out);
 
 struct dsckpt_ckpt {
     char *format;      /* "dsckpt" (native) or "deepspeed" */

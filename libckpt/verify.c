@@ -212,7 +212,7 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
 static bool check_file_structure(const dsckpt_ckpt *c, size_t i, int fd, dsckpt_verify_report *r) {
     const ds_file *f = &c->files[i];
     st_header *h = NULL;
-    dsckpt_status st = f->compressed ? ds_file_read_header(f, fd, &h) : st_read_fd(fd, f->name, &h);
+    dsckpt_status st = f->compressed ? ds_file_read_header(f, fd, false, &h) : st_read_fd(fd, f->name, &h);
     if (st) {
         add_problem(r, sev_of(st), "%s", dsckpt_last_error());
         return true; /* still hash: the chunk digests locate the damage */

@@ -155,7 +155,8 @@ dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uin
 /* ---- uncached reads ---- */
 
 dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
-                             void *dst, size_t n, uint64_t off, const char *what) {
+                             const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
+                             const char *what) {
     uint64_t end;
     if (ds_add_overflow(off, n, &end) || end > size)
         return ds_err(DSCKPT_ECORRUPT, "%s: bytes [%llu, +%zu) lie outside its %llu raw bytes", what,
@@ -180,6 +181,15 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
         if (st == DSCKPT_OK) st = ds_malloc(zc[k].size ? (size_t)zc[k].size : 1, &stored);
         if (st == DSCKPT_OK) st = ds_malloc(rn ? (size_t)rn : 1, &raw);
         if (st == DSCKPT_OK) st = ds_pread_full(fd, stored, (size_t)zc[k].size, zc[k].off, what);
+        if (st == DSCKPT_OK && digests) {
+            uint8_t dg[DS_SHA256_LEN];
+            st = ds_sha256(stored, (size_t)zc[k].size, dg);
+            if (st == DSCKPT_OK && memcmp(dg, digests[k], DS_SHA256_LEN) != 0)
+                st = ds_err(DSCKPT_ECHECKSUM,
+                            "%s: chunk %zu (stored bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt "
+                            "verify lists every bad chunk)",
+                            what, k, (unsigned long long)zc[k].off, (unsigned long long)(zc[k].off + zc[k].size));
+        }
         if (st == DSCKPT_OK)
             st = ds_zchunk_decode(dec, (ds_zchunk_kind)zc[k].kind, zc[k].width, stored, (size_t)zc[k].size, raw,
                                   (size_t)rn, cw);

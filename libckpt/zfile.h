@@ -42,10 +42,12 @@ void ds_zwriter_abort(ds_zwriter *w); /* unlinks the file; accepts NULL */
 
 /* Reads raw bytes [off, off+n) of a compressed file (records zc, nchunks chunks of
  * chunk_size raw bytes, raw size `size`) from fd, decoding every chunk it touches,
- * without digest checks and without a cache: for small reads such as the
- * safetensors header. `what` names the file in errors. */
+ * without a cache: for small reads such as the safetensors header. With `digests`
+ * (the manifest's, one per chunk) each stored chunk is checked before it is decoded
+ * (DSCKPT_ECHECKSUM naming it). `what` names the file in errors. */
 dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
-                             void *dst, size_t n, uint64_t off, const char *what);
+                             const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
+                             const char *what);
 
 /* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
  * (file, k); readers acquire it, copy what they need and release it. Memory is at

@@ -1,0 +1,441 @@
+/*
+ * test_compress.c — compressed native checkpoints (manifest version 2):
+ *  - a checkpoint with small chunks, some incompressible (stored raw) and some not,
+ *    reads back bit-exact through ds_ckpt_read, with the digest checks on and off,
+ *    and equals the uncompressed one element for element; verify passes;
+ *  - an uncompressed write still says version 1 and has no "compression";
+ *  - manifest edits (resealed, as a knowing editor would) are refused: chunk size
+ *    past the limit, raw ranges, stored offsets, sizes, kinds, widths, an unknown
+ *    compression, "compression" in version 1, a newer version;
+ *  - a flipped stored byte: verify names the chunk, reads fail (ECHECKSUM; with the
+ *    checks off the zstd frame still fails, never returns wrong bytes);
+ *  - a truncated file, and a stored chunk replaced by a frame claiming more raw
+ *    bytes than its chunk (a decompression bomb, digests updated): refused.
+ */
+#include "ckpt.h"
+#include "fsutil.h"
+#include "manifest.h"
+#include "native_write.h"
+#include "synth.h"
+#include "tutil.h"
+#include "zchunk.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#define TAG "global_step7"
+
+static uint32_t hash32(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+/* Element i of state s of tensor t: weight-like floats, except the fp32 state of
+ * even tensors, which is random bits (incompressible). */
+static float value(ds_state s, uint32_t t, uint64_t i) {
+    uint32_t h = hash32(((uint64_t)t << 40) ^ ((uint64_t)s << 36) ^ i);
+    if (s == DS_ST_FP32 && t % 2 == 0) {
+        float f;
+        memcpy(&f, &h, 4);
+        return f;
+    }
+    return ((float)(h >> 8) / 16777216.0f - 0.5f) * 0.05f;
+}
+
+typedef struct fillctx {
+    const ds_tensor *ts;
+} fillctx;
+
+static dsckpt_status fill(void *user, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst, int worker) {
+    (void)worker;
+    fillctx *fc = user;
+    for (uint64_t i = 0; i < numel; i++) {
+        float f = value(s, t, start + i);
+        if (s == DS_ST_W16 && fc->ts[t].dtype != DSCKPT_F32) {
+            uint16_t h;
+            memcpy(&h, &f, 2); /* any 16 bits will do: the bytes are what is compared */
+            h = (uint16_t)(hash32(start + i) & 0x3fff) | 0x3c00;
+            memcpy((uint8_t *)dst + 2 * i, &h, 2);
+        } else {
+            memcpy((uint8_t *)dst + 4 * i, &f, 4);
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* Writes a stage-2, 2-rank checkpoint of about `params` parameters under root. */
+static void write_ckpt(const char *root, uint64_t params, int level, uint64_t chunk) {
+    ds_tensor *ts = NULL;
+    size_t nt = 0;
+    TU_ASSERT_OK(ds_synth_tensors(params, DSCKPT_BF16, &ts, &nt));
+    char *tagdir = tu_path(root, TAG);
+    CU_ASSERT_FATAL(ds_mkdir(root) == DSCKPT_OK || tu_exists(root));
+    TU_ASSERT_OK(ds_mkdir(tagdir));
+    ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = 2, .world_size = 2, .tag = TAG,
+                           .step = 7, .train_dtype = "bf16", .chunk_size = chunk, .compress_level = level};
+    ds_native_out *no = NULL;
+    TU_ASSERT_OK(ds_native_prepare(&spec, tagdir, &no));
+    fillctx fc = {ts};
+    TU_ASSERT_OK(ds_native_write_all(no, fill, &fc, 2, NULL));
+    TU_ASSERT_OK(ds_set_latest(root, TAG));
+    ds_native_out_free(no);
+    ds_synth_tensors_free(ts, nt);
+    free(tagdir);
+}
+
+/* Every state of every tensor equals fill(); returns the number of mismatching tensors. */
+static int check_reads(dsckpt_ckpt *c, int read_check) {
+    dsckpt_ckpt_set_read_check(c, read_check);
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    int bad = 0;
+    fillctx fc = {c->tensors};
+    for (uint32_t t = 0; t < c->ntensors; t++)
+        for (int s = 0; s < DS_NSTATES; s++) {
+            if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
+            uint64_t n = c->tensors[t].numel;
+            size_t es = dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+            uint8_t *got = malloc(n * es + 1), *want = malloc(n * es + 1);
+            TU_ASSERT_OK(ds_ckpt_read(c, &fs, (ds_state)s, t, 0, n, got));
+            TU_ASSERT_OK(fill(&fc, (ds_state)s, t, 0, n, want, 0));
+            if (memcmp(got, want, n * es) != 0) bad++;
+            /* A read from the middle, crossing chunks. */
+            if (n > 10) {
+                TU_ASSERT_OK(ds_ckpt_read(c, &fs, (ds_state)s, t, n / 3, n / 2, got));
+                if (memcmp(got, want + (n / 3) * es, (n / 2) * es) != 0) bad++;
+            }
+            free(got);
+            free(want);
+        }
+    ds_fdset_close(&fs);
+    return bad;
+}
+
+static char *tag_file(const char *root, const char *name) {
+    char *td = tu_path(root, TAG), *p = tu_path(td, name);
+    free(td);
+    return p;
+}
+
+static void test_round_trip(void) {
+    char *dir = tu_mkdtemp(), *z = tu_path(dir, "z"), *p = tu_path(dir, "p");
+    write_ckpt(z, 300000, 1, 64 << 10);
+    write_ckpt(p, 300000, 0, 64 << 10);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(z, NULL, &c));
+    size_t nraw = 0, nz = 0;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        CU_ASSERT(c->files[i].compressed);
+        CU_ASSERT(c->files[i].stored_size < c->files[i].size);
+        for (size_t k = 0; k < c->files[i].dg.nchunks; k++) {
+            if (c->files[i].zc[k].kind == DS_ZCHUNK_RAW) nraw++;
+            else nz++;
+        }
+    }
+    CU_ASSERT(nraw > 0); /* the random fp32 chunks did not shrink */
+    CU_ASSERT(nz > 0);
+    CU_ASSERT_EQUAL(check_reads(c, 1), 0);
+    CU_ASSERT_EQUAL(check_reads(c, 0), 0);
+    dsckpt_ckpt_free(c);
+    TU_ASSERT_OK(dsckpt_ckpt_open(p, NULL, &c));
+    CU_ASSERT(!c->files[0].compressed);
+    CU_ASSERT_EQUAL(check_reads(c, 1), 0);
+    dsckpt_ckpt_free(c);
+    /* Versions: 2 only when compressed. */
+    char *mz = tag_file(z, DS_MANIFEST_NAME), *mp = tag_file(p, DS_MANIFEST_NAME);
+    size_t n;
+    char *tz = (char *)tu_read(mz, &n), *tp = (char *)tu_read(mp, &n);
+    CU_ASSERT(strstr(tz, "\"version\":2,") != NULL);
+    CU_ASSERT(strstr(tp, "\"version\":1,") != NULL);
+    CU_ASSERT(strstr(tp, "compression") == NULL);
+    free(tz);
+    free(tp);
+    free(mz);
+    free(mp);
+    dsckpt_verify_report *r = NULL;
+    TU_ASSERT_OK(dsckpt_verify(z, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+    dsckpt_verify_report_free(r);
+    tu_rmtree(dir);
+    free(z);
+    free(p);
+    free(dir);
+}
+
+/* ---- manifest edits ---- */
+
+typedef void (*edit_fn)(cJSON *root);
+
+static void edit_manifest(const char *root_dir, edit_fn fn) {
+    char *mp = tag_file(root_dir, DS_MANIFEST_NAME);
+    size_t len = 0;
+    char *text = (char *)tu_read(mp, &len);
+    CU_ASSERT_FATAL(text != NULL);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    CU_ASSERT_FATAL(root != NULL);
+    fn(root);
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "manifest_sha256");
+    char *body = cJSON_PrintUnformatted(root), *out = NULL;
+    cJSON_Delete(root);
+    TU_ASSERT_OK(ds_manifest_seal(body, &out));
+    free(body);
+    CU_ASSERT_FATAL(tu_write(mp, out, strlen(out)) == 0);
+    free(out);
+    free(mp);
+}
+
+static cJSON *file0(cJSON *root) { return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "files"), 0); }
+static cJSON *chunk_of(cJSON *root, int k) {
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(file0(root), "chunks"), k);
+}
+static void setnum(cJSON *o, const char *key, double v) {
+    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(o, key), v);
+}
+static void bump(cJSON *arr, int j, double by) {
+    cJSON *x = cJSON_GetArrayItem(arr, j);
+    cJSON_SetNumberValue(x, x->valuedouble + by);
+}
+static void e_chunk_huge(cJSON *r) { setnum(file0(r), "chunk_size", 1099511627776.0); }
+static void e_raw_size(cJSON *r) { bump(chunk_of(r, 0), 1, 1); }
+static void e_raw_off(cJSON *r) { bump(chunk_of(r, 1), 0, 8); }
+static void e_stored_gap(cJSON *r) { bump(chunk_of(r, 1), 2, 1); }
+static void e_stored_size(cJSON *r) { setnum(file0(r), "stored_size", cJSON_GetObjectItemCaseSensitive(file0(r), "stored_size")->valuedouble + 1); }
+static void e_kind(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 0), 4, cJSON_CreateString("lz4")); }
+static void e_width(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 1), 5, cJSON_CreateNumber(3)); }
+static void e_not_smaller(cJSON *r) {
+    /* a zstd chunk claiming as many stored bytes as raw ones */
+    cJSON *c0 = NULL;
+    for (int k = 0; (c0 = chunk_of(r, k)); k++)
+        if (!strcmp(cJSON_GetArrayItem(c0, 4)->valuestring, "zstd")) break;
+    CU_ASSERT_FATAL(c0 != NULL);
+    cJSON_SetNumberValue(cJSON_GetArrayItem(c0, 3), cJSON_GetArrayItem(c0, 1)->valuedouble);
+}
+static void e_short_entry(cJSON *r) { cJSON_DeleteItemFromArray(chunk_of(r, 0), 6); }
+static void e_compression(cJSON *r) { cJSON_ReplaceItemInObject(file0(r), "compression", cJSON_CreateString("lz4")); }
+static void e_v1(cJSON *r) { setnum(r, "version", 1); }
+static void e_v3(cJSON *r) { setnum(r, "version", 3); }
+
+static void test_manifest_edits(void) {
+    static const struct {
+        const char *name;
+        edit_fn fn;
+        dsckpt_status want;
+        const char *msg;
+        uint64_t chunk;
+    } cases[] = {
+        {"chunk size past the limit", e_chunk_huge, DSCKPT_ECORRUPT, "of a compressed file (at most", 0},
+        {"raw size", e_raw_size, DSCKPT_ECORRUPT, "covers raw bytes", 64 << 10},
+        {"raw offset", e_raw_off, DSCKPT_ECORRUPT, "covers raw bytes", 64 << 10},
+        {"stored gap", e_stored_gap, DSCKPT_ECORRUPT, "right after the previous chunk", 64 << 10},
+        {"stored_size", e_stored_size, DSCKPT_ECORRUPT, "stored_size is", 64 << 10},
+        {"kind", e_kind, DSCKPT_ECORRUPT, "kind must be", 64 << 10},
+        {"width", e_width, DSCKPT_ECORRUPT, "width", 64 << 10},
+        {"zstd not smaller", e_not_smaller, DSCKPT_ECORRUPT, "it must be smaller", 64 << 10},
+        {"short entry", e_short_entry, DSCKPT_ECORRUPT, "must be [raw_offset", 64 << 10},
+        {"unknown compression", e_compression, DSCKPT_EUNSUPPORTED, "compression 'lz4'", 64 << 10},
+        {"compression in version 1", e_v1, DSCKPT_ECORRUPT, "need version 2", 64 << 10},
+        {"newer version", e_v3, DSCKPT_EVERSION, "manifest version 3", 64 << 10},
+    };
+    char *dir = tu_mkdtemp();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "c%zu", i);
+        char *root = tu_path(dir, name);
+        write_ckpt(root, 200000, 1, cases[i].chunk);
+        edit_manifest(root, cases[i].fn);
+        dsckpt_ckpt *c = NULL;
+        dsckpt_status st = dsckpt_ckpt_open(root, NULL, &c);
+        if (st != cases[i].want || !strstr(dsckpt_last_error(), cases[i].msg))
+            fprintf(stderr, "\n  %s: %s: %s", cases[i].name, dsckpt_status_name(st), dsckpt_last_error());
+        CU_ASSERT_EQUAL(st, cases[i].want);
+        CU_ASSERT(strstr(dsckpt_last_error(), cases[i].msg) != NULL);
+        dsckpt_ckpt_free(c);
+        free(root);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* ---- damaged files ---- */
+
+/* The first zstd chunk of file f after the one holding the header. */
+static size_t first_zstd(const ds_file *f) {
+    for (size_t k = 1; k < f->dg.nchunks; k++)
+        if (f->zc[k].kind == DS_ZCHUNK_ZSTD) return k;
+    CU_FAIL_FATAL("no zstd chunk");
+    return 0;
+}
+
+static void test_flipped_stored_byte(void) {
+    char *dir = tu_mkdtemp(), *root = tu_path(dir, "z");
+    write_ckpt(root, 300000, 1, 64 << 10);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    const ds_file *f = &c->files[1];
+    size_t k = first_zstd(f);
+    uint64_t off = f->zc[k].off + f->zc[k].size / 2;
+    CU_ASSERT_FATAL(tu_flip_bit(f->path, off, 3) == 0);
+    dsckpt_verify_report *r = NULL;
+    TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_CORRUPT);
+    char want[128];
+    snprintf(want, sizeof want, "rank_00001.safetensors: chunk %zu (stored bytes", k);
+    bool named = false;
+    for (size_t i = 0; i < dsckpt_verify_report_count(r); i++)
+        named |= strstr(dsckpt_verify_report_problem(r, i), want) != NULL;
+    CU_ASSERT(named);
+    dsckpt_verify_report_free(r);
+    /* Reading every state hits the chunk: checked, it is a checksum failure naming
+     * it; unchecked, zstd's own checks refuse it. */
+    for (int check = 1; check >= 0; check--) {
+        dsckpt_ckpt_set_read_check(c, check);
+        ds_fdset fs;
+        TU_ASSERT_OK(ds_fdset_open(c, &fs));
+        dsckpt_status worst = DSCKPT_OK;
+        for (uint32_t t = 0; t < c->ntensors && worst == DSCKPT_OK; t++)
+            for (int s = 0; s < DS_NSTATES && worst == DSCKPT_OK; s++) {
+                if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
+                size_t es = dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+                uint8_t *b = malloc(c->tensors[t].numel * es + 1);
+                worst = ds_ckpt_read(c, &fs, (ds_state)s, t, 0, c->tensors[t].numel, b);
+                free(b);
+            }
+        CU_ASSERT_EQUAL(worst, check ? DSCKPT_ECHECKSUM : DSCKPT_ECORRUPT);
+        snprintf(want, sizeof want, "chunk %zu", k);
+        CU_ASSERT(strstr(dsckpt_last_error(), want) != NULL);
+        ds_fdset_close(&fs);
+    }
+    /* A flip in the chunk holding the safetensors header: opening the files for
+     * reading already fails, naming the chunk (checked) or through zstd (not). */
+    const ds_file *f0 = &c->files[0];
+    CU_ASSERT_FATAL(f0->zc[0].kind == DS_ZCHUNK_ZSTD);
+    CU_ASSERT_FATAL(tu_flip_bit(f0->path, f0->zc[0].size / 2, 5) == 0);
+    for (int check = 1; check >= 0; check--) {
+        dsckpt_ckpt_set_read_check(c, check);
+        ds_fdset fs;
+        CU_ASSERT_EQUAL(ds_fdset_open(c, &fs), check ? DSCKPT_ECHECKSUM : DSCKPT_ECORRUPT);
+        CU_ASSERT(strstr(dsckpt_last_error(), "rank_00000.safetensors: chunk 0") != NULL);
+    }
+    /* consolidate refuses, and leaves nothing. */
+    char *out = tu_path(dir, "out.safetensors");
+    dsckpt_ckpt_set_read_check(c, 1);
+    CU_ASSERT_EQUAL(dsckpt_consolidate(c, out, NULL), DSCKPT_ECHECKSUM);
+    CU_ASSERT(!tu_exists(out));
+    free(out);
+    dsckpt_ckpt_free(c);
+    tu_rmtree(dir);
+    free(root);
+    free(dir);
+}
+
+static void test_truncated(void) {
+    char *dir = tu_mkdtemp(), *root = tu_path(dir, "z");
+    write_ckpt(root, 300000, 1, 64 << 10);
+    char *rf = tag_file(root, "rank_00000.safetensors");
+    size_t n;
+    free(tu_read(rf, &n));
+    CU_ASSERT_FATAL(tu_truncate(rf, n - 100) == 0);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    ds_fdset fs;
+    CU_ASSERT_EQUAL(ds_fdset_open(c, &fs), DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "truncated or replaced") != NULL);
+    dsckpt_verify_report *r = NULL;
+    TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
+    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_CORRUPT);
+    dsckpt_verify_report_free(r);
+    dsckpt_ckpt_free(c);
+    free(rf);
+    tu_rmtree(dir);
+    free(root);
+    free(dir);
+}
+
+/* The last stored chunk of rank 0 replaced by a small frame of 4 MiB of zeros (a
+ * bomb: the chunk holds far fewer raw bytes), with every digest and size in the
+ * manifest updated and resealed. The decoder refuses it from the frame header. */
+static int bomb_k;
+static uint64_t bomb_off, bomb_len;
+static char bomb_hex[65], file_hex[65];
+static void e_bomb(cJSON *r) {
+    cJSON *f = file0(r), *ch = chunk_of(r, bomb_k);
+    cJSON_SetNumberValue(cJSON_GetArrayItem(ch, 3), (double)bomb_len);
+    cJSON_ReplaceItemInArray(ch, 4, cJSON_CreateString("zstd"));
+    cJSON_ReplaceItemInArray(ch, 5, cJSON_CreateNumber(1));
+    cJSON_ReplaceItemInArray(ch, 6, cJSON_CreateString(bomb_hex));
+    setnum(f, "stored_size", (double)(bomb_off + bomb_len));
+    cJSON_ReplaceItemInObject(f, "sha256", cJSON_CreateString(file_hex));
+}
+
+static void test_bomb_chunk(void) {
+    char *dir = tu_mkdtemp(), *root = tu_path(dir, "z");
+    write_ckpt(root, 300000, 1, 64 << 10);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    const ds_file *f = &c->files[0];
+    bomb_k = (int)f->dg.nchunks - 1;
+    bomb_off = f->zc[bomb_k].off;
+    uint64_t raw_last = f->size - (uint64_t)bomb_k * f->dg.chunk_size;
+    size_t zn = 4u << 20, cap = ZSTD_compressBound(zn);
+    uint8_t *zeros = calloc(zn, 1), *fr = malloc(cap);
+    bomb_len = ZSTD_compress(fr, cap, zeros, zn, 1);
+    CU_ASSERT_FATAL(!ZSTD_isError(bomb_len) && bomb_len < raw_last);
+    /* The file: everything before the last chunk, then the frame. */
+    size_t n;
+    uint8_t *bytes = tu_read(f->path, &n), *nb = malloc(bomb_off + bomb_len);
+    memcpy(nb, bytes, bomb_off);
+    memcpy(nb + bomb_off, fr, bomb_len);
+    CU_ASSERT_FATAL(tu_write(f->path, nb, bomb_off + bomb_len) == 0);
+    uint8_t dg[DS_SHA256_LEN], (*chunks)[DS_SHA256_LEN] = malloc(f->dg.nchunks * DS_SHA256_LEN);
+    memcpy(chunks, f->dg.chunks, f->dg.nchunks * DS_SHA256_LEN);
+    TU_ASSERT_OK(ds_sha256(fr, bomb_len, chunks[bomb_k]));
+    ds_hex(chunks[bomb_k], DS_SHA256_LEN, bomb_hex);
+    TU_ASSERT_OK(ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])chunks, f->dg.nchunks, dg));
+    ds_hex(dg, DS_SHA256_LEN, file_hex);
+    dsckpt_ckpt_free(c);
+    edit_manifest(root, e_bomb);
+    /* verify: digests and sizes all agree (it hashes, never decodes). */
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    dsckpt_status worst = DSCKPT_OK;
+    for (uint32_t t = 0; t < c->ntensors && worst == DSCKPT_OK; t++)
+        for (int s = 0; s < DS_NSTATES && worst == DSCKPT_OK; s++) {
+            if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
+            size_t es = dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+            uint8_t *b = malloc(c->tensors[t].numel * es + 1);
+            worst = ds_ckpt_read(c, &fs, (ds_state)s, t, 0, c->tensors[t].numel, b);
+            free(b);
+        }
+    CU_ASSERT_EQUAL(worst, DSCKPT_ECORRUPT);
+    CU_ASSERT(strstr(dsckpt_last_error(), "the zstd frame states 4194304 raw bytes") != NULL);
+    ds_fdset_close(&fs);
+    dsckpt_ckpt_free(c);
+    free(chunks);
+    free(bytes);
+    free(nb);
+    free(zeros);
+    free(fr);
+    tu_rmtree(dir);
+    free(root);
+    free(dir);
+}
+
+int main(void) {
+    static const tu_test tests[] = {
+        {"round trip, raw and zstd chunks, checks on and off", test_round_trip},
+        {"manifest edits refused", test_manifest_edits},
+        {"flipped stored byte named and refused", test_flipped_stored_byte},
+        {"truncated compressed file refused", test_truncated},
+        {"bomb chunk refused from its frame header", test_bomb_chunk},
+        {NULL, NULL},
+    };
+    return tu_main("compress", tests);
+}
