@@ -36,7 +36,7 @@ int exit_for(dsckpt_status st) {
     case DSCKPT_EMISUSE: return EXIT_USAGE;
     case DSCKPT_EEXIST: return EXIT_EXISTS;
     case DSCKPT_ECORRUPT:
-    case DSCKPT_ECHECKSUM:
+    case DSCKPT_ECHECKSUM: return EXIT_CORRUPT;
     case DSCKPT_EVERSION: /* a newer format version: valid, but not ours to read */
     case DSCKPT_EUNSUPPORTED: return EXIT_UNSUPPORTED;
     case DSCKPT_EINTERNAL: return EXIT_INTERNAL;

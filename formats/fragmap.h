@@ -42,7 +42,13 @@ typedef struct ds_frag {
     dsckpt_dtype dtype;    /* stored dtype */
 } ds_frag;
 
-typedef struct ds_zrec ds_zrec; /* zchunk.h */
+/* Where raw chunk k of a compressed file is stored: `size` bytes at `off`, as
+ * `kind` (ds_zchunk_kind, zchunk.h), shuffled by `width` (the manifest's per-chunk
+ * entry). */
+typedef struct ds_zrec {
+    uint64_t off, size;
+    uint8_t kind, width;
+} ds_zrec;
 
 typedef struct ds_file {
     char *name;   /* relative to the tag directory */

@@ -45,13 +45,6 @@ bool ds_zchunk_level_ok(int level);
 void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 
-/* Where raw chunk k of a compressed file is stored: `size` bytes at `off`, as
- * `kind`, shuffled by `width` (the manifest's per-chunk entry). */
-typedef struct ds_zrec {
-    uint64_t off, size;
-    uint8_t kind, width;
-} ds_zrec;
-
 typedef struct ds_zchunk_enc ds_zchunk_enc;
 dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out);
 void ds_zchunk_enc_free(ds_zchunk_enc *e); /* accepts NULL */

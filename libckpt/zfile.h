@@ -13,6 +13,7 @@
 #ifndef DSCKPT_ZFILE_H
 #define DSCKPT_ZFILE_H
 
+#include "fragmap.h"
 #include "stream.h"
 #include "zchunk.h"
 

@@ -64,6 +64,9 @@ static const char help[] =
     "                         the next optimizer update first copies whatever it has\n"
     "                         not written yet, into a host buffer of 12 bytes per\n"
     "                         parameter of the rank's partition, kept for the run)\n"
+    "  --save_compress[=L]    zstd-compressed rank files (byte-plane shuffled; level L\n"
+    "                         1-22, default 1); dsckpt and --resume read them\n"
+    "                         transparently (docs/native-format.md, version 2)\n"
     "  --metric_for_best_model M  (default eval_loss; \"eval_\" is added when missing)\n"
     "  --greater_is_better    (default: false for metrics ending in \"loss\")\n"
     "  --load_best_model_at_end  reload the best checkpoint's weights at the end and\n"
@@ -106,7 +109,7 @@ static const char help[] =
 enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
-    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
+    O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_COMPRESS, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
     O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS
 };
 
@@ -153,6 +156,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"fp16", no_argument, 0, O_FP16}, {"help", no_argument, 0, 'h'},
         {"save_dir", required_argument, 0, O_SAVEDIR}, {"save_steps", required_argument, 0, O_SAVESTEPS},
         {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
+        {"save_compress", optional_argument, 0, O_COMPRESS},
         {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
         {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
         {"save_model", required_argument, 0, O_SAVEMODEL},
@@ -227,6 +231,11 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         case O_SAVESTEPS: if (!num_u(optarg, 0, 1ull << 40, &o->save_steps)) return usage("--save_steps must be >= 0 (got '%s')", optarg); break;
         case O_LIMIT: if (!num_u(optarg, 0, 1ull << 40, &o->save_limit)) return usage("--save_total_limit must be >= 0 (got '%s')", optarg); break;
         case O_NOASYNC: o->async_save = false; break;
+        case O_COMPRESS:
+            if (!optarg) o->save_compress = DSCKPT_COMPRESS_DEFAULT_LEVEL;
+            else if (!num_u(optarg, 1, 22, &o->save_compress))
+                return usage("--save_compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            break;
         case O_METRIC: metric_arg = optarg; break;
         case O_GREATER: greater_given = true; break;
         case O_LOADBEST: o->load_best = true; break;

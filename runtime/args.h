@@ -18,6 +18,7 @@ typedef struct rt_opts {
     /* Checkpoints. */
     const char *save_dir, *resume, *save_model; /* NULL when not given */
     uint64_t save_steps, save_limit;
+    uint64_t save_compress; /* 0: plain rank files; else the zstd level (--save_compress) */
     bool async_save, load_best;
     char metric[128]; /* the metric for the best model ("eval_" prefixed) */
     bool greater;     /* whether a greater metric is better */

@@ -125,6 +125,7 @@ static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, 
 struct rt_saver {
     rt_engine *e;
     bool async;
+    int compress_level;   /* 0: plain rank files; else zstd (rt_saver_set_compress) */
     bool busy;            /* a save started and not committed */
     pthread_t th;
     bool th_live;
@@ -183,6 +184,8 @@ static void pre_update(void *u) {
     s->copy_s += rt_now_s() - t0;
     hook_release(s);
 }
+
+void rt_saver_set_compress(rt_saver *s, int level) { s->compress_level = level; }
 
 dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
     rt_saver *s = NULL;
@@ -303,16 +306,25 @@ static dsckpt_status commit(rt_saver *s) {
     }
     for (int r = 0; r < nfiles; r++) {
         ds_file *f = &s->no->c->files[r];
-        uint64_t hdr[3] = {f->dg.size, f->dg.chunk_size, f->dg.nchunks};
+        uint64_t hdr[5] = {f->dg.size, f->dg.chunk_size, f->dg.nchunks, f->compressed, f->stored_size};
         DS_TRY(rt_comm_bcast(c, hdr, sizeof hdr, r));
         if (e->rank != r) {
             ds_digests_clear(&f->dg);
+            free(f->zc);
+            f->zc = NULL;
             f->dg.size = hdr[0];
             f->dg.chunk_size = hdr[1];
             f->dg.nchunks = (size_t)hdr[2];
+            f->compressed = hdr[3] != 0;
+            f->stored_size = hdr[4];
             DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, DS_SHA256_LEN, &f->dg.chunks));
+            if (f->compressed) DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, sizeof *f->zc, &f->zc));
         }
         if (f->dg.nchunks) DS_TRY(rt_comm_bcast(c, f->dg.chunks, f->dg.nchunks * DS_SHA256_LEN, r));
+        /* A compressed file's chunk records (the same program on every rank: the
+         * in-memory layout is the same). */
+        if (f->compressed && f->dg.nchunks)
+            DS_TRY(rt_comm_bcast(c, f->zc, f->dg.nchunks * sizeof *f->zc, r));
         DS_TRY(rt_comm_bcast(c, f->dg.file, DS_SHA256_LEN, r));
         f->has_digests = true;
     }
@@ -402,7 +414,8 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
     ds_model_info mi = model_info(e);
     ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,
                            .world_size = e->W, .tag = tag, .step = (int64_t)step, .train_dtype = dt,
-                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics, .model = &mi};
+                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics, .model = &mi,
+                           .compress_level = s->compress_level};
     DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &s->no), done);
     s->sn.e = e;
     s->busy = true;

@@ -29,6 +29,9 @@
 typedef struct rt_saver rt_saver;
 
 dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out);
+/* Saves from now on write zstd-compressed rank files at `level` (0: plain; see
+ * docs/native-format.md, version 2). */
+void rt_saver_set_compress(rt_saver *s, int level);
 /* Waits for a save in flight (without committing it) and frees. NULL is fine. */
 void rt_saver_free(rt_saver *s);
 

@@ -537,6 +537,7 @@ static int setup_saving(run *r) {
                 (unsigned long long)r->cfg.grad_accum, r->W);
     if (!o->save_dir) return -1;
     if (rt_saver_create(r->eng, o->async_save, &r->saver)) return fail(r, 70);
+    rt_saver_set_compress(r->saver, (int)o->save_compress);
     rt_saver_on_commit(r->saver, on_commit, r);
     dsckpt_status st;
     if (r->rank == 0 && (st = rt_tstate_load(o->save_dir, &r->ts)))
