@@ -789,8 +789,13 @@ static void print_inspect_text(const cJSON *d, bool tensors) {
     const cJSON *bs = cJSON_GetObjectItemCaseSensitive(d, "bytes_per_state");
     for (const cJSON *e = bs ? bs->child : NULL; e; e = e->next) printf(" %s=%.2f MB", e->string, e->valuedouble / 1e6);
     printf("\n");
-    for (const cJSON *f = files ? files->child : NULL; f; f = f->next)
-        printf("  %-28s rank %-5.0f %12.0f bytes\n", jstr(f, "name"), jget(f, "rank"), jget(f, "size"));
+    for (const cJSON *f = files ? files->child : NULL; f; f = f->next) {
+        printf("  %-28s rank %-5.0f %12.0f bytes", jstr(f, "name"), jget(f, "rank"), jget(f, "size"));
+        if (jstr(f, "compression"))
+            printf(" (%s: %.0f stored, %.3fx)", jstr(f, "compression"), jget(f, "stored_size"),
+                   jget(f, "stored_size") > 0 ? jget(f, "size") / jget(f, "stored_size") : 0.0);
+        printf("\n");
+    }
     char *m = compact(cJSON_GetObjectItemCaseSensitive(d, "metrics"));
     printf("metrics      %s\n", m ? m : "{}");
     free(m);

@@ -135,6 +135,10 @@ dsckpt_status dsckpt_ckpt_describe_json(const dsckpt_ckpt *c, char **out_json) {
         cJSON_AddStringToObject(e, "name", c->files[i].name);
         cJSON_AddNumberToObject(e, "rank", c->files[i].rank);
         cJSON_AddNumberToObject(e, "size", (double)c->files[i].size);
+        if (c->files[i].compressed) { /* size is the raw size; this is on disk */
+            cJSON_AddStringToObject(e, "compression", "zstd");
+            cJSON_AddNumberToObject(e, "stored_size", (double)c->files[i].stored_size);
+        }
         if (per_file) cJSON_AddNumberToObject(e, "state_bytes", (double)per_file[i]);
         cJSON_AddItemToArray(files, e);
     }

@@ -87,6 +87,7 @@ for dt in bf16 fp32; do
     expect_rc 0 "verify compressed $dt"
     run inspect z-$dt
     expect_rc 0 "inspect compressed $dt"
+    expect_in out "rank_00001.safetensors .* bytes \(zstd: [0-9]+ stored, [0-9.]+x\)" "inspect shows stored sizes"
     for od in bf16 fp32; do
         run consolidate p-$dt -o p-$dt-$od.safetensors --dtype $od -q
         expect_rc 0 "consolidate plain $dt -> $od"
