@@ -30,6 +30,20 @@ pack() {
   done
 }
 names() { (cd "$1" && find . -type f | sed 's|^\./||' | LC_ALL=C sort); }
+# pack_sealed OUT ROOT NAME... : as pack, manifests kept with their digest (the
+# harness leaves a sealed manifest as it is: for compressed checkpoints, whose
+# chunk lists it does not complete).
+pack_sealed() {
+  local out=$1 root=$2 first=1
+  shift 2
+  : >"$out"
+  for n in "$@"; do
+    [ $first = 1 ] || printf '%s' "$SEP" >>"$out"
+    first=0
+    printf '%s\n' "$n" >>"$out"
+    cat "$root/$n" >>"$out"
+  done
+}
 
 mkdir -p $C/deepspeed $C/verify $C/tag $C/trainer_state $C/config $C/data $C/engine_load
 rm -f $C/*/seed_*
@@ -54,6 +68,10 @@ pack $C/deepspeed/seed_real_z3_model_states $F latest global_step1/zero_pp_rank_
 "$B/dsckpt" synth -q -j1 --params 1000 --world-size 2 --stage 3 -o "$W/nat3"
 # shellcheck disable=SC2046
 pack $C/verify/seed_synth_z3_w2 "$W/nat3" $(names "$W/nat3")
+# Native, compressed (manifest version 2): stage 2 on 2 ranks, sealed.
+"$B/dsckpt" synth -q -j1 --params 1000 --world-size 2 --stage 2 --compress -o "$W/natz"
+# shellcheck disable=SC2046
+pack_sealed $C/verify/seed_synth_z2_w2_compressed "$W/natz" $(names "$W/natz")
 
 # dstrain: a 1-layer model checkpoint after 2 steps (the engine_load harness's model).
 cat >"$W/ds.json" <<'CFG'

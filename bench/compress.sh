@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# compress.sh — compressed native checkpoints (docs/native-format.md, version 2) on
+# real values, with same-run baselines:
+#  1. dstrain trains a small GPT-2 on fixtures/corpus for BENCH_STEPS steps (ZeRO-2,
+#     2 ranks), once in bf16 and once in fp32, and saves uncompressed;
+#  2. build/ds_zratio reports, per state and overall, raw/stored bytes of each
+#     checkpoint's values in 16 MiB chunks at zstd levels 1 and 3, and the codec's
+#     encode/decode GB/s per core (per second of the thread's CPU time);
+#  3. each checkpoint, and every DeepSpeed fixture (fixtures/deepspeed*/), resharded
+#     to native at its own world size with and without --compress: bytes on disk;
+#  4. a synth checkpoint of BENCH_PARAMS parameters, plain and --compress, each
+#     consolidated to bf16 BENCH_REPS times, interleaved: median seconds and the
+#     ratio compressed / plain (synth values are near-random, so its compression
+#     ratio is not the real one; the time ratio is the cost of decoding).
+# Usage: bash bench/compress.sh   Environment: BENCH_DIR (build/bench-compress),
+# BENCH_STEPS (300), BENCH_PARAMS (50M), BENCH_REPS (3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${BENCH_DIR:-build/bench-compress}
+STEPS=${BENCH_STEPS:-300}
+PARAMS=${BENCH_PARAMS:-50M}
+REPS=${BENCH_REPS:-3}
+B=build
+[ -x $B/dsckpt ] && [ -x $B/dstrain ] && [ -x $B/ds_zratio ] || bash scripts/build.sh build
+rm -rf "$DIR"
+mkdir -p "$DIR"
+echo "uptime at start: $(uptime)"
+
+# ---- 1. train ----
+for dt in bf16 fp32; do
+    pre=""
+    [ $dt = bf16 ] && pre='"bf16": {"enabled": true},'
+    cat >"$DIR/ds_$dt.json" <<JSON
+{
+  "train_batch_size": 16, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1,
+  "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
+  "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": "auto", "warmup_num_steps": 20}},
+  $pre "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}
+}
+JSON
+    t0=$(date +%s.%N)
+    $B/dsrun --num_procs 2 $B/dstrain --deepspeed "$DIR/ds_$dt.json" --data fixtures/corpus/licenses.txt \
+        --n_layer 4 --n_head 4 --n_embd 128 --seq_len 64 --per_device_train_batch_size 8 --learning_rate 3e-3 \
+        --max_steps "$STEPS" --eval_steps "$STEPS" --save_steps "$STEPS" --save_dir "$DIR/run-$dt" \
+        --log_file "$DIR/train-$dt.jsonl" 2>&1 | tail -1
+    echo "trained $dt in $(echo "$(date +%s.%N) - $t0" | bc) s"
+done
+
+# ---- 2. ratios per state, codec throughput ----
+for dt in bf16 fp32; do
+    echo
+    echo "### $dt checkpoint after $STEPS steps"
+    $B/ds_zratio "$DIR/run-$dt" 1 3
+done
+
+# ---- 3. whole checkpoints on disk ----
+size_of() { cat "$1"/*/rank_* "$1"/*/*.pt 2>/dev/null | wc -c; }
+echo
+echo "| checkpoint | plain native bytes | --compress bytes | ratio |"
+echo "|---|---:|---:|---:|"
+for src in "$DIR/run-bf16" "$DIR/run-fp32" fixtures/deepspeed/*/ckpt fixtures/deepspeed-0.19/z*/ckpt; do
+    [ -d "$src" ] || continue
+    ws=$($B/dsckpt inspect --json "$src" | python3 -c 'import json,sys; print(json.load(sys.stdin)["world_size"])')
+    n=$(basename "$(dirname "$src")")
+    case "$src" in "$DIR"/*) n=$(basename "$src") ;; fixtures/deepspeed-0.19/*) n="0.19/$n" ;; esac
+    n=${n//\//-}
+    $B/dsckpt reshard "$src" --to "$ws" -o "$DIR/p-$n" -q
+    $B/dsckpt reshard "$src" --to "$ws" --compress -o "$DIR/z-$n" -q
+    $B/dsckpt verify "$DIR/z-$n" >/dev/null
+    p=$(cat "$DIR/p-$n"/*/rank_* | wc -c)
+    z=$(cat "$DIR/z-$n"/*/rank_* | wc -c)
+    echo "| $n | $p | $z | $(echo "scale=3; $p / $z" | bc) |"
+done
+
+# ---- 4. consolidate from compressed vs plain ----
+$B/dsckpt synth -o "$DIR/s-plain" --params "$PARAMS" --world-size 2 --stage 2 -q
+$B/dsckpt synth -o "$DIR/s-z" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+: >"$DIR/t-plain"
+: >"$DIR/t-z"
+for r in $(seq "$REPS"); do
+    for k in plain z; do
+        rm -f "$DIR/out-$k.safetensors"
+        sync
+        t0=$(date +%s.%N)
+        $B/dsckpt consolidate "$DIR/s-$k" -o "$DIR/out-$k.safetensors" --dtype bf16 -q
+        echo "$(date +%s.%N) - $t0" | bc >>"$DIR/t-$k"
+    done
+done
+cmp "$DIR/out-plain.safetensors" "$DIR/out-z.safetensors"
+tp=$(median <"$DIR/t-plain")
+tz=$(median <"$DIR/t-z")
+echo
+echo "consolidate $PARAMS params (synth bf16, W=2, ZeRO-2) to bf16, median of $REPS:"
+echo "  plain $tp s, compressed $tz s, ratio $(echo "scale=3; $tz / $tp" | bc) (target <= 1.2);" \
+    "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) bytes"
+echo "uptime at end: $(uptime)"
