@@ -129,10 +129,10 @@ expect_in out '^dsckpt [0-9]+\.[0-9]+\.[0-9]+$' "dsckpt version prints a version
 # "long/short" (short empty when there is none).
 declare -A OPTS
 OPTS[consolidate]="tag/t output/o dtype/ max-shard-size/ exclude-frozen/ force/ no-verify/ threads/j quiet/q help/h"
-OPTS[reshard]="tag/t to/ output/o stage/ format/ force/ no-verify/ drop-unknown-objects/ threads/j quiet/q help/h"
+OPTS[reshard]="tag/t to/ output/o stage/ format/ force/ no-verify/ drop-unknown-objects/ compress/ threads/j quiet/q help/h"
 OPTS[verify]="tag/t json/ threads/j quiet/q help/h"
 OPTS[inspect]="tag/t json/ tensors/ help/h"
-OPTS[synth]="output/o params/ world-size/ stage/ dtype/ seed/ step/ format/ force/ threads/j quiet/q help/h"
+OPTS[synth]="output/o params/ world-size/ stage/ dtype/ seed/ step/ format/ compress/ force/ threads/j quiet/q help/h"
 # Keep the lists in step with the source: every long option in cli/main.c's tables
 # must be listed above for some command.
 MAIN_C="$SRC_DIR/cli/main.c"
