@@ -96,6 +96,9 @@ for dt in bf16 fp32; do
         same p-$dt-$od.safetensors z-$dt-$od.safetensors "consolidate $dt -> $od"
     done
 done
+run diff p-bf16 z-bf16
+expect_rc 0 "diff plain vs compressed"
+expect_in out "equal \(0 differences\)" "diff finds them equal"
 run consolidate z-bf16 -o z-hf --max-shard-size 2MB -q
 expect_rc 0 "consolidate compressed, HF layout"
 run consolidate p-bf16 -o p-hf --max-shard-size 2MB -q
