@@ -13,7 +13,8 @@
 #     ratio compressed / plain (synth values are near-random, so its compression
 #     ratio is not the real one; the time ratio is the cost of decoding).
 # Usage: bash bench/compress.sh   Environment: BENCH_DIR (build/bench-compress),
-# BENCH_STEPS (300), BENCH_PARAMS (50M), BENCH_REPS (3).
+# BENCH_STEPS (300), BENCH_PARAMS (50M), BENCH_REPS (3), BENCH_REUSE=1 (keep the
+# trained checkpoints of an earlier run in BENCH_DIR and skip step 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${BENCH_DIR:-build/bench-compress}
@@ -22,12 +23,18 @@ PARAMS=${BENCH_PARAMS:-50M}
 REPS=${BENCH_REPS:-3}
 B=build
 [ -x $B/dsckpt ] && [ -x $B/dstrain ] && [ -x $B/ds_zratio ] || bash scripts/build.sh build
-rm -rf "$DIR"
-mkdir -p "$DIR"
+if [ "${BENCH_REUSE:-0}" = 1 ] && [ -d "$DIR/run-bf16" ] && [ -d "$DIR/run-fp32" ]; then
+    find "$DIR" -mindepth 1 -maxdepth 1 ! -name 'run-*' ! -name 'train-*' ! -name 'ds_*' -exec rm -rf {} +
+    TRAIN=""
+else
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+    TRAIN="bf16 fp32"
+fi
 echo "uptime at start: $(uptime)"
 
 # ---- 1. train ----
-for dt in bf16 fp32; do
+for dt in $TRAIN; do
     pre=""
     [ $dt = bf16 ] && pre='"bf16": {"enabled": true},'
     cat >"$DIR/ds_$dt.json" <<JSON

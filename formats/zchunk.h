@@ -41,9 +41,13 @@ bool ds_zchunk_width_ok(int w);
 /* Whether `level` is a zstd level we accept (1 .. ZSTD_maxCLevel()). */
 bool ds_zchunk_level_ok(int level);
 
-/* Byte-plane shuffle and its inverse (dst and src do not overlap). */
+/* Byte-plane shuffle and its inverse (dst and src do not overlap); widths 2 and 4
+ * use SSE2 where the compiler targets it. The _ref versions are the plain loops
+ * the fast ones are tested against. */
 void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
+void ds_zchunk_shuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
+void ds_zchunk_unshuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
 
 typedef struct ds_zchunk_enc ds_zchunk_enc;
 dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out);
