@@ -123,6 +123,18 @@ static char *tag_file(const char *root, const char *name) {
     return p;
 }
 
+/* A whole file as a NUL-terminated string (malloc'd). */
+static char *read_text(const char *path) {
+    size_t n = 0;
+    uint8_t *b = tu_read(path, &n);
+    CU_ASSERT_FATAL(b != NULL);
+    char *t = malloc(n + 1);
+    memcpy(t, b, n);
+    t[n] = '\0';
+    free(b);
+    return t;
+}
+
 static void test_round_trip(void) {
     char *dir = tu_mkdtemp(), *z = tu_path(dir, "z"), *p = tu_path(dir, "p");
     write_ckpt(z, 300000, 1, 64 << 10);
@@ -149,8 +161,7 @@ static void test_round_trip(void) {
     dsckpt_ckpt_free(c);
     /* Versions: 2 only when compressed. */
     char *mz = tag_file(z, DS_MANIFEST_NAME), *mp = tag_file(p, DS_MANIFEST_NAME);
-    size_t n;
-    char *tz = (char *)tu_read(mz, &n), *tp = (char *)tu_read(mp, &n);
+    char *tz = read_text(mz), *tp = read_text(mp);
     CU_ASSERT(strstr(tz, "\"version\":2,") != NULL);
     CU_ASSERT(strstr(tp, "\"version\":1,") != NULL);
     CU_ASSERT(strstr(tp, "compression") == NULL);
