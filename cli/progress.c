@@ -3,12 +3,14 @@
  * ~10 times a second: [=====>    ] 45%  1.23/2.70 GB  310 MB/s  0:04 elapsed
  * ETA 0:05. Once every byte is written the operation still flushes, fsyncs and
  * renames (seconds on a large output): the bar then says "syncing" instead of
- * standing at a silent 100%.
+ * standing at a silent 100%. The bar is cut to the terminal's width (never wraps).
  */
 #include "progress.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +45,15 @@ void cli_progress_init(cli_progress *p, const char *label, bool quiet) {
     p->mode = quiet ? CLI_PROGRESS_OFF : isatty(2) ? CLI_PROGRESS_BAR : CLI_PROGRESS_LINES;
 }
 
+/* Writes "\r" + line + clear-to-end, the line cut to the terminal's width less one
+ * column: a line that wrapped would leave its first row behind at every redraw. */
+static void put_bar_line(char *line, const char *end) {
+    struct winsize ws;
+    if (ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && strlen(line) > (size_t)ws.ws_col - 1)
+        line[ws.ws_col - 1] = '\0';
+    fprintf(stderr, "\r%s\033[K%s", line, end);
+}
+
 static void draw_bar(cli_progress *p, double now) {
     double frac = (double)p->done / (double)p->total;
     if (frac > 1) frac = 1;
@@ -54,9 +65,11 @@ static void draw_bar(cli_progress *p, double now) {
     bool all = p->done >= p->total;
     double rate = el > 0 ? (double)p->done / el : 0;
     if (!all && rate > 0) cli_hms((double)(p->total - p->done) / rate, eta, sizeof eta);
-    fprintf(stderr, "\r%-11s [%s] %3d%%  %.2f/%.2f GB  %4.0f MB/s  %s elapsed  %s%s\033[K", p->label, bar,
-            (int)(frac * 100), (double)p->done / 1e9, (double)p->total / 1e9, rate / 1e6, cli_hms(el, e, sizeof e),
-            all ? "syncing (flush, fsync, rename)" : rate > 0 ? "ETA " : "ETA --:--", all ? "" : rate > 0 ? eta : "");
+    char line[256];
+    snprintf(line, sizeof line, "%-11s [%s] %3d%%  %.2f/%.2f GB  %4.0f MB/s  %s elapsed  %s%s", p->label, bar,
+             (int)(frac * 100), (double)p->done / 1e9, (double)p->total / 1e9, rate / 1e6, cli_hms(el, e, sizeof e),
+             all ? "syncing (flush, fsync, rename)" : rate > 0 ? "ETA " : "ETA --:--", all ? "" : rate > 0 ? eta : "");
+    put_bar_line(line, "");
     fflush(stderr);
     p->drawn = 1;
 }
@@ -113,10 +126,12 @@ void cli_progress_end(cli_progress *p) {
             double el = cli_now() - p->t0;
             char e[16];
             bool all = p->done >= p->total;
-            fprintf(stderr, "\r%-11s [%s] %3d%%  %.2f/%.2f GB  %s elapsed\033[K\n", p->label,
-                    all ? "========================" : "---------- stopped -----",
-                    all ? 100 : (int)((double)p->done / (double)p->total * 100), (double)p->done / 1e9,
-                    (double)p->total / 1e9, cli_hms(el, e, sizeof e));
+            char line[256];
+            snprintf(line, sizeof line, "%-11s [%s] %3d%%  %.2f/%.2f GB  %s elapsed", p->label,
+                     all ? "========================" : "---------- stopped -----",
+                     all ? 100 : (int)((double)p->done / (double)p->total * 100), (double)p->done / 1e9,
+                     (double)p->total / 1e9, cli_hms(el, e, sizeof e));
+            put_bar_line(line, "\n");
         } else {
             fprintf(stderr, "\n");
         }

@@ -174,6 +174,26 @@ expect_not_in err '^consolidate: ' "no progress lines for a run shorter than the
 DSCKPT_PROGRESS_INTERVAL=0 "$DS" synth -o psynth --params 200K >"$T/out" 2>"$T/err"
 expect_in err '^synth: ' "synth shows progress"
 expect_in err '^synth: 100% .*syncing$' "synth reaches 100% and says syncing"
+# On a terminal (script(1) gives one): the bar with elapsed and ETA (or "syncing"),
+# then its final figures; never wider than the terminal (a wrapped bar leaves a
+# stale row behind at every redraw).
+tty_rows() { # FILE: every row the terminal showed (split at \r and \n, \e[K removed)
+    python3 -c 'import re,sys; raw=open(sys.argv[1],"rb").read().decode(); [print(re.sub(r"\x1b\[K","",s)) for l in raw.split("\n") for s in l.split("\r")]' "$1"
+}
+if command -v script >/dev/null; then
+    script -qec "stty cols 50 rows 20; '$DS' consolidate a -o tty.safetensors" /dev/null >"$T/tty" 2>&1
+    rc=$?
+    tty_rows "$T/tty" >"$T/rows"
+    if [ $rc -eq 0 ] && [ "$(grep -E '^consolidate +\[' "$T/rows" | awk 'length($0) > 49' | wc -l)" -eq 0 ] &&
+        [ "$(grep -Ec '^consolidate +\[' "$T/rows")" -ge 1 ] && grep -Eq '^consolidate +\[=+\] 100%' "$T/rows"; then ok
+    else bad "progress bar on a 50-column terminal (exit $rc): $(cat -v "$T/tty" | head -c 800)"; fi
+    script -qec "stty cols 200 rows 20; '$DS' consolidate a -o tty2.safetensors" /dev/null >"$T/tty" 2>&1
+    tty_rows "$T/tty" >"$T/rows"
+    grep -Eq '^consolidate +\[[=> ]+\] +[0-9]+%  [0-9.]+/[0-9.]+ GB +[0-9]+ MB/s  [0-9:]+ elapsed  (ETA [0-9:-]+|syncing \(flush, fsync, rename\))$' "$T/rows" &&
+        ok || bad "progress bar with elapsed and ETA or syncing on a wide terminal: $(cat -v "$T/tty" | head -c 800)"
+else
+    echo "note: script(1) is not installed: the terminal progress bar is not checked"
+fi
 DSCKPT_PROGRESS_INTERVAL=0 "$DS" consolidate a -o q.safetensors -q >"$T/out" 2>"$T/err"
 expect_not_in err '^consolidate: ' "-q hides the progress"
 expect_in err '^consolidated ' "-q keeps the summary line"
