@@ -13,6 +13,7 @@
 
 dsckpt_status rt_tstate_load(const char *save_dir, rt_tstate *ts) {
     ts->root = NULL;
+    ts->steps_per_epoch = 0;
     char *p = ds_join(save_dir, "trainer_state.json");
     if (!p) return DSCKPT_ENOMEM;
     dsckpt_status st = DSCKPT_OK;
@@ -75,6 +76,7 @@ void rt_tstate_log_train(rt_tstate *ts, uint64_t step, double loss, double lr, d
     set_num(e, "learning_rate", lr);
     set_num(e, "loss", loss);
     set_num(e, "step", (double)step);
+    if (ts->steps_per_epoch) set_num(e, "epoch", (double)step / (double)ts->steps_per_epoch);
     cJSON_AddItemToArray(history(ts), e);
 }
 
@@ -82,6 +84,7 @@ void rt_tstate_log_eval(rt_tstate *ts, uint64_t step, const char *metric, double
     cJSON *e = cJSON_CreateObject();
     set_num(e, metric, value);
     set_num(e, "step", (double)step);
+    if (ts->steps_per_epoch) set_num(e, "epoch", (double)step / (double)ts->steps_per_epoch);
     cJSON_AddItemToArray(history(ts), e);
 }
 
@@ -121,6 +124,10 @@ dsckpt_status rt_tstate_save(rt_tstate *ts, const char *save_dir, uint64_t globa
     set_num(ts->root, "eval_steps", (double)eval_steps);
     set_num(ts->root, "save_steps", (double)save_steps);
     set_num(ts->root, "train_batch_size", (double)train_batch_size);
+    if (ts->steps_per_epoch) {
+        set_num(ts->root, "epoch", (double)global_step / (double)ts->steps_per_epoch);
+        set_num(ts->root, "num_train_epochs", ceil((double)max_steps / (double)ts->steps_per_epoch));
+    }
     if (!cJSON_GetObjectItemCaseSensitive(ts->root, "is_world_process_zero"))
         cJSON_AddTrueToObject(ts->root, "is_world_process_zero");
     char *text = cJSON_Print(ts->root);

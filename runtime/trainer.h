@@ -14,15 +14,20 @@
 
 typedef struct rt_tstate {
     cJSON *root;  /* the trainer_state.json object */
+    uint64_t steps_per_epoch; /* > 0: entries and the state get "epoch" (step / it),
+                               * the state "num_train_epochs" (ceil(max_steps / it)),
+                               * as the Trainer's; 0: no epoch fields */
 } rt_tstate;
 
-/* Reads save_dir/trainer_state.json, or starts a fresh one when there is none.
+/* Reads save_dir/trainer_state.json, or starts a fresh one when there is none
+ * (steps_per_epoch is set to 0: the caller sets it).
  * A file that is not a JSON object is DSCKPT_ECORRUPT naming it. */
 dsckpt_status rt_tstate_load(const char *save_dir, rt_tstate *ts);
 void rt_tstate_free(rt_tstate *ts);
 
 /* Appends a training-log entry ({"step", "loss", "learning_rate", "grad_norm"}) or
- * an eval entry ({"step", <metric>: value}). */
+ * an eval entry ({"step", <metric>: value}), each with "epoch" when
+ * steps_per_epoch is set. */
 void rt_tstate_log_train(rt_tstate *ts, uint64_t step, double loss, double lr, double grad_norm);
 void rt_tstate_log_eval(rt_tstate *ts, uint64_t step, const char *metric, double value);
 

@@ -273,6 +273,17 @@ head -c 3000 "$DATA" >small.txt
 "$DSTRAIN" --deepspeed auto.json --data small.txt "${MODEL[@]}" --per_device_train_batch_size 4 --num_train_epochs 2 \
     --max_steps 3 --log_file ep2.jsonl >ep2.out 2>&1
 [ $? -eq 0 ] && [ "$(wc -l <ep2.jsonl)" -eq 3 ] && ok || bad "--max_steps does not win over --num_train_epochs: $(tail -2 ep2.out)"
+# epoch in the JSON lines and in trainer_state.json (the Trainer's fields: epoch, num_train_epochs).
+"$DSTRAIN" --deepspeed auto.json --data small.txt "${MODEL[@]}" --per_device_train_batch_size 4 --num_train_epochs 0.5 \
+    --output_dir ep4 --save_steps 5 --log_file ep4.jsonl >ep4.out 2>&1
+$PY - ep4.jsonl ep4/trainer_state.json <<'EOF' && ok || bad "epoch fields (20 steps per epoch): $(tail -2 ep4.out)"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+st = json.load(open(sys.argv[2]))
+assert len(rows) == 10 and [r["epoch"] for r in rows] == [s / 20 for s in range(1, 11)], [r.get("epoch") for r in rows]
+assert st["epoch"] == 0.5 and st["num_train_epochs"] == 1 and st["max_steps"] == 10, st
+assert [e["epoch"] for e in st["log_history"] if "loss" in e] == [s / 20 for s in range(1, 11)], st["log_history"]
+EOF
 printf '%s' '{"train_micro_batch_size_per_gpu": 4, "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto", "warmup_num_steps": 0, "warmup_max_lr": 0.001}}}' >ep.json
 "$DSTRAIN" --deepspeed ep.json --data small.txt "${MODEL[@]}" --num_train_epochs 0.1 --log_file ep3.jsonl >ep3.out 2>&1
 [ $? -eq 0 ] && [ "$(wc -l <ep3.jsonl)" -eq 2 ] && tail -1 ep3.jsonl | grep -q '"lr": 0,' && ok ||

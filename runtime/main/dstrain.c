@@ -326,10 +326,11 @@ static void report_step(run *r, const step_report *p) {
     if (r->log) {
         fprintf(r->log,
                 "{\"step\": %llu, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"loss_scale\": %.9g, "
-                "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g, \"comm_bytes\": %llu",
+                "\"skipped\": %s, \"tokens_per_s\": %.6g, \"step_s\": %.6g, \"comm_s\": %.6g, \"comm_bytes\": %llu, "
+                "\"epoch\": %.6g",
                 (unsigned long long)s->step, s->loss, s->lr, isnan(s->grad_norm) ? -1.0 : s->grad_norm, s->loss_scale,
                 s->skipped ? "true" : "false", s->tokens_per_s, s->seconds, s->comm_seconds,
-                (unsigned long long)s->comm_bytes);
+                (unsigned long long)s->comm_bytes, (double)s->step / (double)r->steps_per_epoch);
         if (p->do_eval) fprintf(r->log, ", \"eval_loss\": %.9g", p->eval_loss);
         if (p->digest[0]) fprintf(r->log, ", \"master_sha256\": \"%s\", \"working_sha256\": \"%s\"", p->digest, p->wdigest);
         if (p->stall >= 0) fprintf(r->log, ", \"save_stall_s\": %.6g", p->stall);
@@ -542,6 +543,7 @@ static int setup_saving(run *r) {
     dsckpt_status st;
     if (r->rank == 0 && (st = rt_tstate_load(o->save_dir, &r->ts)))
         return fail(r, exit_code(st)); /* a damaged trainer_state.json: 1, unreadable: 2 */
+    r->ts.steps_per_epoch = r->steps_per_epoch;
     if (r->rank == 0) {
         int removed = rt_clean_debris(o->save_dir);
         if (removed)
