@@ -140,10 +140,11 @@ typedef struct run {
     int n_model_out;
 } run;
 
-/* Seconds as "42s", "3m05s" or "2h03m". */
+/* Seconds as "4.2s", "42s", "3m05s" or "2h03m". */
 static void fmt_dur(char *b, size_t n, double s) {
     if (!(s >= 0) || s > 1e9) snprintf(b, n, "?");
-    else if (s < 60) snprintf(b, n, "%.0fs", s);
+    else if (s < 9.95) snprintf(b, n, "%.1fs", s);
+    else if (s < 59.5) snprintf(b, n, "%.0fs", s);
     else if (s < 3600) snprintf(b, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
     else snprintf(b, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
 }
@@ -372,7 +373,9 @@ static int train_step(run *r, uint64_t k, const char *fake_eval, double *last_ev
     step_report p = {.s = &s, .eval_loss = NAN, .stall = -1, .digest = "", .wdigest = ""};
     p.copy_s = rt_saver_take_copy_seconds(r->saver); /* this step's share of an async save's stall */
     p.do_eval = (o->eval_steps && (k + 1) % o->eval_steps == 0) || k + 1 == o->max_steps;
+    double te = rt_now_s();
     if (p.do_eval && rt_engine_eval(r->eng, r->data, o->eval_windows, &p.eval_loss)) return fail(r, 70);
+    r->win_t += rt_now_s() - te; /* the window's samples/s count training time, not eval's */
     if (p.do_eval && fake_eval) p.eval_loss = fake_metric(fake_eval, s.step, p.eval_loss);
     if (p.do_eval) *last_eval = p.eval_loss;
     if (r->rank == 0 && r->ts.root) {
@@ -423,9 +426,9 @@ static void summary(const run *r) {
     double t = rt_now_s() - r->t_train;
     char el[16];
     fmt_dur(el, sizeof el, t);
-    fprintf(stderr, "dstrain: done: %llu step(s) (%llu in this run, %.2f epoch(s)) in %s (%.1f s)\n",
+    fprintf(stderr, "dstrain: done: %llu step(s) (%llu in this run, %.2f epoch(s)) in %s\n",
             (unsigned long long)steps, (unsigned long long)(steps > r->k0 ? steps - r->k0 : 0),
-            (double)steps / (double)r->steps_per_epoch, el, t);
+            (double)steps / (double)r->steps_per_epoch, el);
     if (o->save_dir) {
         const char *best = rt_tstate_best(&r->ts);
         if (best) fprintf(stderr, "dstrain: best checkpoint: %s/%s (%s)\n", o->save_dir, best, o->metric);
