@@ -45,6 +45,11 @@ static const char help[] =
     "                         read; the last line also\n"
     "                         master_sha256 / working_sha256, SHA-256 of the full\n"
     "                         fp32 master and 16-bit working weights\n"
+    "  --device cpu|cuda|cpu-strict  where the step runs (default cpu). cuda: rank r on\n"
+    "                         GPU r modulo the GPUs found (a build with CUDA), device\n"
+    "                         buffers staged through pinned host memory for MPI;\n"
+    "                         cpu-strict: the CPU kernels on memory the host may not\n"
+    "                         touch (a test of the device discipline; same bits as cpu)\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
     "Progress on stderr (rank 0): every --logging_steps steps (or the config's\n"
@@ -112,7 +117,7 @@ enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
     O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_COMPRESS, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
-    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS
+    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS, O_DEVICE
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -159,6 +164,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"save_dir", required_argument, 0, O_SAVEDIR}, {"save_steps", required_argument, 0, O_SAVESTEPS},
         {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
         {"save_compress", optional_argument, 0, O_COMPRESS},
+        {"device", required_argument, 0, O_DEVICE},
         {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
         {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
         {"save_model", required_argument, 0, O_SAVEMODEL},
@@ -172,6 +178,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
     o->n_layer = 2, o->n_head = 2, o->n_embd = 64, o->seq_len = 64, o->max_steps = 100, o->seed = 1234;
     o->eval_windows = 64;
     o->async_save = true;
+    o->device = "cpu";
     rt_args_init(&o->hf);
     const char *metric_arg = NULL, *save_strategy = NULL, *eval_strategy = NULL;
     bool greater_given = false;
@@ -237,6 +244,11 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
             if (!optarg) o->save_compress = DSCKPT_COMPRESS_DEFAULT_LEVEL;
             else if (!num_u(optarg, 1, 22, &o->save_compress))
                 return usage("--save_compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            break;
+        case O_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "cpu-strict"))
+                return usage("--device must be cpu, cuda or cpu-strict (got '%s')", optarg);
+            o->device = optarg;
             break;
         case O_METRIC: metric_arg = optarg; break;
         case O_GREATER: greater_given = true; break;

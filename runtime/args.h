@@ -15,6 +15,7 @@ typedef struct rt_opts {
     uint64_t n_layer, n_head, n_embd, seq_len;
     uint64_t max_steps, seed, eval_steps, eval_windows;
     bool print_memory;
+    const char *device;    /* --device: "cpu" (default), "cuda", "cpu-strict" */
     /* Checkpoints. */
     const char *save_dir, *resume, *save_model; /* NULL when not given */
     uint64_t save_steps, save_limit;

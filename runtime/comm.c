@@ -12,6 +12,7 @@
  * each element is summed on its own.
  */
 #include "comm.h"
+#include "device.h"
 #include "internal.h"
 #include "rt_time.h"
 
@@ -48,6 +49,10 @@ struct rt_comm {
     const void **sends;
     void **recvs;
     const float **srcs;
+    /* rt_comm_set_device: buffers of this table are staged through host memory. */
+    const rt_device *dev;
+    void *stage;
+    size_t stage_bytes;
 };
 
 static dsckpt_status need_scratch(rt_comm *c, size_t bytes) {
@@ -106,6 +111,7 @@ fail:
 void rt_comm_close(rt_comm *c) {
     if (!c) return;
     if (c->ops && c->ops->close) c->ops->close(c->impl);
+    if (c->dev) c->dev->free_host(c->dev->ctx, c->stage);
     free(c->scratch);
     free(c->off);
     free(c->cnt);
@@ -133,6 +139,43 @@ void rt_comm_set_stream(rt_comm *c, void *stream) {
 }
 
 void *rt_comm_stream(const rt_comm *c) { return c ? c->stream : NULL; }
+
+/* ---- device buffers staged through the host (rt_comm_set_device) ------------------- */
+
+void rt_comm_set_device(rt_comm *c, const rt_device *dev) {
+    if (!c) return;
+    if (c->dev) c->dev->free_host(c->dev->ctx, c->stage);
+    c->stage = NULL;
+    c->stage_bytes = 0;
+    c->dev = dev && dev->is_device ? dev : NULL; /* a host-memory table needs no staging */
+}
+
+static bool on_dev(const rt_comm *c, const void *p) { return c->dev && p && c->dev->is_device(c->dev->ctx, p); }
+
+static dsckpt_status need_stage(rt_comm *c, size_t bytes) {
+    if (bytes <= c->stage_bytes) return DSCKPT_OK;
+    c->dev->free_host(c->dev->ctx, c->stage);
+    c->stage = NULL;
+    c->stage_bytes = 0;
+    DS_TRY(c->dev->alloc_host(c->dev->ctx, bytes ? bytes : 1, &c->stage));
+    c->stage_bytes = bytes;
+    return DSCKPT_OK;
+}
+
+/* host <- src (device or host) and dst (device or host) <- host. */
+static dsckpt_status stage_in(rt_comm *c, void *host, const void *src, size_t bytes) {
+    if (!bytes) return DSCKPT_OK;
+    if (on_dev(c, src)) return c->dev->d2h(c->dev->ctx, host, src, bytes);
+    memcpy(host, src, bytes);
+    return DSCKPT_OK;
+}
+
+static dsckpt_status stage_out(rt_comm *c, void *dst, const void *host, size_t bytes) {
+    if (!bytes) return DSCKPT_OK;
+    if (on_dev(c, dst)) return c->dev->h2d(c->dev->ctx, dst, host, bytes);
+    memcpy(dst, host, bytes);
+    return DSCKPT_OK;
+}
 
 void rt_comm_stats(const rt_comm *c, double *seconds, uint64_t *bytes_sent) {
     if (seconds) *seconds = c ? c->seconds : 0.0;
@@ -286,6 +329,12 @@ dsckpt_status rt_comm_bcast(rt_comm *c, void *buf, size_t bytes, int root) {
         return ds_err(DSCKPT_EINVAL, "rt_comm_bcast: root %d outside [0, %d)", root, c->size);
     if (bytes && !buf) return ds_err(DSCKPT_EINVAL, "rt_comm_bcast: NULL buffer");
     if (c->size == 1 || bytes == 0) return DSCKPT_OK;
+    if (on_dev(c, buf)) {
+        DS_TRY(need_stage(c, bytes));
+        DS_TRY(stage_in(c, c->stage, buf, bytes));
+        DS_TRY(rt_comm_bcast(c, c->stage, bytes, root));
+        return stage_out(c, buf, c->stage, bytes);
+    }
     double t0 = rt_now_s();
     dsckpt_status st = DSCKPT_OK;
     for (size_t off = 0; off < bytes && st == DSCKPT_OK; off += c->max_msg)
@@ -308,6 +357,13 @@ dsckpt_status rt_comm_allgather(rt_comm *c, const void *send, size_t bytes_per_r
     bool in_place = (const uint8_t *)send == mine;
     if (!in_place && overlap(send, bytes_per_rank, recv, (size_t)total))
         return ds_err(DSCKPT_EINVAL, "rt_comm_allgather: send overlaps recv without being in place");
+    if (on_dev(c, send) || on_dev(c, recv)) {
+        DS_TRY(need_stage(c, (size_t)total));
+        uint8_t *h = c->stage;
+        DS_TRY(stage_in(c, h + (size_t)c->rank * bytes_per_rank, send, bytes_per_rank));
+        DS_TRY(rt_comm_allgather(c, h + (size_t)c->rank * bytes_per_rank, bytes_per_rank, h));
+        return stage_out(c, recv, h, (size_t)total);
+    }
     double t0 = rt_now_s();
     for (size_t r = 0; r < W; r++) {
         c->cnt[r] = bytes_per_rank;
@@ -324,6 +380,14 @@ dsckpt_status rt_comm_reduce_scatterv_f32(rt_comm *c, const float *send, const s
     if (!counts) return ds_err(DSCKPT_EINVAL, "rt_comm_reduce_scatterv_f32: NULL counts");
     size_t total = 0;
     DS_TRY(check_segments(c, send, counts, recv, &total));
+    if (on_dev(c, send) || on_dev(c, recv)) {
+        size_t mine = counts[c->rank];
+        DS_TRY(need_stage(c, (total + mine) * sizeof(float)));
+        float *h = c->stage;
+        DS_TRY(stage_in(c, h, send, total * sizeof(float)));
+        DS_TRY(rt_comm_reduce_scatterv_f32(c, h, counts, h + total));
+        return stage_out(c, recv, h + total, mine * sizeof(float));
+    }
     double t0 = rt_now_s();
     dsckpt_status st = reduce_scatterv(c, send, counts, recv, total);
     c->seconds += rt_now_s() - t0;
@@ -337,6 +401,12 @@ dsckpt_status rt_comm_allreduce_f32(rt_comm *c, float *buf, size_t n) {
         return ds_err(DSCKPT_EINVAL, "rt_comm_allreduce_f32: %zu floats overflow", n);
     size_t W = (size_t)c->size;
     if (W == 1 || n == 0) return DSCKPT_OK;
+    if (on_dev(c, buf)) {
+        DS_TRY(need_stage(c, n * sizeof(float)));
+        DS_TRY(stage_in(c, c->stage, buf, n * sizeof(float)));
+        DS_TRY(rt_comm_allreduce_f32(c, c->stage, n));
+        return stage_out(c, buf, c->stage, n * sizeof(float));
+    }
     double t0 = rt_now_s();
     /* c->cnt is the split (elements), then the gather's byte counts; c->off the offsets. */
     size_t acc = 0;

@@ -108,6 +108,15 @@ dsckpt_status rt_comm_set_max_message(rt_comm *c, size_t bytes);
 void rt_comm_set_stream(rt_comm *c, void *stream);
 void *rt_comm_stream(const rt_comm *c);
 
+/* Lets a host backend (MPI, self) take the device buffers of table `dev`: bcast,
+ * allgather, reduce_scatterv_f32 and allreduce_f32 copy such a buffer into host
+ * staging (dev->alloc_host) through the table, run on the host, and copy the result
+ * back; host buffers pass as before, and the bits are the host collectives'. NULL, or
+ * a table whose memory is host memory, turns it off. `dev` must outlive the handle
+ * or the next call. Not for a backend that reaches device memory itself (NCCL). */
+struct rt_device;
+void rt_comm_set_device(rt_comm *c, const struct rt_device *dev);
+
 /* ---- Backend interface (comm.c, comm_mpi.c, a future NCCL backend) ----------------
  * A backend moves bytes; comm.c builds the public collectives on top (argument
  * checks, timing, piecewise splitting, the rank-order sums). Each op receives the

@@ -30,8 +30,12 @@
 #include <stdint.h>
 
 typedef struct rt_device {
-    const char *name; /* "cpu", "cuda" */
+    const char *name; /* "cpu", "cpu-strict", "cuda" */
     void *ctx;        /* backend state, passed to every op */
+    /* Device pointers are plain host pointers that the host may read and write
+     * directly (the CPU table). Code that must also work on a GPU never relies on it
+     * except to skip a copy (engine_ckpt.c's zero-copy snapshot). */
+    bool host_memory;
 
     /* ---- memory ---- */
     /* *out = `bytes` (0 allowed: a valid unique pointer) of zeroed device memory. */
@@ -43,6 +47,15 @@ typedef struct rt_device {
     dsckpt_status (*memzero)(void *ctx, void *dst, size_t bytes);
     /* Waits for everything issued; returns the sticky error, if any. */
     dsckpt_status (*sync)(void *ctx);
+    /* Host memory the table copies to and from fastest (page-locked on CUDA), zeroed,
+     * every page touched: snapshot buffers, the offloaded optimizer state. Freed with
+     * free_host (NULL is a no-op). */
+    dsckpt_status (*alloc_host)(void *ctx, size_t bytes, void **out);
+    void (*free_host)(void *ctx, void *p);
+    /* Whether p points into memory from this table's alloc (the collectives stage such
+     * buffers through the host when their backend cannot reach them). NULL when
+     * host_memory: every pointer is host memory. */
+    bool (*is_device)(void *ctx, const void *p);
 
     /* ---- element types: dst[i] = src[i] converted (kernels/cast.h); F32, BF16, F16;
      * same type is a copy ---- */
@@ -85,5 +98,24 @@ typedef struct rt_device {
 
 /* The CPU table: host memory (pages touched at allocation), the OpenMP kernels. */
 const rt_device *rt_device_cpu(void);
+
+/* The CPU table with "device" memory the host cannot touch (device_strict.c), for
+ * tests of the engine's discipline: each alloc is its own mapping, kept PROT_NONE
+ * except while one of the table's own ops runs, so any read or write of device
+ * memory outside the table (by the engine, the model, the checkpoint code or the
+ * collectives) dies with SIGSEGV, as it would fault (or read garbage) on a GPU.
+ * Copies check the direction of their pointers (h2d: host -> device, ...), kernels
+ * that every pointer they get is device memory (the host accumulator of
+ * sumsq_exact and the adam constants aside); a violation aborts with a message.
+ * Results are bitwise those of the CPU table. One thread issues ops. */
+dsckpt_status rt_device_cpu_strict_open(rt_device **out);
+void rt_device_cpu_strict_close(rt_device *dev); /* NULL is a no-op */
+
+/* The table called `name` ("cpu", "cpu-strict", "cuda" where built with CUDA),
+ * opened for local rank `local_rank` (the CUDA device is local_rank modulo the
+ * device count). EUNSUPPORTED for "cuda" in a build without CUDA, EINVAL for an
+ * unknown name. Close with rt_device_close_named. */
+dsckpt_status rt_device_open_named(const char *name, int local_rank, rt_device **out);
+void rt_device_close_named(rt_device *dev);
 
 #endif /* DSRT_DEVICE_H */

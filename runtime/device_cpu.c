@@ -166,9 +166,17 @@ static bool cpu_has_inf_nan(void *ctx, const float *g, size_t n) {
     return ds_has_inf_nan(g, n);
 }
 
+static dsckpt_status cpu_alloc_host(void *ctx, size_t bytes, void **out) { return cpu_alloc(ctx, bytes, out); }
+
+static void cpu_free_host(void *ctx, void *p) { cpu_free(ctx, p); }
+
 static const rt_device cpu_device = {
     .name = "cpu",
     .ctx = NULL,
+    .host_memory = true,
+    .alloc_host = cpu_alloc_host,
+    .free_host = cpu_free_host,
+    .is_device = NULL,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .h2d = cpu_copy,

@@ -42,6 +42,29 @@ static dsckpt_status dev_alloc(rt_engine *e, void *pp, uint64_t bytes, const cha
     return st;
 }
 
+/* Optimizer-state memory (e->odev: the device, or pinned host memory when offloaded). */
+static dsckpt_status opt_alloc(rt_engine *e, void *pp, uint64_t bytes, const char *what) {
+    dsckpt_status st = e->odev->alloc(e->odev->ctx, (size_t)bytes, pp);
+    if (st) ds_err_prefix(st, "engine: %s", what);
+    return st;
+}
+
+/* dst (optimizer-state memory) <- src (device). */
+static dsckpt_status dev_to_opt(const rt_engine *e, void *dst, const void *src, size_t bytes) {
+    return e->off ? e->dev->d2h(e->dev->ctx, dst, src, bytes) : e->dev->d2d(e->dev->ctx, dst, src, bytes);
+}
+
+/* dst (device, working dtype) <- elements [off, off + n) of group g's master. */
+static dsckpt_status master_to_working(const rt_engine *e, int g, uint64_t off, void *dst, uint64_t n) {
+    if (!e->off) {
+        from_f32(e, e->master[g] + off, dst, n);
+        return DSCKPT_OK;
+    }
+    uint8_t *h = e->hw[g] + off * e->ws;
+    e->odev->cast(e->odev->ctx, e->wdt, h, DSCKPT_F32, e->master[g] + off, (size_t)n);
+    return e->dev->h2d(e->dev->ctx, dst, h, (size_t)n * e->ws);
+}
+
 /* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
  * the group partition. */
 void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
@@ -246,7 +269,19 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
     DS_TRY(ds_calloc(1, sizeof *e, &e));
     dsckpt_status st = DSCKPT_OK;
     e->cfg = cfg;
-    e->dev = rt_device_cpu();
+    e->dev = rt_model_device(model);
+    e->odev = e->dev;
+    /* Offloading the optimizer to the CPU changes something only where the device's
+     * memory is not host memory (on the CPU table the state is host memory already). */
+    if (cfg->zero.offload_optimizer.device == RT_OFFLOAD_CPU && !e->dev->host_memory) {
+        e->off = true;
+        e->htab = *rt_device_cpu();
+        e->htab.name = "cpu (offload)";
+        e->htab.ctx = e->dev->ctx; /* the CPU kernels ignore it; alloc_host needs it */
+        e->htab.alloc = e->dev->alloc_host;
+        e->htab.free = e->dev->free_host;
+        e->odev = &e->htab;
+    }
     e->comm = comm;
     e->model = model;
     e->W = rt_comm_size(comm);
@@ -298,10 +333,14 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
         if (e->stage != 3) e->plen[g] = e->fp[g].part;
         size_t pb = (size_t)e->plen[g] * sizeof(float);
-        DS_TRYGOTO(dev_alloc(e, &e->master[g], pb, "the partitions"), fail);
-        DS_TRYGOTO(dev_alloc(e, &e->m1[g], pb, "the partitions"), fail);
-        DS_TRYGOTO(dev_alloc(e, &e->m2[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(opt_alloc(e, &e->master[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(opt_alloc(e, &e->m1[g], pb, "the partitions"), fail);
+        DS_TRYGOTO(opt_alloc(e, &e->m2[g], pb, "the partitions"), fail);
         DS_TRYGOTO(dev_alloc(e, &e->gpart[g], pb, "the partitions"), fail);
+        if (e->off) {
+            DS_TRYGOTO(opt_alloc(e, &e->ghost[g], pb, "the offloaded gradients"), fail);
+            DS_TRYGOTO(opt_alloc(e, &e->hw[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "the offloaded weights"), fail);
+        }
         if (e->stage == 1 || e->stage == 2) /* gather_working's buffer, for the largest group */
             DS_TRYGOTO(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W),
                        fail);
@@ -328,18 +367,19 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         const et *T = &e->t[i];
         uint64_t s, c, p;
         rt_engine_own(e, T, e->rank, &s, &c, &p);
-        DS_TRYGOTO(e->dev->d2d(e->dev->ctx, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), fail);
+        DS_TRYGOTO(dev_to_opt(e, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), fail);
     }
-    for (int g = 0; g < NG; g++) {
+    for (int g = 0; g < NG; g++) { /* on the optimizer's side (the CPU when offloaded) */
+        const rt_device *od = e->odev;
         void *tmp = NULL;
-        DS_TRYGOTO(dev_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), fail);
-        from_f32(e, e->master[g], tmp, e->plen[g]);
-        to_f32(e, tmp, e->master[g], e->plen[g]);
-        e->dev->free(e->dev->ctx, tmp);
+        DS_TRYGOTO(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), fail);
+        od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
+        od->cast(od->ctx, DSCKPT_F32, e->master[g], e->wdt, tmp, (size_t)e->plen[g]);
+        od->free(od->ctx, tmp);
     }
     if (e->stage != 3) from_f32(e, dinit, e->w, e->N);
     else
-        for (int g = 0; g < NG; g++) from_f32(e, e->master[g], e->w3[g], e->plen[g]);
+        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_working(e, g, 0, e->w3[g], e->plen[g]), fail);
     DS_TRYGOTO(e->dev->sync(e->dev->ctx), fail);
 
     rt_sched_init(&e->sched, cfg);
@@ -369,10 +409,13 @@ void rt_engine_free(rt_engine *e) {
     if (!e) return;
     if (e->dev) {
         const rt_device *d = e->dev;
+        const rt_device *od = e->odev;
         for (int g = 0; g < NG; g++) {
-            d->free(d->ctx, e->master[g]);
-            d->free(d->ctx, e->m1[g]);
-            d->free(d->ctx, e->m2[g]);
+            od->free(od->ctx, e->master[g]);
+            od->free(od->ctx, e->m1[g]);
+            od->free(od->ctx, e->m2[g]);
+            od->free(od->ctx, e->ghost[g]);
+            od->free(od->ctx, e->hw[g]);
             d->free(d->ctx, e->gpart[g]);
             d->free(d->ctx, e->w3[g]);
         }
@@ -400,16 +443,14 @@ void rt_engine_free(rt_engine *e) {
 /* ---- the optimizer step ---- */
 
 /* Stages 0/3: the working weights from this rank's master partition. */
-static void refresh_working(rt_engine *e, int g) {
-    if (e->stage == 3) {
-        from_f32(e, e->master[g], e->w3[g], e->plen[g]);
-        return;
-    }
+static dsckpt_status refresh_working(rt_engine *e, int g) {
+    if (e->stage == 3) return master_to_working(e, g, 0, e->w3[g], e->plen[g]);
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         if (T->group != g || e->stage != 0) continue;
-        from_f32(e, e->master[g] + T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel);
+        DS_TRY(master_to_working(e, g, T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel));
     }
+    return DSCKPT_OK;
 }
 
 /* Stages 1/2: every rank's updated partition, cast, all-gathered into the working weights. */
@@ -417,7 +458,7 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
     uint64_t P = e->plen[g];
     DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
     uint8_t *mine = e->gbuf2 + (size_t)e->rank * P * e->ws; /* cast in place, gather in place */
-    from_f32(e, e->master[g], mine, P);
+    DS_TRY(master_to_working(e, g, 0, mine, P));
     DS_TRY(rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, e->gbuf2));
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
@@ -520,10 +561,16 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
             ds_adam_k ak;
             e->hp[g].lr = (float)lr;
             DS_TRY(rt_adam_constants(&e->hp[g], e->applied, &ak));
-            d->scale(d->ctx, e->gpart[g], (size_t)e->plen[g], inv);
-            d->adam(d->ctx, &ak, e->master[g], e->gpart[g], e->m1[g], e->m2[g], (size_t)e->plen[g]);
+            float *grad = e->gpart[g];
+            if (e->off) { /* the gradient partition down, Adam on the CPU */
+                DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)e->plen[g] * 4));
+                grad = e->ghost[g];
+            }
+            const rt_device *od = e->odev;
+            od->scale(od->ctx, grad, (size_t)e->plen[g], inv);
+            od->adam(od->ctx, &ak, e->master[g], grad, e->m1[g], e->m2[g], (size_t)e->plen[g]);
             if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
-            else refresh_working(e, g);
+            else DS_TRY(refresh_working(e, g));
         }
         DS_TRY(d->sync(d->ctx));
         DS_TRY(rt_scaler_update(&e->scaler, false));
@@ -596,8 +643,10 @@ void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r) {
 uint64_t rt_engine_steps(const rt_engine *e) { return e->nsteps; }
 const char *rt_engine_device_name(const rt_engine *e) { return e->dev->name; }
 
+bool rt_engine_offloaded(const rt_engine *e) { return e->off; }
+
 dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
-    const rt_device *d = e->dev;
+    const rt_device *d = e->odev; /* where the master lives */
     for (int g = 0; g < NG; g++) {
         uint64_t P = e->plen[g];
         float *all = NULL;
@@ -607,7 +656,7 @@ dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
                     DS_TRY(d->d2h(d->ctx, out + e->t[i].moff, e->master[g] + e->t[i].goff, (size_t)e->t[i].numel * 4));
             continue;
         }
-        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * sizeof *all, "a gather buffer"));
+        DS_TRY(opt_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * sizeof *all, "a gather buffer"));
         dsckpt_status st = rt_comm_allgather(e->comm, e->master[g], (size_t)P * 4, all);
         for (size_t i = 0; !st && i < e->nt; i++) {
             const et *T = &e->t[i];
@@ -632,7 +681,7 @@ void rt_engine_set_pre_update(rt_engine *e, void (*fn)(void *), void *ctx) {
 dsckpt_status rt_engine_refresh_working(rt_engine *e) {
     for (int g = 0; g < NG; g++) {
         if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
-        else refresh_working(e, g);
+        else DS_TRY(refresh_working(e, g));
     }
     return e->dev->sync(e->dev->ctx);
 }

@@ -23,12 +23,18 @@
  * world size and one micro-batch per step, stages 0-3 produce bit-identical weights.
  *
  * Device seam: every buffer of the step is allocated, copied and computed on
- * through one device table (device.h); today that is the CPU table (host memory,
- * the OpenMP kernels of kernels/), so `offload_optimizer` / `offload_param` with
- * device cpu change nothing (the state already lives in host memory); they are
- * accepted, and dstrain warns that they have no effect. Not yet behind the table: the checkpoint code
- * (engine_ckpt.c) reads and writes the master weights and moments as host memory,
- * and the small collectives (loss, overflow flag, norm buckets) pass host buffers.
+ * through the model's device table (device.h, rt_model_create_on): the CPU table, a
+ * CUDA one, or the cpu-strict test table (tests/rt_device_test.sh proves on the CPU
+ * that nothing here touches device memory from the host). The checkpoint code goes
+ * through the table too: a save copies the partitions into pinned host memory
+ * (d2h, the whole stall of an async save on a device), a load reads into a host
+ * buffer and copies up. The small collectives (loss, overflow flag, norm buckets)
+ * pass host buffers; device buffers reach a host backend (MPI, self) through
+ * rt_comm_set_device's staging. `offload_optimizer` device cpu keeps the fp32
+ * master and moments in the table's pinned host memory and runs Adam on the CPU
+ * kernels (gradient partition d2h, working weights h2d, not overlapped with compute
+ * yet); on the CPU table it changes nothing, the state being host memory already,
+ * and dstrain warns so. `offload_param` is accepted and has no effect (warned).
  */
 #ifndef DSRT_ENGINE_H
 #define DSRT_ENGINE_H
@@ -86,6 +92,9 @@ void rt_engine_memory_formula(const rt_engine *e, rt_mem_report *r);
 
 uint64_t rt_engine_steps(const rt_engine *e);  /* optimizer steps taken */
 const char *rt_engine_device_name(const rt_engine *e); /* where the step runs: "cpu", "cuda" */
+/* Whether the optimizer state lives in host memory apart from the device
+ * (offload_optimizer device cpu on a table whose memory is not host memory). */
+bool rt_engine_offloaded(const rt_engine *e);
 
 /* The full fp32 master weights in model layout (gathered; collective). `out` holds
  * rt_model_numel() floats on every rank. For tests. */

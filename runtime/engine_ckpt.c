@@ -135,8 +135,10 @@ struct rt_saver {
     ds_native_out *no;
     ds_tensor *ts;
     snap sn;
-    float *copy;          /* async snapshot storage: 3 x this rank's partitions */
+    float *copy;          /* snapshot storage: 3 x this rank's partitions */
     size_t copy_len;
+    bool dev_snap;        /* the partitions are device memory: every save copies them into
+                           * `copy` (the table's pinned host memory) when it starts */
     double copy_s;        /* seconds the training thread spent copying (pre-update) */
     char *save_dir, *tag;
     uint64_t step;        /* of the save in flight */
@@ -196,24 +198,28 @@ dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
         free(s);
         return ds_err(DSCKPT_EINTERNAL, "cannot create the checkpoint writer's lock");
     }
-    s->hook_wait = async && ds_test_hook("DSTRAIN_TEST_WRITER_WAIT_UPDATE") != NULL;
+    /* Partitions the host cannot read (a GPU's) are snapshotted by the table's copies
+     * when a save starts (sync or async); host partitions are read in place. */
+    s->dev_snap = !e->odev->host_memory;
+    s->hook_wait = async && !s->dev_snap && ds_test_hook("DSTRAIN_TEST_WRITER_WAIT_UPDATE") != NULL;
     if (s->hook_wait) {
         pthread_mutex_init(&s->hook_mu, NULL);
         pthread_cond_init(&s->hook_cv, NULL);
     }
-    if (async) {
-        /* The copy is allocated and touched now, so the update that needs it pays
-         * no page faults. */
+    if (async || s->dev_snap) {
+        /* The copy is allocated and touched now, so the update (or save) that needs
+         * it pays no page faults. */
         size_t need = 0;
         for (int g = 0; g < NG; g++) need += 3 * (size_t)e->plen[g];
-        dsckpt_status st = rt_alloc_touched(&s->copy, need * sizeof *s->copy, "the async save buffer");
+        dsckpt_status st = s->dev_snap ? e->odev->alloc_host(e->odev->ctx, need * sizeof *s->copy, (void **)&s->copy)
+                                       : rt_alloc_touched(&s->copy, need * sizeof *s->copy, "the async save buffer");
         if (st) {
             pthread_rwlock_destroy(&s->sn.lock);
             free(s);
             return st;
         }
         s->copy_len = need;
-        rt_engine_set_pre_update(e, pre_update, s);
+        if (async) rt_engine_set_pre_update(e, pre_update, s);
     }
     *out = s;
     return DSCKPT_OK;
@@ -258,7 +264,8 @@ void rt_saver_free(rt_saver *s) {
         pthread_mutex_destroy(&s->hook_mu);
         pthread_cond_destroy(&s->hook_cv);
     }
-    free(s->copy);
+    if (s->dev_snap) s->e->odev->free_host(s->e->odev->ctx, s->copy);
+    else free(s->copy);
     free(s);
 }
 
@@ -438,6 +445,22 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
             s->sn.copied[k][g] = false;
         }
     }
+    if (s->dev_snap) { /* the stall of a device save: this copy, nothing more */
+        const rt_device *od = e->odev;
+        float *q = s->copy;
+        for (int g = 0; g < NG && !st; g++)
+            for (int k = 0; k < 3 && !st; k++) {
+                if (s->sn.left[k][g]) st = od->d2h(od->ctx, q, s->sn.buf[k][g], (size_t)e->plen[g] * 4);
+                s->sn.buf[k][g] = q;
+                s->sn.copied[k][g] = true;
+                q += e->plen[g];
+            }
+        if (!st) st = od->sync(od->ctx);
+        if (st) {
+            s->busy = false;
+            goto done;
+        }
+    }
     s->hook_go = false;
     if (s->async) {
         if (pthread_create(&s->th, NULL, writer, s)) {
@@ -547,9 +570,23 @@ static bool state_count(const cJSON *it, uint64_t *out) {
 }
 
 static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
+    const rt_device *od = e->odev;
+    float *bounce = NULL; /* device partitions: read here, copied up through the table */
+    if (!od->host_memory) {
+        uint64_t most = 1;
+        for (size_t i = 0; i < e->nt; i++) {
+            uint64_t s0, n, poff;
+            rt_engine_own(e, &e->t[i], e->rank, &s0, &n, &poff);
+            most = DS_MAX(most, n);
+        }
+        DS_TRY(od->alloc_host(od->ctx, (size_t)most * sizeof *bounce, (void **)&bounce));
+    }
     ds_fdset fs;
-    DS_TRY(ds_fdset_open(c, &fs));
-    dsckpt_status st = DSCKPT_OK;
+    dsckpt_status st = ds_fdset_open(c, &fs);
+    if (st) {
+        if (bounce) od->free_host(od->ctx, bounce);
+        return st;
+    }
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
     for (size_t i = 0; i < e->nt && !st; i++) {
@@ -569,10 +606,16 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
             if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
                 st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", c->dir, ps[i].name, ds_state_names[s]);
-            else st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, dst[s] + poff);
+            else if (!bounce) st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, dst[s] + poff);
+            else {
+                st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, bounce);
+                if (!st) st = od->h2d(od->ctx, dst[s] + poff, bounce, (size_t)n * 4);
+                if (!st) st = od->sync(od->ctx); /* the bounce buffer is reused */
+            }
         }
     }
     ds_fdset_close(&fs);
+    if (bounce) od->free_host(od->ctx, bounce);
     return st;
 }
 

@@ -6,6 +6,7 @@
 #define DSRT_ENGINE_INTERNAL_H
 
 #include "adam.h"
+#include "device.h"
 #include "engine.h"
 #include "partition.h"
 
@@ -56,6 +57,15 @@ struct rt_engine {
     dsckpt_status hook_err; /* a hook's failure during the current pass (sticky) */
     char hook_msg[1024];    /* its message */
     const struct rt_device *dev; /* where every buffer of the step lives (device.h) */
+    /* Where master, m1 and m2 live: dev, or with offload_optimizer device cpu on a
+     * table whose memory is not host memory, `htab` (the CPU kernels over dev's
+     * alloc_host memory): the gradient partition comes down (d2h into ghost), Adam
+     * runs on the CPU, the working weights go up (cast into hw, h2d). */
+    const struct rt_device *odev;
+    bool off;
+    rt_device htab;
+    float *ghost[NG];  /* offload: the gradient partitions on the host */
+    uint8_t *hw[NG];   /* offload: the partitions cast to the working dtype on the host */
     uint64_t bucket;
     void (*pre_update)(void *); /* called right before master/m1/m2 change */
     void *pre_update_ctx;

@@ -283,6 +283,8 @@ void rt_model_free(rt_model *m) {
 
 const rt_model_cfg *rt_model_config(const rt_model *m) { return &m->cfg; }
 
+const rt_device *rt_model_device(const rt_model *m) { return m->dev; }
+
 size_t rt_model_workspace_bytes(const rt_model *m) { return m->slab_bytes; }
 
 const rt_param *rt_model_params(const rt_model *m, size_t *n) {

@@ -134,6 +134,8 @@ struct rt_device;
 dsckpt_status rt_model_create_on(const struct rt_device *dev, const rt_model_cfg *cfg, int max_batch, int seq_len,
                                  rt_model **out);
 void rt_model_free(rt_model *m); /* NULL is a no-op */
+/* The device table the model computes on (its workspace and the hooks' buffers). */
+const struct rt_device *rt_model_device(const rt_model *m);
 size_t rt_model_workspace_bytes(const rt_model *m);
 
 const rt_model_cfg *rt_model_config(const rt_model *m);

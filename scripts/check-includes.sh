@@ -21,7 +21,7 @@ layer_of_dir() {
     case "$1" in
     common) echo common ;;
     formats) echo formats ;;
-    kernels) echo kernels ;;
+    kernels | kernels/cuda) echo kernels ;;
     libckpt/include) echo public ;;
     libckpt) echo libckpt ;;
     runtime | runtime/*) echo runtime ;;
@@ -42,7 +42,7 @@ allowed() { # allowed FROM_LAYER TO_LAYER HEADER
     esac
 }
 
-dirs="common formats kernels libckpt/include libckpt runtime runtime/main cli"
+dirs="common formats kernels kernels/cuda libckpt/include libckpt runtime runtime/cuda runtime/main cli"
 declare -A where
 for d in $dirs; do
     for h in "$d"/*.h; do

@@ -75,6 +75,26 @@ static dsckpt_status cu_alloc(void *ctx, size_t bytes, void **out) {
     return DSCKPT_OK;
 }
 
+/* Page-locked host memory, zeroed (every page touched). */
+static dsckpt_status cu_alloc_host(void *ctx, size_t bytes, void **out) {
+    DS_UNUSED(ctx);
+    void *p = NULL;
+    DS_TRY(translate(dsc_host_alloc(&p, bytes ? bytes : 1)));
+    memset(p, 0, bytes ? bytes : 1);
+    *out = p;
+    return DSCKPT_OK;
+}
+
+static void cu_free_host(void *ctx, void *p) {
+    DS_UNUSED(ctx);
+    if (p) dsc_host_free(p);
+}
+
+static bool cu_is_device(void *ctx, const void *p) {
+    DS_UNUSED(ctx);
+    return dsc_is_device_ptr(p);
+}
+
 static void cu_free(void *ctx, void *p) {
     DS_UNUSED(ctx);
     dsc_free(p);
@@ -324,6 +344,10 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->ctx = d;
     t->alloc = cu_alloc;
     t->free = cu_free;
+    t->host_memory = false;
+    t->alloc_host = cu_alloc_host;
+    t->free_host = cu_free_host;
+    t->is_device = cu_is_device;
     t->h2d = cu_h2d;
     t->d2h = cu_d2h;
     t->d2d = cu_d2d;
@@ -351,6 +375,14 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->has_inf_nan = cu_has_inf_nan;
     *out = t;
     return DSCKPT_OK;
+}
+
+dsckpt_status rt_device_cuda_open_local(int local_rank, rt_device **out) {
+    int count = 0;
+    const char *why = NULL;
+    DS_TRY(translate(dsc_device_count(&count, &why)));
+    if (count < 1) return ds_err(DSCKPT_ECUDA, "no CUDA device (%s)", why ? why : "none found");
+    return rt_device_cuda_open((local_rank < 0 ? 0 : local_rank) % count, out);
 }
 
 void rt_device_cuda_close(rt_device *dev) {

@@ -14,6 +14,8 @@ typedef struct dsc_ctx dsc_ctx;
 /* A table on CUDA device `device` (its own stream and library handles). ECUDA when
  * there is no usable device, with CUDA's reason. One thread uses a table. */
 dsckpt_status rt_device_cuda_open(int device, rt_device **out);
+/* The table for local rank `local_rank`: device local_rank modulo the devices found. */
+dsckpt_status rt_device_cuda_open_local(int local_rank, rt_device **out);
 /* Waits for the stream and frees everything; NULL is a no-op. Every buffer from the
  * table's alloc must have been freed. */
 void rt_device_cuda_close(rt_device *dev);

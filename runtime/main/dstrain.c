@@ -14,6 +14,7 @@
 #include "comm.h"
 #include "config.h"
 #include "data.h"
+#include "device.h"
 #include "engine.h"
 #include "engine_ckpt.h"
 #include "fsutil.h"
@@ -121,6 +122,7 @@ typedef struct run {
     rt_config cfg;
     rt_data *data;
     rt_model *model;
+    rt_device *dev; /* --device */
     rt_engine *eng;
     rt_saver *saver; /* NULL without --save_dir */
     rt_tstate ts;    /* rank 0's trainer_state.json */
@@ -495,6 +497,9 @@ static void config_warnings(const run *r) {
         else if (!strcmp(dev, "cpu"))
             fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: no effect: this run trains on the "
                     "CPU, where the parameters already live in host memory\n", o->cfg_path);
+        else
+            fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: not implemented on a device yet: "
+                    "the parameters stay in %s memory\n", o->cfg_path, dev);
     }
     if (r->cfg.zero.stage3_gather_16bit_weights_on_model_save && !o->save_dir)
         fprintf(stderr, "dstrain: warning: %s: zero_optimization.stage3_gather_16bit_weights_on_model_save: no "
@@ -516,7 +521,12 @@ static int setup(run *r) {
     if (o->logging_steps) r->cfg.steps_per_print = o->logging_steps; /* --logging_steps */
     rt_model_cfg mc = {.vocab_size = 256, .n_ctx = (int)o->seq_len, .n_layer = (int)o->n_layer,
                        .n_head = (int)o->n_head, .n_embd = (int)o->n_embd};
-    if (rt_model_create(&mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
+    /* The device table: rank r on device r (modulo the devices found); host
+     * collectives stage its buffers through pinned host memory. */
+    if ((st = rt_device_open_named(o->device, r->rank, &r->dev)))
+        return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
+    rt_comm_set_device(r->comm, r->dev);
+    if (rt_model_create_on(r->dev, &mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
     if ((st = rt_engine_create(&r->cfg, r->comm, r->model, o->seed, &r->eng)))
         return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
     r->clean_exit = false;
@@ -539,6 +549,9 @@ static int setup_saving(run *r) {
                 r->cfg.bf16.enabled ? "bf16" : r->cfg.fp16.enabled ? "fp16" : "fp32",
                 (unsigned long long)r->cfg.train_batch_size, (unsigned long long)r->cfg.micro_batch,
                 (unsigned long long)r->cfg.grad_accum, r->W);
+    if (r->rank == 0 && strcmp(r->dev->name, "cpu"))
+        fprintf(stderr, "dstrain: device %s%s\n", r->dev->name,
+                rt_engine_offloaded(r->eng) ? ", optimizer offloaded to host memory (Adam on the CPU)" : "");
     if (!o->save_dir) return -1;
     if (rt_saver_create(r->eng, o->async_save, &r->saver)) return fail(r, 70);
     rt_saver_set_compress(r->saver, (int)o->save_compress);
@@ -582,6 +595,8 @@ int main(int argc, char **argv) {
     rt_tstate_free(&r.ts);
     rt_engine_free(r.eng);
     rt_model_free(r.model);
+    rt_comm_set_device(r.comm, NULL);
+    rt_device_close_named(r.dev);
     rt_data_free(r.data);
     rt_config_free(&r.cfg);
     if (rc && !r.clean_exit) rt_comm_abort(r.comm, rc);
