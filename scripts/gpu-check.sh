@@ -12,26 +12,33 @@
 #                                    runs --dry-run
 #   scripts/gpu-check.sh --dry-run   checks the carried artefacts (digests, ELF class,
 #                                    libraries resolvable) and prints what it would run
+#   scripts/gpu-check.sh --rehearse  runs the dstrain steps here on the CPU through the
+#                                    cpu-strict table with build/'s programs (checks the
+#                                    script's logic; proves nothing about a GPU)
 #   scripts/gpu-check.sh             on the GPU machine: runs the steps below and writes
 #                                    $OUT/gpu-check-report.txt (./gpu-check-out/ when
 #                                    OUT is unset) and $OUT/gpu-check-logs.tar.gz. With
 #                                    no GPU visible it does the dry run instead.
 #
-# Steps (each under its own timeout; a step that cannot run is reported SKIP with the
-# reason, never PASS):
+# Steps, in this order (each under its own timeout inside a 470 s budget; a step that
+# cannot run is reported SKIP with the reason, never PASS):
 #   env        GPU, driver, CUDA/torch versions; carried programs' libraries resolve
 #   kernels    tests/test_kernels_cuda.c with DSCKPT_REQUIRE_CUDA=1 (no device = fail)
-#   comm       tests/mpi/test_comm_cuda.c on 1 and 2 ranks sharing the GPU (device
-#              buffers through the staged MPI backend; NCCL at W = 1), when built
+#   dstrain_loss_ckpt  tiny config, CPU vs --device cuda loss curves at W=1 and W=2
+#              (MPI, device buffers staged; bf16 tolerance); the W=2 GPU run's
+#              checkpoint verifies, consolidates with dsckpt, opens in Python's
+#              safetensors with the very master weights the run logged, resumes on the
+#              CPU to the same losses, and comes back as $OUT/gpu-ckpt.tar.gz
 #   snapshot   bench/gpu_bench.c: snapshot D2H throughput / pinned-copy bandwidth
 #              (target >= 0.8) and async stall / synchronous save (target <= 0.05)
-#   offload    bench/gpu_bench.c: the optimizer phase of 124M parameters on the device
-#              vs offloaded to the CPU (pipelined copies), and device bytes per parameter
 #   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
 #              eager, bf16 autocast and fp32, with model FLOP utilisation
-#   dstrain    only when dstrain has --device: tiny config, CPU vs GPU loss curves at
-#              W=1 and W=2 (MPI, device buffers staged), GPT-2-124M-shaped step time
-#              against the torch figure
+#   dstrain_gpt2  GPT-2-124M shape at W=1 on the GPU: step time / torch's, one async
+#              save's stall, the step with offload_optimizer device cpu
+#   offload    bench/gpu_bench.c: the optimizer phase of 124M parameters on the device
+#              vs offloaded to the CPU (pipelined copies), and device bytes per parameter
+#   comm       tests/mpi/test_comm_cuda.c on 1 and 2 ranks sharing the GPU (device
+#              buffers through the staged MPI backend; NCCL at W = 1), when built
 #
 # Device machine call (see docs/gpu.md): carry [".gpu-carry"], command
 #   bash scripts/gpu-check.sh
@@ -42,7 +49,7 @@ BUILD=$ROOT/build-gpu
 MAX_CARRY_MIB=${GPU_CHECK_MAX_CARRY_MIB:-64}
 
 usage() {
-    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -50,6 +57,7 @@ mode=run
 case "${1:-}" in
 --prepare) mode=prepare ;;
 --dry-run) mode=dry ;;
+--rehearse) mode=rehearse ;;
 -h | --help) usage 0 ;;
 "") ;;
 *) echo "gpu-check: unknown option $1" >&2; usage 3 ;;
@@ -232,12 +240,14 @@ dry_run() {
 plan() {
     cat <<EOF
 env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried programs
-kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                     (timeout 120 s)
-comm      dsrun -n 1 and -n 2 bin/test_comm_cuda (staged MPI, NCCL at W=1) (timeout 60 s each; if built)
-snapshot  bin/gpu_bench snapshot 2048                                     (timeout 60 s)
-offload   bin/gpu_bench offload 124: optimizer phase on the device vs offloaded (timeout 60 s)
-torch     python3 bench/gpu/torch_gpt2_step.py --dtype bf16 and fp32      (timeout 150 s)
-dstrain   CPU vs --device cuda loss curves, W=1 and W=2 (dsrun), 124M step (timeout 150 s)
+kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                           (timeout 100 s)
+dstrain_loss_ckpt  CPU vs --device cuda loss curves W=1, W=2; GPU checkpoint verify,
+          consolidate, safetensors == logged master, resume on CPU      (timeout 120 s)
+snapshot  bin/gpu_bench snapshot 2048                                           (timeout 45 s)
+torch     python3 bench/gpu/torch_gpt2_step.py --batch 8 --steps 8 --vocab 256  (timeout 120 s)
+dstrain_gpt2  124M shape --device cuda: step / torch, async save stall, offload (timeout 150 s)
+offload   bin/gpu_bench offload 124: optimizer phase on the device vs offloaded (timeout 45 s)
+comm      dsrun -n 1 and -n 2 bin/test_comm_cuda (staged MPI, NCCL at W=1)      (timeout 40 s each; if built)
 EOF
 }
 
@@ -271,13 +281,21 @@ step() {
     [ $rc -eq 77 ] && verdict=SKIP
     [ $rc -eq 124 ] && verdict="FAIL (timeout ${tmo}s)"
     say "[$verdict] $name (${dt}s, exit $rc)"
-    grep -E '^(SKIPPED|FAILED|device|[a-z_]+=)|rel err|Run Summary|asserts|tests ' "$log" | head -60 | sed 's/^/    /' | tee -a "$REPORT"
+    grep -E '^(SKIPPED|FAILED|device|[a-z_][a-z0-9_]*=)|rel err|Run Summary|asserts|tests ' "$log" | head -60 | sed 's/^/    /' | tee -a "$REPORT"
     return $rc
 }
 
+# The dstrain steps run on DEV (cuda on the GPU machine; cpu-strict with --rehearse,
+# which runs them here on the CPU to check the script itself).
+DEV=${GPU_CHECK_DEVICE:-cuda}
+
+# Loss curves CPU vs DEV at W=1 and W=2 (MPI, device buffers staged), and a checkpoint
+# written by the DEV run: it verifies, consolidates with dsckpt, opens in Python's
+# safetensors with exactly the master weights the run logged (SHA-256 of the fp32
+# master), and resumes on the CPU (--device cpu) to the same losses.
 dstrain_steps() {
     local w=$LOGS/dstrain-work
-    mkdir -p "$w"
+    mkdir -p "$w" || return 1
     local data=$ROOT/fixtures/corpus/licenses.txt
     cat >"$w/ds.json" <<'EOF'
 {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
@@ -286,48 +304,49 @@ dstrain_steps() {
 EOF
     local model=(--n_layer 2 --n_head 2 --n_embd 64 --seq_len 64 --eval_windows 4 --max_steps 20)
     dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu1.log" || return 1
-    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cuda --log_file "$w/gpu1.log" || return 1
+    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" --log_file "$w/gpu1.log" || return 1
     dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu2.log" || return 1
-    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cuda \
-        --log_file "$w/gpu2.log" || return 1
-    python3 - "$w" <<'EOF'
-import json, sys
-w = sys.argv[1]
-def losses(n): return [json.loads(l)["loss"] for l in open(f"{w}/{n}.log")]
-bad = 0
-for W in (1, 2):
-    c, g = losses(f"cpu{W}"), losses(f"gpu{W}")
-    d = max(abs(a - b) / abs(a) for a, b in zip(c, g))
-    print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(c)} first={c[0]:.4f} last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f}")
-    bad += not (len(c) == len(g) and d < 1e-2)
-sys.exit(1 if bad else 0)
-EOF
+    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" \
+        --log_file "$w/gpu2.log" --save_dir "$w/gpu2.save" --save_steps 10 || return 1
+    # The step-10 checkpoint of the DEV run, resumed on the CPU to step 20.
+    mkdir -p "$w/cpu_resume.save" || return 1
+    cp -r "$w/gpu2.save/global_step10" "$w/cpu_resume.save/" || return 1
+    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cpu \
+        --log_file "$w/cpu_resume.log" --save_dir "$w/cpu_resume.save" --resume global_step10 || return 1
+    dsckpt verify "$w/gpu2.save" -t global_step20 || return 1
+    dsckpt consolidate "$w/gpu2.save" -t global_step20 --dtype fp32 -o "$w/gpu2.safetensors" || return 1
+    # The checkpoint comes back, to be resumed on the build machine (docs/gpu.md).
+    tar -czf "$OUTDIR/gpu-ckpt.tar.gz" -C "$w" gpu2.save ds.json || return 1
+    python3 "$ROOT/bench/gpu/check_dstrain.py" "$w"
 }
 
+# GPT-2-124M shape (12 layers, 768 wide, seq 1024, bf16) at W=1 on DEV: the step
+# time against PyTorch eager's (the torch step's log), one async save's stall, then
+# the same with the optimizer offloaded to the CPU (offload_optimizer device cpu). A
+# corpus of bytes is enough (bytes are tokens).
 dstrain_124m() {
-    local w=$LOGS/dstrain-work
-    mkdir -p "$w"
-    cat >"$w/gpt2.json" <<'EOF'
-{"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
+    local w=$LOGS/dstrain-work off
+    mkdir -p "$w" || return 1
+    for off in 0 1; do
+        local o=""
+        [ "$off" = 1 ] && o=', "offload_optimizer": {"device": "cpu", "pin_memory": true}'
+        cat >"$w/gpt2_$off.json" <<EOF
+{"train_micro_batch_size_per_gpu": ${GPU_CHECK_GPT2_BATCH:-8}, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
  "optimizer": {"type": "AdamW", "params": {"lr": 0.0006, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
- "gradient_clipping": 1.0, "zero_optimization": {"stage": 1}}
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": 1$o}}
 EOF
-    # A corpus of at least one 1025-token window per sample (bytes are tokens).
+    done
     python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 512)" >"$w/corpus.bin"
-    dstrain --deepspeed "$w/gpt2.json" --data "$w/corpus.bin" --n_layer 12 --n_head 12 --n_embd 768 --seq_len 1024 \
-        --eval_windows 1 --max_steps 6 --device cuda --log_file "$w/gpt2.log" || return 1
-    python3 - "$w/gpt2.log" "$LOGS/torch.log" <<'EOF'
-import json, re, sys
-steps = [json.loads(l)["step_s"] for l in open(sys.argv[1])][2:]
-steps.sort()
-med = steps[len(steps) // 2]
-print(f"dstrain_gpt2_step_s={med:.4f}")
-m = re.search(r"bf16_step_s=([0-9.]+)", open(sys.argv[2]).read())
-if m:
-    print(f"dstrain_over_torch_bf16={med / float(m.group(1)):.3f} (target <= 1.0)")
-EOF
+    local shape=(--n_layer "${GPU_CHECK_GPT2_LAYERS:-12}" --n_head 12 --n_embd 768 --seq_len "${GPU_CHECK_GPT2_SEQ:-1024}"
+        --eval_windows 1)
+    dstrain --deepspeed "$w/gpt2_0.json" --data "$w/corpus.bin" "${shape[@]}" --max_steps 6 --device "$DEV" \
+        --log_file "$w/gpt2.log" --save_dir "$w/gpt2.save" --save_steps 4 || return 1
+    rm -rf "$w/gpt2.save"
+    dstrain --deepspeed "$w/gpt2_1.json" --data "$w/corpus.bin" "${shape[@]}" --max_steps 4 --device "$DEV" \
+        --log_file "$w/gpt2_off.log" || return 1
+    python3 "$ROOT/bench/gpu/check_dstrain.py" --gpt2 "$w" "$LOGS/torch.log" "${GPU_CHECK_GPT2_LAYERS:-12}" 768 \
+        "${GPU_CHECK_GPT2_SEQ:-1024}" "${GPU_CHECK_GPT2_BATCH:-8}"
 }
-
 run_all() {
     mkdir -p "$OUTDIR"
     : >"$REPORT"
@@ -342,23 +361,21 @@ run_all() {
     local missing
     missing=$(for f in "$CARRY"/bin/*; do ldd "$f" 2>/dev/null | grep 'not found'; done | sort -u)
     if [ -n "$missing" ]; then say "[FAIL] env: unresolved libraries:"; say "$missing"; else say "[PASS] env: libraries resolve"; fi
-    step kernels 120 env DSCKPT_REQUIRE_CUDA=1 "$CARRY/bin/test_kernels_cuda"
+    # In the order of what matters most, should the budget run out.
+    step kernels 100 env DSCKPT_REQUIRE_CUDA=1 "$CARRY/bin/test_kernels_cuda"
+    export -f dstrain_steps dstrain_124m
+    export LOGS ROOT DEV OUTDIR
+    step dstrain_loss_ckpt 120 bash -c dstrain_steps
+    step snapshot 45 "$CARRY/bin/gpu_bench" snapshot 2048
+    # The same shapes as dstrain's: its vocabulary is the 256 byte values.
+    step torch 120 python3 "$ROOT/bench/gpu/torch_gpt2_step.py" --batch 8 --steps 8 --vocab 256
+    step dstrain_gpt2 150 bash -c dstrain_124m
+    step offload 45 "$CARRY/bin/gpu_bench" offload 124
     if [ -x "$CARRY/bin/test_comm_cuda" ]; then
-        step comm_w1 60 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 1 "$CARRY/bin/test_comm_cuda"
-        step comm_w2 60 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 2 "$CARRY/bin/test_comm_cuda"
+        step comm_w1 40 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 1 "$CARRY/bin/test_comm_cuda"
+        step comm_w2 40 env DSCKPT_REQUIRE_CUDA=1 dsrun --num_procs 2 "$CARRY/bin/test_comm_cuda"
     else
         say "[SKIP] comm: this build has no test_comm_cuda (runtime/cuda not built)"
-    fi
-    step snapshot 60 "$CARRY/bin/gpu_bench" snapshot 2048
-    step offload 60 "$CARRY/bin/gpu_bench" offload 124
-    step torch 150 python3 "$ROOT/bench/gpu/torch_gpt2_step.py" --batch 8 --steps 8
-    if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
-        export -f dstrain_steps dstrain_124m
-        export LOGS ROOT
-        step dstrain_loss 150 bash -c dstrain_steps
-        step dstrain_gpt2 150 bash -c dstrain_124m
-    else
-        say "[SKIP] dstrain: this build's dstrain has no --device (the GPU training path is not built)"
     fi
     say "total $(($(date +%s) - T_START)) s"
     tar -czf "$OUTDIR/gpu-check-logs.tar.gz" -C "$LOGS" . 2>/dev/null
@@ -369,6 +386,29 @@ run_all() {
 case $mode in
 prepare) prepare ;;
 dry) dry_run ;;
+rehearse)
+    # The dstrain steps on this machine, through the cpu-strict table and build/'s
+    # programs (a small model for the GPT-2 step): checks the script, not a GPU.
+    OUTDIR=${OUT:-$ROOT/gpu-check-rehearse}
+    REPORT=$OUTDIR/gpu-check-report.txt
+    BUDGET_S=${GPU_CHECK_BUDGET_S:-1200}
+    DEV=cpu-strict
+    export GPU_CHECK_GPT2_LAYERS=1 GPU_CHECK_GPT2_SEQ=64 GPU_CHECK_GPT2_BATCH=1
+    export PATH="$ROOT/build:$PATH"
+    mkdir -p "$OUTDIR"
+    : >"$REPORT"
+    LOGS=$(mktemp -d)
+    export -f dstrain_steps dstrain_124m
+    export LOGS ROOT DEV OUTDIR
+    say "gpu-check rehearsal on the CPU (device $DEV, build/), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    rc=0
+    step dstrain_loss_ckpt 900 bash -c dstrain_steps || rc=1
+    step dstrain_gpt2 900 bash -c dstrain_124m || rc=1
+    tar -czf "$OUTDIR/gpu-check-logs.tar.gz" -C "$LOGS" . 2>/dev/null
+    rm -rf "$LOGS"
+    echo "gpu-check: rehearsal report in $REPORT"
+    exit $rc
+    ;;
 run)
     if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
         echo "gpu-check: no GPU visible (nvidia-smi -L lists none): dry run only"

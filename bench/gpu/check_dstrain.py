@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""The verdicts of scripts/gpu-check.sh's dstrain steps, from the runs' --log_file lines.
+
+  check_dstrain.py WORK
+      WORK holds cpu1/gpu1/cpu2/gpu2/cpu_resume .log and gpu2.safetensors (dsckpt
+      consolidate --dtype fp32 of the gpu2 run's last checkpoint). Checks: the device's
+      loss curves at W=1 and W=2 within bf16 tolerance of the CPU's; the CPU run resumed
+      from the device's step-10 checkpoint continues its losses; the consolidated file,
+      read by Python's safetensors, holds exactly the fp32 master the device run logged
+      (master_sha256: SHA-256 of the master in the model's flat order, runtime/model.h).
+  check_dstrain.py --gpt2 WORK TORCH_LOG N_LAYER N_EMBD SEQ BATCH
+      Prints the GPT-2-shaped step time and model FLOP utilisation (against the
+      H100/H200 dense bf16 peak, 989 TFLOP/s), its ratio to PyTorch eager's bf16 step
+      (the torch step's log, when there), one async save's stall and the offloaded step.
+
+Prints key=value lines; exits 1 when a check fails.
+"""
+import hashlib
+import json
+import re
+import sys
+
+TOL = 1e-2  # bf16 tolerance of the loss curves
+
+
+def rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
+def flat_names(n_layer):
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        names += [p + n for n in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+                                  "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+                                  "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")]
+    return names + ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def check_loss_ckpt(w):
+    bad = 0
+    for W in (1, 2):
+        c = [r["loss"] for r in rows(f"{w}/cpu{W}.log")]
+        g = [r["loss"] for r in rows(f"{w}/gpu{W}.log")]
+        d = max(rel(a, b) for a, b in zip(g, c)) if c and g else float("inf")
+        ok = len(c) == len(g) and len(c) > 0 and d < TOL
+        print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(g)}/{len(c)} first={c[0]:.4f} "
+              f"last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f} ({'ok' if ok else 'FAIL'}, tolerance {TOL})")
+        bad += not ok
+    g = rows(f"{w}/gpu2.log")
+    stalls = [r["save_stall_s"] for r in g if "save_stall_s" in r]
+    print(f"dstrain_tiny_async_save_stall_s={max(stalls) if stalls else float('nan'):.4g} "
+          f"median_step_s={median([r['step_s'] for r in g]):.4g} saves={len(stalls)}")
+    # The CPU run resumed from the device's step-10 checkpoint: steps 11.. continue it.
+    r = rows(f"{w}/cpu_resume.log")
+    tail = g[10:]
+    d = max((rel(a["loss"], b["loss"]) for a, b in zip(r, tail)), default=float("inf"))
+    ok = len(r) == len(tail) and r and r[0]["step"] == 11 and d < TOL
+    print(f"resume_on_cpu_steps={r[0]['step'] if r else '-'}..{r[-1]['step'] if r else '-'} "
+          f"max_rel_diff_vs_device={d:.3g} ({'ok' if ok else 'FAIL'})")
+    bad += not ok
+    # The consolidated checkpoint, as Python's safetensors reads it.
+    from safetensors.numpy import load_file
+    t = load_file(f"{w}/gpu2.safetensors")
+    n_layer = len({k.split(".")[2] for k in t if k.startswith("transformer.h.")})
+    h = hashlib.sha256()
+    for n in flat_names(n_layer):
+        a = t[n]
+        if str(a.dtype) != "float32":
+            print(f"safetensors: {n} is {a.dtype}, not float32 (FAIL)")
+            return 1
+        h.update(a.astype("<f4").tobytes())
+    want = g[-1].get("master_sha256", "")
+    same = h.hexdigest() == want
+    print(f"safetensors_master_matches_log={same} tensors={len(t)} n_layer={n_layer}")
+    bad += not same
+    return 1 if bad else 0
+
+
+def report_gpt2(w, torch_log, L, C, T, B, peak=989e12):
+    r = rows(f"{w}/gpt2.log")
+    m = median([x["step_s"] for x in r[2:]] or [x["step_s"] for x in r])
+    V = 256  # dstrain's byte-level vocabulary (the torch step runs with --vocab 256 too)
+    nparams = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+    flops = (6 * nparams + 12 * L * C * T) * B * T  # as bench/gpu/torch_gpt2_step.py counts them
+    print(f"dstrain_gpt2_step_s={m:.4f} params={nparams} mfu={flops / m / peak:.4f} (of {peak / 1e12:.0f} TFLOP/s bf16)")
+    st = [x["save_stall_s"] for x in r if "save_stall_s" in x]
+    if st:
+        print(f"dstrain_gpt2_async_save_stall_s={st[0]:.4f} stall_over_step={st[0] / m:.3f}")
+    off = [x["step_s"] for x in rows(f"{w}/gpt2_off.log")]
+    mo = median(off[1:] or off)
+    print(f"dstrain_gpt2_offload_step_s={mo:.4f} offload_over_device={mo / m:.3f}")
+    try:
+        with open(torch_log) as f:
+            t = re.search(r"bf16_step_s=([0-9.]+)", f.read())
+    except OSError:
+        t = None
+    if t:
+        print(f"dstrain_over_torch_bf16={m / float(t.group(1)):.3f} (target <= 1.0)")
+    else:
+        print("dstrain_over_torch_bf16=unknown (no torch figure in this run)")
+    return 0
+
+
+def main(argv):
+    if len(argv) == 8 and argv[1] == "--gpt2":
+        return report_gpt2(argv[2], argv[3], *(int(x) for x in argv[4:8]))
+    if len(argv) == 2:
+        return check_loss_ckpt(argv[1])
+    print(__doc__, file=sys.stderr)
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
