@@ -11,7 +11,8 @@
  *
  * Ordering and errors. Operations are issued in order on the table's context (`ctx`:
  * the CUDA stream and library handles; NULL on the CPU) and may run asynchronously;
- * d2h, has_inf_nan and sumsq_exact return when their host result is ready. Kernels
+ * d2h, has_inf_nan and sumsq_exact return when their host result is ready, h2d once
+ * its host source may be reused (staging and offload buffers are refilled at once). Kernels
  * return nothing: a backend keeps a sticky error that sync (and every op returning a
  * status) reports. Memory ops return dsckpt_status with the error idiom's message.
  *

@@ -226,7 +226,8 @@ dry_run() {
     python3 -m py_compile "$ROOT/bench/gpu/torch_gpt2_step.py" && echo "  ok      bench/gpu/torch_gpt2_step.py compiles" ||
         { echo "  FAIL    bench/gpu/torch_gpt2_step.py"; ok=0; }
     echo "  mpi     $MPI_FROM"
-    if "$CARRY/bin/dstrain" --help 2>&1 | grep -q -- '--device'; then
+    # grep -c reads the whole help (grep -q would close the pipe early: SIGPIPE under pipefail)
+    if "$CARRY/bin/dstrain" --help 2>&1 | grep -c -- '--device' >/dev/null; then
         echo "  ok      dstrain has --device (the dstrain steps will run)"
     else
         echo "  note    dstrain has no --device: the dstrain steps will be reported SKIP"
@@ -281,7 +282,7 @@ step() {
     [ $rc -eq 77 ] && verdict=SKIP
     [ $rc -eq 124 ] && verdict="FAIL (timeout ${tmo}s)"
     say "[$verdict] $name (${dt}s, exit $rc)"
-    grep -E '^(SKIPPED|FAILED|device|[a-z_][a-z0-9_]*=)|rel err|Run Summary|asserts|tests ' "$log" | head -60 | sed 's/^/    /' | tee -a "$REPORT"
+    grep -E '^(SKIPPED|FAILED|device|[a-z_][A-Za-z0-9_]*=)|rel err|Run Summary|asserts|tests ' "$log" | head -60 | sed 's/^/    /' | tee -a "$REPORT"
     return $rc
 }
 
