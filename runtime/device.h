@@ -57,6 +57,9 @@ typedef struct rt_device {
      * buffers through the host when their backend cannot reach them). NULL when
      * host_memory: every pointer is host memory. */
     bool (*is_device)(void *ctx, const void *p);
+    /* Device memory in use now, in bytes (CUDA: the device's total minus free, every
+     * context on it counted; cpu-strict: its mappings). NULL where unknown (the CPU). */
+    dsckpt_status (*mem_used)(void *ctx, uint64_t *bytes);
 
     /* ---- element types: dst[i] = src[i] converted (kernels/cast.h); F32, BF16, F16;
      * same type is a copy ---- */

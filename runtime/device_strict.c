@@ -184,6 +184,16 @@ static void st_free_host(void *ctx, void *p) {
 
 static bool st_is_device(void *ctx, const void *p) { return find(ctx, p, 1, "is_device") != NULL; }
 
+static dsckpt_status st_mem_used(void *ctx, uint64_t *bytes) {
+    strict_dev *d = ctx;
+    uint64_t n = 0;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nr; i++) n += d->r[i].mlen;
+    pthread_mutex_unlock(&d->mu);
+    *bytes = n;
+    return DSCKPT_OK;
+}
+
 /* ---- kernels: check every pointer, open, run the CPU kernel, close ---- */
 
 #define F4(n) ((size_t)(n) * sizeof(float))
@@ -386,7 +396,7 @@ dsckpt_status rt_device_cpu_strict_open(rt_device **out) {
     *t = (rt_device){
         .name = "cpu-strict", .ctx = d, .host_memory = false,
         .alloc = st_alloc, .free = st_free, .h2d = st_h2d, .d2h = st_d2h, .d2d = st_d2d, .memzero = st_memzero,
-        .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device,
+        .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device, .mem_used = st_mem_used,
         .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,
         .bias_grad = st_bias_grad, .layernorm_fwd = st_layernorm_fwd, .layernorm_bwd = st_layernorm_bwd,
         .gelu_fwd = st_gelu_fwd, .gelu_bwd = st_gelu_bwd, .attention_fwd = st_attention_fwd,

@@ -340,6 +340,11 @@ EOF
     python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 512)" >"$w/corpus.bin"
     local shape=(--n_layer "${GPU_CHECK_GPT2_LAYERS:-12}" --n_head 12 --n_embd 768 --seq_len "${GPU_CHECK_GPT2_SEQ:-1024}"
         --eval_windows 1)
+    # Device memory held after start-up, without and with the optimizer offloaded.
+    dstrain --deepspeed "$w/gpt2_0.json" --data "$w/corpus.bin" "${shape[@]}" --device "$DEV" --print_memory \
+        >"$w/gpt2_mem0.json" || return 1
+    dstrain --deepspeed "$w/gpt2_1.json" --data "$w/corpus.bin" "${shape[@]}" --device "$DEV" --print_memory \
+        >"$w/gpt2_mem1.json" || return 1
     dstrain --deepspeed "$w/gpt2_0.json" --data "$w/corpus.bin" "${shape[@]}" --max_steps 6 --device "$DEV" \
         --log_file "$w/gpt2.log" --save_dir "$w/gpt2.save" --save_steps 4 || return 1
     rm -rf "$w/gpt2.save"

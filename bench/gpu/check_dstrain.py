@@ -100,6 +100,14 @@ def report_gpt2(w, torch_log, L, C, T, B, peak=989e12):
     off = [x["step_s"] for x in rows(f"{w}/gpt2_off.log")]
     mo = median(off[1:] or off)
     print(f"dstrain_gpt2_offload_step_s={mo:.4f} offload_over_device={mo / m:.3f}")
+    try:  # --print_memory of the same shape, without and with offload_optimizer
+        m0, m1 = (json.loads(next(l for l in open(f"{w}/gpt2_mem{k}.json") if l.startswith("{"))) for k in (0, 1))
+        saved = m0["device_used_bytes"] - m1["device_used_bytes"]
+        formula = m0["formula_optim_bytes"]  # ZeRO-Offload: fp32 master + both moments leave the device
+        print(f"offload_device_bytes_saved={saved} formula={formula} saved_over_formula={saved / formula:.3f} "
+              f"device_used={m0['device_used_bytes']}/{m1['device_used_bytes']} optim_on_host={m1['optim_on_host']}")
+    except (OSError, StopIteration, KeyError, ValueError) as e:
+        print(f"offload_device_bytes_saved=unknown ({e})")
     try:
         with open(torch_log) as f:
             t = re.search(r"bf16_step_s=([0-9.]+)", f.read())

@@ -20,6 +20,12 @@ dsc_status dsc_err(dsc_status st, const char *fmt, ...) {
 
 extern "C" const char *dsc_last_error(void) { return g_msg; }
 
+extern "C" dsc_status dsc_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    if (!free_bytes || !total_bytes) return dsc_err(DSC_EINVAL, "dsc_mem_info: NULL argument");
+    DSC_CUDA(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    return DSC_OK;
+}
+
 extern "C" dsc_status dsc_device_count(int *count, const char **why) {
     if (!count) return dsc_err(DSC_EINVAL, "dsc_device_count: NULL count");
     *count = 0;

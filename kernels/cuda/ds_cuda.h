@@ -59,6 +59,8 @@ typedef enum dsc_dtype { DSC_F32 = 0, DSC_BF16 = 1, DSC_F16 = 2 } dsc_dtype;
  * or no driver, so callers can skip rather than fail. *why (may be NULL) is set to a
  * static string naming the reason when the count is 0. */
 dsc_status dsc_device_count(int *count, const char **why);
+/* Device memory of the current device: free and total bytes (cudaMemGetInfo). */
+dsc_status dsc_mem_info(size_t *free_bytes, size_t *total_bytes);
 /* "NVIDIA H100 80GB HBM3, cc 9.0, 132 SMs, driver 13000, runtime 13000" into buf. */
 dsc_status dsc_device_describe(int device, char *buf, size_t cap);
 

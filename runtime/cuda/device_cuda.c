@@ -95,6 +95,15 @@ static bool cu_is_device(void *ctx, const void *p) {
     return dsc_is_device_ptr(p);
 }
 
+static dsckpt_status cu_mem_used(void *ctx, uint64_t *bytes) {
+    cuda_dev *d = ctx;
+    DS_TRY(translate(dsc_sync(d->c)));
+    size_t fr = 0, tot = 0;
+    DS_TRY(translate(dsc_mem_info(&fr, &tot)));
+    *bytes = (uint64_t)(tot - fr);
+    return DSCKPT_OK;
+}
+
 static void cu_free(void *ctx, void *p) {
     DS_UNUSED(ctx);
     dsc_free(p);
@@ -348,6 +357,7 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->alloc_host = cu_alloc_host;
     t->free_host = cu_free_host;
     t->is_device = cu_is_device;
+    t->mem_used = cu_mem_used;
     t->h2d = cu_h2d;
     t->d2h = cu_d2h;
     t->d2d = cu_d2d;

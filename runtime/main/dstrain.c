@@ -209,11 +209,20 @@ static void print_memory(const run *r) {
         if (q == r->rank)
             printf("{\"rank\": %d, \"stage\": %d, \"world_size\": %d, \"numel\": %llu, \"params_bytes\": %llu, "
                    "\"grads_bytes\": %llu, \"optim_bytes\": %llu, \"formula_params_bytes\": %llu, "
-                   "\"formula_grads_bytes\": %llu, \"formula_optim_bytes\": %llu}\n",
+                   "\"formula_grads_bytes\": %llu, \"formula_optim_bytes\": %llu",
                    r->rank, r->cfg.zero.stage, r->W, (unsigned long long)have.numel,
                    (unsigned long long)have.params_bytes, (unsigned long long)have.grads_bytes,
                    (unsigned long long)have.optim_bytes, (unsigned long long)want.params_bytes,
                    (unsigned long long)want.grads_bytes, (unsigned long long)want.optim_bytes);
+        if (q == r->rank) {
+            /* On a device: what the device holds now (model workspace and engine), and
+             * whether the optimizer state went to the host (offload_optimizer). */
+            uint64_t used = 0;
+            if (r->dev->mem_used && !r->dev->mem_used(r->dev->ctx, &used))
+                printf(", \"device\": \"%s\", \"device_used_bytes\": %llu, \"optim_on_host\": %s", r->dev->name,
+                       (unsigned long long)used, rt_engine_offloaded(r->eng) ? "true" : "false");
+            printf("}\n");
+        }
         fflush(stdout);
         rt_comm_barrier(r->comm);
     }
