@@ -312,6 +312,16 @@ dsckpt_status ds_resolve_tag_dir(const char *path, const char *tag, char **dir_o
     return DSCKPT_OK;
 }
 
+size_t ds_ckpt_ntensors(const dsckpt_ckpt *c) { return c->ntensors; }
+const ds_tensor *ds_ckpt_tensor(const dsckpt_ckpt *c, size_t k) { return &c->tensors[k]; }
+const char *ds_ckpt_dir(const dsckpt_ckpt *c) { return c->dir; }
+int64_t ds_ckpt_step(const dsckpt_ckpt *c) { return c->step; }
+const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c) { return c && c->has_model ? &c->model : NULL; }
+
+const cJSON *ds_ckpt_state_json(const dsckpt_ckpt *c) {
+    return c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
+}
+
 dsckpt_status ds_ckpt_parse_manifest(dsckpt_ckpt *c, const char *text, size_t len, const char *what) {
     ds_manifest m = {.dir = c->dir};
     dsckpt_status st = ds_manifest_parse(text, len, what, &m);

@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "dsckpt_internal.h"
 #include "fragmap.h"
 #include "internal.h"
 #include "stream.h"
@@ -47,12 +48,6 @@ struct dsckpt_ckpt {
     bool no_read_check; /* dsckpt_ckpt_set_read_check(c, 0): reads skip the digest / CRC-32 checks */
 };
 
-/* The checkpoint's model settings, or NULL when it records none (a checkpoint
- * written by an older version, by synth, by DeepSpeed, or resharded from one). */
-static inline const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c) {
-    return c && c->has_model ? &c->model : NULL;
-}
-
 /* Sorts fragments by (tensor, start) and builds tindex. Checks that every fragment
  * lies inside its tensor and its file, and (when `coverage_problem` is NULL) that
  * each state covers each tensor that should have it exactly once: trainable
@@ -74,18 +69,6 @@ static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
     return t->trainable ? s != DS_ST_W16 : s == DS_ST_W16;
 }
 
-/* Open read descriptors for every file of a checkpoint, shared by worker threads
- * (pread is thread-safe). */
-typedef struct ds_vfile ds_vfile; /* readcheck.c */
-typedef struct ds_zcache ds_zcache; /* zfile.h */
-typedef struct ds_fdset {
-    int *fd;
-    size_t n;
-    ds_vfile *vf; /* per file, when reads are checked or a file is compressed (else NULL) */
-    ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
-} ds_fdset;
-dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
-void ds_fdset_close(ds_fdset *fs);
 
 /* Checked reads (readcheck.c). Every byte a command reads from a checkpoint is
  * covered by a check unit: a native file's manifest chunk (SHA-256) or a DeepSpeed
@@ -102,12 +85,6 @@ void ds_fdset_check_free(ds_fdset *fs);
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset);
 
-/* Reads elements [start, start+numel) of state s of tensor t, in the stored dtype
- * (all fragments of a state share one dtype), into dst. */
-dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
-                           uint64_t numel, void *dst);
-/* The stored dtype of state s of tensor t. */
-dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
 
 /* Allocates an empty checkpoint handle. */
 dsckpt_status ds_ckpt_new(dsckpt_ckpt **out);

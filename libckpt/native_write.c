@@ -231,6 +231,58 @@ dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user,
     return ds_native_write_manifest(o);
 }
 
+/* A commit record: u64 raw size, chunk size, chunk count, compressed, stored size;
+ * the file digest; the chunk digests; a compressed file's chunk records (the same
+ * program writes and reads them, so the records travel as they are in memory). */
+#define REC_HEAD (5 * sizeof(uint64_t) + DS_SHA256_LEN)
+
+static size_t record_len(uint64_t nchunks, bool compressed) {
+    return REC_HEAD + (size_t)nchunks * (DS_SHA256_LEN + (compressed ? sizeof(ds_zrec) : 0));
+}
+
+dsckpt_status ds_native_file_record(const ds_native_out *o, int file, uint8_t **out, size_t *len) {
+    const ds_file *f = &o->c->files[file];
+    size_t nc = f->dg.nchunks, n = record_len(nc, f->compressed);
+    uint8_t *b = NULL;
+    if (!f->has_digests) return ds_err(DSCKPT_EINTERNAL, "%s: not written in this process", f->path);
+    DS_TRY(ds_malloc(n, &b));
+    uint64_t hdr[5] = {f->dg.size, f->dg.chunk_size, nc, f->compressed, f->stored_size};
+    memcpy(b, hdr, sizeof hdr);
+    memcpy(b + sizeof hdr, f->dg.file, DS_SHA256_LEN);
+    if (nc) memcpy(b + REC_HEAD, f->dg.chunks, nc * DS_SHA256_LEN);
+    if (nc && f->compressed) memcpy(b + REC_HEAD + nc * DS_SHA256_LEN, f->zc, nc * sizeof *f->zc);
+    *out = b;
+    *len = n;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_native_file_record_set(ds_native_out *o, int file, const void *rec, size_t len) {
+    ds_file *f = &o->c->files[file];
+    const uint8_t *b = rec;
+    uint64_t hdr[5] = {0};
+    if (len >= REC_HEAD) memcpy(hdr, b, sizeof hdr);
+    bool ok = len >= REC_HEAD && hdr[0] == f->size && hdr[1] > 0 && hdr[2] == ds_ceil_div(hdr[0], hdr[1]) &&
+              hdr[3] <= 1 && hdr[2] <= SIZE_MAX / DS_SHA256_LEN && len == record_len(hdr[2], hdr[3]);
+    if (!ok) return ds_err(DSCKPT_EINTERNAL, "%s: malformed commit record from the writing rank (%zu bytes)", f->path, len);
+    size_t nc = (size_t)hdr[2];
+    ds_digests_clear(&f->dg);
+    free(f->zc);
+    f->zc = NULL;
+    f->has_digests = false;
+    DS_TRY(ds_calloc(nc ? nc : 1, DS_SHA256_LEN, &f->dg.chunks));
+    if (hdr[3]) DS_TRY(ds_calloc(nc ? nc : 1, sizeof *f->zc, &f->zc));
+    f->dg.size = hdr[0];
+    f->dg.chunk_size = hdr[1];
+    f->dg.nchunks = nc;
+    f->compressed = hdr[3] != 0;
+    f->stored_size = hdr[4];
+    memcpy(f->dg.file, b + 5 * sizeof(uint64_t), DS_SHA256_LEN);
+    if (nc) memcpy(f->dg.chunks, b + REC_HEAD, nc * DS_SHA256_LEN);
+    if (nc && f->compressed) memcpy(f->zc, b + REC_HEAD + nc * DS_SHA256_LEN, nc * sizeof *f->zc);
+    f->has_digests = true;
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_native_write_manifest(ds_native_out *o) {
     char *text = NULL;
     DS_TRY(ds_ckpt_build_manifest(o->c, &text));

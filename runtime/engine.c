@@ -9,7 +9,6 @@
 
 #include "adam.h"
 #include "device.h"
-#include "partition.h"
 #include "rt_time.h"
 
 #include <math.h>

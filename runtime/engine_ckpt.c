@@ -3,10 +3,9 @@
  */
 #include "engine_ckpt.h"
 
-#include "ckpt.h"
+#include "dsckpt_internal.h"
 #include "engine_internal.h"
 #include "fsutil.h"
-#include "native_write.h"
 #include "rt_time.h"
 #include "savedir.h"
 
@@ -312,28 +311,22 @@ static dsckpt_status commit(rt_saver *s) {
         return ds_err(DSCKPT_EIO, "saving %s: another rank failed to write its file", s->tag);
     }
     for (int r = 0; r < nfiles; r++) {
-        ds_file *f = &s->no->c->files[r];
-        uint64_t hdr[5] = {f->dg.size, f->dg.chunk_size, f->dg.nchunks, f->compressed, f->stored_size};
-        DS_TRY(rt_comm_bcast(c, hdr, sizeof hdr, r));
-        if (e->rank != r) {
-            ds_digests_clear(&f->dg);
-            free(f->zc);
-            f->zc = NULL;
-            f->dg.size = hdr[0];
-            f->dg.chunk_size = hdr[1];
-            f->dg.nchunks = (size_t)hdr[2];
-            f->compressed = hdr[3] != 0;
-            f->stored_size = hdr[4];
-            DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, DS_SHA256_LEN, &f->dg.chunks));
-            if (f->compressed) DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, sizeof *f->zc, &f->zc));
+        /* The writer's commit record (digests, compressed chunk records) to everyone. */
+        uint8_t *rec = NULL;
+        uint64_t len = 0;
+        dsckpt_status rst = DSCKPT_OK;
+        if (e->rank == r) {
+            size_t n = 0;
+            rst = ds_native_file_record(s->no, r, &rec, &n);
+            len = rst ? 0 : n; /* an empty record: every other rank refuses it */
         }
-        if (f->dg.nchunks) DS_TRY(rt_comm_bcast(c, f->dg.chunks, f->dg.nchunks * DS_SHA256_LEN, r));
-        /* A compressed file's chunk records (the same program on every rank: the
-         * in-memory layout is the same). */
-        if (f->compressed && f->dg.nchunks)
-            DS_TRY(rt_comm_bcast(c, f->zc, f->dg.nchunks * sizeof *f->zc, r));
-        DS_TRY(rt_comm_bcast(c, f->dg.file, DS_SHA256_LEN, r));
-        f->has_digests = true;
+        st = rt_comm_bcast(c, &len, sizeof len, r);
+        if (!st && e->rank != r) st = ds_malloc(len ? (size_t)len : 1, &rec);
+        if (!st && len) st = rt_comm_bcast(c, rec, (size_t)len, r);
+        if (!st) st = rst;
+        if (!st && e->rank != r) st = ds_native_file_record_set(s->no, r, rec, (size_t)len);
+        free(rec);
+        DS_TRY(st);
     }
     if (e->rank == 0) {
         st = ds_fsync_dir(s->save_dir); /* the tag directory's entry, before the manifest */
@@ -484,10 +477,11 @@ done:
 
 /* The tensor of c called `name` (its name or one of its aliases), or -1. */
 static long find_tensor(const dsckpt_ckpt *c, const char *name) {
-    for (size_t k = 0; k < c->ntensors; k++) {
-        if (!strcmp(c->tensors[k].name, name)) return (long)k;
-        for (size_t a = 0; a < c->tensors[k].naliases; a++)
-            if (!strcmp(c->tensors[k].aliases[a], name)) return (long)k;
+    for (size_t k = 0; k < ds_ckpt_ntensors(c); k++) {
+        const ds_tensor *t = ds_ckpt_tensor(c, k);
+        if (!strcmp(t->name, name)) return (long)k;
+        for (size_t a = 0; a < t->naliases; a++)
+            if (!strcmp(t->aliases[a], name)) return (long)k;
     }
     return -1;
 }
@@ -533,7 +527,7 @@ dsckpt_status rt_engine_check_model(const rt_engine *e, const dsckpt_ckpt *c, co
         if (k < 0)
             return ds_err(DSCKPT_EINVAL, "%s: checkpoint has no tensor '%s', this run's model (n_layer=%d, n_embd=%d) "
                           "has it with shape %s", what, ps[i].name, mc->n_layer, mc->n_embd, b);
-        const ds_tensor *t = &c->tensors[k];
+        const ds_tensor *t = ds_ckpt_tensor(c, (size_t)k);
         shape_str(t->ndim, t->shape, a, sizeof a);
         bool same = t->ndim == ps[i].ndim;
         for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == want[d];
@@ -543,8 +537,8 @@ dsckpt_status rt_engine_check_model(const rt_engine *e, const dsckpt_ckpt *c, co
             return ds_err(DSCKPT_EINVAL, "%s: checkpoint has '%s' frozen (no optimizer state), this run trains it",
                           what, ps[i].name);
     }
-    for (size_t k = 0; k < c->ntensors; k++) {
-        const ds_tensor *t = &c->tensors[k];
+    for (size_t k = 0; k < ds_ckpt_ntensors(c); k++) {
+        const ds_tensor *t = ds_ckpt_tensor(c, k);
         if (t->buffer) continue;
         bool known = false;
         for (size_t i = 0; i < np && !known; i++) {
@@ -592,10 +586,11 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     for (size_t i = 0; i < e->nt && !st; i++) {
         const et *T = &e->t[i];
         long ti = find_tensor(c, ps[i].name);
-        if (ti < 0 || !c->tensors[ti].trainable || c->tensors[ti].numel != T->numel) {
-            st = ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", c->dir,
-                        ti < 0 ? "no tensor" : !c->tensors[ti].trainable ? "no trainable tensor" : "tensor",
-                        ps[i].name, ti < 0 ? 0ull : (unsigned long long)c->tensors[ti].numel,
+        const ds_tensor *ct = ti < 0 ? NULL : ds_ckpt_tensor(c, (size_t)ti);
+        if (!ct || !ct->trainable || ct->numel != T->numel) {
+            st = ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", ds_ckpt_dir(c),
+                        !ct ? "no tensor" : !ct->trainable ? "no trainable tensor" : "tensor",
+                        ps[i].name, !ct ? 0ull : (unsigned long long)ct->numel,
                         (unsigned long long)T->numel);
             break;
         }
@@ -605,7 +600,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         float *dst[3] = {e->master[T->group], e->m1[T->group], e->m2[T->group]};
         for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
             if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
-                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", c->dir, ps[i].name, ds_state_names[s]);
+                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", ds_ckpt_dir(c), ps[i].name, ds_state_names[s]);
             else if (!bounce) st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, dst[s] + poff);
             else {
                 st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, bounce);
@@ -634,9 +629,9 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
     double t0 = rt_now_s();
     dsckpt_ckpt *c = NULL;
     dsckpt_status st = dsckpt_ckpt_open(path, tag, &c);
-    if (!st) st = rt_engine_check_model(e, c, c->dir);
+    if (!st) st = rt_engine_check_model(e, c, ds_ckpt_dir(c));
     /* The step counters, checked before anything changes. */
-    const cJSON *state = !st && c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, "state") : NULL;
+    const cJSON *state = !st ? ds_ckpt_state_json(c) : NULL;
     uint64_t applied = 0, nsteps = 0;
     if (!st && moments) {
         const cJSON *eng = state ? cJSON_GetObjectItemCaseSensitive(state, "engine") : NULL;
@@ -645,15 +640,15 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
         if (ap || gs) {
             if (!state_count(ap, &applied) || !state_count(gs, &nsteps))
                 st = ds_err(DSCKPT_ECORRUPT, "%s: state.engine: applied_steps and global_steps must be integers in "
-                            "[0, 2^53 - 1]", c->dir);
+                            "[0, 2^53 - 1]", ds_ckpt_dir(c));
         } else { /* a checkpoint from elsewhere: the optimizer step of group 0 */
             const cJSON *pg = cJSON_GetArrayItem(
                 cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(state, "optimizer"), "param_groups"), 0);
             const cJSON *sp = pg ? cJSON_GetObjectItemCaseSensitive(pg, "step") : NULL;
             if (sp && !state_count(sp, &applied))
                 st = ds_err(DSCKPT_ECORRUPT, "%s: state.optimizer.param_groups[0].step must be an integer in "
-                            "[0, 2^53 - 1]", c->dir);
-            if (!sp || !applied) applied = c->step > 0 ? (uint64_t)c->step : 0;
+                            "[0, 2^53 - 1]", ds_ckpt_dir(c));
+            if (!sp || !applied) applied = ds_ckpt_step(c) > 0 ? (uint64_t)ds_ckpt_step(c) : 0;
             nsteps = applied;
         }
     }

@@ -7,8 +7,8 @@
 
 #include "adam.h"
 #include "device.h"
+#include "dsckpt_internal.h"
 #include "engine.h"
-#include "partition.h"
 
 typedef struct et {
     uint64_t moff, numel;

@@ -4,7 +4,6 @@
  */
 #include "savedir.h"
 
-#include "ckpt.h"
 #include "engine_ckpt.h"
 #include "fsutil.h"
 #include "names.h"

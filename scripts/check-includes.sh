@@ -14,8 +14,8 @@
 set -euo pipefail
 cd "${1:-$(dirname "$0")/..}"
 
-# The libckpt headers runtime/ may include.
-RT_LIBCKPT="ckpt.h native_write.h partition.h"
+# The libckpt headers runtime/ may include: its internal API, nothing else.
+RT_LIBCKPT="dsckpt_internal.h"
 
 layer_of_dir() {
     case "$1" in

@@ -10,7 +10,6 @@
  * place, on_commit, which the saver calls whenever a save is committed.
  */
 #include "args.h"
-#include "ckpt.h"
 #include "comm.h"
 #include "config.h"
 #include "data.h"
@@ -79,7 +78,9 @@ static dsckpt_status write_final(const char *save_dir, const char *tag, const ch
         if (!st && !path) st = DSCKPT_ENOMEM;
     }
     const char *target = name ? path : out;
-    co.dtype = !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
+    dsckpt_info info;
+    dsckpt_ckpt_info(c, &info);
+    co.dtype = !strcmp(info.train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
     if (!st) st = dsckpt_consolidate(c, target, &co);
     if (!st && name) { /* sha256sum-style digest file */
         char *text = NULL;

@@ -1,0 +1,108 @@
+/*
+ * dsckpt_internal.h — libckpt's internal API: everything code above libckpt in
+ * this repository (the training runtime, runtime/) may use beyond the public
+ * dsckpt.h, and the only libckpt header it includes (scripts/check-includes.sh).
+ * Not installed. The checkpoint handle stays opaque here: accessors, not fields.
+ *
+ *  - reading: any checkpoint dsckpt_ckpt_open() opens (native, DeepSpeed,
+ *    universal) is read by element range of a tensor's state, through the checks;
+ *  - writing: a native checkpoint is prepared once, each rank writes its own file
+ *    (from a fill callback), then rank 0 writes the manifest and `latest`;
+ *  - the ZeRO partition arithmetic the writers use (partition.h).
+ */
+#ifndef DSCKPT_DSCKPT_INTERNAL_H
+#define DSCKPT_DSCKPT_INTERNAL_H
+
+#include "fragmap.h"
+#include "internal.h"
+#include "parallel.h"
+#include "partition.h"
+#include "stream.h"
+
+#include <cjson/cJSON.h>
+
+/* ---- reading ---- */
+
+/* The handle's tensors (ds_tensor records, formats/fragmap.h), in checkpoint order. */
+size_t ds_ckpt_ntensors(const dsckpt_ckpt *c);
+const ds_tensor *ds_ckpt_tensor(const dsckpt_ckpt *c, size_t k);
+/* The tag directory it was opened from. */
+const char *ds_ckpt_dir(const dsckpt_ckpt *c);
+/* The step it records (0 when none). */
+int64_t ds_ckpt_step(const dsckpt_ckpt *c);
+/* The native manifest's "state" object (optimizer, scheduler, loss scaler, data,
+ * RNG), or NULL when it has none (DeepSpeed checkpoints). Valid until the handle
+ * is freed. */
+const cJSON *ds_ckpt_state_json(const dsckpt_ckpt *c);
+/* The checkpoint's model settings, or NULL when it records none (a checkpoint
+ * written by an older version, by synth, by DeepSpeed, or resharded from one). */
+const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c);
+
+/* Open read descriptors for every file of a checkpoint, shared by worker threads
+ * (pread is thread-safe). */
+typedef struct ds_vfile ds_vfile; /* readcheck.c */
+typedef struct ds_zcache ds_zcache; /* zfile.h */
+typedef struct ds_fdset {
+    int *fd;
+    size_t n;
+    ds_vfile *vf; /* per file, when reads are checked or a file is compressed (else NULL) */
+    ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
+} ds_fdset;
+dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
+void ds_fdset_close(ds_fdset *fs);
+
+/* Reads elements [start, start+numel) of state s of tensor t, in the stored dtype
+ * (all fragments of a state share one dtype), into dst. */
+dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
+                           uint64_t numel, void *dst);
+/* The stored dtype of state s of tensor t. */
+dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
+
+/* ---- writing a native checkpoint ---- */
+
+/* Fills dst with elements [start, start+numel) of state s of tensor t, in the
+ * state's stored dtype (F32 for fp32/exp_avg/exp_avg_sq, the tensor's dtype for
+ * w16). `worker` identifies the calling worker thread. */
+typedef dsckpt_status (*ds_fill_fn)(void *user, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst,
+                                    int worker);
+
+typedef struct ds_native_spec {
+    const ds_tensor *tensors;
+    size_t ntensors;
+    int ngroups;
+    int stage;
+    int world_size;
+    const char *tag;
+    int64_t step;
+    const char *train_dtype;  /* "bf16", "fp16", "fp32" */
+    const cJSON *state;       /* optimizer, scheduler, loss scaler, data, RNG (may be NULL) */
+    const cJSON *ds_config;   /* may be NULL */
+    const cJSON *metrics;     /* may be NULL */
+    const ds_model_info *model; /* the manifest's "model"; NULL = none */
+    uint64_t chunk_size;      /* 0 = DS_DEFAULT_CHUNK */
+    int compress_level;       /* 0 = uncompressed (manifest version 1); 1..22: compressed
+                                 rank files at this zstd level (version 2, zfile.h) */
+} ds_native_spec;
+
+typedef struct ds_native_out ds_native_out; /* native_write.h */
+
+/* Plans a checkpoint to be written into the (existing) tag directory `dir`. */
+dsckpt_status ds_native_prepare(const ds_native_spec *spec, const char *dir, ds_native_out **out);
+void ds_native_out_free(ds_native_out *o);
+/* Writes file `rank` (temporary name, fsync, rename). Thread-safe across ranks. */
+dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+                                   ds_progress *prog);
+/* A written file's commit record: what the manifest says of it (raw and stored
+ * size, chunk digests, file digest, a compressed file's chunk records), as bytes
+ * (malloc'd into *out) that the process which wrote the file hands to the one that
+ * writes the manifest; there ds_native_file_record_set takes it in, checking it
+ * against the plan (DSCKPT_EINTERNAL when it does not fit). */
+dsckpt_status ds_native_file_record(const ds_native_out *o, int file, uint8_t **out, size_t *len);
+dsckpt_status ds_native_file_record_set(ds_native_out *o, int file, const void *rec, size_t len);
+/* Writes the manifest (after every rank file is durable and every file's digests
+ * are known). */
+dsckpt_status ds_native_write_manifest(ds_native_out *o);
+/* Replaces root/latest with `tag`, atomically. */
+dsckpt_status ds_set_latest(const char *root, const char *tag);
+
+#endif /* DSCKPT_DSCKPT_INTERNAL_H */
