@@ -970,11 +970,11 @@ static dsckpt_status edit_model(dsw_file *f, int rank) {
 
 /* Stage 1/2 rank r of group g: the tensors intersecting [r*P, (r+1)*P). */
 static dsckpt_status flat_pieces(dsw_file *f, const dsw_group *G, int r, size_t store, ds_state s) {
-    uint64_t lo = (uint64_t)r * G->part.part, hi = lo + G->part.part, pos = 0;
+    uint64_t pos = 0;
     for (size_t k = 0; k < G->n; k++) {
         uint64_t n = f->x->sp->tensors[G->t[k]].numel;
-        uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + n, hi);
-        if (a < b) DS_TRY(add_piece(f, store, s, G->t[k], a - pos, b - a, a - lo));
+        ds_slice sl = ds_part_slice(1, f->x->M, r, G->part.part, pos, n);
+        if (sl.count) DS_TRY(add_piece(f, store, s, G->t[k], sl.start, sl.count, sl.at));
         pos += n + (G->pad ? G->pad[k] : 0);
     }
     return DSCKPT_OK;
@@ -983,10 +983,10 @@ static dsckpt_status flat_pieces(dsw_file *f, const dsw_group *G, int r, size_t 
 static dsckpt_status stage3_pieces(dsw_file *f, const dsw_group *G, int r, size_t store, ds_state s) {
     uint64_t pos = 0;
     for (size_t k = 0; k < G->n; k++) {
-        uint64_t n = f->x->sp->tensors[G->t[k]].numel, q = ds_part_piece(n, f->x->M), s0, cnt;
-        ds_part_real(q, r, n, &s0, &cnt);
-        DS_TRY(add_piece(f, store, s, G->t[k], s0, cnt, pos));
-        pos += q;
+        uint64_t n = f->x->sp->tensors[G->t[k]].numel;
+        ds_slice sl = ds_part_slice(3, f->x->M, r, 0, pos, n);
+        DS_TRY(add_piece(f, store, s, G->t[k], sl.start, sl.count, sl.at));
+        pos += ds_part_piece(n, f->x->M);
     }
     return DSCKPT_OK;
 }

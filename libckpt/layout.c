@@ -36,26 +36,15 @@ static dsckpt_status flat_group_buf(const ds_tensor *ts, size_t nt, int g, int s
     for (size_t i = 0; i < nt; i++)
         if (ts[i].trainable && ts[i].group == g && ds_add_overflow(N, ts[i].numel, &N))
             return ds_err(DSCKPT_EINVAL, "group %d: element count overflows", g);
-    uint64_t lo, len;
-    if (stage == 0) {
-        lo = 0;
-        len = N;
-    } else {
-        ds_flat_part p = ds_part_flat(N, W);
-        lo = p.part * (uint64_t)r;
-        len = p.part;
-    }
-    uint64_t hi = lo + len;
-    *out = (ds_buf){.group = g, .dtype = DSCKPT_F32, .len = len};
+    uint64_t part = stage == 0 ? N : ds_part_flat(N, W).part;
+    *out = (ds_buf){.group = g, .dtype = DSCKPT_F32, .len = part};
     size_t cap = 0;
     uint64_t off = 0; /* running offset of each tensor in the flat buffer */
     for (size_t i = 0; i < nt; i++) {
         if (!ts[i].trainable || ts[i].group != g) continue;
-        uint64_t a = off, b = off + ts[i].numel;
-        off = b;
-        uint64_t s = DS_MAX(a, lo), e = DS_MIN(b, hi);
-        if (s >= e) continue;
-        DS_TRY(buf_add_piece(out, &cap, (uint32_t)i, s - a, e - s, s - lo));
+        ds_slice sl = ds_part_slice(stage, W, r, part, off, ts[i].numel);
+        off += ts[i].numel;
+        if (sl.count) DS_TRY(buf_add_piece(out, &cap, (uint32_t)i, sl.start, sl.count, sl.at));
     }
     return DSCKPT_OK;
 }
@@ -66,10 +55,9 @@ static dsckpt_status piece_group_buf(const ds_tensor *ts, size_t nt, int g, int 
     size_t cap = 0;
     for (size_t i = 0; i < nt; i++) {
         if (!ts[i].trainable || ts[i].group != g) continue;
-        uint64_t q = ds_part_piece(ts[i].numel, W), s, n;
-        ds_part_real(q, r, ts[i].numel, &s, &n);
-        if (n) DS_TRY(buf_add_piece(out, &cap, (uint32_t)i, s, n, out->len));
-        out->len += q;
+        ds_slice sl = ds_part_slice(3, W, r, 0, out->len, ts[i].numel);
+        if (sl.count) DS_TRY(buf_add_piece(out, &cap, (uint32_t)i, sl.start, sl.count, sl.at));
+        out->len += ds_part_piece(ts[i].numel, W);
     }
     return DSCKPT_OK;
 }
@@ -102,10 +90,9 @@ dsckpt_status ds_layout_make(const ds_tensor *ts, size_t nt, int ngroups, int st
             ds_buf b = {.group = -1, .tensor = (uint32_t)i, .dtype = ts[i].dtype};
             size_t cap = 0;
             if (stage == 3) {
-                uint64_t q = ds_part_piece(ts[i].numel, W), s, n;
-                ds_part_real(q, r, ts[i].numel, &s, &n);
-                b.len = q;
-                if (n) st = buf_add_piece(&b, &cap, (uint32_t)i, s, n, 0);
+                ds_slice sl = ds_part_slice(3, W, r, 0, 0, ts[i].numel);
+                b.len = ds_part_piece(ts[i].numel, W);
+                if (sl.count) st = buf_add_piece(&b, &cap, (uint32_t)i, sl.start, sl.count, sl.at);
             } else if (r == 0) {
                 b.len = ts[i].numel;
                 if (b.len) st = buf_add_piece(&b, &cap, (uint32_t)i, 0, b.len, 0);

@@ -29,6 +29,20 @@ void ds_part_real(uint64_t len, int rank, uint64_t numel, uint64_t *start, uint6
     }
 }
 
+ds_slice ds_part_slice(int stage, int world_size, int rank, uint64_t part, uint64_t off, uint64_t numel) {
+    ds_slice sl = {0, 0, 0};
+    if (stage == 0) return (ds_slice){0, numel, off};
+    if (stage == 3) {
+        ds_part_real(ds_part_piece(numel, world_size), rank, numel, &sl.start, &sl.count);
+        sl.at = off;
+        return sl;
+    }
+    uint64_t lo = part * (uint64_t)rank, hi = lo + part;
+    uint64_t a = off > lo ? off : lo, b = off + numel < hi ? off + numel : hi;
+    if (a < b) sl = (ds_slice){a - off, b - a, a - lo};
+    return sl;
+}
+
 uint64_t ds_part_flat_padding(ds_flat_part p, int rank) {
     uint64_t start, count;
     ds_part_real(p.part, rank, p.numel, &start, &count);

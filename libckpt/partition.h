@@ -35,4 +35,23 @@ void ds_part_real(uint64_t len, int rank, uint64_t numel, uint64_t *start, uint6
  * partly real, else 0. */
 uint64_t ds_part_flat_padding(ds_flat_part p, int rank);
 
+/* Rank r's share of one tensor: elements [start, start + count) of the tensor,
+ * stored from element `at` of rank r's buffer of the tensor's group. */
+typedef struct ds_slice {
+    uint64_t start, count, at;
+} ds_slice;
+
+/* The partition walk, the one place that says which rank owns which elements
+ * (layout, the DeepSpeed writer and the training engine all call it). A tensor of
+ * `numel` elements at `off`:
+ *  - stages 0-2: `off` is its offset in the group's flat buffer (the group's
+ *    trainable tensors in order; the DeepSpeed writer adds its alignment padding),
+ *    `part` the group's partition size (ds_part_flat(...).part; unused at stage 0,
+ *    where rank r holds the whole buffer). Rank r owns [r*part, (r+1)*part) of the
+ *    buffer, so the slice is the tensor's intersection with it (count 0 if none).
+ *  - stage 3: `off` is the tensor's piece offset in every rank's buffer (the sum of
+ *    the pieces before it), `part` unused: rank r owns the real elements of
+ *    [r*q, (r+1)*q), q = ds_part_piece(numel, W), stored at `off`. */
+ds_slice ds_part_slice(int stage, int world_size, int rank, uint64_t part, uint64_t off, uint64_t numel);
+
 #endif /* DSCKPT_PARTITION_H */

@@ -67,26 +67,10 @@ static dsckpt_status master_to_working(const rt_engine *e, int g, uint64_t off, 
 /* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
  * the group partition. */
 void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
-    if (e->stage == 3) {
-        ds_part_real(T->q, r, T->numel, s, n);
-        *poff = T->qoff;
-        return;
-    }
-    if (e->stage == 0) {
-        *s = 0;
-        *n = T->numel;
-        *poff = T->goff;
-        return;
-    }
-    uint64_t P = e->fp[T->group].part, lo = (uint64_t)r * P, hi = lo + P;
-    uint64_t a = DS_MAX(T->goff, lo), b = DS_MIN(T->goff + T->numel, hi);
-    if (a < b) {
-        *s = a - T->goff;
-        *n = b - a;
-        *poff = a - lo;
-    } else {
-        *s = *n = *poff = 0;
-    }
+    ds_slice sl = ds_part_slice(e->stage, e->W, r, e->fp[T->group].part, e->stage == 3 ? T->qoff : T->goff, T->numel);
+    *s = sl.start;
+    *n = sl.count;
+    *poff = sl.at;
 }
 
 /* Sums tensors ts[0..n) of every rank's gradients (src[i] = tensor ts[i]'s full

@@ -187,9 +187,51 @@ static void test_layout_errors(void) {
     free(ts);
 }
 
+/* ds_part_slice against element-by-element ownership: for every element j of a
+ * tensor, the rank that owns it and where, by the rule of each stage; the slice of
+ * rank r must be exactly the elements it owns, contiguous, at the right place. */
+static void test_slice_brute(void) {
+    static const uint64_t sizes[] = {0, 1, 2, 3, 7, 8, 13, 64, 65, 100};
+    const size_t ns = sizeof sizes / sizeof sizes[0];
+    for (int stage = 0; stage <= 3; stage++)
+        for (int W = 1; W <= 9; W++) {
+            uint64_t N = 0;
+            for (size_t k = 0; k < ns; k++) N += sizes[k];
+            uint64_t part = ds_part_flat(N, W).part;
+            uint64_t off = 0, qoff = 0; /* flat offset (stages 0-2), piece offset (stage 3) */
+            for (size_t k = 0; k < ns; k++) {
+                uint64_t n = sizes[k], q = ds_part_piece(n, W);
+                for (int r = 0; r < W; r++) {
+                    ds_slice sl = ds_part_slice(stage, W, r, part, stage == 3 ? qoff : off, n);
+                    uint64_t owned = 0, first = 0, at = 0;
+                    for (uint64_t j = 0; j < n; j++) {
+                        bool mine;
+                        uint64_t pos;
+                        if (stage == 0) mine = true, pos = off + j;
+                        else if (stage == 3) mine = j / q == (uint64_t)r, pos = qoff + j - (uint64_t)r * q;
+                        else mine = (off + j) / part == (uint64_t)r, pos = off + j - (uint64_t)r * part;
+                        if (!mine) continue;
+                        if (!owned) first = j, at = pos;
+                        CU_ASSERT_EQUAL(j, first + owned); /* contiguous */
+                        CU_ASSERT_EQUAL(pos, at + owned);
+                        owned++;
+                    }
+                    CU_ASSERT_EQUAL(sl.count, owned);
+                    if (owned) {
+                        CU_ASSERT_EQUAL(sl.start, first);
+                        CU_ASSERT_EQUAL(sl.at, at);
+                    }
+                }
+                off += n;
+                qoff += q;
+            }
+        }
+}
+
 int main(void) {
     static const tu_test tests[] = {{"flat partition vs brute force, W=1..17", test_flat_formula},
                                     {"stage-3 pieces vs brute force, W=1..17", test_piece_formula},
+                                    {"slice of every rank vs element ownership, stages 0-3, W=1..9", test_slice_brute},
                                     {"layout owner of every element, stages 0-3, W=1..17", test_layout_brute},
                                     {"layout argument errors", test_layout_errors},
                                     {NULL, NULL}};
