@@ -1,6 +1,7 @@
 /*
  * pickle.h — a restricted pickle interpreter for torch.save / DeepSpeed files, and
- * a writer for the same subset.
+ * a writer for the same subset. Three files: the object model and its arena
+ * (pickle_obj.c), the interpreter (pickle_read.c), the writer (pickle_write.c).
  *
  * Reader: interprets protocol 2-5 opcodes into an inert object tree. Nothing is
  * ever executed: GLOBAL only names a class or function; REDUCE / NEWOBJ / BUILD on

@@ -1,56 +1,20 @@
 /*
- * pickle.c — the restricted pickle interpreter and the protocol-2 writer declared
- * in pickle.h.
- *
- * Reader: a stack machine over the opcodes torch.save and DeepSpeed produce (plus
- * the protocol 3-5 and text forms that are cheap to read safely). Nothing is
- * executed: GLOBAL yields a name, and REDUCE / NEWOBJ / BUILD turn allow-listed
- * names into typed values and everything else into inert PK_OBJECT records. All
- * objects live in one arena owned by the pk_doc, so every error path is a single
- * pk_doc_free. Bounds: MARK and object nesting (max_depth), memo indices
- * (max_memo), string / LONG lengths (max_str, max_long, and the bytes left),
- * objects (max_objects) and arena bytes (max_bytes).
- *
- * Writer: a mirror of CPython 3's C pickler at protocol 2 (save_tuple,
- * batch_list_exact, batch_dict_exact vs. the generic batch_dict of reduce-built
- * dicts, save_reduce with NEWOBJ, memoisation by object identity) plus
- * torch.save's persistent ids, so that parse -> serialize reproduces CPython
- * output byte for byte.
+ * pickle_read.c — the restricted pickle interpreter declared in pickle.h: a stack
+ * machine over the opcodes torch.save and DeepSpeed produce (plus the protocol 3-5
+ * and text forms that are cheap to read safely). Nothing is executed: GLOBAL
+ * yields a name, and REDUCE / NEWOBJ / BUILD turn allow-listed names into typed
+ * values and everything else into inert PK_OBJECT records. All objects live in one
+ * arena owned by the pk_doc (pickle_obj.c). Bounds: MARK and object nesting
+ * (max_depth), memo indices (max_memo), string / LONG lengths (max_str, max_long,
+ * and the bytes left), objects (max_objects) and arena bytes (max_bytes).
  */
-#include "pickle.h"
+#include "pickle_internal.h"
 
 #include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ======================================================================== */
-/* Opcodes                                                                  */
-/* ======================================================================== */
-
-enum {
-    OP_MARK = '(', OP_STOP = '.', OP_POP = '0', OP_POP_MARK = '1', OP_DUP = '2', OP_FLOAT = 'F',
-    OP_INT = 'I', OP_BININT = 'J', OP_BININT1 = 'K', OP_LONG = 'L', OP_BININT2 = 'M', OP_NONE = 'N',
-    OP_PERSID = 'P', OP_BINPERSID = 'Q', OP_REDUCE = 'R', OP_STRING = 'S', OP_BINSTRING = 'T',
-    OP_SHORT_BINSTRING = 'U', OP_UNICODE = 'V', OP_BINUNICODE = 'X', OP_APPEND = 'a', OP_BUILD = 'b',
-    OP_GLOBAL = 'c', OP_DICT = 'd', OP_EMPTY_DICT = '}', OP_APPENDS = 'e', OP_GET = 'g', OP_BINGET = 'h',
-    OP_INST = 'i', OP_LONG_BINGET = 'j', OP_LIST = 'l', OP_EMPTY_LIST = ']', OP_OBJ = 'o', OP_PUT = 'p',
-    OP_BINPUT = 'q', OP_LONG_BINPUT = 'r', OP_SETITEM = 's', OP_TUPLE = 't', OP_EMPTY_TUPLE = ')',
-    OP_SETITEMS = 'u', OP_BINFLOAT = 'G',
-    /* protocol 2 */
-    OP_PROTO = 0x80, OP_NEWOBJ = 0x81, OP_EXT1 = 0x82, OP_EXT2 = 0x83, OP_EXT4 = 0x84, OP_TUPLE1 = 0x85,
-    OP_TUPLE2 = 0x86, OP_TUPLE3 = 0x87, OP_NEWTRUE = 0x88, OP_NEWFALSE = 0x89, OP_LONG1 = 0x8a,
-    OP_LONG4 = 0x8b,
-    /* protocol 3 */
-    OP_BINBYTES = 'B', OP_SHORT_BINBYTES = 'C',
-    /* protocol 4 */
-    OP_SHORT_BINUNICODE = 0x8c, OP_BINUNICODE8 = 0x8d, OP_BINBYTES8 = 0x8e, OP_EMPTY_SET = 0x8f,
-    OP_ADDITEMS = 0x90, OP_FROZENSET = 0x91, OP_NEWOBJ_EX = 0x92, OP_STACK_GLOBAL = 0x93,
-    OP_MEMOIZE = 0x94, OP_FRAME = 0x95,
-    /* protocol 5 */
-    OP_BYTEARRAY8 = 0x96, OP_NEXT_BUFFER = 0x97, OP_READONLY_BUFFER = 0x98
-};
 
 /* Name of a known opcode, NULL for bytes that are no opcode at all. */
 static const char *op_name(int op) {
@@ -127,326 +91,11 @@ static const char *op_name(int op) {
     return NULL;
 }
 
-const char *pk_kind_name(pk_kind k) {
-    switch (k) {
-    case PK_NONE: return "None";
-    case PK_BOOL: return "bool";
-    case PK_INT: return "int";
-    case PK_BIGINT: return "big int";
-    case PK_FLOAT: return "float";
-    case PK_STR: return "str";
-    case PK_BYTES: return "bytes";
-    case PK_TUPLE: return "tuple";
-    case PK_LIST: return "list";
-    case PK_SET: return "set";
-    case PK_DICT: return "dict";
-    case PK_GLOBAL: return "global";
-    case PK_TENSOR: return "tensor";
-    case PK_DTYPE: return "dtype";
-    case PK_SIZE: return "torch.Size";
-    case PK_ENUM: return "enum member";
-    case PK_OBJECT: return "object";
-    case PK_STORAGE: return "storage";
-    }
-    return "?";
-}
-
 /* ======================================================================== */
-/* Arena and document                                                       */
+/* Allow-listed names (the storage and dtype tables are in pickle_internal.h)   */
 /* ======================================================================== */
-
-#define PK_BLOCK_SIZE ((size_t)64 * 1024)
-#define PK_ALIGN ((size_t)16)
-
-typedef struct pk_block {
-    struct pk_block *next;
-    size_t used, cap;
-    max_align_t data[]; /* aligned for any object */
-} pk_block;
-
-/* Why the last arena allocation failed; the parser turns it into a message. */
-enum { FAIL_NONE = 0, FAIL_NOMEM, FAIL_BYTES, FAIL_OBJECTS };
-
-/* One slot of the dict-key index: key `idx` of `dict`. Empty when dict is NULL. */
-typedef struct kslot {
-    const pk_obj *dict;
-    size_t idx;
-    uint64_t h;
-} kslot;
-
-struct pk_doc {
-    pk_block *blocks;
-    size_t bytes, max_bytes;  /* arena bytes handed out (plus the key index), and the cap */
-    size_t nobjs, max_objs;
-    int fail;
-    /* Shared immutable leaves: a pickle's None / True / False / () / small ints carry
-     * no identity that the writer would memoise, so one object each is enough. */
-    pk_obj *none, *yes, *no, *empty_tuple;
-    pk_obj *small[256];
-    /* Index of every hashable dict key, so that a repeated key replaces the value
-     * as in Python, without a quadratic scan. */
-    kslot *ktab;
-    size_t kcap, kcount;
-};
-
-static pk_doc *doc_create(size_t max_bytes, size_t max_objs) {
-    pk_doc *d = calloc(1, sizeof *d);
-    if (!d) return NULL;
-    d->max_bytes = max_bytes;
-    d->max_objs = max_objs;
-    return d;
-}
-
-void pk_doc_free(pk_doc *d) {
-    if (!d) return;
-    pk_block *b = d->blocks;
-    while (b) {
-        pk_block *n = b->next;
-        free(b);
-        b = n;
-    }
-    free(d->ktab);
-    free(d);
-}
-
-/* Uninitialised arena memory, or NULL with d->fail set. */
-static void *arena_alloc(pk_doc *d, size_t n) {
-    if (n == 0) n = 1;
-    if (n > SIZE_MAX / 2) {
-        d->fail = FAIL_BYTES;
-        return NULL;
-    }
-    n = (n + PK_ALIGN - 1) & ~(PK_ALIGN - 1);
-    if (n > d->max_bytes - d->bytes) {
-        d->fail = FAIL_BYTES;
-        return NULL;
-    }
-    pk_block *b = d->blocks;
-    if (!b || b->cap - b->used < n) {
-        size_t cap = n > PK_BLOCK_SIZE / 4 ? n : PK_BLOCK_SIZE;
-        pk_block *nb = malloc(sizeof *nb + cap);
-        if (!nb) {
-            d->fail = FAIL_NOMEM;
-            return NULL;
-        }
-        nb->used = 0;
-        nb->cap = cap;
-        if (b && cap == n) { /* a block of its own: keep filling the current one */
-            nb->next = b->next;
-            b->next = nb;
-        } else {
-            nb->next = b;
-            d->blocks = nb;
-        }
-        b = nb;
-    }
-    void *p = (unsigned char *)b->data + b->used;
-    b->used += n;
-    d->bytes += n;
-    return p;
-}
-
-static char *arena_strndup(pk_doc *d, const void *s, size_t n) {
-    if (n == SIZE_MAX) {
-        d->fail = FAIL_BYTES;
-        return NULL;
-    }
-    char *p = arena_alloc(d, n + 1);
-    if (!p) return NULL;
-    if (n) memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
-}
-
-/* A zeroed object of `kind`, counted against max_objects. */
-static pk_obj *obj_new(pk_doc *d, pk_kind kind) {
-    if (d->nobjs >= d->max_objs) {
-        d->fail = FAIL_OBJECTS;
-        return NULL;
-    }
-    pk_obj *o = arena_alloc(d, sizeof *o);
-    if (!o) return NULL;
-    memset(o, 0, sizeof *o);
-    o->kind = kind;
-    o->depth = 1;
-    d->nobjs++;
-    return o;
-}
-
-/* Makes room for `need` items (and keys, for dicts). Arrays with cap 0 are shared
- * with another object and are copied before the first write. */
-static bool arr_reserve(pk_doc *d, pk_obj *o, size_t need) {
-    if (need <= o->cap) return true;
-    size_t nc = o->cap ? o->cap * 2 : 4;
-    if (nc < need) nc = need;
-    if (nc > SIZE_MAX / sizeof(pk_obj *)) {
-        d->fail = FAIL_BYTES;
-        return false;
-    }
-    pk_obj **ni = arena_alloc(d, nc * sizeof *ni);
-    if (!ni) return false;
-    if (o->n) memcpy(ni, o->items, o->n * sizeof *ni);
-    if (o->kind == PK_DICT) {
-        pk_obj **nk = arena_alloc(d, nc * sizeof *nk);
-        if (!nk) return false;
-        if (o->n) memcpy(nk, o->keys, o->n * sizeof *nk);
-        o->keys = nk;
-    }
-    o->items = ni;
-    o->cap = nc;
-    return true;
-}
-
-static bool obj_append(pk_doc *d, pk_obj *c, pk_obj *item) {
-    if (!arr_reserve(d, c, c->n + 1)) return false;
-    c->items[c->n++] = item;
-    return true;
-}
-
-/* ---- dict keys ---- */
-
-/* Key classes that Python would compare equal within (numbers with numbers,
- * str with str, ...); KEY_NONE_CLASS means "never equal to another key". */
-enum { KEY_UNHASHED = 0, KEY_NUM, KEY_FLOATBITS, KEY_STR, KEY_BYTES, KEY_NONE_CLASS };
-
-static int key_class(const pk_obj *k, int64_t *iv) {
-    switch (k->kind) {
-    case PK_INT: *iv = k->i; return KEY_NUM;
-    case PK_BOOL: *iv = k->b; return KEY_NUM;
-    case PK_FLOAT:
-        if (isnan(k->f)) return KEY_UNHASHED; /* nan != nan */
-        if (k->f >= -9.2e18 && k->f <= 9.2e18 && k->f == (double)(int64_t)k->f) {
-            *iv = (int64_t)k->f; /* 1.0 == 1 == True, and -0.0 == 0 */
-            return KEY_NUM;
-        }
-        memcpy(iv, &k->f, sizeof *iv);
-        return KEY_FLOATBITS;
-    case PK_STR: return KEY_STR;
-    case PK_BYTES: return KEY_BYTES;
-    case PK_NONE: return KEY_NONE_CLASS;
-    default: return KEY_UNHASHED;
-    }
-}
-
-static uint64_t mix64(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
-static uint64_t hash_bytes(const void *p, size_t n) {
-    const uint8_t *b = p;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
-    return h;
-}
-
-static uint64_t key_hash(const pk_obj *dict, const pk_obj *k, int cls, int64_t iv) {
-    uint64_t h = mix64((uint64_t)(uintptr_t)dict) ^ ((uint64_t)cls << 56);
-    if (cls == KEY_STR || cls == KEY_BYTES) return h ^ mix64(hash_bytes(k->s, k->slen));
-    if (cls == KEY_NONE_CLASS) return h;
-    return h ^ mix64((uint64_t)iv);
-}
-
-static bool key_eq(const pk_obj *a, int ca, int64_t ia, const pk_obj *b) {
-    int64_t ib = 0;
-    int cb = key_class(b, &ib);
-    if (ca != cb) return false;
-    if (ca == KEY_STR || ca == KEY_BYTES) return a->slen == b->slen && (a->slen == 0 || !memcmp(a->s, b->s, a->slen));
-    if (ca == KEY_NONE_CLASS) return true;
-    return ia == ib;
-}
-
-static bool ktab_grow(pk_doc *d) {
-    size_t nc = d->kcap ? d->kcap * 2 : 64;
-    if (nc > SIZE_MAX / sizeof(kslot) || nc * sizeof(kslot) > d->max_bytes - d->bytes) {
-        d->fail = FAIL_BYTES;
-        return false;
-    }
-    kslot *nt = calloc(nc, sizeof *nt);
-    if (!nt) {
-        d->fail = FAIL_NOMEM;
-        return false;
-    }
-    for (size_t i = 0; i < d->kcap; i++) {
-        if (!d->ktab[i].dict) continue;
-        size_t j = (size_t)d->ktab[i].h & (nc - 1);
-        while (nt[j].dict) j = (j + 1) & (nc - 1);
-        nt[j] = d->ktab[i];
-    }
-    d->bytes -= d->kcap * sizeof(kslot);
-    d->bytes += nc * sizeof(kslot);
-    free(d->ktab);
-    d->ktab = nt;
-    d->kcap = nc;
-    return true;
-}
-
-/* dict[key] = value with Python semantics (an equal key keeps its position and
- * gets the new value). Returns false with d->fail set when memory runs out. */
-static bool dict_set(pk_doc *d, pk_obj *dict, pk_obj *key, pk_obj *value) {
-    int64_t iv = 0;
-    int cls = key_class(key, &iv);
-    uint64_t h = 0;
-    if (cls != KEY_UNHASHED) {
-        h = key_hash(dict, key, cls, iv);
-        if (d->kcap) {
-            for (size_t j = (size_t)h & (d->kcap - 1); d->ktab[j].dict; j = (j + 1) & (d->kcap - 1)) {
-                const kslot *s = &d->ktab[j];
-                if (s->h == h && s->dict == dict && key_eq(key, cls, iv, dict->keys[s->idx])) {
-                    dict->items[s->idx] = value;
-                    return true;
-                }
-            }
-        }
-        if ((d->kcount + 1) * 2 > d->kcap && !ktab_grow(d)) return false;
-    }
-    if (!arr_reserve(d, dict, dict->n + 1)) return false;
-    dict->keys[dict->n] = key;
-    dict->items[dict->n] = value;
-    if (cls != KEY_UNHASHED) {
-        size_t j = (size_t)h & (d->kcap - 1);
-        while (d->ktab[j].dict) j = (j + 1) & (d->kcap - 1);
-        d->ktab[j] = (kslot){dict, dict->n, h};
-        d->kcount++;
-    }
-    dict->n++;
-    return true;
-}
-
-/* ======================================================================== */
-/* Allow-listed names                                                       */
-/* ======================================================================== */
-
-static const struct {
-    const char *name;
-    dsckpt_dtype dt;
-} storage_types[] = {
-    {"FloatStorage", DSCKPT_F32}, {"HalfStorage", DSCKPT_F16},  {"BFloat16Storage", DSCKPT_BF16},
-    {"DoubleStorage", DSCKPT_F64}, {"LongStorage", DSCKPT_I64}, {"IntStorage", DSCKPT_I32},
-    {"ShortStorage", DSCKPT_I16}, {"CharStorage", DSCKPT_I8},  {"ByteStorage", DSCKPT_U8},
-    {"BoolStorage", DSCKPT_BOOL},
-};
-
-/* torch.<name> dtype objects; the first spelling of each dtype is the one torch
- * pickles (dtype.__reduce__ returns the canonical name). */
-static const struct {
-    const char *name;
-    dsckpt_dtype dt;
-} torch_dtypes[] = {
-    {"float16", DSCKPT_F16}, {"bfloat16", DSCKPT_BF16}, {"float32", DSCKPT_F32}, {"float64", DSCKPT_F64},
-    {"int64", DSCKPT_I64},   {"int32", DSCKPT_I32},     {"int16", DSCKPT_I16},   {"int8", DSCKPT_I8},
-    {"uint8", DSCKPT_U8},    {"bool", DSCKPT_BOOL},     {"uint16", DSCKPT_U16},  {"uint32", DSCKPT_U32},
-    {"uint64", DSCKPT_U64},  {"half", DSCKPT_F16},      {"float", DSCKPT_F32},   {"double", DSCKPT_F64},
-    {"long", DSCKPT_I64},    {"int", DSCKPT_I32},       {"short", DSCKPT_I16},
-};
 
 static const char *const zero_stage_names[] = {"disabled", "optimizer_states", "gradients", "weights"};
-
-static bool streq(const char *a, const char *b) { return a && b && strcmp(a, b) == 0; }
 
 static bool is_global(const pk_obj *o, const char *module, const char *name) {
     return o && (o->kind == PK_GLOBAL || o->kind == PK_DTYPE) && streq(o->module, module) && streq(o->name, name);
@@ -502,7 +151,7 @@ static dsckpt_status doc_fail(const parser *p) {
 
 #define MAKE(var, kind)                       \
     do {                                        \
-        (var) = obj_new(p->doc, (kind));        \
+        (var) = pk_obj_alloc(p->doc, (kind));        \
         if (!(var)) return doc_fail(p);         \
     } while (0)
 
@@ -687,7 +336,7 @@ static dsckpt_status mk_long(parser *p, const uint8_t *b, size_t n, pk_obj **out
         return mk_int(p, (int64_t)u, out);
     }
     MAKE(*out, PK_BIGINT);
-    (*out)->s = arena_strndup(p->doc, b, n);
+    (*out)->s = pk_arena_strndup(p->doc, b, n);
     if (!(*out)->s) return doc_fail(p);
     (*out)->slen = n;
     return DSCKPT_OK;
@@ -705,7 +354,7 @@ static dsckpt_status mk_text(parser *p, uint64_t n, pk_kind kind, pk_obj **out) 
     if (kind == PK_STR && ds_utf8_valid_prefix(s, (size_t)n, true) != (size_t)n)
         return perr(p, DSCKPT_ECORRUPT, "string is not valid UTF-8");
     MAKE(*out, kind);
-    (*out)->s = arena_strndup(p->doc, s, (size_t)n);
+    (*out)->s = pk_arena_strndup(p->doc, s, (size_t)n);
     if (!(*out)->s) return doc_fail(p);
     (*out)->slen = (size_t)n;
     p->pos += (size_t)n;
@@ -734,8 +383,8 @@ static dsckpt_status mk_global(parser *p, const char *mod, size_t ml, const char
     }
     MAKE(*out, kind);
     (*out)->dtype = dt;
-    (*out)->module = arena_strndup(p->doc, mod, ml);
-    (*out)->name = arena_strndup(p->doc, name, nl);
+    (*out)->module = pk_arena_strndup(p->doc, mod, ml);
+    (*out)->name = pk_arena_strndup(p->doc, name, nl);
     if (!(*out)->module || !(*out)->name) return doc_fail(p);
     return DSCKPT_OK;
 }
@@ -765,7 +414,7 @@ static dsckpt_status mk_tuple(parser *p, size_t start, pk_obj **out) {
     if (n == 0) return leaf(p, &p->doc->empty_tuple, PK_TUPLE, false, out);
     pk_obj *t;
     MAKE(t, PK_TUPLE);
-    if (!arr_reserve(p->doc, t, n)) return doc_fail(p);
+    if (!pk_arr_reserve(p->doc, t, n)) return doc_fail(p);
     for (size_t i = 0; i < n; i++) {
         DS_TRY(adopt(p, t, p->stack[start + i]));
         t->items[i] = p->stack[start + i];
@@ -781,7 +430,7 @@ static dsckpt_status add_items(parser *p, pk_obj *c, size_t start) {
     DS_TRY(check_mutable(p, c));
     for (size_t i = start; i < p->sp; i++) {
         DS_TRY(adopt(p, c, p->stack[i]));
-        if (!obj_append(p->doc, c, p->stack[i])) return doc_fail(p);
+        if (!pk_obj_append(p->doc, c, p->stack[i])) return doc_fail(p);
     }
     p->sp = start;
     return DSCKPT_OK;
@@ -794,7 +443,7 @@ static dsckpt_status set_items(parser *p, pk_obj *dict, size_t start) {
     for (size_t i = start; i < p->sp; i += 2) {
         DS_TRY(adopt(p, dict, p->stack[i]));
         DS_TRY(adopt(p, dict, p->stack[i + 1]));
-        if (!dict_set(p->doc, dict, p->stack[i], p->stack[i + 1])) return doc_fail(p);
+        if (!pk_dict_put(p->doc, dict, p->stack[i], p->stack[i + 1])) return doc_fail(p);
     }
     p->sp = start;
     return DSCKPT_OK;
@@ -972,7 +621,7 @@ static dsckpt_status codecs_encode(parser *p, const pk_obj *args, pk_obj *o, boo
     if (!streq(enc, "latin1") && !streq(enc, "latin-1") && !streq(enc, "latin_1")) return DSCKPT_OK;
     const uint8_t *s = (const uint8_t *)args->items[0]->s;
     size_t n = args->items[0]->slen, m = 0;
-    uint8_t *b = arena_alloc(p->doc, n + 1);
+    uint8_t *b = pk_arena_alloc(p->doc, n + 1);
     if (!b) return doc_fail(p);
     for (size_t i = 0; i < n;) { /* valid UTF-8 already */
         if (s[i] < 0x80) b[m++] = s[i++];
@@ -1059,7 +708,7 @@ static dsckpt_status reduce(parser *p, pk_obj *fn, pk_obj *args, pk_obj **out) {
         DS_TRY(codecs_encode(p, args, o, &done));
     } else if (is_builtin(fn, "bytes") && args->n == 0) {
         o->kind = PK_BYTES;
-        o->s = arena_strndup(p->doc, "", 0);
+        o->s = pk_arena_strndup(p->doc, "", 0);
         if (!o->s) return doc_fail(p);
     }
     /* Anything else stays an inert PK_OBJECT naming the callable. */
@@ -1099,6 +748,7 @@ static dsckpt_status unsupported(parser *p) {
     return perr(p, DSCKPT_EUNSUPPORTED, "unsupported opcode %s", op_name(p->op));
 }
 
+/* One piece: the interpreter's dispatch, one short case per opcode. */
 static dsckpt_status run(parser *p, pk_obj **result) {
     pk_doc *d = p->doc;
     for (;;) {
@@ -1267,8 +917,8 @@ static dsckpt_status run(parser *p, pk_obj **result) {
             DS_TRY(pop_mark(p, &start));
             MAKE(o, p->op == OP_LIST ? PK_LIST : PK_SET);
             if (p->op == OP_FROZENSET) {
-                o->module = arena_strndup(d, "builtins", 8);
-                o->name = arena_strndup(d, "frozenset", 9);
+                o->module = pk_arena_strndup(d, "builtins", 8);
+                o->name = pk_arena_strndup(d, "frozenset", 9);
                 if (!o->module || !o->name) return doc_fail(p);
             }
             DS_TRY(add_items(p, o, start));
@@ -1286,7 +936,7 @@ static dsckpt_status run(parser *p, pk_obj **result) {
             if (o->kind != PK_LIST) return perr(p, DSCKPT_ECORRUPT, "APPEND to a %s", pk_kind_name(o->kind));
             DS_TRY(check_mutable(p, o));
             DS_TRY(adopt(p, o, a));
-            if (!obj_append(d, o, a)) return doc_fail(p);
+            if (!pk_obj_append(d, o, a)) return doc_fail(p);
             break;
         case OP_APPENDS:
         case OP_ADDITEMS:
@@ -1303,7 +953,7 @@ static dsckpt_status run(parser *p, pk_obj **result) {
             DS_TRY(check_mutable(p, o));
             DS_TRY(adopt(p, o, a));
             DS_TRY(adopt(p, o, b));
-            if (!dict_set(d, o, a, b)) return doc_fail(p);
+            if (!pk_dict_put(d, o, a, b)) return doc_fail(p);
             break;
         case OP_SETITEMS:
             DS_TRY(below_mark(p, &start, &o));
@@ -1408,7 +1058,7 @@ dsckpt_status pk_parse_ex(const uint8_t *data, size_t len, const char *what, con
         if (limits->max_bytes) p.lim.max_bytes = limits->max_bytes;
     }
     if (p.lim.max_depth > UINT32_MAX - 1) p.lim.max_depth = UINT32_MAX - 1; /* pk_obj.depth is 32-bit */
-    p.doc = doc_create(p.lim.max_bytes, p.lim.max_objects);
+    p.doc = pk_doc_create(p.lim.max_bytes, p.lim.max_objects);
     if (!p.doc) return ds_err(DSCKPT_ENOMEM, "%s: out of memory", p.what);
     pk_obj *result = NULL;
     dsckpt_status st = run(&p, &result);
@@ -1428,704 +1078,4 @@ dsckpt_status pk_parse_ex(const uint8_t *data, size_t len, const char *what, con
 dsckpt_status pk_parse(const uint8_t *data, size_t len, const char *what, const pk_limits *limits, pk_doc **out,
                        pk_obj **root) {
     return pk_parse_ex(data, len, what, limits, out, root, NULL);
-}
-
-/* ---- lookups ---- */
-
-pk_obj *pk_get(const pk_obj *dict, const char *key) {
-    if (!dict || dict->kind != PK_DICT || !key) return NULL;
-    size_t kl = strlen(key);
-    for (size_t i = 0; i < dict->n; i++) {
-        const pk_obj *k = dict->keys[i];
-        if (k->kind == PK_STR && k->slen == kl && !memcmp(k->s, key, kl)) return dict->items[i];
-    }
-    return NULL;
-}
-
-pk_obj *pk_get_int_key(const pk_obj *dict, int64_t key) {
-    if (!dict || dict->kind != PK_DICT) return NULL;
-    for (size_t i = 0; i < dict->n; i++) {
-        int64_t v;
-        if (pk_as_int(dict->keys[i], &v) && v == key) return dict->items[i];
-    }
-    return NULL;
-}
-
-bool pk_as_int(const pk_obj *o, int64_t *out) {
-    if (!o) return false;
-    if (o->kind == PK_INT) *out = o->i;
-    else if (o->kind == PK_BOOL) *out = o->b;
-    else return false;
-    return true;
-}
-
-const char *pk_as_str(const pk_obj *o) { return o && o->kind == PK_STR ? o->s : NULL; }
-
-/* ======================================================================== */
-/* Constructors                                                             */
-/* ======================================================================== */
-
-pk_doc *pk_doc_new(void) {
-    pk_doc *d = doc_create(SIZE_MAX / 2, SIZE_MAX);
-    if (!d) ds_err(DSCKPT_ENOMEM, "out of memory creating a pickle document");
-    return d;
-}
-
-static void *ctor_fail(void) {
-    ds_err(DSCKPT_ENOMEM, "out of memory building a pickle object");
-    return NULL;
-}
-
-pk_obj *pk_new(pk_doc *d, pk_kind kind) {
-    if (!d) return NULL;
-    pk_obj *o = obj_new(d, kind);
-    if (!o) return ctor_fail();
-    o->dtype = DSCKPT_DTYPE_COUNT;
-    o->tensor.dtype = DSCKPT_DTYPE_COUNT;
-    return o;
-}
-
-pk_obj *pk_new_int(pk_doc *d, int64_t v) {
-    pk_obj *o = pk_new(d, PK_INT);
-    if (o) o->i = v;
-    return o;
-}
-
-pk_obj *pk_new_float(pk_doc *d, double v) {
-    pk_obj *o = pk_new(d, PK_FLOAT);
-    if (o) o->f = v;
-    return o;
-}
-
-pk_obj *pk_new_bool(pk_doc *d, bool v) {
-    pk_obj *o = pk_new(d, PK_BOOL);
-    if (o) o->b = v;
-    return o;
-}
-
-static pk_obj *new_text(pk_doc *d, pk_kind kind, const void *s, size_t n) {
-    pk_obj *o = pk_new(d, kind);
-    if (!o) return NULL;
-    o->s = arena_strndup(d, s, n);
-    if (!o->s) return ctor_fail();
-    o->slen = n;
-    return o;
-}
-
-pk_obj *pk_new_str(pk_doc *d, const char *s) { return new_text(d, PK_STR, s ? s : "", s ? strlen(s) : 0); }
-
-pk_obj *pk_new_bytes(pk_doc *d, const void *data, size_t len) {
-    return new_text(d, PK_BYTES, data ? data : "", data ? len : 0);
-}
-
-char *pk_strdup(pk_doc *d, const char *s) {
-    if (!d || !s) return NULL;
-    char *r = arena_strndup(d, s, strlen(s));
-    return r ? r : ctor_fail();
-}
-
-bool pk_list_append(pk_doc *d, pk_obj *c, pk_obj *item) {
-    if (!d || !c || !item) return false;
-    if (c->kind != PK_LIST && c->kind != PK_TUPLE && c->kind != PK_SET && c->kind != PK_SIZE) return false;
-    if (!obj_append(d, c, item)) {
-        ctor_fail();
-        return false;
-    }
-    if (item->depth + 1 > c->depth) c->depth = item->depth + 1;
-    return true;
-}
-
-bool pk_dict_set(pk_doc *d, pk_obj *dict, pk_obj *key, pk_obj *value) {
-    if (!d || !dict || !key || !value || dict->kind != PK_DICT) return false;
-    if (!dict_set(d, dict, key, value)) {
-        ctor_fail();
-        return false;
-    }
-    return true;
-}
-
-/* ======================================================================== */
-/* Writer                                                                   */
-/* ======================================================================== */
-
-/* Memo table entries: an object identity, a global name, or a synthetic string
- * (the strings torch.save shares: 'storage', 'cpu', storage keys, 'latin1'). */
-enum { W_EMPTY = 0, W_PTR, W_GLOBAL, W_STR };
-
-typedef struct wslot {
-    uint8_t tag;
-    const void *ptr;
-    const char *a, *b; /* W_GLOBAL: module, name; W_STR: a */
-    uint64_t h;
-    uint32_t idx;
-} wslot;
-
-typedef struct writer {
-    uint8_t *buf;
-    size_t n, cap;
-    bool oom;
-    wslot *tab;
-    size_t tcap, tcount;
-    uint64_t next; /* next memo index */
-    int depth;
-    pk_key_fn rename; /* pk_serialize_ex: storage keys renamed at first use */
-    void *rename_user;
-} writer;
-
-#define BATCHSIZE 1000
-
-static void w_bytes(writer *w, const void *p, size_t n) {
-    if (w->oom) return;
-    if (w->cap - w->n < n) {
-        size_t nc = w->cap ? w->cap : 4096;
-        while (nc - w->n < n) {
-            if (nc > SIZE_MAX / 2) {
-                w->oom = true;
-                return;
-            }
-            nc *= 2;
-        }
-        uint8_t *nb = realloc(w->buf, nc);
-        if (!nb) {
-            w->oom = true;
-            return;
-        }
-        w->buf = nb;
-        w->cap = nc;
-    }
-    memcpy(w->buf + w->n, p, n);
-    w->n += n;
-}
-
-static void w_op(writer *w, uint8_t op) { w_bytes(w, &op, 1); }
-
-static void w_le(writer *w, uint64_t v, int n) {
-    uint8_t b[8];
-    for (int i = 0; i < n; i++) b[i] = (uint8_t)(v >> (8 * i));
-    w_bytes(w, b, (size_t)n);
-}
-
-static uint64_t w_hash(uint8_t tag, const void *ptr, const char *a, const char *b) {
-    if (tag == W_PTR) return mix64((uint64_t)(uintptr_t)ptr);
-    uint64_t h = hash_bytes(a, strlen(a)) ^ ((uint64_t)tag << 60);
-    if (b) h ^= mix64(hash_bytes(b, strlen(b)));
-    return mix64(h);
-}
-
-static bool w_match(const wslot *s, uint8_t tag, const void *ptr, const char *a, const char *b) {
-    if (s->tag != tag) return false;
-    if (tag == W_PTR) return s->ptr == ptr;
-    return streq(s->a, a) && (tag != W_GLOBAL || streq(s->b, b));
-}
-
-static bool w_lookup(const writer *w, uint8_t tag, const void *ptr, const char *a, const char *b, uint32_t *idx) {
-    if (!w->tcap) return false;
-    uint64_t h = w_hash(tag, ptr, a, b);
-    for (size_t j = (size_t)h & (w->tcap - 1); w->tab[j].tag != W_EMPTY; j = (j + 1) & (w->tcap - 1))
-        if (w->tab[j].h == h && w_match(&w->tab[j], tag, ptr, a, b)) {
-            *idx = w->tab[j].idx;
-            return true;
-        }
-    return false;
-}
-
-static void w_insert(writer *w, uint8_t tag, const void *ptr, const char *a, const char *b, uint32_t idx) {
-    if (w->oom) return;
-    if ((w->tcount + 1) * 2 > w->tcap) {
-        size_t nc = w->tcap ? w->tcap * 2 : 256;
-        wslot *nt = calloc(nc, sizeof *nt);
-        if (!nt) {
-            w->oom = true;
-            return;
-        }
-        for (size_t i = 0; i < w->tcap; i++) {
-            if (w->tab[i].tag == W_EMPTY) continue;
-            size_t j = (size_t)w->tab[i].h & (nc - 1);
-            while (nt[j].tag != W_EMPTY) j = (j + 1) & (nc - 1);
-            nt[j] = w->tab[i];
-        }
-        free(w->tab);
-        w->tab = nt;
-        w->tcap = nc;
-    }
-    uint64_t h = w_hash(tag, ptr, a, b);
-    size_t j = (size_t)h & (w->tcap - 1);
-    while (w->tab[j].tag != W_EMPTY) j = (j + 1) & (w->tcap - 1);
-    w->tab[j] = (wslot){tag, ptr, a, b, h, idx};
-    w->tcount++;
-}
-
-/* BINPUT / LONG_BINPUT of the next memo index, which is returned. */
-static dsckpt_status w_put(writer *w, uint32_t *idx) {
-    if (w->next > UINT32_MAX) return ds_err(DSCKPT_EINVAL, "pk_serialize: more than 2^32 memo entries");
-    *idx = (uint32_t)w->next++;
-    if (*idx < 256) {
-        w_op(w, OP_BINPUT);
-        w_op(w, (uint8_t)*idx);
-    } else {
-        w_op(w, OP_LONG_BINPUT);
-        w_le(w, *idx, 4);
-    }
-    return DSCKPT_OK;
-}
-
-static void w_get(writer *w, uint32_t idx) {
-    if (idx < 256) {
-        w_op(w, OP_BINGET);
-        w_op(w, (uint8_t)idx);
-    } else {
-        w_op(w, OP_LONG_BINGET);
-        w_le(w, idx, 4);
-    }
-}
-
-static dsckpt_status w_memoize(writer *w, const pk_obj *o) {
-    uint32_t idx = 0;
-    DS_TRY(w_put(w, &idx));
-    w_insert(w, W_PTR, o, NULL, NULL, idx);
-    return DSCKPT_OK;
-}
-
-/* After REDUCE / NEWOBJ / TUPLE: CPython's check for an object that became
- * memoised while its arguments were written (only possible through a cycle):
- * drop what was built (`pops` POPs, or POP_MARK when pops is 0) and fetch it. */
-static bool w_recursed(writer *w, const pk_obj *o, int pops) {
-    uint32_t idx = 0;
-    if (!o || !w_lookup(w, W_PTR, o, NULL, NULL, &idx)) return false;
-    if (pops == 0) w_op(w, OP_POP_MARK);
-    for (int i = 0; i < pops; i++) w_op(w, OP_POP);
-    w_get(w, idx);
-    return true;
-}
-
-static dsckpt_status w_save(writer *w, const pk_obj *o);
-
-static void w_int(writer *w, int64_t v) {
-    if (v >= 0 && v < 256) {
-        w_op(w, OP_BININT1);
-        w_op(w, (uint8_t)v);
-    } else if (v >= 0 && v < 65536) {
-        w_op(w, OP_BININT2);
-        w_le(w, (uint64_t)v, 2);
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-        w_op(w, OP_BININT);
-        w_le(w, (uint64_t)v, 4);
-    } else { /* LONG1, minimal two's complement (as CPython's save_long) */
-        uint64_t u = (uint64_t)v;
-        int n = 8;
-        while (n > 1) {
-            uint8_t top = (uint8_t)(u >> (8 * (n - 1))), next = (uint8_t)(u >> (8 * (n - 2)));
-            if ((top == 0x00 && !(next & 0x80)) || (top == 0xff && (next & 0x80))) n--;
-            else break;
-        }
-        w_op(w, OP_LONG1);
-        w_op(w, (uint8_t)n);
-        w_le(w, u, n);
-    }
-}
-
-static void w_float(writer *w, double f) {
-    uint64_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    uint8_t b[9] = {OP_BINFLOAT};
-    for (int i = 0; i < 8; i++) b[1 + i] = (uint8_t)(bits >> (8 * (7 - i)));
-    w_bytes(w, b, sizeof b);
-}
-
-static dsckpt_status w_unicode(writer *w, const void *s, size_t n) {
-    if (n > UINT32_MAX) return ds_err(DSCKPT_EINVAL, "pk_serialize: string of %zu bytes (protocol 2 limit is 4 GiB)", n);
-    w_op(w, OP_BINUNICODE);
-    w_le(w, n, 4);
-    w_bytes(w, s, n);
-    return DSCKPT_OK;
-}
-
-/* A string torch.save shares by identity (an interned literal or one key string
- * per storage): written once, then fetched. */
-static dsckpt_status w_shared_str(writer *w, const char *s) {
-    uint32_t idx = 0;
-    if (w_lookup(w, W_STR, NULL, s, NULL, &idx)) {
-        w_get(w, idx);
-        return DSCKPT_OK;
-    }
-    DS_TRY(w_unicode(w, s, strlen(s)));
-    DS_TRY(w_put(w, &idx));
-    w_insert(w, W_STR, NULL, s, NULL, idx);
-    return DSCKPT_OK;
-}
-
-/* A fresh (unshared) string that CPython memoises anonymously. */
-static dsckpt_status w_fresh_str(writer *w, const void *s, size_t n) {
-    uint32_t idx = 0;
-    DS_TRY(w_unicode(w, s, n));
-    return w_put(w, &idx);
-}
-
-/* GLOBAL module\nname\n, memoised by name (and by `o`'s identity if given). */
-static dsckpt_status w_global(writer *w, const char *module, const char *name, const pk_obj *o) {
-    uint32_t idx = 0;
-    if (!module || !name || strchr(module, '\n') || strchr(name, '\n') || !*module || !*name)
-        return ds_err(DSCKPT_EINVAL, "pk_serialize: a global without a valid module and name");
-    if (streq(module, "builtins")) module = "__builtin__"; /* protocol 2 spelling (fix_imports) */
-    if (o && w_lookup(w, W_PTR, o, NULL, NULL, &idx)) {
-        w_get(w, idx);
-        return DSCKPT_OK;
-    }
-    if (w_lookup(w, W_GLOBAL, NULL, module, name, &idx)) {
-        w_get(w, idx);
-        if (o) w_insert(w, W_PTR, o, NULL, NULL, idx);
-        return DSCKPT_OK;
-    }
-    w_op(w, OP_GLOBAL);
-    w_bytes(w, module, strlen(module));
-    w_op(w, '\n');
-    w_bytes(w, name, strlen(name));
-    w_op(w, '\n');
-    DS_TRY(w_put(w, &idx));
-    w_insert(w, W_GLOBAL, NULL, module, name, idx);
-    if (o) w_insert(w, W_PTR, o, NULL, NULL, idx);
-    return DSCKPT_OK;
-}
-
-/* CPython's batch_list_exact: one item -> APPEND, else MARK..APPENDS per 1000. */
-static dsckpt_status w_list_items(writer *w, pk_obj *const *items, size_t n) {
-    if (n == 1) {
-        DS_TRY(w_save(w, items[0]));
-        w_op(w, OP_APPEND);
-        return DSCKPT_OK;
-    }
-    size_t i = 0;
-    while (i < n) {
-        w_op(w, OP_MARK);
-        for (size_t k = 0; k < BATCHSIZE && i < n; k++, i++) DS_TRY(w_save(w, items[i]));
-        w_op(w, OP_APPENDS);
-    }
-    return DSCKPT_OK;
-}
-
-/* CPython's batch_dict_exact (a plain dict): one item -> SETITEM, else
- * MARK..SETITEMS per 1000, and a trailing empty MARK SETITEMS when the last batch
- * was full (the C pickler loops while the batch it wrote was full). */
-static dsckpt_status w_dict_items_exact(writer *w, const pk_obj *o) {
-    if (o->n == 0) return DSCKPT_OK;
-    if (o->n == 1) {
-        DS_TRY(w_save(w, o->keys[0]));
-        DS_TRY(w_save(w, o->items[0]));
-        w_op(w, OP_SETITEM);
-        return DSCKPT_OK;
-    }
-    size_t i = 0, batch;
-    do {
-        w_op(w, OP_MARK);
-        for (batch = 0; i < o->n && batch < BATCHSIZE; i++, batch++) {
-            DS_TRY(w_save(w, o->keys[i]));
-            DS_TRY(w_save(w, o->items[i]));
-        }
-        w_op(w, OP_SETITEMS);
-    } while (batch == BATCHSIZE);
-    return DSCKPT_OK;
-}
-
-/* CPython's generic batch_dict (dictitems of a reduce, e.g. OrderedDict): batches
- * of up to 1000 in MARK..SETITEMS, and a lone remaining item as SETITEM. */
-static dsckpt_status w_dict_items_generic(writer *w, const pk_obj *o) {
-    size_t i = 0;
-    while (i < o->n) {
-        if (o->n - i == 1) {
-            DS_TRY(w_save(w, o->keys[i]));
-            DS_TRY(w_save(w, o->items[i]));
-            w_op(w, OP_SETITEM);
-            break;
-        }
-        w_op(w, OP_MARK);
-        for (size_t k = 0; k < BATCHSIZE && i < o->n; k++, i++) {
-            DS_TRY(w_save(w, o->keys[i]));
-            DS_TRY(w_save(w, o->items[i]));
-        }
-        w_op(w, OP_SETITEMS);
-    }
-    return DSCKPT_OK;
-}
-
-/* save_tuple: `self` is the tuple object (NULL for one CPython builds on the fly,
- * which is memoised anonymously). */
-static dsckpt_status w_tuple_items(writer *w, pk_obj *const *items, size_t n, const pk_obj *self) {
-    uint32_t idx = 0;
-    if (n == 0) {
-        w_op(w, OP_EMPTY_TUPLE);
-        return DSCKPT_OK;
-    }
-    if (n <= 3) {
-        for (size_t i = 0; i < n; i++) DS_TRY(w_save(w, items[i]));
-        if (w_recursed(w, self, (int)n)) return DSCKPT_OK;
-        w_op(w, (uint8_t)(OP_TUPLE1 + n - 1));
-    } else {
-        w_op(w, OP_MARK);
-        for (size_t i = 0; i < n; i++) DS_TRY(w_save(w, items[i]));
-        if (w_recursed(w, self, 0)) return DSCKPT_OK;
-        w_op(w, OP_TUPLE);
-    }
-    if (self) return w_memoize(w, self);
-    return w_put(w, &idx);
-}
-
-/* A tuple of ints built on the fly (tensor size / stride). */
-static dsckpt_status w_int_tuple(writer *w, const uint64_t *u, const int64_t *s, int n) {
-    uint32_t idx = 0;
-    if (n == 0) {
-        w_op(w, OP_EMPTY_TUPLE);
-        return DSCKPT_OK;
-    }
-    if (n > 3) w_op(w, OP_MARK);
-    for (int i = 0; i < n; i++) w_int(w, u ? (int64_t)u[i] : s[i]);
-    w_op(w, n > 3 ? OP_TUPLE : (uint8_t)(OP_TUPLE1 + n - 1));
-    return w_put(w, &idx);
-}
-
-/* REDUCE / NEWOBJ tail of save_reduce: memoise (or resolve a cycle), then state. */
-static dsckpt_status w_reduce_tail(writer *w, const pk_obj *o, uint8_t op, bool with_state) {
-    w_op(w, op);
-    if (w_recursed(w, o, 1)) return DSCKPT_OK;
-    DS_TRY(w_memoize(w, o));
-    if (o->kind == PK_DICT) DS_TRY(w_dict_items_generic(w, o));
-    if (with_state && o->state) {
-        DS_TRY(w_save(w, o->state));
-        w_op(w, OP_BUILD);
-    }
-    return DSCKPT_OK;
-}
-
-static const char *storage_name(dsckpt_dtype dt) {
-    for (size_t i = 0; i < sizeof storage_types / sizeof storage_types[0]; i++)
-        if (storage_types[i].dt == dt) return storage_types[i].name;
-    return NULL;
-}
-
-/* torch.save's persistent id for a storage described by `t` (no pid tuple kept). */
-static dsckpt_status w_storage_synth(writer *w, const pk_tensor *t, const char *location) {
-    const char *cls = storage_name(t->dtype);
-    if (!cls) return ds_err(DSCKPT_EINVAL, "pk_serialize: no torch storage type for dtype %s", dsckpt_dtype_name(t->dtype));
-    if (!t->storage_key || !*t->storage_key) return ds_err(DSCKPT_EINVAL, "pk_serialize: tensor without a storage key");
-    if (t->storage_numel > INT64_MAX) return ds_err(DSCKPT_EINVAL, "pk_serialize: storage numel out of range");
-    uint32_t idx = 0;
-    w_op(w, OP_MARK);
-    DS_TRY(w_shared_str(w, "storage"));
-    DS_TRY(w_global(w, "torch", cls, NULL));
-    const char *key = t->storage_key;
-    if (w->rename && !(key = w->rename(w->rename_user, t->storage_key)))
-        return ds_err(DSCKPT_ENOMEM, "pk_serialize: could not rename storage '%s'", t->storage_key);
-    DS_TRY(w_shared_str(w, key));
-    DS_TRY(w_shared_str(w, location && *location ? location : "cpu"));
-    w_int(w, (int64_t)t->storage_numel);
-    w_op(w, OP_TUPLE);
-    DS_TRY(w_put(w, &idx));
-    w_op(w, OP_BINPERSID);
-    return DSCKPT_OK;
-}
-
-/* _rebuild_tensor_v2 for a tensor described only by .tensor. */
-static dsckpt_status w_tensor_synth(writer *w, const pk_obj *o) {
-    const pk_tensor *t = &o->tensor;
-    uint32_t idx = 0;
-    if (t->ndim < 0 || t->ndim > 16) return ds_err(DSCKPT_EINVAL, "pk_serialize: tensor with %d dimensions", t->ndim);
-    if (t->offset > INT64_MAX) return ds_err(DSCKPT_EINVAL, "pk_serialize: storage offset out of range");
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] > INT64_MAX) return ds_err(DSCKPT_EINVAL, "pk_serialize: tensor size out of range");
-    DS_TRY(w_global(w, "torch._utils", "_rebuild_tensor_v2", NULL));
-    w_op(w, OP_MARK);
-    DS_TRY(w_storage_synth(w, t, NULL));
-    w_int(w, (int64_t)t->offset);
-    DS_TRY(w_int_tuple(w, t->shape, NULL, t->ndim));
-    DS_TRY(w_int_tuple(w, NULL, t->stride, t->ndim));
-    w_op(w, t->requires_grad ? OP_NEWTRUE : OP_NEWFALSE);
-    DS_TRY(w_global(w, "collections", "OrderedDict", NULL)); /* backward_hooks = OrderedDict() */
-    w_op(w, OP_EMPTY_TUPLE);
-    w_op(w, OP_REDUCE);
-    DS_TRY(w_put(w, &idx));
-    w_op(w, OP_TUPLE);
-    DS_TRY(w_put(w, &idx));
-    return w_reduce_tail(w, o, OP_REDUCE, false);
-}
-
-static const char *dtype_torch_name(dsckpt_dtype dt) {
-    for (size_t i = 0; i < sizeof torch_dtypes / sizeof torch_dtypes[0]; i++)
-        if (torch_dtypes[i].dt == dt) return torch_dtypes[i].name; /* first = canonical */
-    return NULL;
-}
-
-/* Everything that is memoised by identity, once the memo missed. */
-static dsckpt_status w_save_new(writer *w, const pk_obj *o) {
-    uint32_t idx = 0;
-    switch (o->kind) {
-    case PK_STR:
-        DS_TRY(w_unicode(w, o->s ? o->s : "", o->s ? o->slen : 0));
-        return w_memoize(w, o);
-    case PK_BYTES:
-        if (o->args) {
-            DS_TRY(w_global(w, o->module ? o->module : "_codecs", o->name ? o->name : "encode", NULL));
-            DS_TRY(w_save(w, o->args));
-        } else if (o->slen == 0) {
-            DS_TRY(w_global(w, "__builtin__", "bytes", NULL));
-            w_op(w, OP_EMPTY_TUPLE);
-        } else { /* _codecs.encode(bytes.decode('latin1'), 'latin1') */
-            DS_TRY(w_global(w, "_codecs", "encode", NULL));
-            if (o->slen > SIZE_MAX / 2) return ds_err(DSCKPT_EINVAL, "pk_serialize: bytes too long");
-            uint8_t *u = malloc(o->slen * 2);
-            if (!u) return ds_err(DSCKPT_ENOMEM, "pk_serialize: out of memory");
-            size_t m = 0;
-            for (size_t i = 0; i < o->slen; i++) {
-                uint8_t c = (uint8_t)o->s[i];
-                if (c < 0x80) u[m++] = c;
-                else {
-                    u[m++] = (uint8_t)(0xc0 | (c >> 6));
-                    u[m++] = (uint8_t)(0x80 | (c & 0x3f));
-                }
-            }
-            dsckpt_status st = w_fresh_str(w, u, m);
-            free(u);
-            DS_TRY(st);
-            DS_TRY(w_shared_str(w, "latin1"));
-            w_op(w, OP_TUPLE2);
-            DS_TRY(w_put(w, &idx));
-        }
-        return w_reduce_tail(w, o, OP_REDUCE, false);
-    case PK_TUPLE: return w_tuple_items(w, o->items, o->n, o);
-    case PK_LIST:
-        w_op(w, OP_EMPTY_LIST);
-        DS_TRY(w_memoize(w, o));
-        return w_list_items(w, o->items, o->n);
-    case PK_DICT:
-        if (o->ordered) { /* OrderedDict.__reduce__: (cls, (), state, None, items) */
-            DS_TRY(w_global(w, "collections", "OrderedDict", NULL));
-            w_op(w, OP_EMPTY_TUPLE);
-            return w_reduce_tail(w, o, OP_REDUCE, true);
-        }
-        w_op(w, OP_EMPTY_DICT);
-        DS_TRY(w_memoize(w, o));
-        return w_dict_items_exact(w, o);
-    case PK_SET: /* protocol 2: set([items]) */
-        DS_TRY(w_global(w, o->module ? o->module : "__builtin__", o->name ? o->name : "set", NULL));
-        if (o->args) DS_TRY(w_save(w, o->args));
-        else {
-            w_op(w, OP_EMPTY_LIST);
-            DS_TRY(w_put(w, &idx));
-            DS_TRY(w_list_items(w, o->items, o->n));
-            w_op(w, OP_TUPLE1);
-            DS_TRY(w_put(w, &idx));
-        }
-        return w_reduce_tail(w, o, OP_REDUCE, false);
-    case PK_GLOBAL: return w_global(w, o->module, o->name, o);
-    case PK_DTYPE:
-        if (o->module && o->name) return w_global(w, o->module, o->name, o);
-        if (!dtype_torch_name(o->dtype)) return ds_err(DSCKPT_EINVAL, "pk_serialize: dtype object without a dtype");
-        return w_global(w, "torch", dtype_torch_name(o->dtype), o);
-    case PK_TENSOR:
-        if (!o->args) return w_tensor_synth(w, o);
-        DS_TRY(w_global(w, o->module ? o->module : "torch._utils", o->name ? o->name : "_rebuild_tensor_v2", NULL));
-        DS_TRY(w_save(w, o->args));
-        return w_reduce_tail(w, o, OP_REDUCE, false);
-    case PK_SIZE: /* torch.Size.__reduce__: (Size, (tuple(self),)) */
-        DS_TRY(w_global(w, "torch", "Size", NULL));
-        if (o->args) DS_TRY(w_save(w, o->args));
-        else {
-            DS_TRY(w_tuple_items(w, o->items, o->n, NULL));
-            w_op(w, OP_TUPLE1);
-            DS_TRY(w_put(w, &idx));
-        }
-        return w_reduce_tail(w, o, OP_REDUCE, false);
-    case PK_ENUM:
-        if (o->member) { /* Python >= 3.12: getattr(cls, name) */
-            DS_TRY(w_global(w, "__builtin__", "getattr", NULL));
-            if (o->args) DS_TRY(w_save(w, o->args));
-            else {
-                DS_TRY(w_global(w, o->module, o->name, NULL));
-                DS_TRY(w_fresh_str(w, o->member, strlen(o->member)));
-                w_op(w, OP_TUPLE2);
-                DS_TRY(w_put(w, &idx));
-            }
-        } else { /* by value: cls(value) */
-            DS_TRY(w_global(w, o->module, o->name, NULL));
-            if (o->args) DS_TRY(w_save(w, o->args));
-            else {
-                w_int(w, o->i);
-                w_op(w, OP_TUPLE1);
-                DS_TRY(w_put(w, &idx));
-            }
-        }
-        return w_reduce_tail(w, o, OP_REDUCE, false);
-    case PK_OBJECT:
-        DS_TRY(w_global(w, o->module, o->name, NULL));
-        if (o->args) DS_TRY(w_save(w, o->args));
-        else w_op(w, OP_EMPTY_TUPLE);
-        return w_reduce_tail(w, o, o->newobj ? OP_NEWOBJ : OP_REDUCE, true);
-    default: return ds_err(DSCKPT_EINVAL, "pk_serialize: object of unknown kind %d", (int)o->kind);
-    }
-}
-
-static dsckpt_status w_save(writer *w, const pk_obj *o) {
-    if (!o) return ds_err(DSCKPT_EINVAL, "pk_serialize: NULL object in the tree");
-    if (w->oom) return ds_err(DSCKPT_ENOMEM, "pk_serialize: out of memory");
-    if (w->depth >= PK_WRITE_MAX_DEPTH)
-        return ds_err(DSCKPT_EINVAL, "pk_serialize: objects nested deeper than %d (or a cycle through a tuple)",
-                      PK_WRITE_MAX_DEPTH);
-    w->depth++;
-    dsckpt_status st = DSCKPT_OK;
-    uint32_t idx = 0;
-    /* Atoms are never memoised (CPython checks them before the memo), nor are
-     * persistent ids (checked first of all). */
-    switch (o->kind) {
-    case PK_NONE: w_op(w, OP_NONE); break;
-    case PK_BOOL: w_op(w, o->b ? OP_NEWTRUE : OP_NEWFALSE); break;
-    case PK_INT: w_int(w, o->i); break;
-    case PK_BIGINT:
-        if (o->slen < 256) {
-            w_op(w, OP_LONG1);
-            w_op(w, (uint8_t)o->slen);
-        } else if (o->slen <= INT32_MAX) {
-            w_op(w, OP_LONG4);
-            w_le(w, o->slen, 4);
-        } else {
-            st = ds_err(DSCKPT_EINVAL, "pk_serialize: integer too long");
-            break;
-        }
-        w_bytes(w, o->s, o->slen);
-        break;
-    case PK_FLOAT: w_float(w, o->f); break;
-    case PK_STORAGE:
-        if (o->args && !w->rename) st = w_save(w, o->args);
-        else st = w_storage_synth(w, &o->tensor, o->s);
-        if (st == DSCKPT_OK && o->args && !w->rename) w_op(w, OP_BINPERSID);
-        break;
-    default:
-        if (w_lookup(w, W_PTR, o, NULL, NULL, &idx)) w_get(w, idx);
-        else st = w_save_new(w, o);
-        break;
-    }
-    w->depth--;
-    if (st == DSCKPT_OK && w->oom) st = ds_err(DSCKPT_ENOMEM, "pk_serialize: out of memory");
-    return st;
-}
-
-dsckpt_status pk_serialize(const pk_obj *root, uint8_t **out, size_t *len) {
-    return pk_serialize_ex(root, NULL, NULL, out, len);
-}
-
-dsckpt_status pk_serialize_ex(const pk_obj *root, pk_key_fn rename, void *user, uint8_t **out, size_t *len) {
-    if (!out || !len) return ds_err(DSCKPT_EINVAL, "pk_serialize: bad arguments");
-    *out = NULL;
-    *len = 0;
-    writer w = {.rename = rename, .rename_user = user};
-    w_op(&w, OP_PROTO);
-    w_op(&w, 2);
-    dsckpt_status st = w_save(&w, root);
-    w_op(&w, OP_STOP);
-    if (st == DSCKPT_OK && w.oom) st = ds_err(DSCKPT_ENOMEM, "pk_serialize: out of memory");
-    free(w.tab);
-    if (st != DSCKPT_OK) {
-        free(w.buf);
-        return st;
-    }
-    *out = w.buf;
-    *len = w.n;
-    return DSCKPT_OK;
 }
