@@ -25,11 +25,12 @@ typedef dsckpt_status (*ds_job_fn)(void *user, size_t job, int worker);
 
 /* Runs jobs 0..njobs-1 on min(nthreads, njobs) threads (the calling thread reports
  * progress every ~100 ms while it waits). After a failure no new job starts; the
- * first failure's status and message are returned. `stop` (may be NULL) is set
- * when a job fails so long jobs can check it and return early. */
+ * first failure's status and message are returned; long jobs can call
+ * ds_parallel_stopping() to return early once another job has failed. */
 dsckpt_status ds_parallel_run(size_t njobs, int nthreads, ds_job_fn fn, void *user, ds_progress *prog);
 
-/* True once some job of the running ds_parallel_run has failed (for long jobs). */
+/* True once some job of the ds_parallel_run the calling thread works for has
+ * failed (for long jobs). `user_of_run` is not used: the run is the thread's. */
 bool ds_parallel_stopping(void *user_of_run);
 
 #endif /* DSCKPT_PARALLEL_H */

@@ -1,7 +1,7 @@
 /*
  * manifest.h — the native checkpoint manifest (manifest.json), version 1.
  *
- * Schema (docs/formats.md has the full description):
+ * Schema (docs/native-format.md has the full description):
  *   format "dsckpt", version 1, tag, step, world_size, zero_stage, train_dtype, groups,
  *   tensors   [{name, shape, dtype, trainable, group, aliases}]
  *   fragments {state: [[tensor, start, numel, file, offset], ...]}  (fp32/exp_avg/

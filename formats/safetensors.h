@@ -1,7 +1,7 @@
 /*
  * safetensors.h — the safetensors byte format: a strict reader and a planning writer.
  *
- * Layout (docs/formats.md): 8-byte little-endian header length N, N bytes of UTF-8
+ * Layout (docs/formats/safetensors.md): 8-byte little-endian header length N, N bytes of UTF-8
  * JSON, then the data buffer. `data_offsets` are relative to the data buffer.
  *
  * Reader: enforces every rule of the reference parser (header size cap, UTF-8,
