@@ -4,6 +4,8 @@
  */
 #include "stream.h"
 
+#include "fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -102,6 +104,29 @@ dsckpt_status ds_sha256(const void *data, size_t n, uint8_t out[DS_SHA256_LEN]) 
     if (EVP_Digest(data, n, out, &len, EVP_sha256(), NULL) != 1 || len != DS_SHA256_LEN)
         return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
     return DSCKPT_OK;
+}
+
+dsckpt_status ds_sha256_file(const char *path, uint8_t out[DS_SHA256_LEN]) {
+    enum { PIECE = 1 << 20 };
+    int fd;
+    uint64_t size;
+    DS_TRY(ds_open_read(path, &fd, &size));
+    uint8_t *buf = NULL;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    dsckpt_status st = md ? ds_malloc(PIECE, &buf) : ds_err(DSCKPT_ENOMEM, "out of memory hashing %s", path);
+    if (!st && EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    for (uint64_t off = 0; !st && off < size; off += PIECE) {
+        size_t n = (size_t)DS_MIN((uint64_t)PIECE, size - off);
+        st = ds_pread_full(fd, buf, n, off, path);
+        if (!st && EVP_DigestUpdate(md, buf, n) != 1) st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    }
+    unsigned int len = 0;
+    if (!st && (EVP_DigestFinal_ex(md, out, &len) != 1 || len != DS_SHA256_LEN))
+        st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    EVP_MD_CTX_free(md);
+    free(buf);
+    close(fd);
+    return st;
 }
 
 dsckpt_status ds_sha256_of_chunks(const uint8_t (*chunks)[DS_SHA256_LEN], size_t n,

@@ -10,7 +10,7 @@
  * Digests: a file is cut into chunks of `chunk_size` bytes (the last one shorter);
  * each chunk has its own SHA-256, and the file digest is SHA-256 over the
  * concatenation of the chunk digests. Chunks can be checked on any number of
- * threads and a mismatch names the chunk (docs/formats.md).
+ * threads and a mismatch names the chunk (docs/native-format.md, "Digests").
  */
 #ifndef DSCKPT_STREAM_H
 #define DSCKPT_STREAM_H
@@ -39,6 +39,8 @@ void ds_hasher_free(ds_hasher *h);
 
 /* One-shot SHA-256. */
 dsckpt_status ds_sha256(const void *data, size_t n, uint8_t out[DS_SHA256_LEN]);
+/* SHA-256 of a whole regular file, read in bounded pieces (never all in memory). */
+dsckpt_status ds_sha256_file(const char *path, uint8_t out[DS_SHA256_LEN]);
 /* File digest from chunk digests. */
 dsckpt_status ds_sha256_of_chunks(const uint8_t (*chunks)[DS_SHA256_LEN], size_t n,
                                   uint8_t out[DS_SHA256_LEN]);

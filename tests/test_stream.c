@@ -63,6 +63,30 @@ static void test_chunk_digests(void) {
     free(dir);
 }
 
+/* ds_sha256_file streams (1 MiB pieces): equal to the one-shot digest of the
+ * contents at sizes around the piece boundary; a directory is refused. */
+static void test_sha256_file(void) {
+    char *dir = tu_mkdtemp();
+    static const size_t sizes[] = {0, 1, (1u << 20) - 1, 1u << 20, (1u << 20) + 3, 3u << 20};
+    uint8_t *data = malloc(3u << 20);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(data);
+    for (size_t i = 0; i < (3u << 20); i++) data[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        char *p = tu_path(dir, "f");
+        CU_ASSERT_EQUAL(tu_write(p, data, sizes[k]), 0);
+        uint8_t want[DS_SHA256_LEN], got[DS_SHA256_LEN];
+        TU_ASSERT_OK(ds_sha256(data, sizes[k], want));
+        TU_ASSERT_OK(ds_sha256_file(p, got));
+        CU_ASSERT_EQUAL(memcmp(want, got, DS_SHA256_LEN), 0);
+        free(p);
+    }
+    uint8_t h[DS_SHA256_LEN];
+    CU_ASSERT_NOT_EQUAL(ds_sha256_file(dir, h), DSCKPT_OK);
+    free(data);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 static void test_hex(void) {
     uint8_t d[DS_SHA256_LEN], back[DS_SHA256_LEN];
     char hex[2 * DS_SHA256_LEN + 1];
@@ -170,6 +194,7 @@ static void test_path_helpers(void) {
 
 int main(void) {
     static const tu_test tests[] = {{"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
+                                    {"SHA-256 of a file, streamed, = one-shot digest", test_sha256_file},
                                     {"hex encode/decode, known SHA-256 vector", test_hex},
                                     {"stream refuses an existing path", test_existing_path_refused},
                                     {"injected write failure: sticky, file removed; pwrite hook", test_fault_sticky},

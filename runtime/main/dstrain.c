@@ -83,13 +83,9 @@ static dsckpt_status write_final(const char *save_dir, const char *tag, const ch
     co.dtype = !strcmp(info.train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
     if (!st) st = dsckpt_consolidate(c, target, &co);
     if (!st && name) { /* sha256sum-style digest file */
-        char *text = NULL;
-        size_t len = 0;
-        st = ds_read_small_file(target, (size_t)1 << 40, &text, &len);
         uint8_t h[DS_SHA256_LEN];
         char hex[2 * DS_SHA256_LEN + 1], line[512];
-        if (!st) st = ds_sha256(text, len, h);
-        free(text);
+        st = ds_sha256_file(target, h); /* streamed: the model is never all in memory */
         if (!st) {
             ds_hex(h, DS_SHA256_LEN, hex);
             snprintf(line, sizeof line, "%s  %s\n", hex, name);
