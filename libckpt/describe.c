@@ -16,7 +16,7 @@
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Tags under the save root: directories holding a manifest (complete checkpoints). */
+/* Tags under the save root: complete checkpoints (ds_tag_classify). */
 static void add_tags(cJSON *o, const char *root) {
     cJSON *arr = cJSON_AddArrayToObject(o, "tags");
     DIR *d = root ? opendir(root) : NULL;
@@ -29,10 +29,10 @@ static void add_tags(cJSON *o, const char *root) {
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || !ds_safe_name(e->d_name)) continue;
-        char *dir = ds_join(root, e->d_name), *mf = dir ? ds_join(dir, DS_MANIFEST_NAME) : NULL;
-        bool ok = (mf && ds_exists(mf)) || (dir && ds_is_deepspeed_dir(dir));
+        char *dir = ds_join(root, e->d_name);
+        ds_tag_kind k = dir ? ds_tag_classify(dir) : DS_TAG_NONE;
+        bool ok = k == DS_TAG_NATIVE || k == DS_TAG_DEEPSPEED;
         free(dir);
-        free(mf);
         if (!ok) continue;
         if (n == cap) {
             size_t nc = cap ? 2 * cap : 16;

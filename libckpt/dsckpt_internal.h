@@ -58,6 +58,15 @@ dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s,
 /* The stored dtype of state s of tensor t. */
 dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
 
+/* What a tag directory holds: the one definition of a complete checkpoint. A
+ * native checkpoint is complete once its manifest.json exists (every writer
+ * writes it last, by rename); DeepSpeed's files carry no completion marker, so a
+ * directory holding *_model_states.pt or *_optim_states.pt files is DeepSpeed's.
+ * A directory with neither is an incomplete save. `dir` itself and the manifest
+ * are not followed if they are symbolic links. */
+typedef enum ds_tag_kind { DS_TAG_NONE, DS_TAG_INCOMPLETE, DS_TAG_NATIVE, DS_TAG_DEEPSPEED } ds_tag_kind;
+ds_tag_kind ds_tag_classify(const char *dir);
+
 /* ---- writing a native checkpoint ---- */
 
 /* Fills dst with elements [start, start+numel) of state s of tensor t, in the

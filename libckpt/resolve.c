@@ -14,6 +14,7 @@
 
 #include <dirent.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -340,4 +341,14 @@ dsckpt_status ds_resolve_ckpt(const char *path, const char *tag, char **dir_out,
     else st = ds_resolve_tag_dir(path, tag, dir_out, root_out); /* its messages for what is neither */
     name_list_free(&cks);
     return st;
+}
+
+ds_tag_kind ds_tag_classify(const char *dir) {
+    struct stat sb;
+    if (!dir || lstat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return DS_TAG_NONE;
+    char *m = ds_join(dir, DS_MANIFEST_NAME);
+    bool native = m && lstat(m, &sb) == 0;
+    free(m);
+    if (native) return DS_TAG_NATIVE;
+    return ds_is_deepspeed_dir(dir) ? DS_TAG_DEEPSPEED : DS_TAG_INCOMPLETE;
 }

@@ -4,6 +4,7 @@
  */
 #include "savedir.h"
 
+#include "dsckpt_internal.h"
 #include "engine_ckpt.h"
 #include "fsutil.h"
 #include "names.h"
@@ -31,28 +32,16 @@ static long long step_of(const char *name) {
     return v;
 }
 
-typedef enum { K_NONE, K_NATIVE, K_DEEPSPEED, K_INCOMPLETE } kind;
 
 static bool ends_with(const char *s, const char *suf) {
     size_t n = strlen(s), m = strlen(suf);
     return n >= m && !strcmp(s + n - m, suf);
 }
 
-/* What the tag directory save_dir/tag holds. */
-static kind classify(const char *save_dir, const char *tag) {
+/* What the tag directory save_dir/tag holds (ds_tag_classify). */
+static ds_tag_kind classify(const char *save_dir, const char *tag) {
     char *d = ds_join(save_dir, tag);
-    if (!d) return K_NONE;
-    struct stat sb;
-    kind k = K_NONE;
-    if (lstat(d, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        char *m = ds_join(d, "manifest.json");
-        k = m && lstat(m, &sb) == 0 ? K_NATIVE : K_INCOMPLETE;
-        free(m);
-        DIR *dh = k == K_INCOMPLETE ? opendir(d) : NULL;
-        for (struct dirent *e; dh && (e = readdir(dh));)
-            if (ends_with(e->d_name, "_model_states.pt") || ends_with(e->d_name, "_optim_states.pt")) k = K_DEEPSPEED;
-        if (dh) closedir(dh);
-    }
+    ds_tag_kind k = d ? ds_tag_classify(d) : DS_TAG_NONE;
     free(d);
     return k;
 }
@@ -106,31 +95,26 @@ static int usable(const rt_engine *e, const char *save_dir, const char *tag, rt_
     return 0;
 }
 
-void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out) {
-    memset(out, 0, sizeof *out);
-    if (strcmp(resume, "auto")) { /* an explicit tag */
-        int code = usable(e, save_dir, resume, out);
-        if (code) {
-            out->exit_code = code;
-            return;
-        }
-        snprintf(out->tag, sizeof out->tag, "%s", resume);
-        out->deepspeed = classify(save_dir, resume) == K_DEEPSPEED;
-        return;
-    }
-    /* Candidates: every global_step<N> directory, and the tag `latest` names. */
-    cand *cs = NULL;
-    size_t n = 0;
-    char *latest_tag = NULL;
-    bool latest_bad = false;
+/* The tag save_dir/latest names (*tag, malloc'd; NULL when there is no `latest`);
+ * *bad when `latest` is there but not a regular file holding one plain tag name. */
+static void read_latest(const char *save_dir, char **tag, bool *bad) {
+    *tag = NULL;
+    *bad = false;
     char *lp = ds_join(save_dir, "latest");
     struct stat sb;
     if (lp && lstat(lp, &sb) == 0) {
         /* A regular file (lstat: a symlink is not what dstrain writes) holding one
          * safe tag name; a NUL inside is damage, not the end of the name. */
-        if (!S_ISREG(sb.st_mode) || ds_read_latest(lp, &latest_tag) != DSCKPT_OK) latest_bad = true;
+        if (!S_ISREG(sb.st_mode) || ds_read_latest(lp, tag) != DSCKPT_OK) *bad = true;
     }
     free(lp);
+}
+
+/* Candidates, newest first: every global_step<N> directory, and the tag `latest`
+ * names (first of all when it is no global_step<N>). */
+static void list_candidates(const char *save_dir, const char *latest_tag, cand **out, size_t *nout) {
+    cand *cs = NULL;
+    size_t n = 0;
     DIR *d = opendir(save_dir);
     for (struct dirent *de; d && (de = readdir(d)) && n < MAX_CANDIDATES;) {
         long long s = step_of(de->d_name);
@@ -146,14 +130,36 @@ void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *re
     }
     if (d) closedir(d);
     if (n) qsort(cs, n, sizeof *cs, cmp_cand);
+    *out = cs;
+    *nout = n;
+}
+
+void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out) {
+    memset(out, 0, sizeof *out);
+    if (strcmp(resume, "auto")) { /* an explicit tag */
+        int code = usable(e, save_dir, resume, out);
+        if (code) {
+            out->exit_code = code;
+            return;
+        }
+        snprintf(out->tag, sizeof out->tag, "%s", resume);
+        out->deepspeed = classify(save_dir, resume) == DS_TAG_DEEPSPEED;
+        return;
+    }
+    char *latest_tag;
+    bool latest_bad;
+    read_latest(save_dir, &latest_tag, &latest_bad);
+    cand *cs;
+    size_t n;
+    list_candidates(save_dir, latest_tag, &cs, &n);
     int worst = 0;
     bool latest_seen = false;
     char first_problem[sizeof out->msg] = "";
     for (size_t i = 0; i < n && !out->tag[0] && !out->exit_code; i++) {
         if (latest_tag && !strcmp(cs[i].tag, latest_tag)) latest_seen = true;
-        kind k = classify(save_dir, cs[i].tag);
-        if (k == K_NONE) continue; /* not a directory */
-        if (k == K_INCOMPLETE) {
+        ds_tag_kind k = classify(save_dir, cs[i].tag);
+        if (k == DS_TAG_NONE) continue; /* not a directory */
+        if (k == DS_TAG_INCOMPLETE) {
             fprintf(stderr, "dstrain: --resume auto: skipping %s/%s: an incomplete save (no manifest.json)\n",
                     save_dir, cs[i].tag);
             if (latest_tag && !strcmp(cs[i].tag, latest_tag)) worst = worst ? worst : 1;
@@ -172,7 +178,7 @@ void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *re
             continue;
         }
         snprintf(out->tag, sizeof out->tag, "%s", cs[i].tag);
-        out->deepspeed = k == K_DEEPSPEED;
+        out->deepspeed = k == DS_TAG_DEEPSPEED;
         if (i > 0) fprintf(stderr, "dstrain: --resume auto: %s is the newest checkpoint that verifies\n", cs[i].tag);
     }
     if (!out->tag[0] && !out->exit_code) {
@@ -256,8 +262,8 @@ int rt_clean_debris(const char *save_dir) {
     int removed = clean_dir(save_dir, true);
     DIR *d = opendir(save_dir);
     for (struct dirent *de; d && (de = readdir(d));) {
-        kind k = step_of(de->d_name) < 0 ? K_NONE : classify(save_dir, de->d_name);
-        if (k != K_INCOMPLETE && k != K_NATIVE) continue;
+        ds_tag_kind k = step_of(de->d_name) < 0 ? DS_TAG_NONE : classify(save_dir, de->d_name);
+        if (k != DS_TAG_INCOMPLETE && k != DS_TAG_NATIVE) continue;
         char *td = ds_join(save_dir, de->d_name);
         if (td) removed += clean_dir(td, false);
         free(td);

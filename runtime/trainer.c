@@ -3,6 +3,7 @@
  */
 #include "trainer.h"
 
+#include "dsckpt_internal.h"
 #include "fsutil.h"
 
 #include <dirent.h>
@@ -145,21 +146,11 @@ static long step_of(const char *name) {
     return *end || v < 0 ? -1 : v;
 }
 
-/* A checkpoint is complete when its manifest parses as a JSON object. */
+/* A complete native checkpoint (ds_tag_classify: its manifest exists). */
 static bool complete(const char *save_dir, const char *tag) {
-    char *d = ds_join(save_dir, tag), *m = d ? ds_join(d, "manifest.json") : NULL;
-    char *text = NULL;
-    size_t len = 0;
-    bool ok = m && ds_read_small_file(m, 256u << 20, &text, &len) == DSCKPT_OK;
-    if (ok) {
-        cJSON *j = cJSON_ParseWithLength(text, len);
-        ok = cJSON_IsObject(j);
-        cJSON_Delete(j);
-    }
-    free(text);
-    free(m);
+    char *d = ds_join(save_dir, tag);
+    bool ok = d && ds_tag_classify(d) == DS_TAG_NATIVE;
     free(d);
-    ds_err_clear();
     return ok;
 }
 
