@@ -367,6 +367,7 @@ void ds_manifest_clear(ds_manifest *m) {
     m->dir = dir;
 }
 
+/* One piece: the manifest's keys, each checked in schema order. */
 dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, ds_manifest *c) {
     DS_TRY(check_self_digest(text, len, what));
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -478,6 +479,7 @@ cJSON *ds_manifest_model_json(const ds_model_info *m) {
     return o;
 }
 
+/* One piece: the manifest's keys, written in schema order. */
 dsckpt_status ds_manifest_build(const ds_manifest *c, char **json_out) {
     cJSON *root = cJSON_CreateObject();
     if (!root) return ds_err(DSCKPT_ENOMEM, "out of memory building a manifest");

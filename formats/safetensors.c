@@ -353,6 +353,66 @@ static dsckpt_status parse_meta(const cJSON *m, const char *what, st_header *h, 
     return st;
 }
 
+/* The tensors sorted by name (kept for st_find). cJSON keeps duplicate keys as
+ * separate items; serde would keep the last one silently: refuse them. */
+static dsckpt_status index_by_name(st_header_impl *hi, size_t ntensors, const char *what) {
+    const st_header *h = &hi->pub;
+    name_ix *byname;
+    DS_TRY(ds_malloc(ntensors * sizeof *byname, &byname));
+    for (size_t i = 0; i < ntensors; i++) byname[i] = (name_ix){h->tensors[i].name, i};
+    qsort(byname, ntensors, sizeof *byname, cmp_name_ix);
+    dsckpt_status st = ds_malloc(ntensors * sizeof *hi->by_name, &hi->by_name);
+    for (size_t i = 0; i < ntensors && st == DSCKPT_OK; i++) {
+        hi->by_name[i] = byname[i].ix;
+        if (i && strcmp(byname[i - 1].name, byname[i].name) == 0)
+            st = ds_err(DSCKPT_ECORRUPT, "%s: duplicate tensor name '" NAMEF "'", what,
+                        byname[i].name);
+    }
+    free(byname);
+    return st;
+}
+
+/* The tensors' data_offsets tile the data buffer from 0 with no gap and no
+ * overlap; *end gets where the last one ends, *last that tensor (NULL if none). */
+static dsckpt_status check_tiling(const st_header *h, const char *what, uint64_t *end, const st_tensor **last) {
+    size_t ntensors = h->n;
+    span_ix *spans;
+    DS_TRY(ds_malloc(ntensors * sizeof *spans, &spans));
+    for (size_t i = 0; i < ntensors; i++)
+        spans[i] = (span_ix){h->tensors[i].begin, h->tensors[i].end, i};
+    qsort(spans, ntensors, sizeof *spans, cmp_span_ix);
+    dsckpt_status st = DSCKPT_OK;
+    uint64_t pos = 0;
+    const st_tensor *prev = NULL;
+    for (size_t k = 0; k < ntensors && st == DSCKPT_OK; k++) {
+        const st_tensor *t = &h->tensors[spans[k].ix];
+        if (t->begin != pos && !prev) {
+            st = ds_err(DSCKPT_ECORRUPT,
+                        "%s: tensor '" NAMEF "': first tensor in the data buffer starts at "
+                        "data offset %llu, not 0",
+                        what, t->name, (ull)t->begin);
+        } else if (t->begin > pos) {
+            st = ds_err(DSCKPT_ECORRUPT,
+                        "%s: tensor '" NAMEF "': gap of %llu bytes in the data buffer before it "
+                        "(previous tensor '" NAMEF
+                        "' ends at data offset %llu, this begins at %llu)",
+                        what, t->name, (ull)(t->begin - pos), prev->name, (ull)pos, (ull)t->begin);
+        } else if (t->begin < pos) {
+            st = ds_err(DSCKPT_ECORRUPT,
+                        "%s: tensor '" NAMEF "': data_offsets [%llu, %llu) overlap tensor '" NAMEF
+                        "' [%llu, %llu)",
+                        what, t->name, (ull)t->begin, (ull)t->end, prev->name, (ull)prev->begin,
+                        (ull)prev->end);
+        }
+        pos = t->end;
+        prev = t;
+    }
+    free(spans);
+    *end = pos;
+    *last = prev;
+    return st;
+}
+
 /* Everything after the JSON parse: entries, duplicates, tiling, coverage. */
 static dsckpt_status check_tree(const cJSON *root, const uint8_t *text, uint64_t text_base,
                                 size_t bad_num, size_t bad_num_len, uint64_t n, uint64_t file_size,
@@ -392,54 +452,10 @@ static dsckpt_status check_tree(const cJSON *root, const uint8_t *text, uint64_t
                       what, (int)DS_MIN(bad_num_len, 40), (const char *)text + bad_num,
                       (ull)(text_base + bad_num));
 
-    /* cJSON keeps duplicate keys as separate items; serde would keep the last one
-     * silently. Refuse them. The sorted order is kept for st_find. */
-    name_ix *byname;
-    DS_TRY(ds_malloc(ntensors * sizeof *byname, &byname));
-    for (size_t i = 0; i < ntensors; i++) byname[i] = (name_ix){h->tensors[i].name, i};
-    qsort(byname, ntensors, sizeof *byname, cmp_name_ix);
-    dsckpt_status st = ds_malloc(ntensors * sizeof *hi->by_name, &hi->by_name);
-    for (size_t i = 0; i < ntensors && st == DSCKPT_OK; i++) {
-        hi->by_name[i] = byname[i].ix;
-        if (i && strcmp(byname[i - 1].name, byname[i].name) == 0)
-            st = ds_err(DSCKPT_ECORRUPT, "%s: duplicate tensor name '" NAMEF "'", what,
-                        byname[i].name);
-    }
-    free(byname);
-    DS_TRY(st);
-
-    span_ix *spans;
-    DS_TRY(ds_malloc(ntensors * sizeof *spans, &spans));
-    for (size_t i = 0; i < ntensors; i++)
-        spans[i] = (span_ix){h->tensors[i].begin, h->tensors[i].end, i};
-    qsort(spans, ntensors, sizeof *spans, cmp_span_ix);
+    DS_TRY(index_by_name(hi, ntensors, what));
     uint64_t pos = 0;
     const st_tensor *prev = NULL;
-    for (size_t k = 0; k < ntensors && st == DSCKPT_OK; k++) {
-        const st_tensor *t = &h->tensors[spans[k].ix];
-        if (t->begin != pos && !prev) {
-            st = ds_err(DSCKPT_ECORRUPT,
-                        "%s: tensor '" NAMEF "': first tensor in the data buffer starts at "
-                        "data offset %llu, not 0",
-                        what, t->name, (ull)t->begin);
-        } else if (t->begin > pos) {
-            st = ds_err(DSCKPT_ECORRUPT,
-                        "%s: tensor '" NAMEF "': gap of %llu bytes in the data buffer before it "
-                        "(previous tensor '" NAMEF
-                        "' ends at data offset %llu, this begins at %llu)",
-                        what, t->name, (ull)(t->begin - pos), prev->name, (ull)pos, (ull)t->begin);
-        } else if (t->begin < pos) {
-            st = ds_err(DSCKPT_ECORRUPT,
-                        "%s: tensor '" NAMEF "': data_offsets [%llu, %llu) overlap tensor '" NAMEF
-                        "' [%llu, %llu)",
-                        what, t->name, (ull)t->begin, (ull)t->end, prev->name, (ull)prev->begin,
-                        (ull)prev->end);
-        }
-        pos = t->end;
-        prev = t;
-    }
-    free(spans);
-    DS_TRY(st);
+    DS_TRY(check_tiling(h, what, &pos, &prev));
 
     /* pos <= 2^48 and n <= 1e8: no overflow. */
     uint64_t want = ST_LEN_BYTES + n + pos;
@@ -775,6 +791,38 @@ static dsckpt_status check_meta(const st_meta *meta, size_t nmeta) {
     return DSCKPT_OK;
 }
 
+/* The header's compact JSON in the reference writer's layout: __metadata__
+ * first, then the tensors in data order (p->order, p->offset, p->nbytes). */
+static void header_json(sbuf *b, const st_entry *entries, const st_meta *meta, size_t nmeta, const st_plan *p) {
+    size_t n = p->n;
+    sb_str(b, "{\"" ST_META_KEY "\":{\"format\":\"pt\"");
+    for (size_t i = 0; i < nmeta; i++) {
+        sb_put(b, ",", 1);
+        sb_json_str(b, meta[i].key);
+        sb_put(b, ":", 1);
+        sb_json_str(b, meta[i].value);
+    }
+    sb_put(b, "}", 1);
+    for (size_t k = 0; k < n; k++) {
+        const st_entry *e = &entries[p->order[k]];
+        sb_put(b, ",", 1);
+        sb_json_str(b, e->name);
+        sb_str(b, ":{\"dtype\":\"");
+        sb_str(b, dsckpt_dtype_name(e->dtype));
+        sb_str(b, "\",\"shape\":[");
+        for (int d = 0; d < e->ndim; d++) {
+            if (d) sb_put(b, ",", 1);
+            sb_u64(b, e->shape[d]);
+        }
+        sb_str(b, "],\"data_offsets\":[");
+        sb_u64(b, p->offset[p->order[k]]);
+        sb_put(b, ",", 1);
+        sb_u64(b, p->offset[p->order[k]] + p->nbytes[p->order[k]]);
+        sb_str(b, "]}");
+    }
+    sb_put(b, "}", 1);
+}
+
 dsckpt_status st_plan_make(const st_entry *entries, size_t n, const st_meta *meta, size_t nmeta,
                            st_plan **out) {
     *out = NULL;
@@ -818,34 +866,7 @@ dsckpt_status st_plan_make(const st_entry *entries, size_t n, const st_meta *met
     }
     p->data_size = off;
 
-    /* Compact JSON in the reference writer's layout: __metadata__ first, then the
-     * tensors in data order. */
-    sb_str(&b, "{\"" ST_META_KEY "\":{\"format\":\"pt\"");
-    for (size_t i = 0; i < nmeta; i++) {
-        sb_put(&b, ",", 1);
-        sb_json_str(&b, meta[i].key);
-        sb_put(&b, ":", 1);
-        sb_json_str(&b, meta[i].value);
-    }
-    sb_put(&b, "}", 1);
-    for (size_t k = 0; k < n; k++) {
-        const st_entry *e = &entries[p->order[k]];
-        sb_put(&b, ",", 1);
-        sb_json_str(&b, e->name);
-        sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, dsckpt_dtype_name(e->dtype));
-        sb_str(&b, "\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) {
-            if (d) sb_put(&b, ",", 1);
-            sb_u64(&b, e->shape[d]);
-        }
-        sb_str(&b, "],\"data_offsets\":[");
-        sb_u64(&b, p->offset[p->order[k]]);
-        sb_put(&b, ",", 1);
-        sb_u64(&b, p->offset[p->order[k]] + p->nbytes[p->order[k]]);
-        sb_str(&b, "]}");
-    }
-    sb_put(&b, "}", 1);
+    header_json(&b, entries, meta, nmeta, p);
     if (b.oom) {
         st = ds_err(DSCKPT_ENOMEM, "safetensors plan: out of memory building a %zu-byte header",
                     b.len);

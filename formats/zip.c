@@ -122,7 +122,8 @@ typedef struct cd_loc {
 } cd_loc;
 
 /* Finds the classic end record by scanning back over a possible comment, then
- * the ZIP64 locator and record before it, and cross-checks them. */
+ * the ZIP64 locator and record before it, and cross-checks them. One piece: the
+ * three records are read and checked against each other in file order. */
 static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *cd) {
     if (fsize < EOCD_SIZE)
         return ds_err(DSCKPT_ECORRUPT,
@@ -237,7 +238,8 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
 }
 
 /* Parses the central entry at cd[*pos] into *m (name copied to *pool), checking
- * everything that needs no other entry and no read. */
+ * everything that needs no other entry and no read. One piece: the entry's fields,
+ * checked in record order. */
 static dsckpt_status parse_central(const uint8_t *cd, const cd_loc *loc, uint64_t *pos, size_t idx,
                                    const char *what, char **pool, zip_member *m) {
     unsigned long long at = (unsigned long long)(loc->off + *pos);
@@ -384,6 +386,56 @@ static int cmp_offset(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* torch puts every member under one top folder and finds it from the first:
+ * z->prefix gets it, and every member must be inside it. */
+static dsckpt_status check_prefix(zip_archive *z, const char *what) {
+    const char *first = z->members[0].name, *slash = strchr(first, '/');
+    if (!slash) return ds_err(DSCKPT_ECORRUPT, "%s: first member '" NAMEF "' is not inside a top folder", what, first);
+    size_t plen = (size_t)(slash - first);
+    z->prefix = strndup(first, plen);
+    if (!z->prefix) return ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
+    for (size_t i = 0; i < z->n; i++) {
+        const char *nm = z->members[i].name;
+        if (strncmp(nm, z->prefix, plen) != 0 || nm[plen] != '/')
+            return ds_err(DSCKPT_ECORRUPT, "%s: member '" NAMEF "' is outside the archive's top folder '" NAMEF "'",
+                          what, nm, z->prefix);
+    }
+    return DSCKPT_OK;
+}
+
+/* The members sorted by name (for lookups); a name twice is corrupt. */
+static dsckpt_status index_names(zip_impl *zi, const char *what) {
+    size_t n = zi->pub.n;
+    DS_TRY(ds_calloc(n, sizeof *zi->by_name, &zi->by_name));
+    for (size_t i = 0; i < n; i++) zi->by_name[i] = &zi->pub.members[i];
+    qsort(zi->by_name, n, sizeof *zi->by_name, cmp_name);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(zi->by_name[i - 1]->name, zi->by_name[i]->name) == 0)
+            return ds_err(DSCKPT_ECORRUPT, "%s: duplicate member name '" NAMEF "'", what, zi->by_name[i]->name);
+    return DSCKPT_OK;
+}
+
+/* No two members' [local header, data end) ranges may share a byte. */
+static dsckpt_status check_overlaps(const zip_archive *z, const char *what) {
+    size_t n = z->n;
+    const zip_member **by_off = NULL;
+    DS_TRY(ds_calloc(n, sizeof *by_off, &by_off));
+    for (size_t i = 0; i < n; i++) by_off[i] = &z->members[i];
+    qsort(by_off, n, sizeof *by_off, cmp_offset);
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 1; i < n && !st; i++) {
+        const zip_member *a = by_off[i - 1], *b = by_off[i];
+        uint64_t a_end = a->data_offset + a->size;
+        if (b->local_offset < a_end)
+            st = ds_err(DSCKPT_ECORRUPT,
+                        "%s: members '" NAMEF "' [%llu, %llu) and '" NAMEF "' [%llu, %llu) overlap", what, a->name,
+                        (unsigned long long)a->local_offset, (unsigned long long)a_end, b->name,
+                        (unsigned long long)b->local_offset, (unsigned long long)(b->data_offset + b->size));
+    }
+    free(by_off);
+    return st;
+}
+
 dsckpt_status zip_open_fd(int fd, const char *what, zip_archive **out) {
     *out = NULL;
     struct stat sb;
@@ -394,7 +446,6 @@ dsckpt_status zip_open_fd(int fd, const char *what, zip_archive **out) {
 
     dsckpt_status st;
     uint8_t *cd = NULL, *scratch = NULL;
-    const zip_member **by_off = NULL;
     zip_impl *zi = NULL;
     size_t n = (size_t)loc.count; /* <= CD_MAX / CENTRAL_SIZE */
     DS_TRYGOTO(ds_calloc(1, sizeof *zi, &zi), fail);
@@ -418,63 +469,19 @@ dsckpt_status zip_open_fd(int fd, const char *what, zip_archive **out) {
         goto fail;
     }
 
-    /* torch puts every member under one top folder and finds it from the first. */
-    const char *first = z->members[0].name, *slash = strchr(first, '/');
-    if (!slash) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: first member '" NAMEF "' is not inside a top folder", what, first);
-        goto fail;
-    }
-    size_t plen = (size_t)(slash - first);
-    z->prefix = strndup(first, plen);
-    if (!z->prefix) {
-        st = ds_err(DSCKPT_ENOMEM, "out of memory reading %s", what);
-        goto fail;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const char *nm = z->members[i].name;
-        if (strncmp(nm, z->prefix, plen) != 0 || nm[plen] != '/') {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: member '" NAMEF "' is outside the archive's top folder '" NAMEF "'",
-                        what, nm, z->prefix);
-            goto fail;
-        }
-    }
-
-    DS_TRYGOTO(ds_calloc(n, sizeof *zi->by_name, &zi->by_name), fail);
-    for (size_t i = 0; i < n; i++) zi->by_name[i] = &z->members[i];
-    qsort(zi->by_name, n, sizeof *zi->by_name, cmp_name);
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(zi->by_name[i - 1]->name, zi->by_name[i]->name) == 0) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: duplicate member name '" NAMEF "'", what, zi->by_name[i]->name);
-            goto fail;
-        }
-    }
+    DS_TRYGOTO(check_prefix(z, what), fail);
+    DS_TRYGOTO(index_names(zi, what), fail);
 
     DS_TRYGOTO(ds_malloc(LOCAL_SIZE + MAX_NAME, &scratch), fail);
     for (size_t i = 0; i < n; i++) DS_TRYGOTO(check_local(fd, what, fsize, &loc, scratch, &z->members[i]), fail);
 
-    /* No two members' [local header, data end) ranges may share a byte. */
-    DS_TRYGOTO(ds_calloc(n, sizeof *by_off, &by_off), fail);
-    for (size_t i = 0; i < n; i++) by_off[i] = &z->members[i];
-    qsort(by_off, n, sizeof *by_off, cmp_offset);
-    for (size_t i = 1; i < n; i++) {
-        const zip_member *a = by_off[i - 1], *b = by_off[i];
-        uint64_t a_end = a->data_offset + a->size;
-        if (b->local_offset < a_end) {
-            st = ds_err(DSCKPT_ECORRUPT,
-                        "%s: members '" NAMEF "' [%llu, %llu) and '" NAMEF "' [%llu, %llu) overlap", what, a->name,
-                        (unsigned long long)a->local_offset, (unsigned long long)a_end, b->name,
-                        (unsigned long long)b->local_offset, (unsigned long long)(b->data_offset + b->size));
-            goto fail;
-        }
-    }
-    free(by_off);
+    DS_TRYGOTO(check_overlaps(z, what), fail);
     free(scratch);
     free(cd);
     *out = z;
     return DSCKPT_OK;
 
 fail:
-    free(by_off);
     free(scratch);
     free(cd);
     if (zi) zip_free(&zi->pub);

@@ -188,6 +188,138 @@ static dsckpt_status write_index(cons *k, const char *dir, uint64_t total) {
     return st;
 }
 
+/* Which tensors, from which state, in which dtype; *total gets the output bytes. */
+static dsckpt_status select_tensors(cons *k, const dsckpt_consolidate_opts *opts, uint64_t *total) {
+    const dsckpt_ckpt *c = k->c;
+    DS_TRY(ds_calloc(c->ntensors, sizeof *k->ots, &k->ots));
+    for (size_t i = 0; i < c->ntensors; i++) {
+        const ds_tensor *t = &c->tensors[i];
+        if (!t->trainable && !t->buffer && opts->exclude_frozen) continue; /* buffers stay, as in DeepSpeed */
+        out_tensor *ot = &k->ots[k->nots++];
+        ot->t = (uint32_t)i;
+        ot->state = t->trainable ? DS_ST_FP32 : DS_ST_W16;
+        ot->src_dt = ds_ckpt_state_dtype(c, ot->state, (uint32_t)i);
+        /* Frozen tensors and buffers keep their stored dtype, except that --dtype
+         * fp32 upcasts 16-bit ones too (exact), as DeepSpeed's zero_to_fp32 writes
+         * every floating tensor in fp32; integer tensors are never converted. */
+        ot->out_dt = t->trainable ? opts->dtype : ot->src_dt;
+        if (!t->trainable && opts->dtype == DSCKPT_F32 && (ot->src_dt == DSCKPT_BF16 || ot->src_dt == DSCKPT_F16))
+            ot->out_dt = DSCKPT_F32;
+        *total += t->numel * dsckpt_dtype_size(ot->out_dt);
+    }
+    return DSCKPT_OK;
+}
+
+/* Shards: greedy in tensor order, a tensor larger than the limit alone (one file
+ * when `single`); each file's safetensors plan. */
+static dsckpt_status plan_shards(cons *k, bool single, uint64_t max_shard) {
+    const dsckpt_ckpt *c = k->c;
+    size_t *bounds = NULL; /* file f holds ots [bounds[f], bounds[f+1]) */
+    DS_TRY(ds_calloc(k->nots + 2, sizeof *bounds, &bounds));
+    size_t nf = 1;
+    if (!single) {
+        uint64_t cur = 0;
+        for (size_t i = 0; i < k->nots; i++) {
+            uint64_t b = c->tensors[k->ots[i].t].numel * dsckpt_dtype_size(k->ots[i].out_dt);
+            if (cur > 0 && cur + b > max_shard) {
+                bounds[nf++] = i;
+                cur = 0;
+            }
+            cur += b;
+        }
+    }
+    bounds[nf] = k->nots;
+    dsckpt_status st = ds_calloc(nf, sizeof *k->files, &k->files);
+    if (!st) {
+        k->nfiles = nf;
+        for (size_t f = 0; f < nf; f++) k->files[f].fd = -1;
+        for (size_t f = 0; f < nf && st == DSCKPT_OK; f++) st = plan_file(k, f, bounds[f], bounds[f + 1]);
+    }
+    free(bounds);
+    return st;
+}
+
+/* The outputs under temporary names (beside `out`, or in od's temporary
+ * directory), each starting with its safetensors header. */
+static dsckpt_status create_outputs(cons *k, const char *out, bool single, bool force, ds_outdir *od) {
+    size_t nf = k->nfiles;
+    if (single) {
+        ds_clean_stale_temps(out);
+        k->files[0].final = ds_strdup(out);
+        k->files[0].tmp = ds_tmp_sibling(out);
+        if (!k->files[0].final || !k->files[0].tmp) return DSCKPT_ENOMEM;
+    } else {
+        DS_TRY(ds_outdir_begin_kind(od, out, force, DS_OUT_HF_DIR));
+        for (size_t f = 0; f < nf; f++) {
+            char name[96];
+            if (nf == 1) snprintf(name, sizeof name, "model.safetensors");
+            else snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", f + 1, nf);
+            k->files[f].final = ds_join(out, name);
+            k->files[f].tmp = ds_join(od->tmp, name);
+            if (!k->files[f].final || !k->files[f].tmp) return DSCKPT_ENOMEM;
+        }
+    }
+    for (size_t f = 0; f < nf; f++) {
+        out_file *of = &k->files[f];
+        of->fd = open(of->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (of->fd < 0) return ds_err_errno(errno, "%s: cannot create", of->tmp);
+        DS_TRY(ds_pwrite_full(of->fd, of->plan->header, of->plan->header_bytes, 0, of->final));
+    }
+    return DSCKPT_OK;
+}
+
+/* Every tensor's data, in work units of at most BLOCK_ELEMS elements of one
+ * tensor, on `threads` threads. */
+static dsckpt_status copy_all(cons *k, int threads, uint64_t total, const dsckpt_consolidate_opts *opts) {
+    const dsckpt_ckpt *c = k->c;
+    size_t nu = 0;
+    for (size_t i = 0; i < k->nots; i++) nu += (size_t)ds_ceil_div(c->tensors[k->ots[i].t].numel, BLOCK_ELEMS);
+    DS_TRY(ds_calloc(nu, sizeof *k->units, &k->units));
+    for (size_t i = 0; i < k->nots; i++)
+        for (uint64_t s = 0; s < c->tensors[k->ots[i].t].numel; s += BLOCK_ELEMS)
+            k->units[k->nunits++] = (unit){i, s, DS_MIN(BLOCK_ELEMS, c->tensors[k->ots[i].t].numel - s)};
+    DS_TRY(ds_calloc((size_t)threads, sizeof *k->inbuf, &k->inbuf));
+    DS_TRY(ds_calloc((size_t)threads, sizeof *k->outbuf, &k->outbuf));
+    for (int i = 0; i < threads; i++) {
+        DS_TRY(ds_malloc(BLOCK_ELEMS * sizeof(double), &k->inbuf[i]));
+        DS_TRY(ds_malloc(BLOCK_ELEMS * sizeof(float), &k->outbuf[i]));
+    }
+    k->prog.total = total;
+    k->prog.fn = opts->progress;
+    k->prog.user = opts->progress_user;
+    return ds_parallel_run(k->nunits, threads, copy_unit, k, &k->prog);
+}
+
+/* Durable, then into place (with the index and the Hugging Face side files in a
+ * directory output). */
+static dsckpt_status commit_outputs(cons *k, const char *out, bool single, bool force, ds_outdir *od, uint64_t total,
+                                    dsckpt_dtype dtype) {
+    size_t nf = k->nfiles;
+    for (size_t f = 0; f < nf; f++) {
+        out_file *of = &k->files[f];
+        if (fsync(of->fd) != 0) return ds_err_errno(errno, "%s: fsync failed", of->final);
+        int fd = of->fd;
+        of->fd = -1;
+        if (close(fd) != 0) return ds_err_errno(errno, "%s: close failed", of->final);
+    }
+    if (single) {
+        if (ds_interrupted()) return ds_err_interrupted();
+        DS_TRY(ds_rename_durable(k->files[0].tmp, out, !force));
+        free(k->files[0].tmp);
+        k->files[0].tmp = NULL;
+        return DSCKPT_OK;
+    }
+    if (nf > 1) DS_TRY(write_index(k, od->tmp, total));
+    /* config.json, generation_config.json, tokenizer files: from_pretrained(out). */
+    DS_TRY(ds_hf_export_files(k->c, od->tmp, dtype));
+    DS_TRY(ds_outdir_commit(od));
+    for (size_t f = 0; f < nf; f++) { /* now inside `out`; nothing to unlink */
+        free(k->files[f].tmp);
+        k->files[f].tmp = NULL;
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const dsckpt_consolidate_opts *opts) {
     ds_err_clear();
     if (!c || !out || !*out) return ds_err(DSCKPT_EINVAL, "dsckpt_consolidate: no checkpoint or output path");
@@ -207,10 +339,8 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
     ds_outdir od = {0};
     dsckpt_status st = DSCKPT_OK;
     uint64_t total = 0;
-
-    if (single && ds_exists(out) && !opts->force) {
+    if (single && ds_exists(out) && !opts->force)
         return ds_err(DSCKPT_EEXIST, "%s: output already exists (not replaced unless forced)", out);
-    }
     if (single) {
         /* Named as the caller named it, not by the temporary written beside it. */
         char *parent = ds_dirname(out);
@@ -218,131 +348,12 @@ dsckpt_status dsckpt_consolidate(const dsckpt_ckpt *c, const char *out, const ds
         free(parent);
         if (!ok) return ds_err(DSCKPT_ENOENT, "%s: the parent directory does not exist", out);
     }
-    /* Which tensors, from which state, in which dtype. */
-    DS_TRYGOTO(ds_calloc(c->ntensors, sizeof *k.ots, &k.ots), done);
-    for (size_t i = 0; i < c->ntensors; i++) {
-        const ds_tensor *t = &c->tensors[i];
-        if (!t->trainable && !t->buffer && opts->exclude_frozen) continue; /* buffers stay, as in DeepSpeed */
-        out_tensor *ot = &k.ots[k.nots++];
-        ot->t = (uint32_t)i;
-        ot->state = t->trainable ? DS_ST_FP32 : DS_ST_W16;
-        ot->src_dt = ds_ckpt_state_dtype(c, ot->state, (uint32_t)i);
-        /* Frozen tensors and buffers keep their stored dtype, except that --dtype
-         * fp32 upcasts 16-bit ones too (exact), as DeepSpeed's zero_to_fp32 writes
-         * every floating tensor in fp32; integer tensors are never converted. */
-        ot->out_dt = t->trainable ? opts->dtype : ot->src_dt;
-        if (!t->trainable && opts->dtype == DSCKPT_F32 && (ot->src_dt == DSCKPT_BF16 || ot->src_dt == DSCKPT_F16))
-            ot->out_dt = DSCKPT_F32;
-        total += t->numel * dsckpt_dtype_size(ot->out_dt);
-    }
-    /* Shards: greedy in tensor order, a tensor larger than the limit alone. */
-    size_t *bounds = NULL; /* file f holds ots [bounds[f], bounds[f+1]) */
-    DS_TRYGOTO(ds_calloc(k.nots + 2, sizeof *bounds, &bounds), done);
-    size_t nf = 1;
-    if (!single) {
-        uint64_t cur = 0;
-        for (size_t i = 0; i < k.nots; i++) {
-            uint64_t b = c->tensors[k.ots[i].t].numel * dsckpt_dtype_size(k.ots[i].out_dt);
-            if (cur > 0 && cur + b > max_shard) {
-                bounds[nf++] = i;
-                cur = 0;
-            }
-            cur += b;
-        }
-    }
-    bounds[nf] = k.nots;
-    st = ds_calloc(nf, sizeof *k.files, &k.files);
-    if (st) {
-        free(bounds);
-        goto done;
-    }
-    k.nfiles = nf;
-    for (size_t f = 0; f < nf; f++) k.files[f].fd = -1;
-    for (size_t f = 0; f < nf && st == DSCKPT_OK; f++) st = plan_file(&k, f, bounds[f], bounds[f + 1]);
-    free(bounds);
-    if (st) goto done;
-
-    /* Open the inputs, then create the outputs under temporary names. */
+    DS_TRYGOTO(select_tensors(&k, opts, &total), done);
+    DS_TRYGOTO(plan_shards(&k, single, max_shard), done);
     DS_TRYGOTO(ds_fdset_open(c, &k.fs), done);
-    if (single) {
-        ds_clean_stale_temps(out);
-        k.files[0].final = ds_strdup(out);
-        k.files[0].tmp = ds_tmp_sibling(out);
-        if (!k.files[0].final || !k.files[0].tmp) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-    } else {
-        DS_TRYGOTO(ds_outdir_begin_kind(&od, out, opts->force != 0, DS_OUT_HF_DIR), done);
-        for (size_t f = 0; f < nf; f++) {
-            char name[96];
-            if (nf == 1) snprintf(name, sizeof name, "model.safetensors");
-            else snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", f + 1, nf);
-            k.files[f].final = ds_join(out, name);
-            k.files[f].tmp = ds_join(od.tmp, name);
-            if (!k.files[f].final || !k.files[f].tmp) {
-                st = DSCKPT_ENOMEM;
-                goto done;
-            }
-        }
-    }
-    for (size_t f = 0; f < nf; f++) {
-        out_file *of = &k.files[f];
-        of->fd = open(of->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (of->fd < 0) {
-            st = ds_err_errno(errno, "%s: cannot create", of->tmp);
-            goto done;
-        }
-        DS_TRYGOTO(ds_pwrite_full(of->fd, of->plan->header, of->plan->header_bytes, 0, of->final), done);
-    }
-
-    /* Work units: blocks of at most BLOCK_ELEMS elements of one tensor. */
-    size_t nu = 0;
-    for (size_t i = 0; i < k.nots; i++) nu += (size_t)ds_ceil_div(c->tensors[k.ots[i].t].numel, BLOCK_ELEMS);
-    DS_TRYGOTO(ds_calloc(nu, sizeof *k.units, &k.units), done);
-    for (size_t i = 0; i < k.nots; i++)
-        for (uint64_t s = 0; s < c->tensors[k.ots[i].t].numel; s += BLOCK_ELEMS)
-            k.units[k.nunits++] = (unit){i, s, DS_MIN(BLOCK_ELEMS, c->tensors[k.ots[i].t].numel - s)};
-    DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *k.inbuf, &k.inbuf), done);
-    DS_TRYGOTO(ds_calloc((size_t)threads, sizeof *k.outbuf, &k.outbuf), done);
-    for (int i = 0; i < threads; i++) {
-        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(double), &k.inbuf[i]), done);
-        DS_TRYGOTO(ds_malloc(BLOCK_ELEMS * sizeof(float), &k.outbuf[i]), done);
-    }
-    k.prog.total = total;
-    k.prog.fn = opts->progress;
-    k.prog.user = opts->progress_user;
-    DS_TRYGOTO(ds_parallel_run(k.nunits, threads, copy_unit, &k, &k.prog), done);
-
-    /* Durable, then into place. */
-    for (size_t f = 0; f < nf; f++) {
-        out_file *of = &k.files[f];
-        if (fsync(of->fd) != 0) {
-            st = ds_err_errno(errno, "%s: fsync failed", of->final);
-            goto done;
-        }
-        int fd = of->fd;
-        of->fd = -1;
-        if (close(fd) != 0) {
-            st = ds_err_errno(errno, "%s: close failed", of->final);
-            goto done;
-        }
-    }
-    if (single) {
-        if (ds_interrupted()) DS_TRYGOTO(ds_err_interrupted(), done);
-        DS_TRYGOTO(ds_rename_durable(k.files[0].tmp, out, opts->force == 0), done);
-        free(k.files[0].tmp);
-        k.files[0].tmp = NULL;
-    } else {
-        if (nf > 1) DS_TRYGOTO(write_index(&k, od.tmp, total), done);
-        /* config.json, generation_config.json, tokenizer files: from_pretrained(out). */
-        DS_TRYGOTO(ds_hf_export_files(c, od.tmp, opts->dtype), done);
-        DS_TRYGOTO(ds_outdir_commit(&od), done);
-        for (size_t f = 0; f < nf; f++) { /* now inside `out`; nothing to unlink */
-            free(k.files[f].tmp);
-            k.files[f].tmp = NULL;
-        }
-    }
+    DS_TRYGOTO(create_outputs(&k, out, single, opts->force != 0, &od), done);
+    DS_TRYGOTO(copy_all(&k, threads, total, opts), done);
+    DS_TRYGOTO(commit_outputs(&k, out, single, opts->force != 0, &od, total, opts->dtype), done);
 done:
     ds_outdir_abort(&od);
     cons_free(&k, threads);

@@ -829,12 +829,225 @@ done:
     return st;
 }
 
+/* The model's dtype: that of the 16-bit (or fp32) weights in `module`. */
+static dsckpt_dtype module_dtype(const pk_obj *module) {
+    for (size_t i = 0; module && module->kind == PK_DICT && i < module->n; i++)
+        if (module->items[i]->kind == PK_TENSOR) return module->items[i]->tensor.dtype;
+    return DSCKPT_F32;
+}
+
+/* Stage, world size and optimizer kind, from rank 0's optimizer file. *W comes in
+ * as the number of optimizer files found; under MiCS it becomes the shard size
+ * (the partition count), and *nfiles keeps the number of rank files. */
+static dsckpt_status read_topology(ds_open_ctx *x, const scan *sc, pk_obj **osd_out, int *stage_out, bool *bf16_out,
+                                   size_t *W, size_t *nfiles) {
+    dsckpt_ckpt *c = x->c;
+    dsckpt_status st = DSCKPT_OK;
+    const char *what = x->optim[0].path;
+    pk_obj *osd = need(x->optim[0].root, "optimizer_state_dict", PK_DICT, what, &st);
+    if (!osd) return st;
+    pk_obj *zs = pk_get(osd, "zero_stage");
+    int stage = zs ? stage_of(zs) : 1; /* BF16_Optimizer has no zero_stage: stage 1 */
+    bool bf16_optimizer = zs == NULL;
+    if (stage < 1) return ds_err(DSCKPT_EUNSUPPORTED, "%s: unknown zero_stage", what);
+    if (bf16_optimizer && !pk_get(osd, "single_partition_of_fp32_groups"))
+        return ds_err(DSCKPT_ECORRUPT, "%s: neither zero_stage nor single_partition_of_fp32_groups: not a ZeRO optimizer file", what);
+    int64_t pc = 0;
+    pk_obj *pco = pk_get(osd, "partition_count");
+    if (pco && pco->kind == PK_LIST) {
+        for (size_t i = 0; i < pco->n; i++) {
+            int64_t v;
+            if (pk_as_int(pco->items[i], &v) && v > pc) pc = v;
+        }
+    } else if (!pk_as_int(pco, &pc)) {
+        return ds_err(DSCKPT_ECORRUPT, "%s: partition_count missing", what);
+    }
+    *nfiles = *W; /* rank files present; W becomes the partition count under MiCS */
+    if (pc != (int64_t)*W) {
+        int64_t mics = 0;
+        if (stage == 3 && sc->nmod3 == *W && sc->model3[0]) DS_TRY(mics_shard_size(c->dir, sc->model3[0], &mics));
+        if (!(mics > 0 && pc == mics && *W % (size_t)mics == 0))
+            return ds_err(DSCKPT_ECORRUPT, "%s: partition_count says %lld ranks but %zu optimizer files were found",
+                          c->dir, (long long)pc, *W);
+        /* MiCS: ranks [0, S) hold one complete ZeRO-3 partitioning over S ranks;
+         * the other shard groups hold replicas of it. */
+        *W = (size_t)mics;
+    }
+    c->stage = stage;
+    c->world_size = (int)*W;
+    *osd_out = osd;
+    *stage_out = stage;
+    *bf16_out = bf16_optimizer;
+    return DSCKPT_OK;
+}
+
+/* The model-states files: one per rank at stage 3, mp_rank_00 otherwise. */
+static dsckpt_status open_model_files(ds_open_ctx *x, const scan *sc, int stage, size_t W, size_t nfiles) {
+    dsckpt_ckpt *c = x->c;
+    if (stage == 3) {
+        if (sc->nmod3 != nfiles)
+            return ds_err(DSCKPT_ECORRUPT, "%s: stage 3 needs %zu zero_pp_rank_*_model_states.pt files, found %zu",
+                          c->dir, nfiles, sc->nmod3);
+    } else if (!sc->model_mp) {
+        return ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
+    }
+    size_t nmodel = stage == 3 ? W : 1;
+    DS_TRY(ds_calloc(nmodel, sizeof *x->model, &x->model));
+    x->nmodel = nmodel; /* after the allocation: the caller closes x->model[0 .. nmodel) */
+    for (size_t r = 0; r < x->nmodel; r++) x->model[r].fd = -1;
+    for (size_t r = 0; r < x->nmodel; r++) {
+        if (stage == 3 && !sc->model3[r])
+            return ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
+        DS_TRY(pt_load(c->dir, stage == 3 ? sc->model3[r] : "mp_rank_00_model_states.pt", (int)r, &x->model[r]));
+    }
+    return DSCKPT_OK;
+}
+
+/* The trainable tensors of param_shapes, group by group (sub-group at stage 3),
+ * in the model's dtype. */
+static dsckpt_status add_trainable(dsckpt_ckpt *c, size_t *tcap, const pk_obj *shapes, dsckpt_dtype model_dt,
+                                   const char *path) {
+    for (size_t g = 0; g < shapes->n; g++) {
+        pk_obj *sg = shapes->items[g];
+        if (sg->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", path, g);
+        for (size_t k = 0; k < sg->n; k++) {
+            uint32_t ti;
+            if (sg->keys[k]->kind != PK_STR)
+                return ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", path, g);
+            DS_TRY(add_tensor(c, tcap, sg->keys[k]->s, sg->items[k], model_dt, true, false, (int)g, &ti));
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* Where one rank's partitions of one group are: fp32, exp_avg, exp_avg_sq (byte
+ * offset and elements in file p). */
+typedef struct group_loc {
+    const ds_pt *p;
+    uint64_t off[3], n[3];
+} group_loc;
+
+/* The three fragments of tensor ti, elements [s0, s0+cnt), at element `pos` of
+ * the rank's partitions. */
+static dsckpt_status add_frags3(ds_open_ctx *x, const group_loc *L, int ti, uint64_t s0, uint64_t cnt, uint64_t pos) {
+    static const ds_state sts[3] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+    for (int k = 0; k < 3; k++)
+        DS_TRY(add_frag(x, sts[k], (uint32_t)ti, s0, cnt, L->p->file_index, L->off[k] + pos * 4, DSCKPT_F32));
+    return DSCKPT_OK;
+}
+
+/* Stage 3: rank r's piece of every tensor of group g, in order. */
+static dsckpt_status stage3_frags(ds_open_ctx *x, const group_loc *L, size_t r, size_t W, size_t g, const pk_obj *sg) {
+    dsckpt_ckpt *c = x->c;
+    uint64_t pos = 0;
+    for (size_t k = 0; k < sg->n; k++) {
+        int ti = find_tensor(c, sg->keys[k]->s);
+        uint64_t n = c->tensors[ti].numel, q = ds_part_piece(n, (int)W), s0, cnt;
+        ds_part_real(q, (int)r, n, &s0, &cnt);
+        if (pos + q > L->n[0] || pos + q > L->n[1] || pos + q > L->n[2])
+            return ds_err(DSCKPT_ECORRUPT, "%s: group %zu partition holds %llu elements, fewer than its tensors need",
+                          L->p->path, g, (unsigned long long)L->n[0]);
+        DS_TRY(add_frags3(x, L, ti, s0, cnt, pos));
+        pos += q;
+    }
+    return DSCKPT_OK;
+}
+
+/* Stages 1/2: the rank's `real` elements start at element `start` of group g's
+ * flat buffer (DeepSpeed strips the padding); param_alignment_paddings[g][k]
+ * (gpad, may be NULL) elements of padding follow tensor k (DeepSpeed >= 0.16). */
+static dsckpt_status flat_frags(ds_open_ctx *x, const group_loc *L, size_t g, const pk_obj *sg, const pk_obj *gpad,
+                                uint64_t start, uint64_t real) {
+    dsckpt_ckpt *c = x->c;
+    const char *path = L->p->path;
+    if (gpad && (gpad->kind != PK_LIST || gpad->n != sg->n))
+        return ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu] has %zu entries for %zu parameters", path, g,
+                      gpad->kind == PK_LIST ? gpad->n : 0, sg->n);
+    uint64_t tpos = 0; /* flat position of each tensor */
+    for (size_t k = 0; k < sg->n; k++) {
+        int ti = find_tensor(c, sg->keys[k]->s);
+        uint64_t n = c->tensors[ti].numel;
+        int64_t tpad = 0;
+        if (gpad && (!pk_as_int(gpad->items[k], &tpad) || tpad < 0 || tpad > (1 << 20)))
+            return ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu][%zu] is not a plausible padding", path, g, k);
+        uint64_t a = DS_MAX(tpos, start), b = DS_MIN(tpos + n, start + real);
+        if (a < b) DS_TRY(add_frags3(x, L, ti, a - tpos, b - a, a - start));
+        tpos += n + (uint64_t)tpad;
+    }
+    if (start + real > tpos)
+        return ds_err(DSCKPT_ECORRUPT, "%s: group %zu: ranks hold %llu real elements but param_shapes has only %llu",
+                      path, g, (unsigned long long)(start + real), (unsigned long long)tpos);
+    return DSCKPT_OK;
+}
+
+/* The fp32 master weights and Adam moments in rank r's optimizer file. Stages
+ * 1/2: group_start[g] is where the next rank's real elements begin in group g's
+ * flat buffer. */
+static dsckpt_status rank_frags(ds_open_ctx *x, size_t r, size_t W, int stage, bool bf16_optimizer,
+                                const pk_obj *shapes, uint64_t *group_start) {
+    ds_pt *p = &x->optim[r];
+    pk_obj *od = pk_get(p->root, "optimizer_state_dict");
+    pk_obj *fp32 = stage == 3 ? pk_get(od, "fp32_flat_groups") : pk_get(od, "single_partition_of_fp32_groups");
+    pk_obj *inner = stage == 3 ? pk_get(od, "optimizer_state_dict") : pk_get(od, "base_optimizer_state");
+    pk_obj *state = inner ? pk_get(inner, "state") : NULL;
+    pk_obj *pads = pk_get(od, "group_paddings");
+    pk_obj *palign = stage == 3 ? NULL : pk_get(od, "param_alignment_paddings");
+    if (palign && palign->kind == PK_NONE) palign = NULL;
+    if (palign && (palign->kind != PK_LIST || palign->n != shapes->n))
+        return ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings is not a list of %zu groups", p->path, shapes->n);
+    if (!fp32 || fp32->kind != PK_LIST || fp32->n != shapes->n)
+        return ds_err(DSCKPT_ECORRUPT, "%s: %zu fp32 partitions for %zu parameter groups", p->path,
+                      fp32 && fp32->kind == PK_LIST ? fp32->n : 0, shapes->n);
+    if (!state || state->kind != PK_DICT)
+        return ds_err(DSCKPT_EUNSUPPORTED, "%s: optimizer state is not the rigid per-group form (elastic checkpoints are not supported)",
+                      p->path);
+    for (size_t g = 0; g < shapes->n; g++) {
+        char ctx[64];
+        group_loc L = {.p = p};
+        snprintf(ctx, sizeof ctx, "fp32 partition of group %zu", g);
+        DS_TRY(tensor_loc(p, fp32->items[g], DSCKPT_F32, &L.off[0], &L.n[0], ctx));
+        pk_obj *gst = pk_get_int_key(state, (int64_t)g);
+        static const char *mk[2] = {"exp_avg", "exp_avg_sq"};
+        for (int k = 0; k < 2; k++) {
+            snprintf(ctx, sizeof ctx, "%s of group %zu", mk[k], g);
+            pk_obj *t = gst ? pk_get(gst, mk[k]) : NULL;
+            if (!t)
+                return ds_err(DSCKPT_EUNSUPPORTED, "%s: no %s for group %zu (an optimizer other than Adam?)", p->path, mk[k], g);
+            DS_TRY(tensor_loc(p, t, DSCKPT_F32, &L.off[k + 1], &L.n[k + 1], ctx));
+        }
+        pk_obj *sg = shapes->items[g];
+        if (stage == 3) {
+            DS_TRY(stage3_frags(x, &L, r, W, g, sg));
+            continue;
+        }
+        /* Real elements of this rank: all of a stripped partition, or the
+         * partition less its recorded padding (BF16_Optimizer). */
+        uint64_t real = L.n[0];
+        int64_t pad = 0;
+        if (bf16_optimizer && pads && pads->kind == PK_LIST && g < pads->n && pk_as_int(pads->items[g], &pad)) {
+            if (pad < 0 || (uint64_t)pad > L.n[0])
+                return ds_err(DSCKPT_ECORRUPT, "%s: group_paddings[%zu] = %lld is out of range", p->path, g, (long long)pad);
+            real = L.n[0] - (uint64_t)pad;
+        }
+        if (L.n[1] < real || L.n[2] < real)
+            return ds_err(DSCKPT_ECORRUPT, "%s: Adam moments of group %zu are shorter than its fp32 partition", p->path, g);
+        /* Rank r's real elements follow those of ranks 0..r-1 in the flat group. */
+        uint64_t start = group_start[g];
+        group_start[g] += real;
+        DS_TRY(flat_frags(x, &L, g, sg, palign ? palign->items[g] : NULL, start, real));
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     scan sc;
     ds_open_ctx x = {.c = c};
     size_t tcap = 0;
     uint64_t *group_start = NULL;
     double *steps = NULL;
+    pk_obj *osd = NULL;
+    int stage = 0;
+    bool bf16_optimizer = false;
     dsckpt_status st = scan_dir(c->dir, &sc, false);
     if (st) goto done;
     if (sc.nopt == 0 && sc.model_mp && sc.nmod3 == 0) { /* ZeRO-0: one model-states file */
@@ -852,79 +1065,13 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
                     sc.model_mp ? "" : " and no mp_rank_00_model_states.pt");
         goto done;
     }
-    size_t W = sc.nopt;
+    size_t W = sc.nopt, nfiles = 0;
     DS_TRYGOTO(ds_calloc(W, sizeof *x.optim, &x.optim), done);
     for (size_t r = 0; r < W; r++) x.optim[r].fd = -1;
     x.noptim = W;
     for (size_t r = 0; r < W; r++) DS_TRYGOTO(pt_load(c->dir, sc.optim[r], (int)r, &x.optim[r]), done);
-
-    /* Stage, world size, optimizer kind. */
-    const char *what = x.optim[0].path;
-    pk_obj *osd = need(x.optim[0].root, "optimizer_state_dict", PK_DICT, what, &st);
-    if (!osd) goto done;
-    pk_obj *zs = pk_get(osd, "zero_stage");
-    int stage = zs ? stage_of(zs) : 1; /* BF16_Optimizer has no zero_stage: stage 1 */
-    bool bf16_optimizer = zs == NULL;
-    if (stage < 1) {
-        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: unknown zero_stage", what);
-        goto done;
-    }
-    if (bf16_optimizer && !pk_get(osd, "single_partition_of_fp32_groups")) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: neither zero_stage nor single_partition_of_fp32_groups: not a ZeRO optimizer file", what);
-        goto done;
-    }
-    int64_t pc = 0;
-    pk_obj *pco = pk_get(osd, "partition_count");
-    if (pco && pco->kind == PK_LIST) {
-        for (size_t i = 0; i < pco->n; i++) {
-            int64_t v;
-            if (pk_as_int(pco->items[i], &v) && v > pc) pc = v;
-        }
-    } else if (!pk_as_int(pco, &pc)) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count missing", what);
-        goto done;
-    }
-    size_t nfiles = W; /* rank files present; W becomes the partition count under MiCS */
-    if (pc != (int64_t)W) {
-        int64_t mics = 0;
-        if (stage == 3 && sc.nmod3 == W && sc.model3[0]) DS_TRYGOTO(mics_shard_size(c->dir, sc.model3[0], &mics), done);
-        if (mics > 0 && pc == mics && W % (size_t)mics == 0) {
-            /* MiCS: ranks [0, S) hold one complete ZeRO-3 partitioning over S
-             * ranks; the other shard groups hold replicas of it. */
-            W = (size_t)mics;
-        } else {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: partition_count says %lld ranks but %zu optimizer files were found", c->dir,
-                        (long long)pc, W);
-            goto done;
-        }
-    }
-    c->stage = stage;
-    c->world_size = (int)W;
-
-    /* Model-states files. */
-    if (stage == 3) {
-        if (sc.nmod3 != nfiles) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 needs %zu zero_pp_rank_*_model_states.pt files, found %zu", c->dir,
-                        nfiles, sc.nmod3);
-            goto done;
-        }
-        x.nmodel = W;
-    } else {
-        if (!sc.model_mp) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
-            goto done;
-        }
-        x.nmodel = 1;
-    }
-    DS_TRYGOTO(ds_calloc(x.nmodel, sizeof *x.model, &x.model), done);
-    for (size_t r = 0; r < x.nmodel; r++) x.model[r].fd = -1;
-    for (size_t r = 0; r < x.nmodel; r++) {
-        if (stage == 3 && !sc.model3[r]) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
-            goto done;
-        }
-        DS_TRYGOTO(pt_load(c->dir, stage == 3 ? sc.model3[r] : "mp_rank_00_model_states.pt", (int)r, &x.model[r]), done);
-    }
+    DS_TRYGOTO(read_topology(&x, &sc, &osd, &stage, &bf16_optimizer, &W, &nfiles), done);
+    DS_TRYGOTO(open_model_files(&x, &sc, stage, W, nfiles), done);
     for (size_t r = 0; r < W; r++) DS_TRYGOTO(register_file(c, &x.optim[r]), done);
     for (size_t r = 0; r < x.nmodel; r++) DS_TRYGOTO(register_file(c, &x.model[r]), done);
 
@@ -937,164 +1084,24 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     pk_as_int(pk_get(m0->root, "global_steps"), &gs);
     c->step = gs;
     c->ngroups = (int)shapes->n;
-
-    /* Model dtype: from the 16-bit (or fp32) weights in `module`. */
-    dsckpt_dtype model_dt = DSCKPT_F32;
-    for (size_t i = 0; module && module->kind == PK_DICT && i < module->n; i++)
-        if (module->items[i]->kind == PK_TENSOR) {
-            model_dt = module->items[i]->tensor.dtype;
-            break;
-        }
+    dsckpt_dtype model_dt = module_dtype(module);
     c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
-
-    /* Trainable tensors, group by group (sub-group at stage 3). */
-    for (size_t g = 0; g < shapes->n; g++) {
-        pk_obj *sg = shapes->items[g];
-        if (sg->kind != PK_DICT) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", m0->path, g);
-            goto done;
-        }
-        for (size_t k = 0; k < sg->n; k++) {
-            uint32_t ti;
-            if (sg->keys[k]->kind != PK_STR) {
-                st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", m0->path, g);
-                goto done;
-            }
-            DS_TRYGOTO(add_tensor(c, &tcap, sg->keys[k]->s, sg->items[k], model_dt, true, false, (int)g, &ti), done);
-        }
-    }
-
-    /* fp32 master weights and Adam moments. Stages 1/2: group_start[g] is where
-     * the next rank's real elements begin in group g's flat buffer. */
+    DS_TRYGOTO(add_trainable(c, &tcap, shapes, model_dt, m0->path), done);
     DS_TRYGOTO(ds_calloc(shapes->n, sizeof *group_start, &group_start), done);
-    for (size_t r = 0; r < W; r++) {
-        ds_pt *p = &x.optim[r];
-        pk_obj *od = pk_get(p->root, "optimizer_state_dict");
-        pk_obj *fp32 = stage == 3 ? pk_get(od, "fp32_flat_groups") : pk_get(od, "single_partition_of_fp32_groups");
-        pk_obj *inner = stage == 3 ? pk_get(od, "optimizer_state_dict") : pk_get(od, "base_optimizer_state");
-        pk_obj *state = inner ? pk_get(inner, "state") : NULL;
-        pk_obj *pads = pk_get(od, "group_paddings");
-        pk_obj *palign = stage == 3 ? NULL : pk_get(od, "param_alignment_paddings");
-        if (palign && palign->kind == PK_NONE) palign = NULL;
-        if (palign && (palign->kind != PK_LIST || palign->n != shapes->n)) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings is not a list of %zu groups", p->path, shapes->n);
-            goto done;
-        }
-        if (!fp32 || fp32->kind != PK_LIST || fp32->n != shapes->n) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: %zu fp32 partitions for %zu parameter groups", p->path,
-                        fp32 && fp32->kind == PK_LIST ? fp32->n : 0, shapes->n);
-            goto done;
-        }
-        if (!state || state->kind != PK_DICT) {
-            st = ds_err(DSCKPT_EUNSUPPORTED, "%s: optimizer state is not the rigid per-group form (elastic checkpoints are not supported)",
-                        p->path);
-            goto done;
-        }
-        for (size_t g = 0; g < shapes->n; g++) {
-            char ctx[64];
-            snprintf(ctx, sizeof ctx, "fp32 partition of group %zu", g);
-            uint64_t off32, n32, offm[2] = {0, 0}, nm[2] = {0, 0};
-            DS_TRYGOTO(tensor_loc(p, fp32->items[g], DSCKPT_F32, &off32, &n32, ctx), done);
-            pk_obj *gst = pk_get_int_key(state, (int64_t)g);
-            static const char *mk[2] = {"exp_avg", "exp_avg_sq"};
-            for (int k = 0; k < 2; k++) {
-                snprintf(ctx, sizeof ctx, "%s of group %zu", mk[k], g);
-                pk_obj *t = gst ? pk_get(gst, mk[k]) : NULL;
-                if (!t) {
-                    st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no %s for group %zu (an optimizer other than Adam?)", p->path, mk[k], g);
-                    goto done;
-                }
-                DS_TRYGOTO(tensor_loc(p, t, DSCKPT_F32, &offm[k], &nm[k], ctx), done);
-            }
-            pk_obj *sg = shapes->items[g];
-            if (stage == 3) {
-                uint64_t pos = 0;
-                for (size_t k = 0; k < sg->n; k++) {
-                    int ti = find_tensor(c, sg->keys[k]->s);
-                    uint64_t n = c->tensors[ti].numel, q = ds_part_piece(n, (int)W), s0, cnt;
-                    ds_part_real(q, (int)r, n, &s0, &cnt);
-                    if (pos + q > n32 || pos + q > nm[0] || pos + q > nm[1]) {
-                        st = ds_err(DSCKPT_ECORRUPT, "%s: group %zu partition holds %llu elements, fewer than its tensors need",
-                                    p->path, g, (unsigned long long)n32);
-                        goto done;
-                    }
-                    DS_TRYGOTO(add_frag(&x, DS_ST_FP32, (uint32_t)ti, s0, cnt, p->file_index, off32 + pos * 4, DSCKPT_F32), done);
-                    DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG, (uint32_t)ti, s0, cnt, p->file_index, offm[0] + pos * 4, DSCKPT_F32), done);
-                    DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG_SQ, (uint32_t)ti, s0, cnt, p->file_index, offm[1] + pos * 4, DSCKPT_F32), done);
-                    pos += q;
-                }
-            } else {
-                /* Real elements of this rank: all of a stripped partition, or the
-                 * partition less its recorded padding (BF16_Optimizer). */
-                uint64_t real = n32;
-                int64_t pad = 0;
-                if (bf16_optimizer && pads && pads->kind == PK_LIST && g < pads->n && pk_as_int(pads->items[g], &pad)) {
-                    if (pad < 0 || (uint64_t)pad > n32) {
-                        st = ds_err(DSCKPT_ECORRUPT, "%s: group_paddings[%zu] = %lld is out of range", p->path, g, (long long)pad);
-                        goto done;
-                    }
-                    real = n32 - (uint64_t)pad;
-                }
-                if (nm[0] < real || nm[1] < real) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: Adam moments of group %zu are shorter than its fp32 partition", p->path, g);
-                    goto done;
-                }
-                /* Rank r's real elements follow those of ranks 0..r-1 in the flat group. */
-                uint64_t start = group_start[g];
-                group_start[g] += real;
-                /* parameter_alignment: param_alignment_paddings[g][k] elements of
-                 * padding follow tensor k in the flat group (DeepSpeed >= 0.16). */
-                pk_obj *gpad = NULL;
-                if (palign) {
-                    gpad = palign->items[g];
-                    if (gpad->kind != PK_LIST || gpad->n != sg->n) {
-                        st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu] has %zu entries for %zu parameters",
-                                    p->path, g, gpad->kind == PK_LIST ? gpad->n : 0, sg->n);
-                        goto done;
-                    }
-                }
-                uint64_t tpos = 0; /* flat position of each tensor */
-                for (size_t k = 0; k < sg->n; k++) {
-                    int ti = find_tensor(c, sg->keys[k]->s);
-                    uint64_t n = c->tensors[ti].numel;
-                    int64_t tpad = 0;
-                    if (gpad && (!pk_as_int(gpad->items[k], &tpad) || tpad < 0 || tpad > (1 << 20))) {
-                        st = ds_err(DSCKPT_ECORRUPT, "%s: param_alignment_paddings[%zu][%zu] is not a plausible padding",
-                                    p->path, g, k);
-                        goto done;
-                    }
-                    uint64_t a = DS_MAX(tpos, start), b = DS_MIN(tpos + n, start + real);
-                    if (a < b) {
-                        uint64_t in = a - start;
-                        DS_TRYGOTO(add_frag(&x, DS_ST_FP32, (uint32_t)ti, a - tpos, b - a, p->file_index, off32 + in * 4, DSCKPT_F32), done);
-                        DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[0] + in * 4, DSCKPT_F32), done);
-                        DS_TRYGOTO(add_frag(&x, DS_ST_EXP_AVG_SQ, (uint32_t)ti, a - tpos, b - a, p->file_index, offm[1] + in * 4, DSCKPT_F32), done);
-                    }
-                    tpos += n + (uint64_t)tpad;
-                }
-                if (start + real > tpos) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: group %zu: ranks hold %llu real elements but param_shapes has only %llu",
-                                p->path, g, (unsigned long long)(start + real), (unsigned long long)tpos);
-                    goto done;
-                }
-            }
-        }
-    }
+    for (size_t r = 0; r < W; r++) DS_TRYGOTO(rank_frags(&x, r, W, stage, bf16_optimizer, shapes, group_start), done);
 
-    {
-        pk_obj *inner = stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
-        pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
-        size_t ng = pgs && pgs->kind == PK_LIST ? pgs->n : 0;
-        DS_TRYGOTO(ds_calloc(ng ? ng : 1, sizeof *steps, &steps), done);
-        for (size_t g = 0; g < ng; g++) {
-            pk_obj *gst = pk_get_int_key(pk_get(inner, "state"), (int64_t)g);
-            steps[g] = read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL);
-        }
-        DS_TRYGOTO(model_tail(&x, &tcap, stage, W, osd, pgs, steps,
-                              stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
-                              : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer"),
-                   done);
+    pk_obj *inner = stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
+    pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
+    size_t ng = pgs && pgs->kind == PK_LIST ? pgs->n : 0;
+    DS_TRYGOTO(ds_calloc(ng ? ng : 1, sizeof *steps, &steps), done);
+    for (size_t g = 0; g < ng; g++) {
+        pk_obj *gst = pk_get_int_key(pk_get(inner, "state"), (int64_t)g);
+        steps[g] = read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL);
     }
+    DS_TRYGOTO(model_tail(&x, &tcap, stage, W, osd, pgs, steps,
+                          stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
+                          : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer"),
+               done);
 finish:
     c->format = ds_strdup("deepspeed");
     if (!c->tag) {
@@ -1186,6 +1193,98 @@ static dsckpt_status uni_check_listing(const char *dir) {
     return st;
 }
 
+/* A universal checkpoint's model-states files (one per rank at stage 3, *W gets
+ * their number; mp_rank_00 otherwise), opened and registered. */
+static dsckpt_status uni_open_models(ds_open_ctx *x, const scan *sc, int stage, size_t *W) {
+    dsckpt_ckpt *c = x->c;
+    if (stage == 3) {
+        *W = sc->nmod3;
+        for (size_t r = 0; r < *W; r++)
+            if (!sc->model3[r]) return ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
+        if (!*W)
+            return ds_err(DSCKPT_ECORRUPT, "%s: stage 3 universal checkpoint without zero_pp_rank_*_model_states.pt", c->dir);
+    } else if (!sc->model_mp) {
+        return ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
+    }
+    DS_TRY(ds_calloc(*W, sizeof *x->model, &x->model));
+    x->nmodel = *W; /* after the allocation: the caller closes x->model[0 .. nmodel) */
+    for (size_t r = 0; r < *W; r++) x->model[r].fd = -1;
+    for (size_t r = 0; r < *W; r++) {
+        DS_TRY(pt_load(c->dir, stage == 3 ? sc->model3[r] : "mp_rank_00_model_states.pt", (int)r, &x->model[r]));
+        DS_TRY(register_file(c, &x->model[r]));
+    }
+    return DSCKPT_OK;
+}
+
+/* Tensor ti (`name`)'s fp32, exp_avg and exp_avg_sq: zero/<name>/<state>.pt, each
+ * one fragment of the whole tensor. *tp is the file being read (closed after each,
+ * left open on failure for the caller to close). */
+static dsckpt_status uni_tensor_states(ds_open_ctx *x, ds_pt *tp, const char *name, uint32_t ti) {
+    static const char *const files[3] = {"fp32.pt", "exp_avg.pt", "exp_avg_sq.pt"};
+    dsckpt_ckpt *c = x->c;
+    const ds_tensor *T = &c->tensors[ti];
+    for (int s = 0; s < 3; s++) {
+        DS_TRY(uni_load(c->dir, name, files[s], tp));
+        pk_obj *t = tp->root;
+        bool dict_form = t && t->kind == PK_DICT;
+        if (dict_form) t = pk_get(t, "param");
+        char ctx[64];
+        snprintf(ctx, sizeof ctx, "%s 'param'", ds_state_names[s]);
+        uint64_t off, n;
+        DS_TRY(tensor_loc(tp, t, DSCKPT_F32, &off, &n, ctx));
+        bool same = n == T->numel;
+        /* The dict form (stages 1/2) keeps the parameter's shape; stage 3's
+         * raw tensors are flat. */
+        if (same && dict_form && t->tensor.ndim != T->ndim) same = !(T->ndim == 0 && t->tensor.ndim == 1);
+        for (int d2 = 0; same && dict_form && d2 < T->ndim && d2 < t->tensor.ndim; d2++)
+            same = t->tensor.shape[d2] == T->shape[d2];
+        if (!same)
+            return ds_err(DSCKPT_ECORRUPT, "%s: holds %llu elements%s, but param_shapes gives '%s' %llu elements",
+                          tp->path, (unsigned long long)n, dict_form ? " (or another shape)" : "", name,
+                          (unsigned long long)T->numel);
+        DS_TRY(register_file(c, tp));
+        DS_TRY(add_frag(x, (ds_state)s, ti, 0, n, tp->file_index, off, DSCKPT_F32));
+        pt_close(tp);
+    }
+    return DSCKPT_OK;
+}
+
+/* A group's optimizer step: zero/<name>/step.pt of one of its tensors, when there. */
+static dsckpt_status uni_group_step(const dsckpt_ckpt *c, ds_pt *tp, const char *name, double *step) {
+    char rel[600];
+    snprintf(rel, sizeof rel, "zero/%s/step.pt", name);
+    char *sp = ds_join(c->dir, rel);
+    if (!sp) return DSCKPT_ENOMEM;
+    bool have = ds_exists(sp);
+    free(sp);
+    if (!have) return DSCKPT_OK;
+    DS_TRY(uni_load(c->dir, name, "step.pt", tp));
+    *step = read_step(tp, tp->root);
+    pt_close(tp);
+    return DSCKPT_OK;
+}
+
+/* The trainable tensors of param_shapes, group by group, with their states and
+ * (steps[g] for g < ngroups, -1 until found) each group's step. */
+static dsckpt_status uni_trainable(ds_open_ctx *x, ds_pt *tp, size_t *tcap, const pk_obj *shapes, dsckpt_dtype model_dt,
+                                   size_t ngroups, double *steps) {
+    dsckpt_ckpt *c = x->c;
+    const char *path = x->model[0].path;
+    for (size_t g = 0; g < shapes->n; g++) {
+        pk_obj *sg = shapes->items[g];
+        if (sg->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", path, g);
+        for (size_t k = 0; k < sg->n; k++) {
+            const char *name = pk_as_str(sg->keys[k]);
+            uint32_t ti;
+            if (!name) return ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", path, g);
+            DS_TRY(add_tensor(c, tcap, name, sg->items[k], model_dt, true, false, (int)g, &ti));
+            DS_TRY(uni_tensor_states(x, tp, name, ti));
+            if (g < ngroups && steps[g] < 0) DS_TRY(uni_group_step(c, tp, name, &steps[g]));
+        }
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
     scan sc;
     memset(&sc, 0, sizeof sc);
@@ -1214,28 +1313,7 @@ dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
     }
     DS_TRYGOTO(scan_dir(c->dir, &sc, false), done);
     size_t W = 1;
-    if (stage == 3) {
-        W = sc.nmod3;
-        for (size_t r = 0; r < W; r++)
-            if (!sc.model3[r]) {
-                st = ds_err(DSCKPT_ECORRUPT, "%s: model-states file for rank %zu is missing", c->dir, r);
-                goto done;
-            }
-        if (!W) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: stage 3 universal checkpoint without zero_pp_rank_*_model_states.pt", c->dir);
-            goto done;
-        }
-    } else if (!sc.model_mp) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: mp_rank_00_model_states.pt is missing", c->dir);
-        goto done;
-    }
-    x.nmodel = W;
-    DS_TRYGOTO(ds_calloc(W, sizeof *x.model, &x.model), done);
-    for (size_t r = 0; r < W; r++) x.model[r].fd = -1;
-    for (size_t r = 0; r < W; r++) {
-        DS_TRYGOTO(pt_load(c->dir, stage == 3 ? sc.model3[r] : "mp_rank_00_model_states.pt", (int)r, &x.model[r]), done);
-        DS_TRYGOTO(register_file(c, &x.model[r]), done);
-    }
+    DS_TRYGOTO(uni_open_models(&x, &sc, stage, &W), done);
     const ds_pt *m0 = &x.model[0];
     DS_TRYGOTO(check_layout_markers(m0), done);
     int64_t v = 0;
@@ -1249,75 +1327,12 @@ dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
     pk_as_int(pk_get(m0->root, "global_steps"), &v);
     c->step = v;
     c->ngroups = (int)shapes->n;
-    dsckpt_dtype model_dt = DSCKPT_F32;
-    for (size_t i = 0; module && module->kind == PK_DICT && i < module->n; i++)
-        if (module->items[i]->kind == PK_TENSOR) {
-            model_dt = module->items[i]->tensor.dtype;
-            break;
-        }
+    dsckpt_dtype model_dt = module_dtype(module);
     c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
     DS_TRYGOTO(ds_calloc(pgs->n ? pgs->n : 1, sizeof *steps, &steps), done);
     for (size_t g = 0; g < pgs->n; g++) steps[g] = -1;
 
-    static const char *const files[3] = {"fp32.pt", "exp_avg.pt", "exp_avg_sq.pt"};
-    for (size_t g = 0; g < shapes->n; g++) {
-        pk_obj *sg = shapes->items[g];
-        if (sg->kind != PK_DICT) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] is not a dict", m0->path, g);
-            goto done;
-        }
-        for (size_t k = 0; k < sg->n; k++) {
-            const char *name = pk_as_str(sg->keys[k]);
-            uint32_t ti;
-            if (!name) {
-                st = ds_err(DSCKPT_ECORRUPT, "%s: param_shapes[%zu] has a non-string name", m0->path, g);
-                goto done;
-            }
-            DS_TRYGOTO(add_tensor(c, &tcap, name, sg->items[k], model_dt, true, false, (int)g, &ti), done);
-            const ds_tensor *T = &c->tensors[ti];
-            for (int s = 0; s < 3; s++) {
-                DS_TRYGOTO(uni_load(c->dir, name, files[s], &tp), done);
-                pk_obj *t = tp.root;
-                bool dict_form = t && t->kind == PK_DICT;
-                if (dict_form) t = pk_get(t, "param");
-                char ctx[64];
-                snprintf(ctx, sizeof ctx, "%s 'param'", ds_state_names[s]);
-                uint64_t off, n;
-                DS_TRYGOTO(tensor_loc(&tp, t, DSCKPT_F32, &off, &n, ctx), done);
-                bool same = n == T->numel;
-                /* The dict form (stages 1/2) keeps the parameter's shape; stage 3's
-                 * raw tensors are flat. */
-                if (same && dict_form && t->tensor.ndim != T->ndim) same = !(T->ndim == 0 && t->tensor.ndim == 1);
-                for (int d2 = 0; same && dict_form && d2 < T->ndim && d2 < t->tensor.ndim; d2++)
-                    same = t->tensor.shape[d2] == T->shape[d2];
-                if (!same) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: holds %llu elements%s, but param_shapes gives '%s' %llu elements",
-                                tp.path, (unsigned long long)n, dict_form ? " (or another shape)" : "", name,
-                                (unsigned long long)T->numel);
-                    goto done;
-                }
-                DS_TRYGOTO(register_file(c, &tp), done);
-                DS_TRYGOTO(add_frag(&x, (ds_state)s, ti, 0, n, tp.file_index, off, DSCKPT_F32), done);
-                pt_close(&tp);
-            }
-            if (g < pgs->n && steps[g] < 0) {
-                char *sp = NULL;
-                char rel[600];
-                snprintf(rel, sizeof rel, "zero/%s/step.pt", name);
-                if (!(sp = ds_join(c->dir, rel))) {
-                    st = DSCKPT_ENOMEM;
-                    goto done;
-                }
-                bool have = ds_exists(sp);
-                free(sp);
-                if (have) {
-                    DS_TRYGOTO(uni_load(c->dir, name, "step.pt", &tp), done);
-                    steps[g] = read_step(&tp, tp.root);
-                    pt_close(&tp);
-                }
-            }
-        }
-    }
+    DS_TRYGOTO(uni_trainable(&x, &tp, &tcap, shapes, model_dt, pgs->n, steps), done);
     DS_TRYGOTO(model_tail(&x, &tcap, stage, W, os.root, pgs, steps,
                           stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
                           : !zs      ? "BF16_Optimizer" /* the only ZeRO dict without zero_stage */

@@ -270,6 +270,133 @@ static void check_stray_files(const dsckpt_ckpt *c, dsckpt_verify_report *r) {
     closedir(d);
 }
 
+/* Pickled callables outside the allow-list in a DeepSpeed or universal
+ * checkpoint: DeepSpeed's torch.load would run them. */
+static void check_unknown_objects(const dsckpt_ckpt *c, dsckpt_verify_report *r) {
+    if (!c->format || (strcmp(c->format, "deepspeed") && strcmp(c->format, "universal"))) return;
+    ds_unknown_list ul = {0};
+    dsckpt_status st = ds_unknown_in_dir(c->dir, &ul);
+    if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
+    else if (ul.count)
+        add_problem(r, DSCKPT_VERIFY_UNSUPPORTED,
+                    "%zu pickled object%s outside the allow-list (torch.load would call %s; dsckpt does not "
+                    "pass %s on): %s",
+                    ul.count, ul.count == 1 ? "" : "s", ul.count == 1 ? "it" : "them",
+                    ul.count == 1 ? "it" : "them", ul.text ? ul.text : "");
+    ds_unknown_list_free(&ul);
+}
+
+/* Opens file i of the checkpoint for hashing: its digests agree with each other,
+ * it exists with the listed size (asize[i] gets the actual one), and its structure
+ * is sound; v->njobs counts its hash jobs (chunks, or zip members of a DeepSpeed
+ * .pt file). Problems go to the report; v->fds[i] stays -1 when it cannot be read. */
+static void open_one(vctx *v, size_t i, uint64_t *asize) {
+    const dsckpt_ckpt *c = v->c;
+    dsckpt_verify_report *r = v->r;
+    const ds_file *f = &c->files[i];
+    uint64_t size;
+    v->fds[i] = -1;
+    uint8_t dg[DS_SHA256_LEN];
+    if (f->has_digests &&
+        ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks, f->dg.nchunks, dg) == DSCKPT_OK &&
+        memcmp(dg, f->dg.file, DS_SHA256_LEN) != 0)
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: the manifest's file digest does not match its chunk digests",
+                    f->name);
+    dsckpt_status st = ds_open_read(f->path, &v->fds[i], &size);
+    if (st) {
+        /* Missing: damage. Something else where the file should be (a FIFO, a
+         * directory): unreadable, as every command reports it. */
+        add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s",
+                    f->name,
+                    st == DSCKPT_ENOENT ? "missing (listed in the manifest, not on disk)" : dsckpt_last_error());
+        v->fds[i] = -1;
+        return;
+    }
+    uint64_t want = ds_file_disk_size(f);
+    if (size != want) {
+        add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %llu bytes, the manifest says %llu (%s)", f->name,
+                    (unsigned long long)size, (unsigned long long)want, size < want ? "truncated" : "extended");
+    }
+    asize[i] = size;
+    if (!f->has_digests) { /* a DeepSpeed .pt file: its zip members' CRC-32 */
+        if (zip_open_fd(v->fds[i], f->path, &v->zips[i]) != DSCKPT_OK) {
+            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s", dsckpt_last_error());
+            close(v->fds[i]);
+            v->fds[i] = -1;
+            return;
+        }
+        v->njobs += v->zips[i]->n;
+        return;
+    }
+    check_file_structure(c, i, v->fds[i], r);
+    v->njobs += f->dg.nchunks;
+}
+
+/* The hash jobs of every readable file: its chunks (those a truncated file still
+ * has) or its zip members. False when out of memory. */
+static bool plan_jobs(vctx *v, const uint64_t *asize) {
+    const dsckpt_ckpt *c = v->c;
+    if (ds_calloc(v->njobs, sizeof *v->jobs, &v->jobs)) return false;
+    v->njobs = 0;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        if (v->fds[i] < 0) continue;
+        const ds_file *f = &c->files[i];
+        if (v->zips[i]) {
+            for (size_t k = 0; k < v->zips[i]->n; k++) {
+                v->jobs[v->njobs++] = (hash_job){i, k};
+                v->prog.total += v->zips[i]->members[k].size;
+            }
+            continue;
+        }
+        for (size_t k = 0; k < f->dg.nchunks; k++) {
+            uint64_t beg, end;
+            chunk_bounds(f, k, &beg, &end);
+            if (end > asize[i]) {
+                /* Past the end of a truncated file: already reported by size. */
+                add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu) missing from the file",
+                            f->name, k, (unsigned long long)beg, (unsigned long long)end);
+                continue;
+            }
+            v->jobs[v->njobs++] = (hash_job){i, k};
+            v->prog.total += end - beg;
+        }
+    }
+    return true;
+}
+
+/* Runs the hash jobs on `threads` threads. False when out of memory. */
+static bool hash_all(vctx *v, int threads, const dsckpt_verify_opts *o) {
+    if (ds_calloc((size_t)threads, sizeof *v->bufs, &v->bufs) || ds_calloc((size_t)threads, sizeof *v->mds, &v->mds))
+        return false;
+    for (int i = 0; i < threads; i++) {
+        if (ds_malloc(READ_PIECE, &v->bufs[i])) return false;
+        if (!(v->mds[i] = EVP_MD_CTX_new())) return false;
+    }
+    v->prog.fn = o->progress;
+    v->prog.user = o->progress_user;
+    dsckpt_status st = ds_parallel_run(v->njobs, threads, hash_one, v, &v->prog);
+    if (st) add_problem(v->r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
+    v->r->bytes = atomic_load(&v->prog.done);
+    return true;
+}
+
+static void vctx_free(vctx *v, size_t nfiles, int threads) {
+    if (v->fds)
+        for (size_t i = 0; i < nfiles; i++)
+            if (v->fds[i] >= 0) close(v->fds[i]);
+    free(v->fds);
+    if (v->zips)
+        for (size_t i = 0; i < nfiles; i++) zip_free(v->zips[i]);
+    free(v->zips);
+    free(v->jobs);
+    if (v->bufs)
+        for (int i = 0; i < threads; i++) free(v->bufs[i]);
+    if (v->mds)
+        for (int i = 0; i < threads; i++) EVP_MD_CTX_free(v->mds[i]);
+    free(v->bufs);
+    free(v->mds);
+}
+
 static void verify_checkpoint(const char *path, const char *tag, const dsckpt_verify_opts *o,
                               dsckpt_verify_report *r) {
     dsckpt_ckpt *c = NULL;
@@ -291,121 +418,20 @@ static void verify_checkpoint(const char *path, const char *tag, const dsckpt_ve
     ds_test_verify_point(c->dir, 0); /* test builds only (testhook.c) */
     st = ds_ckpt_index(c, coverage_cb, r);
     if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
-    if (c->format && (!strcmp(c->format, "deepspeed") || !strcmp(c->format, "universal"))) {
-        /* Pickled callables outside the allow-list: DeepSpeed's torch.load would run them. */
-        ds_unknown_list ul = {0};
-        st = ds_unknown_in_dir(c->dir, &ul);
-        if (st) add_problem(r, sev_of(st), "%s", dsckpt_last_error());
-        else if (ul.count)
-            add_problem(r, DSCKPT_VERIFY_UNSUPPORTED,
-                        "%zu pickled object%s outside the allow-list (torch.load would call %s; dsckpt does not "
-                        "pass %s on): %s",
-                        ul.count, ul.count == 1 ? "" : "s", ul.count == 1 ? "it" : "them",
-                        ul.count == 1 ? "it" : "them", ul.text ? ul.text : "");
-        ds_unknown_list_free(&ul);
-    }
+    check_unknown_objects(c, r);
     check_stray_files(c, r);
     r->files = c->nfiles;
-
     v.c = c;
     v.r = r;
-    if (ds_calloc(c->nfiles, sizeof *v.fds, &v.fds) || ds_calloc(c->nfiles, sizeof *asize, &asize) ||
-        ds_calloc(c->nfiles, sizeof *v.zips, &v.zips))
-        goto oom;
-    for (size_t i = 0; i < c->nfiles; i++) {
-        const ds_file *f = &c->files[i];
-        uint64_t size;
-        v.fds[i] = -1;
-        uint8_t dg[DS_SHA256_LEN];
-        if (f->has_digests &&
-            ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks, f->dg.nchunks, dg) == DSCKPT_OK &&
-            memcmp(dg, f->dg.file, DS_SHA256_LEN) != 0)
-            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: the manifest's file digest does not match its chunk digests",
-                        f->name);
-        st = ds_open_read(f->path, &v.fds[i], &size);
-        if (st) {
-            /* Missing: damage. Something else where the file should be (a FIFO, a
-             * directory): unreadable, as every command reports it. */
-            add_problem(r, st == DSCKPT_ENOENT ? DSCKPT_VERIFY_CORRUPT : sev_of(st), "%s: %s",
-                        f->name,
-                        st == DSCKPT_ENOENT ? "missing (listed in the manifest, not on disk)" : dsckpt_last_error());
-            v.fds[i] = -1;
-            continue;
-        }
-        uint64_t want = ds_file_disk_size(f);
-        if (size != want) {
-            add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: %llu bytes, the manifest says %llu (%s)", f->name,
-                        (unsigned long long)size, (unsigned long long)want, size < want ? "truncated" : "extended");
-        }
-        asize[i] = size;
-        if (!f->has_digests) { /* a DeepSpeed .pt file: its zip members' CRC-32 */
-            if (zip_open_fd(v.fds[i], f->path, &v.zips[i]) != DSCKPT_OK) {
-                add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s", dsckpt_last_error());
-                close(v.fds[i]);
-                v.fds[i] = -1;
-                continue;
-            }
-            v.njobs += v.zips[i]->n;
-            continue;
-        }
-        check_file_structure(c, i, v.fds[i], r);
-        v.njobs += f->dg.nchunks;
-    }
-    if (ds_calloc(v.njobs, sizeof *v.jobs, &v.jobs)) goto oom;
-    v.njobs = 0;
-    for (size_t i = 0; i < c->nfiles; i++) {
-        if (v.fds[i] < 0) continue;
-        const ds_file *f = &c->files[i];
-        if (v.zips[i]) {
-            for (size_t k = 0; k < v.zips[i]->n; k++) {
-                v.jobs[v.njobs++] = (hash_job){i, k};
-                v.prog.total += v.zips[i]->members[k].size;
-            }
-            continue;
-        }
-        for (size_t k = 0; k < f->dg.nchunks; k++) {
-            uint64_t beg, end;
-            chunk_bounds(f, k, &beg, &end);
-            if (end > asize[i]) {
-                /* Past the end of a truncated file: already reported by size. */
-                add_problem(r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu (bytes %llu..%llu) missing from the file",
-                            f->name, k, (unsigned long long)beg, (unsigned long long)end);
-                continue;
-            }
-            v.jobs[v.njobs++] = (hash_job){i, k};
-            v.prog.total += end - beg;
-        }
-    }
-    if (ds_calloc((size_t)threads, sizeof *v.bufs, &v.bufs) || ds_calloc((size_t)threads, sizeof *v.mds, &v.mds))
-        goto oom;
-    for (int i = 0; i < threads; i++) {
-        if (ds_malloc(READ_PIECE, &v.bufs[i])) goto oom;
-        if (!(v.mds[i] = EVP_MD_CTX_new())) goto oom;
-    }
-    v.prog.fn = o->progress;
-    v.prog.user = o->progress_user;
-    st = ds_parallel_run(v.njobs, threads, hash_one, &v, &v.prog);
-    if (st) add_problem(r, DSCKPT_VERIFY_UNREADABLE, "%s", dsckpt_last_error());
-    r->bytes = atomic_load(&v.prog.done);
-    goto done;
-oom:
-    add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory while verifying");
+    bool ok = !ds_calloc(c->nfiles, sizeof *v.fds, &v.fds) && !ds_calloc(c->nfiles, sizeof *asize, &asize) &&
+              !ds_calloc(c->nfiles, sizeof *v.zips, &v.zips);
+    for (size_t i = 0; v.fds && i < c->nfiles; i++) v.fds[i] = -1; /* nothing to close yet */
+    for (size_t i = 0; ok && i < c->nfiles; i++) open_one(&v, i, asize);
+    if (!ok || !plan_jobs(&v, asize) || !hash_all(&v, threads, o))
+        add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory while verifying");
 done:
-    if (v.fds)
-        for (size_t i = 0; i < c->nfiles; i++)
-            if (v.fds[i] >= 0) close(v.fds[i]);
-    free(v.fds);
-    if (v.zips)
-        for (size_t i = 0; i < c->nfiles; i++) zip_free(v.zips[i]);
-    free(v.zips);
+    vctx_free(&v, c ? c->nfiles : 0, threads);
     free(asize);
-    free(v.jobs);
-    if (v.bufs)
-        for (int i = 0; i < threads; i++) free(v.bufs[i]);
-    if (v.mds)
-        for (int i = 0; i < threads; i++) EVP_MD_CTX_free(v.mds[i]);
-    free(v.bufs);
-    free(v.mds);
     dsckpt_ckpt_free(c);
 }
 

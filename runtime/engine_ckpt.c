@@ -360,24 +360,10 @@ dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed) {
     return st;
 }
 
-dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,
-                             const cJSON *metrics, double *stall_s) {
-    double t0 = rt_now_s();
-    rt_engine *e = s->e;
-    DS_TRY(rt_saver_poll(s, true, NULL));
+/* Rank 0 makes the tag directory; an incomplete one (no manifest: an earlier
+ * crashed save of this step) is cleared first. Every rank gets the verdict. */
+static dsckpt_status make_tag_dir(rt_engine *e, const char *save_dir, const char *tagdir) {
     dsckpt_status st = DSCKPT_OK;
-    cJSON *full = engine_state(e);
-    for (const cJSON *it = state ? state->child : NULL; it; it = it->next)
-        cJSON_AddItemToObject(full, it->string, cJSON_Duplicate(it, true));
-    char *tagdir = ds_join(save_dir, tag);
-    s->save_dir = ds_strdup(save_dir);
-    s->tag = ds_strdup(tag);
-    if (!tagdir || !s->save_dir || !s->tag) {
-        st = DSCKPT_ENOMEM;
-        goto done;
-    }
-    /* Rank 0 makes the tag directory; an incomplete one (no manifest: an earlier
-     * crashed save of this step) is cleared first. */
     bool bad = false;
     if (e->rank == 0) {
         if (mkdir(save_dir, 0755) && errno != EEXIST) st = ds_err_errno(errno, "cannot create %s", save_dir);
@@ -393,35 +379,16 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
         bad = st != DSCKPT_OK;
     }
     dsckpt_status cst = rt_comm_allreduce_or(e->comm, &bad);
-    if (st || cst) {
-        st = st ? st : cst;
-        goto done;
-    }
-    if (bad) {
-        st = ds_err(DSCKPT_EIO, "rank 0 could not create %s", tagdir);
-        goto done;
-    }
-    DS_TRYGOTO(model_tensors(e, &s->ts), done);
-    uint64_t step = 0;
-    const char *p = strstr(tag, "global_step");
-    if (p) step = strtoull(p + 11, NULL, 10);
-    s->step = step;
-    if (metrics && !(s->metrics = cJSON_Duplicate(metrics, true))) {
-        st = ds_err(DSCKPT_ENOMEM, "out of memory copying a save's metrics");
-        goto done;
-    }
-    const char *dt = e->wdt == DSCKPT_BF16 ? "bf16" : e->wdt == DSCKPT_F16 ? "fp16" : "fp32";
-    ds_model_info mi = model_info(e);
-    ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,
-                           .world_size = e->W, .tag = tag, .step = (int64_t)step, .train_dtype = dt,
-                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics, .model = &mi,
-                           .compress_level = s->compress_level};
-    DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &s->no), done);
+    if (st || cst) return st ? st : cst;
+    if (bad) return ds_err(DSCKPT_EIO, "rank 0 could not create %s", tagdir);
+    return DSCKPT_OK;
+}
+
+/* The writer reads the live partitions (async: until pre_update copies them):
+ * each group's fp32 master and moments, with the elements this rank owns left. */
+static void snap_arm(rt_saver *s) {
+    rt_engine *e = s->e;
     s->sn.e = e;
-    s->busy = true;
-    s->wst = DSCKPT_OK;
-    atomic_store(&s->done, 0);
-    /* The writer reads the live partitions (async: until pre_update copies them). */
     for (int g = 0; g < NG; g++) {
         float *live[3] = {e->master[g], e->m1[g], e->m2[g]};
         uint64_t owned = 0;
@@ -438,21 +405,66 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
             s->sn.copied[k][g] = false;
         }
     }
-    if (s->dev_snap) { /* the stall of a device save: this copy, nothing more */
-        const rt_device *od = e->odev;
-        float *q = s->copy;
-        for (int g = 0; g < NG && !st; g++)
-            for (int k = 0; k < 3 && !st; k++) {
-                if (s->sn.left[k][g]) st = od->d2h(od->ctx, q, s->sn.buf[k][g], (size_t)e->plen[g] * 4);
-                s->sn.buf[k][g] = q;
-                s->sn.copied[k][g] = true;
-                q += e->plen[g];
-            }
-        if (!st) st = od->sync(od->ctx);
-        if (st) {
-            s->busy = false;
-            goto done;
+}
+
+/* A device save's stall: the partitions copied to host memory now, nothing more
+ * (the writer then reads the copies). */
+static dsckpt_status snap_to_host(rt_saver *s) {
+    rt_engine *e = s->e;
+    const rt_device *od = e->odev;
+    dsckpt_status st = DSCKPT_OK;
+    float *q = s->copy;
+    for (int g = 0; g < NG && !st; g++)
+        for (int k = 0; k < 3 && !st; k++) {
+            if (s->sn.left[k][g]) st = od->d2h(od->ctx, q, s->sn.buf[k][g], (size_t)e->plen[g] * 4);
+            s->sn.buf[k][g] = q;
+            s->sn.copied[k][g] = true;
+            q += e->plen[g];
         }
+    if (!st) st = od->sync(od->ctx);
+    return st;
+}
+
+dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,
+                             const cJSON *metrics, double *stall_s) {
+    double t0 = rt_now_s();
+    rt_engine *e = s->e;
+    DS_TRY(rt_saver_poll(s, true, NULL));
+    dsckpt_status st = DSCKPT_OK;
+    cJSON *full = engine_state(e);
+    for (const cJSON *it = state ? state->child : NULL; it; it = it->next)
+        cJSON_AddItemToObject(full, it->string, cJSON_Duplicate(it, true));
+    char *tagdir = ds_join(save_dir, tag);
+    s->save_dir = ds_strdup(save_dir);
+    s->tag = ds_strdup(tag);
+    if (!tagdir || !s->save_dir || !s->tag) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    DS_TRYGOTO(make_tag_dir(e, save_dir, tagdir), done);
+    DS_TRYGOTO(model_tensors(e, &s->ts), done);
+    uint64_t step = 0;
+    const char *p = strstr(tag, "global_step");
+    if (p) step = strtoull(p + 11, NULL, 10);
+    s->step = step;
+    if (metrics && !(s->metrics = cJSON_Duplicate(metrics, true))) {
+        st = ds_err(DSCKPT_ENOMEM, "out of memory copying a save's metrics");
+        goto done;
+    }
+    const char *dt = e->wdt == DSCKPT_BF16 ? "bf16" : e->wdt == DSCKPT_F16 ? "fp16" : "fp32";
+    ds_model_info mi = model_info(e);
+    ds_native_spec spec = {.tensors = s->ts, .ntensors = e->nt, .ngroups = NG, .stage = e->stage,
+                           .world_size = e->W, .tag = tag, .step = (int64_t)step, .train_dtype = dt,
+                           .state = full, .ds_config = e->cfg->resolved, .metrics = metrics, .model = &mi,
+                           .compress_level = s->compress_level};
+    DS_TRYGOTO(ds_native_prepare(&spec, tagdir, &s->no), done);
+    s->busy = true;
+    s->wst = DSCKPT_OK;
+    atomic_store(&s->done, 0);
+    snap_arm(s);
+    if (s->dev_snap && (st = snap_to_host(s)) != DSCKPT_OK) {
+        s->busy = false;
+        goto done;
     }
     s->hook_go = false;
     if (s->async) {
