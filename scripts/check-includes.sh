@@ -45,7 +45,7 @@ allowed() { # allowed FROM_LAYER TO_LAYER HEADER
 dirs="common formats kernels kernels/cuda libckpt/include libckpt runtime runtime/cuda runtime/main cli"
 declare -A where
 for d in $dirs; do
-    for h in "$d"/*.h; do
+    for h in "$d"/*.h "$d"/*.cuh; do
         [ -e "$h" ] || continue
         n=${h##*/}
         if [ -n "${where[$n]:-}" ]; then
@@ -60,7 +60,7 @@ bad=0
 checked=0
 for d in $dirs; do
     from=$(layer_of_dir "$d")
-    for f in "$d"/*.c "$d"/*.h; do
+    for f in "$d"/*.c "$d"/*.h "$d"/*.cu "$d"/*.cuh; do
         [ -e "$f" ] || continue
         while IFS= read -r line; do
             lineno=${line%%:*}
