@@ -9,12 +9,15 @@
 #  3. each checkpoint, and every DeepSpeed fixture (fixtures/deepspeed*/), resharded
 #     to native at its own world size with and without --compress: bytes on disk;
 #  4. a synth checkpoint of BENCH_PARAMS parameters, plain and --compress, each
-#     consolidated to bf16 BENCH_REPS times, interleaved: median seconds and the
-#     ratio compressed / plain (synth values are near-random, so its compression
-#     ratio is not the real one; the time ratio is the cost of decoding).
+#     consolidated to bf16 BENCH_REPS times, paired and interleaved, with the rank
+#     files' pages dropped from the page cache first (cold: read from disk) and
+#     not (warm): each pair's ratio compressed / plain and their median (synth
+#     values are near-random, so its compression ratio is not the real one; the
+#     time ratio is the cost of decoding).
 # Usage: bash bench/compress.sh   Environment: BENCH_DIR (build/bench-compress),
 # BENCH_STEPS (300), BENCH_PARAMS (50M), BENCH_REPS (3), BENCH_REUSE=1 (keep the
-# trained checkpoints of an earlier run in BENCH_DIR and skip step 1).
+# trained checkpoints of an earlier run in BENCH_DIR and skip step 1), BENCH_PARTS
+# (the steps after 1 to run: "ratio disk consolidate" for 2, 3, 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${BENCH_DIR:-build/bench-compress}
@@ -53,8 +56,10 @@ JSON
     echo "trained $dt in $(echo "$(date +%s.%N) - $t0" | bc) s"
 done
 
+PARTS=${BENCH_PARTS:-ratio disk consolidate}
 # ---- 2. ratios per state, codec throughput ----
 for dt in bf16 fp32; do
+    case " $PARTS " in *" ratio "*) ;; *) continue ;; esac
     echo
     echo "### $dt checkpoint after $STEPS steps"
     $B/ds_zratio "$DIR/run-$dt" 1 3
@@ -67,6 +72,7 @@ echo "| checkpoint | plain native bytes | --compress bytes | ratio |"
 echo "|---|---:|---:|---:|"
 for src in "$DIR/run-bf16" "$DIR/run-fp32" fixtures/deepspeed/*/ckpt fixtures/deepspeed-0.19/z*/ckpt; do
     [ -d "$src" ] || continue
+    case " $PARTS " in *" disk "*) ;; *) continue ;; esac
     ws=$($B/dsckpt inspect --json "$src" | python3 -c 'import json,sys; print(json.load(sys.stdin)["world_size"])')
     n=$(basename "$(dirname "$src")")
     case "$src" in "$DIR"/*) n=$(basename "$src") ;; fixtures/deepspeed-0.19/*) n="0.19/$n" ;; esac
@@ -79,26 +85,38 @@ for src in "$DIR/run-bf16" "$DIR/run-fp32" fixtures/deepspeed/*/ckpt fixtures/de
     echo "| $n | $p | $z | $(echo "scale=3; $p / $z" | bc) |"
 done
 
-# ---- 4. consolidate from compressed vs plain ----
+# ---- 4. consolidate from compressed vs plain, page cache warm and cold ----
+case " $PARTS " in *" consolidate "*) ;; *) echo "uptime at end: $(uptime)"; exit 0 ;; esac
+# "cold": the rank files' pages are dropped from the page cache first
+# (posix_fadvise DONTNEED on those files only, after sync), so they are read from
+# the disk; "warm": read again straight after, from the page cache.
 $B/dsckpt synth -o "$DIR/s-plain" --params "$PARAMS" --world-size 2 --stage 2 -q
 $B/dsckpt synth -o "$DIR/s-z" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-: >"$DIR/t-plain"
-: >"$DIR/t-z"
+drop() { sync; python3 -c 'import os,sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$1"/*/rank_*; }
+for c in cold warm; do : >"$DIR/t-plain-$c"; : >"$DIR/t-z-$c"; : >"$DIR/r-$c"; done
 for r in $(seq "$REPS"); do
-    for k in plain z; do
-        rm -f "$DIR/out-$k.safetensors"
-        sync
-        t0=$(date +%s.%N)
-        $B/dsckpt consolidate "$DIR/s-$k" -o "$DIR/out-$k.safetensors" --dtype bf16 -q
-        echo "$(date +%s.%N) - $t0" | bc >>"$DIR/t-$k"
+    for c in cold warm; do
+        for k in plain z; do
+            rm -rf "$DIR/out-$k.safetensors"
+            [ $c = cold ] && drop "$DIR/s-$k"
+            sync
+            t0=$(date +%s.%N)
+            $B/dsckpt consolidate "$DIR/s-$k" -o "$DIR/out-$k.safetensors" --dtype bf16 -q
+            echo "$(date +%s.%N) - $t0" | bc >>"$DIR/t-$k-$c"
+        done
+        # the ratio of this pair (the plain and compressed runs back to back)
+        echo "$(tail -1 "$DIR/t-z-$c") / $(tail -1 "$DIR/t-plain-$c")" | bc -l >>"$DIR/r-$c"
     done
 done
 cmp "$DIR/out-plain.safetensors" "$DIR/out-z.safetensors"
-tp=$(median <"$DIR/t-plain")
-tz=$(median <"$DIR/t-z")
 echo
-echo "consolidate $PARAMS params (synth bf16, W=2, ZeRO-2) to bf16, median of $REPS:"
-echo "  plain $tp s, compressed $tz s, ratio $(echo "scale=3; $tz / $tp" | bc) (target <= 1.2);" \
-    "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) bytes"
+echo "consolidate $PARAMS params (synth bf16, W=2, ZeRO-2) to bf16, $REPS paired runs (seconds; ratio compressed / plain, target <= 1.2):"
+echo "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) (plain) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) (compressed) bytes"
+for c in cold warm; do
+    echo "  $c: plain $(tr '\n' ' ' <"$DIR/t-plain-$c")| compressed $(tr '\n' ' ' <"$DIR/t-z-$c")|" \
+        "pair ratios $(xargs printf '%.3f ' <"$DIR/r-$c")| median ratio $(median <"$DIR/r-$c" | xargs printf '%.3f')"
+done
 echo "uptime at end: $(uptime)"

@@ -61,17 +61,18 @@ static size_t shuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w)
     return i;
 }
 
-static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w) {
+/* Elements [0, cnt) of planes src + j*m (j < w) into dst, interleaved. */
+static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
     size_t i = 0;
     if (w == 2) {
-        for (; i + 16 <= m; i += 16) {
+        for (; i + 16 <= cnt; i += 16) {
             __m128i p0 = _mm_loadu_si128((const __m128i *)(src + i));
             __m128i p1 = _mm_loadu_si128((const __m128i *)(src + m + i));
             _mm_storeu_si128((__m128i *)(dst + 2 * i), _mm_unpacklo_epi8(p0, p1));
             _mm_storeu_si128((__m128i *)(dst + 2 * i + 16), _mm_unpackhi_epi8(p0, p1));
         }
     } else if (w == 4) {
-        for (; i + 16 <= m; i += 16) {
+        for (; i + 16 <= cnt; i += 16) {
             __m128i p0 = _mm_loadu_si128((const __m128i *)(src + i));
             __m128i p1 = _mm_loadu_si128((const __m128i *)(src + m + i));
             __m128i p2 = _mm_loadu_si128((const __m128i *)(src + 2 * m + i));
@@ -91,8 +92,8 @@ static size_t shuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w)
     (void)dst, (void)src, (void)m, (void)w;
     return 0;
 }
-static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w) {
-    (void)dst, (void)src, (void)m, (void)w;
+static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
+    (void)dst, (void)src, (void)m, (void)cnt, (void)w;
     return 0;
 }
 #endif
@@ -148,22 +149,19 @@ void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
     memcpy(dst + m * w, src + m * w, n - m * w);
 }
 
-void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
-    size_t w = (size_t)width, m = w ? n / w : 0;
-    if (w <= 1) {
-        memcpy(dst, src, n);
-        return;
-    }
-    size_t i0 = unshuffle_sse2(dst, src, m, w);
+/* Elements [0, cnt) of the planes src + j*m (j < w, w > 1) into dst, interleaved:
+ * fixed widths as their own loops, so the compiler can unroll them. */
+static void unshuffle_elems(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
+    size_t i0 = unshuffle_sse2(dst, src, m, cnt, w);
     if (w == 2) {
         const uint8_t *p0 = src, *p1 = src + m;
-        for (size_t i = i0; i < m; i++) {
+        for (size_t i = i0; i < cnt; i++) {
             dst[2 * i] = p0[i];
             dst[2 * i + 1] = p1[i];
         }
     } else if (w == 4) {
         const uint8_t *p0 = src, *p1 = src + m, *p2 = src + 2 * m, *p3 = src + 3 * m;
-        for (size_t i = i0; i < m; i++) {
+        for (size_t i = i0; i < cnt; i++) {
             dst[4 * i] = p0[i];
             dst[4 * i + 1] = p1[i];
             dst[4 * i + 2] = p2[i];
@@ -171,9 +169,35 @@ void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) 
         }
     } else {
         for (size_t j = 0; j < w; j++)
-            for (size_t i = 0; i < m; i++) dst[i * w + j] = src[j * m + i];
+            for (size_t i = 0; i < cnt; i++) dst[i * w + j] = src[j * m + i];
     }
+}
+
+void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
+    size_t w = (size_t)width, m = w ? n / w : 0;
+    if (w <= 1) {
+        memcpy(dst, src, n);
+        return;
+    }
+    unshuffle_elems(dst, src, m, m, w);
     memcpy(dst + m * w, src + m * w, n - m * w);
+}
+
+void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len) {
+    size_t w = (size_t)width, m = w > 1 ? n / w : 0, body = m * w, end = off + len, pos = off;
+    if (w <= 1) {
+        memcpy(dst, src + off, len);
+        return;
+    }
+    /* Byte b < body is byte b % w of element b / w: plane b % w, index b / w. */
+    for (; pos < end && pos < body && pos % w; pos++) dst[pos - off] = src[(pos % w) * m + pos / w];
+    if (pos < body && end > pos) {
+        size_t cnt = (DS_MIN(end, body) - pos) / w;
+        unshuffle_elems(dst + (pos - off), src + pos / w, m, cnt, w);
+        pos += cnt * w;
+    }
+    for (; pos < end && pos < body; pos++) dst[pos - off] = src[(pos % w) * m + pos / w];
+    if (pos < end) memcpy(dst + (pos - off), src + pos, end - pos); /* the tail is stored as it is */
 }
 
 /* ---- encoder ---- */
@@ -311,11 +335,11 @@ dsckpt_status ds_zchunk_check(ds_zchunk_kind kind, int width, uint64_t stored_n,
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
-                               size_t stored_n, void *raw, size_t raw_n, const char *what) {
+dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
+                                        size_t stored_n, void *shuf, size_t raw_n, const char *what) {
     DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
     if (kind == DS_ZCHUNK_RAW) {
-        if (raw_n) memcpy(raw, stored, raw_n);
+        if (raw_n && shuf != stored) memcpy(shuf, stored, raw_n);
         return DSCKPT_OK;
     }
     /* One whole frame, exactly these bytes, stating exactly this size: checked
@@ -331,15 +355,19 @@ dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width,
     size_t fsz = ZSTD_findFrameCompressedSize(stored, stored_n);
     if (ZSTD_isError(fsz) || fsz != stored_n)
         return ds_err(DSCKPT_ECORRUPT, "%s: the zstd frame is truncated or followed by other bytes", what);
-    uint8_t *dst = raw;
-    if (width > 1) {
-        DS_TRY(grow(&d->buf, &d->cap, raw_n));
-        dst = d->buf;
-    }
-    size_t r = ZSTD_decompressDCtx(d->dctx, dst, raw_n, stored, stored_n);
+    size_t r = ZSTD_decompressDCtx(d->dctx, shuf, raw_n, stored, stored_n);
     if (ZSTD_isError(r)) return ds_err(DSCKPT_ECORRUPT, "%s: zstd: %s", what, ZSTD_getErrorName(r));
     if (r != raw_n)
         return ds_err(DSCKPT_ECORRUPT, "%s: decoded %zu bytes, expected %zu", what, r, raw_n);
-    if (width > 1) ds_zchunk_unshuffle(raw, d->buf, raw_n, width);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
+                               size_t stored_n, void *raw, size_t raw_n, const char *what) {
+    DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
+    if (width <= 1) return ds_zchunk_decode_shuffled(d, kind, width, stored, stored_n, raw, raw_n, what);
+    DS_TRY(grow(&d->buf, &d->cap, raw_n));
+    DS_TRY(ds_zchunk_decode_shuffled(d, kind, width, stored, stored_n, d->buf, raw_n, what));
+    ds_zchunk_unshuffle(raw, d->buf, raw_n, width);
     return DSCKPT_OK;
 }

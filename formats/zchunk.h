@@ -25,6 +25,12 @@
 
 /* The largest raw chunk a compressed checkpoint may have (the chunk size limit). */
 #define DS_ZCHUNK_MAX_RAW ((uint64_t)1 << 28)
+/* The raw chunk size of a compressed rank file when none is given: smaller than an
+ * uncompressed file's verify chunk (DS_DEFAULT_CHUNK) so that readers decode in
+ * parallel at a finer grain and hold less (bench/compress.sh measured it). */
+#ifndef DS_ZCHUNK_DEFAULT_CHUNK
+#define DS_ZCHUNK_DEFAULT_CHUNK ((uint64_t)4 << 20)
+#endif
 /* The compression level used when none is given (bench/compress.sh measured it). */
 #define DS_ZCHUNK_DEFAULT_LEVEL DSCKPT_COMPRESS_DEFAULT_LEVEL
 
@@ -48,6 +54,9 @@ void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_shuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_unshuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
+/* Raw bytes [off, off+len) (off + len <= n) of the chunk whose shuffled form is
+ * src[0..n): what ds_zchunk_unshuffle would write at dst - off, without the rest. */
+void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len);
 
 typedef struct ds_zchunk_enc ds_zchunk_enc;
 dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out);
@@ -74,5 +83,11 @@ void ds_zchunk_dec_free(ds_zchunk_dec *d); /* accepts NULL */
  * DSCKPT_ECORRUPT naming `what` for anything else; raw is then unspecified. */
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                size_t stored_n, void *raw, size_t raw_n, const char *what);
+
+/* As ds_zchunk_decode, but leaves the chunk in its shuffled form in shuf[0..raw_n)
+ * (ds_zchunk_unshuffle_range reads raw bytes out of it), without a copy of the
+ * decoder's own. A raw chunk is copied unless shuf is stored itself. */
+dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
+                                        size_t stored_n, void *shuf, size_t raw_n, const char *what);
 
 #endif /* DSCKPT_ZCHUNK_H */

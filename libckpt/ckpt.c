@@ -161,15 +161,39 @@ dsckpt_status ds_file_read_header(const ds_file *f, int fd, bool check, st_heade
     return st;
 }
 
+/* The safetensors header of open file i: a compressed file's through the chunk
+ * cache (its first chunk is then decoded once, and stays for the readers). */
+static dsckpt_status fdset_read_header(const dsckpt_ckpt *c, const ds_fdset *fs, size_t i, st_header **out) {
+    const ds_file *f = &c->files[i];
+    *out = NULL;
+    if (!f->compressed) return st_read_fd(fs->fd[i], f->path, out);
+    if (f->size < 8)
+        return ds_err(DSCKPT_ECORRUPT, "%s: %llu raw bytes cannot hold a safetensors header", f->path,
+                      (unsigned long long)f->size);
+    uint8_t len[8];
+    DS_TRY(ds_fdset_pread(c, fs, (uint32_t)i, len, 8, 0));
+    uint64_t n = ds_get_le64(len);
+    if (n > ST_MAX_HEADER || n > f->size - 8)
+        return ds_err(DSCKPT_ECORRUPT, "%s: header length %llu does not fit its %llu raw bytes", f->path,
+                      (unsigned long long)n, (unsigned long long)f->size);
+    uint8_t *buf = NULL;
+    DS_TRY(ds_malloc(n ? (size_t)n : 1, &buf));
+    dsckpt_status st = ds_fdset_pread(c, fs, (uint32_t)i, buf, (size_t)n, 8);
+    if (st == DSCKPT_OK) st = st_parse_header(buf, n, f->size, f->path, out);
+    free(buf);
+    return st;
+}
+
 dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->n = c->nfiles;
     fs->vf = NULL;
     fs->zcache = NULL;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->fd, &fs->fd));
     for (size_t i = 0; i < c->nfiles; i++) fs->fd[i] = -1;
-    for (size_t i = 0; i < c->nfiles; i++) {
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) {
         uint64_t size;
-        dsckpt_status st = ds_open_read(c->files[i].path, &fs->fd[i], &size);
+        st = ds_open_read(c->files[i].path, &fs->fd[i], &size);
         if (st == DSCKPT_ENOENT)
             st = ds_err(DSCKPT_ECORRUPT, "%s: missing (listed in the manifest, not on disk; run dsckpt verify)",
                         c->files[i].path);
@@ -177,13 +201,16 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
         if (st == DSCKPT_OK && size != want)
             st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
                         c->files[i].path, (unsigned long long)size, (unsigned long long)want);
-        /* Native rank files: fragments must point into the data, never into the
-         * safetensors header (a reader would otherwise return header bytes as
-         * weights). DeepSpeed files are checked against their zip members at open. */
+    }
+    if (st == DSCKPT_OK) st = ds_fdset_check_init(c, fs);
+    /* Native rank files: fragments must point into the data, never into the
+     * safetensors header (a reader would otherwise return header bytes as
+     * weights). DeepSpeed files are checked against their zip members at open. */
+    bool native = c->format && !strcmp(c->format, "dsckpt");
+    for (size_t i = 0; native && i < c->nfiles && st == DSCKPT_OK; i++) {
         st_header *h = NULL;
-        bool native = c->format && !strcmp(c->format, "dsckpt");
-        if (st == DSCKPT_OK && native) st = ds_file_read_header(&c->files[i], fs->fd[i], !c->no_read_check, &h);
-        for (int s = 0; native && st == DSCKPT_OK && s < DS_NSTATES; s++)
+        st = fdset_read_header(c, fs, i, &h);
+        for (int s = 0; st == DSCKPT_OK && s < DS_NSTATES; s++)
             for (size_t k = 0; st == DSCKPT_OK && k < c->nfrags[s]; k++) {
                 const ds_frag *fr = &c->frags[s][k];
                 if (fr->file == i && fr->numel && fr->offset < h->data_start)
@@ -192,12 +219,7 @@ dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
                                 (unsigned long long)fr->offset);
             }
         st_header_free(h);
-        if (st) {
-            ds_fdset_close(fs);
-            return st;
-        }
     }
-    dsckpt_status st = ds_fdset_check_init(c, fs);
     if (st) ds_fdset_close(fs);
     return st;
 }

@@ -39,8 +39,8 @@ dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_na
     if (!o) return ds_err(DSCKPT_ENOMEM, "out of memory");
     dsckpt_status st = ds_ckpt_new(&o->c);
     dsckpt_ckpt *c = o->c;
-    o->chunk_size = sp->chunk_size ? sp->chunk_size : DS_DEFAULT_CHUNK;
     o->compress_level = sp->compress_level;
+    o->chunk_size = sp->chunk_size ? sp->chunk_size : o->compress_level ? DS_ZCHUNK_DEFAULT_CHUNK : DS_DEFAULT_CHUNK;
     if (st == DSCKPT_OK && !ds_safe_name(sp->tag)) st = ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", sp->tag);
     if (st == DSCKPT_OK && o->compress_level && !ds_zchunk_level_ok(o->compress_level))
         st = ds_err(DSCKPT_EINVAL, "compression level %d (zstd levels are 1 to 22)", o->compress_level);

@@ -241,29 +241,59 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
     return st;
 }
 
-/* Fills a cache slot with raw chunk k (rn bytes) of compressed file f: reads the
- * stored bytes, checks their SHA-256 unless this run already did (or checks are
- * off), decodes. */
+/* Fills a cache slot with chunk k (rn raw bytes) of compressed file f, in its
+ * shuffled form: checks the record's sizes before allocating for them, reads the
+ * stored bytes (a raw chunk straight into the slot's raw buffer), checks their
+ * SHA-256 unless this run already did (or checks are off), decodes. */
 static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t rn, ds_zslot *slot) {
     const ds_zrec *z = &f->zc[k];
-    DS_TRY(ds_zslot_reserve(slot, (size_t)(rn ? rn : 1), (size_t)(z->size ? z->size : 1)));
-    DS_TRY(ds_pread_full(fd, slot->stored, (size_t)z->size, z->off, f->path));
+    ds_zchunk_kind kind = (ds_zchunk_kind)z->kind;
+    char what[600];
+    snprintf(what, sizeof what, "%s: chunk %zu", f->path, k);
+    DS_TRY(ds_zchunk_check(kind, z->width, z->size, rn, what));
+    bool raw = kind == DS_ZCHUNK_RAW;
+    /* Both buffers at the raw size (stored bytes are fewer): a slot allocates
+     * once, not again for each larger stored chunk (fresh pages cost faults). */
+    DS_TRY(ds_zslot_reserve(slot, (size_t)(rn ? rn : 1), raw ? 1 : (size_t)rn));
+    uint8_t *sb = raw ? slot->raw : slot->stored;
+    DS_TRY(ds_pread_full(fd, sb, (size_t)z->size, z->off, f->path));
     if (v->on && atomic_load(&v->state[k]) != U_OK) {
         uint8_t dg[DS_SHA256_LEN];
-        DS_TRY(ds_sha256(slot->stored, (size_t)z->size, dg));
+        DS_TRY(ds_sha256(sb, (size_t)z->size, dg));
         if (memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) != 0) {
             atomic_store(&v->state[k], U_BAD);
             return unit_failed(f, v, k);
         }
         atomic_store(&v->state[k], U_OK);
     }
-    char what[600];
-    snprintf(what, sizeof what, "%s: chunk %zu", f->path, k);
-    return ds_zchunk_decode(slot->dec, (ds_zchunk_kind)z->kind, z->width, slot->stored, (size_t)z->size, slot->raw,
-                            (size_t)rn, what);
+    slot->raw_n = (size_t)rn;
+    slot->width = raw ? 1 : z->width;
+    return ds_zchunk_decode_shuffled(slot->dec, kind, z->width, sb, (size_t)z->size, slot->raw, (size_t)rn, what);
 }
 
-/* Raw bytes [offset, offset+n) of a compressed file, through the chunk cache. */
+/* Raw size of chunk k of compressed file f. */
+static uint64_t zchunk_raw_n(const ds_file *f, size_t k) {
+    uint64_t rb = (uint64_t)k * f->dg.chunk_size;
+    return DS_MIN(f->dg.chunk_size, f->size - rb);
+}
+
+/* Instead of waiting for another thread to decode the chunk this one needs:
+ * decodes chunk j of the same file (the next one) when nobody has it yet and a
+ * slot is free, so two readers of one file decode in parallel. Its outcome is
+ * left to the reader that asks for it (a failure empties the slot, or marks a bad
+ * chunk, which that reader then reports). */
+static void zprefetch(const ds_file *f, const ds_fdset *fs, uint32_t file, size_t j) {
+    ds_vfile *v = &fs->vf[file];
+    if (j >= v->n || (v->on && atomic_load(&v->state[j]) == U_BAD)) return;
+    bool must = false;
+    ds_zslot *s = ds_zcache_try_acquire(fs->zcache, file, j, &must);
+    if (!s) return;
+    if (must) ds_zcache_loaded(fs->zcache, s, load_zchunk(f, fs->fd[file], v, j, zchunk_raw_n(f, j), s) == DSCKPT_OK);
+    ds_zcache_release(fs->zcache, s);
+}
+
+/* Raw bytes [offset, offset+n) of a compressed file, through the chunk cache:
+ * each chunk's part unshuffled from the slot straight into dst. */
 static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, uint8_t *dst, size_t n,
                            uint64_t offset) {
     ds_vfile *v = &fs->vf[file];
@@ -274,10 +304,14 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
             return ds_err(DSCKPT_ECORRUPT, "%s: raw byte %llu is in no chunk listed in the manifest", f->path,
                           (unsigned long long)pos);
         if (v->on && atomic_load(&v->state[k]) == U_BAD) return unit_failed(f, v, k);
-        uint64_t rb = (uint64_t)k * f->dg.chunk_size, rn = DS_MIN(f->dg.chunk_size, f->size - rb);
+        uint64_t rb = (uint64_t)k * f->dg.chunk_size, rn = zchunk_raw_n(f, k);
         uint64_t take = DS_MIN(end, rb + rn) - pos;
         bool must = false;
-        ds_zslot *slot = ds_zcache_acquire(fs->zcache, file, k, &must);
+        ds_zslot *slot = ds_zcache_try_acquire(fs->zcache, file, k, &must);
+        if (!slot) {
+            zprefetch(f, fs, file, k + 1);
+            slot = ds_zcache_acquire(fs->zcache, file, k, &must);
+        }
         if (must) {
             dsckpt_status st = load_zchunk(f, fs->fd[file], v, k, rn, slot);
             ds_zcache_loaded(fs->zcache, slot, st == DSCKPT_OK);
@@ -286,7 +320,8 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
                 return st;
             }
         }
-        memcpy(dst + (pos - offset), slot->raw + (pos - rb), (size_t)take);
+        ds_zchunk_unshuffle_range(dst + (pos - offset), slot->raw, slot->raw_n, slot->width, (size_t)(pos - rb),
+                                  (size_t)take);
         ds_zcache_release(fs->zcache, slot);
         pos += take;
     }

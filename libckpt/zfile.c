@@ -265,7 +265,7 @@ void ds_zcache_free(ds_zcache *z) {
     free(z);
 }
 
-ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load) {
+static ds_zslot *acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load, bool wait) {
     pthread_mutex_lock(&z->mu);
     for (;;) {
         zent *hit = NULL, *victim = NULL;
@@ -294,8 +294,21 @@ ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_lo
             return &victim->s;
         }
         /* Being loaded by another thread, or every slot in use: wait. */
+        if (!wait) {
+            pthread_mutex_unlock(&z->mu);
+            *must_load = false;
+            return NULL;
+        }
         pthread_cond_wait(&z->cv, &z->mu);
     }
+}
+
+ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load) {
+    return acquire(z, file, k, must_load, true);
+}
+
+ds_zslot *ds_zcache_try_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load) {
+    return acquire(z, file, k, must_load, false);
 }
 
 void ds_zcache_loaded(ds_zcache *z, ds_zslot *s, bool ok) {

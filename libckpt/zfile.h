@@ -51,11 +51,15 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
                              const char *what);
 
 /* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
- * (file, k); readers acquire it, copy what they need and release it. Memory is at
- * most slots × (raw + stored chunk size). */
+ * (file, k) in its shuffled form (ds_zchunk_decode_shuffled: `width` planes);
+ * readers acquire it, unshuffle the bytes they need straight into their buffer
+ * (ds_zchunk_unshuffle_range) and release it. Memory is at most
+ * slots × (raw + stored chunk size). */
 typedef struct ds_zslot {
-    uint8_t *raw, *stored;  /* buffers of raw_cap / stored_cap bytes */
+    uint8_t *raw, *stored;  /* buffers of raw_cap / stored_cap bytes; raw holds the shuffled chunk */
     size_t raw_cap, stored_cap;
+    size_t raw_n;           /* the loaded chunk's raw bytes */
+    int width;              /* and its shuffle width (1: raw holds the raw bytes) */
     ds_zchunk_dec *dec;
 } ds_zslot;
 typedef struct ds_zcache ds_zcache;
@@ -67,6 +71,9 @@ void ds_zcache_free(ds_zcache *z); /* accepts NULL */
  * slot is emptied and waiters try again themselves. Waits while every slot is in
  * use. */
 ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load);
+/* As ds_zcache_acquire, but returns NULL instead of waiting (the chunk is being
+ * loaded by another thread, or every slot is in use). */
+ds_zslot *ds_zcache_try_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load);
 void ds_zcache_loaded(ds_zcache *z, ds_zslot *s, bool ok);
 void ds_zcache_release(ds_zcache *z, ds_zslot *s);
 /* Makes sure a slot's buffers hold raw_n / stored_n bytes. */

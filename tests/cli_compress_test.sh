@@ -123,8 +123,17 @@ done
 # ---- damage ----
 cp -r z-bf16 dmg
 f=dmg/global_step100/rank_00001.safetensors
-# A byte in the middle of the first stored chunk of rank 1.
-printf '\x55' | dd of=$f bs=1 seek=$(($(stat -c %s $f) / 3)) conv=notrunc status=none
+# A byte in the middle of the stored chunk holding the middle of rank 1's largest
+# fp32 fragment (data consolidate reads), found from the manifest (fragments are
+# [tensor, file, numel, start, raw offset]).
+seek=$(python3 -c 'import json,sys
+m = json.load(open(sys.argv[1]))
+i = [k for k, f in enumerate(m["files"]) if f["name"] == "rank_00001.safetensors"][0]
+fr = max((x for x in m["fragments"]["fp32"] if x[1] == i), key=lambda x: x[2])
+f = m["files"][i]
+c = f["chunks"][(fr[4] + fr[2] * 2) // f["chunk_size"]]
+print(c[2] + c[3] // 2)' dmg/global_step100/manifest.json)
+printf '\x55' | dd of=$f bs=1 seek="$seek" conv=notrunc status=none
 run verify dmg
 expect_rc 1 "verify flipped stored byte"
 expect_in out "rank_00001.safetensors: chunk [0-9]+ \(stored bytes" "verify names the chunk"

@@ -111,6 +111,67 @@ static void test_shuffle_fast_vs_ref(void) {
     free(b);
 }
 
+/* unshuffle_range equals the matching slice of a whole unshuffle: every width,
+ * chunk sizes with and without a tail, every start and length near element and
+ * vector boundaries; it writes nothing outside dst[0..len). */
+static void test_unshuffle_range(void) {
+    size_t sizes[] = {0, 1, 7, 64, 67, 1000, 4099};
+    uint8_t *src = malloc(4099), *whole = malloc(4099), *part = malloc(4099 + 2);
+    random_bytes(src, 4099, 7);
+    for (int w = 1; w <= 8; w *= 2)
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            size_t n = sizes[si];
+            ds_zchunk_unshuffle_ref(whole, src, n, w);
+            for (size_t off = 0; off <= n; off += off < 80 ? 1 : 61)
+                for (size_t len = 0; off + len <= n; len += len < 80 ? 1 : 127) {
+                    memset(part, 0xA5, len + 2);
+                    ds_zchunk_unshuffle_range(part + 1, src, n, w, off, len);
+                    if ((len && memcmp(part + 1, whole + off, len) != 0) || part[0] != 0xA5 ||
+                        part[len + 1] != 0xA5) {
+                        fprintf(stderr, "\n  unshuffle_range width %d, n %zu, off %zu, len %zu", w, n, off, len);
+                        CU_FAIL("unshuffle_range");
+                        goto out;
+                    }
+                }
+        }
+out:
+    free(src);
+    free(whole);
+    free(part);
+}
+
+/* decode_shuffled leaves the shuffled form; unshuffling it gives the raw chunk;
+ * it refuses what decode refuses. */
+static void test_decode_shuffled(void) {
+    size_t n = 100003;
+    uint8_t *raw = malloc(n), *shuf = malloc(n), *want = malloc(n), *back = malloc(n);
+    for (size_t i = 0; i < n; i++) raw[i] = (uint8_t)(i % 7 == 0 ? i * 31 : 0x3f);
+    ds_zchunk_enc *e = NULL;
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    const uint8_t *stored;
+    size_t sn;
+    ds_zchunk_kind kind;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &stored, &sn, &kind));
+    CU_ASSERT_EQUAL(kind, DS_ZCHUNK_ZSTD);
+    TU_ASSERT_OK(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n, "c"));
+    ds_zchunk_shuffle_ref(want, raw, n, 2);
+    CU_ASSERT_EQUAL(memcmp(shuf, want, n), 0);
+    ds_zchunk_unshuffle_range(back, shuf, n, 2, 0, n);
+    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn - 1, shuf, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n - 1, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, DS_ZCHUNK_MAX_RAW + 1, "c"),
+                    DSCKPT_ECORRUPT);
+    ds_zchunk_enc_free(e);
+    ds_zchunk_dec_free(d);
+    free(raw);
+    free(shuf);
+    free(want);
+    free(back);
+}
+
 /* Encodes and decodes raw[0..n) with width w; returns the stored size and kind. */
 static size_t round_trip(ds_zchunk_enc *e, ds_zchunk_dec *d, const uint8_t *raw, size_t n, int w,
                          ds_zchunk_kind *kind_out) {
@@ -338,6 +399,8 @@ int main(void) {
     static const tu_test tests[] = {
         {"shuffle layout and inverse", test_shuffle_layout},
         {"fast shuffles equal the plain loops", test_shuffle_fast_vs_ref},
+        {"unshuffle of a byte range", test_unshuffle_range},
+        {"decode to the shuffled form", test_decode_shuffled},
         {"round trip, every dtype and width", test_round_trip_every_dtype},
         {"bf16 exponent planes compress", test_bf16_exponents_compress},
         {"incompressible chunks stored raw", test_incompressible_stored_raw},
