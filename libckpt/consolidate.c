@@ -95,7 +95,13 @@ static dsckpt_status copy_unit(void *u, size_t j, int worker) {
         return ds_err(DSCKPT_EINTERNAL, "no conversion from %s to %s", dsckpt_dtype_name(ot->src_dt),
                       dsckpt_dtype_name(ot->out_dt));
     }
-    DS_TRY(ds_pwrite_full(of->fd, outp, (size_t)(un->numel * oes), ot->offset + un->start * oes, of->final));
+    size_t len = (size_t)(un->numel * oes);
+    off_t at = (off_t)(ot->offset + un->start * oes);
+    DS_TRY(ds_pwrite_full(of->fd, outp, len, (uint64_t)at, of->final));
+    /* Start this block's writeback now, so the disk works while the workers go on
+     * reading, hashing and casting, and the fsync at the end finds little left.
+     * Advisory: a failure here is reported by that fsync. */
+    (void)sync_file_range(of->fd, at, (off_t)len, SYNC_FILE_RANGE_WRITE);
     ds_progress_add(&k->prog, un->numel * oes);
     return DSCKPT_OK;
 }
