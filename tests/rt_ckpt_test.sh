@@ -8,20 +8,9 @@
 # a full disk during a save is reported and the previous checkpoint stays intact.
 # Usage: rt_ckpt_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
-BUILD=$1
-SRC=$2
-DSTRAIN="$BUILD/dstrain"
-DSRUN="$BUILD/dsrun"
+. "$(dirname "$0")/rt_lib.sh"
+rt_init "$@"
 DSCKPT="$BUILD/dsckpt"
-DATA="$SRC/fixtures/corpus/licenses.txt"
-PY=${PYTHON3:-python3}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
 MODEL=(--n_layer 2 --n_head 2 --n_embd 32 --seq_len 32 --eval_windows 4)
 
 cfg() { # NAME STAGE MICRO (global batch 12 = micro x world)
@@ -221,5 +210,4 @@ grep -qi "no space" d3.log.out && ok || bad "the disk-full error is not reported
 "$DSCKPT" verify df >/dev/null && ok || bad "the previous checkpoint no longer verifies"
 [ ! -f df/global_step4/manifest.json ] && ok || bad "a manifest was written for the failed save"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+rt_finish

@@ -13,19 +13,8 @@
 # device table, as a GPU build needs.
 # Usage: rt_device_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
-BUILD=$1
-SRC=$2
-DSTRAIN="$BUILD/dstrain"
-DSRUN="$BUILD/dsrun"
-DATA="$SRC/fixtures/corpus/licenses.txt"
-PY=${PYTHON3:-python3}
-WORK=$(mktemp -d)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-cd "$WORK"
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/rt_lib.sh"
+rt_init "$@"
 MODEL=(--n_layer 2 --n_head 4 --n_embd 64 --seq_len 48 --eval_windows 2 --eval_steps 3)
 
 # config NAME STAGE DTYPE MICRO GAS OFFLOAD(0|1)
@@ -132,5 +121,4 @@ done
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
 
-echo "rt_device: $PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+rt_finish rt_device

@@ -8,20 +8,9 @@
 # of dead processes) is removed by the next run, and nothing else is.
 # Usage: rt_resume_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
-BUILD=$1
-SRC=$2
-DSTRAIN="$BUILD/dstrain"
-DSRUN="$BUILD/dsrun"
+. "$(dirname "$0")/rt_lib.sh"
+rt_init "$@"
 DSCKPT="$BUILD/dsckpt"
-DATA="$SRC/fixtures/corpus/licenses.txt"
-PY=${PYTHON3:-python3}
-WORK=$(mktemp -d)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-cd "$WORK"
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
 cat >z2.json <<'JSON'
 {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "bf16": {"enabled": true},
  "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "zero_optimization": {"stage": 2}}
@@ -143,5 +132,4 @@ done
 grep -q "removed 4 temporary file(s)" k.out && ok || bad "the cleanup is not reported: $(grep -i tempor k.out)"
 [ "$(cat deb/latest)" = global_step3 ] && ok || bad "the run after the cleanup did not save"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+rt_finish

@@ -6,19 +6,8 @@
 # ZeRO formulas, and bad configs are refused with the key named.
 # Usage: rt_train_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
-BUILD=$1
-SRC=$2
-DSTRAIN="$BUILD/dstrain"
-DSRUN="$BUILD/dsrun"
-DATA="$SRC/fixtures/corpus/licenses.txt"
-PY=${PYTHON3:-python3}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cd "$WORK"
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/rt_lib.sh"
+rt_init "$@"
 MODEL=(--n_layer 2 --n_head 2 --n_embd 32 --seq_len 32 --eval_windows 4)
 
 # cfg NAME STAGE DTYPE MICRO GAS [extra json]
@@ -331,5 +320,4 @@ EOF
 # (Into a file: under pipefail, grep -q closing the pipe early would SIGPIPE a long help.)
 "$DSTRAIN" --help >help.out 2>&1 && grep -q -- "--deepspeed" help.out && ok || bad "dstrain --help does not document --deepspeed"
 
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+rt_finish
