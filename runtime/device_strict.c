@@ -127,34 +127,36 @@ static void st_free(void *ctx, void *p) {
     pthread_mutex_unlock(&d->mu);
 }
 
-static dsckpt_status st_h2d(void *ctx, void *dst, const void *src, size_t bytes) {
-    strict_dev *d = ctx;
-    need_dev(d, dst, bytes, "h2d destination");
-    need_host(d, src, bytes, "h2d source");
+typedef dsckpt_status (*copy_fn)(void *ctx, void *dst, const void *src, size_t bytes);
+
+/* One copy: each side checked for its kind (device or host), then the CPU table's
+ * copy with device memory open. */
+static dsckpt_status strict_copy(strict_dev *d, copy_fn cpu_op, const char *name, bool dst_dev, bool src_dev,
+                                 void *dst, const void *src, size_t bytes) {
+    char what[32];
+    snprintf(what, sizeof what, "%s destination", name);
+    (dst_dev ? need_dev : need_host)(d, dst, bytes, what);
+    snprintf(what, sizeof what, "%s source", name);
+    (src_dev ? need_dev : need_host)(d, src, bytes, what);
     open_all(d);
-    dsckpt_status st = d->cpu->h2d(NULL, dst, src, bytes);
+    dsckpt_status st = cpu_op(NULL, dst, src, bytes);
     close_all(d);
     return st;
+}
+
+static dsckpt_status st_h2d(void *ctx, void *dst, const void *src, size_t bytes) {
+    strict_dev *d = ctx;
+    return strict_copy(d, d->cpu->h2d, "h2d", true, false, dst, src, bytes);
 }
 
 static dsckpt_status st_d2h(void *ctx, void *dst, const void *src, size_t bytes) {
     strict_dev *d = ctx;
-    need_host(d, dst, bytes, "d2h destination");
-    need_dev(d, src, bytes, "d2h source");
-    open_all(d);
-    dsckpt_status st = d->cpu->d2h(NULL, dst, src, bytes);
-    close_all(d);
-    return st;
+    return strict_copy(d, d->cpu->d2h, "d2h", false, true, dst, src, bytes);
 }
 
 static dsckpt_status st_d2d(void *ctx, void *dst, const void *src, size_t bytes) {
     strict_dev *d = ctx;
-    need_dev(d, dst, bytes, "d2d destination");
-    need_dev(d, src, bytes, "d2d source");
-    open_all(d);
-    dsckpt_status st = d->cpu->d2d(NULL, dst, src, bytes);
-    close_all(d);
-    return st;
+    return strict_copy(d, d->cpu->d2d, "d2d", true, true, dst, src, bytes);
 }
 
 static dsckpt_status st_memzero(void *ctx, void *dst, size_t bytes) {
