@@ -246,12 +246,9 @@ dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
 }
 
 
-dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
-    rt_engine *e = NULL;
-    float *init = NULL, *dinit = NULL;
-    DS_TRY(ds_calloc(1, sizeof *e, &e));
-    dsckpt_status st = DSCKPT_OK;
-    e->cfg = cfg;
+/* The device tables: the model's, and where the optimizer state lives (the CPU when
+ * offloading to it). */
+static void engine_devices(rt_engine *e, const rt_config *cfg, rt_model *model) {
     e->dev = rt_model_device(model);
     e->odev = e->dev;
     /* Offloading the optimizer to the CPU changes something only where the device's
@@ -265,31 +262,21 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         e->htab.free = e->dev->free_host;
         e->odev = &e->htab;
     }
-    e->comm = comm;
-    e->model = model;
-    e->W = rt_comm_size(comm);
-    e->rank = rt_comm_rank(comm);
-    e->stage = cfg->zero.stage;
-    e->wdt = cfg->bf16.enabled ? DSCKPT_BF16 : cfg->fp16.enabled ? DSCKPT_F16 : DSCKPT_F32;
-    e->ws = dsckpt_dtype_size(e->wdt);
-    e->N = rt_model_numel(model);
-    e->scr_mod[0] = e->scr_mod[1] = -1;
-    e->gscr_mod = -1;
-    e->bucket = cfg->zero.reduce_bucket_size ? cfg->zero.reduce_bucket_size : 500000000ull;
-    if (cfg->world_size != e->W) {
-        st = ds_err(DSCKPT_EINVAL, "the config was resolved for %d ranks but %d are running", cfg->world_size, e->W);
-        goto fail;
-    }
+}
+
+/* Tensors, modules and groups: where each tensor sits in the model, its group and
+ * its offset there, its stage-3 piece. */
+static dsckpt_status engine_layout(rt_engine *e, rt_model *model) {
     size_t np;
     const rt_param *ps = rt_model_params(model, &np);
     e->nt = np;
     e->nmod = rt_model_nmodules(model);
-    DS_TRYGOTO(ds_calloc(np, sizeof *e->t, &e->t), fail);
-    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t0), fail);
-    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t1), fail);
-    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mstart), fail);
-    DS_TRYGOTO(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mlen), fail);
-    DS_TRYGOTO(ds_calloc((size_t)e->W, sizeof(size_t), &e->counts), fail);
+    DS_TRY(ds_calloc(np, sizeof *e->t, &e->t));
+    DS_TRY(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t0));
+    DS_TRY(ds_calloc((size_t)e->nmod, sizeof(size_t), &e->mod_t1));
+    DS_TRY(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mstart));
+    DS_TRY(ds_calloc((size_t)e->nmod, sizeof(uint64_t), &e->mlen));
+    DS_TRY(ds_calloc((size_t)e->W, sizeof(size_t), &e->counts));
     for (int m = 0; m < e->nmod; m++) {
         rt_model_module_range(model, m, &e->mstart[m], &e->mlen[m]);
         if (e->mlen[m] > e->maxmod) e->maxmod = e->mlen[m];
@@ -312,59 +299,73 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         T->qoff = e->plen[T->group];
         e->plen[T->group] += T->q;
     }
+    return DSCKPT_OK;
+}
+
+/* The partitions, gradients, working weights and scratch buffers of the stage. */
+static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model *model) {
     for (int g = 0; g < NG; g++) {
         e->fp[g] = ds_part_flat(e->gnumel[g], e->stage == 0 ? 1 : e->W);
         if (e->stage != 3) e->plen[g] = e->fp[g].part;
         size_t pb = (size_t)e->plen[g] * sizeof(float);
-        DS_TRYGOTO(opt_alloc(e, &e->master[g], pb, "the partitions"), fail);
-        DS_TRYGOTO(opt_alloc(e, &e->m1[g], pb, "the partitions"), fail);
-        DS_TRYGOTO(opt_alloc(e, &e->m2[g], pb, "the partitions"), fail);
-        DS_TRYGOTO(dev_alloc(e, &e->gpart[g], pb, "the partitions"), fail);
+        DS_TRY(opt_alloc(e, &e->master[g], pb, "the partitions"));
+        DS_TRY(opt_alloc(e, &e->m1[g], pb, "the partitions"));
+        DS_TRY(opt_alloc(e, &e->m2[g], pb, "the partitions"));
+        DS_TRY(dev_alloc(e, &e->gpart[g], pb, "the partitions"));
         if (e->off) {
-            DS_TRYGOTO(opt_alloc(e, &e->ghost[g], pb, "the offloaded gradients"), fail);
-            DS_TRYGOTO(opt_alloc(e, &e->hw[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "the offloaded weights"), fail);
+            DS_TRY(opt_alloc(e, &e->ghost[g], pb, "the offloaded gradients"));
+            DS_TRY(opt_alloc(e, &e->hw[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "the offloaded weights"));
         }
         if (e->stage == 1 || e->stage == 2) /* gather_working's buffer, for the largest group */
-            DS_TRYGOTO(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W),
-                       fail);
-        if (e->stage == 3) DS_TRYGOTO(dev_alloc(e, &e->w3[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "weights"), fail);
+            DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W));
+        if (e->stage == 3) DS_TRY(dev_alloc(e, &e->w3[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "weights"));
     }
-    if (e->stage != 3) DS_TRYGOTO(dev_alloc(e, &e->w, (e->N ? e->N : 1) * e->ws, "the working weights"), fail);
-    if (e->stage < 2) DS_TRYGOTO(alloc_f(e, &e->gfull, e->N, "the gradients"), fail);
+    if (e->stage != 3) DS_TRY(dev_alloc(e, &e->w, (e->N ? e->N : 1) * e->ws, "the working weights"));
+    if (e->stage < 2) DS_TRY(alloc_f(e, &e->gfull, e->N, "the gradients"));
     else {
-        DS_TRYGOTO(alloc_f(e, &e->gscr0, e->mlen[0], "the gradient buffers"), fail);
-        DS_TRYGOTO(alloc_f(e, &e->gscr, e->maxmod, "the gradient buffers"), fail);
+        DS_TRY(alloc_f(e, &e->gscr0, e->mlen[0], "the gradient buffers"));
+        DS_TRY(alloc_f(e, &e->gscr, e->maxmod, "the gradient buffers"));
     }
-    DS_TRYGOTO(alloc_f(e, &e->scr[0], e->maxmod, "the parameter buffers"), fail);
-    DS_TRYGOTO(alloc_f(e, &e->scr[1], e->maxmod, "the parameter buffers"), fail);
+    DS_TRY(alloc_f(e, &e->scr[0], e->maxmod, "the parameter buffers"));
+    DS_TRY(alloc_f(e, &e->scr[1], e->maxmod, "the parameter buffers"));
     const rt_model_cfg *mc = rt_model_config(model);
-    DS_TRYGOTO(ds_calloc((size_t)cfg->micro_batch * (size_t)(mc->n_ctx + 1), sizeof(int32_t), &e->tokens), fail);
+    return ds_calloc((size_t)cfg->micro_batch * (size_t)(mc->n_ctx + 1), sizeof(int32_t), &e->tokens);
+}
 
-    /* Weights: the model is initialised in fp32, cast to the working dtype, and the
-     * fp32 master is the working weights read back (as DeepSpeed builds it). */
-    DS_TRYGOTO(ds_malloc((size_t)(e->N ? e->N : 1) * sizeof(float), &init), fail);
-    DS_TRYGOTO(rt_model_init(mc, init, seed), fail);
-    DS_TRYGOTO(alloc_f(e, &dinit, e->N, "the initial weights"), fail);
-    DS_TRYGOTO(e->dev->h2d(e->dev->ctx, dinit, init, (size_t)e->N * sizeof(float)), fail);
-    for (size_t i = 0; i < np; i++) {
+/* Weights: the model is initialised in fp32, cast to the working dtype, and the
+ * fp32 master is the working weights read back (as DeepSpeed builds it). */
+static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t seed) {
+    float *init = NULL, *dinit = NULL;
+    dsckpt_status st = DSCKPT_OK;
+    DS_TRYGOTO(ds_malloc((size_t)(e->N ? e->N : 1) * sizeof(float), &init), out);
+    DS_TRYGOTO(rt_model_init(rt_model_config(model), init, seed), out);
+    DS_TRYGOTO(alloc_f(e, &dinit, e->N, "the initial weights"), out);
+    DS_TRYGOTO(e->dev->h2d(e->dev->ctx, dinit, init, (size_t)e->N * sizeof(float)), out);
+    for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         uint64_t s, c, p;
         rt_engine_own(e, T, e->rank, &s, &c, &p);
-        DS_TRYGOTO(dev_to_opt(e, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), fail);
+        DS_TRYGOTO(dev_to_opt(e, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), out);
     }
     for (int g = 0; g < NG; g++) { /* on the optimizer's side (the CPU when offloaded) */
         const rt_device *od = e->odev;
         void *tmp = NULL;
-        DS_TRYGOTO(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), fail);
+        DS_TRYGOTO(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), out);
         od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
         od->cast(od->ctx, DSCKPT_F32, e->master[g], e->wdt, tmp, (size_t)e->plen[g]);
         od->free(od->ctx, tmp);
     }
     if (e->stage != 3) from_f32(e, dinit, e->w, e->N);
     else
-        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_working(e, g, 0, e->w3[g], e->plen[g]), fail);
-    DS_TRYGOTO(e->dev->sync(e->dev->ctx), fail);
+        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_working(e, g, 0, e->w3[g], e->plen[g]), out);
+    st = e->dev->sync(e->dev->ctx);
+out:
+    free(init);
+    e->dev->free(e->dev->ctx, dinit);
+    return st;
+}
 
+static void engine_hparams(rt_engine *e, const rt_config *cfg) {
     rt_sched_init(&e->sched, cfg);
     rt_scaler_init_config(&e->scaler, cfg);
     for (int g = 0; g < NG; g++) {
@@ -377,13 +378,36 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
         h->adam_w_mode = cfg->optimizer.decoupled;
         h->bias_correction = cfg->optimizer.bias_correction;
     }
-    free(init);
-    e->dev->free(e->dev->ctx, dinit);
+}
+
+dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
+    rt_engine *e = NULL;
+    DS_TRY(ds_calloc(1, sizeof *e, &e));
+    dsckpt_status st = DSCKPT_OK;
+    e->cfg = cfg;
+    engine_devices(e, cfg, model);
+    e->comm = comm;
+    e->model = model;
+    e->W = rt_comm_size(comm);
+    e->rank = rt_comm_rank(comm);
+    e->stage = cfg->zero.stage;
+    e->wdt = cfg->bf16.enabled ? DSCKPT_BF16 : cfg->fp16.enabled ? DSCKPT_F16 : DSCKPT_F32;
+    e->ws = dsckpt_dtype_size(e->wdt);
+    e->N = rt_model_numel(model);
+    e->scr_mod[0] = e->scr_mod[1] = -1;
+    e->gscr_mod = -1;
+    e->bucket = cfg->zero.reduce_bucket_size ? cfg->zero.reduce_bucket_size : 500000000ull;
+    if (cfg->world_size != e->W) {
+        st = ds_err(DSCKPT_EINVAL, "the config was resolved for %d ranks but %d are running", cfg->world_size, e->W);
+        goto fail;
+    }
+    DS_TRYGOTO(engine_layout(e, model), fail);
+    DS_TRYGOTO(engine_buffers(e, cfg, model), fail);
+    DS_TRYGOTO(engine_init_weights(e, model, seed), fail);
+    engine_hparams(e, cfg);
     *out = e;
     return DSCKPT_OK;
 fail:
-    free(init);
-    if (e->dev) e->dev->free(e->dev->ctx, dinit);
     rt_engine_free(e);
     return st;
 }
