@@ -480,6 +480,87 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
     return DSCKPT_OK;
 }
 
+/* Reduction of the accumulated gradients into the partitions (stages 2/3 reduced
+ * them during backward). */
+static dsckpt_status reduce_accumulated(rt_engine *e) {
+    const rt_device *d = e->dev;
+    if (e->stage == 0) {
+        DS_TRY(rt_comm_allreduce_f32(e->comm, e->gfull, (size_t)e->N));
+        for (size_t i = 0; i < e->nt; i++)
+            DS_TRY(d->d2d(d->ctx, e->gpart[e->t[i].group] + e->t[i].goff, e->gfull + e->t[i].moff,
+                          (size_t)e->t[i].numel * 4));
+    } else if (e->stage == 1) {
+        size_t *ts = NULL;
+        const float **src = NULL;
+        dsckpt_status st = ds_calloc(e->nt, sizeof *ts, &ts);
+        if (!st) st = ds_calloc(e->nt, sizeof *src, &src);
+        for (size_t i = 0; !st && i < e->nt; i++) {
+            ts[i] = i;
+            src[i] = e->gfull + e->t[i].moff;
+        }
+        if (!st) st = reduce_owned(e, ts, e->nt, src);
+        free(ts);
+        free((void *)src);
+        DS_TRY(st);
+    }
+    return DSCKPT_OK;
+}
+
+/* The global norm of the scaled gradients, exact: host buckets, so the sums of all
+ * ranks add without rounding. */
+static dsckpt_status global_norm(rt_engine *e, double *norm) {
+    const rt_device *d = e->dev;
+    ds_u128 *acc = NULL, *all = NULL;
+    DS_TRY(ds_calloc(DS_SUMSQ_BUCKETS, sizeof *acc, &acc));
+    for (int g = 0; g < NG; g++) d->sumsq_exact(d->ctx, e->gpart[g], (size_t)e->plen[g], acc);
+    if (e->stage != 0 && e->W > 1) {
+        dsckpt_status st = ds_calloc((size_t)DS_SUMSQ_BUCKETS * (size_t)e->W, sizeof *all, &all);
+        if (!st) st = rt_comm_allgather(e->comm, acc, DS_SUMSQ_BUCKETS * sizeof *acc, all);
+        if (st) {
+            free(acc);
+            free(all);
+            return st;
+        }
+        memset(acc, 0, DS_SUMSQ_BUCKETS * sizeof *acc);
+        for (int r = 0; r < e->W; r++)
+            for (int x = 0; x < DS_SUMSQ_BUCKETS; x++) acc[x] += all[(size_t)r * DS_SUMSQ_BUCKETS + x];
+        free(all);
+    }
+    *norm = sqrt(ds_sumsq_value(acc));
+    free(acc);
+    return DSCKPT_OK;
+}
+
+/* The optimizer step on every group: unscale and clip (one factor), AdamW on the
+ * partitions (on the CPU when offloaded), then the working weights rebuilt. */
+static dsckpt_status apply_update(rt_engine *e, double scale, double total_norm, double lr) {
+    const rt_device *d = e->dev;
+    double combined = scale;
+    if (e->cfg->gradient_clipping > 0) {
+        double clip = ((total_norm / scale) + 1e-6) / e->cfg->gradient_clipping;
+        if (clip > 1) combined = clip * scale;
+    }
+    float inv = (float)(1.0 / combined);
+    rt_engine_before_change(e);
+    e->applied++;
+    for (int g = 0; g < NG; g++) {
+        ds_adam_k ak;
+        e->hp[g].lr = (float)lr;
+        DS_TRY(rt_adam_constants(&e->hp[g], e->applied, &ak));
+        float *grad = e->gpart[g];
+        if (e->off) { /* the gradient partition down, Adam on the CPU */
+            DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)e->plen[g] * 4));
+            grad = e->ghost[g];
+        }
+        const rt_device *od = e->odev;
+        od->scale(od->ctx, grad, (size_t)e->plen[g], inv);
+        od->adam(od->ctx, &ak, e->master[g], grad, e->m1[g], e->m2[g], (size_t)e->plen[g]);
+        if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
+        else DS_TRY(refresh_working(e, g));
+    }
+    return d->sync(d->ctx);
+}
+
 dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_seed, uint64_t k, rt_step_stats *out) {
     double t0 = rt_now_s(), c0, c1;
     uint64_t b0, b1;
@@ -503,27 +584,7 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         if (e->stage < 2 && e->wdt == DSCKPT_F16) d->round_f16(d->ctx, e->gfull, (size_t)e->N);
         loss_sum += loss;
     }
-    /* Reduction of the accumulated gradients (stages 2/3 reduced them during backward). */
-    if (e->stage == 0) {
-        DS_TRY(rt_comm_allreduce_f32(e->comm, e->gfull, (size_t)e->N));
-        for (size_t i = 0; i < e->nt; i++)
-            DS_TRY(d->d2d(d->ctx, e->gpart[e->t[i].group] + e->t[i].goff, e->gfull + e->t[i].moff,
-                          (size_t)e->t[i].numel * 4));
-    } else if (e->stage == 1) {
-        size_t *ts = NULL;
-        const float **src = NULL;
-        dsckpt_status st = ds_calloc(e->nt, sizeof *ts, &ts);
-        if (!st) st = ds_calloc(e->nt, sizeof *src, &src);
-        for (size_t i = 0; !st && i < e->nt; i++) {
-            ts[i] = i;
-            src[i] = e->gfull + e->t[i].moff;
-        }
-        if (!st) st = reduce_owned(e, ts, e->nt, src);
-        free(ts);
-        free((void *)src);
-        DS_TRY(st);
-    }
-    /* Overflow and the global norm (of the scaled gradients). */
+    DS_TRY(reduce_accumulated(e));
     /* Only fp16 skips overflowing steps (DeepSpeed never checks bf16 / fp32). */
     bool overflow = false;
     if (e->scaler.check_overflow) {
@@ -531,57 +592,10 @@ dsckpt_status rt_engine_step(rt_engine *e, const rt_data *data, uint64_t data_se
         DS_TRY(rt_comm_allreduce_or(e->comm, &overflow));
     }
     double total_norm = NAN;
-    if (!overflow) {
-        /* Host buckets: the exact sums of all ranks add without rounding. */
-        ds_u128 *acc = NULL, *all = NULL;
-        DS_TRY(ds_calloc(DS_SUMSQ_BUCKETS, sizeof *acc, &acc));
-        for (int g = 0; g < NG; g++) d->sumsq_exact(d->ctx, e->gpart[g], (size_t)e->plen[g], acc);
-        if (e->stage != 0 && e->W > 1) {
-            dsckpt_status st = ds_calloc((size_t)DS_SUMSQ_BUCKETS * (size_t)e->W, sizeof *all, &all);
-            if (!st) st = rt_comm_allgather(e->comm, acc, DS_SUMSQ_BUCKETS * sizeof *acc, all);
-            if (st) {
-                free(acc);
-                free(all);
-                return st;
-            }
-            memset(acc, 0, DS_SUMSQ_BUCKETS * sizeof *acc);
-            for (int r = 0; r < e->W; r++)
-                for (int x = 0; x < DS_SUMSQ_BUCKETS; x++) acc[x] += all[(size_t)r * DS_SUMSQ_BUCKETS + x];
-            free(all);
-        }
-        total_norm = sqrt(ds_sumsq_value(acc));
-        free(acc);
-    }
+    if (!overflow) DS_TRY(global_norm(e, &total_norm));
     double lr = rt_sched_lr(&e->sched, e->applied);
-    if (overflow) {
-        DS_TRY(rt_scaler_update(&e->scaler, true));
-    } else {
-        double combined = scale;
-        if (cfg->gradient_clipping > 0) {
-            double clip = ((total_norm / scale) + 1e-6) / cfg->gradient_clipping;
-            if (clip > 1) combined = clip * scale;
-        }
-        float inv = (float)(1.0 / combined);
-        rt_engine_before_change(e);
-        e->applied++;
-        for (int g = 0; g < NG; g++) {
-            ds_adam_k ak;
-            e->hp[g].lr = (float)lr;
-            DS_TRY(rt_adam_constants(&e->hp[g], e->applied, &ak));
-            float *grad = e->gpart[g];
-            if (e->off) { /* the gradient partition down, Adam on the CPU */
-                DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)e->plen[g] * 4));
-                grad = e->ghost[g];
-            }
-            const rt_device *od = e->odev;
-            od->scale(od->ctx, grad, (size_t)e->plen[g], inv);
-            od->adam(od->ctx, &ak, e->master[g], grad, e->m1[g], e->m2[g], (size_t)e->plen[g]);
-            if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
-            else DS_TRY(refresh_working(e, g));
-        }
-        DS_TRY(d->sync(d->ctx));
-        DS_TRY(rt_scaler_update(&e->scaler, false));
-    }
+    if (!overflow) DS_TRY(apply_update(e, scale, total_norm, lr));
+    DS_TRY(rt_scaler_update(&e->scaler, overflow));
     e->nsteps++;
     double lsum = loss_sum / (double)gas;
     DS_TRY(rt_comm_allreduce_f64(e->comm, &lsum, 1));
