@@ -948,15 +948,8 @@ static void epochs(rt_args *a, rt_config *c) {
     a->max_steps = c->max_steps_from_epochs;
 }
 
-dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for_errors, const rt_args *args,
-                              int world_size, rt_config *out) {
-    memset(out, 0, sizeof *out);
-    rt_args none;
-    rt_args_init(&none);
-    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size, NULL, NULL};
-    if (world_size < 1) return ds_err(DSCKPT_EINVAL, "%s: world size %d must be at least 1", p.file, world_size);
-    if (!text) return ds_err(DSCKPT_EINVAL, "%s: no text", p.file);
-
+/* The text as one JSON value and nothing after it; errors give line and column. */
+static dsckpt_status parse_json_text(const char *text, size_t len, const char *file, cJSON **root_out) {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     unsigned long line, col;
@@ -964,7 +957,7 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
         size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
         line_col(text, off, &line, &col);
         return ds_err(DSCKPT_EINVAL, "%s: line %lu, column %lu: malformed JSON%s; fix the syntax there (a missing "
-                      "comma, quote or bracket, or a trailing comma)", p.file, line, col,
+                      "comma, quote or bracket, or a trailing comma)", file, line, col,
                       off >= len ? " (the text ends too early)" : "");
     }
     size_t off = (size_t)(end - text);
@@ -973,8 +966,49 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
         cJSON_Delete(root);
         line_col(text, off, &line, &col);
         return ds_err(DSCKPT_EINVAL, "%s: line %lu, column %lu: unexpected text after the JSON object; remove it",
-                      p.file, line, col);
+                      file, line, col);
     }
+    *root_out = root;
+    return DSCKPT_OK;
+}
+
+/* Every section is parsed even after another failed, so one run reports every
+ * problem (each section's first, and every flag that disagrees). */
+static dsckpt_status parse_sections(pctx *p, cJSON *root, rt_config *out, rt_args *a) {
+    static dsckpt_status (*const sections[])(const pctx *, cJSON *, rt_config *) = {
+        parse_fp16, parse_zero, parse_batch, parse_optimizer, parse_scheduler, parse_misc};
+    soft_errs se = {.len = 0};
+    p->soft = &se;
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+        dsckpt_status s1 = sections[i](p, root, out);
+        if (sections[i] == parse_batch && s1 == DSCKPT_OK) epochs(a, out);
+        if (s1 == DSCKPT_EINVAL) {
+            /* "<file>: <path>: <message>": keep the part after the file name. */
+            const char *m = dsckpt_last_error(), *pfx = strstr(m, ": ");
+            soft(p, "", "%s", pfx && !strncmp(m, p->file, (size_t)(pfx - m)) ? pfx + 2 : m);
+        } else if (s1) {
+            p->soft = NULL;
+            return s1;
+        }
+    }
+    dsckpt_status st = DSCKPT_OK;
+    /* One problem: the message as before ("<file>: <path>: <message>"). */
+    if (se.n == 1) st = ds_err(DSCKPT_EINVAL, "%s: %s", p->file, se.text);
+    if (se.n > 1) st = ds_err(DSCKPT_EINVAL, "%s: %d problems:\n  %s", p->file, se.n, se.text);
+    p->soft = NULL;
+    return st;
+}
+
+dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for_errors, const rt_args *args,
+                              int world_size, rt_config *out) {
+    memset(out, 0, sizeof *out);
+    rt_args none;
+    rt_args_init(&none);
+    pctx p = {name_for_errors ? name_for_errors : "ds_config", args ? args : &none, world_size, NULL, NULL};
+    if (world_size < 1) return ds_err(DSCKPT_EINVAL, "%s: world size %d must be at least 1", p.file, world_size);
+    if (!text) return ds_err(DSCKPT_EINVAL, "%s: no text", p.file);
+    cJSON *root = NULL;
+    DS_TRY(parse_json_text(text, len, p.file, &root));
     dsckpt_status st;
     if (!cJSON_IsObject(root)) {
         st = ds_err(DSCKPT_EINVAL, "%s: the config must be a JSON object ({...}), not %s", p.file, kind(root));
@@ -989,38 +1023,9 @@ dsckpt_status rt_config_parse(const char *text, size_t len, const char *name_for
         goto fail;
     }
     DS_TRYGOTO(check_top_keys(&p, root, TOP_KEYS), fail);
-    {
-        /* Every section is parsed even after another failed, so one run reports
-         * every problem (each section's first, and every flag that disagrees). */
-        static dsckpt_status (*const sections[])(const pctx *, cJSON *, rt_config *) = {
-            parse_fp16, parse_zero, parse_batch, parse_optimizer, parse_scheduler, parse_misc};
-        soft_errs se = {.len = 0};
-        p.soft = &se;
-        st = DSCKPT_OK;
-        rt_args a = *p.a; /* max_steps may come from the epochs */
-        p.a = &a;
-        for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
-            dsckpt_status s1 = sections[i](&p, root, out);
-            if (sections[i] == parse_batch && s1 == DSCKPT_OK) epochs(&a, out);
-            if (s1 == DSCKPT_EINVAL) {
-                /* "<file>: <path>: <message>": keep the part after the file name. */
-                const char *m = dsckpt_last_error(), *pfx = strstr(m, ": ");
-                soft(&p, "", "%s", pfx && !strncmp(m, p.file, (size_t)(pfx - m)) ? pfx + 2 : m);
-            } else if (s1) {
-                st = s1;
-                goto fail;
-            }
-        }
-        if (se.n == 1) {
-            /* One problem: the message as before ("<file>: <path>: <message>"). */
-            st = ds_err(DSCKPT_EINVAL, "%s: %s", p.file, se.text);
-            goto fail;
-        }
-        if (se.n > 1) {
-            st = ds_err(DSCKPT_EINVAL, "%s: %d problems:\n  %s", p.file, se.n, se.text);
-            goto fail;
-        }
-    }
+    rt_args a = *p.a; /* max_steps may come from the epochs */
+    p.a = &a;
+    DS_TRYGOTO(parse_sections(&p, root, out, &a), fail);
     out->resolved = root;
     return DSCKPT_OK;
 fail:
