@@ -50,6 +50,11 @@ static const char help[] =
     "                         buffers staged through pinned host memory for MPI;\n"
     "                         cpu-strict: the CPU kernels on memory the host may not\n"
     "                         touch (a test of the device discipline; same bits as cpu)\n"
+    "  --comm mpi|nccl        the engine's collectives (default mpi: the launcher's MPI,\n"
+    "                         device buffers staged through pinned host memory, so\n"
+    "                         several ranks may share one GPU); nccl: NCCL over the\n"
+    "                         ranks, one GPU each (needs --device cuda and a build\n"
+    "                         with NCCL; sums added in rank order, as mpi does)\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
     "Progress on stderr (rank 0): every --logging_steps steps (or the config's\n"
@@ -117,7 +122,7 @@ enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
     O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_COMPRESS, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
-    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS, O_DEVICE
+    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS, O_DEVICE, O_COMM
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -165,6 +170,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"save_total_limit", required_argument, 0, O_LIMIT}, {"no_async_save", no_argument, 0, O_NOASYNC},
         {"save_compress", optional_argument, 0, O_COMPRESS},
         {"device", required_argument, 0, O_DEVICE},
+        {"comm", required_argument, 0, O_COMM},
         {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
         {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
         {"save_model", required_argument, 0, O_SAVEMODEL},
@@ -179,6 +185,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
     o->eval_windows = 64;
     o->async_save = true;
     o->device = "cpu";
+    o->comm = "mpi";
     rt_args_init(&o->hf);
     const char *metric_arg = NULL, *save_strategy = NULL, *eval_strategy = NULL;
     bool greater_given = false;
@@ -250,6 +257,11 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
                 return usage("--device must be cpu, cuda or cpu-strict (got '%s')", optarg);
             o->device = optarg;
             break;
+        case O_COMM:
+            if (strcmp(optarg, "mpi") && strcmp(optarg, "nccl"))
+                return usage("--comm must be mpi or nccl (got '%s')", optarg);
+            o->comm = optarg;
+            break;
         case O_METRIC: metric_arg = optarg; break;
         case O_GREATER: greater_given = true; break;
         case O_LOADBEST: o->load_best = true; break;
@@ -295,6 +307,8 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
                  (unsigned long long)o->save_steps, (unsigned long long)o->eval_steps);
         return usage("%s", m);
     }
+    if (!strcmp(o->comm, "nccl") && strcmp(o->device, "cuda"))
+        return usage("--comm nccl needs --device cuda (got --device %s)", o->device);
     if (!o->cfg_path) return usage("%s", "--deepspeed ds_config.json is required");
     if (!o->data_path) return usage("%s", "--data FILE is required");
     if ((o->resume || o->load_best || o->save_model || o->save_steps || o->save_limit) && !o->save_dir)

@@ -16,6 +16,7 @@ typedef struct rt_opts {
     uint64_t max_steps, seed, eval_steps, eval_windows;
     bool print_memory;
     const char *device;    /* --device: "cpu" (default), "cuda", "cpu-strict" */
+    const char *comm;      /* --comm: "mpi" (default), "nccl" */
     /* Checkpoints. */
     const char *save_dir, *resume, *save_model; /* NULL when not given */
     uint64_t save_steps, save_limit;

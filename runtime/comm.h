@@ -54,6 +54,14 @@ dsckpt_status rt_comm_open_self(rt_comm **out);
  * no-op. Not collective in the self backend; collective in the MPI backend when it
  * finalizes. */
 void rt_comm_close(rt_comm *c);
+
+struct rt_device;
+/* The engine's collectives by name (comm_open.c, dstrain's --comm): "mpi" sets *out
+ * to NULL (use boot itself); "nccl" opens a NCCL communicator over boot's ranks on
+ * dev, a CUDA device table (boot must outlive it; close it with rt_comm_close).
+ * EINVAL for another name or a device that is not "cuda", EUNSUPPORTED in a build
+ * without CUDA or NCCL. */
+dsckpt_status rt_comm_open_named(const char *name, rt_comm *boot, const struct rt_device *dev, rt_comm **out);
 /* Ends the whole job (MPI_Abort on the MPI backend, exit on the self backend); for
  * main() after a failure on one rank, so that the others do not wait forever. */
 void rt_comm_abort(rt_comm *c, int code) __attribute__((noreturn));
@@ -114,7 +122,6 @@ void *rt_comm_stream(const rt_comm *c);
  * back; host buffers pass as before, and the bits are the host collectives'. NULL, or
  * a table whose memory is host memory, turns it off. `dev` must outlive the handle
  * or the next call. Not for a backend that reaches device memory itself (NCCL). */
-struct rt_device;
 void rt_comm_set_device(rt_comm *c, const struct rt_device *dev);
 
 /* ---- Backend interface (comm.c, comm_mpi.c, a future NCCL backend) ----------------

@@ -24,7 +24,8 @@
 # cannot run is reported SKIP with the reason, never PASS):
 #   env        GPU, driver, CUDA/torch versions; carried programs' libraries resolve
 #   kernels    tests/test_kernels_cuda.c with DSCKPT_REQUIRE_CUDA=1 (no device = fail)
-#   dstrain_loss_ckpt  tiny config, CPU vs --device cuda loss curves at W=1 and W=2
+#   dstrain_loss_ckpt  tiny config, CPU vs --device cuda loss curves at W=1 and W=2, and
+#              --comm nccl vs mpi at W=1
 #              (MPI, device buffers staged; bf16 tolerance); the W=2 GPU run's
 #              checkpoint verifies, consolidates with dsckpt, opens in Python's
 #              safetensors with the very master weights the run logged, resumes on the
@@ -242,7 +243,7 @@ plan() {
     cat <<EOF
 env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried programs
 kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                           (timeout 100 s)
-dstrain_loss_ckpt  CPU vs --device cuda loss curves W=1, W=2; GPU checkpoint verify,
+dstrain_loss_ckpt  CPU vs --device cuda loss curves W=1, W=2 (and --comm nccl at W=1); GPU checkpoint verify,
           consolidate, safetensors == logged master, resume on CPU      (timeout 120 s)
 snapshot  bin/gpu_bench snapshot 2048                                           (timeout 45 s)
 torch     python3 bench/gpu/torch_gpt2_step.py --batch 8 --steps 8 --vocab 256  (timeout 120 s)
@@ -306,6 +307,12 @@ EOF
     local model=(--n_layer 2 --n_head 2 --n_embd 64 --seq_len 64 --eval_windows 4 --max_steps 20)
     dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu1.log" || return 1
     dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" --log_file "$w/gpu1.log" || return 1
+    # The engine's collectives on NCCL (--comm nccl, one rank on the one GPU): W=1 only,
+    # as NCCL refuses two ranks on one device. Not with --rehearse (no CUDA there).
+    if [ "$DEV" = cuda ]; then
+        dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cuda --comm nccl \
+            --log_file "$w/gpu1_nccl.log" || return 1
+    fi
     dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu2.log" || return 1
     dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" \
         --log_file "$w/gpu2.log" --save_dir "$w/gpu2.save" --save_steps 10 || return 1

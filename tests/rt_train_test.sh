@@ -319,5 +319,13 @@ EOF
 [ $? -eq 3 ] && ok || bad "an unknown option is not a usage error"
 # (Into a file: under pipefail, grep -q closing the pipe early would SIGPIPE a long help.)
 "$DSTRAIN" --help >help.out 2>&1 && grep -q -- "--deepspeed" help.out && ok || bad "dstrain --help does not document --deepspeed"
+# --comm: nccl only with --device cuda, checked before anything starts; --help tells it.
+grep -q -- "--comm mpi|nccl" help.out && ok || bad "dstrain --help does not document --comm"
+"$DSTRAIN" --deepspeed none.json --data none --comm nccl >comm.out 2>&1
+rc=$?
+[ $rc -eq 3 ] && grep -q -- "--comm nccl needs --device cuda" comm.out && ok || bad "--comm nccl on the CPU: rc $rc, $(head -2 comm.out)"
+"$DSTRAIN" --deepspeed none.json --data none --comm gloo >comm.out 2>&1
+rc=$?
+[ $rc -eq 3 ] && grep -q -- "--comm must be mpi or nccl (got 'gloo')" comm.out && ok || bad "--comm gloo: rc $rc, $(head -2 comm.out)"
 
 rt_finish

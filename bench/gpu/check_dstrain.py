@@ -16,6 +16,7 @@
 Prints key=value lines; exits 1 when a check fails.
 """
 import hashlib
+import os
 import json
 import re
 import sys
@@ -56,6 +57,14 @@ def check_loss_ckpt(w):
         ok = len(c) == len(g) and len(c) > 0 and d < TOL
         print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(g)}/{len(c)} first={c[0]:.4f} "
               f"last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f} ({'ok' if ok else 'FAIL'}, tolerance {TOL})")
+        bad += not ok
+    # --comm nccl at W=1 (when run): the same kernels, so the same losses as --comm mpi.
+    if os.path.exists(f"{w}/gpu1_nccl.log"):
+        m = [r["loss"] for r in rows(f"{w}/gpu1.log")]
+        n = [r["loss"] for r in rows(f"{w}/gpu1_nccl.log")]
+        d = max(rel(a, b) for a, b in zip(n, m)) if m and n else float("inf")
+        ok = len(m) == len(n) and len(m) > 0 and d < TOL
+        print(f"loss_curve_W1_nccl_vs_mpi_max_rel_diff={d:.3g} steps={len(n)}/{len(m)} ({'ok' if ok else 'FAIL'})")
         bad += not ok
     g = rows(f"{w}/gpu2.log")
     stalls = [r["save_stall_s"] for r in g if "save_stall_s" in r]

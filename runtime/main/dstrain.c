@@ -120,6 +120,7 @@ typedef struct run {
     rt_data *data;
     rt_model *model;
     rt_device *dev; /* --device */
+    rt_comm *dcomm; /* --comm nccl: the engine's collectives (NULL: comm itself) */
     rt_engine *eng;
     rt_saver *saver; /* NULL without --save_dir */
     rt_tstate ts;    /* rank 0's trainer_state.json */
@@ -532,8 +533,10 @@ static int setup(run *r) {
     if ((st = rt_device_open_named(o->device, r->rank, &r->dev)))
         return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
     rt_comm_set_device(r->comm, r->dev);
+    if ((st = rt_comm_open_named(o->comm, r->comm, r->dev, &r->dcomm)))
+        return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
     if (rt_model_create_on(r->dev, &mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
-    if ((st = rt_engine_create(&r->cfg, r->comm, r->model, o->seed, &r->eng)))
+    if ((st = rt_engine_create(&r->cfg, r->dcomm ? r->dcomm : r->comm, r->model, o->seed, &r->eng)))
         return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
     r->clean_exit = false;
     if (r->rank == 0) config_warnings(r);
@@ -601,6 +604,7 @@ int main(int argc, char **argv) {
     rt_tstate_free(&r.ts);
     rt_engine_free(r.eng);
     rt_model_free(r.model);
+    rt_comm_close(r.dcomm); /* before its device */
     rt_comm_set_device(r.comm, NULL);
     rt_device_close_named(r.dev);
     rt_data_free(r.data);
