@@ -39,6 +39,8 @@ bool parse_size(const char *s, uint64_t *out);
  * M = 1e6, B or G = 1e9, T = 1e12; util.c). */
 bool parse_count(const char *s, uint64_t *out);
 bool parse_int(const char *s, long lo, long hi, long *out);
+/* --compress[=LEVEL] (arg NULL: DSCKPT_COMPRESS_DEFAULT_LEVEL); false unless 1..22. */
+bool parse_compress(const char *arg, int *level);
 void catch_stop_signals(void);
 /* (util.c) For an unknown long option: the nearest of `names` (NULL if none is close). */
 const char *nearest_option(const char *given, const char *const *names, int n);
@@ -59,6 +61,10 @@ typedef struct cli_written {
     struct cJSON *file_names;
 } cli_written;
 dsckpt_status cli_written_safetensors(const char *out, cli_written *w);
+
+/* A macro's value as a string literal (for help texts). */
+#define DS_STR_(x) #x
+#define DS_STR(x) DS_STR_(x)
 
 #define DS_CLI_RET(expr)                          \
     do {                                          \

@@ -21,6 +21,11 @@
  *        cpu = zero_init ? L * 4g * b : P * 4g * b
  * Both estimators truncate their results with int(); "per CPU" is per node.
  * Stage 0 (nothing partitioned) is the ZeRO-2 formula at G = 1.
+ *
+ * --compress (with CKPT) estimates the size of the checkpoint as `reshard
+ * --compress` would write it by compressing a sample of its chunks
+ * (dsckpt_estimate_compressed). With --params there are no values to compress, and
+ * the compressed size depends on them: the output says so instead of a figure.
  */
 #include "cli.h"
 
@@ -111,11 +116,90 @@ static const char estimate_help[] =
     "      --dtype D            training dtype bf16 (default), fp16 or fp32: sizes\n"
     "                           of the 16-bit weights on disk (the memory formulas\n"
     "                           are DeepSpeed's, for mixed precision)\n"
+    "      --compress[=L]       with CKPT: also its size as a compressed native\n"
+    "                           checkpoint (what reshard --compress[=L] writes; zstd\n"
+    "                           level L 1-22, default " DS_STR(DSCKPT_COMPRESS_DEFAULT_LEVEL) "), per state and in total,\n"
+    "                           ESTIMATED by compressing a sample of the\n"
+    "                           checkpoint's chunks with the same codec (the output\n"
+    "                           says how many bytes were sampled). With --params\n"
+    "                           there are no values to compress: the output says\n"
+    "                           that the compressed size depends on them and gives\n"
+    "                           no figure (run it on a checkpoint instead)\n"
+    "      --sample-chunks N    --compress: compress up to N chunks of 4 MiB per\n"
+    "                           state, spread evenly over it (default 16; more is\n"
+    "                           slower and closer)\n"
     "  -t, --tag TAG            with CKPT: which tag\n"
     "      --json               the estimate as JSON on stdout\n"
     "  -h, --help               this help\n";
 
 static void gib(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.2f GiB", (double)b / 1073741824.0); }
+
+/* What --compress says with --params: no values, so no figure. */
+static const char params_compress_note[] =
+    "the compressed size depends on the values, which --params does not give; run "
+    "`dsckpt estimate CKPT --compress` on a checkpoint (it compresses a sample of its chunks)";
+
+static double ratio(uint64_t raw, uint64_t stored) { return stored ? (double)raw / (double)stored : 0.0; }
+
+static void json_zstate(cJSON *d, const dsckpt_zestimate_state *e) {
+    cJSON_AddNumberToObject(d, "raw_bytes", (double)e->raw_bytes);
+    cJSON_AddNumberToObject(d, "estimated_bytes", (double)e->estimated_bytes);
+    cJSON_AddNumberToObject(d, "chunks", (double)e->chunks);
+    cJSON_AddNumberToObject(d, "sampled_chunks", (double)e->sampled_chunks);
+    cJSON_AddNumberToObject(d, "sampled_bytes", (double)e->sampled_raw);
+    cJSON_AddNumberToObject(d, "sampled_stored_bytes", (double)e->sampled_stored);
+}
+
+/* "compressed": the estimate (z), or null and a note (z NULL: --params). */
+static void json_compressed(cJSON *o, int level, const dsckpt_zestimate *z) {
+    if (!z) {
+        cJSON_AddNullToObject(o, "compressed");
+        cJSON_AddStringToObject(o, "compressed_note", params_compress_note);
+        return;
+    }
+    cJSON *d = cJSON_AddObjectToObject(o, "compressed");
+    cJSON_AddBoolToObject(d, "estimate", true);
+    cJSON_AddNumberToObject(d, "level", level);
+    cJSON_AddNumberToObject(d, "chunk_size", (double)z->chunk_size);
+    cJSON_AddNumberToObject(d, "raw_bytes", (double)z->raw_bytes);
+    cJSON_AddNumberToObject(d, "estimated_bytes", (double)z->estimated_bytes);
+    cJSON_AddNumberToObject(d, "sampled_bytes", (double)z->sampled_raw);
+    cJSON_AddNumberToObject(d, "sampled_stored_bytes", (double)z->sampled_stored);
+    cJSON *st = cJSON_AddObjectToObject(d, "states");
+    for (int s = 0; s < DSCKPT_STATE_COUNT; s++)
+        json_zstate(cJSON_AddObjectToObject(st, dsckpt_state_name((dsckpt_state)s)), &z->states[s]);
+}
+
+static void print_compressed(int level, const dsckpt_zestimate *z) {
+    char a[32], b[32];
+    if (!z) {
+        printf("\ncompressed (--compress): %s\n", params_compress_note);
+        return;
+    }
+    uint64_t chunks = 0, sampled = 0;
+    for (int s = 0; s < DSCKPT_STATE_COUNT; s++) {
+        chunks += z->states[s].chunks;
+        sampled += z->states[s].sampled_chunks;
+    }
+    fmt_bytes(z->sampled_raw, a, sizeof a);
+    fmt_bytes(z->raw_bytes, b, sizeof b);
+    printf("\ncompressed native checkpoint (zstd level %d, as reshard --compress=%d writes it):\n"
+           "an ESTIMATE from %" PRIu64 " of %" PRIu64 " chunks of %" PRIu64 " MiB compressed (%s of %s sampled)\n"
+           "  state             raw    estimated  raw/stored\n",
+           level, level, sampled, chunks, z->chunk_size >> 20, a, b);
+    for (int s = 0; s < DSCKPT_STATE_COUNT; s++) {
+        const dsckpt_zestimate_state *e = &z->states[s];
+        if (!e->raw_bytes) continue;
+        fmt_bytes(e->raw_bytes, a, sizeof a);
+        fmt_bytes(e->estimated_bytes, b, sizeof b);
+        printf("  %-10s %12s %12s %10.3fx\n", dsckpt_state_name((dsckpt_state)s), a, b,
+               ratio(e->sampled_raw, e->sampled_stored));
+    }
+    fmt_bytes(z->raw_bytes, a, sizeof a);
+    fmt_bytes(z->estimated_bytes, b, sizeof b);
+    printf("  %-10s %12s %12s %10.3fx   (rank-file data; headers and manifest not counted)\n", "total", a, b,
+           ratio(z->raw_bytes, z->estimated_bytes));
+}
 
 int cmd_estimate(int argc, char **argv) {
     static const struct option lo[] = {
@@ -125,6 +209,7 @@ int cmd_estimate(int argc, char **argv) {
         {"largest-layer", required_argument, 0, 'L'}, {"no-zero-init", no_argument, 0, 'Z'},
         {"buffer-factor", required_argument, 0, 'B'}, {"dtype", required_argument, 0, 'd'},
         {"tag", required_argument, 0, 't'},         {"json", no_argument, 0, 'J'},
+        {"compress", optional_argument, 0, 'C'},    {"sample-chunks", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     est_in x = {.stage = -1, .zero_init = true, .b = 1.5};
     uint64_t params = 0, largest = 0;
@@ -132,7 +217,9 @@ int cmd_estimate(int argc, char **argv) {
     long ws = 0, gpn = 0, v;
     const char *tag = NULL, *dtype_s = NULL;
     dsckpt_dtype dtype = DSCKPT_BF16;
-    int c;
+    int c, zlevel = 0;
+    long nsample = 0;
+    dsckpt_zestimate ze;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "t:h", lo, NULL)) != -1) {
         switch (c) {
@@ -171,6 +258,12 @@ int cmd_estimate(int argc, char **argv) {
             break;
         case 't': tag = optarg; break;
         case 'J': json = true; break;
+        case 'C':
+            if (!parse_compress(optarg, &zlevel)) return usage_error("estimate", "--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            break;
+        case 'S':
+            if (!parse_int(optarg, 1, 1000000, &nsample)) return usage_error("estimate", "--sample-chunks must be 1..1000000 (got '%s')", optarg);
+            break;
         case 'h':
             fputs(estimate_help, stdout);
             fputs(exit_codes_help, stdout);
@@ -183,6 +276,7 @@ int cmd_estimate(int argc, char **argv) {
     if (ckpt && params) return usage_error("estimate", "%s", "give either CKPT or --params, not both");
     if (!ckpt && !params) return usage_error("estimate", "%s", "--params N (e.g. 7B) or a checkpoint path is required");
     if (!ckpt && tag) return usage_error("estimate", "%s", "-t TAG needs a checkpoint path");
+    if (nsample && !zlevel) return usage_error("estimate", "%s", "--sample-chunks needs --compress");
     int ck_ws = 0;
     if (ckpt) {
         dsckpt_ckpt *ck = NULL;
@@ -203,7 +297,9 @@ int cmd_estimate(int argc, char **argv) {
         if (x.stage < 0) x.stage = info.zero_stage;
         ck_ws = info.world_size;
         if (!dtype_s && info.train_dtype) dsckpt_dtype_parse(info.train_dtype, &dtype);
+        if (zlevel && params) st = dsckpt_estimate_compressed(ck, zlevel, nsample ? (unsigned)nsample : 16, 0, &ze);
         dsckpt_ckpt_free(ck);
+        if (st) return fail(st, "estimate");
         if (!params) {
             fprintf(stderr, "%s estimate: %s holds no parameters\n", prog, ckpt);
             return EXIT_UNSUPPORTED;
@@ -286,6 +382,7 @@ int cmd_estimate(int argc, char **argv) {
         cJSON_AddNumberToObject(d, "native", (double)disk_native);
         cJSON_AddNumberToObject(d, "deepspeed", (double)disk_ds);
         cJSON_AddNumberToObject(d, "consolidated", (double)disk_cons);
+        if (zlevel) json_compressed(o, zlevel, ckpt ? &ze : NULL);
         cJSON *all = cJSON_AddArrayToObject(o, "all_options");
         for (int i = 0; i < nrows; i++) {
             cJSON *e = cJSON_CreateObject();
@@ -334,5 +431,6 @@ int cmd_estimate(int argc, char **argv) {
     printf("\ncheckpoint on disk: %s native (fp32 master + Adam moments), %s DeepSpeed files%s,\n"
            "                    %s consolidated %s weights\n",
            a, b2, x.stage < 3 ? " (+ 16-bit module weights)" : "", c2, dname);
+    if (zlevel) print_compressed(zlevel, ckpt ? &ze : NULL);
     return EXIT_OKAY;
 }

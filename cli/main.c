@@ -116,9 +116,6 @@ bool parse_size(const char *s, uint64_t *out) {
     return false;
 }
 
-#define DS_STR_(x) #x
-#define DS_STR(x) DS_STR_(x)
-
 bool parse_int(const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -410,7 +407,7 @@ static const char reshard_help[] =
     "run (SIGINT, SIGTERM) leaves nothing behind.\n";
 
 /* --compress[=LEVEL]: no value is the default level. */
-static bool parse_compress(const char *arg, int *level) {
+bool parse_compress(const char *arg, int *level) {
     long v;
     if (!arg) {
         *level = DSCKPT_COMPRESS_DEFAULT_LEVEL;

@@ -100,6 +100,46 @@ P="$("$DS" inspect a --json | python3 -c 'import json,sys; print(json.load(sys.s
 jcheck "checkpoint: its parameter count, stage and a 2-node layout" "d['params'] == $P and d['stage'] == 2 and d['world_size'] == 16 and d['nodes'] == 2 and d['largest_layer_params'] > 0"
 SZ="$("$DS" list a --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tags"][0]["bytes_on_disk"])')"
 jcheck "checkpoint size on disk within 5% of the estimate" "abs(d['checkpoint_bytes']['native'] - $SZ) < 0.05 * $SZ"
+# --compress: the estimate from a sample of chunks against the stored size of the
+# rank files `reshard --compress` writes from the same checkpoint. b holds 3 chunks
+# of 4 MiB per Adam state and 1 is sampled (the middle one), so the estimate is
+# extrapolated; the DeepSpeed fixture's values come from a real training run.
+cmp_compressed() { # DESC CKPT OUT: estimate within 10% of OUT's rank files
+    local act
+    act="$(find "$3" -name 'rank_*.safetensors' -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
+    jcheck "$1: estimate within 10% of reshard --compress ($act bytes)" "$act > 0 and abs(d['compressed']['estimated_bytes'] - $act) < 0.10 * $act and d['compressed']['estimated_bytes'] < 0.95 * d['compressed']['raw_bytes']"
+}
+run synth -o b --params 3M --world-size 3 --stage 3 --seed 4 -q
+expect_rc 0 "synth for --compress"
+run reshard b --to 3 -o bz --compress -q
+expect_rc 0 "reshard --compress"
+run estimate b --compress --sample-chunks 1 --json
+expect_rc 0 "estimate --compress --sample-chunks 1"
+cmp_compressed "synth" b bz
+jcheck "--compress --json: per state, sampled bytes said, an estimate" '(lambda c: set(c["states"]) == {"fp32", "exp_avg", "exp_avg_sq", "w16"} and c["estimate"] is True and c["level"] == 1 and c["states"]["fp32"]["chunks"] == 3 and c["states"]["fp32"]["sampled_chunks"] == 1 and 0 < c["sampled_bytes"] < c["raw_bytes"] and c["raw_bytes"] == sum(e["raw_bytes"] for e in c["states"].values()) and c["estimated_bytes"] == sum(e["estimated_bytes"] for e in c["states"].values()))(d["compressed"])'
+run estimate b --compress
+expect_rc 0 "estimate --compress text"
+expect_in out 'an ESTIMATE from 10 of 10 chunks of 4 MiB compressed' "text: the sample is said"
+expect_in out '^  exp_avg_sq +[0-9.]+ MB +[0-9.]+ MB +[0-9.]+x' "text: a row per state"
+expect_in out '^  total ' "text: the total"
+DSF="$SRC_DIR/fixtures/deepspeed-0.19/z1_ws2_bf16/ckpt"
+run reshard "$DSF" --to 2 --format native -o dsz --compress -q
+expect_rc 0 "reshard a DeepSpeed checkpoint --compress"
+run estimate "$DSF" --compress --json
+expect_rc 0 "estimate a DeepSpeed checkpoint --compress"
+cmp_compressed "DeepSpeed 0.19 checkpoint" "$DSF" dsz
+run estimate --params 7B --world-size 8 --compress
+expect_rc 0 "estimate --params --compress"
+expect_in out 'compressed size depends on the values.*estimate CKPT --compress' "--params --compress: no invented ratio, a pointer to CKPT"
+expect_not_in out 'ESTIMATE from' "--params --compress: no figure"
+run estimate --params 7B --world-size 8 --compress --json
+jcheck "--params --compress --json: compressed is null, with the note" 'd["compressed"] is None and "depends on the values" in d["compressed_note"]'
+run estimate b --compress=23
+expect_rc 3 "--compress=23"
+run estimate b --sample-chunks 4
+expect_rc 3 "--sample-chunks without --compress"
+run estimate --help
+expect_in out 'compressed size depends on the values|depends on them' "--help says what --params --compress gives"
 run estimate --params 7B --world-size 12 --gpus-per-node 8
 expect_rc 3 "world size not a multiple of GPUs per node"
 run estimate --params 7B --world-size 8 --stage 3 --offload-param

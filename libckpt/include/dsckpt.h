@@ -419,6 +419,37 @@ DSCKPT_API dsckpt_status dsckpt_read_tensor(dsckpt_reader *r, size_t i, dsckpt_s
                                             uint64_t count, dsckpt_dtype dtype, void *buf, size_t buf_size);
 
 /* ---------------------------------------------------------------------------
+ * Estimating a compressed checkpoint's size
+ * ------------------------------------------------------------------------- */
+
+/* How large the states of `c` would be in a compressed native checkpoint (what
+ * dsckpt_reshard with compress_level = `level` writes), estimated by compressing a
+ * sample of them with the writer's codec. Each state's bytes, as a native rank
+ * file stores them (F32 for the trainable states, the tensor's dtype for w16), are
+ * taken over all tensors in order and cut into chunks of the compressed writer's
+ * chunk size (chunk_size); up to `max_chunks` chunks per state, spread evenly from
+ * first to last (the same ones every time), are read and compressed, and the state's
+ * estimate is raw_bytes x sampled_stored / sampled_raw. Safetensors headers, zero
+ * padding and the manifest are not counted. `threads` 0 = all CPUs. Reads are
+ * checked as dsckpt_read_tensor's are. Nothing is written. */
+typedef struct dsckpt_zestimate_state {
+    uint64_t raw_bytes;       /* the state's bytes uncompressed */
+    uint64_t chunks;          /* chunks of chunk_size in raw_bytes */
+    uint64_t sampled_chunks;  /* min(chunks, max_chunks) */
+    uint64_t sampled_raw;     /* raw bytes compressed for the estimate */
+    uint64_t sampled_stored;  /* what they compressed to */
+    uint64_t estimated_bytes; /* the estimate of the state's compressed size */
+} dsckpt_zestimate_state;
+typedef struct dsckpt_zestimate {
+    int level;
+    uint64_t chunk_size;
+    dsckpt_zestimate_state states[DSCKPT_STATE_COUNT]; /* indexed by dsckpt_state */
+    uint64_t raw_bytes, sampled_raw, sampled_stored, estimated_bytes; /* sums over the states */
+} dsckpt_zestimate;
+DSCKPT_API dsckpt_status dsckpt_estimate_compressed(const dsckpt_ckpt *c, int level, unsigned max_chunks,
+                                                    int threads, dsckpt_zestimate *out);
+
+/* ---------------------------------------------------------------------------
  * Synthetic checkpoints (tests and benchmarks)
  * ------------------------------------------------------------------------- */
 
