@@ -240,7 +240,11 @@ static dsckpt_status alloc_f(rt_engine *e, float **p, uint64_t n, const char *wh
 dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
     void *p = malloc(bytes ? bytes : 1);
     if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory for %s (%zu bytes)", what, bytes);
-    memset(p, 0, bytes ? bytes : 1);
+    /* Zeroed and every page touched now, so the memory is committed here (an
+     * overcommitted machine fails at creation, not mid-run) and no later pass
+     * pays the first-touch faults. explicit_bzero: a memset after malloc is
+     * turned into calloc, which touches nothing. */
+    explicit_bzero(p, bytes ? bytes : 1);
     *(void **)pp = p;
     return DSCKPT_OK;
 }
@@ -380,7 +384,24 @@ static void engine_hparams(rt_engine *e, const rt_config *cfg) {
     }
 }
 
+dsckpt_status rt_engine_init_weights(rt_engine *e, uint64_t seed) {
+    if (!e) return ds_err(DSCKPT_EINVAL, "rt_engine_init_weights: NULL engine");
+    return engine_init_weights(e, e->model, seed);
+}
+
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed, rt_engine **out) {
+    rt_engine *e = NULL;
+    DS_TRY(rt_engine_create_empty(cfg, comm, model, &e));
+    dsckpt_status st = engine_init_weights(e, model, seed);
+    if (st) {
+        rt_engine_free(e);
+        return st;
+    }
+    *out = e;
+    return DSCKPT_OK;
+}
+
+dsckpt_status rt_engine_create_empty(const rt_config *cfg, rt_comm *comm, rt_model *model, rt_engine **out) {
     rt_engine *e = NULL;
     DS_TRY(ds_calloc(1, sizeof *e, &e));
     dsckpt_status st = DSCKPT_OK;
@@ -403,7 +424,6 @@ dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *mo
     }
     DS_TRYGOTO(engine_layout(e, model), fail);
     DS_TRYGOTO(engine_buffers(e, cfg, model), fail);
-    DS_TRYGOTO(engine_init_weights(e, model, seed), fail);
     engine_hparams(e, cfg);
     *out = e;
     return DSCKPT_OK;

@@ -72,6 +72,12 @@ typedef struct rt_mem_report {
  * (identical on every rank: rt_model_init). `model` must outlive the engine. */
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed,
                                rt_engine **out);
+/* rt_engine_create without the weights' initialisation (the partitions hold zeros):
+ * for a run that loads a checkpoint next, so a resume does not first draw every
+ * random weight of the model. rt_engine_init_weights(e, seed) then gives exactly
+ * what rt_engine_create would have (for a run that finds nothing to resume). */
+dsckpt_status rt_engine_create_empty(const rt_config *cfg, rt_comm *comm, rt_model *model, rt_engine **out);
+dsckpt_status rt_engine_init_weights(rt_engine *e, uint64_t seed);
 void rt_engine_free(rt_engine *e);
 /* fn(ctx) is called on the training thread right before the engine changes its fp32
  * master partitions or Adam moments (the optimizer update, a checkpoint load); NULL

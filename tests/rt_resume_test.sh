@@ -97,6 +97,12 @@ rc=$?
 mkdir empty
 train i.out 2 --max_steps 2 --save_dir empty --save_steps 2 --resume auto && grep -q "starting from scratch" i.out && ok ||
     bad "an empty save dir does not start from scratch: $(tail -3 i.out)"
+# The weights drawn after an empty --resume auto (the engine starts without them
+# when resuming) are the seed's, exactly as without --resume.
+train j.out 2 --max_steps 2 --save_dir fresh --save_steps 2 && ok || bad "a plain run failed: $(tail -3 j.out)"
+for f in rank_00000.safetensors rank_00001.safetensors; do
+    cmp -s empty/global_step2/$f fresh/global_step2/$f && ok || bad "$f after an empty --resume auto differs from a plain run's"
+done
 
 echo "== hostile step counters in the state are refused, not cast"
 for expr in 'm["state"]["engine"]["applied_steps"]=1e300' 'm["state"]["engine"]["global_steps"]=-1' \

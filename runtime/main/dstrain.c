@@ -261,6 +261,7 @@ static int resume(run *r, uint64_t *k0) {
     if (!pick.tag[0]) {
         if (r->rank == 0)
             fprintf(stderr, "dstrain: --resume auto: no checkpoint in %s yet; starting from scratch\n", o->save_dir);
+        if ((st = rt_engine_init_weights(r->eng, o->seed))) return fail(r, 70);
         return -1;
     }
     cJSON *state = NULL;
@@ -536,8 +537,12 @@ static int setup(run *r) {
     if ((st = rt_comm_open_named(o->comm, r->comm, r->dev, &r->dcomm)))
         return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
     if (rt_model_create_on(r->dev, &mc, (int)r->cfg.micro_batch, (int)o->seq_len, &r->model)) return fail(r, 2);
-    if ((st = rt_engine_create(&r->cfg, r->dcomm ? r->dcomm : r->comm, r->model, o->seed, &r->eng)))
-        return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
+    /* With --resume the weights come from the checkpoint: drawn from the seed only
+     * if there is none (resume()). */
+    rt_comm *ec = r->dcomm ? r->dcomm : r->comm;
+    st = o->resume ? rt_engine_create_empty(&r->cfg, ec, r->model, &r->eng)
+                   : rt_engine_create(&r->cfg, ec, r->model, o->seed, &r->eng);
+    if (st) return fail(r, st == DSCKPT_EINVAL ? 2 : 70);
     r->clean_exit = false;
     if (r->rank == 0) config_warnings(r);
     return -1;
