@@ -3,13 +3,14 @@
  * the Hugging Face sharded layout (model-0000k-of-0000n.safetensors + index).
  *
  * The whole output layout (every file's header and every tensor's offset) is
- * planned before a byte is written; then worker threads copy disjoint blocks of
- * elements: pread the fp32 (or w16) fragments, convert, pwrite at the planned
- * offset. Memory is a few MiB per worker whatever the model size. Outputs are built
+ * planned before a byte is written; then the copy engine (copyengine.h) copies
+ * disjoint blocks of elements on the worker threads: pread the fp32 (or w16)
+ * fragments, convert, pwrite at the planned offset, start writeback. Memory is a few MiB per worker whatever the model size. Outputs are built
  * under temporary names and renamed into place only when complete.
  */
 #include "cast.h"
 #include "ckpt.h"
+#include "copyengine.h"
 #include "fsutil.h"
 #include "hf_export.h"
 #include "outsafe.h"
@@ -59,9 +60,9 @@ typedef struct cons {
     out_file *files;
     size_t nfiles;
     unit *units;
+    ds_copy_unit *cunits; /* the same units as byte ranges of the outputs */
     size_t nunits;
-    float **inbuf;       /* per worker */
-    void **outbuf;       /* per worker: BLOCK_ELEMS of the widest output (f32) */
+    float **inbuf;       /* per worker: BLOCK_ELEMS of the widest input */
     ds_progress prog;
 } cons;
 
@@ -70,39 +71,27 @@ static bool ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static dsckpt_status copy_unit(void *u, size_t j, int worker) {
+/* The engine's fill: output bytes [off, off+len) of unit j, elements of one
+ * tensor read (pread, checked) and converted to the output dtype. */
+static dsckpt_status fill_unit(void *u, size_t j, size_t file, uint64_t off, size_t len, void *buf, const void **out,
+                               int worker) {
+    (void)file;
+    (void)out;
     cons *k = u;
     const unit *un = &k->units[j];
     const out_tensor *ot = &k->ots[un->ot];
-    out_file *of = &k->files[ot->file];
     size_t ies = dsckpt_dtype_size(ot->src_dt), oes = dsckpt_dtype_size(ot->out_dt);
+    uint64_t start = un->start + (off - k->cunits[j].offset) / oes, numel = len / oes;
+    if (ies == oes) return ds_ckpt_read(k->c, &k->fs, ot->state, ot->t, start, numel, buf);
     void *in = k->inbuf[worker];
-    DS_TRY(ds_ckpt_read(k->c, &k->fs, ot->state, ot->t, un->start, un->numel, in));
-    const void *outp = in;
-    if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_BF16) {
-        ds_cast_f32_to_bf16(in, k->outbuf[worker], (size_t)un->numel);
-        outp = k->outbuf[worker];
-    } else if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_F16) {
-        ds_cast_f32_to_f16(in, k->outbuf[worker], (size_t)un->numel);
-        outp = k->outbuf[worker];
-    } else if (ot->src_dt == DSCKPT_BF16 && ot->out_dt == DSCKPT_F32) {
-        ds_cast_bf16_to_f32(in, k->outbuf[worker], (size_t)un->numel); /* exact */
-        outp = k->outbuf[worker];
-    } else if (ot->src_dt == DSCKPT_F16 && ot->out_dt == DSCKPT_F32) {
-        ds_cast_f16_to_f32(in, k->outbuf[worker], (size_t)un->numel); /* exact */
-        outp = k->outbuf[worker];
-    } else if (ies != oes) {
+    DS_TRY(ds_ckpt_read(k->c, &k->fs, ot->state, ot->t, start, numel, in));
+    if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_BF16) ds_cast_f32_to_bf16(in, buf, (size_t)numel);
+    else if (ot->src_dt == DSCKPT_F32 && ot->out_dt == DSCKPT_F16) ds_cast_f32_to_f16(in, buf, (size_t)numel);
+    else if (ot->src_dt == DSCKPT_BF16 && ot->out_dt == DSCKPT_F32) ds_cast_bf16_to_f32(in, buf, (size_t)numel); /* exact */
+    else if (ot->src_dt == DSCKPT_F16 && ot->out_dt == DSCKPT_F32) ds_cast_f16_to_f32(in, buf, (size_t)numel); /* exact */
+    else
         return ds_err(DSCKPT_EINTERNAL, "no conversion from %s to %s", dsckpt_dtype_name(ot->src_dt),
                       dsckpt_dtype_name(ot->out_dt));
-    }
-    size_t len = (size_t)(un->numel * oes);
-    off_t at = (off_t)(ot->offset + un->start * oes);
-    DS_TRY(ds_pwrite_full(of->fd, outp, len, (uint64_t)at, of->final));
-    /* Start this block's writeback now, so the disk works while the workers go on
-     * reading, hashing and casting, and the fsync at the end finds little left.
-     * Advisory: a failure here is reported by that fsync. */
-    (void)sync_file_range(of->fd, at, (off_t)len, SYNC_FILE_RANGE_WRITE);
-    ds_progress_add(&k->prog, un->numel * oes);
     return DSCKPT_OK;
 }
 
@@ -118,12 +107,10 @@ static void cons_free(cons *k, int threads) {
     free(k->files);
     free(k->ots);
     free(k->units);
+    free(k->cunits);
     if (k->inbuf)
         for (int i = 0; i < threads; i++) free(k->inbuf[i]);
-    if (k->outbuf)
-        for (int i = 0; i < threads; i++) free(k->outbuf[i]);
     free(k->inbuf);
-    free(k->outbuf);
     ds_fdset_close(&k->fs);
 }
 
@@ -275,25 +262,36 @@ static dsckpt_status create_outputs(cons *k, const char *out, bool single, bool 
 }
 
 /* Every tensor's data, in work units of at most BLOCK_ELEMS elements of one
- * tensor, on `threads` threads. */
+ * tensor, through the copy engine on `threads` threads. */
 static dsckpt_status copy_all(cons *k, int threads, uint64_t total, const dsckpt_consolidate_opts *opts) {
     const dsckpt_ckpt *c = k->c;
     size_t nu = 0;
     for (size_t i = 0; i < k->nots; i++) nu += (size_t)ds_ceil_div(c->tensors[k->ots[i].t].numel, BLOCK_ELEMS);
     DS_TRY(ds_calloc(nu, sizeof *k->units, &k->units));
-    for (size_t i = 0; i < k->nots; i++)
-        for (uint64_t s = 0; s < c->tensors[k->ots[i].t].numel; s += BLOCK_ELEMS)
-            k->units[k->nunits++] = (unit){i, s, DS_MIN(BLOCK_ELEMS, c->tensors[k->ots[i].t].numel - s)};
-    DS_TRY(ds_calloc((size_t)threads, sizeof *k->inbuf, &k->inbuf));
-    DS_TRY(ds_calloc((size_t)threads, sizeof *k->outbuf, &k->outbuf));
-    for (int i = 0; i < threads; i++) {
-        DS_TRY(ds_malloc(BLOCK_ELEMS * sizeof(double), &k->inbuf[i]));
-        DS_TRY(ds_malloc(BLOCK_ELEMS * sizeof(float), &k->outbuf[i]));
+    DS_TRY(ds_calloc(nu, sizeof *k->cunits, &k->cunits));
+    for (size_t i = 0; i < k->nots; i++) {
+        const out_tensor *ot = &k->ots[i];
+        uint64_t oes = dsckpt_dtype_size(ot->out_dt), numel = c->tensors[ot->t].numel;
+        for (uint64_t s = 0; s < numel; s += BLOCK_ELEMS) {
+            uint64_t n = DS_MIN(BLOCK_ELEMS, numel - s);
+            k->cunits[k->nunits] = (ds_copy_unit){.file = ot->file, .offset = ot->offset + s * oes, .len = n * oes};
+            k->units[k->nunits++] = (unit){i, s, n};
+        }
     }
+    DS_TRY(ds_calloc((size_t)threads, sizeof *k->inbuf, &k->inbuf));
+    for (int i = 0; i < threads; i++) DS_TRY(ds_malloc(BLOCK_ELEMS * sizeof(double), &k->inbuf[i]));
+    ds_copy_file *cf = NULL;
+    DS_TRY(ds_calloc(k->nfiles, sizeof *cf, &cf));
+    for (size_t f = 0; f < k->nfiles; f++)
+        cf[f] = (ds_copy_file){.fd = k->files[f].fd, .name = k->files[f].final, .size = k->files[f].plan->file_size};
     k->prog.total = total;
     k->prog.fn = opts->progress;
     k->prog.user = opts->progress_user;
-    return ds_parallel_run(k->nunits, threads, copy_unit, k, &k->prog);
+    ds_copy_job job = {.files = cf, .nfiles = k->nfiles, .units = k->cunits, .nunits = k->nunits, .fill = fill_unit,
+                       .user = k, .threads = threads, .prog = &k->prog};
+    dsckpt_status st = ds_copy_run(&job);
+    free(cf);
+    return st;
 }
 
 /* Durable, then into place (with the index and the Hugging Face side files in a

@@ -4,16 +4,17 @@
  */
 #include "native_write.h"
 
+#include "copyengine.h"
 #include "fsutil.h"
 #include "manifest.h"
 #include "zfile.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define FILL_BLOCK_BYTES (4u << 20)
 
 void ds_native_out_free(ds_native_out *o) {
     if (!o) return;
@@ -124,92 +125,277 @@ uint64_t ds_native_total_bytes(const ds_native_out *o) {
     return t;
 }
 
-/* The rank file's output: a plain stream (hashed by fixed chunks) or the
- * compressing writer (hashing the stored chunks). */
-typedef struct rank_out {
-    ds_stream *s;
-    ds_zwriter *z;
-} rank_out;
+/* ---- a rank file as extents ---- */
 
-static dsckpt_status out_write(rank_out *w, const void *p, size_t n) {
-    return w->z ? ds_zwriter_write(w->z, p, n) : ds_stream_write(w->s, p, n);
-}
-static dsckpt_status out_zeros(rank_out *w, uint64_t n) {
-    return w->z ? ds_zwriter_write_zeros(w->z, n) : ds_stream_write_zeros(w->s, n);
-}
-static uint64_t out_pos(const rank_out *w) { return w->z ? ds_zwriter_pos(w->z) : ds_stream_pos(w->s); }
+/* A rank file's bytes as consecutive extents: the safetensors header, zero padding
+ * and tensor data (elements [start, start + len/es) of a state of a tensor). */
+typedef enum ext_kind { EXT_HEADER, EXT_ZERO, EXT_DATA } ext_kind;
 
-dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
-                                   ds_progress *prog) {
-    ds_file *f = &o->c->files[rank];
+typedef struct extent {
+    uint64_t off, len; /* bytes of the file */
+    ext_kind kind;
+    ds_state state;
+    uint32_t tensor;
+    uint64_t start;
+    size_t es;         /* element size (1 for the header) */
+} extent;
+
+typedef struct rank_map {
+    const uint8_t *header;
+    extent *x;
+    size_t n, cap;
+    uint64_t end;      /* where the next extent starts */
+} rank_map;
+
+static void rank_map_clear(rank_map *m) {
+    free(m->x);
+    memset(m, 0, sizeof *m);
+}
+
+static dsckpt_status map_add(rank_map *m, extent e) {
+    if (e.len == 0) return DSCKPT_OK;
+    if (m->n == m->cap) {
+        size_t nc = m->cap ? 2 * m->cap : 16;
+        extent *x = realloc(m->x, nc * sizeof *x);
+        if (!x) return ds_err(DSCKPT_ENOMEM, "out of memory mapping a rank file");
+        m->x = x;
+        m->cap = nc;
+    }
+    e.off = m->end;
+    m->x[m->n++] = e;
+    m->end += e.len;
+    return DSCKPT_OK;
+}
+
+/* The extents of one buffer: its pieces, and zeros in the gaps and at the end. */
+static dsckpt_status map_buf(rank_map *m, const ds_buf *b, ds_state state) {
+    size_t es = dsckpt_dtype_size(b->dtype);
+    uint64_t pos = 0; /* element position in the buffer */
+    for (size_t p = 0; p <= b->npieces; p++) {
+        uint64_t next = p < b->npieces ? b->pieces[p].buf_off : b->len;
+        if (next > pos) DS_TRY(map_add(m, (extent){.len = (next - pos) * es, .kind = EXT_ZERO, .es = es}));
+        pos = next;
+        if (p == b->npieces) break;
+        const ds_piece *pc = &b->pieces[p];
+        DS_TRY(map_add(m, (extent){.len = pc->numel * es, .kind = EXT_DATA, .state = state, .tensor = pc->tensor,
+                                   .start = pc->start, .es = es}));
+        pos += pc->numel;
+    }
+    return DSCKPT_OK;
+}
+
+/* Rank `rank`'s file in the order the plan lays it out, checked against the plan. */
+static dsckpt_status rank_map_make(const ds_native_out *o, int rank, rank_map *m) {
     const ds_rank_plan *rp = &o->plans[rank];
-    const ds_rank_layout *rl = &o->layout->ranks[rank];
-    char *tmp = ds_tmp_sibling(f->path);
-    if (!tmp) return DSCKPT_ENOMEM;
-    uint8_t *blk = NULL;
-    rank_out w = {NULL, NULL};
-    dsckpt_status st = ds_malloc(FILL_BLOCK_BYTES, &blk);
-    if (st == DSCKPT_OK)
-        st = o->compress_level ? ds_zwriter_create(tmp, o->chunk_size, o->compress_level, &w.z)
-                               : ds_stream_create(tmp, o->chunk_size, &w.s);
-    if (st) goto done;
-    if (w.z) ds_zwriter_set_width(w.z, 1);
-    DS_TRYGOTO(out_write(&w, rp->plan->header, rp->plan->header_bytes), done);
-    for (size_t k = 0; k < rp->plan->n; k++) {
-        size_t e = rp->plan->order[k];
-        const ds_buf *b = &rl->bufs[rp->entries[e].buf];
-        ds_state state = rp->entries[e].state;
-        size_t es = dsckpt_dtype_size(b->dtype);
-        if (w.z) ds_zwriter_set_width(w.z, (int)es);
-        uint64_t pos = 0; /* element position in the buffer */
-        for (size_t p = 0; p <= b->npieces; p++) {
-            uint64_t next = p < b->npieces ? b->pieces[p].buf_off : b->len;
-            if (next > pos) DS_TRYGOTO(out_zeros(&w, (next - pos) * es), done); /* padding */
-            pos = next;
-            if (p == b->npieces) break;
-            const ds_piece *pc = &b->pieces[p];
-            uint64_t per = FILL_BLOCK_BYTES / es;
-            for (uint64_t i = 0; i < pc->numel; i += per) {
-                if (ds_parallel_stopping(NULL)) {
-                    st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
-                    goto done;
-                }
-                uint64_t n = DS_MIN(per, pc->numel - i);
-                DS_TRYGOTO(fill(user, state, pc->tensor, pc->start + i, n, blk, worker), done);
-                DS_TRYGOTO(out_write(&w, blk, (size_t)(n * es)), done);
-                ds_progress_add(prog, n * es);
-            }
-            pos += pc->numel;
+    const st_plan *pl = rp->plan;
+    memset(m, 0, sizeof *m);
+    m->header = pl->header;
+    dsckpt_status st = map_add(m, (extent){.len = pl->header_bytes, .kind = EXT_HEADER, .es = 1});
+    for (size_t k = 0; st == DSCKPT_OK && k < pl->n; k++) {
+        size_t e = pl->order[k];
+        const ds_buf *b = &o->layout->ranks[rank].bufs[rp->entries[e].buf];
+        uint64_t at = pl->header_bytes + pl->offset[e];
+        /* Tensor data sits at multiples of its element size (the chunk size is a
+         * multiple of 8), so every piece a chunk boundary cuts is whole elements. */
+        if (m->end != at || at % dsckpt_dtype_size(b->dtype))
+            st = ds_err(DSCKPT_EINTERNAL, "%s: entry %zu planned at %llu, laid out at %llu", o->c->files[rank].path,
+                        e, (unsigned long long)at, (unsigned long long)m->end);
+        if (st == DSCKPT_OK) st = map_buf(m, b, rp->entries[e].state);
+    }
+    if (st == DSCKPT_OK && m->end != o->c->files[rank].size)
+        st = ds_err(DSCKPT_EINTERNAL, "%s: laid out %llu bytes, planned %llu", o->c->files[rank].path,
+                    (unsigned long long)m->end, (unsigned long long)o->c->files[rank].size);
+    if (st) rank_map_clear(m);
+    return st;
+}
+
+/* The first extent that ends after `off`. */
+static size_t map_find(const rank_map *m, uint64_t off) {
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (m->x[mid].off + m->x[mid].len <= off) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Bytes [off, off+len) of the rank file into dst: header, zeros, or the fill's data. */
+static dsckpt_status rank_bytes(const rank_map *m, ds_fill_fn fill, void *user, int worker, uint64_t off, size_t len,
+                                uint8_t *dst) {
+    for (size_t i = map_find(m, off); len > 0; i++) {
+        if (i >= m->n) return ds_err(DSCKPT_EINTERNAL, "rank file read past its end at %llu", (unsigned long long)off);
+        const extent *x = &m->x[i];
+        uint64_t a = off - x->off;
+        size_t n = (size_t)DS_MIN((uint64_t)len, x->len - a);
+        if (x->kind == EXT_HEADER) memcpy(dst, m->header + a, n);
+        else if (x->kind == EXT_ZERO) memset(dst, 0, n);
+        else if (a % x->es || n % x->es)
+            return ds_err(DSCKPT_EINTERNAL, "rank file cut inside an element at %llu", (unsigned long long)off);
+        else DS_TRY(fill(user, x->state, x->tensor, x->start + a / x->es, n / x->es, dst, worker));
+        dst += n;
+        off += n;
+        len -= n;
+    }
+    return DSCKPT_OK;
+}
+
+/* ---- plain rank files: through the copy engine ---- */
+
+/* At most this many rank files open at once (a reshard to many ranks). */
+#define BATCH_FILES 64
+
+typedef struct batch {
+    ds_native_out *o;
+    int r0, n;            /* files r0 .. r0+n-1 */
+    rank_map *maps;
+    ds_copy_file *files;
+    char **tmps;          /* temporary names; NULL once renamed */
+    ds_fill_fn fill;
+    void *user;
+    int worker_base;      /* the fill sees worker_base + the engine's worker */
+} batch;
+
+static dsckpt_status batch_fill(void *u, size_t unit, size_t file, uint64_t off, size_t len, void *buf,
+                                const void **out, int worker) {
+    (void)unit;
+    (void)out;
+    batch *b = u;
+    return rank_bytes(&b->maps[file], b->fill, b->user, b->worker_base + worker, off, len, buf);
+}
+
+static void batch_clear(batch *b) {
+    for (int i = 0; i < b->n; i++) {
+        if (b->files && b->files[i].fd >= 0) close(b->files[i].fd);
+        if (b->tmps && b->tmps[i]) unlink(b->tmps[i]);
+        if (b->tmps) free(b->tmps[i]);
+        if (b->maps) rank_map_clear(&b->maps[i]);
+        if (b->files) ds_copy_file_clear(&b->files[i]);
+    }
+    free(b->maps);
+    free(b->files);
+    free(b->tmps);
+}
+
+/* Maps the batch's files and creates them under temporary names. */
+static dsckpt_status batch_open(batch *b) {
+    DS_TRY(ds_calloc((size_t)b->n, sizeof *b->maps, &b->maps));
+    DS_TRY(ds_calloc((size_t)b->n, sizeof *b->files, &b->files));
+    DS_TRY(ds_calloc((size_t)b->n, sizeof *b->tmps, &b->tmps));
+    for (int i = 0; i < b->n; i++) b->files[i].fd = -1;
+    for (int i = 0; i < b->n; i++) {
+        const ds_file *f = &b->o->c->files[b->r0 + i];
+        DS_TRY(rank_map_make(b->o, b->r0 + i, &b->maps[i]));
+        b->tmps[i] = ds_tmp_sibling(f->path);
+        if (!b->tmps[i]) return DSCKPT_ENOMEM;
+        int fd = open(b->tmps[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            dsckpt_status st = ds_err_errno(errno, "%s: cannot create", b->tmps[i]);
+            free(b->tmps[i]);
+            b->tmps[i] = NULL; /* not ours to unlink */
+            return st;
         }
+        b->files[i] = (ds_copy_file){.fd = fd, .name = f->path, .size = f->size, .hash_chunk = b->o->chunk_size};
     }
-    if (out_pos(&w) != f->size) {
-        st = ds_err(DSCKPT_EINTERNAL, "%s: wrote %llu bytes, planned %llu", f->path,
-                    (unsigned long long)out_pos(&w), (unsigned long long)f->size);
-        goto done;
-    }
+    return DSCKPT_OK;
+}
+
+/* File i of the batch: durable, its digests recorded, renamed into place. */
+static dsckpt_status finish_job(void *u, size_t i, int worker) {
+    (void)worker;
+    batch *b = u;
+    ds_copy_file *cf = &b->files[i];
+    ds_file *f = &b->o->c->files[b->r0 + (int)i];
+    if (fsync(cf->fd) != 0) return ds_err_errno(errno, "%s: fsync failed", f->path);
+    int fd = cf->fd;
+    cf->fd = -1;
+    if (close(fd) != 0) return ds_err_errno(errno, "%s: close failed", f->path);
     ds_digests_clear(&f->dg);
     free(f->zc);
     f->zc = NULL;
-    if (w.z) {
-        st = ds_zwriter_finish(w.z, &f->dg, &f->zc, &f->stored_size);
-        w.z = NULL;
+    f->compressed = false;
+    f->stored_size = f->size;
+    DS_TRY(ds_copy_digests(cf, &f->dg));
+    f->has_digests = true;
+    DS_TRY(ds_rename_durable(b->tmps[i], f->path, true));
+    free(b->tmps[i]);
+    b->tmps[i] = NULL;
+    return DSCKPT_OK;
+}
+
+/* Files r0 .. r0+n-1, every chunk of every file on `threads` threads. */
+static dsckpt_status write_batch(ds_native_out *o, int r0, int n, ds_fill_fn fill, void *user, int threads,
+                                 int worker_base, ds_progress *prog) {
+    batch b = {.o = o, .r0 = r0, .n = n, .fill = fill, .user = user, .worker_base = worker_base};
+    ds_copy_unit *units = NULL;
+    size_t nunits = 0;
+    /* Chunks must cut tensor data at element boundaries (see rank_map_make). */
+    if (o->chunk_size % 8)
+        return ds_err(DSCKPT_EINVAL, "chunk size %llu is not a multiple of 8", (unsigned long long)o->chunk_size);
+    dsckpt_status st = batch_open(&b);
+    if (st == DSCKPT_OK) st = ds_copy_chunk_units(b.files, (size_t)n, o->chunk_size, &units, &nunits);
+    if (st == DSCKPT_OK) {
+        ds_copy_job job = {.files = b.files, .nfiles = (size_t)n, .units = units, .nunits = nunits,
+                           .fill = batch_fill, .user = &b, .threads = threads, .prog = prog};
+        st = ds_copy_run(&job);
+    }
+    if (st == DSCKPT_OK) st = ds_parallel_run((size_t)n, threads, finish_job, &b, NULL);
+    free(units);
+    batch_clear(&b);
+    return st;
+}
+
+/* ---- compressed rank files: one stream each ---- */
+
+/* The rank file through the compressing writer, in file order (stored chunk
+ * offsets depend on every earlier chunk's compressed size); each extent's bytes
+ * are counted at its element width, which picks the chunk's shuffle. */
+static dsckpt_status write_rank_z(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+                                  ds_progress *prog) {
+    ds_file *f = &o->c->files[rank];
+    char *tmp = ds_tmp_sibling(f->path);
+    if (!tmp) return DSCKPT_ENOMEM;
+    uint8_t *blk = NULL;
+    ds_zwriter *z = NULL;
+    rank_map m = {0};
+    dsckpt_status st = ds_malloc(DS_COPY_PIECE, &blk);
+    if (st == DSCKPT_OK) st = rank_map_make(o, rank, &m);
+    if (st == DSCKPT_OK) st = ds_zwriter_create(tmp, o->chunk_size, o->compress_level, &z);
+    for (size_t i = 0; st == DSCKPT_OK && i < m.n; i++) {
+        ds_zwriter_set_width(z, (int)m.x[i].es);
+        for (uint64_t d = 0; st == DSCKPT_OK && d < m.x[i].len; d += DS_COPY_PIECE) {
+            size_t n = (size_t)DS_MIN((uint64_t)DS_COPY_PIECE, m.x[i].len - d);
+            if (ds_parallel_stopping(NULL)) st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
+            if (st == DSCKPT_OK) st = rank_bytes(&m, fill, user, worker, m.x[i].off + d, n, blk);
+            if (st == DSCKPT_OK) st = ds_zwriter_write(z, blk, n);
+            if (st == DSCKPT_OK) ds_progress_add(prog, n);
+        }
+    }
+    if (st == DSCKPT_OK) {
+        ds_digests_clear(&f->dg);
+        free(f->zc);
+        f->zc = NULL;
+        st = ds_zwriter_finish(z, &f->dg, &f->zc, &f->stored_size);
+        z = NULL;
         f->compressed = st == DSCKPT_OK;
-    } else {
-        st = ds_stream_finish(w.s, &f->dg);
-        w.s = NULL;
-        f->stored_size = f->size;
     }
     if (st == DSCKPT_OK) {
         f->has_digests = true;
         st = ds_rename_durable(tmp, f->path, true);
     }
-done:
-    ds_stream_abort(w.s);
-    ds_zwriter_abort(w.z);
+    ds_zwriter_abort(z);
     if (st) unlink(tmp);
     free(tmp);
     free(blk);
+    rank_map_clear(&m);
     return st;
+}
+
+dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+                                   ds_progress *prog) {
+    if (o->compress_level) return write_rank_z(o, rank, fill, user, worker, prog);
+    /* One thread: the caller (the training runtime) writes its rank beside training. */
+    return write_batch(o, rank, 1, fill, user, 1, worker, prog);
 }
 
 typedef struct write_job {
@@ -221,13 +407,20 @@ typedef struct write_job {
 
 static dsckpt_status write_job_fn(void *u, size_t job, int worker) {
     write_job *j = u;
-    return ds_native_write_rank(j->o, (int)job, j->fill, j->user, worker, j->prog);
+    return write_rank_z(j->o, (int)job, j->fill, j->user, worker, j->prog);
 }
 
 dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user, int threads, ds_progress *prog) {
-    write_job j = {o, fill, user, prog};
     if (prog) prog->total = ds_native_total_bytes(o);
-    DS_TRY(ds_parallel_run(o->c->nfiles, threads, write_job_fn, &j, prog));
+    if (o->compress_level) {
+        write_job j = {o, fill, user, prog};
+        DS_TRY(ds_parallel_run(o->c->nfiles, threads, write_job_fn, &j, prog));
+    } else {
+        for (size_t r = 0; r < o->c->nfiles; r += BATCH_FILES) {
+            int n = (int)DS_MIN((size_t)BATCH_FILES, o->c->nfiles - r);
+            DS_TRY(write_batch(o, (int)r, n, fill, user, threads, 0, prog));
+        }
+    }
     return ds_native_write_manifest(o);
 }
 

@@ -1,0 +1,124 @@
+/*
+ * copyengine.c — fill, hash, pwrite and start writeback of output units on every
+ * worker (see copyengine.h).
+ */
+#include "copyengine.h"
+
+#include "fsutil.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct engine {
+    const ds_copy_job *job;
+    uint8_t **buf; /* per worker, DS_COPY_PIECE bytes */
+} engine;
+
+static dsckpt_status check_unit(const ds_copy_job *j, const ds_copy_unit *u) {
+    const ds_copy_file *f = u->file < j->nfiles ? &j->files[u->file] : NULL;
+    bool ok = f && u->len > 0;
+    if (ok && f->hash_chunk)
+        ok = u->offset % f->hash_chunk == 0 && u->offset < f->size &&
+             u->len == DS_MIN(f->hash_chunk, f->size - u->offset) && f->digests;
+    if (!ok)
+        return ds_err(DSCKPT_EINTERNAL, "copy engine: unit at %llu (+%llu) does not fit its file",
+                      (unsigned long long)u->offset, (unsigned long long)u->len);
+    return DSCKPT_OK;
+}
+
+/* One unit: its pieces filled, hashed, written, handed to writeback. */
+static dsckpt_status copy_unit(void *user, size_t ui, int worker) {
+    const engine *e = user;
+    const ds_copy_job *j = e->job;
+    const ds_copy_unit *u = &j->units[ui];
+    DS_TRY(check_unit(j, u));
+    ds_copy_file *f = &j->files[u->file];
+    ds_hasher *h = NULL;
+    if (f->hash_chunk) DS_TRY(ds_hasher_new(f->hash_chunk, &h));
+    dsckpt_status st = DSCKPT_OK;
+    for (uint64_t done = 0; st == DSCKPT_OK && done < u->len; done += DS_COPY_PIECE) {
+        if (ds_parallel_stopping(NULL)) {
+            st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
+            break;
+        }
+        size_t n = (size_t)DS_MIN((uint64_t)DS_COPY_PIECE, u->len - done);
+        uint64_t at = u->offset + done;
+        const void *p = e->buf[worker];
+        st = j->fill(j->user, ui, u->file, at, n, e->buf[worker], &p, worker);
+        if (st == DSCKPT_OK && h) st = ds_hasher_update(h, p, n);
+        if (st == DSCKPT_OK) st = ds_pwrite_full(f->fd, p, n, at, f->name);
+        if (st != DSCKPT_OK) break;
+        /* Start this piece's writeback now, so the disk works while the workers go
+         * on; the caller's fsync finds little left. Advisory: a failure here is
+         * reported by that fsync. */
+        (void)sync_file_range(f->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
+        ds_progress_add(j->prog, n);
+    }
+    if (st == DSCKPT_OK && h) {
+        ds_digests d = {0};
+        st = ds_hasher_final(h, &d);
+        if (st == DSCKPT_OK) memcpy(f->digests[u->offset / f->hash_chunk], d.chunks[0], DS_SHA256_LEN);
+        ds_digests_clear(&d);
+    }
+    ds_hasher_free(h);
+    return st;
+}
+
+dsckpt_status ds_copy_run(const ds_copy_job *job) {
+    int threads = job->threads < 1 ? 1 : job->threads;
+    if ((size_t)threads > job->nunits) threads = job->nunits ? (int)job->nunits : 1;
+    engine e = {.job = job};
+    dsckpt_status st = ds_calloc((size_t)threads, sizeof *e.buf, &e.buf);
+    for (int i = 0; st == DSCKPT_OK && i < threads; i++) st = ds_malloc(DS_COPY_PIECE, &e.buf[i]);
+    if (st == DSCKPT_OK) st = ds_parallel_run(job->nunits, threads, copy_unit, &e, job->prog);
+    if (e.buf)
+        for (int i = 0; i < threads; i++) free(e.buf[i]);
+    free(e.buf);
+    return st;
+}
+
+dsckpt_status ds_copy_chunk_units(ds_copy_file *files, size_t nfiles, uint64_t unit_bytes, ds_copy_unit **units,
+                                  size_t *nunits) {
+    size_t n = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        uint64_t step = files[i].hash_chunk ? files[i].hash_chunk : unit_bytes;
+        if (step == 0) return ds_err(DSCKPT_EINTERNAL, "copy engine: unit size 0");
+        uint64_t k = ds_ceil_div(files[i].size, step);
+        if (files[i].hash_chunk) {
+            free(files[i].digests);
+            files[i].digests = NULL;
+            DS_TRY(ds_calloc(k ? (size_t)k : 1, DS_SHA256_LEN, &files[i].digests));
+        }
+        n += (size_t)k;
+    }
+    ds_copy_unit *u = NULL;
+    DS_TRY(ds_calloc(n ? n : 1, sizeof *u, &u));
+    size_t m = 0;
+    for (size_t i = 0; i < nfiles; i++) {
+        uint64_t step = files[i].hash_chunk ? files[i].hash_chunk : unit_bytes;
+        for (uint64_t off = 0; off < files[i].size; off += step)
+            u[m++] = (ds_copy_unit){.file = i, .offset = off, .len = DS_MIN(step, files[i].size - off)};
+    }
+    *units = u;
+    *nunits = m;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_copy_digests(ds_copy_file *f, ds_digests *out) {
+    if (!f->hash_chunk) return ds_err(DSCKPT_EINTERNAL, "%s: not hashed", f->name);
+    size_t n = (size_t)ds_ceil_div(f->size, f->hash_chunk);
+    DS_TRY(ds_sha256_of_chunks((const uint8_t(*)[DS_SHA256_LEN])f->digests, n, out->file));
+    out->size = f->size;
+    out->chunk_size = f->hash_chunk;
+    out->nchunks = n;
+    out->chunks = f->digests;
+    f->digests = NULL;
+    return DSCKPT_OK;
+}
+
+void ds_copy_file_clear(ds_copy_file *f) {
+    if (!f) return;
+    free(f->digests);
+    f->digests = NULL;
+}
