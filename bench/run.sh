@@ -26,6 +26,23 @@ PY=python3
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 
+# One table row: reshard to $1 ranks, timed against the io floor (REPS interleaved).
+reshard_row() {
+  local M=$1 r t rss rc ft rt rf rs_t=() rs_f=() rs_rss=0
+  for r in $(seq "$REPS"); do
+    rm -rf "$DIR/resharded"
+    sync
+    read -r _ _ ft < <($FL io "$ALL" "$TOTAL_FILES" "$DIR/floor.out" "${FILES[@]}")
+    sync
+    read -r t rss rc < <($FL rss $DS reshard "$CK" --to "$M" -o "$DIR/resharded" --force -q)
+    [ "$rc" = 0 ] || { echo "reshard failed"; exit 1; }
+    rs_t+=("$t"); rs_f+=("$ft"); [ "$rss" -gt "$rs_rss" ] && rs_rss=$rss
+  done
+  rt=$(printf '%s\n' "${rs_t[@]}" | median); rf=$(printf '%s\n' "${rs_f[@]}" | median)
+  echo "| ${G} GiB | reshard $WORLD → $M ranks ($(( ALL / 1048576 )) MiB each way) | $rt | $rf | $(awk -v a="$rt" -v b="$rf" 'BEGIN{printf "%.2f", a/b}') | ≤ 1.3 | $(( rs_rss / 1024 )) |"
+  rm -rf "$DIR/resharded"
+}
+
 echo "| state | command | time s | floor s | ratio | target | peak RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
 for G in "${SIZES[@]}"; do
@@ -57,21 +74,11 @@ for G in "${SIZES[@]}"; do
   ct=$(printf '%s\n' "${cons_t[@]}" | median); cf=$(printf '%s\n' "${cons_f[@]}" | median)
   echo "| ${G} GiB | consolidate → bf16 ($(( FP32 / 1048576 )) MiB in, $(( OUTB / 1048576 )) MiB out) | $ct | $cf | $(awk -v a="$ct" -v b="$cf" 'BEGIN{printf "%.2f", a/b}') | ≤ 1.15 | $(( cons_rss / 1024 )) |"
 
-  # reshard W -> W/2: reads and writes every state once (and hashes the output).
+  # reshard W -> W/2, and W -> 1 (one big output file, hashed as it is written, so
+  # its chunks must be hashed on every core): each reads and writes every state once.
   M=$(( WORLD / 2 )); [ "$M" -lt 1 ] && M=1
-  rs_t=(); rs_f=(); rs_rss=0
-  for r in $(seq "$REPS"); do
-    rm -rf "$DIR/resharded"
-    sync
-    read -r _ _ ft < <($FL io "$ALL" "$TOTAL_FILES" "$DIR/floor.out" "${FILES[@]}")
-    sync
-    read -r t rss rc < <($FL rss $DS reshard "$CK" --to "$M" -o "$DIR/resharded" --force -q)
-    [ "$rc" = 0 ] || { echo "reshard failed"; exit 1; }
-    rs_t+=("$t"); rs_f+=("$ft"); [ "$rss" -gt "$rs_rss" ] && rs_rss=$rss
-  done
-  rt=$(printf '%s\n' "${rs_t[@]}" | median); rf=$(printf '%s\n' "${rs_f[@]}" | median)
-  echo "| ${G} GiB | reshard $WORLD → $M ranks ($(( ALL / 1048576 )) MiB each way) | $rt | $rf | $(awk -v a="$rt" -v b="$rf" 'BEGIN{printf "%.2f", a/b}') | ≤ 1.3 | $(( rs_rss / 1024 )) |"
-  rm -rf "$DIR/resharded"
+  reshard_row "$M"
+  [ "$M" -ne 1 ] && reshard_row 1
 
   # verify: hashing throughput vs cores x single-core SHA-256.
   v_t=(); v_s=()

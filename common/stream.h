@@ -1,6 +1,8 @@
 /*
- * stream.h — the one output stream type all checkpoint bytes go through, and the
- * chunked SHA-256 used to make files verifiable in parallel.
+ * stream.h — the sequential output stream, and the chunked SHA-256 used to make
+ * files verifiable in parallel. Outputs whose layout is planned up front go through
+ * the copy engine instead (copyengine.h: positional writes on every thread); both
+ * obey the same fault hook (ds_fault_allow) and interruption.
  *
  * A ds_stream writes sequentially to a new file, with a sticky error (after the
  * first failure every call returns the same status and message), an optional

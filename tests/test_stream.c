@@ -2,8 +2,11 @@
  * test_stream.c — the output stream: chunked SHA-256 equals one-shot SHA-256 of each
  * chunk however the writes are cut, the file digest is the hash of the chunk
  * digests, an injected write failure is sticky and removes the file, and
- * ds_pwrite_full obeys the same fault hook.
+ * ds_pwrite_full obeys the same fault hook; the copy engine writes what its fill
+ * produces and its chunk and file digests equal the stream's, on several threads,
+ * with chunks larger than one fill; a failing fill or a misfit unit stops it.
  */
+#include "copyengine.h"
 #include "fsutil.h"
 #include "stream.h"
 #include "tutil.h"
@@ -192,12 +195,98 @@ static void test_path_helpers(void) {
     free(d);
 }
 
+/* The engine's test fill: byte i of file f is a function of (f, i); unit 5 of a
+ * "failing" run fails. */
+static uint8_t engine_byte(size_t f, uint64_t i) { return (uint8_t)((i * 2654435761u >> 11) + 97 * f); }
+
+static dsckpt_status engine_fill(void *user, size_t unit, size_t file, uint64_t off, size_t len, void *buf,
+                                 const void **out, int worker) {
+    (void)out;
+    (void)worker;
+    if (user && unit == 5) return ds_err(DSCKPT_EIO, "unit 5 failed on purpose");
+    uint8_t *b = buf;
+    for (size_t i = 0; i < len; i++) b[i] = engine_byte(file, off + i);
+    return DSCKPT_OK;
+}
+
+static void test_copy_engine(void) {
+    char *dir = tu_mkdtemp();
+    /* File 0 hashed in 9 MiB chunks (each filled in three pieces), file 1 in 4 KiB
+     * chunks, file 2 not hashed (cut in 1000-byte units). */
+    static const uint64_t sizes[] = {(20u << 20) + 17, 3 * 4096 + 5, 12345};
+    static const uint64_t chunks[] = {9u << 20, 4096, 0};
+    ds_copy_file files[3];
+    char *paths[3];
+    for (size_t f = 0; f < 3; f++) {
+        char name[8] = {'f', (char)('0' + f), 0};
+        paths[f] = tu_path(dir, name);
+        files[f] = (ds_copy_file){.fd = open(paths[f], O_WRONLY | O_CREAT | O_EXCL, 0644), .name = paths[f],
+                                  .size = sizes[f], .hash_chunk = chunks[f]};
+        CU_ASSERT_FATAL(files[f].fd >= 0);
+    }
+    ds_copy_unit *units = NULL;
+    size_t nunits = 0;
+    TU_ASSERT_OK(ds_copy_chunk_units(files, 3, 1000, &units, &nunits));
+    CU_ASSERT_EQUAL(nunits, 3 + 4 + 13);
+    ds_copy_job job = {.files = files, .nfiles = 3, .units = units, .nunits = nunits, .fill = engine_fill,
+                       .threads = 2};
+    TU_ASSERT_OK(ds_copy_run(&job));
+    for (size_t f = 0; f < 3; f++) {
+        close(files[f].fd);
+        size_t len;
+        uint8_t *back = tu_read(paths[f], &len);
+        CU_ASSERT_EQUAL_FATAL(len, sizes[f]);
+        bool same = true;
+        for (size_t i = 0; i < len; i++) same = same && back[i] == engine_byte(f, i);
+        CU_ASSERT(same);
+        if (chunks[f]) { /* the digests a stream writing the same bytes computes */
+            ds_hasher *h = NULL;
+            ds_digests want = {0}, got = {0};
+            TU_ASSERT_OK(ds_hasher_new(chunks[f], &h));
+            TU_ASSERT_OK(ds_hasher_update(h, back, len));
+            TU_ASSERT_OK(ds_hasher_final(h, &want));
+            TU_ASSERT_OK(ds_copy_digests(&files[f], &got));
+            CU_ASSERT(got.nchunks == want.nchunks && got.size == want.size && got.chunk_size == want.chunk_size);
+            CU_ASSERT_EQUAL(memcmp(got.chunks, want.chunks, want.nchunks * DS_SHA256_LEN), 0);
+            CU_ASSERT_EQUAL(memcmp(got.file, want.file, DS_SHA256_LEN), 0);
+            ds_digests_clear(&want);
+            ds_digests_clear(&got);
+            ds_hasher_free(h);
+        }
+        free(back);
+        files[f].fd = open(paths[f], O_WRONLY);
+    }
+    /* A failing fill stops the run with its status and message (the digests were
+     * handed over above: cut the files again). */
+    free(units);
+    TU_ASSERT_OK(ds_copy_chunk_units(files, 3, 1000, &units, &nunits));
+    job.units = units;
+    job.user = &job;
+    CU_ASSERT_EQUAL(ds_copy_run(&job), DSCKPT_EIO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "unit 5 failed"));
+    /* A unit of a hashed file that is not exactly one of its chunks is refused. */
+    job.user = NULL;
+    ds_copy_unit bad = {.file = 1, .offset = 4096, .len = 100};
+    job.units = &bad;
+    job.nunits = 1;
+    CU_ASSERT_EQUAL(ds_copy_run(&job), DSCKPT_EINTERNAL);
+    for (size_t f = 0; f < 3; f++) {
+        close(files[f].fd);
+        ds_copy_file_clear(&files[f]);
+        free(paths[f]);
+    }
+    free(units);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     static const tu_test tests[] = {{"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
                                     {"SHA-256 of a file, streamed, = one-shot digest", test_sha256_file},
                                     {"hex encode/decode, known SHA-256 vector", test_hex},
                                     {"stream refuses an existing path", test_existing_path_refused},
                                     {"injected write failure: sticky, file removed; pwrite hook", test_fault_sticky},
+                                    {"copy engine: bytes and chunk digests as a stream's, failures stop it", test_copy_engine},
                                     {"atomic small-file replace keeps the old file on failure", test_atomic_file},
                                     {"safe names and path helpers", test_path_helpers},
                                     {NULL, NULL}};
