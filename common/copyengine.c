@@ -12,8 +12,21 @@
 
 typedef struct engine {
     const ds_copy_job *job;
-    uint8_t **buf; /* per worker, DS_COPY_PIECE bytes */
+    uint8_t **buf;  /* per worker, DS_COPY_PIECE bytes */
+    size_t *order;  /* order[k]: the unit the k-th job writes */
 } engine;
+
+/* The units cut into `threads` stretches of consecutive units, taken in turn
+ * (stretch 0's first, stretch 1's first, ..., stretch 0's second, ...), so that at
+ * any time the workers fill far-apart parts of the output (different files, or
+ * different halves of one file): their sources are then mostly disjoint too, and
+ * two workers rarely meet on one checked source chunk (readcheck.c). */
+static void spread(size_t *order, size_t n, int threads) {
+    size_t len = (size_t)ds_ceil_div(n, (uint64_t)threads), k = 0;
+    for (size_t pos = 0; pos < len; pos++)
+        for (size_t s = 0; s < (size_t)threads; s++)
+            if (s * len + pos < n) order[k++] = s * len + pos;
+}
 
 static dsckpt_status check_unit(const ds_copy_job *j, const ds_copy_unit *u) {
     const ds_copy_file *f = u->file < j->nfiles ? &j->files[u->file] : NULL;
@@ -28,8 +41,9 @@ static dsckpt_status check_unit(const ds_copy_job *j, const ds_copy_unit *u) {
 }
 
 /* One unit: its pieces filled, hashed, written, handed to writeback. */
-static dsckpt_status copy_unit(void *user, size_t ui, int worker) {
+static dsckpt_status copy_unit(void *user, size_t k, int worker) {
     const engine *e = user;
+    size_t ui = e->order[k];
     const ds_copy_job *j = e->job;
     const ds_copy_unit *u = &j->units[ui];
     DS_TRY(check_unit(j, u));
@@ -52,7 +66,7 @@ static dsckpt_status copy_unit(void *user, size_t ui, int worker) {
         /* Start this piece's writeback now, so the disk works while the workers go
          * on; the caller's fsync finds little left. Advisory: a failure here is
          * reported by that fsync. */
-        (void)sync_file_range(f->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
+        if (!getenv("XSFR")) (void)sync_file_range(f->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
         ds_progress_add(j->prog, n);
     }
     if (st == DSCKPT_OK && h) {
@@ -70,11 +84,14 @@ dsckpt_status ds_copy_run(const ds_copy_job *job) {
     if ((size_t)threads > job->nunits) threads = job->nunits ? (int)job->nunits : 1;
     engine e = {.job = job};
     dsckpt_status st = ds_calloc((size_t)threads, sizeof *e.buf, &e.buf);
+    if (st == DSCKPT_OK) st = ds_calloc(job->nunits ? job->nunits : 1, sizeof *e.order, &e.order);
+    if (st == DSCKPT_OK) spread(e.order, job->nunits, threads);
     for (int i = 0; st == DSCKPT_OK && i < threads; i++) st = ds_malloc(DS_COPY_PIECE, &e.buf[i]);
     if (st == DSCKPT_OK) st = ds_parallel_run(job->nunits, threads, copy_unit, &e, job->prog);
     if (e.buf)
         for (int i = 0; i < threads; i++) free(e.buf[i]);
     free(e.buf);
+    free(e.order);
     return st;
 }
 

@@ -22,8 +22,10 @@
 #include "parallel.h"
 #include "stream.h"
 
-/* Bytes one fill call produces at most (and each worker's buffer): 4 MiB. */
-#define DS_COPY_PIECE (4u << 20)
+/* Bytes one fill call produces at most (and each worker's buffer): 1 MiB, so a
+ * piece is filled, hashed and copied into the page cache while it is still in the
+ * CPU cache (4 MiB pieces cost reshard 4 -> 2 about a third more CPU time). */
+#define DS_COPY_PIECE (1u << 20)
 
 typedef struct ds_copy_file {
     int fd;
@@ -61,7 +63,8 @@ typedef struct ds_copy_job {
 dsckpt_status ds_copy_chunk_units(ds_copy_file *files, size_t nfiles, uint64_t unit_bytes, ds_copy_unit **units,
                                   size_t *nunits);
 
-/* Writes every unit on min(threads, nunits) threads; stops at the first failure. */
+/* Writes every unit on min(threads, nunits) threads, the workers spread over far
+ * apart parts of the output; stops at the first failure. */
 dsckpt_status ds_copy_run(const ds_copy_job *job);
 
 /* A hashed file's digests once every unit is written (moves its chunk digests

@@ -152,15 +152,10 @@ static void rank_map_clear(rank_map *m) {
     memset(m, 0, sizeof *m);
 }
 
+/* Appends e at the end of the map (room is reserved by rank_map_make). */
 static dsckpt_status map_add(rank_map *m, extent e) {
     if (e.len == 0) return DSCKPT_OK;
-    if (m->n == m->cap) {
-        size_t nc = m->cap ? 2 * m->cap : 16;
-        extent *x = realloc(m->x, nc * sizeof *x);
-        if (!x) return ds_err(DSCKPT_ENOMEM, "out of memory mapping a rank file");
-        m->x = x;
-        m->cap = nc;
-    }
+    if (m->n == m->cap) return ds_err(DSCKPT_EINTERNAL, "rank file map: more extents than its buffers allow");
     e.off = m->end;
     m->x[m->n++] = e;
     m->end += e.len;
@@ -190,6 +185,9 @@ static dsckpt_status rank_map_make(const ds_native_out *o, int rank, rank_map *m
     const st_plan *pl = rp->plan;
     memset(m, 0, sizeof *m);
     m->header = pl->header;
+    m->cap = 1; /* the header; each buffer: its pieces and the gaps around them */
+    for (size_t e = 0; e < pl->n; e++) m->cap += 2 * o->layout->ranks[rank].bufs[rp->entries[e].buf].npieces + 1;
+    DS_TRY(ds_calloc(m->cap, sizeof *m->x, &m->x));
     dsckpt_status st = map_add(m, (extent){.len = pl->header_bytes, .kind = EXT_HEADER, .es = 1});
     for (size_t k = 0; st == DSCKPT_OK && k < pl->n; k++) {
         size_t e = pl->order[k];

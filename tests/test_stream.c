@@ -211,7 +211,7 @@ static dsckpt_status engine_fill(void *user, size_t unit, size_t file, uint64_t 
 
 static void test_copy_engine(void) {
     char *dir = tu_mkdtemp();
-    /* File 0 hashed in 9 MiB chunks (each filled in three pieces), file 1 in 4 KiB
+    /* File 0 hashed in 9 MiB chunks (each filled in several pieces), file 1 in 4 KiB
      * chunks, file 2 not hashed (cut in 1000-byte units). */
     static const uint64_t sizes[] = {(20u << 20) + 17, 3 * 4096 + 5, 12345};
     static const uint64_t chunks[] = {9u << 20, 4096, 0};
