@@ -35,65 +35,56 @@ static dsckpt_status add_carried(cJSON *root, const char *key, const cJSON *v) {
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_native_out **out) {
-    ds_native_out *o = calloc(1, sizeof *o);
-    if (!o) return ds_err(DSCKPT_ENOMEM, "out of memory");
-    dsckpt_status st = ds_ckpt_new(&o->c);
-    dsckpt_ckpt *c = o->c;
-    o->compress_level = sp->compress_level;
-    o->chunk_size = sp->chunk_size ? sp->chunk_size : o->compress_level ? DS_ZCHUNK_DEFAULT_CHUNK : DS_DEFAULT_CHUNK;
-    if (st == DSCKPT_OK && !ds_safe_name(sp->tag)) st = ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", sp->tag);
-    if (st == DSCKPT_OK && o->compress_level && !ds_zchunk_level_ok(o->compress_level))
-        st = ds_err(DSCKPT_EINVAL, "compression level %d (zstd levels are 1 to 22)", o->compress_level);
-    if (st == DSCKPT_OK && o->compress_level && o->chunk_size > DS_ZCHUNK_MAX_RAW)
-        st = ds_err(DSCKPT_EINVAL, "chunk size %llu: compressed chunks are at most %llu bytes",
-                    (unsigned long long)o->chunk_size, (unsigned long long)DS_ZCHUNK_MAX_RAW);
-    if (st == DSCKPT_OK) st = ds_layout_make(sp->tensors, sp->ntensors, sp->ngroups, sp->stage, sp->world_size, &o->layout);
-    if (st) goto fail;
+/* The handle's identity, tensors and carried JSON (state, ds_config, metrics, model). */
+static dsckpt_status prepare_handle(dsckpt_ckpt *c, const ds_native_spec *sp, const char *dir) {
     c->format = ds_strdup("dsckpt");
     c->dir = ds_strdup(dir);
     c->tag = ds_strdup(sp->tag);
     c->train_dtype = ds_strdup(sp->train_dtype);
-    if (!c->format || !c->dir || !c->tag || !c->train_dtype) goto nomem;
+    if (!c->format || !c->dir || !c->tag || !c->train_dtype) return ds_err(DSCKPT_ENOMEM, "out of memory planning a checkpoint");
     c->step = sp->step;
     c->world_size = sp->world_size;
     c->stage = sp->stage;
     c->ngroups = sp->ngroups;
-    DS_TRYGOTO(ds_calloc(sp->ntensors, sizeof *c->tensors, &c->tensors), fail);
+    DS_TRY(ds_calloc(sp->ntensors, sizeof *c->tensors, &c->tensors));
     for (size_t i = 0; i < sp->ntensors; i++) {
         c->ntensors = i + 1;
-        DS_TRYGOTO(ds_tensor_copy(&c->tensors[i], &sp->tensors[i]), fail);
+        DS_TRY(ds_tensor_copy(&c->tensors[i], &sp->tensors[i]));
     }
     c->ntensors = sp->ntensors;
     c->manifest = cJSON_CreateObject();
-    if (!c->manifest) goto nomem;
-    DS_TRYGOTO(add_carried(c->manifest, "state", sp->state), fail);
-    DS_TRYGOTO(add_carried(c->manifest, "ds_config", sp->ds_config), fail);
-    DS_TRYGOTO(add_carried(c->manifest, "metrics", sp->metrics), fail);
+    if (!c->manifest) return ds_err(DSCKPT_ENOMEM, "out of memory planning a checkpoint");
+    DS_TRY(add_carried(c->manifest, "state", sp->state));
+    DS_TRY(add_carried(c->manifest, "ds_config", sp->ds_config));
+    DS_TRY(add_carried(c->manifest, "metrics", sp->metrics));
     if (sp->model) {
         c->model = *sp->model;
         c->has_model = true;
     }
+    return DSCKPT_OK;
+}
 
+/* Each rank file's plan and name, then every state's fragments from the plans. */
+static dsckpt_status prepare_files(ds_native_out *o, const char *dir, const char *tag) {
+    dsckpt_ckpt *c = o->c;
     int nf = o->layout->nfiles;
-    DS_TRYGOTO(ds_calloc((size_t)nf, sizeof *o->plans, &o->plans), fail);
-    DS_TRYGOTO(ds_calloc((size_t)nf, sizeof *c->files, &c->files), fail);
+    DS_TRY(ds_calloc((size_t)nf, sizeof *o->plans, &o->plans));
+    DS_TRY(ds_calloc((size_t)nf, sizeof *c->files, &c->files));
     c->nfiles = (size_t)nf;
-    /* Count fragments per state, then fill them from the plans. */
-    size_t cnt[DS_NSTATES] = {0};
+    size_t cnt[DS_NSTATES] = {0}; /* fragments per state */
     for (int r = 0; r < nf; r++) {
-        DS_TRYGOTO(ds_rank_plan_make(o->layout, c->tensors, r, sp->tag, &o->plans[r]), fail);
+        DS_TRY(ds_rank_plan_make(o->layout, c->tensors, r, tag, &o->plans[r]));
         char name[64];
         snprintf(name, sizeof name, DS_RANK_FILE_FMT, r);
         c->files[r].name = ds_strdup(name);
         c->files[r].path = ds_join(dir, name);
-        if (!c->files[r].name || !c->files[r].path) goto nomem;
+        if (!c->files[r].name || !c->files[r].path) return ds_err(DSCKPT_ENOMEM, "out of memory planning a checkpoint");
         c->files[r].rank = r;
         c->files[r].size = o->plans[r].plan->file_size;
         for (size_t e = 0; e < o->plans[r].n; e++)
             cnt[o->plans[r].entries[e].state] += o->layout->ranks[r].bufs[o->plans[r].entries[e].buf].npieces;
     }
-    for (int s = 0; s < DS_NSTATES; s++) DS_TRYGOTO(ds_calloc(cnt[s], sizeof *c->frags[s], &c->frags[s]), fail);
+    for (int s = 0; s < DS_NSTATES; s++) DS_TRY(ds_calloc(cnt[s], sizeof *c->frags[s], &c->frags[s]));
     for (int r = 0; r < nf; r++) {
         const ds_rank_plan *rp = &o->plans[r];
         for (size_t e = 0; e < rp->n; e++) {
@@ -109,14 +100,31 @@ dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_na
             }
         }
     }
-    DS_TRYGOTO(ds_ckpt_index(c, NULL, NULL), fail);
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_native_prepare(const ds_native_spec *sp, const char *dir, ds_native_out **out) {
+    ds_native_out *o = calloc(1, sizeof *o);
+    if (!o) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    dsckpt_status st = ds_ckpt_new(&o->c);
+    o->compress_level = sp->compress_level;
+    o->chunk_size = sp->chunk_size ? sp->chunk_size : o->compress_level ? DS_ZCHUNK_DEFAULT_CHUNK : DS_DEFAULT_CHUNK;
+    if (st == DSCKPT_OK && !ds_safe_name(sp->tag)) st = ds_err(DSCKPT_EINVAL, "tag '%s' is not a plain directory name", sp->tag);
+    if (st == DSCKPT_OK && o->compress_level && !ds_zchunk_level_ok(o->compress_level))
+        st = ds_err(DSCKPT_EINVAL, "compression level %d (zstd levels are 1 to 22)", o->compress_level);
+    if (st == DSCKPT_OK && o->compress_level && o->chunk_size > DS_ZCHUNK_MAX_RAW)
+        st = ds_err(DSCKPT_EINVAL, "chunk size %llu: compressed chunks are at most %llu bytes",
+                    (unsigned long long)o->chunk_size, (unsigned long long)DS_ZCHUNK_MAX_RAW);
+    if (st == DSCKPT_OK) st = ds_layout_make(sp->tensors, sp->ntensors, sp->ngroups, sp->stage, sp->world_size, &o->layout);
+    if (st == DSCKPT_OK) st = prepare_handle(o->c, sp, dir);
+    if (st == DSCKPT_OK) st = prepare_files(o, dir, sp->tag);
+    if (st == DSCKPT_OK) st = ds_ckpt_index(o->c, NULL, NULL);
+    if (st) {
+        ds_native_out_free(o);
+        return st;
+    }
     *out = o;
     return DSCKPT_OK;
-nomem:
-    st = ds_err(DSCKPT_ENOMEM, "out of memory planning a checkpoint");
-fail:
-    ds_native_out_free(o);
-    return st;
 }
 
 uint64_t ds_native_total_bytes(const ds_native_out *o) {
