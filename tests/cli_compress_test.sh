@@ -16,44 +16,9 @@
 # Usage: tests/cli_compress_test.sh PATH/TO/dsckpt
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-T="$(mktemp -d -t dsckpt-compress.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-
-PASS=0
-FAIL=0
-ok() { PASS=$((PASS + 1)); }
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
-RC=0
-run() {
-    "$DS" "$@" >"$T/out" 2>"$T/err"
-    RC=$?
-}
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then ok; else
-        bad "$2: exit $RC, expected $1"
-        sed 's/^/    /' "$T/err" | head -5
-    fi
-}
-expect_in() { # out|err PATTERN DESC
-    if grep -qE -e "$2" "$T/$1"; then ok; else
-        bad "$3: no /$2/ in std$1"
-        sed 's/^/    /' "$T/$1" | head -5
-    fi
-}
+. "$(dirname "$0")/cli_lib.sh"
+cli_init compress "$@"
 same() { if cmp -s "$1" "$2"; then ok; else bad "$3: $1 and $2 differ"; fi; }
-absent() { if [ ! -e "$1" ]; then ok; else bad "$2: $1 exists"; fi; }
 
 # ---- uncompressed output unchanged ----
 run synth -o golden --params 1M --world-size 3 --stage 1 --seed 5 -q
@@ -177,5 +142,4 @@ run reshard z-bf16 --to 2 -o u --format deepspeed --compress -q
 expect_rc 3 "reshard --format deepspeed --compress"
 absent u "refused runs"
 
-echo "cli_compress: $PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish

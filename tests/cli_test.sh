@@ -8,39 +8,8 @@
 # Exits non-zero if any check fails; the last line is "N passed, M failed".
 set -u
 
-if [ $# -ne 1 ]; then
-    echo "usage: $0 PATH/TO/dsckpt" >&2
-    exit 2
-fi
-case "$1" in
-/*) DS="$1" ;;
-*) DS="$PWD/$1" ;;
-esac
-if [ ! -x "$DS" ]; then
-    echo "FAIL: $DS is not an executable" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "FAIL: python3 is needed (JSON parsing, byte editing)" >&2
-    echo "0 passed, 1 failed"
-    exit 1
-fi
-
-SRC_DIR="$(cd "$(dirname "$0")/.." && pwd)"
-T="$(mktemp -d -t dsckpt-cli-test.XXXXXX)" || exit 1
-trap 'rm -rf "$T"' EXIT
-cd "$T" || exit 1
-
-PASS=0
-FAIL=0
-ok() {
-    PASS=$((PASS + 1))
-}
-bad() {
-    FAIL=$((FAIL + 1))
-    echo "FAIL: $*"
-}
+. "$(dirname "$0")/cli_lib.sh"
+cli_init cli-test "$@"
 # check DESCRIPTION COMMAND...: the command must succeed.
 check() {
     local desc="$1"
@@ -48,12 +17,6 @@ check() {
     if "$@"; then ok; else bad "$desc"; fi
 }
 
-# run ARGS...: runs dsckpt with stdout in $T/out, stderr in $T/err, status in RC.
-RC=0
-run() {
-    "$DS" "$@" >"$T/out" 2>"$T/err"
-    RC=$?
-}
 # Environment variables for the run come before the arguments: runenv VAR=V -- ARGS...
 runenv() {
     local envs=()
@@ -64,22 +27,6 @@ runenv() {
     shift
     env "${envs[@]}" "$DS" "$@" >"$T/out" 2>"$T/err"
     RC=$?
-}
-# expect_rc WANT DESCRIPTION: the last run exited with WANT.
-expect_rc() {
-    if [ "$RC" -eq "$1" ]; then
-        ok
-    else
-        bad "$2: exit $RC, expected $1 (stderr: $(head -c 400 "$T/err" | tr '\n' ' '))"
-    fi
-}
-# expect_in FILE PATTERN DESCRIPTION: grep -E PATTERN in FILE (out or err).
-expect_in() {
-    if grep -qE -e "$2" "$T/$1"; then
-        ok
-    else
-        bad "$3: /$2/ not in std$1 ($(head -c 400 "$T/$1" | tr '\n' ' '))"
-    fi
 }
 expect_absent() {
     if [ ! -e "$1" ] && [ ! -L "$1" ]; then ok; else bad "$2: $1 exists"; fi
@@ -591,5 +538,4 @@ expect_in err "ZeRO-0" "the refusal names ZeRO-0"
 [ ! -e ds_synth0_uni ] && ok "nothing written for the refused universal output" || bad "ds_synth0_uni was created"
 
 # --------------------------------------------------------------------------------
-echo "$PASS passed, $FAIL failed"
-[ "$FAIL" -eq 0 ]
+cli_finish
