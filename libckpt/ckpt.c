@@ -14,6 +14,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,52 +186,145 @@ static dsckpt_status fdset_read_header(const dsckpt_ckpt *c, const ds_fdset *fs,
     return st;
 }
 
-dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
+/* Opens file i of c, checking its size against the manifest. */
+static dsckpt_status open_file(const dsckpt_ckpt *c, size_t i, int *fd) {
+    uint64_t size;
+    dsckpt_status st = ds_open_read(c->files[i].path, fd, &size);
+    if (st == DSCKPT_ENOENT)
+        return ds_err(DSCKPT_ECORRUPT, "%s: missing (listed in the manifest, not on disk; run dsckpt verify)",
+                      c->files[i].path);
+    DS_TRY(st);
+    uint64_t want = ds_file_disk_size(&c->files[i]);
+    if (size != want)
+        return ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
+                      c->files[i].path, (unsigned long long)size, (unsigned long long)want);
+    return DSCKPT_OK;
+}
+
+/* Native rank files: fragments must point into the data, never into the
+ * safetensors header (a reader would otherwise return header bytes as weights).
+ * DeepSpeed files are checked against their zip members at open. */
+static dsckpt_status frags_past_header(const dsckpt_ckpt *c, size_t i, const st_header *h) {
+    for (int s = 0; s < DS_NSTATES; s++)
+        for (size_t k = 0; k < c->nfrags[s]; k++) {
+            const ds_frag *fr = &c->frags[s][k];
+            if (fr->file == i && fr->numel && fr->offset < h->data_start)
+                return ds_err(DSCKPT_ECORRUPT, "%s: %s fragment of '%s' at byte %llu points into the header",
+                              c->files[i].path, ds_state_names[s], c->tensors[fr->tensor].name,
+                              (unsigned long long)fr->offset);
+        }
+    return DSCKPT_OK;
+}
+
+static bool is_native(const dsckpt_ckpt *c) { return c->format && !strcmp(c->format, "dsckpt"); }
+
+static dsckpt_status fdset_alloc(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->n = c->nfiles;
     fs->vf = NULL;
     fs->zcache = NULL;
-    DS_TRY(ds_calloc(c->nfiles, sizeof *fs->fd, &fs->fd));
+    fs->lazy = NULL;
+    DS_TRY(ds_calloc(c->nfiles ? c->nfiles : 1, sizeof *fs->fd, &fs->fd));
     for (size_t i = 0; i < c->nfiles; i++) fs->fd[i] = -1;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs) {
+    DS_TRY(fdset_alloc(c, fs));
     dsckpt_status st = DSCKPT_OK;
-    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) {
-        uint64_t size;
-        st = ds_open_read(c->files[i].path, &fs->fd[i], &size);
-        if (st == DSCKPT_ENOENT)
-            st = ds_err(DSCKPT_ECORRUPT, "%s: missing (listed in the manifest, not on disk; run dsckpt verify)",
-                        c->files[i].path);
-        uint64_t want = ds_file_disk_size(&c->files[i]);
-        if (st == DSCKPT_OK && size != want)
-            st = ds_err(DSCKPT_ECORRUPT, "%s: %llu bytes, but the manifest says %llu (truncated or replaced; run dsckpt verify)",
-                        c->files[i].path, (unsigned long long)size, (unsigned long long)want);
-    }
+    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) st = open_file(c, i, &fs->fd[i]);
     if (st == DSCKPT_OK) st = ds_fdset_check_init(c, fs);
-    /* Native rank files: fragments must point into the data, never into the
-     * safetensors header (a reader would otherwise return header bytes as
-     * weights). DeepSpeed files are checked against their zip members at open. */
-    bool native = c->format && !strcmp(c->format, "dsckpt");
-    for (size_t i = 0; native && i < c->nfiles && st == DSCKPT_OK; i++) {
+    for (size_t i = 0; is_native(c) && i < c->nfiles && st == DSCKPT_OK; i++) {
         st_header *h = NULL;
         st = fdset_read_header(c, fs, i, &h);
-        for (int s = 0; st == DSCKPT_OK && s < DS_NSTATES; s++)
-            for (size_t k = 0; st == DSCKPT_OK && k < c->nfrags[s]; k++) {
-                const ds_frag *fr = &c->frags[s][k];
-                if (fr->file == i && fr->numel && fr->offset < h->data_start)
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s fragment of '%s' at byte %llu points into the header",
-                                c->files[i].path, ds_state_names[s], c->tensors[fr->tensor].name,
-                                (unsigned long long)fr->offset);
-            }
+        if (st == DSCKPT_OK) st = frags_past_header(c, i, h);
         st_header_free(h);
     }
     if (st) ds_fdset_close(fs);
     return st;
 }
 
+/* ---- lazy sets ---- */
+
+enum { LZ_CLOSED = 0, LZ_OPEN, LZ_FAILED };
+
+struct ds_fdlazy {
+    pthread_mutex_t mu; /* held only while this file is opened; no other lock is taken under it */
+    atomic_int state;   /* LZ_*; LZ_OPEN / LZ_FAILED published with release */
+    dsckpt_status st;   /* LZ_FAILED: why */
+    char *msg;
+};
+
+dsckpt_status ds_fdset_open_lazy(const dsckpt_ckpt *c, ds_fdset *fs) {
+    DS_TRY(fdset_alloc(c, fs));
+    dsckpt_status st = ds_calloc(c->nfiles ? c->nfiles : 1, sizeof *fs->lazy, &fs->lazy);
+    for (size_t i = 0; st == DSCKPT_OK && i < c->nfiles; i++) {
+        if (pthread_mutex_init(&fs->lazy[i].mu, NULL)) st = ds_err(DSCKPT_EINTERNAL, "cannot create a file's mutex");
+        atomic_init(&fs->lazy[i].state, st ? LZ_FAILED : LZ_CLOSED);
+        fs->lazy[i].st = st;
+    }
+    if (st == DSCKPT_OK) st = ds_fdset_check_alloc(c, fs);
+    if (st) ds_fdset_close(fs);
+    return st;
+}
+
+/* Opens file i of a lazy set as ds_fdset_open would. The header is read straight
+ * from the file (a compressed one's first chunks decoded here, not through the
+ * shared chunk cache): opening never waits on the cache nor re-enters the set. */
+static dsckpt_status lazy_open(const dsckpt_ckpt *c, const ds_fdset *fs, size_t i) {
+    DS_TRY(open_file(c, i, &fs->fd[i]));
+    DS_TRY(ds_fdset_check_file(c, fs, i));
+    if (!is_native(c)) return DSCKPT_OK;
+    st_header *h = NULL;
+    dsckpt_status st = ds_file_read_header(&c->files[i], fs->fd[i], !c->no_read_check, &h);
+    if (st == DSCKPT_OK) st = frags_past_header(c, i, h);
+    st_header_free(h);
+    return st;
+}
+
+dsckpt_status ds_fdset_ensure(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t i) {
+    ds_fdlazy *l = &fs->lazy[i];
+    int state = atomic_load_explicit(&l->state, memory_order_acquire);
+    if (state == LZ_CLOSED) {
+        pthread_mutex_lock(&l->mu);
+        if (atomic_load_explicit(&l->state, memory_order_relaxed) == LZ_CLOSED) {
+            dsckpt_status st = lazy_open(c, fs, i);
+            if (st) {
+                l->st = st;
+                l->msg = ds_strdup(dsckpt_last_error());
+            }
+            atomic_store_explicit(&l->state, st ? LZ_FAILED : LZ_OPEN, memory_order_release);
+        }
+        pthread_mutex_unlock(&l->mu);
+        state = atomic_load_explicit(&l->state, memory_order_acquire);
+    }
+    if (state == LZ_OPEN) return DSCKPT_OK;
+    return ds_err(l->st ? l->st : DSCKPT_EIO, "%s", l->msg ? l->msg : c->files[i].path);
+}
+
+bool ds_fdset_is_open(const ds_fdset *fs, size_t i) {
+    if (!fs || !fs->fd || i >= fs->n) return false;
+    if (!fs->lazy) return true;
+    return atomic_load_explicit(&fs->lazy[i].state, memory_order_acquire) != LZ_CLOSED;
+}
+
+size_t ds_fdset_opened(const ds_fdset *fs) {
+    size_t k = 0;
+    for (size_t i = 0; fs && i < fs->n; i++) k += ds_fdset_is_open(fs, i);
+    return k;
+}
+
 void ds_fdset_close(ds_fdset *fs) {
     if (!fs) return;
     ds_fdset_check_free(fs);
     if (!fs->fd) return;
-    for (size_t i = 0; i < fs->n; i++)
+    for (size_t i = 0; i < fs->n; i++) {
         if (fs->fd[i] >= 0) close(fs->fd[i]);
+        if (!fs->lazy) continue;
+        pthread_mutex_destroy(&fs->lazy[i].mu);
+        free(fs->lazy[i].msg);
+    }
+    free(fs->lazy);
+    fs->lazy = NULL;
     free(fs->fd);
     fs->fd = NULL;
     fs->n = 0;

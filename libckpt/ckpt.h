@@ -81,6 +81,14 @@ static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
  * another thread is harmless: the run fails before anything is renamed into place. */
 dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs);
 void ds_fdset_check_free(ds_fdset *fs);
+/* ds_fdset_check_init in two steps, for lazy sets: the per-file array and the
+ * chunk cache (check_alloc), then file i, once it is open (check_file; it writes
+ * only fs->vf[i], so files may be set up concurrently, each by one thread). */
+dsckpt_status ds_fdset_check_alloc(const dsckpt_ckpt *c, ds_fdset *fs);
+dsckpt_status ds_fdset_check_file(const dsckpt_ckpt *c, const ds_fdset *fs, size_t i);
+/* A lazy set (ds_fdset_open_lazy): opens file i on its first use, once, under that
+ * file's own mutex; called by ds_fdset_pread before it takes any other lock. */
+dsckpt_status ds_fdset_ensure(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t i);
 /* Reads n bytes at `offset` of file `file` through the checks (plain pread when off). */
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset);

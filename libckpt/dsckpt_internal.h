@@ -42,13 +42,28 @@ const ds_model_info *ds_ckpt_model(const dsckpt_ckpt *c);
  * (pread is thread-safe). */
 typedef struct ds_vfile ds_vfile; /* readcheck.c */
 typedef struct ds_zcache ds_zcache; /* zfile.h */
+typedef struct ds_fdlazy ds_fdlazy; /* ckpt.c */
 typedef struct ds_fdset {
     int *fd;
     size_t n;
     ds_vfile *vf; /* per file, when reads are checked or a file is compressed (else NULL) */
     ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
+    ds_fdlazy *lazy; /* ds_fdset_open_lazy: each file's open state (else NULL) */
 } ds_fdset;
+/* Opens every file now: its size checked against the manifest and, for a native
+ * checkpoint, its safetensors header read (no fragment may point into it). */
 dsckpt_status ds_fdset_open(const dsckpt_ckpt *c, ds_fdset *fs);
+/* The same set, opening nothing yet: file i is opened and checked as above, and
+ * its read checks set up, on its first read through ds_ckpt_read / ds_fdset_pread,
+ * once, under a mutex of its own (thread-safe: readers of other files do not
+ * wait; a failure is kept and returned by every later read of that file). For a
+ * reader that touches a few files of many (a rank resuming from its share).
+ * Read a lazy set only through those two calls (fs->fd[i] is -1 until then). */
+dsckpt_status ds_fdset_open_lazy(const dsckpt_ckpt *c, ds_fdset *fs);
+/* How many files of fs have been opened (all of them for ds_fdset_open; for a lazy
+ * set those read so far, failed opens included), and whether file i has. */
+size_t ds_fdset_opened(const ds_fdset *fs);
+bool ds_fdset_is_open(const ds_fdset *fs, size_t i);
 void ds_fdset_close(ds_fdset *fs);
 
 /* Reads elements [start, start+numel) of state s of tensor t, in the stored dtype

@@ -71,7 +71,7 @@ static void sort_members(const zip_archive *z, size_t *ix, size_t *tmp, size_t n
     memcpy(ix, tmp, n * sizeof *ix);
 }
 
-dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
+dsckpt_status ds_fdset_check_alloc(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->vf = NULL;
     fs->zcache = NULL;
     bool anyz = false;
@@ -79,47 +79,57 @@ dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
     /* Compressed files are read through the cache even with the checks off. */
     if ((c->no_read_check && !anyz) || c->nfiles == 0) return DSCKPT_OK;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->vf, &fs->vf));
-    dsckpt_status st = DSCKPT_OK;
     /* A slot per worker thread and two spare: at most that many chunks decoded
      * at once (slots x (raw + stored chunk size) of memory). */
-    if (anyz) st = ds_zcache_new((size_t)ds_thread_count(0) + 2, &fs->zcache);
-    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) {
-        const ds_file *f = &c->files[i];
-        ds_vfile *v = &fs->vf[i];
-        if (f->compressed) {
-            v->z = true;
-            v->sha = true;
-            v->n = f->dg.nchunks;
-        } else if (c->no_read_check) {
-            continue; /* v->on false: plain preads */
-        } else if (f->has_digests) {
-            v->sha = true;
-            v->n = f->dg.nchunks;
-        } else {
-            /* A DeepSpeed .pt file: its zip members and their CRC-32. */
-            st = zip_open_fd(fs->fd[i], f->path, &v->zip);
-            if (st) break;
-            v->n = v->zip->n;
-            size_t *tmp = NULL;
-            st = ds_calloc(v->n ? v->n : 1, sizeof *v->order, &v->order);
-            if (st == DSCKPT_OK) st = ds_calloc(v->n ? v->n : 1, sizeof *tmp, &tmp);
-            if (st == DSCKPT_OK) {
-                for (size_t k = 0; k < v->n; k++) v->order[k] = k;
-                sort_members(v->zip, v->order, tmp, v->n);
-            }
-            free(tmp);
-            if (st) break;
-        }
-        if (v->n) {
-            v->state = calloc(v->n, sizeof *v->state);
-            if (!v->state) {
-                st = ds_err(DSCKPT_ENOMEM, "out of memory");
-                break;
-            }
-            for (size_t k = 0; k < v->n; k++) atomic_init(&v->state[k], U_FRESH);
-        }
-        v->on = !c->no_read_check;
+    dsckpt_status st = anyz ? ds_zcache_new((size_t)ds_thread_count(0) + 2, &fs->zcache) : DSCKPT_OK;
+    if (st) ds_fdset_check_free(fs);
+    return st;
+}
+
+/* A DeepSpeed .pt file's check units: its zip members (CRC-32), by data offset. */
+static dsckpt_status zip_units(const ds_file *f, int fd, ds_vfile *v) {
+    DS_TRY(zip_open_fd(fd, f->path, &v->zip));
+    v->n = v->zip->n;
+    size_t *tmp = NULL;
+    dsckpt_status st = ds_calloc(v->n ? v->n : 1, sizeof *v->order, &v->order);
+    if (st == DSCKPT_OK) st = ds_calloc(v->n ? v->n : 1, sizeof *tmp, &tmp);
+    if (st == DSCKPT_OK) {
+        for (size_t k = 0; k < v->n; k++) v->order[k] = k;
+        sort_members(v->zip, v->order, tmp, v->n);
     }
+    free(tmp);
+    return st;
+}
+
+dsckpt_status ds_fdset_check_file(const dsckpt_ckpt *c, const ds_fdset *fs, size_t i) {
+    if (!fs->vf) return DSCKPT_OK;
+    const ds_file *f = &c->files[i];
+    ds_vfile *v = &fs->vf[i];
+    if (f->compressed) {
+        v->z = true;
+        v->sha = true;
+        v->n = f->dg.nchunks;
+    } else if (c->no_read_check) {
+        return DSCKPT_OK; /* v->on false: plain preads */
+    } else if (f->has_digests) {
+        v->sha = true;
+        v->n = f->dg.nchunks;
+    } else {
+        DS_TRY(zip_units(f, fs->fd[i], v));
+    }
+    if (v->n) {
+        v->state = calloc(v->n, sizeof *v->state);
+        if (!v->state) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        for (size_t k = 0; k < v->n; k++) atomic_init(&v->state[k], U_FRESH);
+    }
+    v->on = !c->no_read_check;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs) {
+    DS_TRY(ds_fdset_check_alloc(c, fs));
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 0; i < c->nfiles && st == DSCKPT_OK; i++) st = ds_fdset_check_file(c, fs, i);
     if (st) ds_fdset_check_free(fs);
     return st;
 }
@@ -331,8 +341,9 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset) {
     const ds_file *f = &c->files[file];
-    int fd = fs->fd[file];
     if (ds_interrupted()) return ds_err_interrupted();
+    if (fs->lazy) DS_TRY(ds_fdset_ensure(c, fs, file)); /* never with a lock of ours held */
+    int fd = fs->fd[file];
     if (fs->vf && fs->vf[file].z && n) return zread(f, fs, file, dst, n, offset);
     if (!fs->vf || !fs->vf[file].on || n == 0) return ds_pread_full(fd, dst, n, offset, f->path);
     ds_vfile *v = &fs->vf[file];

@@ -49,6 +49,7 @@ struct rt_comm {
     const void **sends;
     void **recvs;
     const float **srcs;
+    size_t *gcnt, *gdisp; /* a gather's block counts and displacements (root) */
     /* rt_comm_set_device: buffers of this table are staged through host memory. */
     const rt_device *dev;
     void *stage;
@@ -96,6 +97,8 @@ dsckpt_status rt_comm_create(const rt_comm_ops *ops, void *impl, int rank, int s
     DS_TRYGOTO(ds_calloc(W, sizeof *c->sends, &c->sends), fail);
     DS_TRYGOTO(ds_calloc(W, sizeof *c->recvs, &c->recvs), fail);
     DS_TRYGOTO(ds_calloc(W, sizeof *c->srcs, &c->srcs), fail);
+    DS_TRYGOTO(ds_calloc(W, sizeof *c->gcnt, &c->gcnt), fail);
+    DS_TRYGOTO(ds_calloc(W, sizeof *c->gdisp, &c->gdisp), fail);
     *out = c;
     return DSCKPT_OK;
 fail:
@@ -121,6 +124,8 @@ void rt_comm_close(rt_comm *c) {
     free(c->sends);
     free(c->recvs);
     free(c->srcs);
+    free(c->gcnt);
+    free(c->gdisp);
     free(c);
 }
 
@@ -217,6 +222,49 @@ static dsckpt_status gatherv_bytes(rt_comm *c, const void *send, const size_t *c
         DS_TRY(c->ops->allgatherv(c->impl, c->stream, s, pc, pd, recv));
     }
     c->bytes_sent += (uint64_t)counts[c->rank] * (W - 1);
+    return DSCKPT_OK;
+}
+
+/* Bytes per rank in one gather round: at most the message cap arrives at the root
+ * per round, so a backend may hand the whole round to MPI with int counts. */
+static size_t gather_piece(const rt_comm *c) { return DS_MAX(c->max_msg / (size_t)c->size, (size_t)1); }
+
+/* One gather round through the point-to-point exchange (a backend without a gather
+ * op): every rank sends its piece to the root; the root receives each in place. */
+static dsckpt_status gather_by_exchange(rt_comm *c, const void *send, size_t bytes, int root, void *recv,
+                                        const size_t *counts, const size_t *displs) {
+    for (int r = 0; r < c->size; r++) {
+        bool take = c->rank == root && (r != root || send);
+        c->sends[r] = r == root ? send : NULL;
+        c->sbytes[r] = r == root && send ? bytes : 0;
+        c->recvs[r] = take && counts[r] ? (uint8_t *)recv + displs[r] : NULL;
+        c->rbytes[r] = take ? counts[r] : 0;
+    }
+    return c->ops->exchange(c->impl, c->stream, c->sends, c->sbytes, (void *const *)c->recvs, c->rbytes);
+}
+
+/* `rounds` gather rounds of gather_piece() bytes per rank: this rank's block is
+ * send[0..bytes) (NULL on the root: already in place); on the root, rank r's
+ * counts[r] bytes go to recv + displs[r]. */
+static dsckpt_status gather_rounds(rt_comm *c, const void *send, size_t bytes, int root, void *recv,
+                                   const size_t *counts, const size_t *displs, uint64_t rounds) {
+    bool is_root = c->rank == root;
+    size_t piece = gather_piece(c), *pc = c->cnt, *pd = c->off;
+    for (uint64_t k = 0; k < rounds; k++) {
+        size_t base = (size_t)k * piece;
+        size_t mine = bytes > base ? DS_MIN(bytes - base, piece) : 0;
+        for (int r = 0; is_root && r < c->size; r++) {
+            pc[r] = counts[r] > base ? DS_MIN(counts[r] - base, piece) : 0;
+            pd[r] = displs[r] + (pc[r] ? base : 0);
+        }
+        const void *s = send ? (const uint8_t *)send + (mine ? base : 0) : NULL;
+        if (c->ops->gatherv)
+            DS_TRY(c->ops->gatherv(c->impl, c->stream, s, mine, root, is_root ? recv : NULL, is_root ? pc : NULL,
+                                   is_root ? pd : NULL));
+        else
+            DS_TRY(gather_by_exchange(c, s, mine, root, recv, pc, pd));
+    }
+    if (!is_root) c->bytes_sent += bytes;
     return DSCKPT_OK;
 }
 
@@ -374,6 +422,113 @@ dsckpt_status rt_comm_allgather(rt_comm *c, const void *send, size_t bytes_per_r
     return st;
 }
 
+/* The root's half of rt_comm_gatherv's checks: counts, recv, overlap; the block
+ * displacements into c->gdisp and the rounds the blocks need into *rounds. */
+static dsckpt_status gather_root_args(rt_comm *c, const void *send, size_t bytes, const void *recv,
+                                      const size_t *counts, size_t *total_out, uint64_t *rounds) {
+    if (!counts) return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: NULL counts on the root");
+    if (counts[c->rank] != bytes)
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: the root sends %zu bytes but counts says %zu", bytes,
+                      counts[c->rank]);
+    uint64_t total = 0;
+    size_t maxc = 0;
+    for (int r = 0; r < c->size; r++) {
+        c->gdisp[r] = (size_t)total;
+        if (ds_add_overflow(total, counts[r], &total) || total > SIZE_MAX)
+            return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: counts overflow at rank %d", r);
+        maxc = DS_MAX(maxc, counts[r]);
+    }
+    if (total && !recv) return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: NULL receive buffer on the root");
+    const uint8_t *mine = (const uint8_t *)recv + c->gdisp[c->rank];
+    if (bytes && (const uint8_t *)send != mine && overlap(send, bytes, recv, (size_t)total))
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: send overlaps recv without being in place");
+    size_t piece = gather_piece(c);
+    *rounds = maxc / piece + (maxc % piece != 0);
+    *total_out = (size_t)total;
+    return DSCKPT_OK;
+}
+
+/* Device buffers (rt_comm_set_device): the gather runs on host staging. */
+static dsckpt_status gatherv_staged(rt_comm *c, const void *send, size_t bytes, int root, void *recv,
+                                    const size_t *counts, size_t total) {
+    bool is_root = c->rank == root;
+    size_t at = is_root ? c->gdisp[root] : 0;
+    DS_TRY(need_stage(c, is_root ? total : bytes));
+    uint8_t *h = c->stage;
+    DS_TRY(stage_in(c, h + at, send, bytes));
+    DS_TRY(rt_comm_gatherv(c, h + at, bytes, root, is_root ? h : NULL, counts));
+    return is_root ? stage_out(c, recv, h, total) : DSCKPT_OK;
+}
+
+dsckpt_status rt_comm_gatherv(rt_comm *c, const void *send, size_t bytes, int root, void *recv,
+                              const size_t *counts) {
+    CHECK_HANDLE(c, "rt_comm_gatherv");
+    if (root < 0 || root >= c->size)
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: root %d outside [0, %d)", root, c->size);
+    if (bytes && !send) return ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: NULL send buffer");
+    bool is_root = c->rank == root;
+    size_t total = 0;
+    uint64_t rounds = 0;
+    dsckpt_status ast = is_root ? gather_root_args(c, send, bytes, recv, counts, &total, &rounds) : DSCKPT_OK;
+    if (c->size == 1) {
+        if (!ast && bytes && send != recv) memmove(recv, send, bytes);
+        return ast;
+    }
+    if (on_dev(c, send) || (is_root && on_dev(c, recv))) {
+        if (!ast) return gatherv_staged(c, send, bytes, root, recv, counts, total);
+        rounds = UINT64_MAX; /* tell the others before failing (below) */
+    }
+    double t0 = rt_now_s();
+    /* Only the root knows every block's size: it says how many rounds, or that its
+     * arguments were refused (UINT64_MAX), so that no rank waits for the others. */
+    if (ast) rounds = UINT64_MAX;
+    dsckpt_status st = c->ops->bcast(c->impl, c->stream, &rounds, sizeof rounds, root);
+    if (!st && is_root) c->bytes_sent += sizeof rounds * (uint64_t)(c->size - 1);
+    if (!st && rounds == UINT64_MAX)
+        st = ast ? ast : ds_err(DSCKPT_EINVAL, "rt_comm_gatherv: the root refused its arguments");
+    if (!st) {
+        bool in_place = is_root && (const uint8_t *)send == (const uint8_t *)recv + c->gdisp[root];
+        st = gather_rounds(c, in_place ? NULL : send, bytes, root, recv, counts, c->gdisp, rounds);
+    }
+    c->seconds += rt_now_s() - t0;
+    return st;
+}
+
+dsckpt_status rt_comm_gather(rt_comm *c, const void *send, size_t bytes, int root, void *recv) {
+    CHECK_HANDLE(c, "rt_comm_gather");
+    if (root < 0 || root >= c->size)
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gather: root %d outside [0, %d)", root, c->size);
+    uint64_t total;
+    if (ds_mul_overflow(bytes, (uint64_t)c->size, &total) || total > SIZE_MAX)
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gather: %zu bytes x %d ranks overflows", bytes, c->size);
+    if (bytes && (!send || (c->rank == root && !recv))) return ds_err(DSCKPT_EINVAL, "rt_comm_gather: NULL buffer");
+    bool is_root = c->rank == root;
+    uint8_t *mine = is_root ? (uint8_t *)recv + (size_t)root * bytes : NULL;
+    if (bytes && is_root && (const uint8_t *)send != mine && overlap(send, bytes, recv, (size_t)total))
+        return ds_err(DSCKPT_EINVAL, "rt_comm_gather: send overlaps recv without being in place");
+    if (c->size == 1) {
+        if (bytes && send != recv) memmove(recv, send, bytes);
+        return DSCKPT_OK;
+    }
+    if (on_dev(c, send) || (is_root && on_dev(c, recv))) { /* through host staging, as the same gather */
+        size_t at = is_root ? (size_t)root * bytes : 0;
+        DS_TRY(need_stage(c, is_root ? (size_t)total : bytes));
+        uint8_t *h = c->stage;
+        DS_TRY(stage_in(c, h + at, send, bytes));
+        DS_TRY(rt_comm_gather(c, h + at, bytes, root, is_root ? h : NULL));
+        return is_root ? stage_out(c, recv, h, (size_t)total) : DSCKPT_OK;
+    }
+    double t0 = rt_now_s();
+    for (int r = 0; r < c->size; r++) c->gcnt[r] = bytes;
+    for (int r = 0; r < c->size; r++) c->gdisp[r] = (size_t)r * bytes;
+    size_t piece = gather_piece(c);
+    uint64_t rounds = bytes / piece + (bytes % piece != 0);
+    dsckpt_status st = gather_rounds(c, is_root && send == mine ? NULL : send, bytes, root, recv, c->gcnt,
+                                     c->gdisp, rounds);
+    c->seconds += rt_now_s() - t0;
+    return st;
+}
+
 dsckpt_status rt_comm_reduce_scatterv_f32(rt_comm *c, const float *send, const size_t *counts,
                                           float *recv) {
     CHECK_HANDLE(c, "rt_comm_reduce_scatterv_f32");
@@ -526,6 +681,13 @@ static dsckpt_status self_allgatherv(void *impl, void *stream, const void *send,
     return DSCKPT_OK;
 }
 
+static dsckpt_status self_gatherv(void *impl, void *stream, const void *send, size_t bytes, int root, void *recv,
+                                  const size_t *counts, const size_t *displs) {
+    DS_UNUSED(impl), DS_UNUSED(stream), DS_UNUSED(root), DS_UNUSED(counts);
+    if (send && bytes) memmove((uint8_t *)recv + displs[0], send, bytes);
+    return DSCKPT_OK;
+}
+
 static dsckpt_status self_exchange(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                                    void *const *recvs, const size_t *recv_bytes) {
     DS_UNUSED(impl), DS_UNUSED(stream);
@@ -549,6 +711,7 @@ static const rt_comm_ops self_ops = {
     .bcast = self_bcast,
     .allgatherv = self_allgatherv,
     .exchange = self_exchange,
+    .gatherv = self_gatherv,
     .abort = self_abort,
     .close = self_close,
 };

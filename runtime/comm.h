@@ -1,7 +1,7 @@
 /*
  * comm.h — the collectives seam of the training runtime: a small set of collectives
- * on host memory (barrier, broadcast, all-gather, a deterministic reduce-scatter and
- * all-reduce, small reductions) behind an opaque handle, with an MPI backend
+ * on host memory (barrier, broadcast, all-gather, gather to one rank, a deterministic
+ * reduce-scatter and all-reduce, small reductions) behind an opaque handle, with an MPI backend
  * (comm_mpi.c) and a single-process backend (comm.c). A CUDA+NCCL backend plugs in
  * through the backend interface at the bottom of this file.
  *
@@ -77,6 +77,20 @@ dsckpt_status rt_comm_bcast(rt_comm *c, void *buf, size_t bytes, int root);
 /* recv[r*bytes_per_rank ..] = send of rank r, for every r. In place when
  * send == recv + rank*bytes_per_rank; otherwise send and recv must not overlap. */
 dsckpt_status rt_comm_allgather(rt_comm *c, const void *send, size_t bytes_per_rank, void *recv);
+/* Gathers to `root` only: rank r's `bytes` bytes from send land at recv + counts[0] +
+ * ... + counts[r-1] on the root (rank order, no gaps). counts (W entries, counts[r]
+ * equal to rank r's `bytes`) and recv are read on the root only and may be NULL
+ * elsewhere. On the root, send may be its own block of recv (in place); otherwise
+ * send and recv must not overlap. A rank sends its block once and only the root
+ * receives, so the bytes moved are the sum of the blocks, not W times it. Blocks
+ * may exceed the message cap and INT_MAX: the gather runs in rounds of at most
+ * cap/W bytes per rank (at most the cap arrives at the root per round), and the
+ * root first broadcasts how many rounds (one 8-byte broadcast). */
+dsckpt_status rt_comm_gatherv(rt_comm *c, const void *send, size_t bytes, int root, void *recv,
+                              const size_t *counts);
+/* rt_comm_gatherv with the same `bytes` on every rank (recv: W * bytes on the root):
+ * every rank knows the rounds, so no broadcast precedes it. */
+dsckpt_status rt_comm_gather(rt_comm *c, const void *send, size_t bytes, int root, void *recv);
 /* send holds W consecutive segments, segment r having counts[r] floats (counts is
  * the same array on every rank). Rank r receives in recv[0..counts[r]) the sum over
  * ranks of segment r, in rank order (see above). In place when
@@ -150,6 +164,13 @@ typedef struct rt_comm_ops {
      * bits; a NCCL reduce-scatter does not promise them. */
     dsckpt_status (*reduce_scatter_sum)(void *impl, void *stream, const float *send, const size_t *counts,
                                         float *recv);
+    /* Optional (NULL: comm.c sends the pieces to the root through `exchange`). One
+     * round of a gather to `root`: this rank's `bytes` bytes from send; on the root,
+     * rank r's counts[r] bytes land at recv + displs[r] (counts, displs and recv are
+     * read on the root only; the root's own block is in place when send is NULL).
+     * The round's counts sum to at most the message cap. */
+    dsckpt_status (*gatherv)(void *impl, void *stream, const void *send, size_t bytes, int root, void *recv,
+                             const size_t *counts, const size_t *displs);
     void (*abort)(void *impl, int code) __attribute__((noreturn));
     /* Frees impl (and finalizes whatever the backend initialised). */
     void (*close)(void *impl);

@@ -1,12 +1,14 @@
 /*
  * comm_mpi.c — the MPI backend of comm.h: initialisation (MPI_THREAD_FUNNELED), a
  * private duplicate of MPI_COMM_WORLD with errors returned, and the byte-moving ops
- * (barrier, broadcast, all-gather-v, point-to-point exchange). MPI error codes are
+ * (barrier, broadcast, all-gather-v, gather-v to one rank, point-to-point exchange). MPI error codes are
  * translated here, once, into DSCKPT_EMPI with MPI_Error_string's text.
  *
  * Every message handed to MPI is below INT_MAX bytes (comm.c splits at the message
  * cap). MPI_Allgatherv also needs its displacements to fit an int; when they do not,
- * the gather runs as point-to-point messages instead.
+ * the gather runs as point-to-point messages instead. A gather to one rank is
+ * MPI_Gatherv; only the root sees its displacements, so when they do not fit an
+ * int it receives the round packed (comm.c keeps a round below the cap) instead.
  */
 #include "comm.h"
 #include "internal.h"
@@ -27,6 +29,8 @@ typedef struct mpi_impl {
     bool finalize; /* we called MPI_Init_thread */
     int *icounts, *idispls;
     MPI_Request *reqs;
+    uint8_t *gscr; /* a gather round packed on the root (mpi_gatherv) */
+    size_t gscr_cap;
 } mpi_impl;
 
 static dsckpt_status mpi_fail(int rc, const char *what) {
@@ -102,6 +106,53 @@ static dsckpt_status mpi_allgatherv(void *impl, void *stream, const void *send, 
     return wait_all(m, nreq, "MPI_Waitall (gather)");
 }
 
+/* One gather round (comm.h): MPI_Gatherv, the root's own block in place. The
+ * round's counts sum to at most the message cap (below INT_MAX), but its
+ * displacements may not fit an int (blocks placed past 2 GiB): the root then
+ * receives the round packed into scratch and moves each block to its place. */
+static dsckpt_status mpi_gatherv(void *impl, void *stream, const void *send, size_t bytes, int root, void *recv,
+                                 const size_t *counts, const size_t *displs) {
+    mpi_impl *m = impl;
+    DS_UNUSED(stream);
+    static const uint8_t none = 0;
+    if (bytes > INT_MAX) return ds_err(DSCKPT_EINTERNAL, "MPI gather piece of %zu bytes", bytes);
+    if (m->rank != root) {
+        MPI_TRY(MPI_Gatherv(send ? send : &none, (int)bytes, MPI_BYTE, NULL, NULL, NULL, MPI_BYTE, root, m->comm),
+                "MPI_Gatherv");
+        return DSCKPT_OK;
+    }
+    uint8_t *rb = recv;
+    if (send && bytes) memmove(rb + displs[root], send, bytes);
+    bool fits = true;
+    size_t packed = 0;
+    for (int r = 0; r < m->size; r++) {
+        if (counts[r] > INT_MAX || (r != root && counts[r] > (size_t)INT_MAX - packed))
+            return ds_err(DSCKPT_EINTERNAL, "MPI gather round of more than %d bytes", INT_MAX);
+        if (displs[r] > (size_t)INT_MAX - counts[r]) fits = false;
+        m->icounts[r] = (int)counts[r];
+        m->idispls[r] = (int)packed;
+        if (r != root) packed += counts[r];
+    }
+    if (fits) {
+        for (int r = 0; r < m->size; r++) m->idispls[r] = (int)displs[r];
+        MPI_TRY(MPI_Gatherv(MPI_IN_PLACE, 0, MPI_BYTE, rb, m->icounts, m->idispls, MPI_BYTE, root, m->comm),
+                "MPI_Gatherv");
+        return DSCKPT_OK;
+    }
+    m->icounts[root] = 0;
+    if (packed > m->gscr_cap) {
+        free(m->gscr);
+        m->gscr_cap = 0;
+        DS_TRY(ds_malloc(packed, &m->gscr));
+        m->gscr_cap = packed;
+    }
+    MPI_TRY(MPI_Gatherv(MPI_IN_PLACE, 0, MPI_BYTE, m->gscr, m->icounts, m->idispls, MPI_BYTE, root, m->comm),
+            "MPI_Gatherv (packed)");
+    for (int r = 0; r < m->size; r++)
+        if (r != root && counts[r]) memcpy(rb + displs[r], m->gscr + m->idispls[r], counts[r]);
+    return DSCKPT_OK;
+}
+
 static dsckpt_status mpi_exchange(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                                   void *const *recvs, const size_t *recv_bytes) {
     mpi_impl *m = impl;
@@ -148,6 +199,7 @@ static void mpi_close(void *impl) {
     free(m->icounts);
     free(m->idispls);
     free(m->reqs);
+    free(m->gscr);
     free(m);
 }
 
@@ -157,6 +209,7 @@ static const rt_comm_ops mpi_ops = {
     .bcast = mpi_bcast,
     .allgatherv = mpi_allgatherv,
     .exchange = mpi_exchange,
+    .gatherv = mpi_gatherv,
     .abort = mpi_abort,
     .close = mpi_close,
 };

@@ -297,47 +297,85 @@ static void *writer(void *p) {
     return NULL;
 }
 
-/* Rank 0 gets every rank's digests, writes the manifest, then `latest`. */
+/* The commit (docs/DESIGN.md §4): every rank's file is durable when its writer
+ * finished. Rank 0 alone gathers what each rank tells it (a header: record length,
+ * writer failed or not; then the commit records: digests, compressed chunk
+ * records), so a rank sends its own record once and only rank 0 receives them all;
+ * rank 0 then writes the manifest and `latest`, and broadcasts its verdict (8
+ * bytes): every rank learns whether the save was committed, and who failed. */
+enum { VERDICT_OK = 0, VERDICT_RANK_FAILED, VERDICT_MANIFEST_FAILED };
+
+/* Rank 0: the verdict on the gathered headers and records; on success the records
+ * are taken in and the manifest and `latest` written. *who: the failed rank. */
+static dsckpt_status commit_root(rt_saver *s, int nfiles, const uint64_t *hdrs, const uint8_t *recs,
+                                 int32_t *verdict, int32_t *who) {
+    const rt_engine *e = s->e;
+    for (int r = 0; r < e->W; r++)
+        if (hdrs[2 * r + 1]) {
+            *verdict = VERDICT_RANK_FAILED;
+            *who = r;
+            return r == 0 ? DSCKPT_OK : ds_err(DSCKPT_EIO, "saving %s: rank %d failed to write its file", s->tag, r);
+        }
+    dsckpt_status st = DSCKPT_OK;
+    size_t off = (size_t)hdrs[0];
+    for (int r = 1; r < nfiles && !st; r++) {
+        st = ds_native_file_record_set(s->no, r, recs + off, (size_t)hdrs[2 * r]);
+        off += (size_t)hdrs[2 * r];
+    }
+    if (!st) st = ds_fsync_dir(s->save_dir); /* the tag directory's entry, before the manifest */
+    if (!st) st = ds_native_write_manifest(s->no);
+    if (!st) st = ds_set_latest(s->save_dir, s->tag);
+    if (st) *verdict = VERDICT_MANIFEST_FAILED;
+    return st;
+}
+
+/* Rank 0 gets every rank's header and record: two gathers to rank 0. */
+static dsckpt_status commit_gather(rt_saver *s, const uint64_t hdr[2], const uint8_t *rec, uint64_t **hdrs,
+                                   uint8_t **recs) {
+    rt_engine *e = s->e;
+    bool root = e->rank == 0;
+    size_t *lens = NULL, total = 0;
+    if (root) DS_TRY(ds_calloc((size_t)e->W, 2 * sizeof **hdrs, hdrs));
+    dsckpt_status st = rt_comm_gather(e->comm, hdr, 2 * sizeof *hdr, 0, root ? *hdrs : NULL);
+    if (!st && root && !(st = ds_calloc((size_t)e->W, sizeof *lens, &lens))) {
+        for (int r = 0; r < e->W; r++) total += (size_t)(lens[r] = (size_t)(*hdrs)[2 * r]);
+        st = ds_malloc(total ? total : 1, recs);
+    }
+    /* On the root, a failure above leaves recs NULL: the gather then refuses on
+     * every rank (rt_comm_gatherv), so no rank waits for it. */
+    dsckpt_status gst = rt_comm_gatherv(e->comm, rec, (size_t)hdr[0], 0, root ? *recs : NULL, lens);
+    free(lens);
+    return st ? st : gst;
+}
+
 static dsckpt_status commit(rt_saver *s) {
     rt_engine *e = s->e;
-    rt_comm *c = e->comm;
-    dsckpt_status st = DSCKPT_OK;
     int nfiles = e->stage == 0 ? 1 : e->W;
-    /* Everyone learns whether every writer succeeded. */
-    bool failed = s->wst != DSCKPT_OK;
-    DS_TRY(rt_comm_allreduce_or(c, &failed));
-    if (failed) {
-        if (s->wst) return ds_err(s->wst, "%s", s->wmsg);
-        return ds_err(DSCKPT_EIO, "saving %s: another rank failed to write its file", s->tag);
-    }
-    for (int r = 0; r < nfiles; r++) {
-        /* The writer's commit record (digests, compressed chunk records) to everyone. */
-        uint8_t *rec = NULL;
-        uint64_t len = 0;
-        dsckpt_status rst = DSCKPT_OK;
-        if (e->rank == r) {
-            size_t n = 0;
-            rst = ds_native_file_record(s->no, r, &rec, &n);
-            len = rst ? 0 : n; /* an empty record: every other rank refuses it */
-        }
-        st = rt_comm_bcast(c, &len, sizeof len, r);
-        if (!st && e->rank != r) st = ds_malloc(len ? (size_t)len : 1, &rec);
-        if (!st && len) st = rt_comm_bcast(c, rec, (size_t)len, r);
-        if (!st) st = rst;
-        if (!st && e->rank != r) st = ds_native_file_record_set(s->no, r, rec, (size_t)len);
-        free(rec);
-        DS_TRY(st);
-    }
-    if (e->rank == 0) {
-        st = ds_fsync_dir(s->save_dir); /* the tag directory's entry, before the manifest */
-        if (!st) st = ds_native_write_manifest(s->no);
-        if (!st) st = ds_set_latest(s->save_dir, s->tag);
-    }
-    bool bad = st != DSCKPT_OK;
-    dsckpt_status st2 = rt_comm_allreduce_or(c, &bad);
-    if (st) return st;
-    if (st2) return st2;
-    if (bad) return ds_err(DSCKPT_EIO, "saving %s: rank 0 could not write the manifest", s->tag);
+    char own[512] = "";
+    uint8_t *rec = NULL, *recs = NULL;
+    size_t n = 0;
+    /* This rank's part: its writer's outcome and its file's record. */
+    dsckpt_status lst = s->wst;
+    if (lst) snprintf(own, sizeof own, "%s", s->wmsg);
+    else if (e->rank < nfiles && (lst = ds_native_file_record(s->no, e->rank, &rec, &n)) != DSCKPT_OK)
+        snprintf(own, sizeof own, "%s", dsckpt_last_error());
+    uint64_t hdr[2] = {lst ? 0 : n, lst ? 1 : 0}, *hdrs = NULL;
+    dsckpt_status st = commit_gather(s, hdr, rec, &hdrs, &recs);
+    free(rec);
+    int32_t v[2] = {VERDICT_OK, 0}; /* verdict, failed rank */
+    if (!st && e->rank == 0) st = commit_root(s, nfiles, hdrs, recs, &v[0], &v[1]);
+    free(hdrs);
+    free(recs);
+    if (st && v[0] == VERDICT_OK) return st; /* the gathers failed, on every rank alike */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", st ? dsckpt_last_error() : "");
+    dsckpt_status bst = rt_comm_bcast(e->comm, v, sizeof v, 0);
+    if (lst) return ds_err(lst, "%s", own);
+    if (st) return ds_err(st, "%s", msg);
+    if (bst) return bst;
+    if (v[0] == VERDICT_RANK_FAILED)
+        return ds_err(DSCKPT_EIO, "saving %s: rank %d failed to write its file", s->tag, v[1]);
+    if (v[0] != VERDICT_OK) return ds_err(DSCKPT_EIO, "saving %s: rank 0 could not write the manifest", s->tag);
     snprintf(s->committed, sizeof s->committed, "%s", s->tag);
     return DSCKPT_OK;
 }
@@ -588,7 +626,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         DS_TRY(od->alloc_host(od->ctx, (size_t)most * sizeof *bounce, (void **)&bounce));
     }
     ds_fdset fs;
-    dsckpt_status st = ds_fdset_open(c, &fs);
+    dsckpt_status st = ds_fdset_open_lazy(c, &fs); /* only the files holding this rank's share */
     if (st) {
         if (bounce) od->free_host(od->ctx, bounce);
         return st;

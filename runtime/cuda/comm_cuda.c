@@ -123,6 +123,30 @@ static dsckpt_status st_allgatherv(void *impl, void *stream, const void *send, c
     return DSCKPT_OK;
 }
 
+/* One gather round: host buffers straight to MPI; device ones through staging
+ * (the others' send, the root's whole receive). */
+static dsckpt_status st_gatherv(void *impl, void *stream, const void *send, size_t bytes, int root, void *recv,
+                                const size_t *counts, const size_t *displs) {
+    staged_impl *s = impl;
+    int W = s->size;
+    bool is_root = s->rank == root;
+    if (!(send && is_dev(send)) && !(is_root && is_dev(recv)))
+        return s->inner->gatherv(s->in, stream, send, bytes, root, recv, counts, displs);
+    size_t end = bytes, at = is_root ? displs[root] : 0;
+    for (int r = 0; is_root && r < W; r++)
+        if (counts[r]) end = DS_MAX(end, displs[r] + counts[r]);
+    DS_TRY(stage_need(&s->st, DS_MAX(end, (size_t)1)));
+    uint8_t *h = s->st.p;
+    const void *mine = send ? send : (const uint8_t *)recv + at; /* send NULL only on the root */
+    if (bytes) CU_TRY(cudaMemcpy(h + at, mine, bytes, cudaMemcpyDefault), "staging copy");
+    DS_TRY(s->inner->gatherv(s->in, stream, is_root ? NULL : h, bytes, root, is_root ? h : NULL, counts, displs));
+    for (int r = 0; is_root && r < W; r++) {
+        if (!counts[r] || (r == root && !send)) continue;
+        CU_TRY(cudaMemcpy((uint8_t *)recv + displs[r], h + displs[r], counts[r], cudaMemcpyDefault), "staging copy");
+    }
+    return DSCKPT_OK;
+}
+
 static dsckpt_status st_exchange(void *impl, void *stream, const void *const *sends, const size_t *send_bytes,
                                  void *const *recvs, const size_t *recv_bytes) {
     staged_impl *s = impl;
@@ -226,6 +250,7 @@ static const rt_comm_ops staged_ops = {
     .bcast = st_bcast,
     .allgatherv = st_allgatherv,
     .exchange = st_exchange,
+    .gatherv = st_gatherv,
     .reduce_scatter_sum = st_reduce_scatter_sum,
     .abort = st_abort,
     .close = st_close,
@@ -377,6 +402,45 @@ static dsckpt_status nc_exchange(void *impl, void *stream, const void *const *se
     return nc_sync(stream);
 }
 
+/* One gather round as NCCL point-to-point calls (NCCL has no gather): every rank
+ * sends its piece to the root, which receives each in place. Host buffers (the
+ * commit records of a save) are staged through device scratch. */
+static dsckpt_status nc_gatherv(void *impl, void *stream, const void *send, size_t bytes, int root, void *recv,
+                                const size_t *counts, const size_t *displs) {
+    nccl_impl *n = impl;
+    int W = n->size;
+    bool is_root = n->rank == root;
+    bool host = is_root ? !is_dev(recv) : (bytes && !is_dev(send));
+    size_t end = bytes, at = is_root ? displs[root] : 0;
+    for (int r = 0; is_root && r < W; r++)
+        if (counts[r]) end = DS_MAX(end, displs[r] + counts[r]);
+    uint8_t *d = is_root ? recv : (uint8_t *)(uintptr_t)send;
+    if (host) {
+        DS_TRY(dscr_need(n, DS_MAX(end, (size_t)1)));
+        d = n->dscr;
+    }
+    if (bytes && (host || (is_root && send)))
+        CU_TRY(cudaMemcpyAsync(d + at, send ? send : (const uint8_t *)recv + at, bytes, cudaMemcpyDefault, stream),
+               "staging copy");
+    NC_TRY(ncclGroupStart(), "ncclGroupStart");
+    for (int r = 0; r < W; r++) {
+        ncclResult_t rc = ncclSuccess;
+        if (!is_root && r == root && bytes) rc = ncclSend(d, bytes, ncclUint8, root, n->comm, (cudaStream_t)stream);
+        if (is_root && r != root && counts[r])
+            rc = ncclRecv(d + displs[r], counts[r], ncclUint8, r, n->comm, (cudaStream_t)stream);
+        if (rc != ncclSuccess) {
+            ncclGroupEnd();
+            return nccl_fail(rc, "ncclSend/ncclRecv (gather)");
+        }
+    }
+    NC_TRY(ncclGroupEnd(), "ncclGroupEnd");
+    for (int r = 0; host && is_root && r < W; r++)
+        if (counts[r])
+            CU_TRY(cudaMemcpyAsync((uint8_t *)recv + displs[r], d + displs[r], counts[r], cudaMemcpyDeviceToHost,
+                                   stream), "staging copy");
+    return nc_sync(stream);
+}
+
 /* The W slices (W-1 received, the own one copied) land in device scratch, then one
  * kernel adds them in rank order into recv: comm.c's bits, on the device. */
 static dsckpt_status nc_reduce_scatter_sum(void *impl, void *stream, const float *send, const size_t *counts,
@@ -441,6 +505,7 @@ static const rt_comm_ops nccl_ops = {
     .bcast = nc_bcast,
     .allgatherv = nc_allgatherv,
     .exchange = nc_exchange,
+    .gatherv = nc_gatherv,
     .reduce_scatter_sum = nc_reduce_scatter_sum,
     .abort = nc_abort,
     .close = nc_close,

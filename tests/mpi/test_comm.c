@@ -147,13 +147,73 @@ static void test_allgather(const size_t *sizes, int nsizes) {
     }
 }
 
-/* ---- reduce-scatter, all-reduce ------------------------------------------------------ */
-
 static size_t prefix(const size_t *counts, int r) {
     size_t s = 0;
     for (int i = 0; i < r; i++) s += counts[i];
     return s;
 }
+
+/* ---- gather to one rank -------------------------------------------------------------- */
+
+/* Rank r's block in a gatherv of scale n: uneven sizes, rank 1 sends nothing. */
+static size_t gv_len(int r, size_t n) { return r == 1 ? 0 : n + (size_t)r * (n / 3 + 1); }
+
+/* rt_comm_gatherv and rt_comm_gather to every root: blocks of uneven size in rank
+ * order on the root, out of place and in place; only the root's buffer is written. */
+static void test_gatherv(const size_t *sizes, int nsizes) {
+    size_t W = (size_t)g_W, *counts = xmalloc(W * sizeof *counts);
+    for (int k = 0; k < nsizes; k++) {
+        size_t n = sizes[k], total = 0, mine = gv_len(g_rank, n);
+        for (size_t r = 0; r < W; r++) total += counts[r] = gv_len((int)r, n);
+        unsigned char *send = xmalloc(mine), *recv = xmalloc(total), *want = xmalloc(total);
+        for (size_t r = 0, off = 0; r < W; off += counts[r], r++) fill_bytes(want + off, counts[r], 31 * r + n);
+        memcpy(send, want + prefix(counts, g_rank), mine);
+        for (int root = 0; root < g_W; root++) {
+            bool is_root = g_rank == root;
+            memset(recv, 0x5A, total);
+            OK(rt_comm_gatherv(g_c, send, mine, root, is_root ? recv : NULL, is_root ? counts : NULL));
+            size_t bad = first_bad(recv, want, total, 1);
+            if (is_root) CHECK(bad == total, "gatherv %zu to root %d: byte %zu differs", n, root, bad);
+            else CHECK(total == 0 || recv[0] == 0x5A, "gatherv %zu to root %d wrote a non-root's buffer", n, root);
+            /* In place on the root. */
+            memset(recv, 0x5A, total);
+            unsigned char *s = is_root ? recv + prefix(counts, root) : send;
+            if (is_root) memcpy(s, send, mine);
+            OK(rt_comm_gatherv(g_c, s, mine, root, is_root ? recv : NULL, is_root ? counts : NULL));
+            bad = first_bad(recv, want, total, 1);
+            if (is_root) CHECK(bad == total, "gatherv in place %zu to root %d: byte %zu differs", n, root, bad);
+        }
+        free(send);
+        free(recv);
+        free(want);
+        /* Equal blocks: rt_comm_gather (no broadcast of the rounds). */
+        size_t eq = n + 5;
+        send = xmalloc(eq), recv = xmalloc(eq * W), want = xmalloc(eq * W);
+        for (size_t r = 0; r < W; r++) fill_bytes(want + r * eq, eq, 7 * r + n);
+        memcpy(send, want + (size_t)g_rank * eq, eq);
+        for (int root = 0; root < g_W; root++) {
+            memset(recv, 0x5A, eq * W);
+            OK(rt_comm_gather(g_c, send, eq, root, g_rank == root ? recv : NULL));
+            size_t bad = first_bad(recv, want, eq * W, 1);
+            if (g_rank == root) CHECK(bad == eq * W, "gather %zu to root %d: byte %zu differs", eq, root, bad);
+        }
+        free(send);
+        free(recv);
+        free(want);
+    }
+    /* The root's arguments are checked on the root only; a refusal there reaches
+     * every rank (no rank is left waiting). */
+    unsigned char b[4] = {0}, r4[64];
+    for (size_t r = 0; r < W; r++) counts[r] = 1;
+    counts[0] = 2; /* the root (0) sends 1 byte but says 2 */
+    dsckpt_status st = rt_comm_gatherv(g_c, b, 1, 0, r4, counts);
+    CHECK(g_W == 1 || st == DSCKPT_EINVAL, "gatherv with a wrong root count accepted on rank %d (%d)", g_rank, (int)st);
+    CHECK(rt_comm_gatherv(g_c, b, 1, g_W, r4, counts) == DSCKPT_EINVAL, "gatherv root W accepted");
+    CHECK(rt_comm_gather(g_c, b, 1, -1, r4) == DSCKPT_EINVAL, "gather root -1 accepted");
+    free(counts);
+}
+
+/* ---- reduce-scatter, all-reduce ------------------------------------------------------ */
 
 /* reduce_scatterv with counts; checks bits against the rank-order sum, out of place
  * and in place. Returns how many elements of this rank's segment would differ if
@@ -317,6 +377,13 @@ static void test_stats(void) {
     rt_comm_stats(g_c, NULL, &bytes);
     CHECK(bytes == 2 * (uint64_t)(g_W - 1) * 4096 * sizeof(float), "allgather: %llu bytes in all",
           (unsigned long long)bytes);
+    /* A gather to one rank: each rank sends its block once, only to the root. */
+    rt_comm_stats_reset(g_c);
+    unsigned char *gr = xmalloc(4096 * (size_t)g_W);
+    OK(rt_comm_gather(g_c, x, 4096, 0, g_rank == 0 ? gr : NULL));
+    free(gr);
+    rt_comm_stats(g_c, NULL, &bytes);
+    CHECK(bytes == (g_rank == 0 ? 0 : 4096), "gather: rank %d sent %llu bytes", g_rank, (unsigned long long)bytes);
     free(x);
     free(counts);
 }
@@ -326,6 +393,7 @@ static void run_all(size_t big_bytes, size_t big_floats) {
     test_bcast(bsizes, 5);
     size_t gsizes[] = {0, 1, 7, 1000, big_bytes / (size_t)g_W};
     test_allgather(gsizes, 5);
+    test_gatherv(gsizes, 5);
     test_reduce_scatterv(big_floats);
     size_t asizes[] = {0, 1, (size_t)g_W - 1, (size_t)g_W + 1, 1000003, big_floats};
     test_allreduce_f32(asizes, 6);
@@ -346,6 +414,11 @@ static void test_self(void) {
     OK(rt_comm_allreduce_f32(s, x, 5));
     CHECK(x[4] == 5, "self: allreduce changed the data");
     OK(rt_comm_allgather(s, x, sizeof x, y));
+    float g[5] = {0};
+    size_t gc = sizeof x;
+    OK(rt_comm_gatherv(s, x, sizeof x, 0, g, &gc));
+    CHECK(memcmp(g, x, sizeof x) == 0, "self: gatherv is a copy");
+    CHECK(rt_comm_gatherv(s, x, sizeof x, 0, g, NULL) == DSCKPT_EINVAL, "self: gatherv without counts accepted");
     OK(rt_comm_barrier(s));
     CHECK(rt_comm_bcast(s, x, 4, 1) == DSCKPT_EINVAL, "self: root 1 accepted");
     rt_comm_close(s);
