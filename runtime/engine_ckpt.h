@@ -3,8 +3,9 @@
  * (docs/native-format.md), written and read through libckpt.
  *
  * Saving (collective): every rank writes its own rank file (temporary name, fsync,
- * rename) with the chunk digests computed on the way; the digests are sent to rank
- * 0, which writes manifest.json last and then replaces `latest` atomically. With
+ * rename) with the chunk digests computed on the way; the digests are gathered to
+ * rank 0 alone, which writes manifest.json last, then replaces `latest` atomically
+ * and broadcasts its verdict (committed or not) to every rank. With
  * async saving a background thread writes the rank's file from its live partitions
  * (fp32 master, exp_avg, exp_avg_sq) while training goes on; right before the next
  * optimizer update changes them, whatever the writer has not read yet is copied into
@@ -17,7 +18,8 @@
  * Loading (collective): any checkpoint the fragment map can describe (native at any
  * world size and stage, or DeepSpeed's files with matching tensor names) is read
  * straight into this rank's partition: each rank reads only the byte ranges of
- * the elements it owns under the current stage and world size.
+ * the elements it owns under the current stage and world size, and opens only the
+ * files those ranges lie in (ds_fdset_open_lazy).
  */
 #ifndef DSRT_ENGINE_CKPT_H
 #define DSRT_ENGINE_CKPT_H
