@@ -12,7 +12,10 @@
 #   bash bench/save.sh
 # Environment: BENCH_MODEL (dstrain model flags; default ~101M parameters, so about
 # 1.2 GB of fp32 master + Adam moments), BENCH_REPS (3: medians; floors interleaved
-# with the commands), BENCH_DIR (scratch, build/bench-save).
+# with the commands), BENCH_DIR (scratch, build/bench-save), BENCH_COMPRESS (a zstd
+# level: also time the same saves with --save_compress=LEVEL, interleaved, against the
+# plain ones: stall ÷ compressed sync save, and compressed ÷ plain sync save time and
+# bytes), BENCH_SKIP_LOAD=1 (leave out the load-time reshard rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a MODEL <<<"${BENCH_MODEL:---n_layer 8 --n_head 8 --n_embd 1024 --seq_len 16}"
@@ -47,8 +50,16 @@ save_run() { # OUT_DIR LOG [--no_async_save]
     --eval_windows 1 --max_steps 3 --save_steps 2 --save_dir "$out" --log_file "$log" "$@" >"$log.out" 2>&1 ||
     { cat "$log.out"; exit 1; }
 }
-: >"$DIR/sync.t"; : >"$DIR/async.t"; : >"$DIR/copy.t"; : >"$DIR/wfloor.t"
+: >"$DIR/sync.t"; : >"$DIR/async.t"; : >"$DIR/copy.t"; : >"$DIR/wfloor.t"; : >"$DIR/csync.t"; : >"$DIR/casync.t"
+ZL=${BENCH_COMPRESS:-}
 for i in $(seq "$REPS"); do
+  if [ -n "$ZL" ]; then
+    save_run "$DIR/csync" "$DIR/csync.log" --no_async_save --save_compress="$ZL"
+    field "$DIR/csync.log" 2 save_stall_s >>"$DIR/csync.t"
+    save_run "$DIR/casync" "$DIR/casync.log" --save_compress="$ZL"
+    $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(r[1]['save_stall_s'] + r[2].get('save_copy_s', 0))" \
+      "$DIR/casync.log" >>"$DIR/casync.t"
+  fi
   save_run "$DIR/sync" "$DIR/sync.log" --no_async_save
   field "$DIR/sync.log" 2 save_stall_s >>"$DIR/sync.t"
   BYTES=$(du -cb "$DIR/sync/global_step2"/* | tail -1 | cut -f1)
@@ -72,6 +83,15 @@ echo "| measure | command s | floor s | ratio | target |"
 echo "|---|---|---|---|---|"
 $PY -c "print(f'| async-save stall ÷ synchronous save time | {$ASYNC:.4f} | {$SYNC:.4f} | {$ASYNC / $SYNC:.3f} | ≤ 0.05 |')"
 $PY -c "print(f'| save throughput ÷ plain write floor ($((BYTES / 1048576)) MiB, write + fsync) | {$SYNC:.4f} | {$WF:.4f} | {$WF / $SYNC:.2f} | ≥ 0.8 |')"
+
+if [ -n "$ZL" ]; then
+  CS=$(median <"$DIR/csync.t"); CA=$(median <"$DIR/casync.t")
+  CB=$(du -cb "$DIR/csync/global_step2"/* | tail -1 | cut -f1)
+  $PY -c "print(f'| --save_compress=$ZL: async-save stall ÷ compressed synchronous save | {$CA:.4f} | {$CS:.4f} | {$CA / $CS:.3f} | ≤ 0.05 |')"
+  $PY -c "print(f'| --save_compress=$ZL: compressed ÷ plain synchronous save time | {$CS:.4f} | {$SYNC:.4f} | {$CS / $SYNC:.2f} | ≤ 1 |')"
+  $PY -c "print(f'| --save_compress=$ZL: compressed ÷ plain bytes written | {$CB} | {$BYTES} | {$CB / $BYTES:.3f} | < 1 |')"
+fi
+[ "${BENCH_SKIP_LOAD:-0}" = 1 ] && exit 0
 
 # Load-time reshard from the last synchronous save (global_step3 is `latest`).
 SRC="$DIR/sync"
