@@ -360,23 +360,29 @@ static void print_text(const diff_ctx *x, const cJSON *layout, long max_list) {
            x->differences == 1 ? "" : "s");
 }
 
-int cmd_diff(int argc, char **argv) {
+/* diff's options. */
+typedef struct diff_args {
+    const char *tag_a, *tag_b;
+    double atol, rtol;
+    long max_list;
+    bool json, quiet, check;
+} diff_args;
+
+/* Parses diff's command line into a. Returns -1 to go on, or the exit code
+ * (after --help, or a usage error printed). */
+static int diff_parse(int argc, char **argv, diff_args *a) {
     static const struct option lo[] = {
         {"tag", required_argument, 0, 't'},     {"tag-b", required_argument, 0, 'T'},
         {"atol", required_argument, 0, 'a'},    {"rtol", required_argument, 0, 'r'},
         {"max-list", required_argument, 0, 'm'}, {"no-verify", no_argument, 0, 'V'},
         {"json", no_argument, 0, 'J'},          {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *tag_a = NULL, *tag_b = NULL;
-    double atol = 0, rtol = 0;
-    long max_list = 20;
-    bool json = false, quiet = false, check = true;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "t:qh", lo, NULL)) != -1) {
         switch (c) {
-        case 't': tag_a = optarg; break;
-        case 'T': tag_b = optarg; break;
+        case 't': a->tag_a = optarg; break;
+        case 'T': a->tag_b = optarg; break;
         case 'a':
         case 'r': {
             char *end;
@@ -384,16 +390,16 @@ int cmd_diff(int argc, char **argv) {
             if (*end || end == optarg || !(v >= 0) || !isfinite(v))
                 return usage_error("diff", c == 'a' ? "--atol must be a number >= 0 (got '%s')"
                                                     : "--rtol must be a number >= 0 (got '%s')", optarg);
-            if (c == 'a') atol = v;
-            else rtol = v;
+            if (c == 'a') a->atol = v;
+            else a->rtol = v;
             break;
         }
         case 'm':
-            if (!parse_int(optarg, 0, 1000000000, &max_list)) return usage_error("diff", "--max-list must be >= 0 (got '%s')", optarg);
+            if (!parse_int(optarg, 0, 1000000000, &a->max_list)) return usage_error("diff", "--max-list must be >= 0 (got '%s')", optarg);
             break;
-        case 'V': check = false; break;
-        case 'J': json = true; break;
-        case 'q': quiet = true; break;
+        case 'V': a->check = false; break;
+        case 'J': a->json = true; break;
+        case 'q': a->quiet = true; break;
         case 'h':
             fputs(diff_help, stdout);
             fputs(exit_codes_help, stdout);
@@ -402,13 +408,89 @@ int cmd_diff(int argc, char **argv) {
         }
     }
     if (optind != argc - 2) return usage_error("diff", "%s", "expected two paths: A B");
+    return -1;
+}
+
+/* Compares every tensor of A with its namesake in B, and lists the tensors only
+ * one side has. */
+static dsckpt_status compare_tensors(diff_ctx *x) {
+    size_t na = dsckpt_tensor_count(x->a.c), nb = dsckpt_tensor_count(x->b.c);
+    for (size_t i = 0; i < na; i++) {
+        dsckpt_tensor_info t;
+        dsckpt_tensor_get(x->a.c, i, &t);
+        x->total_bytes += t.numel * 4 * (x->weights_mode ? 1 : 3);
+    }
+    bool *matched = calloc(nb ? nb : 1, sizeof *matched);
+    if (!matched) return DSCKPT_ENOMEM;
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 0; st == DSCKPT_OK && i < na; i++) {
+        dsckpt_tensor_info ta;
+        dsckpt_tensor_get(x->a.c, i, &ta);
+        size_t j;
+        if (dsckpt_tensor_find(x->b.c, ta.name, &j) != DSCKPT_OK) {
+            cJSON_AddItemToArray(x->removed, cJSON_CreateString(ta.name));
+            x->differences++;
+            continue;
+        }
+        matched[j] = true;
+        st = compare_tensor(x, i, j);
+    }
+    /* B's tensors no A tensor was matched to: an alias in A (tied weights written
+     * as separate tensors) is compared; anything else was added. */
+    for (size_t j = 0; st == DSCKPT_OK && j < nb; j++) {
+        if (matched[j]) continue;
+        dsckpt_tensor_info tb;
+        dsckpt_tensor_get(x->b.c, j, &tb);
+        size_t i;
+        if (dsckpt_tensor_find(x->a.c, tb.name, &i) == DSCKPT_OK) {
+            st = compare_tensor(x, i, j);
+        } else {
+            cJSON_AddItemToArray(x->added, cJSON_CreateString(tb.name));
+            x->differences++;
+        }
+    }
+    free(matched);
+    return st;
+}
+
+/* --json: the result on stdout. The lists (and *layout) move into `out`; their
+ * pointers are cleared. */
+static void print_json(diff_ctx *x, const diff_args *da, cJSON *out, cJSON **layout) {
+    cJSON *a = cJSON_AddObjectToObject(out, "a"), *b = cJSON_AddObjectToObject(out, "b");
+    cJSON_AddStringToObject(a, "path", x->a.path);
+    cJSON_AddStringToObject(b, "path", x->b.path);
+    cJSON_AddBoolToObject(out, "equal", x->differences == 0);
+    cJSON_AddNumberToObject(out, "differences", (double)x->differences);
+    cJSON_AddStringToObject(out, "mode", x->weights_mode ? "weights" : "all_states");
+    cJSON_AddNumberToObject(out, "atol", da->atol);
+    cJSON_AddNumberToObject(out, "rtol", da->rtol);
+    cJSON_AddNumberToObject(out, "states_compared", (double)x->compared);
+    cJSON_AddItemToObject(out, "layout", *layout);
+    *layout = NULL;
+    cJSON_AddItemToObject(out, "added", x->added);
+    cJSON_AddItemToObject(out, "removed", x->removed);
+    cJSON_AddItemToObject(out, "reshaped", x->reshaped);
+    cJSON_AddItemToObject(out, "dtype_changed", x->dtypes);
+    cJSON_AddItemToObject(out, "trainable_changed", x->kinds);
+    cJSON_AddItemToObject(out, "tensors", x->tensors_differ);
+    cJSON_AddItemToObject(out, "non_tensor", x->nontensor);
+    x->added = x->removed = x->reshaped = x->dtypes = x->kinds = x->tensors_differ = x->nontensor = NULL;
+    char *text = cJSON_Print(out);
+    if (text) puts(text);
+    free(text);
+}
+
+int cmd_diff(int argc, char **argv) {
+    diff_args da = {.max_list = 20, .check = true};
+    int rc = diff_parse(argc, argv, &da);
+    if (rc >= 0) return rc;
     diff_ctx x;
     memset(&x, 0, sizeof x);
-    x.atol = atol;
-    x.rtol = rtol;
-    int rc = EXIT_OKAY;
-    dsckpt_status st = open_side(&x.a, argv[optind], tag_a, check);
-    if (st == DSCKPT_OK) st = open_side(&x.b, argv[optind + 1], tag_b, check);
+    x.atol = da.atol;
+    x.rtol = da.rtol;
+    rc = EXIT_OKAY;
+    dsckpt_status st = open_side(&x.a, argv[optind], da.tag_a, da.check);
+    if (st == DSCKPT_OK) st = open_side(&x.b, argv[optind + 1], da.tag_b, da.check);
     cJSON *out = cJSON_CreateObject(), *layout = cJSON_CreateObject();
     x.va = malloc(SLICE * sizeof(double));
     x.vb = malloc(SLICE * sizeof(double));
@@ -427,43 +509,9 @@ int cmd_diff(int argc, char **argv) {
     x.nontensor = cJSON_CreateArray();
     catch_stop_signals();
     cli_progress p;
-    cli_progress_init(&p, "diff", quiet || json);
+    cli_progress_init(&p, "diff", da.quiet || da.json);
     x.prog = &p;
-    size_t na = dsckpt_tensor_count(x.a.c), nb = dsckpt_tensor_count(x.b.c);
-    for (size_t i = 0; i < na; i++) {
-        dsckpt_tensor_info t;
-        dsckpt_tensor_get(x.a.c, i, &t);
-        x.total_bytes += t.numel * 4 * (x.weights_mode ? 1 : 3);
-    }
-    bool *matched = calloc(nb ? nb : 1, sizeof *matched);
-    if (!matched) st = DSCKPT_ENOMEM;
-    for (size_t i = 0; st == DSCKPT_OK && i < na; i++) {
-        dsckpt_tensor_info ta;
-        dsckpt_tensor_get(x.a.c, i, &ta);
-        size_t j;
-        if (dsckpt_tensor_find(x.b.c, ta.name, &j) != DSCKPT_OK) {
-            cJSON_AddItemToArray(x.removed, cJSON_CreateString(ta.name));
-            x.differences++;
-            continue;
-        }
-        matched[j] = true;
-        st = compare_tensor(&x, i, j);
-    }
-    /* B's tensors no A tensor was matched to: an alias in A (tied weights written
-     * as separate tensors) is compared; anything else was added. */
-    for (size_t j = 0; st == DSCKPT_OK && j < nb; j++) {
-        if (matched[j]) continue;
-        dsckpt_tensor_info tb;
-        dsckpt_tensor_get(x.b.c, j, &tb);
-        size_t i;
-        if (dsckpt_tensor_find(x.a.c, tb.name, &i) == DSCKPT_OK) {
-            st = compare_tensor(&x, i, j);
-        } else {
-            cJSON_AddItemToArray(x.added, cJSON_CreateString(tb.name));
-            x.differences++;
-        }
-    }
-    free(matched);
+    st = compare_tensors(&x);
     if (st == DSCKPT_OK) st = compare_nontensor(&x, layout);
     cli_progress_end(&p);
     if (st) {
@@ -471,32 +519,8 @@ int cmd_diff(int argc, char **argv) {
         goto done;
     }
     rc = x.differences ? EXIT_CORRUPT : EXIT_OKAY; /* 1 = different */
-    if (json) {
-        cJSON *a = cJSON_AddObjectToObject(out, "a"), *b = cJSON_AddObjectToObject(out, "b");
-        cJSON_AddStringToObject(a, "path", x.a.path);
-        cJSON_AddStringToObject(b, "path", x.b.path);
-        cJSON_AddBoolToObject(out, "equal", x.differences == 0);
-        cJSON_AddNumberToObject(out, "differences", (double)x.differences);
-        cJSON_AddStringToObject(out, "mode", x.weights_mode ? "weights" : "all_states");
-        cJSON_AddNumberToObject(out, "atol", atol);
-        cJSON_AddNumberToObject(out, "rtol", rtol);
-        cJSON_AddNumberToObject(out, "states_compared", (double)x.compared);
-        cJSON_AddItemToObject(out, "layout", layout);
-        layout = NULL;
-        cJSON_AddItemToObject(out, "added", x.added);
-        cJSON_AddItemToObject(out, "removed", x.removed);
-        cJSON_AddItemToObject(out, "reshaped", x.reshaped);
-        cJSON_AddItemToObject(out, "dtype_changed", x.dtypes);
-        cJSON_AddItemToObject(out, "trainable_changed", x.kinds);
-        cJSON_AddItemToObject(out, "tensors", x.tensors_differ);
-        cJSON_AddItemToObject(out, "non_tensor", x.nontensor);
-        x.added = x.removed = x.reshaped = x.dtypes = x.kinds = x.tensors_differ = x.nontensor = NULL;
-        char *text = cJSON_Print(out);
-        if (text) puts(text);
-        free(text);
-    } else if (!quiet) {
-        print_text(&x, layout, max_list);
-    }
+    if (da.json) print_json(&x, &da, out, &layout);
+    else if (!da.quiet) print_text(&x, layout, da.max_list);
 done:
     cJSON_Delete(x.added);
     cJSON_Delete(x.removed);

@@ -201,7 +201,20 @@ static void print_compressed(int level, const dsckpt_zestimate *z) {
            ratio(z->raw_bytes, z->estimated_bytes));
 }
 
-int cmd_estimate(int argc, char **argv) {
+/* estimate's arguments, then what the checkpoint supplies. */
+typedef struct est_args {
+    est_in x;
+    uint64_t params, largest;
+    bool have_largest, json;
+    long ws, gpn, nsample;
+    int zlevel;                 /* --compress level, 0 without */
+    const char *tag, *dtype_s, *ckpt;
+    dsckpt_dtype dtype;
+} est_args;
+
+/* Parses estimate's command line into a. Returns -1 to go on, or the exit code
+ * (after --help, or a usage error printed). */
+static int estimate_parse(int argc, char **argv, est_args *a) {
     static const struct option lo[] = {
         {"params", required_argument, 0, 'P'},     {"world-size", required_argument, 0, 'W'},
         {"gpus-per-node", required_argument, 0, 'g'}, {"stage", required_argument, 0, 's'},
@@ -211,58 +224,52 @@ int cmd_estimate(int argc, char **argv) {
         {"tag", required_argument, 0, 't'},         {"json", no_argument, 0, 'J'},
         {"compress", optional_argument, 0, 'C'},    {"sample-chunks", required_argument, 0, 'S'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
-    est_in x = {.stage = -1, .zero_init = true, .b = 1.5};
-    uint64_t params = 0, largest = 0;
-    bool have_largest = false, json = false;
-    long ws = 0, gpn = 0, v;
-    const char *tag = NULL, *dtype_s = NULL;
-    dsckpt_dtype dtype = DSCKPT_BF16;
-    int c, zlevel = 0;
-    long nsample = 0;
-    dsckpt_zestimate ze;
+    est_in *x = &a->x;
+    long v;
+    int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "t:h", lo, NULL)) != -1) {
         switch (c) {
         case 'P':
-            if (!parse_count(optarg, &params)) return usage_error("estimate", "--params: cannot parse '%s' (e.g. 7B, 350M, 7e9)", optarg);
+            if (!parse_count(optarg, &a->params)) return usage_error("estimate", "--params: cannot parse '%s' (e.g. 7B, 350M, 7e9)", optarg);
             break;
         case 'W':
-            if (!parse_int(optarg, 1, 1000000, &ws)) return usage_error("estimate", "--world-size must be 1..1000000 (got '%s')", optarg);
+            if (!parse_int(optarg, 1, 1000000, &a->ws)) return usage_error("estimate", "--world-size must be 1..1000000 (got '%s')", optarg);
             break;
         case 'g':
-            if (!parse_int(optarg, 1, 1024, &gpn)) return usage_error("estimate", "--gpus-per-node must be 1..1024 (got '%s')", optarg);
+            if (!parse_int(optarg, 1, 1024, &a->gpn)) return usage_error("estimate", "--gpus-per-node must be 1..1024 (got '%s')", optarg);
             break;
         case 's':
             if (!parse_int(optarg, 0, 3, &v)) return usage_error("estimate", "--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
-            x.stage = (int)v;
+            x->stage = (int)v;
             break;
-        case 'O': x.off_opt = true; break;
-        case 'A': x.off_param = true; break;
-        case 'Z': x.zero_init = false; break;
+        case 'O': x->off_opt = true; break;
+        case 'A': x->off_param = true; break;
+        case 'Z': x->zero_init = false; break;
         case 'L':
-            if (!parse_count(optarg, &largest)) return usage_error("estimate", "--largest-layer: cannot parse '%s'", optarg);
-            have_largest = true;
+            if (!parse_count(optarg, &a->largest)) return usage_error("estimate", "--largest-layer: cannot parse '%s'", optarg);
+            a->have_largest = true;
             break;
         case 'B': {
             char *end;
-            x.b = strtod(optarg, &end);
-            if (*end || end == optarg || !(x.b >= 1 && x.b <= 100))
+            x->b = strtod(optarg, &end);
+            if (*end || end == optarg || !(x->b >= 1 && x->b <= 100))
                 return usage_error("estimate", "--buffer-factor must be a number from 1 to 100 (got '%s')", optarg);
             break;
         }
         case 'd':
-            if (dsckpt_dtype_parse(optarg, &dtype) != DSCKPT_OK ||
-                (dtype != DSCKPT_BF16 && dtype != DSCKPT_F16 && dtype != DSCKPT_F32))
+            if (dsckpt_dtype_parse(optarg, &a->dtype) != DSCKPT_OK ||
+                (a->dtype != DSCKPT_BF16 && a->dtype != DSCKPT_F16 && a->dtype != DSCKPT_F32))
                 return usage_error("estimate", "--dtype must be bf16, fp16 or fp32 (got '%s')", optarg);
-            dtype_s = optarg;
+            a->dtype_s = optarg;
             break;
-        case 't': tag = optarg; break;
-        case 'J': json = true; break;
+        case 't': a->tag = optarg; break;
+        case 'J': a->json = true; break;
         case 'C':
-            if (!parse_compress(optarg, &zlevel)) return usage_error("estimate", "--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            if (!parse_compress(optarg, &a->zlevel)) return usage_error("estimate", "--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
             break;
         case 'S':
-            if (!parse_int(optarg, 1, 1000000, &nsample)) return usage_error("estimate", "--sample-chunks must be 1..1000000 (got '%s')", optarg);
+            if (!parse_int(optarg, 1, 1000000, &a->nsample)) return usage_error("estimate", "--sample-chunks must be 1..1000000 (got '%s')", optarg);
             break;
         case 'h':
             fputs(estimate_help, stdout);
@@ -272,165 +279,219 @@ int cmd_estimate(int argc, char **argv) {
         }
     }
     if (optind < argc - 1) return usage_error("estimate", "unexpected argument '%s'", argv[optind + 1]);
-    const char *ckpt = optind < argc ? argv[optind] : NULL;
-    if (ckpt && params) return usage_error("estimate", "%s", "give either CKPT or --params, not both");
-    if (!ckpt && !params) return usage_error("estimate", "%s", "--params N (e.g. 7B) or a checkpoint path is required");
-    if (!ckpt && tag) return usage_error("estimate", "%s", "-t TAG needs a checkpoint path");
-    if (nsample && !zlevel) return usage_error("estimate", "%s", "--sample-chunks needs --compress");
-    int ck_ws = 0;
-    if (ckpt) {
-        dsckpt_ckpt *ck = NULL;
-        dsckpt_status st = dsckpt_source_open(ckpt, tag, &ck);
-        if (st) return fail(st, "estimate");
-        dsckpt_info info;
-        dsckpt_ckpt_info(ck, &info);
-        params = info.param_count;
-        uint64_t big = 0;
-        for (size_t i = 0; i < dsckpt_tensor_count(ck); i++) {
-            dsckpt_tensor_info ti;
-            if (dsckpt_tensor_get(ck, i, &ti) == DSCKPT_OK && ti.numel > big) big = ti.numel;
-        }
-        if (!have_largest) {
-            largest = big;
-            have_largest = true;
-        }
-        if (x.stage < 0) x.stage = info.zero_stage;
-        ck_ws = info.world_size;
-        if (!dtype_s && info.train_dtype) dsckpt_dtype_parse(info.train_dtype, &dtype);
-        if (zlevel && params) st = dsckpt_estimate_compressed(ck, zlevel, nsample ? (unsigned)nsample : 16, 0, &ze);
-        dsckpt_ckpt_free(ck);
-        if (st) return fail(st, "estimate");
-        if (!params) {
-            fprintf(stderr, "%s estimate: %s holds no parameters\n", prog, ckpt);
-            return EXIT_UNSUPPORTED;
-        }
+    a->ckpt = optind < argc ? argv[optind] : NULL;
+    if (a->ckpt && a->params) return usage_error("estimate", "%s", "give either CKPT or --params, not both");
+    if (!a->ckpt && !a->params) return usage_error("estimate", "%s", "--params N (e.g. 7B) or a checkpoint path is required");
+    if (!a->ckpt && a->tag) return usage_error("estimate", "%s", "-t TAG needs a checkpoint path");
+    if (a->nsample && !a->zlevel) return usage_error("estimate", "%s", "--sample-chunks needs --compress");
+    return -1;
+}
+
+/* What CKPT supplies: parameter count, largest tensor, stage, world size (into
+ * *ck_ws), dtype, each unless given; with --compress the estimate into ze.
+ * Returns -1 to go on, or the exit code after a message. */
+static int estimate_read_ckpt(est_args *a, int *ck_ws, dsckpt_zestimate *ze) {
+    dsckpt_ckpt *ck = NULL;
+    dsckpt_status st = dsckpt_source_open(a->ckpt, a->tag, &ck);
+    if (st) return fail(st, "estimate");
+    dsckpt_info info;
+    dsckpt_ckpt_info(ck, &info);
+    a->params = info.param_count;
+    uint64_t big = 0;
+    for (size_t i = 0; i < dsckpt_tensor_count(ck); i++) {
+        dsckpt_tensor_info ti;
+        if (dsckpt_tensor_get(ck, i, &ti) == DSCKPT_OK && ti.numel > big) big = ti.numel;
     }
-    if (!ws) ws = ck_ws;
-    if (!ws) return usage_error("estimate", "%s", "--world-size W is required");
-    if (x.stage < 0) x.stage = 3;
-    if (!gpn) gpn = ws < 8 ? ws : 8;
-    if (ws % gpn) {
+    if (!a->have_largest) {
+        a->largest = big;
+        a->have_largest = true;
+    }
+    if (a->x.stage < 0) a->x.stage = info.zero_stage;
+    *ck_ws = info.world_size;
+    if (!a->dtype_s && info.train_dtype) dsckpt_dtype_parse(info.train_dtype, &a->dtype);
+    if (a->zlevel && a->params)
+        st = dsckpt_estimate_compressed(ck, a->zlevel, a->nsample ? (unsigned)a->nsample : 16, 0, ze);
+    dsckpt_ckpt_free(ck);
+    if (st) return fail(st, "estimate");
+    if (!a->params) {
+        fprintf(stderr, "%s estimate: %s holds no parameters\n", prog, a->ckpt);
+        return EXIT_UNSUPPORTED;
+    }
+    return -1;
+}
+
+/* The world size, GPUs per node and stage to use, checked. Returns -1 to go on,
+ * or the exit code after a message. */
+static int estimate_layout(est_args *a, int ck_ws) {
+    est_in *x = &a->x;
+    if (!a->ws) a->ws = ck_ws;
+    if (!a->ws) return usage_error("estimate", "%s", "--world-size W is required");
+    if (x->stage < 0) x->stage = 3;
+    if (!a->gpn) a->gpn = a->ws < 8 ? a->ws : 8;
+    if (a->ws % a->gpn) {
         char m[128];
-        snprintf(m, sizeof m, "--world-size %ld is not a multiple of --gpus-per-node %ld", ws, gpn);
+        snprintf(m, sizeof m, "--world-size %ld is not a multiple of --gpus-per-node %ld", a->ws, a->gpn);
         return usage_error("estimate", "%s", m);
     }
-    if (x.off_param && x.stage != 3) return usage_error("estimate", "%s", "--offload-param applies to stage 3 only");
-    if (x.off_param && !x.off_opt) {
+    if (x->off_param && x->stage != 3) return usage_error("estimate", "%s", "--offload-param applies to stage 3 only");
+    if (x->off_param && !x->off_opt) {
         fprintf(stderr, "%s estimate: DeepSpeed's estimator has no figure for --offload-param without "
                         "--offload-optimizer; add --offload-optimizer\n", prog);
         return EXIT_UNSUPPORTED;
     }
-    x.P = (double)params;
-    x.L = (double)largest;
-    x.G = (int)ws;
-    x.g = (int)gpn;
-    x.n = (int)(ws / gpn);
-    est_out r = estimate(&x);
-    /* On disk (bytes): native = fp32 master + two Adam moments (12 P); DeepSpeed's
-     * files add the 16-bit module weights in the model-states files below stage 3
-     * (2 P, or 4 P for fp32 training); consolidated weights = P in the dtype. */
-    uint64_t wbytes = dsckpt_dtype_size(dtype);
-    uint64_t disk_native = 12 * params;
-    uint64_t disk_ds = 12 * params + (x.stage < 3 ? wbytes * params : 0);
-    uint64_t disk_cons = wbytes * params;
-    const char *dname = dtype == DSCKPT_BF16 ? "bf16" : dtype == DSCKPT_F16 ? "fp16" : "fp32";
+    x->P = (double)a->params;
+    x->L = (double)a->largest;
+    x->G = (int)a->ws;
+    x->g = (int)a->gpn;
+    x->n = (int)(a->ws / a->gpn);
+    return -1;
+}
 
-    /* DeepSpeed prints every offload combination: so do we. */
-    typedef struct { bool oo, op, zi; est_out r; } row;
-    row rows[6];
+/* One offload combination and its figures. */
+typedef struct est_row {
+    bool oo, op, zi;
+    est_out r;
+} est_row;
+
+/* DeepSpeed prints every offload combination: so do we. Returns the row count
+ * (at most 6). */
+static int estimate_rows(const est_in *x, est_row rows[6]) {
     int nrows = 0;
-    if (x.stage == 3) {
+    if (x->stage == 3) {
         for (int oo = 1; oo >= 0; oo--)
             for (int op = 1; op >= 0; op--) {
                 if (!oo && op) continue;
                 for (int zi = 1; zi >= 0; zi--) {
-                    est_in y = x;
+                    est_in y = *x;
                     y.off_opt = oo;
                     y.off_param = op;
                     y.zero_init = zi;
-                    rows[nrows++] = (row){oo, op, zi, estimate(&y)};
+                    rows[nrows++] = (est_row){oo, op, zi, estimate(&y)};
                 }
             }
     } else {
         for (int oo = 1; oo >= 0; oo--) {
-            est_in y = x;
+            est_in y = *x;
             y.off_opt = oo;
-            rows[nrows++] = (row){oo, false, false, estimate(&y)};
+            rows[nrows++] = (est_row){oo, false, false, estimate(&y)};
         }
     }
+    return nrows;
+}
 
-    if (json) {
-        cJSON *o = cJSON_CreateObject();
-        if (!o) return EXIT_INTERNAL;
-        if (ckpt) cJSON_AddStringToObject(o, "checkpoint", ckpt);
-        cJSON_AddNumberToObject(o, "params", (double)params);
-        cJSON_AddNumberToObject(o, "largest_layer_params", (double)largest);
-        cJSON_AddNumberToObject(o, "world_size", (double)ws);
-        cJSON_AddNumberToObject(o, "gpus_per_node", (double)gpn);
-        cJSON_AddNumberToObject(o, "nodes", x.n);
-        cJSON_AddNumberToObject(o, "stage", x.stage);
-        cJSON_AddStringToObject(o, "dtype", dname);
-        cJSON_AddBoolToObject(o, "offload_optimizer", x.off_opt);
-        cJSON_AddBoolToObject(o, "offload_param", x.off_param);
-        cJSON_AddBoolToObject(o, "zero_init", x.zero_init);
-        cJSON_AddNumberToObject(o, "buffer_factor", x.b);
-        cJSON_AddStringToObject(o, "formula", r.formula);
-        cJSON_AddNumberToObject(o, "per_gpu_bytes", (double)r.gpu);
-        cJSON_AddNumberToObject(o, "per_node_gpu_bytes", (double)r.gpu * (double)gpn);
-        cJSON_AddNumberToObject(o, "per_node_cpu_bytes", (double)r.cpu);
-        cJSON *d = cJSON_AddObjectToObject(o, "checkpoint_bytes");
-        cJSON_AddNumberToObject(d, "native", (double)disk_native);
-        cJSON_AddNumberToObject(d, "deepspeed", (double)disk_ds);
-        cJSON_AddNumberToObject(d, "consolidated", (double)disk_cons);
-        if (zlevel) json_compressed(o, zlevel, ckpt ? &ze : NULL);
-        cJSON *all = cJSON_AddArrayToObject(o, "all_options");
-        for (int i = 0; i < nrows; i++) {
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddBoolToObject(e, "offload_optimizer", rows[i].oo);
-            if (x.stage == 3) {
-                cJSON_AddBoolToObject(e, "offload_param", rows[i].op);
-                cJSON_AddBoolToObject(e, "zero_init", rows[i].zi);
-            }
-            cJSON_AddNumberToObject(e, "per_gpu_bytes", (double)rows[i].r.gpu);
-            cJSON_AddNumberToObject(e, "per_node_cpu_bytes", (double)rows[i].r.cpu);
-            cJSON_AddItemToArray(all, e);
+/* On disk (bytes): native = fp32 master + two Adam moments (12 P); DeepSpeed's
+ * files add the 16-bit module weights in the model-states files below stage 3
+ * (2 P, or 4 P for fp32 training); consolidated weights = P in the dtype. */
+typedef struct est_disk {
+    uint64_t native, ds, cons;
+    const char *dname;
+} est_disk;
+
+static est_disk disk_sizes(const est_args *a) {
+    uint64_t wbytes = dsckpt_dtype_size(a->dtype), P = a->params;
+    return (est_disk){.native = 12 * P,
+                      .ds = 12 * P + (a->x.stage < 3 ? wbytes * P : 0),
+                      .cons = wbytes * P,
+                      .dname = a->dtype == DSCKPT_BF16 ? "bf16" : a->dtype == DSCKPT_F16 ? "fp16" : "fp32"};
+}
+
+static int estimate_json(const est_args *a, const est_out *r, const est_row *rows, int nrows,
+                         const dsckpt_zestimate *ze) {
+    const est_in *x = &a->x;
+    est_disk dk = disk_sizes(a);
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return EXIT_INTERNAL;
+    if (a->ckpt) cJSON_AddStringToObject(o, "checkpoint", a->ckpt);
+    cJSON_AddNumberToObject(o, "params", (double)a->params);
+    cJSON_AddNumberToObject(o, "largest_layer_params", (double)a->largest);
+    cJSON_AddNumberToObject(o, "world_size", (double)a->ws);
+    cJSON_AddNumberToObject(o, "gpus_per_node", (double)a->gpn);
+    cJSON_AddNumberToObject(o, "nodes", x->n);
+    cJSON_AddNumberToObject(o, "stage", x->stage);
+    cJSON_AddStringToObject(o, "dtype", dk.dname);
+    cJSON_AddBoolToObject(o, "offload_optimizer", x->off_opt);
+    cJSON_AddBoolToObject(o, "offload_param", x->off_param);
+    cJSON_AddBoolToObject(o, "zero_init", x->zero_init);
+    cJSON_AddNumberToObject(o, "buffer_factor", x->b);
+    cJSON_AddStringToObject(o, "formula", r->formula);
+    cJSON_AddNumberToObject(o, "per_gpu_bytes", (double)r->gpu);
+    cJSON_AddNumberToObject(o, "per_node_gpu_bytes", (double)r->gpu * (double)a->gpn);
+    cJSON_AddNumberToObject(o, "per_node_cpu_bytes", (double)r->cpu);
+    cJSON *d = cJSON_AddObjectToObject(o, "checkpoint_bytes");
+    cJSON_AddNumberToObject(d, "native", (double)dk.native);
+    cJSON_AddNumberToObject(d, "deepspeed", (double)dk.ds);
+    cJSON_AddNumberToObject(d, "consolidated", (double)dk.cons);
+    if (a->zlevel) json_compressed(o, a->zlevel, ze);
+    cJSON *all = cJSON_AddArrayToObject(o, "all_options");
+    for (int i = 0; i < nrows; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddBoolToObject(e, "offload_optimizer", rows[i].oo);
+        if (x->stage == 3) {
+            cJSON_AddBoolToObject(e, "offload_param", rows[i].op);
+            cJSON_AddBoolToObject(e, "zero_init", rows[i].zi);
         }
-        char *text = cJSON_Print(o);
-        cJSON_Delete(o);
-        if (!text) return EXIT_INTERNAL;
-        puts(text);
-        free(text);
-        return EXIT_OKAY;
+        cJSON_AddNumberToObject(e, "per_gpu_bytes", (double)rows[i].r.gpu);
+        cJSON_AddNumberToObject(e, "per_node_cpu_bytes", (double)rows[i].r.cpu);
+        cJSON_AddItemToArray(all, e);
     }
-    char a[32], b2[32], c2[32];
-    printf("Model states for %.3gB parameters (%" PRIu64 "), ZeRO stage %d, %s\n", (double)params / 1e9, params, x.stage, dname);
-    printf("HW: %ld GPU%s = %d node%s x %ld GPU%s per node\n", ws, ws == 1 ? "" : "s", x.n, x.n == 1 ? "" : "s", gpn,
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!text) return EXIT_INTERNAL;
+    puts(text);
+    free(text);
+    return EXIT_OKAY;
+}
+
+static void estimate_text(const est_args *a, const est_out *r, const est_row *rows, int nrows,
+                          const dsckpt_zestimate *ze) {
+    const est_in *x = &a->x;
+    est_disk dk = disk_sizes(a);
+    long ws = a->ws, gpn = a->gpn;
+    char b1[32], b2[32], b3[32];
+    printf("Model states for %.3gB parameters (%" PRIu64 "), ZeRO stage %d, %s\n", (double)a->params / 1e9, a->params,
+           x->stage, dk.dname);
+    printf("HW: %ld GPU%s = %d node%s x %ld GPU%s per node\n", ws, ws == 1 ? "" : "s", x->n, x->n == 1 ? "" : "s", gpn,
            gpn == 1 ? "" : "s");
-    if (x.stage == 3) {
-        printf("largest layer: %" PRIu64 " parameters%s\n", largest,
-               have_largest ? "" : " (not given: pass --largest-layer; its 4 bytes per parameter are not counted)");
+    if (x->stage == 3) {
+        printf("largest layer: %" PRIu64 " parameters%s\n", a->largest,
+               a->have_largest ? "" : " (not given: pass --largest-layer; its 4 bytes per parameter are not counted)");
     }
-    printf("formula: DeepSpeed %s%s\n", r.formula, x.stage == 0 ? " at 1 GPU (stage 0 partitions nothing)" : "");
-    gib(a, sizeof a, r.gpu);
-    gib(b2, sizeof b2, r.gpu * (uint64_t)gpn);
-    gib(c2, sizeof c2, r.cpu);
-    printf("\nthis setup (offload_optimizer=%s%s%s):\n", x.off_opt ? "cpu" : "none",
-           x.stage == 3 ? (x.off_param ? ", offload_param=cpu" : ", offload_param=none") : "",
-           x.stage == 3 ? (x.zero_init ? ", zero_init=1" : ", zero_init=0") : "");
-    printf("  per GPU      %s\n  per node     %s GPU, %s CPU\n", a, b2, c2);
+    printf("formula: DeepSpeed %s%s\n", r->formula, x->stage == 0 ? " at 1 GPU (stage 0 partitions nothing)" : "");
+    gib(b1, sizeof b1, r->gpu);
+    gib(b2, sizeof b2, r->gpu * (uint64_t)gpn);
+    gib(b3, sizeof b3, r->cpu);
+    printf("\nthis setup (offload_optimizer=%s%s%s):\n", x->off_opt ? "cpu" : "none",
+           x->stage == 3 ? (x->off_param ? ", offload_param=cpu" : ", offload_param=none") : "",
+           x->stage == 3 ? (x->zero_init ? ", zero_init=1" : ", zero_init=0") : "");
+    printf("  per GPU      %s\n  per node     %s GPU, %s CPU\n", b1, b2, b3);
     printf("\nall options (as DeepSpeed prints them):\n   per CPU  |  per GPU  | options\n");
     for (int i = 0; i < nrows; i++) {
         printf(" %8.2fGiB | %7.2fGiB | offload_optimizer=%s", (double)rows[i].r.cpu / 1073741824.0,
                (double)rows[i].r.gpu / 1073741824.0, rows[i].oo ? "cpu " : "none");
-        if (x.stage == 3) printf(", offload_param=%s, zero_init=%d", rows[i].op ? "cpu " : "none", rows[i].zi);
+        if (x->stage == 3) printf(", offload_param=%s, zero_init=%d", rows[i].op ? "cpu " : "none", rows[i].zi);
         printf("\n");
     }
-    fmt_bytes(disk_native, a, sizeof a);
-    fmt_bytes(disk_ds, b2, sizeof b2);
-    fmt_bytes(disk_cons, c2, sizeof c2);
+    fmt_bytes(dk.native, b1, sizeof b1);
+    fmt_bytes(dk.ds, b2, sizeof b2);
+    fmt_bytes(dk.cons, b3, sizeof b3);
     printf("\ncheckpoint on disk: %s native (fp32 master + Adam moments), %s DeepSpeed files%s,\n"
            "                    %s consolidated %s weights\n",
-           a, b2, x.stage < 3 ? " (+ 16-bit module weights)" : "", c2, dname);
-    if (zlevel) print_compressed(zlevel, ckpt ? &ze : NULL);
+           b1, b2, x->stage < 3 ? " (+ 16-bit module weights)" : "", b3, dk.dname);
+    if (a->zlevel) print_compressed(a->zlevel, ze);
+}
+
+int cmd_estimate(int argc, char **argv) {
+    est_args a = {.x = {.stage = -1, .zero_init = true, .b = 1.5}, .dtype = DSCKPT_BF16};
+    dsckpt_zestimate ze;
+    int ck_ws = 0, rc = estimate_parse(argc, argv, &a);
+    if (rc < 0 && a.ckpt) rc = estimate_read_ckpt(&a, &ck_ws, &ze);
+    if (rc < 0) rc = estimate_layout(&a, ck_ws);
+    if (rc >= 0) return rc;
+    est_out r = estimate(&a.x);
+    est_row rows[6];
+    int nrows = estimate_rows(&a.x, rows);
+    const dsckpt_zestimate *z = a.ckpt ? &ze : NULL;
+    if (a.json) return estimate_json(&a, &r, rows, nrows, z);
+    estimate_text(&a, &r, rows, nrows, z);
     return EXIT_OKAY;
 }

@@ -220,6 +220,63 @@ static const char consolidate_help[] =
     "renamed into place when complete; a failed or interrupted run (SIGINT, SIGTERM)\n"
     "leaves nothing behind, and temporaries of runs that died are removed.\n";
 
+/* An OUT named like a PyTorch pickle (.bin, .pt, .pth): says what to pass
+ * instead and returns true. */
+static bool pickle_name_refused(const char *out) {
+    size_t n = strlen(out);
+    static const char *const pickles[] = {".bin", ".pt", ".pth"};
+    for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
+        size_t k = strlen(pickles[i]);
+        if (n > k && !strcmp(out + n - k, pickles[i])) {
+            fprintf(stderr,
+                    "%s consolidate: '%s' is a PyTorch pickle name; dsckpt writes safetensors only:\n"
+                    "  -o model.safetensors   one file\n"
+                    "  -o DIR                 a Hugging Face folder (model.safetensors or shards + index,\n"
+                    "                         config.json): what from_pretrained(DIR) loads\n",
+                    prog, out);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The summary of a finished consolidate (what was written, read back from OUT):
+ * JSON on stdout with --json, else one line on stderr. */
+static void consolidate_summary(const dsckpt_info *info, const char *out, dsckpt_dtype dtype, bool json, double el) {
+    cJSON *files = cJSON_CreateArray();
+    cli_written w = {.file_names = files};
+    dsckpt_status ws = cli_written_safetensors(out, &w);
+    double gbs = el > 0 ? (double)w.bytes / el / 1e9 : 0;
+    if (ws) {
+        fprintf(stderr, "consolidated %s -> %s (could not read the output back: %s)\n", info->tag, out,
+                dsckpt_last_error());
+    } else if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "command", "consolidate");
+        cJSON_AddStringToObject(j, "source", info->dir);
+        cJSON_AddStringToObject(j, "tag", info->tag);
+        cJSON_AddStringToObject(j, "output", out);
+        cJSON_AddStringToObject(j, "dtype", dsckpt_dtype_name(dtype));
+        cJSON_AddItemToObject(j, "files", files);
+        files = NULL;
+        cJSON_AddNumberToObject(j, "tensors", (double)w.tensors);
+        cJSON_AddNumberToObject(j, "parameters", (double)w.params);
+        cJSON_AddNumberToObject(j, "bytes", (double)w.bytes);
+        cJSON_AddNumberToObject(j, "seconds", el);
+        cJSON_AddNumberToObject(j, "gb_per_s", gbs);
+        char *t = cJSON_Print(j);
+        if (t) puts(t);
+        free(t);
+        cJSON_Delete(j);
+    } else {
+        char b[32];
+        fprintf(stderr, "consolidated %s -> %s: %zu tensors, %" PRIu64 " parameters as %s, %zu file%s, %s in %.2f s (%.2f GB/s)\n",
+                info->tag, out, w.tensors, w.params, dsckpt_dtype_name(dtype), w.files, w.files == 1 ? "" : "s",
+                fmt_bytes(w.bytes, b, sizeof b), el, gbs);
+    }
+    cJSON_Delete(files);
+}
+
 static int cmd_consolidate(int argc, char **argv) {
     static const struct option lo[] = {
         {"tag", required_argument, 0, 't'},      {"output", required_argument, 0, 'o'},
@@ -261,22 +318,7 @@ static int cmd_consolidate(int argc, char **argv) {
     o.threads = co.threads;
     if (optind != argc - 1) return usage_error("consolidate", "%s", "expected exactly one checkpoint path");
     if (!out) return usage_error("consolidate", "%s", "-o OUT is required");
-    {
-        size_t n = strlen(out);
-        static const char *const pickles[] = {".bin", ".pt", ".pth"};
-        for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
-            size_t k = strlen(pickles[i]);
-            if (n > k && !strcmp(out + n - k, pickles[i])) {
-                fprintf(stderr,
-                        "%s consolidate: '%s' is a PyTorch pickle name; dsckpt writes safetensors only:\n"
-                        "  -o model.safetensors   one file\n"
-                        "  -o DIR                 a Hugging Face folder (model.safetensors or shards + index,\n"
-                        "                         config.json): what from_pretrained(DIR) loads\n",
-                        prog, out);
-                return EXIT_USAGE;
-            }
-        }
-    }
+    if (pickle_name_refused(out)) return EXIT_USAGE;
     dsckpt_ckpt *ck;
     dsckpt_status st = dsckpt_ckpt_open(argv[optind], tag, &ck);
     if (st) return fail(st, "consolidate");
@@ -294,41 +336,7 @@ static int cmd_consolidate(int argc, char **argv) {
     o.progress_user = &p;
     st = dsckpt_consolidate(ck, out, &o);
     cli_progress_end(&p);
-    double el = cli_now() - p.t0;
-    if (st == DSCKPT_OK && !dsckpt_interrupted()) {
-        cJSON *files = cJSON_CreateArray();
-        cli_written w = {.file_names = files};
-        dsckpt_status ws = cli_written_safetensors(out, &w);
-        double gbs = el > 0 ? (double)w.bytes / el / 1e9 : 0;
-        if (ws) {
-            fprintf(stderr, "consolidated %s -> %s (could not read the output back: %s)\n", info.tag, out,
-                    dsckpt_last_error());
-        } else if (co.json) {
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "command", "consolidate");
-            cJSON_AddStringToObject(j, "source", info.dir);
-            cJSON_AddStringToObject(j, "tag", info.tag);
-            cJSON_AddStringToObject(j, "output", out);
-            cJSON_AddStringToObject(j, "dtype", dsckpt_dtype_name(o.dtype));
-            cJSON_AddItemToObject(j, "files", files);
-            files = NULL;
-            cJSON_AddNumberToObject(j, "tensors", (double)w.tensors);
-            cJSON_AddNumberToObject(j, "parameters", (double)w.params);
-            cJSON_AddNumberToObject(j, "bytes", (double)w.bytes);
-            cJSON_AddNumberToObject(j, "seconds", el);
-            cJSON_AddNumberToObject(j, "gb_per_s", gbs);
-            char *t = cJSON_Print(j);
-            if (t) puts(t);
-            free(t);
-            cJSON_Delete(j);
-        } else {
-            char b[32];
-            fprintf(stderr, "consolidated %s -> %s: %zu tensors, %" PRIu64 " parameters as %s, %zu file%s, %s in %.2f s (%.2f GB/s)\n",
-                    info.tag, out, w.tensors, w.params, dsckpt_dtype_name(o.dtype), w.files, w.files == 1 ? "" : "s",
-                    fmt_bytes(w.bytes, b, sizeof b), el, gbs);
-        }
-        cJSON_Delete(files);
-    }
+    if (st == DSCKPT_OK && !dsckpt_interrupted()) consolidate_summary(&info, out, o.dtype, co.json, cli_now() - p.t0);
     rc = st ? fail(st, "consolidate") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
     return rc;
@@ -448,7 +456,52 @@ static bool in_hf_checkpoint(const dsckpt_ckpt *c) {
     return true;
 }
 
-static int cmd_reshard(int argc, char **argv) {
+/* reshard's arguments once parsed. */
+typedef struct reshard_args {
+    dsckpt_reshard_opts o;
+    common co;
+    bool format_given;
+    const char *path, *out; /* out: -o OUT, or defout */
+    char *defout;           /* the default OUT (malloc'd), or NULL */
+} reshard_args;
+
+/* Every problem with the arguments is collected and reported, not only the first. */
+typedef struct arg_errs {
+    char m[8][256];
+    int n;
+} arg_errs;
+#define ARG_ERR(e, ...)                                                         \
+    do {                                                                        \
+        if ((e)->n < 8) snprintf((e)->m[(e)->n++], sizeof (e)->m[0], __VA_ARGS__); \
+    } while (0)
+
+/* The default OUT: the sibling <CKPT>_w<M> / <CKPT>_universal of CKPT's absolute
+ * path, into a->defout. Returns -1, or the exit code after a message. */
+static int reshard_default_out(reshard_args *a, bool universal, arg_errs *e) {
+    char *abs = realpath(a->path, NULL);
+    if (!abs) {
+        fprintf(stderr, "%s reshard: %s: %s\n", prog, a->path, strerror(errno));
+        return EXIT_UNREADABLE;
+    }
+    size_t n = strlen(abs) + 32;
+    if (!strcmp(abs, "/")) {
+        ARG_ERR(e, "%s", "-o OUT is required when CKPT is the root directory");
+    } else if ((a->defout = malloc(n)) != NULL) {
+        if (universal) snprintf(a->defout, n, "%s_universal", abs);
+        else snprintf(a->defout, n, "%s_w%d", abs, a->o.world_size);
+    }
+    free(abs);
+    if (!a->defout && !e->n) {
+        fprintf(stderr, "%s reshard: out of memory\n", prog);
+        return EXIT_INTERNAL;
+    }
+    a->out = a->defout;
+    return -1;
+}
+
+/* Parses reshard's command line into a. Returns -1 to go on, or the exit code
+ * (after --help, or the usage errors printed). */
+static int reshard_parse(int argc, char **argv, reshard_args *a) {
     static const struct option lo[] = {
         {"tag", required_argument, 0, 't'},    {"to", required_argument, 0, 'M'},
         {"output", required_argument, 0, 'o'}, {"stage", required_argument, 0, 's'},
@@ -458,156 +511,147 @@ static int cmd_reshard(int argc, char **argv) {
         {"json", no_argument, 0, 'J'},         {"drop-unknown-objects", no_argument, 0, 'U'},
         {"compress", optional_argument, 0, 'Z'},
         {0, 0, 0, 0}};
-    dsckpt_reshard_opts o;
-    dsckpt_reshard_opts_init(&o);
-    o.world_size = 0;
-    common co = {0};
+    dsckpt_reshard_opts *o = &a->o;
+    dsckpt_reshard_opts_init(o);
+    o->world_size = 0;
     long v;
     int c, rc;
-    /* Every problem with the arguments is reported, not only the first. */
-    char errs[8][256];
-    int nerr = 0;
-#define RESHARD_ERR(...)                                                    \
-    do {                                                                    \
-        if (nerr < 8) snprintf(errs[nerr++], sizeof errs[0], __VA_ARGS__); \
-    } while (0)
-    bool format_bad = false, format_given = false;
+    arg_errs e = {.n = 0};
+    bool format_bad = false;
     OPTS_BEGIN(lo, argv);
     while ((c = getopt_long(argc, argv, "t:o:j:qh", lo, NULL)) != -1) {
         switch (c) {
         case 'M':
             if (!parse_int(optarg, 1, 1000000, &v)) {
-                RESHARD_ERR("--to must be 1..1000000 (got '%s')", optarg);
-                o.world_size = -1;
+                ARG_ERR(&e, "--to must be 1..1000000 (got '%s')", optarg);
+                o->world_size = -1;
             } else {
-                o.world_size = (int)v;
+                o->world_size = (int)v;
             }
             break;
         case 's':
-            if (!parse_int(optarg, 0, 3, &v)) RESHARD_ERR("--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
-            else o.zero_stage = (int)v;
+            if (!parse_int(optarg, 0, 3, &v)) ARG_ERR(&e, "--stage must be 0, 1, 2 or 3 (got '%s')", optarg);
+            else o->zero_stage = (int)v;
             break;
         case 'F':
-            if (!parse_format(optarg, &o.format)) {
-                RESHARD_ERR("--format must be native, deepspeed or universal (got '%s')", optarg);
+            if (!parse_format(optarg, &o->format)) {
+                ARG_ERR(&e, "--format must be native, deepspeed or universal (got '%s')", optarg);
                 format_bad = true;
             }
-            format_given = true;
+            a->format_given = true;
             break;
-        case 'V': co.no_verify = true; break;
-        case 'U': o.drop_unknown_objects = 1; break;
+        case 'V': a->co.no_verify = true; break;
+        case 'U': o->drop_unknown_objects = 1; break;
         case 'Z':
-            if (!parse_compress(optarg, &o.compress_level))
-                RESHARD_ERR("--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
+            if (!parse_compress(optarg, &o->compress_level))
+                ARG_ERR(&e, "--compress=LEVEL: the level must be 1..22 (got '%s')", optarg);
             break;
         default:
-            if (common_opt(c, "reshard", reshard_help, &co, &rc)) return rc;
+            if (common_opt(c, "reshard", reshard_help, &a->co, &rc)) return rc;
         }
     }
-    const char *tag = co.tag, *out = co.out;
-    bool quiet = co.quiet;
-    o.force = co.force;
-    o.threads = co.threads;
-    if (optind < argc - 1) RESHARD_ERR("expected at most one checkpoint path (got %d)", argc - optind);
-    bool universal = o.format == DSCKPT_FORMAT_UNIVERSAL;
-    if (!o.world_size && !universal && !format_bad) RESHARD_ERR("%s", "--to M is required");
-    const char *path = optind < argc ? argv[optind] : ".";
-    char *defout = NULL;
-    if (!out && nerr == 0) {
-        /* The sibling <CKPT>_w<M> / <CKPT>_universal of CKPT's absolute path. */
-        char *abs = realpath(path, NULL);
-        if (!abs) {
-            fprintf(stderr, "%s reshard: %s: %s\n", prog, path, strerror(errno));
-            return EXIT_UNREADABLE;
-        }
-        size_t n = strlen(abs) + 32;
-        if (!strcmp(abs, "/")) {
-            RESHARD_ERR("%s", "-o OUT is required when CKPT is the root directory");
-        } else if ((defout = malloc(n)) != NULL) {
-            if (universal) snprintf(defout, n, "%s_universal", abs);
-            else snprintf(defout, n, "%s_w%d", abs, o.world_size);
-        }
-        free(abs);
-        if (!defout && !nerr) {
-            fprintf(stderr, "%s reshard: out of memory\n", prog);
-            return EXIT_INTERNAL;
-        }
-        out = defout;
-    }
-#undef RESHARD_ERR
-    if (nerr) {
-        for (int i = 0; i < nerr; i++) fprintf(stderr, "%s reshard: %s\n", prog, errs[i]);
+    a->out = a->co.out;
+    o->force = a->co.force;
+    o->threads = a->co.threads;
+    if (optind < argc - 1) ARG_ERR(&e, "expected at most one checkpoint path (got %d)", argc - optind);
+    bool universal = o->format == DSCKPT_FORMAT_UNIVERSAL;
+    if (!o->world_size && !universal && !format_bad) ARG_ERR(&e, "%s", "--to M is required");
+    a->path = optind < argc ? argv[optind] : ".";
+    if (!a->out && e.n == 0 && (rc = reshard_default_out(a, universal, &e)) >= 0) return rc;
+    if (e.n) {
+        for (int i = 0; i < e.n; i++) fprintf(stderr, "%s reshard: %s\n", prog, e.m[i]);
         fprintf(stderr, "Try '%s reshard --help'.\n", prog);
-        free(defout);
         return EXIT_USAGE;
     }
-    if (universal && o.world_size <= 0) o.world_size = 1;
+    if (universal && o->world_size <= 0) o->world_size = 1;
+    return -1;
+}
+#undef ARG_ERR
+
+/* --drop-unknown-objects to DeepSpeed format: warns about what is left out.
+ * Returns the status of looking for it. */
+static dsckpt_status warn_dropped_objects(const dsckpt_ckpt *ck) {
+    char *what = NULL;
+    size_t n = 0;
+    dsckpt_status st = dsckpt_ckpt_unknown_objects(ck, &what, &n);
+    if (st) return st;
+    if (n)
+        fprintf(stderr, "%s reshard: warning: leaving out the entries holding %zu pickled object%s outside the "
+                        "allow-list (--drop-unknown-objects): %s\n",
+                prog, n, n == 1 ? "" : "s", what ? what : "");
+    free(what);
+    return DSCKPT_OK;
+}
+
+/* reshard --json: what was written, read back from OUT, on stdout. */
+static void reshard_json_summary(const dsckpt_info *info, const char *out, const dsckpt_reshard_opts *o, double el) {
+    dsckpt_ckpt *w = NULL;
+    dsckpt_status ws = dsckpt_ckpt_open(out, NULL, &w);
+    dsckpt_info wi;
+    if (ws == DSCKPT_OK) dsckpt_ckpt_info(w, &wi);
+    uint64_t bytes = cli_du(out, 0);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "command", "reshard");
+    cJSON_AddStringToObject(j, "source", info->dir);
+    cJSON_AddStringToObject(j, "tag", info->tag);
+    cJSON_AddStringToObject(j, "output", out);
+    cJSON_AddStringToObject(j, "format", ws ? "?" : wi.format);
+    cJSON_AddNumberToObject(j, "from_world_size", info->world_size);
+    cJSON_AddNumberToObject(j, "from_zero_stage", info->zero_stage);
+    cJSON_AddNumberToObject(j, "world_size", ws ? o->world_size : wi.world_size);
+    cJSON_AddNumberToObject(j, "zero_stage", ws ? (o->zero_stage < 0 ? info->zero_stage : o->zero_stage) : wi.zero_stage);
+    cJSON_AddNumberToObject(j, "files", ws ? 0 : (double)wi.file_count);
+    cJSON_AddNumberToObject(j, "tensors", ws ? 0 : (double)wi.tensor_count);
+    cJSON_AddNumberToObject(j, "parameters", ws ? 0 : (double)wi.param_count);
+    cJSON_AddNumberToObject(j, "bytes", (double)bytes);
+    cJSON_AddNumberToObject(j, "seconds", el);
+    cJSON_AddNumberToObject(j, "gb_per_s", el > 0 ? (double)bytes / el / 1e9 : 0);
+    char *t = cJSON_Print(j);
+    if (t) puts(t);
+    free(t);
+    cJSON_Delete(j);
+    dsckpt_ckpt_free(w);
+}
+
+static int cmd_reshard(int argc, char **argv) {
+    reshard_args a = {.format_given = false};
+    int rc = reshard_parse(argc, argv, &a);
+    if (rc >= 0) {
+        free(a.defout);
+        return rc;
+    }
+    dsckpt_reshard_opts o = a.o;
+    const char *out = a.out;
     dsckpt_ckpt *ck;
-    dsckpt_status st = dsckpt_ckpt_open(path, tag, &ck);
+    dsckpt_status st = dsckpt_ckpt_open(a.path, a.co.tag, &ck);
     if (st) {
-        free(defout);
+        free(a.defout);
         return fail(st, "reshard");
     }
-    dsckpt_ckpt_set_read_check(ck, !co.no_verify);
-    if (!format_given && in_hf_checkpoint(ck)) {
+    dsckpt_ckpt_set_read_check(ck, !a.co.no_verify);
+    if (!a.format_given && in_hf_checkpoint(ck)) {
         /* The Trainer resumes only from DeepSpeed's own files. */
         o.format = DSCKPT_FORMAT_DEEPSPEED;
         fprintf(stderr, "%s reshard: note: a Hugging Face Trainer checkpoint: writing DeepSpeed format (what the "
                         "Trainer resumes from); pass --format native for the native format\n", prog);
     }
-    if (o.drop_unknown_objects && o.format == DSCKPT_FORMAT_DEEPSPEED) {
-        char *what = NULL;
-        size_t n = 0;
-        if ((st = dsckpt_ckpt_unknown_objects(ck, &what, &n))) {
-            dsckpt_ckpt_free(ck);
-            free(defout);
-            return fail(st, "reshard");
-        }
-        if (n)
-            fprintf(stderr, "%s reshard: warning: leaving out the entries holding %zu pickled object%s outside the "
-                            "allow-list (--drop-unknown-objects): %s\n",
-                    prog, n, n == 1 ? "" : "s", what ? what : "");
-        free(what);
+    if (o.drop_unknown_objects && o.format == DSCKPT_FORMAT_DEEPSPEED && (st = warn_dropped_objects(ck))) {
+        dsckpt_ckpt_free(ck);
+        free(a.defout);
+        return fail(st, "reshard");
     }
     catch_stop_signals();
     cli_progress p;
-    cli_progress_init(&p, "reshard", quiet || co.json);
+    cli_progress_init(&p, "reshard", a.co.quiet || a.co.json);
     o.progress = cli_progress_cb;
     o.progress_user = &p;
     st = dsckpt_reshard(ck, out, &o);
     cli_progress_end(&p);
     dsckpt_info info;
     dsckpt_ckpt_info(ck, &info);
-    if (st == DSCKPT_OK && co.json && !dsckpt_interrupted()) {
-        /* What was written, read back from OUT. */
-        double el = cli_now() - p.t0;
-        dsckpt_ckpt *w = NULL;
-        dsckpt_status ws = dsckpt_ckpt_open(out, NULL, &w);
-        dsckpt_info wi;
-        if (ws == DSCKPT_OK) dsckpt_ckpt_info(w, &wi);
-        uint64_t bytes = cli_du(out, 0);
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "command", "reshard");
-        cJSON_AddStringToObject(j, "source", info.dir);
-        cJSON_AddStringToObject(j, "tag", info.tag);
-        cJSON_AddStringToObject(j, "output", out);
-        cJSON_AddStringToObject(j, "format", ws ? "?" : wi.format);
-        cJSON_AddNumberToObject(j, "from_world_size", info.world_size);
-        cJSON_AddNumberToObject(j, "from_zero_stage", info.zero_stage);
-        cJSON_AddNumberToObject(j, "world_size", ws ? o.world_size : wi.world_size);
-        cJSON_AddNumberToObject(j, "zero_stage", ws ? (o.zero_stage < 0 ? info.zero_stage : o.zero_stage) : wi.zero_stage);
-        cJSON_AddNumberToObject(j, "files", ws ? 0 : (double)wi.file_count);
-        cJSON_AddNumberToObject(j, "tensors", ws ? 0 : (double)wi.tensor_count);
-        cJSON_AddNumberToObject(j, "parameters", ws ? 0 : (double)wi.param_count);
-        cJSON_AddNumberToObject(j, "bytes", (double)bytes);
-        cJSON_AddNumberToObject(j, "seconds", el);
-        cJSON_AddNumberToObject(j, "gb_per_s", el > 0 ? (double)bytes / el / 1e9 : 0);
-        char *t = cJSON_Print(j);
-        if (t) puts(t);
-        free(t);
-        cJSON_Delete(j);
-        dsckpt_ckpt_free(w);
-    } else if (st == DSCKPT_OK && o.format == DSCKPT_FORMAT_UNIVERSAL)
+    if (st == DSCKPT_OK && a.co.json && !dsckpt_interrupted())
+        reshard_json_summary(&info, out, &o, cli_now() - p.t0);
+    else if (st == DSCKPT_OK && o.format == DSCKPT_FORMAT_UNIVERSAL)
         fprintf(stderr, "resharded %s: %d ranks (stage %d) -> universal (any world size) in %s, %.2f s\n", info.tag,
                 info.world_size, info.zero_stage, out, cli_now() - p.t0);
     else if (st == DSCKPT_OK)
@@ -616,7 +660,7 @@ static int cmd_reshard(int argc, char **argv) {
                 cli_now() - p.t0);
     rc = st ? fail(st, "reshard") : dsckpt_interrupted() ? 128 + dsckpt_interrupted() : EXIT_OKAY;
     dsckpt_ckpt_free(ck);
-    free(defout);
+    free(a.defout);
     return rc;
 }
 
