@@ -216,15 +216,12 @@ static size_t budgets(uint64_t total, uint64_t first, int64_t *out) {
 
 /* ---- synth under ENOSPC ---- */
 
-static void test_synth_enospc(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *ref = synth_root(dir, "ref", 2, 2, 1);
-    uint64_t first = 0, total = rank_bytes(ref, &first);
+/* Budgets that run out inside the rank files: ENOSPC naming a rank file, and
+ * nothing left behind, with one writer thread and with two. */
+static void synth_enospc_rank_files(const char *dir, const char *out, uint64_t total, uint64_t first) {
     int64_t bs[32];
     size_t nb = budgets(total, first, bs);
     CU_ASSERT_FATAL(nb >= 10);
-    char *out = tu_path(dir, "new");
     for (size_t i = 0; i < nb; i++) {
         for (int threads = 1; threads <= 2; threads++) {
             dsckpt_synth_opts o = synth_opts(2, 2, 1, threads);
@@ -243,9 +240,12 @@ static void test_synth_enospc(void) {
             tu_rmtree(out);
         }
     }
-    /* After the rank files come the commit-point writes, also through the hook:
-     * the manifest, then `latest`, then trainer_state.json. A failure in any of
-     * them leaves nothing either. */
+}
+
+/* After the rank files come the commit-point writes, also through the hook:
+ * the manifest, then `latest`, then trainer_state.json. A failure in any of
+ * them leaves nothing either. Returns the bytes of the whole save. */
+static uint64_t synth_enospc_commit_files(const char *dir, const char *ref, const char *out, uint64_t total) {
     char *mp = tu_path(ref, TAG "/" DS_MANIFEST_NAME), *lp = tu_path(ref, "latest"),
          *tp = tu_path(ref, "trainer_state.json");
     uint64_t msize = file_size(mp), lsize = file_size(lp), tsize = file_size(tp);
@@ -275,9 +275,20 @@ static void test_synth_enospc(void) {
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
         tu_rmtree(out);
     }
+    return total + msize + lsize + tsize;
+}
+
+static void test_synth_enospc(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *ref = synth_root(dir, "ref", 2, 2, 1);
+    uint64_t first = 0, total = rank_bytes(ref, &first);
+    char *out = tu_path(dir, "new");
+    synth_enospc_rank_files(dir, out, total, first);
+    uint64_t all = synth_enospc_commit_files(dir, ref, out, total);
     /* Exactly enough for every byte: it succeeds. */
     dsckpt_synth_opts o = synth_opts(2, 2, 1, 2);
-    ds_fault_inject_write((int64_t)(total + msize + lsize + tsize), ENOSPC);
+    ds_fault_inject_write((int64_t)all, ENOSPC);
     dsckpt_status st = dsckpt_synth(out, &o);
     disarm();
     TU_ASSERT_OK(st);
@@ -362,6 +373,75 @@ static void test_synth_manifest_fails(void) {
 
 /* ---- reshard under ENOSPC ---- */
 
+/* Resharding `c` to ws/stage with every budget short of the rank files' bytes:
+ * ENOSPC naming a rank file, and nothing left behind. */
+static void reshard_enospc_to(dsckpt_ckpt *c, const char *dir, int ws, int stage) {
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = ws;
+    ro.zero_stage = stage;
+    ro.threads = 2;
+    char *ref = tu_path(dir, "ref");
+    TU_ASSERT_OK(dsckpt_reshard(c, ref, &ro));
+    uint64_t first = 0, total = rank_bytes(ref, &first);
+    tu_rmtree(ref);
+    free(ref);
+    int64_t bs[32];
+    size_t nb = budgets(total, first, bs);
+    char *out = tu_path(dir, "resharded");
+    for (size_t i = 0; i < nb; i++) {
+        ro.threads = 1 + (int)(i % 2);
+        ds_fault_inject_write(bs[i], ENOSPC);
+        dsckpt_status st = dsckpt_reshard(c, out, &ro);
+        disarm();
+        const char *msg = dsckpt_last_error();
+        bool ok = st == DSCKPT_ENOSPC && strstr(msg, "rank_0000") && strstr(msg, "No space left");
+        CU_ASSERT(ok);
+        if (!ok) fprintf(stderr, "\n  reshard to %d, budget %lld -> %s: %s", ws, (long long)bs[i],
+                         dsckpt_status_name(st), msg);
+        CU_ASSERT(!tu_exists(out));
+        CU_ASSERT_EQUAL(count_tmp(dir), 0);
+        tu_rmtree(out);
+    }
+    free(out);
+}
+
+/* Only the output's manifest fails (RLIMIT_FSIZE): 16 small rank files, one
+ * large manifest. */
+static void reshard_manifest_fails(const char *dir) {
+    dsckpt_synth_opts o;
+    dsckpt_synth_opts_init(&o);
+    o.params = 1000;
+    o.world_size = 2;
+    o.zero_stage = 2;
+    o.threads = 2;
+    char *small = tu_path(dir, "small");
+    TU_ASSERT_OK(dsckpt_synth(small, &o));
+    size_t smlen = 0;
+    char *small_snap = snapshot(small, &smlen);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(small, NULL, &c));
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 16;
+    ro.zero_stage = 3;
+    ro.threads = 2;
+    char *out = tu_path(dir, "r16");
+    fsize_limit(8192);
+    dsckpt_status st = dsckpt_reshard(c, out, &ro);
+    fsize_unlimit();
+    CU_ASSERT_EQUAL(st, DSCKPT_EIO);
+    CU_ASSERT(strstr(dsckpt_last_error(), DS_MANIFEST_NAME) != NULL);
+    CU_ASSERT(!tu_exists(out));
+    CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    dsckpt_ckpt_free(c);
+    CU_ASSERT(same_snapshot(small, small_snap, smlen));
+    CU_ASSERT_EQUAL(verify_result(small, NULL), DSCKPT_VERIFY_OK);
+    free(out);
+    free(small_snap);
+    free(small);
+}
+
 static void test_reshard_enospc(void) {
     char *dir = tu_mkdtemp();
     CU_ASSERT_FATAL(dir != NULL);
@@ -371,74 +451,12 @@ static void test_reshard_enospc(void) {
     dsckpt_ckpt *c = NULL;
     TU_ASSERT_OK(dsckpt_ckpt_open(src, NULL, &c));
     static const struct { int ws, stage; } cfg[] = {{3, -1}, {4, 3}, {1, 0}};
-    for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
-        dsckpt_reshard_opts ro;
-        dsckpt_reshard_opts_init(&ro);
-        ro.world_size = cfg[k].ws;
-        ro.zero_stage = cfg[k].stage;
-        ro.threads = 2;
-        char *ref = tu_path(dir, "ref");
-        TU_ASSERT_OK(dsckpt_reshard(c, ref, &ro));
-        uint64_t first = 0, total = rank_bytes(ref, &first);
-        tu_rmtree(ref);
-        free(ref);
-        int64_t bs[32];
-        size_t nb = budgets(total, first, bs);
-        char *out = tu_path(dir, "resharded");
-        for (size_t i = 0; i < nb; i++) {
-            ro.threads = 1 + (int)(i % 2);
-            ds_fault_inject_write(bs[i], ENOSPC);
-            dsckpt_status st = dsckpt_reshard(c, out, &ro);
-            disarm();
-            const char *msg = dsckpt_last_error();
-            bool ok = st == DSCKPT_ENOSPC && strstr(msg, "rank_0000") && strstr(msg, "No space left");
-            CU_ASSERT(ok);
-            if (!ok) fprintf(stderr, "\n  reshard to %d, budget %lld -> %s: %s", cfg[k].ws, (long long)bs[i],
-                             dsckpt_status_name(st), msg);
-            CU_ASSERT(!tu_exists(out));
-            CU_ASSERT_EQUAL(count_tmp(dir), 0);
-            tu_rmtree(out);
-        }
-        free(out);
-    }
+    for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) reshard_enospc_to(c, dir, cfg[k].ws, cfg[k].stage);
     dsckpt_ckpt_free(c);
     /* The source is untouched and intact. */
     CU_ASSERT(same_snapshot(src, src_snap, slen));
     CU_ASSERT_EQUAL(verify_result(src, NULL), DSCKPT_VERIFY_OK);
-    /* Only the output's manifest fails (RLIMIT_FSIZE): 16 small rank files, one
-     * large manifest. */
-    {
-        dsckpt_synth_opts o;
-        dsckpt_synth_opts_init(&o);
-        o.params = 1000;
-        o.world_size = 2;
-        o.zero_stage = 2;
-        o.threads = 2;
-        char *small = tu_path(dir, "small");
-        TU_ASSERT_OK(dsckpt_synth(small, &o));
-        size_t smlen = 0;
-        char *small_snap = snapshot(small, &smlen);
-        TU_ASSERT_OK(dsckpt_ckpt_open(small, NULL, &c));
-        dsckpt_reshard_opts ro;
-        dsckpt_reshard_opts_init(&ro);
-        ro.world_size = 16;
-        ro.zero_stage = 3;
-        ro.threads = 2;
-        char *out = tu_path(dir, "r16");
-        fsize_limit(8192);
-        dsckpt_status st = dsckpt_reshard(c, out, &ro);
-        fsize_unlimit();
-        CU_ASSERT_EQUAL(st, DSCKPT_EIO);
-        CU_ASSERT(strstr(dsckpt_last_error(), DS_MANIFEST_NAME) != NULL);
-        CU_ASSERT(!tu_exists(out));
-        CU_ASSERT_EQUAL(count_tmp(dir), 0);
-        dsckpt_ckpt_free(c);
-        CU_ASSERT(same_snapshot(small, small_snap, smlen));
-        CU_ASSERT_EQUAL(verify_result(small, NULL), DSCKPT_VERIFY_OK);
-        free(out);
-        free(small_snap);
-        free(small);
-    }
+    reshard_manifest_fails(dir);
     free(src_snap);
     free(src);
     tu_rmtree(dir);
@@ -447,16 +465,12 @@ static void test_reshard_enospc(void) {
 
 /* ---- replacing with force while the write fails ---- */
 
-static void test_force_replace_fails(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    /* synth over an existing root */
-    char *root = synth_root(dir, "root", 2, 2, 1);
-    uint64_t first = 0, total = rank_bytes(root, &first);
+/* synth over an existing root: every failed forced replace leaves it byte for
+ * byte; a successful one does replace it (values of seed 2). */
+static void force_synth(const char *dir, const char *root, const int64_t *bs, size_t nbs) {
     size_t blen = 0;
     char *before = snapshot(root, &blen);
-    const int64_t bs[] = {0, 500, (int64_t)first - 1, (int64_t)first + 10, (int64_t)total - 1};
-    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) {
+    for (size_t i = 0; i < nbs; i++) {
         dsckpt_synth_opts o = synth_opts(2, 2, 2 /* other values */, 2);
         o.force = 1;
         ds_fault_inject_write(bs[i], ENOSPC);
@@ -467,30 +481,28 @@ static void test_force_replace_fails(void) {
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
     }
     CU_ASSERT_EQUAL(verify_result(root, NULL), DSCKPT_VERIFY_OK);
-    /* A successful forced replace does replace (values of seed 2). */
-    {
-        dsckpt_synth_opts o = synth_opts(2, 2, 2, 2);
-        o.force = 1;
-        TU_ASSERT_OK(dsckpt_synth(root, &o));
-        CU_ASSERT(!same_snapshot(root, before, blen));
-        CU_ASSERT_EQUAL(verify_result(root, NULL), DSCKPT_VERIFY_OK);
-        CU_ASSERT_EQUAL(count_tmp(dir), 0);
-    }
+    dsckpt_synth_opts o = synth_opts(2, 2, 2, 2);
+    o.force = 1;
+    TU_ASSERT_OK(dsckpt_synth(root, &o));
+    CU_ASSERT(!same_snapshot(root, before, blen));
+    CU_ASSERT_EQUAL(verify_result(root, NULL), DSCKPT_VERIFY_OK);
+    CU_ASSERT_EQUAL(count_tmp(dir), 0);
     free(before);
+}
 
-    /* reshard over an existing output */
-    dsckpt_ckpt *c = NULL;
-    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+/* reshard over an existing output: every failed forced replace leaves it. */
+static void force_reshard(const char *dir, dsckpt_ckpt *c, const int64_t *bs, size_t nbs) {
     dsckpt_reshard_opts ro;
     dsckpt_reshard_opts_init(&ro);
     ro.world_size = 3;
     ro.threads = 2;
     char *rs = tu_path(dir, "resharded");
     TU_ASSERT_OK(dsckpt_reshard(c, rs, &ro));
-    before = snapshot(rs, &blen);
+    size_t blen = 0;
+    char *before = snapshot(rs, &blen);
     ro.world_size = 5;
     ro.force = 1;
-    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) {
+    for (size_t i = 0; i < nbs; i++) {
         ds_fault_inject_write(bs[i], ENOSPC);
         dsckpt_status st = dsckpt_reshard(c, rs, &ro);
         disarm();
@@ -500,9 +512,12 @@ static void test_force_replace_fails(void) {
     }
     CU_ASSERT_EQUAL(verify_result(rs, NULL), DSCKPT_VERIFY_OK);
     free(before);
+    free(rs);
+}
 
-    /* consolidate over an existing file and directory (RLIMIT_FSIZE: its writes
-     * do not go through ds_stream) */
+/* consolidate over an existing file and directory (RLIMIT_FSIZE: its writes
+ * do not go through ds_stream) */
+static void force_consolidate(const char *dir, dsckpt_ckpt *c) {
     dsckpt_consolidate_opts co;
     dsckpt_consolidate_opts_init(&co);
     co.threads = 2;
@@ -539,12 +554,24 @@ static void test_force_replace_fails(void) {
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
     }
     CU_ASSERT_EQUAL(verify_result(file, NULL), DSCKPT_VERIFY_OK);
-    dsckpt_ckpt_free(c);
     free(fbefore);
     free(hbefore);
     free(file);
     free(hf);
-    free(rs);
+}
+
+static void test_force_replace_fails(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *root = synth_root(dir, "root", 2, 2, 1);
+    uint64_t first = 0, total = rank_bytes(root, &first);
+    const int64_t bs[] = {0, 500, (int64_t)first - 1, (int64_t)first + 10, (int64_t)total - 1};
+    force_synth(dir, root, bs, sizeof bs / sizeof bs[0]);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    force_reshard(dir, c, bs, sizeof bs / sizeof bs[0]);
+    force_consolidate(dir, c);
+    dsckpt_ckpt_free(c);
     free(root);
     tu_rmtree(dir);
     free(dir);
@@ -552,115 +579,117 @@ static void test_force_replace_fails(void) {
 
 /* ---- consolidate: the fault hook, unwritable destinations ---- */
 
-static void test_consolidate_failures(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *root = synth_root(dir, "root", 2, 3, 1);
-    dsckpt_ckpt *c = NULL;
-    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
-    dsckpt_consolidate_opts co;
-    dsckpt_consolidate_opts_init(&co);
-    co.threads = 2;
-
-    /* The fault hook reaches consolidate's positional writes (ds_pwrite_full):
-     * budgets from nothing to one byte short, into a new file and a new HF
-     * directory (several shards and an index). */
-    {
-        char *ref = tu_path(dir, "ref.safetensors");
-        TU_ASSERT_OK(dsckpt_consolidate(c, ref, &co));
-        uint64_t fsz = file_size(ref);
-        char *refdir = tu_path(dir, "refdir");
-        co.max_shard_size = 4096;
-        TU_ASSERT_OK(dsckpt_consolidate(c, refdir, &co));
-        uint64_t dtotal = 0;
-        DIR *d = opendir(refdir);
-        CU_ASSERT_FATAL(d != NULL);
-        struct dirent *e;
-        int nshards = 0;
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.') continue;
-            char *p = tu_path(refdir, e->d_name);
-            dtotal += file_size(p);
-            nshards += strstr(e->d_name, "model-") != NULL;
-            free(p);
-        }
-        closedir(d);
-        CU_ASSERT_FATAL(nshards >= 3);
-        const uint64_t fb[] = {0, 1, 8, 100, 1000, fsz / 2, fsz - 1};
-        char *out = tu_path(dir, "hooked.safetensors");
-        for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) {
-            co.max_shard_size = 0;
-            ds_fault_inject_write((int64_t)fb[i], ENOSPC);
-            dsckpt_status st = dsckpt_consolidate(c, out, &co);
-            disarm();
-            const char *msg = dsckpt_last_error();
-            bool ok = st == DSCKPT_ENOSPC && strstr(msg, "hooked.safetensors") && strstr(msg, "No space left");
-            CU_ASSERT(ok);
-            if (!ok) fprintf(stderr, "\n  consolidate budget %llu -> %s: %s", (unsigned long long)fb[i],
-                             dsckpt_status_name(st), msg);
-            CU_ASSERT(!tu_exists(out));
-            CU_ASSERT_EQUAL(count_tmp(dir), 0);
-        }
-        char *hd = tu_path(dir, "hooked");
-        const uint64_t db[] = {0, 1, 4096, dtotal / 2, dtotal - 2, dtotal - 1};
-        for (size_t i = 0; i < sizeof db / sizeof db[0]; i++) {
-            co.max_shard_size = 4096;
-            ds_fault_inject_write((int64_t)db[i], ENOSPC);
-            dsckpt_status st = dsckpt_consolidate(c, hd, &co);
-            disarm();
-            const char *msg = dsckpt_last_error();
-            bool ok = st == DSCKPT_ENOSPC && strstr(msg, "hooked") &&
-                      (strstr(msg, "model-") || strstr(msg, "model.safetensors.index.json"));
-            CU_ASSERT(ok);
-            if (!ok) fprintf(stderr, "\n  consolidate dir budget %llu -> %s: %s", (unsigned long long)db[i],
-                             dsckpt_status_name(st), msg);
-            CU_ASSERT(!tu_exists(hd));
-            CU_ASSERT_EQUAL(count_tmp(dir), 0);
-        }
-        /* Exactly enough: it succeeds. */
-        co.max_shard_size = 0;
-        ds_fault_inject_write((int64_t)fsz, ENOSPC);
-        dsckpt_status st = dsckpt_consolidate(c, out, &co);
-        disarm();
-        TU_ASSERT_OK(st);
-        co.max_shard_size = 4096;
-        ds_fault_inject_write((int64_t)dtotal, ENOSPC);
-        st = dsckpt_consolidate(c, hd, &co);
-        disarm();
-        TU_ASSERT_OK(st);
-        CU_ASSERT_EQUAL(verify_result(out, NULL), DSCKPT_VERIFY_OK);
-        free(hd);
-        free(out);
-        free(refdir);
-        free(ref);
+/* The bytes of a consolidated file and of an HF directory (4 KiB shards, at
+ * least three, and an index) made from c. */
+static void consolidate_sizes(const char *dir, dsckpt_ckpt *c, dsckpt_consolidate_opts *co, uint64_t *fsz,
+                              uint64_t *dtotal) {
+    char *ref = tu_path(dir, "ref.safetensors");
+    TU_ASSERT_OK(dsckpt_consolidate(c, ref, co));
+    *fsz = file_size(ref);
+    char *refdir = tu_path(dir, "refdir");
+    co->max_shard_size = 4096;
+    TU_ASSERT_OK(dsckpt_consolidate(c, refdir, co));
+    *dtotal = 0;
+    DIR *d = opendir(refdir);
+    CU_ASSERT_FATAL(d != NULL);
+    struct dirent *e;
+    int nshards = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char *p = tu_path(refdir, e->d_name);
+        *dtotal += file_size(p);
+        nshards += strstr(e->d_name, "model-") != NULL;
+        free(p);
     }
+    closedir(d);
+    CU_ASSERT_FATAL(nshards >= 3);
+    free(refdir);
+    free(ref);
+}
 
-    /* Mid-write failure (RLIMIT_FSIZE: a real EFBIG from the kernel) into a new
-     * file and a new directory. */
-    dsckpt_status st;
+/* The fault hook reaches consolidate's positional writes (ds_pwrite_full):
+ * budgets from nothing to one byte short, into a new file and a new HF
+ * directory (several shards and an index); exactly enough succeeds. */
+static void consolidate_hook(const char *dir, dsckpt_ckpt *c, dsckpt_consolidate_opts *co) {
+    uint64_t fsz = 0, dtotal = 0;
+    consolidate_sizes(dir, c, co, &fsz, &dtotal);
+    const uint64_t fb[] = {0, 1, 8, 100, 1000, fsz / 2, fsz - 1};
+    char *out = tu_path(dir, "hooked.safetensors");
+    for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) {
+        co->max_shard_size = 0;
+        ds_fault_inject_write((int64_t)fb[i], ENOSPC);
+        dsckpt_status st = dsckpt_consolidate(c, out, co);
+        disarm();
+        const char *msg = dsckpt_last_error();
+        bool ok = st == DSCKPT_ENOSPC && strstr(msg, "hooked.safetensors") && strstr(msg, "No space left");
+        CU_ASSERT(ok);
+        if (!ok) fprintf(stderr, "\n  consolidate budget %llu -> %s: %s", (unsigned long long)fb[i],
+                         dsckpt_status_name(st), msg);
+        CU_ASSERT(!tu_exists(out));
+        CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    }
+    char *hd = tu_path(dir, "hooked");
+    const uint64_t db[] = {0, 1, 4096, dtotal / 2, dtotal - 2, dtotal - 1};
+    for (size_t i = 0; i < sizeof db / sizeof db[0]; i++) {
+        co->max_shard_size = 4096;
+        ds_fault_inject_write((int64_t)db[i], ENOSPC);
+        dsckpt_status st = dsckpt_consolidate(c, hd, co);
+        disarm();
+        const char *msg = dsckpt_last_error();
+        bool ok = st == DSCKPT_ENOSPC && strstr(msg, "hooked") &&
+                  (strstr(msg, "model-") || strstr(msg, "model.safetensors.index.json"));
+        CU_ASSERT(ok);
+        if (!ok) fprintf(stderr, "\n  consolidate dir budget %llu -> %s: %s", (unsigned long long)db[i],
+                         dsckpt_status_name(st), msg);
+        CU_ASSERT(!tu_exists(hd));
+        CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    }
+    /* Exactly enough: it succeeds. */
+    co->max_shard_size = 0;
+    ds_fault_inject_write((int64_t)fsz, ENOSPC);
+    dsckpt_status st = dsckpt_consolidate(c, out, co);
+    disarm();
+    TU_ASSERT_OK(st);
+    co->max_shard_size = 4096;
+    ds_fault_inject_write((int64_t)dtotal, ENOSPC);
+    st = dsckpt_consolidate(c, hd, co);
+    disarm();
+    TU_ASSERT_OK(st);
+    CU_ASSERT_EQUAL(verify_result(out, NULL), DSCKPT_VERIFY_OK);
+    free(hd);
+    free(out);
+}
+
+/* Mid-write failure (RLIMIT_FSIZE: a real EFBIG from the kernel) into a new
+ * file and a new directory. */
+static void consolidate_efbig(const char *dir, dsckpt_ckpt *c, dsckpt_consolidate_opts *co) {
     char *file = tu_path(dir, "new.safetensors");
     char *hf = tu_path(dir, "newdir");
     const uint64_t limits[] = {0, 8, 64, 4096, 20000};
     for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
-        co.max_shard_size = 0;
+        co->max_shard_size = 0;
         fsize_limit(limits[i]);
-        st = dsckpt_consolidate(c, file, &co);
+        dsckpt_status st = dsckpt_consolidate(c, file, co);
         fsize_unlimit();
         CU_ASSERT_EQUAL(st, DSCKPT_EIO);
         CU_ASSERT(strstr(dsckpt_last_error(), "new.safetensors") != NULL);
         CU_ASSERT(!tu_exists(file));
-        co.max_shard_size = 4096;
+        co->max_shard_size = 4096;
         fsize_limit(limits[i]);
-        st = dsckpt_consolidate(c, hf, &co);
+        st = dsckpt_consolidate(c, hf, co);
         fsize_unlimit();
         CU_ASSERT_EQUAL(st, DSCKPT_EIO);
         CU_ASSERT(strstr(dsckpt_last_error(), "newdir") != NULL);
         CU_ASSERT(!tu_exists(hf));
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
     }
+    free(file);
+    free(hf);
+}
 
-    /* An output directory that cannot be written. Root ignores permission bits,
-     * so then the "directory" is a regular file (creation fails with ENOTDIR). */
+/* An output directory that cannot be written. Root ignores permission bits,
+ * so then the "directory" is a regular file (creation fails with ENOTDIR). */
+static void consolidate_unwritable(const char *dir, dsckpt_ckpt *c, dsckpt_consolidate_opts *co) {
     char *parent = tu_path(dir, "ro");
     bool as_root = geteuid() == 0;
     if (as_root) {
@@ -673,13 +702,13 @@ static void test_consolidate_failures(void) {
     char *psnap = snapshot(parent, &plen);
     char *pf = tu_path(parent, "model.safetensors");
     char *pd = tu_path(parent, "hf");
-    co.max_shard_size = 0;
-    st = dsckpt_consolidate(c, pf, &co);
+    co->max_shard_size = 0;
+    dsckpt_status st = dsckpt_consolidate(c, pf, co);
     CU_ASSERT(st != DSCKPT_OK);
     CU_ASSERT(st == DSCKPT_EIO || st == DSCKPT_ENOENT);
     CU_ASSERT(strstr(dsckpt_last_error(), "model.safetensors") != NULL);
     CU_ASSERT(!tu_exists(pf));
-    st = dsckpt_consolidate(c, pd, &co);
+    st = dsckpt_consolidate(c, pd, co);
     CU_ASSERT(st == DSCKPT_EIO || st == DSCKPT_ENOENT);
     CU_ASSERT(strstr(dsckpt_last_error(), "hf") != NULL);
     CU_ASSERT(!tu_exists(pd));
@@ -695,18 +724,30 @@ static void test_consolidate_failures(void) {
     CU_ASSERT(same_snapshot(parent, psnap, plen));
     CU_ASSERT_EQUAL(count_tmp(dir), 0);
     if (!as_root) chmod(parent, 0755);
-    /* A parent directory that does not exist. */
-    char *gone = tu_path(dir, "no/such/dir/model.safetensors");
-    st = dsckpt_consolidate(c, gone, &co);
-    CU_ASSERT_EQUAL(st, DSCKPT_ENOENT);
-    CU_ASSERT(!tu_exists(gone));
-    free(gone);
     free(psnap);
     free(pf);
     free(pd);
     free(parent);
-    free(file);
-    free(hf);
+}
+
+static void test_consolidate_failures(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *root = synth_root(dir, "root", 2, 3, 1);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    dsckpt_consolidate_opts co;
+    dsckpt_consolidate_opts_init(&co);
+    co.threads = 2;
+    consolidate_hook(dir, c, &co);
+    consolidate_efbig(dir, c, &co);
+    consolidate_unwritable(dir, c, &co);
+    /* A parent directory that does not exist. */
+    char *gone = tu_path(dir, "no/such/dir/model.safetensors");
+    dsckpt_status st = dsckpt_consolidate(c, gone, &co);
+    CU_ASSERT_EQUAL(st, DSCKPT_ENOENT);
+    CU_ASSERT(!tu_exists(gone));
+    free(gone);
     dsckpt_ckpt_free(c);
     free(root);
     tu_rmtree(dir);
@@ -893,26 +934,18 @@ static void test_incomplete_tag(void) {
 
 /* ---- ds_write_file_atomic ---- */
 
-static void test_write_file_atomic(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *p = tu_path(dir, "state.json");
-    TU_ASSERT_OK(ds_write_file_atomic(p, "first", 5));
+/* p holds exactly the n bytes want. */
+static bool holds(const char *p, const char *want, size_t n) {
     size_t len = 0;
     uint8_t *b = tu_read(p, &len);
-    CU_ASSERT(b && len == 5 && memcmp(b, "first", 5) == 0);
+    bool same = b && len == n && memcmp(b, want, n) == 0;
     free(b);
-    TU_ASSERT_OK(ds_write_file_atomic(p, "second, longer", 14));
-    b = tu_read(p, &len);
-    CU_ASSERT(b && len == 14 && memcmp(b, "second, longer", 14) == 0);
-    free(b);
-    TU_ASSERT_OK(ds_write_file_atomic(p, "", 0));
-    b = tu_read(p, &len);
-    CU_ASSERT(b && len == 0);
-    free(b);
-    CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    return same;
+}
 
-    /* A replace whose write fails part-way (fault hook): the old file stays. */
+/* A replace whose write fails part-way, first through the fault hook, then
+ * with RLIMIT_FSIZE: the old file stays. Exactly enough budget succeeds. */
+static void write_atomic_fails(const char *dir, const char *p) {
     TU_ASSERT_OK(ds_write_file_atomic(p, "old contents", 12));
     const char *nw = "new contents, longer";
     const int64_t hb[] = {0, 1, 12, (int64_t)strlen(nw) - 1};
@@ -922,22 +955,16 @@ static void test_write_file_atomic(void) {
         disarm();
         CU_ASSERT_EQUAL(st, DSCKPT_ENOSPC);
         CU_ASSERT(strstr(dsckpt_last_error(), "state.json") != NULL);
-        b = tu_read(p, &len);
-        CU_ASSERT(b && len == 12 && memcmp(b, "old contents", 12) == 0);
-        free(b);
+        CU_ASSERT(holds(p, "old contents", 12));
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
     }
     ds_fault_inject_write((int64_t)strlen(nw), ENOSPC);
     dsckpt_status st = ds_write_file_atomic(p, nw, strlen(nw));
     disarm();
     TU_ASSERT_OK(st);
-    b = tu_read(p, &len);
-    CU_ASSERT(b && len == strlen(nw) && memcmp(b, nw, len) == 0);
-    free(b);
+    CU_ASSERT(holds(p, nw, strlen(nw)));
     CU_ASSERT_EQUAL(count_tmp(dir), 0);
     TU_ASSERT_OK(ds_write_file_atomic(p, "old contents", 12));
-
-    /* A replace whose write fails part-way (RLIMIT_FSIZE): the old file stays. */
     char big[8192];
     memset(big, 'x', sizeof big);
     const uint64_t limits[] = {0, 1, 12, 4096, sizeof big - 1};
@@ -947,9 +974,7 @@ static void test_write_file_atomic(void) {
         fsize_unlimit();
         CU_ASSERT_EQUAL(st, DSCKPT_EIO);
         CU_ASSERT(strstr(dsckpt_last_error(), "state.json") != NULL);
-        b = tu_read(p, &len);
-        CU_ASSERT(b && len == 12 && memcmp(b, "old contents", 12) == 0);
-        free(b);
+        CU_ASSERT(holds(p, "old contents", 12));
         CU_ASSERT_EQUAL(count_tmp(dir), 0);
     }
     /* A new file whose write fails: nothing appears. */
@@ -960,21 +985,33 @@ static void test_write_file_atomic(void) {
     CU_ASSERT_EQUAL(st, DSCKPT_EIO);
     CU_ASSERT(!tu_exists(q));
     CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    free(q);
+}
+
+static void test_write_file_atomic(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *p = tu_path(dir, "state.json");
+    TU_ASSERT_OK(ds_write_file_atomic(p, "first", 5));
+    CU_ASSERT(holds(p, "first", 5));
+    TU_ASSERT_OK(ds_write_file_atomic(p, "second, longer", 14));
+    CU_ASSERT(holds(p, "second, longer", 14));
+    TU_ASSERT_OK(ds_write_file_atomic(p, "", 0));
+    CU_ASSERT(holds(p, "", 0));
+    CU_ASSERT_EQUAL(count_tmp(dir), 0);
+    write_atomic_fails(dir, p);
     /* Into a directory that does not exist. */
     char *r = tu_path(dir, "missing/x.json");
-    st = ds_write_file_atomic(r, "x", 1);
+    dsckpt_status st = ds_write_file_atomic(r, "x", 1);
     CU_ASSERT_EQUAL(st, DSCKPT_ENOENT);
     CU_ASSERT(!tu_exists(r));
     /* Replacing a file that is read-only by mode still works (the directory entry
      * is replaced, not the file written in place). */
     CU_ASSERT_FATAL(chmod(p, 0444) == 0);
     TU_ASSERT_OK(ds_write_file_atomic(p, "third", 5));
-    b = tu_read(p, &len);
-    CU_ASSERT(b && len == 5 && memcmp(b, "third", 5) == 0);
-    free(b);
+    CU_ASSERT(holds(p, "third", 5));
     CU_ASSERT_EQUAL(count_tmp(dir), 0);
     free(r);
-    free(q);
     free(p);
     tu_rmtree(dir);
     free(dir);
