@@ -379,21 +379,11 @@ static void test_flip_rank_header(void) {
 
 /* ---- manifest bit flips ---- */
 
-static void test_flip_manifest(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *root = synth_root(dir, "ck", 2, 2, 3, 100);
-    char *mp = tag_file(root, DS_MANIFEST_NAME);
-    size_t len = 0;
-    char *text = (char *)tu_read(mp, &len);
-    CU_ASSERT_FATAL(text != NULL && len > 100);
-    char *z = malloc(len + 1);
-    CU_ASSERT_FATAL(z != NULL);
-    memcpy(z, text, len);
-    z[len] = '\0';
-    /* Byte positions whose every bit matters: JSON structure, header fields checked
-     * against the rank files, file sizes, names, ranks and digests, tensor shapes
-     * and dtypes. (The value picked is the character right after the anchor.) */
+/* Byte positions whose every bit matters: JSON structure, header fields checked
+ * against the rank files, file sizes, names, ranks and digests, tensor shapes
+ * and dtypes. (The value picked is the character right after the anchor.) Each
+ * of their 8 bits flipped makes the checkpoint at root corrupt. */
+static void flip_manifest_targets(const char *root, const char *mp, const char *z) {
     static const struct { const char *anchor; int nth; } targets[] = {
         {"", 0},                        /* the opening brace */
         {"\"format\":\"", 0},           /* 'd' of dsckpt */
@@ -437,99 +427,121 @@ static void test_flip_manifest(void) {
         }
     }
     CU_ASSERT_EQUAL(checked, 8 * (sizeof targets / sizeof targets[0]));
-    /* A raw flip anywhere fails the manifest's own digest. */
-    {
-        CU_ASSERT_FATAL(tu_flip_bit(mp, 40, 3) == 0);
-        EXPECT("manifest flip, digest", root, DSCKPT_VERIFY_CORRUPT, DS_MANIFEST_NAME, "SHA-256 mismatch", NULL);
-        CU_ASSERT_FATAL(tu_flip_bit(mp, 40, 3) == 0);
+}
+
+/* Specific messages for flips re-sealed with a valid digest; the manifest (z,
+ * len bytes) is written back at the end. */
+static void flip_manifest_resealed(const char *root, const char *mp, const char *z, size_t len) {
+    write_resealed_flip(mp, z, 0, 0); /* '{' -> 'z' */
+    EXPECT("manifest not JSON", root, DSCKPT_VERIFY_CORRUPT, DS_MANIFEST_NAME, "not valid JSON", NULL);
+    uint64_t off = (uint64_t)(strstr(z, "\"chunks\":[\"") - z) + strlen("\"chunks\":[\"");
+    /* Flip a hex digit into another hex digit: then the digest parses and the
+     * chunk hash no longer matches. */
+    int bit = 0;
+    char c = z[off];
+    if (c == 'a' || c == 'f') bit = 2; /* a -> e, f -> b */
+    write_resealed_flip(mp, z, off, bit);
+    EXPECT("chunk digest changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "chunk 0",
+           "SHA-256 mismatch");
+    EXPECT("chunk digest changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "file digest", NULL);
+    off = (uint64_t)(strstr(z, "\"size\":") - z) + 7; /* first digit of the size: '1' -> '3' */
+    write_resealed_flip(mp, z, off, 1);
+    EXPECT("size changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "the manifest says",
+           "truncated");
+    const char *rk = strstr(strstr(z, "\"rank\":") + 1, "\"rank\":"); /* rank 1 -> 0 */
+    off = (uint64_t)(rk - z) + 7;
+    write_resealed_flip(mp, z, off, 0);
+    EXPECT("rank changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00001.safetensors", "metadata says rank 1",
+           "manifest says 0");
+    off = (uint64_t)(strstr(z, "\"zero_stage\":") - z) + strlen("\"zero_stage\":");
+    write_resealed_flip(mp, z, off, 0); /* 2 -> 3 */
+    EXPECT("stage changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "metadata says ZeRO stage 2",
+           NULL);
+    CU_ASSERT_FATAL(tu_write(mp, z, len) == 0);
+}
+
+/* Known gap: the manifest has no digest of its own, and verify does not compare
+ * it with what the rank files say beyond tag/rank/world size, so flips in
+ * values nothing else records go unnoticed. */
+static void flip_manifest_gaps(const char *root, const char *mp, const char *z) {
+    static const struct {
+        const char *anchor;
+        int commas; /* skip this many commas after the anchor */
+        int delta;  /* then this many bytes */
+        int bit;
+        const char *what;
+    } gaps[] = {
+        {"\"zero_stage\":", 0, 0, 0, "zero_stage 2 -> 3 (rank files record dsckpt.zero_stage; verify does not compare it)"},
+        {"\"fp32\":[[", 3, 0, 0, "an fp32 fragment's file index 0 -> 1 (the fragment points into the wrong rank file)"},
+        {"\"group\":", 0, 0, 0, "a tensor's parameter group 0 -> 1"},
+        {"\"aliases\":[\"", 0, 0, 0, "an alias name"},
+        {"{\"name\":\"h.0.", 0, 0, 0, "a trainable tensor's name"},
+        {"\"step\":", 0, 0, 0, "step 100 -> 101"},
+        {"\"eval_loss\":", 0, 2, 0, "metrics.eval_loss (carried state has no digest)"},
+    };
+    for (size_t g = 0; g < sizeof gaps / sizeof gaps[0]; g++) {
+        const char *p = strstr(z, gaps[g].anchor);
+        CU_ASSERT_FATAL(p != NULL);
+        p += strlen(gaps[g].anchor);
+        for (int k = 0; k < gaps[g].commas; k++) p = strchr(p, ',') + 1;
+        uint64_t off = (uint64_t)(p - z) + (uint64_t)gaps[g].delta;
+        CU_ASSERT_FATAL(tu_flip_bit(mp, off, gaps[g].bit) == 0);
+        dsckpt_verify_report *r = run_verify(root, NULL);
+        char msg[256];
+        snprintf(msg, sizeof msg, "verify does not notice a flipped manifest bit: %s", gaps[g].what);
+        known_gap(dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT, msg);
+        dsckpt_verify_report_free(r);
+        CU_ASSERT_FATAL(tu_flip_bit(mp, off, gaps[g].bit) == 0);
     }
-    /* Specific messages for flips re-sealed with a valid digest. */
-    {
-        write_resealed_flip(mp, z, 0, 0); /* '{' -> 'z' */
-        EXPECT("manifest not JSON", root, DSCKPT_VERIFY_CORRUPT, DS_MANIFEST_NAME, "not valid JSON", NULL);
-        uint64_t off = (uint64_t)(strstr(z, "\"chunks\":[\"") - z) + strlen("\"chunks\":[\"");
-        /* Flip a hex digit into another hex digit: then the digest parses and the
-         * chunk hash no longer matches. */
-        int bit = 0;
-        char c = z[off];
-        if (c == 'a' || c == 'f') bit = 2; /* a -> e, f -> b */
-        write_resealed_flip(mp, z, off, bit);
-        EXPECT("chunk digest changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "chunk 0",
-               "SHA-256 mismatch");
-        EXPECT("chunk digest changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "file digest", NULL);
-        off = (uint64_t)(strstr(z, "\"size\":") - z) + 7; /* first digit of the size: '1' -> '3' */
-        write_resealed_flip(mp, z, off, 1);
-        EXPECT("size changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "the manifest says",
-               "truncated");
-        const char *rk = strstr(strstr(z, "\"rank\":") + 1, "\"rank\":"); /* rank 1 -> 0 */
-        off = (uint64_t)(rk - z) + 7;
-        write_resealed_flip(mp, z, off, 0);
-        EXPECT("rank changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00001.safetensors", "metadata says rank 1",
-               "manifest says 0");
-        off = (uint64_t)(strstr(z, "\"zero_stage\":") - z) + strlen("\"zero_stage\":");
-        write_resealed_flip(mp, z, off, 0); /* 2 -> 3 */
-        EXPECT("stage changed", root, DSCKPT_VERIFY_CORRUPT, "rank_00000.safetensors", "metadata says ZeRO stage 2",
-               NULL);
+}
+
+/* Known gap: a fragment offset moved by one element inside its buffer. */
+static void flip_manifest_frag_offset(const char *root, const char *mp, const char *z, size_t len) {
+    const char *p = strstr(z, "\"fp32\":[[");
+    CU_ASSERT_FATAL(p != NULL);
+    const char *comma = p;
+    for (int k = 0; k < 4; k++) comma = strchr(comma + 1, ',');
+    uint64_t off = (uint64_t)(comma - z) + 1; /* first digit of the offset */
+    char *edited = strdup(z);
+    CU_ASSERT_FATAL(edited != NULL);
+    unsigned long long ov = strtoull(edited + off, NULL, 10);
+    char num[32];
+    int nd = snprintf(num, sizeof num, "%llu", ov);
+    int nd2 = snprintf(num, sizeof num, "%llu", ov + 4);
+    if (nd == nd2) {
+        memcpy(edited + off, num, (size_t)nd2);
+        CU_ASSERT_FATAL(tu_write(mp, edited, len) == 0);
+        dsckpt_verify_report *r = run_verify(root, NULL);
+        known_gap(dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT,
+                  "verify does not notice an fp32 fragment offset moved by one element (fragments are not "
+                  "checked against the rank file's tensor entries)");
+        dsckpt_verify_report_free(r);
         CU_ASSERT_FATAL(tu_write(mp, z, len) == 0);
     }
+    free(edited);
+}
+
+static void test_flip_manifest(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *root = synth_root(dir, "ck", 2, 2, 3, 100);
+    char *mp = tag_file(root, DS_MANIFEST_NAME);
+    size_t len = 0;
+    char *text = (char *)tu_read(mp, &len);
+    CU_ASSERT_FATAL(text != NULL && len > 100);
+    char *z = malloc(len + 1);
+    CU_ASSERT_FATAL(z != NULL);
+    memcpy(z, text, len);
+    z[len] = '\0';
+    flip_manifest_targets(root, mp, z);
+    /* A raw flip anywhere fails the manifest's own digest. */
+    CU_ASSERT_FATAL(tu_flip_bit(mp, 40, 3) == 0);
+    EXPECT("manifest flip, digest", root, DSCKPT_VERIFY_CORRUPT, DS_MANIFEST_NAME, "SHA-256 mismatch", NULL);
+    CU_ASSERT_FATAL(tu_flip_bit(mp, 40, 3) == 0);
+    flip_manifest_resealed(root, mp, z, len);
     EXPECT("manifest flipped back", root, DSCKPT_VERIFY_OK, NULL, NULL, NULL);
-    /* Known gap: the manifest has no digest of its own, and verify does not compare
-     * it with what the rank files say beyond tag/rank/world size, so flips in
-     * values nothing else records go unnoticed. */
-    {
-        static const struct {
-            const char *anchor;
-            int commas; /* skip this many commas after the anchor */
-            int delta;  /* then this many bytes */
-            int bit;
-            const char *what;
-        } gaps[] = {
-            {"\"zero_stage\":", 0, 0, 0, "zero_stage 2 -> 3 (rank files record dsckpt.zero_stage; verify does not compare it)"},
-            {"\"fp32\":[[", 3, 0, 0, "an fp32 fragment's file index 0 -> 1 (the fragment points into the wrong rank file)"},
-            {"\"group\":", 0, 0, 0, "a tensor's parameter group 0 -> 1"},
-            {"\"aliases\":[\"", 0, 0, 0, "an alias name"},
-            {"{\"name\":\"h.0.", 0, 0, 0, "a trainable tensor's name"},
-            {"\"step\":", 0, 0, 0, "step 100 -> 101"},
-            {"\"eval_loss\":", 0, 2, 0, "metrics.eval_loss (carried state has no digest)"},
-        };
-        for (size_t g = 0; g < sizeof gaps / sizeof gaps[0]; g++) {
-            const char *p = strstr(z, gaps[g].anchor);
-            CU_ASSERT_FATAL(p != NULL);
-            p += strlen(gaps[g].anchor);
-            for (int k = 0; k < gaps[g].commas; k++) p = strchr(p, ',') + 1;
-            uint64_t off = (uint64_t)(p - z) + (uint64_t)gaps[g].delta;
-            CU_ASSERT_FATAL(tu_flip_bit(mp, off, gaps[g].bit) == 0);
-            dsckpt_verify_report *r = run_verify(root, NULL);
-            char msg[256];
-            snprintf(msg, sizeof msg, "verify does not notice a flipped manifest bit: %s", gaps[g].what);
-            known_gap(dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT, msg);
-            dsckpt_verify_report_free(r);
-            CU_ASSERT_FATAL(tu_flip_bit(mp, off, gaps[g].bit) == 0);
-        }
-        /* A fragment offset moved by one element inside its buffer. */
-        const char *p = strstr(z, "\"fp32\":[[");
-        CU_ASSERT_FATAL(p != NULL);
-        const char *comma = p;
-        for (int k = 0; k < 4; k++) comma = strchr(comma + 1, ',');
-        uint64_t off = (uint64_t)(comma - z) + 1; /* first digit of the offset */
-        char *edited = strdup(z);
-        CU_ASSERT_FATAL(edited != NULL);
-        unsigned long long ov = strtoull(edited + off, NULL, 10);
-        char num[32];
-        int nd = snprintf(num, sizeof num, "%llu", ov);
-        int nd2 = snprintf(num, sizeof num, "%llu", ov + 4);
-        if (nd == nd2) {
-            memcpy(edited + off, num, (size_t)nd2);
-            CU_ASSERT_FATAL(tu_write(mp, edited, len) == 0);
-            dsckpt_verify_report *r = run_verify(root, NULL);
-            known_gap(dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT,
-                      "verify does not notice an fp32 fragment offset moved by one element (fragments are not "
-                      "checked against the rank file's tensor entries)");
-            dsckpt_verify_report_free(r);
-            CU_ASSERT_FATAL(tu_write(mp, z, len) == 0);
-        }
-        free(edited);
-    }
+    flip_manifest_gaps(root, mp, z);
+    flip_manifest_frag_offset(root, mp, z, len);
     EXPECT("manifest restored", root, DSCKPT_VERIFY_OK, NULL, NULL, NULL);
     free(z);
     free(text);
@@ -846,6 +858,51 @@ static void ed_version(cJSON *root, void *u) {
     cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(root, "version"), 3);
 }
 
+/* One manifest edit and what it must produce; {T} in a needle stands for the
+ * tensor the edit touched. */
+typedef struct edit_case {
+    const char *label;
+    edit_fn fn;
+    const char *a, *b;
+    bool with_tensor;
+} edit_case;
+
+/* Applies k to the manifest of root and checks that verify and open refuse it
+ * (dir receives a consolidate attempt). The caller restores the manifest. */
+static void check_edit(const char *dir, const char *root, const edit_case *k, edit_ctx *e) {
+    edit_manifest(root, k->fn, e);
+    char quoted[160] = "";
+    if (k->with_tensor) snprintf(quoted, sizeof quoted, "'%s'", e->tname);
+    if (k->fn == ed_version) {
+        /* A version this build does not read: not OK; CORRUPT today (arguably
+         * UNREADABLE: nothing says the data is damaged). */
+        dsckpt_verify_report *r = run_verify(root, NULL);
+        CU_ASSERT(dsckpt_verify_report_result(r) != DSCKPT_VERIFY_OK);
+        CU_ASSERT(find_problem(r, k->a, "upgrade", NULL) >= 0);
+        dsckpt_verify_report_free(r);
+    } else {
+        CU_ASSERT(EXPECT(k->label, root, DSCKPT_VERIFY_CORRUPT, k->a, k->b, k->with_tensor ? quoted : NULL));
+    }
+    /* Opening it refuses too (structural problems are never silently read);
+     * digests and sizes are checked by verify and when data is read. */
+    dsckpt_ckpt *c = NULL;
+    dsckpt_status st = dsckpt_ckpt_open(root, NULL, &c);
+    bool data_only = k->fn == ed_file_digest || k->fn == ed_chunk_digest || k->fn == ed_file_size ||
+                     k->fn == ed_into_header;
+    if (!data_only) CU_ASSERT(st == DSCKPT_ECORRUPT || st == DSCKPT_EVERSION);
+    if (k->fn == ed_into_header && st == DSCKPT_OK) {
+        /* The rank files' headers are read when data is: consolidate refuses. */
+        char *out = tu_path(dir, "hdr.safetensors");
+        dsckpt_consolidate_opts co;
+        dsckpt_consolidate_opts_init(&co);
+        CU_ASSERT_EQUAL(dsckpt_consolidate(c, out, &co), DSCKPT_ECORRUPT);
+        CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "points into the header"));
+        CU_ASSERT(!tu_exists(out));
+        free(out);
+    }
+    dsckpt_ckpt_free(c);
+}
+
 static void test_manifest_edits(void) {
     char *dir = tu_mkdtemp();
     CU_ASSERT_FATAL(dir != NULL);
@@ -860,13 +917,7 @@ static void test_manifest_edits(void) {
     dsckpt_info info;
     dsckpt_ckpt_info(c, &info);
     dsckpt_ckpt_free(c);
-    /* {T} in a needle stands for the tensor the edit touched. */
-    static const struct {
-        const char *label;
-        edit_fn fn;
-        const char *a, *b;
-        bool with_tensor;
-    } cases[] = {
+    static const edit_case cases[] = {
         {"fragments overlap", ed_overlap, "coverage", "are in two fragments", true},
         {"fragments leave a gap", ed_gap, "coverage", "are in no fragment", true},
         {"fragment past the end of its file", ed_past_file, "lies outside", "rank_00000.safetensors", true},
@@ -888,38 +939,7 @@ static void test_manifest_edits(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         edit_ctx e = {.what = cases[i].label, .file_size = (double)file_size(r0), .ntensors = (int)info.tensor_count};
-        edit_manifest(root, cases[i].fn, &e);
-        char quoted[160] = "";
-        if (cases[i].with_tensor) snprintf(quoted, sizeof quoted, "'%s'", e.tname);
-        if (cases[i].fn == ed_version) {
-            /* A version this build does not read: not OK; CORRUPT today (arguably
-             * UNREADABLE: nothing says the data is damaged). */
-            dsckpt_verify_report *r = run_verify(root, NULL);
-            CU_ASSERT(dsckpt_verify_report_result(r) != DSCKPT_VERIFY_OK);
-            CU_ASSERT(find_problem(r, cases[i].a, "upgrade", NULL) >= 0);
-            dsckpt_verify_report_free(r);
-        } else {
-            CU_ASSERT(EXPECT(cases[i].label, root, DSCKPT_VERIFY_CORRUPT, cases[i].a, cases[i].b,
-                             cases[i].with_tensor ? quoted : NULL));
-        }
-        /* Opening it refuses too (structural problems are never silently read);
-         * digests and sizes are checked by verify and when data is read. */
-        c = NULL;
-        dsckpt_status st = dsckpt_ckpt_open(root, NULL, &c);
-        bool data_only = cases[i].fn == ed_file_digest || cases[i].fn == ed_chunk_digest ||
-                         cases[i].fn == ed_file_size || cases[i].fn == ed_into_header;
-        if (!data_only) CU_ASSERT(st == DSCKPT_ECORRUPT || st == DSCKPT_EVERSION);
-        if (cases[i].fn == ed_into_header && st == DSCKPT_OK) {
-            /* The rank files' headers are read when data is: consolidate refuses. */
-            char *out = tu_path(dir, "hdr.safetensors");
-            dsckpt_consolidate_opts co;
-            dsckpt_consolidate_opts_init(&co);
-            CU_ASSERT_EQUAL(dsckpt_consolidate(c, out, &co), DSCKPT_ECORRUPT);
-            CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "points into the header"));
-            CU_ASSERT(!tu_exists(out));
-            free(out);
-        }
-        dsckpt_ckpt_free(c);
+        check_edit(dir, root, &cases[i], &e);
         CU_ASSERT_FATAL(tu_write(mp, orig, mlen) == 0);
     }
     EXPECT("manifest restored", root, DSCKPT_VERIFY_OK, NULL, NULL, NULL);
@@ -983,22 +1003,98 @@ static dsckpt_status pattern_fill(void *u, ds_state s, uint32_t t, uint64_t star
     return DSCKPT_OK;
 }
 
-static void test_multichunk(void) {
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *td = tu_path(dir, "t4k");
-    CU_ASSERT_FATAL(mkdir(td, 0755) == 0);
+/* The chunk size of test_multichunk's checkpoint. */
+#define MC_CH ((uint64_t)4096)
+
+/* A 2-rank checkpoint in td written through the internal writer with 4 KiB
+ * chunks; its manifest records the chunk size. */
+static void multichunk_write(const char *td) {
     ds_tensor *ts = NULL;
     size_t nt = 0;
     TU_ASSERT_OK(ds_synth_tensors(PARAMS, DSCKPT_BF16, &ts, &nt));
-    const uint64_t CH = 4096;
     ds_native_spec spec = {.tensors = ts, .ntensors = nt, .ngroups = 2, .stage = 2, .world_size = 2,
-                           .tag = "t4k", .step = 1, .train_dtype = "bf16", .chunk_size = CH};
+                           .tag = "t4k", .step = 1, .train_dtype = "bf16", .chunk_size = MC_CH};
     ds_native_out *no = NULL;
     TU_ASSERT_OK(ds_native_prepare(&spec, td, &no));
     fill_ctx fc = {ts};
     TU_ASSERT_OK(ds_native_write_all(no, pattern_fill, &fc, 2, NULL));
     ds_native_out_free(no);
+    ds_synth_tensors_free(ts, nt);
+}
+
+/* One bit flipped at a time in rank file rp (name rn, data from byte ds): verify
+ * names exactly the chunk that holds it. */
+static void multichunk_single_flips(const char *td, const char *rn, const char *rp, uint64_t size, uint64_t ds) {
+    const uint64_t CH = MC_CH, nchunks = (size + CH - 1) / CH;
+    const uint64_t offs[] = {ds + 1, CH, CH - 1, 5 * CH + 123, 5 * CH + CH - 1, (nchunks - 1) * CH, size - 1,
+                             (nchunks / 2) * CH + 17};
+    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
+        uint64_t off = offs[i];
+        char want[64], label[96];
+        snprintf(want, sizeof want, ": chunk %llu (bytes %llu..", (unsigned long long)(off / CH),
+                 (unsigned long long)(off / CH * CH));
+        snprintf(label, sizeof label, "%s byte %llu", rn, (unsigned long long)off);
+        CU_ASSERT_FATAL(tu_flip_bit(rp, off, (int)(i % 8)) == 0);
+        dsckpt_verify_report *r = run_verify(td, NULL);
+        /* Data-region flips give exactly one problem: that chunk. (A flip
+         * in the header also breaks the header's structure.) */
+        bool in_data = off >= ds;
+        long k = find_problem(r, rn, want, "SHA-256 mismatch");
+        bool ok = dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT && k >= 0;
+        size_t nmis = 0;
+        for (size_t j = 0; j < dsckpt_verify_report_count(r); j++)
+            nmis += strstr(dsckpt_verify_report_problem(r, j), "SHA-256 mismatch") != NULL;
+        ok = ok && nmis == 1;
+        if (in_data) ok = ok && dsckpt_verify_report_count(r) == 1;
+        CU_ASSERT(ok);
+        if (!ok) dump(label, r);
+        dsckpt_verify_report_free(r);
+        CU_ASSERT_FATAL(tu_flip_bit(rp, off, (int)(i % 8)) == 0);
+    }
+}
+
+/* Two damaged chunks of rank file rp: both named, nothing else. Then the file
+ * truncated in the middle: the chunks past the end are named as missing. */
+static void multichunk_two_and_cut(const char *td, const char *rn, const char *rp, uint64_t nchunks) {
+    const uint64_t CH = MC_CH;
+    uint64_t a = 2 * CH + 5, b = (nchunks - 2) * CH + 9;
+    CU_ASSERT_FATAL(tu_flip_bit(rp, a, 1) == 0 && tu_flip_bit(rp, b, 6) == 0);
+    dsckpt_verify_report *r = run_verify(td, NULL);
+    char wa[48], wb[48];
+    snprintf(wa, sizeof wa, ": chunk %llu ", (unsigned long long)(a / CH));
+    snprintf(wb, sizeof wb, ": chunk %llu ", (unsigned long long)(b / CH));
+    bool ok = dsckpt_verify_report_count(r) == 2 && find_problem(r, rn, wa, NULL) >= 0 &&
+              find_problem(r, rn, wb, NULL) >= 0;
+    CU_ASSERT(ok);
+    if (!ok) dump("two chunks", r);
+    dsckpt_verify_report_free(r);
+    CU_ASSERT_FATAL(tu_flip_bit(rp, a, 1) == 0 && tu_flip_bit(rp, b, 6) == 0);
+    size_t blen = 0;
+    uint8_t *orig = tu_read(rp, &blen);
+    CU_ASSERT_FATAL(orig != NULL);
+    uint64_t cut = 3 * CH + 100;
+    CU_ASSERT_FATAL(tu_truncate(rp, cut) == 0);
+    r = run_verify(td, NULL);
+    char w3[48], wl[48];
+    snprintf(w3, sizeof w3, ": chunk 3 (bytes %llu..", (unsigned long long)(3 * CH));
+    snprintf(wl, sizeof wl, ": chunk %llu ", (unsigned long long)(nchunks - 1));
+    ok = dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT && find_problem(r, rn, "truncated", NULL) >= 0 &&
+         find_problem(r, rn, w3, "missing from the file") >= 0 &&
+         find_problem(r, rn, wl, "missing from the file") >= 0 &&
+         find_problem(r, rn, ": chunk 2 ", NULL) < 0; /* chunks 0-2 are whole and intact */
+    CU_ASSERT(ok);
+    if (!ok) dump("truncated 4k", r);
+    dsckpt_verify_report_free(r);
+    CU_ASSERT_FATAL(tu_write(rp, orig, blen) == 0);
+    free(orig);
+}
+
+static void test_multichunk(void) {
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *td = tu_path(dir, "t4k");
+    CU_ASSERT_FATAL(mkdir(td, 0755) == 0);
+    multichunk_write(td);
     /* The manifest records the chunk size and one digest per 4 KiB. */
     char *mp = tu_path(td, DS_MANIFEST_NAME);
     size_t mlen = 0;
@@ -1011,70 +1107,14 @@ static void test_multichunk(void) {
         char *rn = rank_name(rank);
         char *rp = tu_path(td, rn);
         uint64_t size = file_size(rp), ds = data_start(rp);
-        uint64_t nchunks = (size + CH - 1) / CH;
+        uint64_t nchunks = (size + MC_CH - 1) / MC_CH;
         CU_ASSERT_FATAL(nchunks >= 10);
-        const uint64_t offs[] = {ds + 1, CH, CH - 1, 5 * CH + 123, 5 * CH + CH - 1, (nchunks - 1) * CH, size - 1,
-                                 (nchunks / 2) * CH + 17};
-        for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
-            uint64_t off = offs[i];
-            char want[64], label[96];
-            snprintf(want, sizeof want, ": chunk %llu (bytes %llu..", (unsigned long long)(off / CH),
-                     (unsigned long long)(off / CH * CH));
-            snprintf(label, sizeof label, "%s byte %llu", rn, (unsigned long long)off);
-            CU_ASSERT_FATAL(tu_flip_bit(rp, off, (int)(i % 8)) == 0);
-            dsckpt_verify_report *r = run_verify(td, NULL);
-            /* Data-region flips give exactly one problem: that chunk. (A flip
-             * in the header also breaks the header's structure.) */
-            bool in_data = off >= ds;
-            long k = find_problem(r, rn, want, "SHA-256 mismatch");
-            bool ok = dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT && k >= 0;
-            size_t nmis = 0;
-            for (size_t j = 0; j < dsckpt_verify_report_count(r); j++)
-                nmis += strstr(dsckpt_verify_report_problem(r, j), "SHA-256 mismatch") != NULL;
-            ok = ok && nmis == 1;
-            if (in_data) ok = ok && dsckpt_verify_report_count(r) == 1;
-            CU_ASSERT(ok);
-            if (!ok) dump(label, r);
-            dsckpt_verify_report_free(r);
-            CU_ASSERT_FATAL(tu_flip_bit(rp, off, (int)(i % 8)) == 0);
-        }
-        /* Two damaged chunks: both named, nothing else. */
-        uint64_t a = 2 * CH + 5, b = (nchunks - 2) * CH + 9;
-        CU_ASSERT_FATAL(tu_flip_bit(rp, a, 1) == 0 && tu_flip_bit(rp, b, 6) == 0);
-        dsckpt_verify_report *r = run_verify(td, NULL);
-        char wa[48], wb[48];
-        snprintf(wa, sizeof wa, ": chunk %llu ", (unsigned long long)(a / CH));
-        snprintf(wb, sizeof wb, ": chunk %llu ", (unsigned long long)(b / CH));
-        bool ok = dsckpt_verify_report_count(r) == 2 && find_problem(r, rn, wa, NULL) >= 0 &&
-                  find_problem(r, rn, wb, NULL) >= 0;
-        CU_ASSERT(ok);
-        if (!ok) dump("two chunks", r);
-        dsckpt_verify_report_free(r);
-        CU_ASSERT_FATAL(tu_flip_bit(rp, a, 1) == 0 && tu_flip_bit(rp, b, 6) == 0);
-        /* Truncated in the middle: the chunks past the end are named as missing. */
-        size_t blen = 0;
-        uint8_t *orig = tu_read(rp, &blen);
-        CU_ASSERT_FATAL(orig != NULL);
-        uint64_t cut = 3 * CH + 100;
-        CU_ASSERT_FATAL(tu_truncate(rp, cut) == 0);
-        r = run_verify(td, NULL);
-        char w3[48], wl[48];
-        snprintf(w3, sizeof w3, ": chunk 3 (bytes %llu..", (unsigned long long)(3 * CH));
-        snprintf(wl, sizeof wl, ": chunk %llu ", (unsigned long long)(nchunks - 1));
-        ok = dsckpt_verify_report_result(r) == DSCKPT_VERIFY_CORRUPT && find_problem(r, rn, "truncated", NULL) >= 0 &&
-             find_problem(r, rn, w3, "missing from the file") >= 0 &&
-             find_problem(r, rn, wl, "missing from the file") >= 0 &&
-             find_problem(r, rn, ": chunk 2 ", NULL) < 0; /* chunks 0-2 are whole and intact */
-        CU_ASSERT(ok);
-        if (!ok) dump("truncated 4k", r);
-        dsckpt_verify_report_free(r);
-        CU_ASSERT_FATAL(tu_write(rp, orig, blen) == 0);
-        free(orig);
+        multichunk_single_flips(td, rn, rp, size, ds);
+        multichunk_two_and_cut(td, rn, rp, nchunks);
         free(rp);
         free(rn);
     }
     EXPECT("4k restored", td, DSCKPT_VERIFY_OK, NULL, NULL, NULL);
-    ds_synth_tensors_free(ts, nt);
     free(mp);
     free(td);
     tu_rmtree(dir);
