@@ -235,18 +235,8 @@ static void check_tensor(const pk_obj *t, dsckpt_dtype dt, const char *key, uint
     CU_ASSERT_EQUAL(t->tensor.requires_grad, rg);
 }
 
-static void test_structure_optim(void) {
-    size_t len;
-    uint8_t *data = read_vector("z2_ws4_fp32_zero_pp_rank_3_mp_rank_00_optim_states.pkl", &len);
-    pk_doc *d = NULL;
-    pk_obj *root = NULL;
-    TU_ASSERT_OK(pk_parse(data, len, "optim", NULL, &d, &root));
-    CU_ASSERT_EQUAL_FATAL(root->kind, PK_DICT);
-    CU_ASSERT_FALSE(root->ordered);
-    pk_obj *osd = pk_get(root, "optimizer_state_dict");
-    CU_ASSERT_PTR_NOT_NULL_FATAL(osd);
-    CU_ASSERT_STRING_EQUAL(pk_as_str(pk_get(root, "ds_version")), "0.14.5");
-
+/* The optimizer pickle's enum, counts and paddings. */
+static void optim_enum_and_counts(pk_obj *osd) {
     pk_obj *zs = pk_get(osd, "zero_stage");
     CU_ASSERT_PTR_NOT_NULL_FATAL(zs);
     CU_ASSERT_EQUAL(zs->kind, PK_ENUM);
@@ -263,7 +253,13 @@ static void test_structure_optim(void) {
     CU_ASSERT(pk_as_int(pc->items[0], &v) && v == 4);
     pk_obj *gp = pk_get(osd, "group_paddings");
     CU_ASSERT(gp && gp->n == 2 && pk_as_int(gp->items[1], &v) && v == 6);
+    /* Lookups of the wrong kind find nothing. */
+    CU_ASSERT_PTR_NULL(pk_get(zs, "x"));
+    CU_ASSERT_PTR_NULL(pk_as_str(pc));
+}
 
+/* The optimizer pickle's tensors: fp32 partitions, Adam state, its storage. */
+static void optim_tensors(pk_obj *osd) {
     pk_obj *fp32 = pk_get(osd, "single_partition_of_fp32_groups");
     CU_ASSERT_PTR_NOT_NULL_FATAL(fp32);
     CU_ASSERT_EQUAL_FATAL(fp32->n, 2);
@@ -284,7 +280,10 @@ static void test_structure_optim(void) {
     CU_ASSERT_EQUAL(sto->kind, PK_STORAGE);
     CU_ASSERT_STRING_EQUAL(sto->s, "cpu");
     CU_ASSERT_EQUAL(sto->args->n, 5);
+}
 
+/* The optimizer pickle's objects: the loss scaler and the fragment addresses. */
+static void optim_objects(pk_obj *osd) {
     pk_obj *ls = pk_get(osd, "loss_scaler");
     CU_ASSERT_PTR_NOT_NULL_FATAL(ls);
     CU_ASSERT_EQUAL(ls->kind, PK_OBJECT);
@@ -302,16 +301,31 @@ static void test_structure_optim(void) {
     CU_ASSERT_PTR_NOT_NULL_FATAL(fa);
     CU_ASSERT_EQUAL(fa->kind, PK_OBJECT);
     CU_ASSERT_STRING_EQUAL(fa->name, "fragment_address");
+    int64_t v = 0;
     CU_ASSERT(pk_as_int(pk_get(fa->state, "numel"), &v) && v == 2368);
     CU_ASSERT(pk_as_int(pk_get(fa->state, "start"), &v) && v == 4784);
     /* Memo identity is kept: every fragment_address state uses one 'numel' key. */
     pk_obj *fb = pk_get(psm->items[1], "ln_f.bias");
     CU_ASSERT_PTR_NOT_NULL_FATAL(fb);
     CU_ASSERT_PTR_EQUAL(fa->state->keys[0], fb->state->keys[0]);
+}
 
+static void test_structure_optim(void) {
+    size_t len;
+    uint8_t *data = read_vector("z2_ws4_fp32_zero_pp_rank_3_mp_rank_00_optim_states.pkl", &len);
+    pk_doc *d = NULL;
+    pk_obj *root = NULL;
+    TU_ASSERT_OK(pk_parse(data, len, "optim", NULL, &d, &root));
+    CU_ASSERT_EQUAL_FATAL(root->kind, PK_DICT);
+    CU_ASSERT_FALSE(root->ordered);
+    pk_obj *osd = pk_get(root, "optimizer_state_dict");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(osd);
+    CU_ASSERT_STRING_EQUAL(pk_as_str(pk_get(root, "ds_version")), "0.14.5");
+    optim_enum_and_counts(osd);
+    optim_tensors(osd);
+    optim_objects(osd);
     CU_ASSERT_PTR_NULL(pk_get(osd, "no such key"));
-    CU_ASSERT_PTR_NULL(pk_get(zs, "x"));
-    CU_ASSERT_PTR_NULL(pk_as_str(pc));
+    int64_t v = 0;
     CU_ASSERT_FALSE(pk_as_int(NULL, &v));
     pk_doc_free(d);
     free(data);
@@ -443,29 +457,24 @@ static pk_obj *size_of(pk_doc *d, int n, const int64_t *v) {
     return s;
 }
 
-/* The object make_vectors.py's deepspeed_like() pickles, built here from
- * scratch: the writer must produce CPython's bytes (tensors via the synthetic
- * persistent ids, enums both ways, objects by NEWOBJ + BUILD, bytes by
- * _codecs.encode, set([]), torch.Size). Key strings that Python shares (interned
- * identifiers) are shared here too, which is what makes the memo references match. */
-static void test_build_matches_cpython(void) {
-    pk_doc *d = pk_doc_new();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
-    pk_obj *k_cur = pk_new_str(d, "cur_scale"), *k_dyn = pk_new_str(d, "dynamic"), *k_dtype = pk_new_str(d, "dtype");
-    pk_obj *k_w = pk_new_str(d, "w"), *k_b = pk_new_str(d, "b"), *k_numel = pk_new_str(d, "numel"),
-           *k_start = pk_new_str(d, "start");
+/* Key strings shared across the deepspeed_like() tree, as Python's interned
+ * identifiers are: the sharing is what makes the memo references match. */
+typedef struct like_keys {
+    pk_obj *cur, *dyn, *dtype, *w, *b, *numel, *start;
+} like_keys;
 
-    pk_obj *osd = pk_new(d, PK_DICT);
+/* deepspeed_like(): the loss scalers and the ZeRO stage enums. */
+static void like_scalers_enums(pk_doc *d, pk_obj *osd, const like_keys *k) {
     pk_obj *dls = object(d, "deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler");
-    CU_ASSERT(pk_dict_set(d, dls->state, k_cur, pk_new_float(d, 65536.0)));
-    CU_ASSERT(pk_dict_set(d, dls->state, k_dyn, pk_new_bool(d, true)));
+    CU_ASSERT(pk_dict_set(d, dls->state, k->cur, pk_new_float(d, 65536.0)));
+    CU_ASSERT(pk_dict_set(d, dls->state, k->dyn, pk_new_bool(d, true)));
     pk_obj *f16 = pk_new(d, PK_DTYPE);
     f16->dtype = DSCKPT_F16;
-    CU_ASSERT(pk_dict_set(d, dls->state, k_dtype, f16));
+    CU_ASSERT(pk_dict_set(d, dls->state, k->dtype, f16));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "loss_scaler"), dls));
     pk_obj *ls = object(d, "deepspeed.runtime.fp16.loss_scaler", "LossScaler");
-    CU_ASSERT(pk_dict_set(d, ls->state, k_cur, pk_new_float(d, 1.0)));
-    CU_ASSERT(pk_dict_set(d, ls->state, k_dyn, pk_new_bool(d, false)));
+    CU_ASSERT(pk_dict_set(d, ls->state, k->cur, pk_new_float(d, 1.0)));
+    CU_ASSERT(pk_dict_set(d, ls->state, k->dyn, pk_new_bool(d, false)));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "static_scaler"), ls));
 
     pk_obj *zs = pk_new(d, PK_ENUM);
@@ -479,7 +488,11 @@ static void test_build_matches_cpython(void) {
     zv->name = zs->name;
     zv->i = 3;
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "other_stage"), zv));
+}
 
+/* deepspeed_like(): tensors (views, a scalar, an empty one) and the fragment
+ * addresses. */
+static void like_tensors_mappings(pk_doc *d, pk_obj *osd, const like_keys *k) {
     pk_obj *groups = pk_new(d, PK_LIST);
     CU_ASSERT(pk_list_append(d, groups, tensor(d, DSCKPT_F32, "0", 24, 0, 2, (uint64_t[]){2, 3}, (int64_t[]){3, 1}, true)));
     CU_ASSERT(pk_list_append(d, groups, tensor(d, DSCKPT_F32, "0", 24, 6, 1, (uint64_t[]){18}, (int64_t[]){1}, false)));
@@ -493,31 +506,55 @@ static void test_build_matches_cpython(void) {
     pk_obj *psm = pk_new(d, PK_LIST), *od = pk_new(d, PK_DICT);
     od->ordered = true;
     pk_obj *fa = object(d, "deepspeed.utils.tensor_fragment", "fragment_address");
-    CU_ASSERT(pk_dict_set(d, fa->state, k_numel, pk_new_int(d, 6)));
-    CU_ASSERT(pk_dict_set(d, fa->state, k_start, pk_new_int(d, 0)));
-    CU_ASSERT(pk_dict_set(d, od, k_w, fa));
+    CU_ASSERT(pk_dict_set(d, fa->state, k->numel, pk_new_int(d, 6)));
+    CU_ASSERT(pk_dict_set(d, fa->state, k->start, pk_new_int(d, 0)));
+    CU_ASSERT(pk_dict_set(d, od, k->w, fa));
     fa = object(d, "deepspeed.utils.tensor_fragment", "fragment_address");
-    CU_ASSERT(pk_dict_set(d, fa->state, k_numel, pk_new_int(d, 18)));
-    CU_ASSERT(pk_dict_set(d, fa->state, k_start, pk_new_int(d, 6)));
-    CU_ASSERT(pk_dict_set(d, od, k_b, fa));
+    CU_ASSERT(pk_dict_set(d, fa->state, k->numel, pk_new_int(d, 18)));
+    CU_ASSERT(pk_dict_set(d, fa->state, k->start, pk_new_int(d, 6)));
+    CU_ASSERT(pk_dict_set(d, od, k->b, fa));
     CU_ASSERT(pk_list_append(d, psm, od));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "param_slice_mappings"), psm));
+}
 
+/* deepspeed_like(): counts, torch.Size shapes, an empty set, a dtype, bytes. */
+static void like_shapes_misc(pk_doc *d, pk_obj *osd, const like_keys *k) {
     pk_obj *pc = pk_new(d, PK_LIST);
     CU_ASSERT(pk_list_append(d, pc, pk_new_int(d, 2)));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "partition_count"), pc));
     pk_obj *shapes = pk_new(d, PK_LIST), *sd = pk_new(d, PK_DICT);
     sd->ordered = true;
-    CU_ASSERT(pk_dict_set(d, sd, k_w, size_of(d, 2, (int64_t[]){2, 3})));
-    CU_ASSERT(pk_dict_set(d, sd, k_b, size_of(d, 1, (int64_t[]){18})));
+    CU_ASSERT(pk_dict_set(d, sd, k->w, size_of(d, 2, (int64_t[]){2, 3})));
+    CU_ASSERT(pk_dict_set(d, sd, k->b, size_of(d, 1, (int64_t[]){18})));
     CU_ASSERT(pk_list_append(d, shapes, sd));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "param_shapes"), shapes));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "sparse_tensor_module_names"), pk_new(d, PK_SET)));
     pk_obj *bf16 = pk_new(d, PK_DTYPE);
     bf16->dtype = DSCKPT_BF16;
-    CU_ASSERT(pk_dict_set(d, osd, k_dtype, bf16));
+    CU_ASSERT(pk_dict_set(d, osd, k->dtype, bf16));
     CU_ASSERT(pk_dict_set(d, osd, pk_new_str(d, "blob"), pk_new_bytes(d, "\x01\x02\xfe", 3)));
+}
 
+/* The object make_vectors.py's deepspeed_like() pickles, built here from
+ * scratch: the writer must produce CPython's bytes (tensors via the synthetic
+ * persistent ids, enums both ways, objects by NEWOBJ + BUILD, bytes by
+ * _codecs.encode, set([]), torch.Size). Key strings that Python shares (interned
+ * identifiers) are shared here too, which is what makes the memo references match. */
+static void test_build_matches_cpython(void) {
+    pk_doc *d = pk_doc_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    like_keys k;
+    k.cur = pk_new_str(d, "cur_scale");
+    k.dyn = pk_new_str(d, "dynamic");
+    k.dtype = pk_new_str(d, "dtype");
+    k.w = pk_new_str(d, "w");
+    k.b = pk_new_str(d, "b");
+    k.numel = pk_new_str(d, "numel");
+    k.start = pk_new_str(d, "start");
+    pk_obj *osd = pk_new(d, PK_DICT);
+    like_scalers_enums(d, osd, &k);
+    like_tensors_mappings(d, osd, &k);
+    like_shapes_misc(d, osd, &k);
     pk_obj *root = pk_new(d, PK_DICT);
     CU_ASSERT(pk_dict_set(d, root, pk_new_str(d, "optimizer_state_dict"), osd));
     CU_ASSERT(pk_dict_set(d, root, pk_new_str(d, "ds_version"), pk_new_str(d, "0.14.5")));
@@ -533,11 +570,11 @@ static void test_build_matches_cpython(void) {
 }
 
 /* Writer shapes checked against CPython's own bytes for the same objects. */
-static void test_writer_cpython_shapes(void) {
-    pk_doc *d = pk_doc_new();
+
+/* Self-referencing containers; returns the list l = [1, l]. */
+static pk_obj *writer_cycles(pk_doc *d) {
     uint8_t *out = NULL;
     size_t n = 0;
-
     /* l = [1]; l.append(l) */
     pk_obj *l = pk_new(d, PK_LIST);
     CU_ASSERT(pk_list_append(d, l, pk_new_int(d, 1)));
@@ -555,7 +592,13 @@ static void test_writer_cpython_shapes(void) {
     static const char cyc_tuple[] = "\x80\x02]q\x00h\x00\x85q\x01" "a0h\x01.";
     CU_ASSERT(same_bytes(out, n, (const uint8_t *)cyc_tuple, sizeof cyc_tuple - 1, "cyclic tuple"));
     free(out);
+    return l;
+}
 
+/* Bytes objects and integers at every width boundary. */
+static void writer_bytes_ints(pk_doc *d) {
+    uint8_t *out = NULL;
+    size_t n = 0;
     /* [b'a', b'b', b''] shares the 'latin1' string and the encode global */
     pk_obj *bl = pk_new(d, PK_LIST);
     CU_ASSERT(pk_list_append(d, bl, pk_new_bytes(d, "a", 1)));
@@ -579,9 +622,13 @@ static void test_writer_cpython_shapes(void) {
         "\x8a\x05\x00\x00\x00\x80\x00J\x00\x00\x00\x80\x8a\x05\xff\xff\xff\x7f\xff" "e.";
     CU_ASSERT(same_bytes(out, n, (const uint8_t *)int_list, sizeof int_list - 1, "int list"));
     free(out);
+}
 
-    /* Writer refusals: NULL item, a tensor dtype torch has no storage class for,
-     * nesting beyond PK_WRITE_MAX_DEPTH, a tuple that contains itself. */
+/* Writer refusals: NULL item, a tensor dtype torch has no storage class for,
+ * nesting beyond PK_WRITE_MAX_DEPTH, a tuple that contains itself. */
+static void writer_refusals(pk_doc *d) {
+    uint8_t stale = 0, *out = &stale; /* a failed pk_serialize must reset it */
+    size_t n = 0;
     pk_obj *bad = pk_new(d, PK_LIST);
     CU_ASSERT(pk_list_append(d, bad, pk_new(d, PK_NONE)));
     bad->items[0] = NULL;
@@ -601,8 +648,10 @@ static void test_writer_cpython_shapes(void) {
     pk_obj *selft = pk_new(d, PK_TUPLE);
     CU_ASSERT(pk_list_append(d, selft, selft));
     CU_ASSERT_EQUAL(pk_serialize(selft, &out, &n), DSCKPT_EINVAL);
+}
 
-    /* pk_dict_set replaces an equal key in place (1 == True == 1.0). */
+/* pk_dict_set replaces an equal key in place (1 == True == 1.0); l is a list. */
+static void dict_set_replaces(pk_doc *d, pk_obj *l) {
     pk_obj *dict = pk_new(d, PK_DICT);
     CU_ASSERT(pk_dict_set(d, dict, pk_new_int(d, 1), pk_new_str(d, "a")));
     CU_ASSERT(pk_dict_set(d, dict, pk_new_str(d, "k"), pk_new_str(d, "b")));
@@ -614,6 +663,14 @@ static void test_writer_cpython_shapes(void) {
     CU_ASSERT_STRING_EQUAL(pk_as_str(pk_get(dict, "k")), "e");
     CU_ASSERT_FALSE(pk_dict_set(d, l, dict, dict)); /* not a dict */
     CU_ASSERT_FALSE(pk_list_append(d, dict, l));    /* not a list */
+}
+
+static void test_writer_cpython_shapes(void) {
+    pk_doc *d = pk_doc_new();
+    pk_obj *l = writer_cycles(d);
+    writer_bytes_ints(d);
+    writer_refusals(d);
+    dict_set_replaces(d, l);
     CU_ASSERT_STRING_EQUAL(pk_kind_name(PK_TENSOR), "tensor");
     pk_doc_free(d);
     pk_doc_free(NULL);
@@ -696,113 +753,110 @@ static void test_hostile_globals(void) {
     }
 }
 
-static void test_hostile_catalogue(void) {
-    pk_limits small;
-    pk_limits_default(&small);
-    small.max_str = 16;
-    small.max_objects = 10;
-    static const char big_unicode[] = "\x80\x02X\x20\x00\x00\x00" "0123456789abcdef0123456789abcdef.";
-    static const struct {
-        const char *name;
-        const char *data;
-        size_t len;
-        bool small_limits;
-        dsckpt_status st;
-        const char *needle;
-    } cases[] = {
+/* Hand-made hostile pickles, each with the status and message it must get;
+ * small_limits: parsed with max_str 16 and max_objects 10. */
+static const char big_unicode[] = "\x80\x02X\x20\x00\x00\x00" "0123456789abcdef0123456789abcdef.";
+static const struct hostile_case {
+    const char *name;
+    const char *data;
+    size_t len;
+    bool small_limits;
+    dsckpt_status st;
+    const char *needle;
+} hostile_cases[] = {
 #define C(name, lit, st, needle) {name, lit, sizeof(lit) - 1, false, st, needle}
-        C("BINGET unset index", "\x80\x02Nq\x05h\x06.", DSCKPT_ECORRUPT, "memo index 6 out of range"),
-        C("BINGET before any PUT", "\x80\x02h\x00.", DSCKPT_ECORRUPT, "memo index 0 out of range"),
-        C("LONG_BINGET far", "\x80\x02Nq\x00j\xff\xff\xff\x7f.", DSCKPT_ECORRUPT, "memo index 2147483647 out of range"),
-        C("LONG_BINPUT beyond max_memo", "\x80\x02Nr\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "out of range (max_memo"),
-        C("PUT on empty stack", "\x80\x02q\x00N.", DSCKPT_ECORRUPT, "stack underflow"),
-        C("LONG4 of 2^31 bytes", "\x80\x02\x8b\x00\x00\x00\x80.", DSCKPT_ECORRUPT, "negative LONG4 length"),
-        C("LONG4 of 2^31-1 bytes", "\x80\x02\x8b\xff\xff\xff\x7f.", DSCKPT_ECORRUPT, "exceeds max_long"),
-        C("LONG1 of 255 bytes", "\x80\x02\x8a\xff", DSCKPT_ECORRUPT, "exceeds max_long (64)"),
-        C("BINUNICODE beyond data", "\x80\x02X\x10\x00\x00\x00" "abc.", DSCKPT_ECORRUPT, "truncated"),
-        C("BINUNICODE8 of 2^64-1", "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "truncated"),
-        C("BINSTRING negative", "\x80\x02T\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "negative BINSTRING length"),
-        C("invalid UTF-8", "\x80\x02X\x02\x00\x00\x00\xc3\x28.", DSCKPT_ECORRUPT, "not valid UTF-8"),
-        C("SETITEM on empty stack", "\x80\x02s.", DSCKPT_ECORRUPT, "stack underflow"),
-        C("SETITEM on a non-dict", "\x80\x02NNNs.", DSCKPT_ECORRUPT, "SETITEM on a None"),
-        C("SETITEM missing dict", "\x80\x02NNs.", DSCKPT_ECORRUPT, "stack underflow"),
-        C("APPEND to a dict", "\x80\x02}Na.", DSCKPT_ECORRUPT, "APPEND to a dict"),
-        C("APPENDS below fence", "\x80\x02(Ne.", DSCKPT_ECORRUPT, "stack underflow"),
-        C("SETITEMS odd", "\x80\x02}(Nu.", DSCKPT_ECORRUPT, "odd number"),
-        C("TUPLE without MARK", "\x80\x02Nt.", DSCKPT_ECORRUPT, "no MARK to match"),
-        C("TUPLE3 short", "\x80\x02NN\x87.", DSCKPT_ECORRUPT, "stack underflow"),
-        C("STOP with 2 items", "\x80\x02NN.", DSCKPT_ECORRUPT, "STOP with 2 objects"),
-        C("STOP with none", "\x80\x02.", DSCKPT_ECORRUPT, "STOP with 0 objects"),
-        C("STOP inside MARK", "\x80\x02N(.", DSCKPT_ECORRUPT, "unmatched MARK"),
-        C("no STOP", "\x80\x02N", DSCKPT_ECORRUPT, "before STOP"),
-        C("empty input", "", DSCKPT_ECORRUPT, "before STOP"),
-        C("unknown opcode", "\x80\x02\xff.", DSCKPT_ECORRUPT, "unknown opcode 0xff at byte 2"),
-        C("protocol 6", "\x80\x06N.", DSCKPT_EVERSION, "unsupported pickle protocol 6"),
-        C("text STRING", "\x80\x02S'a'\n.", DSCKPT_EUNSUPPORTED, "unsupported opcode STRING"),
-        C("EXT1", "\x80\x02\x82\x01.", DSCKPT_EUNSUPPORTED, "unsupported opcode EXT1"),
-        C("GLOBAL non-printable", "\x80\x02" "cos\x01\nsystem\n.", DSCKPT_ECORRUPT, "not printable ASCII"),
-        C("GLOBAL empty name", "\x80\x02" "cos\n\n.", DSCKPT_ECORRUPT, "global name is empty"),
-        C("GLOBAL unterminated", "\x80\x02" "cos\nsys", DSCKPT_ECORRUPT, "line without a newline"),
-        C("STACK_GLOBAL non-str", "\x80\x04NN\x93.", DSCKPT_ECORRUPT, "STACK_GLOBAL needs two strings"),
-        C("REDUCE on None", "\x80\x02N)R.", DSCKPT_EUNSUPPORTED, "REDUCE on a None"),
-        C("REDUCE args not tuple", "\x80\x02" "cos\nsystem\nNR.", DSCKPT_ECORRUPT, "not a tuple"),
-        C("BUILD on a list", "\x80\x02]Nb.", DSCKPT_EUNSUPPORTED, "BUILD on a list"),
-        C("BUILD twice", "\x80\x02" "cx\ny\n)\x81NbNb.", DSCKPT_ECORRUPT, "second BUILD"),
-        C("NEWOBJ_EX kwargs", "\x80\x04" "cx\ny\n)}NNs\x92.", DSCKPT_EUNSUPPORTED, "keyword arguments"),
-        C("list contains itself", "\x80\x02]q\x00h\x00" "a.", DSCKPT_ECORRUPT, "would contain itself"),
-        C("cycle through two lists", "\x80\x02]q\x00]q\x01h\x00" "a0h\x01" "a.", DSCKPT_ECORRUPT,
-          "already stored inside"),
-        C("FRAME beyond data", "\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", DSCKPT_ECORRUPT, "frame of 255"),
-        C("persistent id not a tuple", "\x80\x02X\x03\x00\x00\x00" "abcQ.", DSCKPT_ECORRUPT,
-          "persistent id is not a"),
-        C("persistent id wrong tag",
-          "\x80\x02(X\x03\x00\x00\x00" "abcctorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x01tQ.",
-          DSCKPT_ECORRUPT, "persistent id is not a"),
-        C("storage type unknown",
-          "\x80\x02(X\x07\x00\x00\x00storagectorch\nComplexFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
-          "cpuK\x01tQ.",
-          DSCKPT_EUNSUPPORTED, "storage type torch.ComplexFloatStorage is not supported"),
-        C("storage key with a slash",
-          "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x04\x00\x00\x00../0X\x03\x00\x00\x00"
-          "cpuK\x01tQ.",
-          DSCKPT_ECORRUPT, "storage key"),
-        C("storage numel negative",
-          "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
-          "cpuJ\xff\xff\xff\xfftQ.",
-          DSCKPT_ECORRUPT, "numel"),
-        C("storage numel overflows bytes",
-          "\x80\x02(X\x07\x00\x00\x00storagectorch\nDoubleStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
-          "cpu\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x7ftQ.",
-          DSCKPT_ECORRUPT, "overflows"),
-        C("legacy storage view",
-          "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
-          "cpuK\x01K\x01tQ.",
-          DSCKPT_EUNSUPPORTED, "storage views"),
-        C("torch.Size of str", "\x80\x02" "ctorch\nSize\nX\x01\x00\x00\x00" "a\x85\x85R.", DSCKPT_ECORRUPT,
-          "torch.Size"),
-        C("getattr on an int", "\x80\x02" "c__builtin__\ngetattr\nK\x01X\x01\x00\x00\x00" "a\x86R.",
-          DSCKPT_EUNSUPPORTED, "getattr"),
-        C("codecs non-latin1", "\x80\x02" "c_codecs\nencode\nX\x03\x00\x00\x00\xe2\x82\xacX\x06\x00\x00\x00latin1\x86R.",
-          DSCKPT_ECORRUPT, "beyond latin1"),
-        C("OrderedDict with args", "\x80\x02" "ccollections\nOrderedDict\n]\x85R.", DSCKPT_EUNSUPPORTED,
-          "OrderedDict with constructor arguments"),
-        C("_rebuild_parameter of a str",
-          "\x80\x02" "ctorch._utils\n_rebuild_parameter\nX\x01\x00\x00\x00" "a\x88}\x87R.", DSCKPT_ECORRUPT,
-          "not a tensor"),
+    C("BINGET unset index", "\x80\x02Nq\x05h\x06.", DSCKPT_ECORRUPT, "memo index 6 out of range"),
+    C("BINGET before any PUT", "\x80\x02h\x00.", DSCKPT_ECORRUPT, "memo index 0 out of range"),
+    C("LONG_BINGET far", "\x80\x02Nq\x00j\xff\xff\xff\x7f.", DSCKPT_ECORRUPT, "memo index 2147483647 out of range"),
+    C("LONG_BINPUT beyond max_memo", "\x80\x02Nr\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "out of range (max_memo"),
+    C("PUT on empty stack", "\x80\x02q\x00N.", DSCKPT_ECORRUPT, "stack underflow"),
+    C("LONG4 of 2^31 bytes", "\x80\x02\x8b\x00\x00\x00\x80.", DSCKPT_ECORRUPT, "negative LONG4 length"),
+    C("LONG4 of 2^31-1 bytes", "\x80\x02\x8b\xff\xff\xff\x7f.", DSCKPT_ECORRUPT, "exceeds max_long"),
+    C("LONG1 of 255 bytes", "\x80\x02\x8a\xff", DSCKPT_ECORRUPT, "exceeds max_long (64)"),
+    C("BINUNICODE beyond data", "\x80\x02X\x10\x00\x00\x00" "abc.", DSCKPT_ECORRUPT, "truncated"),
+    C("BINUNICODE8 of 2^64-1", "\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "truncated"),
+    C("BINSTRING negative", "\x80\x02T\xff\xff\xff\xff.", DSCKPT_ECORRUPT, "negative BINSTRING length"),
+    C("invalid UTF-8", "\x80\x02X\x02\x00\x00\x00\xc3\x28.", DSCKPT_ECORRUPT, "not valid UTF-8"),
+    C("SETITEM on empty stack", "\x80\x02s.", DSCKPT_ECORRUPT, "stack underflow"),
+    C("SETITEM on a non-dict", "\x80\x02NNNs.", DSCKPT_ECORRUPT, "SETITEM on a None"),
+    C("SETITEM missing dict", "\x80\x02NNs.", DSCKPT_ECORRUPT, "stack underflow"),
+    C("APPEND to a dict", "\x80\x02}Na.", DSCKPT_ECORRUPT, "APPEND to a dict"),
+    C("APPENDS below fence", "\x80\x02(Ne.", DSCKPT_ECORRUPT, "stack underflow"),
+    C("SETITEMS odd", "\x80\x02}(Nu.", DSCKPT_ECORRUPT, "odd number"),
+    C("TUPLE without MARK", "\x80\x02Nt.", DSCKPT_ECORRUPT, "no MARK to match"),
+    C("TUPLE3 short", "\x80\x02NN\x87.", DSCKPT_ECORRUPT, "stack underflow"),
+    C("STOP with 2 items", "\x80\x02NN.", DSCKPT_ECORRUPT, "STOP with 2 objects"),
+    C("STOP with none", "\x80\x02.", DSCKPT_ECORRUPT, "STOP with 0 objects"),
+    C("STOP inside MARK", "\x80\x02N(.", DSCKPT_ECORRUPT, "unmatched MARK"),
+    C("no STOP", "\x80\x02N", DSCKPT_ECORRUPT, "before STOP"),
+    C("empty input", "", DSCKPT_ECORRUPT, "before STOP"),
+    C("unknown opcode", "\x80\x02\xff.", DSCKPT_ECORRUPT, "unknown opcode 0xff at byte 2"),
+    C("protocol 6", "\x80\x06N.", DSCKPT_EVERSION, "unsupported pickle protocol 6"),
+    C("text STRING", "\x80\x02S'a'\n.", DSCKPT_EUNSUPPORTED, "unsupported opcode STRING"),
+    C("EXT1", "\x80\x02\x82\x01.", DSCKPT_EUNSUPPORTED, "unsupported opcode EXT1"),
+    C("GLOBAL non-printable", "\x80\x02" "cos\x01\nsystem\n.", DSCKPT_ECORRUPT, "not printable ASCII"),
+    C("GLOBAL empty name", "\x80\x02" "cos\n\n.", DSCKPT_ECORRUPT, "global name is empty"),
+    C("GLOBAL unterminated", "\x80\x02" "cos\nsys", DSCKPT_ECORRUPT, "line without a newline"),
+    C("STACK_GLOBAL non-str", "\x80\x04NN\x93.", DSCKPT_ECORRUPT, "STACK_GLOBAL needs two strings"),
+    C("REDUCE on None", "\x80\x02N)R.", DSCKPT_EUNSUPPORTED, "REDUCE on a None"),
+    C("REDUCE args not tuple", "\x80\x02" "cos\nsystem\nNR.", DSCKPT_ECORRUPT, "not a tuple"),
+    C("BUILD on a list", "\x80\x02]Nb.", DSCKPT_EUNSUPPORTED, "BUILD on a list"),
+    C("BUILD twice", "\x80\x02" "cx\ny\n)\x81NbNb.", DSCKPT_ECORRUPT, "second BUILD"),
+    C("NEWOBJ_EX kwargs", "\x80\x04" "cx\ny\n)}NNs\x92.", DSCKPT_EUNSUPPORTED, "keyword arguments"),
+    C("list contains itself", "\x80\x02]q\x00h\x00" "a.", DSCKPT_ECORRUPT, "would contain itself"),
+    C("cycle through two lists", "\x80\x02]q\x00]q\x01h\x00" "a0h\x01" "a.", DSCKPT_ECORRUPT,
+      "already stored inside"),
+    C("FRAME beyond data", "\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", DSCKPT_ECORRUPT, "frame of 255"),
+    C("persistent id not a tuple", "\x80\x02X\x03\x00\x00\x00" "abcQ.", DSCKPT_ECORRUPT,
+      "persistent id is not a"),
+    C("persistent id wrong tag",
+      "\x80\x02(X\x03\x00\x00\x00" "abcctorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x01tQ.",
+      DSCKPT_ECORRUPT, "persistent id is not a"),
+    C("storage type unknown",
+      "\x80\x02(X\x07\x00\x00\x00storagectorch\nComplexFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
+      "cpuK\x01tQ.",
+      DSCKPT_EUNSUPPORTED, "storage type torch.ComplexFloatStorage is not supported"),
+    C("storage key with a slash",
+      "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x04\x00\x00\x00../0X\x03\x00\x00\x00"
+      "cpuK\x01tQ.",
+      DSCKPT_ECORRUPT, "storage key"),
+    C("storage numel negative",
+      "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
+      "cpuJ\xff\xff\xff\xfftQ.",
+      DSCKPT_ECORRUPT, "numel"),
+    C("storage numel overflows bytes",
+      "\x80\x02(X\x07\x00\x00\x00storagectorch\nDoubleStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
+      "cpu\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x7ftQ.",
+      DSCKPT_ECORRUPT, "overflows"),
+    C("legacy storage view",
+      "\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00"
+      "cpuK\x01K\x01tQ.",
+      DSCKPT_EUNSUPPORTED, "storage views"),
+    C("torch.Size of str", "\x80\x02" "ctorch\nSize\nX\x01\x00\x00\x00" "a\x85\x85R.", DSCKPT_ECORRUPT,
+      "torch.Size"),
+    C("getattr on an int", "\x80\x02" "c__builtin__\ngetattr\nK\x01X\x01\x00\x00\x00" "a\x86R.",
+      DSCKPT_EUNSUPPORTED, "getattr"),
+    C("codecs non-latin1", "\x80\x02" "c_codecs\nencode\nX\x03\x00\x00\x00\xe2\x82\xacX\x06\x00\x00\x00latin1\x86R.",
+      DSCKPT_ECORRUPT, "beyond latin1"),
+    C("OrderedDict with args", "\x80\x02" "ccollections\nOrderedDict\n]\x85R.", DSCKPT_EUNSUPPORTED,
+      "OrderedDict with constructor arguments"),
+    C("_rebuild_parameter of a str",
+      "\x80\x02" "ctorch._utils\n_rebuild_parameter\nX\x01\x00\x00\x00" "a\x88}\x87R.", DSCKPT_ECORRUPT,
+      "not a tensor"),
 #undef C
-        {"BINUNICODE beyond max_str", big_unicode, sizeof big_unicode - 1, true, DSCKPT_ECORRUPT,
-         "exceeds max_str (16)"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        expect_fail(cases[i].name, (const uint8_t *)cases[i].data, cases[i].len, cases[i].small_limits ? &small : NULL,
-                    cases[i].st, cases[i].needle);
+    {"BINUNICODE beyond max_str", big_unicode, sizeof big_unicode - 1, true, DSCKPT_ECORRUPT,
+     "exceeds max_str (16)"},
+};
 
+/* Hostile pickles built by loops: too many objects, a long LONG1 and a long
+ * GLOBAL name; `small` has max_objects 10. */
+static void hostile_built(const pk_limits *small) {
     /* More objects than max_objects (10): twenty floats in a list. */
     pb p = {0};
     PB(&p, "\x80\x02(");
     for (int i = 0; i < 20; i++) PB(&p, "G\x3f\xf0\x00\x00\x00\x00\x00\x00");
     PB(&p, "l.");
-    expect_fail("max_objects", p.b, p.n, &small, DSCKPT_ECORRUPT, "more than max_objects (10) objects");
+    expect_fail("max_objects", p.b, p.n, small, DSCKPT_ECORRUPT, "more than max_objects (10) objects");
     free(p.b);
 
     /* LONG1 of 255 real bytes: refused before reading them. */
@@ -820,6 +874,18 @@ static void test_hostile_catalogue(void) {
     PB(&p, "\nb\n.");
     expect_fail("GLOBAL 300 bytes", p.b, p.n, NULL, DSCKPT_ECORRUPT, "longer than 256 bytes");
     free(p.b);
+}
+
+static void test_hostile_catalogue(void) {
+    pk_limits small;
+    pk_limits_default(&small);
+    small.max_str = 16;
+    small.max_objects = 10;
+    for (size_t i = 0; i < sizeof hostile_cases / sizeof hostile_cases[0]; i++) {
+        const struct hostile_case *k = &hostile_cases[i];
+        expect_fail(k->name, (const uint8_t *)k->data, k->len, k->small_limits ? &small : NULL, k->st, k->needle);
+    }
+    hostile_built(&small);
 
     /* max_bytes: a real pickle in a 4 KiB budget. */
     size_t len;
