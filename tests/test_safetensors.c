@@ -44,33 +44,33 @@ static char *write_st(const char *dir, const char *name, const char *json, size_
 
 #define U48 (1ull << 48)
 
-static void test_roundtrip(void) {
-    static const st_entry entries[] = {
-        {"wte.weight", DSCKPT_BF16, 2, {4, 3}},
-        {"ln.bias", DSCKPT_F32, 1, {3}},
-        {"step", DSCKPT_I64, 0, {0}}, /* 0-dim: one element */
-        {"empty", DSCKPT_F16, 2, {0, 5}},
-        {"quote\"back\\slash/", DSCKPT_U8, 1, {5}},
-        {"uni\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", DSCKPT_F32, 2, {2, 2}}, /* é € 😀 */
-        {"ctl\x01\x1f\ttab\nnl\r\b\f\x7f", DSCKPT_BOOL, 1, {3}},
-        {"b", DSCKPT_F32, 1, {1}},
-        {"a", DSCKPT_F32, 1, {1}},
-        {"B", DSCKPT_F32, 0, {0}},
-        {"zero.u64", DSCKPT_U64, 1, {0}}, /* zero-size, sorts first, shares offset 0 */
-        {"u64", DSCKPT_U64, 1, {2}},
-        {"f64", DSCKPT_F64, 1, {1}},
-        {"i32", DSCKPT_I32, 1, {3}},
-        {"u32", DSCKPT_U32, 1, {1}},
-        {"u16", DSCKPT_U16, 1, {2}},
-        {"i16", DSCKPT_I16, 1, {1}},
-        {"i8", DSCKPT_I8, 1, {2}},
-    };
-    const size_t n = sizeof entries / sizeof entries[0];
-    static const st_meta meta[] = {{"aliases", "lm_head.weight=wte.weight"},
-                                   {"k\"ey\\", "v\xc3\xa9\n"}};
-    st_plan *p = NULL;
-    TU_ASSERT_OK(st_plan_make(entries, n, meta, 2, &p));
-    CU_ASSERT_EQUAL(p->n, n);
+/* Tensors of every dtype and of odd names (escapes, UTF-8, control bytes), in no
+ * particular order; the writer sorts them. */
+static const st_entry rt_entries[] = {
+    {"wte.weight", DSCKPT_BF16, 2, {4, 3}},
+    {"ln.bias", DSCKPT_F32, 1, {3}},
+    {"step", DSCKPT_I64, 0, {0}}, /* 0-dim: one element */
+    {"empty", DSCKPT_F16, 2, {0, 5}},
+    {"quote\"back\\slash/", DSCKPT_U8, 1, {5}},
+    {"uni\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", DSCKPT_F32, 2, {2, 2}}, /* é € 😀 */
+    {"ctl\x01\x1f\ttab\nnl\r\b\f\x7f", DSCKPT_BOOL, 1, {3}},
+    {"b", DSCKPT_F32, 1, {1}},
+    {"a", DSCKPT_F32, 1, {1}},
+    {"B", DSCKPT_F32, 0, {0}},
+    {"zero.u64", DSCKPT_U64, 1, {0}}, /* zero-size, sorts first, shares offset 0 */
+    {"u64", DSCKPT_U64, 1, {2}},
+    {"f64", DSCKPT_F64, 1, {1}},
+    {"i32", DSCKPT_I32, 1, {3}},
+    {"u32", DSCKPT_U32, 1, {1}},
+    {"u16", DSCKPT_U16, 1, {2}},
+    {"i16", DSCKPT_I16, 1, {1}},
+    {"i8", DSCKPT_I8, 1, {2}},
+};
+#define RT_N (sizeof rt_entries / sizeof rt_entries[0])
+
+/* The plan's header: 8-aligned, N right, metadata first, space padding only at the end. */
+static void rt_check_header(const st_plan *p) {
+    CU_ASSERT_EQUAL(p->n, RT_N);
     CU_ASSERT_EQUAL(p->header_bytes % 8, 0);
     CU_ASSERT_EQUAL(ds_get_le64(p->header), p->header_bytes - 8);
     const char *fmt_first = "{\"__metadata__\":{\"format\":\"pt\",\"aliases\":";
@@ -80,8 +80,13 @@ static void test_roundtrip(void) {
     while (jend > 8 && p->header[jend - 1] == ' ') jend--;
     CU_ASSERT(p->header[jend - 1] == '}');
     CU_ASSERT(p->header_bytes - jend < 8);
+}
 
-    /* Order: dtype descending in the reference enum, then name byte-wise. */
+/* The plan's data order: dtype descending in the reference enum, then name
+ * byte-wise; offsets packed, sizes from the shapes. */
+static void rt_check_order(const st_plan *p) {
+    const st_entry *entries = rt_entries;
+    const size_t n = RT_N;
     bool seen[64] = {0};
     uint64_t off = 0;
     for (size_t k = 0; k < n; k++) {
@@ -111,21 +116,23 @@ static void test_roundtrip(void) {
     CU_ASSERT_STRING_EQUAL(entries[p->order[f32_first + 1]].name, "a");
     CU_ASSERT_STRING_EQUAL(entries[p->order[f32_first + 2]].name, "b");
     CU_ASSERT_STRING_EQUAL(entries[p->order[f32_first + 3]].name, "ln.bias");
+}
 
-    /* Write header + data in plan order, data byte j of entry i = (i*31 + j). */
+/* A file image of the plan: header, then data byte j of entry i = (i*31 + j). */
+static uint8_t *rt_file_image(const st_plan *p) {
     uint8_t *file = malloc(p->file_size);
     CU_ASSERT_FATAL(file != NULL);
     memcpy(file, p->header, p->header_bytes);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < RT_N; i++)
         for (uint64_t j = 0; j < p->nbytes[i]; j++)
             file[p->header_bytes + p->offset[i] + j] = (uint8_t)(i * 31 + j);
-    char *dir = tu_mkdtemp();
-    CU_ASSERT_FATAL(dir != NULL);
-    char *path = tu_path(dir, "model.safetensors");
-    CU_ASSERT_FATAL(tu_write(path, file, p->file_size) == 0);
+    return file;
+}
 
-    st_header *h = NULL;
-    TU_ASSERT_OK(st_read_file(path, &h));
+/* The header read back from the file matches the plan and the entries. */
+static void rt_check_read(const st_header *h, const st_plan *p, const uint8_t *file) {
+    const st_entry *entries = rt_entries;
+    const size_t n = RT_N;
     CU_ASSERT_EQUAL(h->n, n);
     CU_ASSERT_EQUAL(h->header_len, p->header_bytes - 8);
     CU_ASSERT_EQUAL(h->data_start, p->header_bytes);
@@ -161,7 +168,23 @@ static void test_roundtrip(void) {
     CU_ASSERT_EQUAL(st_find(h, "empty")->numel, 0);
     CU_ASSERT_PTR_NULL(st_find(h, "missing"));
     CU_ASSERT_PTR_NULL(st_find(h, "__metadata__"));
+}
 
+static void test_roundtrip(void) {
+    static const st_meta meta[] = {{"aliases", "lm_head.weight=wte.weight"},
+                                   {"k\"ey\\", "v\xc3\xa9\n"}};
+    st_plan *p = NULL;
+    TU_ASSERT_OK(st_plan_make(rt_entries, RT_N, meta, 2, &p));
+    rt_check_header(p);
+    rt_check_order(p);
+    uint8_t *file = rt_file_image(p);
+    char *dir = tu_mkdtemp();
+    CU_ASSERT_FATAL(dir != NULL);
+    char *path = tu_path(dir, "model.safetensors");
+    CU_ASSERT_FATAL(tu_write(path, file, p->file_size) == 0);
+    st_header *h = NULL;
+    TU_ASSERT_OK(st_read_file(path, &h));
+    rt_check_read(h, p, file);
     st_header_free(h);
     st_plan_free(p);
     free(file);
