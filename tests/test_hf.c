@@ -693,6 +693,79 @@ static void test_real_trainer_resolution(void) {
     free(c12);
 }
 
+/* An export's fp32 and bf16 model.safetensors, open for reading. */
+typedef struct export_pair {
+    st_header *h, *h16;
+    int fd, fd16;
+} export_pair;
+
+/* One tensor of the reference state dict (item, `name`) against its export
+ * entries t (fp32: bit for bit) and t16 (bf16: round-to-nearest-even of it). */
+static void export_check_tensor(const export_pair *e, const bin_sd *b, const pk_obj *item, const char *name,
+                                const st_tensor *t, const st_tensor *t16) {
+    uint64_t n = 0;
+    float *want = bin_tensor(b, item, &n);
+    CU_ASSERT_EQUAL_FATAL(t->numel, n);
+    CU_ASSERT_EQUAL_FATAL(t->dtype, DSCKPT_F32);
+    float *got = malloc(n * 4 + 4);
+    uint16_t *got16 = malloc(n * 2 + 2), *rne = malloc(n * 2 + 2);
+    CU_ASSERT_FATAL(pread(e->fd, got, n * 4, (off_t)(e->h->data_start + t->begin)) == (ssize_t)(n * 4));
+    CU_ASSERT_FATAL(pread(e->fd16, got16, n * 2, (off_t)(e->h16->data_start + t16->begin)) == (ssize_t)(n * 2));
+    ds_cast_f32_to_bf16_ref(want, rne, n);
+    if (memcmp(got, want, n * 4)) fprintf(stderr, "\n  fp32 differs: %s\n", name);
+    CU_ASSERT_EQUAL(memcmp(got, want, n * 4), 0);
+    CU_ASSERT_EQUAL(memcmp(got16, rne, n * 2), 0);
+    free(got);
+    free(got16);
+    free(rne);
+    free(want);
+}
+
+/* Weights: every key of zero_to_fp32's state dict, bit for bit; the tied
+ * lm_head.weight is an alias (from_pretrained re-ties it). */
+static void export_check_weights(const char *exp, const char *exp16) {
+    char *ms = tu_path(exp, "model.safetensors"), *ms16 = tu_path(exp16, "model.safetensors"),
+         *bin = hf_fix("expected/zero_to_fp32_checkpoint-4/pytorch_model.bin");
+    export_pair e = {NULL, NULL, -1, -1};
+    TU_ASSERT_OK(st_read_file(ms, &e.h));
+    TU_ASSERT_OK(st_read_file(ms16, &e.h16));
+    e.fd = open(ms, O_RDONLY);
+    e.fd16 = open(ms16, O_RDONLY);
+    CU_ASSERT_FATAL(e.fd >= 0 && e.fd16 >= 0);
+    bin_sd b = {0};
+    bin_open(bin, &b);
+    size_t found = 0, aliased = 0;
+    for (size_t i = 0; i < b.root->n; i++) {
+        const char *name = pk_as_str(b.root->keys[i]);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(name);
+        const st_tensor *t = st_find(e.h, name), *t16 = st_find(e.h16, name);
+        if (!t) {
+            char key[300];
+            snprintf(key, sizeof key, "alias.%s", name);
+            const char *owner = st_meta_get(e.h, key);
+            if (!owner) fprintf(stderr, "\n  missing in the export: %s\n", name);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(owner);
+            t = st_find(e.h, owner);
+            t16 = st_find(e.h16, owner);
+            aliased++;
+        }
+        CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+        export_check_tensor(&e, &b, b.root->items[i], name, t, t16);
+        found++;
+    }
+    CU_ASSERT_EQUAL(found + 0, b.root->n);
+    CU_ASSERT_EQUAL(aliased, 1); /* lm_head.weight */
+    CU_ASSERT_EQUAL(e.h->n, b.root->n - aliased); /* nothing extra: no unexpected keys */
+    bin_close(&b);
+    close(e.fd);
+    close(e.fd16);
+    st_header_free(e.h);
+    st_header_free(e.h16);
+    free(ms);
+    free(ms16);
+    free(bin);
+}
+
 static void test_real_trainer_export(void) {
     if (!hf_fixture_readable()) {
         CU_FAIL("fixtures/deepspeed-0.19/hf_trainer_z3 cannot be opened");
@@ -718,62 +791,7 @@ static void test_real_trainer_export(void) {
     char *gc = tu_path(exp, "generation_config.json");
     CU_ASSERT_TRUE(tu_exists(gc));
     free(gc);
-    /* Weights: every key of zero_to_fp32's state dict, bit for bit; the tied
-     * lm_head.weight is an alias (from_pretrained re-ties it). */
-    char *ms = tu_path(exp, "model.safetensors"), *ms16 = tu_path(exp16, "model.safetensors"),
-         *bin = hf_fix("expected/zero_to_fp32_checkpoint-4/pytorch_model.bin");
-    st_header *h = NULL, *h16 = NULL;
-    TU_ASSERT_OK(st_read_file(ms, &h));
-    TU_ASSERT_OK(st_read_file(ms16, &h16));
-    int fd = open(ms, O_RDONLY), fd16 = open(ms16, O_RDONLY);
-    CU_ASSERT_FATAL(fd >= 0 && fd16 >= 0);
-    bin_sd b = {0};
-    bin_open(bin, &b);
-    size_t found = 0, aliased = 0;
-    for (size_t i = 0; i < b.root->n; i++) {
-        const char *name = pk_as_str(b.root->keys[i]);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(name);
-        const st_tensor *t = st_find(h, name), *t16 = st_find(h16, name);
-        if (!t) {
-            char key[300];
-            snprintf(key, sizeof key, "alias.%s", name);
-            const char *owner = st_meta_get(h, key);
-            if (!owner) fprintf(stderr, "\n  missing in the export: %s\n", name);
-            CU_ASSERT_PTR_NOT_NULL_FATAL(owner);
-            t = st_find(h, owner);
-            t16 = st_find(h16, owner);
-            aliased++;
-        }
-        CU_ASSERT_PTR_NOT_NULL_FATAL(t);
-        uint64_t n = 0;
-        float *want = bin_tensor(&b, b.root->items[i], &n);
-        CU_ASSERT_EQUAL_FATAL(t->numel, n);
-        CU_ASSERT_EQUAL_FATAL(t->dtype, DSCKPT_F32);
-        float *got = malloc(n * 4 + 4);
-        uint16_t *got16 = malloc(n * 2 + 2), *rne = malloc(n * 2 + 2);
-        CU_ASSERT_FATAL(pread(fd, got, n * 4, (off_t)(h->data_start + t->begin)) == (ssize_t)(n * 4));
-        CU_ASSERT_FATAL(pread(fd16, got16, n * 2, (off_t)(h16->data_start + t16->begin)) == (ssize_t)(n * 2));
-        ds_cast_f32_to_bf16_ref(want, rne, n);
-        if (memcmp(got, want, n * 4)) fprintf(stderr, "\n  fp32 differs: %s\n", name);
-        CU_ASSERT_EQUAL(memcmp(got, want, n * 4), 0);
-        CU_ASSERT_EQUAL(memcmp(got16, rne, n * 2), 0);
-        free(got);
-        free(got16);
-        free(rne);
-        free(want);
-        found++;
-    }
-    CU_ASSERT_EQUAL(found + 0, b.root->n);
-    CU_ASSERT_EQUAL(aliased, 1); /* lm_head.weight */
-    CU_ASSERT_EQUAL(h->n, b.root->n - aliased); /* nothing extra: no unexpected keys */
-    bin_close(&b);
-    close(fd);
-    close(fd16);
-    st_header_free(h);
-    st_header_free(h16);
-    free(ms);
-    free(ms16);
-    free(bin);
+    export_check_weights(exp, exp16);
     free(exp);
     free(exp16);
     free(out);
