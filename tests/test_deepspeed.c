@@ -56,6 +56,63 @@ static char *fixture_path(const char *fx, const char *rel) {
     return tu_src_path(buf);
 }
 
+/* One output tensor (gt, bytes have) against its truth entry tn (tt, bytes
+ * want): trainable fp32 values cast to the output dtype `out` by
+ * round-to-nearest-even; 16-bit frozen/buffer tensors upcast exactly under
+ * --dtype fp32; anything else byte for byte. */
+static void truth_compare(const char *fx, const char *tn, const st_tensor *tt, const st_tensor *gt,
+                          const uint8_t *want, const uint8_t *have, bool is_fp32, dsckpt_dtype out) {
+    CU_ASSERT_EQUAL(gt->ndim, tt->ndim);
+    for (int d = 0; d < tt->ndim && d < gt->ndim; d++) CU_ASSERT_EQUAL(gt->shape[d], tt->shape[d]);
+    if (is_fp32 && out != DSCKPT_F32) {
+        CU_ASSERT_EQUAL(gt->dtype, out);
+        size_t bad = 0;
+        for (uint64_t e = 0; e < tt->numel; e++) {
+            float v;
+            memcpy(&v, want + 4 * e, 4);
+            uint16_t w = out == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v), h;
+            memcpy(&h, have + 2 * e, 2);
+            bad += w != h;
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    } else if (out == DSCKPT_F32 && (tt->dtype == DSCKPT_BF16 || tt->dtype == DSCKPT_F16)) {
+        /* frozen / buffer: --dtype fp32 upcasts 16-bit tensors exactly (as zero_to_fp32) */
+        CU_ASSERT_EQUAL(gt->dtype, DSCKPT_F32);
+        size_t bad = 0;
+        for (uint64_t e = 0; e < tt->numel; e++) {
+            uint16_t h;
+            float w, g;
+            memcpy(&h, want + 2 * e, 2);
+            if (tt->dtype == DSCKPT_BF16) ds_cast_bf16_to_f32_ref(&h, &w, 1);
+            else ds_cast_f16_to_f32_ref(&h, &w, 1);
+            memcpy(&g, have + 4 * e, 4);
+            bad += memcmp(&w, &g, 4) != 0;
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+    } else {
+        CU_ASSERT_EQUAL(gt->dtype, tt->dtype);
+        bool same = gt->end - gt->begin == tt->end - tt->begin &&
+                    memcmp(want, have, tt->end - tt->begin) == 0;
+        if (!same) fprintf(stderr, "\n  %s: '%s' differs from the truth\n", fx, tn);
+        CU_ASSERT(same);
+    }
+}
+
+/* Tied aliases recorded in got as in the truth's metadata, with no tensor of
+ * their own. */
+static void truth_check_aliases(const stfile *truth, const stfile *got) {
+    cJSON *al = cJSON_Parse(st_meta_get(truth->h, "aliases"));
+    for (cJSON *e = al ? al->child : NULL; e; e = e->next) {
+        char key[300];
+        snprintf(key, sizeof key, "alias.%s", e->string);
+        const char *v = st_meta_get(got->h, key);
+        CU_ASSERT_PTR_NOT_NULL(v);
+        if (v) CU_ASSERT_STRING_EQUAL(v, e->valuestring);
+        CU_ASSERT_PTR_NULL(st_find(got->h, e->string));
+    }
+    cJSON_Delete(al);
+}
+
 /* Checks a consolidated file against truth.safetensors. `out` is the output
  * dtype of trainable tensors. */
 static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtype out, bool frozen_expected) {
@@ -87,55 +144,13 @@ static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtyp
             free(want);
             continue;
         }
-        CU_ASSERT_EQUAL(gt->ndim, tt->ndim);
-        for (int d = 0; d < tt->ndim && d < gt->ndim; d++) CU_ASSERT_EQUAL(gt->shape[d], tt->shape[d]);
-        if (is_fp32 && out != DSCKPT_F32) {
-            CU_ASSERT_EQUAL(gt->dtype, out);
-            size_t bad = 0;
-            for (uint64_t e = 0; e < tt->numel; e++) {
-                float v;
-                memcpy(&v, want + 4 * e, 4);
-                uint16_t w = out == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v), h;
-                memcpy(&h, have + 2 * e, 2);
-                bad += w != h;
-            }
-            CU_ASSERT_EQUAL(bad, 0);
-        } else if (out == DSCKPT_F32 && (tt->dtype == DSCKPT_BF16 || tt->dtype == DSCKPT_F16)) {
-            /* frozen / buffer: --dtype fp32 upcasts 16-bit tensors exactly (as zero_to_fp32) */
-            CU_ASSERT_EQUAL(gt->dtype, DSCKPT_F32);
-            size_t bad = 0;
-            for (uint64_t e = 0; e < tt->numel; e++) {
-                uint16_t h;
-                float w, g;
-                memcpy(&h, want + 2 * e, 2);
-                if (tt->dtype == DSCKPT_BF16) ds_cast_bf16_to_f32_ref(&h, &w, 1);
-                else ds_cast_f16_to_f32_ref(&h, &w, 1);
-                memcpy(&g, have + 4 * e, 4);
-                bad += memcmp(&w, &g, 4) != 0;
-            }
-            CU_ASSERT_EQUAL(bad, 0);
-        } else {
-            CU_ASSERT_EQUAL(gt->dtype, tt->dtype);
-            bool same = gt->end - gt->begin == tt->end - tt->begin &&
-                        memcmp(want, have, tt->end - tt->begin) == 0;
-            if (!same) fprintf(stderr, "\n  %s: '%s' differs from the truth\n", fx, tn);
-            CU_ASSERT(same);
-        }
+        truth_compare(fx, tn, tt, gt, want, have, is_fp32, out);
         free(want);
         free(have);
     }
     /* Nothing extra, and tied aliases recorded as in the truth's metadata. */
     CU_ASSERT_EQUAL(got.h->n, expected);
-    cJSON *al = cJSON_Parse(st_meta_get(truth.h, "aliases"));
-    for (cJSON *e = al ? al->child : NULL; e; e = e->next) {
-        char key[300];
-        snprintf(key, sizeof key, "alias.%s", e->string);
-        const char *v = st_meta_get(got.h, key);
-        CU_ASSERT_PTR_NOT_NULL(v);
-        if (v) CU_ASSERT_STRING_EQUAL(v, e->valuestring);
-        CU_ASSERT_PTR_NULL(st_find(got.h, e->string));
-    }
-    cJSON_Delete(al);
+    truth_check_aliases(&truth, &got);
     st_close(&truth);
     st_close(&got);
     free(tp);
@@ -308,6 +323,92 @@ static void test_deepspeed_round_trip(void) {
     free(dir);
 }
 
+/* a and b consolidate to the same bytes, as bf16 and as fp32. */
+static void same_consolidation(const char *dir, dsckpt_ckpt *a, dsckpt_ckpt *b) {
+    for (int o = 0; o < 2; o++) {
+        char *pa = tu_path(dir, "a.safetensors"), *pb = tu_path(dir, "b.safetensors");
+        dsckpt_consolidate_opts co;
+        dsckpt_consolidate_opts_init(&co);
+        co.dtype = o ? DSCKPT_F32 : DSCKPT_BF16;
+        co.force = 1;
+        TU_ASSERT_OK(dsckpt_consolidate(a, pa, &co));
+        TU_ASSERT_OK(dsckpt_consolidate(b, pb, &co));
+        size_t la, lb;
+        uint8_t *ba = tu_read(pa, &la), *bb = tu_read(pb, &lb);
+        CU_ASSERT_FATAL(ba && bb);
+        CU_ASSERT(la == lb && memcmp(ba, bb, la) == 0);
+        free(ba);
+        free(bb);
+        free(pa);
+        free(pb);
+    }
+}
+
+/* Every state element of a and b equal through the fragment maps. */
+static void same_states(dsckpt_ckpt *a, dsckpt_ckpt *b) {
+    ds_fdset fa, fb;
+    TU_ASSERT_OK(ds_fdset_open(a, &fa));
+    TU_ASSERT_OK(ds_fdset_open(b, &fb));
+    CU_ASSERT_EQUAL_FATAL(a->ntensors, b->ntensors);
+    for (uint32_t t = 0; t < a->ntensors; t++) {
+        int tb = -1;
+        for (uint32_t u = 0; u < b->ntensors; u++)
+            if (!strcmp(a->tensors[t].name, b->tensors[u].name)) tb = (int)u;
+        CU_ASSERT_FATAL(tb >= 0);
+        for (int s = 0; s < DS_NSTATES; s++) {
+            if (!ds_state_applies(&a->tensors[t], (ds_state)s) || a->tensors[t].buffer) continue;
+            size_t bytes = a->tensors[t].numel * dsckpt_dtype_size(ds_ckpt_state_dtype(a, (ds_state)s, t));
+            uint8_t *x = malloc(bytes + 1), *y = malloc(bytes + 1);
+            TU_ASSERT_OK(ds_ckpt_read(a, &fa, (ds_state)s, t, 0, a->tensors[t].numel, x));
+            TU_ASSERT_OK(ds_ckpt_read(b, &fb, (ds_state)s, (uint32_t)tb, 0, a->tensors[t].numel, y));
+            CU_ASSERT(memcmp(x, y, bytes) == 0);
+            free(x);
+            free(y);
+        }
+    }
+    ds_fdset_close(&fa);
+    ds_fdset_close(&fb);
+}
+
+/* One stage, dtype and world size W: native and DeepSpeed synth hold the same. */
+static void synth_deepspeed_case(const char *dir, int stage, dsckpt_dtype dt, int W) {
+    char *nat = tu_path(dir, "nat"), *dsd = tu_path(dir, "dsd");
+    dsckpt_synth_opts so;
+    dsckpt_synth_opts_init(&so);
+    so.params = 150000;
+    so.world_size = W;
+    so.zero_stage = stage;
+    so.dtype = dt;
+    so.force = 1;
+    TU_ASSERT_OK(dsckpt_synth(nat, &so));
+    so.format = DSCKPT_FORMAT_DEEPSPEED;
+    TU_ASSERT_OK(dsckpt_synth(dsd, &so));
+    dsckpt_ckpt *a = NULL, *b = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(nat, NULL, &a));
+    TU_ASSERT_OK(dsckpt_ckpt_open(dsd, NULL, &b));
+    CU_ASSERT_STRING_EQUAL(b->format, "deepspeed");
+    CU_ASSERT_EQUAL(b->stage, stage);
+    CU_ASSERT_EQUAL(b->world_size, W);
+    CU_ASSERT_STRING_EQUAL(b->train_dtype, a->train_dtype);
+    same_consolidation(dir, a, b);
+    same_states(a, b);
+    /* DeepSpeed loads a checkpoint only at its own stage. */
+    dsckpt_reshard_opts ro;
+    dsckpt_reshard_opts_init(&ro);
+    ro.world_size = 2;
+    ro.format = DSCKPT_FORMAT_DEEPSPEED;
+    ro.zero_stage = stage == 3 ? 2 : 3;
+    char *bad = tu_path(dir, "bad");
+    CU_ASSERT_EQUAL(dsckpt_reshard(b, bad, &ro), DSCKPT_EUNSUPPORTED);
+    CU_ASSERT(strstr(dsckpt_last_error(), "stage") != NULL);
+    CU_ASSERT(!tu_exists(bad));
+    free(bad);
+    dsckpt_ckpt_free(a);
+    dsckpt_ckpt_free(b);
+    free(nat);
+    free(dsd);
+}
+
 /* synth --format deepspeed holds exactly what the native synth holds: for stages
  * 1-3 and each dtype, both consolidate to the same bytes and every state reads
  * back equal. A DeepSpeed stage cannot change through reshard. */
@@ -317,82 +418,7 @@ static void test_synth_deepspeed(void) {
     static const dsckpt_dtype dts[] = {DSCKPT_BF16, DSCKPT_F16, DSCKPT_F32};
     static const int Ws[] = {1, 3, 4};
     for (int si = 0; si < 3; si++)
-        for (int di = 0; di < 3; di++) {
-            int W = Ws[(si + di) % 3];
-            char *nat = tu_path(dir, "nat"), *dsd = tu_path(dir, "dsd");
-            dsckpt_synth_opts so;
-            dsckpt_synth_opts_init(&so);
-            so.params = 150000;
-            so.world_size = W;
-            so.zero_stage = stages[si];
-            so.dtype = dts[di];
-            so.force = 1;
-            TU_ASSERT_OK(dsckpt_synth(nat, &so));
-            so.format = DSCKPT_FORMAT_DEEPSPEED;
-            TU_ASSERT_OK(dsckpt_synth(dsd, &so));
-            dsckpt_ckpt *a = NULL, *b = NULL;
-            TU_ASSERT_OK(dsckpt_ckpt_open(nat, NULL, &a));
-            TU_ASSERT_OK(dsckpt_ckpt_open(dsd, NULL, &b));
-            CU_ASSERT_STRING_EQUAL(b->format, "deepspeed");
-            CU_ASSERT_EQUAL(b->stage, stages[si]);
-            CU_ASSERT_EQUAL(b->world_size, W);
-            CU_ASSERT_STRING_EQUAL(b->train_dtype, a->train_dtype);
-            for (int o = 0; o < 2; o++) {
-                char *pa = tu_path(dir, "a.safetensors"), *pb = tu_path(dir, "b.safetensors");
-                dsckpt_consolidate_opts co;
-                dsckpt_consolidate_opts_init(&co);
-                co.dtype = o ? DSCKPT_F32 : DSCKPT_BF16;
-                co.force = 1;
-                TU_ASSERT_OK(dsckpt_consolidate(a, pa, &co));
-                TU_ASSERT_OK(dsckpt_consolidate(b, pb, &co));
-                size_t la, lb;
-                uint8_t *ba = tu_read(pa, &la), *bb = tu_read(pb, &lb);
-                CU_ASSERT_FATAL(ba && bb);
-                CU_ASSERT(la == lb && memcmp(ba, bb, la) == 0);
-                free(ba);
-                free(bb);
-                free(pa);
-                free(pb);
-            }
-            /* Every state element equal through the fragment maps. */
-            ds_fdset fa, fb;
-            TU_ASSERT_OK(ds_fdset_open(a, &fa));
-            TU_ASSERT_OK(ds_fdset_open(b, &fb));
-            CU_ASSERT_EQUAL_FATAL(a->ntensors, b->ntensors);
-            for (uint32_t t = 0; t < a->ntensors; t++) {
-                int tb = -1;
-                for (uint32_t u = 0; u < b->ntensors; u++)
-                    if (!strcmp(a->tensors[t].name, b->tensors[u].name)) tb = (int)u;
-                CU_ASSERT_FATAL(tb >= 0);
-                for (int s = 0; s < DS_NSTATES; s++) {
-                    if (!ds_state_applies(&a->tensors[t], (ds_state)s) || a->tensors[t].buffer) continue;
-                    size_t bytes = a->tensors[t].numel * dsckpt_dtype_size(ds_ckpt_state_dtype(a, (ds_state)s, t));
-                    uint8_t *x = malloc(bytes + 1), *y = malloc(bytes + 1);
-                    TU_ASSERT_OK(ds_ckpt_read(a, &fa, (ds_state)s, t, 0, a->tensors[t].numel, x));
-                    TU_ASSERT_OK(ds_ckpt_read(b, &fb, (ds_state)s, (uint32_t)tb, 0, a->tensors[t].numel, y));
-                    CU_ASSERT(memcmp(x, y, bytes) == 0);
-                    free(x);
-                    free(y);
-                }
-            }
-            ds_fdset_close(&fa);
-            ds_fdset_close(&fb);
-            /* DeepSpeed loads a checkpoint only at its own stage. */
-            dsckpt_reshard_opts ro;
-            dsckpt_reshard_opts_init(&ro);
-            ro.world_size = 2;
-            ro.format = DSCKPT_FORMAT_DEEPSPEED;
-            ro.zero_stage = stages[si] == 3 ? 2 : 3;
-            char *bad = tu_path(dir, "bad");
-            CU_ASSERT_EQUAL(dsckpt_reshard(b, bad, &ro), DSCKPT_EUNSUPPORTED);
-            CU_ASSERT(strstr(dsckpt_last_error(), "stage") != NULL);
-            CU_ASSERT(!tu_exists(bad));
-            free(bad);
-            dsckpt_ckpt_free(a);
-            dsckpt_ckpt_free(b);
-            free(nat);
-            free(dsd);
-        }
+        for (int di = 0; di < 3; di++) synth_deepspeed_case(dir, stages[si], dts[di], Ws[(si + di) % 3]);
     tu_rmtree(dir);
     free(dir);
 }
