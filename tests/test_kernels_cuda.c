@@ -712,88 +712,167 @@ static double vs(const float *gpu_on_host, const float *cpu, size_t n, const cha
     return e;
 }
 
-static void test_vs_cpu_kernels(void) {
+/* The buffers test_vs_cpu_kernels shares between its kernels: random inputs,
+ * CPU outputs and scratch on the host, their copies and outputs on the device. */
+typedef struct kv_bufs {
+    int B, T, C, NH, V, N;
+    size_t nq, na, nl;
+    int32_t *tok;
+    float *x, *w, *b, *dout, *qkv, *logits, *wte, *wpe;
+    float *c1, *c2, *c3, *g1, *mean, *rstd, *scratch, *dw, *db, *dx, *rl;
+    int32_t *dtok;
+    float *dX, *dW, *dB, *dO, *dM, *dR, *dD, *dQ, *dA, *dY, *dL, *dRL, *dwte, *dwpe, *dgw, *dgb, *ddx;
+} kv_bufs;
+
+static void kv_alloc(kv_bufs *k) {
     const int B = 2, T = 33, C = 64, NH = 4, V = 301, N = B * T;
-    size_t nq = (size_t)N * 3 * C, na = (size_t)B * NH * T * T, nl = (size_t)N * V;
-    int32_t *tok = rand_tokens(B, T, V);
-    float *x = frand((size_t)N * C, 2.0f), *w = frand(C, 1.0f), *b = frand(C, 1.0f), *dout = frand((size_t)N * C, 1.0f);
-    float *qkv = frand(nq, 1.0f), *logits = frand(nl, 5.0f), *wte = frand((size_t)V * C, 1.0f);
-    float *wpe = frand((size_t)T * C, 1.0f);
-    float *c1 = malloc(nq * 4), *c2 = malloc(nq * 4), *c3 = malloc(na * 4), *g1 = malloc((nq > nl ? nq : nl) * 4);
-    float *mean = malloc(N * 4), *rstd = malloc(N * 4), *scratch = malloc((size_t)B * NH * T * 4);
-    float *dw = calloc(C, 4), *db = calloc(C, 4), *dx = calloc((size_t)N * C, 4), *rl = malloc(N * 4);
-    CU_ASSERT_FATAL(tok && x && w && b && dout && qkv && logits && wte && wpe && c1 && c2 && c3 && g1 && mean &&
-                    rstd && scratch && dw && db && dx && rl);
-    int32_t *dtok = dup_to_dev(tok, (size_t)B * (T + 1) * 4);
-    float *dX = dup_to_dev(x, (size_t)N * C * 4), *dW = dup_to_dev(w, C * 4), *dB = dup_to_dev(b, C * 4);
-    float *dO = dev_poison(nq), *dM = dev_poison(N), *dR = dev_poison(N), *dD = dup_to_dev(dout, (size_t)N * C * 4);
-    float *dQ = dup_to_dev(qkv, nq * 4), *dA = dev_poison(na), *dY = dev_poison((size_t)N * C);
-    float *dL = dup_to_dev(logits, nl * 4), *dRL = dev_poison(N);
-    float *dwte = dup_to_dev(wte, (size_t)V * C * 4), *dwpe = dup_to_dev(wpe, (size_t)T * C * 4);
-    float *dgw = dup_to_dev(dw, C * 4), *dgb = dup_to_dev(db, C * 4), *ddx = dup_to_dev(dx, (size_t)N * C * 4);
-    CU_ASSERT_FATAL(dtok && dX && dW && dB && dO && dM && dR && dD && dQ && dA && dY && dL && dRL && dwte && dwpe &&
-                    dgw && dgb && ddx);
-    /* layernorm */
-    ds_layernorm_fwd_ref(N, C, x, w, b, c1, mean, rstd);
-    DSC_ASSERT_OK(dsc_layernorm_fwd(g_ctx, N, C, dX, dW, dB, dO, dM, dR));
-    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
-    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel layernorm fwd") < TOL32);
-    ds_layernorm_bwd_ref(N, C, dout, x, mean, rstd, w, dx, dw, db);
-    DSC_ASSERT_OK(dsc_layernorm_bwd(g_ctx, N, C, dD, dX, dM, dR, dW, ddx, dgw, dgb));
-    CU_ASSERT_FATAL(to_host(g1, ddx, (size_t)N * C * 4) == 0);
-    CU_ASSERT(vs(g1, dx, (size_t)N * C, "cpu-kernel layernorm bwd dx") < TOL32);
-    CU_ASSERT_FATAL(to_host(g1, dgw, C * 4) == 0);
-    CU_ASSERT(vs(g1, dw, C, "cpu-kernel layernorm bwd dw") < TOL32);
-    CU_ASSERT_FATAL(to_host(g1, dgb, C * 4) == 0);
-    CU_ASSERT(vs(g1, db, C, "cpu-kernel layernorm bwd db") < TOL32);
-    /* GELU */
-    ds_gelu_fwd_ref((int64_t)N * C, x, c1);
-    DSC_ASSERT_OK(dsc_gelu_fwd(g_ctx, (int64_t)N * C, dX, dO));
-    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
-    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel gelu fwd") < TOL32);
-    memcpy(c1, dout, (size_t)N * C * 4);
-    ds_gelu_bwd_ref((int64_t)N * C, x, c1);
-    DSC_ASSERT_OK(dsc_gelu_bwd(g_ctx, (int64_t)N * C, dX, dD));
-    CU_ASSERT_FATAL(to_host(g1, dD, (size_t)N * C * 4) == 0);
-    CU_ASSERT(vs(g1, c1, (size_t)N * C, "cpu-kernel gelu bwd") < TOL32);
-    /* attention (the CPU writes only t2 <= t: compare y and dqkv) */
-    ds_attention_fwd_ref(B, T, C, NH, qkv, c3, c2);
-    DSC_ASSERT_OK(dsc_attention_fwd(g_ctx, B, T, C, NH, dQ, dA, dY));
-    CU_ASSERT_FATAL(to_host(g1, dY, (size_t)N * C * 4) == 0);
-    CU_ASSERT(vs(g1, c2, (size_t)N * C, "cpu-kernel attention fwd y") < TOL32);
-    ds_attention_bwd_ref(B, T, C, NH, qkv, c3, dout, c1, scratch);
-    DSC_ASSERT_OK(dsc_memcpy(g_ctx, dD, dout, (size_t)N * C * 4, DSC_H2D));
-    DSC_ASSERT_OK(dsc_attention_bwd(g_ctx, B, T, C, NH, dQ, dA, dD, dO));
-    CU_ASSERT_FATAL(to_host(g1, dO, nq * 4) == 0);
-    CU_ASSERT(vs(g1, c1, nq, "cpu-kernel attention bwd dqkv") < TOL32);
-    /* cross-entropy */
-    memcpy(c1, logits, nl * 4 < nq * 4 ? nl * 4 : nq * 4);
+    *k = (kv_bufs){.B = B, .T = T, .C = C, .NH = NH, .V = V, .N = N};
+    k->nq = (size_t)N * 3 * C;
+    k->na = (size_t)B * NH * T * T;
+    k->nl = (size_t)N * V;
+    const size_t nq = k->nq, na = k->na, nl = k->nl;
+    k->tok = rand_tokens(B, T, V);
+    k->x = frand((size_t)N * C, 2.0f);
+    k->w = frand(C, 1.0f);
+    k->b = frand(C, 1.0f);
+    k->dout = frand((size_t)N * C, 1.0f);
+    k->qkv = frand(nq, 1.0f);
+    k->logits = frand(nl, 5.0f);
+    k->wte = frand((size_t)V * C, 1.0f);
+    k->wpe = frand((size_t)T * C, 1.0f);
+    k->c1 = malloc(nq * 4);
+    k->c2 = malloc(nq * 4);
+    k->c3 = malloc(na * 4);
+    k->g1 = malloc((nq > nl ? nq : nl) * 4);
+    k->mean = malloc(N * 4);
+    k->rstd = malloc(N * 4);
+    k->scratch = malloc((size_t)B * NH * T * 4);
+    k->dw = calloc(C, 4);
+    k->db = calloc(C, 4);
+    k->dx = calloc((size_t)N * C, 4);
+    k->rl = malloc(N * 4);
+    CU_ASSERT_FATAL(k->tok && k->x && k->w && k->b && k->dout && k->qkv && k->logits && k->wte && k->wpe && k->c1 &&
+                    k->c2 && k->c3 && k->g1 && k->mean && k->rstd && k->scratch && k->dw && k->db && k->dx && k->rl);
+    k->dtok = dup_to_dev(k->tok, (size_t)B * (T + 1) * 4);
+    k->dX = dup_to_dev(k->x, (size_t)N * C * 4);
+    k->dW = dup_to_dev(k->w, C * 4);
+    k->dB = dup_to_dev(k->b, C * 4);
+    k->dO = dev_poison(nq);
+    k->dM = dev_poison(N);
+    k->dR = dev_poison(N);
+    k->dD = dup_to_dev(k->dout, (size_t)N * C * 4);
+    k->dQ = dup_to_dev(k->qkv, nq * 4);
+    k->dA = dev_poison(na);
+    k->dY = dev_poison((size_t)N * C);
+    k->dL = dup_to_dev(k->logits, nl * 4);
+    k->dRL = dev_poison(N);
+    k->dwte = dup_to_dev(k->wte, (size_t)V * C * 4);
+    k->dwpe = dup_to_dev(k->wpe, (size_t)T * C * 4);
+    k->dgw = dup_to_dev(k->dw, C * 4);
+    k->dgb = dup_to_dev(k->db, C * 4);
+    k->ddx = dup_to_dev(k->dx, (size_t)N * C * 4);
+    CU_ASSERT_FATAL(k->dtok && k->dX && k->dW && k->dB && k->dO && k->dM && k->dR && k->dD && k->dQ && k->dA &&
+                    k->dY && k->dL && k->dRL && k->dwte && k->dwpe && k->dgw && k->dgb && k->ddx);
+}
+
+static void kv_free(kv_bufs *k) {
+    void *devs[] = {k->dtok, k->dX, k->dW, k->dB, k->dO, k->dM, k->dR, k->dD, k->dQ,
+                    k->dA, k->dY, k->dL, k->dRL, k->dwte, k->dwpe, k->dgw, k->dgb, k->ddx};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) dsc_free(devs[i]);
+    void *hs[] = {k->tok, k->x, k->w, k->b, k->dout, k->qkv, k->logits, k->wte, k->wpe, k->c1,
+                  k->c2, k->c3, k->g1, k->mean, k->rstd, k->scratch, k->dw, k->db, k->dx, k->rl};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) free(hs[i]);
+}
+
+static void kv_layernorm(const kv_bufs *k) {
+    const int N = k->N, C = k->C;
+    float *g1 = k->g1;
+    ds_layernorm_fwd_ref(N, C, k->x, k->w, k->b, k->c1, k->mean, k->rstd);
+    DSC_ASSERT_OK(dsc_layernorm_fwd(g_ctx, N, C, k->dX, k->dW, k->dB, k->dO, k->dM, k->dR));
+    CU_ASSERT_FATAL(to_host(g1, k->dO, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, k->c1, (size_t)N * C, "cpu-kernel layernorm fwd") < TOL32);
+    ds_layernorm_bwd_ref(N, C, k->dout, k->x, k->mean, k->rstd, k->w, k->dx, k->dw, k->db);
+    DSC_ASSERT_OK(dsc_layernorm_bwd(g_ctx, N, C, k->dD, k->dX, k->dM, k->dR, k->dW, k->ddx, k->dgw, k->dgb));
+    CU_ASSERT_FATAL(to_host(g1, k->ddx, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, k->dx, (size_t)N * C, "cpu-kernel layernorm bwd dx") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, k->dgw, C * 4) == 0);
+    CU_ASSERT(vs(g1, k->dw, C, "cpu-kernel layernorm bwd dw") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, k->dgb, C * 4) == 0);
+    CU_ASSERT(vs(g1, k->db, C, "cpu-kernel layernorm bwd db") < TOL32);
+}
+
+static void kv_gelu(const kv_bufs *k) {
+    const int64_t NC = (int64_t)k->N * k->C;
+    float *g1 = k->g1;
+    ds_gelu_fwd_ref(NC, k->x, k->c1);
+    DSC_ASSERT_OK(dsc_gelu_fwd(g_ctx, NC, k->dX, k->dO));
+    CU_ASSERT_FATAL(to_host(g1, k->dO, (size_t)NC * 4) == 0);
+    CU_ASSERT(vs(g1, k->c1, (size_t)NC, "cpu-kernel gelu fwd") < TOL32);
+    memcpy(k->c1, k->dout, (size_t)NC * 4);
+    ds_gelu_bwd_ref(NC, k->x, k->c1);
+    DSC_ASSERT_OK(dsc_gelu_bwd(g_ctx, NC, k->dX, k->dD));
+    CU_ASSERT_FATAL(to_host(g1, k->dD, (size_t)NC * 4) == 0);
+    CU_ASSERT(vs(g1, k->c1, (size_t)NC, "cpu-kernel gelu bwd") < TOL32);
+}
+
+/* attention (the CPU writes only t2 <= t: compare y and dqkv) */
+static void kv_attention(const kv_bufs *k) {
+    const int B = k->B, T = k->T, C = k->C, NH = k->NH, N = k->N;
+    float *g1 = k->g1;
+    ds_attention_fwd_ref(B, T, C, NH, k->qkv, k->c3, k->c2);
+    DSC_ASSERT_OK(dsc_attention_fwd(g_ctx, B, T, C, NH, k->dQ, k->dA, k->dY));
+    CU_ASSERT_FATAL(to_host(g1, k->dY, (size_t)N * C * 4) == 0);
+    CU_ASSERT(vs(g1, k->c2, (size_t)N * C, "cpu-kernel attention fwd y") < TOL32);
+    ds_attention_bwd_ref(B, T, C, NH, k->qkv, k->c3, k->dout, k->c1, k->scratch);
+    DSC_ASSERT_OK(dsc_memcpy(g_ctx, k->dD, k->dout, (size_t)N * C * 4, DSC_H2D));
+    DSC_ASSERT_OK(dsc_attention_bwd(g_ctx, B, T, C, NH, k->dQ, k->dA, k->dD, k->dO));
+    CU_ASSERT_FATAL(to_host(g1, k->dO, k->nq * 4) == 0);
+    CU_ASSERT(vs(g1, k->c1, k->nq, "cpu-kernel attention bwd dqkv") < TOL32);
+}
+
+static void kv_crossent(const kv_bufs *k) {
+    const int B = k->B, T = k->T, V = k->V, N = k->N;
+    const size_t nl = k->nl, nq = k->nq;
+    float *g1 = k->g1;
+    memcpy(k->c1, k->logits, nl * 4 < nq * 4 ? nl * 4 : nq * 4);
     float *cl = malloc(nl * 4);
     CU_ASSERT_FATAL(cl != NULL);
-    memcpy(cl, logits, nl * 4);
-    ds_crossent_ref(B, T, V, tok, cl, 0.25f, rl);
-    DSC_ASSERT_OK(dsc_crossentropy(g_ctx, B, T, V, dtok, dL, dRL, 0.25f, NULL));
-    CU_ASSERT_FATAL(to_host(g1, dL, nl * 4) == 0);
+    memcpy(cl, k->logits, nl * 4);
+    ds_crossent_ref(B, T, V, k->tok, cl, 0.25f, k->rl);
+    DSC_ASSERT_OK(dsc_crossentropy(g_ctx, B, T, V, k->dtok, k->dL, k->dRL, 0.25f, NULL));
+    CU_ASSERT_FATAL(to_host(g1, k->dL, nl * 4) == 0);
     CU_ASSERT(vs(g1, cl, nl, "cpu-kernel crossent dlogits") < TOL32);
-    CU_ASSERT_FATAL(to_host(g1, dRL, N * 4) == 0);
-    CU_ASSERT(vs(g1, rl, N, "cpu-kernel crossent row loss") < TOL32);
+    CU_ASSERT_FATAL(to_host(g1, k->dRL, N * 4) == 0);
+    CU_ASSERT(vs(g1, k->rl, N, "cpu-kernel crossent row loss") < TOL32);
     free(cl);
-    /* embedding: bitwise */
-    ds_embed_fwd_ref(B, T, C, tok, wte, wpe, c1);
-    DSC_ASSERT_OK(dsc_embed_fwd(g_ctx, B, T, C, dtok, dwte, dwpe, dO));
-    CU_ASSERT_FATAL(to_host(g1, dO, (size_t)N * C * 4) == 0);
-    CU_ASSERT_EQUAL(count_bit_mismatch(g1, c1, (size_t)N * C, 4, "cpu-kernel embed fwd"), 0);
-    DSC_ASSERT_OK(dsc_memcpy(g_ctx, dD, dout, (size_t)N * C * 4, DSC_H2D));
-    ds_embed_bwd_ref(B, T, C, tok, dout, wte, wpe);
-    DSC_ASSERT_OK(dsc_embed_bwd(g_ctx, B, T, C, V, tok, dD, dwte, dwpe));
-    CU_ASSERT_FATAL(to_host(g1, dwte, (size_t)V * C * 4) == 0);
-    CU_ASSERT_EQUAL(count_bit_mismatch(g1, wte, (size_t)V * C, 4, "cpu-kernel embed bwd wte"), 0);
-    CU_ASSERT_FATAL(to_host(g1, dwpe, (size_t)T * C * 4) == 0);
-    CU_ASSERT_EQUAL(count_bit_mismatch(g1, wpe, (size_t)T * C, 4, "cpu-kernel embed bwd wpe"), 0);
-    void *devs[] = {dtok, dX, dW, dB, dO, dM, dR, dD, dQ, dA, dY, dL, dRL, dwte, dwpe, dgw, dgb, ddx};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) dsc_free(devs[i]);
-    void *hs[] = {tok, x, w, b, dout, qkv, logits, wte, wpe, c1, c2, c3, g1, mean, rstd, scratch, dw, db, dx, rl};
-    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) free(hs[i]);
+}
+
+/* embedding: bitwise */
+static void kv_embed(const kv_bufs *k) {
+    const int B = k->B, T = k->T, C = k->C, V = k->V, N = k->N;
+    float *g1 = k->g1;
+    ds_embed_fwd_ref(B, T, C, k->tok, k->wte, k->wpe, k->c1);
+    DSC_ASSERT_OK(dsc_embed_fwd(g_ctx, B, T, C, k->dtok, k->dwte, k->dwpe, k->dO));
+    CU_ASSERT_FATAL(to_host(g1, k->dO, (size_t)N * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, k->c1, (size_t)N * C, 4, "cpu-kernel embed fwd"), 0);
+    DSC_ASSERT_OK(dsc_memcpy(g_ctx, k->dD, k->dout, (size_t)N * C * 4, DSC_H2D));
+    ds_embed_bwd_ref(B, T, C, k->tok, k->dout, k->wte, k->wpe);
+    DSC_ASSERT_OK(dsc_embed_bwd(g_ctx, B, T, C, V, k->tok, k->dD, k->dwte, k->dwpe));
+    CU_ASSERT_FATAL(to_host(g1, k->dwte, (size_t)V * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, k->wte, (size_t)V * C, 4, "cpu-kernel embed bwd wte"), 0);
+    CU_ASSERT_FATAL(to_host(g1, k->dwpe, (size_t)T * C * 4) == 0);
+    CU_ASSERT_EQUAL(count_bit_mismatch(g1, k->wpe, (size_t)T * C, 4, "cpu-kernel embed bwd wpe"), 0);
+}
+
+static void test_vs_cpu_kernels(void) {
+    kv_bufs k;
+    kv_alloc(&k);
+    kv_layernorm(&k);
+    kv_gelu(&k);
+    kv_attention(&k);
+    kv_crossent(&k);
+    kv_embed(&k);
+    kv_free(&k);
 }
 
 static void test_args(void) {
