@@ -109,6 +109,107 @@ static uint32_t g32(const uint8_t *p) { return p[0] | p[1] << 8 | p[2] << 16 | (
 
 static uint8_t pattern(size_t member, size_t k) { return (uint8_t)(member * 37 + k * 11 + 5); }
 
+/* Local headers (64-byte aligned data, as torch pads with an "FB" extra field),
+ * pattern data and data descriptors; crcs[i] receives each member's CRC-32. */
+static void tb_locals(tbuf *b, const char *const *names, const size_t *sizes, size_t n, tlay *L, uint32_t *crcs) {
+    for (size_t i = 0; i < n; i++) {
+        size_t nlen = strlen(names[i]);
+        L->local[i] = b->n;
+        size_t pad = (64 - (b->n + 30 + nlen + 4) % 64) % 64;
+        tb_u32(b, 0x04034b50);
+        tb_u16(b, 0);
+        tb_u16(b, sizes[i] ? 0x0808 : 0x0800);
+        for (int k = 0; k < 18; k++) tb_put(b, "", 1); /* method, time, date, CRC, sizes: zero */
+        tb_u16(b, (uint32_t)nlen);
+        tb_u16(b, (uint32_t)(4 + pad));
+        tb_put(b, names[i], nlen);
+        tb_put(b, "FB", 2);
+        tb_u16(b, (uint32_t)pad);
+        for (size_t k = 0; k < pad; k++) tb_put(b, "Z", 1);
+        L->data[i] = b->n;
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (size_t k = 0; k < sizes[i]; k++) {
+            uint8_t c = pattern(i, k);
+            tb_put(b, &c, 1);
+            crc = crc32(crc, &c, 1);
+        }
+        crcs[i] = (uint32_t)crc;
+        if (sizes[i]) {
+            tb_u32(b, 0x08074b50);
+            tb_u32(b, crcs[i]);
+            tb_u32(b, (uint32_t)sizes[i]);
+            tb_u32(b, (uint32_t)sizes[i]);
+        }
+    }
+}
+
+/* The central directory; with z64_central, saturated sizes and offsets and a
+ * ZIP64 extra field in every entry. */
+static void tb_central(tbuf *b, const char *const *names, const size_t *sizes, size_t n, bool z64_central,
+                       tlay *L, const uint32_t *crcs) {
+    L->cd_off = b->n;
+    for (size_t i = 0; i < n; i++) {
+        size_t nlen = strlen(names[i]);
+        L->cent[i] = b->n;
+        tb_u32(b, 0x02014b50);
+        tb_u16(b, 0);
+        tb_u16(b, 0);
+        tb_u16(b, sizes[i] ? 0x0808 : 0x0800);
+        tb_u16(b, 0);
+        tb_u32(b, 0);
+        tb_u32(b, crcs[i]);
+        tb_u32(b, z64_central ? 0xFFFFFFFFu : (uint32_t)sizes[i]);
+        tb_u32(b, z64_central ? 0xFFFFFFFFu : (uint32_t)sizes[i]);
+        tb_u16(b, (uint32_t)nlen);
+        tb_u16(b, z64_central ? 28 : 0);
+        tb_u16(b, 0);
+        tb_u16(b, 0);
+        tb_u16(b, 0);
+        tb_u32(b, 0);
+        tb_u32(b, z64_central ? 0xFFFFFFFFu : (uint32_t)L->local[i]);
+        tb_put(b, names[i], nlen);
+        if (z64_central) {
+            tb_u16(b, 1);
+            tb_u16(b, 24);
+            tb_u64(b, sizes[i]);
+            tb_u64(b, sizes[i]);
+            tb_u64(b, L->local[i]);
+        }
+    }
+}
+
+/* The end records: with z64_end the ZIP64 end record and its locator, then the
+ * classic end record. */
+static void tb_end(tbuf *b, size_t n, bool z64_end, tlay *L) {
+    size_t cd_size = b->n - L->cd_off;
+    if (z64_end) {
+        L->z64 = b->n;
+        tb_u32(b, 0x06064b50);
+        tb_u64(b, 44);
+        tb_u16(b, 0x031E);
+        tb_u16(b, 0x2D);
+        tb_u32(b, 0);
+        tb_u32(b, 0);
+        tb_u64(b, n);
+        tb_u64(b, n);
+        tb_u64(b, cd_size);
+        tb_u64(b, L->cd_off);
+        L->loc = b->n;
+        tb_u32(b, 0x07064b50);
+        tb_u32(b, 0);
+        tb_u64(b, L->z64);
+        tb_u32(b, 1);
+    }
+    L->eocd = b->n;
+    tb_u32(b, 0x06054b50);
+    tb_u32(b, 0);
+    tb_u16(b, (uint32_t)n);
+    tb_u16(b, (uint32_t)n);
+    tb_u32(b, (uint32_t)cd_size);
+    tb_u32(b, (uint32_t)L->cd_off);
+    tb_u16(b, 0);
+}
+
 /* Members names[i] with sizes[i] pattern bytes, laid out as torch does. With
  * z64_central every central entry has saturated sizes and offset and a ZIP64
  * extra field; without z64_end there is only the classic end record. */
@@ -119,91 +220,9 @@ static uint8_t *tb_build(const char *const *names, const size_t *sizes, size_t n
     uint32_t crcs[TB_MAX];
     memset(L, 0, sizeof *L);
     L->n = n;
-    for (size_t i = 0; i < n; i++) {
-        size_t nlen = strlen(names[i]);
-        L->local[i] = b.n;
-        size_t pad = (64 - (b.n + 30 + nlen + 4) % 64) % 64;
-        tb_u32(&b, 0x04034b50);
-        tb_u16(&b, 0);
-        tb_u16(&b, sizes[i] ? 0x0808 : 0x0800);
-        for (int k = 0; k < 18; k++) tb_put(&b, "", 1); /* method, time, date, CRC, sizes: zero */
-        tb_u16(&b, (uint32_t)nlen);
-        tb_u16(&b, (uint32_t)(4 + pad));
-        tb_put(&b, names[i], nlen);
-        tb_put(&b, "FB", 2);
-        tb_u16(&b, (uint32_t)pad);
-        for (size_t k = 0; k < pad; k++) tb_put(&b, "Z", 1);
-        L->data[i] = b.n;
-        uLong crc = crc32(0L, Z_NULL, 0);
-        for (size_t k = 0; k < sizes[i]; k++) {
-            uint8_t c = pattern(i, k);
-            tb_put(&b, &c, 1);
-            crc = crc32(crc, &c, 1);
-        }
-        crcs[i] = (uint32_t)crc;
-        if (sizes[i]) {
-            tb_u32(&b, 0x08074b50);
-            tb_u32(&b, crcs[i]);
-            tb_u32(&b, (uint32_t)sizes[i]);
-            tb_u32(&b, (uint32_t)sizes[i]);
-        }
-    }
-    L->cd_off = b.n;
-    for (size_t i = 0; i < n; i++) {
-        size_t nlen = strlen(names[i]);
-        L->cent[i] = b.n;
-        tb_u32(&b, 0x02014b50);
-        tb_u16(&b, 0);
-        tb_u16(&b, 0);
-        tb_u16(&b, sizes[i] ? 0x0808 : 0x0800);
-        tb_u16(&b, 0);
-        tb_u32(&b, 0);
-        tb_u32(&b, crcs[i]);
-        tb_u32(&b, z64_central ? 0xFFFFFFFFu : (uint32_t)sizes[i]);
-        tb_u32(&b, z64_central ? 0xFFFFFFFFu : (uint32_t)sizes[i]);
-        tb_u16(&b, (uint32_t)nlen);
-        tb_u16(&b, z64_central ? 28 : 0);
-        tb_u16(&b, 0);
-        tb_u16(&b, 0);
-        tb_u16(&b, 0);
-        tb_u32(&b, 0);
-        tb_u32(&b, z64_central ? 0xFFFFFFFFu : (uint32_t)L->local[i]);
-        tb_put(&b, names[i], nlen);
-        if (z64_central) {
-            tb_u16(&b, 1);
-            tb_u16(&b, 24);
-            tb_u64(&b, sizes[i]);
-            tb_u64(&b, sizes[i]);
-            tb_u64(&b, L->local[i]);
-        }
-    }
-    size_t cd_size = b.n - L->cd_off;
-    if (z64_end) {
-        L->z64 = b.n;
-        tb_u32(&b, 0x06064b50);
-        tb_u64(&b, 44);
-        tb_u16(&b, 0x031E);
-        tb_u16(&b, 0x2D);
-        tb_u32(&b, 0);
-        tb_u32(&b, 0);
-        tb_u64(&b, n);
-        tb_u64(&b, n);
-        tb_u64(&b, cd_size);
-        tb_u64(&b, L->cd_off);
-        L->loc = b.n;
-        tb_u32(&b, 0x07064b50);
-        tb_u32(&b, 0);
-        tb_u64(&b, L->z64);
-        tb_u32(&b, 1);
-    }
-    L->eocd = b.n;
-    tb_u32(&b, 0x06054b50);
-    tb_u32(&b, 0);
-    tb_u16(&b, (uint32_t)n);
-    tb_u16(&b, (uint32_t)n);
-    tb_u32(&b, (uint32_t)cd_size);
-    tb_u32(&b, (uint32_t)L->cd_off);
-    tb_u16(&b, 0);
+    tb_locals(&b, names, sizes, n, L, crcs);
+    tb_central(&b, names, sizes, n, z64_central, L, crcs);
+    tb_end(&b, n, z64_end, L);
     L->size = b.n;
     return b.p;
 }
