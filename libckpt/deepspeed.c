@@ -532,56 +532,50 @@ static dsckpt_status module_aliases(const pk_obj *module, int **out) {
     return DSCKPT_OK;
 }
 
-/* Everything after the trainable tensors: frozen parameters, buffers, tied
- * weights, and the carried non-tensor state. x->model (x->nmodel files, by rank)
- * are registered; osd holds loss_scaler; pgs the param groups and steps[g] each
- * group's step. Shared by the DeepSpeed and universal readers. */
-static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_t W, const pk_obj *osd, const pk_obj *pgs,
-                                const double *steps, const char *opt_type) {
-    dsckpt_status st = DSCKPT_OK;
+/* Stages 2/3: every frozen parameter of frozen_param_shapes from each model file's
+ * frozen_param_fragments (whole at stage 2, one piece per rank at stage 3). */
+static dsckpt_status frozen_frags(ds_open_ctx *x, size_t *tcap_p, int stage, size_t W) {
+    dsckpt_ckpt *c = x->c;
+    pk_obj *fshapes = pk_get(x->model[0].root, "frozen_param_shapes");
+    if (stage < 2 || !fshapes || fshapes->kind != PK_DICT) return DSCKPT_OK;
+    for (size_t k = 0; k < fshapes->n; k++) {
+        const char *name = pk_as_str(fshapes->keys[k]);
+        if (!name) continue;
+        for (size_t r = 0; r < x->nmodel; r++) {
+            pk_obj *frs = pk_get(x->model[r].root, "frozen_param_fragments");
+            pk_obj *fr = frs ? pk_get(frs, name) : NULL;
+            if (!fr || fr->kind != PK_TENSOR)
+                return ds_err(DSCKPT_ECORRUPT, "%s: frozen parameter '%s' has no fragment", x->model[r].path, name);
+            int ti = find_tensor(c, name);
+            if (ti < 0) {
+                uint32_t nt;
+                DS_TRY(add_tensor(c, tcap_p, name, fshapes->items[k], fr->tensor.dtype, false, false, -1, &nt));
+                ti = (int)nt;
+            }
+            char ctx[300];
+            snprintf(ctx, sizeof ctx, "frozen parameter '%s'", name);
+            uint64_t off, n, s0, cnt, tn = c->tensors[ti].numel;
+            DS_TRY(tensor_loc(&x->model[r], fr, c->tensors[ti].dtype, &off, &n, ctx));
+            if (stage == 3) ds_part_real(ds_part_piece(tn, (int)W), (int)r, tn, &s0, &cnt);
+            else s0 = 0, cnt = tn;
+            if (n < cnt)
+                return ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, needs %llu", x->model[r].path, ctx,
+                              (unsigned long long)n, (unsigned long long)cnt);
+            DS_TRY(add_frag(x, DS_ST_W16, (uint32_t)ti, s0, cnt, x->model[r].file_index, off, c->tensors[ti].dtype));
+        }
+    }
+    return DSCKPT_OK;
+}
+
+/* From `module`: buffers, and at stage 1 the frozen parameters (stage 1 saves no
+ * frozen metadata; they exist only there). Tied second names are skipped
+ * (z0_alias: stage 0's, from storage sharing, or NULL). */
+static dsckpt_status module_entries(ds_open_ctx *x, size_t *tcap_p, int stage, const int *z0_alias) {
     dsckpt_ckpt *c = x->c;
     const ds_pt *m0 = &x->model[0];
     pk_obj *module = pk_get(m0->root, "module");
-    const int *z0_alias = stage == 0 ? x->z0_alias : NULL; /* stage 0 saves no shared_params */
     pk_obj *bufnames = pk_get(m0->root, "buffer_names");
     pk_obj *shared = pk_get(m0->root, "shared_params");
-    /* Frozen parameters. */
-    pk_obj *fshapes = pk_get(m0->root, "frozen_param_shapes");
-    if (stage >= 2 && fshapes && fshapes->kind == PK_DICT) {
-        for (size_t k = 0; k < fshapes->n; k++) {
-            const char *name = pk_as_str(fshapes->keys[k]);
-            if (!name) continue;
-            for (size_t r = 0; r < x->nmodel; r++) {
-                pk_obj *frs = pk_get(x->model[r].root, "frozen_param_fragments");
-                pk_obj *fr = frs ? pk_get(frs, name) : NULL;
-                if (!fr || fr->kind != PK_TENSOR) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: frozen parameter '%s' has no fragment", x->model[r].path, name);
-                    return st;
-                }
-                int ti = find_tensor(c, name);
-                if (ti < 0) {
-                    uint32_t nt;
-                    DS_TRY(add_tensor(c, tcap_p, name, fshapes->items[k], fr->tensor.dtype, false, false, -1, &nt));
-                    ti = (int)nt;
-                }
-                char ctx[300];
-                snprintf(ctx, sizeof ctx, "frozen parameter '%s'", name);
-                uint64_t off, n, s0, cnt, tn = c->tensors[ti].numel;
-                DS_TRY(tensor_loc(&x->model[r], fr, c->tensors[ti].dtype, &off, &n, ctx));
-                if (stage == 3) ds_part_real(ds_part_piece(tn, (int)W), (int)r, tn, &s0, &cnt);
-                else s0 = 0, cnt = tn;
-                if (n < cnt) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, needs %llu", x->model[r].path, ctx,
-                                (unsigned long long)n, (unsigned long long)cnt);
-                    return st;
-                }
-                DS_TRY(add_frag(x, DS_ST_W16, (uint32_t)ti, s0, cnt, x->model[r].file_index, off, c->tensors[ti].dtype));
-            }
-        }
-    }
-
-    /* From `module`: buffers, and at stage 1 the frozen parameters (stage 1 saves
-     * no frozen metadata; they exist only there). */
     for (size_t k = 0; module && module->kind == PK_DICT && k < module->n; k++) {
         const char *name = pk_as_str(module->keys[k]);
         pk_obj *t = module->items[k];
@@ -601,9 +595,16 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
         DS_TRY(tensor_loc(m0, t, t->tensor.dtype, &off, &n, ctx));
         DS_TRY(add_frag(x, DS_ST_W16, ti, 0, n, m0->file_index, off, t->tensor.dtype));
     }
+    return DSCKPT_OK;
+}
 
-    /* Tied weights: written once under the owner, aliases recorded (from
-     * shared_params, or at stage 0, which saves none, from storage sharing). */
+/* Tied weights: written once under the owner, aliases recorded (from
+ * shared_params, or at stage 0, which saves none, from storage sharing:
+ * z0_alias). */
+static dsckpt_status tied_aliases(ds_open_ctx *x, const int *z0_alias) {
+    dsckpt_ckpt *c = x->c;
+    pk_obj *module = pk_get(x->model[0].root, "module");
+    pk_obj *shared = pk_get(x->model[0].root, "shared_params");
     size_t nshared = shared && shared->kind == PK_DICT ? shared->n : 0;
     size_t nmod = z0_alias && module && module->kind == PK_DICT ? module->n : 0;
     for (size_t k = 0; k < nshared + nmod; k++) {
@@ -626,37 +627,59 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
         if (!(t->aliases[t->naliases] = ds_strdup(alias))) return DSCKPT_ENOMEM;
         t->naliases++;
     }
+    return DSCKPT_OK;
+}
 
-    /* Non-tensor state, in the shape of the native manifest's carried objects. */
-    {
-        cJSON *root = cJSON_CreateObject(), *state = cJSON_CreateObject();
-        cJSON_AddItemToObject(root, "state", state);
-        cJSON *opt = cJSON_AddObjectToObject(state, "optimizer");
-        cJSON_AddStringToObject(opt, "type", opt_type);
-        cJSON *jpg = cJSON_AddArrayToObject(opt, "param_groups");
-        for (size_t g = 0; pgs && pgs->kind == PK_LIST && g < pgs->n; g++) {
-            cJSON *j = to_json(pgs->items[g], 0);
-            cJSON_DeleteItemFromObject(j, "params");
-            cJSON_AddNumberToObject(j, "step", steps[g]);
-            cJSON_AddItemToArray(jpg, j);
-        }
-        pk_obj *ls = pk_get(osd, "loss_scaler");
-        if (ls) cJSON_AddItemToObject(state, "loss_scaler", to_json(ls, 0));
-        pk_obj *sched = pk_get(m0->root, "lr_scheduler");
-        if (sched) cJSON_AddItemToObject(state, "scheduler", to_json(sched, 0));
-        pk_obj *ver = pk_get(m0->root, "ds_version");
-        if (pk_as_str(ver)) cJSON_AddStringToObject(state, "ds_version", pk_as_str(ver));
-        cJSON_AddNumberToObject(state, "global_samples", (double)({
-                                    int64_t v = 0;
-                                    pk_as_int(pk_get(m0->root, "global_samples"), &v);
-                                    v;
-                                }));
-        pk_obj *cfg = pk_get(m0->root, "ds_config");
-        cJSON_AddItemToObject(root, "ds_config", cfg && cfg->kind == PK_DICT ? to_json(cfg, 0) : cJSON_CreateObject());
-        cJSON_AddItemToObject(root, "metrics", cJSON_CreateObject());
-        c->manifest = root;
+/* The optimizer side of the carried non-tensor state. */
+typedef struct optim_carry {
+    const pk_obj *osd;    /* holds loss_scaler */
+    const pk_obj *pgs;    /* the param groups (hyper-parameters) */
+    const double *steps;  /* each group's step */
+    const char *type;     /* the optimizer's name */
+} optim_carry;
+
+/* Non-tensor state, in the shape of the native manifest's carried objects:
+ * c->manifest. */
+static void carried_state(dsckpt_ckpt *c, const ds_pt *m0, const optim_carry *oc) {
+    cJSON *root = cJSON_CreateObject(), *state = cJSON_CreateObject();
+    cJSON_AddItemToObject(root, "state", state);
+    cJSON *opt = cJSON_AddObjectToObject(state, "optimizer");
+    cJSON_AddStringToObject(opt, "type", oc->type);
+    cJSON *jpg = cJSON_AddArrayToObject(opt, "param_groups");
+    for (size_t g = 0; oc->pgs && oc->pgs->kind == PK_LIST && g < oc->pgs->n; g++) {
+        cJSON *j = to_json(oc->pgs->items[g], 0);
+        cJSON_DeleteItemFromObject(j, "params");
+        cJSON_AddNumberToObject(j, "step", oc->steps[g]);
+        cJSON_AddItemToArray(jpg, j);
     }
-    return st;
+    pk_obj *ls = pk_get(oc->osd, "loss_scaler");
+    if (ls) cJSON_AddItemToObject(state, "loss_scaler", to_json(ls, 0));
+    pk_obj *sched = pk_get(m0->root, "lr_scheduler");
+    if (sched) cJSON_AddItemToObject(state, "scheduler", to_json(sched, 0));
+    pk_obj *ver = pk_get(m0->root, "ds_version");
+    if (pk_as_str(ver)) cJSON_AddStringToObject(state, "ds_version", pk_as_str(ver));
+    cJSON_AddNumberToObject(state, "global_samples", (double)({
+                                int64_t v = 0;
+                                pk_as_int(pk_get(m0->root, "global_samples"), &v);
+                                v;
+                            }));
+    pk_obj *cfg = pk_get(m0->root, "ds_config");
+    cJSON_AddItemToObject(root, "ds_config", cfg && cfg->kind == PK_DICT ? to_json(cfg, 0) : cJSON_CreateObject());
+    cJSON_AddItemToObject(root, "metrics", cJSON_CreateObject());
+    c->manifest = root;
+}
+
+/* Everything after the trainable tensors: frozen parameters, buffers, tied
+ * weights, and the carried non-tensor state. x->model (x->nmodel files, by rank)
+ * are registered; oc gives the optimizer's carried state. Shared by the
+ * DeepSpeed and universal readers. */
+static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_t W, const optim_carry *oc) {
+    const int *z0_alias = stage == 0 ? x->z0_alias : NULL; /* stage 0 saves no shared_params */
+    DS_TRY(frozen_frags(x, tcap_p, stage, W));
+    DS_TRY(module_entries(x, tcap_p, stage, z0_alias));
+    DS_TRY(tied_aliases(x, z0_alias));
+    carried_state(x->c, &x->model[0], oc);
+    return DSCKPT_OK;
 }
 
 /* ---- ZeRO-0 (no partitioning) ---- */
@@ -693,26 +716,29 @@ static bool z0_same_shape(const pk_obj *t, const pk_obj *u) {
     return true;
 }
 
-/* A ZeRO-0 checkpoint: everything is in mp_rank_00_model_states.pt. `module`
- * holds the working weights, `optimizer` the optimizer's state_dict():
- * - bf16/fp16: FP16_UnfusedOptimizer's (fp32_groups[g][k], the fp32 master of
- *   the k-th parameter of group g; optimizer_state_dict: torch's, keyed by the
- *   running parameter index);
- * - fp32: torch's own (the module weights are the masters).
- * The file names no optimizer entry (param_shapes and shared_params are None), so
- * each is matched to the module entry of its shape, in module order within a
- * group; with fp32 masters the candidate whose 16-bit weights are their cast is
- * preferred. Module entries matched by no optimizer entry are frozen (or
- * buffers); a second name of one storage is a tied alias. */
-static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
+/* A ZeRO-0 checkpoint's optimizer entries as zero0_open matches them to the
+ * entries of `module`. */
+typedef struct z0_match {
+    ds_open_ctx *x;
+    size_t *tcap;
+    const ds_pt *m;         /* mp_rank_00_model_states.pt */
+    pk_obj *module;
+    pk_obj *opt;            /* the optimizer's state_dict() */
+    pk_obj *hp;             /* fp32_groups (FP16_UnfusedOptimizer), or NULL (fp32: torch's own) */
+    pk_obj *state, *pgs;    /* torch's state (by running parameter index) and param_groups */
+    int *owner;             /* module entry -> 1 + trainable index, 0 unmatched, -1 never a parameter */
+    double *steps;          /* each group's step */
+    dsckpt_dtype model_dt;  /* of the first matched module entry; DSCKPT_DTYPE_COUNT before */
+} z0_match;
+
+/* Finds, and checks the form of, m's `module` and `optimizer`: z->module, z->opt,
+ * z->hp, z->state, z->pgs. */
+static dsckpt_status z0_optimizer(z0_match *z) {
     dsckpt_status st = DSCKPT_OK;
-    ds_pt *m = &x->model[0];
-    const char *what = m->path;
-    int *owner = NULL; /* module entry -> 1 + trainable index, 0 unmatched, -1 never a parameter */
-    double *steps = NULL;
-    pk_obj *module = need(m->root, "module", PK_DICT, what, &st);
+    const char *what = z->m->path;
+    pk_obj *module = need(z->m->root, "module", PK_DICT, what, &st);
     if (!module) return st;
-    pk_obj *opt = pk_get(m->root, "optimizer");
+    pk_obj *opt = pk_get(z->m->root, "optimizer");
     if (!opt || opt->kind == PK_NONE)
         return ds_err(DSCKPT_EUNSUPPORTED,
                       "%s: a ZeRO-0 checkpoint without optimizer state (saved with bf16 by DeepSpeed before 0.18.5, "
@@ -732,6 +758,122 @@ static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
     if (hp && (hp->kind != PK_LIST || hp->n != pgs->n))
         return ds_err(DSCKPT_ECORRUPT, "%s: fp32_groups has %zu groups, param_groups %zu", what,
                       hp->kind == PK_LIST ? hp->n : 0, pgs->n);
+    z->module = module;
+    z->opt = opt;
+    z->hp = hp;
+    z->state = state;
+    z->pgs = pgs;
+    return DSCKPT_OK;
+}
+
+/* z->owner, one slot per module entry: -1 for the entries that cannot be a
+ * trainable parameter (no name, not a tensor, a tied second name, a buffer),
+ * 0 for the others (matched later). Needs x->z0_alias. */
+static dsckpt_status z0_owners(z0_match *z) {
+    const pk_obj *module = z->module;
+    pk_obj *bufnames = pk_get(z->m->root, "buffer_names");
+    DS_TRY(ds_calloc(module->n ? module->n : 1, sizeof *z->owner, &z->owner));
+    for (size_t j = 0; j < module->n; j++) {
+        const char *nm = pk_as_str(module->keys[j]);
+        if (!nm || module->items[j]->kind != PK_TENSOR || z->x->z0_alias[j] >= 0) z->owner[j] = -1;
+    }
+    for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++) {
+        pk_obj *bi = pk_as_str(bufnames->items[b]) ? pk_get(module, pk_as_str(bufnames->items[b])) : NULL;
+        for (size_t j = 0; bi && j < module->n; j++)
+            if (module->items[j] == bi) z->owner[j] = -1;
+    }
+    return DSCKPT_OK;
+}
+
+/* The module entry an optimizer entry of shape_of's shape belongs to: among the
+ * unmatched, non-buffer, non-alias module tensors of that shape, the first at or
+ * after `prev` (wrapping), preferring one whose 16-bit weights are the cast of
+ * `master` (NULL: fp32, no preference); -1 if there is none. */
+static long z0_pick(const z0_match *z, const pk_obj *shape_of, const pk_obj *master, size_t prev) {
+    const pk_obj *module = z->module;
+    long pick = -1, first = -1;
+    for (size_t s = 0; s < module->n && pick < 0; s++) {
+        size_t j = (prev + s) % module->n;
+        if (z->owner[j] || !z0_same_shape(module->items[j], shape_of)) continue;
+        if (first < 0) first = (long)j;
+        if (!master || z0_prefix_matches(z->m, module->items[j], master)) pick = (long)j;
+    }
+    return pick < 0 ? first : pick;
+}
+
+/* Trainable tensor ti's fp32 master, exp_avg and exp_avg_sq (src, in that
+ * order): each one whole fragment of the tensor's element count. */
+static dsckpt_status z0_states(z0_match *z, uint32_t ti, const pk_obj *const src[3]) {
+    const ds_tensor *t = &z->x->c->tensors[ti];
+    uint64_t n = t->numel, off[3], cnt[3];
+    static const char *const kind[3] = {"fp32 master", "exp_avg", "exp_avg_sq"};
+    static const ds_state sts[3] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+    for (int q = 0; q < 3; q++) {
+        char ctx[400];
+        snprintf(ctx, sizeof ctx, "%s of '%s'", kind[q], t->name);
+        DS_TRY(tensor_loc(z->m, src[q], DSCKPT_F32, &off[q], &cnt[q], ctx));
+        if (cnt[q] != n)
+            return ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, the parameter %llu", z->m->path, ctx,
+                          (unsigned long long)cnt[q], (unsigned long long)n);
+        DS_TRY(add_frag(z->x, sts[q], ti, 0, n, z->m->file_index, off[q], DSCKPT_F32));
+    }
+    return DSCKPT_OK;
+}
+
+/* Param group g: each optimizer entry matched, in module order, to a module entry
+ * of its shape, registered as a trainable tensor with its fp32 master and Adam
+ * moments; z->steps[g] the group's step. */
+static dsckpt_status z0_group(z0_match *z, size_t g) {
+    const char *what = z->m->path;
+    pk_obj *ids = pk_get(z->pgs->items[g], "params");
+    pk_obj *hpg = z->hp ? z->hp->items[g] : NULL;
+    if (!ids || ids->kind != PK_LIST || (hpg && (hpg->kind != PK_LIST || hpg->n != ids->n)))
+        return ds_err(DSCKPT_ECORRUPT, "%s: param group %zu: 'params' missing or not matching fp32_groups[%zu]", what, g, g);
+    z->steps[g] = -1;
+    size_t prev = 0; /* module position after the group's previous match */
+    for (size_t k = 0; k < ids->n; k++) {
+        int64_t id;
+        pk_obj *pst = pk_as_int(ids->items[k], &id) ? pk_get_int_key(z->state, id) : NULL;
+        pk_obj *ea = pst ? pk_get(pst, "exp_avg") : NULL, *eas = pst ? pk_get(pst, "exp_avg_sq") : NULL;
+        if (!pst || !ea || !eas)
+            return ds_err(DSCKPT_EUNSUPPORTED, "%s: param group %zu entry %zu has no exp_avg/exp_avg_sq (an optimizer "
+                                               "other than Adam, or a step never taken?)", what, g, k);
+        if (z->steps[g] < 0) z->steps[g] = read_step(z->m, pk_get(pst, "step"));
+        const pk_obj *master = hpg ? hpg->items[k] : NULL;
+        const pk_obj *shape_of = master ? master : ea;
+        long pick = z0_pick(z, shape_of, master, prev);
+        if (pick < 0)
+            return ds_err(DSCKPT_ECORRUPT, "%s: param group %zu entry %zu matches no parameter of its shape in 'module'",
+                          what, g, k);
+        const pk_obj *lp = z->module->items[pick];
+        if (!master) master = lp; /* fp32: the module weights are the masters */
+        if (z->model_dt == DSCKPT_DTYPE_COUNT) z->model_dt = lp->tensor.dtype;
+        uint32_t ti;
+        DS_TRY(add_tensor(z->x->c, z->tcap, pk_as_str(z->module->keys[pick]), lp, lp->tensor.dtype, true, false, (int)g,
+                          &ti));
+        z->owner[pick] = (int)ti + 1;
+        prev = (size_t)pick + 1;
+        const pk_obj *const src[3] = {master, ea, eas};
+        DS_TRY(z0_states(z, ti, src));
+    }
+    return DSCKPT_OK;
+}
+
+/* A ZeRO-0 checkpoint: everything is in mp_rank_00_model_states.pt. `module`
+ * holds the working weights, `optimizer` the optimizer's state_dict():
+ * - bf16/fp16: FP16_UnfusedOptimizer's (fp32_groups[g][k], the fp32 master of
+ *   the k-th parameter of group g; optimizer_state_dict: torch's, keyed by the
+ *   running parameter index);
+ * - fp32: torch's own (the module weights are the masters).
+ * The file names no optimizer entry (param_shapes and shared_params are None), so
+ * each is matched to the module entry of its shape, in module order within a
+ * group; with fp32 masters the candidate whose 16-bit weights are their cast is
+ * preferred. Module entries matched by no optimizer entry are frozen (or
+ * buffers); a second name of one storage is a tied alias. */
+static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
+    ds_pt *m = &x->model[0];
+    z0_match z = {.x = x, .tcap = tcap, .m = m, .model_dt = DSCKPT_DTYPE_COUNT};
+    DS_TRY(z0_optimizer(&z));
     int64_t W = 1;
     if (!pk_as_int(pk_get(m->root, "dp_world_size"), &W) || W < 1 || W > 1000000) W = 1;
     c->stage = 0;
@@ -739,93 +881,23 @@ static dsckpt_status zero0_open(dsckpt_ckpt *c, ds_open_ctx *x, size_t *tcap) {
     int64_t gs = 0;
     pk_as_int(pk_get(m->root, "global_steps"), &gs);
     c->step = gs;
-    c->ngroups = (int)pgs->n;
-    pk_obj *bufnames = pk_get(m->root, "buffer_names");
-    DS_TRY(module_aliases(module, &x->z0_alias));
-    DS_TRY(ds_calloc(module->n ? module->n : 1, sizeof *owner, &owner));
-    /* Entries that cannot be a trainable parameter: no name, not a tensor, a tied
-     * second name, a buffer (marked as owned, -1). */
-    for (size_t j = 0; j < module->n; j++) {
-        const char *nm = pk_as_str(module->keys[j]);
-        if (!nm || module->items[j]->kind != PK_TENSOR || x->z0_alias[j] >= 0) owner[j] = -1;
-    }
-    for (size_t b = 0; bufnames && bufnames->kind == PK_LIST && b < bufnames->n; b++) {
-        pk_obj *bi = pk_as_str(bufnames->items[b]) ? pk_get(module, pk_as_str(bufnames->items[b])) : NULL;
-        for (size_t j = 0; bi && j < module->n; j++)
-            if (module->items[j] == bi) owner[j] = -1;
-    }
-    DS_TRYGOTO(ds_calloc(pgs->n ? pgs->n : 1, sizeof *steps, &steps), done);
-    dsckpt_dtype model_dt = DSCKPT_DTYPE_COUNT;
-    for (size_t g = 0; g < pgs->n; g++) {
-        pk_obj *ids = pk_get(pgs->items[g], "params");
-        pk_obj *hpg = hp ? hp->items[g] : NULL;
-        if (!ids || ids->kind != PK_LIST || (hpg && (hpg->kind != PK_LIST || hpg->n != ids->n))) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: param group %zu: 'params' missing or not matching fp32_groups[%zu]", what, g, g);
-            goto done;
-        }
-        steps[g] = -1;
-        size_t prev = 0; /* module position after the group's previous match */
-        for (size_t k = 0; k < ids->n; k++) {
-            int64_t id;
-            pk_obj *pst = pk_as_int(ids->items[k], &id) ? pk_get_int_key(state, id) : NULL;
-            pk_obj *ea = pst ? pk_get(pst, "exp_avg") : NULL, *eas = pst ? pk_get(pst, "exp_avg_sq") : NULL;
-            if (!pst || !ea || !eas) {
-                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: param group %zu entry %zu has no exp_avg/exp_avg_sq (an optimizer "
-                                                 "other than Adam, or a step never taken?)", what, g, k);
-                goto done;
-            }
-            if (steps[g] < 0) steps[g] = read_step(m, pk_get(pst, "step"));
-            const pk_obj *master = hpg ? hpg->items[k] : NULL;
-            const pk_obj *shape_of = master ? master : ea;
-            /* Candidates: unmatched, non-buffer, non-alias module tensors of this shape;
-             * the first at or after `prev` (wrapping), preferring a value match. */
-            long pick = -1, first = -1;
-            for (size_t s = 0; s < module->n && pick < 0; s++) {
-                size_t j = (prev + s) % module->n;
-                if (owner[j] || !z0_same_shape(module->items[j], shape_of)) continue;
-                if (first < 0) first = (long)j;
-                if (!master || z0_prefix_matches(m, module->items[j], master)) pick = (long)j;
-            }
-            if (pick < 0) pick = first;
-            if (pick < 0) {
-                st = ds_err(DSCKPT_ECORRUPT, "%s: param group %zu entry %zu matches no parameter of its shape in 'module'",
-                            what, g, k);
-                goto done;
-            }
-            const pk_obj *lp = module->items[pick];
-            if (!master) master = lp; /* fp32: the module weights are the masters */
-            if (model_dt == DSCKPT_DTYPE_COUNT) model_dt = lp->tensor.dtype;
-            uint32_t ti;
-            DS_TRYGOTO(add_tensor(c, tcap, pk_as_str(module->keys[pick]), lp, lp->tensor.dtype, true, false, (int)g, &ti),
-                       done);
-            owner[pick] = (int)ti + 1;
-            prev = (size_t)pick + 1;
-            uint64_t n = c->tensors[ti].numel, off[3], cnt[3];
-            const pk_obj *src[3] = {master, ea, eas};
-            static const char *const kind[3] = {"fp32 master", "exp_avg", "exp_avg_sq"};
-            static const ds_state sts[3] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
-            for (int q = 0; q < 3; q++) {
-                char ctx[400];
-                snprintf(ctx, sizeof ctx, "%s of '%s'", kind[q], c->tensors[ti].name);
-                DS_TRYGOTO(tensor_loc(m, src[q], DSCKPT_F32, &off[q], &cnt[q], ctx), done);
-                if (cnt[q] != n) {
-                    st = ds_err(DSCKPT_ECORRUPT, "%s: %s holds %llu elements, the parameter %llu", what, ctx,
-                                (unsigned long long)cnt[q], (unsigned long long)n);
-                    goto done;
-                }
-                DS_TRYGOTO(add_frag(x, sts[q], ti, 0, n, m->file_index, off[q], DSCKPT_F32), done);
-            }
-        }
-    }
-    if (model_dt == DSCKPT_DTYPE_COUNT) {
-        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: ZeRO-0 checkpoint with no trainable parameters", what);
+    c->ngroups = (int)z.pgs->n;
+    DS_TRY(module_aliases(z.module, &x->z0_alias));
+    dsckpt_status st = z0_owners(&z);
+    if (st) goto done;
+    DS_TRYGOTO(ds_calloc(z.pgs->n ? z.pgs->n : 1, sizeof *z.steps, &z.steps), done);
+    for (size_t g = 0; g < z.pgs->n; g++) DS_TRYGOTO(z0_group(&z, g), done);
+    if (z.model_dt == DSCKPT_DTYPE_COUNT) {
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: ZeRO-0 checkpoint with no trainable parameters", m->path);
         goto done;
     }
-    c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
-    DS_TRYGOTO(model_tail(x, tcap, 0, (size_t)W, opt, pgs, steps, hp ? "FP16_UnfusedOptimizer" : "torch.optim"), done);
+    c->train_dtype = ds_strdup(z.model_dt == DSCKPT_BF16 ? "bf16" : z.model_dt == DSCKPT_F16 ? "fp16" : "fp32");
+    DS_TRYGOTO(model_tail(x, tcap, 0, (size_t)W,
+                          &(optim_carry){z.opt, z.pgs, z.steps, z.hp ? "FP16_UnfusedOptimizer" : "torch.optim"}),
+               done);
 done:
-    free(owner);
-    free(steps);
+    free(z.owner);
+    free(z.steps);
     return st;
 }
 
@@ -1039,56 +1111,53 @@ static dsckpt_status rank_frags(ds_open_ctx *x, size_t r, size_t W, int stage, b
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
-    scan sc;
-    ds_open_ctx x = {.c = c};
-    size_t tcap = 0;
+/* ZeRO-0: the one model-states file, registered, read by zero0_open. */
+static dsckpt_status open_zero0(ds_open_ctx *x, size_t *tcap) {
+    dsckpt_ckpt *c = x->c;
+    DS_TRY(ds_calloc(1, sizeof *x->model, &x->model));
+    x->model[0].fd = -1;
+    x->nmodel = 1;
+    DS_TRY(pt_load(c->dir, "mp_rank_00_model_states.pt", 0, &x->model[0]));
+    DS_TRY(register_file(c, &x->model[0]));
+    DS_TRY(check_layout_markers(&x->model[0]));
+    return zero0_open(c, x, tcap);
+}
+
+/* Stages 1-3: the optimizer files (one per rank) and the model-states files,
+ * registered; the trainable tensors of param_shapes with their fragments in
+ * every rank's partitions; each param group's step (rank 0's); then model_tail. */
+static dsckpt_status open_partitioned(ds_open_ctx *x, const scan *sc, size_t *tcap) {
+    dsckpt_ckpt *c = x->c;
+    dsckpt_status st = DSCKPT_OK;
     uint64_t *group_start = NULL;
     double *steps = NULL;
     pk_obj *osd = NULL;
     int stage = 0;
     bool bf16_optimizer = false;
-    dsckpt_status st = scan_dir(c->dir, &sc, false);
-    if (st) goto done;
-    if (sc.nopt == 0 && sc.model_mp && sc.nmod3 == 0) { /* ZeRO-0: one model-states file */
-        DS_TRYGOTO(ds_calloc(1, sizeof *x.model, &x.model), done);
-        x.model[0].fd = -1;
-        x.nmodel = 1;
-        DS_TRYGOTO(pt_load(c->dir, "mp_rank_00_model_states.pt", 0, &x.model[0]), done);
-        DS_TRYGOTO(register_file(c, &x.model[0]), done);
-        DS_TRYGOTO(check_layout_markers(&x.model[0]), done);
-        DS_TRYGOTO(zero0_open(c, &x, &tcap), done);
-        goto finish;
-    }
-    if (sc.nopt == 0) {
-        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no *_optim_states.pt files%s: not a ZeRO checkpoint this tool reads", c->dir,
-                    sc.model_mp ? "" : " and no mp_rank_00_model_states.pt");
-        goto done;
-    }
-    size_t W = sc.nopt, nfiles = 0;
-    DS_TRYGOTO(ds_calloc(W, sizeof *x.optim, &x.optim), done);
-    for (size_t r = 0; r < W; r++) x.optim[r].fd = -1;
-    x.noptim = W;
-    for (size_t r = 0; r < W; r++) DS_TRYGOTO(pt_load(c->dir, sc.optim[r], (int)r, &x.optim[r]), done);
-    DS_TRYGOTO(read_topology(&x, &sc, &osd, &stage, &bf16_optimizer, &W, &nfiles), done);
-    DS_TRYGOTO(open_model_files(&x, &sc, stage, W, nfiles), done);
-    for (size_t r = 0; r < W; r++) DS_TRYGOTO(register_file(c, &x.optim[r]), done);
-    for (size_t r = 0; r < x.nmodel; r++) DS_TRYGOTO(register_file(c, &x.model[r]), done);
+    size_t W = sc->nopt, nfiles = 0;
+    DS_TRY(ds_calloc(W, sizeof *x->optim, &x->optim));
+    for (size_t r = 0; r < W; r++) x->optim[r].fd = -1;
+    x->noptim = W;
+    for (size_t r = 0; r < W; r++) DS_TRY(pt_load(c->dir, sc->optim[r], (int)r, &x->optim[r]));
+    DS_TRY(read_topology(x, sc, &osd, &stage, &bf16_optimizer, &W, &nfiles));
+    DS_TRY(open_model_files(x, sc, stage, W, nfiles));
+    for (size_t r = 0; r < W; r++) DS_TRY(register_file(c, &x->optim[r]));
+    for (size_t r = 0; r < x->nmodel; r++) DS_TRY(register_file(c, &x->model[r]));
 
-    const ds_pt *m0 = &x.model[0];
-    DS_TRYGOTO(check_layout_markers(m0), done);
+    const ds_pt *m0 = &x->model[0];
+    DS_TRY(check_layout_markers(m0));
     pk_obj *module = pk_get(m0->root, "module");
     pk_obj *shapes = need(m0->root, "param_shapes", PK_LIST, m0->path, &st);
-    if (!shapes) goto done;
+    if (!shapes) return st;
     int64_t gs = 0;
     pk_as_int(pk_get(m0->root, "global_steps"), &gs);
     c->step = gs;
     c->ngroups = (int)shapes->n;
     dsckpt_dtype model_dt = module_dtype(module);
     c->train_dtype = ds_strdup(model_dt == DSCKPT_BF16 ? "bf16" : model_dt == DSCKPT_F16 ? "fp16" : "fp32");
-    DS_TRYGOTO(add_trainable(c, &tcap, shapes, model_dt, m0->path), done);
+    DS_TRY(add_trainable(c, tcap, shapes, model_dt, m0->path));
     DS_TRYGOTO(ds_calloc(shapes->n, sizeof *group_start, &group_start), done);
-    for (size_t r = 0; r < W; r++) DS_TRYGOTO(rank_frags(&x, r, W, stage, bf16_optimizer, shapes, group_start), done);
+    for (size_t r = 0; r < W; r++) DS_TRYGOTO(rank_frags(x, r, W, stage, bf16_optimizer, shapes, group_start), done);
 
     pk_obj *inner = stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
     pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
@@ -1096,13 +1165,32 @@ dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
     DS_TRYGOTO(ds_calloc(ng ? ng : 1, sizeof *steps, &steps), done);
     for (size_t g = 0; g < ng; g++) {
         pk_obj *gst = pk_get_int_key(pk_get(inner, "state"), (int64_t)g);
-        steps[g] = read_step(&x.optim[0], gst ? pk_get(gst, "step") : NULL);
+        steps[g] = read_step(&x->optim[0], gst ? pk_get(gst, "step") : NULL);
     }
-    DS_TRYGOTO(model_tail(&x, &tcap, stage, W, osd, pgs, steps,
-                          stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
-                          : bf16_optimizer ? "BF16_Optimizer" : "DeepSpeedZeroOptimizer"),
-               done);
-finish:
+    const char *type = stage == 3       ? "DeepSpeedZeroOptimizer_Stage3"
+                       : bf16_optimizer ? "BF16_Optimizer"
+                                        : "DeepSpeedZeroOptimizer";
+    DS_TRYGOTO(model_tail(x, tcap, stage, W, &(optim_carry){osd, pgs, steps, type}), done);
+done:
+    free(group_start);
+    free(steps);
+    return st;
+}
+
+dsckpt_status ds_deepspeed_open(dsckpt_ckpt *c) {
+    scan sc;
+    ds_open_ctx x = {.c = c};
+    size_t tcap = 0;
+    dsckpt_status st = scan_dir(c->dir, &sc, false);
+    if (st) goto done;
+    if (sc.nopt == 0 && sc.model_mp && sc.nmod3 == 0) /* ZeRO-0: one model-states file */
+        st = open_zero0(&x, &tcap);
+    else if (sc.nopt == 0)
+        st = ds_err(DSCKPT_EUNSUPPORTED, "%s: no *_optim_states.pt files%s: not a ZeRO checkpoint this tool reads", c->dir,
+                    sc.model_mp ? "" : " and no mp_rank_00_model_states.pt");
+    else
+        st = open_partitioned(&x, &sc, &tcap);
+    if (st) goto done;
     c->format = ds_strdup("deepspeed");
     if (!c->tag) {
         c->tag = ds_basename(c->dir);
@@ -1115,8 +1203,6 @@ done:
     free(x.optim);
     free(x.model);
     free(x.z0_alias);
-    free(group_start);
-    free(steps);
     scan_free(&sc);
     return st;
 }
@@ -1333,11 +1419,10 @@ dsckpt_status ds_universal_open(dsckpt_ckpt *c) {
     for (size_t g = 0; g < pgs->n; g++) steps[g] = -1;
 
     DS_TRYGOTO(uni_trainable(&x, &tp, &tcap, shapes, model_dt, pgs->n, steps), done);
-    DS_TRYGOTO(model_tail(&x, &tcap, stage, W, os.root, pgs, steps,
-                          stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
-                          : !zs      ? "BF16_Optimizer" /* the only ZeRO dict without zero_stage */
-                                     : "DeepSpeedZeroOptimizer"),
-               done);
+    const char *type = stage == 3 ? "DeepSpeedZeroOptimizer_Stage3"
+                       : !zs      ? "BF16_Optimizer" /* the only ZeRO dict without zero_stage */
+                                  : "DeepSpeedZeroOptimizer";
+    DS_TRYGOTO(model_tail(&x, &tcap, stage, W, &(optim_carry){os.root, pgs, steps, type}), done);
     c->format = ds_strdup("universal");
     /* The tag is the directory name less ds_to_universal's "_universal" suffix, so
      * a reshard from it writes the original tag again. */

@@ -769,31 +769,24 @@ static dsckpt_status z0_param_group(dsw_file *f, size_t g, pk_obj *src, pk_obj *
     return DSCKPT_OK;
 }
 
-/* mp_rank_00_model_states.pt at ZeRO-0, as DeepSpeed 0.19 writes it: `module`
- * holds every weight (trainable ones cast from the fp32 masters), `optimizer`
- * the optimizer's state_dict() — FP16_UnfusedOptimizer's (fp32_groups: the
- * masters, one tensor per parameter) for bf16/fp16, torch's own for fp32 — with
- * one Adam state per parameter, numbered through the groups in order. With a
- * ZeRO-0 template everything else (scheduler, loss scale, hyper-parameters,
- * client state) is carried from it. */
-static dsckpt_status zero0_root(dsw_file *f) {
+/* The tree zero0_root starts from: the ZeRO-0 template's, or a synthesized
+ * model-states root. */
+static dsckpt_status zero0_base(dsw_file *f, pk_obj **root) {
     const dsw_ctx *x = f->x;
-    const ds_dsw_spec *sp = x->sp;
-    pk_obj *root = NULL, *topt = NULL, *tinner = NULL;
     if (x->have_tpl) {
         f->tpl = &x->tmodel;
-        DS_TRY(tpl_parse(f->tpl, &f->doc, &root));
-        topt = pk_get(root, "optimizer");
-        if (!topt || topt->kind != PK_DICT) topt = NULL;
-        tinner = topt && pk_get(topt, "fp32_groups") ? pk_get(topt, "optimizer_state_dict") : topt;
-    } else {
-        OOM_IF(!(f->doc = pk_doc_new()));
-        DS_TRY(synth_model_root(f, 0)); /* module rebuilt below; shapes / shared_params as DeepSpeed saves them at stage 0 */
-        root = f->root;
-        DS_TRY(dset(f, root, "param_shapes", pk_new(f->doc, PK_NONE)));
-        DS_TRY(dset(f, root, "shared_params", pk_new(f->doc, PK_NONE)));
+        return tpl_parse(f->tpl, &f->doc, root);
     }
-    /* module: every tensor in full; tied aliases share their owner's storage. */
+    OOM_IF(!(f->doc = pk_doc_new()));
+    DS_TRY(synth_model_root(f, 0)); /* module rebuilt below; shapes / shared_params as DeepSpeed saves them at stage 0 */
+    *root = f->root;
+    DS_TRY(dset(f, *root, "param_shapes", pk_new(f->doc, PK_NONE)));
+    return dset(f, *root, "shared_params", pk_new(f->doc, PK_NONE));
+}
+
+/* root['module']: every tensor in full; tied aliases share their owner's storage. */
+static dsckpt_status zero0_module(dsw_file *f, pk_obj *root) {
+    const ds_dsw_spec *sp = f->x->sp;
     pk_obj *module = odict(f);
     OOM_IF(!module);
     for (size_t t = 0; t < sp->ntensors; t++) {
@@ -811,71 +804,113 @@ static dsckpt_status zero0_root(dsw_file *f) {
             DS_TRY(dset(f, module, T->aliases[a], al));
         }
     }
-    DS_TRY(dset(f, root, "module", module));
-    /* optimizer */
-    bool wrapped = sp->model_dtype != DSCKPT_F32;
-    pk_obj *inner = pk_new(f->doc, PK_DICT), *state = pk_new(f->doc, PK_DICT), *pgs = pk_new(f->doc, PK_LIST);
-    pk_obj *hpg = pk_new(f->doc, PK_LIST);
-    OOM_IF(!inner || !state || !pgs || !hpg);
-    pk_obj *tstate = tinner ? pk_get(tinner, "state") : NULL, *tpgs = tinner ? pk_get(tinner, "param_groups") : NULL;
-    int64_t idx = 0;
-    for (size_t g = 0; g < x->ng; g++) {
-        const dsw_group *G = &x->g[g];
-        pk_obj *pg, *hl = pk_new(f->doc, PK_LIST);
-        OOM_IF(!hl);
-        DS_TRY(z0_param_group(f, g, tpgs && tpgs->kind == PK_LIST && g < tpgs->n ? tpgs->items[g] : NULL, &pg));
-        pk_obj *ids = pk_get(pg, "params");
-        for (size_t k = 0; k < G->n; k++, idx++) {
-            const ds_tensor *T = &sp->tensors[G->t[k]];
-            pk_obj *e = pk_new(f->doc, PK_DICT), *stp = NULL, *o;
-            size_t si;
-            OOM_IF(!e || !pk_list_append(f->doc, ids, I(f, idx)));
-            pk_obj *te = tstate ? pk_get_int_key(tstate, idx) : NULL;
-            if (te && pk_get(te, "step")) DS_TRY(clone_tensor(f, pk_get(te, "step"), &stp));
-            else DS_TRY(step_tensor(f, g, &stp)); /* FP16_UnfusedOptimizer's is one ahead of the global step */
-            DS_TRY(dset(f, e, "step", stp));
-            static const ds_state ms[2] = {DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
-            static const char *const mk[2] = {"exp_avg", "exp_avg_sq"};
-            for (int q = 0; q < 2; q++) {
-                DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, false, &o, &si));
-                DS_TRY(add_piece(f, si, ms[q], G->t[k], 0, T->numel, 0));
-                DS_TRY(dset(f, e, mk[q], o));
-            }
-            OOM_IF(!pk_dict_set(f->doc, state, I(f, idx), e));
-            if (wrapped) {
-                DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, true, &o, &si));
-                DS_TRY(add_piece(f, si, DS_ST_FP32, G->t[k], 0, T->numel, 0));
-                OOM_IF(!pk_list_append(f->doc, hl, o));
-            }
+    return dset(f, root, "module", module);
+}
+
+/* The optimizer state zero0_root builds, group by group. */
+typedef struct z0_optim {
+    pk_obj *inner;          /* torch's state_dict(): holds state and param_groups */
+    pk_obj *state, *pgs;
+    pk_obj *hpg;            /* fp32_groups: per group, the fp32 masters (wrapped only) */
+    pk_obj *tstate, *tpgs;  /* the template's state and param_groups, or NULL */
+    bool wrapped;           /* bf16/fp16: FP16_UnfusedOptimizer around torch's state_dict */
+    int64_t idx;            /* running parameter index, through the groups in order */
+} z0_optim;
+
+/* Param group g: its dict appended to pgs, one Adam state per parameter in
+ * `state` under the running index, and (wrapped) its fp32 masters as hpg[g]. */
+static dsckpt_status zero0_group(dsw_file *f, z0_optim *z, size_t g) {
+    const ds_dsw_spec *sp = f->x->sp;
+    const dsw_group *G = &f->x->g[g];
+    pk_obj *pg, *hl = pk_new(f->doc, PK_LIST);
+    OOM_IF(!hl);
+    DS_TRY(z0_param_group(f, g, z->tpgs && z->tpgs->kind == PK_LIST && g < z->tpgs->n ? z->tpgs->items[g] : NULL, &pg));
+    pk_obj *ids = pk_get(pg, "params");
+    for (size_t k = 0; k < G->n; k++, z->idx++) {
+        const ds_tensor *T = &sp->tensors[G->t[k]];
+        pk_obj *e = pk_new(f->doc, PK_DICT), *stp = NULL, *o;
+        size_t si;
+        OOM_IF(!e || !pk_list_append(f->doc, ids, I(f, z->idx)));
+        pk_obj *te = z->tstate ? pk_get_int_key(z->tstate, z->idx) : NULL;
+        if (te && pk_get(te, "step")) DS_TRY(clone_tensor(f, pk_get(te, "step"), &stp));
+        else DS_TRY(step_tensor(f, g, &stp)); /* FP16_UnfusedOptimizer's is one ahead of the global step */
+        DS_TRY(dset(f, e, "step", stp));
+        static const ds_state ms[2] = {DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
+        static const char *const mk[2] = {"exp_avg", "exp_avg_sq"};
+        for (int q = 0; q < 2; q++) {
+            DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, false, &o, &si));
+            DS_TRY(add_piece(f, si, ms[q], G->t[k], 0, T->numel, 0));
+            DS_TRY(dset(f, e, mk[q], o));
         }
-        OOM_IF(!pk_list_append(f->doc, pgs, pg) || !pk_list_append(f->doc, hpg, hl));
-    }
-    DS_TRY(dset(f, inner, "state", state));
-    DS_TRY(dset(f, inner, "param_groups", pgs));
-    pk_obj *opt = inner;
-    if (wrapped) {
-        bool dyn = sp->model_dtype == DSCKPT_F16;
-        opt = pk_new(f->doc, PK_DICT);
-        OOM_IF(!opt);
-        if (topt && pk_get(topt, "fp32_groups")) { /* the template's loss-scale entries, in its order */
-            for (size_t i = 0; i < topt->n; i++) {
-                const char *k = pk_as_str(topt->keys[i]);
-                if (k && strcmp(k, "optimizer_state_dict") && strcmp(k, "fp32_groups"))
-                    OOM_IF(!pk_dict_set(f->doc, opt, topt->keys[i], topt->items[i]));
-            }
-        } else {
-            DS_TRY(dset(f, opt, "dynamic_loss_scale", pk_new_bool(f->doc, dyn)));
-            DS_TRY(dset(f, opt, "cur_scale", pk_new_float(f->doc, dyn ? 65536.0 : 1.0)));
-            DS_TRY(dset(f, opt, "cur_iter", I(f, sp->step)));
-            if (dyn) {
-                DS_TRY(dset(f, opt, "last_overflow_iter", I(f, -1)));
-                DS_TRY(dset(f, opt, "scale_factor", pk_new_float(f->doc, 2.0)));
-                DS_TRY(dset(f, opt, "scale_window", I(f, 1000)));
-            }
+        OOM_IF(!pk_dict_set(f->doc, z->state, I(f, z->idx), e));
+        if (z->wrapped) {
+            DS_TRY(new_tensor(f, DSCKPT_F32, T->numel, T->ndim, T->shape, true, &o, &si));
+            DS_TRY(add_piece(f, si, DS_ST_FP32, G->t[k], 0, T->numel, 0));
+            OOM_IF(!pk_list_append(f->doc, hl, o));
         }
-        DS_TRY(dset(f, opt, "optimizer_state_dict", inner));
-        DS_TRY(dset(f, opt, "fp32_groups", hpg));
     }
+    OOM_IF(!pk_list_append(f->doc, z->pgs, pg) || !pk_list_append(f->doc, z->hpg, hl));
+    return DSCKPT_OK;
+}
+
+/* bf16/fp16: FP16_UnfusedOptimizer's dict around torch's state_dict, its loss-scale
+ * entries from the template optimizer `topt` when it is one, else fresh. */
+static dsckpt_status zero0_wrap(dsw_file *f, const z0_optim *z, const pk_obj *topt, pk_obj **out) {
+    const ds_dsw_spec *sp = f->x->sp;
+    bool dyn = sp->model_dtype == DSCKPT_F16;
+    pk_obj *opt = pk_new(f->doc, PK_DICT);
+    OOM_IF(!opt);
+    if (topt && pk_get(topt, "fp32_groups")) { /* the template's loss-scale entries, in its order */
+        for (size_t i = 0; i < topt->n; i++) {
+            const char *k = pk_as_str(topt->keys[i]);
+            if (k && strcmp(k, "optimizer_state_dict") && strcmp(k, "fp32_groups"))
+                OOM_IF(!pk_dict_set(f->doc, opt, topt->keys[i], topt->items[i]));
+        }
+    } else {
+        DS_TRY(dset(f, opt, "dynamic_loss_scale", pk_new_bool(f->doc, dyn)));
+        DS_TRY(dset(f, opt, "cur_scale", pk_new_float(f->doc, dyn ? 65536.0 : 1.0)));
+        DS_TRY(dset(f, opt, "cur_iter", I(f, sp->step)));
+        if (dyn) {
+            DS_TRY(dset(f, opt, "last_overflow_iter", I(f, -1)));
+            DS_TRY(dset(f, opt, "scale_factor", pk_new_float(f->doc, 2.0)));
+            DS_TRY(dset(f, opt, "scale_window", I(f, 1000)));
+        }
+    }
+    DS_TRY(dset(f, opt, "optimizer_state_dict", z->inner));
+    DS_TRY(dset(f, opt, "fp32_groups", z->hpg));
+    *out = opt;
+    return DSCKPT_OK;
+}
+
+/* mp_rank_00_model_states.pt at ZeRO-0, as DeepSpeed 0.19 writes it: `module`
+ * holds every weight (trainable ones cast from the fp32 masters), `optimizer`
+ * the optimizer's state_dict() — FP16_UnfusedOptimizer's (fp32_groups: the
+ * masters, one tensor per parameter) for bf16/fp16, torch's own for fp32 — with
+ * one Adam state per parameter, numbered through the groups in order. With a
+ * ZeRO-0 template everything else (scheduler, loss scale, hyper-parameters,
+ * client state) is carried from it. */
+static dsckpt_status zero0_root(dsw_file *f) {
+    const dsw_ctx *x = f->x;
+    pk_obj *root = NULL;
+    DS_TRY(zero0_base(f, &root));
+    /* The template's optimizer, and the torch state_dict inside it (or itself). */
+    pk_obj *topt = x->have_tpl ? pk_get(root, "optimizer") : NULL;
+    if (!topt || topt->kind != PK_DICT) topt = NULL;
+    pk_obj *tinner = topt && pk_get(topt, "fp32_groups") ? pk_get(topt, "optimizer_state_dict") : topt;
+    DS_TRY(zero0_module(f, root));
+    z0_optim z = {.wrapped = x->sp->model_dtype != DSCKPT_F32};
+    z.inner = pk_new(f->doc, PK_DICT);
+    z.state = pk_new(f->doc, PK_DICT);
+    z.pgs = pk_new(f->doc, PK_LIST);
+    z.hpg = pk_new(f->doc, PK_LIST);
+    OOM_IF(!z.inner || !z.state || !z.pgs || !z.hpg);
+    z.tstate = tinner ? pk_get(tinner, "state") : NULL;
+    z.tpgs = tinner ? pk_get(tinner, "param_groups") : NULL;
+    for (size_t g = 0; g < x->ng; g++) DS_TRY(zero0_group(f, &z, g));
+    DS_TRY(dset(f, z.inner, "state", z.state));
+    DS_TRY(dset(f, z.inner, "param_groups", z.pgs));
+    pk_obj *opt = z.inner;
+    if (z.wrapped) DS_TRY(zero0_wrap(f, &z, topt, &opt));
     DS_TRY(dset(f, root, "optimizer", opt));
     DS_TRY(dset(f, root, "dp_world_size", I(f, x->M)));
     f->root = root;
@@ -991,57 +1026,56 @@ static dsckpt_status stage3_pieces(dsw_file *f, const dsw_group *G, int r, size_
     return DSCKPT_OK;
 }
 
-static dsckpt_status edit_optim(dsw_file *f, int r) {
+/* One rank's optimizer tree as edit_optim rewrites it. */
+typedef struct optim_edit {
+    int r;           /* the rank */
+    bool s3;         /* stage 3: sub-groups, fp32_flat_groups */
+    bool rg;         /* requires_grad of the template's fp32 partitions */
+    pk_obj *state;   /* the template's Adam state, by group */
+    pk_obj *fp32;    /* the fp32 partitions, one slot per group */
+    pk_obj *nstate;  /* the Adam state written, by group */
+} optim_edit;
+
+/* Flat group (sub-group) g: its fp32 partition, then its Adam state: the
+ * template's entry (same group at stages 1/2, entry 0 for new stage-3
+ * sub-groups), moments rebuilt, step cloned. */
+static dsckpt_status edit_optim_group(dsw_file *f, const optim_edit *e, size_t g) {
     const dsw_ctx *x = f->x;
-    const ds_dsw_spec *sp = x->sp;
-    dsckpt_status st = DSCKPT_OK;
-    pk_obj *osd = need(f, f->root, "optimizer_state_dict", PK_DICT, &st);
-    if (!osd) return st;
-    bool s3 = x->stage == 3;
-    pk_obj *inner = need(f, osd, s3 ? "optimizer_state_dict" : "base_optimizer_state", PK_DICT, &st);
-    pk_obj *state = inner ? need(f, inner, "state", PK_DICT, &st) : NULL;
-    pk_obj *pgs = inner ? need(f, inner, "param_groups", PK_LIST, &st) : NULL;
-    pk_obj *fp32 = need(f, osd, s3 ? "fp32_flat_groups" : "single_partition_of_fp32_groups", PK_LIST, &st);
-    if (!state || !pgs || !fp32) return st;
-    pk_obj *st0 = pk_get_int_key(state, 0);
-    if (!st0 || st0->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: optimizer state 0 is missing",
-                                                    f->tpl ? f->tpl->path : "template");
-    /* Template requires_grad flag of the fp32 partitions (True in DeepSpeed's files). */
-    bool rg = fp32->n && fp32->items[0]->kind == PK_TENSOR ? fp32->items[0]->tensor.requires_grad : true;
-    DS_TRY(list_reset(f, fp32, x->ng));
-    pk_obj *nstate = pk_new(f->doc, PK_DICT);
-    OOM_IF(!nstate);
-    for (size_t g = 0; g < x->ng; g++) {
-        const dsw_group *G = &x->g[g];
-        uint64_t len = s3 ? G->numel : G->part.part;
-        uint64_t shown = len; /* stripped of this rank's padding for DeepSpeedZeroOptimizer */
-        if (!s3 && !x->bf16_opt) shown = len - ds_part_flat_padding(G->part, r);
-        size_t si;
-        DS_TRY(new_vec(f, DSCKPT_F32, len, shown, rg, &fp32->items[g], &si));
-        DS_TRY(s3 ? stage3_pieces(f, G, r, si, DS_ST_FP32) : flat_pieces(f, G, r, si, DS_ST_FP32));
-        /* This group's Adam state: the template's entry (same group at stages 1/2,
-         * entry 0 for new stage-3 sub-groups), moments rebuilt, step cloned. */
-        pk_obj *tmpl = pk_get_int_key(state, s3 && x->have_tpl ? 0 : (int64_t)g);
-        if (!tmpl || tmpl->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: no optimizer state for group %zu",
-                                                          f->tpl ? f->tpl->path : "template", g);
-        pk_obj *e = pk_new(f->doc, PK_DICT);
-        OOM_IF(!e);
-        for (size_t k = 0; k < tmpl->n; k++) {
-            const char *key = pk_as_str(tmpl->keys[k]);
-            pk_obj *v = tmpl->items[k];
-            if (key && (!strcmp(key, "exp_avg") || !strcmp(key, "exp_avg_sq"))) {
-                ds_state s = !strcmp(key, "exp_avg") ? DS_ST_EXP_AVG : DS_ST_EXP_AVG_SQ;
-                DS_TRY(new_vec(f, DSCKPT_F32, len, len, false, &v, &si));
-                DS_TRY(s3 ? stage3_pieces(f, G, r, si, s) : flat_pieces(f, G, r, si, s));
-            } else if (v->kind == PK_TENSOR && s3 && x->have_tpl) {
-                DS_TRY(clone_tensor(f, v, &v)); /* each sub-group its own step tensor */
-            }
-            OOM_IF(!pk_dict_set(f->doc, e, tmpl->keys[k], v));
+    const dsw_group *G = &x->g[g];
+    bool s3 = e->s3;
+    int r = e->r;
+    uint64_t len = s3 ? G->numel : G->part.part;
+    uint64_t shown = len; /* stripped of this rank's padding for DeepSpeedZeroOptimizer */
+    if (!s3 && !x->bf16_opt) shown = len - ds_part_flat_padding(G->part, r);
+    size_t si;
+    DS_TRY(new_vec(f, DSCKPT_F32, len, shown, e->rg, &e->fp32->items[g], &si));
+    DS_TRY(s3 ? stage3_pieces(f, G, r, si, DS_ST_FP32) : flat_pieces(f, G, r, si, DS_ST_FP32));
+    pk_obj *tmpl = pk_get_int_key(e->state, s3 && x->have_tpl ? 0 : (int64_t)g);
+    if (!tmpl || tmpl->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: no optimizer state for group %zu",
+                                                      f->tpl ? f->tpl->path : "template", g);
+    pk_obj *ent = pk_new(f->doc, PK_DICT);
+    OOM_IF(!ent);
+    for (size_t k = 0; k < tmpl->n; k++) {
+        const char *key = pk_as_str(tmpl->keys[k]);
+        pk_obj *v = tmpl->items[k];
+        if (key && (!strcmp(key, "exp_avg") || !strcmp(key, "exp_avg_sq"))) {
+            ds_state s = !strcmp(key, "exp_avg") ? DS_ST_EXP_AVG : DS_ST_EXP_AVG_SQ;
+            DS_TRY(new_vec(f, DSCKPT_F32, len, len, false, &v, &si));
+            DS_TRY(s3 ? stage3_pieces(f, G, r, si, s) : flat_pieces(f, G, r, si, s));
+        } else if (v->kind == PK_TENSOR && s3 && x->have_tpl) {
+            DS_TRY(clone_tensor(f, v, &v)); /* each sub-group its own step tensor */
         }
-        OOM_IF(!pk_dict_set(f->doc, nstate, I(f, (int64_t)g), e));
+        OOM_IF(!pk_dict_set(f->doc, ent, tmpl->keys[k], v));
     }
-    DS_TRY(dset(f, inner, "state", nstate));
-    /* param_groups[pg]['params']: the flat groups (sub-groups) of each param group. */
+    OOM_IF(!pk_dict_set(f->doc, e->nstate, I(f, (int64_t)g), ent));
+    return DSCKPT_OK;
+}
+
+/* param_groups[pg]['params']: the flat groups (sub-groups) of each param group
+ * (at stages 1/2 with a template, its own lists are kept). */
+static dsckpt_status edit_param_groups(dsw_file *f, pk_obj *pgs) {
+    const dsw_ctx *x = f->x;
+    bool s3 = x->stage == 3;
     if (pgs->n != x->npg && (s3 || !x->have_tpl))
         return ds_err(DSCKPT_ECORRUPT, "%s: %zu optimizer param groups, the tensors name %zu",
                       f->tpl ? f->tpl->path : "template", pgs->n, x->npg);
@@ -1053,8 +1087,34 @@ static dsckpt_status edit_optim(dsw_file *f, int r) {
         OOM_IF(!pgs->items[p] || pgs->items[p]->kind != PK_DICT);
         DS_TRY(dset(f, pgs->items[p], "params", l));
     }
-    if (s3) return dset(f, osd, "partition_count", I(f, x->M));
+    return DSCKPT_OK;
+}
 
+/* Stages 1/2: param_slice_mappings, per group the address of each tensor's
+ * elements inside rank r's partition. */
+static dsckpt_status slice_mappings(dsw_file *f, pk_obj *psm, int r) {
+    const dsw_ctx *x = f->x;
+    DS_TRY(list_reset(f, psm, x->ng));
+    for (size_t g = 0; g < x->ng; g++) {
+        const dsw_group *G = &x->g[g];
+        pk_obj *d = odict(f);
+        OOM_IF(!d);
+        uint64_t lo = (uint64_t)r * G->part.part, hi = lo + G->part.part, pos = 0;
+        for (size_t k = 0; k < G->n; k++) {
+            const ds_tensor *T = &x->sp->tensors[G->t[k]];
+            uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + T->numel, hi);
+            if (a < b) DS_TRY(dset(f, d, T->name, frag_addr(f, b - a, a - lo)));
+            pos += T->numel + (G->pad ? G->pad[k] : 0);
+        }
+        psm->items[g] = d;
+    }
+    return DSCKPT_OK;
+}
+
+/* Stages 1/2: the per-group lists of the optimizer dict osd for rank r
+ * (group_paddings, partition_count, param_slice_mappings), where present. */
+static dsckpt_status edit_flat_lists(dsw_file *f, pk_obj *osd, int r) {
+    const dsw_ctx *x = f->x;
     pk_obj *pads = pk_get(osd, "group_paddings"), *pc = pk_get(osd, "partition_count");
     pk_obj *psm = pk_get(osd, "param_slice_mappings");
     if (pads && pads->kind == PK_LIST) {
@@ -1070,23 +1130,35 @@ static dsckpt_status edit_optim(dsw_file *f, int r) {
         DS_TRY(list_reset(f, pc, x->ng));
         for (size_t g = 0; g < x->ng; g++) OOM_IF(!(pc->items[g] = I(f, x->M)));
     } else DS_TRY(dset(f, osd, "partition_count", I(f, x->M)));
-    if (psm && psm->kind == PK_LIST) {
-        DS_TRY(list_reset(f, psm, x->ng));
-        for (size_t g = 0; g < x->ng; g++) {
-            const dsw_group *G = &x->g[g];
-            pk_obj *d = odict(f);
-            OOM_IF(!d);
-            uint64_t lo = (uint64_t)r * G->part.part, hi = lo + G->part.part, pos = 0;
-            for (size_t k = 0; k < G->n; k++) {
-                const ds_tensor *T = &sp->tensors[G->t[k]];
-                uint64_t a = DS_MAX(pos, lo), b = DS_MIN(pos + T->numel, hi);
-                if (a < b) DS_TRY(dset(f, d, T->name, frag_addr(f, b - a, a - lo)));
-                pos += T->numel + (G->pad ? G->pad[k] : 0);
-            }
-            psm->items[g] = d;
-        }
-    }
+    if (psm && psm->kind == PK_LIST) DS_TRY(slice_mappings(f, psm, r));
     return DSCKPT_OK;
+}
+
+static dsckpt_status edit_optim(dsw_file *f, int r) {
+    const dsw_ctx *x = f->x;
+    dsckpt_status st = DSCKPT_OK;
+    pk_obj *osd = need(f, f->root, "optimizer_state_dict", PK_DICT, &st);
+    if (!osd) return st;
+    bool s3 = x->stage == 3;
+    pk_obj *inner = need(f, osd, s3 ? "optimizer_state_dict" : "base_optimizer_state", PK_DICT, &st);
+    pk_obj *state = inner ? need(f, inner, "state", PK_DICT, &st) : NULL;
+    pk_obj *pgs = inner ? need(f, inner, "param_groups", PK_LIST, &st) : NULL;
+    pk_obj *fp32 = need(f, osd, s3 ? "fp32_flat_groups" : "single_partition_of_fp32_groups", PK_LIST, &st);
+    if (!state || !pgs || !fp32) return st;
+    pk_obj *st0 = pk_get_int_key(state, 0);
+    if (!st0 || st0->kind != PK_DICT) return ds_err(DSCKPT_ECORRUPT, "%s: optimizer state 0 is missing",
+                                                    f->tpl ? f->tpl->path : "template");
+    optim_edit e = {.r = r, .s3 = s3, .state = state, .fp32 = fp32};
+    /* Template requires_grad flag of the fp32 partitions (True in DeepSpeed's files). */
+    e.rg = fp32->n && fp32->items[0]->kind == PK_TENSOR ? fp32->items[0]->tensor.requires_grad : true;
+    DS_TRY(list_reset(f, fp32, x->ng));
+    e.nstate = pk_new(f->doc, PK_DICT);
+    OOM_IF(!e.nstate);
+    for (size_t g = 0; g < x->ng; g++) DS_TRY(edit_optim_group(f, &e, g));
+    DS_TRY(dset(f, inner, "state", e.nstate));
+    DS_TRY(edit_param_groups(f, pgs));
+    if (s3) return dset(f, osd, "partition_count", I(f, x->M));
+    return edit_flat_lists(f, osd, r);
 }
 
 /* ---- writing one .pt file ---- */
