@@ -3,13 +3,16 @@
 # real values, with same-run baselines:
 #  1. dstrain trains a small GPT-2 on fixtures/corpus for BENCH_STEPS steps (ZeRO-2,
 #     2 ranks), once in bf16 and once in fp32, and saves uncompressed;
-#  2. build/ds_zratio reports, per state and overall, raw/stored bytes of each
-#     checkpoint's values in 16 MiB chunks at zstd levels 1 and 3, and the codec's
-#     encode/decode GB/s per core (per second of the thread's CPU time);
+#  2. build/ds_zratio reports, per state and overall, raw/stored ratios of each
+#     checkpoint's values in 4 MiB chunks at zstd levels 1 and 3, and the codecs'
+#     encode/decode GB/s per core (per second of the thread's CPU time), the
+#     single-frame codec (version 2) and the planes codec side by side;
 #  3. each checkpoint, and every DeepSpeed fixture (fixtures/deepspeed*/), resharded
 #     to native at its own world size with and without --compress: bytes on disk;
-#  4. a synth checkpoint of BENCH_PARAMS parameters, plain and --compress, each
-#     consolidated to bf16 BENCH_REPS times, paired and interleaved, with the rank
+#  4. a synth checkpoint of BENCH_PARAMS parameters, plain, --compress (planes) and
+#     --compress with single-frame chunks as version 2 wrote them (the
+#     DSCKPT_TEST_ZCHUNK_FRAME test hook of the build/ test build), each
+#     consolidated to bf16 BENCH_REPS times, interleaved, with the rank
 #     files' pages dropped from the page cache first (cold: read from disk) and
 #     not (warm): each pair's ratio compressed / plain and their median (synth
 #     values are near-random, so its compression ratio is not the real one; the
@@ -92,14 +95,16 @@ case " $PARTS " in *" consolidate "*) ;; *) echo "uptime at end: $(uptime)"; exi
 # the disk; "warm": read again straight after, from the page cache.
 $B/dsckpt synth -o "$DIR/s-plain" --params "$PARAMS" --world-size 2 --stage 2 -q
 $B/dsckpt synth -o "$DIR/s-z" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+DSCKPT_TEST_ZCHUNK_FRAME=1 $B/dsckpt synth -o "$DIR/s-z2" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+grep -q '"version":2,' "$DIR"/s-z2/*/manifest.json || { echo "s-z2 is not version 2 (test hooks not built?)"; exit 1; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 drop() { sync; python3 -c 'import os,sys
 for p in sys.argv[1:]:
     fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' "$1"/*/rank_*; }
-for c in cold warm; do : >"$DIR/t-plain-$c"; : >"$DIR/t-z-$c"; : >"$DIR/r-$c"; done
+for c in cold warm; do : >"$DIR/t-plain-$c"; : >"$DIR/t-z-$c"; : >"$DIR/t-z2-$c"; : >"$DIR/r-$c"; : >"$DIR/r2-$c"; done
 for r in $(seq "$REPS"); do
     for c in cold warm; do
-        for k in plain z; do
+        for k in plain z z2; do
             rm -rf "$DIR/out-$k.safetensors"
             [ $c = cold ] && drop "$DIR/s-$k"
             sync
@@ -109,14 +114,19 @@ for r in $(seq "$REPS"); do
         done
         # the ratio of this pair (the plain and compressed runs back to back)
         echo "$(tail -1 "$DIR/t-z-$c") / $(tail -1 "$DIR/t-plain-$c")" | bc -l >>"$DIR/r-$c"
+        echo "$(tail -1 "$DIR/t-z2-$c") / $(tail -1 "$DIR/t-plain-$c")" | bc -l >>"$DIR/r2-$c"
     done
 done
 cmp "$DIR/out-plain.safetensors" "$DIR/out-z.safetensors"
+cmp "$DIR/out-plain.safetensors" "$DIR/out-z2.safetensors"
 echo
 echo "consolidate $PARAMS params (synth bf16, W=2, ZeRO-2) to bf16, $REPS paired runs (seconds; ratio compressed / plain, target <= 1.2):"
-echo "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) (plain) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) (compressed) bytes"
+echo "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) (plain) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) (planes)" \
+    "vs $(cat "$DIR"/s-z2/*/rank_* | wc -c) (single frames) bytes"
 for c in cold warm; do
-    echo "  $c: plain $(tr '\n' ' ' <"$DIR/t-plain-$c")| compressed $(tr '\n' ' ' <"$DIR/t-z-$c")|" \
-        "pair ratios $(xargs printf '%.3f ' <"$DIR/r-$c")| median ratio $(median <"$DIR/r-$c" | xargs printf '%.3f')"
+    echo "  $c: plain $(tr '\n' ' ' <"$DIR/t-plain-$c")| planes $(tr '\n' ' ' <"$DIR/t-z-$c")|" \
+        "single frames $(tr '\n' ' ' <"$DIR/t-z2-$c")"
+    echo "  $c: planes / plain $(xargs printf '%.3f ' <"$DIR/r-$c")| median $(median <"$DIR/r-$c" | xargs printf '%.3f');" \
+        "single frames / plain $(xargs printf '%.3f ' <"$DIR/r2-$c")| median $(median <"$DIR/r2-$c" | xargs printf '%.3f')"
 done
 echo "uptime at end: $(uptime)"

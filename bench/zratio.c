@@ -7,13 +7,15 @@
  * For each state (fp32, exp_avg, exp_avg_sq, w16 when present, and "w16 (cast)":
  * the fp32 master weights cast to the checkpoint's 16-bit training dtype, which
  * is what a 16-bit weight file or a bf16 checkpoint's working weights hold), the
- * state's bytes over every tensor, in tensor order, are cut into 16 MiB chunks
- * and each chunk is encoded as a compressed rank file would store it
- * (ds_zchunk_encode, shuffled by the element width). Prints raw bytes, stored
+ * state's bytes over every tensor, in tensor order, are cut into chunks of the
+ * default compressed chunk size and each chunk is encoded as a compressed rank
+ * file would store it (ds_zchunk_encode, shuffled by the element width), with the
+ * single-frame codec of version 2 and the planes codec side by side. Prints raw
  * bytes and raw/stored per state and overall, and per level the encode and
  * decode throughput of one thread (GB/s of raw bytes per second of that thread's
  * CPU time, so a loaded machine does not count other processes' time; the best
- * of 3 passes).
+ * of 3 passes, the codecs interleaved). ZRATIO_GAINS="0 20 50 ..." adds a table
+ * of the planes codec at those least plane gains (per mille).
  */
 #include "cast.h"
 #include "ckpt.h"
@@ -24,7 +26,8 @@
 #include <string.h>
 #include <time.h>
 
-#define CHUNK ((size_t)16 << 20)
+#define CHUNK ((size_t)DS_ZCHUNK_DEFAULT_CHUNK)
+#define NCODEC_MAX 10
 
 static double now(void) {
     struct timespec ts;
@@ -98,59 +101,101 @@ int main(int argc, char **argv) {
     int nlev = argc > 2 ? argc - 2 : 2;
     int levels[16] = {1, 3};
     for (int i = 0; i < nlev && i < 16; i++) levels[i] = argc > 2 ? atoi(argv[2 + i]) : levels[i];
-    printf("checkpoint %s: %zu tensors, train dtype %s\n", argv[1], c->ntensors, c->train_dtype);
+    /* The codecs side by side: 0 the single frame (version 2), 1 planes at the
+     * default least gain, then planes at each ZRATIO_GAINS per mille. */
+    int gains[NCODEC_MAX] = {0, DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE}, ncodec = 2;
+    const char *ge = getenv("ZRATIO_GAINS");
+    for (char *q = (char *)ge; q && *q && ncodec < NCODEC_MAX;) {
+        char *e;
+        long g = strtol(q, &e, 10);
+        if (e == q) break;
+        gains[ncodec++] = (int)g;
+        q = e;
+    }
+    printf("checkpoint %s: %zu tensors, train dtype %s; %zu-byte chunks\n", argv[1], c->ntensors, c->train_dtype,
+           CHUNK);
     ds_zchunk_dec *dec = NULL;
     ds_zchunk_dec_new(&dec);
     uint8_t *back = malloc(CHUNK), *stored = malloc(CHUNK);
     for (int li = 0; li < nlev; li++) {
-        ds_zchunk_enc *enc = NULL;
-        if (ds_zchunk_enc_new(levels[li], &enc) != DSCKPT_OK) {
-            fprintf(stderr, "%s\n", dsckpt_last_error());
-            return 3;
-        }
-        printf("\nlevel %d\n| state | raw MB | stored MB | ratio | encode GB/s/core | decode GB/s/core |\n"
-               "|---|---:|---:|---:|---:|---:|\n",
-               levels[li]);
-        uint64_t tot_raw = 0, tot_st = 0;
+        ds_zchunk_enc *enc[NCODEC_MAX];
+        for (int k = 0; k < ncodec; k++)
+            if (ds_zchunk_enc_new(levels[li], &enc[k]) != DSCKPT_OK ||
+                ds_zchunk_enc_set_codec(enc[k], k == 0 ? DS_ZCODEC_FRAME : DS_ZCODEC_PLANES, gains[k]) != DSCKPT_OK) {
+                fprintf(stderr, "%s\n", dsckpt_last_error());
+                return 3;
+            }
+        printf("\nlevel %d: frame = one zstd frame per chunk (version 2), planes = each plane a frame when it "
+               "saves >= %d per mille, else raw\n"
+               "| state | raw MB | ratio frame | ratio planes | encode GB/s/core frame | planes | decode GB/s/core "
+               "frame | planes |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+               levels[li], gains[1]);
+        uint64_t tot_raw = 0, tot_st[NCODEC_MAX] = {0};
+        double ratio[NROW][NCODEC_MAX], enc_gbs[NROW][NCODEC_MAX], dec_gbs[NROW][NCODEC_MAX];
         for (int r = 0; r < NROW; r++) {
             if (!rows[r].n) continue;
-            uint64_t st_bytes = 0;
-            double best_e = 1e30, best_d = 1e30;
-            for (int pass = 0; pass < 3; pass++) {
-                double te = 0, td = 0;
-                st_bytes = 0;
-                for (size_t off = 0; off < rows[r].n; off += CHUNK) {
-                    size_t n = DS_MIN(CHUNK, rows[r].n - off);
-                    const uint8_t *sp;
-                    size_t sn;
-                    ds_zchunk_kind k;
-                    double t0 = now();
-                    if (ds_zchunk_encode(enc, rows[r].p + off, n, rows[r].width, &sp, &sn, &k) != DSCKPT_OK) return 2;
-                    te += now() - t0;
-                    memcpy(stored, sp, sn);
-                    st_bytes += sn;
-                    t0 = now();
-                    if (ds_zchunk_decode(dec, k, k == DS_ZCHUNK_RAW ? 1 : rows[r].width, stored, sn, back, n, "b") !=
-                            DSCKPT_OK ||
-                        memcmp(back, rows[r].p + off, n) != 0) {
-                        fprintf(stderr, "round trip failed\n");
-                        return 1;
+            uint64_t st_bytes[NCODEC_MAX] = {0};
+            double best_e[NCODEC_MAX], best_d[NCODEC_MAX];
+            for (int k = 0; k < ncodec; k++) best_e[k] = best_d[k] = 1e30;
+            /* The codecs interleaved pass by pass, so a change in load hits all. */
+            for (int pass = 0; pass < 3; pass++)
+                for (int k = 0; k < ncodec; k++) {
+                    double te = 0, td = 0;
+                    st_bytes[k] = 0;
+                    for (size_t off = 0; off < rows[r].n; off += CHUNK) {
+                        size_t n = DS_MIN(CHUNK, rows[r].n - off);
+                        const uint8_t *sp;
+                        size_t sn;
+                        ds_zchunk_kind kd;
+                        double t0 = now();
+                        if (ds_zchunk_encode(enc[k], rows[r].p + off, n, rows[r].width, &sp, &sn, &kd) != DSCKPT_OK)
+                            return 2;
+                        te += now() - t0;
+                        memcpy(stored, sp, sn);
+                        st_bytes[k] += sn;
+                        t0 = now();
+                        if (ds_zchunk_decode(dec, kd, kd == DS_ZCHUNK_RAW ? 1 : rows[r].width, stored, sn, back, n,
+                                             "b") != DSCKPT_OK ||
+                            memcmp(back, rows[r].p + off, n) != 0) {
+                            fprintf(stderr, "round trip failed\n");
+                            return 1;
+                        }
+                        td += now() - t0;
                     }
-                    td += now() - t0;
+                    if (te < best_e[k]) best_e[k] = te;
+                    if (td < best_d[k]) best_d[k] = td;
                 }
-                if (te < best_e) best_e = te;
-                if (td < best_d) best_d = td;
+            for (int k = 0; k < ncodec; k++) {
+                ratio[r][k] = (double)rows[r].n / (double)st_bytes[k];
+                enc_gbs[r][k] = rows[r].n / best_e[k] / 1e9;
+                dec_gbs[r][k] = rows[r].n / best_d[k] / 1e9;
+                if (r != NROW - 1) tot_st[k] += st_bytes[k]; /* the cast row is not part of the checkpoint */
             }
-            if (r != NROW - 1) { /* the cast row is not part of the checkpoint */
-                tot_raw += rows[r].n;
-                tot_st += st_bytes;
-            }
-            printf("| %s | %.2f | %.2f | %.3f | %.2f | %.2f |\n", names[r], rows[r].n / 1e6, st_bytes / 1e6,
-                   (double)rows[r].n / (double)st_bytes, rows[r].n / best_e / 1e9, rows[r].n / best_d / 1e9);
+            if (r != NROW - 1) tot_raw += rows[r].n;
+            printf("| %s | %.2f | %.3f | %.3f | %.2f | %.2f | %.2f | %.2f |\n", names[r], rows[r].n / 1e6,
+                   ratio[r][0], ratio[r][1], enc_gbs[r][0], enc_gbs[r][1], dec_gbs[r][0], dec_gbs[r][1]);
         }
-        printf("| all states stored | %.2f | %.2f | %.3f | | |\n", tot_raw / 1e6, tot_st / 1e6,
-               (double)tot_raw / (double)tot_st);
-        ds_zchunk_enc_free(enc);
+        printf("| all states stored | %.2f | %.3f | %.3f | | | | |\n", tot_raw / 1e6,
+               (double)tot_raw / (double)tot_st[0], (double)tot_raw / (double)tot_st[1]);
+        if (ncodec > 2) {
+            printf("\nlevel %d, planes by least gain (per mille): ratio / encode / decode GB/s/core\n| state |",
+                   levels[li]);
+            for (int k = 1; k < ncodec; k++) printf(" %d |", gains[k]);
+            printf("\n|---|");
+            for (int k = 1; k < ncodec; k++) printf("---:|");
+            printf("\n");
+            for (int r = 0; r < NROW; r++) {
+                if (!rows[r].n) continue;
+                printf("| %s |", names[r]);
+                for (int k = 1; k < ncodec; k++)
+                    printf(" %.3f / %.2f / %.2f |", ratio[r][k], enc_gbs[r][k], dec_gbs[r][k]);
+                printf("\n");
+            }
+            printf("| all states stored |");
+            for (int k = 1; k < ncodec; k++) printf(" %.3f |", (double)tot_raw / (double)tot_st[k]);
+            printf("\n");
+        }
+        for (int k = 0; k < ncodec; k++) ds_zchunk_enc_free(enc[k]);
     }
     free(back);
     free(stored);

@@ -134,10 +134,11 @@ static dsckpt_status parse_tensor(const cJSON *jt, size_t i, int ngroups, ds_ten
     return DSCKPT_OK;
 }
 
-/* The chunk list of a compressed file (version 2): for raw chunk k,
- * [raw_offset, raw_size, stored_offset, stored_size, "zstd"|"raw", width, "<sha256 of the stored bytes>"],
- * raw chunks in order, stored chunks back to back from offset 0 up to stored_size. */
-static dsckpt_status parse_zchunks(const cJSON *ch, const char *name, ds_file *f, uint64_t stored_size,
+/* The chunk list of a compressed file (version 2 or 3): for raw chunk k,
+ * [raw_offset, raw_size, stored_offset, stored_size, "zstd"|"raw"|"planes", width, "<sha256 of the stored bytes>"],
+ * raw chunks in order, stored chunks back to back from offset 0 up to stored_size;
+ * "planes" only in version 3. */
+static dsckpt_status parse_zchunks(const cJSON *ch, const char *name, ds_file *f, uint64_t stored_size, uint64_t ver,
                                    const char *what) {
     DS_TRY(ds_calloc(f->dg.nchunks ? f->dg.nchunks : 1, sizeof *f->zc, &f->zc));
     uint64_t spos = 0;
@@ -152,7 +153,10 @@ static dsckpt_status parse_zchunks(const cJSON *ch, const char *name, ds_file *f
             if (!get_u64(x, MAX_SAFE_INT, &v[j]))
                 return bad(what, "%s: chunks[%zu][%d] must be a non-negative integer", name, k, j);
         int kind = cJSON_IsString(x) ? ds_zchunk_kind_parse(x->valuestring) : -1;
-        if (kind < 0) return bad(what, "%s: chunks[%zu]: kind must be \"zstd\" or \"raw\"", name, k);
+        if (kind < 0) return bad(what, "%s: chunks[%zu]: kind must be \"zstd\", \"planes\" or \"raw\"", name, k);
+        if (kind == DS_ZCHUNK_PLANES && ver < DS_MANIFEST_VERSION_PLANES)
+            return bad(what, "%s: chunks[%zu]: kind \"planes\" in a version %llu manifest (it needs version %d)", name,
+                       k, (unsigned long long)ver, DS_MANIFEST_VERSION_PLANES);
         x = x->next;
         if (!get_u64(x, 8, &w)) return bad(what, "%s: chunks[%zu]: bad shuffle width", name, k);
         x = x->next;
@@ -224,7 +228,7 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, uint64_t ver, ds_mani
     f->dg.nchunks = (size_t)want;
     if (want) DS_TRY(ds_calloc((size_t)want, sizeof *f->dg.chunks, &f->dg.chunks));
     if (f->compressed) {
-        DS_TRY(parse_zchunks(ch, name, f, f->stored_size, what));
+        DS_TRY(parse_zchunks(ch, name, f, f->stored_size, ver, what));
         f->has_digests = true;
         return DSCKPT_OK;
     }
@@ -380,9 +384,9 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     if (strcmp(fmt, "dsckpt") != 0) return bad(what, "format is '%s', expected 'dsckpt'", fmt);
     uint64_t ver, step, ws, stage, ngroups;
     DS_TRY(field_u64(root, "version", 1000, &ver, what, "manifest"));
-    if (ver != DS_MANIFEST_VERSION && ver != DS_MANIFEST_VERSION_COMPRESSED)
-        return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads versions %d and %d (upgrade dsckpt)",
-                      what, (unsigned long long)ver, DS_MANIFEST_VERSION, DS_MANIFEST_VERSION_COMPRESSED);
+    if (ver < DS_MANIFEST_VERSION || ver > DS_MANIFEST_VERSION_PLANES)
+        return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads versions %d to %d (upgrade dsckpt)",
+                      what, (unsigned long long)ver, DS_MANIFEST_VERSION, DS_MANIFEST_VERSION_PLANES);
     DS_TRY(field_str(root, "tag", &tag, what, "manifest"));
     /* The tag names the output directory of reshard and universal: data, not a path. */
     DS_TRY(ds_name_check(tag, strlen(tag), DSCKPT_ECORRUPT, what, "tag"));
@@ -485,12 +489,20 @@ dsckpt_status ds_manifest_build(const ds_manifest *c, char **json_out) {
     if (!root) return ds_err(DSCKPT_ENOMEM, "out of memory building a manifest");
     bool ok = true;
     ok &= cJSON_AddStringToObject(root, "format", "dsckpt") != NULL;
-    bool compressed = false;
-    for (size_t i = 0; i < c->nfiles; i++) compressed |= c->files[i].compressed;
-    /* Version 2 only when a file is compressed: an uncompressed checkpoint stays
-     * byte for byte what version 1 writers wrote, and readable by them. */
+    bool compressed = false, planes = false;
+    for (size_t i = 0; i < c->nfiles; i++) {
+        const ds_file *f = &c->files[i];
+        compressed |= f->compressed;
+        for (size_t k = 0; f->compressed && k < f->dg.nchunks; k++) planes |= f->zc[k].kind == DS_ZCHUNK_PLANES;
+    }
+    /* Version 2 only when a file is compressed, 3 only when a chunk is stored as
+     * planes: an uncompressed checkpoint stays byte for byte what version 1
+     * writers wrote, and readable by them; one without planes chunks stays
+     * readable by version 2 readers, which refuse version 3 as newer. */
     ok &= cJSON_AddItemToObject(root, "version",
-                                num(compressed ? DS_MANIFEST_VERSION_COMPRESSED : DS_MANIFEST_VERSION));
+                                num(planes       ? DS_MANIFEST_VERSION_PLANES
+                                    : compressed ? DS_MANIFEST_VERSION_COMPRESSED
+                                                 : DS_MANIFEST_VERSION));
     ok &= cJSON_AddStringToObject(root, "tag", c->tag) != NULL;
     ok &= cJSON_AddItemToObject(root, "step", num((uint64_t)c->step));
     ok &= cJSON_AddItemToObject(root, "world_size", num((uint64_t)c->world_size));

@@ -30,6 +30,9 @@
 /* Written only when some rank file is compressed (docs/native-format.md); version
  * 1 readers refuse it. */
 #define DS_MANIFEST_VERSION_COMPRESSED 2
+/* Written only when some chunk is stored as planes (docs/native-format.md); version
+ * 2 readers refuse it as a newer version. */
+#define DS_MANIFEST_VERSION_PLANES 3
 
 /* A parsed manifest: the header fields, tensors, fragments and files it lists, its
  * "model" object, and the parsed tree (whose "state", "ds_config" and "metrics"

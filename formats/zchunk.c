@@ -1,25 +1,42 @@
 /*
- * zchunk.c — byte-plane shuffle + zstd per chunk, and the hostile-input decoder
- * (see zchunk.h).
+ * zchunk.c — byte-plane shuffle + zstd per chunk (one frame, or one per plane),
+ * and the hostile-input decoder (see zchunk.h).
  */
 #include "zchunk.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
 #include <zstd_errors.h>
 
+/* The hash table (log2 entries) of plane frames at level 1; 0 leaves zstd's. */
+#ifndef DS_ZCHUNK_PLANE_HASH_LOG
+#define DS_ZCHUNK_PLANE_HASH_LOG 6
+#endif
+
 /* The decoder's window limit: a frame of DS_ZCHUNK_MAX_RAW bytes needs at most
  * this window; anything asking for more is refused by zstd itself. */
 #define DEC_WINDOW_LOG_MAX 28
 
-const char *ds_zchunk_kind_name(ds_zchunk_kind k) { return k == DS_ZCHUNK_ZSTD ? "zstd" : "raw"; }
+const char *ds_zchunk_kind_name(ds_zchunk_kind k) {
+    return k == DS_ZCHUNK_ZSTD ? "zstd" : k == DS_ZCHUNK_PLANES ? "planes" : "raw";
+}
 
 int ds_zchunk_kind_parse(const char *s) {
     if (!s) return -1;
     if (!strcmp(s, "raw")) return DS_ZCHUNK_RAW;
     if (!strcmp(s, "zstd")) return DS_ZCHUNK_ZSTD;
+    if (!strcmp(s, "planes")) return DS_ZCHUNK_PLANES;
     return -1;
+}
+
+static void put_le32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 bool ds_zchunk_width_ok(int w) { return w == 1 || w == 2 || w == 4 || w == 8; }
@@ -203,14 +220,17 @@ void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int w
 /* ---- encoder ---- */
 
 struct ds_zchunk_enc {
-    ZSTD_CCtx *cctx;
+    ZSTD_CCtx *cctx, *pctx; /* chunk frames, plane frames */
     uint8_t *shuf, *out;
     size_t cap; /* bytes of each buffer */
+    ds_zchunk_codec codec;
+    int min_gain; /* per mille, planes only */
 };
 
 void ds_zchunk_enc_free(ds_zchunk_enc *e) {
     if (!e) return;
     ZSTD_freeCCtx(e->cctx);
+    ZSTD_freeCCtx(e->pctx);
     free(e->shuf);
     free(e->out);
     free(e);
@@ -223,20 +243,44 @@ dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out) {
     ds_zchunk_enc *e = calloc(1, sizeof *e);
     if (!e) return ds_err(DSCKPT_ENOMEM, "out of memory");
     e->cctx = ZSTD_createCCtx();
-    if (!e->cctx) {
-        free(e);
+    e->pctx = ZSTD_createCCtx();
+    if (!e->cctx || !e->pctx) {
+        ds_zchunk_enc_free(e);
         return ds_err(DSCKPT_ENOMEM, "out of memory creating a zstd context");
     }
     /* The frame states its content size (the decoder checks it against the
      * manifest) and carries zstd's own checksum, so a damaged chunk read with the
      * SHA-256 checks off (--no-verify) still fails instead of decoding garbage. */
-    if (ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_compressionLevel, level)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_contentSizeFlag, 1)) ||
-        ZSTD_isError(ZSTD_CCtx_setParameter(e->cctx, ZSTD_c_checksumFlag, 1))) {
+    bool ok = true;
+    for (int i = 0; i < 2; i++) {
+        ZSTD_CCtx *cc = i ? e->pctx : e->cctx;
+        ok &= !ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level)) &&
+              !ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 1)) &&
+              !ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1));
+    }
+    /* Plane frames at level 1: the planes that shrink are mostly exponent bytes of
+     * low entropy, which zstd codes best as Huffman literals; the short matches its
+     * default level-1 table finds there cost ratio and (encoding and decoding)
+     * speed. A 64-entry table and 7-byte matches keep the long repeats (zeros,
+     * small integers) and drop the rest (bench/RESULTS.md, issue 15, measured). */
+    if (level == 1 && DS_ZCHUNK_PLANE_HASH_LOG > 0)
+        ok &= !ZSTD_isError(ZSTD_CCtx_setParameter(e->pctx, ZSTD_c_hashLog, DS_ZCHUNK_PLANE_HASH_LOG)) &&
+              !ZSTD_isError(ZSTD_CCtx_setParameter(e->pctx, ZSTD_c_minMatch, 7));
+    if (!ok) {
         ds_zchunk_enc_free(e);
         return ds_err(DSCKPT_EINTERNAL, "zstd: cannot set the compression parameters");
     }
+    e->codec = DS_ZCODEC_PLANES;
+    e->min_gain = DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE;
     *out = e;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zchunk_enc_set_codec(ds_zchunk_enc *e, ds_zchunk_codec codec, int min_gain_permille) {
+    if ((codec != DS_ZCODEC_PLANES && codec != DS_ZCODEC_FRAME) || min_gain_permille < 0 || min_gain_permille > 999)
+        return ds_err(DSCKPT_EINVAL, "chunk codec %d, least plane gain %d per mille", (int)codec, min_gain_permille);
+    e->codec = codec;
+    e->min_gain = min_gain_permille;
     return DSCKPT_OK;
 }
 
@@ -246,6 +290,52 @@ static dsckpt_status grow(uint8_t **buf, size_t *cap, size_t n) {
     if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes for a chunk)", n);
     *buf = p;
     *cap = n;
+    return DSCKPT_OK;
+}
+
+/* The planes form of the shuffled chunk e->shuf[0..n) into e->out: the header,
+ * then each plane as a frame when that saves at least e->min_gain per mille of it
+ * and raw otherwise, then the tail. Leaves the outputs (already saying raw) alone
+ * when the whole is not smaller than n. */
+static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const uint8_t **stored, size_t *stored_n,
+                                   ds_zchunk_kind *kind) {
+    size_t w = (size_t)width, m = n / w, tail = n - m * w, hdr = DS_ZCHUNK_PLANE_REC * w;
+    if (m == 0 || hdr + tail >= n) return DSCKPT_OK;
+    size_t pos = hdr, room = n - 1; /* the whole must end up smaller than n */
+    /* A frame is kept only when at most this long: the capacity makes zstd give up
+     * (dstSize_tooSmall) as soon as the plane cannot make the gain. */
+    size_t keep = m - (m * (size_t)e->min_gain + 999) / 1000;
+    for (size_t j = 0; j < w; j++) {
+        const uint8_t *plane = e->shuf + j * m;
+        uint8_t *rec = e->out + DS_ZCHUNK_PLANE_REC * j;
+        if (pos >= room) return DSCKPT_OK;
+        size_t cap = DS_MIN(keep, room - pos), r = 0;
+        if (cap > 0) {
+            r = ZSTD_compress2(e->pctx, e->out + pos, cap, plane, m);
+            if (ZSTD_isError(r)) {
+                if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
+                    return ds_err(DSCKPT_EINTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(r));
+                r = 0;
+            }
+        }
+        if (r > 0 && r < m) {
+            rec[0] = DS_ZCHUNK_ZSTD;
+            put_le32(rec + 1, (uint32_t)r);
+            pos += r;
+            continue;
+        }
+        if (m > room - pos) return DSCKPT_OK;
+        rec[0] = DS_ZCHUNK_RAW;
+        put_le32(rec + 1, (uint32_t)m);
+        memcpy(e->out + pos, plane, m);
+        pos += m;
+    }
+    if (tail > room - pos) return DSCKPT_OK;
+    memcpy(e->out + pos, e->shuf + m * w, tail);
+    pos += tail;
+    *stored = e->out;
+    *stored_n = pos;
+    *kind = DS_ZCHUNK_PLANES;
     return DSCKPT_OK;
 }
 
@@ -269,6 +359,7 @@ dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int 
     if (width > 1) {
         ds_zchunk_shuffle(e->shuf, raw, n, width);
         src = e->shuf;
+        if (e->codec == DS_ZCODEC_PLANES) return encode_planes(e, n, width, stored, stored_n, kind);
     }
     /* Room for n - 1 bytes only: a frame that would not be smaller fails with
      * dstSize_tooSmall and the chunk is stored raw. */
@@ -328,10 +419,78 @@ dsckpt_status ds_zchunk_check(ds_zchunk_kind kind, int width, uint64_t stored_n,
         if (width != 1) return ds_err(DSCKPT_ECORRUPT, "%s: stored raw, but shuffle width %d", what, width);
         return DSCKPT_OK;
     }
+    if (kind == DS_ZCHUNK_PLANES) {
+        if (width < 2)
+            return ds_err(DSCKPT_ECORRUPT, "%s: a planes chunk of shuffle width %d (2, 4 or 8)", what, width);
+        uint64_t w = (uint64_t)width, min = DS_ZCHUNK_PLANE_REC * w + raw_n % w;
+        if (stored_n < min || stored_n >= raw_n)
+            return ds_err(DSCKPT_ECORRUPT,
+                          "%s: a planes chunk of %llu bytes for %llu raw bytes (it must be smaller, and hold its "
+                          "%llu-byte header and tail)",
+                          what, (unsigned long long)stored_n, (unsigned long long)raw_n, (unsigned long long)min);
+        return DSCKPT_OK;
+    }
     if (kind != DS_ZCHUNK_ZSTD) return ds_err(DSCKPT_ECORRUPT, "%s: unknown chunk kind %d", what, (int)kind);
     if (stored_n == 0 || stored_n >= raw_n)
         return ds_err(DSCKPT_ECORRUPT, "%s: a zstd chunk of %llu bytes for %llu raw bytes (it must be smaller)",
                       what, (unsigned long long)stored_n, (unsigned long long)raw_n);
+    return DSCKPT_OK;
+}
+
+/* Decodes the zstd frame src[0..sn) into dst[0..n): one whole frame, exactly these
+ * bytes, stating exactly n raw bytes (checked from the frame header before any
+ * byte is decoded), decoding to exactly n bytes. `plane` >= 0 names the plane. */
+static dsckpt_status decode_frame(ds_zchunk_dec *d, const uint8_t *src, size_t sn, uint8_t *dst, size_t n,
+                                  const char *what, long plane) {
+    char pl[40] = "";
+    if (plane >= 0) snprintf(pl, sizeof pl, " (plane %ld)", plane);
+    unsigned long long fcs = ZSTD_getFrameContentSize(src, sn);
+    if (fcs == ZSTD_CONTENTSIZE_ERROR) return ds_err(DSCKPT_ECORRUPT, "%s%s: not a zstd frame", what, pl);
+    if (fcs == ZSTD_CONTENTSIZE_UNKNOWN)
+        return ds_err(DSCKPT_ECORRUPT, "%s%s: the zstd frame does not state its size", what, pl);
+    if (fcs != (unsigned long long)n)
+        return ds_err(DSCKPT_ECORRUPT, "%s%s: the zstd frame states %llu raw bytes, the %s %zu", what, pl, fcs,
+                      plane >= 0 ? "plane holds" : "manifest", n);
+    size_t fsz = ZSTD_findFrameCompressedSize(src, sn);
+    if (ZSTD_isError(fsz) || fsz != sn)
+        return ds_err(DSCKPT_ECORRUPT, "%s%s: the zstd frame is truncated or followed by other bytes", what, pl);
+    size_t r = ZSTD_decompressDCtx(d->dctx, dst, n, src, sn);
+    if (ZSTD_isError(r)) return ds_err(DSCKPT_ECORRUPT, "%s%s: zstd: %s", what, pl, ZSTD_getErrorName(r));
+    if (r != n) return ds_err(DSCKPT_ECORRUPT, "%s%s: decoded %zu bytes, expected %zu", what, pl, r, n);
+    return DSCKPT_OK;
+}
+
+/* A planes chunk (ds_zchunk_check passed: stored_n >= its header and tail) into
+ * shuf[0..raw_n): the whole header is checked before any plane is decoded. */
+static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *src, size_t stored_n, uint8_t *shuf,
+                                   size_t raw_n, const char *what) {
+    size_t w = (size_t)width, m = raw_n / w, tail = raw_n - m * w, hdr = DS_ZCHUNK_PLANE_REC * w;
+    uint64_t sum = hdr + tail; /* at most 8 planes of < 2^32 bytes: no overflow */
+    for (size_t j = 0; j < w; j++) {
+        const uint8_t *rec = src + DS_ZCHUNK_PLANE_REC * j;
+        uint64_t sz = get_le32(rec + 1);
+        if (rec[0] == DS_ZCHUNK_RAW && sz != m)
+            return ds_err(DSCKPT_ECORRUPT, "%s: plane %zu stored raw in %llu bytes, but the plane holds %zu", what, j,
+                          (unsigned long long)sz, m);
+        if (rec[0] == DS_ZCHUNK_ZSTD && (sz == 0 || sz >= m))
+            return ds_err(DSCKPT_ECORRUPT, "%s: plane %zu is a zstd frame of %llu bytes for %zu raw bytes (it must "
+                          "be smaller)", what, j, (unsigned long long)sz, m);
+        if (rec[0] != DS_ZCHUNK_RAW && rec[0] != DS_ZCHUNK_ZSTD)
+            return ds_err(DSCKPT_ECORRUPT, "%s: plane %zu has unknown kind %d", what, j, rec[0]);
+        sum += sz;
+    }
+    if (sum != stored_n)
+        return ds_err(DSCKPT_ECORRUPT, "%s: the planes' header, planes and tail add up to %llu bytes, the chunk "
+                      "has %zu", what, (unsigned long long)sum, stored_n);
+    size_t pos = hdr;
+    for (size_t j = 0; j < w; j++) {
+        const uint8_t *rec = src + DS_ZCHUNK_PLANE_REC * j;
+        size_t sz = get_le32(rec + 1);
+        if (rec[0] == DS_ZCHUNK_RAW) memcpy(shuf + j * m, src + pos, m);
+        else DS_TRY(decode_frame(d, src + pos, sz, shuf + j * m, m, what, (long)j));
+        pos += sz;
+    }
+    memcpy(shuf + m * w, src + pos, tail);
     return DSCKPT_OK;
 }
 
@@ -342,24 +501,8 @@ dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, i
         if (raw_n && shuf != stored) memcpy(shuf, stored, raw_n);
         return DSCKPT_OK;
     }
-    /* One whole frame, exactly these bytes, stating exactly this size: checked
-     * from the frame header before any byte is decoded. */
-    unsigned long long fcs = ZSTD_getFrameContentSize(stored, stored_n);
-    if (fcs == ZSTD_CONTENTSIZE_ERROR)
-        return ds_err(DSCKPT_ECORRUPT, "%s: not a zstd frame", what);
-    if (fcs == ZSTD_CONTENTSIZE_UNKNOWN)
-        return ds_err(DSCKPT_ECORRUPT, "%s: the zstd frame does not state its size", what);
-    if (fcs != (unsigned long long)raw_n)
-        return ds_err(DSCKPT_ECORRUPT, "%s: the zstd frame states %llu raw bytes, the manifest %zu", what, fcs,
-                      raw_n);
-    size_t fsz = ZSTD_findFrameCompressedSize(stored, stored_n);
-    if (ZSTD_isError(fsz) || fsz != stored_n)
-        return ds_err(DSCKPT_ECORRUPT, "%s: the zstd frame is truncated or followed by other bytes", what);
-    size_t r = ZSTD_decompressDCtx(d->dctx, shuf, raw_n, stored, stored_n);
-    if (ZSTD_isError(r)) return ds_err(DSCKPT_ECORRUPT, "%s: zstd: %s", what, ZSTD_getErrorName(r));
-    if (r != raw_n)
-        return ds_err(DSCKPT_ECORRUPT, "%s: decoded %zu bytes, expected %zu", what, r, raw_n);
-    return DSCKPT_OK;
+    if (kind == DS_ZCHUNK_PLANES) return decode_planes(d, width, stored, stored_n, shuf, raw_n, what);
+    return decode_frame(d, stored, stored_n, shuf, raw_n, what, -1);
 }
 
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,

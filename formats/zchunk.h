@@ -1,7 +1,9 @@
 /*
  * zchunk.h — the chunk codec of compressed native checkpoints: byte-plane shuffle
- * by element width, then one zstd frame per chunk; a chunk that does not shrink is
- * stored raw (docs/native-format.md, "Compressed rank files").
+ * by element width, then either one zstd frame per chunk ("zstd") or each plane on
+ * its own, as a zstd frame when it shrinks enough and raw when not ("planes"); a
+ * chunk that does not shrink is stored raw (docs/native-format.md, "Compressed
+ * rank files").
  *
  * Shuffle: a chunk of n bytes holding elements of `width` bytes (1, 2, 4 or 8) is
  * rewritten as `width` planes, plane j holding byte j of every element, followed by
@@ -13,7 +15,16 @@
  * above DS_ZCHUNK_MAX_RAW is refused before anything is allocated (a decompression
  * bomb), the frame must be one whole zstd frame whose header states exactly that
  * raw size, must be smaller than the raw chunk (otherwise it would have been stored
- * raw), and must decode to exactly that many bytes.
+ * raw), and must decode to exactly that many bytes. A planes chunk's header is
+ * checked whole before any plane is decoded: each plane's kind known, its stored
+ * size exactly its raw size (raw) or positive and smaller (zstd), the sizes adding
+ * up exactly to the stored bytes; each plane frame is then held to the same rules
+ * as a chunk frame, at the plane's size. Nothing is allocated from a claimed size
+ * beyond the chunk's checked raw size.
+ *
+ * Why planes: the mantissa planes of trained floats barely shrink, and a single
+ * frame spends most of its time entropy-coding and decoding them; stored raw they
+ * are a memcpy (bench/RESULTS.md, issue 15).
  *
  * Thread-safety: an encoder or decoder belongs to one thread at a time; keep one
  * per worker and reuse it (it holds the zstd context and its buffers).
@@ -37,9 +48,25 @@
 typedef enum ds_zchunk_kind {
     DS_ZCHUNK_RAW = 0,  /* stored bytes are the raw bytes */
     DS_ZCHUNK_ZSTD = 1, /* stored bytes are one zstd frame of the shuffled raw bytes */
+    DS_ZCHUNK_PLANES = 2, /* a plane header, then each plane raw or as a zstd frame, then the tail */
 } ds_zchunk_kind;
 
-/* "raw" / "zstd"; ds_zchunk_kind_parse returns -1 for anything else. */
+/* Bytes of a planes chunk's header per plane: a kind byte, a u32 LE stored size. */
+#define DS_ZCHUNK_PLANE_REC 5
+/* A plane is stored as a zstd frame only when the frame saves at least this many
+ * per mille of the plane's bytes; below that it is stored raw (decoding it is then
+ * a memcpy). bench/compress.sh measured it (bench/RESULTS.md, issue 15). */
+#ifndef DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE
+#define DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE 50
+#endif
+
+/* How an encoder stores a chunk of width > 1 (width 1 is always one frame). */
+typedef enum ds_zchunk_codec {
+    DS_ZCODEC_PLANES = 0, /* planes (the default) */
+    DS_ZCODEC_FRAME = 1,  /* one zstd frame, as version 2 writers did */
+} ds_zchunk_codec;
+
+/* "raw" / "zstd" / "planes"; ds_zchunk_kind_parse returns -1 for anything else. */
 const char *ds_zchunk_kind_name(ds_zchunk_kind k);
 int ds_zchunk_kind_parse(const char *s);
 /* Whether w is a shuffle width we write and read (1, 2, 4, 8). */
@@ -61,17 +88,23 @@ void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int w
 typedef struct ds_zchunk_enc ds_zchunk_enc;
 dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out);
 void ds_zchunk_enc_free(ds_zchunk_enc *e); /* accepts NULL */
+/* Sets how chunks of width > 1 are stored and, for planes, the least gain (per
+ * mille of a plane's bytes) that stores a plane as a frame (0 .. 999). New
+ * encoders use DS_ZCODEC_PLANES and DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE. */
+dsckpt_status ds_zchunk_enc_set_codec(ds_zchunk_enc *e, ds_zchunk_codec codec, int min_gain_permille);
 /* Encodes raw[0..n) (n <= DS_ZCHUNK_MAX_RAW) shuffled by `width`. On return
  * *stored points either into the encoder (valid until its next call) or at raw
- * itself, with *stored_n bytes and *kind saying which: DS_ZCHUNK_ZSTD only when the
- * frame is strictly smaller than n. */
+ * itself, with *stored_n bytes and *kind saying which: DS_ZCHUNK_ZSTD (width 1, or
+ * the frame codec) or DS_ZCHUNK_PLANES (width > 1) only when strictly smaller
+ * than n. */
 dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int width, const uint8_t **stored,
                                size_t *stored_n, ds_zchunk_kind *kind);
 
 /* Checks a chunk's claimed sizes before anything is allocated for it: raw_n at most
  * DS_ZCHUNK_MAX_RAW, a raw chunk's stored size equal to raw_n, a zstd chunk's
- * positive and smaller than raw_n, the width valid (1 for raw). DSCKPT_ECORRUPT
- * naming `what` otherwise. */
+ * positive and smaller than raw_n, a planes chunk's smaller than raw_n and at least
+ * its header and tail, the width valid (1 for raw, 2, 4 or 8 for planes).
+ * DSCKPT_ECORRUPT naming `what` otherwise. */
 dsckpt_status ds_zchunk_check(ds_zchunk_kind kind, int width, uint64_t stored_n, uint64_t raw_n, const char *what);
 
 typedef struct ds_zchunk_dec ds_zchunk_dec;
@@ -79,14 +112,17 @@ dsckpt_status ds_zchunk_dec_new(ds_zchunk_dec **out);
 void ds_zchunk_dec_free(ds_zchunk_dec *d); /* accepts NULL */
 /* Decodes one stored chunk into raw[0..raw_n) (the caller's buffer, raw_n bytes).
  * Runs ds_zchunk_check first; then a zstd chunk must be one frame covering exactly
- * stored_n bytes whose header states raw_n, and must decode to raw_n bytes.
+ * stored_n bytes whose header states raw_n, and must decode to raw_n bytes; a
+ * planes chunk's header must pass the checks above, each plane frame held to the
+ * same rules at the plane's size.
  * DSCKPT_ECORRUPT naming `what` for anything else; raw is then unspecified. */
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                size_t stored_n, void *raw, size_t raw_n, const char *what);
 
 /* As ds_zchunk_decode, but leaves the chunk in its shuffled form in shuf[0..raw_n)
  * (ds_zchunk_unshuffle_range reads raw bytes out of it), without a copy of the
- * decoder's own. A raw chunk is copied unless shuf is stored itself. */
+ * decoder's own: a planes chunk's planes are decoded or copied straight into their
+ * places in shuf. A raw chunk is copied unless shuf is stored itself. */
 dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                         size_t stored_n, void *shuf, size_t raw_n, const char *what);
 

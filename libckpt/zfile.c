@@ -51,6 +51,10 @@ dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level
     w->path = ds_strdup(path);
     dsckpt_status st = w->path ? DSCKPT_OK : DSCKPT_ENOMEM;
     if (st == DSCKPT_OK) st = ds_zchunk_enc_new(level, &w->enc);
+    /* Test builds only (testhook.c): write single-frame chunks as version 2
+     * writers did, for the compatibility tests and bench/compress.sh's baseline. */
+    if (st == DSCKPT_OK && ds_test_hook("DSCKPT_TEST_ZCHUNK_FRAME"))
+        st = ds_zchunk_enc_set_codec(w->enc, DS_ZCODEC_FRAME, 0);
     if (st == DSCKPT_OK) st = ds_malloc((size_t)chunk_size, &w->buf);
     if (st == DSCKPT_OK) st = ds_stream_create(path, 0, &w->s);
     if (st) {
@@ -91,7 +95,7 @@ static dsckpt_status store_chunk(ds_zwriter *w) {
     DS_TRY(ds_sha256(stored, sn, w->dg[w->n]));
     DS_TRY(ds_stream_write(w->s, stored, sn));
     w->zc[w->n] = (ds_zrec){.off = w->stored_pos, .size = sn, .kind = (uint8_t)kind,
-                            .width = (uint8_t)(kind == DS_ZCHUNK_ZSTD ? width : 1)};
+                            .width = (uint8_t)(kind != DS_ZCHUNK_RAW ? width : 1)};
     w->n++;
     w->stored_pos += sn;
     w->fill = 0;

@@ -2,7 +2,7 @@
 # cli_compress_test.sh — compressed native checkpoints through the CLI:
 #  - an uncompressed synth output is byte for byte what dsckpt wrote before
 #    compression existed (SHA-256 of every file, recorded from that version);
-#  - synth --compress: manifest version 2, smaller files, verify passes, inspect
+#  - synth --compress: manifest version 3 (planes chunks), smaller files, verify passes, inspect
 #    reads it; consolidate equals the uncompressed checkpoint's, bit for bit, in
 #    bf16 and fp32, one file and the HF layout;
 #  - reshard compressed -> plain, plain -> compressed (--compress=3), compressed ->
@@ -10,6 +10,8 @@
 #  - a flipped stored byte: verify exit 1 naming the chunk, consolidate exit 1
 #    writing nothing (also with --no-verify: zstd's own check refuses it);
 #  - a truncated compressed file: verify and consolidate exit 1;
+#  - a checkpoint of single-frame chunks (version 2, written through the test
+#    hook as earlier writers did) verifies and consolidates to the same bytes;
 #  - a manifest of a newer version: exit 5;
 #  - usage: --compress=0, =23, =x exit 3; --compress with --format deepspeed exit 3.
 #
@@ -43,7 +45,7 @@ for dt in bf16 fp32; do
     expect_rc 0 "synth plain $dt"
     run synth -o z-$dt --params 3M --world-size 2 --stage 2 --dtype $dt --compress -q
     expect_rc 0 "synth --compress $dt"
-    if grep -q '"version":2,' z-$dt/global_step100/manifest.json &&
+    if grep -q '"version":3,' z-$dt/global_step100/manifest.json &&
         grep -q '"version":1,' p-$dt/global_step100/manifest.json; then ok; else bad "manifest versions ($dt)"; fi
     zs=$(cat z-$dt/global_step100/rank_* | wc -c)
     ps=$(cat p-$dt/global_step100/rank_* | wc -c)
@@ -61,6 +63,17 @@ for dt in bf16 fp32; do
         same p-$dt-$od.safetensors z-$dt-$od.safetensors "consolidate $dt -> $od"
     done
 done
+# ---- version 2 (one zstd frame per chunk, as earlier writers wrote) still reads ----
+DSCKPT_TEST_ZCHUNK_FRAME=1 run synth -o v2-bf16 --params 3M --world-size 2 --stage 2 --dtype bf16 --compress -q
+expect_rc 0 "synth --compress, single frames (test hook)"
+if grep -q '"version":2,' v2-bf16/global_step100/manifest.json && ! grep -q '"planes"' v2-bf16/global_step100/manifest.json
+then ok; else bad "single-frame chunks write version 2 without planes"; fi
+run verify v2-bf16
+expect_rc 0 "verify version 2"
+run consolidate v2-bf16 -o v2-bf16-bf16.safetensors --dtype bf16 -q
+expect_rc 0 "consolidate version 2"
+same p-bf16-bf16.safetensors v2-bf16-bf16.safetensors "consolidate version 2 -> bf16"
+
 run diff p-bf16 z-bf16
 expect_rc 0 "diff plain vs compressed"
 expect_in out "equal \(0 differences\)" "diff finds them equal"
@@ -88,16 +101,28 @@ done
 # ---- damage ----
 cp -r z-bf16 dmg
 f=dmg/global_step100/rank_00001.safetensors
-# A byte in the middle of the stored chunk holding the middle of rank 1's largest
-# fp32 fragment (data consolidate reads), found from the manifest (fragments are
-# [tensor, file, numel, start, raw offset]).
+# A byte in the middle of a zstd frame of the stored chunk holding the middle of
+# rank 1's largest fp32 fragment (data consolidate reads), found from the manifest
+# (fragments are [tensor, file, numel, start, raw offset]); for a planes chunk, in
+# its first frame plane (header: per plane a kind byte, 0 raw / 1 zstd, and a u32
+# LE stored size), as a flip in a raw plane has no check but the SHA-256.
 seek=$(python3 -c 'import json,sys
 m = json.load(open(sys.argv[1]))
 i = [k for k, f in enumerate(m["files"]) if f["name"] == "rank_00001.safetensors"][0]
 fr = max((x for x in m["fragments"]["fp32"] if x[1] == i), key=lambda x: x[2])
 f = m["files"][i]
 c = f["chunks"][(fr[4] + fr[2] * 2) // f["chunk_size"]]
-print(c[2] + c[3] // 2)' dmg/global_step100/manifest.json)
+at = c[2] + c[3] // 2
+if c[4] == "planes":
+    b = open(sys.argv[2], "rb").read()[c[2]:c[2] + c[3]]
+    pos = 5 * c[5]
+    for j in range(c[5]):
+        sz = int.from_bytes(b[5 * j + 1:5 * j + 5], "little")
+        if b[5 * j] == 1:
+            at = c[2] + pos + sz // 2
+            break
+        pos += sz
+print(at)' dmg/global_step100/manifest.json $f)
 printf '\x55' | dd of=$f bs=1 seek="$seek" conv=notrunc status=none
 run verify dmg
 expect_rc 1 "verify flipped stored byte"
@@ -122,12 +147,12 @@ expect_rc 1 "consolidate truncated compressed file"
 # after the digest check, so rewrite both with sed + sha256sum).
 cp -r z-bf16 newer
 m=newer/global_step100/manifest.json
-body=$(sed 's/,"manifest_sha256":"[0-9a-f]*"}$/}/; s/"version":2,/"version":3,/' $m)
+body=$(sed 's/,"manifest_sha256":"[0-9a-f]*"}$/}/; s/"version":[23],/"version":4,/' $m)
 dg=$(printf '%s' "$body" | sha256sum | cut -d' ' -f1)
 printf '%s' "${body%\}},\"manifest_sha256\":\"$dg\"}" >$m
 run consolidate newer -o newer.safetensors -q
 expect_rc 5 "a newer manifest version"
-expect_in err "manifest version 3" "the version is named"
+expect_in err "manifest version 4" "the version is named"
 
 # ---- usage ----
 for bad_level in 0 23 x; do

@@ -1,14 +1,17 @@
 /*
- * test_compress.c — compressed native checkpoints (manifest version 2):
+ * test_compress.c — compressed native checkpoints (manifest versions 2 and 3):
  *  - a checkpoint with small chunks, some incompressible (stored raw) and some not,
  *    reads back bit-exact through ds_ckpt_read, with the digest checks on and off,
- *    and equals the uncompressed one element for element; verify passes;
+ *    and equals the uncompressed one element for element; verify passes; written
+ *    with planes chunks (version 3) and, through the test hook, with single-frame
+ *    chunks as version 2 writers did (version 2);
  *  - an uncompressed write still says version 1 and has no "compression";
  *  - manifest edits (resealed, as a knowing editor would) are refused: chunk size
  *    past the limit, raw ranges, stored offsets, sizes, kinds, widths, an unknown
- *    compression, "compression" in version 1, a newer version;
+ *    compression, "compression" in version 1, "planes" in version 2, a planes
+ *    chunk of width 1 or too small for its header, a newer version;
  *  - a flipped stored byte: verify names the chunk, reads fail (ECHECKSUM; with the
- *    checks off the zstd frame still fails, never returns wrong bytes);
+ *    checks off a flip in a zstd frame still fails, never returns wrong bytes);
  *  - a truncated file, and a stored chunk replaced by a frame claiming more raw
  *    bytes than its chunk (a decompression bomb, digests updated): refused.
  */
@@ -69,8 +72,9 @@ static dsckpt_status fill(void *user, ds_state s, uint32_t t, uint64_t start, ui
     return DSCKPT_OK;
 }
 
-/* Writes a stage-2, 2-rank checkpoint of about `params` parameters under root. */
-static void write_ckpt(const char *root, uint64_t params, int level, uint64_t chunk) {
+/* Writes a stage-2, 2-rank checkpoint of about `params` parameters under root;
+ * with `frame` (test builds' hook) in single-frame chunks, as version 2 did. */
+static void write_ckpt_codec(const char *root, uint64_t params, int level, uint64_t chunk, bool frame) {
     ds_tensor *ts = NULL;
     size_t nt = 0;
     TU_ASSERT_OK(ds_synth_tensors(params, DSCKPT_BF16, &ts, &nt));
@@ -82,11 +86,17 @@ static void write_ckpt(const char *root, uint64_t params, int level, uint64_t ch
     ds_native_out *no = NULL;
     TU_ASSERT_OK(ds_native_prepare(&spec, tagdir, &no));
     fillctx fc = {ts};
+    if (frame) setenv("DSCKPT_TEST_ZCHUNK_FRAME", "1", 1);
     TU_ASSERT_OK(ds_native_write_all(no, fill, &fc, 2, NULL));
+    unsetenv("DSCKPT_TEST_ZCHUNK_FRAME");
     TU_ASSERT_OK(ds_set_latest(root, TAG));
     ds_native_out_free(no);
     ds_synth_tensors_free(ts, nt);
     free(tagdir);
+}
+
+static void write_ckpt(const char *root, uint64_t params, int level, uint64_t chunk) {
+    write_ckpt_codec(root, params, level, chunk, false);
 }
 
 /* Every state of every tensor equals fill(); returns the number of mismatching tensors. */
@@ -136,45 +146,47 @@ static char *read_text(const char *path) {
 }
 
 static void test_round_trip(void) {
-    char *dir = tu_mkdtemp(), *z = tu_path(dir, "z"), *p = tu_path(dir, "p");
-    write_ckpt(z, 300000, 1, 64 << 10);
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "p");
     write_ckpt(p, 300000, 0, 64 << 10);
-    dsckpt_ckpt *c = NULL;
-    TU_ASSERT_OK(dsckpt_ckpt_open(z, NULL, &c));
-    size_t nraw = 0, nz = 0;
-    for (size_t i = 0; i < c->nfiles; i++) {
-        CU_ASSERT(c->files[i].compressed);
-        CU_ASSERT(c->files[i].stored_size < c->files[i].size);
-        for (size_t k = 0; k < c->files[i].dg.nchunks; k++) {
-            if (c->files[i].zc[k].kind == DS_ZCHUNK_RAW) nraw++;
-            else nz++;
+    /* planes (version 3), then single frames (version 2, test builds only) */
+    for (int frame = 0; frame < (ds_test_hooks_built() ? 2 : 1); frame++) {
+        char *z = tu_path(dir, frame ? "z2" : "z3");
+        write_ckpt_codec(z, 300000, 1, 64 << 10, frame);
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(z, NULL, &c));
+        size_t n[3] = {0};
+        for (size_t i = 0; i < c->nfiles; i++) {
+            CU_ASSERT(c->files[i].compressed);
+            CU_ASSERT(c->files[i].stored_size < c->files[i].size);
+            for (size_t k = 0; k < c->files[i].dg.nchunks; k++) n[c->files[i].zc[k].kind]++;
         }
+        CU_ASSERT(n[DS_ZCHUNK_RAW] > 0); /* the random fp32 chunks did not shrink */
+        CU_ASSERT(frame ? n[DS_ZCHUNK_ZSTD] > 0 && n[DS_ZCHUNK_PLANES] == 0 : n[DS_ZCHUNK_PLANES] > 0);
+        CU_ASSERT_EQUAL(check_reads(c, 1), 0);
+        CU_ASSERT_EQUAL(check_reads(c, 0), 0);
+        dsckpt_ckpt_free(c);
+        char *mz = tag_file(z, DS_MANIFEST_NAME), *tz = read_text(mz);
+        CU_ASSERT(strstr(tz, frame ? "\"version\":2," : "\"version\":3,") != NULL);
+        free(tz);
+        free(mz);
+        dsckpt_verify_report *r = NULL;
+        TU_ASSERT_OK(dsckpt_verify(z, NULL, NULL, &r));
+        CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
+        dsckpt_verify_report_free(r);
+        free(z);
     }
-    CU_ASSERT(nraw > 0); /* the random fp32 chunks did not shrink */
-    CU_ASSERT(nz > 0);
-    CU_ASSERT_EQUAL(check_reads(c, 1), 0);
-    CU_ASSERT_EQUAL(check_reads(c, 0), 0);
-    dsckpt_ckpt_free(c);
+    dsckpt_ckpt *c = NULL;
     TU_ASSERT_OK(dsckpt_ckpt_open(p, NULL, &c));
     CU_ASSERT(!c->files[0].compressed);
     CU_ASSERT_EQUAL(check_reads(c, 1), 0);
     dsckpt_ckpt_free(c);
-    /* Versions: 2 only when compressed. */
-    char *mz = tag_file(z, DS_MANIFEST_NAME), *mp = tag_file(p, DS_MANIFEST_NAME);
-    char *tz = read_text(mz), *tp = read_text(mp);
-    CU_ASSERT(strstr(tz, "\"version\":2,") != NULL);
+    /* Versions: 1 when not compressed. */
+    char *mp = tag_file(p, DS_MANIFEST_NAME), *tp = read_text(mp);
     CU_ASSERT(strstr(tp, "\"version\":1,") != NULL);
     CU_ASSERT(strstr(tp, "compression") == NULL);
-    free(tz);
     free(tp);
-    free(mz);
     free(mp);
-    dsckpt_verify_report *r = NULL;
-    TU_ASSERT_OK(dsckpt_verify(z, NULL, NULL, &r));
-    CU_ASSERT_EQUAL(dsckpt_verify_report_result(r), DSCKPT_VERIFY_OK);
-    dsckpt_verify_report_free(r);
     tu_rmtree(dir);
-    free(z);
     free(p);
     free(dir);
 }
@@ -220,18 +232,31 @@ static void e_stored_gap(cJSON *r) { bump(chunk_of(r, 1), 2, 1); }
 static void e_stored_size(cJSON *r) { setnum(file0(r), "stored_size", cJSON_GetObjectItemCaseSensitive(file0(r), "stored_size")->valuedouble + 1); }
 static void e_kind(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 0), 4, cJSON_CreateString("lz4")); }
 static void e_width(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 1), 5, cJSON_CreateNumber(3)); }
-static void e_not_smaller(cJSON *r) {
-    /* a zstd chunk claiming as many stored bytes as raw ones */
+/* The first chunk of file 0 stored as `kind`. */
+static cJSON *chunk_kind(cJSON *r, const char *kind) {
     cJSON *c0 = NULL;
     for (int k = 0; (c0 = chunk_of(r, k)); k++)
-        if (!strcmp(cJSON_GetArrayItem(c0, 4)->valuestring, "zstd")) break;
+        if (!strcmp(cJSON_GetArrayItem(c0, 4)->valuestring, kind)) break;
     CU_ASSERT_FATAL(c0 != NULL);
+    return c0;
+}
+static void e_not_smaller(cJSON *r) {
+    /* a zstd chunk claiming as many stored bytes as raw ones (a planes chunk made one) */
+    cJSON *c0 = chunk_kind(r, "planes");
+    cJSON_ReplaceItemInArray(c0, 4, cJSON_CreateString("zstd"));
     cJSON_SetNumberValue(cJSON_GetArrayItem(c0, 3), cJSON_GetArrayItem(c0, 1)->valuedouble);
 }
+static void e_planes_not_smaller(cJSON *r) {
+    cJSON *c0 = chunk_kind(r, "planes");
+    cJSON_SetNumberValue(cJSON_GetArrayItem(c0, 3), cJSON_GetArrayItem(c0, 1)->valuedouble);
+}
+static void e_planes_tiny(cJSON *r) { cJSON_SetNumberValue(cJSON_GetArrayItem(chunk_kind(r, "planes"), 3), 9); }
+static void e_planes_w1(cJSON *r) { cJSON_ReplaceItemInArray(chunk_kind(r, "planes"), 5, cJSON_CreateNumber(1)); }
+static void e_planes_v2(cJSON *r) { setnum(r, "version", 2); }
 static void e_short_entry(cJSON *r) { cJSON_DeleteItemFromArray(chunk_of(r, 0), 6); }
 static void e_compression(cJSON *r) { cJSON_ReplaceItemInObject(file0(r), "compression", cJSON_CreateString("lz4")); }
 static void e_v1(cJSON *r) { setnum(r, "version", 1); }
-static void e_v3(cJSON *r) { setnum(r, "version", 3); }
+static void e_v4(cJSON *r) { setnum(r, "version", 4); }
 
 static void test_manifest_edits(void) {
     static const struct {
@@ -249,10 +274,14 @@ static void test_manifest_edits(void) {
         {"kind", e_kind, DSCKPT_ECORRUPT, "kind must be", 64 << 10},
         {"width", e_width, DSCKPT_ECORRUPT, "width", 64 << 10},
         {"zstd not smaller", e_not_smaller, DSCKPT_ECORRUPT, "it must be smaller", 64 << 10},
+        {"planes not smaller", e_planes_not_smaller, DSCKPT_ECORRUPT, "a planes chunk of", 64 << 10},
+        {"planes smaller than its header", e_planes_tiny, DSCKPT_ECORRUPT, "header and tail", 64 << 10},
+        {"planes of width 1", e_planes_w1, DSCKPT_ECORRUPT, "a planes chunk of shuffle width 1", 64 << 10},
+        {"planes in version 2", e_planes_v2, DSCKPT_ECORRUPT, "kind \"planes\" in a version 2 manifest", 64 << 10},
         {"short entry", e_short_entry, DSCKPT_ECORRUPT, "must be [raw_offset", 64 << 10},
         {"unknown compression", e_compression, DSCKPT_EUNSUPPORTED, "compression 'lz4'", 64 << 10},
         {"compression in version 1", e_v1, DSCKPT_ECORRUPT, "need version 2", 64 << 10},
-        {"newer version", e_v3, DSCKPT_EVERSION, "manifest version 3", 64 << 10},
+        {"newer version", e_v4, DSCKPT_EVERSION, "manifest version 4", 64 << 10},
     };
     char *dir = tu_mkdtemp();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -276,12 +305,35 @@ static void test_manifest_edits(void) {
 
 /* ---- damaged files ---- */
 
-/* The first zstd chunk of file f after the one holding the header. */
+/* The first compressed (zstd or planes) chunk of file f after the one holding
+ * the header. */
 static size_t first_zstd(const ds_file *f) {
     for (size_t k = 1; k < f->dg.nchunks; k++)
-        if (f->zc[k].kind == DS_ZCHUNK_ZSTD) return k;
-    CU_FAIL_FATAL("no zstd chunk");
+        if (f->zc[k].kind != DS_ZCHUNK_RAW) return k;
+    CU_FAIL_FATAL("no compressed chunk");
     return 0;
+}
+
+/* A file offset in the middle of a zstd frame of chunk k of f: the chunk's
+ * middle, or for planes the middle of its first frame plane (a raw plane has no
+ * check of its own: with the digests off a flip there reads as wrong bytes). */
+static uint64_t frame_middle(const ds_file *f, size_t k) {
+    const ds_zrec *z = &f->zc[k];
+    if (z->kind != DS_ZCHUNK_PLANES) return z->off + z->size / 2;
+    size_t n;
+    uint8_t *b = tu_read(f->path, &n);
+    CU_ASSERT_FATAL(b != NULL && z->off + z->size <= n);
+    const uint8_t *h = b + z->off;
+    uint64_t pos = (uint64_t)DS_ZCHUNK_PLANE_REC * z->width, at = 0;
+    for (int j = 0; j < z->width && !at; j++) {
+        const uint8_t *rec = h + DS_ZCHUNK_PLANE_REC * j;
+        uint64_t sz = (uint64_t)rec[1] | (uint64_t)rec[2] << 8 | (uint64_t)rec[3] << 16 | (uint64_t)rec[4] << 24;
+        if (rec[0] == DS_ZCHUNK_ZSTD) at = z->off + pos + sz / 2;
+        pos += sz;
+    }
+    free(b);
+    CU_ASSERT_FATAL(at != 0);
+    return at;
 }
 
 static void test_flipped_stored_byte(void) {
@@ -291,7 +343,7 @@ static void test_flipped_stored_byte(void) {
     TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
     const ds_file *f = &c->files[1];
     size_t k = first_zstd(f);
-    uint64_t off = f->zc[k].off + f->zc[k].size / 2;
+    uint64_t off = frame_middle(f, k);
     CU_ASSERT_FATAL(tu_flip_bit(f->path, off, 3) == 0);
     dsckpt_verify_report *r = NULL;
     TU_ASSERT_OK(dsckpt_verify(root, NULL, NULL, &r));
@@ -326,8 +378,8 @@ static void test_flipped_stored_byte(void) {
     /* A flip in the chunk holding the safetensors header: opening the files for
      * reading already fails, naming the chunk (checked) or through zstd (not). */
     const ds_file *f0 = &c->files[0];
-    CU_ASSERT_FATAL(f0->zc[0].kind == DS_ZCHUNK_ZSTD);
-    CU_ASSERT_FATAL(tu_flip_bit(f0->path, f0->zc[0].size / 2, 5) == 0);
+    CU_ASSERT_FATAL(f0->zc[0].kind != DS_ZCHUNK_RAW);
+    CU_ASSERT_FATAL(tu_flip_bit(f0->path, frame_middle(f0, 0), 5) == 0);
     for (int check = 1; check >= 0; check--) {
         dsckpt_ckpt_set_read_check(c, check);
         ds_fdset fs;
@@ -441,7 +493,7 @@ static void test_bomb_chunk(void) {
 
 int main(void) {
     static const tu_test tests[] = {
-        {"round trip, raw and zstd chunks, checks on and off", test_round_trip},
+        {"round trip, raw, zstd and planes chunks, checks on and off", test_round_trip},
         {"manifest edits refused", test_manifest_edits},
         {"flipped stored byte named and refused", test_flipped_stored_byte},
         {"truncated compressed file refused", test_truncated},

@@ -79,7 +79,7 @@ static void set_num(cJSON *o, const char *k, double v) { cJSON_ReplaceItemInObje
 static void set_str(cJSON *o, const char *k, const char *v) { cJSON_ReplaceItemInObject(o, k, cJSON_CreateString(v)); }
 
 static void m_format(cJSON *r) { set_str(r, "format", "pytorch"); }
-static void m_version(cJSON *r) { set_num(r, "version", 3); }
+static void m_version(cJSON *r) { set_num(r, "version", 4); }
 static void m_step_neg(cJSON *r) { set_num(r, "step", -1); }
 static void m_step_frac(cJSON *r) { set_num(r, "step", 1.5); }
 static void m_world0(cJSON *r) { set_num(r, "world_size", 0); }
@@ -184,7 +184,7 @@ static const mutation mutations[] = {
     {"model: unknown architecture", m_model_arch, DSCKPT_EUNSUPPORTED, "architecture 'llama'"},
     {"model: architecture not a string", m_model_arch_num, DSCKPT_ECORRUPT, "\"architecture\" must be a string"},
     {"wrong format", m_format, DSCKPT_ECORRUPT, "expected 'dsckpt'"},
-    {"newer version", m_version, DSCKPT_EVERSION, "version 3"},
+    {"newer version", m_version, DSCKPT_EVERSION, "version 4"},
     {"negative step", m_step_neg, DSCKPT_ECORRUPT, "\"step\""},
     {"fractional step", m_step_frac, DSCKPT_ECORRUPT, "\"step\""},
     {"world size 0", m_world0, DSCKPT_ECORRUPT, "world_size"},

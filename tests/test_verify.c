@@ -855,7 +855,7 @@ static void ed_shape(cJSON *root, void *u) {
 }
 static void ed_version(cJSON *root, void *u) {
     (void)u;
-    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(root, "version"), 3);
+    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(root, "version"), 4);
 }
 
 /* One manifest edit and what it must produce; {T} in a needle stands for the
@@ -935,7 +935,7 @@ static void test_manifest_edits(void) {
         {"file size changed", ed_file_size, "rank_00000.safetensors", "the manifest says", false},
         {"file name with ..", ed_file_name, "is not a safe name", NULL, false},
         {"tensor shape changed", ed_shape, "lies outside its", NULL, true},
-        {"unknown version", ed_version, "manifest version 3", NULL, false},
+        {"unknown version", ed_version, "manifest version 4", NULL, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         edit_ctx e = {.what = cases[i].label, .file_size = (double)file_size(r0), .ntensors = (int)info.tensor_count};

@@ -3,13 +3,16 @@
  * inverse, bit-exact round trips for every dtype (weight-like values and random
  * bytes, sizes that are not multiples of the width), incompressible chunks stored
  * raw, and the decoder refusing damaged, truncated, padded and size-lying chunks
- * and decompression bombs before allocating.
+ * and decompression bombs before allocating; the same for both codecs (one frame
+ * per chunk as version 2 wrote, and planes: its header layout, raw and frame
+ * planes, and hostile plane headers).
  */
 #include "cast.h"
 #include "tutil.h"
 #include "zchunk.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -150,20 +153,24 @@ static void test_decode_shuffled(void) {
     ds_zchunk_dec *d = NULL;
     TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
     TU_ASSERT_OK(ds_zchunk_dec_new(&d));
-    const uint8_t *stored;
-    size_t sn;
-    ds_zchunk_kind kind;
-    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &stored, &sn, &kind));
-    CU_ASSERT_EQUAL(kind, DS_ZCHUNK_ZSTD);
-    TU_ASSERT_OK(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n, "c"));
-    ds_zchunk_shuffle_ref(want, raw, n, 2);
-    CU_ASSERT_EQUAL(memcmp(shuf, want, n), 0);
-    ds_zchunk_unshuffle_range(back, shuf, n, 2, 0, n);
-    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
-    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn - 1, shuf, n, "c"), DSCKPT_ECORRUPT);
-    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n - 1, "c"), DSCKPT_ECORRUPT);
-    CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, DS_ZCHUNK_MAX_RAW + 1, "c"),
-                    DSCKPT_ECORRUPT);
+    for (int planes = 0; planes < 2; planes++) {
+        TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, planes ? DS_ZCODEC_PLANES : DS_ZCODEC_FRAME, 50));
+        const uint8_t *stored;
+        size_t sn;
+        ds_zchunk_kind kind;
+        TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &stored, &sn, &kind));
+        CU_ASSERT_EQUAL(kind, planes ? DS_ZCHUNK_PLANES : DS_ZCHUNK_ZSTD);
+        memset(shuf, 0xA5, n);
+        TU_ASSERT_OK(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n, "c"));
+        ds_zchunk_shuffle_ref(want, raw, n, 2);
+        CU_ASSERT_EQUAL(memcmp(shuf, want, n), 0);
+        ds_zchunk_unshuffle_range(back, shuf, n, 2, 0, n);
+        CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+        CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn - 1, shuf, n, "c"), DSCKPT_ECORRUPT);
+        CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, n - 1, "c"), DSCKPT_ECORRUPT);
+        CU_ASSERT_EQUAL(ds_zchunk_decode_shuffled(d, kind, 2, stored, sn, shuf, DS_ZCHUNK_MAX_RAW + 1, "c"),
+                        DSCKPT_ECORRUPT);
+    }
     ds_zchunk_enc_free(e);
     ds_zchunk_dec_free(d);
     free(raw);
@@ -203,6 +210,9 @@ static void test_round_trip_every_dtype(void) {
     TU_ASSERT_OK(ds_zchunk_enc_new(DS_ZCHUNK_DEFAULT_LEVEL, &e));
     TU_ASSERT_OK(ds_zchunk_dec_new(&d));
     static const size_t sizes[] = {0, 1, 2, 3, 7, 100, 4097, 65536 + 3, (1u << 20) + 5};
+    for (int codec = 0; codec < 2; codec++) {
+    TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, codec ? DS_ZCODEC_FRAME : DS_ZCODEC_PLANES,
+                                         DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE));
     for (int dt = 0; dt < DSCKPT_DTYPE_COUNT; dt++) {
         int w = (int)dsckpt_dtype_size((dsckpt_dtype)dt);
         for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
@@ -211,15 +221,17 @@ static void test_round_trip_every_dtype(void) {
             ds_zchunk_kind kind;
             weight_like(raw, n, (dsckpt_dtype)dt, (uint32_t)(dt * 100 + si));
             size_t sn = round_trip(e, d, raw, n, w, &kind);
-            /* Weight-like data of a megabyte always shrinks (the exponent planes). */
+            /* Weight-like data of a megabyte always shrinks (the exponent planes):
+             * as planes for width > 1 with the planes codec, else one frame. */
             if (n >= (1u << 20)) {
-                CU_ASSERT_EQUAL(kind, DS_ZCHUNK_ZSTD);
+                CU_ASSERT_EQUAL(kind, codec == 0 && w > 1 ? DS_ZCHUNK_PLANES : DS_ZCHUNK_ZSTD);
                 CU_ASSERT(sn < n);
             }
             /* Any width decodes what it encoded, whatever the data. */
             for (int ow = 1; ow <= 8; ow *= 2) (void)round_trip(e, d, raw, n, ow, &kind);
             free(raw);
         }
+    }
     }
     ds_zchunk_enc_free(e);
     ds_zchunk_dec_free(d);
@@ -237,6 +249,10 @@ static void test_bf16_exponents_compress(void) {
     ds_zchunk_kind k;
     TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 1, &st, &plain, &k));
     TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &st, &shuf, &k));
+    CU_ASSERT_EQUAL(k, DS_ZCHUNK_PLANES);
+    CU_ASSERT(shuf < plain);
+    TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, DS_ZCODEC_FRAME, 0));
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 2, &st, &shuf, &k));
     CU_ASSERT_EQUAL(k, DS_ZCHUNK_ZSTD);
     CU_ASSERT(shuf < plain);
     free(raw);
@@ -249,16 +265,19 @@ static void test_incompressible_stored_raw(void) {
     TU_ASSERT_OK(ds_zchunk_enc_new(19, &e));
     TU_ASSERT_OK(ds_zchunk_dec_new(&d));
     static const size_t sizes[] = {1, 2, 64, 4096, 1u << 20};
-    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-        uint8_t *raw = malloc(sizes[si]);
-        random_bytes(raw, sizes[si], (uint32_t)si + 1);
-        for (int w = 1; w <= 8; w *= 2) {
-            ds_zchunk_kind kind;
-            size_t sn = round_trip(e, d, raw, sizes[si], w, &kind);
-            CU_ASSERT_EQUAL(kind, DS_ZCHUNK_RAW);
-            CU_ASSERT_EQUAL(sn, sizes[si]);
+    for (int codec = 0; codec < 2; codec++) {
+        TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, codec ? DS_ZCODEC_FRAME : DS_ZCODEC_PLANES, 0));
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            uint8_t *raw = malloc(sizes[si]);
+            random_bytes(raw, sizes[si], (uint32_t)si + 1);
+            for (int w = 1; w <= 8; w *= 2) {
+                ds_zchunk_kind kind;
+                size_t sn = round_trip(e, d, raw, sizes[si], w, &kind);
+                CU_ASSERT_EQUAL(kind, DS_ZCHUNK_RAW);
+                CU_ASSERT_EQUAL(sn, sizes[si]);
+            }
+            free(raw);
         }
-        free(raw);
     }
     ds_zchunk_enc_free(e);
     ds_zchunk_dec_free(d);
@@ -268,6 +287,7 @@ static void test_incompressible_stored_raw(void) {
 static uint8_t *make_frame(size_t n, uint8_t **raw_out, size_t *sn_out) {
     ds_zchunk_enc *e = NULL;
     TU_ASSERT_OK(ds_zchunk_enc_new(3, &e));
+    TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, DS_ZCODEC_FRAME, 0));
     uint8_t *raw = malloc(n);
     weight_like(raw, n, DSCKPT_F32, 42);
     const uint8_t *st;
@@ -374,6 +394,223 @@ static void test_bomb_refused(void) {
     ds_zchunk_dec_free(d);
 }
 
+/* ---- planes ---- */
+
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void wr32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The planes chunk of raw[0..n) at width w and least gain `gain` (a malloc'd copy
+ * with 16 spare bytes); *kind says what the encoder chose. */
+static uint8_t *make_planes(const uint8_t *raw, size_t n, int w, int gain, size_t *sn, ds_zchunk_kind *kind) {
+    ds_zchunk_enc *e = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
+    TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, DS_ZCODEC_PLANES, gain));
+    const uint8_t *st;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, w, &st, sn, kind));
+    uint8_t *c = malloc(*sn + 16);
+    memcpy(c, st, *sn);
+    ds_zchunk_enc_free(e);
+    return c;
+}
+
+/* The header says what the bytes are: per plane a kind and a stored size; raw
+ * planes are the shuffled plane itself, frame planes one frame stating the
+ * plane's size; the sizes add up; the tail comes last, as it is. fp32 weights:
+ * the low mantissa planes do not shrink (raw), the sign/exponent plane does;
+ * small integers: every plane shrinks. Both round-trip bit for bit. */
+static void test_planes_layout(void) {
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    size_t n = (1u << 20) + 3, m = n / 4;
+    uint8_t *raw = malloc(n), *shuf = malloc(n), *back = malloc(n);
+    static const dsckpt_dtype dts[2] = {DSCKPT_F32, DSCKPT_I32};
+    for (int t = 0; t < 2; t++) {
+        weight_like(raw, n, dts[t], 11);
+        random_bytes(raw + n - 3, 3, 5); /* a tail that is not zeros */
+        ds_zchunk_shuffle_ref(shuf, raw, n, 4);
+        size_t sn;
+        ds_zchunk_kind kind;
+        uint8_t *c = make_planes(raw, n, 4, DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE, &sn, &kind);
+        CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_PLANES);
+        size_t pos = 4 * DS_ZCHUNK_PLANE_REC;
+        int nraw = 0;
+        for (size_t j = 0; j < 4; j++) {
+            const uint8_t *rec = c + DS_ZCHUNK_PLANE_REC * j;
+            size_t sz = rd32(rec + 1);
+            if (rec[0] == DS_ZCHUNK_RAW) {
+                nraw++;
+                CU_ASSERT_EQUAL(sz, m);
+                CU_ASSERT_EQUAL(memcmp(c + pos, shuf + j * m, m), 0);
+            } else {
+                CU_ASSERT_EQUAL(rec[0], DS_ZCHUNK_ZSTD);
+                CU_ASSERT(sz > 0 && sz <= m - m / 20); /* saves at least the least gain */
+                CU_ASSERT_EQUAL(ZSTD_getFrameContentSize(c + pos, sz), m);
+                CU_ASSERT_EQUAL(ZSTD_findFrameCompressedSize(c + pos, sz), sz);
+            }
+            pos += sz;
+        }
+        CU_ASSERT_EQUAL(pos + 3, sn);
+        CU_ASSERT_EQUAL(memcmp(c + pos, raw + n - 3, 3), 0);
+        if (t == 0) {
+            CU_ASSERT(nraw >= 2); /* the two low mantissa planes */
+            CU_ASSERT_EQUAL(c[3 * DS_ZCHUNK_PLANE_REC], DS_ZCHUNK_ZSTD); /* sign and exponent */
+        } else {
+            CU_ASSERT_EQUAL(nraw, 0);
+        }
+        memset(back, 0xA5, n);
+        TU_ASSERT_OK(ds_zchunk_decode_shuffled(d, kind, 4, c, sn, back, n, "c"));
+        CU_ASSERT_EQUAL(memcmp(back, shuf, n), 0);
+        TU_ASSERT_OK(ds_zchunk_decode(d, kind, 4, c, sn, back, n, "c"));
+        CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+        free(c);
+    }
+    /* The least gain decides: 0 keeps every frame that is smaller (no larger
+     * than the default), 999 keeps none, and all-raw planes do not make the
+     * chunk smaller: it is stored raw. */
+    weight_like(raw, n, DSCKPT_F32, 11);
+    size_t s0, s50, s999;
+    ds_zchunk_kind k0, k50, k999;
+    free(make_planes(raw, n, 4, 0, &s0, &k0));
+    free(make_planes(raw, n, 4, 50, &s50, &k50));
+    free(make_planes(raw, n, 4, 999, &s999, &k999));
+    CU_ASSERT(k0 == DS_ZCHUNK_PLANES && k50 == DS_ZCHUNK_PLANES && s0 <= s50);
+    CU_ASSERT_EQUAL(k999, DS_ZCHUNK_RAW);
+    CU_ASSERT_EQUAL(s999, n);
+    /* Width 1 is one frame whatever the codec. */
+    free(make_planes(raw, n, 1, 50, &s0, &k0));
+    CU_ASSERT_EQUAL(k0, DS_ZCHUNK_ZSTD);
+    free(raw);
+    free(shuf);
+    free(back);
+    ds_zchunk_dec_free(d);
+}
+
+/* Decodes c[0..sn) as a planes chunk of n raw bytes at width w: must be refused
+ * as corrupt, naming the chunk and saying `msg`. */
+static void expect_refused(ds_zchunk_dec *d, const uint8_t *c, size_t sn, size_t n, int w, const char *msg) {
+    uint8_t *out = malloc(n);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_PLANES, w, c, sn, out, n, "f.safetensors: chunk 3"),
+                    DSCKPT_ECORRUPT);
+    const char *e = dsckpt_last_error();
+    CU_ASSERT(strstr(e, "f.safetensors: chunk 3") == e);
+    if (!strstr(e, msg)) fprintf(stderr, "\n    error '%s' does not say '%s'\n", e, msg);
+    CU_ASSERT(strstr(e, msg) != NULL);
+    free(out);
+}
+
+static void test_planes_hostile(void) {
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    size_t n = 256u << 10, m = n / 4, sn;
+    uint8_t *raw = malloc(n), *back = malloc(n);
+    weight_like(raw, n, DSCKPT_F32, 3);
+    ds_zchunk_kind kind;
+    uint8_t *c = make_planes(raw, n, 4, DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE, &sn, &kind);
+    CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_PLANES);
+    uint8_t *rz = c + 3 * DS_ZCHUNK_PLANE_REC, *rr = c; /* the frame of the exponents, a raw plane */
+    while (rr < rz && rr[0] != DS_ZCHUNK_RAW) rr += DS_ZCHUNK_PLANE_REC;
+    CU_ASSERT_FATAL(rz[0] == DS_ZCHUNK_ZSTD && rr[0] == DS_ZCHUNK_RAW);
+    uint32_t fz = rd32(rz + 1);
+    TU_ASSERT_OK(ds_zchunk_decode(d, kind, 4, c, sn, back, n, "c"));
+    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+    /* Sizes that do not add up: one plane shorter, the chunk truncated or padded. */
+    wr32(rz + 1, fz - 1);
+    expect_refused(d, c, sn, n, 4, "add up");
+    wr32(rz + 1, fz);
+    expect_refused(d, c, sn - 1, n, 4, "add up");
+    c[sn] = 0;
+    expect_refused(d, c, sn + 1, n, 4, "add up");
+    expect_refused(d, c, 4 * DS_ZCHUNK_PLANE_REC - 1, n, 4, "header");
+    /* A raw plane of another size; a frame plane claiming huge or no size; a kind
+     * that does not exist. */
+    wr32(rr + 1, (uint32_t)m + 1);
+    expect_refused(d, c, sn, n, 4, "stored raw in");
+    wr32(rr + 1, (uint32_t)m);
+    wr32(rz + 1, 0xffffffffu);
+    expect_refused(d, c, sn, n, 4, "must be smaller");
+    wr32(rz + 1, 0);
+    expect_refused(d, c, sn, n, 4, "must be smaller");
+    wr32(rz + 1, fz);
+    rr[0] = 7;
+    expect_refused(d, c, sn, n, 4, "unknown kind 7");
+    rr[0] = DS_ZCHUNK_RAW;
+    /* Planes need a width of 2 or more, and must be smaller than the chunk. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_PLANES, 1, c, sn, back, n, "c"), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_check(DS_ZCHUNK_PLANES, 4, n, n, "c"), DSCKPT_ECORRUPT);
+    /* Bombs: a claimed raw size past the limit is refused from the sizes alone
+     * (the output, NULL here, is never touched). */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_PLANES, 4, c, sn, NULL, (size_t)1 << 40, "bomb"),
+                    DSCKPT_ECORRUPT);
+    /* Flips in the header or the frame: refused, or (a bit zstd ignores) the right
+     * bytes, never wrong ones. Raw planes have no check of their own: the
+     * manifest's SHA-256 of the stored bytes is what catches a flip there. */
+    size_t fpos = sn - fz;
+    for (size_t i = 0; i < sn; i += (i < 4 * DS_ZCHUNK_PLANE_REC ? 1 : 1 + fz / 61)) {
+        if (i >= 4 * DS_ZCHUNK_PLANE_REC && i < fpos) i = fpos;
+        for (int bit = 0; bit < 8; bit += 3) {
+            c[i] ^= (uint8_t)(1u << bit);
+            memset(back, 0, n);
+            dsckpt_status st = ds_zchunk_decode(d, DS_ZCHUNK_PLANES, 4, c, sn, back, n, "c");
+            CU_ASSERT(st == DSCKPT_ECORRUPT || (st == DSCKPT_OK && memcmp(back, raw, n) == 0));
+            c[i] ^= (uint8_t)(1u << bit);
+        }
+    }
+    free(c);
+    /* Hand-made width-2 chunks of m2 = 4096-byte planes: plane 0 raw, plane 1 a
+     * frame that lies: stating another size (more and less: a bomb is refused
+     * from the frame header), stating none, followed by another byte. */
+    size_t m2 = 4096, n2 = 2 * m2, zn = 64u << 20, cap = ZSTD_compressBound(zn);
+    uint8_t *zeros = calloc(zn, 1), *fr = malloc(cap), *hc = malloc(n2 + cap);
+    const size_t lies[3] = {m2 + 2, m2 - 2, zn};
+    for (int li = 0; li < 4; li++) {
+        size_t fsn;
+        if (li < 3) {
+            fsn = ZSTD_compress(fr, cap, zeros, lies[li], 1);
+        } else {
+            ZSTD_CCtx *cc = ZSTD_createCCtx();
+            ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0);
+            ZSTD_outBuffer ob = {fr, cap, 0};
+            ZSTD_inBuffer ib = {zeros, m2, 0};
+            CU_ASSERT_EQUAL(ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end), 0);
+            ZSTD_freeCCtx(cc);
+            fsn = ob.pos;
+        }
+        CU_ASSERT_FATAL(!ZSTD_isError(fsn) && fsn < 4096);
+        hc[0] = DS_ZCHUNK_RAW;
+        wr32(hc + 1, (uint32_t)m2);
+        hc[5] = DS_ZCHUNK_ZSTD;
+        wr32(hc + 6, (uint32_t)fsn);
+        random_bytes(hc + 10, m2, 9);
+        memcpy(hc + 10 + m2, fr, fsn);
+        size_t hsn = 10 + m2 + fsn;
+        if (li == 0) expect_refused(d, hc, hsn, n2, 2, "(plane 1): the zstd frame states 4098 raw bytes, the plane holds 4096");
+        if (li == 1) expect_refused(d, hc, hsn, n2, 2, "states 4094 raw bytes");
+        if (li == 2) expect_refused(d, hc, hsn, n2, 2, "states 67108864 raw bytes");
+        if (li == 3) expect_refused(d, hc, hsn, n2, 2, "does not state its size");
+    }
+    /* A true frame of the plane, then one more byte counted in its size. */
+    size_t fsn = ZSTD_compress(fr, cap, zeros, m2, 1);
+    memcpy(hc + 10 + m2, fr, fsn);
+    hc[10 + m2 + fsn] = 0;
+    wr32(hc + 6, (uint32_t)fsn + 1);
+    expect_refused(d, hc, 10 + m2 + fsn + 1, n2, 2, "truncated or followed by other bytes");
+    wr32(hc + 6, (uint32_t)fsn);
+    TU_ASSERT_OK(ds_zchunk_decode_shuffled(d, DS_ZCHUNK_PLANES, 2, hc, 10 + m2 + fsn, back, n2, "c"));
+    CU_ASSERT_EQUAL(memcmp(back, hc + 10, m2), 0);
+    CU_ASSERT_EQUAL(memcmp(back + m2, zeros, m2), 0);
+    free(zeros);
+    free(fr);
+    free(hc);
+    free(raw);
+    free(back);
+    ds_zchunk_dec_free(d);
+}
+
 static void test_levels_and_names(void) {
     ds_zchunk_enc *e = NULL;
     CU_ASSERT_EQUAL(ds_zchunk_enc_new(0, &e), DSCKPT_EINVAL);
@@ -393,6 +630,12 @@ static void test_levels_and_names(void) {
     CU_ASSERT_EQUAL(ds_zchunk_kind_parse("lz4"), -1);
     CU_ASSERT_EQUAL(ds_zchunk_kind_parse(NULL), -1);
     CU_ASSERT_STRING_EQUAL(ds_zchunk_kind_name(DS_ZCHUNK_ZSTD), "zstd");
+    CU_ASSERT_EQUAL(ds_zchunk_kind_parse("planes"), DS_ZCHUNK_PLANES);
+    CU_ASSERT_STRING_EQUAL(ds_zchunk_kind_name(DS_ZCHUNK_PLANES), "planes");
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
+    CU_ASSERT_EQUAL(ds_zchunk_enc_set_codec(e, DS_ZCODEC_PLANES, 1000), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(ds_zchunk_enc_set_codec(e, (ds_zchunk_codec)5, 0), DSCKPT_EINVAL);
+    ds_zchunk_enc_free(e);
 }
 
 int main(void) {
@@ -406,6 +649,8 @@ int main(void) {
         {"incompressible chunks stored raw", test_incompressible_stored_raw},
         {"damaged, truncated, padded chunks refused", test_damaged_refused},
         {"decompression bombs refused before allocating", test_bomb_refused},
+        {"planes: header layout, raw and frame planes, least gain", test_planes_layout},
+        {"planes: hostile headers and frames refused", test_planes_hostile},
         {"levels, widths, kind names", test_levels_and_names},
         {NULL, NULL},
     };
