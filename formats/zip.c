@@ -679,23 +679,234 @@ dsckpt_status zip_torch_meta_read(int fd, const zip_archive *z, const char *what
 
 typedef struct zw_entry {
     char *name;
-    uint64_t local_offset, size;
+    uint64_t local_offset, data_offset, size;
     uint32_t crc;
     uint16_t flags;
     bool z64_local; /* the local header has a ZIP64 field: 64-bit descriptor */
 } zw_entry;
 
-struct zip_writer {
-    ds_stream *s;
-    uint32_t align;  /* member data alignment (torch's .storage_alignment), ALIGN by default */
+/* The members of an archive being written, in order: the streaming writer's and
+ * the planned one's (one encoder for both, so both write the same bytes). */
+struct zip_layout {
     char *prefix;
+    uint32_t align;  /* member data alignment (torch's .storage_alignment), ALIGN by default */
     zw_entry *e;
     size_t n, cap;
-    bool open;       /* e[n-1] is being written */
-    uint64_t written;/* bytes of e[n-1] so far */
+    uint64_t end;    /* planned: where the next local header (or the central directory) goes */
+};
+
+struct zip_writer {
+    ds_stream *s;
+    zip_layout l;
+    bool open;       /* l.e[l.n-1] is being written */
+    uint64_t written;/* bytes of l.e[l.n-1] so far */
     bool failed;     /* bytes went out but a call failed: the archive is unusable */
     bool finished;
 };
+
+/* The extra field of a local header: a ZIP64 field (4 + 16 + 8) and the FB field
+ * (4 + up to align - 1). */
+#define LOCAL_EXTRA_MAX (4 + 16 + 8 + 4 + ZIP_MAX_ALIGN)
+/* A central entry's ZIP64 extra field at most. */
+#define CENTRAL_EXTRA_MAX (4 + 24)
+#define END_RECORDS (Z64_EOCD_SIZE + Z64_LOCATOR_SIZE + EOCD_SIZE)
+
+static dsckpt_status layout_init(zip_layout *l, const char *prefix) {
+    const char *why = ds_name_problem(prefix, strlen(prefix));
+    if (why) {
+        char eb[ESC_BUF];
+        return ds_err(DSCKPT_EINVAL, "zip writer: top folder '%s' is not a safe name: %s", esc(prefix, strlen(prefix), eb), why);
+    }
+    *l = (zip_layout){.align = ALIGN, .prefix = strdup(prefix)};
+    if (!l->prefix) return ds_err(DSCKPT_ENOMEM, "out of memory starting a zip writer");
+    return DSCKPT_OK;
+}
+
+static void layout_clear(zip_layout *l) {
+    for (size_t i = 0; i < l->n; i++) free(l->e[i].name);
+    free(l->e);
+    free(l->prefix);
+    memset(l, 0, sizeof *l);
+}
+
+static dsckpt_status check_align(uint32_t align) {
+    if (align == 0 || align > ZIP_MAX_ALIGN || (align & (align - 1)))
+        return ds_err(DSCKPT_EINVAL, "zip writer: alignment %u is not a power of two up to %u", align, ZIP_MAX_ALIGN);
+    return DSCKPT_OK;
+}
+
+/* The local header of e: its fixed part into h and its extra field into x;
+ * returns the extra field's length. */
+static size_t local_header(const zw_entry *e, uint32_t align, uint8_t h[LOCAL_SIZE], uint8_t x[LOCAL_EXTRA_MAX]) {
+    size_t nlen = strlen(e->name), xl = 0;
+    bool big_size = e->size >= U32_SAT, big_ofs = e->local_offset >= U32_SAT;
+    if (e->z64_local) {
+        put16(x, EXTRA_ZIP64);
+        xl = 4;
+        if (big_size) {
+            ds_put_le64(x + xl, e->size);
+            ds_put_le64(x + xl + 8, 0); /* miniz writes the compressed size before knowing it */
+            xl += 16;
+        }
+        if (big_ofs) {
+            ds_put_le64(x + xl, e->local_offset);
+            xl += 8;
+        }
+        put16(x + 2, (uint32_t)(xl - 4));
+    }
+    uint64_t start = e->local_offset + LOCAL_SIZE + nlen + xl + 4;
+    size_t pad = (size_t)((align - start % align) % align);
+    put16(x + xl, EXTRA_FB);
+    put16(x + xl + 2, (uint32_t)pad);
+    memset(x + xl + 4, FB_PAD_BYTE, pad);
+    xl += 4 + pad;
+    memset(h, 0, LOCAL_SIZE);
+    put32(h, SIG_LOCAL);
+    put16(h + 6, e->flags);
+    put16(h + 26, (uint32_t)nlen);
+    put16(h + 28, (uint32_t)xl);
+    return xl;
+}
+
+/* Appends member prefix/rel of `size` bytes whose local header starts at
+ * `cursor`; sets its data offset. */
+static dsckpt_status entry_add(zip_layout *l, const char *rel, uint64_t size, uint64_t cursor) {
+    size_t plen = strlen(l->prefix), rlen = strlen(rel), nlen = plen + 1 + rlen;
+    char *name = malloc(nlen + 1);
+    if (!name) return ds_err(DSCKPT_ENOMEM, "out of memory adding zip member " NAMEF, rel);
+    memcpy(name, l->prefix, plen);
+    name[plen] = '/';
+    memcpy(name + plen + 1, rel, rlen + 1);
+    const char *why = nlen > MAX_NAME ? "it is longer than 65535 bytes" : ds_relname_problem(name, nlen);
+    if (why) {
+        char eb[ESC_BUF];
+        dsckpt_status st = ds_err(DSCKPT_EINVAL, "zip writer: member name '%s' is not a safe name: %s", esc(name, nlen, eb), why);
+        free(name);
+        return st;
+    }
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        zw_entry *e = realloc(l->e, cap * sizeof *e);
+        if (!e) {
+            free(name);
+            return ds_err(DSCKPT_ENOMEM, "out of memory adding zip member " NAMEF, rel);
+        }
+        l->e = e;
+        l->cap = cap;
+    }
+    zw_entry *e = &l->e[l->n++];
+    *e = (zw_entry){.name = name, .local_offset = cursor, .size = size,
+                    .flags = (uint16_t)(FLAG_UTF8 | (size ? FLAG_DESCRIPTOR : 0)),
+                    .z64_local = size >= U32_SAT || cursor >= U32_SAT};
+    uint8_t h[LOCAL_SIZE], x[LOCAL_EXTRA_MAX];
+    e->data_offset = cursor + LOCAL_SIZE + nlen + local_header(e, l->align, h, x);
+    return DSCKPT_OK;
+}
+
+/* The data descriptor after e's data (none for an empty member: miniz writes
+ * none); returns its length. */
+static size_t descriptor(const zw_entry *e, uint8_t d[24]) {
+    if (e->size == 0) return 0;
+    put32(d, SIG_DESCRIPTOR);
+    put32(d + 4, e->crc);
+    if (e->z64_local) {
+        ds_put_le64(d + 8, e->size);
+        ds_put_le64(d + 16, e->size);
+        return 24;
+    }
+    put32(d + 8, (uint32_t)e->size);
+    put32(d + 12, (uint32_t)e->size);
+    return 16;
+}
+
+static int cmp_entry_name(const void *a, const void *b) {
+    return strcmp((*(const zw_entry *const *)a)->name, (*(const zw_entry *const *)b)->name);
+}
+
+/* The reader refuses duplicates; refuse to write them. */
+static dsckpt_status check_duplicates(const zip_layout *l) {
+    if (l->n == 0) return ds_err(DSCKPT_EMISUSE, "zip writer: the archive has no members");
+    const zw_entry **sorted = malloc(l->n * sizeof *sorted);
+    if (!sorted) return ds_err(DSCKPT_ENOMEM, "out of memory finishing a zip archive");
+    for (size_t i = 0; i < l->n; i++) sorted[i] = &l->e[i];
+    qsort(sorted, l->n, sizeof *sorted, cmp_entry_name);
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 1; i < l->n && st == DSCKPT_OK; i++)
+        if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0)
+            st = ds_err(DSCKPT_EINVAL, "zip writer: duplicate member name '" NAMEF "'", sorted[i]->name);
+    free(sorted);
+    return st;
+}
+
+/* One central entry into p; returns its length. */
+static size_t central_entry(const zw_entry *e, uint8_t *p) {
+    size_t nlen = strlen(e->name);
+    bool big_size = e->size >= U32_SAT, big_ofs = e->local_offset >= U32_SAT;
+    uint8_t *x = p + CENTRAL_SIZE + nlen;
+    size_t xl = 0;
+    if (big_size || big_ofs) {
+        put16(x, EXTRA_ZIP64);
+        xl = 4;
+        if (big_size) {
+            ds_put_le64(x + xl, e->size);     /* uncompressed */
+            ds_put_le64(x + xl + 8, e->size); /* compressed (STORED) */
+            xl += 16;
+        }
+        if (big_ofs) {
+            ds_put_le64(x + xl, e->local_offset);
+            xl += 8;
+        }
+        put16(x + 2, (uint32_t)(xl - 4));
+    }
+    memset(p, 0, CENTRAL_SIZE);
+    put32(p, SIG_CENTRAL);
+    put16(p + 8, e->flags);
+    put32(p + 16, e->crc);
+    put32(p + 20, sat32(e->size));
+    put32(p + 24, sat32(e->size));
+    put16(p + 28, (uint32_t)nlen);
+    put16(p + 30, (uint32_t)xl);
+    put32(p + 42, sat32(e->local_offset));
+    memcpy(p + CENTRAL_SIZE, e->name, nlen);
+    return CENTRAL_SIZE + nlen + xl;
+}
+
+static void end_records(size_t n, uint64_t cd_off, uint64_t cd_size, uint8_t r[END_RECORDS]) {
+    memset(r, 0, END_RECORDS);
+    uint8_t *z = r, *l = r + Z64_EOCD_SIZE, *e = l + Z64_LOCATOR_SIZE;
+    put32(z, SIG_Z64_EOCD);
+    ds_put_le64(z + 4, Z64_EOCD_SIZE - 12);
+    put16(z + 12, Z64_MADE_BY);
+    put16(z + 14, Z64_NEEDED);
+    ds_put_le64(z + 24, n);
+    ds_put_le64(z + 32, n);
+    ds_put_le64(z + 40, cd_size);
+    ds_put_le64(z + 48, cd_off);
+    put32(l, SIG_Z64_LOCATOR);
+    ds_put_le64(l + 8, cd_off + cd_size);
+    put32(l + 16, 1); /* total number of disks */
+    put32(e, SIG_EOCD);
+    put16(e + 8, n >= U16_SAT ? U16_SAT : (uint32_t)n);
+    put16(e + 10, n >= U16_SAT ? U16_SAT : (uint32_t)n);
+    put32(e + 12, sat32(cd_size));
+    put32(e + 16, sat32(cd_off));
+}
+
+/* The central directory starting at cd_off and the end records, malloc'd. */
+static dsckpt_status central_dir(const zip_layout *l, uint64_t cd_off, uint8_t **out, size_t *len) {
+    size_t cap = END_RECORDS;
+    for (size_t i = 0; i < l->n; i++) cap += CENTRAL_SIZE + strlen(l->e[i].name) + CENTRAL_EXTRA_MAX;
+    uint8_t *buf = malloc(cap);
+    if (!buf) return ds_err(DSCKPT_ENOMEM, "out of memory finishing a zip archive");
+    size_t k = 0;
+    for (size_t i = 0; i < l->n; i++) k += central_entry(&l->e[i], buf + k);
+    end_records(l->n, cd_off, k, buf + k);
+    *out = buf;
+    *len = k + END_RECORDS;
+    return DSCKPT_OK;
+}
+
+/* ---- the streaming writer ---- */
 
 static dsckpt_status writer_usable(const zip_writer *w) {
     if (!w) return ds_err(DSCKPT_EINVAL, "zip writer: NULL writer");
@@ -713,11 +924,6 @@ static dsckpt_status wr(zip_writer *w, const void *p, size_t n) {
 dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out) {
     *out = NULL;
     if (!s || !prefix) return ds_err(DSCKPT_EINVAL, "zip writer: NULL stream or prefix");
-    const char *why = ds_name_problem(prefix, strlen(prefix));
-    if (why) {
-        char eb[ESC_BUF];
-        return ds_err(DSCKPT_EINVAL, "zip writer: top folder '%s' is not a safe name: %s", esc(prefix, strlen(prefix), eb), why);
-    }
     /* Offsets in the archive are stream positions: it must start the file. */
     if (ds_stream_pos(s) != 0)
         return ds_err(DSCKPT_EINVAL, "zip writer: the stream is at offset %llu, not at its start",
@@ -725,11 +931,10 @@ dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out)
     zip_writer *w;
     DS_TRY(ds_calloc(1, sizeof *w, &w));
     w->s = s;
-    w->align = ALIGN;
-    w->prefix = strdup(prefix);
-    if (!w->prefix) {
+    dsckpt_status st = layout_init(&w->l, prefix);
+    if (st) {
         free(w);
-        return ds_err(DSCKPT_ENOMEM, "out of memory starting a zip writer");
+        return st;
     }
     *out = w;
     return DSCKPT_OK;
@@ -737,79 +942,24 @@ dsckpt_status zip_writer_new(ds_stream *s, const char *prefix, zip_writer **out)
 
 dsckpt_status zip_writer_set_alignment(zip_writer *w, uint32_t align) {
     DS_TRY(writer_usable(w));
-    if (align == 0 || align > ZIP_MAX_ALIGN || (align & (align - 1)))
-        return ds_err(DSCKPT_EINVAL, "zip writer: alignment %u is not a power of two up to %u", align, ZIP_MAX_ALIGN);
-    w->align = align;
+    DS_TRY(check_align(align));
+    w->l.align = align;
     return DSCKPT_OK;
 }
 
 dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, uint64_t *data_offset) {
     DS_TRY(writer_usable(w));
     if (!rel) return ds_err(DSCKPT_EINVAL, "zip writer: NULL member name");
-    if (w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: member '" NAMEF "' is still open", w->e[w->n - 1].name);
-    size_t plen = strlen(w->prefix), rlen = strlen(rel), nlen = plen + 1 + rlen;
-    char *name = malloc(nlen + 1);
-    if (!name) return ds_err(DSCKPT_ENOMEM, "out of memory adding zip member " NAMEF, rel);
-    memcpy(name, w->prefix, plen);
-    name[plen] = '/';
-    memcpy(name + plen + 1, rel, rlen + 1);
-    const char *why = nlen > MAX_NAME ? "it is longer than 65535 bytes" : ds_relname_problem(name, nlen);
-    if (why) {
-        char eb[ESC_BUF];
-        dsckpt_status st = ds_err(DSCKPT_EINVAL, "zip writer: member name '%s' is not a safe name: %s", esc(name, nlen, eb), why);
-        free(name);
-        return st;
-    }
-    if (w->n == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 16;
-        zw_entry *e = realloc(w->e, cap * sizeof *e);
-        if (!e) {
-            free(name);
-            return ds_err(DSCKPT_ENOMEM, "out of memory adding zip member " NAMEF, rel);
-        }
-        w->e = e;
-        w->cap = cap;
-    }
-    uint64_t cursor = ds_stream_pos(w->s);
-    bool big_size = size >= U32_SAT, big_ofs = cursor >= U32_SAT;
-    zw_entry *e = &w->e[w->n++];
-    *e = (zw_entry){.name = name, .local_offset = cursor, .size = size,
-                    .flags = (uint16_t)(FLAG_UTF8 | (size ? FLAG_DESCRIPTOR : 0)), .z64_local = big_size || big_ofs};
+    if (w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: member '" NAMEF "' is still open", w->l.e[w->l.n - 1].name);
+    DS_TRY(entry_add(&w->l, rel, size, ds_stream_pos(w->s)));
+    const zw_entry *e = &w->l.e[w->l.n - 1];
     w->open = true;
     w->written = 0;
-
-    /* extra = [ZIP64 field] + FB field; 4 + 16 + 8 + 4 + (align - 1) bytes at most */
-    uint8_t extra[4 + 16 + 8 + 4 + ZIP_MAX_ALIGN];
-    size_t xl = 0;
-    if (e->z64_local) {
-        put16(extra, EXTRA_ZIP64);
-        xl = 4;
-        if (big_size) {
-            ds_put_le64(extra + xl, size);
-            ds_put_le64(extra + xl + 8, 0); /* miniz writes the compressed size before knowing it */
-            xl += 16;
-        }
-        if (big_ofs) {
-            ds_put_le64(extra + xl, cursor);
-            xl += 8;
-        }
-        put16(extra + 2, (uint32_t)(xl - 4));
-    }
-    uint64_t start = cursor + LOCAL_SIZE + nlen + xl + 4;
-    size_t pad = (size_t)((w->align - start % w->align) % w->align);
-    put16(extra + xl, EXTRA_FB);
-    put16(extra + xl + 2, (uint32_t)pad);
-    memset(extra + xl + 4, FB_PAD_BYTE, pad);
-    xl += 4 + pad;
-
-    uint8_t h[LOCAL_SIZE] = {0};
-    put32(h, SIG_LOCAL);
-    put16(h + 6, e->flags);
-    put16(h + 26, (uint32_t)nlen);
-    put16(h + 28, (uint32_t)xl);
+    uint8_t h[LOCAL_SIZE], x[LOCAL_EXTRA_MAX];
+    size_t xl = local_header(e, w->l.align, h, x);
     DS_TRY(wr(w, h, sizeof h));
-    DS_TRY(wr(w, name, nlen));
-    DS_TRY(wr(w, extra, xl));
+    DS_TRY(wr(w, e->name, strlen(e->name)));
+    DS_TRY(wr(w, x, xl));
     if (data_offset) *data_offset = ds_stream_pos(w->s);
     return DSCKPT_OK;
 }
@@ -817,7 +967,7 @@ dsckpt_status zip_writer_begin(zip_writer *w, const char *rel, uint64_t size, ui
 dsckpt_status zip_writer_write(zip_writer *w, const void *data, size_t n) {
     DS_TRY(writer_usable(w));
     if (!w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: no member is open");
-    zw_entry *e = &w->e[w->n - 1];
+    zw_entry *e = &w->l.e[w->l.n - 1];
     if (n > e->size - w->written)
         return ds_err(DSCKPT_EINVAL, "zip writer: member '" NAMEF "': %zu more bytes would exceed its %llu bytes",
                       e->name, n, (unsigned long long)e->size);
@@ -841,114 +991,103 @@ dsckpt_status zip_writer_write_zeros(zip_writer *w, uint64_t n) {
 dsckpt_status zip_writer_end(zip_writer *w) {
     DS_TRY(writer_usable(w));
     if (!w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: no member is open");
-    zw_entry *e = &w->e[w->n - 1];
+    const zw_entry *e = &w->l.e[w->l.n - 1];
     if (w->written != e->size)
         return ds_err(DSCKPT_EMISUSE, "zip writer: member '" NAMEF "': %llu of its %llu bytes written", e->name,
                       (unsigned long long)w->written, (unsigned long long)e->size);
     w->open = false;
-    if (e->size == 0) return DSCKPT_OK; /* miniz writes no descriptor for empty members */
     uint8_t d[24];
-    size_t dl;
-    put32(d, SIG_DESCRIPTOR);
-    put32(d + 4, e->crc);
-    if (e->z64_local) {
-        ds_put_le64(d + 8, e->size);
-        ds_put_le64(d + 16, e->size);
-        dl = 24;
-    } else {
-        put32(d + 8, (uint32_t)e->size);
-        put32(d + 12, (uint32_t)e->size);
-        dl = 16;
-    }
-    return wr(w, d, dl);
-}
-
-static int cmp_entry_name(const void *a, const void *b) {
-    return strcmp((*(const zw_entry *const *)a)->name, (*(const zw_entry *const *)b)->name);
+    size_t dl = descriptor(e, d);
+    return dl ? wr(w, d, dl) : DSCKPT_OK;
 }
 
 dsckpt_status zip_writer_finish(zip_writer *w) {
     DS_TRY(writer_usable(w));
-    if (w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: member '" NAMEF "' is still open", w->e[w->n - 1].name);
-    if (w->n == 0) return ds_err(DSCKPT_EMISUSE, "zip writer: the archive has no members");
-    /* The reader refuses duplicates; refuse to write them. */
-    const zw_entry **sorted = malloc(w->n * sizeof *sorted);
-    if (!sorted) return ds_err(DSCKPT_ENOMEM, "out of memory finishing a zip archive");
-    for (size_t i = 0; i < w->n; i++) sorted[i] = &w->e[i];
-    qsort(sorted, w->n, sizeof *sorted, cmp_entry_name);
-    for (size_t i = 1; i < w->n; i++) {
-        if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0) {
-            dsckpt_status st = ds_err(DSCKPT_EINVAL, "zip writer: duplicate member name '" NAMEF "'", sorted[i]->name);
-            free(sorted);
-            w->failed = true;
-            return st;
-        }
+    if (w->open) return ds_err(DSCKPT_EMISUSE, "zip writer: member '" NAMEF "' is still open", w->l.e[w->l.n - 1].name);
+    dsckpt_status st = check_duplicates(&w->l);
+    if (st) {
+        if (st == DSCKPT_EINVAL) w->failed = true; /* a duplicate name */
+        return st;
     }
-    free(sorted);
-
-    uint64_t cd_off = ds_stream_pos(w->s);
-    for (size_t i = 0; i < w->n; i++) {
-        const zw_entry *e = &w->e[i];
-        size_t nlen = strlen(e->name);
-        bool big_size = e->size >= U32_SAT, big_ofs = e->local_offset >= U32_SAT;
-        uint8_t x[4 + 24];
-        size_t xl = 0;
-        if (big_size || big_ofs) {
-            put16(x, EXTRA_ZIP64);
-            xl = 4;
-            if (big_size) {
-                ds_put_le64(x + xl, e->size);     /* uncompressed */
-                ds_put_le64(x + xl + 8, e->size); /* compressed (STORED) */
-                xl += 16;
-            }
-            if (big_ofs) {
-                ds_put_le64(x + xl, e->local_offset);
-                xl += 8;
-            }
-            put16(x + 2, (uint32_t)(xl - 4));
-        }
-        uint8_t h[CENTRAL_SIZE] = {0};
-        put32(h, SIG_CENTRAL);
-        put16(h + 8, e->flags);
-        put32(h + 16, e->crc);
-        put32(h + 20, sat32(e->size));
-        put32(h + 24, sat32(e->size));
-        put16(h + 28, (uint32_t)nlen);
-        put16(h + 30, (uint32_t)xl);
-        put32(h + 42, sat32(e->local_offset));
-        DS_TRY(wr(w, h, sizeof h));
-        DS_TRY(wr(w, e->name, nlen));
-        if (xl) DS_TRY(wr(w, x, xl));
-    }
-    uint64_t z64_off = ds_stream_pos(w->s), cd_size = z64_off - cd_off;
-
-    uint8_t r[Z64_EOCD_SIZE + Z64_LOCATOR_SIZE + EOCD_SIZE] = {0};
-    uint8_t *z = r, *l = r + Z64_EOCD_SIZE, *e = l + Z64_LOCATOR_SIZE;
-    put32(z, SIG_Z64_EOCD);
-    ds_put_le64(z + 4, Z64_EOCD_SIZE - 12);
-    put16(z + 12, Z64_MADE_BY);
-    put16(z + 14, Z64_NEEDED);
-    ds_put_le64(z + 24, w->n);
-    ds_put_le64(z + 32, w->n);
-    ds_put_le64(z + 40, cd_size);
-    ds_put_le64(z + 48, cd_off);
-    put32(l, SIG_Z64_LOCATOR);
-    ds_put_le64(l + 8, z64_off);
-    put32(l + 16, 1); /* total number of disks */
-    put32(e, SIG_EOCD);
-    put16(e + 8, w->n >= U16_SAT ? U16_SAT : (uint32_t)w->n);
-    put16(e + 10, w->n >= U16_SAT ? U16_SAT : (uint32_t)w->n);
-    put32(e + 12, sat32(cd_size));
-    put32(e + 16, sat32(cd_off));
-    DS_TRY(wr(w, r, sizeof r));
-    w->finished = true;
-    return DSCKPT_OK;
+    uint8_t *cd;
+    size_t len;
+    DS_TRY(central_dir(&w->l, ds_stream_pos(w->s), &cd, &len));
+    st = wr(w, cd, len);
+    free(cd);
+    if (st == DSCKPT_OK) w->finished = true;
+    return st;
 }
 
 void zip_writer_free(zip_writer *w) {
     if (!w) return;
-    for (size_t i = 0; i < w->n; i++) free(w->e[i].name);
-    free(w->e);
-    free(w->prefix);
+    layout_clear(&w->l);
     free(w);
+}
+
+/* ---- the planned writer ---- */
+
+dsckpt_status zip_layout_new(const char *prefix, uint32_t align, zip_layout **out) {
+    *out = NULL;
+    if (!prefix) return ds_err(DSCKPT_EINVAL, "zip writer: NULL prefix");
+    DS_TRY(check_align(align));
+    zip_layout *l;
+    DS_TRY(ds_calloc(1, sizeof *l, &l));
+    dsckpt_status st = layout_init(l, prefix);
+    if (st) {
+        free(l);
+        return st;
+    }
+    l->align = align;
+    *out = l;
+    return DSCKPT_OK;
+}
+
+dsckpt_status zip_layout_add(zip_layout *l, const char *rel, uint64_t size, uint64_t *data_offset) {
+    if (!l || !rel) return ds_err(DSCKPT_EINVAL, "zip writer: NULL layout or member name");
+    DS_TRY(entry_add(l, rel, size, l->end));
+    const zw_entry *e = &l->e[l->n - 1];
+    uint8_t d[24];
+    l->end = e->data_offset + e->size + descriptor(e, d);
+    if (data_offset) *data_offset = e->data_offset;
+    return DSCKPT_OK;
+}
+
+void zip_layout_set_crc(zip_layout *l, size_t member, uint32_t crc) {
+    if (l && member < l->n) l->e[member].crc = crc;
+}
+
+dsckpt_status zip_layout_write(const zip_layout *l, int fd, const char *what) {
+    if (!l) return ds_err(DSCKPT_EINVAL, "zip writer: NULL layout");
+    DS_TRY(check_duplicates(l));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t i = 0; i < l->n && st == DSCKPT_OK; i++) {
+        const zw_entry *e = &l->e[i];
+        size_t nlen = strlen(e->name);
+        uint8_t *p = realloc(buf, LOCAL_SIZE + nlen + LOCAL_EXTRA_MAX);
+        if (!p) {
+            st = ds_err(DSCKPT_ENOMEM, "out of memory writing %s", what);
+            break;
+        }
+        buf = p;
+        size_t xl = local_header(e, l->align, buf, buf + LOCAL_SIZE + nlen);
+        memcpy(buf + LOCAL_SIZE, e->name, nlen);
+        st = ds_pwrite_full(fd, buf, LOCAL_SIZE + nlen + xl, e->local_offset, what);
+        uint8_t d[24];
+        size_t dl = descriptor(e, d);
+        if (st == DSCKPT_OK && dl) st = ds_pwrite_full(fd, d, dl, e->data_offset + e->size, what);
+    }
+    free(buf);
+    buf = NULL;
+    if (st == DSCKPT_OK) st = central_dir(l, l->end, &buf, &len);
+    if (st == DSCKPT_OK) st = ds_pwrite_full(fd, buf, len, l->end, what);
+    free(buf);
+    return st;
+}
+
+void zip_layout_free(zip_layout *l) {
+    if (!l) return;
+    layout_clear(l);
+    free(l);
 }

@@ -15,7 +15,8 @@
  * Writer: members are STORED with general-purpose flags 0x0808 (data descriptor,
  * UTF-8), local-header CRC and sizes zero, data aligned to 64 bytes (or as set) with an "FB"
  * (0x4246) extra field, and a ZIP64 end record + locator + classic end record, as
- * torch's writer (miniz) produces. All bytes go through a ds_stream.
+ * torch's writer (miniz) produces. All bytes go through a ds_stream; the planned
+ * writer (zip_layout) writes the same bytes at planned offsets instead.
  */
 #ifndef DSCKPT_ZIP_H
 #define DSCKPT_ZIP_H
@@ -84,5 +85,27 @@ dsckpt_status zip_writer_end(zip_writer *w);
 /* Writes the central directory and end records. Does not finish the stream. */
 dsckpt_status zip_writer_finish(zip_writer *w);
 void zip_writer_free(zip_writer *w);
+
+/* ---- planned writer ----
+ * The same bytes as the writer above, for a caller that writes the members' data
+ * itself, at their offsets, in any order and on any number of threads: every
+ * member is added up front with its size, which fixes every offset; the caller
+ * sets each member's CRC-32 once its data is written, and zip_layout_write then
+ * writes the rest (local headers, data descriptors, central directory, end
+ * records) with positional writes (ds_pwrite_full: fault hook and interruption
+ * apply). Not thread-safe itself; the caller's data writes may be concurrent. */
+typedef struct zip_layout zip_layout;
+/* An empty layout for members under `prefix/`, data aligned to `align` (a power
+ * of two up to ZIP_MAX_ALIGN). */
+dsckpt_status zip_layout_new(const char *prefix, uint32_t align, zip_layout **out);
+/* Adds member prefix/rel of exactly `size` bytes after the previous one (member
+ * numbers count from 0 in the order added); sets where its data goes. */
+dsckpt_status zip_layout_add(zip_layout *l, const char *rel, uint64_t size, uint64_t *data_offset);
+/* The CRC-32 of member `member`'s data (0 until set, which fits an empty member). */
+void zip_layout_set_crc(zip_layout *l, size_t member, uint32_t crc);
+/* Writes everything but the members' data into `fd` (`what` names it in messages);
+ * refuses duplicate names. */
+dsckpt_status zip_layout_write(const zip_layout *l, int fd, const char *what);
+void zip_layout_free(zip_layout *l); /* accepts NULL */
 
 #endif /* DSCKPT_ZIP_H */

@@ -15,6 +15,7 @@
 #include "deepspeed_write.h"
 
 #include "cast.h"
+#include "copyengine.h"
 #include "deepspeed.h"
 #include "fsutil.h"
 #include "partition.h"
@@ -33,7 +34,6 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define DSW_CHUNK (1u << 20) /* elements per fill call */
 #define DSW_PKL_MAX (256u << 20)
 #define DSW_VERSION "0.14.5"  /* ds_version written into synthesized files */
 
@@ -747,6 +747,7 @@ static dsckpt_status synth_optim_root(dsw_file *f) {
  * with an empty 'params' list. */
 static dsckpt_status z0_param_group(dsw_file *f, size_t g, pk_obj *src, pk_obj **out) {
     const ds_dsw_spec *sp = f->x->sp;
+    *out = NULL; /* set on every path (GCC's -Wmaybe-uninitialized cannot tell once inlined) */
     pk_obj *p = src;
     if (!p || p->kind != PK_DICT) {
         pk_obj *betas = pk_new(f->doc, PK_TUPLE);
@@ -1161,61 +1162,128 @@ static dsckpt_status edit_optim(dsw_file *f, int r) {
     return edit_flat_lists(f, osd, r);
 }
 
-/* ---- writing one .pt file ---- */
+/* ---- writing the .pt files: planned, then filled by the copy engine ----
+ *
+ * Every size is known before a byte is written, so each file's zip layout is
+ * planned up front (zip_layout): the pickle, the metadata members and inline
+ * values are written at once; every other storage (generated, or copied from the
+ * template) is cut into units that the copy engine fills, CRCs and writes on
+ * every worker, all files' units in one run, so a single big file uses all
+ * cores; then each member's CRC-32 is combined from its units' (crc32_combine),
+ * the headers, descriptors and central directory are written, and the file is
+ * made durable. The files are the tag directory's (which the caller commits);
+ * on failure every file created here is unlinked. */
 
-typedef struct dsw_bufs {
-    float *f32;
-    uint8_t *out;
-} dsw_bufs;
+#define DSW_UNIT (8u << 20) /* bytes of a storage per copy-engine unit */
 
-static dsckpt_status write_store(dsw_file *f, const dsw_store *s, zip_writer *zw, dsw_bufs *b, int worker,
-                                 ds_progress *prog) {
-    const ds_dsw_spec *sp = f->x->sp;
-    if (s->from_tpl) {
-        /* Copied through: checked against the source's CRC-32 on the way, so a
-         * damaged member is never written out under a fresh, valid CRC. */
-        uint64_t done = 0;
-        uLong crc = crc32(0L, Z_NULL, 0);
-        while (done < s->tbytes) {
-            size_t n = (size_t)DS_MIN(s->tbytes - done, (uint64_t)DSW_CHUNK * 4);
-            DS_TRY(ds_pread_full(f->tpl->fd, b->out, n, s->toff + done, f->tpl->path));
-            if (sp->check_reads) crc = crc32(crc, b->out, (uInt)n);
-            DS_TRY(zip_writer_write(zw, b->out, n));
-            done += n;
-        }
-        if (sp->check_reads && (uint32_t)crc != s->tcrc)
-            return ds_err(DSCKPT_ECHECKSUM,
-                          "%s: member '%.200s': CRC-32 mismatch: the file is damaged (reading with checks off reads it anyway)",
-                          f->tpl->path, s->tname);
-        return DSCKPT_OK;
-    }
-    if (s->ninl) return zip_writer_write(zw, s->inl, s->ninl);
-    size_t es = dsckpt_dtype_size(s->dtype);
+typedef struct dsw_member {
+    const dsw_store *s;
+    size_t zi;           /* member number in the layout */
+    uint64_t off, bytes; /* where its data goes */
+    size_t u0, nu;       /* its units */
+} dsw_member;
+
+typedef struct dsw_out {
+    dsw_file f;
+    char name[128];
+    char *path;
+    int fd;
+    bool created;        /* path is ours to unlink on failure */
+    zip_layout *zl;
+    size_t nz;           /* members added to zl */
+    dsw_member *m;       /* storages the engine writes */
+    size_t nm;
+} dsw_out;
+
+typedef struct dsw_unit {
+    const dsw_member *m;
+    uint32_t crc;        /* of the unit's bytes, written by the worker that fills it */
+} dsw_unit;
+
+typedef struct dsw_run {
+    dsw_ctx *x;
+    const char *dir;
+    ds_progress *prog;
+    size_t nmodel;       /* outputs [0, nmodel) are model-states files, then one optimizer file per rank */
+    dsw_out *out;
+    size_t nout;
+    ds_copy_unit *cu;
+    dsw_unit *u;
+    size_t nu;
+    float **f32;         /* per worker: DS_COPY_PIECE 16-bit elements as fp32 */
+} dsw_run;
+
+/* Pieces are sorted by `at`; checked here, once, so filling needs no checks. */
+static dsckpt_status check_pieces(const dsw_ctx *x, const dsw_store *s) {
     uint64_t pos = 0;
     for (size_t i = 0; i < s->npieces; i++) {
         const dsw_piece *p = &s->pieces[i];
         if (p->at < pos || p->at + p->numel > s->numel) return ds_err(DSCKPT_EINTERNAL, "overlapping storage pieces");
-        DS_TRY(zip_writer_write_zeros(zw, (p->at - pos) * es));
-        const ds_tensor *T = &sp->tensors[p->t];
+        const ds_tensor *T = &x->sp->tensors[p->t];
         dsckpt_dtype have = p->s == DS_ST_W16 ? T->dtype : DSCKPT_F32;
-        for (uint64_t off = 0; off < p->numel; off += DSW_CHUNK) {
-            size_t n = (size_t)DS_MIN(p->numel - off, (uint64_t)DSW_CHUNK);
-            if (have == s->dtype) {
-                DS_TRY(sp->fill(sp->fill_user, p->s, p->t, p->start + off, n, b->out, worker));
-            } else if (have == DSCKPT_F32 && (s->dtype == DSCKPT_BF16 || s->dtype == DSCKPT_F16)) {
-                DS_TRY(sp->fill(sp->fill_user, p->s, p->t, p->start + off, n, b->f32, worker));
-                if (s->dtype == DSCKPT_BF16) ds_cast_f32_to_bf16(b->f32, (uint16_t *)b->out, n);
-                else ds_cast_f32_to_f16(b->f32, (uint16_t *)b->out, n);
-            } else {
-                return ds_err(DSCKPT_EUNSUPPORTED, "tensor '%s' is stored as %s, cannot write it as %s", T->name,
-                              dsckpt_dtype_name(have), dsckpt_dtype_name(s->dtype));
-            }
-            DS_TRY(zip_writer_write(zw, b->out, n * es));
-            ds_progress_add(prog, n * es);
-        }
+        if (have != s->dtype && !(have == DSCKPT_F32 && (s->dtype == DSCKPT_BF16 || s->dtype == DSCKPT_F16)))
+            return ds_err(DSCKPT_EUNSUPPORTED, "tensor '%s' is stored as %s, cannot write it as %s", T->name,
+                          dsckpt_dtype_name(have), dsckpt_dtype_name(s->dtype));
         pos = p->at + p->numel;
     }
-    return zip_writer_write_zeros(zw, (s->numel - pos) * es);
+    return DSCKPT_OK;
+}
+
+/* `n` elements of piece p from element `start` of its state, in the store's dtype. */
+static dsckpt_status fill_piece(const ds_dsw_spec *sp, const dsw_store *s, const dsw_piece *p, uint64_t start,
+                                size_t n, uint8_t *dst, float *f32, int worker) {
+    dsckpt_dtype have = p->s == DS_ST_W16 ? sp->tensors[p->t].dtype : DSCKPT_F32;
+    if (have == s->dtype) return sp->fill(sp->fill_user, p->s, p->t, start, n, dst, worker);
+    DS_TRY(sp->fill(sp->fill_user, p->s, p->t, start, n, f32, worker));
+    if (s->dtype == DSCKPT_BF16) ds_cast_f32_to_bf16(f32, (uint16_t *)dst, n);
+    else ds_cast_f32_to_f16(f32, (uint16_t *)dst, n);
+    return DSCKPT_OK;
+}
+
+/* Bytes [rel, rel + len) of a generated storage: its pieces' values, zeros between. */
+static dsckpt_status gen_bytes(const ds_dsw_spec *sp, const dsw_store *s, uint64_t rel, size_t len, uint8_t *buf,
+                               float *f32, int worker) {
+    size_t es = dsckpt_dtype_size(s->dtype);
+    if (rel % es || len % es) return ds_err(DSCKPT_EINTERNAL, "storage range not on element boundaries");
+    uint64_t e0 = rel / es, e = e0, end = e0 + len / es;
+    size_t lo = 0, hi = s->npieces; /* the first piece ending after e0 */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->pieces[mid].at + s->pieces[mid].numel <= e0) lo = mid + 1;
+        else hi = mid;
+    }
+    for (size_t i = lo; e < end;) {
+        const dsw_piece *p = i < s->npieces ? &s->pieces[i] : NULL;
+        uint8_t *dst = buf + (e - e0) * es;
+        if (!p || p->at > e) {
+            uint64_t z = p ? DS_MIN(p->at, end) : end;
+            memset(dst, 0, (size_t)(z - e) * es);
+            e = z;
+            continue;
+        }
+        uint64_t n = DS_MIN(p->at + p->numel, end) - e;
+        DS_TRY(fill_piece(sp, s, p, p->start + (e - p->at), (size_t)n, dst, f32, worker));
+        e += n;
+        if (e == p->at + p->numel) i++;
+    }
+    return DSCKPT_OK;
+}
+
+/* The copy engine's fill: a piece of one storage, its CRC-32 carried on in its unit. */
+static dsckpt_status fill_unit(void *user, size_t unit, size_t file, uint64_t offset, size_t len, void *buf,
+                               const void **out, int worker) {
+    (void)out;
+    dsw_run *R = user;
+    dsw_unit *u = &R->u[unit];
+    const dsw_store *s = u->m->s;
+    const dsw_out *o = &R->out[file];
+    uint64_t rel = offset - u->m->off;
+    dsckpt_status st;
+    if (s->from_tpl) st = ds_pread_full(o->f.tpl->fd, buf, len, s->toff + rel, o->f.tpl->path);
+    else st = gen_bytes(R->x->sp, s, rel, len, buf, R->f32[worker], worker);
+    if (st) return ds_err_prefix(st, "writing %s", o->name);
+    u->crc = (uint32_t)crc32_z(u->crc, buf, len);
+    return DSCKPT_OK;
 }
 
 /* Numeric order of the decimal keys "0", "1", ..., "10" (torch 2.x's write order). */
@@ -1225,11 +1293,12 @@ static int cmp_newkey(const void *a, const void *b) {
     return lx != ly ? (lx < ly ? -1 : 1) : strcmp(x->newkey, y->newkey);
 }
 
-static dsckpt_status small_member(zip_writer *zw, const char *rel, const void *data, size_t n) {
+/* A member written at once (pickle, metadata, inline values). */
+static dsckpt_status put_small(dsw_out *o, const char *rel, const void *data, size_t n) {
     uint64_t off;
-    DS_TRY(zip_writer_begin(zw, rel, n, &off));
-    DS_TRY(zip_writer_write(zw, data, n));
-    return zip_writer_end(zw);
+    DS_TRY(zip_layout_add(o->zl, rel, n, &off));
+    zip_layout_set_crc(o->zl, o->nz++, (uint32_t)crc32_z(0L, data, n));
+    return n ? ds_pwrite_full(o->fd, data, n, off, o->path) : DSCKPT_OK;
 }
 
 static dsckpt_status serialization_id(const uint8_t *pkl, size_t n, char out[48]) {
@@ -1249,116 +1318,204 @@ static int cmp_piece(const void *a, const void *b) {
     return x->at < y->at ? -1 : x->at > y->at;
 }
 
-static dsckpt_status write_pt(dsw_file *f, const char *dir, const char *name, dsw_bufs *b, int worker,
-                              ds_progress *prog) {
-    uint8_t *pkl = NULL;
-    size_t pkl_len = 0;
-    char *path = NULL, *prefix = NULL;
-    const dsw_store **order = NULL;
-    ds_stream *s = NULL;
-    zip_writer *zw = NULL;
-    dsckpt_status st = pk_serialize_ex(f->root, rename_key, f, &pkl, &pkl_len);
-    if (f->err) st = f->err;
-    if (st) goto done;
-    if (!(path = ds_join(dir, name)) || !(prefix = ds_strdup(name))) {
-        st = DSCKPT_ENOMEM;
-        goto done;
-    }
-    char *dot = strrchr(prefix, '.');
-    if (dot) *dot = '\0';
-    DS_TRYGOTO(ds_calloc(f->n ? f->n : 1, sizeof *order, &order), done);
+/* The storages in the order torch 2.x writes them (malloc'd), pieces sorted. */
+static dsckpt_status used_stores(dsw_file *f, const dsw_store ***order, size_t *n) {
+    DS_TRY(ds_calloc(f->n ? f->n : 1, sizeof **order, order));
     size_t nu = 0;
     for (size_t i = 0; i < f->n; i++) {
         if (!f->st[i].used) continue;
         if (f->st[i].npieces > 1) qsort(f->st[i].pieces, f->st[i].npieces, sizeof *f->st[i].pieces, cmp_piece);
-        order[nu++] = &f->st[i];
+        if (!f->st[i].from_tpl && !f->st[i].ninl) DS_TRY(check_pieces(f->x, &f->st[i]));
+        (*order)[nu++] = &f->st[i];
     }
-    qsort(order, nu, sizeof *order, cmp_newkey); /* storages in the order torch 2.x writes them */
-    DS_TRYGOTO(ds_stream_create(path, 0, &s), done);
-    DS_TRYGOTO(zip_writer_new(s, prefix, &zw), done);
-    DS_TRYGOTO(zip_writer_set_alignment(zw, f->x->align), done);
-    DS_TRYGOTO(small_member(zw, "data.pkl", pkl, pkl_len), done);
-    /* torch 2.x's metadata members, in its order. */
-    char alignbuf[16];
-    snprintf(alignbuf, sizeof alignbuf, "%u", (unsigned)f->x->align);
-    DS_TRYGOTO(small_member(zw, ".format_version", "1", 1), done);
-    DS_TRYGOTO(small_member(zw, ".storage_alignment", alignbuf, strlen(alignbuf)), done);
-    DS_TRYGOTO(small_member(zw, "byteorder", "little", 6), done);
-    uint64_t off;
-    for (size_t i = 0; i < nu; i++) {
+    qsort(*order, nu, sizeof **order, cmp_newkey);
+    *n = nu;
+    return DSCKPT_OK;
+}
+
+/* The storages' members: inline values written, the others left to the engine. */
+static dsckpt_status plan_stores(dsw_out *o, const dsw_store **order, size_t n) {
+    DS_TRY(ds_calloc(n ? n : 1, sizeof *o->m, &o->m));
+    for (size_t i = 0; i < n; i++) {
         const dsw_store *d = order[i];
-        uint64_t bytes = d->from_tpl ? d->tbytes : d->ninl ? d->ninl : d->numel * dsckpt_dtype_size(d->dtype);
         char rel[40];
         snprintf(rel, sizeof rel, "data/%s", d->newkey);
-        DS_TRYGOTO(zip_writer_begin(zw, rel, bytes, &off), done);
-        DS_TRYGOTO(write_store(f, d, zw, b, worker, prog), done);
-        DS_TRYGOTO(zip_writer_end(zw), done);
+        if (d->ninl && !d->from_tpl) {
+            DS_TRY(put_small(o, rel, d->inl, d->ninl));
+            continue;
+        }
+        dsw_member *m = &o->m[o->nm++];
+        *m = (dsw_member){.s = d, .zi = o->nz++, .bytes = d->from_tpl ? d->tbytes : d->numel * dsckpt_dtype_size(d->dtype)};
+        DS_TRY(zip_layout_add(o->zl, rel, m->bytes, &m->off));
     }
-    DS_TRYGOTO(small_member(zw, "version", "3\n", 2), done);
+    return DSCKPT_OK;
+}
+
+/* Creates the file and writes all but the storages' data (their CRCs come later). */
+static dsckpt_status plan_pt(dsw_out *o, const char *dir) {
+    dsw_file *f = &o->f;
+    uint8_t *pkl = NULL;
+    size_t pkl_len = 0, nu = 0;
+    const dsw_store **order = NULL;
+    char prefix[sizeof o->name];
+    snprintf(prefix, sizeof prefix, "%s", o->name);
+    char *dot = strrchr(prefix, '.');
+    if (dot) *dot = '\0';
+    dsckpt_status st = pk_serialize_ex(f->root, rename_key, f, &pkl, &pkl_len);
+    if (f->err) st = f->err;
+    if (!st && !(o->path = ds_join(dir, o->name))) st = DSCKPT_ENOMEM;
+    if (!st) st = used_stores(f, &order, &nu);
+    if (!st) st = zip_layout_new(prefix, f->x->align, &o->zl);
+    if (!st && (o->fd = open(o->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
+        st = ds_err_errno(errno, "%s: cannot create", o->path);
+    o->created = !st;
+    char alignbuf[16], sid[48];
+    snprintf(alignbuf, sizeof alignbuf, "%u", (unsigned)f->x->align);
+    if (!st) st = put_small(o, "data.pkl", pkl, pkl_len);
+    /* torch 2.x's metadata members, in its order. */
+    if (!st) st = put_small(o, ".format_version", "1", 1);
+    if (!st) st = put_small(o, ".storage_alignment", alignbuf, strlen(alignbuf));
+    if (!st) st = put_small(o, "byteorder", "little", 6);
+    if (!st) st = plan_stores(o, order, nu);
+    if (!st) st = put_small(o, "version", "3\n", 2);
     /* torch writes two zero-padded 64-bit numbers; here they come from the
      * SHA-256 of data.pkl, so equal inputs give equal files. */
-    char sid[48];
-    DS_TRYGOTO(serialization_id(pkl, pkl_len, sid), done);
-    DS_TRYGOTO(small_member(zw, ".data/serialization_id", sid, 40), done);
-    DS_TRYGOTO(zip_writer_finish(zw), done);
-    st = ds_stream_finish(s, NULL);
-    s = NULL;
-done:
-    zip_writer_free(zw);
-    ds_stream_abort(s);
+    if (!st) st = serialization_id(pkl, pkl_len, sid);
+    if (!st) st = put_small(o, ".data/serialization_id", sid, 40);
     free(pkl);
-    free(path);
-    free(prefix);
     free(order);
     return st;
 }
 
-/* ---- jobs: one per output file ---- */
-
-typedef struct dsw_run {
-    dsw_ctx *x;
-    const char *dir;
-    ds_progress *prog;
-    size_t nmodel; /* jobs [0, nmodel) are model-states files, then one optimizer file per rank */
-} dsw_run;
-
-static dsckpt_status job(void *u, size_t j, int worker) {
-    dsw_run *R = u;
+/* Output j's pickle tree, built or edited from its template. */
+static dsckpt_status build_tree(dsw_run *R, size_t j, dsw_out *o) {
     dsw_ctx *x = R->x;
-    dsw_file f = {.x = x};
-    dsw_bufs b = {0};
-    char name[128];
+    dsw_file *f = &o->f;
     bool model = j < R->nmodel;
     int rank = (int)(model ? j : j - R->nmodel);
+    if (model) {
+        if (x->stage == 3) snprintf(o->name, sizeof o->name, "zero_pp_rank_%d_mp_rank_00_model_states.pt", rank);
+        else snprintf(o->name, sizeof o->name, "mp_rank_00_model_states.pt");
+    } else {
+        snprintf(o->name, sizeof o->name, "%szero_pp_rank_%d_mp_rank_00_optim_states.pt", x->optim_prefix, rank);
+    }
+    *f = (dsw_file){.x = x};
     dsckpt_status st;
     if (x->stage == 0) {
-        st = zero0_root(&f);
+        st = zero0_root(f);
     } else if (x->have_tpl) {
-        f.tpl = model ? &x->tmodel : &x->toptim;
-        st = tpl_parse(f.tpl, &f.doc, &f.root);
+        f->tpl = model ? &x->tmodel : &x->toptim;
+        st = tpl_parse(f->tpl, &f->doc, &f->root);
     } else {
-        f.doc = pk_doc_new();
-        st = f.doc ? (model ? synth_model_root(&f, rank) : synth_optim_root(&f)) : ds_err(DSCKPT_ENOMEM, "out of memory");
+        f->doc = pk_doc_new();
+        st = f->doc ? (model ? synth_model_root(f, rank) : synth_optim_root(f)) : ds_err(DSCKPT_ENOMEM, "out of memory");
     }
-    if (!st && x->stage != 0) st = model ? edit_model(&f, rank) : edit_optim(&f, rank);
+    if (!st && x->stage != 0) st = model ? edit_model(f, rank) : edit_optim(f, rank);
     if (!st && x->have_tpl && x->sp->drop_unknown) { /* find_templates listed them */
         ds_unknown_list ul = {0};
-        st = ds_unknown_in_tree(f.root, f.tpl->path, true, &ul);
+        st = ds_unknown_in_tree(f->root, f->tpl->path, true, &ul);
         ds_unknown_list_free(&ul);
     }
-    if (model) {
-        if (x->stage == 3) snprintf(name, sizeof name, "zero_pp_rank_%d_mp_rank_00_model_states.pt", rank);
-        else snprintf(name, sizeof name, "mp_rank_00_model_states.pt");
-    } else {
-        snprintf(name, sizeof name, "%szero_pp_rank_%d_mp_rank_00_optim_states.pt", x->optim_prefix, rank);
+    return st;
+}
+
+/* Phase 1, one job per output file. */
+static dsckpt_status plan_job(void *u, size_t j, int worker) {
+    (void)worker;
+    dsw_run *R = u;
+    dsw_out *o = &R->out[j];
+    dsckpt_status st = build_tree(R, j, o);
+    if (!st) st = plan_pt(o, R->dir);
+    pk_doc_free(o->f.doc); /* serialized: the tree is no longer needed */
+    o->f.doc = NULL;
+    o->f.root = NULL;
+    if (st) ds_err_prefix(st, "writing %s", o->name);
+    return st;
+}
+
+/* Phase 2: every engine-written storage of every file, in units of DSW_UNIT bytes
+ * (element-aligned: a multiple of every dtype size), through the copy engine. */
+static dsckpt_status copy_stores(dsw_run *R, int threads) {
+    size_t n = 0;
+    for (size_t j = 0; j < R->nout; j++)
+        for (size_t i = 0; i < R->out[j].nm; i++) n += (size_t)ds_ceil_div(R->out[j].m[i].bytes, DSW_UNIT);
+    DS_TRY(ds_calloc(n ? n : 1, sizeof *R->cu, &R->cu));
+    DS_TRY(ds_calloc(n ? n : 1, sizeof *R->u, &R->u));
+    for (size_t j = 0; j < R->nout; j++)
+        for (size_t i = 0; i < R->out[j].nm; i++) {
+            dsw_member *m = &R->out[j].m[i];
+            m->u0 = R->nu;
+            for (uint64_t off = 0; off < m->bytes; off += DSW_UNIT) {
+                R->cu[R->nu] = (ds_copy_unit){.file = j, .offset = m->off + off, .len = DS_MIN(DSW_UNIT, m->bytes - off)};
+                R->u[R->nu++] = (dsw_unit){.m = m};
+            }
+            m->nu = R->nu - m->u0;
+        }
+    DS_TRY(ds_calloc((size_t)threads, sizeof *R->f32, &R->f32));
+    for (int i = 0; i < threads; i++) DS_TRY(ds_malloc((size_t)DS_COPY_PIECE * 2, &R->f32[i]));
+    ds_copy_file *cf = NULL;
+    DS_TRY(ds_calloc(R->nout, sizeof *cf, &cf));
+    for (size_t j = 0; j < R->nout; j++) cf[j] = (ds_copy_file){.fd = R->out[j].fd, .name = R->out[j].path};
+    ds_copy_job cj = {.files = cf, .nfiles = R->nout, .units = R->cu, .nunits = R->nu, .fill = fill_unit, .user = R,
+                      .threads = threads, .prog = R->prog};
+    dsckpt_status st = ds_copy_run(&cj);
+    free(cf);
+    return st;
+}
+
+/* Phase 3, one job per file: CRCs (a member copied through must match its
+ * source's, so a damaged member is never written out under a fresh, valid
+ * CRC), headers, descriptors, central directory; then durable. */
+static dsckpt_status finish_job(void *u, size_t j, int worker) {
+    (void)worker;
+    dsw_run *R = u;
+    dsw_out *o = &R->out[j];
+    for (size_t i = 0; i < o->nm; i++) {
+        const dsw_member *m = &o->m[i];
+        uLong crc = crc32(0L, Z_NULL, 0);
+        for (size_t k = m->u0; k < m->u0 + m->nu; k++) crc = crc32_combine(crc, R->u[k].crc, (z_off_t)R->cu[k].len);
+        if (m->s->from_tpl && R->x->sp->check_reads && (uint32_t)crc != m->s->tcrc)
+            return ds_err(DSCKPT_ECHECKSUM,
+                          "%s: member '%.200s': CRC-32 mismatch: the file is damaged (reading with checks off reads it anyway)",
+                          o->f.tpl->path, m->s->tname);
+        zip_layout_set_crc(o->zl, m->zi, (uint32_t)crc);
     }
-    if (!st && (!(b.f32 = malloc((size_t)DSW_CHUNK * 4)) || !(b.out = malloc((size_t)DSW_CHUNK * 4))))
-        st = ds_err(DSCKPT_ENOMEM, "out of memory");
-    if (!st) st = write_pt(&f, R->dir, name, &b, worker, R->prog);
-    if (st) ds_err_prefix(st, "writing %s", name);
-    free(b.f32);
-    free(b.out);
-    file_clear(&f);
+    dsckpt_status st = zip_layout_write(o->zl, o->fd, o->path);
+    if (st) return ds_err_prefix(st, "writing %s", o->name);
+    if (fsync(o->fd) != 0) return ds_err_errno(errno, "%s: fsync failed", o->path);
+    int fd = o->fd;
+    o->fd = -1;
+    if (close(fd) != 0) return ds_err_errno(errno, "%s: close failed", o->path);
+    return DSCKPT_OK;
+}
+
+/* Frees the run; with `failed`, first unlinks every file it created. */
+static void run_clear(dsw_run *R, int threads, bool failed) {
+    for (size_t j = 0; R->out && j < R->nout; j++) {
+        dsw_out *o = &R->out[j];
+        if (o->fd >= 0) close(o->fd);
+        if (failed && o->created) unlink(o->path);
+        free(o->path);
+        free(o->m);
+        zip_layout_free(o->zl);
+        file_clear(&o->f);
+    }
+    for (int i = 0; R->f32 && i < threads; i++) free(R->f32[i]);
+    free(R->f32);
+    free(R->out);
+    free(R->cu);
+    free(R->u);
+}
+
+/* Every output file: planned in parallel (one job per file), filled by the copy
+ * engine, finished in parallel. */
+static dsckpt_status write_files(dsw_run *R, int threads) {
+    DS_TRY(ds_calloc(R->nout, sizeof *R->out, &R->out));
+    for (size_t j = 0; j < R->nout; j++) R->out[j].fd = -1;
+    dsckpt_status st = ds_parallel_run(R->nout, threads, plan_job, R, NULL);
+    if (!st) st = copy_stores(R, threads);
+    if (!st) st = ds_parallel_run(R->nout, threads, finish_job, R, NULL);
+    run_clear(R, threads, st != DSCKPT_OK);
     return st;
 }
 
@@ -1439,7 +1596,8 @@ dsckpt_status ds_deepspeed_write(const ds_dsw_spec *sp, const char *tagdir, ds_p
     }
     dsw_run R = {.x = &x, .dir = tagdir, .prog = prog, .nmodel = sp->stage == 3 ? (size_t)x.M : 1};
     /* ZeRO-0 writes no optimizer files: its one model-states file holds the optimizer. */
-    st = ds_parallel_run(R.nmodel + (sp->stage == 0 ? 0 : (size_t)x.M), ds_thread_count(sp->threads), job, &R, prog);
+    R.nout = R.nmodel + (sp->stage == 0 ? 0 : (size_t)x.M);
+    st = write_files(&R, ds_thread_count(sp->threads));
 done:
     for (size_t g = 0; g < x.ng; g++) {
         free(x.g[g].t);

@@ -1046,6 +1046,118 @@ static void test_large_zip64(void) {
     free(dir);
 }
 
+/* ---- the planned writer ---- */
+
+/* BASE's members (and an empty one) through the streaming writer at `align`. */
+static uint8_t *streamed(const char *path, uint32_t align, size_t *n) {
+    ds_stream *s = NULL;
+    zip_writer *w = NULL;
+    TU_ASSERT_OK(ds_stream_create(path, 0, &s));
+    TU_ASSERT_OK(zip_writer_new(s, "arch", &w));
+    TU_ASSERT_OK(zip_writer_set_alignment(w, align));
+    for (size_t i = 0; i <= BASE_N; i++) {
+        size_t sz = i < BASE_N ? BASE_SIZES[i] : 0;
+        TU_ASSERT_OK(zip_writer_begin(w, i < BASE_N ? BASE_NAMES[i] + 5 : "empty", sz, NULL));
+        for (size_t k = 0; k < sz; k++) {
+            uint8_t c = pattern(i, k);
+            TU_ASSERT_OK(zip_writer_write(w, &c, 1));
+        }
+        TU_ASSERT_OK(zip_writer_end(w));
+    }
+    TU_ASSERT_OK(zip_writer_finish(w));
+    zip_writer_free(w);
+    TU_ASSERT_OK(ds_stream_finish(s, NULL));
+    return tu_read(path, n);
+}
+
+/* The same members planned, their data written last member first: the same bytes. */
+static void test_layout_matches_writer(void) {
+    char *dir = tu_mkdtemp();
+    char *a = tu_path(dir, "a.pt"), *b = tu_path(dir, "b.pt");
+    static const uint32_t aligns[] = {64, 1, 4096};
+    for (size_t t = 0; t < sizeof aligns / sizeof *aligns; t++) {
+        unlink(a);
+        unlink(b);
+        size_t na = 0, nb = 0;
+        uint8_t *want = streamed(a, aligns[t], &na);
+        zip_layout *l = NULL;
+        TU_ASSERT_OK(zip_layout_new("arch", aligns[t], &l));
+        uint64_t off[BASE_N + 1];
+        for (size_t i = 0; i <= BASE_N; i++)
+            TU_ASSERT_OK(zip_layout_add(l, i < BASE_N ? BASE_NAMES[i] + 5 : "empty", i < BASE_N ? BASE_SIZES[i] : 0, &off[i]));
+        int fd = open(b, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        CU_ASSERT_FATAL(fd >= 0);
+        for (size_t i = BASE_N; i-- > 0;) {
+            uint8_t data[128];
+            for (size_t k = 0; k < BASE_SIZES[i]; k++) data[k] = pattern(i, k);
+            TU_ASSERT_OK(ds_pwrite_full(fd, data, BASE_SIZES[i], off[i], b));
+            zip_layout_set_crc(l, i, (uint32_t)crc32(0L, data, (uInt)BASE_SIZES[i]));
+        }
+        TU_ASSERT_OK(zip_layout_write(l, fd, b));
+        close(fd);
+        zip_layout_free(l);
+        uint8_t *got = tu_read(b, &nb);
+        CU_ASSERT_FATAL(want && got);
+        CU_ASSERT(na == nb && memcmp(want, got, na) == 0);
+        free(want);
+        free(got);
+    }
+    /* Duplicate names are refused, as by the streaming writer. */
+    zip_layout *l = NULL;
+    TU_ASSERT_OK(zip_layout_new("arch", 64, &l));
+    TU_ASSERT_OK(zip_layout_add(l, "data/0", 1, NULL));
+    TU_ASSERT_OK(zip_layout_add(l, "data/0", 1, NULL));
+    CU_ASSERT_EQUAL(zip_layout_write(l, -1, "dup"), DSCKPT_EINVAL);
+    CU_ASSERT(strstr(dsckpt_last_error(), "duplicate member name 'arch/data/0'") != NULL);
+    zip_layout_free(l);
+    CU_ASSERT_EQUAL(zip_layout_new("arch", 48, &l), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(zip_layout_new("a/b", 64, &l), DSCKPT_EINVAL);
+    zip_layout_free(NULL);
+    tu_rmtree(dir);
+    free(a);
+    free(b);
+    free(dir);
+}
+
+/* ZIP64 from the planned writer without writing 4 GiB: the big member's data is
+ * a hole (its CRC is not checked here), the structure is read back. */
+static void test_layout_zip64_sparse(void) {
+    const uint64_t big = (4ull << 30) + 3;
+    char *dir = tu_mkdtemp();
+    char *out = tu_path(dir, "big.pt");
+    zip_layout *l = NULL;
+    uint64_t off[3];
+    TU_ASSERT_OK(zip_layout_new("big", 64, &l));
+    TU_ASSERT_OK(zip_layout_add(l, "data.pkl", 10, &off[0]));
+    TU_ASSERT_OK(zip_layout_add(l, "data/0", big, &off[1]));
+    TU_ASSERT_OK(zip_layout_add(l, "data/1", 5, &off[2])); /* local offset >= 4 GiB */
+    int fd = open(out, O_RDWR | O_CREAT | O_EXCL, 0644);
+    CU_ASSERT_FATAL(fd >= 0);
+    TU_ASSERT_OK(ds_pwrite_full(fd, "0123456789", 10, off[0], out));
+    TU_ASSERT_OK(ds_pwrite_full(fd, "abcde", 5, off[2], out));
+    zip_layout_set_crc(l, 0, (uint32_t)crc32(0L, (const Bytef *)"0123456789", 10));
+    zip_layout_set_crc(l, 2, (uint32_t)crc32(0L, (const Bytef *)"abcde", 5));
+    TU_ASSERT_OK(zip_layout_write(l, fd, out));
+    zip_layout_free(l);
+    zip_archive *z = NULL;
+    TU_ASSERT_OK(zip_open_fd(fd, out, &z));
+    CU_ASSERT_FATAL(z->n == 3);
+    CU_ASSERT_EQUAL(z->members[1].size, big);
+    CU_ASSERT(z->members[2].local_offset > 0xFFFFFFFFull);
+    for (size_t i = 0; i < 3; i++) CU_ASSERT_EQUAL(z->members[i].data_offset, off[i]);
+    TU_ASSERT_OK(zip_check_crc(fd, z, 0, out));
+    TU_ASSERT_OK(zip_check_crc(fd, z, 2, out));
+    uint8_t d[24];
+    TU_ASSERT_OK(ds_pread_full(fd, d, sizeof d, off[1] + big, out));
+    CU_ASSERT_EQUAL(g32(d), 0x08074b50);
+    CU_ASSERT_EQUAL(ds_get_le64(d + 8), big);
+    zip_free(z);
+    close(fd);
+    tu_rmtree(dir);
+    free(out);
+    free(dir);
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"every fixture opens; members, alignment, CRC", test_fixtures},
@@ -1060,6 +1172,8 @@ int main(void) {
         {"truncation sweep", test_truncation_sweep},
         {"mutation sweep", test_mutation_sweep},
         {"> 4 GiB writer round trip (opt-in)", test_large_zip64},
+        {"planned writer equals the streaming writer", test_layout_matches_writer},
+        {"planned writer ZIP64 (sparse)", test_layout_zip64_sparse},
         {NULL, NULL},
     };
     return tu_main("zip", tests);
