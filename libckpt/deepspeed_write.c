@@ -1463,13 +1463,10 @@ static dsckpt_status copy_stores(dsw_run *R, int threads) {
     return st;
 }
 
-/* Phase 3, one job per file: CRCs (a member copied through must match its
- * source's, so a damaged member is never written out under a fresh, valid
- * CRC), headers, descriptors, central directory; then durable. */
-static dsckpt_status finish_job(void *u, size_t j, int worker) {
-    (void)worker;
-    dsw_run *R = u;
-    dsw_out *o = &R->out[j];
+/* Phase 3 for one file: CRCs (a member copied through must match its source's,
+ * so a damaged member is never written out under a fresh, valid CRC), headers,
+ * descriptors, central directory; then durable. */
+static dsckpt_status finish_pt(const dsw_run *R, dsw_out *o) {
     for (size_t i = 0; i < o->nm; i++) {
         const dsw_member *m = &o->m[i];
         uLong crc = crc32(0L, Z_NULL, 0);
@@ -1480,13 +1477,20 @@ static dsckpt_status finish_job(void *u, size_t j, int worker) {
                           o->f.tpl->path, m->s->tname);
         zip_layout_set_crc(o->zl, m->zi, (uint32_t)crc);
     }
-    dsckpt_status st = zip_layout_write(o->zl, o->fd, o->path);
-    if (st) return ds_err_prefix(st, "writing %s", o->name);
+    DS_TRY(zip_layout_write(o->zl, o->fd, o->path));
     if (fsync(o->fd) != 0) return ds_err_errno(errno, "%s: fsync failed", o->path);
     int fd = o->fd;
     o->fd = -1;
     if (close(fd) != 0) return ds_err_errno(errno, "%s: close failed", o->path);
     return DSCKPT_OK;
+}
+
+static dsckpt_status finish_job(void *u, size_t j, int worker) {
+    (void)worker;
+    dsw_run *R = u;
+    dsckpt_status st = finish_pt(R, &R->out[j]);
+    if (st) ds_err_prefix(st, "writing %s", R->out[j].name);
+    return st;
 }
 
 /* Frees the run; with `failed`, first unlinks every file it created. */

@@ -9,8 +9,10 @@
  */
 #include "cast.h"
 #include "ckpt.h"
+#include "fsutil.h"
 #include "safetensors.h"
 #include "tutil.h"
+#include "zip.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -546,6 +548,52 @@ static void test_refusals(void) {
     free(dir);
 }
 
+/* A damaged storage in the template's model-states file: reshard --format
+ * deepspeed refuses with ECHECKSUM (a buffer or other carried member copied
+ * through is checked against its source CRC-32 before its file is finished),
+ * and leaves nothing behind. With read checks off it is written as read. */
+static void test_reshard_template_damage(void) {
+    char *dir = tu_mkdtemp();
+    char *src = fixture_path("z2_ws4_fp32", "ckpt"), cmd[2048];
+    char *ck = tu_path(dir, "ck"), *out = tu_path(dir, "out");
+    char *pt = tu_path(dir, "ck/global_step3/mp_rank_00_model_states.pt");
+    for (int k = 0; k < 5; k++) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' && cp -r '%s' '%s'", ck, out, src, ck);
+        CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+        int fd = -1;
+        zip_archive *z = NULL;
+        TU_ASSERT_OK(ds_open_read(pt, &fd, NULL));
+        TU_ASSERT_OK(zip_open_fd(fd, pt, &z));
+        char rel[16];
+        snprintf(rel, sizeof rel, "data/%d", k);
+        const zip_member *m = zip_find_rel(z, rel);
+        CU_ASSERT_FATAL(m != NULL && m->size > 0);
+        uint64_t at = m->data_offset + m->size / 2;
+        zip_free(z);
+        close(fd);
+        CU_ASSERT_EQUAL(tu_flip_bit(pt, (size_t)at, 1), 0);
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
+        dsckpt_reshard_opts ro;
+        dsckpt_reshard_opts_init(&ro);
+        ro.world_size = 2;
+        ro.format = DSCKPT_FORMAT_DEEPSPEED;
+        CU_ASSERT_EQUAL(dsckpt_reshard(c, out, &ro), DSCKPT_ECHECKSUM);
+        CU_ASSERT(strstr(dsckpt_last_error(), "CRC-32 mismatch") != NULL);
+        snprintf(cmd, sizeof cmd, "ls -A '%s' | grep -v '^ck$' | grep -q .", dir);
+        CU_ASSERT_NOT_EQUAL(system(cmd), 0); /* no output, no temporary left beside it */
+        dsckpt_ckpt_set_read_check(c, 0);
+        TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
+        dsckpt_ckpt_free(c);
+    }
+    tu_rmtree(dir);
+    free(src);
+    free(ck);
+    free(out);
+    free(pt);
+    free(dir);
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"consolidate of every fixture = the engine's true values (fp32/bf16/fp16, frozen, buffers, ties)",
@@ -555,6 +603,7 @@ int main(void) {
         {"synth --format deepspeed = native synth (stages 1-3, bf16/fp16/fp32); stage kept", test_synth_deepspeed},
         {"inspect matches info.json; verify passes on every fixture", test_inspect_and_verify},
         {"verify catches a flipped bit, a missing rank, a stale rank, truncation", test_verify_catches_damage},
+        {"reshard --format deepspeed refuses a damaged template storage, leaves nothing", test_reshard_template_damage},
         {"TP / PP / MoE / legacy files refused with what was found", test_refusals},
         {NULL, NULL}};
     return tu_main("deepspeed", tests);
