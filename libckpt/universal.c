@@ -399,68 +399,38 @@ done:
     return st;
 }
 
-/* Writes the universal tag directory `tagdir` (fresh) from map d: a DeepSpeed
- * checkpoint, or a universal one (`from_universal`), whose model states,
- * optimizer_state.pt and step.pt files are copied as they are. */
-static dsckpt_status write_universal(const dsckpt_ckpt *d, bool from_universal, const char *tagdir, ds_progress *prog) {
-    ds_fdset fs = {0};
-    uni_src opt = {.fd = -1};
-    uni_out o = {.d = d, .fs = &fs};
-    pk_doc *doc = NULL;
-    char *zdir = NULL, *pdir = NULL;
-    dsckpt_status st = ds_fdset_open(d, &fs);
-    if (st) return st;
-    DS_TRYGOTO(ds_malloc((size_t)UNI_CHUNK * 4, &o.buf), done);
-    /* Model states, copied; rank 0's optimizer file. */
-    const char *opt_name = NULL;
+/* Copies every *_model_states.pt of d into tagdir as it is; *opt_name: rank 0's
+ * optimizer file (NULL when d has none). */
+static dsckpt_status copy_model_states(const dsckpt_ckpt *d, const char *tagdir, const char **opt_name) {
+    *opt_name = NULL;
     for (size_t i = 0; i < d->nfiles; i++) {
         const ds_file *f = &d->files[i];
         if (name_ends(f->name, "_model_states.pt")) {
             char *to = ds_join(tagdir, f->name);
-            if (!to) {
-                st = DSCKPT_ENOMEM;
-                goto done;
-            }
-            st = copy_file(f->path, to, !d->no_read_check);
+            if (!to) return DSCKPT_ENOMEM;
+            dsckpt_status st = copy_file(f->path, to, !d->no_read_check);
             free(to);
-            if (st) goto done;
+            if (st) return st;
         } else if (name_ends(f->name, "_optim_states.pt") && f->rank == 0) {
-            opt_name = f->name;
+            *opt_name = f->name;
         }
     }
-    if (from_universal) opt_name = "zero/optimizer_state.pt";
-    if (!opt_name) {
-        st = ds_err(DSCKPT_EINTERNAL, "%s: no rank-0 optimizer file", d->dir);
-        goto done;
-    }
-    if (!(zdir = ds_join(tagdir, "zero"))) {
-        st = DSCKPT_ENOMEM;
-        goto done;
-    }
-    DS_TRYGOTO(ds_mkdir(zdir), done);
-    if (from_universal) {
-        char *from = ds_join(d->dir, opt_name), *to = ds_join(zdir, "optimizer_state.pt");
-        st = from && to ? copy_file(from, to, !d->no_read_check) : DSCKPT_ENOMEM;
-        free(from);
-        free(to);
-        if (st) goto done;
-        DS_TRYGOTO(write_params(d, &o, NULL, NULL, zdir, prog), done);
-        goto done;
-    }
-    DS_TRYGOTO(src_open(d->dir, opt_name, &opt), done);
-    pk_obj *osd = pk_get(opt.root, "optimizer_state_dict");
+    return DSCKPT_OK;
+}
+
+/* zero/optimizer_state.pt from rank 0's optimizer file `opt` (see the top of the
+ * file); *states: the inner optimizer's per-group state in opt, for step.pt. */
+static dsckpt_status write_optimizer_state(const dsckpt_ckpt *d, uni_out *o, const uni_src *opt, const char *zdir,
+                                           ds_progress *prog, pk_obj **states) {
+    pk_obj *osd = pk_get(opt->root, "optimizer_state_dict");
     pk_obj *inner = d->stage == 3 ? pk_get(osd, "optimizer_state_dict") : pk_get(osd, "base_optimizer_state");
     pk_obj *pgs = inner ? pk_get(inner, "param_groups") : NULL;
-    pk_obj *states = inner ? pk_get(inner, "state") : NULL;
-    if (!osd || osd->kind != PK_DICT || !pgs || !states) {
-        st = ds_err(DSCKPT_ECORRUPT, "%s: no optimizer_state_dict with param_groups and state", opt.path);
-        goto done;
-    }
-    /* zero/optimizer_state.pt */
-    if (!(doc = pk_doc_new())) {
-        st = ds_err(DSCKPT_ENOMEM, "out of memory");
-        goto done;
-    }
+    *states = inner ? pk_get(inner, "state") : NULL;
+    if (!osd || osd->kind != PK_DICT || !pgs || !*states)
+        return ds_err(DSCKPT_ECORRUPT, "%s: no optimizer_state_dict with param_groups and state", opt->path);
+    pk_doc *doc = pk_doc_new();
+    if (!doc) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    dsckpt_status st = DSCKPT_OK;
     pk_obj *od = pk_new(doc, PK_DICT);
     if (!od) {
         st = DSCKPT_ENOMEM;
@@ -481,18 +451,56 @@ static dsckpt_status write_universal(const dsckpt_ckpt *d, bool from_universal, 
         st = DSCKPT_ENOMEM;
         goto done;
     }
-    out_reset(&o, &opt);
-    DS_TRYGOTO(write_pt(&o, od, zdir, "optimizer_state.pt", prog), done);
-
-    DS_TRYGOTO(write_params(d, &o, &opt, states, zdir, prog), done);
+    out_reset(o, opt);
+    st = write_pt(o, od, zdir, "optimizer_state.pt", prog);
 done:
     pk_doc_free(doc);
+    return st;
+}
+
+/* Writes the universal tag directory `tagdir` (fresh) from map d: a DeepSpeed
+ * checkpoint, or a universal one (`from_universal`), whose model states,
+ * optimizer_state.pt and step.pt files are copied as they are. */
+static dsckpt_status write_universal(const dsckpt_ckpt *d, bool from_universal, const char *tagdir, ds_progress *prog) {
+    ds_fdset fs = {0};
+    uni_src opt = {.fd = -1};
+    uni_out o = {.d = d, .fs = &fs};
+    char *zdir = NULL;
+    pk_obj *states = NULL;
+    dsckpt_status st = ds_fdset_open(d, &fs);
+    if (st) return st;
+    DS_TRYGOTO(ds_malloc((size_t)UNI_CHUNK * 4, &o.buf), done);
+    /* Model states, copied; rank 0's optimizer file. */
+    const char *opt_name = NULL;
+    DS_TRYGOTO(copy_model_states(d, tagdir, &opt_name), done);
+    if (from_universal) opt_name = "zero/optimizer_state.pt";
+    if (!opt_name) {
+        st = ds_err(DSCKPT_EINTERNAL, "%s: no rank-0 optimizer file", d->dir);
+        goto done;
+    }
+    if (!(zdir = ds_join(tagdir, "zero"))) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    DS_TRYGOTO(ds_mkdir(zdir), done);
+    if (from_universal) {
+        char *from = ds_join(d->dir, opt_name), *to = ds_join(zdir, "optimizer_state.pt");
+        st = from && to ? copy_file(from, to, !d->no_read_check) : DSCKPT_ENOMEM;
+        free(from);
+        free(to);
+        if (st) goto done;
+        DS_TRYGOTO(write_params(d, &o, NULL, NULL, zdir, prog), done);
+        goto done;
+    }
+    DS_TRYGOTO(src_open(d->dir, opt_name, &opt), done);
+    DS_TRYGOTO(write_optimizer_state(d, &o, &opt, zdir, prog, &states), done);
+    DS_TRYGOTO(write_params(d, &o, &opt, states, zdir, prog), done);
+done:
     src_close(&opt);
     ds_fdset_close(&fs);
     free(o.buf);
     free(o.more);
     free(zdir);
-    free(pdir);
     return st;
 }
 
@@ -516,8 +524,9 @@ static const cJSON *carried(const dsckpt_ckpt *c, const char *key) {
     return c->manifest ? cJSON_GetObjectItemCaseSensitive(c->manifest, key) : NULL;
 }
 
-dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
-    int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
+/* Whether c can be written in the universal layout at ZeRO `stage`; *from_ds:
+ * c's own DeepSpeed files are the template (else they are written first). */
+static dsckpt_status check_universal_source(const dsckpt_ckpt *c, int stage, bool *from_ds_out) {
     bool from_ds = c->format && !strcmp(c->format, "deepspeed");
     if (from_ds && c->stage == 0) {
         /* DeepSpeed has no universal load at stage 0; for a run going on under
@@ -537,6 +546,7 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
     if (stage < 1 || stage > 3)
         return ds_err(DSCKPT_EUNSUPPORTED, "the universal format holds ZeRO stages 1-3; this checkpoint is stage %d "
                                            "(ask for stage 1, 2 or 3)", stage);
+    *from_ds_out = from_ds;
     if (from_ds || (c->format && !strcmp(c->format, "universal"))) {
         /* Model-states files are copied as they are: nothing opaque may ride along. */
         ds_unknown_list ul = {0};
@@ -550,10 +560,55 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
         ds_unknown_list_free(&ul);
         if (ust) return ust;
     }
-    ds_outdir od = {0};
+    return DSCKPT_OK;
+}
+
+/* Writes c's DeepSpeed files at its world size and ZeRO `stage` into the scratch
+ * folder *sdir = root/tmp (root: the temporary output) and opens them as
+ * *scratch, the fragment map the universal files are then built from. The
+ * caller frees *sdir and *scratch, also on failure. */
+static dsckpt_status write_scratch(const dsckpt_ckpt *c, int stage, const char *root, int threads, ds_progress *prog,
+                                   char **sdir, dsckpt_ckpt **scratch) {
     uni_fill uf = {.c = c};
+    char *stag = NULL;
+    dsckpt_status st = DSCKPT_OK;
+    if (!(*sdir = ds_join(root, "tmp")) || !(stag = ds_join(*sdir, c->tag))) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    DS_TRYGOTO(ds_mkdir(*sdir), done);
+    DS_TRYGOTO(ds_mkdir(stag), done);
+    DS_TRYGOTO(ds_fdset_open(c, &uf.fs), done);
+    ds_dsw_spec ds = {.tensors = c->tensors, .ntensors = c->ntensors, .stage = stage,
+                      .world_size = c->world_size > 0 ? c->world_size : 1, .step = c->step,
+                      .model_dtype = !c->train_dtype ? DSCKPT_F32
+                                     : !strcmp(c->train_dtype, "bf16") ? DSCKPT_BF16
+                                     : !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_F32,
+                      .ds_config = carried(c, "ds_config"), .state = carried(c, "state"), .fill = fill_fn,
+                      .fill_user = &uf, .threads = threads};
+    DS_TRYGOTO(ds_deepspeed_write(&ds, stag, prog), done);
+    ds_fdset_close(&uf.fs);
+    DS_TRYGOTO(ds_ckpt_new(scratch), done);
+    if (!((*scratch)->dir = ds_strdup(stag)) || !((*scratch)->tag = ds_strdup(c->tag))) {
+        st = DSCKPT_ENOMEM;
+        goto done;
+    }
+    (*scratch)->no_read_check = true; /* files we have just written from checked reads */
+    DS_TRYGOTO(ds_deepspeed_open(*scratch), done);
+    DS_TRYGOTO(ds_ckpt_index(*scratch, NULL, NULL), done);
+done:
+    ds_fdset_close(&uf.fs);
+    free(stag);
+    return st;
+}
+
+dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const dsckpt_reshard_opts *opts) {
+    int stage = opts->zero_stage < 0 ? c->stage : opts->zero_stage;
+    bool from_ds = false;
+    DS_TRY(check_universal_source(c, stage, &from_ds));
+    ds_outdir od = {0};
     dsckpt_ckpt *scratch = NULL;
-    char *tagname = NULL, *tagdir = NULL, *sdir = NULL, *stag = NULL;
+    char *tagname = NULL, *tagdir = NULL, *sdir = NULL;
     dsckpt_status st = DSCKPT_OK;
     size_t tl = strlen(c->tag) + sizeof "_universal";
     DS_TRYGOTO(ds_malloc(tl, &tagname), done);
@@ -576,30 +631,7 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
     if (!from_ds && !from_uni) {
         /* DeepSpeed files first, at the source's world size, in a scratch folder
          * of the temporary output. */
-        if (!(sdir = ds_join(od.tmp, "tmp")) || !(stag = ds_join(sdir, c->tag))) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-        DS_TRYGOTO(ds_mkdir(sdir), done);
-        DS_TRYGOTO(ds_mkdir(stag), done);
-        DS_TRYGOTO(ds_fdset_open(c, &uf.fs), done);
-        ds_dsw_spec ds = {.tensors = c->tensors, .ntensors = c->ntensors, .stage = stage,
-                          .world_size = c->world_size > 0 ? c->world_size : 1, .step = c->step,
-                          .model_dtype = !c->train_dtype ? DSCKPT_F32
-                                         : !strcmp(c->train_dtype, "bf16") ? DSCKPT_BF16
-                                         : !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_F32,
-                          .ds_config = carried(c, "ds_config"), .state = carried(c, "state"), .fill = fill_fn,
-                          .fill_user = &uf, .threads = opts->threads};
-        DS_TRYGOTO(ds_deepspeed_write(&ds, stag, &prog), done);
-        ds_fdset_close(&uf.fs);
-        DS_TRYGOTO(ds_ckpt_new(&scratch), done);
-        if (!(scratch->dir = ds_strdup(stag)) || !(scratch->tag = ds_strdup(c->tag))) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-        scratch->no_read_check = true; /* files we have just written from checked reads */
-        DS_TRYGOTO(ds_deepspeed_open(scratch), done);
-        DS_TRYGOTO(ds_ckpt_index(scratch, NULL, NULL), done);
+        DS_TRYGOTO(write_scratch(c, stage, od.tmp, opts->threads, &prog, &sdir, &scratch), done);
         d = scratch;
     }
     DS_TRYGOTO(write_universal(d, from_uni, tagdir, &prog), done);
@@ -614,12 +646,10 @@ dsckpt_status ds_universal_reshard(const dsckpt_ckpt *c, const char *out, const 
     if (st) goto done;
     st = ds_outdir_commit(&od);
 done:
-    ds_fdset_close(&uf.fs);
     dsckpt_ckpt_free(scratch);
     ds_outdir_abort(&od);
     free(tagname);
     free(tagdir);
     free(sdir);
-    free(stag);
     return st;
 }
