@@ -184,6 +184,25 @@ static dsckpt_status synth_extras(const dsckpt_synth_opts *o, uint32_t eval_bits
     return DSCKPT_OK;
 }
 
+/* root/trainer_state.json of a synthetic run: tag is the best and the last
+ * checkpoint, at metrics' eval_loss. */
+static dsckpt_status write_trainer_state(const char *root, const dsckpt_synth_opts *o, const char *tag,
+                                         const cJSON *metrics) {
+    char buf[1024];
+    const cJSON *el = cJSON_GetObjectItemCaseSensitive(metrics, "eval_loss");
+    snprintf(buf, sizeof buf,
+             "{\n  \"best_global_step\": %lld,\n  \"best_metric\": %.3f,\n  \"best_model_checkpoint\": \"%s\",\n"
+             "  \"global_step\": %lld,\n  \"log_history\": [\n    {\n      \"eval_loss\": %.3f,\n      \"step\": %lld\n    }\n  ],\n"
+             "  \"max_steps\": %lld\n}\n",
+             (long long)o->step, el->valuedouble, tag, (long long)o->step, el->valuedouble, (long long)o->step,
+             (long long)o->step);
+    char *ts_path = ds_join(root, "trainer_state.json");
+    if (!ts_path) return DSCKPT_ENOMEM;
+    dsckpt_status st = ds_write_file_atomic(ts_path, buf, strlen(buf));
+    free(ts_path);
+    return st;
+}
+
 dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
     ds_err_clear();
     if (!out || !o) return ds_err(DSCKPT_EINVAL, "dsckpt_synth: NULL argument");
@@ -195,7 +214,7 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
     cJSON *state = NULL, *cfg = NULL, *metrics = NULL;
     ds_native_out *no = NULL;
     ds_outdir od = {0};
-    char *tagdir = NULL, *ts_path = NULL;
+    char *tagdir = NULL;
     float **scratch = NULL;
     int threads = ds_thread_count(o->threads);
     char tag[64];
@@ -234,22 +253,7 @@ dsckpt_status dsckpt_synth(const char *out, const dsckpt_synth_opts *o) {
     /* Every byte is written; what follows (fsync, rename) shows as "syncing". */
     if (prog.fn && prog.total) prog.fn(prog.user, prog.total, prog.total);
     DS_TRYGOTO(ds_set_latest(od.tmp, tag), done);
-    {
-        char buf[1024];
-        const cJSON *el = cJSON_GetObjectItemCaseSensitive(metrics, "eval_loss");
-        snprintf(buf, sizeof buf,
-                 "{\n  \"best_global_step\": %lld,\n  \"best_metric\": %.3f,\n  \"best_model_checkpoint\": \"%s\",\n"
-                 "  \"global_step\": %lld,\n  \"log_history\": [\n    {\n      \"eval_loss\": %.3f,\n      \"step\": %lld\n    }\n  ],\n"
-                 "  \"max_steps\": %lld\n}\n",
-                 (long long)o->step, el->valuedouble, tag, (long long)o->step, el->valuedouble, (long long)o->step,
-                 (long long)o->step);
-        ts_path = ds_join(od.tmp, "trainer_state.json");
-        if (!ts_path) {
-            st = DSCKPT_ENOMEM;
-            goto done;
-        }
-        DS_TRYGOTO(ds_write_file_atomic(ts_path, buf, strlen(buf)), done);
-    }
+    DS_TRYGOTO(write_trainer_state(od.tmp, o, tag, metrics), done);
     st = ds_outdir_commit(&od);
 done:
     ds_outdir_abort(&od);
@@ -257,7 +261,6 @@ done:
         for (int i = 0; i < threads; i++) free(scratch[i]);
     free(scratch);
     free(tagdir);
-    free(ts_path);
     ds_native_out_free(no);
     cJSON_Delete(state);
     cJSON_Delete(cfg);
