@@ -300,17 +300,11 @@ __global__ void k_embed_bwd_wpe(int B, int T, int C, const float *__restrict__ d
     *dst = a;
 }
 
-extern "C" dsc_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
-                                       const float *dout, float *dwte, float *dwpe) {
-    DSC_CHECK_CTX(c);
-    if (B < 0 || T < 0 || C < 1 || V < 1 || T > 65535)
-        return dsc_err(DSC_EINVAL, "dsc_embed_bwd: bad shape B=%d T=%d C=%d V=%d", B, T, C, V);
-    if (B == 0 || T == 0) return DSC_OK;
-    if (!tokens_host) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: NULL tokens");
+/* Counts the positions of each token of tokens_host (B rows of T + 1, the last
+ * column not used): *count[V + 1] (the caller frees it) and *nu, the number of
+ * distinct tokens. Refuses a token outside [0, V). */
+static dsc_status embed_count(int B, int T, int V, const int32_t *tokens_host, int32_t **count_out, int *nu_out) {
     size_t BT = (size_t)B * T;
-    if (BT > INT32_MAX / 2) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: %zu positions is too many", BT);
-    /* Group the positions by token on the host (a counting sort keeps each token's
-     * positions in increasing order): uniq[nu], off[nu + 1], pos[BT]. */
     int32_t *count = (int32_t *)calloc((size_t)V + 1, sizeof(int32_t));
     if (!count) return dsc_err(DSC_ENOMEM, "out of memory (embedding backward)");
     for (size_t r = 0; r < BT; r++) {
@@ -323,48 +317,75 @@ extern "C" dsc_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, cons
     }
     int nu = 0;
     for (int v = 0; v < V; v++) nu += count[v] != 0;
-    size_t words = (size_t)nu + (size_t)nu + 1 + BT;
-    dsc_status st = DSC_OK;
-    cudaError_t e;
-    void *dev = NULL;
-    int32_t *h;
-    /* The staging buffer may still be in flight from the previous call. */
-    e = cudaEventSynchronize(c->upload_done);
-    if (e != cudaSuccess) {
-        free(count);
-        return dsc_cuda_fail(e, "cudaEventSynchronize (embedding upload)");
-    }
-    if (words * sizeof(int32_t) > c->upload_bytes) {
+    *count_out = count;
+    *nu_out = nu;
+    return DSC_OK;
+}
+
+/* Makes c->upload, the pinned staging buffer, at least `bytes` long, once the
+ * previous call's upload from it has finished (it may still be in flight). */
+static dsc_status embed_staging(dsc_ctx *c, size_t bytes) {
+    cudaError_t e = cudaEventSynchronize(c->upload_done);
+    if (e != cudaSuccess) return dsc_cuda_fail(e, "cudaEventSynchronize (embedding upload)");
+    if (bytes > c->upload_bytes) {
         cudaFreeHost(c->upload);
         c->upload = NULL;
         c->upload_bytes = 0;
-        e = cudaMallocHost(&c->upload, words * sizeof(int32_t));
-        if (e != cudaSuccess) {
-            free(count);
-            return dsc_cuda_fail(e, "cudaMallocHost (embedding upload)");
-        }
-        c->upload_bytes = words * sizeof(int32_t);
+        e = cudaMallocHost(&c->upload, bytes);
+        if (e != cudaSuccess) return dsc_cuda_fail(e, "cudaMallocHost (embedding upload)");
+        c->upload_bytes = bytes;
     }
-    h = (int32_t *)c->upload;
-    {
-        int32_t *uniq = h, *off = h + nu, *pos = off + nu + 1;
-        int u = 0, run = 0;
-        for (int v = 0; v < V; v++) {
-            if (!count[v]) continue;
-            uniq[u] = v;
-            off[u] = run;
-            int k = count[v];
-            count[v] = run; /* now the next free slot of token v */
-            run += k;
-            u++;
-        }
-        off[nu] = run;
-        for (size_t r = 0; r < BT; r++) {
-            int32_t tok = tokens_host[(r / T) * (T + 1) + r % T];
-            pos[count[tok]++] = (int32_t)r;
-        }
+    return DSC_OK;
+}
+
+/* Fills h with uniq[nu], off[nu + 1], pos[B * T]: the positions grouped by token
+ * (a counting sort keeps each token's positions in increasing order). count, from
+ * embed_count, is used up as the next free slot of each token. */
+static void embed_group(int32_t *h, int nu, int B, int T, int V, const int32_t *tokens_host, int32_t *count) {
+    size_t BT = (size_t)B * T;
+    int32_t *uniq = h, *off = h + nu, *pos = off + nu + 1;
+    int u = 0, run = 0;
+    for (int v = 0; v < V; v++) {
+        if (!count[v]) continue;
+        uniq[u] = v;
+        off[u] = run;
+        int k = count[v];
+        count[v] = run; /* now the next free slot of token v */
+        run += k;
+        u++;
     }
+    off[nu] = run;
+    for (size_t r = 0; r < BT; r++) {
+        int32_t tok = tokens_host[(r / T) * (T + 1) + r % T];
+        pos[count[tok]++] = (int32_t)r;
+    }
+}
+
+extern "C" dsc_status dsc_embed_bwd(dsc_ctx *c, int B, int T, int C, int V, const int32_t *tokens_host,
+                                       const float *dout, float *dwte, float *dwpe) {
+    DSC_CHECK_CTX(c);
+    if (B < 0 || T < 0 || C < 1 || V < 1 || T > 65535)
+        return dsc_err(DSC_EINVAL, "dsc_embed_bwd: bad shape B=%d T=%d C=%d V=%d", B, T, C, V);
+    if (B == 0 || T == 0) return DSC_OK;
+    if (!tokens_host) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: NULL tokens");
+    size_t BT = (size_t)B * T;
+    if (BT > INT32_MAX / 2) return dsc_err(DSC_EINVAL, "dsc_embed_bwd: %zu positions is too many", BT);
+    /* Group the positions by token on the host, upload the index, then one kernel
+     * for the token rows and one for the position rows. */
+    int32_t *count = NULL;
+    int nu = 0;
+    dsc_status st = embed_count(B, T, V, tokens_host, &count, &nu);
+    if (st) return st;
+    size_t words = (size_t)nu + (size_t)nu + 1 + BT;
+    st = embed_staging(c, words * sizeof(int32_t));
+    if (st) {
+        free(count);
+        return st;
+    }
+    int32_t *h = (int32_t *)c->upload;
+    embed_group(h, nu, B, T, V, tokens_host, count);
     free(count);
+    void *dev = NULL;
     st = dsc_scratch(c, words * sizeof(int32_t), &dev);
     if (st) return st;
     DSC_CUDA(cudaMemcpyAsync(dev, h, words * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream),
