@@ -54,26 +54,16 @@ static void put(buf *b, const void *p, size_t n) {
     b->n += n;
 }
 
-int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s CKPT [LEVEL ...]\n", argv[0]);
-        return 3;
-    }
-    dsckpt_ckpt *c = NULL;
-    if (dsckpt_ckpt_open(argv[1], NULL, &c) != DSCKPT_OK) {
-        fprintf(stderr, "%s\n", dsckpt_last_error());
-        return 2;
-    }
+enum { NROW = DS_NSTATES + 1 };
+
+/* rows[s]: state s's bytes over every tensor of c, in tensor order; rows[NROW - 1]:
+ * the fp32 master weights cast to w16. Returns an exit code (0 = read). */
+static int read_rows(const dsckpt_ckpt *c, dsckpt_dtype w16, buf rows[NROW]) {
     ds_fdset fs;
     if (ds_fdset_open(c, &fs) != DSCKPT_OK) {
         fprintf(stderr, "%s\n", dsckpt_last_error());
         return 2;
     }
-    dsckpt_dtype w16 = !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
-    enum { NROW = DS_NSTATES + 1 };
-    buf rows[NROW];
-    memset(rows, 0, sizeof rows);
-    const char *names[NROW] = {"fp32", "exp_avg", "exp_avg_sq", "w16", "w16 (cast from fp32)"};
     for (uint32_t t = 0; t < c->ntensors; t++)
         for (int s = 0; s < DS_NSTATES; s++) {
             if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
@@ -98,12 +88,16 @@ int main(int argc, char **argv) {
             free(tmp);
         }
     ds_fdset_close(&fs);
-    int nlev = argc > 2 ? argc - 2 : 2;
-    int levels[16] = {1, 3};
-    for (int i = 0; i < nlev && i < 16; i++) levels[i] = argc > 2 ? atoi(argv[2 + i]) : levels[i];
-    /* The codecs side by side: 0 the single frame (version 2), 1 planes at the
-     * default least gain, then planes at each ZRATIO_GAINS per mille. */
-    int gains[NCODEC_MAX] = {0, DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE}, ncodec = 2;
+    return 0;
+}
+
+/* The codecs side by side: 0 the single frame (version 2), 1 planes at the
+ * default least gain, then planes at each ZRATIO_GAINS per mille. Returns their
+ * number. */
+static int parse_gains(int gains[NCODEC_MAX]) {
+    int ncodec = 2;
+    gains[0] = 0;
+    gains[1] = DS_ZCHUNK_PLANE_MIN_GAIN_PERMILLE;
     const char *ge = getenv("ZRATIO_GAINS");
     for (char *q = (char *)ge; q && *q && ncodec < NCODEC_MAX;) {
         char *e;
@@ -112,6 +106,86 @@ int main(int argc, char **argv) {
         gains[ncodec++] = (int)g;
         q = e;
     }
+    return ncodec;
+}
+
+/* One row through each codec and back, chunk by chunk, 3 passes: st_bytes[k]
+ * stored, best_e[k] and best_d[k] the fastest pass's encode and decode CPU
+ * seconds. stored and back: CHUNK bytes each. Returns an exit code (1: the
+ * round trip changed the bytes). */
+static int measure_row(ds_zchunk_enc *const *enc, int ncodec, ds_zchunk_dec *dec, const buf *row, uint8_t *stored,
+                       uint8_t *back, uint64_t *st_bytes, double *best_e, double *best_d) {
+    for (int k = 0; k < ncodec; k++) best_e[k] = best_d[k] = 1e30;
+    /* The codecs interleaved pass by pass, so a change in load hits all. */
+    for (int pass = 0; pass < 3; pass++)
+        for (int k = 0; k < ncodec; k++) {
+            double te = 0, td = 0;
+            st_bytes[k] = 0;
+            for (size_t off = 0; off < row->n; off += CHUNK) {
+                size_t n = DS_MIN(CHUNK, row->n - off);
+                const uint8_t *sp;
+                size_t sn;
+                ds_zchunk_kind kd;
+                double t0 = now();
+                if (ds_zchunk_encode(enc[k], row->p + off, n, row->width, &sp, &sn, &kd) != DSCKPT_OK) return 2;
+                te += now() - t0;
+                memcpy(stored, sp, sn);
+                st_bytes[k] += sn;
+                t0 = now();
+                if (ds_zchunk_decode(dec, kd, kd == DS_ZCHUNK_RAW ? 1 : row->width, stored, sn, back, n, "b") !=
+                        DSCKPT_OK ||
+                    memcmp(back, row->p + off, n) != 0) {
+                    fprintf(stderr, "round trip failed\n");
+                    return 1;
+                }
+                td += now() - t0;
+            }
+            if (te < best_e[k]) best_e[k] = te;
+            if (td < best_d[k]) best_d[k] = td;
+        }
+    return 0;
+}
+
+/* The ZRATIO_GAINS table of one level: the planes codecs 1..ncodec-1. */
+static void print_gains(int level, const int *gains, int ncodec, const char *const *names, const buf *rows,
+                        double (*ratio)[NCODEC_MAX], double (*enc_gbs)[NCODEC_MAX], double (*dec_gbs)[NCODEC_MAX],
+                        uint64_t tot_raw, const uint64_t *tot_st) {
+    printf("\nlevel %d, planes by least gain (per mille): ratio / encode / decode GB/s/core\n| state |", level);
+    for (int k = 1; k < ncodec; k++) printf(" %d |", gains[k]);
+    printf("\n|---|");
+    for (int k = 1; k < ncodec; k++) printf("---:|");
+    printf("\n");
+    for (int r = 0; r < NROW; r++) {
+        if (!rows[r].n) continue;
+        printf("| %s |", names[r]);
+        for (int k = 1; k < ncodec; k++) printf(" %.3f / %.2f / %.2f |", ratio[r][k], enc_gbs[r][k], dec_gbs[r][k]);
+        printf("\n");
+    }
+    printf("| all states stored |");
+    for (int k = 1; k < ncodec; k++) printf(" %.3f |", (double)tot_raw / (double)tot_st[k]);
+    printf("\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s CKPT [LEVEL ...]\n", argv[0]);
+        return 3;
+    }
+    dsckpt_ckpt *c = NULL;
+    if (dsckpt_ckpt_open(argv[1], NULL, &c) != DSCKPT_OK) {
+        fprintf(stderr, "%s\n", dsckpt_last_error());
+        return 2;
+    }
+    dsckpt_dtype w16 = !strcmp(c->train_dtype, "fp16") ? DSCKPT_F16 : DSCKPT_BF16;
+    buf rows[NROW];
+    memset(rows, 0, sizeof rows);
+    const char *names[NROW] = {"fp32", "exp_avg", "exp_avg_sq", "w16", "w16 (cast from fp32)"};
+    int rc = read_rows(c, w16, rows);
+    if (rc) return rc;
+    int nlev = argc > 2 ? argc - 2 : 2;
+    int levels[16] = {1, 3};
+    for (int i = 0; i < nlev && i < 16; i++) levels[i] = argc > 2 ? atoi(argv[2 + i]) : levels[i];
+    int gains[NCODEC_MAX], ncodec = parse_gains(gains);
     printf("checkpoint %s: %zu tensors, train dtype %s; %zu-byte chunks\n", argv[1], c->ntensors, c->train_dtype,
            CHUNK);
     ds_zchunk_dec *dec = NULL;
@@ -136,35 +210,7 @@ int main(int argc, char **argv) {
             if (!rows[r].n) continue;
             uint64_t st_bytes[NCODEC_MAX] = {0};
             double best_e[NCODEC_MAX], best_d[NCODEC_MAX];
-            for (int k = 0; k < ncodec; k++) best_e[k] = best_d[k] = 1e30;
-            /* The codecs interleaved pass by pass, so a change in load hits all. */
-            for (int pass = 0; pass < 3; pass++)
-                for (int k = 0; k < ncodec; k++) {
-                    double te = 0, td = 0;
-                    st_bytes[k] = 0;
-                    for (size_t off = 0; off < rows[r].n; off += CHUNK) {
-                        size_t n = DS_MIN(CHUNK, rows[r].n - off);
-                        const uint8_t *sp;
-                        size_t sn;
-                        ds_zchunk_kind kd;
-                        double t0 = now();
-                        if (ds_zchunk_encode(enc[k], rows[r].p + off, n, rows[r].width, &sp, &sn, &kd) != DSCKPT_OK)
-                            return 2;
-                        te += now() - t0;
-                        memcpy(stored, sp, sn);
-                        st_bytes[k] += sn;
-                        t0 = now();
-                        if (ds_zchunk_decode(dec, kd, kd == DS_ZCHUNK_RAW ? 1 : rows[r].width, stored, sn, back, n,
-                                             "b") != DSCKPT_OK ||
-                            memcmp(back, rows[r].p + off, n) != 0) {
-                            fprintf(stderr, "round trip failed\n");
-                            return 1;
-                        }
-                        td += now() - t0;
-                    }
-                    if (te < best_e[k]) best_e[k] = te;
-                    if (td < best_d[k]) best_d[k] = td;
-                }
+            if ((rc = measure_row(enc, ncodec, dec, &rows[r], stored, back, st_bytes, best_e, best_d))) return rc;
             for (int k = 0; k < ncodec; k++) {
                 ratio[r][k] = (double)rows[r].n / (double)st_bytes[k];
                 enc_gbs[r][k] = rows[r].n / best_e[k] / 1e9;
@@ -177,24 +223,7 @@ int main(int argc, char **argv) {
         }
         printf("| all states stored | %.2f | %.3f | %.3f | | | | |\n", tot_raw / 1e6,
                (double)tot_raw / (double)tot_st[0], (double)tot_raw / (double)tot_st[1]);
-        if (ncodec > 2) {
-            printf("\nlevel %d, planes by least gain (per mille): ratio / encode / decode GB/s/core\n| state |",
-                   levels[li]);
-            for (int k = 1; k < ncodec; k++) printf(" %d |", gains[k]);
-            printf("\n|---|");
-            for (int k = 1; k < ncodec; k++) printf("---:|");
-            printf("\n");
-            for (int r = 0; r < NROW; r++) {
-                if (!rows[r].n) continue;
-                printf("| %s |", names[r]);
-                for (int k = 1; k < ncodec; k++)
-                    printf(" %.3f / %.2f / %.2f |", ratio[r][k], enc_gbs[r][k], dec_gbs[r][k]);
-                printf("\n");
-            }
-            printf("| all states stored |");
-            for (int k = 1; k < ncodec; k++) printf(" %.3f |", (double)tot_raw / (double)tot_st[k]);
-            printf("\n");
-        }
+        if (ncodec > 2) print_gains(levels[li], gains, ncodec, names, rows, ratio, enc_gbs, dec_gbs, tot_raw, tot_st);
         for (int k = 0; k < ncodec; k++) ds_zchunk_enc_free(enc[k]);
     }
     free(back);
