@@ -145,6 +145,32 @@ static int bench_snapshot(size_t mib) {
 #ifdef DS_GPU_BENCH_OFFLOAD
 #define OFF_CHUNK ((size_t)8 << 20) /* elements per pipelined chunk */
 
+/* The optimizer phase offloaded, once: chunk k's gradients copied down from dg on
+ * `side`, AdamW on the CPU over hp/hm/hv, its bf16 weights copied up into dw16;
+ * D2H(k+1) is in flight while the CPU steps chunk k, H2D(k) after it. hg, hw:
+ * two pinned buffers of OFF_CHUNK elements each. Returns 0, or 1 on a failure. */
+static int offload_phase(dsc_ctx *side, const float *dg, uint16_t *dw16, float *hp, float *hm, float *hv,
+                         float *const hg[2], uint16_t *const hw[2], size_t n, const rt_adam_hparams *h) {
+    size_t nch = (n + OFF_CHUNK - 1) / OFF_CHUNK;
+    CK(dsc_memcpy(side, hg[0], dg, (n < OFF_CHUNK ? n : OFF_CHUNK) * 4, DSC_D2H));
+    for (size_t k = 0; k < nch; k++) {
+        size_t i0 = k * OFF_CHUNK, len = n - i0 < OFF_CHUNK ? n - i0 : OFF_CHUNK;
+        CK(dsc_sync(side)); /* chunk k's gradients (and chunk k-1's weights) done */
+        if (k + 1 < nch) {
+            size_t j0 = i0 + OFF_CHUNK, jl = n - j0 < OFF_CHUNK ? n - j0 : OFF_CHUNK;
+            CK(dsc_memcpy(side, hg[(k + 1) & 1], dg + j0, jl * 4, DSC_D2H));
+        }
+        if (rt_adam_step(hp + i0, hg[k & 1], hm + i0, hv + i0, len, h, 3) != DSCKPT_OK) {
+            fprintf(stderr, "gpu_bench: rt_adam_step: %s\n", dsckpt_last_error());
+            return 1;
+        }
+        ds_cast_f32_to_bf16(hp + i0, hw[k & 1], len);
+        CK(dsc_memcpy(side, dw16 + i0, hw[k & 1], len * 2, DSC_H2D));
+    }
+    CK(dsc_sync(side));
+    return 0;
+}
+
 static int bench_offload(size_t n) {
     dsc_ctx *c = NULL;
     float *dp, *dg, *dm, *dv;
@@ -187,24 +213,7 @@ static int bench_offload(size_t n) {
         CK(dsc_cast_f32_to_bf16(c, dp, dw16, n));
         CK(dsc_sync(c));
         double t1 = now_s();
-        /* offloaded: D2H(k+1) in flight while the CPU steps chunk k; H2D(k) after it */
-        size_t nch = (n + OFF_CHUNK - 1) / OFF_CHUNK;
-        CK(dsc_memcpy(side, hg[0], dg, (n < OFF_CHUNK ? n : OFF_CHUNK) * 4, DSC_D2H));
-        for (size_t k = 0; k < nch; k++) {
-            size_t i0 = k * OFF_CHUNK, len = n - i0 < OFF_CHUNK ? n - i0 : OFF_CHUNK;
-            CK(dsc_sync(side)); /* chunk k's gradients (and chunk k-1's weights) done */
-            if (k + 1 < nch) {
-                size_t j0 = i0 + OFF_CHUNK, jl = n - j0 < OFF_CHUNK ? n - j0 : OFF_CHUNK;
-                CK(dsc_memcpy(side, hg[(k + 1) & 1], dg + j0, jl * 4, DSC_D2H));
-            }
-            if (rt_adam_step(hp + i0, hg[k & 1], hm + i0, hv + i0, len, &h, 3) != DSCKPT_OK) {
-                fprintf(stderr, "gpu_bench: rt_adam_step: %s\n", dsckpt_last_error());
-                return 1;
-            }
-            ds_cast_f32_to_bf16(hp + i0, hw[k & 1], len);
-            CK(dsc_memcpy(side, dw16 + i0, hw[k & 1], len * 2, DSC_H2D));
-        }
-        CK(dsc_sync(side));
+        if (offload_phase(side, dg, dw16, hp, hm, hv, hg, hw, n, &h)) return 1;
         double t2 = now_s();
         if (r >= 0) {
             dev_t[r] = t1 - t0;
