@@ -773,18 +773,18 @@ static const char *const WARMUP_DECAY_KEYS[] = {"warmup_min_lr", "warmup_max_lr"
 static const char *const WARMUP_COSINE_KEYS[] = {"total_num_steps", "warmup_min_ratio", "warmup_num_steps",
                                                  "cos_min_ratio",   "warmup_type", NULL};
 
-static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
+/* The config has no "scheduler" section: warns when --warmup_steps has no effect,
+ * and with a --lr_scheduler_type other than constant adds the matching section to
+ * root (*s). */
+static dsckpt_status scheduler_from_args(const pctx *p, cJSON *root, cJSON **s) {
     const rt_args *a = p->a;
-    cJSON *s, *prm = NULL;
-    DS_TRY(get_section(p, root, "scheduler", "", &s));
-    c->scheduler.type = RT_SCHED_NONE;
-    if (!s && a->has_warmup_steps && a->warmup_steps &&
+    if (a->has_warmup_steps && a->warmup_steps &&
         (!a->lr_scheduler_type || !strcmp(a->lr_scheduler_type, "constant")))
         warn(p, "scheduler", "--warmup_steps %llu has no effect: the config has no \"scheduler\" section and "
              "--lr_scheduler_type is %s (a constant learning rate); pass --lr_scheduler_type linear, cosine or "
              "constant_with_warmup, or add a scheduler section", (unsigned long long)a->warmup_steps,
              a->lr_scheduler_type ? "constant" : "not given");
-    if (!s && a->lr_scheduler_type && strcmp(a->lr_scheduler_type, "constant")) {
+    if (a->lr_scheduler_type && strcmp(a->lr_scheduler_type, "constant")) {
         /* No section: the Trainer's own schedule from --lr_scheduler_type, written
          * as the DeepSpeed scheduler that matches it (linear warmup, then linear or
          * cosine decay to 0, or constant after warmup); it lands in the resolved
@@ -809,33 +809,52 @@ static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
         }
         if (strcmp(type, "WarmupLR")) cJSON_AddNumberToObject(np, "total_num_steps", a->has_max_steps ? (double)a->max_steps : 0);
         cJSON_AddItemToObject(root, "scheduler", ns);
-        s = ns;
+        *s = ns;
     }
-    if (!s) return DSCKPT_OK;
+    return DSCKPT_OK;
+}
+
+/* scheduler.type (one of the three DeepSpeed schedulers dstrain implements) into
+ * c; *keys: the keys its params may hold. */
+static dsckpt_status scheduler_type(const pctx *p, const cJSON *s, rt_config *c, const cJSON **tp,
+                                    const char *const **keys) {
+    *keys = NULL;
     DS_TRY(check_keys(p, s, "scheduler", SCHED_KEYS));
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(s, "type");
+    const cJSON *t = *tp = cJSON_GetObjectItemCaseSensitive(s, "type");
     if (!t) return bad(p, "scheduler.type", "missing; write \"type\": \"WarmupLR\", \"WarmupDecayLR\" or "
                        "\"WarmupCosineLR\", or drop the scheduler section for a constant lr");
     if (!cJSON_IsString(t))
         return bad_type(p, "scheduler.type", t, "\"WarmupLR\", \"WarmupDecayLR\" or \"WarmupCosineLR\"");
     static const char *const names[] = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR"};
-    const char *const *keys = NULL;
     for (int i = 0; i < 3; i++) {
         if (!strcmp(t->valuestring, names[i])) {
             c->scheduler.type = (rt_sched_type)(RT_SCHED_WARMUP_LR + i);
-            keys = i == 0 ? WARMUP_LR_KEYS : i == 1 ? WARMUP_DECAY_KEYS : WARMUP_COSINE_KEYS;
+            *keys = i == 0 ? WARMUP_LR_KEYS : i == 1 ? WARMUP_DECAY_KEYS : WARMUP_COSINE_KEYS;
         } else if (!strcasecmp(t->valuestring, names[i])) {
             return bad(p, "scheduler.type", "unknown scheduler \"%s\" (DeepSpeed matches the name exactly); did you "
                        "mean \"%s\"?", t->valuestring, names[i]);
         }
     }
-    if (!keys) {
+    if (!*keys) {
         if (!strcmp(t->valuestring, "OneCycle") || !strcmp(t->valuestring, "LRRangeTest"))
             return bad(p, "scheduler.type", "\"%s\" is a DeepSpeed scheduler that dstrain does not implement; use "
                        "WarmupLR, WarmupDecayLR or WarmupCosineLR", t->valuestring);
         return bad(p, "scheduler.type", "unknown scheduler \"%s\"; use WarmupLR, WarmupDecayLR or WarmupCosineLR",
                    t->valuestring);
     }
+    return DSCKPT_OK;
+}
+
+static dsckpt_status parse_scheduler(const pctx *p, cJSON *root, rt_config *c) {
+    const rt_args *a = p->a;
+    cJSON *s, *prm = NULL;
+    DS_TRY(get_section(p, root, "scheduler", "", &s));
+    c->scheduler.type = RT_SCHED_NONE;
+    if (!s) DS_TRY(scheduler_from_args(p, root, &s));
+    if (!s) return DSCKPT_OK;
+    const cJSON *t = NULL;
+    const char *const *keys = NULL;
+    DS_TRY(scheduler_type(p, s, c, &t, &keys));
     DS_TRY(get_section(p, s, "params", "scheduler", &prm));
     const char *P = "scheduler.params";
     if (prm) {
