@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The layers: no include goes up (common < formats < libckpt < runtime, cli).
 bash scripts/check-includes.sh
+# No function over 80 lines without a "One piece:" comment saying why.
+bash scripts/check-long-functions.sh
 bash scripts/build.sh build -DDSCKPT_WERROR=ON
 ctest --test-dir build --output-on-failure -j2
 # A release build (test hooks left out, as a plain cmake configure does) ignores them.
