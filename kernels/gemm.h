@@ -28,7 +28,9 @@ void ds_gemm_ref(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t a
 /* C[M, N] = (add ? C : 0) + A·Btᵀ with A row-major [M, K] (row stride lda) and Bt
  * row-major [N, K] (row stride ldbt); same summation order as ds_gemm. The fast path
  * transposes Bt panel by panel into `panel`, a scratch of ds_gemm_bt_panel_floats(K)
- * floats (the reference ignores it and may be given NULL). */
+ * floats (the reference ignores it and may be given NULL). With panel NULL the fast
+ * path runs the reference's loop (the same bits, slower) unless BLAS takes the
+ * product (-DDSCKPT_BLAS=ON), which needs no scratch. */
 size_t ds_gemm_bt_panel_floats(int K);
 void ds_gemm_bt(int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt, ptrdiff_t ldbt, float *c,
                 ptrdiff_t ldc, int add, float *panel);

@@ -9,6 +9,7 @@
  */
 #include "nn.h"
 
+#include "gemm.h"
 #include "kernels_internal.h"
 
 #include <math.h>
@@ -175,15 +176,32 @@ void ds_layernorm_bwd_ref(int N, int C, const float *dout, const float *x, const
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
-/* tanh through one expf: about four times cheaper than tanhf, exact at 0 and +-inf,
- * absolute error ~2e-7 — the error GELU sees, since it uses 1 + tanh. */
-static inline float tanh_via_exp(float u) { return 1.0f - 2.0f / (1.0f + expf(2.0f * u)); }
+/* tanh(u) through one expf, as 1 - 2/(1 + exp(2u)): about four times cheaper than
+ * tanhf, exact at 0 and +-inf, absolute error ~2e-7 — the error GELU sees, since it
+ * uses 1 + tanh. */
+
+/* Elements per block of the two-pass GELU loops below: the expf calls (scalar) fill
+ * a block, then the rest of the formula runs as a vector loop over it. Same
+ * operations, in the same order, on each element as the one-pass form. */
+enum { GELU_BLK = 256 };
+
+/* exp(2u), u = GELU_K * (v + GELU_A * v^3): the argument of the tanh. */
+static inline float gelu_exp2u(float v) { return expf(2.0f * (GELU_K * (v + GELU_A * v * v * v))); }
 
 void ds_gelu_fwd(int64_t n, const float *x, float *y) {
+    int64_t nblk = (n + GELU_BLK - 1) / GELU_BLK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanh_via_exp(GELU_K * (v + GELU_A * v * v * v)));
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        int64_t i0 = blk * GELU_BLK;
+        int len = (int)K_MIN((int64_t)GELU_BLK, n - i0);
+        const float *xb = x + i0;
+        float *yb = y + i0, e[GELU_BLK];
+        for (int j = 0; j < len; j++) e[j] = gelu_exp2u(xb[j]);
+#pragma omp simd
+        for (int j = 0; j < len; j++) {
+            float v = xb[j], th = 1.0f - 2.0f / (1.0f + e[j]);
+            yb[j] = 0.5f * v * (1.0f + th);
+        }
     }
 }
 
@@ -196,12 +214,20 @@ void ds_gelu_fwd_ref(int64_t n, const float *x, float *y) {
 }
 
 void ds_gelu_bwd(int64_t n, const float *x, float *d) {
+    int64_t nblk = (n + GELU_BLK - 1) / GELU_BLK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK / 4)
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float th = tanh_via_exp(GELU_K * (v + GELU_A * v * v * v));
-        float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
-        d[i] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        int64_t i0 = blk * GELU_BLK;
+        int len = (int)K_MIN((int64_t)GELU_BLK, n - i0);
+        const float *xb = x + i0;
+        float *db = d + i0, e[GELU_BLK];
+        for (int j = 0; j < len; j++) e[j] = gelu_exp2u(xb[j]);
+#pragma omp simd
+        for (int j = 0; j < len; j++) {
+            float v = xb[j], th = 1.0f - 2.0f / (1.0f + e[j]);
+            float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
+            db[j] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
+        }
     }
 }
 
@@ -393,6 +419,77 @@ void ds_attention_bwd_ref(int B, int T, int C, int NH, const float *qkv, const f
             }
 #undef ROW
         }
+}
+
+/* ---- attention as matrix products ---- */
+
+/* Softmax of row t of the scaled scores over t2 <= t, zeros after: the fast kernel's
+ * operations in its order, from the unscaled dot products in arow. */
+static void causal_softmax_row(float *arow, int t, int T, float scale) {
+    float mx = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        float s = arow[t2] * scale;
+        arow[t2] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int t2 = 0; t2 <= t; t2++) {
+        float e = expf(arow[t2] - mx);
+        arow[t2] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int t2 = 0; t2 <= t; t2++) arow[t2] = arow[t2] * inv;
+    if (t + 1 < T) memset(arow + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+}
+
+/* Per (batch, head) pair: S = Q·Kᵀ into att (ds_gemm_bt), softmax by rows, Y = P·V
+ * (ds_gemm) — the causal half of S and of P·V is computed and thrown away (zeros),
+ * which costs less than the vector loops of ds_attention_fwd once the products are
+ * BLAS. Pairs run in parallel; each pair's products run on its thread. */
+void ds_attention_fwd_mm(int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
+#pragma omp parallel for schedule(static) if (B * NH > 1 && (int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        const float *base = qkv + (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
+        float *p = att + (ptrdiff_t)bh * T * T;
+        ds_gemm_bt(T, T, hs, base, C3, base + C, C3, p, T, 0, NULL);
+        for (int t = 0; t < T; t++) causal_softmax_row(p + (ptrdiff_t)t * T, t, T, scale);
+        ds_gemm(T, hs, T, p, T, 1, base + 2 * C, C3, y + (ptrdiff_t)b * T * C + (ptrdiff_t)h * hs, C, 0);
+    }
+}
+
+/* Per pair: dP = dY·Vᵀ (scratch), dV = Pᵀ·dY, dS = P∘(dP - rowsum(P∘dP))·scale in
+ * place of dP, dQ = dS·K, dK = dSᵀ·Q. */
+void ds_attention_bwd_mm(int B, int T, int C, int NH, const float *qkv, const float *att, const float *dy,
+                         float *dqkv, float *scratch) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    ptrdiff_t C3 = 3 * (ptrdiff_t)C;
+#pragma omp parallel for schedule(static) if (B * NH > 1 && (int64_t)B * T * T * C >= 2 * PAR_MIN_WORK)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        ptrdiff_t off = (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
+        const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
+        float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
+        const float *p = att + (ptrdiff_t)bh * T * T, *dyb = dy + (ptrdiff_t)b * T * C + (ptrdiff_t)h * hs;
+        float *dp = scratch + (ptrdiff_t)bh * T * T;
+        ds_gemm_bt(T, T, hs, dyb, C, v, C3, dp, T, 0, NULL);
+        ds_gemm(T, hs, T, p, 1, T, dyb, C, dv, C3, 0);
+        for (int t = 0; t < T; t++) {
+            const float *prow = p + (ptrdiff_t)t * T;
+            float *drow = dp + (ptrdiff_t)t * T;
+            float dot = 0.0f;
+            for (int t2 = 0; t2 <= t; t2++) dot += prow[t2] * drow[t2];
+            for (int t2 = 0; t2 <= t; t2++) drow[t2] = prow[t2] * (drow[t2] - dot) * scale;
+            if (t + 1 < T) memset(drow + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        ds_gemm(T, hs, T, dp, T, 1, k, C3, dq, C3, 0);
+        ds_gemm(T, hs, T, dp, 1, T, q, C3, dk, C3, 0);
+    }
 }
 
 /* ---- embedding ---- */

@@ -61,6 +61,17 @@ void ds_attention_bwd(int B, int T, int C, int NH, const float *qkv, const float
 void ds_attention_bwd_ref(int B, int T, int C, int NH, const float *qkv, const float *att, const float *dy,
                           float *dqkv, float *scratch);
 
+/* The same attention as per-(batch, head) matrix products (ds_gemm, ds_gemm_bt):
+ * faster where the GEMM is BLAS, but the scores and the weighted sums follow the
+ * GEMM's summation order, not dot8's and not the loops' — the results agree with
+ * the references to rounding, not bit for bit (and with BLAS depend on its
+ * blocking). att gets the full T x T block per pair, zeros above the diagonal;
+ * the backward expects att so (as ds_attention_fwd_mm writes it) and a scratch of
+ * B*NH*T*T floats. The CPU device table uses these when the GEMM is BLAS. */
+void ds_attention_fwd_mm(int B, int T, int C, int NH, const float *qkv, float *att, float *y);
+void ds_attention_bwd_mm(int B, int T, int C, int NH, const float *qkv, const float *att, const float *dy,
+                         float *dqkv, float *scratch);
+
 /* out[b*T + t, :] = wte[token(b, t), :] + wpe[t, :]. */
 void ds_embed_fwd(int B, int T, int C, const int32_t *tokens, const float *wte, const float *wpe, float *out);
 void ds_embed_fwd_ref(int B, int T, int C, const int32_t *tokens, const float *wte, const float *wpe, float *out);

@@ -22,14 +22,14 @@
 /* ---- Adam ---- */
 
 /* One element; the formula of optim.h, operation by operation. */
-static inline void adam_elem(const ds_adam_k *k, float *p_, float g, float *m_, float *v_) {
+static inline void adam_elem(const ds_adam_k *k, int w_mode, float *p_, float g, float *m_, float *v_) {
     float p = *p_, m = *m_, v = *v_;
-    if (!k->adam_w_mode) g = g + k->weight_decay * p;
+    if (!w_mode) g = g + k->weight_decay * p;
     m = k->beta1 * m + k->one_minus_beta1 * g;
     v = k->beta2 * v + k->one_minus_beta2 * g * g;
     float denom = sqrtf(v / k->bc2) + k->eps;
     float update = (m / k->bc1) / denom;
-    if (k->adam_w_mode) update = update + k->weight_decay * p;
+    if (w_mode) update = update + k->weight_decay * p;
     *p_ = p - k->lr * update;
     *m_ = m;
     *v_ = v;
@@ -42,7 +42,16 @@ void ds_adam(const ds_adam_k *k, float *param, const float *grad, float *m, floa
         size_t i0 = b * BLOCK, len = K_MIN((size_t)BLOCK, n - i0);
         float *restrict pb = param + i0, *restrict mb = m + i0, *restrict vb = v + i0;
         const float *restrict gb = grad + i0;
-        for (size_t j = 0; j < len; j++) adam_elem(k, &pb[j], gb[j], &mb[j], &vb[j]);
+        /* A block-local copy of the constants: the stores through pb, mb and vb
+         * cannot alias it, so they stay in registers and the loop vectorises. */
+        const ds_adam_k kb = *k;
+        if (kb.adam_w_mode) { /* the mode as a constant: no branch in the vector loop */
+#pragma omp simd
+            for (size_t j = 0; j < len; j++) adam_elem(&kb, 1, &pb[j], gb[j], &mb[j], &vb[j]);
+        } else {
+#pragma omp simd
+            for (size_t j = 0; j < len; j++) adam_elem(&kb, 0, &pb[j], gb[j], &mb[j], &vb[j]);
+        }
     }
 }
 

@@ -37,6 +37,10 @@ typedef struct rt_device {
      * directly (the CPU table). Code that must also work on a GPU never relies on it
      * except to skip a copy (engine_ckpt.c's zero-copy snapshot). */
     bool host_memory;
+    /* attention_bwd needs a scratch of B*NH*T*T floats, not B*NH*T: the CPU table
+     * of a -DDSCKPT_BLAS=ON build, whose attention is per-pair matrix products
+     * (ds_attention_fwd_mm / ds_attention_bwd_mm, kernels/nn.h). */
+    bool attention_scratch_square;
 
     /* ---- memory ---- */
     /* *out = `bytes` (0 allowed: a valid unique pointer) of zeroed device memory. */
@@ -80,6 +84,7 @@ typedef struct rt_device {
     void (*gelu_fwd)(void *ctx, int64_t n, const float *x, float *y);
     void (*gelu_bwd)(void *ctx, int64_t n, const float *x, float *d);
     void (*attention_fwd)(void *ctx, int B, int T, int C, int NH, const float *qkv, float *att, float *y);
+    /* scratch: B*NH*T*T floats where attention_scratch_square, else B*NH*T. */
     void (*attention_bwd)(void *ctx, int B, int T, int C, int NH, const float *qkv, const float *att,
                           const float *dy, float *dqkv, float *scratch);
     /* tokens: a device copy of the B x (T+1) token rows. */

@@ -112,13 +112,21 @@ static void cpu_gelu_bwd(void *ctx, int64_t n, const float *x, float *d) {
 
 static void cpu_attention_fwd(void *ctx, int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
     DS_UNUSED(ctx);
+#ifdef DSCKPT_BLAS
+    ds_attention_fwd_mm(B, T, C, NH, qkv, att, y);
+#else
     ds_attention_fwd(B, T, C, NH, qkv, att, y);
+#endif
 }
 
 static void cpu_attention_bwd(void *ctx, int B, int T, int C, int NH, const float *qkv, const float *att,
                               const float *dy, float *dqkv, float *scratch) {
     DS_UNUSED(ctx);
+#ifdef DSCKPT_BLAS
+    ds_attention_bwd_mm(B, T, C, NH, qkv, att, dy, dqkv, scratch);
+#else
     ds_attention_bwd(B, T, C, NH, qkv, att, dy, dqkv, scratch);
+#endif
 }
 
 static void cpu_embed_fwd(void *ctx, int B, int T, int C, const int32_t *tokens, const float *wte,
@@ -178,6 +186,9 @@ static const rt_device cpu_device = {
     .name = "cpu",
     .ctx = NULL,
     .host_memory = true,
+#ifdef DSCKPT_BLAS
+    .attention_scratch_square = true,
+#endif
     .alloc_host = cpu_alloc_host,
     .free_host = cpu_free_host,
     .is_device = NULL,

@@ -307,7 +307,7 @@ static void st_attention_bwd(void *ctx, int B, int T, int C, int NH, const float
     DEV(att, F4((size_t)B * NH * T * T));
     DEV(dy, F4((size_t)B * T * C));
     DEV(dqkv, F4((size_t)B * T * 3 * C));
-    if (scratch) DEV(scratch, 4);
+    if (scratch) DEV(scratch, F4((size_t)B * NH * T * (d->cpu->attention_scratch_square ? (size_t)T : 1)));
     RUN(attention_bwd(NULL, B, T, C, NH, qkv, att, dy, dqkv, scratch));
 }
 
@@ -397,6 +397,7 @@ dsckpt_status rt_device_cpu_strict_open(rt_device **out) {
     rt_device *t = &d->table;
     *t = (rt_device){
         .name = "cpu-strict", .ctx = d, .host_memory = false,
+        .attention_scratch_square = d->cpu->attention_scratch_square,
         .alloc = st_alloc, .free = st_free, .h2d = st_h2d, .d2h = st_d2h, .d2d = st_d2d, .memzero = st_memzero,
         .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device, .mem_used = st_mem_used,
         .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,

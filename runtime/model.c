@@ -60,7 +60,7 @@ struct rt_model {
     float *row_loss;                  /* [BT] */
     float *dres, *dc;                 /* [BT, C] residual gradient, scratch */
     float *d4c;                       /* [BT, 4C] scratch (also dqkv) */
-    float *datt;                      /* [B * NH, T] attention backward scratch */
+    float *datt;                      /* [B * NH, T] (or [B * NH, T * T]) attention backward scratch */
     float *tpanel;                    /* ds_gemm_bt's transpose panel for K <= 4C */
     int32_t *tokens;                  /* [B, T + 1] device copy of the batch */
     float *host_row_loss;             /* [BT] row_loss copied back (host) */
@@ -204,7 +204,7 @@ static void plan_slab(rt_model *m, slab *s) {
     m->dres = slab_take(s, BT, C);
     m->dc = slab_take(s, BT, C);
     m->d4c = slab_take(s, BT, 4 * C);
-    m->datt = slab_take(s, B * NH, T);
+    m->datt = slab_take(s, B * NH, m->dev->attention_scratch_square ? T * T : T);
     m->tpanel = slab_take(s, ds_gemm_bt_panel_floats(4 * (int)C), 1); /* K is C, 3C or 4C */
     m->tokens = (int32_t *)slab_take(s, B, T + 1);                       /* int32: float-sized */
 }

@@ -138,6 +138,16 @@ static void gemm_case(int M, int N, int K, int transA, int add) {
 #endif
             free(got);
         }
+        { /* no panel: the reference's loop (or BLAS) */
+            float *got = dup(c0, (size_t)M * N);
+            ds_gemm_bt(M, N, K, a, K, bt, K, got, N, add, NULL);
+#ifdef DSCKPT_BLAS
+            check_gemm_vs_double(M, N, K, a, K, 1, b, N, 1, c0, got, add);
+#else
+            CU_ASSERT(same("gemm_bt without panel", got, want, (size_t)M * N));
+#endif
+            free(got);
+        }
         free(panel);
         free(want_bt);
         free(bt);
@@ -288,6 +298,37 @@ static void test_gelu(void) {
     omp_set_num_threads(1);
 }
 
+/* |got - want| <= tol * (1 + |want|) element by element, naming the first miss. */
+static int close_to(const char *what, const float *got, const float *want, size_t n, double tol) {
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)got[i] - want[i]) <= tol * (1.0 + fabs((double)want[i])))) {
+            fprintf(stderr, "\n  %s: element %zu of %zu: got %.9g, reference %.9g", what, i, n, (double)got[i],
+                    (double)want[i]);
+            return 0;
+        }
+    return 1;
+}
+
+/* ds_attention_*_mm (GEMM order, so not bitwise) against the references' results
+ * att, y, dqkv at the current thread count: within rounding, the upper triangle of
+ * att exactly zero. Outputs and scratch start as garbage. */
+static void attention_mm_case(int B, int T, int C, int NH, const float *qkv, const float *dy, const float *att,
+                              const float *y, const float *dqkv) {
+    size_t nqkv = (size_t)B * T * 3 * C, natt = (size_t)B * NH * T * T, ny = (size_t)B * T * C;
+    float *gatt = rnd(natt, 1.0f), *gy = rnd(ny, 1.0f), *gd = rnd(nqkv, 1.0f), *gscr = rnd(natt, 1.0f);
+    ds_attention_fwd_mm(B, T, C, NH, qkv, gatt, gy);
+    CU_ASSERT(close_to("attention_fwd_mm att", gatt, att, natt, 1e-5));
+    CU_ASSERT(close_to("attention_fwd_mm y", gy, y, ny, 1e-5));
+    int upper_zero = 1;
+    for (size_t bh = 0; bh < (size_t)B * NH; bh++)
+        for (int t = 0; t < T; t++)
+            for (int t2 = t + 1; t2 < T; t2++) upper_zero &= gatt[(bh * T + t) * T + t2] == 0.0f;
+    CU_ASSERT(upper_zero);
+    ds_attention_bwd_mm(B, T, C, NH, qkv, gatt, dy, gd, gscr);
+    CU_ASSERT(close_to("attention_bwd_mm dqkv", gd, dqkv, nqkv, 1e-4));
+    free(gatt), free(gy), free(gd), free(gscr);
+}
+
 static void test_attention(void) {
     /* B, T, C, NH: head sizes 1, 3, 8, 13, 16 (dot8's tail and body). */
     static const int shapes[][4] = {{1, 1, 1, 1}, {1, 5, 6, 2}, {2, 7, 16, 2}, {3, 33, 39, 3}, {2, 64, 64, 4}};
@@ -352,6 +393,7 @@ static void test_attention(void) {
             ds_attention_bwd(B, T, C, NH, qkv, att, dy, gd, gscr);
             CU_ASSERT(same("attention_bwd dqkv", gd, dqkv, nqkv));
             free(gatt), free(gy), free(gd), free(gscr);
+            attention_mm_case(B, T, C, NH, qkv, dy, att, y, dqkv);
         }
         free(qkv), free(dy), free(att), free(y), free(dqkv), free(scr);
     }
@@ -626,7 +668,7 @@ int main(void) {
         {"bias rows and bias gradient vs reference", test_bias},
         {"LayerNorm forward/backward vs reference (and double, finite differences)", test_layernorm},
         {"GELU forward/backward vs reference (and double)", test_gelu},
-        {"causal attention forward/backward vs reference (and double, finite differences)", test_attention},
+        {"causal attention forward/backward vs reference (and double, finite differences; the GEMM form within rounding)", test_attention},
         {"embedding forward/backward vs reference (repeated tokens)", test_embed},
         {"softmax cross-entropy vs reference (and double)", test_crossent},
         {"Adam/AdamW element kernel vs reference (and double)", test_adam_kernel},
