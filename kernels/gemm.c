@@ -10,14 +10,14 @@
  * A build with -DDSCKPT_BLAS=ON hands every product whose A is row- or column-major
  * to the system BLAS (cblas_sgemm, OpenBLAS on Debian). BLAS runs single-threaded
  * and the product is split over OpenMP's threads here, in row or column bands of C,
- * one cblas_sgemm per thread: the step then has one pool of threads, not OpenMP's
+ * one cblas_sgemm per band: the step then has one pool of threads, not OpenMP's
  * and OpenBLAS's competing for the same cores (OpenBLAS's workers spin for a while
  * after each call, which on a 2-core machine stalls every OpenMP region between
  * GEMMs; measured in bench/RESULTS.md, issue 15). Inside a parallel region the
- * product runs on the calling thread. That product does NOT follow the summation
- * order of gemm.h (BLAS blocks K its own way): results agree with the reference to
- * rounding, and training is reproducible for one build, thread count and world size,
- * but not bit-identical to the native build. The references never use BLAS.
+ * product's bands run in turn on the calling thread. That product does NOT follow
+ * the summation order of gemm.h (BLAS blocks K its own way): results agree with the
+ * reference to rounding, and training is reproducible for one build and world size
+ * at any thread count, but not bit-identical to the native build. The references never use BLAS.
  */
 #include "gemm.h"
 
@@ -81,12 +81,17 @@ static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
 
 static void blas_one_thread(void) { openblas_set_num_threads(1); }
 
-/* Bands of C are multiples of this many rows or columns (whole BLAS micro-tiles). */
-enum { BLAS_BAND = 16 };
+/* Bands of C are multiples of BLAS_BAND rows or columns (whole BLAS micro-tiles);
+ * a product gets one band per BLAS_BAND_WORK multiply-adds, at most BLAS_BANDS. */
+enum { BLAS_BAND = 16, BLAS_BANDS = 8 };
+#define BLAS_BAND_WORK ((int64_t)1 << 21)
 
 /* C = (add ? C : 0) + op(A)·op(B) through cblas_sgemm when the strides fit its
  * layouts; 0 when they do not (the native path then runs). The larger of M and N is
- * cut into one band per OpenMP thread; each band is one single-threaded call. */
+ * cut into bands, each one single-threaded call, spread over OpenMP's threads (run
+ * in turn inside a parallel region). The bands depend on the shape alone, never on
+ * the thread count: OpenBLAS picks its kernel by a call's size (small products take
+ * another summation path), so the same calls give the same bits at any count. */
 static int blas_gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
                      ptrdiff_t brs, int b_trans, float *c, ptrdiff_t ldc, int add) {
     if (M <= 0 || N <= 0 || K <= 0 || brs > INT_MAX || ldc > INT_MAX || ldc < N) return 0;
@@ -105,20 +110,18 @@ static int blas_gemm(int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff
     pthread_once(&g_blas_once, blas_one_thread);
     CBLAS_TRANSPOSE tb = b_trans ? CblasTrans : CblasNoTrans;
     float beta = add ? 1.0f : 0.0f;
-    int split_m = M >= N, len = split_m ? M : N;
-    int nt = omp_in_parallel() || (int64_t)M * N * K < 32 * PAR_MIN_WORK ? 1 : omp_get_max_threads();
-    int nbands = K_MIN(nt, (len + BLAS_BAND - 1) / BLAS_BAND);
+    int split_m = M >= N, len = split_m ? M : N, units = len / BLAS_BAND;
+    int64_t nb = (int64_t)M * N * K / BLAS_BAND_WORK;
+    int nbands = (int)K_MIN(K_MIN(nb, (int64_t)BLAS_BANDS), (int64_t)units);
     if (nbands <= 1) {
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, a, (int)lda, b, (int)brs, beta, c, (int)ldc);
         return 1;
     }
-    /* Band sizes: whole BLAS_BAND units spread evenly, the remainder on the last band. */
-    int units = len / BLAS_BAND;
-#pragma omp parallel for schedule(static) num_threads(nbands)
+    /* Whole BLAS_BAND units spread evenly, the remainder rows on the last band. */
+#pragma omp parallel for schedule(static)
     for (int t = 0; t < nbands; t++) {
         int u0 = (int)((int64_t)units * t / nbands), u1 = (int)((int64_t)units * (t + 1) / nbands);
         int i0 = u0 * BLAS_BAND, i1 = t == nbands - 1 ? len : u1 * BLAS_BAND;
-        if (i1 <= i0) continue;
         if (split_m) { /* rows i0..i1 of A and C */
             const float *ap = ta == CblasNoTrans ? a + (ptrdiff_t)i0 * lda : a + i0;
             cblas_sgemm(CblasRowMajor, ta, tb, i1 - i0, N, K, 1.0f, ap, (int)lda, b, (int)brs, beta,
