@@ -31,14 +31,6 @@ int ds_zchunk_kind_parse(const char *s) {
     return -1;
 }
 
-static void put_le32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_le32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 bool ds_zchunk_width_ok(int w) { return w == 1 || w == 2 || w == 4 || w == 8; }
 
 bool ds_zchunk_level_ok(int level) { return level >= 1 && level <= ZSTD_maxCLevel(); }
@@ -320,13 +312,13 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const 
         }
         if (r > 0 && r < m) {
             rec[0] = DS_ZCHUNK_ZSTD;
-            put_le32(rec + 1, (uint32_t)r);
+            ds_put_le32(rec + 1, (uint32_t)r);
             pos += r;
             continue;
         }
         if (m > room - pos) return DSCKPT_OK;
         rec[0] = DS_ZCHUNK_RAW;
-        put_le32(rec + 1, (uint32_t)m);
+        ds_put_le32(rec + 1, (uint32_t)m);
         memcpy(e->out + pos, plane, m);
         pos += m;
     }
@@ -468,7 +460,7 @@ static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *s
     uint64_t sum = hdr + tail; /* at most 8 planes of < 2^32 bytes: no overflow */
     for (size_t j = 0; j < w; j++) {
         const uint8_t *rec = src + DS_ZCHUNK_PLANE_REC * j;
-        uint64_t sz = get_le32(rec + 1);
+        uint64_t sz = ds_get_le32(rec + 1);
         if (rec[0] == DS_ZCHUNK_RAW && sz != m)
             return ds_err(DSCKPT_ECORRUPT, "%s: plane %zu stored raw in %llu bytes, but the plane holds %zu", what, j,
                           (unsigned long long)sz, m);
@@ -485,7 +477,7 @@ static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *s
     size_t pos = hdr;
     for (size_t j = 0; j < w; j++) {
         const uint8_t *rec = src + DS_ZCHUNK_PLANE_REC * j;
-        size_t sz = get_le32(rec + 1);
+        size_t sz = ds_get_le32(rec + 1);
         if (rec[0] == DS_ZCHUNK_RAW) memcpy(shuf + j * m, src + pos, m);
         else DS_TRY(decode_frame(d, src + pos, sz, shuf + j * m, m, what, (long)j));
         pos += sz;

@@ -62,15 +62,9 @@
 /* ---- little-endian helpers ---- */
 
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-static uint32_t get32(const uint8_t *p) {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
 static void put16(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
-}
-static void put32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 static uint32_t sat32(uint64_t v) { return v >= U32_SAT ? U32_SAT : (uint32_t)v; }
 
@@ -143,7 +137,7 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
      * length does not reach the end of the file is comment text, not the record. */
     size_t found = SIZE_MAX;
     for (size_t i = tail - EOCD_SIZE + 1; i-- > 0;) {
-        if (get32(buf + i) == SIG_EOCD && i + EOCD_SIZE + get16(buf + i + 20) == tail) {
+        if (ds_get_le32(buf + i) == SIG_EOCD && i + EOCD_SIZE + get16(buf + i + 20) == tail) {
             found = i;
             break;
         }
@@ -160,13 +154,13 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
     uint64_t eocd_off = tail_off + found;
     uint16_t disk = get16(e + 4), cd_disk = get16(e + 6);
     uint16_t n_disk = get16(e + 8), n_total = get16(e + 10);
-    uint32_t size32 = get32(e + 12), off32 = get32(e + 16);
+    uint32_t size32 = ds_get_le32(e + 12), off32 = ds_get_le32(e + 16);
 
     uint8_t loc[Z64_LOCATOR_SIZE];
     bool z64 = false;
     if (eocd_off >= Z64_LOCATOR_SIZE) {
         DS_TRY(ds_pread_full(fd, loc, sizeof loc, eocd_off - Z64_LOCATOR_SIZE, what));
-        z64 = get32(loc) == SIG_Z64_LOCATOR;
+        z64 = ds_get_le32(loc) == SIG_Z64_LOCATOR;
     }
     if (!z64) {
         if (disk != 0 || cd_disk != 0 || n_disk != n_total)
@@ -180,7 +174,7 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
         cd->limit = eocd_off;
     } else {
         uint64_t loc_off = eocd_off - Z64_LOCATOR_SIZE;
-        uint32_t z_disk = get32(loc + 4), ndisks = get32(loc + 16);
+        uint32_t z_disk = ds_get_le32(loc + 4), ndisks = ds_get_le32(loc + 16);
         uint64_t z_off = ds_get_le64(loc + 8);
         /* miniz writes 1 for the total; some writers write 0. */
         if (z_disk != 0 || ndisks > 1 || (disk != 0 && disk != U16_SAT) || (cd_disk != 0 && cd_disk != U16_SAT))
@@ -194,7 +188,7 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
                           what, (unsigned long long)z_off, (unsigned long long)loc_off);
         uint8_t r[Z64_EOCD_SIZE];
         DS_TRY(ds_pread_full(fd, r, sizeof r, z_off, what));
-        if (get32(r) != SIG_Z64_EOCD)
+        if (ds_get_le32(r) != SIG_Z64_EOCD)
             return ds_err(DSCKPT_ECORRUPT, "%s: bad ZIP64 end of central directory signature at offset %llu", what,
                           (unsigned long long)z_off);
         uint64_t rec = ds_get_le64(r + 4);
@@ -203,11 +197,11 @@ static dsckpt_status find_end(int fd, const char *what, uint64_t fsize, cd_loc *
                           "%s: ZIP64 end of central directory record at offset %llu has a bad size %llu", what,
                           (unsigned long long)z_off, (unsigned long long)rec);
         uint64_t zn_disk = ds_get_le64(r + 24), zn_total = ds_get_le64(r + 32);
-        if (get32(r + 16) != 0 || get32(r + 20) != 0 || zn_disk != zn_total)
+        if (ds_get_le32(r + 16) != 0 || ds_get_le32(r + 20) != 0 || zn_disk != zn_total)
             return ds_err(DSCKPT_EUNSUPPORTED,
                           "%s: multi-disk (split) zip archives are not supported (ZIP64 record: disk %u, central "
                           "directory on disk %u)",
-                          what, get32(r + 16), get32(r + 20));
+                          what, ds_get_le32(r + 16), ds_get_le32(r + 20));
         cd->count = zn_total;
         cd->size = ds_get_le64(r + 40);
         cd->off = ds_get_le64(r + 48);
@@ -246,13 +240,13 @@ static dsckpt_status parse_central(const uint8_t *cd, const cd_loc *loc, uint64_
     if (loc->size - *pos < CENTRAL_SIZE)
         return ds_err(DSCKPT_ECORRUPT, "%s: central directory entry %zu at offset %llu is truncated", what, idx, at);
     const uint8_t *h = cd + *pos;
-    if (get32(h) != SIG_CENTRAL)
+    if (ds_get_le32(h) != SIG_CENTRAL)
         return ds_err(DSCKPT_ECORRUPT, "%s: bad central directory entry signature at offset %llu (entry %zu)", what,
                       at, idx);
     uint16_t flags = get16(h + 8), method = get16(h + 10);
-    uint32_t crc = get32(h + 16), csize32 = get32(h + 20), usize32 = get32(h + 24);
+    uint32_t crc = ds_get_le32(h + 16), csize32 = ds_get_le32(h + 20), usize32 = ds_get_le32(h + 24);
     uint16_t nlen = get16(h + 28), xlen = get16(h + 30), clen = get16(h + 32), disk = get16(h + 34);
-    uint32_t lofs32 = get32(h + 42);
+    uint32_t lofs32 = ds_get_le32(h + 42);
     if ((uint64_t)CENTRAL_SIZE + nlen + xlen + clen > loc->size - *pos)
         return ds_err(DSCKPT_ECORRUPT,
                       "%s: central directory entry %zu at offset %llu runs past the end of the central directory",
@@ -303,7 +297,7 @@ static dsckpt_status parse_central(const uint8_t *cd, const cd_loc *loc, uint64_
             if (need_u) usize = ds_get_le64(p), p += 8;
             if (need_c) csize = ds_get_le64(p), p += 8;
             if (need_o) lofs = ds_get_le64(p), p += 8;
-            if (need_d) dstart = get32(p);
+            if (need_d) dstart = ds_get_le32(p);
         }
         x += 4 + len;
     }
@@ -342,7 +336,7 @@ static dsckpt_status check_local(int fd, const char *what, uint64_t fsize, const
                       "truncated?)",
                       what, m->name, lo, (unsigned long long)fsize);
     DS_TRY(ds_pread_full(fd, scratch, LOCAL_SIZE + nlen, m->local_offset, what));
-    if (get32(scratch) != SIG_LOCAL)
+    if (ds_get_le32(scratch) != SIG_LOCAL)
         return ds_err(DSCKPT_ECORRUPT, "%s: member '" NAMEF "': bad local header signature at offset %llu", what,
                       m->name, lo);
     uint16_t lnlen = get16(scratch + 26), lxlen = get16(scratch + 28);
@@ -761,7 +755,7 @@ static size_t local_header(const zw_entry *e, uint32_t align, uint8_t h[LOCAL_SI
     memset(x + xl + 4, FB_PAD_BYTE, pad);
     xl += 4 + pad;
     memset(h, 0, LOCAL_SIZE);
-    put32(h, SIG_LOCAL);
+    ds_put_le32(h, SIG_LOCAL);
     put16(h + 6, e->flags);
     put16(h + 26, (uint32_t)nlen);
     put16(h + 28, (uint32_t)xl);
@@ -807,15 +801,15 @@ static dsckpt_status entry_add(zip_layout *l, const char *rel, uint64_t size, ui
  * none); returns its length. */
 static size_t descriptor(const zw_entry *e, uint8_t d[24]) {
     if (e->size == 0) return 0;
-    put32(d, SIG_DESCRIPTOR);
-    put32(d + 4, e->crc);
+    ds_put_le32(d, SIG_DESCRIPTOR);
+    ds_put_le32(d + 4, e->crc);
     if (e->z64_local) {
         ds_put_le64(d + 8, e->size);
         ds_put_le64(d + 16, e->size);
         return 24;
     }
-    put32(d + 8, (uint32_t)e->size);
-    put32(d + 12, (uint32_t)e->size);
+    ds_put_le32(d + 8, (uint32_t)e->size);
+    ds_put_le32(d + 12, (uint32_t)e->size);
     return 16;
 }
 
@@ -859,14 +853,14 @@ static size_t central_entry(const zw_entry *e, uint8_t *p) {
         put16(x + 2, (uint32_t)(xl - 4));
     }
     memset(p, 0, CENTRAL_SIZE);
-    put32(p, SIG_CENTRAL);
+    ds_put_le32(p, SIG_CENTRAL);
     put16(p + 8, e->flags);
-    put32(p + 16, e->crc);
-    put32(p + 20, sat32(e->size));
-    put32(p + 24, sat32(e->size));
+    ds_put_le32(p + 16, e->crc);
+    ds_put_le32(p + 20, sat32(e->size));
+    ds_put_le32(p + 24, sat32(e->size));
     put16(p + 28, (uint32_t)nlen);
     put16(p + 30, (uint32_t)xl);
-    put32(p + 42, sat32(e->local_offset));
+    ds_put_le32(p + 42, sat32(e->local_offset));
     memcpy(p + CENTRAL_SIZE, e->name, nlen);
     return CENTRAL_SIZE + nlen + xl;
 }
@@ -874,7 +868,7 @@ static size_t central_entry(const zw_entry *e, uint8_t *p) {
 static void end_records(size_t n, uint64_t cd_off, uint64_t cd_size, uint8_t r[END_RECORDS]) {
     memset(r, 0, END_RECORDS);
     uint8_t *z = r, *l = r + Z64_EOCD_SIZE, *e = l + Z64_LOCATOR_SIZE;
-    put32(z, SIG_Z64_EOCD);
+    ds_put_le32(z, SIG_Z64_EOCD);
     ds_put_le64(z + 4, Z64_EOCD_SIZE - 12);
     put16(z + 12, Z64_MADE_BY);
     put16(z + 14, Z64_NEEDED);
@@ -882,14 +876,14 @@ static void end_records(size_t n, uint64_t cd_off, uint64_t cd_size, uint8_t r[E
     ds_put_le64(z + 32, n);
     ds_put_le64(z + 40, cd_size);
     ds_put_le64(z + 48, cd_off);
-    put32(l, SIG_Z64_LOCATOR);
+    ds_put_le32(l, SIG_Z64_LOCATOR);
     ds_put_le64(l + 8, cd_off + cd_size);
-    put32(l + 16, 1); /* total number of disks */
-    put32(e, SIG_EOCD);
+    ds_put_le32(l + 16, 1); /* total number of disks */
+    ds_put_le32(e, SIG_EOCD);
     put16(e + 8, n >= U16_SAT ? U16_SAT : (uint32_t)n);
     put16(e + 10, n >= U16_SAT ? U16_SAT : (uint32_t)n);
-    put32(e + 12, sat32(cd_size));
-    put32(e + 16, sat32(cd_off));
+    ds_put_le32(e + 12, sat32(cd_size));
+    ds_put_le32(e + 16, sat32(cd_off));
 }
 
 /* The central directory starting at cd_off and the end records, malloc'd. */
