@@ -70,22 +70,22 @@ static size_t shuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w)
     return i;
 }
 
-/* Elements [0, cnt) of planes src + j*m (j < w) into dst, interleaved. */
-static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
+/* Elements [0, cnt) of planes pl[j] (j < w) into dst, interleaved. */
+static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
     size_t i = 0;
     if (w == 2) {
         for (; i + 16 <= cnt; i += 16) {
-            __m128i p0 = _mm_loadu_si128((const __m128i *)(src + i));
-            __m128i p1 = _mm_loadu_si128((const __m128i *)(src + m + i));
+            __m128i p0 = _mm_loadu_si128((const __m128i *)(pl[0] + i));
+            __m128i p1 = _mm_loadu_si128((const __m128i *)(pl[1] + i));
             _mm_storeu_si128((__m128i *)(dst + 2 * i), _mm_unpacklo_epi8(p0, p1));
             _mm_storeu_si128((__m128i *)(dst + 2 * i + 16), _mm_unpackhi_epi8(p0, p1));
         }
     } else if (w == 4) {
         for (; i + 16 <= cnt; i += 16) {
-            __m128i p0 = _mm_loadu_si128((const __m128i *)(src + i));
-            __m128i p1 = _mm_loadu_si128((const __m128i *)(src + m + i));
-            __m128i p2 = _mm_loadu_si128((const __m128i *)(src + 2 * m + i));
-            __m128i p3 = _mm_loadu_si128((const __m128i *)(src + 3 * m + i));
+            __m128i p0 = _mm_loadu_si128((const __m128i *)(pl[0] + i));
+            __m128i p1 = _mm_loadu_si128((const __m128i *)(pl[1] + i));
+            __m128i p2 = _mm_loadu_si128((const __m128i *)(pl[2] + i));
+            __m128i p3 = _mm_loadu_si128((const __m128i *)(pl[3] + i));
             __m128i a = _mm_unpacklo_epi8(p0, p1), b = _mm_unpackhi_epi8(p0, p1); /* bytes 0,1 */
             __m128i c = _mm_unpacklo_epi8(p2, p3), d = _mm_unpackhi_epi8(p2, p3); /* bytes 2,3 */
             _mm_storeu_si128((__m128i *)(dst + 4 * i), _mm_unpacklo_epi16(a, c));
@@ -101,8 +101,8 @@ static size_t shuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t w)
     (void)dst, (void)src, (void)m, (void)w;
     return 0;
 }
-static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
-    (void)dst, (void)src, (void)m, (void)cnt, (void)w;
+static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
+    (void)dst, (void)pl, (void)cnt, (void)w;
     return 0;
 }
 #endif
@@ -158,18 +158,18 @@ void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
     memcpy(dst + m * w, src + m * w, n - m * w);
 }
 
-/* Elements [0, cnt) of the planes src + j*m (j < w, w > 1) into dst, interleaved:
+/* Elements [0, cnt) of the planes pl[j] (j < w, w > 1) into dst, interleaved:
  * fixed widths as their own loops, so the compiler can unroll them. */
-static void unshuffle_elems(uint8_t *dst, const uint8_t *src, size_t m, size_t cnt, size_t w) {
-    size_t i0 = unshuffle_sse2(dst, src, m, cnt, w);
+static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
+    size_t i0 = unshuffle_sse2(dst, pl, cnt, w);
     if (w == 2) {
-        const uint8_t *p0 = src, *p1 = src + m;
+        const uint8_t *p0 = pl[0], *p1 = pl[1];
         for (size_t i = i0; i < cnt; i++) {
             dst[2 * i] = p0[i];
             dst[2 * i + 1] = p1[i];
         }
     } else if (w == 4) {
-        const uint8_t *p0 = src, *p1 = src + m, *p2 = src + 2 * m, *p3 = src + 3 * m;
+        const uint8_t *p0 = pl[0], *p1 = pl[1], *p2 = pl[2], *p3 = pl[3];
         for (size_t i = i0; i < cnt; i++) {
             dst[4 * i] = p0[i];
             dst[4 * i + 1] = p1[i];
@@ -178,35 +178,54 @@ static void unshuffle_elems(uint8_t *dst, const uint8_t *src, size_t m, size_t c
         }
     } else {
         for (size_t j = 0; j < w; j++)
-            for (size_t i = 0; i < cnt; i++) dst[i * w + j] = src[j * m + i];
+            for (size_t i = i0; i < cnt; i++) dst[i * w + j] = pl[j][i];
     }
+}
+
+/* The view of a shuffled chunk held whole in src[0..n). */
+static void contiguous_view(ds_zplanes *v, const uint8_t *src, size_t n, int width) {
+    size_t w = width > 1 ? (size_t)width : 1, m = w > 1 ? n / w : n;
+    v->n = n;
+    v->m = m;
+    v->width = (int)w;
+    for (size_t j = 0; j < w; j++) v->plane[j] = src + j * m;
+    v->tail = src + m * w;
 }
 
 void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
-    size_t w = (size_t)width, m = w ? n / w : 0;
-    if (w <= 1) {
+    if (width <= 1) {
         memcpy(dst, src, n);
         return;
     }
-    unshuffle_elems(dst, src, m, m, w);
-    memcpy(dst + m * w, src + m * w, n - m * w);
+    ds_zplanes v;
+    contiguous_view(&v, src, n, width);
+    unshuffle_elems(dst, v.plane, v.m, (size_t)width);
+    memcpy(dst + v.m * (size_t)width, v.tail, n - v.m * (size_t)width);
 }
 
-void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len) {
-    size_t w = (size_t)width, m = w > 1 ? n / w : 0, body = m * w, end = off + len, pos = off;
+void ds_zplanes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len) {
+    size_t w = (size_t)v->width, m = v->m, body = w > 1 ? m * w : 0, end = off + len, pos = off;
     if (w <= 1) {
-        memcpy(dst, src + off, len);
+        memcpy(dst, v->plane[0] + off, len);
         return;
     }
     /* Byte b < body is byte b % w of element b / w: plane b % w, index b / w. */
-    for (; pos < end && pos < body && pos % w; pos++) dst[pos - off] = src[(pos % w) * m + pos / w];
+    for (; pos < end && pos < body && pos % w; pos++) dst[pos - off] = v->plane[pos % w][pos / w];
     if (pos < body && end > pos) {
         size_t cnt = (DS_MIN(end, body) - pos) / w;
-        unshuffle_elems(dst + (pos - off), src + pos / w, m, cnt, w);
+        const uint8_t *at[8];
+        for (size_t j = 0; j < w; j++) at[j] = v->plane[j] + pos / w;
+        unshuffle_elems(dst + (pos - off), at, cnt, w);
         pos += cnt * w;
     }
-    for (; pos < end && pos < body; pos++) dst[pos - off] = src[(pos % w) * m + pos / w];
-    if (pos < end) memcpy(dst + (pos - off), src + pos, end - pos); /* the tail is stored as it is */
+    for (; pos < end && pos < body; pos++) dst[pos - off] = v->plane[pos % w][pos / w];
+    if (pos < end) memcpy(dst + (pos - off), v->tail + (pos - body), end - pos); /* the tail is stored as it is */
+}
+
+void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len) {
+    ds_zplanes v;
+    contiguous_view(&v, src, n, width);
+    ds_zplanes_read(dst, &v, off, len);
 }
 
 /* ---- encoder ---- */
@@ -452,10 +471,11 @@ static dsckpt_status decode_frame(ds_zchunk_dec *d, const uint8_t *src, size_t s
     return DSCKPT_OK;
 }
 
-/* A planes chunk (ds_zchunk_check passed: stored_n >= its header and tail) into
- * shuf[0..raw_n): the whole header is checked before any plane is decoded. */
-static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *src, size_t stored_n, uint8_t *shuf,
-                                   size_t raw_n, const char *what) {
+/* A planes chunk (ds_zchunk_check passed: stored_n >= its header and tail) as a
+ * view: the whole header is checked before any plane is decoded; zstd planes are
+ * decoded into scratch + j·m, raw planes and the tail are read in place. */
+static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *src, size_t stored_n,
+                                   uint8_t *scratch, size_t raw_n, const char *what, ds_zplanes *v) {
     size_t w = (size_t)width, m = raw_n / w, tail = raw_n - m * w, hdr = DS_ZCHUNK_PLANE_REC * w;
     uint64_t sum = hdr + tail; /* at most 8 planes of < 2^32 bytes: no overflow */
     for (size_t j = 0; j < w; j++) {
@@ -474,27 +494,50 @@ static dsckpt_status decode_planes(ds_zchunk_dec *d, int width, const uint8_t *s
     if (sum != stored_n)
         return ds_err(DSCKPT_ECORRUPT, "%s: the planes' header, planes and tail add up to %llu bytes, the chunk "
                       "has %zu", what, (unsigned long long)sum, stored_n);
+    v->n = raw_n;
+    v->m = m;
+    v->width = width;
     size_t pos = hdr;
     for (size_t j = 0; j < w; j++) {
         const uint8_t *rec = src + DS_ZCHUNK_PLANE_REC * j;
         size_t sz = ds_get_le32(rec + 1);
-        if (rec[0] == DS_ZCHUNK_RAW) memcpy(shuf + j * m, src + pos, m);
-        else DS_TRY(decode_frame(d, src + pos, sz, shuf + j * m, m, what, (long)j));
+        if (rec[0] == DS_ZCHUNK_RAW) {
+            v->plane[j] = src + pos;
+        } else {
+            DS_TRY(decode_frame(d, src + pos, sz, scratch + j * m, m, what, (long)j));
+            v->plane[j] = scratch + j * m;
+        }
         pos += sz;
     }
-    memcpy(shuf + m * w, src + pos, tail);
+    v->tail = src + pos;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zchunk_decode_view(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
+                                    size_t stored_n, void *scratch, size_t raw_n, const char *what, ds_zplanes *view) {
+    DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
+    if (kind == DS_ZCHUNK_RAW) {
+        contiguous_view(view, stored, raw_n, 1);
+        return DSCKPT_OK;
+    }
+    if (kind == DS_ZCHUNK_PLANES) return decode_planes(d, width, stored, stored_n, scratch, raw_n, what, view);
+    DS_TRY(decode_frame(d, stored, stored_n, scratch, raw_n, what, -1));
+    contiguous_view(view, scratch, raw_n, width);
     return DSCKPT_OK;
 }
 
 dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                         size_t stored_n, void *shuf, size_t raw_n, const char *what) {
-    DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
-    if (kind == DS_ZCHUNK_RAW) {
-        if (raw_n && shuf != stored) memcpy(shuf, stored, raw_n);
-        return DSCKPT_OK;
-    }
-    if (kind == DS_ZCHUNK_PLANES) return decode_planes(d, width, stored, stored_n, shuf, raw_n, what);
-    return decode_frame(d, stored, stored_n, shuf, raw_n, what, -1);
+    ds_zplanes v;
+    DS_TRY(ds_zchunk_decode_view(d, kind, width, stored, stored_n, shuf, raw_n, what, &v));
+    /* What the view reads in place, copied to its place in shuf. */
+    uint8_t *out = shuf;
+    size_t w = (size_t)v.width;
+    for (size_t j = 0; j < w; j++)
+        if (v.plane[j] != out + j * v.m && v.m) memmove(out + j * v.m, v.plane[j], v.m);
+    size_t body = w > 1 ? v.m * w : raw_n;
+    if (raw_n > body && v.tail != out + body) memcpy(out + body, v.tail, raw_n - body);
+    return DSCKPT_OK;
 }
 
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
@@ -502,7 +545,8 @@ dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width,
     DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
     if (width <= 1) return ds_zchunk_decode_shuffled(d, kind, width, stored, stored_n, raw, raw_n, what);
     DS_TRY(grow(&d->buf, &d->cap, raw_n));
-    DS_TRY(ds_zchunk_decode_shuffled(d, kind, width, stored, stored_n, d->buf, raw_n, what));
-    ds_zchunk_unshuffle(raw, d->buf, raw_n, width);
+    ds_zplanes v;
+    DS_TRY(ds_zchunk_decode_view(d, kind, width, stored, stored_n, d->buf, raw_n, what, &v));
+    ds_zplanes_read(raw, &v, 0, raw_n);
     return DSCKPT_OK;
 }

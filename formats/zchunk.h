@@ -85,6 +85,18 @@ void ds_zchunk_unshuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int wid
  * src[0..n): what ds_zchunk_unshuffle would write at dst - off, without the rest. */
 void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len);
 
+/* A chunk in its shuffled form whose planes need not be next to each other: plane
+ * j (j < width) is the m bytes at plane[j], the n - m·width tail bytes at tail.
+ * Width 1: the raw bytes are the n bytes at plane[0]. ds_zchunk_decode_view points
+ * a raw plane at the stored bytes themselves (no copy). */
+typedef struct ds_zplanes {
+    const uint8_t *plane[8], *tail;
+    size_t n, m;
+    int width;
+} ds_zplanes;
+/* Raw bytes [off, off+len) (off + len <= v->n) of the chunk v into dst. */
+void ds_zplanes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len);
+
 typedef struct ds_zchunk_enc ds_zchunk_enc;
 dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out);
 void ds_zchunk_enc_free(ds_zchunk_enc *e); /* accepts NULL */
@@ -118,6 +130,13 @@ void ds_zchunk_dec_free(ds_zchunk_dec *d); /* accepts NULL */
  * DSCKPT_ECORRUPT naming `what` for anything else; raw is then unspecified. */
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                size_t stored_n, void *raw, size_t raw_n, const char *what);
+
+/* As ds_zchunk_decode, but leaves the chunk in its shuffled form, as *view: planes
+ * stored raw (and a raw chunk's bytes) are read where they are in `stored`; zstd
+ * planes (or a zstd chunk's shuffled bytes) are decoded into scratch[0..raw_n),
+ * plane j at scratch + j·m. The view is valid while stored and scratch are. */
+dsckpt_status ds_zchunk_decode_view(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
+                                    size_t stored_n, void *scratch, size_t raw_n, const char *what, ds_zplanes *view);
 
 /* As ds_zchunk_decode, but leaves the chunk in its shuffled form in shuf[0..raw_n)
  * (ds_zchunk_unshuffle_range reads raw bytes out of it), without a copy of the

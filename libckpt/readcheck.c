@@ -74,14 +74,19 @@ static void sort_members(const zip_archive *z, size_t *ix, size_t *tmp, size_t n
 dsckpt_status ds_fdset_check_alloc(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->vf = NULL;
     fs->zcache = NULL;
-    bool anyz = false;
-    for (size_t i = 0; i < c->nfiles; i++) anyz |= c->files[i].compressed;
+    size_t nz = 0;
+    for (size_t i = 0; i < c->nfiles; i++) nz += c->files[i].compressed;
+    bool anyz = nz > 0;
     /* Compressed files are read through the cache even with the checks off. */
     if ((c->no_read_check && !anyz) || c->nfiles == 0) return DSCKPT_OK;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->vf, &fs->vf));
-    /* A slot per worker thread and two spare: at most that many chunks decoded
-     * at once (slots x (raw + stored chunk size) of memory). */
-    dsckpt_status st = anyz ? ds_zcache_new((size_t)ds_thread_count(0) + 2, &fs->zcache) : DSCKPT_OK;
+    /* A slot per worker thread and one more per compressed file (at most
+     * DS_ZCACHE_FILE_SLOTS): a reader going forwards through several files at once
+     * (a tensor split over every rank file) keeps each file's current chunk
+     * instead of decoding it again for every piece. Slots allocate on first use;
+     * at most slots x (raw + stored chunk size) of memory. */
+    size_t slots = (size_t)ds_thread_count(0) + 1 + DS_MIN(nz, (size_t)DS_ZCACHE_FILE_SLOTS);
+    dsckpt_status st = anyz ? ds_zcache_new(slots, &fs->zcache) : DSCKPT_OK;
     if (st) ds_fdset_check_free(fs);
     return st;
 }
@@ -276,9 +281,8 @@ static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k
         }
         atomic_store(&v->state[k], U_OK);
     }
-    slot->raw_n = (size_t)rn;
-    slot->width = raw ? 1 : z->width;
-    return ds_zchunk_decode_shuffled(slot->dec, kind, z->width, sb, (size_t)z->size, slot->raw, (size_t)rn, what);
+    return ds_zchunk_decode_view(slot->dec, kind, z->width, sb, (size_t)z->size, slot->raw, (size_t)rn, what,
+                                 &slot->view);
 }
 
 /* Raw size of chunk k of compressed file f. */
@@ -330,8 +334,7 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
                 return st;
             }
         }
-        ds_zchunk_unshuffle_range(dst + (pos - offset), slot->raw, slot->raw_n, slot->width, (size_t)(pos - rb),
-                                  (size_t)take);
+        ds_zplanes_read(dst + (pos - offset), &slot->view, (size_t)(pos - rb), (size_t)take);
         ds_zcache_release(fs->zcache, slot);
         pos += take;
     }

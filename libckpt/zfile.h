@@ -51,17 +51,19 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
                              const char *what);
 
 /* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
- * (file, k) in its shuffled form (ds_zchunk_decode_shuffled: `width` planes);
- * readers acquire it, unshuffle the bytes they need straight into their buffer
- * (ds_zchunk_unshuffle_range) and release it. Memory is at most
+ * (file, k) in its shuffled form (ds_zchunk_decode_view: planes stored raw are
+ * read where they lie in the stored bytes); readers acquire it, unshuffle the bytes
+ * they need straight into their buffer (ds_zplanes_read) and release it. Memory is at most
  * slots × (raw + stored chunk size). */
 typedef struct ds_zslot {
     uint8_t *raw, *stored;  /* buffers of raw_cap / stored_cap bytes; raw holds the shuffled chunk */
     size_t raw_cap, stored_cap;
-    size_t raw_n;           /* the loaded chunk's raw bytes */
-    int width;              /* and its shuffle width (1: raw holds the raw bytes) */
+    ds_zplanes view;        /* the loaded chunk (shuffled), in raw and stored */
     ds_zchunk_dec *dec;
 } ds_zslot;
+/* The most cache slots a reader keeps for the files it reads at once (beyond one
+ * per worker thread): 16 chunks of 4 MiB, raw and stored, are 128 MiB. */
+#define DS_ZCACHE_FILE_SLOTS 16
 typedef struct ds_zcache ds_zcache;
 dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out);
 void ds_zcache_free(ds_zcache *z); /* accepts NULL */

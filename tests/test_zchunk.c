@@ -143,6 +143,66 @@ out:
     free(part);
 }
 
+/* decode_view: planes stored raw and the tail are read in place (pointers into
+ * the stored bytes, nothing copied to scratch), zstd planes decoded into scratch;
+ * every byte range read through the view equals the raw chunk, and nothing is
+ * written outside the range; it refuses what decode refuses. */
+static void test_decode_view(void) {
+    size_t m = 5000, n = 4 * m + 3; /* width 4 with a 3-byte tail */
+    uint8_t *raw = malloc(n), *scratch = malloc(n), *part = malloc(n + 2);
+    uint32_t seed = 11;
+    random_bytes(raw, n, 5);
+    for (size_t i = 0; i < m; i++) raw[4 * i + 3] = (uint8_t)(0x3c + (rng_next(&seed) >> 30)); /* exponent-like */
+    ds_zchunk_enc *e = NULL;
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    const uint8_t *stored;
+    size_t sn;
+    ds_zchunk_kind kind;
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 4, &stored, &sn, &kind));
+    CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_PLANES);
+    memset(scratch, 0xA5, n);
+    ds_zplanes v;
+    TU_ASSERT_OK(ds_zchunk_decode_view(d, kind, 4, stored, sn, scratch, n, "c", &v));
+    CU_ASSERT_EQUAL(v.width, 4);
+    CU_ASSERT_EQUAL(v.m, m);
+    for (int j = 0; j < 3; j++) /* random bytes: stored raw, read where they are */
+        CU_ASSERT(v.plane[j] >= stored && v.plane[j] + m <= stored + sn);
+    CU_ASSERT(v.plane[3] == scratch + 3 * m); /* the exponent plane: decoded */
+    CU_ASSERT(v.tail >= stored && v.tail + 3 == stored + sn);
+    CU_ASSERT_EQUAL(scratch[0], 0xA5); /* raw planes were not copied */
+    for (size_t off = 0; off <= n; off += off < 70 ? 1 : 997)
+        for (size_t len = 0; off + len <= n; len += len < 70 ? 1 : 1499) {
+            memset(part, 0x5A, len + 2);
+            ds_zplanes_read(part + 1, &v, off, len);
+            if ((len && memcmp(part + 1, raw + off, len) != 0) || part[0] != 0x5A || part[len + 1] != 0x5A) {
+                fprintf(stderr, "\n  zplanes_read off %zu len %zu", off, len);
+                CU_FAIL("zplanes_read");
+                goto out;
+            }
+        }
+    /* A raw chunk is its own view; a frame chunk is decoded whole into scratch. */
+    TU_ASSERT_OK(ds_zchunk_decode_view(d, DS_ZCHUNK_RAW, 1, raw, n, scratch, n, "c", &v));
+    CU_ASSERT(v.width == 1 && v.plane[0] == raw);
+    TU_ASSERT_OK(ds_zchunk_enc_set_codec(e, DS_ZCODEC_FRAME, 50));
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 4, &stored, &sn, &kind));
+    CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_ZSTD);
+    TU_ASSERT_OK(ds_zchunk_decode_view(d, kind, 4, stored, sn, scratch, n, "c", &v));
+    CU_ASSERT(v.plane[0] == scratch && v.plane[3] == scratch + 3 * m && v.tail == scratch + 4 * m);
+    ds_zplanes_read(part, &v, 0, n);
+    CU_ASSERT_EQUAL(memcmp(part, raw, n), 0);
+    CU_ASSERT_EQUAL(ds_zchunk_decode_view(d, kind, 4, stored, sn - 1, scratch, n, "c", &v), DSCKPT_ECORRUPT);
+    CU_ASSERT_EQUAL(ds_zchunk_decode_view(d, kind, 4, stored, sn, scratch, DS_ZCHUNK_MAX_RAW + 1, "c", &v),
+                    DSCKPT_ECORRUPT);
+out:
+    ds_zchunk_enc_free(e);
+    ds_zchunk_dec_free(d);
+    free(raw);
+    free(scratch);
+    free(part);
+}
+
 /* decode_shuffled leaves the shuffled form; unshuffling it gives the raw chunk;
  * it refuses what decode refuses. */
 static void test_decode_shuffled(void) {
@@ -655,6 +715,7 @@ int main(void) {
         {"fast shuffles equal the plain loops", test_shuffle_fast_vs_ref},
         {"unshuffle of a byte range", test_unshuffle_range},
         {"decode to the shuffled form", test_decode_shuffled},
+        {"decode to a view: raw planes read in place", test_decode_view},
         {"round trip, every dtype and width", test_round_trip_every_dtype},
         {"bf16 exponent planes compress", test_bf16_exponents_compress},
         {"incompressible chunks stored raw", test_incompressible_stored_raw},
