@@ -15,7 +15,8 @@
 # with the commands), BENCH_DIR (scratch, build/bench-save), BENCH_COMPRESS (a zstd
 # level: also time the same saves with --save_compress=LEVEL, interleaved, against the
 # plain ones: stall ÷ compressed sync save, and compressed ÷ plain sync save time and
-# bytes), BENCH_SKIP_LOAD=1 (leave out the load-time reshard rows).
+# bytes, and each load-time reshard from the compressed checkpoint ÷ from the plain
+# one), BENCH_SKIP_LOAD=1 (leave out the load-time reshard rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a MODEL <<<"${BENCH_MODEL:---n_layer 8 --n_head 8 --n_embd 1024 --seq_len 16}"
@@ -93,22 +94,35 @@ if [ -n "$ZL" ]; then
 fi
 [ "${BENCH_SKIP_LOAD:-0}" = 1 ] && exit 0
 
+# One resume at W ranks with config C from SRC/global_step3, printing dstrain's
+# "loaded in" seconds. --max_steps 3 with a checkpoint at step 3: load and stop (no
+# step, no save).
+load_run() { # W C SRC
+  sync
+  build/dsrun --num_procs "$1" build/dstrain --deepspeed "$DIR/$2.json" --data "$DATA" "${MODEL[@]}" \
+    --eval_windows 1 --max_steps 3 --save_dir "$3" --resume global_step3 >"$DIR/load.out" 2>&1 ||
+    { cat "$DIR/load.out" >&2; exit 1; }
+  sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$DIR/load.out"
+}
+
 # Load-time reshard from the last synchronous save (global_step3 is `latest`).
 SRC="$DIR/sync"
 STATE=$(du -cb "$SRC/global_step3"/rank_*.safetensors | tail -1 | cut -f1)
 for target in "2 z2w2" "3 z1w3"; do
   read -r W C <<<"$target"
-  : >"$DIR/load.t"; : >"$DIR/rfloor.t"
+  : >"$DIR/load.t"; : >"$DIR/rfloor.t"; : >"$DIR/cload.t"
   for i in $(seq "$REPS"); do
     sync
     read -r rt _ _ < <($FL io "$STATE" 0 "$DIR/floor.out" "$SRC/global_step3"/rank_*.safetensors)
     echo "$rt" >>"$DIR/rfloor.t"
-    # --max_steps 3 with a checkpoint at step 3: load and stop (no step, no save).
-    build/dsrun --num_procs "$W" build/dstrain --deepspeed "$DIR/$C.json" --data "$DATA" "${MODEL[@]}" \
-      --eval_windows 1 --max_steps 3 --save_dir "$SRC" --resume global_step3 >"$DIR/load.out" 2>&1 ||
-      { cat "$DIR/load.out"; exit 1; }
-    sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$DIR/load.out" >>"$DIR/load.t"
+    load_run "$W" "$C" "$SRC" >>"$DIR/load.t"
+    # The same resume from the compressed checkpoint, right after the plain one.
+    [ -z "$ZL" ] || load_run "$W" "$C" "$DIR/csync" >>"$DIR/cload.t"
   done
   L=$(median <"$DIR/load.t"); R=$(median <"$DIR/rfloor.t")
   $PY -c "print(f'| load-time reshard 4 → $W ranks (stage 3 → ${C:1:1}), $((STATE / 1048576)) MiB of state ÷ plain read | {$L:.4f} | {$R:.4f} | {$L / $R:.2f} | ≤ 1.3 |')"
+  if [ -n "$ZL" ]; then
+    CL=$(median <"$DIR/cload.t")
+    $PY -c "print(f'| --save_compress=$ZL: resume 4 → $W ranks from the compressed ÷ from the plain checkpoint | {$CL:.4f} | {$L:.4f} | {$CL / $L:.2f} | ≤ 1.2 |')"
+  fi
 done

@@ -633,6 +633,8 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     }
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
+    uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);
+    if (!tis) st = ds_err(DSCKPT_ENOMEM, "out of memory");
     for (size_t i = 0; i < e->nt && !st; i++) {
         const et *T = &e->t[i];
         long ti = find_tensor(c, ps[i].name);
@@ -644,21 +646,35 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
                         (unsigned long long)T->numel);
             break;
         }
-        uint64_t s0, n, poff;
-        rt_engine_own(e, T, e->rank, &s0, &n, &poff);
-        if (!n) continue;
-        float *dst[3] = {e->master[T->group], e->m1[T->group], e->m2[T->group]};
-        for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
+        tis[i] = (uint32_t)ti;
+        for (int s = 0; s < (moments ? 3 : 1) && !st; s++)
             if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
                 st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", ds_ckpt_dir(c), ps[i].name, ds_state_names[s]);
-            else if (!bounce) st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, dst[s] + poff);
-            else {
-                st = ds_ckpt_read(c, &fs, (ds_state)s, (uint32_t)ti, s0, n, bounce);
-                if (!st) st = od->h2d(od->ctx, dst[s] + poff, bounce, (size_t)n * 4);
+    }
+    /* State by state, group by group, tensors in order: each (state, group) lies
+     * in one region of every rank file, so the reads go forwards through it (and a
+     * compressed file's chunks are decoded once, not again for every piece they
+     * hold: reading in model order, which alternates between the groups, decoded
+     * 3.4x the bytes of a 4 -> 2 resume). */
+    for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
+        for (size_t gi = 0; gi < (size_t)NG * e->nt && !st; gi++) { /* group gi / nt, tensor gi % nt */
+            size_t i = gi % e->nt;
+            const et *T = &e->t[i];
+            if (T->group != (int)(gi / e->nt)) continue;
+            uint64_t s0, n, poff;
+            rt_engine_own(e, T, e->rank, &s0, &n, &poff);
+            if (!n) continue;
+            float *dst = (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[T->group] + poff;
+            if (!bounce) {
+                st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, dst);
+            } else {
+                st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, bounce);
+                if (!st) st = od->h2d(od->ctx, dst, bounce, (size_t)n * 4);
                 if (!st) st = od->sync(od->ctx); /* the bounce buffer is reused */
             }
         }
     }
+    free(tis);
     ds_fdset_close(&fs);
     if (bounce) od->free_host(od->ctx, bounce);
     return st;

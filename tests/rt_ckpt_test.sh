@@ -5,7 +5,8 @@
 # weights equal the running job's 16-bit weights; best tracking and rotation keep
 # the right checkpoints and load-best-at-end restores the best one; a rank killed
 # during async saves never leaves `latest` pointing at an incomplete checkpoint;
-# a full disk during a save is reported and the previous checkpoint stays intact.
+# a full disk during a save is reported and the previous checkpoint stays intact;
+# --save_compress checkpoints hold the same state and resume exactly as plain ones.
 # Usage: rt_ckpt_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
 . "$(dirname "$0")/rt_lib.sh"
@@ -75,6 +76,29 @@ for x, y in zip(a, b):
     assert abs(x["loss"] - y["loss"]) <= 2e-3 * abs(x["loss"]), (x["loss"], y["loss"])
 EOF
 done
+
+echo "== --save_compress: the same state in fewer bytes; resumed at 4 and 2 ranks exactly as the plain one"
+train 4 z3w4.json z.log --max_steps 4 --save_dir runz --save_steps 2 --save_compress ||
+    bad "compressed-save run failed: $(tail -3 z.log.out)"
+[ "$(json a.log "[x['loss'] for x in r]")" = "$(json z.log "[x['loss'] for x in r]")" ] && ok ||
+    bad "compressed saves changed the training losses"
+"$DSCKPT" verify runz >/dev/null && ok || bad "dsckpt verify of the compressed training checkpoint failed"
+$PY -c "import json,sys; m=json.load(open('runz/global_step4/manifest.json')); sys.exit(m['version'] < 2)" && ok ||
+    bad "the compressed checkpoint's manifest is not a compressed one"
+zb=$(du -cb runz/global_step4/rank_* | tail -1 | cut -f1); pb=$(du -cb run_w3/global_step4/rank_* | tail -1 | cut -f1)
+[ "$zb" -lt "$pb" ] && ok || bad "compressed rank files ($zb bytes) are not smaller than plain ones ($pb)"
+"$DSCKPT" consolidate runz -t global_step4 -o z.safetensors --dtype fp32 -q &&
+    "$DSCKPT" consolidate run_w3 -t global_step4 -o p.safetensors --dtype fp32 -q && cmp -s z.safetensors p.safetensors &&
+    ok || bad "the compressed and the plain checkpoint consolidate differently"
+cp -r runz runz_w2
+train 4 z3w4.json zb.log --max_steps 8 --save_dir runz --resume global_step4 || bad "compressed resume failed: $(tail -3 zb.log.out)"
+[ "$(json full.log "r[-1]['master_sha256']")" = "$(json zb.log "r[-1]['master_sha256']")" ] && ok ||
+    bad "resuming the compressed checkpoint does not continue bit-identically"
+train 2 z2w2.json zc2.log --max_steps 8 --save_dir runz_w2 --resume global_step4 ||
+    bad "compressed W=2 resume failed: $(tail -3 zc2.log.out)"
+[ "$(json c2.log "[(x['loss'], x.get('master_sha256')) for x in r]")" = \
+  "$(json zc2.log "[(x['loss'], x.get('master_sha256')) for x in r]")" ] && ok ||
+    bad "resuming the compressed checkpoint at 2 ranks differs from resuming the plain one"
 
 echo "== consolidated bf16 weights = the running job's 16-bit weights"
 "$DSCKPT" consolidate run -o final.safetensors --dtype bf16 -q || bad "consolidate of the training checkpoint failed"
