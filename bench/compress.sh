@@ -16,7 +16,11 @@
 #     files' pages dropped from the page cache first (cold: read from disk) and
 #     not (warm): each pair's ratio compressed / plain and their median (synth
 #     values are near-random, so its compression ratio is not the real one; the
-#     time ratio is the cost of decoding).
+#     time ratio is the cost of decoding). BENCH_CONS_SRC=DIR takes a dstrain
+#     checkpoint (a save root, e.g. bench/save.sh's build/bench-save/sync) instead
+#     of the synth one, rewritten at its own world size by reshard (plain,
+#     --compress, and --compress with single frames): real values, whose low
+#     mantissa bytes do not compress (the synth values' often do).
 # Usage: bash bench/compress.sh   Environment: BENCH_DIR (build/bench-compress),
 # BENCH_STEPS (300), BENCH_PARAMS (50M), BENCH_REPS (3), BENCH_REUSE=1 (keep the
 # trained checkpoints of an earlier run in BENCH_DIR and skip step 1), BENCH_PARTS
@@ -93,9 +97,20 @@ case " $PARTS " in *" consolidate "*) ;; *) echo "uptime at end: $(uptime)"; exi
 # "cold": the rank files' pages are dropped from the page cache first
 # (posix_fadvise DONTNEED on those files only, after sync), so they are read from
 # the disk; "warm": read again straight after, from the page cache.
-$B/dsckpt synth -o "$DIR/s-plain" --params "$PARAMS" --world-size 2 --stage 2 -q
-$B/dsckpt synth -o "$DIR/s-z" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
-DSCKPT_TEST_ZCHUNK_FRAME=1 $B/dsckpt synth -o "$DIR/s-z2" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+rm -rf "$DIR/s-plain" "$DIR/s-z" "$DIR/s-z2"
+if [ -n "${BENCH_CONS_SRC:-}" ]; then
+    # A dstrain checkpoint's own values, rewritten at its world size three ways.
+    CW=$($B/dsckpt inspect --json "$BENCH_CONS_SRC" | python3 -c 'import json,sys; print(json.load(sys.stdin)["world_size"])')
+    $B/dsckpt reshard "$BENCH_CONS_SRC" --to "$CW" -o "$DIR/s-plain" -q
+    $B/dsckpt reshard "$BENCH_CONS_SRC" --to "$CW" -o "$DIR/s-z" --compress -q
+    DSCKPT_TEST_ZCHUNK_FRAME=1 $B/dsckpt reshard "$BENCH_CONS_SRC" --to "$CW" -o "$DIR/s-z2" --compress -q
+    WHAT="$BENCH_CONS_SRC (W=$CW)"
+else
+    $B/dsckpt synth -o "$DIR/s-plain" --params "$PARAMS" --world-size 2 --stage 2 -q
+    $B/dsckpt synth -o "$DIR/s-z" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+    DSCKPT_TEST_ZCHUNK_FRAME=1 $B/dsckpt synth -o "$DIR/s-z2" --params "$PARAMS" --world-size 2 --stage 2 --compress -q
+    WHAT="$PARAMS params (synth bf16, W=2, ZeRO-2)"
+fi
 grep -q '"version":2,' "$DIR"/s-z2/*/manifest.json || { echo "s-z2 is not version 2 (test hooks not built?)"; exit 1; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 drop() { sync; python3 -c 'import os,sys
@@ -120,7 +135,7 @@ done
 cmp "$DIR/out-plain.safetensors" "$DIR/out-z.safetensors"
 cmp "$DIR/out-plain.safetensors" "$DIR/out-z2.safetensors"
 echo
-echo "consolidate $PARAMS params (synth bf16, W=2, ZeRO-2) to bf16, $REPS paired runs (seconds; ratio compressed / plain, target <= 1.2):"
+echo "consolidate $WHAT to bf16, $REPS paired runs (seconds; ratio compressed / plain, target <= 1.2):"
 echo "rank files $(cat "$DIR"/s-plain/*/rank_* | wc -c) (plain) vs $(cat "$DIR"/s-z/*/rank_* | wc -c) (planes)" \
     "vs $(cat "$DIR"/s-z2/*/rank_* | wc -c) (single frames) bytes"
 for c in cold warm; do
