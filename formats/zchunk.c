@@ -308,10 +308,12 @@ static dsckpt_status grow(uint8_t **buf, size_t *cap, size_t n) {
  * then each plane as a frame when that saves at least e->min_gain per mille of it
  * and raw otherwise, then the tail. Leaves the outputs (already saying raw) alone
  * when the whole is not smaller than n. */
-static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const uint8_t **stored, size_t *stored_n,
-                                   ds_zchunk_kind *kind) {
+static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, ds_zplane_hist *h, const uint8_t **stored,
+                                   size_t *stored_n, ds_zchunk_kind *kind) {
     size_t w = (size_t)width, m = n / w, tail = n - m * w, hdr = DS_ZCHUNK_PLANE_REC * w;
     if (m == 0 || hdr + tail >= n) return DSCKPT_OK;
+    if (h && h->width != width) *h = (ds_zplane_hist){.width = width};
+    bool probe = !h || h->chunks++ % DS_ZCHUNK_PROBE_EVERY == 0;
     size_t pos = hdr, room = n - 1; /* the whole must end up smaller than n */
     /* A frame is kept only when at most this long: the capacity makes zstd give up
      * (dstSize_tooSmall) as soon as the plane cannot make the gain. */
@@ -321,7 +323,8 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const 
         uint8_t *rec = e->out + DS_ZCHUNK_PLANE_REC * j;
         if (pos >= room) return DSCKPT_OK;
         size_t cap = DS_MIN(keep, room - pos), r = 0;
-        if (cap > 0) {
+        bool tried = cap > 0 && (probe || h->raw_streak[j] < DS_ZCHUNK_SKIP_AFTER);
+        if (tried) {
             r = ZSTD_compress2(e->pctx, e->out + pos, cap, plane, m);
             if (ZSTD_isError(r)) {
                 if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
@@ -329,7 +332,9 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const 
                 r = 0;
             }
         }
-        if (r > 0 && r < m) {
+        bool framed = r > 0 && r < m;
+        if (h && tried) h->raw_streak[j] = framed ? 0 : (uint8_t)DS_MIN(h->raw_streak[j] + 1, 255);
+        if (framed) {
             rec[0] = DS_ZCHUNK_ZSTD;
             ds_put_le32(rec + 1, (uint32_t)r);
             pos += r;
@@ -352,6 +357,11 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, size_t n, int width, const 
 
 dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int width, const uint8_t **stored,
                                size_t *stored_n, ds_zchunk_kind *kind) {
+    return ds_zchunk_encode_hist(e, raw, n, width, NULL, stored, stored_n, kind);
+}
+
+dsckpt_status ds_zchunk_encode_hist(ds_zchunk_enc *e, const void *raw, size_t n, int width, ds_zplane_hist *hist,
+                                    const uint8_t **stored, size_t *stored_n, ds_zchunk_kind *kind) {
     if (!ds_zchunk_width_ok(width)) return ds_err(DSCKPT_EINVAL, "shuffle width %d (1, 2, 4 or 8)", width);
     if ((uint64_t)n > DS_ZCHUNK_MAX_RAW)
         return ds_err(DSCKPT_EINVAL, "chunk of %zu bytes (compressed chunks are at most %llu)", n,
@@ -370,7 +380,7 @@ dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int 
     if (width > 1) {
         ds_zchunk_shuffle(e->shuf, raw, n, width);
         src = e->shuf;
-        if (e->codec == DS_ZCODEC_PLANES) return encode_planes(e, n, width, stored, stored_n, kind);
+        if (e->codec == DS_ZCODEC_PLANES) return encode_planes(e, n, width, hist, stored, stored_n, kind);
     }
     /* Room for n - 1 bytes only: a frame that would not be smaller fails with
      * dstSize_tooSmall and the chunk is stored raw. */

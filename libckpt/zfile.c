@@ -27,6 +27,7 @@ struct ds_zwriter {
     ds_zrec *zc;
     uint8_t (*dg)[DS_SHA256_LEN];
     size_t n, cap;
+    ds_zplane_hist hist;   /* the planes of this file's chunks so far */
 };
 
 void ds_zwriter_abort(ds_zwriter *w) {
@@ -91,7 +92,7 @@ static dsckpt_status store_chunk(ds_zwriter *w) {
     const uint8_t *stored;
     size_t sn;
     ds_zchunk_kind kind;
-    DS_TRY(ds_zchunk_encode(w->enc, w->buf, w->fill, width, &stored, &sn, &kind));
+    DS_TRY(ds_zchunk_encode_hist(w->enc, w->buf, w->fill, width, &w->hist, &stored, &sn, &kind));
     DS_TRY(ds_sha256(stored, sn, w->dg[w->n]));
     DS_TRY(ds_stream_write(w->s, stored, sn));
     w->zc[w->n] = (ds_zrec){.off = w->stored_pos, .size = sn, .kind = (uint8_t)kind,

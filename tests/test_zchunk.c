@@ -478,6 +478,80 @@ static uint8_t *make_planes(const uint8_t *raw, size_t n, int w, int gain, size_
     return c;
 }
 
+/* Encodes chunk `raw` (width 4) through e with history h and returns the kind of
+ * plane 0 in the stored chunk (DS_ZCHUNK_RAW / DS_ZCHUNK_ZSTD), after checking the
+ * chunk decodes back to raw. */
+static int plane0_kind(ds_zchunk_enc *e, ds_zchunk_dec *d, ds_zplane_hist *h, const uint8_t *raw, size_t n,
+                       uint8_t *back) {
+    const uint8_t *st;
+    size_t sn;
+    ds_zchunk_kind kind;
+    TU_ASSERT_OK(ds_zchunk_encode_hist(e, raw, n, 4, h, &st, &sn, &kind));
+    CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_PLANES);
+    TU_ASSERT_OK(ds_zchunk_decode(d, kind, 4, st, sn, back, n, "c"));
+    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+    return st[0];
+}
+
+/* The plane history: a plane stored raw in DS_ZCHUNK_SKIP_AFTER chunks in a row is
+ * not tried again (stored raw even where it would shrink) until the next probe
+ * chunk (every DS_ZCHUNK_PROBE_EVERY-th), which tries it and, when it shrinks,
+ * brings it back; another width starts afresh; without a history every chunk
+ * tries every plane; the same stream gives the same bytes each time. */
+static void test_plane_history(void) {
+    size_t m = 20000, n = 4 * m;
+    uint8_t *rnd = malloc(n), *cmp = malloc(n), *back = malloc(n);
+    random_bytes(rnd, n, 3);
+    for (size_t i = 0; i < m; i++) rnd[4 * i + 3] = (uint8_t)(0x3c + (i % 3)); /* exponent plane shrinks */
+    memcpy(cmp, rnd, n);
+    for (size_t i = 0; i < m; i++) cmp[4 * i] = (uint8_t)(i % 5); /* and here plane 0 too */
+    ds_zchunk_enc *e = NULL;
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    ds_zplane_hist h = {0};
+    int kinds[2 * DS_ZCHUNK_PROBE_EVERY];
+    /* chunk k: plane 0 random for k < SKIP_AFTER, compressible from then on */
+    for (int k = 0; k < 2 * DS_ZCHUNK_PROBE_EVERY; k++)
+        kinds[k] = plane0_kind(e, d, &h, k < DS_ZCHUNK_SKIP_AFTER ? rnd : cmp, n, back);
+    for (int k = 0; k < 2 * DS_ZCHUNK_PROBE_EVERY; k++) {
+        int want = k < DS_ZCHUNK_PROBE_EVERY ? DS_ZCHUNK_RAW : DS_ZCHUNK_ZSTD; /* back at the probe */
+        if (kinds[k] != want) {
+            fprintf(stderr, "\n  chunk %d: plane 0 kind %d, expected %d", k, kinds[k], want);
+            CU_FAIL("plane history");
+        }
+    }
+    CU_ASSERT_EQUAL(plane0_kind(e, d, NULL, cmp, n, back), DS_ZCHUNK_ZSTD); /* no history: tried */
+    /* another width starts afresh */
+    ds_zplane_hist h2 = {0};
+    for (int k = 0; k < DS_ZCHUNK_SKIP_AFTER; k++) (void)plane0_kind(e, d, &h2, rnd, n, back);
+    CU_ASSERT_EQUAL(plane0_kind(e, d, &h2, cmp, n, back), DS_ZCHUNK_RAW); /* skipped */
+    const uint8_t *st;
+    size_t sn;
+    ds_zchunk_kind kind;
+    TU_ASSERT_OK(ds_zchunk_encode_hist(e, cmp, n, 2, &h2, &st, &sn, &kind));
+    CU_ASSERT_EQUAL(h2.width, 2);
+    CU_ASSERT_EQUAL(plane0_kind(e, d, &h2, cmp, n, back), DS_ZCHUNK_ZSTD); /* width 4 again: fresh */
+    /* deterministic: a second pass over the same stream, the same bytes */
+    ds_zplane_hist ha = {0}, hb = {0};
+    for (int k = 0; k < 12; k++) {
+        const uint8_t *src = k % 3 ? cmp : rnd, *sa, *sb;
+        size_t na, nb;
+        ds_zchunk_kind ka, kb;
+        TU_ASSERT_OK(ds_zchunk_encode_hist(e, src, n, 4, &ha, &sa, &na, &ka));
+        uint8_t *copy = malloc(na);
+        memcpy(copy, sa, na);
+        TU_ASSERT_OK(ds_zchunk_encode_hist(e, src, n, 4, &hb, &sb, &nb, &kb));
+        CU_ASSERT(ka == kb && na == nb && memcmp(copy, sb, na) == 0);
+        free(copy);
+    }
+    ds_zchunk_enc_free(e);
+    ds_zchunk_dec_free(d);
+    free(rnd);
+    free(cmp);
+    free(back);
+}
+
 /* The header says what the bytes are: per plane a kind and a stored size; raw
  * planes are the shuffled plane itself, frame planes one frame stating the
  * plane's size; the sizes add up; the tail comes last, as it is. fp32 weights:
@@ -722,6 +796,7 @@ int main(void) {
         {"damaged, truncated, padded chunks refused", test_damaged_refused},
         {"decompression bombs refused before allocating", test_bomb_refused},
         {"planes: header layout, raw and frame planes, least gain", test_planes_layout},
+        {"planes: the plane history skips planes that stay raw, probes again", test_plane_history},
         {"planes: hostile headers and frames refused", test_planes_hostile},
         {"levels, widths, kind names", test_levels_and_names},
         {NULL, NULL},
