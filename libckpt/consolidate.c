@@ -261,16 +261,17 @@ static dsckpt_status create_outputs(cons *k, const char *out, bool single, bool 
     return DSCKPT_OK;
 }
 
-/* The units of out-tensor i (each at most BLOCK_ELEMS elements from one source
- * fragment, so that it reads one file forwards) into un[] (NULL: only counted),
- * with where each is stored in *key (file UINT32_MAX where no fragment holds
- * the elements: their read reports it). Returns how many. */
+/* Where a unit's elements are stored (file UINT32_MAX where no fragment holds
+ * them: their read reports it), and the unit's index before sorting. */
 typedef struct src_key {
     uint32_t file;
     uint64_t offset;
     size_t unit;
 } src_key;
 
+/* The units of out-tensor i (each at most BLOCK_ELEMS elements from one source
+ * fragment, so that it reads one file forwards) into un[] and their sources into
+ * key[], numbered from `first` (un NULL: only counted). Returns how many. */
 static size_t tensor_units(const cons *k, size_t i, unit *un, src_key *key, size_t first) {
     const out_tensor *ot = &k->ots[i];
     uint64_t numel = k->c->tensors[ot->t].numel;
