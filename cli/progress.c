@@ -22,9 +22,11 @@ double cli_now(void) {
 
 const char *cli_hms(double s, char *buf, int n) {
     if (s < 0 || s > 359999999) s = 0;
-    long t = (long)(s + 0.5);
-    if (t >= 3600) snprintf(buf, (size_t)n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-    else snprintf(buf, (size_t)n, "%ld:%02ld", t / 60, t % 60);
+    /* t <= 360000000 fits an unsigned; any unsigned prints in at most 14 bytes
+     * ("1193046:28:15" and its NUL), so CLI_HMS_LEN bytes never cut it. */
+    unsigned t = (unsigned)(s + 0.5);
+    if (t >= 3600) snprintf(buf, (size_t)n, "%u:%02u:%02u", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, (size_t)n, "%u:%02u", t / 60, t % 60);
     return buf;
 }
 
@@ -59,7 +61,7 @@ static void draw_bar(cli_progress *p, double now) {
     if (frac > 1) frac = 1;
     double el = now - p->t0;
     int width = 24, fill = (int)(frac * width);
-    char bar[32], e[16], eta[16];
+    char bar[32], e[CLI_HMS_LEN], eta[CLI_HMS_LEN];
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
     bar[width] = '\0';
     bool all = p->done >= p->total;
@@ -76,7 +78,7 @@ static void draw_bar(cli_progress *p, double now) {
 
 static void draw_line(cli_progress *p, double now) {
     double el = now - p->t0;
-    char e[16], eta[16];
+    char e[CLI_HMS_LEN], eta[CLI_HMS_LEN];
     bool all = p->done >= p->total;
     double rate = el > 0 ? (double)p->done / el : 0;
     if (all) {
@@ -124,7 +126,7 @@ void cli_progress_end(cli_progress *p) {
         if (p->total) {
             p->synced_note = false;
             double el = cli_now() - p->t0;
-            char e[16];
+            char e[CLI_HMS_LEN];
             bool all = p->done >= p->total;
             char line[256];
             snprintf(line, sizeof line, "%-11s [%s] %3d%%  %.2f/%.2f GB  %s elapsed", p->label,

@@ -30,7 +30,9 @@ void cli_progress_init(cli_progress *p, const char *label, bool quiet);
 void cli_progress_cb(void *user, uint64_t done, uint64_t total);
 void cli_progress_end(cli_progress *p);
 double cli_now(void);
-/* "1:05" / "1:02:03" for s seconds into buf. */
+/* "1:05" / "1:02:03" for s seconds into buf (n bytes); a buffer of CLI_HMS_LEN
+ * bytes holds any of them whole. */
+#define CLI_HMS_LEN 16
 const char *cli_hms(double s, char *buf, int n);
 
 #endif

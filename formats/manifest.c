@@ -192,7 +192,7 @@ static dsckpt_status parse_file(const cJSON *jf, size_t i, uint64_t ver, ds_mani
     f->name = ds_strdup(name);
     f->path = ds_join(c->dir, name);
     if (!f->name || !f->path) return DSCKPT_ENOMEM;
-    uint64_t rank, size, chunk;
+    uint64_t rank = 0, size = 0, chunk = 0; /* each set by field_u64 before any use */
     DS_TRY(field_u64(jf, "rank", 1000000, &rank, what, name));
     DS_TRY(field_u64(jf, "size", MAX_SAFE_INT, &size, what, name));
     DS_TRY(field_u64(jf, "chunk_size", MAX_SAFE_INT, &chunk, what, name));
@@ -382,7 +382,7 @@ dsckpt_status ds_manifest_parse(const char *text, size_t len, const char *what, 
     const char *fmt = NULL, *tag = NULL, *tdt = NULL;
     DS_TRY(field_str(root, "format", &fmt, what, "manifest"));
     if (strcmp(fmt, "dsckpt") != 0) return bad(what, "format is '%s', expected 'dsckpt'", fmt);
-    uint64_t ver, step, ws, stage, ngroups;
+    uint64_t ver = 0, step = 0, ws = 0, stage = 0, ngroups = 0; /* each set by field_u64 before any use */
     DS_TRY(field_u64(root, "version", 1000, &ver, what, "manifest"));
     if (ver < DS_MANIFEST_VERSION || ver > DS_MANIFEST_VERSION_PLANES)
         return ds_err(DSCKPT_EVERSION, "%s: manifest version %llu; this dsckpt reads versions %d to %d (upgrade dsckpt)",

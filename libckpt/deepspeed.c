@@ -689,7 +689,7 @@ static dsckpt_status model_tail(ds_open_ctx *x, size_t *tcap_p, int stage, size_
  * module entries of one shape; the full data is read, checked, later). */
 static bool z0_prefix_matches(const ds_pt *m, const pk_obj *lp, const pk_obj *hp) {
     enum { NPRE = 64 };
-    uint64_t loff, ln, hoff, hn;
+    uint64_t loff = 0, ln = 0, hoff = 0, hn = 0; /* set by tensor_loc, used only when both succeed */
     if (lp->tensor.dtype != DSCKPT_BF16 && lp->tensor.dtype != DSCKPT_F16) return false;
     if (tensor_loc(m, lp, DSCKPT_DTYPE_COUNT, &loff, &ln, "module entry") != DSCKPT_OK ||
         tensor_loc(m, hp, DSCKPT_F32, &hoff, &hn, "fp32 master") != DSCKPT_OK) {

@@ -663,7 +663,7 @@ static pk_obj *loss_scaler(dsw_file *f) {
 /* A 0-dim float32 'step' tensor, as torch.optim.AdamW keeps it: param group
  * pg's carried Adam step (native "state"), else the global step. */
 static dsckpt_status step_tensor(dsw_file *f, size_t pg, pk_obj **out) {
-    size_t si;
+    size_t si = 0; /* set by new_tensor, used only when it succeeds */
     DS_TRY(new_tensor(f, DSCKPT_F32, 1, 0, NULL, false, out, &si));
     float v = (float)hp(f->x->sp, pg, "step", -1, (double)f->x->sp->step);
     memcpy(f->st[si].inl, &v, 4);

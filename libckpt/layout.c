@@ -30,14 +30,16 @@ static dsckpt_status rank_add_buf(ds_rank_layout *rl, ds_buf b) {
     return DSCKPT_OK;
 }
 
-/* Stage 0/1/2 group buffer of rank r: the rank's slice of the group's flat buffer. */
+/* Stage 0/1/2 group buffer of rank r: the rank's slice of the group's flat buffer. On failure
+ * *out holds the pieces made so far (the caller frees out->pieces). */
 static dsckpt_status flat_group_buf(const ds_tensor *ts, size_t nt, int g, int stage, int W, int r, ds_buf *out) {
+    *out = (ds_buf){.group = g, .dtype = DSCKPT_F32}; /* no pieces yet: valid to free on any failure */
     uint64_t N = 0;
     for (size_t i = 0; i < nt; i++)
         if (ts[i].trainable && ts[i].group == g && ds_add_overflow(N, ts[i].numel, &N))
             return ds_err(DSCKPT_EINVAL, "group %d: element count overflows", g);
     uint64_t part = stage == 0 ? N : ds_part_flat(N, W).part;
-    *out = (ds_buf){.group = g, .dtype = DSCKPT_F32, .len = part};
+    out->len = part;
     size_t cap = 0;
     uint64_t off = 0; /* running offset of each tensor in the flat buffer */
     for (size_t i = 0; i < nt; i++) {
@@ -49,7 +51,8 @@ static dsckpt_status flat_group_buf(const ds_tensor *ts, size_t nt, int g, int s
     return DSCKPT_OK;
 }
 
-/* Stage 3 group buffer of rank r: its piece of every tensor of the group, in order. */
+/* Stage 3 group buffer of rank r: its piece of every tensor of the group, in order. On
+ * failure *out holds the pieces made so far (the caller frees out->pieces). */
 static dsckpt_status piece_group_buf(const ds_tensor *ts, size_t nt, int g, int W, int r, ds_buf *out) {
     *out = (ds_buf){.group = g, .dtype = DSCKPT_F32};
     size_t cap = 0;

@@ -487,7 +487,7 @@ static dsckpt_status parse_offload(const pctx *p, cJSON *zero, const char *key, 
     cJSON *it = cJSON_GetObjectItemCaseSensitive(zero, key);
     if (!cJSON_IsNull(it)) DS_TRY(get_section(p, zero, key, "zero_optimization", &s)); /* null = not set */
     if (s) DS_TRY(check_keys(p, s, prefix, is_param ? OFFLOAD_PARAM_KEYS : OFFLOAD_OPT_KEYS));
-    const char *dev;
+    const char *dev = NULL; /* set by get_str, used only when it succeeds */
     char path[PATH_MAX_LEN];
     join(path, prefix, "device");
     DS_TRY(get_str(p, s, "device", prefix, "none", &dev));

@@ -44,11 +44,11 @@ static void st_close(stfile *f) {
 /* Bytes of tensor `name` (malloc'd), or NULL if absent. */
 static uint8_t *st_bytes(const stfile *f, const char *name, const st_tensor **out) {
     const st_tensor *t = st_find(f->h, name);
+    if (out) *out = t; /* NULL when the tensor is missing */
     if (!t) return NULL;
     uint8_t *b = malloc(t->end - t->begin + 1);
     CU_ASSERT_FATAL(pread(f->fd, b, t->end - t->begin, (off_t)(f->h->data_start + t->begin)) ==
                     (ssize_t)(t->end - t->begin));
-    if (out) *out = t;
     return b;
 }
 
@@ -140,6 +140,7 @@ static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtyp
         expected++;
         const st_tensor *tt, *gt;
         uint8_t *want = st_bytes(&truth, tn, &tt), *have = st_bytes(&got, name, &gt);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(want); /* tn is one of truth's own names */
         if (!have) {
             fprintf(stderr, "\n  %s: '%s' missing from the output\n", fx, name);
             CU_FAIL("tensor missing");

@@ -185,6 +185,15 @@ static void test_layout_errors(void) {
     CU_ASSERT_PTR_NULL(l);
     for (size_t i = 0; i < nt; i++) ds_tensor_clear(&ts[i]);
     free(ts);
+    /* A group whose element count overflows is refused before any piece is made,
+     * at every stage with a flat buffer: nothing to free but what was set. */
+    ds_tensor big[2] = {{.dtype = DSCKPT_F32, .ndim = 1, .numel = UINT64_C(1) << 63, .trainable = true},
+                        {.dtype = DSCKPT_F32, .ndim = 1, .numel = UINT64_C(1) << 63, .trainable = true}};
+    for (int stage = 0; stage <= 2; stage++) {
+        CU_ASSERT_EQUAL(ds_layout_make(big, 2, 1, stage, 2, &l), DSCKPT_EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "overflows"));
+        CU_ASSERT_PTR_NULL(l);
+    }
 }
 
 /* ds_part_slice against element-by-element ownership: for every element j of a
