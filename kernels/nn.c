@@ -269,6 +269,27 @@ static float dot8_ref(const float *a, const float *b, int n) {
     return (((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]))) + tail;
 }
 
+/* Softmax of row t of the scaled scores over t2 <= t, in place, from the unscaled
+ * dot products in arow[0..t]: scale, max, exp, sum, then each times 1/sum. The
+ * vector and matrix-product attention kernels share it, so both compute the
+ * same bits. */
+static void causal_softmax_row(float *arow, int t, float scale) {
+    float mx = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        float s = arow[t2] * scale;
+        arow[t2] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int t2 = 0; t2 <= t; t2++) {
+        float e = expf(arow[t2] - mx);
+        arow[t2] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int t2 = 0; t2 <= t; t2++) arow[t2] = arow[t2] * inv;
+}
+
 void ds_attention_fwd(int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
@@ -280,24 +301,12 @@ void ds_attention_fwd(int B, int T, int C, int NH, const float *qkv, float *att,
         for (int t = 0; t < T; t++) {
             const float *q = base + t * C3;
             float *arow = att + ((ptrdiff_t)bh * T + t) * T;
-            float mx = -INFINITY;
-            for (int t2 = 0; t2 <= t; t2++) {
-                float s = dot8(q, base + t2 * C3 + C, hs) * scale;
-                arow[t2] = s;
-                if (s > mx) mx = s;
-            }
-            float sum = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) {
-                float e = expf(arow[t2] - mx);
-                arow[t2] = e;
-                sum += e;
-            }
-            float inv = 1.0f / sum;
+            for (int t2 = 0; t2 <= t; t2++) arow[t2] = dot8(q, base + t2 * C3 + C, hs);
+            causal_softmax_row(arow, t, scale);
             float *yr = y + ((ptrdiff_t)b * T + t) * C + (ptrdiff_t)h * hs;
             memset(yr, 0, (size_t)hs * sizeof(float));
             for (int t2 = 0; t2 <= t; t2++) {
-                float p = arow[t2] * inv;
-                arow[t2] = p;
+                float p = arow[t2];
                 const float *v = base + t2 * C3 + 2 * C;
 #pragma omp simd
                 for (int i = 0; i < hs; i++) yr[i] += p * v[i];
@@ -423,26 +432,6 @@ void ds_attention_bwd_ref(int B, int T, int C, int NH, const float *qkv, const f
 
 /* ---- attention as matrix products ---- */
 
-/* Softmax of row t of the scaled scores over t2 <= t, zeros after: the fast kernel's
- * operations in its order, from the unscaled dot products in arow. */
-static void causal_softmax_row(float *arow, int t, int T, float scale) {
-    float mx = -INFINITY;
-    for (int t2 = 0; t2 <= t; t2++) {
-        float s = arow[t2] * scale;
-        arow[t2] = s;
-        if (s > mx) mx = s;
-    }
-    float sum = 0.0f;
-    for (int t2 = 0; t2 <= t; t2++) {
-        float e = expf(arow[t2] - mx);
-        arow[t2] = e;
-        sum += e;
-    }
-    float inv = 1.0f / sum;
-    for (int t2 = 0; t2 <= t; t2++) arow[t2] = arow[t2] * inv;
-    if (t + 1 < T) memset(arow + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-}
-
 /* Per (batch, head) pair: S = Q·Kᵀ into att (ds_gemm_bt), softmax by rows, Y = P·V
  * (ds_gemm) — the causal half of S and of P·V is computed and thrown away (zeros),
  * which costs less than the vector loops of ds_attention_fwd once the products are
@@ -457,7 +446,11 @@ void ds_attention_fwd_mm(int B, int T, int C, int NH, const float *qkv, float *a
         const float *base = qkv + (ptrdiff_t)b * T * C3 + (ptrdiff_t)h * hs;
         float *p = att + (ptrdiff_t)bh * T * T;
         ds_gemm_bt(T, T, hs, base, C3, base + C, C3, p, T, 0, NULL);
-        for (int t = 0; t < T; t++) causal_softmax_row(p + (ptrdiff_t)t * T, t, T, scale);
+        for (int t = 0; t < T; t++) { /* the row's softmax, zeros after t (P·V reads them) */
+            float *prow = p + (ptrdiff_t)t * T;
+            causal_softmax_row(prow, t, scale);
+            if (t + 1 < T) memset(prow + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
         ds_gemm(T, hs, T, p, T, 1, base + 2 * C, C3, y + (ptrdiff_t)b * T * C + (ptrdiff_t)h * hs, C, 0);
     }
 }
