@@ -536,27 +536,16 @@ dsckpt_status ds_zchunk_decode_view(ds_zchunk_dec *d, ds_zchunk_kind kind, int w
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
-                                        size_t stored_n, void *shuf, size_t raw_n, const char *what) {
-    ds_zplanes v;
-    DS_TRY(ds_zchunk_decode_view(d, kind, width, stored, stored_n, shuf, raw_n, what, &v));
-    /* What the view reads in place, copied to its place in shuf. */
-    uint8_t *out = shuf;
-    size_t w = (size_t)v.width;
-    for (size_t j = 0; j < w; j++)
-        if (v.plane[j] != out + j * v.m && v.m) memmove(out + j * v.m, v.plane[j], v.m);
-    size_t body = w > 1 ? v.m * w : raw_n;
-    if (raw_n > body && v.tail != out + body) memcpy(out + body, v.tail, raw_n - body);
-    return DSCKPT_OK;
-}
-
 dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                size_t stored_n, void *raw, size_t raw_n, const char *what) {
-    DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what));
-    if (width <= 1) return ds_zchunk_decode_shuffled(d, kind, width, stored, stored_n, raw, raw_n, what);
-    DS_TRY(grow(&d->buf, &d->cap, raw_n));
+    DS_TRY(ds_zchunk_check(kind, width, stored_n, raw_n, what)); /* before anything is allocated */
+    uint8_t *scratch = raw; /* width 1: a frame decodes straight into raw */
+    if (width > 1) {
+        DS_TRY(grow(&d->buf, &d->cap, raw_n));
+        scratch = d->buf;
+    }
     ds_zplanes v;
-    DS_TRY(ds_zchunk_decode_view(d, kind, width, stored, stored_n, d->buf, raw_n, what, &v));
-    ds_zplanes_read(raw, &v, 0, raw_n);
+    DS_TRY(ds_zchunk_decode_view(d, kind, width, stored, stored_n, scratch, raw_n, what, &v));
+    if (v.plane[0] != raw) ds_zplanes_read(raw, &v, 0, raw_n);
     return DSCKPT_OK;
 }

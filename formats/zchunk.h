@@ -157,11 +157,4 @@ dsckpt_status ds_zchunk_decode(ds_zchunk_dec *d, ds_zchunk_kind kind, int width,
 dsckpt_status ds_zchunk_decode_view(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
                                     size_t stored_n, void *scratch, size_t raw_n, const char *what, ds_zplanes *view);
 
-/* As ds_zchunk_decode, but leaves the chunk in its shuffled form in shuf[0..raw_n)
- * (ds_zchunk_unshuffle_range reads raw bytes out of it), without a copy of the
- * decoder's own: a planes chunk's planes are decoded or copied straight into their
- * places in shuf. A raw chunk is copied unless shuf is stored itself. */
-dsckpt_status ds_zchunk_decode_shuffled(ds_zchunk_dec *d, ds_zchunk_kind kind, int width, const void *stored,
-                                        size_t stored_n, void *shuf, size_t raw_n, const char *what);
-
 #endif /* DSCKPT_ZCHUNK_H */
