@@ -666,20 +666,21 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * hold: reading in model order, which alternates between the groups, decoded
      * 3.4x the bytes of a 4 -> 2 resume). */
     for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
-        for (size_t gi = 0; gi < (size_t)NG * e->nt && !st; gi++) { /* group gi / nt, tensor gi % nt */
-            size_t i = gi % e->nt;
-            const et *T = &e->t[i];
-            if (T->group != (int)(gi / e->nt)) continue;
-            uint64_t s0, n, poff;
-            rt_engine_own(e, T, e->rank, &s0, &n, &poff);
-            if (!n) continue;
-            float *dst = (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[T->group] + poff;
-            if (!bounce) {
-                st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, dst);
-            } else {
-                st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, bounce);
-                if (!st) st = od->h2d(od->ctx, dst, bounce, (size_t)n * 4);
-                if (!st) st = od->sync(od->ctx); /* the bounce buffer is reused */
+        for (int g = 0; g < NG && !st; g++) {
+            for (size_t i = 0; i < e->nt && !st; i++) {
+                const et *T = &e->t[i];
+                uint64_t s0, n, poff;
+                if (T->group != g) continue;
+                rt_engine_own(e, T, e->rank, &s0, &n, &poff);
+                if (!n) continue;
+                float *dst = (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[g] + poff;
+                if (!bounce) {
+                    st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, dst);
+                } else {
+                    st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, bounce);
+                    if (!st) st = od->h2d(od->ctx, dst, bounce, (size_t)n * 4);
+                    if (!st) st = od->sync(od->ctx); /* the bounce buffer is reused */
+                }
             }
         }
     }
