@@ -52,11 +52,13 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
 
 /* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
  * (file, k) in its shuffled form (ds_zchunk_decode_view: planes stored raw are
- * read where they lie in the stored bytes); readers acquire it, unshuffle the bytes
- * they need straight into their buffer (ds_zplanes_read) and release it. Memory is at most
- * slots × (raw + stored chunk size). */
+ * read where they lie in the stored bytes); readers acquire it, unshuffle the
+ * bytes they need straight into their buffer (ds_zplanes_read) and release it.
+ * Memory is at most slots × (raw + stored chunk size). */
 typedef struct ds_zslot {
-    uint8_t *raw, *stored;  /* buffers of raw_cap / stored_cap bytes; raw holds the shuffled chunk */
+    /* buffers of raw_cap / stored_cap bytes: stored holds the chunk's stored bytes,
+     * raw its decoded zstd planes (or a raw chunk's bytes, read there directly) */
+    uint8_t *raw, *stored;
     size_t raw_cap, stored_cap;
     ds_zplanes view;        /* the loaded chunk (shuffled), in raw and stored */
     ds_zchunk_dec *dec;
