@@ -39,6 +39,10 @@ echo "== save at step 4, resume at the same world size and stage: bit-identical"
 train 4 z3w4.json a.log --max_steps 4 --save_dir run --save_steps 2 || bad "first half failed: $(tail -3 a.log.out)"
 [ "$(cat run/latest 2>/dev/null)" = global_step4 ] && ok || bad "latest is '$(cat run/latest 2>/dev/null)', expected global_step4"
 "$DSCKPT" verify run >/dev/null && ok || bad "dsckpt verify of the training checkpoint failed"
+# dstrain's rank files use 4 MiB hash chunks (a resume at another world size hashes
+# whole chunks it touches), not the library's 16 MiB default.
+$PY -c "import json,sys; m=json.load(open('run/global_step4/manifest.json')); sys.exit(any(f['chunk_size'] != 4194304 for f in m['files']))" &&
+    ok || bad "dstrain's rank files do not have 4 MiB hash chunks"
 cp -r run run_w2 && cp -r run run_w3
 train 4 z3w4.json b.log --max_steps 8 --save_dir run --save_steps 2 --resume auto || bad "resume failed: $(tail -3 b.log.out)"
 grep -q "resumed from run/global_step4 at step 4" b.log.out && ok || bad "resume did not say where it started: $(tail -2 b.log.out)"
