@@ -55,6 +55,11 @@ static const char help[] =
     "                         several ranks may share one GPU); nccl: NCCL over the\n"
     "                         ranks, one GPU each (needs --device cuda and a build\n"
     "                         with NCCL; sums added in rank order, as mpi does)\n"
+    "  --gemm_dtype auto|fp32|bf16|fp16  the operands of the step's matrix products\n"
+    "                         (default auto: the config's bf16/fp16 on --device cuda,\n"
+    "                         as DeepSpeed computes, fp32 on the CPU). bf16/fp16:\n"
+    "                         both operands rounded to that type, fp32 accumulation\n"
+    "                         (cuda; cpu-strict emulates it; cpu computes in fp32 only)\n"
     "  --print_memory         print each rank's bytes held (params, grads, optimizer)\n"
     "                         next to the ZeRO formulas, then exit\n"
     "Progress on stderr (rank 0): every --logging_steps steps (or the config's\n"
@@ -122,7 +127,7 @@ enum {
     O_DS = 256, O_DATA, O_NL, O_NH, O_NE, O_SEQ, O_STEPS, O_SEED, O_EVAL, O_EVALW, O_LOG, O_MEM,
     O_PDBS, O_GAS, O_LR, O_WD, O_B1, O_B2, O_EPS, O_MGN, O_WARM, O_BF16, O_FP16,
     O_SAVEDIR, O_SAVESTEPS, O_LIMIT, O_NOASYNC, O_COMPRESS, O_METRIC, O_GREATER, O_LOADBEST, O_RESUME, O_SAVEMODEL,
-    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS, O_DEVICE, O_COMM
+    O_LOGSTEPS, O_SAVESTRAT, O_EVALSTRAT, O_SCHED, O_EPOCHS, O_DEVICE, O_COMM, O_GEMMDT
 };
 
 static int usage(const char *fmt, const char *arg) {
@@ -171,6 +176,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
         {"save_compress", optional_argument, 0, O_COMPRESS},
         {"device", required_argument, 0, O_DEVICE},
         {"comm", required_argument, 0, O_COMM},
+        {"gemm_dtype", required_argument, 0, O_GEMMDT},
         {"metric_for_best_model", required_argument, 0, O_METRIC}, {"greater_is_better", no_argument, 0, O_GREATER},
         {"load_best_model_at_end", no_argument, 0, O_LOADBEST}, {"resume", required_argument, 0, O_RESUME},
         {"save_model", required_argument, 0, O_SAVEMODEL},
@@ -186,6 +192,7 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
     o->async_save = true;
     o->device = "cpu";
     o->comm = "mpi";
+    o->gemm_dtype = "auto";
     rt_args_init(&o->hf);
     const char *metric_arg = NULL, *save_strategy = NULL, *eval_strategy = NULL;
     bool greater_given = false;
@@ -261,6 +268,11 @@ int rt_opts_parse(int argc, char **argv, rt_opts *o) {
             if (strcmp(optarg, "mpi") && strcmp(optarg, "nccl"))
                 return usage("--comm must be mpi or nccl (got '%s')", optarg);
             o->comm = optarg;
+            break;
+        case O_GEMMDT:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "fp32") && strcmp(optarg, "bf16") && strcmp(optarg, "fp16"))
+                return usage("--gemm_dtype must be auto, fp32, bf16 or fp16 (got '%s')", optarg);
+            o->gemm_dtype = optarg;
             break;
         case O_METRIC: metric_arg = optarg; break;
         case O_GREATER: greater_given = true; break;

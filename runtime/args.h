@@ -17,6 +17,7 @@ typedef struct rt_opts {
     bool print_memory;
     const char *device;    /* --device: "cpu" (default), "cuda", "cpu-strict" */
     const char *comm;      /* --comm: "mpi" (default), "nccl" */
+    const char *gemm_dtype; /* --gemm_dtype: "auto" (default), "fp32", "bf16", "fp16" */
     /* Checkpoints. */
     const char *save_dir, *resume, *save_model; /* NULL when not given */
     uint64_t save_steps, save_limit;

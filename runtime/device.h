@@ -70,6 +70,12 @@ typedef struct rt_device {
     void (*cast)(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_dt, const void *src, size_t n);
 
     /* ---- model kernels (kernels/gemm.h, kernels/nn.h) ---- */
+    /* The operand type of gemm and gemm_bt from now on: DSCKPT_F32 (the default), or
+     * BF16/F16: both operands rounded to that type (RNE) and multiplied with fp32
+     * accumulation into the fp32 output, as a 16-bit GEMM on a GPU computes it
+     * (DeepSpeed's bf16/fp16 modes). NULL where only fp32 is supported (the CPU
+     * table); use rt_device_set_gemm_dtype. */
+    dsckpt_status (*set_gemm_dtype)(void *ctx, dsckpt_dtype dt);
     void (*gemm)(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
                  ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add);
     /* panel: device scratch of ds_gemm_bt_panel_floats(K) floats (a backend may ignore it). */
@@ -126,5 +132,9 @@ void rt_device_cpu_strict_close(rt_device *dev); /* NULL is a no-op */
  * unknown name. Close with rt_device_close_named. */
 dsckpt_status rt_device_open_named(const char *name, int local_rank, rt_device **out);
 void rt_device_close_named(rt_device *dev);
+
+/* Sets the table's GEMM operand type (set_gemm_dtype above). DSCKPT_F32 always
+ * succeeds; a 16-bit type on a table without set_gemm_dtype is EUNSUPPORTED. */
+dsckpt_status rt_device_set_gemm_dtype(rt_device *dev, dsckpt_dtype dt);
 
 #endif /* DSRT_DEVICE_H */

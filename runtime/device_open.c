@@ -41,3 +41,14 @@ void rt_device_close_named(rt_device *dev) {
     if (!strcmp(dev->name, "cuda")) rt_device_cuda_close(dev);
 #endif
 }
+
+dsckpt_status rt_device_set_gemm_dtype(rt_device *dev, dsckpt_dtype dt) {
+    if (dt != DSCKPT_F32 && dt != DSCKPT_BF16 && dt != DSCKPT_F16)
+        return ds_err(DSCKPT_EINVAL, "GEMM operand type %s (fp32, bf16 or fp16)", dsckpt_dtype_name(dt));
+    if (!dev->set_gemm_dtype) {
+        if (dt == DSCKPT_F32) return DSCKPT_OK;
+        return ds_err(DSCKPT_EUNSUPPORTED, "the %s device computes its GEMMs in fp32 only (asked for %s operands)",
+                      dev->name, dsckpt_dtype_name(dt));
+    }
+    return dev->set_gemm_dtype(dev->ctx, dt);
+}

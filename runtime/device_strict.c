@@ -36,6 +36,7 @@ typedef struct strict_dev {
     region *r;
     size_t nr, cap;
     int depth;            /* ops in progress (an op never calls another, but be safe) */
+    dsckpt_dtype gemm_dt; /* GEMM operands: F32, or rounded to BF16/F16 first */
     pthread_mutex_t mu;   /* the region list (is_device may be asked from the collectives) */
 } strict_dev;
 
@@ -214,6 +215,24 @@ static void st_cast(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_
     RUN(cast(NULL, dst_dt, dst, src_dt, src, n));
 }
 
+static dsckpt_status st_set_gemm_dtype(void *ctx, dsckpt_dtype dt) {
+    strict_dev *d = ctx;
+    d->gemm_dt = dt;
+    return DSCKPT_OK;
+}
+
+/* A host copy of src[0..n) rounded to d->gemm_dt (RNE) and widened back to fp32: the
+ * operand a 16-bit GEMM multiplies. Called between open_all and close_all. */
+static float *rounded_copy(strict_dev *d, const float *src, size_t n) {
+    float *f = malloc(n * sizeof *f);
+    uint16_t *h = malloc(n * sizeof *h);
+    if (!f || !h) die("gemm", "out of memory rounding an operand", src);
+    d->cpu->cast(NULL, d->gemm_dt, h, DSCKPT_F32, src, n);
+    d->cpu->cast(NULL, DSCKPT_F32, f, d->gemm_dt, h, n);
+    free(h);
+    return f;
+}
+
 static void st_gemm(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
                     ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
     strict_dev *d = ctx;
@@ -221,6 +240,16 @@ static void st_gemm(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ar
         DEV(a, 4);
         DEV(b, 4);
         DEV(c, 4);
+        if (d->gemm_dt != DSCKPT_F32) { /* the spans A and B are read from, rounded */
+            open_all(d);
+            float *ra = rounded_copy(d, a, (size_t)((M - 1) * ars + (K - 1) * acs + 1));
+            float *rb = rounded_copy(d, b, (size_t)((K - 1) * ldb + N));
+            d->cpu->gemm(NULL, M, N, K, ra, ars, acs, rb, ldb, c, ldc, add);
+            close_all(d);
+            free(ra);
+            free(rb);
+            return;
+        }
     }
     RUN(gemm(NULL, M, N, K, a, ars, acs, b, ldb, c, ldc, add));
 }
@@ -233,6 +262,16 @@ static void st_gemm_bt(void *ctx, int M, int N, int K, const float *a, ptrdiff_t
         DEV(bt, 4);
         DEV(c, 4);
         if (panel) DEV(panel, 4);
+        if (d->gemm_dt != DSCKPT_F32) {
+            open_all(d);
+            float *ra = rounded_copy(d, a, (size_t)((M - 1) * lda + K));
+            float *rb = rounded_copy(d, bt, (size_t)((N - 1) * ldbt + K));
+            d->cpu->gemm_bt(NULL, M, N, K, ra, lda, rb, ldbt, c, ldc, add, panel);
+            close_all(d);
+            free(ra);
+            free(rb);
+            return;
+        }
     }
     RUN(gemm_bt(NULL, M, N, K, a, lda, bt, ldbt, c, ldc, add, panel));
 }
@@ -394,13 +433,14 @@ dsckpt_status rt_device_cpu_strict_open(rt_device **out) {
         return ds_err(DSCKPT_EINTERNAL, "cannot create the cpu-strict table's lock");
     }
     d->cpu = rt_device_cpu();
+    d->gemm_dt = DSCKPT_F32;
     rt_device *t = &d->table;
     *t = (rt_device){
         .name = "cpu-strict", .ctx = d, .host_memory = false,
         .attention_scratch_square = d->cpu->attention_scratch_square,
         .alloc = st_alloc, .free = st_free, .h2d = st_h2d, .d2h = st_d2h, .d2d = st_d2d, .memzero = st_memzero,
         .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device, .mem_used = st_mem_used,
-        .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,
+        .set_gemm_dtype = st_set_gemm_dtype, .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,
         .bias_grad = st_bias_grad, .layernorm_fwd = st_layernorm_fwd, .layernorm_bwd = st_layernorm_bwd,
         .gelu_fwd = st_gelu_fwd, .gelu_bwd = st_gelu_bwd, .attention_fwd = st_attention_fwd,
         .attention_bwd = st_attention_bwd, .embed_fwd = st_embed_fwd, .embed_bwd = st_embed_bwd,

@@ -163,6 +163,60 @@ static void test_comm_staging(void) {
     rt_device_cpu_strict_close(d);
 }
 
+/* 16-bit GEMM operands (set_gemm_dtype): cpu-strict gives, bit for bit, the CPU
+ * table's product of the operands rounded to bf16 / fp16 first; the CPU table
+ * refuses 16-bit operands and takes fp32. */
+static void gemm_via_case(rt_device *d, dsckpt_dtype dt, bool bt) {
+    enum { M = 5, K = 7, N = 6, LDA = 9, LDB = 8 };
+    float a[M * LDA], b[K * LDB > N * LDB ? K * LDB : N * LDB], c[M * N], ref[M * N], ra[M * LDA], rb[sizeof b / 4];
+    uint16_t h[sizeof b / 4 > M * LDA ? sizeof b / 4 : M * LDA];
+    for (size_t i = 0; i < M * LDA; i++) a[i] = 1.0f + (float)i / 3.0f + 1e-4f * (float)(i % 7);
+    for (size_t i = 0; i < sizeof b / 4; i++) b[i] = 0.5f - (float)i / 7.0f + 3e-5f * (float)(i % 5);
+    const rt_device *cpu = rt_device_cpu();
+    cpu->cast(NULL, dt, h, DSCKPT_F32, a, M * LDA);
+    cpu->cast(NULL, DSCKPT_F32, ra, dt, h, M * LDA);
+    cpu->cast(NULL, dt, h, DSCKPT_F32, b, sizeof b / 4);
+    cpu->cast(NULL, DSCKPT_F32, rb, dt, h, sizeof b / 4);
+    CU_ASSERT(memcmp(a, ra, sizeof a) != 0); /* the rounding changes the operands */
+    if (bt) cpu->gemm_bt(NULL, M, N, K, ra, LDA, rb, LDB, ref, N, 0, NULL);
+    else cpu->gemm(NULL, M, N, K, ra, LDA, 1, rb, LDB, ref, N, 0);
+    float *da = NULL, *db = NULL, *dc = NULL;
+    TU_ASSERT_OK(d->alloc(d->ctx, sizeof a, (void **)&da));
+    TU_ASSERT_OK(d->alloc(d->ctx, sizeof b, (void **)&db));
+    TU_ASSERT_OK(d->alloc(d->ctx, sizeof c, (void **)&dc));
+    TU_ASSERT_OK(d->h2d(d->ctx, da, a, sizeof a));
+    TU_ASSERT_OK(d->h2d(d->ctx, db, b, sizeof b));
+    TU_ASSERT_OK(rt_device_set_gemm_dtype(d, dt));
+    if (bt) d->gemm_bt(d->ctx, M, N, K, da, LDA, db, LDB, dc, N, 0, NULL);
+    else d->gemm(d->ctx, M, N, K, da, LDA, 1, db, LDB, dc, N, 0);
+    TU_ASSERT_OK(d->d2h(d->ctx, c, dc, sizeof c));
+    CU_ASSERT(memcmp(c, ref, sizeof c) == 0);
+    /* back to fp32: the unrounded product */
+    TU_ASSERT_OK(rt_device_set_gemm_dtype(d, DSCKPT_F32));
+    if (bt) cpu->gemm_bt(NULL, M, N, K, a, LDA, b, LDB, ref, N, 0, NULL);
+    else cpu->gemm(NULL, M, N, K, a, LDA, 1, b, LDB, ref, N, 0);
+    if (bt) d->gemm_bt(d->ctx, M, N, K, da, LDA, db, LDB, dc, N, 0, NULL);
+    else d->gemm(d->ctx, M, N, K, da, LDA, 1, db, LDB, dc, N, 0);
+    TU_ASSERT_OK(d->d2h(d->ctx, c, dc, sizeof c));
+    CU_ASSERT(memcmp(c, ref, sizeof c) == 0);
+    d->free(d->ctx, da);
+    d->free(d->ctx, db);
+    d->free(d->ctx, dc);
+}
+
+static void test_gemm_dtype(void) {
+    rt_device *d = open_strict();
+    for (int bt = 0; bt < 2; bt++) {
+        gemm_via_case(d, DSCKPT_BF16, bt);
+        gemm_via_case(d, DSCKPT_F16, bt);
+    }
+    rt_device_cpu_strict_close(d);
+    rt_device *cpu = (rt_device *)rt_device_cpu();
+    CU_ASSERT_EQUAL(rt_device_set_gemm_dtype(cpu, DSCKPT_BF16), DSCKPT_EUNSUPPORTED);
+    CU_ASSERT_EQUAL(rt_device_set_gemm_dtype(cpu, DSCKPT_F16), DSCKPT_EUNSUPPORTED);
+    CU_ASSERT_EQUAL(rt_device_set_gemm_dtype(cpu, DSCKPT_F32), DSCKPT_OK);
+}
+
 static void test_named(void) {
     rt_device *d = NULL;
     TU_ASSERT_OK(rt_device_open_named("cpu", 0, &d));
@@ -183,6 +237,7 @@ int main(void) {
                                     {"host access, wrong copy directions and host pointers die", test_violations_die},
                                     {"collectives stage device buffers", test_comm_staging},
                                     {"tables by name", test_named},
+                                    {"16-bit GEMM operands", test_gemm_dtype},
                                     {NULL, NULL}};
     return tu_main("rt_device_strict", tests);
 }

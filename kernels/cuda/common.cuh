@@ -71,6 +71,11 @@ static inline unsigned dsc_grid(size_t n, unsigned t) {
     return (unsigned)g;
 }
 
+/* rows x cols of the fp32 matrix src (row stride lds) rounded to `to` (DSC_BF16 or
+ * DSC_F16, RNE as the casts) into dst at row stride ldd (elementwise.cu). */
+dsc_status dsc_pack16(dsc_ctx *c, const float *src, size_t lds, uint16_t *dst, size_t ldd, size_t rows, size_t cols,
+                      dsc_dtype to);
+
 /* At least `bytes` of device scratch, valid until the next call that asks for more.
  * Growing frees the old area (after the stream drains), so callers must not keep a
  * scratch pointer across kernels of another call. */

@@ -174,6 +174,14 @@ dsc_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const floa
 dsc_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A, int lda,
                        const void *B, int ldb, float beta, void *C, int ldc, dsc_dtype ab, dsc_dtype ct);
 
+/* The same product of fp32 matrices with both operands rounded to `via` first (RNE,
+ * the casts above, into the context's scratch), then one 16-bit GEMM with fp32
+ * accumulation into the fp32 C: the step's GEMMs in bf16/fp16 as DeepSpeed's bf16 and
+ * fp16 modes compute them. via DSC_F32 is dsc_gemm in pure fp32. Its reference is
+ * the CPU GEMM of the rounded operands (< 1e-2 relative; summation order differs). */
+dsc_status dsc_gemm_f32_via(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const float *A, int lda,
+                               const float *B, int ldb, float beta, float *C, int ldc, dsc_dtype via);
+
 /* ---- asynchronous snapshot (kernels/cuda/snapshot.cu) ----
  * Device partitions copied into one of two page-locked host buffers on a side
  * stream: begin returns at once (the copy starts after everything already enqueued

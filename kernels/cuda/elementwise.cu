@@ -93,6 +93,30 @@ CAST_ENTRY(dsc_cast_f32_to_f16, k_f32_to_f16, float, uint16_t)
 CAST_ENTRY(dsc_cast_bf16_to_f32, k_bf16_to_f32, uint16_t, float)
 CAST_ENTRY(dsc_cast_f16_to_f32, k_f16_to_f32, uint16_t, float)
 
+/* rows x cols of a row-major fp32 matrix (row stride lds) cast to 16 bits at row
+ * stride ldd: the same rounding as the casts above, element by element. */
+__global__ void k_pack16(const float *__restrict__ s, size_t lds, uint16_t *__restrict__ d, size_t ldd, size_t rows,
+                         size_t cols, int bf) {
+    size_t n = rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, k = i - r * cols;
+        float v = s[r * lds + k];
+        d[r * ldd + k] = bf ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+}
+
+dsc_status dsc_pack16(dsc_ctx *c, const float *src, size_t lds, uint16_t *dst, size_t ldd, size_t rows, size_t cols,
+                      dsc_dtype to) {
+    DSC_CHECK_CTX(c);
+    if (rows == 0 || cols == 0) return DSC_OK;
+    if (!src || !dst || lds < cols || ldd < cols || (to != DSC_BF16 && to != DSC_F16))
+        return dsc_err(DSC_EINVAL, "dsc_pack16: bad arguments");
+    k_pack16<<<dsc_grid(rows * cols, EW_THREADS), EW_THREADS, 0, c->stream>>>(src, lds, dst, ldd, rows, cols,
+                                                                               to == DSC_BF16);
+    DSC_LAUNCHED("dsc_pack16");
+    return DSC_OK;
+}
+
 /* ---- Adam / AdamW: adam_elem of runtime/adam.c, operation by operation ---- */
 
 struct adam_k {

@@ -11,12 +11,25 @@
  */
 #include "common.cuh"
 
+#include <limits.h>
+
 static cudaDataType_t lt_type(dsc_dtype t) {
     switch (t) {
     case DSC_BF16: return CUDA_R_16BF;
     case DSC_F16: return CUDA_R_16F;
     default: return CUDA_R_32F;
     }
+}
+
+/* The largest power of two up to 256 that divides p's address: cuBLASLt's heuristic
+ * assumes 256-byte aligned matrices unless told, and an algorithm picked on that
+ * assumption fails on a matrix that starts inside a row of another (an attention
+ * head, a slice of qkv). */
+static uint32_t align_of(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t r = 256;
+    while (r > 1 && a % r) r >>= 1;
+    return r;
 }
 
 extern "C" dsc_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha, const void *A,
@@ -65,6 +78,17 @@ extern "C" dsc_status dsc_gemm(dsc_ctx *c, bool ta, bool tb, int M, int N, int K
     LT(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
        "cublasLt workspace preference");
+    {
+        uint32_t a1 = align_of(B), a2 = align_of(A), ac = align_of(C); /* column-major order: B first */
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a1, sizeof a1),
+           "cublasLt alignment preference (B)");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a2, sizeof a2),
+           "cublasLt alignment preference (A)");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac),
+           "cublasLt alignment preference (C)");
+        LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac),
+           "cublasLt alignment preference (D)");
+    }
     LT(cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, lc, lc, pref, 1, &heur, &nres),
        "cublasLtMatmulAlgoGetHeuristic");
     if (nres < 1) {
@@ -81,4 +105,32 @@ done:
     if (la) cublasLtMatrixLayoutDestroy(la);
     if (op) cublasLtMatmulDescDestroy(op);
     return st;
+}
+
+/* Row stride of a packed 16-bit copy: cols rounded up to 8 elements (16 bytes, as
+ * cuBLASLt's tensor-core kernels want). */
+static size_t ld16(int cols) { return ((size_t)cols + 7) / 8 * 8; }
+
+extern "C" dsc_status dsc_gemm_f32_via(dsc_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha,
+                                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                                          int ldc, dsc_dtype via) {
+    DSC_CHECK_CTX(c);
+    if (via == DSC_F32) return dsc_gemm(c, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, DSC_F32, DSC_F32);
+    if (via != DSC_BF16 && via != DSC_F16) return dsc_err(DSC_EINVAL, "dsc_gemm_f32_via: bad operand type");
+    if (M < 0 || N < 0 || K <= 0) return dsc_err(DSC_EINVAL, "dsc_gemm_f32_via: bad shape M=%d N=%d K=%d", M, N, K);
+    if (M == 0 || N == 0) return DSC_OK;
+    if (!A || !B) return dsc_err(DSC_EINVAL, "dsc_gemm_f32_via: NULL matrix");
+    /* The stored shapes: A is [M, K] (or [K, M] when ta), B [K, N] (or [N, K]). */
+    int ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+    if (lda < ca || ldb < cb) return dsc_err(DSC_EINVAL, "dsc_gemm_f32_via: leading dimension too small");
+    size_t la = ld16(ca), lb = ld16(cb);
+    if (la > INT_MAX || lb > INT_MAX) return dsc_err(DSC_EINVAL, "dsc_gemm_f32_via: rows too long");
+    size_t offb = ((size_t)ra * la * sizeof(uint16_t) + 255) / 256 * 256; /* B's copy 256-byte aligned */
+    void *scr = NULL;
+    dsc_status st = dsc_scratch(c, offb + (size_t)rb * lb * sizeof(uint16_t), &scr);
+    if (st != DSC_OK) return st;
+    uint16_t *a16 = (uint16_t *)scr, *b16 = (uint16_t *)((char *)scr + offb);
+    if ((st = dsc_pack16(c, A, (size_t)lda, a16, la, (size_t)ra, (size_t)ca, via)) != DSC_OK) return st;
+    if ((st = dsc_pack16(c, B, (size_t)ldb, b16, lb, (size_t)rb, (size_t)cb, via)) != DSC_OK) return st;
+    return dsc_gemm(c, ta, tb, M, N, K, alpha, a16, (int)la, b16, (int)lb, beta, C, ldc, via, DSC_F32);
 }

@@ -32,6 +32,7 @@ typedef struct cuda_dev {
     int device;
     dsckpt_status sticky;
     char msg[512];
+    dsc_dtype gemm_via; /* GEMM operands: DSC_F32, or rounded to BF16/F16 (set_gemm_dtype) */
     int32_t *tok_host; /* host copy of the last token batch (embedding backward) */
     size_t tok_cap;
 } cuda_dev;
@@ -190,8 +191,8 @@ static void cu_gemm(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ar
         stick_msg(d, DSCKPT_EINVAL, "gemm: a leading dimension exceeds INT_MAX");
         return;
     }
-    stick(d, dsc_gemm(d->c, ta, false, M, N, K, 1.0f, a, (int)lda, b, (int)ldb, add ? 1.0f : 0.0f, c, (int)ldc,
-                      DSC_F32, DSC_F32));
+    stick(d, dsc_gemm_f32_via(d->c, ta, false, M, N, K, 1.0f, a, (int)lda, b, (int)ldb, add ? 1.0f : 0.0f, c,
+                              (int)ldc, d->gemm_via));
 }
 
 static void cu_gemm_bt(void *ctx, int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt,
@@ -207,8 +208,14 @@ static void cu_gemm_bt(void *ctx, int M, int N, int K, const float *a, ptrdiff_t
         stick_msg(d, DSCKPT_EINVAL, "gemm_bt: a leading dimension exceeds INT_MAX");
         return;
     }
-    stick(d, dsc_gemm(d->c, false, true, M, N, K, 1.0f, a, (int)lda, bt, (int)ldbt, add ? 1.0f : 0.0f, c, (int)ldc,
-                      DSC_F32, DSC_F32));
+    stick(d, dsc_gemm_f32_via(d->c, false, true, M, N, K, 1.0f, a, (int)lda, bt, (int)ldbt, add ? 1.0f : 0.0f, c,
+                              (int)ldc, d->gemm_via));
+}
+
+static dsckpt_status cu_set_gemm_dtype(void *ctx, dsckpt_dtype dt) {
+    cuda_dev *d = ctx;
+    d->gemm_via = dt == DSCKPT_BF16 ? DSC_BF16 : dt == DSCKPT_F16 ? DSC_F16 : DSC_F32;
+    return DSCKPT_OK;
 }
 
 static void cu_bias_rows(void *ctx, int N, int C, float *out, const float *bias, const float *res) {
@@ -364,6 +371,7 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->memzero = cu_memzero;
     t->sync = cu_sync;
     t->cast = cu_cast;
+    t->set_gemm_dtype = cu_set_gemm_dtype;
     t->gemm = cu_gemm;
     t->gemm_bt = cu_gemm_bt;
     t->bias_rows = cu_bias_rows;

@@ -241,6 +241,17 @@ static dsckpt_status next_batch(const run *r, const cJSON *state, const char *ta
     return DSCKPT_OK;
 }
 
+/* --gemm_dtype: auto is the working type on a GPU (DeepSpeed's bf16/fp16 modes run
+ * their matrix products in that type) and fp32 elsewhere. */
+static dsckpt_dtype gemm_dtype(const rt_opts *o, const rt_config *cfg) {
+    const char *g = o->gemm_dtype;
+    if (!strcmp(g, "auto")) {
+        if (strcmp(o->device, "cuda")) return DSCKPT_F32;
+        return cfg->bf16.enabled ? DSCKPT_BF16 : cfg->fp16.enabled ? DSCKPT_F16 : DSCKPT_F32;
+    }
+    return !strcmp(g, "bf16") ? DSCKPT_BF16 : !strcmp(g, "fp16") ? DSCKPT_F16 : DSCKPT_F32;
+}
+
 /* --resume: rank 0 picks the checkpoint (verify, model check); every rank gets the
  * verdict, and a refusal ends them all with the same exit code. Returns -1 to go on
  * (from *k0), else the exit code. */
@@ -532,6 +543,8 @@ static int setup(run *r) {
     /* The device table: rank r on device r (modulo the devices found); host
      * collectives stage its buffers through pinned host memory. */
     if ((st = rt_device_open_named(o->device, r->rank, &r->dev)))
+        return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
+    if ((st = rt_device_set_gemm_dtype(r->dev, gemm_dtype(o, &r->cfg))))
         return fail(r, st == DSCKPT_EUNSUPPORTED ? 5 : 70);
     rt_comm_set_device(r->comm, r->dev);
     if ((st = rt_comm_open_named(o->comm, r->comm, r->dev, &r->dcomm)))
