@@ -24,8 +24,9 @@
 # cannot run is reported SKIP with the reason, never PASS):
 #   env        GPU, driver, CUDA/torch versions; carried programs' libraries resolve
 #   kernels    tests/test_kernels_cuda.c with DSCKPT_REQUIRE_CUDA=1 (no device = fail)
-#   dstrain_loss_ckpt  tiny config, CPU vs --device cuda loss curves at W=1 and W=2, and
-#              --comm nccl vs mpi at W=1
+#   dstrain_loss_ckpt  tiny config, CPU vs --device cuda loss curves at W=1 and W=2 (the
+#              device's GEMMs in bf16, --gemm_dtype auto), fp32 GEMMs at W=1 (tighter
+#              tolerance), and --comm nccl vs mpi at W=1
 #              (MPI, device buffers staged; bf16 tolerance); the W=2 GPU run's
 #              checkpoint verifies, consolidates with dsckpt, opens in Python's
 #              safetensors with the very master weights the run logged, resumes on the
@@ -290,6 +291,9 @@ step() {
 # The dstrain steps run on DEV (cuda on the GPU machine; cpu-strict with --rehearse,
 # which runs them here on the CPU to check the script itself).
 DEV=${GPU_CHECK_DEVICE:-cuda}
+# The GEMM operands of the device's W=1 run: auto is bf16 on cuda (the config's
+# type); the rehearsal asks cpu-strict for bf16, which it emulates.
+GEMM=${GPU_CHECK_GEMM:-auto}
 
 # Loss curves CPU vs DEV at W=1 and W=2 (MPI, device buffers staged), and a checkpoint
 # written by the DEV run: it verifies, consolidates with dsckpt, opens in Python's
@@ -306,7 +310,12 @@ dstrain_steps() {
 EOF
     local model=(--n_layer 2 --n_head 2 --n_embd 64 --seq_len 64 --eval_windows 4 --max_steps 20)
     dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --log_file "$w/cpu1.log" || return 1
-    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" --log_file "$w/gpu1.log" || return 1
+    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" --gemm_dtype "$GEMM" \
+        --log_file "$w/gpu1.log" || return 1
+    # gpu1 ran its GEMMs in bf16 (--gemm_dtype auto on cuda, the config's bf16); the
+    # same run with fp32 GEMMs is held to a tighter tolerance against the CPU's.
+    dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" --gemm_dtype fp32 \
+        --log_file "$w/gpu1_fp32.log" || return 1
     # The engine's collectives on NCCL (--comm nccl, one rank on the one GPU): W=1 only,
     # as NCCL refuses two ranks on one device. Not with --rehearse (no CUDA there).
     if [ "$DEV" = cuda ]; then
@@ -377,7 +386,7 @@ run_all() {
     # In the order of what matters most, should the budget run out.
     step kernels 100 env DSCKPT_REQUIRE_CUDA=1 "$CARRY/bin/test_kernels_cuda"
     export -f dstrain_steps dstrain_124m
-    export LOGS ROOT DEV OUTDIR
+    export LOGS ROOT DEV OUTDIR GEMM
     step dstrain_loss_ckpt 120 bash -c dstrain_steps
     step snapshot 45 "$CARRY/bin/gpu_bench" snapshot 2048
     # The same shapes as dstrain's: its vocabulary is the 256 byte values.
@@ -406,13 +415,14 @@ rehearse)
     REPORT=$OUTDIR/gpu-check-report.txt
     BUDGET_S=${GPU_CHECK_BUDGET_S:-1200}
     DEV=cpu-strict
+    GEMM=bf16
     export GPU_CHECK_GPT2_LAYERS=1 GPU_CHECK_GPT2_SEQ=64 GPU_CHECK_GPT2_BATCH=1
     export PATH="$ROOT/build:$PATH"
     mkdir -p "$OUTDIR"
     : >"$REPORT"
     LOGS=$(mktemp -d)
     export -f dstrain_steps dstrain_124m
-    export LOGS ROOT DEV OUTDIR
+    export LOGS ROOT DEV OUTDIR GEMM
     say "gpu-check rehearsal on the CPU (device $DEV, build/), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     rc=0
     step dstrain_loss_ckpt 900 bash -c dstrain_steps || rc=1

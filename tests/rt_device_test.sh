@@ -121,4 +121,27 @@ done
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
 
+# 16-bit GEMM operands (--gemm_dtype, what a GPU's bf16 mode computes): cpu-strict
+# emulates them, so the W=2 stage-2 bf16 run with bf16 GEMMs has losses near the
+# fp32-GEMM run's (the activations are rounded, so not the same bits); the plain
+# CPU table refuses them (exit 5, naming the device); fp32 is the same as auto there.
+if train cpu-strict 2 w2s2.json gemm16 --max_steps 6 --no_async_save --gemm_dtype bf16; then
+    if $PY - w2s2.cpu/log gemm16/log <<'PYEOF'; then ok; else bad "bf16 GEMMs: losses not within 1e-2 of fp32 GEMMs, or identical"; fi
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+d = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"bf16 GEMMs vs fp32: max relative loss difference {d:.3g} over {len(b)} steps")
+sys.exit(0 if len(a) == len(b) == 6 and 0 < d < 1e-2 else 1)
+PYEOF
+else
+    bad "cpu-strict --gemm_dtype bf16 failed: $(tail -5 gemm16/out)"
+fi
+train cpu 1 w2s2.json gemmcpu --max_steps 1 --gemm_dtype bf16
+rc=$?
+if [ $rc -eq 5 ] && grep -q "cpu device computes its GEMMs in fp32 only" gemmcpu/out; then ok; else
+    bad "cpu --gemm_dtype bf16: exit $rc, want 5 naming the device: $(tail -3 gemmcpu/out)"
+fi
+if train cpu 2 w2s2.json gemm32 --max_steps 6 --no_async_save --gemm_dtype fp32 &&
+    [ "$(numerics gemm32/log)" = "$(numerics w2s2.cpu/log)" ]; then ok; else bad "cpu --gemm_dtype fp32 differs from the default"; fi
+
 rt_finish rt_device

@@ -639,6 +639,49 @@ static void gemm_case(dsc_dtype ab, dsc_dtype ct, bool ta, bool tb) {
     free(A), free(B), free(C), free(got), free(A16), free(B16), free(C16), free(ref), free(gotmn);
 }
 
+/* dsc_gemm_f32_via: fp32 matrices at odd row strides, rounded to 16 bits on the
+ * device (packed to aligned rows) and multiplied with fp32 accumulation, against
+ * float64 over the operands rounded on the host by the CPU casts; via DSC_F32 is
+ * the plain fp32 product. */
+static void gemm_via_case(dsc_dtype via, bool ta, bool tb) {
+    const int M = 61, N = 37, K = 75;
+    const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    float *A = frand(na, 1.0f), *B = frand(nb, 1.0f), *C = frand(nc, 1.0f), *got = malloc(nc * 4);
+    float *rA = malloc(na * 4), *rB = malloc(nb * 4), *gotmn = malloc((size_t)M * N * 4);
+    uint16_t *h = malloc((na > nb ? na : nb) * 2);
+    double *ref = malloc((size_t)M * N * 8);
+    CU_ASSERT_FATAL(A && B && C && got && rA && rB && gotmn && h && ref);
+    memcpy(rA, A, na * 4), memcpy(rB, B, nb * 4);
+    if (via != DSC_F32) {
+        void (*to16)(const float *, uint16_t *, size_t) = via == DSC_BF16 ? ds_cast_f32_to_bf16_ref : ds_cast_f32_to_f16_ref;
+        void (*to32)(const uint16_t *, float *, size_t) = via == DSC_BF16 ? ds_cast_bf16_to_f32_ref : ds_cast_f16_to_f32_ref;
+        to16(A, h, na), to32(h, rA, na);
+        to16(B, h, nb), to32(h, rB, nb);
+    }
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int p = 0; p < K; p++)
+                s += (double)(ta ? rA[(size_t)p * lda + i] : rA[(size_t)i * lda + p]) *
+                     (double)(tb ? rB[(size_t)j * ldb + p] : rB[(size_t)p * ldb + j]);
+            ref[(size_t)i * N + j] = s + (double)C[(size_t)i * ldc + j];
+        }
+    float *dA = dup_to_dev(A, na * 4), *dB = dup_to_dev(B, nb * 4), *dC = dup_to_dev(C, nc * 4);
+    CU_ASSERT_FATAL(dA && dB && dC);
+    DSC_ASSERT_OK(dsc_gemm_f32_via(g_ctx, ta, tb, M, N, K, 1.0f, dA, lda, dB, ldb, 1.0f, dC, ldc, via));
+    CU_ASSERT_FATAL(to_host(got, dC, nc * 4) == 0);
+    for (int i = 0; i < M; i++) memcpy(gotmn + (size_t)i * N, got + (size_t)i * ldc, (size_t)N * 4);
+    char what[64];
+    snprintf(what, sizeof what, "gemm via %s ta=%d tb=%d", via == DSC_F32 ? "f32" : via == DSC_BF16 ? "bf16" : "f16",
+             ta, tb);
+    /* fp32 accumulation of exactly representable products: fp32 rounding only */
+    CU_ASSERT(rel_err(gotmn, ref, (size_t)M * N, what) < (via == DSC_F32 ? TOL32 : 1e-4));
+    for (int i = 0; i < M; i++) CU_ASSERT(memcmp(got + (size_t)i * ldc + N, C + (size_t)i * ldc + N, 8) == 0);
+    dsc_free(dA), dsc_free(dB), dsc_free(dC);
+    free(A), free(B), free(C), free(got), free(rA), free(rB), free(gotmn), free(h), free(ref);
+}
+
 static void test_gemm(void) {
     for (int t = 0; t < 4; t++) {
         gemm_case(DSC_F32, DSC_F32, t & 1, t >> 1);
@@ -647,6 +690,11 @@ static void test_gemm(void) {
     }
     gemm_case(DSC_BF16, DSC_BF16, false, true);
     gemm_case(DSC_F16, DSC_F16, true, false);
+    for (int t = 0; t < 4; t++) {
+        gemm_via_case(DSC_F32, t & 1, t >> 1);
+        gemm_via_case(DSC_BF16, t & 1, t >> 1);
+        gemm_via_case(DSC_F16, t & 1, t >> 1);
+    }
 }
 
 /* Snapshot: three parts copied into one pinned buffer after the work already

@@ -2,7 +2,7 @@
 """The verdicts of scripts/gpu-check.sh's dstrain steps, from the runs' --log_file lines.
 
   check_dstrain.py WORK
-      WORK holds cpu1/gpu1/cpu2/gpu2/cpu_resume .log and gpu2.safetensors (dsckpt
+      WORK holds cpu1/gpu1/gpu1_fp32/cpu2/gpu2/cpu_resume .log and gpu2.safetensors (dsckpt
       consolidate --dtype fp32 of the gpu2 run's last checkpoint). Checks: the device's
       loss curves at W=1 and W=2 within bf16 tolerance of the CPU's; the CPU run resumed
       from the device's step-10 checkpoint continues its losses; the consolidated file,
@@ -22,6 +22,7 @@ import re
 import sys
 
 TOL = 1e-2  # bf16 tolerance of the loss curves
+TOL_FP32 = 1e-3  # the same with fp32 GEMMs (the other kernels' sums associate differently)
 
 
 def rows(path):
@@ -57,6 +58,15 @@ def check_loss_ckpt(w):
         ok = len(c) == len(g) and len(c) > 0 and d < TOL
         print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(g)}/{len(c)} first={c[0]:.4f} "
               f"last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f} ({'ok' if ok else 'FAIL'}, tolerance {TOL})")
+        bad += not ok
+    # fp32 GEMMs on the device (--gemm_dtype fp32): only the summation order differs
+    # from the CPU's, so a tighter tolerance than the bf16 GEMMs' above.
+    if os.path.exists(f"{w}/gpu1_fp32.log"):
+        c = [r["loss"] for r in rows(f"{w}/cpu1.log")]
+        g = [r["loss"] for r in rows(f"{w}/gpu1_fp32.log")]
+        d = max(rel(a, b) for a, b in zip(g, c)) if c and g else float("inf")
+        ok = len(c) == len(g) and len(c) > 0 and d < TOL_FP32
+        print(f"loss_curve_W1_fp32_gemm_max_rel_diff={d:.3g} ({'ok' if ok else 'FAIL'}, tolerance {TOL_FP32})")
         bad += not ok
     # --comm nccl at W=1 (when run): the same kernels, so the same losses as --comm mpi.
     if os.path.exists(f"{w}/gpu1_nccl.log"):
