@@ -65,6 +65,18 @@ typedef struct rt_device {
      * context on it counted; cpu-strict: its mappings). NULL where unknown (the CPU). */
     dsckpt_status (*mem_used)(void *ctx, uint64_t *bytes);
 
+    /* ---- asynchronous snapshot (optional: NULL where a save copies with d2h and
+     * waits, as on the CPU tables with host memory) ----
+     * snap_begin copies n device ranges src[i] into host memory dst[i] (from
+     * alloc_host) after everything issued so far and returns at once; snap_fence
+     * makes every op issued after it wait until those copies have read their sources
+     * (before an update changes them); snap_wait blocks the calling thread (any
+     * thread: the checkpoint writer) until the bytes are on the host. One snapshot
+     * in flight at a time: begin waits for the previous one. */
+    dsckpt_status (*snap_begin)(void *ctx, void *const *dst, const void *const *src, const size_t *bytes, int n);
+    dsckpt_status (*snap_fence)(void *ctx);
+    dsckpt_status (*snap_wait)(void *ctx);
+
     /* ---- element types: dst[i] = src[i] converted (kernels/cast.h); F32, BF16, F16;
      * same type is a copy ---- */
     void (*cast)(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_dt, const void *src, size_t n);

@@ -37,6 +37,7 @@ typedef struct strict_dev {
     size_t nr, cap;
     int depth;            /* ops in progress (an op never calls another, but be safe) */
     dsckpt_dtype gemm_dt; /* GEMM operands: F32, or rounded to BF16/F16 first */
+    unsigned long snaps, fences, waits; /* snapshot ops called (reported at close) */
     pthread_mutex_t mu;   /* the region list (is_device may be asked from the collectives) */
 } strict_dev;
 
@@ -213,6 +214,35 @@ static void st_cast(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_
     DEV(dst, n * dsckpt_dtype_size(dst_dt));
     DEV(src, n * dsckpt_dtype_size(src_dt));
     RUN(cast(NULL, dst_dt, dst, src_dt, src, n));
+}
+
+/* The snapshot ops, done at once (the copies are complete when snap_begin returns):
+ * what they check is that the saver hands them device sources and host
+ * destinations, and waits and fences where a GPU needs it. */
+static dsckpt_status st_snap_begin(void *ctx, void *const *dst, const void *const *src, const size_t *bytes, int n) {
+    strict_dev *d = ctx;
+    for (int i = 0; i < n; i++) {
+        if (!bytes[i]) continue;
+        need_dev(d, src[i], bytes[i], "snap_begin");
+        if (st_is_device(d, dst[i])) die("snap_begin", "destination is device memory", dst[i]);
+        open_all(d);
+        memcpy(dst[i], src[i], bytes[i]);
+        close_all(d);
+    }
+    d->snaps++;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status st_snap_fence(void *ctx) {
+    strict_dev *d = ctx;
+    d->fences++;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status st_snap_wait(void *ctx) {
+    strict_dev *d = ctx;
+    d->waits++;
+    return DSCKPT_OK;
 }
 
 static dsckpt_status st_set_gemm_dtype(void *ctx, dsckpt_dtype dt) {
@@ -440,6 +470,7 @@ dsckpt_status rt_device_cpu_strict_open(rt_device **out) {
         .attention_scratch_square = d->cpu->attention_scratch_square,
         .alloc = st_alloc, .free = st_free, .h2d = st_h2d, .d2h = st_d2h, .d2d = st_d2d, .memzero = st_memzero,
         .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device, .mem_used = st_mem_used,
+        .snap_begin = st_snap_begin, .snap_fence = st_snap_fence, .snap_wait = st_snap_wait,
         .set_gemm_dtype = st_set_gemm_dtype, .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,
         .bias_grad = st_bias_grad, .layernorm_fwd = st_layernorm_fwd, .layernorm_bwd = st_layernorm_bwd,
         .gelu_fwd = st_gelu_fwd, .gelu_bwd = st_gelu_bwd, .attention_fwd = st_attention_fwd,
@@ -455,6 +486,9 @@ void rt_device_cpu_strict_close(rt_device *dev) {
     if (!dev) return;
     strict_dev *d = dev->ctx;
     if (d->nr) fprintf(stderr, "cpu-strict device: %zu device allocation(s) not freed at close\n", d->nr);
+    if (d->snaps)
+        fprintf(stderr, "cpu-strict device: %lu snapshot(s) begun, %lu waited for, %lu fence(s)\n", d->snaps, d->waits,
+                d->fences);
     for (size_t i = 0; i < d->nr; i++) munmap(d->r[i].p, d->r[i].mlen);
     free(d->r);
     pthread_mutex_destroy(&d->mu);

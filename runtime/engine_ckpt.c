@@ -138,6 +138,10 @@ struct rt_saver {
     size_t copy_len;
     bool dev_snap;        /* the partitions are device memory: every save copies them into
                            * `copy` (the table's pinned host memory) when it starts */
+    bool side_snap;       /* an async save's copy runs on the table's side stream: the
+                           * writer waits for it, the next update fences on it */
+    bool snap_pending;    /* side_snap: copies begun that the writer has not waited for */
+    bool fence_due;       /* side_snap: copies begun that no update has fenced on */
     double copy_s;        /* seconds the training thread spent copying (pre-update) */
     char *save_dir, *tag;
     uint64_t step;        /* of the save in flight */
@@ -166,6 +170,12 @@ static void hook_release(rt_saver *s) {
  * flight has not read yet is copied first (training thread). */
 static void pre_update(void *u) {
     rt_saver *s = u;
+    if (s->fence_due) { /* the side copies must have read the partitions first */
+        const rt_device *od = s->e->odev;
+        dsckpt_status st = od->snap_fence(od->ctx); /* a failure stays in the table: its next sync reports it */
+        DS_UNUSED(st);
+        s->fence_due = false;
+    }
     if (!s->th_live || atomic_load(&s->done)) return;
     snap *sn = &s->sn;
     const rt_engine *e = s->e;
@@ -209,6 +219,7 @@ dsckpt_status rt_saver_create(rt_engine *e, bool async, rt_saver **out) {
     /* Partitions the host cannot read (a GPU's) are snapshotted by the table's copies
      * when a save starts (sync or async); host partitions are read in place. */
     s->dev_snap = !e->odev->host_memory;
+    s->side_snap = async && s->dev_snap && e->odev->snap_begin;
     s->hook_wait = async && !s->dev_snap && ds_test_hook("DSTRAIN_TEST_WRITER_WAIT_UPDATE") != NULL;
     if (s->hook_wait) {
         pthread_mutex_init(&s->hook_mu, NULL);
@@ -254,6 +265,15 @@ static void save_clear(rt_saver *s) {
     s->busy = false;
 }
 
+/* side_snap: waits until the side copies of the save are on the host (the writer,
+ * before it reads them; and before `copy` is freed). */
+static dsckpt_status snap_landed(rt_saver *s) {
+    if (!s->snap_pending) return DSCKPT_OK;
+    s->snap_pending = false;
+    const rt_device *od = s->e->odev;
+    return od->snap_wait(od->ctx);
+}
+
 static void join(rt_saver *s) {
     if (s->th_live) {
         hook_release(s);
@@ -272,6 +292,7 @@ void rt_saver_free(rt_saver *s) {
         pthread_mutex_destroy(&s->hook_mu);
         pthread_cond_destroy(&s->hook_cv);
     }
+    (void)snap_landed(s); /* no side copy may still be landing in `copy` */
     if (s->dev_snap) s->e->odev->free_host(s->e->odev->ctx, s->copy);
     else free(s->copy);
     free(s);
@@ -300,7 +321,8 @@ static void *writer(void *p) {
         while (!s->hook_go) pthread_cond_wait(&s->hook_cv, &s->hook_mu);
         pthread_mutex_unlock(&s->hook_mu);
     }
-    s->wst = write_own(s);
+    s->wst = snap_landed(s);
+    if (!s->wst) s->wst = write_own(s);
     if (s->wst) snprintf(s->wmsg, sizeof s->wmsg, "%s", dsckpt_last_error());
     atomic_store(&s->done, 1);
     return NULL;
@@ -455,21 +477,36 @@ static void snap_arm(rt_saver *s) {
 }
 
 /* A device save's stall: the partitions copied to host memory now, nothing more
- * (the writer then reads the copies). */
+ * (the writer then reads the copies). With side_snap the copies only start here,
+ * on the table's side stream: the writer waits for them, and the next update's
+ * pre_update fences on them, so the stall is issuing them. */
 static dsckpt_status snap_to_host(rt_saver *s) {
     rt_engine *e = s->e;
     const rt_device *od = e->odev;
     dsckpt_status st = DSCKPT_OK;
     float *q = s->copy;
+    void *dst[3 * NG];
+    const void *src[3 * NG];
+    size_t bytes[3 * NG];
+    int n = 0;
     for (int g = 0; g < NG && !st; g++)
         for (int k = 0; k < 3 && !st; k++) {
-            if (s->sn.left[k][g]) st = od->d2h(od->ctx, q, s->sn.buf[k][g], (size_t)e->plen[g] * 4);
+            if (s->sn.left[k][g]) {
+                if (s->side_snap) {
+                    dst[n] = q, src[n] = s->sn.buf[k][g], bytes[n++] = (size_t)e->plen[g] * 4;
+                } else {
+                    st = od->d2h(od->ctx, q, s->sn.buf[k][g], (size_t)e->plen[g] * 4);
+                }
+            }
             s->sn.buf[k][g] = q;
             s->sn.copied[k][g] = true;
             q += e->plen[g];
         }
-    if (!st) st = od->sync(od->ctx);
-    return st;
+    if (st) return st;
+    if (!s->side_snap) return od->sync(od->ctx);
+    DS_TRY(od->snap_begin(od->ctx, dst, src, bytes, n));
+    s->snap_pending = s->fence_due = true;
+    return DSCKPT_OK;
 }
 
 dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag, const cJSON *state,

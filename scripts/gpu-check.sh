@@ -418,6 +418,8 @@ rehearse)
     GEMM=bf16
     export GPU_CHECK_GPT2_LAYERS=1 GPU_CHECK_GPT2_SEQ=64 GPU_CHECK_GPT2_BATCH=1
     export PATH="$ROOT/build:$PATH"
+    # The checks read checkpoints with Python's safetensors: the test venv's, if set up.
+    [ -x "$ROOT/.venv/bin/python3" ] && export PATH="$ROOT/.venv/bin:$PATH"
     mkdir -p "$OUTDIR"
     : >"$REPORT"
     LOGS=$(mktemp -d)

@@ -121,6 +121,15 @@ done
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
 
+# Async saves of device partitions go through the table's snapshot ops (side-stream
+# copies on a GPU): every snapshot begun was waited for by the writer before it read
+# (and the checkpoints above are the CPU's, byte for byte).
+snaps=$(sed -n 's/^cpu-strict device: \([0-9]*\) snapshot(s) begun, \([0-9]*\) waited for.*/\1 \2/p' w2s3.strict/out | head -1)
+read -r begun waited <<<"${snaps:-0 -1}"
+if [ "$begun" -gt 0 ] && [ "$begun" = "$waited" ]; then ok; else
+    bad "w2s3 cpu-strict: snapshot ops not used as they should be: '${snaps}' ($(grep cpu-strict w2s3.strict/out | head -3))"
+fi
+
 # 16-bit GEMM operands (--gemm_dtype, what a GPU's bf16 mode computes): cpu-strict
 # emulates them, so the W=2 stage-2 bf16 run with bf16 GEMMs has losses near the
 # fp32-GEMM run's (the activations are rounded, so not the same bits); the plain

@@ -749,6 +749,44 @@ static void test_snapshot(void) {
     for (int i = 0; i < 3; i++) dsc_free(d[i]), free(h[i]);
 }
 
+/* begin_into: a snapshot with no buffers of its own copies into the caller's pinned
+ * memory (the runtime's saver), seeing what was enqueued before, not after the fence. */
+static void test_snapshot_into(void) {
+    const size_t n[2] = {4097, 65536};
+    float *h[2], *d[2], *pin = NULL;
+    for (int i = 0; i < 2; i++) {
+        h[i] = frand(n[i], 1.0f);
+        d[i] = dup_to_dev(h[i], n[i] * 4);
+        CU_ASSERT_FATAL(h[i] && d[i]);
+    }
+    DSC_ASSERT_OK(dsc_host_alloc((void **)&pin, (n[0] + n[1]) * 4));
+    CU_ASSERT_FATAL(pin != NULL);
+    dsc_snapshot *s = NULL;
+    DSC_ASSERT_OK(dsc_snapshot_create(0, 0, &s));
+    for (int round = 0; round < 2; round++) {
+        DSC_ASSERT_OK(dsc_scale(g_ctx, d[1], n[1], 2.0f)); /* before begin: seen */
+        for (size_t j = 0; j < n[1]; j++) h[1][j] *= 2.0f;
+        void *dst[2] = {pin + n[1], pin}; /* reversed: each part lands where it is told */
+        const void *parts[2] = {d[0], d[1]};
+        size_t bytes[2] = {n[0] * 4, n[1] * 4};
+        int slot = -1;
+        DSC_ASSERT_OK(dsc_snapshot_begin_into(s, g_ctx, dst, parts, bytes, 2, &slot));
+        DSC_ASSERT_OK(dsc_snapshot_fence(s, g_ctx));
+        DSC_ASSERT_OK(dsc_scale(g_ctx, d[1], n[1], 0.5f)); /* after the fence: not seen */
+        const void *host = (const void *)1;
+        DSC_ASSERT_OK(dsc_snapshot_wait(s, slot, &host));
+        CU_ASSERT(host == NULL);
+        CU_ASSERT(memcmp(pin + n[1], h[0], n[0] * 4) == 0);
+        CU_ASSERT(memcmp(pin, h[1], n[1] * 4) == 0);
+        dsc_snapshot_release(s, slot);
+        DSC_ASSERT_OK(dsc_sync(g_ctx));
+        for (size_t j = 0; j < n[1]; j++) h[1][j] *= 0.5f;
+    }
+    dsc_snapshot_free(s);
+    dsc_host_free(pin);
+    for (int i = 0; i < 2; i++) dsc_free(d[i]), free(h[i]);
+}
+
 /* The same random inputs through the CPU kernels of kernels/nn.h (their plain
  * references) and the CUDA twins: rel < 1e-5, the embedding bitwise. */
 static double vs(const float *gpu_on_host, const float *cpu, size_t n, const char *what) {
@@ -965,6 +1003,7 @@ int main(void) {
         {"gemm (cuBLASLt)", test_gemm},
         {"against the CPU kernels (kernels/nn.h)", test_vs_cpu_kernels},
         {"snapshot (side stream, double buffer)", test_snapshot},
+        {"snapshot into the caller's buffers", test_snapshot_into},
         {"argument checks", test_args},
         {NULL, NULL},
     };

@@ -197,6 +197,10 @@ dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *pa
 dsc_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c);
 dsc_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host);
 void dsc_snapshot_release(dsc_snapshot *s, int slot);
+/* begin into the caller's page-locked host memory: parts[i] to dst[i] (a snapshot
+ * created with cap_bytes 0 has no buffers of its own; wait's *host is then NULL). */
+dsc_status dsc_snapshot_begin_into(dsc_snapshot *s, dsc_ctx *c, void *const *dst, const void *const *parts,
+                                      const size_t *bytes, int nparts, int *slot);
 
 #ifdef __cplusplus
 }

@@ -65,7 +65,8 @@ extern "C" dsc_status dsc_snapshot_create(int device, size_t cap_bytes, dsc_snap
     SN_CUDA(cudaSetDevice(device), "cudaSetDevice");
     SN_CUDA(cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking), "cudaStreamCreate (snapshot)");
     for (int i = 0; i < 2; i++) {
-        SN_CUDA(cudaMallocHost(&s->buf[i], cap_bytes ? cap_bytes : 1), "cudaMallocHost (snapshot buffer)");
+        if (cap_bytes) /* 0: the caller's buffers (begin_into) */
+            SN_CUDA(cudaMallocHost(&s->buf[i], cap_bytes), "cudaMallocHost (snapshot buffer)");
         SN_CUDA(cudaEventCreateWithFlags(&s->ready[i], cudaEventDisableTiming), "cudaEventCreate");
         SN_CUDA(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming), "cudaEventCreate");
     }
@@ -77,16 +78,18 @@ fail:
     return st;
 }
 
-extern "C" dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts,
-                                            const size_t *bytes, int nparts, int *slot) {
+/* The copies of begin / begin_into: parts[i] to dst[i] (dst NULL: packed into the
+ * slot's own buffer, checked against its capacity). */
+static dsc_status begin_copies(dsc_snapshot *s, dsc_ctx *c, void *const *dst, const void *const *parts,
+                               const size_t *bytes, int nparts, int *slot) {
     DSC_CHECK_CTX(c);
     if (!s || !slot || nparts < 0 || (nparts && (!parts || !bytes)))
         return dsc_err(DSC_EINVAL, "dsc_snapshot_begin: bad arguments");
     int k = s->next;
     if (__atomic_load_n(&s->busy[k], __ATOMIC_ACQUIRE))
-        return dsc_err(DSC_EMISUSE, "dsc_snapshot_begin: both snapshot buffers are still held by the writer");
+        return dsc_err(DSC_EMISUSE, "dsc_snapshot_begin: both snapshot slots are still held by the writer");
     size_t total = 0;
-    for (int i = 0; i < nparts; i++) {
+    for (int i = 0; i < nparts && !dst; i++) {
         if (bytes[i] > s->cap - total)
             return dsc_err(DSC_EINVAL, "dsc_snapshot_begin: parts exceed the buffer of %zu bytes", s->cap);
         total += bytes[i];
@@ -95,8 +98,9 @@ extern "C" dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void
     DSC_CUDA(cudaStreamWaitEvent(s->side, s->ready[k], 0), "cudaStreamWaitEvent (snapshot)");
     size_t off = 0;
     for (int i = 0; i < nparts; i++) {
+        void *to = dst ? dst[i] : (char *)s->buf[k] + off;
         if (bytes[i])
-            DSC_CUDA(cudaMemcpyAsync((char *)s->buf[k] + off, parts[i], bytes[i], cudaMemcpyDeviceToHost, s->side),
+            DSC_CUDA(cudaMemcpyAsync(to, parts[i], bytes[i], cudaMemcpyDeviceToHost, s->side),
                      "cudaMemcpyAsync (snapshot)");
         off += bytes[i];
     }
@@ -106,6 +110,18 @@ extern "C" dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void
     s->next = 1 - k;
     *slot = k;
     return DSC_OK;
+}
+
+extern "C" dsc_status dsc_snapshot_begin(dsc_snapshot *s, dsc_ctx *c, const void *const *parts,
+                                            const size_t *bytes, int nparts, int *slot) {
+    return begin_copies(s, c, NULL, parts, bytes, nparts, slot);
+}
+
+extern "C" dsc_status dsc_snapshot_begin_into(dsc_snapshot *s, dsc_ctx *c, void *const *dst,
+                                                 const void *const *parts, const size_t *bytes, int nparts,
+                                                 int *slot) {
+    if (nparts > 0 && !dst) return dsc_err(DSC_EINVAL, "dsc_snapshot_begin_into: NULL destinations");
+    return begin_copies(s, c, nparts > 0 ? dst : NULL, parts, bytes, nparts, slot);
 }
 
 extern "C" dsc_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c) {
@@ -118,6 +134,7 @@ extern "C" dsc_status dsc_snapshot_fence(dsc_snapshot *s, dsc_ctx *c) {
 
 extern "C" dsc_status dsc_snapshot_wait(dsc_snapshot *s, int slot, const void **host) {
     if (!s || slot < 0 || slot > 1 || !__atomic_load_n(&s->busy[slot], __ATOMIC_ACQUIRE)) return dsc_err(DSC_EINVAL, "dsc_snapshot_wait: bad slot");
+    cudaSetDevice(s->device); /* the writer thread may not have picked it */
     DSC_CUDA(cudaEventSynchronize(s->done[slot]), "cudaEventSynchronize (snapshot)");
     if (host) *host = s->buf[slot];
     return DSC_OK;

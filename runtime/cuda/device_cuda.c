@@ -34,6 +34,8 @@ typedef struct cuda_dev {
     char msg[512];
     dsc_dtype gemm_via; /* GEMM operands: DSC_F32, or rounded to BF16/F16 (set_gemm_dtype) */
     int32_t *tok_host; /* host copy of the last token batch (embedding backward) */
+    dsc_snapshot *snap; /* side-stream snapshot copies (created at the first snap_begin) */
+    int snap_slot;      /* its slot in flight, or -1 */
     size_t tok_cap;
 } cuda_dev;
 
@@ -158,6 +160,35 @@ static void cu_cast(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_
     } else {
         stick_msg(d, DSCKPT_EINVAL, "cast between these element types is not supported");
     }
+}
+
+/* ---- asynchronous snapshot: kernels/cuda/snapshot.cu into the saver's buffers ---- */
+
+static dsckpt_status cu_snap_wait(void *ctx) {
+    cuda_dev *d = ctx;
+    if (d->snap_slot < 0) return DSCKPT_OK;
+    dsckpt_status st = translate(dsc_snapshot_wait(d->snap, d->snap_slot, NULL));
+    dsc_snapshot_release(d->snap, d->snap_slot);
+    d->snap_slot = -1;
+    return st;
+}
+
+static dsckpt_status cu_snap_begin(void *ctx, void *const *dst, const void *const *src, const size_t *bytes, int n) {
+    cuda_dev *d = ctx;
+    DS_TRY(sticky_status(d));
+    DS_TRY(cu_snap_wait(d)); /* the previous one (its writer has waited for it already) */
+    if (!d->snap) DS_TRY(translate(dsc_snapshot_create(d->device, 0, &d->snap)));
+    int slot = -1;
+    DS_TRY(translate(dsc_snapshot_begin_into(d->snap, d->c, dst, src, bytes, n, &slot)));
+    d->snap_slot = slot;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status cu_snap_fence(void *ctx) {
+    cuda_dev *d = ctx;
+    if (!d->snap) return DSCKPT_OK;
+    stick(d, dsc_snapshot_fence(d->snap, d->c));
+    return sticky_status(d);
 }
 
 /* ---- model kernels ---- */
@@ -355,6 +386,7 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
         return st;
     }
     d->device = device;
+    d->snap_slot = -1;
     rt_device *t = &d->table;
     t->name = "cuda";
     t->ctx = d;
@@ -371,6 +403,9 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->memzero = cu_memzero;
     t->sync = cu_sync;
     t->cast = cu_cast;
+    t->snap_begin = cu_snap_begin;
+    t->snap_fence = cu_snap_fence;
+    t->snap_wait = cu_snap_wait;
     t->set_gemm_dtype = cu_set_gemm_dtype;
     t->gemm = cu_gemm;
     t->gemm_bt = cu_gemm_bt;
@@ -406,6 +441,7 @@ dsckpt_status rt_device_cuda_open_local(int local_rank, rt_device **out) {
 void rt_device_cuda_close(rt_device *dev) {
     if (!dev) return;
     cuda_dev *d = dev->ctx;
+    dsc_snapshot_free(d->snap); /* waits for copies in flight */
     dsc_ctx_free(d->c);
     free(d->tok_host);
     free(d);
