@@ -77,6 +77,16 @@ typedef struct rt_device {
     dsckpt_status (*snap_fence)(void *ctx);
     dsckpt_status (*snap_wait)(void *ctx);
 
+    /* ---- double-buffered device -> host copies (optional: NULL where the offloaded
+     * optimizer copies with d2h) ----
+     * pipe_begin copies `bytes` of device memory src into host memory dst (from
+     * alloc_host) after everything issued so far, on a copy stream, and returns at
+     * once with a slot; at most two copies are in flight. pipe_wait blocks until the
+     * slot's bytes are on the host and frees the slot. The offloaded optimizer step
+     * runs Adam on one chunk of gradients while the next comes down. */
+    dsckpt_status (*pipe_begin)(void *ctx, void *dst, const void *src, size_t bytes, int *slot);
+    dsckpt_status (*pipe_wait)(void *ctx, int slot);
+
     /* ---- element types: dst[i] = src[i] converted (kernels/cast.h); F32, BF16, F16;
      * same type is a copy ---- */
     void (*cast)(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_dt, const void *src, size_t n);

@@ -38,6 +38,8 @@ typedef struct strict_dev {
     int depth;            /* ops in progress (an op never calls another, but be safe) */
     dsckpt_dtype gemm_dt; /* GEMM operands: F32, or rounded to BF16/F16 first */
     unsigned long snaps, fences, waits; /* snapshot ops called (reported at close) */
+    unsigned long pipes;                /* pipe_begin calls (reported at close) */
+    bool pipe_busy[2];
     pthread_mutex_t mu;   /* the region list (is_device may be asked from the collectives) */
 } strict_dev;
 
@@ -230,6 +232,32 @@ static dsckpt_status st_snap_begin(void *ctx, void *const *dst, const void *cons
         close_all(d);
     }
     d->snaps++;
+    return DSCKPT_OK;
+}
+
+/* The offload's copies, done at once; slots are checked as a GPU's would be (two at
+ * most in flight, each waited for once). */
+static dsckpt_status st_pipe_begin(void *ctx, void *dst, const void *src, size_t bytes, int *slot) {
+    strict_dev *d = ctx;
+    int k = d->pipe_busy[0] ? 1 : 0;
+    if (d->pipe_busy[k]) die("pipe_begin", "both slots are in flight", src);
+    if (bytes) {
+        need_dev(d, src, bytes, "pipe_begin");
+        if (st_is_device(d, dst)) die("pipe_begin", "destination is device memory", dst);
+        open_all(d);
+        memcpy(dst, src, bytes);
+        close_all(d);
+    }
+    d->pipe_busy[k] = true;
+    d->pipes++;
+    *slot = k;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status st_pipe_wait(void *ctx, int slot) {
+    strict_dev *d = ctx;
+    if (slot < 0 || slot > 1 || !d->pipe_busy[slot]) die("pipe_wait", "slot not in flight", NULL);
+    d->pipe_busy[slot] = false;
     return DSCKPT_OK;
 }
 
@@ -470,6 +498,7 @@ dsckpt_status rt_device_cpu_strict_open(rt_device **out) {
         .attention_scratch_square = d->cpu->attention_scratch_square,
         .alloc = st_alloc, .free = st_free, .h2d = st_h2d, .d2h = st_d2h, .d2d = st_d2d, .memzero = st_memzero,
         .sync = st_sync, .alloc_host = st_alloc_host, .free_host = st_free_host, .is_device = st_is_device, .mem_used = st_mem_used,
+        .pipe_begin = st_pipe_begin, .pipe_wait = st_pipe_wait,
         .snap_begin = st_snap_begin, .snap_fence = st_snap_fence, .snap_wait = st_snap_wait,
         .set_gemm_dtype = st_set_gemm_dtype, .cast = st_cast, .gemm = st_gemm, .gemm_bt = st_gemm_bt, .bias_rows = st_bias_rows,
         .bias_grad = st_bias_grad, .layernorm_fwd = st_layernorm_fwd, .layernorm_bwd = st_layernorm_bwd,
@@ -486,6 +515,7 @@ void rt_device_cpu_strict_close(rt_device *dev) {
     if (!dev) return;
     strict_dev *d = dev->ctx;
     if (d->nr) fprintf(stderr, "cpu-strict device: %zu device allocation(s) not freed at close\n", d->nr);
+    if (d->pipes) fprintf(stderr, "cpu-strict device: %lu offload copies pipelined\n", d->pipes);
     if (d->snaps)
         fprintf(stderr, "cpu-strict device: %lu snapshot(s) begun, %lu waited for, %lu fence(s)\n", d->snaps, d->waits,
                 d->fences);

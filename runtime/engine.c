@@ -265,6 +265,11 @@ static void engine_devices(rt_engine *e, const rt_config *cfg, rt_model *model) 
         e->htab.alloc = e->dev->alloc_host;
         e->htab.free = e->dev->free_host;
         e->odev = &e->htab;
+        /* 16 MiB of gradient per copy; test builds may ask for less, so that small
+         * models go through several chunks (tests/rt_device_test.sh). */
+        e->pipe_chunk = (uint64_t)4 << 20;
+        const char *hc = ds_test_hook("DSTRAIN_TEST_PIPE_CHUNK");
+        if (hc && strtoull(hc, NULL, 10) > 0) e->pipe_chunk = strtoull(hc, NULL, 10);
     }
 }
 
@@ -551,6 +556,44 @@ static dsckpt_status global_norm(rt_engine *e, double *norm) {
     return DSCKPT_OK;
 }
 
+/* Chunk c of group g's gradient partition down into its host copy (pipe_begin). */
+static dsckpt_status pipe_chunk(rt_engine *e, int g, uint64_t c, int *slot) {
+    uint64_t o = c * e->pipe_chunk, len = DS_MIN(e->pipe_chunk, e->plen[g] - o);
+    return e->dev->pipe_begin(e->dev->ctx, e->ghost[g] + o, e->gpart[g] + o, (size_t)len * 4, slot);
+}
+
+/* The offloaded optimizer on group g: the gradient partition comes down to the CPU
+ * and is unscaled and stepped there. Where the table pipelines copies, it comes in
+ * chunks, two in flight, and each chunk is stepped as it lands while the next ones
+ * copy; unscale and AdamW are elementwise, so the bits are those of one pass. */
+static dsckpt_status offload_adam(rt_engine *e, int g, const ds_adam_k *ak, float inv) {
+    const rt_device *d = e->dev, *od = e->odev;
+    uint64_t n = e->plen[g];
+    if (!d->pipe_begin) {
+        DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)n * 4));
+        od->scale(od->ctx, e->ghost[g], (size_t)n, inv);
+        od->adam(od->ctx, ak, e->master[g], e->ghost[g], e->m1[g], e->m2[g], (size_t)n);
+        return DSCKPT_OK;
+    }
+    uint64_t nc = (n + e->pipe_chunk - 1) / e->pipe_chunk;
+    int slot[2] = {-1, -1};
+    dsckpt_status st = DSCKPT_OK;
+    for (uint64_t c = 0; c < nc && c < 2 && !st; c++) st = pipe_chunk(e, g, c, &slot[c]);
+    for (uint64_t c = 0; c < nc && !st; c++) {
+        int k = (int)(c & 1);
+        st = d->pipe_wait(d->ctx, slot[k]);
+        slot[k] = -1;
+        if (st) break;
+        uint64_t o = c * e->pipe_chunk, len = DS_MIN(e->pipe_chunk, n - o);
+        od->scale(od->ctx, e->ghost[g] + o, (size_t)len, inv);
+        od->adam(od->ctx, ak, e->master[g] + o, e->ghost[g] + o, e->m1[g] + o, e->m2[g] + o, (size_t)len);
+        if (c + 2 < nc) st = pipe_chunk(e, g, c + 2, &slot[k]);
+    }
+    for (int k = 0; k < 2; k++) /* after a failure: no copy left landing in ghost */
+        if (slot[k] >= 0) (void)d->pipe_wait(d->ctx, slot[k]);
+    return st;
+}
+
 /* The optimizer step on every group: unscale and clip (one factor), AdamW on the
  * partitions (on the CPU when offloaded), then the working weights rebuilt. */
 static dsckpt_status apply_update(rt_engine *e, double scale, double total_norm, double lr) {
@@ -567,14 +610,12 @@ static dsckpt_status apply_update(rt_engine *e, double scale, double total_norm,
         ds_adam_k ak;
         e->hp[g].lr = (float)lr;
         DS_TRY(rt_adam_constants(&e->hp[g], e->applied, &ak));
-        float *grad = e->gpart[g];
         if (e->off) { /* the gradient partition down, Adam on the CPU */
-            DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)e->plen[g] * 4));
-            grad = e->ghost[g];
+            DS_TRY(offload_adam(e, g, &ak, inv));
+        } else {
+            d->scale(d->ctx, e->gpart[g], (size_t)e->plen[g], inv);
+            d->adam(d->ctx, &ak, e->master[g], e->gpart[g], e->m1[g], e->m2[g], (size_t)e->plen[g]);
         }
-        const rt_device *od = e->odev;
-        od->scale(od->ctx, grad, (size_t)e->plen[g], inv);
-        od->adam(od->ctx, &ak, e->master[g], grad, e->m1[g], e->m2[g], (size_t)e->plen[g]);
         if (e->stage == 1 || e->stage == 2) DS_TRY(gather_working(e, g));
         else DS_TRY(refresh_working(e, g));
     }

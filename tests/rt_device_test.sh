@@ -96,7 +96,9 @@ run_case w2s1off 2 1 bf16 1 2 1
 run_case w2s2 2 2 bf16 2 1 0 --no_async_save
 run_case w2s2off 2 2 fp16 1 1 1
 run_case w2s3 2 3 bf16 1 2 0
-run_case w2s3off 2 3 bf16 2 1 1
+# The offloaded gradients come down in chunks of 777 elements here (a test hook), so
+# the double-buffered copies (pipe_begin/pipe_wait) go through many chunks a step.
+DSTRAIN_TEST_PIPE_CHUNK=777 run_case w2s3off 2 3 bf16 2 1 1
 
 # Resume across the tables: the step-3 checkpoint of one table, resumed on the
 # other, ends where the uninterrupted run ends (stage 2 saved -> stage 3 resumed at
@@ -120,6 +122,11 @@ done
 
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
+
+# The offloaded optimizer's gradients came down through the pipelined copies: more
+# of them than the 6 steps x 2 groups of one copy each.
+pipes=$(sed -n 's/^cpu-strict device: \([0-9]*\) offload copies pipelined.*/\1/p' w2s3off.strict/out | head -1)
+if [ "${pipes:-0}" -gt 12 ]; then ok; else bad "w2s3off cpu-strict: ${pipes:-no} pipelined offload copies (want > 12)"; fi
 
 # Async saves of device partitions go through the table's snapshot ops (side-stream
 # copies on a GPU): every snapshot begun was waited for by the writer before it read

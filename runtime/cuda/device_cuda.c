@@ -36,6 +36,7 @@ typedef struct cuda_dev {
     int32_t *tok_host; /* host copy of the last token batch (embedding backward) */
     dsc_snapshot *snap; /* side-stream snapshot copies (created at the first snap_begin) */
     int snap_slot;      /* its slot in flight, or -1 */
+    dsc_snapshot *pipe; /* the offload's double-buffered gradient copies (pipe_begin) */
     size_t tok_cap;
 } cuda_dev;
 
@@ -189,6 +190,23 @@ static dsckpt_status cu_snap_fence(void *ctx) {
     if (!d->snap) return DSCKPT_OK;
     stick(d, dsc_snapshot_fence(d->snap, d->c));
     return sticky_status(d);
+}
+
+static dsckpt_status cu_pipe_begin(void *ctx, void *dst, const void *src, size_t bytes, int *slot) {
+    cuda_dev *d = ctx;
+    DS_TRY(sticky_status(d));
+    if (!d->pipe) DS_TRY(translate(dsc_snapshot_create(d->device, 0, &d->pipe)));
+    void *const dsts[1] = {dst};
+    const void *const srcs[1] = {src};
+    return translate(dsc_snapshot_begin_into(d->pipe, d->c, dsts, srcs, &bytes, 1, slot));
+}
+
+static dsckpt_status cu_pipe_wait(void *ctx, int slot) {
+    cuda_dev *d = ctx;
+    if (!d->pipe) return ds_err(DSCKPT_EMISUSE, "pipe_wait with no copy begun");
+    dsckpt_status st = translate(dsc_snapshot_wait(d->pipe, slot, NULL));
+    dsc_snapshot_release(d->pipe, slot);
+    return st;
 }
 
 /* ---- model kernels ---- */
@@ -403,6 +421,8 @@ dsckpt_status rt_device_cuda_open(int device, rt_device **out) {
     t->memzero = cu_memzero;
     t->sync = cu_sync;
     t->cast = cu_cast;
+    t->pipe_begin = cu_pipe_begin;
+    t->pipe_wait = cu_pipe_wait;
     t->snap_begin = cu_snap_begin;
     t->snap_fence = cu_snap_fence;
     t->snap_wait = cu_snap_wait;
@@ -442,6 +462,7 @@ void rt_device_cuda_close(rt_device *dev) {
     if (!dev) return;
     cuda_dev *d = dev->ctx;
     dsc_snapshot_free(d->snap); /* waits for copies in flight */
+    dsc_snapshot_free(d->pipe);
     dsc_ctx_free(d->c);
     free(d->tok_host);
     free(d);
