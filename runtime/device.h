@@ -95,8 +95,9 @@ typedef struct rt_device {
     /* The operand type of gemm and gemm_bt from now on: DSCKPT_F32 (the default), or
      * BF16/F16: both operands rounded to that type (RNE) and multiplied with fp32
      * accumulation into the fp32 output, as a 16-bit GEMM on a GPU computes it
-     * (DeepSpeed's bf16/fp16 modes). NULL where only fp32 is supported (the CPU
-     * table); use rt_device_set_gemm_dtype. */
+     * (DeepSpeed's bf16/fp16 modes); the CUDA table also takes the attention's
+     * products in that type, cpu-strict rounds gemm/gemm_bt operands only. NULL where
+     * only fp32 is supported (the CPU table); use rt_device_set_gemm_dtype. */
     dsckpt_status (*set_gemm_dtype)(void *ctx, dsckpt_dtype dt);
     void (*gemm)(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
                  ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add);

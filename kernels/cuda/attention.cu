@@ -70,68 +70,153 @@ static dsc_status check_shape(const char *what, int B, int T, int C, int NH) {
 
 static unsigned softmax_threads(int T) { return T >= 512 ? 512u : T >= 128 ? 128u : 32u; }
 
-extern "C" dsc_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att,
-                                           float *y) {
+/* One strided-batched product, column-major as cuBLAS takes it: fp32 operands
+ * (PEDANTIC fp32, no TF32), or 16-bit operands (packed copies) with fp32
+ * accumulation and fp32 output. */
+static dsc_status bgemm(dsc_ctx *c, dsc_dtype via, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k,
+                        float alpha, const void *A, int lda, long long sA, const void *B, int ldb, long long sB,
+                        float *C, int ldc, long long sC, int batch, const char *what) {
+    const float zero = 0.0f;
+    if (via == DSC_F32)
+        DSC_BLAS(cublasSgemmStridedBatched(c->blas, oa, ob, m, n, k, &alpha, (const float *)A, lda, sA,
+                                           (const float *)B, ldb, sB, &zero, C, ldc, sC, batch),
+                 what);
+    else {
+        cudaDataType_t t = via == DSC_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+        DSC_BLAS(cublasGemmStridedBatchedEx(c->blas, oa, ob, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &zero, C,
+                                            CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 what);
+    }
+    return DSC_OK;
+}
+
+/* Scratch of the 16-bit path, carved from the context's one scratch area, each
+ * piece 256-byte aligned. */
+static size_t a256(size_t b) { return (b + 255) / 256 * 256; }
+
+static dsc_status attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att, float *y,
+                                dsc_dtype via) {
     DSC_CHECK_CTX(c);
     dsc_status st = check_shape("dsc_attention_fwd", B, T, C, NH);
     if (st) return st;
+    if (via != DSC_F32 && via != DSC_BF16 && via != DSC_F16) return dsc_err(DSC_EINVAL, "dsc_attention_fwd: bad type");
     if (B == 0 || T == 0) return DSC_OK;
     int hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
+    float scale = 1.0f / sqrtf((float)hs);
     long long sTT = (long long)T * T;
+    const void *in = qkv; /* the operands the GEMMs read: qkv itself, or its 16-bit copy */
+    uint16_t *p16 = NULL;
+    size_t es = via == DSC_F32 ? sizeof(float) : sizeof(uint16_t);
+    if (via != DSC_F32) {
+        size_t nq = (size_t)B * T * C3;
+        void *scr = NULL;
+        if ((st = dsc_scratch(c, a256(nq * 2) + (size_t)NH * sTT * 2, &scr))) return st;
+        uint16_t *q16 = (uint16_t *)scr;
+        p16 = (uint16_t *)((char *)scr + a256(nq * 2));
+        if ((st = dsc_pack16(c, qkv, (size_t)C3, q16, (size_t)C3, (size_t)B * T, (size_t)C3, via))) return st;
+        in = q16;
+    }
     for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * C3, *k = q + C, *v = q + 2 * C;
+        const char *q = (const char *)in + (size_t)b * T * C3 * es, *k = q + C * es, *v = q + 2 * C * es;
         float *ab = att + (size_t)b * NH * sTT;
         /* S [T, T] = scale * Q Kᵀ, issued as Sᵀ = K Qᵀ */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &scale, k, C3, hs, q, C3,
-                                           hs, &zero, ab, T, sTT, NH),
-                 "cublasSgemmStridedBatched (QK^T)");
+        if ((st = bgemm(c, via, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, scale, k, C3, hs, q, C3, hs, ab, T, sTT, NH,
+                        "strided-batched GEMM (QK^T)")))
+            return st;
         k_causal_softmax<<<NH * T, softmax_threads(T), 0, c->stream>>>(T, ab);
         DSC_LAUNCHED("dsc_attention_fwd (softmax)");
+        const void *pb = ab;
+        if (via != DSC_F32) { /* P rounded for its product with V */
+            if ((st = dsc_pack16(c, ab, (size_t)T, p16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
+            pb = p16;
+        }
         /* Y [T, hs] = P V, issued as Yᵀ = Vᵀ Pᵀ */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, C3, hs, ab, T, sTT,
-                                           &zero, y + (size_t)b * T * C, C, hs, NH),
-                 "cublasSgemmStridedBatched (PV)");
+        if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, C3, hs, pb, T, sTT, y + (size_t)b * T * C,
+                        C, hs, NH, "strided-batched GEMM (PV)")))
+            return st;
+    }
+    return DSC_OK;
+}
+
+extern "C" dsc_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att,
+                                           float *y) {
+    return attention_fwd(c, B, T, C, NH, qkv, att, y, DSC_F32);
+}
+
+extern "C" dsc_status dsc_attention_fwd_via(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att,
+                                               float *y, dsc_dtype via) {
+    return attention_fwd(c, B, T, C, NH, qkv, att, y, via);
+}
+
+static dsc_status attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, const float *att,
+                                const float *dy, float *dqkv, dsc_dtype via) {
+    DSC_CHECK_CTX(c);
+    dsc_status st = check_shape("dsc_attention_bwd", B, T, C, NH);
+    if (st) return st;
+    if (via != DSC_F32 && via != DSC_BF16 && via != DSC_F16) return dsc_err(DSC_EINVAL, "dsc_attention_bwd: bad type");
+    if (B == 0 || T == 0) return DSC_OK;
+    int hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+    long long sTT = (long long)T * T;
+    size_t es = via == DSC_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t ndp = (size_t)NH * sTT, nq = (size_t)B * T * C3, ny = (size_t)B * T * C;
+    size_t need = a256(ndp * 4) + (via == DSC_F32 ? 0 : a256(nq * 2) + a256(ny * 2) + a256(ndp * 2) + ndp * 2);
+    void *scr = NULL;
+    if ((st = dsc_scratch(c, need, &scr))) return st;
+    float *dp = (float *)scr;
+    const void *in = qkv, *dyin = dy;
+    uint16_t *p16 = NULL, *ds16 = NULL;
+    if (via != DSC_F32) {
+        char *at = (char *)scr + a256(ndp * 4);
+        uint16_t *q16 = (uint16_t *)at, *dy16 = (uint16_t *)(at + a256(nq * 2));
+        p16 = (uint16_t *)(at + a256(nq * 2) + a256(ny * 2));
+        ds16 = (uint16_t *)((char *)p16 + a256(ndp * 2));
+        if ((st = dsc_pack16(c, qkv, (size_t)C3, q16, (size_t)C3, (size_t)B * T, (size_t)C3, via))) return st;
+        if ((st = dsc_pack16(c, dy, (size_t)C, dy16, (size_t)C, (size_t)B * T, (size_t)C, via))) return st;
+        in = q16, dyin = dy16;
+    }
+    for (int b = 0; b < B; b++) {
+        const char *q = (const char *)in + (size_t)b * T * C3 * es, *k = q + C * es, *v = q + 2 * C * es;
+        const float *ab = att + (size_t)b * NH * sTT;
+        const char *dyb = (const char *)dyin + (size_t)b * T * C * es;
+        float *dq = dqkv + (size_t)b * T * C3, *dk = dq + C, *dv = dq + 2 * C;
+        const void *pb = ab, *dsb = dp;
+        if (via != DSC_F32) {
+            if ((st = dsc_pack16(c, ab, (size_t)T, p16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
+            pb = p16;
+        }
+        /* dP [T, T] = dY Vᵀ, issued as dPᵀ = V dYᵀ */
+        if ((st = bgemm(c, via, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, C3, hs, dyb, C, hs, dp, T, sTT, NH,
+                        "strided-batched GEMM (dY V^T)")))
+            return st;
+        /* dV [T, hs] = Pᵀ dY, issued as dVᵀ = dYᵀ P */
+        if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, dyb, C, hs, pb, T, sTT, dv, C3, hs, NH,
+                        "strided-batched GEMM (P^T dY)")))
+            return st;
+        k_causal_softmax_bwd<<<NH * T, softmax_threads(T), 0, c->stream>>>(T, ab, dp, scale);
+        DSC_LAUNCHED("dsc_attention_bwd (softmax)");
+        if (via != DSC_F32) { /* dS rounded for its products with K and Q */
+            if ((st = dsc_pack16(c, dp, (size_t)T, ds16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
+            dsb = ds16;
+        }
+        /* dQ [T, hs] = dS K, issued as dQᵀ = Kᵀ dSᵀ */
+        if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, C3, hs, dsb, T, sTT, dq, C3, hs, NH,
+                        "strided-batched GEMM (dS K)")))
+            return st;
+        /* dK [T, hs] = dSᵀ Q, issued as dKᵀ = Qᵀ dS */
+        if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, q, C3, hs, dsb, T, sTT, dk, C3, hs, NH,
+                        "strided-batched GEMM (dS^T Q)")))
+            return st;
     }
     return DSC_OK;
 }
 
 extern "C" dsc_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv,
                                            const float *att, const float *dy, float *dqkv) {
-    DSC_CHECK_CTX(c);
-    dsc_status st = check_shape("dsc_attention_bwd", B, T, C, NH);
-    if (st) return st;
-    if (B == 0 || T == 0) return DSC_OK;
-    int hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs), one = 1.0f, zero = 0.0f;
-    long long sTT = (long long)T * T;
-    void *scr = NULL;
-    st = dsc_scratch(c, (size_t)NH * sTT * sizeof(float), &scr);
-    if (st) return st;
-    float *dp = (float *)scr;
-    for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * C3, *k = q + C, *v = q + 2 * C;
-        const float *ab = att + (size_t)b * NH * sTT;
-        const float *dyb = dy + (size_t)b * T * C;
-        float *dq = dqkv + (size_t)b * T * C3, *dk = dq + C, *dv = dq + 2 * C;
-        /* dP [T, T] = dY Vᵀ, issued as dPᵀ = V dYᵀ */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v, C3, hs, dyb, C, hs,
-                                           &zero, dp, T, sTT, NH),
-                 "cublasSgemmStridedBatched (dY V^T)");
-        /* dV [T, hs] = Pᵀ dY, issued as dVᵀ = dYᵀ P */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, dyb, C, hs, ab, T, sTT,
-                                           &zero, dv, C3, hs, NH),
-                 "cublasSgemmStridedBatched (P^T dY)");
-        k_causal_softmax_bwd<<<NH * T, softmax_threads(T), 0, c->stream>>>(T, ab, dp, scale);
-        DSC_LAUNCHED("dsc_attention_bwd (softmax)");
-        /* dQ [T, hs] = dS K, issued as dQᵀ = Kᵀ dSᵀ */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, k, C3, hs, dp, T, sTT,
-                                           &zero, dq, C3, hs, NH),
-                 "cublasSgemmStridedBatched (dS K)");
-        /* dK [T, hs] = dSᵀ Q, issued as dKᵀ = Qᵀ dS */
-        DSC_BLAS(cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, q, C3, hs, dp, T, sTT,
-                                           &zero, dk, C3, hs, NH),
-                 "cublasSgemmStridedBatched (dS^T Q)");
-    }
-    return DSC_OK;
+    return attention_bwd(c, B, T, C, NH, qkv, att, dy, dqkv, DSC_F32);
+}
+
+extern "C" dsc_status dsc_attention_bwd_via(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv,
+                                               const float *att, const float *dy, float *dqkv, dsc_dtype via) {
+    return attention_bwd(c, B, T, C, NH, qkv, att, dy, dqkv, via);
 }

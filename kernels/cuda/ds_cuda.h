@@ -165,6 +165,15 @@ dsc_status dsc_attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const floa
 dsc_status dsc_attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, const float *att,
                                 const float *dy, float *dqkv);
 
+/* The same with the four products' operands rounded to `via` (DSC_BF16 / DSC_F16:
+ * qkv, P, dY and dS packed to 16 bits first; fp32 accumulation, fp32 att / y / dqkv;
+ * the softmax and its backward in fp32), as a GPU's bf16 mode computes attention.
+ * DSC_F32 is the functions above. Against the fp32 reference: < 1e-2. */
+dsc_status dsc_attention_fwd_via(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, float *att, float *y,
+                                    dsc_dtype via);
+dsc_status dsc_attention_bwd_via(dsc_ctx *c, int B, int T, int C, int NH, const float *qkv, const float *att,
+                                    const float *dy, float *dqkv, dsc_dtype via);
+
 /* ---- GEMM through cuBLASLt ----
  * Row-major: C[M, N] = alpha * op(A) · op(B) + beta * C, op(A) [M, K], op(B) [K, N];
  * ta/tb true means the stored matrix is the transpose (A stored [K, M], B stored

@@ -301,14 +301,14 @@ static void cu_gelu_bwd(void *ctx, int64_t n, const float *x, float *dd) {
 
 static void cu_attention_fwd(void *ctx, int B, int T, int C, int NH, const float *qkv, float *att, float *y) {
     cuda_dev *d = ctx;
-    stick(d, dsc_attention_fwd(d->c, B, T, C, NH, qkv, att, y));
+    stick(d, dsc_attention_fwd_via(d->c, B, T, C, NH, qkv, att, y, d->gemm_via));
 }
 
 static void cu_attention_bwd(void *ctx, int B, int T, int C, int NH, const float *qkv, const float *att,
                              const float *dy, float *dqkv, float *scratch) {
     cuda_dev *d = ctx;
     DS_UNUSED(scratch); /* the CUDA kernel keeps its own [NH, T, T] scratch */
-    stick(d, dsc_attention_bwd(d->c, B, T, C, NH, qkv, att, dy, dqkv));
+    stick(d, dsc_attention_bwd_via(d->c, B, T, C, NH, qkv, att, dy, dqkv, d->gemm_via));
 }
 
 static void cu_embed_fwd(void *ctx, int B, int T, int C, const int32_t *tokens, const float *wte, const float *wpe,
