@@ -64,6 +64,14 @@ static dsckpt_status master_to_working(const rt_engine *e, int g, uint64_t off, 
     return e->dev->h2d(e->dev->ctx, dst, h, (size_t)n * e->ws);
 }
 
+/* Stage 3: this rank's working pieces of group g from its master; with offload_param
+ * they stay in host memory, cast there. */
+static dsckpt_status master_to_w3(const rt_engine *e, int g) {
+    if (!e->poff) return master_to_working(e, g, 0, e->w3[g], e->plen[g]);
+    e->odev->cast(e->odev->ctx, e->wdt, e->w3[g], DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
+    return DSCKPT_OK;
+}
+
 /* This rank's (or rank r's) share of tensor T: elements [*s, *s + *n) at *poff of
  * the group partition. */
 void rt_engine_own(const rt_engine *e, const et *T, int r, uint64_t *s, uint64_t *n, uint64_t *poff) {
@@ -148,8 +156,9 @@ static const float *h_acquire(void *ctx, int m) {
     uint64_t pos = 0;
     for (size_t i = e->mod_t0[m]; !st && i < e->mod_t1[m]; i++) {
         const et *T = &e->t[i];
-        st = e->dev->d2d(e->dev->ctx, e->gbuf + pos * e->ws, (uint8_t *)e->w3[T->group] + T->qoff * e->ws,
-                         (size_t)T->q * e->ws);
+        const void *piece = (uint8_t *)e->w3[T->group] + T->qoff * e->ws;
+        st = e->poff ? e->dev->h2d(e->dev->ctx, e->gbuf + pos * e->ws, piece, (size_t)T->q * e->ws)
+                     : e->dev->d2d(e->dev->ctx, e->gbuf + pos * e->ws, piece, (size_t)T->q * e->ws);
         pos += T->q;
     }
     if (!st) st = rt_comm_allgather(e->comm, e->gbuf, (size_t)per * e->ws, e->gbuf2);
@@ -327,7 +336,10 @@ static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model
         }
         if (e->stage == 1 || e->stage == 2) /* gather_working's buffer, for the largest group */
             DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W));
-        if (e->stage == 3) DS_TRY(dev_alloc(e, &e->w3[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "weights"));
+        if (e->stage == 3) {
+            uint64_t wb = (e->plen[g] ? e->plen[g] : 1) * e->ws;
+            DS_TRY(e->poff ? opt_alloc(e, &e->w3[g], wb, "the offloaded weights") : dev_alloc(e, &e->w3[g], wb, "weights"));
+        }
     }
     if (e->stage != 3) DS_TRY(dev_alloc(e, &e->w, (e->N ? e->N : 1) * e->ws, "the working weights"));
     if (e->stage < 2) DS_TRY(alloc_f(e, &e->gfull, e->N, "the gradients"));
@@ -366,7 +378,7 @@ static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t
     }
     if (e->stage != 3) from_f32(e, dinit, e->w, e->N);
     else
-        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_working(e, g, 0, e->w3[g], e->plen[g]), out);
+        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_w3(e, g), out);
     st = e->dev->sync(e->dev->ctx);
 out:
     free(init);
@@ -417,6 +429,7 @@ dsckpt_status rt_engine_create_empty(const rt_config *cfg, rt_comm *comm, rt_mod
     e->W = rt_comm_size(comm);
     e->rank = rt_comm_rank(comm);
     e->stage = cfg->zero.stage;
+    e->poff = e->off && e->stage == 3 && cfg->zero.offload_param.device == RT_OFFLOAD_CPU;
     e->wdt = cfg->bf16.enabled ? DSCKPT_BF16 : cfg->fp16.enabled ? DSCKPT_F16 : DSCKPT_F32;
     e->ws = dsckpt_dtype_size(e->wdt);
     e->N = rt_model_numel(model);
@@ -449,7 +462,7 @@ void rt_engine_free(rt_engine *e) {
             od->free(od->ctx, e->ghost[g]);
             od->free(od->ctx, e->hw[g]);
             d->free(d->ctx, e->gpart[g]);
-            d->free(d->ctx, e->w3[g]);
+            (e->poff ? od : d)->free((e->poff ? od : d)->ctx, e->w3[g]);
         }
         d->free(d->ctx, e->w);
         d->free(d->ctx, e->gfull);
@@ -476,7 +489,7 @@ void rt_engine_free(rt_engine *e) {
 
 /* Stages 0/3: the working weights from this rank's master partition. */
 static dsckpt_status refresh_working(rt_engine *e, int g) {
-    if (e->stage == 3) return master_to_working(e, g, 0, e->w3[g], e->plen[g]);
+    if (e->stage == 3) return master_to_w3(e, g);
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         if (T->group != g || e->stage != 0) continue;
@@ -726,6 +739,7 @@ uint64_t rt_engine_steps(const rt_engine *e) { return e->nsteps; }
 const char *rt_engine_device_name(const rt_engine *e) { return e->dev->name; }
 
 bool rt_engine_offloaded(const rt_engine *e) { return e->off; }
+bool rt_engine_params_offloaded(const rt_engine *e) { return e->poff; }
 
 dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
     const rt_device *d = e->odev; /* where the master lives */
@@ -775,8 +789,14 @@ dsckpt_status rt_engine_gather_working(rt_engine *e, void *out) {
     for (int g = 0; g < NG; g++) {
         uint64_t P = e->plen[g];
         uint8_t *all = NULL;
-        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * e->ws, "a gather buffer"));
-        dsckpt_status st = rt_comm_allgather(e->comm, e->w3[g], (size_t)P * e->ws, all);
+        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)(e->W + 1) * e->ws, "a gather buffer"));
+        const void *mine = e->w3[g];
+        dsckpt_status st = DSCKPT_OK;
+        if (e->poff) { /* the collectives take device buffers: this rank's pieces up first */
+            mine = all + (uint64_t)e->W * P * e->ws;
+            st = d->h2d(d->ctx, all + (uint64_t)e->W * P * e->ws, e->w3[g], (size_t)P * e->ws);
+        }
+        if (!st) st = rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, all);
         for (size_t i = 0; !st && i < e->nt; i++) {
             const et *T = &e->t[i];
             if (T->group != g) continue;

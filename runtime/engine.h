@@ -101,6 +101,10 @@ const char *rt_engine_device_name(const rt_engine *e); /* where the step runs: "
 /* Whether the optimizer state lives in host memory apart from the device
  * (offload_optimizer device cpu on a table whose memory is not host memory). */
 bool rt_engine_offloaded(const rt_engine *e);
+/* Stage 3 with offload_param device cpu on a device table (and the optimizer
+ * offloaded): this rank's 16-bit parameter pieces live in pinned host memory and go
+ * up module by module as they are gathered. */
+bool rt_engine_params_offloaded(const rt_engine *e);
 
 /* The full fp32 master weights in model layout (gathered; collective). `out` holds
  * rt_model_numel() floats on every rank. For tests. */

@@ -63,6 +63,7 @@ struct rt_engine {
      * runs on the CPU, the working weights go up (cast into hw, h2d). */
     const struct rt_device *odev;
     bool off;
+    bool poff;           /* stage 3 with offload_param cpu (and the optimizer offloaded): w3 in host memory */
     uint64_t pipe_chunk; /* off: elements of gradient per pipelined copy (offload_adam) */
     rt_device htab;
     float *ghost[NG];  /* offload: the gradient partitions on the host */

@@ -24,7 +24,8 @@ config() {
     bf16) prec='"bf16": {"enabled": true},' ;;
     fp16) prec='"fp16": {"enabled": true, "initial_scale_power": 12},' ;;
     esac
-    [ "$6" = 1 ] && off=', "offload_optimizer": {"device": "cpu", "pin_memory": true}'
+    [ "$6" != 0 ] && off=', "offload_optimizer": {"device": "cpu", "pin_memory": true}'
+    [ "$6" = 2 ] && off="$off"', "offload_param": {"device": "cpu", "pin_memory": true}'
     cat >"$1" <<JSON
 {"train_micro_batch_size_per_gpu": $4, "gradient_accumulation_steps": $5, $prec
  "optimizer": {"type": "AdamW", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.01}},
@@ -66,7 +67,7 @@ same_ckpt() {
     [ "$n" -gt 0 ] || { echo "no checkpoint files in $a"; return 1; }
 }
 
-# case NAME W STAGE DTYPE MICRO GAS OFFLOAD [extra dstrain args]
+# case NAME W STAGE DTYPE MICRO GAS OFFLOAD(0, 1: optimizer, 2: optimizer and parameters) [extra dstrain args]
 run_case() {
     local name=$1 w=$2
     config "$name.json" "$3" "$4" "$5" "$6" "$7"
@@ -99,6 +100,8 @@ run_case w2s3 2 3 bf16 1 2 0
 # The offloaded gradients come down in chunks of 777 elements here (a test hook), so
 # the double-buffered copies (pipe_begin/pipe_wait) go through many chunks a step.
 DSTRAIN_TEST_PIPE_CHUNK=777 run_case w2s3off 2 3 bf16 2 1 1
+# offload_param: the 16-bit pieces in host memory, up to the device as gathered.
+run_case w2s3poff 2 3 fp16 1 2 2
 
 # Resume across the tables: the step-3 checkpoint of one table, resumed on the
 # other, ends where the uninterrupted run ends (stage 2 saved -> stage 3 resumed at
@@ -122,6 +125,9 @@ done
 
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
+if grep -q "optimizer and parameters offloaded" w2s3poff.strict/out && ! grep -q "offload_param" w2s3poff.strict/out; then ok; else
+    bad "offload_param not taken by the cpu-strict run: $(head -4 w2s3poff.strict/out)"
+fi
 
 # The offloaded optimizer's gradients came down through the pipelined copies: more
 # of them than the 6 steps x 2 groups of one copy each.

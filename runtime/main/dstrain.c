@@ -516,9 +516,9 @@ static void config_warnings(const run *r) {
         else if (!strcmp(dev, "cpu"))
             fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: no effect: this run trains on the "
                     "CPU, where the parameters already live in host memory\n", o->cfg_path);
-        else
-            fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: not implemented on a device yet: "
-                    "the parameters stay in %s memory\n", o->cfg_path, dev);
+        else if (!rt_engine_params_offloaded(r->eng))
+            fprintf(stderr, "dstrain: warning: %s: zero_optimization.offload_param: taken only with "
+                    "offload_optimizer device cpu: the parameters stay in %s memory\n", o->cfg_path, dev);
     }
     if (r->cfg.zero.stage3_gather_16bit_weights_on_model_save && !o->save_dir)
         fprintf(stderr, "dstrain: warning: %s: zero_optimization.stage3_gather_16bit_weights_on_model_save: no "
@@ -578,7 +578,9 @@ static int setup_saving(run *r) {
                 (unsigned long long)r->cfg.grad_accum, r->W);
     if (r->rank == 0 && strcmp(r->dev->name, "cpu"))
         fprintf(stderr, "dstrain: device %s%s\n", r->dev->name,
-                rt_engine_offloaded(r->eng) ? ", optimizer offloaded to host memory (Adam on the CPU)" : "");
+                rt_engine_params_offloaded(r->eng) ? ", optimizer and parameters offloaded to host memory (Adam on the CPU)"
+                : rt_engine_offloaded(r->eng)      ? ", optimizer offloaded to host memory (Adam on the CPU)"
+                                                   : "");
     if (!o->save_dir) return -1;
     if (rt_saver_create(r->eng, o->async_save, &r->saver)) return fail(r, 70);
     rt_saver_set_compress(r->saver, (int)o->save_compress);
