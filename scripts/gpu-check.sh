@@ -36,7 +36,8 @@
 #   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
 #              eager, bf16 autocast and fp32, with model FLOP utilisation
 #   dstrain_gpt2  GPT-2-124M shape at W=1 on the GPU: step time / torch's, one async
-#              save's stall, the step with offload_optimizer device cpu
+#              save's stall, the step with offload_optimizer device cpu, and stage 3
+#              with offload_param too (device memory and step time)
 #   offload    bench/gpu_bench.c: the optimizer phase of 124M parameters on the device
 #              vs offloaded to the CPU (pipelined copies), and device bytes per parameter
 #   comm       tests/mpi/test_comm_cuda.c on 1 and 2 ranks sharing the GPU (device
@@ -344,13 +345,15 @@ EOF
 dstrain_124m() {
     local w=$LOGS/dstrain-work off
     mkdir -p "$w" || return 1
-    for off in 0 1; do
-        local o=""
-        [ "$off" = 1 ] && o=', "offload_optimizer": {"device": "cpu", "pin_memory": true}'
+    # 0: stage 1; 1: stage 1, optimizer offloaded; 2: stage 3, optimizer and parameters offloaded
+    for off in 0 1 2; do
+        local o="" stage=1
+        [ "$off" != 0 ] && o=', "offload_optimizer": {"device": "cpu", "pin_memory": true}'
+        [ "$off" = 2 ] && o="$o"', "offload_param": {"device": "cpu", "pin_memory": true}' && stage=3
         cat >"$w/gpt2_$off.json" <<EOF
 {"train_micro_batch_size_per_gpu": ${GPU_CHECK_GPT2_BATCH:-8}, "gradient_accumulation_steps": 1, "bf16": {"enabled": true},
  "optimizer": {"type": "AdamW", "params": {"lr": 0.0006, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
- "gradient_clipping": 1.0, "zero_optimization": {"stage": 1$o}}
+ "gradient_clipping": 1.0, "zero_optimization": {"stage": $stage$o}}
 EOF
     done
     python3 -c "import sys; sys.stdout.buffer.write(bytes(range(256)) * 512)" >"$w/corpus.bin"
@@ -366,6 +369,10 @@ EOF
     rm -rf "$w/gpt2.save"
     dstrain --deepspeed "$w/gpt2_1.json" --data "$w/corpus.bin" "${shape[@]}" --max_steps 4 --device "$DEV" \
         --log_file "$w/gpt2_off.log" || return 1
+    dstrain --deepspeed "$w/gpt2_2.json" --data "$w/corpus.bin" "${shape[@]}" --device "$DEV" --print_memory \
+        >"$w/gpt2_mem2.json" || return 1
+    dstrain --deepspeed "$w/gpt2_2.json" --data "$w/corpus.bin" "${shape[@]}" --max_steps 3 --device "$DEV" \
+        --log_file "$w/gpt2_poff.log" || return 1
     python3 "$ROOT/bench/gpu/check_dstrain.py" --gpt2 "$w" "$LOGS/torch.log" "${GPU_CHECK_GPT2_LAYERS:-12}" 768 \
         "${GPU_CHECK_GPT2_SEQ:-1024}" "${GPU_CHECK_GPT2_BATCH:-8}"
 }

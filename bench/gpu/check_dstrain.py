@@ -127,6 +127,14 @@ def report_gpt2(w, torch_log, L, C, T, B, peak=989e12):
               f"device_used={m0['device_used_bytes']}/{m1['device_used_bytes']} optim_on_host={m1['optim_on_host']}")
     except (OSError, StopIteration, KeyError, ValueError) as e:
         print(f"offload_device_bytes_saved=unknown ({e})")
+    try:  # stage 3 with offload_param too: the 16-bit parameters leave the device as well
+        m1, m2 = (json.loads(next(l for l in open(f"{w}/gpt2_mem{k}.json") if l.startswith("{"))) for k in (1, 2))
+        po = [x["step_s"] for x in rows(f"{w}/gpt2_poff.log")]
+        mp = median(po[1:] or po)
+        print(f"param_offload_device_used={m2['device_used_bytes']} (stage 1 with the optimizer offloaded: "
+              f"{m1['device_used_bytes']}; 16-bit parameters {2 * nparams}) step_s={mp:.4f} over_device={mp / m:.3f}")
+    except (OSError, StopIteration, KeyError, ValueError) as e:
+        print(f"param_offload=unknown ({e})")
     try:
         with open(torch_log) as f:
             t = re.search(r"bf16_step_s=([0-9.]+)", f.read())
