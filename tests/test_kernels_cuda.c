@@ -510,6 +510,29 @@ static void test_crossentropy(void) {
     free(tok), free(logits), free(out), free(rl), free(rd), free(rrl);
 }
 
+/* The 16-bit products (dsc_attention_*_via) on attention_case's device inputs: the
+ * same float64 references, with a bf16 / fp16 tolerance (operands rounded: qkv, P,
+ * dY and dS). att and out are host scratch. */
+static void attention_via(int B, int T, int C, int NH, const float *dq, const float *ddy, float *da, float *dY,
+                          float *ddq, float *att, float *out, const double *ratt, const double *ry, const double *rdq) {
+    size_t nq = (size_t)B * T * 3 * C, ny = (size_t)B * T * C, na = (size_t)B * NH * T * T;
+    char what[64];
+    for (int v = 0; v < 2; v++) {
+        dsc_dtype via = v ? DSC_F16 : DSC_BF16;
+        double tol = v ? 1e-2 : 3e-2;
+        DSC_ASSERT_OK(dsc_attention_fwd_via(g_ctx, B, T, C, NH, dq, da, dY, via));
+        CU_ASSERT_FATAL(to_host(att, da, na * 4) == 0 && to_host(out, dY, ny * 4) == 0);
+        snprintf(what, sizeof what, "attention fwd %s att T=%d", v ? "f16" : "bf16", T);
+        CU_ASSERT(rel_err(att, ratt, na, what) < tol);
+        snprintf(what, sizeof what, "attention fwd %s y T=%d", v ? "f16" : "bf16", T);
+        CU_ASSERT(rel_err(out, ry, ny, what) < tol);
+        DSC_ASSERT_OK(dsc_attention_bwd_via(g_ctx, B, T, C, NH, dq, da, ddy, ddq, via));
+        CU_ASSERT_FATAL(to_host(out, ddq, nq * 4) == 0);
+        snprintf(what, sizeof what, "attention bwd %s dqkv T=%d", v ? "f16" : "bf16", T);
+        CU_ASSERT(rel_err(out, rdq, nq, what) < tol);
+    }
+}
+
 static void attention_case(int B, int T, int C, int NH) {
     int hs = C / NH;
     size_t nq = (size_t)B * T * 3 * C, ny = (size_t)B * T * C, na = (size_t)B * NH * T * T;
@@ -572,22 +595,7 @@ static void attention_case(int B, int T, int C, int NH) {
     CU_ASSERT_FATAL(to_host(out, ddq, nq * 4) == 0);
     snprintf(what, sizeof what, "attention bwd dqkv T=%d", T);
     CU_ASSERT(rel_err(out, rdq, nq, what) < TOL32);
-    /* The 16-bit products (dsc_attention_*_via): the same float64 references, with a
-     * bf16 / fp16 tolerance (operands rounded: qkv, P, dY, dS). */
-    for (int v = 0; v < 2; v++) {
-        dsc_dtype via = v ? DSC_F16 : DSC_BF16;
-        double tol = v ? 1e-2 : 3e-2;
-        DSC_ASSERT_OK(dsc_attention_fwd_via(g_ctx, B, T, C, NH, dq, da, dY, via));
-        CU_ASSERT_FATAL(to_host(att, da, na * 4) == 0 && to_host(out, dY, ny * 4) == 0);
-        snprintf(what, sizeof what, "attention fwd %s att T=%d", v ? "f16" : "bf16", T);
-        CU_ASSERT(rel_err(att, ratt, na, what) < tol);
-        snprintf(what, sizeof what, "attention fwd %s y T=%d", v ? "f16" : "bf16", T);
-        CU_ASSERT(rel_err(out, ry, ny, what) < tol);
-        DSC_ASSERT_OK(dsc_attention_bwd_via(g_ctx, B, T, C, NH, dq, da, ddy, ddq, via));
-        CU_ASSERT_FATAL(to_host(out, ddq, nq * 4) == 0);
-        snprintf(what, sizeof what, "attention bwd %s dqkv T=%d", v ? "f16" : "bf16", T);
-        CU_ASSERT(rel_err(out, rdq, nq, what) < tol);
-    }
+    attention_via(B, T, C, NH, dq, ddy, da, dY, ddq, att, out, ratt, ry, rdq);
     dsc_free(dq), dsc_free(ddy), dsc_free(da), dsc_free(dY), dsc_free(ddq);
     free(qkv), free(dy), free(out), free(att), free(ratt), free(ry), free(rdq), free(dp);
 }
