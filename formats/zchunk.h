@@ -75,11 +75,16 @@ bool ds_zchunk_width_ok(int w);
 bool ds_zchunk_level_ok(int level);
 
 /* Byte-plane shuffle and its inverse (dst and src do not overlap); widths 2 and 4
- * use SSE2 where the compiler targets it. The _ref versions are the plain loops
+ * use SSE2 where the compiler targets it, the width-4 shuffle SSSE3 where the CPU
+ * has it. The _ref versions are the plain loops
  * the fast ones are tested against. */
 void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width);
 void ds_zchunk_shuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
+/* The width-4 shuffle's implementation: "ssse3" (x86-64 CPUs that have it), "sse2",
+ * or NULL for the best this CPU has (the default). 0, or -1 when not available.
+ * For tests and benchmarks. */
+int ds_zchunk_shuffle_impl(const char *name);
 void ds_zchunk_unshuffle_ref(uint8_t *dst, const uint8_t *src, size_t n, int width);
 /* Raw bytes [off, off+len) (off + len <= n) of the chunk whose shuffled form is
  * src[0..n): what ds_zchunk_unshuffle would write at dst - off, without the rest. */

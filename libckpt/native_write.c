@@ -361,20 +361,22 @@ static dsckpt_status write_rank_z(ds_native_out *o, int rank, ds_fill_fn fill, v
     ds_file *f = &o->c->files[rank];
     char *tmp = ds_tmp_sibling(f->path);
     if (!tmp) return DSCKPT_ENOMEM;
-    uint8_t *blk = NULL;
     ds_zwriter *z = NULL;
     rank_map m = {0};
-    dsckpt_status st = ds_malloc(DS_COPY_PIECE, &blk);
-    if (st == DSCKPT_OK) st = rank_map_make(o, rank, &m);
+    dsckpt_status st = rank_map_make(o, rank, &m);
     if (st == DSCKPT_OK) st = ds_zwriter_create(tmp, o->chunk_size, o->compress_level, &z);
     for (size_t i = 0; st == DSCKPT_OK && i < m.n; i++) {
         ds_zwriter_set_width(z, (int)m.x[i].es);
-        for (uint64_t d = 0; st == DSCKPT_OK && d < m.x[i].len; d += DS_COPY_PIECE) {
-            size_t n = (size_t)DS_MIN((uint64_t)DS_COPY_PIECE, m.x[i].len - d);
+        for (uint64_t d = 0; st == DSCKPT_OK && d < m.x[i].len;) { /* filled straight into the chunk */
+            uint8_t *dst;
+            size_t room;
+            ds_zwriter_space(z, &dst, &room);
+            size_t n = (size_t)DS_MIN((uint64_t)DS_MIN(room, (size_t)DS_COPY_PIECE), m.x[i].len - d);
             if (ds_parallel_stopping(NULL)) st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
-            if (st == DSCKPT_OK) st = rank_bytes(&m, fill, user, worker, m.x[i].off + d, n, blk);
-            if (st == DSCKPT_OK) st = ds_zwriter_write(z, blk, n);
+            if (st == DSCKPT_OK) st = rank_bytes(&m, fill, user, worker, m.x[i].off + d, n, dst);
+            if (st == DSCKPT_OK) st = ds_zwriter_commit(z, n);
             if (st == DSCKPT_OK) ds_progress_add(prog, n);
+            d += n;
         }
     }
     if (st == DSCKPT_OK) {
@@ -392,7 +394,6 @@ static dsckpt_status write_rank_z(ds_native_out *o, int rank, ds_fill_fn fill, v
     ds_zwriter_abort(z);
     if (st) unlink(tmp);
     free(tmp);
-    free(blk);
     rank_map_clear(&m);
     return st;
 }

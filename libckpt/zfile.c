@@ -104,6 +104,21 @@ static dsckpt_status store_chunk(ds_zwriter *w) {
     return DSCKPT_OK;
 }
 
+void ds_zwriter_space(ds_zwriter *w, uint8_t **dst, size_t *room) {
+    *dst = w->buf + w->fill;
+    *room = (size_t)(w->chunk_size - w->fill);
+}
+
+dsckpt_status ds_zwriter_commit(ds_zwriter *w, size_t n) {
+    if ((uint64_t)n > w->chunk_size - w->fill)
+        return ds_err(DSCKPT_EINTERNAL, "compressed writer: %zu bytes committed past the chunk", n);
+    w->fill += n;
+    w->wbytes[w->wlog] += n;
+    w->raw_pos += n;
+    if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n) {
     const uint8_t *p = data;
     while (n > 0) {

@@ -29,6 +29,11 @@ dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level
  * shuffled by the width that most of its bytes were written with. */
 void ds_zwriter_set_width(ds_zwriter *w, int width);
 dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n);
+/* Writing in place, without the copy of ds_zwriter_write: *dst, *room = the rest of
+ * the chunk being filled (room >= 1); fill up to room bytes there, then commit how
+ * many. */
+void ds_zwriter_space(ds_zwriter *w, uint8_t **dst, size_t *room);
+dsckpt_status ds_zwriter_commit(ds_zwriter *w, size_t n);
 dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n);
 uint64_t ds_zwriter_pos(const ds_zwriter *w); /* raw bytes written so far */
 /* Stores the last chunk, fsyncs and closes. On success moves the stored-chunk
