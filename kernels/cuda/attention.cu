@@ -82,10 +82,15 @@ static dsc_status bgemm(dsc_ctx *c, dsc_dtype via, cublasOperation_t oa, cublasO
                                            (const float *)B, ldb, sB, &zero, C, ldc, sC, batch),
                  what);
     else {
+        /* The context's handle is PEDANTIC (its fp32 products: no TF32, no shortcuts),
+         * which may keep 16-bit operands off the tensor cores; these products take the
+         * default math, with fp32 accumulation all the same. */
         cudaDataType_t t = via == DSC_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-        DSC_BLAS(cublasGemmStridedBatchedEx(c->blas, oa, ob, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &zero, C,
-                                            CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 what);
+        DSC_BLAS(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+        int s = (int)cublasGemmStridedBatchedEx(c->blas, oa, ob, m, n, k, &alpha, A, t, lda, sA, B, t, ldb, sB, &zero,
+                                                C, CUDA_R_32F, ldc, sC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        DSC_BLAS(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+        DSC_BLAS(s, what);
     }
     return DSC_OK;
 }
