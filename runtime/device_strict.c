@@ -291,47 +291,50 @@ static float *rounded_copy(strict_dev *d, const float *src, size_t n) {
     return f;
 }
 
+/* With 16-bit operands, *a and *b (spans of na, nb floats) replaced by rounded host
+ * copies, which own[0], own[1] hold for the caller to free; else nothing. Called
+ * between open_all and close_all. */
+static void round_operands(strict_dev *d, const float **a, size_t na, const float **b, size_t nb, float **own) {
+    if (d->gemm_dt == DSCKPT_F32) return;
+    *a = own[0] = rounded_copy(d, *a, na);
+    *b = own[1] = rounded_copy(d, *b, nb);
+}
+
 static void st_gemm(void *ctx, int M, int N, int K, const float *a, ptrdiff_t ars, ptrdiff_t acs, const float *b,
                     ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
     strict_dev *d = ctx;
-    if (M > 0 && N > 0 && K > 0) {
+    bool any = M > 0 && N > 0 && K > 0;
+    if (any) {
         DEV(a, 4);
         DEV(b, 4);
         DEV(c, 4);
-        if (d->gemm_dt != DSCKPT_F32) { /* the spans A and B are read from, rounded */
-            open_all(d);
-            float *ra = rounded_copy(d, a, (size_t)((M - 1) * ars + (K - 1) * acs + 1));
-            float *rb = rounded_copy(d, b, (size_t)((K - 1) * ldb + N));
-            d->cpu->gemm(NULL, M, N, K, ra, ars, acs, rb, ldb, c, ldc, add);
-            close_all(d);
-            free(ra);
-            free(rb);
-            return;
-        }
     }
-    RUN(gemm(NULL, M, N, K, a, ars, acs, b, ldb, c, ldc, add));
+    float *own[2] = {NULL, NULL};
+    open_all(d);
+    if (any) round_operands(d, &a, (size_t)((M - 1) * ars + (K - 1) * acs + 1), &b, (size_t)((K - 1) * ldb + N), own);
+    d->cpu->gemm(NULL, M, N, K, a, ars, acs, b, ldb, c, ldc, add);
+    close_all(d);
+    free(own[0]);
+    free(own[1]);
 }
 
 static void st_gemm_bt(void *ctx, int M, int N, int K, const float *a, ptrdiff_t lda, const float *bt,
                        ptrdiff_t ldbt, float *c, ptrdiff_t ldc, int add, float *panel) {
     strict_dev *d = ctx;
-    if (M > 0 && N > 0 && K > 0) {
+    bool any = M > 0 && N > 0 && K > 0;
+    if (any) {
         DEV(a, 4);
         DEV(bt, 4);
         DEV(c, 4);
         if (panel) DEV(panel, 4);
-        if (d->gemm_dt != DSCKPT_F32) {
-            open_all(d);
-            float *ra = rounded_copy(d, a, (size_t)((M - 1) * lda + K));
-            float *rb = rounded_copy(d, bt, (size_t)((N - 1) * ldbt + K));
-            d->cpu->gemm_bt(NULL, M, N, K, ra, lda, rb, ldbt, c, ldc, add, panel);
-            close_all(d);
-            free(ra);
-            free(rb);
-            return;
-        }
     }
-    RUN(gemm_bt(NULL, M, N, K, a, lda, bt, ldbt, c, ldc, add, panel));
+    float *own[2] = {NULL, NULL};
+    open_all(d);
+    if (any) round_operands(d, &a, (size_t)((M - 1) * lda + K), &bt, (size_t)((N - 1) * ldbt + K), own);
+    d->cpu->gemm_bt(NULL, M, N, K, a, lda, bt, ldbt, c, ldc, add, panel);
+    close_all(d);
+    free(own[0]);
+    free(own[1]);
 }
 
 static void st_bias_rows(void *ctx, int N, int C, float *out, const float *bias, const float *res) {

@@ -49,32 +49,34 @@ def rel(a, b):
     return abs(a - b) / abs(b)
 
 
+def curve_diff(w, a, b):
+    """The largest relative difference of log b's losses from log a's, and the two lengths."""
+    x = [r["loss"] for r in rows(f"{w}/{a}.log")]
+    y = [r["loss"] for r in rows(f"{w}/{b}.log")]
+    d = max(rel(p, q) for p, q in zip(y, x)) if x and y else float("inf")
+    return d, len(x), len(y), x, y
+
+
 def check_loss_ckpt(w):
     bad = 0
     for W in (1, 2):
-        c = [r["loss"] for r in rows(f"{w}/cpu{W}.log")]
-        g = [r["loss"] for r in rows(f"{w}/gpu{W}.log")]
-        d = max(rel(a, b) for a, b in zip(g, c)) if c and g else float("inf")
-        ok = len(c) == len(g) and len(c) > 0 and d < TOL
+        d, nc, ng, c, g = curve_diff(w, f"cpu{W}", f"gpu{W}")
+        ok = nc == ng and nc > 0 and d < TOL
         print(f"loss_curve_W{W}_max_rel_diff={d:.3g} steps={len(g)}/{len(c)} first={c[0]:.4f} "
               f"last_cpu={c[-1]:.4f} last_gpu={g[-1]:.4f} ({'ok' if ok else 'FAIL'}, tolerance {TOL})")
         bad += not ok
     # fp32 GEMMs on the device (--gemm_dtype fp32): only the summation order differs
     # from the CPU's, so a tighter tolerance than the bf16 GEMMs' above.
     if os.path.exists(f"{w}/gpu1_fp32.log"):
-        c = [r["loss"] for r in rows(f"{w}/cpu1.log")]
-        g = [r["loss"] for r in rows(f"{w}/gpu1_fp32.log")]
-        d = max(rel(a, b) for a, b in zip(g, c)) if c and g else float("inf")
-        ok = len(c) == len(g) and len(c) > 0 and d < TOL_FP32
+        d, nc, ng, _, _ = curve_diff(w, "cpu1", "gpu1_fp32")
+        ok = nc == ng and nc > 0 and d < TOL_FP32
         print(f"loss_curve_W1_fp32_gemm_max_rel_diff={d:.3g} ({'ok' if ok else 'FAIL'}, tolerance {TOL_FP32})")
         bad += not ok
     # --comm nccl at W=1 (when run): the same kernels, so the same losses as --comm mpi.
     if os.path.exists(f"{w}/gpu1_nccl.log"):
-        m = [r["loss"] for r in rows(f"{w}/gpu1.log")]
-        n = [r["loss"] for r in rows(f"{w}/gpu1_nccl.log")]
-        d = max(rel(a, b) for a, b in zip(n, m)) if m and n else float("inf")
-        ok = len(m) == len(n) and len(m) > 0 and d < TOL
-        print(f"loss_curve_W1_nccl_vs_mpi_max_rel_diff={d:.3g} steps={len(n)}/{len(m)} ({'ok' if ok else 'FAIL'})")
+        d, nm, nn, _, _ = curve_diff(w, "gpu1", "gpu1_nccl")
+        ok = nm == nn and nm > 0 and d < TOL
+        print(f"loss_curve_W1_nccl_vs_mpi_max_rel_diff={d:.3g} steps={nn}/{nm} ({'ok' if ok else 'FAIL'})")
         bad += not ok
     g = rows(f"{w}/gpu2.log")
     stalls = [r["save_stall_s"] for r in g if "save_stall_s" in r]

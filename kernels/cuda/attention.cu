@@ -95,6 +95,16 @@ static dsc_status bgemm(dsc_ctx *c, dsc_dtype via, cublasOperation_t oa, cublasO
     return DSC_OK;
 }
 
+/* The operand a product reads: src itself (fp32), or src's rows x T packed into the
+ * 16-bit buf. */
+static dsc_status operand(dsc_ctx *c, dsc_dtype via, const float *src, uint16_t *buf, size_t rows, int T,
+                          const void **out) {
+    *out = src;
+    if (via == DSC_F32) return DSC_OK;
+    *out = buf;
+    return dsc_pack16(c, src, (size_t)T, buf, (size_t)T, rows, (size_t)T, via);
+}
+
 /* Scratch of the 16-bit path, carved from the context's one scratch area, each
  * piece 256-byte aligned. */
 static size_t a256(size_t b) { return (b + 255) / 256 * 256; }
@@ -130,11 +140,8 @@ static dsc_status attention_fwd(dsc_ctx *c, int B, int T, int C, int NH, const f
             return st;
         k_causal_softmax<<<NH * T, softmax_threads(T), 0, c->stream>>>(T, ab);
         DSC_LAUNCHED("dsc_attention_fwd (softmax)");
-        const void *pb = ab;
-        if (via != DSC_F32) { /* P rounded for its product with V */
-            if ((st = dsc_pack16(c, ab, (size_t)T, p16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
-            pb = p16;
-        }
+        const void *pb; /* P, rounded for its product with V */
+        if ((st = operand(c, via, ab, p16, (size_t)NH * T, T, &pb))) return st;
         /* Y [T, hs] = P V, issued as Yᵀ = Vᵀ Pᵀ */
         if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, v, C3, hs, pb, T, sTT, y + (size_t)b * T * C,
                         C, hs, NH, "strided-batched GEMM (PV)")))
@@ -185,11 +192,8 @@ static dsc_status attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const f
         const float *ab = att + (size_t)b * NH * sTT;
         const char *dyb = (const char *)dyin + (size_t)b * T * C * es;
         float *dq = dqkv + (size_t)b * T * C3, *dk = dq + C, *dv = dq + 2 * C;
-        const void *pb = ab, *dsb = dp;
-        if (via != DSC_F32) {
-            if ((st = dsc_pack16(c, ab, (size_t)T, p16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
-            pb = p16;
-        }
+        const void *pb, *dsb;
+        if ((st = operand(c, via, ab, p16, (size_t)NH * T, T, &pb))) return st;
         /* dP [T, T] = dY Vᵀ, issued as dPᵀ = V dYᵀ */
         if ((st = bgemm(c, via, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, v, C3, hs, dyb, C, hs, dp, T, sTT, NH,
                         "strided-batched GEMM (dY V^T)")))
@@ -200,10 +204,7 @@ static dsc_status attention_bwd(dsc_ctx *c, int B, int T, int C, int NH, const f
             return st;
         k_causal_softmax_bwd<<<NH * T, softmax_threads(T), 0, c->stream>>>(T, ab, dp, scale);
         DSC_LAUNCHED("dsc_attention_bwd (softmax)");
-        if (via != DSC_F32) { /* dS rounded for its products with K and Q */
-            if ((st = dsc_pack16(c, dp, (size_t)T, ds16, (size_t)T, (size_t)NH * T, (size_t)T, via))) return st;
-            dsb = ds16;
-        }
+        if ((st = operand(c, via, dp, ds16, (size_t)NH * T, T, &dsb))) return st; /* dS, for K and Q */
         /* dQ [T, hs] = dS K, issued as dQᵀ = Kᵀ dSᵀ */
         if ((st = bgemm(c, via, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, k, C3, hs, dsb, T, sTT, dq, C3, hs, NH,
                         "strided-batched GEMM (dS K)")))
