@@ -728,12 +728,17 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
 }
 
 /* Every rank must succeed, or all fail together (no rank left waiting). */
+/* Every rank learns whether any failed, and whether one found the checkpoint damaged
+ * (then every rank fails as corrupt, so the run's exit code does not depend on which
+ * rank exits first). */
 static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
-    bool bad = st != DSCKPT_OK;
-    dsckpt_status cst = rt_comm_allreduce_or(e->comm, &bad);
+    bool damaged = st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION;
+    double v[2] = {st != DSCKPT_OK, damaged};
+    dsckpt_status cst = rt_comm_allreduce_f64(e->comm, v, 2);
     if (st) return st;
     if (cst) return cst;
-    if (bad) return ds_err(DSCKPT_EIO, "another rank failed to load the checkpoint");
+    if (v[1] > 0) return ds_err(DSCKPT_ECORRUPT, "another rank found the checkpoint damaged (its message says where)");
+    if (v[0] > 0) return ds_err(DSCKPT_EIO, "another rank failed to load the checkpoint");
     return DSCKPT_OK;
 }
 

@@ -64,9 +64,15 @@ static void notef(rt_resume_pick *out, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Verifies save_dir/tag and checks its model. Returns 0 when it can be resumed;
- * else the exit code, with out->msg saying why. */
-static int usable(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out) {
+/* Verifies save_dir/tag (hashing every chunk, when `hash`) and checks its model.
+ * Returns 0 when it can be resumed; else the exit code, with out->msg saying why.
+ * Without `hash` only the structure is checked (the manifest, the files, the model):
+ * the load's reads check every byte they read against its digest, and a damaged
+ * chunk then fails the resume with exit 1. */
+static int model_ok(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out);
+
+static int usable(const rt_engine *e, const char *save_dir, const char *tag, bool hash, rt_resume_pick *out) {
+    if (!hash) return model_ok(e, save_dir, tag, out);
     dsckpt_verify_report *rep = NULL;
     dsckpt_status st = dsckpt_verify(save_dir, tag, NULL, &rep);
     int code = 0;
@@ -81,10 +87,15 @@ static int usable(const rt_engine *e, const char *save_dir, const char *tag, rt_
         return code;
     }
     dsckpt_verify_report_free(rep);
+    return model_ok(e, save_dir, tag, out);
+}
+
+/* The checkpoint opens (its structure) and holds this run's model. */
+static int model_ok(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out) {
     dsckpt_ckpt *c = NULL;
     char what[600];
     snprintf(what, sizeof what, "%s/%s", save_dir, tag);
-    st = dsckpt_ckpt_open(save_dir, tag, &c);
+    dsckpt_status st = dsckpt_ckpt_open(save_dir, tag, &c);
     if (!st) st = rt_engine_check_model(e, c, what);
     dsckpt_ckpt_free(c);
     if (st) {
@@ -136,8 +147,8 @@ static void list_candidates(const char *save_dir, const char *latest_tag, cand *
 
 void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out) {
     memset(out, 0, sizeof *out);
-    if (strcmp(resume, "auto")) { /* an explicit tag */
-        int code = usable(e, save_dir, resume, out);
+    if (strcmp(resume, "auto")) { /* an explicit tag: its bytes are checked as the load reads them */
+        int code = usable(e, save_dir, resume, false, out);
         if (code) {
             out->exit_code = code;
             return;
@@ -165,7 +176,7 @@ void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *re
             if (latest_tag && !strcmp(cs[i].tag, latest_tag)) worst = worst ? worst : 1;
             continue;
         }
-        int code = usable(e, save_dir, cs[i].tag, out);
+        int code = usable(e, save_dir, cs[i].tag, true, out); /* auto picks the newest that verifies */
         if (code == 3 || code == 5) { /* another model, or one dstrain cannot take: stop */
             out->exit_code = code;
             break;

@@ -94,6 +94,12 @@ train h.out 2 --max_steps 4 --save_dir corrupt --save_steps 2 --resume auto
 rc=$?
 [ "$rc" = 1 ] && ok || bad "--resume auto over a corrupt checkpoint: exit $rc, expected 1: $(tail -3 h.out)"
 [ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint"
+echo "== --resume TAG over the same corrupt checkpoint: no verify pass first, the load's checked reads refuse it (exit 1 on every rank, naming the file), latest unchanged"
+train h2.out 2 --max_steps 4 --save_dir corrupt --save_steps 2 --resume global_step2
+rc=$?
+[ "$rc" = 1 ] && grep -q "rank_00001.safetensors: chunk .*SHA-256 mismatch" h2.out && ok ||
+    bad "--resume global_step2 over a corrupt checkpoint: exit $rc, expected 1 naming the chunk: $(tail -4 h2.out)"
+[ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint (--resume TAG)"
 mkdir empty
 train i.out 2 --max_steps 2 --save_dir empty --save_steps 2 --resume auto && grep -q "starting from scratch" i.out && ok ||
     bad "an empty save dir does not start from scratch: $(tail -3 i.out)"

@@ -252,9 +252,10 @@ static dsckpt_dtype gemm_dtype(const rt_opts *o, const rt_config *cfg) {
     return !strcmp(g, "bf16") ? DSCKPT_BF16 : !strcmp(g, "fp16") ? DSCKPT_F16 : DSCKPT_F32;
 }
 
-/* --resume: rank 0 picks the checkpoint (verify, model check); every rank gets the
- * verdict, and a refusal ends them all with the same exit code. Returns -1 to go on
- * (from *k0), else the exit code. */
+/* --resume: rank 0 picks the checkpoint (auto: the newest that verifies; an explicit
+ * tag: opened and its model checked, its bytes checked by the load's reads); every
+ * rank gets the verdict, and a refusal ends them all with the same exit code.
+ * Returns -1 to go on (from *k0), else the exit code. */
 static int resume(run *r, uint64_t *k0) {
     const rt_opts *o = r->o;
     dsckpt_status st;
@@ -288,10 +289,10 @@ static int resume(run *r, uint64_t *k0) {
     cJSON_Delete(state);
     if (st) return fail(r, 1);
     if (r->rank == 0)
-        fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (verified in %.3f s, loaded in %.3f s: "
+        fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (%s in %.3f s, loaded in %.3f s: "
                 "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
                 o->save_dir, pick.tag, pick.deepspeed ? " (DeepSpeed format)" : "", (unsigned long long)*k0,
-                verify_s, load_s, read_s, load_s - read_s);
+                strcmp(o->resume, "auto") ? "opened" : "verified", verify_s, load_s, read_s, load_s - read_s);
     return -1;
 }
 
