@@ -122,27 +122,27 @@ dsckpt_status ds_zwriter_commit(ds_zwriter *w, size_t n) {
 dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n) {
     const uint8_t *p = data;
     while (n > 0) {
-        size_t k = (size_t)DS_MIN((uint64_t)n, w->chunk_size - w->fill);
-        memcpy(w->buf + w->fill, p, k);
-        w->fill += k;
-        w->wbytes[w->wlog] += k;
-        w->raw_pos += k;
+        uint8_t *dst;
+        size_t room;
+        ds_zwriter_space(w, &dst, &room);
+        size_t k = DS_MIN(n, room);
+        memcpy(dst, p, k);
+        DS_TRY(ds_zwriter_commit(w, k));
         p += k;
         n -= k;
-        if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
     }
     return DSCKPT_OK;
 }
 
 dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n) {
     while (n > 0) {
-        size_t k = (size_t)DS_MIN(n, w->chunk_size - w->fill);
-        memset(w->buf + w->fill, 0, k);
-        w->fill += k;
-        w->wbytes[w->wlog] += k;
-        w->raw_pos += k;
+        uint8_t *dst;
+        size_t room;
+        ds_zwriter_space(w, &dst, &room);
+        size_t k = (size_t)DS_MIN(n, (uint64_t)room);
+        memset(dst, 0, k);
+        DS_TRY(ds_zwriter_commit(w, k));
         n -= k;
-        if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
     }
     return DSCKPT_OK;
 }

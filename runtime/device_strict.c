@@ -223,14 +223,8 @@ static void st_cast(void *ctx, dsckpt_dtype dst_dt, void *dst, dsckpt_dtype src_
  * destinations, and waits and fences where a GPU needs it. */
 static dsckpt_status st_snap_begin(void *ctx, void *const *dst, const void *const *src, const size_t *bytes, int n) {
     strict_dev *d = ctx;
-    for (int i = 0; i < n; i++) {
-        if (!bytes[i]) continue;
-        need_dev(d, src[i], bytes[i], "snap_begin");
-        if (st_is_device(d, dst[i])) die("snap_begin", "destination is device memory", dst[i]);
-        open_all(d);
-        memcpy(dst[i], src[i], bytes[i]);
-        close_all(d);
-    }
+    for (int i = 0; i < n; i++)
+        if (bytes[i]) DS_TRY(strict_copy(d, d->cpu->d2h, "snap_begin", false, true, dst[i], src[i], bytes[i]));
     d->snaps++;
     return DSCKPT_OK;
 }
@@ -241,13 +235,7 @@ static dsckpt_status st_pipe_begin(void *ctx, void *dst, const void *src, size_t
     strict_dev *d = ctx;
     int k = d->pipe_busy[0] ? 1 : 0;
     if (d->pipe_busy[k]) die("pipe_begin", "both slots are in flight", src);
-    if (bytes) {
-        need_dev(d, src, bytes, "pipe_begin");
-        if (st_is_device(d, dst)) die("pipe_begin", "destination is device memory", dst);
-        open_all(d);
-        memcpy(dst, src, bytes);
-        close_all(d);
-    }
+    if (bytes) DS_TRY(strict_copy(d, d->cpu->d2h, "pipe_begin", false, true, dst, src, bytes));
     d->pipe_busy[k] = true;
     d->pipes++;
     *slot = k;

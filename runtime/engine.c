@@ -462,7 +462,8 @@ void rt_engine_free(rt_engine *e) {
             od->free(od->ctx, e->ghost[g]);
             od->free(od->ctx, e->hw[g]);
             d->free(d->ctx, e->gpart[g]);
-            (e->poff ? od : d)->free((e->poff ? od : d)->ctx, e->w3[g]);
+            const rt_device *wd = e->poff ? od : d; /* where the stage-3 pieces live */
+            wd->free(wd->ctx, e->w3[g]);
         }
         d->free(d->ctx, e->w);
         d->free(d->ctx, e->gfull);
@@ -575,17 +576,24 @@ static dsckpt_status pipe_chunk(rt_engine *e, int g, uint64_t c, int *slot) {
     return e->dev->pipe_begin(e->dev->ctx, e->ghost[g] + o, e->gpart[g] + o, (size_t)len * 4, slot);
 }
 
+/* Elements [o, o + len) of group g's offloaded state: the landed gradients
+ * unscaled, then AdamW (on the CPU). */
+static void host_adam(rt_engine *e, int g, const ds_adam_k *ak, float inv, uint64_t o, uint64_t len) {
+    const rt_device *od = e->odev;
+    od->scale(od->ctx, e->ghost[g] + o, (size_t)len, inv);
+    od->adam(od->ctx, ak, e->master[g] + o, e->ghost[g] + o, e->m1[g] + o, e->m2[g] + o, (size_t)len);
+}
+
 /* The offloaded optimizer on group g: the gradient partition comes down to the CPU
  * and is unscaled and stepped there. Where the table pipelines copies, it comes in
  * chunks, two in flight, and each chunk is stepped as it lands while the next ones
  * copy; unscale and AdamW are elementwise, so the bits are those of one pass. */
 static dsckpt_status offload_adam(rt_engine *e, int g, const ds_adam_k *ak, float inv) {
-    const rt_device *d = e->dev, *od = e->odev;
+    const rt_device *d = e->dev;
     uint64_t n = e->plen[g];
     if (!d->pipe_begin) {
         DS_TRY(d->d2h(d->ctx, e->ghost[g], e->gpart[g], (size_t)n * 4));
-        od->scale(od->ctx, e->ghost[g], (size_t)n, inv);
-        od->adam(od->ctx, ak, e->master[g], e->ghost[g], e->m1[g], e->m2[g], (size_t)n);
+        host_adam(e, g, ak, inv, 0, n);
         return DSCKPT_OK;
     }
     uint64_t nc = (n + e->pipe_chunk - 1) / e->pipe_chunk;
@@ -597,9 +605,8 @@ static dsckpt_status offload_adam(rt_engine *e, int g, const ds_adam_k *ak, floa
         st = d->pipe_wait(d->ctx, slot[k]);
         slot[k] = -1;
         if (st) break;
-        uint64_t o = c * e->pipe_chunk, len = DS_MIN(e->pipe_chunk, n - o);
-        od->scale(od->ctx, e->ghost[g] + o, (size_t)len, inv);
-        od->adam(od->ctx, ak, e->master[g] + o, e->ghost[g] + o, e->m1[g] + o, e->m2[g] + o, (size_t)len);
+        uint64_t o = c * e->pipe_chunk;
+        host_adam(e, g, ak, inv, o, DS_MIN(e->pipe_chunk, n - o));
         if (c + 2 < nc) st = pipe_chunk(e, g, c + 2, &slot[k]);
     }
     for (int k = 0; k < 2; k++) /* after a failure: no copy left landing in ghost */
@@ -793,8 +800,9 @@ dsckpt_status rt_engine_gather_working(rt_engine *e, void *out) {
         const void *mine = e->w3[g];
         dsckpt_status st = DSCKPT_OK;
         if (e->poff) { /* the collectives take device buffers: this rank's pieces up first */
-            mine = all + (uint64_t)e->W * P * e->ws;
-            st = d->h2d(d->ctx, all + (uint64_t)e->W * P * e->ws, e->w3[g], (size_t)P * e->ws);
+            uint8_t *up = all + (uint64_t)e->W * P * e->ws;
+            mine = up;
+            st = d->h2d(d->ctx, up, e->w3[g], (size_t)P * e->ws);
         }
         if (!st) st = rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, all);
         for (size_t i = 0; !st && i < e->nt; i++) {
