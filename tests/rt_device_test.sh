@@ -163,6 +163,13 @@ rc=$?
 if [ $rc -eq 5 ] && grep -q "cpu device computes its GEMMs in fp32 only" gemmcpu/out; then ok; else
     bad "cpu --gemm_dtype bf16: exit $rc, want 5 naming the device: $(tail -3 gemmcpu/out)"
 fi
+train cpu 1 w2s2.json gemmbad --max_steps 1 --gemm_dtype int8
+rc=$?
+if [ $rc -eq 3 ] && grep -q "gemm_dtype must be auto, fp32, bf16 or fp16 (got 'int8')" gemmbad/out && [ ! -e gemmbad/save ]; then
+    ok
+else
+    bad "--gemm_dtype int8: exit $rc, want 3 with the choices and no save dir: $(tail -2 gemmbad/out)"
+fi
 if train cpu 2 w2s2.json gemm32 --max_steps 6 --no_async_save --gemm_dtype fp32 &&
     [ "$(numerics gemm32/log)" = "$(numerics w2s2.cpu/log)" ]; then ok; else bad "cpu --gemm_dtype fp32 differs from the default"; fi
 
