@@ -727,17 +727,21 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
     return st;
 }
 
-/* Every rank must succeed, or all fail together (no rank left waiting). */
-/* Every rank learns whether any failed, and whether one found the checkpoint damaged
- * (then every rank fails as corrupt, so the run's exit code does not depend on which
- * rank exits first). */
+/* Every rank must succeed, or all fail together (no rank left waiting). When one
+ * found the checkpoint damaged, every rank fails as corrupt, so the verdict (the
+ * exit code, and whether --resume auto goes on to an older checkpoint) is the same
+ * on all of them whichever rank saw the damage. */
 static dsckpt_status agree(rt_engine *e, dsckpt_status st) {
     bool damaged = st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION;
     double v[2] = {st != DSCKPT_OK, damaged};
     dsckpt_status cst = rt_comm_allreduce_f64(e->comm, v, 2);
+    if (cst) return st ? st : cst;
+    if (v[1] > 0) {
+        if (damaged) return st;
+        if (st) return ds_err_prefix(DSCKPT_ECORRUPT, "another rank found the checkpoint damaged; this rank");
+        return ds_err(DSCKPT_ECORRUPT, "another rank found the checkpoint damaged (its message says where)");
+    }
     if (st) return st;
-    if (cst) return cst;
-    if (v[1] > 0) return ds_err(DSCKPT_ECORRUPT, "another rank found the checkpoint damaged (its message says where)");
     if (v[0] > 0) return ds_err(DSCKPT_EIO, "another rank failed to load the checkpoint");
     return DSCKPT_OK;
 }

@@ -64,33 +64,9 @@ static void notef(rt_resume_pick *out, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Verifies save_dir/tag (hashing every chunk, when `hash`) and checks its model.
- * Returns 0 when it can be resumed; else the exit code, with out->msg saying why.
- * Without `hash` only the structure is checked (the manifest, the files, the model):
- * the load's reads check every byte they read against its digest, and a damaged
- * chunk then fails the resume with exit 1. */
-static int model_ok(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out);
-
-static int usable(const rt_engine *e, const char *save_dir, const char *tag, bool hash, rt_resume_pick *out) {
-    if (!hash) return model_ok(e, save_dir, tag, out);
-    dsckpt_verify_report *rep = NULL;
-    dsckpt_status st = dsckpt_verify(save_dir, tag, NULL, &rep);
-    int code = 0;
-    if (st != DSCKPT_OK || dsckpt_verify_report_result(rep) != DSCKPT_VERIFY_OK) {
-        bool corrupt = st == DSCKPT_OK ? dsckpt_verify_report_result(rep) == DSCKPT_VERIFY_CORRUPT
-                                       : st == DSCKPT_ECORRUPT || st == DSCKPT_ECHECKSUM || st == DSCKPT_EVERSION;
-        code = st == DSCKPT_EUNSUPPORTED ? 5 : corrupt ? 1 : 2;
-        notef(out, "%s/%s does not verify: %s", save_dir, tag,
-              st == DSCKPT_OK && rep && dsckpt_verify_report_count(rep) ? dsckpt_verify_report_problem(rep, 0)
-                                                                       : dsckpt_last_error());
-        dsckpt_verify_report_free(rep);
-        return code;
-    }
-    dsckpt_verify_report_free(rep);
-    return model_ok(e, save_dir, tag, out);
-}
-
-/* The checkpoint opens (its structure) and holds this run's model. */
+/* The checkpoint opens (its structure: the manifest, the files) and holds this
+ * run's model. Its bytes are not hashed here: the load's reads check every byte
+ * they read against its digest, and a damaged chunk fails the load as corrupt. */
 static int model_ok(const rt_engine *e, const char *save_dir, const char *tag, rt_resume_pick *out) {
     dsckpt_ckpt *c = NULL;
     char what[600];
@@ -145,67 +121,166 @@ static void list_candidates(const char *save_dir, const char *latest_tag, cand *
     *nout = n;
 }
 
-void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out) {
-    memset(out, 0, sizeof *out);
-    if (strcmp(resume, "auto")) { /* an explicit tag: its bytes are checked as the load reads them */
-        int code = usable(e, save_dir, resume, false, out);
-        if (code) {
-            out->exit_code = code;
-            return;
+struct rt_resume_scan {
+    const rt_engine *e;
+    const char *save_dir;
+    bool automatic;
+    char *explicit_tag;
+    char *latest_tag;
+    bool latest_bad, latest_seen;
+    cand *cs;
+    size_t n, next;
+    size_t offered;  /* the index of the candidate last offered, + 1 (0: none) */
+    int worst;       /* the worst exit code among the candidates passed over */
+    char first_problem[sizeof ((rt_resume_pick *)0)->msg];
+    bool *damaged;   /* per candidate: passed over as corrupt (exit 1) */
+};
+
+rt_resume_scan *rt_resume_scan_new(const rt_engine *e, const char *save_dir, const char *resume) {
+    rt_resume_scan *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->e = e;
+    s->save_dir = save_dir;
+    s->automatic = !strcmp(resume, "auto");
+    if (!s->automatic) {
+        s->explicit_tag = strdup(resume);
+        if (!s->explicit_tag) {
+            free(s);
+            return NULL;
         }
-        snprintf(out->tag, sizeof out->tag, "%s", resume);
-        out->deepspeed = classify(save_dir, resume) == DS_TAG_DEEPSPEED;
+        return s;
+    }
+    read_latest(save_dir, &s->latest_tag, &s->latest_bad);
+    list_candidates(save_dir, s->latest_tag, &s->cs, &s->n);
+    s->damaged = calloc(s->n ? s->n : 1, sizeof *s->damaged);
+    if (!s->damaged) {
+        rt_resume_scan_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void rt_resume_scan_free(rt_resume_scan *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++) free(s->cs[i].tag);
+    free(s->cs);
+    free(s->damaged);
+    free(s->latest_tag);
+    free(s->explicit_tag);
+    free(s);
+}
+
+/* Passes over candidate i, which cannot be resumed (code 1 corrupt, 2 unreadable). */
+static void pass_over(rt_resume_scan *s, size_t i, int code, const char *msg) {
+    fprintf(stderr, "dstrain: --resume auto: skipping %s\n", msg);
+    s->damaged[i] = code == 1;
+    if (!s->first_problem[0]) snprintf(s->first_problem, sizeof s->first_problem, "%s", msg);
+    if (!s->worst || code == 1) s->worst = code;
+}
+
+void rt_resume_scan_reject(rt_resume_scan *s, int code, const char *msg) {
+    if (s && s->automatic && s->offered) pass_over(s, s->offered - 1, code, msg);
+}
+
+/* No candidate is left: from scratch when the directory held no checkpoint, else
+ * the verdict on what it held. */
+static void scan_verdict(rt_resume_scan *s, rt_resume_pick *out) {
+    if (s->latest_bad || (s->latest_tag && !s->latest_seen)) {
+        out->exit_code = 1;
+        notef(out, "--resume auto: %s/latest %s; not starting from scratch over it", s->save_dir,
+              s->latest_bad ? "is not a plain tag name in a regular file" : "names a checkpoint that is not there");
+    } else if (s->worst) {
+        out->exit_code = s->worst;
+        notef(out, "--resume auto: %s holds checkpoints but none can be resumed (%s); not starting from "
+              "scratch over them", s->save_dir, s->first_problem[0] ? s->first_problem : "the one `latest` names is incomplete");
+    }
+}
+
+void rt_resume_scan_next(rt_resume_scan *s, rt_resume_pick *out) {
+    memset(out, 0, sizeof *out);
+    if (!s) {
+        out->exit_code = 70;
+        notef(out, "out of memory");
         return;
     }
-    char *latest_tag;
-    bool latest_bad;
-    read_latest(save_dir, &latest_tag, &latest_bad);
-    cand *cs;
-    size_t n;
-    list_candidates(save_dir, latest_tag, &cs, &n);
-    int worst = 0;
-    bool latest_seen = false;
-    char first_problem[sizeof out->msg] = "";
-    for (size_t i = 0; i < n && !out->tag[0] && !out->exit_code; i++) {
-        if (latest_tag && !strcmp(cs[i].tag, latest_tag)) latest_seen = true;
-        ds_tag_kind k = classify(save_dir, cs[i].tag);
+    out->fall_back = s->automatic;
+    if (!s->automatic) { /* an explicit tag: once */
+        if (!s->explicit_tag) { /* offered already: a failed load of it ends the run */
+            out->exit_code = 70;
+            notef(out, "--resume: the checkpoint named was offered already");
+            return;
+        }
+        int code = model_ok(s->e, s->save_dir, s->explicit_tag, out);
+        if (code) {
+            out->exit_code = code;
+        } else {
+            snprintf(out->tag, sizeof out->tag, "%s", s->explicit_tag);
+            out->deepspeed = classify(s->save_dir, s->explicit_tag) == DS_TAG_DEEPSPEED;
+        }
+        free(s->explicit_tag);
+        s->explicit_tag = NULL;
+        return;
+    }
+    while (s->next < s->n) {
+        size_t i = s->next++;
+        const cand *c = &s->cs[i];
+        bool is_latest = s->latest_tag && !strcmp(c->tag, s->latest_tag);
+        s->latest_seen |= is_latest;
+        ds_tag_kind k = classify(s->save_dir, c->tag);
         if (k == DS_TAG_NONE) continue; /* not a directory */
         if (k == DS_TAG_INCOMPLETE) {
             fprintf(stderr, "dstrain: --resume auto: skipping %s/%s: an incomplete save (no manifest.json)\n",
-                    save_dir, cs[i].tag);
-            if (latest_tag && !strcmp(cs[i].tag, latest_tag)) worst = worst ? worst : 1;
+                    s->save_dir, c->tag);
+            if (is_latest && !s->worst) s->worst = 1;
             continue;
         }
-        int code = usable(e, save_dir, cs[i].tag, true, out); /* auto picks the newest that verifies */
+        int code = model_ok(s->e, s->save_dir, c->tag, out);
         if (code == 3 || code == 5) { /* another model, or one dstrain cannot take: stop */
             out->exit_code = code;
-            break;
+            return;
         }
         if (code) {
-            fprintf(stderr, "dstrain: --resume auto: skipping %s\n", out->msg);
-            if (!first_problem[0]) snprintf(first_problem, sizeof first_problem, "%s", out->msg);
-            if (!worst || code == 1) worst = code;
+            pass_over(s, i, code, out->msg);
             out->msg[0] = '\0';
             continue;
         }
-        snprintf(out->tag, sizeof out->tag, "%s", cs[i].tag);
+        snprintf(out->tag, sizeof out->tag, "%s", c->tag);
         out->deepspeed = k == DS_TAG_DEEPSPEED;
-        if (i > 0) fprintf(stderr, "dstrain: --resume auto: %s is the newest checkpoint that verifies\n", cs[i].tag);
+        s->offered = i + 1;
+        if (s->worst) fprintf(stderr, "dstrain: --resume auto: trying %s, the newest checkpoint left\n", c->tag);
+        return;
     }
-    if (!out->tag[0] && !out->exit_code) {
-        if (latest_bad || (latest_tag && !latest_seen)) {
-            out->exit_code = 1;
-            notef(out, "--resume auto: %s/latest %s; not starting from scratch over it", save_dir,
-                  latest_bad ? "is not a plain tag name in a regular file" : "names a checkpoint that is not there");
-        } else if (worst) {
-            out->exit_code = worst;
-            notef(out, "--resume auto: %s holds checkpoints but none can be resumed (%s); not starting from "
-                  "scratch over them", save_dir, first_problem[0] ? first_problem : "the one `latest` names is incomplete");
-        }
+    scan_verdict(s, out);
+}
+
+/* Moves save_dir/tag aside to the first free save_dir/tag.damaged[-N]. */
+static dsckpt_status move_aside(const char *save_dir, const char *tag) {
+    char *from = ds_join(save_dir, tag);
+    dsckpt_status st = from ? DSCKPT_EEXIST : DSCKPT_ENOMEM;
+    for (int k = 0; k < 100 && st == DSCKPT_EEXIST; k++) {
+        char name[300];
+        if (k) snprintf(name, sizeof name, "%s.damaged-%d", tag, k);
+        else snprintf(name, sizeof name, "%s.damaged", tag);
+        char *to = ds_join(save_dir, name);
+        st = to ? ds_rename_durable(from, to, true) : DSCKPT_ENOMEM;
+        if (!st) fprintf(stderr, "dstrain: --resume auto: moved the damaged %s/%s aside to %s/%s\n", save_dir, tag,
+                         save_dir, name);
+        free(to);
     }
-    for (size_t i = 0; i < n; i++) free(cs[i].tag);
-    free(cs);
-    free(latest_tag);
+    free(from);
+    return st;
+}
+
+dsckpt_status rt_resume_scan_set_aside(rt_resume_scan *s, const char *resumed) {
+    if (!s || !s->automatic) return DSCKPT_OK;
+    bool latest_damaged = false;
+    for (size_t i = 0; i < s->n; i++)
+        latest_damaged |= s->damaged[i] && s->latest_tag && !strcmp(s->cs[i].tag, s->latest_tag);
+    /* First `latest`, so that a run killed in between finds it naming a checkpoint. */
+    if (latest_damaged) DS_TRY(ds_set_latest(s->save_dir, resumed));
+    for (size_t i = 0; i < s->n; i++)
+        if (s->damaged[i]) DS_TRY(move_aside(s->save_dir, s->cs[i].tag));
+    return DSCKPT_OK;
 }
 
 bool rt_stale_temp(const char *name, long *pid) {

@@ -11,19 +11,38 @@
 typedef struct rt_resume_pick {
     char tag[256];   /* the checkpoint to load; "" = start from scratch */
     bool deepspeed;  /* it is in DeepSpeed's format (libckpt reads it) */
+    bool fall_back;  /* auto: when the load finds the checkpoint damaged, ask for the next */
     int exit_code;   /* nonzero: stop with this exit code (msg says why) */
     char msg[1536];
 } rt_resume_pick;
 
-/* Decides what `--resume R` (R = "auto" or a tag) continues from in save_dir.
- * auto: the newest checkpoint (native or DeepSpeed's format) that verifies and
- * holds this engine's model, skipping (with a note on stderr) ones that do not
- * verify and incomplete saves (a tag directory with rank files but no manifest);
- * from scratch only when the directory holds no checkpoint at all. It stops
- * instead of training from scratch when the directory holds checkpoints but none
- * can be used (exit 1 corrupt, 2 unreadable) or the usable one is of another
- * model (exit 3: the checkpoint is intact, the run's flags contradict it). */
-void rt_resume_pick_tag(const rt_engine *e, const char *save_dir, const char *resume, rt_resume_pick *out);
+/* Choosing what `--resume R` (R = "auto" or a tag) continues from in save_dir.
+ * Every candidate's structure is checked here (the manifest, the files, and that it
+ * holds this engine's model); its bytes are checked by the load's reads, against
+ * their digests.
+ * auto: candidates newest first (native or DeepSpeed's format), skipping with a
+ * note on stderr incomplete saves (rank files but no manifest) and ones that do not
+ * open; when the load finds the one picked damaged, rt_resume_scan_reject passes
+ * over it and the next rt_resume_scan_next offers the next. So auto resumes the
+ * newest checkpoint whose bytes the resume reads are intact. From scratch only
+ * when the directory holds no checkpoint at all; it stops instead when the
+ * directory holds checkpoints but none can be used (exit 1 corrupt, 2 unreadable)
+ * or the usable one is of another model (exit 3: the checkpoint is intact, the
+ * run's flags contradict it). An explicit tag is offered once. */
+typedef struct rt_resume_scan rt_resume_scan;
+rt_resume_scan *rt_resume_scan_new(const rt_engine *e, const char *save_dir, const char *resume);
+/* The next checkpoint to load (out->tag), from scratch (tag ""), or the verdict
+ * (out->exit_code, out->msg). A NULL scan (out of memory) gives exit 70. */
+void rt_resume_scan_next(rt_resume_scan *s, rt_resume_pick *out);
+/* The load of the checkpoint last offered failed with exit code `code` (1 or 2),
+ * `msg` saying why: auto passes over it. */
+void rt_resume_scan_reject(rt_resume_scan *s, int code, const char *msg);
+/* After a resume from `resumed`: the checkpoints auto passed over as corrupt are
+ * moved aside (TAG -> TAG.damaged, or TAG.damaged-N when that is taken; never
+ * removed), so that this run can save those steps again, and `latest`, when it
+ * named one of them, names `resumed` first. Says on stderr what it moved. */
+dsckpt_status rt_resume_scan_set_aside(rt_resume_scan *s, const char *resumed);
+void rt_resume_scan_free(rt_resume_scan *s);
 
 /* Removes what killed saves left in save_dir: root-level `.latest.tmp-PID-N` and
  * `.trainer_state.json.tmp-PID-N`, and the rank-file and manifest temporaries

@@ -3,9 +3,10 @@
 # is refused naming both sides (with the manifest's "model" object, and for older
 # checkpoints without one by their tensors); `--resume auto` in a save dir it
 # cannot use stops instead of training from scratch (and `latest` stays where it
-# was); a DeepSpeed-format checkpoint of the same model is resumed; hostile step
-# counters in a checkpoint's state are refused; debris of killed saves (temporaries
-# of dead processes) is removed by the next run, and nothing else is.
+# was), and over a damaged newest checkpoint resumes the older one (the damaged one
+# moved aside whole); a DeepSpeed-format checkpoint of the same model is resumed;
+# hostile step counters in a checkpoint's state are refused; debris of killed saves
+# (temporaries of dead processes) is removed by the next run, and nothing else is.
 # Usage: rt_resume_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
 . "$(dirname "$0")/rt_lib.sh"
@@ -100,6 +101,32 @@ rc=$?
 [ "$rc" = 1 ] && grep -q "rank_00001.safetensors: chunk .*SHA-256 mismatch" h2.out && ok ||
     bad "--resume global_step2 over a corrupt checkpoint: exit $rc, expected 1 naming the chunk: $(tail -4 h2.out)"
 [ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint (--resume TAG)"
+[ ! -e corrupt/global_step2.damaged ] && [ -d corrupt/global_step2 ] && ok || bad "a checkpoint was moved aside though nothing was resumed"
+
+echo "== --resume auto over a damaged newest checkpoint: the load's checked reads find it (no verify pass), every rank"
+echo "   passes over it, the older one resumes, the damaged one is moved aside whole and its step saved again"
+train l.out 2 --max_steps 4 --save_dir dmg --save_steps 2 || bad "the run to damage failed: $(tail -3 l.out)"
+cp dmg/global_step4/rank_00000.safetensors l0.orig && cp dmg/global_step4/rank_00001.safetensors l1.orig
+f=dmg/global_step4/rank_00001.safetensors
+printf 'X' | dd of="$f" bs=1 seek=$(( $(stat -c %s "$f") - 9 )) conv=notrunc status=none
+cp "$f" l1.damaged
+train l2.out 2 --max_steps 6 --save_dir dmg --save_steps 2 --resume auto
+rc=$?
+[ "$rc" = 0 ] && ok || bad "--resume auto over a damaged newest checkpoint: exit $rc: $(tail -4 l2.out)"
+grep -q "rank_00001.safetensors: chunk .*SHA-256 mismatch" l2.out && grep -q "skipping dmg/global_step4: the load found damaged" l2.out &&
+    ok || bad "the damage is not named: $(grep -v '^\[' l2.out | head -8)"
+grep -q "resumed from dmg/global_step2 at step 2 (opened in" l2.out && ok || bad "not resumed from global_step2: $(tail -3 l2.out)"
+grep -q "moved the damaged dmg/global_step4 aside to dmg/global_step4.damaged" l2.out &&
+    cmp -s dmg/global_step4.damaged/rank_00001.safetensors l1.damaged && ok || bad "the damaged checkpoint was not kept aside as it was"
+cmp -s dmg/global_step4/rank_00000.safetensors l0.orig && cmp -s dmg/global_step4/rank_00001.safetensors l1.orig && ok ||
+    bad "step 4 saved again differs from the first run's"
+[ "$(cat dmg/latest)" = global_step6 ] && "$DSCKPT" verify dmg -t global_step6 >/dev/null && ok ||
+    bad "no good checkpoint after the run: latest $(cat dmg/latest)"
+"$DSCKPT" verify dmg >v.out 2>&1
+rc=$?
+[ "$rc" = 1 ] && grep -q "tag global_step4.damaged: corrupt" v.out && grep -q "tag global_step4: ok" v.out && ok ||
+    bad "verify of the save dir does not tell the kept damaged copy from the good ones (exit $rc): $(cat v.out)"
+
 mkdir empty
 train i.out 2 --max_steps 2 --save_dir empty --save_steps 2 --resume auto && grep -q "starting from scratch" i.out && ok ||
     bad "an empty save dir does not start from scratch: $(tail -3 i.out)"

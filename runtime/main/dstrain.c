@@ -252,19 +252,71 @@ static dsckpt_dtype gemm_dtype(const rt_opts *o, const rt_config *cfg) {
     return !strcmp(g, "bf16") ? DSCKPT_BF16 : !strcmp(g, "fp16") ? DSCKPT_F16 : DSCKPT_F32;
 }
 
-/* --resume: rank 0 picks the checkpoint (auto: the newest that verifies; an explicit
- * tag: opened and its model checked, its bytes checked by the load's reads); every
- * rank gets the verdict, and a refusal ends them all with the same exit code.
- * Returns -1 to go on (from *k0), else the exit code. */
+/* The verdict of rank 0's scan, the same on every rank. */
+static dsckpt_status share_pick(run *r, rt_resume_scan *scan, rt_resume_pick *pick) {
+    if (r->rank == 0) rt_resume_scan_next(scan, pick);
+    DS_TRY(rt_comm_bcast(r->comm, pick, sizeof *pick, 0));
+    pick->tag[sizeof pick->tag - 1] = pick->msg[sizeof pick->msg - 1] = '\0';
+    return DSCKPT_OK;
+}
+
+/* --resume: rank 0 offers the checkpoint (auto: newest first; an explicit tag)
+ * after checking its structure and model, every rank loads it, and the load's
+ * checked reads are the integrity check. A load that finds auto's pick damaged
+ * (agreed by every rank) passes over it to the next one; a refusal ends every rank
+ * with the same exit code. Returns -1 to go on (from *k0), else the exit code. */
 static int resume(run *r, uint64_t *k0) {
     const rt_opts *o = r->o;
-    dsckpt_status st;
+    dsckpt_status st = DSCKPT_OK;
     rt_resume_pick pick;
-    double verify_s = rt_now_s();
-    if (r->rank == 0) rt_resume_pick_tag(r->eng, o->save_dir, o->resume, &pick);
-    verify_s = rt_now_s() - verify_s;
-    if ((st = rt_comm_bcast(r->comm, &pick, sizeof pick, 0))) return fail(r, 70);
-    pick.tag[sizeof pick.tag - 1] = pick.msg[sizeof pick.msg - 1] = '\0';
+    rt_resume_scan *scan = r->rank == 0 ? rt_resume_scan_new(r->eng, o->save_dir, o->resume) : NULL;
+    cJSON *state = NULL;
+    double open_s = 0, load_s = 0, read_s = 0;
+    int code = 0; /* the exit code of a failure here */
+    for (;;) {
+        double t0 = rt_now_s();
+        if (share_pick(r, scan, &pick)) {
+            code = 70;
+            break;
+        }
+        open_s += rt_now_s() - t0;
+        if (pick.exit_code || !pick.tag[0]) break;
+        t0 = rt_now_s();
+        cJSON_Delete(state);
+        state = NULL;
+        if ((st = rt_engine_load(r->eng, o->save_dir, pick.tag, &state, &read_s))) code = exit_code(st);
+        else if (rt_comm_barrier(r->comm)) code = 70;
+        load_s = rt_now_s() - t0;
+        if (code != 1 || !pick.fall_back) break;
+        /* Every rank failed as corrupt (the load agrees on that): each says what it
+         * saw, and rank 0's scan passes over the checkpoint. */
+        fprintf(stderr, "dstrain (rank %d): --resume auto: %s\n", r->rank, dsckpt_last_error());
+        if (r->rank == 0) {
+            char why[sizeof pick.msg];
+            snprintf(why, sizeof why, "%.255s/%.255s: the load found damaged bytes (the ranks' messages above "
+                     "say where)", o->save_dir, pick.tag);
+            rt_resume_scan_reject(scan, 1, why);
+        }
+        code = 0;
+    }
+    /* What auto passed over as damaged is moved aside (rank 0), so that this run
+     * can save those steps again; every rank learns whether that worked. */
+    dsckpt_status ast = DSCKPT_OK;
+    bool loaded = !code && pick.tag[0] && !pick.exit_code;
+    if (loaded && r->rank == 0) ast = rt_resume_scan_set_aside(scan, pick.tag);
+    rt_resume_scan_free(scan);
+    bool aside_failed = ast != DSCKPT_OK;
+    if (loaded && rt_comm_allreduce_or(r->comm, &aside_failed)) code = 70;
+    if (loaded && !code && aside_failed) {
+        if (r->rank == 0) fprintf(stderr, "dstrain: --resume auto: %s\n", dsckpt_last_error());
+        cJSON_Delete(state);
+        r->clean_exit = true;
+        return 2;
+    }
+    if (code) {
+        cJSON_Delete(state);
+        return fail(r, code);
+    }
     if (pick.exit_code) {
         if (r->rank == 0) fprintf(stderr, "dstrain: --resume %s: %s\n", o->resume, pick.msg);
         r->clean_exit = true;
@@ -276,23 +328,14 @@ static int resume(run *r, uint64_t *k0) {
         if ((st = rt_engine_init_weights(r->eng, o->seed))) return fail(r, 70);
         return -1;
     }
-    cJSON *state = NULL;
-    double tl0 = rt_now_s();
-    double read_s = 0;
-    if ((st = rt_engine_load(r->eng, o->save_dir, pick.tag, &state, &read_s))) return fail(r, exit_code(st));
-    if ((st = rt_comm_barrier(r->comm))) {
-        cJSON_Delete(state);
-        return fail(r, 70);
-    }
-    double load_s = rt_now_s() - tl0;
     st = next_batch(r, state, pick.tag, k0);
     cJSON_Delete(state);
     if (st) return fail(r, 1);
     if (r->rank == 0)
-        fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (%s in %.3f s, loaded in %.3f s: "
+        fprintf(stderr, "dstrain: resumed from %s/%s%s at step %llu (opened in %.3f s, loaded in %.3f s: "
                 "partitions read in %.3f s, working weights rebuilt in %.3f s)\n",
                 o->save_dir, pick.tag, pick.deepspeed ? " (DeepSpeed format)" : "", (unsigned long long)*k0,
-                strcmp(o->resume, "auto") ? "opened" : "verified", verify_s, load_s, read_s, load_s - read_s);
+                open_s, load_s, read_s, load_s - read_s);
     return -1;
 }
 
