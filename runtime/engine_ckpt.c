@@ -775,6 +775,11 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
         }
     }
     rt_engine_before_change(e);
+    /* What a failed load must leave as it was: with the partitions all overwritten
+     * by the next load, a load after a failed one (--resume auto going on to an
+     * older checkpoint) is the same as a first one. */
+    const uint64_t applied0 = e->applied, nsteps0 = e->nsteps;
+    const rt_scaler_state scaler0 = e->scaler.st;
     if (!st) st = load_parts(e, c, moments);
     if (!st && moments) {
         e->applied = applied;
@@ -786,7 +791,16 @@ static dsckpt_status load_common(rt_engine *e, const char *path, const char *tag
     dsckpt_ckpt_free(c);
     st = agree(e, st);
     if (read_s) *read_s = rt_now_s() - t0;
-    if (st) return st;
+    if (st) {
+        e->applied = applied0;
+        e->nsteps = nsteps0;
+        e->scaler.st = scaler0;
+        if (state_out) {
+            cJSON_Delete(*state_out);
+            *state_out = NULL;
+        }
+        return st;
+    }
     return rt_engine_refresh_working(e);
 }
 

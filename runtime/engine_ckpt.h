@@ -67,7 +67,10 @@ double rt_saver_take_copy_seconds(rt_saver *s);
  * *state_out (may be NULL) gets a copy of the manifest's "state" (free with
  * cJSON_Delete). *read_s (may be NULL) gets the seconds this rank spent opening the
  * checkpoint and reading its partition, until every rank had read its own (the
- * rest is rebuilding the working weights from the new partitions). Collective. */
+ * rest is rebuilding the working weights from the new partitions). Collective.
+ * A failed load (the verdict the same on every rank: corrupt on all when one found
+ * damage) leaves the step counters and the loss scaler as they were and *state_out
+ * NULL; the weights and moments are then undefined until a load succeeds. */
 dsckpt_status rt_engine_load(rt_engine *e, const char *path, const char *tag, cJSON **state_out, double *read_s);
 
 /* Whether checkpoint c holds this engine's model: its "model" object (when it has

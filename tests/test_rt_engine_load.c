@@ -3,7 +3,9 @@
  * (self collectives) refuses step counts in the manifest's "state" that are not
  * whole numbers from 0 to 2^53 (1e300, -5, 2.5), as ECORRUPT, instead of
  * converting them to uint64 (undefined behaviour, found by fuzz_engine_load), and
- * still loads good ones (the engine continues at that step).
+ * still loads good ones (the engine continues at that step). A load that finds a
+ * damaged partition leaves the step counters as they were and hands back no state,
+ * so the load after it (--resume auto's next candidate) is the same as a first one.
  */
 #include "engine.h"
 #include "engine_ckpt.h"
@@ -90,6 +92,33 @@ static void test_good_steps(void) {
     CU_ASSERT_EQUAL(rt_engine_steps(g_e), 9);
 }
 
+static void test_failed_load_changes_no_counter(void) {
+    edit_manifest(NULL, "9");
+    TU_ASSERT_OK(rt_engine_load(g_e, g_root, NULL, NULL, NULL));
+    CU_ASSERT_EQUAL(rt_engine_steps(g_e), 9);
+    /* The counters of the next load are valid; one of its partitions is damaged. */
+    edit_manifest(NULL, "4");
+    char *rank = tu_path(g_root, "global_step3/rank_00000.safetensors");
+    size_t len = 0;
+    uint8_t *orig = tu_read(rank, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(orig);
+    CU_ASSERT_EQUAL(tu_flip_bit(rank, len - 5, 3), 0);
+    cJSON *state = NULL;
+    dsckpt_status st = rt_engine_load(g_e, g_root, NULL, &state, NULL);
+    CU_ASSERT(st == DSCKPT_ECHECKSUM || st == DSCKPT_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "rank_00000.safetensors"));
+    CU_ASSERT_PTR_NULL(state);
+    CU_ASSERT_EQUAL(rt_engine_steps(g_e), 9);
+    /* Mended, it loads, and the engine continues at its step. */
+    CU_ASSERT_EQUAL(tu_write(rank, orig, len), 0);
+    TU_ASSERT_OK(rt_engine_load(g_e, g_root, NULL, &state, NULL));
+    CU_ASSERT_PTR_NOT_NULL(state);
+    CU_ASSERT_EQUAL(rt_engine_steps(g_e), 4);
+    cJSON_Delete(state);
+    free(orig);
+    free(rank);
+}
+
 int main(void) {
     if (setup()) {
         fprintf(stderr, "test_rt_engine_load: setup failed: %s\n", dsckpt_last_error());
@@ -98,6 +127,7 @@ int main(void) {
     static const tu_test tests[] = {{"bad applied_steps", test_bad_applied_steps},
                                     {"bad optimizer step", test_bad_optimizer_step},
                                     {"good steps", test_good_steps},
+                                    {"a failed load changes no counter", test_failed_load_changes_no_counter},
                                     {NULL, NULL}};
     int rc = tu_main("rt_engine_load", tests);
     rt_engine_free(g_e);
