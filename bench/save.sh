@@ -7,7 +7,9 @@
 #     B bytes against one plain write() + fsync of B bytes;
 #   - load-time reshard: resuming the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2
 #     and 3 ranks / stage 1 (each rank reads only its new partition's byte ranges
-#     from the old files) ÷ a plain read() of the same state bytes from those files.
+#     from the old files) ÷ a plain read() of the same state bytes from those files;
+#   - `--resume auto` ÷ `--resume global_step3` (the same checkpoint named), the
+#     whole resume (finding the checkpoint, opening, loading) at 3 ranks.
 # Usage:
 #   bash bench/save.sh
 # Environment: BENCH_MODEL (dstrain model flags; default ~101M parameters, so about
@@ -94,15 +96,20 @@ if [ -n "$ZL" ]; then
 fi
 [ "${BENCH_SKIP_LOAD:-0}" = 1 ] && exit 0
 
-# One resume at W ranks with config C from SRC/global_step3, printing dstrain's
-# "loaded in" seconds. --max_steps 3 with a checkpoint at step 3: load and stop (no
+# One resume at W ranks with config C from SRC/global_step3 (or what RESUME names),
+# printing dstrain's "loaded in" seconds (with WHOLE=1: "opened in" + "loaded in",
+# the whole resume). --max_steps 3 with a checkpoint at step 3: load and stop (no
 # step, no save).
-load_run() { # W C SRC
+load_run() { # W C SRC [RESUME]
   sync
   build/dsrun --num_procs "$1" build/dstrain --deepspeed "$DIR/$2.json" --data "$DATA" "${MODEL[@]}" \
-    --eval_windows 1 --max_steps 3 --save_dir "$3" --resume global_step3 >"$DIR/load.out" 2>&1 ||
+    --eval_windows 1 --max_steps 3 --save_dir "$3" --resume "${4:-global_step3}" >"$DIR/load.out" 2>&1 ||
     { cat "$DIR/load.out" >&2; exit 1; }
-  sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$DIR/load.out"
+  if [ "${WHOLE:-0}" = 1 ]; then
+    sed -n 's/.*opened in \([0-9.]*\) s, loaded in \([0-9.]*\) s.*/\1 \2/p' "$DIR/load.out" | awk '{print $1 + $2}'
+  else
+    sed -n 's/.*loaded in \([0-9.]*\) s.*/\1/p' "$DIR/load.out"
+  fi
 }
 
 # Load-time reshard from the last synchronous save (global_step3 is `latest`).
@@ -126,3 +133,16 @@ for target in "2 z2w2" "3 z1w3"; do
     $PY -c "print(f'| --save_compress=$ZL: resume 4 → $W ranks from the compressed ÷ from the plain checkpoint | {$CL:.4f} | {$L:.4f} | {$CL / $L:.2f} | ≤ 1.2 |')"
   fi
 done
+
+# `--resume auto` against naming the tag: the same load, plus finding the newest
+# checkpoint (global_step3: its structure and model, no hash pass; the load's
+# checked reads are the integrity check), alternated. The ratio is the median of
+# the pairs' ratios (the loads swing more from run to run than within a pair).
+: >"$DIR/auto.t"; : >"$DIR/tag.t"; : >"$DIR/pair.t"
+for i in $(seq "$REPS"); do
+  A=$(WHOLE=1 load_run 3 z1w3 "$SRC" auto); T=$(WHOLE=1 load_run 3 z1w3 "$SRC")
+  echo "$A" >>"$DIR/auto.t"; echo "$T" >>"$DIR/tag.t"
+  $PY -c "print($A / $T)" >>"$DIR/pair.t"
+done
+A=$(median <"$DIR/auto.t"); T=$(median <"$DIR/tag.t"); R=$(median <"$DIR/pair.t")
+$PY -c "print(f'| resume 4 → 3 ranks, --resume auto ÷ --resume global_step3 (opened + loaded; median of pair ratios) | {$A:.4f} | {$T:.4f} | {$R:.2f} | ≤ 1.05 |')"

@@ -269,17 +269,20 @@ static int resume(run *r, uint64_t *k0) {
     const rt_opts *o = r->o;
     dsckpt_status st = DSCKPT_OK;
     rt_resume_pick pick;
+    /* Every rank here first, so that "opened in" times the pick, not how much
+     * later than rank 0 the slowest rank finished starting up. */
+    if (rt_comm_barrier(r->comm)) return fail(r, 70);
+    double t0 = rt_now_s();
     rt_resume_scan *scan = r->rank == 0 ? rt_resume_scan_new(r->eng, o->save_dir, o->resume) : NULL;
     cJSON *state = NULL;
     double open_s = 0, load_s = 0, read_s = 0;
     int code = 0; /* the exit code of a failure here */
     for (;;) {
-        double t0 = rt_now_s();
         if (share_pick(r, scan, &pick)) {
             code = 70;
             break;
         }
-        open_s += rt_now_s() - t0;
+        open_s += rt_now_s() - t0; /* the scan's work for this pick (with its start, the first time) */
         if (pick.exit_code || !pick.tag[0]) break;
         t0 = rt_now_s();
         cJSON_Delete(state);
@@ -287,6 +290,7 @@ static int resume(run *r, uint64_t *k0) {
         if ((st = rt_engine_load(r->eng, o->save_dir, pick.tag, &state, &read_s))) code = exit_code(st);
         else if (rt_comm_barrier(r->comm)) code = 70;
         load_s = rt_now_s() - t0;
+        t0 = rt_now_s();
         if (code != 1 || !pick.fall_back) break;
         /* Every rank failed as corrupt (the load agrees on that): each says what it
          * saw, and rank 0's scan passes over the checkpoint. */
