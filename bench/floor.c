@@ -9,12 +9,19 @@
  *       "read_s write_s total_s".
  *   ds_floor sha MIB
  *       Single-core SHA-256 (OpenSSL EVP) over MIB MiB held in memory; prints GB/s.
+ *   ds_floor checked THREADS CHUNK_BYTES IN_FILE...
+ *       A checked read: every input file read whole, CHUNK_BYTES at a time (one
+ *       pread() each) into a per-thread buffer, each chunk's SHA-256 taken, the
+ *       chunks shared out over THREADS threads. Prints "seconds bytes" — the least
+ *       a reader that hashes every byte it reads can take on those cores.
  *   ds_floor rss CMD ARGS...
  *       Runs CMD and prints "wall_s max_rss_kib exit_code" (wait4 rusage).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,6 +116,81 @@ static int floor_sha(int argc, char **argv) {
     return 0;
 }
 
+typedef struct {
+    int nin;
+    const int *fds;
+    const uint64_t *sizes;
+    uint64_t chunk, nchunks_total;
+    const uint64_t *first; /* chunk index where each file starts */
+    atomic_uint_fast64_t next;
+    atomic_int failed;
+} checked_job;
+
+static void *checked_worker(void *p) {
+    checked_job *j = p;
+    uint8_t *buf = malloc((size_t)j->chunk);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (!buf || !md) atomic_store(&j->failed, 1);
+    for (uint64_t k; buf && md && (k = atomic_fetch_add(&j->next, 1)) < j->nchunks_total;) {
+        int f = 0;
+        while (f + 1 < j->nin && j->first[f + 1] <= k) f++;
+        uint64_t off = (k - j->first[f]) * j->chunk;
+        size_t n = (size_t)(j->sizes[f] - off < j->chunk ? j->sizes[f] - off : j->chunk);
+        unsigned char dg[32];
+        unsigned int len;
+        if (pread(j->fds[f], buf, n, (off_t)off) != (ssize_t)n || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+            EVP_DigestUpdate(md, buf, n) != 1 || EVP_DigestFinal_ex(md, dg, &len) != 1) {
+            atomic_store(&j->failed, 1);
+            break;
+        }
+    }
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return NULL;
+}
+
+static int floor_checked(int argc, char **argv) {
+    if (argc < 4) return 2;
+    int threads = atoi(argv[1]);
+    uint64_t chunk = strtoull(argv[2], NULL, 10);
+    int nin = argc - 3;
+    if (threads < 1 || threads > 256 || chunk == 0) return 2;
+    int *fds = calloc((size_t)nin, sizeof *fds);
+    uint64_t *sizes = calloc((size_t)nin, sizeof *sizes), *first = calloc((size_t)nin + 1, sizeof *first);
+    pthread_t *tids = calloc((size_t)threads, sizeof *tids);
+    if (!fds || !sizes || !first || !tids) return 1;
+    uint64_t total = 0;
+    for (int i = 0; i < nin; i++) {
+        struct stat sb;
+        if ((fds[i] = open(argv[3 + i], O_RDONLY)) < 0 || fstat(fds[i], &sb) != 0) {
+            perror(argv[3 + i]);
+            return 1;
+        }
+        sizes[i] = (uint64_t)sb.st_size;
+        total += sizes[i];
+        first[i + 1] = first[i] + (sizes[i] + chunk - 1) / chunk;
+    }
+    checked_job j = {.nin = nin, .fds = fds, .sizes = sizes, .chunk = chunk, .nchunks_total = first[nin], .first = first};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, 0);
+    double t0 = now();
+    for (int t = 0; t < threads; t++)
+        if (pthread_create(&tids[t], NULL, checked_worker, &j) != 0) return 1;
+    for (int t = 0; t < threads; t++) pthread_join(tids[t], NULL);
+    double t1 = now();
+    if (atomic_load(&j.failed)) {
+        fprintf(stderr, "ds_floor checked: a read or a digest failed\n");
+        return 1;
+    }
+    printf("%.4f %llu\n", t1 - t0, (unsigned long long)total);
+    for (int i = 0; i < nin; i++) close(fds[i]);
+    free(fds);
+    free(sizes);
+    free(first);
+    free(tids);
+    return 0;
+}
+
 static int floor_rss(int argc, char **argv) {
     if (argc < 2) return 2;
     double t0 = now();
@@ -128,7 +210,8 @@ static int floor_rss(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "io")) return floor_io(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sha")) return floor_sha(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "rss")) return floor_rss(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | rss CMD...\n");
+    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | checked THREADS CHUNK IN... | rss CMD...\n");
     return 2;
 }

@@ -7,7 +7,9 @@
 #     B bytes against one plain write() + fsync of B bytes;
 #   - load-time reshard: resuming the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2
 #     and 3 ranks / stage 1 (each rank reads only its new partition's byte ranges
-#     from the old files) ÷ a plain read() of the same state bytes from those files;
+#     from the old files) ÷ a plain read() of the same state bytes from those files,
+#     and ÷ a checked read of them (every 4 MiB chunk read and its SHA-256 taken, on
+#     every core: what a load that hashes every byte it reads cannot go below);
 #   - `--resume auto` ÷ `--resume global_step3` (the same checkpoint named), the
 #     whole resume (finding the checkpoint, opening, loading) at 3 ranks.
 # Usage:
@@ -27,6 +29,7 @@ DIR=${BENCH_DIR:-build/bench-save}
 [ -x build/dstrain ] && [ -x build/dsrun ] && [ -x build/ds_floor ] || bash scripts/build.sh build
 FL=build/ds_floor
 PY=python3
+CORES=$(nproc)
 DATA=fixtures/corpus/licenses.txt
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 rm -rf "$DIR"
@@ -117,17 +120,20 @@ SRC="$DIR/sync"
 STATE=$(du -cb "$SRC/global_step3"/rank_*.safetensors | tail -1 | cut -f1)
 for target in "2 z2w2" "3 z1w3"; do
   read -r W C <<<"$target"
-  : >"$DIR/load.t"; : >"$DIR/rfloor.t"; : >"$DIR/cload.t"
+  : >"$DIR/load.t"; : >"$DIR/rfloor.t"; : >"$DIR/cload.t"; : >"$DIR/kfloor.t"
   for i in $(seq "$REPS"); do
     sync
     read -r rt _ _ < <($FL io "$STATE" 0 "$DIR/floor.out" "$SRC/global_step3"/rank_*.safetensors)
     echo "$rt" >>"$DIR/rfloor.t"
+    read -r kt _ < <($FL checked "$CORES" $((4 << 20)) "$SRC/global_step3"/rank_*.safetensors)
+    echo "$kt" >>"$DIR/kfloor.t"
     load_run "$W" "$C" "$SRC" >>"$DIR/load.t"
     # The same resume from the compressed checkpoint, right after the plain one.
     [ -z "$ZL" ] || load_run "$W" "$C" "$DIR/csync" >>"$DIR/cload.t"
   done
-  L=$(median <"$DIR/load.t"); R=$(median <"$DIR/rfloor.t")
+  L=$(median <"$DIR/load.t"); R=$(median <"$DIR/rfloor.t"); K=$(median <"$DIR/kfloor.t")
   $PY -c "print(f'| load-time reshard 4 → $W ranks (stage 3 → ${C:1:1}), $((STATE / 1048576)) MiB of state ÷ plain read | {$L:.4f} | {$R:.4f} | {$L / $R:.2f} | ≤ 1.3 |')"
+  $PY -c "print(f'| the same ÷ checked read ($CORES threads, SHA-256 of every 4 MiB chunk read; {$K / $R:.2f} × plain read) | {$L:.4f} | {$K:.4f} | {$L / $K:.2f} | |')"
   if [ -n "$ZL" ]; then
     CL=$(median <"$DIR/cload.t")
     $PY -c "print(f'| --save_compress=$ZL: resume 4 → $W ranks from the compressed ÷ from the plain checkpoint | {$CL:.4f} | {$L:.4f} | {$CL / $L:.2f} | ≤ 1.2 |')"
