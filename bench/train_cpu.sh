@@ -5,7 +5,7 @@
 # on a shared machine, so it compares kernels (native vs BLAS, before vs after) where
 # bench/train.sh's step times cannot. Ratios are to the first build, same run.
 # Usage: bash bench/train_cpu.sh NAME=BUILD_DIR [NAME=BUILD_DIR ...]
-#   e.g. bash bench/train_cpu.sh native=build blas=build-blas
+#   e.g. bash bench/train_cpu.sh blas=build native=build-native   (build-native: -DDSCKPT_BLAS=OFF)
 # Environment: REPS (2), STAGES ("0 3").
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,13 +3,15 @@
 # Model: the ~3.26M-parameter GPT-2 shape of bench/train_cpu.sh (4 layers, 4 heads,
 # 256 wide, 128 tokens, byte vocabulary), fp32, AdamW, gradient clipping 1.0, global
 # batch 8 sequences. Sides, interleaved in every repetition:
-#   dstrain W=1 (stage 0) and W=2 (ZeRO-2) for each build given (native kernels, and
-#   the -DDSCKPT_BLAS=ON build when present), threads per rank = cores / W;
+#   dstrain W=1 (stage 0) and W=2 (ZeRO-2) for each build given (the default build,
+#   OpenBLAS where it was found, and the native kernels' -DDSCKPT_BLAS=OFF build
+#   when present), threads per rank = cores / W;
 #   PyTorch eager W=1 and DDP over gloo at W=2 (bench/torch_gpt2_cpu.py) with
 #   torch.set_num_threads = the same threads per rank.
 # Prints each run, then the median tokens/s per side and W and the ratio dstrain ÷ PyTorch.
-# Usage: bash bench/train_vs_torch.sh [NAME=BUILD_DIR ...]   (default native=build,
-#        plus blas=build-blas when build-blas/dstrain exists)
+# Usage: bash bench/train_vs_torch.sh [NAME=BUILD_DIR ...]   (default dstrain=build,
+#        plus native=build-native when build-native/dstrain exists:
+#        bash scripts/build.sh build-native -DDSCKPT_BLAS=OFF)
 # Environment: TORCH_PY (python of a venv with torch; without it the PyTorch side is
 # skipped with a message), REPS (3), STEPS (8 optimizer steps per run, first dropped),
 # WORLDS ("1 2"), CORES (nproc).
@@ -20,8 +22,8 @@ BATCH=8 SEQ=128
 MODEL=(--n_layer 4 --n_head 4 --n_embd 256 --seq_len $SEQ)
 BUILDS=("$@")
 if [ ${#BUILDS[@]} -eq 0 ]; then
-  BUILDS=(native=build)
-  [ -x build-blas/dstrain ] && BUILDS+=(blas=build-blas)
+  BUILDS=(dstrain=build)
+  [ -x build-native/dstrain ] && BUILDS+=(native=build-native)
 fi
 for spec in "${BUILDS[@]}"; do
   [ -x "${spec#*=}/dstrain" ] && [ -x "${spec#*=}/dsrun" ] || { echo "no dstrain/dsrun in ${spec#*=}" >&2; exit 3; }

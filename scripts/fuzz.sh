@@ -19,7 +19,7 @@ TARGETS=${FUZZ_TARGETS:-$ALL}
 JOBS=${FUZZ_JOBS:-$(nproc)}
 B=${FUZZ_BUILD:-build-fuzz}
 CC=clang cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_FUZZ=ON -DDSCKPT_ASAN=ON \
-  -DDSCKPT_UBSAN=ON >/dev/null
+  -DDSCKPT_UBSAN=ON -DDSCKPT_BLAS=OFF >/dev/null
 # shellcheck disable=SC2046
 cmake --build "$B" -j"$(nproc)" --target $(for t in $TARGETS; do printf 'fuzz_%s ' "$t"; done) >/dev/null
 

@@ -107,8 +107,9 @@ copy_libs_of() { # copy_libs_of FILE...: the non-system libraries each needs, in
 prepare() {
     command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || die "--prepare needs nvcc (CUDA) on this machine"
     echo "gpu-check: building $BUILD (RelWithDebInfo, stripped; CUDA on)"
+    # The native CPU kernels (no OpenBLAS to carry; the GPU machine has none).
     cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSCKPT_CUDA=ON -DDSCKPT_TEST_HOOKS=ON \
-        -DDSCKPT_WERROR=ON >"$ROOT/build-gpu.configure.log" 2>&1 || die "configure failed (build-gpu.configure.log)"
+        -DDSCKPT_BLAS=OFF -DDSCKPT_WERROR=ON >"$ROOT/build-gpu.configure.log" 2>&1 || die "configure failed (build-gpu.configure.log)"
     local targets="test_kernels_cuda gpu_bench dstrain dsckpt_cli"
     grep -q '^test_comm_cuda:' "$BUILD/Makefile" 2>/dev/null && targets="$targets test_comm_cuda"
     # shellcheck disable=SC2086

@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(build-essential cmake pkg-config libzstd-dev libcjson-dev libssl-dev libcunit1-dev zlib1g-dev
       openmpi-bin libopenmpi-dev
       clang python3 python3-venv python3-pip
-      libopenblas-dev # -DDSCKPT_BLAS=ON (training GEMM through OpenBLAS)
+      libopenblas-dev # the training step's GEMMs (DSCKPT_BLAS, on when found)
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross) # cross-compile check of the portable kernels (scripts/check_portable.sh)
 missing=()
 for p in "${PKGS[@]}"; do

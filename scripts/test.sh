@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: setup, a -Werror build with every test (test hooks compiled
 # in), a -Werror -O3 release build (tests compiled too) checked to ignore the test
-# hooks, then the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# hooks, then the same suite built with AddressSanitizer + UndefinedBehaviorSanitizer
+# (and the native GEMM kernels instead of OpenBLAS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,7 +22,10 @@ cmake --build build-release -j"$(nproc)"
 bash tests/release_hooks_test.sh "$PWD/build-release" "$PWD"
 # The portable kernel path (what aarch64 builds), and an aarch64 cross-compile of kernels/.
 bash scripts/check_portable.sh build-generic
-bash scripts/build.sh build-asan -DDSCKPT_ASAN=ON -DDSCKPT_UBSAN=ON -DDSCKPT_WERROR=ON
+# The sanitizer build trains with the native kernels (-DDSCKPT_BLAS=OFF): the suite
+# runs once through OpenBLAS (the default build above, where it is installed) and
+# once through the native GEMMs, the reference every GEMM path is tested against.
+bash scripts/build.sh build-asan -DDSCKPT_ASAN=ON -DDSCKPT_UBSAN=ON -DDSCKPT_WERROR=ON -DDSCKPT_BLAS=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j2
 # Brief libFuzzer runs of every target (clang; library and runtime instrumented),
