@@ -359,6 +359,7 @@ static dsckpt_status slot_buffer(size_t n, uint8_t **out, size_t *cap) {
         *cap = n;
         return DSCKPT_OK;
     }
+    if (n > SIZE_MAX - HUGE) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes)", n);
     size_t sz = (n + HUGE - 1) / HUGE * HUGE;
     void *p = NULL;
     if (posix_memalign(&p, HUGE, sz) != 0) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes)", sz);
