@@ -272,7 +272,7 @@ static int resume(run *r, uint64_t *k0) {
     /* Every rank here first, so that "opened in" times the pick, not how much
      * later than rank 0 the slowest rank finished starting up. */
     if (rt_comm_barrier(r->comm)) return fail(r, 70);
-    double t0 = rt_now_s();
+    double t0 = rt_now_s(); /* the pick's clock: from the scan's start, then from each rejection */
     rt_resume_scan *scan = r->rank == 0 ? rt_resume_scan_new(r->eng, o->save_dir, o->resume) : NULL;
     cJSON *state = NULL;
     double open_s = 0, load_s = 0, read_s = 0;
@@ -282,16 +282,16 @@ static int resume(run *r, uint64_t *k0) {
             code = 70;
             break;
         }
-        open_s += rt_now_s() - t0; /* the scan's work for this pick (with its start, the first time) */
+        open_s += rt_now_s() - t0;
         if (pick.exit_code || !pick.tag[0]) break;
-        t0 = rt_now_s();
+        double t1 = rt_now_s();
         cJSON_Delete(state);
         state = NULL;
         if ((st = rt_engine_load(r->eng, o->save_dir, pick.tag, &state, &read_s))) code = exit_code(st);
         else if (rt_comm_barrier(r->comm)) code = 70;
-        load_s = rt_now_s() - t0;
-        t0 = rt_now_s();
+        load_s = rt_now_s() - t1;
         if (code != 1 || !pick.fall_back) break;
+        t0 = rt_now_s();
         /* Every rank failed as corrupt (the load agrees on that): each says what it
          * saw, and rank 0's scan passes over the checkpoint. */
         fprintf(stderr, "dstrain (rank %d): --resume auto: %s\n", r->rank, dsckpt_last_error());
