@@ -64,7 +64,10 @@ static inline uint64_t ds_ceil_div(uint64_t a, uint64_t b) { return a / b + (a %
 bool ds_interrupted(void);
 dsckpt_status ds_err_interrupted(void);
 
-/* Allocation that records ENOMEM with a message. */
+/* Allocation that records ENOMEM with a message. ds_malloc's blocks of 4 KiB and
+ * more are 64-byte aligned, and those of 2 MiB and more 2 MiB-aligned and advised
+ * for huge pages (error.c): use it for large buffers that reads, hashes and copies
+ * go through. free() frees them. */
 dsckpt_status ds_malloc(size_t n, void *out_ptr);
 dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr);
 char *ds_strdup(const char *s); /* NULL on failure (and records ENOMEM) */

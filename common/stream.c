@@ -233,7 +233,7 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
     if (!s) return ds_err(DSCKPT_ENOMEM, "out of memory creating a stream for %s", path);
     s->fd = -1;
     s->path = strdup(path);
-    s->buf = malloc(STREAM_BUF);
+    if (ds_malloc(STREAM_BUF, &s->buf)) s->buf = NULL;
     if (!s->path || !s->buf) {
         ds_stream_abort(s);
         return ds_err(DSCKPT_ENOMEM, "out of memory creating a stream for %s", path);

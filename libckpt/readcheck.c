@@ -209,8 +209,7 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
         }
     }
     if (end - beg > b - a) {
-        scratch = malloc(PIECE);
-        if (!scratch) {
+        if (ds_malloc(PIECE, &scratch)) {
             EVP_MD_CTX_free(md);
             return ds_err(DSCKPT_ENOMEM, "out of memory checking %s", f->path);
         }

@@ -450,8 +450,8 @@ static void verify_safetensors(const char *path, dsckpt_verify_report *r) {
     if (st) {
         add_problem(r, sev_of(st), "%s", dsckpt_last_error());
     } else {
-        uint8_t *buf = malloc(READ_PIECE);
-        if (!buf) {
+        uint8_t *buf = NULL;
+        if (ds_malloc(READ_PIECE, &buf)) {
             add_problem(r, DSCKPT_VERIFY_UNREADABLE, "out of memory");
         } else {
             for (uint64_t off = 0; off < size;) {

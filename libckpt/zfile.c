@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 /* ---- writer ---- */
@@ -348,41 +347,23 @@ void ds_zcache_release(ds_zcache *z, ds_zslot *s) {
     pthread_mutex_unlock(&z->mu);
 }
 
-/* A slot buffer of at least n bytes (*cap gets its size): from 2 MiB up, whole
- * 2 MiB-aligned huge pages where the kernel grants them (transparent huge pages in
- * "madvise" mode): a fresh cache's slots are first touched inside the read that
- * needs them, and one fault per 2 MiB costs far less there than 512 of 4 KiB. */
-static dsckpt_status slot_buffer(size_t n, uint8_t **out, size_t *cap) {
-    enum { HUGE = 2u << 20 };
-    if (n < HUGE) {
-        DS_TRY(ds_malloc(n, out));
-        *cap = n;
-        return DSCKPT_OK;
-    }
-    if (n > SIZE_MAX - HUGE) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes)", n);
-    size_t sz = (n + HUGE - 1) / HUGE * HUGE;
-    void *p = NULL;
-    if (posix_memalign(&p, HUGE, sz) != 0) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes)", sz);
-#ifdef MADV_HUGEPAGE
-    (void)madvise(p, sz, MADV_HUGEPAGE); /* advice: without it, 4 KiB pages */
-#endif
-    *out = p;
-    *cap = sz;
-    return DSCKPT_OK;
-}
-
+/* The slot's buffers from ds_malloc: a whole chunk is on 2 MiB-aligned huge pages
+ * where the kernel grants them, and a fresh cache's slots are first touched inside
+ * the read that needs them, where one fault per 2 MiB costs far less than 512. */
 dsckpt_status ds_zslot_reserve(ds_zslot *s, size_t raw_n, size_t stored_n) {
     if (raw_n > s->raw_cap) {
         free(s->raw);
         s->raw = NULL;
         s->raw_cap = 0;
-        DS_TRY(slot_buffer(raw_n, &s->raw, &s->raw_cap));
+        DS_TRY(ds_malloc(raw_n, &s->raw));
+        s->raw_cap = raw_n;
     }
     if (stored_n > s->stored_cap) {
         free(s->stored);
         s->stored = NULL;
         s->stored_cap = 0;
-        DS_TRY(slot_buffer(stored_n, &s->stored, &s->stored_cap));
+        DS_TRY(ds_malloc(stored_n, &s->stored));
+        s->stored_cap = stored_n;
     }
     return DSCKPT_OK;
 }

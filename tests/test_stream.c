@@ -4,7 +4,8 @@
  * digests, an injected write failure is sticky and removes the file, and
  * ds_pwrite_full obeys the same fault hook; the copy engine writes what its fill
  * produces and its chunk and file digests equal the stream's, on several threads,
- * with chunks larger than one fill; a failing fill or a misfit unit stops it.
+ * with chunks larger than one fill; a failing fill or a misfit unit stops it; the
+ * allocator's blocks sit where reads into them run at full speed.
  */
 #include "copyengine.h"
 #include "fsutil.h"
@@ -280,8 +281,35 @@ static void test_copy_engine(void) {
     free(dir);
 }
 
+/* ds_malloc's placement (error.c): what reads land in starts on a 64-byte line,
+ * large blocks on a 2 MiB boundary; every block is writable to its last byte
+ * (ASan checks the bounds) and freed by free(); a size that cannot be rounded up
+ * to 2 MiB fails as ENOMEM without allocating. */
+static void test_malloc_placement(void) {
+    static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 131072 + 5, (2u << 20) - 1, 2u << 20, (2u << 20) + 1,
+                                   (5u << 20) + 3};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        uint8_t *p = NULL;
+        CU_ASSERT_EQUAL_FATAL(ds_malloc(sizes[i], &p), DSCKPT_OK);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+        uintptr_t a = (uintptr_t)p;
+        if (sizes[i] >= 4096) CU_ASSERT_EQUAL(a % 64, 0);
+        if (sizes[i] >= (2u << 20)) CU_ASSERT_EQUAL(a % (2u << 20), 0);
+        if (sizes[i]) {
+            memset(p, 0xa5, sizes[i]);
+            CU_ASSERT_EQUAL(p[sizes[i] - 1], 0xa5);
+        }
+        free(p);
+    }
+    void *q = (void *)&q;
+    CU_ASSERT_EQUAL(ds_malloc(SIZE_MAX - 5, &q), DSCKPT_ENOMEM);
+    CU_ASSERT_PTR_EQUAL(q, (void *)&q); /* not written on failure */
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "out of memory"));
+}
+
 int main(void) {
-    static const tu_test tests[] = {{"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
+    static const tu_test tests[] = {{"ds_malloc: 64-byte lines from 4 KiB, 2 MiB boundaries from 2 MiB", test_malloc_placement},
+                                    {"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
                                     {"SHA-256 of a file, streamed, = one-shot digest", test_sha256_file},
                                     {"hex encode/decode, known SHA-256 vector", test_hex},
                                     {"stream refuses an existing path", test_existing_path_refused},
