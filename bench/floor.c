@@ -14,6 +14,10 @@
  *       pread() each) into a per-thread buffer, each chunk's SHA-256 taken, the
  *       chunks shared out over THREADS threads. Prints "seconds bytes" — the least
  *       a reader that hashes every byte it reads can take on those cores.
+ *   ds_floor shifted SHIFT THREADS CHUNK_BYTES IN_FILE...
+ *       The checked read into buffers placed SHIFT bytes past a page boundary (the
+ *       file offsets stay multiples of CHUNK_BYTES): how much a destination's offset
+ *       within its page costs the kernel's copy (bench/RESULTS.md).
  *   ds_floor rss CMD ARGS...
  *       Runs CMD and prints "wall_s max_rss_kib exit_code" (wait4 rusage).
  */
@@ -130,6 +134,7 @@ typedef struct {
     const int *fds;
     const uint64_t *sizes;
     uint64_t chunk, nchunks_total;
+    size_t shift; /* the buffer's offset past a page boundary */
     const uint64_t *first; /* chunk index where each file starts */
     atomic_uint_fast64_t next;
     atomic_int failed;
@@ -137,7 +142,7 @@ typedef struct {
 
 static void *checked_worker(void *p) {
     checked_job *j = p;
-    uint8_t *buf = page_buffer((size_t)j->chunk);
+    uint8_t *base = page_buffer((size_t)j->chunk + j->shift), *buf = base ? base + j->shift : NULL;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     if (!buf || !md) atomic_store(&j->failed, 1);
     for (uint64_t k; buf && md && (k = atomic_fetch_add(&j->next, 1)) < j->nchunks_total;) {
@@ -154,11 +159,11 @@ static void *checked_worker(void *p) {
         }
     }
     EVP_MD_CTX_free(md);
-    free(buf);
+    free(base);
     return NULL;
 }
 
-static int floor_checked(int argc, char **argv) {
+static int floor_checked(int argc, char **argv, size_t shift) {
     if (argc < 4) return 2;
     int threads = atoi(argv[1]);
     uint64_t chunk = strtoull(argv[2], NULL, 10);
@@ -179,7 +184,8 @@ static int floor_checked(int argc, char **argv) {
         total += sizes[i];
         first[i + 1] = first[i] + (sizes[i] + chunk - 1) / chunk;
     }
-    checked_job j = {.nin = nin, .fds = fds, .sizes = sizes, .chunk = chunk, .nchunks_total = first[nin], .first = first};
+    checked_job j = {.nin = nin, .fds = fds, .sizes = sizes, .chunk = chunk, .nchunks_total = first[nin],
+                     .shift = shift, .first = first};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
     double t0 = now();
@@ -219,8 +225,9 @@ static int floor_rss(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "io")) return floor_io(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sha")) return floor_sha(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1, 0);
+    if (argc >= 3 && !strcmp(argv[1], "shifted")) return floor_checked(argc - 2, argv + 2, (size_t)strtoul(argv[2], NULL, 10));
     if (argc >= 2 && !strcmp(argv[1], "rss")) return floor_rss(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | checked THREADS CHUNK IN... | rss CMD...\n");
+    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | checked THREADS CHUNK IN... | shifted SHIFT THREADS CHUNK IN... | rss CMD...\n");
     return 2;
 }
