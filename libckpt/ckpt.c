@@ -330,11 +330,15 @@ void ds_fdset_close(ds_fdset *fs) {
     fs->n = 0;
 }
 
-dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
-                           uint64_t numel, void *dst) {
+/* The byte ranges holding elements [start, start+numel) of state s of tensor t, in
+ * order: piece(u, file, offset, bytes, at) for each, `at` being the byte offset of
+ * the piece in the caller's destination. */
+typedef dsckpt_status (*frag_piece_fn)(void *u, uint32_t file, uint64_t offset, size_t bytes, uint64_t at);
+
+static dsckpt_status frag_walk(const dsckpt_ckpt *c, ds_state s, uint32_t t, uint64_t start, uint64_t numel,
+                               frag_piece_fn piece, void *u) {
     size_t n;
     const ds_frag *fr = ds_ckpt_frags(c, s, t, &n);
-    uint8_t *out = dst;
     uint64_t end = start + numel;
     /* Binary search for the first fragment ending after `start`. */
     size_t lo = 0, hi = n;
@@ -349,14 +353,73 @@ dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s,
         if (f->start > pos) break;
         size_t es = dsckpt_dtype_size(f->dtype);
         uint64_t take = DS_MIN(end, f->start + f->numel) - pos;
-        DS_TRY(ds_fdset_pread(c, fs, f->file, out + (pos - start) * es, (size_t)(take * es),
-                              f->offset + (pos - f->start) * es));
+        DS_TRY(piece(u, f->file, f->offset + (pos - f->start) * es, (size_t)(take * es), (pos - start) * es));
         pos += take;
     }
     if (pos != end)
         return ds_err(DSCKPT_ECORRUPT, "%s: tensor '%s' state %s: elements from %llu are in no fragment", c->dir,
                       c->tensors[t].name, ds_state_names[s], (unsigned long long)pos);
     return DSCKPT_OK;
+}
+
+typedef struct {
+    const dsckpt_ckpt *c;
+    const ds_fdset *fs;
+    uint8_t *dst;
+} read_now;
+
+static dsckpt_status read_piece(void *u, uint32_t file, uint64_t offset, size_t bytes, uint64_t at) {
+    read_now *r = u;
+    return ds_fdset_pread(r->c, r->fs, file, r->dst + at, bytes, offset);
+}
+
+dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
+                           uint64_t numel, void *dst) {
+    read_now r = {c, fs, dst};
+    return frag_walk(c, s, t, start, numel, read_piece, &r);
+}
+
+typedef struct {
+    ds_read_list *l;
+    uint8_t *dst;
+} list_add;
+
+static dsckpt_status list_piece(void *u, uint32_t file, uint64_t offset, size_t bytes, uint64_t at) {
+    list_add *a = u;
+    ds_read_list *l = a->l;
+    uint8_t *dst = a->dst + at;
+    ds_read_run *last = l->n ? &l->runs[l->n - 1] : NULL;
+    if (last && last->file == file && last->offset + last->bytes == offset && last->dst + last->bytes == dst &&
+        last->bytes <= SIZE_MAX - bytes) {
+        last->bytes += bytes;
+        return DSCKPT_OK;
+    }
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        ds_read_run *g = realloc(l->runs, cap * sizeof *g);
+        if (!g) return ds_err(DSCKPT_ENOMEM, "out of memory planning reads");
+        l->runs = g;
+        l->cap = cap;
+    }
+    l->runs[l->n++] = (ds_read_run){.file = file, .offset = offset, .bytes = bytes, .dst = dst};
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_read_list_add(ds_read_list *l, const dsckpt_ckpt *c, ds_state s, uint32_t t, uint64_t start,
+                               uint64_t numel, void *dst) {
+    list_add a = {l, dst};
+    return frag_walk(c, s, t, start, numel, list_piece, &a);
+}
+
+dsckpt_status ds_read_list_run(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l) {
+    for (size_t i = 0; i < l->n; i++)
+        DS_TRY(ds_fdset_pread(c, fs, l->runs[i].file, l->runs[i].dst, l->runs[i].bytes, l->runs[i].offset));
+    return DSCKPT_OK;
+}
+
+void ds_read_list_free(ds_read_list *l) {
+    free(l->runs);
+    *l = (ds_read_list){0};
 }
 
 /* A tag directory whose save did not finish: rank files (or their temporaries)

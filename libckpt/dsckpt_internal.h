@@ -70,6 +70,29 @@ void ds_fdset_close(ds_fdset *fs);
  * (all fragments of a state share one dtype), into dst. */
 dsckpt_status ds_ckpt_read(const dsckpt_ckpt *c, const ds_fdset *fs, ds_state s, uint32_t t, uint64_t start,
                            uint64_t numel, void *dst);
+/* A list of reads for a reader that knows its requests up front: ds_read_list_add
+ * appends the byte ranges ds_ckpt_read would read, each merged into the run before
+ * it when it continues that run in the same file and in memory; ds_read_list_run
+ * reads the runs in order. ds_fdset_pread checks a chunk whole, reading the part
+ * outside a request into scratch for its hash, so reading consecutive tensors one
+ * call each reads the part of a chunk past each tensor boundary twice (once for
+ * the hash, once for the next tensor); as one run, every byte is read once (a
+ * rank's share of a parameter group: its tensors lie end to end in each rank file
+ * and in the partition). */
+typedef struct {
+    uint32_t file;
+    uint64_t offset;
+    size_t bytes;
+    uint8_t *dst;
+} ds_read_run;
+typedef struct {
+    ds_read_run *runs;
+    size_t n, cap;
+} ds_read_list;
+dsckpt_status ds_read_list_add(ds_read_list *l, const dsckpt_ckpt *c, ds_state s, uint32_t t, uint64_t start,
+                               uint64_t numel, void *dst);
+dsckpt_status ds_read_list_run(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l);
+void ds_read_list_free(ds_read_list *l);
 /* The stored dtype of state s of tensor t. */
 dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
 

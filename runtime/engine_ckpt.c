@@ -701,7 +701,10 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * in one region of every rank file, so the reads go forwards through it (and a
      * compressed file's chunks are decoded once, not again for every piece they
      * hold: reading in model order, which alternates between the groups, decoded
-     * 3.4x the bytes of a 4 -> 2 resume). */
+     * 3.4x the bytes of a 4 -> 2 resume). In host memory the share of a group is
+     * one run per rank file it lies in (ds_read_list), so a chunk that a tensor
+     * boundary falls in is read once, not its tail twice. */
+    ds_read_list rl = {0};
     for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
         for (int g = 0; g < NG && !st; g++) {
             for (size_t i = 0; i < e->nt && !st; i++) {
@@ -712,7 +715,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
                 if (!n) continue;
                 float *dst = (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[g] + poff;
                 if (!bounce) {
-                    st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, dst);
+                    st = ds_read_list_add(&rl, c, (ds_state)s, tis[i], s0, n, dst);
                 } else {
                     st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, bounce);
                     if (!st) st = od->h2d(od->ctx, dst, bounce, (size_t)n * 4);
@@ -721,6 +724,8 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
             }
         }
     }
+    if (!st) st = ds_read_list_run(c, &fs, &rl);
+    ds_read_list_free(&rl);
     free(tis);
     ds_fdset_close(&fs);
     if (bounce) od->free_host(od->ctx, bounce);
