@@ -15,13 +15,7 @@
  * chunks shared by the threads: the first reader of a chunk preads its stored
  * bytes, hashes them (once per run, when checks are on), decodes them into a
  * cache slot; readers copy their part out of the slot. Only the chunks a command
- * touches are read and decoded, each normally once. A checked native file's
- * chunks go through the same cache when a read covers only part of one (a tensor
- * boundary, a piece of a copy unit): the chunk is read and hashed once into a
- * slot and every part is copied from there, where reading the part straight in
- * read the rest of the chunk twice (into scratch for the hash, then again for
- * whoever asked for it). A read covering whole chunks goes straight to the
- * caller's buffer, hashed as it arrives.
+ * touches are read and decoded, each normally once.
  */
 #include "ckpt.h"
 #include "fsutil.h"
@@ -80,12 +74,11 @@ static void sort_members(const zip_archive *z, size_t *ix, size_t *tmp, size_t n
 dsckpt_status ds_fdset_check_alloc(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->vf = NULL;
     fs->zcache = NULL;
-    size_t nz = 0; /* files read through the cache: compressed, or checked native chunks */
-    for (size_t i = 0; i < c->nfiles; i++)
-        nz += c->files[i].compressed || (!c->no_read_check && c->files[i].has_digests);
+    size_t nz = 0;
+    for (size_t i = 0; i < c->nfiles; i++) nz += c->files[i].compressed;
     bool anyz = nz > 0;
     /* Compressed files are read through the cache even with the checks off. */
-    if (!anyz && (c->no_read_check || c->nfiles == 0)) return DSCKPT_OK;
+    if ((c->no_read_check && !anyz) || c->nfiles == 0) return DSCKPT_OK;
     DS_TRY(ds_calloc(c->nfiles, sizeof *fs->vf, &fs->vf));
     /* A slot per worker thread and one more per compressed file (at most
      * DS_ZCACHE_FILE_SLOTS): a reader going forwards through several files at once
@@ -266,20 +259,6 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
  * shuffled form: checks the record's sizes before allocating for them, reads the
  * stored bytes (a raw chunk straight into the slot's raw buffer), checks their
  * SHA-256 unless this run already did (or checks are off), decodes. */
-/* The SHA-256 of chunk k's bytes sb[0..n), read into a cache slot, unless this run
- * checked it already (or checks are off); a mismatch marks the chunk bad. */
-static dsckpt_status slot_checked(const ds_file *f, ds_vfile *v, size_t k, const uint8_t *sb, size_t n) {
-    if (!v->on || atomic_load(&v->state[k]) == U_OK) return DSCKPT_OK;
-    uint8_t dg[DS_SHA256_LEN];
-    DS_TRY(ds_sha256(sb, n, dg));
-    if (memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) != 0) {
-        atomic_store(&v->state[k], U_BAD);
-        return unit_failed(f, v, k);
-    }
-    atomic_store(&v->state[k], U_OK);
-    return DSCKPT_OK;
-}
-
 static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t rn, ds_zslot *slot) {
     const ds_zrec *z = &f->zc[k];
     ds_zchunk_kind kind = (ds_zchunk_kind)z->kind;
@@ -292,7 +271,15 @@ static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k
     DS_TRY(ds_zslot_reserve(slot, (size_t)(rn ? rn : 1), raw ? 1 : (size_t)rn));
     uint8_t *sb = raw ? slot->raw : slot->stored;
     DS_TRY(ds_pread_full(fd, sb, (size_t)z->size, z->off, f->path));
-    DS_TRY(slot_checked(f, v, k, sb, (size_t)z->size));
+    if (v->on && atomic_load(&v->state[k]) != U_OK) {
+        uint8_t dg[DS_SHA256_LEN];
+        DS_TRY(ds_sha256(sb, (size_t)z->size, dg));
+        if (memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) != 0) {
+            atomic_store(&v->state[k], U_BAD);
+            return unit_failed(f, v, k);
+        }
+        atomic_store(&v->state[k], U_OK);
+    }
     return ds_zchunk_decode_view(slot->dec, kind, z->width, sb, (size_t)z->size, slot->raw, (size_t)rn, what,
                                  &slot->view);
 }
@@ -316,33 +303,6 @@ static void zprefetch(const ds_file *f, const ds_fdset *fs, uint32_t file, size_
     if (!s) return;
     if (must) ds_zcache_loaded(fs->zcache, s, load_zchunk(f, fs->fd[file], v, j, zchunk_raw_n(f, j), s) == DSCKPT_OK);
     ds_zcache_release(fs->zcache, s);
-}
-
-/* Bytes [a, b) of chunk k of checked native file f, through the chunk cache: the
- * first reader reads the whole chunk into a slot and hashes it (unless this run
- * did), every reader copies its part from there. */
-static dsckpt_status cached_part(const ds_file *f, const ds_fdset *fs, uint32_t file, size_t k, uint64_t a, uint64_t b,
-                                 uint8_t *dst) {
-    ds_vfile *v = &fs->vf[file];
-    uint64_t beg, end;
-    unit_bounds(f, v, k, &beg, &end);
-    bool must = false;
-    ds_zslot *slot = ds_zcache_acquire(fs->zcache, file, k, &must);
-    if (must) {
-        size_t n = (size_t)(end - beg);
-        dsckpt_status st = ds_zslot_reserve(slot, n ? n : 1, 1);
-        if (st == DSCKPT_OK) st = ds_pread_full(fs->fd[file], slot->raw, n, beg, f->path);
-        if (st == DSCKPT_OK) st = slot_checked(f, v, k, slot->raw, n);
-        if (st == DSCKPT_OK) slot->view = (ds_zplanes){.plane = {slot->raw}, .n = n, .m = n, .width = 1};
-        ds_zcache_loaded(fs->zcache, slot, st == DSCKPT_OK);
-        if (st) {
-            ds_zcache_release(fs->zcache, slot);
-            return st;
-        }
-    }
-    ds_zplanes_read(dst, &slot->view, (size_t)(a - beg), (size_t)(b - a));
-    ds_zcache_release(fs->zcache, slot);
-    return DSCKPT_OK;
 }
 
 /* Raw bytes [offset, offset+n) of a compressed file, through the chunk cache:
@@ -399,12 +359,6 @@ dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t 
         uint64_t ub, ue;
         unit_bounds(f, v, k, &ub, &ue);
         uint64_t b = DS_MIN(end, ue);
-        if (v->sha && fs->zcache && (pos > ub || b < ue)) { /* part of a chunk */
-            if (atomic_load(&v->state[k]) == U_BAD) return unit_failed(f, v, k);
-            DS_TRY(cached_part(f, fs, file, k, pos, b, out + (pos - offset)));
-            pos = b;
-            continue;
-        }
         unsigned char expect = U_FRESH;
         if (atomic_compare_exchange_strong(&v->state[k], &expect, U_CHECKING)) {
             dsckpt_status st = check_unit(f, fd, v, k, pos, b, out + (pos - offset));
