@@ -49,6 +49,7 @@ typedef struct ds_fdset {
     ds_vfile *vf; /* per file, when reads are checked or a file is compressed (else NULL) */
     ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
     ds_fdlazy *lazy; /* ds_fdset_open_lazy: each file's open state (else NULL) */
+    bool deferred;   /* ds_fdset_defer_checks */
 } ds_fdset;
 /* Opens every file now: its size checked against the manifest and, for a native
  * checkpoint, its safetensors header read (no fragment may point into it). */
@@ -63,6 +64,19 @@ dsckpt_status ds_fdset_open_lazy(const dsckpt_ckpt *c, ds_fdset *fs);
 /* How many files of fs have been opened (all of them for ds_fdset_open; for a lazy
  * set those read so far, failed opens included), and whether file i has. */
 size_t ds_fdset_opened(const ds_fdset *fs);
+/* Deferred verdicts, for a set read by one thread only, that reads a native rank
+ * file's chunks in parts, in order (a rank loading its share of a ZeRO-3
+ * checkpoint: a slice of every tensor from every rank file, in turn): a part that
+ * starts a chunk goes straight into the caller's buffer and starts that chunk's
+ * SHA-256, the parts that follow it go in and continue it, and the chunk's verdict
+ * comes with its last byte. Without this, the first part's read takes the rest of
+ * the chunk into scratch for the hash and the next parts read it again. Bytes a
+ * read returned may be unverified until ds_fdset_finish: the caller must call it,
+ * and fail on its error, before using anything it read. */
+void ds_fdset_defer_checks(ds_fdset *fs);
+/* Completes every chunk a deferred set left part-hashed (reading the rest of it),
+ * returning the first failure (ECHECKSUM names the chunk). */
+dsckpt_status ds_fdset_finish(const dsckpt_ckpt *c, const ds_fdset *fs);
 bool ds_fdset_is_open(const ds_fdset *fs, size_t i);
 void ds_fdset_close(ds_fdset *fs);
 

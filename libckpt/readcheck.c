@@ -41,6 +41,12 @@ struct ds_vfile {
     atomic_uchar *state;
     zip_archive *zip;   /* DeepSpeed: members */
     size_t *order;      /* DeepSpeed: member indices sorted by data offset */
+    /* Deferred verdicts (ds_fdset_defer_checks): the chunk hashed up to `next` as
+     * its parts arrived, its digest context held until its last byte. */
+    bool pend;
+    size_t pend_k;
+    uint64_t pend_next;
+    EVP_MD_CTX *pend_md;
 };
 
 void ds_fdset_check_free(ds_fdset *fs) {
@@ -49,6 +55,7 @@ void ds_fdset_check_free(ds_fdset *fs) {
     fs->zcache = NULL;
     if (!fs->vf) return;
     for (size_t i = 0; i < fs->n; i++) {
+        EVP_MD_CTX_free(fs->vf[i].pend_md);
         free(fs->vf[i].state);
         zip_free(fs->vf[i].zip);
         free(fs->vf[i].order);
@@ -340,6 +347,90 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
     return DSCKPT_OK;
 }
 
+/* ---- deferred verdicts (dsckpt_internal.h, ds_fdset_defer_checks) ---- */
+
+void ds_fdset_defer_checks(ds_fdset *fs) { fs->deferred = true; }
+
+static dsckpt_status pend_update(ds_vfile *v, const uint8_t *p, size_t n) {
+    return EVP_DigestUpdate(v->pend_md, p, n) == 1 ? DSCKPT_OK : ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+}
+
+/* Hashes the rest of file f's part-hashed chunk (read into scratch) and gives its
+ * verdict. */
+static dsckpt_status pend_finish(const ds_file *f, int fd, ds_vfile *v) {
+    size_t k = v->pend_k;
+    uint64_t beg, end;
+    unit_bounds(f, v, k, &beg, &end);
+    dsckpt_status st = DSCKPT_OK;
+    if (v->pend_next < end) {
+        uint8_t *scratch = NULL;
+        st = ds_malloc(PIECE, &scratch);
+        for (uint64_t pos = v->pend_next; st == DSCKPT_OK && pos < end;) {
+            size_t n = (size_t)DS_MIN((uint64_t)PIECE, end - pos);
+            st = ds_pread_full(fd, scratch, n, pos, f->path);
+            if (st == DSCKPT_OK) st = pend_update(v, scratch, n);
+            pos += n;
+        }
+        free(scratch);
+    }
+    uint8_t dg[DS_SHA256_LEN];
+    unsigned int len = 0;
+    if (st == DSCKPT_OK && (EVP_DigestFinal_ex(v->pend_md, dg, &len) != 1 || len != DS_SHA256_LEN))
+        st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    v->pend = false;
+    if (st) { /* not checked: a later read of the chunk checks it afresh */
+        atomic_store(&v->state[k], U_FRESH);
+        return st;
+    }
+    bool good = memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) == 0;
+    atomic_store(&v->state[k], good ? U_OK : U_BAD);
+    return good ? DSCKPT_OK : unit_failed(f, v, k);
+}
+
+/* Bytes [a, b) of chunk k (bounds [ub, ue)) of a deferred set's native file into
+ * dst. Returns 1 in *done when it handled them, 0 when the immediate check should
+ * (a whole chunk, or a part that neither starts a chunk nor continues the pending
+ * one). */
+static dsckpt_status deferred_part(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t ub, uint64_t ue,
+                                   uint64_t a, uint64_t b, uint8_t *dst, bool *done) {
+    *done = false;
+    bool cont = v->pend && v->pend_k == k && v->pend_next == a;
+    if (v->pend && !cont) DS_TRY(pend_finish(f, fd, v)); /* the file's reader went elsewhere */
+    if (!cont && (a != ub || b == ue || atomic_load(&v->state[k]) != U_FRESH)) return DSCKPT_OK;
+    if (!cont) {
+        if (!v->pend_md && !(v->pend_md = EVP_MD_CTX_new())) return ds_err(DSCKPT_ENOMEM, "out of memory");
+        if (EVP_DigestInit_ex(v->pend_md, EVP_sha256(), NULL) != 1)
+            return ds_err(DSCKPT_EINTERNAL, "OpenSSL: cannot initialise SHA-256");
+        atomic_store(&v->state[k], U_CHECKING);
+        v->pend = true;
+        v->pend_k = k;
+    }
+    *done = true;
+    v->pend_next = b; /* even on failure below: pend_finish then hashes from b (and fails) */
+    for (uint64_t pos = a; pos < b;) { /* PIECE at a time: hashed while in cache */
+        size_t n = (size_t)DS_MIN((uint64_t)PIECE, b - pos);
+        dsckpt_status st = ds_pread_full(fd, dst + (pos - a), n, pos, f->path);
+        if (st == DSCKPT_OK) st = pend_update(v, dst + (pos - a), n);
+        if (st) {
+            v->pend = false;
+            atomic_store(&v->state[k], U_FRESH);
+            return st;
+        }
+        pos += n;
+    }
+    return b == ue ? pend_finish(f, fd, v) : DSCKPT_OK;
+}
+
+dsckpt_status ds_fdset_finish(const dsckpt_ckpt *c, const ds_fdset *fs) {
+    dsckpt_status first = DSCKPT_OK;
+    for (size_t i = 0; fs->vf && i < fs->n; i++) {
+        if (!fs->vf[i].pend) continue;
+        dsckpt_status st = pend_finish(&c->files[i], fs->fd[i], &fs->vf[i]);
+        if (st && !first) first = st;
+    }
+    return first;
+}
+
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset) {
     const ds_file *f = &c->files[file];
@@ -359,6 +450,14 @@ dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t 
         uint64_t ub, ue;
         unit_bounds(f, v, k, &ub, &ue);
         uint64_t b = DS_MIN(end, ue);
+        if (fs->deferred && v->sha) {
+            bool done = false;
+            DS_TRY(deferred_part(f, fd, v, k, ub, ue, pos, b, out + (pos - offset), &done));
+            if (done) {
+                pos = b;
+                continue;
+            }
+        }
         unsigned char expect = U_FRESH;
         if (atomic_compare_exchange_strong(&v->state[k], &expect, U_CHECKING)) {
             dsckpt_status st = check_unit(f, fd, v, k, pos, b, out + (pos - offset));

@@ -677,6 +677,10 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         if (bounce) od->free_host(od->ctx, bounce);
         return st;
     }
+    /* This thread alone reads, in order: a chunk's parts (a ZeRO-3 rank file holds
+     * a slice of every tensor) each read once, the chunk's verdict with its last
+     * byte, and ds_fdset_finish below for the rest before anything is accepted. */
+    ds_fdset_defer_checks(&fs);
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);
@@ -725,6 +729,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         }
     }
     if (!st) st = ds_read_list_run(c, &fs, &rl);
+    if (!st) st = ds_fdset_finish(c, &fs);
     ds_read_list_free(&rl);
     free(tis);
     ds_fdset_close(&fs);

@@ -1,6 +1,7 @@
 /*
  * test_integrity.c — reads are checked (a partly read chunk is hashed whole; the
- * check can be turned off), and verify reports "changed while verifying" instead
+ * check can be turned off; deferred verdicts for one reader reading a chunk in parts
+ * fail at the chunk's last byte or at ds_fdset_finish), and verify reports "changed while verifying" instead
  * of "corrupt" when a writer replaces the checkpoint it is reading (made
  * deterministic with verify's test hook, which runs a forced reshard of the same
  * save root at a chosen point).
@@ -57,6 +58,68 @@ static void test_partly_read_chunk(void) {
     dsckpt_ckpt_free(c);
     free(out);
     free(rank);
+    free(root);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Deferred verdicts (one reader, parts in order): an intact chunk read in two parts
+ * equals the immediate read; on a damaged one the first part succeeds, the part
+ * that ends the chunk fails naming it, and so does ds_fdset_finish for a chunk left
+ * part-read; a chunk known bad fails at once. */
+static void test_deferred(void) {
+    char *dir = tu_mkdtemp();
+    char *root = synth_root(dir, "ck", 1, 20000);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    CU_ASSERT_FATAL(c->nfiles == 1 && c->files[0].dg.nchunks == 1);
+    size_t size = (size_t)c->files[0].size;
+    uint8_t *want = malloc(size), *got = malloc(size);
+    CU_ASSERT_FATAL(want && got);
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, want, size, 0)); /* immediate: the whole chunk */
+    ds_fdset_close(&fs);
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    ds_fdset_defer_checks(&fs);
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, got, 100, 0));
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, got + 100, size - 100, 100));
+    TU_ASSERT_OK(ds_fdset_finish(c, &fs));
+    CU_ASSERT(memcmp(got, want, size) == 0);
+    ds_fdset_close(&fs);
+    uint64_t off = c->frags[DS_ST_EXP_AVG][0].offset;
+    char *rank = ds_strdup(c->files[0].path);
+    dsckpt_ckpt_free(c);
+    CU_ASSERT_FATAL(off > 200 && off < size);
+    CU_ASSERT_FATAL(tu_flip_bit(rank, off, 3) == 0);
+    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    /* The part that ends the chunk gives the verdict. */
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    ds_fdset_defer_checks(&fs);
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, got, 100, 0));
+    CU_ASSERT_EQUAL(ds_fdset_pread(c, &fs, 0, got + 100, size - 100, 100), DSCKPT_ECHECKSUM);
+    CU_ASSERT(strstr(dsckpt_last_error(), "rank_00000.safetensors: chunk 0") != NULL);
+    CU_ASSERT_EQUAL(ds_fdset_pread(c, &fs, 0, got, 100, 0), DSCKPT_ECHECKSUM); /* known bad */
+    TU_ASSERT_OK(ds_fdset_finish(c, &fs)); /* nothing left pending */
+    ds_fdset_close(&fs);
+    /* A chunk left part-read: ds_fdset_finish reads the rest and fails. */
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    ds_fdset_defer_checks(&fs);
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, got, 100, 0));
+    CU_ASSERT_EQUAL(ds_fdset_finish(c, &fs), DSCKPT_ECHECKSUM);
+    CU_ASSERT(strstr(dsckpt_last_error(), "rank_00000.safetensors: chunk 0") != NULL);
+    ds_fdset_close(&fs);
+    /* A reader going elsewhere in the file (not the continuation) settles the chunk
+     * first. */
+    TU_ASSERT_OK(ds_fdset_open(c, &fs));
+    ds_fdset_defer_checks(&fs);
+    TU_ASSERT_OK(ds_fdset_pread(c, &fs, 0, got, 100, 0));
+    CU_ASSERT_EQUAL(ds_fdset_pread(c, &fs, 0, got, 50, 150), DSCKPT_ECHECKSUM);
+    ds_fdset_close(&fs);
+    dsckpt_ckpt_free(c);
+    free(rank);
+    free(want);
+    free(got);
     free(root);
     tu_rmtree(dir);
     free(dir);
@@ -175,6 +238,7 @@ static void test_temp_names(void) {
 int main(void) {
     static const tu_test tests[] = {
         {"a partly read chunk is hashed whole; checks can be turned off", test_partly_read_chunk},
+        {"deferred verdicts: at the chunk's last byte or at ds_fdset_finish", test_deferred},
         {"verify under a concurrent forced reshard says 'changed', not 'corrupt'", test_changed_while_verifying},
         {"temporary names: our pattern exactly", test_temp_names},
         {NULL, NULL},
