@@ -78,7 +78,9 @@ static inline bool ds_state_applies(const ds_tensor *t, ds_state s) {
  * of a claimed unit are plain preads. A mismatch is DSCKPT_ECHECKSUM naming the
  * file and the chunk (or member), and every later read of that unit fails too.
  * Readers write only temporaries until the end, so a unit still being checked by
- * another thread is harmless: the run fails before anything is renamed into place. */
+ * another thread is harmless: the run fails before anything is renamed into place.
+ * A set read by one thread in order may defer the verdicts instead
+ * (ds_fdset_defer_checks, dsckpt_internal.h). */
 dsckpt_status ds_fdset_check_init(const dsckpt_ckpt *c, ds_fdset *fs);
 void ds_fdset_check_free(ds_fdset *fs);
 /* ds_fdset_check_init in two steps, for lazy sets: the per-file array and the
