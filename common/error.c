@@ -116,6 +116,18 @@ dsckpt_status ds_malloc(size_t n, void *out_ptr) {
     return DSCKPT_OK;
 }
 
+dsckpt_status ds_array_room(void *arr_ptr, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap) return DSCKPT_OK;
+    size_t nc = *cap ? 2 * *cap : 16;
+    if (nc < n + 1) nc = n + 1;
+    if (elem && nc > SIZE_MAX / elem) return ds_err(DSCKPT_ENOMEM, "out of memory growing an array");
+    void *p = realloc(*(void **)arr_ptr, nc * (elem ? elem : 1));
+    if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory growing an array to %zu entries", nc);
+    *(void **)arr_ptr = p;
+    *cap = nc;
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory allocating %zu x %zu bytes", n, size);

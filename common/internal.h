@@ -70,6 +70,10 @@ dsckpt_status ds_err_interrupted(void);
  * go through. free() frees them. */
 dsckpt_status ds_malloc(size_t n, void *out_ptr);
 dsckpt_status ds_calloc(size_t n, size_t size, void *out_ptr);
+/* Room for element n of a doubling array (*arr_ptr, *cap elements of elem bytes,
+ * n of them used): grows it when n == *cap (to 16 the first time). On ENOMEM the
+ * array is as it was. */
+dsckpt_status ds_array_room(void *arr_ptr, size_t *cap, size_t n, size_t elem);
 char *ds_strdup(const char *s); /* NULL on failure (and records ENOMEM) */
 
 /* Number of worker threads to use when the caller asked for `requested` (0 = auto). */

@@ -395,13 +395,7 @@ static dsckpt_status list_piece(void *u, uint32_t file, uint64_t offset, size_t 
         last->bytes += bytes;
         return DSCKPT_OK;
     }
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 64;
-        ds_read_run *g = realloc(l->runs, cap * sizeof *g);
-        if (!g) return ds_err(DSCKPT_ENOMEM, "out of memory planning reads");
-        l->runs = g;
-        l->cap = cap;
-    }
+    DS_TRY(ds_array_room(&l->runs, &l->cap, l->n, sizeof *l->runs));
     l->runs[l->n++] = (ds_read_run){.file = file, .offset = offset, .bytes = bytes, .dst = dst};
     return DSCKPT_OK;
 }

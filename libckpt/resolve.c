@@ -112,13 +112,7 @@ static void name_list_free(name_list *l) {
 }
 
 static dsckpt_status name_list_add(name_list *l, const char *s, uint64_t num) {
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? 2 * l->cap : 16;
-        name_ent *v = realloc(l->v, nc * sizeof *v);
-        if (!v) return ds_err(DSCKPT_ENOMEM, "out of memory");
-        l->v = v;
-        l->cap = nc;
-    }
+    DS_TRY(ds_array_room(&l->v, &l->cap, l->n, sizeof *l->v));
     if (!(l->v[l->n].name = ds_strdup(s))) return DSCKPT_ENOMEM;
     l->v[l->n++].num = num;
     return DSCKPT_OK;

@@ -144,13 +144,7 @@ static char *read_latest(const char *dir) {
 }
 
 static dsckpt_status push(dsckpt_tag_list *l, const char *name, const char *dir) {
-    if (l->n == l->cap) {
-        size_t nc = l->cap ? 2 * l->cap : 16;
-        tag_ent *v = realloc(l->v, nc * sizeof *v);
-        if (!v) return ds_err(DSCKPT_ENOMEM, "out of memory");
-        l->v = v;
-        l->cap = nc;
-    }
+    DS_TRY(ds_array_room(&l->v, &l->cap, l->n, sizeof *l->v));
     tag_ent *e = &l->v[l->n];
     memset(e, 0, sizeof *e);
     if (!(e->name = ds_strdup(name)) || !(e->dir = ds_strdup(dir))) {

@@ -30,21 +30,36 @@ static char *synth_root(const char *dir, const char *name, int ws, uint64_t para
     return root;
 }
 
-/* A byte of exp_avg (which consolidate never needs) in the chunk that also holds
- * fp32 data: the chunk is hashed whole, so consolidate still refuses. */
-static void test_partly_read_chunk(void) {
-    char *dir = tu_mkdtemp();
-    char *root = synth_root(dir, "ck", 1, 20000);
+/* A one-rank checkpoint under dir whose rank file is one chunk, opened. */
+static dsckpt_ckpt *one_chunk_ckpt(const char *dir, char **root) {
+    *root = synth_root(dir, "ck", 1, 20000);
     dsckpt_ckpt *c = NULL;
-    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    TU_ASSERT_OK(dsckpt_ckpt_open(*root, NULL, &c));
     CU_ASSERT_FATAL(c->nfiles == 1 && c->files[0].dg.nchunks == 1);
     CU_ASSERT_FATAL(c->nfrags[DS_ST_EXP_AVG] > 0);
+    return c;
+}
+
+/* Flips a bit of the first exp_avg byte of c's rank file; returns the checkpoint
+ * opened again (c is freed). */
+static dsckpt_ckpt *damage_exp_avg(dsckpt_ckpt *c, const char *root) {
     uint64_t off = c->frags[DS_ST_EXP_AVG][0].offset;
     char *rank = ds_strdup(c->files[0].path);
     dsckpt_ckpt_free(c);
-    CU_ASSERT_FATAL(tu_flip_bit(rank, off, 3) == 0);
-    char *out = tu_path(dir, "out.safetensors");
+    CU_ASSERT_FATAL(rank && tu_flip_bit(rank, off, 3) == 0);
+    free(rank);
+    c = NULL;
     TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    return c;
+}
+
+/* A byte of exp_avg (which consolidate never needs) in the chunk that also holds
+ * fp32 data: the chunk is hashed whole, so consolidate still refuses. */
+static void test_partly_read_chunk(void) {
+    char *dir = tu_mkdtemp(), *root = NULL;
+    dsckpt_ckpt *c = one_chunk_ckpt(dir, &root);
+    c = damage_exp_avg(c, root);
+    char *out = tu_path(dir, "out.safetensors");
     dsckpt_consolidate_opts co;
     dsckpt_consolidate_opts_init(&co);
     dsckpt_status st = dsckpt_consolidate(c, out, &co);
@@ -57,7 +72,6 @@ static void test_partly_read_chunk(void) {
     CU_ASSERT(tu_exists(out));
     dsckpt_ckpt_free(c);
     free(out);
-    free(rank);
     free(root);
     tu_rmtree(dir);
     free(dir);
@@ -68,11 +82,8 @@ static void test_partly_read_chunk(void) {
  * that ends the chunk fails naming it, and so does ds_fdset_finish for a chunk left
  * part-read; a chunk known bad fails at once. */
 static void test_deferred(void) {
-    char *dir = tu_mkdtemp();
-    char *root = synth_root(dir, "ck", 1, 20000);
-    dsckpt_ckpt *c = NULL;
-    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
-    CU_ASSERT_FATAL(c->nfiles == 1 && c->files[0].dg.nchunks == 1);
+    char *dir = tu_mkdtemp(), *root = NULL;
+    dsckpt_ckpt *c = one_chunk_ckpt(dir, &root);
     size_t size = (size_t)c->files[0].size;
     uint8_t *want = malloc(size), *got = malloc(size);
     CU_ASSERT_FATAL(want && got);
@@ -88,11 +99,8 @@ static void test_deferred(void) {
     CU_ASSERT(memcmp(got, want, size) == 0);
     ds_fdset_close(&fs);
     uint64_t off = c->frags[DS_ST_EXP_AVG][0].offset;
-    char *rank = ds_strdup(c->files[0].path);
-    dsckpt_ckpt_free(c);
     CU_ASSERT_FATAL(off > 200 && off < size);
-    CU_ASSERT_FATAL(tu_flip_bit(rank, off, 3) == 0);
-    TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+    c = damage_exp_avg(c, root);
     /* The part that ends the chunk gives the verdict. */
     TU_ASSERT_OK(ds_fdset_open(c, &fs));
     ds_fdset_defer_checks(&fs);
@@ -117,7 +125,6 @@ static void test_deferred(void) {
     CU_ASSERT_EQUAL(ds_fdset_pread(c, &fs, 0, got, 50, 150), DSCKPT_ECHECKSUM);
     ds_fdset_close(&fs);
     dsckpt_ckpt_free(c);
-    free(rank);
     free(want);
     free(got);
     free(root);
