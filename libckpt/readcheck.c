@@ -388,9 +388,9 @@ static dsckpt_status pend_finish(const ds_file *f, int fd, ds_vfile *v) {
 }
 
 /* Bytes [a, b) of chunk k (bounds [ub, ue)) of a deferred set's native file into
- * dst. Returns 1 in *done when it handled them, 0 when the immediate check should
- * (a whole chunk, or a part that neither starts a chunk nor continues the pending
- * one). */
+ * dst. Sets *done when it read them; leaves it false for the immediate check to
+ * read them (a whole chunk, one already checked, or a part that neither starts a
+ * chunk nor continues the pending one). */
 static dsckpt_status deferred_part(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t ub, uint64_t ue,
                                    uint64_t a, uint64_t b, uint8_t *dst, bool *done) {
     *done = false;
@@ -406,12 +406,12 @@ static dsckpt_status deferred_part(const ds_file *f, int fd, ds_vfile *v, size_t
         v->pend_k = k;
     }
     *done = true;
-    v->pend_next = b; /* even on failure below: pend_finish then hashes from b (and fails) */
+    v->pend_next = b;
     for (uint64_t pos = a; pos < b;) { /* PIECE at a time: hashed while in cache */
         size_t n = (size_t)DS_MIN((uint64_t)PIECE, b - pos);
         dsckpt_status st = ds_pread_full(fd, dst + (pos - a), n, pos, f->path);
         if (st == DSCKPT_OK) st = pend_update(v, dst + (pos - a), n);
-        if (st) {
+        if (st) { /* the chunk is left unchecked: a later read checks it afresh */
             v->pend = false;
             atomic_store(&v->state[k], U_FRESH);
             return st;
