@@ -9,7 +9,9 @@
 #     and 3 ranks / stage 1 (each rank reads only its new partition's byte ranges
 #     from the old files) ÷ a plain read() of the same state bytes from those files,
 #     and ÷ a checked read of them (every 4 MiB chunk read and its SHA-256 taken, on
-#     every core: what a load that hashes every byte it reads cannot go below);
+#     every core: what a load that hashes every byte it reads cannot go below; with
+#     the floors' buffers page-aligned, the checked read is 4-5x the plain read on a
+#     2-core machine, so it is the floor a checked load is judged by: RESULTS.md);
 #   - `--resume auto` ÷ `--resume global_step3` (the same checkpoint named), the
 #     whole resume (finding the checkpoint, opening, loading) at 3 ranks.
 # Usage:
