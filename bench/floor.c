@@ -38,10 +38,11 @@
 
 #define IO_BUF (8u << 20)
 
-/* Read and write buffers start on a page: a read whose destination sits 1-31
+/* Read and write buffers start on a page: a read whose destination sits 4-28
  * bytes past its source's offset in a page (malloc's large blocks are 16 bytes
- * past a page) runs the kernel's copy 1.3-1.5x slower on the machines measured
- * (bench/RESULTS.md), and a floor must not be slowed by where its buffer lies. */
+ * past a page) took 1.4-1.9x as long (read + SHA-256) on the machine measured
+ * (bench/RESULTS.md, `shifted`), and a floor must not be slowed by where its
+ * buffer lies. */
 static void *page_buffer(size_t n) {
     size_t sz = (n + 4095) / 4096 * 4096;
     return aligned_alloc(4096, sz ? sz : 4096);

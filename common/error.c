@@ -88,9 +88,9 @@ dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) {
 /* Blocks of DS_ALIGN_FROM bytes and more start on a 64-byte line; blocks of
  * DS_HUGE and more on a 2 MiB boundary, rounded up to whole 2 MiB, advised for
  * transparent huge pages. These are pread() targets, hash inputs and the training
- * state. The kernel's page-cache copy ran 1.3-1.7x slower (read + SHA-256) on the
- * machines measured when the destination's offset in its page was 4-28 bytes past
- * the file offset's (bench/RESULTS.md), and malloc puts its large (mmap'ed) blocks
+ * state. A read + SHA-256 took 1.4-1.9x as long on the machine measured when the
+ * destination's offset in its page was 4-28 bytes past the file offset's (the
+ * kernel's page-cache copy; bench/RESULTS.md), and malloc puts its large (mmap'ed) blocks
  * 16 bytes past a page: every read at a page-aligned file offset landed there. A
  * first touch costs one fault per 2 MiB instead of 512 of 4 KiB where the kernel
  * grants huge pages ("madvise" mode; without them, plain pages). free() frees
