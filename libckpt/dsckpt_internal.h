@@ -74,6 +74,12 @@ size_t ds_fdset_opened(const ds_fdset *fs);
  * read returned may be unverified until ds_fdset_finish: the caller must call it,
  * and fail on its error, before using anything it read. */
 void ds_fdset_defer_checks(ds_fdset *fs);
+/* Lends the set's cache of decoded chunks (compressed files only; else nothing
+ * happens) `bytes` of the caller's memory at `mem`, valid and otherwise unused
+ * until ds_fdset_close, its contents overwritten: a buffer the caller has touched
+ * and does not need while it reads spares the cache's fresh pages
+ * (ds_zcache_lend). Before the first read. */
+void ds_fdset_lend(ds_fdset *fs, void *mem, size_t bytes);
 /* Completes every chunk a deferred set left part-hashed (reading the rest of it),
  * returning the first failure (ECHECKSUM names the chunk). */
 dsckpt_status ds_fdset_finish(const dsckpt_ckpt *c, const ds_fdset *fs);

@@ -266,7 +266,8 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
  * shuffled form: checks the record's sizes before allocating for them, reads the
  * stored bytes (a raw chunk straight into the slot's raw buffer), checks their
  * SHA-256 unless this run already did (or checks are off), decodes. */
-static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t rn, ds_zslot *slot) {
+static dsckpt_status load_zchunk(ds_zcache *cache, const ds_file *f, int fd, ds_vfile *v, size_t k, uint64_t rn,
+                                 ds_zslot *slot) {
     const ds_zrec *z = &f->zc[k];
     ds_zchunk_kind kind = (ds_zchunk_kind)z->kind;
     char what[600];
@@ -275,7 +276,7 @@ static dsckpt_status load_zchunk(const ds_file *f, int fd, ds_vfile *v, size_t k
     bool raw = kind == DS_ZCHUNK_RAW;
     /* Both buffers at the raw size (stored bytes are fewer): a slot allocates
      * once, not again for each larger stored chunk (fresh pages cost faults). */
-    DS_TRY(ds_zslot_reserve(slot, (size_t)(rn ? rn : 1), raw ? 1 : (size_t)rn));
+    DS_TRY(ds_zslot_reserve(cache, slot, (size_t)(rn ? rn : 1), raw ? 1 : (size_t)rn));
     uint8_t *sb = raw ? slot->raw : slot->stored;
     DS_TRY(ds_pread_full(fd, sb, (size_t)z->size, z->off, f->path));
     if (v->on && atomic_load(&v->state[k]) != U_OK) {
@@ -308,7 +309,7 @@ static void zprefetch(const ds_file *f, const ds_fdset *fs, uint32_t file, size_
     bool must = false;
     ds_zslot *s = ds_zcache_try_acquire(fs->zcache, file, j, &must);
     if (!s) return;
-    if (must) ds_zcache_loaded(fs->zcache, s, load_zchunk(f, fs->fd[file], v, j, zchunk_raw_n(f, j), s) == DSCKPT_OK);
+    if (must) ds_zcache_loaded(fs->zcache, s, load_zchunk(fs->zcache, f, fs->fd[file], v, j, zchunk_raw_n(f, j), s) == DSCKPT_OK);
     ds_zcache_release(fs->zcache, s);
 }
 
@@ -333,7 +334,7 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
             slot = ds_zcache_acquire(fs->zcache, file, k, &must);
         }
         if (must) {
-            dsckpt_status st = load_zchunk(f, fs->fd[file], v, k, rn, slot);
+            dsckpt_status st = load_zchunk(fs->zcache, f, fs->fd[file], v, k, rn, slot);
             ds_zcache_loaded(fs->zcache, slot, st == DSCKPT_OK);
             if (st) {
                 ds_zcache_release(fs->zcache, slot);
@@ -350,6 +351,10 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
 /* ---- deferred verdicts (dsckpt_internal.h, ds_fdset_defer_checks) ---- */
 
 void ds_fdset_defer_checks(ds_fdset *fs) { fs->deferred = true; }
+
+void ds_fdset_lend(ds_fdset *fs, void *mem, size_t bytes) {
+    if (fs->zcache) ds_zcache_lend(fs->zcache, mem, bytes);
+}
 
 static dsckpt_status pend_update(ds_vfile *v, const uint8_t *p, size_t n) {
     return EVP_DigestUpdate(v->pend_md, p, n) == 1 ? DSCKPT_OK : ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");

@@ -243,6 +243,11 @@ struct ds_zcache {
     zent *e;
     size_t n;
     uint64_t tick;
+    struct {
+        uint8_t *p;
+        size_t left;
+    } lent[DS_ZCACHE_LENT]; /* ds_zcache_lend: what is not carved yet */
+    size_t nlent;
 };
 
 dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out) {
@@ -273,8 +278,8 @@ dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out) {
 void ds_zcache_free(ds_zcache *z) {
     if (!z) return;
     for (size_t i = 0; i < z->n; i++) {
-        free(z->e[i].s.raw);
-        free(z->e[i].s.stored);
+        if (!z->e[i].s.raw_lent) free(z->e[i].s.raw);
+        if (!z->e[i].s.stored_lent) free(z->e[i].s.stored);
         ds_zchunk_dec_free(z->e[i].s.dec);
     }
     if (z->n) {
@@ -283,6 +288,34 @@ void ds_zcache_free(ds_zcache *z) {
     }
     free(z->e);
     free(z);
+}
+
+void ds_zcache_lend(ds_zcache *z, void *mem, size_t bytes) {
+    /* Carved on 64-byte lines, as ds_malloc aligns. */
+    uintptr_t a = ((uintptr_t)mem + 63) & ~(uintptr_t)63;
+    if (!mem || bytes < a - (uintptr_t)mem + 64) return;
+    pthread_mutex_lock(&z->mu);
+    if (z->nlent < DS_ZCACHE_LENT) {
+        z->lent[z->nlent].p = (uint8_t *)a;
+        z->lent[z->nlent].left = (bytes - (a - (uintptr_t)mem)) & ~(size_t)63;
+        z->nlent++;
+    }
+    pthread_mutex_unlock(&z->mu);
+}
+
+/* n bytes carved from the lent memory (first fit), or NULL. */
+static uint8_t *carve(ds_zcache *z, size_t n) {
+    size_t need = (n + 63) & ~(size_t)63;
+    uint8_t *p = NULL;
+    pthread_mutex_lock(&z->mu);
+    for (size_t i = 0; i < z->nlent && !p; i++) {
+        if (z->lent[i].left < need) continue;
+        p = z->lent[i].p;
+        z->lent[i].p += need;
+        z->lent[i].left -= need;
+    }
+    pthread_mutex_unlock(&z->mu);
+    return p;
 }
 
 static ds_zslot *acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load, bool wait) {
@@ -347,23 +380,25 @@ void ds_zcache_release(ds_zcache *z, ds_zslot *s) {
     pthread_mutex_unlock(&z->mu);
 }
 
-/* The slot's buffers from ds_malloc: a whole chunk is on 2 MiB-aligned huge pages
- * where the kernel grants them, and a fresh cache's slots are first touched inside
- * the read that needs them, where one fault per 2 MiB costs far less than 512. */
-dsckpt_status ds_zslot_reserve(ds_zslot *s, size_t raw_n, size_t stored_n) {
-    if (raw_n > s->raw_cap) {
-        free(s->raw);
-        s->raw = NULL;
-        s->raw_cap = 0;
-        DS_TRY(ds_malloc(raw_n, &s->raw));
-        s->raw_cap = raw_n;
-    }
-    if (stored_n > s->stored_cap) {
-        free(s->stored);
-        s->stored = NULL;
-        s->stored_cap = 0;
-        DS_TRY(ds_malloc(stored_n, &s->stored));
-        s->stored_cap = stored_n;
-    }
+/* One of a slot's buffers at n bytes or more: carved from lent memory, else from
+ * ds_malloc (a whole chunk on 2 MiB-aligned huge pages where the kernel grants
+ * them; a fresh cache's slots are first touched inside the read that needs them,
+ * where one fault per 2 MiB costs far less than 512). */
+static dsckpt_status slot_buffer(ds_zcache *z, uint8_t **buf, size_t *cap, bool *lent, size_t n) {
+    if (n <= *cap) return DSCKPT_OK;
+    if (!*lent) free(*buf);
+    *buf = NULL;
+    *cap = 0;
+    *lent = false;
+    uint8_t *p = carve(z, n);
+    if (p) *lent = true;
+    else DS_TRY(ds_malloc(n, &p));
+    *buf = p;
+    *cap = n;
     return DSCKPT_OK;
+}
+
+dsckpt_status ds_zslot_reserve(ds_zcache *z, ds_zslot *s, size_t raw_n, size_t stored_n) {
+    DS_TRY(slot_buffer(z, &s->raw, &s->raw_cap, &s->raw_lent, raw_n));
+    return slot_buffer(z, &s->stored, &s->stored_cap, &s->stored_lent, stored_n);
 }

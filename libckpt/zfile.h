@@ -65,6 +65,7 @@ typedef struct ds_zslot {
      * raw its decoded zstd planes (or a raw chunk's bytes, read there directly) */
     uint8_t *raw, *stored;
     size_t raw_cap, stored_cap;
+    bool raw_lent, stored_lent; /* carved from memory lent to the cache (not freed) */
     ds_zplanes view;        /* the loaded chunk (shuffled), in raw and stored */
     ds_zchunk_dec *dec;
 } ds_zslot;
@@ -74,6 +75,14 @@ typedef struct ds_zslot {
 typedef struct ds_zcache ds_zcache;
 dsckpt_status ds_zcache_new(size_t slots, ds_zcache **out);
 void ds_zcache_free(ds_zcache *z); /* accepts NULL */
+/* Lends the cache `bytes` of the caller's memory at `mem` (up to DS_ZCACHE_LENT
+ * regions; more are ignored), which must stay valid and otherwise unused until
+ * ds_zcache_free: slots carve their buffers from it before allocating their own.
+ * Memory the caller has touched already (a buffer idle while it reads) spares the
+ * fresh pages' zeroing, which on a small load costs as much as the decoding. Its
+ * contents are overwritten. Before the cache's first acquire. */
+#define DS_ZCACHE_LENT 8
+void ds_zcache_lend(ds_zcache *z, void *mem, size_t bytes);
 /* Returns a slot for chunk k of file `file`, held until ds_zcache_release. When
  * *must_load is true the slot is this caller's to fill (the others asking for the
  * same chunk wait): it calls ds_zcache_loaded with the outcome; on failure the
@@ -85,7 +94,8 @@ ds_zslot *ds_zcache_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_lo
 ds_zslot *ds_zcache_try_acquire(ds_zcache *z, uint32_t file, size_t k, bool *must_load);
 void ds_zcache_loaded(ds_zcache *z, ds_zslot *s, bool ok);
 void ds_zcache_release(ds_zcache *z, ds_zslot *s);
-/* Makes sure a slot's buffers hold raw_n / stored_n bytes. */
-dsckpt_status ds_zslot_reserve(ds_zslot *s, size_t raw_n, size_t stored_n);
+/* Makes sure a slot's buffers hold raw_n / stored_n bytes (called by the thread
+ * that holds the slot). */
+dsckpt_status ds_zslot_reserve(ds_zcache *z, ds_zslot *s, size_t raw_n, size_t stored_n);
 
 #endif /* DSCKPT_ZFILE_H */

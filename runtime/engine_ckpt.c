@@ -681,6 +681,14 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * a slice of every tensor) each read once, the chunk's verdict with its last
      * byte, and ds_fdset_finish below for the rest before anything is accepted. */
     ds_fdset_defer_checks(&fs);
+    /* The gradients are idle until the next step, which zeroes them first, and
+     * were touched at start-up: a compressed checkpoint's chunk cache decodes into
+     * them instead of into fresh pages. */
+    if (e->dev->host_memory) {
+        if (e->gfull) ds_fdset_lend(&fs, e->gfull, (size_t)e->N * sizeof *e->gfull);
+        for (int g = 0; g < NG; g++)
+            if (e->gpart[g]) ds_fdset_lend(&fs, e->gpart[g], (size_t)e->plen[g] * sizeof *e->gpart[g]);
+    }
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);

@@ -7,12 +7,18 @@
  *    race to open the same file, compressed files' headers among them) read what an
  *    eager set reads;
  *  - a truncated rank file: the eager set refuses to open at all, the lazy set reads
- *    the other files and refuses that one (ECORRUPT), on every read of it.
+ *    the other files and refuses that one (ECORRUPT), on every read of it;
+ *  - memory lent to the chunk cache (ds_zcache_lend): slot buffers are carved from
+ *    it while it lasts, then allocated, and only the allocated ones are freed (an
+ *    interior pointer lent, so freeing a lent one fails under the sanitizers); a
+ *    deferred reader of a compressed checkpoint with lent memory reads what was
+ *    written.
  */
 #include "ckpt.h"
 #include "fsutil.h"
 #include "native_write.h"
 #include "synth.h"
+#include "zfile.h"
 #include "tutil.h"
 
 #include <pthread.h>
@@ -211,6 +217,88 @@ static void test_truncated_file(void) {
     free(root);
 }
 
+/* p lies in [lo, lo + n). */
+static int inside(const void *p, const uint8_t *lo, size_t n) {
+    return (const uint8_t *)p >= lo && (const uint8_t *)p < lo + n;
+}
+
+static void test_lent_slots(void) {
+    enum { MB = 1 << 20 };
+    uint8_t *block = calloc(4, MB);
+    CU_ASSERT_FATAL(block != NULL);
+    uint8_t *lent = block + 100; /* not a block of its own: free() on it would fail */
+    size_t lent_n = 3 * MB + 64;
+    ds_zcache *z = NULL;
+    TU_ASSERT_OK(ds_zcache_new(2, &z));
+    ds_zcache_lend(z, lent, lent_n);
+    ds_zcache_lend(z, block, 10); /* too small to carve a line from: ignored */
+    bool must[2];
+    ds_zslot *s0 = ds_zcache_acquire(z, 0, 0, &must[0]);
+    ds_zslot *s1 = ds_zcache_acquire(z, 0, 1, &must[1]);
+    CU_ASSERT_FATAL(s0 && s1 && s0 != s1 && must[0] && must[1]);
+    TU_ASSERT_OK(ds_zslot_reserve(z, s0, MB, MB));
+    TU_ASSERT_OK(ds_zslot_reserve(z, s1, MB, MB));
+    /* 3 MiB lent: three buffers carved from it, on 64-byte lines; the fourth allocated. */
+    CU_ASSERT(inside(s0->raw, lent, lent_n) && inside(s0->stored, lent, lent_n) && inside(s1->raw, lent, lent_n));
+    CU_ASSERT(s0->raw_lent && s0->stored_lent && s1->raw_lent && !s1->stored_lent);
+    CU_ASSERT(!inside(s1->stored, block, 4 * MB));
+    CU_ASSERT((uintptr_t)s0->raw % 64 == 0 && (uintptr_t)s0->stored % 64 == 0 && (uintptr_t)s1->raw % 64 == 0);
+    CU_ASSERT(s0->stored >= s0->raw + MB && s1->raw >= s0->stored + MB); /* no overlap */
+    memset(s0->raw, 1, MB);
+    memset(s0->stored, 2, MB);
+    memset(s1->raw, 3, MB);
+    memset(s1->stored, 4, MB);
+    uint8_t *r0 = s0->raw;
+    /* Growing a lent buffer past what is left allocates it (the lent part is dropped, not freed). */
+    TU_ASSERT_OK(ds_zslot_reserve(z, s0, 2 * MB, MB));
+    CU_ASSERT(!s0->raw_lent && !inside(s0->raw, block, 4 * MB) && s0->stored_lent);
+    memset(s0->raw, 5, 2 * MB);
+    ds_zcache_loaded(z, s0, true);
+    ds_zcache_loaded(z, s1, true);
+    ds_zcache_release(z, s0);
+    ds_zcache_release(z, s1);
+    ds_zcache_free(z);
+    CU_ASSERT(r0[0] == 1 && r0[MB - 1] == 1 && block[99] == 0); /* the lender's memory, as the cache left it */
+    free(block);
+}
+
+/* A rank's reader: one thread, deferred verdicts, the cache on lent memory; every
+ * tensor's fp32 state in order equals what was written. */
+static void test_lent_deferred_reader(void) {
+    char *root = tu_mkdtemp(), *dir = write_ckpt(root, 1);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(dir, NULL, &c));
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+    ds_fdset_defer_checks(&fs);
+    size_t lent_n = (size_t)8 << 20;
+    uint8_t *lent = malloc(lent_n);
+    CU_ASSERT_FATAL(lent != NULL);
+    memset(lent, 0xa5, lent_n);
+    ds_fdset_lend(&fs, lent + 1, lent_n - 1);
+    int bad = 0;
+    for (uint32_t t = 0; t < c->ntensors; t++) {
+        uint64_t n = c->tensors[t].numel;
+        if (!c->tensors[t].trainable) continue;
+        float *got = malloc(n * sizeof *got + 1);
+        TU_ASSERT_OK(ds_ckpt_read(c, &fs, DS_ST_FP32, t, 0, n, got));
+        bad += !range_ok(got, t, 0, n);
+        free(got);
+    }
+    TU_ASSERT_OK(ds_fdset_finish(c, &fs));
+    CU_ASSERT_EQUAL(bad, 0);
+    size_t changed = 0;
+    for (size_t i = 0; i < lent_n; i++) changed += lent[i] != 0xa5;
+    CU_ASSERT(changed > ((size_t)64 << 10)); /* the chunks (64 KiB each) went there */
+    CU_ASSERT_EQUAL(lent[0], 0xa5);           /* nothing before what was lent */
+    ds_fdset_close(&fs);
+    free(lent);
+    dsckpt_ckpt_free(c);
+    tu_rmtree(root);
+    free(dir);
+    free(root);
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"one range opens only its files", test_one_range_plain},
@@ -218,6 +306,8 @@ int main(void) {
         {"eight threads open files as they read", test_threads_plain},
         {"eight threads open files as they read, compressed", test_threads_compressed},
         {"a truncated file fails only its reads", test_truncated_file},
+        {"the chunk cache carves lent memory, frees only its own", test_lent_slots},
+        {"a deferred reader on lent memory reads what was written", test_lent_deferred_reader},
         {NULL, NULL},
     };
     return tu_main("lazy_fdset", tests);
