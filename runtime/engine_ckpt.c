@@ -659,6 +659,16 @@ static bool state_count(const cJSON *it, uint64_t *out) {
     return true;
 }
 
+/* The gradients are idle until the next step, which zeroes them first, and were
+ * touched at start-up: a compressed checkpoint's chunk cache decodes into them
+ * instead of into fresh pages (ds_fdset_lend). */
+static void lend_gradients(const rt_engine *e, ds_fdset *fs) {
+    if (!e->dev->host_memory) return;
+    if (e->gfull) ds_fdset_lend(fs, e->gfull, (size_t)e->N * sizeof *e->gfull);
+    for (int g = 0; g < NG; g++)
+        if (e->gpart[g]) ds_fdset_lend(fs, e->gpart[g], (size_t)e->plen[g] * sizeof *e->gpart[g]);
+}
+
 static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
     const rt_device *od = e->odev;
     float *bounce = NULL; /* device partitions: read here, copied up through the table */
@@ -681,14 +691,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * a slice of every tensor) each read once, the chunk's verdict with its last
      * byte, and ds_fdset_finish below for the rest before anything is accepted. */
     ds_fdset_defer_checks(&fs);
-    /* The gradients are idle until the next step, which zeroes them first, and
-     * were touched at start-up: a compressed checkpoint's chunk cache decodes into
-     * them instead of into fresh pages. */
-    if (e->dev->host_memory) {
-        if (e->gfull) ds_fdset_lend(&fs, e->gfull, (size_t)e->N * sizeof *e->gfull);
-        for (int g = 0; g < NG; g++)
-            if (e->gpart[g]) ds_fdset_lend(&fs, e->gpart[g], (size_t)e->plen[g] * sizeof *e->gpart[g]);
-    }
+    lend_gradients(e, &fs);
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);
