@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+/* For ZSTD_d_forceIgnoreChecksum (ds_zchunk_dec_set_verified): a parameter value
+ * passed to the stable ZSTD_DCtx_setParameter, refused by a library without it. */
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 #include <zstd_errors.h>
 
@@ -474,7 +477,15 @@ struct ds_zchunk_dec {
     ZSTD_DCtx *dctx;
     uint8_t *buf; /* the shuffled bytes before unshuffling */
     size_t cap;
+    bool verified; /* ds_zchunk_dec_set_verified: as dctx was last told */
 };
+
+void ds_zchunk_dec_set_verified(ds_zchunk_dec *d, bool verified) {
+    if (d->verified == verified) return;
+    size_t r = ZSTD_DCtx_setParameter(d->dctx, ZSTD_d_forceIgnoreChecksum,
+                                      verified ? ZSTD_d_ignoreChecksum : ZSTD_d_validateChecksum);
+    if (!ZSTD_isError(r)) d->verified = verified;
+}
 
 void ds_zchunk_dec_free(ds_zchunk_dec *d) {
     if (!d) return;

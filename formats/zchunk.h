@@ -146,6 +146,13 @@ dsckpt_status ds_zchunk_check(ds_zchunk_kind kind, int width, uint64_t stored_n,
 typedef struct ds_zchunk_dec ds_zchunk_dec;
 dsckpt_status ds_zchunk_dec_new(ds_zchunk_dec **out);
 void ds_zchunk_dec_free(ds_zchunk_dec *d); /* accepts NULL */
+/* Whether the stored bytes of the decodes that follow were checked against their
+ * SHA-256 (the manifest's chunk digest) right before: then zstd's own content
+ * checksum in each frame adds nothing and is not computed (about a tenth of a
+ * plane's decode time). Off by default, and for any read with the checks off, so
+ * that a damaged frame still fails instead of decoding into wrong bytes. Where
+ * the linked libzstd cannot skip it, it is still checked. */
+void ds_zchunk_dec_set_verified(ds_zchunk_dec *d, bool verified);
 /* Decodes one stored chunk into raw[0..raw_n) (the caller's buffer, raw_n bytes).
  * Runs ds_zchunk_check first; then a zstd chunk must be one frame covering exactly
  * stored_n bytes whose header states raw_n, and must decode to raw_n bytes; a

@@ -279,7 +279,8 @@ static dsckpt_status load_zchunk(ds_zcache *cache, const ds_file *f, int fd, ds_
     DS_TRY(ds_zslot_reserve(cache, slot, (size_t)(rn ? rn : 1), raw ? 1 : (size_t)rn));
     uint8_t *sb = raw ? slot->raw : slot->stored;
     DS_TRY(ds_pread_full(fd, sb, (size_t)z->size, z->off, f->path));
-    if (v->on && atomic_load(&v->state[k]) != U_OK) {
+    bool hashed = v->on && atomic_load(&v->state[k]) != U_OK;
+    if (hashed) {
         uint8_t dg[DS_SHA256_LEN];
         DS_TRY(ds_sha256(sb, (size_t)z->size, dg));
         if (memcmp(dg, f->dg.chunks[k], DS_SHA256_LEN) != 0) {
@@ -288,6 +289,10 @@ static dsckpt_status load_zchunk(ds_zcache *cache, const ds_file *f, int fd, ds_
         }
         atomic_store(&v->state[k], U_OK);
     }
+    /* These bytes, not only this chunk, were hashed: the frames' checksums are
+     * redundant. A chunk whose verdict came from an earlier read is read again
+     * unhashed, so its frames keep theirs. */
+    ds_zchunk_dec_set_verified(slot->dec, hashed);
     return ds_zchunk_decode_view(slot->dec, kind, z->width, sb, (size_t)z->size, slot->raw, (size_t)rn, what,
                                  &slot->view);
 }

@@ -391,6 +391,31 @@ static uint8_t *make_frame(size_t n, uint8_t **raw_out, size_t *sn_out) {
     return f;
 }
 
+/* ds_zchunk_dec_set_verified: a frame whose content checksum (its last 4 bytes)
+ * is wrong is refused, unless the stored bytes were verified by their SHA-256;
+ * then it decodes (the blocks are intact) to the right bytes; and refused again
+ * once the decoder is told otherwise. */
+static void test_verified_skips_frame_checksum(void) {
+    ds_zchunk_dec *d = NULL;
+    TU_ASSERT_OK(ds_zchunk_dec_new(&d));
+    size_t n = 256u << 10, sn;
+    uint8_t *raw, *f = make_frame(n, &raw, &sn), *back = malloc(n);
+    f[sn - 2] ^= 0x40;
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c"), DSCKPT_ECORRUPT);
+    ds_zchunk_dec_set_verified(d, true);
+    memset(back, 0, n);
+    TU_ASSERT_OK(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c"));
+    CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
+    /* The frame's structure is still checked. */
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn - 1, back, n, "c"), DSCKPT_ECORRUPT);
+    ds_zchunk_dec_set_verified(d, false);
+    CU_ASSERT_EQUAL(ds_zchunk_decode(d, DS_ZCHUNK_ZSTD, 4, f, sn, back, n, "c"), DSCKPT_ECORRUPT);
+    free(f);
+    free(raw);
+    free(back);
+    ds_zchunk_dec_free(d);
+}
+
 static void test_damaged_refused(void) {
     ds_zchunk_dec *d = NULL;
     TU_ASSERT_OK(ds_zchunk_dec_new(&d));
@@ -822,6 +847,7 @@ int main(void) {
         {"bf16 exponent planes compress", test_bf16_exponents_compress},
         {"incompressible chunks stored raw", test_incompressible_stored_raw},
         {"damaged, truncated, padded chunks refused", test_damaged_refused},
+        {"a verified chunk's frames skip zstd's checksum, others keep it", test_verified_skips_frame_checksum},
         {"decompression bombs refused before allocating", test_bomb_refused},
         {"planes: header layout, raw and frame planes, least gain", test_planes_layout},
         {"planes: the plane history skips planes that stay raw, probes again", test_plane_history},
