@@ -353,9 +353,24 @@ static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model
     return ds_calloc((size_t)cfg->micro_batch * (size_t)(mc->n_ctx + 1), sizeof(int32_t), &e->tokens);
 }
 
-/* Weights: the model is initialised in fp32, cast to the working dtype, and the
- * fp32 master is the working weights read back (as DeepSpeed builds it). */
-static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t seed) {
+/* The fp32 master the working weights are read back from (as DeepSpeed builds it):
+ * master = fp32(working dtype(master)), on the optimizer's side (the CPU when
+ * offloaded). */
+static dsckpt_status round_trip_master(rt_engine *e) {
+    const rt_device *od = e->odev;
+    for (int g = 0; g < NG; g++) {
+        void *tmp = NULL;
+        DS_TRY(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"));
+        od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
+        od->cast(od->ctx, DSCKPT_F32, e->master[g], e->wdt, tmp, (size_t)e->plen[g]);
+        od->free(od->ctx, tmp);
+    }
+    return DSCKPT_OK;
+}
+
+/* Stage 0 (every rank holds everything): the whole model initialised in fp32,
+ * cast to the working dtype, the master read back from it. */
+static dsckpt_status init_weights_whole(rt_engine *e, rt_model *model, uint64_t seed) {
     float *init = NULL, *dinit = NULL;
     dsckpt_status st = DSCKPT_OK;
     DS_TRYGOTO(ds_malloc((size_t)(e->N ? e->N : 1) * sizeof(float), &init), out);
@@ -368,22 +383,46 @@ static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t
         rt_engine_own(e, T, e->rank, &s, &c, &p);
         DS_TRYGOTO(dev_to_opt(e, e->master[T->group] + p, dinit + T->moff + s, (size_t)c * 4), out);
     }
-    for (int g = 0; g < NG; g++) { /* on the optimizer's side (the CPU when offloaded) */
-        const rt_device *od = e->odev;
-        void *tmp = NULL;
-        DS_TRYGOTO(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"), out);
-        od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
-        od->cast(od->ctx, DSCKPT_F32, e->master[g], e->wdt, tmp, (size_t)e->plen[g]);
-        od->free(od->ctx, tmp);
-    }
-    if (e->stage != 3) from_f32(e, dinit, e->w, e->N);
-    else
-        for (int g = 0; g < NG; g++) DS_TRYGOTO(master_to_w3(e, g), out);
+    DS_TRYGOTO(round_trip_master(e), out);
+    from_f32(e, dinit, e->w, e->N);
     st = e->dev->sync(e->dev->ctx);
 out:
     free(init);
     e->dev->free(e->dev->ctx, dinit);
     return st;
+}
+
+/* Stages 1-3: each rank draws its own share of the initialisation only (the values
+ * are a function of the flat index: rt_model_init_range), reads its master back
+ * through the working dtype, and the working weights come from the masters as
+ * after a load (all-gathered at stages 1/2). The same bits as stage 0's whole
+ * initialisation, a W-th of the drawing per rank. */
+static dsckpt_status init_weights_shares(rt_engine *e, rt_model *model, uint64_t seed) {
+    const rt_model_cfg *mc = rt_model_config(model);
+    uint64_t most = 1;
+    for (int g = 0; g < NG; g++) most = DS_MAX(most, e->plen[g]);
+    float *hb = NULL;
+    DS_TRY(ds_malloc((size_t)most * sizeof *hb, &hb));
+    dsckpt_status st = DSCKPT_OK;
+    for (int g = 0; g < NG && !st; g++) {
+        memset(hb, 0, (size_t)(e->plen[g] ? e->plen[g] : 1) * sizeof *hb); /* the padding stays zero */
+        for (size_t i = 0; i < e->nt && !st; i++) {
+            const et *T = &e->t[i];
+            uint64_t s, c, p;
+            if (T->group != g) continue;
+            rt_engine_own(e, T, e->rank, &s, &c, &p);
+            if (c) st = rt_model_init_range(mc, seed, T->moff + s, c, hb + p);
+        }
+        if (!st && e->plen[g]) st = e->odev->h2d(e->odev->ctx, e->master[g], hb, (size_t)e->plen[g] * sizeof *hb);
+    }
+    free(hb);
+    if (!st) st = e->odev->sync(e->odev->ctx);
+    if (!st) st = round_trip_master(e);
+    return st ? st : rt_engine_refresh_working(e);
+}
+
+static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t seed) {
+    return e->stage == 0 ? init_weights_whole(e, model, seed) : init_weights_shares(e, model, seed);
 }
 
 static void engine_hparams(rt_engine *e, const rt_config *cfg) {

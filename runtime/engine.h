@@ -69,7 +69,9 @@ typedef struct rt_mem_report {
 } rt_mem_report;
 
 /* Creates the engine for `cfg` over `comm`; initialises the weights from `seed`
- * (identical on every rank: rt_model_init). `model` must outlive the engine. */
+ * (the values of rt_model_init whatever the world size: at stages 1-3 each rank
+ * draws its own share and the working weights are gathered, so this is
+ * collective). `model` must outlive the engine. */
 dsckpt_status rt_engine_create(const rt_config *cfg, rt_comm *comm, rt_model *model, uint64_t seed,
                                rt_engine **out);
 /* rt_engine_create without the weights' initialisation (the partitions hold zeros):

@@ -320,6 +320,45 @@ static double normal_at(uint64_t key, uint64_t i) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
+dsckpt_status rt_model_init_range(const rt_model_cfg *cfg, uint64_t seed, uint64_t start, uint64_t count,
+                                  float *out) {
+    DS_TRY(check_cfg(cfg));
+    if (!out && count) return ds_err(DSCKPT_EINVAL, "rt_model_init_range: out is NULL");
+    rt_param *ps;
+    size_t n;
+    uint64_t numel;
+    DS_TRY(build_table(cfg, &ps, &n, &numel));
+    if (start > numel || count > numel - start) {
+        free(ps);
+        return ds_err(DSCKPT_EINVAL, "rt_model_init_range: elements [%llu, +%llu) of a model of %llu",
+                      (unsigned long long)start, (unsigned long long)count, (unsigned long long)numel);
+    }
+    uint64_t key = splitmix64(seed ^ 0x6770742d32696e69ull); /* "gpt-2ini" */
+    double proj_std = 0.02 / sqrt(2.0 * cfg->n_layer);
+    for (size_t k = 0; k < n; k++) {
+        const rt_param *p = &ps[k];
+        /* The part of this parameter in [start, start + count). */
+        uint64_t a = DS_MAX(p->offset, start), b = DS_MIN(p->offset + p->numel, start + count);
+        if (a >= b) continue;
+        size_t len = strlen(p->name);
+        bool is_weight = len > 7 && strcmp(p->name + len - 7, ".weight") == 0;
+        bool is_ln = strstr(p->name, ".ln_") != NULL;
+        float *dst = out + (a - start);
+        int64_t cnt = (int64_t)(b - a);
+        if (!is_weight) {
+            memset(dst, 0, (size_t)cnt * sizeof(float));
+        } else if (is_ln) {
+            for (int64_t i = 0; i < cnt; i++) dst[i] = 1.0f;
+        } else {
+            double sd = strstr(p->name, ".c_proj.") ? proj_std : 0.02;
+#pragma omp parallel for schedule(static) if (cnt > 65536)
+            for (int64_t i = 0; i < cnt; i++) dst[i] = (float)(sd * normal_at(key, a + (uint64_t)i));
+        }
+    }
+    free(ps);
+    return DSCKPT_OK;
+}
+
 dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed) {
     DS_TRY(check_cfg(cfg));
     if (!flat) return ds_err(DSCKPT_EINVAL, "rt_model_init: flat is NULL");
@@ -327,28 +366,8 @@ dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed)
     size_t n;
     uint64_t numel;
     DS_TRY(build_table(cfg, &ps, &n, &numel));
-    uint64_t key = splitmix64(seed ^ 0x6770742d32696e69ull); /* "gpt-2ini" */
-    double proj_std = 0.02 / sqrt(2.0 * cfg->n_layer);
-    for (size_t k = 0; k < n; k++) {
-        const rt_param *p = &ps[k];
-        size_t len = strlen(p->name);
-        bool is_weight = len > 7 && strcmp(p->name + len - 7, ".weight") == 0;
-        bool is_ln = strstr(p->name, ".ln_") != NULL;
-        float *dst = flat + p->offset;
-        int64_t cnt = (int64_t)p->numel;
-        if (!is_weight) {
-            memset(dst, 0, (size_t)cnt * sizeof(float));
-        } else if (is_ln) {
-            for (int64_t i = 0; i < cnt; i++) dst[i] = 1.0f;
-        } else {
-            double sd = strstr(p->name, ".c_proj.") ? proj_std : 0.02;
-            uint64_t base = p->offset;
-#pragma omp parallel for schedule(static) if (cnt > 65536)
-            for (int64_t i = 0; i < cnt; i++) dst[i] = (float)(sd * normal_at(key, base + (uint64_t)i));
-        }
-    }
     free(ps);
-    return DSCKPT_OK;
+    return rt_model_init_range(cfg, seed, 0, numel, flat);
 }
 
 /* ---- the pass ---- */

@@ -152,6 +152,11 @@ void rt_model_module_range(const rt_model *m, int module, uint64_t *start, uint6
  * generator), so it does not depend on threads, and a rank can initialise any slice
  * by itself. EINVAL on a bad cfg. */
 dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed);
+/* The same values for flat elements [start, start + count) only, into out[0 ..
+ * count): what a rank draws for its own partition. EINVAL on a bad cfg or a range
+ * past the model. */
+dsckpt_status rt_model_init_range(const rt_model_cfg *cfg, uint64_t seed, uint64_t start, uint64_t count,
+                                  float *out);
 
 /* tokens: B rows of T+1 int32 tokens, row b at tokens + b*(T+1); inputs are
  * row[0..T), targets row[1..T]. Every token must lie in [0, vocab_size).

@@ -305,9 +305,22 @@ static void test_init(void) {
             CU_ASSERT(fabs(mean) < 4 * want / sqrt((double)ps[k].numel) + 1e-6);
         }
     }
+    /* Any slice drawn alone (a rank's share: across parameter boundaries, inside
+     * one, empty, the whole) is that slice of the whole. */
+    uint64_t cuts[][2] = {{0, n}, {0, 1}, {n - 1, 1}, {ps[1].offset - 7, 20}, {n / 3, n / 3}, {5, 0},
+                          {ps[np - 1].offset, ps[np - 1].numel}};
+    for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+        memset(c, 0xff, n * 4);
+        TU_ASSERT_OK(rt_model_init_range(&cfg, 42, cuts[k][0], cuts[k][1], c));
+        CU_ASSERT_EQUAL(memcmp(c, a + cuts[k][0], cuts[k][1] * 4), 0);
+        if (cuts[k][1] < n) CU_ASSERT_EQUAL(((uint8_t *)c)[cuts[k][1] * 4], 0xff); /* nothing past it */
+    }
+    CU_ASSERT_EQUAL(rt_model_init_range(&cfg, 42, n - 1, 2, c), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(rt_model_init_range(&cfg, 42, n + 1, 0, c), DSCKPT_EINVAL);
     rt_model_cfg bad = cfg;
     bad.n_head = 3;
     CU_ASSERT_EQUAL(rt_model_init(&bad, a, 1), DSCKPT_EINVAL);
+    CU_ASSERT_EQUAL(rt_model_init_range(&bad, 1, 0, 1, a), DSCKPT_EINVAL);
     free(a), free(b), free(c);
     rt_model_free(m);
 }
@@ -847,7 +860,7 @@ static void test_bad_inputs(void) {
 int main(void) {
     static const tu_test tests[] = {
         {"param_table", test_param_table},
-        {"init", test_init},
+        {"init, and any slice of it drawn alone", test_init},
         {"forward_matches_reference", test_forward_matches_reference},
         {"gradients_every_element", test_gradients_every_element},
         {"gradients_tiled", test_gradients_tiled},
