@@ -368,15 +368,19 @@ static dsckpt_status round_trip_master(rt_engine *e) {
     return DSCKPT_OK;
 }
 
-/* Stage 0 (every rank holds everything): the whole model initialised in fp32,
- * cast to the working dtype, the master read back from it. */
+/* Stage 0 (every rank holds everything): the whole model initialised in fp32 (each
+ * rank draws a W-th of it, all-gathered), cast to the working dtype, the master
+ * read back from it. */
 static dsckpt_status init_weights_whole(rt_engine *e, rt_model *model, uint64_t seed) {
     float *init = NULL, *dinit = NULL;
     dsckpt_status st = DSCKPT_OK;
-    DS_TRYGOTO(ds_malloc((size_t)(e->N ? e->N : 1) * sizeof(float), &init), out);
-    DS_TRYGOTO(rt_model_init(rt_model_config(model), init, seed), out);
-    DS_TRYGOTO(alloc_f(e, &dinit, e->N, "the initial weights"), out);
-    DS_TRYGOTO(e->dev->h2d(e->dev->ctx, dinit, init, (size_t)e->N * sizeof(float)), out);
+    uint64_t W = (uint64_t)e->W, sl = (e->N + W - 1) / W, a = DS_MIN(e->N, (uint64_t)e->rank * sl);
+    if (sl == 0) sl = 1;
+    DS_TRYGOTO(ds_calloc((size_t)sl, sizeof(float), &init), out);
+    DS_TRYGOTO(rt_model_init_range(rt_model_config(model), seed, a, DS_MIN(sl, e->N - a), init), out);
+    DS_TRYGOTO(alloc_f(e, &dinit, sl * W, "the initial weights"), out);
+    DS_TRYGOTO(e->dev->h2d(e->dev->ctx, dinit + (uint64_t)e->rank * sl, init, (size_t)sl * sizeof(float)), out);
+    if (W > 1) DS_TRYGOTO(rt_comm_allgather(e->comm, dinit + (uint64_t)e->rank * sl, (size_t)sl * sizeof(float), dinit), out);
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         uint64_t s, c, p;
