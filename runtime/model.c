@@ -320,21 +320,12 @@ static double normal_at(uint64_t key, uint64_t i) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-dsckpt_status rt_model_init_range(const rt_model_cfg *cfg, uint64_t seed, uint64_t start, uint64_t count,
-                                  float *out) {
-    DS_TRY(check_cfg(cfg));
-    if (!out && count) return ds_err(DSCKPT_EINVAL, "rt_model_init_range: out is NULL");
-    rt_param *ps;
-    size_t n;
-    uint64_t numel;
-    DS_TRY(build_table(cfg, &ps, &n, &numel));
-    if (start > numel || count > numel - start) {
-        free(ps);
-        return ds_err(DSCKPT_EINVAL, "rt_model_init_range: elements [%llu, +%llu) of a model of %llu",
-                      (unsigned long long)start, (unsigned long long)count, (unsigned long long)numel);
-    }
+/* Flat elements [start, start + count) of the initialisation, into out, from the
+ * parameter table ps[0..n) of a model of n_layer blocks. */
+static void init_table_range(int n_layer, const rt_param *ps, size_t n, uint64_t seed, uint64_t start,
+                             uint64_t count, float *out) {
     uint64_t key = splitmix64(seed ^ 0x6770742d32696e69ull); /* "gpt-2ini" */
-    double proj_std = 0.02 / sqrt(2.0 * cfg->n_layer);
+    double proj_std = 0.02 / sqrt(2.0 * n_layer);
     for (size_t k = 0; k < n; k++) {
         const rt_param *p = &ps[k];
         /* The part of this parameter in [start, start + count). */
@@ -355,8 +346,24 @@ dsckpt_status rt_model_init_range(const rt_model_cfg *cfg, uint64_t seed, uint64
             for (int64_t i = 0; i < cnt; i++) dst[i] = (float)(sd * normal_at(key, a + (uint64_t)i));
         }
     }
+}
+
+dsckpt_status rt_model_init_range(const rt_model_cfg *cfg, uint64_t seed, uint64_t start, uint64_t count,
+                                  float *out) {
+    DS_TRY(check_cfg(cfg));
+    if (!out && count) return ds_err(DSCKPT_EINVAL, "rt_model_init_range: out is NULL");
+    rt_param *ps;
+    size_t n;
+    uint64_t numel;
+    DS_TRY(build_table(cfg, &ps, &n, &numel));
+    dsckpt_status st = DSCKPT_OK;
+    if (start > numel || count > numel - start)
+        st = ds_err(DSCKPT_EINVAL, "rt_model_init_range: elements [%llu, +%llu) of a model of %llu",
+                    (unsigned long long)start, (unsigned long long)count, (unsigned long long)numel);
+    else
+        init_table_range(cfg->n_layer, ps, n, seed, start, count, out);
     free(ps);
-    return DSCKPT_OK;
+    return st;
 }
 
 dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed) {
@@ -366,8 +373,9 @@ dsckpt_status rt_model_init(const rt_model_cfg *cfg, float *flat, uint64_t seed)
     size_t n;
     uint64_t numel;
     DS_TRY(build_table(cfg, &ps, &n, &numel));
+    init_table_range(cfg->n_layer, ps, n, seed, 0, numel, flat);
     free(ps);
-    return rt_model_init_range(cfg, seed, 0, numel, flat);
+    return DSCKPT_OK;
 }
 
 /* ---- the pass ---- */
