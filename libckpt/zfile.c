@@ -210,9 +210,11 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
                             "verify lists every bad chunk)",
                             what, k, (unsigned long long)zc[k].off, (unsigned long long)(zc[k].off + zc[k].size));
         }
-        if (st == DSCKPT_OK)
+        if (st == DSCKPT_OK) {
+            ds_zchunk_dec_set_verified(dec, digests != NULL); /* as the checked reads do (readcheck.c) */
             st = ds_zchunk_decode(dec, (ds_zchunk_kind)zc[k].kind, zc[k].width, stored, (size_t)zc[k].size, raw,
                                   (size_t)rn, cw);
+        }
         if (st) break;
         uint64_t take = DS_MIN(end, rb + rn) - pos;
         memcpy(out + (pos - off), raw + (pos - rb), (size_t)take);
