@@ -18,6 +18,14 @@
  * the plane history a rank file's writer keeps (ZRATIO_HIST=0: without, every
  * plane of every chunk tried). ZRATIO_GAINS="0 20 50 ..." adds a table
  * of the planes codec at those least plane gains (per mille).
+ *
+ * Usage: ds_zratio --unshuffle MIB
+ *
+ * Unshuffle throughput into a destination of MIB MiB (far larger than the
+ * caches, as a load's buffers are): one chunk's planes (4 MiB of random bytes)
+ * read chunk after chunk over the whole destination through ds_zplanes_read and
+ * ds_zplanes_read_stream, widths 4 and 2, with memcpy of the chunk's bytes as the
+ * floor of the same run; GB/s of wall time, the best of 5 passes, interleaved.
  */
 #include "cast.h"
 #include "ckpt.h"
@@ -174,9 +182,52 @@ static void print_gains(int level, const int *gains, int ncodec, const char *con
     printf("\n");
 }
 
+static double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ds_zratio --unshuffle MIB (see the top of this file). */
+static int unshuffle_bench(size_t mib) {
+    size_t total = (mib << 20) / CHUNK * CHUNK;
+    uint8_t *src = malloc(CHUNK), *dst = aligned_alloc(4096, total ? total : CHUNK);
+    if (!src || !dst || !total) {
+        fprintf(stderr, "out of memory, or MIB under a chunk\n");
+        return 2;
+    }
+    for (size_t i = 0; i < CHUNK; i++) src[i] = (uint8_t)(i * 2654435761u >> 13);
+    memset(dst, 1, total); /* touched: no first-touch faults in the passes */
+    const char *names[3] = {"memcpy (floor)", "ds_zplanes_read", "ds_zplanes_read_stream"};
+    for (int w = 4; w >= 2; w /= 2) {
+        ds_zplanes v = {.n = CHUNK, .m = CHUNK / (size_t)w, .width = w};
+        for (int j = 0; j < w; j++) v.plane[j] = src + (size_t)j * v.m;
+        v.tail = src + CHUNK;
+        double best[3] = {0, 0, 0};
+        for (int rep = 0; rep < 5; rep++)
+            for (int k = 0; k < 3; k++) {
+                double t = wall();
+                for (size_t at = 0; at < total; at += CHUNK) {
+                    if (k == 0) memcpy(dst + at, src, CHUNK);
+                    else if (k == 1) ds_zplanes_read(dst + at, &v, 0, CHUNK);
+                    else ds_zplanes_read_stream(dst + at, &v, 0, CHUNK);
+                }
+                double gbs = (double)total / (wall() - t) / 1e9;
+                if (gbs > best[k]) best[k] = gbs;
+            }
+        printf("width %d into %zu MiB:", w, total >> 20);
+        for (int k = 0; k < 3; k++) printf("  %s %.2f GB/s (%.2f of the floor)", names[k], best[k], best[k] / best[0]);
+        printf("\n");
+    }
+    free(src);
+    free(dst);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--unshuffle")) return unshuffle_bench((size_t)strtoul(argv[2], NULL, 10));
     if (argc < 2) {
-        fprintf(stderr, "usage: %s CKPT [LEVEL ...]\n", argv[0]);
+        fprintf(stderr, "usage: %s CKPT [LEVEL ...] | --unshuffle MIB\n", argv[0]);
         return 3;
     }
     dsckpt_ckpt *c = NULL;

@@ -102,6 +102,7 @@ static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *const *pl, size_t cnt,
 #endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
 #include <tmmintrin.h>
 #define DS_HAVE_SSSE3_PATH 1
 /* SSSE3 (picked at run time) width-4 shuffle: one byte shuffle groups each 16-byte
@@ -123,6 +124,43 @@ __attribute__((target("ssse3"))) static size_t shuffle4_ssse3(uint8_t *dst, cons
         _mm_storeu_si128((__m128i *)(dst + 2 * m + i), _mm_unpacklo_epi64(ab1, cd1));
         _mm_storeu_si128((__m128i *)(dst + 3 * m + i), _mm_unpackhi_epi64(ab1, cd1));
     }
+    return i;
+}
+/* AVX2 (picked at run time) widths 2 and 4 unshuffle with non-temporal stores, for
+ * a destination not read again soon (ds_zplanes_read_stream): 32 elements a step,
+ * dst 32-byte aligned. The stores go around the cache, so writing a large
+ * destination does not first read each of its lines in: about 1.7x the SSE2 loop
+ * into a destination far larger than the caches (bench/RESULTS.md). Each 128-bit
+ * lane of the byte and word unpacks holds elements 0-15 and 16-31 of the step, and
+ * the lane permutes put them back in order. */
+__attribute__((target("avx2"))) static size_t unshuffle_stream_avx2(uint8_t *dst, const uint8_t *const *pl,
+                                                                    size_t cnt, size_t w) {
+    size_t i = 0;
+    if (w == 2) {
+        for (; i + 32 <= cnt; i += 32) {
+            __m256i p0 = _mm256_loadu_si256((const __m256i *)(pl[0] + i));
+            __m256i p1 = _mm256_loadu_si256((const __m256i *)(pl[1] + i));
+            __m256i lo = _mm256_unpacklo_epi8(p0, p1), hi = _mm256_unpackhi_epi8(p0, p1);
+            _mm256_stream_si256((__m256i *)(dst + 2 * i), _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_stream_si256((__m256i *)(dst + 2 * i + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+    } else if (w == 4) {
+        for (; i + 32 <= cnt; i += 32) {
+            __m256i p0 = _mm256_loadu_si256((const __m256i *)(pl[0] + i));
+            __m256i p1 = _mm256_loadu_si256((const __m256i *)(pl[1] + i));
+            __m256i p2 = _mm256_loadu_si256((const __m256i *)(pl[2] + i));
+            __m256i p3 = _mm256_loadu_si256((const __m256i *)(pl[3] + i));
+            __m256i a = _mm256_unpacklo_epi8(p0, p1), b = _mm256_unpackhi_epi8(p0, p1);
+            __m256i c = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+            __m256i r0 = _mm256_unpacklo_epi16(a, c), r1 = _mm256_unpackhi_epi16(a, c); /* 0-3|16-19, 4-7|20-23 */
+            __m256i r2 = _mm256_unpacklo_epi16(b, d), r3 = _mm256_unpackhi_epi16(b, d); /* 8-11|24-27, 12-15|28-31 */
+            _mm256_stream_si256((__m256i *)(dst + 4 * i), _mm256_permute2x128_si256(r0, r1, 0x20));
+            _mm256_stream_si256((__m256i *)(dst + 4 * i + 32), _mm256_permute2x128_si256(r2, r3, 0x20));
+            _mm256_stream_si256((__m256i *)(dst + 4 * i + 64), _mm256_permute2x128_si256(r0, r1, 0x31));
+            _mm256_stream_si256((__m256i *)(dst + 4 * i + 96), _mm256_permute2x128_si256(r2, r3, 0x31));
+        }
+    }
+    _mm_sfence(); /* the stores are weakly ordered: done before anyone is told */
     return i;
 }
 #endif
@@ -228,10 +266,9 @@ void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
     memcpy(dst + m * w, src + m * w, n - m * w);
 }
 
-/* Elements [0, cnt) of the planes pl[j] (j < w, w > 1) into dst, interleaved:
+/* Elements [i0, cnt) of the planes pl[j] (j < w, w > 1) into dst, interleaved:
  * fixed widths as their own loops, so the compiler can unroll them. */
-static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
-    size_t i0 = unshuffle_sse2(dst, pl, cnt, w);
+static void unshuffle_plain(uint8_t *dst, const uint8_t *const *pl, size_t i0, size_t cnt, size_t w) {
     if (w == 2) {
         const uint8_t *p0 = pl[0], *p1 = pl[1];
         for (size_t i = i0; i < cnt; i++) {
@@ -250,6 +287,42 @@ static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, 
         for (size_t j = 0; j < w; j++)
             for (size_t i = i0; i < cnt; i++) dst[i * w + j] = pl[j][i];
     }
+}
+
+/* Elements [0, cnt) of the planes pl[j] (j < w, w > 1) into dst, interleaved. */
+static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
+    unshuffle_plain(dst, pl, unshuffle_sse2(dst, pl, cnt, w), cnt, w);
+}
+
+#ifdef DS_HAVE_SSSE3_PATH
+static bool use_avx2(void) {
+    static int avx2 = -1;
+    int v = __atomic_load_n(&avx2, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = __builtin_cpu_supports("avx2") ? 1 : 0;
+        __atomic_store_n(&avx2, v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
+}
+#endif
+
+/* As unshuffle_elems, with the non-temporal stores of unshuffle_stream_avx2 where
+ * the CPU has AVX2 and dst can be brought to a 32-byte boundary by whole elements
+ * (the elements before it go through the plain loop). */
+static void unshuffle_elems_stream(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
+#ifdef DS_HAVE_SSSE3_PATH
+    size_t mis = (size_t)((uintptr_t)dst & 31);
+    if ((w == 2 || w == 4) && mis % w == 0 && use_avx2()) {
+        size_t head = DS_MIN(cnt, ((32 - mis) & 31) / w);
+        unshuffle_plain(dst, pl, 0, head, w);
+        const uint8_t *at[4];
+        for (size_t j = 0; j < w; j++) at[j] = pl[j] + head;
+        size_t done = head + unshuffle_stream_avx2(dst + head * w, at, cnt - head, w);
+        unshuffle_plain(dst, pl, done, cnt, w);
+        return;
+    }
+#endif
+    unshuffle_elems(dst, pl, cnt, w);
 }
 
 /* The view of a shuffled chunk held whole in src[0..n). */
@@ -273,7 +346,7 @@ void ds_zchunk_unshuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) 
     memcpy(dst + v.m * (size_t)width, v.tail, n - v.m * (size_t)width);
 }
 
-void ds_zplanes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len) {
+static void planes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len, bool stream) {
     size_t w = (size_t)v->width, m = v->m, body = w > 1 ? m * w : 0, end = off + len, pos = off;
     if (w <= 1) {
         memcpy(dst, v->plane[0] + off, len);
@@ -285,11 +358,20 @@ void ds_zplanes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len) 
         size_t cnt = (DS_MIN(end, body) - pos) / w;
         const uint8_t *at[8];
         for (size_t j = 0; j < w; j++) at[j] = v->plane[j] + pos / w;
-        unshuffle_elems(dst + (pos - off), at, cnt, w);
+        if (stream) unshuffle_elems_stream(dst + (pos - off), at, cnt, w);
+        else unshuffle_elems(dst + (pos - off), at, cnt, w);
         pos += cnt * w;
     }
     for (; pos < end && pos < body; pos++) dst[pos - off] = v->plane[pos % w][pos / w];
     if (pos < end) memcpy(dst + (pos - off), v->tail + (pos - body), end - pos); /* the tail is stored as it is */
+}
+
+void ds_zplanes_read(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len) {
+    planes_read(dst, v, off, len, false);
+}
+
+void ds_zplanes_read_stream(uint8_t *dst, const ds_zplanes *v, size_t off, size_t len) {
+    planes_read(dst, v, off, len, true);
 }
 
 void ds_zchunk_unshuffle_range(uint8_t *dst, const uint8_t *src, size_t n, int width, size_t off, size_t len) {

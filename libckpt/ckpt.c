@@ -224,6 +224,7 @@ static dsckpt_status fdset_alloc(const dsckpt_ckpt *c, ds_fdset *fs) {
     fs->zcache = NULL;
     fs->lazy = NULL;
     fs->deferred = false; /* verdicts at once unless the reader asks (ds_fdset_defer_checks) */
+    fs->stream = false;
     DS_TRY(ds_calloc(c->nfiles ? c->nfiles : 1, sizeof *fs->fd, &fs->fd));
     for (size_t i = 0; i < c->nfiles; i++) fs->fd[i] = -1;
     return DSCKPT_OK;

@@ -50,6 +50,7 @@ typedef struct ds_fdset {
     ds_zcache *zcache; /* decoded chunks of compressed files, shared by the readers */
     ds_fdlazy *lazy; /* ds_fdset_open_lazy: each file's open state (else NULL) */
     bool deferred;   /* ds_fdset_defer_checks */
+    bool stream;     /* ds_fdset_stream_reads */
 } ds_fdset;
 /* Opens every file now: its size checked against the manifest and, for a native
  * checkpoint, its safetensors header read (no fragment may point into it). */
@@ -80,6 +81,11 @@ void ds_fdset_defer_checks(ds_fdset *fs);
  * and does not need while it reads spares the cache's fresh pages
  * (ds_zcache_lend). Before the first read. */
 void ds_fdset_lend(ds_fdset *fs, void *mem, size_t bytes);
+/* For a caller that does not read what it reads again soon (a load into buffers far
+ * larger than the caches): a compressed file's chunks are unshuffled into its
+ * buffers with stores that go around the cache (ds_zplanes_read_stream). Changes no
+ * byte read. Before the first read. */
+void ds_fdset_stream_reads(ds_fdset *fs);
 /* Completes every chunk a deferred set left part-hashed (reading the rest of it),
  * returning the first failure (ECHECKSUM names the chunk). */
 dsckpt_status ds_fdset_finish(const dsckpt_ckpt *c, const ds_fdset *fs);

@@ -346,7 +346,8 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
                 return st;
             }
         }
-        ds_zplanes_read(dst + (pos - offset), &slot->view, (size_t)(pos - rb), (size_t)take);
+        if (fs->stream) ds_zplanes_read_stream(dst + (pos - offset), &slot->view, (size_t)(pos - rb), (size_t)take);
+        else ds_zplanes_read(dst + (pos - offset), &slot->view, (size_t)(pos - rb), (size_t)take);
         ds_zcache_release(fs->zcache, slot);
         pos += take;
     }
@@ -356,6 +357,8 @@ static dsckpt_status zread(const ds_file *f, const ds_fdset *fs, uint32_t file, 
 /* ---- deferred verdicts (dsckpt_internal.h, ds_fdset_defer_checks) ---- */
 
 void ds_fdset_defer_checks(ds_fdset *fs) { fs->deferred = true; }
+
+void ds_fdset_stream_reads(ds_fdset *fs) { fs->stream = true; }
 
 void ds_fdset_lend(ds_fdset *fs, void *mem, size_t bytes) {
     if (fs->zcache) ds_zcache_lend(fs->zcache, mem, bytes);

@@ -692,6 +692,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * byte, and ds_fdset_finish below for the rest before anything is accepted. */
     ds_fdset_defer_checks(&fs);
     lend_gradients(e, &fs);
+    if (!bounce) ds_fdset_stream_reads(&fs); /* the shares are read again only by the rebuild, after all of them */
     size_t np;
     const rt_param *ps = rt_model_params(e->model, &np);
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);

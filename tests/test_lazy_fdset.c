@@ -262,9 +262,10 @@ static void test_lent_slots(void) {
     free(block);
 }
 
-/* A rank's reader: one thread, deferred verdicts, the cache on lent memory; every
- * tensor's fp32 state in order equals what was written. */
-static void test_lent_deferred_reader(void) {
+/* A rank's reader: one thread, deferred verdicts, the cache on lent memory, and
+ * (stream) the chunks unshuffled with stores around the cache, as dstrain's load
+ * reads; every tensor's fp32 state in order equals what was written. */
+static void lent_deferred_reader(bool stream) {
     char *root = tu_mkdtemp(), *dir = write_ckpt(root, 1);
     dsckpt_ckpt *c = NULL;
     TU_ASSERT_OK(dsckpt_ckpt_open(dir, NULL, &c));
@@ -276,6 +277,7 @@ static void test_lent_deferred_reader(void) {
     CU_ASSERT_FATAL(lent != NULL);
     memset(lent, 0xa5, lent_n);
     ds_fdset_lend(&fs, lent + 1, lent_n - 1);
+    if (stream) ds_fdset_stream_reads(&fs);
     int bad = 0;
     for (uint32_t t = 0; t < c->ntensors; t++) {
         uint64_t n = c->tensors[t].numel;
@@ -299,6 +301,9 @@ static void test_lent_deferred_reader(void) {
     free(root);
 }
 
+static void test_lent_deferred_reader(void) { lent_deferred_reader(false); }
+static void test_lent_deferred_stream_reader(void) { lent_deferred_reader(true); }
+
 int main(void) {
     static const tu_test tests[] = {
         {"one range opens only its files", test_one_range_plain},
@@ -308,6 +313,7 @@ int main(void) {
         {"a truncated file fails only its reads", test_truncated_file},
         {"the chunk cache carves lent memory, frees only its own", test_lent_slots},
         {"a deferred reader on lent memory reads what was written", test_lent_deferred_reader},
+        {"the same reader, unshuffling around the cache", test_lent_deferred_stream_reader},
         {NULL, NULL},
     };
     return tu_main("lazy_fdset", tests);

@@ -171,6 +171,52 @@ out:
     free(part);
 }
 
+/* ds_zplanes_read_stream writes what ds_zplanes_read writes (non-temporal stores
+ * on CPUs with AVX2, widths 2 and 4): every width, planes apart from each other,
+ * destinations at every offset from a 32-byte boundary (whole elements from it or
+ * not), starts and lengths around the 32-element steps and past several; nothing
+ * outside dst[0..len) is written. */
+static void test_stream_read(void) {
+    enum { M = 1000, TAIL = 3 };
+    uint8_t *raw = malloc(8 * M + TAIL), *shuf = malloc(8 * M + TAIL), *pl[8];
+    uint8_t *part = aligned_alloc(64, 8 * M + TAIL + 128);
+    random_bytes(raw, 8 * M + TAIL, 21);
+    bool failed = false;
+    for (int w = 1; w <= 8; w *= 2) {
+        size_t n = (size_t)w * M + TAIL;
+        ds_zchunk_shuffle_ref(shuf, raw, n, w);
+        ds_zplanes v = {.n = n, .m = w > 1 ? n / (size_t)w : n, .width = w};
+        for (int j = 0; j < w; j++) { /* each plane in its own allocation */
+            pl[j] = malloc(v.m);
+            memcpy(pl[j], shuf + (size_t)j * v.m, v.m);
+            v.plane[j] = pl[j];
+        }
+        v.tail = shuf + (size_t)w * v.m;
+        size_t offs[] = {0, 1, 2, 3, 4, 5, 8, 31, 32, 33, 64, 127, 128, 129, 2000, n - 100, n - 1, n};
+        size_t miss[] = {0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 28, 30, 31, 32, 33};
+        for (size_t oi = 0; oi < sizeof offs / sizeof *offs && !failed; oi++)
+            for (size_t mi = 0; mi < sizeof miss / sizeof *miss && !failed; mi++)
+                for (size_t len = 0; offs[oi] + len <= n; len += len < 40 ? 1 : len < 300 ? 37 : 1511) {
+                    size_t off = offs[oi], mis = miss[mi];
+                    memset(part, 0xA5, len + mis + 1);
+                    ds_zplanes_read_stream(part + mis, &v, off, len);
+                    bool bad = len && memcmp(part + mis, raw + off, len) != 0;
+                    for (size_t i = 0; i < mis && !bad; i++) bad = part[i] != 0xA5;
+                    if (bad || part[mis + len] != 0xA5) {
+                        fprintf(stderr, "\n  zplanes_read_stream width %d off %zu len %zu dst +%zu", w, off, len, mis);
+                        CU_FAIL("zplanes_read_stream");
+                        failed = true;
+                        break;
+                    }
+                }
+        for (int j = 0; j < w; j++) free(pl[j]);
+        if (failed) break;
+    }
+    free(raw);
+    free(shuf);
+    free(part);
+}
+
 /* decode_view: planes stored raw and the tail are read in place (pointers into
  * the stored bytes, nothing copied to scratch), zstd planes decoded into scratch;
  * every byte range read through the view equals the raw chunk, and nothing is
@@ -843,6 +889,7 @@ int main(void) {
         {"unshuffle of a byte range", test_unshuffle_range},
         {"decode to the shuffled form", test_decode_shuffled},
         {"decode to a view: raw planes read in place", test_decode_view},
+        {"streaming reads through a view equal the plain ones", test_stream_read},
         {"round trip, every dtype and width", test_round_trip_every_dtype},
         {"bf16 exponent planes compress", test_bf16_exponents_compress},
         {"incompressible chunks stored raw", test_incompressible_stored_raw},
