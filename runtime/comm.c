@@ -182,6 +182,18 @@ static dsckpt_status stage_out(rt_comm *c, void *dst, const void *host, size_t b
     return DSCKPT_OK;
 }
 
+/* dst <- src within this rank (a gather of one rank), each in device or host
+ * memory. Device blocks do not overlap; host ones may. */
+static dsckpt_status local_copy(rt_comm *c, void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return DSCKPT_OK;
+    bool sd = on_dev(c, src), dd = on_dev(c, dst);
+    if (sd && dd) return c->dev->d2d(c->dev->ctx, dst, src, bytes);
+    if (sd) return c->dev->d2h(c->dev->ctx, dst, src, bytes);
+    if (dd) return c->dev->h2d(c->dev->ctx, dst, src, bytes);
+    memmove(dst, src, bytes);
+    return DSCKPT_OK;
+}
+
 void rt_comm_stats(const rt_comm *c, double *seconds, uint64_t *bytes_sent) {
     if (seconds) *seconds = c ? c->seconds : 0.0;
     if (bytes_sent) *bytes_sent = c ? c->bytes_sent : 0;
@@ -470,10 +482,7 @@ dsckpt_status rt_comm_gatherv(rt_comm *c, const void *send, size_t bytes, int ro
     size_t total = 0;
     uint64_t rounds = 0;
     dsckpt_status ast = is_root ? gather_root_args(c, send, bytes, recv, counts, &total, &rounds) : DSCKPT_OK;
-    if (c->size == 1) {
-        if (!ast && bytes && send != recv) memmove(recv, send, bytes);
-        return ast;
-    }
+    if (c->size == 1) return ast ? ast : local_copy(c, recv, send, bytes);
     if (on_dev(c, send) || (is_root && on_dev(c, recv))) {
         if (!ast) return gatherv_staged(c, send, bytes, root, recv, counts, total);
         rounds = UINT64_MAX; /* tell the others before failing (below) */
@@ -506,10 +515,7 @@ dsckpt_status rt_comm_gather(rt_comm *c, const void *send, size_t bytes, int roo
     uint8_t *mine = is_root ? (uint8_t *)recv + (size_t)root * bytes : NULL;
     if (bytes && is_root && (const uint8_t *)send != mine && overlap(send, bytes, recv, (size_t)total))
         return ds_err(DSCKPT_EINVAL, "rt_comm_gather: send overlaps recv without being in place");
-    if (c->size == 1) {
-        if (bytes && send != recv) memmove(recv, send, bytes);
-        return DSCKPT_OK;
-    }
+    if (c->size == 1) return local_copy(c, recv, send, bytes);
     if (on_dev(c, send) || (is_root && on_dev(c, recv))) { /* through host staging, as the same gather */
         size_t at = is_root ? (size_t)root * bytes : 0;
         DS_TRY(need_stage(c, is_root ? (size_t)total : bytes));

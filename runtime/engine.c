@@ -791,34 +791,6 @@ const char *rt_engine_device_name(const rt_engine *e) { return e->dev->name; }
 bool rt_engine_offloaded(const rt_engine *e) { return e->off; }
 bool rt_engine_params_offloaded(const rt_engine *e) { return e->poff; }
 
-dsckpt_status rt_engine_gather_master(rt_engine *e, float *out) {
-    const rt_device *d = e->odev; /* where the master lives */
-    for (int g = 0; g < NG; g++) {
-        uint64_t P = e->plen[g];
-        float *all = NULL;
-        if (e->stage == 0) {
-            for (size_t i = 0; i < e->nt; i++)
-                if (e->t[i].group == g)
-                    DS_TRY(d->d2h(d->ctx, out + e->t[i].moff, e->master[g] + e->t[i].goff, (size_t)e->t[i].numel * 4));
-            continue;
-        }
-        DS_TRY(opt_alloc(e, &all, (P ? P : 1) * (uint64_t)e->W * sizeof *all, "a gather buffer"));
-        dsckpt_status st = rt_comm_allgather(e->comm, e->master[g], (size_t)P * 4, all);
-        for (size_t i = 0; !st && i < e->nt; i++) {
-            const et *T = &e->t[i];
-            if (T->group != g) continue;
-            for (int r = 0; !st && r < e->W; r++) {
-                uint64_t s, c, p;
-                rt_engine_own(e, T, r, &s, &c, &p);
-                st = d->d2h(d->ctx, out + T->moff + s, all + (uint64_t)r * P + p, (size_t)c * 4);
-            }
-        }
-        d->free(d->ctx, all);
-        DS_TRY(st);
-    }
-    return DSCKPT_OK;
-}
-
 void rt_engine_set_pre_update(rt_engine *e, void (*fn)(void *), void *ctx) {
     e->pre_update = fn;
     e->pre_update_ctx = ctx;
@@ -830,37 +802,6 @@ dsckpt_status rt_engine_refresh_working(rt_engine *e) {
         else DS_TRY(refresh_working(e, g));
     }
     return e->dev->sync(e->dev->ctx);
-}
-
-dsckpt_status rt_engine_gather_working(rt_engine *e, void *out) {
-    const rt_device *d = e->dev;
-    uint8_t *o = out;
-    if (e->stage != 3) return d->d2h(d->ctx, o, e->w, (size_t)e->N * e->ws);
-    for (int g = 0; g < NG; g++) {
-        uint64_t P = e->plen[g];
-        uint8_t *all = NULL;
-        DS_TRY(dev_alloc(e, &all, (P ? P : 1) * (uint64_t)(e->W + 1) * e->ws, "a gather buffer"));
-        const void *mine = e->w3[g];
-        dsckpt_status st = DSCKPT_OK;
-        if (e->poff) { /* the collectives take device buffers: this rank's pieces up first */
-            uint8_t *up = all + (uint64_t)e->W * P * e->ws;
-            mine = up;
-            st = d->h2d(d->ctx, up, e->w3[g], (size_t)P * e->ws);
-        }
-        if (!st) st = rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, all);
-        for (size_t i = 0; !st && i < e->nt; i++) {
-            const et *T = &e->t[i];
-            if (T->group != g) continue;
-            for (int r = 0; !st && r < e->W; r++) {
-                uint64_t s, c, p;
-                rt_engine_own(e, T, r, &s, &c, &p);
-                st = d->d2h(d->ctx, o + (T->moff + s) * e->ws, all + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws);
-            }
-        }
-        d->free(d->ctx, all);
-        DS_TRY(st);
-    }
-    return DSCKPT_OK;
 }
 
 size_t rt_engine_working_size(const rt_engine *e) { return e->ws; }

@@ -108,14 +108,11 @@ bool rt_engine_offloaded(const rt_engine *e);
  * up module by module as they are gathered. */
 bool rt_engine_params_offloaded(const rt_engine *e);
 
-/* The full fp32 master weights in model layout (gathered; collective). `out` holds
- * rt_model_numel() floats on every rank. For tests. */
-dsckpt_status rt_engine_gather_master(rt_engine *e, float *out);
-
-/* The working (16-bit or fp32) weights in model layout, as the forward pass sees
- * them (gathered at stage 3; collective). `out` holds rt_model_numel() elements of
- * rt_engine_working_size() bytes. */
-dsckpt_status rt_engine_gather_working(rt_engine *e, void *out);
+/* SHA-256 of the full fp32 master weights (working false) or of the working (16-bit
+ * or fp32) weights as the forward pass sees them (working true), in model layout.
+ * Collective: every rank calls it; the digest is written on rank 0 only. Gathers
+ * one tensor at a time to rank 0 (engine_digest.c). For bit-identity checks. */
+dsckpt_status rt_engine_digest(rt_engine *e, bool working, uint8_t out[32]);
 size_t rt_engine_working_size(const rt_engine *e);
 
 #endif /* DSRT_ENGINE_H */

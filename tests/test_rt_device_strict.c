@@ -153,6 +153,20 @@ static void test_comm_staging(void) {
     CU_ASSERT_EQUAL(memcmp(back, h, sizeof h), 0);
     TU_ASSERT_OK(rt_comm_allreduce_f32(c, a, 64));
     TU_ASSERT_OK(rt_comm_bcast(c, a, sizeof h, 0));
+    /* Gathers of one rank copy device to device, device to host, host to device
+     * (a host copy of device memory here would kill the test). */
+    counts[0] = sizeof h;
+    TU_ASSERT_OK(d->memzero(d->ctx, b, sizeof h));
+    TU_ASSERT_OK(rt_comm_gatherv(c, a, sizeof h, 0, b, counts));
+    TU_ASSERT_OK(d->d2h(d->ctx, back, b, sizeof back));
+    CU_ASSERT_EQUAL(memcmp(back, h, sizeof h), 0);
+    memset(back, 0, sizeof back);
+    TU_ASSERT_OK(rt_comm_gather(c, a, sizeof h, 0, back));
+    CU_ASSERT_EQUAL(memcmp(back, h, sizeof h), 0);
+    TU_ASSERT_OK(d->memzero(d->ctx, b, sizeof h));
+    TU_ASSERT_OK(rt_comm_gatherv(c, h, sizeof h, 0, b, counts));
+    TU_ASSERT_OK(d->d2h(d->ctx, back, b, sizeof back));
+    CU_ASSERT_EQUAL(memcmp(back, h, sizeof h), 0);
     /* Host buffers pass as before. */
     double v = 2.5;
     TU_ASSERT_OK(rt_comm_allreduce_f64(c, &v, 1));

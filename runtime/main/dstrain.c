@@ -366,20 +366,15 @@ static dsckpt_status save(run *r, uint64_t k, const rt_step_stats *s, double las
 }
 
 /* SHA-256 (hex) of the final fp32 master weights and of the working (16-bit)
- * weights in model order, for bit-identity checks. */
+ * weights in model order, for bit-identity checks: rank 0's (the one that logs);
+ * every rank takes part. */
 static dsckpt_status final_digests(const run *r, char *digest, char *wdigest) {
-    uint64_t n = rt_model_numel(r->model);
-    float *all = malloc((size_t)n * sizeof *all);
     uint8_t h[DS_SHA256_LEN];
-    if (!all) return ds_err(DSCKPT_ENOMEM, "out of memory");
-    dsckpt_status st = rt_engine_gather_master(r->eng, all);
-    if (!st) st = ds_sha256(all, (size_t)n * sizeof *all, h);
-    if (!st) ds_hex(h, DS_SHA256_LEN, digest);
-    if (!st) st = rt_engine_gather_working(r->eng, all);
-    if (!st) st = ds_sha256(all, (size_t)n * rt_engine_working_size(r->eng), h);
-    if (!st) ds_hex(h, DS_SHA256_LEN, wdigest);
-    free(all);
-    return st;
+    DS_TRY(rt_engine_digest(r->eng, false, h));
+    ds_hex(h, DS_SHA256_LEN, digest);
+    DS_TRY(rt_engine_digest(r->eng, true, h));
+    ds_hex(h, DS_SHA256_LEN, wdigest);
+    return DSCKPT_OK;
 }
 
 /* What one step reports: the --log_file line and the periodic stderr summary. */
