@@ -82,8 +82,8 @@ static dsckpt_status digest_setup(digest_run *x, bool whole) {
     const rt_device *d = x->d;
     uint64_t most = 1, piece = 1;
     for (size_t i = 0; i < e->nt; i++) {
-        uint64_t c;
-        own_piece(x, &e->t[i], &c);
+        uint64_t s, c, p;
+        rt_engine_own(e, &e->t[i], e->rank, &s, &c, &p);
         most = DS_MAX(most, e->t[i].numel);
         piece = DS_MAX(piece, c);
     }

@@ -179,7 +179,7 @@ out:
 static void test_stream_read(void) {
     enum { M = 1000, TAIL = 3 };
     uint8_t *raw = malloc(8 * M + TAIL), *shuf = malloc(8 * M + TAIL), *pl[8];
-    uint8_t *part = aligned_alloc(64, 8 * M + TAIL + 128);
+    uint8_t *part = aligned_alloc(64, (8 * M + TAIL + 128 + 63) / 64 * 64); /* a multiple of the alignment */
     random_bytes(raw, 8 * M + TAIL, 21);
     bool failed = false;
     for (int w = 1; w <= 8; w *= 2) {
