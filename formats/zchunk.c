@@ -294,25 +294,13 @@ static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, 
     unshuffle_plain(dst, pl, unshuffle_sse2(dst, pl, cnt, w), cnt, w);
 }
 
-#ifdef DS_HAVE_SSSE3_PATH
-static bool use_avx2(void) {
-    static int avx2 = -1;
-    int v = __atomic_load_n(&avx2, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = __builtin_cpu_supports("avx2") ? 1 : 0;
-        __atomic_store_n(&avx2, v, __ATOMIC_RELAXED);
-    }
-    return v == 1;
-}
-#endif
-
 /* As unshuffle_elems, with the non-temporal stores of unshuffle_stream_avx2 where
  * the CPU has AVX2 and dst can be brought to a 32-byte boundary by whole elements
  * (the elements before it go through the plain loop). */
 static void unshuffle_elems_stream(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
 #ifdef DS_HAVE_SSSE3_PATH
     size_t mis = (size_t)((uintptr_t)dst & 31);
-    if ((w == 2 || w == 4) && mis % w == 0 && use_avx2()) {
+    if ((w == 2 || w == 4) && mis % w == 0 && __builtin_cpu_supports("avx2")) {
         size_t head = DS_MIN(cnt, ((32 - mis) & 31) / w);
         unshuffle_plain(dst, pl, 0, head, w);
         const uint8_t *at[4];
