@@ -176,17 +176,64 @@ void ds_layernorm_bwd_ref(int N, int C, const float *dout, const float *x, const
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
-/* tanh(u) through one expf, as 1 - 2/(1 + exp(2u)): about four times cheaper than
+/* tanh(u) through one exp, as 1 - 2/(1 + exp(2u)): about four times cheaper than
  * tanhf, exact at 0 and +-inf, absolute error ~2e-7 — the error GELU sees, since it
- * uses 1 + tanh. */
+ * uses 1 + tanh. exp is k_expf (kernels_internal.h), so the loops below vectorise
+ * whole and the references compute the same bits element by element. */
 
-/* Elements per block of the two-pass GELU loops below: the expf calls (scalar) fill
- * a block, then the rest of the formula runs as a vector loop over it. Same
- * operations, in the same order, on each element as the one-pass form. */
+/* Elements per block of the parallel GELU loops below. */
 enum { GELU_BLK = 256 };
 
 /* exp(2u), u = GELU_K * (v + GELU_A * v^3): the argument of the tanh. */
-static inline float gelu_exp2u(float v) { return expf(2.0f * (GELU_K * (v + GELU_A * v * v * v))); }
+static inline float gelu_exp2u(float v) { return k_expf(2.0f * (GELU_K * (v + GELU_A * v * v * v))); }
+
+/* The element loops that carry an exp, each written once: inlined into a baseline
+ * function and, on x86-64, into an AVX2 one (8 lanes instead of SSE2's 4), picked
+ * at run time. Only the width differs — the same IEEE operations on each element,
+ * no FMA (-ffp-contract=off; target("avx2") does not enable it) — so both give the
+ * references' bits. */
+#define K_INLINE static inline __attribute__((always_inline))
+
+K_INLINE void gelu_fwd_elems(int len, const float *xb, float *yb) {
+#pragma omp simd
+    for (int j = 0; j < len; j++) {
+        float v = xb[j], th = 1.0f - 2.0f / (1.0f + gelu_exp2u(v));
+        yb[j] = 0.5f * v * (1.0f + th);
+    }
+}
+
+K_INLINE void gelu_bwd_elems(int len, const float *xb, float *db) {
+#pragma omp simd
+    for (int j = 0; j < len; j++) {
+        float v = xb[j], th = 1.0f - 2.0f / (1.0f + gelu_exp2u(v));
+        float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
+        db[j] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
+    }
+}
+
+/* z[i] = exp(z[i] - mx): the softmaxes' exp pass. */
+K_INLINE void exp_shifted_elems(int n, float *z, float mx) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) z[i] = k_expf(z[i] - mx);
+}
+
+#ifdef DSCKPT_X86_SIMD
+#define K_AVX2 __attribute__((target("avx2")))
+K_AVX2 static void gelu_fwd_avx2(int len, const float *xb, float *yb) { gelu_fwd_elems(len, xb, yb); }
+K_AVX2 static void gelu_bwd_avx2(int len, const float *xb, float *db) { gelu_bwd_elems(len, xb, db); }
+K_AVX2 static void exp_shifted_avx2(int n, float *z, float mx) { exp_shifted_elems(n, z, mx); }
+#define K_PICK(avx2_call, plain_call)                                                                                  \
+    do {                                                                                                               \
+        if (__builtin_cpu_supports("avx2")) avx2_call;                                                                 \
+        else plain_call;                                                                                               \
+    } while (0)
+#else
+#define K_PICK(avx2_call, plain_call) plain_call
+#endif
+
+static void exp_shifted(int n, float *z, float mx) {
+    K_PICK(exp_shifted_avx2(n, z, mx), exp_shifted_elems(n, z, mx));
+}
 
 void ds_gelu_fwd(int64_t n, const float *x, float *y) {
     int64_t nblk = (n + GELU_BLK - 1) / GELU_BLK;
@@ -194,21 +241,14 @@ void ds_gelu_fwd(int64_t n, const float *x, float *y) {
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t i0 = blk * GELU_BLK;
         int len = (int)K_MIN((int64_t)GELU_BLK, n - i0);
-        const float *xb = x + i0;
-        float *yb = y + i0, e[GELU_BLK];
-        for (int j = 0; j < len; j++) e[j] = gelu_exp2u(xb[j]);
-#pragma omp simd
-        for (int j = 0; j < len; j++) {
-            float v = xb[j], th = 1.0f - 2.0f / (1.0f + e[j]);
-            yb[j] = 0.5f * v * (1.0f + th);
-        }
+        K_PICK(gelu_fwd_avx2(len, x + i0, y + i0), gelu_fwd_elems(len, x + i0, y + i0));
     }
 }
 
 void ds_gelu_fwd_ref(int64_t n, const float *x, float *y) {
     for (int64_t i = 0; i < n; i++) {
         float u = GELU_K * (x[i] + GELU_A * x[i] * x[i] * x[i]);
-        float th = 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+        float th = 1.0f - 2.0f / (1.0f + k_expf(2.0f * u));
         y[i] = 0.5f * x[i] * (1.0f + th);
     }
 }
@@ -219,15 +259,7 @@ void ds_gelu_bwd(int64_t n, const float *x, float *d) {
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t i0 = blk * GELU_BLK;
         int len = (int)K_MIN((int64_t)GELU_BLK, n - i0);
-        const float *xb = x + i0;
-        float *db = d + i0, e[GELU_BLK];
-        for (int j = 0; j < len; j++) e[j] = gelu_exp2u(xb[j]);
-#pragma omp simd
-        for (int j = 0; j < len; j++) {
-            float v = xb[j], th = 1.0f - 2.0f / (1.0f + e[j]);
-            float dudx = GELU_K * (1.0f + 3.0f * GELU_A * v * v);
-            db[j] *= 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * dudx;
-        }
+        K_PICK(gelu_bwd_avx2(len, x + i0, d + i0), gelu_bwd_elems(len, x + i0, d + i0));
     }
 }
 
@@ -235,7 +267,7 @@ void ds_gelu_bwd_ref(int64_t n, const float *x, float *d) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float u = GELU_K * (v + GELU_A * v * v * v);
-        float th = 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+        float th = 1.0f - 2.0f / (1.0f + k_expf(2.0f * u));
         d[i] = d[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * (GELU_K * (1.0f + 3.0f * GELU_A * v * v)));
     }
 }
@@ -280,12 +312,9 @@ static void causal_softmax_row(float *arow, int t, float scale) {
         arow[t2] = s;
         if (s > mx) mx = s;
     }
+    exp_shifted(t + 1, arow, mx);
     float sum = 0.0f;
-    for (int t2 = 0; t2 <= t; t2++) {
-        float e = expf(arow[t2] - mx);
-        arow[t2] = e;
-        sum += e;
-    }
+    for (int t2 = 0; t2 <= t; t2++) sum += arow[t2];
     float inv = 1.0f / sum;
     for (int t2 = 0; t2 <= t; t2++) arow[t2] = arow[t2] * inv;
 }
@@ -331,7 +360,7 @@ void ds_attention_fwd_ref(int B, int T, int C, int NH, const float *qkv, float *
                     mx = arow[t2] > mx ? arow[t2] : mx;
                 }
                 for (int t2 = 0; t2 <= t; t2++) {
-                    arow[t2] = expf(arow[t2] - mx);
+                    arow[t2] = k_expf(arow[t2] - mx);
                     sum += arow[t2];
                 }
                 float inv = 1.0f / sum;
@@ -548,12 +577,9 @@ void ds_crossent(int B, int T, int V, const int32_t *tokens, float *probs, float
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
         float zt = row[target] - mx;
+        exp_shifted(V, row, mx);
         float sum = 0.0f;
-        for (int v = 0; v < V; v++) {
-            float e = expf(row[v] - mx);
-            row[v] = e;
-            sum += e;
-        }
+        for (int v = 0; v < V; v++) sum += row[v];
         row_loss[r] = logf(sum) - zt;
         if (dscale != 0.0f) {
             float inv = 1.0f / sum;
@@ -574,7 +600,7 @@ void ds_crossent_ref(int B, int T, int V, const int32_t *tokens, float *probs, f
                 if (z[v] > mx) mx = z[v];
             float zt = z[target] - mx;
             for (int v = 0; v < V; v++) {
-                z[v] = expf(z[v] - mx);
+                z[v] = k_expf(z[v] - mx);
                 sum += z[v];
             }
             row_loss[(ptrdiff_t)b * T + t] = logf(sum) - zt;

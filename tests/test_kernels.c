@@ -13,6 +13,7 @@
 #include "adam.h"
 #include "cast.h"
 #include "gemm.h"
+#include "kernels_internal.h"
 #include "nn.h"
 #include "optim.h"
 
@@ -264,6 +265,42 @@ static void test_layernorm(void) {
         free(dx0), free(dw0), free(db0), free(wdx), free(wdw), free(wdb);
     }
     omp_set_num_threads(1);
+}
+
+/* ---- exp ---- */
+
+/* k_expf against exp in double on one float bit pattern in 61 (all signs and
+ * exponents, about 70M inputs): within 1 ulp of float where the result is normal,
+ * within one subnormal step below that, +inf exactly where the float result
+ * overflows; and the special values. */
+static void test_expf(void) {
+    double worst = 0.0;
+    uint64_t bad = 0;
+    for (uint64_t u = 0; u <= UINT32_MAX; u += 61) {
+        float x;
+        uint32_t b = (uint32_t)u;
+        memcpy(&x, &b, 4);
+        if (isnan(x)) continue;
+        float y = k_expf(x);
+        double ref = exp((double)x);
+        if (isinf((float)ref)) {
+            bad += !(isinf(y) && y > 0);
+            continue;
+        }
+        double ulp = ref < 0x1p-126 ? 0x1p-149 : ldexp(1.0, ilogb(ref) - 23);
+        double e = fabs((double)y - ref) / ulp;
+        if (e > worst) worst = e;
+        if (e > 1.0 && bad++ < 5) fprintf(stderr, "\n  k_expf(%a) = %a, exp = %a (%.3f ulp)", (double)x, (double)y, ref, e);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT(worst > 0.5 && worst <= 1.0); /* checked at all: not every result exact */
+    CU_ASSERT(k_expf(0.0f) == 1.0f && k_expf(-0.0f) == 1.0f);
+    CU_ASSERT(k_expf(-INFINITY) == 0.0f && !signbit(k_expf(-INFINITY)));
+    CU_ASSERT(isinf(k_expf(INFINITY)) && k_expf(INFINITY) > 0);
+    CU_ASSERT(isnan(k_expf(NAN)) && isnan(k_expf(-NAN)));
+    CU_ASSERT(isfinite(k_expf(88.72f)) && fabs(k_expf(88.72f) / exp((double)88.72f) - 1.0) < 2e-7);
+    CU_ASSERT(isinf(k_expf(88.73f)));
+    CU_ASSERT(k_expf(-103.0f) > 0.0f && k_expf(-104.0f) == 0.0f);
 }
 
 static void test_gelu(void) {
@@ -667,6 +704,7 @@ int main(void) {
         {"gemm and gemm_bt vs reference (edge tiles, K slices, A transposed)", test_gemm},
         {"bias rows and bias gradient vs reference", test_bias},
         {"LayerNorm forward/backward vs reference (and double, finite differences)", test_layernorm},
+        {"k_expf vs double on sampled floats, special values", test_expf},
         {"GELU forward/backward vs reference (and double)", test_gelu},
         {"causal attention forward/backward vs reference (and double, finite differences; the GEMM form within rounding)", test_attention},
         {"embedding forward/backward vs reference (repeated tokens)", test_embed},
