@@ -8,7 +8,9 @@
 #   when present), threads per rank = cores / W;
 #   PyTorch eager W=1 and DDP over gloo at W=2 (bench/torch_gpt2_cpu.py) with
 #   torch.set_num_threads = the same threads per rank.
-# Prints each run, then the median tokens/s per side and W and the ratio dstrain ÷ PyTorch.
+# Prints each run, then the median tokens/s per side and W, the ratio of the medians
+# dstrain ÷ PyTorch, and the median of the repetitions' own ratios (each repetition runs
+# the sides back to back, so that one is less sensitive to a noisy machine).
 # Usage: bash bench/train_vs_torch.sh [NAME=BUILD_DIR ...]   (default dstrain=build,
 #        plus native=build-native when build-native/dstrain exists:
 #        bash scripts/build.sh build-native -DDSCKPT_BLAS=OFF)
@@ -68,24 +70,27 @@ rows = [json.loads(l) for l in open(sys.argv[1])][1:]
 print(statistics.median(r["step_s"] for r in rows))' "$WORK/log")
       fi
       tok=$(python3 -c "print(f'{$BATCH * $SEQ / $st:.0f}')")
-      echo "$W $name $tok" >>"$RES"
+      echo "$rep $W $name $tok" >>"$RES"
       echo "| $rep | $W | $name | $T | $(printf %.3f "$st") | $tok |"
     done
   done
 done
 echo "load at end: $(uptime)"
 echo
-echo "| W | side | median tokens/s | ÷ PyTorch |"
-echo "|---|---|---|---|"
+echo "| W | side | median tokens/s | ÷ PyTorch | ÷ PyTorch, median of the repetitions' ratios |"
+echo "|---|---|---|---|---|"
 python3 - "$RES" $WORLDS <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 for w in sys.argv[2:]:
-    med = {}
-    for _, s, t in (r for r in rows if r[0] == w):
-        med.setdefault(s, []).append(float(t))
-    med = {s: statistics.median(v) for s, v in med.items()}
-    for s, v in med.items():
-        ratio = f"{v / med['torch']:.2f}" if "torch" in med else "n/a"
-        print(f"| {w} | {s} | {v:.0f} | {ratio} |")
+    tok = {}  # side -> {rep: tokens/s}
+    for rep, _, s, t in (r for r in rows if r[1] == w):
+        tok.setdefault(s, {})[rep] = float(t)
+    torch = tok.get("torch", {})
+    for s, by_rep in tok.items():
+        med = statistics.median(by_rep.values())
+        ratio = f"{med / statistics.median(torch.values()):.2f}" if torch else "n/a"
+        pairs = [v / torch[r] for r, v in by_rep.items() if r in torch]
+        pair = f"{statistics.median(pairs):.2f}" if pairs else "n/a"
+        print(f"| {w} | {s} | {med:.0f} | {ratio} | {pair} |")
 PY
