@@ -16,6 +16,7 @@
 #include "pickle.h"
 #include "safetensors.h"
 #include "stream.h"
+#include "truth.h"
 #include "tutil.h"
 #include "zip.h"
 
@@ -49,105 +50,11 @@ static char *fixture_path(const char *fx, const char *rel) {
     return fx_path(buf);
 }
 
-typedef struct stfile {
-    st_header *h;
-    int fd;
-} stfile;
-
-static void st_open(const char *path, stfile *f) {
-    TU_ASSERT_OK(st_read_file(path, &f->h));
-    f->fd = open(path, O_RDONLY);
-    CU_ASSERT_FATAL(f->fd >= 0);
-}
-
-static void st_close(stfile *f) {
-    st_header_free(f->h);
-    close(f->fd);
-}
-
-static uint8_t *st_bytes(const stfile *f, const char *name, const st_tensor **out) {
-    const st_tensor *t = st_find(f->h, name);
-    if (out) *out = t; /* NULL when the tensor is missing */
-    if (!t) return NULL;
-    uint8_t *b = malloc(t->end - t->begin + 1);
-    CU_ASSERT_FATAL(pread(f->fd, b, t->end - t->begin, (off_t)(f->h->data_start + t->begin)) ==
-                    (ssize_t)(t->end - t->begin));
-    return b;
-}
-
-/* A consolidated file against truth.safetensors: fp32/ entries bitwise (or their
- * RNE cast when `out` is 16-bit), frozen/ and buffer/ entries in their own
- * dtypes (16-bit ones upcast exactly when `out` is fp32), tied aliases as metadata, nothing else. */
+/* A consolidated file against fixture fx's truth (truth.h); no fixture here has
+ * frozen tensors left out. */
 static void check_against_truth(const char *fx, const char *outpath, dsckpt_dtype out) {
     char *tp = fixture_path(fx, "expected/truth.safetensors");
-    stfile truth, got;
-    st_open(tp, &truth);
-    st_open(outpath, &got);
-    size_t expected = 0;
-    for (size_t i = 0; i < truth.h->n; i++) {
-        const char *tn = truth.h->tensors[i].name;
-        const char *slash = strchr(tn, '/');
-        CU_ASSERT_FATAL(slash != NULL);
-        size_t plen = (size_t)(slash - tn);
-        const char *name = slash + 1;
-        bool is_fp32 = plen == 4 && !strncmp(tn, "fp32", 4);
-        bool is_other = plen == 6 && (!strncmp(tn, "frozen", 6) || !strncmp(tn, "buffer", 6));
-        if (!is_fp32 && !is_other) continue;
-        expected++;
-        const st_tensor *tt, *gt;
-        uint8_t *want = st_bytes(&truth, tn, &tt), *have = st_bytes(&got, name, &gt);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(want); /* tn is one of truth's own names */
-        if (!have) {
-            fprintf(stderr, "\n  %s: '%s' missing from the output\n", fx, name);
-            CU_FAIL("tensor missing");
-            free(want);
-            continue;
-        }
-        CU_ASSERT_EQUAL(gt->ndim, tt->ndim);
-        for (int d = 0; d < tt->ndim && d < gt->ndim; d++) CU_ASSERT_EQUAL(gt->shape[d], tt->shape[d]);
-        if (is_fp32 && out != DSCKPT_F32) {
-            CU_ASSERT_EQUAL(gt->dtype, out);
-            size_t bad = 0;
-            for (uint64_t e = 0; e < tt->numel; e++) {
-                float v;
-                uint16_t h;
-                memcpy(&v, want + 4 * e, 4);
-                memcpy(&h, have + 2 * e, 2);
-                bad += (out == DSCKPT_BF16 ? ds_f32_to_bf16_ref(v) : ds_f32_to_f16_ref(v)) != h;
-            }
-            CU_ASSERT_EQUAL(bad, 0);
-        } else if (out == DSCKPT_F32 && tt->dtype == DSCKPT_BF16) { /* frozen: upcast exactly */
-            CU_ASSERT_EQUAL(gt->dtype, DSCKPT_F32);
-            size_t bad = 0;
-            for (uint64_t e = 0; e < tt->numel; e++) {
-                uint16_t h;
-                uint32_t w;
-                memcpy(&h, want + 2 * e, 2);
-                memcpy(&w, have + 4 * e, 4);
-                bad += w != (uint32_t)h << 16;
-            }
-            CU_ASSERT_EQUAL(bad, 0);
-        } else {
-            CU_ASSERT_EQUAL(gt->dtype, tt->dtype);
-            bool same = gt->end - gt->begin == tt->end - tt->begin && memcmp(want, have, tt->end - tt->begin) == 0;
-            if (!same) fprintf(stderr, "\n  %s: '%s' differs from the truth\n", fx, tn);
-            CU_ASSERT(same);
-        }
-        free(want);
-        free(have);
-    }
-    CU_ASSERT_EQUAL(got.h->n, expected);
-    cJSON *al = cJSON_Parse(st_meta_get(truth.h, "aliases"));
-    for (cJSON *e = al ? al->child : NULL; e; e = e->next) {
-        char key[300];
-        snprintf(key, sizeof key, "alias.%s", e->string);
-        const char *v = st_meta_get(got.h, key);
-        CU_ASSERT_PTR_NOT_NULL(v);
-        if (v) CU_ASSERT_STRING_EQUAL(v, e->valuestring);
-    }
-    cJSON_Delete(al);
-    st_close(&truth);
-    st_close(&got);
+    tt_check_consolidated(fx, tp, outpath, out, true);
     free(tp);
 }
 
@@ -182,59 +89,18 @@ static void test_consolidate_equals_truth(void) {
     free(dir);
 }
 
-static void check_states_equal_truth(const char *fx, int M, const dsckpt_ckpt *n, const stfile *truth) {
-    ds_fdset fs;
-    TU_ASSERT_OK(ds_fdset_open(n, &fs));
-    size_t checked = 0;
-    for (uint32_t t = 0; t < n->ntensors; t++) {
-        if (!n->tensors[t].trainable) continue;
-        static const ds_state sts[] = {DS_ST_FP32, DS_ST_EXP_AVG, DS_ST_EXP_AVG_SQ};
-        static const char *pre[] = {"fp32/", "exp_avg/", "exp_avg_sq/"};
-        for (int s = 0; s < 3; s++) {
-            char key[300];
-            snprintf(key, sizeof key, "%s%s", pre[s], n->tensors[t].name);
-            const st_tensor *tt;
-            uint8_t *want = st_bytes(truth, key, &tt);
-            CU_ASSERT_PTR_NOT_NULL_FATAL(want);
-            uint8_t *have = malloc(n->tensors[t].numel * 4 + 1);
-            TU_ASSERT_OK(ds_ckpt_read(n, &fs, sts[s], t, 0, n->tensors[t].numel, have));
-            bool same = tt->end - tt->begin == n->tensors[t].numel * 4 && memcmp(want, have, n->tensors[t].numel * 4) == 0;
-            if (!same) fprintf(stderr, "\n  %s M=%d: %s differs\n", fx, M, key);
-            CU_ASSERT(same);
-            checked++;
-            free(want);
-            free(have);
-        }
-    }
-    CU_ASSERT(checked > 0);
-    ds_fdset_close(&fs);
-}
-
 static void test_moments_through_reshard(void) {
     char *dir = tu_mkdtemp();
     for (size_t i = 0; i < NFIX; i++) {
         char *ck = fixture_path(fixtures[i], "ckpt"), *tp = fixture_path(fixtures[i], "expected/truth.safetensors");
         dsckpt_ckpt *c = NULL;
         TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
-        stfile truth;
-        st_open(tp, &truth);
-        check_states_equal_truth(fixtures[i], 0, c, &truth);
+        tt_file truth;
+        tt_open(tp, &truth);
+        tt_check_states(fixtures[i], 0, c, &truth);
         static const int Ms[] = {1, 3};
-        for (int mi = 0; mi < 2; mi++) {
-            char *out = tu_path(dir, "native");
-            dsckpt_reshard_opts ro;
-            dsckpt_reshard_opts_init(&ro);
-            ro.world_size = Ms[mi];
-            ro.force = 1;
-            TU_ASSERT_OK(dsckpt_reshard(c, out, &ro));
-            dsckpt_ckpt *n = NULL;
-            TU_ASSERT_OK(dsckpt_ckpt_open(out, NULL, &n));
-            CU_ASSERT_EQUAL(n->world_size, Ms[mi]);
-            check_states_equal_truth(fixtures[i], Ms[mi], n, &truth);
-            dsckpt_ckpt_free(n);
-            free(out);
-        }
-        st_close(&truth);
+        for (int mi = 0; mi < 2; mi++) tt_check_reshard_states(fixtures[i], c, &truth, dir, Ms[mi]);
+        tt_close(&truth);
         dsckpt_ckpt_free(c);
         free(ck);
         free(tp);
@@ -250,8 +116,8 @@ static void test_deepspeed_round_trip(void) {
         char *ck = fixture_path(fixtures[i], "ckpt"), *tp = fixture_path(fixtures[i], "expected/truth.safetensors");
         dsckpt_ckpt *c = NULL;
         TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
-        stfile truth;
-        st_open(tp, &truth);
+        tt_file truth;
+        tt_open(tp, &truth);
         for (int M = 1; M <= 4; M++) {
             char *out = tu_path(dir, "ds");
             dsckpt_reshard_opts ro;
@@ -266,7 +132,7 @@ static void test_deepspeed_round_trip(void) {
             CU_ASSERT_EQUAL(n->world_size, M);
             CU_ASSERT_EQUAL(n->stage, c->stage);
             CU_ASSERT_EQUAL(n->step, c->step);
-            check_states_equal_truth(fixtures[i], M, n, &truth);
+            tt_check_states(fixtures[i], M, n, &truth);
             char *cons = tu_path(dir, "cons.safetensors");
             consolidate_to(n, cons, DSCKPT_F32);
             check_against_truth(fixtures[i], cons, DSCKPT_F32);
@@ -278,7 +144,7 @@ static void test_deepspeed_round_trip(void) {
             free(cons);
             free(out);
         }
-        st_close(&truth);
+        tt_close(&truth);
         dsckpt_ckpt_free(c);
         free(ck);
         free(tp);
@@ -345,9 +211,9 @@ static void test_hf_trainer_equals_zero_to_fp32(void) {
     char *out = tu_path(dir, "out.safetensors"), *out16 = tu_path(dir, "out16.safetensors");
     consolidate_to(c, out, DSCKPT_F32);
     consolidate_to(c, out16, DSCKPT_BF16);
-    stfile got, got16;
-    st_open(out, &got);
-    st_open(out16, &got16);
+    tt_file got, got16;
+    tt_open(out, &got);
+    tt_open(out16, &got16);
     tfile r;
     tfile_open(ref, &r);
     CU_ASSERT_EQUAL_FATAL(r.root->kind, PK_DICT);
@@ -363,7 +229,7 @@ static void test_hf_trainer_equals_zero_to_fp32(void) {
         uint64_t n;
         uint8_t *want = tensor_bytes(&r, r.root->items[k], &n);
         const st_tensor *gt, *gt16;
-        uint8_t *have = st_bytes(&got, look, &gt), *have16 = st_bytes(&got16, look, &gt16);
+        uint8_t *have = tt_bytes(&got, look, &gt), *have16 = tt_bytes(&got16, look, &gt16);
         if (!have || !have16) {
             fprintf(stderr, "\n  '%s' missing from the output\n", name);
             CU_FAIL("tensor missing");
@@ -390,8 +256,8 @@ static void test_hf_trainer_equals_zero_to_fp32(void) {
     }
     CU_ASSERT(matched == r.root->n && matched >= 28);
     tfile_close(&r);
-    st_close(&got);
-    st_close(&got16);
+    tt_close(&got);
+    tt_close(&got16);
     dsckpt_ckpt_free(c);
     free(out);
     free(out16);
@@ -665,13 +531,13 @@ static void test_zero0_match_by_value(void) {
     TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
     CU_ASSERT_EQUAL(c->stage, 0);
     char *tp = fixture_path("z0_ws2_bf16", "expected/truth.safetensors");
-    stfile truth;
-    st_open(tp, &truth);
-    check_states_equal_truth("z0_ws2_bf16 (swapped module order)", 0, c, &truth);
+    tt_file truth;
+    tt_open(tp, &truth);
+    tt_check_states("z0_ws2_bf16 (swapped module order)", 0, c, &truth);
     char *out = tu_path(dir, "out.safetensors");
     consolidate_to(c, out, DSCKPT_F32);
     check_against_truth("z0_ws2_bf16", out, DSCKPT_F32);
-    st_close(&truth);
+    tt_close(&truth);
     dsckpt_ckpt_free(c);
     free(out);
     free(tp);
@@ -693,8 +559,8 @@ static void test_zero0_universal(void) {
         char *ck = fixture_path(fxs[i], "ckpt"), *tp = fixture_path(fxs[i], "expected/truth.safetensors");
         dsckpt_ckpt *c = NULL;
         TU_ASSERT_OK(dsckpt_ckpt_open(ck, NULL, &c));
-        stfile truth;
-        st_open(tp, &truth);
+        tt_file truth;
+        tt_open(tp, &truth);
         char *out = tu_path(dir, "uni");
         dsckpt_reshard_opts ro;
         dsckpt_reshard_opts_init(&ro);
@@ -712,10 +578,10 @@ static void test_zero0_universal(void) {
             CU_ASSERT_STRING_EQUAL(n->format, "universal");
             CU_ASSERT_EQUAL(n->stage, s);
             CU_ASSERT_EQUAL(n->step, c->step);
-            check_states_equal_truth(fxs[i], s, n, &truth);
+            tt_check_states(fxs[i], s, n, &truth);
             dsckpt_ckpt_free(n);
         }
-        st_close(&truth);
+        tt_close(&truth);
         dsckpt_ckpt_free(c);
         free(out);
         free(ck);
