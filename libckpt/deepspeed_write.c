@@ -550,6 +550,26 @@ static double hp(const ds_dsw_spec *sp, size_t g, const char *key, int idx, doub
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
+/* Param group g as torch's AdamW writes it, from the spec's hyperparameters (or
+ * AdamW's defaults), without its 'params' list. */
+static dsckpt_status adamw_group(dsw_file *f, size_t g, pk_obj **out) {
+    const ds_dsw_spec *sp = f->x->sp;
+    pk_obj *p = pk_new(f->doc, PK_DICT), *betas = pk_new(f->doc, PK_TUPLE);
+    OOM_IF(!p || !betas);
+    OOM_IF(!pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 0, 0.9))) ||
+           !pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 1, 0.999))));
+    DS_TRY(dset(f, p, "weight_decay", pk_new_float(f->doc, hp(sp, g, "weight_decay", -1, 0.01))));
+    DS_TRY(dset(f, p, "lr", pk_new_float(f->doc, hp(sp, g, "lr", -1, 1e-3))));
+    DS_TRY(dset(f, p, "betas", betas));
+    DS_TRY(dset(f, p, "eps", pk_new_float(f->doc, hp(sp, g, "eps", -1, 1e-8))));
+    DS_TRY(dset(f, p, "amsgrad", pk_new_bool(f->doc, false)));
+    DS_TRY(dset(f, p, "foreach", pk_new(f->doc, PK_NONE)));
+    DS_TRY(dset(f, p, "maximize", pk_new_bool(f->doc, false)));
+    DS_TRY(dset(f, p, "capturable", pk_new_bool(f->doc, false)));
+    *out = p;
+    return DSCKPT_OK;
+}
+
 static dsckpt_status synth_model_root(dsw_file *f, int rank) {
     const dsw_ctx *x = f->x;
     const ds_dsw_spec *sp = x->sp;
@@ -704,18 +724,8 @@ static dsckpt_status synth_optim_root(dsw_file *f) {
         OOM_IF(!pk_dict_set(f->doc, state, I(f, (int64_t)g), e));
     }
     for (size_t g = 0; g < x->npg; g++) {
-        pk_obj *p = pk_new(f->doc, PK_DICT), *betas = pk_new(f->doc, PK_TUPLE);
-        OOM_IF(!p || !betas);
-        OOM_IF(!pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 0, 0.9))) ||
-               !pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 1, 0.999))));
-        DS_TRY(dset(f, p, "weight_decay", pk_new_float(f->doc, hp(sp, g, "weight_decay", -1, 0.01))));
-        DS_TRY(dset(f, p, "lr", pk_new_float(f->doc, hp(sp, g, "lr", -1, 1e-3))));
-        DS_TRY(dset(f, p, "betas", betas));
-        DS_TRY(dset(f, p, "eps", pk_new_float(f->doc, hp(sp, g, "eps", -1, 1e-8))));
-        DS_TRY(dset(f, p, "amsgrad", pk_new_bool(f->doc, false)));
-        DS_TRY(dset(f, p, "foreach", pk_new(f->doc, PK_NONE)));
-        DS_TRY(dset(f, p, "maximize", pk_new_bool(f->doc, false)));
-        DS_TRY(dset(f, p, "capturable", pk_new_bool(f->doc, false)));
+        pk_obj *p;
+        DS_TRY(adamw_group(f, g, &p));
         DS_TRY(dset(f, p, "params", pk_new(f->doc, PK_LIST))); /* filled by edit_optim */
         OOM_IF(!pk_list_append(f->doc, pgs, p));
     }
@@ -746,23 +756,9 @@ static dsckpt_status synth_optim_root(dsw_file *f) {
 /* The param group dict `src` (a template's, reused) or a synthesized AdamW one,
  * with an empty 'params' list. */
 static dsckpt_status z0_param_group(dsw_file *f, size_t g, pk_obj *src, pk_obj **out) {
-    const ds_dsw_spec *sp = f->x->sp;
     *out = NULL; /* set on every path (GCC's -Wmaybe-uninitialized cannot tell once inlined) */
     pk_obj *p = src;
-    if (!p || p->kind != PK_DICT) {
-        pk_obj *betas = pk_new(f->doc, PK_TUPLE);
-        OOM_IF(!(p = pk_new(f->doc, PK_DICT)) || !betas);
-        OOM_IF(!pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 0, 0.9))) ||
-               !pk_list_append(f->doc, betas, pk_new_float(f->doc, hp(sp, g, "betas", 1, 0.999))));
-        DS_TRY(dset(f, p, "weight_decay", pk_new_float(f->doc, hp(sp, g, "weight_decay", -1, 0.01))));
-        DS_TRY(dset(f, p, "lr", pk_new_float(f->doc, hp(sp, g, "lr", -1, 1e-3))));
-        DS_TRY(dset(f, p, "betas", betas));
-        DS_TRY(dset(f, p, "eps", pk_new_float(f->doc, hp(sp, g, "eps", -1, 1e-8))));
-        DS_TRY(dset(f, p, "amsgrad", pk_new_bool(f->doc, false)));
-        DS_TRY(dset(f, p, "foreach", pk_new(f->doc, PK_NONE)));
-        DS_TRY(dset(f, p, "maximize", pk_new_bool(f->doc, false)));
-        DS_TRY(dset(f, p, "capturable", pk_new_bool(f->doc, false)));
-    }
+    if (!p || p->kind != PK_DICT) DS_TRY(adamw_group(f, g, &p));
     pk_obj *ids = pk_new(f->doc, PK_LIST);
     OOM_IF(!ids);
     DS_TRY(dset(f, p, "params", ids));
