@@ -181,9 +181,12 @@ wait_for() { # TENTHS COMMAND...: polls COMMAND every 0.1 s, at most TENTHS time
     return 1
 }
 committed() { [ -s kill/latest ]; }
+# The killed jobs' shared-memory segments (Open MPI's vader transport, /dev/shm by
+# default) are left behind by the kill: they go in WORK, removed at exit.
+mkdir -p "$WORK/shm"
 launch_kill_job() {
     rm -rf kill
-    "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed zkill.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
+    OMPI_MCA_btl_vader_backing_directory="$WORK/shm" "$DSRUN" --num_procs 2 "$DSTRAIN" --deepspeed zkill.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 64 \
         --seq_len 32 --eval_windows 2 --max_steps 1000000 --save_dir kill --save_steps 1 >kill.out 2>&1 &
     runner=$!
 }

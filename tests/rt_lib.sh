@@ -1,6 +1,6 @@
 # rt_lib.sh — sourced by dstrain's end-to-end test scripts (tests/rt_*_test.sh): the
 # arguments, the programs, a scratch directory removed at exit (kept when KEEP is
-# set), and the pass/fail counters. Not executable on its own.
+# set; TMPDIR is inside it), and the pass/fail counters. Not executable on its own.
 #
 #   . "$(dirname "$0")/rt_lib.sh"
 #   rt_init "$@"          # BUILD, SRC, DSTRAIN, DSRUN, DATA, PY, WORK (the cwd)
@@ -22,6 +22,10 @@ rt_init() {
     WORK=$(mktemp -d) || exit 1
     trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
     cd "$WORK" || exit 1
+    # Open MPI keeps a session directory per job under TMPDIR; a job the test kills
+    # leaves its one behind, so it goes in WORK too.
+    export TMPDIR="$WORK/tmp"
+    mkdir -p "$TMPDIR" || exit 1
     PASS=0
     FAIL=0
 }
