@@ -57,7 +57,8 @@ static inline float k_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = (p * (r * r) + r) + 1.0f;
-    int32_t b1 = (k1 + 127) << 23, b2 = (k2 + 127) << 23;
+    /* unsigned: a NaN's k is out of range, and a signed shift would be undefined */
+    uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
     float s1, s2;
     __builtin_memcpy(&s1, &b1, 4);
     __builtin_memcpy(&s2, &b2, 4);
