@@ -103,8 +103,8 @@ static size_t unshuffle_sse2(uint8_t *dst, const uint8_t *const *pl, size_t cnt,
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#include <tmmintrin.h>
-#define DS_HAVE_SSSE3_PATH 1
+/* The x86-64 paths picked at run time below: SSSE3 shuffle, AVX2 streaming unshuffle. */
+#define DS_HAVE_X86_PATHS 1
 /* SSSE3 (picked at run time) width-4 shuffle: one byte shuffle groups each 16-byte
  * vector's bytes by plane (4 of each), and a 4 x 4 transpose of 32-bit lanes over
  * four vectors gives 16 bytes of each plane. About 4x the SSE2 loop (10 vs 2.4 GB/s
@@ -170,7 +170,7 @@ static int g_shuffle_ssse3 = -1;
 
 int ds_zchunk_shuffle_impl(const char *name) {
     if (!name) {
-#ifdef DS_HAVE_SSSE3_PATH
+#ifdef DS_HAVE_X86_PATHS
         __atomic_store_n(&g_shuffle_ssse3, __builtin_cpu_supports("ssse3") ? 1 : 0, __ATOMIC_RELAXED);
 #else
         __atomic_store_n(&g_shuffle_ssse3, 0, __ATOMIC_RELAXED);
@@ -181,7 +181,7 @@ int ds_zchunk_shuffle_impl(const char *name) {
         __atomic_store_n(&g_shuffle_ssse3, 0, __ATOMIC_RELAXED);
         return 0;
     }
-#ifdef DS_HAVE_SSSE3_PATH
+#ifdef DS_HAVE_X86_PATHS
     if (!strcmp(name, "ssse3") && __builtin_cpu_supports("ssse3")) {
         __atomic_store_n(&g_shuffle_ssse3, 1, __ATOMIC_RELAXED);
         return 0;
@@ -240,7 +240,7 @@ void ds_zchunk_shuffle(uint8_t *dst, const uint8_t *src, size_t n, int width) {
     }
     /* Fixed widths as their own loops, so the compiler can unroll them. */
     size_t i0;
-#ifdef DS_HAVE_SSSE3_PATH
+#ifdef DS_HAVE_X86_PATHS
     if (w == 4 && use_ssse3()) i0 = shuffle4_ssse3(dst, src, m);
     else
 #endif
@@ -298,7 +298,7 @@ static void unshuffle_elems(uint8_t *dst, const uint8_t *const *pl, size_t cnt, 
  * the CPU has AVX2 and dst can be brought to a 32-byte boundary by whole elements
  * (the elements before it go through the plain loop). */
 static void unshuffle_elems_stream(uint8_t *dst, const uint8_t *const *pl, size_t cnt, size_t w) {
-#ifdef DS_HAVE_SSSE3_PATH
+#ifdef DS_HAVE_X86_PATHS
     size_t mis = (size_t)((uintptr_t)dst & 31);
     if ((w == 2 || w == 4) && mis % w == 0 && __builtin_cpu_supports("avx2")) {
         size_t head = DS_MIN(cnt, ((32 - mis) & 31) / w);
