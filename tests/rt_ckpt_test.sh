@@ -226,6 +226,11 @@ for trial in 1 2; do
     "$DSCKPT" verify kill >/dev/null 2>&1 && ok || bad "launcher trial $trial: latest ($tag) does not verify"
 done
 
+# What the killed launchers left lies in WORK (rt_lib.sh's TMPDIR, the vader
+# directory above), not in the machine's /tmp: their Open MPI session directories.
+compgen -G "$TMPDIR/ompi.*" >/dev/null && ok ||
+    bad "no Open MPI session directory under the test's TMPDIR ($TMPDIR) after the launcher kills"
+
 echo "== disk full during a save: reported, previous checkpoint intact"
 cfg z2w2d.json 2 6
 train 2 z2w2d.json d1.log --max_steps 2 --save_dir df --save_steps 2 --no_async_save || bad "disk-full setup failed"
