@@ -142,10 +142,20 @@ static const float *h_acquire(void *ctx, int m) {
     if (slot < 0) return hook_fail(e, ds_err(DSCKPT_EINTERNAL, "engine: more than two modules acquired"));
     float *dst = e->scr[slot];
     if (e->stage != 3) {
-        const uint8_t *src = (const uint8_t *)e->w + e->mstart[m] * e->ws;
         e->scr_mod[slot] = m;
-        if (e->wdt == DSCKPT_F32) return (const float *)src;
-        to_f32(e, src, dst, e->mlen[m]);
+        if (!e->wgm) { /* the module's range, in the model's layout */
+            const uint8_t *src = (const uint8_t *)e->w + e->mstart[m] * e->ws;
+            if (e->wdt == DSCKPT_F32) return (const float *)src;
+            to_f32(e, src, dst, e->mlen[m]);
+            return dst;
+        }
+        /* By group: runs of the module's tensors that follow each other in both layouts. */
+        for (size_t i = e->mod_t0[m], j; i < e->mod_t1[m]; i = j) {
+            uint64_t n = e->t[i].numel;
+            for (j = i + 1; j < e->mod_t1[m] && e->t[j].woff == e->t[i].woff + n && e->t[j].moff == e->t[i].moff + n; j++)
+                n += e->t[j].numel;
+            to_f32(e, (const uint8_t *)e->w + e->t[i].woff * e->ws, dst + (e->t[i].moff - e->mstart[m]), n);
+        }
         return dst;
     }
     /* ZeRO-3: all-gather this module's pieces from every rank. */
@@ -320,6 +330,23 @@ static dsckpt_status engine_layout(rt_engine *e, rt_model *model) {
     return DSCKPT_OK;
 }
 
+/* Where the working weights lie (et.woff). At stages 1/2 with a 16-bit working
+ * type, as DeepSpeed's bit16 groups: each group's flat buffer (its tensors in model
+ * order, padded to W partitions) whole, at wbase[g], so that the all-gather of the
+ * updated partitions lands in place: no gather buffer the size of the model, no
+ * copy out of it (h_acquire casts a module's tensors from their places). fp32
+ * working weights keep the model's layout, which the model reads in place; stage 0
+ * gathers nothing. */
+static void working_layout(rt_engine *e) {
+    e->wgm = (e->stage == 1 || e->stage == 2) && e->wdt != DSCKPT_F32;
+    e->wlen = e->wgm ? 0 : e->N;
+    for (int g = 0; g < NG && e->wgm; g++) {
+        e->wbase[g] = e->wlen;
+        e->wlen += e->plen[g] * (uint64_t)e->W;
+    }
+    for (size_t i = 0; i < e->nt; i++) e->t[i].woff = e->wgm ? e->wbase[e->t[i].group] + e->t[i].goff : e->t[i].moff;
+}
+
 /* The partitions, gradients, working weights and scratch buffers of the stage. */
 static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model *model) {
     for (int g = 0; g < NG; g++) {
@@ -334,14 +361,16 @@ static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model
             DS_TRY(opt_alloc(e, &e->ghost[g], pb, "the offloaded gradients"));
             DS_TRY(opt_alloc(e, &e->hw[g], (e->plen[g] ? e->plen[g] : 1) * e->ws, "the offloaded weights"));
         }
-        if (e->stage == 1 || e->stage == 2) /* gather_working's buffer, for the largest group */
-            DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W));
         if (e->stage == 3) {
             uint64_t wb = (e->plen[g] ? e->plen[g] : 1) * e->ws;
             DS_TRY(e->poff ? opt_alloc(e, &e->w3[g], wb, "the offloaded weights") : dev_alloc(e, &e->w3[g], wb, "weights"));
         }
     }
-    if (e->stage != 3) DS_TRY(dev_alloc(e, &e->w, (e->N ? e->N : 1) * e->ws, "the working weights"));
+    working_layout(e);
+    if ((e->stage == 1 || e->stage == 2) && !e->wgm) /* gather_working's buffer, for the largest group */
+        for (int g = 0; g < NG; g++)
+            DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(e->plen[g] ? e->plen[g] : 1) * e->ws * (size_t)e->W));
+    if (e->stage != 3) DS_TRY(dev_alloc(e, &e->w, (e->wlen ? e->wlen : 1) * e->ws, "the working weights"));
     if (e->stage < 2) DS_TRY(alloc_f(e, &e->gfull, e->N, "the gradients"));
     else {
         DS_TRY(alloc_f(e, &e->gscr0, e->mlen[0], "the gradient buffers"));
@@ -537,7 +566,7 @@ static dsckpt_status refresh_working(rt_engine *e, int g) {
     for (size_t i = 0; i < e->nt; i++) {
         const et *T = &e->t[i];
         if (T->group != g || e->stage != 0) continue;
-        DS_TRY(master_to_working(e, g, T->goff, (uint8_t *)e->w + T->moff * e->ws, T->numel));
+        DS_TRY(master_to_working(e, g, T->goff, (uint8_t *)e->w + T->woff * e->ws, T->numel));
     }
     return DSCKPT_OK;
 }
@@ -545,6 +574,11 @@ static dsckpt_status refresh_working(rt_engine *e, int g) {
 /* Stages 1/2: every rank's updated partition, cast, all-gathered into the working weights. */
 static dsckpt_status gather_working(rt_engine *e, int g) {
     uint64_t P = e->plen[g];
+    if (e->wgm) { /* cast into this rank's place in the group's flat, gathered in place */
+        uint8_t *flat = (uint8_t *)e->w + e->wbase[g] * e->ws, *mine = flat + (size_t)e->rank * P * e->ws;
+        DS_TRY(master_to_working(e, g, 0, mine, P));
+        return rt_comm_allgather(e->comm, mine, (size_t)P * e->ws, flat);
+    }
     DS_TRY(grow(e, &e->gbuf2, &e->gbuf2_cap, (size_t)(P ? P : 1) * e->ws * (size_t)e->W));
     uint8_t *mine = e->gbuf2 + (size_t)e->rank * P * e->ws; /* cast in place, gather in place */
     DS_TRY(master_to_working(e, g, 0, mine, P));
@@ -555,7 +589,7 @@ static dsckpt_status gather_working(rt_engine *e, int g) {
         for (int r = 0; r < e->W; r++) {
             uint64_t s, c, p;
             rt_engine_own(e, T, r, &s, &c, &p);
-            DS_TRY(e->dev->d2d(e->dev->ctx, (uint8_t *)e->w + (T->moff + s) * e->ws,
+            DS_TRY(e->dev->d2d(e->dev->ctx, (uint8_t *)e->w + (T->woff + s) * e->ws,
                                e->gbuf2 + ((uint64_t)r * P + p) * e->ws, (size_t)c * e->ws));
         }
     }
@@ -770,7 +804,7 @@ void rt_engine_memory(const rt_engine *e, rt_mem_report *r) {
     memset(r, 0, sizeof *r);
     r->numel = e->N;
     for (int g = 0; g < NG; g++) r->part_numel += e->plen[g];
-    r->params_bytes = e->stage == 3 ? r->part_numel * e->ws : e->N * e->ws;
+    r->params_bytes = (e->stage == 3 ? r->part_numel : e->wlen) * e->ws;
     r->grads_bytes = e->stage < 2 ? e->N * 4 : r->part_numel * 4;
     r->optim_bytes = r->part_numel * 12;
 }

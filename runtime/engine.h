@@ -13,7 +13,10 @@
  * Per rank the engine holds: the fp32 master weights and Adam moments of its
  * partition; the 16-bit (or fp32) working weights — whole at stages 0-2, this
  * rank's pieces at stage 3 (gathered per module just before use in forward and again
- * in backward, released after); fp32 gradients — whole at stages 0/1 (reduced once
+ * in backward, released after). At stages 1/2 16-bit working weights lie as
+ * DeepSpeed's bit16 groups do, each group's padded flat whole, so the all-gather
+ * after an update lands in place (no gather buffer the size of the model); fp32
+ * ones, and stage 0's, in the model's layout, which the model reads in place. fp32 gradients — whole at stages 0/1 (reduced once
  * per optimizer step), only the partition at stages 2/3 (each module's gradient is
  * reduce-scattered to its owners as soon as its backward is done, in buckets of at
  * most reduce_bucket_size elements).
@@ -62,7 +65,7 @@ typedef struct rt_step_stats {
 
 typedef struct rt_mem_report {
     uint64_t numel;         /* Ψ: trainable elements of the model */
-    uint64_t params_bytes;  /* working (16-bit or fp32) weights held by this rank */
+    uint64_t params_bytes;  /* working (16-bit or fp32) weights held by this rank, padding included */
     uint64_t grads_bytes;   /* gradient buffers held between steps (fp32) */
     uint64_t optim_bytes;   /* fp32 master + exp_avg + exp_avg_sq */
     uint64_t part_numel;    /* elements of this rank's optimizer partition, padding included */

@@ -59,7 +59,7 @@ static dsckpt_status digest_tensor(digest_run *x, const et *T, bool whole) {
     const void *src;
     if (whole) { /* every rank has it all: rank 0 alone reads it */
         if (e->rank != 0) return DSCKPT_OK;
-        src = x->working ? (const uint8_t *)e->w + T->moff * x->es : (const void *)(e->master[T->group] + T->goff);
+        src = x->working ? (const uint8_t *)e->w + T->woff * x->es : (const void *)(e->master[T->group] + T->goff);
     } else {
         uint64_t c;
         const void *mine = own_piece(x, T, &c);

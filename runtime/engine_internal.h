@@ -15,6 +15,7 @@ typedef struct et {
     int module, group;
     uint64_t goff;    /* offset in the group's flat buffer (stages 0-2) */
     uint64_t qoff, q; /* stage 3: offset of this tensor's piece in the partition, piece length */
+    uint64_t woff;    /* stages 0-2: offset in the working weights (moff, or wbase[group] + goff) */
 } et;
 
 #define NG 2
@@ -36,7 +37,9 @@ struct rt_engine {
     ds_flat_part fp[NG];
     uint64_t gnumel[NG], plen[NG];
     float *master[NG], *m1[NG], *m2[NG], *gpart[NG];
-    void *w;           /* stages 0-2: working weights, model layout */
+    void *w;           /* stages 0-2: working weights (et.woff: the model's layout, or by group) */
+    bool wgm;          /* w by group: each group's flat (padded, W partitions) at wbase[g] */
+    uint64_t wbase[NG], wlen;
     void *w3[NG];      /* stage 3: this rank's pieces, partition layout */
     float *gfull;      /* stages 0/1: gradients, model layout */
     float *scr[2];     /* fp32 parameters of acquired modules */
@@ -46,7 +49,7 @@ struct rt_engine {
     bool gscr0_live;
     float *send, *recv;
     size_t send_cap, recv_cap;
-    uint8_t *gbuf, *gbuf2; /* gather buffers (working dtype) */
+    uint8_t *gbuf, *gbuf2; /* gather buffers (working dtype): stage 3, and stages 1/2 in fp32 */
     size_t gbuf_cap, gbuf2_cap;
     size_t *counts;
     int32_t *tokens;
