@@ -107,12 +107,20 @@ if [ -n "$ZL" ]; then
 fi
 [ "${BENCH_SKIP_LOAD:-0}" = 1 ] && exit 0
 
+# The files a timed read takes, read once right before it, so the floors and the loads
+# all read from the page cache: this machine's proactive reclaim (a DAMON scheme that
+# pages out what has gone untouched for about a minute) drops parts of the checkpoints
+# between repetitions, and a run that meets evicted pages reads them from the disk
+# (`fincore` after one bench run: 1-10 % of each rank file gone).
+warm() { cat "$@" >/dev/null; }
+
 # One resume at W ranks with config C from SRC/global_step3 (or what RESUME names),
 # printing dstrain's "loaded in" seconds (with WHOLE=1: "opened in" + "loaded in",
 # the whole resume). --max_steps 3 with a checkpoint at step 3: load and stop (no
 # step, no save).
 load_run() { # W C SRC [RESUME]
   sync
+  warm "$3"/global_step3/*
   build/dsrun --num_procs "$1" build/dstrain --deepspeed "$DIR/$2.json" --data "$DATA" "${MODEL[@]}" \
     --eval_windows 1 --max_steps 3 --save_dir "$3" --resume "${4:-global_step3}" >"$DIR/load.out" 2>&1 ||
     { cat "$DIR/load.out" >&2; exit 1; }
@@ -131,8 +139,10 @@ for target in "2 z2w2" "3 z1w3"; do
   : >"$DIR/load.t"; : >"$DIR/rfloor.t"; : >"$DIR/cload.t"; : >"$DIR/kfloor.t"
   for i in $(seq "$REPS"); do
     sync
+    warm "$SRC/global_step3"/rank_*.safetensors
     read -r rt _ _ < <($FL io "$STATE" 0 "$DIR/floor.out" "$SRC/global_step3"/rank_*.safetensors)
     echo "$rt" >>"$DIR/rfloor.t"
+    warm "$SRC/global_step3"/rank_*.safetensors
     read -r kt _ < <($FL checked "$CORES" $((4 << 20)) "$SRC/global_step3"/rank_*.safetensors)
     echo "$kt" >>"$DIR/kfloor.t"
     load_run "$W" "$C" "$SRC" >>"$DIR/load.t"
