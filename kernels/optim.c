@@ -193,3 +193,20 @@ void ds_round_f16(float *g, size_t n) {
 void ds_round_f16_ref(float *g, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = ds_f16_to_f32_ref(ds_f32_to_f16_ref(g[i]));
 }
+
+/* ---- first touch ---- */
+
+/* Pieces of a huge page: a thread faults whole 2 MiB pages of a buffer on them. */
+#define TOUCH_PIECE ((size_t)2 << 20)
+/* Below this the zeroing stays on one thread. */
+#define TOUCH_PARALLEL_MIN ((size_t)16 << 20)
+
+void ds_zero_touch(void *p, size_t n) {
+    unsigned char *b = p;
+    size_t pieces = (n + TOUCH_PIECE - 1) / TOUCH_PIECE;
+#pragma omp parallel for schedule(static) if (n >= TOUCH_PARALLEL_MIN)
+    for (size_t i = 0; i < pieces; i++) {
+        size_t at = i * TOUCH_PIECE;
+        explicit_bzero(b + at, n - at < TOUCH_PIECE ? n - at : TOUCH_PIECE);
+    }
+}

@@ -66,4 +66,9 @@ bool ds_has_inf_nan_ref(const float *g, size_t n);
 void ds_round_f16(float *g, size_t n);
 void ds_round_f16_ref(float *g, size_t n);
 
+/* Zeroes the n bytes at p, writing every page: a new buffer's first-touch faults
+ * (and the kernel's clearing of its pages) happen here, on every OpenMP thread
+ * when n is large. Never turned into calloc (explicit_bzero). */
+void ds_zero_touch(void *p, size_t n);
+
 #endif /* DSCKPT_KERNELS_OPTIM_H */

@@ -20,11 +20,10 @@ static dsckpt_status cpu_alloc(void *ctx, size_t bytes, void **out) {
     DS_UNUSED(ctx);
     void *p = NULL;
     DS_TRY(ds_malloc(bytes, &p));
-    /* Zeroed and every page touched now, so the memory is committed here (an
-     * overcommitted machine fails at creation, not mid-run) and no later pass
-     * pays the first-touch faults. explicit_bzero: a memset after malloc is
-     * turned into calloc, which touches nothing. */
-    explicit_bzero(p, bytes ? bytes : 1);
+    /* Zeroed and every page touched now, on every thread, so the memory is
+     * committed here (an overcommitted machine fails at creation, not mid-run) and
+     * no later pass pays the first-touch faults. */
+    ds_zero_touch(p, bytes ? bytes : 1);
     *out = p;
     return DSCKPT_OK;
 }

@@ -9,6 +9,7 @@
 
 #include "adam.h"
 #include "device.h"
+#include "optim.h"
 #include "rt_time.h"
 
 #include <math.h>
@@ -259,11 +260,8 @@ static dsckpt_status alloc_f(rt_engine *e, float **p, uint64_t n, const char *wh
 dsckpt_status rt_alloc_touched(void *pp, size_t bytes, const char *what) {
     void *p = malloc(bytes ? bytes : 1);
     if (!p) return ds_err(DSCKPT_ENOMEM, "out of memory for %s (%zu bytes)", what, bytes);
-    /* Zeroed and every page touched now, so the memory is committed here (an
-     * overcommitted machine fails at creation, not mid-run) and no later pass
-     * pays the first-touch faults. explicit_bzero: a memset after malloc is
-     * turned into calloc, which touches nothing. */
-    explicit_bzero(p, bytes ? bytes : 1);
+    /* Zeroed and every page touched now, as the device table's host memory is. */
+    ds_zero_touch(p, bytes ? bytes : 1);
     *(void **)pp = p;
     return DSCKPT_OK;
 }

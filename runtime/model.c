@@ -311,13 +311,32 @@ static uint64_t splitmix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-/* Standard normal sample number i of stream `key` (Box-Muller, cosine branch). */
-static double normal_at(uint64_t key, uint64_t i) {
-    uint64_t r1 = splitmix64(key ^ splitmix64(2 * i));
-    uint64_t r2 = splitmix64(key ^ splitmix64(2 * i + 1));
+/* Standard normal samples 2j and 2j + 1 of stream `key`: Box-Muller's two branches
+ * from the j-th pair of uniforms (one log and one sincos per two samples). */
+static void normal_pair(uint64_t key, uint64_t j, double out[2]) {
+    uint64_t r1 = splitmix64(key ^ splitmix64(2 * j));
+    uint64_t r2 = splitmix64(key ^ splitmix64(2 * j + 1));
     double u1 = (double)((r1 >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
     double u2 = (double)(r2 >> 11) * 0x1.0p-53;       /* [0, 1) */
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+    double r = sqrt(-2.0 * log(u1)), s, c;
+    sincos(6.283185307179586 * u2, &s, &c);
+    out[0] = r * c;
+    out[1] = r * s;
+}
+
+/* dst[0..cnt) = sd x samples [a, a + cnt) of stream `key`: sample i is branch i % 2
+ * of pair i / 2, so any slice is drawn alone and comes out the same. */
+static void normal_fill(uint64_t key, uint64_t a, int64_t cnt, double sd, float *dst) {
+    int64_t j0 = (int64_t)(a >> 1), j1 = (int64_t)((a + (uint64_t)cnt + 1) >> 1);
+#pragma omp parallel for schedule(static) if (cnt > 65536)
+    for (int64_t j = j0; j < j1; j++) {
+        double z[2];
+        normal_pair(key, (uint64_t)j, z);
+        for (int k = 0; k < 2; k++) {
+            int64_t i = 2 * j + k - (int64_t)a;
+            if (i >= 0 && i < cnt) dst[i] = (float)(sd * z[k]);
+        }
+    }
 }
 
 /* Flat elements [start, start + count) of the initialisation, into out, from the
@@ -342,8 +361,7 @@ static void init_table_range(int n_layer, const rt_param *ps, size_t n, uint64_t
             for (int64_t i = 0; i < cnt; i++) dst[i] = 1.0f;
         } else {
             double sd = strstr(p->name, ".c_proj.") ? proj_std : 0.02;
-#pragma omp parallel for schedule(static) if (cnt > 65536)
-            for (int64_t i = 0; i < cnt; i++) dst[i] = (float)(sd * normal_at(key, a + (uint64_t)i));
+            normal_fill(key, a, cnt, sd, dst);
         }
     }
 }

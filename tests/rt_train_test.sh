@@ -118,7 +118,7 @@ EOF
 echo "== fp16: overflowing steps are skipped and the scale halves (hysteresis 1)"
 cfg "f16.json" 2 fp16 2 1 ''
 sed -i 's/"initial_scale_power": 8/"initial_scale_power": 24, "hysteresis": 1/' f16.json
-train 2 f16.json f16.log 12 || bad "fp16 run failed: $(tail -3 f16.log.out)"
+train 2 f16.json f16.log 16 || bad "fp16 run failed: $(tail -3 f16.log.out)"
 $PY - f16.log <<'EOF' && ok || bad "fp16 loss scaling did not behave: $(cat f16.log | head -12)"
 import json, sys
 r = [json.loads(l) for l in open(sys.argv[1])]

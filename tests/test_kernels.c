@@ -589,6 +589,31 @@ static void test_rt_adam_step(void) {
     free(p), free(g), free(m), free(v), free(p2), free(m2), free(v2);
 }
 
+/* ds_zero_touch zeroes exactly its n bytes, whole 2 MiB pieces and a short last
+ * one, on one thread and on several (from 16 MiB up it splits the work). */
+static void test_zero_touch(void) {
+    const size_t lens[] = {0, 1, 4095, (size_t)2 << 20, ((size_t)16 << 20) - 3, ((size_t)37 << 20) + 12345};
+    for (size_t s = 0; s < sizeof lens / sizeof lens[0]; s++) {
+        size_t n = lens[s];
+        unsigned char *b = malloc(n + 64);
+        CU_ASSERT_FATAL(b != NULL);
+        for (size_t t = 0; t < NTHREADS; t++) {
+            omp_set_num_threads(g_threads[t]);
+            memset(b, 0xa5, n + 64);
+            ds_zero_touch(b, n);
+            size_t first_nonzero = n;
+            for (size_t i = 0; i < n && first_nonzero == n; i++)
+                if (b[i]) first_nonzero = i;
+            CU_ASSERT_EQUAL(first_nonzero, n);
+            size_t past = 0;
+            for (size_t i = n; i < n + 64; i++) past += b[i] == 0xa5;
+            CU_ASSERT_EQUAL(past, 64); /* nothing past n */
+        }
+        free(b);
+    }
+    omp_set_num_threads(1);
+}
+
 static void test_scale_add(void) {
     for (size_t s = 0; s < NLENS; s++) {
         size_t n = g_lens[s];
@@ -712,6 +737,7 @@ int main(void) {
         {"Adam/AdamW element kernel vs reference (and double)", test_adam_kernel},
         {"rt_adam_step vs rt_adam_step_ref, first step, refusals", test_rt_adam_step},
         {"scale and add vs reference", test_scale_add},
+        {"zero_touch: exactly n bytes, one thread and several", test_zero_touch},
         {"exact sum of squares: threads, partitions, order", test_sumsq},
         {"inf/NaN check at every position", test_inf_nan},
         {"fp16 rounding vs reference (overflow, subnormal, NaN)", test_round_f16},
