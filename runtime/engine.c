@@ -385,14 +385,21 @@ static dsckpt_status engine_buffers(rt_engine *e, const rt_config *cfg, rt_model
  * offloaded). */
 static dsckpt_status round_trip_master(rt_engine *e) {
     const rt_device *od = e->odev;
-    for (int g = 0; g < NG; g++) {
-        void *tmp = NULL;
-        DS_TRY(opt_alloc(e, &tmp, (e->plen[g] ? e->plen[g] : 1) * e->ws, "a cast buffer"));
-        od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g], (size_t)e->plen[g]);
-        od->cast(od->ctx, DSCKPT_F32, e->master[g], e->wdt, tmp, (size_t)e->plen[g]);
-        od->free(od->ctx, tmp);
-    }
-    return DSCKPT_OK;
+    uint64_t most = 0;
+    for (int g = 0; g < NG; g++) most = DS_MAX(most, e->plen[g]);
+    /* In pieces through one small buffer: no partition-sized memory for a moment. */
+    uint64_t piece = DS_MIN(most, (uint64_t)1 << 20);
+    void *tmp = NULL;
+    DS_TRY(opt_alloc(e, &tmp, (piece ? piece : 1) * e->ws, "a cast buffer"));
+    for (int g = 0; g < NG; g++)
+        for (uint64_t at = 0; at < e->plen[g]; at += piece) {
+            size_t n = (size_t)DS_MIN(piece, e->plen[g] - at);
+            od->cast(od->ctx, e->wdt, tmp, DSCKPT_F32, e->master[g] + at, n);
+            od->cast(od->ctx, DSCKPT_F32, e->master[g] + at, e->wdt, tmp, n);
+        }
+    dsckpt_status st = od->sync(od->ctx);
+    od->free(od->ctx, tmp);
+    return st;
 }
 
 /* Stage 0 (every rank holds everything): the whole model initialised in fp32 (each
@@ -423,28 +430,34 @@ out:
     return st;
 }
 
-/* Stages 1-3: each rank draws its own share of the initialisation only (the values
- * are a function of the flat index: rt_model_init_range), reads its master back
- * through the working dtype, and the working weights come from the masters as
- * after a load (all-gathered at stages 1/2). The same bits as stage 0's whole
- * initialisation, a W-th of the drawing per rank. */
+/* Stages 1-3, and stage 0 at W = 1: each rank draws its own share of the
+ * initialisation only (the values are a function of the flat index:
+ * rt_model_init_range), reads its master back through the working dtype, and the
+ * working weights come from the masters as after a load (all-gathered at stages
+ * 1/2). The same bits as stage 0's whole initialisation, a W-th of the drawing per
+ * rank. */
 static dsckpt_status init_weights_shares(rt_engine *e, rt_model *model, uint64_t seed) {
     const rt_model_cfg *mc = rt_model_config(model);
+    /* Host memory: drawn straight into the master partitions (zeroed at creation, so
+     * the padding stays zero); otherwise through a host buffer. */
+    bool direct = e->odev->host_memory;
     uint64_t most = 1;
     for (int g = 0; g < NG; g++) most = DS_MAX(most, e->plen[g]);
     float *hb = NULL;
-    DS_TRY(ds_malloc((size_t)most * sizeof *hb, &hb));
+    if (!direct) DS_TRY(ds_malloc((size_t)most * sizeof *hb, &hb));
     dsckpt_status st = DSCKPT_OK;
     for (int g = 0; g < NG && !st; g++) {
-        memset(hb, 0, (size_t)(e->plen[g] ? e->plen[g] : 1) * sizeof *hb); /* the padding stays zero */
+        float *dst = direct ? e->master[g] : hb;
+        if (!direct) memset(hb, 0, (size_t)(e->plen[g] ? e->plen[g] : 1) * sizeof *hb); /* the padding stays zero */
         for (size_t i = 0; i < e->nt && !st; i++) {
             const et *T = &e->t[i];
             uint64_t s, c, p;
             if (T->group != g) continue;
             rt_engine_own(e, T, e->rank, &s, &c, &p);
-            if (c) st = rt_model_init_range(mc, seed, T->moff + s, c, hb + p);
+            if (c) st = rt_model_init_range(mc, seed, T->moff + s, c, dst + p);
         }
-        if (!st && e->plen[g]) st = e->odev->h2d(e->odev->ctx, e->master[g], hb, (size_t)e->plen[g] * sizeof *hb);
+        if (!st && !direct && e->plen[g])
+            st = e->odev->h2d(e->odev->ctx, e->master[g], hb, (size_t)e->plen[g] * sizeof *hb);
     }
     free(hb);
     if (!st) st = e->odev->sync(e->odev->ctx);
@@ -453,7 +466,8 @@ static dsckpt_status init_weights_shares(rt_engine *e, rt_model *model, uint64_t
 }
 
 static dsckpt_status engine_init_weights(rt_engine *e, rt_model *model, uint64_t seed) {
-    return e->stage == 0 ? init_weights_whole(e, model, seed) : init_weights_shares(e, model, seed);
+    /* Stage 0 on one rank has nothing to share out: its share is the whole model. */
+    return e->stage == 0 && e->W > 1 ? init_weights_whole(e, model, seed) : init_weights_shares(e, model, seed);
 }
 
 static void engine_hparams(rt_engine *e, const rt_config *cfg) {
