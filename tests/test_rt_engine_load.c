@@ -7,9 +7,11 @@
  * damaged partition leaves the step counters as they were and hands back no state,
  * so the load after it (--resume auto's next candidate) is the same as a first one.
  */
+#include "cast.h"
 #include "engine.h"
 #include "engine_ckpt.h"
 #include "manifest.h"
+#include "stream.h"
 #include "tutil.h"
 
 #include <stdlib.h>
@@ -119,6 +121,44 @@ static void test_failed_load_changes_no_counter(void) {
     free(rank);
 }
 
+/* A fresh engine's fp32 master is the initialisation read back through bf16, in
+ * model layout, however it was drawn: at stage 0 on one rank and at stage 1 (each
+ * straight into the master partitions), with a group of more than 1M elements, so
+ * that the round trip through bf16 goes in several pieces. */
+static void test_init_master(void) {
+    rt_model_cfg mc = {.vocab_size = 8192, .n_ctx = 8, .n_layer = 1, .n_head = 1, .n_embd = 256};
+    rt_model *m = NULL;
+    TU_ASSERT_OK(rt_model_create(&mc, 2, 8, &m));
+    uint64_t n = rt_model_numel(m);
+    float *flat = malloc(n * sizeof *flat);
+    uint16_t *h = malloc(n * sizeof *h);
+    CU_ASSERT_FATAL(flat && h);
+    TU_ASSERT_OK(rt_model_init(&mc, flat, 7));
+    ds_cast_f32_to_bf16(flat, h, n);
+    ds_cast_bf16_to_f32(h, flat, n);
+    uint8_t want[DS_SHA256_LEN], got[DS_SHA256_LEN];
+    TU_ASSERT_OK(ds_sha256(flat, n * sizeof *flat, want));
+    for (int stage = 0; stage <= 1; stage++) {
+        char text[256];
+        snprintf(text, sizeof text,
+                 "{\"train_batch_size\": 2, \"bf16\": {\"enabled\": true}, \"optimizer\": {\"type\": \"AdamW\"},"
+                 " \"zero_optimization\": {\"stage\": %d}}",
+                 stage);
+        rt_config cfg;
+        rt_engine *e = NULL;
+        TU_ASSERT_OK(rt_config_parse(text, strlen(text), "test config", NULL, 1, &cfg));
+        TU_ASSERT_OK(rt_engine_create(&cfg, g_comm, m, 7, &e));
+        memset(got, 0, sizeof got);
+        TU_ASSERT_OK(rt_engine_digest(e, false, got));
+        CU_ASSERT_EQUAL(memcmp(got, want, sizeof want), 0);
+        rt_engine_free(e);
+        rt_config_free(&cfg);
+    }
+    free(flat);
+    free(h);
+    rt_model_free(m);
+}
+
 int main(void) {
     if (setup()) {
         fprintf(stderr, "test_rt_engine_load: setup failed: %s\n", dsckpt_last_error());
@@ -128,6 +168,7 @@ int main(void) {
                                     {"bad optimizer step", test_bad_optimizer_step},
                                     {"good steps", test_good_steps},
                                     {"a failed load changes no counter", test_failed_load_changes_no_counter},
+                                    {"a fresh master: the initialisation through bf16", test_init_master},
                                     {NULL, NULL}};
     int rc = tu_main("rt_engine_load", tests);
     rt_engine_free(g_e);
