@@ -7,6 +7,10 @@
  *       start, in 8 MiB read() calls, in proportion to its size), then a plain write
  *       of WRITE_BYTES to OUT_FILE (8 MiB write() calls, fsync, unlink). Prints
  *       "read_s write_s total_s".
+ *   ds_floor dwrite WRITE_BYTES OUT_FILE
+ *       The same write with O_DIRECT (8 MiB page-aligned write() calls, the last
+ *       rounded up to a page and the file cut back to WRITE_BYTES, fsync, unlink):
+ *       the disk without the page cache. Prints "write_s".
  *   ds_floor sha MIB
  *       Single-core SHA-256 (OpenSSL EVP) over MIB MiB held in memory; prints GB/s.
  *   ds_floor checked THREADS CHUNK_BYTES IN_FILE...
@@ -112,6 +116,38 @@ static int floor_io(int argc, char **argv) {
     printf("%.4f %.4f %.4f\n", t1 - t0, t2 - t1, t2 - t0);
     free(buf);
     free(sizes);
+    return 0;
+}
+
+static int floor_dwrite(int argc, char **argv) {
+    if (argc < 3) return 2;
+    uint64_t wbytes = strtoull(argv[1], NULL, 10);
+    const char *out = argv[2];
+    char *buf = page_buffer(IO_BUF);
+    memset(buf, 0x5a, IO_BUF);
+    double t0 = now();
+    int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+    if (fd < 0) {
+        perror(out);
+        return 1;
+    }
+    for (uint64_t w = 0; w < wbytes;) {
+        size_t n = wbytes - w < IO_BUF ? (size_t)(wbytes - w) : IO_BUF;
+        n = (n + 4095) / 4096 * 4096;
+        ssize_t r = write(fd, buf, n);
+        if (r <= 0) {
+            perror("write");
+            return 1;
+        }
+        w += (uint64_t)r;
+    }
+    if (ftruncate(fd, (off_t)wbytes) != 0) perror("ftruncate");
+    fsync(fd);
+    close(fd);
+    double t1 = now();
+    unlink(out);
+    printf("%.4f\n", t1 - t0);
+    free(buf);
     return 0;
 }
 
@@ -225,10 +261,11 @@ static int floor_rss(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "io")) return floor_io(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "dwrite")) return floor_dwrite(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sha")) return floor_sha(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1, 0);
     if (argc >= 3 && !strcmp(argv[1], "shifted")) return floor_checked(argc - 2, argv + 2, (size_t)strtoul(argv[2], NULL, 10));
     if (argc >= 2 && !strcmp(argv[1], "rss")) return floor_rss(argc - 1, argv + 1);
-    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | sha MIB | checked THREADS CHUNK IN... | shifted SHIFT THREADS CHUNK IN... | rss CMD...\n");
+    fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | dwrite WRITE OUT | sha MIB | checked THREADS CHUNK IN... | shifted SHIFT THREADS CHUNK IN... | rss CMD...\n");
     return 2;
 }

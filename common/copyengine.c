@@ -7,12 +7,15 @@
 #include "fsutil.h"
 
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct engine {
     const ds_copy_job *job;
-    uint8_t **buf;  /* per worker, DS_COPY_PIECE bytes */
+    uint8_t **buf;  /* per worker, a page more than DS_COPY_PIECE, page-aligned (ds_malloc) */
+    int *dfd;       /* per file: its direct descriptor, or -1 (fsutil.h) */
     size_t *order;  /* order[k]: the unit the k-th job writes */
 } engine;
 
@@ -58,14 +61,22 @@ static dsckpt_status copy_unit(void *user, size_t k, int worker) {
         }
         size_t n = (size_t)DS_MIN((uint64_t)DS_COPY_PIECE, u->len - done);
         uint64_t at = u->offset + done;
-        const void *p = e->buf[worker];
-        st = j->fill(j->user, ui, u->file, at, n, e->buf[worker], &p, worker);
+        int dfd = e->dfd[u->file];
+        /* Filled at the piece's offset in its page, so its whole pages can go direct. */
+        uint8_t *b = e->buf[worker] + (dfd >= 0 ? at % DS_DIRECT_ALIGN : 0);
+        const void *p = b;
+        st = j->fill(j->user, ui, u->file, at, n, b, &p, worker);
         if (st == DSCKPT_OK && h) st = ds_hasher_update(h, p, n);
-        if (st == DSCKPT_OK) st = ds_pwrite_full(f->fd, p, n, at, f->name);
         if (st != DSCKPT_OK) break;
-        /* Start this piece's writeback now, so the disk works while the workers go
-         * on; the caller's fsync finds little left. Advisory: a failure here is
-         * reported by that fsync. */
+        if (dfd >= 0 && n >= DS_DIRECT_ALIGN && (uintptr_t)p % DS_DIRECT_ALIGN != at % DS_DIRECT_ALIGN) {
+            memcpy(b, p, n); /* other memory the fill lent, placed otherwise */
+            p = b;
+        }
+        st = ds_pwrite_direct(f->fd, dfd, p, n, at, f->name);
+        if (st != DSCKPT_OK) break;
+        /* Start the writeback of what went through the page cache now, so the disk
+         * works while the workers go on; the caller's fsync finds little left.
+         * Advisory: a failure here is reported by that fsync. */
         (void)sync_file_range(f->fd, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE);
         ds_progress_add(j->prog, n);
     }
@@ -86,11 +97,17 @@ dsckpt_status ds_copy_run(const ds_copy_job *job) {
     dsckpt_status st = ds_calloc((size_t)threads, sizeof *e.buf, &e.buf);
     if (st == DSCKPT_OK) st = ds_calloc(job->nunits ? job->nunits : 1, sizeof *e.order, &e.order);
     if (st == DSCKPT_OK) spread(e.order, job->nunits, threads);
-    for (int i = 0; st == DSCKPT_OK && i < threads; i++) st = ds_malloc(DS_COPY_PIECE, &e.buf[i]);
+    for (int i = 0; st == DSCKPT_OK && i < threads; i++) st = ds_malloc(DS_COPY_PIECE + DS_DIRECT_ALIGN, &e.buf[i]);
+    if (st == DSCKPT_OK) st = ds_calloc(job->nfiles ? job->nfiles : 1, sizeof *e.dfd, &e.dfd);
+    for (size_t i = 0; st == DSCKPT_OK && i < job->nfiles; i++) e.dfd[i] = ds_direct_fd(job->files[i].fd);
     if (st == DSCKPT_OK) st = ds_parallel_run(job->nunits, threads, copy_unit, &e, job->prog);
     if (e.buf)
         for (int i = 0; i < threads; i++) free(e.buf[i]);
+    if (e.dfd)
+        for (size_t i = 0; i < job->nfiles; i++)
+            if (e.dfd[i] >= 0) close(e.dfd[i]);
     free(e.buf);
+    free(e.dfd);
     free(e.order);
     return st;
 }

@@ -85,7 +85,8 @@ dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) {
     return st;
 }
 
-/* Blocks of DS_ALIGN_FROM bytes and more start on a 64-byte line; blocks of
+/* Blocks of DS_ALIGN_FROM bytes and more start on a page (direct writes take
+ * them as they are: DS_DIRECT_ALIGN, fsutil.h); blocks of
  * DS_HUGE and more on a 2 MiB boundary, rounded up to whole 2 MiB, advised for
  * transparent huge pages. These are pread() targets, hash inputs and the training
  * state. A read + SHA-256 took 1.4-1.9x as long on the machine measured when the
@@ -95,7 +96,7 @@ dsckpt_status ds_err_prefix(dsckpt_status st, const char *fmt, ...) {
  * first touch costs one fault per 2 MiB instead of 512 of 4 KiB where the kernel
  * grants huge pages ("madvise" mode; without them, plain pages). free() frees
  * them all. */
-enum { DS_ALIGN_FROM = 4096, DS_LINE = 64 };
+enum { DS_ALIGN_FROM = 4096, DS_PAGE = 4096 };
 #define DS_HUGE ((size_t)2 << 20)
 
 dsckpt_status ds_malloc(size_t n, void *out_ptr) {
@@ -103,7 +104,7 @@ dsckpt_status ds_malloc(size_t n, void *out_ptr) {
     if (n < DS_ALIGN_FROM) {
         p = malloc(n ? n : 1);
     } else if (n < DS_HUGE) {
-        if (posix_memalign(&p, DS_LINE, n) != 0) p = NULL;
+        if (posix_memalign(&p, DS_PAGE, n) != 0) p = NULL;
     } else if (n <= SIZE_MAX - DS_HUGE) {
         size_t sz = (n + DS_HUGE - 1) / DS_HUGE * DS_HUGE;
         if (posix_memalign(&p, DS_HUGE, sz) != 0) p = NULL;

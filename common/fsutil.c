@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 dsckpt_status ds_pread_full(int fd, void *buf, size_t n, uint64_t offset, const char *what) {
@@ -34,7 +35,11 @@ dsckpt_status ds_pread_full(int fd, void *buf, size_t n, uint64_t offset, const 
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset, const char *what) {
+static _Atomic uint64_t direct_bytes;
+
+uint64_t ds_direct_bytes(void) { return atomic_load(&direct_bytes); }
+
+dsckpt_status ds_pwrite_direct(int fd, int dfd, const void *buf, size_t n, uint64_t offset, const char *what) {
     const uint8_t *p = buf;
     size_t done = 0;
     bool fault;
@@ -44,15 +49,52 @@ dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset,
         if (done == allow && fault)
             return ds_err_errno(ds_fault_errno(), "%s: write of %zu bytes at offset %llu failed", what, n,
                                 (unsigned long long)offset);
-        ssize_t w = pwrite(fd, p + done, allow - done, (off_t)(offset + done));
+        size_t want = allow - done;
+        uint64_t at = offset + done;
+        bool direct = false;
+        if (dfd >= 0 && want >= DS_DIRECT_ALIGN && (uintptr_t)(p + done) % DS_DIRECT_ALIGN == at % DS_DIRECT_ALIGN) {
+            size_t head = (size_t)((DS_DIRECT_ALIGN - at % DS_DIRECT_ALIGN) % DS_DIRECT_ALIGN);
+            direct = head == 0;
+            want = direct ? want - want % DS_DIRECT_ALIGN : head; /* the head, the tail through fd */
+        }
+        ssize_t w = pwrite(direct ? dfd : fd, p + done, want, (off_t)at);
         if (w < 0) {
             if (errno == EINTR) continue;
+            if (direct && errno == EINVAL) { /* the file system's alignment is coarser: page cache */
+                dfd = -1;
+                continue;
+            }
             return ds_err_errno(errno, "%s: write of %zu bytes at offset %llu failed", what, n,
                                 (unsigned long long)offset);
         }
+        if (direct) atomic_fetch_add(&direct_bytes, (uint64_t)w);
         done += (size_t)w;
     }
     return DSCKPT_OK;
+}
+
+dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset, const char *what) {
+    return ds_pwrite_direct(fd, -1, buf, n, offset, what);
+}
+
+int ds_direct_fd(int fd) {
+    const char *env = getenv("DSCKPT_DIRECT_IO");
+    if (env && strcmp(env, "0") == 0) return -1;
+    struct statfs sf;
+    bool local = fstatfs(fd, &sf) == 0 && (sf.f_type == 0xEF53 /* ext2/3/4 */ || sf.f_type == 0x58465342 /* XFS */);
+    if (!local && !(env && strcmp(env, "1") == 0)) return -1;
+    struct stat a, b;
+    if (fstat(fd, &a) != 0 || !S_ISREG(a.st_mode)) return -1;
+    /* The open file itself, not its name: nothing can be swapped in between. */
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    int dfd = open(self, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+    if (dfd < 0) return -1;
+    if (fstat(dfd, &b) != 0 || !S_ISREG(b.st_mode) || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+        close(dfd);
+        return -1;
+    }
+    return dfd;
 }
 
 dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out) {

@@ -199,6 +199,9 @@ size_t ds_fault_allow(size_t n, bool *fail) {
 
 struct ds_stream {
     int fd;
+    int dfd;            /* direct descriptor (fsutil.h) or -1: then every write but
+                         * the last is a whole, page-aligned buffer at a multiple of
+                         * its size */
     char *path;
     uint64_t pos;
     dsckpt_status err;  /* sticky */
@@ -232,6 +235,7 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
     ds_stream *s = calloc(1, sizeof *s);
     if (!s) return ds_err(DSCKPT_ENOMEM, "out of memory creating a stream for %s", path);
     s->fd = -1;
+    s->dfd = -1;
     s->path = strdup(path);
     if (ds_malloc(STREAM_BUF, &s->buf)) s->buf = NULL;
     if (!s->path || !s->buf) {
@@ -256,35 +260,20 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
         free(s);
         return st;
     }
+    s->dfd = ds_direct_fd(s->fd);
     *out = s;
     return DSCKPT_OK;
 }
 
 static dsckpt_status raw_write(ds_stream *s, const uint8_t *p, size_t n) {
-    while (n > 0) {
-        bool fail;
-        size_t allow = ds_fault_allow(n, &fail);
-        size_t done = 0;
-        while (done < allow) {
-            ssize_t w = write(s->fd, p + done, allow - done);
-            if (w < 0) {
-                if (errno == EINTR) continue;
-                return stream_fail(s, ds_err_errno(errno, "%s: write failed at offset %llu", s->path,
-                                                   (unsigned long long)(s->pos + done)));
-            }
-            done += (size_t)w;
-        }
-        s->pos += done;
-        p += done;
-        n -= done;
-        if (s->pos - s->synced >= WRITEBACK_WINDOW) {
-            /* Advisory: a failure here is reported by the fsync in ds_stream_finish. */
-            (void)sync_file_range(s->fd, (off_t)s->synced, (off_t)(s->pos - s->synced), SYNC_FILE_RANGE_WRITE);
-            s->synced = s->pos;
-        }
-        if (fail)
-            return stream_fail(s, ds_err_errno(ds_fault_errno(), "%s: write failed at offset %llu",
-                                               s->path, (unsigned long long)s->pos));
+    dsckpt_status st = ds_pwrite_direct(s->fd, s->dfd, p, n, s->pos, s->path);
+    if (st) return stream_fail(s, st);
+    s->pos += n;
+    if (s->pos - s->synced >= WRITEBACK_WINDOW) {
+        /* Advisory: a failure here is reported by the fsync in ds_stream_finish.
+         * (Nothing to do for what went direct.) */
+        (void)sync_file_range(s->fd, (off_t)s->synced, (off_t)(s->pos - s->synced), SYNC_FILE_RANGE_WRITE);
+        s->synced = s->pos;
     }
     return DSCKPT_OK;
 }
@@ -311,6 +300,17 @@ dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n) {
         if (s->buflen == STREAM_BUF) return flush_buf(s);
         return DSCKPT_OK;
     }
+    if (s->dfd >= 0) { /* whole buffers only, so that every write but the last is direct */
+        while (n > 0) {
+            size_t k = DS_MIN(n, (size_t)STREAM_BUF - s->buflen);
+            memcpy(s->buf + s->buflen, p, k);
+            s->buflen += k;
+            p += k;
+            n -= k;
+            if (s->buflen == STREAM_BUF) DS_TRY(flush_buf(s));
+        }
+        return DSCKPT_OK;
+    }
     DS_TRY(flush_buf(s));
     if (n >= STREAM_BUF) return raw_write(s, p, n);
     memcpy(s->buf, p, n);
@@ -331,6 +331,7 @@ dsckpt_status ds_stream_write_zeros(ds_stream *s, uint64_t n) {
 uint64_t ds_stream_pos(const ds_stream *s) { return s->pos + s->buflen; }
 
 static void stream_free(ds_stream *s) {
+    if (s->dfd >= 0) close(s->dfd);
     ds_hasher_free(s->hasher);
     free(s->errmsg);
     free(s->buf);

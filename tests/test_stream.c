@@ -281,7 +281,175 @@ static void test_copy_engine(void) {
     free(dir);
 }
 
-/* ds_malloc's placement (error.c): what reads land in starts on a 64-byte line,
+/* Reads back path and compares it with want[0, n). */
+static bool file_is(const char *path, const uint8_t *want, size_t n) {
+    size_t len = 0;
+    uint8_t *back = tu_read(path, &len);
+    bool same = back && len == n && (n == 0 || memcmp(back, want, n) == 0);
+    free(back);
+    return same;
+}
+
+static void no_direct_note(void) {
+    fprintf(stderr, "\n  NOTE: this file system refuses O_DIRECT; only the page-cache fallback is tested\n");
+}
+
+/* Direct writes (fsutil.h). DSCKPT_DIRECT_IO=0 opens no direct descriptor; with =1,
+ * where the file system takes O_DIRECT, the whole pages of a write go direct and
+ * the partial ones at its ends through the page cache (also from a buffer at the
+ * same offset in its page as the write in the file), a buffer placed otherwise goes
+ * through the page cache whole, and an injected fault still cuts the write where it
+ * says, with its errno. On a file system that refuses O_DIRECT only the fallback is
+ * checked, and the test says so (here and in the two tests below). */
+static void test_direct_pwrite(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "d");
+    const size_t n = 3 * 4096 + 100;
+    uint8_t *buf = NULL, *want = NULL;
+    TU_ASSERT_OK(ds_malloc(2 * n + 8192, &buf));
+    TU_ASSERT_OK(ds_malloc(2 * n + 8192, &want));
+    CU_ASSERT_EQUAL_FATAL((uintptr_t)buf % DS_DIRECT_ALIGN, 0);
+    fill(buf, 2 * n + 8192, 11);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    CU_ASSERT_FATAL(fd >= 0);
+    setenv("DSCKPT_DIRECT_IO", "0", 1);
+    CU_ASSERT_EQUAL(ds_direct_fd(fd), -1);
+    setenv("DSCKPT_DIRECT_IO", "1", 1);
+    int dfd = ds_direct_fd(fd);
+    bool on = dfd >= 0;
+    if (!on) no_direct_note();
+    /* Aligned buffer at 4096: three pages direct, the last 100 bytes not. */
+    uint64_t d0 = ds_direct_bytes();
+    TU_ASSERT_OK(ds_pwrite_direct(fd, dfd, buf, n, 4096, p));
+    CU_ASSERT_EQUAL(ds_direct_bytes() - d0, on ? 3 * 4096 : 0);
+    /* A buffer one byte past a page: none direct. */
+    d0 = ds_direct_bytes();
+    TU_ASSERT_OK(ds_pwrite_direct(fd, dfd, buf + 1, 4096, 0, p));
+    CU_ASSERT_EQUAL(ds_direct_bytes(), d0);
+    memcpy(want, buf + 1, 4096);
+    memcpy(want + 4096, buf, n);
+    CU_ASSERT(file_is(p, want, 4096 + n));
+    /* One byte past a page at a file offset one past a page (after a gap of zeros):
+     * the first 4095 bytes cached, the next page direct, the last 2 cached. */
+    d0 = ds_direct_bytes();
+    TU_ASSERT_OK(ds_pwrite_direct(fd, dfd, buf + 1, 2 * 4096 + 1, 5 * 4096 + 1, p));
+    CU_ASSERT_EQUAL(ds_direct_bytes() - d0, on ? 4096 : 0);
+    memset(want + 4096 + n, 0, 5 * 4096 + 1 - (4096 + n));
+    memcpy(want + 5 * 4096 + 1, buf + 1, 2 * 4096 + 1);
+    const size_t flen = 7 * 4096 + 2;
+    CU_ASSERT(file_is(p, want, flen));
+    /* An injected fault 5000 bytes in: one page direct, 904 bytes through the page
+     * cache, then the injected error; the bytes before it are in the file. */
+    ds_fault_inject_write(5000, ENOSPC);
+    d0 = ds_direct_bytes();
+    CU_ASSERT_EQUAL(ds_pwrite_direct(fd, dfd, buf + 8192, 3 * 4096, 0, p), DSCKPT_ENOSPC);
+    ds_fault_inject_write(-1, 0);
+    CU_ASSERT_EQUAL(ds_direct_bytes() - d0, on ? 4096 : 0);
+    memcpy(want, buf + 8192, 5000);
+    CU_ASSERT(file_is(p, want, flen));
+    if (dfd >= 0) close(dfd);
+    close(fd);
+    unsetenv("DSCKPT_DIRECT_IO");
+    free(buf);
+    free(want);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+/* Whether this file system takes direct writes (DSCKPT_DIRECT_IO=1 set). */
+static bool direct_here(const char *dir) {
+    char *p = tu_path(dir, "probe");
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644), dfd = fd >= 0 ? ds_direct_fd(fd) : -1;
+    if (dfd >= 0) close(dfd);
+    if (fd >= 0) close(fd);
+    unlink(p);
+    free(p);
+    if (dfd < 0) no_direct_note();
+    return dfd >= 0;
+}
+
+/* The stream with direct writes: whole buffers go direct (all but the last one's
+ * final partial page), and the file holds exactly the bytes written. */
+static void test_direct_stream(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "d");
+    setenv("DSCKPT_DIRECT_IO", "1", 1);
+    bool on = direct_here(dir);
+    /* The stream: writes cut at odd sizes, one larger than its buffer. */
+    static const size_t cuts[] = {1, 4095, 70000, (1u << 20) + 3, 5, 2u << 20};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) total += cuts[i];
+    uint8_t *data = NULL;
+    TU_ASSERT_OK(ds_malloc(total, &data));
+    fill(data, total, 5);
+    ds_stream *s = NULL;
+    TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+    uint64_t d0 = ds_direct_bytes();
+    for (size_t i = 0, off = 0; i < sizeof cuts / sizeof *cuts; off += cuts[i], i++)
+        TU_ASSERT_OK(ds_stream_write(s, data + off, cuts[i]));
+    ds_digests dg = {0};
+    TU_ASSERT_OK(ds_stream_finish(s, &dg));
+    /* Every buffer went direct but the last one's final partial page. */
+    CU_ASSERT_EQUAL(ds_direct_bytes() - d0, on ? total / 4096 * 4096 : 0);
+    CU_ASSERT(file_is(p, data, total));
+    CU_ASSERT_EQUAL(dg.size, total);
+    ds_digests_clear(&dg);
+    unlink(p);
+    unsetenv("DSCKPT_DIRECT_IO");
+    free(data);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+/* The copy engine with direct writes: each piece filled at its offset in a page,
+ * its whole pages direct, and the files hold exactly what the fill produced. */
+static void test_direct_copy_engine(void) {
+    char *dir = tu_mkdtemp(), *p = tu_path(dir, "d");
+    setenv("DSCKPT_DIRECT_IO", "1", 1);
+    bool on = direct_here(dir);
+    uint8_t *data = NULL;
+    TU_ASSERT_OK(ds_malloc((3u << 20) + 5, &data));
+    /* The copy engine: file 0 hashed in 1 MiB chunks (its pieces direct, the 5-byte
+     * tail unit not); file 1 not hashed, cut in units of 1000003 bytes, so that every
+     * piece starts inside a page (each filled at its offset in a page: all but the
+     * partial pages at its ends direct). */
+    char *p1 = tu_path(dir, "d1");
+    ds_copy_file cf[2] = {
+        {.fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644), .name = p, .size = (2u << 20) + 5, .hash_chunk = 1u << 20},
+        {.fd = open(p1, O_WRONLY | O_CREAT | O_EXCL, 0644), .name = p1, .size = (3u << 20) + 5}};
+    CU_ASSERT_FATAL(cf[0].fd >= 0 && cf[1].fd >= 0);
+    ds_copy_unit *units = NULL;
+    size_t nunits = 0;
+    TU_ASSERT_OK(ds_copy_chunk_units(cf, 2, 1000003, &units, &nunits));
+    CU_ASSERT_EQUAL(nunits, 3 + 4);
+    ds_copy_job job = {.files = cf, .nfiles = 2, .units = units, .nunits = nunits, .fill = engine_fill, .threads = 2};
+    uint64_t d0 = ds_direct_bytes();
+    TU_ASSERT_OK(ds_copy_run(&job));
+    uint64_t dn = ds_direct_bytes() - d0;
+    /* Each piece's whole pages: file 0's 1 MiB pieces, and file 1's four pieces
+     * less their partial pages at either end. */
+    uint64_t whole = 2u << 20;
+    for (uint64_t at = 0; at < cf[1].size; at += 1000003) {
+        uint64_t n1 = DS_MIN(1000003, cf[1].size - at), head = (4096 - at % 4096) % 4096;
+        whole += n1 >= head ? (n1 - head) / 4096 * 4096 : 0;
+    }
+    CU_ASSERT_EQUAL(dn, on ? whole : 0);
+    for (size_t f = 0; f < 2; f++) {
+        close(cf[f].fd);
+        for (size_t i = 0; i < cf[f].size; i++) data[i] = engine_byte(f, i);
+        CU_ASSERT(file_is(f ? p1 : p, data, (size_t)cf[f].size));
+        ds_copy_file_clear(&cf[f]);
+    }
+    free(units);
+    free(p1);
+    unsetenv("DSCKPT_DIRECT_IO");
+    free(data);
+    tu_rmtree(dir);
+    free(dir);
+    free(p);
+}
+
+/* ds_malloc's placement (error.c): what reads land in starts on a page,
  * large blocks on a 2 MiB boundary; every block is writable to its last byte
  * (ASan checks the bounds) and freed by free(); a size that cannot be rounded up
  * to 2 MiB fails as ENOMEM without allocating. */
@@ -293,7 +461,7 @@ static void test_malloc_placement(void) {
         CU_ASSERT_EQUAL_FATAL(ds_malloc(sizes[i], &p), DSCKPT_OK);
         CU_ASSERT_PTR_NOT_NULL_FATAL(p);
         uintptr_t a = (uintptr_t)p;
-        if (sizes[i] >= 4096) CU_ASSERT_EQUAL(a % 64, 0);
+        if (sizes[i] >= 4096) CU_ASSERT_EQUAL(a % 4096, 0);
         if (sizes[i] >= (2u << 20)) CU_ASSERT_EQUAL(a % (2u << 20), 0);
         if (sizes[i]) {
             memset(p, 0xa5, sizes[i]);
@@ -308,13 +476,16 @@ static void test_malloc_placement(void) {
 }
 
 int main(void) {
-    static const tu_test tests[] = {{"ds_malloc: 64-byte lines from 4 KiB, 2 MiB boundaries from 2 MiB", test_malloc_placement},
+    static const tu_test tests[] = {{"ds_malloc: pages from 4 KiB, 2 MiB boundaries from 2 MiB", test_malloc_placement},
                                     {"chunk digests = one-shot SHA-256 per chunk, any write cuts", test_chunk_digests},
                                     {"SHA-256 of a file, streamed, = one-shot digest", test_sha256_file},
                                     {"hex encode/decode, known SHA-256 vector", test_hex},
                                     {"stream refuses an existing path", test_existing_path_refused},
                                     {"injected write failure: sticky, file removed; pwrite hook", test_fault_sticky},
                                     {"copy engine: bytes and chunk digests as a stream's, failures stop it", test_copy_engine},
+                                    {"direct writes: whole pages direct, the rest cached, same bytes; faults cut them", test_direct_pwrite},
+                                    {"stream with direct writes: whole buffers direct, same bytes", test_direct_stream},
+                                    {"copy engine with direct writes: pieces placed as in the file, same bytes", test_direct_copy_engine},
                                     {"atomic small-file replace keeps the old file on failure", test_atomic_file},
                                     {"safe names and path helpers", test_path_helpers},
                                     {NULL, NULL}};
