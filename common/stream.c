@@ -4,6 +4,7 @@
  */
 #include "stream.h"
 
+#include "awriter.h"
 #include "fsutil.h"
 
 #include <errno.h>
@@ -207,7 +208,9 @@ struct ds_stream {
     dsckpt_status err;  /* sticky */
     char *errmsg;
     ds_hasher *hasher;
-    uint8_t *buf;
+    uint8_t *buf;       /* the buffer being filled: spare[0] or spare[1] with a writer */
+    uint8_t *spare[2];
+    ds_awriter *aw;     /* with dfd: writes each full buffer while the other fills */
     size_t buflen;
     uint64_t synced;    /* bytes handed to write-back so far */
 };
@@ -261,6 +264,15 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
         return st;
     }
     s->dfd = ds_direct_fd(s->fd);
+    if (s->dfd >= 0) { /* without a writer thread and a second buffer, it stays a plain stream */
+        s->spare[0] = s->buf;
+        if (ds_malloc(STREAM_BUF, &s->spare[1]) || ds_awriter_new(&s->aw)) {
+            free(s->spare[1]);
+            s->spare[0] = s->spare[1] = NULL;
+            close(s->dfd);
+            s->dfd = -1;
+        }
+    }
     *out = s;
     return DSCKPT_OK;
 }
@@ -282,7 +294,21 @@ static dsckpt_status flush_buf(ds_stream *s) {
     if (s->buflen == 0) return DSCKPT_OK;
     size_t n = s->buflen;
     s->buflen = 0;
-    return raw_write(s, s->buf, n);
+    if (!s->aw) return raw_write(s, s->buf, n);
+    dsckpt_status st = ds_awriter_submit(s->aw, s->fd, s->dfd, s->buf, n, s->pos, s->path);
+    if (st) return stream_fail(s, st);
+    s->pos += n;
+    s->buf = s->spare[s->buf == s->spare[0]]; /* the other one: its write is done */
+    return DSCKPT_OK;
+}
+
+/* The write in flight done (with a writer); the writer stopped. */
+static dsckpt_status stop_writer(ds_stream *s) {
+    if (!s->aw) return DSCKPT_OK;
+    dsckpt_status st = ds_awriter_drain(s->aw);
+    ds_awriter_free(s->aw);
+    s->aw = NULL;
+    return st ? stream_fail(s, st) : DSCKPT_OK;
 }
 
 dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n) {
@@ -331,10 +357,16 @@ dsckpt_status ds_stream_write_zeros(ds_stream *s, uint64_t n) {
 uint64_t ds_stream_pos(const ds_stream *s) { return s->pos + s->buflen; }
 
 static void stream_free(ds_stream *s) {
+    ds_awriter_free(s->aw); /* waits for a write in flight */
     if (s->dfd >= 0) close(s->dfd);
     ds_hasher_free(s->hasher);
     free(s->errmsg);
-    free(s->buf);
+    if (s->spare[0]) {
+        free(s->spare[0]);
+        free(s->spare[1]);
+    } else {
+        free(s->buf);
+    }
     free(s->path);
     free(s);
 }
@@ -342,6 +374,8 @@ static void stream_free(ds_stream *s) {
 dsckpt_status ds_stream_finish(ds_stream *s, ds_digests *out) {
     dsckpt_status st = sticky(s);
     if (st == DSCKPT_OK) st = flush_buf(s);
+    dsckpt_status ws = stop_writer(s);
+    if (st == DSCKPT_OK) st = ws;
     if (st == DSCKPT_OK && fsync(s->fd) != 0) st = ds_err_errno(errno, "%s: fsync failed", s->path);
     if (st == DSCKPT_OK) {
         int fd = s->fd;
@@ -359,6 +393,7 @@ dsckpt_status ds_stream_finish(ds_stream *s, ds_digests *out) {
 
 void ds_stream_abort(ds_stream *s) {
     if (!s) return;
+    (void)stop_writer(s); /* no write in flight on a descriptor about to close */
     if (s->fd >= 0) {
         close(s->fd);
         unlink(s->path);

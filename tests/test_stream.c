@@ -394,6 +394,19 @@ static void test_direct_stream(void) {
     CU_ASSERT_EQUAL(dg.size, total);
     ds_digests_clear(&dg);
     unlink(p);
+    /* A write failing on the writer thread: the stream reports it, with its
+     * message, and removes the file. */
+    TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+    ds_fault_inject_write((int64_t)(1u << 20) + 100, ENOSPC);
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t off = 0; st == DSCKPT_OK && off < total; off += 70000)
+        st = ds_stream_write(s, data + off, DS_MIN((size_t)70000, total - off));
+    if (st == DSCKPT_OK) st = ds_stream_finish(s, NULL);
+    else ds_stream_abort(s);
+    ds_fault_inject_write(-1, 0);
+    CU_ASSERT_EQUAL(st, DSCKPT_ENOSPC);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "No space"));
+    CU_ASSERT(!tu_exists(p));
     unsetenv("DSCKPT_DIRECT_IO");
     free(data);
     tu_rmtree(dir);
@@ -401,18 +414,18 @@ static void test_direct_stream(void) {
     free(p);
 }
 
-/* The copy engine with direct writes: each piece filled at its offset in a page,
- * its whole pages direct, and the files hold exactly what the fill produced. */
+/* The copy engine with direct writes, through its writer threads: a file cut into
+ * page-multiple chunks goes direct but its tail; a file of units at any offset goes
+ * through the page cache; both hold exactly what the fill produced; a write that
+ * fails on a writer thread fails the run with its message. */
 static void test_direct_copy_engine(void) {
     char *dir = tu_mkdtemp(), *p = tu_path(dir, "d");
     setenv("DSCKPT_DIRECT_IO", "1", 1);
     bool on = direct_here(dir);
     uint8_t *data = NULL;
     TU_ASSERT_OK(ds_malloc((3u << 20) + 5, &data));
-    /* The copy engine: file 0 hashed in 1 MiB chunks (its pieces direct, the 5-byte
-     * tail unit not); file 1 not hashed, cut in units of 1000003 bytes, so that every
-     * piece starts inside a page (each filled at its offset in a page: all but the
-     * partial pages at its ends direct). */
+    /* File 0 hashed in 1 MiB chunks (its pieces direct, the 5-byte tail unit not);
+     * file 1 not hashed, cut in units of 1000003 bytes (none direct). */
     char *p1 = tu_path(dir, "d1");
     ds_copy_file cf[2] = {
         {.fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644), .name = p, .size = (2u << 20) + 5, .hash_chunk = 1u << 20},
@@ -426,18 +439,25 @@ static void test_direct_copy_engine(void) {
     uint64_t d0 = ds_direct_bytes();
     TU_ASSERT_OK(ds_copy_run(&job));
     uint64_t dn = ds_direct_bytes() - d0;
-    /* Each piece's whole pages: file 0's 1 MiB pieces, and file 1's four pieces
-     * less their partial pages at either end. */
-    uint64_t whole = 2u << 20;
-    for (uint64_t at = 0; at < cf[1].size; at += 1000003) {
-        uint64_t n1 = DS_MIN(1000003, cf[1].size - at), head = (4096 - at % 4096) % 4096;
-        whole += n1 >= head ? (n1 - head) / 4096 * 4096 : 0;
-    }
-    CU_ASSERT_EQUAL(dn, on ? whole : 0);
+    CU_ASSERT_EQUAL(dn, on ? 2u << 20 : 0);
     for (size_t f = 0; f < 2; f++) {
         close(cf[f].fd);
         for (size_t i = 0; i < cf[f].size; i++) data[i] = engine_byte(f, i);
         CU_ASSERT(file_is(f ? p1 : p, data, (size_t)cf[f].size));
+        ds_copy_file_clear(&cf[f]);
+    }
+    /* A write failing on a writer thread fails the run, with its message. */
+    for (size_t f = 0; f < 2; f++) cf[f].fd = open(f ? p1 : p, O_WRONLY);
+    free(units);
+    TU_ASSERT_OK(ds_copy_chunk_units(cf, 2, 1000003, &units, &nunits));
+    ds_fault_inject_write((int64_t)(3u << 20), ENOSPC);
+    job.units = units;
+    job.nunits = nunits;
+    CU_ASSERT_EQUAL(ds_copy_run(&job), DSCKPT_ENOSPC);
+    ds_fault_inject_write(-1, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(dsckpt_last_error(), "No space"));
+    for (size_t f = 0; f < 2; f++) {
+        close(cf[f].fd);
         ds_copy_file_clear(&cf[f]);
     }
     free(units);
@@ -485,7 +505,7 @@ int main(void) {
                                     {"copy engine: bytes and chunk digests as a stream's, failures stop it", test_copy_engine},
                                     {"direct writes: whole pages direct, the rest cached, same bytes; faults cut them", test_direct_pwrite},
                                     {"stream with direct writes: whole buffers direct, same bytes", test_direct_stream},
-                                    {"copy engine with direct writes: pieces placed as in the file, same bytes", test_direct_copy_engine},
+                                    {"copy engine with direct writes: chunked files direct, same bytes, failures reported", test_direct_copy_engine},
                                     {"atomic small-file replace keeps the old file on failure", test_atomic_file},
                                     {"safe names and path helpers", test_path_helpers},
                                     {NULL, NULL}};
