@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -77,7 +78,9 @@ dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset,
     return ds_pwrite_direct(fd, -1, buf, n, offset, what);
 }
 
-int ds_direct_fd(int fd) {
+/* fd reopened with O_DIRECT and `mode` (O_RDONLY or O_WRONLY) where the policy
+ * allows it (fsutil.h), else -1. */
+static int reopen_direct(int fd, int mode) {
     const char *env = getenv("DSCKPT_DIRECT_IO");
     if (env && strcmp(env, "0") == 0) return -1;
     struct statfs sf;
@@ -88,13 +91,42 @@ int ds_direct_fd(int fd) {
     /* The open file itself, not its name: nothing can be swapped in between. */
     char self[64];
     snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-    int dfd = open(self, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+    int dfd = open(self, mode | O_DIRECT | O_CLOEXEC | O_NOCTTY);
     if (dfd < 0) return -1;
     if (fstat(dfd, &b) != 0 || !S_ISREG(b.st_mode) || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
         close(dfd);
         return -1;
     }
     return dfd;
+}
+
+int ds_direct_fd(int fd) { return reopen_direct(fd, O_WRONLY); }
+
+int ds_direct_read_fd(int fd) { return reopen_direct(fd, O_RDONLY); }
+
+bool ds_page_cached(int fd, uint64_t offset) {
+    /* mincore on a mapping of the page: asking through a read (RWF_NOWAIT) would
+     * start readahead of what it finds missing. */
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE), at = offset - offset % page;
+    void *m = mmap(NULL, (size_t)page, PROT_READ, MAP_SHARED, fd, (off_t)at);
+    if (m == MAP_FAILED) return true; /* cannot tell */
+    unsigned char in = 1;
+    bool cached = mincore(m, (size_t)page, &in) != 0 || (in & 1);
+    munmap(m, (size_t)page);
+    return cached;
+}
+
+static _Atomic uint64_t direct_read_bytes;
+
+uint64_t ds_direct_read_bytes(void) { return atomic_load(&direct_read_bytes); }
+
+ssize_t ds_pread_direct(int dfd, void *buf, size_t n, uint64_t offset) {
+    for (;;) {
+        ssize_t r = pread(dfd, buf, n, (off_t)offset);
+        if (r < 0 && errno == EINTR) continue;
+        if (r > 0) atomic_fetch_add(&direct_read_bytes, (uint64_t)r);
+        return r;
+    }
 }
 
 dsckpt_status ds_open_read(const char *path, int *fd_out, uint64_t *size_out) {

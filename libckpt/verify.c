@@ -33,7 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define READ_PIECE (1u << 20)
+#define READ_PIECE (4u << 20)
 
 typedef struct vtag {
     char *name;
@@ -147,6 +147,54 @@ static void chunk_bounds(const ds_file *f, size_t k, uint64_t *beg, uint64_t *en
     }
 }
 
+/* Hashes bytes [off, cend) of file hj->file into md through a direct descriptor
+ * when it is not in the page cache: reads of whole pages from the page
+ * at or before off into the worker's buffer. Returns 1 when hashed, 0 when the
+ * caller should read it as usual (cached, no direct descriptor, or the file system
+ * refused the read before any byte was hashed), -1 when a problem was recorded. */
+static int hash_direct(vctx *v, const hash_job *hj, const ds_file *f, uint64_t off, uint64_t cend, EVP_MD_CTX *md,
+                       int worker) {
+    int fd = v->fds[hj->file];
+    /* Cached: the first page and the last (readahead past the chunk before can
+     * bring in the first alone). */
+    if (cend <= off || (ds_page_cached(fd, off) && ds_page_cached(fd, cend - 1))) return 0;
+    int dfd = ds_direct_read_fd(fd);
+    if (dfd < 0) return 0;
+    int res = 1;
+    for (uint64_t pos = off - off % DS_DIRECT_ALIGN; pos < cend;) {
+        uint64_t left = cend - pos;
+        size_t want = (size_t)DS_MIN((uint64_t)READ_PIECE, (left + DS_DIRECT_ALIGN - 1) / DS_DIRECT_ALIGN * DS_DIRECT_ALIGN);
+        ssize_t r = ds_pread_direct(dfd, v->bufs[worker], want, pos);
+        if (r < 0 && errno == EINVAL && pos < off + DS_DIRECT_ALIGN) { /* refused: read it as usual */
+            res = 0;
+            break;
+        }
+        uint64_t lo = DS_MAX(pos, off), hi = r > 0 ? DS_MIN(pos + (uint64_t)r, cend) : pos;
+        if (r < 0) {
+            dsckpt_status es = ds_err_errno(errno, "%s: chunk %zu: read at offset %llu failed", f->name, hj->chunk,
+                                            (unsigned long long)pos);
+            add_problem(v->r, sev_of(es), "%s", dsckpt_last_error());
+            res = -1;
+            break;
+        }
+        if (hi <= lo) {
+            add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu: truncated: the file ends at %llu", f->name,
+                        hj->chunk, (unsigned long long)(pos + (uint64_t)r));
+            res = -1;
+            break;
+        }
+        if (EVP_DigestUpdate(md, v->bufs[worker] + (lo - pos), (size_t)(hi - lo)) != 1) {
+            add_problem(v->r, DSCKPT_VERIFY_CORRUPT, "%s: chunk %zu: OpenSSL: SHA-256 failed", f->name, hj->chunk);
+            res = -1;
+            break;
+        }
+        ds_progress_add(&v->prog, hi - lo);
+        pos += (uint64_t)r;
+    }
+    close(dfd);
+    return res;
+}
+
 static dsckpt_status hash_one(void *u, size_t j, int worker) {
     vctx *v = u;
     const hash_job *hj = &v->jobs[j];
@@ -157,6 +205,10 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
     uint64_t len = cend - off;
     EVP_MD_CTX *md = v->mds[worker];
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
+    /* A chunk not in the page cache (a save writes direct) is read direct. */
+    int hs = hash_direct(v, hj, f, off, cend, md, worker);
+    if (hs < 0) return DSCKPT_OK; /* a problem, recorded */
+    if (hs > 0) goto digest;
     /* Map the chunk rather than pread it: hashing is the floor here, and copying
      * every byte out of the page cache first costs about as much again. */
     /* A file that shrinks while it is mapped raises SIGBUS; check right before
@@ -198,6 +250,7 @@ static dsckpt_status hash_one(void *u, size_t j, int worker) {
             ds_progress_add(&v->prog, n);
         }
     }
+digest:;
     uint8_t dg[DS_SHA256_LEN];
     unsigned int dl = 0;
     if (EVP_DigestFinal_ex(md, dg, &dl) != 1) return ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
