@@ -209,8 +209,9 @@ struct ds_stream {
     char *errmsg;
     ds_hasher *hasher;
     uint8_t *buf;       /* the buffer being filled: spare[0] or spare[1] with a writer */
-    uint8_t *spare[2];
-    ds_awriter *aw;     /* with dfd: writes each full buffer while the other fills */
+    uint8_t *spare[2];  /* with a writer: buf's first buffer and a second one */
+    ds_awriter *aw;     /* with dfd, from the first full buffer: writes each full
+                         * buffer while the other fills */
     size_t buflen;
     uint64_t synced;    /* bytes handed to write-back so far */
 };
@@ -264,15 +265,6 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
         return st;
     }
     s->dfd = ds_direct_fd(s->fd);
-    if (s->dfd >= 0) { /* without a writer thread and a second buffer, it stays a plain stream */
-        s->spare[0] = s->buf;
-        if (ds_malloc(STREAM_BUF, &s->spare[1]) || ds_awriter_new(&s->aw)) {
-            free(s->spare[1]);
-            s->spare[0] = s->spare[1] = NULL;
-            close(s->dfd);
-            s->dfd = -1;
-        }
-    }
     *out = s;
     return DSCKPT_OK;
 }
@@ -294,6 +286,16 @@ static dsckpt_status flush_buf(ds_stream *s) {
     if (s->buflen == 0) return DSCKPT_OK;
     size_t n = s->buflen;
     s->buflen = 0;
+    if (!s->aw && s->dfd >= 0 && n == STREAM_BUF) {
+        /* A full buffer: more may follow, so from here a writer thread writes each
+         * while the other fills (a small file never starts one). Without it, the
+         * writes stay direct, one at a time. */
+        s->spare[0] = s->buf;
+        if (ds_malloc(STREAM_BUF, &s->spare[1]) || ds_awriter_new(&s->aw)) {
+            free(s->spare[1]);
+            s->spare[0] = s->spare[1] = NULL;
+        }
+    }
     if (!s->aw) return raw_write(s, s->buf, n);
     dsckpt_status st = ds_awriter_submit(s->aw, s->fd, s->dfd, s->buf, n, s->pos, s->path);
     if (st) return stream_fail(s, st);
