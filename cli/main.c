@@ -412,7 +412,12 @@ static const char reshard_help[] =
     "Every chunk (or zip member) read is checked against its digest; a mismatch\n"
     "stops with exit 1 naming the file and chunk, and nothing is written (the new\n"
     "checkpoint's fresh digests never cover damaged data). A failed or interrupted\n"
-    "run (SIGINT, SIGTERM) leaves nothing behind.\n";
+    "run (SIGINT, SIGTERM) leaves nothing behind.\n"
+    "\n"
+    "On ext4 and XFS the new rank files are written with direct I/O (O_DIRECT: the\n"
+    "page cache neither slows the writes nor keeps the bytes);\n"
+    "DSCKPT_DIRECT_IO=0 writes through the page cache, =1 tries direct I/O on any\n"
+    "file system.\n";
 
 /* --compress[=LEVEL]: no value is the default level. */
 bool parse_compress(const char *arg, int *level) {
@@ -689,7 +694,9 @@ static const char verify_help[] =
     "  -q, --quiet       no progress bar, no report text when intact\n"
     "  -h, --help        this help\n"
     "\n"
-    "";
+    "On ext4 and XFS, chunks not in the page cache are read with direct I/O\n"
+    "(DSCKPT_DIRECT_IO=0: through the page cache).\n"
+    "\n";
 
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
