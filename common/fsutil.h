@@ -24,9 +24,9 @@ dsckpt_status ds_pwrite_full(int fd, const void *buf, size_t n, uint64_t offset,
  * copy into pages it must first find and, on a fresh machine or a virtual one that
  * hands free memory back to its host, commit: 0.3 GB/s per core where the disk
  * takes 1.5-2 GB/s (bench/RESULTS.md). An O_DIRECT descriptor beside the ordinary
- * one takes every write whose buffer, offset and length are multiples of
- * DS_DIRECT_ALIGN; the rest (a file's tail, unaligned headers) goes through the
- * ordinary one, so the file's bytes are the same either way. The caller's fsync
+ * one takes the whole pages of each write (ds_pwrite_direct); the partial pages at
+ * its ends (a file's tail) go through the ordinary one, so the file's bytes are the
+ * same either way. The caller's fsync
  * on either descriptor makes both kinds durable. */
 #define DS_DIRECT_ALIGN 4096
 /* A second descriptor with O_DIRECT for the regular file open for writing as fd,

@@ -322,27 +322,22 @@ dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n) {
         if (st) return stream_fail(s, st);
     }
     const uint8_t *p = data;
-    if (s->buflen + n <= STREAM_BUF) {
-        memcpy(s->buf + s->buflen, p, n);
-        s->buflen += n;
-        if (s->buflen == STREAM_BUF) return flush_buf(s);
-        return DSCKPT_OK;
+    /* Through the page cache, a write that overflows the buffer flushes it and, when
+     * at least a buffer long itself, goes out from the caller's memory. Direct,
+     * everything goes through the buffer, so that every write but the last is a
+     * whole buffer. */
+    if (s->dfd < 0 && s->buflen + n > STREAM_BUF) {
+        DS_TRY(flush_buf(s));
+        if (n >= STREAM_BUF) return raw_write(s, p, n);
     }
-    if (s->dfd >= 0) { /* whole buffers only, so that every write but the last is direct */
-        while (n > 0) {
-            size_t k = DS_MIN(n, (size_t)STREAM_BUF - s->buflen);
-            memcpy(s->buf + s->buflen, p, k);
-            s->buflen += k;
-            p += k;
-            n -= k;
-            if (s->buflen == STREAM_BUF) DS_TRY(flush_buf(s));
-        }
-        return DSCKPT_OK;
+    while (n > 0) {
+        size_t k = DS_MIN(n, (size_t)STREAM_BUF - s->buflen);
+        memcpy(s->buf + s->buflen, p, k);
+        s->buflen += k;
+        p += k;
+        n -= k;
+        if (s->buflen == STREAM_BUF) DS_TRY(flush_buf(s));
     }
-    DS_TRY(flush_buf(s));
-    if (n >= STREAM_BUF) return raw_write(s, p, n);
-    memcpy(s->buf, p, n);
-    s->buflen = n;
     return DSCKPT_OK;
 }
 
