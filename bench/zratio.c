@@ -14,9 +14,7 @@
  * bytes and raw/stored per state and overall, and per level the encode and
  * decode throughput of one thread (GB/s of raw bytes per second of that thread's
  * CPU time, so a loaded machine does not count other processes' time; the best
- * of 3 passes, the codecs interleaved). Each state is encoded as one stream, with
- * the plane history a rank file's writer keeps (ZRATIO_HIST=0: without, every
- * plane of every chunk tried). ZRATIO_GAINS="0 20 50 ..." adds a table
+ * of 3 passes, the codecs interleaved). ZRATIO_GAINS="0 20 50 ..." adds a table
  * of the planes codec at those least plane gains (per mille).
  *
  * Usage: ds_zratio --unshuffle MIB
@@ -131,18 +129,13 @@ static int measure_row(ds_zchunk_enc *const *enc, int ncodec, ds_zchunk_dec *dec
         for (int k = 0; k < ncodec; k++) {
             double te = 0, td = 0;
             st_bytes[k] = 0;
-            /* A stream's plane history, as a compressed rank file's writer keeps
-             * one; ZRATIO_HIST=0 tries every plane of every chunk instead. */
-            ds_zplane_hist hist = {0};
-            const char *hv = getenv("ZRATIO_HIST");
-            ds_zplane_hist *hp = hv && !strcmp(hv, "0") ? NULL : &hist;
             for (size_t off = 0; off < row->n; off += CHUNK) {
                 size_t n = DS_MIN(CHUNK, row->n - off);
                 const uint8_t *sp;
                 size_t sn;
                 ds_zchunk_kind kd;
                 double t0 = now();
-                if (ds_zchunk_encode_hist(enc[k], row->p + off, n, row->width, hp, &sp, &sn, &kd) != DSCKPT_OK)
+                if (ds_zchunk_encode(enc[k], row->p + off, n, row->width, &sp, &sn, &kd) != DSCKPT_OK)
                     return 2;
                 te += now() - t0;
                 memcpy(stored, sp, sn);

@@ -374,8 +374,10 @@ struct ds_zchunk_enc {
     ZSTD_CCtx *cctx, *pctx; /* chunk frames, plane frames */
     uint8_t *shuf, *out;
     size_t cap; /* bytes of shuf; out has room for 8 plane records more */
+    uint8_t *sample; /* DS_ZCHUNK_SAMPLE bytes: a large plane's sample */
     ds_zchunk_codec codec;
     int min_gain; /* per mille, planes only */
+    ds_zchunk_stats stats;
 };
 
 void ds_zchunk_enc_free(ds_zchunk_enc *e) {
@@ -384,6 +386,7 @@ void ds_zchunk_enc_free(ds_zchunk_enc *e) {
     ZSTD_freeCCtx(e->pctx);
     free(e->shuf);
     free(e->out);
+    free(e->sample);
     free(e);
 }
 
@@ -395,7 +398,8 @@ dsckpt_status ds_zchunk_enc_new(int level, ds_zchunk_enc **out) {
     if (!e) return ds_err(DSCKPT_ENOMEM, "out of memory");
     e->cctx = ZSTD_createCCtx();
     e->pctx = ZSTD_createCCtx();
-    if (!e->cctx || !e->pctx) {
+    e->sample = malloc(DS_ZCHUNK_SAMPLE);
+    if (!e->cctx || !e->pctx || !e->sample) {
         ds_zchunk_enc_free(e);
         return ds_err(DSCKPT_ENOMEM, "out of memory creating a zstd context");
     }
@@ -444,6 +448,32 @@ static dsckpt_status grow(uint8_t **buf, size_t *cap, size_t n) {
     return DSCKPT_OK;
 }
 
+/* Whether a zstd frame of `plane` (m bytes) can save e->min_gain per mille of it,
+ * judged on a sample when the plane is large: DS_ZCHUNK_SAMPLE_SLICES slices spread
+ * evenly over it, compressed as one. A plane whose sample cannot make the gain is
+ * stored raw without zstd running over the whole of it: the mantissa planes of
+ * trained floats never shrink, and trying them was a third of the encoding time
+ * (bench/RESULTS.md, issue 15). The answer depends on the plane's bytes alone, so
+ * a chunk's stored bytes do not depend on the chunks encoded before it (chunks
+ * of a file are encoded on several threads: native_write.c). */
+static dsckpt_status plane_worth_trying(ds_zchunk_enc *e, const uint8_t *plane, size_t m, bool *yes) {
+    *yes = true;
+    if (m < 4 * (size_t)DS_ZCHUNK_SAMPLE) return DSCKPT_OK;
+    size_t slice = DS_ZCHUNK_SAMPLE / DS_ZCHUNK_SAMPLE_SLICES;
+    for (size_t i = 0; i < DS_ZCHUNK_SAMPLE_SLICES; i++)
+        memcpy(e->sample + i * slice, plane + (m - slice) * i / (DS_ZCHUNK_SAMPLE_SLICES - 1), slice);
+    size_t keep = DS_ZCHUNK_SAMPLE - (DS_ZCHUNK_SAMPLE * (size_t)e->min_gain + 999) / 1000;
+    size_t r = ZSTD_compress2(e->pctx, e->shuf, keep, e->sample, DS_ZCHUNK_SAMPLE);
+    if (ZSTD_isError(r)) {
+        if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
+            return ds_err(DSCKPT_EINTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(r));
+        *yes = false;
+    }
+    e->stats.sampled++;
+    if (!*yes) e->stats.skipped++;
+    return DSCKPT_OK;
+}
+
 /* The planes form of raw[0..n) into e->out: the header, then each plane as a frame
  * when that saves at least e->min_gain per mille of it and raw otherwise, then the
  * tail. The chunk is shuffled straight into e->out after the header, as if every
@@ -451,14 +481,12 @@ static dsckpt_status grow(uint8_t **buf, size_t *cap, size_t n) {
  * plane shrank), a framed one is compressed into e->shuf and copied over its own
  * bytes, which it no longer needs. Leaves the outputs (already saying raw) alone
  * when the whole is not smaller than n. */
-static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, int width, ds_zplane_hist *h,
-                                   const uint8_t **stored, size_t *stored_n, ds_zchunk_kind *kind) {
+static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, int width, const uint8_t **stored,
+                                   size_t *stored_n, ds_zchunk_kind *kind) {
     size_t w = (size_t)width, m = n / w, tail = n - m * w, hdr = DS_ZCHUNK_PLANE_REC * w;
     if (m == 0 || hdr + tail >= n) return DSCKPT_OK;
     uint8_t *lay = e->out + hdr; /* plane j at lay + j * m, then the tail */
     ds_zchunk_shuffle(lay, raw, n, width);
-    if (h && h->width != width) *h = (ds_zplane_hist){.width = width};
-    bool probe = !h || h->chunks++ % DS_ZCHUNK_PROBE_EVERY == 0;
     size_t pos = hdr, room = n - 1; /* the whole must end up smaller than n */
     /* A frame is kept only when at most this long: the capacity makes zstd give up
      * (dstSize_tooSmall) as soon as the plane cannot make the gain. */
@@ -468,8 +496,10 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, 
         uint8_t *rec = e->out + DS_ZCHUNK_PLANE_REC * j;
         if (pos >= room) return DSCKPT_OK;
         size_t cap = DS_MIN(keep, room - pos), r = 0;
-        bool tried = cap > 0 && (probe || h->raw_streak[j] < DS_ZCHUNK_SKIP_AFTER);
+        bool tried = cap > 0;
+        if (tried) DS_TRY(plane_worth_trying(e, plane, m, &tried));
         if (tried) {
+            e->stats.planes_tried++;
             r = ZSTD_compress2(e->pctx, e->shuf, cap, plane, m);
             if (ZSTD_isError(r)) {
                 if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
@@ -478,7 +508,6 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, 
             }
         }
         bool framed = r > 0 && r < m;
-        if (h && tried) h->raw_streak[j] = framed ? 0 : (uint8_t)DS_MIN(h->raw_streak[j] + 1, 255);
         if (framed) { /* r < m: ends before the next plane's bytes */
             rec[0] = DS_ZCHUNK_ZSTD;
             ds_put_le32(rec + 1, (uint32_t)r);
@@ -501,13 +530,10 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, 
     return DSCKPT_OK;
 }
 
+ds_zchunk_stats ds_zchunk_enc_stats(const ds_zchunk_enc *e) { return e->stats; }
+
 dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int width, const uint8_t **stored,
                                size_t *stored_n, ds_zchunk_kind *kind) {
-    return ds_zchunk_encode_hist(e, raw, n, width, NULL, stored, stored_n, kind);
-}
-
-dsckpt_status ds_zchunk_encode_hist(ds_zchunk_enc *e, const void *raw, size_t n, int width, ds_zplane_hist *hist,
-                                    const uint8_t **stored, size_t *stored_n, ds_zchunk_kind *kind) {
     if (!ds_zchunk_width_ok(width)) return ds_err(DSCKPT_EINVAL, "shuffle width %d (1, 2, 4 or 8)", width);
     if ((uint64_t)n > DS_ZCHUNK_MAX_RAW)
         return ds_err(DSCKPT_EINVAL, "chunk of %zu bytes (compressed chunks are at most %llu)", n,
@@ -524,7 +550,7 @@ dsckpt_status ds_zchunk_encode_hist(ds_zchunk_enc *e, const void *raw, size_t n,
     }
     const uint8_t *src = raw;
     if (width > 1) {
-        if (e->codec == DS_ZCODEC_PLANES) return encode_planes(e, raw, n, width, hist, stored, stored_n, kind);
+        if (e->codec == DS_ZCODEC_PLANES) return encode_planes(e, raw, n, width, stored, stored_n, kind);
         ds_zchunk_shuffle(e->shuf, raw, n, width);
         src = e->shuf;
     }

@@ -122,24 +122,19 @@ dsckpt_status ds_zchunk_enc_set_codec(ds_zchunk_enc *e, ds_zchunk_codec codec, i
 dsckpt_status ds_zchunk_encode(ds_zchunk_enc *e, const void *raw, size_t n, int width, const uint8_t **stored,
                                size_t *stored_n, ds_zchunk_kind *kind);
 
-/* What a writer has learnt about the planes of the chunks it stored, in order: a
- * plane stored raw in the last DS_ZCHUNK_SKIP_AFTER chunks of the same width is
- * stored raw again without running zstd over it, except in every
- * DS_ZCHUNK_PROBE_EVERY-th chunk of that width, which tries every plane. The
- * mantissa planes of trained floats never shrink, and trying them was a third of
- * the encoding time (bench/RESULTS.md, issue 15). One per file written in order
- * (zero-initialised), so the stored bytes depend only on the file's raw bytes. */
-#define DS_ZCHUNK_SKIP_AFTER 2
-#define DS_ZCHUNK_PROBE_EVERY 8
-typedef struct ds_zplane_hist {
-    int width;              /* of the chunks counted (another width starts afresh) */
-    uint32_t chunks;        /* chunks of that width so far */
-    uint8_t raw_streak[8];  /* per plane: the chunks in a row it was stored raw (capped) */
-} ds_zplane_hist;
-/* As ds_zchunk_encode, learning from and updating *hist (NULL: every plane tried,
- * as ds_zchunk_encode does). */
-dsckpt_status ds_zchunk_encode_hist(ds_zchunk_enc *e, const void *raw, size_t n, int width, ds_zplane_hist *hist,
-                                    const uint8_t **stored, size_t *stored_n, ds_zchunk_kind *kind);
+/* A plane of at least 4 * DS_ZCHUNK_SAMPLE bytes goes through zstd only when a
+ * sample of it (DS_ZCHUNK_SAMPLE_SLICES slices spread evenly, DS_ZCHUNK_SAMPLE bytes
+ * in all) compressed makes the least gain; smaller planes are always tried. So a
+ * chunk's stored bytes are a function of its raw bytes, width and the encoder's
+ * level and codec alone (zchunk.c, plane_worth_trying). */
+#define DS_ZCHUNK_SAMPLE (64 * 1024)
+#define DS_ZCHUNK_SAMPLE_SLICES 4
+/* What an encoder has done so far, for tests and benchmarks: planes whose sample
+ * was compressed, planes a sample ruled out, planes compressed whole. */
+typedef struct ds_zchunk_stats {
+    uint64_t sampled, skipped, planes_tried;
+} ds_zchunk_stats;
+ds_zchunk_stats ds_zchunk_enc_stats(const ds_zchunk_enc *e);
 
 /* Checks a chunk's claimed sizes before anything is allocated for it: raw_n at most
  * DS_ZCHUNK_MAX_RAW, a raw chunk's stored size equal to raw_n, a zstd chunk's

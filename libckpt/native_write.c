@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,82 +353,212 @@ static dsckpt_status write_batch(ds_native_out *o, int r0, int n, ds_fill_fn fil
     return st;
 }
 
-/* ---- compressed rank files: one stream each ---- */
+/* ---- compressed rank files: chunks on every worker, stored in order ---- */
 
-/* The rank file through the compressing writer, in file order (stored chunk
- * offsets depend on every earlier chunk's compressed size); each extent's bytes
- * are counted at its element width, which picks the chunk's shuffle. */
-static dsckpt_status write_rank_z(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
-                                  ds_progress *prog) {
-    ds_file *f = &o->c->files[rank];
-    char *tmp = ds_tmp_sibling(f->path);
-    if (!tmp) return DSCKPT_ENOMEM;
-    ds_zwriter *z = NULL;
-    rank_map m = {0};
-    dsckpt_status st = rank_map_make(o, rank, &m);
-    if (st == DSCKPT_OK) st = ds_zwriter_create(tmp, o->chunk_size, o->compress_level, &z);
-    for (size_t i = 0; st == DSCKPT_OK && i < m.n; i++) {
-        ds_zwriter_set_width(z, (int)m.x[i].es);
-        for (uint64_t d = 0; st == DSCKPT_OK && d < m.x[i].len;) { /* filled straight into the chunk */
-            uint8_t *dst;
-            size_t room;
-            ds_zwriter_space(z, &dst, &room);
-            size_t n = (size_t)DS_MIN((uint64_t)DS_MIN(room, (size_t)DS_COPY_PIECE), m.x[i].len - d);
-            if (ds_parallel_stopping(NULL)) st = ds_err(DSCKPT_EINTERNAL, "stopped after another worker failed");
-            if (st == DSCKPT_OK) st = rank_bytes(&m, fill, user, worker, m.x[i].off + d, n, dst);
-            if (st == DSCKPT_OK) st = ds_zwriter_commit(z, n);
-            if (st == DSCKPT_OK) ds_progress_add(prog, n);
-            d += n;
-        }
+/* A compressed rank file being written. */
+typedef struct zfile_w {
+    rank_map m;
+    char *tmp;        /* its temporary name; NULL once renamed */
+    bool created;     /* tmp exists (and is ours to remove) */
+    ds_zwriter *z;    /* from chunk 0's turn to the last chunk's */
+    size_t nchunks;
+    size_t next;      /* the chunk whose turn it is to be stored (under zrun.mu) */
+} zfile_w;
+
+/* Files r0 .. r0+n-1 cut into chunks, the run's units in file order: workers
+ * claim units in that order, fill and encode them side by side, and store each
+ * file's chunks in index order (a stored chunk's offset is the sum of the sizes
+ * of those before it). A worker holds one unit at a time and the units before
+ * it were claimed first, so the chunk whose turn it is always has a worker. */
+typedef struct zrun {
+    ds_native_out *o;
+    int r0, n;
+    zfile_w *f;
+    size_t *first;    /* each file's first unit; first[n]: the units in all */
+    ds_fill_fn fill;
+    void *user;
+    ds_progress *prog;
+    int worker_base;  /* the fill sees worker_base + the worker */
+    atomic_size_t next_unit;
+    atomic_bool failed;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;  /* a turn passed, or the run failed */
+    dsckpt_status st;   /* the first failure and its message (under mu) */
+    char msg[1024];
+} zrun;
+
+/* Records the run's first failure and wakes every waiting worker; returns st. */
+static dsckpt_status z_fail(zrun *r, dsckpt_status st) {
+    pthread_mutex_lock(&r->mu);
+    if (!atomic_load(&r->failed)) {
+        r->st = st;
+        snprintf(r->msg, sizeof r->msg, "%s", dsckpt_last_error());
+        atomic_store(&r->failed, true);
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return st;
+}
+
+/* Waits until chunk k of f is next; once the run has failed, raises its failure
+ * again (the same status and message, whichever worker reports it first). */
+static dsckpt_status z_wait_turn(zrun *r, zfile_w *f, size_t k) {
+    pthread_mutex_lock(&r->mu);
+    while (!atomic_load(&r->failed) && f->next != k) pthread_cond_wait(&r->cv, &r->mu);
+    dsckpt_status st = atomic_load(&r->failed) ? r->st : DSCKPT_OK;
+    char msg[sizeof r->msg];
+    if (st) memcpy(msg, r->msg, sizeof msg);
+    pthread_mutex_unlock(&r->mu);
+    return st ? ds_err(st, "%s", msg) : DSCKPT_OK;
+}
+
+static void z_pass_turn(zrun *r, zfile_w *f) {
+    pthread_mutex_lock(&r->mu);
+    f->next++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* The element width most bytes of [off, off+n) have (the header counts as 1;
+ * ties go to the narrower): the chunk's shuffle. */
+static int chunk_width(const rank_map *m, uint64_t off, uint64_t n) {
+    uint64_t wb[4] = {0}, end = off + n;
+    for (size_t i = map_find(m, off); i < m->n && m->x[i].off < end; i++) {
+        uint64_t a = DS_MAX(off, m->x[i].off), b = DS_MIN(end, m->x[i].off + m->x[i].len);
+        size_t es = m->x[i].es;
+        wb[es >= 8 ? 3 : es >= 4 ? 2 : es >= 2 ? 1 : 0] += b - a;
+    }
+    int best = 0;
+    for (int i = 1; i < 4; i++)
+        if (wb[i] > wb[best]) best = i;
+    return 1 << best;
+}
+
+/* The last chunk is stored: durable, digests and chunk records into the handle,
+ * renamed into place. */
+static dsckpt_status z_close(zrun *r, int i) {
+    zfile_w *f = &r->f[i];
+    ds_file *df = &r->o->c->files[r->r0 + i];
+    ds_digests_clear(&df->dg);
+    free(df->zc);
+    df->zc = NULL;
+    ds_zwriter *z = f->z;
+    f->z = NULL;
+    dsckpt_status st = ds_zwriter_finish(z, &df->dg, &df->zc, &df->stored_size);
+    df->compressed = st == DSCKPT_OK;
+    if (st == DSCKPT_OK) {
+        df->has_digests = true;
+        st = ds_rename_durable(f->tmp, df->path, true);
     }
     if (st == DSCKPT_OK) {
-        ds_digests_clear(&f->dg);
-        free(f->zc);
-        f->zc = NULL;
-        st = ds_zwriter_finish(z, &f->dg, &f->zc, &f->stored_size);
-        z = NULL;
-        f->compressed = st == DSCKPT_OK;
+        free(f->tmp);
+        f->tmp = NULL;
+    }
+    return st;
+}
+
+/* Unit u: its bytes filled into raw, encoded and hashed, then, at its turn,
+ * stored (the first chunk creates the file, the last one finishes it). */
+static dsckpt_status z_unit(zrun *r, size_t u, int worker, uint8_t *raw, ds_zchunk_enc *enc) {
+    size_t lo = 0, hi = (size_t)r->n; /* the file: the last with first[i] <= u */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->first[mid] <= u) lo = mid;
+        else hi = mid;
+    }
+    int i = (int)lo;
+    zfile_w *f = &r->f[i];
+    const ds_file *df = &r->o->c->files[r->r0 + i];
+    size_t k = u - r->first[i];
+    uint64_t off = (uint64_t)k * r->o->chunk_size, n = DS_MIN(r->o->chunk_size, df->size - off);
+    DS_TRY(rank_bytes(&f->m, r->fill, r->user, r->worker_base + worker, off, (size_t)n, raw));
+    ds_zstored c;
+    DS_TRY(ds_zchunk_store_prepare(enc, raw, (size_t)n, chunk_width(&f->m, off, n), &c));
+    DS_TRY(z_wait_turn(r, f, k));
+    /* The file is this worker's until the turn passes. */
+    if (k == 0) {
+        DS_TRY(ds_zwriter_create(f->tmp, df->size, r->o->chunk_size, &f->z));
+        f->created = true;
+    }
+    DS_TRY(ds_zwriter_put(f->z, k, &c));
+    if (k + 1 == f->nchunks) DS_TRY(z_close(r, i));
+    ds_progress_add(r->prog, n);
+    z_pass_turn(r, f);
+    return DSCKPT_OK;
+}
+
+/* A worker: units until none is left or the run failed. */
+static dsckpt_status z_worker(void *u, size_t job, int worker) {
+    (void)job;
+    zrun *r = u;
+    uint8_t *raw = NULL;
+    ds_zchunk_enc *enc = NULL;
+    dsckpt_status st = ds_malloc((size_t)r->o->chunk_size, &raw);
+    if (st == DSCKPT_OK) st = ds_zwriter_enc_new(r->o->compress_level, &enc);
+    while (st == DSCKPT_OK && !atomic_load(&r->failed)) {
+        size_t unit = atomic_fetch_add(&r->next_unit, 1);
+        if (unit >= r->first[r->n]) break;
+        st = ds_interrupted() ? ds_err_interrupted() : z_unit(r, unit, worker, raw, enc);
+    }
+    if (st) z_fail(r, st);
+    ds_zchunk_enc_free(enc);
+    free(raw);
+    return st;
+}
+
+/* Compressed files r0 .. r0+n-1 on `threads` workers (1: on the calling thread,
+ * as worker 0 + worker_base). */
+static dsckpt_status write_z(ds_native_out *o, int r0, int n, ds_fill_fn fill, void *user, int threads,
+                             int worker_base, ds_progress *prog) {
+    zrun r = {.o = o, .r0 = r0, .n = n, .fill = fill, .user = user, .prog = prog, .worker_base = worker_base};
+    atomic_init(&r.next_unit, 0);
+    atomic_init(&r.failed, false);
+    pthread_mutex_init(&r.mu, NULL);
+    pthread_cond_init(&r.cv, NULL);
+    dsckpt_status st = o->chunk_size % 8 ? ds_err(DSCKPT_EINVAL, "chunk size %llu is not a multiple of 8",
+                                                  (unsigned long long)o->chunk_size)
+                                         : DSCKPT_OK;
+    if (st == DSCKPT_OK) st = ds_calloc((size_t)n, sizeof *r.f, &r.f);
+    if (st == DSCKPT_OK) st = ds_calloc((size_t)n + 1, sizeof *r.first, &r.first);
+    for (int i = 0; st == DSCKPT_OK && i < n; i++) {
+        const ds_file *df = &o->c->files[r0 + i];
+        r.f[i].nchunks = ds_zwriter_nchunks(df->size, o->chunk_size);
+        if (r.f[i].nchunks == 0) st = ds_err(DSCKPT_EINTERNAL, "%s: a rank file of no bytes", df->path);
+        if (st == DSCKPT_OK) st = rank_map_make(o, r0 + i, &r.f[i].m);
+        if (st == DSCKPT_OK && !(r.f[i].tmp = ds_tmp_sibling(df->path))) st = DSCKPT_ENOMEM;
+        r.first[i + 1] = r.first[i] + r.f[i].nchunks;
     }
     if (st == DSCKPT_OK) {
-        f->has_digests = true;
-        st = ds_rename_durable(tmp, f->path, true);
+        size_t t = (size_t)(threads < 1 ? 1 : threads);
+        if (t > r.first[n]) t = r.first[n];
+        st = t == 1 ? z_worker(&r, 0, 0) : ds_parallel_run(t, (int)t, z_worker, &r, prog);
     }
-    ds_zwriter_abort(z);
-    if (st) unlink(tmp);
-    free(tmp);
-    rank_map_clear(&m);
+    for (int i = 0; r.f && i < n; i++) {
+        ds_zwriter_abort(r.f[i].z); /* removes its file */
+        if (r.f[i].tmp && r.f[i].created) unlink(r.f[i].tmp);
+        free(r.f[i].tmp);
+        rank_map_clear(&r.f[i].m);
+    }
+    free(r.f);
+    free(r.first);
+    pthread_mutex_destroy(&r.mu);
+    pthread_cond_destroy(&r.cv);
     return st;
 }
 
 dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
                                    ds_progress *prog) {
-    if (o->compress_level) return write_rank_z(o, rank, fill, user, worker, prog);
     /* One thread: the caller (the training runtime) writes its rank beside training. */
+    if (o->compress_level) return write_z(o, rank, 1, fill, user, 1, worker, prog);
     return write_batch(o, rank, 1, fill, user, 1, worker, prog);
-}
-
-typedef struct write_job {
-    ds_native_out *o;
-    ds_fill_fn fill;
-    void *user;
-    ds_progress *prog;
-} write_job;
-
-static dsckpt_status write_job_fn(void *u, size_t job, int worker) {
-    write_job *j = u;
-    return write_rank_z(j->o, (int)job, j->fill, j->user, worker, j->prog);
 }
 
 dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user, int threads, ds_progress *prog) {
     if (prog) prog->total = ds_native_total_bytes(o);
-    if (o->compress_level) {
-        write_job j = {o, fill, user, prog};
-        DS_TRY(ds_parallel_run(o->c->nfiles, threads, write_job_fn, &j, prog));
-    } else {
-        for (size_t r = 0; r < o->c->nfiles; r += BATCH_FILES) {
-            int n = (int)DS_MIN((size_t)BATCH_FILES, o->c->nfiles - r);
-            DS_TRY(write_batch(o, (int)r, n, fill, user, threads, 0, prog));
-        }
+    for (size_t r = 0; r < o->c->nfiles; r += BATCH_FILES) {
+        int n = (int)DS_MIN((size_t)BATCH_FILES, o->c->nfiles - r);
+        DS_TRY(o->compress_level ? write_z(o, (int)r, n, fill, user, threads, 0, prog)
+                                 : write_batch(o, (int)r, n, fill, user, threads, 0, prog));
     }
     return ds_native_write_manifest(o);
 }

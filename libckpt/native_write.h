@@ -2,8 +2,11 @@
  * native_write.h — writing native checkpoints: rank files with chunked SHA-256
  * computed on the way, then the manifest last, then `latest`. Plain rank files go
  * through the copy engine (copyengine.h): every chunk of every file is filled,
- * hashed and written on all worker threads. Compressed ones are written in file
- * order through the compressing writer (zfile.h), one file per thread.
+ * hashed and written on all worker threads. Compressed ones too: each chunk is
+ * filled, encoded and hashed on whichever worker took it, and each file's chunks
+ * are stored in index order through the compressing writer (zfile.h), so a
+ * reshard to fewer files than threads still uses every thread, and the bytes do
+ * not depend on the number of threads.
  *
  * Commit protocol (DESIGN.md §4): each rank file goes to a temporary name, is
  * fsynced and renamed; once every rank file is in place the manifest is written

@@ -17,46 +17,41 @@
 struct ds_zwriter {
     ds_stream *s;          /* the stored bytes (no hashing of its own) */
     char *path;
-    uint64_t chunk_size;
-    ds_zchunk_enc *enc;
-    uint8_t *buf;          /* the raw chunk being filled */
-    size_t fill;
-    uint64_t wbytes[4];    /* bytes of this chunk written at width 1, 2, 4, 8 */
-    int wlog;              /* log2 of the current width */
-    uint64_t raw_pos, stored_pos;
+    uint64_t size, chunk_size;
+    size_t nchunks, n;     /* chunks in all; chunks stored so far */
+    uint64_t stored_pos;
     ds_zrec *zc;
     uint8_t (*dg)[DS_SHA256_LEN];
-    size_t n, cap;
-    ds_zplane_hist hist;   /* the planes of this file's chunks so far */
 };
 
 void ds_zwriter_abort(ds_zwriter *w) {
     if (!w) return;
     ds_stream_abort(w->s);
-    ds_zchunk_enc_free(w->enc);
     free(w->path);
-    free(w->buf);
     free(w->zc);
     free(w->dg);
     free(w);
 }
 
-dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level, ds_zwriter **out) {
+size_t ds_zwriter_nchunks(uint64_t size, uint64_t chunk_size) {
+    return (size_t)(size / chunk_size + (size % chunk_size != 0));
+}
+
+dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_size, ds_zwriter **out) {
     *out = NULL;
     if (chunk_size == 0 || chunk_size > DS_ZCHUNK_MAX_RAW)
         return ds_err(DSCKPT_EINVAL, "chunk size %llu for a compressed file (1 to %llu)",
                       (unsigned long long)chunk_size, (unsigned long long)DS_ZCHUNK_MAX_RAW);
     ds_zwriter *w = calloc(1, sizeof *w);
     if (!w) return ds_err(DSCKPT_ENOMEM, "out of memory");
+    w->size = size;
     w->chunk_size = chunk_size;
+    w->nchunks = ds_zwriter_nchunks(size, chunk_size);
     w->path = ds_strdup(path);
     dsckpt_status st = w->path ? DSCKPT_OK : DSCKPT_ENOMEM;
-    if (st == DSCKPT_OK) st = ds_zchunk_enc_new(level, &w->enc);
-    /* Test builds only (testhook.c): write single-frame chunks as version 2
-     * writers did, for the compatibility tests and bench/compress.sh's baseline. */
-    if (st == DSCKPT_OK && ds_test_hook("DSCKPT_TEST_ZCHUNK_FRAME"))
-        st = ds_zchunk_enc_set_codec(w->enc, DS_ZCODEC_FRAME, 0);
-    if (st == DSCKPT_OK) st = ds_malloc((size_t)chunk_size, &w->buf);
+    size_t nc = w->nchunks ? w->nchunks : 1;
+    if (st == DSCKPT_OK) st = ds_calloc(nc, sizeof *w->zc, &w->zc);
+    if (st == DSCKPT_OK) st = ds_calloc(nc, sizeof *w->dg, &w->dg);
     if (st == DSCKPT_OK) st = ds_stream_create(path, 0, &w->s);
     if (st) {
         ds_zwriter_abort(w);
@@ -66,89 +61,41 @@ dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level
     return DSCKPT_OK;
 }
 
-void ds_zwriter_set_width(ds_zwriter *w, int width) {
-    w->wlog = width >= 8 ? 3 : width >= 4 ? 2 : width >= 2 ? 1 : 0;
+dsckpt_status ds_zwriter_enc_new(int level, ds_zchunk_enc **out) {
+    DS_TRY(ds_zchunk_enc_new(level, out));
+    /* Test builds only (testhook.c): write single-frame chunks as version 2
+     * writers did, for the compatibility tests and bench/compress.sh's baseline. */
+    dsckpt_status st = DSCKPT_OK;
+    if (ds_test_hook("DSCKPT_TEST_ZCHUNK_FRAME")) st = ds_zchunk_enc_set_codec(*out, DS_ZCODEC_FRAME, 0);
+    if (st) {
+        ds_zchunk_enc_free(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
-uint64_t ds_zwriter_pos(const ds_zwriter *w) { return w->raw_pos; }
+dsckpt_status ds_zchunk_store_prepare(ds_zchunk_enc *enc, const uint8_t *raw, size_t n, int width, ds_zstored *out) {
+    DS_TRY(ds_zchunk_encode(enc, raw, n, width, &out->bytes, &out->n, &out->kind));
+    out->width = out->kind != DS_ZCHUNK_RAW ? width : 1;
+    return ds_sha256(out->bytes, out->n, out->digest);
+}
 
-/* Stores the raw chunk in w->buf. */
-static dsckpt_status store_chunk(ds_zwriter *w) {
-    if (w->fill == 0) return DSCKPT_OK;
-    if (w->n == w->cap) {
-        size_t nc = w->cap ? 2 * w->cap : 64;
-        ds_zrec *zc = realloc(w->zc, nc * sizeof *zc);
-        if (!zc) return ds_err(DSCKPT_ENOMEM, "out of memory");
-        w->zc = zc;
-        uint8_t(*dg)[DS_SHA256_LEN] = realloc(w->dg, nc * sizeof *dg);
-        if (!dg) return ds_err(DSCKPT_ENOMEM, "out of memory");
-        w->dg = dg;
-        w->cap = nc;
-    }
-    int best = 0;
-    for (int i = 1; i < 4; i++)
-        if (w->wbytes[i] > w->wbytes[best]) best = i;
-    int width = 1 << best;
-    const uint8_t *stored;
-    size_t sn;
-    ds_zchunk_kind kind;
-    DS_TRY(ds_zchunk_encode_hist(w->enc, w->buf, w->fill, width, &w->hist, &stored, &sn, &kind));
-    DS_TRY(ds_sha256(stored, sn, w->dg[w->n]));
-    DS_TRY(ds_stream_write(w->s, stored, sn));
-    w->zc[w->n] = (ds_zrec){.off = w->stored_pos, .size = sn, .kind = (uint8_t)kind,
-                            .width = (uint8_t)(kind != DS_ZCHUNK_RAW ? width : 1)};
+dsckpt_status ds_zwriter_put(ds_zwriter *w, size_t k, const ds_zstored *c) {
+    if (k != w->n || k >= w->nchunks)
+        return ds_err(DSCKPT_EINTERNAL, "%s: chunk %zu stored out of order (next %zu of %zu)", w->path, k, w->n,
+                      w->nchunks);
+    DS_TRY(ds_stream_write(w->s, c->bytes, c->n));
+    w->zc[k] = (ds_zrec){.off = w->stored_pos, .size = c->n, .kind = (uint8_t)c->kind, .width = (uint8_t)c->width};
+    memcpy(w->dg[k], c->digest, DS_SHA256_LEN);
     w->n++;
-    w->stored_pos += sn;
-    w->fill = 0;
-    memset(w->wbytes, 0, sizeof w->wbytes);
-    return DSCKPT_OK;
-}
-
-void ds_zwriter_space(ds_zwriter *w, uint8_t **dst, size_t *room) {
-    *dst = w->buf + w->fill;
-    *room = (size_t)(w->chunk_size - w->fill);
-}
-
-dsckpt_status ds_zwriter_commit(ds_zwriter *w, size_t n) {
-    if ((uint64_t)n > w->chunk_size - w->fill)
-        return ds_err(DSCKPT_EINTERNAL, "compressed writer: %zu bytes committed past the chunk", n);
-    w->fill += n;
-    w->wbytes[w->wlog] += n;
-    w->raw_pos += n;
-    if (w->fill == w->chunk_size) DS_TRY(store_chunk(w));
-    return DSCKPT_OK;
-}
-
-dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n) {
-    const uint8_t *p = data;
-    while (n > 0) {
-        uint8_t *dst;
-        size_t room;
-        ds_zwriter_space(w, &dst, &room);
-        size_t k = DS_MIN(n, room);
-        memcpy(dst, p, k);
-        DS_TRY(ds_zwriter_commit(w, k));
-        p += k;
-        n -= k;
-    }
-    return DSCKPT_OK;
-}
-
-dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n) {
-    while (n > 0) {
-        uint8_t *dst;
-        size_t room;
-        ds_zwriter_space(w, &dst, &room);
-        size_t k = (size_t)DS_MIN(n, (uint64_t)room);
-        memset(dst, 0, k);
-        DS_TRY(ds_zwriter_commit(w, k));
-        n -= k;
-    }
+    w->stored_pos += c->n;
     return DSCKPT_OK;
 }
 
 dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uint64_t *stored_size) {
-    dsckpt_status st = store_chunk(w);
+    dsckpt_status st = w->n == w->nchunks ? DSCKPT_OK
+                                          : ds_err(DSCKPT_EINTERNAL, "%s: finished after %zu of its %zu chunks",
+                                                   w->path, w->n, w->nchunks);
     ds_stream *s = w->s;
     w->s = NULL;
     if (st == DSCKPT_OK) st = ds_stream_finish(s, NULL);
@@ -159,7 +106,7 @@ dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uin
         if (st) unlink(w->path);
     }
     if (st == DSCKPT_OK) {
-        dg->size = w->raw_pos;
+        dg->size = w->size;
         dg->chunk_size = w->chunk_size;
         dg->nchunks = w->n;
         dg->chunks = w->dg;

@@ -21,22 +21,37 @@
 
 /* ---- writer ---- */
 
+/* A chunk ready to store: its stored bytes (in the encoder, or the raw bytes
+ * themselves), their kind, width and SHA-256. */
+typedef struct ds_zstored {
+    const uint8_t *bytes;
+    size_t n;
+    ds_zchunk_kind kind;
+    int width;
+    uint8_t digest[DS_SHA256_LEN];
+} ds_zstored;
+/* An encoder for a compressed rank file's chunks at zstd `level` (the planes
+ * codec; test builds can ask for single frames: testhook.c). */
+dsckpt_status ds_zwriter_enc_new(int level, ds_zchunk_enc **out);
+/* Encodes raw[0..n) shuffled by `width` (the element width most of its bytes
+ * have) and hashes the stored bytes: the part of storing a chunk that any thread
+ * can do, in any order. out->bytes is valid until enc's next call (or while raw
+ * is, for a chunk stored raw). */
+dsckpt_status ds_zchunk_store_prepare(ds_zchunk_enc *enc, const uint8_t *raw, size_t n, int width, ds_zstored *out);
+
+/* A compressed file being written: chunks prepared on any thread are put in index
+ * order, one caller at a time (native_write.c orders them). A chunk's stored bytes
+ * do not depend on the other chunks (zchunk.h), so the file is the same whatever
+ * the number of threads. */
 typedef struct ds_zwriter ds_zwriter;
-/* Creates `path` (which must not exist); chunk_size in [1, DS_ZCHUNK_MAX_RAW],
- * level a valid zstd level. */
-dsckpt_status ds_zwriter_create(const char *path, uint64_t chunk_size, int level, ds_zwriter **out);
-/* The element width of the bytes written next (1, 2, 4 or 8): each chunk is
- * shuffled by the width that most of its bytes were written with. */
-void ds_zwriter_set_width(ds_zwriter *w, int width);
-dsckpt_status ds_zwriter_write(ds_zwriter *w, const void *data, size_t n);
-/* Writing in place, without the copy of ds_zwriter_write: *dst, *room = the rest of
- * the chunk being filled (room >= 1); fill up to room bytes there, then commit how
- * many. */
-void ds_zwriter_space(ds_zwriter *w, uint8_t **dst, size_t *room);
-dsckpt_status ds_zwriter_commit(ds_zwriter *w, size_t n);
-dsckpt_status ds_zwriter_write_zeros(ds_zwriter *w, uint64_t n);
-uint64_t ds_zwriter_pos(const ds_zwriter *w); /* raw bytes written so far */
-/* Stores the last chunk, fsyncs and closes. On success moves the stored-chunk
+/* The chunks of a file of `size` raw bytes: ceil(size / chunk_size). */
+size_t ds_zwriter_nchunks(uint64_t size, uint64_t chunk_size);
+/* Creates `path` (which must not exist) for a file of `size` raw bytes; chunk_size
+ * in [1, DS_ZCHUNK_MAX_RAW]. */
+dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_size, ds_zwriter **out);
+/* Stores chunk k, which must be the next one (0, 1, ...; an error otherwise). */
+dsckpt_status ds_zwriter_put(ds_zwriter *w, size_t k, const ds_zstored *c);
+/* After the last chunk: fsyncs and closes. On success moves the stored-chunk
  * digests into *dg (dg->size = the raw size, dg->chunk_size the raw chunk size,
  * dg->file the SHA-256 of the chunk digests), the chunk records into *zc (malloc'd,
  * dg->nchunks entries) and the file's size on disk into *stored_size. The writer

@@ -25,6 +25,8 @@
 #include "zchunk.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
@@ -54,11 +56,16 @@ static float value(ds_state s, uint32_t t, uint64_t i) {
 
 typedef struct fillctx {
     const ds_tensor *ts;
+    long fail_tensor; /* >= 0: the fill of elements [fail_lo, fail_hi) of this tensor's fp32 state fails */
+    uint64_t fail_lo, fail_hi;
 } fillctx;
 
 static dsckpt_status fill(void *user, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst, int worker) {
     (void)worker;
     fillctx *fc = user;
+    if (fc->fail_tensor >= 0 && (long)t == fc->fail_tensor && s == DS_ST_FP32 && start < fc->fail_hi &&
+        start + numel > fc->fail_lo)
+        return ds_err(DSCKPT_EIO, "injected fill failure, tensor %u", t);
     for (uint64_t i = 0; i < numel; i++) {
         float f = value(s, t, start + i);
         if (s == DS_ST_W16 && fc->ts[t].dtype != DSCKPT_F32) {
@@ -73,9 +80,16 @@ static dsckpt_status fill(void *user, ds_state s, uint32_t t, uint64_t start, ui
     return DSCKPT_OK;
 }
 
-/* Writes a stage-2, 2-rank checkpoint of about `params` parameters under root;
- * with `frame` (test builds' hook) in single-frame chunks, as version 2 did. */
-static void write_ckpt_codec(const char *root, uint64_t params, int level, uint64_t chunk, bool frame) {
+/* Writes a stage-2, 2-rank checkpoint of about `params` parameters under root on
+ * `threads` threads; with `frame` (test builds' hook) in single-frame chunks, as
+ * version 2 did; with fail (fail->tensor >= 0) that part of the fp32 fill fails,
+ * and so must the write (the status is returned). */
+typedef struct failspec {
+    long tensor;
+    uint64_t lo, hi;
+} failspec;
+static dsckpt_status write_ckpt_full(const char *root, uint64_t params, int level, uint64_t chunk, bool frame,
+                                     int threads, failspec fail) {
     ds_tensor *ts = NULL;
     size_t nt = 0;
     TU_ASSERT_OK(ds_synth_tensors(params, DSCKPT_BF16, &ts, &nt));
@@ -86,14 +100,19 @@ static void write_ckpt_codec(const char *root, uint64_t params, int level, uint6
                            .step = 7, .train_dtype = "bf16", .chunk_size = chunk, .compress_level = level};
     ds_native_out *no = NULL;
     TU_ASSERT_OK(ds_native_prepare(&spec, tagdir, &no));
-    fillctx fc = {ts};
+    fillctx fc = {ts, fail.tensor, fail.lo, fail.hi};
     if (frame) setenv("DSCKPT_TEST_ZCHUNK_FRAME", "1", 1);
-    TU_ASSERT_OK(ds_native_write_all(no, fill, &fc, 2, NULL));
+    dsckpt_status st = ds_native_write_all(no, fill, &fc, threads, NULL);
     unsetenv("DSCKPT_TEST_ZCHUNK_FRAME");
-    TU_ASSERT_OK(ds_set_latest(root, TAG));
+    if (st == DSCKPT_OK) TU_ASSERT_OK(ds_set_latest(root, TAG));
     ds_native_out_free(no);
     ds_synth_tensors_free(ts, nt);
     free(tagdir);
+    return st;
+}
+
+static void write_ckpt_codec(const char *root, uint64_t params, int level, uint64_t chunk, bool frame) {
+    TU_ASSERT_OK(write_ckpt_full(root, params, level, chunk, frame, 2, (failspec){-1, 0, 0}));
 }
 
 static void write_ckpt(const char *root, uint64_t params, int level, uint64_t chunk) {
@@ -106,7 +125,7 @@ static void write_ckpt(const char *root, uint64_t params, int level, uint64_t ch
  * Returns the number of mismatches. */
 static int check_read_list(dsckpt_ckpt *c, ds_fdset *fs) {
     int bad = 0;
-    fillctx fc = {c->tensors};
+    fillctx fc = {c->tensors, -1, 0, 0};
     for (int s = 0; s < DS_NSTATES; s++) {
         uint64_t total = 0;
         for (uint32_t t = 0; t < c->ntensors; t++)
@@ -160,7 +179,7 @@ static int check_reads(dsckpt_ckpt *c, int read_check) {
     ds_fdset fs;
     TU_ASSERT_OK(ds_fdset_open(c, &fs));
     int bad = 0;
-    fillctx fc = {c->tensors};
+    fillctx fc = {c->tensors, -1, 0, 0};
     for (uint32_t t = 0; t < c->ntensors; t++)
         for (int s = 0; s < DS_NSTATES; s++) {
             if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
@@ -288,6 +307,82 @@ static void e_stored_gap(cJSON *r) { bump(chunk_of(r, 1), 2, 1); }
 static void e_stored_size(cJSON *r) { setnum(file0(r), "stored_size", cJSON_GetObjectItemCaseSensitive(file0(r), "stored_size")->valuedouble + 1); }
 static void e_kind(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 0), 4, cJSON_CreateString("lz4")); }
 static void e_width(cJSON *r) { cJSON_ReplaceItemInArray(chunk_of(r, 1), 5, cJSON_CreateNumber(3)); }
+/* The chunks of a compressed write are encoded on every worker and stored in
+ * order: 1, 2 and 5 threads (more than the 2 files, so chunks of one file go side
+ * by side) write the same bytes and chunk records, which read back. A fill that
+ * fails in the middle of the last file fails the write with its own status and
+ * message at every thread count (the workers holding the chunks after it, waiting
+ * for their turn, are woken), and leaves no temporary file behind. */
+static void test_threads(void) {
+    char *dir = tu_mkdtemp();
+    const int threads[] = {1, 2, 5};
+    uint8_t *want[2] = {0};
+    size_t want_n[2] = {0};
+    failspec fail = {-1, 0, 0};
+    for (int ti = 0; ti < 3; ti++) {
+        char name[16];
+        snprintf(name, sizeof name, "t%d", threads[ti]);
+        char *z = tu_path(dir, name);
+        TU_ASSERT_OK(write_ckpt_full(z, 300000, 1, 16 << 10, false, threads[ti], (failspec){-1, 0, 0}));
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(z, NULL, &c));
+        CU_ASSERT_EQUAL_FATAL(c->nfiles, 2);
+        /* the fill of the last file's largest fp32 fragment, many chunks before
+         * the file's end, fails below */
+        uint64_t best = 0;
+        for (size_t j = 0; ti == 0 && j < c->nfrags[DS_ST_FP32]; j++) {
+            const ds_frag *fr = &c->frags[DS_ST_FP32][j];
+            if (fr->file == 1 && fr->numel > best && fr->offset + fr->numel * 4 + 10 * (16 << 10) < c->files[1].size) {
+                best = fr->numel;
+                fail = (failspec){fr->tensor, fr->start, fr->start + fr->numel};
+            }
+        }
+        for (size_t i = 0; i < 2; i++) {
+            CU_ASSERT(c->files[i].compressed && c->files[i].dg.nchunks > 20);
+            size_t n = 0;
+            uint8_t *b = tu_read(c->files[i].path, &n);
+            CU_ASSERT_FATAL(b != NULL);
+            CU_ASSERT_EQUAL(n, c->files[i].stored_size);
+            if (ti == 0) {
+                want[i] = b;
+                want_n[i] = n;
+                continue;
+            }
+            CU_ASSERT(n == want_n[i] && memcmp(b, want[i], n) == 0);
+            free(b);
+        }
+        CU_ASSERT_EQUAL(check_reads(c, 1), 0);
+        dsckpt_ckpt_free(c);
+        free(z);
+    }
+    free(want[0]);
+    free(want[1]);
+    CU_ASSERT_FATAL(fail.tensor >= 0);
+    for (int ti = 0; ti < 3; ti++) {
+        char name[16];
+        snprintf(name, sizeof name, "f%d", threads[ti]);
+        char *z = tu_path(dir, name);
+        dsckpt_status st = write_ckpt_full(z, 300000, 1, 16 << 10, false, threads[ti], fail);
+        CU_ASSERT_EQUAL(st, DSCKPT_EIO);
+        char want_msg[64];
+        snprintf(want_msg, sizeof want_msg, "injected fill failure, tensor %ld", fail.tensor);
+        CU_ASSERT(strstr(dsckpt_last_error(), want_msg) != NULL);
+        char *td = tu_path(z, TAG);
+        DIR *d = opendir(td);
+        CU_ASSERT_FATAL(d != NULL);
+        for (struct dirent *e; (e = readdir(d));) {
+            if (e->d_name[0] != '.' || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            fprintf(stderr, "\n  left behind: %s", e->d_name);
+            CU_FAIL("a temporary file was left behind");
+        }
+        closedir(d);
+        free(td);
+        free(z);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* The first chunk of file 0 stored as `kind`. */
 static cJSON *chunk_kind(cJSON *r, const char *kind) {
     cJSON *c0 = NULL;
@@ -550,6 +645,8 @@ static void test_bomb_chunk(void) {
 int main(void) {
     static const tu_test tests[] = {
         {"round trip, raw, zstd and planes chunks, checks on and off", test_round_trip},
+        {"chunks on every worker: the same bytes at 1, 2 and 5 threads; a failed fill fails the write cleanly",
+         test_threads},
         {"manifest edits refused", test_manifest_edits},
         {"flipped stored byte named and refused", test_flipped_stored_byte},
         {"truncated compressed file refused", test_truncated},

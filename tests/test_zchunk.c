@@ -577,77 +577,82 @@ static uint8_t *make_planes(const uint8_t *raw, size_t n, int w, int gain, size_
     return c;
 }
 
-/* Encodes chunk `raw` (width 4) through e with history h and returns the kind of
- * plane 0 in the stored chunk (DS_ZCHUNK_RAW / DS_ZCHUNK_ZSTD), after checking the
- * chunk decodes back to raw. */
-static int plane0_kind(ds_zchunk_enc *e, ds_zchunk_dec *d, ds_zplane_hist *h, const uint8_t *raw, size_t n,
-                       uint8_t *back) {
+/* Encodes raw (width 4) through e, checks it decodes back, and returns the kind
+ * of plane `j` in the stored chunk (DS_ZCHUNK_RAW / DS_ZCHUNK_ZSTD); the stored
+ * bytes are copied to *copy when copy is not NULL (malloc'd, *copy_n bytes). */
+static int plane_kind(ds_zchunk_enc *e, ds_zchunk_dec *d, const uint8_t *raw, size_t n, size_t j, uint8_t *back,
+                      uint8_t **copy, size_t *copy_n) {
     const uint8_t *st;
     size_t sn;
     ds_zchunk_kind kind;
-    TU_ASSERT_OK(ds_zchunk_encode_hist(e, raw, n, 4, h, &st, &sn, &kind));
+    TU_ASSERT_OK(ds_zchunk_encode(e, raw, n, 4, &st, &sn, &kind));
     CU_ASSERT_EQUAL_FATAL(kind, DS_ZCHUNK_PLANES);
+    if (copy) {
+        *copy = malloc(sn);
+        memcpy(*copy, st, sn);
+        *copy_n = sn;
+    }
+    int k = st[DS_ZCHUNK_PLANE_REC * j];
     TU_ASSERT_OK(ds_zchunk_decode(d, kind, 4, st, sn, back, n, "c"));
     CU_ASSERT_EQUAL(memcmp(back, raw, n), 0);
-    return st[0];
+    return k;
 }
 
-/* The plane history: a plane stored raw in DS_ZCHUNK_SKIP_AFTER chunks in a row is
- * not tried again (stored raw even where it would shrink) until the next probe
- * chunk (every DS_ZCHUNK_PROBE_EVERY-th), which tries it and, when it shrinks,
- * brings it back; another width starts afresh; without a history every chunk
- * tries every plane; the same stream gives the same bytes each time. */
-static void test_plane_history(void) {
-    size_t m = 20000, n = 4 * m;
-    uint8_t *rnd = malloc(n), *cmp = malloc(n), *back = malloc(n);
+/* Large planes go through zstd only when a sample spread over the plane can make
+ * the least gain: random planes are sampled and skipped (zstd never runs over them
+ * whole), a plane random in its first half and zeros in the second is tried and
+ * stored as a frame (a sample from its head alone would skip it); small planes are
+ * always tried; a chunk's stored bytes do not depend on what the encoder did
+ * before. */
+static void test_plane_sample(void) {
+    size_t m = 8 * (size_t)DS_ZCHUNK_SAMPLE, n = 4 * m;
+    uint8_t *rnd = malloc(n), *half = malloc(n), *back = malloc(n);
     random_bytes(rnd, n, 3);
     for (size_t i = 0; i < m; i++) rnd[4 * i + 3] = (uint8_t)(0x3c + (i % 3)); /* exponent plane shrinks */
-    memcpy(cmp, rnd, n);
-    for (size_t i = 0; i < m; i++) cmp[4 * i] = (uint8_t)(i % 5); /* and here plane 0 too */
+    memcpy(half, rnd, n);
+    for (size_t i = m / 2; i < m; i++) half[4 * i] = 0; /* plane 0: random, then zeros */
     ds_zchunk_enc *e = NULL;
     ds_zchunk_dec *d = NULL;
     TU_ASSERT_OK(ds_zchunk_enc_new(1, &e));
     TU_ASSERT_OK(ds_zchunk_dec_new(&d));
-    ds_zplane_hist h = {0};
-    int kinds[2 * DS_ZCHUNK_PROBE_EVERY];
-    /* chunk k: plane 0 random for k < SKIP_AFTER, compressible from then on */
-    for (int k = 0; k < 2 * DS_ZCHUNK_PROBE_EVERY; k++)
-        kinds[k] = plane0_kind(e, d, &h, k < DS_ZCHUNK_SKIP_AFTER ? rnd : cmp, n, back);
-    for (int k = 0; k < 2 * DS_ZCHUNK_PROBE_EVERY; k++) {
-        int want = k < DS_ZCHUNK_PROBE_EVERY ? DS_ZCHUNK_RAW : DS_ZCHUNK_ZSTD; /* back at the probe */
-        if (kinds[k] != want) {
-            fprintf(stderr, "\n  chunk %d: plane 0 kind %d, expected %d", k, kinds[k], want);
-            CU_FAIL("plane history");
-        }
-    }
-    CU_ASSERT_EQUAL(plane0_kind(e, d, NULL, cmp, n, back), DS_ZCHUNK_ZSTD); /* no history: tried */
-    /* another width starts afresh */
-    ds_zplane_hist h2 = {0};
-    for (int k = 0; k < DS_ZCHUNK_SKIP_AFTER; k++) (void)plane0_kind(e, d, &h2, rnd, n, back);
-    CU_ASSERT_EQUAL(plane0_kind(e, d, &h2, cmp, n, back), DS_ZCHUNK_RAW); /* skipped */
-    const uint8_t *st;
-    size_t sn;
-    ds_zchunk_kind kind;
-    TU_ASSERT_OK(ds_zchunk_encode_hist(e, cmp, n, 2, &h2, &st, &sn, &kind));
-    CU_ASSERT_EQUAL(h2.width, 2);
-    CU_ASSERT_EQUAL(plane0_kind(e, d, &h2, cmp, n, back), DS_ZCHUNK_ZSTD); /* width 4 again: fresh */
-    /* deterministic: a second pass over the same stream, the same bytes */
-    ds_zplane_hist ha = {0}, hb = {0};
-    for (int k = 0; k < 12; k++) {
-        const uint8_t *src = k % 3 ? cmp : rnd, *sa, *sb;
-        size_t na, nb;
-        ds_zchunk_kind ka, kb;
-        TU_ASSERT_OK(ds_zchunk_encode_hist(e, src, n, 4, &ha, &sa, &na, &ka));
-        uint8_t *copy = malloc(na);
-        memcpy(copy, sa, na);
-        TU_ASSERT_OK(ds_zchunk_encode_hist(e, src, n, 4, &hb, &sb, &nb, &kb));
-        CU_ASSERT(ka == kb && na == nb && memcmp(copy, sb, na) == 0);
-        free(copy);
-    }
+
+    uint8_t *first = NULL;
+    size_t first_n = 0;
+    CU_ASSERT_EQUAL(plane_kind(e, d, rnd, n, 0, back, &first, &first_n), DS_ZCHUNK_RAW);
+    ds_zchunk_stats s = ds_zchunk_enc_stats(e);
+    CU_ASSERT_EQUAL(s.sampled, 4);
+    CU_ASSERT_EQUAL(s.skipped, 3);      /* planes 0-2 */
+    CU_ASSERT_EQUAL(s.planes_tried, 1); /* plane 3 only */
+
+    CU_ASSERT_EQUAL(plane_kind(e, d, half, n, 0, back, NULL, NULL), DS_ZCHUNK_ZSTD);
+    s = ds_zchunk_enc_stats(e);
+    CU_ASSERT_EQUAL(s.skipped, 5);      /* planes 1-2 again */
+    CU_ASSERT_EQUAL(s.planes_tried, 3); /* planes 0 and 3 */
+
+    /* small planes: tried without a sample */
+    size_t sm = 4 * (size_t)DS_ZCHUNK_SAMPLE - 4, sn4 = 4 * sm;
+    CU_ASSERT_EQUAL(plane_kind(e, d, rnd, sn4, 0, back, NULL, NULL), DS_ZCHUNK_RAW);
+    ds_zchunk_stats s2 = ds_zchunk_enc_stats(e);
+    CU_ASSERT_EQUAL(s2.sampled, s.sampled);
+    CU_ASSERT_EQUAL(s2.planes_tried, s.planes_tried + 4);
+
+    /* the same chunk again, after others and through a fresh encoder: the same bytes */
+    uint8_t *again = NULL, *fresh = NULL;
+    size_t again_n = 0, fresh_n = 0;
+    (void)plane_kind(e, d, rnd, n, 0, back, &again, &again_n);
+    ds_zchunk_enc *e2 = NULL;
+    TU_ASSERT_OK(ds_zchunk_enc_new(1, &e2));
+    (void)plane_kind(e2, d, rnd, n, 0, back, &fresh, &fresh_n);
+    CU_ASSERT(again_n == first_n && memcmp(again, first, first_n) == 0);
+    CU_ASSERT(fresh_n == first_n && memcmp(fresh, first, first_n) == 0);
+    ds_zchunk_enc_free(e2);
+    free(first);
+    free(again);
+    free(fresh);
     ds_zchunk_enc_free(e);
     ds_zchunk_dec_free(d);
     free(rnd);
-    free(cmp);
+    free(half);
     free(back);
 }
 
@@ -897,7 +902,7 @@ int main(void) {
         {"a verified chunk's frames skip zstd's checksum, others keep it", test_verified_skips_frame_checksum},
         {"decompression bombs refused before allocating", test_bomb_refused},
         {"planes: header layout, raw and frame planes, least gain", test_planes_layout},
-        {"planes: the plane history skips planes that stay raw, probes again", test_plane_history},
+        {"planes: a sample spread over a large plane decides whether zstd runs over it", test_plane_sample},
         {"planes: hostile headers and frames refused", test_planes_hostile},
         {"levels, widths, kind names", test_levels_and_names},
         {NULL, NULL},
