@@ -506,8 +506,8 @@ static dsckpt_status z_worker(void *u, size_t job, int worker) {
     return st;
 }
 
-/* Compressed files r0 .. r0+n-1 on `threads` workers (1: on the calling thread,
- * as worker 0 + worker_base). */
+/* Compressed files r0 .. r0+n-1 on `threads` workers; the fill sees worker_base +
+ * the worker. */
 static dsckpt_status write_z(ds_native_out *o, int r0, int n, ds_fill_fn fill, void *user, int threads,
                              int worker_base, ds_progress *prog) {
     zrun r = {.o = o, .r0 = r0, .n = n, .fill = fill, .user = user, .prog = prog, .worker_base = worker_base};
@@ -531,7 +531,8 @@ static dsckpt_status write_z(ds_native_out *o, int r0, int n, ds_fill_fn fill, v
     if (st == DSCKPT_OK) {
         size_t t = (size_t)(threads < 1 ? 1 : threads);
         if (t > r.first[n]) t = r.first[n];
-        st = t == 1 ? z_worker(&r, 0, 0) : ds_parallel_run(t, (int)t, z_worker, &r, prog);
+        /* One worker and no progress to report: on the calling thread. */
+        st = t == 1 && !prog ? z_worker(&r, 0, 0) : ds_parallel_run(t, (int)t, z_worker, &r, prog);
     }
     for (int i = 0; r.f && i < n; i++) {
         ds_zwriter_abort(r.f[i].z); /* removes its file */
