@@ -162,8 +162,10 @@ typedef struct ds_native_out ds_native_out; /* native_write.h */
 /* Plans a checkpoint to be written into the (existing) tag directory `dir`. */
 dsckpt_status ds_native_prepare(const ds_native_spec *spec, const char *dir, ds_native_out **out);
 void ds_native_out_free(ds_native_out *o);
-/* Writes file `rank` (temporary name, fsync, rename). Thread-safe across ranks. */
-dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+/* Writes file `rank` (temporary name, fsync, rename) on `threads` threads; the fill
+ * sees worker numbers from `worker` to worker + threads - 1. Thread-safe across
+ * ranks. */
+dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker, int threads,
                                    ds_progress *prog);
 /* A written file's commit record: what the manifest says of it (raw and stored
  * size, chunk digests, file digest, a compressed file's chunk records), as bytes

@@ -547,11 +547,10 @@ static dsckpt_status write_z(ds_native_out *o, int r0, int n, ds_fill_fn fill, v
     return st;
 }
 
-dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker,
+dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker, int threads,
                                    ds_progress *prog) {
-    /* One thread: the caller (the training runtime) writes its rank beside training. */
-    if (o->compress_level) return write_z(o, rank, 1, fill, user, 1, worker, prog);
-    return write_batch(o, rank, 1, fill, user, 1, worker, prog);
+    if (o->compress_level) return write_z(o, rank, 1, fill, user, threads, worker, prog);
+    return write_batch(o, rank, 1, fill, user, threads, worker, prog);
 }
 
 dsckpt_status ds_native_write_all(ds_native_out *o, ds_fill_fn fill, void *user, int threads, ds_progress *prog) {

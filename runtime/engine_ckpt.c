@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -308,10 +309,14 @@ void rt_saver_on_commit(rt_saver *s, rt_commit_fn fn, void *user) {
 /* Stage 0 has one copy of everything: rank 0 writes the one file. */
 static bool writes_file(const rt_engine *e) { return e->stage != 0 || e->rank == 0; }
 
+int rt_saver_threads(const rt_saver *s) { return s->async ? 1 : omp_get_max_threads(); }
+
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
     if (!writes_file(e)) return DSCKPT_OK;
-    return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, NULL);
+    /* An async save writes beside training, on one thread; a synchronous one
+     * has the training threads to itself. */
+    return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, rt_saver_threads(s), NULL);
 }
 
 static void *writer(void *p) {

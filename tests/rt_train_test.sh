@@ -9,6 +9,7 @@ set -uo pipefail
 . "$(dirname "$0")/rt_lib.sh"
 rt_init "$@"
 MODEL=(--n_layer 2 --n_head 2 --n_embd 32 --seq_len 32 --eval_windows 4)
+DSCKPT="$BUILD/dsckpt"
 
 # cfg NAME STAGE DTYPE MICRO GAS [extra json]
 cfg() {
@@ -307,7 +308,27 @@ assert re.search(r"^dstrain: best checkpoint: lg/global_step[36] \(eval_loss\)$"
 assert "dstrain: model (16-bit safetensors): lg/final/model.safetensors" in err, err
 EOF
 "$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 6 --no_async_save --output_dir lgs --save_steps 6 >lgs.out 2>&1
-[ $? -eq 0 ] && grep -q "^dstrain: saved global_step6 in [0-9.]* s, sync$" lgs.out && ok || bad "sync save line: $(tail -3 lgs.out)"
+[ $? -eq 0 ] && grep -q "^dstrain: saved global_step6 in [0-9.]* s, sync, [0-9]* threads\{0,1\} a rank$" lgs.out && ok || bad "sync save line: $(tail -3 lgs.out)"
+echo "== a synchronous save writes its rank file on the training threads: the same bytes as an async save on one"
+BIG=(--n_layer 4 --n_head 4 --n_embd 192 --seq_len 32 --eval_windows 1) # a rank file of several 4 MiB chunks
+for z in plain zstd; do
+    zf=()
+    [ $z = zstd ] && zf=(--save_compress=1)
+    for mode in async sync; do
+        sf=()
+        [ $mode = sync ] && sf=(--no_async_save)
+        OMP_NUM_THREADS=3 "$DSTRAIN" --deepspeed auto.json --data "$DATA" "${BIG[@]}" --max_steps 2 --save_steps 2 \
+            --save_dir "st_${z}_$mode" "${zf[@]}" "${sf[@]}" >"st_${z}_$mode.out" 2>&1 ||
+            bad "$z $mode save run: $(tail -3 "st_${z}_$mode.out")"
+    done
+    grep -q "^dstrain: saved global_step2 in [0-9.]* s, sync, 3 threads a rank$" "st_${z}_sync.out" && ok ||
+        bad "$z: the sync save line: $(grep saved "st_${z}_sync.out")"
+    f=global_step2/rank_00000.safetensors
+    n=$($PY -c "import json,sys; print(len(json.load(open(sys.argv[1]))['files'][0]['chunks']))" "st_${z}_sync/global_step2/manifest.json")
+    [ "$n" -ge 4 ] && ok || bad "$z: the rank file has $n chunks, too few to share between threads"
+    cmp -s "st_${z}_async/$f" "st_${z}_sync/$f" && ok || bad "$z: the sync save on 3 threads wrote other bytes than the async save"
+    "$DSCKPT" verify "st_${z}_sync" >/dev/null && ok || bad "$z: the sync save on 3 threads does not verify"
+done
 "$DSTRAIN" --deepspeed auto.json --data "$DATA" "${MODEL[@]}" --max_steps 4 --output_dir lg --resume auto --log_file lgr.jsonl >lgr.out 2>&1
 [ $? -eq 0 ] && grep -q "^dstrain: --max_steps 4 is not above the resumed step 6: nothing to train$" lgr.out &&
     [ ! -s lgr.jsonl ] && [ ! -d lg/global_step4 ] && ok || bad "--max_steps below the resumed step: $(tail -3 lgr.out)"
