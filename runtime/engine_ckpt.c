@@ -11,7 +11,9 @@
 
 #include <errno.h>
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -309,7 +311,13 @@ void rt_saver_on_commit(rt_saver *s, rt_commit_fn fn, void *user) {
 /* Stage 0 has one copy of everything: rank 0 writes the one file. */
 static bool writes_file(const rt_engine *e) { return e->stage != 0 || e->rank == 0; }
 
-int rt_saver_threads(const rt_saver *s) { return s->async ? 1 : omp_get_max_threads(); }
+int rt_saver_threads(const rt_saver *s) {
+#ifdef _OPENMP
+    return s->async ? 1 : omp_get_max_threads();
+#else /* a build without OpenMP (the fuzz targets' runtime): one thread */
+    return 1;
+#endif
+}
 
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
