@@ -213,6 +213,8 @@ struct ds_stream {
     ds_awriter *aw;     /* with dfd, from the first full buffer: writes each full
                          * buffer while the other fills */
     size_t buflen;
+    size_t bufcap;      /* the buffer's size: STREAM_BUF, then with a writer big */
+    size_t big;         /* ds_stream_set_big_buffers (STREAM_BUF by default) */
     uint64_t synced;    /* bytes handed to write-back so far */
 };
 
@@ -241,6 +243,7 @@ dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream 
     s->fd = -1;
     s->dfd = -1;
     s->path = strdup(path);
+    s->bufcap = s->big = STREAM_BUF;
     if (ds_malloc(STREAM_BUF, &s->buf)) s->buf = NULL;
     if (!s->path || !s->buf) {
         ds_stream_abort(s);
@@ -289,7 +292,22 @@ static dsckpt_status flush_buf(ds_stream *s) {
     if (!s->aw && s->dfd >= 0 && n == STREAM_BUF) {
         /* A full buffer: more may follow, so from here a writer thread writes each
          * while the other fills (a small file never starts one). Without it, the
-         * writes stay direct, one at a time. */
+         * writes stay direct, one at a time. With big buffers, this one is written
+         * here and the two of the writer are big ones. */
+        if (s->big > STREAM_BUF) {
+            DS_TRY(raw_write(s, s->buf, n));
+            if (ds_malloc(s->big, &s->spare[0]) == DSCKPT_OK && ds_malloc(s->big, &s->spare[1]) == DSCKPT_OK &&
+                ds_awriter_new(&s->aw) == DSCKPT_OK) {
+                free(s->buf);
+                s->buf = s->spare[0];
+                s->bufcap = s->big;
+            } else {
+                free(s->spare[0]);
+                free(s->spare[1]);
+                s->spare[0] = s->spare[1] = NULL;
+            }
+            return DSCKPT_OK;
+        }
         s->spare[0] = s->buf;
         if (ds_malloc(STREAM_BUF, &s->spare[1]) || ds_awriter_new(&s->aw)) {
             free(s->spare[1]);
@@ -331,12 +349,12 @@ dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n) {
         if (n >= STREAM_BUF) return raw_write(s, p, n);
     }
     while (n > 0) {
-        size_t k = DS_MIN(n, (size_t)STREAM_BUF - s->buflen);
+        size_t k = DS_MIN(n, s->bufcap - s->buflen);
         memcpy(s->buf + s->buflen, p, k);
         s->buflen += k;
         p += k;
         n -= k;
-        if (s->buflen == STREAM_BUF) DS_TRY(flush_buf(s));
+        if (s->buflen == s->bufcap) DS_TRY(flush_buf(s));
     }
     return DSCKPT_OK;
 }
@@ -352,6 +370,11 @@ dsckpt_status ds_stream_write_zeros(ds_stream *s, uint64_t n) {
 }
 
 uint64_t ds_stream_pos(const ds_stream *s) { return s->pos + s->buflen; }
+
+void ds_stream_set_big_buffers(ds_stream *s, size_t bytes) {
+    size_t page = 4096;
+    if (bytes > STREAM_BUF && bytes % page == 0 && !s->aw) s->big = bytes;
+}
 
 static void stream_free(ds_stream *s) {
     ds_awriter_free(s->aw); /* waits for a write in flight */

@@ -14,6 +14,8 @@
 
 /* ---- writer ---- */
 
+#define ZW_BUFFER ((size_t)8 << 20)
+
 struct ds_zwriter {
     ds_stream *s;          /* the stored bytes (no hashing of its own) */
     char *path;
@@ -53,6 +55,8 @@ dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_
     if (st == DSCKPT_OK) st = ds_calloc(nc, sizeof *w->zc, &w->zc);
     if (st == DSCKPT_OK) st = ds_calloc(nc, sizeof *w->dg, &w->dg);
     if (st == DSCKPT_OK) st = ds_stream_create(path, 0, &w->s);
+    /* Room for two chunks a buffer: chunks come a whole at a time. */
+    if (st == DSCKPT_OK) ds_stream_set_big_buffers(w->s, ZW_BUFFER);
     if (st) {
         ds_zwriter_abort(w);
         return st;

@@ -370,7 +370,7 @@ static bool direct_here(const char *dir) {
 
 /* The stream with direct writes: whole buffers go direct (all but the last one's
  * final partial page), and the file holds exactly the bytes written. */
-static void test_direct_stream(void) {
+static void direct_stream(size_t big) {
     char *dir = tu_mkdtemp(), *p = tu_path(dir, "d");
     setenv("DSCKPT_DIRECT_IO", "1", 1);
     bool on = direct_here(dir);
@@ -383,6 +383,7 @@ static void test_direct_stream(void) {
     fill(data, total, 5);
     ds_stream *s = NULL;
     TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+    if (big) ds_stream_set_big_buffers(s, big);
     uint64_t d0 = ds_direct_bytes();
     for (size_t i = 0, off = 0; i < sizeof cuts / sizeof *cuts; off += cuts[i], i++)
         TU_ASSERT_OK(ds_stream_write(s, data + off, cuts[i]));
@@ -397,6 +398,7 @@ static void test_direct_stream(void) {
     /* A write failing on the writer thread: the stream reports it, with its
      * message, and removes the file. */
     TU_ASSERT_OK(ds_stream_create(p, 4096, &s));
+    if (big) ds_stream_set_big_buffers(s, big);
     ds_fault_inject_write((int64_t)(1u << 20) + 100, ENOSPC);
     dsckpt_status st = DSCKPT_OK;
     for (size_t off = 0; st == DSCKPT_OK && off < total; off += 70000)
@@ -412,6 +414,13 @@ static void test_direct_stream(void) {
     tu_rmtree(dir);
     free(dir);
     free(p);
+}
+
+/* The same with the writer's buffers larger than a MiB (a compressed file's, by
+ * ds_stream_set_big_buffers): 1 MiB + 8 KiB, so that several fill and go direct. */
+static void test_direct_stream(void) {
+    direct_stream(0);
+    direct_stream((1u << 20) + 8192);
 }
 
 /* The copy engine with direct writes, through its writer threads: a file cut into
