@@ -213,6 +213,10 @@ static dsckpt_status write_pt(uni_out *o, const pk_obj *root, const char *dir, c
         if (o->more[i].used) order[nu++] = &o->more[i];
     qsort(order, nu, sizeof *order, cmp_newkey);
     DS_TRYGOTO(ds_stream_create(path, 0, &s), done);
+    /* A state file of a large parameter is many MiB written piece after piece;
+     * 8 MiB writer buffers (from its second MiB on) keep the disk's writes from
+     * holding up the reads and conversions (bench/RESULTS.md, issue 15). */
+    ds_stream_set_big_buffers(s, (size_t)8 << 20);
     DS_TRYGOTO(zip_writer_new(s, prefix, &zw), done);
     DS_TRYGOTO(small_member(zw, "data.pkl", pkl, pkl_len), done);
     DS_TRYGOTO(small_member(zw, ".format_version", "1", 1), done);
