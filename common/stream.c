@@ -372,8 +372,7 @@ dsckpt_status ds_stream_write_zeros(ds_stream *s, uint64_t n) {
 uint64_t ds_stream_pos(const ds_stream *s) { return s->pos + s->buflen; }
 
 void ds_stream_set_big_buffers(ds_stream *s, size_t bytes) {
-    size_t page = 4096;
-    if (bytes > STREAM_BUF && bytes % page == 0 && !s->aw) s->big = bytes;
+    if (bytes > STREAM_BUF && bytes % DS_DIRECT_ALIGN == 0 && !s->aw) s->big = bytes;
 }
 
 static void stream_free(ds_stream *s) {

@@ -56,7 +56,7 @@ typedef struct ds_stream ds_stream;
 dsckpt_status ds_stream_create(const char *path, uint64_t chunk_size, ds_stream **out);
 /* Writing direct, a stream's writer thread (from its second MiB on) takes 1 MiB
  * buffers; with this, before the first write, it takes two buffers of `bytes` (a
- * multiple of 4096 above 1 MiB) instead, so that a producer handing over several MiB
+ * multiple of DS_DIRECT_ALIGN above 1 MiB) instead, so that a producer handing over several MiB
  * at once (a compressed chunk) does not wait on each MiB's write. */
 void ds_stream_set_big_buffers(ds_stream *s, size_t bytes);
 dsckpt_status ds_stream_write(ds_stream *s, const void *data, size_t n);

@@ -448,6 +448,11 @@ static dsckpt_status grow(uint8_t **buf, size_t *cap, size_t n) {
     return DSCKPT_OK;
 }
 
+/* The longest frame of m bytes that saves min_gain per mille of them: the
+ * capacity handed to zstd, which gives up (dstSize_tooSmall) as soon as the bytes
+ * cannot make the gain. */
+static size_t frame_keep(size_t m, int min_gain) { return m - (m * (size_t)min_gain + 999) / 1000; }
+
 /* Whether a zstd frame of `plane` (m bytes) can save e->min_gain per mille of it,
  * judged on a sample when the plane is large: DS_ZCHUNK_SAMPLE_SLICES slices spread
  * evenly over it, compressed as one. A plane whose sample cannot make the gain is
@@ -462,8 +467,7 @@ static dsckpt_status plane_worth_trying(ds_zchunk_enc *e, const uint8_t *plane, 
     size_t slice = DS_ZCHUNK_SAMPLE / DS_ZCHUNK_SAMPLE_SLICES;
     for (size_t i = 0; i < DS_ZCHUNK_SAMPLE_SLICES; i++)
         memcpy(e->sample + i * slice, plane + (m - slice) * i / (DS_ZCHUNK_SAMPLE_SLICES - 1), slice);
-    size_t keep = DS_ZCHUNK_SAMPLE - (DS_ZCHUNK_SAMPLE * (size_t)e->min_gain + 999) / 1000;
-    size_t r = ZSTD_compress2(e->pctx, e->shuf, keep, e->sample, DS_ZCHUNK_SAMPLE);
+    size_t r = ZSTD_compress2(e->pctx, e->shuf, frame_keep(DS_ZCHUNK_SAMPLE, e->min_gain), e->sample, DS_ZCHUNK_SAMPLE);
     if (ZSTD_isError(r)) {
         if (ZSTD_getErrorCode(r) != ZSTD_error_dstSize_tooSmall)
             return ds_err(DSCKPT_EINTERNAL, "zstd compression failed: %s", ZSTD_getErrorName(r));
@@ -488,9 +492,7 @@ static dsckpt_status encode_planes(ds_zchunk_enc *e, const void *raw, size_t n, 
     uint8_t *lay = e->out + hdr; /* plane j at lay + j * m, then the tail */
     ds_zchunk_shuffle(lay, raw, n, width);
     size_t pos = hdr, room = n - 1; /* the whole must end up smaller than n */
-    /* A frame is kept only when at most this long: the capacity makes zstd give up
-     * (dstSize_tooSmall) as soon as the plane cannot make the gain. */
-    size_t keep = m - (m * (size_t)e->min_gain + 999) / 1000;
+    size_t keep = frame_keep(m, e->min_gain); /* a frame is kept only when at most this long */
     for (size_t j = 0; j < w; j++) {
         const uint8_t *plane = lay + j * m; /* pos <= hdr + j * m: nothing written past it yet */
         uint8_t *rec = e->out + DS_ZCHUNK_PLANE_REC * j;

@@ -522,7 +522,7 @@ static dsckpt_status write_z(ds_native_out *o, int r0, int n, ds_fill_fn fill, v
     if (st == DSCKPT_OK) st = ds_calloc((size_t)n + 1, sizeof *r.first, &r.first);
     for (int i = 0; st == DSCKPT_OK && i < n; i++) {
         const ds_file *df = &o->c->files[r0 + i];
-        r.f[i].nchunks = ds_zwriter_nchunks(df->size, o->chunk_size);
+        r.f[i].nchunks = (size_t)ds_ceil_div(df->size, o->chunk_size);
         if (r.f[i].nchunks == 0) st = ds_err(DSCKPT_EINTERNAL, "%s: a rank file of no bytes", df->path);
         if (st == DSCKPT_OK) st = rank_map_make(o, r0 + i, &r.f[i].m);
         if (st == DSCKPT_OK && !(r.f[i].tmp = ds_tmp_sibling(df->path))) st = DSCKPT_ENOMEM;

@@ -35,10 +35,6 @@ void ds_zwriter_abort(ds_zwriter *w) {
     free(w);
 }
 
-size_t ds_zwriter_nchunks(uint64_t size, uint64_t chunk_size) {
-    return (size_t)(size / chunk_size + (size % chunk_size != 0));
-}
-
 dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_size, ds_zwriter **out) {
     *out = NULL;
     if (chunk_size == 0 || chunk_size > DS_ZCHUNK_MAX_RAW)
@@ -48,7 +44,7 @@ dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_
     if (!w) return ds_err(DSCKPT_ENOMEM, "out of memory");
     w->size = size;
     w->chunk_size = chunk_size;
-    w->nchunks = ds_zwriter_nchunks(size, chunk_size);
+    w->nchunks = (size_t)ds_ceil_div(size, chunk_size);
     w->path = ds_strdup(path);
     dsckpt_status st = w->path ? DSCKPT_OK : DSCKPT_ENOMEM;
     size_t nc = w->nchunks ? w->nchunks : 1;

@@ -44,8 +44,6 @@ dsckpt_status ds_zchunk_store_prepare(ds_zchunk_enc *enc, const uint8_t *raw, si
  * do not depend on the other chunks (zchunk.h), so the file is the same whatever
  * the number of threads. */
 typedef struct ds_zwriter ds_zwriter;
-/* The chunks of a file of `size` raw bytes: ceil(size / chunk_size). */
-size_t ds_zwriter_nchunks(uint64_t size, uint64_t chunk_size);
 /* Creates `path` (which must not exist) for a file of `size` raw bytes; chunk_size
  * in [1, DS_ZCHUNK_MAX_RAW]. */
 dsckpt_status ds_zwriter_create(const char *path, uint64_t size, uint64_t chunk_size, ds_zwriter **out);
