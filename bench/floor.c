@@ -30,6 +30,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,7 @@
 #include <unistd.h>
 
 #define IO_BUF (8u << 20)
+#define PLACED_PIECE ((size_t)1 << 20) /* a load's checked read: libckpt/readcheck.c, PIECE */
 
 /* Read and write buffers start on a page: a read whose destination sits 4-28
  * bytes past its source's offset in a page (malloc's large blocks are 16 bytes
@@ -173,24 +175,33 @@ typedef struct {
     uint64_t chunk, nchunks_total;
     size_t shift; /* the buffer's offset past a page boundary */
     const uint64_t *first; /* chunk index where each file starts */
+    uint8_t *placed; /* `placed`: every file's bytes end to end, each chunk read into its place */
+    const uint64_t *at; /* `placed`: where each file starts in it */
     atomic_uint_fast64_t next;
     atomic_int failed;
 } checked_job;
 
 static void *checked_worker(void *p) {
     checked_job *j = p;
-    uint8_t *base = page_buffer((size_t)j->chunk + j->shift), *buf = base ? base + j->shift : NULL;
+    uint8_t *base = j->placed ? NULL : page_buffer((size_t)j->chunk + j->shift), *buf = base ? base + j->shift : NULL;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!buf || !md) atomic_store(&j->failed, 1);
-    for (uint64_t k; buf && md && (k = atomic_fetch_add(&j->next, 1)) < j->nchunks_total;) {
+    if ((!buf && !j->placed) || !md) atomic_store(&j->failed, 1);
+    for (uint64_t k; (buf || j->placed) && md && (k = atomic_fetch_add(&j->next, 1)) < j->nchunks_total;) {
         int f = 0;
         while (f + 1 < j->nin && j->first[f + 1] <= k) f++;
         uint64_t off = (k - j->first[f]) * j->chunk;
         size_t n = (size_t)(j->sizes[f] - off < j->chunk ? j->sizes[f] - off : j->chunk);
         unsigned char dg[32];
         unsigned int len;
-        if (pread(j->fds[f], buf, n, (off_t)off) != (ssize_t)n || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-            EVP_DigestUpdate(md, buf, n) != 1 || EVP_DigestFinal_ex(md, dg, &len) != 1) {
+        bool ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+        /* placed: 1 MiB preads into the chunk's place, each hashed while in cache */
+        size_t piece = j->placed ? PLACED_PIECE : n;
+        for (size_t d = 0; ok && d < n; d += piece) {
+            size_t m = n - d < piece ? n - d : piece;
+            uint8_t *dst = j->placed ? j->placed + j->at[f] + off + d : buf;
+            ok = pread(j->fds[f], dst, m, (off_t)(off + d)) == (ssize_t)m && EVP_DigestUpdate(md, dst, m) == 1;
+        }
+        if (!ok || EVP_DigestFinal_ex(md, dg, &len) != 1) {
             atomic_store(&j->failed, 1);
             break;
         }
@@ -200,7 +211,7 @@ static void *checked_worker(void *p) {
     return NULL;
 }
 
-static int floor_checked(int argc, char **argv, size_t shift) {
+static int floor_checked(int argc, char **argv, size_t shift, bool placed) {
     if (argc < 4) return 2;
     int threads = atoi(argv[1]);
     uint64_t chunk = strtoull(argv[2], NULL, 10);
@@ -208,8 +219,9 @@ static int floor_checked(int argc, char **argv, size_t shift) {
     if (threads < 1 || threads > 256 || chunk == 0) return 2;
     int *fds = calloc((size_t)nin, sizeof *fds);
     uint64_t *sizes = calloc((size_t)nin, sizeof *sizes), *first = calloc((size_t)nin + 1, sizeof *first);
+    uint64_t *at = calloc((size_t)nin + 1, sizeof *at);
     pthread_t *tids = calloc((size_t)threads, sizeof *tids);
-    if (!fds || !sizes || !first || !tids) return 1;
+    if (!fds || !sizes || !first || !tids || !at) return 1;
     uint64_t total = 0;
     for (int i = 0; i < nin; i++) {
         struct stat sb;
@@ -220,9 +232,15 @@ static int floor_checked(int argc, char **argv, size_t shift) {
         sizes[i] = (uint64_t)sb.st_size;
         total += sizes[i];
         first[i + 1] = first[i] + (sizes[i] + chunk - 1) / chunk;
+        at[i + 1] = at[i] + sizes[i];
+    }
+    uint8_t *big = NULL;
+    if (placed) { /* written through before the clock starts: a load's state is committed at start-up */
+        if (!(big = page_buffer((size_t)total))) return 1;
+        memset(big, 1, (size_t)total);
     }
     checked_job j = {.nin = nin, .fds = fds, .sizes = sizes, .chunk = chunk, .nchunks_total = first[nin],
-                     .shift = shift, .first = first};
+                     .shift = shift, .first = first, .placed = big, .at = at};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
     double t0 = now();
@@ -239,7 +257,9 @@ static int floor_checked(int argc, char **argv, size_t shift) {
     free(fds);
     free(sizes);
     free(first);
+    free(at);
     free(tids);
+    free(big);
     return 0;
 }
 
@@ -263,8 +283,10 @@ int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "io")) return floor_io(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "dwrite")) return floor_dwrite(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sha")) return floor_sha(argc - 1, argv + 1);
-    if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1, 0);
-    if (argc >= 3 && !strcmp(argv[1], "shifted")) return floor_checked(argc - 2, argv + 2, (size_t)strtoul(argv[2], NULL, 10));
+    if (argc >= 2 && !strcmp(argv[1], "checked")) return floor_checked(argc - 1, argv + 1, 0, false);
+    if (argc >= 2 && !strcmp(argv[1], "placed")) return floor_checked(argc - 1, argv + 1, 0, true);
+    if (argc >= 3 && !strcmp(argv[1], "shifted"))
+        return floor_checked(argc - 2, argv + 2, (size_t)strtoul(argv[2], NULL, 10), false);
     if (argc >= 2 && !strcmp(argv[1], "rss")) return floor_rss(argc - 1, argv + 1);
     fprintf(stderr, "usage: ds_floor io READ WRITE OUT IN... | dwrite WRITE OUT | sha MIB | checked THREADS CHUNK IN... | shifted SHIFT THREADS CHUNK IN... | rss CMD...\n");
     return 2;

@@ -8,6 +8,7 @@
 #include "fsutil.h"
 #include "manifest.h"
 #include "names.h"
+#include "parallel.h"
 #include "resolve.h"
 #include "safetensors.h"
 #include "zfile.h"
@@ -411,6 +412,89 @@ dsckpt_status ds_read_list_run(const dsckpt_ckpt *c, const ds_fdset *fs, const d
     for (size_t i = 0; i < l->n; i++)
         DS_TRY(ds_fdset_pread(c, fs, l->runs[i].file, l->runs[i].dst, l->runs[i].bytes, l->runs[i].offset));
     return DSCKPT_OK;
+}
+
+/* A piece of a run within one check unit (unit: its index in the file's fixed
+ * chunks, or UINT64_MAX for a run read whole, on its own). */
+typedef struct {
+    uint32_t file;
+    uint64_t unit;
+    ds_read_part part;
+} list_piece_t;
+
+static int piece_cmp(const void *a, const void *b) {
+    const list_piece_t *x = a, *y = b;
+    if (x->file != y->file) return x->file < y->file ? -1 : 1;
+    if (x->part.offset != y->part.offset) return x->part.offset < y->part.offset ? -1 : 1;
+    return 0;
+}
+
+typedef struct {
+    const dsckpt_ckpt *c;
+    const ds_fdset *fs;
+    const uint32_t *file;     /* per item */
+    const size_t *first;      /* item i: parts[first[i] .. first[i + 1]) */
+    const ds_read_part *parts;
+} list_job;
+
+static dsckpt_status list_item(void *u, size_t i, int worker) {
+    (void)worker;
+    const list_job *j = u;
+    return ds_fdset_pread_parts(j->c, j->fs, j->file[i], j->parts + j->first[i], j->first[i + 1] - j->first[i]);
+}
+
+/* The fixed size of file i's check units (its chunks) when it has them, else 0. */
+static uint64_t fixed_unit(const dsckpt_ckpt *c, uint32_t i) {
+    const ds_file *f = &c->files[i];
+    return f->has_digests || f->compressed ? f->dg.chunk_size : 0;
+}
+
+dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l, int threads) {
+    if (threads <= 1 || l->n == 0) return ds_read_list_run(c, fs, l);
+    size_t n = 0, cap = 0;
+    list_piece_t *pc = NULL;
+    dsckpt_status st = DSCKPT_OK;
+    for (size_t r = 0; r < l->n && !st; r++) {
+        const ds_read_run *run = &l->runs[r];
+        uint64_t u = fixed_unit(c, run->file), end = run->offset + run->bytes;
+        for (uint64_t pos = run->offset; pos < end && !st;) {
+            uint64_t b = u ? DS_MIN(end, (pos / u + 1) * u) : end;
+            if (!(st = ds_array_room(&pc, &cap, n, sizeof *pc)))
+                pc[n++] = (list_piece_t){.file = run->file,
+                                         .unit = u ? pos / u : UINT64_MAX,
+                                         .part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = run->dst + (pos - run->offset)}};
+            pos = b;
+        }
+    }
+    ds_read_part *parts = NULL;
+    size_t *first = NULL, items = 0;
+    uint32_t *file = NULL;
+    if (!st && n) {
+        qsort(pc, n, sizeof *pc, piece_cmp);
+        st = ds_calloc(n, sizeof *parts, &parts);
+        if (!st) st = ds_calloc(n + 1, sizeof *first, &first);
+        if (!st) st = ds_calloc(n, sizeof *file, &file);
+    }
+    for (size_t i = 0; i < n && !st; i++) {
+        const list_piece_t *p = &pc[i], *q = i ? &pc[i - 1] : NULL;
+        bool joins = q && p->unit != UINT64_MAX && q->file == p->file && q->unit == p->unit &&
+                     p->part.offset >= q->part.offset + q->part.bytes;
+        if (!joins) {
+            file[items] = p->file;
+            first[items++] = i;
+        }
+        parts[i] = p->part;
+    }
+    if (!st && items) {
+        first[items] = n;
+        list_job j = {.c = c, .fs = fs, .file = file, .first = first, .parts = parts};
+        st = ds_parallel_run(items, threads, list_item, &j, NULL);
+    }
+    free(pc);
+    free(parts);
+    free(first);
+    free(file);
+    return st;
 }
 
 void ds_read_list_free(ds_read_list *l) {

@@ -94,6 +94,20 @@ dsckpt_status ds_fdset_ensure(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t
 /* Reads n bytes at `offset` of file `file` through the checks (plain pread when off). */
 dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
                              uint64_t offset);
+/* Bytes [offset, offset+bytes) of a file, to dst. */
+typedef struct {
+    uint64_t offset;
+    size_t bytes;
+    uint8_t *dst;
+} ds_read_part;
+/* Reads parts[0..np) of file `file` through the checks. Parts that lie in one
+ * check unit of a checked native or DeepSpeed file, in order and apart, are read
+ * in one pass over the unit (each byte once: the parts into their buffers, the
+ * bytes between them through scratch for the hash); any other parts one by one as
+ * ds_fdset_pread reads them. Never deferred, so threads may read parts of one set
+ * at once (ds_read_list_run_threads). */
+dsckpt_status ds_fdset_pread_parts(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, const ds_read_part *parts,
+                                   size_t np);
 
 
 /* Allocates an empty checkpoint handle. */

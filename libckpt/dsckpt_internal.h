@@ -118,6 +118,14 @@ typedef struct {
 dsckpt_status ds_read_list_add(ds_read_list *l, const dsckpt_ckpt *c, ds_state s, uint32_t t, uint64_t start,
                                uint64_t numel, void *dst);
 dsckpt_status ds_read_list_run(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l);
+/* The same reads on `threads` threads (one: ds_read_list_run). The runs are cut at
+ * the files' check units (a native file's chunks), the pieces sorted by file and
+ * offset, and each unit's pieces read by one thread in one pass
+ * (ds_fdset_pread_parts); units go to threads as they come free. Reads of a file
+ * whose units are not fixed chunks (a DeepSpeed file's zip members) go run by run.
+ * The set's deferred verdicts (ds_fdset_defer_checks) are not used: every verdict
+ * comes with its unit. */
+dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l, int threads);
 void ds_read_list_free(ds_read_list *l);
 /* The stored dtype of state s of tensor t. */
 dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);

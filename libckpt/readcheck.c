@@ -199,9 +199,11 @@ static dsckpt_status unit_failed(const ds_file *f, const ds_vfile *v, size_t k) 
                   v->zip->members[v->order[k]].name);
 }
 
-/* Reads all of unit k once, checking it; the bytes [a, b) of it go to dst. */
-static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, size_t k, uint64_t a, uint64_t b,
-                                uint8_t *dst) {
+/* Reads all of unit k once, checking it: parts[0..np) (sorted by offset, not
+ * overlapping, each within the unit) go to their buffers, the rest through
+ * scratch, PIECE at a time so that each piece is hashed while in cache. */
+static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, size_t k, const ds_read_part *parts,
+                                size_t np) {
     uint64_t beg, end;
     unit_bounds(f, v, k, &beg, &end);
     EVP_MD_CTX *md = NULL;
@@ -215,34 +217,33 @@ static dsckpt_status check_unit(const ds_file *f, int fd, const ds_vfile *v, siz
             return ds_err(DSCKPT_EINTERNAL, "OpenSSL: cannot initialise SHA-256");
         }
     }
-    if (end - beg > b - a) {
+    uint64_t asked = 0;
+    for (size_t i = 0; i < np; i++) asked += parts[i].bytes;
+    if (end - beg > asked) {
         if (ds_malloc(PIECE, &scratch)) {
             EVP_MD_CTX_free(md);
             return ds_err(DSCKPT_ENOMEM, "out of memory checking %s", f->path);
         }
     }
+    size_t i = 0;
     for (uint64_t pos = beg; pos < end && st == DSCKPT_OK;) {
-        const uint8_t *p;
+        while (i < np && parts[i].offset + parts[i].bytes <= pos) i++; /* parts done (or empty) */
+        uint8_t *p;
         size_t n;
-        if (pos == a && b > a) { /* the caller's part: read straight into its buffer */
-            n = (size_t)(b - a);
-            st = ds_pread_full(fd, dst, n, pos, f->path);
-            p = dst;
+        if (i < np && parts[i].offset <= pos) { /* a caller's part: straight into its buffer */
+            n = (size_t)DS_MIN((uint64_t)PIECE, parts[i].offset + parts[i].bytes - pos);
+            p = parts[i].dst + (pos - parts[i].offset);
         } else {
-            uint64_t lim = pos < a ? a : end;
+            uint64_t lim = i < np ? parts[i].offset : end;
             n = (size_t)DS_MIN((uint64_t)PIECE, lim - pos);
-            st = ds_pread_full(fd, scratch, n, pos, f->path);
             p = scratch;
         }
+        st = ds_pread_full(fd, p, n, pos, f->path);
         if (st) break;
         if (v->sha) {
             if (EVP_DigestUpdate(md, p, n) != 1) st = ds_err(DSCKPT_EINTERNAL, "OpenSSL: SHA-256 failed");
         } else {
-            for (size_t done = 0; done < n;) {
-                uInt m = (uInt)DS_MIN(n - done, (size_t)1 << 30);
-                crc = crc32(crc, p + done, m);
-                done += m;
-            }
+            crc = crc32(crc, p, (uInt)n); /* n <= PIECE */
         }
         pos += n;
     }
@@ -444,8 +445,25 @@ dsckpt_status ds_fdset_finish(const dsckpt_ckpt *c, const ds_fdset *fs) {
     return first;
 }
 
-dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
-                             uint64_t offset) {
+/* Parts [0, np) of unit k of a checked file, the unit claimed first: the claiming
+ * reader reads it whole and checks it; a unit already checked (or being checked
+ * by another thread: ckpt.h) is read plainly, a bad one fails. */
+static dsckpt_status read_unit_parts(const ds_file *f, int fd, ds_vfile *v, size_t k, const ds_read_part *parts,
+                                     size_t np) {
+    unsigned char expect = U_FRESH;
+    if (atomic_compare_exchange_strong(&v->state[k], &expect, U_CHECKING)) {
+        dsckpt_status st = check_unit(f, fd, v, k, parts, np);
+        /* A mismatch is final; an I/O failure leaves the unit for another try. */
+        atomic_store(&v->state[k], st == DSCKPT_OK ? U_OK : st == DSCKPT_ECHECKSUM ? U_BAD : U_FRESH);
+        return st;
+    }
+    if (expect == U_BAD) return unit_failed(f, v, k);
+    for (size_t i = 0; i < np; i++) DS_TRY(ds_pread_full(fd, parts[i].dst, parts[i].bytes, parts[i].offset, f->path));
+    return DSCKPT_OK;
+}
+
+static dsckpt_status fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
+                                 uint64_t offset, bool defer) {
     const ds_file *f = &c->files[file];
     if (ds_interrupted()) return ds_err_interrupted();
     if (fs->lazy) DS_TRY(ds_fdset_ensure(c, fs, file)); /* never with a lock of ours held */
@@ -463,7 +481,7 @@ dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t 
         uint64_t ub, ue;
         unit_bounds(f, v, k, &ub, &ue);
         uint64_t b = DS_MIN(end, ue);
-        if (fs->deferred && v->sha) {
+        if (defer && v->sha) {
             bool done = false;
             DS_TRY(deferred_part(f, fd, v, k, ub, ue, pos, b, out + (pos - offset), &done));
             if (done) {
@@ -471,18 +489,39 @@ dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t 
                 continue;
             }
         }
-        unsigned char expect = U_FRESH;
-        if (atomic_compare_exchange_strong(&v->state[k], &expect, U_CHECKING)) {
-            dsckpt_status st = check_unit(f, fd, v, k, pos, b, out + (pos - offset));
-            /* A mismatch is final; an I/O failure leaves the unit for another try. */
-            atomic_store(&v->state[k], st == DSCKPT_OK ? U_OK : st == DSCKPT_ECHECKSUM ? U_BAD : U_FRESH);
-            if (st) return st;
-        } else if (expect == U_BAD) {
-            return unit_failed(f, v, k);
-        } else {
-            DS_TRY(ds_pread_full(fd, out + (pos - offset), (size_t)(b - pos), pos, f->path));
-        }
+        ds_read_part part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = out + (pos - offset)};
+        DS_TRY(read_unit_parts(f, fd, v, k, &part, 1));
         pos = b;
     }
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_fdset_pread(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, void *dst, size_t n,
+                             uint64_t offset) {
+    return fdset_pread(c, fs, file, dst, n, offset, fs->deferred);
+}
+
+dsckpt_status ds_fdset_pread_parts(const dsckpt_ckpt *c, const ds_fdset *fs, uint32_t file, const ds_read_part *parts,
+                                   size_t np) {
+    if (np == 0) return DSCKPT_OK;
+    if (ds_interrupted()) return ds_err_interrupted();
+    if (fs->lazy) DS_TRY(ds_fdset_ensure(c, fs, file));
+    const ds_file *f = &c->files[file];
+    ds_vfile *v = fs->vf ? &fs->vf[file] : NULL;
+    /* One unit of a checked file, the parts in order and apart: read in one pass. */
+    size_t k = v && v->on && !v->z ? unit_of(f, v, parts[0].offset) : SIZE_MAX;
+    bool one_pass = k != SIZE_MAX && k < v->n;
+    if (one_pass) {
+        uint64_t ub, ue;
+        unit_bounds(f, v, k, &ub, &ue);
+        for (size_t i = 0; i < np && one_pass; i++)
+            one_pass = parts[i].offset >= ub && parts[i].bytes <= ue - parts[i].offset &&
+                       (i == 0 || parts[i].offset >= parts[i - 1].offset + parts[i - 1].bytes);
+    }
+    if (one_pass) return read_unit_parts(f, fs->fd[file], v, k, parts, np);
+    /* Otherwise each part on its own (never deferred: parts may be read on several
+     * threads at once). */
+    for (size_t i = 0; i < np; i++)
+        DS_TRY(fdset_pread(c, fs, file, parts[i].dst, parts[i].bytes, parts[i].offset, false));
     return DSCKPT_OK;
 }

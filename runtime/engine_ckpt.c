@@ -311,13 +311,16 @@ void rt_saver_on_commit(rt_saver *s, rt_commit_fn fn, void *user) {
 /* Stage 0 has one copy of everything: rank 0 writes the one file. */
 static bool writes_file(const rt_engine *e) { return e->stage != 0 || e->rank == 0; }
 
-int rt_saver_threads(const rt_saver *s) {
+/* The training threads (one in a build without OpenMP: the fuzz targets' runtime). */
+static int training_threads(void) {
 #ifdef _OPENMP
-    return s->async ? 1 : omp_get_max_threads();
-#else /* a build without OpenMP (the fuzz targets' runtime): one thread */
+    return omp_get_max_threads();
+#else
     return 1;
 #endif
 }
+
+int rt_saver_threads(const rt_saver *s) { return s->async ? 1 : training_threads(); }
 
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
@@ -682,6 +685,27 @@ static void lend_gradients(const rt_engine *e, ds_fdset *fs) {
         if (e->gpart[g]) ds_fdset_lend(fs, e->gpart[g], (size_t)e->plen[g] * sizeof *e->gpart[g]);
 }
 
+/* tis[i]: the checkpoint's tensor for the model's tensor i, trainable, of the same
+ * size, its states (fp32, and the moments when asked) stored as F32. */
+static dsckpt_status match_tensors(const rt_engine *e, const dsckpt_ckpt *c, bool moments, uint32_t *tis) {
+    size_t np;
+    const rt_param *ps = rt_model_params(e->model, &np);
+    for (size_t i = 0; i < e->nt; i++) {
+        long ti = find_tensor(c, ps[i].name);
+        const ds_tensor *ct = ti < 0 ? NULL : ds_ckpt_tensor(c, (size_t)ti);
+        if (!ct || !ct->trainable || ct->numel != e->t[i].numel)
+            return ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", ds_ckpt_dir(c),
+                          !ct ? "no tensor" : !ct->trainable ? "no trainable tensor" : "tensor", ps[i].name,
+                          !ct ? 0ull : (unsigned long long)ct->numel, (unsigned long long)e->t[i].numel);
+        tis[i] = (uint32_t)ti;
+        for (int s = 0; s < (moments ? 3 : 1); s++)
+            if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
+                return ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", ds_ckpt_dir(c), ps[i].name,
+                              ds_state_names[s]);
+    }
+    return DSCKPT_OK;
+}
+
 static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
     const rt_device *od = e->odev;
     float *bounce = NULL; /* device partitions: read here, copied up through the table */
@@ -700,32 +724,17 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
         if (bounce) od->free_host(od->ctx, bounce);
         return st;
     }
-    /* This thread alone reads, in order: a chunk's parts (a ZeRO-3 rank file holds
-     * a slice of every tensor) each read once, the chunk's verdict with its last
-     * byte, and ds_fdset_finish below for the rest before anything is accepted. */
+    /* Read on the training threads, which wait for the load anyway: each chunk's
+     * pieces (a ZeRO-3 rank file holds a slice of every tensor) read by one of them
+     * in one pass (ds_read_list_run_threads). One thread reads in order, each piece
+     * once, the chunk's verdict with its last byte, and ds_fdset_finish below for
+     * the rest before anything is accepted. */
     ds_fdset_defer_checks(&fs);
     lend_gradients(e, &fs);
     if (!bounce) ds_fdset_stream_reads(&fs); /* the shares are read again only by the rebuild, after all of them */
-    size_t np;
-    const rt_param *ps = rt_model_params(e->model, &np);
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);
     if (!tis) st = ds_err(DSCKPT_ENOMEM, "out of memory");
-    for (size_t i = 0; i < e->nt && !st; i++) {
-        const et *T = &e->t[i];
-        long ti = find_tensor(c, ps[i].name);
-        const ds_tensor *ct = ti < 0 ? NULL : ds_ckpt_tensor(c, (size_t)ti);
-        if (!ct || !ct->trainable || ct->numel != T->numel) {
-            st = ds_err(DSCKPT_EINVAL, "%s: %s '%s' of %llu elements (the model has %llu)", ds_ckpt_dir(c),
-                        !ct ? "no tensor" : !ct->trainable ? "no trainable tensor" : "tensor",
-                        ps[i].name, !ct ? 0ull : (unsigned long long)ct->numel,
-                        (unsigned long long)T->numel);
-            break;
-        }
-        tis[i] = (uint32_t)ti;
-        for (int s = 0; s < (moments ? 3 : 1) && !st; s++)
-            if (ds_ckpt_state_dtype(c, (ds_state)s, (uint32_t)ti) != DSCKPT_F32)
-                st = ds_err(DSCKPT_EUNSUPPORTED, "%s: '%s' %s is not stored as F32", ds_ckpt_dir(c), ps[i].name, ds_state_names[s]);
-    }
+    if (!st) st = match_tensors(e, c, moments, tis);
     /* State by state, group by group, tensors in order: each (state, group) lies
      * in one region of every rank file, so the reads go forwards through it (and a
      * compressed file's chunks are decoded once, not again for every piece they
@@ -753,7 +762,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
             }
         }
     }
-    if (!st) st = ds_read_list_run(c, &fs, &rl);
+    if (!st) st = ds_read_list_run_threads(c, &fs, &rl, training_threads());
     if (!st) st = ds_fdset_finish(c, &fs);
     ds_read_list_free(&rl);
     free(tis);

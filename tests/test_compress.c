@@ -642,6 +642,104 @@ static void test_bomb_chunk(void) {
     free(dir);
 }
 
+/* A read list of the middle half of every state of every tensor, tensors in
+ * reverse order (so the runs are not in file order), each in its own place of
+ * *buf; *want is what fill() gives there. */
+static ds_read_list middle_list(dsckpt_ckpt *c, uint8_t **buf, uint8_t **want, size_t *total) {
+    ds_read_list l = {0};
+    fillctx fc = {c->tensors, -1, 0, 0};
+    size_t n = 0;
+    for (uint32_t t = 0; t < c->ntensors; t++)
+        for (int s = 0; s < DS_NSTATES; s++)
+            if (ds_state_applies(&c->tensors[t], (ds_state)s))
+                n += c->tensors[t].numel * dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+    *buf = calloc(n, 1);
+    *want = calloc(n, 1);
+    CU_ASSERT_FATAL(*buf && *want);
+    size_t at = 0;
+    for (uint32_t t = c->ntensors; t-- > 0;)
+        for (int s = 0; s < DS_NSTATES; s++) {
+            if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
+            uint64_t numel = c->tensors[t].numel, lo = numel / 4, cnt = numel / 2;
+            size_t es = dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+            if (cnt) {
+                TU_ASSERT_OK(ds_read_list_add(&l, c, (ds_state)s, t, lo, cnt, *buf + at));
+                TU_ASSERT_OK(fill(&fc, (ds_state)s, t, lo, cnt, *want + at, 0));
+            }
+            at += numel * es;
+        }
+    *total = n;
+    return l;
+}
+
+/* ds_read_list_run_threads: the middle half of every state (parts of most chunks,
+ * the runs out of file order) on 1, 2 and 3 threads, from eager and lazy sets,
+ * plain and compressed, equals fill(); a flipped byte that the list does not ask
+ * for, in a chunk it reads part of, fails the read on every thread count, naming
+ * the chunk, as a single read's check does. */
+static void test_read_list_threads(void) {
+    char *dir = tu_mkdtemp();
+    for (int level = 0; level <= 1; level++) {
+        char *root = tu_path(dir, level ? "z" : "p");
+        write_ckpt(root, 300000, level, 16 << 10);
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+        uint8_t *buf, *want;
+        size_t total;
+        ds_read_list l = middle_list(c, &buf, &want, &total);
+        CU_ASSERT(l.n > 8);
+        for (int th = 1; th <= 3; th++)
+            for (int lazy = 0; lazy <= 1; lazy++) {
+                ds_fdset fs;
+                TU_ASSERT_OK(lazy ? ds_fdset_open_lazy(c, &fs) : ds_fdset_open(c, &fs));
+                if (lazy) ds_fdset_defer_checks(&fs); /* as dstrain's load sets it */
+                memset(buf, 0, total);
+                TU_ASSERT_OK(ds_read_list_run_threads(c, &fs, &l, th));
+                TU_ASSERT_OK(ds_fdset_finish(c, &fs));
+                CU_ASSERT(memcmp(buf, want, total) == 0);
+                ds_fdset_close(&fs);
+            }
+        if (level == 0) {
+            /* The element before the middle of the largest tensor's fp32 state: in a
+             * chunk that the list reads part of (its next element), but not asked. */
+            uint32_t big = 0;
+            for (uint32_t t = 1; t < c->ntensors; t++)
+                if (c->tensors[t].trainable && c->tensors[t].numel > c->tensors[big].numel) big = t;
+            uint64_t e = c->tensors[big].numel / 4 - 1;
+            ds_read_list one = {0}, next = {0};
+            float f;
+            TU_ASSERT_OK(ds_read_list_add(&one, c, DS_ST_FP32, big, e, 1, (uint8_t *)&f));
+            TU_ASSERT_OK(ds_read_list_add(&next, c, DS_ST_FP32, big, e + 1, 1, (uint8_t *)&f));
+            CU_ASSERT_FATAL(one.n == 1 && next.n == 1);
+            uint64_t chunk = c->files[one.runs[0].file].dg.chunk_size, off = one.runs[0].offset;
+            CU_ASSERT_FATAL(next.runs[0].file == one.runs[0].file && next.runs[0].offset / chunk == off / chunk);
+            char *path = ds_strdup(c->files[one.runs[0].file].path), want_msg[64];
+            snprintf(want_msg, sizeof want_msg, "chunk %llu (bytes", (unsigned long long)(off / chunk));
+            ds_read_list_free(&one);
+            ds_read_list_free(&next);
+            CU_ASSERT_FATAL(tu_flip_bit(path, off, 2) == 0);
+            for (int th = 1; th <= 3; th++) {
+                ds_fdset fs;
+                TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+                ds_fdset_defer_checks(&fs);
+                dsckpt_status st = ds_read_list_run_threads(c, &fs, &l, th);
+                if (st == DSCKPT_OK) st = ds_fdset_finish(c, &fs);
+                CU_ASSERT_EQUAL(st, DSCKPT_ECHECKSUM);
+                CU_ASSERT(strstr(dsckpt_last_error(), want_msg) != NULL);
+                ds_fdset_close(&fs);
+            }
+            free(path);
+        }
+        ds_read_list_free(&l);
+        free(buf);
+        free(want);
+        dsckpt_ckpt_free(c);
+        free(root);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"round trip, raw, zstd and planes chunks, checks on and off", test_round_trip},
@@ -651,6 +749,7 @@ int main(void) {
         {"flipped stored byte named and refused", test_flipped_stored_byte},
         {"truncated compressed file refused", test_truncated},
         {"bomb chunk refused from its frame header", test_bomb_chunk},
+        {"read lists on 1, 2 and 3 threads: the same bytes; an unasked flipped byte still refused", test_read_list_threads},
         {NULL, NULL},
     };
     return tu_main("compress", tests);
