@@ -7,8 +7,9 @@
 #     B bytes against one plain write() + fsync of B bytes, and against the same
 #     write with O_DIRECT (the disk without the page cache, which the saves bypass
 #     where they can: common/fsutil.h);
-#   - load-time reshard: resuming the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2
-#     and 3 ranks / stage 1 (each rank reads only its new partition's byte ranges
+#   - load-time reshard: resuming the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2,
+#     3 ranks / stage 1 and 1 rank / stage 1 (one process with every core: its
+#     reads on all its threads; each rank reads only its new partition's byte ranges
 #     from the old files) ÷ a plain read() of the same state bytes from those files,
 #     and ÷ a checked read of them (every 4 MiB chunk read and its SHA-256 taken, on
 #     every core: what a load that hashes every byte it reads cannot go below; with
@@ -52,6 +53,7 @@ EOF
 cfg "$DIR/z3w4.json" 3 4
 cfg "$DIR/z2w2.json" 2 2
 cfg "$DIR/z1w3.json" 1 3
+cfg "$DIR/z1w1.json" 1 1
 field() { $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(r[int(sys.argv[2])-1][sys.argv[3]])" "$@"; }
 
 # One save run: 3 steps, a save after step 2 (timed) and after step 3.
@@ -138,7 +140,7 @@ load_run() { # W C SRC [RESUME]
 # Load-time reshard from the last synchronous save (global_step3 is `latest`).
 SRC="$DIR/sync"
 STATE=$(du -cb "$SRC/global_step3"/rank_*.safetensors | tail -1 | cut -f1)
-for target in "2 z2w2" "3 z1w3"; do
+for target in "2 z2w2" "3 z1w3" "1 z1w1"; do
   read -r W C <<<"$target"
   : >"$DIR/load.t"; : >"$DIR/rfloor.t"; : >"$DIR/cload.t"; : >"$DIR/kfloor.t"
   for i in $(seq "$REPS"); do
