@@ -39,6 +39,7 @@ typedef struct strict_dev {
     dsckpt_dtype gemm_dt; /* GEMM operands: F32, or rounded to BF16/F16 first */
     unsigned long snaps, fences, waits; /* snapshot ops called (reported at close) */
     unsigned long pipes;                /* pipe_begin calls (reported at close) */
+    unsigned long ups;                  /* h2d calls (reported at close) */
     bool pipe_busy[2];
     pthread_mutex_t mu;   /* the region list (is_device may be asked from the collectives) */
 } strict_dev;
@@ -150,6 +151,7 @@ static dsckpt_status strict_copy(strict_dev *d, copy_fn cpu_op, const char *name
 
 static dsckpt_status st_h2d(void *ctx, void *dst, const void *src, size_t bytes) {
     strict_dev *d = ctx;
+    d->ups++;
     return strict_copy(d, d->cpu->h2d, "h2d", true, false, dst, src, bytes);
 }
 
@@ -507,6 +509,7 @@ void rt_device_cpu_strict_close(rt_device *dev) {
     strict_dev *d = dev->ctx;
     if (d->nr) fprintf(stderr, "cpu-strict device: %zu device allocation(s) not freed at close\n", d->nr);
     if (d->pipes) fprintf(stderr, "cpu-strict device: %lu offload copies pipelined\n", d->pipes);
+    fprintf(stderr, "cpu-strict device: %lu host-to-device copies\n", d->ups);
     if (d->snaps)
         fprintf(stderr, "cpu-strict device: %lu snapshot(s) begun, %lu waited for, %lu fence(s)\n", d->snaps, d->waits,
                 d->fences);

@@ -706,22 +706,82 @@ static dsckpt_status match_tensors(const rt_engine *e, const dsckpt_ckpt *c, boo
     return DSCKPT_OK;
 }
 
-static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
-    const rt_device *od = e->odev;
-    float *bounce = NULL; /* device partitions: read here, copied up through the table */
-    if (!od->host_memory) {
-        uint64_t most = 1;
-        for (size_t i = 0; i < e->nt; i++) {
-            uint64_t s0, n, poff;
-            rt_engine_own(e, &e->t[i], e->rank, &s0, &n, &poff);
-            most = DS_MAX(most, n);
-        }
-        DS_TRY(od->alloc_host(od->ctx, (size_t)most * sizeof *bounce, (void **)&bounce));
+/* A device rank's partitions are read into pinned host memory (at least this
+ * many floats, or the largest tensor share) a batch of tensors at a time and
+ * copied up through the table. */
+#define LOAD_STAGE_FLOATS ((uint64_t)16 << 20)
+
+/* The reads of a load: into the partitions in host memory; for device ones into a
+ * staging buffer, each batch then copied up (ups: a run of tensors lying end to
+ * end both in the buffer and on the device is one copy). */
+typedef struct {
+    const rt_device *od;
+    const dsckpt_ckpt *c;
+    const ds_fdset *fs;
+    int threads;
+    ds_read_list rl;
+    float *stage; /* NULL: host partitions */
+    uint64_t cap, fill;
+    struct load_up {
+        float *dst;
+        uint64_t off, n;
+    } *ups;
+    size_t nup, upcap;
+} loader;
+
+/* Reads what was added (on the training threads), and copies a staged batch up. */
+static dsckpt_status loader_flush(loader *L) {
+    DS_TRY(ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads));
+    L->rl.n = 0;
+    for (size_t i = 0; i < L->nup; i++)
+        DS_TRY(L->od->h2d(L->od->ctx, L->ups[i].dst, L->stage + L->ups[i].off, (size_t)L->ups[i].n * sizeof(float)));
+    if (L->nup) DS_TRY(L->od->sync(L->od->ctx)); /* the staging buffer is reused */
+    L->nup = 0;
+    L->fill = 0;
+    return DSCKPT_OK;
+}
+
+static dsckpt_status loader_add(loader *L, ds_state s, uint32_t ti, uint64_t s0, uint64_t n, float *dst) {
+    if (!L->stage) return ds_read_list_add(&L->rl, L->c, s, ti, s0, n, dst);
+    if (L->fill + n > L->cap) DS_TRY(loader_flush(L));
+    DS_TRY(ds_read_list_add(&L->rl, L->c, s, ti, s0, n, L->stage + L->fill));
+    struct load_up *u = L->nup ? &L->ups[L->nup - 1] : NULL;
+    if (u && u->dst + u->n == dst && u->off + u->n == L->fill) {
+        u->n += n;
+    } else {
+        DS_TRY(ds_array_room(&L->ups, &L->upcap, L->nup, sizeof *L->ups));
+        L->ups[L->nup++] = (struct load_up){.dst = dst, .off = L->fill, .n = n};
     }
+    L->fill += n;
+    return DSCKPT_OK;
+}
+
+/* The staging buffer of a device rank: LOAD_STAGE_FLOATS, or the largest tensor
+ * share, but no more than the whole share. */
+static dsckpt_status loader_stage(const rt_engine *e, bool moments, loader *L) {
+    uint64_t most = 1, all = 0;
+    for (size_t i = 0; i < e->nt; i++) {
+        uint64_t s0, n, poff;
+        rt_engine_own(e, &e->t[i], e->rank, &s0, &n, &poff);
+        most = DS_MAX(most, n);
+        all += n * (moments ? 3 : 1);
+    }
+    uint64_t stage = LOAD_STAGE_FLOATS;
+    /* Test builds may ask for less, so that a small model loads in several batches
+     * (tests/rt_device_test.sh). */
+    const char *hs = ds_test_hook("DSTRAIN_TEST_LOAD_STAGE");
+    if (hs && strtoull(hs, NULL, 10) > 0) stage = strtoull(hs, NULL, 10);
+    L->cap = DS_MAX(most, DS_MIN(all, stage));
+    return L->od->alloc_host(L->od->ctx, (size_t)L->cap * sizeof *L->stage, (void **)&L->stage);
+}
+
+static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
     ds_fdset fs;
+    loader L = {.od = e->odev, .c = c, .fs = &fs, .threads = training_threads()};
+    if (!L.od->host_memory) DS_TRY(loader_stage(e, moments, &L));
     dsckpt_status st = ds_fdset_open_lazy(c, &fs); /* only the files holding this rank's share */
     if (st) {
-        if (bounce) od->free_host(od->ctx, bounce);
+        if (L.stage) L.od->free_host(L.od->ctx, L.stage);
         return st;
     }
     /* Read on the training threads, which wait for the load anyway: each chunk's
@@ -731,7 +791,7 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * the rest before anything is accepted. */
     ds_fdset_defer_checks(&fs);
     lend_gradients(e, &fs);
-    if (!bounce) ds_fdset_stream_reads(&fs); /* the shares are read again only by the rebuild, after all of them */
+    if (!L.stage) ds_fdset_stream_reads(&fs); /* the shares are read again only by the rebuild, after all of them */
     uint32_t *tis = calloc(e->nt ? e->nt : 1, sizeof *tis);
     if (!tis) st = ds_err(DSCKPT_ENOMEM, "out of memory");
     if (!st) st = match_tensors(e, c, moments, tis);
@@ -739,10 +799,9 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
      * in one region of every rank file, so the reads go forwards through it (and a
      * compressed file's chunks are decoded once, not again for every piece they
      * hold: reading in model order, which alternates between the groups, decoded
-     * 3.4x the bytes of a 4 -> 2 resume). In host memory the share of a group is
-     * one run per rank file it lies in (ds_read_list), so a chunk that a tensor
-     * boundary falls in is read once, not its tail twice. */
-    ds_read_list rl = {0};
+     * 3.4x the bytes of a 4 -> 2 resume). The share of a group is one run per rank
+     * file it lies in (ds_read_list), so a chunk that a tensor boundary falls in is
+     * read once, not its tail twice. */
     for (int s = 0; s < (moments ? 3 : 1) && !st; s++) {
         for (int g = 0; g < NG && !st; g++) {
             for (size_t i = 0; i < e->nt && !st; i++) {
@@ -750,24 +809,17 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
                 uint64_t s0, n, poff;
                 if (T->group != g) continue;
                 rt_engine_own(e, T, e->rank, &s0, &n, &poff);
-                if (!n) continue;
-                float *dst = (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[g] + poff;
-                if (!bounce) {
-                    st = ds_read_list_add(&rl, c, (ds_state)s, tis[i], s0, n, dst);
-                } else {
-                    st = ds_ckpt_read(c, &fs, (ds_state)s, tis[i], s0, n, bounce);
-                    if (!st) st = od->h2d(od->ctx, dst, bounce, (size_t)n * 4);
-                    if (!st) st = od->sync(od->ctx); /* the bounce buffer is reused */
-                }
+                if (n) st = loader_add(&L, (ds_state)s, tis[i], s0, n, (s == 0 ? e->master : s == 1 ? e->m1 : e->m2)[g] + poff);
             }
         }
     }
-    if (!st) st = ds_read_list_run_threads(c, &fs, &rl, training_threads());
+    if (!st) st = loader_flush(&L);
     if (!st) st = ds_fdset_finish(c, &fs);
-    ds_read_list_free(&rl);
+    ds_read_list_free(&L.rl);
+    free(L.ups);
     free(tis);
     ds_fdset_close(&fs);
-    if (bounce) od->free_host(od->ctx, bounce);
+    if (L.stage) L.od->free_host(L.od->ctx, L.stage);
     return st;
 }
 

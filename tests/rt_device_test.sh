@@ -122,6 +122,33 @@ for pair in "cpu:cpu-strict:w2s2" "cpu-strict:cpu:w2s3off"; do
     b=$(numerics "$rd/log" | tail -1)
     if [ -n "$a" ] && [ "$a" = "$b" ]; then ok; else bad "resume $from -> $to: last step differs"$'\n'"$a"$'\n'"$b"; fi
 done
+# w2s2's step-3 checkpoint resumed at one rank: on cpu, one thread (the host
+# partitions read in order); on cpu-strict, three threads, with a staging buffer of
+# 1000 floats (a test hook: the device partitions arrive in many batches, each read
+# on every thread and then copied up) and without. The three runs end at the same
+# step, and the staged one made at least 10 more copies up than the other (the
+# unstaged load copies each state's group up whole: 6 copies; the staged one cuts
+# them at every batch, the largest tensor's share at least).
+config w1s2.json 2 bf16 4 1 0
+for side in "cpu 1 0 cpu" "cpu-strict 3 1000 staged" "cpu-strict 3 0 strict"; do
+    read -r dev th stage name <<<"$side"
+    rd="resume1.$name"
+    mkdir -p "$rd/save"
+    cp -r w2s2.cpu/save/global_step3 "$rd/save/"
+    echo global_step3 >"$rd/save/latest"
+    OMP_NUM_THREADS=$th DSTRAIN_TEST_LOAD_STAGE=$stage train "$dev" 1 w1s2.json "$rd" --max_steps 6 --resume global_step3 ||
+        bad "resume w2s2 at 1 rank ($name) failed: $(tail -5 "$rd/out")"
+done
+a=$(numerics resume1.cpu/log | tail -1)
+for name in staged strict; do
+    b=$(numerics "resume1.$name/log" | tail -1)
+    if [ -n "$a" ] && [ "$a" = "$b" ]; then ok; else bad "resume at 1 rank: cpu and $name differ"$'\n'"$a"$'\n'"$b"; fi
+done
+ups() { sed -n 's/^cpu-strict device: \([0-9]*\) host-to-device copies$/\1/p' "$1/out" | tail -1; }
+u1=$(ups resume1.staged) u0=$(ups resume1.strict)
+if [ -n "$u1" ] && [ -n "$u0" ] && [ "$u1" -ge $((u0 + 10)) ]; then ok; else
+    bad "the staged resume made ${u1:-no} copies up against ${u0:-no} (want 10 more)"
+fi
 
 # The offload is taken: the strict run reports it (so the test above exercised it).
 if grep -q "optimizer offloaded" w2s3off.strict/out; then ok; else bad "offload not reported by the cpu-strict run: $(head -3 w2s3off.strict/out)"; fi
