@@ -30,7 +30,8 @@
 #              (MPI, device buffers staged; bf16 tolerance); the W=2 GPU run's
 #              checkpoint verifies, consolidates with dsckpt, opens in Python's
 #              safetensors with the very master weights the run logged, resumes on the
-#              CPU to the same losses, and comes back as $OUT/gpu-ckpt.tar.gz
+#              CPU and on the GPU (each rank's partitions staged, read on its threads)
+#              to the same losses, and comes back as $OUT/gpu-ckpt.tar.gz
 #   snapshot   bench/gpu_bench.c: snapshot D2H throughput / pinned-copy bandwidth
 #              (target >= 0.8) and async stall / synchronous save (target <= 0.05)
 #   torch      bench/gpu/torch_gpt2_step.py: GPT-2-124M-shaped step time, PyTorch
@@ -300,7 +301,7 @@ GEMM=${GPU_CHECK_GEMM:-auto}
 # Loss curves CPU vs DEV at W=1 and W=2 (MPI, device buffers staged), and a checkpoint
 # written by the DEV run: it verifies, consolidates with dsckpt, opens in Python's
 # safetensors with exactly the master weights the run logged (SHA-256 of the fp32
-# master), and resumes on the CPU (--device cpu) to the same losses.
+# master), and resumes on the CPU (--device cpu) and on DEV to the same losses.
 dstrain_steps() {
     local w=$LOGS/dstrain-work
     mkdir -p "$w" || return 1
@@ -332,6 +333,12 @@ EOF
     cp -r "$w/gpu2.save/global_step10" "$w/cpu_resume.save/" || return 1
     dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device cpu \
         --log_file "$w/cpu_resume.log" --save_dir "$w/cpu_resume.save" --resume global_step10 || return 1
+    # The same checkpoint resumed on DEV at W=2: each rank's device partitions come
+    # up through its staging buffer, read on its threads.
+    mkdir -p "$w/dev_resume.save" || return 1
+    cp -r "$w/gpu2.save/global_step10" "$w/dev_resume.save/" || return 1
+    dsrun --num_procs 2 dstrain --deepspeed "$w/ds.json" --data "$data" "${model[@]}" --device "$DEV" \
+        --log_file "$w/dev_resume.log" --save_dir "$w/dev_resume.save" --resume global_step10 || return 1
     dsckpt verify "$w/gpu2.save" -t global_step20 || return 1
     dsckpt consolidate "$w/gpu2.save" -t global_step20 --dtype fp32 -o "$w/gpu2.safetensors" || return 1
     # The checkpoint comes back, to be resumed on the build machine (docs/gpu.md).

@@ -2,10 +2,11 @@
 """The verdicts of scripts/gpu-check.sh's dstrain steps, from the runs' --log_file lines.
 
   check_dstrain.py WORK
-      WORK holds cpu1/gpu1/gpu1_fp32/cpu2/gpu2/cpu_resume .log and gpu2.safetensors (dsckpt
-      consolidate --dtype fp32 of the gpu2 run's last checkpoint). Checks: the device's
-      loss curves at W=1 and W=2 within bf16 tolerance of the CPU's; the CPU run resumed
-      from the device's step-10 checkpoint continues its losses; the consolidated file,
+      WORK holds cpu1/gpu1/gpu1_fp32/cpu2/gpu2/cpu_resume/dev_resume .log and gpu2.safetensors
+      (dsckpt consolidate --dtype fp32 of the gpu2 run's last checkpoint). Checks: the
+      device's loss curves at W=1 and W=2 within bf16 tolerance of the CPU's; the CPU run
+      and the device run resumed from the device's step-10 checkpoint continue its
+      losses; the consolidated file,
       read by Python's safetensors, holds exactly the fp32 master the device run logged
       (master_sha256: SHA-256 of the master in the model's flat order, runtime/model.h).
   check_dstrain.py --gpt2 WORK TORCH_LOG N_LAYER N_EMBD SEQ BATCH
@@ -82,14 +83,18 @@ def check_loss_ckpt(w):
     stalls = [r["save_stall_s"] for r in g if "save_stall_s" in r]
     print(f"dstrain_tiny_async_save_stall_s={max(stalls) if stalls else float('nan'):.4g} "
           f"median_step_s={median([r['step_s'] for r in g]):.4g} saves={len(stalls)}")
-    # The CPU run resumed from the device's step-10 checkpoint: steps 11.. continue it.
-    r = rows(f"{w}/cpu_resume.log")
+    # The device's step-10 checkpoint resumed on the CPU, and on the device (its
+    # partitions staged and read on each rank's threads): steps 11.. continue the run.
     tail = g[10:]
-    d = max((rel(a["loss"], b["loss"]) for a, b in zip(r, tail)), default=float("inf"))
-    ok = len(r) == len(tail) and r and r[0]["step"] == 11 and d < TOL
-    print(f"resume_on_cpu_steps={r[0]['step'] if r else '-'}..{r[-1]['step'] if r else '-'} "
-          f"max_rel_diff_vs_device={d:.3g} ({'ok' if ok else 'FAIL'})")
-    bad += not ok
+    for log, what in (("cpu_resume", "resume_on_cpu"), ("dev_resume", "resume_on_device")):
+        if log == "dev_resume" and not os.path.exists(f"{w}/{log}.log"):
+            continue
+        r = rows(f"{w}/{log}.log")
+        d = max((rel(a["loss"], b["loss"]) for a, b in zip(r, tail)), default=float("inf"))
+        ok = len(r) == len(tail) and r and r[0]["step"] == 11 and d < TOL
+        print(f"{what}_steps={r[0]['step'] if r else '-'}..{r[-1]['step'] if r else '-'} "
+              f"max_rel_diff_vs_device={d:.3g} ({'ok' if ok else 'FAIL'})")
+        bad += not ok
     # The consolidated checkpoint, as Python's safetensors reads it.
     from safetensors.numpy import load_file
     t = load_file(f"{w}/gpu2.safetensors")
