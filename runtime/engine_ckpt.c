@@ -320,13 +320,18 @@ static int training_threads(void) {
 #endif
 }
 
-int rt_saver_threads(const rt_saver *s) { return s->async ? 1 : training_threads(); }
+int rt_saver_threads(const rt_saver *s) {
+    /* An async save writes beside training. Where the optimizer state is in host
+     * memory (CPU training, or the optimizer offloaded to the CPU) the training
+     * threads need the cores, so it writes on one; where the model and the
+     * optimizer are on a device the host cores wait through a step, so it takes
+     * the training threads, as a synchronous save does. */
+    return s->async && s->e->odev->host_memory ? 1 : training_threads();
+}
 
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
     if (!writes_file(e)) return DSCKPT_OK;
-    /* An async save writes beside training, on one thread; a synchronous one
-     * has the training threads to itself. */
     return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, rt_saver_threads(s), NULL);
 }
 

@@ -49,8 +49,9 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
  * or NULL. Collective. */
 dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed);
 bool rt_saver_busy(const rt_saver *s);
-/* The threads a save's rank file is written on: 1 for an async save (it writes
- * beside training), the training threads (OpenMP's) for a synchronous one. */
+/* The threads a save's rank file is written on: the training threads (OpenMP's),
+ * except for an async save while the optimizer state is in host memory (it writes
+ * beside training there, on one thread). */
 int rt_saver_threads(const rt_saver *s);
 
 /* Called on every rank once a save is committed, wherever that happens (in

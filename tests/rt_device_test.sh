@@ -89,7 +89,14 @@ run_case() {
     if same_ckpt "$name.cpu/save" "$name.strict/save" >"$name.cmp"; then ok; else bad "$name: $(cat "$name.cmp")"; fi
 }
 
-run_case w1s0 1 0 bf16 2 1 0
+# Three threads: the cpu-strict run's async saves (model and optimizer on the
+# "device") are written on all three, the cpu run's on one (checked below); the
+# checkpoints are the same bytes (run_case).
+OMP_NUM_THREADS=3 run_case w1s0 1 0 bf16 2 1 0
+if grep -q "^dstrain: saved global_step3 in [0-9.]* s, async, 3 threads a rank$" w1s0.strict/out &&
+    grep -q "^dstrain: saved global_step3 in [0-9.]* s, async$" w1s0.cpu/out; then ok; else
+    bad "w1s0: async save threads: strict '$(grep 'saved global_step3' w1s0.strict/out)', cpu '$(grep 'saved global_step3' w1s0.cpu/out)'"
+fi
 run_case w1s1fp16 1 1 fp16 1 2 0
 run_case w1s3off 1 3 bf16 2 1 1 --no_async_save
 run_case w2s0fp32 2 0 fp32 1 1 0

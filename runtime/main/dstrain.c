@@ -181,10 +181,11 @@ static dsckpt_status on_commit(void *user, const char *tag, uint64_t step, const
     double t0 = NAN;
     for (int i = 0; i < 2; i++)
         if (r->saving[i].step == step) t0 = r->saving[i].t0;
-    if (o->async_save) fprintf(stderr, "dstrain: saved %s in %.2f s, async\n", tag, rt_now_s() - t0);
+    int th = rt_saver_threads(r->saver);
+    if (o->async_save && th == 1) fprintf(stderr, "dstrain: saved %s in %.2f s, async\n", tag, rt_now_s() - t0);
     else
-        fprintf(stderr, "dstrain: saved %s in %.2f s, sync, %d thread%s a rank\n", tag, rt_now_s() - t0,
-                rt_saver_threads(r->saver), rt_saver_threads(r->saver) == 1 ? "" : "s");
+        fprintf(stderr, "dstrain: saved %s in %.2f s, %s, %d thread%s a rank\n", tag, rt_now_s() - t0,
+                o->async_save ? "async" : "sync", th, th == 1 ? "" : "s");
     if (r->cfg.zero.stage3_gather_16bit_weights_on_model_save) {
         /* As DeepSpeed's save_16bit_model under the Trainer: the consolidated 16-bit
          * weights next to the checkpoints, here save_dir/model.safetensors (of the
