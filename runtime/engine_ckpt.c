@@ -325,8 +325,9 @@ int rt_saver_threads(const rt_saver *s) {
      * memory (CPU training, or the optimizer offloaded to the CPU) the training
      * threads need the cores, so it writes on one; where the model and the
      * optimizer are on a device the host cores wait through a step, so it takes
-     * the training threads, as a synchronous save does. */
-    return s->async && s->e->odev->host_memory ? 1 : training_threads();
+     * all the training threads but one (the one that drives the device). */
+    if (!s->async) return training_threads();
+    return s->e->odev->host_memory ? 1 : DS_MAX(1, training_threads() - 1);
 }
 
 static dsckpt_status write_own(rt_saver *s) {

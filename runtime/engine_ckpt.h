@@ -49,9 +49,9 @@ dsckpt_status rt_saver_start(rt_saver *s, const char *save_dir, const char *tag,
  * or NULL. Collective. */
 dsckpt_status rt_saver_poll(rt_saver *s, bool wait, const char **committed);
 bool rt_saver_busy(const rt_saver *s);
-/* The threads a save's rank file is written on: the training threads (OpenMP's),
- * except for an async save while the optimizer state is in host memory (it writes
- * beside training there, on one thread). */
+/* The threads a save's rank file is written on: for a synchronous save the
+ * training threads (OpenMP's); for an async one, which writes beside training, one
+ * while the optimizer state is in host memory, else the training threads but one. */
 int rt_saver_threads(const rt_saver *s);
 
 /* Called on every rank once a save is committed, wherever that happens (in
