@@ -459,10 +459,9 @@ dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs,
         uint64_t u = fixed_unit(c, run->file), end = run->offset + run->bytes;
         for (uint64_t pos = run->offset; pos < end && !st;) {
             uint64_t b = u ? DS_MIN(end, (pos / u + 1) * u) : end;
+            ds_read_part part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = run->dst + (pos - run->offset)};
             if (!(st = ds_array_room(&pc, &cap, n, sizeof *pc)))
-                pc[n++] = (list_piece_t){.file = run->file,
-                                         .unit = u ? pos / u : UINT64_MAX,
-                                         .part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = run->dst + (pos - run->offset)}};
+                pc[n++] = (list_piece_t){.file = run->file, .unit = u ? pos / u : UINT64_MAX, .part = part};
             pos = b;
         }
     }
