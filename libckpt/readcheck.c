@@ -515,7 +515,7 @@ dsckpt_status ds_fdset_pread_parts(const dsckpt_ckpt *c, const ds_fdset *fs, uin
         uint64_t ub, ue;
         unit_bounds(f, v, k, &ub, &ue);
         for (size_t i = 0; i < np && one_pass; i++)
-            one_pass = parts[i].offset >= ub && parts[i].bytes <= ue - parts[i].offset &&
+            one_pass = parts[i].offset >= ub && parts[i].offset <= ue && parts[i].bytes <= ue - parts[i].offset &&
                        (i == 0 || parts[i].offset >= parts[i - 1].offset + parts[i - 1].bytes);
     }
     if (one_pass) return read_unit_parts(f, fs->fd[file], v, k, parts, np);
