@@ -248,7 +248,7 @@ plan() {
 env       nvidia-smi; versions of nvcc, python3's torch; ldd of the carried programs
 kernels   DSCKPT_REQUIRE_CUDA=1 bin/test_kernels_cuda                           (timeout 100 s)
 dstrain_loss_ckpt  CPU vs --device cuda loss curves W=1, W=2 (and --comm nccl at W=1); GPU checkpoint verify,
-          consolidate, safetensors == logged master, resume on CPU      (timeout 120 s)
+          consolidate, safetensors == logged master, resume on CPU and GPU (timeout 120 s)
 snapshot  bin/gpu_bench snapshot 2048                                           (timeout 45 s)
 torch     python3 bench/gpu/torch_gpt2_step.py --batch 8 --steps 8 --vocab 256  (timeout 120 s)
 dstrain_gpt2  124M shape --device cuda: step / torch, async save stall, offload (timeout 150 s)
