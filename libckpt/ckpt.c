@@ -137,29 +137,24 @@ dsckpt_status ds_file_read_header(const ds_file *f, int fd, bool check, st_heade
     *out = NULL;
     if (!f->compressed) return st_read_fd(fd, f->path, out);
     /* The header of the raw bytes, decoded from the chunks it lies in (their
-     * stored bytes checked first when `check`): the first chunk is decoded once,
-     * and holds the whole header unless the header is larger than a chunk. */
+     * stored bytes checked first when `check`): the length, then the header, with
+     * the first chunk decoded once. */
     if (f->size < 8)
         return ds_err(DSCKPT_ECORRUPT, "%s: %llu raw bytes cannot hold a safetensors header", f->path,
                       (unsigned long long)f->size);
     const uint8_t(*dg)[DS_SHA256_LEN] = check ? (const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks : NULL;
-    size_t first = (size_t)DS_MIN(f->size, f->dg.chunk_size);
-    uint8_t *c0 = NULL, *buf = NULL;
-    DS_TRY(ds_malloc(first, &c0));
-    dsckpt_status st = ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, c0, first, 0, f->path);
-    uint64_t n = st == DSCKPT_OK ? ds_get_le64(c0) : 0;
+    ds_zfile_reader r;
+    ds_zfile_reader_init(&r, fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, f->path);
+    uint8_t len[8], *buf = NULL;
+    dsckpt_status st = ds_zfile_reader_read(&r, len, sizeof len, 0);
+    uint64_t n = st == DSCKPT_OK ? ds_get_le64(len) : 0;
     if (st == DSCKPT_OK && (n > ST_MAX_HEADER || n > f->size - 8))
         st = ds_err(DSCKPT_ECORRUPT, "%s: header length %llu does not fit its %llu raw bytes", f->path,
                     (unsigned long long)n, (unsigned long long)f->size);
-    if (st == DSCKPT_OK && 8 + n <= first) {
-        st = st_parse_header(c0 + 8, n, f->size, f->path, out);
-    } else if (st == DSCKPT_OK) {
-        st = ds_malloc((size_t)n, &buf);
-        if (st == DSCKPT_OK)
-            st = ds_zfile_pread(fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, buf, (size_t)n, 8, f->path);
-        if (st == DSCKPT_OK) st = st_parse_header(buf, n, f->size, f->path, out);
-    }
-    free(c0);
+    if (st == DSCKPT_OK) st = ds_malloc(n ? (size_t)n : 1, &buf);
+    if (st == DSCKPT_OK) st = ds_zfile_reader_read(&r, buf, (size_t)n, 8);
+    if (st == DSCKPT_OK) st = st_parse_header(buf, n, f->size, f->path, out);
+    ds_zfile_reader_clear(&r);
     free(buf);
     return st;
 }

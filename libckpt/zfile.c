@@ -7,6 +7,7 @@
 #include "fsutil.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,55 +122,93 @@ dsckpt_status ds_zwriter_finish(ds_zwriter *w, ds_digests *dg, ds_zrec **zc, uin
 
 /* ---- uncached reads ---- */
 
+void ds_zfile_reader_init(ds_zfile_reader *r, int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size,
+                          uint64_t size, const uint8_t (*digests)[DS_SHA256_LEN], const char *what) {
+    *r = (ds_zfile_reader){.fd = fd, .zc = zc, .nchunks = nchunks, .chunk_size = chunk_size, .size = size,
+                           .digests = digests, .what = what, .k = SIZE_MAX};
+}
+
+void ds_zfile_reader_clear(ds_zfile_reader *r) {
+    ds_zchunk_dec_free(r->dec);
+    free(r->stored);
+    free(r->scratch);
+    r->dec = NULL;
+    r->stored = r->scratch = NULL;
+    r->stored_cap = r->scratch_cap = 0;
+    r->k = SIZE_MAX;
+}
+
+/* A buffer of at least n bytes. Plain malloc, not ds_malloc's huge pages: these
+ * reads touch little of what they hold (a header's bytes, a frame's plane), and
+ * each page faulted in is one the kernel must zero. */
+static dsckpt_status reader_buf(uint8_t **buf, size_t *cap, size_t n) {
+    if (n <= *cap) return DSCKPT_OK;
+    free(*buf);
+    *cap = 0;
+    *buf = malloc(n ? n : 1);
+    if (!*buf) return ds_err(DSCKPT_ENOMEM, "out of memory (%zu bytes for a chunk)", n);
+    *cap = n;
+    return DSCKPT_OK;
+}
+
+/* Chunk k (rn raw bytes) read, checked and decoded into r->view. */
+static dsckpt_status reader_load(ds_zfile_reader *r, size_t k, uint64_t rn, const char *cw) {
+    const ds_zrec *z = &r->zc[k];
+    r->k = SIZE_MAX;
+    /* The record's sizes are checked before anything is allocated for them. */
+    DS_TRY(ds_zchunk_check((ds_zchunk_kind)z->kind, z->width, z->size, rn, cw));
+    if (!r->dec) DS_TRY(ds_zchunk_dec_new(&r->dec));
+    DS_TRY(reader_buf(&r->stored, &r->stored_cap, (size_t)z->size));
+    DS_TRY(ds_pread_full(r->fd, r->stored, (size_t)z->size, z->off, r->what));
+    if (r->digests) {
+        uint8_t dg[DS_SHA256_LEN];
+        DS_TRY(ds_sha256(r->stored, (size_t)z->size, dg));
+        if (memcmp(dg, r->digests[k], DS_SHA256_LEN) != 0)
+            return ds_err(DSCKPT_ECHECKSUM,
+                          "%s: chunk %zu (stored bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt "
+                          "verify lists every bad chunk)",
+                          r->what, k, (unsigned long long)z->off, (unsigned long long)(z->off + z->size));
+    }
+    /* Only the zstd planes are decoded into scratch; the pages of the others stay
+     * untouched. */
+    if (z->kind != DS_ZCHUNK_RAW) DS_TRY(reader_buf(&r->scratch, &r->scratch_cap, (size_t)rn));
+    ds_zchunk_dec_set_verified(r->dec, r->digests != NULL); /* as the checked reads do (readcheck.c) */
+    DS_TRY(ds_zchunk_decode_view(r->dec, (ds_zchunk_kind)z->kind, z->width, r->stored, (size_t)z->size, r->scratch,
+                                 (size_t)rn, cw, &r->view));
+    r->k = k;
+    return DSCKPT_OK;
+}
+
+dsckpt_status ds_zfile_reader_read(ds_zfile_reader *r, void *dst, size_t n, uint64_t off) {
+    uint64_t end;
+    if (ds_add_overflow(off, n, &end) || end > r->size)
+        return ds_err(DSCKPT_ECORRUPT, "%s: bytes [%llu, +%zu) lie outside its %llu raw bytes", r->what,
+                      (unsigned long long)off, n, (unsigned long long)r->size);
+    uint8_t *out = dst;
+    for (uint64_t pos = off; pos < end;) {
+        size_t k = (size_t)(pos / r->chunk_size);
+        if (k >= r->nchunks)
+            return ds_err(DSCKPT_ECORRUPT, "%s: raw byte %llu is in no chunk", r->what, (unsigned long long)pos);
+        uint64_t rb = (uint64_t)k * r->chunk_size, rn = DS_MIN(r->chunk_size, r->size - rb);
+        if (k != r->k) {
+            char cw[512];
+            snprintf(cw, sizeof cw, "%s: chunk %zu", r->what, k);
+            DS_TRY(reader_load(r, k, rn, cw));
+        }
+        uint64_t take = DS_MIN(end, rb + rn) - pos;
+        ds_zplanes_read(out + (pos - off), &r->view, (size_t)(pos - rb), (size_t)take);
+        pos += take;
+    }
+    return DSCKPT_OK;
+}
+
 dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
                              const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
                              const char *what) {
-    uint64_t end;
-    if (ds_add_overflow(off, n, &end) || end > size)
-        return ds_err(DSCKPT_ECORRUPT, "%s: bytes [%llu, +%zu) lie outside its %llu raw bytes", what,
-                      (unsigned long long)off, n, (unsigned long long)size);
-    ds_zchunk_dec *dec = NULL;
-    uint8_t *stored = NULL, *raw = NULL;
-    dsckpt_status st = ds_zchunk_dec_new(&dec);
-    uint8_t *out = dst;
-    char cw[512];
-    for (uint64_t pos = off; st == DSCKPT_OK && pos < end;) {
-        size_t k = (size_t)(pos / chunk_size);
-        if (k >= nchunks) {
-            st = ds_err(DSCKPT_ECORRUPT, "%s: raw byte %llu is in no chunk", what, (unsigned long long)pos);
-            break;
-        }
-        uint64_t rb = (uint64_t)k * chunk_size, rn = DS_MIN(chunk_size, size - rb);
-        snprintf(cw, sizeof cw, "%s: chunk %zu", what, k);
-        st = ds_zchunk_check((ds_zchunk_kind)zc[k].kind, zc[k].width, zc[k].size, rn, cw);
-        free(stored);
-        free(raw);
-        stored = raw = NULL;
-        if (st == DSCKPT_OK) st = ds_malloc(zc[k].size ? (size_t)zc[k].size : 1, &stored);
-        if (st == DSCKPT_OK) st = ds_malloc(rn ? (size_t)rn : 1, &raw);
-        if (st == DSCKPT_OK) st = ds_pread_full(fd, stored, (size_t)zc[k].size, zc[k].off, what);
-        if (st == DSCKPT_OK && digests) {
-            uint8_t dg[DS_SHA256_LEN];
-            st = ds_sha256(stored, (size_t)zc[k].size, dg);
-            if (st == DSCKPT_OK && memcmp(dg, digests[k], DS_SHA256_LEN) != 0)
-                st = ds_err(DSCKPT_ECHECKSUM,
-                            "%s: chunk %zu (stored bytes %llu..%llu): SHA-256 mismatch: the file is damaged (dsckpt "
-                            "verify lists every bad chunk)",
-                            what, k, (unsigned long long)zc[k].off, (unsigned long long)(zc[k].off + zc[k].size));
-        }
-        if (st == DSCKPT_OK) {
-            ds_zchunk_dec_set_verified(dec, digests != NULL); /* as the checked reads do (readcheck.c) */
-            st = ds_zchunk_decode(dec, (ds_zchunk_kind)zc[k].kind, zc[k].width, stored, (size_t)zc[k].size, raw,
-                                  (size_t)rn, cw);
-        }
-        if (st) break;
-        uint64_t take = DS_MIN(end, rb + rn) - pos;
-        memcpy(out + (pos - off), raw + (pos - rb), (size_t)take);
-        pos += take;
-    }
-    free(stored);
-    free(raw);
-    ds_zchunk_dec_free(dec);
+    ds_zfile_reader r;
+    ds_zfile_reader_init(&r, fd, zc, nchunks, chunk_size, size, digests, what);
+    dsckpt_status st = ds_zfile_reader_read(&r, dst, n, off);
+    ds_zfile_reader_clear(&r);
     return st;
 }
 

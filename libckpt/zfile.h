@@ -68,6 +68,27 @@ dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t
                              const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
                              const char *what);
 
+/* The same reads, one after another, keeping the last chunk decoded: a header's
+ * length, then the header, decode the first chunk once. Its buffers hold one
+ * chunk's stored bytes and its zstd planes. The fields are its own. */
+typedef struct ds_zfile_reader {
+    int fd;
+    const ds_zrec *zc;
+    size_t nchunks;
+    uint64_t chunk_size, size;
+    const uint8_t (*digests)[DS_SHA256_LEN];
+    const char *what;
+    ds_zchunk_dec *dec;
+    uint8_t *stored, *scratch;
+    size_t stored_cap, scratch_cap;
+    size_t k;        /* the chunk in view; SIZE_MAX: none */
+    ds_zplanes view;
+} ds_zfile_reader;
+void ds_zfile_reader_init(ds_zfile_reader *r, int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size,
+                          uint64_t size, const uint8_t (*digests)[DS_SHA256_LEN], const char *what);
+dsckpt_status ds_zfile_reader_read(ds_zfile_reader *r, void *dst, size_t n, uint64_t off);
+void ds_zfile_reader_clear(ds_zfile_reader *r);
+
 /* A bounded set of decoded chunks shared by threads. Each slot holds one chunk
  * (file, k) in its shuffled form (ds_zchunk_decode_view: planes stored raw are
  * read where they lie in the stored bytes); readers acquire it, unshuffle the

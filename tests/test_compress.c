@@ -23,12 +23,15 @@
 #include "synth.h"
 #include "tutil.h"
 #include "zchunk.h"
+#include "zfile.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #define TAG "global_step7"
@@ -740,6 +743,78 @@ static void test_read_list_threads(void) {
     free(dir);
 }
 
+/* ds_zfile_reader and the lazy open: with 128-byte chunks the safetensors header
+ * lies over several chunks. Reads of a compressed rank file's raw bytes in
+ * uneven pieces, forwards, backwards and across chunks, equal the plain rank
+ * file of the same checkpoint; a lazy set opens the files (the header decoded
+ * there) and reads every state right; a flipped bit in a later chunk of the
+ * header fails the lazy open with the checks on, naming that chunk. */
+static void test_header_over_chunks(void) {
+    char *dir = tu_mkdtemp(), *zroot = tu_path(dir, "z"), *proot = tu_path(dir, "p");
+    write_ckpt(zroot, 20000, 1, 128);
+    write_ckpt(proot, 20000, 0, 128);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(zroot, NULL, &c));
+    const ds_file *f = &c->files[0];
+    CU_ASSERT_FATAL(f->compressed);
+    char *plain = tag_file(proot, "rank_00000.safetensors");
+    size_t pn;
+    uint8_t *want = tu_read(plain, &pn);
+    CU_ASSERT_FATAL(want != NULL && pn == f->size);
+    uint64_t hlen = ds_get_le64(want);
+    CU_ASSERT_FATAL(8 + hlen > 3 * 128); /* the header spans at least four chunks */
+    /* The header's chunks are zstd frames; planes chunks and raw ones follow. */
+    size_t nk[3] = {0};
+    for (size_t k = 0; k < f->dg.nchunks; k++) nk[f->zc[k].kind]++;
+    CU_ASSERT_FATAL(f->zc[0].kind == DS_ZCHUNK_ZSTD && f->zc[2].kind == DS_ZCHUNK_ZSTD);
+    CU_ASSERT_FATAL(nk[DS_ZCHUNK_PLANES] > 0 && nk[DS_ZCHUNK_RAW] > 0);
+    uint8_t *got = calloc(pn, 1);
+    CU_ASSERT_FATAL(got != NULL);
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    CU_ASSERT_FATAL(fd >= 0);
+    for (int check = 0; check <= 1; check++) {
+        ds_zfile_reader r;
+        const uint8_t(*dg)[DS_SHA256_LEN] = check ? (const uint8_t(*)[DS_SHA256_LEN])f->dg.chunks : NULL;
+        ds_zfile_reader_init(&r, fd, f->zc, f->dg.nchunks, f->dg.chunk_size, f->size, dg, f->path);
+        memset(got, 0, pn);
+        /* The length, the header, then the rest in pieces of 1000 bytes from the
+         * end backwards, and one read over a whole chunk and parts of two. */
+        TU_ASSERT_OK(ds_zfile_reader_read(&r, got, 8, 0));
+        TU_ASSERT_OK(ds_zfile_reader_read(&r, got + 8, (size_t)hlen, 8));
+        for (uint64_t end = pn; end > 8 + hlen;) {
+            uint64_t lo = end >= 8 + hlen + 1000 ? end - 1000 : 8 + hlen;
+            TU_ASSERT_OK(ds_zfile_reader_read(&r, got + lo, (size_t)(end - lo), lo));
+            end = lo;
+        }
+        CU_ASSERT(memcmp(got, want, pn) == 0);
+        memset(got, 0, pn);
+        TU_ASSERT_OK(ds_zfile_reader_read(&r, got + 300, 200, 300));
+        CU_ASSERT(memcmp(got + 300, want + 300, 200) == 0);
+        /* Past the end: refused, nothing read. */
+        CU_ASSERT_EQUAL(ds_zfile_reader_read(&r, got, 2, pn - 1), DSCKPT_ECORRUPT);
+        ds_zfile_reader_clear(&r);
+    }
+    close(fd);
+    ds_fdset fs;
+    TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+    CU_ASSERT_EQUAL(check_read_list(c, &fs), 0);
+    ds_fdset_close(&fs);
+    /* A flip in the stored bytes of the header's third chunk. */
+    CU_ASSERT_FATAL(tu_flip_bit(f->path, f->zc[2].off + f->zc[2].size / 2, 1) == 0);
+    TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+    CU_ASSERT_EQUAL(ds_fdset_ensure(c, &fs, 0), DSCKPT_ECHECKSUM);
+    CU_ASSERT(strstr(dsckpt_last_error(), "rank_00000.safetensors: chunk 2 (stored bytes") != NULL);
+    ds_fdset_close(&fs);
+    free(got);
+    free(want);
+    free(plain);
+    dsckpt_ckpt_free(c);
+    tu_rmtree(dir);
+    free(zroot);
+    free(proot);
+    free(dir);
+}
+
 int main(void) {
     static const tu_test tests[] = {
         {"round trip, raw, zstd and planes chunks, checks on and off", test_round_trip},
@@ -750,6 +825,8 @@ int main(void) {
         {"truncated compressed file refused", test_truncated},
         {"bomb chunk refused from its frame header", test_bomb_chunk},
         {"read lists on 1, 2 and 3 threads: the same bytes; an unasked flipped byte still refused", test_read_list_threads},
+        {"a header over several chunks: uncached reads in any order equal the plain file; a lazy open checks it",
+         test_header_over_chunks},
         {NULL, NULL},
     };
     return tu_main("compress", tests);
