@@ -147,6 +147,14 @@ ds_tag_kind ds_tag_classify(const char *dir);
 typedef dsckpt_status (*ds_fill_fn)(void *user, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst,
                                     int worker);
 
+/* Where elements [start, start+numel) of state s of tensor t already lie in memory,
+ * end to end as the rank file stores them, or NULL where they do not (the writer
+ * then fills them). A compressed rank file's chunk whose data lies in one run of
+ * such memory is encoded from it in place instead of being filled into a buffer
+ * first. The bytes must not change until the write returns: a caller whose memory
+ * can change while it is written (an async save beside training) sets no view. */
+typedef const void *(*ds_view_fn)(void *user, ds_state s, uint32_t t, uint64_t start, uint64_t numel);
+
 typedef struct ds_native_spec {
     const ds_tensor *tensors;
     size_t ntensors;
@@ -175,6 +183,9 @@ void ds_native_out_free(ds_native_out *o);
  * ranks. */
 dsckpt_status ds_native_write_rank(ds_native_out *o, int rank, ds_fill_fn fill, void *user, int worker, int threads,
                                    ds_progress *prog);
+/* The writes that follow read data in place through `view` (with the fill's user)
+ * where it gives memory; NULL: fill everything. */
+void ds_native_set_view(ds_native_out *o, ds_view_fn view);
 /* A written file's commit record: what the manifest says of it (raw and stored
  * size, chunk digests, file digest, a compressed file's chunk records), as bytes
  * (malloc'd into *out) that the process which wrote the file hands to the one that

@@ -248,6 +248,29 @@ static dsckpt_status rank_bytes(const rank_map *m, ds_fill_fn fill, void *user, 
     return DSCKPT_OK;
 }
 
+/* Bytes [off, off+len) of the rank file where `view` has them in place, end to end
+ * in one run of memory: tensor data only, cut at whole elements. NULL otherwise
+ * (the header, zeros, a gap between the runs, no view). */
+static const uint8_t *rank_view(const rank_map *m, ds_view_fn view, void *user, uint64_t off, size_t len) {
+    const uint8_t *first = NULL, *next = NULL;
+    for (size_t i = map_find(m, off); len > 0; i++) {
+        if (!view || i >= m->n) return NULL;
+        const extent *x = &m->x[i];
+        uint64_t a = off - x->off;
+        size_t n = (size_t)DS_MIN((uint64_t)len, x->len - a);
+        if (x->kind != EXT_DATA || a % x->es || n % x->es) return NULL;
+        const uint8_t *p = view(user, x->state, x->tensor, x->start + a / x->es, n / x->es);
+        if (!p || (first && p != next)) return NULL;
+        if (!first) first = p;
+        next = p + n;
+        off += n;
+        len -= n;
+    }
+    return first;
+}
+
+void ds_native_set_view(ds_native_out *o, ds_view_fn view) { o->view = view; }
+
 /* ---- plain rank files: through the copy engine ---- */
 
 /* At most this many rank files open at once (a reshard to many ranks). */
@@ -471,9 +494,14 @@ static dsckpt_status z_unit(zrun *r, size_t u, int worker, uint8_t *raw, ds_zchu
     const ds_file *df = &r->o->c->files[r->r0 + i];
     size_t k = u - r->first[i];
     uint64_t off = (uint64_t)k * r->o->chunk_size, n = DS_MIN(r->o->chunk_size, df->size - off);
-    DS_TRY(rank_bytes(&f->m, r->fill, r->user, r->worker_base + worker, off, (size_t)n, raw));
+    /* Data lying in place is encoded from there; the rest is filled into raw. */
+    const uint8_t *src = rank_view(&f->m, r->o->view, r->user, off, (size_t)n);
+    if (!src) {
+        DS_TRY(rank_bytes(&f->m, r->fill, r->user, r->worker_base + worker, off, (size_t)n, raw));
+        src = raw;
+    }
     ds_zstored c;
-    DS_TRY(ds_zchunk_store_prepare(enc, raw, (size_t)n, chunk_width(&f->m, off, n), &c));
+    DS_TRY(ds_zchunk_store_prepare(enc, src, (size_t)n, chunk_width(&f->m, off, n), &c));
     DS_TRY(z_wait_turn(r, f, k));
     /* The file is this worker's until the turn passes. */
     if (k == 0) {

@@ -32,6 +32,7 @@ struct ds_native_out {
     ds_rank_plan *plans;   /* one per file */
     uint64_t chunk_size;
     int compress_level;    /* 0: plain rank files; else zstd level (zfile.h) */
+    ds_view_fn view;       /* ds_native_set_view; NULL: every byte filled */
 };
 
 /* Writes every rank file on `threads` threads, then the manifest. */

@@ -124,6 +124,20 @@ static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, 
     return DSCKPT_OK;
 }
 
+/* A synchronous save's data in place (ds_view_fn): the partitions (or their
+ * snapshot) do not change until the save returns. NULL for anything the fill
+ * would refuse, so that the fill reports it. */
+static const void *snap_view(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel) {
+    const snap *sn = u;
+    const rt_engine *e = sn->e;
+    if (s > DS_ST_EXP_AVG_SQ || t >= e->nt) return NULL;
+    const et *T = &e->t[t];
+    uint64_t s0, n, poff;
+    rt_engine_own(e, T, e->rank, &s0, &n, &poff);
+    if (start < s0 || start + numel > s0 + n) return NULL;
+    return sn->buf[s][T->group] + poff + (start - s0);
+}
+
 struct rt_saver {
     rt_engine *e;
     bool async;
@@ -333,6 +347,8 @@ int rt_saver_threads(const rt_saver *s) {
 static dsckpt_status write_own(rt_saver *s) {
     const rt_engine *e = s->e;
     if (!writes_file(e)) return DSCKPT_OK;
+    /* An async save's partitions change under it (pre_update): it copies. */
+    ds_native_set_view(s->no, s->async ? NULL : snap_view);
     return ds_native_write_rank(s->no, e->stage == 0 ? 0 : e->rank, snap_fill, &s->sn, 0, rt_saver_threads(s), NULL);
 }
 
