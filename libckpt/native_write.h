@@ -15,7 +15,9 @@
  *
  * Data comes from a fill callback, so the same writer serves synth (computed
  * values), reshard (copied from another fragment map) and the training runtime
- * (its in-memory partitions). The calls the runtime uses (prepare, write a rank,
+ * (its in-memory partitions). A caller whose data already lies in memory that
+ * stays still through the write can also give a view (ds_native_set_view): a
+ * compressed chunk lying in one run of it is encoded from there, not filled. The calls the runtime uses (prepare, write a rank,
  * write the manifest, set latest) are declared in dsckpt_internal.h.
  */
 #ifndef DSCKPT_NATIVE_WRITE_H
