@@ -758,7 +758,7 @@ static const void *view_in_place(void *user, ds_state s, uint32_t t, uint64_t st
     viewctx *v = user;
     (void)numel;
     if (s > DS_ST_EXP_AVG_SQ || v->ts[t].group < 0) return NULL;
-    v->views++;
+    __atomic_fetch_add(&v->views, 1, __ATOMIC_RELAXED);
     return v->block[s][v->ts[t].group] + v->off[t] + start;
 }
 
