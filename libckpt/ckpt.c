@@ -438,6 +438,28 @@ static dsckpt_status list_item(void *u, size_t i, int worker) {
     return ds_fdset_pread_parts(j->c, j->fs, j->file[i], j->parts + j->first[i], j->first[i + 1] - j->first[i]);
 }
 
+/* Opens lazy file `files[i]` (its failure is kept by the set: see below). */
+static dsckpt_status open_item(void *u, size_t i, int worker) {
+    (void)worker;
+    const list_job *j = u;
+    (void)ds_fdset_ensure(j->c, j->fs, j->file[i]);
+    return DSCKPT_OK;
+}
+
+/* A lazy set's files that the list reads, opened side by side before the reads:
+ * opening one reads and checks its header (a compressed file's first chunks
+ * decoded), and the threads would otherwise wait on each file's opening in turn,
+ * as they all reach it. files[0..nf) are distinct. A file that fails to open fails
+ * the run here, the first in file order, with its own message. */
+static dsckpt_status open_files(const dsckpt_ckpt *c, const ds_fdset *fs, const uint32_t *files, size_t nf,
+                                int threads) {
+    if (!fs->lazy || nf < 2) return DSCKPT_OK;
+    list_job j = {.c = c, .fs = fs, .file = files};
+    DS_TRY(ds_parallel_run(nf, threads, open_item, &j, NULL));
+    for (size_t i = 0; i < nf; i++) DS_TRY(ds_fdset_ensure(c, fs, files[i]));
+    return DSCKPT_OK;
+}
+
 /* The fixed size of file i's check units (its chunks) when it has them, else 0. */
 static uint64_t fixed_unit(const dsckpt_ckpt *c, uint32_t i) {
     const ds_file *f = &c->files[i];
@@ -479,11 +501,18 @@ dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs,
         }
         parts[i] = p->part;
     }
+    uint32_t *distinct = NULL; /* the files, once each (the items are in file order) */
+    size_t nd = 0;
+    if (!st && items) st = ds_calloc(items, sizeof *distinct, &distinct);
+    for (size_t i = 0; i < items && !st; i++)
+        if (!nd || distinct[nd - 1] != file[i]) distinct[nd++] = file[i];
+    if (!st && items) st = open_files(c, fs, distinct, nd, threads);
     if (!st && items) {
         first[items] = n;
         list_job j = {.c = c, .fs = fs, .file = file, .first = first, .parts = parts};
         st = ds_parallel_run(items, threads, list_item, &j, NULL);
     }
+    free(distinct);
     free(pc);
     free(parts);
     free(first);
