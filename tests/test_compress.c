@@ -675,6 +675,29 @@ static ds_read_list middle_list(dsckpt_ckpt *c, uint8_t **buf, uint8_t **want, s
     return l;
 }
 
+/* A damaged header chunk (compressed c, two files): on several threads the lazy
+ * set's files are opened before the reads, side by side, and the first that
+ * fails in file order fails the run with its own message; one thread reads in
+ * the list's order, which meets file 1 first. Damages c's files. */
+static void check_damaged_headers(dsckpt_ckpt *c, const ds_read_list *l) {
+    CU_ASSERT_FATAL(c->nfiles == 2);
+    for (int f = 1; f >= 0; f--) {
+        const ds_file *df = &c->files[f];
+        CU_ASSERT_FATAL(tu_flip_bit(df->path, df->zc[0].off + df->zc[0].size / 2, 4) == 0);
+        char want_msg[64];
+        snprintf(want_msg, sizeof want_msg, "rank_0000%d.safetensors: chunk 0 (stored bytes", f);
+        for (int th = 1; th <= 3; th++) {
+            ds_fdset fs;
+            TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+            ds_fdset_defer_checks(&fs);
+            CU_ASSERT_EQUAL(ds_read_list_run_threads(c, &fs, l, th), DSCKPT_ECHECKSUM);
+            CU_ASSERT(strstr(dsckpt_last_error(),
+                             th == 1 ? "rank_00001.safetensors: chunk 0 (stored bytes" : want_msg) != NULL);
+            ds_fdset_close(&fs);
+        }
+    }
+}
+
 /* ds_read_list_run_threads: the middle half of every state (parts of most chunks,
  * the runs out of file order) on 1, 2 and 3 threads, from eager and lazy sets,
  * plain and compressed, equals fill(); a flipped byte that the list does not ask
@@ -734,26 +757,7 @@ static void test_read_list_threads(void) {
             }
             free(path);
         } else {
-            /* A damaged header chunk: on several threads the lazy set's files are
-             * opened before the reads, side by side, and the first that fails in
-             * file order fails the run with its own message. */
-            CU_ASSERT_FATAL(c->nfiles == 2);
-            for (int f = 1; f >= 0; f--) {
-                const ds_file *df = &c->files[f];
-                CU_ASSERT_FATAL(tu_flip_bit(df->path, df->zc[0].off + df->zc[0].size / 2, 4) == 0);
-                char want_msg[64];
-                snprintf(want_msg, sizeof want_msg, "rank_0000%d.safetensors: chunk 0 (stored bytes", f);
-                for (int th = 1; th <= 3; th++) {
-                    ds_fdset fs;
-                    TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
-                    ds_fdset_defer_checks(&fs);
-                    CU_ASSERT_EQUAL(ds_read_list_run_threads(c, &fs, &l, th), DSCKPT_ECHECKSUM);
-                    /* One thread reads in the list's order, which meets file 1 first. */
-                    CU_ASSERT(strstr(dsckpt_last_error(), th == 1 ? "rank_00001.safetensors: chunk 0 (stored bytes"
-                                                                    : want_msg) != NULL);
-                    ds_fdset_close(&fs);
-                }
-            }
+            check_damaged_headers(c, &l);
         }
         ds_read_list_free(&l);
         free(buf);
