@@ -202,16 +202,6 @@ dsckpt_status ds_zfile_reader_read(ds_zfile_reader *r, void *dst, size_t n, uint
     return DSCKPT_OK;
 }
 
-dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
-                             const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
-                             const char *what) {
-    ds_zfile_reader r;
-    ds_zfile_reader_init(&r, fd, zc, nchunks, chunk_size, size, digests, what);
-    dsckpt_status st = ds_zfile_reader_read(&r, dst, n, off);
-    ds_zfile_reader_clear(&r);
-    return st;
-}
-
 /* ---- the cache of decoded chunks ---- */
 
 enum { Z_EMPTY = 0, Z_LOADING, Z_READY };

@@ -59,18 +59,14 @@ void ds_zwriter_abort(ds_zwriter *w); /* unlinks the file; accepts NULL */
 
 /* ---- reading ---- */
 
-/* Reads raw bytes [off, off+n) of a compressed file (records zc, nchunks chunks of
- * chunk_size raw bytes, raw size `size`) from fd, decoding every chunk it touches,
- * without a cache: for small reads such as the safetensors header. With `digests`
- * (the manifest's, one per chunk) each stored chunk is checked before it is decoded
- * (DSCKPT_ECHECKSUM naming it). `what` names the file in errors. */
-dsckpt_status ds_zfile_pread(int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size, uint64_t size,
-                             const uint8_t (*digests)[DS_SHA256_LEN], void *dst, size_t n, uint64_t off,
-                             const char *what);
-
-/* The same reads, one after another, keeping the last chunk decoded: a header's
- * length, then the header, decode the first chunk once. Its buffers hold one
- * chunk's stored bytes and its zstd planes. The fields are its own. */
+/* Reads of raw bytes of a compressed file (records zc, nchunks chunks of
+ * chunk_size raw bytes, raw size `size`) from fd, one after another, without a
+ * cache: for small reads such as the safetensors header. Each read decodes the
+ * chunks it touches, keeping the last one decoded, so a header's length and then
+ * the header decode the first chunk once. With `digests` (the manifest's, one per
+ * chunk) each stored chunk is checked before it is decoded (DSCKPT_ECHECKSUM
+ * naming it). `what` names the file in errors. Its buffers hold one chunk's stored
+ * bytes and its zstd planes. The fields are its own. */
 typedef struct ds_zfile_reader {
     int fd;
     const ds_zrec *zc;
@@ -86,6 +82,7 @@ typedef struct ds_zfile_reader {
 } ds_zfile_reader;
 void ds_zfile_reader_init(ds_zfile_reader *r, int fd, const ds_zrec *zc, size_t nchunks, uint64_t chunk_size,
                           uint64_t size, const uint8_t (*digests)[DS_SHA256_LEN], const char *what);
+/* Raw bytes [off, off+n) into dst. */
 dsckpt_status ds_zfile_reader_read(ds_zfile_reader *r, void *dst, size_t n, uint64_t off);
 void ds_zfile_reader_clear(ds_zfile_reader *r);
 

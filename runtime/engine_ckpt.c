@@ -107,19 +107,27 @@ typedef struct snap {
     pthread_rwlock_t lock;
 } snap;
 
+/* Where elements [start, start+numel) of tensor t lie in this rank's partition of
+ * its group (*at); false when the rank does not own them all. */
+static bool owned_at(const rt_engine *e, uint32_t t, uint64_t start, uint64_t numel, uint64_t *at) {
+    uint64_t s0, n, poff;
+    rt_engine_own(e, &e->t[t], e->rank, &s0, &n, &poff);
+    *at = poff + (start - s0);
+    return start >= s0 && start + numel <= s0 + n;
+}
+
 static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel, void *dst, int worker) {
     (void)worker;
     snap *sn = u;
     const rt_engine *e = sn->e;
     if (s > DS_ST_EXP_AVG_SQ || t >= e->nt) return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: unexpected state");
-    const et *T = &e->t[t];
-    uint64_t s0, n, poff;
-    rt_engine_own(e, T, e->rank, &s0, &n, &poff);
-    if (start < s0 || start + numel > s0 + n)
+    uint64_t at;
+    if (!owned_at(e, t, start, numel, &at))
         return ds_err(DSCKPT_EINTERNAL, "engine checkpoint: rank %d asked for elements it does not own", e->rank);
+    int g = e->t[t].group;
     pthread_rwlock_rdlock(&sn->lock);
-    memcpy(dst, sn->buf[s][T->group] + poff + (start - s0), (size_t)numel * 4);
-    __atomic_fetch_sub(&sn->left[s][T->group], numel, __ATOMIC_RELAXED);
+    memcpy(dst, sn->buf[s][g] + at, (size_t)numel * 4);
+    __atomic_fetch_sub(&sn->left[s][g], numel, __ATOMIC_RELAXED);
     pthread_rwlock_unlock(&sn->lock);
     return DSCKPT_OK;
 }
@@ -129,13 +137,9 @@ static dsckpt_status snap_fill(void *u, ds_state s, uint32_t t, uint64_t start, 
  * would refuse, so that the fill reports it. */
 static const void *snap_view(void *u, ds_state s, uint32_t t, uint64_t start, uint64_t numel) {
     const snap *sn = u;
-    const rt_engine *e = sn->e;
-    if (s > DS_ST_EXP_AVG_SQ || t >= e->nt) return NULL;
-    const et *T = &e->t[t];
-    uint64_t s0, n, poff;
-    rt_engine_own(e, T, e->rank, &s0, &n, &poff);
-    if (start < s0 || start + numel > s0 + n) return NULL;
-    return sn->buf[s][T->group] + poff + (start - s0);
+    uint64_t at;
+    if (s > DS_ST_EXP_AVG_SQ || t >= sn->e->nt || !owned_at(sn->e, t, start, numel, &at)) return NULL;
+    return sn->buf[s][sn->e->t[t].group] + at;
 }
 
 struct rt_saver {
