@@ -460,8 +460,7 @@ static dsckpt_status open_files(const dsckpt_ckpt *c, const ds_fdset *fs, const 
     return DSCKPT_OK;
 }
 
-/* The fixed size of file i's check units (its chunks) when it has them, else 0. */
-static uint64_t fixed_unit(const dsckpt_ckpt *c, uint32_t i) {
+uint64_t ds_ckpt_check_unit(const dsckpt_ckpt *c, uint32_t i) {
     const ds_file *f = &c->files[i];
     return f->has_digests || f->compressed ? f->dg.chunk_size : 0;
 }
@@ -473,7 +472,7 @@ dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs,
     dsckpt_status st = DSCKPT_OK;
     for (size_t r = 0; r < l->n && !st; r++) {
         const ds_read_run *run = &l->runs[r];
-        uint64_t u = fixed_unit(c, run->file), end = run->offset + run->bytes;
+        uint64_t u = ds_ckpt_check_unit(c, run->file), end = run->offset + run->bytes;
         for (uint64_t pos = run->offset; pos < end && !st;) {
             uint64_t b = u ? DS_MIN(end, (pos / u + 1) * u) : end;
             ds_read_part part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = run->dst + (pos - run->offset)};

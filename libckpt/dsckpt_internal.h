@@ -110,6 +110,7 @@ typedef struct {
     uint64_t offset;
     size_t bytes;
     uint8_t *dst;
+    uint64_t send_at; /* ds_read_share: a piece for another reader, at this offset of the send buffer */
 } ds_read_run;
 typedef struct {
     ds_read_run *runs;
@@ -127,6 +128,49 @@ dsckpt_status ds_read_list_run(const dsckpt_ckpt *c, const ds_fdset *fs, const d
  * comes with its unit. */
 dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs, const ds_read_list *l, int threads);
 void ds_read_list_free(ds_read_list *l);
+/* The fixed size of file i's check units (its chunks) when it has them, else 0. */
+uint64_t ds_ckpt_check_unit(const dsckpt_ckpt *c, uint32_t i);
+
+/* Several readers of one checkpoint (the ranks of a resume at another world size),
+ * each check unit read and hashed by one of them (readshare.c). Each reader passes
+ * its own list and every reader's runs as extents (`all`: reader 0's counts[0]
+ * extents, then reader 1's, ...; the same array on every reader), and gets the
+ * same plan as the others: a unit that one reader touches is its own; one that
+ * several touch is read by the one of them whose units add up to the fewest bytes
+ * so far (its "checker"), which also reads the others' pieces of it into its send
+ * buffer. Reader k's block for reader j (send_bytes[j] bytes at send_off[j]) is
+ * j's pieces of the units k checks in (file, unit, offset) order, which is what j
+ * expects from k at recv_off[k] of its receive buffer (recv_bytes[k] bytes). The
+ * readers' pieces must not overlap (partitioned shares). Use: plan; bind the send
+ * buffer (send_total bytes); run `list` and check it whole (ds_fdset_finish);
+ * exchange the blocks; scatter the receive buffer (recv_total bytes) into the
+ * list's destinations. A reader's received bytes were checked by their sender:
+ * the readers must agree that every one succeeded before any of them uses them. */
+typedef struct {
+    uint32_t file;
+    uint64_t offset, bytes;
+} ds_read_extent;
+typedef struct {
+    uint64_t at;
+    size_t bytes;
+    uint8_t *dst;
+} ds_share_copy;
+typedef struct {
+    ds_read_list list;  /* what this reader reads (runs for others: dst NULL until bound) */
+    int W;
+    uint64_t *send_bytes, *recv_bytes, *send_off, *recv_off; /* W entries each */
+    uint64_t send_total, recv_total;
+    uint64_t shared_units; /* units that several readers touch (each read by one) */
+    ds_share_copy *copies; /* receive buffer -> this reader's destinations */
+    size_t ncopies, copies_cap;
+} ds_read_share;
+dsckpt_status ds_read_share_plan(const dsckpt_ckpt *c, const ds_read_list *mine, int me, int W,
+                                 const ds_read_extent *all, const size_t *counts, ds_read_share *p);
+/* Points the runs for other readers into `send` (send_total bytes). */
+void ds_read_share_bind(ds_read_share *p, uint8_t *send);
+/* Copies what was received (`recv`, recv_total bytes) to this reader's buffers. */
+void ds_read_share_scatter(const ds_read_share *p, const uint8_t *recv);
+void ds_read_share_free(ds_read_share *p);
 /* The stored dtype of state s of tensor t. */
 dsckpt_dtype ds_ckpt_state_dtype(const dsckpt_ckpt *c, ds_state s, uint32_t t);
 

@@ -503,6 +503,48 @@ dsckpt_status rt_comm_gatherv(rt_comm *c, const void *send, size_t bytes, int ro
     return st;
 }
 
+dsckpt_status rt_comm_exchangev(rt_comm *c, const void *send, const uint64_t *send_bytes, void *recv,
+                                const uint64_t *recv_bytes) {
+    CHECK_HANDLE(c, "rt_comm_exchangev");
+    int W = c->size, me = c->rank;
+    uint64_t most = 0, sent = 0;
+    for (int r = 0; r < W; r++) {
+        if ((send_bytes[r] && !send) || (recv_bytes[r] && !recv))
+            return ds_err(DSCKPT_EINVAL, "rt_comm_exchangev: NULL buffer");
+        most = DS_MAX(most, DS_MAX(send_bytes[r], recv_bytes[r]));
+        if (r != me) sent += send_bytes[r];
+    }
+    if (send_bytes[me] != recv_bytes[me])
+        return ds_err(DSCKPT_EINVAL, "rt_comm_exchangev: sending %llu bytes to this rank but receiving %llu",
+                      (unsigned long long)send_bytes[me], (unsigned long long)recv_bytes[me]);
+    if (on_dev(c, send) || on_dev(c, recv)) return ds_err(DSCKPT_EINVAL, "rt_comm_exchangev: device buffer");
+    /* Every rank runs the rounds that the largest block of any rank needs. */
+    double rounds = (double)((most + c->max_msg - 1) / c->max_msg);
+    DS_TRY(rt_comm_allreduce_max_f64(c, &rounds, 1));
+    double t0 = rt_now_s();
+    for (uint64_t i = 0, pos = 0; i < (uint64_t)rounds; i++, pos += c->max_msg) {
+        uint64_t so = 0, ro = 0;
+        for (int r = 0; r < W; r++) {
+            uint64_t sb = send_bytes[r] > pos ? DS_MIN(send_bytes[r] - pos, (uint64_t)c->max_msg) : 0;
+            uint64_t rb = recv_bytes[r] > pos ? DS_MIN(recv_bytes[r] - pos, (uint64_t)c->max_msg) : 0;
+            c->sends[r] = sb ? (const uint8_t *)send + so + pos : NULL;
+            c->sbytes[r] = (size_t)sb;
+            c->recvs[r] = rb ? (uint8_t *)recv + ro + pos : NULL;
+            c->rbytes[r] = (size_t)rb;
+            so += send_bytes[r];
+            ro += recv_bytes[r];
+        }
+        dsckpt_status st = c->ops->exchange(c->impl, c->stream, c->sends, c->sbytes, (void *const *)c->recvs, c->rbytes);
+        if (st) {
+            c->seconds += rt_now_s() - t0;
+            return st;
+        }
+    }
+    c->bytes_sent += sent;
+    c->seconds += rt_now_s() - t0;
+    return DSCKPT_OK;
+}
+
 dsckpt_status rt_comm_gather(rt_comm *c, const void *send, size_t bytes, int root, void *recv) {
     CHECK_HANDLE(c, "rt_comm_gather");
     if (root < 0 || root >= c->size)

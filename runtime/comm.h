@@ -91,6 +91,15 @@ dsckpt_status rt_comm_gatherv(rt_comm *c, const void *send, size_t bytes, int ro
 /* rt_comm_gatherv with the same `bytes` on every rank (recv: W * bytes on the root):
  * every rank knows the rounds, so no broadcast precedes it. */
 dsckpt_status rt_comm_gather(rt_comm *c, const void *send, size_t bytes, int root, void *recv);
+/* Point to point, every rank with every other: send holds a block for each rank in
+ * rank order, end to end (send_bytes[r] bytes for rank r); rank r's block for this
+ * rank lands in recv after the blocks of the ranks before it (recv_bytes[r] bytes:
+ * what rank r's send_bytes says for this rank). The two self blocks must have the
+ * same size (a local copy). Host buffers only. Blocks over the message cap go in
+ * rounds; every rank runs the rounds that the largest block of any rank needs (one
+ * small all-reduce says how many). */
+dsckpt_status rt_comm_exchangev(rt_comm *c, const void *send, const uint64_t *send_bytes, void *recv,
+                                const uint64_t *recv_bytes);
 /* send holds W consecutive segments, segment r having counts[r] floats (counts is
  * the same array on every rank). Rank r receives in recv[0..counts[r]) the sum over
  * ranks of segment r, in rank order (see above). In place when

@@ -801,6 +801,110 @@ static dsckpt_status loader_stage(const rt_engine *e, bool moments, loader *L) {
     return L->od->alloc_host(L->od->ctx, (size_t)L->cap * sizeof *L->stage, (void **)&L->stage);
 }
 
+/* Whether the ranks of this load share the check units they touch
+ * (ds_read_share): several ranks with partitioned shares read into host memory
+ * and talk over MPI. Test builds can turn it off (DSTRAIN_TEST_NO_SHARED_READS=1:
+ * every rank reads and checks what it touches, as before), for comparisons. */
+static bool shares_reads(const rt_engine *e, const loader *L) {
+    const char *off = ds_test_hook("DSTRAIN_TEST_NO_SHARED_READS");
+    return e->W > 1 && e->stage >= 1 && !L->stage && strcmp(rt_comm_backend(e->comm), "mpi") == 0 &&
+           !(off && strcmp(off, "1") == 0);
+}
+
+/* Memory for the blocks a load sends and receives: the working weights when they
+ * are host memory and large enough (the load rebuilds them when it succeeds; after
+ * a failed load the engine is loaded again, set up afresh or ended), else *owned,
+ * which the caller frees. */
+static dsckpt_status share_memory(const rt_engine *e, uint64_t bytes, uint8_t **out, uint8_t **owned) {
+    *owned = NULL;
+    uint64_t have = 0;
+    uint8_t *w = NULL;
+    if (e->dev->host_memory && e->stage != 3) {
+        w = e->w;
+        have = (e->wlen ? e->wlen : 1) * e->ws;
+    }
+    for (int g = 0; g < NG && e->dev->host_memory && e->stage == 3 && !e->poff; g++)
+        if ((e->plen[g] ? e->plen[g] : 1) * e->ws > have) {
+            w = e->w3[g];
+            have = (e->plen[g] ? e->plen[g] : 1) * e->ws;
+        }
+    if (w && bytes <= have) {
+        *out = w;
+        return DSCKPT_OK;
+    }
+    DS_TRY(ds_calloc(bytes ? (size_t)bytes : 1, 1, owned));
+    *out = *owned;
+    return DSCKPT_OK;
+}
+
+/* Every rank's extents, on every rank: `all` holds rank 0's counts[0], then rank
+ * 1's, ... (mine: this rank's list, empty for a rank that already failed). */
+static dsckpt_status gather_extents(rt_engine *e, const ds_read_list *mine, ds_read_extent **all, size_t *counts) {
+    int W = e->W;
+    uint64_t n = mine->n, *ns = NULL, most = 0, total = 0;
+    ds_read_extent *pad = NULL, *own = NULL;
+    DS_TRY(ds_calloc((size_t)W, sizeof *ns, &ns));
+    dsckpt_status st = rt_comm_allgather(e->comm, &n, sizeof n, ns);
+    for (int r = 0; r < W && !st; r++) {
+        most = DS_MAX(most, ns[r]);
+        total += ns[r];
+        counts[r] = (size_t)ns[r];
+    }
+    /* Zeroed, padding included: the blocks go out whole. */
+    if (!st) st = ds_calloc(most ? (size_t)most : 1, sizeof *own, &own);
+    if (!st) st = ds_calloc((size_t)W * (most ? (size_t)most : 1), sizeof *pad, &pad);
+    if (!st) st = ds_calloc(total ? (size_t)total : 1, sizeof **all, all);
+    for (size_t i = 0; i < mine->n && !st; i++)
+        own[i] = (ds_read_extent){.file = mine->runs[i].file, .offset = mine->runs[i].offset, .bytes = mine->runs[i].bytes};
+    if (!st) st = rt_comm_allgather(e->comm, own, (size_t)most * sizeof *own, pad);
+    for (int r = 0, at = 0; r < W && !st; r++)
+        for (size_t i = 0; i < counts[r]; i++) (*all)[at++] = pad[(size_t)r * most + i];
+    free(ns);
+    free(own);
+    free(pad);
+    return st;
+}
+
+/* The host reads of a load (st: this rank's status so far), each check unit that
+ * several ranks touch read and checked by one of them, which sends the others
+ * their pieces of it (ds_read_share). Collective: every rank comes here, and a
+ * rank that already failed plans with an empty list (the others read all they
+ * need) and still takes part in the exchange. If any rank could not plan, every
+ * rank reads its own list whole. What a rank received was checked by its sender;
+ * the load's agreement (agree) fails every rank when any of them failed. */
+static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
+    static const ds_read_list none;
+    const ds_read_list *mine = st ? &none : &L->rl;
+    size_t *counts = NULL;
+    ds_read_extent *all = NULL;
+    ds_read_share plan = {0};
+    uint8_t *mem = NULL, *owned = NULL;
+    dsckpt_status pst = ds_calloc((size_t)e->W, sizeof *counts, &counts);
+    if (!pst) pst = gather_extents(e, mine, &all, counts);
+    if (pst == DSCKPT_EMPI) {
+        free(counts);
+        free(all);
+        return pst;
+    }
+    if (!pst) pst = ds_read_share_plan(L->c, mine, e->rank, e->W, all, counts, &plan);
+    if (!pst) pst = share_memory(e, plan.send_total + plan.recv_total, &mem, &owned);
+    free(counts);
+    free(all);
+    bool failed = pst != DSCKPT_OK;
+    dsckpt_status cst = rt_comm_allreduce_or(e->comm, &failed);
+    if (!cst && !failed) {
+        ds_read_share_bind(&plan, mem);
+        if (!st) st = ds_read_list_run_threads(L->c, L->fs, &plan.list, L->threads);
+        cst = rt_comm_exchangev(e->comm, mem, plan.send_bytes, mem + plan.send_total, plan.recv_bytes);
+        if (!st && !cst) ds_read_share_scatter(&plan, mem + plan.send_total);
+    } else if (!cst && !st) { /* some rank could not plan: every one reads its own */
+        st = ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads);
+    }
+    ds_read_share_free(&plan);
+    free(owned);
+    return st ? st : cst;
+}
+
 static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments) {
     ds_fdset fs;
     loader L = {.od = e->odev, .c = c, .fs = &fs, .threads = training_threads()};
@@ -839,7 +943,8 @@ static dsckpt_status load_parts(rt_engine *e, const dsckpt_ckpt *c, bool moments
             }
         }
     }
-    if (!st) st = loader_flush(&L);
+    if (shares_reads(e, &L)) st = read_shared(e, &L, st);
+    else if (!st) st = loader_flush(&L);
     if (!st) st = ds_fdset_finish(c, &fs);
     ds_read_list_free(&L.rl);
     free(L.ups);
