@@ -769,6 +769,190 @@ static void test_read_list_threads(void) {
     free(dir);
 }
 
+/* ds_read_share: NR readers, reader r asking for the r-th of NR slices of every
+ * state of every tensor (the shares of a resume at NR ranks), each into its own
+ * buffer. Each reader's plan, its send block for every peer handed to that peer
+ * (the exchange), and the scatter give each reader fill()'s bytes; every check
+ * unit the lists touch is read by exactly one plan; the plans read as many bytes
+ * as the lists ask for, no more. */
+#define NR 3
+typedef struct share_reader {
+    uint8_t *buf, *want, *send, *recv;
+    size_t total;
+    ds_read_list l;
+    ds_read_share p;
+} share_reader;
+
+static void share_lists(dsckpt_ckpt *c, share_reader *rd) {
+    fillctx fc = {c->tensors, -1, 0, 0};
+    for (int r = 0; r < NR; r++) {
+        share_reader *x = &rd[r];
+        *x = (share_reader){0};
+        for (int pass = 0; pass < 2; pass++) {
+            size_t at = 0;
+            for (uint32_t t = 0; t < c->ntensors; t++)
+                for (int s = 0; s < DS_NSTATES; s++) {
+                    if (!ds_state_applies(&c->tensors[t], (ds_state)s)) continue;
+                    uint64_t n = c->tensors[t].numel, lo = n * (uint64_t)r / NR, hi = n * (uint64_t)(r + 1) / NR;
+                    size_t es = dsckpt_dtype_size(ds_ckpt_state_dtype(c, (ds_state)s, t));
+                    if (pass && hi > lo) {
+                        TU_ASSERT_OK(ds_read_list_add(&x->l, c, (ds_state)s, t, lo, hi - lo, x->buf + at));
+                        TU_ASSERT_OK(fill(&fc, (ds_state)s, t, lo, hi - lo, x->want + at, 0));
+                    }
+                    at += (hi - lo) * es;
+                }
+            if (!pass) {
+                x->total = at;
+                x->buf = calloc(at ? at : 1, 1);
+                x->want = calloc(at ? at : 1, 1);
+                CU_ASSERT_FATAL(x->buf && x->want);
+            }
+        }
+    }
+}
+
+static void share_plans(dsckpt_ckpt *c, share_reader *rd) {
+    size_t counts[NR], total = 0;
+    for (int r = 0; r < NR; r++) total += counts[r] = rd[r].l.n;
+    ds_read_extent *all = calloc(total, sizeof *all);
+    CU_ASSERT_FATAL(all != NULL);
+    for (int r = 0, at = 0; r < NR; r++)
+        for (size_t i = 0; i < rd[r].l.n; i++, at++)
+            all[at] = (ds_read_extent){rd[r].l.runs[i].file, rd[r].l.runs[i].offset, rd[r].l.runs[i].bytes};
+    for (int r = 0; r < NR; r++) {
+        TU_ASSERT_OK(ds_read_share_plan(c, &rd[r].l, r, NR, all, counts, &rd[r].p));
+        rd[r].send = malloc(rd[r].p.send_total + 1);
+        rd[r].recv = malloc(rd[r].p.recv_total + 1);
+        CU_ASSERT_FATAL(rd[r].send && rd[r].recv);
+        ds_read_share_bind(&rd[r].p, rd[r].send);
+    }
+    free(all);
+}
+
+/* Runs every reader's plan (threads each); returns how many failed, each with
+ * ECHECKSUM (*who: the last that did). */
+static int share_run(dsckpt_ckpt *c, share_reader *rd, int threads, int *who) {
+    int failed = 0;
+    for (int r = 0; r < NR; r++) {
+        ds_fdset fs;
+        TU_ASSERT_OK(ds_fdset_open_lazy(c, &fs));
+        ds_fdset_defer_checks(&fs);
+        memset(rd[r].buf, 0, rd[r].total);
+        dsckpt_status st = ds_read_list_run_threads(c, &fs, &rd[r].p.list, threads);
+        if (!st) st = ds_fdset_finish(c, &fs);
+        ds_fdset_close(&fs);
+        if (st) {
+            CU_ASSERT_EQUAL(st, DSCKPT_ECHECKSUM);
+            CU_ASSERT(strstr(dsckpt_last_error(), "chunk") != NULL);
+            failed++;
+            *who = r;
+        }
+    }
+    for (int k = 0; k < NR; k++) /* the exchange: k's block for j into j's buffer */
+        for (int j = 0; j < NR; j++) {
+            CU_ASSERT_FATAL(rd[k].p.send_bytes[j] == rd[j].p.recv_bytes[k]);
+            if (k != j && rd[k].p.send_bytes[j])
+                memcpy(rd[j].recv + rd[j].p.recv_off[k], rd[k].send + rd[k].p.send_off[j], rd[k].p.send_bytes[j]);
+        }
+    for (int r = 0; r < NR; r++) ds_read_share_scatter(&rd[r].p, rd[r].recv);
+    return failed;
+}
+
+static int u64_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Check units of a list (file << 32 | unit, sorted, distinct) and its bytes. */
+static size_t list_units(const dsckpt_ckpt *c, const ds_read_list *l, uint64_t *units, uint64_t *bytes) {
+    size_t n = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        uint64_t u = ds_ckpt_check_unit(c, l->runs[i].file);
+        *bytes += l->runs[i].bytes;
+        for (uint64_t k = l->runs[i].offset / u; k * u < l->runs[i].offset + l->runs[i].bytes; k++)
+            units[n++] = (uint64_t)l->runs[i].file << 32 | k;
+    }
+    qsort(units, n, sizeof *units, u64_cmp);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!m || units[m - 1] != units[i]) units[m++] = units[i];
+    return m;
+}
+
+static void check_share_units(const dsckpt_ckpt *c, const share_reader *rd) {
+    uint64_t *asked = calloc(1 << 16, sizeof *asked), *read = calloc(1 << 16, sizeof *read);
+    CU_ASSERT_FATAL(asked && read);
+    size_t na = 0, nr = 0;
+    uint64_t asked_bytes = 0, read_bytes = 0;
+    for (int r = 0; r < NR; r++) {
+        na += list_units(c, &rd[r].l, asked + na, &asked_bytes);
+        nr += list_units(c, &rd[r].p.list, read + nr, &read_bytes);
+        CU_ASSERT(na < (1 << 15) && nr < (1 << 15));
+    }
+    qsort(read, nr, sizeof *read, u64_cmp);
+    qsort(asked, na, sizeof *asked, u64_cmp);
+    size_t distinct = 0;
+    for (size_t i = 0; i < na; i++) distinct += !i || asked[i] != asked[i - 1];
+    for (size_t i = 1; i < nr; i++) CU_ASSERT(read[i] != read[i - 1]); /* no unit read twice */
+    CU_ASSERT_EQUAL(nr, distinct);                                     /* and every one read */
+    CU_ASSERT(na > distinct);                                          /* the lists did share units */
+    CU_ASSERT_EQUAL(read_bytes, asked_bytes);
+    free(asked);
+    free(read);
+}
+
+static void test_read_share(void) {
+    char *dir = tu_mkdtemp();
+    for (int level = 0; level <= 1; level++) {
+        char *root = tu_path(dir, level ? "z" : "p");
+        write_ckpt(root, 300000, level, 16 << 10);
+        dsckpt_ckpt *c = NULL;
+        TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+        share_reader rd[NR];
+        share_lists(c, rd);
+        share_plans(c, rd);
+        CU_ASSERT(rd[0].p.shared_units > 0);
+        check_share_units(c, rd);
+        int who = -1;
+        for (int th = 1; th <= 2; th++) {
+            CU_ASSERT_EQUAL(share_run(c, rd, th, &who), 0);
+            for (int r = 0; r < NR; r++) CU_ASSERT(memcmp(rd[r].buf, rd[r].want, rd[r].total) == 0);
+        }
+        /* A byte of reader 1's share in a unit reader 0 or 2 checks, damaged: the
+         * checker's read fails, naming the chunk; reader 1 reads nothing of it. */
+        const ds_share_copy *cp = rd[1].p.ncopies ? &rd[1].p.copies[0] : NULL;
+        CU_ASSERT_FATAL(cp != NULL);
+        size_t i = 0;
+        while (i < rd[1].l.n && !(cp->dst >= rd[1].l.runs[i].dst && cp->dst < rd[1].l.runs[i].dst + rd[1].l.runs[i].bytes)) i++;
+        CU_ASSERT_FATAL(i < rd[1].l.n);
+        const ds_read_run *run = &rd[1].l.runs[i];
+        if (level == 0) {
+            CU_ASSERT_FATAL(tu_flip_bit(c->files[run->file].path, run->offset + (uint64_t)(cp->dst - run->dst), 3) == 0);
+            CU_ASSERT_EQUAL(share_run(c, rd, 1, &who), 1);
+            CU_ASSERT(who != 1);
+        }
+        /* Two readers asking for the same bytes: refused. */
+        ds_read_share dup;
+        ds_read_extent twice[2] = {{run->file, run->offset, run->bytes}, {run->file, run->offset, run->bytes}};
+        size_t one[2] = {1, 1};
+        ds_read_list l1 = {.runs = (ds_read_run *)run, .n = 1};
+        CU_ASSERT_EQUAL(ds_read_share_plan(c, &l1, 0, 2, twice, one, &dup), DSCKPT_EINTERNAL);
+        for (int r = 0; r < NR; r++) {
+            ds_read_share_free(&rd[r].p);
+            ds_read_list_free(&rd[r].l);
+            free(rd[r].buf);
+            free(rd[r].want);
+            free(rd[r].send);
+            free(rd[r].recv);
+        }
+        dsckpt_ckpt_free(c);
+        free(root);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+#undef NR
+
 /* ds_native_set_view: the fp32 and moment states of every trainable tensor in
  * memory, each group's tensors in index order, end to end as a training
  * runtime's flat partitions hold them except for a gap before every third. */
@@ -945,6 +1129,8 @@ int main(void) {
         {"truncated compressed file refused", test_truncated},
         {"bomb chunk refused from its frame header", test_bomb_chunk},
         {"read lists on 1, 2 and 3 threads: the same bytes; an unasked flipped byte still refused", test_read_list_threads},
+        {"read plans of 3 readers: each shared chunk read by one, its pieces exchanged; the same bytes",
+         test_read_share},
         {"data read in place through a view: the same bytes as through the fill", test_view_in_place},
         {"a header over several chunks: uncached reads in any order equal the plain file; a lazy open checks it",
          test_header_over_chunks},

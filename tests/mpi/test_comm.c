@@ -213,6 +213,43 @@ static void test_gatherv(const size_t *sizes, int nsizes) {
     free(counts);
 }
 
+/* rt_comm_exchangev: rank a's block for rank b has a size of its own (some empty,
+ * the self block included), bytes that say who sent them to whom; every rank's
+ * receive buffer holds its blocks in sender order, and nothing past them is
+ * written. Under a small cap the larger blocks go in rounds. */
+static size_t xv_len(int from, int to, size_t n) { return (from + 2 * to) % 3 == 1 ? 0 : n + (size_t)(from * 7 + to * 3); }
+
+static void test_exchangev(const size_t *sizes, int nsizes) {
+    size_t W = (size_t)g_W;
+    uint64_t *sb = xmalloc(W * sizeof *sb), *rb = xmalloc(W * sizeof *rb);
+    for (int k = 0; k < nsizes; k++) {
+        size_t n = sizes[k], st = 0, rt = 0;
+        for (size_t r = 0; r < W; r++) {
+            st += sb[r] = xv_len(g_rank, (int)r, n);
+            rt += rb[r] = xv_len((int)r, g_rank, n);
+        }
+        unsigned char *send = xmalloc(st), *recv = xmalloc(rt + 8), *want = xmalloc(rt);
+        for (size_t r = 0, off = 0; r < W; off += sb[r], r++) fill_bytes(send + off, sb[r], 1000 * (size_t)g_rank + r + n);
+        for (size_t r = 0, off = 0; r < W; off += rb[r], r++) fill_bytes(want + off, rb[r], 1000 * r + (size_t)g_rank + n);
+        memset(recv, 0x5A, rt + 8);
+        OK(rt_comm_exchangev(g_c, send, sb, recv, rb));
+        size_t bad = first_bad(recv, want, rt, 1);
+        CHECK(bad == rt, "exchangev %zu: byte %zu of %zu differs", n, bad, rt);
+        CHECK(recv[rt] == 0x5A && recv[rt + 7] == 0x5A, "exchangev %zu wrote past its blocks", n);
+        free(send);
+        free(recv);
+        free(want);
+    }
+    /* A self block of another size than the one it says it receives is refused
+     * before anything is sent (every rank passes the same mistake). */
+    unsigned char b[8] = {0};
+    for (size_t r = 0; r < W; r++) sb[r] = rb[r] = 0;
+    sb[g_rank] = 1;
+    CHECK(rt_comm_exchangev(g_c, b, sb, b + 4, rb) == DSCKPT_EINVAL, "exchangev with unequal self blocks accepted");
+    free(sb);
+    free(rb);
+}
+
 /* ---- reduce-scatter, all-reduce ------------------------------------------------------ */
 
 /* reduce_scatterv with counts; checks bits against the rank-order sum, out of place
@@ -394,6 +431,7 @@ static void run_all(size_t big_bytes, size_t big_floats) {
     size_t gsizes[] = {0, 1, 7, 1000, big_bytes / (size_t)g_W};
     test_allgather(gsizes, 5);
     test_gatherv(gsizes, 5);
+    test_exchangev(gsizes, 5);
     test_reduce_scatterv(big_floats);
     size_t asizes[] = {0, 1, (size_t)g_W - 1, (size_t)g_W + 1, 1000003, big_floats};
     test_allreduce_f32(asizes, 6);
@@ -419,6 +457,10 @@ static void test_self(void) {
     OK(rt_comm_gatherv(s, x, sizeof x, 0, g, &gc));
     CHECK(memcmp(g, x, sizeof x) == 0, "self: gatherv is a copy");
     CHECK(rt_comm_gatherv(s, x, sizeof x, 0, g, NULL) == DSCKPT_EINVAL, "self: gatherv without counts accepted");
+    uint64_t xb = 3 * sizeof(float);
+    float z[5] = {0};
+    OK(rt_comm_exchangev(s, x, &xb, z, &xb));
+    CHECK(memcmp(z, x, 3 * sizeof(float)) == 0 && z[3] == 0, "self: exchangev is a copy of the self block");
     OK(rt_comm_barrier(s));
     CHECK(rt_comm_bcast(s, x, 4, 1) == DSCKPT_EINVAL, "self: root 1 accepted");
     rt_comm_close(s);
