@@ -43,7 +43,7 @@ train 4 z3w4.json a.log --max_steps 4 --save_dir run --save_steps 2 || bad "firs
 # whole chunks it touches), not the library's 16 MiB default.
 $PY -c "import json,sys; m=json.load(open('run/global_step4/manifest.json')); sys.exit(any(f['chunk_size'] != 4194304 for f in m['files']))" &&
     ok || bad "dstrain's rank files do not have 4 MiB hash chunks"
-cp -r run run_w2 && cp -r run run_w3
+cp -r run run_w2 && cp -r run run_w3 && cp -r run run_w3n
 train 4 z3w4.json b.log --max_steps 8 --save_dir run --save_steps 2 --resume auto || bad "resume failed: $(tail -3 b.log.out)"
 grep -q "resumed from run/global_step4 at step 4" b.log.out && ok || bad "resume did not say where it started: $(tail -2 b.log.out)"
 [ "$(json full.log "[x['loss'] for x in r[4:]]")" = "$(json b.log "[x['loss'] for x in r]")" ] && ok ||
@@ -70,6 +70,14 @@ train 4 z3w4.json slow_b.log --max_steps 8 --save_dir run_slow --resume global_s
 echo "== resume the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2 and 3 ranks / stage 1"
 train 2 z2w2.json c2.log --max_steps 8 --save_dir run_w2 --resume global_step4 || bad "W=2 resume failed: $(tail -3 c2.log.out)"
 train 3 z1w3.json c3.log --max_steps 8 --save_dir run_w3 --resume auto || bad "W=3 resume failed: $(tail -3 c3.log.out)"
+# This model's rank files are one chunk each, so all three ranks touch every chunk:
+# each is read and hashed by one rank, which sends the others their pieces. Test
+# builds can turn that off (every rank reads all it touches): the same training.
+DSTRAIN_TEST_NO_SHARED_READS=1 train 3 z1w3.json c3n.log --max_steps 8 --save_dir run_w3n --resume auto ||
+    bad "W=3 resume, every rank reading its own, failed: $(tail -3 c3n.log.out)"
+[ "$(json c3.log "[x['loss'] for x in r] + [r[-1]['master_sha256']]")" = \
+  "$(json c3n.log "[x['loss'] for x in r] + [r[-1]['master_sha256']]")" ] && ok ||
+    bad "a W=3 resume with the chunks shared between the ranks differs from one without"
 for l in c2.log c3.log; do
     $PY - full.log $l <<'EOF' && ok || bad "$l: losses after resuming at another world size are off"
 import json, sys
