@@ -102,6 +102,18 @@ rc=$?
     bad "--resume global_step2 over a corrupt checkpoint: exit $rc, expected 1 naming the chunk: $(tail -4 h2.out)"
 [ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint (--resume TAG)"
 [ ! -e corrupt/global_step2.damaged ] && [ -d corrupt/global_step2 ] && ok || bad "a checkpoint was moved aside though nothing was resumed"
+echo "== the same at 3 ranks, where each chunk is read and checked by one rank and its pieces sent to the others: every rank exits 1"
+cat >z1w3.json <<'JSON'
+{"train_batch_size": 6, "train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": true},
+ "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "zero_optimization": {"stage": 1}}
+JSON
+"$DSRUN" --num_procs 3 "$DSTRAIN" --deepspeed z1w3.json --data "$DATA" --n_layer 2 --n_head 2 --n_embd 32 \
+    --seq_len 32 --eval_windows 2 --max_steps 4 --save_dir corrupt --save_steps 2 --resume global_step2 >h3.out 2>&1
+rc=$?
+[ "$rc" = 1 ] && grep -q "rank_00001.safetensors: chunk .*SHA-256 mismatch" h3.out &&
+    [ "$(grep -c "^dstrain (rank [0-2]).*\(SHA-256 mismatch\|found the checkpoint damaged\)" h3.out)" = 3 ] && ok ||
+    bad "--resume global_step2 at 3 ranks over a corrupt checkpoint: exit $rc, expected 1 on every rank: $(grep -v '^\[' h3.out | tail -6)"
+[ "$(cat corrupt/latest)" = global_step2 ] && [ ! -e corrupt/global_step4 ] && ok || bad "latest moved over a corrupt checkpoint (3 ranks)"
 
 echo "== --resume auto over a damaged newest checkpoint: the load's checked reads find it (no verify pass), every rank"
 echo "   passes over it, the older one resumes, the damaged one is moved aside whole and its step saved again"
