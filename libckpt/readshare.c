@@ -138,9 +138,10 @@ static dsckpt_status plan_reads(ds_read_share *p, const ds_read_list *mine, int 
     if (m) qsort(runs, m, sizeof *runs, run_order);
     for (size_t i = 1; i < m; i++)
         if (runs[i].file == runs[i - 1].file && runs[i].offset < runs[i - 1].offset + runs[i - 1].bytes) {
+            dsckpt_status st = ds_err(DSCKPT_EINTERNAL, "read plan: two pieces of file %u overlap at byte %llu",
+                                      runs[i].file, (unsigned long long)runs[i].offset);
             free(runs);
-            return ds_err(DSCKPT_EINTERNAL, "read plan: two pieces of file %u overlap at byte %llu", runs[i].file,
-                          (unsigned long long)runs[i].offset);
+            return st;
         }
     size_t k = 0;
     for (size_t i = 0; i < m; i++) {
