@@ -698,6 +698,16 @@ static void check_damaged_headers(dsckpt_ckpt *c, const ds_read_list *l) {
     }
 }
 
+/* A checkpoint of about 300k parameters in 16 KiB chunks under dir (plain, or
+ * compressed at `level`), opened; *root is its path (the caller frees it). */
+static dsckpt_ckpt *small_ckpt(const char *dir, int level, char **root) {
+    *root = tu_path(dir, level ? "z" : "p");
+    write_ckpt(*root, 300000, level, 16 << 10);
+    dsckpt_ckpt *c = NULL;
+    TU_ASSERT_OK(dsckpt_ckpt_open(*root, NULL, &c));
+    return c;
+}
+
 /* ds_read_list_run_threads: the middle half of every state (parts of most chunks,
  * the runs out of file order) on 1, 2 and 3 threads, from eager and lazy sets,
  * plain and compressed, equals fill(); a flipped byte that the list does not ask
@@ -707,10 +717,8 @@ static void check_damaged_headers(dsckpt_ckpt *c, const ds_read_list *l) {
 static void test_read_list_threads(void) {
     char *dir = tu_mkdtemp();
     for (int level = 0; level <= 1; level++) {
-        char *root = tu_path(dir, level ? "z" : "p");
-        write_ckpt(root, 300000, level, 16 << 10);
-        dsckpt_ckpt *c = NULL;
-        TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+        char *root;
+        dsckpt_ckpt *c = small_ckpt(dir, level, &root);
         uint8_t *buf, *want;
         size_t total;
         ds_read_list l = middle_list(c, &buf, &want, &total);
@@ -904,10 +912,8 @@ static void check_share_units(const dsckpt_ckpt *c, const share_reader *rd) {
 static void test_read_share(void) {
     char *dir = tu_mkdtemp();
     for (int level = 0; level <= 1; level++) {
-        char *root = tu_path(dir, level ? "z" : "p");
-        write_ckpt(root, 300000, level, 16 << 10);
-        dsckpt_ckpt *c = NULL;
-        TU_ASSERT_OK(dsckpt_ckpt_open(root, NULL, &c));
+        char *root;
+        dsckpt_ckpt *c = small_ckpt(dir, level, &root);
         share_reader rd[NR];
         share_lists(c, rd);
         share_plans(c, rd);
