@@ -136,9 +136,10 @@ uint64_t ds_ckpt_check_unit(const dsckpt_ckpt *c, uint32_t i);
  * its own list and every reader's runs as extents (`all`: reader 0's counts[0]
  * extents, then reader 1's, ...; the same array on every reader), and gets the
  * same plan as the others: a unit that one reader touches is its own; one that
- * several touch is read by the one of them whose units add up to the fewest bytes
- * so far (its "checker"), which also reads the others' pieces of it into its send
- * buffer. Reader k's block for reader j (send_bytes[j] bytes at send_off[j]) is
+ * several touch is read by the one of them with the most bytes of it (its
+ * "checker"), which also reads the others' pieces of it into its send buffer, as
+ * long as every reader's sends plus receives stay within `budget` bytes (units
+ * past it are read by each reader that touches them). Reader k's block for reader j (send_bytes[j] bytes at send_off[j]) is
  * j's pieces of the units k checks in (file, unit, offset) order, which is what j
  * expects from k at recv_off[k] of its receive buffer (recv_bytes[k] bytes). The
  * readers' pieces must not overlap (partitioned shares). Use: plan; bind the send
@@ -165,7 +166,8 @@ typedef struct {
     size_t ncopies, copies_cap;
 } ds_read_share;
 dsckpt_status ds_read_share_plan(const dsckpt_ckpt *c, const ds_read_list *mine, int me, int W,
-                                 const ds_read_extent *all, const size_t *counts, ds_read_share *p);
+                                 const ds_read_extent *all, const size_t *counts, uint64_t budget,
+                                 ds_read_share *p);
 /* Points the runs for other readers into `send` (send_total bytes). */
 void ds_read_share_bind(ds_read_share *p, uint8_t *send);
 /* Copies what was received (`recv`, recv_total bytes) to this reader's buffers. */

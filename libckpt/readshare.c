@@ -4,10 +4,13 @@
  *
  * A reader checks every chunk it reads whole, so a chunk that holds bytes of two
  * readers' shares is hashed twice: at 4 -> 3 ranks (bench/save.sh) the chunks where
- * two shares meet came to 15 % of the state, each hashed by two ranks. Here every unit that several
- * readers touch gets one checker, chosen so that each reader's units add up to
- * about the same bytes; the checker reads the others' pieces of it into a send
- * buffer, and they receive them (the caller's exchange) instead of reading them.
+ * two shares meet came to 15 % of the state, each hashed by two ranks. Here a unit
+ * that several readers touch gets one checker, the reader with the most bytes of
+ * it; the checker reads the others' pieces of it into a send buffer, and they
+ * receive them (the caller's exchange) instead of reading them. The bytes moved
+ * cost copies and memory, so each reader's sends plus receives stay within a
+ * budget (memory the caller has idle), and units past it are read by each of
+ * their readers, as without a plan.
  * Every reader plans from the same gathered extents, so all plans agree: the
  * bytes reader k sends to reader j are j's pieces of the units k checks, in
  * (file, unit, offset) order, and that is the order j expects them in.
@@ -73,40 +76,62 @@ static dsckpt_status cut_pieces(const dsckpt_ckpt *c, int W, const ds_read_exten
     return DSCKPT_OK;
 }
 
-/* checker[i] for the unit of piece i (the same for all of a unit's pieces): its
- * only reader; for a unit several readers touch, the one of them whose units so far
- * add up to the fewest bytes (the lowest on a tie), the units of one reader alone
- * counted first. */
-static dsckpt_status pick_checkers(const dsckpt_ckpt *c, int W, const share_piece *pc, size_t n, int *checker,
-                                   uint64_t *shared_units) {
+/* One shared unit (pieces [i, j)): its checker is the reader with the most bytes
+ * of it, so that the fewest bytes move (on a tie, the one whose units add up to
+ * the fewest bytes so far, then the lowest). The unit is shared only if the bytes
+ * it moves keep every reader's sends plus receives within the budget; otherwise
+ * each of its readers reads its own pieces (-1). `has` is W zeroed entries, left
+ * zeroed. */
+static int share_unit(int W, const share_piece *pc, size_t i, size_t j, const uint64_t *load, uint64_t *used,
+                      uint64_t budget, uint64_t *has) {
+    int who = -1;
+    for (size_t k = i; k < j; k++) has[pc[k].reader] += pc[k].bytes;
+    for (int r = 0; r < W; r++)
+        if (has[r] && (who < 0 || has[r] > has[who] || (has[r] == has[who] && load[r] < load[who]))) who = r;
+    uint64_t out = 0;
+    bool fits = true;
+    for (int r = 0; r < W; r++)
+        if (r != who && has[r]) {
+            out += has[r];
+            fits = fits && has[r] <= budget - used[r];
+        }
+    fits = fits && out <= budget - used[who];
+    for (int r = 0; r < W && fits; r++)
+        if (r != who) used[r] += has[r];
+    if (fits) used[who] += out;
+    memset(has, 0, (size_t)W * sizeof *has);
+    return fits ? who : -1;
+}
+
+/* checker[i] for the unit of piece i (the same for all of a shared unit's
+ * pieces): its only reader, or for a unit several readers touch the one
+ * share_unit picks (the units of one reader alone counted first), or each
+ * piece's own reader where the budget ran out. */
+static dsckpt_status pick_checkers(const dsckpt_ckpt *c, int W, const share_piece *pc, size_t n, uint64_t budget,
+                                   int *checker, uint64_t *shared_units) {
     uint64_t *load = NULL;
-    bool *in = NULL;
-    dsckpt_status st = ds_calloc((size_t)W, sizeof *load, &load);
-    if (!st) st = ds_calloc((size_t)W, sizeof *in, &in);
+    dsckpt_status st = ds_calloc((size_t)W * 3, sizeof *load, &load);
+    uint64_t *used = load + W, *has = load + 2 * W;
     for (int pass = 0; pass < 2 && !st; pass++) {
         for (size_t i = 0, j; i < n; i = j) {
             for (j = i + 1; j < n && pc[j].file == pc[i].file && pc[j].unit == pc[i].unit; j++) {}
-            if (pc[i].unit == UINT64_MAX) { /* one piece each, read by its reader */
-                for (size_t k = i; k < j; k++) checker[k] = pc[k].reader;
+            bool sole = pc[j - 1].reader == pc[i].reader;
+            if (pc[i].unit == UINT64_MAX || sole != (pass == 0)) {
+                if (pc[i].unit == UINT64_MAX) /* one piece each, read by its reader */
+                    for (size_t k = i; k < j; k++) checker[k] = pc[k].reader;
                 continue;
             }
-            bool sole = pc[j - 1].reader == pc[i].reader;
-            if (sole != (pass == 0)) continue;
             uint64_t ub = ds_ckpt_check_unit(c, pc[i].file);
-            int who = pc[i].reader;
-            if (!sole) {
-                memset(in, 0, (size_t)W * sizeof *in);
-                for (size_t k = i; k < j; k++) in[pc[k].reader] = true;
-                for (int r = 0; r < W; r++)
-                    if (in[r] && load[r] < load[who]) who = r;
-                (*shared_units)++;
+            int who = sole ? pc[i].reader : share_unit(W, pc, i, j, load, used, budget, has);
+            if (who >= 0 && !sole) (*shared_units)++;
+            for (size_t k = i; k < j; k++) {
+                checker[k] = who >= 0 ? who : pc[k].reader;
+                if (who < 0 && (k == i || pc[k].reader != pc[k - 1].reader)) load[pc[k].reader] += ub;
             }
-            load[who] += ub;
-            for (size_t k = i; k < j; k++) checker[k] = who;
+            if (who >= 0) load[who] += ub;
         }
     }
     free(load);
-    free(in);
     return st;
 }
 
@@ -196,7 +221,7 @@ static bool same_extents(const ds_read_list *mine, const ds_read_extent *x, size
 }
 
 dsckpt_status ds_read_share_plan(const dsckpt_ckpt *c, const ds_read_list *mine, int me, int W,
-                                 const ds_read_extent *all, const size_t *counts, ds_read_share *p) {
+                                 const ds_read_extent *all, const size_t *counts, uint64_t budget, ds_read_share *p) {
     *p = (ds_read_share){.W = W};
     if (W < 1 || me < 0 || me >= W) return ds_err(DSCKPT_EINTERNAL, "read plan: reader %d of %d", me, W);
     size_t before = 0;
@@ -210,7 +235,7 @@ dsckpt_status ds_read_share_plan(const dsckpt_ckpt *c, const ds_read_list *mine,
     dsckpt_status st = cut_pieces(c, W, all, counts, &pc, &n);
     if (!st && n) st = ds_calloc(n, sizeof *checker, &checker);
     if (!st) st = ds_calloc((size_t)W * 5, sizeof *moved, &moved);
-    if (!st) st = pick_checkers(c, W, pc, n, checker, &p->shared_units);
+    if (!st) st = pick_checkers(c, W, pc, n, budget, checker, &p->shared_units);
     if (!st) {
         p->send_bytes = moved;
         p->recv_bytes = moved + W;

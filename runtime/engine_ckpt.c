@@ -811,30 +811,24 @@ static bool shares_reads(const rt_engine *e, const loader *L) {
            !(off && strcmp(off, "1") == 0);
 }
 
-/* Memory for the blocks a load sends and receives: the working weights when they
- * are host memory and large enough (the load rebuilds them when it succeeds; after
- * a failed load the engine is loaded again, set up afresh or ended), else *owned,
- * which the caller frees. */
-static dsckpt_status share_memory(const rt_engine *e, uint64_t bytes, uint8_t **out, uint8_t **owned) {
-    *owned = NULL;
-    uint64_t have = 0;
+/* Memory for the blocks a load sends and receives: the working weights, when they
+ * are host memory (the load rebuilds them when it succeeds; after a failed load
+ * the engine is loaded again, set up afresh or ended). Touched at start-up, so the
+ * exchange faults in no fresh pages; *bytes = 0 when there is none. */
+static uint8_t *lent_weights(const rt_engine *e, uint64_t *bytes) {
     uint8_t *w = NULL;
-    if (e->dev->host_memory && e->stage != 3) {
-        w = e->w;
-        have = (e->wlen ? e->wlen : 1) * e->ws;
+    *bytes = 0;
+    if (!e->dev->host_memory) return NULL;
+    if (e->stage != 3) {
+        *bytes = (e->wlen ? e->wlen : 1) * e->ws;
+        return e->w;
     }
-    for (int g = 0; g < NG && e->dev->host_memory && e->stage == 3 && !e->poff; g++)
-        if ((e->plen[g] ? e->plen[g] : 1) * e->ws > have) {
+    for (int g = 0; g < NG && !e->poff; g++)
+        if ((e->plen[g] ? e->plen[g] : 1) * e->ws > *bytes) {
             w = e->w3[g];
-            have = (e->plen[g] ? e->plen[g] : 1) * e->ws;
+            *bytes = (e->plen[g] ? e->plen[g] : 1) * e->ws;
         }
-    if (w && bytes <= have) {
-        *out = w;
-        return DSCKPT_OK;
-    }
-    DS_TRY(ds_calloc(bytes ? (size_t)bytes : 1, 1, owned));
-    *out = *owned;
-    return DSCKPT_OK;
+    return w;
 }
 
 /* Every rank's extents, on every rank: `all` holds rank 0's counts[0], then rank
@@ -869,16 +863,24 @@ static dsckpt_status gather_extents(rt_engine *e, const ds_read_list *mine, ds_r
  * several ranks touch read and checked by one of them, which sends the others
  * their pieces of it (ds_read_share). Collective: every rank comes here, and a
  * rank that already failed plans with an empty list (the others read all they
- * need) and still takes part in the exchange. If any rank could not plan, every
+ * need) and still takes part in the exchange. The bytes moved go through the
+ * working weights (lent_weights), each rank's sends plus receives within what the
+ * rank with the least has. If no rank has any, or any rank could not plan, every
  * rank reads its own list whole. What a rank received was checked by its sender;
  * the load's agreement (agree) fails every rank when any of them failed. */
 static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
     static const ds_read_list none;
     const ds_read_list *mine = st ? &none : &L->rl;
+    uint64_t have;
+    uint8_t *mem = lent_weights(e, &have);
+    double least = -(double)have; /* the budget: what the rank with the least has */
+    dsckpt_status cst = rt_comm_allreduce_max_f64(e->comm, &least, 1);
+    if (cst) return st ? st : cst;
+    uint64_t budget = (uint64_t)-least;
+    if (!budget) return st ? st : ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads);
     size_t *counts = NULL;
     ds_read_extent *all = NULL;
     ds_read_share plan = {0};
-    uint8_t *mem = NULL, *owned = NULL;
     dsckpt_status pst = ds_calloc((size_t)e->W, sizeof *counts, &counts);
     if (!pst) pst = gather_extents(e, mine, &all, counts);
     if (pst == DSCKPT_EMPI) {
@@ -886,12 +888,14 @@ static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
         free(all);
         return pst;
     }
-    if (!pst) pst = ds_read_share_plan(L->c, mine, e->rank, e->W, all, counts, &plan);
-    if (!pst) pst = share_memory(e, plan.send_total + plan.recv_total, &mem, &owned);
+    if (!pst) pst = ds_read_share_plan(L->c, mine, e->rank, e->W, all, counts, budget, &plan);
+    if (!pst && plan.send_total + plan.recv_total > have)
+        pst = ds_err(DSCKPT_EINTERNAL, "read plan: %llu bytes to move, over the budget",
+                     (unsigned long long)(plan.send_total + plan.recv_total));
     free(counts);
     free(all);
     bool failed = pst != DSCKPT_OK;
-    dsckpt_status cst = rt_comm_allreduce_or(e->comm, &failed);
+    cst = rt_comm_allreduce_or(e->comm, &failed);
     if (!cst && !failed) {
         ds_read_share_bind(&plan, mem);
         if (!st) st = ds_read_list_run_threads(L->c, L->fs, &plan.list, L->threads);
@@ -901,7 +905,6 @@ static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
         st = ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads);
     }
     ds_read_share_free(&plan);
-    free(owned);
     return st ? st : cst;
 }
 

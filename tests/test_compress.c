@@ -819,7 +819,7 @@ static void share_lists(dsckpt_ckpt *c, share_reader *rd) {
     }
 }
 
-static void share_plans(dsckpt_ckpt *c, share_reader *rd) {
+static void share_plans(dsckpt_ckpt *c, share_reader *rd, uint64_t budget) {
     size_t counts[NR], total = 0;
     for (int r = 0; r < NR; r++) total += counts[r] = rd[r].l.n;
     ds_read_extent *all = calloc(total, sizeof *all);
@@ -828,7 +828,7 @@ static void share_plans(dsckpt_ckpt *c, share_reader *rd) {
         for (size_t i = 0; i < rd[r].l.n; i++, at++)
             all[at] = (ds_read_extent){rd[r].l.runs[i].file, rd[r].l.runs[i].offset, rd[r].l.runs[i].bytes};
     for (int r = 0; r < NR; r++) {
-        TU_ASSERT_OK(ds_read_share_plan(c, &rd[r].l, r, NR, all, counts, &rd[r].p));
+        TU_ASSERT_OK(ds_read_share_plan(c, &rd[r].l, r, NR, all, counts, budget, &rd[r].p));
         rd[r].send = malloc(rd[r].p.send_total + 1);
         rd[r].recv = malloc(rd[r].p.recv_total + 1);
         CU_ASSERT_FATAL(rd[r].send && rd[r].recv);
@@ -909,6 +909,44 @@ static void check_share_units(const dsckpt_ckpt *c, const share_reader *rd) {
     free(read);
 }
 
+static void share_unplan(share_reader *rd) {
+    for (int r = 0; r < NR; r++) {
+        ds_read_share_free(&rd[r].p);
+        free(rd[r].send);
+        free(rd[r].recv);
+        rd[r].send = rd[r].recv = NULL;
+    }
+}
+
+/* Plans under a budget (rd: planned without one): half the most any reader moved
+ * keeps every reader's sends plus receives within it and still shares units;
+ * none shares nothing (each reader reads what it asked for); either way every
+ * reader gets its bytes. */
+static void check_share_budget(dsckpt_ckpt *c, share_reader *rd) {
+    uint64_t most = 0, shared = rd[0].p.shared_units;
+    for (int r = 0; r < NR; r++) most = DS_MAX(most, rd[r].p.send_total + rd[r].p.recv_total);
+    CU_ASSERT_FATAL(most > 0);
+    for (int k = 0; k < 2; k++) {
+        uint64_t budget = k ? 0 : most / 2;
+        share_unplan(rd);
+        share_plans(c, rd, budget);
+        for (int r = 0; r < NR; r++) {
+            CU_ASSERT(rd[r].p.send_total + rd[r].p.recv_total <= budget);
+            CU_ASSERT_EQUAL(rd[r].p.shared_units, rd[0].p.shared_units);
+            if (k) {
+                uint64_t asked = 0, read = 0;
+                for (size_t i = 0; i < rd[r].l.n; i++) asked += rd[r].l.runs[i].bytes;
+                for (size_t i = 0; i < rd[r].p.list.n; i++) read += rd[r].p.list.runs[i].bytes;
+                CU_ASSERT_EQUAL(read, asked);
+            }
+        }
+        CU_ASSERT(k ? rd[0].p.shared_units == 0 : rd[0].p.shared_units > 0 && rd[0].p.shared_units < shared);
+        int who = -1;
+        CU_ASSERT_EQUAL(share_run(c, rd, 1, &who), 0);
+        for (int r = 0; r < NR; r++) CU_ASSERT(memcmp(rd[r].buf, rd[r].want, rd[r].total) == 0);
+    }
+}
+
 static void test_read_share(void) {
     char *dir = tu_mkdtemp();
     for (int level = 0; level <= 1; level++) {
@@ -916,7 +954,7 @@ static void test_read_share(void) {
         dsckpt_ckpt *c = small_ckpt(dir, level, &root);
         share_reader rd[NR];
         share_lists(c, rd);
-        share_plans(c, rd);
+        share_plans(c, rd, UINT64_MAX);
         CU_ASSERT(rd[0].p.shared_units > 0);
         check_share_units(c, rd);
         int who = -1;
@@ -924,6 +962,9 @@ static void test_read_share(void) {
             CU_ASSERT_EQUAL(share_run(c, rd, th, &who), 0);
             for (int r = 0; r < NR; r++) CU_ASSERT(memcmp(rd[r].buf, rd[r].want, rd[r].total) == 0);
         }
+        check_share_budget(c, rd);
+        share_unplan(rd);
+        share_plans(c, rd, UINT64_MAX);
         /* A byte of reader 1's share in a unit reader 0 or 2 checks, damaged: the
          * checker's read fails, naming the chunk; reader 1 reads nothing of it. */
         const ds_share_copy *cp = rd[1].p.ncopies ? &rd[1].p.copies[0] : NULL;
@@ -942,14 +983,12 @@ static void test_read_share(void) {
         ds_read_extent twice[2] = {{run->file, run->offset, run->bytes}, {run->file, run->offset, run->bytes}};
         size_t one[2] = {1, 1};
         ds_read_list l1 = {.runs = (ds_read_run *)run, .n = 1};
-        CU_ASSERT_EQUAL(ds_read_share_plan(c, &l1, 0, 2, twice, one, &dup), DSCKPT_EINTERNAL);
+        CU_ASSERT_EQUAL(ds_read_share_plan(c, &l1, 0, 2, twice, one, UINT64_MAX, &dup), DSCKPT_EINTERNAL);
+        share_unplan(rd);
         for (int r = 0; r < NR; r++) {
-            ds_read_share_free(&rd[r].p);
             ds_read_list_free(&rd[r].l);
             free(rd[r].buf);
             free(rd[r].want);
-            free(rd[r].send);
-            free(rd[r].recv);
         }
         dsckpt_ckpt_free(c);
         free(root);
