@@ -70,9 +70,11 @@ train 4 z3w4.json slow_b.log --max_steps 8 --save_dir run_slow --resume global_s
 echo "== resume the 4-rank ZeRO-3 checkpoint at 2 ranks / stage 2 and 3 ranks / stage 1"
 train 2 z2w2.json c2.log --max_steps 8 --save_dir run_w2 --resume global_step4 || bad "W=2 resume failed: $(tail -3 c2.log.out)"
 train 3 z1w3.json c3.log --max_steps 8 --save_dir run_w3 --resume auto || bad "W=3 resume failed: $(tail -3 c3.log.out)"
-# This model's rank files are one chunk each, so all three ranks touch every chunk:
-# each is read and hashed by one rank, which sends the others their pieces. Test
-# builds can turn that off (every rank reads all it touches): the same training.
+# This model's rank files are one chunk each, so all three ranks touch every chunk.
+# As many as the working weights can carry (here one of the four) are read and
+# hashed by one rank, which sends the others their pieces; each rank reads its own
+# pieces of the rest. Test builds can turn the sharing off (every rank reads all
+# it touches): the same training.
 DSTRAIN_TEST_NO_SHARED_READS=1 train 3 z1w3.json c3n.log --max_steps 8 --save_dir run_w3n --resume auto ||
     bad "W=3 resume, every rank reading its own, failed: $(tail -3 c3n.log.out)"
 [ "$(json c3.log "[x['loss'] for x in r] + [r[-1]['master_sha256']]")" = \
