@@ -75,27 +75,18 @@ static void check_values(const char *path, uint64_t seed, int want_W, int want_s
     dsckpt_ckpt_free(c);
 }
 
-static bool same_file(const char *a, const char *b) {
-    size_t la, lb;
-    uint8_t *x = tu_read(a, &la), *y = tu_read(b, &lb);
-    bool same = x && y && la == lb && memcmp(x, y, la) == 0;
-    free(x);
-    free(y);
-    return same;
-}
-
 /* Compares every file of the tag directories and the save roots' latest. */
 static void assert_identical(const char *root_a, const char *root_b, int nfiles) {
     char *la = tu_path(root_a, "latest"), *lb = tu_path(root_b, "latest");
-    CU_ASSERT(same_file(la, lb));
+    CU_ASSERT(tu_same_file(la, lb));
     char rel[128];
     snprintf(rel, sizeof rel, "global_step100/manifest.json");
     char *ma = tu_path(root_a, rel), *mb = tu_path(root_b, rel);
-    CU_ASSERT(same_file(ma, mb));
+    CU_ASSERT(tu_same_file(ma, mb));
     for (int r = 0; r < nfiles; r++) {
         snprintf(rel, sizeof rel, "global_step100/rank_%05d.safetensors", r);
         char *fa = tu_path(root_a, rel), *fb = tu_path(root_b, rel);
-        CU_ASSERT(same_file(fa, fb));
+        CU_ASSERT(tu_same_file(fa, fb));
         free(fa);
         free(fb);
     }
@@ -120,7 +111,7 @@ static void test_round_trip_bit_identical(void) {
         assert_identical(a, c, cases[i].stage == 0 ? 1 : cases[i].W);
         /* trainer_state.json travels with the checkpoint. */
         char *ta = tu_path(a, "trainer_state.json"), *tc = tu_path(c, "trainer_state.json");
-        CU_ASSERT(same_file(ta, tc));
+        CU_ASSERT(tu_same_file(ta, tc));
         free(ta);
         free(tc);
         tu_rmtree(a);

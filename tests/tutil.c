@@ -38,6 +38,15 @@ char *tu_path(const char *dir, const char *name) {
     return p;
 }
 
+bool tu_same_file(const char *a, const char *b) {
+    size_t la, lb;
+    uint8_t *x = tu_read(a, &la), *y = tu_read(b, &lb);
+    bool same = x && y && la == lb && memcmp(x, y, la) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
 uint8_t *tu_read(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

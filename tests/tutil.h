@@ -6,6 +6,7 @@
 #define DSCKPT_TUTIL_H
 
 #include <CUnit/Basic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,8 @@ char *tu_path(const char *dir, const char *name);
 /* Reads a whole file (malloc'd, *len set); NULL if it cannot. */
 uint8_t *tu_read(const char *path, size_t *len);
 int tu_write(const char *path, const void *data, size_t len);
+/* Whether both files can be read and hold the same bytes. */
+bool tu_same_file(const char *a, const char *b);
 int tu_exists(const char *path);
 /* Flips bit `bit` of byte `offset`. 0 on success. */
 int tu_flip_bit(const char *path, uint64_t offset, int bit);
