@@ -115,12 +115,12 @@ static dsckpt_status pick_checkers(const dsckpt_ckpt *c, int W, const share_piec
     for (int pass = 0; pass < 2 && !st; pass++) {
         for (size_t i = 0, j; i < n; i = j) {
             for (j = i + 1; j < n && pc[j].file == pc[i].file && pc[j].unit == pc[i].unit; j++) {}
-            bool sole = pc[j - 1].reader == pc[i].reader;
-            if (pc[i].unit == UINT64_MAX || sole != (pass == 0)) {
-                if (pc[i].unit == UINT64_MAX) /* one piece each, read by its reader */
-                    for (size_t k = i; k < j; k++) checker[k] = pc[k].reader;
+            if (pc[i].unit == UINT64_MAX) { /* one piece each, read by its reader */
+                for (size_t k = i; k < j; k++) checker[k] = pc[k].reader;
                 continue;
             }
+            bool sole = pc[j - 1].reader == pc[i].reader;
+            if (sole != (pass == 0)) continue;
             uint64_t ub = ds_ckpt_check_unit(c, pc[i].file);
             int who = sole ? pc[i].reader : share_unit(W, pc, i, j, load, used, budget, has);
             if (who >= 0 && !sole) (*shared_units)++;

@@ -823,11 +823,13 @@ static uint8_t *lent_weights(const rt_engine *e, uint64_t *bytes) {
         *bytes = (e->wlen ? e->wlen : 1) * e->ws;
         return e->w;
     }
-    for (int g = 0; g < NG && !e->poff; g++)
-        if ((e->plen[g] ? e->plen[g] : 1) * e->ws > *bytes) {
+    for (int g = 0; g < NG && !e->poff; g++) {
+        uint64_t b = (e->plen[g] ? e->plen[g] : 1) * e->ws; /* as engine_buffers allocates it */
+        if (b > *bytes) {
             w = e->w3[g];
-            *bytes = (e->plen[g] ? e->plen[g] : 1) * e->ws;
+            *bytes = b;
         }
+    }
     return w;
 }
 
@@ -877,7 +879,7 @@ static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
     dsckpt_status cst = rt_comm_allreduce_max_f64(e->comm, &least, 1);
     if (cst) return st ? st : cst;
     uint64_t budget = (uint64_t)-least;
-    if (!budget) return st ? st : ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads);
+    if (!budget) return st ? st : loader_flush(L);
     size_t *counts = NULL;
     ds_read_extent *all = NULL;
     ds_read_share plan = {0};
@@ -902,7 +904,7 @@ static dsckpt_status read_shared(rt_engine *e, loader *L, dsckpt_status st) {
         cst = rt_comm_exchangev(e->comm, mem, plan.send_bytes, mem + plan.send_total, plan.recv_bytes);
         if (!st && !cst) ds_read_share_scatter(&plan, mem + plan.send_total);
     } else if (!cst && !st) { /* some rank could not plan: every one reads its own */
-        st = ds_read_list_run_threads(L->c, L->fs, &L->rl, L->threads);
+        st = loader_flush(L);
     }
     ds_read_share_free(&plan);
     return st ? st : cst;
