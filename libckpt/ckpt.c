@@ -474,10 +474,10 @@ dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs,
         const ds_read_run *run = &l->runs[r];
         uint64_t u = ds_ckpt_check_unit(c, run->file), end = run->offset + run->bytes;
         for (uint64_t pos = run->offset; pos < end && !st;) {
-            uint64_t b = u ? DS_MIN(end, (pos / u + 1) * u) : end;
+            uint64_t b = ds_unit_piece_end(u, pos, end);
             ds_read_part part = {.offset = pos, .bytes = (size_t)(b - pos), .dst = run->dst + (pos - run->offset)};
             if (!(st = ds_array_room(&pc, &cap, n, sizeof *pc)))
-                pc[n++] = (list_piece_t){.file = run->file, .unit = u ? pos / u : UINT64_MAX, .part = part};
+                pc[n++] = (list_piece_t){.file = run->file, .unit = ds_unit_index(u, pos), .part = part};
             pos = b;
         }
     }

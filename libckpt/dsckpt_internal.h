@@ -130,6 +130,12 @@ dsckpt_status ds_read_list_run_threads(const dsckpt_ckpt *c, const ds_fdset *fs,
 void ds_read_list_free(ds_read_list *l);
 /* The fixed size of file i's check units (its chunks) when it has them, else 0. */
 uint64_t ds_ckpt_check_unit(const dsckpt_ckpt *c, uint32_t i);
+/* A run [.., end) cut at check units of u bytes: the end of its piece that starts
+ * at pos, and that piece's unit (u 0: the rest of the run, unit UINT64_MAX). */
+static inline uint64_t ds_unit_piece_end(uint64_t u, uint64_t pos, uint64_t end) {
+    return u ? DS_MIN(end, (pos / u + 1) * u) : end;
+}
+static inline uint64_t ds_unit_index(uint64_t u, uint64_t pos) { return u ? pos / u : UINT64_MAX; }
 
 /* Several readers of one checkpoint (the ranks of a resume at another world size),
  * each check unit read and hashed by one of them (readshare.c). Each reader passes

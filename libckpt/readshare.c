@@ -58,13 +58,13 @@ static dsckpt_status cut_pieces(const dsckpt_ckpt *c, int W, const ds_read_exten
             }
             uint64_t u = ds_ckpt_check_unit(c, (uint32_t)x->file), end = x->offset + x->bytes;
             for (uint64_t pos = x->offset; pos < end;) {
-                uint64_t b = u ? DS_MIN(end, (pos / u + 1) * u) : end;
+                uint64_t b = ds_unit_piece_end(u, pos, end);
                 dsckpt_status st = ds_array_room(&pc, &cap, n, sizeof *pc);
                 if (st) {
                     free(pc);
                     return st;
                 }
-                pc[n++] = (share_piece){.file = (uint32_t)x->file, .reader = r, .unit = u ? pos / u : UINT64_MAX,
+                pc[n++] = (share_piece){.file = (uint32_t)x->file, .reader = r, .unit = ds_unit_index(u, pos),
                                         .offset = pos, .bytes = b - pos, .run = k};
                 pos = b;
             }
